@@ -1,0 +1,105 @@
+import { cac, type CAC } from 'cac';
+import { VERSION } from '../version.js';
+import { DynnError } from '../util/errors.js';
+import { processIo, type Io } from './io.js';
+
+const TRAIN_OPTIONS: [string, string][] = [
+  ['--model <name>', 'registered model (see `dynn models`) [default: vgg-w]'],
+  ['--dataset <name>', 'mnist (embedded), fashion-mnist, cifar10, synthetic [default: mnist]'],
+  ['--data-dir <dir>', 'where the data set files are (else $DYNN_DATA, else the system location)'],
+  ['--train-limit <n>', 'use the first N training samples'],
+  ['--test-limit <n>', 'use the first N test samples'],
+  ['--epochs <n>', 'epochs [default: 3]'],
+  ['--batch-size <n>', 'batch size [default: 128]'],
+  ['--optimizer <name>', 'adam or sgd (momentum 0.9) [default: adam]'],
+  ['--lr <x>', 'base learning rate [default: 1e-3 adam, 0.05 sgd]'],
+  ['--lr-schedule <name>', 'cosine or constant [default: cosine]'],
+  ['--schedule <name>', 'how u is drawn per batch: uniform, curriculum, vanilla [default: uniform]'],
+  ['--curriculum', 'same as --schedule curriculum: u ~ U(0, uMax], uMax rising to 1 over the first half'],
+  ['--vanilla', 'same as --schedule vanilla: always u = 1 (the baseline)'],
+  ['--gating <mode>', 'nested or independent [default: nested]'],
+  ['--groups <D>', 'groups per throttleable block [default: 8]'],
+  ['--seed <n>', 'seed of weights, data order and sampled u [default: 0]'],
+  ['--workers <n>', 'gradient worker threads; 0 trains in the main thread [default: one per core]'],
+  ['--engine <name>', 'auto, tensorflow, wasm or cpu [default: auto]'],
+  ['--json', 'machine-readable output on stdout'],
+];
+
+/** Builds the command-line interface; `io` receives all output. */
+export function buildCli(io: Io = processIo): CAC {
+  const cli = cac('dynn');
+  const withTrainOptions = (cmd: ReturnType<CAC['command']>) => {
+    for (const [flag, desc] of TRAIN_OPTIONS) cmd.option(flag, desc);
+    return cmd;
+  };
+
+  withTrainOptions(cli.command('demo', 'train a small throttleable network on embedded digits and sweep u (about a minute)'))
+    .option('--out <dir>', 'also save the run here')
+    .option('--u <list>', 'utilizations to report [default: 0.125,0.25,0.5,0.75,1]')
+    .action(async (o) => (await import('./commands.js')).demoCommand(o, io));
+
+  withTrainOptions(cli.command('train', 'train a throttleable network; a checkpoint is written after every epoch'))
+    .option('--out <dir>', 'run directory (required)')
+    .option('--resume', 'continue the run in --out from its last checkpoint')
+    .example('dynn train --model vgg-w --dataset fashion-mnist --epochs 3 --out runs/fm-vgg')
+    .action(async (o) => (await import('./commands.js')).trainCommand(o, io));
+
+  cli
+    .command('sweep <run>', 'accuracy, per-class accuracy, FLOPs and measured latency at each u')
+    .option('--u <list>', 'utilizations [default: 0.125,0.25,0.5,0.75,1]')
+    .option('--dataset <name>', 'evaluation data set [default: the run’s]')
+    .option('--data-dir <dir>', 'where the data set files are')
+    .option('--test-limit <n>', 'use the first N test samples')
+    .option('--gating <mode>', 'nested or independent [default: nested]')
+    .option('--seed <n>', 'seed of independent gating choices [default: 0]')
+    .option('--no-latency', 'skip the latency measurement')
+    .option('--engine <name>', 'auto, tensorflow, wasm or cpu')
+    .option('--json', 'machine-readable output on stdout')
+    .example('dynn sweep runs/fm-vgg --dataset fashion-mnist --u 0.125,0.25,0.5,0.75,1 --json')
+    .action(async (run, o) => (await import('./commands.js')).sweepCommand(run, o, io));
+
+  cli
+    .command('info <run>', 'architecture, cost per u (FLOPs, MACs, active parameters) and training history of a run')
+    .option('--u <list>', 'utilizations [default: 0.125,0.25,0.5,0.75,1]')
+    .option('--engine <name>', 'auto, tensorflow, wasm or cpu')
+    .option('--json', 'machine-readable output on stdout')
+    .action(async (run, o) => (await import('./commands.js')).infoCommand(run, o, io));
+
+  cli
+    .command('models', 'list the registered models')
+    .option('--json', 'machine-readable output on stdout')
+    .action(async (o) => (await import('./commands.js')).modelsCommand(o, io));
+
+  cli.help();
+  cli.version(VERSION);
+  return cli;
+}
+
+/**
+ * Runs the CLI on `argv` (without the node and script entries) and returns the exit code: 0 on success,
+ * 1 for an error a user caused (its message, no stack), 2 for a usage error.
+ */
+export async function runCli(argv: string[], io: Io = processIo): Promise<number> {
+  const cli = buildCli(io);
+  try {
+    cli.parse(['node', 'dynn', ...argv], { run: false });
+    if (!cli.matchedCommand) {
+      if (cli.options.help || cli.options.version) return 0;
+      if (cli.args.length) throw new DynnError(`unknown command "${cli.args[0]}"; expected one of ${cli.commands.map((c) => c.name).filter(Boolean).join(', ')}`);
+      cli.outputHelp();
+      return 0;
+    }
+    await cli.runMatchedCommand();
+    return 0;
+  } catch (err) {
+    if (err instanceof DynnError) {
+      io.err(`dynn: ${err.message}\n`);
+      return 1;
+    }
+    if (err instanceof Error && err.name === 'CACError') {
+      io.err(`dynn: ${err.message}\n(see dynn --help)\n`);
+      return 2;
+    }
+    throw err;
+  }
+}

@@ -1,0 +1,198 @@
+import { choiceOption, ms, numberOption, pct, si, table, uListOption, type Io } from './io.js';
+import { trainingProgress } from './progress.js';
+import { U_SCHEDULES, type USchedule } from '../train/schedule.js';
+import { OPTIMIZERS } from '../train/optimizer.js';
+import { LR_SCHEDULES } from '../train/schedule.js';
+import { GATING_MODES } from '../gating/gating.js';
+import { DynnError } from '../util/errors.js';
+import type { Network } from '../models/network.js';
+import type { SweepPoint } from '../eval/sweep.js';
+import type { TrainMeta } from '../train/run.js';
+
+const ENGINES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+const DEFAULT_US = [0.125, 0.25, 0.5, 0.75, 1];
+
+type Opts = Record<string, unknown>;
+
+/** Options of `dynn train` (and `dynn demo`), as the trainer takes them. */
+export function trainOptionsFrom(o: Opts) {
+  if (o.vanilla && o.curriculum) throw new DynnError('--vanilla and --curriculum exclude each other');
+  const schedule: USchedule | undefined = o.vanilla
+    ? 'vanilla'
+    : o.curriculum
+      ? 'curriculum'
+      : choiceOption(o.schedule, 'schedule', U_SCHEDULES);
+  return {
+    model: o.model as string | undefined,
+    dataset: o.dataset as string | undefined,
+    dataDir: o.dataDir as string | undefined,
+    trainLimit: numberOption(o.trainLimit, 'train-limit', { int: true, min: 1 }),
+    testLimit: numberOption(o.testLimit, 'test-limit', { int: true, min: 1 }),
+    epochs: numberOption(o.epochs, 'epochs', { int: true, min: 1 }),
+    batchSize: numberOption(o.batchSize, 'batch-size', { int: true, min: 1 }),
+    optimizer: choiceOption(o.optimizer, 'optimizer', OPTIMIZERS),
+    lr: numberOption(o.lr, 'lr', { min: Number.MIN_VALUE }),
+    lrSchedule: choiceOption(o.lrSchedule, 'lr-schedule', LR_SCHEDULES),
+    schedule,
+    gating: choiceOption(o.gating, 'gating', GATING_MODES),
+    seed: numberOption(o.seed, 'seed', { int: true }),
+    workers: numberOption(o.workers, 'workers', { int: true, min: 0 }),
+    engine: choiceOption(o.engine, 'engine', ENGINES),
+    modelArgs: { groups: numberOption(o.groups, 'groups', { int: true, min: 1 }) },
+  };
+}
+
+export async function trainCommand(o: Opts, io: Io): Promise<void> {
+  const opts = trainOptionsFrom(o);
+  if (!o.out) throw new DynnError('train needs --out DIR (the run directory)');
+  const { train } = await import('../train/trainer.js');
+  const progress = trainingProgress(io);
+  try {
+    const r = await train({ ...opts, out: String(o.out), resume: Boolean(o.resume), onStep: progress.onStep, onEpoch: progress.onEpoch });
+    if (o.json) io.out(JSON.stringify({ out: o.out, meta: r.meta }, null, 2) + '\n');
+    else io.out(`saved ${o.out} (${r.meta.epoch} epochs, ${r.meta.dataset})\n`);
+    r.model.dispose();
+  } finally {
+    progress.stop();
+  }
+}
+
+/** The sweep table a person reads. */
+function sweepTable(points: SweepPoint[]): string {
+  return table(
+    ['u', 'accuracy', 'FLOPs', 'FLOPs ratio', 'params', 'ms @1', 'ms @128'],
+    points.map((p) => [p.u, pct(p.accuracy), si(p.flops), p.flopsRatio.toFixed(3), si(p.params), ms(p.latencyMs.batch1), ms(p.latencyMs.batch128)]),
+  );
+}
+
+export async function sweepCommand(run: string, o: Opts, io: Io): Promise<void> {
+  const us = uListOption(o.u) ?? DEFAULT_US;
+  const { initEngine } = await import('../engine/backend.js');
+  const { loadRun } = await import('../train/run.js');
+  const { loadDataset } = await import('../data/datasets.js');
+  const { sweep } = await import('../eval/sweep.js');
+  await initEngine(choiceOption(o.engine, 'engine', ENGINES));
+  const { model, meta } = await loadRun(run);
+  try {
+    const dataset = String(o.dataset ?? meta.dataset);
+    const data = await loadDataset(dataset, { dataDir: o.dataDir as string | undefined, testLimit: numberOption(o.testLimit, 'test-limit', { int: true, min: 1 }) });
+    checkDataFits(model, data.test.height, data.test.width, data.test.channels, dataset);
+    const gating = choiceOption(o.gating, 'gating', GATING_MODES);
+    const points = sweep(model, data.test, us, {
+      gating,
+      seed: numberOption(o.seed, 'seed', { int: true }),
+      noLatency: o.latency === false,
+      onPoint: (p) => {
+        if (!o.json) io.err(`u=${p.u}: ${pct(p.accuracy)}\n`);
+      },
+    });
+    if (o.json) io.out(JSON.stringify({ model: model.config.model, dataset, points }, null, 2) + '\n');
+    else io.out(`${model.config.model} on ${dataset} (${data.test.count} test samples)\n` + sweepTable(points));
+  } finally {
+    model.dispose();
+  }
+}
+
+function checkDataFits(model: Network, h: number, w: number, c: number, dataset: string): void {
+  const [mh, mw, mc] = model.inputShape;
+  if (mh !== h || mw !== w || mc !== c) {
+    throw new DynnError(`data set ${dataset} has ${h}x${w}x${c} images; the model takes ${mh}x${mw}x${mc}`);
+  }
+}
+
+export async function infoCommand(run: string, o: Opts, io: Io): Promise<void> {
+  const us = uListOption(o.u) ?? DEFAULT_US;
+  const { loadRun } = await import('../train/run.js');
+  const { initEngine } = await import('../engine/backend.js');
+  await initEngine(choiceOption(o.engine, 'engine', ENGINES));
+  const { model, meta } = await loadRun(run);
+  try {
+    const full = model.cost(1);
+    const costs = us.map((u) => model.cost(u));
+    const info = {
+      model: model.config.model,
+      args: model.config.args,
+      dataset: meta.dataset,
+      epochs: meta.epoch,
+      seed: meta.seed,
+      dynnVersion: meta.dynnVersion,
+      options: meta.options,
+      parameters: model.trainableWeights().reduce((a, w) => a + w.variable.size, 0),
+      blocks: model.blocks(),
+      history: meta.history,
+      cost: costs.map((c) => ({
+        u: c.u,
+        macs: c.macs,
+        flops: c.flops,
+        flopsRatio: c.flops / full.flops,
+        params: c.params,
+        layers: c.layers,
+      })),
+    };
+    if (o.json) {
+      io.out(JSON.stringify(info, null, 2) + '\n');
+      return;
+    }
+    io.out(
+      `${info.model}  ${JSON.stringify(info.args)}\n` +
+        `trained ${info.epochs} epoch(s) on ${info.dataset}, seed ${info.seed}, dynn ${info.dynnVersion}; ${si(info.parameters)} parameters\n` +
+        `throttleable blocks: ${info.blocks.map((b) => (b.kind === 'width' ? `${b.name} (D=${b.groups})` : `${b.name} (depth, stage ${b.stage})`)).join(', ')}\n\n`,
+    );
+    io.out(table(['u', 'MACs', 'FLOPs', 'FLOPs ratio', 'active params'], info.cost.map((c) => [c.u, si(c.macs), si(c.flops), c.flopsRatio.toFixed(3), si(c.params)])));
+    const layerNames = costs[0].layers.map((l) => l.name);
+    io.out(
+      '\nFLOPs per layer\n' +
+        table(['layer', ...us.map((u) => `u=${u}`)], layerNames.map((name) => [name, ...costs.map((c) => si(2 * (c.layers.find((l) => l.name === name)?.macs ?? 0)))])),
+    );
+    if (meta.history?.length) io.out('\ntraining history\n' + historyTable(meta));
+  } finally {
+    model.dispose();
+  }
+}
+
+function historyTable(meta: TrainMeta): string {
+  const us = Object.keys(meta.history[0].testAccuracy);
+  return table(
+    ['epoch', 'loss', 'train acc', 'samples/s', 'ms/step', ...us.map((u) => `test u=${u}`)],
+    meta.history.map((h) => [h.epoch, h.loss.toFixed(4), pct(h.trainAccuracy), h.samplesPerSec.toFixed(0), h.msPerStep.toFixed(0), ...us.map((u) => pct(h.testAccuracy[u]))]),
+  );
+}
+
+export async function demoCommand(o: Opts, io: Io): Promise<void> {
+  const opts = trainOptionsFrom(o);
+  const { train } = await import('../train/trainer.js');
+  const { sweep } = await import('../eval/sweep.js');
+  const us = uListOption(o.u) ?? DEFAULT_US;
+  io.err('dynn demo: training a throttleable vgg-w on the embedded MNIST digits (u ~ U(0,1] per batch)\n');
+  const progress = trainingProgress(io);
+  const t0 = performance.now();
+  const r = await train({
+    model: 'vgg-w',
+    dataset: 'mnist',
+    epochs: 2,
+    ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
+    out: o.out as string | undefined,
+    evalUs: [1],
+    onStep: progress.onStep,
+    onEpoch: progress.onEpoch,
+  });
+  progress.stop();
+  try {
+    io.err(`trained in ${((performance.now() - t0) / 1000).toFixed(1)} s; measuring each operating point\n`);
+    const points = sweep(r.model, r.dataset.test, us);
+    if (o.json) io.out(JSON.stringify({ model: 'vgg-w', dataset: 'mnist', points }, null, 2) + '\n');
+    else
+      io.out(
+        `\none network, many operating points (${r.dataset.test.count} test digits; latency measured on this machine):\n` + sweepTable(points),
+      );
+  } finally {
+    r.model.dispose();
+  }
+}
+
+export async function modelsCommand(o: Opts, io: Io): Promise<void> {
+  const { models } = await import('../models/zoo.js');
+  const rows = models.list().map((name) => ({ name, description: models.get(name).description }));
+  if (o.json) io.out(JSON.stringify(rows, null, 2) + '\n');
+  else io.out(table(['model', 'description'], rows.map((r) => [r.name, r.description])));
+}

@@ -1,0 +1,74 @@
+import Table from 'cli-table3';
+import { DynnError } from '../util/errors.js';
+
+/** Where a command writes: injectable so tests can capture output. */
+export interface Io {
+  out: (text: string) => void;
+  err: (text: string) => void;
+  /** Whether stderr is a terminal (progress bars only then). */
+  errIsTTY: boolean;
+}
+
+export const processIo: Io = {
+  out: (t) => process.stdout.write(t),
+  err: (t) => process.stderr.write(t),
+  errIsTTY: Boolean(process.stderr.isTTY),
+};
+
+/** A text table with a header row. */
+export function table(head: string[], rows: (string | number)[][]): string {
+  const t = new Table({
+    head,
+    style: { head: [], border: [], compact: true },
+  });
+  t.push(...rows.map((r) => r.map(String)));
+  return t.toString() + '\n';
+}
+
+/** Formats a number of FLOPs or parameters with an SI suffix. */
+export function si(n: number): string {
+  if (!Number.isFinite(n)) return '-';
+  const units: [number, string][] = [[1e9, 'G'], [1e6, 'M'], [1e3, 'k']];
+  for (const [v, s] of units) if (Math.abs(n) >= v) return `${(n / v).toFixed(2)}${s}`;
+  return String(Math.round(n));
+}
+
+export const pct = (x: number) => (Number.isFinite(x) ? `${(100 * x).toFixed(2)}%` : '-');
+export const ms = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '-');
+
+/** Parses an optional number option: integer and minimum checked, with the option's name in the error. */
+export function numberOption(value: unknown, name: string, opts: { int?: boolean; min?: number; max?: number } = {}): number | undefined {
+  if (value === undefined) return undefined;
+  const n = typeof value === 'number' ? value : Number(value);
+  const bad =
+    typeof value === 'boolean' ||
+    !Number.isFinite(n) ||
+    (opts.int && !Number.isInteger(n)) ||
+    (opts.min !== undefined && n < opts.min) ||
+    (opts.max !== undefined && n > opts.max);
+  if (bad) {
+    const kind = opts.int ? 'an integer' : 'a number';
+    const range = opts.min !== undefined ? ` >= ${opts.min}` : '';
+    throw new DynnError(`--${name} must be ${kind}${range}, got ${JSON.stringify(value)}`);
+  }
+  return n;
+}
+
+/** Parses a comma-separated list of utilizations, each in (0, 1]. */
+export function uListOption(value: unknown, name = 'u'): number[] | undefined {
+  if (value === undefined) return undefined;
+  const parts = String(value).split(',').map((s) => s.trim()).filter(Boolean);
+  if (parts.length === 0) throw new DynnError(`--${name} needs a comma-separated list of numbers in (0, 1]`);
+  return parts.map((p) => {
+    const u = Number(p);
+    if (!Number.isFinite(u) || u <= 0 || u > 1) throw new DynnError(`--${name}: ${p} is not a utilization in (0, 1]`);
+    return u;
+  });
+}
+
+/** A string option restricted to a set of choices. */
+export function choiceOption<T extends string>(value: unknown, name: string, choices: readonly T[]): T | undefined {
+  if (value === undefined) return undefined;
+  if (!choices.includes(value as T)) throw new DynnError(`--${name} must be one of ${choices.join(', ')}, got ${JSON.stringify(value)}`);
+  return value as T;
+}

@@ -1,0 +1,6 @@
+#!/usr/bin/env node
+import { runCli } from './cli.js';
+
+const code = await runCli(process.argv.slice(2));
+// Worker threads and wasm keep the event loop alive; a finished command exits.
+process.exit(code);

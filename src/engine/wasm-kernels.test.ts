@@ -1,0 +1,302 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Worker } from 'node:worker_threads';
+import * as tf from '@tensorflow/tfjs-core';
+import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import { DynnError } from '../util/errors.js';
+import { Rng } from '../util/rng.js';
+import { engineName, initEngine } from './backend.js';
+import { registerWasmTrainingKernels } from './wasm-kernels.js';
+
+const TOL = 1e-4;
+
+function randomArray(seed: number, n: number, lo = -1, hi = 1): Float32Array {
+  const rng = new Rng(seed);
+  return Float32Array.from({ length: n }, () => lo + (hi - lo) * rng.next());
+}
+
+function randomTensor(seed: number, shape: number[], lo = -1, hi = 1): tf.Tensor {
+  return tf.tensor(randomArray(seed, tf.util.sizeFromShape(shape), lo, hi), shape);
+}
+
+/** sum(y * r) for a fixed random r, so every element of dy differs. */
+function weightedSum(y: tf.Tensor): tf.Scalar {
+  return tf.sum(tf.mul(y, randomTensor(99, y.shape)));
+}
+
+interface Result {
+  shapes: number[][];
+  values: Float32Array[];
+}
+
+async function runOn(backend: 'cpu' | 'wasm', build: () => tf.Tensor[]): Promise<Result> {
+  assert.ok(await tf.setBackend(backend));
+  const outs = tf.tidy(build);
+  const result = { shapes: outs.map((t) => t.shape), values: outs.map((t) => Float32Array.from(t.dataSync())) };
+  tf.dispose(outs);
+  return result;
+}
+
+/** Runs `build` on cpu and on wasm and requires every output to agree to TOL relative to its largest entry. */
+async function assertSameOnBoth(label: string, build: () => tf.Tensor[]): Promise<void> {
+  const ref = await runOn('cpu', build);
+  const got = await runOn('wasm', build);
+  assert.deepEqual(got.shapes, ref.shapes, `${label}: shapes`);
+  ref.values.forEach((r, i) => {
+    const g = got.values[i];
+    let scale = 1e-6;
+    let err = 0;
+    for (let k = 0; k < r.length; k++) {
+      scale = Math.max(scale, Math.abs(r[k]));
+      err = Math.max(err, Math.abs(r[k] - g[k]));
+    }
+    assert.ok(err <= TOL * scale, `${label}: output ${i} differs by ${err} (scale ${scale})`);
+  });
+}
+
+function wasmBackend(): BackendWasm {
+  // tf.backend() is typed as the abstract KernelBackend; under 'wasm' it is a BackendWasm.
+  return tf.backend() as BackendWasm;
+}
+
+describe('wasm training kernels against cpu', () => {
+  before(async () => {
+    delete process.env.DYNN_BACKEND;
+    assert.equal(await initEngine('wasm'), 'wasm');
+  });
+  after(async () => {
+    await tf.setBackend('wasm');
+  });
+
+  test('registration is idempotent', () => {
+    const before = tf.getKernel(tf.BatchMatMul, 'wasm');
+    registerWasmTrainingKernels();
+    registerWasmTrainingKernels();
+    assert.equal(tf.getKernel(tf.BatchMatMul, 'wasm'), before);
+    for (const name of [tf.Conv2DBackpropFilter, tf.UnsortedSegmentSum, tf.DepthwiseConv2dNativeBackpropFilter]) {
+      assert.ok(tf.getKernel(name, 'wasm') != null, name);
+    }
+  });
+
+  const convCases: { x: number[]; k: number; co: number; s: 1 | 2; pad: 'same' | 'valid' | number | tf.backend_util.ExplicitPadding }[] = [];
+  for (const k of [1, 3]) {
+    for (const s of [1, 2] as const) {
+      for (const pad of ['same', 'valid', 1] as const) convCases.push({ x: [2, 9, 8, 3], k, co: 4, s, pad });
+    }
+  }
+  convCases.push({ x: [3, 10, 10, 5], k: 3, co: 6, s: 2, pad: 'valid' });
+  convCases.push({ x: [2, 7, 9, 4], k: 3, co: 5, s: 2, pad: [[0, 0], [1, 2], [0, 1], [0, 0]] });
+  convCases.push({ x: [1, 6, 6, 8], k: 1, co: 3, s: 1, pad: 0 });
+
+  test('conv2d forward, dx and dw', async () => {
+    for (const c of convCases) {
+      await assertSameOnBoth(`conv k${c.k} s${c.s} pad ${JSON.stringify(c.pad)} x ${c.x}`, () => {
+        const x = randomTensor(1, c.x) as tf.Tensor4D;
+        const w = randomTensor(2, [c.k, c.k, c.x[3], c.co]) as tf.Tensor4D;
+        const conv = (a: tf.Tensor4D, b: tf.Tensor4D) => tf.conv2d(a, b, c.s, c.pad);
+        const grads = tf.grads((a: tf.Tensor, b: tf.Tensor) => weightedSum(conv(a as tf.Tensor4D, b as tf.Tensor4D)));
+        return [conv(x, w), ...grads([x, w])];
+      });
+    }
+  });
+
+  test('fused conv2d with bias and relu: forward and gradients', async () => {
+    for (const s of [1, 2] as const) {
+      await assertSameOnBoth(`fused conv s${s}`, () => {
+        const x = randomTensor(3, [2, 8, 8, 3]) as tf.Tensor4D;
+        const w = randomTensor(4, [3, 3, 3, 4]) as tf.Tensor4D;
+        const bias = randomTensor(5, [4]) as tf.Tensor1D;
+        const f = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) =>
+          tf.fused.conv2d({ x: a as tf.Tensor4D, filter: b as tf.Tensor4D, strides: s, pad: 'same', bias: c, activation: 'relu' });
+        return [f(x, w, bias), ...tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => weightedSum(f(a, b, c)))([x, w, bias])];
+      });
+    }
+  });
+
+  test('depthwise conv2d dx and dw', async () => {
+    for (const m of [1, 2]) {
+      for (const s of [1, 2] as const) {
+        for (const pad of ['same', 'valid'] as const) {
+          await assertSameOnBoth(`depthwise m${m} s${s} ${pad}`, () => {
+            const x = randomTensor(6, [2, 9, 8, 3]) as tf.Tensor4D;
+            const w = randomTensor(7, [3, 3, 3, m]) as tf.Tensor4D;
+            const f = (a: tf.Tensor, b: tf.Tensor) => tf.depthwiseConv2d(a as tf.Tensor4D, b as tf.Tensor4D, s, pad);
+            return [f(x, w), ...tf.grads((a: tf.Tensor, b: tf.Tensor) => weightedSum(f(a, b)))([x, w])];
+          });
+        }
+      }
+    }
+  });
+
+  test('matMul with every transpose combination, batched and 2D, and its gradients', async () => {
+    for (const [batch, m, k, n] of [[3, 4, 5, 6], [0, 7, 5, 6]]) {
+      for (const ta of [false, true]) {
+        for (const tb of [false, true]) {
+          await assertSameOnBoth(`matMul batch ${batch} ta ${ta} tb ${tb}`, () => {
+            const pre = batch > 0 ? [batch] : [];
+            const a = randomTensor(8, [...pre, ...(ta ? [k, m] : [m, k])]);
+            const b = randomTensor(9, [...pre, ...(tb ? [n, k] : [k, n])]);
+            const f = (p: tf.Tensor, q: tf.Tensor) => tf.matMul(p, q, ta, tb);
+            return [f(a, b), ...tf.grads((p: tf.Tensor, q: tf.Tensor) => weightedSum(f(p, q)))([a, b])];
+          });
+        }
+      }
+    }
+  });
+
+  test('fused matMul: bias, activations, transposes, batch', async () => {
+    const activations = ['linear', 'relu', 'relu6', 'elu', 'sigmoid', 'leakyrelu', 'prelu'] as const;
+    for (const [batch, m, k, n] of [[3, 4, 5, 6], [0, 7, 5, 6]]) {
+      for (const ta of [false, true]) {
+        for (const tb of [false, true]) {
+          await assertSameOnBoth(`fused matMul batch ${batch} ta ${ta} tb ${tb}`, () => {
+            const pre = batch > 0 ? [batch] : [];
+            const a = randomTensor(10, [...pre, ...(ta ? [k, m] : [m, k])]);
+            const b = randomTensor(11, [...pre, ...(tb ? [n, k] : [k, n])]);
+            const bias = randomTensor(12, [n]);
+            const alpha = randomTensor(13, [n], 0, 0.5);
+            const outs = activations.map((activation) =>
+              tf.fused.matMul({
+                a, b, bias, activation, transposeA: ta, transposeB: tb,
+                preluActivationWeights: activation === 'prelu' ? alpha : undefined,
+                leakyreluAlpha: 0.1,
+              }));
+            const grads = tf.grads((p: tf.Tensor, q: tf.Tensor, c: tf.Tensor) =>
+              weightedSum(tf.fused.matMul({ a: p, b: q, bias: c, activation: 'relu', transposeA: ta, transposeB: tb })));
+            return [...outs, tf.fused.matMul({ a, b, transposeA: ta, transposeB: tb }), ...grads([a, b, bias])];
+          });
+        }
+      }
+    }
+  });
+
+  test('maxPool gradient: all-negative inputs, ties, overlapping and padded windows', async () => {
+    const inputs: [string, () => tf.Tensor4D][] = [
+      ['negative', () => randomTensor(14, [2, 6, 7, 3], -2, -1) as tf.Tensor4D],
+      // Values in {-1, -0.5, 0}: most windows hold several equal maxima, many of them <= 0.
+      ['ties', () => tf.sub(tf.div(tf.round(tf.mul(randomTensor(15, [2, 6, 7, 3], 0, 1), 2)), 2), 1) as tf.Tensor4D],
+      ['constant', () => tf.fill([1, 5, 5, 2], -3) as tf.Tensor4D],
+    ];
+    const pools: [number, number, 'same' | 'valid'][] = [[2, 2, 'valid'], [3, 2, 'same'], [3, 1, 'same'], [2, 1, 'valid']];
+    for (const [label, make] of inputs) {
+      for (const [size, stride, pad] of pools) {
+        await assertSameOnBoth(`maxPool ${label} ${size}/${stride} ${pad}`, () => {
+          const x = make();
+          const f = (a: tf.Tensor) => tf.maxPool(a as tf.Tensor4D, size, stride, pad);
+          return [f(x), tf.grad((a: tf.Tensor) => weightedSum(f(a)))(x)];
+        });
+      }
+    }
+  });
+
+  test('maxPool gradient is fast on 128x28x28x32', async () => {
+    await tf.setBackend('wasm');
+    const x = randomTensor(16, [128, 28, 28, 32]) as tf.Tensor4D;
+    const y = tf.maxPool(x, 2, 2, 'valid');
+    const dy = tf.onesLike(y);
+    const grad = () => tf.engine().runKernel(tf.MaxPoolGrad, { dy, input: x, output: y }, {
+      filterSize: 2, strides: 2, pad: 'valid',
+    }) as tf.Tensor;
+    tf.dispose(grad());
+    let ms = Infinity;
+    // The best of three, so that other processes on a busy machine do not fail the test.
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now();
+      const g = grad();
+      ms = Math.min(ms, performance.now() - t0);
+      const total = tf.sum(g);
+      assert.equal(total.dataSync()[0], y.size);
+      tf.dispose([g, total]);
+    }
+    tf.dispose([x, y, dy]);
+    assert.ok(ms < 100, `MaxPoolGrad took ${ms.toFixed(1)} ms`);
+  });
+
+  test('gather gradient with duplicate indices (unsortedSegmentSum)', async () => {
+    await assertSameOnBoth('gather axis 0', () => {
+      const x = randomTensor(17, [6, 4]);
+      const idx = tf.tensor1d([1, 3, 1, 1, 5, 0], 'int32');
+      return [tf.grad((a: tf.Tensor) => weightedSum(tf.gather(a, idx, 0)))(x)];
+    });
+    await assertSameOnBoth('gather axis 1', () => {
+      const x = randomTensor(18, [3, 5, 2]);
+      const idx = tf.tensor1d([4, 4, 0, 2, 4], 'int32');
+      return [tf.grad((a: tf.Tensor) => weightedSum(tf.gather(a, idx, 1)))(x)];
+    });
+    await assertSameOnBoth('unsortedSegmentSum', () => {
+      const x = randomTensor(19, [7, 3]);
+      return [tf.unsortedSegmentSum(x, tf.tensor1d([2, 0, 2, 2, 4, 0, 1], 'int32'), 5)];
+    });
+  });
+
+  test('repeated gradient calls leak no tensors and no wasm data', async () => {
+    await tf.setBackend('wasm');
+    const x = randomTensor(20, [4, 12, 12, 3]) as tf.Tensor4D;
+    const w1 = randomTensor(21, [3, 3, 3, 8]) as tf.Tensor4D;
+    const w2 = randomTensor(22, [3, 3, 8, 8]) as tf.Tensor4D;
+    const wd = randomTensor(23, [3, 3, 8, 2]) as tf.Tensor4D;
+    const dense = randomTensor(24, [3 * 3 * 16, 5]);
+    const bias = randomTensor(25, [5]);
+    const emb = randomTensor(26, [10, 4]);
+    const idx = tf.tensor1d([3, 3, 7, 0], 'int32');
+    const loss = (...v: tf.Tensor[]) => {
+      const [a, b, c, d, e, f, g] = v as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D, tf.Tensor4D, tf.Tensor2D, tf.Tensor1D, tf.Tensor2D];
+      let h = tf.relu(tf.conv2d(a, b, 1, 'same'));
+      h = tf.relu(tf.conv2d(h, c, 2, 'valid'));
+      h = tf.depthwiseConv2d(h, d, 1, 'same');
+      h = tf.maxPool(h, 2, 2, 'same');
+      const logits = tf.fused.matMul({ a: tf.reshape(h, [4, -1]), b: e, bias: f, activation: 'relu' });
+      return tf.add(weightedSum(logits), weightedSum(tf.gather(g, idx)));
+    };
+    const step = () => tf.tidy(() => tf.grads(loss)([x, w1, w2, wd, dense, bias, emb]));
+    tf.dispose(step());
+    const tensors = tf.memory().numTensors;
+    const data = wasmBackend().numDataIds();
+    for (let i = 0; i < 3; i++) tf.dispose(step());
+    assert.equal(tf.memory().numTensors, tensors);
+    assert.equal(wasmBackend().numDataIds(), data);
+    tf.dispose([x, w1, w2, wd, dense, bias, emb, idx]);
+  });
+});
+
+describe('initEngine', () => {
+  test('keeps the running engine and reports it', async () => {
+    assert.equal(await initEngine('wasm'), 'wasm');
+    assert.equal(await initEngine(), 'wasm');
+    assert.equal(engineName(), 'wasm');
+  });
+
+  test('rejects an unknown backend name with a DynnError', async () => {
+    await assert.rejects(initEngine('gpu' as 'cpu'), (err: unknown) => {
+      assert.ok(err instanceof DynnError);
+      assert.equal(err.message, 'unknown backend "gpu"; expected one of auto, tensorflow, wasm, cpu');
+      return true;
+    });
+  });
+
+  test('starts wasm with the training kernels inside a worker thread', async () => {
+    const backendUrl = new URL('./backend.js', import.meta.url).href;
+    const tfUrl = import.meta.resolve('@tensorflow/tfjs-core');
+    const code = `
+      const { parentPort } = require('node:worker_threads');
+      (async () => {
+        const { initEngine } = await import(${JSON.stringify(backendUrl)});
+        const tf = await import(${JSON.stringify(tfUrl)});
+        const name = await initEngine();
+        const x = tf.ones([1, 6, 6, 2]);
+        const w = tf.ones([3, 3, 2, 4]);
+        const dw = tf.grad((f) => tf.sum(tf.conv2d(x, f, 2, 'same')))(w);
+        parentPort.postMessage({ name, sum: tf.sum(dw).dataSync()[0] });
+      })().catch((e) => parentPort.postMessage({ error: String(e) }));`;
+    const worker = new Worker(code, { eval: true, env: { ...process.env, DYNN_BACKEND: '' } });
+    const reply = await new Promise<{ name?: string; sum?: number; error?: string }>((resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+    });
+    await worker.terminate();
+    assert.equal(reply.error, undefined);
+    assert.ok(reply.name === 'wasm' || reply.name === 'tensorflow', String(reply.name));
+    // Stride-2 'same' over 6 rows pads one at the bottom: the taps see 3, 3 and 2 rows, so 8*8 per (ci, co).
+    assert.equal(reply.sum, 8 * 8 * 2 * 4);
+  });
+});

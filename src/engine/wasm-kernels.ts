@@ -1,0 +1,498 @@
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-wasm';
+import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import type {
+  BatchMatMulAttrs,
+  BatchMatMulInputs,
+  Conv2DBackpropFilterAttrs,
+  Conv2DBackpropFilterInputs,
+  Conv2DBackpropInputAttrs,
+  Conv2DBackpropInputInputs,
+  DepthwiseConv2dNativeBackpropFilterAttrs,
+  DepthwiseConv2dNativeBackpropFilterInputs,
+  DepthwiseConv2dNativeBackpropInputAttrs,
+  DepthwiseConv2dNativeBackpropInputInputs,
+  KernelConfig,
+  KernelFunc,
+  MaxPoolGradAttrs,
+  MaxPoolGradInputs,
+  NamedAttrMap,
+  NamedTensorInfoMap,
+  TensorInfo,
+  UnsortedSegmentSumAttrs,
+  UnsortedSegmentSumInputs,
+  _FusedMatMulAttrs,
+  _FusedMatMulInputs,
+} from '@tensorflow/tfjs-core';
+
+const BACKEND = 'wasm';
+
+type Shape4 = [number, number, number, number];
+type Pads = [[number, number], [number, number], [number, number], [number, number]];
+
+/** Intermediate tensors of one kernel call, freed together when the call ends. */
+class Scope {
+  private readonly temps: TensorInfo[] = [];
+
+  constructor(readonly backend: BackendWasm) {}
+
+  /** Runs a registered wasm kernel and keeps its output for disposal. */
+  run(name: string, inputs: NamedTensorInfoMap, attrs: NamedAttrMap = {}): TensorInfo {
+    const kernel = tf.getKernel(name, BACKEND);
+    if (kernel == null) throw new Error(`dynn: the wasm backend has no ${name} kernel`);
+    const out = kernel.kernelFunc({ inputs, backend: this.backend, attrs }) as TensorInfo;
+    this.temps.push(out);
+    return out;
+  }
+
+  /** Runs a captured original kernel function and keeps its output for disposal. */
+  runFunc(func: KernelFunc, inputs: NamedTensorInfoMap, attrs: NamedAttrMap): TensorInfo {
+    const out = func({ inputs, backend: this.backend, attrs }) as TensorInfo;
+    this.temps.push(out);
+    return out;
+  }
+
+  /** Takes a tensor out of the scope, so it survives as the kernel's result. */
+  keep(t: TensorInfo): TensorInfo {
+    const i = this.temps.indexOf(t);
+    if (i >= 0) this.temps.splice(i, 1);
+    return t;
+  }
+
+  dispose(): void {
+    for (const t of this.temps) this.backend.disposeData(t.dataId);
+    this.temps.length = 0;
+  }
+}
+
+/** Runs `body` with a fresh scope and frees every intermediate it did not keep, also on error. */
+function scoped(backend: BackendWasm, body: (s: Scope) => TensorInfo): TensorInfo {
+  const s = new Scope(backend);
+  try {
+    return body(s);
+  } finally {
+    s.dispose();
+  }
+}
+
+/** The same data under another shape; the caller still owns (and frees) the original. */
+function view(t: TensorInfo, shape: number[]): TensorInfo {
+  return { dataId: t.dataId, shape, dtype: t.dtype };
+}
+
+function swapLastTwo(rank: number): number[] {
+  const perm = Array.from({ length: rank }, (_, i) => i);
+  perm[rank - 2] = rank - 1;
+  perm[rank - 1] = rank - 2;
+  return perm;
+}
+
+function assertNHWC(dataFormat: string | undefined, kernel: string): void {
+  if (dataFormat != null && dataFormat !== 'NHWC') {
+    throw new Error(`dynn: wasm ${kernel} supports NHWC only, got ${dataFormat}`);
+  }
+}
+
+/**
+ * Makes spatial dims 1 and 2 of `t` exactly match wanted pad amounts, some of which may be negative.
+ * Negative amounts are cropped with Slice here; the non-negative rest is returned as explicit conv padding.
+ */
+function padOrCrop(s: Scope, t: TensorInfo, top: number, bottom: number, left: number, right: number): [TensorInfo, Pads] {
+  let out = t;
+  if (top < 0 || bottom < 0 || left < 0 || right < 0) {
+    const [n, h, w, c] = t.shape;
+    const ct = Math.max(-top, 0);
+    const cl = Math.max(-left, 0);
+    const size = [n, h - ct - Math.max(-bottom, 0), w - cl - Math.max(-right, 0), c];
+    out = s.run(tf.Slice, { x: t }, { begin: [0, ct, cl, 0], size });
+  }
+  const pads: Pads = [
+    [0, 0],
+    [Math.max(top, 0), Math.max(bottom, 0)],
+    [Math.max(left, 0), Math.max(right, 0)],
+    [0, 0],
+  ];
+  return [out, pads];
+}
+
+/**
+ * Inserts sh-1 zero rows after every row of an NHWC tensor (and sw-1 zero columns after every column).
+ * The result has OH*sh rows: the last sh-1 of them are zeros too, which callers account for.
+ */
+function zeroInsert(s: Scope, dy: TensorInfo, sh: number, sw: number): TensorInfo {
+  if (sh === 1 && sw === 1) return dy;
+  const [n, oh, ow, c] = dy.shape;
+  const spread = s.run(
+    tf.PadV2,
+    { x: view(dy, [n, oh, 1, ow, 1, c]) },
+    { paddings: [[0, 0], [0, 0], [0, sh - 1], [0, 0], [0, sw - 1], [0, 0]], constantValue: 0 },
+  );
+  return view(spread, [n, oh * sh, ow * sw, c]);
+}
+
+function conv2DBackpropFilter(args: {
+  inputs: Conv2DBackpropFilterInputs;
+  backend: BackendWasm;
+  attrs: Conv2DBackpropFilterAttrs;
+}): TensorInfo {
+  const { inputs, backend, attrs } = args;
+  const x = inputs.x!;
+  const dy = inputs.dy!;
+  assertNHWC(attrs.dataFormat, 'Conv2DBackpropFilter');
+  const info = tf.backend_util.computeConv2DInfo(
+    x.shape as Shape4, attrs.filterShape, attrs.strides, 1, attrs.pad, attrs.dimRoundingMode, false, 'channelsLast');
+  const [kh, kw, ci, co] = attrs.filterShape;
+  const [b, h, w] = x.shape;
+  const { strideHeight: sh, strideWidth: sw, outHeight: oh, outWidth: ow } = info;
+  const { top: pt, left: pl } = info.padInfo;
+  return scoped(backend, (s) => {
+    if (kh === 1 && kw === 1 && sh === 1 && sw === 1 && pt === 0 && pl === 0 && oh === h && ow === w) {
+      // A 1x1 stride-1 filter gradient is x^T dy; transposing explicitly keeps BatchMatMul on its fast path.
+      const n = b * h * w;
+      const xt = s.run(tf.Transpose, { x: view(x, [n, ci]) }, { perm: [1, 0] });
+      const out = s.run(tf.BatchMatMul, { a: view(xt, [1, ci, n]), b: view(dy, [1, n, co]) }, {
+        transposeA: false,
+        transposeB: false,
+      });
+      return view(s.keep(out), [1, 1, ci, co]);
+    }
+    // As a conv: batch = Ci, channels = B, filter = dy laid out [OH,OW,B,Co], dilated by the forward stride.
+    const xt = s.run(tf.Transpose, { x }, { perm: [3, 1, 2, 0] });
+    const dyt = s.run(tf.Transpose, { x: dy }, { perm: [1, 2, 0, 3] });
+    const [xin, pads] = padOrCrop(s, xt, pt, kh + (oh - 1) * sh - pt - h, pl, kw + (ow - 1) * sw - pl - w);
+    const conv = s.run(tf.Conv2D, { x: xin, filter: dyt }, {
+      strides: [1, 1],
+      pad: pads,
+      dataFormat: 'NHWC',
+      dilations: [sh, sw],
+    });
+    return s.keep(s.run(tf.Transpose, { x: conv }, { perm: [1, 2, 0, 3] }));
+  });
+}
+
+function conv2DBackpropInput(args: {
+  inputs: Conv2DBackpropInputInputs;
+  backend: BackendWasm;
+  attrs: Conv2DBackpropInputAttrs;
+}): TensorInfo {
+  const { inputs, backend, attrs } = args;
+  const dy = inputs.dy!;
+  const filter = inputs.filter!;
+  assertNHWC(attrs.dataFormat, 'Conv2DBackpropInput');
+  const info = tf.backend_util.computeConv2DInfo(
+    attrs.inputShape, filter.shape as Shape4, attrs.strides, 1, attrs.pad, attrs.dimRoundingMode, false, 'channelsLast');
+  const [, h, w] = attrs.inputShape;
+  const [kh, kw] = filter.shape;
+  const { strideHeight: sh, strideWidth: sw } = info;
+  const { top: pt, left: pl } = info.padInfo;
+  return scoped(backend, (s) => {
+    const dyz = zeroInsert(s, dy, sh, sw);
+    const [, lh, lw] = dyz.shape;
+    const top = kh - 1 - pt;
+    const left = kw - 1 - pl;
+    const [din, pads] = padOrCrop(s, dyz, top, h + kh - 1 - top - lh, left, w + kw - 1 - left - lw);
+    const reversed = s.run(tf.Reverse, { x: filter }, { dims: [0, 1] });
+    const flipped = s.run(tf.Transpose, { x: reversed }, { perm: [0, 1, 3, 2] });
+    return s.keep(s.run(tf.Conv2D, { x: din, filter: flipped }, {
+      strides: [1, 1],
+      pad: pads,
+      dataFormat: 'NHWC',
+      dilations: [1, 1],
+    }));
+  });
+}
+
+function depthwiseBackpropFilter(args: {
+  inputs: DepthwiseConv2dNativeBackpropFilterInputs;
+  backend: BackendWasm;
+  attrs: DepthwiseConv2dNativeBackpropFilterAttrs;
+}): TensorInfo {
+  const { inputs, backend, attrs } = args;
+  const x = inputs.x!;
+  const dy = inputs.dy!;
+  const info = tf.backend_util.computeConv2DInfo(
+    x.shape as Shape4, attrs.filterShape, attrs.strides, attrs.dilations ?? 1, attrs.pad, attrs.dimRoundingMode, true);
+  const [kh, kw, c, m] = attrs.filterShape;
+  const [b, h, w] = x.shape;
+  const { strideHeight: sh, strideWidth: sw, dilationHeight: dh, dilationWidth: dw, outHeight: oh, outWidth: ow } = info;
+  const { top: pt, left: pl } = info.padInfo;
+  return scoped(backend, (s) => {
+    const spanH = (kh - 1) * dh + (oh - 1) * sh + 1;
+    const spanW = (kw - 1) * dw + (ow - 1) * sw + 1;
+    const xp = s.run(tf.PadV2, { x }, {
+      paddings: [[0, 0], [pt, Math.max(spanH - pt - h, 0)], [pl, Math.max(spanW - pl - w, 0)], [0, 0]],
+      constantValue: 0,
+    });
+    const dy5 = view(dy, [b, oh, ow, c, m]);
+    const taps: TensorInfo[] = [];
+    for (let i = 0; i < kh; i++) {
+      for (let j = 0; j < kw; j++) {
+        const xs = s.run(tf.StridedSlice, { x: xp }, {
+          begin: [0, i * dh, j * dw, 0],
+          end: [b, i * dh + (oh - 1) * sh + 1, j * dw + (ow - 1) * sw + 1, c],
+          strides: [1, sh, sw, 1],
+          beginMask: 0,
+          endMask: 0,
+          ellipsisMask: 0,
+          newAxisMask: 0,
+          shrinkAxisMask: 0,
+        });
+        const prod = s.run(tf.Multiply, { a: view(xs, [b, oh, ow, c, 1]), b: dy5 });
+        taps.push(s.run(tf.Sum, { x: prod }, { axis: [0, 1, 2], keepDims: false }));
+      }
+    }
+    const out = backend.makeOutput([kh, kw, c, m], 'float32');
+    const ov = backend.typedArrayFromHeap(out);
+    taps.forEach((t, i) => ov.set(backend.typedArrayFromHeap(t), i * c * m));
+    return out;
+  });
+}
+
+function depthwiseBackpropInput(args: {
+  inputs: DepthwiseConv2dNativeBackpropInputInputs;
+  backend: BackendWasm;
+  attrs: DepthwiseConv2dNativeBackpropInputAttrs;
+}): TensorInfo {
+  const { inputs, backend, attrs } = args;
+  const dy = inputs.dy!;
+  const filter = inputs.filter!;
+  const info = tf.backend_util.computeConv2DInfo(
+    attrs.inputShape, filter.shape as Shape4, attrs.strides, attrs.dilations ?? 1, attrs.pad, attrs.dimRoundingMode, true);
+  const [b, h, w, c] = attrs.inputShape;
+  const [kh, kw, , m] = filter.shape;
+  const { strideHeight: sh, strideWidth: sw, dilationHeight: dh, dilationWidth: dw } = info;
+  const { top: pt, left: pl } = info.padInfo;
+  return scoped(backend, (s) => {
+    const dyz = zeroInsert(s, dy, sh, sw);
+    const [, lh, lw] = dyz.shape;
+    const top = (kh - 1) * dh - pt;
+    const left = (kw - 1) * dw - pl;
+    const [din, pads] = padOrCrop(s, dyz, top, h + (kh - 1) * dh - top - lh, left, w + (kw - 1) * dw - left - lw);
+    // Each of the C*M dy channels convolves with its own reversed tap: a depthwise conv with multiplier 1.
+    const reversed = s.run(tf.Reverse, { x: filter }, { dims: [0, 1] });
+    const out = s.run(tf.DepthwiseConv2dNative, { x: din, filter: view(reversed, [kh, kw, c * m, 1]) }, {
+      strides: [1, 1],
+      pad: pads,
+      dilations: [dh, dw],
+    });
+    if (m === 1) return s.keep(out);
+    return s.keep(s.run(tf.Sum, { x: view(out, [b, h, w, c, m]) }, { axis: [4], keepDims: false }));
+  });
+}
+
+function makeBatchMatMul(original: KernelFunc) {
+  return (args: { inputs: BatchMatMulInputs; backend: BackendWasm; attrs: BatchMatMulAttrs }): TensorInfo => {
+    const { inputs, backend, attrs } = args;
+    const a = inputs.a!;
+    const b = inputs.b!;
+    if (!attrs.transposeA && !attrs.transposeB) {
+      return original({ inputs: { a, b }, backend, attrs: { transposeA: false, transposeB: false } }) as TensorInfo;
+    }
+    return scoped(backend, (s) => {
+      const at = attrs.transposeA ? s.run(tf.Transpose, { x: a }, { perm: swapLastTwo(a.shape.length) }) : a;
+      const bt = attrs.transposeB ? s.run(tf.Transpose, { x: b }, { perm: swapLastTwo(b.shape.length) }) : b;
+      return s.keep(s.runFunc(original, { a: at, b: bt }, { transposeA: false, transposeB: false }));
+    });
+  };
+}
+
+/** wasm's fused kernel is wrong with a bias and a transpose or a batch, so this always composes plain kernels. */
+function fusedMatMul(args: { inputs: _FusedMatMulInputs; backend: BackendWasm; attrs: _FusedMatMulAttrs }): TensorInfo {
+  const { inputs, backend, attrs } = args;
+  const { a, b, bias, preluActivationWeights } = inputs;
+  return scoped(backend, (s) => {
+    let y = s.run(tf.BatchMatMul, { a, b }, { transposeA: attrs.transposeA, transposeB: attrs.transposeB });
+    if (bias != null) y = s.run(tf.Add, { a: y, b: bias });
+    switch (attrs.activation) {
+      case 'linear':
+        break;
+      case 'relu':
+        y = s.run(tf.Relu, { x: y });
+        break;
+      case 'relu6':
+        y = s.run(tf.Relu6, { x: y });
+        break;
+      case 'elu':
+        y = s.run(tf.Elu, { x: y });
+        break;
+      case 'sigmoid':
+        y = s.run(tf.Sigmoid, { x: y });
+        break;
+      case 'leakyrelu':
+        y = s.run(tf.LeakyRelu, { x: y }, { alpha: attrs.leakyreluAlpha ?? 0.2 });
+        break;
+      case 'prelu':
+        y = s.run(tf.Prelu, { x: y, alpha: preluActivationWeights! });
+        break;
+      default:
+        throw new Error(`dynn: unsupported fused activation ${String(attrs.activation)}`);
+    }
+    return s.keep(y);
+  });
+}
+
+/** TF semantics: each window's gradient goes to its FIRST maximum (row-major), padding never wins. */
+function maxPoolGrad(args: { inputs: MaxPoolGradInputs; backend: BackendWasm; attrs: MaxPoolGradAttrs }): TensorInfo {
+  const { inputs, backend, attrs } = args;
+  const x = inputs.input!;
+  const dy = inputs.dy!;
+  const info = tf.backend_util.computePool2DInfo(
+    x.shape as Shape4, attrs.filterSize, attrs.strides, 1, attrs.pad, attrs.dimRoundingMode);
+  const dx = backend.makeOutput(x.shape, 'float32');
+  // Heap views are taken after the last allocation: growing wasm memory would detach them.
+  const xv = backend.typedArrayFromHeap(x) as Float32Array;
+  const dyv = backend.typedArrayFromHeap(dy) as Float32Array;
+  const dxv = backend.typedArrayFromHeap(dx) as Float32Array;
+  dxv.fill(0);
+  const { batchSize, inHeight, inWidth, inChannels: c, outHeight, outWidth, strideHeight, strideWidth } = info;
+  const { filterHeight, filterWidth, dilationHeight, dilationWidth } = info;
+  const { top, left } = info.padInfo;
+  const taps = new Int32Array(filterHeight * filterWidth);
+  let dyOff = 0;
+  for (let n = 0; n < batchSize; n++) {
+    for (let oh = 0; oh < outHeight; oh++) {
+      const h0 = oh * strideHeight - top;
+      for (let ow = 0; ow < outWidth; ow++, dyOff += c) {
+        const w0 = ow * strideWidth - left;
+        // Row-major tap order makes the strict > below pick the first maximum; taps in the padding are skipped.
+        let count = 0;
+        for (let i = 0; i < filterHeight; i++) {
+          const hh = h0 + i * dilationHeight;
+          if (hh < 0 || hh >= inHeight) continue;
+          for (let j = 0; j < filterWidth; j++) {
+            const ww = w0 + j * dilationWidth;
+            if (ww >= 0 && ww < inWidth) taps[count++] = ((n * inHeight + hh) * inWidth + ww) * c;
+          }
+        }
+        for (let k = 0; k < c; k++) {
+          let best = -Infinity;
+          let at = -1;
+          for (let t = 0; t < count; t++) {
+            const v = xv[taps[t] + k];
+            if (v > best) {
+              best = v;
+              at = taps[t] + k;
+            }
+          }
+          if (at >= 0) dxv[at] += dyv[dyOff + k];
+        }
+      }
+    }
+  }
+  return dx;
+}
+
+/** Sums rows of x into segments; ids outside [0, numSegments) are dropped, as in TensorFlow. */
+function unsortedSegmentSum(args: {
+  inputs: UnsortedSegmentSumInputs;
+  backend: BackendWasm;
+  attrs: UnsortedSegmentSumAttrs;
+}): TensorInfo {
+  const { inputs, backend, attrs } = args;
+  const x = inputs.x!;
+  const ids = inputs.segmentIds!;
+  const { numSegments } = attrs;
+  const rowShape = x.shape.slice(ids.shape.length);
+  const row = tf.util.sizeFromShape(rowShape);
+  const rows = tf.util.sizeFromShape(ids.shape);
+  const out = backend.makeOutput([numSegments, ...rowShape], x.dtype);
+  if (numSegments * row === 0) return out;
+  const xv = backend.typedArrayFromHeap(x);
+  const idv = backend.typedArrayFromHeap(ids);
+  const ov = backend.typedArrayFromHeap(out);
+  ov.fill(0);
+  for (let r = 0; r < rows; r++) {
+    const seg = idv[r];
+    if (!(seg >= 0 && seg < numSegments)) continue;
+    const src = r * row;
+    const dst = seg * row;
+    for (let k = 0; k < row; k++) ov[dst + k] += xv[src + k];
+  }
+  return out;
+}
+
+/** Builds a kernel function; `original` is the wasm kernel being replaced, if any. */
+type Factory = (original: KernelFunc | undefined) => KernelFunc;
+
+interface Entry {
+  name: string;
+  factory: Factory;
+  /** Register only when wasm has no kernel of this name. */
+  onlyIfMissing?: boolean;
+}
+
+// The registry's KernelFunc is untyped ({} backend, loose maps); ours take the typed inputs, attrs and BackendWasm.
+const asKernel = (f: unknown): KernelFunc => f as KernelFunc;
+
+const ENTRIES: readonly Entry[] = [
+  { name: tf.Conv2DBackpropFilter, factory: () => asKernel(conv2DBackpropFilter) },
+  { name: tf.Conv2DBackpropInput, factory: () => asKernel(conv2DBackpropInput) },
+  {
+    name: tf.BatchMatMul,
+    factory: (original) => {
+      if (original == null) throw new Error('dynn: the wasm backend has no BatchMatMul kernel');
+      return asKernel(makeBatchMatMul(original));
+    },
+  },
+  { name: tf._FusedMatMul, factory: () => asKernel(fusedMatMul) },
+  { name: tf.MaxPoolGrad, factory: () => asKernel(maxPoolGrad) },
+  { name: tf.UnsortedSegmentSum, factory: () => asKernel(unsortedSegmentSum) },
+  { name: tf.DepthwiseConv2dNativeBackpropFilter, factory: () => asKernel(depthwiseBackpropFilter), onlyIfMissing: true },
+  { name: tf.DepthwiseConv2dNativeBackpropInput, factory: () => asKernel(depthwiseBackpropInput), onlyIfMissing: true },
+];
+
+/** Names of the wasm kernels dynn registers (some only if wasm lacks them). */
+export const WASM_TRAINING_KERNELS: readonly string[] = ENTRIES.map((e) => e.name);
+
+/**
+ * Marks our configs and remembers what they replaced. A global symbol, so a second copy of this module
+ * (or a second call) recognises registrations it did not make itself.
+ */
+const REPLACED = Symbol.for('dynn.wasmTrainingKernel.replaced');
+
+interface DynnKernelConfig extends KernelConfig {
+  [REPLACED]: KernelConfig | null;
+}
+
+function isOurs(config: KernelConfig | undefined): config is DynnKernelConfig {
+  return config != null && REPLACED in config;
+}
+
+/**
+ * Registers dynn's training kernels for the `wasm` backend: the missing Conv2DBackpropFilter,
+ * UnsortedSegmentSum and depthwise gradients, and fast or correct replacements for Conv2DBackpropInput,
+ * BatchMatMul with transposes, _FusedMatMul and MaxPoolGrad. Idempotent; works before or after the
+ * wasm backend is initialised.
+ */
+export function registerWasmTrainingKernels(): void {
+  for (const entry of ENTRIES) {
+    const current = tf.getKernel(entry.name, BACKEND);
+    if (isOurs(current)) continue;
+    if (current != null && entry.onlyIfMissing) continue;
+    const config: DynnKernelConfig = {
+      kernelName: entry.name,
+      backendName: BACKEND,
+      kernelFunc: entry.factory(current?.kernelFunc),
+      // The original's setup binds its wasm function; it must still run if the backend starts later.
+      setupFunc: current?.setupFunc,
+      disposeFunc: current?.disposeFunc,
+      [REPLACED]: current ?? null,
+    };
+    if (current != null) tf.unregisterKernel(entry.name, BACKEND);
+    tf.registerKernel(config);
+  }
+}
+
+/**
+ * Undoes registerWasmTrainingKernels for the given kernels (all by default): puts wasm's own kernel back,
+ * or leaves none where wasm had none. For benchmarks and tests that compare against stock wasm.
+ */
+export function unregisterWasmTrainingKernels(names: readonly string[] = WASM_TRAINING_KERNELS): void {
+  for (const name of names) {
+    const current = tf.getKernel(name, BACKEND);
+    if (!isOurs(current)) continue;
+    tf.unregisterKernel(name, BACKEND);
+    const original = current[REPLACED];
+    if (original != null) tf.registerKernel(original);
+  }
+}

@@ -1,0 +1,40 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { Network } from '../models/network.js';
+
+export interface LatencyOptions {
+  /** Timed runs (default 20); the median is reported. */
+  reps?: number;
+  /** Untimed runs first (default 3). */
+  warmup?: number;
+}
+
+/** The median of a list of numbers. */
+export function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/**
+ * Measured inference latency (ms, median) of one batch at utilization u, reading the result back so the
+ * whole computation is timed.
+ */
+export function measureLatency(model: Network, u: number, batch: number, options: LatencyOptions = {}): number {
+  const reps = options.reps ?? 20;
+  const warmup = options.warmup ?? 3;
+  const plan = model.plan(u);
+  const x = tf.randomUniform([batch, ...model.inputShape], 0, 1, 'float32', 7);
+  const times: number[] = [];
+  try {
+    for (let i = 0; i < warmup + reps; i++) {
+      const t0 = performance.now();
+      const y = model.predict(x, plan);
+      y.dataSync();
+      y.dispose();
+      if (i >= warmup) times.push(performance.now() - t0);
+    }
+  } finally {
+    x.dispose();
+  }
+  return median(times);
+}

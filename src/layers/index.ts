@@ -1,0 +1,15 @@
+export * from './types.js';
+export { Layer, layerClasses, layerFromConfig, type LayerConfig } from './layer.js';
+export { fullSel, groupSel, flattenSel, take } from './select.js';
+export { Conv2D, Dense, planGroups, type Conv2DArgs, type DenseArgs } from './conv.js';
+export { BatchNorm, type BatchNormArgs } from './norm.js';
+export { ReLU, MaxPool, GlobalAvgPool, Flatten, type MaxPoolArgs } from './basic.js';
+export {
+  Composite,
+  ResidualBlock,
+  GroupedConv2D,
+  ResNeXtBlock,
+  type ResidualBlockArgs,
+  type GroupedConv2DArgs,
+  type ResNeXtBlockArgs,
+} from './blocks.js';

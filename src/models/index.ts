@@ -1,0 +1,2 @@
+export { Network, planToData, planFromData, type ModelConfig, type NamedArray, type PlanOptions, type CostReport, type PlanData } from './network.js';
+export { models, createModel, resolveModelArgs, type ModelArgs, type ModelDef } from './zoo.js';

@@ -1,0 +1,144 @@
+import { DynnError } from '../util/errors.js';
+import { Registry } from '../util/registry.js';
+import { BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU, ResidualBlock, ResNeXtBlock } from '../layers/index.js';
+import type { Layer } from '../layers/index.js';
+import { Network } from './network.js';
+
+/** Arguments every model takes; each model adds its own. Unset fields take the model's defaults. */
+export interface ModelArgs {
+  /** Per-sample input shape [H, W, C] (default [28, 28, 1]; [32, 32, 3] for CIFAR-10). */
+  inputShape?: number[];
+  /** Number of classes (default 10). */
+  numClasses?: number;
+  /** Groups D of each throttleable block (default 8; depth-gated models ignore it). */
+  groups?: number;
+  /** Use BatchNorm after convolutions (default true). */
+  batchNorm?: boolean;
+  /** Seed of the initial weights (default 0). */
+  seed?: number;
+  [key: string]: unknown;
+}
+
+/** A model variant: fills in defaults and returns the layers. */
+export interface ModelDef {
+  /** One line for `dynn info` and the docs. */
+  description: string;
+  defaults: ModelArgs;
+  layers(args: Required<Pick<ModelArgs, 'inputShape' | 'numClasses' | 'groups' | 'batchNorm'>> & ModelArgs): Layer[];
+}
+
+/** Registered models, by name. */
+export const models = new Registry<ModelDef>('model');
+
+function convBnRelu(name: string, filters: number, groups: number, levels: number, bn: boolean): Layer[] {
+  return [
+    new Conv2D(`${name}.conv`, { filters, kernelSize: 3, groups, useBias: !bn }),
+    ...(bn ? [new BatchNorm(`${name}.bn`, { levels })] : []),
+    new ReLU(`${name}.relu`, {}),
+  ];
+}
+
+models.register('vgg-w', {
+  description: 'VGG-style CNN, widthwise-throttled: conv32 conv32 pool conv64 conv64 pool dense256 dense(classes)',
+  defaults: { widths: [32, 32, 64, 64], hidden: 256 },
+  layers(a) {
+    const [w1, w2, w3, w4] = a.widths as number[];
+    const D = a.groups;
+    const L = D + 1;
+    return [
+      ...convBnRelu('stem', w1, 0, L, a.batchNorm),
+      ...convBnRelu('c2', w2, D, L, a.batchNorm),
+      new MaxPool('pool1', {}),
+      ...convBnRelu('c3', w3, D, L, a.batchNorm),
+      ...convBnRelu('c4', w4, D, L, a.batchNorm),
+      new MaxPool('pool2', {}),
+      new Flatten('flatten', {}),
+      new Dense('fc1', { units: a.hidden as number, groups: D }),
+      new ReLU('fc1.relu', {}),
+      new Dense('classifier', { units: a.numClasses }),
+    ];
+  },
+});
+
+models.register('resnet-d', {
+  description: 'ResNet with depth-gated residual blocks (skipped blocks are the identity), 3 stages',
+  defaults: { width: 16, blocksPerStage: 2 },
+  layers(a) {
+    const w = a.width as number;
+    const n = a.blocksPerStage as number;
+    const L = 3 * n + 1;
+    const layers: Layer[] = [...convBnRelu('stem', w, 0, L, true)];
+    for (let s = 0; s < 3; s++) {
+      if (s > 0) layers.push(new ResidualBlock(`s${s}.down`, { filters: w << s, strides: 2, levels: L }));
+      for (let i = 0; i < n; i++) layers.push(new ResidualBlock(`s${s}.b${i}`, { filters: w << s, gated: true, stage: s, levels: L }));
+    }
+    layers.push(new GlobalAvgPool('gap', {}), new Dense('classifier', { units: a.numClasses }));
+    return layers;
+  },
+});
+
+models.register('resnext-w', {
+  description: 'ResNeXt-style CNN, widthwise-throttled: D paths per block aggregated by summation',
+  defaults: { widths: [32, 64], pathWidth: [4, 8] },
+  layers(a) {
+    const [c1, c2] = a.widths as number[];
+    const [p1, p2] = a.pathWidth as number[];
+    const D = a.groups;
+    const L = D + 1;
+    return [
+      ...convBnRelu('stem', c1, 0, L, true),
+      new ResNeXtBlock('rx1', { groups: D, width: p1, levels: L }),
+      new MaxPool('pool1', {}),
+      new Conv2D('trans.conv', { filters: c2, kernelSize: 1 }),
+      new BatchNorm('trans.bn', { levels: L }),
+      new ReLU('trans.relu', {}),
+      new ResNeXtBlock('rx2', { groups: D, width: p2, levels: L }),
+      new MaxPool('pool2', {}),
+      new GlobalAvgPool('gap', {}),
+      new Dense('classifier', { units: a.numClasses }),
+    ];
+  },
+});
+
+models.register('mlp-w', {
+  description: 'Multi-layer perceptron, widthwise-throttled hidden layers',
+  defaults: { hidden: [256, 256] },
+  layers(a) {
+    const D = a.groups;
+    return [
+      new Flatten('flatten', {}),
+      ...(a.hidden as number[]).flatMap((units, i) => [
+        new Dense(`fc${i + 1}`, { units, groups: D }),
+        new ReLU(`fc${i + 1}.relu`, {}),
+      ]),
+      new Dense('classifier', { units: a.numClasses }),
+    ];
+  },
+});
+
+const COMMON: ModelArgs = { inputShape: [28, 28, 1], numClasses: 10, groups: 8, batchNorm: true, seed: 0 };
+
+/** The full argument set a model is built with: common defaults, the model's, then the caller's set fields. */
+export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs {
+  const def = models.get(name);
+  const set = Object.fromEntries(Object.entries(args).filter(([, v]) => v !== undefined));
+  const resolved = { ...COMMON, ...def.defaults, ...set };
+  const shape = resolved.inputShape;
+  if (!Array.isArray(shape) || shape.length !== 3 || shape.some((n) => !Number.isInteger(n) || n < 1)) {
+    throw new DynnError(`inputShape must be [height, width, channels] of positive integers, got ${JSON.stringify(shape)}`);
+  }
+  if (!Number.isInteger(resolved.numClasses) || (resolved.numClasses as number) < 2) {
+    throw new DynnError(`numClasses must be an integer >= 2, got ${resolved.numClasses}`);
+  }
+  if (!Number.isInteger(resolved.groups) || (resolved.groups as number) < 1) {
+    throw new DynnError(`groups must be a positive integer, got ${resolved.groups}`);
+  }
+  return resolved;
+}
+
+/** Builds a registered model; unknown names fail with the list of known ones. */
+export function createModel(name: string, args: ModelArgs = {}): Network {
+  const resolved = resolveModelArgs(name, args);
+  const layers = models.get(name).layers(resolved as Parameters<ModelDef['layers']>[0]);
+  return new Network({ model: name, args: resolved }, resolved.inputShape as number[], layers, resolved.seed as number);
+}

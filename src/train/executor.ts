@@ -1,0 +1,178 @@
+import os from 'node:os';
+import { Worker } from 'node:worker_threads';
+import type { ImageSet } from '../data/types.js';
+import type { Plan } from '../layers/types.js';
+import { planToData, type ModelConfig, type Network } from '../models/network.js';
+import { DynnError } from '../util/errors.js';
+import { gatherBatch } from './batch.js';
+import { flatLayout, gradientStep, readFlat, type FlatLayout, type StepResult } from './step.js';
+
+/** Computes the mean gradient of a batch; the trainer applies it to the main model. */
+export interface GradientExecutor {
+  /** Mean-loss gradient of the last step, laid out as `layout`. */
+  readonly grads: Float32Array;
+  readonly layout: FlatLayout;
+  /** Threads computing gradients. */
+  readonly threads: number;
+  step(indices: Int32Array, plan: Plan): Promise<StepResult>;
+  /** Tells the executor the main model's weights changed (after an optimizer step). */
+  weightsChanged(): void;
+  close(): Promise<void>;
+}
+
+/** Runs every step in the calling thread, on the main model itself. */
+export class LocalExecutor implements GradientExecutor {
+  readonly layout: FlatLayout;
+  readonly grads: Float32Array;
+  readonly threads = 1;
+  private readonly images: Float32Array;
+  private readonly labels: Int32Array;
+
+  constructor(
+    private readonly model: Network,
+    private readonly data: ImageSet,
+    maxBatch: number,
+  ) {
+    this.layout = flatLayout(model);
+    this.grads = new Float32Array(this.layout.total);
+    this.images = new Float32Array(maxBatch * data.height * data.width * data.channels);
+    this.labels = new Int32Array(maxBatch);
+  }
+
+  async step(indices: Int32Array, plan: Plan): Promise<StepResult> {
+    const n = gatherBatch(this.data, indices, this.images, this.labels);
+    return gradientStep(this.model, this.layout, this.images, this.labels.subarray(0, n), plan, this.grads);
+  }
+
+  weightsChanged(): void {}
+
+  async close(): Promise<void> {}
+}
+
+/** What a gradient worker thread is started with. */
+export interface WorkerInit {
+  engine: string;
+  config: ModelConfig;
+  weights: SharedArrayBuffer;
+  grads: SharedArrayBuffer;
+  data: ImageSet;
+  maxBatch: number;
+}
+
+interface Pending {
+  resolve: (r: StepResult) => void;
+  reject: (e: Error) => void;
+}
+
+/**
+ * Data-parallel gradients over worker threads (one per core by default): each worker holds a copy of the
+ * network, reads the weights from a shared buffer when they change, computes the gradient of its shard of
+ * the batch into its own shared buffer; the shard gradients are averaged, weighted by shard size.
+ */
+export class ThreadExecutor implements GradientExecutor {
+  readonly layout: FlatLayout;
+  readonly grads: Float32Array;
+  private readonly weights: Float32Array;
+  private readonly workerGrads: Float32Array[];
+  private version = 0;
+  private readonly pending: (Pending | null)[];
+
+  private constructor(
+    private readonly model: Network,
+    private readonly workers: Worker[],
+    weights: SharedArrayBuffer,
+    grads: SharedArrayBuffer[],
+  ) {
+    this.layout = flatLayout(model);
+    this.grads = new Float32Array(this.layout.total);
+    this.weights = new Float32Array(weights);
+    this.workerGrads = grads.map((g) => new Float32Array(g));
+    this.pending = workers.map(() => null);
+    workers.forEach((w, i) => {
+      w.on('message', (m: { type: string; result?: StepResult; message?: string }) => {
+        const p = this.pending[i];
+        this.pending[i] = null;
+        if (!p) return;
+        if (m.type === 'done') p.resolve(m.result!);
+        else p.reject(new DynnError(`gradient worker ${i} failed: ${m.message}`));
+      });
+      w.on('error', (e) => {
+        const p = this.pending[i];
+        this.pending[i] = null;
+        p?.reject(e as Error);
+      });
+    });
+  }
+
+  get threads(): number {
+    return this.workers.length;
+  }
+
+  /** Starts `threads` workers (default: one per core) for `model`, sharing `data` (in shared memory). */
+  static async start(model: Network, data: ImageSet, engine: string, maxBatch: number, threads = os.availableParallelism()): Promise<ThreadExecutor> {
+    const layout = flatLayout(model);
+    const weights = new SharedArrayBuffer(layout.total * 4);
+    readFlat(model, layout, new Float32Array(weights));
+    const grads = Array.from({ length: threads }, () => new SharedArrayBuffer(layout.total * 4));
+    const workers = grads.map(
+      (g) =>
+        new Worker(new URL('./worker.js', import.meta.url), {
+          workerData: { engine, config: model.config, weights, grads: g, data, maxBatch } satisfies WorkerInit,
+        }),
+    );
+    await Promise.all(
+      workers.map(
+        (w) =>
+          new Promise<void>((resolve, reject) => {
+            const onMessage = (m: { type: string; message?: string }) => {
+              w.off('error', reject);
+              if (m.type === 'ready') resolve();
+              else reject(new DynnError(`gradient worker failed to start: ${m.message}`));
+            };
+            w.once('message', onMessage);
+            w.once('error', reject);
+          }),
+      ),
+    );
+    return new ThreadExecutor(model, workers, weights, grads);
+  }
+
+  async step(indices: Int32Array, plan: Plan): Promise<StepResult> {
+    const k = this.workers.length;
+    const per = Math.ceil(indices.length / k);
+    const shards = Array.from({ length: k }, (_, i) => indices.subarray(i * per, Math.min(indices.length, (i + 1) * per)));
+    const planData = planToData(plan);
+    const results = await Promise.all(
+      shards.map((shard, i) => {
+        if (shard.length === 0) return Promise.resolve({ loss: 0, correct: 0, count: 0 });
+        return new Promise<StepResult>((resolve, reject) => {
+          this.pending[i] = { resolve, reject };
+          this.workers[i].postMessage({ type: 'step', indices: shard, plan: planData, version: this.version });
+        });
+      }),
+    );
+    const total = results.reduce((a, r) => a + r.count, 0);
+    this.grads.fill(0);
+    results.forEach((r, i) => {
+      if (r.count === 0) return;
+      const w = r.count / total;
+      const g = this.workerGrads[i];
+      const out = this.grads;
+      for (let j = 0; j < out.length; j++) out[j] += w * g[j];
+    });
+    return {
+      loss: results.reduce((a, r) => a + r.loss * r.count, 0) / total,
+      correct: results.reduce((a, r) => a + r.correct, 0),
+      count: total,
+    };
+  }
+
+  weightsChanged(): void {
+    readFlat(this.model, this.layout, this.weights);
+    this.version++;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}

@@ -1,0 +1,239 @@
+import { initEngine, type EngineName } from '../engine/backend.js';
+import { loadDataset } from '../data/datasets.js';
+import { allocShared } from '../data/imageset.js';
+import type { Dataset } from '../data/types.js';
+import { checkGatingMode, type GatingMode } from '../gating/gating.js';
+import { createModel, resolveModelArgs, type ModelArgs } from '../models/zoo.js';
+import type { Network } from '../models/network.js';
+import { loadCheckpoint, isCheckpointDir } from '../checkpoint/checkpoint.js';
+import { DynnError } from '../util/errors.js';
+import { Rng } from '../util/rng.js';
+import { calibrateBatchNorm } from './calibrate.js';
+import { evaluate } from '../eval/evaluate.js';
+import { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor.js';
+import { checkOptimizer, Optimizer, type OptimizerName } from './optimizer.js';
+import { checkLrSchedule, checkUSchedule, learningRate, sampleU, type LrSchedule, type USchedule } from './schedule.js';
+import { VERSION } from '../version.js';
+import { saveRun, type EpochRecord, type TrainMeta } from './run.js';
+
+/** Everything a training run is configured by; unset fields take the defaults shown. */
+export interface TrainOptions {
+  /** Registered model name (default 'vgg-w'). */
+  model?: string;
+  /** Model arguments; input shape and class count come from the data set. */
+  modelArgs?: ModelArgs;
+  /** Registered data set name (default 'mnist'). */
+  dataset?: string;
+  /** Where the data set's files are. */
+  dataDir?: string;
+  /** Use the first N training samples. */
+  trainLimit?: number;
+  /** Use the first N test samples. */
+  testLimit?: number;
+  epochs?: number;
+  /** Batch size (default 128). */
+  batchSize?: number;
+  optimizer?: OptimizerName;
+  /** Base learning rate (default 1e-3 for Adam, 0.05 for SGD). */
+  lr?: number;
+  lrSchedule?: LrSchedule;
+  /** How u is drawn per batch (default 'uniform'). */
+  schedule?: USchedule;
+  /** Widthwise gating during training (default 'nested'). */
+  gating?: GatingMode;
+  /** Seed of initial weights, data order and sampled u (default 0). */
+  seed?: number;
+  /** Gradient threads: 0 runs in the calling thread; default one worker per core. */
+  workers?: number;
+  /** Tensor engine (default 'auto'). */
+  engine?: EngineName | 'auto';
+  /** Checkpoint directory, written after every epoch. */
+  out?: string;
+  /** Continue the run in `out` from its last checkpoint. */
+  resume?: boolean;
+  /** Utilizations evaluated on the test set after every epoch (default 0.25, 0.5, 1). */
+  evalUs?: number[];
+  /** Training samples per level for BatchNorm calibration (default 2048). */
+  calibrationSamples?: number;
+  /** Called after every step. */
+  onStep?: (p: StepProgress) => void;
+  /** Called after every epoch. */
+  onEpoch?: (r: EpochRecord) => void;
+}
+
+/** Progress of one training step. */
+export interface StepProgress {
+  epoch: number;
+  epochs: number;
+  step: number;
+  steps: number;
+  loss: number;
+  accuracy: number;
+  samplesPerSec: number;
+  u: number;
+}
+
+/** The outcome of `train`: the network (caller disposes it), the data set and the run's metadata. */
+export interface TrainResult {
+  model: Network;
+  dataset: Dataset;
+  meta: TrainMeta;
+}
+
+type Resolved = Required<Omit<TrainOptions, 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'onStep' | 'onEpoch' | 'modelArgs' | 'lr'>> &
+  Pick<TrainOptions, 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr'>;
+
+function resolveOptions(o: TrainOptions): Resolved {
+  const r = {
+    model: o.model ?? 'vgg-w',
+    dataset: o.dataset ?? 'mnist',
+    dataDir: o.dataDir,
+    trainLimit: o.trainLimit,
+    testLimit: o.testLimit,
+    epochs: o.epochs ?? 3,
+    batchSize: o.batchSize ?? 128,
+    optimizer: o.optimizer ?? 'adam',
+    lr: o.lr,
+    lrSchedule: o.lrSchedule ?? 'cosine',
+    schedule: o.schedule ?? 'uniform',
+    gating: o.gating ?? 'nested',
+    seed: o.seed ?? 0,
+    workers: o.workers ?? -1,
+    engine: o.engine ?? 'auto',
+    out: o.out,
+    resume: o.resume ?? false,
+    evalUs: o.evalUs ?? [0.25, 0.5, 1],
+    calibrationSamples: o.calibrationSamples ?? 2048,
+  };
+  checkOptimizer(r.optimizer);
+  checkLrSchedule(r.lrSchedule);
+  checkUSchedule(r.schedule);
+  checkGatingMode(r.gating);
+  for (const [k, v] of [['epochs', r.epochs], ['batchSize', r.batchSize]] as const) {
+    if (!Number.isInteger(v) || v < 1) throw new DynnError(`${k} must be a positive integer, got ${v}`);
+  }
+  if (r.lr !== undefined && !(r.lr > 0 && Number.isFinite(r.lr))) throw new DynnError(`lr must be a positive number, got ${r.lr}`);
+  if (!Number.isInteger(r.seed)) throw new DynnError(`seed must be an integer, got ${r.seed}`);
+  if (r.resume && !r.out) throw new DynnError('resume needs the run directory (out)');
+  return r;
+}
+
+/** Mixes a run seed with a purpose and an epoch into an independent stream seed. */
+function streamSeed(seed: number, purpose: number, epoch: number): number {
+  return (Math.imul(seed + 1, 0x9e3779b1) ^ Math.imul(purpose, 0x85ebca6b) ^ Math.imul(epoch + 1, 0xc2b2ae35)) >>> 0;
+}
+
+/**
+ * Trains a throttleable network (DTNN phase 1, Eq. 1): every batch draws a utilization from the schedule
+ * and runs sliced at it, so one set of weights learns every operating point. After each epoch BatchNorm
+ * statistics are calibrated per level, the test accuracy is measured at `evalUs`, and a checkpoint is
+ * written atomically to `out`.
+ */
+export async function train(options: TrainOptions = {}): Promise<TrainResult> {
+  const o = resolveOptions(options);
+  const engine = await initEngine(o.engine);
+  const dataset = await loadDataset(o.dataset, { dataDir: o.dataDir, trainLimit: o.trainLimit, testLimit: o.testLimit, seed: o.seed });
+  const { height, width, channels } = dataset.train;
+  const modelArgs = resolveModelArgs(o.model, {
+    ...options.modelArgs,
+    inputShape: [height, width, channels],
+    numClasses: dataset.numClasses,
+    seed: options.modelArgs?.seed ?? o.seed,
+  });
+  const model = createModel(o.model, modelArgs);
+  const lr = o.lr ?? (o.optimizer === 'adam' ? 1e-3 : 0.05);
+  const optimizer = new Optimizer(o.optimizer, lr);
+  const history: EpochRecord[] = [];
+  let startEpoch = 0;
+
+  if (o.resume && o.out && isCheckpointDir(o.out)) {
+    const ckpt = await loadCheckpoint(o.out, {
+      model: o.model,
+      weights: model.weights().map((w) => ({ name: w.name, shape: w.variable.shape })),
+    });
+    model.setWeights(ckpt.weights);
+    if (ckpt.optimizer) await optimizer.setState(ckpt.optimizer.arrays);
+    const meta = ckpt.meta as unknown as TrainMeta;
+    history.push(...(meta.history ?? []));
+    startEpoch = history.length;
+  }
+
+  const train = o.workers === 0 ? dataset.train : { ...dataset.train, ...allocShared(dataset.train) };
+  const threads = o.workers < 0 ? undefined : o.workers;
+  let executor: GradientExecutor | null = null;
+  const meta = (): TrainMeta => ({
+    dynnVersion: VERSION,
+    dataset: o.dataset,
+    trainSamples: dataset.train.count,
+    testSamples: dataset.test.count,
+    options: { ...o, lr, workers: executor?.threads ?? 0, engine },
+    seed: o.seed,
+    epoch: history.length,
+    history,
+  });
+  try {
+    executor = o.workers === 0 ? new LocalExecutor(model, train, o.batchSize) : await ThreadExecutor.start(model, train, engine, o.batchSize, threads);
+    const weights = model.trainableWeights();
+    const variables = weights.map((w) => w.variable);
+    const n = train.count;
+    const stepsPerEpoch = Math.ceil(n / o.batchSize);
+    const totalSteps = stepsPerEpoch * o.epochs;
+    for (let epoch = startEpoch; epoch < o.epochs; epoch++) {
+      const order = new Rng(streamSeed(o.seed, 1, epoch)).permutation(n);
+      const uRng = new Rng(streamSeed(o.seed, 2, epoch));
+      const gateRng = new Rng(streamSeed(o.seed, 3, epoch));
+      const t0 = performance.now();
+      let lossSum = 0;
+      let correct = 0;
+      let seen = 0;
+      for (let step = 0; step < stepsPerEpoch; step++) {
+        const progress = (epoch * stepsPerEpoch + step) / totalSteps;
+        const u = sampleU(o.schedule, uRng, progress);
+        optimizer.setLearningRate(learningRate(o.lrSchedule, lr, progress));
+        const indices = order.subarray(step * o.batchSize, Math.min(n, (step + 1) * o.batchSize));
+        const plan = model.plan(u, { gating: o.gating, rng: gateRng });
+        const r = await executor.step(indices, plan);
+        if (!Number.isFinite(r.loss)) throw new DynnError(`training diverged: loss is ${r.loss} at epoch ${epoch + 1}, step ${step + 1} (try a lower --lr)`);
+        optimizer.apply(variables, executor.grads, executor.layout.offsets);
+        executor.weightsChanged();
+        lossSum += r.loss * r.count;
+        correct += r.correct;
+        seen += r.count;
+        options.onStep?.({
+          epoch,
+          epochs: o.epochs,
+          step,
+          steps: stepsPerEpoch,
+          loss: lossSum / seen,
+          accuracy: correct / seen,
+          samplesPerSec: seen / ((performance.now() - t0) / 1000),
+          u,
+        });
+      }
+      const trainSeconds = (performance.now() - t0) / 1000;
+      calibrateBatchNorm(model, dataset.train, { samples: o.calibrationSamples, gating: o.gating, seed: o.seed });
+      const test: Record<string, number> = {};
+      for (const u of o.evalUs) test[String(u)] = evaluate(model, dataset.test, u, { gating: o.gating, seed: o.seed }).accuracy;
+      const record: EpochRecord = {
+        epoch: epoch + 1,
+        loss: lossSum / seen,
+        trainAccuracy: correct / seen,
+        samplesPerSec: seen / trainSeconds,
+        msPerStep: (trainSeconds * 1000) / stepsPerEpoch,
+        seconds: (performance.now() - t0) / 1000,
+        lr: optimizer.learningRate,
+        testAccuracy: test,
+      };
+      history.push(record);
+      if (o.out) await saveRun(o.out, model, meta(), optimizer);
+      options.onEpoch?.(record);
+    }
+    return { model, dataset, meta: meta() };
+  } catch (err) {
+    model.dispose();
+    throw err;
+  } finally {
+    optimizer.dispose();
+    await executor?.close();
+  }
+}

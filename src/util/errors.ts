@@ -1,0 +1,10 @@
+/**
+ * The error dynn throws for anything a user can cause: bad input, a missing file, a corrupt checkpoint.
+ * The CLI prints its message without a stack trace; anything else is a bug and keeps its stack.
+ */
+export class DynnError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'DynnError';
+  }
+}
