@@ -139,7 +139,7 @@ export async function infoCommand(run: string, o: Opts, io: Io): Promise<void> {
         `throttleable blocks: ${info.blocks.map((b) => (b.kind === 'width' ? `${b.name} (D=${b.groups})` : `${b.name} (depth, stage ${b.stage})`)).join(', ')}\n\n`,
     );
     io.out(table(['u', 'MACs', 'FLOPs', 'FLOPs ratio', 'active params'], info.cost.map((c) => [c.u, si(c.macs), si(c.flops), c.flopsRatio.toFixed(3), si(c.params)])));
-    const layerNames = costs[0].layers.map((l) => l.name);
+    const layerNames = costs[costs.length - 1].layers.filter((l) => l.macs > 0).map((l) => l.name);
     io.out(
       '\nFLOPs per layer\n' +
         table(['layer', ...us.map((u) => `u=${u}`)], layerNames.map((name) => [name, ...costs.map((c) => si(2 * (c.layers.find((l) => l.name === name)?.macs ?? 0)))])),

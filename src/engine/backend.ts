@@ -6,6 +6,9 @@ import '@tensorflow/tfjs';
 import { DynnError } from '../util/errors.js';
 import { registerWasmTrainingKernels } from './wasm-kernels.js';
 
+// PROD silences TF.js's console hints (e.g. "install tfjs-node"): dynn chooses the engine itself.
+tf.env().set('PROD', true);
+
 /** A TF.js backend dynn can train on, fastest first. */
 export type EngineName = 'tensorflow' | 'wasm' | 'cpu';
 

@@ -33,17 +33,24 @@ export function evaluate(model: Network, data: ImageSet, u: number, options: Eva
   const buf = new Float32Array(batch * per);
   const predictions = new Int32Array(data.count);
   const confidence = new Float32Array(data.count);
-  for (let start = 0; start < data.count; start += batch) {
-    const n = Math.min(batch, data.count - start);
-    const plan = model.plan(u, planOptions);
-    const x = toFloat(data, start, n, buf);
-    const [idx, top] = tf.tidy(() => {
-      const probs = tf.softmax(model.forward(tf.tensor(x, [n, ...model.inputShape]), plan));
-      return [tf.argMax(probs, 1), tf.max(probs, 1)];
-    });
-    predictions.set(idx.dataSync() as Int32Array, start);
-    confidence.set(top.dataSync() as Float32Array, start);
-    tf.dispose([idx, top]);
+  // Nested gating runs one plan throughout: freeze it once. Independent gating draws a plan per batch.
+  const fixed = (options.gating ?? 'nested') === 'nested' ? model.subnet(u) : null;
+  try {
+    for (let start = 0; start < data.count; start += batch) {
+      const n = Math.min(batch, data.count - start);
+      const sub = fixed ?? model.subnet(u, planOptions);
+      const x = toFloat(data, start, n, buf);
+      const [idx, top] = tf.tidy(() => {
+        const probs = tf.softmax(sub.predict(tf.tensor(x, [n, ...model.inputShape])));
+        return [tf.argMax(probs, 1), tf.max(probs, 1)];
+      });
+      if (!fixed) sub.dispose();
+      predictions.set(idx.dataSync() as Int32Array, start);
+      confidence.set(top.dataSync() as Float32Array, start);
+      tf.dispose([idx, top]);
+    }
+  } finally {
+    fixed?.dispose();
   }
   const k = model.numClasses;
   const right = new Float64Array(k);

@@ -3,6 +3,7 @@ import { DynnError } from '../util/errors.js';
 import { Layer, layerClasses } from './layer.js';
 import { flattenSel } from './select.js';
 import type { ChannelSel, LayerCost, Shape } from './types.js';
+import type { FrozenOp } from '../models/subnet.js';
 
 /** A layer that keeps the channel selection and has no MACs worth counting. */
 abstract class Stateless<A extends object> extends Layer<A> {
@@ -26,6 +27,10 @@ export class ReLU extends Stateless<Record<string, never>> {
   call(x: tf.Tensor, sel: ChannelSel) {
     return { y: tf.relu(x), sel };
   }
+
+  freeze(): FrozenOp[] {
+    return [{ op: 'relu' }];
+  }
 }
 
 export interface MaxPoolArgs {
@@ -47,6 +52,10 @@ export class MaxPool extends Stateless<MaxPoolArgs> {
     const p = this.args.poolSize ?? 2;
     return { y: tf.maxPool(x as tf.Tensor4D, p, p, 'valid'), sel };
   }
+
+  freeze(): FrozenOp[] {
+    return [{ op: 'maxpool', size: this.args.poolSize ?? 2 }];
+  }
 }
 
 /** Mean over the spatial axes: [H, W, C] to [C]. */
@@ -60,6 +69,10 @@ export class GlobalAvgPool extends Stateless<Record<string, never>> {
 
   call(x: tf.Tensor, sel: ChannelSel) {
     return { y: tf.mean(x, [1, 2]), sel };
+  }
+
+  freeze(): FrozenOp[] {
+    return [{ op: 'gap' }];
   }
 }
 
@@ -85,6 +98,10 @@ export class Flatten extends Layer<Record<string, never>> {
   call(x: tf.Tensor, sel: ChannelSel) {
     const y = x.rank === 4 ? tf.transpose(x, [0, 3, 1, 2]) : x;
     return { y: tf.reshape(y, [x.shape[0], -1]), sel: this.outSel(sel) };
+  }
+
+  freeze(): FrozenOp[] {
+    return [{ op: 'flatten' }];
   }
 
   cost(): LayerCost[] {

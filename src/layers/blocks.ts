@@ -6,6 +6,7 @@ import { BatchNorm } from './norm.js';
 import { ReLU } from './basic.js';
 import { groupSel } from './select.js';
 import type { BlockInfo, ChannelSel, LayerCost, Plan, RunContext, Shape } from './types.js';
+import type { FrozenOp } from '../models/subnet.js';
 
 /** A layer made of a chain of sub-layers. */
 export abstract class Composite<A extends object> extends Layer<A> {
@@ -27,6 +28,15 @@ export abstract class Composite<A extends object> extends Layer<A> {
 
   protected chainSel(layers: Layer[], sel: ChannelSel, plan: Plan): ChannelSel {
     return layers.reduce((s, l) => l.outSel(s, plan), sel);
+  }
+
+  protected chainFreeze(layers: Layer[], sel: ChannelSel, plan: Plan): FrozenOp[] {
+    const ops: FrozenOp[] = [];
+    for (const l of layers) {
+      ops.push(...l.freeze(sel, plan));
+      sel = l.outSel(sel, plan);
+    }
+    return ops;
   }
 
   protected chainCost(layers: Layer[], sel: ChannelSel, plan: Plan): LayerCost[] {
@@ -98,6 +108,11 @@ export class ResidualBlock extends Composite<ResidualBlockArgs> {
     return { y: tf.relu(tf.add(main.y, short)), sel: main.sel };
   }
 
+  freeze(sel: ChannelSel, plan: Plan): FrozenOp[] {
+    if (this.skipped(plan)) return [];
+    return [{ op: 'residual', main: this.chainFreeze(this.main, sel, plan), shortcut: this.chainFreeze(this.shortcut, sel, plan) }];
+  }
+
   cost(sel: ChannelSel, plan: Plan): LayerCost[] {
     if (this.skipped(plan)) return [];
     return [...this.chainCost(this.main, sel, plan), ...this.chainCost(this.shortcut, sel, plan)];
@@ -145,6 +160,13 @@ export class GroupedConv2D extends Layer<GroupedConv2DArgs> {
       return tf.conv2d(xi, ki, 1, 'same');
     });
     return { y: outs.length === 1 ? outs[0] : tf.concat(outs, 3), sel: this.outSel(sel, ctx.plan) };
+  }
+
+  freeze(_sel: ChannelSel, plan: Plan): FrozenOp[] {
+    const { filters, kernelSize: k, groups } = this.args;
+    const w = filters / groups;
+    const kernels = Array.from(planGroups(plan, this.args.block), (g) => tf.slice(this.kernel, [0, 0, 0, g * w], [k, k, w, w]) as tf.Tensor4D);
+    return [{ op: 'groupconv', name: this.name, kernels, width: w }];
   }
 
   cost(sel: ChannelSel, plan: Plan): LayerCost[] {
@@ -201,6 +223,10 @@ export class ResNeXtBlock extends Composite<ResNeXtBlockArgs> {
   call(x: tf.Tensor, sel: ChannelSel, ctx: RunContext) {
     const { y, sel: out } = this.runChain(this.layers, x, sel, ctx);
     return { y: tf.relu(tf.add(y, x)), sel: out };
+  }
+
+  freeze(sel: ChannelSel, plan: Plan): FrozenOp[] {
+    return [{ op: 'residual', main: this.chainFreeze(this.layers, sel, plan), shortcut: [] }];
   }
 
   cost(sel: ChannelSel, plan: Plan): LayerCost[] {

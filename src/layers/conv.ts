@@ -3,6 +3,7 @@ import { DynnError } from '../util/errors.js';
 import { Layer, layerClasses } from './layer.js';
 import { fullSel, groupSel, take } from './select.js';
 import type { BlockInfo, ChannelSel, LayerCost, Plan, RunContext, Shape } from './types.js';
+import type { FrozenOp } from '../models/subnet.js';
 
 /** Looks up the active groups of a widthwise block, with a clear error when the plan lacks it. */
 export function planGroups(plan: Plan, block: string): Int32Array {
@@ -65,6 +66,21 @@ export class Conv2D extends Layer<Conv2DArgs> {
     return { y, sel: out };
   }
 
+  freeze(sel: ChannelSel, plan: Plan): FrozenOp[] {
+    const out = this.outSel(sel, plan);
+    return [
+      {
+        op: 'conv',
+        name: this.name,
+        kernel: tf.clone(take(take(this.kernel, 2, sel), 3, out)) as tf.Tensor4D,
+        bias: this.bias ? (tf.clone(take(this.bias, 0, out)) as tf.Tensor1D) : null,
+        strides: this.args.strides ?? 1,
+        padding: this.args.padding ?? 'same',
+        relu: false,
+      },
+    ];
+  }
+
   cost(sel: ChannelSel, plan: Plan): LayerCost[] {
     const out = this.outSel(sel, plan);
     const k = this.args.kernelSize;
@@ -112,6 +128,19 @@ export class Dense extends Layer<DenseArgs> {
     let y: tf.Tensor = tf.matMul(x as tf.Tensor2D, take(take(this.kernel, 0, sel), 1, out) as tf.Tensor2D);
     if (this.bias) y = tf.add(y, take(this.bias, 0, out));
     return { y, sel: out };
+  }
+
+  freeze(sel: ChannelSel, plan: Plan): FrozenOp[] {
+    const out = this.outSel(sel, plan);
+    return [
+      {
+        op: 'dense',
+        name: this.name,
+        kernel: tf.clone(take(take(this.kernel, 0, sel), 1, out)) as tf.Tensor2D,
+        bias: this.bias ? (tf.clone(take(this.bias, 0, out)) as tf.Tensor1D) : null,
+        relu: false,
+      },
+    ];
   }
 
   cost(sel: ChannelSel, plan: Plan): LayerCost[] {

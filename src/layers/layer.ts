@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
 import type { BlockInfo, ChannelSel, LayerCost, Plan, RunContext, Shape, Weight } from './types.js';
+import type { FrozenOp } from '../models/subnet.js';
 
 let nextUid = 0;
 
@@ -53,6 +54,9 @@ export abstract class Layer<A extends object = object> {
 
   /** Which channels the output holds for input channels `sel` under `plan`. */
   abstract outSel(sel: ChannelSel, plan: Plan): ChannelSel;
+
+  /** The layer's inference ops at a plan, weights sliced to the active channels. Call inside `tf.tidy`. */
+  abstract freeze(sel: ChannelSel, plan: Plan): FrozenOp[];
 
   /** MACs and active parameters at an operating point, one entry per leaf layer. */
   abstract cost(sel: ChannelSel, plan: Plan): LayerCost[];

@@ -3,6 +3,7 @@ import { DynnError } from '../util/errors.js';
 import { Layer, layerClasses } from './layer.js';
 import { take } from './select.js';
 import type { ChannelSel, LayerCost, Plan, RunContext, Shape } from './types.js';
+import type { FrozenOp } from '../models/subnet.js';
 
 export interface BatchNormArgs {
   /** Rows of running statistics, one per operating level (`plan.level` picks the row). */
@@ -59,6 +60,18 @@ export class BatchNorm extends Layer<BatchNormArgs> {
     const mean = take(tf.reshape(tf.slice(this.mean, [r, 0], [1, c]), [c]), 0, sel) as tf.Tensor1D;
     const variance = take(tf.reshape(tf.slice(this.variance, [r, 0], [1, c]), [c]), 0, sel) as tf.Tensor1D;
     return { y: tf.batchNorm(x, mean, variance, beta, gamma, eps), sel };
+  }
+
+  /** Inference at a plan is an affine map per channel: scale = gamma / sqrt(var + eps), shift = beta - mean * scale. */
+  freeze(sel: ChannelSel, plan: Plan): FrozenOp[] {
+    const eps = this.args.epsilon ?? 1e-5;
+    const c = this.inShape[this.inShape.length - 1];
+    const r = this.row(plan.level);
+    const mean = take(tf.reshape(tf.slice(this.mean, [r, 0], [1, c]), [c]), 0, sel);
+    const variance = take(tf.reshape(tf.slice(this.variance, [r, 0], [1, c]), [c]), 0, sel);
+    const scale = tf.mul(take(this.gamma, 0, sel), tf.rsqrt(tf.add(variance, eps))) as tf.Tensor1D;
+    const shift = tf.sub(take(this.beta, 0, sel), tf.mul(mean, scale)) as tf.Tensor1D;
+    return [{ op: 'affine', name: this.name, scale, shift }];
   }
 
   /** Replaces the statistics of one level for the channels marked in `observed`. */

@@ -163,3 +163,33 @@ test('weights have deterministic dotted names and round-trip through getWeights/
   a.dispose();
   b.dispose();
 });
+
+test('the frozen subnet (BatchNorm folded, ops fused) equals the sliced forward pass for every model; no leaks', () => {
+  for (const name of models.list()) {
+    const m = createModel(name, { seed: 2 });
+    // Non-trivial BatchNorm statistics, so folding is really tested.
+    for (const w of m.weights().filter((w) => w.name.includes('running_'))) {
+      const v = w.variable;
+      v.assign(tf.tidy(() => (w.name.endsWith('running_var') ? tf.randomUniform(v.shape, 0.5, 2, 'float32', 1) : tf.randomNormal(v.shape, 0, 0.3, 'float32', 2))));
+    }
+    const x = tf.randomUniform([3, 28, 28, 1], 0, 1, 'float32', 5);
+    const before = tf.memory().numTensors;
+    for (const u of [0.15, 0.5, 1]) {
+      for (const gating of ['nested', 'independent'] as const) {
+        const plan = m.plan(u, { gating, rng: new Rng(4) });
+        const sub = m.subnet(plan);
+        const a = sub.predict(x);
+        const b = m.predict(x, plan);
+        const da = a.dataSync();
+        const db = b.dataSync();
+        for (let i = 0; i < da.length; i++) assert.ok(Math.abs(da[i] - db[i]) < 1e-3 * (1 + Math.abs(db[i])), `${name} u=${u} ${gating}: ${da[i]} vs ${db[i]}`);
+        tf.dispose([a, b]);
+        sub.dispose();
+        assert.throws(() => sub.predict(x), /disposed/);
+      }
+    }
+    assert.equal(tf.memory().numTensors, before, `${name}: subnet leaks nothing`);
+    x.dispose();
+    m.dispose();
+  }
+});

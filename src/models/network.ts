@@ -13,6 +13,7 @@ import {
 import { fullSel } from '../layers/select.js';
 import type { Layer } from '../layers/layer.js';
 import type { BlockInfo, LayerCost, MomentSink, Plan, Shape, Weight } from '../layers/types.js';
+import { fuseOps, opTensors, Subnet, type FrozenOp } from './subnet.js';
 
 /** What rebuilds a network: a registered model name and its arguments. */
 export interface ModelConfig {
@@ -163,6 +164,27 @@ export class Network {
   predict(x: tf.Tensor, at: number | Plan, options: PlanOptions = {}): tf.Tensor2D {
     const plan = typeof at === 'number' ? this.plan(at, options) : at;
     return tf.tidy(() => this.forward(x, plan));
+  }
+
+  /**
+   * The fixed-size sub-network of one operating point, BatchNorm folded and activations fused: the fast
+   * inference path (and what export writes). It holds copies of the weights; dispose it when done.
+   */
+  subnet(at: number | Plan, options: PlanOptions = {}): Subnet {
+    const plan = typeof at === 'number' ? this.plan(at, options) : at;
+    let ops: FrozenOp[] = [];
+    const kept = tf.tidy(() => {
+      let sel = fullSel(this.inputShape[this.inputShape.length - 1]);
+      const raw: FrozenOp[] = [];
+      for (const l of this.layers) {
+        raw.push(...l.freeze(sel, plan));
+        sel = l.outSel(sel, plan);
+      }
+      ops = fuseOps(raw);
+      return opTensors(ops);
+    });
+    if (kept.length !== opTensors(ops).length) throw new DynnError('internal: subnet tensors were not kept');
+    return new Subnet(plan, this.inputShape, ops);
   }
 
   /** MACs, FLOPs and active parameters at utilization u (or a plan), per layer and in total. */

@@ -1,0 +1,107 @@
+/**
+ * dynn benchmarks: ratios measured side by side in one run, never absolute targets in tests.
+ *   1. training ms/step of vgg-w at batch 128, u ~ U(0,1] per batch, against PyTorch running the same
+ *      network sliced the same way over the same u sequence (skipped with a message without PyTorch);
+ *   2. inference latency(u)/latency(1) against FLOPs(u)/FLOPs(1), TF.js and PyTorch.
+ * Usage: npm run bench [-- --steps 30 --json]. Results also go to .bench/results.json (written atomically).
+ */
+import os from 'node:os';
+import { initEngine } from '../src/engine/backend.js';
+import { createModel } from '../src/models/zoo.js';
+import type { Network } from '../src/models/network.js';
+import { makeSynthetic } from '../src/data/synthetic.js';
+import { allocShared } from '../src/data/imageset.js';
+import { ThreadExecutor, LocalExecutor, type GradientExecutor } from '../src/train/executor.js';
+import { Optimizer } from '../src/train/optimizer.js';
+import { sampleU } from '../src/train/schedule.js';
+import { measureLatency } from '../src/eval/latency.js';
+import { Rng } from '../src/util/rng.js';
+import { writeFileAtomic } from '../src/util/fs.js';
+import { runTorchPeer } from './torch.js';
+
+const args = process.argv.slice(2);
+const flag = (name: string, dflt: number) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? Number(args[i + 1]) : dflt;
+};
+const json = args.includes('--json');
+const STEPS = flag('steps', 30);
+const WARMUP = 5;
+const BATCH = 128;
+const US = [0.125, 0.25, 0.5, 0.75, 1];
+const log = (s: string) => process.stderr.write(s + '\n');
+
+/** Mean ms per optimizer step (gradient + update), over a fixed u sequence. */
+async function trainStepMs(model: Network, executor: GradientExecutor, us: number[]): Promise<number> {
+  const optimizer = new Optimizer('adam', 1e-3);
+  const variables = model.trainableWeights().map((w) => w.variable);
+  const indices = Int32Array.from({ length: BATCH }, (_, i) => i);
+  const times: number[] = [];
+  for (let i = 0; i < us.length; i++) {
+    const t0 = performance.now();
+    await executor.step(indices, model.plan(us[i]));
+    optimizer.apply(variables, executor.grads, executor.layout.offsets);
+    executor.weightsChanged();
+    if (i >= WARMUP) times.push(performance.now() - t0);
+  }
+  optimizer.dispose();
+  return times.reduce((a, b) => a + b, 0) / times.length;
+}
+
+async function main() {
+  const engine = await initEngine();
+  const rng = new Rng(0);
+  const us = Array.from({ length: WARMUP + STEPS }, () => sampleU('uniform', rng, 0));
+  const data = allocShared(makeSynthetic({ count: BATCH, seed: 0 }));
+  const model = createModel('vgg-w');
+  const results: Record<string, unknown> = { engine, cores: os.availableParallelism(), steps: STEPS, batch: BATCH };
+
+  log(`training step, vgg-w, batch ${BATCH}, u ~ U(0,1] (${STEPS} steps after ${WARMUP} warm-up), engine ${engine}`);
+  const threads = await ThreadExecutor.start(model, data, engine, BATCH);
+  const parallelMs = await trainStepMs(model, threads, us);
+  await threads.close();
+  const singleMs = await trainStepMs(model, new LocalExecutor(model, data, BATCH), us);
+  const torchTrain = await runTorchPeer({ mode: 'train-step', batch: BATCH, steps: STEPS, warmup: WARMUP, u: us, seed: 0 });
+  const torchMs = torchTrain.ok ? (torchTrain.result.meanMs as number) : NaN;
+  results.train = {
+    dynnMsPerStep: parallelMs,
+    dynnThreads: threads.threads,
+    dynnSingleThreadMsPerStep: singleMs,
+    torchMsPerStep: torchMs,
+    ratioToTorch: parallelMs / torchMs,
+    torch: torchTrain.ok ? 'ok' : torchTrain.reason,
+  };
+  log(`  dynn ${threads.threads} threads: ${parallelMs.toFixed(1)} ms/step; 1 thread: ${singleMs.toFixed(1)} ms/step`);
+  log(torchTrain.ok ? `  PyTorch: ${torchMs.toFixed(1)} ms/step; ratio dynn/PyTorch ${(parallelMs / torchMs).toFixed(2)}x` : `  PyTorch skipped: ${torchTrain.reason}`);
+
+  log(`inference latency per u, batch 1 and ${BATCH}`);
+  const full = model.cost(1).flops;
+  const torchLat = await runTorchPeer({ mode: 'latency', us: US, batches: [1, BATCH], reps: 20, warmup: 3 });
+  const points = US.map((u) => ({
+    u,
+    flopsRatio: model.cost(u).flops / full,
+    dynnMs: { batch1: measureLatency(model, u, 1, { reps: 50 }), [`batch${BATCH}`]: measureLatency(model, u, BATCH, { reps: 15 }) },
+    torchMs: torchLat.ok ? { batch1: torchLat.result.latencyMs[String(u)]?.['1'], [`batch${BATCH}`]: torchLat.result.latencyMs[String(u)]?.[String(BATCH)] } : null,
+  }));
+  const top = points[points.length - 1];
+  const rows = points.map((p) => ({
+    ...p,
+    dynnLatencyRatio: p.dynnMs[`batch${BATCH}`] / top.dynnMs[`batch${BATCH}`],
+    torchLatencyRatio: p.torchMs && top.torchMs ? p.torchMs[`batch${BATCH}`] / top.torchMs[`batch${BATCH}`] : NaN,
+    dynnToTorchBatch1: p.torchMs ? p.dynnMs.batch1 / p.torchMs.batch1 : NaN,
+    dynnToTorchBatchN: p.torchMs ? p.dynnMs[`batch${BATCH}`] / p.torchMs[`batch${BATCH}`] : NaN,
+  }));
+  results.latency = { points: rows, torch: torchLat.ok ? 'ok' : torchLat.reason };
+  for (const r of rows) {
+    log(
+      `  u=${r.u}: FLOPs ratio ${r.flopsRatio.toFixed(3)}, latency ratio @${BATCH} ${r.dynnLatencyRatio.toFixed(3)} (PyTorch ${r.torchLatencyRatio.toFixed(3)}); ` +
+        `dynn ${r.dynnMs.batch1.toFixed(2)} / ${r.dynnMs[`batch${BATCH}`].toFixed(1)} ms, dynn/PyTorch ${r.dynnToTorchBatch1.toFixed(2)}x @1, ${r.dynnToTorchBatchN.toFixed(2)}x @${BATCH}`,
+    );
+  }
+  model.dispose();
+  await writeFileAtomic('.bench/results.json', JSON.stringify(results, null, 2) + '\n');
+  if (json) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
+}
+
+await main();
+process.exit(0);
