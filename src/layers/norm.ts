@@ -102,43 +102,53 @@ export class BatchNorm extends Layer<BatchNormArgs> {
 
 layerClasses.register('BatchNorm', BatchNorm);
 
-/** Per-channel mean and (biased) variance of [M, C] rows; sums are [1, M] x [M, C] matmuls (fast on wasm). */
-function rowMoments(x2: tf.Tensor2D): { mean: tf.Tensor2D; variance: tf.Tensor2D; centered: tf.Tensor2D } {
-  const m = x2.shape[0];
-  const ones = tf.ones([1, m]) as tf.Tensor2D;
-  const mean = tf.div(tf.matMul(ones, x2), m) as tf.Tensor2D;
-  const centered = tf.sub(x2, mean) as tf.Tensor2D;
-  const variance = tf.div(tf.matMul(ones, tf.square(centered) as tf.Tensor2D), m) as tf.Tensor2D;
-  return { mean, variance, centered };
+/**
+ * Per-channel mean over every axis but the last. For NHWC activations it is a global average pool
+ * (one SIMD pass on wasm) then a mean over the batch; reducing the leading axes directly makes wasm
+ * transpose the whole tensor first, and a ones-row matmul makes it pack the whole tensor.
+ */
+function channelMean(t: tf.Tensor): tf.Tensor1D {
+  if (t.rank === 4) {
+    const [, h, w] = t.shape;
+    return tf.reshape(tf.mean(tf.avgPool(t as tf.Tensor4D, [h, w], [h, w], 'valid'), [0, 1, 2]), [t.shape[3] as number]) as tf.Tensor1D;
+  }
+  const c = t.shape[t.rank - 1];
+  return tf.mean(tf.reshape(t, [-1, c]), 0) as tf.Tensor1D;
+}
+
+/** Batch mean and reciprocal standard deviation per channel. */
+function batchStats(x: tf.Tensor, eps: number): { mean: tf.Tensor1D; variance: tf.Tensor1D; rstd: tf.Tensor1D } {
+  const mean = channelMean(x);
+  const variance = tf.relu(tf.sub(channelMean(tf.square(x)), tf.square(mean))) as tf.Tensor1D;
+  return { mean, variance, rstd: tf.rsqrt(tf.add(variance, eps)) as tf.Tensor1D };
 }
 
 /**
- * Training-mode BatchNorm (batch statistics over all axes but the last) with a closed-form gradient.
- * TF.js's generic moments + batchNorm gradients tile and reduce over leading axes, which costs more than
- * the convolutions on the wasm backend; here every per-channel sum is a matmul with a ones row.
+ * Training-mode BatchNorm (batch statistics over every axis but the last) with a closed-form gradient:
+ * y = x * a + b with a = gamma * rstd, b = beta - mean * a. TF.js's own moments + batchNorm gradients
+ * tile and reduce over leading axes, which cost more than the convolutions on wasm.
  */
 export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor1D, beta: tf.Tensor1D, eps: number): tf.Tensor {
-  const c = x.shape[x.rank - 1];
-  const m = x.size / c;
   const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [xi, g, b] = args as tf.Tensor[];
     const save = args[3] as tf.GradSaveFunc;
-    const { variance, centered } = rowMoments(tf.reshape(xi, [m, c]) as tf.Tensor2D);
-    const rstd = tf.rsqrt(tf.add(variance, eps));
-    const xhat = tf.mul(centered, rstd) as tf.Tensor2D;
-    save([xhat, rstd, g]);
+    const { mean, rstd } = batchStats(xi, eps);
+    const a = tf.mul(g, rstd);
+    save([xi, mean, rstd, g]);
     return {
-      value: tf.reshape(tf.add(tf.mul(xhat, g), b), xi.shape),
+      value: tf.add(tf.mul(xi, a), tf.sub(b, tf.mul(mean, a))),
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [xh, rs, gm] = saved as [tf.Tensor2D, tf.Tensor, tf.Tensor];
-        const ones = tf.ones([1, m]) as tf.Tensor2D;
-        const dy2 = tf.reshape(dy, [m, c]) as tf.Tensor2D;
-        const dbeta = tf.matMul(ones, dy2);
-        const dgamma = tf.matMul(ones, tf.mul(dy2, xh) as tf.Tensor2D);
-        // dx = gamma * rstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))
-        const inner = tf.sub(tf.sub(tf.mul(dy2, m), dbeta), tf.mul(xh, dgamma));
-        const dx = tf.mul(inner, tf.div(tf.mul(gm, rs), m));
-        return [tf.reshape(dx, xi.shape), tf.reshape(dgamma, [c]), tf.reshape(dbeta, [c])];
+        const [xs, mu, rs, gm] = saved;
+        const m = xs.size / gm.size;
+        // Per-channel sums as means times M: sum(dy), and sum(dy * xhat) = rstd * (sum(dy * x) - mean * sum(dy)).
+        const mdy = channelMean(dy);
+        const mdyx = tf.mul(rs, tf.sub(channelMean(tf.mul(dy, xs)), tf.mul(mu, mdy)));
+        // dx = gamma * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)) = A * dy + B * x + C per channel.
+        const A = tf.mul(gm, rs);
+        const B = tf.neg(tf.mul(A, tf.mul(rs, mdyx)));
+        const C = tf.sub(tf.neg(tf.mul(A, mdy)), tf.mul(B, mu));
+        const dx = tf.add(tf.add(tf.mul(dy, A), tf.mul(xs, B)), C);
+        return [dx, tf.mul(mdyx, m), tf.mul(mdy, m)];
       },
     };
   });
@@ -147,8 +157,8 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor1D, beta: tf.Tensor
 
 /** BatchNorm with batch statistics and no gradient, returning the statistics too (calibration). */
 export function batchNormMoments(x: tf.Tensor, gamma: tf.Tensor1D, beta: tf.Tensor1D, eps: number) {
-  const c = x.shape[x.rank - 1];
-  const { mean, variance, centered } = rowMoments(tf.reshape(x, [x.size / c, c]) as tf.Tensor2D);
-  const y = tf.reshape(tf.add(tf.mul(tf.mul(centered, tf.rsqrt(tf.add(variance, eps))), gamma), beta), x.shape);
-  return { y, mean: tf.reshape(mean, [c]) as tf.Tensor1D, variance: tf.reshape(variance, [c]) as tf.Tensor1D };
+  const { mean, variance, rstd } = batchStats(x, eps);
+  const a = tf.mul(gamma, rstd);
+  const y = tf.add(tf.mul(x, a), tf.sub(beta, tf.mul(mean, a)));
+  return { y, mean, variance };
 }
