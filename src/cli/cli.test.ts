@@ -59,6 +59,18 @@ test('train, info and sweep end to end on a small subset', async () => {
   assert.match(table.stdout(), /FLOPs ratio/);
 });
 
+test('the demo trains and reports every operating point (on a subset here)', async () => {
+  const io = capture();
+  const code = await runCli(['demo', '--train-limit', '256', '--test-limit', '100', '--epochs', '1', '--workers', '0', '--u', '0.25,1', '--json'], io);
+  assert.equal(code, 0, io.stderr());
+  const r = JSON.parse(io.stdout());
+  assert.equal(r.model, 'vgg-w');
+  assert.equal(r.dataset, 'mnist');
+  assert.deepEqual(r.points.map((p: { u: number }) => p.u), [0.25, 1]);
+  assert.ok(r.points[0].flopsRatio < 0.2 && r.points[0].latencyMs.batch128 > 0);
+  assert.match(io.stderr(), /training a throttleable vgg-w/);
+});
+
 test('bad input: clear messages and exit codes, never a stack trace', async () => {
   const cases: [string[], RegExp, number][] = [
     [['train', '--model', 'vgg', ...base, '--out', path.join(tmp, 'x')], /unknown model "vgg"; expected one of mlp-w, resnet-d, resnext-w, vgg-w/, 1],

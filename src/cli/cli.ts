@@ -1,4 +1,4 @@
-import { cac, type CAC } from 'cac';
+import { cac, type CAC, type Command } from 'cac';
 import { VERSION } from '../version.js';
 import { DynnError } from '../util/errors.js';
 import { processIo, type Io } from './io.js';
@@ -25,14 +25,17 @@ const TRAIN_OPTIONS: [string, string][] = [
   ['--json', 'machine-readable output on stdout'],
 ];
 
-/** Builds the command-line interface; `io` receives all output. */
-export function buildCli(io: Io = processIo): CAC {
-  const cli = cac('dynn');
-  const withTrainOptions = (cmd: ReturnType<CAC['command']>) => {
-    for (const [flag, desc] of TRAIN_OPTIONS) cmd.option(flag, desc);
-    return cmd;
-  };
+/** A group of commands: registers them on the CLI; actions import their heavy modules lazily. */
+export type CommandModule = (cli: CAC, io: Io) => void;
 
+/** Adds the shared training options to a command. */
+export function withTrainOptions(cmd: Command): Command {
+  for (const [flag, desc] of TRAIN_OPTIONS) cmd.option(flag, desc);
+  return cmd;
+}
+
+/** The core commands: demo, train, sweep, info, models. */
+const coreCommands: CommandModule = (cli, io) => {
   withTrainOptions(cli.command('demo', 'train a small throttleable network on embedded digits and sweep u (about a minute)'))
     .option('--out <dir>', 'also save the run here')
     .option('--u <list>', 'utilizations to report [default: 0.125,0.25,0.5,0.75,1]')
@@ -69,7 +72,15 @@ export function buildCli(io: Io = processIo): CAC {
     .command('models', 'list the registered models')
     .option('--json', 'machine-readable output on stdout')
     .action(async (o) => (await import('./commands.js')).modelsCommand(o, io));
+};
 
+/** Every command group, in help order. A new group is one module and one entry here. */
+const COMMAND_MODULES: CommandModule[] = [coreCommands];
+
+/** Builds the command-line interface; `io` receives all output. */
+export function buildCli(io: Io = processIo): CAC {
+  const cli = cac('dynn');
+  for (const register of COMMAND_MODULES) register(cli, io);
   cli.help();
   cli.version(VERSION);
   return cli;
