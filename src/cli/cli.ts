@@ -9,6 +9,7 @@ const TRAIN_OPTIONS: [string, string][] = [
   ['--data-dir <dir>', 'where the data set files are (else $DYNN_DATA, else the system location)'],
   ['--train-limit <n>', 'use the first N training samples'],
   ['--test-limit <n>', 'use the first N test samples'],
+  ['--val-samples <n>', 'hold the last N training samples out as a validation split [default: 0]'],
   ['--epochs <n>', 'epochs [default: 3]'],
   ['--batch-size <n>', 'batch size [default: 128]'],
   ['--optimizer <name>', 'adam or sgd (momentum 0.9) [default: adam]'],

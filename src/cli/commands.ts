@@ -28,6 +28,7 @@ export function trainOptionsFrom(o: Opts) {
     dataDir: o.dataDir as string | undefined,
     trainLimit: numberOption(o.trainLimit, 'train-limit', { int: true, min: 1 }),
     testLimit: numberOption(o.testLimit, 'test-limit', { int: true, min: 1 }),
+    validationSamples: numberOption(o.valSamples, 'val-samples', { int: true, min: 0 }),
     epochs: numberOption(o.epochs, 'epochs', { int: true, min: 1 }),
     batchSize: numberOption(o.batchSize, 'batch-size', { int: true, min: 1 }),
     optimizer: choiceOption(o.optimizer, 'optimizer', OPTIMIZERS),

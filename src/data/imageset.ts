@@ -53,6 +53,13 @@ export function allocShared(set: ImageSet): ImageSet {
 }
 
 /** The first `n` samples of `set` as views (no copy); the whole set when it has no more than `n`. */
+/** The last n samples (a view, no copy): a validation split held out from training. */
+export function tail(set: ImageSet, n: number): ImageSet {
+  const start = Math.max(0, set.count - n);
+  const per = sampleSize(set);
+  return { ...set, images: set.images.subarray(start * per), labels: set.labels.subarray(start), count: set.count - start };
+}
+
 export function head(set: ImageSet, n: number): ImageSet {
   if (n >= set.count) return set;
   return { ...set, images: set.images.subarray(0, n * sampleSize(set)), labels: set.labels.subarray(0, n), count: n };

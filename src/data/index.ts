@@ -1,5 +1,5 @@
 export type { Dataset, ImageSet, LoadOptions } from './types.js';
-export { allocShared, head, sampleSize, subset, toFloat } from './imageset.js';
+export { allocShared, head, sampleSize, subset, tail, toFloat } from './imageset.js';
 export { datasets, DEFAULT_DATASET, loadDataset, type DatasetLoader } from './datasets.js';
 export { loadMnist, MNIST_TRAIN_FRACTION } from './mnist.js';
 export { FASHION_MNIST_CLASSES, FASHION_MNIST_SYSTEM_DIR, loadFashionMnist } from './fashion-mnist.js';

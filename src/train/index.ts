@@ -1,5 +1,5 @@
 export { train, type TrainOptions, type TrainResult, type StepProgress } from './trainer.js';
-export { saveRun, loadRun, type EpochRecord, type TrainMeta, type LoadedRun } from './run.js';
+export { saveRun, loadRun, validationSplit, type EpochRecord, type TrainMeta, type LoadedRun } from './run.js';
 export { calibrateBatchNorm, batchNorms, type CalibrateOptions } from './calibrate.js';
 export { sampleU, learningRate, U_SCHEDULES, LR_SCHEDULES, type USchedule, type LrSchedule } from './schedule.js';
 export { Optimizer, OPTIMIZERS, type OptimizerName } from './optimizer.js';

@@ -2,6 +2,8 @@ import { loadCheckpoint, readCheckpointInfo, saveCheckpoint } from '../checkpoin
 import { createModel } from '../models/zoo.js';
 import type { Network } from '../models/network.js';
 import { DynnError } from '../util/errors.js';
+import { tail } from '../data/imageset.js';
+import type { ImageSet } from '../data/types.js';
 import type { Optimizer } from './optimizer.js';
 
 /** One epoch of a training run's history. */
@@ -21,7 +23,10 @@ export interface EpochRecord {
 export interface TrainMeta {
   dynnVersion: string;
   dataset: string;
+  /** Samples trained on. */
   trainSamples: number;
+  /** The last N samples of the data set's training split, held out for validation (see `validationSplit`). */
+  validationSamples?: number;
   testSamples: number;
   options: Record<string, unknown>;
   seed: number;
@@ -70,4 +75,12 @@ export async function loadRun(dir: string): Promise<LoadedRun> {
     model.dispose();
     throw err;
   }
+}
+
+/** The validation split a run held out of its data set's training split (the last `validationSamples`). */
+export function validationSplit(meta: TrainMeta, train: ImageSet): ImageSet {
+  const n = meta.validationSamples ?? 0;
+  if (n === 0) throw new DynnError('this run held out no validation split; train it with --val-samples N');
+  if (train.count < n) throw new DynnError(`the training split has ${train.count} samples, fewer than the run's ${n} validation samples`);
+  return tail(train, n);
 }

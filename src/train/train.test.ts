@@ -6,7 +6,7 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
 import { train } from './trainer.js';
-import { loadRun } from './run.js';
+import { loadRun, validationSplit } from './run.js';
 import { calibrateBatchNorm, batchNorms } from './calibrate.js';
 import { LocalExecutor } from './executor.js';
 import { createModel } from '../models/zoo.js';
@@ -147,4 +147,18 @@ test('BatchNorm calibration rewrites the statistics of exactly the requested lev
   const stem = bns.get('stem.bn')!.readStats(level);
   assert.ok(stem.variance.every((v) => v > 0));
   m.dispose();
+});
+
+test('a validation split is held out of training and recorded', async () => {
+  const r = await train({ ...small, trainLimit: 512, epochs: 1, validationSamples: 128 });
+  assert.equal(r.meta.trainSamples, 384);
+  assert.equal(r.meta.validationSamples, 128);
+  const val = validationSplit(r.meta, r.dataset.train);
+  assert.equal(val.count, 128);
+  assert.deepEqual(val.labels, r.dataset.train.labels.subarray(384));
+  r.model.dispose();
+  await assert.rejects(train({ ...small, trainLimit: 256, validationSamples: 256 }), /must be fewer than the 256 training samples/);
+  const none = await train({ ...small, trainLimit: 256, epochs: 1 });
+  assert.throws(() => validationSplit(none.meta, none.dataset.train), /held out no validation split/);
+  none.model.dispose();
 });

@@ -1,6 +1,6 @@
 import { initEngine, type EngineName } from '../engine/backend.js';
 import { loadDataset } from '../data/datasets.js';
-import { allocShared } from '../data/imageset.js';
+import { allocShared, head } from '../data/imageset.js';
 import type { Dataset } from '../data/types.js';
 import { checkGatingMode, type GatingMode } from '../gating/gating.js';
 import { createModel, resolveModelArgs, type ModelArgs } from '../models/zoo.js';
@@ -30,6 +30,11 @@ export interface TrainOptions {
   trainLimit?: number;
   /** Use the first N test samples. */
   testLimit?: number;
+  /**
+   * Hold the last N training samples out of training as a validation split (for choosing operating
+   * points without touching the test set); recorded in the run's metadata. Default 0.
+   */
+  validationSamples?: number;
   epochs?: number;
   /** Batch size (default 128). */
   batchSize?: number;
@@ -104,6 +109,7 @@ function resolveOptions(o: TrainOptions): Resolved {
     resume: o.resume ?? false,
     evalUs: o.evalUs ?? [0.25, 0.5, 1],
     calibrationSamples: o.calibrationSamples ?? 2048,
+    validationSamples: o.validationSamples ?? 0,
   };
   checkOptimizer(r.optimizer);
   checkLrSchedule(r.lrSchedule);
@@ -113,6 +119,9 @@ function resolveOptions(o: TrainOptions): Resolved {
     if (!Number.isInteger(v) || v < 1) throw new DynnError(`${k} must be a positive integer, got ${v}`);
   }
   if (r.lr !== undefined && !(r.lr > 0 && Number.isFinite(r.lr))) throw new DynnError(`lr must be a positive number, got ${r.lr}`);
+  if (!Number.isInteger(r.validationSamples) || r.validationSamples < 0) {
+    throw new DynnError(`validationSamples must be a non-negative integer, got ${r.validationSamples}`);
+  }
   if (!Number.isInteger(r.seed)) throw new DynnError(`seed must be an integer, got ${r.seed}`);
   if (r.resume && !r.out) throw new DynnError('resume needs the run directory (out)');
   return r;
@@ -158,13 +167,18 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     startEpoch = history.length;
   }
 
-  const train = o.workers === 0 ? dataset.train : { ...dataset.train, ...allocShared(dataset.train) };
+  if (o.validationSamples >= dataset.train.count) {
+    throw new DynnError(`validationSamples (${o.validationSamples}) must be fewer than the ${dataset.train.count} training samples`);
+  }
+  const trainPart = head(dataset.train, dataset.train.count - o.validationSamples);
+  const train = o.workers === 0 ? trainPart : allocShared(trainPart);
   const threads = o.workers < 0 ? undefined : o.workers;
   let executor: GradientExecutor | null = null;
   const meta = (): TrainMeta => ({
     dynnVersion: VERSION,
     dataset: o.dataset,
-    trainSamples: dataset.train.count,
+    trainSamples: trainPart.count,
+    validationSamples: o.validationSamples,
     testSamples: dataset.test.count,
     options: { ...o, lr, workers: executor?.threads ?? 0, engine },
     seed: o.seed,
@@ -211,7 +225,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         });
       }
       const trainSeconds = (performance.now() - t0) / 1000;
-      calibrateBatchNorm(model, dataset.train, { samples: o.calibrationSamples, gating: o.gating, seed: o.seed });
+      calibrateBatchNorm(model, trainPart, { samples: o.calibrationSamples, gating: o.gating, seed: o.seed });
       const test: Record<string, number> = {};
       for (const u of o.evalUs) test[String(u)] = evaluate(model, dataset.test, u, { gating: o.gating, seed: o.seed }).accuracy;
       const record: EpochRecord = {
