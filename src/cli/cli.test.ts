@@ -73,7 +73,7 @@ test('the demo trains and reports every operating point (on a subset here)', asy
 
 test('bad input: clear messages and exit codes, never a stack trace', async () => {
   const cases: [string[], RegExp, number][] = [
-    [['train', '--model', 'vgg', ...base, '--out', path.join(tmp, 'x')], /unknown model "vgg"; expected one of mlp-w, resnet-d, resnext-w, vgg-w/, 1],
+    [['train', '--model', 'vgg', ...base, '--out', path.join(tmp, 'x')], /unknown model "vgg"; expected one of mlp-w, resnet-d, resnet-exits, resnext-w, vgg-exits, vgg-w/, 1],
     [['train', ...base], /train needs --out DIR/, 1],
     [['train', ...base, '--epochs', 'two', '--out', path.join(tmp, 'y')], /--epochs must be an integer >= 1, got "two"/, 1],
     [['train', ...base, '--gating', 'random', '--out', path.join(tmp, 'y')], /--gating must be one of nested, independent/, 1],

@@ -2,6 +2,9 @@ import { cac, type CAC, type Command } from 'cac';
 import { VERSION } from '../version.js';
 import { DynnError } from '../util/errors.js';
 import { processIo, type Io } from './io.js';
+import { controlCommands } from './control-commands.js';
+import { deployCommands } from './deploy-commands.js';
+import { scalingCommands, SCALING_TRAIN_OPTIONS } from './scaling-commands.js';
 
 const TRAIN_OPTIONS: [string, string][] = [
   ['--model <name>', 'registered model (see `dynn models`) [default: vgg-w]'],
@@ -23,6 +26,7 @@ const TRAIN_OPTIONS: [string, string][] = [
   ['--seed <n>', 'seed of weights, data order and sampled u [default: 0]'],
   ['--workers <n>', 'gradient worker threads; 0 trains in the main thread [default: one per core]'],
   ['--engine <name>', 'auto, tensorflow, wasm or cpu [default: auto]'],
+  ...SCALING_TRAIN_OPTIONS,
   ['--json', 'machine-readable output on stdout'],
 ];
 
@@ -57,9 +61,12 @@ const coreCommands: CommandModule = (cli, io) => {
     .option('--gating <mode>', 'nested or independent [default: nested]')
     .option('--seed <n>', 'seed of independent gating choices [default: 0]')
     .option('--no-latency', 'skip the latency measurement')
+    .option('--thresholds <list>', 'early-exit models: sweep exit thresholds instead (each one number, or one per exit joined by :)')
+    .option('--rule <name>', 'with --thresholds: entropy (BranchyNet) or confidence (top probability) [default: entropy]')
     .option('--engine <name>', 'auto, tensorflow, wasm or cpu')
     .option('--json', 'machine-readable output on stdout')
     .example('dynn sweep runs/fm-vgg --dataset fashion-mnist --u 0.125,0.25,0.5,0.75,1 --json')
+    .example('dynn sweep runs/fm-exits --thresholds 0.05,0.1,0.2,0.4 --json')
     .action(async (run, o) => (await import('./commands.js')).sweepCommand(run, o, io));
 
   cli
@@ -76,7 +83,7 @@ const coreCommands: CommandModule = (cli, io) => {
 };
 
 /** Every command group, in help order. A new group is one module and one entry here. */
-const COMMAND_MODULES: CommandModule[] = [coreCommands];
+const COMMAND_MODULES: CommandModule[] = [coreCommands, deployCommands, controlCommands, scalingCommands];
 
 /** Builds the command-line interface; `io` receives all output. */
 export function buildCli(io: Io = processIo): CAC {

@@ -8,6 +8,7 @@ import { DynnError } from '../util/errors.js';
 import type { Network } from '../models/network.js';
 import type { SweepPoint } from '../eval/sweep.js';
 import type { TrainMeta } from '../train/run.js';
+import { exitInfo, scalingTrainOptions } from './scaling-commands.js';
 
 const ENGINES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
 const DEFAULT_US = [0.125, 0.25, 0.5, 0.75, 1];
@@ -40,6 +41,7 @@ export function trainOptionsFrom(o: Opts) {
     workers: numberOption(o.workers, 'workers', { int: true, min: 0 }),
     engine: choiceOption(o.engine, 'engine', ENGINES),
     modelArgs: { groups: numberOption(o.groups, 'groups', { int: true, min: 1 }) },
+    ...scalingTrainOptions(o),
   };
 }
 
@@ -67,6 +69,7 @@ function sweepTable(points: SweepPoint[]): string {
 }
 
 export async function sweepCommand(run: string, o: Opts, io: Io): Promise<void> {
+  if (o.thresholds !== undefined) return (await import('./scaling-commands.js')).exitSweepCommand(run, o, io);
   const us = uListOption(o.u) ?? DEFAULT_US;
   const { initEngine } = await import('../engine/backend.js');
   const { loadRun } = await import('../train/run.js');
@@ -110,6 +113,7 @@ export async function infoCommand(run: string, o: Opts, io: Io): Promise<void> {
   try {
     const full = model.cost(1);
     const costs = us.map((u) => model.cost(u));
+    const exits = await exitInfo(model);
     const info = {
       model: model.config.model,
       args: model.config.args,
@@ -129,6 +133,7 @@ export async function infoCommand(run: string, o: Opts, io: Io): Promise<void> {
         params: c.params,
         layers: c.layers,
       })),
+      ...(exits ? { exits: exits.exits } : {}),
     };
     if (o.json) {
       io.out(JSON.stringify(info, null, 2) + '\n');
@@ -145,6 +150,7 @@ export async function infoCommand(run: string, o: Opts, io: Io): Promise<void> {
       '\nFLOPs per layer\n' +
         table(['layer', ...us.map((u) => `u=${u}`)], layerNames.map((name) => [name, ...costs.map((c) => si(2 * (c.layers.find((l) => l.name === name)?.macs ?? 0)))])),
     );
+    if (exits) io.out('\n' + exits.text);
     if (meta.history?.length) io.out('\ntraining history\n' + historyTable(meta));
   } finally {
     model.dispose();
@@ -170,7 +176,8 @@ export async function demoCommand(o: Opts, io: Io): Promise<void> {
   const r = await train({
     model: 'vgg-w',
     dataset: 'mnist',
-    epochs: 2,
+    epochs: 3,
+    lr: 2e-3,
     ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
     out: o.out as string | undefined,
     evalUs: [1],

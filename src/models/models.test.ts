@@ -14,7 +14,7 @@ before(async () => {
 });
 
 test('every registered model, at u in {0.1, 0.5, 1}, nested and independent: shape, finite, backward, no leak', () => {
-  assert.deepEqual(models.list(), ['mlp-w', 'resnet-d', 'resnext-w', 'vgg-w']);
+  assert.deepEqual(models.list(), ['mlp-w', 'resnet-d', 'resnet-exits', 'resnext-w', 'vgg-exits', 'vgg-w']);
   for (const name of models.list()) {
     for (const inputShape of [[28, 28, 1], [32, 32, 3]]) {
       const m = createModel(name, { inputShape, numClasses: 10 });
@@ -134,7 +134,7 @@ test('vgg-w cost falls with u and resnet-d skips whole blocks', () => {
 });
 
 test('bad model names, arguments and inputs give clear errors', () => {
-  assert.throws(() => createModel('vgg'), /unknown model "vgg"; expected one of mlp-w, resnet-d, resnext-w, vgg-w/);
+  assert.throws(() => createModel('vgg'), /unknown model "vgg"; expected one of mlp-w, resnet-d, resnet-exits, resnext-w, vgg-exits, vgg-w/);
   assert.throws(() => createModel('vgg-w', { inputShape: [28, 28] }), /inputShape must be \[height, width, channels\]/);
   assert.throws(() => createModel('vgg-w', { groups: 3 }), /do not split into 3 groups/);
   assert.throws(() => createModel('vgg-w', { numClasses: 1 }), /numClasses must be an integer >= 2/);

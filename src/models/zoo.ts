@@ -3,6 +3,7 @@ import { Registry } from '../util/registry.js';
 import { BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU, ResidualBlock, ResNeXtBlock } from '../layers/index.js';
 import type { Layer } from '../layers/index.js';
 import { Network } from './network.js';
+import { withExits } from './exits.js';
 
 /** Arguments every model takes; each model adds its own. Unset fields take the model's defaults. */
 export interface ModelArgs {
@@ -115,6 +116,26 @@ models.register('mlp-w', {
     ];
   },
 });
+
+models.register(
+  'vgg-exits',
+  withExits(models.get('vgg-w'), 'vgg-w with early exits (pool, dense64, classifier) after stem, pool1 and c3: depth scaling per sample', {
+    exits: ['stem.relu', 'pool1', 'c3.relu'],
+    exitPool: [4, 2, 2],
+    exitConv: 0,
+    exitHidden: 64,
+  }),
+);
+
+models.register(
+  'resnet-exits',
+  withExits(models.get('resnet-d'), 'resnet-d with early exits (pool, dense64, classifier) after stages 1 and 2', {
+    exits: ['s0.b1', 's1.b1'],
+    exitPool: [4, 2],
+    exitConv: 0,
+    exitHidden: 64,
+  }),
+);
 
 const COMMON: ModelArgs = { inputShape: [28, 28, 1], numClasses: 10, groups: 8, batchNorm: true, seed: 0 };
 

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { BatchNorm } from '../layers/norm.js';
 import type { Layer } from '../layers/layer.js';
-import type { ChannelSel, MomentSink } from '../layers/types.js';
+import type { ChannelSel, MomentSink, Plan } from '../layers/types.js';
 import type { Network } from '../models/network.js';
 import type { GatingMode } from '../gating/gating.js';
 import type { ImageSet } from '../data/types.js';
@@ -66,6 +66,8 @@ class MomentAccumulator implements MomentSink {
 export interface CalibrateOptions {
   /** Utilizations whose levels are recomputed (default: every level of the network). */
   us?: number[];
+  /** Plans recomputed instead of `us`, each into the row of its `level` (e.g. learned gate patterns). */
+  plans?: Plan[];
   /** Training samples used per level (default 2048). */
   samples?: number;
   batchSize?: number;
@@ -89,10 +91,10 @@ export function calibrateBatchNorm(model: Network, data: ImageSet, options: Cali
   const acc = new MomentAccumulator();
   const per = model.inputShape.reduce((a, b) => a * b, 1);
   const buf = new Float32Array(batch * per);
-  for (const u of us) {
+  for (const at of options.plans ?? us) {
     for (let start = 0; start < samples; start += batch) {
       const n = Math.min(batch, samples - start);
-      const plan = model.plan(u, { gating: options.gating, rng });
+      const plan = typeof at === 'number' ? model.plan(at, { gating: options.gating, rng }) : at;
       const x = toFloat(data, start, n, buf);
       tf.tidy(() => {
         model.forward(tf.tensor(x, [n, ...model.inputShape]), plan, { moments: acc });

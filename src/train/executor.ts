@@ -2,10 +2,22 @@ import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { ImageSet } from '../data/types.js';
 import type { Plan } from '../layers/types.js';
-import { planToData, type ModelConfig, type Network } from '../models/network.js';
+import { planToData, type ModelConfig, type NamedArray, type Network, type PlanData } from '../models/network.js';
+import type { DistillSettings } from '../scaling/distill.js';
 import { DynnError } from '../util/errors.js';
 import { gatherBatch } from './batch.js';
-import { flatLayout, gradientStep, readFlat, type FlatLayout, type StepResult } from './step.js';
+import {
+  flatLayout,
+  gradientStep,
+  readFlat,
+  stepContext,
+  toStepSpec,
+  type FlatLayout,
+  type StepContext,
+  type StepResult,
+  type StepSetup,
+  type StepSpec,
+} from './step.js';
 
 /** Computes the mean gradient of a batch; the trainer applies it to the main model. */
 export interface GradientExecutor {
@@ -14,7 +26,8 @@ export interface GradientExecutor {
   readonly layout: FlatLayout;
   /** Threads computing gradients. */
   readonly threads: number;
-  step(indices: Int32Array, plan: Plan): Promise<StepResult>;
+  /** One step on the samples `indices`: a plan, or several plans summed (see `gradientStep`). */
+  step(indices: Int32Array, work: Plan | StepSpec): Promise<StepResult>;
   /** Tells the executor the main model's weights changed (after an optimizer step). */
   weightsChanged(): void;
   close(): Promise<void>;
@@ -27,26 +40,31 @@ export class LocalExecutor implements GradientExecutor {
   readonly threads = 1;
   private readonly images: Float32Array;
   private readonly labels: Int32Array;
+  private readonly context: StepContext;
 
   constructor(
     private readonly model: Network,
     private readonly data: ImageSet,
     maxBatch: number,
+    setup: StepSetup = {},
   ) {
+    this.context = stepContext(setup);
     this.layout = flatLayout(model);
     this.grads = new Float32Array(this.layout.total);
     this.images = new Float32Array(maxBatch * data.height * data.width * data.channels);
     this.labels = new Int32Array(maxBatch);
   }
 
-  async step(indices: Int32Array, plan: Plan): Promise<StepResult> {
+  async step(indices: Int32Array, work: Plan | StepSpec): Promise<StepResult> {
     const n = gatherBatch(this.data, indices, this.images, this.labels);
-    return gradientStep(this.model, this.layout, this.images, this.labels.subarray(0, n), plan, this.grads);
+    return gradientStep(this.model, this.layout, this.images, this.labels.subarray(0, n), work, this.grads, this.context);
   }
 
   weightsChanged(): void {}
 
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    this.context.teacher?.net.dispose();
+  }
 }
 
 /** What a gradient worker thread is started with. */
@@ -57,6 +75,18 @@ export interface WorkerInit {
   grads: SharedArrayBuffer;
   data: ImageSet;
   maxBatch: number;
+  /** The teacher network (config and weights; the worker freezes it) and the distillation settings. */
+  teacher?: { config: ModelConfig; weights: NamedArray[]; settings: DistillSettings };
+  exitWeights?: number[];
+}
+
+/** A step as a worker receives it. */
+export interface StepMessage {
+  type: 'step';
+  indices: Int32Array;
+  plans: PlanData[];
+  inplaceDistill: boolean;
+  version: number;
 }
 
 interface Pending {
@@ -109,7 +139,17 @@ export class ThreadExecutor implements GradientExecutor {
   }
 
   /** Starts `threads` workers (default: one per core) for `model`, sharing `data` (in shared memory). */
-  static async start(model: Network, data: ImageSet, engine: string, maxBatch: number, threads = os.availableParallelism()): Promise<ThreadExecutor> {
+  static async start(
+    model: Network,
+    data: ImageSet,
+    engine: string,
+    maxBatch: number,
+    threads = os.availableParallelism(),
+    setup: StepSetup = {},
+  ): Promise<ThreadExecutor> {
+    const teacher = setup.teacher
+      ? { config: setup.teacher.model.config, weights: setup.teacher.model.getWeights(), settings: setup.teacher.settings }
+      : undefined;
     const layout = flatLayout(model);
     const weights = new SharedArrayBuffer(layout.total * 4);
     readFlat(model, layout, new Float32Array(weights));
@@ -117,7 +157,7 @@ export class ThreadExecutor implements GradientExecutor {
     const workers = grads.map(
       (g) =>
         new Worker(new URL('./worker.js', import.meta.url), {
-          workerData: { engine, config: model.config, weights, grads: g, data, maxBatch } satisfies WorkerInit,
+          workerData: { engine, config: model.config, weights, grads: g, data, maxBatch, teacher, exitWeights: setup.exitWeights } satisfies WorkerInit,
         }),
     );
     await Promise.all(
@@ -137,17 +177,19 @@ export class ThreadExecutor implements GradientExecutor {
     return new ThreadExecutor(model, workers, weights, grads);
   }
 
-  async step(indices: Int32Array, plan: Plan): Promise<StepResult> {
+  async step(indices: Int32Array, work: Plan | StepSpec): Promise<StepResult> {
     const k = this.workers.length;
     const per = Math.ceil(indices.length / k);
     const shards = Array.from({ length: k }, (_, i) => indices.subarray(i * per, Math.min(indices.length, (i + 1) * per)));
-    const planData = planToData(plan);
+    const spec = toStepSpec(work);
+    const plans = spec.plans.map(planToData);
+    const inplaceDistill = spec.inplaceDistill ?? false;
     const results = await Promise.all(
       shards.map((shard, i) => {
         if (shard.length === 0) return Promise.resolve({ loss: 0, correct: 0, count: 0 });
         return new Promise<StepResult>((resolve, reject) => {
           this.pending[i] = { resolve, reject };
-          this.workers[i].postMessage({ type: 'step', indices: shard, plan: planData, version: this.version });
+          this.workers[i].postMessage({ type: 'step', indices: shard, plans, inplaceDistill, version: this.version } satisfies StepMessage);
         });
       }),
     );

@@ -17,6 +17,8 @@ export interface EpochRecord {
   lr: number;
   /** Test accuracy by utilization (after BatchNorm calibration). */
   testAccuracy: Record<string, number>;
+  /** Early-exit models: test accuracy of each exit on its own at u = 1. */
+  exitAccuracy?: number[];
 }
 
 /** What a run's checkpoint records besides the weights. */

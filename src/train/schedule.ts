@@ -5,11 +5,13 @@ import type { Rng } from '../util/rng.js';
  * How training draws the utilization of each batch (DTNN Eq. 1): `uniform` u ~ U(0, 1]; `curriculum`
  * u ~ U(0, uMax] with uMax rising linearly from `curriculumStart` to 1 over the first half of training,
  * so the narrow sub-networks settle before the wide ones are trained on top of them; `vanilla` u = 1
- * always (the baseline the paper compares against).
+ * always (the baseline the paper compares against); `sandwich` trains several widths per batch (the
+ * widest, the narrowest and random ones: universally slimmable networks, see scaling's `sandwichPlans`),
+ * and draws its random widths like `uniform`.
  */
-export type USchedule = 'uniform' | 'curriculum' | 'vanilla';
+export type USchedule = 'uniform' | 'curriculum' | 'vanilla' | 'sandwich';
 
-export const U_SCHEDULES: readonly USchedule[] = ['uniform', 'curriculum', 'vanilla'];
+export const U_SCHEDULES: readonly USchedule[] = ['uniform', 'curriculum', 'vanilla', 'sandwich'];
 
 export function checkUSchedule(name: string): asserts name is USchedule {
   if (!U_SCHEDULES.includes(name as USchedule)) {
@@ -21,7 +23,7 @@ export function checkUSchedule(name: string): asserts name is USchedule {
 export function sampleU(schedule: USchedule, rng: Rng, progress: number, curriculumStart = 0.25): number {
   if (schedule === 'vanilla') return 1;
   const r = 1 - rng.next(); // in (0, 1]
-  if (schedule === 'uniform') return r;
+  if (schedule === 'uniform' || schedule === 'sandwich') return r;
   const uMax = Math.min(1, curriculumStart + (1 - curriculumStart) * Math.min(1, progress / 0.5));
   return r * uMax;
 }

@@ -1,12 +1,16 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Network } from '../models/network.js';
 import type { Plan } from '../layers/types.js';
+import type { Subnet } from '../models/subnet.js';
+import { exitCount, forwardExits } from '../models/exits.js';
+import { distillationLoss, softTargetKl, type DistillSettings } from '../scaling/distill.js';
+import { DynnError } from '../util/errors.js';
 
 /** Loss and accuracy of one gradient computation. */
 export interface StepResult {
-  /** Mean cross-entropy over the batch. */
+  /** Mean loss over the batch (cross-entropy by default; the summed objective of every plan and exit). */
   loss: number;
-  /** Correct top-1 predictions. */
+  /** Correct top-1 predictions (of the first plan's last exit). */
   correct: number;
   /** Samples in the batch. */
   count: number;
@@ -48,41 +52,116 @@ export function writeFlat(model: Network, layout: FlatLayout, src: Float32Array)
   });
 }
 
+/** What one gradient step computes: one or more plans on the same batch, their losses summed. */
+export interface StepSpec {
+  /** Plans trained on the batch; with in-place distillation the first one teaches the others. */
+  plans: Plan[];
+  /**
+   * In-place distillation (US-Nets): every plan after the first learns KL(first || plan) from the first plan's
+   * soft predictions (detached) instead of from the labels or the teacher.
+   */
+  inplaceDistill?: boolean;
+}
+
+/** What stays fixed over a run's steps. Empty: plain cross-entropy on the network's output. */
+export interface StepSetup {
+  /** A trained network whose predictions at u = 1 are the soft targets (it runs frozen, without gradients). */
+  teacher?: { model: Network; settings: DistillSettings };
+  /** Loss weight of each exit of an early-exit model, the last exit included (default 1 each). */
+  exitWeights?: number[];
+}
+
+/** A `StepSetup` ready to run: the teacher frozen once into a subnet. */
+export interface StepContext {
+  teacher?: { net: Subnet; settings: DistillSettings };
+  exitWeights?: number[];
+}
+
+/** Freezes a setup's teacher (the caller disposes `teacher.net`). */
+export function stepContext(setup: StepSetup = {}): StepContext {
+  return {
+    teacher: setup.teacher ? { net: setup.teacher.model.subnet(1), settings: setup.teacher.settings } : undefined,
+    exitWeights: setup.exitWeights,
+  };
+}
+
+/** A plan or a step specification, as a specification. */
+export function toStepSpec(work: Plan | StepSpec): StepSpec {
+  return 'plans' in work ? work : { plans: [work] };
+}
+
 /**
- * Forward and backward pass of one batch at one plan (sliced: only active weights take part); writes the
- * mean-loss gradient of every trainable weight into `grads` (zeros for weights the plan does not use).
+ * Forward and backward passes of one batch (sliced: only active weights take part); writes the gradient of
+ * the summed mean losses of every plan into `grads` (zeros for weights no plan uses). Each plan's loss is
+ * cross-entropy on the labels, or the distillation loss with the context's teacher, or (in-place
+ * distillation) KL from the first plan; an early-exit model sums its exits' losses with `exitWeights`.
+ * The reported loss is that summed objective; the accuracy is the first plan's last exit's.
  */
 export function gradientStep(
   model: Network,
   layout: FlatLayout,
   images: Float32Array,
   labels: ArrayLike<number>,
-  plan: Plan,
+  work: Plan | StepSpec,
   grads: Float32Array,
+  context: StepContext = {},
 ): StepResult {
+  const { plans, inplaceDistill = false } = toStepSpec(work);
+  if (plans.length === 0) throw new DynnError('a gradient step needs at least one plan');
   const count = labels.length;
   const weights = model.trainableWeights();
+  const variables = weights.map((w) => w.variable);
+  const exits = exitCount(model);
+  const exitWeights = context.exitWeights ?? new Array<number>(exits).fill(1);
+  if (exitWeights.length !== exits) throw new DynnError(`expected ${exits} exit loss weights, got ${exitWeights.length}`);
+  const teacher = context.teacher;
+  const [xs, ys] = tf.tidy(() => [
+    tf.tensor(images.subarray(0, count * model.inputShape.reduce((a, b) => a * b, 1)), [count, ...model.inputShape]),
+    tf.oneHot(tf.tensor1d(Int32Array.from(labels), 'int32'), model.numClasses),
+  ]);
+  const teacherLogits = teacher ? teacher.net.predict(xs) : null;
   let predicted: tf.Tensor | null = null;
-  const { loss, gradients } = tf.tidy(() => {
-    const xs = tf.tensor(images.subarray(0, count * model.inputShape.reduce((a, b) => a * b, 1)), [count, ...model.inputShape]);
-    const ys = tf.oneHot(tf.tensor1d(Int32Array.from(labels), 'int32'), model.numClasses);
-    const { value, grads: g } = tf.variableGrads(() => {
-      const logits = model.forward(xs, plan, { training: true });
-      predicted = tf.keep(tf.argMax(logits, 1));
-      return tf.losses.softmaxCrossEntropy(ys, logits) as tf.Scalar;
-    }, weights.map((w) => w.variable));
-    return { loss: value, gradients: g };
-  });
-  weights.forEach((w, i) => {
-    const g = gradients[w.variable.name];
-    const o = layout.offsets[i];
-    if (g) grads.set(g.dataSync() as Float32Array, o);
-    else grads.fill(0, o, o + layout.sizes[i]);
-  });
-  const pred = (predicted as unknown as tf.Tensor).dataSync();
-  let correct = 0;
-  for (let i = 0; i < count; i++) if (pred[i] === labels[i]) correct++;
-  const lossValue = loss.dataSync()[0];
-  tf.dispose([loss, predicted as unknown as tf.Tensor, ...Object.values(gradients)]);
-  return { loss: lossValue, correct, count };
+  let widest: tf.Tensor2D | null = null;
+  let lossValue = 0;
+  try {
+    plans.forEach((plan, i) => {
+      const term = (logits: tf.Tensor2D): tf.Scalar => {
+        if (i > 0 && inplaceDistill) return softTargetKl(widest!, logits);
+        if (teacherLogits) return distillationLoss(logits, teacherLogits, ys as tf.Tensor2D, teacher!.settings);
+        return tf.losses.softmaxCrossEntropy(ys, logits) as tf.Scalar;
+      };
+      const { value, grads: g } = tf.tidy(() =>
+        tf.variableGrads(() => {
+          const outs = exits > 1 ? forwardExits(model, xs, plan, { training: true }) : [model.forward(xs, plan, { training: true })];
+          const final = outs[outs.length - 1];
+          if (i === 0) {
+            predicted = tf.keep(tf.argMax(final, 1));
+            if (inplaceDistill && plans.length > 1) widest = tf.keep(final);
+          }
+          if (exits === 1) return term(final);
+          return outs.map((o, k) => tf.mul(exitWeights[k], term(o))).reduce((a, b) => tf.add(a, b)) as tf.Scalar;
+        }, variables),
+      );
+      weights.forEach((w, j) => {
+        const gw = g[w.variable.name];
+        const o = layout.offsets[j];
+        if (i === 0) {
+          if (gw) grads.set(gw.dataSync() as Float32Array, o);
+          else grads.fill(0, o, o + layout.sizes[j]);
+        } else if (gw) {
+          const d = gw.dataSync() as Float32Array;
+          for (let e = 0; e < d.length; e++) grads[o + e] += d[e];
+        }
+      });
+      lossValue += value.dataSync()[0];
+      tf.dispose([value, ...Object.values(g)]);
+    });
+    const pred = (predicted as unknown as tf.Tensor).dataSync();
+    let correct = 0;
+    for (let i = 0; i < count; i++) if (pred[i] === labels[i]) correct++;
+    return { loss: lossValue, correct, count };
+  } finally {
+    const held: (tf.Tensor | null)[] = [xs, ys, teacherLogits, predicted, widest];
+    tf.dispose(held.filter((t): t is tf.Tensor => t !== null));
+  }
 }

@@ -14,7 +14,14 @@ import { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor
 import { checkOptimizer, Optimizer, type OptimizerName } from './optimizer.js';
 import { checkLrSchedule, checkUSchedule, learningRate, sampleU, type LrSchedule, type USchedule } from './schedule.js';
 import { VERSION } from '../version.js';
-import { saveRun, type EpochRecord, type TrainMeta } from './run.js';
+import { loadRun, saveRun, type EpochRecord, type TrainMeta } from './run.js';
+import type { Plan } from '../layers/types.js';
+import type { StepSetup, StepSpec } from './step.js';
+import { exitCount } from '../models/exits.js';
+import { checkDistill } from '../scaling/distill.js';
+import { sandwichPlans } from '../scaling/sandwich.js';
+import { exitTable } from '../scaling/budget.js';
+import { EarlyExitRunner } from '../scaling/runner.js';
 
 /** Everything a training run is configured by; unset fields take the defaults shown. */
 export interface TrainOptions {
@@ -42,8 +49,20 @@ export interface TrainOptions {
   /** Base learning rate (default 1e-3 for Adam, 0.05 for SGD). */
   lr?: number;
   lrSchedule?: LrSchedule;
-  /** How u is drawn per batch (default 'uniform'). */
+  /** How u is drawn per batch (default 'uniform'); 'sandwich' trains several widths per batch. */
   schedule?: USchedule;
+  /** Sandwich rule: random widths per step besides the widest and the narrowest (default 2). */
+  sandwichWidths?: number;
+  /** Sandwich rule: every narrower width learns from the widest's soft predictions, detached (default true). */
+  inplaceDistill?: boolean;
+  /** Run directory of a trained network whose predictions at u = 1 the model learns from (knowledge distillation). */
+  teacher?: string;
+  /** Distillation: weight a of the soft-target term, in [0, 1] (default 0.5). */
+  distillAlpha?: number;
+  /** Distillation: temperature T of the soft targets (default 4). */
+  distillT?: number;
+  /** Early-exit models: loss weight of each exit, the last included (default 1 each). */
+  exitWeights?: number[];
   /** Widthwise gating during training (default 'nested'). */
   gating?: GatingMode;
   /** Seed of initial weights, data order and sampled u (default 0). */
@@ -85,8 +104,8 @@ export interface TrainResult {
   meta: TrainMeta;
 }
 
-type Resolved = Required<Omit<TrainOptions, 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'onStep' | 'onEpoch' | 'modelArgs' | 'lr'>> &
-  Pick<TrainOptions, 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr'>;
+type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'exitWeights';
+type Resolved = Required<Omit<TrainOptions, Optional | 'onStep' | 'onEpoch' | 'modelArgs'>> & Pick<TrainOptions, Optional>;
 
 function resolveOptions(o: TrainOptions): Resolved {
   const r = {
@@ -110,6 +129,12 @@ function resolveOptions(o: TrainOptions): Resolved {
     evalUs: o.evalUs ?? [0.25, 0.5, 1],
     calibrationSamples: o.calibrationSamples ?? 2048,
     validationSamples: o.validationSamples ?? 0,
+    sandwichWidths: o.sandwichWidths ?? 2,
+    inplaceDistill: o.inplaceDistill ?? true,
+    teacher: o.teacher,
+    distillAlpha: o.distillAlpha ?? 0.5,
+    distillT: o.distillT ?? 4,
+    exitWeights: o.exitWeights,
   };
   checkOptimizer(r.optimizer);
   checkLrSchedule(r.lrSchedule);
@@ -124,6 +149,13 @@ function resolveOptions(o: TrainOptions): Resolved {
   }
   if (!Number.isInteger(r.seed)) throw new DynnError(`seed must be an integer, got ${r.seed}`);
   if (r.resume && !r.out) throw new DynnError('resume needs the run directory (out)');
+  if (!Number.isInteger(r.sandwichWidths) || r.sandwichWidths < 0) {
+    throw new DynnError(`sandwichWidths must be a non-negative integer, got ${r.sandwichWidths}`);
+  }
+  checkDistill({ alpha: r.distillAlpha, temperature: r.distillT });
+  if (r.exitWeights && !r.exitWeights.every((w) => w >= 0 && Number.isFinite(w))) {
+    throw new DynnError(`exitWeights must be non-negative numbers, got ${JSON.stringify(r.exitWeights)}`);
+  }
   return r;
 }
 
@@ -150,6 +182,15 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     seed: options.modelArgs?.seed ?? o.seed,
   });
   const model = createModel(o.model, modelArgs);
+  const exits = exitCount(model);
+  if (o.exitWeights && o.exitWeights.length !== exits) {
+    model.dispose();
+    throw new DynnError(
+      exits === 1
+        ? `exitWeights needs an early-exit model; ${o.model} has no exits`
+        : `exitWeights needs one weight per exit of ${o.model} (${exits}), got ${o.exitWeights.length}`,
+    );
+  }
   const lr = o.lr ?? (o.optimizer === 'adam' ? 1e-3 : 0.05);
   const optimizer = new Optimizer(o.optimizer, lr);
   const history: EpochRecord[] = [];
@@ -174,6 +215,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   const train = o.workers === 0 ? trainPart : allocShared(trainPart);
   const threads = o.workers < 0 ? undefined : o.workers;
   let executor: GradientExecutor | null = null;
+  let teacher: Network | null = null;
   const meta = (): TrainMeta => ({
     dynnVersion: VERSION,
     dataset: o.dataset,
@@ -186,7 +228,17 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     history,
   });
   try {
-    executor = o.workers === 0 ? new LocalExecutor(model, train, o.batchSize) : await ThreadExecutor.start(model, train, engine, o.batchSize, threads);
+    const setup: StepSetup = { exitWeights: o.exitWeights };
+    if (o.teacher) {
+      teacher = await loadTeacher(o.teacher, model);
+      setup.teacher = { model: teacher, settings: { alpha: o.distillAlpha, temperature: o.distillT } };
+    }
+    executor =
+      o.workers === 0
+        ? new LocalExecutor(model, train, o.batchSize, setup)
+        : await ThreadExecutor.start(model, train, engine, o.batchSize, threads, setup);
+    teacher?.dispose();
+    teacher = null;
     const weights = model.trainableWeights();
     const variables = weights.map((w) => w.variable);
     const n = train.count;
@@ -202,11 +254,14 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       let seen = 0;
       for (let step = 0; step < stepsPerEpoch; step++) {
         const progress = (epoch * stepsPerEpoch + step) / totalSteps;
-        const u = sampleU(o.schedule, uRng, progress);
+        const sandwich = o.schedule === 'sandwich';
+        const u = sandwich ? 1 : sampleU(o.schedule, uRng, progress);
         optimizer.setLearningRate(learningRate(o.lrSchedule, lr, progress));
         const indices = order.subarray(step * o.batchSize, Math.min(n, (step + 1) * o.batchSize));
-        const plan = model.plan(u, { gating: o.gating, rng: gateRng });
-        const r = await executor.step(indices, plan);
+        const work: Plan | StepSpec = sandwich
+          ? { plans: sandwichPlans(model, { n: o.sandwichWidths, rng: uRng, gating: o.gating, gateRng }), inplaceDistill: o.inplaceDistill }
+          : model.plan(u, { gating: o.gating, rng: gateRng });
+        const r = await executor.step(indices, work);
         if (!Number.isFinite(r.loss)) throw new DynnError(`training diverged: loss is ${r.loss} at epoch ${epoch + 1}, step ${step + 1} (try a lower --lr)`);
         optimizer.apply(variables, executor.grads, executor.layout.offsets);
         executor.weightsChanged();
@@ -237,6 +292,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         seconds: (performance.now() - t0) / 1000,
         lr: optimizer.learningRate,
         testAccuracy: test,
+        ...(exits > 1 ? { exitAccuracy: exitAccuracy(model, dataset.test) } : {}),
       };
       history.push(record);
       if (o.out) await saveRun(o.out, model, meta(), optimizer);
@@ -247,7 +303,29 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     model.dispose();
     throw err;
   } finally {
+    teacher?.dispose();
     optimizer.dispose();
     await executor?.close();
+  }
+}
+
+/** Loads a distillation teacher and checks that it takes the student's inputs and predicts its classes. */
+async function loadTeacher(dir: string, student: Network): Promise<Network> {
+  const { model } = await loadRun(dir);
+  if (model.numClasses !== student.numClasses || model.inputShape.join() !== student.inputShape.join()) {
+    const shape = (m: Network) => `${m.inputShape.join('x')} inputs, ${m.numClasses} classes`;
+    model.dispose();
+    throw new DynnError(`teacher ${dir} takes ${shape(model)}; the student takes ${shape(student)}`);
+  }
+  return model;
+}
+
+/** Test accuracy of each exit of an early-exit model on its own, at u = 1. */
+function exitAccuracy(model: Network, test: Dataset['test']): number[] {
+  const runner = EarlyExitRunner.freeze(model, 1);
+  try {
+    return exitTable(runner, test, 'confidence').correct.map((c) => c.reduce((a, b) => a + b, 0) / test.count);
+  } finally {
+    runner.dispose();
   }
 }

@@ -1,12 +1,12 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { initEngine, type EngineName } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
-import { planFromData, type PlanData } from '../models/network.js';
+import { planFromData } from '../models/network.js';
 import { gatherBatch } from './batch.js';
-import { flatLayout, gradientStep, writeFlat } from './step.js';
-import type { WorkerInit } from './executor.js';
+import { flatLayout, gradientStep, stepContext, writeFlat } from './step.js';
+import type { StepMessage, WorkerInit } from './executor.js';
 
-// A gradient worker: see ThreadExecutor. Messages: {type:'step', indices, plan, version} -> {type:'done', result}.
+// A gradient worker: see ThreadExecutor. Messages: StepMessage -> {type:'done', result}.
 const init = workerData as WorkerInit;
 const port = parentPort!;
 
@@ -19,15 +19,21 @@ try {
   const per = init.data.height * init.data.width * init.data.channels;
   const images = new Float32Array(init.maxBatch * per);
   const labels = new Int32Array(init.maxBatch);
+  // The teacher runs frozen (a sliced copy, BatchNorm folded): inference only, no gradient tape.
+  const teacher = init.teacher ? createModel(init.teacher.config.model, init.teacher.config.args) : null;
+  teacher?.setWeights(init.teacher!.weights);
+  const context = stepContext({ teacher: teacher ? { model: teacher, settings: init.teacher!.settings } : undefined, exitWeights: init.exitWeights });
+  teacher?.dispose();
   let version = -1;
-  port.on('message', (m: { type: string; indices: Int32Array; plan: PlanData; version: number }) => {
+  port.on('message', (m: StepMessage) => {
     try {
       if (m.version !== version) {
         writeFlat(model, layout, weights);
         version = m.version;
       }
       const n = gatherBatch(init.data, m.indices, images, labels);
-      const result = gradientStep(model, layout, images, labels.subarray(0, n), planFromData(m.plan), grads);
+      const work = { plans: m.plans.map(planFromData), inplaceDistill: m.inplaceDistill };
+      const result = gradientStep(model, layout, images, labels.subarray(0, n), work, grads, context);
       port.postMessage({ type: 'done', result });
     } catch (err) {
       port.postMessage({ type: 'error', message: err instanceof Error ? err.message : String(err) });

@@ -1,0 +1,124 @@
+import cliProgress from 'cli-progress';
+import type { CommandModule } from './cli.js';
+import { choiceOption, ms, numberOption, si, table, uListOption, type Io } from './io.js';
+import { DynnError } from '../util/errors.js';
+import type { OnnxMetadata } from '../export/metadata.js';
+import type { GatingMode } from '../gating/gating.js';
+import type { LatencyTable } from '../runtime/profile.js';
+
+type Opts = Record<string, unknown>;
+
+const ENGINES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+
+/** Parses a comma-separated list of positive integers (batch sizes). */
+export function intListOption(value: unknown, name: string): number[] | undefined {
+  if (value === undefined) return undefined;
+  const parts = String(value).split(',').map((s) => s.trim()).filter(Boolean);
+  if (parts.length === 0) throw new DynnError(`--${name} needs a comma-separated list of positive integers`);
+  return parts.map((p) => {
+    const n = Number(p);
+    if (!Number.isInteger(n) || n < 1) throw new DynnError(`--${name}: ${p} is not a positive integer`);
+    return n;
+  });
+}
+
+/** The class names of a run's data set, or null when the data set cannot be opened here. */
+async function datasetClassNames(dataset: string, numClasses: number): Promise<string[] | null> {
+  try {
+    const { loadDataset } = await import('../data/datasets.js');
+    const data = await loadDataset(dataset, { trainLimit: 1, testLimit: 1 });
+    return data.classNames.length === numClasses ? data.classNames : null;
+  } catch {
+    return null;
+  }
+}
+
+function levelsTable(meta: OnnxMetadata): string {
+  return table(
+    ['u', 'level', 'min u', 'FLOPs', 'FLOPs ratio', 'params'],
+    meta.levels.map((l) => [Number(l.u.toFixed(4)), l.level, Number(l.minU.toFixed(4)), si(l.flops), l.flopsRatio.toFixed(3), si(l.params)]),
+  );
+}
+
+/** `dynn export RUN --onnx FILE [--levels LIST]`. */
+export async function exportCommand(run: string, o: Opts, io: Io): Promise<void> {
+  if (!o.onnx || typeof o.onnx !== 'string') throw new DynnError('export needs --onnx FILE (the ONNX file to write)');
+  const levels = uListOption(o.levels, 'levels');
+  const { initEngine } = await import('../engine/backend.js');
+  const { loadRun } = await import('../train/run.js');
+  const { saveOnnx } = await import('../export/export.js');
+  await initEngine(choiceOption(o.engine, 'engine', ENGINES));
+  const { model, meta } = await loadRun(run);
+  try {
+    const classNames = (await datasetClassNames(meta.dataset, model.numClasses)) ?? undefined;
+    const gating = (meta.options?.gating as GatingMode | undefined) ?? 'nested';
+    const metadata = await saveOnnx(model, o.onnx, { levels, classNames, gating });
+    if (o.json) io.out(JSON.stringify({ onnx: o.onnx, metadata }, null, 2) + '\n');
+    else io.out(levelsTable(metadata) + `wrote ${o.onnx} (${metadata.model.model}, ${metadata.levels.length} levels, input images NCHW [batch, ${metadata.input.shape.join(', ')}] and scalar u)\n`);
+  } finally {
+    model.dispose();
+  }
+}
+
+function latencyRows(t: LatencyTable): string {
+  return table(
+    ['u', 'level', 'FLOPs ratio', ...t.batches.flatMap((b) => [`ms @${b}`, `ratio @${b}`])],
+    t.levels.map((l) => {
+      const top = t.levels[t.levels.length - 1];
+      return [
+        Number(l.u.toFixed(4)),
+        l.level,
+        l.flopsRatio.toFixed(3),
+        ...t.batches.flatMap((b) => [ms(l.latencyMs[String(b)]), (l.latencyMs[String(b)] / top.latencyMs[String(b)]).toFixed(3)]),
+      ];
+    }),
+  );
+}
+
+/** `dynn profile MODEL [--batches LIST] [--reps N]`. */
+export async function profileCommand(file: string, o: Opts, io: Io): Promise<void> {
+  const batches = intListOption(o.batches, 'batches') ?? [1, 64];
+  const reps = numberOption(o.reps, 'reps', { int: true, min: 1 }) ?? 20;
+  const warmup = numberOption(o.warmup, 'warmup', { int: true, min: 0 }) ?? 3;
+  const { OnnxModel, defaultThreads } = await import('../runtime/node.js');
+  const { profileModel, saveLatencyTable } = await import('../runtime/profile.js');
+  const threads = numberOption(o.threads, 'threads', { int: true, min: 1 }) ?? defaultThreads();
+  const model = await OnnxModel.load(file, { threads });
+  let bar: cliProgress.SingleBar | null = null;
+  try {
+    if (io.errIsTTY) {
+      bar = new cliProgress.SingleBar({ format: 'profiling [{bar}] {value}/{total} level x batch', stream: process.stderr, hideCursor: true }, cliProgress.Presets.shades_classic);
+      bar.start(model.levels.length * batches.length, 0);
+    }
+    const t = await profileModel(model, { batches, reps, warmup, threads, onStep: (done) => bar?.update(done) });
+    bar?.stop();
+    const saved = await saveLatencyTable(file, t);
+    if (o.json) io.out(JSON.stringify(t, null, 2) + '\n');
+    else io.out(latencyRows(t) + `saved ${saved} (median of ${reps} runs, ${threads} threads)\n`);
+  } finally {
+    bar?.stop();
+    await model.dispose();
+  }
+}
+
+/** The deployment commands: export, profile. */
+export const deployCommands: CommandModule = (cli, io) => {
+  cli
+    .command('export <run>', 'write a trained run as one ONNX model with a utilization input u (an If chain over its levels)')
+    .option('--onnx <file>', 'the ONNX file to write (required; written atomically)')
+    .option('--levels <list>', 'utilizations whose levels to export, e.g. 0.25,0.5,0.75,1 [default: every level]')
+    .option('--engine <name>', 'auto, tensorflow, wasm or cpu (only reads the weights)')
+    .option('--json', 'machine-readable output on stdout')
+    .example('dynn export runs/fm-vgg --onnx fm-vgg.onnx --levels 0.25,0.5,0.75,1')
+    .action(async (run, o) => exportCommand(run, o, io));
+
+  cli
+    .command('profile <model>', 'measure ONNX Runtime latency per level and batch size here; stores <model>.profile.json')
+    .option('--batches <list>', 'batch sizes [default: 1,64]')
+    .option('--reps <n>', 'timed runs per level and batch; the median is kept [default: 20]')
+    .option('--warmup <n>', 'untimed runs first [default: 3]')
+    .option('--threads <n>', 'ONNX Runtime intra-op threads [default: the core count]')
+    .option('--json', 'print the latency table as JSON')
+    .example('dynn profile fm-vgg.onnx --batches 1,64 --json')
+    .action(async (model, o) => profileCommand(model, o, io));
+};

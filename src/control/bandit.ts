@@ -1,0 +1,213 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { ImageSet } from '../data/types.js';
+import { toFloat } from '../data/imageset.js';
+import { gatherBatch } from '../train/batch.js';
+import { DynnError } from '../util/errors.js';
+import { Rng } from '../util/rng.js';
+import { checkActions } from './actions.js';
+import type { Policy } from './policy.js';
+import type { LevelTable } from './table.js';
+import type { Controller, Decision } from './types.js';
+
+/** What the bandit's reward counts as the cost of an action. */
+export type BanditCost = 'macs' | 'u';
+
+export const BANDIT_COSTS: readonly BanditCost[] = ['macs', 'u'];
+
+/** Options of contextual-bandit training (DTNN Algorithm 1); unset fields take the defaults shown. */
+export interface BanditOptions {
+  /** Passes over the sample set (default 10). */
+  epochs?: number;
+  /** Samples per policy update (default 128). */
+  batchSize?: number;
+  /** Adam learning rate (default 1e-3). */
+  lr?: number;
+  /** Final exploration rate: epsilon decays linearly from 1 to this over the first half of training (default 0.1). */
+  epsilon?: number;
+  /** gamma1 of the wrong-answer penalty -(c + gamma1)(u + gamma2) (default 0.5). */
+  gamma1?: number;
+  /** gamma2 of the wrong-answer penalty (default 1.5). */
+  gamma2?: number;
+  /** The cost in the reward: the measured MACs ratio of the action (default) or u itself. */
+  cost?: BanditCost;
+  /** Seed of sample order and exploration (default 0). */
+  seed?: number;
+  /** Called after every epoch. */
+  onEpoch?: (r: BanditEpoch) => void;
+}
+
+/** One epoch of bandit training, measured on the greedy actions it took. */
+export interface BanditEpoch {
+  epoch: number;
+  epsilon: number;
+  meanReward: number;
+  /** Accuracy of the frozen network at the policy's greedy choices. */
+  accuracy: number;
+  meanU: number;
+  /** Mean FLOPs ratio of the greedy choices, the controller's own cost included. */
+  meanFlopsRatio: number;
+}
+
+/**
+ * The reward of DTNN Eq. 14: exp(1 - u)(1 - u) when the network is right at u, -(c + gamma1)(u + gamma2)
+ * when it is wrong with softmax confidence c. `cost` stands for u (the action or its MACs ratio).
+ */
+export function reward(right: boolean, confidence: number, cost: number, gamma1 = 0.5, gamma2 = 1.5): number {
+  return right ? Math.exp(1 - cost) * (1 - cost) : -(confidence + gamma1) * (cost + gamma2);
+}
+
+/** The index of the largest of `k` values at `row * k`, among allowed ones. */
+function argmaxRow(values: Float32Array, row: number, k: number, allowed?: Uint8Array): number {
+  let best = -1;
+  for (let j = 0; j < k; j++) {
+    if (allowed && !allowed[j]) continue;
+    if (best < 0 || values[row * k + j] > values[row * k + best]) best = j;
+  }
+  return best;
+}
+
+/**
+ * Trains the controller as a contextual bandit with the data path frozen (DTNN Algorithm 1): for each sample
+ * the policy picks an action (epsilon-greedy), the reward comes from the frozen network's precomputed answer
+ * at that action (`table`, over the same samples), and the loss is -r log pi(u | x).
+ */
+export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, options: BanditOptions = {}): BanditEpoch[] {
+  const epochs = options.epochs ?? 10;
+  const batch = options.batchSize ?? 128;
+  const finalEps = options.epsilon ?? 0.1;
+  const g1 = options.gamma1 ?? 0.5;
+  const g2 = options.gamma2 ?? 1.5;
+  const costKind = options.cost ?? 'macs';
+  if (!Number.isInteger(epochs) || epochs < 1) throw new DynnError(`epochs must be a positive integer, got ${epochs}`);
+  if (!Number.isInteger(batch) || batch < 1) throw new DynnError(`batch size must be a positive integer, got ${batch}`);
+  if (!(finalEps >= 0 && finalEps <= 1)) throw new DynnError(`epsilon must be in [0, 1], got ${finalEps}`);
+  if (!BANDIT_COSTS.includes(costKind)) throw new DynnError(`unknown bandit cost "${costKind}"; expected one of ${BANDIT_COSTS.join(', ')}`);
+  if (table.count !== set.count) throw new DynnError('the level table was computed on another sample set');
+  if (table.us.join() !== policy.actions.join()) throw new DynnError('the level table and the policy have different actions');
+  const K = policy.actions.length;
+  const costs = table.us.map((u, k) => (costKind === 'u' ? u : table.macs[k] / table.fullMacs));
+  const ownRatio = policy.macs / table.fullMacs;
+  const rng = new Rng(options.seed ?? 0);
+  const opt = tf.train.adam(options.lr ?? 1e-3);
+  const vars = policy.net.trainableWeights().map((w) => w.variable);
+  const per = set.height * set.width * set.channels;
+  const buf = new Float32Array(batch * per);
+  const labelsBuf = new Int32Array(batch);
+  const history: BanditEpoch[] = [];
+  const steps = Math.ceil(set.count / batch);
+  try {
+    for (let epoch = 0; epoch < epochs; epoch++) {
+      const order = rng.permutation(set.count);
+      let rSum = 0;
+      let right = 0;
+      let uSum = 0;
+      let macsSum = 0;
+      let eps = finalEps;
+      for (let step = 0; step < steps; step++) {
+        const progress = (epoch * steps + step) / (epochs * steps);
+        eps = progress < 0.5 ? 1 - (1 - finalEps) * (progress / 0.5) : finalEps;
+        const idx = order.subarray(step * batch, Math.min(set.count, (step + 1) * batch));
+        const n = idx.length;
+        gatherBatch(set, idx, buf, labelsBuf);
+        const x = tf.tensor(buf.subarray(0, n * per), [n, set.height, set.width, set.channels]);
+        const { value, grads } = tf.variableGrads(() => {
+          const logits = policy.logits(x);
+          const logp = tf.logSoftmax(logits);
+          const greedyScores = logits.dataSync() as Float32Array;
+          const actions = new Int32Array(n);
+          const rewards = new Float32Array(n);
+          for (let j = 0; j < n; j++) {
+            const greedy = argmaxRow(greedyScores, j, K);
+            const i = idx[j];
+            const ok = table.correct[greedy][i] === 1;
+            right += ok ? 1 : 0;
+            uSum += table.us[greedy];
+            macsSum += table.macs[greedy];
+            const a = rng.next() < eps ? rng.int(K) : greedy;
+            actions[j] = a;
+            rewards[j] = reward(table.correct[a][i] === 1, table.confidence[a][i], costs[a], g1, g2);
+            rSum += rewards[j];
+          }
+          const chosen = tf.sum(tf.mul(logp, tf.oneHot(tf.tensor1d(actions, 'int32'), K)), 1);
+          return tf.neg(tf.mean(tf.mul(chosen, tf.tensor1d(rewards)))) as tf.Scalar;
+        }, vars);
+        opt.applyGradients(Object.entries(grads).map(([name, tensor]) => ({ name, tensor })));
+        tf.dispose([x, value, ...Object.values(grads)]);
+      }
+      policy.weightsChanged();
+      const r: BanditEpoch = {
+        epoch: epoch + 1,
+        epsilon: eps,
+        meanReward: rSum / set.count,
+        accuracy: right / set.count,
+        meanU: uSum / set.count,
+        meanFlopsRatio: macsSum / set.count / table.fullMacs + ownRatio,
+      };
+      history.push(r);
+      options.onEpoch?.(r);
+    }
+  } finally {
+    opt.dispose();
+  }
+  return history;
+}
+
+/** Action probabilities of the policy for every sample of a set, row-major [count x K]. */
+export function policyProbabilities(policy: Policy, set: ImageSet, batchSize = 500): Float32Array {
+  const K = policy.actions.length;
+  const out = new Float32Array(set.count * K);
+  const per = set.height * set.width * set.channels;
+  const buf = new Float32Array(Math.min(batchSize, set.count) * per);
+  for (let start = 0; start < set.count; start += batchSize) {
+    const n = Math.min(batchSize, set.count - start);
+    const x = toFloat(set, start, n, buf);
+    const p = tf.tidy(() => policy.probabilities(tf.tensor(x, [n, set.height, set.width, set.channels])));
+    out.set(p.dataSync() as Float32Array, start * K);
+    p.dispose();
+  }
+  return out;
+}
+
+/** The greedy action index per sample from policy probabilities, restricted to allowed actions. */
+export function greedyActions(probs: Float32Array, K: number, allowed?: Uint8Array): Int32Array {
+  const n = probs.length / K;
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; i++) out[i] = argmaxRow(probs, i, K, allowed);
+  return out;
+}
+
+/** The learned contextual-bandit controller: u = argmax_k pi(u_k | x) (DTNN Eq. 15). */
+export class BanditController implements Controller {
+  readonly name = 'bandit';
+  readonly actions: readonly number[];
+  private readonly allowed: Uint8Array | undefined;
+
+  constructor(
+    readonly policy: Policy,
+    allowed?: number[],
+  ) {
+    this.actions = policy.actions;
+    if (allowed) {
+      const set = new Set(checkActions(allowed));
+      for (const u of set) if (!policy.actions.includes(u)) throw new DynnError(`action ${u} is not one of the controller's (${policy.actions.join(', ')})`);
+      this.allowed = Uint8Array.from(policy.actions, (u) => (set.has(u) ? 1 : 0));
+    }
+  }
+
+  decide(x: tf.Tensor): Decision {
+    const n = x.shape[0];
+    const p = this.policy.probabilities(x);
+    const probs = p.dataSync() as Float32Array;
+    p.dispose();
+    const actions = greedyActions(probs, this.actions.length, this.allowed);
+    return {
+      u: Float64Array.from(actions, (k) => this.actions[k]),
+      overheadMacs: new Float64Array(n).fill(this.policy.macs),
+      scores: null,
+    };
+  }
+
+  /** The policy belongs to whoever loaded it. */
+  dispose(): void {}
+}
+

@@ -1,0 +1,75 @@
+import type * as tf from '@tensorflow/tfjs-core';
+import { DynnError } from '../util/errors.js';
+import { actionSet, checkActions } from './actions.js';
+import type { MixedRunner } from './runner.js';
+import { runStages } from './staged.js';
+import type { LevelTable } from './table.js';
+import type { Controller, DecideContext, Decision } from './types.js';
+
+/** The oracle's summary: the ceiling every controller is reported against. */
+export interface OracleSummary {
+  accuracy: number;
+  meanU: number;
+  meanFlopsRatio: number;
+}
+
+/**
+ * The oracle (evaluation only): for each input, the lowest u at which the network is right, or u = 1 when it
+ * never is. It reads the labels, so it cannot be deployed; its cost is that of the u it picks.
+ */
+export class OracleController implements Controller {
+  readonly name = 'oracle';
+  readonly actions: readonly number[];
+
+  constructor(
+    private readonly runner: MixedRunner,
+    actions: number[] = actionSet(),
+  ) {
+    const a = checkActions(actions);
+    this.actions = a[a.length - 1] === 1 ? a : [...a, 1];
+  }
+
+  decide(x: tf.Tensor, context: DecideContext = {}): Decision {
+    const labels = context.labels;
+    if (!labels || labels.length !== x.shape[0]) throw new DynnError('the oracle needs the labels of the batch (it is for evaluation only)');
+    return runStages(
+      this.runner,
+      x,
+      this.actions,
+      (_s, rows, probs, k) =>
+        rows.map((i, j) => {
+          const row = probs.subarray(j * k, (j + 1) * k);
+          return row.indexOf(Math.max(...row)) === labels[i];
+        }),
+      false,
+    );
+  }
+
+  dispose(): void {}
+}
+
+/** The oracle computed from a level table: per-sample action index (-1: never right, runs at u = 1) and summary. */
+export function oracleFromTable(table: LevelTable): OracleSummary & { action: Int32Array } {
+  const action = new Int32Array(table.count).fill(-1);
+  let right = 0;
+  let sumU = 0;
+  let sumMacs = 0;
+  for (let i = 0; i < table.count; i++) {
+    for (let k = 0; k < table.us.length; k++) {
+      if (table.correct[k][i]) {
+        action[i] = k;
+        break;
+      }
+    }
+    const k = action[i];
+    if (k >= 0) right++;
+    sumU += k >= 0 ? table.us[k] : 1;
+    sumMacs += k >= 0 ? table.macs[k] : table.fullMacs;
+  }
+  return {
+    action,
+    accuracy: right / table.count,
+    meanU: sumU / table.count,
+    meanFlopsRatio: sumMacs / table.count / table.fullMacs,
+  };
+}

@@ -1,0 +1,108 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { Network } from '../models/network.js';
+import type { Subnet } from '../models/subnet.js';
+import { Conv2D, Dense, Flatten, ReLU } from '../layers/index.js';
+import type { Plan } from '../layers/types.js';
+import { DynnError } from '../util/errors.js';
+import { checkActions } from './actions.js';
+import { median } from '../eval/latency.js';
+
+/** The architecture of a controller network F_theta. */
+export interface PolicyArgs {
+  /** Per-sample input shape [H, W, C], the controlled network's. */
+  inputShape: number[];
+  /** The actions u_k its outputs stand for, ascending. */
+  actions: number[];
+  /** Filters of its two stride-2 convolutions (default [8, 16]). */
+  widths?: number[];
+  /** Hidden units of its dense layer (default 32). */
+  hidden?: number;
+  /** Seed of the initial weights (default 0). */
+  seed?: number;
+}
+
+/** The plan of a network with no throttleable block: everything runs. */
+export function staticPlan(): Plan {
+  return { u: 1, groups: new Map(), depth: new Map(), level: 0 };
+}
+
+/**
+ * The controller network F_theta(x) (DTNN Eq. 13): a small CNN (two stride-2 3x3 convolutions, a dense
+ * layer) whose K outputs are the logits of pi(u_k | x). It is a few hundred times cheaper than the network
+ * it controls, and its MACs are added to every cost the controller reports.
+ */
+export class Policy {
+  readonly net: Network;
+  readonly actions: number[];
+  private frozen: Subnet | null = null;
+
+  constructor(readonly args: PolicyArgs) {
+    this.actions = checkActions(args.actions);
+    if (this.actions.join() !== args.actions.join()) throw new DynnError('policy actions must be given ascending');
+    const [w1, w2] = args.widths ?? [8, 16];
+    const hidden = args.hidden ?? 32;
+    this.net = new Network(
+      { model: 'controller-cnn', args: { ...args } },
+      args.inputShape,
+      [
+        new Conv2D('policy.conv1', { filters: w1, kernelSize: 3, strides: 2, useBias: true }),
+        new ReLU('policy.relu1', {}),
+        new Conv2D('policy.conv2', { filters: w2, kernelSize: 3, strides: 2, useBias: true }),
+        new ReLU('policy.relu2', {}),
+        new Flatten('policy.flatten', {}),
+        new Dense('policy.fc', { units: hidden }),
+        new ReLU('policy.fc.relu', {}),
+        new Dense('policy.logits', { units: this.actions.length }),
+      ],
+      args.seed ?? 0,
+    );
+  }
+
+  /** MACs of one decision. */
+  get macs(): number {
+    return this.net.cost(staticPlan()).macs;
+  }
+
+  /** Logits of pi(u | x) for a batch, differentiable (call inside `tf.tidy` / `variableGrads`). */
+  logits(x: tf.Tensor): tf.Tensor2D {
+    return this.net.forward(x, staticPlan());
+  }
+
+  /** Action probabilities for a batch through the frozen copy (inference), as a new tensor. */
+  probabilities(x: tf.Tensor): tf.Tensor2D {
+    this.frozen ??= this.net.subnet(staticPlan());
+    const sub = this.frozen;
+    return tf.tidy(() => tf.softmax(sub.predict(x)));
+  }
+
+  /** Drops the frozen copy after the weights changed. */
+  weightsChanged(): void {
+    this.frozen?.dispose();
+    this.frozen = null;
+  }
+
+  dispose(): void {
+    this.weightsChanged();
+    this.net.dispose();
+  }
+}
+
+/** Median latency (ms) of one policy decision for a batch, on its frozen copy (TF.js). */
+export function measurePolicyLatency(policy: Policy, batch: number, options: { reps?: number; warmup?: number } = {}): number {
+  const reps = options.reps ?? 10;
+  const warmup = options.warmup ?? 3;
+  const x = tf.randomUniform([batch, ...policy.args.inputShape], 0, 1, 'float32', 7);
+  const times: number[] = [];
+  try {
+    for (let i = 0; i < warmup + reps; i++) {
+      const t0 = performance.now();
+      const p = policy.probabilities(x);
+      p.dataSync();
+      p.dispose();
+      if (i >= warmup) times.push(performance.now() - t0);
+    }
+  } finally {
+    x.dispose();
+  }
+  return median(times);
+}

@@ -1,0 +1,122 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { Network } from '../models/network.js';
+import type { Subnet } from '../models/subnet.js';
+import type { Plan } from '../layers/types.js';
+import { checkUtilization } from '../gating/gating.js';
+import { DynnError } from '../util/errors.js';
+
+/** How a runner turns utilizations into frozen subnets; the defaults are nested plans and `model.subnet`. */
+export interface RunnerOptions {
+  /** The plan of utilization u (default: the network's nested plan; learned gates supply their own). */
+  planFor?: (u: number) => Plan;
+  /** Freezes a plan into a subnet (default `model.subnet(plan)`; learned gates calibrate BatchNorm first). */
+  build?: (plan: Plan) => Subnet;
+}
+
+/** A string naming exactly which groups and blocks a plan runs, and its BatchNorm level. */
+export function planKey(plan: Plan): string {
+  const groups = [...plan.groups].map(([name, g]) => `${name}:${Array.from(g).join('.')}`);
+  const depth = [...plan.depth].map(([name, on]) => `${name}:${on ? 1 : 0}`);
+  return `${plan.level}|${groups.join(',')}|${depth.join(',')}`;
+}
+
+/**
+ * Runs a network with a utilization per sample and still in batches: samples are grouped by operating point,
+ * each group runs through that point's frozen subnet (sliced weights, built once and cached), and the
+ * results are put back in input order. Never one sample at a time, never a mask.
+ */
+export class MixedRunner {
+  private readonly keys = new Map<number, string>();
+  private readonly plans = new Map<string, Plan>();
+  private readonly subnets = new Map<string, Subnet>();
+  private readonly macsByKey = new Map<string, number>();
+  private readonly planFor: (u: number) => Plan;
+  private readonly build: (plan: Plan) => Subnet;
+  /** MACs of the full network at u = 1 (the denominator of every FLOPs ratio). */
+  readonly fullMacs: number;
+
+  constructor(
+    readonly model: Network,
+    options: RunnerOptions = {},
+  ) {
+    this.planFor = options.planFor ?? ((u) => model.plan(u));
+    this.build = options.build ?? ((plan) => model.subnet(plan));
+    this.fullMacs = model.cost(1).macs;
+  }
+
+  /** The key of u's operating point (utilizations of one level share it). */
+  key(u: number): string {
+    let k = this.keys.get(u);
+    if (k === undefined) {
+      checkUtilization(u);
+      const plan = this.planFor(u);
+      k = planKey(plan);
+      if (!this.plans.has(k)) this.plans.set(k, plan);
+      this.keys.set(u, k);
+    }
+    return k;
+  }
+
+  /** The plan u runs. */
+  plan(u: number): Plan {
+    return this.plans.get(this.key(u))!;
+  }
+
+  /** The frozen subnet of u's operating point, built on first use; owned by the runner. */
+  subnet(u: number): Subnet {
+    const k = this.key(u);
+    let s = this.subnets.get(k);
+    if (!s) {
+      s = this.build(this.plans.get(k)!);
+      this.subnets.set(k, s);
+    }
+    return s;
+  }
+
+  /** MACs of one sample at u. */
+  macs(u: number): number {
+    const k = this.key(u);
+    let m = this.macsByKey.get(k);
+    if (m === undefined) {
+      m = this.model.cost(this.plans.get(k)!).macs;
+      this.macsByKey.set(k, m);
+    }
+    return m;
+  }
+
+  /** Class scores for a batch whose sample i runs at `us[i]`, in input order; the caller disposes them. */
+  predict(x: tf.Tensor, us: ArrayLike<number>): tf.Tensor2D {
+    const n = x.shape[0];
+    if (us.length !== n) throw new DynnError(`${us.length} utilizations for a batch of ${n}`);
+    const groups = new Map<string, number[]>();
+    const firstU = new Map<string, number>();
+    for (let i = 0; i < n; i++) {
+      const k = this.key(us[i]);
+      let g = groups.get(k);
+      if (!g) {
+        groups.set(k, (g = []));
+        firstU.set(k, us[i]);
+      }
+      g.push(i);
+    }
+    if (groups.size === 1) return this.subnet(us[0]).predict(x);
+    return tf.tidy(() => {
+      const parts: tf.Tensor2D[] = [];
+      const order: number[] = [];
+      for (const [k, idx] of groups) {
+        const rows = tf.gather(x, Int32Array.from(idx));
+        parts.push(this.subnet(firstU.get(k)!).predict(rows));
+        order.push(...idx);
+      }
+      const inverse = new Int32Array(n);
+      order.forEach((i, j) => (inverse[i] = j));
+      return tf.gather(tf.concat(parts, 0), inverse) as tf.Tensor2D;
+    });
+  }
+
+  /** Frees every cached subnet. */
+  dispose(): void {
+    for (const s of this.subnets.values()) s.dispose();
+    this.subnets.clear();
+  }
+}

@@ -1,0 +1,85 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { ImageSet } from '../data/types.js';
+import { toFloat } from '../data/imageset.js';
+import type { Subnet } from '../models/subnet.js';
+import { checkActions } from './actions.js';
+import type { MixedRunner } from './runner.js';
+
+/**
+ * The frozen network's answers on a sample set at each action u_k, computed once: what the bandit trains
+ * on, what the oracle, the fixed-u curve, cascades and `dynn select` are evaluated from.
+ */
+export interface LevelTable {
+  /** The actions, ascending. */
+  us: number[];
+  count: number;
+  labels: Uint8Array;
+  /** Per action: predicted class per sample. */
+  predictions: Int32Array[];
+  /** Per action: top softmax probability per sample. */
+  confidence: Float32Array[];
+  /** Per action: 1 where the prediction is right. */
+  correct: Uint8Array[];
+  /** Per action: MACs of one sample. */
+  macs: number[];
+  /** MACs of the full network at u = 1. */
+  fullMacs: number;
+}
+
+/** Predicted class and top softmax probability of every sample of a set under one subnet. */
+export function scoreSet(sub: Subnet, set: ImageSet, batchSize = 500): { predictions: Int32Array; confidence: Float32Array } {
+  const per = set.height * set.width * set.channels;
+  const buf = new Float32Array(Math.min(batchSize, set.count) * per);
+  const predictions = new Int32Array(set.count);
+  const confidence = new Float32Array(set.count);
+  for (let start = 0; start < set.count; start += batchSize) {
+    const n = Math.min(batchSize, set.count - start);
+    const x = toFloat(set, start, n, buf);
+    const [idx, top] = tf.tidy(() => {
+      const probs = tf.softmax(sub.predict(tf.tensor(x, [n, set.height, set.width, set.channels])));
+      return [tf.argMax(probs, 1), tf.max(probs, 1)];
+    });
+    predictions.set(idx.dataSync() as Int32Array, start);
+    confidence.set(top.dataSync() as Float32Array, start);
+    tf.dispose([idx, top]);
+  }
+  return { predictions, confidence };
+}
+
+/** Runs every distinct operating point of `us` over `set` once (actions sharing a level share the pass). */
+export function levelTable(runner: MixedRunner, set: ImageSet, us: readonly number[], options: { batchSize?: number; onLevel?: (u: number) => void } = {}): LevelTable {
+  const actions = checkActions(us);
+  const byKey = new Map<string, { predictions: Int32Array; confidence: Float32Array; correct: Uint8Array }>();
+  const rows = actions.map((u) => {
+    const k = runner.key(u);
+    let r = byKey.get(k);
+    if (!r) {
+      options.onLevel?.(u);
+      const s = scoreSet(runner.subnet(u), set, options.batchSize);
+      const correct = new Uint8Array(set.count);
+      for (let i = 0; i < set.count; i++) correct[i] = s.predictions[i] === set.labels[i] ? 1 : 0;
+      r = { ...s, correct };
+      byKey.set(k, r);
+    }
+    return r;
+  });
+  return {
+    us: actions,
+    count: set.count,
+    labels: set.labels.subarray(0, set.count),
+    predictions: rows.map((r) => r.predictions),
+    confidence: rows.map((r) => r.confidence),
+    correct: rows.map((r) => r.correct),
+    macs: actions.map((u) => runner.macs(u)),
+    fullMacs: runner.fullMacs,
+  };
+}
+
+/** Accuracy and FLOPs ratio of each action run for every sample (the fixed-u curve). */
+export function fixedCurve(table: LevelTable): { u: number; accuracy: number; flopsRatio: number }[] {
+  return table.us.map((u, k) => ({
+    u,
+    accuracy: table.correct[k].reduce((a, b) => a + b, 0) / table.count,
+    flopsRatio: table.macs[k] / table.fullMacs,
+  }));
+}

@@ -1,0 +1,189 @@
+import { DynnError } from '../util/errors.js';
+import { Registry } from '../util/registry.js';
+import type { Layer } from '../layers/layer.js';
+import type { BatchNorm } from '../layers/norm.js';
+import type { ChannelSel, Plan, Shape } from '../layers/types.js';
+import { attr, type GraphBuilder } from './graph.js';
+
+/** What lowering a layer into one level's branch needs besides the layer. */
+export interface BranchContext {
+  /** The branch graph nodes go into. */
+  g: GraphBuilder;
+  /** The level's plan (nested gating: every selection a prefix). */
+  plan: Plan;
+  /** Prefix of the branch's value names, e.g. `L3`. */
+  prefix: string;
+  /** Full dims of each top-level weight initializer (ONNX layout), by dynn weight name. */
+  dims: Map<string, number[]>;
+}
+
+/** What a layer becomes in a branch: the output value's name and which channels it holds. */
+export interface Lowered {
+  y: string;
+  sel: ChannelSel;
+}
+
+/** Emits a layer's ONNX nodes for one level, reading weights from the full top-level initializers. */
+export type LayerLowering = (layer: Layer, x: string, sel: ChannelSel, ctx: BranchContext) => Lowered;
+
+/** Lowerings by layer class name: a layer class without one cannot be exported. */
+export const lowerings = new Registry<LayerLowering>('exportable layer class');
+
+/** Lowers a chain of layers, threading the channel selection. */
+export function lowerChain(layers: Layer[], x: string, sel: ChannelSel, ctx: BranchContext): Lowered {
+  let cur: Lowered = { y: x, sel };
+  for (const l of layers) {
+    let lower: LayerLowering;
+    try {
+      lower = lowerings.get(l.className);
+    } catch (err) {
+      throw new DynnError(`cannot export layer ${l.name}: ${(err as Error).message}`);
+    }
+    cur = lower(l, cur.y, cur.sel, ctx);
+  }
+  return cur;
+}
+
+function requirePrefix(layer: Layer, ...sels: ChannelSel[]): void {
+  if (sels.some((s) => s.index !== null)) {
+    throw new DynnError(`cannot export layer ${layer.name}: only nested gating exports (a level's active channels must be a prefix)`);
+  }
+}
+
+/** The top-level weight `name` cut to its first `ends[i]` entries on its leading axes, with constant bounds. */
+function sliced(ctx: BranchContext, name: string, ends: number[]): string {
+  const full = ctx.dims.get(name);
+  if (!full) throw new DynnError(`internal: no initializer for weight ${name}`);
+  if (ends.every((e, i) => e === full[i])) return name;
+  const axes = ends.map((_, i) => i);
+  const base = `${ctx.prefix}/${name}`;
+  return ctx.g.node(
+    'Slice',
+    [name, ctx.g.int64Const(`${base}/starts`, axes.map(() => 0)), ctx.g.int64Const(`${base}/ends`, ends), ctx.g.int64Const(`${base}/axes`, axes)],
+    `${base}/slice`,
+  );
+}
+
+/** Row `row` of a [levels, C] statistics initializer, first `count` channels, as a [count] vector. */
+function statRow(ctx: BranchContext, name: string, row: number, count: number): string {
+  const base = `${ctx.prefix}/${name}`;
+  const cut = ctx.g.node(
+    'Slice',
+    [name, ctx.g.int64Const(`${base}/starts`, [row, 0]), ctx.g.int64Const(`${base}/ends`, [row + 1, count]), ctx.g.int64Const(`${base}/axes`, [0, 1])],
+    `${base}/row`,
+  );
+  return ctx.g.node('Reshape', [cut, ctx.g.int64Const(`${base}/shape`, [count])], `${base}/vec`);
+}
+
+/** TF's padding as explicit ONNX pads [top, left, bottom, right]: 'same' puts the odd pixel at the end. */
+export function tfPads(inShape: Shape, k: number, stride: number, padding: 'same' | 'valid'): number[] {
+  if (padding === 'valid') return [0, 0, 0, 0];
+  const pad = (n: number) => {
+    const total = Math.max((Math.ceil(n / stride) - 1) * stride + k - n, 0);
+    return [Math.floor(total / 2), total - Math.floor(total / 2)];
+  };
+  const [top, bottom] = pad(inShape[0]);
+  const [left, right] = pad(inShape[1]);
+  return [top, left, bottom, right];
+}
+
+function hasWeight(layer: Layer, suffix: string): boolean {
+  return layer.weights().some((w) => w.name === `${layer.name}.${suffix}`);
+}
+
+lowerings.register('Conv2D', (layer, x, sel, ctx) => {
+  const a = (layer as Layer<{ kernelSize: number; strides?: number; padding?: 'same' | 'valid' }>).args;
+  const out = layer.outSel(sel, ctx.plan);
+  requirePrefix(layer, sel, out);
+  const k = a.kernelSize;
+  const s = a.strides ?? 1;
+  const inputs = [x, sliced(ctx, `${layer.name}.kernel`, [out.count, sel.count])];
+  if (hasWeight(layer, 'bias')) inputs.push(sliced(ctx, `${layer.name}.bias`, [out.count]));
+  const y = ctx.g.node('Conv', inputs, `${ctx.prefix}/${layer.name}`, {
+    kernel_shape: attr.ints([k, k]),
+    strides: attr.ints([s, s]),
+    pads: attr.ints(tfPads(layer.inShape, k, s, a.padding ?? 'same')),
+  });
+  return { y, sel: out };
+});
+
+lowerings.register('GroupedConv2D', (layer, x, sel, ctx) => {
+  const a = (layer as Layer<{ filters: number; kernelSize: number; groups: number }>).args;
+  const out = layer.outSel(sel, ctx.plan);
+  requirePrefix(layer, sel, out);
+  const d = out.count / (a.filters / a.groups);
+  const y = ctx.g.node('Conv', [x, sliced(ctx, `${layer.name}.kernel`, [out.count])], `${ctx.prefix}/${layer.name}`, {
+    kernel_shape: attr.ints([a.kernelSize, a.kernelSize]),
+    group: attr.int(d),
+    pads: attr.ints(tfPads(layer.inShape, a.kernelSize, 1, 'same')),
+  });
+  return { y, sel: out };
+});
+
+lowerings.register('Dense', (layer, x, sel, ctx) => {
+  const out = layer.outSel(sel, ctx.plan);
+  requirePrefix(layer, sel, out);
+  const inputs = [x, sliced(ctx, `${layer.name}.kernel`, [sel.count, out.count])];
+  if (hasWeight(layer, 'bias')) inputs.push(sliced(ctx, `${layer.name}.bias`, [out.count]));
+  return { y: ctx.g.node('Gemm', inputs, `${ctx.prefix}/${layer.name}`), sel: out };
+});
+
+// ONNX BatchNormalization with the level's statistics row: ORT folds the constant slices at load and then
+// fuses the normalization into the convolution before it, so inference pays nothing for it.
+lowerings.register('BatchNorm', (layer, x, sel, ctx) => {
+  requirePrefix(layer, sel);
+  const bn = layer as BatchNorm;
+  const row = bn.row(ctx.plan.level);
+  const n = layer.name;
+  const y = ctx.g.node(
+    'BatchNormalization',
+    [
+      x,
+      sliced(ctx, `${n}.gamma`, [sel.count]),
+      sliced(ctx, `${n}.beta`, [sel.count]),
+      statRow(ctx, `${n}.running_mean`, row, sel.count),
+      statRow(ctx, `${n}.running_var`, row, sel.count),
+    ],
+    `${ctx.prefix}/${n}`,
+    { epsilon: attr.float(bn.args.epsilon ?? 1e-5) },
+  );
+  return { y, sel };
+});
+
+lowerings.register('ReLU', (layer, x, sel, ctx) => ({ y: ctx.g.node('Relu', [x], `${ctx.prefix}/${layer.name}`), sel }));
+
+lowerings.register('MaxPool', (layer, x, sel, ctx) => {
+  const p = (layer as Layer<{ poolSize?: number }>).args.poolSize ?? 2;
+  const y = ctx.g.node('MaxPool', [x], `${ctx.prefix}/${layer.name}`, { kernel_shape: attr.ints([p, p]), strides: attr.ints([p, p]) });
+  return { y, sel };
+});
+
+lowerings.register('GlobalAvgPool', (layer, x, sel, ctx) => {
+  const pooled = ctx.g.node('GlobalAveragePool', [x], `${ctx.prefix}/${layer.name}/pool`);
+  return { y: ctx.g.node('Flatten', [pooled], `${ctx.prefix}/${layer.name}`, { axis: attr.int(1) }), sel };
+});
+
+// NCHW flattening is channel-major, exactly dynn's Flatten order: the dense rows need no reordering.
+lowerings.register('Flatten', (layer, x, sel, ctx) => {
+  const out = layer.outSel(sel, ctx.plan);
+  if (layer.inShape.length !== 3) return { y: x, sel: out };
+  return { y: ctx.g.node('Flatten', [x], `${ctx.prefix}/${layer.name}`, { axis: attr.int(1) }), sel: out };
+});
+
+function residual(layer: Layer, main: Lowered, shortcut: string, ctx: BranchContext): Lowered {
+  const sum = ctx.g.node('Add', [main.y, shortcut], `${ctx.prefix}/${layer.name}/add`);
+  return { y: ctx.g.node('Relu', [sum], `${ctx.prefix}/${layer.name}`), sel: main.sel };
+}
+
+// A skipped block is the identity: it vanishes from the branch.
+lowerings.register('ResidualBlock', (layer, x, sel, ctx) => {
+  const a = (layer as Layer<{ gated?: boolean }>).args;
+  if (a.gated && ctx.plan.depth.get(layer.name) === false) return { y: x, sel };
+  const isShortcut = (l: Layer) => l.name === `${layer.name}.proj` || l.name === `${layer.name}.projbn`;
+  const main = lowerChain(layer.children().filter((l) => !isShortcut(l)), x, sel, ctx);
+  const shortLayers = layer.children().filter(isShortcut);
+  const shortcut = shortLayers.length ? lowerChain(shortLayers, x, sel, ctx).y : x;
+  return residual(layer, main, shortcut, ctx);
+});
+
+lowerings.register('ResNeXtBlock', (layer, x, sel, ctx) => residual(layer, lowerChain(layer.children(), x, sel, ctx), x, ctx));

@@ -1,0 +1,25 @@
+/**
+ * Runtime: dynn's ONNX models on ONNX Runtime. This entry is for Node (onnxruntime-node, optionally in a
+ * worker thread); `./web.js` is the browser entry (onnxruntime-web) with the same `ModelSession` API.
+ */
+export {
+  OnnxModel,
+  openSession,
+  sessionOptions,
+  defaultThreads,
+  NODE_EXECUTION_PROVIDERS,
+  type LoadOptions,
+  type NodeDevice,
+} from './node.js';
+export { ModelSession, nhwcToNchw, argmaxRows, levelFor, type Prediction, type RunOptions, type ImageLayout, type OrtApi } from './core.js';
+export {
+  profileModel,
+  readLatencyTable,
+  saveLatencyTable,
+  latencyTablePath,
+  LATENCY_FORMAT,
+  type LatencyTable,
+  type LatencyRow,
+  type ProfileOptions,
+} from './profile.js';
+export { readOnnxMetadata, type OnnxMetadata, type OnnxLevel } from '../export/metadata.js';

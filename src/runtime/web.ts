@@ -1,0 +1,64 @@
+/**
+ * The browser entry of dynn's runtime: the same `ModelSession` as in Node, on onnxruntime-web. It imports
+ * nothing from Node (no fs, no worker_threads), so a bundler can ship it to a page:
+ *
+ * ```ts
+ * import { loadWebModel } from 'dynn/web';
+ * const model = await loadWebModel('/models/vgg.onnx', { device: 'wasm' });
+ * const p = await model.run(images, 0.5); // Float32Array NCHW, or {layout: 'NHWC'}
+ * ```
+ */
+import * as ortWeb from 'onnxruntime-web';
+import type { InferenceSession } from 'onnxruntime-web';
+import { DynnError } from '../util/errors.js';
+import { ModelSession, type OrtApi } from './core.js';
+
+export { ModelSession, nhwcToNchw, argmaxRows, levelFor, type Prediction, type RunOptions, type ImageLayout } from './core.js';
+export { readOnnxMetadata, levelIndexFor, type OnnxMetadata, type OnnxLevel } from '../export/metadata.js';
+
+/** Where a model runs in a browser. */
+export type WebDevice = 'wasm' | 'webgpu' | 'webnn';
+
+/** Device to onnxruntime-web execution providers, in preference order (wasm last as the fallback). */
+export const WEB_EXECUTION_PROVIDERS: Readonly<Record<WebDevice, readonly string[]>> = {
+  wasm: ['wasm'],
+  webgpu: ['webgpu', 'wasm'],
+  webnn: ['webnn', 'wasm'],
+};
+
+/** Options of `loadWebModel`. */
+export interface WebLoadOptions {
+  /** Device (default 'wasm'). */
+  device?: WebDevice;
+  /**
+   * WebAssembly threads. onnxruntime-web keeps this in its process-wide `env`, so it applies to every
+   * session created afterwards. Default: the core count when the page is cross-origin isolated (threads
+   * need SharedArrayBuffer), else 1.
+   */
+  threads?: number;
+  /** Run the wasm backend in onnxruntime-web's proxy worker, so `run` does not block the page (also global). */
+  proxy?: boolean;
+}
+
+/** Loads a dynn ONNX model from a URL or bytes with onnxruntime-web. */
+export async function loadWebModel(source: string | URL | ArrayBuffer | Uint8Array, options: WebLoadOptions = {}): Promise<ModelSession> {
+  const device = options.device ?? 'wasm';
+  const providers = WEB_EXECUTION_PROVIDERS[device];
+  if (!providers) throw new DynnError(`unknown device "${device}"; expected one of ${Object.keys(WEB_EXECUTION_PROVIDERS).join(', ')}`);
+  const g = globalThis as { crossOriginIsolated?: boolean; navigator?: { hardwareConcurrency?: number } };
+  ortWeb.env.wasm.numThreads = options.threads ?? (g.crossOriginIsolated ? (g.navigator?.hardwareConcurrency ?? 1) : 1);
+  if (options.proxy !== undefined) ortWeb.env.wasm.proxy = options.proxy;
+  let bytes: Uint8Array;
+  let name: string;
+  if (typeof source === 'string' || source instanceof URL) {
+    name = String(source);
+    const res = await fetch(source);
+    if (!res.ok) throw new DynnError(`${name}: HTTP ${res.status}`);
+    bytes = new Uint8Array(await res.arrayBuffer());
+  } else {
+    name = 'model';
+    bytes = source instanceof Uint8Array ? source : new Uint8Array(source);
+  }
+  const opts: InferenceSession.SessionOptions = { executionProviders: [...providers], graphOptimizationLevel: 'all' };
+  return ModelSession.create(ortWeb as unknown as OrtApi, bytes, name, opts);
+}
