@@ -51,7 +51,7 @@ async function trainStepMs(model: Network, executor: GradientExecutor, us: numbe
 async function main() {
   const engine = await initEngine();
   const rng = new Rng(0);
-  const us = Array.from({ length: WARMUP + STEPS }, () => sampleU('uniform', rng, 0));
+  const us = Array.from({ length: WARMUP + STEPS }, () => sampleU('uniform', rng, 0, 0.2));
   const data = allocShared(makeSynthetic({ count: BATCH, seed: 0 }));
   const model = createModel('vgg-w');
   const results: Record<string, unknown> = { engine, cores: os.availableParallelism(), steps: STEPS, batch: BATCH };

@@ -1,6 +1,9 @@
 /**
  * dynn: adaptive dynamic neural networks. One set of trained weights runs at many operating points
  * (utilization u in (0, 1]); skipped work is really not done.
+ *
+ * Heavier parts load from their own entry points: `dynn/onnx` (ONNX export and the ONNX Runtime engine),
+ * `dynn/web` (onnxruntime-web in a browser), `dynn/report` and `dynn/dashboard`.
  */
 export * as engine from './engine/index.js';
 export * as data from './data/index.js';

@@ -137,7 +137,7 @@ test('corrupt or truncated checkpoints fail with a message naming the problem', 
 
 test('the dynn binary runs and exits with the command’s code', () => {
   const out = execFileSync(process.execPath, [main, 'models', '--json'], { encoding: 'utf8' });
-  assert.deepEqual(JSON.parse(out).map((m: { name: string }) => m.name), ['mlp-w', 'resnet-d', 'resnext-w', 'vgg-w']);
+  assert.deepEqual(JSON.parse(out).map((m: { name: string }) => m.name), ['mlp-w', 'resnet-d', 'resnet-exits', 'resnext-w', 'vgg-exits', 'vgg-w']);
   const bad = spawnSync(process.execPath, [main, 'info', path.join(tmp, 'missing')], { encoding: 'utf8' });
   assert.equal(bad.status, 1);
   assert.match(bad.stderr, /^dynn: no checkpoint\.json in/);

@@ -5,6 +5,8 @@ import { processIo, type Io } from './io.js';
 import { controlCommands } from './control-commands.js';
 import { deployCommands } from './deploy-commands.js';
 import { scalingCommands, SCALING_TRAIN_OPTIONS } from './scaling-commands.js';
+import { viewCommands } from './view-commands.js';
+import { serveCommands } from './serve-commands.js';
 
 const TRAIN_OPTIONS: [string, string][] = [
   ['--model <name>', 'registered model (see `dynn models`) [default: vgg-w]'],
@@ -21,6 +23,7 @@ const TRAIN_OPTIONS: [string, string][] = [
   ['--schedule <name>', 'how u is drawn per batch: uniform, curriculum, vanilla [default: uniform]'],
   ['--curriculum', 'same as --schedule curriculum: u ~ U(0, uMax], uMax rising to 1 over the first half'],
   ['--vanilla', 'same as --schedule vanilla: always u = 1 (the baseline)'],
+  ['--full-width <p>', 'probability that a batch trains the full network instead of a drawn u [default: 0.2]'],
   ['--gating <mode>', 'nested or independent [default: nested]'],
   ['--groups <D>', 'groups per throttleable block [default: 8]'],
   ['--seed <n>', 'seed of weights, data order and sampled u [default: 0]'],
@@ -83,7 +86,7 @@ const coreCommands: CommandModule = (cli, io) => {
 };
 
 /** Every command group, in help order. A new group is one module and one entry here. */
-const COMMAND_MODULES: CommandModule[] = [coreCommands, deployCommands, controlCommands, scalingCommands];
+const COMMAND_MODULES: CommandModule[] = [coreCommands, deployCommands, controlCommands, scalingCommands, viewCommands, serveCommands];
 
 /** Builds the command-line interface; `io` receives all output. */
 export function buildCli(io: Io = processIo): CAC {

@@ -30,6 +30,7 @@ export function trainOptionsFrom(o: Opts) {
     trainLimit: numberOption(o.trainLimit, 'train-limit', { int: true, min: 1 }),
     testLimit: numberOption(o.testLimit, 'test-limit', { int: true, min: 1 }),
     validationSamples: numberOption(o.valSamples, 'val-samples', { int: true, min: 0 }),
+    fullWidth: numberOption(o.fullWidth, 'full-width', { min: 0, max: 1 }),
     epochs: numberOption(o.epochs, 'epochs', { int: true, min: 1 }),
     batchSize: numberOption(o.batchSize, 'batch-size', { int: true, min: 1 }),
     optimizer: choiceOption(o.optimizer, 'optimizer', OPTIMIZERS),
@@ -49,9 +50,25 @@ export async function trainCommand(o: Opts, io: Io): Promise<void> {
   const opts = trainOptionsFrom(o);
   if (!o.out) throw new DynnError('train needs --out DIR (the run directory)');
   const { train } = await import('../train/trainer.js');
+  const { progressRecorder } = await import('../dashboard/progress.js');
   const progress = trainingProgress(io);
+  // RUN/progress.json lets `dynn dashboard` follow the run step by step.
+  const recorder = progressRecorder(String(o.out));
   try {
-    const r = await train({ ...opts, out: String(o.out), resume: Boolean(o.resume), onStep: progress.onStep, onEpoch: progress.onEpoch });
+    const r = await train({
+      ...opts,
+      out: String(o.out),
+      resume: Boolean(o.resume),
+      onStep: (p) => {
+        progress.onStep(p);
+        recorder.onStep(p);
+      },
+      onEpoch: (e) => {
+        progress.onEpoch(e);
+        recorder.onEpoch(e);
+      },
+    });
+    await recorder.close();
     if (o.json) io.out(JSON.stringify({ out: o.out, meta: r.meta }, null, 2) + '\n');
     else io.out(`saved ${o.out} (${r.meta.epoch} epochs, ${r.meta.dataset})\n`);
     r.model.dispose();

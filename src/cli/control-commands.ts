@@ -33,10 +33,10 @@ export const controlCommands: CommandModule = (cli: CAC, io: Io) => {
     .option('--penalty <name>', 'train: hinge (max(0, c-u)^p) or dist (|c-u|^p) [default: dist]')
     .option('--p <n>', 'train: exponent of the penalty, 1 or 2 [default: 1]')
     .option('--lambda <x>', 'train: weight of the complexity penalty [default: 10]')
-    .option('--steps <n>', 'train: gate updates [default: 400]')
+    .option('--steps <n>', 'train: gate updates [default: 600]')
     .option('--batch-size <n>', 'train: images per update [default: 32 reinforce, 64 concrete]')
     .option('--samples-per-step <n>', 'train: REINFORCE gate samples per update [default: 8]')
-    .option('--lr <x>', 'train: learning rate [default: 5e-3]')
+    .option('--lr <x>', 'train: learning rate [default: 0.02]')
     .option('--temperature <x>', 'train: CONCRETE temperature [default: 0.1]')
     .option('--u-min <x>', 'train: u is drawn from U(u-min, 1] [default: 0.125]')
     .option('--hidden <n>', 'train: hidden units of each gate MLP [default: 16]')
@@ -192,21 +192,22 @@ async function gatesTrain(run: string, o: Opts, io: Io): Promise<void> {
   const hidden = numberOption(o.hidden, 'hidden', { int: true, min: 1 });
   const opened = await openRun(run, o);
   const { model } = opened;
-  const gates = new GateSet({ blocks: gatedBlocks(model), hidden, seed: options.seed });
+  let gates: InstanceType<typeof GateSet> | null = null;
   try {
+    const g = (gates = new GateSet({ blocks: gatedBlocks(model), hidden, seed: options.seed }));
     const data = await trainPart(opened);
     const ref = runRef(model, run);
     const t0 = performance.now();
-    const log = trainGates(model, gates, data, {
+    const log = trainGates(model, g, data, {
       ...options,
       onLog: (s) => say(io, o, `step ${s.step}/${s.steps}: task loss ${s.taskLoss.toFixed(4)}, |c - u| ${s.gap.toFixed(3)}\n`),
     });
-    const pattern = GATE_EVAL_US.map((u) => ({ u, complexity: complexity(gates.plan(model, u), gates.blocks), blocks: gates.pattern(u) }));
-    await saveGates(String(o.out), gates, ref, { options: { ...options, penalty: options.penalty ?? 'dist', p: options.p ?? 1, lambda: options.lambda ?? 10 }, log, pattern, seconds: (performance.now() - t0) / 1000 });
+    const pattern = GATE_EVAL_US.map((u) => ({ u, complexity: complexity(g.plan(model, u), g.blocks), blocks: g.pattern(u) }));
+    await saveGates(String(o.out), g, ref, { options: { ...options, penalty: options.penalty ?? 'dist', p: options.p ?? 1, lambda: options.lambda ?? 10 }, log, pattern, seconds: (performance.now() - t0) / 1000 });
     if (o.json) io.out(JSON.stringify({ out: o.out, method, log, pattern }, null, 2) + '\n');
     else io.out(`saved ${o.out} (${method} gates for ${run})\n` + patternTable(pattern));
   } finally {
-    gates.dispose();
+    gates?.dispose();
     model.dispose();
   }
 }

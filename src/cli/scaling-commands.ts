@@ -154,7 +154,7 @@ export async function exitSweepCommand(run: string, o: Opts, io: Io): Promise<vo
       gating,
       noLatency: o.latency === false,
       onPoint: (p) => {
-        if (!o.json) io.err(`threshold ${p.threshold}: ${pct(p.accuracy)}, FLOPs ratio ${p.flopsRatio.toFixed(3)}\n`);
+        if (!o.json) io.err(`threshold ${thresholdText(p.threshold)}: ${pct(p.accuracy)}, FLOPs ratio ${p.flopsRatio.toFixed(3)}\n`);
       },
     });
     if (o.json) io.out(JSON.stringify({ model: model.config.model, dataset, ...s }, null, 2) + '\n');
@@ -164,12 +164,14 @@ export async function exitSweepCommand(run: string, o: Opts, io: Io): Promise<vo
   }
 }
 
+const thresholdText = (t: number | number[]) => (Array.isArray(t) ? t.join(':') : String(t));
+
 function exitSweepTable(s: ExitSweep): string {
   const head = ['threshold', 'accuracy', 'FLOPs', 'FLOPs ratio', 'exit shares', 'ms @256'];
   const rows: (string | number)[][] = [
     ['last exit alone', pct(s.baseline.accuracy), si(s.baseline.flops), '1.000', '-', ms(s.baseline.latencyMs.batch256)],
     ...s.points.map((p) => [
-      Array.isArray(p.threshold) ? p.threshold.join(':') : p.threshold,
+      thresholdText(p.threshold),
       pct(p.accuracy),
       si(p.flops),
       p.flopsRatio.toFixed(3),

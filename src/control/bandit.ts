@@ -12,6 +12,7 @@ import type { Controller, Decision } from './types.js';
 /** What the bandit's reward counts as the cost of an action. */
 export type BanditCost = 'macs' | 'u';
 
+/** The reward costs `trainBandit` accepts. */
 export const BANDIT_COSTS: readonly BanditCost[] = ['macs', 'u'];
 
 /** Options of contextual-bandit training (DTNN Algorithm 1); unset fields take the defaults shown. */
@@ -30,6 +31,12 @@ export interface BanditOptions {
   gamma2?: number;
   /** The cost in the reward: the measured MACs ratio of the action (default) or u itself. */
   cost?: BanditCost;
+  /**
+   * Weight each sample's loss by pi(a|x) / mu(a|x), mu the epsilon-greedy behaviour policy (default true).
+   * Without it the loss -r log pi is off-policy under exploration and unbounded below for negative rewards
+   * (pi(a) -> 0 sends it to -infinity), and the policy collapses onto one action for every input.
+   */
+  importanceWeights?: boolean;
   /** Seed of sample order and exploration (default 0). */
   seed?: number;
   /** Called after every epoch. */
@@ -69,7 +76,8 @@ function argmaxRow(values: Float32Array, row: number, k: number, allowed?: Uint8
 /**
  * Trains the controller as a contextual bandit with the data path frozen (DTNN Algorithm 1): for each sample
  * the policy picks an action (epsilon-greedy), the reward comes from the frozen network's precomputed answer
- * at that action (`table`, over the same samples), and the loss is -r log pi(u | x).
+ * at that action (`table`, over the same samples), and the loss is -r log pi(u | x), importance-weighted
+ * by default (see `importanceWeights`).
  */
 export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, options: BanditOptions = {}): BanditEpoch[] {
   const epochs = options.epochs ?? 10;
@@ -78,6 +86,7 @@ export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, op
   const g1 = options.gamma1 ?? 0.5;
   const g2 = options.gamma2 ?? 1.5;
   const costKind = options.cost ?? 'macs';
+  const weighted = options.importanceWeights ?? true;
   if (!Number.isInteger(epochs) || epochs < 1) throw new DynnError(`epochs must be a positive integer, got ${epochs}`);
   if (!Number.isInteger(batch) || batch < 1) throw new DynnError(`batch size must be a positive integer, got ${batch}`);
   if (!(finalEps >= 0 && finalEps <= 1)) throw new DynnError(`epsilon must be in [0, 1], got ${finalEps}`);
@@ -114,6 +123,7 @@ export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, op
           const logits = policy.logits(x);
           const logp = tf.logSoftmax(logits);
           const greedyScores = logits.dataSync() as Float32Array;
+          const pi = weighted ? (tf.softmax(logits).dataSync() as Float32Array) : null;
           const actions = new Int32Array(n);
           const rewards = new Float32Array(n);
           for (let j = 0; j < n; j++) {
@@ -125,8 +135,9 @@ export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, op
             macsSum += table.macs[greedy];
             const a = rng.next() < eps ? rng.int(K) : greedy;
             actions[j] = a;
-            rewards[j] = reward(table.correct[a][i] === 1, table.confidence[a][i], costs[a], g1, g2);
-            rSum += rewards[j];
+            const r = reward(table.correct[a][i] === 1, table.confidence[a][i], costs[a], g1, g2);
+            rSum += r;
+            rewards[j] = pi ? (r * pi[j * K + a]) / (eps / K + (a === greedy ? 1 - eps : 0)) : r;
           }
           const chosen = tf.sum(tf.mul(logp, tf.oneHot(tf.tensor1d(actions, 'int32'), K)), 1);
           return tf.neg(tf.mean(tf.mul(chosen, tf.tensor1d(rewards)))) as tf.Scalar;

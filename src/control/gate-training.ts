@@ -13,7 +13,9 @@ export type GateMethod = 'reinforce' | 'concrete';
 /** The complexity penalty C (DTNN Eq. 7-8). */
 export type GatePenalty = 'hinge' | 'dist';
 
+/** The gate training methods. */
 export const GATE_METHODS: readonly GateMethod[] = ['reinforce', 'concrete'];
+/** The complexity penalties. */
 export const GATE_PENALTIES: readonly GatePenalty[] = ['hinge', 'dist'];
 
 /** Options of gate training; unset fields take the defaults shown. */
@@ -26,13 +28,13 @@ export interface GateTrainOptions {
   p?: number;
   /** Weight lambda of the penalty in L_task + lambda C (default 10). */
   lambda?: number;
-  /** Gate updates (default 400). */
+  /** Gate updates (default 600). */
   steps?: number;
   /** Images per update (default 32 for REINFORCE, 64 for CONCRETE). */
   batchSize?: number;
   /** REINFORCE: gate vectors sampled per update, all run on the same images (default 8). */
   samplesPerStep?: number;
-  /** Adam learning rate of the gate MLPs (default 5e-3). */
+  /** Adam learning rate of the gate MLPs (default 0.02). */
   lr?: number;
   /** CONCRETE: temperature of the relaxation (default 0.1). */
   temperature?: number;
@@ -67,10 +69,10 @@ function checkOptions(o: GateTrainOptions) {
     penalty: o.penalty ?? 'dist',
     p: o.p ?? 1,
     lambda: o.lambda ?? 10,
-    steps: o.steps ?? 400,
+    steps: o.steps ?? 600,
     batchSize: o.batchSize ?? (o.method === 'concrete' ? 64 : 32),
     samplesPerStep: o.samplesPerStep ?? 8,
-    lr: o.lr ?? 5e-3,
+    lr: o.lr ?? 0.02,
     temperature: o.temperature ?? 0.1,
     uMin: o.uMin ?? 0.125,
     seed: o.seed ?? 0,
@@ -110,12 +112,14 @@ function maskableBlocks(model: Network, gates: GateSet): Map<Layer, number> {
 }
 
 /**
- * The full-width forward pass with a relaxed gate mask per widthwise block (CONCRETE training only: a
+ * The full-width forward pass with a gate mask [batch, groups] per widthwise block (CONCRETE training only: a
  * continuous gate cannot select channels, so here, and only here, groups are scaled rather than sliced).
  * A block's mask multiplies its output after the per-channel layers that follow it (BatchNorm, ReLU,
  * pooling), right before the next layer that mixes channels, so a gate near 0 really silences its group.
  */
-function maskedForward(model: Network, x: tf.Tensor, masks: tf.Tensor2D[], blocks: Map<Layer, number>, groups: number[]): tf.Tensor2D {
+export function maskedForward(model: Network, gates: GateSet, x: tf.Tensor, masks: tf.Tensor2D[]): tf.Tensor2D {
+  const blocks = maskableBlocks(model, gates);
+  const groups = gates.blocks.map((b) => b.groups);
   const plan = model.plan(1);
   const ctx = { plan, training: true };
   let sel = fullSel(model.inputShape[model.inputShape.length - 1]);
@@ -149,7 +153,7 @@ function maskedForward(model: Network, x: tf.Tensor, masks: tf.Tensor2D[], block
  */
 export function trainGates(model: Network, gates: GateSet, data: ImageSet, options: GateTrainOptions): GateStep[] {
   const o = checkOptions(options);
-  const masked = o.method === 'concrete' ? maskableBlocks(model, gates) : null;
+  if (o.method === 'concrete') maskableBlocks(model, gates);
   const rng = new Rng(o.seed);
   const opt = tf.train.adam(o.lr);
   const per = model.inputShape.reduce((a, b) => a * b, 1);
@@ -165,8 +169,8 @@ export function trainGates(model: Network, gates: GateSet, data: ImageSet, optio
       const idx = Array.from({ length: o.batchSize }, () => rng.int(data.count));
       gatherBatch(data, idx, images, labels);
       const x = tf.tensor(images, [o.batchSize, ...model.inputShape]);
-      const y = tf.oneHot(tf.tensor1d(labels, 'int32'), model.numClasses);
-      const r = o.method === 'reinforce' ? reinforceStep(model, gates, x, y, u, o, rng) : concreteStep(model, gates, x, y, u, o, rng, masked!);
+      const y = tf.tidy(() => tf.oneHot(tf.tensor1d(labels, 'int32'), model.numClasses));
+      const r = o.method === 'reinforce' ? reinforceStep(model, gates, x, y, u, o, rng) : concreteStep(model, gates, x, y, u, o, rng);
       opt.applyGradients(Object.entries(r.grads).map(([name, tensor]) => ({ name, tensor })));
       tf.dispose([x, y, ...Object.values(r.grads)]);
       taskSum += r.task;
@@ -217,8 +221,8 @@ function reinforceStep(model: Network, gates: GateSet, x: tf.Tensor, y: tf.Tenso
     const z = gates.logits(tf.tensor2d([[u]]));
     const logp = z.map((zb, i) => {
       const g = tf.tensor2d(samples.flatMap((s) => Array.from(s[i])), [M, gates.blocks[i].groups]);
-      // log p(g) = sum_j g log sigmoid(z) + (1 - g) log sigmoid(-z)
-      return tf.sum(tf.add(tf.mul(g, tf.logSigmoid(zb)), tf.mul(tf.sub(1, g), tf.logSigmoid(tf.neg(zb)))), 1);
+      // log p(g) = sum_j g log sigmoid(z) + (1 - g) log sigmoid(-z) = sum_j g z - softplus(z)
+      return tf.sum(tf.sub(tf.mul(g, zb), tf.softplus(zb)), 1);
     });
     const total = logp.reduce((a, b) => tf.add(a, b));
     return tf.div(tf.sum(tf.mul(total, tf.tensor1d(advantage))), M) as tf.Scalar;
@@ -227,7 +231,7 @@ function reinforceStep(model: Network, gates: GateSet, x: tf.Tensor, y: tf.Tenso
   return { grads, task, gap };
 }
 
-function concreteStep(model: Network, gates: GateSet, x: tf.Tensor, y: tf.Tensor, u: number, o: Resolved, rng: Rng, blocks: Map<Layer, number>): StepOut {
+function concreteStep(model: Network, gates: GateSet, x: tf.Tensor, y: tf.Tensor, u: number, o: Resolved, rng: Rng): StepOut {
   const n = x.shape[0];
   const groups = gates.blocks.map((b) => b.groups);
   let task = 0;
@@ -242,7 +246,7 @@ function concreteStep(model: Network, gates: GateSet, x: tf.Tensor, y: tf.Tensor
       });
       return tf.sigmoid(tf.div(tf.add(zb, tf.tensor2d(noise, [n, D])), o.temperature)) as tf.Tensor2D;
     });
-    const ce = tf.losses.softmaxCrossEntropy(y, maskedForward(model, x, masks, blocks, groups));
+    const ce = tf.losses.softmaxCrossEntropy(y, maskedForward(model, gates, x, masks));
     const c = tf.div(masks.map((m) => tf.mean(m, 1)).reduce((a, b) => tf.add(a, b)), masks.length);
     const d = tf.sub(c, u);
     const dev = o.penalty === 'hinge' ? tf.relu(d) : tf.abs(d);

@@ -133,10 +133,12 @@ export class GateSet {
     return this.nets.flatMap((n) => n.weights());
   }
 
+  /** A copy of every gate weight as named arrays (for checkpoints). */
   getWeights() {
     return this.nets.flatMap((n) => n.getWeights());
   }
 
+  /** Loads named arrays into the gate MLPs; names and shapes must match. */
   setWeights(arrays: { name: string; shape: number[]; data: Float32Array }[]): void {
     const byNet = this.nets.map((n) => new Set(n.weights().map((w) => w.name)));
     this.nets.forEach((n, i) => n.setWeights(arrays.filter((a) => byNet[i].has(a.name))));

@@ -16,7 +16,7 @@ export { runStages, type StageTest } from './staged.js';
 export { Policy, staticPlan, measurePolicyLatency, type PolicyArgs } from './policy.js';
 export { BanditController, trainBandit, reward, policyProbabilities, greedyActions, BANDIT_COSTS, type BanditCost, type BanditOptions, type BanditEpoch } from './bandit.js';
 export { GateSet, gatedBlocks, planFromGroups, complexity, calibratedSubnet, gatedRunner, type GateArgs, type GatedBlock } from './gates.js';
-export { trainGates, complexityPenalty, GATE_METHODS, GATE_PENALTIES, type GateMethod, type GatePenalty, type GateTrainOptions, type GateStep } from './gate-training.js';
+export { trainGates, maskedForward, complexityPenalty, GATE_METHODS, GATE_PENALTIES, type GateMethod, type GatePenalty, type GateTrainOptions, type GateStep } from './gate-training.js';
 export { loadLatencyTable, parseLatencyTable, latencyOf, latencyAtBatch, measureLatencyTable, type LatencyTable } from './latency-table.js';
 export { saveController, loadController, saveGates, loadGates, runRef, networkFingerprint, type RunRef } from './store.js';
 export { runController, evaluateController, reportRun, type ControlledRun, type ControllerReport } from './evaluate.js';

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Network } from '../models/network.js';
-import type { Subnet } from '../models/subnet.js';
+import { opTensors, type Subnet } from '../models/subnet.js';
 import { Conv2D, Dense, Flatten, ReLU } from '../layers/index.js';
 import type { Plan } from '../layers/types.js';
 import { DynnError } from '../util/errors.js';
@@ -70,7 +70,11 @@ export class Policy {
 
   /** Action probabilities for a batch through the frozen copy (inference), as a new tensor. */
   probabilities(x: tf.Tensor): tf.Tensor2D {
-    this.frozen ??= this.net.subnet(staticPlan());
+    if (!this.frozen) {
+      this.frozen = this.net.subnet(staticPlan());
+      // Built on first use, possibly inside a caller's tf.tidy: the copy outlives that scope.
+      for (const t of opTensors(this.frozen.ops)) tf.keep(t);
+    }
     const sub = this.frozen;
     return tf.tidy(() => tf.softmax(sub.predict(x)));
   }

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Network } from '../models/network.js';
-import type { Subnet } from '../models/subnet.js';
+import { opTensors, type Subnet } from '../models/subnet.js';
 import type { Plan } from '../layers/types.js';
 import { checkUtilization } from '../gating/gating.js';
 import { DynnError } from '../util/errors.js';
@@ -68,6 +68,8 @@ export class MixedRunner {
     let s = this.subnets.get(k);
     if (!s) {
       s = this.build(this.plans.get(k)!);
+      // Built on first use, possibly inside a caller's tf.tidy: the cache outlives that scope.
+      for (const t of opTensors(s.ops)) tf.keep(t);
       this.subnets.set(k, s);
     }
     return s;

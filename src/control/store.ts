@@ -14,8 +14,9 @@ export interface RunRef {
   fingerprint: string;
 }
 
-/** The config.model tags of the checkpoints this folder writes. */
+/** The config.model tag of controller checkpoints. */
 export const CONTROLLER_KIND = 'dynn-controller';
+/** The config.model tag of learned-gates checkpoints. */
 export const GATES_KIND = 'dynn-gates';
 
 /** A fingerprint of a network's weights: equal for the same trained network, different for any other. */

@@ -195,7 +195,7 @@ function pythonOnnx(): boolean {
   return spawnSync('/usr/bin/python3', ['-c', 'import onnx'], { stdio: 'ignore' }).status === 0;
 }
 
-test('the ONNX checker (python3-onnx, full check) accepts vgg-w, mlp-w and resnet-d exports', (t) => {
+test('the ONNX checker (python3-onnx, full check) accepts vgg-w, mlp-w, resnet-d and resnext-w exports', (t) => {
   if (!pythonOnnx()) {
     t.skip('python3-onnx is not installed (apt-get install python3-onnx)');
     return;

@@ -6,7 +6,7 @@ import { DynnError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { VERSION } from '../version.js';
 import { attr, floatValueInfo, GraphBuilder, NameScope } from './graph.js';
-import { lowerChain, type BranchContext } from './lower.js';
+import { lowerChain } from './lower.js';
 import { metadataProps, ONNX_FORMAT, ONNX_IO, type OnnxLevel, type OnnxMetadata } from './metadata.js';
 import { encodeModel, IR_VERSION, OPSET_VERSION, type GraphMsg } from './onnx-proto.js';
 
@@ -113,8 +113,8 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   if (classNames.length !== model.numClasses) {
     throw new DynnError(`${classNames.length} class names given for a model with ${model.numClasses} classes`);
   }
-  const [h, w, c] = model.inputShape;
   if (model.inputShape.length !== 3) throw new DynnError(`export needs an image model ([H, W, C] input), got [${model.inputShape}]`);
+  const [h, w, c] = model.inputShape;
 
   const names = new NameScope();
   const main = new GraphBuilder('dynn', names);
@@ -129,19 +129,18 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   }
 
   const scoresInfo = (name: string) => floatValueInfo(name, ['batch', model.numClasses]);
+  const lowerLevel = (g: GraphBuilder, lv: OnnxLevel): string =>
+    lowerChain(model.layers, ONNX_IO.images, fullSel(c), { g, plan: model.plan(lv.u), prefix: `L${lv.level}`, dims }).y;
   const branch = (i: number): GraphMsg => {
     const lv = levels[i];
     const g = new GraphBuilder(`level_${lv.level}`, names);
-    const ctx: BranchContext = { g, plan: model.plan(lv.u), prefix: `L${lv.level}`, dims };
-    const { y } = lowerChain(model.layers, ONNX_IO.images, fullSel(c), ctx);
-    g.output(scoresInfo(y));
+    g.output(scoresInfo(lowerLevel(g, lv)));
     return g.build(`u in [${lv.minU}, ...): level ${lv.level}`);
   };
   const cond = (i: number) => main.node('GreaterOrEqual', [ONNX_IO.u, main.floatConst(`min_u_${levels[i].level}`, [], [levels[i].minU])], `at_least_${levels[i].level}`);
 
   if (levels.length === 1) {
-    const ctx: BranchContext = { g: main, plan: model.plan(levels[0].u), prefix: `L${levels[0].level}`, dims };
-    const { y } = lowerChain(model.layers, ONNX_IO.images, fullSel(c), ctx);
+    const y = lowerLevel(main, levels[0]);
     main.nodeTo('Identity', [y], ONNX_IO.scores);
   } else {
     const conds = levels.map((_, i) => (i === 0 ? '' : cond(i)));

@@ -11,6 +11,7 @@ export type Attr =
   | { type: 'string'; value: string }
   | { type: 'graph'; value: GraphMsg };
 
+/** Typed attribute constructors: `attr.ints([3, 3])`, `attr.float(1e-5)`, `attr.graph(branch)`. */
 export const attr = {
   int: (value: number): Attr => ({ type: 'int', value }),
   float: (value: number): Attr => ({ type: 'float', value }),

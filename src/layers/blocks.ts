@@ -141,7 +141,7 @@ export class GroupedConv2D extends Layer<GroupedConv2DArgs> {
       throw new DynnError(`${this.name}: GroupedConv2D needs ${filters} input channels in ${groups} equal groups`);
     }
     const w = filters / groups;
-    this.kernel = this.addWeight('kernel', this.heNormal('kernel', [k, k, w, filters], k * k * w));
+    this.kernel = this.addWeight('kernel', this.initKernel('kernel', [k, k, w, filters], k * k * w));
     return inShape;
   }
 

@@ -42,7 +42,7 @@ export class Conv2D extends Layer<Conv2DArgs> {
       throw new DynnError(`${this.name}: ${filters} filters do not split into ${groups} groups`);
     }
     const [h, w, c] = inShape;
-    this.kernel = this.addWeight('kernel', this.heNormal('kernel', [k, k, c, filters], k * k * c));
+    this.kernel = this.addWeight('kernel', this.initKernel('kernel', [k, k, c, filters], k * k * c));
     if (this.args.useBias) this.bias = this.addWeight('bias', tf.zeros([filters]));
     const out = (n: number) => (padding === 'same' ? Math.ceil(n / strides) : Math.floor((n - k) / strides) + 1);
     return [out(h), out(w), filters];
@@ -109,7 +109,7 @@ export class Dense extends Layer<DenseArgs> {
     const { units, useBias = true, groups = 0 } = this.args;
     if (inShape.length !== 1) throw new DynnError(`${this.name}: Dense needs a flat input, got [${inShape}]`);
     if (groups > 0 && units % groups !== 0) throw new DynnError(`${this.name}: ${units} units do not split into ${groups} groups`);
-    this.kernel = this.addWeight('kernel', this.heNormal('kernel', [inShape[0], units], inShape[0]));
+    this.kernel = this.addWeight('kernel', this.initKernel('kernel', [inShape[0], units], inShape[0]));
     if (useBias) this.bias = this.addWeight('bias', tf.zeros([units]));
     return [units];
   }

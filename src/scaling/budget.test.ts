@@ -5,7 +5,7 @@ import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import { makeSynthetic } from '../data/synthetic.js';
 import { Rng } from '../util/rng.js';
-import { exitTable, fitThresholds, simulateExits, type ExitTable } from './budget.js';
+import { exitCandidates, exitTable, fitThresholds, simulateExits, type ExitTable } from './budget.js';
 import { EarlyExitRunner } from './runner.js';
 import { sweepExits } from './exit-sweep.js';
 
@@ -61,6 +61,15 @@ test('fitted thresholds meet the budget tightly, and no simpler policy on the ta
     const again = simulateExits(table, 'entropy', f.thresholds);
     assert.equal(again.accuracy, f.accuracy);
   }
+  const cands = exitCandidates(table, 'entropy');
+  assert.equal(cands.length, 32);
+  for (const x of cands) {
+    const sim = simulateExits(table, 'entropy', x.params.thresholds);
+    assert.equal(x.accuracy, sim.accuracy);
+    assert.equal(x.flopsRatio, sim.flopsRatio);
+    assert.equal(x.kind, 'early-exit');
+  }
+  assert.ok(cands[0].flopsRatio > cands[31].flopsRatio, 'a laxer entropy threshold is cheaper');
   const c = fitThresholds(table, 'confidence', 0.5);
   assert.ok(c.flopsRatio <= 0.5);
   assert.throws(() => fitThresholds(table, 'entropy', 0.01), /budget 0.01 is below the cost of leaving every sample at the first exit \(0.0500\)/);
@@ -95,7 +104,7 @@ test('the sweep measures with real early termination and agrees with the replaye
     p.exitShares.forEach((v, k) => assert.ok(Math.abs(v - sim.exitShares[k]) < 1e-9));
     assert.ok(p.latencyMs.batch256 > 0);
   }
-  assert.deepEqual(s.points[1].exitShares.map((v) => Math.round(v * 1e9) / 1e9), [0, 0, 0, 1], 'nobody leaves early');
+  assert.deepEqual(s.points[1].exitShares, [0, 0, 0, 1], 'nobody leaves early');
   assert.ok(s.points[1].flopsRatio > 1, 'passing every exit classifier costs more than the last exit alone');
   assert.equal(s.points[2].exitShares[0], 1);
   assert.throws(() => sweepExits(createModel('vgg-w'), test, [0.1]), /model vgg-w has no early exits/);

@@ -170,3 +170,30 @@ export function fitThresholds(table: ExitTable, rule: string | ExitRule, budget:
   candidates.sort((a, b) => b.accuracy - a.accuracy || a.flopsRatio - b.flopsRatio);
   return candidates[0];
 }
+
+/** An early-exit policy as an operating point of `dynn select` (the shape of control's `Candidate`). */
+export interface ExitCandidate {
+  name: string;
+  kind: 'early-exit';
+  params: { rule: string; thresholds: number[] };
+  accuracy: number;
+  /** Mean FLOPs relative to the last exit alone (the full network at u = 1 when the table was made at u = 1). */
+  flopsRatio: number;
+}
+
+/**
+ * Early-exit operating points for choosing among (e.g. by `dynn select`): each threshold setting replayed on
+ * a table of the validation split; by default, one shared threshold at each of `grid` quantiles of the
+ * first exit's scores.
+ */
+export function exitCandidates(table: ExitTable, rule: string | ExitRule, thresholds?: (number | number[])[], grid = 32): ExitCandidate[] {
+  const r = typeof rule === 'string' ? exitRules.get(rule) : rule;
+  const name = typeof rule === 'string' ? rule : 'custom';
+  const sorted = [...table.scores[0]].sort((a, b) => a - b);
+  const settings = thresholds ?? Array.from({ length: grid }, (_, i) => sorted[Math.min(sorted.length - 1, Math.floor(((i + 0.5) * sorted.length) / grid))]);
+  return settings.map((t) => {
+    const o = simulateExits(table, r, t);
+    const text = o.thresholds.map((v) => v.toPrecision(3)).join(':');
+    return { name: `exits ${name} t=${text}`, kind: 'early-exit', params: { rule: name, thresholds: o.thresholds }, accuracy: o.accuracy, flopsRatio: o.flopsRatio };
+  });
+}

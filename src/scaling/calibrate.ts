@@ -12,9 +12,11 @@ export interface CalibrateRunOptions {
   us: number[];
   /** Data set whose training split is used (default: the run's). */
   dataset?: string;
+  /** Where the data set's files are. */
   dataDir?: string;
   /** Training samples per utilization (default 2048). */
   samples?: number;
+  /** Gating of the calibrated plans (default 'nested'). */
   gating?: GatingMode;
   /** Seed of independent gating's choices (default: the run's seed). */
   seed?: number;
@@ -26,7 +28,9 @@ export interface CalibrateRunResult {
   levels: number[];
   /** (layer, level) statistic rows rewritten. */
   rows: number;
+  /** The data set whose training split was used. */
   dataset: string;
+  /** Samples run per utilization. */
   samples: number;
 }
 

@@ -27,7 +27,9 @@ export interface ExitSweepPoint {
 
 /** An early-exit sweep: the last exit alone as the reference, then each threshold. */
 export interface ExitSweep {
+  /** The exit rule's name. */
   rule: string;
+  /** The backbone's utilization. */
   u: number;
   /** Accuracy of every exit on its own (every sample run to it). */
   exitAccuracy: number[];
@@ -36,11 +38,13 @@ export interface ExitSweep {
   points: ExitSweepPoint[];
 }
 
+/** Options of `sweepExits`. */
 export interface ExitSweepOptions {
   /** Exit rule name (default 'entropy'). */
   rule?: string;
   /** Utilization of the backbone (default 1). */
   u?: number;
+  /** Gating of the backbone's plan (default 'nested'). */
   gating?: PlanOptions['gating'];
   /** Timed passes over the timing batches (default 5); the median batch time is reported. */
   reps?: number;
@@ -48,6 +52,7 @@ export interface ExitSweepOptions {
   timingBatches?: number;
   /** Skip latency measurement (NaN in the result). */
   noLatency?: boolean;
+  /** Called after each threshold is measured. */
   onPoint?: (p: ExitSweepPoint) => void;
 }
 
@@ -111,8 +116,9 @@ export function sweepExits(model: Network, test: ImageSet, thresholds: (number |
         exits.set(r.exits, start);
         for (let i = 0; i < n; i++) if (r.predictions[i] === test.labels[start + i]) right++;
       }
-      const shares = new Array<number>(runner.exitCount).fill(0);
-      for (const k of exits) shares[k] += 1 / test.count;
+      const counts = new Array<number>(runner.exitCount).fill(0);
+      for (const k of exits) counts[k]++;
+      const shares = counts.map((c) => c / test.count);
       const flops = runner.meanFlops(exits);
       const point: ExitSweepPoint = {
         threshold,

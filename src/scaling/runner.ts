@@ -15,6 +15,7 @@ export interface ExitRun {
   exits: Int32Array;
   /** Predicted class per sample. */
   predictions: Int32Array;
+  /** Samples in the batch. */
   count: number;
   classes: number;
 }

@@ -83,9 +83,12 @@ export interface WorkerInit {
 /** A step as a worker receives it. */
 export interface StepMessage {
   type: 'step';
+  /** The worker's shard of the batch (sample indices into the shared data). */
   indices: Int32Array;
+  /** The step's plans (see `StepSpec`). */
   plans: PlanData[];
   inplaceDistill: boolean;
+  /** Weight version: the worker reloads the shared weights when it changes. */
   version: number;
 }
 
@@ -131,6 +134,12 @@ export class ThreadExecutor implements GradientExecutor {
         this.pending[i] = null;
         p?.reject(e as Error);
       });
+      // A worker that dies without an error event (killed, out of memory) must not leave a step waiting.
+      w.on('exit', (code) => {
+        const p = this.pending[i];
+        this.pending[i] = null;
+        p?.reject(new DynnError(`gradient worker ${i} exited (code ${code}) during a step`));
+      });
     });
   }
 
@@ -160,7 +169,7 @@ export class ThreadExecutor implements GradientExecutor {
           workerData: { engine, config: model.config, weights, grads: g, data, maxBatch, teacher, exitWeights: setup.exitWeights } satisfies WorkerInit,
         }),
     );
-    await Promise.all(
+    const started = Promise.all(
       workers.map(
         (w) =>
           new Promise<void>((resolve, reject) => {
@@ -171,9 +180,16 @@ export class ThreadExecutor implements GradientExecutor {
             };
             w.once('message', onMessage);
             w.once('error', reject);
+            w.once('exit', (code) => reject(new DynnError(`gradient worker exited (code ${code}) while starting`)));
           }),
       ),
     );
+    try {
+      await started;
+    } catch (err) {
+      await Promise.all(workers.map((w) => w.terminate()));
+      throw err;
+    }
     return new ThreadExecutor(model, workers, weights, grads);
   }
 

@@ -7,7 +7,10 @@ import type { Rng } from '../util/rng.js';
  * so the narrow sub-networks settle before the wide ones are trained on top of them; `vanilla` u = 1
  * always (the baseline the paper compares against); `sandwich` trains several widths per batch (the
  * widest, the narrowest and random ones: universally slimmable networks, see scaling's `sandwichPlans`),
- * and draws its random widths like `uniform`.
+ * and draws its random widths like `uniform`. With `fullWidth` = p, uniform and curriculum batches
+ * train the full network (u = 1) with probability p: under u ~ U(0, 1] alone the outermost group learns
+ * from only 1/(D+1) of the batches, which costs accuracy at u = 1 (the sandwich rule's lesson, at the
+ * price of one full-width batch in 1/p).
  */
 export type USchedule = 'uniform' | 'curriculum' | 'vanilla' | 'sandwich';
 
@@ -20,8 +23,9 @@ export function checkUSchedule(name: string): asserts name is USchedule {
 }
 
 /** The utilization of one batch at `progress` in [0, 1] of training. */
-export function sampleU(schedule: USchedule, rng: Rng, progress: number, curriculumStart = 0.25): number {
+export function sampleU(schedule: USchedule, rng: Rng, progress: number, fullWidth = 0, curriculumStart = 0.25): number {
   if (schedule === 'vanilla') return 1;
+  if (fullWidth > 0 && schedule !== 'sandwich' && rng.next() < fullWidth) return 1;
   const r = 1 - rng.next(); // in (0, 1]
   if (schedule === 'uniform' || schedule === 'sandwich') return r;
   const uMax = Math.min(1, curriculumStart + (1 - curriculumStart) * Math.min(1, progress / 0.5));

@@ -8,7 +8,8 @@ import { initEngine } from '../engine/backend.js';
 import { train } from './trainer.js';
 import { loadRun, validationSplit } from './run.js';
 import { calibrateBatchNorm, batchNorms } from './calibrate.js';
-import { LocalExecutor } from './executor.js';
+import { LocalExecutor, ThreadExecutor } from './executor.js';
+import { allocShared } from '../data/imageset.js';
 import { createModel } from '../models/zoo.js';
 import { makeSynthetic } from '../data/synthetic.js';
 import { sampleU, type USchedule } from './schedule.js';
@@ -98,13 +99,17 @@ test('resuming with another model fails clearly; bad options are refused', async
 
 test('u schedules: uniform covers (0, 1], curriculum raises its ceiling, vanilla is always 1', async () => {
   const rng = new Rng(1);
-  const draw = (schedule: USchedule, progress: number) => Array.from({ length: 2000 }, () => sampleU(schedule, rng, progress));
+  const draw = (schedule: USchedule, progress: number, full = 0) => Array.from({ length: 2000 }, () => sampleU(schedule, rng, progress, full));
   const uniform = draw('uniform', 0);
   assert.ok(uniform.every((u) => u > 0 && u <= 1) && Math.min(...uniform) < 0.01 && Math.max(...uniform) > 0.99);
   assert.ok(Math.max(...draw('curriculum', 0)) <= 0.25);
   assert.ok(Math.max(...draw('curriculum', 0.25)) <= 0.625 + 1e-9);
   assert.ok(Math.max(...draw('curriculum', 0.6)) > 0.99);
   assert.ok(draw('vanilla', 0.3).every((u) => u === 1));
+  const mixed = draw('uniform', 0, 0.2);
+  const ones = mixed.filter((u) => u === 1).length / mixed.length;
+  assert.ok(ones > 0.15 && ones < 0.25, `about a fifth of the batches train the full network, got ${ones}`);
+  assert.ok(Math.min(...draw('curriculum', 0, 0.3).filter((u) => u < 1)) < 0.05);
   const us: number[] = [];
   const v = await train({ ...small, trainLimit: 256, epochs: 1, schedule: 'vanilla', onStep: (p) => us.push(p.u) });
   assert.ok(us.length === 4 && us.every((u) => u === 1));
@@ -161,4 +166,12 @@ test('a validation split is held out of training and recorded', async () => {
   const none = await train({ ...small, trainLimit: 256, epochs: 1 });
   assert.throws(() => validationSplit(none.meta, none.dataset.train), /held out no validation split/);
   none.model.dispose();
+});
+
+test('a gradient worker that cannot start fails the run with its reason, and nothing hangs', async () => {
+  const m = createModel('mlp-w');
+  const wrong = Object.create(m, { config: { value: { model: 'nope', args: {} } } });
+  const data = allocShared(makeSynthetic({ count: 8, seed: 1 }));
+  await assert.rejects(ThreadExecutor.start(wrong, data, 'wasm', 8, 2), /gradient worker failed to start: unknown model "nope"/);
+  m.dispose();
 });

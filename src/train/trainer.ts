@@ -42,6 +42,11 @@ export interface TrainOptions {
    * points without touching the test set); recorded in the run's metadata. Default 0.
    */
   validationSamples?: number;
+  /**
+   * Probability that a uniform or curriculum batch trains the full network (u = 1) instead of a drawn u
+   * (default 0.2; see `sampleU`).
+   */
+  fullWidth?: number;
   epochs?: number;
   /** Batch size (default 128). */
   batchSize?: number;
@@ -129,6 +134,7 @@ function resolveOptions(o: TrainOptions): Resolved {
     evalUs: o.evalUs ?? [0.25, 0.5, 1],
     calibrationSamples: o.calibrationSamples ?? 2048,
     validationSamples: o.validationSamples ?? 0,
+    fullWidth: o.fullWidth ?? 0.2,
     sandwichWidths: o.sandwichWidths ?? 2,
     inplaceDistill: o.inplaceDistill ?? true,
     teacher: o.teacher,
@@ -144,6 +150,7 @@ function resolveOptions(o: TrainOptions): Resolved {
     if (!Number.isInteger(v) || v < 1) throw new DynnError(`${k} must be a positive integer, got ${v}`);
   }
   if (r.lr !== undefined && !(r.lr > 0 && Number.isFinite(r.lr))) throw new DynnError(`lr must be a positive number, got ${r.lr}`);
+  if (!(r.fullWidth >= 0 && r.fullWidth <= 1)) throw new DynnError(`fullWidth must be a probability in [0, 1], got ${r.fullWidth}`);
   if (!Number.isInteger(r.validationSamples) || r.validationSamples < 0) {
     throw new DynnError(`validationSamples must be a non-negative integer, got ${r.validationSamples}`);
   }
@@ -168,7 +175,8 @@ function streamSeed(seed: number, purpose: number, epoch: number): number {
  * Trains a throttleable network (DTNN phase 1, Eq. 1): every batch draws a utilization from the schedule
  * and runs sliced at it, so one set of weights learns every operating point. After each epoch BatchNorm
  * statistics are calibrated per level, the test accuracy is measured at `evalUs`, and a checkpoint is
- * written atomically to `out`.
+ * written atomically to `out`. Options add the sandwich rule with in-place distillation (universally
+ * slimmable training), knowledge distillation from a teacher run, and joint training of early exits.
  */
 export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   const o = resolveOptions(options);
@@ -183,7 +191,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   });
   const model = createModel(o.model, modelArgs);
   const exits = exitCount(model);
-  if (o.exitWeights && o.exitWeights.length !== exits) {
+  if (o.exitWeights && (exits === 1 || o.exitWeights.length !== exits)) {
     model.dispose();
     throw new DynnError(
       exits === 1
@@ -255,7 +263,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       for (let step = 0; step < stepsPerEpoch; step++) {
         const progress = (epoch * stepsPerEpoch + step) / totalSteps;
         const sandwich = o.schedule === 'sandwich';
-        const u = sandwich ? 1 : sampleU(o.schedule, uRng, progress);
+        const u = sandwich ? 1 : sampleU(o.schedule, uRng, progress, o.fullWidth);
         optimizer.setLearningRate(learningRate(o.lrSchedule, lr, progress));
         const indices = order.subarray(step * o.batchSize, Math.min(n, (step + 1) * o.batchSize));
         const work: Plan | StepSpec = sandwich
@@ -314,8 +322,9 @@ async function loadTeacher(dir: string, student: Network): Promise<Network> {
   const { model } = await loadRun(dir);
   if (model.numClasses !== student.numClasses || model.inputShape.join() !== student.inputShape.join()) {
     const shape = (m: Network) => `${m.inputShape.join('x')} inputs, ${m.numClasses} classes`;
+    const message = `teacher ${dir} takes ${shape(model)}; the student takes ${shape(student)}`;
     model.dispose();
-    throw new DynnError(`teacher ${dir} takes ${shape(model)}; the student takes ${shape(student)}`);
+    throw new DynnError(message);
   }
   return model;
 }

@@ -1,0 +1,354 @@
+/**
+ * Load test and soak of `dynn serve`, with autocannon in this process and the server in a child process on
+ * loopback. Real test images (their labels check the served answers), bounded in time:
+ *   1. capacity: the fixed u = 1 server's throughput, closed loop, as fast as it answers;
+ *   2. overload: `--factor` (2) x that rate for `--duration` (60) s against (a) the adaptive policy and
+ *      (b) fixed:1: p50/p99 latency, failed requests, throughput, the u histogram and the served accuracy
+ *      (against the accuracy of the same images at each level, measured in-process first);
+ *   3. with `--soak S`: instead of 2, S seconds at capacity against the adaptive server, the server's RSS
+ *      sampled every 5 s, and the slope of RSS over time after the first minute.
+ * The model needs its latency table (`dynn profile MODEL`).
+ * autocannon is a closed-loop generator: each of C connections sends its next request when the last one is
+ * answered, up to its share of the rate per second, so at most C requests are ever outstanding. Offering rate
+ * R with latency L needs C >= R * L; the default C = 1.25 * R * SLO lets a server that sustains R answer
+ * within 0.8 x SLO, while one that sustains only R / 2 (fixed u = 1 at 2x capacity) queues up to C
+ * requests, about 2.5 x SLO of waiting.
+ * Usage: node dist/bench/load.js --model FILE.onnx [--dataset fashion-mnist] [--slo-ms 25] [--duration 60]
+ *   [--capacity-duration 10] [--capacity-connections N] [--factor 2] [--connections N] [--images N per request]
+ *   [--threads N] [--max-batch 64] [--soak S] [--json]. Results also go to .bench/load.json (or .bench/soak.json).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import autocannon from 'autocannon';
+import { loadDataset } from '../src/data/datasets.js';
+import { toFloat } from '../src/data/imageset.js';
+import { nhwcToNchw } from '../src/runtime/core.js';
+import { readOnnxMetadata } from '../src/export/metadata.js';
+import { OnnxModel, readModelFile } from '../src/runtime/node.js';
+import { writeFileAtomic } from '../src/util/fs.js';
+
+const args = process.argv.slice(2);
+const opt = (name: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const num = (name: string, dflt: number) => {
+  const v = opt(name);
+  const n = v === undefined ? dflt : Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, got ${v}`);
+  return n;
+};
+const MODEL = opt('model');
+if (!MODEL) throw new Error('usage: node dist/bench/load.js --model FILE.onnx [--soak S] (see the header of bench/load.ts)');
+const DATASET = opt('dataset') ?? 'fashion-mnist';
+const SLO = num('slo-ms', 25);
+const DURATION = num('duration', 60);
+const CAP_DURATION = num('capacity-duration', 10);
+const FACTOR = num('factor', 2);
+const IMAGES = num('images', 1);
+const MAX_BATCH = num('max-batch', 64);
+const SOAK = opt('soak') === undefined ? 0 : num('soak', 600);
+const THREADS = opt('threads');
+const json = args.includes('--json');
+const log = (s: string) => process.stderr.write(s + '\n');
+const f = (x: number | undefined, d = 1) => (x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d));
+
+/** The test images as request bodies (NCHW float32, IMAGES per request) and their labels. */
+async function requestBodies(shape: readonly number[]): Promise<{ bodies: Buffer[]; labels: Uint8Array; images: Float32Array }> {
+  const data = await loadDataset(DATASET, { trainLimit: 1, testLimit: 2048 });
+  const set = data.test;
+  const [c, h, w] = shape;
+  if (set.channels !== c || set.height !== h || set.width !== w) throw new Error(`${DATASET} images are ${set.height}x${set.width}x${set.channels}, the model takes [${shape}]`);
+  const per = c * h * w;
+  const n = Math.floor(set.count / IMAGES) * IMAGES;
+  const images = nhwcToNchw(toFloat(set, 0, n), shape);
+  const bodies = Array.from({ length: n / IMAGES }, (_, r) => Buffer.from(images.buffer, r * IMAGES * per * 4, IMAGES * per * 4));
+  return { bodies, labels: set.labels.subarray(0, n), images };
+}
+
+/** Accuracy of the images at every exported level, in-process: what the served answers should match. */
+async function levelAccuracy(images: Float32Array, labels: Uint8Array): Promise<Map<number, number>> {
+  const model = await OnnxModel.load(MODEL as string);
+  const out = new Map<number, number>();
+  try {
+    for (const lv of model.levels) {
+      const p = await model.run(images, lv.u);
+      let right = 0;
+      for (let i = 0; i < labels.length; i++) right += p.classes[i] === labels[i] ? 1 : 0;
+      out.set(lv.u, right / labels.length);
+    }
+  } finally {
+    await model.dispose();
+  }
+  return out;
+}
+
+interface Server {
+  url: string;
+  child: ChildProcess;
+  stop(): Promise<number | null>;
+}
+
+/** Starts `dynn serve` in a child process on a free loopback port. */
+async function startServer(policy: string): Promise<Server> {
+  const main = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+  const argv = [main, 'serve', MODEL as string, '--port', '0', '--json', '--policy', policy, '--slo-ms', String(SLO), '--max-batch', String(MAX_BATCH)];
+  if (THREADS) argv.push('--threads', THREADS);
+  const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr?.on('data', (d) => (stderr += d));
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout?.on('data', (d) => {
+      out += d;
+      const nl = out.indexOf('\n');
+      if (nl >= 0) resolve((JSON.parse(out.slice(0, nl)) as { url: string }).url);
+    });
+    void exited.then((code) => reject(new Error(`dynn serve exited (${code}): ${stderr}`)));
+  });
+  return {
+    url,
+    child,
+    stop: async () => {
+      child.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
+
+/** Resident set size of a process, bytes (Linux). */
+function rss(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : NaN;
+}
+
+/** What one phase of load measured. */
+interface Phase {
+  name: string;
+  policy: string;
+  seconds: number;
+  connections: number;
+  offeredRate: number | null;
+  /** Requests per second answered with 200. */
+  throughput: number;
+  latencyMs: { p50: number; p90: number; p99: number; max: number };
+  /** Non-2xx answers, connection errors and timeouts. */
+  failed: number;
+  answered: number;
+  /** Samples per served u. */
+  uHistogram: Record<string, number>;
+  meanU: number;
+  servedAccuracy: number;
+  /** The accuracy the same u mix gives in-process. */
+  expectedAccuracy: number;
+  /** Mean samples per batch run, from the server's /metrics. */
+  meanBatch: number;
+  /** Server-side latency (arrival to response) from its histogram: quantiles and the share within the SLO. */
+  server: { p50Ms: number; p99Ms: number; withinSlo: number };
+  /** RSS samples [seconds, MB], soak only. */
+  rss?: [number, number][];
+}
+
+/** A histogram in Prometheus text: sum, count and cumulative bucket counts by upper bound. */
+interface Hist {
+  sum: number;
+  count: number;
+  buckets: [number, number][];
+}
+
+function histogram(text: string, name: string): Hist {
+  const get = (s: string) => Number(new RegExp(`^${name}_${s} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
+  const buckets = [...text.matchAll(new RegExp(`^${name}_bucket\\{le="([^"]+)"\\} (\\S+)$`, 'gm'))].map((m) => [Number(m[1].replace('+Inf', 'Infinity')), Number(m[2])] as [number, number]);
+  return { sum: get('sum'), count: get('count'), buckets };
+}
+
+/** The counts of `b` minus those of `a` (one phase's share of a server's cumulative histogram). */
+function minus(b: Hist, a: Hist): Hist {
+  return { sum: b.sum - a.sum, count: b.count - a.count, buckets: b.buckets.map(([le, c], i) => [le, c - (a.buckets[i]?.[1] ?? 0)]) };
+}
+
+/** A quantile of a histogram, linear within its bucket. */
+function quantile(h: Hist, q: number): number {
+  const target = q * h.count;
+  let prevLe = 0;
+  let prevC = 0;
+  for (const [le, c] of h.buckets) {
+    if (c >= target) return le === Infinity ? prevLe : prevLe + ((le - prevLe) * (target - prevC)) / Math.max(1, c - prevC);
+    prevLe = le;
+    prevC = c;
+  }
+  return NaN;
+}
+
+async function scrape(url: string): Promise<{ batch: Hist; latency: Hist }> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  return { batch: histogram(text, 'dynn_batch_size'), latency: histogram(text, 'dynn_request_duration_seconds') };
+}
+
+/** Runs autocannon against a server and checks every answer against its label. */
+async function runLoad(
+  name: string,
+  server: Server,
+  policy: string,
+  o: { seconds: number; connections: number; rate?: number; onTick?: (t: number) => void },
+  data: { bodies: Buffer[]; labels: Uint8Array },
+  accuracy: Map<number, number>,
+): Promise<Phase> {
+  let next = 0;
+  let right = 0;
+  let samples = 0;
+  const uCount = new Map<number, number>();
+  const before = await scrape(server.url);
+  const t0 = performance.now();
+  const ticker = o.onTick ? setInterval(() => o.onTick?.((performance.now() - t0) / 1000), 5000) : null;
+  const result = await autocannon({
+    url: server.url,
+    connections: o.connections,
+    duration: o.seconds,
+    // autocannon's coordinated-omission correction assumes its rate limiter spaces requests evenly, which it
+    // does not (each connection sends its quota as fast as answered, from the start of every second): record
+    // the raw latencies.
+    ...(o.rate ? { overallRate: Math.round(o.rate), ignoreCoordinatedOmission: true } : {}),
+    timeout: 10,
+    requests: [
+      {
+        method: 'POST',
+        path: '/v1/predict',
+        headers: { 'content-type': 'application/octet-stream' },
+        setupRequest: (req, context) => {
+          const i = next++ % data.bodies.length;
+          context.i = i;
+          return { ...req, body: data.bodies[i] };
+        },
+        onResponse: (status, body, context) => {
+          if (status !== 200) return;
+          const r = JSON.parse(body) as { predictions: { class: number; u: number }[] };
+          const base = (context.i as number) * IMAGES;
+          r.predictions.forEach((p, k) => {
+            right += p.class === data.labels[base + k] ? 1 : 0;
+            samples++;
+            uCount.set(p.u, (uCount.get(p.u) ?? 0) + 1);
+          });
+        },
+      },
+    ],
+  });
+  if (ticker) clearInterval(ticker);
+  const after = await scrape(server.url);
+  const batch = minus(after.batch, before.batch);
+  const served = minus(after.latency, before.latency);
+  const withinSlo = served.buckets.find(([le]) => Math.abs(le - SLO / 1000) < 1e-9)?.[1] ?? NaN;
+  const uHistogram = Object.fromEntries([...uCount.entries()].sort((a, b) => a[0] - b[0]).map(([u, c]) => [String(u), c]));
+  let expected = 0;
+  let uSum = 0;
+  for (const [u, c] of uCount) {
+    expected += c * (accuracy.get(u) ?? NaN);
+    uSum += u * c;
+  }
+  return {
+    name,
+    policy,
+    seconds: result.duration,
+    connections: o.connections,
+    offeredRate: o.rate ?? null,
+    throughput: result['2xx'] / result.duration,
+    latencyMs: { p50: result.latency.p50, p90: result.latency.p90, p99: result.latency.p99, max: result.latency.max },
+    failed: result.non2xx + result.errors + result.timeouts,
+    answered: result['2xx'],
+    uHistogram,
+    meanU: uSum / samples,
+    servedAccuracy: right / samples,
+    expectedAccuracy: expected / samples,
+    meanBatch: batch.sum / batch.count,
+    server: { p50Ms: 1000 * quantile(served, 0.5), p99Ms: 1000 * quantile(served, 0.99), withinSlo: withinSlo / served.count },
+  };
+}
+
+/** Least-squares slope of y over x. */
+function slope(points: [number, number][]): number {
+  const n = points.length;
+  const mx = points.reduce((a, p) => a + p[0], 0) / n;
+  const my = points.reduce((a, p) => a + p[1], 0) / n;
+  let sxy = 0;
+  let sxx = 0;
+  for (const [x, y] of points) {
+    sxy += (x - mx) * (y - my);
+    sxx += (x - mx) ** 2;
+  }
+  return sxy / sxx;
+}
+
+function phaseRow(p: Phase): string {
+  return (
+    `${p.name.padEnd(22)} ${p.policy.padEnd(9)} offered ${p.offeredRate ? f(p.offeredRate, 0).padStart(6) : '   max'} req/s  ` +
+    `served ${f(p.throughput, 0).padStart(6)} req/s  p50 ${f(p.latencyMs.p50)} ms  p99 ${f(p.latencyMs.p99)} ms  max ${f(p.latencyMs.max)} ms  ` +
+    `(server side p99 ${f(p.server.p99Ms)} ms, ${f(100 * p.server.withinSlo, 1)}% within SLO)  failed ${p.failed}  mean u ${f(p.meanU, 3)}  batch ${f(p.meanBatch)}  accuracy ${f(100 * p.servedAccuracy, 2)}% (in-process at that u mix ${f(100 * p.expectedAccuracy, 2)}%)`
+  );
+}
+
+async function withServer<T>(policy: string, fn: (s: Server) => Promise<T>): Promise<T> {
+  const s = await startServer(policy);
+  try {
+    return await fn(s);
+  } finally {
+    const code = await s.stop();
+    if (code !== 0) log(`warning: the ${policy} server exited with code ${code}`);
+  }
+}
+
+async function main(): Promise<void> {
+  const meta = readOnnxMetadata(await readModelFile(MODEL as string), MODEL as string);
+  const data = await requestBodies(meta.input.shape);
+  log(`${data.bodies.length} requests of ${IMAGES} ${DATASET} test image(s); SLO ${SLO} ms; levels ${meta.levels.map((l) => l.u).join(', ')}`);
+  const accuracy = await levelAccuracy(data.images, data.labels);
+  log(`in-process accuracy per level: ${[...accuracy].map(([u, a]) => `u=${u}: ${f(100 * a, 2)}%`).join(', ')}`);
+
+  const capConnections = Math.round(num('capacity-connections', Math.max(4, Math.ceil((2 * MAX_BATCH) / IMAGES))));
+  const capacity = await withServer('fixed:1', async (s) => {
+    await runLoad('warmup', s, 'fixed:1', { seconds: 3, connections: capConnections }, data, accuracy);
+    return runLoad('capacity (u = 1)', s, 'fixed:1', { seconds: CAP_DURATION, connections: capConnections }, data, accuracy);
+  });
+  log(phaseRow(capacity));
+  const cap = capacity.throughput;
+
+  if (SOAK > 0) {
+    const connections = Math.round(num('connections', Math.max(8, Math.ceil(1.25 * cap * (SLO / 1000)))));
+    const samples: [number, number][] = [];
+    const soak = await withServer('adaptive', async (s) => {
+      const pid = s.child.pid as number;
+      samples.push([0, rss(pid) / 2 ** 20]);
+      const p = await runLoad(`soak ${SOAK} s`, s, 'adaptive', { seconds: SOAK, connections, rate: cap, onTick: (t) => samples.push([t, rss(pid) / 2 ** 20]) }, data, accuracy);
+      samples.push([p.seconds, rss(pid) / 2 ** 20]);
+      return p;
+    });
+    soak.rss = samples;
+    const settled = samples.filter(([t]) => t >= Math.min(60, SOAK / 4));
+    const mbPerMin = 60 * slope(settled);
+    log(phaseRow(soak));
+    log(`RSS: ${f(samples[0][1])} MB at start, ${f(settled[0][1])} MB at ${f(settled[0][0], 0)} s, ${f(samples[samples.length - 1][1])} MB at the end; slope after ${f(settled[0][0], 0)} s: ${f(mbPerMin, 3)} MB/min`);
+    const results = { model: MODEL, dataset: DATASET, sloMs: SLO, capacity, soak, rssSlopeMbPerMin: mbPerMin };
+    await writeFileAtomic('.bench/soak.json', JSON.stringify(results, null, 2) + '\n');
+    if (json) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
+    return;
+  }
+
+  const rate = FACTOR * cap;
+  const connections = Math.round(num('connections', Math.max(8, Math.ceil(1.25 * rate * (SLO / 1000)))));
+  log(`offering ${f(rate, 0)} req/s (${FACTOR}x capacity) for ${DURATION} s over ${connections} connections`);
+  const phases: Phase[] = [capacity];
+  for (const policy of ['adaptive', 'fixed:1']) {
+    const p = await withServer(policy, async (s) => {
+      await runLoad('warmup', s, policy, { seconds: 3, connections: Math.min(connections, capConnections) }, data, accuracy);
+      return runLoad(`${FACTOR}x capacity`, s, policy, { seconds: DURATION, connections, rate }, data, accuracy);
+    });
+    log(phaseRow(p));
+    phases.push(p);
+  }
+  const results = { model: MODEL, dataset: DATASET, sloMs: SLO, levelAccuracy: Object.fromEntries(accuracy), phases };
+  await writeFileAtomic('.bench/load.json', JSON.stringify(results, null, 2) + '\n');
+  if (json) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
+}
+
+await main();

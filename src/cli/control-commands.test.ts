@@ -1,0 +1,120 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { runCli } from './cli.js';
+import type { Io } from './io.js';
+
+function capture(): Io & { stdout: () => string; stderr: () => string } {
+  let out = '';
+  let err = '';
+  return { out: (t) => void (out += t), err: (t) => void (err += t), errIsTTY: false, stdout: () => out, stderr: () => err };
+}
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-control-cli-'));
+const runA = path.join(tmp, 'a');
+const runB = path.join(tmp, 'b');
+const ctrl = path.join(tmp, 'ctrl');
+const data = ['--dataset', 'synthetic', '--train-limit', '400', '--test-limit', '120', '--workers', '0', '--epochs', '1', '--batch-size', '50', '--model', 'mlp-w'];
+
+async function cli(args: string[]): Promise<{ code: number; out: string; err: string; json: () => any }> {
+  const io = capture();
+  const code = await runCli(args, io);
+  return { code, out: io.stdout(), err: io.stderr(), json: () => JSON.parse(io.stdout()) };
+}
+
+async function ok(args: string[]) {
+  const r = await cli(args);
+  assert.equal(r.code, 0, `dynn ${args.join(' ')}: ${r.err}`);
+  return r;
+}
+
+async function fails(args: string[], pattern: RegExp) {
+  const r = await cli(args);
+  assert.equal(r.code, 1, `dynn ${args.join(' ')} should fail: ${r.out}`);
+  assert.match(r.err, pattern);
+  assert.doesNotMatch(r.err, /\n\s+at /, 'a message, not a stack');
+}
+
+test('controller train, eval --json (the issue’s format), select both problems, latency tables', async () => {
+  await ok(['train', ...data, '--val-samples', '100', '--out', runA]);
+  await ok(['train', ...data, '--seed', '1', '--out', runB]);
+
+  const t = (await ok(['controller', 'train', runA, '--out', ctrl, '--epochs', '2', '--train-samples', '200', '--json'])).json();
+  assert.equal(t.actions.length, 10);
+  assert.equal(t.history.length, 2);
+  assert.ok(t.validation.meanFlopsRatio > 0);
+
+  const e = (await ok(['eval', runA, '--controller', ctrl, '--test-limit', '120', '--json'])).json();
+  assert.deepEqual(Object.keys(e).sort(), ['accuracy', 'fixed', 'meanFlopsRatio', 'meanU', 'oracle', 'uHistogram']);
+  assert.deepEqual(Object.keys(e.oracle).sort(), ['accuracy', 'meanFlopsRatio', 'meanU']);
+  assert.equal(Object.values(e.uHistogram as Record<string, number>).reduce((a, b) => a + b, 0), 120);
+  assert.deepEqual(e.fixed.map((f: { u: number }) => f.u), [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1]);
+  assert.equal(e.fixed[9].flopsRatio, 1);
+  assert.ok(e.oracle.accuracy >= Math.max(...e.fixed.map((f: { accuracy: number }) => f.accuracy)));
+  // Its own network's cost is inside the mean: more than the cheapest level's.
+  assert.ok(e.meanFlopsRatio > e.fixed[0].flopsRatio);
+
+  const human = await ok(['eval', runA, '--controller', 'cascade', '--stages', '0.25,1', '--threshold', '0.8', '--test-limit', '120']);
+  assert.match(human.out, /cascade controller, mlp-w on synthetic test \(120 samples\)/);
+  assert.match(human.out, /fixed-u curve at the same FLOPs/);
+  const fixed = (await ok(['eval', runA, '--controller', 'fixed', '--u', '0.5', '--test-limit', '120', '--json'])).json();
+  assert.deepEqual(fixed.uHistogram, { '0.5': 120 });
+
+  const s1 = (await ok(['select', runA, '--objective', 'min-error', '--budget-flops', '0.4', '--json'])).json();
+  assert.ok(s1.choice.flopsRatio <= 0.4);
+  assert.equal(s1.samples, 100);
+  for (let i = 1; i < s1.front.length; i++) {
+    assert.ok(s1.front[i].flopsRatio >= s1.front[i - 1].flopsRatio && s1.front[i].accuracy > s1.front[i - 1].accuracy);
+  }
+  assert.ok(s1.front.every((c: { flopsRatio: number; accuracy: number }) => c.flopsRatio > 0.4 || c.accuracy <= s1.choice.accuracy));
+  const s2 = (await ok(['select', runA, '--controller', ctrl, '--objective', 'min-cost', '--min-accuracy', '0.99', '--json'])).json();
+  assert.ok(s2.choice.accuracy >= 0.99 * s2.fullAccuracy - 1e-12);
+  assert.ok(s2.front.every((c: { flopsRatio: number; accuracy: number }) => c.flopsRatio >= s2.choice.flopsRatio || c.accuracy < 0.99 * s2.fullAccuracy));
+  const human2 = await ok(['select', runA, '--objective', 'min-cost', '--min-accuracy', '0.9']);
+  assert.match(human2.out, /chosen: /);
+  assert.match(human2.out, /Pareto front/);
+
+  const table = path.join(tmp, 'latency.json');
+  await ok(['latency-table', runA, '--out', table, '--batch', '1,4', '--actions', '0.5,1', '--reps', '2']);
+  const lt = JSON.parse(fs.readFileSync(table, 'utf8'));
+  assert.deepEqual(lt.levels.map((l: { u: number }) => l.u), [0.5, 1]);
+  assert.ok(lt.levels[1].latencyMs['4'] > 0);
+  const r = (await ok(['eval', runA, '--controller', 'resource', '--latency-table', table, '--latency-budget', '10000', '--test-limit', '120', '--json'])).json();
+  assert.deepEqual(r.uHistogram, { '1': 120 });
+  const s3 = (await ok(['select', runA, '--objective', 'min-error', '--budget-ms', '10000', '--latency-table', table, '--actions', '0.5,1', '--json'])).json();
+  assert.equal(s3.objective.unit, 'ms');
+  assert.ok(s3.choice.ms > 0);
+
+  // Bad input: clear errors, nothing written.
+  await fails(['eval', runA, '--controller', 'greedy'], /unknown controller "greedy"; expected a controller checkpoint directory or one of bandit, cascade, fixed, oracle, resource/);
+  await fails(['eval', runB, '--controller', ctrl], /this controller was made for another network \(mlp-w from .*a, weights [0-9a-f]{16}\), not .*b/);
+  await fails(['select', runB, '--objective', 'min-error', '--budget-flops', '0.4'], /held out no validation split; train it with --val-samples N/);
+  await fails(['controller', 'train', runA, '--actions', '0,0.5,1.2', '--out', path.join(tmp, 'bad')], /--actions: 0 is not a utilization in \(0, 1\]/);
+  await fails(['eval', runA, '--controller', 'cascade', '--stages', '0.5,1.5'], /--stages: 1\.5 is not a utilization in \(0, 1\]/);
+  await fails(['select', runA, '--objective', 'min-error'], /needs exactly one of --budget-flops X or --budget-ms MS/);
+  await fails(['select', runA, '--objective', 'fastest'], /--objective must be one of min-cost, min-error/);
+  await fails(['eval', runA, '--controller', 'resource'], /needs a battery level or a latency budget/);
+  await fails(['controller', 'fly', runA], /unknown controller action "fly"/);
+  assert.ok(!fs.existsSync(path.join(tmp, 'bad')));
+});
+
+test('gates train (REINFORCE, CONCRETE) and gates eval', async () => {
+  const run = path.join(tmp, 'g');
+  await ok(['train', ...data, '--gating', 'independent', '--out', run]);
+  const gates = path.join(tmp, 'gates');
+  const g = (await ok(['gates', 'train', run, '--method', 'reinforce', '--steps', '6', '--samples-per-step', '2', '--out', gates, '--json'])).json();
+  assert.equal(g.method, 'reinforce');
+  assert.equal(g.pattern.length, 8);
+  assert.deepEqual(Object.keys(g.pattern[0].blocks), ['fc1', 'fc2']);
+  await ok(['gates', 'train', run, '--method', 'concrete', '--steps', '3', '--out', path.join(tmp, 'gates-c')]);
+  const e = (await ok(['gates', 'eval', run, '--gates', gates, '--u', '0.5,1', '--json'])).json();
+  assert.deepEqual(e.points.map((p: { u: number }) => p.u), [0.5, 1]);
+  for (const p of e.points) assert.ok(p.accuracy >= 0 && p.complexity > 0 && p.nested.flopsRatio > 0);
+  const human = await ok(['gates', 'eval', run, '--gates', gates, '--u', '0.5']);
+  assert.match(human.out, /learned pattern: active fraction per block/);
+  await fails(['gates', 'train', run, '--method', 'annealing', '--out', path.join(tmp, 'x')], /--method must be one of reinforce, concrete/);
+  await fails(['gates', 'train', run, '--p', '3', '--out', path.join(tmp, 'x')], /--p must be an integer/);
+  await fails(['gates', 'eval', run, '--gates', ctrl], /is not a gates checkpoint \(it holds a controller\)/);
+});

@@ -1,0 +1,110 @@
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { initEngine } from '../engine/backend.js';
+import { createModel } from '../models/zoo.js';
+import { makeSynthetic } from '../data/synthetic.js';
+import { Policy } from './policy.js';
+import { BanditController, greedyActions, policyProbabilities, reward, trainBandit } from './bandit.js';
+import { MixedRunner } from './runner.js';
+import { evaluateController } from './evaluate.js';
+import { createController } from './registry.js';
+import { loadController, runRef, saveController, saveGates } from './store.js';
+import { GateSet, gatedBlocks } from './gates.js';
+import type { LevelTable } from './table.js';
+
+before(async () => {
+  await initEngine('wasm');
+});
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-control-'));
+
+test('reward (DTNN Eq. 14): exp(1-u)(1-u) when right, -(c+gamma1)(u+gamma2) when wrong', () => {
+  assert.equal(reward(true, 0.3, 0.25), Math.exp(0.75) * 0.75);
+  assert.equal(reward(true, 0.99, 1), 0);
+  assert.equal(reward(false, 0.8, 0.5), -(0.8 + 0.5) * (0.5 + 1.5));
+  assert.equal(reward(false, 0.8, 0.5, 0.1, 1), -(0.9 * 1.5));
+  // Right at a lower u pays more; wrong at a higher u costs more.
+  assert.ok(reward(true, 0.5, 0.2) > reward(true, 0.5, 0.6));
+  assert.ok(reward(false, 0.5, 0.9) < reward(false, 0.5, 0.2));
+});
+
+test('the bandit learns which inputs need a high u (hand-made answers), and its cost counts its own network', () => {
+  // Classes 0-4 are answered right at every level, classes 5-9 only at u = 1. The best policy is known:
+  // u = 0.25 for the first (reward 1.59 against 0.82 and 0), u = 1 for the others (0 against -1.9 and -2.2).
+  const set = makeSynthetic({ count: 400, seed: 2 });
+  const us = [0.25, 0.5, 1];
+  const easy = (i: number) => set.labels[i] < 5;
+  const table: LevelTable = {
+    us,
+    count: set.count,
+    labels: set.labels,
+    predictions: us.map(() => new Int32Array(set.count)),
+    confidence: us.map(() => new Float32Array(set.count).fill(0.6)),
+    correct: us.map((_, k) => Uint8Array.from({ length: set.count }, (_, i) => (k === 2 || easy(i) ? 1 : 0))),
+    macs: [1, 2, 4],
+    fullMacs: 4,
+  };
+  const policy = new Policy({ inputShape: [28, 28, 1], actions: us, seed: 1 });
+  const before = tf.memory().numTensors;
+  const history = trainBandit(policy, set, table, { epochs: 12, batchSize: 40, lr: 3e-3, cost: 'u', seed: 3 });
+  assert.equal(tf.memory().numTensors, before, 'training leaks nothing');
+  assert.equal(history.length, 12);
+  assert.ok(history[11].meanReward > history[0].meanReward, 'the reward rises');
+  const test = makeSynthetic({ count: 200, seed: 9 });
+  const actions = greedyActions(policyProbabilities(policy, test), 3);
+  let good = 0;
+  for (let i = 0; i < test.count; i++) if (actions[i] === (test.labels[i] < 5 ? 0 : 2)) good++;
+  assert.ok(good / test.count > 0.85, `held-out samples get the best action: ${good}/${test.count}`);
+
+  // Deployed: argmax, its own MACs added to each sample's.
+  const model = createModel('vgg-w', { widths: [8, 8, 16, 16], hidden: 32 });
+  const runner = new MixedRunner(model);
+  const bandit = createController('bandit', { runner }, { policy });
+  const r = evaluateController(bandit, runner, test, { curve: us });
+  const full = model.cost(1).macs;
+  const expected = Object.entries(r.uHistogram).reduce((a, [u, n]) => a + n * model.cost(Number(u)).macs, 0) / test.count / full + policy.macs / full;
+  assert.ok(Math.abs(r.meanFlopsRatio - expected) < 1e-12, `${r.meanFlopsRatio} vs ${expected}`);
+  const standard = createModel('vgg-w');
+  assert.ok(policy.macs > 0 && policy.macs < standard.cost(1).macs / 100, 'the controller costs under 1% of the standard vgg-w');
+  standard.dispose();
+  assert.deepEqual(Object.keys(r.uHistogram).sort(), ['0.25', '1']);
+  // Restricting the argmax to u >= 0.5 moves the easy inputs to 0.5.
+  const floor = new BanditController(policy, [0.5, 1]);
+  const x = tf.tensor(new Float32Array(10 * 784).fill(0.1), [10, 28, 28, 1]);
+  assert.ok(floor.decide(x).u.every((u) => u >= 0.5));
+  assert.throws(() => new BanditController(policy, [0.3]), /action 0\.3 is not one of the controller's/);
+  x.dispose();
+  runner.dispose();
+  model.dispose();
+  policy.dispose();
+});
+
+test('controller checkpoints: round trip; another network, a gates checkpoint, a run: clear errors', async () => {
+  const model = createModel('mlp-w', { hidden: [32, 32], seed: 1 });
+  const other = createModel('mlp-w', { hidden: [32, 32], seed: 2 });
+  const policy = new Policy({ inputShape: [28, 28, 1], actions: [0.5, 1], seed: 4 });
+  const dir = path.join(tmp, 'ctrl');
+  await saveController(dir, policy, runRef(model, 'runs/a'), { note: 'x' });
+  const { policy: loaded, meta } = await loadController(dir, model, 'runs/a');
+  assert.equal(meta.note, 'x');
+  assert.deepEqual(loaded.actions, [0.5, 1]);
+  const x = tf.randomUniform([3, 28, 28, 1], 0, 1, 'float32', 1);
+  const a = policy.probabilities(x);
+  const b = loaded.probabilities(x);
+  assert.deepEqual(Array.from(a.dataSync()), Array.from(b.dataSync()));
+  tf.dispose([x, a, b]);
+  await assert.rejects(loadController(dir, other, 'runs/b'), /made for another network \(mlp-w from runs\/a, weights [0-9a-f]{16}\), not runs\/b/);
+  const gates = new GateSet({ blocks: gatedBlocks(model) });
+  await saveGates(path.join(tmp, 'gates'), gates, runRef(model, 'runs/a'));
+  await assert.rejects(loadController(path.join(tmp, 'gates'), model, 'runs/a'), /is not a controller checkpoint \(it holds learned gates\)/);
+  await assert.rejects(loadController(path.join(tmp, 'nowhere'), model, 'runs/a'), /no checkpoint\.json in .*nowhere/);
+  gates.dispose();
+  loaded.dispose();
+  policy.dispose();
+  model.dispose();
+  other.dispose();
+});

@@ -1,0 +1,171 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { createDashboard, listRuns, readProgress, progressRecorder, MAX_STEPS, type ProgressRecorder } from './index.js';
+import { tempDir, trainTinyRun, writeCompanions } from '../report/fixtures.js';
+import { RUN_FILES } from '../report/sources.js';
+import { loadDataset } from '../data/datasets.js';
+import { runCli } from '../cli/cli.js';
+
+let root: string;
+let runsDir: string;
+let app: FastifyInstance;
+let recorder: ProgressRecorder;
+const steps: number[] = [];
+
+before(async () => {
+  root = tempDir('dynn-dashboard-');
+  runsDir = path.join(root, 'runs');
+  recorder = progressRecorder(path.join(runsDir, 'tiny'), { intervalMs: 0 });
+  await trainTinyRun(path.join(runsDir, 'tiny'), {
+    onStep: (p) => {
+      steps.push(p.step + 1);
+      recorder.onStep(p);
+    },
+    onEpoch: recorder.onEpoch,
+  });
+  await recorder.close();
+  await writeCompanions(path.join(runsDir, 'tiny'));
+  mkdirSync(path.join(runsDir, 'group', 'starting'), { recursive: true });
+  writeFileSync(path.join(runsDir, 'group', 'starting', RUN_FILES.progress), JSON.stringify({ format: 'dynn-progress/1', state: 'training', startedAt: new Date().toISOString(), updatedAt: new Date().toISOString(), epochs: 3, stepsPerEpoch: 10, last: null, steps: [] }));
+  app = await createDashboard({ runsDir, samples: 6 });
+});
+
+after(async () => {
+  await app?.close();
+});
+
+test('the progress recorder writes every step of a training run, then "done"', async () => {
+  const p = await readProgress(path.join(runsDir, 'tiny'));
+  assert.ok(p);
+  assert.equal(p.state, 'done');
+  assert.equal(p.epochs, 1);
+  assert.deepEqual(p.steps.map((s) => s.step), steps);
+  assert.equal(p.last?.step, steps[steps.length - 1]);
+  assert.ok(p.steps.every((s) => Number.isFinite(s.loss) && s.u > 0 && s.u <= 1));
+});
+
+test('the progress recorder thins old steps evenly once it holds MAX_STEPS', async () => {
+  const dir = path.join(root, 'thin');
+  const r = progressRecorder(dir, { intervalMs: 60_000 });
+  const n = MAX_STEPS + 10;
+  for (let i = 1; i <= n; i++) r.onStep({ epoch: 0, epochs: 1, step: i - 1, steps: n, loss: 1 / i, accuracy: 0.5, samplesPerSec: 100, u: 0.5 });
+  await r.close();
+  const p = (await readProgress(dir))!;
+  assert.ok(p.steps.length <= MAX_STEPS);
+  assert.equal(p.last?.step, n);
+  assert.equal(p.steps[p.steps.length - 1].step, n, 'the newest step is kept');
+  const gaps = new Set(p.steps.slice(1, MAX_STEPS / 2).map((s, i) => s.step - p.steps[i].step));
+  assert.deepEqual([...gaps], [2], 'thinned to every other step');
+});
+
+test('a malformed progress file is a clear error', async () => {
+  const dir = path.join(root, 'badprogress');
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(path.join(dir, RUN_FILES.progress), '{"format": "dynn-progress/1"}');
+  await assert.rejects(readProgress(dir), /progress\.json: not a dynn progress file/);
+});
+
+test('the run list holds training runs (also nested, also just started), not controller or gates checkpoints', async () => {
+  const runs = await listRuns(runsDir);
+  assert.deepEqual(runs.map((r) => r.name), ['group/starting', 'tiny']);
+  const tiny = runs.find((r) => r.name === 'tiny')!;
+  assert.equal(tiny.model, 'mlp-w');
+  assert.equal(tiny.epochs, 1);
+  assert.equal(tiny.live, 'done');
+  assert.equal(tiny.hasOnnx, false);
+  const starting = runs.find((r) => r.name === 'group/starting')!;
+  assert.equal(starting.model, null);
+  assert.equal(starting.plannedEpochs, 3);
+  await assert.rejects(listRuns(path.join(root, 'nope')), /runs folder .*nope does not exist/);
+});
+
+test('the index page lists each run with links to its report, live page and demo', async () => {
+  const res = await app.inject('/');
+  assert.equal(res.statusCode, 200);
+  assert.match(res.headers['content-type'] as string, /text\/html/);
+  assert.match(res.body, /<tr data-run="tiny">/);
+  assert.match(res.body, /href="\/runs\/tiny\/report"/);
+  assert.match(res.body, /href="\/runs\/tiny\/live"/);
+  assert.match(res.body, /href="\/runs\/group%2Fstarting\/demo"/);
+  const api = await app.inject('/api/runs');
+  assert.deepEqual(api.json().runs.map((r: { name: string }) => r.name), ['group/starting', 'tiny']);
+});
+
+test('a run’s report page is built from its files without measuring anything', async () => {
+  const res = await app.inject('/runs/tiny/report');
+  assert.equal(res.statusCode, 200);
+  assert.match(res.body, /data-section="training" data-available="true"/);
+  assert.match(res.body, /data-section="accuracy-u" data-available="false"/);
+  assert.match(res.body, /data-section="gates" data-available="true"/);
+  const saved = await app.inject('/runs/tiny/report.html');
+  assert.equal(saved.statusCode, 404);
+  assert.match(saved.body, /dynn report \S+tiny --out/);
+  const starting = await app.inject('/runs/group%2Fstarting/report');
+  assert.equal(starting.statusCode, 404);
+  assert.match(starting.body, /no checkpoint yet/);
+});
+
+test('the live page shows per-step and per-epoch curves', async () => {
+  const page = await app.inject('/runs/tiny/live');
+  assert.equal(page.statusCode, 200);
+  const live = await app.inject('/api/runs/tiny/live');
+  const body = live.json();
+  assert.equal(body.live, 'done');
+  for (const id of ['live-loss', 'live-speed', 'training-loss', 'training-accuracy', 'training-speed']) assert.match(body.html, new RegExp(`data-chart="${id}"><svg`), id);
+  assert.match(body.html, /data-state="done"/);
+  const starting = (await app.inject('/api/runs/group%2Fstarting/live')).json();
+  assert.match(starting.html, /no step yet/);
+  assert.match(starting.html, /No checkpoint yet/);
+});
+
+test('without model.onnx the demo page says how to export one', async () => {
+  const res = await app.inject('/runs/tiny/demo');
+  assert.equal(res.statusCode, 200);
+  assert.match(res.body, /id="no-model"/);
+  assert.match(res.body, /dynn export \S+tiny --onnx \S+tiny\/model\.onnx/);
+  const model = await app.inject('/api/runs/tiny/model');
+  assert.equal(model.statusCode, 404);
+  assert.match(model.json().error, /no model\.onnx .*dynn export/);
+});
+
+test('test images come from the run’s data set, as stored', async () => {
+  const res = await app.inject('/api/runs/tiny/samples?count=4');
+  assert.equal(res.statusCode, 200);
+  const body = res.json();
+  const data = await loadDataset('synthetic', { testLimit: 4 });
+  assert.deepEqual(body.labels, Array.from(data.test.labels));
+  assert.deepEqual(body.classNames, data.classNames);
+  const per = data.test.height * data.test.width * data.test.channels;
+  body.images.forEach((b64: string, i: number) => assert.deepEqual(new Uint8Array(Buffer.from(b64, 'base64')), data.test.images.subarray(i * per, (i + 1) * per)));
+  const bad = await app.inject('/api/runs/tiny/samples?count=1000');
+  assert.equal(bad.statusCode, 400);
+  assert.match(bad.json().error, /count must be an integer in \[1, 64\]/);
+});
+
+test('only listed runs and onnxruntime-web’s own files are served', async () => {
+  for (const url of ['/runs/nope/report', '/runs/..%2F..%2Fetc/report', '/runs/%2Fetc/live', '/api/runs/nope/model']) {
+    const res = await app.inject(url);
+    assert.equal(res.statusCode, 404, url);
+  }
+  const ort = await app.inject('/vendor/ort/ort.wasm.min.mjs');
+  assert.equal(ort.statusCode, 200);
+  assert.match(ort.headers['content-type'] as string, /javascript/);
+  const wasm = await app.inject('/vendor/ort/ort-wasm-simd-threaded.wasm');
+  assert.equal(wasm.headers['content-type'], 'application/wasm');
+  assert.deepEqual([...wasm.rawPayload.subarray(0, 4)], [0, 0x61, 0x73, 0x6d], 'a WebAssembly binary');
+  for (const url of ['/vendor/ort/package.json', '/vendor/ort/..%2Fpackage.json', '/vendor/ort/ort.node.min.js']) assert.equal((await app.inject(url)).statusCode, 404, url);
+  assert.equal((await app.inject('/static/demo.js')).statusCode, 200);
+});
+
+test('dynn dashboard refuses a missing runs folder and a bad port', async () => {
+  let err = '';
+  const io = { out: () => {}, err: (t: string) => (err += t), errIsTTY: false };
+  assert.equal(await runCli(['dashboard', '--runs', path.join(root, 'nope'), '--port', '0'], io), 1);
+  assert.match(err, /runs folder .*nope does not exist/);
+  err = '';
+  assert.equal(await runCli(['dashboard', '--runs', runsDir, '--port', '70000'], io), 1);
+  assert.match(err, /--port must be an integer/);
+});

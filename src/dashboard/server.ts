@@ -1,0 +1,197 @@
+import { promises as fsp } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import { DynnError } from '../util/errors.js';
+import { buildReport } from '../report/report.js';
+import { gatherRun, RUN_FILES } from '../report/sources.js';
+import { commandLine } from '../report/commands.js';
+import { CASCADE_DEFAULTS } from '../control/cascade.js';
+import { ONNX_IO, readOnnxMetadata, type OnnxMetadata } from '../export/metadata.js';
+import { DEMO_SCRIPT } from './demo-client.js';
+import { liveFragment } from './live.js';
+import { demoPage, errorPage, indexPage, livePage } from './pages.js';
+import { findRun, listRuns, SAVED_REPORT, type RunEntry } from './runs.js';
+
+/** Options of the dashboard app. */
+export interface DashboardOptions {
+  /** Folder of run directories (searched two levels deep). */
+  runsDir: string;
+  /** Where the data set files are (test images of the demo page). */
+  dataDir?: string;
+  /** Test images offered on the demo page (default 24, at most 64). */
+  samples?: number;
+  /** How often the live page polls (default 2000 ms). */
+  pollMs?: number;
+}
+
+/** onnxruntime-web's files the demo page loads: the wasm-only ES module build and its wasm binary. */
+const ORT_FILE = /^ort(\.wasm\.min\.mjs|-wasm-simd-threaded\.(mjs|wasm))$/;
+const ORT_ENTRY = 'ort.wasm.min.mjs';
+const CONTENT_TYPES: Record<string, string> = { '.mjs': 'text/javascript; charset=utf-8', '.wasm': 'application/wasm' };
+const MAX_SAMPLES = 64;
+
+/** The folder holding onnxruntime-web's browser builds (served locally: the page fetches nothing outside). */
+function ortDistDir(): string {
+  const require = createRequire(import.meta.url);
+  return path.dirname(require.resolve('onnxruntime-web'));
+}
+
+function html(reply: FastifyReply, body: string, code = 200): FastifyReply {
+  return reply.code(code).type('text/html; charset=utf-8').send(body);
+}
+
+/** A decoded test set cached per run and data set, so the demo page's images load once. */
+interface SampleCache {
+  key: string;
+  body: { width: number; height: number; channels: number; classNames: string[]; labels: number[]; images: string[] };
+}
+
+/** Builds the dashboard app (not listening): run list, reports, live training, in-browser demo. */
+export async function createDashboard(options: DashboardOptions): Promise<FastifyInstance> {
+  const runsDir = options.runsDir;
+  await listRuns(runsDir);
+  const pollMs = options.pollMs ?? 2000;
+  const sampleCount = Math.min(MAX_SAMPLES, options.samples ?? 24);
+  const ortDir = ortDistDir();
+  const samples = new Map<string, SampleCache>();
+  const onnxMeta = new Map<string, { mtime: number; meta: OnnxMetadata }>();
+  const app = Fastify({ logger: false });
+
+  const run = async (name: string, reply: FastifyReply, asJson: boolean): Promise<RunEntry | null> => {
+    const r = await findRun(runsDir, name);
+    if (!r) {
+      const message = `no run "${name}" in ${runsDir}`;
+      if (asJson) reply.code(404).send({ error: message });
+      else html(reply, errorPage('run not found', message), 404);
+    }
+    return r;
+  };
+
+  app.setErrorHandler((err, req, reply) => {
+    const user = err instanceof DynnError;
+    const code = user ? 400 : 500;
+    const message = user ? err.message : `internal error: ${(err as Error).message}`;
+    if (req.url.startsWith('/api/')) return reply.code(code).send({ error: message });
+    return html(reply, errorPage('dynn dashboard', message), code);
+  });
+
+  app.get('/', async (_req, reply) => html(reply, indexPage(runsDir, await listRuns(runsDir))));
+  app.get('/api/runs', async () => ({ runsDir, runs: await listRuns(runsDir) }));
+
+  app.get<{ Params: { name: string } }>('/runs/:name/report', async (req, reply) => {
+    const r = await run(req.params.name, reply, false);
+    if (!r) return reply;
+    if (r.error || !r.model) return html(reply, errorPage(`${r.name}: report`, r.error ?? 'no checkpoint yet: the report appears after the first epoch'), 404);
+    const data = await gatherRun(r.dir, r.name, { sweep: false });
+    const report = await buildReport([data], { title: `dynn report: ${r.name}`, command: commandLine(['dynn', 'report', r.dir, '--no-sweep', '--out', `${r.dir}/${SAVED_REPORT}`]) });
+    return html(reply, report.html);
+  });
+
+  app.get<{ Params: { name: string } }>('/runs/:name/report.html', async (req, reply) => {
+    const r = await run(req.params.name, reply, false);
+    if (!r) return reply;
+    if (!r.hasSavedReport) return html(reply, errorPage(`${r.name}: saved report`, `no ${SAVED_REPORT} in ${r.dir}: \`dynn report ${r.dir} --out ${r.dir}/${SAVED_REPORT}\` makes one`), 404);
+    return html(reply, await fsp.readFile(path.join(r.dir, SAVED_REPORT), 'utf8'));
+  });
+
+  app.get<{ Params: { name: string } }>('/runs/:name/live', async (req, reply) => {
+    const r = await run(req.params.name, reply, false);
+    if (!r) return reply;
+    return html(reply, livePage(r, await liveFragment(r), pollMs));
+  });
+
+  app.get<{ Params: { name: string } }>('/api/runs/:name/live', async (req, reply) => {
+    const r = await run(req.params.name, reply, true);
+    if (!r) return reply;
+    return { name: r.name, epochs: r.epochs, live: r.live, updatedAt: r.updatedAt, html: await liveFragment(r) };
+  });
+
+  app.get<{ Params: { name: string } }>('/runs/:name/demo', async (req, reply) => {
+    const r = await run(req.params.name, reply, false);
+    if (!r) return reply;
+    const controllers = r.model && !r.error ? (await gatherRun(r.dir, r.name, { sweep: false })).controllers.filter((c) => c.samples === 'validation split').map((c) => c.name) : [];
+    return html(reply, demoPage(r, { ortUrl: `/vendor/ort/${ORT_ENTRY}`, wasmPaths: '/vendor/ort/', samples: sampleCount, cascade: CASCADE_DEFAULTS, controllers }));
+  });
+
+  app.get<{ Params: { name: string } }>(`/runs/:name/${RUN_FILES.onnx}`, async (req, reply) => {
+    const r = await run(req.params.name, reply, false);
+    if (!r) return reply;
+    if (!r.hasOnnx) return reply.code(404).type('text/plain').send(`no ${RUN_FILES.onnx} in ${r.dir}`);
+    return reply.type('application/octet-stream').send(await fsp.readFile(path.join(r.dir, RUN_FILES.onnx)));
+  });
+
+  app.get<{ Params: { name: string } }>('/api/runs/:name/model', async (req, reply) => {
+    const r = await run(req.params.name, reply, true);
+    if (!r) return reply;
+    const file = path.join(r.dir, RUN_FILES.onnx);
+    if (!r.hasOnnx) return reply.code(404).send({ error: `no ${RUN_FILES.onnx} in ${r.dir}: \`dynn export ${r.dir} --onnx ${file}\` makes one` });
+    const mtime = (await fsp.stat(file)).mtimeMs;
+    let cached = onnxMeta.get(file);
+    if (!cached || cached.mtime !== mtime) {
+      cached = { mtime, meta: readOnnxMetadata(await fsp.readFile(file), file) };
+      onnxMeta.set(file, cached);
+    }
+    return { metadata: cached.meta, io: ONNX_IO, cascade: CASCADE_DEFAULTS };
+  });
+
+  app.get<{ Params: { name: string }; Querystring: { count?: string } }>('/api/runs/:name/samples', async (req, reply) => {
+    const r = await run(req.params.name, reply, true);
+    if (!r) return reply;
+    if (!r.dataset) return reply.code(404).send({ error: 'the run has no checkpoint yet, so its data set is unknown' });
+    const count = Number(req.query.count ?? sampleCount);
+    if (!Number.isInteger(count) || count < 1 || count > MAX_SAMPLES) throw new DynnError(`count must be an integer in [1, ${MAX_SAMPLES}], got ${JSON.stringify(req.query.count)}`);
+    const key = `${r.dataset}:${count}`;
+    let cached = samples.get(r.name);
+    if (!cached || cached.key !== key) {
+      const { loadDataset } = await import('../data/datasets.js');
+      let data;
+      try {
+        data = await loadDataset(r.dataset, { dataDir: options.dataDir, trainLimit: 1, testLimit: count });
+      } catch (err) {
+        return reply.code(404).send({ error: `cannot open data set ${r.dataset} here: ${(err as Error).message}` });
+      }
+      const t = data.test;
+      const per = t.height * t.width * t.channels;
+      const images = Array.from({ length: t.count }, (_, i) => Buffer.from(t.images.subarray(i * per, (i + 1) * per)).toString('base64'));
+      cached = { key, body: { width: t.width, height: t.height, channels: t.channels, classNames: data.classNames, labels: Array.from(t.labels), images } };
+      samples.set(r.name, cached);
+    }
+    return cached.body;
+  });
+
+  app.get('/static/demo.js', async (_req, reply) => reply.type('text/javascript; charset=utf-8').send(DEMO_SCRIPT));
+
+  app.get<{ Params: { file: string } }>('/vendor/ort/:file', async (req, reply) => {
+    const file = req.params.file;
+    if (!ORT_FILE.test(file)) return reply.code(404).type('text/plain').send('not found');
+    return reply.type(CONTENT_TYPES[path.extname(file)]).send(await fsp.readFile(path.join(ortDir, file)));
+  });
+
+  return app;
+}
+
+/** A listening dashboard. */
+export interface RunningDashboard {
+  app: FastifyInstance;
+  /** e.g. http://127.0.0.1:8080 */
+  url: string;
+  close(): Promise<void>;
+}
+
+/** Starts the dashboard on host:port (default 127.0.0.1; port 0 picks a free one). */
+export async function startDashboard(options: DashboardOptions & { port?: number; host?: string }): Promise<RunningDashboard> {
+  const app = await createDashboard(options);
+  const host = options.host ?? '127.0.0.1';
+  try {
+    await app.listen({ port: options.port ?? 8080, host });
+  } catch (err) {
+    await app.close();
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE') throw new DynnError(`port ${options.port} on ${host} is in use; pick another with --port`);
+    throw err;
+  }
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : options.port;
+  return { app, url: `http://${host.includes(':') ? `[${host}]` : host}:${port}`, close: () => app.close() };
+}

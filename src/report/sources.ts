@@ -1,0 +1,376 @@
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import { readCheckpointInfo } from '../checkpoint/checkpoint.js';
+import type { TrainMeta } from '../train/run.js';
+import type { EngineName } from '../engine/backend.js';
+import { DynnError } from '../util/errors.js';
+import { writeFileAtomic } from '../util/fs.js';
+import { commandLine, trainCommandLine } from './commands.js';
+import type { ControllerEvalData, ExitData, GatesData, GatesEvalData, OnnxLatencyData, RunData, SweepData } from './types.js';
+
+/**
+ * Files the report and the dashboard read beside a run (`RUN/<file>`). Each is optional; a chart whose file
+ * is missing says so and names the command that makes it.
+ */
+export const RUN_FILES = {
+  /** `dynn sweep RUN --json > RUN/sweep.json`, or `dynn report RUN --save-sweep`. */
+  sweep: 'sweep.json',
+  /** `dynn sweep RUN --thresholds LIST --json > RUN/exit-sweep.json` (early-exit models). */
+  exitSweep: 'exit-sweep.json',
+  /** `dynn eval RUN --controller NAME --json > RUN/eval-NAME.json`: one file per controller. */
+  evalPrefix: 'eval-',
+  /** `dynn gates eval RUN --gates DIR --json > RUN/gates-eval-NAME.json`: learned gates against nested u. */
+  gatesEvalPrefix: 'gates-eval',
+  /** `dynn export RUN --onnx RUN/model.onnx`: the model the dashboard's demo page runs. */
+  onnx: 'model.onnx',
+  /** `dynn profile RUN/model.onnx`: ONNX Runtime latency per level. */
+  onnxProfile: 'model.onnx.profile.json',
+  /** Live training progress (see src/dashboard/progress.ts). */
+  progress: 'progress.json',
+} as const;
+
+/** The config.model tags of checkpoints that belong to a run rather than being one (src/control/store.ts). */
+const COMPANION_KINDS = { controller: 'dynn-controller', gates: 'dynn-gates' } as const;
+
+/** Options of `gatherRuns`. */
+export interface GatherOptions {
+  /** Run a sweep for runs without `RUN/sweep.json` (default true); false leaves those runs without one. */
+  sweep?: boolean;
+  /** Utilizations of the sweeps run here (default: one per level of the model, at most 16 levels, else 8). */
+  us?: number[];
+  /** Data set of the sweeps run here (default: each run's own). */
+  dataset?: string;
+  dataDir?: string;
+  /** Evaluate on the first N test samples only. */
+  testLimit?: number;
+  /** Measure latency in the sweeps run here (default true). */
+  latency?: boolean;
+  /** Save each sweep run here as `RUN/sweep.json`, so the next report reads it. */
+  saveSweep?: boolean;
+  /** Tensor engine for the sweeps (default 'auto'). */
+  engine?: EngineName | 'auto';
+  /** Progress messages (one line each). */
+  onProgress?: (message: string) => void;
+}
+
+const nullableNumber = z.number().nullable().transform((x) => x ?? NaN);
+
+const sweepSchema = z.object({
+  model: z.string().optional(),
+  dataset: z.string(),
+  testSamples: z.number().int().positive().optional(),
+  gating: z.string().optional(),
+  classNames: z.array(z.string()).optional(),
+  command: z.string().optional(),
+  points: z
+    .array(
+      z.object({
+        u: z.number().gt(0).lte(1),
+        accuracy: z.number().min(0).max(1),
+        perClassAccuracy: z.array(nullableNumber),
+        flops: z.number().nonnegative(),
+        flopsRatio: z.number().nonnegative(),
+        params: z.number().nonnegative(),
+        latencyMs: z.object({ batch1: nullableNumber, batch128: nullableNumber }),
+      }),
+    )
+    .min(1),
+});
+
+const histogram = z.record(z.string(), z.number().nonnegative());
+const controllerReportSchema = z.object({
+  accuracy: z.number(),
+  meanU: z.number(),
+  meanFlopsRatio: z.number(),
+  uHistogram: histogram,
+  fixed: z.array(z.object({ u: z.number(), accuracy: z.number(), flopsRatio: z.number() })),
+  oracle: z.object({ accuracy: z.number(), meanU: z.number(), meanFlopsRatio: z.number(), uHistogram: histogram.optional() }),
+});
+
+const exitSweepSchema = z.object({
+  dataset: z.string(),
+  rule: z.string(),
+  u: z.number(),
+  exitAccuracy: z.array(z.number()),
+  baseline: z.object({ accuracy: z.number(), flops: z.number() }),
+  points: z.array(
+    z.object({ threshold: z.union([z.number(), z.array(z.number())]), accuracy: z.number(), flops: z.number(), flopsRatio: z.number(), exitShares: z.array(z.number()) }),
+  ),
+});
+
+const gatesEvalSchema = z.object({
+  gates: z.string().optional(),
+  dataset: z.string(),
+  split: z.string(),
+  points: z
+    .array(
+      z.object({
+        u: z.number(),
+        complexity: z.number(),
+        flopsRatio: z.number(),
+        accuracy: z.number(),
+        nested: z.object({ accuracy: z.number(), flopsRatio: z.number() }),
+      }),
+    )
+    .min(1),
+});
+
+const latencyTableSchema = z.object({
+  batches: z.array(z.number().int().positive()).min(1),
+  host: z.object({ threads: z.number().int().positive() }),
+  levels: z.array(z.object({ u: z.number(), flopsRatio: z.number(), latencyMs: z.record(z.string(), z.number()) })).min(1),
+});
+
+const gatesMetaSchema = z.object({
+  options: z.object({ method: z.string().optional() }).passthrough().optional(),
+  pattern: z.array(z.object({ u: z.number(), complexity: z.number(), blocks: z.record(z.string(), z.number()) })).min(1),
+  run: z.object({ path: z.string(), model: z.string() }),
+});
+
+const controllerMetaSchema = z.object({
+  validation: controllerReportSchema.optional(),
+  run: z.object({ path: z.string(), model: z.string() }),
+});
+
+/** Reads and validates an optional JSON file: null when absent, a DynnError naming the file when malformed. */
+async function readJson<T>(file: string, schema: z.ZodType<T>, what: string): Promise<T | null> {
+  let text: string;
+  try {
+    text = await fsp.readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new DynnError(`${file}: cannot read it: ${(err as Error).message}`);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new DynnError(`${file}: not valid JSON (${(err as Error).message}); expected ${what}`);
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new DynnError(`${file}: not ${what}: ${issue.path.join('.') || '(root)'}: ${issue.message}`);
+  }
+  return parsed.data;
+}
+
+/** Gathers every run's data, in order; names are the folders' base names, made unique with their parents. */
+export async function gatherRuns(dirs: string[], options: GatherOptions = {}): Promise<RunData[]> {
+  if (dirs.length === 0) throw new DynnError('no runs given; pass one or more run directories');
+  const names = uniqueNames(dirs);
+  const runs: RunData[] = [];
+  for (let i = 0; i < dirs.length; i++) runs.push(await gatherRun(dirs[i], names[i], options));
+  return runs;
+}
+
+function uniqueNames(dirs: string[]): string[] {
+  const base = dirs.map((d) => path.basename(path.resolve(d)));
+  return dirs.map((d, i) => (base.filter((b) => b === base[i]).length > 1 ? path.relative(process.cwd(), path.resolve(d)) || d : base[i]));
+}
+
+/** Everything about one run the report can draw from: its checkpoint, the files beside it, its companions. */
+export async function gatherRun(dir: string, name: string, options: GatherOptions = {}): Promise<RunData> {
+  const info = await readCheckpointInfo(dir);
+  const kind = Object.entries(COMPANION_KINDS).find(([, tag]) => tag === info.config.model)?.[0];
+  if (kind) throw new DynnError(`${dir} holds a ${kind} checkpoint, not a training run; give the run it was made for`);
+  const meta = info.meta as unknown as TrainMeta;
+  if (!Array.isArray(meta.history)) throw new DynnError(`${dir}: its checkpoint has no training history; is it a dynn training run?`);
+  const opts = meta.options ?? {};
+  const run: RunData = {
+    dir,
+    name,
+    model: info.config.model,
+    modelArgs: info.config.args,
+    meta,
+    schedule: String(opts.schedule ?? 'uniform'),
+    gating: String(opts.gating ?? 'nested'),
+    trainCommand: await trainCommandLine(dir, meta, info.config.args),
+    sweep: await readSweep(dir),
+    controllers: await readControllerEvals(dir),
+    gates: [],
+    gatesEvals: await readGatesEvals(dir),
+    exits: await readExits(dir),
+    onnxLatency: await readOnnxLatency(dir),
+  };
+  await addCompanions(run);
+  if (!run.sweep) {
+    if (options.sweep === false) run.sweepMissing = `no ${RUN_FILES.sweep} beside the run`;
+    else run.sweep = await computeSweep(run, options);
+  }
+  return run;
+}
+
+async function readSweep(dir: string): Promise<SweepData | null> {
+  const file = path.join(dir, RUN_FILES.sweep);
+  const s = await readJson(file, sweepSchema, 'a sweep (`dynn sweep RUN --json`)');
+  if (!s) return null;
+  return {
+    dataset: s.dataset,
+    points: [...s.points].sort((a, b) => a.u - b.u),
+    testSamples: s.testSamples,
+    gating: s.gating,
+    classNames: s.classNames ?? (await datasetClassNames(s.dataset)) ?? undefined,
+    command: s.command ?? commandLine(['dynn', 'sweep', dir, '--json']) + ` > ${file}`,
+    source: { kind: 'file', path: file },
+  };
+}
+
+async function readControllerEvals(dir: string): Promise<ControllerEvalData[]> {
+  const files = (await listDir(dir)).filter((f) => f.startsWith(RUN_FILES.evalPrefix) && f.endsWith('.json')).sort();
+  const out: ControllerEvalData[] = [];
+  for (const f of files) {
+    const file = path.join(dir, f);
+    const r = await readJson(file, controllerReportSchema, 'a controller evaluation (`dynn eval RUN --controller NAME --json`)');
+    const name = f.slice(RUN_FILES.evalPrefix.length, -'.json'.length);
+    if (r) out.push({ name, samples: f, ...r, command: commandLine(['dynn', 'eval', dir, '--controller', name, '--json']) + ` > ${file}` });
+  }
+  return out;
+}
+
+async function readGatesEvals(dir: string): Promise<GatesEvalData[]> {
+  const files = (await listDir(dir)).filter((f) => f.startsWith(RUN_FILES.gatesEvalPrefix) && f.endsWith('.json')).sort();
+  const out: GatesEvalData[] = [];
+  for (const f of files) {
+    const file = path.join(dir, f);
+    const r = await readJson(file, gatesEvalSchema, 'a gates evaluation (`dynn gates eval RUN --gates DIR --json`)');
+    const name = f.slice(RUN_FILES.gatesEvalPrefix.length, -'.json'.length).replace(/^-/, '') || 'gates';
+    if (!r) continue;
+    const args = ['dynn', 'gates', 'eval', dir, '--gates', r.gates ?? 'DIR', '--dataset', r.dataset, '--split', r.split, '--json'];
+    out.push({ name, dataset: r.dataset, split: r.split, points: [...r.points].sort((a, b) => a.u - b.u), command: commandLine(args) + ` > ${file}` });
+  }
+  return out;
+}
+
+async function readExits(dir: string): Promise<ExitData | null> {
+  const file = path.join(dir, RUN_FILES.exitSweep);
+  const s = await readJson(file, exitSweepSchema, 'an early-exit sweep (`dynn sweep RUN --thresholds LIST --json`)');
+  return s && { ...s, command: commandLine(['dynn', 'sweep', dir, '--thresholds', s.points.map((p) => (Array.isArray(p.threshold) ? p.threshold.join(':') : p.threshold)).join(','), '--rule', s.rule, '--json']) + ` > ${file}` };
+}
+
+async function readOnnxLatency(dir: string): Promise<OnnxLatencyData | null> {
+  const file = path.join(dir, RUN_FILES.onnxProfile);
+  const t = await readJson(file, latencyTableSchema, 'an ONNX latency table (`dynn profile MODEL`)');
+  if (!t) return null;
+  const model = path.join(dir, RUN_FILES.onnx);
+  return { path: file, batches: t.batches, threads: t.host.threads, levels: t.levels, command: commandLine(['dynn', 'profile', model, '--batches', t.batches.join(',')]) };
+}
+
+async function listDir(dir: string): Promise<string[]> {
+  try {
+    return await fsp.readdir(dir);
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Controller and gates checkpoints made for this run: inside its folder or beside it, with a run reference
+ * (meta.run.path) that resolves to this folder, or names a folder of the same name and model.
+ */
+async function addCompanions(run: RunData): Promise<void> {
+  const self = path.resolve(run.dir);
+  const inside = (await listDir(run.dir)).map((f) => path.join(run.dir, f));
+  const parent = path.dirname(self);
+  const beside = (await listDir(parent)).map((f) => path.join(parent, f)).filter((d) => path.resolve(d) !== self);
+  for (const dir of [...inside, ...beside].sort()) {
+    let info;
+    try {
+      if (!(await fsp.stat(path.join(dir, 'checkpoint.json'))).isFile()) continue;
+      info = await readCheckpointInfo(dir);
+    } catch {
+      continue;
+    }
+    const kind = info.config.model;
+    if (kind !== COMPANION_KINDS.controller && kind !== COMPANION_KINDS.gates) continue;
+    const ref = (info.meta as { run?: { path?: unknown; model?: unknown } }).run;
+    if (!ref || typeof ref.path !== 'string') continue;
+    const samePath = path.resolve(ref.path) === self;
+    const sameName = path.basename(path.resolve(ref.path)) === path.basename(self) && ref.model === run.model;
+    if (!samePath && !sameName) continue;
+    const rel = path.relative(process.cwd(), dir) || dir;
+    if (kind === COMPANION_KINDS.gates) {
+      const m = gatesMetaSchema.safeParse(info.meta);
+      if (!m.success) continue;
+      run.gates.push({
+        name: path.basename(dir),
+        dir: rel,
+        method: m.data.options?.method,
+        pattern: [...m.data.pattern].sort((a, b) => a.u - b.u),
+        command: commandLine(['dynn', 'gates', 'train', run.dir, '--method', m.data.options?.method ?? 'reinforce', '--out', rel]),
+      });
+    } else {
+      const m = controllerMetaSchema.safeParse(info.meta);
+      if (!m.success || !m.data.validation) continue;
+      run.controllers.push({
+        name: path.basename(dir),
+        samples: 'validation split',
+        ...m.data.validation,
+        command: commandLine(['dynn', 'controller', 'train', run.dir, '--out', rel]),
+      });
+    }
+  }
+}
+
+/** The class names of a data set, or null when it cannot be opened here. */
+export async function datasetClassNames(dataset: string, dataDir?: string): Promise<string[] | null> {
+  try {
+    const { loadDataset } = await import('../data/datasets.js');
+    return (await loadDataset(dataset, { dataDir, trainLimit: 1, testLimit: 1 })).classNames;
+  } catch {
+    return null;
+  }
+}
+
+const MAX_LEVELS = 16;
+const FALLBACK_US = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1];
+
+/** Measures a sweep of a run here: its network on the test set at each u, with its training gating. */
+async function computeSweep(run: RunData, options: GatherOptions): Promise<SweepData> {
+  const { initEngine } = await import('../engine/backend.js');
+  const { loadRun } = await import('../train/run.js');
+  const { loadDataset } = await import('../data/datasets.js');
+  const { sweep } = await import('../eval/sweep.js');
+  await initEngine(options.engine ?? 'auto');
+  const { model } = await loadRun(run.dir);
+  try {
+    const dataset = options.dataset ?? run.meta.dataset;
+    const data = await loadDataset(dataset, { dataDir: options.dataDir, testLimit: options.testLimit });
+    const [h, w, c] = model.inputShape;
+    const t = data.test;
+    if (t.height !== h || t.width !== w || t.channels !== c) {
+      throw new DynnError(`data set ${dataset} has ${t.height}x${t.width}x${t.channels} images; ${run.dir}'s model takes ${h}x${w}x${c}`);
+    }
+    const levels = model.levelUtilizations();
+    const us = options.us ?? (levels.length <= MAX_LEVELS ? levels : FALLBACK_US);
+    const gating = run.gating === 'independent' ? 'independent' : 'nested';
+    options.onProgress?.(`${run.name}: sweeping ${us.length} utilizations on ${t.count} ${dataset} test samples`);
+    const points = sweep(model, t, us, {
+      gating,
+      noLatency: options.latency === false,
+      onPoint: (p) => options.onProgress?.(`${run.name}: u=${p.u.toFixed(3)} accuracy ${(100 * p.accuracy).toFixed(2)}%`),
+    });
+    const args: (string | number)[] = ['dynn', 'sweep', run.dir, '--u', us.join(','), '--dataset', dataset, '--gating', gating];
+    if (options.testLimit !== undefined) args.push('--test-limit', options.testLimit);
+    if (options.latency === false) args.push('--no-latency');
+    const result: SweepData = {
+      dataset,
+      points,
+      testSamples: t.count,
+      gating,
+      classNames: data.classNames,
+      command: commandLine([...args, '--json']),
+      source: { kind: 'computed' },
+    };
+    if (options.saveSweep) {
+      const file = path.join(run.dir, RUN_FILES.sweep);
+      const { source: _source, ...saved } = result;
+      await writeFileAtomic(file, JSON.stringify({ model: model.config.model, ...saved }, null, 2) + '\n');
+      result.source = { kind: 'computed', savedTo: file };
+    }
+    return result;
+  } finally {
+    model.dispose();
+  }
+}

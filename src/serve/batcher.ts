@@ -1,0 +1,231 @@
+import type { OnnxLevel } from '../export/metadata.js';
+import type { Prediction } from '../runtime/core.js';
+import { HttpError } from './errors.js';
+import type { PredictInput } from './input.js';
+import type { Dispatch, PendingView, ServePolicy } from './policy.js';
+
+/** What runs a batch: `OnnxModel` (in a worker thread) in the server, a fake in tests. */
+export interface BatchRunner {
+  run(images: Float32Array, u: number): Promise<Prediction>;
+}
+
+/** One finished run, for metrics. */
+export interface RunRecord {
+  /** Index into the model's levels. */
+  level: number;
+  u: number;
+  batch: number;
+  /** ONNX Runtime's own time, ms. */
+  runMs: number;
+  /** Time seen by the batcher, ms (the worker round trip included). */
+  wallMs: number;
+}
+
+/** Options of `MicroBatcher`. */
+export interface BatcherOptions {
+  /** The most samples one run holds. */
+  maxBatch: number;
+  /** How long the oldest request may wait for a batch to fill while the runner is idle, ms. */
+  maxWaitMs: number;
+  /** The most samples the queue holds; more are refused with 503 (overloaded). */
+  maxQueue: number;
+  /** The model's levels, cheapest first. */
+  levels: readonly OnnxLevel[];
+  /** Picks the level of every sample of a dispatch. */
+  policy: ServePolicy;
+  /** Called after every run. */
+  onRun?: (r: RunRecord) => void;
+  /** The clock, ms (default `performance.now`). */
+  now?: () => number;
+}
+
+/** The answer to one request. */
+export interface BatchedResult {
+  /** Class scores, [count, numClasses] row-major. */
+  scores: Float32Array;
+  classes: Int32Array;
+  numClasses: number;
+  /** The utilization each sample ran at (its level's representative u). */
+  u: Float64Array;
+  /** The network level each sample ran at (the metadata's `levels[].level`). */
+  level: Int32Array;
+  /** From arrival to the dispatch of its batch, ms. */
+  queueMs: number;
+  /** ONNX Runtime time of the run(s) holding its samples, ms. */
+  inferenceMs: number;
+  /** Samples in the dispatch it ran in. */
+  batchSize: number;
+}
+
+interface Pending extends PredictInput {
+  /** Arrival time on the batcher's clock. */
+  arrival: number;
+  resolve: (r: BatchedResult) => void;
+  reject: (e: Error) => void;
+}
+
+/**
+ * Micro-batching: requests queue up; while the runner is idle a batch is dispatched once it holds
+ * `maxBatch` samples or its oldest request has waited `maxWaitMs`, and while the runner is busy the queue
+ * fills for the next one. At dispatch the policy picks a level per sample; samples are grouped by level
+ * and each group runs as one batch. One batch runs at a time (one session per model).
+ */
+export class MicroBatcher {
+  private readonly queue: Pending[] = [];
+  private queued = 0;
+  private busy = false;
+  private timer: NodeJS.Timeout | null = null;
+  private closing = false;
+  private idle: (() => void) | null = null;
+  private readonly now: () => number;
+
+  constructor(
+    private readonly runner: BatchRunner,
+    private readonly o: BatcherOptions,
+  ) {
+    this.now = o.now ?? (() => performance.now());
+  }
+
+  /** Samples waiting in the queue. */
+  get depth(): number {
+    return this.queued;
+  }
+
+  /**
+   * Queues a validated request; `arrival` is when it arrived (default now), so parsing counts as waiting.
+   * Rejects with a 503 HttpError when the queue is full or the server is shutting down.
+   */
+  submit(input: PredictInput, arrival = this.now()): Promise<BatchedResult> {
+    if (this.closing) return Promise.reject(new HttpError(503, 'shutting_down', 'the server is shutting down'));
+    if (this.queued + input.count > this.o.maxQueue) {
+      return Promise.reject(new HttpError(503, 'overloaded', `the queue is full (${this.queued} samples waiting, at most ${this.o.maxQueue}); retry later`));
+    }
+    return new Promise((resolve, reject) => {
+      this.queue.push({ ...input, arrival, resolve, reject });
+      this.queued += input.count;
+      this.pump();
+    });
+  }
+
+  /** Refuses new requests and resolves once every queued request has been answered. */
+  close(): Promise<void> {
+    this.closing = true;
+    if (!this.busy && this.queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.idle = resolve;
+      if (this.timer) {
+        clearTimeout(this.timer);
+        this.timer = null;
+      }
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    if (this.busy) return;
+    if (this.queue.length === 0) {
+      this.idle?.();
+      this.idle = null;
+      return;
+    }
+    const age = this.now() - this.queue[0].arrival;
+    if (!this.closing && this.queued < this.o.maxBatch && age < this.o.maxWaitMs) {
+      this.timer ??= setTimeout(() => {
+        this.timer = null;
+        this.pump();
+      }, this.o.maxWaitMs - age);
+      return;
+    }
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = null;
+    }
+    const { n, samples } = this.head();
+    const taken = this.queue.splice(0, n);
+    this.queued -= samples;
+    this.busy = true;
+    void this.dispatch(taken, samples).finally(() => {
+      this.busy = false;
+      this.pump();
+    });
+  }
+
+  /** The requests at the head of the queue that fit one batch (at least one: requests hold at most maxBatch samples). */
+  private head(): { n: number; samples: number } {
+    let n = 0;
+    let samples = 0;
+    while (n < this.queue.length && (n === 0 || samples + this.queue[n].count <= this.o.maxBatch)) samples += this.queue[n++].count;
+    return { n, samples };
+  }
+
+  private async dispatch(taken: Pending[], samples: number): Promise<void> {
+    const start = this.now();
+    let behind: Dispatch['behind'] = null;
+    if (this.queue.length > 0) behind = { samples: this.head().samples, waitMs: start - this.queue[0].arrival };
+    const views: PendingView[] = taken.map((p) => ({ count: p.count, waitMs: start - p.arrival, u: p.u, budgetMs: p.budgetMs, images: p.images }));
+    let levels: Int32Array;
+    try {
+      levels = await this.o.policy.choose({ requests: views, samples, behind });
+    } catch (err) {
+      for (const p of taken) p.reject(err as Error);
+      return;
+    }
+    const per = taken[0].images.length / taken[0].count;
+    // owner[i] = request of dispatch sample i, row[i] = its sample index within that request.
+    const owner = new Int32Array(samples);
+    const row = new Int32Array(samples);
+    for (let r = 0, i = 0; r < taken.length; r++) for (let j = 0; j < taken[r].count; j++, i++) (owner[i] = r), (row[i] = j);
+    const results: (BatchedResult | null)[] = taken.map((p) => ({
+      scores: new Float32Array(0),
+      classes: new Int32Array(p.count),
+      numClasses: 0,
+      u: new Float64Array(p.count),
+      level: new Int32Array(p.count),
+      queueMs: start - p.arrival,
+      inferenceMs: 0,
+      batchSize: samples,
+    }));
+    const order = [...new Set(levels)];
+    for (const lv of order) {
+      const idx: number[] = [];
+      for (let i = 0; i < samples; i++) if (levels[i] === lv) idx.push(i);
+      const x = new Float32Array(idx.length * per);
+      idx.forEach((i, k) => x.set(taken[owner[i]].images.subarray(row[i] * per, (row[i] + 1) * per), k * per));
+      const u = this.o.levels[lv].u;
+      const t0 = this.now();
+      let p: Prediction;
+      try {
+        p = await this.runner.run(x, u);
+      } catch (err) {
+        for (const i of idx) {
+          if (results[owner[i]]) taken[owner[i]].reject(err as Error);
+          results[owner[i]] = null;
+        }
+        continue;
+      }
+      this.o.onRun?.({ level: lv, u: p.u, batch: idx.length, runMs: p.ms, wallMs: this.now() - t0 });
+      this.o.policy.estimator?.observe(lv, idx.length, p.ms, this.now() - t0);
+      const seen = new Set<number>();
+      idx.forEach((i, k) => {
+        const res = results[owner[i]];
+        if (!res) return;
+        const c = p.numClasses;
+        if (res.numClasses === 0) {
+          res.numClasses = c;
+          res.scores = new Float32Array(taken[owner[i]].count * c);
+        }
+        res.scores.set(p.scores.subarray(k * c, (k + 1) * c), row[i] * c);
+        res.classes[row[i]] = p.classes[k];
+        res.u[row[i]] = p.u;
+        res.level[row[i]] = p.level;
+        if (!seen.has(owner[i])) {
+          seen.add(owner[i]);
+          res.inferenceMs += p.ms;
+        }
+      });
+    }
+    results.forEach((res, r) => {
+      if (res) taken[r].resolve(res);
+    });
+  }
+}

@@ -1,0 +1,201 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { OnnxLevel } from '../export/metadata.js';
+import type { Prediction } from '../runtime/core.js';
+import type { LatencyTable } from '../runtime/profile.js';
+import { MicroBatcher, type BatchRunner } from './batcher.js';
+import { adaptiveLevel, createPolicy, LatencyEstimator, parsePolicy, type Dispatch, type PolicyEnv } from './policy.js';
+
+// Four levels; level i takes (i+1) ms at batch 1 and 8(i+1) ms at batch 64, linear in between.
+const MIN_U = [0.01, 0.375, 0.625, 0.875];
+const LEVELS: OnnxLevel[] = [0.25, 0.5, 0.75, 1].map((u, i) => ({ u, level: i + 1, minU: MIN_U[i], flops: u, macs: u, params: u, flopsRatio: u }));
+const TABLE: LatencyTable = {
+  format: 'dynn-latency/1',
+  modelSha256: '0'.repeat(64),
+  measuredAt: 'now',
+  host: { cpus: 2, cpuModel: 'test', threads: 2 },
+  reps: 1,
+  batches: [1, 64],
+  levels: LEVELS.map((l, i) => ({ u: l.u, level: l.level, flopsRatio: l.flopsRatio, latencyMs: { '1': i + 1, '64': 8 * (i + 1) } })),
+};
+/** The reference latency, computed directly from the table's definition. */
+const ref = (i: number, b: number) => (i + 1) * (1 + (7 * (Math.min(b, 64) - 1)) / 63) * Math.max(1, b / 64);
+/** The reference answer: the highest level whose latency plus wait fits, by brute force. */
+function best(b: number, wait: number, budget: number, behind?: { batch: number; waitMs: number }): number {
+  let ans = 0;
+  for (let i = 0; i < 4; i++) {
+    const fits = wait + ref(i, b) <= budget && (!behind || behind.waitMs + ref(i, b) + ref(i, behind.batch) <= budget);
+    if (fits) ans = i;
+  }
+  return ans;
+}
+
+const env = (o: Partial<PolicyEnv> = {}): PolicyEnv => ({ levels: LEVELS, table: TABLE, sloMs: 25, modelPath: 'm.onnx', ...o });
+const est = new LatencyEstimator(TABLE.levels.map((l) => l.latencyMs));
+const latency = (i: number, b: number) => est.predict(i, b);
+
+test('adaptiveLevel: the highest level whose interpolated latency plus the wait meets the budget', () => {
+  assert.equal(adaptiveLevel({ latency, levels: 4, batch: 1, waitMs: 0, budgetMs: 25 }), 3);
+  assert.equal(adaptiveLevel({ latency, levels: 4, batch: 64, waitMs: 0, budgetMs: 25 }), 2); // 32 > 25 >= 24
+  assert.equal(adaptiveLevel({ latency, levels: 4, batch: 64, waitMs: 5, budgetMs: 25 }), 1); // 5 + 24 > 25 >= 5 + 16
+  assert.equal(adaptiveLevel({ latency, levels: 4, batch: 64, waitMs: 30, budgetMs: 25 }), 0, 'nothing fits: the cheapest');
+  assert.equal(adaptiveLevel({ latency, levels: 4, batch: 1, waitMs: 0, budgetMs: 25, cap: 1 }), 1);
+  for (const b of [1, 7, 32, 50, 64, 100]) {
+    for (let wait = 0; wait <= 30; wait += 0.5) {
+      assert.equal(adaptiveLevel({ latency, levels: 4, batch: b, waitMs: wait, budgetMs: 25 }), best(b, wait, 25), `batch ${b} wait ${wait}`);
+      const behind = { batch: 40, waitMs: wait / 2 };
+      assert.equal(adaptiveLevel({ latency, levels: 4, batch: b, waitMs: wait, budgetMs: 25, behind }), best(b, wait, 25, behind), `behind, batch ${b} wait ${wait}`);
+    }
+  }
+});
+
+test('adaptiveLevel: a growing queue wait or backlog never raises the level', () => {
+  let prev = Infinity;
+  const seen = new Set<number>();
+  for (let wait = 0; wait <= 30; wait += 0.25) {
+    const l = adaptiveLevel({ latency, levels: 4, batch: 32, waitMs: wait, budgetMs: 25 });
+    assert.ok(l <= prev, `level rose from ${prev} to ${l} at wait ${wait}`);
+    prev = l;
+    seen.add(l);
+  }
+  assert.deepEqual([...seen].sort(), [0, 1, 2, 3], 'every level is chosen somewhere between no wait and overload');
+  const alone = adaptiveLevel({ latency, levels: 4, batch: 32, waitMs: 0, budgetMs: 25 });
+  const backlog = adaptiveLevel({ latency, levels: 4, batch: 32, waitMs: 0, budgetMs: 25, behind: { batch: 64, waitMs: 0 } });
+  assert.ok(backlog < alone, `a backlog behind the batch lowers the level (${backlog} < ${alone})`);
+});
+
+test('LatencyEstimator: scales the table up when runs are slower, never below it, and learns the round trip', () => {
+  const e = new LatencyEstimator(TABLE.levels.map((l) => l.latencyMs), 0.5);
+  assert.equal(e.predict(3, 64), 32);
+  for (let i = 0; i < 30; i++) e.observe(3, 64, 64, 65);
+  assert.ok(Math.abs(e.factor - 2) < 1e-3, `factor ${e.factor}`);
+  assert.ok(Math.abs(e.overheadMs - 1) < 1e-3, `overhead ${e.overheadMs}`);
+  assert.ok(Math.abs(e.predict(0, 1) - 3) < 1e-2);
+  for (let i = 0; i < 30; i++) e.observe(1, 1, 0.5, 0.5);
+  assert.equal(e.factor, 1, 'a faster machine keeps the table');
+});
+
+const view = (count: number, waitMs: number, o: { u?: number; budgetMs?: number } = {}) => ({ count, waitMs, images: new Float32Array(count), ...o });
+
+test('policies: adaptive, fixed:U and controller honour a request’s own u and budgetMs', async () => {
+  const adaptive = createPolicy(parsePolicy('adaptive'), env());
+  const d: Dispatch = {
+    requests: [view(1, 0), view(2, 0, { u: 0.3 }), view(1, 0, { budgetMs: 3 }), view(1, 20), view(1, 0, { u: 0.9, budgetMs: 1 })],
+    samples: 6,
+    behind: null,
+  };
+  const b6 = (w: number, budget: number) => best(6, w, budget);
+  // The two requests under the server's SLO share one level, set by the longer wait (20 ms).
+  assert.deepEqual(Array.from(await adaptive.choose(d)), [b6(20, 25), 0, 0, b6(0, 3), b6(20, 25), 3]);
+  assert.notEqual(b6(20, 25), b6(0, 25));
+  const generous: Dispatch = { requests: [view(40, 3, { budgetMs: 1000 }), view(24, 3)], samples: 64, behind: null };
+  assert.deepEqual([...new Set(await adaptive.choose(generous))], [best(64, 3, 1000), best(64, 3, 25)], 'a budget replaces the SLO');
+  assert.deepEqual([best(64, 3, 1000), best(64, 3, 25)], [3, 1]);
+  const fixed = createPolicy(parsePolicy('fixed:0.5'), env());
+  assert.equal(fixed.name, 'fixed:0.5');
+  assert.deepEqual(Array.from(await fixed.choose(d)), [1, 0, 0, Math.min(1, b6(0, 3)), 1, 3]);
+  const fixedNoTable = createPolicy(parsePolicy('fixed:1'), env({ table: null }));
+  assert.deepEqual(Array.from(await fixedNoTable.choose({ requests: [view(1, 0), view(1, 0, { u: 0.5 })], samples: 2, behind: null })), [3, 1]);
+  await assert.rejects(fixedNoTable.choose({ requests: [view(1, 0, { budgetMs: 5 })], samples: 1, behind: null }), /latency budget needs the latency table/);
+  // The controller's u per sample, capped by what the SLO allows.
+  const controller = createPolicy(parsePolicy('controller'), env({ controller: (_x, n) => Float64Array.from({ length: n }, (_, i) => [1, 0.3, 0.6][i % 3]) }));
+  const dc: Dispatch = { requests: [view(3, 0), view(3, 22)], samples: 6, behind: null };
+  const cap = best(6, 22, 25);
+  assert.deepEqual(Array.from(await controller.choose(dc)), [Math.min(cap, 3), 0, Math.min(cap, 1), Math.min(cap, 3), 0, Math.min(cap, 1)]);
+  assert.ok(cap < 3);
+  // The backlog behind the batch lowers the shared level; a request's own budget ignores it.
+  const backlog: Dispatch = { requests: [view(8, 2), view(8, 2, { budgetMs: 25 })], samples: 16, behind: { samples: 64, waitMs: 1 } };
+  const withBacklog = Array.from(await adaptive.choose(backlog));
+  assert.deepEqual([withBacklog[0], withBacklog[8]], [best(16, 2, 25, { batch: 64, waitMs: 1 }), best(16, 2, 25)]);
+  assert.ok(withBacklog[0] < withBacklog[8]);
+});
+
+test('policies: bad names, arguments and missing tables or controllers fail clearly', () => {
+  assert.throws(() => parsePolicy('greedy'), /unknown policy "greedy"; expected one of adaptive, controller, fixed/);
+  assert.throws(() => parsePolicy('fixed'), /policy fixed needs a utilization in \(0, 1\]: fixed:U/);
+  assert.throws(() => parsePolicy('fixed:1.5'), /got fixed:1.5/);
+  assert.throws(() => parsePolicy('fixed:'), /policy fixed needs a utilization/);
+  assert.throws(() => parsePolicy('adaptive:3'), /takes no argument/);
+  assert.throws(() => createPolicy(parsePolicy('adaptive'), env({ table: null })), /needs the latency table beside the model \(m\.onnx\.profile\.json\): run `dynn profile m\.onnx/);
+  assert.throws(() => createPolicy(parsePolicy('controller'), env()), /needs a trained controller: --controller DIR/);
+  const partial = { ...TABLE, levels: TABLE.levels.slice(1) };
+  assert.throws(() => createPolicy(parsePolicy('adaptive'), env({ table: partial })), /no row for level 1/);
+});
+
+/** A runner whose runs finish when the test says; scores are u * (sample's first value + class index). */
+class FakeRunner implements BatchRunner {
+  readonly calls: { batch: number; u: number }[] = [];
+  private gates: (() => void)[] = [];
+  hold = false;
+  private permits = 0;
+  constructor(private readonly per: number, private readonly classes = 3) {}
+  async run(images: Float32Array, u: number): Promise<Prediction> {
+    const batch = images.length / this.per;
+    this.calls.push({ batch, u });
+    if (this.hold && this.permits > 0) this.permits--;
+    else if (this.hold) await new Promise<void>((r) => this.gates.push(r));
+    if (images[0] < 0) throw new Error('boom');
+    const scores = new Float32Array(batch * this.classes);
+    for (let i = 0; i < batch; i++) for (let j = 0; j < this.classes; j++) scores[i * this.classes + j] = u * (images[i * this.per] + j);
+    return { scores, classes: new Int32Array(batch).fill(this.classes - 1), batch, numClasses: this.classes, u, level: 0, ms: 0.1 };
+  }
+  /** Lets the held runs finish, or the next one if none is held yet. */
+  release(): void {
+    const g = this.gates;
+    this.gates = [];
+    if (g.length === 0) this.permits++;
+    g.forEach((r) => r());
+  }
+}
+
+const sample = (v: number, count = 1, per = 2) => ({ images: new Float32Array(count * per).fill(v), count });
+
+test('MicroBatcher: collects concurrent requests into one run, groups by level, answers each its own rows', async () => {
+  const runner = new FakeRunner(2);
+  const policy = createPolicy(parsePolicy('fixed:1'), env({ table: null }));
+  const b = new MicroBatcher(runner, { maxBatch: 8, maxWaitMs: 1000, maxQueue: 16, levels: LEVELS, policy });
+  runner.hold = true;
+  const first = b.submit(sample(1, 8)); // a full batch: runs at once, and holds the runner
+  const rest = [b.submit(sample(2)), b.submit({ ...sample(3, 2), u: 0.5 }), b.submit(sample(4)), b.submit({ ...sample(5), u: 0.5 })];
+  assert.equal(b.depth, 5);
+  runner.release();
+  await first;
+  // The four queued requests (5 samples < maxBatch) wait for maxWait; no new request comes, so release after it.
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(runner.calls.length, 1, 'still collecting: fewer than maxBatch samples and maxWait not reached');
+  runner.hold = false;
+  await b.close(); // closing dispatches at once
+  const res = await Promise.all(rest);
+  assert.deepEqual(runner.calls, [{ batch: 8, u: 1 }, { batch: 2, u: 1 }, { batch: 3, u: 0.5 }]);
+  assert.deepEqual(res.map((r) => r.batchSize), [5, 5, 5, 5]);
+  assert.deepEqual(Array.from(res[1].u), [0.5, 0.5]);
+  assert.deepEqual(Array.from(res[1].scores), [1.5, 2, 2.5, 1.5, 2, 2.5]);
+  assert.deepEqual(Array.from(res[2].scores), [4, 5, 6]);
+  assert.deepEqual(Array.from(res[3].scores), [2.5, 3, 3.5]);
+  await assert.rejects(b.submit(sample(1)), /shutting down/);
+});
+
+test('MicroBatcher: dispatches after maxWait, refuses a full queue, and a failed run fails only its requests', async () => {
+  const runner = new FakeRunner(2);
+  const policy = createPolicy(parsePolicy('fixed:1'), env({ table: null }));
+  const b = new MicroBatcher(runner, { maxBatch: 4, maxWaitMs: 5, maxQueue: 6, levels: LEVELS, policy });
+  const t0 = performance.now();
+  const r = await b.submit(sample(1));
+  assert.ok(performance.now() - t0 >= 4, 'a lone request waits for the batch to fill');
+  assert.ok(r.queueMs >= 4);
+  await new Promise((res) => setImmediate(res)); // the runner is idle again
+  runner.hold = true;
+  const running = b.submit(sample(1, 4));
+  const queued = [b.submit(sample(1, 3)), b.submit(sample(1, 3))];
+  await assert.rejects(b.submit(sample(1)), /queue is full \(6 samples waiting, at most 6\)/);
+  runner.release();
+  await running;
+  runner.hold = false;
+  runner.release();
+  await Promise.all(queued);
+  assert.deepEqual(runner.calls.slice(1).map((c) => c.batch), [4, 3, 3], 'a batch never exceeds maxBatch');
+  const mixed = [b.submit({ ...sample(-1), u: 0.25 }), b.submit(sample(2))];
+  await assert.rejects(mixed[0], /boom/);
+  assert.equal((await mixed[1]).classes[0], 2);
+  await b.close();
+});

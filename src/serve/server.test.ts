@@ -1,0 +1,382 @@
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as tf from '@tensorflow/tfjs-core';
+import { initEngine } from '../engine/backend.js';
+import { createModel } from '../models/zoo.js';
+import { saveOnnx } from '../export/export.js';
+import { randomizeStatistics } from '../export/fixtures.js';
+import { levelIndexFor } from '../export/metadata.js';
+import { OnnxModel } from '../runtime/node.js';
+import { nhwcToNchw } from '../runtime/core.js';
+import { latencyTablePath, LATENCY_FORMAT, saveLatencyTable } from '../runtime/profile.js';
+import { Rng } from '../util/rng.js';
+import { serveCommand } from '../cli/serve-commands.js';
+import { loadRun, saveRun } from '../train/run.js';
+import { VERSION } from '../version.js';
+import { Policy } from '../control/policy.js';
+import { loadController, runRef, saveController } from '../control/store.js';
+import { greedyActions } from '../control/bandit.js';
+import { DynnServer, type PredictResponse } from './server.js';
+import { loadServeController } from './controller.js';
+
+await initEngine('wasm');
+
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-serve-'));
+const file = path.join(tmp, 'vgg.onnx');
+// Three channels so the NHWC layout differs from NCHW.
+const net = createModel('vgg-w', { inputShape: [8, 8, 3], groups: 4, widths: [8, 8, 16, 16], hidden: 32 });
+randomizeStatistics(net, 3);
+const meta = await saveOnnx(net, file, { classNames: Array.from({ length: 10 }, (_, i) => `class-${i}`) });
+// The run the model was exported from, and an (untrained) bandit controller made for it.
+const runDir = path.join(tmp, 'run');
+await saveRun(runDir, net, { dynnVersion: VERSION, dataset: 'synthetic', trainSamples: 0, testSamples: 0, options: {}, seed: 0, epoch: 1, history: [] });
+const ctrlDir = path.join(tmp, 'controller');
+const ACTIONS = [0.2, 0.6, 1];
+{
+  const policy = new Policy({ inputShape: net.inputShape, actions: ACTIONS, seed: 9 });
+  await saveController(ctrlDir, policy, runRef(net, runDir));
+  policy.dispose();
+}
+net.dispose();
+const [C, H, W] = meta.input.shape;
+const PER = C * H * W;
+const K = meta.levels.length;
+
+// A synthetic latency table: level i takes 100(i+1) ms at batch 1 and 400(i+1) ms at batch 64. ONNX Runtime is
+// far faster on this tiny model, so the online correction keeps the factor at 1, and the gaps between levels
+// leave room for queue waits of tens of ms on a busy machine.
+const tableMs = (i: number) => ({ '1': 100 * (i + 1), '64': 400 * (i + 1) });
+await saveLatencyTable(file, {
+  format: LATENCY_FORMAT,
+  modelSha256: createHash('sha256').update(readFileSync(file)).digest('hex'),
+  measuredAt: new Date().toISOString(),
+  host: { cpus: 2, cpuModel: 'synthetic', threads: 1 },
+  reps: 1,
+  batches: [1, 64],
+  levels: meta.levels.map((l, i) => ({ u: l.u, level: l.level, flopsRatio: l.flopsRatio, latencyMs: tableMs(i) })),
+});
+
+const rng = new Rng(5);
+const images = (n: number) => Float32Array.from({ length: n * PER }, () => rng.next() * 2 - 1);
+/** NCHW flat -> nested [N][C][H][W]. */
+function nest(x: Float32Array, n: number, dims = [C, H, W]): unknown[] {
+  const rec = (off: number, k: number): unknown[] | number => {
+    if (k === dims.length) return x[off];
+    const step = dims.slice(k + 1).reduce((a, b) => a * b, 1);
+    return Array.from({ length: dims[k] }, (_, i) => rec(off + i * step, k + 1));
+  };
+  return Array.from({ length: n }, (_, i) => rec(i * PER, 0));
+}
+function nchwToNhwc(x: Float32Array): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let n = 0; n < x.length / PER; n++)
+    for (let c = 0; c < C; c++) for (let y = 0; y < H; y++) for (let v = 0; v < W; v++) out[n * PER + (y * W + v) * C + c] = x[n * PER + (c * H + y) * W + v];
+  return out;
+}
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
+  return d;
+}
+
+const reference = await OnnxModel.load(file, { threads: 1 });
+const server = await DynnServer.create({ model: file, policy: 'adaptive', sloMs: 350, maxBatch: 16, maxWaitMs: 1, threads: 1 });
+const url = await server.listen({ port: 0 });
+after(async () => {
+  await server.close();
+  await reference.dispose();
+});
+
+async function post(body: unknown, o: { query?: string; type?: string; raw?: boolean; at?: string } = {}): Promise<{ status: number; json: Record<string, unknown> }> {
+  const res = await fetch(`${o.at ?? url}/v1/predict${o.query ?? ''}`, {
+    method: 'POST',
+    headers: { 'content-type': o.type ?? 'application/json' },
+    body: o.raw ? (body as BodyInit) : JSON.stringify(body),
+  });
+  return { status: res.status, json: (await res.json()) as Record<string, unknown> };
+}
+const binary = (x: Float32Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLength);
+
+test('JSON (nested, flat, NHWC) and binary predictions equal OnnxModel.run', async () => {
+  const x = images(3);
+  for (const u of [meta.levels[0].u, 0.55, 1]) {
+    const want = await reference.run(x, u);
+    const bodies: [string, unknown, { query?: string; type?: string; raw?: boolean }][] = [
+      ['nested NCHW', { inputs: nest(x, 3), u }, {}],
+      ['flat', { inputs: Array.from(x), shape: [3, C, H, W], u }, {}],
+      ['nested NHWC', { inputs: nest(nchwToNhwc(x), 3, [H, W, C]), u, layout: 'NHWC' }, {}],
+      ['binary', binary(x), { type: 'application/octet-stream', raw: true, query: `?u=${u}` }],
+      ['binary NHWC', binary(nchwToNhwc(x)), { type: 'application/octet-stream', raw: true, query: `?u=${u}&layout=NHWC&shape=3,${H},${W},${C}` }],
+    ];
+    for (const [name, body, o] of bodies) {
+      const { status, json } = await post(body, o);
+      assert.equal(status, 200, `${name}: ${JSON.stringify(json)}`);
+      const r = json as unknown as PredictResponse;
+      assert.equal(r.predictions.length, 3);
+      const scores = r.predictions.flatMap((p) => p.scores);
+      assert.ok(maxDiff(scores, want.scores) <= 1e-5 * Math.max(1, ...Array.from(want.scores, Math.abs)), `${name} at u=${u}`);
+      assert.deepEqual(r.predictions.map((p) => p.class), Array.from(want.classes), name);
+      assert.deepEqual(r.predictions.map((p) => p.className), Array.from(want.classes, (c) => `class-${c}`));
+      assert.deepEqual(r.predictions.map((p) => p.u), [want.u, want.u, want.u], 'the u actually used');
+      assert.deepEqual(r.predictions.map((p) => p.level), [want.level, want.level, want.level]);
+      assert.ok(r.timings.totalMs >= r.timings.queueMs && r.timings.inferenceMs > 0 && r.batchSize >= 3, JSON.stringify(r.timings));
+    }
+  }
+  // One image without a batch dimension.
+  const one = images(1);
+  const { json } = await post({ inputs: nest(one, 1)[0], u: 1 });
+  const want = await reference.run(one, 1);
+  assert.deepEqual((json as unknown as PredictResponse).predictions.map((p) => p.class), [want.classes[0]]);
+});
+
+test('the adaptive policy honours the SLO, a request’s budgetMs and its own u', async () => {
+  // Alone (batch 1): the SLO of 350 ms fits 300 ms (level 2) but not 400 ms, with room for a wait of up to 50 ms.
+  const fit = (budget: number) => Math.max(0, Math.min(K - 1, Math.floor((budget - 50) / 100) - 1));
+  const levelOf = async (extra: Record<string, unknown>) => {
+    const { status, json } = await post({ inputs: Array.from(images(1)), ...extra });
+    assert.equal(status, 200, JSON.stringify(json));
+    return (json as unknown as PredictResponse).predictions[0];
+  };
+  assert.equal(fit(350), 2);
+  assert.equal((await levelOf({})).u, meta.levels[fit(350)].u);
+  assert.equal((await levelOf({ budgetMs: 250 })).u, meta.levels[fit(250)].u);
+  assert.equal((await levelOf({ budgetMs: 50 })).u, meta.levels[0].u, 'nothing fits: the cheapest level');
+  assert.equal((await levelOf({ budgetMs: 10000 })).u, meta.levels[K - 1].u);
+  for (const u of [0.3, 0.8, 1]) assert.equal((await levelOf({ u })).u, meta.levels[levelIndexFor(meta.levels, u)].u, `u=${u}`);
+  assert.equal(server.policy.estimator?.factor, 1);
+});
+
+const BAD: [string, () => Promise<{ status: number; json: Record<string, unknown> }>, number, string, RegExp][] = [
+  ['nested wrong width', () => post({ inputs: [nest(images(1), 1)[0]].map((s) => (s as number[][][]).map((ch) => ch.map((row) => row.slice(1)))) }), 400, 'invalid_input', /inputs\[0\]\[0\]\[0\] must be an array of 8 \(W\), got 7 entries/],
+  ['nested too deep', () => post({ inputs: [nest(images(1), 1)] }), 400, 'invalid_input', /nested 5 deep/],
+  ['flat partial sample', () => post({ inputs: Array.from(images(1)).slice(1) }), 400, 'invalid_input', /191 values, not a whole number of samples of CxHxW = \[3,8,8\]/],
+  ['flat wrong shape', () => post({ inputs: Array.from(images(1)), shape: [1, 8, 8, 3] }), 400, 'invalid_input', /shape \[1,8,8,3\] does not fit the model/],
+  ['infinite value', () => post('{"inputs": [' + Array(PER).fill('1e999').join(',') + ']}', { raw: true }), 400, 'invalid_input', /inputs\[0\] is Infinity, not a finite number/],
+  ['null value', () => post({ inputs: [...Array(PER - 1).fill(0), null] }), 400, 'invalid_input', /inputs\[191\] is null, not a finite number/],
+  ['string value', () => post({ inputs: ['NaN', ...Array(PER - 1).fill(0)] }), 400, 'invalid_input', /inputs\[0\] is "NaN", not a finite number/],
+  ['binary NaN', () => post(binary(images(1).fill(NaN, 3, 4)), { raw: true, type: 'application/octet-stream' }), 400, 'invalid_input', /value 3 of the body is NaN/],
+  ['binary odd length', () => post(Buffer.alloc(PER * 4 + 2), { raw: true, type: 'application/octet-stream' }), 400, 'invalid_input', /770 bytes, not a whole number of float32/],
+  ['binary empty', () => post(Buffer.alloc(0), { raw: true, type: 'application/octet-stream' }), 400, 'invalid_input', /the body is empty/],
+  ['u zero', () => post({ inputs: Array.from(images(1)), u: 0 }), 400, 'invalid_input', /body u: u must be in \(0, 1\]/],
+  ['u above 1', () => post({ inputs: Array.from(images(1)), u: 1.5 }), 400, 'invalid_input', /u must be in \(0, 1\]/],
+  ['u string', () => post({ inputs: Array.from(images(1)), u: 'high' }), 400, 'invalid_input', /u must be a number in \(0, 1\]/],
+  ['u in query', () => post(binary(images(1)), { raw: true, type: 'application/octet-stream', query: '?u=abc' }), 400, 'invalid_input', /query u: u must be a number/],
+  ['u twice', () => post({ inputs: Array.from(images(1)), u: 1 }, { query: '?u=0.5' }), 400, 'invalid_input', /u is given both in the query string and in the body/],
+  ['budget negative', () => post({ inputs: Array.from(images(1)), budgetMs: -3 }), 400, 'invalid_input', /budgetMs must be > 0/],
+  ['budget huge', () => post({ inputs: Array.from(images(1)), budgetMs: 1e9 }), 400, 'invalid_input', /budgetMs must be <= 600000/],
+  ['unknown field', () => post({ inputs: Array.from(images(1)), temperature: 2 }), 400, 'invalid_input', /Unrecognized key: "temperature"/],
+  ['unknown query', () => post({ inputs: Array.from(images(1)) }, { query: '?foo=1' }), 400, 'invalid_input', /query: Unrecognized key: "foo"/],
+  ['no inputs', () => post({ u: 1 }), 400, 'invalid_input', /inputs must be a non-empty array/],
+  ['body not an object', () => post([1, 2, 3]), 400, 'invalid_input', /the JSON body must be an object/],
+  ['invalid JSON', () => post('{"inputs": [1, 2', { raw: true }), 400, 'invalid_json', /JSON/],
+  ['empty JSON', () => post('', { raw: true }), 400, 'invalid_json', /empty/i],
+  ['too many samples', () => post(binary(images(17)), { raw: true, type: 'application/octet-stream' }), 413, 'payload_too_large', /at most 16 samples/],
+  ['oversized body', () => post(Buffer.alloc(8 << 20), { raw: true, type: 'application/octet-stream' }), 413, 'payload_too_large', /too large/i],
+  ['wrong content type', () => post('hello', { raw: true, type: 'text/plain' }), 415, 'unsupported_media_type', /application\/json or application\/octet-stream/],
+];
+
+test('every bad input gets the right 4xx and message, and the server keeps serving', async () => {
+  for (const [name, send, status, kind, message] of BAD) {
+    const r = await send();
+    assert.equal(r.status, status, `${name}: ${JSON.stringify(r.json)}`);
+    assert.equal(r.json.error, kind, name);
+    assert.match(String(r.json.message), message, name);
+  }
+  for (const [method, route] of [['GET', '/nope'], ['GET', '/v1/predict'], ['DELETE', '/healthz']]) {
+    const res = await fetch(`${url}${route}`, { method });
+    assert.equal(res.status, 404);
+    assert.match(((await res.json()) as { message: string }).message, new RegExp(`no route ${method} ${route}; routes: POST /v1/predict`));
+  }
+  const ok = await post({ inputs: Array.from(images(2)) });
+  assert.equal(ok.status, 200);
+  const health = await fetch(`${url}/healthz`);
+  assert.equal(health.status, 200);
+  assert.equal(((await health.json()) as { status: string }).status, 'ok');
+});
+
+/** Parses Prometheus text exposition: every line a comment (HELP/TYPE) or `name{labels} value`. */
+function parseProm(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (line === '') continue;
+    if (line.startsWith('#')) {
+      assert.match(line, /^# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* .+$/, line);
+      continue;
+    }
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (-?[0-9.]+(?:e[+-]?[0-9]+)?|NaN|[+-]Inf)$/.exec(line);
+    assert.ok(m, `not Prometheus text: ${line}`);
+    out.set(m[1] + (m[2] ?? ''), Number(m[3].replace('Inf', 'Infinity')));
+  }
+  return out;
+}
+
+test('concurrent requests are micro-batched, and /metrics is Prometheus text with the counts', async () => {
+  const s = await DynnServer.create({ model: file, policy: 'fixed:1', maxBatch: 16, maxWaitMs: 30, threads: 1 });
+  const at = await s.listen({ port: 0 });
+  try {
+    const n = 40;
+    const res = await Promise.all(Array.from({ length: n }, () => post({ inputs: Array.from(images(1)) }, { at })));
+    assert.ok(res.every((r) => r.status === 200));
+    const sizes = res.map((r) => (r.json as unknown as PredictResponse).batchSize);
+    assert.ok(Math.max(...sizes) > 1, `batch sizes ${sizes}`);
+    assert.ok(Math.max(...sizes) <= 16);
+    await post({ inputs: [1] }, { at });
+    await post('{', { at, raw: true });
+    await fetch(`${at}/missing`);
+    const metrics = await fetch(`${at}/metrics`);
+    assert.match(metrics.headers.get('content-type') ?? '', /^text\/plain/);
+    const m = parseProm(await metrics.text());
+    assert.equal(m.get('dynn_requests_total{outcome="ok"}'), n);
+    assert.equal(m.get('dynn_requests_total{outcome="error"}'), 3);
+    assert.equal(m.get('dynn_errors_total{kind="invalid_input"}'), 1);
+    assert.equal(m.get('dynn_errors_total{kind="invalid_json"}'), 1);
+    assert.equal(m.get('dynn_errors_total{kind="not_found"}'), 1);
+    assert.equal(m.get('dynn_batch_size_sum'), n, 'every sample ran once');
+    const runs = m.get('dynn_batch_size_count') as number;
+    assert.ok(runs < n && runs >= Math.ceil(n / 16), `${runs} runs for ${n} concurrent requests`);
+    assert.equal(m.get('dynn_batch_size_bucket{le="1"}') !== runs, true, 'some runs held more than one sample');
+    assert.equal(m.get('dynn_request_duration_seconds_count'), n);
+    assert.equal(m.get('dynn_utilization_count'), n);
+    assert.equal(m.get('dynn_utilization_bucket{le="1"}'), n);
+    assert.equal(m.get(`dynn_utilization_bucket{le="${meta.levels[K - 2].u}"}`), 0, 'fixed:1 ran every sample at u = 1');
+    assert.equal(m.get('dynn_queue_depth'), 0);
+    assert.ok((m.get('dynn_process_resident_memory_bytes') as number) > 0);
+  } finally {
+    await s.close();
+  }
+});
+
+test('no memory kept across requests: the heap stays flat over many requests', async () => {
+  const v8 = await import('node:v8');
+  const vm = await import('node:vm');
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as () => void;
+  const body = binary(images(4));
+  const burst = () => Promise.all(Array.from({ length: 20 }, () => post(body, { raw: true, type: 'application/octet-stream' })));
+  for (let i = 0; i < 10; i++) await burst();
+  gc();
+  // Typed-array contents live outside the JS heap: count them too.
+  const used = () => process.memoryUsage().heapUsed + process.memoryUsage().arrayBuffers;
+  const before = used();
+  for (let i = 0; i < 25; i++) await burst(); // 500 requests, 2000 samples (1.5 MB of images)
+  gc();
+  const grown = used() - before;
+  assert.ok(grown < 1 << 20, `heap grew ${(grown / 1e6).toFixed(2)} MB over 500 requests`);
+});
+
+test('the controller policy: a trained bandit picks u per input, the SLO caps it', async () => {
+  const loaded = await loadServeController(ctrlDir, runDir, meta);
+  const s = await DynnServer.create({ model: file, policy: 'controller', controller: loaded.controller, sloMs: 400, maxBatch: 16, threads: 1 });
+  const at = await s.listen({ port: 0 });
+  try {
+    const x = images(12);
+    // Reference: the same policy read back, on the NHWC images, greedy action per sample.
+    const { model: run } = await loadRun(runDir);
+    const { policy } = await loadController(ctrlDir, run, runDir);
+    const p = tf.tidy(() => policy.probabilities(tf.tensor4d(nchwToNhwc(x), [12, H, W, C])));
+    const chosen = Array.from(greedyActions(p.dataSync() as Float32Array, ACTIONS.length), (k) => meta.levels[levelIndexFor(meta.levels, ACTIONS[k])].u);
+    tf.dispose([p]);
+    policy.dispose();
+    run.dispose();
+    const generous = await post(binary(x), { at, raw: true, type: 'application/octet-stream', query: '?budgetMs=10000' });
+    assert.deepEqual((generous.json as unknown as PredictResponse).predictions.map((q) => q.u), chosen);
+    // Under the server's SLO the choice is capped: a batch of 12 takes 100(i+1)(1 + 3 * 11/63) = 152(i+1) ms
+    // at level i in the synthetic table, so 400 ms fits level 1 for any wait under 95 ms, and never level 2.
+    const capped = await post(binary(x), { at, raw: true, type: 'application/octet-stream' });
+    assert.deepEqual((capped.json as unknown as PredictResponse).predictions.map((q) => q.u), chosen.map((u) => Math.min(u, meta.levels[1].u)));
+    assert.ok(chosen.some((u) => u > meta.levels[1].u), 'the cap changed some choices');
+  } finally {
+    await s.close();
+    loaded.dispose();
+  }
+  const otherRun = path.join(tmp, 'other-run');
+  const other = createModel('vgg-w', { inputShape: [8, 8, 3], groups: 2, widths: [8, 8, 16, 16], hidden: 32 });
+  await saveRun(otherRun, other, { dynnVersion: VERSION, dataset: 'synthetic', trainSamples: 0, testSamples: 0, options: {}, seed: 0, epoch: 1, history: [] });
+  other.dispose();
+  await assert.rejects(loadServeController(ctrlDir, otherRun, meta), /other settings than the served model/);
+});
+
+test('startup: a missing latency table is a clear error, --profile measures one, fixed needs none', async () => {
+  const bare = path.join(tmp, 'bare.onnx');
+  copyFileSync(file, bare);
+  await assert.rejects(DynnServer.create({ model: bare }), /policy adaptive needs the latency table beside the model .*run `dynn profile .*bare\.onnx.*--profile/);
+  await assert.rejects(DynnServer.create({ model: bare, policy: 'controller' }), /policy controller needs the latency table/);
+  await assert.rejects(DynnServer.create({ model: bare, policy: 'fixed:2' }), /policy fixed needs a utilization in \(0, 1\]/);
+  await assert.rejects(DynnServer.create({ model: bare, policy: 'fixed:1', maxQueue: 2 }), /max queue must be an integer >= max batch/);
+  await assert.rejects(DynnServer.create({ model: path.join(tmp, 'nope.onnx'), policy: 'fixed:1' }), /nope\.onnx: no such file/);
+  const fixed = await DynnServer.create({ model: bare, policy: 'fixed:0.5', threads: 1, maxWaitMs: 20 });
+  assert.equal(fixed.table, null);
+  const at = await fixed.listen({ port: 0 });
+  // A budget cannot be honoured without a table: that request is refused, the one batched with it is served.
+  const [plain, budget] = await Promise.all([post({ inputs: Array.from(images(1)) }, { at }), post({ inputs: Array.from(images(1)), budgetMs: 5 }, { at })]);
+  assert.equal(plain.status, 200);
+  assert.equal(budget.status, 400);
+  assert.match(String(budget.json.message), /budgetMs needs the latency table beside the model; run `dynn profile/);
+  await fixed.close();
+  const lines: string[] = [];
+  const profiled = await DynnServer.create({ model: bare, profile: true, profileReps: 2, maxBatch: 4, threads: 1, log: (l) => lines.push(l) });
+  assert.ok(existsSync(latencyTablePath(bare)));
+  assert.deepEqual(profiled.table?.batches, [1, 4]);
+  assert.match(lines.join('\n'), /no latency table beside .*bare\.onnx; measuring one/);
+  await profiled.close();
+});
+
+test('graceful shutdown: queued requests are answered, then the server stops', async () => {
+  const s = await DynnServer.create({ model: file, policy: 'fixed:1', maxBatch: 8, maxWaitMs: 60_000, threads: 1 });
+  const at = await s.listen({ port: 0 });
+  const pending = Array.from({ length: 6 }, () => post({ inputs: Array.from(images(1)) }, { at }));
+  const depth = async () => ((await (await fetch(`${at}/healthz`)).json()) as { queueDepth: number }).queueDepth;
+  while ((await depth()) < 6) await new Promise((r) => setTimeout(r, 10));
+  const t = performance.now();
+  await s.close();
+  assert.ok(performance.now() - t < 10_000, 'keep-alive connections do not hold the close open');
+  const res = await Promise.all(pending);
+  assert.deepEqual(res.map((r) => r.status), [200, 200, 200, 200, 200, 200]);
+  await assert.rejects(fetch(`${at}/healthz`));
+});
+
+test('dynn serve: starts from the CLI, serves, and shuts down on SIGTERM', async () => {
+  // In-process, with the shutdown signal injected.
+  let out = '';
+  const io = { out: (t: string) => void (out += t), err: () => {}, errIsTTY: false };
+  let stop!: (s: string) => void;
+  const running = serveCommand(file, { port: '0', policy: 'fixed:0.5', json: true, threads: '1' }, io, new Promise((r) => (stop = r)));
+  while (!out.includes('\n')) await new Promise((r) => setTimeout(r, 20));
+  const info = JSON.parse(out) as { url: string; policy: string };
+  assert.equal(info.policy, 'fixed:0.5');
+  assert.equal((await post({ inputs: Array.from(images(1)) }, { at: info.url })).status, 200);
+  stop('SIGTERM');
+  await running;
+  await assert.rejects(serveCommand(file, { port: '70000' }, io), /--port must be an integer/);
+  await assert.rejects(serveCommand(file, { policy: 'fast' }, io), /unknown policy "fast"/);
+  await assert.rejects(serveCommand(file, { policy: 'controller', controller: ctrlDir }, io), /--controller needs --run RUN/);
+  await assert.rejects(serveCommand(file, { controller: ctrlDir }, io), /--controller is for --policy controller/);
+  await assert.rejects(serveCommand(file, { policy: 'controller', port: '0' }, io), /policy controller needs a trained controller: --controller DIR/);
+
+  // A real process and a real signal.
+  const main = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+  const child = spawn(process.execPath, [main, 'serve', file, '--port', '0', '--json', '--threads', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (d) => {
+      stdout += d;
+      if (stdout.includes('\n')) resolve();
+    });
+    child.on('exit', () => reject(new Error(`serve exited early: ${stderr}`)));
+  });
+  const { url: childUrl } = JSON.parse(stdout) as { url: string };
+  assert.equal((await post({ inputs: Array.from(images(1)) }, { at: childUrl })).status, 200);
+  child.kill('SIGTERM');
+  assert.equal(await exited, 0, stderr);
+  assert.match(stderr, /SIGTERM: finishing queued requests and shutting down/);
+});

@@ -1,0 +1,280 @@
+import { promises as fsp } from 'node:fs';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import type { OnnxMetadata } from '../export/metadata.js';
+import { defaultThreads, OnnxModel } from '../runtime/node.js';
+import { latencyTablePath, profileModel, readLatencyTable, saveLatencyTable, type LatencyTable } from '../runtime/profile.js';
+import { DynnError } from '../util/errors.js';
+import { MicroBatcher, type BatchedResult } from './batcher.js';
+import { HttpError, invalidInput, type ErrorKind } from './errors.js';
+import { parseBinaryRequest, parseJsonRequest, type InputSpec } from './input.js';
+import { ServeMetrics } from './metrics.js';
+import { createPolicy, parsePolicy, policies, type SampleController, type ServePolicy } from './policy.js';
+
+/** Options of `DynnServer.create`; unset fields take the defaults shown. */
+export interface ServeOptions {
+  /** The ONNX model file written by `dynn export`. */
+  model: string;
+  /** `adaptive` (default), `fixed:U` or `controller`. */
+  policy?: string;
+  /** Latency objective per request, server side, in ms (default 25). */
+  sloMs?: number;
+  /** The most samples one batch run holds, and one request may send (default 64). */
+  maxBatch?: number;
+  /** How long a batch may wait to fill while the model is idle, ms (default 2). */
+  maxWaitMs?: number;
+  /** The most samples waiting; beyond it requests get 503 (default 32 x maxBatch). */
+  maxQueue?: number;
+  /** The largest request body in bytes (default: room for maxBatch samples as JSON). */
+  bodyLimit?: number;
+  /** ONNX Runtime intra-op threads (default: the core count). */
+  threads?: number;
+  /**
+   * Let idle ONNX Runtime threads spin (default false: the HTTP thread shares the cores, and spinning
+   * threads take CPU time from it).
+   */
+  spinning?: boolean;
+  /** With no latency table beside the model, measure one now and store it (default false: refuse to start). */
+  profile?: boolean;
+  /** Timed runs per level and batch size of that measurement (default 10). */
+  profileReps?: number;
+  /** The per-input controller of the `controller` policy. */
+  controller?: SampleController;
+  /** Where startup notes go (default: nowhere). */
+  log?: (line: string) => void;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** When the request arrived (performance.now()), so parsing counts toward its queue wait. */
+    arrival: number;
+  }
+}
+
+/** The JSON answer of `POST /v1/predict`. */
+export interface PredictResponse {
+  /** One entry per sample, in order. */
+  predictions: {
+    /** The highest-scoring class. */
+    class: number;
+    /** Its name, from the model's metadata. */
+    className: string;
+    /** The utilization it ran at: the representative u of the exported level that ran. */
+    u: number;
+    /** The network level that ran (the metadata's `levels[].level`). */
+    level: number;
+    /** Class scores (logits). */
+    scores: number[];
+  }[];
+  /** Server-side times, ms: arrival to batch dispatch, ONNX Runtime's run(s), arrival to response. */
+  timings: { queueMs: number; inferenceMs: number; totalMs: number };
+  /** Samples in the batch run this request was part of. */
+  batchSize: number;
+}
+
+const ROUTES = 'POST /v1/predict, GET /healthz, GET /metrics';
+
+/** Fastify's own errors, by code: status and kind. */
+const FASTIFY_ERRORS: Record<string, [number, ErrorKind]> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: [413, 'payload_too_large'],
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: [415, 'unsupported_media_type'],
+  FST_ERR_CTP_EMPTY_JSON_BODY: [400, 'invalid_json'],
+  FST_ERR_CTP_INVALID_JSON_BODY: [400, 'invalid_json'],
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: [400, 'invalid_input'],
+};
+
+/** Maps any error to the status, kind and message the client gets. */
+function classify(err: FastifyError | Error): { status: number; kind: ErrorKind; message: string } {
+  if (err instanceof HttpError) return { status: err.statusCode, kind: err.kind, message: err.message };
+  const code = (err as FastifyError).code;
+  const known = code ? FASTIFY_ERRORS[code] : undefined;
+  if (known) {
+    const message = known[1] === 'unsupported_media_type' ? `${err.message}; send application/json or application/octet-stream (float32)` : err.message;
+    return { status: known[0], kind: known[1], message };
+  }
+  const status = (err as FastifyError).statusCode;
+  if (err instanceof SyntaxError && status === 400) return { status, kind: 'invalid_json', message: `the body is not valid JSON: ${err.message}` };
+  if (status !== undefined && status >= 400 && status < 500) return { status, kind: 'invalid_input', message: err.message };
+  if (err instanceof DynnError) return { status: 400, kind: 'invalid_input', message: err.message };
+  return { status: 500, kind: 'internal', message: 'internal error' };
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 1000) / 1000;
+}
+
+/** Reads the latency table beside a model: null when there is none, an error when it is bad or stale. */
+async function tableBeside(model: string): Promise<LatencyTable | null> {
+  try {
+    await fsp.access(latencyTablePath(model));
+  } catch {
+    return null;
+  }
+  return readLatencyTable(model);
+}
+
+/**
+ * dynn's inference server: `POST /v1/predict` (JSON or float32 bodies, micro-batched, a level per batch
+ * from the policy), `GET /healthz`, `GET /metrics` (Prometheus text). The model runs in a worker thread so
+ * the event loop keeps answering.
+ */
+export class DynnServer {
+  private closing: Promise<void> | null = null;
+
+  private constructor(
+    /** The Fastify instance (for `inject` in tests). */
+    readonly app: FastifyInstance,
+    /** The model, in its worker thread. */
+    readonly model: OnnxModel,
+    readonly policy: ServePolicy,
+    readonly metrics: ServeMetrics,
+    private readonly batcher: MicroBatcher,
+    /** The latency table the policy reads, or null. */
+    readonly table: LatencyTable | null,
+  ) {}
+
+  /** The model's metadata. */
+  get metadata(): OnnxMetadata {
+    return this.model.metadata;
+  }
+
+  /**
+   * Loads the model, its latency table and the policy, and sets up the routes (call `listen` next).
+   * Rejects with a DynnError for bad options, a missing or stale latency table the policy needs, or a bad model.
+   */
+  static async create(o: ServeOptions): Promise<DynnServer> {
+    const sloMs = o.sloMs ?? 25;
+    const maxBatch = o.maxBatch ?? 64;
+    const maxWaitMs = o.maxWaitMs ?? 2;
+    const maxQueue = o.maxQueue ?? 32 * maxBatch;
+    const threads = o.threads ?? defaultThreads();
+    if (!(sloMs > 0 && Number.isFinite(sloMs))) throw new DynnError(`the SLO must be a positive number of ms, got ${sloMs}`);
+    if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new DynnError(`max batch must be a positive integer, got ${maxBatch}`);
+    if (!(maxWaitMs >= 0 && Number.isFinite(maxWaitMs))) throw new DynnError(`max wait must be a number of ms >= 0, got ${maxWaitMs}`);
+    if (!Number.isInteger(maxQueue) || maxQueue < maxBatch) throw new DynnError(`max queue must be an integer >= max batch (${maxBatch}), got ${maxQueue}`);
+    const spec = parsePolicy(o.policy ?? 'adaptive');
+    let table = await tableBeside(o.model);
+    if (!table && policies.get(spec.name).needsTable && o.profile) table = await measureTable(o, threads, maxBatch);
+    if (table && table.host.threads !== threads) {
+      o.log?.(`note: the latency table was measured with ${table.host.threads} threads, the server runs ${threads}; the server corrects the table online`);
+    }
+    const model = await OnnxModel.load(o.model, { worker: true, threads, spinning: o.spinning ?? false });
+    try {
+      const meta = model.metadata;
+      const policy = createPolicy(spec, { levels: meta.levels, table, sloMs, modelPath: o.model, controller: o.controller });
+      const per = meta.input.shape.reduce((a, b) => a * b, 1);
+      // JSON numbers such as -0.12345678 take ~12 bytes with separators; room for a full batch twice over.
+      const bodyLimit = o.bodyLimit ?? Math.max(1 << 20, 24 * per * maxBatch + 4096);
+      let batcher: MicroBatcher | null = null;
+      const metrics = new ServeMetrics({ levelUs: meta.levels.map((l) => l.u), maxBatch, sloMs }, () => batcher?.depth ?? 0);
+      batcher = new MicroBatcher(model, { maxBatch, maxWaitMs, maxQueue, levels: meta.levels, policy, onRun: (r) => metrics.run(r) });
+      const app = Fastify({ bodyLimit, logger: false, return503OnClosing: true, forceCloseConnections: 'idle' });
+      const server = new DynnServer(app, model, policy, metrics, batcher, table);
+      server.routes({ shape: meta.input.shape, maxSamples: maxBatch }, sloMs, o.log ?? (() => {}));
+      return server;
+    } catch (err) {
+      await model.dispose();
+      throw err;
+    }
+  }
+
+  private routes(spec: InputSpec, sloMs: number, log: (line: string) => void): void {
+    const { app, metrics, batcher } = this;
+    const meta = this.metadata;
+    app.decorateRequest('arrival', 0);
+    app.addHook('onRequest', async (request) => {
+      request.arrival = performance.now();
+    });
+    // Once shutting down, every answer closes its connection, so keep-alive clients cannot hold the close open.
+    app.addHook('onSend', async (_request, reply) => {
+      if (this.closing) reply.header('connection', 'close');
+    });
+    app.removeContentTypeParser('text/plain');
+    app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
+    const fail = (reply: FastifyReply, err: Error) => {
+      const { status, kind, message } = classify(err);
+      metrics.error(kind);
+      if (status >= 500 && kind === 'internal') log(`internal error: ${err.stack ?? err.message}`);
+      return reply.code(status).type('application/json').send({ error: kind, message });
+    };
+    app.setErrorHandler((err, _request, reply) => fail(reply, err instanceof Error ? err : new Error(String(err))));
+    app.setNotFoundHandler((request, reply) =>
+      fail(reply, new HttpError(404, 'not_found', `no route ${request.method} ${request.url.split('?')[0]}; routes: ${ROUTES}`)),
+    );
+
+    app.post('/v1/predict', async (request): Promise<PredictResponse> => {
+      const input = Buffer.isBuffer(request.body) ? parseBinaryRequest(request.body, request.query, spec) : parseJsonRequest(request.body, request.query, spec);
+      if (input.budgetMs !== undefined && !this.policy.estimator) {
+        throw invalidInput(`budgetMs needs the latency table beside the model; run \`dynn profile ${this.model.path}\` and restart the server`);
+      }
+      const res = await batcher.submit(input, request.arrival);
+      const totalMs = performance.now() - request.arrival;
+      metrics.ok(totalMs, res.queueMs);
+      return this.response(res, totalMs);
+    });
+
+    app.get('/healthz', async (_request, reply) => {
+      const body = {
+        status: this.closing ? 'shutting_down' : 'ok',
+        model: { name: meta.model.model, input: { layout: 'NCHW', shape: meta.input.shape }, classes: meta.classNames, levels: meta.levels.map((l) => l.u) },
+        policy: this.policy.name,
+        sloMs,
+        maxBatch: spec.maxSamples,
+        queueDepth: batcher.depth,
+        latency: this.policy.estimator ? { factor: this.policy.estimator.factor, overheadMs: this.policy.estimator.overheadMs } : null,
+      };
+      return reply.code(this.closing ? 503 : 200).send(body);
+    });
+
+    app.get('/metrics', async (_request, reply) => reply.type(metrics.contentType).send(await metrics.text()));
+  }
+
+  private response(res: BatchedResult, totalMs: number): PredictResponse {
+    const names = this.metadata.classNames;
+    const c = res.numClasses;
+    return {
+      predictions: Array.from(res.classes, (cls, i) => ({
+        class: cls,
+        className: names[cls] ?? String(cls),
+        u: res.u[i],
+        level: res.level[i],
+        scores: Array.from(res.scores.subarray(i * c, (i + 1) * c)),
+      })),
+      timings: { queueMs: round(res.queueMs), inferenceMs: round(res.inferenceMs), totalMs: round(totalMs) },
+      batchSize: res.batchSize,
+    };
+  }
+
+  /** Starts listening; resolves to the address (e.g. `http://127.0.0.1:8080`). Port 0 picks a free port. */
+  async listen(options: { port?: number; host?: string } = {}): Promise<string> {
+    return this.app.listen({ port: options.port ?? 8080, host: options.host ?? '127.0.0.1' });
+  }
+
+  /**
+   * Graceful shutdown: stops accepting connections (new requests on open ones get 503), answers every
+   * queued request, then stops the model's worker. Idempotent.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      const drained = this.batcher.close();
+      await this.app.close();
+      await drained;
+      await this.model.dispose();
+      this.metrics.registry.clear();
+    })();
+    return this.closing;
+  }
+}
+
+/** Measures a latency table at startup (`--profile`) with an in-thread session, and stores it beside the model. */
+async function measureTable(o: ServeOptions, threads: number, maxBatch: number): Promise<LatencyTable> {
+  o.log?.(`no latency table beside ${o.model}; measuring one (batches 1..${maxBatch})`);
+  const model = await OnnxModel.load(o.model, { threads });
+  try {
+    const batches = [...new Set([1, Math.min(8, maxBatch), maxBatch])];
+    const table = await profileModel(model, { batches, reps: o.profileReps ?? 10, warmup: 3, threads });
+    o.log?.(`saved ${await saveLatencyTable(o.model, table)}`);
+    return table;
+  } finally {
+    await model.dispose();
+  }
+}
