@@ -193,7 +193,7 @@ export async function demoCommand(o: Opts, io: Io): Promise<void> {
   const r = await train({
     model: 'vgg-w',
     dataset: 'mnist',
-    epochs: 3,
+    epochs: 2,
     lr: 2e-3,
     ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
     out: o.out as string | undefined,
