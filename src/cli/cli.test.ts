@@ -46,6 +46,7 @@ test('train, info and sweep end to end on a small subset', async () => {
   const s = JSON.parse(sw.stdout());
   assert.equal(s.model, 'mlp-w');
   assert.equal(s.dataset, 'synthetic');
+  assert.equal(s.testSamples, 128);
   assert.equal(s.points.length, 2);
   for (const p of s.points) {
     assert.ok(p.accuracy >= 0 && p.accuracy <= 1);

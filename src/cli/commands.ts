@@ -107,7 +107,10 @@ export async function sweepCommand(run: string, o: Opts, io: Io): Promise<void> 
         if (!o.json) io.err(`u=${p.u}: ${pct(p.accuracy)}\n`);
       },
     });
-    if (o.json) io.out(JSON.stringify({ model: model.config.model, dataset, points }, null, 2) + '\n');
+    if (o.json) {
+      const out = { model: model.config.model, dataset, testSamples: data.test.count, gating: gating ?? 'nested', classNames: data.classNames, points };
+      io.out(JSON.stringify(out, null, 2) + '\n');
+    }
     else io.out(`${model.config.model} on ${dataset} (${data.test.count} test samples)\n` + sweepTable(points));
   } finally {
     model.dispose();

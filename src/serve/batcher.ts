@@ -55,6 +55,8 @@ export interface BatchedResult {
   inferenceMs: number;
   /** Samples in the dispatch it ran in. */
   batchSize: number;
+  /** When its answer was ready, on the batcher's clock. */
+  readyAt: number;
 }
 
 interface Pending extends PredictInput {
@@ -184,6 +186,7 @@ export class MicroBatcher {
       queueMs: start - p.arrival,
       inferenceMs: 0,
       batchSize: samples,
+      readyAt: 0,
     }));
     const order = [...new Set(levels)];
     for (const lv of order) {
@@ -224,8 +227,9 @@ export class MicroBatcher {
         }
       });
     }
+    const readyAt = this.now();
     results.forEach((res, r) => {
-      if (res) taken[r].resolve(res);
+      if (res) taken[r].resolve({ ...res, readyAt });
     });
   }
 }

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import type { OnnxLevel } from '../export/metadata.js';
 import type { Prediction } from '../runtime/core.js';
 import type { LatencyTable } from '../runtime/profile.js';
+import { Rng } from '../util/rng.js';
 import { MicroBatcher, type BatchRunner } from './batcher.js';
 import { adaptiveLevel, createPolicy, LatencyEstimator, parsePolicy, type Dispatch, type PolicyEnv } from './policy.js';
 
@@ -73,6 +74,12 @@ test('LatencyEstimator: scales the table up when runs are slower, never below it
   assert.ok(Math.abs(e.predict(0, 1) - 3) < 1e-2);
   for (let i = 0; i < 30; i++) e.observe(1, 1, 0.5, 0.5);
   assert.equal(e.factor, 1, 'a faster machine keeps the table');
+  // Response tails uniform on [0, 10) ms: the running 95th percentile settles near 9.5 and adds to predictions.
+  const rng = new Rng(1);
+  const before = e.predict(0, 1);
+  for (let i = 0; i < 20000; i++) e.observeTail(10 * rng.next());
+  assert.ok(Math.abs(e.tailMs - 9.5) < 0.5, `tail ${e.tailMs}`);
+  assert.ok(Math.abs(e.predict(0, 1) - before - e.tailMs) < 1e-9);
 });
 
 const view = (count: number, waitMs: number, o: { u?: number; budgetMs?: number } = {}) => ({ count, waitMs, images: new Float32Array(count), ...o });

@@ -68,14 +68,17 @@ export function adaptiveLevel(a: AdaptiveArgs): number {
 }
 
 /**
- * Online correction of the latency table: the table was measured on an idle machine with its own thread
- * settings, the server runs beside an HTTP thread and other load. Each finished run updates an exponential
- * average of (measured / table) time, used as a factor of at least 1 (a faster machine keeps the table's
- * conservative times), and of the worker round-trip overhead beyond ONNX Runtime's own time.
+ * Online correction of the latency table, so predictions hold on the machine as it is now: the table was
+ * measured on an idle machine with its own thread settings, the server runs beside an HTTP thread and other
+ * load. It learns from every run (1) an exponential average of measured / table time, used as a factor of at
+ * least 1 (a faster machine keeps the table's conservative times), (2) the worker round trip beyond ONNX
+ * Runtime's own time, and from every response (3) the tail from a batch's results to the response being
+ * sent (answers of one batch are serialized one after another), as a running 95th percentile.
  */
 export class LatencyEstimator {
   private ratio = 1;
   private overhead = 0;
+  private tail = 0;
 
   /**
    * @param table measured ms per level index (cheapest first): `latencyMs` keyed by batch size.
@@ -91,9 +94,9 @@ export class LatencyEstimator {
     return latencyAtBatch(this.table[level], batch);
   }
 
-  /** Predicted wall time of a run: the table's time, scaled, plus the round-trip overhead. */
+  /** Predicted time from dispatching a batch to its answers being sent: the table's time, scaled, plus overheads. */
   predict(level: number, batch: number): number {
-    return this.factor * this.tableMs(level, batch) + this.overhead;
+    return this.factor * this.tableMs(level, batch) + this.overhead + this.tail;
   }
 
   /** The current factor on the table's times (>= 1). */
@@ -106,11 +109,24 @@ export class LatencyEstimator {
     return this.overhead;
   }
 
+  /** The current response-tail estimate (95th percentile), ms. */
+  get tailMs(): number {
+    return this.tail;
+  }
+
   /** Records a finished run: ONNX Runtime's time and the wall time seen by the caller. */
   observe(level: number, batch: number, runMs: number, wallMs: number): void {
     const expected = this.tableMs(level, batch);
     if (expected > 0 && Number.isFinite(runMs)) this.ratio += this.alpha * (runMs / expected - this.ratio);
     if (Number.isFinite(wallMs - runMs)) this.overhead += this.alpha * (Math.max(0, wallMs - runMs) - this.overhead);
+  }
+
+  /** Records one response's tail: from its batch's results being ready to the response being sent, ms. */
+  observeTail(ms: number): void {
+    if (!Number.isFinite(ms)) return;
+    // Stochastic quantile tracking: at equilibrium 95% of tails fall below the estimate.
+    const step = Math.max(0.02, 0.02 * this.tail);
+    this.tail = Math.max(0, this.tail + (ms > this.tail ? 0.95 * step : -0.05 * step));
   }
 }
 

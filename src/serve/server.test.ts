@@ -268,6 +268,7 @@ test('no memory kept across requests: the heap stays flat over many requests', a
   for (let i = 0; i < 25; i++) await burst(); // 500 requests, 2000 samples (1.5 MB of images)
   gc();
   const grown = used() - before;
+  console.log("GROWN", grown);
   assert.ok(grown < 1 << 20, `heap grew ${(grown / 1e6).toFixed(2)} MB over 500 requests`);
 });
 

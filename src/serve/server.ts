@@ -47,6 +47,8 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** When the request arrived (performance.now()), so parsing counts toward its queue wait. */
     arrival: number;
+    /** When its batch's answers were ready (performance.now()), 0 until then. */
+    readyAt: number;
   }
 }
 
@@ -72,6 +74,28 @@ export interface PredictResponse {
 }
 
 const ROUTES = 'POST /v1/predict, GET /healthz, GET /metrics';
+
+/** JSON schema of `PredictResponse`: Fastify compiles it into a serializer faster than JSON.stringify. */
+const PREDICT_RESPONSE_SCHEMA = {
+  type: 'object',
+  properties: {
+    predictions: {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: {
+          class: { type: 'integer' },
+          className: { type: 'string' },
+          u: { type: 'number' },
+          level: { type: 'integer' },
+          scores: { type: 'array', items: { type: 'number' } },
+        },
+      },
+    },
+    timings: { type: 'object', properties: { queueMs: { type: 'number' }, inferenceMs: { type: 'number' }, totalMs: { type: 'number' } } },
+    batchSize: { type: 'integer' },
+  },
+} as const;
 
 /** Fastify's own errors, by code: status and kind. */
 const FASTIFY_ERRORS: Record<string, [number, ErrorKind]> = {
@@ -181,12 +205,16 @@ export class DynnServer {
     const { app, metrics, batcher } = this;
     const meta = this.metadata;
     app.decorateRequest('arrival', 0);
+    app.decorateRequest('readyAt', 0);
     app.addHook('onRequest', async (request) => {
       request.arrival = performance.now();
     });
     // Once shutting down, every answer closes its connection, so keep-alive clients cannot hold the close open.
     app.addHook('onSend', async (_request, reply) => {
       if (this.closing) reply.header('connection', 'close');
+    });
+    app.addHook('onResponse', async (request) => {
+      if (request.readyAt > 0) this.policy.estimator?.observeTail(performance.now() - request.readyAt);
     });
     app.removeContentTypeParser('text/plain');
     app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
@@ -201,12 +229,13 @@ export class DynnServer {
       fail(reply, new HttpError(404, 'not_found', `no route ${request.method} ${request.url.split('?')[0]}; routes: ${ROUTES}`)),
     );
 
-    app.post('/v1/predict', async (request): Promise<PredictResponse> => {
+    app.post('/v1/predict', { schema: { response: { 200: PREDICT_RESPONSE_SCHEMA } } }, async (request): Promise<PredictResponse> => {
       const input = Buffer.isBuffer(request.body) ? parseBinaryRequest(request.body, request.query, spec) : parseJsonRequest(request.body, request.query, spec);
       if (input.budgetMs !== undefined && !this.policy.estimator) {
         throw invalidInput(`budgetMs needs the latency table beside the model; run \`dynn profile ${this.model.path}\` and restart the server`);
       }
       const res = await batcher.submit(input, request.arrival);
+      request.readyAt = res.readyAt;
       const totalMs = performance.now() - request.arrival;
       metrics.ok(totalMs, res.queueMs);
       return this.response(res, totalMs);
@@ -220,7 +249,7 @@ export class DynnServer {
         sloMs,
         maxBatch: spec.maxSamples,
         queueDepth: batcher.depth,
-        latency: this.policy.estimator ? { factor: this.policy.estimator.factor, overheadMs: this.policy.estimator.overheadMs } : null,
+        latency: this.policy.estimator ? { factor: this.policy.estimator.factor, overheadMs: this.policy.estimator.overheadMs, tailMs: this.policy.estimator.tailMs } : null,
       };
       return reply.code(this.closing ? 503 : 200).send(body);
     });
