@@ -45,14 +45,14 @@ export class Policy {
       { model: 'controller-cnn', args: { ...args } },
       args.inputShape,
       [
-        new Conv2D('policy.conv1', { filters: w1, kernelSize: 3, strides: 2, useBias: true }),
+        new Conv2D('policy.conv1', { filters: w1, kernelSize: 3, strides: 2, useBias: true, init: 'he-normal' }),
         new ReLU('policy.relu1', {}),
-        new Conv2D('policy.conv2', { filters: w2, kernelSize: 3, strides: 2, useBias: true }),
+        new Conv2D('policy.conv2', { filters: w2, kernelSize: 3, strides: 2, useBias: true, init: 'he-normal' }),
         new ReLU('policy.relu2', {}),
         new Flatten('policy.flatten', {}),
-        new Dense('policy.fc', { units: hidden }),
+        new Dense('policy.fc', { units: hidden, init: 'he-normal' }),
         new ReLU('policy.fc.relu', {}),
-        new Dense('policy.logits', { units: this.actions.length }),
+        new Dense('policy.logits', { units: this.actions.length, init: 'he-normal' }),
       ],
       args.seed ?? 0,
     );

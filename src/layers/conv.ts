@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
-import { Layer, layerClasses } from './layer.js';
+import { Layer, layerClasses, type KernelInit } from './layer.js';
 import { fullSel, groupSel, take } from './select.js';
 import type { BlockInfo, ChannelSel, LayerCost, Plan, RunContext, Shape } from './types.js';
 import type { FrozenOp } from '../models/subnet.js';
@@ -27,6 +27,8 @@ export interface Conv2DArgs {
   groups?: number;
   /** The plan key of the block this layer belongs to (default: the layer's own name). */
   block?: string;
+  /** Initial kernel values (default 'fan-in-uniform'). */
+  init?: KernelInit;
 }
 
 /** A 2-D convolution (NHWC) whose kernel is sliced to the active input and output channels. */
@@ -42,7 +44,7 @@ export class Conv2D extends Layer<Conv2DArgs> {
       throw new DynnError(`${this.name}: ${filters} filters do not split into ${groups} groups`);
     }
     const [h, w, c] = inShape;
-    this.kernel = this.addWeight('kernel', this.initKernel('kernel', [k, k, c, filters], k * k * c));
+    this.kernel = this.addWeight('kernel', this.initKernel('kernel', [k, k, c, filters], k * k * c, this.args.init));
     if (this.args.useBias) this.bias = this.addWeight('bias', tf.zeros([filters]));
     const out = (n: number) => (padding === 'same' ? Math.ceil(n / strides) : Math.floor((n - k) / strides) + 1);
     return [out(h), out(w), filters];
@@ -97,6 +99,8 @@ export interface DenseArgs {
   useBias?: boolean;
   /** Throttle the output units in this many groups; 0 or absent: not throttled. */
   groups?: number;
+  /** Initial kernel values (default 'fan-in-uniform'). */
+  init?: KernelInit;
 }
 
 /** A dense layer whose kernel is sliced to the active input features and output units. */
@@ -109,7 +113,7 @@ export class Dense extends Layer<DenseArgs> {
     const { units, useBias = true, groups = 0 } = this.args;
     if (inShape.length !== 1) throw new DynnError(`${this.name}: Dense needs a flat input, got [${inShape}]`);
     if (groups > 0 && units % groups !== 0) throw new DynnError(`${this.name}: ${units} units do not split into ${groups} groups`);
-    this.kernel = this.addWeight('kernel', this.initKernel('kernel', [inShape[0], units], inShape[0]));
+    this.kernel = this.addWeight('kernel', this.initKernel('kernel', [inShape[0], units], inShape[0], this.args.init));
     if (useBias) this.bias = this.addWeight('bias', tf.zeros([units]));
     return [units];
   }

@@ -6,6 +6,12 @@ import type { FrozenOp } from '../models/subnet.js';
 
 let nextUid = 0;
 
+/**
+ * How a kernel starts: `fan-in-uniform` (U(+-1/sqrt(fanIn)), PyTorch's default; the better choice before
+ * a BatchNorm) or `he-normal` (N(0, 2/fanIn), for plain ReLU stacks without normalization).
+ */
+export type KernelInit = 'fan-in-uniform' | 'he-normal';
+
 /** The serializable description of a layer: enough to construct it again. */
 export interface LayerConfig {
   className: string;
@@ -86,9 +92,11 @@ export abstract class Layer<A extends object = object> {
    * here: most kernels feed a BatchNorm, and under Adam a scale-invariant weight's relative step grows as
    * its norm shrinks.
    */
-  protected initKernel(suffix: string, shape: number[], fanIn: number): tf.Tensor {
+  protected initKernel(suffix: string, shape: number[], fanIn: number, init: KernelInit = 'fan-in-uniform'): tf.Tensor {
+    const seed = seedFor(`${this.name}.${suffix}`, this.seed);
+    if (init === 'he-normal') return tf.randomNormal(shape, 0, Math.sqrt(2 / fanIn), 'float32', seed);
     const bound = 1 / Math.sqrt(fanIn);
-    return tf.randomUniform(shape, -bound, bound, 'float32', seedFor(`${this.name}.${suffix}`, this.seed));
+    return tf.randomUniform(shape, -bound, bound, 'float32', seed);
   }
 
   /** Creates a weight named `<layer>.<suffix>`. */

@@ -186,11 +186,10 @@ export class DynnServer {
       const meta = model.metadata;
       const policy = createPolicy(spec, { levels: meta.levels, table, sloMs, modelPath: o.model, controller: o.controller });
       const per = meta.input.shape.reduce((a, b) => a * b, 1);
-      // JSON numbers such as -0.12345678 take ~12 bytes with separators; room for a full batch twice over.
+      // A float32 printed as a JSON number takes up to ~22 bytes with its separator: room for a full batch.
       const bodyLimit = o.bodyLimit ?? Math.max(1 << 20, 24 * per * maxBatch + 4096);
-      let batcher: MicroBatcher | null = null;
-      const metrics = new ServeMetrics({ levelUs: meta.levels.map((l) => l.u), maxBatch, sloMs }, () => batcher?.depth ?? 0);
-      batcher = new MicroBatcher(model, { maxBatch, maxWaitMs, maxQueue, levels: meta.levels, policy, onRun: (r) => metrics.run(r) });
+      const batcher: MicroBatcher = new MicroBatcher(model, { maxBatch, maxWaitMs, maxQueue, levels: meta.levels, policy, onRun: (r) => metrics.run(r) });
+      const metrics = new ServeMetrics({ levelUs: meta.levels.map((l) => l.u), maxBatch, sloMs }, () => batcher.depth);
       const app = Fastify({ bodyLimit, logger: false, return503OnClosing: true, forceCloseConnections: 'idle' });
       const server = new DynnServer(app, model, policy, metrics, batcher, table);
       server.routes({ shape: meta.input.shape, maxSamples: maxBatch }, sloMs, o.log ?? (() => {}));
