@@ -3,8 +3,9 @@
  * loopback. Real test images (their labels check the served answers), bounded in time:
  *   1. capacity: the fixed u = 1 server's throughput, closed loop, as fast as it answers;
  *   2. overload: `--factor` (2) x that rate for `--duration` (60) s against (a) the adaptive policy and
- *      (b) fixed:1: p50/p99 latency, failed requests, throughput, the u histogram and the served accuracy
- *      (against the accuracy of the same images at each level, measured in-process first);
+ *      (b) fixed:1, taking turns in `--rounds` (4) slices so background load falls on both alike: p50/p99
+ *      latency, failed requests, throughput, the u histogram and the served accuracy (against the accuracy
+ *      of the same images at each level, measured in-process first);
  *   3. with `--soak S`: instead of 2, S seconds at capacity against the adaptive server, the server's RSS
  *      sampled every 5 s, and the slope of RSS over time after the first minute.
  * The model needs its latency table (`dynn profile MODEL`).
@@ -15,7 +16,7 @@
  * requests, about 2.5 x SLO of waiting.
  * Usage: node dist/bench/load.js --model FILE.onnx [--dataset fashion-mnist] [--slo-ms 25] [--duration 60]
  *   [--capacity-duration 10] [--capacity-connections N] [--factor 2] [--connections N] [--images N per request]
- *   [--threads N] [--max-batch 64] [--soak S] [--json]. Results also go to .bench/load.json (or .bench/soak.json).
+ *   [--rounds 4] [--threads N] [--max-batch 64] [--soak S] [--json]. Results also go to .bench/load.json (or .bench/soak.json).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -46,6 +47,7 @@ const SLO = num('slo-ms', 25);
 const DURATION = num('duration', 60);
 const CAP_DURATION = num('capacity-duration', 10);
 const FACTOR = num('factor', 2);
+const ROUNDS = Math.round(num('rounds', 4));
 const IMAGES = num('images', 1);
 const MAX_BATCH = num('max-batch', 64);
 const SOAK = opt('soak') === undefined ? 0 : num('soak', 600);
@@ -134,6 +136,8 @@ interface Phase {
   /** Requests per second answered with 200. */
   throughput: number;
   latencyMs: { p50: number; p90: number; p99: number; max: number };
+  /** Share of answered requests within the SLO, client side. */
+  withinSloClient: number;
   /** Non-2xx answers, connection errors and timeouts. */
   failed: number;
   answered: number;
@@ -164,9 +168,9 @@ function histogram(text: string, name: string): Hist {
   return { sum: get('sum'), count: get('count'), buckets };
 }
 
-/** The counts of `b` minus those of `a` (one phase's share of a server's cumulative histogram). */
-function minus(b: Hist, a: Hist): Hist {
-  return { sum: b.sum - a.sum, count: b.count - a.count, buckets: b.buckets.map(([le, c], i) => [le, c - (a.buckets[i]?.[1] ?? 0)]) };
+/** `a` plus `sign` times `b`, bucket by bucket (histograms with the same buckets). */
+function combine(a: Hist, b: Hist, sign = 1): Hist {
+  return { sum: a.sum + sign * b.sum, count: a.count + sign * b.count, buckets: a.buckets.map(([le, c], i) => [le, c + sign * (b.buckets[i]?.[1] ?? 0)]) };
 }
 
 /** A quantile of a histogram, linear within its bucket. */
@@ -187,23 +191,37 @@ async function scrape(url: string): Promise<{ batch: Hist; latency: Hist }> {
   return { batch: histogram(text, 'dynn_batch_size'), latency: histogram(text, 'dynn_request_duration_seconds') };
 }
 
-/** Runs autocannon against a server and checks every answer against its label. */
-async function runLoad(
-  name: string,
+/** What slices of load against one server added up to. */
+interface Tally {
+  seconds: number;
+  answered: number;
+  failed: number;
+  /** Client-side latency of every answered request, ms. */
+  latencies: number[];
+  right: number;
+  samples: number;
+  uCount: Map<number, number>;
+  /** The server's batch-size and latency histograms over the slices. */
+  batch: Hist | null;
+  served: Hist | null;
+}
+
+function tally(): Tally {
+  return { seconds: 0, answered: 0, failed: 0, latencies: [], right: 0, samples: 0, uCount: new Map(), batch: null, served: null };
+}
+
+/** Runs autocannon against a server for a while, adding to `t`; every answer is checked against its label. */
+async function slice(
   server: Server,
-  policy: string,
   o: { seconds: number; connections: number; rate?: number; onTick?: (t: number) => void },
   data: { bodies: Buffer[]; labels: Uint8Array },
-  accuracy: Map<number, number>,
-): Promise<Phase> {
+  t: Tally,
+): Promise<void> {
   let next = 0;
-  let right = 0;
-  let samples = 0;
-  const uCount = new Map<number, number>();
   const before = await scrape(server.url);
   const t0 = performance.now();
   const ticker = o.onTick ? setInterval(() => o.onTick?.((performance.now() - t0) / 1000), 5000) : null;
-  const result = await autocannon({
+  const run = autocannon({
     url: server.url,
     connections: o.connections,
     duration: o.seconds,
@@ -227,43 +245,75 @@ async function runLoad(
           const r = JSON.parse(body) as { predictions: { class: number; u: number }[] };
           const base = (context.i as number) * IMAGES;
           r.predictions.forEach((p, k) => {
-            right += p.class === data.labels[base + k] ? 1 : 0;
-            samples++;
-            uCount.set(p.u, (uCount.get(p.u) ?? 0) + 1);
+            t.right += p.class === data.labels[base + k] ? 1 : 0;
+            t.samples++;
+            t.uCount.set(p.u, (t.uCount.get(p.u) ?? 0) + 1);
           });
         },
       },
     ],
   });
+  run.on('response', (_client: unknown, status: number, _bytes: number, ms: number) => {
+    if (status === 200) t.latencies.push(ms);
+  });
+  const result = await run;
   if (ticker) clearInterval(ticker);
   const after = await scrape(server.url);
-  const batch = minus(after.batch, before.batch);
-  const served = minus(after.latency, before.latency);
+  const batch = combine(after.batch, before.batch, -1);
+  const served = combine(after.latency, before.latency, -1);
+  t.batch = t.batch ? combine(t.batch, batch) : batch;
+  t.served = t.served ? combine(t.served, served) : served;
+  t.seconds += result.duration;
+  t.answered += result['2xx'];
+  t.failed += result.non2xx + result.errors + result.timeouts;
+}
+
+/** The figures of a tally. */
+function summarize(name: string, policy: string, o: { connections: number; rate?: number }, t: Tally, accuracy: Map<number, number>): Phase {
+  const lat = Float64Array.from(t.latencies).sort();
+  const pct = (q: number) => lat[Math.min(lat.length - 1, Math.floor(q * lat.length))];
+  const served = t.served as Hist;
+  const batch = t.batch as Hist;
   const withinSlo = served.buckets.find(([le]) => Math.abs(le - SLO / 1000) < 1e-9)?.[1] ?? NaN;
-  const uHistogram = Object.fromEntries([...uCount.entries()].sort((a, b) => a[0] - b[0]).map(([u, c]) => [String(u), c]));
+  const uHistogram = Object.fromEntries([...t.uCount.entries()].sort((a, b) => a[0] - b[0]).map(([u, c]) => [String(u), c]));
   let expected = 0;
   let uSum = 0;
-  for (const [u, c] of uCount) {
+  for (const [u, c] of t.uCount) {
     expected += c * (accuracy.get(u) ?? NaN);
     uSum += u * c;
   }
   return {
     name,
     policy,
-    seconds: result.duration,
+    seconds: t.seconds,
     connections: o.connections,
     offeredRate: o.rate ?? null,
-    throughput: result['2xx'] / result.duration,
-    latencyMs: { p50: result.latency.p50, p90: result.latency.p90, p99: result.latency.p99, max: result.latency.max },
-    failed: result.non2xx + result.errors + result.timeouts,
-    answered: result['2xx'],
+    throughput: t.answered / t.seconds,
+    latencyMs: { p50: pct(0.5), p90: pct(0.9), p99: pct(0.99), max: lat[lat.length - 1] },
+    withinSloClient: lat.filter((x) => x <= SLO).length / lat.length,
+    failed: t.failed,
+    answered: t.answered,
     uHistogram,
-    meanU: uSum / samples,
-    servedAccuracy: right / samples,
-    expectedAccuracy: expected / samples,
+    meanU: uSum / t.samples,
+    servedAccuracy: t.right / t.samples,
+    expectedAccuracy: expected / t.samples,
     meanBatch: batch.sum / batch.count,
     server: { p50Ms: 1000 * quantile(served, 0.5), p99Ms: 1000 * quantile(served, 0.99), withinSlo: withinSlo / served.count },
   };
+}
+
+/** Runs one slice of load against a server and summarizes it. */
+async function runLoad(
+  name: string,
+  server: Server,
+  policy: string,
+  o: { seconds: number; connections: number; rate?: number; onTick?: (t: number) => void },
+  data: { bodies: Buffer[]; labels: Uint8Array },
+  accuracy: Map<number, number>,
+): Promise<Phase> {
+  const t = tally();
+  await slice(server, o, data, t);
+  return summarize(name, policy, o, t, accuracy);
 }
 
 /** Least-squares slope of y over x. */
@@ -284,6 +334,7 @@ function phaseRow(p: Phase): string {
   return (
     `${p.name.padEnd(22)} ${p.policy.padEnd(9)} offered ${p.offeredRate ? f(p.offeredRate, 0).padStart(6) : '   max'} req/s  ` +
     `served ${f(p.throughput, 0).padStart(6)} req/s  p50 ${f(p.latencyMs.p50)} ms  p99 ${f(p.latencyMs.p99)} ms  max ${f(p.latencyMs.max)} ms  ` +
+    `${f(100 * p.withinSloClient, 1)}% within SLO ` +
     `(server side p99 ${f(p.server.p99Ms)} ms, ${f(100 * p.server.withinSlo, 1)}% within SLO)  failed ${p.failed}  mean u ${f(p.meanU, 3)}  batch ${f(p.meanBatch)}  accuracy ${f(100 * p.servedAccuracy, 2)}% (in-process at that u mix ${f(100 * p.expectedAccuracy, 2)}%)`
   );
 }
@@ -338,13 +389,22 @@ async function main(): Promise<void> {
   const connections = Math.round(num('connections', Math.max(8, Math.ceil(1.25 * rate * (SLO / 1000)))));
   log(`offering ${f(rate, 0)} req/s (${FACTOR}x capacity) for ${DURATION} s over ${connections} connections`);
   const phases: Phase[] = [capacity];
-  for (const policy of ['adaptive', 'fixed:1']) {
-    const p = await withServer(policy, async (s) => {
-      await runLoad('warmup', s, policy, { seconds: 3, connections: Math.min(connections, capConnections) }, data, accuracy);
-      return runLoad(`${FACTOR}x capacity`, s, policy, { seconds: DURATION, connections, rate }, data, accuracy);
+  // Both servers run side by side (an idle one costs nothing) and take turns, so background load on a shared
+  // machine falls on both alike.
+  const policies = ['adaptive', 'fixed:1'];
+  const servers = await Promise.all(policies.map((p) => startServer(p)));
+  try {
+    for (const s of servers) await slice(s, { seconds: 3, connections: Math.min(connections, capConnections) }, data, tally());
+    const tallies = policies.map(() => tally());
+    for (let r = 0; r < ROUNDS; r++) {
+      for (let k = 0; k < policies.length; k++) await slice(servers[k], { seconds: DURATION / ROUNDS, connections, rate }, data, tallies[k]);
+    }
+    policies.forEach((p, k) => {
+      phases.push(summarize(`${FACTOR}x capacity`, p, { connections, rate }, tallies[k], accuracy));
+      log(phaseRow(phases[phases.length - 1]));
     });
-    log(phaseRow(p));
-    phases.push(p);
+  } finally {
+    for (const s of servers) await s.stop();
   }
   const results = { model: MODEL, dataset: DATASET, sloMs: SLO, levelAccuracy: Object.fromEntries(accuracy), phases };
   await writeFileAtomic('.bench/load.json', JSON.stringify(results, null, 2) + '\n');

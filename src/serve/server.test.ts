@@ -39,7 +39,9 @@ await saveRun(runDir, net, { dynnVersion: VERSION, dataset: 'synthetic', trainSa
 const ctrlDir = path.join(tmp, 'controller');
 const ACTIONS = [0.2, 0.6, 1];
 {
-  const policy = new Policy({ inputShape: net.inputShape, actions: ACTIONS, seed: 9 });
+  // Untrained, so its choices follow its initial weights: seed 0 sends random inputs to all three actions
+  // (about 40/20/40%), so the SLO cap below has choices above level 1 to change.
+  const policy = new Policy({ inputShape: net.inputShape, actions: ACTIONS, seed: 0 });
   await saveController(ctrlDir, policy, runRef(net, runDir));
   policy.dispose();
 }
