@@ -64,12 +64,13 @@ test('calibrate: the requested widths, stored in the run; sandwich and distillat
   const io = capture();
   const teacher = path.join(tmp, 'teacher');
   assert.equal(await runCli(['train', '--model', 'mlp-w', ...base, '--vanilla', '--out', teacher], io), 0, io.stderr());
-  const args = ['--schedule', 'sandwich', '--sandwich-widths', '1', '--no-inplace-distill', '--teacher', teacher, '--distill-alpha', '0.4', '--distill-t', '2'];
+  const args = ['--schedule', 'sandwich', '--sandwich-widths', '1', '--inplace-alpha', '0.5', '--teacher', teacher, '--distill-alpha', '0.4', '--distill-t', '2'];
   assert.equal(await runCli(['train', '--model', 'vgg-w', ...base, ...args, '--json', '--out', slimRun], io), 0, io.stderr());
   const meta = JSON.parse(io.stdout().slice(io.stdout().indexOf('{'))).meta;
   assert.equal(meta.options.schedule, 'sandwich');
   assert.equal(meta.options.sandwichWidths, 1);
-  assert.equal(meta.options.inplaceDistill, false);
+  assert.equal(meta.options.inplaceDistill, true);
+  assert.equal(meta.options.inplaceAlpha, 0.5);
   assert.equal(meta.options.distillAlpha, 0.4);
   assert.equal(meta.options.distillT, 2);
 
@@ -98,6 +99,7 @@ test('bad scaling input: clear messages, nothing changed', async () => {
     [['train', ...base, '--teacher', path.join(tmp, 'nowhere'), '--out', path.join(tmp, 'x')], /nowhere/],
     [['train', ...base, '--distill-alpha', '3', '--out', path.join(tmp, 'x')], /--distill-alpha must be a number >= 0, got 3/],
     [['train', ...base, '--exit-weights', '1,x', '--out', path.join(tmp, 'x')], /--exit-weights needs a comma-separated list of non-negative numbers/],
+    [['train', ...base, '--no-inplace-distill', '--inplace-alpha', '2', '--out', path.join(tmp, 'x')], /--inplace-alpha must be a number >= 0, got 2/],
   ];
   const before = fs.readFileSync(path.join(exitsRun, 'checkpoint.json'), 'utf8');
   for (const [argv, message] of cases) {

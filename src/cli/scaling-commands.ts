@@ -16,6 +16,7 @@ const RULES = ['entropy', 'confidence'] as const;
 export const SCALING_TRAIN_OPTIONS: [string, string][] = [
   ['--sandwich-widths <n>', 'with --schedule sandwich: random widths per step besides the widest and the narrowest [default: 2]'],
   ['--no-inplace-distill', 'with --schedule sandwich: narrower widths learn from the labels, not from the widest width'],
+  ['--inplace-alpha <a>', 'with --schedule sandwich: weight of the widest width’s soft predictions, the rest on the labels [default: 1]'],
   ['--teacher <run>', 'distill from a trained run: (1-a) CE(y) + a T^2 KL(teacher_T || student_T)'],
   ['--distill-alpha <a>', 'distillation weight a in [0, 1] [default: 0.5]'],
   ['--distill-t <T>', 'distillation temperature T [default: 4]'],
@@ -38,6 +39,7 @@ export function scalingTrainOptions(o: Opts) {
   return {
     sandwichWidths: numberOption(o.sandwichWidths, 'sandwich-widths', { int: true, min: 0 }),
     inplaceDistill: o.inplaceDistill === false ? false : undefined,
+    inplaceAlpha: numberOption(o.inplaceAlpha, 'inplace-alpha', { min: 0, max: 1 }),
     teacher: o.teacher === undefined ? undefined : String(o.teacher),
     distillAlpha: numberOption(o.distillAlpha, 'distill-alpha', { min: 0, max: 1 }),
     distillT: numberOption(o.distillT, 'distill-t', { min: Number.MIN_VALUE }),

@@ -85,6 +85,11 @@ test('a multi-plan step sums the plans’ gradients; in-place distillation teach
   assert.ok(close(ex.grads, inplace), 'in-place: CE for the widest, KL(widest || plan) for the others');
   assert.ok(!close(ex.grads, plain));
   assert.ok(Number.isFinite(r.loss) && r.count === 32);
+
+  await ex.step(idx, { plans, inplaceDistill: true, inplaceAlpha: 0.25 });
+  const ce = (l: tf.Tensor2D) => tf.losses.softmaxCrossEntropy(ys, l) as tf.Scalar;
+  const mixed = flat(referenceGrads(m, plans, (l, i) => (i === 0 ? ce(l) : (tf.add(tf.mul(0.25, softTargetKl(wide as tf.Tensor2D, l)), tf.mul(0.75, ce(l))) as tf.Scalar))));
+  assert.ok(close(ex.grads, mixed), 'in-place alpha: a KL + (1 - a) CE for the narrower widths');
   tf.dispose([xs, ys, wide]);
   await ex.close();
   m.dispose();
@@ -128,6 +133,7 @@ test('training with the sandwich rule learns the narrowest and the widest width'
   assert.ok(last.testAccuracy['0.25'] > 0.5, `u=0.25: ${last.testAccuracy['0.25']}`);
   r.model.dispose();
   await assert.rejects(train({ ...small, schedule: 'sandwich', sandwichWidths: 1.5 }), /sandwichWidths must be a non-negative integer/);
+  await assert.rejects(train({ ...small, schedule: 'sandwich', inplaceAlpha: 1.5 }), /inplaceAlpha must be in \[0, 1\], got 1.5/);
 });
 
 test('distillation from a teacher run; a teacher for other inputs is refused', async () => {

@@ -88,6 +88,7 @@ export interface StepMessage {
   /** The step's plans (see `StepSpec`). */
   plans: PlanData[];
   inplaceDistill: boolean;
+  inplaceAlpha: number;
   /** Weight version: the worker reloads the shared weights when it changes. */
   version: number;
 }
@@ -200,12 +201,13 @@ export class ThreadExecutor implements GradientExecutor {
     const spec = toStepSpec(work);
     const plans = spec.plans.map(planToData);
     const inplaceDistill = spec.inplaceDistill ?? false;
+    const inplaceAlpha = spec.inplaceAlpha ?? 1;
     const results = await Promise.all(
       shards.map((shard, i) => {
         if (shard.length === 0) return Promise.resolve({ loss: 0, correct: 0, count: 0 });
         return new Promise<StepResult>((resolve, reject) => {
           this.pending[i] = { resolve, reject };
-          this.workers[i].postMessage({ type: 'step', indices: shard, plans, inplaceDistill, version: this.version } satisfies StepMessage);
+          this.workers[i].postMessage({ type: 'step', indices: shard, plans, inplaceDistill, inplaceAlpha, version: this.version } satisfies StepMessage);
         });
       }),
     );

@@ -61,6 +61,11 @@ export interface StepSpec {
    * soft predictions (detached) instead of from the labels or the teacher.
    */
   inplaceDistill?: boolean;
+  /**
+   * Weight of the in-place soft term in [0, 1] (default 1: soft targets only, as US-Nets); the rest goes to
+   * the plan's own hard loss (labels, or the teacher's distillation loss).
+   */
+  inplaceAlpha?: number;
 }
 
 /** What stays fixed over a run's steps. Empty: plain cross-entropy on the network's output. */
@@ -106,7 +111,7 @@ export function gradientStep(
   grads: Float32Array,
   context: StepContext = {},
 ): StepResult {
-  const { plans, inplaceDistill = false } = toStepSpec(work);
+  const { plans, inplaceDistill = false, inplaceAlpha = 1 } = toStepSpec(work);
   if (plans.length === 0) throw new DynnError('a gradient step needs at least one plan');
   const count = labels.length;
   const weights = model.trainableWeights();
@@ -125,10 +130,14 @@ export function gradientStep(
   let lossValue = 0;
   try {
     plans.forEach((plan, i) => {
+      const hard = (logits: tf.Tensor2D): tf.Scalar =>
+        teacherLogits
+          ? distillationLoss(logits, teacherLogits, ys as tf.Tensor2D, teacher!.settings)
+          : (tf.losses.softmaxCrossEntropy(ys, logits) as tf.Scalar);
       const term = (logits: tf.Tensor2D): tf.Scalar => {
-        if (i > 0 && inplaceDistill) return softTargetKl(widest!, logits);
-        if (teacherLogits) return distillationLoss(logits, teacherLogits, ys as tf.Tensor2D, teacher!.settings);
-        return tf.losses.softmaxCrossEntropy(ys, logits) as tf.Scalar;
+        if (i === 0 || !inplaceDistill) return hard(logits);
+        const soft = softTargetKl(widest!, logits);
+        return inplaceAlpha === 1 ? soft : (tf.add(tf.mul(inplaceAlpha, soft), tf.mul(1 - inplaceAlpha, hard(logits))) as tf.Scalar);
       };
       const { value, grads: g } = tf.tidy(() =>
         tf.variableGrads(() => {

@@ -60,6 +60,8 @@ export interface TrainOptions {
   sandwichWidths?: number;
   /** Sandwich rule: every narrower width learns from the widest's soft predictions, detached (default true). */
   inplaceDistill?: boolean;
+  /** Sandwich rule: weight of the widest's soft predictions in a narrower width's loss, the rest on the labels (default 1). */
+  inplaceAlpha?: number;
   /** Run directory of a trained network whose predictions at u = 1 the model learns from (knowledge distillation). */
   teacher?: string;
   /** Distillation: weight a of the soft-target term, in [0, 1] (default 0.5). */
@@ -137,6 +139,7 @@ function resolveOptions(o: TrainOptions): Resolved {
     fullWidth: o.fullWidth ?? 0.2,
     sandwichWidths: o.sandwichWidths ?? 2,
     inplaceDistill: o.inplaceDistill ?? true,
+    inplaceAlpha: o.inplaceAlpha ?? 1,
     teacher: o.teacher,
     distillAlpha: o.distillAlpha ?? 0.5,
     distillT: o.distillT ?? 4,
@@ -160,6 +163,7 @@ function resolveOptions(o: TrainOptions): Resolved {
     throw new DynnError(`sandwichWidths must be a non-negative integer, got ${r.sandwichWidths}`);
   }
   checkDistill({ alpha: r.distillAlpha, temperature: r.distillT });
+  if (!(r.inplaceAlpha >= 0 && r.inplaceAlpha <= 1)) throw new DynnError(`inplaceAlpha must be in [0, 1], got ${r.inplaceAlpha}`);
   if (r.exitWeights && !r.exitWeights.every((w) => w >= 0 && Number.isFinite(w))) {
     throw new DynnError(`exitWeights must be non-negative numbers, got ${JSON.stringify(r.exitWeights)}`);
   }
@@ -182,6 +186,9 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   const o = resolveOptions(options);
   const engine = await initEngine(o.engine);
   const dataset = await loadDataset(o.dataset, { dataDir: o.dataDir, trainLimit: o.trainLimit, testLimit: o.testLimit, seed: o.seed });
+  if (o.validationSamples >= dataset.train.count) {
+    throw new DynnError(`validationSamples (${o.validationSamples}) must be fewer than the ${dataset.train.count} training samples`);
+  }
   const { height, width, channels } = dataset.train;
   const modelArgs = resolveModelArgs(o.model, {
     ...options.modelArgs,
@@ -216,9 +223,6 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     startEpoch = history.length;
   }
 
-  if (o.validationSamples >= dataset.train.count) {
-    throw new DynnError(`validationSamples (${o.validationSamples}) must be fewer than the ${dataset.train.count} training samples`);
-  }
   const trainPart = head(dataset.train, dataset.train.count - o.validationSamples);
   const train = o.workers === 0 ? trainPart : allocShared(trainPart);
   const threads = o.workers < 0 ? undefined : o.workers;
@@ -267,7 +271,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         optimizer.setLearningRate(learningRate(o.lrSchedule, lr, progress));
         const indices = order.subarray(step * o.batchSize, Math.min(n, (step + 1) * o.batchSize));
         const work: Plan | StepSpec = sandwich
-          ? { plans: sandwichPlans(model, { n: o.sandwichWidths, rng: uRng, gating: o.gating, gateRng }), inplaceDistill: o.inplaceDistill }
+          ? { plans: sandwichPlans(model, { n: o.sandwichWidths, rng: uRng, gating: o.gating, gateRng }), inplaceDistill: o.inplaceDistill, inplaceAlpha: o.inplaceAlpha }
           : model.plan(u, { gating: o.gating, rng: gateRng });
         const r = await executor.step(indices, work);
         if (!Number.isFinite(r.loss)) throw new DynnError(`training diverged: loss is ${r.loss} at epoch ${epoch + 1}, step ${step + 1} (try a lower --lr)`);

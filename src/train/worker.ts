@@ -32,7 +32,7 @@ try {
         version = m.version;
       }
       const n = gatherBatch(init.data, m.indices, images, labels);
-      const work = { plans: m.plans.map(planFromData), inplaceDistill: m.inplaceDistill };
+      const work = { plans: m.plans.map(planFromData), inplaceDistill: m.inplaceDistill, inplaceAlpha: m.inplaceAlpha };
       const result = gradientStep(model, layout, images, labels.subarray(0, n), work, grads, context);
       port.postMessage({ type: 'done', result });
     } catch (err) {
