@@ -189,27 +189,18 @@ describe('wasm training kernels against cpu', () => {
     }
   });
 
-  test('maxPool gradient is fast on 128x28x28x32', async () => {
+  // Speed is measured in kernel-bench.ts, not here: a timed test fails on a busy machine.
+  test('maxPool gradient on a full-size batch routes one unit per window', async () => {
     await tf.setBackend('wasm');
     const x = randomTensor(16, [128, 28, 28, 32]) as tf.Tensor4D;
     const y = tf.maxPool(x, 2, 2, 'valid');
     const dy = tf.onesLike(y);
-    const grad = () => tf.engine().runKernel(tf.MaxPoolGrad, { dy, input: x, output: y }, {
-      filterSize: 2, strides: 2, pad: 'valid',
-    }) as tf.Tensor;
-    tf.dispose(grad());
-    let ms = Infinity;
-    // The best of three, so that other processes on a busy machine do not fail the test.
-    for (let i = 0; i < 3; i++) {
-      const t0 = performance.now();
-      const g = grad();
-      ms = Math.min(ms, performance.now() - t0);
-      const total = tf.sum(g);
-      assert.equal(total.dataSync()[0], y.size);
-      tf.dispose([g, total]);
-    }
-    tf.dispose([x, y, dy]);
-    assert.ok(ms < 100, `MaxPoolGrad took ${ms.toFixed(1)} ms`);
+    const g = tf.engine().runKernel(tf.MaxPoolGrad, { dy, input: x, output: y }, { filterSize: 2, strides: 2, pad: 'valid' }) as tf.Tensor;
+    const total = tf.sum(g);
+    const nonzero = tf.sum(tf.cast(tf.notEqual(g, 0), 'float32'));
+    assert.equal(total.dataSync()[0], y.size);
+    assert.equal(nonzero.dataSync()[0], y.size);
+    tf.dispose([x, y, dy, g, total, nonzero]);
   });
 
   test('gather gradient with duplicate indices (unsortedSegmentSum)', async () => {
