@@ -56,6 +56,26 @@ test('controller train, eval --json (the issue’s format), select both problems
   // Its own network's cost is inside the mean: more than the cheapest level's.
   assert.ok(e.meanFlopsRatio > e.fixed[0].flopsRatio);
 
+  // The network and its controller export as one ONNX model; in ONNX Runtime the controller decides as in TF.js.
+  const onnxFile = path.join(tmp, 'adaptive.onnx');
+  const x = (await ok(['export', runA, '--onnx', onnxFile, '--controller', ctrl, '--json'])).json();
+  assert.equal(x.metadata.controller.actions.length, 10);
+  const { loadDataset } = await import('../data/datasets.js');
+  const { OnnxModel } = await import('../runtime/node.js');
+  const { toFloat } = await import('../data/imageset.js');
+  const test = (await loadDataset('synthetic', { trainLimit: 400, testLimit: 120 })).test;
+  const m = await OnnxModel.load(onnxFile, { threads: 1 });
+  try {
+    const r = await m.runAdaptive(toFloat(test, 0, 120), { layout: 'NHWC' });
+    const hist: Record<string, number> = {};
+    for (const u of r.decision.u) hist[String(u)] = (hist[String(u)] ?? 0) + 1;
+    assert.deepEqual(hist, e.uHistogram);
+    const right = r.classes.filter((c, i) => c === test.labels[i]).length;
+    assert.ok(Math.abs(right / 120 - e.accuracy) <= 1 / 120 + 1e-9, `ONNX Runtime ${right / 120} vs TF.js ${e.accuracy}`);
+  } finally {
+    await m.dispose();
+  }
+
   const human = await ok(['eval', runA, '--controller', 'cascade', '--stages', '0.25,1', '--threshold', '0.8', '--test-limit', '120']);
   assert.match(human.out, /cascade controller, mlp-w on synthetic test \(120 samples\)/);
   assert.match(human.out, /fixed-u curve at the same FLOPs/);

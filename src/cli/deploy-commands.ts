@@ -49,13 +49,28 @@ export async function exportCommand(run: string, o: Opts, io: Io): Promise<void>
   const { saveOnnx } = await import('../export/export.js');
   await initEngine(choiceOption(o.engine, 'engine', ENGINES));
   const { model, meta } = await loadRun(run);
+  let policy: import('../control/policy.js').Policy | undefined;
   try {
+    if (o.controller !== undefined) {
+      const { loadController } = await import('../control/store.js');
+      policy = (await loadController(String(o.controller), model, run)).policy;
+    }
     const classNames = (await datasetClassNames(meta.dataset, model.numClasses)) ?? undefined;
     const gating = (meta.options?.gating as GatingMode | undefined) ?? 'nested';
-    const metadata = await saveOnnx(model, o.onnx, { levels, classNames, gating });
+    // A policy stored by `dynn fit-exits --save` becomes the runtime's default exit policy.
+    const stored = (meta as { exitPolicy?: { rule: string; thresholds: number[] } }).exitPolicy;
+    const exitPolicy = stored ? { rule: stored.rule, thresholds: stored.thresholds } : undefined;
+    const controller = policy ? { network: policy.net, actions: policy.actions } : undefined;
+    const metadata = await saveOnnx(model, o.onnx, { levels, classNames, gating, controller, exitPolicy });
     if (o.json) io.out(JSON.stringify({ onnx: o.onnx, metadata }, null, 2) + '\n');
-    else io.out(levelsTable(metadata) + `wrote ${o.onnx} (${metadata.model.model}, ${metadata.levels.length} levels, input images NCHW [batch, ${metadata.input.shape.join(', ')}] and scalar u)\n`);
+    else {
+      const parts = [`${metadata.levels.length} levels`];
+      if (metadata.exits) parts.push(`${metadata.exits.count} exits run stage by stage${metadata.exits.policy ? ` (default policy: ${metadata.exits.policy.rule} ${metadata.exits.policy.thresholds.join(':')})` : ''}`);
+      if (metadata.controller) parts.push(`a controller over u = ${metadata.controller.actions.join(', ')} (FLOPs ratio ${metadata.controller.flopsRatio.toFixed(4)})`);
+      io.out(levelsTable(metadata) + `wrote ${o.onnx} (${metadata.model.model}, ${parts.join(', ')}; input images NCHW [batch, ${metadata.input.shape.join(', ')}] and scalar u)\n`);
+    }
   } finally {
+    policy?.dispose();
     model.dispose();
   }
 }
@@ -107,9 +122,11 @@ export const deployCommands: CommandModule = (cli, io) => {
     .command('export <run>', 'write a trained run as one ONNX model with a utilization input u (an If chain over its levels)')
     .option('--onnx <file>', 'the ONNX file to write (required; written atomically)')
     .option('--levels <list>', 'utilizations whose levels to export, e.g. 0.25,0.5,0.75,1 [default: every level]')
+    .option('--controller <dir>', 'also export this controller (from `dynn controller train`): the whole adaptive model runs in ONNX Runtime')
     .option('--engine <name>', 'auto, tensorflow, wasm or cpu (only reads the weights)')
     .option('--json', 'machine-readable output on stdout')
     .example('dynn export runs/fm-vgg --onnx fm-vgg.onnx --levels 0.25,0.5,0.75,1')
+    .example('dynn export runs/fm-vgg --onnx fm-adaptive.onnx --controller runs/fm-ctrl')
     .action(async (run, o) => exportCommand(run, o, io));
 
   cli

@@ -16,7 +16,7 @@ const RULES = ['entropy', 'confidence'] as const;
 export const SCALING_TRAIN_OPTIONS: [string, string][] = [
   ['--sandwich-widths <n>', 'with --schedule sandwich: random widths per step besides the widest and the narrowest [default: 2]'],
   ['--no-inplace-distill', 'with --schedule sandwich: narrower widths learn from the labels, not from the widest width'],
-  ['--inplace-alpha <a>', 'with --schedule sandwich: weight of the widest width’s soft predictions, the rest on the labels [default: 1]'],
+  ['--inplace-alpha <a>', 'with --schedule sandwich: weight of the widest width’s soft predictions, the rest on the labels [default: 0.5]'],
   ['--teacher <run>', 'distill from a trained run: (1-a) CE(y) + a T^2 KL(teacher_T || student_T)'],
   ['--distill-alpha <a>', 'distillation weight a in [0, 1] [default: 0.5]'],
   ['--distill-t <T>', 'distillation temperature T [default: 4]'],

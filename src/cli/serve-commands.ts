@@ -28,45 +28,31 @@ export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<
   const bodyLimit = numberOption(o.bodyLimit, 'body-limit', { int: true, min: 1024 });
   const threads = numberOption(o.threads, 'threads', { int: true, min: 1 });
   const policy = o.policy === undefined ? 'adaptive' : String(o.policy);
-  if (o.controller !== undefined && !policy.startsWith('controller')) throw new DynnError('--controller is for --policy controller');
   const log = (line: string) => io.err(`dynn serve: ${line}\n`);
   const { DynnServer } = await import('../serve/server.js');
   const { parsePolicy } = await import('../serve/policy.js');
   parsePolicy(policy);
-  let ctrl: { controller: import('../serve/policy.js').SampleController; dispose(): void } | undefined;
-  if (policy === 'controller' && o.controller !== undefined) {
-    if (o.run === undefined) throw new DynnError('--controller needs --run RUN, the run the model was exported from (the controller was trained for it)');
-    const { readOnnxMetadata } = await import('../export/metadata.js');
-    const { readModelFile } = await import('../runtime/node.js');
-    const { loadServeController } = await import('../serve/controller.js');
-    ctrl = await loadServeController(String(o.controller), String(o.run), readOnnxMetadata(await readModelFile(file), file));
-  }
-  try {
-    const server = await DynnServer.create({
-      model: file,
-      policy,
-      sloMs,
-      maxBatch,
-      maxWaitMs,
-      maxQueue,
-      bodyLimit,
-      threads,
-      spinning: o.spinning === true,
-      profile: o.profile === true,
-      controller: ctrl?.controller,
-      log,
-    });
-    const url = await server.listen({ port, host });
-    const m = server.metadata;
-    const info = { url, model: file, policy: server.policy.name, sloMs: sloMs ?? 25, levels: m.levels.map((l) => l.u), input: [...m.input.shape] };
-    if (o.json) io.out(JSON.stringify(info) + '\n');
-    else io.out(`dynn serve: listening on ${url} (${m.model.model}, levels ${info.levels.join(', ')}, policy ${info.policy}, SLO ${info.sloMs} ms)\n`);
-    const sig = await stop;
-    log(`${sig}: finishing queued requests and shutting down`);
-    await server.close();
-  } finally {
-    ctrl?.dispose();
-  }
+  const server = await DynnServer.create({
+    model: file,
+    policy,
+    sloMs,
+    maxBatch,
+    maxWaitMs,
+    maxQueue,
+    bodyLimit,
+    threads,
+    spinning: o.spinning === true,
+    profile: o.profile === true,
+    log,
+  });
+  const url = await server.listen({ port, host });
+  const m = server.metadata;
+  const info = { url, model: file, policy: server.policy.name, sloMs: sloMs ?? 25, levels: m.levels.map((l) => l.u), input: [...m.input.shape] };
+  if (o.json) io.out(JSON.stringify(info) + '\n');
+  else io.out(`dynn serve: listening on ${url} (${m.model.model}, levels ${info.levels.join(', ')}, policy ${info.policy}, SLO ${info.sloMs} ms)\n`);
+  const sig = await stop;
+  log(`${sig}: finishing queued requests and shutting down`);
+  await server.close();
 }
 
 /** The serving command. */
@@ -76,7 +62,7 @@ export const serveCommands: CommandModule = (cli, io) => {
     .option('--port <n>', 'TCP port; 0 picks a free one [default: 8080]')
     .option('--host <addr>', 'address to listen on [default: 127.0.0.1]')
     .option('--slo-ms <ms>', 'latency objective per request, server side [default: 25]')
-    .option('--policy <p>', 'adaptive (highest level meeting the SLO), fixed:U, or controller [default: adaptive]')
+    .option('--policy <p>', 'adaptive (highest level meeting the SLO), fixed:U, or controller (the one exported in the model) [default: adaptive]')
     .option('--max-batch <n>', 'most samples per batch run and per request [default: 64]')
     .option('--max-wait-ms <ms>', 'how long a batch may wait to fill while the model is idle [default: 2]')
     .option('--max-queue <n>', 'most samples waiting; more get 503 [default: 32 x max batch]')
@@ -84,8 +70,6 @@ export const serveCommands: CommandModule = (cli, io) => {
     .option('--threads <n>', 'ONNX Runtime intra-op threads [default: the core count]')
     .option('--spinning', 'let idle ONNX Runtime threads spin (faster alone, slower beside the HTTP thread)')
     .option('--profile', 'with no latency table beside the model, measure one at startup (else: refuse to start)')
-    .option('--controller <dir>', 'controller policy: a controller trained by `dynn controller train`')
-    .option('--run <dir>', 'with --controller: the run the model was exported from')
     .option('--json', 'print the startup line as JSON')
     .example('dynn serve fm-vgg.onnx --port 8080 --slo-ms 25 --policy adaptive')
     .example(`curl -s localhost:8080/v1/predict -H 'content-type: application/json' -d '{"inputs": [...784 numbers...], "budgetMs": 10}'`)

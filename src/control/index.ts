@@ -17,7 +17,8 @@ export { Policy, staticPlan, measurePolicyLatency, type PolicyArgs } from './pol
 export { BanditController, trainBandit, reward, policyProbabilities, greedyActions, BANDIT_COSTS, type BanditCost, type BanditOptions, type BanditEpoch } from './bandit.js';
 export { GateSet, gatedBlocks, planFromGroups, complexity, calibratedSubnet, gatedRunner, type GateArgs, type GatedBlock } from './gates.js';
 export { trainGates, maskedForward, complexityPenalty, GATE_METHODS, GATE_PENALTIES, type GateMethod, type GatePenalty, type GateTrainOptions, type GateStep } from './gate-training.js';
-export { loadLatencyTable, parseLatencyTable, latencyOf, latencyAtBatch, measureLatencyTable, type LatencyTable } from './latency-table.js';
+export { loadLatencyTable, parseLatencyTable, latencyOf, latencyAtBatch, type LatencyTable } from './latency-table.js';
+export { measureLatencyTable } from './measure-latency.js';
 export { saveController, loadController, saveGates, loadGates, runRef, networkFingerprint, type RunRef } from './store.js';
 export { runController, evaluateController, reportRun, type ControlledRun, type ControllerReport } from './evaluate.js';
 export { interpolateAccuracy, type CurvePoint } from './curve.js';

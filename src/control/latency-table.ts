@@ -1,14 +1,12 @@
 import { promises as fsp } from 'node:fs';
 import { z } from 'zod';
-import type { Network } from '../models/network.js';
-import { measureLatency } from '../eval/latency.js';
 import { checkUtilization } from '../gating/gating.js';
 import { DynnError } from '../util/errors.js';
 
 /**
  * Measured latency per operating level and batch size: `{ levels: [{ u, latencyMs: { "<batch>": ms } }] }`.
  * The ONNX export writes one beside each model as `<model>.onnx.profile.json`; `measureLatencyTable`
- * writes the same format from TF.js. Other top-level fields (model, provider, ...) are kept and ignored.
+ * (measure-latency.ts) writes the same format from TF.js. Other top-level fields (model, provider, ...) are kept and ignored.
  */
 export interface LatencyTable {
   levels: { u: number; latencyMs: Record<string, number> }[];
@@ -89,18 +87,4 @@ export function latencyOf(table: LatencyTable, u: number, batch: number, sameLev
     table.levels.find((l) => l.u >= u - 1e-12) ??
     table.levels[table.levels.length - 1];
   return latencyAtBatch(entry.latencyMs, batch);
-}
-
-/** Measures a latency table with TF.js (frozen subnets, median of `reps` runs) for the given levels and batches. */
-export function measureLatencyTable(model: Network, us: number[], batches: number[], options: { reps?: number } = {}): LatencyTable {
-  us.forEach(checkUtilization);
-  for (const b of batches) if (!Number.isInteger(b) || b < 1) throw new DynnError(`batch sizes must be positive integers, got ${b}`);
-  return {
-    engine: 'tfjs',
-    model: model.config.model,
-    levels: us.map((u) => ({
-      u,
-      latencyMs: Object.fromEntries(batches.map((b) => [String(b), measureLatency(model, u, b, { reps: options.reps ?? 10 })])),
-    })),
-  };
 }

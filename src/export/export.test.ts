@@ -19,6 +19,7 @@ import { readOnnxMetadata, levelIndexFor } from './metadata.js';
 import { ModelProto } from './onnx-proto.js';
 import { randomizeStatistics } from './fixtures.js';
 import { tfPads } from './lower.js';
+import { Policy } from '../control/policy.js';
 
 await initEngine('wasm');
 
@@ -195,15 +196,19 @@ function pythonOnnx(): boolean {
   return spawnSync('/usr/bin/python3', ['-c', 'import onnx'], { stdio: 'ignore' }).status === 0;
 }
 
-test('the ONNX checker (python3-onnx, full check) accepts vgg-w, mlp-w, resnet-d and resnext-w exports', (t) => {
+test('the ONNX checker (python3-onnx, full check) accepts every model, early-exit stages and an exported controller', (t) => {
   if (!pythonOnnx()) {
     t.skip('python3-onnx is not installed (apt-get install python3-onnx)');
     return;
   }
-  for (const [name, args] of PARITY) {
+  const cases: [string, Record<string, unknown>][] = [...PARITY, ['vgg-exits', { groups: 4 }], ['resnet-exits', { width: 8 }]];
+  for (const [name, args] of cases) {
     const model = createModel(name, args);
     const file = path.join(tmp, `${name}.onnx`);
-    writeFileSync(file, exportOnnx(model).bytes);
+    // One of them carries a controller, as `export --controller` writes.
+    const ctrl = name === 'vgg-w' ? new Policy({ inputShape: model.inputShape, actions: [0.25, 0.5, 1] }) : null;
+    writeFileSync(file, exportOnnx(model, ctrl ? { controller: { network: ctrl.net, actions: ctrl.actions } } : {}).bytes);
+    ctrl?.dispose();
     model.dispose();
     const out = execFileSync('/usr/bin/python3', ['-c', 'import onnx,sys; onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True); print("ok")', file], { encoding: 'utf8' });
     assert.equal(out.trim(), 'ok', name);
@@ -217,6 +222,15 @@ test('export errors: duplicate levels, bad u, independent gating, wrong class na
   assert.throws(() => exportOnnx(model, { levels: [] }), /at least one level/);
   assert.throws(() => exportOnnx(model, { gating: 'independent' }), /only nested gating exports/);
   assert.throws(() => exportOnnx(model, { classNames: ['a', 'b'] }), /2 class names given for a model with 10 classes/);
+  // Controllers: another input shape, outputs that do not match the actions, clashing weight names; exit policies.
+  const small = new Policy({ inputShape: [8, 8, 1], actions: [0.5, 1] });
+  assert.throws(() => exportOnnx(model, { controller: { network: small.net, actions: small.actions } }), /the controller reads \[8,8,1\] inputs, the network \[28,28,1\]/);
+  small.dispose();
+  const twin = createModel('vgg-w', { groups: 4, numClasses: 3 });
+  assert.throws(() => exportOnnx(model, { controller: { network: twin, actions: [0.3, 0.6, 1] } }), /the controller's weight stem.conv.kernel has the name of one of the network's/);
+  assert.throws(() => exportOnnx(model, { controller: { network: twin, actions: [0.5, 1] } }), /the controller has 3 outputs for 2 actions/);
+  twin.dispose();
+  assert.throws(() => exportOnnx(model, { exitPolicy: { rule: 'entropy', thresholds: [1] } }), /an exit policy needs a model with early exits/);
   model.dispose();
 
   class Mystery extends Layer<Record<string, never>> {

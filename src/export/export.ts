@@ -1,6 +1,8 @@
 import type { Network } from '../models/network.js';
 import { planToData } from '../models/network.js';
+import { exitCosts, exitSegments, type ExitHead } from '../models/exits.js';
 import { fullSel } from '../layers/select.js';
+import type { ChannelSel, Plan } from '../layers/types.js';
 import { checkGatingMode, checkUtilization, type GatingMode } from '../gating/gating.js';
 import { DynnError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs.js';
@@ -8,7 +10,7 @@ import { VERSION } from '../version.js';
 import { attr, floatValueInfo, GraphBuilder, NameScope } from './graph.js';
 import { lowerChain } from './lower.js';
 import { metadataProps, ONNX_FORMAT, ONNX_IO, type OnnxLevel, type OnnxMetadata } from './metadata.js';
-import { encodeModel, IR_VERSION, OPSET_VERSION, type GraphMsg } from './onnx-proto.js';
+import { encodeModel, IR_VERSION, OPSET_VERSION, type GraphMsg, type ValueInfoMsg } from './onnx-proto.js';
 
 /** Options of `exportOnnx`. */
 export interface ExportOptions {
@@ -24,6 +26,14 @@ export interface ExportOptions {
    * prefixes of the full width, which constant slices express; independent gating has no fixed sub-network.
    */
   gating?: GatingMode;
+  /**
+   * A per-input controller to export with the network, e.g. a bandit policy's network (`policy.net`) and its
+   * actions: the graph gets a second output `controller_scores` computed from the images alone, so the whole
+   * adaptive model (decide, then run each sample's level) runs in ONNX Runtime.
+   */
+  controller?: { network: Network; actions: number[] };
+  /** Early-exit models: the fitted exit policy to store as the runtime's default (from `dynn fit-exits --save`). */
+  exitPolicy?: { rule: string; thresholds: number[] };
 }
 
 /** An exported model: the ONNX bytes and the metadata they carry. */
@@ -90,6 +100,38 @@ function hwioToOihw(data: Float32Array, [kh, kw, ci, co]: number[]): Float32Arra
   return out;
 }
 
+/** The channels entering stage `k` (the segment before exit k) at a plan. */
+function selBeforeStage(segments: ReturnType<typeof exitSegments>['segments'], k: number, first: ChannelSel, plan: Plan): ChannelSel {
+  let sel = first;
+  for (const seg of segments.slice(0, k)) for (const l of seg) sel = l.outSel(sel, plan);
+  return sel;
+}
+
+/**
+ * Nested `If`s in `host` that pick one of `conds.length` branches: the last i whose `conds[i]` holds, else
+ * branch 0 (`conds[0]` is unused). Results are named `outs` exactly when `exact`, else after them; returns the names.
+ */
+function selectBranch(
+  host: GraphBuilder,
+  conds: string[],
+  branch: (i: number) => GraphMsg,
+  outs: string[],
+  exact: boolean,
+  info: (name: string, j: number) => ValueInfoMsg,
+  tag: string,
+): string[] {
+  const n = conds.length;
+  let otherwise = branch(0);
+  for (let i = 1; i < n - 1; i++) {
+    const g = new GraphBuilder(`${tag}_up_to_${i}`, host.names);
+    const ys = g.nodeOutputs('If', [conds[i]], outs.map((o) => `${tag}_${i}/${o}`), { then_branch: attr.graph(branch(i)), else_branch: attr.graph(otherwise) });
+    ys.forEach((y, j) => g.output(info(y, j)));
+    otherwise = g.build();
+  }
+  const attrs = { then_branch: attr.graph(branch(n - 1)), else_branch: attr.graph(otherwise) };
+  return exact ? host.nodeOutputsTo('If', [conds[n - 1]], outs, attrs) : host.nodeOutputs('If', [conds[n - 1]], outs, attrs);
+}
+
 /**
  * Writes a network as one ONNX model (IR 8, opset 17) with inputs `images` (float32 NCHW [batch, C, H, W])
  * and `u` (float32 scalar), and output `scores` ([batch, classes], the network's logits).
@@ -103,6 +145,14 @@ function hwioToOihw(data: Float32Array, [kh, kw, ci, co]: number[]): Float32Arra
  * `u` picks the most expensive exported level whose `minU` is at most u (compared in float32). Outside
  * (0, 1] it is clamped: u above 1 runs the top level; u at or below 0, NaN, or below the cheapest level's
  * threshold runs the cheapest level. Only nested gating exports.
+ *
+ * An early-exit model exports per stage, so that a sample which leaves is not computed further: a third
+ * input `stage` (float32 scalar, 0-based) picks the backbone segment before exit `stage`, `images` is that
+ * stage's input (the images at stage 0, the previous stage's `features` after), and the outputs are the
+ * exit's `scores` and the segment's `features` (for the last stage, the scores again). The runtime runs the
+ * stages in turn and passes only the samples still running on.
+ *
+ * With `options.controller`, a second output `controller_scores` holds the controller's action logits.
  */
 export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExport {
   const gating = options.gating ?? 'nested';
@@ -115,13 +165,36 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   }
   if (model.inputShape.length !== 3) throw new DynnError(`export needs an image model ([H, W, C] input), got [${model.inputShape}]`);
   const [h, w, c] = model.inputShape;
+  const { segments, heads } = exitSegments(model);
+  const staged = heads.length > 0;
+  const ctrl = options.controller;
+  if (ctrl && ctrl.network.inputShape.join() !== model.inputShape.join()) {
+    throw new DynnError(`the controller reads [${ctrl.network.inputShape}] inputs, the network [${model.inputShape}]`);
+  }
+  if (ctrl && ctrl.network.numClasses !== ctrl.actions.length) {
+    throw new DynnError(`the controller has ${ctrl.network.numClasses} outputs for ${ctrl.actions.length} actions`);
+  }
+  const clash = ctrl && ctrl.network.getWeights().find((cw) => model.weights().some((w) => w.name === cw.name));
+  if (clash) throw new DynnError(`the controller's weight ${clash.name} has the name of one of the network's; name the controller's layers apart`);
+  if (options.exitPolicy && !staged) throw new DynnError('an exit policy needs a model with early exits');
+  if (options.exitPolicy && options.exitPolicy.thresholds.length !== heads.length) {
+    throw new DynnError(`the exit policy has ${options.exitPolicy.thresholds.length} thresholds for ${heads.length} intermediate exits`);
+  }
 
   const names = new NameScope();
   const main = new GraphBuilder('dynn', names);
-  main.input(floatValueInfo(ONNX_IO.images, ['batch', c, h, w], 'images, NCHW float32'));
+  if (staged && segments.some((seg) => seg[0].inShape.length !== 3)) {
+    throw new DynnError('an early-exit model exports per stage only when every exit follows an image-shaped layer ([H, W, C])');
+  }
+  main.input(
+    staged
+      ? floatValueInfo(ONNX_IO.images, ['batch', 'in_channels', 'in_height', 'in_width'], 'the stage input: images (NCHW float32) at stage 0, the previous stage\'s features after')
+      : floatValueInfo(ONNX_IO.images, ['batch', c, h, w], 'images, NCHW float32'),
+  );
   main.input(floatValueInfo(ONNX_IO.u, [], 'utilization in (0, 1]; clamped to the exported levels'));
+  if (staged) main.input(floatValueInfo(ONNX_IO.stage, [], `the stage to run, 0 to ${heads.length} (the exit it ends at)`));
   const dims = new Map<string, number[]>();
-  for (const wt of model.getWeights()) {
+  for (const wt of [...model.getWeights(), ...(ctrl?.network.getWeights() ?? [])]) {
     const oihw = wt.shape.length === 4;
     const shape = oihw ? [wt.shape[3], wt.shape[2], wt.shape[0], wt.shape[1]] : wt.shape;
     main.floatInit(wt.name, shape, oihw ? hwioToOihw(wt.data, wt.shape) : wt.data, oihw ? 'OIHW (TF.js HWIO transposed)' : undefined);
@@ -129,32 +202,57 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   }
 
   const scoresInfo = (name: string) => floatValueInfo(name, ['batch', model.numClasses]);
-  const lowerLevel = (g: GraphBuilder, lv: OnnxLevel): string =>
-    lowerChain(model.layers, ONNX_IO.images, fullSel(c), { g, plan: model.plan(lv.u), prefix: `L${lv.level}`, dims }).y;
-  const branch = (i: number): GraphMsg => {
-    const lv = levels[i];
-    const g = new GraphBuilder(`level_${lv.level}`, names);
-    g.output(scoresInfo(lowerLevel(g, lv)));
-    return g.build(`u in [${lv.minU}, ...): level ${lv.level}`);
+  const outInfo = (name: string, j: number) => (j === 0 ? scoresInfo(name) : floatValueInfo(name, ['batch', 'out_channels', 'out_height', 'out_width']));
+  // What one (stage, level) computes: [scores] for a plain model, [scores, features] for a stage.
+  const lowerLevel = (g: GraphBuilder, stage: number, lv: OnnxLevel): string[] => {
+    const plan = model.plan(lv.u);
+    const ctx = { g, plan, prefix: staged ? `S${stage}L${lv.level}` : `L${lv.level}`, dims };
+    if (!staged) return [lowerChain(model.layers, ONNX_IO.images, fullSel(c), ctx).y];
+    const body = lowerChain(segments[stage], ONNX_IO.images, selBeforeStage(segments, stage, fullSel(c), plan), ctx);
+    // The last stage has no next one: its features are the scores as [batch, classes, 1, 1], the rank of the others.
+    if (stage === heads.length) return [body.y, g.node('Unsqueeze', [body.y, g.int64Const(`${ctx.prefix}/axes`, [2, 3])], `${ctx.prefix}/features`)];
+    const head: ExitHead = heads[stage];
+    return [lowerChain(head.children(), body.y, body.sel, { ...ctx, prefix: `${ctx.prefix}/${head.name}` }).y, body.y];
   };
-  const cond = (i: number) => main.node('GreaterOrEqual', [ONNX_IO.u, main.floatConst(`min_u_${levels[i].level}`, [], [levels[i].minU])], `at_least_${levels[i].level}`);
+  const outs = staged ? [ONNX_IO.scores, ONNX_IO.features] : [ONNX_IO.scores];
+  const levelConds = levels.map((lv, i) => (i === 0 ? '' : main.node('GreaterOrEqual', [ONNX_IO.u, main.floatConst(`min_u_${lv.level}`, [], [lv.minU])], `at_least_${lv.level}`)));
+  // The level chain of one stage into `host`; its results are named `results` (exactly when `exact`).
+  const levelChain = (host: GraphBuilder, stage: number, results: string[], exact: boolean): string[] => {
+    const branch = (i: number): GraphMsg => {
+      const g = new GraphBuilder(`${staged ? `stage_${stage}_` : ''}level_${levels[i].level}`, names);
+      lowerLevel(g, stage, levels[i]).forEach((y, j) => g.output(outInfo(y, j)));
+      return g.build(`u in [${levels[i].minU}, ...): level ${levels[i].level}`);
+    };
+    if (levels.length > 1) return selectBranch(host, levelConds, branch, results, exact, outInfo, staged ? `stage_${stage}_levels` : 'levels');
+    return lowerLevel(host, stage, levels[0]).map((y, j) => (exact ? host.nodeTo('Identity', [y], results[j]) : host.node('Identity', [y], results[j])));
+  };
 
-  if (levels.length === 1) {
-    const y = lowerLevel(main, levels[0]);
-    main.nodeTo('Identity', [y], ONNX_IO.scores);
-  } else {
-    const conds = levels.map((_, i) => (i === 0 ? '' : cond(i)));
-    let otherwise = branch(0);
-    for (let i = 1; i < levels.length - 1; i++) {
-      const g = new GraphBuilder(`up_to_level_${levels[i].level}`, names);
-      const y = g.node('If', [conds[i]], `select_${levels[i].level}`, { then_branch: attr.graph(branch(i)), else_branch: attr.graph(otherwise) });
-      g.output(scoresInfo(y));
-      otherwise = g.build();
-    }
-    const top = levels.length - 1;
-    main.nodeTo('If', [conds[top]], ONNX_IO.scores, { then_branch: attr.graph(branch(top)), else_branch: attr.graph(otherwise) });
+  if (!staged) levelChain(main, 0, outs, true);
+  else {
+    const stageConds = segments.map((_, k) => (k === 0 ? '' : main.node('GreaterOrEqual', [ONNX_IO.stage, main.floatConst(`stage_${k}`, [], [k - 0.5])], `from_stage_${k}`)));
+    const stageBranch = (k: number): GraphMsg => {
+      const g = new GraphBuilder(`stage_${k}`, names);
+      levelChain(g, k, outs.map((o) => `stage_${k}/${o}`), false).forEach((y, j) => g.output(outInfo(y, j)));
+      return g.build(`stage ${k}: the segment before exit ${k + 1}`);
+    };
+    selectBranch(main, stageConds, stageBranch, outs, true, outInfo, 'stages');
   }
-  main.output(scoresInfo(ONNX_IO.scores));
+  outs.forEach((o, j) => main.output(outInfo(o, j)));
+
+  let controller: OnnxMetadata['controller'];
+  if (ctrl) {
+    const cnet = ctrl.network;
+    // The controller has no throttleable block: everything in it runs.
+    const plan: Plan = { u: 1, groups: new Map(), depth: new Map(), level: 0 };
+    const y = lowerChain(cnet.layers, ONNX_IO.images, fullSel(c), { g: main, plan, prefix: 'controller', dims }).y;
+    main.nodeTo('Identity', [y], ONNX_IO.controller);
+    main.output(floatValueInfo(ONNX_IO.controller, ['batch', ctrl.actions.length], 'controller action logits'));
+    const cost = cnet.cost(plan);
+    controller = { actions: [...ctrl.actions], flops: cost.flops, macs: cost.macs, flopsRatio: cost.flops / model.cost(1).flops };
+  }
+  if (staged) {
+    for (const lv of levels) lv.exitFlops = exitCosts(model, model.plan(lv.u)).map((e) => e.cumulativeFlops);
+  }
 
   const metadata: OnnxMetadata = {
     format: ONNX_FORMAT,
@@ -164,6 +262,8 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
     numClasses: model.numClasses,
     classNames,
     levels,
+    ...(staged ? { exits: { count: segments.length, ...(options.exitPolicy ? { policy: options.exitPolicy } : {}) } } : {}),
+    ...(controller ? { controller } : {}),
   };
   const bytes = encodeModel({
     ir_version: IR_VERSION,

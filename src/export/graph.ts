@@ -74,14 +74,14 @@ export class NameScope {
   }
 }
 
-/** A float tensor value's type: element type float, dims numbers or symbolic names. */
-export function floatValueInfo(name: string, dims: (number | string)[], doc?: string): ValueInfoMsg {
+/** A float tensor value's type: element type float, dims numbers or symbolic names; `null` dims leave the rank open. */
+export function floatValueInfo(name: string, dims: (number | string)[] | null, doc?: string): ValueInfoMsg {
   return {
     name,
     type: {
       tensor_type: {
         elem_type: DataType.FLOAT,
-        shape: { dim: dims.map((d) => (typeof d === 'number' ? { dim_value: d } : { dim_param: d })) },
+        ...(dims ? { shape: { dim: dims.map((d) => (typeof d === 'number' ? { dim_value: d } : { dim_param: d })) } } : {}),
       },
     },
     ...(doc ? { doc_string: doc } : {}),
@@ -102,23 +102,33 @@ export class GraphBuilder {
 
   /** Adds a node with one output and returns the output's name (derived from `base`). */
   node(opType: string, inputs: string[], base: string, attrs: Record<string, Attr> = {}): string {
-    return this.add(opType, inputs, this.names.unique(base), attrs);
+    return this.add(opType, inputs, [this.names.unique(base)], attrs)[0];
   }
 
   /** Adds a node whose one output has exactly the name `output` (a graph output such as `scores`). */
   nodeTo(opType: string, inputs: string[], output: string, attrs: Record<string, Attr> = {}): string {
-    return this.add(opType, inputs, this.names.claim(output), attrs);
+    return this.add(opType, inputs, [this.names.claim(output)], attrs)[0];
   }
 
-  private add(opType: string, inputs: string[], output: string, attrs: Record<string, Attr>): string {
+  /** Adds a node with several outputs (an `If` with two results), named from `bases`; returns the names. */
+  nodeOutputs(opType: string, inputs: string[], bases: string[], attrs: Record<string, Attr> = {}): string[] {
+    return this.add(opType, inputs, bases.map((b) => this.names.unique(b)), attrs);
+  }
+
+  /** Adds a node whose outputs have exactly the names `outputs` (graph outputs). */
+  nodeOutputsTo(opType: string, inputs: string[], outputs: string[], attrs: Record<string, Attr> = {}): string[] {
+    return this.add(opType, inputs, outputs.map((o) => this.names.claim(o)), attrs);
+  }
+
+  private add(opType: string, inputs: string[], outputs: string[], attrs: Record<string, Attr>): string[] {
     this.nodes.push({
-      name: this.names.unique(`${output}/${opType}`),
+      name: this.names.unique(`${outputs[0]}/${opType}`),
       op_type: opType,
       input: inputs,
-      output: [output],
+      output: outputs,
       attribute: Object.entries(attrs).map(([k, v]) => attributeMsg(k, v)),
     });
-    return output;
+    return outputs;
   }
 
   /** A float32 initializer with exactly this name (weights keep their dotted dynn names). */

@@ -6,7 +6,17 @@ import { ModelMetadataOnly } from './onnx-proto.js';
 export const ONNX_FORMAT = 'dynn-onnx/1';
 
 /** The graph's input and output names. */
-export const ONNX_IO = { images: 'images', u: 'u', scores: 'scores' } as const;
+export const ONNX_IO = {
+  images: 'images',
+  u: 'u',
+  scores: 'scores',
+  /** Early-exit models: the stage to run (float32 scalar, 0-based); `images` is then the stage's input. */
+  stage: 'stage',
+  /** Early-exit models: the stage's backbone output, the next stage's input. */
+  features: 'features',
+  /** Models exported with a controller: its action logits, [batch, actions]. */
+  controller: 'controller_scores',
+} as const;
 
 const levelSchema = z.object({
   /** The utilization this level was exported for (its representative; what `run` reports as used). */
@@ -21,6 +31,25 @@ const levelSchema = z.object({
   params: z.number().nonnegative(),
   /** flops / FLOPs at u = 1. */
   flopsRatio: z.number().nonnegative(),
+  /** Early-exit models: FLOPs of a sample that leaves at each exit (segments and exit classifiers passed). */
+  exitFlops: z.array(z.number().nonnegative()).optional(),
+});
+
+const exitsSchema = z.object({
+  /** Exits, the final classifier included: the graph runs one stage per exit. */
+  count: z.number().int().min(2),
+  /** The fitted exit policy stored by `dynn fit-exits --save`, the runtime's default. */
+  policy: z.object({ rule: z.string(), thresholds: z.array(z.number()) }).optional(),
+});
+
+const controllerSchema = z.object({
+  /** The utilization each controller output stands for, ascending. */
+  actions: z.array(z.number().gt(0).lte(1)).min(1),
+  /** Cost of one decision: added to every sample's cost. */
+  flops: z.number().nonnegative(),
+  macs: z.number().nonnegative(),
+  /** flops / the network's FLOPs at u = 1. */
+  flopsRatio: z.number().nonnegative(),
 });
 
 const metadataSchema = z.object({
@@ -33,6 +62,10 @@ const metadataSchema = z.object({
   classNames: z.array(z.string()),
   /** Exported levels, cheapest first. */
   levels: z.array(levelSchema).min(1),
+  /** Early-exit models: the graph runs stage by stage (inputs `images` = the stage input, `u`, `stage`). */
+  exits: exitsSchema.optional(),
+  /** A per-input controller exported with the network (output `controller_scores`). */
+  controller: controllerSchema.optional(),
 });
 
 /** One exported operating level. */

@@ -151,7 +151,7 @@ export interface NodeMsg {
 
 export interface ValueInfoMsg {
   name: string;
-  type: { tensor_type: { elem_type: number; shape: { dim: ({ dim_value: number } | { dim_param: string })[] } } };
+  type: { tensor_type: { elem_type: number; shape?: { dim: ({ dim_value: number } | { dim_param: string })[] } } };
   doc_string?: string;
 }
 

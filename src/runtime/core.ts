@@ -2,6 +2,7 @@ import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import { checkUtilization } from '../gating/gating.js';
 import { DynnError } from '../util/errors.js';
 import { levelIndexFor, ONNX_IO, readOnnxMetadata, type OnnxLevel, type OnnxMetadata } from '../export/metadata.js';
+import { exitRules, leaves, perExitThresholds, softmaxRow, type ExitRule } from '../scaling/rules.js';
 
 /** What dynn needs of an ONNX Runtime package: onnxruntime-node and onnxruntime-web both provide it. */
 export interface OrtApi {
@@ -32,6 +33,48 @@ export interface Prediction {
   level: number;
   /** Time inside ONNX Runtime's `run`, in milliseconds (measured in the thread that ran it). */
   ms: number;
+}
+
+/** The result of an early-exit run (`runExits`): a `Prediction` plus where each sample left. */
+export interface ExitPrediction extends Prediction {
+  /** The exit (0-based) each sample left at; the last is the network's own classifier. */
+  exits: Int32Array;
+  /** Mean FLOPs per sample (segments and exit classifiers each sample passed), and relative to the last exit alone. */
+  meanFlops: number;
+  flopsRatio: number;
+}
+
+/** The result of a run where each sample has its own utilization (`runMixed`, `runAdaptive`). */
+export interface MixedPrediction {
+  scores: Float32Array;
+  classes: Int32Array;
+  batch: number;
+  numClasses: number;
+  /** The representative u of the level each sample ran at. */
+  u: Float64Array;
+  /** The network level each sample ran at. */
+  levels: Int32Array;
+  /** Mean FLOPs ratio per sample relative to u = 1, the controller's own cost included when it decided. */
+  meanFlopsRatio: number;
+  /** Time inside ONNX Runtime, summed over the level groups (and the controller), ms. */
+  ms: number;
+}
+
+/** A controller's decision for a batch. */
+export interface Decision {
+  /** The chosen action's utilization, per sample. */
+  u: Float64Array;
+  /** The chosen action's index into `metadata.controller.actions`, per sample. */
+  actions: Int32Array;
+  ms: number;
+}
+
+/** An early-exit rule and thresholds, by name or as a rule object. */
+export interface ExitOptions extends RunOptions {
+  /** `entropy` or `confidence`, or a rule (default: the model's stored policy, else entropy). */
+  rule?: string | ExitRule;
+  /** One threshold for all intermediate exits or one each (default: the model's stored policy). */
+  thresholds?: number | number[];
 }
 
 /** Converts a batch of NHWC images to NCHW (a new array). */
@@ -98,26 +141,172 @@ export class ModelSession {
     return new ModelSession(session, ort, metadata);
   }
 
-  /** Runs a batch at utilization u (see `OnnxModel.run`). */
+  private prepare(images: Float32Array, options: RunOptions): { nchw: Float32Array; batch: number } {
+    const batch = checkImages(this.metadata, images);
+    const nchw = (options.layout ?? 'NCHW') === 'NHWC' ? nhwcToNchw(images, this.metadata.input.shape) : images;
+    return { nchw, batch };
+  }
+
+  private tensor(data: Float32Array, dims: readonly number[]): Tensor {
+    return new this.ort.Tensor('float32', data, dims);
+  }
+
+  /**
+   * Runs the graph once. The level's own u is fed, not the caller's: float32 rounding near a threshold
+   * cannot pick another branch.
+   */
+  private async once(x: Float32Array, dims: readonly number[], level: OnnxLevel, stage: number | null, fetches?: string[]) {
+    const feeds: Record<string, Tensor> = { [ONNX_IO.images]: this.tensor(x, dims), [ONNX_IO.u]: this.tensor(Float32Array.of(level.u), []) };
+    if (stage !== null) feeds[ONNX_IO.stage] = this.tensor(Float32Array.of(stage), []);
+    const start = performance.now();
+    const out = fetches ? await this.session.run(feeds, fetches) : await this.session.run(feeds);
+    return { out, ms: performance.now() - start };
+  }
+
+  /**
+   * Runs a batch at utilization u (see `OnnxModel.run`). An early-exit model runs every stage: the scores
+   * are the last exit's, as the network without its exits computes them.
+   */
   async run(images: Float32Array, u: number, options: RunOptions = {}): Promise<Prediction> {
     const meta = this.metadata;
     const level = levelFor(meta, u);
-    const batch = checkImages(meta, images);
-    const nchw = (options.layout ?? 'NCHW') === 'NHWC' ? nhwcToNchw(images, meta.input.shape) : images;
-    const feeds = {
-      [ONNX_IO.images]: new this.ort.Tensor('float32', nchw, [batch, ...meta.input.shape]),
-      // The level's own u, not the caller's: float32 rounding near a threshold cannot pick another branch.
-      [ONNX_IO.u]: new this.ort.Tensor('float32', Float32Array.of(level.u), []),
-    };
-    const start = performance.now();
-    const out = await this.session.run(feeds);
-    const ms = performance.now() - start;
+    const { nchw, batch } = this.prepare(images, options);
+    if (meta.exits) {
+      const r = await this.exitRun(nchw, batch, level, null, []);
+      return { scores: r.scores, classes: r.classes, batch, numClasses: meta.numClasses, u: level.u, level: level.level, ms: r.ms };
+    }
+    const { out, ms } = await this.once(nchw, [batch, ...meta.input.shape], level, null, [ONNX_IO.scores]);
     const scores = out[ONNX_IO.scores].data as Float32Array;
     return { scores, classes: argmaxRows(scores, meta.numClasses), batch, numClasses: meta.numClasses, u: level.u, level: level.level, ms };
+  }
+
+  /**
+   * Runs an early-exit model with real early termination at utilization u: after each stage, the samples
+   * whose exit scores pass the rule leave, and only the rest run the next stage, as a smaller batch.
+   * Results come back in input order.
+   */
+  async runExits(images: Float32Array, u: number, options: ExitOptions = {}): Promise<ExitPrediction> {
+    const meta = this.metadata;
+    if (!meta.exits) throw new DynnError(`this ${meta.model.model} model has no early exits`);
+    const stored = meta.exits.policy;
+    const rule = options.rule ?? stored?.rule ?? 'entropy';
+    const r = typeof rule === 'string' ? exitRules.get(rule) : rule;
+    const given = options.thresholds ?? stored?.thresholds;
+    if (given === undefined) throw new DynnError('runExits needs thresholds: the model stores no exit policy (export after `dynn fit-exits --save`)');
+    const thresholds = perExitThresholds(given, meta.exits.count - 1);
+    const level = levelFor(meta, u);
+    const { nchw, batch } = this.prepare(images, options);
+    const res = await this.exitRun(nchw, batch, level, r, thresholds);
+    const exitFlops = level.exitFlops ?? [];
+    let flops = 0;
+    for (const e of res.exits) flops += exitFlops[e] ?? 0;
+    const meanFlops = flops / batch;
+    return { ...res, batch, numClasses: meta.numClasses, u: level.u, level: level.level, meanFlops, flopsRatio: level.flops > 0 ? meanFlops / level.flops : 1 };
+  }
+
+  /** Stage by stage; with a rule, samples that leave are dropped from the next stage's batch. */
+  private async exitRun(x: Float32Array, batch: number, level: OnnxLevel, rule: ExitRule | null, thresholds: number[]) {
+    const meta = this.metadata;
+    const C = meta.numClasses;
+    const count = meta.exits!.count;
+    const scores = new Float32Array(batch * C);
+    const exits = new Int32Array(batch);
+    const probs = new Float64Array(C);
+    let alive = Int32Array.from({ length: batch }, (_, i) => i);
+    let input = x;
+    let dims: readonly number[] = [batch, ...meta.input.shape];
+    let ms = 0;
+    for (let k = 0; k < count && alive.length > 0; k++) {
+      const last = k === count - 1;
+      const run = await this.once(input, dims, level, k, last ? [ONNX_IO.scores] : [ONNX_IO.scores, ONNX_IO.features]);
+      ms += run.ms;
+      const s = run.out[ONNX_IO.scores].data as Float32Array;
+      const stay: number[] = [];
+      for (let i = 0; i < alive.length; i++) {
+        if (!last && !(rule && leaves(rule, rule.score(softmaxRow(s, C, i, probs)), thresholds[k]))) {
+          stay.push(i);
+          continue;
+        }
+        scores.set(s.subarray(i * C, (i + 1) * C), alive[i] * C);
+        exits[alive[i]] = k;
+      }
+      if (last || stay.length === 0) break;
+      const f = run.out[ONNX_IO.features];
+      const feats = f.data as Float32Array;
+      const per = feats.length / alive.length;
+      if (stay.length === alive.length) input = feats;
+      else {
+        input = new Float32Array(stay.length * per);
+        stay.forEach((i, j) => input.set(feats.subarray(i * per, (i + 1) * per), j * per));
+      }
+      dims = [stay.length, ...f.dims.slice(1)];
+      alive = Int32Array.from(stay, (i) => alive[i]);
+    }
+    return { scores, classes: argmaxRows(scores, C), exits, ms };
+  }
+
+  /** The exported controller's choice of u per sample (argmax action); needs a model exported with `--controller`. */
+  async decide(images: Float32Array, options: RunOptions = {}): Promise<Decision> {
+    const meta = this.metadata;
+    if (!meta.controller) throw new DynnError(`this ${meta.model.model} model was exported without a controller (dynn export ... --controller DIR)`);
+    const { nchw, batch } = this.prepare(images, options);
+    const { out, ms } = await this.once(nchw, [batch, ...meta.input.shape], meta.levels[0], meta.exits ? 0 : null, [ONNX_IO.controller]);
+    const K = meta.controller.actions.length;
+    const actions = argmaxRows(out[ONNX_IO.controller].data as Float32Array, K);
+    return { u: Float64Array.from(actions, (a) => meta.controller!.actions[a]), actions, ms };
   }
 
   /** Frees the session. */
   async release(): Promise<void> {
     await this.session.release();
   }
+}
+
+/** Gathers whole samples `rows` of a batch (each `per` values) into a new array. */
+function gatherRows(x: Float32Array, rows: readonly number[], per: number): Float32Array {
+  const out = new Float32Array(rows.length * per);
+  rows.forEach((r, j) => out.set(x.subarray(r * per, (r + 1) * per), j * per));
+  return out;
+}
+
+/**
+ * Runs each sample of an NCHW batch at its own utilization without falling back to one at a time: samples are
+ * grouped by the exported level their u reaches, each group runs as one batch through `run`, and the results
+ * come back in input order.
+ */
+export async function runMixed(
+  meta: OnnxMetadata,
+  images: Float32Array,
+  us: ArrayLike<number>,
+  run: (x: Float32Array, u: number) => Promise<Prediction>,
+): Promise<MixedPrediction> {
+  const batch = checkImages(meta, images);
+  if (us.length !== batch) throw new DynnError(`${us.length} utilizations for a batch of ${batch} samples`);
+  const per = images.length / batch;
+  const groups = new Map<number, number[]>();
+  for (let i = 0; i < batch; i++) {
+    checkUtilization(us[i]);
+    const k = levelIndexFor(meta.levels, us[i]);
+    const g = groups.get(k);
+    if (g) g.push(i);
+    else groups.set(k, [i]);
+  }
+  const C = meta.numClasses;
+  const scores = new Float32Array(batch * C);
+  const u = new Float64Array(batch);
+  const levels = new Int32Array(batch);
+  let flops = 0;
+  let ms = 0;
+  for (const [k, rows] of [...groups.entries()].sort((a, b) => a[0] - b[0])) {
+    const lv = meta.levels[k];
+    const p = await run(rows.length === batch ? images : gatherRows(images, rows, per), lv.u);
+    ms += p.ms;
+    rows.forEach((r, j) => {
+      scores.set(p.scores.subarray(j * C, (j + 1) * C), r * C);
+      u[r] = lv.u;
+      levels[r] = lv.level;
+    });
+    flops += rows.length * lv.flopsRatio;
+  }
+  return { scores, classes: argmaxRows(scores, C), batch, numClasses: C, u, levels, meanFlopsRatio: flops / batch, ms };
 }

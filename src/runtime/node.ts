@@ -4,7 +4,18 @@ import { Worker } from 'node:worker_threads';
 import type { InferenceSession } from 'onnxruntime-node';
 import { DynnError } from '../util/errors.js';
 import type { OnnxLevel, OnnxMetadata } from '../export/metadata.js';
-import { levelFor, ModelSession, type Prediction, type RunOptions } from './core.js';
+import {
+  levelFor,
+  ModelSession,
+  nhwcToNchw,
+  runMixed,
+  type Decision,
+  type ExitOptions,
+  type ExitPrediction,
+  type MixedPrediction,
+  type Prediction,
+  type RunOptions,
+} from './core.js';
 
 /** Where a model runs in Node. */
 export type NodeDevice = 'cpu' | 'webgpu' | 'cuda' | 'tensorrt' | 'dml' | 'coreml';
@@ -81,11 +92,19 @@ export async function openSession(file: string, options: Omit<LoadOptions, 'work
   return ModelSession.create(ort.default ?? ort, await readModelFile(file), file, opts);
 }
 
+/** What a session answers: `ModelSession`'s inference methods, called in or out of a worker thread. */
+export interface SessionCalls {
+  run(images: Float32Array, u: number, options: RunOptions): Promise<Prediction>;
+  runExits(images: Float32Array, u: number, options: ExitOptions): Promise<ExitPrediction>;
+  decide(images: Float32Array, options: RunOptions): Promise<Decision>;
+}
+export type SessionMethod = keyof SessionCalls;
+
 /** Messages between `OnnxModel` and its worker (src/runtime/worker.ts). */
-export type WorkerRequest = { type: 'run'; id: number; images: Float32Array; u: number; options: RunOptions } | { type: 'close' };
+export type WorkerRequest = { type: 'call'; id: number; method: SessionMethod; args: unknown[] } | { type: 'close' };
 export type WorkerReply =
   | { type: 'ready'; metadata: OnnxMetadata }
-  | { type: 'result'; id: number; prediction: Prediction }
+  | { type: 'result'; id: number; value: unknown }
   | { type: 'error'; id: number | null; error: { name: string; message: string } };
 
 /** Rebuilds an error sent from a worker, keeping DynnError's class so callers can tell user errors apart. */
@@ -97,14 +116,14 @@ function revive(e: { name: string; message: string }): Error {
 }
 
 interface Runner {
-  run(images: Float32Array, u: number, options: RunOptions): Promise<Prediction>;
+  call<M extends SessionMethod>(method: M, args: Parameters<SessionCalls[M]>): ReturnType<SessionCalls[M]>;
   close(): Promise<void>;
 }
 
 /** Runs the session in a worker thread; requests are answered in order of arrival. */
 class WorkerRunner implements Runner {
   private nextId = 0;
-  private readonly pending = new Map<number, { resolve: (p: Prediction) => void; reject: (e: Error) => void }>();
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private exited: Error | null = null;
 
   private constructor(private readonly worker: Worker) {}
@@ -139,7 +158,7 @@ class WorkerRunner implements Runner {
     const p = this.pending.get(m.id);
     if (!p) return;
     this.pending.delete(m.id);
-    if (m.type === 'result') p.resolve(m.prediction);
+    if (m.type === 'result') p.resolve(m.value);
     else p.reject(revive(m.error));
   }
 
@@ -149,13 +168,19 @@ class WorkerRunner implements Runner {
     this.pending.clear();
   }
 
-  run(images: Float32Array, u: number, options: RunOptions): Promise<Prediction> {
-    if (this.exited) return Promise.reject(this.exited);
+  call<M extends SessionMethod>(method: M, args: Parameters<SessionCalls[M]>): ReturnType<SessionCalls[M]> {
+    if (this.exited) return Promise.reject(this.exited) as ReturnType<SessionCalls[M]>;
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ type: 'run', id, images, u, options } satisfies WorkerRequest);
-    });
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      try {
+        this.worker.postMessage({ type: 'call', id, method, args } satisfies WorkerRequest);
+      } catch (err) {
+        // e.g. an exit rule given as an object with functions: it cannot cross to the worker.
+        this.pending.delete(id);
+        reject(new DynnError(`cannot send this call to the ONNX Runtime worker: ${(err as Error).message}`));
+      }
+    }) as ReturnType<SessionCalls[M]>;
   }
 
   async close(): Promise<void> {
@@ -206,7 +231,10 @@ export class OnnxModel {
       return new OnnxModel(file, metadata, runner, true);
     }
     const session = await openSession(file, rest);
-    const runner: Runner = { run: (images, u, o) => session.run(images, u, o), close: () => session.release() };
+    const runner: Runner = {
+      call: (method, args) => (session[method] as (...a: unknown[]) => ReturnType<SessionCalls[typeof method]>)(...args),
+      close: () => session.release(),
+    };
     return new OnnxModel(file, session.metadata, runner, false);
   }
 
@@ -220,14 +248,50 @@ export class OnnxModel {
     return levelFor(this.metadata, u);
   }
 
+  private call<M extends SessionMethod>(method: M, args: Parameters<SessionCalls[M]>): ReturnType<SessionCalls[M]> {
+    if (this.disposed) return Promise.reject(new DynnError(`${this.path}: this model was disposed`)) as ReturnType<SessionCalls[M]>;
+    return this.runner.call(method, args);
+  }
+
   /**
    * Class scores for a batch at utilization u in (0, 1]. `images` is a Float32Array holding whole samples
    * (NCHW unless `options.layout` says 'NHWC'). The level is chosen in JavaScript with the same rule as the
-   * graph, and its representative u is fed to the graph. Bad input rejects with a DynnError.
+   * graph, and its representative u is fed to the graph. Bad input rejects with a DynnError. An early-exit
+   * model runs every stage (its last exit); `runExits` terminates early.
    */
   run(images: Float32Array, u: number, options: RunOptions = {}): Promise<Prediction> {
-    if (this.disposed) return Promise.reject(new DynnError(`${this.path}: this model was disposed`));
-    return this.runner.run(images, u, options);
+    return this.call('run', [images, u, options]);
+  }
+
+  /**
+   * Early-exit models: runs stage by stage at utilization u; a sample whose exit passes the rule leaves and
+   * is not computed further (the rest continue as a smaller batch). Rule and thresholds default to the
+   * policy stored at export; a rule is given by name when the model runs in a worker.
+   */
+  runExits(images: Float32Array, u: number, options: ExitOptions = {}): Promise<ExitPrediction> {
+    return this.call('runExits', [images, u, options]);
+  }
+
+  /** The exported controller's u per sample (models exported with `--controller`). */
+  decide(images: Float32Array, options: RunOptions = {}): Promise<Decision> {
+    return this.call('decide', [images, options]);
+  }
+
+  /** Each sample at its own u, batched per level (see `runMixed` of the core module); results in input order. */
+  async runMixed(images: Float32Array, us: ArrayLike<number>, options: RunOptions = {}): Promise<MixedPrediction> {
+    const nchw = (options.layout ?? 'NCHW') === 'NHWC' ? nhwcToNchw(images, this.metadata.input.shape) : images;
+    return runMixed(this.metadata, nchw, us, (x, u) => this.run(x, u));
+  }
+
+  /**
+   * The whole adaptive model in ONNX Runtime: the exported controller picks u per sample, then each level's
+   * samples run as one batch. The mean FLOPs ratio includes the controller's own cost.
+   */
+  async runAdaptive(images: Float32Array, options: RunOptions = {}): Promise<MixedPrediction & { decision: Decision }> {
+    const nchw = (options.layout ?? 'NCHW') === 'NHWC' ? nhwcToNchw(images, this.metadata.input.shape) : images;
+    const decision = await this.decide(nchw);
+    const m = await runMixed(this.metadata, nchw, decision.u, (x, u) => this.run(x, u));
+    return { ...m, meanFlopsRatio: m.meanFlopsRatio + this.metadata.controller!.flopsRatio, ms: m.ms + decision.ms, decision };
   }
 
   /** Frees the session (and stops the worker). Idempotent. */

@@ -29,10 +29,18 @@ port.on('message', (m: WorkerRequest) => {
       return;
     }
     try {
-      const p = await session.run(m.images, m.u, m.options);
-      // Copies: ONNX Runtime may own the output buffer.
-      const prediction = { ...p, scores: p.scores.slice() };
-      reply({ type: 'result', id: m.id, prediction }, [prediction.scores.buffer as ArrayBuffer, prediction.classes.buffer as ArrayBuffer]);
+      const value = (await (session[m.method] as unknown as (...a: unknown[]) => Promise<object>)(...m.args)) as Record<string, unknown>;
+      // Copies of typed arrays (ONNX Runtime may own an output buffer), then moved to the main thread.
+      const out: Record<string, unknown> = {};
+      const transfer: ArrayBuffer[] = [];
+      for (const [k, v] of Object.entries(value)) {
+        if (ArrayBuffer.isView(v)) {
+          const copy = (v as Float32Array).slice();
+          transfer.push(copy.buffer as ArrayBuffer);
+          out[k] = copy;
+        } else out[k] = v;
+      }
+      reply({ type: 'result', id: m.id, value: out }, transfer);
     } catch (err) {
       reply({ type: 'error', id: m.id, error: asError(err) });
     }

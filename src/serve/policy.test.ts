@@ -124,7 +124,7 @@ test('policies: bad names, arguments and missing tables or controllers fail clea
   assert.throws(() => parsePolicy('fixed:'), /policy fixed needs a utilization/);
   assert.throws(() => parsePolicy('adaptive:3'), /takes no argument/);
   assert.throws(() => createPolicy(parsePolicy('adaptive'), env({ table: null })), /needs the latency table beside the model \(m\.onnx\.profile\.json\): run `dynn profile m\.onnx/);
-  assert.throws(() => createPolicy(parsePolicy('controller'), env()), /needs a trained controller: --controller DIR/);
+  assert.throws(() => createPolicy(parsePolicy('controller'), env()), /policy controller needs a model exported with its controller/);
   const partial = { ...TABLE, levels: TABLE.levels.slice(1) };
   assert.throws(() => createPolicy(parsePolicy('adaptive'), env({ table: partial })), /no row for level 1/);
 });

@@ -273,10 +273,10 @@ policies.register('fixed', {
 policies.register('controller', {
   description: 'a trained controller picks u per input; the SLO caps it as the adaptive policy would',
   needsTable: true,
-  parseArg: noArgument('controller', ' (give the controller with --controller DIR)'),
+  parseArg: noArgument('controller', ' (the controller is the one exported in the model)'),
   create: (env) => {
     const controller = env.controller;
-    if (!controller) throw new DynnError('policy controller needs a trained controller: --controller DIR (from `dynn controller train`)');
+    if (!controller) throw new DynnError(`policy controller needs a model exported with its controller: dynn export RUN --onnx ${env.modelPath} --controller DIR (from \`dynn controller train\`)`);
     return new RulePolicy('controller', env, estimatorFor(env), async (r, allowed, out, offset) => {
       const us = await controller(r.images, r.count);
       const cap = allowed(r);

@@ -17,13 +17,9 @@ import { nhwcToNchw } from '../runtime/core.js';
 import { latencyTablePath, LATENCY_FORMAT, saveLatencyTable } from '../runtime/profile.js';
 import { Rng } from '../util/rng.js';
 import { serveCommand } from '../cli/serve-commands.js';
-import { loadRun, saveRun } from '../train/run.js';
-import { VERSION } from '../version.js';
 import { Policy } from '../control/policy.js';
-import { loadController, runRef, saveController } from '../control/store.js';
 import { greedyActions } from '../control/bandit.js';
 import { DynnServer, type PredictResponse } from './server.js';
-import { loadServeController } from './controller.js';
 
 await initEngine('wasm');
 
@@ -33,18 +29,13 @@ const file = path.join(tmp, 'vgg.onnx');
 const net = createModel('vgg-w', { inputShape: [8, 8, 3], groups: 4, widths: [8, 8, 16, 16], hidden: 32 });
 randomizeStatistics(net, 3);
 const meta = await saveOnnx(net, file, { classNames: Array.from({ length: 10 }, (_, i) => `class-${i}`) });
-// The run the model was exported from, and an (untrained) bandit controller made for it.
-const runDir = path.join(tmp, 'run');
-await saveRun(runDir, net, { dynnVersion: VERSION, dataset: 'synthetic', trainSamples: 0, testSamples: 0, options: {}, seed: 0, epoch: 1, history: [] });
-const ctrlDir = path.join(tmp, 'controller');
+// The same network exported with an (untrained) bandit controller: its choices follow its initial weights,
+// and seed 0 sends random inputs to all three actions (about 40/20/40%), so the SLO cap below has choices
+// above level 1 to change.
+const ctrlFile = path.join(tmp, 'vgg-ctrl.onnx');
 const ACTIONS = [0.2, 0.6, 1];
-{
-  // Untrained, so its choices follow its initial weights: seed 0 sends random inputs to all three actions
-  // (about 40/20/40%), so the SLO cap below has choices above level 1 to change.
-  const policy = new Policy({ inputShape: net.inputShape, actions: ACTIONS, seed: 0 });
-  await saveController(ctrlDir, policy, runRef(net, runDir));
-  policy.dispose();
-}
+const ctrlPolicy = new Policy({ inputShape: net.inputShape, actions: ACTIONS, seed: 0 });
+await saveOnnx(net, ctrlFile, { controller: { network: ctrlPolicy.net, actions: ACTIONS } });
 net.dispose();
 const [C, H, W] = meta.input.shape;
 const PER = C * H * W;
@@ -54,15 +45,17 @@ const K = meta.levels.length;
 // far faster on this tiny model, so the online correction keeps the factor at 1, and the gaps between levels
 // leave room for queue waits of tens of ms on a busy machine.
 const tableMs = (i: number) => ({ '1': 100 * (i + 1), '64': 400 * (i + 1) });
-await saveLatencyTable(file, {
-  format: LATENCY_FORMAT,
-  modelSha256: createHash('sha256').update(readFileSync(file)).digest('hex'),
-  measuredAt: new Date().toISOString(),
-  host: { cpus: 2, cpuModel: 'synthetic', threads: 1 },
-  reps: 1,
-  batches: [1, 64],
-  levels: meta.levels.map((l, i) => ({ u: l.u, level: l.level, flopsRatio: l.flopsRatio, latencyMs: tableMs(i) })),
-});
+for (const f of [file, ctrlFile]) {
+  await saveLatencyTable(f, {
+    format: LATENCY_FORMAT,
+    modelSha256: createHash('sha256').update(readFileSync(f)).digest('hex'),
+    measuredAt: new Date().toISOString(),
+    host: { cpus: 2, cpuModel: 'synthetic', threads: 1 },
+    reps: 1,
+    batches: [1, 64],
+    levels: meta.levels.map((l, i) => ({ u: l.u, level: l.level, flopsRatio: l.flopsRatio, latencyMs: tableMs(i) })),
+  });
+}
 
 const rng = new Rng(5);
 const images = (n: number) => Float32Array.from({ length: n * PER }, () => rng.next() * 2 - 1);
@@ -280,20 +273,14 @@ test('no memory kept across requests: the heap stays flat over many requests', a
   assert.ok(grown < 2 << 20, `heap grew ${(grown / 1e6).toFixed(2)} MB over 500 requests`);
 });
 
-test('the controller policy: a trained bandit picks u per input, the SLO caps it', async () => {
-  const loaded = await loadServeController(ctrlDir, runDir, meta);
-  const s = await DynnServer.create({ model: file, policy: 'controller', controller: loaded.controller, sloMs: 400, maxBatch: 16, threads: 1 });
+test('the controller policy: the bandit exported in the model picks u per input in ONNX Runtime, the SLO caps it', async () => {
+  const s = await DynnServer.create({ model: ctrlFile, policy: 'controller', sloMs: 400, maxBatch: 16, threads: 1 });
   const at = await s.listen({ port: 0 });
   try {
     const x = images(12);
-    // Reference: the same policy read back, on the NHWC images, greedy action per sample.
-    const { model: run } = await loadRun(runDir);
-    const { policy } = await loadController(ctrlDir, run, runDir);
-    const p = tf.tidy(() => policy.probabilities(tf.tensor4d(nchwToNhwc(x), [12, H, W, C])));
-    const chosen = Array.from(greedyActions(p.dataSync() as Float32Array, ACTIONS.length), (k) => meta.levels[levelIndexFor(meta.levels, ACTIONS[k])].u);
-    tf.dispose([p]);
-    policy.dispose();
-    run.dispose();
+    // Reference: the same policy in TF.js on the NHWC images, greedy action per sample.
+    const p = tf.tidy(() => ctrlPolicy.probabilities(tf.tensor4d(nchwToNhwc(x), [12, H, W, C])).dataSync() as Float32Array);
+    const chosen = Array.from(greedyActions(p, ACTIONS.length), (k) => meta.levels[levelIndexFor(meta.levels, ACTIONS[k])].u);
     const generous = await post(binary(x), { at, raw: true, type: 'application/octet-stream', query: '?budgetMs=10000' });
     assert.deepEqual((generous.json as unknown as PredictResponse).predictions.map((q) => q.u), chosen);
     // Under the server's SLO the choice is capped: a batch of 12 takes 100(i+1)(1 + 3 * 11/63) = 152(i+1) ms
@@ -303,13 +290,10 @@ test('the controller policy: a trained bandit picks u per input, the SLO caps it
     assert.ok(chosen.some((u) => u > meta.levels[1].u), 'the cap changed some choices');
   } finally {
     await s.close();
-    loaded.dispose();
+    ctrlPolicy.dispose();
   }
-  const otherRun = path.join(tmp, 'other-run');
-  const other = createModel('vgg-w', { inputShape: [8, 8, 3], groups: 2, widths: [8, 8, 16, 16], hidden: 32 });
-  await saveRun(otherRun, other, { dynnVersion: VERSION, dataset: 'synthetic', trainSamples: 0, testSamples: 0, options: {}, seed: 0, epoch: 1, history: [] });
-  other.dispose();
-  await assert.rejects(loadServeController(ctrlDir, otherRun, meta), /other settings than the served model/);
+  // A model exported without a controller cannot serve the controller policy.
+  await assert.rejects(DynnServer.create({ model: file, policy: 'controller', threads: 1 }), /policy controller needs a model exported with its controller: dynn export RUN --onnx .*vgg\.onnx --controller DIR/);
 });
 
 test('startup: a missing latency table is a clear error, --profile measures one, fixed needs none', async () => {
@@ -365,9 +349,7 @@ test('dynn serve: starts from the CLI, serves, and shuts down on SIGTERM', async
   await running;
   await assert.rejects(serveCommand(file, { port: '70000' }, io), /--port must be an integer/);
   await assert.rejects(serveCommand(file, { policy: 'fast' }, io), /unknown policy "fast"/);
-  await assert.rejects(serveCommand(file, { policy: 'controller', controller: ctrlDir }, io), /--controller needs --run RUN/);
-  await assert.rejects(serveCommand(file, { controller: ctrlDir }, io), /--controller is for --policy controller/);
-  await assert.rejects(serveCommand(file, { policy: 'controller', port: '0' }, io), /policy controller needs a trained controller: --controller DIR/);
+  await assert.rejects(serveCommand(file, { policy: 'controller', port: '0' }, io), /policy controller needs a model exported with its controller/);
 
   // A real process and a real signal.
   const main = fileURLToPath(new URL('../cli/main.js', import.meta.url));

@@ -37,7 +37,10 @@ export interface ServeOptions {
   profile?: boolean;
   /** Timed runs per level and batch size of that measurement (default 10). */
   profileReps?: number;
-  /** The per-input controller of the `controller` policy. */
+  /**
+   * The per-input controller of the `controller` policy (default: the controller exported in the model,
+   * `dynn export RUN --onnx F --controller DIR`, run by ONNX Runtime with the network).
+   */
   controller?: SampleController;
   /** Where startup notes go (default: nowhere). */
   log?: (line: string) => void;
@@ -184,7 +187,8 @@ export class DynnServer {
     const model = await OnnxModel.load(o.model, { worker: true, threads, spinning: o.spinning ?? false });
     try {
       const meta = model.metadata;
-      const policy = createPolicy(spec, { levels: meta.levels, table, sloMs, modelPath: o.model, controller: o.controller });
+      const controller = o.controller ?? (meta.controller ? (images: Float32Array) => model.decide(images).then((d) => d.u) : undefined);
+      const policy = createPolicy(spec, { levels: meta.levels, table, sloMs, modelPath: o.model, controller });
       const per = meta.input.shape.reduce((a, b) => a * b, 1);
       // A float32 printed as a JSON number takes up to ~22 bytes with its separator: room for a full batch.
       const bodyLimit = o.bodyLimit ?? Math.max(1 << 20, 24 * per * maxBatch + 4096);
