@@ -401,6 +401,8 @@ async function selectCommand(run: string, o: Opts, io: Io): Promise<void> {
   }
   if (budgetMs !== undefined && !o.latencyTable) throw new DynnError('--budget-ms needs --latency-table FILE');
   const costUnit = choiceOption(o.costUnit ?? 'flops', 'cost-unit', COST_UNITS)!;
+  // The unit costs are compared in: ms for a latency budget, else --cost-unit.
+  const unit = budgetMs !== undefined ? 'ms' : costUnit;
   if (costUnit === 'ms' && !o.latencyTable) throw new DynnError('--cost-unit ms needs --latency-table FILE');
   const batch = numberOption(o.batch, 'batch', { int: true, min: 1 }) ?? 1;
   const thresholds = o.thresholds === undefined ? undefined : uListOption(o.thresholds, 'thresholds');
@@ -430,8 +432,18 @@ async function selectCommand(run: string, o: Opts, io: Io): Promise<void> {
       msOf,
       policyMs: policy && latency ? c.measurePolicyLatency(policy, batch) / batch : undefined,
     });
+    // An early-exit network's threshold settings are operating points too (at u = 1, FLOPs relative to it).
+    const { exitCount } = await import('../models/exits.js');
+    if (exitCount(model) > 1 && unit === 'flops') {
+      const s = await import('../scaling/index.js');
+      const exits = s.EarlyExitRunner.freeze(model, 1);
+      try {
+        candidates.push(...s.exitCandidates(s.exitTable(exits, val, 'entropy'), 'entropy'));
+      } finally {
+        exits.dispose();
+      }
+    }
     const fullAccuracy = c.fixedCurve(levels)[actions.length - 1].accuracy;
-    const unit = budgetMs !== undefined ? 'ms' : costUnit;
     const objective =
       objectiveName === 'min-cost'
         ? ({ kind: 'min-cost', beta: beta!, fullAccuracy, unit } as const)

@@ -58,6 +58,20 @@ test('an early-exit run: train, info, threshold sweep (JSON and table) and budge
   for (const x of f.fits) assert.ok(x.validation.flopsRatio <= x.budget && x.validation.thresholds.length === 3);
   const saved = JSON.parse(fs.readFileSync(path.join(exitsRun, 'checkpoint.json'), 'utf8'));
   assert.deepEqual(saved.meta.exitPolicy.thresholds, f.fits[1].validation.thresholds);
+
+  // Exit thresholds are operating points of `dynn select`, next to the fixed widths and cascades.
+  const sel = capture();
+  assert.equal(await runCli(['select', exitsRun, '--objective', 'min-error', '--budget-flops', '0.6', '--json'], sel), 0, sel.stderr());
+  const chosen = JSON.parse(sel.stdout());
+  assert.ok(chosen.front.some((c: { kind: string }) => c.kind === 'early-exit'), 'early-exit candidates take part');
+  assert.ok(chosen.choice.flopsRatio <= 0.6);
+
+  // The saved policy travels into the ONNX export as the runtime's default.
+  const onnx = capture();
+  assert.equal(await runCli(['export', exitsRun, '--onnx', path.join(tmp, 'exits.onnx'), '--json'], onnx), 0, onnx.stderr());
+  const m = JSON.parse(onnx.stdout()).metadata;
+  assert.equal(m.exits.count, 4);
+  assert.deepEqual(m.exits.policy, { rule: 'entropy', thresholds: f.fits[1].validation.thresholds });
 });
 
 test('calibrate: the requested widths, stored in the run; sandwich and distillation options reach the trainer', async () => {
