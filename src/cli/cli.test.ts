@@ -7,12 +7,9 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { runCli } from './cli.js';
 import type { Io } from './io.js';
+import { captureIo } from './capture.js';
 
-function capture(): Io & { stdout: () => string; stderr: () => string } {
-  let out = '';
-  let err = '';
-  return { out: (t) => void (out += t), err: (t) => void (err += t), errIsTTY: false, stdout: () => out, stderr: () => err };
-}
+const capture = captureIo;
 
 const main = path.join(path.dirname(fileURLToPath(import.meta.url)), 'main.js');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-cli-'));

@@ -5,12 +5,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { runCli } from './cli.js';
 import type { Io } from './io.js';
+import { captureIo } from './capture.js';
 
-function capture(): Io & { stdout: () => string; stderr: () => string } {
-  let out = '';
-  let err = '';
-  return { out: (t) => void (out += t), err: (t) => void (err += t), errIsTTY: false, stdout: () => out, stderr: () => err };
-}
+const capture = captureIo;
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-control-cli-'));
 const runA = path.join(tmp, 'a');

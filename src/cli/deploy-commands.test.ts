@@ -7,6 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { runCli } from './cli.js';
 import { intListOption } from './deploy-commands.js';
 import type { Io } from './io.js';
+import { captureIo } from './capture.js';
 import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import { saveRun, type TrainMeta } from '../train/run.js';
@@ -15,11 +16,7 @@ import { OnnxModel } from '../runtime/node.js';
 import { readLatencyTable } from '../runtime/profile.js';
 import { VERSION } from '../version.js';
 
-function capture(): Io & { stdout: () => string; stderr: () => string } {
-  let out = '';
-  let err = '';
-  return { out: (t) => void (out += t), err: (t) => void (err += t), errIsTTY: false, stdout: () => out, stderr: () => err };
-}
+const capture = captureIo;
 
 await initEngine('wasm');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-deploy-'));
@@ -33,7 +30,7 @@ test('dynn export then dynn profile: the ONNX model answers like the checkpoint,
   const onnx = path.join(tmp, 'out', 'vgg.onnx');
   const io = capture();
   assert.equal(await runCli(['export', run, '--onnx', onnx, '--levels', '0.25,0.5,1', '--engine', 'wasm'], io), 0, io.stderr());
-  assert.match(io.stdout(), /wrote .*vgg\.onnx \(vgg-w, 3 levels, input images NCHW \[batch, 1, 28, 28\] and scalar u\)/);
+  assert.match(io.stdout(), /wrote .*vgg\.onnx \(vgg-w, 3 levels; input images NCHW \[batch, 1, 28, 28\] and scalar u\)/);
   const m = await OnnxModel.load(onnx);
   assert.deepEqual(m.levels.map((l) => l.u), [0.25, 0.5, 1]);
   assert.deepEqual(m.metadata.classNames, Array.from({ length: 10 }, (_, k) => `pattern ${k}`));

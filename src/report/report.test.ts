@@ -11,7 +11,7 @@ import { loadDataset } from '../data/datasets.js';
 import { evaluate } from '../eval/evaluate.js';
 import { buildCli, runCli } from '../cli/cli.js';
 import { trainOptionsFrom } from '../cli/commands.js';
-import type { Io } from '../cli/io.js';
+import { captureIo } from '../cli/capture.js';
 import * as tf from '@tensorflow/tfjs-core';
 
 let root: string;
@@ -30,12 +30,6 @@ function sectionsOf(html: string): Map<string, { available: boolean; charts: num
     out.set(m[1], { available: m[2] === 'true', charts: (m[3].match(/<figure class="chart"/g) ?? []).length, body: m[3] });
   }
   return out;
-}
-
-function captureIo(): Io & { text: () => string; errText: () => string } {
-  let out = '';
-  let err = '';
-  return { out: (t) => (out += t), err: (t) => (err += t), errIsTTY: false, text: () => out, errText: () => err };
 }
 
 test('a report of a run draws every section whose data exists, with SVG charts, and says what is missing elsewhere', async () => {
@@ -179,25 +173,25 @@ test('the training command line read back by the CLI gives the options the run r
 test('dynn report writes the page and lists its sections; usage errors are clear', async () => {
   const io = captureIo();
   const out = path.join(root, 'cli.html');
-  assert.equal(await runCli(['report', run, '--no-sweep', '--out', out], io), 0, io.errText());
-  assert.match(io.text(), /Training curves: 3 charts/);
-  assert.match(io.text(), /Accuracy against utilization: not available/);
+  assert.equal(await runCli(['report', run, '--no-sweep', '--out', out], io), 0, io.stderr());
+  assert.match(io.stdout(), /Training curves: 3 charts/);
+  assert.match(io.stdout(), /Accuracy against utilization: not available/);
   assert.match(readFileSync(out, 'utf8'), /dynn report \S+tiny --no-sweep --out \S+cli\.html/);
   const json = captureIo();
   assert.equal(await runCli(['report', run, '--no-sweep', '--sections', 'training', '--out', out, '--json'], json), 0);
-  assert.deepEqual(JSON.parse(json.text()).sections.map((s: { name: string }) => s.name), ['training']);
+  assert.deepEqual(JSON.parse(json.stdout()).sections.map((s: { name: string }) => s.name), ['training']);
   const e1 = captureIo();
   assert.equal(await runCli(['report', run], e1), 1);
-  assert.match(e1.errText(), /report needs --out FILE/);
+  assert.match(e1.stderr(), /report needs --out FILE/);
   const e0 = captureIo();
   assert.equal(await runCli(['report', '--out', out], e0), 1);
-  assert.match(e0.errText(), /report needs one or more run directories/);
+  assert.match(e0.stderr(), /report needs one or more run directories/);
   const e3 = captureIo();
   assert.equal(await runCli(['report', path.join(root, 'nope'), '--sections', 'training,bogus', '--out', out], e3), 1);
-  assert.match(e3.errText(), /unknown report section "bogus"/, 'sections are checked before any run is read');
+  assert.match(e3.stderr(), /unknown report section "bogus"/, 'sections are checked before any run is read');
   const e2 = captureIo();
   assert.equal(await runCli(['report', run, '--out', out, '--test-limit', '0'], e2), 1);
-  assert.match(e2.errText(), /--test-limit must be an integer >= 1/);
+  assert.match(e2.stderr(), /--test-limit must be an integer >= 1/);
 });
 
 test('building reports leaves no tensors behind', async () => {

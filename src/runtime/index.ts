@@ -11,7 +11,21 @@ export {
   type LoadOptions,
   type NodeDevice,
 } from './node.js';
-export { ModelSession, nhwcToNchw, argmaxRows, levelFor, type Prediction, type RunOptions, type ImageLayout, type OrtApi } from './core.js';
+export {
+  ModelSession,
+  nhwcToNchw,
+  argmaxRows,
+  levelFor,
+  runMixed,
+  type Prediction,
+  type ExitPrediction,
+  type MixedPrediction,
+  type Decision,
+  type ExitOptions,
+  type RunOptions,
+  type ImageLayout,
+  type OrtApi,
+} from './core.js';
 export {
   profileModel,
   readLatencyTable,
