@@ -220,6 +220,27 @@ describe('wasm training kernels against cpu', () => {
     });
   });
 
+  test('gather of whole blocks (the fast path): any axis, duplicates, int32 data, empty and 2-D indices', async () => {
+    await assertSameOnBoth('samples of a batch', () => {
+      const x = randomTensor(21, [9, 4, 4, 8]);
+      return [tf.gather(x, tf.tensor1d([8, 0, 3, 3, 7], 'int32'), 0)];
+    });
+    await assertSameOnBoth('middle axis, 2-D indices, negative axis', () => {
+      const x = randomTensor(22, [3, 6, 80]);
+      return [tf.gather(x, tf.tensor2d([[5, 1], [1, 0]], [2, 2], 'int32'), -2), tf.gather(x, tf.tensor1d([], 'int32'), 1)];
+    });
+    await assertSameOnBoth('int32 rows', () => {
+      const x = tf.cast(tf.mul(randomTensor(23, [5, 70]), 100), 'int32');
+      return [tf.cast(tf.gather(x, tf.tensor1d([4, 2, 4], 'int32')), 'float32')];
+    });
+    await tf.setBackend('wasm');
+    const x = tf.zeros([4, 100]);
+    const before = tf.memory().numTensors;
+    assert.throws(() => tf.gather(x, tf.tensor1d([1, 4], 'int32')), /GatherV2: index 4 is not in \[0, 3\]/);
+    assert.ok(tf.memory().numTensors <= before + 1, 'a refused gather leaves no output behind');
+    tf.dispose(x);
+  });
+
   test('repeated gradient calls leak no tensors and no wasm data', async () => {
     await tf.setBackend('wasm');
     const x = randomTensor(20, [4, 12, 12, 3]) as tf.Tensor4D;

@@ -12,6 +12,8 @@ import type {
   DepthwiseConv2dNativeBackpropFilterInputs,
   DepthwiseConv2dNativeBackpropInputAttrs,
   DepthwiseConv2dNativeBackpropInputInputs,
+  GatherV2Attrs,
+  GatherV2Inputs,
   KernelConfig,
   KernelFunc,
   MaxPoolGradAttrs,
@@ -411,6 +413,40 @@ function unsortedSegmentSum(args: {
   return out;
 }
 
+/**
+ * Gather of whole blocks (batchDims 0, at least GATHER_MIN_BLOCK values per index, e.g. the samples of a
+ * batch): a typed-array copy per block. wasm's own GatherV2 moves element by element, about 20x slower
+ * there (240 ms to keep 218 of 256 feature maps of 28x28x32); other cases keep it.
+ */
+const GATHER_MIN_BLOCK = 64;
+
+function makeGather(original: KernelFunc) {
+  return (args: { inputs: GatherV2Inputs; backend: BackendWasm; attrs: GatherV2Attrs }): TensorInfo => {
+    const { inputs, backend, attrs } = args;
+    const x = inputs.x!;
+    const indices = inputs.indices!;
+    const axis = tf.util.parseAxisParam(attrs.axis, x.shape)[0];
+    const inner = tf.util.sizeFromShape(x.shape.slice(axis + 1));
+    if ((attrs.batchDims ?? 0) !== 0 || inner < GATHER_MIN_BLOCK) return original(args as unknown as Parameters<KernelFunc>[0]) as TensorInfo;
+    const outer = tf.util.sizeFromShape(x.shape.slice(0, axis));
+    const n = x.shape[axis];
+    const idx = backend.typedArrayFromHeap(indices);
+    for (let j = 0; j < idx.length; j++) {
+      if (!(idx[j] >= 0 && idx[j] < n)) throw new Error(`GatherV2: index ${idx[j]} is not in [0, ${n - 1}]`);
+    }
+    const out = backend.makeOutput([...x.shape.slice(0, axis), ...indices.shape, ...x.shape.slice(axis + 1)], x.dtype);
+    const xv = backend.typedArrayFromHeap(x);
+    const ov = backend.typedArrayFromHeap(out);
+    for (let o = 0; o < outer; o++) {
+      for (let j = 0; j < idx.length; j++) {
+        const src = (o * n + idx[j]) * inner;
+        ov.set(xv.subarray(src, src + inner), (o * idx.length + j) * inner);
+      }
+    }
+    return out;
+  };
+}
+
 /** Builds a kernel function; `original` is the wasm kernel being replaced, if any. */
 type Factory = (original: KernelFunc | undefined) => KernelFunc;
 
@@ -437,6 +473,13 @@ const ENTRIES: readonly Entry[] = [
   { name: tf._FusedMatMul, factory: () => asKernel(fusedMatMul) },
   { name: tf.MaxPoolGrad, factory: () => asKernel(maxPoolGrad) },
   { name: tf.UnsortedSegmentSum, factory: () => asKernel(unsortedSegmentSum) },
+  {
+    name: tf.GatherV2,
+    factory: (original) => {
+      if (original == null) throw new Error('dynn: the wasm backend has no GatherV2 kernel');
+      return asKernel(makeGather(original));
+    },
+  },
   { name: tf.DepthwiseConv2dNativeBackpropFilter, factory: () => asKernel(depthwiseBackpropFilter), onlyIfMissing: true },
   { name: tf.DepthwiseConv2dNativeBackpropInput, factory: () => asKernel(depthwiseBackpropInput), onlyIfMissing: true },
 ];
@@ -461,7 +504,7 @@ function isOurs(config: KernelConfig | undefined): config is DynnKernelConfig {
 /**
  * Registers dynn's training kernels for the `wasm` backend: the missing Conv2DBackpropFilter,
  * UnsortedSegmentSum and depthwise gradients, and fast or correct replacements for Conv2DBackpropInput,
- * BatchMatMul with transposes, _FusedMatMul and MaxPoolGrad. Idempotent; works before or after the
+ * BatchMatMul with transposes, _FusedMatMul, MaxPoolGrad and GatherV2 of whole blocks. Idempotent; works before or after the
  * wasm backend is initialised.
  */
 export function registerWasmTrainingKernels(): void {
