@@ -150,7 +150,8 @@ function selectBranch(
  * input `stage` (float32 scalar, 0-based) picks the backbone segment before exit `stage`, `images` is that
  * stage's input (the images at stage 0, the previous stage's `features` after), and the outputs are the
  * exit's `scores` and the segment's `features` (for the last stage, the scores again). The runtime runs the
- * stages in turn and passes only the samples still running on.
+ * stages in turn and passes only the samples still running on. Stage -1 runs the whole network to its last
+ * exit in one pass, without the exits.
  *
  * With `options.controller`, a second output `controller_scores` holds the controller's action logits.
  */
@@ -192,7 +193,7 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
       : floatValueInfo(ONNX_IO.images, ['batch', c, h, w], 'images, NCHW float32'),
   );
   main.input(floatValueInfo(ONNX_IO.u, [], 'utilization in (0, 1]; clamped to the exported levels'));
-  if (staged) main.input(floatValueInfo(ONNX_IO.stage, [], `the stage to run, 0 to ${heads.length} (the exit it ends at)`));
+  if (staged) main.input(floatValueInfo(ONNX_IO.stage, [], `the stage to run, 0 to ${heads.length} (the exit it ends at), or -1 for the whole network`));
   const dims = new Map<string, number[]>();
   for (const wt of [...model.getWeights(), ...(ctrl?.network.getWeights() ?? [])]) {
     const oihw = wt.shape.length === 4;
@@ -203,16 +204,24 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
 
   const scoresInfo = (name: string) => floatValueInfo(name, ['batch', model.numClasses]);
   const outInfo = (name: string, j: number) => (j === 0 ? scoresInfo(name) : floatValueInfo(name, ['batch', 'out_channels', 'out_height', 'out_width']));
-  // What one (stage, level) computes: [scores] for a plain model, [scores, features] for a stage.
+  // What one (stage, level) computes: [scores] for a plain model, [scores, features] for a stage; stage -1 of
+  // an early-exit model is the whole network without its exits, in one branch (what `run` uses).
   const lowerLevel = (g: GraphBuilder, stage: number, lv: OnnxLevel): string[] => {
     const plan = model.plan(lv.u);
-    const ctx = { g, plan, prefix: staged ? `S${stage}L${lv.level}` : `L${lv.level}`, dims };
+    const prefix = !staged ? `L${lv.level}` : stage < 0 ? `W${lv.level}` : `S${stage}L${lv.level}`;
+    const ctx = { g, plan, prefix, dims };
+    // The last stage (and the whole network) has no next stage: its features are the scores as
+    // [batch, classes, 1, 1], the rank of the others.
+    const asFeatures = (y: string) => g.node('Unsqueeze', [y, g.int64Const(`${prefix}/axes`, [2, 3])], `${prefix}/features`);
     if (!staged) return [lowerChain(model.layers, ONNX_IO.images, fullSel(c), ctx).y];
+    if (stage < 0) {
+      const y = lowerChain(model.layers, ONNX_IO.images, fullSel(c), ctx).y;
+      return [y, asFeatures(y)];
+    }
     const body = lowerChain(segments[stage], ONNX_IO.images, selBeforeStage(segments, stage, fullSel(c), plan), ctx);
-    // The last stage has no next one: its features are the scores as [batch, classes, 1, 1], the rank of the others.
-    if (stage === heads.length) return [body.y, g.node('Unsqueeze', [body.y, g.int64Const(`${ctx.prefix}/axes`, [2, 3])], `${ctx.prefix}/features`)];
+    if (stage === heads.length) return [body.y, asFeatures(body.y)];
     const head: ExitHead = heads[stage];
-    return [lowerChain(head.children(), body.y, body.sel, { ...ctx, prefix: `${ctx.prefix}/${head.name}` }).y, body.y];
+    return [lowerChain(head.children(), body.y, body.sel, { ...ctx, prefix: `${prefix}/${head.name}` }).y, body.y];
   };
   const outs = staged ? [ONNX_IO.scores, ONNX_IO.features] : [ONNX_IO.scores];
   const levelConds = levels.map((lv, i) => (i === 0 ? '' : main.node('GreaterOrEqual', [ONNX_IO.u, main.floatConst(`min_u_${lv.level}`, [], [lv.minU])], `at_least_${lv.level}`)));
@@ -229,11 +238,13 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
 
   if (!staged) levelChain(main, 0, outs, true);
   else {
-    const stageConds = segments.map((_, k) => (k === 0 ? '' : main.node('GreaterOrEqual', [ONNX_IO.stage, main.floatConst(`stage_${k}`, [], [k - 0.5])], `from_stage_${k}`)));
-    const stageBranch = (k: number): GraphMsg => {
-      const g = new GraphBuilder(`stage_${k}`, names);
+    // Branch 0 is stage -1 (the whole network); branch k + 1 is stage k, taken when stage >= k - 0.5.
+    const stageConds = ['', ...segments.map((_, k) => main.node('GreaterOrEqual', [ONNX_IO.stage, main.floatConst(`stage_${k}`, [], [k - 0.5])], `from_stage_${k}`))];
+    const stageBranch = (i: number): GraphMsg => {
+      const k = i - 1;
+      const g = new GraphBuilder(k < 0 ? 'whole_network' : `stage_${k}`, names);
       levelChain(g, k, outs.map((o) => `stage_${k}/${o}`), false).forEach((y, j) => g.output(outInfo(y, j)));
-      return g.build(`stage ${k}: the segment before exit ${k + 1}`);
+      return g.build(k < 0 ? 'stage -1: the whole network to its last exit' : `stage ${k}: the segment before exit ${k + 1}`);
     };
     selectBranch(main, stageConds, stageBranch, outs, true, outInfo, 'stages');
   }

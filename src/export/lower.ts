@@ -186,4 +186,7 @@ lowerings.register('ResidualBlock', (layer, x, sel, ctx) => {
   return residual(layer, main, shortcut, ctx);
 });
 
+// On the main path an exit head is the identity, as in TF.js (its classifier is lowered per stage).
+lowerings.register('ExitHead', (_layer, x, sel) => ({ y: x, sel }));
+
 lowerings.register('ResNeXtBlock', (layer, x, sel, ctx) => residual(layer, lowerChain(layer.children(), x, sel, ctx), x, ctx));

@@ -164,18 +164,15 @@ export class ModelSession {
   }
 
   /**
-   * Runs a batch at utilization u (see `OnnxModel.run`). An early-exit model runs every stage: the scores
-   * are the last exit's, as the network without its exits computes them.
+   * Runs a batch at utilization u (see `OnnxModel.run`). An early-exit model runs its whole network in one
+   * pass (stage -1): the scores are the last exit's, as the network without its exits computes them.
    */
   async run(images: Float32Array, u: number, options: RunOptions = {}): Promise<Prediction> {
     const meta = this.metadata;
     const level = levelFor(meta, u);
     const { nchw, batch } = this.prepare(images, options);
-    if (meta.exits) {
-      const r = await this.exitRun(nchw, batch, level, null, []);
-      return { scores: r.scores, classes: r.classes, batch, numClasses: meta.numClasses, u: level.u, level: level.level, ms: r.ms };
-    }
-    const { out, ms } = await this.once(nchw, [batch, ...meta.input.shape], level, null, [ONNX_IO.scores]);
+    // An early-exit model's stage -1 is the whole network in one pass.
+    const { out, ms } = await this.once(nchw, [batch, ...meta.input.shape], level, meta.exits ? -1 : null, [ONNX_IO.scores]);
     const scores = out[ONNX_IO.scores].data as Float32Array;
     return { scores, classes: argmaxRows(scores, meta.numClasses), batch, numClasses: meta.numClasses, u: level.u, level: level.level, ms };
   }
@@ -204,8 +201,8 @@ export class ModelSession {
     return { ...res, batch, numClasses: meta.numClasses, u: level.u, level: level.level, meanFlops, flopsRatio: level.flops > 0 ? meanFlops / level.flops : 1 };
   }
 
-  /** Stage by stage; with a rule, samples that leave are dropped from the next stage's batch. */
-  private async exitRun(x: Float32Array, batch: number, level: OnnxLevel, rule: ExitRule | null, thresholds: number[]) {
+  /** Stage by stage; samples that leave are dropped from the next stage's batch. */
+  private async exitRun(x: Float32Array, batch: number, level: OnnxLevel, rule: ExitRule, thresholds: number[]) {
     const meta = this.metadata;
     const C = meta.numClasses;
     const count = meta.exits!.count;
@@ -223,7 +220,7 @@ export class ModelSession {
       const s = run.out[ONNX_IO.scores].data as Float32Array;
       const stay: number[] = [];
       for (let i = 0; i < alive.length; i++) {
-        if (!last && !(rule && leaves(rule, rule.score(softmaxRow(s, C, i, probs)), thresholds[k]))) {
+        if (!last && !leaves(rule, rule.score(softmaxRow(s, C, i, probs)), thresholds[k])) {
           stay.push(i);
           continue;
         }
