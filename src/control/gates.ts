@@ -9,7 +9,7 @@ import { checkUtilization } from '../gating/gating.js';
 import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { MixedRunner } from './runner.js';
-import { staticPlan } from './policy.js';
+import { staticPlan } from '../models/network.js';
 
 /** A widthwise block a gate function controls. */
 export interface GatedBlock {

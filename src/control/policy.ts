@@ -1,8 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { Network } from '../models/network.js';
+import { Network, staticPlan } from '../models/network.js';
 import { opTensors, type Subnet } from '../models/subnet.js';
 import { Conv2D, Dense, Flatten, ReLU } from '../layers/index.js';
-import type { Plan } from '../layers/types.js';
 import { DynnError } from '../util/errors.js';
 import { checkActions } from './actions.js';
 import { median } from '../eval/latency.js';
@@ -21,10 +20,6 @@ export interface PolicyArgs {
   seed?: number;
 }
 
-/** The plan of a network with no throttleable block: everything runs. */
-export function staticPlan(): Plan {
-  return { u: 1, groups: new Map(), depth: new Map(), level: 0 };
-}
 
 /**
  * The controller network F_theta(x) (DTNN Eq. 13): a small CNN (two stride-2 3x3 convolutions, a dense

@@ -1,5 +1,5 @@
 import type { Network } from '../models/network.js';
-import { planToData } from '../models/network.js';
+import { planToData, staticPlan } from '../models/network.js';
 import { exitCosts, exitSegments, type ExitHead } from '../models/exits.js';
 import { fullSel } from '../layers/select.js';
 import type { ChannelSel, Plan } from '../layers/types.js';
@@ -213,10 +213,9 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
     // The last stage (and the whole network) has no next stage: its features are the scores as
     // [batch, classes, 1, 1], the rank of the others.
     const asFeatures = (y: string) => g.node('Unsqueeze', [y, g.int64Const(`${prefix}/axes`, [2, 3])], `${prefix}/features`);
-    if (!staged) return [lowerChain(model.layers, ONNX_IO.images, fullSel(c), ctx).y];
-    if (stage < 0) {
+    if (!staged || stage < 0) {
       const y = lowerChain(model.layers, ONNX_IO.images, fullSel(c), ctx).y;
-      return [y, asFeatures(y)];
+      return staged ? [y, asFeatures(y)] : [y];
     }
     const body = lowerChain(segments[stage], ONNX_IO.images, selBeforeStage(segments, stage, fullSel(c), plan), ctx);
     if (stage === heads.length) return [body.y, asFeatures(body.y)];
@@ -253,8 +252,7 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   let controller: OnnxMetadata['controller'];
   if (ctrl) {
     const cnet = ctrl.network;
-    // The controller has no throttleable block: everything in it runs.
-    const plan: Plan = { u: 1, groups: new Map(), depth: new Map(), level: 0 };
+    const plan = staticPlan();
     const y = lowerChain(cnet.layers, ONNX_IO.images, fullSel(c), { g: main, plan, prefix: 'controller', dims }).y;
     main.nodeTo('Identity', [y], ONNX_IO.controller);
     main.output(floatValueInfo(ONNX_IO.controller, ['batch', ctrl.actions.length], 'controller action logits'));

@@ -247,6 +247,11 @@ export interface PlanData {
   level: number;
 }
 
+/** The plan of a network with no throttleable block (a controller, a gate MLP): everything runs. */
+export function staticPlan(): Plan {
+  return { u: 1, groups: new Map(), depth: new Map(), level: 0 };
+}
+
 export function planToData(plan: Plan): PlanData {
   return {
     u: plan.u,

@@ -231,11 +231,7 @@ export class ModelSession {
       const f = run.out[ONNX_IO.features];
       const feats = f.data as Float32Array;
       const per = feats.length / alive.length;
-      if (stay.length === alive.length) input = feats;
-      else {
-        input = new Float32Array(stay.length * per);
-        stay.forEach((i, j) => input.set(feats.subarray(i * per, (i + 1) * per), j * per));
-      }
+      input = stay.length === alive.length ? feats : gatherRows(feats, stay, per);
       dims = [stay.length, ...f.dims.slice(1)];
       alive = Int32Array.from(stay, (i) => alive[i]);
     }
