@@ -97,10 +97,14 @@ const K = table.us.length;
 const chosenCascade = cascades(select).reduce((best, c) => (margin(select, c) > margin(select, best) ? c : best));
 const onReport = cascades(report).find((c) => c.name === chosenCascade.name)!;
 const allReport = cascades(report);
-const banditOn = (t: LevelTable, p: Float32Array | undefined) =>
-  p && candidatesFromTable(t, { policyProbs: p, policyMacs, thresholds: [] }).find((c) => c.name === 'bandit u>=' + uKey(t.us[0]));
-const bandit = banditOn(report, probs?.subarray(half * K));
-const oracle = oracleFromTable(report);
+// The bandit's candidates: its plain argmax (`u>=` the lowest action) and its argmax restricted to actions
+// above a floor or below a ceiling; the restriction is chosen on the first half like the cascade.
+const bandits = (t: LevelTable, p: Float32Array) => candidatesFromTable(t, { policyProbs: p, policyMacs, thresholds: [] }).filter((c) => c.kind === 'bandit');
+const plainName = 'bandit u>=' + uKey(table.us[0]);
+const bandit = probs && bandits(report, probs.subarray(half * K)).find((c) => c.name === plainName);
+const chosenBandit = probs && bandits(select, probs.subarray(0, half * K)).reduce((best, c) => (margin(select, c) > margin(select, best) ? c : best));
+const chosenBanditReport = chosenBandit && bandits(report, probs!.subarray(half * K)).find((c) => c.name === chosenBandit.name);
+const { action: _, ...oracle } = oracleFromTable(report);
 
 const result = {
   run: runDir,
@@ -108,14 +112,23 @@ const result = {
   split: `test samples ${half}..${test.count - 1} (choices made on samples 0..${half - 1})`,
   fixed: fixedCurve(report),
   oracle,
-  bandit: bandit && { accuracy: bandit.accuracy, flopsRatio: bandit.flopsRatio, margin: margin(report, bandit), controller: ctrlDir, ownFlopsRatio: policyMacs / table.fullMacs },
+  bandit: bandit && {
+    controller: ctrlDir,
+    ownFlopsRatio: policyMacs / table.fullMacs,
+    argmax: { accuracy: bandit.accuracy, flopsRatio: bandit.flopsRatio, margin: margin(report, bandit) },
+    chosen: chosenBanditReport && { name: chosenBandit!.name, accuracy: chosenBanditReport.accuracy, flopsRatio: chosenBanditReport.flopsRatio, margin: margin(report, chosenBanditReport), selectionMargin: margin(select, chosenBandit!) },
+  },
   cascade: { chosen: chosenCascade.params, accuracy: onReport.accuracy, flopsRatio: onReport.flopsRatio, margin: margin(report, onReport), selectionMargin: margin(select, chosenCascade) },
   cascadesAboveCurve: { share: allReport.filter((c) => margin(report, c) >= 0).length / allReport.length, of: allReport.length },
 };
 const pct = (x: number) => (100 * x).toFixed(2);
 log(`fixed-u curve (report half): ${result.fixed.map((f) => `u=${f.u}: ${pct(f.accuracy)}% @ ${f.flopsRatio.toFixed(3)}`).join(', ')}`);
 log(`oracle: ${pct(oracle.accuracy)}% @ FLOPs ratio ${oracle.meanFlopsRatio.toFixed(3)} (mean u ${oracle.meanU.toFixed(3)})`);
-if (result.bandit) log(`bandit: ${pct(result.bandit.accuracy)}% @ ${result.bandit.flopsRatio.toFixed(3)} (own ${result.bandit.ownFlopsRatio.toFixed(4)}); margin over the curve ${(100 * result.bandit.margin).toFixed(2)} points`);
+if (result.bandit) {
+  const b = result.bandit;
+  log(`bandit argmax: ${pct(b.argmax.accuracy)}% @ ${b.argmax.flopsRatio.toFixed(3)} (own ${b.ownFlopsRatio.toFixed(4)}); margin over the curve ${(100 * b.argmax.margin).toFixed(2)} points`);
+  if (b.chosen) log(`${b.chosen.name}: ${pct(b.chosen.accuracy)}% @ ${b.chosen.flopsRatio.toFixed(3)}; margin ${(100 * b.chosen.margin).toFixed(2)} points (on the selection half ${(100 * b.chosen.selectionMargin).toFixed(2)})`);
+}
 log(`cascade ${JSON.stringify(result.cascade.chosen)}: ${pct(result.cascade.accuracy)}% @ ${result.cascade.flopsRatio.toFixed(3)}; margin ${(100 * result.cascade.margin).toFixed(2)} points (on the selection half ${(100 * result.cascade.selectionMargin).toFixed(2)})`);
 log(`${(100 * result.cascadesAboveCurve.share).toFixed(1)}% of ${result.cascadesAboveCurve.of} cascades lie on or above the curve`);
 if (args.includes('--json')) process.stdout.write(JSON.stringify(result, null, 2) + '\n');
