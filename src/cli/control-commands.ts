@@ -39,6 +39,7 @@ export const controlCommands: CommandModule = (cli: CAC, io: Io) => {
     .option('--lr <x>', 'train: learning rate [default: 0.02]')
     .option('--temperature <x>', 'train: CONCRETE temperature [default: 0.1]')
     .option('--u-min <x>', 'train: u is drawn from U(u-min, 1] [default: 0.125]')
+    .option('--full-u <p>', 'train: probability that an update trains u = 1 [default: 0.1]')
     .option('--hidden <n>', 'train: hidden units of each gate MLP [default: 16]')
     .option('--seed <n>', 'train: seed [default: 0]')
     .option('--gates <dir>', 'eval: the gates checkpoint')
@@ -187,6 +188,7 @@ async function gatesTrain(run: string, o: Opts, io: Io): Promise<void> {
     lr: numberOption(o.lr, 'lr', { min: Number.MIN_VALUE }),
     temperature: numberOption(o.temperature, 'temperature', { min: Number.MIN_VALUE }),
     uMin: numberOption(o.uMin, 'u-min', { min: Number.MIN_VALUE, max: 0.999 }),
+    fullU: numberOption(o.fullU, 'full-u', { min: 0, max: 1 }),
     seed: numberOption(o.seed, 'seed', { int: true }),
   };
   const hidden = numberOption(o.hidden, 'hidden', { int: true, min: 1 });

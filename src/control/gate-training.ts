@@ -40,6 +40,11 @@ export interface GateTrainOptions {
   temperature?: number;
   /** Utilizations are drawn from U(uMin, 1] per update (default 0.125). */
   uMin?: number;
+  /**
+   * Probability that an update trains u = 1 instead of a drawn u (default 0.1). Every gate must open at u = 1,
+   * and a uniform draw almost never asks for it: without these updates the top of the range lags by a group.
+   */
+  fullU?: number;
   /** Seed of images, utilizations and gate samples (default 0). */
   seed?: number;
   /** Called every `logEvery` updates (default 50). */
@@ -75,6 +80,7 @@ function checkOptions(o: GateTrainOptions) {
     lr: o.lr ?? 0.02,
     temperature: o.temperature ?? 0.1,
     uMin: o.uMin ?? 0.125,
+    fullU: o.fullU ?? 0.1,
     seed: o.seed ?? 0,
     logEvery: o.logEvery ?? 50,
   };
@@ -88,6 +94,7 @@ function checkOptions(o: GateTrainOptions) {
   if (r.method === 'reinforce' && r.samplesPerStep < 2) throw new DynnError('REINFORCE needs at least 2 gate samples per step (for its baseline)');
   if (!(r.temperature > 0)) throw new DynnError(`temperature must be > 0, got ${r.temperature}`);
   if (!(r.uMin > 0 && r.uMin < 1)) throw new DynnError(`uMin must be in (0, 1), got ${r.uMin}`);
+  if (!(r.fullU >= 0 && r.fullU <= 1)) throw new DynnError(`fullU must be in [0, 1], got ${r.fullU}`);
   if (!(r.lr > 0)) throw new DynnError(`lr must be > 0, got ${r.lr}`);
   return r;
 }
@@ -165,7 +172,7 @@ export function trainGates(model: Network, gates: GateSet, data: ImageSet, optio
   let seen = 0;
   try {
     for (let step = 0; step < o.steps; step++) {
-      const u = o.uMin + (1 - o.uMin) * (1 - rng.next());
+      const u = rng.next() < o.fullU ? 1 : o.uMin + (1 - o.uMin) * (1 - rng.next());
       const idx = Array.from({ length: o.batchSize }, () => rng.int(data.count));
       gatherBatch(data, idx, images, labels);
       const x = tf.tensor(images, [o.batchSize, ...model.inputShape]);
