@@ -2,7 +2,7 @@ import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import { checkUtilization } from '../gating/gating.js';
 import { DynnError } from '../util/errors.js';
 import { levelIndexFor, ONNX_IO, readOnnxMetadata, type OnnxLevel, type OnnxMetadata } from '../export/metadata.js';
-import { exitRules, leaves, perExitThresholds, softmaxRow, type ExitRule } from '../scaling/rules.js';
+import { exitRules, perExitThresholds, settleExit, type ExitRule } from '../scaling/rules.js';
 
 /** What dynn needs of an ONNX Runtime package: onnxruntime-node and onnxruntime-web both provide it. */
 export interface OrtApi {
@@ -218,15 +218,7 @@ export class ModelSession {
       const run = await this.once(input, dims, level, k, last ? [ONNX_IO.scores] : [ONNX_IO.scores, ONNX_IO.features]);
       ms += run.ms;
       const s = run.out[ONNX_IO.scores].data as Float32Array;
-      const stay: number[] = [];
-      for (let i = 0; i < alive.length; i++) {
-        if (!last && !leaves(rule, rule.score(softmaxRow(s, C, i, probs)), thresholds[k])) {
-          stay.push(i);
-          continue;
-        }
-        scores.set(s.subarray(i * C, (i + 1) * C), alive[i] * C);
-        exits[alive[i]] = k;
-      }
+      const stay = settleExit(s, C, alive, { rule, threshold: thresholds[k], k, last }, scores, exits, probs);
       if (last || stay.length === 0) break;
       const f = run.out[ONNX_IO.features];
       const feats = f.data as Float32Array;

@@ -52,6 +52,34 @@ export function softmaxRow(logits: ArrayLike<number>, classes: number, r: number
   return out;
 }
 
+/**
+ * One exit's verdict on the samples still running. `scores` holds their exit's logits, row j for sample
+ * `alive[j]`; every sample that leaves (all of them at the last exit) gets its logits copied into row
+ * `alive[j]` of `out` and `exits[alive[j]] = k`. Returns the rows j that stay. Both early-exit runners
+ * (TF.js and ONNX Runtime) decide through this one function.
+ */
+export function settleExit(
+  scores: Float32Array,
+  classes: number,
+  alive: Int32Array,
+  at: { rule: ExitRule; threshold: number; k: number; last: boolean },
+  out: Float32Array,
+  exits: Int32Array,
+  probs = new Float64Array(classes),
+): number[] {
+  const { rule, threshold, k, last } = at;
+  const stay: number[] = [];
+  for (let j = 0; j < alive.length; j++) {
+    if (!last && !leaves(rule, rule.score(softmaxRow(scores, classes, j, probs)), threshold)) {
+      stay.push(j);
+      continue;
+    }
+    out.set(scores.subarray(j * classes, (j + 1) * classes), alive[j] * classes);
+    exits[alive[j]] = k;
+  }
+  return stay;
+}
+
 /** The rule's score of every row of a [rows, classes] logit matrix. */
 export function exitScores(rule: ExitRule, logits: ArrayLike<number>, classes: number): Float64Array {
   const rows = logits.length / classes;

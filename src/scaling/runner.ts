@@ -5,7 +5,7 @@ import { fuseOps, opTensors, runOps, type FrozenOp } from '../models/subnet.js';
 import { exitCosts, exitSegments, type ExitCost } from '../models/exits.js';
 import type { Network, PlanOptions } from '../models/network.js';
 import type { Plan } from '../layers/types.js';
-import { exitRules, leaves, perExitThresholds, softmaxRow, type ExitRule } from './rules.js';
+import { exitRules, perExitThresholds, settleExit, type ExitRule } from './rules.js';
 
 /** The outcome of an early-exit run, in input order. */
 export interface ExitRun {
@@ -99,15 +99,7 @@ export class EarlyExitRunner {
       const out = last ? h : tf.tidy(() => runOps(this.heads[k], h));
       const scores = out.dataSync() as Float32Array;
       if (out !== h) out.dispose();
-      const stay: number[] = [];
-      for (let i = 0; i < alive.length; i++) {
-        if (!last && !leaves(r, r.score(softmaxRow(scores, C, i, probs)), t[k])) {
-          stay.push(i);
-          continue;
-        }
-        logits.set(scores.subarray(i * C, (i + 1) * C), alive[i] * C);
-        exits[alive[i]] = k;
-      }
+      const stay = settleExit(scores, C, alive, { rule: r, threshold: t[k], k, last }, logits, exits, probs);
       if (last || stay.length === 0) {
         h.dispose();
         break;
