@@ -90,6 +90,11 @@ export function nhwcToNchw(data: Float32Array, [c, h, w]: readonly number[]): Fl
   return out;
 }
 
+/** A batch in the model's NCHW layout: as given, or converted when `options.layout` says 'NHWC'. */
+export function toNchw(meta: OnnxMetadata, images: Float32Array, options: RunOptions = {}): Float32Array {
+  return (options.layout ?? 'NCHW') === 'NHWC' ? nhwcToNchw(images, meta.input.shape) : images;
+}
+
 /** Argmax of each row of a [batch, n] score matrix. */
 export function argmaxRows(scores: Float32Array, n: number): Int32Array {
   const out = new Int32Array(scores.length / n);
@@ -143,8 +148,7 @@ export class ModelSession {
 
   private prepare(images: Float32Array, options: RunOptions): { nchw: Float32Array; batch: number } {
     const batch = checkImages(this.metadata, images);
-    const nchw = (options.layout ?? 'NCHW') === 'NHWC' ? nhwcToNchw(images, this.metadata.input.shape) : images;
-    return { nchw, batch };
+    return { nchw: toNchw(this.metadata, images, options), batch };
   }
 
   private tensor(data: Float32Array, dims: readonly number[]): Tensor {

@@ -17,6 +17,7 @@ export {
   argmaxRows,
   levelFor,
   runMixed,
+  toNchw,
   type Prediction,
   type ExitPrediction,
   type MixedPrediction,

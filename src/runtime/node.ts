@@ -7,8 +7,8 @@ import type { OnnxLevel, OnnxMetadata } from '../export/metadata.js';
 import {
   levelFor,
   ModelSession,
-  nhwcToNchw,
   runMixed,
+  toNchw,
   type Decision,
   type ExitOptions,
   type ExitPrediction,
@@ -257,7 +257,7 @@ export class OnnxModel {
    * Class scores for a batch at utilization u in (0, 1]. `images` is a Float32Array holding whole samples
    * (NCHW unless `options.layout` says 'NHWC'). The level is chosen in JavaScript with the same rule as the
    * graph, and its representative u is fed to the graph. Bad input rejects with a DynnError. An early-exit
-   * model runs every stage (its last exit); `runExits` terminates early.
+   * model runs its whole network in one pass (its last exit); `runExits` terminates early.
    */
   run(images: Float32Array, u: number, options: RunOptions = {}): Promise<Prediction> {
     return this.call('run', [images, u, options]);
@@ -279,8 +279,7 @@ export class OnnxModel {
 
   /** Each sample at its own u, batched per level (see `runMixed` of the core module); results in input order. */
   async runMixed(images: Float32Array, us: ArrayLike<number>, options: RunOptions = {}): Promise<MixedPrediction> {
-    const nchw = (options.layout ?? 'NCHW') === 'NHWC' ? nhwcToNchw(images, this.metadata.input.shape) : images;
-    return runMixed(this.metadata, nchw, us, (x, u) => this.run(x, u));
+    return runMixed(this.metadata, toNchw(this.metadata, images, options), us, (x, u) => this.run(x, u));
   }
 
   /**
@@ -288,9 +287,9 @@ export class OnnxModel {
    * samples run as one batch. The mean FLOPs ratio includes the controller's own cost.
    */
   async runAdaptive(images: Float32Array, options: RunOptions = {}): Promise<MixedPrediction & { decision: Decision }> {
-    const nchw = (options.layout ?? 'NCHW') === 'NHWC' ? nhwcToNchw(images, this.metadata.input.shape) : images;
+    const nchw = toNchw(this.metadata, images, options);
     const decision = await this.decide(nchw);
-    const m = await runMixed(this.metadata, nchw, decision.u, (x, u) => this.run(x, u));
+    const m = await this.runMixed(nchw, decision.u);
     return { ...m, meanFlopsRatio: m.meanFlopsRatio + this.metadata.controller!.flopsRatio, ms: m.ms + decision.ms, decision };
   }
 
