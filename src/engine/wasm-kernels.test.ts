@@ -7,6 +7,7 @@ import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { engineName, initEngine } from './backend.js';
 import { registerWasmTrainingKernels } from './wasm-kernels.js';
+import { ORT_MIN_FLOPS, ortKernelCalls, ortKernelsAvailable, setOrtMinFlops } from './ort-kernels.js';
 
 const TOL = 1e-4;
 
@@ -98,6 +99,38 @@ describe('wasm training kernels against cpu', () => {
         return [conv(x, w), ...grads([x, w])];
       });
     }
+  });
+
+  test('conv2d forward, dx and dw through ONNX Runtime: every geometry, and a training-size layer', async (t) => {
+    if (!ortKernelsAvailable()) return t.skip('onnxruntime-node binding not loadable');
+    const before = ortKernelCalls();
+    const previous = setOrtMinFlops(0);
+    try {
+      for (const c of [...convCases, { x: [2, 12, 12, 4], k: 5, co: 3, s: 1 as const, pad: 'same' as const }]) {
+        await assertSameOnBoth(`ort conv k${c.k} s${c.s} pad ${JSON.stringify(c.pad)} x ${c.x}`, () => {
+          const x = randomTensor(1, c.x) as tf.Tensor4D;
+          const w = randomTensor(2, [c.k, c.k, c.x[3], c.co]) as tf.Tensor4D;
+          const conv = (a: tf.Tensor4D, b: tf.Tensor4D) => tf.conv2d(a, b, c.s, c.pad);
+          const grads = tf.grads((a: tf.Tensor, b: tf.Tensor) => weightedSum(conv(a as tf.Tensor4D, b as tf.Tensor4D)));
+          return [conv(x, w), ...grads([x, w])];
+        });
+      }
+    } finally {
+      setOrtMinFlops(previous);
+    }
+    // At the default threshold a 32-channel layer goes to ONNX Runtime.
+    await assertSameOnBoth('ort conv, 2x14x14x32 -> 32', () => {
+      const x = randomTensor(6, [2, 14, 14, 32]) as tf.Tensor4D;
+      const w = randomTensor(7, [3, 3, 32, 32]) as tf.Tensor4D;
+      const conv = (a: tf.Tensor4D, b: tf.Tensor4D) => tf.conv2d(a, b, 1, 'same');
+      return [conv(x, w), ...tf.grads((a: tf.Tensor, b: tf.Tensor) => weightedSum(conv(a as tf.Tensor4D, b as tf.Tensor4D)))([x, w])];
+    });
+    assert.ok(2 * 2 * 14 * 14 * 9 * 32 * 32 >= ORT_MIN_FLOPS);
+    const after = ortKernelCalls();
+    // Every geometry but the dilated ones ran each kernel there (the composite conv inside a fallback counts too).
+    assert.ok(after.conv - before.conv >= convCases.length + 2, `forward calls ${after.conv - before.conv}`);
+    assert.ok(after.dx - before.dx >= convCases.length + 2, `input-gradient calls ${after.dx - before.dx}`);
+    assert.ok(after.dw - before.dw >= convCases.length + 2, `filter-gradient calls ${after.dw - before.dw}`);
   });
 
   test('fused conv2d with bias and relu: forward and gradients', async () => {
@@ -298,10 +331,13 @@ describe('initEngine', () => {
         const x = tf.ones([1, 6, 6, 2]);
         const w = tf.ones([3, 3, 2, 4]);
         const dw = tf.grad((f) => tf.sum(tf.conv2d(x, f, 2, 'same')))(w);
-        parentPort.postMessage({ name, sum: tf.sum(dw).dataSync()[0] });
+        const ort = await import(${JSON.stringify(new URL('./ort-kernels.js', import.meta.url).href)});
+        const big = tf.ones([8, 28, 28, 16]);
+        const dwBig = tf.grad((f) => tf.sum(tf.conv2d(big, f, 1, 'same')))(tf.ones([3, 3, 16, 16]));
+        parentPort.postMessage({ name, sum: tf.sum(dw).dataSync()[0], ort: ort.ortKernelCalls(), big: dwBig.dataSync()[(1 * 3 + 1) * 16 * 16] });
       })().catch((e) => parentPort.postMessage({ error: String(e) }));`;
     const worker = new Worker(code, { eval: true, env: { ...process.env, DYNN_BACKEND: '' } });
-    const reply = await new Promise<{ name?: string; sum?: number; error?: string }>((resolve, reject) => {
+    const reply = await new Promise<{ name?: string; sum?: number; error?: string; ort?: { dw: number }; big?: number }>((resolve, reject) => {
       worker.once('message', resolve);
       worker.once('error', reject);
     });
@@ -310,5 +346,8 @@ describe('initEngine', () => {
     assert.ok(reply.name === 'wasm' || reply.name === 'tensorflow', String(reply.name));
     // Stride-2 'same' over 6 rows pads one at the bottom: the taps see 3, 3 and 2 rows, so 8*8 per (ci, co).
     assert.equal(reply.sum, 8 * 8 * 2 * 4);
+    // The centre tap of a 'same' 3x3 filter sees every one of the 8*28*28 positions.
+    assert.equal(reply.big, 8 * 28 * 28);
+    if (reply.name === 'wasm' && ortKernelsAvailable()) assert.equal(reply.ort?.dw, 1, 'the filter gradient ran in ONNX Runtime in the worker');
   });
 });

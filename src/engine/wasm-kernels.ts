@@ -4,6 +4,8 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import type {
   BatchMatMulAttrs,
   BatchMatMulInputs,
+  Conv2DAttrs,
+  Conv2DInputs,
   Conv2DBackpropFilterAttrs,
   Conv2DBackpropFilterInputs,
   Conv2DBackpropInputAttrs,
@@ -26,6 +28,7 @@ import type {
   _FusedMatMulAttrs,
   _FusedMatMulInputs,
 } from '@tensorflow/tfjs-core';
+import { ortConv2D, ortConv2DBackpropFilter, ortConv2DBackpropInput, type ConvGeometry } from './ort-kernels.js';
 
 const BACKEND = 'wasm';
 
@@ -95,6 +98,29 @@ function assertNHWC(dataFormat: string | undefined, kernel: string): void {
   }
 }
 
+function geometry(info: ReturnType<typeof tf.backend_util.computeConv2DInfo>): ConvGeometry {
+  const { top, bottom, left, right } = info.padInfo;
+  return {
+    batch: info.batchSize,
+    inH: info.inHeight,
+    inW: info.inWidth,
+    inC: info.inChannels,
+    outH: info.outHeight,
+    outW: info.outWidth,
+    outC: info.outChannels,
+    kh: info.filterHeight,
+    kw: info.filterWidth,
+    strideH: info.strideHeight,
+    strideW: info.strideWidth,
+    dilationH: info.dilationHeight,
+    dilationW: info.dilationWidth,
+    top,
+    bottom,
+    left,
+    right,
+  };
+}
+
 /**
  * Makes spatial dims 1 and 2 of `t` exactly match wanted pad amounts, some of which may be negative.
  * Negative amounts are cropped with Slice here; the non-negative rest is returned as explicit conv padding.
@@ -147,6 +173,8 @@ function conv2DBackpropFilter(args: {
   const [b, h, w] = x.shape;
   const { strideHeight: sh, strideWidth: sw, outHeight: oh, outWidth: ow } = info;
   const { top: pt, left: pl } = info.padInfo;
+  const viaOrt = ortConv2DBackpropFilter(backend, x, dy, geometry(info));
+  if (viaOrt) return viaOrt;
   return scoped(backend, (s) => {
     if (kh === 1 && kw === 1 && sh === 1 && sw === 1 && pt === 0 && pl === 0 && oh === h && ow === w) {
       // A 1x1 stride-1 filter gradient is x^T dy; transposing explicitly keeps BatchMatMul on its fast path.
@@ -187,6 +215,8 @@ function conv2DBackpropInput(args: {
   const [kh, kw] = filter.shape;
   const { strideHeight: sh, strideWidth: sw } = info;
   const { top: pt, left: pl } = info.padInfo;
+  const viaOrt = ortConv2DBackpropInput(backend, dy, filter, geometry(info));
+  if (viaOrt) return viaOrt;
   return scoped(backend, (s) => {
     const dyz = zeroInsert(s, dy, sh, sw);
     const [, lh, lw] = dyz.shape;
@@ -447,6 +477,21 @@ function makeGather(original: KernelFunc) {
   };
 }
 
+/** Conv2D through ONNX Runtime where that is faster, else wasm's own (XNNPACK). */
+function makeConv2D(original: KernelFunc) {
+  return (args: { inputs: Conv2DInputs; backend: BackendWasm; attrs: Conv2DAttrs }): TensorInfo => {
+    const { inputs, backend, attrs } = args;
+    if (attrs.dataFormat == null || attrs.dataFormat === 'NHWC') {
+      const info = tf.backend_util.computeConv2DInfo(
+        inputs.x!.shape as Shape4, inputs.filter!.shape as Shape4, attrs.strides, attrs.dilations, attrs.pad,
+        attrs.dimRoundingMode, false, 'channelsLast');
+      const viaOrt = ortConv2D(backend, inputs.x!, inputs.filter!, geometry(info));
+      if (viaOrt) return viaOrt;
+    }
+    return original(args as unknown as Parameters<KernelFunc>[0]) as TensorInfo;
+  };
+}
+
 /** Builds a kernel function; `original` is the wasm kernel being replaced, if any. */
 type Factory = (original: KernelFunc | undefined) => KernelFunc;
 
@@ -461,6 +506,13 @@ interface Entry {
 const asKernel = (f: unknown): KernelFunc => f as KernelFunc;
 
 const ENTRIES: readonly Entry[] = [
+  {
+    name: tf.Conv2D,
+    factory: (original) => {
+      if (original == null) throw new Error('dynn: the wasm backend has no Conv2D kernel');
+      return asKernel(makeConv2D(original));
+    },
+  },
   { name: tf.Conv2DBackpropFilter, factory: () => asKernel(conv2DBackpropFilter) },
   { name: tf.Conv2DBackpropInput, factory: () => asKernel(conv2DBackpropInput) },
   {

@@ -1,0 +1,55 @@
+/**
+ * Where a training step's time goes: times every wasm kernel (top-level calls only) over gradient steps of
+ * vgg-w at a few u, one thread. Not a test. Usage: node dist/bench/profile-step.js [batch=64] [steps=6]
+ */
+import * as tf from '@tensorflow/tfjs-core';
+import { initEngine } from '../src/engine/backend.js';
+import { createModel } from '../src/models/zoo.js';
+import { makeSynthetic } from '../src/data/synthetic.js';
+import { flatLayout, gradientStep } from '../src/train/step.js';
+import { toFloat } from '../src/data/imageset.js';
+
+const batch = Number(process.argv[2] ?? 64);
+const steps = Number(process.argv[3] ?? 6);
+await initEngine('wasm');
+const times = new Map<string, number>();
+const calls = new Map<string, number>();
+let depth = 0;
+for (const k of tf.getKernelsForBackend('wasm')) {
+  const inner = k.kernelFunc;
+  tf.unregisterKernel(k.kernelName, 'wasm');
+  tf.registerKernel({
+    ...k,
+    kernelFunc: (a) => {
+      if (depth > 0) return inner(a);
+      depth++;
+      const t0 = performance.now();
+      try {
+        return inner(a);
+      } finally {
+        depth--;
+        const key = `${k.kernelName}`;
+        times.set(key, (times.get(key) ?? 0) + performance.now() - t0);
+        calls.set(key, (calls.get(key) ?? 0) + 1);
+      }
+    },
+  });
+}
+const model = createModel('vgg-w');
+const data = makeSynthetic({ count: batch, seed: 0 });
+const layout = flatLayout(model);
+const images = toFloat(data, 0, batch);
+const grads = new Float32Array(layout.total);
+for (const u of [1, 0.5, 0.25]) {
+  const plan = model.plan(u);
+  for (let i = 0; i < 2; i++) gradientStep(model, layout, images, data.labels, plan, grads);
+  times.clear();
+  calls.clear();
+  const t0 = performance.now();
+  for (let i = 0; i < steps; i++) gradientStep(model, layout, images, data.labels, plan, grads);
+  const total = (performance.now() - t0) / steps;
+  const kern = [...times.values()].reduce((a, b) => a + b, 0) / steps;
+  console.log(`u=${u}: ${total.toFixed(1)} ms/step, kernels ${kern.toFixed(1)} ms`);
+  const rows = [...times].sort((a, b) => b[1] - a[1]).slice(0, 14);
+  for (const [k, t] of rows) console.log(`  ${k.padEnd(24)} ${(t / steps).toFixed(1).padStart(7)} ms  ${(calls.get(k)! / steps).toFixed(0)} calls`);
+}

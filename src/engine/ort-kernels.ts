@@ -1,0 +1,326 @@
+/**
+ * Convolutions for the wasm training backend, run by ONNX Runtime's CPU kernels (MLAS).
+ *
+ * TF.js's wasm backend convolves with 128-bit SIMD XNNPACK at about 20 GFLOP/s per core here, and its
+ * gradients are compositions that run slower still; ONNX Runtime's MLAS, already a dependency for deployment,
+ * uses the machine's full vector width (measured 2x on forward and input-gradient convolutions, 2-5x on filter
+ * gradients). TF.js stays the engine: these are kernels registered for its wasm backend, reading and writing
+ * the backend's tensors in place in the wasm heap.
+ *
+ * TF.js kernels are synchronous and onnxruntime-node's public `run()` returns a promise (it runs the native,
+ * synchronous call on the next tick), so the kernels call the native session directly. That binding is internal
+ * to onnxruntime-node: if it is missing or behaves differently, `ortKernelsAvailable()` is false and the wasm
+ * kernels run as before. `DYNN_ORT_KERNELS=0` turns them off.
+ *
+ * One session per operation and attribute set, with symbolic shapes (every slicing of a throttled layer
+ * reuses it); one intra-op thread, since data-parallel training already runs one worker per core.
+ */
+import { createRequire } from 'node:module';
+import type { TensorInfo } from '@tensorflow/tfjs-core';
+import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
+import { GraphBuilder, NameScope, attr, floatValueInfo } from '../export/graph.js';
+import { DataType, IR_VERSION, OPSET_VERSION, encodeModel } from '../export/onnx-proto.js';
+
+/** Below this many FLOPs a call stays on XNNPACK: a session run costs tens of microseconds. */
+export const ORT_MIN_FLOPS = 4e6;
+
+let minFlops = ORT_MIN_FLOPS;
+const calls = { conv: 0, dx: 0, dw: 0 };
+
+/**
+ * Sets the FLOPs from which convolutions go to ONNX Runtime (tests use 0 to send every call there); returns
+ * the previous value.
+ */
+export function setOrtMinFlops(flops: number): number {
+  const previous = minFlops;
+  minFlops = flops;
+  return previous;
+}
+
+/** How many calls each ONNX Runtime kernel has served in this thread (forward, input and filter gradient). */
+export function ortKernelCalls(): Readonly<typeof calls> {
+  return { ...calls };
+}
+
+interface NativeSession {
+  loadModel(buffer: ArrayBufferLike, byteOffset: number, byteLength: number, options: object): void;
+  run(feeds: Record<string, unknown>, fetches: Record<string, unknown>, options: object): Record<string, unknown>;
+}
+
+interface OrtModule {
+  Tensor: new (type: string, data: Float32Array | BigInt64Array, dims: readonly number[]) => unknown;
+  session(bytes: Uint8Array): NativeSession;
+}
+
+let ortModule: OrtModule | null | undefined;
+
+/** Loads onnxruntime-node's native binding, or null when it is absent or not what this module expects. */
+function loadOrt(): OrtModule | null {
+  if (ortModule !== undefined) return ortModule;
+  ortModule = null;
+  if (process.env.DYNN_ORT_KERNELS === '0') return null;
+  try {
+    const require = createRequire(import.meta.url);
+    const ort = require('onnxruntime-node') as { Tensor: OrtModule['Tensor'] };
+    const { binding, initOrt } = require('onnxruntime-node/dist/binding.js') as {
+      binding: { InferenceSession: new () => NativeSession };
+      initOrt: () => void;
+    };
+    if (typeof initOrt !== 'function' || typeof binding?.InferenceSession !== 'function') return null;
+    initOrt();
+    const candidate: OrtModule = {
+      Tensor: ort.Tensor,
+      session(bytes) {
+        const s = new binding.InferenceSession();
+        s.loadModel(bytes.buffer, bytes.byteOffset, bytes.byteLength, {
+          intraOpNumThreads: 1,
+          interOpNumThreads: 1,
+          executionMode: 'sequential',
+          graphOptimizationLevel: 'all',
+          // The arena keeps each session's intermediates between calls; without it, fresh pages cost 2-3x.
+          enableCpuMemArena: true,
+        });
+        return s;
+      },
+    };
+    if (!selfCheck(candidate)) return null;
+    ortModule = candidate;
+  } catch {
+    ortModule = null;
+  }
+  return ortModule;
+}
+
+/** Whether the ONNX Runtime convolutions can run in this thread. */
+export function ortKernelsAvailable(): boolean {
+  return loadOrt() != null;
+}
+
+type GraphBody = (g: GraphBuilder) => void;
+
+function buildSession(ort: OrtModule, body: GraphBody): NativeSession {
+  const g = new GraphBuilder('dynn_kernel', new NameScope());
+  body(g);
+  const bytes = encodeModel({
+    ir_version: IR_VERSION,
+    opset_import: [{ domain: '', version: OPSET_VERSION }],
+    producer_name: 'dynn',
+    producer_version: '',
+    metadata_props: [],
+    graph: g.build(),
+  });
+  return ort.session(bytes);
+}
+
+function int64Input(g: GraphBuilder, name: string, length: number): void {
+  g.input({ name, type: { tensor_type: { elem_type: DataType.INT64, shape: { dim: [{ dim_value: length }] } } } });
+}
+
+const sessions = new Map<string, NativeSession>();
+
+function cached(ort: OrtModule, key: string, body: GraphBody): NativeSession {
+  let s = sessions.get(key);
+  if (!s) {
+    s = buildSession(ort, body);
+    sessions.set(key, s);
+  }
+  return s;
+}
+
+/** Spatial geometry of one 2-D convolution, as TF.js computes it (NHWC). */
+export interface ConvGeometry {
+  batch: number;
+  inH: number;
+  inW: number;
+  inC: number;
+  outH: number;
+  outW: number;
+  outC: number;
+  kh: number;
+  kw: number;
+  strideH: number;
+  strideW: number;
+  dilationH: number;
+  dilationW: number;
+  /** Padding before and after, rows then columns (TF.js's padInfo). */
+  top: number;
+  bottom: number;
+  left: number;
+  right: number;
+}
+
+function flops(g: ConvGeometry): number {
+  return 2 * g.batch * g.outH * g.outW * g.kh * g.kw * g.inC * g.outC;
+}
+
+const NHWC_TO_NCHW = [0, 3, 1, 2];
+const NCHW_TO_NHWC = [0, 2, 3, 1];
+const HWIO_TO_OIHW = [3, 2, 0, 1];
+
+/** Runs a session on float tensors in the wasm heap, writing its one output `y` into `out` in place. */
+function runInPlace(
+  ort: OrtModule,
+  backend: BackendWasm,
+  session: NativeSession,
+  inputs: Record<string, TensorInfo>,
+  ints: Record<string, number[]>,
+  out: TensorInfo,
+  outDims: number[],
+): void {
+  // Views are taken after every allocation: a growing wasm memory detaches older ones.
+  const feeds: Record<string, unknown> = {};
+  for (const [name, t] of Object.entries(inputs)) {
+    feeds[name] = new ort.Tensor('float32', backend.typedArrayFromHeap(t) as Float32Array, t.shape);
+  }
+  for (const [name, v] of Object.entries(ints)) feeds[name] = new ort.Tensor('int64', BigInt64Array.from(v.map(BigInt)), [v.length]);
+  const y = new ort.Tensor('float32', backend.typedArrayFromHeap(out) as Float32Array, outDims);
+  session.run(feeds, { y }, {});
+}
+
+/** y = conv(x, filter), NHWC and HWIO as TF.js has them; null when the call should stay on XNNPACK. */
+export function ortConv2D(backend: BackendWasm, x: TensorInfo, filter: TensorInfo, g: ConvGeometry): TensorInfo | null {
+  const ort = loadOrt();
+  if (ort == null || flops(g) < minFlops) return null;
+  const pads = [g.top, g.left, g.bottom, g.right];
+  const key = `conv:${g.kh}x${g.kw}:${g.strideH},${g.strideW}:${g.dilationH},${g.dilationW}:${pads}`;
+  const session = cached(ort, key, (b) => {
+    b.input(floatValueInfo('x', ['n', 'h', 'w', 'ci']));
+    b.input(floatValueInfo('f', [g.kh, g.kw, 'ci', 'co']));
+    const xt = b.node('Transpose', ['x'], 'x_nchw', { perm: attr.ints(NHWC_TO_NCHW) });
+    const ft = b.node('Transpose', ['f'], 'f_oihw', { perm: attr.ints(HWIO_TO_OIHW) });
+    const c = b.node('Conv', [xt, ft], 'conv', {
+      pads: attr.ints(pads),
+      strides: attr.ints([g.strideH, g.strideW]),
+      dilations: attr.ints([g.dilationH, g.dilationW]),
+    });
+    b.nodeTo('Transpose', [c], 'y', { perm: attr.ints(NCHW_TO_NHWC) });
+    b.output(floatValueInfo('y', null));
+  });
+  const outShape = [g.batch, g.outH, g.outW, g.outC];
+  const out = backend.makeOutput(outShape, 'float32');
+  try {
+    runInPlace(ort, backend, session, { x, f: filter }, {}, out, outShape);
+    calls.conv++;
+  } catch (e) {
+    backend.disposeData(out.dataId);
+    throw e;
+  }
+  return out;
+}
+
+/**
+ * dx of a convolution from dy [B,OH,OW,Co] and the filter; dilation 1. Stride 1 is a convolution of dy with
+ * the filter reversed in space (faster than ConvTranspose, whose col2im dominates for few channels); larger
+ * strides use ConvTranspose. Null: stay on wasm.
+ */
+export function ortConv2DBackpropInput(backend: BackendWasm, dy: TensorInfo, filter: TensorInfo, g: ConvGeometry): TensorInfo | null {
+  const ort = loadOrt();
+  if (ort == null || flops(g) < minFlops || g.dilationH !== 1 || g.dilationW !== 1) return null;
+  // ConvTranspose's output size leaves out rows a strided forward pass never read: output_padding adds them.
+  const extraH = g.inH - (g.strideH * (g.outH - 1) + g.kh - g.top - g.bottom);
+  const extraW = g.inW - (g.strideW * (g.outW - 1) + g.kw - g.left - g.right);
+  if (extraH < 0 || extraW < 0 || extraH >= g.strideH || extraW >= g.strideW) return null;
+  const flippedPads = [g.kh - 1 - g.top, g.kw - 1 - g.left, g.kh - 1 - g.bottom, g.kw - 1 - g.right];
+  // Padding wider than the filter (a 1x1 filter with padding 1) leaves border outputs that read no input.
+  const unitStride = g.strideH === 1 && g.strideW === 1 && flippedPads.every((p) => p >= 0);
+  const pads = unitStride ? flippedPads : [g.top, g.left, g.bottom, g.right];
+  const key = `dx:${g.kh}x${g.kw}:${g.strideH},${g.strideW}:${pads}:${extraH},${extraW}`;
+  const session = cached(ort, key, (b) => {
+    b.input(floatValueInfo('dy', ['n', 'oh', 'ow', 'co']));
+    b.input(floatValueInfo('f', [g.kh, g.kw, 'ci', 'co']));
+    const dt = b.node('Transpose', ['dy'], 'dy_nchw', { perm: attr.ints(NHWC_TO_NCHW) });
+    let c: string;
+    if (unitStride) {
+      const flipped = b.node('Slice', ['f', b.int64Const('starts', [-1, -1]), b.int64Const('ends', [-(2 ** 62), -(2 ** 62)]),
+        b.int64Const('axes', [0, 1]), b.int64Const('steps', [-1, -1])], 'f_flipped');
+      // As a forward filter from Co to Ci channels: [Ci, Co, KH, KW].
+      const ft = b.node('Transpose', [flipped], 'f_flipped_oihw', { perm: attr.ints([2, 3, 0, 1]) });
+      c = b.node('Conv', [dt, ft], 'conv', { pads: attr.ints(pads) });
+    } else {
+      // ConvTranspose wants [C_in of dy, C_out of dx, KH, KW] = [Co, Ci, KH, KW].
+      const ft = b.node('Transpose', ['f'], 'f_iohw', { perm: attr.ints(HWIO_TO_OIHW) });
+      c = b.node('ConvTranspose', [dt, ft], 'deconv', {
+        pads: attr.ints(pads),
+        strides: attr.ints([g.strideH, g.strideW]),
+        output_padding: attr.ints([extraH, extraW]),
+      });
+    }
+    b.nodeTo('Transpose', [c], 'y', { perm: attr.ints(NCHW_TO_NHWC) });
+    b.output(floatValueInfo('y', null));
+  });
+  const outShape = [g.batch, g.inH, g.inW, g.inC];
+  const out = backend.makeOutput(outShape, 'float32');
+  try {
+    runInPlace(ort, backend, session, { dy, f: filter }, {}, out, outShape);
+    calls.dx++;
+  } catch (e) {
+    backend.disposeData(out.dataId);
+    throw e;
+  }
+  return out;
+}
+
+/**
+ * dW [KH,KW,Ci,Co] from x and dy: for each filter tap, the strided window of padded x that the tap saw,
+ * as a [B*OH*OW, Ci] matrix, times dy as [B*OH*OW, Co]. Nine small GEMMs beat one im2col GEMM here (the
+ * 9x copy costs more than it saves) and beat the transposed-convolution form 2-5x. Dilation 1 only.
+ */
+export function ortConv2DBackpropFilter(backend: BackendWasm, x: TensorInfo, dy: TensorInfo, g: ConvGeometry): TensorInfo | null {
+  const ort = loadOrt();
+  if (ort == null || flops(g) < minFlops || g.dilationH !== 1 || g.dilationW !== 1) return null;
+  const taps = g.kh * g.kw;
+  const key = `dw:${g.kh}x${g.kw}:${g.strideH},${g.strideW}`;
+  const session = cached(ort, key, (b) => {
+    b.input(floatValueInfo('x', ['n', 'h', 'w', 'ci']));
+    b.input(floatValueInfo('dy', ['n', 'oh', 'ow', 'co']));
+    int64Input(b, 'pads', 8);
+    for (let t = 0; t < taps; t++) {
+      int64Input(b, `start${t}`, 2);
+      int64Input(b, `end${t}`, 2);
+    }
+    const padded = b.node('Pad', ['x', 'pads'], 'x_padded');
+    const dyMat = b.node('Flatten', ['dy'], 'dy_mat', { axis: attr.int(3) });
+    const axes = b.int64Const('axes', [1, 2]);
+    const steps = b.int64Const('steps', [g.strideH, g.strideW]);
+    const parts: string[] = [];
+    for (let t = 0; t < taps; t++) {
+      const win = b.node('Slice', [padded, `start${t}`, `end${t}`, axes, steps], `tap${t}`);
+      const mat = b.node('Flatten', [win], `tap${t}_mat`, { axis: attr.int(3) });
+      parts.push(b.node('Gemm', [mat, dyMat], `dw${t}`, { transA: attr.int(1) }));
+    }
+    // [KH*KW*Ci, Co] has the memory layout of [KH, KW, Ci, Co].
+    b.nodeTo('Concat', parts, 'y', { axis: attr.int(0) });
+    b.output(floatValueInfo('y', null));
+  });
+  const ints: Record<string, number[]> = { pads: [0, g.top, g.left, 0, 0, g.bottom, g.right, 0] };
+  for (let i = 0, t = 0; i < g.kh; i++) {
+    for (let j = 0; j < g.kw; j++, t++) {
+      ints[`start${t}`] = [i, j];
+      ints[`end${t}`] = [i + g.strideH * (g.outH - 1) + 1, j + g.strideW * (g.outW - 1) + 1];
+    }
+  }
+  const out = backend.makeOutput([g.kh, g.kw, g.inC, g.outC], 'float32');
+  try {
+    runInPlace(ort, backend, session, { x, dy }, ints, out, [taps * g.inC, g.outC]);
+    calls.dw++;
+  } catch (e) {
+    backend.disposeData(out.dataId);
+    throw e;
+  }
+  return out;
+}
+
+/**
+ * Checks, once per thread, that the native session takes preallocated outputs and writes them in place:
+ * the kernels rely on it, and it is the internal part of onnxruntime-node most likely to change.
+ */
+function selfCheck(ort: OrtModule): boolean {
+  const s = buildSession(ort, (b) => {
+    b.input(floatValueInfo('a', [2]));
+    b.nodeTo('Neg', ['a'], 'y');
+    b.output(floatValueInfo('y', [2]));
+  });
+  const y = new Float32Array(2);
+  s.run({ a: new ort.Tensor('float32', Float32Array.from([1, -2]), [2]) }, { y: new ort.Tensor('float32', y, [2]) }, {});
+  return y[0] === -1 && y[1] === 2;
+}
