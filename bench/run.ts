@@ -3,7 +3,7 @@
  *   1. training ms/step of vgg-w at batch 128, u ~ U(0,1] per batch, against PyTorch running the same
  *      network sliced the same way over the same u sequence (skipped with a message without PyTorch);
  *   2. inference latency(u)/latency(1) against FLOPs(u)/FLOPs(1), TF.js and PyTorch.
- * Usage: npm run bench [-- --steps 30 --json]. Results also go to .bench/results.json (written atomically).
+ * Usage: npm run bench [-- --steps 30 --rounds 3 --json]. Results also go to .bench/results.json (written atomically).
  */
 import os from 'node:os';
 import { initEngine } from '../src/engine/backend.js';
@@ -26,6 +26,7 @@ const flag = (name: string, dflt: number) => {
 };
 const json = args.includes('--json');
 const STEPS = flag('steps', 30);
+const ROUNDS = flag('rounds', 3);
 const WARMUP = 5;
 const BATCH = 128;
 const US = [0.125, 0.25, 0.5, 0.75, 1];
@@ -56,23 +57,45 @@ async function main() {
   const model = createModel('vgg-w');
   const results: Record<string, unknown> = { engine, cores: os.availableParallelism(), steps: STEPS, batch: BATCH };
 
-  log(`training step, vgg-w, batch ${BATCH}, u ~ U(0,1] (${STEPS} steps after ${WARMUP} warm-up), engine ${engine}`);
-  const threads = await ThreadExecutor.start(model, data, engine, BATCH);
-  const parallelMs = await trainStepMs(model, threads, us);
-  await threads.close();
+  log(`training step, vgg-w, batch ${BATCH}, u ~ U(0,1] (${STEPS} steps after ${WARMUP} warm-up, ${ROUNDS} rounds), engine ${engine}`);
+  // dynn and PyTorch alternate, round by round: this machine's speed drifts by tens of percent over minutes,
+  // so each ratio compares runs a few seconds apart, and the median ratio is reported.
+  const rounds: { dynnMs: number; torchMs: number; ratio: number }[] = [];
+  let threadCount = 0;
+  let torchReason = 'ok';
+  for (let r = 0; r < ROUNDS; r++) {
+    const threads = await ThreadExecutor.start(model, data, engine, BATCH);
+    threadCount = threads.threads;
+    const dynnMs = await trainStepMs(model, threads, us);
+    await threads.close();
+    const torchTrain = await runTorchPeer({ mode: 'train-step', batch: BATCH, steps: STEPS, warmup: WARMUP, u: us, seed: 0 });
+    const torchMs = torchTrain.ok ? (torchTrain.result.meanMs as number) : NaN;
+    if (!torchTrain.ok) torchReason = torchTrain.reason;
+    rounds.push({ dynnMs, torchMs, ratio: dynnMs / torchMs });
+    log(`  round ${r + 1}: dynn ${threadCount} threads ${dynnMs.toFixed(1)} ms/step` + (torchTrain.ok ? `, PyTorch ${torchMs.toFixed(1)} ms/step, ratio ${(dynnMs / torchMs).toFixed(2)}x` : ''));
+  }
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const parallelMs = median(rounds.map((r) => r.dynnMs));
   const singleMs = await trainStepMs(model, new LocalExecutor(model, data, BATCH), us);
-  const torchTrain = await runTorchPeer({ mode: 'train-step', batch: BATCH, steps: STEPS, warmup: WARMUP, u: us, seed: 0 });
-  const torchMs = torchTrain.ok ? (torchTrain.result.meanMs as number) : NaN;
+  // The same workers without the ONNX Runtime convolutions (DYNN_ORT_KERNELS is read when a worker loads them).
+  process.env.DYNN_ORT_KERNELS = '0';
+  const xnnpack = await ThreadExecutor.start(model, data, engine, BATCH);
+  const xnnpackMs = await trainStepMs(model, xnnpack, us);
+  await xnnpack.close();
+  delete process.env.DYNN_ORT_KERNELS;
+  const ratio = median(rounds.map((r) => r.ratio));
   results.train = {
     dynnMsPerStep: parallelMs,
-    dynnThreads: threads.threads,
+    dynnThreads: threadCount,
     dynnSingleThreadMsPerStep: singleMs,
-    torchMsPerStep: torchMs,
-    ratioToTorch: parallelMs / torchMs,
-    torch: torchTrain.ok ? 'ok' : torchTrain.reason,
+    dynnWithoutOrtKernelsMsPerStep: xnnpackMs,
+    torchMsPerStep: median(rounds.map((r) => r.torchMs)),
+    ratioToTorch: ratio,
+    rounds,
+    torch: torchReason,
   };
-  log(`  dynn ${threads.threads} threads: ${parallelMs.toFixed(1)} ms/step; 1 thread: ${singleMs.toFixed(1)} ms/step`);
-  log(torchTrain.ok ? `  PyTorch: ${torchMs.toFixed(1)} ms/step; ratio dynn/PyTorch ${(parallelMs / torchMs).toFixed(2)}x` : `  PyTorch skipped: ${torchTrain.reason}`);
+  log(`  dynn ${threadCount} threads: ${parallelMs.toFixed(1)} ms/step (median); 1 thread: ${singleMs.toFixed(1)} ms/step; without the ONNX Runtime convolutions: ${xnnpackMs.toFixed(1)} ms/step`);
+  log(torchReason === 'ok' ? `  median ratio dynn/PyTorch ${ratio.toFixed(2)}x` : `  PyTorch skipped: ${torchReason}`);
 
   log(`inference latency per u, batch 1 and ${BATCH}`);
   const full = model.cost(1).flops;

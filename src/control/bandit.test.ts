@@ -32,13 +32,13 @@ test('reward (DTNN Eq. 14): exp(1-u)(1-u) when right, -(c+gamma1)(u+gamma2) when
   assert.ok(reward(false, 0.5, 0.9) < reward(false, 0.5, 0.2));
 });
 
-test('the bandit learns which inputs need a high u (hand-made answers), and its cost counts its own network', () => {
-  // Classes 0-4 are answered right at every level, classes 5-9 only at u = 1. The best policy is known:
-  // u = 0.25 for the first (reward 1.59 against 0.82 and 0), u = 1 for the others (0 against -1.9 and -2.2).
-  const set = makeSynthetic({ count: 400, seed: 2 });
-  const us = [0.25, 0.5, 1];
+/**
+ * Classes 0-4 are answered right at every level, classes 5-9 only at u = 1. The best policy is known:
+ * u = 0.25 for the first (reward 1.59 against 0.82 and 0), u = 1 for the others (0 against -1.9 and -2.2).
+ */
+function handMadeTable(set: ReturnType<typeof makeSynthetic>, us: number[]): LevelTable {
   const easy = (i: number) => set.labels[i] < 5;
-  const table: LevelTable = {
+  return {
     us,
     count: set.count,
     labels: set.labels,
@@ -48,17 +48,43 @@ test('the bandit learns which inputs need a high u (hand-made answers), and its 
     macs: [1, 2, 4],
     fullMacs: 4,
   };
+}
+
+/** Share of held-out samples whose greedy action is the best one of `handMadeTable`. */
+function bestActionShare(policy: Policy): number {
+  const test = makeSynthetic({ count: 200, seed: 9 });
+  const actions = greedyActions(policyProbabilities(policy, test), 3);
+  let good = 0;
+  for (let i = 0; i < test.count; i++) if (actions[i] === (test.labels[i] < 5 ? 0 : 2)) good++;
+  return good / test.count;
+}
+
+test('full feedback (every action\'s reward) learns the same best actions, without exploration', () => {
+  const set = makeSynthetic({ count: 400, seed: 2 });
+  const us = [0.25, 0.5, 1];
+  const policy = new Policy({ inputShape: [28, 28, 1], actions: us, seed: 1 });
+  const before = tf.memory().numTensors;
+  const history = trainBandit(policy, set, handMadeTable(set, us), { epochs: 8, batchSize: 40, lr: 3e-3, cost: 'u', seed: 3, feedback: 'full' });
+  assert.equal(tf.memory().numTensors, before, 'training leaks nothing');
+  assert.ok(history.every((h) => h.epsilon === 0), 'no exploration');
+  assert.ok(history[7].meanReward > history[0].meanReward, 'the reward rises');
+  assert.ok(bestActionShare(policy) > 0.85, `held-out samples get the best action: ${bestActionShare(policy)}`);
+  assert.throws(() => trainBandit(policy, set, handMadeTable(set, us), { feedback: 'oracle' as 'full' }), /unknown bandit feedback "oracle"; expected one of bandit, full/);
+  policy.dispose();
+});
+
+test('the bandit learns which inputs need a high u (hand-made answers), and its cost counts its own network', () => {
+  const set = makeSynthetic({ count: 400, seed: 2 });
+  const us = [0.25, 0.5, 1];
+  const table = handMadeTable(set, us);
   const policy = new Policy({ inputShape: [28, 28, 1], actions: us, seed: 1 });
   const before = tf.memory().numTensors;
   const history = trainBandit(policy, set, table, { epochs: 12, batchSize: 40, lr: 3e-3, cost: 'u', seed: 3 });
   assert.equal(tf.memory().numTensors, before, 'training leaks nothing');
   assert.equal(history.length, 12);
   assert.ok(history[11].meanReward > history[0].meanReward, 'the reward rises');
+  assert.ok(bestActionShare(policy) > 0.85, `held-out samples get the best action: ${bestActionShare(policy)}`);
   const test = makeSynthetic({ count: 200, seed: 9 });
-  const actions = greedyActions(policyProbabilities(policy, test), 3);
-  let good = 0;
-  for (let i = 0; i < test.count; i++) if (actions[i] === (test.labels[i] < 5 ? 0 : 2)) good++;
-  assert.ok(good / test.count > 0.85, `held-out samples get the best action: ${good}/${test.count}`);
 
   // Deployed: argmax, its own MACs added to each sample's.
   const model = createModel('vgg-w', { widths: [8, 8, 16, 16], hidden: 32 });

@@ -15,6 +15,15 @@ export type BanditCost = 'macs' | 'u';
 /** The reward costs `trainBandit` accepts. */
 export const BANDIT_COSTS: readonly BanditCost[] = ['macs', 'u'];
 
+/**
+ * What the policy learns from: `bandit`, the reward of one epsilon-greedy action per image (DTNN Algorithm 1),
+ * or `full`, the reward of every action, known because the data path is frozen and its answer at every level
+ * is precomputed; the loss is then the negative expected reward -sum_k pi(u_k|x) r(x, u_k).
+ */
+export type BanditFeedback = 'bandit' | 'full';
+
+export const BANDIT_FEEDBACKS: readonly BanditFeedback[] = ['bandit', 'full'];
+
 /** Options of contextual-bandit training (DTNN Algorithm 1); unset fields take the defaults shown. */
 export interface BanditOptions {
   /** Passes over the sample set (default 10). */
@@ -37,6 +46,8 @@ export interface BanditOptions {
    * (pi(a) -> 0 sends it to -infinity), and the policy collapses onto one action for every input.
    */
   importanceWeights?: boolean;
+  /** One sampled action's reward per image (default, the paper's) or every action's. */
+  feedback?: BanditFeedback;
   /** Seed of sample order and exploration (default 0). */
   seed?: number;
   /** Called after every epoch. */
@@ -87,10 +98,12 @@ export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, op
   const g2 = options.gamma2 ?? 1.5;
   const costKind = options.cost ?? 'macs';
   const weighted = options.importanceWeights ?? true;
+  const feedback = options.feedback ?? 'bandit';
   if (!Number.isInteger(epochs) || epochs < 1) throw new DynnError(`epochs must be a positive integer, got ${epochs}`);
   if (!Number.isInteger(batch) || batch < 1) throw new DynnError(`batch size must be a positive integer, got ${batch}`);
   if (!(finalEps >= 0 && finalEps <= 1)) throw new DynnError(`epsilon must be in [0, 1], got ${finalEps}`);
   if (!BANDIT_COSTS.includes(costKind)) throw new DynnError(`unknown bandit cost "${costKind}"; expected one of ${BANDIT_COSTS.join(', ')}`);
+  if (!BANDIT_FEEDBACKS.includes(feedback)) throw new DynnError(`unknown bandit feedback "${feedback}"; expected one of ${BANDIT_FEEDBACKS.join(', ')}`);
   if (table.count !== set.count) throw new DynnError('the level table was computed on another sample set');
   if (table.us.join() !== policy.actions.join()) throw new DynnError('the level table and the policy have different actions');
   const K = policy.actions.length;
@@ -114,7 +127,8 @@ export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, op
       let eps = finalEps;
       for (let step = 0; step < steps; step++) {
         const progress = (epoch * steps + step) / (epochs * steps);
-        eps = progress < 0.5 ? 1 - (1 - finalEps) * (progress / 0.5) : finalEps;
+        // Full feedback needs no exploration: every action's reward is seen.
+        eps = feedback === 'full' ? 0 : progress < 0.5 ? 1 - (1 - finalEps) * (progress / 0.5) : finalEps;
         const idx = order.subarray(step * batch, Math.min(set.count, (step + 1) * batch));
         const n = idx.length;
         gatherBatch(set, idx, buf, labelsBuf);
@@ -123,6 +137,19 @@ export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, op
           const logits = policy.logits(x);
           const logp = tf.logSoftmax(logits);
           const greedyScores = logits.dataSync() as Float32Array;
+          if (feedback === 'full') {
+            const all = new Float32Array(n * K);
+            for (let j = 0; j < n; j++) {
+              const i = idx[j];
+              const greedy = argmaxRow(greedyScores, j, K);
+              right += table.correct[greedy][i] === 1 ? 1 : 0;
+              uSum += table.us[greedy];
+              macsSum += table.macs[greedy];
+              for (let a = 0; a < K; a++) all[j * K + a] = reward(table.correct[a][i] === 1, table.confidence[a][i], costs[a], g1, g2);
+              rSum += all[j * K + greedy];
+            }
+            return tf.neg(tf.mean(tf.sum(tf.mul(tf.softmax(logits), tf.tensor2d(all, [n, K])), 1))) as tf.Scalar;
+          }
           const pi = weighted ? (tf.softmax(logits).dataSync() as Float32Array) : null;
           const actions = new Int32Array(n);
           const rewards = new Float32Array(n);

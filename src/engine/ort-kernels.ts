@@ -21,15 +21,21 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import { GraphBuilder, NameScope, attr, floatValueInfo } from '../export/graph.js';
 import { DataType, IR_VERSION, OPSET_VERSION, encodeModel } from '../export/onnx-proto.js';
 
-/** Below this many FLOPs a call stays on XNNPACK: a session run costs tens of microseconds. */
-export const ORT_MIN_FLOPS = 4e6;
+/**
+ * Below this many FLOPs a call stays on XNNPACK: a session run and the layout transposes cost tens of
+ * microseconds, which a batch of one does not win back (inference of vgg-w at batch 1 stays on XNNPACK).
+ */
+export const ORT_MIN_FLOPS = 16e6;
+
+/** Forward convolutions with fewer input or output channels than this stay on XNNPACK. */
+export const ORT_MIN_CHANNELS = 16;
 
 let minFlops = ORT_MIN_FLOPS;
 const calls = { conv: 0, dx: 0, dw: 0 };
 
 /**
- * Sets the FLOPs from which convolutions go to ONNX Runtime (tests use 0 to send every call there); returns
- * the previous value.
+ * Sets the FLOPs from which convolutions go to ONNX Runtime (tests use 0 to send every call there, whatever
+ * its channel count); returns the previous value.
  */
 export function setOrtMinFlops(flops: number): number {
   const previous = minFlops;
@@ -180,7 +186,8 @@ function runInPlace(
 /** y = conv(x, filter), NHWC and HWIO as TF.js has them; null when the call should stay on XNNPACK. */
 export function ortConv2D(backend: BackendWasm, x: TensorInfo, filter: TensorInfo, g: ConvGeometry): TensorInfo | null {
   const ort = loadOrt();
-  if (ort == null || flops(g) < minFlops) return null;
+  // With few channels XNNPACK's NHWC convolution is as fast, and it needs no layout transposes.
+  if (ort == null || flops(g) < minFlops || (minFlops > 0 && Math.min(g.inC, g.outC) < ORT_MIN_CHANNELS)) return null;
   const pads = [g.top, g.left, g.bottom, g.right];
   const key = `conv:${g.kh}x${g.kw}:${g.strideH},${g.strideW}:${g.dilationH},${g.dilationW}:${pads}`;
   const session = cached(ort, key, (b) => {

@@ -477,7 +477,11 @@ function makeGather(original: KernelFunc) {
   };
 }
 
-/** Conv2D through ONNX Runtime where that is faster, else wasm's own (XNNPACK). */
+/**
+ * Conv2D through ONNX Runtime where that is faster, else wasm's own (XNNPACK). Training runs this unfused
+ * kernel; inference (FusedConv2D, BatchNorm folded) stays on XNNPACK, whose time follows the FLOPs of a
+ * throttled layer more closely (deployment runs the ONNX export in ONNX Runtime anyway).
+ */
 function makeConv2D(original: KernelFunc) {
   return (args: { inputs: Conv2DInputs; backend: BackendWasm; attrs: Conv2DAttrs }): TensorInfo => {
     const { inputs, backend, attrs } = args;
