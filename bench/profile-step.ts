@@ -28,7 +28,7 @@ for (const k of tf.getKernelsForBackend('wasm')) {
         return inner(a);
       } finally {
         depth--;
-        const key = `${k.kernelName}`;
+        const key = process.env.SHAPES ? `${k.kernelName} ${JSON.stringify(Object.values(a.inputs).map((t) => (t as { shape: number[] }).shape))}` : k.kernelName;
         times.set(key, (times.get(key) ?? 0) + performance.now() - t0);
         calls.set(key, (calls.get(key) ?? 0) + 1);
       }
@@ -50,6 +50,6 @@ for (const u of [1, 0.5, 0.25]) {
   const total = (performance.now() - t0) / steps;
   const kern = [...times.values()].reduce((a, b) => a + b, 0) / steps;
   console.log(`u=${u}: ${total.toFixed(1)} ms/step, kernels ${kern.toFixed(1)} ms`);
-  const rows = [...times].sort((a, b) => b[1] - a[1]).slice(0, 14);
+  const rows = [...times].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env.TOP ?? 14));
   for (const [k, t] of rows) console.log(`  ${k.padEnd(24)} ${(t / steps).toFixed(1).padStart(7)} ms  ${(calls.get(k)! / steps).toFixed(0)} calls`);
 }

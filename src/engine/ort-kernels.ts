@@ -1,10 +1,11 @@
 /**
- * Convolutions for the wasm training backend, run by ONNX Runtime's CPU kernels (MLAS).
+ * Convolutions, their gradients and matrix products for the wasm training backend, run by ONNX Runtime's CPU
+ * kernels (MLAS).
  *
  * TF.js's wasm backend convolves with 128-bit SIMD XNNPACK at about 20 GFLOP/s per core here, and its
  * gradients are compositions that run slower still; ONNX Runtime's MLAS, already a dependency for deployment,
  * uses the machine's full vector width (measured 2x on forward and input-gradient convolutions, 2-5x on filter
- * gradients). TF.js stays the engine: these are kernels registered for its wasm backend, reading and writing
+ * gradients, 2-3x on a dense layer's products). TF.js stays the engine: these are kernels registered for its wasm backend, reading and writing
  * the backend's tensors in place in the wasm heap.
  *
  * TF.js kernels are synchronous and onnxruntime-node's public `run()` returns a promise (it runs the native,
@@ -31,11 +32,11 @@ export const ORT_MIN_FLOPS = 16e6;
 export const ORT_MIN_CHANNELS = 16;
 
 let minFlops = ORT_MIN_FLOPS;
-const calls = { conv: 0, dx: 0, dw: 0 };
+const calls = { conv: 0, dx: 0, dw: 0, matmul: 0 };
 
 /**
- * Sets the FLOPs from which convolutions go to ONNX Runtime (tests use 0 to send every call there, whatever
- * its channel count); returns the previous value.
+ * Sets the FLOPs from which calls go to ONNX Runtime (tests use 0 to send every call there, whatever its
+ * channel count); returns the previous value.
  */
 export function setOrtMinFlops(flops: number): number {
   const previous = minFlops;
@@ -43,7 +44,7 @@ export function setOrtMinFlops(flops: number): number {
   return previous;
 }
 
-/** How many calls each ONNX Runtime kernel has served in this thread (forward, input and filter gradient). */
+/** How many calls each ONNX Runtime kernel has served in this thread (convolution, its gradients, matmul). */
 export function ortKernelCalls(): Readonly<typeof calls> {
   return { ...calls };
 }
@@ -97,7 +98,7 @@ function loadOrt(): OrtModule | null {
   return ortModule;
 }
 
-/** Whether the ONNX Runtime convolutions can run in this thread. */
+/** Whether the ONNX Runtime kernels can run in this thread. */
 export function ortKernelsAvailable(): boolean {
   return loadOrt() != null;
 }
@@ -172,11 +173,12 @@ function runInPlace(
   ints: Record<string, number[]>,
   out: TensorInfo,
   outDims: number[],
+  dims: Record<string, number[]> = {},
 ): void {
   // Views are taken after every allocation: a growing wasm memory detaches older ones.
   const feeds: Record<string, unknown> = {};
   for (const [name, t] of Object.entries(inputs)) {
-    feeds[name] = new ort.Tensor('float32', backend.typedArrayFromHeap(t) as Float32Array, t.shape);
+    feeds[name] = new ort.Tensor('float32', backend.typedArrayFromHeap(t) as Float32Array, dims[name] ?? t.shape);
   }
   for (const [name, v] of Object.entries(ints)) feeds[name] = new ort.Tensor('int64', BigInt64Array.from(v.map(BigInt)), [v.length]);
   const y = new ort.Tensor('float32', backend.typedArrayFromHeap(out) as Float32Array, outDims);
@@ -310,6 +312,39 @@ export function ortConv2DBackpropFilter(backend: BackendWasm, x: TensorInfo, dy:
   try {
     runInPlace(ort, backend, session, { x, dy }, ints, out, [taps * g.inC, g.outC]);
     calls.dw++;
+  } catch (e) {
+    backend.disposeData(out.dataId);
+    throw e;
+  }
+  return out;
+}
+
+/**
+ * a (or a^T) times b (or b^T) for TF.js's BatchMatMul with one matrix per side (a dense layer and its
+ * gradients); null when the call should stay on wasm (batched matrices, or too small).
+ */
+export function ortMatMul(backend: BackendWasm, a: TensorInfo, b: TensorInfo, transposeA: boolean, transposeB: boolean): TensorInfo | null {
+  const ort = loadOrt();
+  const single = (t: TensorInfo) => t.shape.length >= 2 && t.shape.slice(0, -2).every((d) => d === 1);
+  if (ort == null || !single(a) || !single(b)) return null;
+  const [ar, ac] = a.shape.slice(-2);
+  const [br, bc] = b.shape.slice(-2);
+  const [m, k] = transposeA ? [ac, ar] : [ar, ac];
+  const n = transposeB ? br : bc;
+  if (2 * m * n * k < minFlops) return null;
+  const key = `gemm:${transposeA}:${transposeB}`;
+  const session = cached(ort, key, (g) => {
+    g.input(floatValueInfo('a', ['ar', 'ac']));
+    g.input(floatValueInfo('b', ['br', 'bc']));
+    g.nodeTo('Gemm', ['a', 'b'], 'y', { transA: attr.int(transposeA ? 1 : 0), transB: attr.int(transposeB ? 1 : 0) });
+    g.output(floatValueInfo('y', null));
+  });
+  // The product has the larger rank of the two (its leading dims all 1), as wasm's own kernel gives.
+  const lead = new Array<number>(Math.max(a.shape.length, b.shape.length) - 2).fill(1);
+  const out = backend.makeOutput([...lead, m, n], 'float32');
+  try {
+    runInPlace(ort, backend, session, { a, b }, {}, out, [m, n], { a: [ar, ac], b: [br, bc] });
+    calls.matmul++;
   } catch (e) {
     backend.disposeData(out.dataId);
     throw e;

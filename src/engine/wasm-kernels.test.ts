@@ -177,6 +177,32 @@ describe('wasm training kernels against cpu', () => {
     }
   });
 
+  test('matMul and its gradients through ONNX Runtime: every transpose combination', async (t) => {
+    if (!ortKernelsAvailable()) return t.skip('onnxruntime-node binding not loadable');
+    const before = ortKernelCalls().matmul;
+    const previous = setOrtMinFlops(0);
+    try {
+      for (const ta of [false, true]) {
+        for (const tb of [false, true]) {
+          await assertSameOnBoth(`ort matMul ${ta} ${tb}`, () => {
+            const a = randomTensor(30, ta ? [7, 5] : [5, 7]) as tf.Tensor2D;
+            const b = randomTensor(31, tb ? [3, 7] : [7, 3]) as tf.Tensor2D;
+            const f = (x: tf.Tensor, y: tf.Tensor) => tf.matMul(x as tf.Tensor2D, y as tf.Tensor2D, ta, tb);
+            return [f(a, b), ...tf.grads((x: tf.Tensor, y: tf.Tensor) => weightedSum(f(x, y)))([a, b])];
+          });
+        }
+      }
+      // Each combination: the product and both gradients, at least.
+      assert.ok(ortKernelCalls().matmul - before >= 12, `${ortKernelCalls().matmul - before} calls`);
+      // Batched matrices stay on wasm.
+      const unbatched = ortKernelCalls().matmul;
+      await assertSameOnBoth('batched matMul', () => [tf.matMul(randomTensor(32, [2, 4, 3]), randomTensor(33, [2, 3, 5]))]);
+      assert.equal(ortKernelCalls().matmul, unbatched);
+    } finally {
+      setOrtMinFlops(previous);
+    }
+  });
+
   test('fused matMul: bias, activations, transposes, batch', async () => {
     const activations = ['linear', 'relu', 'relu6', 'elu', 'sigmoid', 'leakyrelu', 'prelu'] as const;
     for (const [batch, m, k, n] of [[3, 4, 5, 6], [0, 7, 5, 6]]) {
@@ -209,6 +235,9 @@ describe('wasm training kernels against cpu', () => {
       // Values in {-1, -0.5, 0}: most windows hold several equal maxima, many of them <= 0.
       ['ties', () => tf.sub(tf.div(tf.round(tf.mul(randomTensor(15, [2, 6, 7, 3], 0, 1), 2)), 2), 1) as tf.Tensor4D],
       ['constant', () => tf.fill([1, 5, 5, 2], -3) as tf.Tensor4D],
+      // Even sizes: 2x2/2 'valid' tiles the input exactly and takes the non-overlapping fast path.
+      ['ties, even sizes', () => tf.sub(tf.div(tf.round(tf.mul(randomTensor(16, [2, 6, 8, 3], 0, 1), 2)), 2), 1) as tf.Tensor4D],
+      ['negative, even sizes', () => randomTensor(17, [1, 4, 4, 5], -2, -1) as tf.Tensor4D],
     ];
     const pools: [number, number, 'same' | 'valid'][] = [[2, 2, 'valid'], [3, 2, 'same'], [3, 1, 'same'], [2, 1, 'valid']];
     for (const [label, make] of inputs) {
@@ -272,6 +301,22 @@ describe('wasm training kernels against cpu', () => {
     assert.throws(() => tf.gather(x, tf.tensor1d([1, 4], 'int32')), /GatherV2: index 4 is not in \[0, 3\]/);
     assert.ok(tf.memory().numTensors <= before + 1, 'a refused gather leaves no output behind');
     tf.dispose(x);
+  });
+
+  test('identity shares data: a clone outlives its source, and nothing leaks', async () => {
+    await tf.setBackend('wasm');
+    const data = wasmBackend().numDataIds();
+    const x = tf.tensor1d([1, -2, 3]);
+    const y = tf.clone(x);
+    assert.equal(wasmBackend().numDataIds(), data + 1, 'no second buffer');
+    x.dispose();
+    assert.deepEqual(Array.from(y.dataSync()), [1, -2, 3]);
+    const v = tf.variable(y);
+    const zeros = tf.tensor1d([0, 0, 0]);
+    v.assign(zeros);
+    assert.deepEqual(Array.from(y.dataSync()), [1, -2, 3], 'assigning a variable made from it leaves it alone');
+    tf.dispose([y, v, zeros]);
+    assert.equal(wasmBackend().numDataIds(), data);
   });
 
   test('repeated gradient calls leak no tensors and no wasm data', async () => {

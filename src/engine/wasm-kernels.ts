@@ -28,7 +28,7 @@ import type {
   _FusedMatMulAttrs,
   _FusedMatMulInputs,
 } from '@tensorflow/tfjs-core';
-import { ortConv2D, ortConv2DBackpropFilter, ortConv2DBackpropInput, type ConvGeometry } from './ort-kernels.js';
+import { ortConv2D, ortConv2DBackpropFilter, ortConv2DBackpropInput, ortMatMul, type ConvGeometry } from './ort-kernels.js';
 
 const BACKEND = 'wasm';
 
@@ -317,6 +317,8 @@ function makeBatchMatMul(original: KernelFunc) {
     const { inputs, backend, attrs } = args;
     const a = inputs.a!;
     const b = inputs.b!;
+    const viaOrt = ortMatMul(backend, a, b, attrs.transposeA, attrs.transposeB);
+    if (viaOrt) return viaOrt;
     if (!attrs.transposeA && !attrs.transposeB) {
       return original({ inputs: { a, b }, backend, attrs: { transposeA: false, transposeB: false } }) as TensorInfo;
     }
@@ -364,6 +366,42 @@ function fusedMatMul(args: { inputs: _FusedMatMulInputs; backend: BackendWasm; a
 }
 
 /** TF semantics: each window's gradient goes to its FIRST maximum (row-major), padding never wins. */
+/**
+ * The common 2x2 stride-2 pool that tiles its input exactly: windows do not overlap, so every dx element is
+ * written once (dy at the window's first maximum, 0 elsewhere) and no zero fill is needed.
+ */
+function maxPoolGrad2x2(x: Float32Array, dy: Float32Array, dx: Float32Array, n: number, oh: number, ow: number, c: number): void {
+  const rowStride = 2 * ow * c;
+  let o = 0;
+  for (let b = 0; b < n; b++) {
+    for (let i = 0; i < oh; i++) {
+      let p00 = (b * 2 * oh + 2 * i) * rowStride;
+      for (let j = 0; j < ow; j++, p00 += 2 * c) {
+        const p01 = p00 + c;
+        const p10 = p00 + rowStride;
+        const p11 = p10 + c;
+        for (let k = 0; k < c; k++, o++) {
+          const a = x[p00 + k];
+          const bb = x[p01 + k];
+          const cc = x[p10 + k];
+          const d = x[p11 + k];
+          // Row-major order, strict >: the first maximum wins, as in the generic path.
+          let at = 0;
+          let best = a;
+          if (bb > best) { best = bb; at = 1; }
+          if (cc > best) { best = cc; at = 2; }
+          if (d > best) at = 3;
+          const g = dy[o];
+          dx[p00 + k] = at === 0 ? g : 0;
+          dx[p01 + k] = at === 1 ? g : 0;
+          dx[p10 + k] = at === 2 ? g : 0;
+          dx[p11 + k] = at === 3 ? g : 0;
+        }
+      }
+    }
+  }
+}
+
 function maxPoolGrad(args: { inputs: MaxPoolGradInputs; backend: BackendWasm; attrs: MaxPoolGradAttrs }): TensorInfo {
   const { inputs, backend, attrs } = args;
   const x = inputs.input!;
@@ -375,10 +413,15 @@ function maxPoolGrad(args: { inputs: MaxPoolGradInputs; backend: BackendWasm; at
   const xv = backend.typedArrayFromHeap(x) as Float32Array;
   const dyv = backend.typedArrayFromHeap(dy) as Float32Array;
   const dxv = backend.typedArrayFromHeap(dx) as Float32Array;
-  dxv.fill(0);
   const { batchSize, inHeight, inWidth, inChannels: c, outHeight, outWidth, strideHeight, strideWidth } = info;
   const { filterHeight, filterWidth, dilationHeight, dilationWidth } = info;
   const { top, left } = info.padInfo;
+  if (filterHeight === 2 && filterWidth === 2 && strideHeight === 2 && strideWidth === 2 && dilationHeight === 1 &&
+    dilationWidth === 1 && top === 0 && left === 0 && inHeight === 2 * outHeight && inWidth === 2 * outWidth) {
+    maxPoolGrad2x2(xv, dyv, dxv, batchSize, outHeight, outWidth, c);
+    return dx;
+  }
+  dxv.fill(0);
   const taps = new Int32Array(filterHeight * filterWidth);
   let dyOff = 0;
   for (let n = 0; n < batchSize; n++) {
@@ -496,6 +539,17 @@ function makeConv2D(original: KernelFunc) {
   };
 }
 
+/**
+ * Identity without a copy: the result shares the input's data, as on the cpu backend. TF.js tensors are
+ * immutable (a variable's assign swaps data ids), so sharing is safe; wasm's own kernel copies every element,
+ * and autodiff calls it on whole activation tensors every step.
+ */
+function identity(args: { inputs: { x?: TensorInfo }; backend: BackendWasm }): TensorInfo {
+  const x = args.inputs.x!;
+  args.backend.incRef(x.dataId);
+  return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
+}
+
 /** Builds a kernel function; `original` is the wasm kernel being replaced, if any. */
 type Factory = (original: KernelFunc | undefined) => KernelFunc;
 
@@ -517,6 +571,7 @@ const ENTRIES: readonly Entry[] = [
       return asKernel(makeConv2D(original));
     },
   },
+  { name: tf.Identity, factory: () => asKernel(identity) },
   { name: tf.Conv2DBackpropFilter, factory: () => asKernel(conv2DBackpropFilter) },
   { name: tf.Conv2DBackpropInput, factory: () => asKernel(conv2DBackpropInput) },
   {
