@@ -42,6 +42,10 @@ test('controller train, eval --json (the issue’s format), select both problems
   assert.equal(t.actions.length, 10);
   assert.equal(t.history.length, 2);
   assert.ok(t.validation.meanFlopsRatio > 0);
+  const full = (await ok(['controller', 'train', runA, '--out', path.join(tmp, 'ctrl-full'), '--epochs', '1', '--train-samples', '100', '--feedback', 'full', '--gamma1', '4', '--json'])).json();
+  assert.equal(full.history[0].epsilon, 0, 'full feedback explores nothing');
+  const saved = JSON.parse(fs.readFileSync(path.join(tmp, 'ctrl-full', 'checkpoint.json'), 'utf8'));
+  assert.deepEqual([saved.meta.options.feedback, saved.meta.options.gamma1], ['full', 4]);
 
   const e = (await ok(['eval', runA, '--controller', ctrl, '--test-limit', '120', '--json'])).json();
   assert.deepEqual(Object.keys(e).sort(), ['accuracy', 'fixed', 'meanFlopsRatio', 'meanU', 'oracle', 'uHistogram']);
@@ -114,6 +118,8 @@ test('controller train, eval --json (the issue’s format), select both problems
   await fails(['select', runA, '--objective', 'fastest'], /--objective must be one of min-cost, min-error/);
   await fails(['eval', runA, '--controller', 'resource'], /needs a battery level or a latency budget/);
   await fails(['controller', 'fly', runA], /unknown controller action "fly"/);
+  await fails(['controller', 'train', runA, '--out', path.join(tmp, 'bad'), '--feedback', 'full', '--objective', 'policy-gradient'], /full feedback trains a reward model/);
+  await fails(['controller', 'train', runA, '--out', path.join(tmp, 'bad'), '--objective', 'q'], /--objective must be one of policy-gradient, reward/);
   assert.ok(!fs.existsSync(path.join(tmp, 'bad')));
 });
 

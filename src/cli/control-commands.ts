@@ -65,6 +65,7 @@ export const controlCommands: CommandModule = (cli: CAC, io: Io) => {
     .option('--gamma2 <x>', 'reward: gamma2 [default: 1.5]')
     .option('--cost <name>', 'reward cost: macs (measured MACs ratio) or u [default: macs]')
     .option('--feedback <name>', 'bandit (one epsilon-greedy action per image, the paper) or full (every action’s reward) [default: bandit]')
+    .option('--objective <name>', 'policy-gradient (-r log pi, the paper) or reward (regress the rewards; act by argmax) [default: policy-gradient; reward with full feedback]')
     .option('--train-samples <n>', 'training samples the bandit learns from [default: 20000]')
     .option('--seed <n>', 'seed [default: 0]')
     .option('--no-eval', 'skip the evaluation on the run’s validation split')
@@ -290,6 +291,7 @@ async function controllerTrain(run: string, o: Opts, io: Io): Promise<void> {
     gamma2: numberOption(o.gamma2, 'gamma2'),
     cost: choiceOption(o.cost, 'cost', c.BANDIT_COSTS),
     feedback: choiceOption(o.feedback, 'feedback', c.BANDIT_FEEDBACKS),
+    objective: choiceOption(o.objective, 'objective', c.BANDIT_OBJECTIVES),
     seed: numberOption(o.seed, 'seed', { int: true }),
   };
   const samples = numberOption(o.trainSamples, 'train-samples', { int: true, min: 1 }) ?? 20000;

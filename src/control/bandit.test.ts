@@ -59,17 +59,25 @@ function bestActionShare(policy: Policy): number {
   return good / test.count;
 }
 
-test('full feedback (every action\'s reward) learns the same best actions, without exploration', () => {
+test('a reward model, from every action\'s reward or from the taken one\'s, learns the same best actions', () => {
   const set = makeSynthetic({ count: 400, seed: 2 });
   const us = [0.25, 0.5, 1];
+  const table = handMadeTable(set, us);
+  for (const feedback of ['full', 'bandit'] as const) {
+    const policy = new Policy({ inputShape: [28, 28, 1], actions: us, seed: 1 });
+    const before = tf.memory().numTensors;
+    const epochs = feedback === 'full' ? 8 : 12;
+    const history = trainBandit(policy, set, table, { epochs, batchSize: 40, lr: 3e-3, cost: 'u', seed: 3, feedback, objective: 'reward' });
+    assert.equal(tf.memory().numTensors, before, 'training leaks nothing');
+    if (feedback === 'full') assert.ok(history.every((h) => h.epsilon === 0), 'no exploration with full feedback');
+    assert.ok(history[epochs - 1].meanReward > history[0].meanReward, `${feedback}: the reward rises`);
+    assert.ok(bestActionShare(policy) > 0.85, `${feedback}: held-out samples get the best action: ${bestActionShare(policy)}`);
+    policy.dispose();
+  }
   const policy = new Policy({ inputShape: [28, 28, 1], actions: us, seed: 1 });
-  const before = tf.memory().numTensors;
-  const history = trainBandit(policy, set, handMadeTable(set, us), { epochs: 8, batchSize: 40, lr: 3e-3, cost: 'u', seed: 3, feedback: 'full' });
-  assert.equal(tf.memory().numTensors, before, 'training leaks nothing');
-  assert.ok(history.every((h) => h.epsilon === 0), 'no exploration');
-  assert.ok(history[7].meanReward > history[0].meanReward, 'the reward rises');
-  assert.ok(bestActionShare(policy) > 0.85, `held-out samples get the best action: ${bestActionShare(policy)}`);
-  assert.throws(() => trainBandit(policy, set, handMadeTable(set, us), { feedback: 'oracle' as 'full' }), /unknown bandit feedback "oracle"; expected one of bandit, full/);
+  assert.throws(() => trainBandit(policy, set, table, { feedback: 'oracle' as 'full' }), /unknown bandit feedback "oracle"; expected one of bandit, full/);
+  assert.throws(() => trainBandit(policy, set, table, { objective: 'q' as 'reward' }), /unknown bandit objective "q"; expected one of policy-gradient, reward/);
+  assert.throws(() => trainBandit(policy, set, table, { feedback: 'full', objective: 'policy-gradient' }), /full feedback trains a reward model/);
   policy.dispose();
 });
 

@@ -16,13 +16,24 @@ export type BanditCost = 'macs' | 'u';
 export const BANDIT_COSTS: readonly BanditCost[] = ['macs', 'u'];
 
 /**
- * What the policy learns from: `bandit`, the reward of one epsilon-greedy action per image (DTNN Algorithm 1),
+ * What the policy learns from: `bandit`, the reward of one epsilon-greedy action per image (DTNN Algorithm 1);
  * or `full`, the reward of every action, known because the data path is frozen and its answer at every level
- * is precomputed; the loss is then the negative expected reward -sum_k pi(u_k|x) r(x, u_k).
+ * is precomputed. Full feedback trains the reward model (objective `reward`): the expected-reward loss
+ * -sum_k pi(u_k|x) r(x, u_k) was tried and its gradient vanished once the softmax saturated, on one action
+ * for every input.
  */
 export type BanditFeedback = 'bandit' | 'full';
 
 export const BANDIT_FEEDBACKS: readonly BanditFeedback[] = ['bandit', 'full'];
+
+/**
+ * How the K outputs learn: `policy-gradient`, logits of pi(u|x) under the paper's loss -r log pi(u|x); or
+ * `reward`, a reward model: each output regresses its action's reward (mean squared error), and the action
+ * is the argmax either way. With bandit feedback only the taken action's output is regressed.
+ */
+export type BanditObjective = 'policy-gradient' | 'reward';
+
+export const BANDIT_OBJECTIVES: readonly BanditObjective[] = ['policy-gradient', 'reward'];
 
 /** Options of contextual-bandit training (DTNN Algorithm 1); unset fields take the defaults shown. */
 export interface BanditOptions {
@@ -48,6 +59,8 @@ export interface BanditOptions {
   importanceWeights?: boolean;
   /** One sampled action's reward per image (default, the paper's) or every action's. */
   feedback?: BanditFeedback;
+  /** The paper's policy gradient (default with bandit feedback) or a reward model (default, and the only choice, with full feedback). */
+  objective?: BanditObjective;
   /** Seed of sample order and exploration (default 0). */
   seed?: number;
   /** Called after every epoch. */
@@ -99,11 +112,14 @@ export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, op
   const costKind = options.cost ?? 'macs';
   const weighted = options.importanceWeights ?? true;
   const feedback = options.feedback ?? 'bandit';
+  const objective = options.objective ?? (feedback === 'full' ? 'reward' : 'policy-gradient');
   if (!Number.isInteger(epochs) || epochs < 1) throw new DynnError(`epochs must be a positive integer, got ${epochs}`);
   if (!Number.isInteger(batch) || batch < 1) throw new DynnError(`batch size must be a positive integer, got ${batch}`);
   if (!(finalEps >= 0 && finalEps <= 1)) throw new DynnError(`epsilon must be in [0, 1], got ${finalEps}`);
   if (!BANDIT_COSTS.includes(costKind)) throw new DynnError(`unknown bandit cost "${costKind}"; expected one of ${BANDIT_COSTS.join(', ')}`);
   if (!BANDIT_FEEDBACKS.includes(feedback)) throw new DynnError(`unknown bandit feedback "${feedback}"; expected one of ${BANDIT_FEEDBACKS.join(', ')}`);
+  if (!BANDIT_OBJECTIVES.includes(objective)) throw new DynnError(`unknown bandit objective "${objective}"; expected one of ${BANDIT_OBJECTIVES.join(', ')}`);
+  if (feedback === 'full' && objective !== 'reward') throw new DynnError('full feedback trains a reward model (objective reward); policy-gradient needs bandit feedback');
   if (table.count !== set.count) throw new DynnError('the level table was computed on another sample set');
   if (table.us.join() !== policy.actions.join()) throw new DynnError('the level table and the policy have different actions');
   const K = policy.actions.length;
@@ -135,7 +151,6 @@ export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, op
         const x = tf.tensor(buf.subarray(0, n * per), [n, set.height, set.width, set.channels]);
         const { value, grads } = tf.variableGrads(() => {
           const logits = policy.logits(x);
-          const logp = tf.logSoftmax(logits);
           const greedyScores = logits.dataSync() as Float32Array;
           if (feedback === 'full') {
             const all = new Float32Array(n * K);
@@ -148,9 +163,9 @@ export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, op
               for (let a = 0; a < K; a++) all[j * K + a] = reward(table.correct[a][i] === 1, table.confidence[a][i], costs[a], g1, g2);
               rSum += all[j * K + greedy];
             }
-            return tf.neg(tf.mean(tf.sum(tf.mul(tf.softmax(logits), tf.tensor2d(all, [n, K])), 1))) as tf.Scalar;
+            return tf.losses.meanSquaredError(tf.tensor2d(all, [n, K]), logits) as tf.Scalar;
           }
-          const pi = weighted ? (tf.softmax(logits).dataSync() as Float32Array) : null;
+          const pi = weighted && objective === 'policy-gradient' ? (tf.softmax(logits).dataSync() as Float32Array) : null;
           const actions = new Int32Array(n);
           const rewards = new Float32Array(n);
           for (let j = 0; j < n; j++) {
@@ -164,9 +179,11 @@ export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, op
             actions[j] = a;
             const r = reward(table.correct[a][i] === 1, table.confidence[a][i], costs[a], g1, g2);
             rSum += r;
-            rewards[j] = pi ? (r * pi[j * K + a]) / (eps / K + (a === greedy ? 1 - eps : 0)) : r;
+            rewards[j] = pi && objective === 'policy-gradient' ? (r * pi[j * K + a]) / (eps / K + (a === greedy ? 1 - eps : 0)) : r;
           }
-          const chosen = tf.sum(tf.mul(logp, tf.oneHot(tf.tensor1d(actions, 'int32'), K)), 1);
+          const taken = tf.oneHot(tf.tensor1d(actions, 'int32'), K);
+          if (objective === 'reward') return tf.losses.meanSquaredError(tf.tensor1d(rewards), tf.sum(tf.mul(logits, taken), 1)) as tf.Scalar;
+          const chosen = tf.sum(tf.mul(tf.logSoftmax(logits), taken), 1);
           return tf.neg(tf.mean(tf.mul(chosen, tf.tensor1d(rewards)))) as tf.Scalar;
         }, vars);
         opt.applyGradients(Object.entries(grads).map(([name, tensor]) => ({ name, tensor })));
