@@ -1,6 +1,7 @@
 /**
  * Where a training step's time goes: times every wasm kernel (top-level calls only) over gradient steps of
- * vgg-w at a few u, one thread. Not a test. Usage: node dist/bench/profile-step.js [batch=64] [steps=6]
+ * vgg-w at a few u, one thread. Not a test. Usage: [SHAPES=1] [TOP=14] [ORT_MIN_FLOPS=N]
+ * node dist/bench/profile-step.js [batch=64] [steps=6]
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../src/engine/backend.js';
@@ -8,10 +9,13 @@ import { createModel } from '../src/models/zoo.js';
 import { makeSynthetic } from '../src/data/synthetic.js';
 import { flatLayout, gradientStep } from '../src/train/step.js';
 import { toFloat } from '../src/data/imageset.js';
+import { setOrtMinFlops } from '../src/engine/ort-kernels.js';
 
 const batch = Number(process.argv[2] ?? 64);
 const steps = Number(process.argv[3] ?? 6);
 await initEngine('wasm');
+// ORT_MIN_FLOPS=N sends calls of N FLOPs and more to ONNX Runtime (0: all of them, whatever their channels).
+if (process.env.ORT_MIN_FLOPS) setOrtMinFlops(Number(process.env.ORT_MIN_FLOPS));
 const times = new Map<string, number>();
 const calls = new Map<string, number>();
 let depth = 0;
@@ -40,7 +44,7 @@ const data = makeSynthetic({ count: batch, seed: 0 });
 const layout = flatLayout(model);
 const images = toFloat(data, 0, batch);
 const grads = new Float32Array(layout.total);
-for (const u of [1, 0.5, 0.25]) {
+for (const u of (process.env.US ?? "1,0.5,0.25").split(",").map(Number)) {
   const plan = model.plan(u);
   for (let i = 0; i < 2; i++) gradientStep(model, layout, images, data.labels, plan, grads);
   times.clear();

@@ -270,15 +270,22 @@ export function ortConv2DBackpropInput(backend: BackendWasm, dy: TensorInfo, fil
 }
 
 /**
- * dW [KH,KW,Ci,Co] from x and dy: for each filter tap, the strided window of padded x that the tap saw,
- * as a [B*OH*OW, Ci] matrix, times dy as [B*OH*OW, Co]. Nine small GEMMs beat one im2col GEMM here (the
- * 9x copy costs more than it saves) and beat the transposed-convolution form 2-5x. Dilation 1 only.
+ * dW [KH,KW,Ci,Co] from x and dy, one GEMM per filter tap: the window of padded x that the tap saw, as a
+ * [B*OH*OW, Ci] matrix, times dy as [B*OH*OW, Co]. Nine small GEMMs beat one im2col GEMM here (the 9x copy
+ * costs more than it saves) and beat the transposed-convolution form 2-5x. With stride 1 and fewer output
+ * than input channels (a throttled layer fed by a wider one), the taps shift dy instead, the smaller of the
+ * two: the shifted, zero-padded dy windows side by side ([B*H*W, KH*KW*Co], a small copy), and one GEMM with
+ * x as [B*H*W, Ci]. Dilation 1 only.
  */
 export function ortConv2DBackpropFilter(backend: BackendWasm, x: TensorInfo, dy: TensorInfo, g: ConvGeometry): TensorInfo | null {
   const ort = loadOrt();
   if (ort == null || flops(g) < minFlops || g.dilationH !== 1 || g.dilationW !== 1) return null;
   const taps = g.kh * g.kw;
-  const key = `dw:${g.kh}x${g.kw}:${g.strideH},${g.strideW}`;
+  const shiftDy = g.strideH === 1 && g.strideW === 1 && g.outC < g.inC;
+  // dy's padding for the shifted taps (below); a window can overhang dy by at most the filter's reach.
+  const dyPads = [0, g.kh - 1 - g.top, g.kw - 1 - g.left, 0, 0, g.inH - g.outH + g.top, g.inW - g.outW + g.left, 0];
+  if (shiftDy && dyPads.some((p) => p < 0)) return null;
+  const key = `dw:${g.kh}x${g.kw}:${g.strideH},${g.strideW}:${shiftDy ? 'dy' : 'x'}`;
   const session = cached(ort, key, (b) => {
     b.input(floatValueInfo('x', ['n', 'h', 'w', 'ci']));
     b.input(floatValueInfo('dy', ['n', 'oh', 'ow', 'co']));
@@ -287,30 +294,48 @@ export function ortConv2DBackpropFilter(backend: BackendWasm, x: TensorInfo, dy:
       int64Input(b, `start${t}`, 2);
       int64Input(b, `end${t}`, 2);
     }
-    const padded = b.node('Pad', ['x', 'pads'], 'x_padded');
-    const dyMat = b.node('Flatten', ['dy'], 'dy_mat', { axis: attr.int(3) });
     const axes = b.int64Const('axes', [1, 2]);
     const steps = b.int64Const('steps', [g.strideH, g.strideW]);
-    const parts: string[] = [];
-    for (let t = 0; t < taps; t++) {
-      const win = b.node('Slice', [padded, `start${t}`, `end${t}`, axes, steps], `tap${t}`);
-      const mat = b.node('Flatten', [win], `tap${t}_mat`, { axis: attr.int(3) });
-      parts.push(b.node('Gemm', [mat, dyMat], `dw${t}`, { transA: attr.int(1) }));
+    // The shifted tensor is sliced once per tap; the other is one matrix for all taps.
+    const padded = b.node('Pad', [shiftDy ? 'dy' : 'x', 'pads'], 'padded');
+    const whole = b.node('Flatten', [shiftDy ? 'x' : 'dy'], 'whole_mat', { axis: attr.int(3) });
+    const wins = Array.from({ length: taps }, (_, t) => b.node('Slice', [padded, `start${t}`, `end${t}`, axes, steps], `tap${t}`));
+    if (shiftDy) {
+      // The shifted dy windows side by side ([B*H*W, KH*KW*Co], small), then one GEMM with x: [Ci, KH*KW*Co].
+      const cols = b.node('Flatten', [b.node('Concat', wins, 'taps', { axis: attr.int(3) })], 'taps_mat', { axis: attr.int(3) });
+      const prod = b.node('Gemm', [whole, cols], 'dw_ci_tap_co', { transA: attr.int(1) });
+      const split = b.node('Reshape', [prod, b.int64Const('ci_tap_co', [0, taps, -1])], 'dw_split');
+      b.nodeTo('Transpose', [split], 'y', { perm: attr.ints([1, 0, 2]) });
+    } else {
+      const parts = wins.map((win, t) =>
+        b.node('Gemm', [b.node('Flatten', [win], `tap${t}_mat`, { axis: attr.int(3) }), whole], `dw${t}`, { transA: attr.int(1) }));
+      b.nodeTo('Concat', parts, 'y', { axis: attr.int(0) });
     }
-    // [KH*KW*Ci, Co] has the memory layout of [KH, KW, Ci, Co].
-    b.nodeTo('Concat', parts, 'y', { axis: attr.int(0) });
+    // Either way y is [KH*KW*Ci, Co] or [KH*KW, Ci, Co]: the memory layout of [KH, KW, Ci, Co].
     b.output(floatValueInfo('y', null));
   });
-  const ints: Record<string, number[]> = { pads: [0, g.top, g.left, 0, 0, g.bottom, g.right, 0] };
-  for (let i = 0, t = 0; i < g.kh; i++) {
-    for (let j = 0; j < g.kw; j++, t++) {
-      ints[`start${t}`] = [i, j];
-      ints[`end${t}`] = [i + g.strideH * (g.outH - 1) + 1, j + g.strideW * (g.outW - 1) + 1];
+  const ints: Record<string, number[]> = {};
+  if (shiftDy) {
+    // dy padded so that rows [KH-1-i, KH-1-i+H) hold dy[h - i + top] for x row h (zero where that is outside dy).
+    ints.pads = dyPads;
+    for (let i = 0, t = 0; i < g.kh; i++) {
+      for (let j = 0; j < g.kw; j++, t++) {
+        ints[`start${t}`] = [g.kh - 1 - i, g.kw - 1 - j];
+        ints[`end${t}`] = [g.kh - 1 - i + g.inH, g.kw - 1 - j + g.inW];
+      }
+    }
+  } else {
+    ints.pads = [0, g.top, g.left, 0, 0, g.bottom, g.right, 0];
+    for (let i = 0, t = 0; i < g.kh; i++) {
+      for (let j = 0; j < g.kw; j++, t++) {
+        ints[`start${t}`] = [i, j];
+        ints[`end${t}`] = [i + g.strideH * (g.outH - 1) + 1, j + g.strideW * (g.outW - 1) + 1];
+      }
     }
   }
   const out = backend.makeOutput([g.kh, g.kw, g.inC, g.outC], 'float32');
   try {
-    runInPlace(ort, backend, session, { x, dy }, ints, out, [taps * g.inC, g.outC]);
+    runInPlace(ort, backend, session, { x, dy }, ints, out, shiftDy ? [taps, g.inC, g.outC] : [taps * g.inC, g.outC]);
     calls.dw++;
   } catch (e) {
     backend.disposeData(out.dataId);
