@@ -14,7 +14,7 @@ import { allocShared } from '../src/data/imageset.js';
 import { ThreadExecutor, LocalExecutor, type GradientExecutor } from '../src/train/executor.js';
 import { Optimizer } from '../src/train/optimizer.js';
 import { sampleU } from '../src/train/schedule.js';
-import { measureLatency } from '../src/eval/latency.js';
+import { measureLatencies } from '../src/eval/latency.js';
 import { Rng } from '../src/util/rng.js';
 import { writeFileAtomic } from '../src/util/fs.js';
 import { runTorchPeer } from './torch.js';
@@ -100,10 +100,12 @@ async function main() {
   log(`inference latency per u, batch 1 and ${BATCH}`);
   const full = model.cost(1).flops;
   const torchLat = await runTorchPeer({ mode: 'latency', us: US, batches: [1, BATCH], reps: 20, warmup: 3 });
-  const points = US.map((u) => ({
+  const dynn1 = measureLatencies(model, US, 1, { reps: 50 });
+  const dynnN = measureLatencies(model, US, BATCH, { reps: 15 });
+  const points = US.map((u, k) => ({
     u,
     flopsRatio: model.cost(u).flops / full,
-    dynnMs: { batch1: measureLatency(model, u, 1, { reps: 50 }), [`batch${BATCH}`]: measureLatency(model, u, BATCH, { reps: 15 }) },
+    dynnMs: { batch1: dynn1[k], [`batch${BATCH}`]: dynnN[k] },
     torchMs: torchLat.ok ? { batch1: torchLat.result.latencyMs[String(u)]?.['1'], [`batch${BATCH}`]: torchLat.result.latencyMs[String(u)]?.[String(BATCH)] } : null,
   }));
   const top = points[points.length - 1];

@@ -39,3 +39,31 @@ export function measureLatency(model: Network, u: number, batch: number, options
   }
   return median(times);
 }
+
+/**
+ * Measured latencies (ms, medians) of one batch at each utilization in `us`, the operating points taking
+ * turns run by run: on a machine whose speed drifts (shared, or throttling) the ratios between operating
+ * points stay meaningful, where measuring one point after another would fold the drift into them.
+ */
+export function measureLatencies(model: Network, us: number[], batch: number, options: LatencyOptions = {}): number[] {
+  const reps = options.reps ?? 20;
+  const warmup = options.warmup ?? 3;
+  const subs = us.map((u) => model.subnet(u));
+  const x = tf.randomUniform([batch, ...model.inputShape], 0, 1, 'float32', 7);
+  const times = us.map((): number[] => []);
+  try {
+    for (let i = 0; i < warmup + reps; i++) {
+      subs.forEach((sub, k) => {
+        const t0 = performance.now();
+        const y = sub.predict(x);
+        y.dataSync();
+        y.dispose();
+        if (i >= warmup) times[k].push(performance.now() - t0);
+      });
+    }
+  } finally {
+    x.dispose();
+    subs.forEach((sub) => sub.dispose());
+  }
+  return times.map(median);
+}

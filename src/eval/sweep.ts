@@ -2,7 +2,7 @@ import type { Network } from '../models/network.js';
 import type { ImageSet } from '../data/types.js';
 import { checkUtilization, type GatingMode } from '../gating/gating.js';
 import { evaluate } from './evaluate.js';
-import { measureLatency } from './latency.js';
+import { measureLatencies } from './latency.js';
 
 /** One operating point of a sweep. */
 export interface SweepPoint {
@@ -31,15 +31,13 @@ export interface SweepOptions {
 export function sweep(model: Network, test: ImageSet, us: number[], options: SweepOptions = {}): SweepPoint[] {
   us.forEach(checkUtilization);
   const full = model.cost(1).flops;
-  return us.map((u) => {
+  // Latencies first, the operating points taking turns, so that their ratios do not carry the machine's drift.
+  const batch1 = options.noLatency ? us.map(() => NaN) : measureLatencies(model, us, 1, { reps: options.reps ?? 20 });
+  const batch128 = options.noLatency ? us.map(() => NaN) : measureLatencies(model, us, 128, { reps: options.reps ?? 10 });
+  return us.map((u, k) => {
     const r = evaluate(model, test, u, { gating: options.gating, seed: options.seed });
     const c = model.cost(u);
-    const latencyMs = options.noLatency
-      ? { batch1: NaN, batch128: NaN }
-      : {
-          batch1: measureLatency(model, u, 1, { reps: options.reps ?? 20 }),
-          batch128: measureLatency(model, u, 128, { reps: options.reps ?? 10 }),
-        };
+    const latencyMs = { batch1: batch1[k], batch128: batch128[k] };
     const point = { u, accuracy: r.accuracy, perClassAccuracy: r.perClassAccuracy, flops: c.flops, flopsRatio: c.flops / full, params: c.params, latencyMs };
     options.onPoint?.(point);
     return point;
