@@ -1,7 +1,8 @@
 /**
  * Times one training step (forward + tf.variableGrads) of conv32-conv32-pool-conv64-conv64-pool-dense256-dense10
- * on 28x28x1 inputs on the wasm backend: with all of dynn's kernels, with wasm's stock kernels wherever wasm has
- * one, and with each replaced kernel put back on its own. Not a test.
+ * on 28x28x1 inputs on the wasm backend: with all of dynn's kernels (the ONNX Runtime ones included unless
+ * DYNN_ORT_KERNELS=0), with wasm's stock kernels wherever wasm has one, and with each replaced kernel put back
+ * on its own. Conv2DBackpropFilter has no stock kernel: it is dynn's in every row. Not a test.
  *
  * Usage: node dist/src/engine/kernel-bench.js [batch=64] [steps=10]
  */
@@ -10,7 +11,7 @@ import { initEngine } from './backend.js';
 import { registerWasmTrainingKernels, unregisterWasmTrainingKernels } from './wasm-kernels.js';
 
 /** The kernels wasm has but dynn replaces; Conv2DBackpropFilter is missing in wasm, so it always stays. */
-const REPLACED = [tf.Conv2DBackpropInput, tf.BatchMatMul, tf._FusedMatMul, tf.MaxPoolGrad];
+const REPLACED = [tf.Conv2D, tf.Conv2DBackpropInput, tf.BatchMatMul, tf._FusedMatMul, tf.MaxPoolGrad, tf.Identity];
 
 const batch = Number(process.argv[2] ?? 64);
 const steps = Number(process.argv[3] ?? 10);
@@ -62,7 +63,7 @@ const setups: Setup[] = [
   { label: 'dynn kernels', stock: [], ms: [] },
   { label: 'stock wasm wherever wasm has a kernel', stock: REPLACED, ms: [] },
   // This network has no fused matmul, so _FusedMatMul gets no row of its own.
-  ...[tf.Conv2DBackpropInput, tf.BatchMatMul, tf.MaxPoolGrad].map((name) => ({
+  ...[tf.Conv2D, tf.Conv2DBackpropInput, tf.BatchMatMul, tf.MaxPoolGrad, tf.Identity].map((name) => ({
     label: `dynn kernels but stock ${name}`,
     stock: [name],
     ms: [],
