@@ -101,7 +101,8 @@ function argmaxRow(values: Float32Array, row: number, k: number, allowed?: Uint8
  * Trains the controller as a contextual bandit with the data path frozen (DTNN Algorithm 1): for each sample
  * the policy picks an action (epsilon-greedy), the reward comes from the frozen network's precomputed answer
  * at that action (`table`, over the same samples), and the loss is -r log pi(u | x), importance-weighted
- * by default (see `importanceWeights`).
+ * by default (see `importanceWeights`). `objective: 'reward'` regresses the rewards instead, and
+ * `feedback: 'full'` learns from every action's reward (see `BanditObjective`, `BanditFeedback`).
  */
 export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, options: BanditOptions = {}): BanditEpoch[] {
   const epochs = options.epochs ?? 10;
@@ -152,14 +153,19 @@ export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, op
         const { value, grads } = tf.variableGrads(() => {
           const logits = policy.logits(x);
           const greedyScores = logits.dataSync() as Float32Array;
+          // The greedy action of row j (sample i), counted in the epoch's report.
+          const greedyOf = (j: number, i: number): number => {
+            const greedy = argmaxRow(greedyScores, j, K);
+            right += table.correct[greedy][i] === 1 ? 1 : 0;
+            uSum += table.us[greedy];
+            macsSum += table.macs[greedy];
+            return greedy;
+          };
           if (feedback === 'full') {
             const all = new Float32Array(n * K);
             for (let j = 0; j < n; j++) {
               const i = idx[j];
-              const greedy = argmaxRow(greedyScores, j, K);
-              right += table.correct[greedy][i] === 1 ? 1 : 0;
-              uSum += table.us[greedy];
-              macsSum += table.macs[greedy];
+              const greedy = greedyOf(j, i);
               for (let a = 0; a < K; a++) all[j * K + a] = reward(table.correct[a][i] === 1, table.confidence[a][i], costs[a], g1, g2);
               rSum += all[j * K + greedy];
             }
@@ -169,17 +175,13 @@ export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, op
           const actions = new Int32Array(n);
           const rewards = new Float32Array(n);
           for (let j = 0; j < n; j++) {
-            const greedy = argmaxRow(greedyScores, j, K);
             const i = idx[j];
-            const ok = table.correct[greedy][i] === 1;
-            right += ok ? 1 : 0;
-            uSum += table.us[greedy];
-            macsSum += table.macs[greedy];
+            const greedy = greedyOf(j, i);
             const a = rng.next() < eps ? rng.int(K) : greedy;
             actions[j] = a;
             const r = reward(table.correct[a][i] === 1, table.confidence[a][i], costs[a], g1, g2);
             rSum += r;
-            rewards[j] = pi && objective === 'policy-gradient' ? (r * pi[j * K + a]) / (eps / K + (a === greedy ? 1 - eps : 0)) : r;
+            rewards[j] = pi ? (r * pi[j * K + a]) / (eps / K + (a === greedy ? 1 - eps : 0)) : r;
           }
           const taken = tf.oneHot(tf.tensor1d(actions, 'int32'), K);
           if (objective === 'reward') return tf.losses.meanSquaredError(tf.tensor1d(rewards), tf.sum(tf.mul(logits, taken), 1)) as tf.Scalar;

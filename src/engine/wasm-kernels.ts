@@ -365,7 +365,6 @@ function fusedMatMul(args: { inputs: _FusedMatMulInputs; backend: BackendWasm; a
   });
 }
 
-/** TF semantics: each window's gradient goes to its FIRST maximum (row-major), padding never wins. */
 /**
  * The common 2x2 stride-2 pool that tiles its input exactly: windows do not overlap, so every dx element is
  * written once (dy at the window's first maximum, 0 elsewhere) and no zero fill is needed.
@@ -402,6 +401,7 @@ function maxPoolGrad2x2(x: Float32Array, dy: Float32Array, dx: Float32Array, n: 
   }
 }
 
+/** TF semantics: each window's gradient goes to its FIRST maximum (row-major), padding never wins. */
 function maxPoolGrad(args: { inputs: MaxPoolGradInputs; backend: BackendWasm; attrs: MaxPoolGradAttrs }): TensorInfo {
   const { inputs, backend, attrs } = args;
   const x = inputs.input!;
@@ -614,9 +614,9 @@ function isOurs(config: KernelConfig | undefined): config is DynnKernelConfig {
 
 /**
  * Registers dynn's training kernels for the `wasm` backend: the missing Conv2DBackpropFilter,
- * UnsortedSegmentSum and depthwise gradients, and fast or correct replacements for Conv2DBackpropInput,
- * BatchMatMul with transposes, _FusedMatMul, MaxPoolGrad and GatherV2 of whole blocks. Idempotent; works before or after the
- * wasm backend is initialised.
+ * UnsortedSegmentSum and depthwise gradients, and fast or correct replacements for Conv2D and
+ * Conv2DBackpropInput (both through ONNX Runtime where it is faster), BatchMatMul, _FusedMatMul, MaxPoolGrad,
+ * Identity and GatherV2 of whole blocks. Idempotent; works before or after the wasm backend is initialised.
  */
 export function registerWasmTrainingKernels(): void {
   for (const entry of ENTRIES) {

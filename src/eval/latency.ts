@@ -20,24 +20,7 @@ export function median(values: number[]): number {
  * operating point (how dynn serves it), reading the result back so the whole computation is timed.
  */
 export function measureLatency(model: Network, u: number, batch: number, options: LatencyOptions = {}): number {
-  const reps = options.reps ?? 20;
-  const warmup = options.warmup ?? 3;
-  const sub = model.subnet(u);
-  const x = tf.randomUniform([batch, ...model.inputShape], 0, 1, 'float32', 7);
-  const times: number[] = [];
-  try {
-    for (let i = 0; i < warmup + reps; i++) {
-      const t0 = performance.now();
-      const y = sub.predict(x);
-      y.dataSync();
-      y.dispose();
-      if (i >= warmup) times.push(performance.now() - t0);
-    }
-  } finally {
-    x.dispose();
-    sub.dispose();
-  }
-  return median(times);
+  return measureLatencies(model, [u], batch, options)[0];
 }
 
 /**
