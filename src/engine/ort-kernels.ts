@@ -164,25 +164,35 @@ const NHWC_TO_NCHW = [0, 3, 1, 2];
 const NCHW_TO_NHWC = [0, 2, 3, 1];
 const HWIO_TO_OIHW = [3, 2, 0, 1];
 
-/** Runs a session on float tensors in the wasm heap, writing its one output `y` into `out` in place. */
-function runInPlace(
+/**
+ * Runs a session on float tensors in the wasm heap and returns its one output `y`, written in place into a new
+ * wasm tensor of `shape` (ONNX Runtime sees it as `ortDims`, same memory layout), freed again on error.
+ * `dims` gives inputs ONNX Runtime sees under another shape; `ints` are int64 inputs.
+ */
+function runToOutput(
   ort: OrtModule,
   backend: BackendWasm,
   session: NativeSession,
+  kind: keyof typeof calls,
   inputs: Record<string, TensorInfo>,
-  ints: Record<string, number[]>,
-  out: TensorInfo,
-  outDims: number[],
-  dims: Record<string, number[]> = {},
-): void {
-  // Views are taken after every allocation: a growing wasm memory detaches older ones.
-  const feeds: Record<string, unknown> = {};
-  for (const [name, t] of Object.entries(inputs)) {
-    feeds[name] = new ort.Tensor('float32', backend.typedArrayFromHeap(t) as Float32Array, dims[name] ?? t.shape);
+  shape: number[],
+  { ints = {}, ortDims = shape, dims = {} }: { ints?: Record<string, number[]>; ortDims?: number[]; dims?: Record<string, number[]> } = {},
+): TensorInfo {
+  const out = backend.makeOutput(shape, 'float32');
+  try {
+    // Views are taken after every allocation: a growing wasm memory detaches older ones.
+    const feeds: Record<string, unknown> = {};
+    for (const [name, t] of Object.entries(inputs)) {
+      feeds[name] = new ort.Tensor('float32', backend.typedArrayFromHeap(t) as Float32Array, dims[name] ?? t.shape);
+    }
+    for (const [name, v] of Object.entries(ints)) feeds[name] = new ort.Tensor('int64', BigInt64Array.from(v.map(BigInt)), [v.length]);
+    session.run(feeds, { y: new ort.Tensor('float32', backend.typedArrayFromHeap(out) as Float32Array, ortDims) }, {});
+  } catch (e) {
+    backend.disposeData(out.dataId);
+    throw e;
   }
-  for (const [name, v] of Object.entries(ints)) feeds[name] = new ort.Tensor('int64', BigInt64Array.from(v.map(BigInt)), [v.length]);
-  const y = new ort.Tensor('float32', backend.typedArrayFromHeap(out) as Float32Array, outDims);
-  session.run(feeds, { y }, {});
+  calls[kind]++;
+  return out;
 }
 
 /** y = conv(x, filter), NHWC and HWIO as TF.js has them; null when the call should stay on XNNPACK. */
@@ -205,16 +215,7 @@ export function ortConv2D(backend: BackendWasm, x: TensorInfo, filter: TensorInf
     b.nodeTo('Transpose', [c], 'y', { perm: attr.ints(NCHW_TO_NHWC) });
     b.output(floatValueInfo('y', null));
   });
-  const outShape = [g.batch, g.outH, g.outW, g.outC];
-  const out = backend.makeOutput(outShape, 'float32');
-  try {
-    runInPlace(ort, backend, session, { x, f: filter }, {}, out, outShape);
-    calls.conv++;
-  } catch (e) {
-    backend.disposeData(out.dataId);
-    throw e;
-  }
-  return out;
+  return runToOutput(ort, backend, session, 'conv', { x, f: filter }, [g.batch, g.outH, g.outW, g.outC]);
 }
 
 /**
@@ -257,16 +258,7 @@ export function ortConv2DBackpropInput(backend: BackendWasm, dy: TensorInfo, fil
     b.nodeTo('Transpose', [c], 'y', { perm: attr.ints(NCHW_TO_NHWC) });
     b.output(floatValueInfo('y', null));
   });
-  const outShape = [g.batch, g.inH, g.inW, g.inC];
-  const out = backend.makeOutput(outShape, 'float32');
-  try {
-    runInPlace(ort, backend, session, { dy, f: filter }, {}, out, outShape);
-    calls.dx++;
-  } catch (e) {
-    backend.disposeData(out.dataId);
-    throw e;
-  }
-  return out;
+  return runToOutput(ort, backend, session, 'dx', { dy, f: filter }, [g.batch, g.inH, g.inW, g.inC]);
 }
 
 /**
@@ -333,15 +325,10 @@ export function ortConv2DBackpropFilter(backend: BackendWasm, x: TensorInfo, dy:
       }
     }
   }
-  const out = backend.makeOutput([g.kh, g.kw, g.inC, g.outC], 'float32');
-  try {
-    runInPlace(ort, backend, session, { x, dy }, ints, out, shiftDy ? [taps, g.inC, g.outC] : [taps * g.inC, g.outC]);
-    calls.dw++;
-  } catch (e) {
-    backend.disposeData(out.dataId);
-    throw e;
-  }
-  return out;
+  return runToOutput(ort, backend, session, 'dw', { x, dy }, [g.kh, g.kw, g.inC, g.outC], {
+    ints,
+    ortDims: shiftDy ? [taps, g.inC, g.outC] : [taps * g.inC, g.outC],
+  });
 }
 
 /**
@@ -366,15 +353,7 @@ export function ortMatMul(backend: BackendWasm, a: TensorInfo, b: TensorInfo, tr
   });
   // The product has the larger rank of the two (its leading dims all 1), as wasm's own kernel gives.
   const lead = new Array<number>(Math.max(a.shape.length, b.shape.length) - 2).fill(1);
-  const out = backend.makeOutput([...lead, m, n], 'float32');
-  try {
-    runInPlace(ort, backend, session, { a, b }, {}, out, [m, n], { a: [ar, ac], b: [br, bc] });
-    calls.matmul++;
-  } catch (e) {
-    backend.disposeData(out.dataId);
-    throw e;
-  }
-  return out;
+  return runToOutput(ort, backend, session, 'matmul', { a, b }, [...lead, m, n], { ortDims: [m, n], dims: { a: [ar, ac], b: [br, bc] } });
 }
 
 /**
