@@ -14,7 +14,7 @@ import { allocShared } from '../src/data/imageset.js';
 import { ThreadExecutor, LocalExecutor, type GradientExecutor } from '../src/train/executor.js';
 import { Optimizer } from '../src/train/optimizer.js';
 import { sampleU } from '../src/train/schedule.js';
-import { measureLatencies } from '../src/eval/latency.js';
+import { measureLatencies, median } from '../src/eval/latency.js';
 import { Rng } from '../src/util/rng.js';
 import { writeFileAtomic } from '../src/util/fs.js';
 import { runTorchPeer } from './torch.js';
@@ -74,7 +74,6 @@ async function main() {
     rounds.push({ dynnMs, torchMs, ratio: dynnMs / torchMs });
     log(`  round ${r + 1}: dynn ${threadCount} threads ${dynnMs.toFixed(1)} ms/step` + (torchTrain.ok ? `, PyTorch ${torchMs.toFixed(1)} ms/step, ratio ${(dynnMs / torchMs).toFixed(2)}x` : ''));
   }
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const parallelMs = median(rounds.map((r) => r.dynnMs));
   const singleMs = await trainStepMs(model, new LocalExecutor(model, data, BATCH), us);
   // The same workers without the ONNX Runtime convolutions (DYNN_ORT_KERNELS is read when a worker loads them).
