@@ -35,13 +35,12 @@ const log = (s: string) => process.stderr.write(s + '\n');
 /** Mean ms per optimizer step (gradient + update), over a fixed u sequence. */
 async function trainStepMs(model: Network, executor: GradientExecutor, us: number[]): Promise<number> {
   const optimizer = new Optimizer('adam', 1e-3);
-  const variables = model.trainableWeights().map((w) => w.variable);
   const indices = Int32Array.from({ length: BATCH }, (_, i) => i);
   const times: number[] = [];
   for (let i = 0; i < us.length; i++) {
     const t0 = performance.now();
     await executor.step(indices, model.plan(us[i]));
-    optimizer.apply(variables, executor.grads, executor.layout.offsets);
+    optimizer.step(executor.weights, executor.gradParts, executor.gradScales);
     executor.weightsChanged();
     if (i >= WARMUP) times.push(performance.now() - t0);
   }

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
-import '@tensorflow/tfjs-backend-wasm';
+import { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 // tfjs-core's Node bundle registers no gradients; the union package's bundle registers them on the shared core.
 import '@tensorflow/tfjs';
 import { DynnError } from '../util/errors.js';
@@ -91,4 +91,16 @@ export async function initEngine(preferred: EngineName | 'auto' = 'auto'): Promi
 export function engineName(): string {
   // tf.getBackend() would start a backend as a side effect; the engine's field only reports.
   return tf.engine().backendName ?? 'none';
+}
+
+/**
+ * A float32 tensor's values without a copy where the backend allows it: on wasm a view into the wasm heap (valid
+ * until the next TF.js op, which may grow and detach the heap), elsewhere `dataSync()`. Reading gradients with
+ * `dataSync()` allocated a fresh copy of each, each step, in each worker, and that garbage kept V8's concurrent
+ * GC busy on the cores the optimizer and the next step need (it doubled the optimizer's time).
+ */
+export function floatView(t: tf.Tensor): Float32Array {
+  const backend = tf.backend();
+  if (t.dtype !== 'float32') throw new DynnError(`internal: floatView of a ${t.dtype} tensor`);
+  return backend instanceof BackendWasm ? (backend.typedArrayFromHeap(t) as Float32Array) : (t.dataSync() as Float32Array);
 }

@@ -12,6 +12,7 @@ import {
   readFlat,
   stepContext,
   toStepSpec,
+  writeFlat,
   type FlatLayout,
   type StepContext,
   type StepResult,
@@ -19,24 +20,42 @@ import {
   type StepSpec,
 } from './step.js';
 
-/** Computes the mean gradient of a batch; the trainer applies it to the main model. */
+/**
+ * Computes the mean gradient of a batch at the flat weights `weights`; an optimizer updates those, and
+ * `weightsChanged()` passes them on to the model(s).
+ */
 export interface GradientExecutor {
-  /** Mean-loss gradient of the last step, laid out as `layout`. */
-  readonly grads: Float32Array;
   readonly layout: FlatLayout;
+  /** The trainable weights steps run with, laid out as `layout`, read from the model at the start. */
+  readonly weights: Float32Array;
+  /** The last step's mean-loss gradient is the sum over i of `gradScales[i] * gradParts[i]` (one part per thread). */
+  readonly gradParts: readonly Float32Array[];
+  readonly gradScales: readonly number[];
   /** Threads computing gradients. */
   readonly threads: number;
   /** One step on the samples `indices`: a plan, or several plans summed (see `gradientStep`). */
   step(indices: Int32Array, work: Plan | StepSpec): Promise<StepResult>;
-  /** Tells the executor the main model's weights changed (after an optimizer step). */
+  /** Loads `weights` (changed by an optimizer step) into the main model and the threads' copies. */
   weightsChanged(): void;
   close(): Promise<void>;
+}
+
+/** The mean gradient of an executor's last step, summed from its parts (tests and tools; the optimizer sums its own). */
+export function meanGradient(executor: GradientExecutor): Float32Array {
+  const out = new Float32Array(executor.layout.total);
+  executor.gradParts.forEach((g, i) => {
+    const s = executor.gradScales[i];
+    if (s !== 0) for (let j = 0; j < out.length; j++) out[j] += s * g[j];
+  });
+  return out;
 }
 
 /** Runs every step in the calling thread, on the main model itself. */
 export class LocalExecutor implements GradientExecutor {
   readonly layout: FlatLayout;
-  readonly grads: Float32Array;
+  readonly weights: Float32Array;
+  readonly gradParts: readonly Float32Array[];
+  readonly gradScales = [1];
   readonly threads = 1;
   private readonly images: Float32Array;
   private readonly labels: Int32Array;
@@ -50,17 +69,21 @@ export class LocalExecutor implements GradientExecutor {
   ) {
     this.context = stepContext(setup);
     this.layout = flatLayout(model);
-    this.grads = new Float32Array(this.layout.total);
+    this.weights = new Float32Array(this.layout.total);
+    readFlat(model, this.layout, this.weights);
+    this.gradParts = [new Float32Array(this.layout.total)];
     this.images = new Float32Array(maxBatch * data.height * data.width * data.channels);
     this.labels = new Int32Array(maxBatch);
   }
 
   async step(indices: Int32Array, work: Plan | StepSpec): Promise<StepResult> {
     const n = gatherBatch(this.data, indices, this.images, this.labels);
-    return gradientStep(this.model, this.layout, this.images, this.labels.subarray(0, n), work, this.grads, this.context);
+    return gradientStep(this.model, this.layout, this.images, this.labels.subarray(0, n), work, this.gradParts[0], this.context);
   }
 
-  weightsChanged(): void {}
+  weightsChanged(): void {
+    writeFlat(this.model, this.layout, this.weights);
+  }
 
   async close(): Promise<void> {
     this.context.teacher?.net.dispose();
@@ -105,9 +128,11 @@ interface Pending {
  */
 export class ThreadExecutor implements GradientExecutor {
   readonly layout: FlatLayout;
-  readonly grads: Float32Array;
-  private readonly weights: Float32Array;
-  private readonly workerGrads: Float32Array[];
+  /** Shared with the workers. */
+  readonly weights: Float32Array;
+  /** Each worker's gradient buffer, shared. */
+  readonly gradParts: readonly Float32Array[];
+  private scales: number[];
   private version = 0;
   private readonly pending: (Pending | null)[];
 
@@ -118,9 +143,9 @@ export class ThreadExecutor implements GradientExecutor {
     grads: SharedArrayBuffer[],
   ) {
     this.layout = flatLayout(model);
-    this.grads = new Float32Array(this.layout.total);
     this.weights = new Float32Array(weights);
-    this.workerGrads = grads.map((g) => new Float32Array(g));
+    this.gradParts = grads.map((g) => new Float32Array(g));
+    this.scales = grads.map(() => 0);
     this.pending = workers.map(() => null);
     workers.forEach((w, i) => {
       w.on('message', (m: { type: string; result?: StepResult; message?: string }) => {
@@ -146,6 +171,10 @@ export class ThreadExecutor implements GradientExecutor {
 
   get threads(): number {
     return this.workers.length;
+  }
+
+  get gradScales(): readonly number[] {
+    return this.scales;
   }
 
   /** Starts `threads` workers (default: one per core) for `model`, sharing `data` (in shared memory). */
@@ -212,14 +241,8 @@ export class ThreadExecutor implements GradientExecutor {
       }),
     );
     const total = results.reduce((a, r) => a + r.count, 0);
-    this.grads.fill(0);
-    results.forEach((r, i) => {
-      if (r.count === 0) return;
-      const w = r.count / total;
-      const g = this.workerGrads[i];
-      const out = this.grads;
-      for (let j = 0; j < out.length; j++) out[j] += w * g[j];
-    });
+    // Shards are weighted by size; the optimizer sums the parts in its own pass over memory.
+    this.scales = results.map((r) => r.count / total);
     return {
       loss: results.reduce((a, r) => a + r.loss * r.count, 0) / total,
       correct: results.reduce((a, r) => a + r.correct, 0),
@@ -228,7 +251,7 @@ export class ThreadExecutor implements GradientExecutor {
   }
 
   weightsChanged(): void {
-    readFlat(this.model, this.layout, this.weights);
+    writeFlat(this.model, this.layout, this.weights);
     this.version++;
   }
 

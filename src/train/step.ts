@@ -5,6 +5,7 @@ import type { Subnet } from '../models/subnet.js';
 import { exitCount, forwardExits } from '../models/exits.js';
 import { distillationLoss, softTargetKl, type DistillSettings } from '../scaling/distill.js';
 import { DynnError } from '../util/errors.js';
+import { floatView } from '../engine/backend.js';
 
 /** Loss and accuracy of one gradient computation. */
 export interface StepResult {
@@ -155,10 +156,10 @@ export function gradientStep(
         const gw = g[w.variable.name];
         const o = layout.offsets[j];
         if (i === 0) {
-          if (gw) grads.set(gw.dataSync() as Float32Array, o);
+          if (gw) grads.set(floatView(gw), o);
           else grads.fill(0, o, o + layout.sizes[j]);
         } else if (gw) {
-          const d = gw.dataSync() as Float32Array;
+          const d = floatView(gw);
           for (let e = 0; e < d.length; e++) grads[o + e] += d[e];
         }
       });

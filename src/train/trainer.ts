@@ -254,8 +254,6 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         : await ThreadExecutor.start(model, train, engine, o.batchSize, threads, setup);
     teacher?.dispose();
     teacher = null;
-    const weights = model.trainableWeights();
-    const variables = weights.map((w) => w.variable);
     const n = train.count;
     const stepsPerEpoch = Math.ceil(n / o.batchSize);
     const totalSteps = stepsPerEpoch * o.epochs;
@@ -278,7 +276,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
           : model.plan(u, { gating: o.gating, rng: gateRng });
         const r = await executor.step(indices, work);
         if (!Number.isFinite(r.loss)) throw new DynnError(`training diverged: loss is ${r.loss} at epoch ${epoch + 1}, step ${step + 1} (try a lower --lr)`);
-        optimizer.apply(variables, executor.grads, executor.layout.offsets);
+        optimizer.step(executor.weights, executor.gradParts, executor.gradScales);
         executor.weightsChanged();
         lossSum += r.loss * r.count;
         correct += r.correct;
