@@ -40,8 +40,7 @@ async function trainStepMs(model: Network, executor: GradientExecutor, us: numbe
   for (let i = 0; i < us.length; i++) {
     const t0 = performance.now();
     await executor.step(indices, model.plan(us[i]));
-    optimizer.step(executor.weights, executor.gradParts, executor.gradScales);
-    executor.weightsChanged();
+    await executor.update(optimizer);
     if (i >= WARMUP) times.push(performance.now() - t0);
   }
   optimizer.dispose();

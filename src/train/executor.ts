@@ -6,6 +6,7 @@ import { planToData, type ModelConfig, type NamedArray, type Network, type PlanD
 import type { DistillSettings } from '../scaling/distill.js';
 import { DynnError } from '../util/errors.js';
 import { gatherBatch } from './batch.js';
+import type { Optimizer, UpdateSpec } from './optimizer.js';
 import {
   flatLayout,
   gradientStep,
@@ -21,8 +22,8 @@ import {
 } from './step.js';
 
 /**
- * Computes the mean gradient of a batch at the flat weights `weights`; an optimizer updates those, and
- * `weightsChanged()` passes them on to the model(s).
+ * Computes the mean gradient of a batch at the flat weights `weights`, and applies an optimizer's update to
+ * them and to the model(s).
  */
 export interface GradientExecutor {
   readonly layout: FlatLayout;
@@ -35,8 +36,8 @@ export interface GradientExecutor {
   readonly threads: number;
   /** One step on the samples `indices`: a plan, or several plans summed (see `gradientStep`). */
   step(indices: Int32Array, work: Plan | StepSpec): Promise<StepResult>;
-  /** Loads `weights` (changed by an optimizer step) into the main model and the threads' copies. */
-  weightsChanged(): void;
+  /** Applies one update of `optimizer` with the last step's gradient to `weights`, the main model and the threads' copies. */
+  update(optimizer: Optimizer): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -81,7 +82,8 @@ export class LocalExecutor implements GradientExecutor {
     return gradientStep(this.model, this.layout, this.images, this.labels.subarray(0, n), work, this.gradParts[0], this.context);
   }
 
-  weightsChanged(): void {
+  async update(optimizer: Optimizer): Promise<void> {
+    optimizer.step(this.weights, this.gradParts, this.gradScales);
     writeFlat(this.model, this.layout, this.weights);
   }
 
@@ -95,7 +97,9 @@ export interface WorkerInit {
   engine: string;
   config: ModelConfig;
   weights: SharedArrayBuffer;
-  grads: SharedArrayBuffer;
+  /** Every worker's gradient buffer (an update reads them all); this worker writes `grads[index]`. */
+  grads: SharedArrayBuffer[];
+  index: number;
   data: ImageSet;
   maxBatch: number;
   /** The teacher network (config and weights; the worker freezes it) and the distillation settings. */
@@ -116,8 +120,16 @@ export interface StepMessage {
   version: number;
 }
 
+/** An optimizer update as a worker receives it: apply `spec` to its range of the weights. */
+export interface UpdateMessage {
+  type: 'update';
+  spec: UpdateSpec;
+  lo: number;
+  hi: number;
+}
+
 interface Pending {
-  resolve: (r: StepResult) => void;
+  resolve: (r: StepResult | undefined) => void;
   reject: (e: Error) => void;
 }
 
@@ -152,7 +164,7 @@ export class ThreadExecutor implements GradientExecutor {
         const p = this.pending[i];
         this.pending[i] = null;
         if (!p) return;
-        if (m.type === 'done') p.resolve(m.result!);
+        if (m.type === 'done' || m.type === 'updated') p.resolve(m.result);
         else p.reject(new DynnError(`gradient worker ${i} failed: ${m.message}`));
       });
       w.on('error', (e) => {
@@ -194,9 +206,9 @@ export class ThreadExecutor implements GradientExecutor {
     readFlat(model, layout, new Float32Array(weights));
     const grads = Array.from({ length: threads }, () => new SharedArrayBuffer(layout.total * 4));
     const workers = grads.map(
-      (g) =>
+      (_, index) =>
         new Worker(new URL('./worker.js', import.meta.url), {
-          workerData: { engine, config: model.config, weights, grads: g, data, maxBatch, teacher, exitWeights: setup.exitWeights } satisfies WorkerInit,
+          workerData: { engine, config: model.config, weights, grads, index, data, maxBatch, teacher, exitWeights: setup.exitWeights } satisfies WorkerInit,
         }),
     );
     const started = Promise.all(
@@ -234,10 +246,7 @@ export class ThreadExecutor implements GradientExecutor {
     const results = await Promise.all(
       shards.map((shard, i) => {
         if (shard.length === 0) return Promise.resolve({ loss: 0, correct: 0, count: 0 });
-        return new Promise<StepResult>((resolve, reject) => {
-          this.pending[i] = { resolve, reject };
-          this.workers[i].postMessage({ type: 'step', indices: shard, plans, inplaceDistill, inplaceAlpha, version: this.version } satisfies StepMessage);
-        });
+        return this.send(i, { type: 'step', indices: shard, plans, inplaceDistill, inplaceAlpha, version: this.version } satisfies StepMessage) as Promise<StepResult>;
       }),
     );
     const total = results.reduce((a, r) => a + r.count, 0);
@@ -250,9 +259,32 @@ export class ThreadExecutor implements GradientExecutor {
     };
   }
 
-  weightsChanged(): void {
+  /**
+   * The workers, idle between steps, split the update: each applies it to its range of the shared weights and
+   * slots. The pass is memory-bound, and a worker's garbage collection right after a step slows a lone main
+   * thread down twofold.
+   */
+  async update(optimizer: Optimizer): Promise<void> {
+    const n = this.layout.total;
+    const spec = optimizer.begin(n, this.gradParts, this.scales);
+    if (spec) {
+      const k = this.workers.length;
+      await Promise.all(
+        this.workers.map((_, i) =>
+          this.send(i, { type: 'update', spec, lo: Math.floor((i * n) / k), hi: Math.floor(((i + 1) * n) / k) } satisfies UpdateMessage),
+        ),
+      );
+    }
+    // The workers reload the weights at their next step (the version changed); the main model now.
     writeFlat(this.model, this.layout, this.weights);
     this.version++;
+  }
+
+  private send(i: number, message: StepMessage | UpdateMessage): Promise<StepResult | undefined> {
+    return new Promise((resolve, reject) => {
+      this.pending[i] = { resolve, reject };
+      this.workers[i].postMessage(message);
+    });
   }
 
   async close(): Promise<void> {

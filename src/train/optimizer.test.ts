@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
-import { Optimizer } from './optimizer.js';
+import { Optimizer, applyUpdate } from './optimizer.js';
 
 await initEngine('wasm');
 
@@ -140,4 +140,22 @@ test('state round-trips through getState/setState, also when split per weight', 
   const bad = [0, 1, 2, 3].map((i) => ({ name: `slot.${i}`, shape: [1], data: new Float32Array(1) }));
   await assert.rejects(opt.setState(bad), /optimizer state has 4 slots; adam expects the iteration count, then 2 x \(number of weights\)/);
   opt.dispose();
+});
+
+test('an update split into ranges (as the gradient workers split it) equals the whole pass exactly', () => {
+  for (const kind of ['adam', 'sgd'] as const) {
+    const grads = [1, 2, 3].map((s) => [seq(total, (i) => Math.sin(i * s)), seq(total, (i) => Math.cos(i + s))]);
+    const whole = seq(total, (i) => i / 7);
+    const split3 = whole.slice();
+    const a = new Optimizer(kind, 0.02);
+    const b = new Optimizer(kind, 0.02);
+    for (const parts of grads) {
+      a.step(whole, parts, [0.5, 0.5]);
+      const spec = b.begin(total, parts, [0.5, 0.5])!;
+      for (const [lo, hi] of [[0, 5], [5, 6], [6, total]]) applyUpdate(spec, split3, parts, lo, hi);
+    }
+    assert.deepEqual(split3, whole, kind);
+  }
+  const opt = new Optimizer('adam', 0.1);
+  assert.equal(opt.begin(total, [new Float32Array(total)], [0]), null, 'nothing to apply');
 });

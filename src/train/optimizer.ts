@@ -20,6 +20,19 @@ const BETA2 = 0.999;
 /** TF.js's Adam takes its epsilon from the backend: 1e-7 on every float32 backend. */
 const EPSILON = 1e-7;
 
+/** One optimizer update as data: all a thread needs to apply it to a range of the parameters (`applyUpdate`). */
+export interface UpdateSpec {
+  kind: OptimizerName;
+  lr: number;
+  momentum: number;
+  /** The update's number, from 1 (Adam's bias correction). */
+  t: number;
+  /** The optimizer's slots, in shared memory: Adam's two moments, or the momentum accumulation. */
+  slots: Float32Array[];
+  /** The gradient is the sum of `scales[i] * parts[i]` (parts with scale 0 are skipped). */
+  scales: number[];
+}
+
 /**
  * Adam (TF.js's defaults and bias correction) or SGD with momentum (TF.js's `momentum`, not Nesterov) over the
  * flat parameter vector: every trainable weight laid end to end (`flatLayout`).
@@ -27,7 +40,8 @@ const EPSILON = 1e-7;
  * The update is one fused pass over memory: the gradient parts, the slots and the weights are read once and
  * written once, and the gradients of the data-parallel shards are averaged in the same pass. TF.js's optimizer
  * makes a dozen passes per weight, one op each: in the training loop it took 35-41 ms per `vgg-w` step on the
- * main thread, while the workers wait; this pass takes 18-22 ms. Its results equal `tf.train.adam` and
+ * main thread, while the workers wait; this pass takes 14-22 ms there, and 11 ms split over the two gradient
+ * workers (`ThreadExecutor.update`), which the slots in shared memory allow. Its results equal `tf.train.adam` and
  * `tf.train.momentum` to float32 rounding (tested). The state survives a checkpoint in TF.js's slot layout, so
  * checkpoints written with TF.js's optimizer still resume.
  */
@@ -35,7 +49,6 @@ export class Optimizer {
   private iterations = 0;
   /** Adam: first and second moments; SGD: the accumulation. Allocated at the first step or by `setState`. */
   private slots: Float32Array[] = [];
-  private scratch: Float32Array | null = null;
 
   constructor(
     readonly kind: OptimizerName,
@@ -52,32 +65,28 @@ export class Optimizer {
   }
 
   /**
+   * Starts one update of `n` parameters with a gradient of `parts.length` parts: checks the sizes, counts the
+   * update and returns it as data. Null when every scale is 0 (nothing to apply, nothing counted).
+   */
+  begin(n: number, parts: readonly Float32Array[], scales: readonly number[]): UpdateSpec | null {
+    if (parts.length !== scales.length) throw new DynnError(`internal: ${parts.length} gradient parts, ${scales.length} scales`);
+    parts.forEach((p, i) => {
+      if (scales[i] !== 0 && p.length !== n) throw new DynnError(`internal: a gradient of ${p.length} values for ${n} parameters`);
+    });
+    if (scales.every((s) => s === 0)) return null;
+    if (this.slots.length === 0) this.slots = Array.from({ length: SLOTS[this.kind] }, () => sharedFloats(n));
+    else if (this.slots[0].length !== n) throw new DynnError(`this optimizer updates ${this.slots[0].length} parameters, not ${n}`);
+    this.iterations++;
+    return { kind: this.kind, lr: this.lr, momentum: this.momentum, t: this.iterations, slots: this.slots, scales: scales.slice() };
+  }
+
+  /**
    * One update of `params` in place, with the gradient `sum_i scales[i] * parts[i]` (each part the size of
    * `params`; parts with scale 0 are skipped, so a stale buffer cannot leak in).
    */
   step(params: Float32Array, parts: readonly Float32Array[], scales: readonly number[]): void {
-    if (parts.length !== scales.length) throw new DynnError(`internal: ${parts.length} gradient parts, ${scales.length} scales`);
-    const used = parts.flatMap((p, i) => (scales[i] === 0 ? [] : [{ p, s: scales[i] }]));
-    if (used.length === 0) return;
-    const n = params.length;
-    for (const { p } of used) {
-      if (p.length !== n) throw new DynnError(`internal: a gradient of ${p.length} values for ${n} parameters`);
-    }
-    if (this.slots.length === 0) this.slots = Array.from({ length: SLOTS[this.kind] }, () => new Float32Array(n));
-    else if (this.slots[0].length !== n) throw new DynnError(`this optimizer updates ${this.slots[0].length} parameters, not ${n}`);
-    // Two parts (two threads) are summed in the update's own pass; more are summed first.
-    let [a, b] = [used[0], used[1] ?? { p: used[0].p, s: 0 }];
-    if (used.length > 2) {
-      const sum = (this.scratch ??= new Float32Array(n)).fill(0);
-      for (const { p, s } of used) for (let j = 0; j < n; j++) sum[j] += s * p[j];
-      [a, b] = [{ p: sum, s: 1 }, { p: sum, s: 0 }];
-    }
-    this.iterations++;
-    if (this.kind === 'adam') {
-      adamPass(params, this.slots[0], this.slots[1], a.p, a.s, b.p, b.s, this.lr, this.iterations);
-    } else {
-      momentumPass(params, this.slots[0], a.p, a.s, b.p, b.s, this.lr, this.momentum);
-    }
+    const spec = this.begin(params.length, parts, scales);
+    if (spec) applyUpdate(spec, params, parts, 0, params.length);
   }
 
   /** Optimizer slots as named arrays: `slot.0` the iteration count, then the flat slots. */
@@ -113,13 +122,42 @@ export class Optimizer {
     }
     if (slots.some((s) => s.length !== slots[0].length)) throw new DynnError(`optimizer state slots differ in size: ${slots.map((s) => s.length).join(', ')}`);
     this.iterations = arrays[0].data[0];
-    this.slots = slots[0].length ? slots : [];
+    this.slots = slots[0].length
+      ? slots.map((d) => {
+          const shared = sharedFloats(d.length);
+          shared.set(d);
+          return shared;
+        })
+      : [];
   }
 
   dispose(): void {
     this.slots = [];
-    this.scratch = null;
   }
+}
+
+function sharedFloats(n: number): Float32Array {
+  return new Float32Array(new SharedArrayBuffer(n * 4));
+}
+
+/**
+ * Applies `spec` to `params[lo, hi)`: the pass `Optimizer.step` makes, over a range (elementwise, so ranges
+ * done by different threads add up to exactly the whole pass).
+ */
+export function applyUpdate(spec: UpdateSpec, params: Float32Array, parts: readonly Float32Array[], lo: number, hi: number): void {
+  const used = parts.flatMap((p, i) => (spec.scales[i] === 0 ? [] : [{ p: p.subarray(lo, hi), s: spec.scales[i] }]));
+  if (used.length === 0) return;
+  // Two parts (two threads) are summed in the update's own pass; more are summed first.
+  let [a, b] = [used[0], used[1] ?? { p: used[0].p, s: 0 }];
+  if (used.length > 2) {
+    const sum = new Float32Array(hi - lo);
+    for (const { p, s } of used) for (let j = 0; j < sum.length; j++) sum[j] += s * p[j];
+    [a, b] = [{ p: sum, s: 1 }, { p: sum, s: 0 }];
+  }
+  const w = params.subarray(lo, hi);
+  const slots = spec.slots.map((x) => x.subarray(lo, hi));
+  if (spec.kind === 'adam') adamPass(w, slots[0], slots[1], a.p, a.s, b.p, b.s, spec.lr, spec.t);
+  else momentumPass(w, slots[0], a.p, a.s, b.p, b.s, spec.lr, spec.momentum);
 }
 
 /** Adam, TF.js's form: m and v updated, then w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps). */

@@ -9,6 +9,8 @@ import { train } from './trainer.js';
 import { loadRun, validationSplit } from './run.js';
 import { calibrateBatchNorm, batchNorms } from './calibrate.js';
 import { LocalExecutor, ThreadExecutor, meanGradient } from './executor.js';
+import { Optimizer } from './optimizer.js';
+import { readFlat } from './step.js';
 import { allocShared } from '../data/imageset.js';
 import { createModel } from '../models/zoo.js';
 import { makeSynthetic } from '../data/synthetic.js';
@@ -114,6 +116,38 @@ test('u schedules: uniform covers (0, 1], curriculum raises its ceiling, vanilla
   const v = await train({ ...small, trainLimit: 256, epochs: 1, schedule: 'vanilla', onStep: (p) => us.push(p.u) });
   assert.ok(us.length === 4 && us.every((u) => u === 1));
   v.model.dispose();
+});
+
+test("the workers' split update gives the weights the calling thread's update gives, in every copy", async () => {
+  const data = allocShared(makeSynthetic({ count: 64, seed: 3 }));
+  const idx = Int32Array.from({ length: 64 }, (_, i) => i);
+  // mlp-w: no BatchNorm, whose batch statistics would differ between one batch and two shards.
+  const [a, b] = [createModel('mlp-w', { seed: 2 }), createModel('mlp-w', { seed: 2 })];
+  const local = new LocalExecutor(a, data, 64);
+  const threads = await ThreadExecutor.start(b, data, 'wasm', 64, 2);
+  const [oa, ob] = [new Optimizer('adam', 0.01), new Optimizer('adam', 0.01)];
+  const close = (x: Float32Array, y: Float32Array) => x.every((v, i) => Math.abs(v - y[i]) <= 1e-4 + 1e-3 * Math.abs(v));
+  try {
+    const start = threads.weights.slice();
+    for (const u of [1, 0.5, 0.3]) {
+      await local.step(idx, a.plan(u));
+      await threads.step(idx, b.plan(u));
+      await local.update(oa);
+      await threads.update(ob);
+    }
+    assert.ok(!close(threads.weights, start), 'the weights moved');
+    assert.ok(close(threads.weights, local.weights), 'same weights as the calling thread');
+    const main = new Float32Array(threads.layout.total);
+    readFlat(b, threads.layout, main);
+    assert.deepEqual(main, threads.weights, 'the main model holds the updated weights');
+    // The workers run the next step at the new weights: the same loss as the calling thread.
+    const [ra, rb] = [await local.step(idx, a.plan(1)), await threads.step(idx, b.plan(1))];
+    assert.ok(Math.abs(ra.loss - rb.loss) < 1e-3, `${ra.loss} vs ${rb.loss}`);
+  } finally {
+    await threads.close();
+    a.dispose();
+    b.dispose();
+  }
 });
 
 test('gradient steps leak no tensors', async () => {

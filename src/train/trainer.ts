@@ -276,8 +276,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
           : model.plan(u, { gating: o.gating, rng: gateRng });
         const r = await executor.step(indices, work);
         if (!Number.isFinite(r.loss)) throw new DynnError(`training diverged: loss is ${r.loss} at epoch ${epoch + 1}, step ${step + 1} (try a lower --lr)`);
-        optimizer.step(executor.weights, executor.gradParts, executor.gradScales);
-        executor.weightsChanged();
+        await executor.update(optimizer);
         lossSum += r.loss * r.count;
         correct += r.correct;
         seen += r.count;

@@ -4,9 +4,10 @@ import { createModel } from '../models/zoo.js';
 import { planFromData } from '../models/network.js';
 import { gatherBatch } from './batch.js';
 import { flatLayout, gradientStep, stepContext, writeFlat } from './step.js';
-import type { StepMessage, WorkerInit } from './executor.js';
+import { applyUpdate } from './optimizer.js';
+import type { StepMessage, UpdateMessage, WorkerInit } from './executor.js';
 
-// A gradient worker: see ThreadExecutor. Messages: StepMessage -> {type:'done', result}.
+// A gradient worker: see ThreadExecutor. Messages: StepMessage -> {type:'done', result}; UpdateMessage -> {type:'updated'}.
 const init = workerData as WorkerInit;
 const port = parentPort!;
 
@@ -15,7 +16,8 @@ try {
   const model = createModel(init.config.model, init.config.args);
   const layout = flatLayout(model);
   const weights = new Float32Array(init.weights);
-  const grads = new Float32Array(init.grads);
+  const parts = init.grads.map((g) => new Float32Array(g));
+  const grads = parts[init.index];
   const per = init.data.height * init.data.width * init.data.channels;
   const images = new Float32Array(init.maxBatch * per);
   const labels = new Int32Array(init.maxBatch);
@@ -25,8 +27,13 @@ try {
   const context = stepContext({ teacher: teacher ? { model: teacher, settings: init.teacher!.settings } : undefined, exitWeights: init.exitWeights });
   teacher?.dispose();
   let version = -1;
-  port.on('message', (m: StepMessage) => {
+  port.on('message', (m: StepMessage | UpdateMessage) => {
     try {
+      if (m.type === 'update') {
+        applyUpdate(m.spec, weights, parts, m.lo, m.hi);
+        port.postMessage({ type: 'updated' });
+        return;
+      }
       if (m.version !== version) {
         writeFlat(model, layout, weights);
         version = m.version;
