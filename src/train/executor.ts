@@ -23,7 +23,8 @@ import {
 
 /**
  * Computes the mean gradient of a batch at the flat weights `weights`, and applies an optimizer's update to
- * them and to the model(s).
+ * them and to the model(s). From its creation on, the executor's `weights` are the truth: an update rewrites
+ * the model's trainable weights from them, so set the model's weights before creating the executor.
  */
 export interface GradientExecutor {
   readonly layout: FlatLayout;
@@ -176,7 +177,7 @@ export class ThreadExecutor implements GradientExecutor {
       w.on('exit', (code) => {
         const p = this.pending[i];
         this.pending[i] = null;
-        p?.reject(new DynnError(`gradient worker ${i} exited (code ${code}) during a step`));
+        p?.reject(new DynnError(`gradient worker ${i} exited (code ${code}) during a step or an update`));
       });
     });
   }
@@ -251,7 +252,7 @@ export class ThreadExecutor implements GradientExecutor {
     );
     const total = results.reduce((a, r) => a + r.count, 0);
     // Shards are weighted by size; the optimizer sums the parts in its own pass over memory.
-    this.scales = results.map((r) => r.count / total);
+    this.scales = results.map((r) => (total > 0 ? r.count / total : 0));
     return {
       loss: results.reduce((a, r) => a + r.loss * r.count, 0) / total,
       correct: results.reduce((a, r) => a + r.correct, 0),

@@ -4,4 +4,4 @@ export { calibrateBatchNorm, batchNorms, type CalibrateOptions } from './calibra
 export { sampleU, learningRate, U_SCHEDULES, LR_SCHEDULES, type USchedule, type LrSchedule } from './schedule.js';
 export { Optimizer, OPTIMIZERS, type OptimizerName } from './optimizer.js';
 export { gradientStep, flatLayout, type StepResult, type FlatLayout } from './step.js';
-export { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor.js';
+export { LocalExecutor, ThreadExecutor, meanGradient, type GradientExecutor } from './executor.js';

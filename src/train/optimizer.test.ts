@@ -93,6 +93,16 @@ for (const kind of ['adam', 'sgd'] as const) {
   });
 }
 
+test("adam with gradients near its epsilon (1e-6) still equals TF.js's", () => {
+  const init = seq(total, (i) => Math.sin(i + 1));
+  const grads = [1, 2, 3].map((s) => seq(total, (i) => 1e-6 * Math.cos(i * s)));
+  const params = init.slice();
+  const opt = new Optimizer('adam', 0.01);
+  for (const g of grads) opt.step(params, [g], [1]);
+  const want = reference('adam', init, grads, [0.01, 0.01, 0.01]);
+  assert.ok(near(params, want), `${params.slice(0, 4)} vs ${want.slice(0, 4)}`);
+});
+
 test('a part with scale 0 is skipped (a stale buffer cannot leak in); sizes are checked', () => {
   const params = seq(total, (i) => i);
   const opt = new Optimizer('adam', 0.1);

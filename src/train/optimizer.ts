@@ -38,7 +38,8 @@ export interface UpdateSpec {
  * flat parameter vector: every trainable weight laid end to end (`flatLayout`).
  *
  * The update is one fused pass over memory: the gradient parts, the slots and the weights are read once and
- * written once, and the gradients of the data-parallel shards are averaged in the same pass. TF.js's optimizer
+ * written once, and the gradients of two data-parallel shards are averaged in the same pass (more shards are
+ * summed in a pass of their own first). TF.js's optimizer
  * makes a dozen passes per weight, one op each: in the training loop it took 35-41 ms per `vgg-w` step on the
  * main thread, while the workers wait; this pass takes 14-22 ms there, and 11 ms split over the two gradient
  * workers (`ThreadExecutor.update`), which the slots in shared memory allow. Its results equal `tf.train.adam` and
@@ -100,10 +101,10 @@ export class Optimizer {
   }
 
   /**
-   * Restores `getState()`'s slots. Checkpoints of TF.js's per-weight optimizer hold one slot per weight and
-   * kind; those are joined into the flat slots (same weight order).
+   * Restores `getState()`'s slots, for `size` parameters when given. Checkpoints of TF.js's per-weight optimizer
+   * hold one slot per weight and kind; those are joined into the flat slots (same weight order).
    */
-  async setState(arrays: NamedArray[]): Promise<void> {
+  async setState(arrays: NamedArray[], size?: number): Promise<void> {
     const k = SLOTS[this.kind];
     const perKind = (arrays.length - 1) / k;
     if (arrays.length < 1 + k || !Number.isInteger(perKind) || arrays[0].data.length !== 1) {
@@ -121,6 +122,9 @@ export class Optimizer {
       slots.push(data);
     }
     if (slots.some((s) => s.length !== slots[0].length)) throw new DynnError(`optimizer state slots differ in size: ${slots.map((s) => s.length).join(', ')}`);
+    if (size !== undefined && slots[0].length !== size) {
+      throw new DynnError(`optimizer state holds ${slots[0].length} values per slot; this network has ${size} trainable parameters`);
+    }
     this.iterations = arrays[0].data[0];
     this.slots = slots[0].length
       ? slots.map((d) => {
@@ -147,10 +151,12 @@ function sharedFloats(n: number): Float32Array {
 export function applyUpdate(spec: UpdateSpec, params: Float32Array, parts: readonly Float32Array[], lo: number, hi: number): void {
   const used = parts.flatMap((p, i) => (spec.scales[i] === 0 ? [] : [{ p: p.subarray(lo, hi), s: spec.scales[i] }]));
   if (used.length === 0) return;
-  // Two parts (two threads) are summed in the update's own pass; more are summed first.
+  // Up to two parts (two threads) are summed in the update's own pass; more are summed first, in a buffer kept
+  // for the next update.
   let [a, b] = [used[0], used[1] ?? { p: used[0].p, s: 0 }];
   if (used.length > 2) {
-    const sum = new Float32Array(hi - lo);
+    if (sumBuffer.length < hi - lo) sumBuffer = new Float32Array(hi - lo);
+    const sum = sumBuffer.subarray(0, hi - lo).fill(0);
     for (const { p, s } of used) for (let j = 0; j < sum.length; j++) sum[j] += s * p[j];
     [a, b] = [{ p: sum, s: 1 }, { p: sum, s: 0 }];
   }
@@ -159,6 +165,9 @@ export function applyUpdate(spec: UpdateSpec, params: Float32Array, parts: reado
   if (spec.kind === 'adam') adamPass(w, slots[0], slots[1], a.p, a.s, b.p, b.s, spec.lr, spec.t);
   else momentumPass(w, slots[0], a.p, a.s, b.p, b.s, spec.lr, spec.momentum);
 }
+
+/** `applyUpdate`'s sum of more than two gradient parts (one buffer per thread: each has its own module). */
+let sumBuffer = new Float32Array(0);
 
 /** Adam, TF.js's form: m and v updated, then w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps). */
 function adamPass(

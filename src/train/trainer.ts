@@ -16,7 +16,7 @@ import { checkLrSchedule, checkUSchedule, learningRate, sampleU, type LrSchedule
 import { VERSION } from '../version.js';
 import { loadRun, saveRun, type EpochRecord, type TrainMeta } from './run.js';
 import type { Plan } from '../layers/types.js';
-import type { StepSetup, StepSpec } from './step.js';
+import { flatLayout, type StepSetup, type StepSpec } from './step.js';
 import { exitCount } from '../models/exits.js';
 import { checkDistill } from '../scaling/distill.js';
 import { sandwichPlans } from '../scaling/sandwich.js';
@@ -215,15 +215,25 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   let startEpoch = 0;
 
   if (o.resume && o.out && isCheckpointDir(o.out)) {
-    const ckpt = await loadCheckpoint(o.out, {
-      model: o.model,
-      weights: model.weights().map((w) => ({ name: w.name, shape: w.variable.shape })),
-    });
-    model.setWeights(ckpt.weights);
-    if (ckpt.optimizer) await optimizer.setState(ckpt.optimizer.arrays);
-    const meta = ckpt.meta as unknown as TrainMeta;
-    history.push(...(meta.history ?? []));
-    startEpoch = history.length;
+    try {
+      const ckpt = await loadCheckpoint(o.out, {
+        model: o.model,
+        weights: model.weights().map((w) => ({ name: w.name, shape: w.variable.shape })),
+      });
+      model.setWeights(ckpt.weights);
+      if (ckpt.optimizer) {
+        if (ckpt.optimizer.kind !== o.optimizer) {
+          throw new DynnError(`${o.out} was trained with --optimizer ${ckpt.optimizer.kind}; resume it with the same optimizer, or start a new run`);
+        }
+        await optimizer.setState(ckpt.optimizer.arrays, flatLayout(model).total);
+      }
+      const meta = ckpt.meta as unknown as TrainMeta;
+      history.push(...(meta.history ?? []));
+      startEpoch = history.length;
+    } catch (err) {
+      model.dispose();
+      throw err;
+    }
   }
 
   const trainPart = head(dataset.train, dataset.train.count - o.validationSamples);
