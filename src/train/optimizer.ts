@@ -39,12 +39,11 @@ export interface UpdateSpec {
  *
  * The update is one fused pass over memory: the gradient parts, the slots and the weights are read once and
  * written once, and the gradients of two data-parallel shards are averaged in the same pass (more shards are
- * summed in a pass of their own first). TF.js's optimizer
- * makes a dozen passes per weight, one op each: in the training loop it took 35-41 ms per `vgg-w` step on the
- * main thread, while the workers wait; this pass takes 14-22 ms there, and 11 ms split over the two gradient
- * workers (`ThreadExecutor.update`), which the slots in shared memory allow. Its results equal `tf.train.adam` and
- * `tf.train.momentum` to float32 rounding (tested). The state survives a checkpoint in TF.js's slot layout, so
- * checkpoints written with TF.js's optimizer still resume.
+ * summed in a pass of their own first). TF.js's optimizer makes a dozen passes per weight, one op each: in the
+ * training loop it took 35-41 ms per `vgg-w` step on the main thread, while the workers wait; this pass takes
+ * 14-22 ms there, and 11 ms split over the two gradient workers (`ThreadExecutor.update`), which the slots in
+ * shared memory allow. Its results equal `tf.train.adam` and `tf.train.momentum` to float32 rounding (tested).
+ * The state survives a checkpoint in TF.js's slot layout, so checkpoints written with TF.js's optimizer resume.
  */
 export class Optimizer {
   private iterations = 0;
@@ -113,7 +112,7 @@ export class Optimizer {
     const slots: Float32Array[] = [];
     for (let j = 0; j < k; j++) {
       const group = arrays.slice(1 + j * perKind, 1 + (j + 1) * perKind);
-      const data = new Float32Array(group.reduce((a, g) => a + g.data.length, 0));
+      const data = sharedFloats(group.reduce((a, g) => a + g.data.length, 0));
       let o = 0;
       for (const g of group) {
         data.set(g.data, o);
@@ -122,17 +121,12 @@ export class Optimizer {
       slots.push(data);
     }
     if (slots.some((s) => s.length !== slots[0].length)) throw new DynnError(`optimizer state slots differ in size: ${slots.map((s) => s.length).join(', ')}`);
-    if (size !== undefined && slots[0].length !== size) {
+    if (size !== undefined && slots[0].length !== 0 && slots[0].length !== size) {
       throw new DynnError(`optimizer state holds ${slots[0].length} values per slot; this network has ${size} trainable parameters`);
     }
     this.iterations = arrays[0].data[0];
-    this.slots = slots[0].length
-      ? slots.map((d) => {
-          const shared = sharedFloats(d.length);
-          shared.set(d);
-          return shared;
-        })
-      : [];
+    // Empty slots: state saved before any update.
+    this.slots = slots[0].length ? slots : [];
   }
 
   dispose(): void {

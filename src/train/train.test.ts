@@ -49,41 +49,44 @@ test('data-parallel training over two worker threads learns and repeats', async 
   b.model.dispose();
 });
 
-test('a run interrupted after an epoch resumes to where an uninterrupted one ends; the checkpoint reloads', async () => {
-  const dir = tmp();
-  const straight = await train({ ...small, epochs: 2, seed: 5 });
-  const crash = new Error('simulated crash after the first checkpoint');
-  await assert.rejects(
-    train({
-      ...small,
-      epochs: 2,
-      seed: 5,
-      out: dir,
-      onEpoch: () => {
-        throw crash;
-      },
-    }),
-    (e) => e === crash,
-  );
-  assert.equal((await loadRun(dir)).meta.epoch, 1);
-  const resumed = await train({ ...small, epochs: 2, seed: 5, out: dir, resume: true });
-  assert.equal(resumed.meta.history.length, 2);
-  assert.equal(resumed.meta.history[0].loss, straight.meta.history[0].loss);
-  // The optimizer's state (its moments and step count) comes back exactly: so do the loss and the weights.
-  assert.equal(resumed.meta.history[1].loss, straight.meta.history[1].loss);
-  const w1 = straight.model.getWeights();
-  const w2 = resumed.model.getWeights();
-  w1.forEach((w, i) => assert.deepEqual(w.data, w2[i].data, w.name));
-  const loaded = await loadRun(dir);
-  assert.equal(loaded.meta.epoch, 2);
-  assert.equal(loaded.meta.history.length, 2);
-  const x = tf.randomUniform([3, 28, 28, 1], 0, 1, 'float32', 1);
-  assert.deepEqual(loaded.model.predict(x, 0.5).dataSync(), resumed.model.predict(x, 0.5).dataSync());
-  x.dispose();
-  for (const m of [straight.model, resumed.model, loaded.model]) m.dispose();
-  assert.equal(fs.readdirSync(dir).filter((f) => f.startsWith('weights-')).length, 1);
-  fs.rmSync(dir, { recursive: true });
-});
+for (const workers of [0, 2]) {
+  test(`a run interrupted after an epoch resumes to where an uninterrupted one ends (${workers} workers); the checkpoint reloads`, async () => {
+    const dir = tmp();
+    const straight = await train({ ...small, workers, epochs: 2, seed: 5 });
+    const crash = new Error('simulated crash after the first checkpoint');
+    await assert.rejects(
+      train({
+        ...small,
+        workers,
+        epochs: 2,
+        seed: 5,
+        out: dir,
+        onEpoch: () => {
+          throw crash;
+        },
+      }),
+      (e) => e === crash,
+    );
+    assert.equal((await loadRun(dir)).meta.epoch, 1);
+    const resumed = await train({ ...small, workers, epochs: 2, seed: 5, out: dir, resume: true });
+    assert.equal(resumed.meta.history.length, 2);
+    assert.equal(resumed.meta.history[0].loss, straight.meta.history[0].loss);
+    // The optimizer's state (its moments and step count) comes back exactly: so do the loss and the weights.
+    assert.equal(resumed.meta.history[1].loss, straight.meta.history[1].loss);
+    const w1 = straight.model.getWeights();
+    const w2 = resumed.model.getWeights();
+    w1.forEach((w, i) => assert.deepEqual(w.data, w2[i].data, w.name));
+    const loaded = await loadRun(dir);
+    assert.equal(loaded.meta.epoch, 2);
+    assert.equal(loaded.meta.history.length, 2);
+    const x = tf.randomUniform([3, 28, 28, 1], 0, 1, 'float32', 1);
+    assert.deepEqual(loaded.model.predict(x, 0.5).dataSync(), resumed.model.predict(x, 0.5).dataSync());
+    x.dispose();
+    for (const m of [straight.model, resumed.model, loaded.model]) m.dispose();
+    assert.equal(fs.readdirSync(dir).filter((f) => f.startsWith('weights-')).length, 1);
+    fs.rmSync(dir, { recursive: true });
+  });
+}
 
 test('resuming with another model fails clearly; bad options are refused', async () => {
   const dir = tmp();
