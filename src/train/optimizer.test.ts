@@ -16,6 +16,17 @@ const split = (flat: Float32Array) => {
   return shapes.map((s, j) => tf.tensor(flat.subarray(o, (o += sizes[j])), s));
 };
 
+/** The variables' values laid end to end: a flat parameter vector. */
+const flatten = (vars: tf.Variable[]) => {
+  const out = new Float32Array(total);
+  let o = 0;
+  for (const v of vars) {
+    out.set(v.dataSync() as Float32Array, o);
+    o += v.size;
+  }
+  return out;
+};
+
 /** TF.js's own optimizer over the separate weights, the reference the flat one must match. */
 function reference(kind: 'adam' | 'sgd', init: Float32Array, grads: Float32Array[], lrs: number[]): Float32Array {
   const vars = tf.tidy(() => split(init).map((t) => tf.variable(t)));
@@ -25,12 +36,7 @@ function reference(kind: 'adam' | 'sgd', init: Float32Array, grads: Float32Array
     else (opt as tf.MomentumOptimizer).setLearningRate(lrs[s]);
     tf.tidy(() => opt.applyGradients(split(g).map((tensor, j) => ({ name: vars[j].name, tensor }))));
   });
-  const out = new Float32Array(total);
-  let o = 0;
-  vars.forEach((v) => {
-    out.set(v.dataSync() as Float32Array, o);
-    o += v.size;
-  });
+  const out = flatten(vars);
   opt.dispose();
   if (kind === 'sgd') tf.SGDOptimizer.prototype.dispose.call(opt); // MomentumOptimizer.dispose forgets it
   tf.dispose(vars);
@@ -77,12 +83,7 @@ for (const kind of ['adam', 'sgd'] as const) {
     for (const g of grads.slice(0, 2)) tf.tidy(() => tfOpt.applyGradients(split(g).map((tensor, j) => ({ name: vars[j].name, tensor }))));
     const saved = (await tfOpt.getWeights()).map((w, i) => ({ name: `slot.${i}`, shape: w.tensor.shape.slice(), data: Float32Array.from(w.tensor.dataSync()) }));
     assert.equal(saved.length, kind === 'adam' ? 7 : 4);
-    const params = new Float32Array(total);
-    let o = 0;
-    for (const v of vars) {
-      params.set(v.dataSync() as Float32Array, o);
-      o += v.size;
-    }
+    const params = flatten(vars);
     tfOpt.dispose();
     if (kind === 'sgd') tf.SGDOptimizer.prototype.dispose.call(tfOpt);
     tf.dispose(vars);
