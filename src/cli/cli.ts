@@ -4,41 +4,17 @@ import { DynnError } from '../util/errors.js';
 import { processIo, type Io } from './io.js';
 import { controlCommands } from './control-commands.js';
 import { deployCommands } from './deploy-commands.js';
-import { scalingCommands, SCALING_TRAIN_OPTIONS } from './scaling-commands.js';
+import { scalingCommands } from './scaling-commands.js';
+import { TRAIN_FLAGS } from '../train/flags.js';
+import type { CommandModule } from './types.js';
 import { viewCommands } from './view-commands.js';
 import { serveCommands } from './serve-commands.js';
 
-const TRAIN_OPTIONS: [string, string][] = [
-  ['--model <name>', 'registered model (see `dynn models`) [default: vgg-w]'],
-  ['--dataset <name>', 'mnist (embedded), fashion-mnist, cifar10, synthetic [default: mnist]'],
-  ['--data-dir <dir>', 'where the data set files are (else $DYNN_DATA, else the system location)'],
-  ['--train-limit <n>', 'use the first N training samples'],
-  ['--test-limit <n>', 'use the first N test samples'],
-  ['--val-samples <n>', 'hold the last N training samples out as a validation split [default: 0]'],
-  ['--epochs <n>', 'epochs [default: 3]'],
-  ['--batch-size <n>', 'batch size [default: 128]'],
-  ['--optimizer <name>', 'adam or sgd (momentum 0.9) [default: adam]'],
-  ['--lr <x>', 'base learning rate [default: 1e-3 adam, 0.05 sgd]'],
-  ['--lr-schedule <name>', 'cosine or constant [default: cosine]'],
-  ['--schedule <name>', 'how u is drawn per batch: uniform, curriculum, vanilla [default: uniform]'],
-  ['--curriculum', 'same as --schedule curriculum: u ~ U(0, uMax], uMax rising to 1 over the first half'],
-  ['--vanilla', 'same as --schedule vanilla: always u = 1 (the baseline)'],
-  ['--full-width <p>', 'probability that a batch trains the full network instead of a drawn u [default: 0.2]'],
-  ['--gating <mode>', 'nested or independent [default: nested]'],
-  ['--groups <D>', 'groups per throttleable block [default: 8]'],
-  ['--seed <n>', 'seed of weights, data order and sampled u [default: 0]'],
-  ['--workers <n>', 'gradient worker threads; 0 trains in the main thread [default: one per core]'],
-  ['--engine <name>', 'auto, tensorflow, wasm or cpu [default: auto]'],
-  ...SCALING_TRAIN_OPTIONS,
-  ['--json', 'machine-readable output on stdout'],
-];
-
-/** A group of commands: registers them on the CLI; actions import their heavy modules lazily. */
-export type CommandModule = (cli: CAC, io: Io) => void;
+export type { CommandModule } from './types.js';
 
 /** Adds the shared training options to a command. */
 export function withTrainOptions(cmd: Command): Command {
-  for (const [flag, desc] of TRAIN_OPTIONS) cmd.option(flag, desc);
+  for (const [flag, desc] of TRAIN_FLAGS) cmd.option(flag, desc);
   return cmd;
 }
 

@@ -1,6 +1,6 @@
 import type { CAC } from 'cac';
 import { choiceOption, numberOption, pct, table, uListOption, type Io } from './io.js';
-import type { CommandModule } from './cli.js';
+import type { CommandModule } from './types.js';
 import { DynnError } from '../util/errors.js';
 import type { Network } from '../models/network.js';
 import type { TrainMeta } from '../train/run.js';

@@ -1,5 +1,5 @@
 import cliProgress from 'cli-progress';
-import type { CommandModule } from './cli.js';
+import type { CommandModule } from './types.js';
 import { choiceOption, ms, numberOption, si, table, uListOption, type Io } from './io.js';
 import { DynnError } from '../util/errors.js';
 import type { OnnxMetadata } from '../export/metadata.js';

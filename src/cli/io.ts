@@ -1,6 +1,8 @@
 import Table from 'cli-table3';
 import { DynnError } from '../util/errors.js';
 
+export { si, pct, ms } from '../util/format.js';
+
 /** Where a command writes: injectable so tests can capture output. */
 export interface Io {
   out: (text: string) => void;
@@ -24,17 +26,6 @@ export function table(head: string[], rows: (string | number)[][]): string {
   t.push(...rows.map((r) => r.map(String)));
   return t.toString() + '\n';
 }
-
-/** Formats a number of FLOPs or parameters with an SI suffix. */
-export function si(n: number): string {
-  if (!Number.isFinite(n)) return '-';
-  const units: [number, string][] = [[1e9, 'G'], [1e6, 'M'], [1e3, 'k']];
-  for (const [v, s] of units) if (Math.abs(n) >= v) return `${(n / v).toFixed(2)}${s}`;
-  return String(Math.round(n));
-}
-
-export const pct = (x: number) => (Number.isFinite(x) ? `${(100 * x).toFixed(2)}%` : '-');
-export const ms = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '-');
 
 /** Parses an optional number option: integer and minimum checked, with the option's name in the error. */
 export function numberOption(value: unknown, name: string, opts: { int?: boolean; min?: number; max?: number } = {}): number | undefined {

@@ -1,7 +1,7 @@
 import type { CAC } from 'cac';
 import { choiceOption, ms, numberOption, pct, si, table, uListOption, type Io } from './io.js';
 import { DynnError } from '../util/errors.js';
-import type { CommandModule } from './cli.js';
+import type { CommandModule } from './types.js';
 import type { ExitSweep } from '../scaling/exit-sweep.js';
 import type { ExitOutcome } from '../scaling/budget.js';
 import type { Network } from '../models/network.js';
@@ -11,17 +11,6 @@ type Opts = Record<string, unknown>;
 const ENGINES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
 const GATINGS = ['nested', 'independent'] as const;
 const RULES = ['entropy', 'confidence'] as const;
-
-/** The training options of width and depth scaling (`dynn train`), declared once for cli.ts's option table. */
-export const SCALING_TRAIN_OPTIONS: [string, string][] = [
-  ['--sandwich-widths <n>', 'with --schedule sandwich: random widths per step besides the widest and the narrowest [default: 2]'],
-  ['--no-inplace-distill', 'with --schedule sandwich: narrower widths learn from the labels, not from the widest width'],
-  ['--inplace-alpha <a>', 'with --schedule sandwich: weight of the widest width’s soft predictions, the rest on the labels [default: 0.5]'],
-  ['--teacher <run>', 'distill from a trained run: (1-a) CE(y) + a T^2 KL(teacher_T || student_T)'],
-  ['--distill-alpha <a>', 'distillation weight a in [0, 1] [default: 0.5]'],
-  ['--distill-t <T>', 'distillation temperature T [default: 4]'],
-  ['--exit-weights <list>', 'early-exit models: loss weight of each exit, the last included [default: 1 each]'],
-];
 
 /** A comma-separated list of non-negative numbers. */
 function numberList(value: unknown, name: string): number[] | undefined {

@@ -1,4 +1,4 @@
-import type { CommandModule } from './cli.js';
+import type { CommandModule } from './types.js';
 import { numberOption, type Io } from './io.js';
 import { DynnError } from '../util/errors.js';
 

@@ -4,7 +4,7 @@ import { Composite, Conv2D, Dense, Flatten, MaxPool, ReLU, fullSel, layerClasses
 import type { ChannelSel, Layer, LayerCost, Plan, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from './subnet.js';
 import type { Network } from './network.js';
-import type { ModelArgs, ModelDef } from './zoo.js';
+import type { ModelArgs, ModelDef } from './types.js';
 
 export interface ExitHeadArgs {
   /** Number of classes. */

@@ -1,4 +1,5 @@
 import type { TrainMeta } from '../train/run.js';
+import { TRAIN_FLAGS, flagSpec } from '../train/flags.js';
 
 /** Quotes one argument for a POSIX shell when it needs it. */
 export function shellQuote(arg: string): string {
@@ -25,13 +26,10 @@ const ONLY_WITH: Record<string, (o: Record<string, unknown>) => boolean> = {
  * The `dynn train` command line that reproduces a run, built from the options its metadata recorded and the
  * train command's own option table (so a new training option appears here without a change).
  */
-export async function trainCommandLine(dir: string, meta: TrainMeta, modelArgs: Record<string, unknown>): Promise<string> {
-  const { buildCli } = await import('../cli/cli.js');
-  const quiet = { out: () => {}, err: () => {}, errIsTTY: false };
-  const train = buildCli(quiet).commands.find((c) => c.name === 'train');
+export function trainCommandLine(dir: string, meta: TrainMeta, modelArgs: Record<string, unknown>): string {
   const recorded: Record<string, unknown> = { ...meta.options, groups: modelArgs.groups };
   const args: (string | number)[] = ['dynn', 'train'];
-  for (const opt of train?.options ?? []) {
+  for (const opt of TRAIN_FLAGS.map(([flag]) => flagSpec(flag))) {
     if (SKIP.has(opt.name) || (ONLY_WITH[opt.name] && !ONLY_WITH[opt.name](recorded))) continue;
     const value = recorded[TRAIN_FIELD[opt.name] ?? opt.name];
     if (value === undefined || value === null) continue;

@@ -158,7 +158,7 @@ test('bad input fails with a clear error and leaves an existing report untouched
 test('the training command line read back by the CLI gives the options the run recorded', async () => {
   const info = await readCheckpointInfo(run);
   const meta = info.meta as unknown as TrainMeta;
-  const line = await trainCommandLine(run, meta, info.config.args);
+  const line = trainCommandLine(run, meta, info.config.args);
   assert.match(line, /^dynn train /);
   const cli = buildCli(captureIo());
   const parsed = cli.parse(['node', 'dynn', ...line.split(' ').slice(1)], { run: false });

@@ -1,7 +1,7 @@
 import type { TopLevelSpec } from 'vega-lite';
 import { Registry } from '../util/registry.js';
 import { paretoFront, type Candidate } from '../control/select.js';
-import { si } from '../cli/io.js';
+import { si } from '../util/format.js';
 import { fixed, lineChart, percent, quantitative, round, type Row } from './charts.js';
 import { CHART_SIZE } from './vega.js';
 import { RUN_FILES } from './sources.js';

@@ -186,7 +186,7 @@ export async function gatherRun(dir: string, name: string, options: GatherOption
     meta,
     schedule: String(opts.schedule ?? 'uniform'),
     gating: String(opts.gating ?? 'nested'),
-    trainCommand: await trainCommandLine(dir, meta, info.config.args),
+    trainCommand: trainCommandLine(dir, meta, info.config.args),
     sweep: await readSweep(dir),
     controllers: await readControllerEvals(dir),
     gates: [],

@@ -1,0 +1,24 @@
+import type { Layer } from '../layers/index.js';
+
+/** Arguments every model takes; each model adds its own. Unset fields take the model's defaults. */
+export interface ModelArgs {
+  /** Per-sample input shape [H, W, C] (default [28, 28, 1]; [32, 32, 3] for CIFAR-10). */
+  inputShape?: number[];
+  /** Number of classes (default 10). */
+  numClasses?: number;
+  /** Groups D of each throttleable block (default 8; depth-gated models ignore it). */
+  groups?: number;
+  /** Use BatchNorm after convolutions (default true). */
+  batchNorm?: boolean;
+  /** Seed of the initial weights (default 0). */
+  seed?: number;
+  [key: string]: unknown;
+}
+
+/** A model variant: fills in defaults and returns the layers. */
+export interface ModelDef {
+  /** One line for `dynn info` and the docs. */
+  description: string;
+  defaults: ModelArgs;
+  layers(args: Required<Pick<ModelArgs, 'inputShape' | 'numClasses' | 'groups' | 'batchNorm'>> & ModelArgs): Layer[];
+}

@@ -1,0 +1,57 @@
+/**
+ * The option table of `dynn train`. It lives below the CLI because the report rebuilds a run's command line
+ * from it: a new training option then appears in both without a second list.
+ */
+
+/** The training options of width and depth scaling. */
+const SCALING_FLAGS: [string, string][] = [
+  ['--sandwich-widths <n>', 'with --schedule sandwich: random widths per step besides the widest and the narrowest [default: 2]'],
+  ['--no-inplace-distill', 'with --schedule sandwich: narrower widths learn from the labels, not from the widest width'],
+  ['--inplace-alpha <a>', 'with --schedule sandwich: weight of the widest width’s soft predictions, the rest on the labels [default: 0.5]'],
+  ['--teacher <run>', 'distill from a trained run: (1-a) CE(y) + a T^2 KL(teacher_T || student_T)'],
+  ['--distill-alpha <a>', 'distillation weight a in [0, 1] [default: 0.5]'],
+  ['--distill-t <T>', 'distillation temperature T [default: 4]'],
+  ['--exit-weights <list>', 'early-exit models: loss weight of each exit, the last included [default: 1 each]'],
+];
+
+/** Every option of `dynn train` (and `dynn demo`): flag and help text, declared once for the CLI and the report. */
+export const TRAIN_FLAGS: [string, string][] = [
+  ['--model <name>', 'registered model (see `dynn models`) [default: vgg-w]'],
+  ['--dataset <name>', 'mnist (embedded), fashion-mnist, cifar10, synthetic [default: mnist]'],
+  ['--data-dir <dir>', 'where the data set files are (else $DYNN_DATA, else the system location)'],
+  ['--train-limit <n>', 'use the first N training samples'],
+  ['--test-limit <n>', 'use the first N test samples'],
+  ['--val-samples <n>', 'hold the last N training samples out as a validation split [default: 0]'],
+  ['--epochs <n>', 'epochs [default: 3]'],
+  ['--batch-size <n>', 'batch size [default: 128]'],
+  ['--optimizer <name>', 'adam or sgd (momentum 0.9) [default: adam]'],
+  ['--lr <x>', 'base learning rate [default: 1e-3 adam, 0.05 sgd]'],
+  ['--lr-schedule <name>', 'cosine or constant [default: cosine]'],
+  ['--schedule <name>', 'how u is drawn per batch: uniform, curriculum, vanilla [default: uniform]'],
+  ['--curriculum', 'same as --schedule curriculum: u ~ U(0, uMax], uMax rising to 1 over the first half'],
+  ['--vanilla', 'same as --schedule vanilla: always u = 1 (the baseline)'],
+  ['--full-width <p>', 'probability that a batch trains the full network instead of a drawn u [default: 0.2]'],
+  ['--gating <mode>', 'nested or independent [default: nested]'],
+  ['--groups <D>', 'groups per throttleable block [default: 8]'],
+  ['--seed <n>', 'seed of weights, data order and sampled u [default: 0]'],
+  ['--workers <n>', 'gradient worker threads; 0 trains in the main thread [default: one per core]'],
+  ['--engine <name>', 'auto, tensorflow, wasm or cpu [default: auto]'],
+  ...SCALING_FLAGS,
+  ['--json', 'machine-readable output on stdout'],
+];
+
+/** What a flag of the table says of itself, in the form the CLI parser (cac) gives its options. */
+export interface FlagSpec {
+  /** camelCase name, as the parsed options object holds it (`--no-inplace-distill` is `inplaceDistill`). */
+  name: string;
+  /** A `--no-` flag: it sets its option to false. */
+  negated: boolean;
+}
+
+/** Reads a flag of the table (`--lr <x>`, `--no-latency`). */
+export function flagSpec(flag: string): FlagSpec {
+  const word = flag.split(/\s/)[0].replace(/^--/, '');
+  const negated = word.startsWith('no-');
+  const name = (negated ? word.slice(3) : word).replace(/-([a-z])/g, (_, ch: string) => ch.toUpperCase());
+  return { name, negated };
+}
