@@ -83,7 +83,7 @@ test('bad input: clear messages and exit codes, never a stack trace', async () =
     [['sweep', path.join(tmp, 'missing')], /no checkpoint\.json in/, 1],
     [['sweep', run, '--dataset', 'mnist', '--engine', 'gpu'], /--engine must be one of auto, tensorflow, wasm, cpu/, 1],
     [['info', run, '--bogus'], /Unknown option `--bogus`/, 2],
-    [['frobnicate'], /unknown command "frobnicate"/, 1],
+    [['frobnicate'], /unknown command "frobnicate"/, 2],
   ];
   for (const [argv, pattern, code] of cases) {
     const io = capture();

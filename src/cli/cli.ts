@@ -74,30 +74,94 @@ export function buildCli(io: Io = processIo): CAC {
 }
 
 /**
+ * The value options of every command (`--u`, `--lr`, ...): the flags that take the next argument as their
+ * value, even when it starts with a dash.
+ */
+function valueFlags(cli: CAC): Set<string> {
+  const options = [...cli.globalCommand.options, ...cli.commands.flatMap((c) => c.options)];
+  return new Set(options.filter((o) => !o.isBoolean).flatMap((o) => o.rawName.match(/--[\w-]+/g) ?? []));
+}
+
+/**
+ * Prepares argv for the parser: a negative number after a value option is its value (`--u -1` would
+ * otherwise be read as an unknown option `-1`), and an empty value is refused here, where it can be named
+ * (the parser turns "" into 0).
+ */
+export function normalizeArgv(argv: string[], flags: Set<string>): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const [flag, inline] = argv[i].split(/=(.*)/s, 2);
+    if (!flags.has(flag)) {
+      out.push(argv[i]);
+    } else if (inline !== undefined) {
+      if (inline.trim() === '') throw new UsageError(`${flag} needs a value, got an empty one`);
+      out.push(argv[i]);
+    } else if (i + 1 < argv.length && argv[i + 1].trim() === '') {
+      throw new UsageError(`${flag} needs a value, got an empty one`);
+    } else if (i + 1 < argv.length && /^-(\d|\.\d|Infinity)/.test(argv[i + 1])) {
+      out.push(`${flag}=${argv[++i]}`);
+    } else {
+      out.push(argv[i]);
+    }
+  }
+  return out;
+}
+
+/** A command line that cannot be parsed: exit code 2, as for the parser's own errors. */
+class UsageError extends DynnError {}
+
+/** Whether an error is the operating system's answer to a user's request (a file missing, a disk full). */
+function isSystemError(err: unknown): err is NodeJS.ErrnoException {
+  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string' && typeof (err as NodeJS.ErrnoException).syscall === 'string';
+}
+
+/**
+ * Prints a failure the way a user should see it and returns the exit code: 1 with the message alone for an
+ * error a user caused (dynn's own or the system's), 2 for a usage error, 70 (EX_SOFTWARE) with the stack
+ * for anything else, which is a bug.
+ */
+export function reportFailure(err: unknown, io: Io = processIo): number {
+  if (err instanceof UsageError || (err instanceof Error && err.name === 'CACError')) {
+    io.err(`dynn: ${err.message}\n(see dynn --help)\n`);
+    return 2;
+  }
+  if (err instanceof DynnError || isSystemError(err)) {
+    io.err(`dynn: ${err.message}\n`);
+    return 1;
+  }
+  const detail = err instanceof Error ? (err.stack ?? err.message) : String(err);
+  io.err(`dynn: internal error (a bug in dynn; please report it with the command that caused it):\n${detail}\n`);
+  return 70;
+}
+
+/**
+ * Makes every stray failure (a timer's, a worker's, a rejected promise nobody awaited) end the process through
+ * {@link reportFailure}. Install it before TF.js's wasm backend loads: its Emscripten module adds a listener
+ * that rethrows, which prints the error after a misleading `tf-backend-wasm ... throw ex`.
+ */
+export function installFailureHandlers(io: Io = processIo): void {
+  const fail = (err: unknown) => process.exit(reportFailure(err, io));
+  process.on('uncaughtException', fail);
+  process.on('unhandledRejection', fail);
+}
+
+/**
  * Runs the CLI on `argv` (without the node and script entries) and returns the exit code: 0 on success,
- * 1 for an error a user caused (its message, no stack), 2 for a usage error.
+ * 1 for an error a user caused (its message, no stack), 2 for a usage error, 70 for a bug.
  */
 export async function runCli(argv: string[], io: Io = processIo): Promise<number> {
   const cli = buildCli(io);
   try {
-    cli.parse(['node', 'dynn', ...argv], { run: false });
+    cli.parse(['node', 'dynn', ...normalizeArgv(argv, valueFlags(cli))], { run: false });
     if (!cli.matchedCommand) {
       if (cli.options.help || cli.options.version) return 0;
-      if (cli.args.length) throw new DynnError(`unknown command "${cli.args[0]}"; expected one of ${cli.commands.map((c) => c.name).filter(Boolean).join(', ')}`);
+      if (cli.args.length) throw new UsageError(`unknown command "${cli.args[0]}"; expected one of ${cli.commands.map((c) => c.name).filter(Boolean).join(', ')}`);
       cli.outputHelp();
       return 0;
     }
     await cli.runMatchedCommand();
     return 0;
   } catch (err) {
-    if (err instanceof DynnError) {
-      io.err(`dynn: ${err.message}\n`);
-      return 1;
-    }
-    if (err instanceof Error && err.name === 'CACError') {
-      io.err(`dynn: ${err.message}\n(see dynn --help)\n`);
-      return 2;
-    }
-    throw err;
+    return reportFailure(err, io);
   }
 }

@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import { DynnError } from '../util/errors.js';
-import { applyLimits, checkLimits, findFiles, searchDirs } from './common.js';
+import { applyLimits, checkLimits, dataDirSource, findFiles, searchDirs } from './common.js';
 import type { Dataset, ImageSet, LoadOptions } from './types.js';
 
 /** CIFAR-10 class names, by label. */
@@ -82,7 +82,7 @@ export async function loadCifar10(opts: LoadOptions = {}): Promise<Dataset> {
   if ('report' in found) {
     const looked =
       found.report.length > 0
-        ? ['Looked in:', ...found.report.map((line) => `  ${line}`)]
+        ? [`Looked in (from ${dataDirSource(opts)}):`, ...found.report.map((line) => `  ${line}`)]
         : ['No data directory given (neither --data-dir nor DYNN_DATA is set).'];
     throw new DynnError(
       [

@@ -31,16 +31,19 @@ export function applyLimits(ds: Dataset, opts: LoadOptions): Dataset {
 }
 
 /**
- * The directories a file-backed loader searches, in order: `opts.dataDir` alone when given, else `DYNN_DATA`
- * when set followed by `fallbacks`. Each root is tried as is and with `subdir` appended.
+ * The directories a file-backed loader searches, in order: the folder the user named (`opts.dataDir`, else
+ * `DYNN_DATA`), as is and with `subdir` appended; only when neither is set, `fallbacks`. A named folder is
+ * never passed over for the system's copy: that would train on other data than the user asked for.
  */
 export function searchDirs(opts: LoadOptions, subdir: string, fallbacks: string[] = []): string[] {
-  const roots: string[] = [];
-  if (opts.dataDir !== undefined) roots.push(opts.dataDir);
-  else if (process.env.DYNN_DATA) roots.push(process.env.DYNN_DATA);
-  const dirs = roots.flatMap((r) => [path.resolve(r), path.resolve(r, subdir)]);
-  if (opts.dataDir === undefined) dirs.push(...fallbacks);
-  return dirs;
+  const root = opts.dataDir ?? (process.env.DYNN_DATA || undefined);
+  return root === undefined ? [...fallbacks] : [path.resolve(root), path.resolve(root, subdir)];
+}
+
+/** Where the searched folder came from, for error messages: `--data-dir`, `DYNN_DATA=...`, or nothing. */
+export function dataDirSource(opts: LoadOptions): string | undefined {
+  if (opts.dataDir !== undefined) return '--data-dir';
+  return process.env.DYNN_DATA ? `DYNN_DATA=${process.env.DYNN_DATA}` : undefined;
 }
 
 /** Whether `file` exists and is a regular file (or a symlink to one). */

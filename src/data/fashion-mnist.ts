@@ -1,5 +1,5 @@
 import { DynnError } from '../util/errors.js';
-import { applyLimits, checkLimits, findFiles, searchDirs } from './common.js';
+import { applyLimits, checkLimits, dataDirSource, findFiles, searchDirs } from './common.js';
 import { loadIdxPair } from './idx.js';
 import type { Dataset, LoadOptions } from './types.js';
 
@@ -35,18 +35,20 @@ function acceptedNames(base: string): string[] {
 
 /**
  * Loads Fashion-MNIST (60,000 train / 10,000 test, 28x28x1) from the four IDX files, gzipped or raw. Looks only
- * in `opts.dataDir` (or its `fashion-mnist` subfolder) when given; otherwise in `DYNN_DATA` (likewise) when set,
- * then in {@link FASHION_MNIST_SYSTEM_DIR}. The files' order is kept.
+ * in `opts.dataDir` (or its `fashion-mnist` subfolder) when given, else in `DYNN_DATA` (likewise) when set, else
+ * in {@link FASHION_MNIST_SYSTEM_DIR}. The files' order is kept.
  */
 export async function loadFashionMnist(opts: LoadOptions = {}): Promise<Dataset> {
   checkLimits(opts);
   const dirs = searchDirs(opts, 'fashion-mnist', [FASHION_MNIST_SYSTEM_DIR]);
   const found = await findFiles(dirs, BASES.map(acceptedNames));
   if ('report' in found) {
+    const source = dataDirSource(opts);
     throw new DynnError(
       [
-        'fashion-mnist data not found. Looked in:',
+        `fashion-mnist data not found. Looked in${source ? ` (from ${source})` : ''}:`,
         ...found.report.map((line) => `  ${line}`),
+        ...(source?.startsWith('DYNN_DATA') ? [`(unset DYNN_DATA to use the system copy in ${FASHION_MNIST_SYSTEM_DIR})`] : []),
         `Install it with \`apt-get install dataset-fashion-mnist\` (puts it in ${FASHION_MNIST_SYSTEM_DIR}),`,
         `or download ${BASES.map((b) => `${b}.gz`).join(', ')}`,
         'from https://github.com/zalandoresearch/fashion-mnist into a directory DIR',

@@ -7,6 +7,7 @@ import zlib from 'node:zlib';
 import { DynnError } from '../util/errors.js';
 import { loadFashionMnist, FASHION_MNIST_SYSTEM_DIR } from './fashion-mnist.js';
 import { parseIdxImages, parseIdxLabels, readMaybeGzip } from './idx.js';
+import fc from 'fast-check';
 
 /** An IDX unsigned-byte file: magic, big-endian dims, then the payload. */
 function idx(magic: number, dims: number[], payload: Uint8Array): Buffer {
@@ -189,4 +190,93 @@ test('fashion-mnist from the Debian package, when installed', { skip: !debianIns
   const ds = await loadFashionMnist({ dataDir: FASHION_MNIST_SYSTEM_DIR, trainLimit: 10 });
   assert.equal(ds.test.count, 10000);
   assert.deepEqual(Array.from(ds.train.labels), [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]);
+});
+
+test('a DYNN_DATA that holds no data set is an error that names it, not a silent fall back to the system copy', async (t) => {
+  const saved = process.env.DYNN_DATA;
+  t.after(() => {
+    if (saved === undefined) delete process.env.DYNN_DATA;
+    else process.env.DYNN_DATA = saved;
+  });
+  const nowhere = path.join(tempDir(), 'no-such-folder');
+  process.env.DYNN_DATA = nowhere;
+  await assert.rejects(loadFashionMnist({ trainLimit: 2 }), (err: Error) => {
+    assert.ok(err instanceof DynnError);
+    assert.match(err.message, new RegExp(`from DYNN_DATA=${nowhere}`));
+    assert.match(err.message, /no-such-folder \(no such directory\)/);
+    assert.doesNotMatch(err.message, new RegExp(`^  ${FASHION_MNIST_SYSTEM_DIR}`, 'm'), 'the system copy is not looked in');
+    assert.match(err.message, /unset DYNN_DATA to use/);
+    return true;
+  });
+});
+
+test('a gzip bomb stops at the size limit with a clear error', async () => {
+  const file = path.join(tempDir(), 'bomb.gz');
+  // 16 MiB of zeros gzip to 16 KiB; the limit (1 GiB by default) is lowered so the test stays small.
+  fs.writeFileSync(file, zlib.gzipSync(Buffer.alloc(16 * 2 ** 20), { level: 9 }));
+  await assert.rejects(readMaybeGzip(file, 2 ** 20), /bomb\.gz: decompresses to more than 1048576 bytes/);
+  assert.equal((await readMaybeGzip(file)).length, 16 * 2 ** 20);
+});
+
+// Property tests: whatever bytes a data file holds, parsing returns a consistent set or throws a DynnError.
+const parsesOrRefuses = (fn: () => unknown, check: (r: any) => void = () => {}) => {
+  let result: unknown;
+  try {
+    result = fn();
+  } catch (err) {
+    if (err instanceof DynnError) return;
+    throw err;
+  }
+  check(result);
+};
+
+test('IDX parsers: arbitrary bytes give a consistent result or a DynnError', () => {
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 80 }), fc.integer({ min: 1, max: 255 }), (bytes, classes) => {
+      parsesOrRefuses(() => parseIdxImages(bytes, 'f'), (r) => assert.equal(r.images.length, r.count * r.height * r.width));
+      parsesOrRefuses(() => parseIdxLabels(bytes, 'f', classes), (r) => assert.ok(r.every((l: number) => l < classes)));
+    }),
+    { numRuns: 500 },
+  );
+});
+
+test('IDX parsers: valid headers with any dims, mutated or cut, give a consistent result or a DynnError', () => {
+  const dim = fc.oneof(fc.integer({ min: 0, max: 6 }), fc.constantFrom(2 ** 31, 2 ** 32 - 1));
+  fc.assert(
+    fc.property(
+      fc.tuple(dim, dim, dim),
+      fc.integer({ min: 0, max: 300 }),
+      fc.option(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 }))),
+      (dims, extra, flip) => {
+        const payload = Math.min(dims[0] * dims[1] * dims[2], 300);
+        const bytes = idx(0x803, dims, new Uint8Array(Math.max(0, payload + extra - 150)));
+        if (flip) bytes[flip[0] % bytes.length] = flip[1];
+        parsesOrRefuses(() => parseIdxImages(bytes, 'f'), (r) => {
+          assert.equal(r.images.length, r.count * r.height * r.width);
+          assert.ok(r.count > 0 && r.height > 0 && r.width > 0);
+        });
+      },
+    ),
+    { numRuns: 500 },
+  );
+});
+
+test('gzipped data files: corrupt or cut gzip streams give a DynnError', async () => {
+  const dir = tempDir();
+  const good = zlib.gzipSync(images(2, 4, 4));
+  await fc.assert(
+    fc.asyncProperty(fc.nat(), fc.integer({ min: 0, max: 255 }), fc.boolean(), async (at, value, cut) => {
+      const bytes = Buffer.from(good);
+      const i = 2 + (at % (bytes.length - 2));
+      const mutated = cut ? bytes.subarray(0, i) : (bytes[i] = value, bytes);
+      const file = path.join(dir, 'images.gz');
+      fs.writeFileSync(file, mutated);
+      try {
+        parseIdxImages(await readMaybeGzip(file), file);
+      } catch (err) {
+        assert.ok(err instanceof DynnError, String(err));
+      }
+    }),
+    { numRuns: 200 },
+  );
 });

@@ -6,13 +6,19 @@ import type { ImageSet } from './types.js';
 
 const gunzip = promisify(zlib.gunzip);
 
+/** The most a data file may decompress to: far above any real data set here, far below a gzip bomb's reach. */
+export const MAX_DECOMPRESSED_BYTES = 2 ** 30;
+
 /** IDX magic number of unsigned-byte, 3-dimensional data (images: count x height x width). */
 export const IDX_IMAGES_MAGIC = 0x00000803;
 /** IDX magic number of unsigned-byte, 1-dimensional data (labels). */
 export const IDX_LABELS_MAGIC = 0x00000801;
 
-/** Reads a file whole, gunzipping it when it starts with the gzip magic bytes 1f 8b (whatever its name). */
-export async function readMaybeGzip(file: string): Promise<Uint8Array> {
+/**
+ * Reads a file whole, gunzipping it when it starts with the gzip magic bytes 1f 8b (whatever its name), to at
+ * most `maxBytes`.
+ */
+export async function readMaybeGzip(file: string, maxBytes = MAX_DECOMPRESSED_BYTES): Promise<Uint8Array> {
   let raw: Buffer;
   try {
     raw = await fsp.readFile(file);
@@ -21,8 +27,11 @@ export async function readMaybeGzip(file: string): Promise<Uint8Array> {
   }
   if (raw.length < 2 || raw[0] !== 0x1f || raw[1] !== 0x8b) return raw;
   try {
-    return await gunzip(raw);
+    return await gunzip(raw, { maxOutputLength: maxBytes });
   } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
+      throw new DynnError(`${file}: decompresses to more than ${maxBytes} bytes; not a data set dynn reads`, { cause: err });
+    }
     throw new DynnError(`${file}: corrupt gzip data (${(err as Error).message})`, { cause: err });
   }
 }

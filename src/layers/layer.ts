@@ -49,6 +49,11 @@ export abstract class Layer<A extends object = object> {
     this.inShape = inShape;
     this.seed = seed;
     this.outShape = this.doBuild(inShape);
+    // A too-small input shrinks to nothing (a 1x1 image through a 2x2 pooling); the kernels would then read
+    // out of bounds or loop forever, so the model refuses it here, when it is built.
+    if (this.outShape.some((d) => !Number.isInteger(d) || d < 1)) {
+      throw new DynnError(`layer ${this.name}: an input of ${inShape.join('x')} leaves an output of ${this.outShape.join('x')}; the input is too small for this model`);
+    }
     this.built = true;
     return this.outShape;
   }

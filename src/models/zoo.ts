@@ -141,5 +141,11 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
 export function createModel(name: string, args: ModelArgs = {}): Network {
   const resolved = resolveModelArgs(name, args);
   const layers = models.get(name).layers(resolved as Parameters<ModelDef['layers']>[0]);
-  return new Network({ model: name, args: resolved }, resolved.inputShape as number[], layers, resolved.seed as number);
+  const inputShape = resolved.inputShape as number[];
+  try {
+    return new Network({ model: name, args: resolved }, inputShape, layers, resolved.seed as number);
+  } catch (err) {
+    if (!(err instanceof DynnError)) throw err;
+    throw new DynnError(`model ${name} on ${inputShape.join('x')} inputs: ${err.message}`, { cause: err });
+  }
 }
