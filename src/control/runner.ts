@@ -4,6 +4,7 @@ import { opTensors, type Subnet } from '../models/subnet.js';
 import type { Plan } from '../layers/types.js';
 import { checkUtilization } from '../gating/gating.js';
 import { DynnError } from '../util/errors.js';
+import { dispatchTensor } from '../route/tensor.js';
 
 /** How a runner turns utilizations into frozen subnets; the defaults are nested plans and `model.subnet`. */
 export interface RunnerOptions {
@@ -90,30 +91,19 @@ export class MixedRunner {
   predict(x: tf.Tensor, us: ArrayLike<number>): tf.Tensor2D {
     const n = x.shape[0];
     if (us.length !== n) throw new DynnError(`${us.length} utilizations for a batch of ${n}`);
-    const groups = new Map<string, number[]>();
-    const firstU = new Map<string, number>();
-    for (let i = 0; i < n; i++) {
+    // A route per operating point (utilizations of one level share it), represented by its first u.
+    const routeOf = new Map<string, number>();
+    const firstU: number[] = [];
+    const routes = Int32Array.from({ length: n }, (_, i) => {
       const k = this.key(us[i]);
-      let g = groups.get(k);
-      if (!g) {
-        groups.set(k, (g = []));
-        firstU.set(k, us[i]);
+      let r = routeOf.get(k);
+      if (r === undefined) {
+        routeOf.set(k, (r = firstU.length));
+        firstU.push(us[i]);
       }
-      g.push(i);
-    }
-    if (groups.size === 1) return this.subnet(us[0]).predict(x);
-    return tf.tidy(() => {
-      const parts: tf.Tensor2D[] = [];
-      const order: number[] = [];
-      for (const [k, idx] of groups) {
-        const rows = tf.gather(x, Int32Array.from(idx));
-        parts.push(this.subnet(firstU.get(k)!).predict(rows));
-        order.push(...idx);
-      }
-      const inverse = new Int32Array(n);
-      order.forEach((i, j) => (inverse[i] = j));
-      return tf.gather(tf.concat(parts, 0), inverse) as tf.Tensor2D;
+      return r;
     });
+    return tf.tidy(() => dispatchTensor(x, routes, (r, part) => this.subnet(firstU[r]).predict(part))) as tf.Tensor2D;
   }
 
   /** Frees every cached subnet. */

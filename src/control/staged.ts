@@ -1,6 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { MixedRunner } from './runner.js';
 import type { Decision } from './types.js';
+import { assemble, rowsOf } from '../route/dispatch.js';
+import { tensorRows } from '../route/tensor.js';
 
 /**
  * Decides which samples a stage settles: `probs` holds the softmax rows (row-major, `classes` wide) of the
@@ -18,33 +20,32 @@ export function runStages(runner: MixedRunner, x: tf.Tensor, stages: readonly nu
   const u = new Float64Array(n);
   const overheadMacs = new Float64Array(n);
   const scores = tf.tidy(() => {
-    let rows = Array.from({ length: n }, (_, i) => i);
+    let rows = Int32Array.from({ length: n }, (_, i) => i);
     const parts: tf.Tensor[] = [];
-    const order: number[] = [];
+    const partRows: Int32Array[] = [];
     for (let s = 0; s < stages.length && rows.length; s++) {
       const last = s === stages.length - 1;
-      const input = rows.length === n ? x : tf.gather(x, Int32Array.from(rows));
-      const logits = runner.subnet(stages[s]).predict(input);
-      const stop = last ? rows.map(() => true) : test(s, rows, tf.softmax(logits).dataSync() as Float32Array, logits.shape[1]);
+      const logits = runner.subnet(stages[s]).predict(rowsOf(tensorRows, x, rows));
+      const stop = last ? Array.from(rows, () => true) : test(s, Array.from(rows), tf.softmax(logits).dataSync() as Float32Array, logits.shape[1]);
       const settled: number[] = [];
       const next: number[] = [];
       rows.forEach((i, j) => {
         if (stop[j]) {
           settled.push(j);
-          order.push(i);
           u[i] = stages[s];
         } else {
           next.push(i);
           if (countEarlier) overheadMacs[i] += runner.macs(stages[s]);
         }
       });
-      if (settled.length) parts.push(settled.length === rows.length ? logits : tf.gather(logits, Int32Array.from(settled)));
-      rows = next;
+      if (settled.length) {
+        const at = Int32Array.from(settled);
+        parts.push(rowsOf(tensorRows, logits, at));
+        partRows.push(at.map((j) => rows[j]));
+      }
+      rows = Int32Array.from(next);
     }
-    const inverse = new Int32Array(n);
-    order.forEach((i, j) => (inverse[i] = j));
-    const all = parts.length === 1 ? parts[0] : tf.concat(parts, 0);
-    return tf.gather(all, inverse) as tf.Tensor2D;
+    return assemble(tensorRows, parts, partRows, n) as tf.Tensor2D;
   });
   return { u, overheadMacs, scores };
 }

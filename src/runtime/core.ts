@@ -3,6 +3,7 @@ import { checkUtilization } from '../gating/gating.js';
 import { DynnError } from '../util/errors.js';
 import { levelIndexFor, ONNX_IO, readOnnxMetadata, type OnnxLevel, type OnnxMetadata } from '../export/metadata.js';
 import { exitRules, perExitThresholds, settleExit, type ExitRule } from '../scaling/rules.js';
+import { arrayRows, dispatchAsync, rowsOf } from '../route/dispatch.js';
 
 /** What dynn needs of an ONNX Runtime package: onnxruntime-node and onnxruntime-web both provide it. */
 export interface OrtApi {
@@ -227,7 +228,7 @@ export class ModelSession {
       const f = run.out[ONNX_IO.features];
       const feats = f.data as Float32Array;
       const per = feats.length / alive.length;
-      input = stay.length === alive.length ? feats : gatherRows(feats, stay, per);
+      input = rowsOf(arrayRows(per), feats, Int32Array.from(stay));
       dims = [stay.length, ...f.dims.slice(1)];
       alive = Int32Array.from(stay, (i) => alive[i]);
     }
@@ -251,13 +252,6 @@ export class ModelSession {
   }
 }
 
-/** Gathers whole samples `rows` of a batch (each `per` values) into a new array. */
-function gatherRows(x: Float32Array, rows: readonly number[], per: number): Float32Array {
-  const out = new Float32Array(rows.length * per);
-  rows.forEach((r, j) => out.set(x.subarray(r * per, (r + 1) * per), j * per));
-  return out;
-}
-
 /**
  * Runs each sample of an NCHW batch at its own utilization without falling back to one at a time: samples are
  * grouped by the exported level their u reaches, each group runs as one batch through `run`, and the results
@@ -272,30 +266,30 @@ export async function runMixed(
   const batch = checkImages(meta, images);
   if (us.length !== batch) throw new DynnError(`${us.length} utilizations for a batch of ${batch} samples`);
   const per = images.length / batch;
-  const groups = new Map<number, number[]>();
-  for (let i = 0; i < batch; i++) {
+  const routes = Int32Array.from({ length: batch }, (_, i) => {
     checkUtilization(us[i]);
-    const k = levelIndexFor(meta.levels, us[i]);
-    const g = groups.get(k);
-    if (g) g.push(i);
-    else groups.set(k, [i]);
-  }
+    return levelIndexFor(meta.levels, us[i]);
+  });
   const C = meta.numClasses;
-  const scores = new Float32Array(batch * C);
   const u = new Float64Array(batch);
   const levels = new Int32Array(batch);
   let flops = 0;
   let ms = 0;
-  for (const [k, rows] of [...groups.entries()].sort((a, b) => a[0] - b[0])) {
-    const lv = meta.levels[k];
-    const p = await run(rows.length === batch ? images : gatherRows(images, rows, per), lv.u);
-    ms += p.ms;
-    rows.forEach((r, j) => {
-      scores.set(p.scores.subarray(j * C, (j + 1) * C), r * C);
-      u[r] = lv.u;
-      levels[r] = lv.level;
-    });
-    flops += rows.length * lv.flopsRatio;
-  }
+  const scores = await dispatchAsync(
+    images,
+    routes,
+    async (k, part, rows) => {
+      const lv = meta.levels[k];
+      const p = await run(part, lv.u);
+      ms += p.ms;
+      for (const r of rows) {
+        u[r] = lv.u;
+        levels[r] = lv.level;
+      }
+      flops += rows.length * lv.flopsRatio;
+      return p.scores;
+    },
+    { input: arrayRows(per), output: arrayRows(C) },
+  );
   return { scores, classes: argmaxRows(scores, C), batch, numClasses: C, u, levels, meanFlopsRatio: flops / batch, ms };
 }

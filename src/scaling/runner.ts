@@ -6,6 +6,8 @@ import { exitCosts, exitSegments, type ExitCost } from '../models/exits.js';
 import type { Network, PlanOptions } from '../models/network.js';
 import type { Plan } from '../layers/types.js';
 import { exitRules, perExitThresholds, settleExit, type ExitRule } from './rules.js';
+import { rowsOf } from '../route/dispatch.js';
+import { tensorRows } from '../route/tensor.js';
 
 /** The outcome of an early-exit run, in input order. */
 export interface ExitRun {
@@ -108,7 +110,7 @@ export class EarlyExitRunner {
         y = h;
         continue;
       }
-      y = tf.tidy(() => tf.gather(h, tf.tensor1d(stay, 'int32')));
+      y = tf.tidy(() => rowsOf(tensorRows, h, Int32Array.from(stay)));
       h.dispose();
       alive = Int32Array.from(stay, (i) => alive[i]);
     }

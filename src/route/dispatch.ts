@@ -1,0 +1,120 @@
+import { DynnError } from '../util/errors.js';
+
+/**
+ * Per-sample routing, in one place: a batch is partitioned by each sample's route, each part runs once as a
+ * smaller batch (sliced weights, a subnet, an ONNX level), and the parts' outputs are put back in input order.
+ * Never one sample at a time, never a mask. The same partition serves TF.js tensors (gradients flow through
+ * the gathers, `./tensor.ts`) and flat float arrays (ONNX Runtime's batches), through `RowOps`. This file loads
+ * no TF.js: the ONNX runtime and the server use it too.
+ */
+
+/** A batch split by route: the routes present, ascending, with the (ascending) sample indices of each. */
+export interface Partition {
+  /** Samples in the batch. */
+  count: number;
+  /** Each route present and the samples that take it. */
+  groups: { route: number; rows: Int32Array }[];
+}
+
+/** Splits samples 0..n-1 by `routes[i]` (integers); routes with no sample are absent. */
+export function partition(routes: ArrayLike<number>): Partition {
+  const byRoute = new Map<number, number[]>();
+  for (let i = 0; i < routes.length; i++) {
+    const r = routes[i];
+    if (!Number.isInteger(r)) throw new DynnError(`route of sample ${i} must be an integer, got ${r}`);
+    const g = byRoute.get(r);
+    if (g) g.push(i);
+    else byRoute.set(r, [i]);
+  }
+  const groups = [...byRoute.entries()].sort((a, b) => a[0] - b[0]).map(([route, rows]) => ({ route, rows: Int32Array.from(rows) }));
+  return { count: routes.length, groups };
+}
+
+/** How a kind of batch is cut into rows and joined again. */
+export interface RowOps<T> {
+  /** Samples in a batch. */
+  count(x: T): number;
+  /** The batch of samples `rows`, in that order. */
+  gather(x: T, rows: Int32Array): T;
+  /** Batches joined along the sample axis. */
+  concat(parts: T[]): T;
+}
+
+/** Rows of flat float32 batches whose samples are `per` values each (ONNX Runtime's tensors' data). */
+export function arrayRows(per: number): RowOps<Float32Array> {
+  return {
+    count: (x) => x.length / per,
+    gather: (x, rows) => {
+      const out = new Float32Array(rows.length * per);
+      rows.forEach((r, j) => out.set(x.subarray(r * per, (r + 1) * per), j * per));
+      return out;
+    },
+    concat: (parts) => {
+      if (parts.length === 1) return parts[0];
+      const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+      let o = 0;
+      for (const p of parts) {
+        out.set(p, o);
+        o += p.length;
+      }
+      return out;
+    },
+  };
+}
+
+/** The part of batch `x` that `rows` names: `x` itself when they are all of it, in order. */
+export function rowsOf<T>(ops: RowOps<T>, x: T, rows: Int32Array): T {
+  return rows.length === ops.count(x) && rows.every((r, i) => r === i) ? x : ops.gather(x, rows);
+}
+
+/**
+ * Puts per-part outputs back in input order: `outputs[k]` holds the rows of `rowSets[k]`, in that order, and
+ * together the sets cover samples 0..count-1 once each.
+ */
+export function assemble<T>(ops: RowOps<T>, outputs: T[], rowSets: Int32Array[], count: number): T {
+  if (outputs.length !== rowSets.length) throw new DynnError(`${outputs.length} outputs for ${rowSets.length} parts`);
+  const position = new Int32Array(count).fill(-1);
+  let at = 0;
+  rowSets.forEach((rows, k) => {
+    if (ops.count(outputs[k]) !== rows.length) throw new DynnError(`part ${k} returned ${ops.count(outputs[k])} rows for ${rows.length} samples`);
+    for (const r of rows) {
+      if (position[r] !== -1) throw new DynnError(`sample ${r} is in two parts`);
+      position[r] = at++;
+    }
+  });
+  if (at !== count) throw new DynnError(`the parts hold ${at} of ${count} samples`);
+  const joined = ops.concat(outputs);
+  return position.every((p, i) => p === i) ? joined : ops.gather(joined, position);
+}
+
+/**
+ * Runs each route's samples as one batch and returns the outputs in input order: `run(route, part, rows)`
+ * gets the samples `rows` (ascending) of `x`. Routes are run in ascending order.
+ */
+export function dispatch<T, U>(
+  x: T,
+  routes: ArrayLike<number>,
+  run: (route: number, part: T, rows: Int32Array) => U,
+  ops: { input: RowOps<T>; output: RowOps<U> },
+): U {
+  const n = ops.input.count(x);
+  if (routes.length !== n) throw new DynnError(`${routes.length} routes for a batch of ${n}`);
+  const p = partition(routes);
+  const outputs = p.groups.map((g) => run(g.route, rowsOf(ops.input, x, g.rows), g.rows));
+  return assemble(ops.output, outputs, p.groups.map((g) => g.rows), n);
+}
+
+/** `dispatch` for a `run` that answers asynchronously (ONNX Runtime); the parts run one after another. */
+export async function dispatchAsync<T, U>(
+  x: T,
+  routes: ArrayLike<number>,
+  run: (route: number, part: T, rows: Int32Array) => Promise<U>,
+  ops: { input: RowOps<T>; output: RowOps<U> },
+): Promise<U> {
+  const n = ops.input.count(x);
+  if (routes.length !== n) throw new DynnError(`${routes.length} routes for a batch of ${n}`);
+  const p = partition(routes);
+  const outputs: U[] = [];
+  for (const g of p.groups) outputs.push(await run(g.route, rowsOf(ops.input, x, g.rows), g.rows));
+  return assemble(ops.output, outputs, p.groups.map((g) => g.rows), n);
+}

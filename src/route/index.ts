@@ -1,0 +1,6 @@
+/**
+ * Routing: the one place where a batch is split by per-sample decisions, each part run as a smaller batch,
+ * and the outputs put back in input order (see `dispatch.ts`). Every per-sample mechanism stands on it.
+ */
+export { partition, assemble, dispatch, dispatchAsync, arrayRows, rowsOf, type Partition, type RowOps } from './dispatch.js';
+export { tensorRows, dispatchTensor } from './tensor.js';

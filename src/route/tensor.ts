@@ -1,0 +1,14 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { dispatch, type RowOps } from './dispatch.js';
+
+/** Rows of TF.js tensors (axis 0). Call inside `tf.tidy`. */
+export const tensorRows: RowOps<tf.Tensor> = {
+  count: (x) => x.shape[0],
+  gather: (x, rows) => tf.gather(x, rows),
+  concat: (parts) => (parts.length === 1 ? parts[0] : tf.concat(parts, 0)),
+};
+
+/** `dispatch` over TF.js tensors in and out. Call inside `tf.tidy`; gradients flow to every part. */
+export function dispatchTensor(x: tf.Tensor, routes: ArrayLike<number>, run: (route: number, part: tf.Tensor, rows: Int32Array) => tf.Tensor): tf.Tensor {
+  return dispatch(x, routes, run, { input: tensorRows, output: tensorRows });
+}
