@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import fc from 'fast-check';
 import { DynnError } from '../util/errors.js';
 import {
   commitManifest,
@@ -297,5 +298,73 @@ describe('checkpoint load errors', () => {
       loadCheckpoint(dir, { model: 'mlp', weights: expected }),
       /do not match the model: missing 7: block2\.w0 \[1\], .*block2\.w4 \[5\] \(and 2 more\); unexpected 1: scale \[\]; mis-shaped 1: block1\.dense\.kernel \(checkpoint \[3,2\], model \[3,4\]\)/,
     );
+  });
+});
+
+describe('checkpoint load: property tests', () => {
+  /** Every path in a JSON value, the root excluded. */
+  const pathsOf = (value: unknown, prefix: (string | number)[] = []): (string | number)[][] =>
+    value === null || typeof value !== 'object'
+      ? []
+      : Object.entries(value).flatMap(([k, v]) => [[...prefix, Array.isArray(value) ? Number(k) : k], ...pathsOf(v, [...prefix, Array.isArray(value) ? Number(k) : k])]);
+
+  async function loadsOrRefuses(dir: string): Promise<void> {
+    for (const load of [loadCheckpoint, readCheckpointInfo]) {
+      try {
+        await load(dir);
+      } catch (err) {
+        assert.ok(err instanceof DynnError, `expected a DynnError, got ${err instanceof Error ? err.stack : String(err)}`);
+      }
+    }
+  }
+
+  test('arbitrary JSON, or any value at any path of a valid manifest: content or a DynnError', async () => {
+    const dir = await saved();
+    const file = path.join(dir, 'checkpoint.json');
+    const text = await fsp.readFile(file, 'utf8');
+    const paths = pathsOf(JSON.parse(text));
+    await fc.assert(
+      fc.asyncProperty(fc.oneof(fc.jsonValue(), fc.string()), async (value) => {
+        await fsp.writeFile(file, typeof value === 'string' ? value : JSON.stringify(value));
+        await loadsOrRefuses(dir);
+      }),
+      { numRuns: 100, timeout: 5000 },
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.nat(), fc.option(fc.oneof(fc.jsonValue({ maxDepth: 2 }), fc.constant('__INF__')), { nil: undefined }), async (i, value) => {
+        const m = JSON.parse(text);
+        const at = paths[i % paths.length]!;
+        const parent = at.slice(0, -1).reduce((node, key) => node[key], m);
+        if (value === undefined) delete parent[at[at.length - 1]!];
+        else parent[at[at.length - 1]!] = value;
+        // JSON has no Infinity, but JSON.parse reads 1e999 as one.
+        await fsp.writeFile(file, JSON.stringify(m).replace('"__INF__"', '1e999'));
+        await loadsOrRefuses(dir);
+      }),
+      { numRuns: 300, timeout: 5000 },
+    );
+  });
+
+  test('any byte corruption or resize of a data file is refused with a DynnError', async () => {
+    const dir = await saved();
+    for (const file of await dataFiles(dir)) {
+      const full = path.join(dir, file);
+      const bytes = await fsp.readFile(full);
+      await fc.assert(
+        fc.asyncProperty(
+          fc.uniqueArray(fc.tuple(fc.nat(bytes.length - 1), fc.integer({ min: 1, max: 255 })), { minLength: 0, maxLength: 4, selector: ([at]) => at }),
+          fc.integer({ min: -bytes.length, max: 8 }),
+          async (flips, resize) => {
+            fc.pre(flips.length > 0 || resize !== 0);
+            const bad = Buffer.from(bytes);
+            for (const [at, x] of flips) bad[at]! ^= x;
+            await fsp.writeFile(full, resize < 0 ? bad.subarray(0, bad.length + resize) : Buffer.concat([bad, Buffer.alloc(resize)]));
+            await rejectsWith(loadCheckpoint(dir), new RegExp(`${file} is (corrupt|truncated|wrong size)`));
+          },
+        ),
+        { numRuns: 100, timeout: 5000 },
+      );
+      await fsp.writeFile(full, bytes);
+    }
   });
 });

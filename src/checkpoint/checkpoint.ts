@@ -307,19 +307,46 @@ function checkExpectation(dir: string, manifest: CheckpointManifest, expect: Che
   if (parts.length > 0) throw new DynnError(`${dir}: checkpoint weights do not match the model: ${parts.join('; ')}`);
 }
 
+/**
+ * Checks that the data files checkpoint.json references exist with the sizes it records, without reading them:
+ * a caller can then size what it builds by the manifest before committing to the full load.
+ */
+export async function checkDataFiles(dir: string): Promise<void> {
+  const manifest = await readManifest(dir);
+  for (const entry of [manifest.weights, manifest.optimizer]) {
+    if (!entry) continue;
+    const file = path.join(dir, entry.file);
+    let size: number;
+    try {
+      size = (await fsp.stat(file)).size;
+    } catch (err) {
+      throw readError(file, err);
+    }
+    checkSize(file, entry, size);
+  }
+}
+
+function readError(file: string, err: unknown): DynnError {
+  if (errorCode(err) === 'ENOENT') return new DynnError(`${file} is missing (referenced by ${MANIFEST_FILE})`, { cause: err });
+  return new DynnError(`cannot read ${file}: ${errorMessage(err)}`, { cause: err });
+}
+
+function checkSize(file: string, entry: DataFileEntry, size: number): void {
+  if (size !== entry.byteLength) {
+    const problem = size < entry.byteLength ? 'truncated' : 'wrong size';
+    throw new DynnError(`${file} is ${problem}: expected ${entry.byteLength} bytes, found ${size}`);
+  }
+}
+
 async function readDataFile(dir: string, entry: DataFileEntry): Promise<NamedArray[]> {
   const file = path.join(dir, entry.file);
   let bytes: Buffer;
   try {
     bytes = await fsp.readFile(file);
   } catch (err) {
-    if (errorCode(err) === 'ENOENT') throw new DynnError(`${file} is missing (referenced by ${MANIFEST_FILE})`, { cause: err });
-    throw new DynnError(`cannot read ${file}: ${errorMessage(err)}`, { cause: err });
+    throw readError(file, err);
   }
-  if (bytes.length !== entry.byteLength) {
-    const problem = bytes.length < entry.byteLength ? 'truncated' : 'wrong size';
-    throw new DynnError(`${file} is ${problem}: expected ${entry.byteLength} bytes, found ${bytes.length}`);
-  }
+  checkSize(file, entry, bytes.length);
   const sha256 = createHash('sha256').update(bytes).digest('hex');
   if (sha256 !== entry.sha256) {
     throw new DynnError(`${file} is corrupt: checksum mismatch (sha256 ${sha256}, expected ${entry.sha256})`);
@@ -346,8 +373,9 @@ async function syncDir(dir: string): Promise<void> {
   }
 }
 
-function summarizeIssues(issues: z.ZodError['issues']): string {
-  const shown = issues.slice(0, 3).map((issue) => `${formatPath(issue.path) || '(root)'}: ${issue.message}`);
+/** Zod issues as one line, each with its field path (under `prefix`): `weights.arrays[1].shape[0]: ...`. */
+export function summarizeIssues(issues: z.ZodError['issues'], prefix: readonly PropertyKey[] = []): string {
+  const shown = issues.slice(0, 3).map((issue) => `${formatPath([...prefix, ...issue.path]) || '(root)'}: ${issue.message}`);
   const more = issues.length > shown.length ? ` (and ${issues.length - shown.length} more)` : '';
   return shown.join('; ') + more;
 }

@@ -57,6 +57,24 @@ test('train, info and sweep end to end on a small subset', async () => {
   assert.match(table.stdout(), /FLOPs ratio/);
 });
 
+test('train leaves an existing run alone unless asked; --resume takes the run’s options and refuses others', async () => {
+  const files = () => Object.fromEntries(fs.readdirSync(run).map((f) => [f, fs.readFileSync(path.join(run, f), 'latin1')]));
+  const before = files();
+  const cases: [string[], RegExp, number][] = [
+    [['train', '--model', 'mlp-w', ...base, '--out', run], /already holds a training run \(mlp-w on synthetic, 1 epoch\); use --resume to continue it or --force to replace it/, 1],
+    [['train', '--out', run, '--resume', '--dataset', 'fashion-mnist'], /--dataset fashion-mnist contradicts the run \(trained on synthetic\)/, 1],
+    [['train', '--out', run, '--resume', '--force'], /--resume continues the run in --out and --force replaces it/, 1],
+    [['train', '--out', path.join(run, 'checkpoint.json')], /checkpoint\.json is a file, not a run directory/, 1],
+    [['train', '--out', run, '--resume', '--workers', '0'], /is already complete \(1 epochs, synthetic\); nothing to train/, 0],
+  ];
+  for (const [argv, pattern, code] of cases) {
+    const io = capture();
+    assert.equal(await runCli(argv, io), code, `${argv.join(' ')}: ${io.stderr()}`);
+    assert.match(code === 0 ? io.stdout() : io.stderr(), pattern, argv.join(' '));
+  }
+  assert.deepEqual(files(), before, 'the run is byte for byte as it was');
+});
+
 test('the demo trains and reports every operating point (on a subset here)', async () => {
   const io = capture();
   const code = await runCli(['demo', '--train-limit', '256', '--test-limit', '100', '--epochs', '1', '--workers', '0', '--u', '0.25,1', '--json'], io);

@@ -22,12 +22,14 @@ export function withTrainOptions(cmd: Command): Command {
 const coreCommands: CommandModule = (cli, io) => {
   withTrainOptions(cli.command('demo', 'train a small throttleable network on embedded digits and sweep u (about a minute)'))
     .option('--out <dir>', 'also save the run here')
+    .option('--force', 'replace the run (or the non-empty directory) in --out')
     .option('--u <list>', 'utilizations to report [default: 0.125,0.25,0.5,0.75,1]')
     .action(async (o) => (await import('./commands.js')).demoCommand(o, io));
 
   withTrainOptions(cli.command('train', 'train a throttleable network; a checkpoint is written after every epoch'))
     .option('--out <dir>', 'run directory (required)')
-    .option('--resume', 'continue the run in --out from its last checkpoint')
+    .option('--resume', 'continue the run in --out from its last checkpoint, with the options it recorded')
+    .option('--force', 'replace the run in --out, or train into a non-empty directory that holds none')
     .example('dynn train --model vgg-w --dataset fashion-mnist --epochs 3 --out runs/fm-vgg')
     .action(async (o) => (await import('./commands.js')).trainCommand(o, io));
 

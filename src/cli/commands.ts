@@ -59,6 +59,7 @@ export async function trainCommand(o: Opts, io: Io): Promise<void> {
       ...opts,
       out: String(o.out),
       resume: Boolean(o.resume),
+      force: Boolean(o.force),
       onStep: (p) => {
         progress.onStep(p);
         recorder.onStep(p);
@@ -68,10 +69,16 @@ export async function trainCommand(o: Opts, io: Io): Promise<void> {
         recorder.onEpoch(e);
       },
     });
-    await recorder.close();
-    if (o.json) io.out(JSON.stringify({ out: o.out, meta: r.meta }, null, 2) + '\n');
-    else io.out(`saved ${o.out} (${r.meta.epoch} epochs, ${r.meta.dataset})\n`);
     r.model.dispose();
+    if (r.epochsTrained === 0) {
+      // A resumed run that had already reached its epochs: its files, progress.json included, stay as they were.
+      if (o.json) io.out(JSON.stringify({ out: o.out, epochsTrained: 0, meta: r.meta }, null, 2) + '\n');
+      else io.out(`${o.out} is already complete (${r.meta.epoch} epochs, ${r.meta.dataset}); nothing to train — pass --epochs N (more than ${r.meta.epoch}) to train it further\n`);
+      return;
+    }
+    await recorder.close();
+    if (o.json) io.out(JSON.stringify({ out: o.out, epochsTrained: r.epochsTrained, meta: r.meta }, null, 2) + '\n');
+    else io.out(`saved ${o.out} (${r.meta.epoch} epochs, ${r.meta.dataset})\n`);
   } finally {
     progress.stop();
   }
@@ -200,6 +207,7 @@ export async function demoCommand(o: Opts, io: Io): Promise<void> {
     lr: 2e-3,
     ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
     out: o.out as string | undefined,
+    force: Boolean(o.force),
     evalUs: [1],
     onStep: progress.onStep,
     onEpoch: progress.onEpoch,

@@ -55,3 +55,13 @@ export function flagSpec(flag: string): FlagSpec {
   const name = (negated ? word.slice(3) : word).replace(/-([a-z])/g, (_, ch: string) => ch.toUpperCase());
   return { name, negated };
 }
+
+/** Trainer option fields whose flag is spelled differently (`--val-samples` sets `validationSamples`). */
+const FIELD_FLAGS: Record<string, string> = { validationSamples: '--val-samples' };
+
+/** The `dynn train` flag that sets a trainer option field (`lrSchedule` is `--lr-schedule`); else the field's name. */
+export function optionFlag(field: string): string {
+  if (FIELD_FLAGS[field]) return FIELD_FLAGS[field];
+  const flag = TRAIN_FLAGS.map(([f]) => f.split(/\s/)[0]).find((f) => flagSpec(f).name === field);
+  return flag ? flag.replace(/^--no-/, '--') : field;
+}

@@ -1,10 +1,25 @@
-import { loadCheckpoint, readCheckpointInfo, saveCheckpoint } from '../checkpoint/checkpoint.js';
-import { createModel } from '../models/zoo.js';
+import { constants, promises as fsp } from 'node:fs';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { z } from 'zod';
+import {
+  checkDataFiles,
+  isCheckpointDir,
+  loadCheckpoint,
+  MANIFEST_FILE,
+  readCheckpointInfo,
+  saveCheckpoint,
+  summarizeIssues,
+  type CheckpointInfo,
+} from '../checkpoint/checkpoint.js';
+import { createModel, models, type ModelArgs } from '../models/zoo.js';
 import type { Network } from '../models/network.js';
 import { DynnError } from '../util/errors.js';
 import { tail } from '../data/imageset.js';
 import type { ImageSet } from '../data/types.js';
-import type { Optimizer } from './optimizer.js';
+import { GATING_MODES } from '../gating/gating.js';
+import { OPTIMIZERS, type Optimizer } from './optimizer.js';
+import { LR_SCHEDULES, U_SCHEDULES } from './schedule.js';
 
 /** One epoch of a training run's history. */
 export interface EpochRecord {
@@ -37,6 +52,142 @@ export interface TrainMeta {
   history: EpochRecord[];
 }
 
+const count = z.number().int().nonnegative();
+const positive = z.number().int().positive();
+const fraction = z.number().min(0).max(1);
+/** Throughput and timing; a zero-length timing once recorded Infinity, which JSON stores as null. */
+const rate = z.number().nonnegative().nullable();
+
+const epochRecordSchema = z.looseObject({
+  epoch: positive,
+  loss: z.number(),
+  trainAccuracy: fraction,
+  samplesPerSec: rate,
+  msPerStep: rate,
+  seconds: rate,
+  lr: z.number().nonnegative(),
+  testAccuracy: z.record(z.string(), fraction),
+  exitAccuracy: z.array(fraction).optional(),
+});
+
+/** The recorded training options; every field optional, as runs of older versions may lack some. */
+const trainOptionsSchema = z.looseObject({
+  model: z.string().min(1),
+  dataset: z.string().min(1),
+  dataDir: z.string(),
+  trainLimit: positive,
+  testLimit: positive,
+  validationSamples: count,
+  fullWidth: fraction,
+  epochs: positive,
+  batchSize: positive,
+  optimizer: z.enum(OPTIMIZERS as [string, ...string[]]),
+  lr: z.number().positive(),
+  lrSchedule: z.enum(LR_SCHEDULES as [string, ...string[]]),
+  schedule: z.enum(U_SCHEDULES as [string, ...string[]]),
+  sandwichWidths: count,
+  inplaceDistill: z.boolean(),
+  inplaceAlpha: fraction,
+  teacher: z.string(),
+  distillAlpha: fraction,
+  distillT: z.number().positive(),
+  exitWeights: z.array(z.number().nonnegative()),
+  gating: z.enum(GATING_MODES as [string, ...string[]]),
+  seed: z.number().int(),
+  workers: z.number().int(),
+  engine: z.string(),
+  evalUs: z.array(z.number().gt(0).max(1)),
+  calibrationSamples: count,
+}).partial();
+
+const trainMetaSchema = z.looseObject({
+  dynnVersion: z.string(),
+  dataset: z.string().min(1),
+  trainSamples: count,
+  validationSamples: count.optional(),
+  testSamples: count,
+  options: trainOptionsSchema,
+  seed: z.number().int(),
+  epoch: count,
+  history: z.array(epochRecordSchema),
+});
+
+/** Validates a run's metadata as read from `file`; errors name the field (`meta.history[2].loss: ...`). */
+export function parseTrainMeta(meta: unknown, file: string): TrainMeta {
+  const parsed = trainMetaSchema.safeParse(meta);
+  if (!parsed.success) throw new DynnError(`${file} is not a valid training run: ${summarizeIssues(parsed.error.issues, ['meta'])}`);
+  return parsed.data as TrainMeta;
+}
+
+/** Model arguments every model shares; a model's own arguments are sizes, names or flags (or lists of them). */
+const commonArgs = {
+  inputShape: z.array(positive).length(3),
+  numClasses: z.number().int().min(2),
+  groups: positive,
+  batchNorm: z.boolean(),
+  seed: z.number().int(),
+};
+const anyArg = z.union([count, z.string(), z.boolean(), z.array(z.union([count, z.string()]))]);
+
+/** The schema of one model argument, from the type of its default: a size, a name, a flag, or a list of one of them. */
+function argSchema(example: unknown): z.ZodType {
+  if (typeof example === 'number') return count;
+  if (typeof example === 'string') return z.string();
+  if (typeof example === 'boolean') return z.boolean();
+  if (Array.isArray(example) && example.length > 0) return z.array(argSchema(example[0]));
+  return anyArg;
+}
+
+function modelArgsSchema(model: string) {
+  const defaults = models.has(model) ? models.get(model).defaults : {};
+  const own = Object.fromEntries(Object.entries(defaults).filter(([k]) => !(k in commonArgs)).map(([k, v]) => [k, argSchema(v)]));
+  return z.object({ ...commonArgs, ...own }).partial().catchall(anyArg);
+}
+
+/**
+ * Validates the model arguments of a checkpoint before the network is built from them. Sizes the checkpoint's
+ * weights cannot hold are refused here, because building such a network first could allocate without bound:
+ * a layer size larger than every weight dimension, or an input with more values per sample than the network
+ * has weights (a dense layer over a flattened input of that size could not fit in them).
+ */
+export function checkModelArgs(info: CheckpointInfo, file: string): ModelArgs {
+  const parsed = modelArgsSchema(info.config.model).safeParse(info.config.args);
+  if (!parsed.success) throw new DynnError(`${file} is invalid: ${summarizeIssues(parsed.error.issues, ['config', 'args'])}`);
+  // An empty array ([0, n]) bounds nothing: its other dimensions cost no memory.
+  const held = info.weights.filter((w) => !w.shape.includes(0));
+  const largest = Math.max(0, ...held.flatMap((w) => w.shape));
+  const values = held.reduce((sum, w) => sum + w.shape.reduce((a, b) => a * b, 1), 0);
+  const input = parsed.data.inputShape;
+  if (input && input.reduce((a, b) => a * b, 1) > values) {
+    throw new DynnError(`${file} is invalid: config.args.inputShape: ${input.join('x')} inputs have more values than the network's ${values} weights`);
+  }
+  for (const [key, value] of Object.entries(parsed.data)) {
+    if (key === 'seed' || key === 'inputShape') continue;
+    const sizes = (Array.isArray(value) ? value : [value]).filter((v): v is number => typeof v === 'number');
+    const i = sizes.findIndex((v) => v > largest);
+    if (i >= 0) {
+      const where = Array.isArray(value) ? `${key}[${value.indexOf(sizes[i]!)}]` : key;
+      throw new DynnError(`${file} is invalid: config.args.${where}: ${sizes[i]} is larger than any weight dimension it holds (${largest})`);
+    }
+  }
+  return parsed.data as ModelArgs;
+}
+
+/**
+ * Builds a registered model from arguments read from a file. A build that fails part-way has already created
+ * some layers' variables; they are disposed here, and any failure becomes a DynnError naming `what`.
+ */
+export function buildModel(name: string, args: ModelArgs, what: string): Network {
+  const before = new Set(Object.keys(tf.engine().registeredVariables));
+  try {
+    return createModel(name, args);
+  } catch (err) {
+    for (const [key, v] of Object.entries(tf.engine().registeredVariables)) if (!before.has(key)) v.dispose();
+    const message = err instanceof Error ? err.message : String(err);
+    throw new DynnError(`${what}: cannot rebuild its network: ${message}`, { cause: err });
+  }
+}
+
 /** Writes a run's checkpoint (weights, optimizer state, metadata) atomically. */
 export async function saveRun(dir: string, model: Network, meta: TrainMeta, optimizer?: Optimizer): Promise<void> {
   await saveCheckpoint(dir, {
@@ -59,20 +210,17 @@ export interface LoadedRun {
  */
 export async function loadRun(dir: string): Promise<LoadedRun> {
   const info = await readCheckpointInfo(dir);
-  let model: Network;
-  try {
-    model = createModel(info.config.model, info.config.args);
-  } catch (err) {
-    if (err instanceof DynnError) throw new DynnError(`${dir}: cannot rebuild its network: ${err.message}`);
-    throw err;
-  }
+  const file = path.join(dir, MANIFEST_FILE);
+  const meta = parseTrainMeta(info.meta, file);
+  await checkDataFiles(dir);
+  const model = buildModel(info.config.model, checkModelArgs(info, file), dir);
   try {
     const ckpt = await loadCheckpoint(dir, {
       model: info.config.model,
       weights: model.weights().map((w) => ({ name: w.name, shape: w.variable.shape })),
     });
     model.setWeights(ckpt.weights);
-    return { model, meta: ckpt.meta as unknown as TrainMeta };
+    return { model, meta };
   } catch (err) {
     model.dispose();
     throw err;
@@ -85,4 +233,105 @@ export function validationSplit(meta: TrainMeta, train: ImageSet): ImageSet {
   if (n === 0) throw new DynnError('this run held out no validation split; train it with --val-samples N');
   if (train.count < n) throw new DynnError(`the training split has ${train.count} samples, fewer than the run's ${n} validation samples`);
   return tail(train, n);
+}
+
+/** A run directory's checkpoint, read for `--resume`. */
+export interface ResumePoint {
+  info: CheckpointInfo;
+  meta: TrainMeta;
+  /** The validated model arguments it was trained with. */
+  args: ModelArgs;
+}
+
+/** Files training itself leaves in a run directory before its first checkpoint: no reason to refuse it. */
+const LEFTOVER = /^(progress\.json|(checkpoint\.json\.|weights-|optimizer-).*\.tmp)$/;
+
+/**
+ * Checks, before any training, that `dir` can take a run and that nothing there would be lost: an existing run
+ * needs `resume` (continue it) or `force` (replace it), a non-empty directory that is not a run needs `force`,
+ * and `resume` needs a checkpoint. Changes nothing on disk. Returns the checkpoint to resume from, if any.
+ */
+export async function checkRunDir(dir: string, options: { resume?: boolean; force?: boolean } = {}): Promise<ResumePoint | null> {
+  const { resume = false, force = false } = options;
+  if (resume && force) throw new DynnError('--resume continues the run in --out and --force replaces it; pass one of them');
+  let stat;
+  try {
+    stat = await fsp.stat(dir);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'ENOTDIR') throw new DynnError(`cannot use ${dir} as the run directory: ${(err as Error).message}`);
+    if (resume) throw new DynnError(`cannot resume ${dir}: it does not exist`);
+    await checkCreatable(dir);
+    return null;
+  }
+  if (!stat.isDirectory()) throw new DynnError(`--out ${dir} is a file, not a run directory`);
+  await checkWritable(dir);
+  if (isCheckpointDir(dir)) {
+    if (resume) {
+      const info = await readCheckpointInfo(dir);
+      const file = path.join(dir, MANIFEST_FILE);
+      const meta = parseTrainMeta(info.meta, file);
+      await checkDataFiles(dir);
+      return { info, meta, args: checkModelArgs(info, file) };
+    }
+    if (!force) throw new DynnError(`${dir} already holds a training run${await describeRun(dir)}; use --resume to continue it or --force to replace it`);
+    return null;
+  }
+  const names = (await fsp.readdir(dir)).sort();
+  if (resume) {
+    const data = names.filter((n) => /^(weights|optimizer)-.*\.bin$/.test(n));
+    const held = data.length ? ` (it holds ${listNames(data)} but no ${MANIFEST_FILE} that says what they are)` : '';
+    throw new DynnError(`cannot resume ${dir}: it has no ${MANIFEST_FILE}${held}; nothing was changed`);
+  }
+  const others = names.filter((n) => !LEFTOVER.test(n));
+  if (others.length && !force) {
+    throw new DynnError(`${dir} is not empty and holds no training run (${listNames(others)}); use --force to train into it anyway, or choose another --out`);
+  }
+  return null;
+}
+
+async function describeRun(dir: string): Promise<string> {
+  try {
+    const { config, meta } = await readCheckpointInfo(dir);
+    const epochs = Array.isArray(meta.history) ? meta.history.length : meta.epoch;
+    return ` (${config.model} on ${String(meta.dataset)}, ${String(epochs)} epoch${epochs === 1 ? '' : 's'})`;
+  } catch {
+    return '';
+  }
+}
+
+function listNames(names: string[]): string {
+  return names.slice(0, 3).join(', ') + (names.length > 3 ? ` and ${names.length - 3} more` : '');
+}
+
+async function checkWritable(dir: string): Promise<void> {
+  try {
+    await fsp.access(dir, constants.W_OK | constants.X_OK);
+  } catch {
+    throw new DynnError(`cannot write the run directory ${dir}: permission denied`);
+  }
+}
+
+/** The nearest existing ancestor of a missing `dir` must be a writable directory, or the first save fails. */
+async function checkCreatable(dir: string): Promise<void> {
+  let parent = path.dirname(path.resolve(dir));
+  for (;;) {
+    try {
+      const stat = await fsp.stat(parent);
+      if (!stat.isDirectory()) throw new DynnError(`cannot create the run directory ${dir}: ${parent} is a file, not a directory`);
+      try {
+        await fsp.access(parent, constants.W_OK | constants.X_OK);
+      } catch {
+        throw new DynnError(`cannot create the run directory ${dir}: ${parent} is not writable`);
+      }
+      return;
+    } catch (err) {
+      if (err instanceof DynnError) throw err;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw new DynnError(`cannot create the run directory ${dir}: ${(err as Error).message}`);
+      const up = path.dirname(parent);
+      if (up === parent) return;
+      parent = up;
+    }
+  }
 }

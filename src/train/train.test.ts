@@ -91,9 +91,9 @@ for (const workers of [0, 2]) {
 test('resuming with another model fails clearly; bad options are refused', async () => {
   const dir = tmp();
   (await train({ ...small, epochs: 1, out: dir })).model.dispose();
-  await assert.rejects(train({ ...small, model: 'vgg-w', epochs: 2, out: dir, resume: true }), /checkpoint is for model "mlp-w", not "vgg-w"/);
+  await assert.rejects(train({ ...small, model: 'vgg-w', epochs: 2, out: dir, resume: true }), /--model vgg-w contradicts the run \(trained with mlp-w\)/);
   const before = tf.memory().numTensors;
-  await assert.rejects(train({ ...small, optimizer: 'sgd', epochs: 2, out: dir, resume: true }), /was trained with --optimizer adam; resume it with the same optimizer/);
+  await assert.rejects(train({ ...small, optimizer: 'sgd', epochs: 2, out: dir, resume: true }), /--optimizer sgd contradicts the run \(trained with adam\)/);
   assert.equal(tf.memory().numTensors, before, 'the refused run frees its model');
   await assert.rejects(train({ ...small, epochs: 0 }), /epochs must be a positive integer/);
   await assert.rejects(train({ ...small, optimizer: 'rmsprop' as never }), /unknown optimizer "rmsprop"; expected one of adam, sgd/);

@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { initEngine, type EngineName } from '../engine/backend.js';
 import { loadDataset } from '../data/datasets.js';
 import { allocShared, head } from '../data/imageset.js';
@@ -5,7 +6,7 @@ import type { Dataset } from '../data/types.js';
 import { checkGatingMode, type GatingMode } from '../gating/gating.js';
 import { createModel, resolveModelArgs, type ModelArgs } from '../models/zoo.js';
 import type { Network } from '../models/network.js';
-import { loadCheckpoint, isCheckpointDir } from '../checkpoint/checkpoint.js';
+import { loadCheckpoint } from '../checkpoint/checkpoint.js';
 import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { calibrateBatchNorm } from './calibrate.js';
@@ -14,7 +15,8 @@ import { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor
 import { checkOptimizer, Optimizer, type OptimizerName } from './optimizer.js';
 import { checkLrSchedule, checkUSchedule, learningRate, sampleU, type LrSchedule, type USchedule } from './schedule.js';
 import { VERSION } from '../version.js';
-import { loadRun, saveRun, type EpochRecord, type TrainMeta } from './run.js';
+import { buildModel, checkRunDir, loadRun, saveRun, type EpochRecord, type ResumePoint, type TrainMeta } from './run.js';
+import { optionFlag } from './flags.js';
 import type { Plan } from '../layers/types.js';
 import { flatLayout, type StepSetup, type StepSpec } from './step.js';
 import { exitCount } from '../models/exits.js';
@@ -83,8 +85,13 @@ export interface TrainOptions {
   engine?: EngineName | 'auto';
   /** Checkpoint directory, written after every epoch. */
   out?: string;
-  /** Continue the run in `out` from its last checkpoint. */
+  /**
+   * Continue the run in `out` from its last checkpoint, with the options it recorded; a set option that
+   * contradicts them is refused (`epochs`, a new total, and `workers`, `engine`, `dataDir` may differ).
+   */
   resume?: boolean;
+  /** Replace the run in `out`, or train into a non-empty directory that holds none (refused otherwise). */
+  force?: boolean;
   /** Utilizations evaluated on the test set after every epoch (default 0.25, 0.5, 1). */
   evalUs?: number[];
   /** Training samples per level for BatchNorm calibration (default 2048). */
@@ -112,10 +119,82 @@ export interface TrainResult {
   model: Network;
   dataset: Dataset;
   meta: TrainMeta;
+  /** Epochs this call trained: 0 when a resumed run had already reached its epochs (nothing was written). */
+  epochsTrained: number;
 }
 
 type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'exitWeights';
-type Resolved = Required<Omit<TrainOptions, Optional | 'onStep' | 'onEpoch' | 'modelArgs'>> & Pick<TrainOptions, Optional>;
+type Resolved = Required<Omit<TrainOptions, Optional | 'onStep' | 'onEpoch' | 'modelArgs' | 'force'>> & Pick<TrainOptions, Optional>;
+
+/** Options that define what a run trains; `--resume` restores them from the run and refuses a contradicting one. */
+const RUN_OPTIONS = [
+  'model', 'dataset', 'trainLimit', 'testLimit', 'validationSamples', 'fullWidth', 'batchSize', 'optimizer', 'lr', 'lrSchedule',
+  'schedule', 'sandwichWidths', 'inplaceDistill', 'inplaceAlpha', 'teacher', 'distillAlpha', 'distillT', 'exitWeights', 'gating',
+  'seed', 'evalUs', 'calibrationSamples',
+] as const satisfies readonly (keyof TrainOptions)[];
+/** Run options that are recorded only when set: absent from the record means unset, not an older default. */
+const UNSET_WHEN_ABSENT = new Set<string>(['trainLimit', 'testLimit', 'teacher', 'exitWeights']);
+
+/**
+ * The options of a resumed run: what the run recorded, with the caller's `epochs` (a new total), `workers`,
+ * `engine` and `dataDir`. A set run option that differs from the record, or a model argument that differs
+ * from the checkpoint's, is refused, all of them named in one message.
+ */
+function resumeOptions(options: TrainOptions, run: ResumePoint, dir: string): TrainOptions {
+  // The checkpoint's architecture is what the weights fit, whatever an older or edited record says.
+  const recorded: Record<string, unknown> = {
+    dataset: run.meta.dataset,
+    seed: run.meta.seed,
+    ...run.meta.options,
+    model: run.info.config.model,
+  };
+  const given = options as Record<string, unknown>;
+  const merged: Record<string, unknown> = { ...options };
+  const conflicts: string[] = [];
+  const show = (v: unknown) => (Array.isArray(v) ? v.join(',') : String(v));
+  for (const key of RUN_OPTIONS) {
+    const absent = !(key in recorded) || recorded[key] === undefined;
+    if (absent && !UNSET_WHEN_ABSENT.has(key)) continue;
+    const want = absent ? undefined : recorded[key];
+    if (given[key] === undefined) merged[key] = want;
+    else if (!sameOption(key, given[key], want)) {
+      const had = want === undefined ? 'without it' : `${key === 'dataset' ? 'on' : 'with'} ${show(want)}`;
+      conflicts.push(`${optionFlag(key)} ${show(given[key])} contradicts the run (trained ${had})`);
+    }
+  }
+  for (const [key, value] of Object.entries(options.modelArgs ?? {})) {
+    if (value === undefined || sameOption(key, value, run.args[key])) continue;
+    const flag = key === 'groups' ? '--groups' : `modelArgs.${key}`;
+    conflicts.push(`${flag} ${show(value)} contradicts the run (trained with ${show(run.args[key])})`);
+  }
+  if (conflicts.length) {
+    throw new DynnError(`cannot resume ${dir}: ${conflicts.join('; ')}; leave ${conflicts.length > 1 ? 'them' : 'it'} out to continue the run as recorded, or start a new run`);
+  }
+  if (options.epochs === undefined && typeof recorded.epochs === 'number') merged.epochs = recorded.epochs;
+  if (options.dataDir === undefined && typeof recorded.dataDir === 'string') merged.dataDir = recorded.dataDir;
+  return merged as TrainOptions;
+}
+
+function sameOption(key: string, a: unknown, b: unknown): boolean {
+  if (key === 'teacher' && typeof a === 'string' && typeof b === 'string') return path.resolve(a) === path.resolve(b);
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** Checks that a data set's two splits agree with each other and with its class count, before any training. */
+function checkSplits(dataset: Dataset): void {
+  const { train, test, name, numClasses } = dataset;
+  const dims = (s: { height: number; width: number; channels: number }) => `${s.height}x${s.width}x${s.channels}`;
+  if (dims(train) !== dims(test)) {
+    throw new DynnError(`data set ${name}: the test set has ${dims(test)} images but the training set has ${dims(train)}; both splits need one image size`);
+  }
+  for (const [split, set] of [['training', train], ['test', test]] as const) {
+    let top = 0;
+    for (let i = 0; i < set.count; i++) if (set.labels[i]! > top) top = set.labels[i]!;
+    if (top >= numClasses) {
+      throw new DynnError(`data set ${name}: the ${split} set has labels up to ${top} (${top + 1} classes) but the data set has ${numClasses} classes`);
+    }
+  }
+}
 
 function resolveOptions(o: TrainOptions): Resolved {
   const r = {
@@ -186,20 +265,44 @@ function streamSeed(seed: number, purpose: number, epoch: number): number {
  * slimmable training), knowledge distillation from a teacher run, and joint training of early exits.
  */
 export async function train(options: TrainOptions = {}): Promise<TrainResult> {
+  if (options.resume && !options.out) throw new DynnError('resume needs the run directory (out)');
+  // Everything that could refuse the run directory is checked before the data loads, let alone an epoch runs.
+  const run = options.out ? await checkRunDir(options.out, { resume: options.resume, force: options.force }) : null;
+  if (run) options = resumeOptions(options, run, options.out!);
   const o = resolveOptions(options);
+  const done = run ? run.meta.history.length : 0;
+  if (run && run.meta.epoch !== done) {
+    throw new DynnError(`cannot resume ${o.out}: its metadata says ${run.meta.epoch} epochs but its history holds ${done}`);
+  }
+  if (o.epochs < done) throw new DynnError(`cannot resume ${o.out}: --epochs ${o.epochs} is fewer than the ${done} epochs it has already trained`);
   const engine = await initEngine(o.engine);
   const dataset = await loadDataset(o.dataset, { dataDir: o.dataDir, trainLimit: o.trainLimit, testLimit: o.testLimit, seed: o.seed });
+  checkSplits(dataset);
   if (o.validationSamples >= dataset.train.count) {
     throw new DynnError(`validationSamples (${o.validationSamples}) must be fewer than the ${dataset.train.count} training samples`);
   }
   const { height, width, channels } = dataset.train;
-  const modelArgs = resolveModelArgs(o.model, {
-    ...options.modelArgs,
-    inputShape: [height, width, channels],
-    numClasses: dataset.numClasses,
-    seed: options.modelArgs?.seed ?? o.seed,
-  });
-  const model = createModel(o.model, modelArgs);
+  if (run && dataset.train.count - o.validationSamples !== run.meta.trainSamples) {
+    throw new DynnError(
+      `cannot resume ${o.out}: ${o.dataset} now gives ${dataset.train.count - o.validationSamples} training samples, the run trained on ${run.meta.trainSamples} (other data files or --data-dir?)`,
+    );
+  }
+  const model = run
+    ? buildModel(run.info.config.model, run.args, o.out!)
+    : createModel(
+        o.model,
+        resolveModelArgs(o.model, {
+          ...options.modelArgs,
+          inputShape: [height, width, channels],
+          numClasses: dataset.numClasses,
+          seed: options.modelArgs?.seed ?? o.seed,
+        }),
+      );
+  if (run && (model.inputShape.join('x') !== `${height}x${width}x${channels}` || model.numClasses !== dataset.numClasses)) {
+    const message = `cannot resume ${o.out}: its network takes ${model.inputShape.join('x')} images in ${model.numClasses} classes; ${o.dataset} has ${height}x${width}x${channels} in ${dataset.numClasses}`;
+    model.dispose();
+    throw new DynnError(message);
+  }
   const exits = exitCount(model);
   if (o.exitWeights && (exits === 1 || o.exitWeights.length !== exits)) {
     model.dispose();
@@ -214,10 +317,10 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   const history: EpochRecord[] = [];
   let startEpoch = 0;
 
-  if (o.resume && o.out && isCheckpointDir(o.out)) {
+  if (run && o.out) {
     try {
       const ckpt = await loadCheckpoint(o.out, {
-        model: o.model,
+        model: run.info.config.model,
         weights: model.weights().map((w) => ({ name: w.name, shape: w.variable.shape })),
       });
       model.setWeights(ckpt.weights);
@@ -227,12 +330,17 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         }
         await optimizer.setState(ckpt.optimizer.arrays, flatLayout(model).total);
       }
-      const meta = ckpt.meta as unknown as TrainMeta;
-      history.push(...(meta.history ?? []));
+      history.push(...run.meta.history);
       startEpoch = history.length;
     } catch (err) {
+      optimizer.dispose();
       model.dispose();
       throw err;
+    }
+    if (startEpoch === o.epochs) {
+      // Already complete: nothing to train, and nothing on disk is rewritten.
+      optimizer.dispose();
+      return { model, dataset, meta: run.meta, epochsTrained: 0 };
     }
   }
 
@@ -320,7 +428,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       if (o.out) await saveRun(o.out, model, meta(), optimizer);
       options.onEpoch?.(record);
     }
-    return { model, dataset, meta: meta() };
+    return { model, dataset, meta: meta(), epochsTrained: o.epochs - startEpoch };
   } catch (err) {
     model.dispose();
     throw err;
