@@ -1,7 +1,6 @@
+/** Test helpers for dynn's HTTP servers, over real loopback connections. */
 import http from 'node:http';
 import net from 'node:net';
-
-/** Test helpers for dynn's HTTP servers, over real loopback connections. */
 
 /** A request with its own Host header (fetch cannot set one) on a fresh connection closed after it. */
 export function request(url: string, o: { path?: string; host?: string; method?: string } = {}): Promise<{ status: number; body: string; headers: http.IncomingHttpHeaders }> {
@@ -72,6 +71,8 @@ export async function connectionsBecome(server: net.Server, want: (n: number) =>
  */
 export async function overLimit(url: string, server: net.Server, hold: number, maxMs = 3000): Promise<{ held: number; extraClosed: boolean }> {
   const sockets: net.Socket[] = [];
+  // Connections of earlier requests still closing would count against the bound.
+  await connectionsBecome(server, (n) => n === 0);
   try {
     for (let i = 0; i < hold; i++) {
       const s = await connect(url);
