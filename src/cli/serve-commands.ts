@@ -1,6 +1,6 @@
 import type { CommandModule } from './types.js';
 import { numberOption, type Io } from './io.js';
-import { DynnError } from '../util/errors.js';
+import { httpFlags, httpOptions } from './http-options.js';
 
 type Opts = Record<string, unknown>;
 
@@ -28,6 +28,7 @@ export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<
   const bodyLimit = numberOption(o.bodyLimit, 'body-limit', { int: true, min: 1024 });
   const threads = numberOption(o.threads, 'threads', { int: true, min: 1 });
   const policy = o.policy === undefined ? 'adaptive' : String(o.policy);
+  const http = httpOptions(o);
   const log = (line: string) => io.err(`dynn serve: ${line}\n`);
   const { DynnServer } = await import('../serve/server.js');
   const { parsePolicy } = await import('../serve/policy.js');
@@ -44,8 +45,15 @@ export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<
     spinning: o.spinning === true,
     profile: o.profile === true,
     log,
+    ...http,
   });
-  const url = await server.listen({ port, host });
+  let url: string;
+  try {
+    url = await server.listen({ port, host });
+  } catch (err) {
+    await server.close();
+    throw err;
+  }
   const m = server.metadata;
   const info = { url, model: file, policy: server.policy.name, sloMs: sloMs ?? 25, levels: m.levels.map((l) => l.u), input: [...m.input.shape] };
   if (o.json) io.out(JSON.stringify(info) + '\n');
@@ -57,7 +65,7 @@ export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<
 
 /** The serving command. */
 export const serveCommands: CommandModule = (cli, io) => {
-  cli
+  const command = cli
     .command('serve <model>', 'serve an exported ONNX model over HTTP, throttling u to meet a latency SLO under load')
     .option('--port <n>', 'TCP port; 0 picks a free one [default: 8080]')
     .option('--host <addr>', 'address to listen on [default: 127.0.0.1]')
@@ -70,7 +78,8 @@ export const serveCommands: CommandModule = (cli, io) => {
     .option('--threads <n>', 'ONNX Runtime intra-op threads [default: the core count]')
     .option('--spinning', 'let idle ONNX Runtime threads spin (faster alone, slower beside the HTTP thread)')
     .option('--profile', 'with no latency table beside the model, measure one at startup (else: refuse to start)')
-    .option('--json', 'print the startup line as JSON')
+    .option('--json', 'print the startup line as JSON');
+  httpFlags(command)
     .example('dynn serve fm-vgg.onnx --port 8080 --slo-ms 25 --policy adaptive')
     .example(`curl -s localhost:8080/v1/predict -H 'content-type: application/json' -d '{"inputs": [...784 numbers...], "budgetMs": 10}'`)
     .action(async (model, o) => serveCommand(model, o, io));

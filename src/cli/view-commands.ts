@@ -1,6 +1,7 @@
 import type { CommandModule } from './types.js';
 import { choiceOption, numberOption, uListOption, type Io } from './io.js';
 import { DynnError } from '../util/errors.js';
+import { httpFlags, httpOptions } from './http-options.js';
 
 type Opts = Record<string, unknown>;
 
@@ -35,8 +36,10 @@ export async function reportCommand(runs: string[], o: Opts, io: Io, argv: strin
 
 /** `dynn dashboard --runs DIR [--port N]`: serves until interrupted. */
 export async function dashboardCommand(o: Opts, io: Io): Promise<void> {
+  const http = httpOptions(o);
   const { startDashboard } = await import('../dashboard/index.js');
   const server = await startDashboard({
+    ...http,
     runsDir: String(o.runs ?? 'runs'),
     port: numberOption(o.port, 'port', { int: true, min: 0, max: 65535 }) ?? 8080,
     host: String(o.host ?? '127.0.0.1'),
@@ -74,12 +77,13 @@ export const viewCommands: CommandModule = (cli, io) => {
     .example('dynn report runs/fm-vgg --test-limit 2000 --save-sweep --out runs/fm-vgg/report.html')
     .action(async (runs: string[], o: Opts) => reportCommand(runs, o, io, reportArgv(runs, o)));
 
-  cli
+  const dashboard = cli
     .command('dashboard', 'local web app: runs and their reports, live training curves, and the ONNX model throttled in the browser')
     .option('--runs <dir>', 'folder of run directories [default: runs]')
     .option('--port <n>', 'port [default: 8080; 0 picks a free one]')
     .option('--host <addr>', 'address to bind [default: 127.0.0.1]')
-    .option('--data-dir <dir>', 'where the data set files are (test images of the demo page)')
+    .option('--data-dir <dir>', 'where the data set files are (test images of the demo page)');
+  httpFlags(dashboard)
     .example('dynn dashboard --runs runs/ --port 8080')
     .action(async (o: Opts) => dashboardCommand(o, io));
 };

@@ -1,6 +1,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { cpSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { progressRecorder, startDashboard, type RunningDashboard } from './index.js';
 import { tempDir, trainTinyRun } from '../report/fixtures.js';
@@ -18,6 +18,8 @@ let browser: TestBrowser | null = null;
 let dashboard: RunningDashboard | null = null;
 let metadata: OnnxMetadata;
 let onnxFile: string;
+/** Class names of the `xss` run's model: markup that must show as text. */
+let hostileNames: string[];
 
 before(async () => {
   if (skip) return;
@@ -30,7 +32,13 @@ before(async () => {
   const { model } = await loadRun(dir);
   try {
     onnxFile = path.join(dir, RUN_FILES.onnx);
-    metadata = await saveOnnx(model, onnxFile, { classNames: (await loadDataset('synthetic', { testLimit: 1 })).classNames });
+    const classNames = (await loadDataset('synthetic', { testLimit: 1 })).classNames;
+    metadata = await saveOnnx(model, onnxFile, { classNames });
+    // The same run with a model file from someone else: its class names carry markup.
+    const xss = path.join(runsDir, 'xss');
+    cpSync(dir, xss, { recursive: true });
+    hostileNames = classNames.map((c, i) => (i % 2 ? `${c} <b>bold</b>` : `<img src=x onerror="window.__xss=(window.__xss||0)+1">${i}`));
+    await saveOnnx(model, path.join(xss, RUN_FILES.onnx), { classNames: hostileNames });
   } finally {
     model.dispose();
   }
@@ -79,7 +87,7 @@ async function waitForU(page: Page, u: number): Promise<void> {
 test('the dashboard lists the runs in the browser', { skip }, async () => {
   const { page, errors } = await browser!.page();
   await page.goto(dashboard!.url + '/');
-  assert.deepEqual(await page.$$eval('tr[data-run]', (rows) => rows.map((r) => (r as HTMLElement).dataset.run)), ['tiny', 'vanilla']);
+  assert.deepEqual(await page.$$eval('tr[data-run]', (rows) => rows.map((r) => (r as HTMLElement).dataset.run)), ['tiny', 'vanilla', 'xss']);
   await shot(page, 'dashboard.png');
   await page.click('tr[data-run="tiny"] a[href$="/live"]');
   await page.waitForSelector('figure.chart svg');
@@ -141,6 +149,19 @@ test('the controller switch hands u to the confidence cascade', { skip }, async 
   if (tried.length < stages.length) assert.ok(tried[tried.length - 1].p >= 0.99);
   assert.equal(r.demo.u, stages[tried.length - 1].u);
   assert.equal(r.flops, stages.slice(0, tried.length).reduce((a, l) => a + l.flops, 0));
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test('class names from the model file show as text in the demo: their markup never runs', { skip }, async () => {
+  const { page, errors } = await browser!.page();
+  await page.goto(dashboard!.url + '/runs/xss/demo');
+  await waitForU(page, metadata.levels[metadata.levels.length - 1].u);
+  const shown = await page.$$eval('#probs .name', (els) => els.map((e) => e.textContent ?? ''));
+  assert.deepEqual([...shown].sort(), [...hostileNames].sort());
+  assert.equal(await page.$$eval('#probs img, #probs b, #prediction img', (els) => els.length), 0, 'no element made from a class name');
+  assert.ok(hostileNames.includes((await page.locator('#prediction').textContent())!.replace(/ \(\d+\.\d%\)$/, '')));
+  assert.equal(await page.evaluate(() => (window as unknown as { __xss?: number }).__xss), undefined, 'no script from a class name ran');
   assert.deepEqual(errors, []);
   await page.close();
 });

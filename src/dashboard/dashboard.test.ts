@@ -1,9 +1,13 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { createDashboard, listRuns, readProgress, progressRecorder, MAX_STEPS, type ProgressRecorder } from './index.js';
+import { createDashboard, listRuns, readProgress, progressRecorder, startDashboard, MAX_STEPS, type ProgressRecorder } from './index.js';
+import { fileInside } from './runs.js';
+import { demoPage } from './pages.js';
+import { overLimit, request, slowClient } from '../util/http-fixtures.js';
 import { tempDir, trainTinyRun, writeCompanions } from '../report/fixtures.js';
 import { RUN_FILES } from '../report/sources.js';
 import { loadDataset } from '../data/datasets.js';
@@ -168,4 +172,150 @@ test('dynn dashboard refuses a missing runs folder and a bad port', async () => 
   err = '';
   assert.equal(await runCli(['dashboard', '--runs', runsDir, '--port', '70000'], io), 1);
   assert.match(err, /--port must be an integer/);
+});
+
+const EVIL = '<img src=x onerror=alert(1)>';
+const SECRET = 'root:x:0:0:SECRET-OUTSIDE-THE-RUNS-FOLDER';
+
+/** A runs folder beside the shared one: copies of the tiny run, one named like markup, and links out of it. */
+async function hostileRuns(): Promise<{ root: string; runs: string; dash: FastifyInstance }> {
+  const root = path.join(tempDir('dynn-dashboard-sec-'), 'home');
+  const runs = path.join(root, 'runs');
+  const outside = path.join(root, 'outside');
+  mkdirSync(runs, { recursive: true });
+  mkdirSync(outside, { recursive: true });
+  writeFileSync(path.join(outside, 'passwd'), SECRET);
+  const tiny = path.join(runsDir, 'tiny');
+  cpSync(tiny, path.join(outside, 'run'), { recursive: true });
+  cpSync(tiny, path.join(runs, 'plain'), { recursive: true });
+  cpSync(tiny, path.join(runs, EVIL), { recursive: true });
+  cpSync(tiny, path.join(runs, 'linked-file'), { recursive: true });
+  symlinkSync(path.join(outside, 'passwd'), path.join(runs, 'linked-file', 'report.html'));
+  symlinkSync(path.join(outside, 'passwd'), path.join(runs, 'linked-file', RUN_FILES.onnx));
+  symlinkSync(path.join(outside, 'run'), path.join(runs, 'linked-run'));
+  // Links that stay inside the runs folder are followed.
+  symlinkSync(path.join(runs, 'plain'), path.join(runs, 'alias'));
+  symlinkSync(path.join('..', 'plain', 'checkpoint.json'), path.join(runs, EVIL, 'same-folder-link.json'));
+  return { root, runs, dash: await createDashboard({ runsDir: runs }) };
+}
+
+test('text from run folders (names, errors) goes into every page as text, never markup', async () => {
+  const { dash } = await hostileRuns();
+  try {
+    const name = encodeURIComponent(EVIL);
+    const pages = ['/', `/runs/${name}/report`, `/runs/${name}/live`, `/runs/${name}/demo`, `/runs/${name}/report.html`, '/runs/%3Cscript%3Ealert(1)%3C%2Fscript%3E/report'];
+    for (const url of pages) {
+      const res = await dash.inject(url);
+      assert.ok([200, 404].includes(res.statusCode), `${url}: ${res.statusCode}`);
+      assert.ok(!res.body.includes('<img src=x') && !res.body.includes('<script>alert'), `${url} holds markup from a file name`);
+    }
+    assert.match((await dash.inject('/')).body, /<tr data-run="&lt;img src=x onerror=alert\(1\)&gt;">/);
+    assert.match((await dash.inject(`/runs/${name}/report`)).body, /<h1>dynn report: &lt;img src=x onerror=alert\(1\)&gt;<\/h1>/);
+    const live = (await dash.inject(`/api/runs/${name}/live`)).json();
+    assert.ok(!live.html.includes('<img src=x'));
+    const run = (await listRuns(runsDir)).find((r) => r.name === 'tiny')!;
+    const demo = demoPage({ ...run, hasOnnx: true }, { ortUrl: '/o.mjs', wasmPaths: '/', samples: 1, cascade: { stages: [0.5, 1], threshold: 0.9 }, controllers: [EVIL] });
+    assert.match(demo, /learned controller of this run \(&lt;img src=x onerror=alert\(1\)&gt;\)/, 'escaped once: shown as typed');
+  } finally {
+    await dash.close();
+  }
+});
+
+test('no file outside the runs folder is served, whatever links or .. in a path say', async () => {
+  const { root, runs, dash } = await hostileRuns();
+  try {
+    const listed = (await dash.inject('/api/runs')).json().runs as { name: string; dir: string; refused?: string }[];
+    assert.deepEqual(listed.map((r) => r.name).sort(), [EVIL, 'alias', 'linked-file', 'plain'].sort(), 'the linked run dir outside is not listed');
+    assert.match(listed.find((r) => r.name === 'linked-file')!.refused!, /^linked-file\/(model\.onnx|report\.html) links outside the runs folder/);
+    const refused = ['report.html', RUN_FILES.onnx, 'report', 'live', 'demo'].map((f) => `/runs/linked-file/${f}`).concat(['/api/runs/linked-file/model', '/api/runs/linked-file/live']);
+    const traversal = [
+      '/runs/linked-run/report.html',
+      `/runs/linked-run/${RUN_FILES.onnx}`,
+      '/runs/..%2Foutside%2Frun/report',
+      '/runs/%2e%2e/report.html',
+      '/runs/%2e%2e%2foutside%2frun/model.onnx',
+      '/runs/plain/..%2F..%2Foutside%2Fpasswd',
+      '/runs/../outside/passwd',
+      '/runs/plain/../../outside/passwd',
+      '/vendor/ort/%2e%2e%2f%2e%2e%2fpackage.json',
+    ];
+    for (const url of [...refused, ...traversal]) {
+      const res = await dash.inject(url);
+      assert.ok(res.statusCode === 403 || res.statusCode === 404, `${url}: ${res.statusCode}`);
+      assert.ok(!res.body.includes('SECRET'), `${url} served a file outside the runs folder`);
+    }
+    for (const url of refused) assert.equal((await dash.inject(url)).statusCode, 403, url);
+    assert.equal((await dash.inject('/runs/alias/report')).statusCode, 200, 'a link inside the runs folder is followed');
+    assert.equal(await fileInside(runs, path.join(runs, 'linked-file', 'report.html')), null);
+    assert.equal(await fileInside(runs, path.join(runs, 'plain', '..', '..', 'outside', 'passwd')), null);
+    assert.ok(await fileInside(runs, path.join(runs, 'alias', 'checkpoint.json')));
+    assert.ok(root);
+  } finally {
+    await dash.close();
+  }
+});
+
+test('/api/runs shows paths relative to the runs folder, never where it is on disk', async () => {
+  const { root, dash } = await hostileRuns();
+  try {
+    const res = await dash.inject('/api/runs');
+    assert.ok(!res.body.includes(root), 'no absolute path');
+    const runs = res.json().runs as { name: string; dir: string }[];
+    for (const r of runs) assert.equal(r.dir, r.name);
+    assert.equal(res.json().runsDir, undefined);
+    const missing = await dash.inject('/api/runs/nope/live');
+    assert.equal(missing.statusCode, 404);
+    assert.equal(missing.json().error, 'no run "nope" in the runs folder');
+  } finally {
+    await dash.close();
+  }
+});
+
+test('DNS rebinding: the dashboard answers a request naming another host with 403', async () => {
+  for (const url of ['/', '/api/runs', '/runs/tiny/report', '/static/demo.js']) {
+    const res = await app.inject({ url, headers: { host: 'rebound.attacker.example:8080' } });
+    assert.equal(res.statusCode, 403, url);
+    assert.match(res.body, /Host (&quot;|\\?")rebound\.attacker\.example:8080(&quot;|\\?") is not allowed: this server answers only to localhost/, url);
+  }
+  assert.match((await app.inject({ url: '/api/runs', headers: { host: 'x.example' } })).json().error, /DNS rebinding/);
+  for (const host of ['localhost:8080', '127.0.0.1', '[::1]:8080']) assert.equal((await app.inject({ url: '/api/runs', headers: { host } })).statusCode, 200, host);
+  const allowed = await createDashboard({ runsDir, allowedHosts: ['dash.example.com'] });
+  assert.equal((await allowed.inject({ url: '/api/runs', headers: { host: 'dash.example.com' } })).statusCode, 200);
+  await allowed.close();
+});
+
+test('the dashboard cuts off a slowloris client while serving others, and closes connections over its bound', async () => {
+  const dash = await startDashboard({ runsDir, port: 0, headersTimeoutMs: 300, requestTimeoutMs: 1000, maxConnections: 4 });
+  try {
+    const slow = slowClient(dash.url, { intervalMs: 40, maxMs: 8000 });
+    for (let i = 0; i < 3; i++) assert.equal((await request(dash.url, { path: '/api/runs' })).status, 200);
+    const r = await slow;
+    assert.ok(r.closedAfterMs !== null && r.closedAfterMs < 4000, `closed after ${r.closedAfterMs} ms, ${r.bytesSent} bytes`);
+    const { held, extraClosed } = await overLimit(dash.url, dash.app.server, 4);
+    assert.equal(held, 4);
+    assert.ok(extraClosed, 'the fifth connection was closed');
+    assert.equal((await request(dash.url, { path: '/' })).status, 200, 'the dashboard stays up');
+  } finally {
+    await dash.close();
+  }
+});
+
+test('dynn dashboard on a port in use or an unknown host says so, without a stack', async () => {
+  const busy = createServer();
+  await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+  const port = (busy.address() as AddressInfo).port;
+  let err = '';
+  const io = { out: () => {}, err: (t: string) => (err += t), errIsTTY: false };
+  try {
+    assert.equal(await runCli(['dashboard', '--runs', runsDir, '--port', String(port)], io), 1);
+    assert.equal(err, `dynn: port ${port} on 127.0.0.1 is in use; choose another with --port\n`);
+  } finally {
+    busy.close();
+  }
+  err = '';
+  assert.equal(await runCli(['dashboard', '--runs', runsDir, '--port', '0', '--host', 'no.such.host.invalid'], io), 1);
+  assert.match(err, /^dynn: cannot resolve the host "no\.such\.host\.invalid" to listen on; give an address of this machine with --host \(e\.g\. 127\.0\.0\.1\)\n$/);
+  err = '';
+  assert.equal(await runCli(['dashboard', '--runs', runsDir, '--port', '0', '--allowed-hosts', 'a/b'], io), 1);
+  assert.match(err, /allowed host "a\/b" is not a host name/);
 });

@@ -50,10 +50,25 @@ async function measure(index) {
   return { level, index, scores, probs: softmax(scores), ms, runs };
 }
 
+/** An element with a class and text; class names come from the model file, so they go in as text, never as HTML. */
+function el(tag, className, text) {
+  const e = document.createElement(tag);
+  e.className = className;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
 function showProbs(probs) {
   const order = probs.map((p, i) => [p, i]).sort((a, b) => b[0] - a[0]);
-  $('probs').innerHTML = order.map(([p, i]) =>
-    '<div class="prob"><span class="name">' + classNames[i] + '</span><span class="bar"><span style="width:' + (100 * p).toFixed(1) + '%"></span></span><span class="val">' + (100 * p).toFixed(1) + '%</span></div>').join('');
+  $('probs').replaceChildren(...order.map(([p, i]) => {
+    const row = el('div', 'prob');
+    const bar = el('span', 'bar');
+    const fill = document.createElement('span');
+    fill.style.width = (100 * p).toFixed(1) + '%';
+    bar.append(fill);
+    row.append(el('span', 'name', String(classNames[i])), bar, el('span', 'val', (100 * p).toFixed(1) + '%'));
+    return row;
+  }));
 }
 
 function showResult(r, flops, ms, runs, note) {
@@ -164,7 +179,7 @@ async function loadSamples() {
   const res = await fetch(config.api + '/samples?count=' + config.samples);
   const s = await res.json();
   if (!res.ok) { $('samples').textContent = 'test images unavailable: ' + s.error; return; }
-  $('samples').innerHTML = '';
+  $('samples').replaceChildren();
   s.images.forEach((b64, i) => {
     const bytes = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
     const small = showSample(s, bytes);

@@ -43,7 +43,7 @@ function dashboardPage(title: string, body: string, extraHead = ''): string {
 
 function header(title: string, sub: string, run?: string): string {
   const nav = run
-    ? `<p class="bar-top"><a href="/">all runs</a><a href="${runPath(run)}/report">report</a><a href="${runPath(run)}/live">live training</a><a href="${runPath(run)}/demo">demo</a></p>`
+    ? `<p class="bar-top"><a href="/">all runs</a><a href="${escapeHtml(runPath(run))}/report">report</a><a href="${escapeHtml(runPath(run))}/live">live training</a><a href="${escapeHtml(runPath(run))}/demo">demo</a></p>`
     : '';
   return `<header class="page"><h1>${escapeHtml(title)}</h1><p>${sub}</p>${nav}</header>`;
 }
@@ -54,7 +54,7 @@ const fmtPct = (x: number | null) => (x === null ? '-' : `${(100 * x).toFixed(2)
 export function indexPage(runsDir: string, runs: RunEntry[]): string {
   const rows = runs
     .map((r) => {
-      const p = runPath(r.name);
+      const p = escapeHtml(runPath(r.name));
       const epochs = `${r.epochs}${r.plannedEpochs ? ` / ${r.plannedEpochs}` : ''}`;
       const state = r.error ? `<span class="muted" title="${escapeHtml(r.error)}">unreadable</span>` : r.live === 'training' ? 'training' : r.epochs ? 'trained' : 'starting';
       const links = [
@@ -80,6 +80,7 @@ async function poll() {
   try {
     const res = await fetch(${JSON.stringify(apiPath(run.name) + '/live')});
     const body = await res.json();
+    // The server builds the fragment with every text from the run's files escaped (liveFragment).
     if (res.ok) target.innerHTML = body.html;
   } catch (err) {
     document.getElementById('poll-error').textContent = 'cannot reach the dashboard: ' + err.message;
@@ -103,7 +104,7 @@ export function demoPage(run: RunEntry, options: { ortUrl: string; wasmPaths: st
   }
   const config = { api: apiPath(run.name), modelUrl: `${runPath(run.name)}/${RUN_FILES.onnx}`, ortUrl: options.ortUrl, wasmPaths: options.wasmPaths, samples: options.samples, cascade: options.cascade };
   const learned = options.controllers.length
-    ? `The learned controller${options.controllers.length > 1 ? 's' : ''} of this run (${options.controllers.map(escapeHtml).join(', ')}) run${options.controllers.length > 1 ? '' : 's'} in TF.js and ha${options.controllers.length > 1 ? 've' : 's'} no ONNX export yet, so the page uses dynn's confidence cascade.`
+    ? `The learned controller${options.controllers.length > 1 ? 's' : ''} of this run (${options.controllers.join(', ')}) run${options.controllers.length > 1 ? '' : 's'} in TF.js and ha${options.controllers.length > 1 ? 've' : 's'} no ONNX export yet, so the page uses dynn's confidence cascade.`
     : 'This run has no learned controller; the page uses dynn’s confidence cascade.';
   const body = `${header(title, `The run's exported model (<code>${escapeHtml(RUN_FILES.onnx)}</code>) running in this browser with onnxruntime-web (wasm, one thread): draw, or pick a test image, and move u.`, run.name)}
 <main>

@@ -31,6 +31,8 @@ export interface RunEntry {
   hasSavedReport: boolean;
   /** Why the checkpoint could not be read, when it could not. */
   error?: string;
+  /** Why the dashboard serves none of the run's files (a link that leaves the runs folder), when it does not. */
+  refused?: string;
 }
 
 /** The saved report's file name inside a run. */
@@ -48,6 +50,16 @@ async function exists(file: string): Promise<boolean> {
   }
 }
 
+/** Whether a directory entry exists, without following it when it is a link. */
+async function lexists(file: string): Promise<boolean> {
+  try {
+    await fsp.lstat(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 async function mtime(file: string): Promise<number | null> {
   try {
     return (await fsp.stat(file)).mtimeMs;
@@ -56,7 +68,60 @@ async function mtime(file: string): Promise<number | null> {
   }
 }
 
-/** The runs below `runsDir` (itself and up to two levels of folders), sorted by name. */
+/** Whether `file` (a real path) is `root` or inside it. */
+function within(root: string, file: string): boolean {
+  const rel = path.relative(root, file);
+  return rel === '' || (rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel));
+}
+
+/**
+ * The real path of `file` when it is a regular file inside `runsDir` (after following every link), else null:
+ * what the dashboard checks right before it serves a run's file.
+ */
+export async function fileInside(runsDir: string, file: string): Promise<string | null> {
+  try {
+    const [root, real] = await Promise.all([fsp.realpath(runsDir), fsp.realpath(file)]);
+    return within(root, real) && (await fsp.stat(real)).isFile() ? real : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Folder depth of a run's own files searched for links that leave the runs folder. */
+const LINK_DEPTH = 3;
+
+/** The first symbolic link below `dir` (to LINK_DEPTH levels) that resolves outside `root`, relative to `dir`, or null. */
+async function linkOutside(root: string, dir: string, depth = 0): Promise<string | null> {
+  let entries;
+  try {
+    entries = await fsp.readdir(dir, { withFileTypes: true });
+  } catch {
+    return null;
+  }
+  for (const e of entries) {
+    const file = path.join(dir, e.name);
+    if (e.isSymbolicLink()) {
+      let real: string;
+      try {
+        real = await fsp.realpath(file);
+      } catch {
+        // A dangling link serves nothing; the check before serving a file catches one that is later made to resolve.
+        continue;
+      }
+      if (!within(root, real)) return e.name;
+    } else if (e.isDirectory() && depth + 1 < LINK_DEPTH) {
+      const below = await linkOutside(root, file, depth + 1);
+      if (below) return `${e.name}/${below}`;
+    }
+  }
+  return null;
+}
+
+/**
+ * The runs below `runsDir` (itself and up to two levels of folders), sorted by name. Symbolic links are
+ * followed only while they stay inside `runsDir`: a run holding a link that leaves it is listed with an error
+ * and none of its files are read.
+ */
 export async function listRuns(runsDir: string): Promise<RunEntry[]> {
   let stat;
   try {
@@ -65,17 +130,21 @@ export async function listRuns(runsDir: string): Promise<RunEntry[]> {
     throw new DynnError(`runs folder ${runsDir} does not exist`);
   }
   if (!stat.isDirectory()) throw new DynnError(`${runsDir} is not a folder`);
+  const root = await fsp.realpath(runsDir);
   const found: RunEntry[] = [];
   const visit = async (dir: string, depth: number) => {
-    const entry = await readEntry(runsDir, dir);
+    const entry = await readEntry(runsDir, root, dir);
     if (entry) {
       found.push(entry);
       return;
     }
     if (depth >= MAX_DEPTH) return;
-    let names: string[];
+    let names: string[] = [];
     try {
-      names = (await fsp.readdir(dir, { withFileTypes: true })).filter((d) => d.isDirectory() && !d.name.startsWith('.')).map((d) => d.name);
+      for (const d of await fsp.readdir(dir, { withFileTypes: true })) {
+        if (d.name.startsWith('.')) continue;
+        if (d.isDirectory() || (d.isSymbolicLink() && (await dirInside(root, path.join(dir, d.name))))) names.push(d.name);
+      }
     } catch {
       return;
     }
@@ -85,12 +154,22 @@ export async function listRuns(runsDir: string): Promise<RunEntry[]> {
   return found.sort((a, b) => a.name.localeCompare(b.name));
 }
 
+/** Whether a linked folder resolves inside `root`. */
+async function dirInside(root: string, link: string): Promise<boolean> {
+  try {
+    const real = await fsp.realpath(link);
+    return within(root, real) && (await fsp.stat(real)).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
 /** A run folder's entry, or null when the folder is neither a training run nor a run in progress. */
-async function readEntry(runsDir: string, dir: string): Promise<RunEntry | null> {
-  const hasManifest = await exists(path.join(dir, MANIFEST_FILE));
-  const hasProgress = await exists(path.join(dir, RUN_FILES.progress));
+async function readEntry(runsDir: string, root: string, dir: string): Promise<RunEntry | null> {
+  const [hasManifest, hasProgress] = await Promise.all([lexists(path.join(dir, MANIFEST_FILE)), lexists(path.join(dir, RUN_FILES.progress))]);
   if (!hasManifest && !hasProgress) return null;
   const name = path.relative(runsDir, dir).split(path.sep).join('/') || path.basename(path.resolve(dir));
+  const outside = await linkOutside(root, dir);
   const entry: RunEntry = {
     name,
     dir,
@@ -104,9 +183,15 @@ async function readEntry(runsDir: string, dir: string): Promise<RunEntry | null>
     lastAccuracy: null,
     updatedAt: null,
     live: null,
-    hasOnnx: await exists(path.join(dir, RUN_FILES.onnx)),
-    hasSavedReport: await exists(path.join(dir, SAVED_REPORT)),
+    hasOnnx: false,
+    hasSavedReport: false,
   };
+  if (outside) {
+    entry.refused = entry.error = `${name}/${outside} links outside the runs folder, so the dashboard serves nothing of this run`;
+    return entry;
+  }
+  entry.hasOnnx = await exists(path.join(dir, RUN_FILES.onnx));
+  entry.hasSavedReport = await exists(path.join(dir, SAVED_REPORT));
   if (hasManifest) {
     try {
       const info = await readCheckpointInfo(dir);

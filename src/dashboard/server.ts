@@ -1,8 +1,9 @@
 import { promises as fsp } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import { DynnError } from '../util/errors.js';
+import { createHttpApp, listenHttp, type HttpSafetyOptions } from '../util/http.js';
 import { buildReport } from '../report/report.js';
 import { gatherRun, RUN_FILES } from '../report/sources.js';
 import { commandLine } from '../report/commands.js';
@@ -11,10 +12,10 @@ import { ONNX_IO, readOnnxMetadata, type OnnxMetadata } from '../export/metadata
 import { DEMO_SCRIPT } from './demo-client.js';
 import { liveFragment } from './live.js';
 import { demoPage, errorPage, indexPage, livePage } from './pages.js';
-import { findRun, listRuns, SAVED_REPORT, type RunEntry } from './runs.js';
+import { fileInside, findRun, listRuns, SAVED_REPORT, type RunEntry } from './runs.js';
 
-/** Options of the dashboard app. */
-export interface DashboardOptions {
+/** Options of the dashboard app (the HTTP safety ones default to `HTTP_DEFAULTS`). */
+export interface DashboardOptions extends HttpSafetyOptions {
   /** Folder of run directories (searched two levels deep). */
   runsDir: string;
   /** Where the data set files are (test images of the demo page). */
@@ -30,6 +31,8 @@ const ORT_FILE = /^ort(\.wasm\.min\.mjs|-wasm-simd-threaded\.(mjs|wasm))$/;
 const ORT_ENTRY = 'ort.wasm.min.mjs';
 const CONTENT_TYPES: Record<string, string> = { '.mjs': 'text/javascript; charset=utf-8', '.wasm': 'application/wasm' };
 const MAX_SAMPLES = 64;
+/** A saved report is a file from the run folder: shown without scripts, in an origin of its own. */
+const SAVED_REPORT_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:";
 
 /** The folder holding onnxruntime-web's browser builds (served locally: the page fetches nothing outside). */
 function ortDistDir(): string {
@@ -56,28 +59,41 @@ export async function createDashboard(options: DashboardOptions): Promise<Fastif
   const ortDir = ortDistDir();
   const samples = new Map<string, SampleCache>();
   const onnxMeta = new Map<string, { mtime: number; meta: OnnxMetadata }>();
-  const app = Fastify({ logger: false });
+  const app = createHttpApp({ logger: false }, options);
+  // The API answers with paths relative to the runs folder: where the user keeps it is not the page's business.
+  const roots = [...new Set([path.resolve(runsDir), await fsp.realpath(runsDir)])];
+  const escapeRe = (t: string) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const rootPattern = new RegExp(`(?:${roots.map(escapeRe).join('|')})(?:${escapeRe(path.sep)}|(?![\\w.-]))`, 'g');
+  const relative = (text: string) => text.replace(rootPattern, (m) => (m.endsWith(path.sep) ? '' : '.'));
 
   const run = async (name: string, reply: FastifyReply, asJson: boolean): Promise<RunEntry | null> => {
     const r = await findRun(runsDir, name);
-    if (!r) {
-      const message = `no run "${name}" in ${runsDir}`;
-      if (asJson) reply.code(404).send({ error: message });
-      else html(reply, errorPage('run not found', message), 404);
+    if (!r || r.refused) {
+      const [code, title, message] = r?.refused ? [403, 'run not served', r.refused] : [404, 'run not found', asJson ? `no run "${name}" in the runs folder` : `no run "${name}" in ${runsDir}`];
+      if (asJson) reply.code(code).send({ error: message });
+      else html(reply, errorPage(title, message), code);
+      return null;
     }
     return r;
   };
 
   app.setErrorHandler((err, req, reply) => {
     const user = err instanceof DynnError;
-    const code = user ? 400 : 500;
+    const code = user ? ((err as { statusCode?: number }).statusCode ?? 400) : 500;
     const message = user ? err.message : `internal error: ${(err as Error).message}`;
-    if (req.url.startsWith('/api/')) return reply.code(code).send({ error: message });
+    if (req.url.startsWith('/api/')) return reply.code(code).send({ error: relative(message) });
     return html(reply, errorPage('dynn dashboard', message), code);
   });
 
   app.get('/', async (_req, reply) => html(reply, indexPage(runsDir, await listRuns(runsDir))));
-  app.get('/api/runs', async () => ({ runsDir, runs: await listRuns(runsDir) }));
+  app.get('/api/runs', async () => ({
+    runs: (await listRuns(runsDir)).map((r) => ({
+      ...r,
+      dir: path.relative(runsDir, r.dir).split(path.sep).join('/') || '.',
+      ...(r.error ? { error: relative(r.error) } : {}),
+      ...(r.refused ? { refused: relative(r.refused) } : {}),
+    })),
+  }));
 
   app.get<{ Params: { name: string } }>('/runs/:name/report', async (req, reply) => {
     const r = await run(req.params.name, reply, false);
@@ -91,8 +107,9 @@ export async function createDashboard(options: DashboardOptions): Promise<Fastif
   app.get<{ Params: { name: string } }>('/runs/:name/report.html', async (req, reply) => {
     const r = await run(req.params.name, reply, false);
     if (!r) return reply;
-    if (!r.hasSavedReport) return html(reply, errorPage(`${r.name}: saved report`, `no ${SAVED_REPORT} in ${r.dir}: \`dynn report ${r.dir} --out ${r.dir}/${SAVED_REPORT}\` makes one`), 404);
-    return html(reply, await fsp.readFile(path.join(r.dir, SAVED_REPORT), 'utf8'));
+    const file = r.hasSavedReport ? await fileInside(runsDir, path.join(r.dir, SAVED_REPORT)) : null;
+    if (!file) return html(reply, errorPage(`${r.name}: saved report`, `no ${SAVED_REPORT} in ${r.dir}: \`dynn report ${r.dir} --out ${r.dir}/${SAVED_REPORT}\` makes one`), 404);
+    return html(reply.header('content-security-policy', SAVED_REPORT_CSP), await fsp.readFile(file, 'utf8'));
   });
 
   app.get<{ Params: { name: string } }>('/runs/:name/live', async (req, reply) => {
@@ -104,7 +121,7 @@ export async function createDashboard(options: DashboardOptions): Promise<Fastif
   app.get<{ Params: { name: string } }>('/api/runs/:name/live', async (req, reply) => {
     const r = await run(req.params.name, reply, true);
     if (!r) return reply;
-    return { name: r.name, epochs: r.epochs, live: r.live, updatedAt: r.updatedAt, html: await liveFragment(r) };
+    return { name: r.name, epochs: r.epochs, live: r.live, updatedAt: r.updatedAt, html: relative(await liveFragment(r)) };
   });
 
   app.get<{ Params: { name: string } }>('/runs/:name/demo', async (req, reply) => {
@@ -117,19 +134,20 @@ export async function createDashboard(options: DashboardOptions): Promise<Fastif
   app.get<{ Params: { name: string } }>(`/runs/:name/${RUN_FILES.onnx}`, async (req, reply) => {
     const r = await run(req.params.name, reply, false);
     if (!r) return reply;
-    if (!r.hasOnnx) return reply.code(404).type('text/plain').send(`no ${RUN_FILES.onnx} in ${r.dir}`);
-    return reply.type('application/octet-stream').send(await fsp.readFile(path.join(r.dir, RUN_FILES.onnx)));
+    const file = r.hasOnnx ? await fileInside(runsDir, path.join(r.dir, RUN_FILES.onnx)) : null;
+    if (!file) return reply.code(404).type('text/plain').send(`no ${RUN_FILES.onnx} in ${r.name}`);
+    return reply.type('application/octet-stream').send(await fsp.readFile(file));
   });
 
   app.get<{ Params: { name: string } }>('/api/runs/:name/model', async (req, reply) => {
     const r = await run(req.params.name, reply, true);
     if (!r) return reply;
-    const file = path.join(r.dir, RUN_FILES.onnx);
-    if (!r.hasOnnx) return reply.code(404).send({ error: `no ${RUN_FILES.onnx} in ${r.dir}: \`dynn export ${r.dir} --onnx ${file}\` makes one` });
+    const file = r.hasOnnx ? await fileInside(runsDir, path.join(r.dir, RUN_FILES.onnx)) : null;
+    if (!file) return reply.code(404).send({ error: `no ${RUN_FILES.onnx} in run ${r.name}: \`dynn export RUN --onnx RUN/${RUN_FILES.onnx}\` makes one` });
     const mtime = (await fsp.stat(file)).mtimeMs;
     let cached = onnxMeta.get(file);
     if (!cached || cached.mtime !== mtime) {
-      cached = { mtime, meta: readOnnxMetadata(await fsp.readFile(file), file) };
+      cached = { mtime, meta: readOnnxMetadata(await fsp.readFile(file), `${r.name}/${RUN_FILES.onnx}`) };
       onnxMeta.set(file, cached);
     }
     return { metadata: cached.meta, io: ONNX_IO, cascade: CASCADE_DEFAULTS };
@@ -184,11 +202,9 @@ export async function startDashboard(options: DashboardOptions & { port?: number
   const app = await createDashboard(options);
   const host = options.host ?? '127.0.0.1';
   try {
-    await app.listen({ port: options.port ?? 8080, host });
+    await listenHttp(app, options.port ?? 8080, host);
   } catch (err) {
     await app.close();
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EADDRINUSE') throw new DynnError(`port ${options.port} on ${host} is in use; pick another with --port`);
     throw err;
   }
   const address = app.server.address();

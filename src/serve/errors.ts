@@ -7,6 +7,8 @@ export type ErrorKind =
   | 'payload_too_large'
   | 'unsupported_media_type'
   | 'not_found'
+  | 'forbidden_host'
+  | 'non_finite_output'
   | 'overloaded'
   | 'shutting_down'
   | 'internal';

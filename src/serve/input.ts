@@ -24,6 +24,9 @@ export interface PredictInput {
   budgetMs?: number;
 }
 
+/** The largest finite float32. */
+const FLOAT32_MAX = 3.4028234663852886e38;
+
 /** The largest latency budget a request may give, ms. */
 export const MAX_BUDGET_MS = 600_000;
 
@@ -108,10 +111,20 @@ function countFromShape(shape: number[] | undefined, length: number, spec: Input
   return count;
 }
 
-function finiteOrThrow(v: unknown, where: () => string): number {
-  if (typeof v !== 'number' || !Number.isFinite(v)) {
-    throw invalidInput(`${where()} is ${typeof v === 'number' ? String(v) : JSON.stringify(v) ?? typeof v}, not a finite number`);
-  }
+/** A short description of a JSON value for an error message: never the whole of a large or deep value. */
+function describe(v: unknown): string {
+  if (Array.isArray(v)) return `an array of ${v.length}`;
+  if (v === null) return 'null';
+  if (typeof v === 'object') return 'an object';
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}...` : v);
+  return String(v);
+}
+
+/** The value as float32, or a 400 naming it when it is not a number or float32 cannot hold it. */
+function float32OrThrow(v: unknown, where: () => string): number {
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw invalidInput(`${where()} is ${describe(v)}, not a finite number`);
+  // Beyond float32's largest value (about 3.4e38) the value would become Infinity in the tensor.
+  if (!Number.isFinite(Math.fround(v))) throw invalidInput(`${where()} is ${v}, outside the float32 range (magnitude at most ${FLOAT32_MAX})`);
   return v;
 }
 
@@ -120,11 +133,11 @@ function readNested(inputs: unknown[], expected: number[], names: string[], out:
   let pos = 0;
   const walk = (a: unknown, k: number, path: string): void => {
     if (k === expected.length) {
-      out[pos++] = finiteOrThrow(a, () => `inputs${path}`);
+      out[pos++] = float32OrThrow(a, () => `inputs${path}`);
       return;
     }
     if (!Array.isArray(a) || a.length !== expected[k]) {
-      const got = Array.isArray(a) ? `${a.length} entries` : JSON.stringify(a) ?? typeof a;
+      const got = Array.isArray(a) ? `${a.length} entries` : describe(a);
       throw invalidInput(`inputs${path} must be an array of ${expected[k]} (${names[k]}), got ${got}`);
     }
     for (let i = 0; i < a.length; i++) walk(a[i], k + 1, `${path}[${i}]`);
@@ -166,7 +179,7 @@ export function parseJsonRequest(body: unknown, query: unknown, spec: InputSpec)
     const count = countFromShape(o.shape, inputs.length, spec, layout);
     checkCount(count, spec);
     const data = new Float32Array(inputs.length);
-    for (let i = 0; i < inputs.length; i++) data[i] = finiteOrThrow(inputs[i], () => `inputs[${i}]`);
+    for (let i = 0; i < inputs.length; i++) data[i] = float32OrThrow(inputs[i], () => `inputs[${i}]`);
     return done(toNchw(data, spec, layout), count, o);
   }
   if (o.shape !== undefined) throw invalidInput('shape is only for a flat inputs array; nested arrays carry their own shape');

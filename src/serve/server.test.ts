@@ -20,6 +20,8 @@ import { serveCommand } from '../cli/serve-commands.js';
 import { Policy } from '../control/policy.js';
 import { greedyActions } from '../control/bandit.js';
 import { DynnServer, type PredictResponse } from './server.js';
+import { overLimit, request, slowClient } from '../util/http-fixtures.js';
+import { createServer, type AddressInfo } from 'node:net';
 
 await initEngine('wasm');
 
@@ -175,6 +177,14 @@ const BAD: [string, () => Promise<{ status: number; json: Record<string, unknown
   ['too many samples', () => post(binary(images(17)), { raw: true, type: 'application/octet-stream' }), 413, 'payload_too_large', /at most 16 samples/],
   ['oversized body', () => post(Buffer.alloc(8 << 20), { raw: true, type: 'application/octet-stream' }), 413, 'payload_too_large', /too large/i],
   ['wrong content type', () => post('hello', { raw: true, type: 'text/plain' }), 415, 'unsupported_media_type', /application\/json or application\/octet-stream/],
+  ['form content type', () => post('inputs=1', { raw: true, type: 'application/x-www-form-urlencoded' }), 415, 'unsupported_media_type', /application\/json or application\/octet-stream/],
+  ['float32 overflow', () => post({ inputs: [3.5e38, ...Array(PER - 1).fill(0)] }), 400, 'invalid_input', /inputs\[0\] is 3\.5e\+38, outside the float32 range/],
+  ['float32 overflow, nested', () => post({ inputs: nest(images(1).fill(0), 1, [C, H, W]).map((s) => ((s as number[][][])[2][7][1] = -1e39, s)) }), 400, 'invalid_input', /inputs\[0\]\[2\]\[7\]\[1\] is -1e\+39, outside the float32 range/],
+  ['deeply nested value', () => post('{"inputs": [' + Array(PER - 1).fill('0').join(',') + ',' + '['.repeat(50_000) + ']'.repeat(50_000) + ']}', { raw: true }), 400, 'invalid_input', /inputs\[191\] is an array of 1, not a finite number/],
+  ['deeply nested inputs', () => post('{"inputs": ' + '['.repeat(50_000) + '0' + ']'.repeat(50_000) + '}', { raw: true }), 400, 'invalid_input', /nested 50000 deep/],
+  ['huge JSON', () => post('{"inputs": [' + '0,'.repeat(600_000) + '0]}', { raw: true }), 413, 'payload_too_large', /too large/i],
+  ['non-finite scores (JSON)', () => post({ inputs: Array(PER).fill(3e38) }), 422, 'non_finite_output', /^the model produced non-finite scores for sample 0 \(class \d is (NaN|-?Infinity)\)/],
+  ['non-finite scores (binary)', () => post(binary(images(2).fill(-3e38, PER)), { raw: true, type: 'application/octet-stream' }), 422, 'non_finite_output', /^the model produced non-finite scores for sample 1 /],
 ];
 
 test('every bad input gets the right 4xx and message, and the server keeps serving', async () => {
@@ -191,6 +201,8 @@ test('every bad input gets the right 4xx and message, and the server keeps servi
   }
   const ok = await post({ inputs: Array.from(images(2)) });
   assert.equal(ok.status, 200);
+  const [good, nonFinite] = await Promise.all([post({ inputs: Array.from(images(1)) }), post({ inputs: Array(PER).fill(3e38) })]);
+  assert.deepEqual([good.status, nonFinite.status], [200, 422], 'a request batched with one whose scores overflow is answered');
   const health = await fetch(`${url}/healthz`);
   assert.equal(health.status, 200);
   assert.equal(((await health.json()) as { status: string }).status, 'ok');
@@ -370,4 +382,61 @@ test('dynn serve: starts from the CLI, serves, and shuts down on SIGTERM', async
   child.kill('SIGTERM');
   assert.equal(await exited, 0, stderr);
   assert.match(stderr, /SIGTERM: finishing queued requests and shutting down/);
+});
+
+test('DNS rebinding: a request naming another host gets 403 forbidden_host; --allowed-hosts admits a name', async () => {
+  const port = new URL(url).port;
+  for (const path of ['/healthz', '/metrics', '/nope']) {
+    const r = await request(url, { path, host: `rebound.attacker.example:${port}` });
+    assert.equal(r.status, 403, path);
+    assert.equal(JSON.parse(r.body).error, 'forbidden_host');
+    assert.match(JSON.parse(r.body).message, /^Host "rebound\.attacker\.example:\d+" is not allowed: this server answers only to localhost, 127\.0\.0\.1, \[::1\]/);
+  }
+  const predict = await request(url, { path: '/v1/predict', method: 'POST', host: 'attacker.example' });
+  assert.equal(predict.status, 403);
+  assert.equal((await request(url, { path: '/healthz', host: `localhost:${port}` })).status, 200);
+
+  let out = '';
+  const io = { out: (t: string) => void (out += t), err: () => {}, errIsTTY: false };
+  let stop!: (s: string) => void;
+  const running = serveCommand(file, { port: '0', policy: 'fixed:1', json: true, threads: '1', allowedHosts: 'dynn.example.com' }, io, new Promise((r) => (stop = r)));
+  while (!out.includes('\n')) await new Promise((r) => setTimeout(r, 20));
+  const at = (JSON.parse(out) as { url: string }).url;
+  assert.equal((await request(at, { path: '/healthz', host: 'dynn.example.com' })).status, 200);
+  assert.equal((await request(at, { path: '/healthz', host: 'other.example.com' })).status, 403);
+  stop('SIGTERM');
+  await running;
+});
+
+test('a slowloris client is cut off at the headers timeout while others are served; connections over the bound are closed', async () => {
+  const s = await DynnServer.create({ model: file, policy: 'fixed:1', threads: 1, headersTimeoutMs: 300, requestTimeoutMs: 1000, maxConnections: 4 });
+  const at = await s.listen({ port: 0 });
+  try {
+    const slow = slowClient(at, { intervalMs: 40, maxMs: 8000 });
+    for (let i = 0; i < 3; i++) assert.equal((await request(at, { path: '/healthz' })).status, 200);
+    const r = await slow;
+    assert.ok(r.closedAfterMs !== null && r.closedAfterMs < 4000, `closed after ${r.closedAfterMs} ms, ${r.bytesSent} bytes`);
+    const { held, extraClosed } = await overLimit(at, s.app.server, 4);
+    assert.equal(held, 4);
+    assert.ok(extraClosed, 'the fifth connection was closed');
+    assert.equal((await post({ inputs: Array.from(images(1)) }, { at })).status, 200, 'the server stays up');
+  } finally {
+    await s.close();
+  }
+});
+
+test('dynn serve on a port in use or an unknown host: a DynnError with what to do, and the model is released', async () => {
+  const busy = createServer();
+  await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+  const port = (busy.address() as AddressInfo).port;
+  const io = { out: () => {}, err: () => {}, errIsTTY: false };
+  try {
+    await assert.rejects(serveCommand(file, { port: String(port), policy: 'fixed:1', threads: '1' }, io), new RegExp(`^DynnError: port ${port} on 127\\.0\\.0\\.1 is in use; choose another with --port$`));
+  } finally {
+    busy.close();
+  }
+  await assert.rejects(
+    serveCommand(file, { port: '0', host: 'no.such.host.invalid', policy: 'fixed:1', threads: '1' }, io),
+    /^DynnError: cannot resolve the host "no\.such\.host\.invalid" to listen on; give an address of this machine with --host/,
+  );
 });

@@ -1,17 +1,18 @@
 import { promises as fsp } from 'node:fs';
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify';
 import type { OnnxMetadata } from '../export/metadata.js';
 import { defaultThreads, OnnxModel } from '../runtime/node.js';
 import { latencyTablePath, profileModel, readLatencyTable, saveLatencyTable, type LatencyTable } from '../runtime/profile.js';
 import { DynnError } from '../util/errors.js';
+import { createHttpApp, ForbiddenHostError, listenHttp, type HttpSafetyOptions } from '../util/http.js';
 import { MicroBatcher, type BatchedResult } from './batcher.js';
 import { HttpError, invalidInput, type ErrorKind } from './errors.js';
 import { parseBinaryRequest, parseJsonRequest, type InputSpec } from './input.js';
 import { ServeMetrics } from './metrics.js';
 import { createPolicy, parsePolicy, policies, type SampleController, type ServePolicy } from './policy.js';
 
-/** Options of `DynnServer.create`; unset fields take the defaults shown. */
-export interface ServeOptions {
+/** Options of `DynnServer.create`; unset fields take the defaults shown (the HTTP safety ones: `HTTP_DEFAULTS`). */
+export interface ServeOptions extends HttpSafetyOptions {
   /** The ONNX model file written by `dynn export`. */
   model: string;
   /** `adaptive` (default), `fixed:U` or `controller`. */
@@ -112,6 +113,7 @@ const FASTIFY_ERRORS: Record<string, [number, ErrorKind]> = {
 /** Maps any error to the status, kind and message the client gets. */
 function classify(err: FastifyError | Error): { status: number; kind: ErrorKind; message: string } {
   if (err instanceof HttpError) return { status: err.statusCode, kind: err.kind, message: err.message };
+  if (err instanceof ForbiddenHostError) return { status: 403, kind: 'forbidden_host', message: err.message };
   const code = (err as FastifyError).code;
   const known = code ? FASTIFY_ERRORS[code] : undefined;
   if (known) {
@@ -194,7 +196,7 @@ export class DynnServer {
       const bodyLimit = o.bodyLimit ?? Math.max(1 << 20, 24 * per * maxBatch + 4096);
       const batcher: MicroBatcher = new MicroBatcher(model, { maxBatch, maxWaitMs, maxQueue, levels: meta.levels, policy, onRun: (r) => metrics.run(r) });
       const metrics = new ServeMetrics({ levelUs: meta.levels.map((l) => l.u), maxBatch, sloMs }, () => batcher.depth);
-      const app = Fastify({ bodyLimit, logger: false, return503OnClosing: true, forceCloseConnections: 'idle' });
+      const app = createHttpApp({ bodyLimit, logger: false, return503OnClosing: true, forceCloseConnections: 'idle' }, o);
       const server = new DynnServer(app, model, policy, metrics, batcher, table);
       server.routes({ shape: meta.input.shape, maxSamples: maxBatch }, sloMs, o.log ?? (() => {}));
       return server;
@@ -263,6 +265,17 @@ export class DynnServer {
   private response(res: BatchedResult, totalMs: number): PredictResponse {
     const names = this.metadata.classNames;
     const c = res.numClasses;
+    // JSON has no NaN or Infinity: scores that overflowed are the input's fault (values far outside the
+    // range the model was trained on), so the client hears which sample, not a serializer's 500.
+    const bad = res.scores.findIndex((s) => !Number.isFinite(s));
+    if (bad >= 0) {
+      const sample = Math.floor(bad / c);
+      throw new HttpError(
+        422,
+        'non_finite_output',
+        `the model produced non-finite scores for sample ${sample} (class ${bad % c} is ${res.scores[bad]}): its input values are likely far outside the range the model was trained on`,
+      );
+    }
     return {
       predictions: Array.from(res.classes, (cls, i) => ({
         class: cls,
@@ -276,9 +289,12 @@ export class DynnServer {
     };
   }
 
-  /** Starts listening; resolves to the address (e.g. `http://127.0.0.1:8080`). Port 0 picks a free port. */
+  /**
+   * Starts listening; resolves to the address (e.g. `http://127.0.0.1:8080`). Port 0 picks a free port.
+   * A port in use or a host that does not resolve is a DynnError.
+   */
   async listen(options: { port?: number; host?: string } = {}): Promise<string> {
-    return this.app.listen({ port: options.port ?? 8080, host: options.host ?? '127.0.0.1' });
+    return listenHttp(this.app, options.port ?? 8080, options.host ?? '127.0.0.1');
   }
 
   /**
