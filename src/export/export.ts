@@ -302,8 +302,8 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
  * written. A folder at `file` is a DynnError.
  */
 export async function saveOnnx(model: Network, file: string, options: ExportOptions = {}): Promise<OnnxMetadata> {
-  const { bytes, metadata } = exportOnnx(model, options);
   if ((await fsp.stat(file).catch(() => null))?.isDirectory()) throw new DynnError(`${file} is a folder; give the ONNX file to write, e.g. ${path.join(file, 'model.onnx')}`);
+  const { bytes, metadata } = exportOnnx(model, options);
   await writeFileAtomic(file, bytes);
   return metadata;
 }

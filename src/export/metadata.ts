@@ -29,7 +29,8 @@ export const METADATA_LIMITS = {
   maxExits: 1024,
 } as const;
 
-const count = z.number().nonnegative();
+/** A cost or count: a finite number >= 0 (zod 4 refuses NaN and infinities). */
+const nonNegative = z.number().nonnegative();
 
 const levelSchema = z.object({
   /** The utilization this level was exported for (its representative; what `run` reports as used). */
@@ -38,14 +39,14 @@ const levelSchema = z.object({
   level: z.number().int().nonnegative(),
   /** The smallest u that reaches this level under dynn's rounding rule; the graph's branch threshold. */
   minU: z.number().gt(0).lte(1),
-  flops: count,
-  macs: count,
+  flops: nonNegative,
+  macs: nonNegative,
   /** Active parameters. */
-  params: count,
+  params: nonNegative,
   /** flops / FLOPs at u = 1. */
-  flopsRatio: count,
+  flopsRatio: nonNegative,
   /** Early-exit models: FLOPs of a sample that leaves at each exit (segments and exit classifiers passed). */
-  exitFlops: z.array(count).optional(),
+  exitFlops: z.array(nonNegative).optional(),
 });
 
 const exitsSchema = z.object({
@@ -59,10 +60,10 @@ const controllerSchema = z.object({
   /** The utilization each controller output stands for, ascending. */
   actions: z.array(z.number().gt(0).lte(1)).min(1).max(METADATA_LIMITS.maxLevels),
   /** Cost of one decision: added to every sample's cost. */
-  flops: count,
-  macs: count,
+  flops: nonNegative,
+  macs: nonNegative,
   /** flops / the network's FLOPs at u = 1. */
-  flopsRatio: count,
+  flopsRatio: nonNegative,
 });
 
 const metadataSchema = z

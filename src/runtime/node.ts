@@ -145,7 +145,7 @@ class WorkerRunner implements Runner {
     const runner = new WorkerRunner(worker);
     const { metadata, verified } = await new Promise<{ metadata: OnnxMetadata; verified: boolean }>((resolve, reject) => {
       worker.on('message', (m: WorkerReply) => {
-        if (m.type === 'ready') resolve(m);
+        if (m.type === 'ready') resolve({ metadata: m.metadata, verified: m.verified });
         else if (m.type === 'error' && m.id === null) reject(revive(m.error));
         else runner.settle(m);
       });
