@@ -13,7 +13,8 @@ import { createModel } from '../models/zoo.js';
 import { saveRun, type TrainMeta } from '../train/run.js';
 import { randomizeStatistics } from '../export/fixtures.js';
 import { OnnxModel } from '../runtime/node.js';
-import { readLatencyTable } from '../runtime/profile.js';
+import { checkProfileOptions, readLatencyTable } from '../runtime/profile.js';
+import { ModelProto } from '../export/onnx-proto.js';
 import { VERSION } from '../version.js';
 
 const capture = captureIo;
@@ -84,6 +85,53 @@ test('deploy commands reject bad options and unknown models with clear messages,
   assert.equal(await runCli(['export', renamed, '--onnx', onnx], io), 1);
   assert.match(io.stderr(), /unknown model "vgg-x"; expected one of .*vgg-w/);
   assert.equal(fs.existsSync(onnx), false);
+});
+
+/** Runs the CLI and expects exit code 1 with one `dynn: ...` line matching `pattern`, no stack trace. */
+async function fails(argv: string[], pattern: RegExp): Promise<void> {
+  const io = capture();
+  assert.equal(await runCli(argv, io), 1, `${argv.join(' ')}: ${io.stderr()}`);
+  assert.match(io.stderr(), /^dynn: /);
+  assert.match(io.stderr(), pattern);
+  assert.doesNotMatch(io.stderr(), /\n\s+at /, 'no stack trace');
+}
+
+test('dynn export refuses a folder as --onnx, and overwrites an existing file only with --force', async () => {
+  const dir = path.join(tmp, 'models');
+  fs.mkdirSync(dir);
+  await fails(['export', run, '--onnx', dir], /--onnx .*models is a folder; give the file to write, e\.g\. .*models\/model\.onnx/);
+  await fails(['export', run, '--onnx', dir + path.sep], /names a folder/);
+  assert.deepEqual(fs.readdirSync(dir), []);
+  const file = path.join(dir, 'm.onnx');
+  const io = capture();
+  assert.equal(await runCli(['export', run, '--onnx', file, '--levels', '1', '--engine', 'wasm'], io), 0, io.stderr());
+  const before = fs.readFileSync(file);
+  await fails(['export', run, '--onnx', file, '--levels', '0.5,1'], /m\.onnx exists; pass --force to overwrite it/);
+  assert.deepEqual(fs.readFileSync(file), before);
+  const forced = capture();
+  assert.equal(await runCli(['export', run, '--onnx', file, '--levels', '0.5,1', '--force', '--json'], forced), 0, forced.stderr());
+  assert.deepEqual(JSON.parse(forced.stdout()).metadata.levels.map((l: { u: number }) => l.u), [0.5, 1]);
+  assert.deepEqual(fs.readdirSync(dir), ['m.onnx'], 'written atomically: no temporary file left');
+});
+
+test('dynn profile bounds batch sizes, reps and threads before allocating, and refuses a tampered model', async () => {
+  const file = path.join(tmp, 'profiled.onnx');
+  const io = capture();
+  assert.equal(await runCli(['export', run, '--onnx', file, '--levels', '1', '--engine', 'wasm'], io), 0, io.stderr());
+  await fails(['profile', file, '--batches', '1,100000000'], /batch size 100000000 is too large to profile; at most 4096/);
+  await fails(['profile', file, '--reps', '1000000000'], /reps must be an integer from 1 to 100000, got 1000000000/);
+  await fails(['profile', file, '--warmup', '1000000000'], /warmup must be an integer from 0 to 10000/);
+  await fails(['profile', file, '--threads', '100000000'], /--threads must be at most 1024, got 100000000/);
+  assert.throws(() => checkProfileOptions({ batches: [4096] }, [3, 224, 224]), /a batch of 4096 samples of \[3,224,224\] holds 616562688 input values; at most 67108864/);
+  checkProfileOptions({ batches: [4096] }, [1, 28, 28]);
+  // A weight changed on disk: refused at start-up with a clear message.
+  const bytes = new Uint8Array(fs.readFileSync(file));
+  const raw = (ModelProto.toObject(ModelProto.decode(bytes)) as { graph: { initializer: { name: string; raw_data: Uint8Array }[] } }).graph.initializer.find((t) => t.name === 'fc1.kernel')!.raw_data;
+  const at = Buffer.from(bytes).indexOf(Buffer.from(raw.subarray(0, 32)));
+  bytes[at + 3] ^= 0x7f;
+  fs.writeFileSync(file, bytes);
+  await fails(['profile', file, '--batches', '1', '--reps', '1'], /profiled\.onnx: weights digest mismatch: the file was modified or corrupted/);
+  assert.equal(fs.existsSync(`${file}.profile.json`), false);
 });
 
 test('intListOption parses batch lists', () => {

@@ -1,3 +1,5 @@
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
 import cliProgress from 'cli-progress';
 import type { CommandModule } from './types.js';
 import { choiceOption, ms, numberOption, si, table, uListOption, type Io } from './io.js';
@@ -40,9 +42,26 @@ function levelsTable(meta: OnnxMetadata): string {
   );
 }
 
-/** `dynn export RUN --onnx FILE [--levels LIST]`. */
+/**
+ * Refuses an `--onnx` target that is a folder (a file path is expected) or an existing file without
+ * `force`, before anything heavy is loaded.
+ */
+async function checkOnnxTarget(file: string, force: boolean): Promise<void> {
+  if (/[\\/]$/.test(file)) throw new DynnError(`--onnx ${file} names a folder; give the file to write, e.g. ${path.join(file, 'model.onnx')}`);
+  let stat: import('node:fs').Stats;
+  try {
+    stat = await fsp.stat(file);
+  } catch {
+    return;
+  }
+  if (stat.isDirectory()) throw new DynnError(`--onnx ${file} is a folder; give the file to write, e.g. ${path.join(file, 'model.onnx')}`);
+  if (!force) throw new DynnError(`${file} exists; pass --force to overwrite it`);
+}
+
+/** `dynn export RUN --onnx FILE [--levels LIST] [--force]`. */
 export async function exportCommand(run: string, o: Opts, io: Io): Promise<void> {
   if (!o.onnx || typeof o.onnx !== 'string') throw new DynnError('export needs --onnx FILE (the ONNX file to write)');
+  await checkOnnxTarget(o.onnx, o.force === true);
   const levels = uListOption(o.levels, 'levels');
   const { initEngine } = await import('../engine/backend.js');
   const { loadRun } = await import('../train/run.js');
@@ -95,9 +114,12 @@ export async function profileCommand(file: string, o: Opts, io: Io): Promise<voi
   const batches = intListOption(o.batches, 'batches') ?? [1, 64];
   const reps = numberOption(o.reps, 'reps', { int: true, min: 1 }) ?? 20;
   const warmup = numberOption(o.warmup, 'warmup', { int: true, min: 0 }) ?? 3;
-  const { OnnxModel, defaultThreads } = await import('../runtime/node.js');
-  const { profileModel, saveLatencyTable } = await import('../runtime/profile.js');
+  const { OnnxModel, defaultThreads, MAX_THREADS } = await import('../runtime/node.js');
+  const { checkProfileOptions, profileModel, saveLatencyTable } = await import('../runtime/profile.js');
   const threads = numberOption(o.threads, 'threads', { int: true, min: 1 }) ?? defaultThreads();
+  if (threads > MAX_THREADS) throw new DynnError(`--threads must be at most ${MAX_THREADS}, got ${threads}`);
+  // Before loading: the batch bound needs no model; the input-size bound is checked again once the shape is known.
+  checkProfileOptions({ batches, reps, warmup });
   const model = await OnnxModel.load(file, { threads });
   let bar: cliProgress.SingleBar | null = null;
   try {
@@ -121,6 +143,7 @@ export const deployCommands: CommandModule = (cli, io) => {
   cli
     .command('export <run>', 'write a trained run as one ONNX model with a utilization input u (an If chain over its levels)')
     .option('--onnx <file>', 'the ONNX file to write (required; written atomically)')
+    .option('--force', 'overwrite the --onnx file if it exists')
     .option('--levels <list>', 'utilizations whose levels to export, e.g. 0.25,0.5,0.75,1 [default: every level]')
     .option('--controller <dir>', 'also export this controller (from `dynn controller train`): the whole adaptive model runs in ONNX Runtime')
     .option('--engine <name>', 'auto, tensorflow, wasm or cpu (only reads the weights)')

@@ -255,7 +255,7 @@ test('export errors: duplicate levels, bad u, independent gating, wrong class na
   assert.throws(() => exportOnnx(odd), /cannot export layer mystery: unknown exportable layer class "Mystery"; expected one of .*Conv2D/);
 });
 
-test('saveOnnx writes atomically; a failed export leaves the old file as it was', async () => {
+test('saveOnnx writes atomically; a failed export leaves the old file as it was; a folder is refused', async () => {
   const model = createModel('mlp-w', { hidden: [16], groups: 4 });
   const file = path.join(tmp, 'atomic.onnx');
   const meta = await saveOnnx(model, file);
@@ -265,5 +265,7 @@ test('saveOnnx writes atomically; a failed export leaves the old file as it was'
   assert.deepEqual(readFileSync(file), bytes);
   assert.deepEqual(readdirSync(tmp).filter((f) => f.endsWith('.tmp')), []);
   assert.ok(existsSync(file));
+  // A folder is not a file to write (it was an EISDIR stack trace).
+  await assert.rejects(saveOnnx(model, tmp), (err: Error) => err.name === 'DynnError' && /is a folder; give the ONNX file to write, e\.g\. .*model\.onnx/.test(err.message));
   model.dispose();
 });

@@ -1,3 +1,6 @@
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
 import type { Network } from '../models/network.js';
 import { planToData, staticPlan } from '../models/network.js';
 import { exitCosts, exitSegments, type ExitHead } from '../models/exits.js';
@@ -9,6 +12,7 @@ import { writeFileAtomic } from '../util/fs.js';
 import { VERSION } from '../version.js';
 import { attr, floatValueInfo, GraphBuilder, NameScope } from './graph.js';
 import { lowerChain } from './lower.js';
+import { weightsDigestChunks } from './digest.js';
 import { metadataProps, ONNX_FORMAT, ONNX_IO, type OnnxLevel, type OnnxMetadata } from './metadata.js';
 import { encodeModel, IR_VERSION, OPSET_VERSION, type GraphMsg, type ValueInfoMsg } from './onnx-proto.js';
 
@@ -154,6 +158,9 @@ function selectBranch(
  * exit in one pass, without the exits.
  *
  * With `options.controller`, a second output `controller_scores` holds the controller's action logits.
+ *
+ * The metadata stores `weightsSha256`, the SHA-256 of every initializer (see `digest.ts`), which the runtime
+ * checks at load together with the graph's inputs and outputs.
  */
 export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExport {
   const gating = options.gating ?? 'nested';
@@ -263,6 +270,9 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
     for (const lv of levels) lv.exitFlops = exitCosts(model, model.plan(lv.u)).map((e) => e.cumulativeFlops);
   }
 
+  const graph = main.build();
+  const hash = createHash('sha256');
+  for (const chunk of weightsDigestChunks(graph)) hash.update(chunk);
   const metadata: OnnxMetadata = {
     format: ONNX_FORMAT,
     dynnVersion: VERSION,
@@ -273,6 +283,7 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
     levels,
     ...(staged ? { exits: { count: segments.length, ...(options.exitPolicy ? { policy: options.exitPolicy } : {}) } } : {}),
     ...(controller ? { controller } : {}),
+    weightsSha256: hash.digest('hex'),
   };
   const bytes = encodeModel({
     ir_version: IR_VERSION,
@@ -280,14 +291,18 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
     producer_name: 'dynn',
     producer_version: VERSION,
     doc_string: `${model.config.model}: a throttleable network; input u in (0, 1] picks one of ${levels.length} levels`,
-    graph: main.build(),
+    graph,
     metadata_props: metadataProps(metadata),
   });
   return { bytes, metadata };
 }
 
-/** Exports a network to an ONNX file, written atomically; returns the metadata written. */
+/**
+ * Exports a network to an ONNX file, written atomically (an existing file is replaced); returns the metadata
+ * written. A folder at `file` is a DynnError.
+ */
 export async function saveOnnx(model: Network, file: string, options: ExportOptions = {}): Promise<OnnxMetadata> {
+  if ((await fsp.stat(file).catch(() => null))?.isDirectory()) throw new DynnError(`${file} is a folder; give the ONNX file to write, e.g. ${path.join(file, 'model.onnx')}`);
   const { bytes, metadata } = exportOnnx(model, options);
   await writeFileAtomic(file, bytes);
   return metadata;

@@ -18,6 +18,20 @@ export const ONNX_IO = {
   controller: 'controller_scores',
 } as const;
 
+/** Bounds on what a model file may claim, so a corrupt or hostile file cannot make the runtime allocate absurdly. */
+export const METADATA_LIMITS = {
+  /** Largest image side or channel count. */
+  maxDim: 65536,
+  /** Most values in one input sample (C x H x W). */
+  maxSampleValues: 2 ** 26,
+  maxClasses: 1_000_000,
+  maxLevels: 4096,
+  maxExits: 1024,
+} as const;
+
+/** A cost or count: a finite number >= 0 (zod 4 refuses NaN and infinities). */
+const nonNegative = z.number().nonnegative();
+
 const levelSchema = z.object({
   /** The utilization this level was exported for (its representative; what `run` reports as used). */
   u: z.number().gt(0).lte(1),
@@ -25,48 +39,78 @@ const levelSchema = z.object({
   level: z.number().int().nonnegative(),
   /** The smallest u that reaches this level under dynn's rounding rule; the graph's branch threshold. */
   minU: z.number().gt(0).lte(1),
-  flops: z.number().nonnegative(),
-  macs: z.number().nonnegative(),
+  flops: nonNegative,
+  macs: nonNegative,
   /** Active parameters. */
-  params: z.number().nonnegative(),
+  params: nonNegative,
   /** flops / FLOPs at u = 1. */
-  flopsRatio: z.number().nonnegative(),
+  flopsRatio: nonNegative,
   /** Early-exit models: FLOPs of a sample that leaves at each exit (segments and exit classifiers passed). */
-  exitFlops: z.array(z.number().nonnegative()).optional(),
+  exitFlops: z.array(nonNegative).optional(),
 });
 
 const exitsSchema = z.object({
   /** Exits, the final classifier included: the graph runs one stage per exit. */
-  count: z.number().int().min(2),
+  count: z.number().int().min(2).max(METADATA_LIMITS.maxExits),
   /** The fitted exit policy stored by `dynn fit-exits --save`, the runtime's default. */
-  policy: z.object({ rule: z.string(), thresholds: z.array(z.number()) }).optional(),
+  policy: z.object({ rule: z.string().min(1), thresholds: z.array(z.number()) }).optional(),
 });
 
 const controllerSchema = z.object({
   /** The utilization each controller output stands for, ascending. */
-  actions: z.array(z.number().gt(0).lte(1)).min(1),
+  actions: z.array(z.number().gt(0).lte(1)).min(1).max(METADATA_LIMITS.maxLevels),
   /** Cost of one decision: added to every sample's cost. */
-  flops: z.number().nonnegative(),
-  macs: z.number().nonnegative(),
+  flops: nonNegative,
+  macs: nonNegative,
   /** flops / the network's FLOPs at u = 1. */
-  flopsRatio: z.number().nonnegative(),
+  flopsRatio: nonNegative,
 });
 
-const metadataSchema = z.object({
-  format: z.literal(ONNX_FORMAT),
-  dynnVersion: z.string(),
-  model: z.object({ model: z.string(), args: z.record(z.string(), z.unknown()) }),
-  /** The image input: NCHW float32, per-sample shape [C, H, W]. */
-  input: z.object({ name: z.string(), layout: z.literal('NCHW'), shape: z.array(z.number().int().positive()).length(3) }),
-  numClasses: z.number().int().min(2),
-  classNames: z.array(z.string()),
-  /** Exported levels, cheapest first. */
-  levels: z.array(levelSchema).min(1),
-  /** Early-exit models: the graph runs stage by stage (inputs `images` = the stage input, `u`, `stage`). */
-  exits: exitsSchema.optional(),
-  /** A per-input controller exported with the network (output `controller_scores`). */
-  controller: controllerSchema.optional(),
-});
+const metadataSchema = z
+  .object({
+    format: z.literal(ONNX_FORMAT),
+    dynnVersion: z.string(),
+    model: z.object({ model: z.string().min(1), args: z.record(z.string(), z.unknown()) }),
+    /** The image input: NCHW float32, per-sample shape [C, H, W]. */
+    input: z.object({
+      name: z.literal(ONNX_IO.images),
+      layout: z.literal('NCHW'),
+      shape: z.array(z.number().int().positive().max(METADATA_LIMITS.maxDim)).length(3),
+    }),
+    numClasses: z.number().int().min(2).max(METADATA_LIMITS.maxClasses),
+    classNames: z.array(z.string()),
+    /** Exported levels, cheapest first. */
+    levels: z.array(levelSchema).min(1).max(METADATA_LIMITS.maxLevels),
+    /** Early-exit models: the graph runs stage by stage (inputs `images` = the stage input, `u`, `stage`). */
+    exits: exitsSchema.optional(),
+    /** A per-input controller exported with the network (output `controller_scores`). */
+    controller: controllerSchema.optional(),
+    /**
+     * SHA-256 of the model's initializers (see `export/digest.ts`), checked at load. Absent in models exported
+     * before dynn stored it: those load unverified.
+     */
+    weightsSha256: z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 lowercase hex digits').optional(),
+  })
+  .superRefine((m, ctx) => {
+    const issue = (path: (string | number)[], message: string) => ctx.addIssue({ code: 'custom', path, message });
+    const values = m.input.shape.reduce((a, b) => a * b, 1);
+    if (values > METADATA_LIMITS.maxSampleValues) issue(['input', 'shape'], `[${m.input.shape}] is ${values} values per sample; at most ${METADATA_LIMITS.maxSampleValues}`);
+    if (m.classNames.length !== m.numClasses) issue(['classNames'], `${m.classNames.length} class names for numClasses ${m.numClasses}`);
+    m.levels.forEach((l, i) => {
+      if (l.minU > l.u) issue(['levels', i, 'minU'], `minU ${l.minU} is above the level's u ${l.u}`);
+      const prev = m.levels[i - 1];
+      if (prev && !(l.level > prev.level && l.u > prev.u && l.minU > prev.minU)) {
+        issue(['levels', i], 'levels must be strictly increasing (level, u and minU), cheapest first');
+      }
+      if (m.exits && l.exitFlops?.length !== m.exits.count) issue(['levels', i, 'exitFlops'], `needs one value per exit (${m.exits.count})`);
+    });
+    const policy = m.exits?.policy;
+    if (m.exits && policy && policy.thresholds.length !== m.exits.count - 1) {
+      issue(['exits', 'policy', 'thresholds'], `${policy.thresholds.length} thresholds for ${m.exits.count - 1} intermediate exits`);
+    }
+    const actions = m.controller?.actions ?? [];
+    if (actions.some((a, i) => i > 0 && a <= actions[i - 1])) issue(['controller', 'actions'], 'actions must be strictly increasing');
+  });
 
 /** One exported operating level. */
 export type OnnxLevel = z.infer<typeof levelSchema>;
@@ -74,9 +118,14 @@ export type OnnxLevel = z.infer<typeof levelSchema>;
 /** What a dynn ONNX file says about itself (stored in `metadata_props`, one JSON value per key). */
 export type OnnxMetadata = z.infer<typeof metadataSchema>;
 
+/** Fields stored as plain strings, not JSON (what `metadataProps` writes for a string value). */
+const STRING_FIELDS = new Set(['format', 'dynnVersion', 'weightsSha256']);
+
 /** The metadata as ONNX `metadata_props` entries: `dynn.<field>` keys with JSON values. */
 export function metadataProps(meta: OnnxMetadata): { key: string; value: string }[] {
-  return Object.entries(meta).map(([k, v]) => ({ key: `dynn.${k}`, value: typeof v === 'string' ? v : JSON.stringify(v) }));
+  return Object.entries(meta)
+    .filter(([, v]) => v !== undefined)
+    .map(([k, v]) => ({ key: `dynn.${k}`, value: typeof v === 'string' ? v : JSON.stringify(v) }));
 }
 
 /**
@@ -91,12 +140,21 @@ export function readOnnxMetadata(bytes: Uint8Array, source: string): OnnxMetadat
   } catch (err) {
     throw new DynnError(`${source}: not a valid ONNX model (${(err as Error).message}); is the file truncated or corrupt?`);
   }
-  const raw: Record<string, unknown> = {};
-  for (const { key, value } of props) {
+  return parseMetadataProps(props, source);
+}
+
+/**
+ * Validates the `dynn.*` entries of a model's `metadata_props` (untrusted: types, ranges, and that levels,
+ * class names, exits and actions agree), with a DynnError naming `source` and the first bad field.
+ */
+export function parseMetadataProps(props: readonly { key?: string; value?: string }[], source: string): OnnxMetadata {
+  // No prototype: a key `dynn.__proto__` must stay a plain field.
+  const raw: Record<string, unknown> = Object.create(null);
+  for (const { key = '', value = '' } of props) {
     if (!key.startsWith('dynn.')) continue;
     const field = key.slice('dynn.'.length);
     try {
-      raw[field] = field === 'format' || field === 'dynnVersion' ? value : JSON.parse(value);
+      raw[field] = STRING_FIELDS.has(field) ? value : JSON.parse(value);
     } catch {
       throw new DynnError(`${source}: metadata entry ${key} is not valid JSON`);
     }

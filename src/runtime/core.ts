@@ -1,7 +1,9 @@
 import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import { checkUtilization } from '../gating/gating.js';
 import { DynnError } from '../util/errors.js';
-import { levelIndexFor, ONNX_IO, readOnnxMetadata, type OnnxLevel, type OnnxMetadata } from '../export/metadata.js';
+import { levelIndexFor, ONNX_IO, type OnnxLevel, type OnnxMetadata } from '../export/metadata.js';
+import type { Sha256 } from '../export/digest.js';
+import { verifyModel } from './verify.js';
 import { exitRules, perExitThresholds, settleExit, type ExitRule } from '../scaling/rules.js';
 import { arrayRows, dispatchAsync, rowsOf } from '../route/dispatch.js';
 
@@ -133,18 +135,23 @@ export class ModelSession {
     private readonly ort: OrtApi,
     /** The model's dynn metadata. */
     readonly metadata: OnnxMetadata,
+    /** Whether the weights digest was checked at load (false: a model exported before dynn stored one). */
+    readonly verified: boolean,
   ) {}
 
-  /** Reads the metadata (clear errors for corrupt or foreign files), then creates the session. */
-  static async create(ort: OrtApi, bytes: Uint8Array, source: string, options: InferenceSession.SessionOptions): Promise<ModelSession> {
-    const metadata = readOnnxMetadata(bytes, source);
+  /**
+   * Verifies the file against its metadata (`verifyModel`: clear errors for corrupt, modified or foreign
+   * files), then creates the session. `sha256` hashes the weights (default WebCrypto).
+   */
+  static async create(ort: OrtApi, bytes: Uint8Array, source: string, options: InferenceSession.SessionOptions, sha256?: Sha256): Promise<ModelSession> {
+    const { metadata, verified } = await verifyModel(bytes, source, sha256);
     let session: InferenceSession;
     try {
       session = await ort.InferenceSession.create(bytes, options);
     } catch (err) {
       throw new DynnError(`${source}: ONNX Runtime cannot load it: ${(err as Error).message}`);
     }
-    return new ModelSession(session, ort, metadata);
+    return new ModelSession(session, ort, metadata, verified);
   }
 
   private prepare(images: Float32Array, options: RunOptions): { nchw: Float32Array; batch: number } {

@@ -37,4 +37,5 @@ export {
   type LatencyRow,
   type ProfileOptions,
 } from './profile.js';
+export { verifyModel, type VerifiedModel } from './verify.js';
 export { readOnnxMetadata, type OnnxMetadata, type OnnxLevel } from '../export/metadata.js';

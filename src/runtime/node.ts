@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -52,6 +53,9 @@ export interface LoadOptions {
   spinning?: boolean;
 }
 
+/** Most intra-op threads a session may ask for: ONNX Runtime would try to start every one (1e8 hung). */
+export const MAX_THREADS = 1024;
+
 /** The core count, the default intra-op thread count. */
 export function defaultThreads(): number {
   return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
@@ -64,6 +68,7 @@ export function sessionOptions(options: Omit<LoadOptions, 'worker'> = {}): Infer
   if (!providers) throw new DynnError(`unknown device "${device}"; expected one of ${Object.keys(NODE_EXECUTION_PROVIDERS).join(', ')}`);
   const threads = options.threads ?? defaultThreads();
   if (!Number.isInteger(threads) || threads < 1) throw new DynnError(`threads must be a positive integer, got ${threads}`);
+  if (threads > MAX_THREADS) throw new DynnError(`threads must be at most ${MAX_THREADS}, got ${threads}`);
   const noSpin = { allow_spinning: '0' };
   return {
     executionProviders: [...providers],
@@ -85,11 +90,18 @@ export async function readModelFile(file: string): Promise<Uint8Array> {
   }
 }
 
+/** SHA-256 with node:crypto, streamed over the chunks (no concatenated copy of the weights). */
+async function nodeSha256(chunks: Uint8Array[]): Promise<string> {
+  const h = createHash('sha256');
+  for (const c of chunks) h.update(c);
+  return h.digest('hex');
+}
+
 /** Opens an in-thread session of a model file (what a worker runs, and `OnnxModel` without a worker). */
 export async function openSession(file: string, options: Omit<LoadOptions, 'worker'> = {}): Promise<ModelSession> {
   const ort = await import('onnxruntime-node');
   const opts = sessionOptions(options);
-  return ModelSession.create(ort.default ?? ort, await readModelFile(file), file, opts);
+  return ModelSession.create(ort.default ?? ort, await readModelFile(file), file, opts, nodeSha256);
 }
 
 /** What a session answers: `ModelSession`'s inference methods, called in or out of a worker thread. */
@@ -103,7 +115,7 @@ export type SessionMethod = keyof SessionCalls;
 /** Messages between `OnnxModel` and its worker (src/runtime/worker.ts). */
 export type WorkerRequest = { type: 'call'; id: number; method: SessionMethod; args: unknown[] } | { type: 'close' };
 export type WorkerReply =
-  | { type: 'ready'; metadata: OnnxMetadata }
+  | { type: 'ready'; metadata: OnnxMetadata; verified: boolean }
   | { type: 'result'; id: number; value: unknown }
   | { type: 'error'; id: number | null; error: { name: string; message: string } };
 
@@ -128,12 +140,12 @@ class WorkerRunner implements Runner {
 
   private constructor(private readonly worker: Worker) {}
 
-  static async start(file: string, options: Omit<LoadOptions, 'worker'>): Promise<{ runner: WorkerRunner; metadata: OnnxMetadata }> {
+  static async start(file: string, options: Omit<LoadOptions, 'worker'>): Promise<{ runner: WorkerRunner; metadata: OnnxMetadata; verified: boolean }> {
     const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: { file, options } });
     const runner = new WorkerRunner(worker);
-    const metadata = await new Promise<OnnxMetadata>((resolve, reject) => {
+    const { metadata, verified } = await new Promise<{ metadata: OnnxMetadata; verified: boolean }>((resolve, reject) => {
       worker.on('message', (m: WorkerReply) => {
-        if (m.type === 'ready') resolve(m.metadata);
+        if (m.type === 'ready') resolve({ metadata: m.metadata, verified: m.verified });
         else if (m.type === 'error' && m.id === null) reject(revive(m.error));
         else runner.settle(m);
       });
@@ -150,7 +162,7 @@ class WorkerRunner implements Runner {
       await worker.terminate();
       throw err;
     });
-    return { runner, metadata };
+    return { runner, metadata, verified };
   }
 
   private settle(m: WorkerReply): void {
@@ -217,25 +229,32 @@ export class OnnxModel {
     private readonly runner: Runner,
     /** Whether inference runs in a worker thread. */
     readonly inWorker: boolean,
+    /**
+     * Whether the weights digest was checked at load. False only for a model exported before dynn stored
+     * one (its inputs and outputs were still checked); re-export it to verify its weights.
+     */
+    readonly verified: boolean,
   ) {}
 
   /**
    * Loads a model exported by `dynn export`. Rejects with a DynnError for a missing, corrupt or truncated
-   * file, a file without dynn metadata, or a device this ONNX Runtime build lacks.
+   * file, a file without dynn metadata or with metadata that does not validate, a graph whose inputs and
+   * outputs differ from its metadata, weights that do not match the stored digest, or a device this ONNX
+   * Runtime build lacks.
    */
   static async load(file: string, options: LoadOptions = {}): Promise<OnnxModel> {
     const { worker = false, ...rest } = options;
     sessionOptions(rest);
     if (worker) {
-      const { runner, metadata } = await WorkerRunner.start(file, rest);
-      return new OnnxModel(file, metadata, runner, true);
+      const { runner, metadata, verified } = await WorkerRunner.start(file, rest);
+      return new OnnxModel(file, metadata, runner, true, verified);
     }
     const session = await openSession(file, rest);
     const runner: Runner = {
       call: (method, args) => (session[method] as (...a: unknown[]) => ReturnType<SessionCalls[typeof method]>)(...args),
       close: () => session.release(),
     };
-    return new OnnxModel(file, session.metadata, runner, false);
+    return new OnnxModel(file, session.metadata, runner, false, session.verified);
   }
 
   /** The exported levels, cheapest first. */

@@ -51,6 +51,39 @@ export interface ProfileOptions {
   onStep?: (done: number, total: number) => void;
 }
 
+/**
+ * Bounds on `profileModel`'s options, checked before any input is allocated: a batch of 1e8 samples asked
+ * for 300 GB of input (a RangeError), and huge rep counts would run for days.
+ */
+export const PROFILE_LIMITS = {
+  maxBatch: 4096,
+  /** Most input values in one batch: 2^26 float32s, 256 MiB. */
+  maxBatchValues: 2 ** 26,
+  maxReps: 100_000,
+  maxWarmup: 10_000,
+} as const;
+
+/**
+ * Checks batch sizes, reps and warmup against `PROFILE_LIMITS` (with `sampleShape`, also each batch's input
+ * size), with a DynnError that names the bad value.
+ */
+export function checkProfileOptions(o: { batches?: number[]; reps?: number; warmup?: number }, sampleShape?: readonly number[]): void {
+  const { batches = [], reps = 1, warmup = 0 } = o;
+  const L = PROFILE_LIMITS;
+  if (batches.some((b) => !Number.isInteger(b) || b < 1)) throw new DynnError(`batch sizes must be positive integers, got [${batches}]`);
+  const big = batches.find((b) => b > L.maxBatch);
+  if (big !== undefined) throw new DynnError(`batch size ${big} is too large to profile; at most ${L.maxBatch}`);
+  if (!Number.isInteger(reps) || reps < 1 || reps > L.maxReps) throw new DynnError(`reps must be an integer from 1 to ${L.maxReps}, got ${reps}`);
+  if (!Number.isInteger(warmup) || warmup < 0 || warmup > L.maxWarmup) throw new DynnError(`warmup must be an integer from 0 to ${L.maxWarmup}, got ${warmup}`);
+  if (!sampleShape) return;
+  const per = sampleShape.reduce((a, b) => a * b, 1);
+  for (const b of batches) {
+    if (b * per > L.maxBatchValues) {
+      throw new DynnError(`a batch of ${b} samples of [${sampleShape}] holds ${b * per} input values; at most ${L.maxBatchValues} (256 MiB): profile smaller batches`);
+    }
+  }
+}
+
 /** Where a model's latency table lives: beside the model, `<model>.profile.json`. */
 export function latencyTablePath(modelPath: string): string {
   return `${modelPath}.profile.json`;
@@ -74,8 +107,8 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
   const batches = options.batches ?? [1, 64];
   const reps = options.reps ?? 20;
   const warmup = options.warmup ?? 3;
-  if (batches.length === 0 || batches.some((b) => !Number.isInteger(b) || b < 1)) throw new DynnError(`batch sizes must be positive integers, got [${batches}]`);
-  if (!Number.isInteger(reps) || reps < 1) throw new DynnError(`reps must be a positive integer, got ${reps}`);
+  if (batches.length === 0) throw new DynnError('profile needs at least one batch size');
+  checkProfileOptions({ batches, reps, warmup }, model.metadata.input.shape);
   const per = model.metadata.input.shape.reduce((a, b) => a * b, 1);
   const rng = new Rng(0);
   const inputs = new Map(batches.map((b) => [b, Float32Array.from({ length: b * per }, () => rng.next())]));

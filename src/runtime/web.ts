@@ -12,8 +12,10 @@ import * as ortWeb from 'onnxruntime-web';
 import type { InferenceSession } from 'onnxruntime-web';
 import { DynnError } from '../util/errors.js';
 import { ModelSession, type OrtApi } from './core.js';
+import { webSha256 } from '../export/digest.js';
 
 export { ModelSession, nhwcToNchw, argmaxRows, levelFor, type Prediction, type RunOptions, type ImageLayout } from './core.js';
+export { verifyModel, type VerifiedModel } from './verify.js';
 export { readOnnxMetadata, levelIndexFor, type OnnxMetadata, type OnnxLevel } from '../export/metadata.js';
 
 /** Where a model runs in a browser. */
@@ -40,7 +42,11 @@ export interface WebLoadOptions {
   proxy?: boolean;
 }
 
-/** Loads a dynn ONNX model from a URL or bytes with onnxruntime-web. */
+/**
+ * Loads a dynn ONNX model from a URL or bytes with onnxruntime-web, after the checks `OnnxModel.load` makes
+ * (metadata, inputs and outputs, weights digest with WebCrypto); `verified` on the result says whether the
+ * file carried a digest.
+ */
 export async function loadWebModel(source: string | URL | ArrayBuffer | Uint8Array, options: WebLoadOptions = {}): Promise<ModelSession> {
   const device = options.device ?? 'wasm';
   const providers = WEB_EXECUTION_PROVIDERS[device];
@@ -60,5 +66,5 @@ export async function loadWebModel(source: string | URL | ArrayBuffer | Uint8Arr
     bytes = source instanceof Uint8Array ? source : new Uint8Array(source);
   }
   const opts: InferenceSession.SessionOptions = { executionProviders: [...providers], graphOptimizationLevel: 'all' };
-  return ModelSession.create(ortWeb as unknown as OrtApi, bytes, name, opts);
+  return ModelSession.create(ortWeb as unknown as OrtApi, bytes, name, opts, webSha256);
 }

@@ -14,7 +14,7 @@ const asError = (err: unknown) => ({ name: (err as Error).name ?? 'Error', messa
 let session: ModelSession;
 try {
   session = await openSession(file, options);
-  reply({ type: 'ready', metadata: session.metadata });
+  reply({ type: 'ready', metadata: session.metadata, verified: session.verified });
 } catch (err) {
   reply({ type: 'error', id: null, error: asError(err) });
   process.exit(0);
