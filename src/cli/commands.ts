@@ -41,7 +41,15 @@ export function trainOptionsFrom(o: Opts) {
     seed: numberOption(o.seed, 'seed', { int: true }),
     workers: numberOption(o.workers, 'workers', { int: true, min: 0 }),
     engine: choiceOption(o.engine, 'engine', ENGINES),
-    modelArgs: { groups: numberOption(o.groups, 'groups', { int: true, min: 1 }) },
+    modelArgs: {
+      groups: numberOption(o.groups, 'groups', { int: true, min: 1 }),
+      dynamic: o.dynamic === undefined ? undefined : String(o.dynamic),
+      gateWidth: numberOption(o.gateWidth, 'gate-width', { int: true, min: 1 }),
+    },
+    flopsTarget: numberOption(o.flopsTarget, 'flops-target', { min: Number.MIN_VALUE, max: 1 }),
+    efficiencyWeight: numberOption(o.efficiencyWeight, 'efficiency-weight', { min: 0 }),
+    pretrainEpochs: numberOption(o.pretrainEpochs, 'pretrain-epochs', { int: true, min: 0 }),
+    gateThreshold: numberOption(o.gateThreshold, 'gate-threshold', { min: 0, max: 1 }),
     ...scalingTrainOptions(o),
   };
 }

@@ -39,7 +39,15 @@ export function numberOption(value: unknown, name: string, opts: { int?: boolean
     (opts.max !== undefined && n > opts.max);
   if (bad) {
     const kind = opts.int ? 'an integer' : 'a number';
-    const range = opts.min !== undefined ? ` >= ${opts.min}` : '';
+    // Number.MIN_VALUE as the minimum means "above 0".
+    const positive = opts.min === Number.MIN_VALUE;
+    const { min, max } = opts;
+    const range =
+      min !== undefined && max !== undefined
+        ? ` in ${positive ? '(0' : `[${min}`}, ${max}]`
+        : min !== undefined
+          ? positive ? ' > 0' : ` >= ${min}`
+          : max !== undefined ? ` <= ${max}` : '';
     throw new DynnError(`--${name} must be ${kind}${range}, got ${JSON.stringify(value)}`);
   }
   return n;

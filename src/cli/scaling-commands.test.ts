@@ -108,9 +108,9 @@ test('bad scaling input: clear messages, nothing changed', async () => {
     [['fit-exits', exitsRun, '--budget', '0.001'], /budget 0.001 is below the cost of leaving every sample at the first exit/],
     [['fit-exits', slimRun, '--budget', '0.5'], /no early exits/],
     [['train', ...base, '--teacher', path.join(tmp, 'nowhere'), '--out', path.join(tmp, 'x')], /nowhere/],
-    [['train', ...base, '--distill-alpha', '3', '--out', path.join(tmp, 'x')], /--distill-alpha must be a number >= 0, got 3/],
+    [['train', ...base, '--distill-alpha', '3', '--out', path.join(tmp, 'x')], /--distill-alpha must be a number in \[0, 1\], got 3/],
     [['train', ...base, '--exit-weights', '1,x', '--out', path.join(tmp, 'x')], /--exit-weights needs a comma-separated list of non-negative numbers/],
-    [['train', ...base, '--no-inplace-distill', '--inplace-alpha', '2', '--out', path.join(tmp, 'x')], /--inplace-alpha must be a number >= 0, got 2/],
+    [['train', ...base, '--no-inplace-distill', '--inplace-alpha', '2', '--out', path.join(tmp, 'x')], /--inplace-alpha must be a number in \[0, 1\], got 2/],
   ];
   const before = fs.readFileSync(path.join(exitsRun, 'checkpoint.json'), 'utf8');
   for (const [argv, message] of cases) {

@@ -101,6 +101,8 @@ export interface DenseArgs {
   groups?: number;
   /** Initial kernel values (default 'fan-in-uniform'). */
   init?: KernelInit;
+  /** Initial value of every bias (default 0; a gate starts open with a large one). */
+  biasInit?: number;
 }
 
 /** A dense layer whose kernel is sliced to the active input features and output units. */
@@ -114,7 +116,7 @@ export class Dense extends Layer<DenseArgs> {
     if (inShape.length !== 1) throw new DynnError(`${this.name}: Dense needs a flat input, got [${inShape}]`);
     if (groups > 0 && units % groups !== 0) throw new DynnError(`${this.name}: ${units} units do not split into ${groups} groups`);
     this.kernel = this.addWeight('kernel', this.initKernel('kernel', [inShape[0], units], inShape[0], this.args.init));
-    if (useBias) this.bias = this.addWeight('bias', tf.zeros([units]));
+    if (useBias) this.bias = this.addWeight('bias', tf.fill([units], this.args.biasInit ?? 0));
     return [units];
   }
 

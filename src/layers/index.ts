@@ -1,5 +1,5 @@
 export * from './types.js';
-export { Layer, layerClasses, layerFromConfig, type LayerConfig, type KernelInit } from './layer.js';
+export { Layer, InputTooSmallError, layerClasses, layerFromConfig, type LayerConfig, type KernelInit } from './layer.js';
 export { fullSel, groupSel, flattenSel, take } from './select.js';
 export { Conv2D, Dense, planGroups, type Conv2DArgs, type DenseArgs } from './conv.js';
 export { BatchNorm, type BatchNormArgs } from './norm.js';

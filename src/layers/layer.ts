@@ -52,7 +52,7 @@ export abstract class Layer<A extends object = object> {
     // A too-small input shrinks to nothing (a 1x1 image through a 2x2 pooling); the kernels would then read
     // out of bounds or loop forever, so the model refuses it here, when it is built.
     if (this.outShape.some((d) => !Number.isInteger(d) || d < 1)) {
-      throw new DynnError(`layer ${this.name}: an input of ${inShape.join('x')} leaves an output of ${this.outShape.join('x')}; the input is too small for this model`);
+      throw new InputTooSmallError(`layer ${this.name}: an input of ${inShape.join('x')} leaves an output of ${this.outShape.join('x')}; the input is too small for this model`);
     }
     this.built = true;
     return this.outShape;
@@ -113,6 +113,9 @@ export abstract class Layer<A extends object = object> {
     return variable;
   }
 }
+
+/** A layer's input shrinks to nothing on the way through it: the model cannot take inputs that small. */
+export class InputTooSmallError extends DynnError {}
 
 type LayerCtor = new (name: string, args: never) => Layer;
 

@@ -33,6 +33,45 @@ export interface MomentSink {
   add(layer: string, level: number, sel: ChannelSel, count: number, mean: Float32Array, variance: Float32Array): void;
 }
 
+/**
+ * How gates inside a network decide, per sample:
+ * - `soft`: training; decisions are sampled from the gates' probabilities and gradients reach the gates
+ *   through a straight-through factor (value 1), so the executed computation is still the hard one;
+ * - `hard`: inference; deterministic decisions (probability against a threshold), skipped work not done;
+ * - `full`: gates not run, every route at full width (step 1 of two-step training, the plain backbone);
+ * - `masked`: the field's baseline, labelled as such: hard decisions, but every channel computed and then
+ *   multiplied by the decision mask. For measuring what real skipping saves, never for serving.
+ */
+export type GateMode = 'soft' | 'hard' | 'full' | 'masked';
+
+/**
+ * The per-sample side of one forward pass, shared by every gate in the network (`RoutingState` in route/
+ * implements it). Decisions and costs are recorded per sample of the batch the pass started with, whatever
+ * part of it a nested gate sees.
+ */
+export interface Routing {
+  readonly mode: GateMode;
+  /** Inference threshold on gate probabilities (`hard` and `masked`). */
+  readonly threshold: number;
+  /**
+   * Uniform random numbers in [0, 1), one per current row, for gate `key`'s `soft` decisions: each depends on
+   * the step's seed, the key and the sample's position in the step, so any split into worker shards repeats.
+   */
+  random(key: string): Float32Array;
+  /** Batch indices (in the pass's input) of the rows the current gate sees. */
+  readonly rows: Int32Array;
+  /** The same routing for a part of the current rows (`part` indexes the current rows). */
+  child(part: Int32Array): Routing;
+  /** Records gate `name`'s decision for the current rows (route per row). */
+  decide(name: string, routes: Int32Array): void;
+  /** Adds executed MACs per current row (what the decisions really ran, the gate's own included). */
+  spend(macs: ArrayLike<number>): void;
+  /** Adds expected MACs per current row as a tensor a loss can differentiate ([rows]); `soft` mode only. */
+  expect(macs: tf.Tensor1D): void;
+  /** Adds an auxiliary loss term (a scalar the training step adds to the task loss). */
+  addLoss(name: string, value: tf.Scalar): void;
+}
+
 /** What a forward pass needs besides the input. */
 export interface RunContext {
   plan: Plan;
@@ -40,6 +79,8 @@ export interface RunContext {
   training: boolean;
   /** Calibration mode: BatchNorm uses batch statistics and reports them here. */
   moments?: MomentSink;
+  /** Per-sample decisions of the gates inside the network; absent: no gate runs (as `full`). */
+  routing?: Routing;
 }
 
 /** A weight with its deterministic dotted name (`c2.conv.kernel`). */
@@ -56,6 +97,13 @@ export interface LayerCost {
   macs: number;
   /** Active parameters (weights the operating point really reads). */
   params: number;
+  /**
+   * The gated block this cost belongs to, when a per-sample decision chooses whether it is spent (the gate's
+   * own cost included): per sample, the block reports what it really ran through `Routing.spend`.
+   */
+  routed?: string;
+  /** A gate's own cost (not part of the backbone). */
+  gate?: boolean;
 }
 
 /** A throttleable unit of a network, as the planner sees it. */

@@ -12,7 +12,7 @@ import {
 } from '../gating/gating.js';
 import { fullSel } from '../layers/select.js';
 import type { Layer } from '../layers/layer.js';
-import type { BlockInfo, LayerCost, MomentSink, Plan, Shape, Weight } from '../layers/types.js';
+import type { BlockInfo, LayerCost, MomentSink, Plan, Routing, Shape, Weight } from '../layers/types.js';
 import { fuseOps, opTensors, Subnet, type FrozenOp } from './subnet.js';
 
 /** What rebuilds a network: a registered model name and its arguments. */
@@ -151,9 +151,9 @@ export class Network {
    * Class scores for a batch at one operating point. Call inside `tf.tidy` (training needs the
    * intermediate tensors for gradients).
    */
-  forward(x: tf.Tensor, plan: Plan, options: { training?: boolean; moments?: MomentSink } = {}): tf.Tensor2D {
+  forward(x: tf.Tensor, plan: Plan, options: { training?: boolean; moments?: MomentSink; routing?: Routing } = {}): tf.Tensor2D {
     this.checkInput(x);
-    const ctx = { plan, training: options.training ?? false, moments: options.moments };
+    const ctx = { plan, training: options.training ?? false, moments: options.moments, routing: options.routing };
     let sel = fullSel(this.inputShape[this.inputShape.length - 1]);
     let y = x;
     for (const l of this.layers) ({ y, sel } = l.call(y, sel, ctx));
@@ -199,6 +199,22 @@ export class Network {
     const macs = layers.reduce((a, c) => a + c.macs, 0);
     const params = layers.reduce((a, c) => a + c.params, 0);
     return { u: plan.u, macs, flops: 2 * macs, params, layers };
+  }
+
+  /** Whether gates inside the network decide per sample (a dynamic model): some cost is a gate's. */
+  get gated(): boolean {
+    return this.cost(1).layers.some((c) => c.gate);
+  }
+
+  /**
+   * The MACs that per-sample decisions split: `fixed`, what every sample runs at the plan (the layers no
+   * gate decides on), and `backbone`, the whole network at u = 1 with nothing skipped and no gate (the
+   * denominator of a dynamic model's FLOPs ratio). A sample's executed MACs are `fixed` plus what its gated
+   * blocks report through `Routing.spend`.
+   */
+  routedMacs(at: number | Plan = 1, options: PlanOptions = {}): { fixed: number; backbone: number } {
+    const sum = (cs: LayerCost[]) => cs.reduce((a, c) => a + c.macs, 0);
+    return { fixed: sum(this.cost(at, options).layers.filter((c) => !c.routed)), backbone: sum(this.cost(1).layers.filter((c) => !c.gate)) };
   }
 
   /** All weights with their dotted names, trainable and not, in a fixed order. */

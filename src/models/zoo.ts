@@ -1,7 +1,7 @@
 import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
 import { BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU, ResidualBlock, ResNeXtBlock } from '../layers/index.js';
-import type { Layer } from '../layers/index.js';
+import { InputTooSmallError, type Layer } from '../layers/index.js';
 import type { ModelArgs, ModelDef } from './types.js';
 import { Network } from './network.js';
 import { withExits } from './exits.js';
@@ -145,7 +145,7 @@ export function createModel(name: string, args: ModelArgs = {}): Network {
   try {
     return new Network({ model: name, args: resolved }, inputShape, layers, resolved.seed as number);
   } catch (err) {
-    if (!(err instanceof DynnError)) throw err;
+    if (!(err instanceof InputTooSmallError)) throw err;
     throw new DynnError(`model ${name} on ${inputShape.join('x')} inputs: ${err.message}`, { cause: err });
   }
 }

@@ -7,6 +7,7 @@ import type { GatingMode } from '../gating/gating.js';
 import type { ImageSet } from '../data/types.js';
 import { toFloat } from '../data/imageset.js';
 import { Rng } from '../util/rng.js';
+import { RoutingState } from '../route/context.js';
 
 /** Every BatchNorm layer of a network, by name. */
 export function batchNorms(model: Network): Map<string, BatchNorm> {
@@ -73,6 +74,11 @@ export interface CalibrateOptions {
   batchSize?: number;
   gating?: GatingMode;
   seed?: number;
+  /**
+   * A dynamic network's gates decide at this inference threshold while the statistics are gathered: each
+   * gated block's rows are then those of the samples that really take each route (statistics per route).
+   */
+  threshold?: number;
 }
 
 /**
@@ -96,8 +102,9 @@ export function calibrateBatchNorm(model: Network, data: ImageSet, options: Cali
       const n = Math.min(batch, samples - start);
       const plan = typeof at === 'number' ? model.plan(at, { gating: options.gating, rng }) : at;
       const x = toFloat(data, start, n, buf);
+      const routing = options.threshold === undefined ? undefined : RoutingState.start('hard', n, { threshold: options.threshold });
       tf.tidy(() => {
-        model.forward(tf.tensor(x, [n, ...model.inputShape]), plan, { moments: acc });
+        model.forward(tf.tensor(x, [n, ...model.inputShape]), plan, { moments: acc, routing });
       });
     }
   }

@@ -19,6 +19,7 @@ import {
   type StepResult,
   type StepSetup,
   type StepSpec,
+  type StepRouting,
 } from './step.js';
 
 /**
@@ -117,6 +118,10 @@ export interface StepMessage {
   plans: PlanData[];
   inplaceDistill: boolean;
   inplaceAlpha: number;
+  /** The gates' routing of the step (see `StepSpec`). */
+  routing?: StepRouting;
+  /** Position of the shard's first sample in the step's batch (gate decisions depend on it). */
+  offset: number;
   /** Weight version: the worker reloads the shared weights when it changes. */
   version: number;
 }
@@ -246,17 +251,20 @@ export class ThreadExecutor implements GradientExecutor {
     const inplaceAlpha = spec.inplaceAlpha ?? 1;
     const results = await Promise.all(
       shards.map((shard, i) => {
-        if (shard.length === 0) return Promise.resolve({ loss: 0, correct: 0, count: 0 });
-        return this.send(i, { type: 'step', indices: shard, plans, inplaceDistill, inplaceAlpha, version: this.version } satisfies StepMessage) as Promise<StepResult>;
+        if (shard.length === 0) return Promise.resolve<StepResult>({ loss: 0, correct: 0, count: 0 });
+        const message: StepMessage = { type: 'step', indices: shard, plans, inplaceDistill, inplaceAlpha, routing: spec.routing, offset: i * per, version: this.version };
+        return this.send(i, message) as Promise<StepResult>;
       }),
     );
     const total = results.reduce((a, r) => a + r.count, 0);
     // Shards are weighted by size; the optimizer sums the parts in its own pass over memory.
     this.scales = results.map((r) => (total > 0 ? r.count / total : 0));
+    const routed = results.filter((r) => r.flopsRatio !== undefined && r.count > 0);
     return {
       loss: results.reduce((a, r) => a + r.loss * r.count, 0) / total,
       correct: results.reduce((a, r) => a + r.correct, 0),
       count: total,
+      flopsRatio: routed.length ? routed.reduce((a, r) => a + r.flopsRatio! * r.count, 0) / routed.reduce((a, r) => a + r.count, 0) : undefined,
     };
   }
 

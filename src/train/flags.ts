@@ -14,6 +14,16 @@ const SCALING_FLAGS: [string, string][] = [
   ['--exit-weights <list>', 'early-exit models: loss weight of each exit, the last included [default: 1 each]'],
 ];
 
+/** The training options of dynamic models, whose gates decide per sample (`--dynamic NAME`). */
+const DYNAMIC_FLAGS: [string, string][] = [
+  ['--dynamic <mechanism>', 'gates inside the network decide per sample (acs-gn: adaptive channel skipping); see `dynn models`'],
+  ['--gate-width <n>', 'with --dynamic: channels of each gate’s hidden layers [default: the mechanism’s]'],
+  ['--flops-target <r>', 'with --dynamic: mean executed FLOPs over the backbone’s, gates included, in (0, 1] [default: 0.5]'],
+  ['--efficiency-weight <a>', 'with --dynamic: weight of (FLOPs ratio - target)^2 in the loss [default: the mechanism’s]'],
+  ['--pretrain-epochs <n>', 'with --dynamic: the first N of --epochs train the backbone without skipping (two-step training) [default: 0]'],
+  ['--gate-threshold <t>', 'with --dynamic: inference threshold of the gates for evaluation and calibration [default: 0.5]'],
+];
+
 /** Every option of `dynn train` (and `dynn demo`): flag and help text, declared once for the CLI and the report. */
 export const TRAIN_FLAGS: [string, string][] = [
   ['--model <name>', 'registered model (see `dynn models`) [default: vgg-w]'],
@@ -37,6 +47,7 @@ export const TRAIN_FLAGS: [string, string][] = [
   ['--workers <n>', 'gradient worker threads; 0 trains in the main thread [default: one per core]'],
   ['--engine <name>', 'auto, tensorflow, wasm or cpu [default: auto]'],
   ...SCALING_FLAGS,
+  ...DYNAMIC_FLAGS,
   ['--json', 'machine-readable output on stdout'],
 ];
 

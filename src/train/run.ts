@@ -34,6 +34,8 @@ export interface EpochRecord {
   testAccuracy: Record<string, number>;
   /** Early-exit models: test accuracy of each exit on its own at u = 1. */
   exitAccuracy?: number[];
+  /** Dynamic models: test accuracy and mean executed FLOPs ratio with the gates deciding at `threshold`. */
+  gated?: { threshold: number; accuracy: number; flopsRatio: number };
 }
 
 /** What a run's checkpoint records besides the weights. */
@@ -68,6 +70,7 @@ const epochRecordSchema = z.looseObject({
   lr: z.number().nonnegative(),
   testAccuracy: z.record(z.string(), fraction),
   exitAccuracy: z.array(fraction).optional(),
+  gated: z.object({ threshold: fraction, accuracy: fraction, flopsRatio: z.number().nonnegative() }).optional(),
 });
 
 /** The recorded training options; every field optional, as runs of older versions may lack some. */
@@ -98,6 +101,10 @@ const trainOptionsSchema = z.looseObject({
   engine: z.string(),
   evalUs: z.array(z.number().gt(0).max(1)),
   calibrationSamples: count,
+  flopsTarget: z.number().gt(0).max(1),
+  efficiencyWeight: z.number().nonnegative(),
+  pretrainEpochs: count,
+  gateThreshold: fraction,
 }).partial();
 
 const trainMetaSchema = z.looseObject({

@@ -6,11 +6,15 @@ import { exitCount, forwardExits } from '../models/exits.js';
 import { distillationLoss, softTargetKl, type DistillSettings } from '../scaling/distill.js';
 import { DynnError } from '../util/errors.js';
 import { floatView } from '../engine/backend.js';
+import { RoutingState, type EfficiencyTarget } from '../route/context.js';
+import type { GateMode } from '../layers/types.js';
 
 /** Loss and accuracy of one gradient computation. */
 export interface StepResult {
-  /** Mean loss over the batch (cross-entropy by default; the summed objective of every plan and exit). */
+  /** Mean loss over the batch (cross-entropy by default; the summed objective of every plan and exit, auxiliary losses included). */
   loss: number;
+  /** A dynamic network's mean executed FLOPs over its backbone's, gates included (of the first plan). */
+  flopsRatio?: number;
   /** Correct top-1 predictions (of the first plan's last exit). */
   correct: number;
   /** Samples in the batch. */
@@ -67,6 +71,18 @@ export interface StepSpec {
    * the plan's own hard loss (labels, or the teacher's distillation loss).
    */
   inplaceAlpha?: number;
+  /** How the gates inside a dynamic network decide in this step (absent: no gate runs). */
+  routing?: StepRouting;
+}
+
+/** The routing of a training step, as plain data (worker threads receive it as it is). */
+export interface StepRouting {
+  /** `soft` trains the gates; `full` runs every route at full width without them (two-step training's step 1). */
+  mode: GateMode;
+  /** Seed of the step's gate decisions (a sample's decisions depend on it and its position in the step). */
+  seed: number;
+  /** The efficiency term added to the task loss, if any. */
+  efficiency?: EfficiencyTarget;
 }
 
 /** What stays fixed over a run's steps. Empty: plain cross-entropy on the network's output. */
@@ -111,8 +127,9 @@ export function gradientStep(
   work: Plan | StepSpec,
   grads: Float32Array,
   context: StepContext = {},
+  offset = 0,
 ): StepResult {
-  const { plans, inplaceDistill = false, inplaceAlpha = 1 } = toStepSpec(work);
+  const { plans, inplaceDistill = false, inplaceAlpha = 1, routing: stepRouting } = toStepSpec(work);
   if (plans.length === 0) throw new DynnError('a gradient step needs at least one plan');
   const count = labels.length;
   const weights = model.trainableWeights();
@@ -129,6 +146,7 @@ export function gradientStep(
   let predicted: tf.Tensor | null = null;
   let widest: tf.Tensor2D | null = null;
   let lossValue = 0;
+  let flopsRatio: number | undefined;
   try {
     plans.forEach((plan, i) => {
       const hard = (logits: tf.Tensor2D): tf.Scalar =>
@@ -142,14 +160,20 @@ export function gradientStep(
       };
       const { value, grads: g } = tf.tidy(() =>
         tf.variableGrads(() => {
-          const outs = exits > 1 ? forwardExits(model, xs, plan, { training: true }) : [model.forward(xs, plan, { training: true })];
+          // Each plan's gates draw their own numbers; a sample's depend only on the seed and its place in the step.
+          const routing = stepRouting ? RoutingState.start(stepRouting.mode, count, { seed: stepRouting.seed + i * 7919, offset }) : undefined;
+          const outs = exits > 1 ? forwardExits(model, xs, plan, { training: true }) : [model.forward(xs, plan, { training: true, routing })];
           const final = outs[outs.length - 1];
           if (i === 0) {
             predicted = tf.keep(tf.argMax(final, 1));
             if (inplaceDistill && plans.length > 1) widest = tf.keep(final);
           }
-          if (exits === 1) return term(final);
-          return outs.map((o, k) => tf.mul(exitWeights[k], term(o))).reduce((a, b) => tf.add(a, b)) as tf.Scalar;
+          const task = exits === 1 ? term(final) : (outs.map((o, k) => tf.mul(exitWeights[k], term(o))).reduce((a, b) => tf.add(a, b)) as tf.Scalar);
+          if (!routing) return task;
+          const { fixed, backbone } = model.routedMacs(plan);
+          if (stepRouting?.efficiency) routing.addEfficiencyLoss(fixed, backbone, stepRouting.efficiency);
+          if (i === 0 && routing.mode !== 'full') flopsRatio = (fixed + mean(routing.executedMacs)) / backbone;
+          return routing.losses.reduce((a, l) => tf.add(a, l.value), task) as tf.Scalar;
         }, variables),
       );
       weights.forEach((w, j) => {
@@ -169,9 +193,13 @@ export function gradientStep(
     const pred = (predicted as unknown as tf.Tensor).dataSync();
     let correct = 0;
     for (let i = 0; i < count; i++) if (pred[i] === labels[i]) correct++;
-    return { loss: lossValue, correct, count };
+    return { loss: lossValue, correct, count, flopsRatio };
   } finally {
     const held: (tf.Tensor | null)[] = [xs, ys, teacherLogits, predicted, widest];
     tf.dispose(held.filter((t): t is tf.Tensor => t !== null));
   }
+}
+
+function mean(xs: Float64Array): number {
+  return xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
 }

@@ -10,6 +10,8 @@ import { loadCheckpoint } from '../checkpoint/checkpoint.js';
 import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { calibrateBatchNorm } from './calibrate.js';
+import { checkEfficiency, mechanisms } from '../route/mechanisms.js';
+import { evaluateRouted } from '../eval/routed.js';
 import { evaluate } from '../eval/evaluate.js';
 import { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor.js';
 import { checkOptimizer, Optimizer, type OptimizerName } from './optimizer.js';
@@ -96,6 +98,20 @@ export interface TrainOptions {
   evalUs?: number[];
   /** Training samples per level for BatchNorm calibration (default 2048). */
   calibrationSamples?: number;
+  /**
+   * Dynamic models (gates inside the network, `modelArgs.dynamic`): the mean executed FLOPs ratio, gates
+   * included, that the efficiency term pulls toward (default: the mechanism's, 0.5 for ACS).
+   */
+  flopsTarget?: number;
+  /** Dynamic models: weight of the efficiency term `(ratio - target)^2` (default: the mechanism's). */
+  efficiencyWeight?: number;
+  /**
+   * Dynamic models: the first N of `epochs` train the backbone with every route at full width and no gate
+   * (two-step training's step 1); the gates start open, so step 2 starts where step 1 ended. Default 0.
+   */
+  pretrainEpochs?: number;
+  /** Dynamic models: the inference threshold of the gates for evaluation and calibration (default 0.5). */
+  gateThreshold?: number;
   /** Called after every step. */
   onStep?: (p: StepProgress) => void;
   /** Called after every epoch. */
@@ -112,6 +128,8 @@ export interface StepProgress {
   accuracy: number;
   samplesPerSec: number;
   u: number;
+  /** Dynamic models: the step's mean executed FLOPs ratio (gates included); absent in step 1 of two-step training. */
+  flopsRatio?: number;
 }
 
 /** The outcome of `train`: the network (caller disposes it), the data set and the run's metadata. */
@@ -123,14 +141,14 @@ export interface TrainResult {
   epochsTrained: number;
 }
 
-type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'exitWeights';
+type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'exitWeights' | 'flopsTarget' | 'efficiencyWeight';
 type Resolved = Required<Omit<TrainOptions, Optional | 'onStep' | 'onEpoch' | 'modelArgs' | 'force'>> & Pick<TrainOptions, Optional>;
 
 /** Options that define what a run trains; `--resume` restores them from the run and refuses a contradicting one. */
 const RUN_OPTIONS = [
   'model', 'dataset', 'trainLimit', 'testLimit', 'validationSamples', 'fullWidth', 'batchSize', 'optimizer', 'lr', 'lrSchedule',
   'schedule', 'sandwichWidths', 'inplaceDistill', 'inplaceAlpha', 'teacher', 'distillAlpha', 'distillT', 'exitWeights', 'gating',
-  'seed', 'evalUs', 'calibrationSamples',
+  'seed', 'evalUs', 'calibrationSamples', 'flopsTarget', 'efficiencyWeight', 'pretrainEpochs', 'gateThreshold',
 ] as const satisfies readonly (keyof TrainOptions)[];
 /** Run options that are recorded only when set: absent from the record means unset, not an older default. */
 const UNSET_WHEN_ABSENT = new Set<string>(['trainLimit', 'testLimit', 'teacher', 'exitWeights']);
@@ -226,6 +244,10 @@ function resolveOptions(o: TrainOptions): Resolved {
     distillAlpha: o.distillAlpha ?? 0.5,
     distillT: o.distillT ?? 4,
     exitWeights: o.exitWeights,
+    flopsTarget: o.flopsTarget,
+    efficiencyWeight: o.efficiencyWeight,
+    pretrainEpochs: o.pretrainEpochs ?? 0,
+    gateThreshold: o.gateThreshold ?? 0.5,
   };
   checkOptimizer(r.optimizer);
   checkLrSchedule(r.lrSchedule);
@@ -246,6 +268,9 @@ function resolveOptions(o: TrainOptions): Resolved {
   }
   checkDistill({ alpha: r.distillAlpha, temperature: r.distillT });
   if (!(r.inplaceAlpha >= 0 && r.inplaceAlpha <= 1)) throw new DynnError(`inplaceAlpha must be in [0, 1], got ${r.inplaceAlpha}`);
+  if (!Number.isInteger(r.pretrainEpochs) || r.pretrainEpochs < 0) throw new DynnError(`pretrainEpochs must be a non-negative integer, got ${r.pretrainEpochs}`);
+  if (!(r.gateThreshold >= 0 && r.gateThreshold <= 1)) throw new DynnError(`gateThreshold must be in [0, 1], got ${r.gateThreshold}`);
+  checkEfficiency(r.flopsTarget ?? 0.5, r.efficiencyWeight ?? 0);
   if (r.exitWeights && !r.exitWeights.every((w) => w >= 0 && Number.isFinite(w))) {
     throw new DynnError(`exitWeights must be non-negative numbers, got ${JSON.stringify(r.exitWeights)}`);
   }
@@ -312,6 +337,22 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         : `exitWeights needs one weight per exit of ${o.model} (${exits}), got ${o.exitWeights.length}`,
     );
   }
+  const gated = model.gated;
+  const dynamicOptions = [
+    ...(o.flopsTarget !== undefined ? ['flopsTarget'] : []),
+    ...(o.efficiencyWeight !== undefined ? ['efficiencyWeight'] : []),
+    ...(o.pretrainEpochs > 0 ? ['pretrainEpochs'] : []),
+  ];
+  if (!gated && dynamicOptions.length) {
+    model.dispose();
+    throw new DynnError(`${dynamicOptions.join(', ')} ${dynamicOptions.length > 1 ? 'need' : 'needs'} a dynamic model (--dynamic NAME); ${o.model} has no gates`);
+  }
+  if (gated && (o.schedule === 'sandwich' || exits > 1)) {
+    model.dispose();
+    throw new DynnError(`a dynamic model trains at u = 1 with its gates deciding; ${o.schedule === 'sandwich' ? 'the sandwich schedule' : 'early exits'} cannot be combined with it`);
+  }
+  const mechanism = gated ? mechanisms.get(String(model.config.args.dynamic)) : null;
+  const efficiency = mechanism ? { target: o.flopsTarget ?? mechanism.defaults.flopsTarget, weight: o.efficiencyWeight ?? mechanism.defaults.efficiencyWeight } : undefined;
   const lr = o.lr ?? (o.optimizer === 'adam' ? 1e-3 : 0.05);
   const optimizer = new Optimizer(o.optimizer, lr);
   const history: EpochRecord[] = [];
@@ -386,12 +427,15 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       for (let step = 0; step < stepsPerEpoch; step++) {
         const progress = (epoch * stepsPerEpoch + step) / totalSteps;
         const sandwich = o.schedule === 'sandwich';
-        const u = sandwich ? 1 : sampleU(o.schedule, uRng, progress, o.fullWidth);
+        // A dynamic model runs u = 1: its gates choose each sample's operating point.
+        const u = sandwich || gated ? 1 : sampleU(o.schedule, uRng, progress, o.fullWidth);
         optimizer.setLearningRate(learningRate(o.lrSchedule, lr, progress));
         const indices = order.subarray(step * o.batchSize, Math.min(n, (step + 1) * o.batchSize));
-        const work: Plan | StepSpec = sandwich
-          ? { plans: sandwichPlans(model, { n: o.sandwichWidths, rng: uRng, gating: o.gating, gateRng }), inplaceDistill: o.inplaceDistill, inplaceAlpha: o.inplaceAlpha }
-          : model.plan(u, { gating: o.gating, rng: gateRng });
+        const work: Plan | StepSpec = gated
+          ? { plans: [model.plan(1)], routing: { mode: epoch < o.pretrainEpochs ? 'full' : 'soft', seed: streamSeed(o.seed, 4, epoch) + step, efficiency } }
+          : sandwich
+            ? { plans: sandwichPlans(model, { n: o.sandwichWidths, rng: uRng, gating: o.gating, gateRng }), inplaceDistill: o.inplaceDistill, inplaceAlpha: o.inplaceAlpha }
+            : model.plan(u, { gating: o.gating, rng: gateRng });
         const r = await executor.step(indices, work);
         if (!Number.isFinite(r.loss)) throw new DynnError(`training diverged: loss is ${r.loss} at epoch ${epoch + 1}, step ${step + 1} (try a lower --lr)`);
         await executor.update(optimizer);
@@ -407,12 +451,16 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
           accuracy: correct / seen,
           samplesPerSec: seen / ((performance.now() - t0) / 1000),
           u,
+          flopsRatio: r.flopsRatio,
         });
       }
       const trainSeconds = (performance.now() - t0) / 1000;
       calibrateBatchNorm(model, trainPart, { samples: o.calibrationSamples, gating: o.gating, seed: o.seed });
+      // Then each gated block's rows from the samples that take each route (statistics per route).
+      if (gated) calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
       const test: Record<string, number> = {};
       for (const u of o.evalUs) test[String(u)] = evaluate(model, dataset.test, u, { gating: o.gating, seed: o.seed }).accuracy;
+      const routed = gated ? evaluateRouted(model, dataset.test, { threshold: o.gateThreshold }) : null;
       const record: EpochRecord = {
         epoch: epoch + 1,
         loss: lossSum / seen,
@@ -423,6 +471,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         lr: optimizer.learningRate,
         testAccuracy: test,
         ...(exits > 1 ? { exitAccuracy: exitAccuracy(model, dataset.test) } : {}),
+        ...(routed ? { gated: { threshold: routed.threshold, accuracy: routed.accuracy, flopsRatio: routed.flopsRatio } } : {}),
       };
       history.push(record);
       if (o.out) await saveRun(o.out, model, meta(), optimizer);

@@ -39,8 +39,8 @@ try {
         version = m.version;
       }
       const n = gatherBatch(init.data, m.indices, images, labels);
-      const work = { plans: m.plans.map(planFromData), inplaceDistill: m.inplaceDistill, inplaceAlpha: m.inplaceAlpha };
-      const result = gradientStep(model, layout, images, labels.subarray(0, n), work, grads, context);
+      const work = { plans: m.plans.map(planFromData), inplaceDistill: m.inplaceDistill, inplaceAlpha: m.inplaceAlpha, routing: m.routing };
+      const result = gradientStep(model, layout, images, labels.subarray(0, n), work, grads, context, m.offset);
       port.postMessage({ type: 'done', result });
     } catch (err) {
       port.postMessage({ type: 'error', message: err instanceof Error ? err.message : String(err) });

@@ -40,3 +40,18 @@ export class Rng {
     return Array.from(this.permutation(n).subarray(0, k)).sort((a, b) => a - b);
   }
 }
+
+/**
+ * A uniform number in [0, 1) that depends only on its three keys (a seed and two counters): the same sample
+ * gets the same number whichever worker thread, shard or position in a sub-batch it is computed in.
+ */
+export function hashUniform(seed: number, a: number, b: number): number {
+  let h = (seed ^ 0x9e3779b9) >>> 0;
+  for (const k of [a, b]) {
+    h = Math.imul(h ^ (k >>> 0), 0x85ebca6b);
+    h ^= h >>> 13;
+    h = Math.imul(h, 0xc2b2ae35);
+    h ^= h >>> 16;
+  }
+  return (h >>> 0) / 4294967296;
+}

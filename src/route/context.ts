@@ -1,0 +1,128 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { DynnError } from '../util/errors.js';
+import { hashUniform } from '../util/rng.js';
+import { seedFor } from '../layers/layer.js';
+import type { GateMode, Routing } from '../layers/types.js';
+
+/** The efficiency term a training pass adds: `weight * (mean executed FLOPs ratio - target)^2`. */
+export interface EfficiencyTarget {
+  /** Mean executed FLOPs per sample (gates included) over the backbone's, in (0, 1]. */
+  target: number;
+  /** Weight of the squared deviation (it is scale-free: the ratio lies in [0, 1]). */
+  weight: number;
+}
+
+/** Settings of one forward pass's routing. */
+export interface RoutingOptions {
+  /** Seed of the `soft` decisions' random numbers (default 0). */
+  seed?: number;
+  /**
+   * Position of this batch's first sample in the whole step's batch (a worker's shard starts further on):
+   * random numbers depend on the sample's position in the step, not on how the step was split.
+   */
+  offset?: number;
+  /** Inference threshold on gate probabilities (default 0.5). */
+  threshold?: number;
+}
+
+/** What a pass's gates decided and spent, in the input's sample order. */
+interface Records {
+  seed: number;
+  offset: number;
+  decisions: Map<string, Int32Array>;
+  executed: Float64Array;
+  expected: { rows: Int32Array; macs: tf.Tensor1D }[];
+  losses: { name: string; value: tf.Scalar }[];
+}
+
+export const GATE_MODES: readonly GateMode[] = ['soft', 'hard', 'full', 'masked'];
+
+/**
+ * The routing of one forward pass (see `Routing`): decisions, executed and expected MACs per sample, and the
+ * auxiliary losses, recorded in the order of the batch the pass started with. Tensors it holds belong to the
+ * caller's `tf.tidy` scope (the training step's gradient scope): read them before that scope ends.
+ */
+export class RoutingState implements Routing {
+  readonly threshold: number;
+
+  private constructor(
+    readonly mode: GateMode,
+    readonly rows: Int32Array,
+    threshold: number,
+    private readonly records: Records,
+  ) {
+    this.threshold = threshold;
+  }
+
+  /** The routing of a pass over a batch of `count` samples. */
+  static start(mode: GateMode, count: number, options: RoutingOptions = {}): RoutingState {
+    if (!GATE_MODES.includes(mode)) throw new DynnError(`unknown gate mode "${mode}"; expected one of ${GATE_MODES.join(', ')}`);
+    const threshold = options.threshold ?? 0.5;
+    if (!(threshold >= 0 && threshold <= 1)) throw new DynnError(`the gate threshold must be in [0, 1], got ${threshold}`);
+    const rows = Int32Array.from({ length: count }, (_, i) => i);
+    const records: Records = { seed: options.seed ?? 0, offset: options.offset ?? 0, decisions: new Map(), executed: new Float64Array(count), expected: [], losses: [] };
+    return new RoutingState(mode, rows, threshold, records);
+  }
+
+  random(key: string): Float32Array {
+    const { seed, offset } = this.records;
+    const k = seedFor(key, 0);
+    return Float32Array.from(this.rows, (r) => hashUniform(seed, k, offset + r));
+  }
+
+  child(part: Int32Array): RoutingState {
+    return new RoutingState(this.mode, Int32Array.from(part, (j) => this.rows[j]), this.threshold, this.records);
+  }
+
+  decide(name: string, routes: Int32Array): void {
+    if (routes.length !== this.rows.length) throw new DynnError(`gate ${name}: ${routes.length} decisions for ${this.rows.length} rows`);
+    let all = this.records.decisions.get(name);
+    if (!all) this.records.decisions.set(name, (all = new Int32Array(this.records.executed.length).fill(-1)));
+    this.rows.forEach((r, j) => (all![r] = routes[j]));
+  }
+
+  spend(macs: ArrayLike<number>): void {
+    if (macs.length !== this.rows.length) throw new DynnError(`${macs.length} costs for ${this.rows.length} rows`);
+    this.rows.forEach((r, j) => (this.records.executed[r] += macs[j]));
+  }
+
+  expect(macs: tf.Tensor1D): void {
+    if (this.mode !== 'soft') return;
+    this.records.expected.push({ rows: this.rows, macs });
+  }
+
+  addLoss(name: string, value: tf.Scalar): void {
+    this.records.losses.push({ name, value });
+  }
+
+  /** Each gate's decision per sample (-1 where a sample never reached that gate). */
+  get decisions(): ReadonlyMap<string, Int32Array> {
+    return this.records.decisions;
+  }
+
+  /** MACs the gated blocks really ran per sample, their gates included. */
+  get executedMacs(): Float64Array {
+    return this.records.executed;
+  }
+
+  /** The auxiliary losses added so far. */
+  get losses(): readonly { name: string; value: tf.Scalar }[] {
+    return this.records.losses;
+  }
+
+  /**
+   * Adds the efficiency term to the losses: the mean over the batch of each sample's expected MACs (the
+   * fixed part `staticMacs` plus what its gates expect to run) over `fullMacs`, against the target. Only in
+   * `soft` mode and when some gate expected a cost. Returns the expected ratio's value (or NaN).
+   */
+  addEfficiencyLoss(staticMacs: number, fullMacs: number, target: EfficiencyTarget): number {
+    if (this.mode !== 'soft' || this.records.expected.length === 0) return NaN;
+    const n = this.records.executed.length;
+    const perSample = this.records.expected.map(({ rows, macs }) =>
+      rows.length === n && rows.every((r, i) => r === i) ? macs : tf.unsortedSegmentSum(macs, tf.tensor1d(rows, 'int32'), n),
+    );
+    const ratio = tf.div(tf.add(staticMacs, tf.mean(tf.addN(perSample))), fullMacs) as tf.Scalar;
+    this.addLoss('efficiency', tf.mul(target.weight, tf.square(tf.sub(ratio, target.target))) as tf.Scalar);
+    return ratio.dataSync()[0];
+  }
+}

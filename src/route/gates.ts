@@ -1,0 +1,110 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { DynnError } from '../util/errors.js';
+import { Composite, Conv2D, Dense, GlobalAvgPool, ReLU, fullSel, layerClasses } from '../layers/index.js';
+import type { ChannelSel, LayerCost, Routing, RunContext, Shape } from '../layers/index.js';
+import type { FrozenOp } from '../models/subnet.js';
+
+export interface GateNetArgs {
+  /** Channels of the gate's hidden convolutions. */
+  width: number;
+  /** Outputs: one logit per group of channels the gate decides on. */
+  outputs: number;
+  /**
+   * Initial bias of the outputs (default 5: sigmoid 0.993, so a nested gate of 8 groups keeps them all with
+   * probability 0.95). Gates that start open let step 2 of two-step training start where step 1 ended,
+   * instead of switching half the channels off at random.
+   */
+  openBias?: number;
+}
+
+/**
+ * ACS's gating network (ACS-GN): a 1x1 bottleneck, a 3x3 convolution with stride 2, a 3x3 convolution,
+ * global average pooling and a dense layer with one logit per group. It reads the block's input, whatever
+ * channels it holds, and runs at full width: gates are not throttled.
+ */
+export class GateNet extends Composite<GateNetArgs> {
+  readonly className = 'GateNet';
+
+  protected doBuild(inShape: Shape): Shape {
+    const { width, outputs, openBias = 5 } = this.args;
+    if (!Number.isInteger(width) || width < 1) throw new DynnError(`${this.name}: gate width must be a positive integer, got ${width}`);
+    const n = this.name;
+    this.layers = [
+      new Conv2D(`${n}.reduce`, { filters: width, kernelSize: 1, useBias: true }),
+      new ReLU(`${n}.relu0`, {}),
+      new Conv2D(`${n}.conv1`, { filters: width, kernelSize: 3, strides: 2, useBias: true }),
+      new ReLU(`${n}.relu1`, {}),
+      new Conv2D(`${n}.conv2`, { filters: width, kernelSize: 3, useBias: true }),
+      new ReLU(`${n}.relu2`, {}),
+      new GlobalAvgPool(`${n}.gap`, {}),
+      new Dense(`${n}.fc`, { units: outputs, biasInit: openBias }),
+    ];
+    return this.buildChain(this.layers, inShape);
+  }
+
+  outSel(): ChannelSel {
+    return fullSel(this.args.outputs);
+  }
+
+  call(x: tf.Tensor, sel: ChannelSel, ctx: RunContext) {
+    return this.runChain(this.layers, x, sel, ctx);
+  }
+
+  freeze(): FrozenOp[] {
+    throw new DynnError(`${this.name}: a gate has no frozen form; it runs inside its gated block`);
+  }
+
+  cost(sel: ChannelSel, plan: RunContext['plan']): LayerCost[] {
+    return this.chainCost(this.layers, sel, plan);
+  }
+}
+
+layerClasses.register('GateNet', GateNet);
+
+/** A gate's decisions for the rows it saw: how many leading groups each sample runs. */
+export interface NestedDecision {
+  /** Probability that each sample runs at least g + 1 groups, [rows, G], non-increasing along g. */
+  q: tf.Tensor2D;
+  /** Groups each sample runs, in 0..G. */
+  counts: Int32Array;
+}
+
+/**
+ * Nested decisions from a gate's logits: q_g = prod_{j <= g} sigmoid(z_j) is the probability of running
+ * groups 1..g, so decisions nest (group g only with every group before it) and a sample's active channels
+ * are a prefix, which a sliced convolution runs without a mask. `soft`: one uniform r per sample, count =
+ * #{g : q_g > r} (a sample of the nested distribution); `hard` and `masked`: count = #{g : q_g > threshold},
+ * so one trained model has many operating points. Call inside `tf.tidy`.
+ */
+export function nestedDecision(key: string, logits: tf.Tensor2D, routing: Routing): NestedDecision {
+  const [n, G] = logits.shape;
+  // log sigmoid(z) = -softplus(-z); TF.js's own logSigmoid loses its input before the backward pass.
+  const q = tf.exp(tf.cumsum(tf.neg(tf.softplus(tf.neg(logits))), 1)) as tf.Tensor2D;
+  const qs = q.dataSync();
+  const r = routing.mode === 'soft' ? routing.random(key) : null;
+  const counts = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    const cut = r ? r[i] : routing.threshold;
+    let k = 0;
+    while (k < G && qs[i * G + k] > cut) k++;
+    counts[i] = k;
+  }
+  return { q, counts };
+}
+
+/**
+ * The straight-through factor of the first `k` groups (each `width` channels) of rows with probabilities
+ * `q`: 1 in value, so the executed computation is the hard one, with the gradient of q (ACS: the gate's
+ * probability as the surrogate of its binary decision). Shape [rows, 1, 1, k * width].
+ */
+export function straightThrough(q: tf.Tensor2D, k: number, width: number): tf.Tensor4D {
+  const rows = q.shape[0];
+  const factor = onesWithGradient(tf.slice(q, [0, 0], [rows, k]));
+  return tf.reshape(tf.tile(tf.reshape(factor, [rows, k, 1]), [1, 1, width]), [rows, 1, 1, k * width]) as tf.Tensor4D;
+}
+
+/** 1 + p - stop_gradient(p): ones in value, p's gradient (TF.js has no stop-gradient op). */
+const onesWithGradient = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({
+  value: tf.onesLike(args[0] as tf.Tensor),
+  gradFunc: (dy: tf.Tensor) => dy,
+})) as (p: tf.Tensor) => tf.Tensor;

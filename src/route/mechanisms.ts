@@ -1,0 +1,44 @@
+import { DynnError } from '../util/errors.js';
+import { Registry } from '../util/registry.js';
+import type { Layer } from '../layers/index.js';
+import { GateNet } from './gates.js';
+
+/** What a gate is built from: the block it decides for tells it how many groups and how wide. */
+export interface GateArgs {
+  /** One output per group of channels decided on. */
+  outputs: number;
+  /** Channels of the gate's hidden layers. */
+  width: number;
+}
+
+/**
+ * A per-sample mechanism: a gate and how its models train. Registering one is all a new mechanism needs;
+ * the blocks that consult a gate, the dispatch, the losses and the cost accounting are shared.
+ */
+export interface Mechanism {
+  /** One line for `dynn models` and the docs. */
+  description: string;
+  /** The gate of one gated block, named `name` (its weights are `<name>.*`). */
+  gate(name: string, args: GateArgs): Layer;
+  /** Gate width when the model does not set `gateWidth`: from the block's width (its input channels). */
+  defaultWidth(channels: number): number;
+  /** Training defaults: the mean executed FLOPs ratio to reach and the weight of the efficiency term. */
+  defaults: { flopsTarget: number; efficiencyWeight: number };
+}
+
+/** Per-sample mechanisms by name (`dynn train --dynamic NAME`). */
+export const mechanisms = new Registry<Mechanism>('mechanism');
+
+mechanisms.register('acs-gn', {
+  description: 'adaptive channel skipping with a gating network per block (1x1, 3x3/2, 3x3, GAP, FC): nested groups of inner channels per sample',
+  gate: (name, a) => new GateNet(name, { width: a.width, outputs: a.outputs }),
+  // A quarter of the block's width keeps the gate's cost a few percent of the block's (ACS's 32-wide gates cost 0.29 of ResNet38).
+  defaultWidth: (channels) => Math.max(4, Math.floor(channels / 4)),
+  defaults: { flopsTarget: 0.5, efficiencyWeight: 4 },
+});
+
+/** Checks the settings of a dynamic run before any training: target in (0, 1], weight >= 0. */
+export function checkEfficiency(target: number, weight: number): void {
+  if (!(target > 0 && target <= 1)) throw new DynnError(`the FLOPs target must be in (0, 1], got ${target}`);
+  if (!(weight >= 0 && Number.isFinite(weight))) throw new DynnError(`the efficiency weight must be a non-negative number, got ${weight}`);
+}
