@@ -13,3 +13,6 @@ export {
   type GroupedConv2DArgs,
   type ResNeXtBlockArgs,
 } from './blocks.js';
+export { DenseUnit, AvgPool, concatSel, type DenseUnitArgs, type AvgPoolArgs } from './dense.js';
+export { SqueezeExcite, se, type SqueezeExciteArgs } from './se.js';
+export { DGConv2D, dgconv2d, binaryGate, relationMatrix, type DGConv2DArgs, type GateEstimator } from './dgconv.js';
