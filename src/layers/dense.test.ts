@@ -2,7 +2,7 @@ import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
-import { concatSel, DenseUnit } from './dense.js';
+import { concatSel, DenseHead, DenseTransition, DenseUnit } from './dense.js';
 import { Conv2D, Dense } from './conv.js';
 import { fullSel } from './select.js';
 import type { Layer } from './layer.js';
@@ -52,6 +52,8 @@ function maskedCopy(src: Network, plan: Plan): Network {
       if (l instanceof DenseUnit) {
         if (plan.depth.get(l.name) === false) for (const c of l.children()) if (c instanceof Conv2D) zero(c, () => false);
         if (plan.depth.get(l.name) !== false) walk(l.children(), sel);
+      } else if (l instanceof DenseTransition || l instanceof DenseHead) {
+        walk(l.children(), sel);
       } else if (l instanceof Conv2D || l instanceof Dense) {
         const inOn = indices(sel);
         const outOn = indices(l.outSel(sel, plan));
@@ -91,13 +93,47 @@ test('sliced DenseNet (concatenation of the channels present) equals the zero-ma
       // The transition after block 0 reads exactly the stem's channels plus the active units' groups.
       let sel = fullSel(1);
       for (const l of m.layers) {
-        if (l.name === 't0.conv') break;
+        if (l.name === 't0') break;
         sel = l.outSel(sel, plan);
       }
       const on0 = [...plan.depth].filter(([n, on]) => n.startsWith('d0.') && on).length;
       assert.equal(sel.full, 16 + 2 * 8);
       assert.equal(sel.count, 16 + on0 * 8 * (plan.groups.get('d0.u0.conv2')!.length / 4));
     }
+    x.dispose();
+    m.dispose();
+  }
+});
+
+test('the frozen subnet (concat ops) equals the sliced forward pass within 1e-4 for the DenseNet and ResNet-38 families', () => {
+  const cases: [string, Record<string, unknown>][] = [
+    ['densenet-w', { growth: 8, units: 2, groups: 4 }],
+    ['densenet-dw', { growth: 8, units: 3, groups: 4 }],
+    ['resnet38', { widths: [8, 8, 16], groups: 4 }],
+  ];
+  for (const [name, args] of cases) {
+    const m = createModel(name, { ...args, inputShape: [12, 12, 3], seed: 1 });
+    for (const w of m.weights().filter((w) => /running_|gamma|beta/.test(w.name))) {
+      const v = w.variable;
+      v.assign(tf.tidy(() => (/running_var|gamma/.test(w.name) ? tf.randomUniform(v.shape, 0.5, 2, 'float32', 1) : tf.randomNormal(v.shape, 0, 0.3, 'float32', 2))));
+    }
+    const x = tf.randomUniform([3, 12, 12, 3], 0, 1, 'float32', 5);
+    const before = tf.memory().numTensors;
+    for (const u of [0.2, 0.5, 1]) {
+      for (const gating of ['nested', 'independent'] as const) {
+        const plan = m.plan(u, { gating, rng: new Rng(8) });
+        const sub = m.subnet(plan);
+        const ya = sub.predict(x);
+        const yb = m.predict(x, plan);
+        const a = ya.dataSync();
+        const b = yb.dataSync();
+        tf.dispose([ya, yb]);
+        const scale = Math.max(1, ...Array.from(b, Math.abs));
+        for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - b[i]) < 1e-4 * scale, `${name} u=${u} ${gating}: ${a[i]} vs ${b[i]}`);
+        sub.dispose();
+      }
+    }
+    assert.equal(tf.memory().numTensors, before, `${name}: no leak`);
     x.dispose();
     m.dispose();
   }

@@ -1,10 +1,10 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { Composite } from './blocks.js';
-import { Conv2D } from './conv.js';
+import { Conv2D, Dense } from './conv.js';
 import { Layer, layerClasses } from './layer.js';
 import { BatchNorm } from './norm.js';
-import { ReLU } from './basic.js';
+import { GlobalAvgPool, ReLU } from './basic.js';
 import type { BlockInfo, ChannelSel, LayerCost, Plan, RunContext, Shape } from './types.js';
 import type { FrozenOp } from '../models/subnet.js';
 
@@ -126,5 +126,80 @@ export class AvgPool extends Layer<AvgPoolArgs> {
   }
 }
 
+/** A fixed chain of layers that passes through whatever channels its input holds. */
+abstract class Chain<A extends object> extends Composite<A> {
+  protected abstract make(inShape: Shape): Layer[];
+
+  protected doBuild(inShape: Shape): Shape {
+    this.layers = this.make(inShape);
+    return this.buildChain(this.layers, inShape);
+  }
+
+  outSel(sel: ChannelSel, plan: Plan): ChannelSel {
+    return this.chainSel(this.layers, sel, plan);
+  }
+
+  call(x: tf.Tensor, sel: ChannelSel, ctx: RunContext) {
+    return this.runChain(this.layers, x, sel, ctx);
+  }
+
+  freeze(sel: ChannelSel, plan: Plan): FrozenOp[] {
+    return this.chainFreeze(this.layers, sel, plan);
+  }
+
+  cost(sel: ChannelSel, plan: Plan): LayerCost[] {
+    return this.chainCost(this.layers, sel, plan);
+  }
+}
+
+export interface DenseTransitionArgs {
+  /** Output channels of the 1x1 convolution (the compressed width). */
+  filters: number;
+  /** BatchNorm statistic rows (operating levels). */
+  levels: number;
+}
+
+/**
+ * A DenseNet transition, BN-ReLU-1x1 conv-2x2 average pooling, named `<name>.bn`, `.relu`, `.conv`, `.pool`.
+ * It reads the dense block's channels present (any selection) and returns all of its own.
+ */
+export class DenseTransition extends Chain<DenseTransitionArgs> {
+  readonly className = 'DenseTransition';
+
+  protected make(): Layer[] {
+    const n = this.name;
+    return [
+      new BatchNorm(`${n}.bn`, { levels: this.args.levels }),
+      new ReLU(`${n}.relu`, {}),
+      new Conv2D(`${n}.conv`, { filters: this.args.filters, kernelSize: 1 }),
+      new AvgPool(`${n}.pool`, {}),
+    ];
+  }
+}
+
+export interface DenseHeadArgs {
+  /** Number of classes. */
+  units: number;
+  /** BatchNorm statistic rows (operating levels). */
+  levels: number;
+}
+
+/** A DenseNet's end: BN-ReLU (`<name>.bn`, `<name>.relu`), global average pooling (`gap`) and the classifier (`classifier`). */
+export class DenseHead extends Chain<DenseHeadArgs> {
+  readonly className = 'DenseHead';
+
+  protected make(): Layer[] {
+    const n = this.name;
+    return [
+      new BatchNorm(`${n}.bn`, { levels: this.args.levels }),
+      new ReLU(`${n}.relu`, {}),
+      new GlobalAvgPool('gap', {}),
+      new Dense('classifier', { units: this.args.units }),
+    ];
+  }
+}
+
 layerClasses.register('DenseUnit', DenseUnit);
+layerClasses.register('DenseTransition', DenseTransition);
+layerClasses.register('DenseHead', DenseHead);
 layerClasses.register('AvgPool', AvgPool);

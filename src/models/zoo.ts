@@ -1,6 +1,6 @@
 import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
-import { AvgPool, BatchNorm, Conv2D, Dense, DenseUnit, Flatten, GlobalAvgPool, MaxPool, ReLU, ResidualBlock, ResNeXtBlock } from '../layers/index.js';
+import { BatchNorm, Conv2D, Dense, DenseHead, DenseTransition, DenseUnit, Flatten, GlobalAvgPool, MaxPool, ReLU, ResidualBlock, ResNeXtBlock } from '../layers/index.js';
 import type { Layer } from '../layers/index.js';
 import type { ModelArgs, ModelDef } from './types.js';
 import { Network } from './network.js';
@@ -157,20 +157,10 @@ function denseNet(a: Parameters<ModelDef['layers']>[0], gated: boolean): Layer[]
     }
     if (b < 2) {
       c = Math.floor(c * compression);
-      layers.push(
-        new BatchNorm(`t${b}.bn`, { levels: L }),
-        new ReLU(`t${b}.relu`, {}),
-        new Conv2D(`t${b}.conv`, { filters: c, kernelSize: 1 }),
-        new AvgPool(`t${b}.pool`, {}),
-      );
+      layers.push(new DenseTransition(`t${b}`, { filters: c, levels: L }));
     }
   }
-  layers.push(
-    new BatchNorm('final.bn', { levels: L }),
-    new ReLU('final.relu', {}),
-    new GlobalAvgPool('gap', {}),
-    new Dense('classifier', { units: a.numClasses }),
-  );
+  layers.push(new DenseHead('final', { units: a.numClasses, levels: L }));
   return layers;
 }
 
