@@ -190,3 +190,90 @@ lowerings.register('ResidualBlock', (layer, x, sel, ctx) => {
 lowerings.register('ExitHead', (_layer, x, sel) => ({ y: x, sel }));
 
 lowerings.register('ResNeXtBlock', (layer, x, sel, ctx) => residual(layer, lowerChain(layer.children(), x, sel, ctx), x, ctx));
+
+// DenseNets: a concatenation's channels present are in general not a prefix (a block's input and each unit's
+// active groups, offset), so the layers of dense units, transitions and heads read their weights with constant
+// Gathers (ORT folds them at load like the Slices) where a selection is an index list, and Slices otherwise.
+
+/** The top-level weight `name` cut on its leading axes to the selections `sels` (a prefix count or an index list). */
+function picked(ctx: BranchContext, name: string, sels: ChannelSel[], row?: number): string {
+  const full = ctx.dims.get(name);
+  if (!full) throw new DynnError(`internal: no initializer for weight ${name}`);
+  const base = `${ctx.prefix}/${name}`;
+  let y = name;
+  if (row !== undefined) {
+    const cut = ctx.g.node('Slice', [name, ctx.g.int64Const(`${base}/starts`, [row]), ctx.g.int64Const(`${base}/ends`, [row + 1]), ctx.g.int64Const(`${base}/axes`, [0])], `${base}/row`);
+    y = ctx.g.node('Reshape', [cut, ctx.g.int64Const(`${base}/shape`, full.slice(1))], `${base}/vec`);
+  }
+  sels.forEach((s, axis) => {
+    if (s.index !== null) {
+      y = ctx.g.node('Gather', [y, ctx.g.int64Const(`${base}/index${axis}`, Array.from(s.index))], `${base}/gather${axis}`, { axis: attr.int(axis) });
+    } else if (s.count !== s.full) {
+      y = ctx.g.node(
+        'Slice',
+        [y, ctx.g.int64Const(`${base}/starts${axis}`, [0]), ctx.g.int64Const(`${base}/ends${axis}`, [s.count]), ctx.g.int64Const(`${base}/axes${axis}`, [axis])],
+        `${base}/slice${axis}`,
+      );
+    }
+  });
+  return y;
+}
+
+/** Lowers a layer inside a DenseNet part, whatever channels its input holds. */
+function lowerAnySel(l: Layer, x: string, sel: ChannelSel, ctx: BranchContext): Lowered {
+  const n = l.name;
+  switch (l.className) {
+    case 'BatchNorm': {
+      const bn = l as BatchNorm;
+      const row = bn.row(ctx.plan.level);
+      const inputs = [x, picked(ctx, `${n}.gamma`, [sel]), picked(ctx, `${n}.beta`, [sel]), picked(ctx, `${n}.running_mean`, [sel], row), picked(ctx, `${n}.running_var`, [sel], row)];
+      return { y: ctx.g.node('BatchNormalization', inputs, `${ctx.prefix}/${n}`, { epsilon: attr.float(bn.args.epsilon ?? 1e-5) }), sel };
+    }
+    case 'Conv2D': {
+      const a = (l as Layer<{ kernelSize: number; strides?: number; padding?: 'same' | 'valid' }>).args;
+      const out = l.outSel(sel, ctx.plan);
+      const k = a.kernelSize;
+      const s = a.strides ?? 1;
+      const inputs = [x, picked(ctx, `${n}.kernel`, [out, sel])];
+      if (hasWeight(l, 'bias')) inputs.push(picked(ctx, `${n}.bias`, [out]));
+      const y = ctx.g.node('Conv', inputs, `${ctx.prefix}/${n}`, {
+        kernel_shape: attr.ints([k, k]),
+        strides: attr.ints([s, s]),
+        pads: attr.ints(tfPads(l.inShape, k, s, a.padding ?? 'same')),
+      });
+      return { y, sel: out };
+    }
+    case 'Dense': {
+      const out = l.outSel(sel, ctx.plan);
+      const inputs = [x, picked(ctx, `${n}.kernel`, [sel, out])];
+      if (hasWeight(l, 'bias')) inputs.push(picked(ctx, `${n}.bias`, [out]));
+      return { y: ctx.g.node('Gemm', inputs, `${ctx.prefix}/${n}`), sel: out };
+    }
+    default:
+      return lowerings.get(l.className)(l, x, sel, ctx);
+  }
+}
+
+function lowerAnyChain(layers: Layer[], x: string, sel: ChannelSel, ctx: BranchContext): Lowered {
+  let cur: Lowered = { y: x, sel };
+  for (const l of layers) cur = lowerAnySel(l, cur.y, cur.sel, ctx);
+  return cur;
+}
+
+lowerings.register('AvgPool', (layer, x, sel, ctx) => {
+  const p = (layer as Layer<{ poolSize?: number }>).args.poolSize ?? 2;
+  const y = ctx.g.node('AveragePool', [x], `${ctx.prefix}/${layer.name}`, { kernel_shape: attr.ints([p, p]), strides: attr.ints([p, p]) });
+  return { y, sel };
+});
+
+// A skipped unit vanishes from the branch; a running one appends its new channels (ONNX Concat on axis 1, NCHW).
+lowerings.register('DenseUnit', (layer, x, sel, ctx) => {
+  const out = layer.outSel(sel, ctx.plan);
+  if ((layer as Layer<{ gated?: boolean }>).args.gated && ctx.plan.depth.get(layer.name) === false) return { y: x, sel: out };
+  const added = lowerAnyChain(layer.children(), x, sel, ctx);
+  return { y: ctx.g.node('Concat', [x, added.y], `${ctx.prefix}/${layer.name}`, { axis: attr.int(1) }), sel: out };
+});
+
+lowerings.register('DenseTransition', (layer, x, sel, ctx) => lowerAnyChain(layer.children(), x, sel, ctx));
+
+lowerings.register('DenseHead', (layer, x, sel, ctx) => lowerAnyChain(layer.children(), x, sel, ctx));

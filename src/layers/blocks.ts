@@ -60,6 +60,11 @@ export interface ResidualBlockArgs {
   stage?: number;
   /** BatchNorm statistic rows (operating levels). */
   levels: number;
+  /**
+   * Throttle the block's inner channels (conv1's output, conv2's input) in this many groups: a widthwise
+   * block keyed by `<block>.conv1`. 0 or absent: not throttled.
+   */
+  groups?: number;
 }
 
 /** A basic residual block (conv-BN-ReLU-conv-BN + shortcut, ReLU); gated off, it is the identity and costs nothing. */
@@ -69,12 +74,12 @@ export class ResidualBlock extends Composite<ResidualBlockArgs> {
   private shortcut: Layer[] = [];
 
   protected doBuild(inShape: Shape): Shape {
-    const { filters, strides = 1, gated = false, levels } = this.args;
+    const { filters, strides = 1, gated = false, levels, groups = 0 } = this.args;
     const n = this.name;
     const projected = strides !== 1 || inShape[2] !== filters;
     if (gated && projected) throw new DynnError(`${n}: a gated residual block must keep its shape (stride 1, same channels)`);
     this.main = [
-      new Conv2D(`${n}.conv1`, { filters, kernelSize: 3, strides }),
+      new Conv2D(`${n}.conv1`, { filters, kernelSize: 3, strides, ...(groups ? { groups } : {}) }),
       new BatchNorm(`${n}.bn1`, { levels }),
       new ReLU(`${n}.relu1`, {}),
       new Conv2D(`${n}.conv2`, { filters, kernelSize: 3 }),

@@ -13,3 +13,16 @@ export {
   type GroupedConv2DArgs,
   type ResNeXtBlockArgs,
 } from './blocks.js';
+export {
+  DenseUnit,
+  DenseTransition,
+  DenseHead,
+  AvgPool,
+  concatSel,
+  type DenseUnitArgs,
+  type DenseTransitionArgs,
+  type DenseHeadArgs,
+  type AvgPoolArgs,
+} from './dense.js';
+export { SqueezeExcite, se, type SqueezeExciteArgs } from './se.js';
+export { DGConv2D, dgconv2d, binaryGate, relationMatrix, type DGConv2DArgs, type GateEstimator } from './dgconv.js';

@@ -13,11 +13,33 @@ before(async () => {
   await initEngine('wasm');
 });
 
+/** Narrow variants of the larger models, so the registry-wide tests stay fast (depth and structure unchanged). */
+const SMALL: Record<string, Record<string, unknown>> = {
+  resnet38: { widths: [8, 8, 16] },
+  densenet41: { growth: 8 },
+  densenet53: { growth: 8 },
+  'densenet-w': { growth: 8 },
+  'densenet-dw': { growth: 8 },
+};
+
 test('every registered model, at u in {0.1, 0.5, 1}, nested and independent: shape, finite, backward, no leak', () => {
-  assert.deepEqual(models.list(), ['mlp-w', 'resnet-d', 'resnet-exits', 'resnext-w', 'vgg-exits', 'vgg-w']);
+  assert.deepEqual(models.list(), [
+    'densenet-dw',
+    'densenet-w',
+    'densenet41',
+    'densenet53',
+    'mlp-w',
+    'resnet-d',
+    'resnet-exits',
+    'resnet38',
+    'resnext-w',
+    'vgg-exits',
+    'vgg-w',
+  ]);
   for (const name of models.list()) {
     for (const inputShape of [[28, 28, 1], [32, 32, 3]]) {
-      const m = createModel(name, { inputShape, numClasses: 10 });
+      const m = createModel(name, { ...SMALL[name], inputShape, numClasses: 10 });
+      assert.ok(m.cost(1).flops > m.cost(0.1).flops, `${name}: cost falls with u`);
       const x = tf.randomNormal([3, ...inputShape], 0, 1, 'float32', 1);
       const before = tf.memory().numTensors;
       for (const u of [0.1, 0.5, 1]) {
@@ -134,7 +156,7 @@ test('vgg-w cost falls with u and resnet-d skips whole blocks', () => {
 });
 
 test('bad model names, arguments and inputs give clear errors', () => {
-  assert.throws(() => createModel('vgg'), /unknown model "vgg"; expected one of mlp-w, resnet-d, resnet-exits, resnext-w, vgg-exits, vgg-w/);
+  assert.throws(() => createModel('vgg'), /unknown model "vgg"; expected one of densenet-dw, densenet-w, densenet41, densenet53, mlp-w, resnet-d, resnet-exits, resnet38, resnext-w, vgg-exits, vgg-w/);
   assert.throws(() => createModel('vgg-w', { inputShape: [28, 28] }), /inputShape must be \[height, width, channels\]/);
   assert.throws(() => createModel('vgg-w', { groups: 3 }), /do not split into 3 groups/);
   assert.throws(() => createModel('vgg-w', { numClasses: 1 }), /numClasses must be an integer >= 2/);
@@ -166,7 +188,7 @@ test('weights have deterministic dotted names and round-trip through getWeights/
 
 test('the frozen subnet (BatchNorm folded, ops fused) equals the sliced forward pass for every model; no leaks', () => {
   for (const name of models.list()) {
-    const m = createModel(name, { seed: 2 });
+    const m = createModel(name, { ...SMALL[name], seed: 2 });
     // Non-trivial BatchNorm statistics, so folding is really tested.
     for (const w of m.weights().filter((w) => w.name.includes('running_'))) {
       const v = w.variable;

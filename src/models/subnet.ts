@@ -12,7 +12,12 @@ export type FrozenOp =
   | { op: 'gap' }
   | { op: 'flatten' }
   | { op: 'groupconv'; name: string; kernels: tf.Tensor4D[]; width: number }
-  | { op: 'residual'; main: FrozenOp[]; shortcut: FrozenOp[] };
+  | { op: 'residual'; main: FrozenOp[]; shortcut: FrozenOp[] }
+  /** Dense connectivity: the branch's output appended to its input along the channels. */
+  | { op: 'concat'; branch: FrozenOp[] }
+  | { op: 'avgpool'; size: number }
+  /** Channel attention (squeeze-and-excitation): the input times sigmoid(branch(input)), per sample and channel. */
+  | { op: 'scale'; branch: FrozenOp[] };
 
 /** Every tensor an op list holds. */
 export function opTensors(ops: FrozenOp[]): tf.Tensor[] {
@@ -27,6 +32,9 @@ export function opTensors(ops: FrozenOp[]): tf.Tensor[] {
         return o.kernels;
       case 'residual':
         return [...opTensors(o.main), ...opTensors(o.shortcut)];
+      case 'concat':
+      case 'scale':
+        return opTensors(o.branch);
       default:
         return [];
     }
@@ -43,6 +51,8 @@ export function fuseOps(ops: FrozenOp[]): FrozenOp[] {
     const prev = out[out.length - 1];
     if (o.op === 'residual') {
       out.push({ op: 'residual', main: fuseOps(o.main), shortcut: fuseOps(o.shortcut) });
+    } else if (o.op === 'concat' || o.op === 'scale') {
+      out.push({ ...o, branch: fuseOps(o.branch) });
     } else if (o.op === 'affine' && prev && (prev.op === 'conv' || prev.op === 'dense') && !prev.relu) {
       const kernel = tf.mul(prev.kernel, o.scale);
       const bias = prev.bias ? tf.add(tf.mul(prev.bias, o.scale), o.shift) : o.shift;
@@ -104,6 +114,17 @@ export function runOps(ops: FrozenOp[], x: tf.Tensor): tf.Tensor {
         const main = runOps(o.main, y);
         const short = o.shortcut.length ? runOps(o.shortcut, y) : y;
         y = tf.relu(tf.add(main, short));
+        break;
+      }
+      case 'concat':
+        y = tf.concat([y, runOps(o.branch, y)], 3);
+        break;
+      case 'avgpool':
+        y = tf.avgPool(y as tf.Tensor4D, o.size, o.size, 'valid');
+        break;
+      case 'scale': {
+        const s = tf.sigmoid(runOps(o.branch, y));
+        y = tf.mul(y, tf.reshape(s, [s.shape[0], 1, 1, -1]));
         break;
       }
     }

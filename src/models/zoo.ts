@@ -1,6 +1,6 @@
 import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
-import { BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, MaxPool, ReLU, ResidualBlock, ResNeXtBlock } from '../layers/index.js';
+import { BatchNorm, Conv2D, Dense, DenseHead, DenseTransition, DenseUnit, Flatten, GlobalAvgPool, MaxPool, ReLU, ResidualBlock, ResNeXtBlock } from '../layers/index.js';
 import { InputTooSmallError, type Layer } from '../layers/index.js';
 import type { ModelArgs, ModelDef } from './types.js';
 import { Network } from './network.js';
@@ -116,6 +116,81 @@ models.register(
     exitHidden: 64,
   }),
 );
+
+models.register('resnet38', {
+  description:
+    'ResNet-38 (stem, 3 stages of 6 basic blocks, 16/32/64 wide, GAP, classifier: 1 + 36 + 1 weighted layers), widthwise-throttled inner channels of every block',
+  defaults: { widths: [16, 32, 64], blocksPerStage: 6 },
+  layers(a) {
+    const widths = a.widths as number[];
+    const n = a.blocksPerStage as number;
+    const D = a.groups;
+    const L = D + 1;
+    const layers: Layer[] = [...convBnRelu('stem', widths[0], 0, L, true)];
+    widths.forEach((w, s) => {
+      for (let i = 0; i < n; i++) {
+        layers.push(new ResidualBlock(`s${s}.b${i}`, { filters: w, strides: s > 0 && i === 0 ? 2 : 1, groups: D, levels: L }));
+      }
+    });
+    layers.push(new GlobalAvgPool('gap', {}), new Dense('classifier', { units: a.numClasses }));
+    return layers;
+  },
+});
+
+/**
+ * DenseNet-BC for small images: a 3x3 stem to 2k channels, three dense blocks of `units` units (each
+ * appending k channels, its bottleneck and new channels throttled in `groups` groups), BN-ReLU-1x1-avgpool
+ * transitions halving the channels, a final BN-ReLU, GAP and the classifier. 6 * units + 4 weighted layers.
+ */
+function denseNet(a: Parameters<ModelDef['layers']>[0], gated: boolean): Layer[] {
+  const k = a.growth as number;
+  const units = a.units as number;
+  const compression = a.compression as number;
+  const D = a.groups;
+  const L = D + 1;
+  let c = 2 * k;
+  const layers: Layer[] = [new Conv2D('stem.conv', { filters: c, kernelSize: 3 })];
+  for (let b = 0; b < 3; b++) {
+    for (let i = 0; i < units; i++) {
+      layers.push(new DenseUnit(`d${b}.u${i}`, { growth: k, groups: D, gated, stage: b, levels: L }));
+      c += k;
+    }
+    if (b < 2) {
+      c = Math.floor(c * compression);
+      layers.push(new DenseTransition(`t${b}`, { filters: c, levels: L }));
+    }
+  }
+  layers.push(new DenseHead('final', { units: a.numClasses, levels: L }));
+  return layers;
+}
+
+const DENSE_DEFAULTS: ModelArgs = { growth: 32, compression: 0.5 };
+
+models.register('densenet41', {
+  description:
+    'DenseNet-BC, 3 blocks of 6 units, k=32: 40 weighted layers (stem, 36 unit convs, 2 transitions, classifier); widthwise-throttled new channels',
+  defaults: { ...DENSE_DEFAULTS, units: 6 },
+  layers: (a) => denseNet(a, false),
+});
+
+models.register('densenet53', {
+  description:
+    'DenseNet-BC, 3 blocks of 8 units, k=32: 52 weighted layers (stem, 48 unit convs, 2 transitions, classifier); widthwise-throttled new channels',
+  defaults: { ...DENSE_DEFAULTS, units: 8 },
+  layers: (a) => denseNet(a, false),
+});
+
+models.register('densenet-w', {
+  description: 'Throttleable DenseNet-BC (DTNN): each unit\'s bottleneck and k new channels in groups; units per block set by `units` (default 6)',
+  defaults: { ...DENSE_DEFAULTS, units: 6 },
+  layers: (a) => denseNet(a, false),
+});
+
+models.register('densenet-dw', {
+  description: 'densenet-w whose units are also depth-gated (nested per dense block); a skipped unit appends no channels',
+  defaults: { ...DENSE_DEFAULTS, units: 6 },
+  layers: (a) => denseNet(a, true),
+});
 
 const COMMON: ModelArgs = { inputShape: [28, 28, 1], numClasses: 10, groups: 8, batchNorm: true, seed: 0 };
 
