@@ -101,6 +101,8 @@ function sweepTable(points: SweepPoint[]): string {
 }
 
 export async function sweepCommand(run: string, o: Opts, io: Io): Promise<void> {
+  const { readCheckpointInfo } = await import('../checkpoint/checkpoint.js');
+  if ((await readCheckpointInfo(run)).config.args.dynamic !== undefined) return gatedSweepCommand(run, o, io);
   if (o.thresholds !== undefined) return (await import('./scaling-commands.js')).exitSweepCommand(run, o, io);
   const us = uListOption(o.u) ?? DEFAULT_US;
   const { initEngine } = await import('../engine/backend.js');
@@ -127,6 +129,48 @@ export async function sweepCommand(run: string, o: Opts, io: Io): Promise<void> 
       io.out(JSON.stringify(out, null, 2) + '\n');
     }
     else io.out(`${model.config.model} on ${dataset} (${data.test.count} test samples)\n` + sweepTable(points));
+  } finally {
+    model.dispose();
+  }
+}
+
+/**
+ * `dynn sweep` of a dynamic run: the gates' inference threshold swept (the trained one first), each point's
+ * accuracy, executed FLOPs (mean, least, most) and latency, beside the backbone and the masked baseline.
+ */
+async function gatedSweepCommand(run: string, o: Opts, io: Io): Promise<void> {
+  const { initEngine } = await import('../engine/backend.js');
+  const { loadRun } = await import('../train/run.js');
+  const { loadDataset } = await import('../data/datasets.js');
+  const { routedSweep } = await import('../eval/routed.js');
+  const { thresholdsOption } = await import('./scaling-commands.js');
+  if (o.u !== undefined) throw new DynnError('--u does not apply to a dynamic run: its gates choose per sample; sweep --thresholds instead');
+  await initEngine(choiceOption(o.engine, 'engine', ENGINES));
+  const { model, meta } = await loadRun(run);
+  try {
+    const trained = typeof meta.options.gateThreshold === 'number' ? meta.options.gateThreshold : 0.5;
+    const given = thresholdsOption(o.thresholds)?.map((t) => {
+      if (Array.isArray(t) || !(t >= 0 && t <= 1)) throw new DynnError(`--thresholds of a dynamic run are numbers in [0, 1], got ${Array.isArray(t) ? t.join(':') : t}`);
+      return t;
+    });
+    const thresholds = [...new Set([trained, ...(given ?? [0.2, 0.35, 0.65, 0.8])])];
+    const dataset = String(o.dataset ?? meta.dataset);
+    const data = await loadDataset(dataset, { dataDir: o.dataDir as string | undefined, testLimit: numberOption(o.testLimit, 'test-limit', { int: true, min: 1 }) });
+    checkDataFits(model, data.test.height, data.test.width, data.test.channels, dataset);
+    const s = routedSweep(model, data.test, thresholds, { noLatency: o.latency === false });
+    if (o.json) {
+      const out = { model: model.config.model, dynamic: model.config.args.dynamic, dataset, testSamples: data.test.count, classNames: data.classNames, ...s };
+      io.out(JSON.stringify(out, null, 2) + '\n');
+      return;
+    }
+    io.out(`${model.config.model} with ${String(model.config.args.dynamic)} gates on ${dataset} (${data.test.count} test samples); the backbone alone: ${pct(s.full.accuracy)}, ${ms(s.full.latencyMs.batch64)} ms @64\n`);
+    io.out(
+      table(
+        ['threshold', 'accuracy', 'FLOPs ratio', 'least', 'most', 'ms @1', 'ms @64'],
+        s.points.map((p) => [p.threshold, pct(p.accuracy), p.flopsRatio.toFixed(3), p.flopsMin.toFixed(3), p.flopsMax.toFixed(3), ms(p.latencyMs.batch1), ms(p.latencyMs.batch64)]),
+      ),
+    );
+    io.out(`masked (every channel computed, then the mask) at threshold ${thresholds[0]}: ${ms(s.masked.latencyMs.batch64)} ms @64; the gates cost ${(100 * (s.points[0]?.gateShare ?? 0)).toFixed(1)}% of the backbone's FLOPs\n`);
   } finally {
     model.dispose();
   }

@@ -32,9 +32,10 @@ export function trainingProgress(io: Io) {
         bar.stop();
         bar = null;
       }
-      const test = Object.entries(r.testAccuracy)
-        .map(([u, a]) => `u=${u}: ${(100 * a).toFixed(2)}%`)
-        .join(', ');
+      const test = [
+        ...Object.entries(r.testAccuracy).map(([u, a]) => `u=${u}: ${(100 * a).toFixed(2)}%`),
+        ...(r.gated ? [`gated: ${(100 * r.gated.accuracy).toFixed(2)}% at FLOPs ratio ${r.gated.flopsRatio.toFixed(3)}`] : []),
+      ].join(', ');
       io.err(
         `epoch ${r.epoch}: loss ${r.loss.toFixed(4)}, train acc ${(100 * r.trainAccuracy).toFixed(2)}%, ` +
           `${r.samplesPerSec.toFixed(0)} samples/s, ${r.msPerStep.toFixed(0)} ms/step; test ${test}\n`,

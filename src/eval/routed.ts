@@ -4,6 +4,7 @@ import type { ImageSet } from '../data/types.js';
 import type { GateMode } from '../layers/types.js';
 import { toFloat } from '../data/imageset.js';
 import { RoutingState } from '../route/context.js';
+import { median } from './latency.js';
 
 /** How a dynamic network did at one inference threshold of its gates. */
 export interface RoutedEval {
@@ -94,4 +95,107 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
     perClassAccuracy: Array.from(right, (r, c) => (total[c] ? r / total[c] : NaN)),
     predictions,
   };
+}
+
+/** One inference threshold of a dynamic network in a sweep (`dynn sweep RUN --json`). */
+export interface RoutedPoint {
+  threshold: number;
+  accuracy: number;
+  flopsRatio: number;
+  flopsMin: number;
+  flopsMax: number;
+  gateShare: number;
+  skipRates: Record<string, number>;
+  classFlops: number[];
+  /** Samples per tenth of the FLOPs ratio: [0, 0.1), [0.1, 0.2), ..., [0.9, 1] (above 1 counts in the last). */
+  histogram: number[];
+  latencyMs: { batch1: number; batch64: number };
+}
+
+/** A dynamic network swept over inference thresholds, beside its backbone and the masked baseline. */
+export interface RoutedSweep {
+  points: RoutedPoint[];
+  /** The backbone with nothing skipped and no gate, run the same way (TF.js, unfolded BatchNorm). */
+  full: { accuracy: number; latencyMs: { batch1: number; batch64: number } };
+  /** The first threshold's decisions run the way the field runs them: every channel, then the mask. */
+  masked: { latencyMs: { batch64: number } };
+}
+
+/**
+ * Sweeps the gates' inference threshold (one trained model, many operating points): accuracy and executed
+ * FLOPs on `data`, and latency at batch 1 and 64 on its first images, every configuration timed in turns
+ * so the ratios do not carry the machine's drift.
+ */
+export function routedSweep(model: Network, data: ImageSet, thresholds: number[], options: { noLatency?: boolean; reps?: number } = {}): RoutedSweep {
+  const evals = thresholds.map((threshold) => evaluateRouted(model, data, { threshold }));
+  const plan = model.plan(1);
+  const fullAccuracy = tf.tidy(() => {
+    let correct = 0;
+    const per = model.inputShape.reduce((a, b) => a * b, 1);
+    const buf = new Float32Array(256 * per);
+    for (let start = 0; start < data.count; start += 256) {
+      const n = Math.min(256, data.count - start);
+      const p = tf.argMax(model.forward(tf.tensor(toFloat(data, start, n, buf), [n, ...model.inputShape]), plan), 1).dataSync();
+      for (let i = 0; i < n; i++) if (p[i] === data.labels[start + i]) correct++;
+    }
+    return correct / Math.max(1, data.count);
+  });
+  type Config = { mode?: GateMode; threshold?: number; batch: number };
+  const configs: Config[] = [
+    ...thresholds.flatMap((threshold) => [1, 64].map((batch) => ({ mode: 'hard' as const, threshold, batch }))),
+    { batch: 1 },
+    { batch: 64 },
+    { mode: 'masked', threshold: thresholds[0], batch: 64 },
+  ];
+  const times = options.noLatency ? configs.map(() => NaN) : timeInTurns(model, data, configs, options.reps ?? 10);
+  const at = (c: Partial<Config>) => times[configs.findIndex((k) => k.mode === c.mode && k.threshold === c.threshold && k.batch === c.batch)];
+  return {
+    points: evals.map((e) => ({
+      threshold: e.threshold,
+      accuracy: e.accuracy,
+      flopsRatio: e.flopsRatio,
+      flopsMin: e.flopsMin,
+      flopsMax: e.flopsMax,
+      gateShare: e.gateShare,
+      skipRates: e.skipRates,
+      classFlops: e.classFlops,
+      histogram: histogram(e.sampleRatios),
+      latencyMs: { batch1: at({ mode: 'hard', threshold: e.threshold, batch: 1 }), batch64: at({ mode: 'hard', threshold: e.threshold, batch: 64 }) },
+    })),
+    full: { accuracy: fullAccuracy, latencyMs: { batch1: at({ batch: 1 }), batch64: at({ batch: 64 }) } },
+    masked: { latencyMs: { batch64: at({ mode: 'masked', threshold: thresholds[0], batch: 64 }) } },
+  };
+}
+
+function histogram(ratios: Float64Array): number[] {
+  const bins = new Array<number>(10).fill(0);
+  for (const r of ratios) bins[Math.min(9, Math.max(0, Math.floor(r * 10)))]++;
+  return bins;
+}
+
+/** Median ms of each configuration on the first images of `data`, the configurations taking turns. */
+function timeInTurns(model: Network, data: ImageSet, configs: { mode?: GateMode; threshold?: number; batch: number }[], reps: number): number[] {
+  const per = model.inputShape.reduce((a, b) => a * b, 1);
+  const inputs = new Map<number, tf.Tensor>();
+  for (const { batch } of configs) {
+    if (!inputs.has(batch)) inputs.set(batch, tf.tensor(toFloat(data, 0, Math.min(batch, data.count), new Float32Array(batch * per)), [Math.min(batch, data.count), ...model.inputShape]));
+  }
+  const plan = model.plan(1);
+  const times = configs.map((): number[] => []);
+  try {
+    for (let i = 0; i < reps + 2; i++) {
+      configs.forEach((c, k) => {
+        const x = inputs.get(c.batch)!;
+        const t0 = performance.now();
+        const routing = c.mode ? RoutingState.start(c.mode, x.shape[0], { threshold: c.threshold }) : undefined;
+        const y = tf.tidy(() => model.forward(x, plan, { routing }));
+        y.dataSync();
+        y.dispose();
+        if (i >= 2) times[k].push(performance.now() - t0);
+      });
+    }
+  } finally {
+    for (const x of inputs.values()) x.dispose();
+  }
+  return times.map(median);
 }

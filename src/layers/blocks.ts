@@ -68,30 +68,41 @@ export interface ResidualBlockArgs {
 }
 
 /** A basic residual block (conv-BN-ReLU-conv-BN + shortcut, ReLU); gated off, it is the identity and costs nothing. */
-export class ResidualBlock extends Composite<ResidualBlockArgs> {
-  readonly className = 'ResidualBlock';
-  private main: Layer[] = [];
-  private shortcut: Layer[] = [];
+export class ResidualBlock<A extends ResidualBlockArgs = ResidualBlockArgs> extends Composite<A> {
+  readonly className: string = 'ResidualBlock';
+  /** conv1, bn1, relu1: what the inner width scales. */
+  protected front: Layer[] = [];
+  /** conv2, bn2. */
+  protected back: Layer[] = [];
+  protected shortcut: Layer[] = [];
 
   protected doBuild(inShape: Shape): Shape {
     const { filters, strides = 1, gated = false, levels, groups = 0 } = this.args;
     const n = this.name;
     const projected = strides !== 1 || inShape[2] !== filters;
     if (gated && projected) throw new DynnError(`${n}: a gated residual block must keep its shape (stride 1, same channels)`);
-    this.main = [
+    this.front = [
       new Conv2D(`${n}.conv1`, { filters, kernelSize: 3, strides, ...(groups ? { groups } : {}) }),
       new BatchNorm(`${n}.bn1`, { levels }),
       new ReLU(`${n}.relu1`, {}),
-      new Conv2D(`${n}.conv2`, { filters, kernelSize: 3 }),
-      new BatchNorm(`${n}.bn2`, { levels }),
     ];
+    this.back = [new Conv2D(`${n}.conv2`, { filters, kernelSize: 3 }), new BatchNorm(`${n}.bn2`, { levels })];
     this.shortcut = projected
       ? [new Conv2D(`${n}.proj`, { filters, kernelSize: 1, strides }), new BatchNorm(`${n}.projbn`, { levels })]
       : [];
-    this.layers = [...this.main, ...this.shortcut];
+    this.layers = [...this.front, ...this.back, ...this.shortcut];
     const out = this.buildChain(this.main, inShape);
     this.buildChain(this.shortcut, inShape);
     return out;
+  }
+
+  protected get main(): Layer[] {
+    return [...this.front, ...this.back];
+  }
+
+  /** The plan key of the inner width's groups (absent from plans when the block is not throttled). */
+  get innerKey(): string {
+    return `${this.name}.conv1`;
   }
 
   override block(): BlockInfo | null {
@@ -106,21 +117,35 @@ export class ResidualBlock extends Composite<ResidualBlockArgs> {
     return this.skipped(plan) ? sel : this.chainSel(this.main, sel, plan);
   }
 
+  /**
+   * The block on every row of `x`, its main path at `inner` (the context's plan by default), the inner
+   * channels scaled by `st` when given. No inner group leaves relu(shortcut(x)).
+   */
+  protected forwardAt(x: tf.Tensor, sel: ChannelSel, ctx: RunContext, inner: RunContext = ctx, st?: tf.Tensor): tf.Tensor {
+    const short = this.shortcut.length ? this.runChain(this.shortcut, x, sel, ctx).y : x;
+    if (inner.plan.groups.get(this.innerKey)?.length === 0) return tf.relu(short);
+    const front = this.runChain(this.front, x, sel, inner);
+    const h = st ? tf.mul(front.y, st) : front.y;
+    return tf.relu(tf.add(this.runChain(this.back, h, front.sel, inner).y, short));
+  }
+
   call(x: tf.Tensor, sel: ChannelSel, ctx: RunContext) {
     if (this.skipped(ctx.plan)) return { y: x, sel };
-    const main = this.runChain(this.main, x, sel, ctx);
-    const short = this.shortcut.length ? this.runChain(this.shortcut, x, sel, ctx).y : x;
-    return { y: tf.relu(tf.add(main.y, short)), sel: main.sel };
+    return { y: this.forwardAt(x, sel, ctx), sel: this.outSel(sel, ctx.plan) };
   }
 
   freeze(sel: ChannelSel, plan: Plan): FrozenOp[] {
     if (this.skipped(plan)) return [];
-    return [{ op: 'residual', main: this.chainFreeze(this.main, sel, plan), shortcut: this.chainFreeze(this.shortcut, sel, plan) }];
+    const shortcut = this.chainFreeze(this.shortcut, sel, plan);
+    // No inner group: relu(shortcut(x)), and an identity shortcut's input (a ReLU's output) is already >= 0.
+    if (plan.groups.get(this.innerKey)?.length === 0) return shortcut.length ? [...shortcut, { op: 'relu' }] : [];
+    return [{ op: 'residual', main: this.chainFreeze(this.main, sel, plan), shortcut }];
   }
 
   cost(sel: ChannelSel, plan: Plan): LayerCost[] {
     if (this.skipped(plan)) return [];
-    return [...this.chainCost(this.main, sel, plan), ...this.chainCost(this.shortcut, sel, plan)];
+    const main = plan.groups.get(this.innerKey)?.length === 0 ? [] : this.chainCost(this.main, sel, plan);
+    return [...main, ...this.chainCost(this.shortcut, sel, plan)];
   }
 }
 

@@ -8,9 +8,10 @@ let nextUid = 0;
 
 /**
  * How a kernel starts: `fan-in-uniform` (U(+-1/sqrt(fanIn)), PyTorch's default; the better choice before
- * a BatchNorm) or `he-normal` (N(0, 2/fanIn), for plain ReLU stacks without normalization).
+ * a BatchNorm), `he-normal` (N(0, 2/fanIn), for plain ReLU stacks without normalization) or `zeros` (a
+ * gate's output layer, which then starts at its bias whatever the input).
  */
-export type KernelInit = 'fan-in-uniform' | 'he-normal';
+export type KernelInit = 'fan-in-uniform' | 'he-normal' | 'zeros';
 
 /** The serializable description of a layer: enough to construct it again. */
 export interface LayerConfig {
@@ -100,6 +101,7 @@ export abstract class Layer<A extends object = object> {
   protected initKernel(suffix: string, shape: number[], fanIn: number, init: KernelInit = 'fan-in-uniform'): tf.Tensor {
     const seed = seedFor(`${this.name}.${suffix}`, this.seed);
     if (init === 'he-normal') return tf.randomNormal(shape, 0, Math.sqrt(2 / fanIn), 'float32', seed);
+    if (init === 'zeros') return tf.zeros(shape);
     const bound = 1 / Math.sqrt(fanIn);
     return tf.randomUniform(shape, -bound, bound, 'float32', seed);
   }

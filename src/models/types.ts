@@ -12,6 +12,10 @@ export interface ModelArgs {
   batchNorm?: boolean;
   /** Seed of the initial weights (default 0). */
   seed?: number;
+  /** A registered per-sample mechanism (`acs-gn`): gates inside the network decide per input. */
+  dynamic?: string;
+  /** Channels of each gate's hidden layers (default: the mechanism's). */
+  gateWidth?: number;
   [key: string]: unknown;
 }
 
@@ -20,5 +24,7 @@ export interface ModelDef {
   /** One line for `dynn info` and the docs. */
   description: string;
   defaults: ModelArgs;
+  /** Whether `args.dynamic` (a registered mechanism) puts gates inside it that decide per sample. */
+  dynamic?: boolean;
   layers(args: Required<Pick<ModelArgs, 'inputShape' | 'numClasses' | 'groups' | 'batchNorm'>> & ModelArgs): Layer[];
 }

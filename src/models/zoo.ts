@@ -4,6 +4,8 @@ import { BatchNorm, Conv2D, Dense, DenseHead, DenseTransition, DenseUnit, Flatte
 import { InputTooSmallError, type Layer } from '../layers/index.js';
 import type { ModelArgs, ModelDef } from './types.js';
 import { Network } from './network.js';
+import { GatedResidualBlock } from '../route/residual.js';
+import { mechanisms } from '../route/mechanisms.js';
 import { withExits } from './exits.js';
 
 export type { ModelArgs, ModelDef } from './types.js';
@@ -121,15 +123,19 @@ models.register('resnet38', {
   description:
     'ResNet-38 (stem, 3 stages of 6 basic blocks, 16/32/64 wide, GAP, classifier: 1 + 36 + 1 weighted layers), widthwise-throttled inner channels of every block',
   defaults: { widths: [16, 32, 64], blocksPerStage: 6 },
+  dynamic: true,
   layers(a) {
     const widths = a.widths as number[];
     const n = a.blocksPerStage as number;
     const D = a.groups;
     const L = D + 1;
     const layers: Layer[] = [...convBnRelu('stem', widths[0], 0, L, true)];
+    const dynamic = a.dynamic as string | undefined;
     widths.forEach((w, s) => {
       for (let i = 0; i < n; i++) {
-        layers.push(new ResidualBlock(`s${s}.b${i}`, { filters: w, strides: s > 0 && i === 0 ? 2 : 1, groups: D, levels: L }));
+        const args = { filters: w, strides: s > 0 && i === 0 ? 2 : 1, groups: D, levels: L };
+        const name = `s${s}.b${i}`;
+        layers.push(dynamic ? new GatedResidualBlock(name, { ...args, mechanism: dynamic, gateWidth: a.gateWidth as number | undefined }) : new ResidualBlock(name, args));
       }
     });
     layers.push(new GlobalAvgPool('gap', {}), new Dense('classifier', { units: a.numClasses }));
@@ -206,6 +212,10 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   if (!Number.isInteger(resolved.numClasses) || (resolved.numClasses as number) < 2) {
     throw new DynnError(`numClasses must be an integer >= 2, got ${resolved.numClasses}`);
   }
+  if (resolved.dynamic !== undefined) mechanisms.get(String(resolved.dynamic));
+  if (resolved.gateWidth !== undefined && (!Number.isInteger(resolved.gateWidth) || (resolved.gateWidth as number) < 1)) {
+    throw new DynnError(`gateWidth must be a positive integer, got ${resolved.gateWidth}`);
+  }
   if (!Number.isInteger(resolved.groups) || (resolved.groups as number) < 1) {
     throw new DynnError(`groups must be a positive integer, got ${resolved.groups}`);
   }
@@ -217,10 +227,17 @@ export function createModel(name: string, args: ModelArgs = {}): Network {
   const resolved = resolveModelArgs(name, args);
   const layers = models.get(name).layers(resolved as Parameters<ModelDef['layers']>[0]);
   const inputShape = resolved.inputShape as number[];
+  let model: Network;
   try {
-    return new Network({ model: name, args: resolved }, inputShape, layers, resolved.seed as number);
+    model = new Network({ model: name, args: resolved }, inputShape, layers, resolved.seed as number);
   } catch (err) {
     if (!(err instanceof InputTooSmallError)) throw err;
     throw new DynnError(`model ${name} on ${inputShape.join('x')} inputs: ${err.message}`, { cause: err });
   }
+  if (resolved.dynamic !== undefined && !model.gated) {
+    model.dispose();
+    const able = models.list().filter((m) => models.get(m).dynamic);
+    throw new DynnError(`--dynamic ${resolved.dynamic} needs a model with gated blocks; ${name} has none (expected one of ${able.join(', ')})`);
+  }
+  return model;
 }

@@ -10,11 +10,18 @@ export interface GateNetArgs {
   /** Outputs: one logit per group of channels the gate decides on. */
   outputs: number;
   /**
-   * Initial bias of the outputs (default 5: sigmoid 0.993, so a nested gate of 8 groups keeps them all with
-   * probability 0.95). Gates that start open let step 2 of two-step training start where step 1 ended,
-   * instead of switching half the channels off at random.
+   * The logits at the start, whatever the input (default 5: sigmoid 0.993, so a nested gate of 8 groups
+   * keeps them all with probability 0.95). Gates that start open let step 2 of two-step training start where
+   * step 1 ended, instead of switching half the channels off at random (the output layer's kernel starts
+   * at zero for that).
    */
-  openBias?: number;
+  openLogit?: number;
+  /**
+   * Factor on the output logits (default 10). Under Adam a weight moves about one learning rate per step,
+   * so a gate's logit would need thousands of steps to cross from open to closed; the factor makes the
+   * gates learn that much faster than the backbone.
+   */
+  logitScale?: number;
 }
 
 /**
@@ -26,7 +33,7 @@ export class GateNet extends Composite<GateNetArgs> {
   readonly className = 'GateNet';
 
   protected doBuild(inShape: Shape): Shape {
-    const { width, outputs, openBias = 5 } = this.args;
+    const { width, outputs, openLogit = 5, logitScale = 10 } = this.args;
     if (!Number.isInteger(width) || width < 1) throw new DynnError(`${this.name}: gate width must be a positive integer, got ${width}`);
     const n = this.name;
     this.layers = [
@@ -37,7 +44,7 @@ export class GateNet extends Composite<GateNetArgs> {
       new Conv2D(`${n}.conv2`, { filters: width, kernelSize: 3, useBias: true }),
       new ReLU(`${n}.relu2`, {}),
       new GlobalAvgPool(`${n}.gap`, {}),
-      new Dense(`${n}.fc`, { units: outputs, biasInit: openBias }),
+      new Dense(`${n}.fc`, { units: outputs, init: 'zeros', biasInit: openLogit / logitScale }),
     ];
     return this.buildChain(this.layers, inShape);
   }
@@ -47,7 +54,8 @@ export class GateNet extends Composite<GateNetArgs> {
   }
 
   call(x: tf.Tensor, sel: ChannelSel, ctx: RunContext) {
-    return this.runChain(this.layers, x, sel, ctx);
+    const { y, sel: out } = this.runChain(this.layers, x, sel, ctx);
+    return { y: tf.mul(y, this.args.logitScale ?? 10), sel: out };
   }
 
   freeze(): FrozenOp[] {

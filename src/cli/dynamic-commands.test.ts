@@ -1,0 +1,73 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { runCli } from './cli.js';
+import { captureIo } from './capture.js';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-dynamic-'));
+process.on('exit', () => fs.rmSync(tmp, { recursive: true, force: true }));
+const run = path.join(tmp, 'acs');
+const data = ['--dataset', 'synthetic', '--train-limit', '64', '--test-limit', '32', '--workers', '0', '--batch-size', '32'];
+
+test('a dynamic run trains in two steps, records its gated accuracy and FLOPs, and sweeps its thresholds', async () => {
+  const io = captureIo();
+  const code = await runCli(['train', '--model', 'resnet38', '--dynamic', 'acs-gn', ...data, '--epochs', '2', '--pretrain-epochs', '1', '--flops-target', '0.5', '--out', run, '--json'], io);
+  assert.equal(code, 0, io.stderr());
+  const { meta } = JSON.parse(io.stdout());
+  assert.equal(meta.history.length, 2);
+  for (const e of meta.history) {
+    assert.ok(e.gated.accuracy >= 0 && e.gated.accuracy <= 1);
+    assert.ok(e.gated.flopsRatio > 0, 'the executed FLOPs ratio is recorded every epoch');
+  }
+  assert.equal(meta.options.pretrainEpochs, 1);
+  assert.equal(meta.options.flopsTarget, 0.5);
+  assert.match(io.stderr(), /gated: \d+\.\d+% at FLOPs ratio \d\.\d{3}/);
+
+  const sweep = captureIo();
+  assert.equal(await runCli(['sweep', run, '--test-limit', '32', '--thresholds', '0,1', '--json'], sweep), 0, sweep.stderr());
+  const s = JSON.parse(sweep.stdout());
+  assert.deepEqual(s.points.map((p: { threshold: number }) => p.threshold), [0.5, 0, 1], 'the trained threshold first, then the asked ones');
+  for (const p of s.points) {
+    assert.ok(p.flopsMin <= p.flopsRatio + 1e-9 && p.flopsRatio <= p.flopsMax + 1e-9);
+    assert.ok(p.latencyMs.batch1 > 0 && p.latencyMs.batch64 > 0);
+    assert.equal(p.histogram.reduce((a: number, b: number) => a + b, 0), 32);
+  }
+  const [, open, closed] = s.points;
+  assert.ok(Math.abs(open.flopsRatio - (1 + open.gateShare)) < 1e-6, 'threshold 0 runs every group: the backbone plus the gates');
+  assert.ok(closed.flopsRatio < 0.5 * open.flopsRatio, 'threshold 1 skips every inner group');
+  assert.ok(Object.values(closed.skipRates).every((r) => r === 1));
+  assert.ok(s.full.accuracy >= 0 && s.full.latencyMs.batch64 > 0 && s.masked.latencyMs.batch64 > 0);
+});
+
+test('dynamic options: clear errors before any training', async () => {
+  const cases: [string[], RegExp][] = [
+    [['--model', 'resnet38', '--dynamic', 'nope'], /unknown mechanism "nope"; expected one of acs-gn/],
+    [['--model', 'vgg-w', '--dynamic', 'acs-gn'], /--dynamic acs-gn needs a model with gated blocks; vgg-w has none \(expected one of resnet38\)/],
+    [['--model', 'resnet38', '--dynamic', 'acs-gn', '--flops-target', '0'], /--flops-target must be a number in \(0, 1\], got 0/],
+    [['--model', 'resnet38', '--dynamic', 'acs-gn', '--flops-target', '1.5'], /--flops-target must be a number in \(0, 1\], got 1.5/],
+    [['--model', 'vgg-w', '--pretrain-epochs', '1'], /pretrainEpochs needs a dynamic model \(--dynamic NAME\); vgg-w has no gates/],
+    [['--model', 'resnet38', '--dynamic', 'acs-gn', '--schedule', 'sandwich'], /a dynamic model trains at u = 1 .* the sandwich schedule cannot be combined/],
+  ];
+  for (const [argv, pattern] of cases) {
+    const io = captureIo();
+    const out = path.join(tmp, `bad-${argv.join('-')}`);
+    assert.equal(await runCli(['train', ...argv, ...data, '--out', out], io), 1, `${argv.join(' ')}: ${io.stderr()}`);
+    assert.match(io.stderr(), pattern, argv.join(' '));
+    assert.doesNotMatch(io.stderr(), /\n\s+at /);
+    assert.equal(fs.existsSync(path.join(out, 'checkpoint.json')), false);
+  }
+});
+
+test('a dynamic checkpoint edited into a static one fails on load, naming the gate weights', async () => {
+  const edited = path.join(tmp, 'edited');
+  fs.cpSync(run, edited, { recursive: true });
+  const file = path.join(edited, 'checkpoint.json');
+  const manifest = JSON.parse(fs.readFileSync(file, 'utf8'));
+  delete manifest.config.args.dynamic;
+  fs.writeFileSync(file, JSON.stringify(manifest));
+  const io = captureIo();
+  assert.equal(await runCli(['info', edited], io), 1);
+  assert.match(io.stderr(), /weights do not match the model: .*gate/);
+});
