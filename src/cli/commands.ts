@@ -238,9 +238,18 @@ export async function infoCommand(run: string, o: Opts, io: Io): Promise<void> {
 
 function historyTable(meta: TrainMeta): string {
   const us = Object.keys(meta.history[0].testAccuracy);
+  const gated = meta.history.some((h) => h.gated);
   return table(
-    ['epoch', 'loss', 'train acc', 'samples/s', 'ms/step', ...us.map((u) => `test u=${u}`)],
-    meta.history.map((h) => [h.epoch, h.loss.toFixed(4), pct(h.trainAccuracy), h.samplesPerSec.toFixed(0), h.msPerStep.toFixed(0), ...us.map((u) => pct(h.testAccuracy[u]))]),
+    ['epoch', 'loss', 'train acc', 'samples/s', 'ms/step', ...us.map((u) => `test u=${u}`), ...(gated ? ['gated', 'FLOPs ratio'] : [])],
+    meta.history.map((h) => [
+      h.epoch,
+      h.loss.toFixed(4),
+      pct(h.trainAccuracy),
+      h.samplesPerSec.toFixed(0),
+      h.msPerStep.toFixed(0),
+      ...us.map((u) => pct(h.testAccuracy[u])),
+      ...(gated ? [h.gated ? pct(h.gated.accuracy) : '-', h.gated ? h.gated.flopsRatio.toFixed(3) : '-'] : []),
+    ]),
   );
 }
 

@@ -60,6 +60,15 @@ test('dynamic options: clear errors before any training', async () => {
   }
 });
 
+test('info shows a dynamic run’s gated accuracy and FLOPs; export says such models do not export yet', async () => {
+  const io = captureIo();
+  assert.equal(await runCli(['info', run], io), 0, io.stderr());
+  assert.match(io.stdout(), /│ gated\s+│ FLOPs ratio │/);
+  const ex = captureIo();
+  assert.equal(await runCli(['export', run, '--onnx', path.join(tmp, 'acs.onnx')], ex), 1);
+  assert.match(ex.stderr(), /resnet38 with acs-gn gates decides per sample inside the network; such models do not export to ONNX yet/);
+});
+
 test('a dynamic checkpoint edited into a static one fails on load, naming the gate weights', async () => {
   const edited = path.join(tmp, 'edited');
   fs.cpSync(run, edited, { recursive: true });

@@ -163,6 +163,9 @@ function selectBranch(
  * checks at load together with the graph's inputs and outputs.
  */
 export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExport {
+  if (model.gated) {
+    throw new DynnError(`${model.config.model} with ${String(model.config.args.dynamic)} gates decides per sample inside the network; such models do not export to ONNX yet (that needs export by segments)`);
+  }
   const gating = options.gating ?? 'nested';
   checkGatingMode(gating);
   if (gating !== 'nested') throw new DynnError(`only nested gating exports; this network was trained with ${gating} gating`);
