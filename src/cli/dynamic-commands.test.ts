@@ -43,7 +43,8 @@ test('a dynamic run trains in two steps, records its gated accuracy and FLOPs, a
 
 test('dynamic options: clear errors before any training', async () => {
   const cases: [string[], RegExp][] = [
-    [['--model', 'resnet38', '--dynamic', 'nope'], /unknown mechanism "nope"; expected one of acs-gn/],
+    [['--model', 'resnet38', '--dynamic', 'nope'], /unknown mechanism "nope"; expected one of acs-dg, acs-gn/],
+    [['--model', 'resnet38', '--dynamic', 'acs-dg', '--gate-width', '6'], /s0\.b0\.gate: an acs-dg gate's width \(gateWidth\) must be a power of two >= 2, as its DGConv layers need, got 6/],
     [['--model', 'vgg-w', '--dynamic', 'acs-gn'], /--dynamic acs-gn needs a model with gated blocks; vgg-w has none \(expected one of resnet38\)/],
     [['--model', 'resnet38', '--dynamic', 'acs-gn', '--flops-target', '0'], /--flops-target must be a number in \(0, 1\], got 0/],
     [['--model', 'resnet38', '--dynamic', 'acs-gn', '--flops-target', '1.5'], /--flops-target must be a number in \(0, 1\], got 1.5/],

@@ -12,7 +12,7 @@ export interface ModelArgs {
   batchNorm?: boolean;
   /** Seed of the initial weights (default 0). */
   seed?: number;
-  /** A registered per-sample mechanism (`acs-gn`): gates inside the network decide per input. */
+  /** A registered per-sample mechanism (`acs-gn`, `acs-dg`): gates inside the network decide per input. */
   dynamic?: string;
   /** Channels of each gate's hidden layers (default: the mechanism's). */
   gateWidth?: number;

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
-import { Composite, Conv2D, Dense, GlobalAvgPool, ReLU, fullSel, layerClasses } from '../layers/index.js';
-import type { ChannelSel, LayerCost, Routing, RunContext, Shape } from '../layers/index.js';
+import { Composite, Conv2D, DGConv2D, Dense, GlobalAvgPool, ReLU, SqueezeExcite, fullSel, layerClasses } from '../layers/index.js';
+import type { ChannelSel, Layer, LayerCost, Routing, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
 
 export interface GateNetArgs {
@@ -25,26 +25,22 @@ export interface GateNetArgs {
 }
 
 /**
- * ACS's gating network (ACS-GN): a 1x1 bottleneck, a 3x3 convolution with stride 2, a 3x3 convolution,
- * global average pooling and a dense layer with one logit per group. It reads the block's input, whatever
- * channels it holds, and runs at full width: gates are not throttled.
+ * What every gating network ends with: global average pooling and a dense layer with one logit per group,
+ * starting open (zero kernel, bias `openLogit / logitScale`) and multiplied by `logitScale`. Subclasses give
+ * the feature layers in front. A gate reads the block's input, whatever channels it holds, and runs at full
+ * width: gates are not throttled.
  */
-export class GateNet extends Composite<GateNetArgs> {
-  readonly className = 'GateNet';
+export abstract class LogitGate extends Composite<GateNetArgs> {
+  /** The layers before the pooling, named `<name>.*`; `width` has been checked to be a positive integer. */
+  protected abstract features(width: number): Layer[];
 
   protected doBuild(inShape: Shape): Shape {
     const { width, outputs, openLogit = 5, logitScale = 10 } = this.args;
     if (!Number.isInteger(width) || width < 1) throw new DynnError(`${this.name}: gate width must be a positive integer, got ${width}`);
-    const n = this.name;
     this.layers = [
-      new Conv2D(`${n}.reduce`, { filters: width, kernelSize: 1, useBias: true }),
-      new ReLU(`${n}.relu0`, {}),
-      new Conv2D(`${n}.conv1`, { filters: width, kernelSize: 3, strides: 2, useBias: true }),
-      new ReLU(`${n}.relu1`, {}),
-      new Conv2D(`${n}.conv2`, { filters: width, kernelSize: 3, useBias: true }),
-      new ReLU(`${n}.relu2`, {}),
-      new GlobalAvgPool(`${n}.gap`, {}),
-      new Dense(`${n}.fc`, { units: outputs, init: 'zeros', biasInit: openLogit / logitScale }),
+      ...this.features(width),
+      new GlobalAvgPool(`${this.name}.gap`, {}),
+      new Dense(`${this.name}.fc`, { units: outputs, init: 'zeros', biasInit: openLogit / logitScale }),
     ];
     return this.buildChain(this.layers, inShape);
   }
@@ -67,7 +63,54 @@ export class GateNet extends Composite<GateNetArgs> {
   }
 }
 
+/**
+ * ACS's gating network (ACS-GN): a 1x1 bottleneck, a 3x3 convolution with stride 2, a 3x3 convolution,
+ * global average pooling and a dense layer with one logit per group.
+ */
+export class GateNet extends LogitGate {
+  readonly className = 'GateNet';
+
+  protected features(width: number): Layer[] {
+    const n = this.name;
+    return [
+      new Conv2D(`${n}.reduce`, { filters: width, kernelSize: 1, useBias: true }),
+      new ReLU(`${n}.relu0`, {}),
+      new Conv2D(`${n}.conv1`, { filters: width, kernelSize: 3, strides: 2, useBias: true }),
+      new ReLU(`${n}.relu1`, {}),
+      new Conv2D(`${n}.conv2`, { filters: width, kernelSize: 3, useBias: true }),
+      new ReLU(`${n}.relu2`, {}),
+    ];
+  }
+}
+
+/**
+ * ACS's gating network with dynamic group convolutions (ACS-DG): GateNet's two 3x3 convolutions become
+ * DGConv layers that learn their own channel grouping (so the gate costs less as it groups), with a
+ * squeeze-and-excitation block between them. The 1x1 bottleneck gives the DGConvs `width` channels, which
+ * must be a power of two.
+ */
+export class DGGateNet extends LogitGate {
+  readonly className = 'DGGateNet';
+
+  protected features(width: number): Layer[] {
+    const n = this.name;
+    if (width < 2 || (width & (width - 1)) !== 0) {
+      throw new DynnError(`${n}: an acs-dg gate's width (gateWidth) must be a power of two >= 2, as its DGConv layers need, got ${width}`);
+    }
+    return [
+      new Conv2D(`${n}.reduce`, { filters: width, kernelSize: 1, useBias: true }),
+      new ReLU(`${n}.relu0`, {}),
+      new DGConv2D(`${n}.conv1`, { filters: width, kernelSize: 3, strides: 2 }),
+      new ReLU(`${n}.relu1`, {}),
+      new SqueezeExcite(`${n}.se`, {}),
+      new DGConv2D(`${n}.conv2`, { filters: width, kernelSize: 3 }),
+      new ReLU(`${n}.relu2`, {}),
+    ];
+  }
+}
+
 layerClasses.register('GateNet', GateNet);
+layerClasses.register('DGGateNet', DGGateNet);
 
 /** A gate's decisions for the rows it saw: how many leading groups each sample runs. */
 export interface NestedDecision {

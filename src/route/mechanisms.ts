@@ -1,7 +1,7 @@
 import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
 import type { Layer } from '../layers/index.js';
-import { GateNet } from './gates.js';
+import { DGGateNet, GateNet } from './gates.js';
 
 /** What a gate is built from: the block it decides for tells it how many groups and how wide. */
 export interface GateArgs {
@@ -35,6 +35,15 @@ mechanisms.register('acs-gn', {
   // A quarter of the block's width keeps the gate's cost a few percent of the block's (ACS's 32-wide gates cost 0.29 of ResNet38).
   defaultWidth: (channels) => Math.max(4, Math.floor(channels / 4)),
   defaults: { flopsTarget: 0.5, efficiencyWeight: 4 },
+});
+
+mechanisms.register('acs-dg', {
+  description:
+    'adaptive channel skipping with a DGConv gating network per block (1x1, DGConv 3x3/2, SE, DGConv 3x3, GAP, FC): acs-gn whose gate convolutions learn their grouping',
+  gate: (name, a) => new DGGateNet(name, { width: a.width, outputs: a.outputs }),
+  // acs-gn's quarter of the block's width, at the nearest power of two (DGConv's channel count).
+  defaultWidth: (channels) => Math.max(4, 2 ** Math.round(Math.log2(Math.max(1, channels / 4)))),
+  defaults: { ...mechanisms.get('acs-gn').defaults },
 });
 
 /** Checks the settings of a dynamic run before any training: target in (0, 1], weight >= 0. */

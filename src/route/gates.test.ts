@@ -1,0 +1,144 @@
+import { before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as tf from '@tensorflow/tfjs-core';
+import { initEngine } from '../engine/backend.js';
+import { BatchNorm, Conv2D, Dense, GlobalAvgPool, ReLU, fullSel, layerFromConfig } from '../layers/index.js';
+import { Network } from '../models/network.js';
+import { createModel } from '../models/zoo.js';
+import { DynnError } from '../util/errors.js';
+import { RoutingState } from './context.js';
+import { DGGateNet, GateNet } from './gates.js';
+import { mechanisms } from './mechanisms.js';
+import { GatedResidualBlock } from './residual.js';
+import { flatLayout, gradientStep } from '../train/step.js';
+
+before(async () => {
+  await initEngine('wasm');
+});
+
+const G = 4;
+const ctx = { plan: { u: 1, groups: new Map(), depth: new Map(), level: 0 }, training: false };
+
+/** routing.test.ts's two gated blocks (the second with a stride and a projection), with `mechanism`'s gates. */
+function tinyNet(mechanism: string, gateWidth = 4): Network {
+  const L = G + 1;
+  const layers = [
+    new Conv2D('stem.conv', { filters: 8, kernelSize: 3 }),
+    new BatchNorm('stem.bn', { levels: L }),
+    new ReLU('stem.relu', {}),
+    new GatedResidualBlock('b1', { filters: 8, groups: G, mechanism, gateWidth, levels: L }),
+    new GatedResidualBlock('b2', { filters: 16, strides: 2, groups: G, mechanism, gateWidth, levels: L }),
+    new GlobalAvgPool('gap', {}),
+    new Dense('classifier', { units: 3 }),
+  ];
+  return new Network({ model: 'test', args: {} }, [8, 8, 2], layers, 0);
+}
+
+/** Sets every DGConv gate parameter: negative switches its binary gate off (the convolution goes depthwise). */
+function setDGGates(layerWeights: { name: string; variable: tf.Variable }[], s: number): void {
+  for (const w of layerWeights) if (w.name.endsWith('.gates')) w.variable.assign(tf.fill(w.variable.shape, s));
+}
+
+const gateMacs = (net: Network) => net.cost(1).layers.filter((c) => c.gate).reduce((a, c) => a + c.macs, 0);
+
+test('the DG gate: one logit per group, open at the start for every sample (all groups run at threshold 0.5); acs-dg registered', () => {
+  const gate = new DGGateNet('g', { width: 8, outputs: G });
+  gate.build([10, 10, 16], 1);
+  assert.deepEqual(gate.outShape, [G]);
+  assert.deepEqual(gate.weights().map((w) => w.name), [
+    'g.reduce.kernel', 'g.reduce.bias', 'g.conv1.kernel', 'g.conv1.gates', 'g.se.reduce.kernel', 'g.se.reduce.bias',
+    'g.se.expand.kernel', 'g.se.expand.bias', 'g.conv2.kernel', 'g.conv2.gates', 'g.fc.kernel', 'g.fc.bias',
+  ]);
+  const x = tf.randomNormal([5, 10, 10, 16], 0, 3, 'float32', 4);
+  const before = tf.memory().numTensors;
+  const logits = tf.tidy(() => gate.call(x, fullSel(16), ctx).y.arraySync() as number[][]);
+  assert.equal(tf.memory().numTensors, before, 'no tensor leaks');
+  assert.equal(logits.length, 5);
+  for (const row of logits) row.forEach((v) => assert.ok(Math.abs(v - 5) < 1e-5, `open logit ${v}`));
+  assert.throws(() => gate.freeze(), /a gate has no frozen form/);
+  const copy = layerFromConfig(gate.getConfig());
+  assert.ok(copy instanceof DGGateNet && copy.args.width === 8);
+  x.dispose();
+  gate.weights().forEach((w) => w.variable.dispose());
+
+  const net = tinyNet('acs-dg');
+  const xs = tf.randomNormal([6, 8, 8, 2], 0, 1, 'float32', 6);
+  const routing = RoutingState.start('hard', 6, { threshold: 0.5 });
+  const n0 = tf.memory().numTensors;
+  tf.tidy(() => {
+    net.forward(xs, net.plan(1), { routing });
+  });
+  assert.equal(tf.memory().numTensors, n0, 'no tensor leaks');
+  for (const b of ['b1', 'b2']) assert.deepEqual(Array.from(routing.decisions.get(b)!), [G, G, G, G, G, G]);
+  xs.dispose();
+  net.dispose();
+
+  assert.deepEqual(mechanisms.list(), ['acs-dg', 'acs-gn']);
+  const dg = mechanisms.get('acs-dg');
+  assert.deepEqual([8, 16, 32, 48, 64, 200].map((c) => dg.defaultWidth(c)), [4, 4, 8, 16, 16, 64]);
+  assert.deepEqual(dg.defaults, mechanisms.get('acs-gn').defaults);
+});
+
+test('soft routing trains the DG gate: gradients reach its DGConv gates and SE weights', () => {
+  // Width 8: each SE's hidden layer has two units (ratio 4), so a ReLU that is off does not stop all of it.
+  const net = tinyNet('acs-dg', 8);
+  // The output layer's kernel starts at zero, which stops every gradient to the layers in front of it;
+  // after the first update it no longer is.
+  for (const w of net.weights()) if (w.name.endsWith('.gate.fc.kernel')) w.variable.assign(tf.randomNormal(w.variable.shape, 0, 0.5, 'float32', 12));
+  const layout = flatLayout(net);
+  const n = 8;
+  const images = Float32Array.from({ length: n * 128 }, (_, i) => Math.sin(i * 0.37));
+  const labels = Int32Array.from({ length: n }, (_, i) => i % 3);
+  const grads = new Float32Array(layout.total);
+  const before = tf.memory().numTensors;
+  const r = gradientStep(net, layout, images, labels, { plans: [net.plan(1)], routing: { mode: 'soft', seed: 3, efficiency: { target: 0.3, weight: 10 } } }, grads);
+  assert.equal(tf.memory().numTensors, before, 'no tensor leaks');
+  assert.ok(r.flopsRatio !== undefined && r.flopsRatio > 0 && Number.isFinite(r.loss));
+  const grad = (name: string) => {
+    const i = layout.names.indexOf(name);
+    assert.ok(i >= 0, `${name} is trained`);
+    return Array.from(grads.subarray(layout.offsets[i], layout.offsets[i] + layout.sizes[i]));
+  };
+  for (const b of ['b1', 'b2']) {
+    for (const name of ['conv1.gates', 'conv2.gates', 'se.reduce.kernel', 'se.reduce.bias', 'se.expand.kernel', 'se.expand.bias', 'fc.bias']) {
+      const g = grad(`${b}.gate.${name}`);
+      assert.ok(g.every(Number.isFinite) && g.some((v) => Math.abs(v) > 1e-9), `${b}.gate.${name}: ${g}`);
+    }
+  }
+  net.dispose();
+});
+
+test('the DG gate costs what its DGConvs report: below the GN gate at the same width once its DGConv gates are off', () => {
+  const gn = tinyNet('acs-gn', 8);
+  const dg = tinyNet('acs-dg', 8);
+  const dense = gateMacs(dg);
+  setDGGates(dg.weights(), -1);
+  const grouped = gateMacs(dg);
+  assert.ok(grouped < gateMacs(gn), `DG ${grouped} vs GN ${gateMacs(gn)} MACs`);
+  assert.ok(grouped < dense, 'grouping lowers the gate cost');
+  // Each DGConv's entry is its own cost: depthwise, 9 MACs per output element.
+  const convs = dg.cost(1).layers.filter((c) => c.gate && c.kind === 'DGConv2D');
+  assert.equal(convs.length, 4);
+  const b1conv2 = convs.find((c) => c.name === 'b1.gate.conv2')!;
+  assert.equal(b1conv2.macs, 4 * 4 * 9 * 8);
+  // What a sample that skips every group pays is that grouped gate cost.
+  const x = tf.randomNormal([3, 8, 8, 2], 0, 1, 'float32', 8);
+  const none = RoutingState.start('hard', 3, { threshold: 1 });
+  tf.tidy(() => dg.forward(x, dg.plan(1), { routing: none }));
+  assert.ok(Math.abs(none.executedMacs[0] - grouped) < 1e-6, `executed ${none.executedMacs[0]} vs ${grouped}`);
+  x.dispose();
+  gn.dispose();
+  dg.dispose();
+});
+
+test('acs-dg refuses a gate width that is not a power of two, naming gateWidth, when the model is built', () => {
+  assert.throws(
+    () => createModel('resnet38', { dynamic: 'acs-dg', gateWidth: 6, inputShape: [8, 8, 1], blocksPerStage: 1 }),
+    (e: unknown) => e instanceof DynnError && /s0\.b0\.gate: an acs-dg gate's width \(gateWidth\) must be a power of two >= 2.*got 6/.test(e.message),
+  );
+  assert.throws(() => new DGGateNet('g', { width: 1, outputs: 2 }).build([4, 4, 4]), /gateWidth\) must be a power of two >= 2.*got 1/);
+  const gn = new GateNet('gn', { width: 6, outputs: 2 });
+  gn.build([4, 4, 4]);
+  assert.ok(gn.weights().length > 0, 'acs-gn takes any width');
+  gn.weights().forEach((w) => w.variable.dispose());
+});
