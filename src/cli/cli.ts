@@ -76,22 +76,28 @@ export function buildCli(io: Io = processIo): CAC {
 }
 
 /**
- * The value options of every command (`--u`, `--lr`, ...): the flags that take the next argument as their
- * value, even when it starts with a dash.
+ * The value options (`--u`, `--lr`, ...) of the command `argv` names, and the global ones: the flags that take
+ * the next argument as their value, even when it starts with a dash.
  */
-function valueFlags(cli: CAC): Set<string> {
-  const options = [...cli.globalCommand.options, ...cli.commands.flatMap((c) => c.options)];
+function valueFlags(cli: CAC, argv: string[]): Set<string> {
+  const name = argv.find((a) => !a.startsWith('-'));
+  const command = cli.commands.find((c) => c.name === name);
+  const options = [...cli.globalCommand.options, ...(command ? command.options : cli.commands.flatMap((c) => c.options))];
   return new Set(options.filter((o) => !o.isBoolean).flatMap((o) => o.rawName.match(/--[\w-]+/g) ?? []));
 }
 
 /**
  * Prepares argv for the parser: a negative number after a value option is its value (`--u -1` would
  * otherwise be read as an unknown option `-1`), and an empty value is refused here, where it can be named
- * (the parser turns "" into 0).
+ * (the parser turns "" into 0). Arguments after `--` are left as they are.
  */
 export function normalizeArgv(argv: string[], flags: Set<string>): string[] {
   const out: string[] = [];
   for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--') {
+      out.push(...argv.slice(i));
+      break;
+    }
     const [flag, inline] = argv[i].split(/=(.*)/s, 2);
     if (!flags.has(flag)) {
       out.push(argv[i]);
@@ -154,7 +160,7 @@ export function installFailureHandlers(io: Io = processIo): void {
 export async function runCli(argv: string[], io: Io = processIo): Promise<number> {
   const cli = buildCli(io);
   try {
-    cli.parse(['node', 'dynn', ...normalizeArgv(argv, valueFlags(cli))], { run: false });
+    cli.parse(['node', 'dynn', ...normalizeArgv(argv, valueFlags(cli, argv))], { run: false });
     if (!cli.matchedCommand) {
       if (cli.options.help || cli.options.version) return 0;
       if (cli.args.length) throw new UsageError(`unknown command "${cli.args[0]}"; expected one of ${cli.commands.map((c) => c.name).filter(Boolean).join(', ')}`);

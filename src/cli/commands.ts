@@ -101,10 +101,10 @@ function sweepTable(points: SweepPoint[]): string {
 }
 
 export async function sweepCommand(run: string, o: Opts, io: Io): Promise<void> {
+  const us = uListOption(o.u) ?? DEFAULT_US;
   const { readCheckpointInfo } = await import('../checkpoint/checkpoint.js');
   if ((await readCheckpointInfo(run)).config.args.dynamic !== undefined) return gatedSweepCommand(run, o, io);
   if (o.thresholds !== undefined) return (await import('./scaling-commands.js')).exitSweepCommand(run, o, io);
-  const us = uListOption(o.u) ?? DEFAULT_US;
   const { initEngine } = await import('../engine/backend.js');
   const { loadRun } = await import('../train/run.js');
   const { loadDataset } = await import('../data/datasets.js');

@@ -54,6 +54,7 @@ test('a negative number after a value option is its value, so the message speaks
   const flags = new Set(['--u', '--lr']);
   assert.deepEqual(normalizeArgv(['info', 'r', '--u', '-0.5', '--lr', '-.1', '--json', '-1'], flags), ['info', 'r', '--u=-0.5', '--lr=-.1', '--json', '-1']);
   assert.deepEqual(normalizeArgv(['--u=0.5', '--u', '0.5'], flags), ['--u=0.5', '--u', '0.5']);
+  assert.deepEqual(normalizeArgv(['x', '--', '--u', '-1'], flags), ['x', '--', '--u', '-1'], 'nothing after --');
 });
 
 test('failures are reported by kind: a user’s error without a stack, a bug with one', () => {

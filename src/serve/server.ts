@@ -242,8 +242,10 @@ export class DynnServer {
       const res = await batcher.submit(input, request.arrival);
       request.readyAt = res.readyAt;
       const totalMs = performance.now() - request.arrival;
+      // The response first: non-finite scores make it a 422, which the error handler counts, not a success.
+      const body = this.response(res, totalMs);
       metrics.ok(totalMs, res.queueMs);
-      return this.response(res, totalMs);
+      return body;
     });
 
     app.get('/healthz', async (_request, reply) => {

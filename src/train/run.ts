@@ -251,7 +251,7 @@ export interface ResumePoint {
 }
 
 /** Files training itself leaves in a run directory before its first checkpoint: no reason to refuse it. */
-const LEFTOVER = /^(progress\.json|(checkpoint\.json\.|weights-|optimizer-).*\.tmp)$/;
+const LEFTOVER = /^(progress\.json|(progress\.json\.|checkpoint\.json\.|weights-|optimizer-).*\.tmp)$/;
 
 /**
  * Checks, before any training, that `dir` can take a run and that nothing there would be lost: an existing run

@@ -13,9 +13,13 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array): 
   try {
     await handle.writeFile(data);
     await handle.sync();
-  } finally {
+  } catch (err) {
+    // A full disk or a failed sync: the target is untouched, and the partial temporary file goes too.
     await handle.close();
+    await fsp.rm(tmp, { force: true });
+    throw err;
   }
+  await handle.close();
   try {
     await fsp.rename(tmp, file);
   } catch (err) {

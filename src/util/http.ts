@@ -68,6 +68,11 @@ export function isLoopbackHost(name: string): boolean {
   return isLoopbackAddress(name);
 }
 
+/** Whether a canonical host name is an IP address literal (`10.0.0.5`, `[fe80::1]`). */
+function isAddressLiteral(name: string): boolean {
+  return net.isIPv4(name) || (name.startsWith('[') && net.isIPv6(name.slice(1, -1)));
+}
+
 /** Whether an IP address (as sockets report it) is a loopback one. */
 function isLoopbackAddress(address: string): boolean {
   const a = address.toLowerCase();
@@ -126,11 +131,9 @@ export function createHttpApp(fastifyOptions: FastifyServerOptions, safety: Http
     if (anyHost) return;
     const header = request.headers.host;
     const name = header === undefined ? null : hostName(header);
-    if (name !== null && (isLoopbackHost(name) || listed(name))) return;
-    // Only a request that came in over a loopback address (or to a server with an allow-list) is checked:
-    // that is where a rebound DNS name lands, and a server bound elsewhere answers to its own names.
-    const local = request.raw.socket?.localAddress;
-    if (!allowed.length && local !== undefined && !isLoopbackAddress(local)) return;
+    // DNS rebinding needs a name: a Host that is an address literal cannot be rebound, so it passes, on any
+    // bind; a name must be a loopback one or listed, also on a server bound beyond loopback (0.0.0.0).
+    if (name !== null && (isLoopbackHost(name) || isAddressLiteral(name) || listed(name))) return;
     const shown = header === undefined ? 'no Host header' : `Host ${JSON.stringify(header)}`;
     const hint = name ? `; to serve it under that name, start the server with --allowed-hosts ${name}` : '';
     throw new ForbiddenHostError(
