@@ -310,6 +310,21 @@ describe('wasm training kernels against cpu', () => {
     tf.dispose(x);
   });
 
+  test('gathering whole rows stays right when allocating its output grows the wasm memory', async () => {
+    await tf.setBackend('wasm');
+    const per = 28 * 28 * 64;
+    // Larger and larger outputs: at least one of them grows the heap (the kernel once read its indices from
+    // a view that growth had detached, and left the output as the heap held it).
+    for (const n of [64, 160, 400]) {
+      const x = tf.tidy(() => tf.add(tf.mul(tf.range(0, n, 1, 'float32').reshape([n, 1, 1, 1]), 1000), tf.zeros([n, 28, 28, 64])));
+      const rows = Int32Array.from({ length: n }, (_, i) => n - 1 - i);
+      const y = tf.gather(x, rows);
+      const v = y.dataSync();
+      for (let j = 0; j < n; j++) assert.equal(v[j * per + (j % per)], 1000 * rows[j], `row ${j} of ${n}`);
+      tf.dispose([x, y]);
+    }
+  });
+
   test('identity shares data: a clone outlives its source, and nothing leaks', async () => {
     await tf.setBackend('wasm');
     const data = wasmBackend().numDataIds();

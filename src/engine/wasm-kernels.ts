@@ -503,7 +503,9 @@ function makeGather(original: KernelFunc) {
     if ((attrs.batchDims ?? 0) !== 0 || inner < GATHER_MIN_BLOCK) return original(args as unknown as Parameters<KernelFunc>[0]) as TensorInfo;
     const outer = tf.util.sizeFromShape(x.shape.slice(0, axis));
     const n = x.shape[axis];
-    const idx = backend.typedArrayFromHeap(indices);
+    // A copy: allocating the output may grow the wasm memory, which detaches every view of the heap taken
+    // before (an index view would then read as empty and the output keep whatever the heap held).
+    const idx = Int32Array.from(backend.typedArrayFromHeap(indices));
     for (let j = 0; j < idx.length; j++) {
       if (!(idx[j] >= 0 && idx[j] < n)) throw new Error(`GatherV2: index ${idx[j]} is not in [0, ${n - 1}]`);
     }
