@@ -1,6 +1,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync } from 'node:fs';
+import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { progressRecorder, startDashboard, type RunningDashboard } from './index.js';
 import { tempDir, trainTinyRun } from '../report/fixtures.js';
@@ -10,6 +10,7 @@ import { loadRun } from '../train/run.js';
 import { loadDataset } from '../data/datasets.js';
 import { saveOnnx } from '../export/export.js';
 import { levelIndexFor, type OnnxMetadata } from '../export/metadata.js';
+import { ModelProto } from '../export/onnx-proto.js';
 import { OnnxModel } from '../runtime/node.js';
 import { CASCADE_DEFAULTS } from '../control/cascade.js';
 
@@ -39,6 +40,12 @@ before(async () => {
     cpSync(dir, xss, { recursive: true });
     hostileNames = classNames.map((c, i) => (i % 2 ? `${c} <b>bold</b>` : `<img src=x onerror="window.__xss=(window.__xss||0)+1">${i}`));
     await saveOnnx(model, path.join(xss, RUN_FILES.onnx), { classNames: hostileNames });
+    // The same model as exported before dynn stored a weights digest: it loads, unverified.
+    const old = path.join(runsDir, 'unverified');
+    cpSync(dir, old, { recursive: true });
+    const m = ModelProto.decode(readFileSync(onnxFile));
+    m.metadata_props = m.metadata_props.filter((p: { key?: string | null }) => p.key !== 'dynn.weightsSha256');
+    writeFileSync(path.join(old, RUN_FILES.onnx), ModelProto.encode(m).finish());
   } finally {
     model.dispose();
   }
@@ -87,7 +94,7 @@ async function waitForU(page: Page, u: number): Promise<void> {
 test('the dashboard lists the runs in the browser', { skip }, async () => {
   const { page, errors } = await browser!.page();
   await page.goto(dashboard!.url + '/');
-  assert.deepEqual(await page.$$eval('tr[data-run]', (rows) => rows.map((r) => (r as HTMLElement).dataset.run)), ['tiny', 'vanilla', 'xss']);
+  assert.deepEqual(await page.$$eval('tr[data-run]', (rows) => rows.map((r) => (r as HTMLElement).dataset.run)), ['tiny', 'unverified', 'vanilla', 'xss']);
   await shot(page, 'dashboard.png');
   await page.click('tr[data-run="tiny"] a[href$="/live"]');
   await page.waitForSelector('figure.chart svg');
@@ -162,6 +169,20 @@ test('class names from the model file show as text in the demo: their markup nev
   assert.equal(await page.$$eval('#probs img, #probs b, #prediction img', (els) => els.length), 0, 'no element made from a class name');
   assert.ok(hostileNames.includes((await page.locator('#prediction').textContent())!.replace(/ \(\d+\.\d%\)$/, '')));
   assert.equal(await page.evaluate(() => (window as unknown as { __xss?: number }).__xss), undefined, 'no script from a class name ran');
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test('the demo says in one line of text when the model it runs is unverified', { skip }, async () => {
+  const { page, errors } = await browser!.page();
+  await page.goto(dashboard!.url + '/runs/unverified/demo');
+  await waitForU(page, metadata.levels[metadata.levels.length - 1].u);
+  const note = page.locator('#verify-note');
+  assert.ok(await note.isVisible());
+  assert.equal(await note.textContent(), 'unverified model: the model was exported before dynn stored a weights digest');
+  await page.goto(dashboard!.url + '/runs/tiny/demo');
+  await waitForU(page, metadata.levels[metadata.levels.length - 1].u);
+  assert.equal(await page.locator('#verify-note').isVisible(), false, 'no note for a verified model');
   assert.deepEqual(errors, []);
   await page.close();
 });

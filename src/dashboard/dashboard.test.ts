@@ -1,11 +1,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { createDashboard, listRuns, readProgress, progressRecorder, startDashboard, MAX_STEPS, type ProgressRecorder } from './index.js';
-import { fileInside } from './runs.js';
+import { readInside } from './runs.js';
 import { demoPage } from './pages.js';
 import { overLimit, request, slowClient } from '../util/http-fixtures.js';
 import { tempDir, trainTinyRun, writeCompanions } from '../report/fixtures.js';
@@ -228,7 +229,8 @@ test('no file outside the runs folder is served, whatever links or .. in a path 
     assert.deepEqual(listed.map((r) => r.name).sort(), [EVIL, 'alias', 'linked-file', 'plain'].sort(), 'the linked run dir outside is not listed');
     assert.match(listed.find((r) => r.name === 'linked-file')!.refused!, /^linked-file\/(model\.onnx|report\.html) links outside the runs folder/);
     const refused = ['report.html', RUN_FILES.onnx, 'report', 'live', 'demo'].map((f) => `/runs/linked-file/${f}`).concat(['/api/runs/linked-file/model', '/api/runs/linked-file/live']);
-    const traversal = [
+    // Never-leaks checks only: these match no route (or no listed run), so they 404 whatever the file checks do.
+    const noRoute = [
       '/runs/linked-run/report.html',
       `/runs/linked-run/${RUN_FILES.onnx}`,
       '/runs/..%2Foutside%2Frun/report',
@@ -239,20 +241,126 @@ test('no file outside the runs folder is served, whatever links or .. in a path 
       '/runs/plain/../../outside/passwd',
       '/vendor/ort/%2e%2e%2f%2e%2e%2fpackage.json',
     ];
-    for (const url of [...refused, ...traversal]) {
+    for (const url of [...refused, ...noRoute]) {
       const res = await dash.inject(url);
       assert.ok(res.statusCode === 403 || res.statusCode === 404, `${url}: ${res.statusCode}`);
       assert.ok(!res.body.includes('SECRET'), `${url} served a file outside the runs folder`);
     }
     for (const url of refused) assert.equal((await dash.inject(url)).statusCode, 403, url);
     assert.equal((await dash.inject('/runs/alias/report')).statusCode, 200, 'a link inside the runs folder is followed');
-    assert.equal(await fileInside(runs, path.join(runs, 'linked-file', 'report.html')), null);
-    assert.equal(await fileInside(runs, path.join(runs, 'plain', '..', '..', 'outside', 'passwd')), null);
-    assert.ok(await fileInside(runs, path.join(runs, 'alias', 'checkpoint.json')));
+    assert.equal(await readInside(runs, path.join(runs, 'linked-file', 'report.html')), null);
+    assert.equal(await readInside(runs, path.join(runs, 'plain', '..', '..', 'outside', 'passwd')), null);
+    assert.ok(await readInside(runs, path.join(runs, 'alias', 'checkpoint.json')));
     assert.ok(root);
   } finally {
     await dash.close();
   }
+});
+
+test('a linked folder inside the runs folder is looked into: a link in it that leaves the folder refuses the run', async () => {
+  const { root, runs, dash } = await hostileRuns();
+  try {
+    // runs/r/ctrl -> runs/stash, and runs/stash/checkpoint.json -> a checkpoint outside: r's report would read it.
+    const r = path.join(runs, 'r');
+    cpSync(path.join(runs, 'plain'), r, { recursive: true });
+    mkdirSync(path.join(runs, 'stash'));
+    symlinkSync(path.join(root, 'outside', 'run', 'checkpoint.json'), path.join(runs, 'stash', 'checkpoint.json'));
+    rmSync(path.join(r, 'ctrl'), { recursive: true });
+    symlinkSync(path.join(runs, 'stash'), path.join(r, 'ctrl'));
+    const listed = (await dash.inject('/api/runs')).json().runs as { name: string; refused?: string }[];
+    assert.match(listed.find((x) => x.name === 'r')?.refused ?? '', /^r\/ctrl\/checkpoint\.json links outside the runs folder/);
+    for (const url of ['/runs/r/report', '/runs/r/demo', '/runs/r/live', '/api/runs/r/live', '/runs/stash/report']) {
+      const res = await dash.inject(url);
+      assert.equal(res.statusCode, 403, url);
+      assert.ok(!res.body.includes('SECRET'), url);
+    }
+    assert.equal((await dash.inject('/runs/alias/report')).statusCode, 200, 'a linked folder whose files stay inside is still served');
+  } finally {
+    await dash.close();
+  }
+});
+
+test('a run file swapped for a link out between the check and the read is not served', async () => {
+  const { root, runs, dash } = await hostileRuns();
+  await dash.close();
+  const file = path.join(runs, 'plain', 'report.html');
+  const link = path.join(runs, 'plain', 'swap.tmp');
+  writeFileSync(file, 'INSIDE');
+  let done = false;
+  // Swaps report.html between a regular file and a link to the secret outside, as fast as the event loop allows.
+  const swapper = (async () => {
+    for (let i = 0; !done; i++) {
+      if (i % 2) {
+        writeFileSync(link, 'INSIDE');
+      } else {
+        rmSync(link, { force: true });
+        symlinkSync(path.join(root, 'outside', 'passwd'), link);
+      }
+      renameSync(link, file);
+      await new Promise((r) => setTimeout(r, i % 2 ? 0 : 2));
+    }
+  })();
+  const seen = new Set<string>();
+  try {
+    for (let i = 0; i < 400; i++) {
+      const got = await readInside(runs, file);
+      seen.add(got ? got.bytes.toString() : 'refused');
+    }
+  } finally {
+    done = true;
+    await swapper;
+  }
+  assert.ok(!seen.has(readFileSync(path.join(root, 'outside', 'passwd'), 'utf8')), 'read the file outside');
+  assert.ok(seen.has('INSIDE'), 'the file inside was served');
+});
+
+test('metadata from a run folder is validated: a hostile or malformed checkpoint is one unreadable run, shown as text', async () => {
+  const { runs, dash } = await hostileRuns();
+  try {
+    const edit = (name: string, change: (meta: { epoch: unknown; history: { loss: unknown }[] }) => void) => {
+      const dir = path.join(runs, name);
+      cpSync(path.join(runs, 'plain'), dir, { recursive: true });
+      const file = path.join(dir, 'checkpoint.json');
+      const manifest = JSON.parse(readFileSync(file, 'utf8'));
+      change(manifest.meta);
+      writeFileSync(file, JSON.stringify(manifest));
+    };
+    edit('xss-epoch', (m) => void (m.epoch = EVIL));
+    edit('bad-loss', (m) => void (m.history[m.history.length - 1].loss = 'x'));
+    const index = await dash.inject('/');
+    assert.equal(index.statusCode, 200);
+    assert.ok(!index.body.includes('<img src=x'), 'markup from metadata in the index');
+    for (const name of ['xss-epoch', 'bad-loss']) {
+      const row = index.body.split('\n').find((l) => l.startsWith(`<tr data-run="${name}">`))!;
+      assert.match(row, /<span class="muted" title="[^"]*is not a valid training run: meta\.(epoch|history\[\d+\]\.loss)[^"]*">unreadable<\/span>/, name);
+    }
+    const api = (await dash.inject('/api/runs')).json().runs as { name: string; error?: string; epochs: unknown }[];
+    assert.match(api.find((r) => r.name === 'xss-epoch')!.error!, /is not a valid training run: meta\.epoch/);
+    assert.equal(api.find((r) => r.name === 'xss-epoch')!.epochs, 0);
+    assert.match(api.find((r) => r.name === 'bad-loss')!.error!, /meta\.history\[\d+\]\.loss/);
+    for (const url of ['/runs/xss-epoch/live', '/runs/xss-epoch/report', '/runs/xss-epoch/demo', '/runs/bad-loss/report']) {
+      const res = await dash.inject(url);
+      assert.ok([200, 404].includes(res.statusCode), `${url}: ${res.statusCode}`);
+      assert.ok(!res.body.includes('<img src=x'), `${url} holds markup from the metadata`);
+    }
+    const live = (await dash.inject('/api/runs/xss-epoch/live')).json();
+    assert.ok(!live.html.includes('<img src=x'));
+    assert.match(live.html, /<div class="missing-box">[^<]*is not a valid training run: meta\.epoch/);
+  } finally {
+    await dash.close();
+  }
+});
+
+test('the dashboard pages escape run values even if they bypass validation', async () => {
+  const run = (await listRuns(runsDir)).find((r) => r.name === 'tiny')!;
+  const hostile = { ...run, epochs: EVIL as unknown as number, plannedEpochs: EVIL as unknown as number, lastLoss: EVIL as unknown as number, lastAccuracy: EVIL as unknown as number, live: EVIL as unknown as 'done', hasOnnx: false };
+  const { indexPage, livePage } = await import('./pages.js');
+  const { liveFragment } = await import('./live.js');
+  const dir = path.join(tempDir('dynn-dashboard-esc-'), 'run');
+  for (const html of [indexPage(runsDir, [hostile]), livePage(hostile, '', 1000), await liveFragment({ ...hostile, dir, model: null })]) {
+    assert.ok(!html.includes('<img src=x'), html.slice(0, 200));
+  }
+  assert.match(await liveFragment({ ...hostile, dir, model: null }), /&lt;img src=x onerror=alert\(1\)&gt; epoch\(s\) in the checkpoint/);
 });
 
 test('/api/runs shows paths relative to the runs folder, never where it is on disk', async () => {
@@ -279,6 +387,23 @@ test('DNS rebinding: the dashboard answers a request naming another host with 40
   }
   assert.match((await app.inject({ url: '/api/runs', headers: { host: 'x.example' } })).json().error, /DNS rebinding/);
   for (const host of ['localhost:8080', '127.0.0.1', '[::1]:8080']) assert.equal((await app.inject({ url: '/api/runs', headers: { host } })).statusCode, 200, host);
+  // Over a real socket too (inject has none, so only its no-socket branch ran above).
+  const dash = await startDashboard({ runsDir, port: 0 });
+  try {
+    const { port } = dash.app.server.address() as AddressInfo;
+    const reply = await new Promise<string>((resolve, reject) => {
+      let got = '';
+      const sock = net.connect(port, '127.0.0.1', () => sock.end('GET /api/runs HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n'));
+      sock.on('data', (d) => (got += d));
+      sock.on('end', () => resolve(got));
+      sock.on('error', reject);
+    });
+    assert.match(reply, /^HTTP\/1\.1 403 /);
+    assert.match(reply, /Host \\?"evil\.example\\?" is not allowed/);
+    assert.equal((await request(dash.url, { path: '/api/runs' })).status, 200, 'its own host still answered');
+  } finally {
+    await dash.close();
+  }
   const allowed = await createDashboard({ runsDir, allowedHosts: ['dash.example.com'] });
   assert.equal((await allowed.inject({ url: '/api/runs', headers: { host: 'dash.example.com' } })).statusCode, 200);
   await allowed.close();

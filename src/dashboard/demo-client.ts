@@ -211,6 +211,7 @@ async function main() {
     const info = await (await fetch(config.api + '/model')).json();
     if (info.error) throw new Error(info.error);
     meta = info.metadata; io = info.io; classNames = meta.classNames;
+    if (info.verified === false) { const note = $('verify-note'); note.textContent = 'unverified model: ' + info.unverifiedReason; note.hidden = false; }
     status('loading the model');
     const bytes = new Uint8Array(await (await fetch(config.modelUrl)).arrayBuffer());
     session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });

@@ -25,14 +25,19 @@ function stepCharts(p: Progress): Chart[] {
   ];
 }
 
+/** Any value as HTML text (the fragment is assigned with innerHTML; run metadata is validated when read). */
+const text = (x: unknown) => escapeHtml(String(x));
+
 function statusLine(p: Progress | null, epochs: number): string {
   if (!p) {
-    return `<p class="note">Epoch-level curves only: this run has no <code>${RUN_FILES.progress}</code> (the trainer writes it step by step when run with the dashboard’s progress recorder). ${epochs} epoch(s) in the checkpoint.</p>`;
+    return `<p class="note">Epoch-level curves only: this run has no <code>${text(RUN_FILES.progress)}</code> (the trainer writes it step by step when run with the dashboard’s progress recorder). ${text(epochs)} epoch(s) in the checkpoint.</p>`;
   }
   const s = p.last;
   const age = Math.max(0, (Date.now() - Date.parse(p.updatedAt)) / 1000);
-  if (!s) return `<p class="status" id="live-state" data-state="${p.state}">${p.state}: no step yet (updated ${age.toFixed(0)} s ago)</p>`;
-  return `<p class="status" id="live-state" data-state="${p.state}">${p.state === 'done' ? 'done' : 'training'}: epoch ${s.epoch} / ${p.epochs}, step ${s.step} / ${p.stepsPerEpoch}, loss ${s.loss.toFixed(4)}, ${s.samplesPerSec.toFixed(0)} samples/s, u = ${s.u.toFixed(3)}; updated ${age.toFixed(0)} s ago</p>`;
+  const state = text(p.state);
+  if (!s) return `<p class="status" id="live-state" data-state="${state}">${state}: no step yet (updated ${text(age.toFixed(0))} s ago)</p>`;
+  const line = `${p.state === 'done' ? 'done' : 'training'}: epoch ${s.epoch} / ${p.epochs}, step ${s.step} / ${p.stepsPerEpoch}, loss ${s.loss.toFixed(4)}, ${s.samplesPerSec.toFixed(0)} samples/s, u = ${s.u.toFixed(3)}; updated ${age.toFixed(0)} s ago`;
+  return `<p class="status" id="live-state" data-state="${state}">${text(line)}</p>`;
 }
 
 /** The live page's content: progress status, per-step curves (with a progress file), per-epoch curves. */

@@ -49,6 +49,8 @@ function header(title: string, sub: string, run?: string): string {
 }
 
 const fmtPct = (x: number | null) => (x === null ? '-' : `${(100 * x).toFixed(2)}%`);
+/** Any value as HTML text (run metadata is validated when read; this is the second guard). */
+const text = (x: unknown) => escapeHtml(String(x));
 
 /** The list of runs with links to their report, live curves and demo. */
 export function indexPage(runsDir: string, runs: RunEntry[]): string {
@@ -61,9 +63,9 @@ export function indexPage(runsDir: string, runs: RunEntry[]): string {
         `<a href="${p}/report">report</a>`,
         ...(r.hasSavedReport ? [`<a href="${p}/report.html">saved report</a>`] : []),
         `<a href="${p}/live">live</a>`,
-        r.hasOnnx ? `<a href="${p}/demo">demo</a>` : `<a href="${p}/demo" class="muted" title="no ${RUN_FILES.onnx} yet">demo</a>`,
+        r.hasOnnx ? `<a href="${p}/demo">demo</a>` : `<a href="${p}/demo" class="muted" title="no ${text(RUN_FILES.onnx)} yet">demo</a>`,
       ].join('');
-      return `<tr data-run="${escapeHtml(r.name)}"><td><a href="${p}/report">${escapeHtml(r.name)}</a></td><td>${escapeHtml(r.model ?? '-')}</td><td>${escapeHtml(r.dataset ?? '-')}</td><td>${escapeHtml(r.schedule ?? '-')}</td><td>${escapeHtml(r.gating ?? '-')}</td><td>${epochs}</td><td>${r.lastLoss === null ? '-' : r.lastLoss.toFixed(4)}</td><td>${fmtPct(r.lastAccuracy)}</td><td>${state}</td><td>${escapeHtml(r.updatedAt?.replace('T', ' ').slice(0, 19) ?? '-')}</td><td class="links">${links}</td></tr>`;
+      return `<tr data-run="${escapeHtml(r.name)}"><td><a href="${p}/report">${escapeHtml(r.name)}</a></td><td>${escapeHtml(r.model ?? '-')}</td><td>${escapeHtml(r.dataset ?? '-')}</td><td>${escapeHtml(r.schedule ?? '-')}</td><td>${escapeHtml(r.gating ?? '-')}</td><td>${text(epochs)}</td><td>${text(typeof r.lastLoss === 'number' ? r.lastLoss.toFixed(4) : '-')}</td><td>${text(typeof r.lastAccuracy === 'number' ? fmtPct(r.lastAccuracy) : '-')}</td><td>${state}</td><td>${escapeHtml(r.updatedAt?.replace('T', ' ').slice(0, 19) ?? '-')}</td><td class="links">${links}</td></tr>`;
     })
     .join('\n');
   const table = runs.length
@@ -78,18 +80,18 @@ export function livePage(run: RunEntry, fragment: string, pollMs: number): strin
 const target = document.getElementById('live');
 async function poll() {
   try {
-    const res = await fetch(${JSON.stringify(apiPath(run.name) + '/live')});
+    const res = await fetch(${JSON.stringify(apiPath(run.name) + '/live').replace(/</g, '\\u003c')});
     const body = await res.json();
     // The server builds the fragment with every text from the run's files escaped (liveFragment).
     if (res.ok) target.innerHTML = body.html;
   } catch (err) {
     document.getElementById('poll-error').textContent = 'cannot reach the dashboard: ' + err.message;
   }
-  setTimeout(poll, ${pollMs});
+  setTimeout(poll, ${Number(pollMs)});
 }
-setTimeout(poll, ${pollMs});
+setTimeout(poll, ${Number(pollMs)});
 </script>`;
-  return dashboardPage(`${run.name}: live training`, `${header(`${run.name}: training`, `Updates every ${pollMs / 1000} s from the run's checkpoint history and progress file.`, run.name)}<main><p class="status" id="poll-error"></p><div id="live">${fragment}</div></main>${script}`);
+  return dashboardPage(`${run.name}: live training`, `${header(`${run.name}: training`, `Updates every ${text(pollMs / 1000)} s from the run's checkpoint history and progress file.`, run.name)}<main><p class="status" id="poll-error"></p><div id="live">${fragment}</div></main>${script}`);
 }
 
 /** The demo page, or a page saying how to make the model it needs. */
@@ -99,7 +101,7 @@ export function demoPage(run: RunEntry, options: { ortUrl: string; wasmPaths: st
     const cmd = commandLine(['dynn', 'export', run.dir, '--onnx', `${run.dir}/${RUN_FILES.onnx}`]);
     return dashboardPage(
       title,
-      `${header(title, 'The exported ONNX model of the run, running in this browser with onnxruntime-web.', run.name)}<main><div class="missing-box" id="no-model"><strong>No ONNX model for this run yet.</strong> The demo runs <code>${escapeHtml(run.dir)}/${RUN_FILES.onnx}</code>; make it with<pre>${escapeHtml(cmd)}</pre>then reload this page.</div></main>`,
+      `${header(title, 'The exported ONNX model of the run, running in this browser with onnxruntime-web.', run.name)}<main><div class="missing-box" id="no-model"><strong>No ONNX model for this run yet.</strong> The demo runs <code>${escapeHtml(run.dir)}/${text(RUN_FILES.onnx)}</code>; make it with<pre>${escapeHtml(cmd)}</pre>then reload this page.</div></main>`,
     );
   }
   const config = { api: apiPath(run.name), modelUrl: `${runPath(run.name)}/${RUN_FILES.onnx}`, ortUrl: options.ortUrl, wasmPaths: options.wasmPaths, samples: options.samples, cascade: options.cascade };
@@ -109,6 +111,7 @@ export function demoPage(run: RunEntry, options: { ortUrl: string; wasmPaths: st
   const body = `${header(title, `The run's exported model (<code>${escapeHtml(RUN_FILES.onnx)}</code>) running in this browser with onnxruntime-web (wasm, one thread): draw, or pick a test image, and move u.`, run.name)}
 <main>
 <p class="status" id="status">loading</p>
+<p class="status error" id="verify-note" hidden></p>
 <div class="demo">
   <div>
     <canvas id="pad" width="280" height="280" aria-label="drawing pad"></canvas>
@@ -119,8 +122,8 @@ export function demoPage(run: RunEntry, options: { ortUrl: string; wasmPaths: st
     <label for="u-slider">utilization u: <span id="u-asked">-</span></label>
     <input id="u-slider" type="range" min="0.01" max="1" step="0.005" value="1">
     <label><input id="controller-toggle" type="checkbox"> let a controller choose u (confidence cascade over u = ${escapeHtml(options.cascade.stages.join(', '))})</label>
-    <label for="threshold">cascade threshold: <span id="threshold-value">${options.cascade.threshold.toFixed(2)}</span></label>
-    <input id="threshold" type="range" min="0.3" max="0.999" step="0.01" value="${options.cascade.threshold}">
+    <label for="threshold">cascade threshold: <span id="threshold-value">${text(options.cascade.threshold.toFixed(2))}</span></label>
+    <input id="threshold" type="range" min="0.3" max="0.999" step="0.01" value="${text(options.cascade.threshold)}">
     <p class="muted">${prose(learned)}</p>
     <dl class="readout">
       <dt>prediction</dt><dd id="prediction">-</dd>

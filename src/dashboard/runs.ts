@@ -1,7 +1,7 @@
-import { promises as fsp } from 'node:fs';
+import { constants, promises as fsp, type Stats } from 'node:fs';
 import path from 'node:path';
 import { MANIFEST_FILE, readCheckpointInfo } from '../checkpoint/checkpoint.js';
-import type { TrainMeta } from '../train/run.js';
+import { parseTrainMeta } from '../train/meta.js';
 import { DynnError } from '../util/errors.js';
 import { RUN_FILES } from '../report/sources.js';
 import { readProgress, type Progress } from './progress.js';
@@ -74,43 +74,88 @@ function within(root: string, file: string): boolean {
   return rel === '' || (rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel));
 }
 
-/**
- * The real path of `file` when it is a regular file inside `runsDir` (after following every link), else null:
- * what the dashboard checks right before it serves a run's file.
- */
-export async function fileInside(runsDir: string, file: string): Promise<string | null> {
+/** Where a path leads: its real path and stat when inside `root` (a real path), 'outside', or null when it does not exist. */
+async function resolve(root: string, file: string): Promise<{ real: string; stat: Stats } | 'outside' | null> {
+  let real: string;
   try {
-    const [root, real] = await Promise.all([fsp.realpath(runsDir), fsp.realpath(file)]);
-    return within(root, real) && (await fsp.stat(real)).isFile() ? real : null;
+    real = await fsp.realpath(file);
   } catch {
     return null;
+  }
+  if (!within(root, real)) return 'outside';
+  try {
+    // lstat: `real` holds no link, unless one was swapped in since; then it is no file or folder and is refused.
+    return { real, stat: await fsp.lstat(real) };
+  } catch {
+    return null;
+  }
+}
+
+/** A run's file as the dashboard serves it. */
+export interface InsideFile {
+  /** Its real path. */
+  real: string;
+  bytes: Buffer;
+  mtimeMs: number;
+}
+
+/**
+ * Reads `file` when it is a regular file inside `runsDir` (after following every link), else null. The file
+ * is opened first and served from that handle only if the handle is the file whose real path passed the check
+ * (same device and inode), so swapping a link or file between the check and the read serves nothing.
+ */
+export async function readInside(runsDir: string, file: string): Promise<InsideFile | null> {
+  let handle;
+  try {
+    // Non-blocking: opening a FIFO planted in a run must not hang the request.
+    handle = await fsp.open(file, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch {
+    return null;
+  }
+  try {
+    const root = await fsp.realpath(runsDir);
+    const r = await resolve(root, file);
+    if (!r || r === 'outside' || !r.stat.isFile()) return null;
+    const opened = await handle.stat();
+    if (!opened.isFile() || opened.dev !== r.stat.dev || opened.ino !== r.stat.ino) return null;
+    // Where the kernel says the handle is (Linux): closes the race of a parent folder swapped for a link.
+    const fdPath = await fsp.readlink(`/proc/self/fd/${handle.fd}`).catch(() => null);
+    if (fdPath !== null && !within(root, fdPath)) return null;
+    return { real: r.real, bytes: await handle.readFile(), mtimeMs: opened.mtimeMs };
+  } catch {
+    return null;
+  } finally {
+    await handle.close();
   }
 }
 
 /** Folder depth of a run's own files searched for links that leave the runs folder. */
 const LINK_DEPTH = 3;
 
-/** The first symbolic link below `dir` (to LINK_DEPTH levels) that resolves outside `root`, relative to `dir`, or null. */
-async function linkOutside(root: string, dir: string, depth = 0): Promise<string | null> {
+/**
+ * The first symbolic link below `dir` (to LINK_DEPTH levels) that resolves outside `root`, relative to `dir`,
+ * or null. Linked folders that stay inside `root` are walked too (each real folder once), since the report
+ * reads a run's files through them.
+ */
+async function linkOutside(root: string, dir: string, depth = 0, seen = new Set<string>()): Promise<string | null> {
   let entries;
   try {
+    seen.add(await fsp.realpath(dir));
     entries = await fsp.readdir(dir, { withFileTypes: true });
   } catch {
     return null;
   }
   for (const e of entries) {
     const file = path.join(dir, e.name);
+    let folder = e.isDirectory();
     if (e.isSymbolicLink()) {
-      let real: string;
-      try {
-        real = await fsp.realpath(file);
-      } catch {
-        // A dangling link serves nothing; the check before serving a file catches one that is later made to resolve.
-        continue;
-      }
-      if (!within(root, real)) return e.name;
-    } else if (e.isDirectory() && depth + 1 < LINK_DEPTH) {
-      const below = await linkOutside(root, file, depth + 1);
+      const r = await resolve(root, file);
+      if (r === 'outside') return e.name;
+      // A dangling link serves nothing; the check before serving a file catches one that is later made to resolve.
+      folder = r !== null && r.stat.isDirectory() && !seen.has(r.real);
+    }
+    if (folder && depth + 1 < LINK_DEPTH) {
+      const below = await linkOutside(root, file, depth + 1, seen);
       if (below) return `${e.name}/${below}`;
     }
   }
@@ -143,7 +188,11 @@ export async function listRuns(runsDir: string): Promise<RunEntry[]> {
     try {
       for (const d of await fsp.readdir(dir, { withFileTypes: true })) {
         if (d.name.startsWith('.')) continue;
-        if (d.isDirectory() || (d.isSymbolicLink() && (await dirInside(root, path.join(dir, d.name))))) names.push(d.name);
+        if (d.isDirectory()) names.push(d.name);
+        else if (d.isSymbolicLink()) {
+          const r = await resolve(root, path.join(dir, d.name));
+          if (r && r !== 'outside' && r.stat.isDirectory()) names.push(d.name);
+        }
       }
     } catch {
       return;
@@ -152,16 +201,6 @@ export async function listRuns(runsDir: string): Promise<RunEntry[]> {
   };
   await visit(runsDir, 0);
   return found.sort((a, b) => a.name.localeCompare(b.name));
-}
-
-/** Whether a linked folder resolves inside `root`. */
-async function dirInside(root: string, link: string): Promise<boolean> {
-  try {
-    const real = await fsp.realpath(link);
-    return within(root, real) && (await fsp.stat(real)).isDirectory();
-  } catch {
-    return false;
-  }
 }
 
 /** A run folder's entry, or null when the folder is neither a training run nor a run in progress. */
@@ -196,7 +235,8 @@ async function readEntry(runsDir: string, root: string, dir: string): Promise<Ru
     try {
       const info = await readCheckpointInfo(dir);
       if (COMPANIONS.has(info.config.model)) return null;
-      const meta = info.meta as unknown as TrainMeta;
+      // Validated: the values go into pages and are formatted as numbers there.
+      const meta = parseTrainMeta(info.meta, path.join(dir, MANIFEST_FILE));
       const last = meta.history?.[meta.history.length - 1];
       Object.assign(entry, {
         model: info.config.model,

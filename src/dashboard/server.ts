@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -8,11 +9,12 @@ import { buildReport } from '../report/report.js';
 import { gatherRun, RUN_FILES } from '../report/sources.js';
 import { commandLine } from '../report/commands.js';
 import { CASCADE_DEFAULTS } from '../control/cascade.js';
-import { ONNX_IO, readOnnxMetadata, type OnnxMetadata } from '../export/metadata.js';
+import { ONNX_IO, type OnnxMetadata } from '../export/metadata.js';
+import { verifyModel } from '../runtime/verify.js';
 import { DEMO_SCRIPT } from './demo-client.js';
 import { liveFragment } from './live.js';
 import { demoPage, errorPage, indexPage, livePage } from './pages.js';
-import { fileInside, findRun, listRuns, SAVED_REPORT, type RunEntry } from './runs.js';
+import { findRun, listRuns, readInside, SAVED_REPORT, type RunEntry } from './runs.js';
 
 /** Options of the dashboard app (the HTTP safety ones default to `HTTP_DEFAULTS`). */
 export interface DashboardOptions extends HttpSafetyOptions {
@@ -40,6 +42,13 @@ function ortDistDir(): string {
   return path.dirname(require.resolve('onnxruntime-web'));
 }
 
+/** SHA-256 of byte chunks (the weights digest of `export/digest.ts`), with node:crypto. */
+async function sha256(chunks: Uint8Array[]): Promise<string> {
+  const h = createHash('sha256');
+  for (const c of chunks) h.update(c);
+  return h.digest('hex');
+}
+
 function html(reply: FastifyReply, body: string, code = 200): FastifyReply {
   return reply.code(code).type('text/html; charset=utf-8').send(body);
 }
@@ -58,7 +67,7 @@ export async function createDashboard(options: DashboardOptions): Promise<Fastif
   const sampleCount = Math.min(MAX_SAMPLES, options.samples ?? 24);
   const ortDir = ortDistDir();
   const samples = new Map<string, SampleCache>();
-  const onnxMeta = new Map<string, { mtime: number; meta: OnnxMetadata }>();
+  const onnxMeta = new Map<string, { mtime: number; meta: OnnxMetadata; verified: boolean; reason: string | null }>();
   const app = createHttpApp({ logger: false }, options);
   // The API answers with paths relative to the runs folder: where the user keeps it is not the page's business.
   const roots = [...new Set([path.resolve(runsDir), await fsp.realpath(runsDir)])];
@@ -107,9 +116,9 @@ export async function createDashboard(options: DashboardOptions): Promise<Fastif
   app.get<{ Params: { name: string } }>('/runs/:name/report.html', async (req, reply) => {
     const r = await run(req.params.name, reply, false);
     if (!r) return reply;
-    const file = r.hasSavedReport ? await fileInside(runsDir, path.join(r.dir, SAVED_REPORT)) : null;
+    const file = r.hasSavedReport ? await readInside(runsDir, path.join(r.dir, SAVED_REPORT)) : null;
     if (!file) return html(reply, errorPage(`${r.name}: saved report`, `no ${SAVED_REPORT} in ${r.dir}: \`dynn report ${r.dir} --out ${r.dir}/${SAVED_REPORT}\` makes one`), 404);
-    return html(reply.header('content-security-policy', SAVED_REPORT_CSP), await fsp.readFile(file, 'utf8'));
+    return html(reply.header('content-security-policy', SAVED_REPORT_CSP), file.bytes.toString('utf8'));
   });
 
   app.get<{ Params: { name: string } }>('/runs/:name/live', async (req, reply) => {
@@ -134,23 +143,24 @@ export async function createDashboard(options: DashboardOptions): Promise<Fastif
   app.get<{ Params: { name: string } }>(`/runs/:name/${RUN_FILES.onnx}`, async (req, reply) => {
     const r = await run(req.params.name, reply, false);
     if (!r) return reply;
-    const file = r.hasOnnx ? await fileInside(runsDir, path.join(r.dir, RUN_FILES.onnx)) : null;
+    const file = r.hasOnnx ? await readInside(runsDir, path.join(r.dir, RUN_FILES.onnx)) : null;
     if (!file) return reply.code(404).type('text/plain').send(`no ${RUN_FILES.onnx} in ${r.name}`);
-    return reply.type('application/octet-stream').send(await fsp.readFile(file));
+    return reply.type('application/octet-stream').send(file.bytes);
   });
 
   app.get<{ Params: { name: string } }>('/api/runs/:name/model', async (req, reply) => {
     const r = await run(req.params.name, reply, true);
     if (!r) return reply;
-    const file = r.hasOnnx ? await fileInside(runsDir, path.join(r.dir, RUN_FILES.onnx)) : null;
+    const file = r.hasOnnx ? await readInside(runsDir, path.join(r.dir, RUN_FILES.onnx)) : null;
     if (!file) return reply.code(404).send({ error: `no ${RUN_FILES.onnx} in run ${r.name}: \`dynn export RUN --onnx RUN/${RUN_FILES.onnx}\` makes one` });
-    const mtime = (await fsp.stat(file)).mtimeMs;
-    let cached = onnxMeta.get(file);
-    if (!cached || cached.mtime !== mtime) {
-      cached = { mtime, meta: readOnnxMetadata(await fsp.readFile(file), `${r.name}/${RUN_FILES.onnx}`) };
-      onnxMeta.set(file, cached);
+    let cached = onnxMeta.get(file.real);
+    if (!cached || cached.mtime !== file.mtimeMs) {
+      // Checked here with node:crypto: the page may lack WebCrypto (plain http on a name other than localhost).
+      const v = await verifyModel(file.bytes, `${r.name}/${RUN_FILES.onnx}`, sha256);
+      cached = { mtime: file.mtimeMs, meta: v.metadata, verified: v.verified, reason: v.reason ?? null };
+      onnxMeta.set(file.real, cached);
     }
-    return { metadata: cached.meta, io: ONNX_IO, cascade: CASCADE_DEFAULTS };
+    return { metadata: cached.meta, verified: cached.verified, unverifiedReason: cached.reason, io: ONNX_IO, cascade: CASCADE_DEFAULTS };
   });
 
   app.get<{ Params: { name: string }; Querystring: { count?: string } }>('/api/runs/:name/samples', async (req, reply) => {

@@ -137,21 +137,24 @@ export class ModelSession {
     readonly metadata: OnnxMetadata,
     /** Whether the weights digest was checked at load (false: a model exported before dynn stored one). */
     readonly verified: boolean,
+    /** Why the weights digest was not checked, when it was not. */
+    readonly unverifiedReason: string | null = null,
   ) {}
 
   /**
    * Verifies the file against its metadata (`verifyModel`: clear errors for corrupt, modified or foreign
-   * files), then creates the session. `sha256` hashes the weights (default WebCrypto).
+   * files), then creates the session. `sha256` hashes the weights (default WebCrypto; null: none here, so the
+   * model loads unverified).
    */
-  static async create(ort: OrtApi, bytes: Uint8Array, source: string, options: InferenceSession.SessionOptions, sha256?: Sha256): Promise<ModelSession> {
-    const { metadata, verified } = await verifyModel(bytes, source, sha256);
+  static async create(ort: OrtApi, bytes: Uint8Array, source: string, options: InferenceSession.SessionOptions, sha256?: Sha256 | null): Promise<ModelSession> {
+    const { metadata, verified, reason } = await verifyModel(bytes, source, sha256);
     let session: InferenceSession;
     try {
       session = await ort.InferenceSession.create(bytes, options);
     } catch (err) {
       throw new DynnError(`${source}: ONNX Runtime cannot load it: ${(err as Error).message}`);
     }
-    return new ModelSession(session, ort, metadata, verified);
+    return new ModelSession(session, ort, metadata, verified, reason ?? null);
   }
 
   private prepare(images: Float32Array, options: RunOptions): { nchw: Float32Array; batch: number } {

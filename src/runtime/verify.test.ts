@@ -194,6 +194,27 @@ test('a model exported before the digest (no weightsSha256) loads unverified, it
   await assert.rejects(verify(edited(old, (m) => void (m.graph.input[0].type.tensor_type.elem_type = 11))), /element type float64/);
 });
 
+test('without WebCrypto (a page over plain http, not localhost) the web runtime loads the model unverified, saying why', async () => {
+  const flipped = flipWeightByte(bytes, 'c2.conv.kernel');
+  const real = Object.getOwnPropertyDescriptor(globalThis, 'crypto')!;
+  Object.defineProperty(globalThis, 'crypto', { configurable: true, enumerable: true, get: () => ({ getRandomValues: (a: Uint8Array) => a }) });
+  try {
+    for (const b of [bytes, flipped]) {
+      const web = await loadWebModel(b);
+      assert.equal(web.verified, false);
+      assert.match(web.unverifiedReason!, /weights not verified: WebCrypto \(crypto\.subtle\) is not available here.*https or localhost/);
+      await web.release();
+    }
+  } finally {
+    Object.defineProperty(globalThis, 'crypto', real);
+  }
+  const web = await loadWebModel(bytes);
+  assert.equal(web.verified, true);
+  assert.equal(web.unverifiedReason, null);
+  await web.release();
+  await assert.rejects(loadWebModel(flipped), /weights digest mismatch/);
+});
+
 /** Loads bytes as the runtime does; a session that opens is released. Returns 'model' or rethrows. */
 async function load(b: Uint8Array): Promise<'model'> {
   const s = await ModelSession.create(ort as unknown as OrtApi, b, 'fuzz.onnx', { graphOptimizationLevel: 'basic', intraOpNumThreads: 1 });

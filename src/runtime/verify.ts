@@ -11,6 +11,8 @@ export interface VerifiedModel {
    * inputs and outputs are still checked, their weights are not.
    */
   verified: boolean;
+  /** Why the weights digest was not checked, when it was not. */
+  reason?: string;
 }
 
 interface DecodedValueInfo {
@@ -89,15 +91,18 @@ function checkValues(kind: 'input' | 'output', got: DecodedValueInfo[], expected
   }
 }
 
+/** Why a model loads unverified where the page cannot hash (plain http on a name other than localhost). */
+export const NO_HASH = 'weights not verified: WebCrypto (crypto.subtle) is not available here; browsers offer it only to secure contexts (https or localhost)';
+
 /**
  * Checks a model file before ONNX Runtime sees it, in Node and in the browser alike: decodes the ModelProto,
  * validates its dynn metadata, checks the graph's inputs and outputs (names, float32, ranks, fixed dims, the
  * score width against numClasses, `u`, and the early-exit and controller values) against the metadata, and
  * recomputes the weights digest (`export/digest.ts`) with `sha256`. Every difference is a DynnError naming
  * `source` and what differs. A model without a stored digest (exported by an older dynn) loads with
- * `verified: false`.
+ * `verified: false`, as does any model when `sha256` is null (no hash function here); `reason` says which.
  */
-export async function verifyModel(bytes: Uint8Array, source: string, sha256: Sha256 = webSha256): Promise<VerifiedModel> {
+export async function verifyModel(bytes: Uint8Array, source: string, sha256: Sha256 | null = webSha256): Promise<VerifiedModel> {
   let msg: { graph?: DecodedGraph | null; metadata_props?: { key?: string; value?: string }[] };
   try {
     msg = ModelProto.toObject(ModelProto.decode(bytes), { longs: Number, arrays: true }) as typeof msg;
@@ -110,7 +115,8 @@ export async function verifyModel(bytes: Uint8Array, source: string, sha256: Sha
   const { inputs, outputs } = expectedSignature(metadata);
   checkValues('input', graph.input ?? [], inputs, source);
   checkValues('output', graph.output ?? [], outputs, source);
-  if (metadata.weightsSha256 === undefined) return { metadata, verified: false };
+  if (metadata.weightsSha256 === undefined) return { metadata, verified: false, reason: 'the model was exported before dynn stored a weights digest' };
+  if (!sha256) return { metadata, verified: false, reason: NO_HASH };
   const digest = await sha256(weightsDigestChunks(graph));
   if (digest !== metadata.weightsSha256) {
     throw new DynnError(`${source}: weights digest mismatch: the file was modified or corrupted (SHA-256 of the weights is ${digest.slice(0, 12)}..., the metadata says ${metadata.weightsSha256.slice(0, 12)}...)`);

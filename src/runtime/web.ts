@@ -45,7 +45,8 @@ export interface WebLoadOptions {
 /**
  * Loads a dynn ONNX model from a URL or bytes with onnxruntime-web, after the checks `OnnxModel.load` makes
  * (metadata, inputs and outputs, weights digest with WebCrypto); `verified` on the result says whether the
- * file carried a digest.
+ * digest was checked, `unverifiedReason` why not (no digest in the file, or no WebCrypto: a page served over
+ * plain http on a name other than localhost still loads the model, unverified).
  */
 export async function loadWebModel(source: string | URL | ArrayBuffer | Uint8Array, options: WebLoadOptions = {}): Promise<ModelSession> {
   const device = options.device ?? 'wasm';
@@ -66,5 +67,6 @@ export async function loadWebModel(source: string | URL | ArrayBuffer | Uint8Arr
     bytes = source instanceof Uint8Array ? source : new Uint8Array(source);
   }
   const opts: InferenceSession.SessionOptions = { executionProviders: [...providers], graphOptimizationLevel: 'all' };
-  return ModelSession.create(ortWeb as unknown as OrtApi, bytes, name, opts, webSha256);
+  const subtle = (globalThis as { crypto?: { subtle?: unknown } }).crypto?.subtle;
+  return ModelSession.create(ortWeb as unknown as OrtApi, bytes, name, opts, subtle ? webSha256 : null);
 }
