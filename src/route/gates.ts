@@ -17,9 +17,11 @@ export interface GateNetArgs {
    */
   openLogit?: number;
   /**
-   * Factor on the output logits (default 10). Under Adam a weight moves about one learning rate per step,
+   * Factor on the output logits (default 3). Under Adam a weight moves about one learning rate per step,
    * so a gate's logit would need thousands of steps to cross from open to closed; the factor makes the
-   * gates learn that much faster than the backbone.
+   * gates learn faster than the backbone. Measured on 4,096 Fashion-MNIST images, 2 epochs after
+   * pretraining, target 0.5: 10 reached the target but fell to 38% accuracy, 1 stayed near full FLOPs
+   * (0.93) at 78%, 3 reached 0.74 at 59%.
    */
   logitScale?: number;
 }
@@ -35,7 +37,7 @@ export abstract class LogitGate extends Composite<GateNetArgs> {
   protected abstract features(width: number): Layer[];
 
   protected doBuild(inShape: Shape): Shape {
-    const { width, outputs, openLogit = 5, logitScale = 10 } = this.args;
+    const { width, outputs, openLogit = 5, logitScale = 3 } = this.args;
     if (!Number.isInteger(width) || width < 1) throw new DynnError(`${this.name}: gate width must be a positive integer, got ${width}`);
     this.layers = [
       ...this.features(width),
@@ -51,7 +53,7 @@ export abstract class LogitGate extends Composite<GateNetArgs> {
 
   call(x: tf.Tensor, sel: ChannelSel, ctx: RunContext) {
     const { y, sel: out } = this.runChain(this.layers, x, sel, ctx);
-    return { y: tf.mul(y, this.args.logitScale ?? 10), sel: out };
+    return { y: tf.mul(y, this.args.logitScale ?? 3), sel: out };
   }
 
   freeze(): FrozenOp[] {
