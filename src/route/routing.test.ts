@@ -32,9 +32,9 @@ function tinyNet(seed = 0): Network {
 /** Sets every gate's output bias so that logits spread the samples over routes. */
 function spreadGates(net: Network): void {
   for (const w of net.weights()) {
-    // Logits (these times the gate's logit scale, 3) of a few units, spread by the input.
-    if (w.name.endsWith('.gate.fc.bias')) w.variable.assign(tf.tensor1d([0.6, 0.15, 0, -0.15]));
-    if (w.name.endsWith('.gate.fc.kernel')) w.variable.assign(tf.randomNormal(w.variable.shape, 0, 12, 'float32', 11));
+    // Logits of a few units, spread by the input.
+    if (w.name.endsWith('.gate.fc.bias')) w.variable.assign(tf.tensor1d([2, 0.5, 0, -0.5]));
+    if (w.name.endsWith('.gate.fc.kernel')) w.variable.assign(tf.randomNormal(w.variable.shape, 0, 40, 'float32', 11));
   }
 }
 
