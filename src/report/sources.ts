@@ -7,7 +7,7 @@ import type { EngineName } from '../engine/backend.js';
 import { DynnError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { commandLine, trainCommandLine } from './commands.js';
-import type { ControllerEvalData, ExitData, GatesData, GatesEvalData, OnnxLatencyData, RunData, SweepData } from './types.js';
+import type { ControllerEvalData, ExitData, GatesEvalData, OnnxLatencyData, RunData, SweepData } from './types.js';
 
 /**
  * Files the report and the dashboard read beside a run (`RUN/<file>`). Each is optional; a chart whose file

@@ -2,37 +2,22 @@ import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
-import { BatchNorm, Conv2D, Dense, GlobalAvgPool, ReLU, fullSel, layerFromConfig } from '../layers/index.js';
+import { fullSel, layerFromConfig } from '../layers/index.js';
 import { Network } from '../models/network.js';
 import { createModel } from '../models/zoo.js';
 import { DynnError } from '../util/errors.js';
 import { RoutingState } from './context.js';
 import { DGGateNet, GateNet } from './gates.js';
 import { mechanisms } from './mechanisms.js';
-import { GatedResidualBlock } from './residual.js';
+import { gatedTestNet, testBatch, TEST_GROUPS } from './fixtures.js';
 import { flatLayout, gradientStep } from '../train/step.js';
 
 before(async () => {
   await initEngine('wasm');
 });
 
-const G = 4;
+const G = TEST_GROUPS;
 const ctx = { plan: { u: 1, groups: new Map(), depth: new Map(), level: 0 }, training: false };
-
-/** routing.test.ts's two gated blocks (the second with a stride and a projection), with `mechanism`'s gates. */
-function tinyNet(mechanism: string, gateWidth = 4): Network {
-  const L = G + 1;
-  const layers = [
-    new Conv2D('stem.conv', { filters: 8, kernelSize: 3 }),
-    new BatchNorm('stem.bn', { levels: L }),
-    new ReLU('stem.relu', {}),
-    new GatedResidualBlock('b1', { filters: 8, groups: G, mechanism, gateWidth, levels: L }),
-    new GatedResidualBlock('b2', { filters: 16, strides: 2, groups: G, mechanism, gateWidth, levels: L }),
-    new GlobalAvgPool('gap', {}),
-    new Dense('classifier', { units: 3 }),
-  ];
-  return new Network({ model: 'test', args: {} }, [8, 8, 2], layers, 0);
-}
 
 /** Sets every DGConv gate parameter: negative switches its binary gate off (the convolution goes depthwise). */
 function setDGGates(layerWeights: { name: string; variable: tf.Variable }[], s: number): void {
@@ -61,7 +46,7 @@ test('the DG gate: one logit per group, open at the start for every sample (all 
   x.dispose();
   gate.weights().forEach((w) => w.variable.dispose());
 
-  const net = tinyNet('acs-dg');
+  const net = gatedTestNet('acs-dg');
   const xs = tf.randomNormal([6, 8, 8, 2], 0, 1, 'float32', 6);
   const routing = RoutingState.start('hard', 6, { threshold: 0.5 });
   const n0 = tf.memory().numTensors;
@@ -81,14 +66,12 @@ test('the DG gate: one logit per group, open at the start for every sample (all 
 
 test('soft routing trains the DG gate: gradients reach its DGConv gates and SE weights', () => {
   // Width 8: each SE's hidden layer has two units (ratio 4), so a ReLU that is off does not stop all of it.
-  const net = tinyNet('acs-dg', 8);
+  const net = gatedTestNet('acs-dg', 8);
   // The output layer's kernel starts at zero, which stops every gradient to the layers in front of it;
   // after the first update it no longer is.
   for (const w of net.weights()) if (w.name.endsWith('.gate.fc.kernel')) w.variable.assign(tf.randomNormal(w.variable.shape, 0, 0.5, 'float32', 12));
   const layout = flatLayout(net);
-  const n = 8;
-  const images = Float32Array.from({ length: n * 128 }, (_, i) => Math.sin(i * 0.37));
-  const labels = Int32Array.from({ length: n }, (_, i) => i % 3);
+  const { images, labels } = testBatch();
   const grads = new Float32Array(layout.total);
   const before = tf.memory().numTensors;
   const r = gradientStep(net, layout, images, labels, { plans: [net.plan(1)], routing: { mode: 'soft', seed: 3, efficiency: { target: 0.3, weight: 10 } } }, grads);
@@ -109,8 +92,8 @@ test('soft routing trains the DG gate: gradients reach its DGConv gates and SE w
 });
 
 test('the DG gate costs what its DGConvs report: below the GN gate at the same width once its DGConv gates are off', () => {
-  const gn = tinyNet('acs-gn', 8);
-  const dg = tinyNet('acs-dg', 8);
+  const gn = gatedTestNet('acs-gn', 8);
+  const dg = gatedTestNet('acs-dg', 8);
   const dense = gateMacs(dg);
   setDGGates(dg.weights(), -1);
   const grouped = gateMacs(dg);

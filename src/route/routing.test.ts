@@ -2,32 +2,17 @@ import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
-import { BatchNorm, Conv2D, Dense, GlobalAvgPool, ReLU } from '../layers/index.js';
 import { Network } from '../models/network.js';
 import { RoutingState } from './context.js';
 import { GatedResidualBlock } from './residual.js';
+import { gatedTestNet, testBatch, TEST_GROUPS } from './fixtures.js';
 import { flatLayout, gradientStep } from '../train/step.js';
 
 before(async () => {
   await initEngine('wasm');
 });
 
-const G = 4;
-
-/** A small network with two gated blocks (the second with a stride and a projection). */
-function tinyNet(seed = 0): Network {
-  const L = G + 1;
-  const layers = [
-    new Conv2D('stem.conv', { filters: 8, kernelSize: 3 }),
-    new BatchNorm('stem.bn', { levels: L }),
-    new ReLU('stem.relu', {}),
-    new GatedResidualBlock('b1', { filters: 8, groups: G, mechanism: 'acs-gn', gateWidth: 4, levels: L }),
-    new GatedResidualBlock('b2', { filters: 16, strides: 2, groups: G, mechanism: 'acs-gn', gateWidth: 4, levels: L }),
-    new GlobalAvgPool('gap', {}),
-    new Dense('classifier', { units: 3 }),
-  ];
-  return new Network({ model: 'test', args: {} }, [8, 8, 2], layers, seed);
-}
+const G = TEST_GROUPS;
 
 /** Sets every gate's output bias so that logits spread the samples over routes. */
 function spreadGates(net: Network): void {
@@ -39,7 +24,7 @@ function spreadGates(net: Network): void {
 }
 
 test('hard routing: each sample runs its own number of inner groups, batched, equal to running it alone at that width', () => {
-  const net = tinyNet();
+  const net = gatedTestNet();
   spreadGates(net);
   // Inputs of different scales, so the gates see different features.
   const x = tf.tidy(() => tf.mul(tf.randomNormal([12, 8, 8, 2], 0, 1, 'float32', 5), tf.reshape(tf.linspace(0.05, 4, 12), [12, 1, 1, 1])));
@@ -88,7 +73,7 @@ test('hard routing: each sample runs its own number of inner groups, batched, eq
 });
 
 test('thresholds are operating points: 1 runs no inner group, 0 runs them all; full mode runs no gate', () => {
-  const net = tinyNet();
+  const net = gatedTestNet();
   const x = tf.randomNormal([5, 8, 8, 2], 0, 1, 'float32', 6);
   const none = RoutingState.start('hard', 5, { threshold: 1 });
   const all = RoutingState.start('hard', 5, { threshold: 0 });
@@ -111,7 +96,7 @@ test('thresholds are operating points: 1 runs no inner group, 0 runs them all; f
 });
 
 test('masked mode (the field’s baseline) computes every channel and gives the same scores as real skipping', () => {
-  const net = tinyNet();
+  const net = gatedTestNet();
   spreadGates(net);
   const x = tf.randomNormal([6, 8, 8, 2], 0, 1, 'float32', 7);
   tf.tidy(() => {
@@ -132,11 +117,9 @@ test('masked mode (the field’s baseline) computes every channel and gives the 
 });
 
 test('soft routing trains the gates: the efficiency term reaches their weights, and decisions repeat per sample however the step is split', () => {
-  const net = tinyNet();
+  const net = gatedTestNet();
   const layout = flatLayout(net);
-  const n = 8;
-  const images = Float32Array.from({ length: n * 128 }, (_, i) => Math.sin(i * 0.37));
-  const labels = Int32Array.from({ length: n }, (_, i) => i % 3);
+  const { images, labels } = testBatch();
   const grads = new Float32Array(layout.total);
   const before = tf.memory().numTensors;
   const spec = (target: number) => ({ plans: [net.plan(1)], routing: { mode: 'soft' as const, seed: 3, efficiency: { target, weight: 10 } } });

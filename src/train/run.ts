@@ -18,7 +18,7 @@ import { DynnError } from '../util/errors.js';
 import { tail } from '../data/imageset.js';
 import type { ImageSet } from '../data/types.js';
 import type { Optimizer } from './optimizer.js';
-import { parseTrainMeta, type EpochRecord, type TrainMeta } from './meta.js';
+import { parseTrainMeta, type TrainMeta } from './meta.js';
 
 export { parseTrainMeta, type EpochRecord, type TrainMeta } from './meta.js';
 
