@@ -289,7 +289,13 @@ export async function demoCommand(o: Opts, io: Io): Promise<void> {
 
 export async function modelsCommand(o: Opts, io: Io): Promise<void> {
   const { models } = await import('../models/zoo.js');
-  const rows = models.list().map((name) => ({ name, description: models.get(name).description }));
-  if (o.json) io.out(JSON.stringify(rows, null, 2) + '\n');
-  else io.out(table(['model', 'description'], rows.map((r) => [r.name, r.description])));
+  const { mechanisms } = await import('../route/mechanisms.js');
+  const rows = models.list().map((name) => ({ name, description: models.get(name).description, dynamic: models.get(name).dynamic === true }));
+  if (o.json) {
+    io.out(JSON.stringify(rows, null, 2) + '\n');
+    return;
+  }
+  io.out(table(['model', 'description'], rows.map((r) => [r.dynamic ? `${r.name} (--dynamic)` : r.name, r.description])));
+  io.out('\nper-sample mechanisms (dynn train --dynamic NAME)\n');
+  io.out(table(['mechanism', 'description'], mechanisms.list().map((m) => [m, mechanisms.get(m).description])));
 }

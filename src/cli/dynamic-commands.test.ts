@@ -70,6 +70,16 @@ test('info shows a dynamic run’s gated accuracy and FLOPs; export says such mo
   assert.match(ex.stderr(), /resnet38 with acs-gn gates decides per sample inside the network; such models do not export to ONNX yet/);
 });
 
+test('dynn models lists the per-sample mechanisms and marks the models that take them', async () => {
+  const io = captureIo();
+  assert.equal(await runCli(['models'], io), 0);
+  assert.match(io.stdout(), /resnet38 \(--dynamic\)/);
+  assert.match(io.stdout(), /per-sample mechanisms \(dynn train --dynamic NAME\)[\s\S]*acs-dg[\s\S]*acs-gn/);
+  const json = captureIo();
+  assert.equal(await runCli(['models', '--json'], json), 0);
+  assert.deepEqual(JSON.parse(json.stdout()).filter((m: { dynamic: boolean }) => m.dynamic).map((m: { name: string }) => m.name), ['resnet38']);
+});
+
 test('a dynamic checkpoint edited into a static one fails on load, naming the gate weights', async () => {
   const edited = path.join(tmp, 'edited');
   fs.cpSync(run, edited, { recursive: true });
