@@ -80,6 +80,17 @@ test('dynn models lists the per-sample mechanisms and marks the models that take
   assert.deepEqual(JSON.parse(json.stdout()).filter((m: { dynamic: boolean }) => m.dynamic).map((m: { name: string }) => m.name), ['resnet38']);
 });
 
+test('dynn report on a dynamic run with its threshold sweep saved beside it draws the backbone’s u-curve', async () => {
+  const sweep = captureIo();
+  assert.equal(await runCli(['sweep', run, '--test-limit', '32', '--no-latency', '--json'], sweep), 0, sweep.stderr());
+  fs.writeFileSync(path.join(run, 'sweep.json'), sweep.stdout());
+  const out = path.join(tmp, 'report.html');
+  const io = captureIo();
+  assert.equal(await runCli(['report', run, '--out', out, '--test-limit', '32'], io), 0, io.stderr());
+  assert.match(fs.readFileSync(out, 'utf8'), /<svg/);
+  fs.rmSync(path.join(run, 'sweep.json'));
+});
+
 test('a dynamic checkpoint edited into a static one fails on load, naming the gate weights', async () => {
   const edited = path.join(tmp, 'edited');
   fs.cpSync(run, edited, { recursive: true });

@@ -204,6 +204,9 @@ export async function gatherRun(dir: string, name: string, options: GatherOption
 
 async function readSweep(dir: string): Promise<SweepData | null> {
   const file = path.join(dir, RUN_FILES.sweep);
+  // A dynamic run's sweep (over its gates' thresholds) has no chart here yet: the report draws the u-curve
+  // of its backbone instead, as for a run without a sweep file.
+  if (await isDynamicSweep(file)) return null;
   const s = await readJson(file, sweepSchema, 'a sweep (`dynn sweep RUN --json`)');
   if (!s) return null;
   return {
@@ -215,6 +218,16 @@ async function readSweep(dir: string): Promise<SweepData | null> {
     command: s.command ?? commandLine(['dynn', 'sweep', dir, '--json']) + ` > ${file}`,
     source: { kind: 'file', path: file },
   };
+}
+
+/** Whether `file` holds a dynamic run's sweep (`dynn sweep` of a run with gates writes a `dynamic` field). */
+async function isDynamicSweep(file: string): Promise<boolean> {
+  try {
+    const raw: unknown = JSON.parse(await fsp.readFile(file, 'utf8'));
+    return typeof raw === 'object' && raw !== null && typeof (raw as { dynamic?: unknown }).dynamic === 'string';
+  } catch {
+    return false;
+  }
 }
 
 async function readControllerEvals(dir: string): Promise<ControllerEvalData[]> {
