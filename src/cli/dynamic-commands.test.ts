@@ -38,6 +38,8 @@ test('a dynamic run trains in two steps, records its gated accuracy and FLOPs, a
   assert.ok(Math.abs(open.flopsRatio - (1 + open.gateShare)) < 1e-6, 'threshold 0 runs every group: the backbone plus the gates');
   assert.ok(closed.flopsRatio < 0.5 * open.flopsRatio, 'threshold 1 skips every inner group');
   assert.ok(Object.values(closed.skipRates).every((r) => r === 1));
+  assert.ok(Object.values(open.skipRates).every((r) => r === 0), 'threshold 0 skips nothing');
+  assert.equal(Object.keys(open.skipRates).length, 18, 'one rate per gated block of resnet38');
   assert.ok(s.full.accuracy >= 0 && s.full.latencyMs.batch64 > 0 && s.masked.latencyMs.batch64 > 0);
 });
 

@@ -52,24 +52,32 @@ export function evaluate(model: Network, data: ImageSet, u: number, options: Eva
   } finally {
     fixed?.dispose();
   }
-  const k = model.numClasses;
-  const right = new Float64Array(k);
-  const total = new Float64Array(k);
+  return { u, ...tally(predictions, data.labels, model.numClasses), count: data.count, predictions, confidence };
+}
+
+/**
+ * Accuracy of `predictions` against `labels`, overall and per class (NaN for a class with no sample), and per
+ * class the mean of `perSample` when given (for example each sample's executed FLOPs).
+ */
+export function tally(
+  predictions: ArrayLike<number>,
+  labels: ArrayLike<number>,
+  classes: number,
+  perSample?: ArrayLike<number>,
+): { accuracy: number; perClassAccuracy: number[]; perClassMean: number[] } {
+  const right = new Float64Array(classes);
+  const total = new Float64Array(classes);
+  const sums = new Float64Array(classes);
   let correct = 0;
-  for (let i = 0; i < data.count; i++) {
-    const y = data.labels[i];
+  for (let i = 0; i < labels.length; i++) {
+    const y = labels[i];
     total[y]++;
+    if (perSample) sums[y] += perSample[i];
     if (predictions[i] === y) {
       right[y]++;
       correct++;
     }
   }
-  return {
-    u,
-    accuracy: data.count ? correct / data.count : NaN,
-    perClassAccuracy: Array.from(right, (r, c) => (total[c] ? r / total[c] : NaN)),
-    count: data.count,
-    predictions,
-    confidence,
-  };
+  const perClass = (s: Float64Array) => Array.from(s, (v, c) => (total[c] ? v / total[c] : NaN));
+  return { accuracy: labels.length ? correct / labels.length : NaN, perClassAccuracy: perClass(right), perClassMean: perClass(sums) };
 }

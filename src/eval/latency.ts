@@ -29,24 +29,32 @@ export function measureLatency(model: Network, u: number, batch: number, options
  * points stay meaningful, where measuring one point after another would fold the drift into them.
  */
 export function measureLatencies(model: Network, us: number[], batch: number, options: LatencyOptions = {}): number[] {
-  const reps = options.reps ?? 20;
-  const warmup = options.warmup ?? 3;
   const subs = us.map((u) => model.subnet(u));
   const x = tf.randomUniform([batch, ...model.inputShape], 0, 1, 'float32', 7);
-  const times = us.map((): number[] => []);
   try {
-    for (let i = 0; i < warmup + reps; i++) {
-      subs.forEach((sub, k) => {
-        const t0 = performance.now();
-        const y = sub.predict(x);
-        y.dataSync();
-        y.dispose();
-        if (i >= warmup) times[k].push(performance.now() - t0);
-      });
-    }
+    return timeInTurns(subs.map((sub) => () => sub.predict(x)), options);
   } finally {
     x.dispose();
     subs.forEach((sub) => sub.dispose());
+  }
+}
+
+/**
+ * Median ms of each computation (each returns a tensor, read back so the whole computation is timed, then
+ * freed), the computations taking turns run by run so the machine's drift does not enter their ratios.
+ */
+export function timeInTurns(runs: (() => tf.Tensor)[], options: LatencyOptions = {}): number[] {
+  const reps = options.reps ?? 20;
+  const warmup = options.warmup ?? 3;
+  const times = runs.map((): number[] => []);
+  for (let i = 0; i < warmup + reps; i++) {
+    runs.forEach((run, k) => {
+      const t0 = performance.now();
+      const y = run();
+      y.dataSync();
+      y.dispose();
+      if (i >= warmup) times[k].push(performance.now() - t0);
+    });
   }
   return times.map(median);
 }

@@ -4,7 +4,8 @@ import type { ImageSet } from '../data/types.js';
 import type { GateMode } from '../layers/types.js';
 import { toFloat } from '../data/imageset.js';
 import { RoutingState } from '../route/context.js';
-import { median } from './latency.js';
+import { timeInTurns } from './latency.js';
+import { tally } from './evaluate.js';
 
 /** How a dynamic network did at one inference threshold of its gates. */
 export interface RoutedEval {
@@ -34,8 +35,11 @@ export interface RoutedEvalOptions {
   /** Inference threshold on the gates' probabilities (default 0.5). */
   threshold?: number;
   batchSize?: number;
-  /** `hard` (default) or `masked` (the field's baseline: same decisions, every channel computed). */
-  mode?: Extract<GateMode, 'hard' | 'masked'>;
+  /**
+   * `hard` (default), `masked` (the field's baseline: same decisions, every channel computed) or `full` (no
+   * gate runs: the backbone with nothing skipped).
+   */
+  mode?: Extract<GateMode, 'hard' | 'masked' | 'full'>;
 }
 
 /**
@@ -49,7 +53,6 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
   const buf = new Float32Array(batch * per);
   const plan = model.plan(1);
   const { fixed, backbone } = model.routedMacs(plan);
-  const groups = new Map(model.blocks().flatMap((b) => (b.kind === 'width' ? [[b.name, b.groups] as const] : [])));
   const predictions = new Int32Array(data.count);
   const sampleRatios = new Float64Array(data.count);
   const skipped = new Map<string, number>();
@@ -61,29 +64,13 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
     predictions.set(idx.dataSync() as Int32Array, start);
     idx.dispose();
     routing.executedMacs.forEach((m, i) => (sampleRatios[start + i] = (fixed + m) / backbone));
-    for (const [gate, counts] of routing.decisions) {
-      const G = groups.get(gate) ?? 1;
-      skipped.set(gate, (skipped.get(gate) ?? 0) + counts.reduce((a, k) => a + (G - k) / G, 0));
-    }
+    for (const [gate, rate] of Object.entries(routing.skipRates())) skipped.set(gate, (skipped.get(gate) ?? 0) + rate * n);
   }
-  const k = model.numClasses;
-  const right = new Float64Array(k);
-  const total = new Float64Array(k);
-  const flops = new Float64Array(k);
-  let correct = 0;
-  for (let i = 0; i < data.count; i++) {
-    const y = data.labels[i];
-    total[y]++;
-    flops[y] += sampleRatios[i];
-    if (predictions[i] === y) {
-      right[y]++;
-      correct++;
-    }
-  }
+  const { accuracy, perClassAccuracy, perClassMean } = tally(predictions, data.labels, model.numClasses, sampleRatios);
   const gateMacs = model.cost(plan).layers.filter((c) => c.gate).reduce((a, c) => a + c.macs, 0);
   return {
     threshold,
-    accuracy: data.count ? correct / data.count : NaN,
+    accuracy,
     count: data.count,
     flopsRatio: sampleRatios.reduce((a, b) => a + b, 0) / Math.max(1, data.count),
     flopsMin: data.count ? Math.min(...sampleRatios) : NaN,
@@ -91,8 +78,8 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
     sampleRatios,
     gateShare: gateMacs / backbone,
     skipRates: Object.fromEntries([...skipped].map(([g, s]) => [g, s / Math.max(1, data.count)])),
-    classFlops: Array.from(flops, (f, c) => (total[c] ? f / total[c] : NaN)),
-    perClassAccuracy: Array.from(right, (r, c) => (total[c] ? r / total[c] : NaN)),
+    classFlops: perClassMean,
+    perClassAccuracy,
     predictions,
   };
 }
@@ -128,18 +115,7 @@ export interface RoutedSweep {
  */
 export function routedSweep(model: Network, data: ImageSet, thresholds: number[], options: { noLatency?: boolean; reps?: number } = {}): RoutedSweep {
   const evals = thresholds.map((threshold) => evaluateRouted(model, data, { threshold }));
-  const plan = model.plan(1);
-  const fullAccuracy = tf.tidy(() => {
-    let correct = 0;
-    const per = model.inputShape.reduce((a, b) => a * b, 1);
-    const buf = new Float32Array(256 * per);
-    for (let start = 0; start < data.count; start += 256) {
-      const n = Math.min(256, data.count - start);
-      const p = tf.argMax(model.forward(tf.tensor(toFloat(data, start, n, buf), [n, ...model.inputShape]), plan), 1).dataSync();
-      for (let i = 0; i < n; i++) if (p[i] === data.labels[start + i]) correct++;
-    }
-    return correct / Math.max(1, data.count);
-  });
+  const fullAccuracy = evaluateRouted(model, data, { mode: 'full' }).accuracy;
   type Config = { mode?: GateMode; threshold?: number; batch: number };
   const configs: Config[] = [
     ...thresholds.flatMap((threshold) => [1, 64].map((batch) => ({ mode: 'hard' as const, threshold, batch }))),
@@ -147,7 +123,7 @@ export function routedSweep(model: Network, data: ImageSet, thresholds: number[]
     { batch: 64 },
     { mode: 'masked', threshold: thresholds[0], batch: 64 },
   ];
-  const times = options.noLatency ? configs.map(() => NaN) : timeInTurns(model, data, configs, options.reps ?? 10);
+  const times = options.noLatency ? configs.map(() => NaN) : timeConfigs(model, data, configs, options.reps ?? 10);
   const at = (c: Partial<Config>) => times[configs.findIndex((k) => k.mode === c.mode && k.threshold === c.threshold && k.batch === c.batch)];
   return {
     points: evals.map((e) => ({
@@ -174,28 +150,24 @@ function histogram(ratios: Float64Array): number[] {
 }
 
 /** Median ms of each configuration on the first images of `data`, the configurations taking turns. */
-function timeInTurns(model: Network, data: ImageSet, configs: { mode?: GateMode; threshold?: number; batch: number }[], reps: number): number[] {
+function timeConfigs(model: Network, data: ImageSet, configs: { mode?: GateMode; threshold?: number; batch: number }[], reps: number): number[] {
   const per = model.inputShape.reduce((a, b) => a * b, 1);
   const inputs = new Map<number, tf.Tensor>();
   for (const { batch } of configs) {
-    if (!inputs.has(batch)) inputs.set(batch, tf.tensor(toFloat(data, 0, Math.min(batch, data.count), new Float32Array(batch * per)), [Math.min(batch, data.count), ...model.inputShape]));
+    const n = Math.min(batch, data.count);
+    if (!inputs.has(batch)) inputs.set(batch, tf.tensor(toFloat(data, 0, n, new Float32Array(n * per)), [n, ...model.inputShape]));
   }
   const plan = model.plan(1);
-  const times = configs.map((): number[] => []);
   try {
-    for (let i = 0; i < reps + 2; i++) {
-      configs.forEach((c, k) => {
+    return timeInTurns(
+      configs.map((c) => () => {
         const x = inputs.get(c.batch)!;
-        const t0 = performance.now();
         const routing = c.mode ? RoutingState.start(c.mode, x.shape[0], { threshold: c.threshold }) : undefined;
-        const y = tf.tidy(() => model.forward(x, plan, { routing }));
-        y.dataSync();
-        y.dispose();
-        if (i >= 2) times[k].push(performance.now() - t0);
-      });
-    }
+        return tf.tidy(() => model.forward(x, plan, { routing }));
+      }),
+      { reps, warmup: 2 },
+    );
   } finally {
     for (const x of inputs.values()) x.dispose();
   }
-  return times.map(median);
 }

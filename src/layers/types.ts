@@ -62,8 +62,11 @@ export interface Routing {
   readonly rows: Int32Array;
   /** The same routing for a part of the current rows (`part` indexes the current rows). */
   child(part: Int32Array): Routing;
-  /** Records gate `name`'s decision for the current rows (route per row). */
-  decide(name: string, routes: Int32Array): void;
+  /**
+   * Records gate `name`'s decision for the current rows: the groups each row runs, of `full` at full width
+   * (the share a gate skips is 1 - route / full).
+   */
+  decide(name: string, routes: Int32Array, full: number): void;
   /** Adds executed MACs per current row (what the decisions really ran, the gate's own included). */
   spend(macs: ArrayLike<number>): void;
   /** Adds expected MACs per current row as a tensor a loss can differentiate ([rows]); `soft` mode only. */

@@ -30,6 +30,8 @@ interface Records {
   seed: number;
   offset: number;
   decisions: Map<string, Int32Array>;
+  /** Each gate's route at full width. */
+  full: Map<string, number>;
   executed: Float64Array;
   expected: { rows: Int32Array; macs: tf.Tensor1D }[];
   losses: { name: string; value: tf.Scalar }[];
@@ -60,7 +62,7 @@ export class RoutingState implements Routing {
     const threshold = options.threshold ?? 0.5;
     if (!(threshold >= 0 && threshold <= 1)) throw new DynnError(`the gate threshold must be in [0, 1], got ${threshold}`);
     const rows = Int32Array.from({ length: count }, (_, i) => i);
-    const records: Records = { seed: options.seed ?? 0, offset: options.offset ?? 0, decisions: new Map(), executed: new Float64Array(count), expected: [], losses: [] };
+    const records: Records = { seed: options.seed ?? 0, offset: options.offset ?? 0, decisions: new Map(), full: new Map(), executed: new Float64Array(count), expected: [], losses: [] };
     return new RoutingState(mode, rows, threshold, records);
   }
 
@@ -74,8 +76,9 @@ export class RoutingState implements Routing {
     return new RoutingState(this.mode, Int32Array.from(part, (j) => this.rows[j]), this.threshold, this.records);
   }
 
-  decide(name: string, routes: Int32Array): void {
+  decide(name: string, routes: Int32Array, full: number): void {
     if (routes.length !== this.rows.length) throw new DynnError(`gate ${name}: ${routes.length} decisions for ${this.rows.length} rows`);
+    this.records.full.set(name, full);
     let all = this.records.decisions.get(name);
     if (!all) this.records.decisions.set(name, (all = new Int32Array(this.records.executed.length).fill(-1)));
     this.rows.forEach((r, j) => (all![r] = routes[j]));
@@ -98,6 +101,17 @@ export class RoutingState implements Routing {
   /** Each gate's decision per sample (-1 where a sample never reached that gate). */
   get decisions(): ReadonlyMap<string, Int32Array> {
     return this.records.decisions;
+  }
+
+  /** Per gate: the mean share of its groups the samples that reached it skipped. */
+  skipRates(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const [name, routes] of this.records.decisions) {
+      const full = this.records.full.get(name)!;
+      const reached = routes.filter((r) => r >= 0);
+      out[name] = reached.reduce((a, r) => a + 1 - r / full, 0) / Math.max(1, reached.length);
+    }
+    return out;
   }
 
   /** MACs the gated blocks really ran per sample, their gates included. */

@@ -57,7 +57,7 @@ export class GatedResidualBlock extends ResidualBlock<GatedResidualBlockArgs> {
     const width = this.args.filters / G;
     const { q, counts } = nestedDecision(this.name, this.gate.call(x, sel, ctx).y as tf.Tensor2D, routing);
     const { gateMacs, groupMacs } = this.unitMacs(sel);
-    routing.decide(this.name, counts);
+    routing.decide(this.name, counts, G);
     routing.spend(Array.from(counts, (k) => gateMacs + k * groupMacs));
     routing.expect(tf.add(gateMacs, tf.mul(tf.sum(q, 1), groupMacs)) as tf.Tensor1D);
     if (routing.mode === 'masked') {
