@@ -4,6 +4,7 @@ import { U_SCHEDULES, type USchedule } from '../train/schedule.js';
 import { OPTIMIZERS } from '../train/optimizer.js';
 import { LR_SCHEDULES } from '../train/schedule.js';
 import { GATING_MODES } from '../gating/gating.js';
+import { GATE_ESTIMATORS } from '../route/modes.js';
 import { DynnError } from '../util/errors.js';
 import type { Network } from '../models/network.js';
 import type { SweepPoint } from '../eval/sweep.js';
@@ -50,6 +51,7 @@ export function trainOptionsFrom(o: Opts) {
     efficiencyWeight: numberOption(o.efficiencyWeight, 'efficiency-weight', { min: 0 }),
     pretrainEpochs: numberOption(o.pretrainEpochs, 'pretrain-epochs', { int: true, min: 0 }),
     gateThreshold: numberOption(o.gateThreshold, 'gate-threshold', { min: 0, max: 1 }),
+    gateEstimator: choiceOption(o.gateEstimator, 'gate-estimator', GATE_ESTIMATORS),
     ...scalingTrainOptions(o),
   };
 }

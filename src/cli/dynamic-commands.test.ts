@@ -51,6 +51,8 @@ test('dynamic options: clear errors before any training', async () => {
     [['--model', 'resnet38', '--dynamic', 'acs-gn', '--flops-target', '0'], /--flops-target must be a number in \(0, 1\], got 0/],
     [['--model', 'resnet38', '--dynamic', 'acs-gn', '--flops-target', '1.5'], /--flops-target must be a number in \(0, 1\], got 1.5/],
     [['--model', 'vgg-w', '--pretrain-epochs', '1'], /pretrainEpochs needs a dynamic model \(--dynamic NAME\); vgg-w has no gates/],
+    [['--model', 'vgg-w', '--gate-estimator', 'gumbel'], /gateEstimator needs a dynamic model \(--dynamic NAME\); vgg-w has no gates/],
+    [['--model', 'resnet38', '--dynamic', 'acs-gn', '--gate-estimator', 'reinforce'], /--gate-estimator must be one of sigmoid, gumbel, got "?reinforce"?/],
     [['--model', 'resnet38', '--dynamic', 'acs-gn', '--schedule', 'sandwich'], /a dynamic model trains at u = 1 .* the sandwich schedule cannot be combined/],
   ];
   for (const [argv, pattern] of cases) {

@@ -45,6 +45,14 @@ export interface MomentSink {
 export type GateMode = 'soft' | 'hard' | 'full' | 'masked';
 
 /**
+ * How `soft` decisions get gradients: `sigmoid` samples each decision from the gate's probabilities and
+ * passes the probability's gradient straight through (ACS: the probability as the surrogate of the binary
+ * decision); `gumbel` perturbs each logit with logistic noise, decides by sign and passes the gradient of
+ * the relaxed sigmoid (Gumbel-sigmoid straight-through, temperature 1, as ConvNet-AIG).
+ */
+export type GateEstimator = 'sigmoid' | 'gumbel';
+
+/**
  * The per-sample side of one forward pass, shared by every gate in the network (`RoutingState` in route/
  * implements it). Decisions and costs are recorded per sample of the batch the pass started with, whatever
  * part of it a nested gate sees.
@@ -53,6 +61,8 @@ export interface Routing {
   readonly mode: GateMode;
   /** Inference threshold on gate probabilities (`hard` and `masked`). */
   readonly threshold: number;
+  /** The gradient estimator of `soft` decisions. */
+  readonly estimator: GateEstimator;
   /**
    * Uniform random numbers in [0, 1), one per current row, for gate `key`'s `soft` decisions: each depends on
    * the step's seed, the key and the sample's position in the step, so any split into worker shards repeats.

@@ -2,7 +2,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { hashUniform } from '../util/rng.js';
 import { seedFor } from '../layers/layer.js';
-import type { GateMode, Routing } from '../layers/types.js';
+import type { GateEstimator, GateMode, Routing } from '../layers/types.js';
+import { GATE_ESTIMATORS, GATE_MODES } from './modes.js';
 
 /** The efficiency term a training pass adds: `weight * (mean executed FLOPs ratio - target)^2`. */
 export interface EfficiencyTarget {
@@ -23,6 +24,8 @@ export interface RoutingOptions {
   offset?: number;
   /** Inference threshold on gate probabilities (default 0.5). */
   threshold?: number;
+  /** Gradient estimator of `soft` decisions (default 'sigmoid'). */
+  estimator?: GateEstimator;
 }
 
 /** What a pass's gates decided and spent, in the input's sample order. */
@@ -37,7 +40,6 @@ interface Records {
   losses: { name: string; value: tf.Scalar }[];
 }
 
-export const GATE_MODES: readonly GateMode[] = ['soft', 'hard', 'full', 'masked'];
 
 /**
  * The routing of one forward pass (see `Routing`): decisions, executed and expected MACs per sample, and the
@@ -51,6 +53,7 @@ export class RoutingState implements Routing {
     readonly mode: GateMode,
     readonly rows: Int32Array,
     threshold: number,
+    readonly estimator: GateEstimator,
     private readonly records: Records,
   ) {
     this.threshold = threshold;
@@ -61,9 +64,11 @@ export class RoutingState implements Routing {
     if (!GATE_MODES.includes(mode)) throw new DynnError(`unknown gate mode "${mode}"; expected one of ${GATE_MODES.join(', ')}`);
     const threshold = options.threshold ?? 0.5;
     if (!(threshold >= 0 && threshold <= 1)) throw new DynnError(`the gate threshold must be in [0, 1], got ${threshold}`);
+    const estimator = options.estimator ?? 'sigmoid';
+    if (!GATE_ESTIMATORS.includes(estimator)) throw new DynnError(`unknown gate estimator "${estimator}"; expected one of ${GATE_ESTIMATORS.join(', ')}`);
     const rows = Int32Array.from({ length: count }, (_, i) => i);
     const records: Records = { seed: options.seed ?? 0, offset: options.offset ?? 0, decisions: new Map(), full: new Map(), executed: new Float64Array(count), expected: [], losses: [] };
-    return new RoutingState(mode, rows, threshold, records);
+    return new RoutingState(mode, rows, threshold, estimator, records);
   }
 
   random(key: string): Float32Array {
@@ -73,7 +78,7 @@ export class RoutingState implements Routing {
   }
 
   child(part: Int32Array): RoutingState {
-    return new RoutingState(this.mode, Int32Array.from(part, (j) => this.rows[j]), this.threshold, this.records);
+    return new RoutingState(this.mode, Int32Array.from(part, (j) => this.rows[j]), this.threshold, this.estimator, this.records);
   }
 
   decide(name: string, routes: Int32Array, full: number): void {

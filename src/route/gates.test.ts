@@ -7,7 +7,7 @@ import { Network } from '../models/network.js';
 import { createModel } from '../models/zoo.js';
 import { DynnError } from '../util/errors.js';
 import { RoutingState } from './context.js';
-import { DGGateNet, GateNet } from './gates.js';
+import { DGGateNet, GateNet, nestedDecision, straightThrough } from './gates.js';
 import { mechanisms } from './mechanisms.js';
 import { gatedTestNet, testBatch, TEST_GROUPS } from './fixtures.js';
 import { flatLayout, gradientStep } from '../train/step.js';
@@ -124,4 +124,44 @@ test('acs-dg refuses a gate width that is not a power of two, naming gateWidth, 
   gn.build([4, 4, 4]);
   assert.ok(gn.weights().length > 0, 'acs-gn takes any width');
   gn.weights().forEach((w) => w.variable.dispose());
+});
+
+test('soft decisions sample the nested distribution with either estimator, repeat with the seed, and pass the gradient of their surrogate', () => {
+  const n = 4000;
+  // Logits per group: the probability of running at least g + 1 groups is prod sigmoid(z_j).
+  const z = [2, 0, -1];
+  const logits = tf.tensor2d(Array.from({ length: n }, () => z).flat(), [n, z.length]);
+  const sig = (v: number) => 1 / (1 + Math.exp(-v));
+  const expected = z.map((_, g) => z.slice(0, g + 1).reduce((p, v) => p * sig(v), 1));
+  for (const estimator of ['sigmoid', 'gumbel'] as const) {
+    const before = tf.memory().numTensors;
+    const run = (seed: number) =>
+      tf.tidy(() => {
+        const d = nestedDecision('b1', logits, RoutingState.start('soft', n, { seed, estimator }));
+        return { counts: d.counts, surrogate: d.surrogate.arraySync() as number[][] };
+      });
+    const { counts, surrogate } = run(3);
+    assert.equal(tf.memory().numTensors, before, `${estimator}: no tensor leaks`);
+    assert.deepEqual(Array.from(run(3).counts), Array.from(counts), `${estimator}: the seed repeats the decisions`);
+    assert.notDeepEqual(Array.from(run(4).counts), Array.from(counts), `${estimator}: another seed, other decisions`);
+    expected.forEach((p, g) => {
+      const share = counts.filter((k) => k > g).length / n;
+      assert.ok(Math.abs(share - p) < 0.03, `${estimator}: P(count > ${g}) = ${share}, expected ${p.toFixed(3)}`);
+    });
+    if (estimator === 'sigmoid') surrogate.forEach((row) => row.forEach((v, g) => assert.ok(Math.abs(v - expected[g]) < 1e-5)));
+    else {
+      // The first group's relaxed decision sides with its hard one (both are the sign of z + noise).
+      counts.forEach((k, i) => assert.equal(surrogate[i][0] > 0.5, k > 0, `sample ${i}`));
+    }
+    const grad = tf.tidy(() => {
+      const g = tf.grad((l: tf.Tensor) => {
+        const d = nestedDecision('b1', l as tf.Tensor2D, RoutingState.start('soft', n, { seed: 3, estimator }));
+        return tf.sum(straightThrough(d.surrogate, 1, 2));
+      })(logits);
+      return tf.sum(tf.abs(g)).dataSync()[0];
+    });
+    assert.ok(grad > 0, `${estimator}: the first group's factor has a gradient`);
+  }
+  assert.throws(() => RoutingState.start('soft', 2, { estimator: 'reinforce' as never }), /unknown gate estimator "reinforce"; expected one of sigmoid, gumbel/);
+  logits.dispose();
 });

@@ -120,35 +120,62 @@ export interface NestedDecision {
   q: tf.Tensor2D;
   /** Groups each sample runs, in 0..G. */
   counts: Int32Array;
+  /**
+   * What the straight-through factor of `soft` decisions differentiates, [rows, G]: `q` itself with the
+   * `sigmoid` estimator, the relaxed nested decision cumprod(sigmoid(z + noise)) with `gumbel`.
+   */
+  surrogate: tf.Tensor2D;
 }
+
+/** log prod_{j <= g} sigmoid(z_j) along the groups; log sigmoid(z) = -softplus(-z) (TF.js's logSigmoid loses its input before the backward pass). */
+const logCumSigmoid = (z: tf.Tensor2D) => tf.cumsum(tf.neg(tf.softplus(tf.neg(z))), 1) as tf.Tensor2D;
 
 /**
  * Nested decisions from a gate's logits: q_g = prod_{j <= g} sigmoid(z_j) is the probability of running
  * groups 1..g, so decisions nest (group g only with every group before it) and a sample's active channels
- * are a prefix, which a sliced convolution runs without a mask. `soft`: one uniform r per sample, count =
- * #{g : q_g > r} (a sample of the nested distribution); `hard` and `masked`: count = #{g : q_g > threshold},
- * so one trained model has many operating points. Call inside `tf.tidy`.
+ * are a prefix, which a sliced convolution runs without a mask. `hard` and `masked`: count =
+ * #{g : q_g > threshold}, so one trained model has many operating points. `soft`, estimator `sigmoid`: one
+ * uniform r per sample, count = #{g : q_g > r} (a sample of the nested distribution); estimator `gumbel`:
+ * group j is on when z_j + L_j > 0 with logistic noise L_j, and the count is the run of leading groups on
+ * (the same distribution, sampled per group). Call inside `tf.tidy`.
  */
 export function nestedDecision(key: string, logits: tf.Tensor2D, routing: Routing): NestedDecision {
   const [n, G] = logits.shape;
-  // log sigmoid(z) = -softplus(-z); TF.js's own logSigmoid loses its input before the backward pass.
-  const q = tf.exp(tf.cumsum(tf.neg(tf.softplus(tf.neg(logits))), 1)) as tf.Tensor2D;
+  const q = tf.exp(logCumSigmoid(logits)) as tf.Tensor2D;
+  const counts = new Int32Array(n);
+  if (routing.mode === 'soft' && routing.estimator === 'gumbel') {
+    const noise = new Float32Array(n * G);
+    for (let g = 0; g < G; g++) {
+      const u = routing.random(`${key}#${g}`);
+      for (let i = 0; i < n; i++) {
+        const v = Math.min(Math.max(u[i], 1e-6), 1 - 1e-6);
+        noise[i * G + g] = Math.log(v) - Math.log(1 - v);
+      }
+    }
+    const perturbed = tf.add(logits, tf.tensor2d(noise, [n, G])) as tf.Tensor2D;
+    const zs = perturbed.dataSync();
+    for (let i = 0; i < n; i++) {
+      let k = 0;
+      while (k < G && zs[i * G + k] > 0) k++;
+      counts[i] = k;
+    }
+    return { q, counts, surrogate: tf.exp(logCumSigmoid(perturbed)) as tf.Tensor2D };
+  }
   const qs = q.dataSync();
   const r = routing.mode === 'soft' ? routing.random(key) : null;
-  const counts = new Int32Array(n);
   for (let i = 0; i < n; i++) {
     const cut = r ? r[i] : routing.threshold;
     let k = 0;
     while (k < G && qs[i * G + k] > cut) k++;
     counts[i] = k;
   }
-  return { q, counts };
+  return { q, counts, surrogate: q };
 }
 
 /**
  * The straight-through factor of the first `k` groups (each `width` channels) of rows with probabilities
- * `q`: 1 in value, so the executed computation is the hard one, with the gradient of q (ACS: the gate's
- * probability as the surrogate of its binary decision). Shape [rows, 1, 1, k * width].
+ * `q` (a decision's surrogate): 1 in value, so the executed computation is the hard one, with the gradient
+ * of q (ACS: the gate's probability as the surrogate of its binary decision). Shape [rows, 1, 1, k * width].
  */
 export function straightThrough(q: tf.Tensor2D, k: number, width: number): tf.Tensor4D {
   const rows = q.shape[0];

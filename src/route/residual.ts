@@ -55,7 +55,7 @@ export class GatedResidualBlock extends ResidualBlock<GatedResidualBlockArgs> {
     const out = this.outSel(sel, ctx.plan);
     const G = this.args.groups;
     const width = this.args.filters / G;
-    const { q, counts } = nestedDecision(this.name, this.gate.call(x, sel, ctx).y as tf.Tensor2D, routing);
+    const { q, counts, surrogate } = nestedDecision(this.name, this.gate.call(x, sel, ctx).y as tf.Tensor2D, routing);
     const { gateMacs, groupMacs } = this.unitMacs(sel);
     routing.decide(this.name, counts, G);
     routing.spend(Array.from(counts, (k) => gateMacs + k * groupMacs));
@@ -68,7 +68,7 @@ export class GatedResidualBlock extends ResidualBlock<GatedResidualBlockArgs> {
     const soft = routing.mode === 'soft';
     const y = dispatchTensor(x, counts, (k, part, rows) => {
       const child = { ...ctx, routing: routing.child(rows) };
-      const st = soft && k > 0 ? straightThrough(tf.gather(q, rows) as tf.Tensor2D, k, width) : undefined;
+      const st = soft && k > 0 ? straightThrough(tf.gather(surrogate, rows) as tf.Tensor2D, k, width) : undefined;
       return this.forwardAt(part, sel, child, { ...child, plan: this.planOf(ctx.plan, k) }, st);
     });
     return { y, sel: out };

@@ -122,13 +122,15 @@ test('soft routing trains the gates: the efficiency term reaches their weights, 
   const { images, labels } = testBatch();
   const grads = new Float32Array(layout.total);
   const before = tf.memory().numTensors;
-  const spec = (target: number) => ({ plans: [net.plan(1)], routing: { mode: 'soft' as const, seed: 3, efficiency: { target, weight: 10 } } });
-  const r = gradientStep(net, layout, images, labels, spec(0.2), grads);
-  assert.ok(r.flopsRatio !== undefined && r.flopsRatio > 0 && r.flopsRatio <= 1.2, `flops ratio ${r.flopsRatio}`);
+  const spec = (target: number, estimator: 'sigmoid' | 'gumbel') => ({ plans: [net.plan(1)], routing: { mode: 'soft' as const, seed: 3, efficiency: { target, weight: 10 }, estimator } });
   const gateGrad = (name: string) => {
     const i = layout.names.indexOf(name);
     return grads.subarray(layout.offsets[i], layout.offsets[i] + layout.sizes[i]);
   };
+  let r = gradientStep(net, layout, images, labels, spec(0.2, 'gumbel'), grads);
+  assert.ok(Array.from(gateGrad('b1.gate.fc.bias')).some((v) => Math.abs(v) > 1e-6), 'gumbel: the gate gets a gradient');
+  r = gradientStep(net, layout, images, labels, spec(0.2, 'sigmoid'), grads);
+  assert.ok(r.flopsRatio !== undefined && r.flopsRatio > 0 && r.flopsRatio <= 1.2, `flops ratio ${r.flopsRatio}`);
   const g1 = Array.from(gateGrad('b1.gate.fc.bias'));
   assert.ok(g1.some((v) => Math.abs(v) > 1e-6), 'the gate gets a gradient');
   assert.ok(g1[0] > 0, 'far above the target, the loss pushes the first group’s logit down (a positive gradient)');

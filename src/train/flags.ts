@@ -21,6 +21,7 @@ const DYNAMIC_FLAGS: [string, string][] = [
   ['--flops-target <r>', 'with --dynamic: mean executed FLOPs over the backbone’s, gates included, in (0, 1] [default: 0.5]'],
   ['--efficiency-weight <a>', 'with --dynamic: weight of (FLOPs ratio - target)^2 in the loss [default: the mechanism’s]'],
   ['--pretrain-epochs <n>', 'with --dynamic: the first N of --epochs train the backbone without skipping (two-step training) [default: 0]'],
+  ['--gate-estimator <name>', 'with --dynamic: gradients of the binary decisions: sigmoid (the probability as surrogate, as ACS) or gumbel (Gumbel-sigmoid straight-through) [default: sigmoid]'],
   ['--gate-threshold <t>', 'with --dynamic: inference threshold of the gates for evaluation and calibration [default: 0.5]'],
 ];
 

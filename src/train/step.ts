@@ -7,7 +7,7 @@ import { distillationLoss, softTargetKl, type DistillSettings } from '../scaling
 import { DynnError } from '../util/errors.js';
 import { floatView } from '../engine/backend.js';
 import { RoutingState, type EfficiencyTarget } from '../route/context.js';
-import type { GateMode } from '../layers/types.js';
+import type { GateEstimator, GateMode } from '../layers/types.js';
 
 /** Loss and accuracy of one gradient computation. */
 export interface StepResult {
@@ -83,6 +83,8 @@ export interface StepRouting {
   seed: number;
   /** The efficiency term added to the task loss, if any. */
   efficiency?: EfficiencyTarget;
+  /** Gradient estimator of the soft decisions (default 'sigmoid'). */
+  estimator?: GateEstimator;
 }
 
 /** What stays fixed over a run's steps. Empty: plain cross-entropy on the network's output. */
@@ -161,7 +163,7 @@ export function gradientStep(
       const { value, grads: g } = tf.tidy(() =>
         tf.variableGrads(() => {
           // Each plan's gates draw their own numbers; a sample's depend only on the seed and its place in the step.
-          const routing = stepRouting ? RoutingState.start(stepRouting.mode, count, { seed: stepRouting.seed + i * 7919, offset }) : undefined;
+          const routing = stepRouting ? RoutingState.start(stepRouting.mode, count, { seed: stepRouting.seed + i * 7919, offset, estimator: stepRouting.estimator }) : undefined;
           const outs = exits > 1 ? forwardExits(model, xs, plan, { training: true }) : [model.forward(xs, plan, { training: true, routing })];
           const final = outs[outs.length - 1];
           if (i === 0) {

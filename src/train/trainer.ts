@@ -11,6 +11,7 @@ import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { calibrateBatchNorm } from './calibrate.js';
 import { checkEfficiency, mechanisms } from '../route/mechanisms.js';
+import { GATE_ESTIMATORS } from '../route/modes.js';
 import { evaluateRouted } from '../eval/routed.js';
 import { evaluate } from '../eval/evaluate.js';
 import { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor.js';
@@ -19,7 +20,7 @@ import { checkLrSchedule, checkUSchedule, learningRate, sampleU, type LrSchedule
 import { VERSION } from '../version.js';
 import { buildModel, checkRunDir, loadRun, saveRun, type EpochRecord, type ResumePoint, type TrainMeta } from './run.js';
 import { optionFlag } from './flags.js';
-import type { Plan } from '../layers/types.js';
+import type { GateEstimator, Plan } from '../layers/types.js';
 import { flatLayout, type StepSetup, type StepSpec } from './step.js';
 import { exitCount } from '../models/exits.js';
 import { checkDistill } from '../scaling/distill.js';
@@ -112,6 +113,8 @@ export interface TrainOptions {
   pretrainEpochs?: number;
   /** Dynamic models: the inference threshold of the gates for evaluation and calibration (default 0.5). */
   gateThreshold?: number;
+  /** Dynamic models: how the gates' binary decisions get gradients, `sigmoid` or `gumbel` (default 'sigmoid'). */
+  gateEstimator?: GateEstimator;
   /** Called after every step. */
   onStep?: (p: StepProgress) => void;
   /** Called after every epoch. */
@@ -148,7 +151,7 @@ type Resolved = Required<Omit<TrainOptions, Optional | 'onStep' | 'onEpoch' | 'm
 const RUN_OPTIONS = [
   'model', 'dataset', 'trainLimit', 'testLimit', 'validationSamples', 'fullWidth', 'batchSize', 'optimizer', 'lr', 'lrSchedule',
   'schedule', 'sandwichWidths', 'inplaceDistill', 'inplaceAlpha', 'teacher', 'distillAlpha', 'distillT', 'exitWeights', 'gating',
-  'seed', 'evalUs', 'calibrationSamples', 'flopsTarget', 'efficiencyWeight', 'pretrainEpochs', 'gateThreshold',
+  'seed', 'evalUs', 'calibrationSamples', 'flopsTarget', 'efficiencyWeight', 'pretrainEpochs', 'gateThreshold', 'gateEstimator',
 ] as const satisfies readonly (keyof TrainOptions)[];
 /** Run options that are recorded only when set: absent from the record means unset, not an older default. */
 const UNSET_WHEN_ABSENT = new Set<string>(['trainLimit', 'testLimit', 'teacher', 'exitWeights']);
@@ -248,6 +251,7 @@ function resolveOptions(o: TrainOptions): Resolved {
     efficiencyWeight: o.efficiencyWeight,
     pretrainEpochs: o.pretrainEpochs ?? 0,
     gateThreshold: o.gateThreshold ?? 0.5,
+    gateEstimator: o.gateEstimator ?? 'sigmoid',
   };
   checkOptimizer(r.optimizer);
   checkLrSchedule(r.lrSchedule);
@@ -271,6 +275,7 @@ function resolveOptions(o: TrainOptions): Resolved {
   if (!Number.isInteger(r.pretrainEpochs) || r.pretrainEpochs < 0) throw new DynnError(`pretrainEpochs must be a non-negative integer, got ${r.pretrainEpochs}`);
   if (!(r.gateThreshold >= 0 && r.gateThreshold <= 1)) throw new DynnError(`gateThreshold must be in [0, 1], got ${r.gateThreshold}`);
   checkEfficiency(r.flopsTarget ?? 0.5, r.efficiencyWeight ?? 0);
+  if (!GATE_ESTIMATORS.includes(r.gateEstimator)) throw new DynnError(`unknown gate estimator "${r.gateEstimator}"; expected one of ${GATE_ESTIMATORS.join(', ')}`);
   if (r.exitWeights && !r.exitWeights.every((w) => w >= 0 && Number.isFinite(w))) {
     throw new DynnError(`exitWeights must be non-negative numbers, got ${JSON.stringify(r.exitWeights)}`);
   }
@@ -342,6 +347,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     ...(o.flopsTarget !== undefined ? ['flopsTarget'] : []),
     ...(o.efficiencyWeight !== undefined ? ['efficiencyWeight'] : []),
     ...(o.pretrainEpochs > 0 ? ['pretrainEpochs'] : []),
+    ...(o.gateEstimator !== 'sigmoid' ? ['gateEstimator'] : []),
   ];
   if (!gated && dynamicOptions.length) {
     model.dispose();
@@ -432,7 +438,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         optimizer.setLearningRate(learningRate(o.lrSchedule, lr, progress));
         const indices = order.subarray(step * o.batchSize, Math.min(n, (step + 1) * o.batchSize));
         const work: Plan | StepSpec = gated
-          ? { plans: [model.plan(1)], routing: { mode: epoch < o.pretrainEpochs ? 'full' : 'soft', seed: streamSeed(o.seed, 4, epoch) + step, efficiency } }
+          ? { plans: [model.plan(1)], routing: { mode: epoch < o.pretrainEpochs ? 'full' : 'soft', seed: streamSeed(o.seed, 4, epoch) + step, efficiency, estimator: o.gateEstimator } }
           : sandwich
             ? { plans: sandwichPlans(model, { n: o.sandwichWidths, rng: uRng, gating: o.gating, gateRng }), inplaceDistill: o.inplaceDistill, inplaceAlpha: o.inplaceAlpha }
             : model.plan(u, { gating: o.gating, rng: gateRng });
