@@ -11,6 +11,7 @@ const EXIT_MISSING_MODULE = 3;
 const DEFAULT_TIMEOUT_MS: Record<string, number> = {
   'train-full': 2 * 60 * 60 * 1000,
   'train-step': 10 * 60 * 1000,
+  'acs-train-step': 10 * 60 * 1000,
   latency: 10 * 60 * 1000,
 };
 

@@ -1,7 +1,8 @@
 """PyTorch peer for dynn's side-by-side benchmarks.
 
 Runs the same throttleable `vgg-w` network as dynn, sliced the same way (nested groups, sliced weights,
-no masks), so dynn's timings can be reported as ratios against PyTorch measured in the same run.
+no masks), so dynn's timings can be reported as ratios against PyTorch measured in the same run; and, in
+mode "acs-train-step", the gated ResNet38 of acs_peer.py, masked as the field writes it.
 
 Usage: /usr/bin/python3 bench/torch_peer.py '<json options>'
 Prints exactly one JSON object on stdout; logs go to stderr. Exit codes: 0 ok, 2 bad options,
@@ -269,7 +270,13 @@ def train_full(options):
     }
 
 
-MODES = {"train-step": train_step, "latency": latency, "train-full": train_full}
+def acs_train_step(options):
+    import acs_peer  # beside this script: the masked gated ResNet38
+
+    return acs_peer.train_step(options, opt)
+
+
+MODES = {"train-step": train_step, "latency": latency, "train-full": train_full, "acs-train-step": acs_train_step}
 
 
 def main():

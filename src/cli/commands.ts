@@ -42,6 +42,7 @@ export function trainOptionsFrom(o: Opts) {
     seed: numberOption(o.seed, 'seed', { int: true }),
     workers: numberOption(o.workers, 'workers', { int: true, min: 0 }),
     engine: choiceOption(o.engine, 'engine', ENGINES),
+    init: o.init === undefined ? undefined : String(o.init),
     modelArgs: {
       groups: numberOption(o.groups, 'groups', { int: true, min: 1 }),
       dynamic: o.dynamic === undefined ? undefined : String(o.dynamic),

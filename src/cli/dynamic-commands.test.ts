@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { runCli } from './cli.js';
 import { captureIo } from './capture.js';
+import { loadRun } from '../train/run.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-dynamic-'));
 process.on('exit', () => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -72,6 +73,37 @@ test('info shows a dynamic run’s gated accuracy and FLOPs; export says such mo
   const ex = captureIo();
   assert.equal(await runCli(['export', run, '--onnx', path.join(tmp, 'acs.onnx')], ex), 1);
   assert.match(ex.stderr(), /resnet38 with acs-gn gates decides per sample inside the network; such models do not export to ONNX yet/);
+});
+
+test('--init starts a dynamic model from a static backbone’s run: its weights, gates open; a foreign run is refused', async () => {
+  const backbone = path.join(tmp, 'backbone');
+  const first = captureIo();
+  assert.equal(await runCli(['train', '--model', 'resnet38', ...data, '--epochs', '1', '--out', backbone], first), 0, first.stderr());
+  const fine = path.join(tmp, 'fine');
+  const io = captureIo();
+  // A learning rate too small to move a weight: what the run holds is what --init loaded.
+  const argv = ['train', '--model', 'resnet38', '--dynamic', 'acs-gn', ...data, '--epochs', '1', '--lr', '1e-30', '--init', backbone, '--out', fine];
+  assert.equal(await runCli(argv, io), 0, io.stderr());
+  const [a, b] = await Promise.all([loadRun(backbone), loadRun(fine)]);
+  try {
+    const source = new Map(a.model.getWeights().map((w) => [w.name, w.data]));
+    const kernels = b.model.getWeights().filter((w) => w.name.endsWith('.kernel'));
+    const backboneKernels = kernels.filter((w) => !w.name.includes('.gate.'));
+    assert.equal(backboneKernels.length, [...source.keys()].filter((n) => n.endsWith('.kernel')).length);
+    for (const w of backboneKernels) assert.deepEqual(w.data, source.get(w.name), w.name);
+    const fc = b.model.getWeights().find((w) => w.name === 's0.b0.gate.fc.bias')!;
+    assert.ok(fc.data.every((v) => v > 4), 'gates the backbone run lacks start open');
+    assert.equal(b.meta.options.init, backbone);
+  } finally {
+    a.model.dispose();
+    b.model.dispose();
+  }
+  const vgg = path.join(tmp, 'vgg');
+  const v = captureIo();
+  assert.equal(await runCli(['train', '--model', 'vgg-w', ...data, '--epochs', '1', '--out', vgg], v), 0, v.stderr());
+  const bad = captureIo();
+  assert.equal(await runCli(['train', '--model', 'resnet38', ...data, '--init', vgg, '--out', path.join(tmp, 'bad-init')], bad), 1);
+  assert.match(bad.stderr(), /--init .*vgg: that run has no s0\.b0\.conv1\.kernel, .* and \d+ more; start from a run of the same backbone/);
 });
 
 test('dynn models lists the per-sample mechanisms and marks the models that take them', async () => {

@@ -46,6 +46,12 @@ mechanisms.register('acs-dg', {
   defaults: { ...mechanisms.get('acs-gn').defaults },
 });
 
+/** The name of a gated block's gate: its weights are `<block>.gate.*`. */
+export const gateName = (block: string): string => `${block}.gate`;
+
+/** Whether a weight belongs to a gate (a static backbone's run has none; `--init` lets gates start fresh). */
+export const isGateWeight = (weight: string): boolean => weight.includes('.gate.');
+
 /** Checks the settings of a dynamic run before any training: target in (0, 1], weight >= 0. */
 export function checkEfficiency(target: number, weight: number): void {
   if (!(target > 0 && target <= 1)) throw new DynnError(`the FLOPs target must be in (0, 1], got ${target}`);

@@ -4,7 +4,7 @@ import { ResidualBlock, layerClasses } from '../layers/index.js';
 import type { ChannelSel, Layer, LayerCost, Plan, ResidualBlockArgs, RunContext, Shape } from '../layers/index.js';
 import { dispatchTensor } from './tensor.js';
 import { nestedDecision, straightThrough } from './gates.js';
-import { mechanisms } from './mechanisms.js';
+import { gateName, mechanisms } from './mechanisms.js';
 
 export interface GatedResidualBlockArgs extends ResidualBlockArgs {
   /** Groups G of the inner channels (conv1's outputs, conv2's inputs); G must divide `filters`. */
@@ -38,7 +38,7 @@ export class GatedResidualBlock extends ResidualBlock<GatedResidualBlockArgs> {
     if (levels !== groups + 1) throw new DynnError(`${this.name}: a gated block keeps ${groups + 1} BatchNorm rows (0..${groups} active groups), got ${levels}`);
     const out = super.doBuild(inShape);
     const mechanism = mechanisms.get(this.args.mechanism);
-    this.gate = mechanism.gate(`${this.name}.gate`, { outputs: groups, width: this.args.gateWidth ?? mechanism.defaultWidth(inShape[2]) });
+    this.gate = mechanism.gate(gateName(this.name), { outputs: groups, width: this.args.gateWidth ?? mechanism.defaultWidth(inShape[2]) });
     this.gate.build(inShape, this.seed);
     this.layers.push(this.gate);
     return out;

@@ -45,6 +45,7 @@ export const TRAIN_FLAGS: [string, string][] = [
   ['--gating <mode>', 'nested or independent [default: nested]'],
   ['--groups <D>', 'groups per throttleable block [default: 8]'],
   ['--seed <n>', 'seed of weights, data order and sampled u [default: 0]'],
+  ['--init <run>', 'start from a trained run’s weights (fine-tuning; a dynamic model’s gates start open when the run has none)'],
   ['--workers <n>', 'gradient worker threads; 0 trains in the main thread [default: one per core]'],
   ['--engine <name>', 'auto, tensorflow, wasm or cpu [default: auto]'],
   ...SCALING_FLAGS,

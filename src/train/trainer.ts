@@ -10,7 +10,7 @@ import { loadCheckpoint } from '../checkpoint/checkpoint.js';
 import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { calibrateBatchNorm } from './calibrate.js';
-import { checkEfficiency, mechanisms } from '../route/mechanisms.js';
+import { checkEfficiency, isGateWeight, mechanisms } from '../route/mechanisms.js';
 import { GATE_ESTIMATORS } from '../route/modes.js';
 import { evaluateRouted } from '../eval/routed.js';
 import { evaluate } from '../eval/evaluate.js';
@@ -72,6 +72,12 @@ export interface TrainOptions {
   inplaceAlpha?: number;
   /** Run directory of a trained network whose predictions at u = 1 the model learns from (knowledge distillation). */
   teacher?: string;
+  /**
+   * Run directory whose weights the model starts from (fine-tuning): every weight of the model must be in it
+   * with the same shape, except a dynamic model's gates, which start open when the run has none. One step 1
+   * (a throttleable backbone) then serves step 2 at several targets or mechanisms.
+   */
+  init?: string;
   /** Distillation: weight a of the soft-target term, in [0, 1] (default 0.5). */
   distillAlpha?: number;
   /** Distillation: temperature T of the soft targets (default 4). */
@@ -144,17 +150,17 @@ export interface TrainResult {
   epochsTrained: number;
 }
 
-type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'exitWeights' | 'flopsTarget' | 'efficiencyWeight';
+type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'init' | 'exitWeights' | 'flopsTarget' | 'efficiencyWeight';
 type Resolved = Required<Omit<TrainOptions, Optional | 'onStep' | 'onEpoch' | 'modelArgs' | 'force'>> & Pick<TrainOptions, Optional>;
 
 /** Options that define what a run trains; `--resume` restores them from the run and refuses a contradicting one. */
 const RUN_OPTIONS = [
   'model', 'dataset', 'trainLimit', 'testLimit', 'validationSamples', 'fullWidth', 'batchSize', 'optimizer', 'lr', 'lrSchedule',
-  'schedule', 'sandwichWidths', 'inplaceDistill', 'inplaceAlpha', 'teacher', 'distillAlpha', 'distillT', 'exitWeights', 'gating',
+  'schedule', 'sandwichWidths', 'inplaceDistill', 'inplaceAlpha', 'teacher', 'init', 'distillAlpha', 'distillT', 'exitWeights', 'gating',
   'seed', 'evalUs', 'calibrationSamples', 'flopsTarget', 'efficiencyWeight', 'pretrainEpochs', 'gateThreshold', 'gateEstimator',
 ] as const satisfies readonly (keyof TrainOptions)[];
 /** Run options that are recorded only when set: absent from the record means unset, not an older default. */
-const UNSET_WHEN_ABSENT = new Set<string>(['trainLimit', 'testLimit', 'teacher', 'exitWeights']);
+const UNSET_WHEN_ABSENT = new Set<string>(['trainLimit', 'testLimit', 'teacher', 'init', 'exitWeights']);
 
 /**
  * The options of a resumed run: what the run recorded, with the caller's `epochs` (a new total), `workers`,
@@ -197,7 +203,7 @@ function resumeOptions(options: TrainOptions, run: ResumePoint, dir: string): Tr
 }
 
 function sameOption(key: string, a: unknown, b: unknown): boolean {
-  if (key === 'teacher' && typeof a === 'string' && typeof b === 'string') return path.resolve(a) === path.resolve(b);
+  if ((key === 'teacher' || key === 'init') && typeof a === 'string' && typeof b === 'string') return path.resolve(a) === path.resolve(b);
   return JSON.stringify(a) === JSON.stringify(b);
 }
 
@@ -244,6 +250,7 @@ function resolveOptions(o: TrainOptions): Resolved {
     inplaceDistill: o.inplaceDistill ?? true,
     inplaceAlpha: o.inplaceAlpha ?? 0.5,
     teacher: o.teacher,
+    init: o.init,
     distillAlpha: o.distillAlpha ?? 0.5,
     distillT: o.distillT ?? 4,
     exitWeights: o.exitWeights,
@@ -359,6 +366,14 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   }
   const mechanism = gated ? mechanisms.get(String(model.config.args.dynamic)) : null;
   const efficiency = mechanism ? { target: o.flopsTarget ?? mechanism.defaults.flopsTarget, weight: o.efficiencyWeight ?? mechanism.defaults.efficiencyWeight } : undefined;
+  if (o.init && !run) {
+    try {
+      await initFrom(o.init, model);
+    } catch (err) {
+      model.dispose();
+      throw err;
+    }
+  }
   const lr = o.lr ?? (o.optimizer === 'adam' ? 1e-3 : 0.05);
   const optimizer = new Optimizer(o.optimizer, lr);
   const history: EpochRecord[] = [];
@@ -433,12 +448,14 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       for (let step = 0; step < stepsPerEpoch; step++) {
         const progress = (epoch * stepsPerEpoch + step) / totalSteps;
         const sandwich = o.schedule === 'sandwich';
-        // A dynamic model runs u = 1: its gates choose each sample's operating point.
-        const u = sandwich || gated ? 1 : sampleU(o.schedule, uRng, progress, o.fullWidth);
+        // Step 2 of a dynamic model runs u = 1: its gates choose each sample's operating point. Step 1 trains the
+        // backbone throttleable (u per batch, the schedule's), so every prefix of groups a gate may pick is good.
+        const pretraining = gated && epoch < o.pretrainEpochs;
+        const u = sandwich || (gated && !pretraining) ? 1 : sampleU(o.schedule, uRng, progress, o.fullWidth);
         optimizer.setLearningRate(learningRate(o.lrSchedule, lr, progress));
         const indices = order.subarray(step * o.batchSize, Math.min(n, (step + 1) * o.batchSize));
         const work: Plan | StepSpec = gated
-          ? { plans: [model.plan(1)], routing: { mode: epoch < o.pretrainEpochs ? 'full' : 'soft', seed: streamSeed(o.seed, 4, epoch) + step, efficiency, estimator: o.gateEstimator } }
+          ? { plans: [model.plan(u)], routing: { mode: pretraining ? 'full' : 'soft', seed: streamSeed(o.seed, 4, epoch) + step, efficiency, estimator: o.gateEstimator } }
           : sandwich
             ? { plans: sandwichPlans(model, { n: o.sandwichWidths, rng: uRng, gating: o.gating, gateRng }), inplaceDistill: o.inplaceDistill, inplaceAlpha: o.inplaceAlpha }
             : model.plan(u, { gating: o.gating, rng: gateRng });
@@ -496,14 +513,40 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
 
 /** Loads a distillation teacher and checks that it takes the student's inputs and predicts its classes. */
 async function loadTeacher(dir: string, student: Network): Promise<Network> {
-  const { model } = await loadRun(dir);
-  if (model.numClasses !== student.numClasses || model.inputShape.join() !== student.inputShape.join()) {
+  return loadCompatible(dir, student, `teacher ${dir}`);
+}
+
+/** Loads the run in `dir`, refused unless it takes `model`'s inputs and classes. */
+async function loadCompatible(dir: string, model: Network, what: string): Promise<Network> {
+  const { model: other } = await loadRun(dir);
+  if (other.numClasses !== model.numClasses || other.inputShape.join() !== model.inputShape.join()) {
     const shape = (m: Network) => `${m.inputShape.join('x')} inputs, ${m.numClasses} classes`;
-    const message = `teacher ${dir} takes ${shape(model)}; the student takes ${shape(student)}`;
-    model.dispose();
+    const message = `${what} takes ${shape(other)}; the model trained here takes ${shape(model)}`;
+    other.dispose();
     throw new DynnError(message);
   }
-  return model;
+  return other;
+}
+
+/** Starts `model` from the weights of the run in `dir` (`TrainOptions.init`); gates the run lacks keep their open start. */
+async function initFrom(dir: string, model: Network): Promise<void> {
+  const source = await loadCompatible(dir, model, `--init ${dir}`);
+  try {
+    const have = new Map(source.getWeights().map((w) => [w.name, w]));
+    const missing = model.weights().filter((w) => !have.has(w.name) && !isGateWeight(w.name)).map((w) => w.name);
+    if (missing.length) {
+      const more = missing.length > 3 ? ` and ${missing.length - 3} more` : '';
+      throw new DynnError(`--init ${dir}: that run has no ${missing.slice(0, 3).join(', ')}${more}; start from a run of the same backbone`);
+    }
+    const mine = model.getWeights();
+    for (const w of mine) {
+      const a = have.get(w.name);
+      if (a && a.shape.join() !== w.shape.join()) throw new DynnError(`--init ${dir}: weight ${w.name} has shape [${a.shape}] there, this model needs [${w.shape}]`);
+    }
+    model.setWeights(mine.map((w) => have.get(w.name) ?? w));
+  } finally {
+    source.dispose();
+  }
 }
 
 /** Test accuracy of each exit of an early-exit model on its own, at u = 1. */

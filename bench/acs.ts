@@ -1,0 +1,196 @@
+/**
+ * Adaptive channel skipping on Fashion-MNIST, measured side by side in one run:
+ *   1. per backbone, step 1 once: the throttleable backbone (u per batch) and the static one (u = 1);
+ *      the throttled u-curve and the oracle (the cheapest u that is right, per sample) from the former;
+ *   2. step 2 from the throttleable backbone (`init`), per mechanism and FLOPs target: gated accuracy and
+ *      mean executed FLOPs (gates included), against the static backbone and the u-curve at equal FLOPs;
+ *   3. wall-clock at batch 1 and 64 of the dynamic execution, the backbone and the masked execution (the
+ *      field's form), against the FLOPs ratio; the gates' own share of FLOPs and of time;
+ *   4. a training step of the gated model against PyTorch's masked version of it (bench/acs_peer.py).
+ * Usage: npm run bench:acs [-- --train 16384 --test 2000 --epochs 1 --gated-epochs 1
+ *          --backbones resnet38,densenet41 --mechanisms acs-gn,acs-dg --targets 0.3,0.5,0.7
+ *          --estimators sigmoid,gumbel --no-peer --json]
+ * Runs go to .bench/acs/ (replaced on each bench run), results to .bench/acs.json (written atomically).
+ */
+import os from 'node:os';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { train, type TrainOptions } from '../src/train/trainer.js';
+import type { Network } from '../src/models/network.js';
+import type { ImageSet } from '../src/data/types.js';
+import { MixedRunner } from '../src/control/runner.js';
+import { levelTable, fixedCurve } from '../src/control/table.js';
+import { oracleFromTable } from '../src/control/oracle.js';
+import { interpolateAccuracy } from '../src/control/curve.js';
+import { evaluateRouted, routedSweep } from '../src/eval/routed.js';
+import { median } from '../src/eval/latency.js';
+import { makeSynthetic } from '../src/data/synthetic.js';
+import { allocShared } from '../src/data/imageset.js';
+import { ThreadExecutor } from '../src/train/executor.js';
+import { Optimizer } from '../src/train/optimizer.js';
+import { writeFileAtomic } from '../src/util/fs.js';
+import { runTorchPeer } from './torch.js';
+
+const args = process.argv.slice(2);
+const value = (name: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const num = (name: string, dflt: number) => Number(value(name) ?? dflt);
+const list = (name: string, dflt: string) => (value(name) ?? dflt).split(',').filter(Boolean);
+const json = args.includes('--json');
+const PEER = !args.includes('--no-peer');
+const TRAIN = num('train', 16384);
+const TEST = num('test', 2000);
+const EPOCHS = num('epochs', 1);
+const GATED_EPOCHS = num('gated-epochs', 1);
+const BACKBONES = list('backbones', 'resnet38,densenet41');
+const MECHANISMS = list('mechanisms', 'acs-gn,acs-dg');
+const TARGETS = list('targets', '0.3,0.5,0.7').map(Number);
+const ESTIMATORS = list('estimators', 'sigmoid');
+const US = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1];
+const STEP_BATCH = 128;
+const ROOT = '.bench/acs';
+const log = (s: string) => process.stderr.write(s + '\n');
+
+const base = (out: string, extra: TrainOptions): TrainOptions => ({
+  dataset: 'fashion-mnist',
+  trainLimit: TRAIN,
+  testLimit: TEST,
+  seed: 0,
+  out: path.join(ROOT, out),
+  // The bench's own scratch runs: each bench run replaces them.
+  force: true,
+  onEpoch: (r) => log(`    epoch ${r.epoch}: loss ${r.loss.toFixed(4)}${r.gated ? `, gated ${(100 * r.gated.accuracy).toFixed(2)}% at FLOPs ${r.gated.flopsRatio.toFixed(3)}` : ''}`),
+  ...extra,
+});
+
+/** The throttled u-curve of a static backbone and its oracle, on the test set. */
+function curveOf(model: Network, test: ImageSet) {
+  const table = levelTable(new MixedRunner(model), test, US);
+  const curve = fixedCurve(table);
+  const oracle = oracleFromTable(table);
+  return { curve, oracle: { accuracy: oracle.accuracy, flopsRatio: oracle.meanFlopsRatio } };
+}
+
+/** Mean ms per training step of a gated model in soft mode, gradient threads as `dynn train` uses them. */
+async function gatedStepMs(model: Network, steps: number): Promise<number> {
+  const data = allocShared(makeSynthetic({ count: STEP_BATCH, seed: 0, height: 28, width: 28, channels: 1 }));
+  const executor = await ThreadExecutor.start(model, data, 'auto', STEP_BATCH);
+  const optimizer = new Optimizer('adam', 1e-3);
+  const indices = Int32Array.from({ length: STEP_BATCH }, (_, i) => i);
+  const times: number[] = [];
+  try {
+    for (let i = 0; i < steps + 2; i++) {
+      const t0 = performance.now();
+      await executor.step(indices, { plans: [model.plan(1)], routing: { mode: 'soft', seed: i, efficiency: { target: 0.5, weight: 4 } } });
+      await executor.update(optimizer);
+      if (i >= 2) times.push(performance.now() - t0);
+    }
+  } finally {
+    optimizer.dispose();
+    await executor.close();
+  }
+  return median(times);
+}
+
+async function main() {
+  const results: Record<string, unknown> = { cores: os.availableParallelism(), train: TRAIN, test: TEST, epochs: EPOCHS, gatedEpochs: GATED_EPOCHS, backbones: {} };
+  for (const backbone of BACKBONES) {
+    log(`${backbone}: step 1, ${EPOCHS} epoch(s) on ${TRAIN} images`);
+    log('  static (u = 1)');
+    const fixed = await train(base(`${backbone}/static`, { model: backbone, epochs: EPOCHS, schedule: 'vanilla' }));
+    const staticAccuracy = evaluateRouted(fixed.model, fixed.dataset.test, { mode: 'full' }).accuracy;
+    fixed.model.dispose();
+    log('  throttleable (u ~ U(0, 1] per batch)');
+    const throttle = await train(base(`${backbone}/throttle`, { model: backbone, epochs: EPOCHS }));
+    const test = throttle.dataset.test;
+    const { curve, oracle } = curveOf(throttle.model, test);
+    throttle.model.dispose();
+    log(`  static ${(100 * staticAccuracy).toFixed(2)}%; u-curve ${curve.map((p) => `${p.u}: ${(100 * p.accuracy).toFixed(1)}% @${p.flopsRatio.toFixed(2)}`).join(', ')}; oracle ${(100 * oracle.accuracy).toFixed(2)}% @${oracle.flopsRatio.toFixed(3)}`);
+
+    const gated: Record<string, unknown>[] = [];
+    let timing: Record<string, unknown> | null = null;
+    for (const mechanism of MECHANISMS) {
+      for (const estimator of ESTIMATORS) {
+        for (const target of TARGETS) {
+          log(`  step 2: ${mechanism}, ${estimator}, target ${target}, ${GATED_EPOCHS} epoch(s) from the throttleable backbone`);
+          const r = await train(
+            base(`${backbone}/${mechanism}-${estimator}-${target}`, {
+              model: backbone,
+              modelArgs: { dynamic: mechanism },
+              init: path.join(ROOT, `${backbone}/throttle`),
+              epochs: GATED_EPOCHS,
+              flopsTarget: target,
+              gateEstimator: estimator as TrainOptions['gateEstimator'],
+            }),
+          );
+          const e = evaluateRouted(r.model, r.dataset.test);
+          const point = {
+            mechanism,
+            estimator,
+            target,
+            accuracy: e.accuracy,
+            flopsRatio: e.flopsRatio,
+            flopsMin: e.flopsMin,
+            flopsMax: e.flopsMax,
+            gateShare: e.gateShare,
+            throttledAtSameFlops: interpolateAccuracy(curve, e.flopsRatio),
+          };
+          gated.push(point);
+          log(
+            `    ${(100 * e.accuracy).toFixed(2)}% at FLOPs ${e.flopsRatio.toFixed(3)} (${e.flopsMin.toFixed(2)}..${e.flopsMax.toFixed(2)}, gates ${e.gateShare.toFixed(3)}); ` +
+              `u-curve at that FLOPs ${(100 * point.throttledAtSameFlops).toFixed(2)}%, static ${(100 * staticAccuracy).toFixed(2)}%`,
+          );
+          if (!timing && target === 0.5) timing = await timeGated(r.model, r.dataset.test, mechanism);
+          r.model.dispose();
+        }
+      }
+    }
+    (results.backbones as Record<string, unknown>)[backbone] = { static: { accuracy: staticAccuracy }, curve, oracle, gated, timing };
+  }
+  await writeFileAtomic('.bench/acs.json', JSON.stringify(results, null, 2) + '\n');
+  if (json) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
+}
+
+/** Wall-clock of one gated model: dynamic, full and masked, the gates' time, and a training step against PyTorch's masked peer. */
+async function timeGated(model: Network, test: ImageSet, mechanism: string) {
+  log(`    timing ${mechanism}: batch 1 and 64 (dynamic, full, masked; threshold 0 for the gates' time)`);
+  const s = routedSweep(model, test, [0.5, 0]);
+  const [p, open] = s.points;
+  const latency = {
+    flopsRatio: p.flopsRatio,
+    dynamicMs: p.latencyMs,
+    fullMs: s.full.latencyMs,
+    maskedMs: s.masked.latencyMs,
+    timeRatio: { batch1: p.latencyMs.batch1 / s.full.latencyMs.batch1, batch64: p.latencyMs.batch64 / s.full.latencyMs.batch64 },
+    maskedRatio: s.masked.latencyMs.batch64 / s.full.latencyMs.batch64,
+    // At threshold 0 every group runs: what the time exceeds the backbone's by is the gates' (and the dispatch's).
+    gateTimeShare: { batch1: open.latencyMs.batch1 / s.full.latencyMs.batch1 - 1, batch64: open.latencyMs.batch64 / s.full.latencyMs.batch64 - 1 },
+    gateFlopsShare: p.gateShare,
+  };
+  log(
+    `    FLOPs ratio ${p.flopsRatio.toFixed(3)}; time ratio ${latency.timeRatio.batch1.toFixed(3)} @1, ${latency.timeRatio.batch64.toFixed(3)} @64 ` +
+      `(time/FLOPs ${(latency.timeRatio.batch64 / p.flopsRatio).toFixed(2)}x); masked ${latency.maskedRatio.toFixed(3)} @64; ` +
+      `gates: FLOPs ${p.gateShare.toFixed(3)}, time ${latency.gateTimeShare.batch1.toFixed(3)} @1, ${latency.gateTimeShare.batch64.toFixed(3)} @64`,
+  );
+  const rounds: { dynnMs: number; torchMs: number }[] = [];
+  let torch = 'ok';
+  // dynn and PyTorch take turns, so each ratio compares runs a few seconds apart (this machine drifts).
+  for (let r = 0; r < 2; r++) {
+    const dynnMs = await gatedStepMs(model, 5);
+    const peer = !PEER
+      ? { ok: false as const, reason: 'PyTorch peer not run (--no-peer)' }
+      : mechanism === 'acs-gn'
+        ? await runTorchPeer({ mode: 'acs-train-step', batch: STEP_BATCH, steps: 5, warmup: 2 }) : { ok: false as const, reason: `the PyTorch peer has ${mechanism}'s gates only as acs-gn` };
+    if (!peer.ok) torch = peer.reason;
+    rounds.push({ dynnMs, torchMs: peer.ok ? (peer.result.meanMs as number) : NaN });
+    log(`    train step @${STEP_BATCH}: dynn ${dynnMs.toFixed(0)} ms` + (peer.ok ? `, PyTorch masked ${(peer.result.meanMs as number).toFixed(0)} ms` : `; ${torch}`));
+  }
+  const step = { dynnMs: median(rounds.map((r) => r.dynnMs)), torchMaskedMs: median(rounds.map((r) => r.torchMs)), ratio: median(rounds.map((r) => r.dynnMs / r.torchMs)), torch };
+  return { latency, trainStep: step };
+}
+
+tf.enableProdMode();
+await main();
+process.exit(0);
