@@ -1,7 +1,7 @@
 /**
  * Where a training step's time goes: times every wasm kernel (top-level calls only) over gradient steps of
- * vgg-w at a few u, one thread. Not a test. Usage: [SHAPES=1] [TOP=14] [ORT_MIN_FLOPS=N]
- * node dist/bench/profile-step.js [batch=64] [steps=6]
+ * vgg-w at a few u, one thread. Not a test. Usage: [SHAPES=1] [TOP=14] [ORT_MIN_FLOPS=N] [MODEL=name]
+ * [DYNAMIC=mechanism: its gates decide in soft mode, once per u] node dist/bench/profile-step.js [batch=64] [steps=6]
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../src/engine/backend.js';
@@ -39,13 +39,14 @@ for (const k of tf.getKernelsForBackend('wasm')) {
     },
   });
 }
-const model = createModel('vgg-w');
+const dynamic = process.env.DYNAMIC;
+const model = createModel(process.env.MODEL ?? 'vgg-w', dynamic ? { dynamic } : {});
 const data = makeSynthetic({ count: batch, seed: 0 });
 const layout = flatLayout(model);
 const images = toFloat(data, 0, batch);
 const grads = new Float32Array(layout.total);
 for (const u of (process.env.US ?? "1,0.5,0.25").split(",").map(Number)) {
-  const plan = model.plan(u);
+  const plan = dynamic ? { plans: [model.plan(1)], routing: { mode: 'soft' as const, seed: 0, efficiency: { target: u, weight: 4 } } } : model.plan(u);
   for (let i = 0; i < 2; i++) gradientStep(model, layout, images, data.labels, plan, grads);
   times.clear();
   calls.clear();

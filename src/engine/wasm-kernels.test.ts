@@ -310,6 +310,22 @@ describe('wasm training kernels against cpu', () => {
     tf.dispose(x);
   });
 
+  test('split into whole blocks (the fast path): the gradient of a batch reassembled by concatenation, any axis, a free size, empty parts, int32', async () => {
+    await assertSameOnBoth('concat gradient over the batch', () => {
+      const parts = [3, 0, 5, 1].map((n, i) => randomTensor(30 + i, [n, 4, 4, 8]));
+      const w = randomTensor(35, [9, 4, 4, 8]);
+      return tf.grads((...xs: tf.Tensor[]) => tf.sum(tf.mul(tf.concat(xs, 0), w)))(parts);
+    });
+    await assertSameOnBoth('middle axis, a free size, equal splits', () => {
+      const x = randomTensor(36, [3, 7, 80]);
+      return [...tf.split(x, [2, -1, 1], 1), ...tf.split(randomTensor(37, [4, 6, 70]), 3, 1)];
+    });
+    await assertSameOnBoth('int32 rows', () => {
+      const x = tf.cast(tf.mul(randomTensor(38, [5, 70]), 100), 'int32');
+      return tf.split(x, [4, 1], 0).map((t) => tf.cast(t, 'float32'));
+    });
+  });
+
   test('gathering whole rows stays right when allocating its output grows the wasm memory', async () => {
     await tf.setBackend('wasm');
     const per = 28 * 28 * 64;
