@@ -46,6 +46,7 @@ export function trainOptionsFrom(o: Opts) {
     modelArgs: {
       groups: numberOption(o.groups, 'groups', { int: true, min: 1 }),
       dynamic: o.dynamic === undefined ? undefined : String(o.dynamic),
+      decisions: o.decisions === undefined ? undefined : String(o.decisions),
       gateWidth: numberOption(o.gateWidth, 'gate-width', { int: true, min: 1 }),
     },
     flopsTarget: numberOption(o.flopsTarget, 'flops-target', { min: Number.MIN_VALUE, max: 1 }),

@@ -191,8 +191,9 @@ function resumeOptions(options: TrainOptions, run: ResumePoint, dir: string): Tr
   }
   for (const [key, value] of Object.entries(options.modelArgs ?? {})) {
     if (value === undefined || sameOption(key, value, run.args[key])) continue;
-    const flag = key === 'groups' ? '--groups' : `modelArgs.${key}`;
-    conflicts.push(`${flag} ${show(value)} contradicts the run (trained with ${show(run.args[key])})`);
+    const flag = optionFlag(key);
+    // A static run resumed with --dynamic (or the reverse) would need other weights: say which it is.
+    conflicts.push(`${flag.startsWith('--') ? flag : `modelArgs.${key}`} ${show(value)} contradicts the run (${run.args[key] === undefined ? `trained without it${key === 'dynamic' ? ': a static model' : ''}` : `trained with ${show(run.args[key])}`})`);
   }
   if (conflicts.length) {
     throw new DynnError(`cannot resume ${dir}: ${conflicts.join('; ')}; leave ${conflicts.length > 1 ? 'them' : 'it'} out to continue the run as recorded, or start a new run`);
