@@ -18,7 +18,7 @@ import { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor
 import { checkOptimizer, Optimizer, type OptimizerName } from './optimizer.js';
 import { checkLrSchedule, checkUSchedule, learningRate, sampleU, type LrSchedule, type USchedule } from './schedule.js';
 import { VERSION } from '../version.js';
-import { buildModel, checkRunDir, loadRun, saveRun, type EpochRecord, type ResumePoint, type TrainMeta } from './run.js';
+import { buildModel, checkDynamicMatch, checkRunDir, loadRun, saveRun, type EpochRecord, type ResumePoint, type TrainMeta } from './run.js';
 import { optionFlag } from './flags.js';
 import type { GateEstimator, Plan } from '../layers/types.js';
 import { flatLayout, type StepSetup, type StepSpec } from './step.js';
@@ -382,6 +382,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
 
   if (run && o.out) {
     try {
+      checkDynamicMatch(o.out, run.info, model);
       const ckpt = await loadCheckpoint(o.out, {
         model: run.info.config.model,
         weights: model.weights().map((w) => ({ name: w.name, shape: w.variable.shape })),
