@@ -2,8 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { BatchNorm, Conv2D, DenseUnit, ReLU, layerClasses } from '../layers/index.js';
 import type { ChannelSel, DenseUnitArgs, Layer, LayerCost, Plan, RunContext, Shape } from '../layers/index.js';
-import type { GatedArgs } from './residual.js';
-import { buildGate, checkGroups, routeUnit, routedCost, type GatedUnit } from './unit.js';
+import { buildGate, checkGroups, routeUnit, routedCost, type GatedArgs, type GatedUnit } from './unit.js';
 
 export interface GatedDenseUnitArgs extends Omit<DenseUnitArgs, 'groups'>, GatedArgs {}
 

@@ -2,19 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { ResidualBlock, layerClasses } from '../layers/index.js';
 import type { ChannelSel, Layer, LayerCost, Plan, ResidualBlockArgs, RunContext, Shape } from '../layers/index.js';
-import { buildGate, checkGroups, routeUnit, routedCost, type GatedUnit } from './unit.js';
-
-/** What every unit gated per sample takes besides its own arguments. */
-export interface GatedArgs {
-  /** Groups G of the inner channels the gate decides on; G must divide them. */
-  groups: number;
-  /** The registered mechanism whose gate decides (see `mechanisms`). */
-  mechanism: string;
-  /** Channels of the gate's hidden layers (default: the mechanism's, from the unit's input channels). */
-  gateWidth?: number;
-  /** The registered decision form (see `decisionForms`; default `nested`). */
-  decisions?: string;
-}
+import { buildGate, checkGroups, routeUnit, routedCost, type GatedArgs, type GatedUnit } from './unit.js';
 
 export interface GatedResidualBlockArgs extends Omit<ResidualBlockArgs, 'groups'>, GatedArgs {}
 

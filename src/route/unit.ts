@@ -6,6 +6,18 @@ import { dispatchTensor } from './tensor.js';
 import { nestedDecision, onesWithGradient, straightThrough } from './gates.js';
 import { gateName, mechanisms } from './mechanisms.js';
 
+/** What every unit gated per sample takes besides its own arguments. */
+export interface GatedArgs {
+  /** Groups G of the inner channels the gate decides on; G must divide them. */
+  groups: number;
+  /** The registered mechanism whose gate decides (see `mechanisms`). */
+  mechanism: string;
+  /** Channels of the gate's hidden layers (default: the mechanism's, from the unit's input channels). */
+  gateWidth?: number;
+  /** The registered decision form (see `decisionForms`; default `nested`). */
+  decisions?: string;
+}
+
 /**
  * What a unit gated per sample (a residual block, a dense unit) tells the shared routing about itself. The
  * unit owns its layers; `routeUnit` owns the gate's decisions, the split of the batch, the cost records and
