@@ -13,6 +13,7 @@ import {
   type CheckpointInfo,
 } from '../checkpoint/checkpoint.js';
 import { createModel, models, type ModelArgs } from '../models/zoo.js';
+import { isGateWeight } from '../route/mechanisms.js';
 import type { Network } from '../models/network.js';
 import { DynnError } from '../util/errors.js';
 import { tail } from '../data/imageset.js';
@@ -95,9 +96,6 @@ export function buildModel(name: string, args: ModelArgs, what: string): Network
   }
 }
 
-/** A per-sample gate's weights: `<unit>.gate.*` (see route/). */
-const GATE_WEIGHT = /\.gate\./;
-
 /**
  * Refuses a checkpoint whose weights and config disagree on whether the model is dynamic (gates inside that
  * decide per sample), saying so rather than listing every missing or unexpected weight: a dynamic model's
@@ -105,7 +103,7 @@ const GATE_WEIGHT = /\.gate\./;
  * static one as a dynamic network (it has no gates).
  */
 export function checkDynamicMatch(dir: string, checkpoint: { config: { model: string; args: Record<string, unknown> }; weights: { name: string }[] }, model: Network): void {
-  const gates = checkpoint.weights.filter((w) => GATE_WEIGHT.test(w.name)).map((w) => w.name);
+  const gates = checkpoint.weights.filter((w) => isGateWeight(w.name)).map((w) => w.name);
   const { model: name, args } = checkpoint.config;
   if (gates.length && !model.gated) {
     throw new DynnError(
