@@ -46,6 +46,7 @@ export function trainOptionsFrom(o: Opts) {
     modelArgs: {
       groups: numberOption(o.groups, 'groups', { int: true, min: 1 }),
       dynamic: o.dynamic === undefined ? undefined : String(o.dynamic),
+      decisions: o.decisions === undefined ? undefined : String(o.decisions),
       gateWidth: numberOption(o.gateWidth, 'gate-width', { int: true, min: 1 }),
     },
     flopsTarget: numberOption(o.flopsTarget, 'flops-target', { min: Number.MIN_VALUE, max: 1 }),
@@ -161,12 +162,14 @@ async function gatedSweepCommand(run: string, o: Opts, io: Io): Promise<void> {
     const data = await loadDataset(dataset, { dataDir: o.dataDir as string | undefined, testLimit: numberOption(o.testLimit, 'test-limit', { int: true, min: 1 }) });
     checkDataFits(model, data.test.height, data.test.width, data.test.channels, dataset);
     const s = routedSweep(model, data.test, thresholds, { noLatency: o.latency === false });
+    const gates = await gatesInfo(model);
     if (o.json) {
-      const out = { model: model.config.model, dynamic: model.config.args.dynamic, dataset, testSamples: data.test.count, classNames: data.classNames, ...s };
+      const out = { model: model.config.model, dynamic: model.config.args.dynamic, ...gates, dataset, testSamples: data.test.count, classNames: data.classNames, ...s };
       io.out(JSON.stringify(out, null, 2) + '\n');
       return;
     }
     io.out(`${model.config.model} with ${String(model.config.args.dynamic)} gates on ${dataset} (${data.test.count} test samples); the backbone alone: ${pct(s.full.accuracy)}, ${ms(s.full.latencyMs.batch64)} ms @64\n`);
+    io.out(`${gates.note}\n`);
     io.out(
       table(
         ['threshold', 'accuracy', 'FLOPs ratio', 'least', 'most', 'ms @1', 'ms @64'],
@@ -177,6 +180,17 @@ async function gatedSweepCommand(run: string, o: Opts, io: Io): Promise<void> {
   } finally {
     model.dispose();
   }
+}
+
+/** How a dynamic model's gates decide and run, for `info` and `sweep`: channel decisions run masked, and say so. */
+async function gatesInfo(model: Network): Promise<{ decisions: string; execution: 'sliced' | 'masked'; note: string }> {
+  const { decisionForms } = await import('../route/unit.js');
+  const decisions = String(model.config.args.decisions ?? 'nested');
+  const masked = decisionForms.get(decisions).masked;
+  const note = masked
+    ? `${decisions} decisions, executed masked: every channel is computed, then multiplied by the decisions; FLOPs count only the channels on (as the paper reports), times are the masked ones`
+    : `${decisions} decisions: skipped channels are not computed (the batch split by route, sliced convolutions)`;
+  return { decisions, execution: masked ? 'masked' : 'sliced', note };
 }
 
 function checkDataFits(model: Network, h: number, w: number, c: number, dataset: string): void {
@@ -216,6 +230,7 @@ export async function infoCommand(run: string, o: Opts, io: Io): Promise<void> {
         layers: c.layers,
       })),
       ...(exits ? { exits: exits.exits } : {}),
+      ...(model.gated ? { gates: await gatesInfo(model) } : {}),
     };
     if (o.json) {
       io.out(JSON.stringify(info, null, 2) + '\n');
@@ -224,7 +239,9 @@ export async function infoCommand(run: string, o: Opts, io: Io): Promise<void> {
     io.out(
       `${info.model}  ${JSON.stringify(info.args)}\n` +
         `trained ${info.epochs} epoch(s) on ${info.dataset}, seed ${info.seed}, dynn ${info.dynnVersion}; ${si(info.parameters)} parameters\n` +
-        `throttleable blocks: ${info.blocks.map((b) => (b.kind === 'width' ? `${b.name} (D=${b.groups})` : `${b.name} (depth, stage ${b.stage})`)).join(', ')}\n\n`,
+        `throttleable blocks: ${info.blocks.map((b) => (b.kind === 'width' ? `${b.name} (D=${b.groups})` : `${b.name} (depth, stage ${b.stage})`)).join(', ')}\n` +
+        (info.gates ? `per-sample gates (${String(model.config.args.dynamic)}): ${info.gates.note}\n` : '') +
+        '\n',
     );
     io.out(table(['u', 'MACs', 'FLOPs', 'FLOPs ratio', 'active params'], info.cost.map((c) => [c.u, si(c.macs), si(c.flops), c.flopsRatio.toFixed(3), si(c.params)])));
     const layerNames = costs[costs.length - 1].layers.filter((l) => l.macs > 0).map((l) => l.name);

@@ -48,7 +48,12 @@ test('dynamic options: clear errors before any training', async () => {
   const cases: [string[], RegExp][] = [
     [['--model', 'resnet38', '--dynamic', 'nope'], /unknown mechanism "nope"; expected one of acs-dg, acs-gn/],
     [['--model', 'resnet38', '--dynamic', 'acs-dg', '--gate-width', '6'], /s0\.b0\.gate: an acs-dg gate's width \(gateWidth\) must be a power of two >= 2, as its DGConv layers need, got 6/],
-    [['--model', 'vgg-w', '--dynamic', 'acs-gn'], /--dynamic acs-gn needs a model with gated blocks; vgg-w has none \(expected one of resnet38\)/],
+    [['--model', 'vgg-w', '--dynamic', 'acs-gn'], /--dynamic acs-gn needs a model with a gated form; vgg-w has none \(expected one of densenet41, densenet53, resnet38\)/],
+    [['--model', 'densenet-w', '--dynamic', 'acs-dg'], /--dynamic acs-dg needs a model with a gated form; densenet-w has none \(expected one of densenet41, densenet53, resnet38\)/],
+    [['--model', 'densenet41', '--dynamic', 'acs-dg', '--gate-width', '6'], /d0\.u0\.gate: an acs-dg gate's width \(gateWidth\) must be a power of two >= 2, as its DGConv layers need, got 6/],
+    [['--model', 'densenet41', '--dynamic', 'acs-gn', '--groups', '5'], /d0\.u0: 128 inner channels do not split into 5 groups/],
+    [['--model', 'densenet41', '--decisions', 'channel'], /decisions \(--decisions channel\) needs a dynamic model \(--dynamic NAME\)/],
+    [['--model', 'densenet41', '--dynamic', 'acs-gn', '--decisions', 'each'], /unknown decision form "each"; expected one of channel, nested/],
     [['--model', 'resnet38', '--dynamic', 'acs-gn', '--flops-target', '0'], /--flops-target must be a number in \(0, 1\], got 0/],
     [['--model', 'resnet38', '--dynamic', 'acs-gn', '--flops-target', '1.5'], /--flops-target must be a number in \(0, 1\], got 1.5/],
     [['--model', 'vgg-w', '--pretrain-epochs', '1'], /pretrainEpochs needs a dynamic model \(--dynamic NAME\); vgg-w has no gates/],
@@ -113,7 +118,8 @@ test('dynn models lists the per-sample mechanisms and marks the models that take
   assert.match(io.stdout(), /per-sample mechanisms \(dynn train --dynamic NAME\)[\s\S]*acs-dg[\s\S]*acs-gn/);
   const json = captureIo();
   assert.equal(await runCli(['models', '--json'], json), 0);
-  assert.deepEqual(JSON.parse(json.stdout()).filter((m: { dynamic: boolean }) => m.dynamic).map((m: { name: string }) => m.name), ['resnet38']);
+  assert.deepEqual(JSON.parse(json.stdout()).filter((m: { dynamic: boolean }) => m.dynamic).map((m: { name: string }) => m.name), ['densenet41', 'densenet53', 'resnet38']);
+  assert.match(io.stdout(), /densenet41 \(--dynamic\)[\s\S]*densenet53 \(--dynamic\)/);
 });
 
 test('dynn report on a dynamic run with its threshold sweep saved beside it draws the backbone’s u-curve', async () => {
@@ -136,5 +142,56 @@ test('a dynamic checkpoint edited into a static one fails on load, naming the ga
   fs.writeFileSync(file, JSON.stringify(manifest));
   const io = captureIo();
   assert.equal(await runCli(['info', edited], io), 1);
-  assert.match(io.stderr(), /weights do not match the model: .*gate/);
+  assert.match(io.stderr(), /edited: the checkpoint holds the per-sample gates of a dynamic model \(s0\.b0\.gate\.[a-z0-9.]+ and \d+ more\) but its config builds a static resnet38 \(no dynamic mechanism\): a dynamic model's checkpoint cannot load as a static one/);
+  assert.doesNotMatch(io.stderr(), /\n\s+at /);
+});
+
+test('a static checkpoint whose config says dynamic fails on load and on resume, saying it has no gates; calibrate refuses a dynamic run', async () => {
+  const stripped = path.join(tmp, 'stripped');
+  fs.cpSync(run, stripped, { recursive: true });
+  const file = path.join(stripped, 'checkpoint.json');
+  const manifest = JSON.parse(fs.readFileSync(file, 'utf8'));
+  manifest.weights.arrays = manifest.weights.arrays.filter((a: { name: string }) => !a.name.includes('.gate.'));
+  delete manifest.optimizer;
+  fs.writeFileSync(file, JSON.stringify(manifest));
+  const message = /stripped: its config builds resnet38 with acs-gn gates, but the checkpoint holds no gate weights: a static model's checkpoint cannot load as a dynamic one/;
+  for (const argv of [['info', stripped], ['train', '--resume', '--out', stripped, '--epochs', '3', '--workers', '0']]) {
+    const io = captureIo();
+    assert.equal(await runCli(argv, io), 1, argv.join(' '));
+    assert.match(io.stderr(), message, argv.join(' '));
+  }
+  const cal = captureIo();
+  assert.equal(await runCli(['calibrate', run, '--u', '0.5', '--samples', '16'], cal), 1);
+  assert.match(cal.stderr(), /acs is a dynamic model \(acs-gn gates\): its BatchNorm rows hold statistics per route, which calibrating at fixed widths would overwrite/);
+});
+
+test('a static run resumed with --dynamic is refused before any training, naming the option and that the run is static', async () => {
+  const plain = path.join(tmp, 'plain');
+  const io = captureIo();
+  assert.equal(await runCli(['train', '--model', 'mlp-w', ...data, '--epochs', '1', '--out', plain], io), 0, io.stderr());
+  const again = captureIo();
+  assert.equal(await runCli(['train', '--resume', '--out', plain, '--dynamic', 'acs-gn', '--epochs', '2', '--workers', '0'], again), 1);
+  assert.match(again.stderr(), /cannot resume .*plain: --dynamic acs-gn contradicts the run \(trained without it: a static model\)/);
+});
+
+test('densenet41 with acs-gn gates trains through the CLI, and its sweep reports every unit’s gate and says how it runs', async () => {
+  const dense = path.join(tmp, 'dense');
+  const tiny = ['--dataset', 'synthetic', '--train-limit', '8', '--test-limit', '8', '--workers', '0', '--batch-size', '8'];
+  const io = captureIo();
+  assert.equal(await runCli(['train', '--model', 'densenet41', '--dynamic', 'acs-gn', ...tiny, '--epochs', '1', '--out', dense, '--json'], io), 0, io.stderr());
+  const { meta } = JSON.parse(io.stdout());
+  assert.ok(meta.history[0].gated.flopsRatio > 0);
+  const sweep = captureIo();
+  assert.equal(await runCli(['sweep', dense, '--test-limit', '8', '--thresholds', '0,1', '--no-latency', '--json'], sweep), 0, sweep.stderr());
+  const s = JSON.parse(sweep.stdout());
+  assert.equal(s.decisions, 'nested');
+  assert.equal(s.execution, 'sliced');
+  const [, open, closed] = s.points;
+  assert.equal(Object.keys(open.skipRates).length, 18, 'one gate per 3x3 convolution of densenet41');
+  assert.ok(Math.abs(open.flopsRatio - (1 + open.gateShare)) < 1e-6, 'threshold 0 runs every group: the backbone plus the gates');
+  assert.ok(Object.values(closed.skipRates).every((r) => r === 1));
+  assert.ok(closed.flopsRatio < 0.5, `threshold 1 leaves the transitions, the stem, the head and the gates (${closed.flopsRatio})`);
+  const info = captureIo();
+  assert.equal(await runCli(['info', dense], info), 0, info.stderr());
+  assert.match(info.stdout(), /per-sample gates \(acs-gn\): nested decisions: skipped channels are not computed/);
 });

@@ -43,15 +43,25 @@ export interface DenseUnitArgs {
  * and the active groups of the new ones, so no channel is padded or masked. Width-throttled, the widthwise
  * block is keyed by `<unit>.conv2` (the 3x3 reports it, the 1x1 follows it).
  */
-export class DenseUnit extends Composite<DenseUnitArgs> {
-  readonly className = 'DenseUnit';
+export class DenseUnit<A extends DenseUnitArgs = DenseUnitArgs> extends Composite<A> {
+  readonly className: string = 'DenseUnit';
+  /** BN-ReLU-1x1-BN-ReLU-3x3: what computes the new channels. */
+  protected branch: Layer[] = [];
 
   protected doBuild(inShape: Shape): Shape {
-    const { growth: k, bottleneck = 4 * k, groups = 0, levels } = this.args;
     if (inShape.length !== 3) throw new DynnError(`${this.name}: DenseUnit needs an [H, W, C] input, got [${inShape}]`);
+    this.branch = this.makeBranch();
+    this.layers = [...this.branch];
+    const [h, w, c] = this.buildChain(this.branch, inShape);
+    return [h, w, inShape[2] + c];
+  }
+
+  /** The branch's layers, `<unit>.bn1` ... `<unit>.conv2`; throttled, both convolutions follow `<unit>.conv2`'s groups. */
+  protected makeBranch(): Layer[] {
+    const { growth: k, bottleneck = 4 * k, groups = 0, levels } = this.args;
     const n = this.name;
     const g = groups ? { groups } : {};
-    this.layers = [
+    return [
       new BatchNorm(`${n}.bn1`, { levels }),
       new ReLU(`${n}.relu1`, {}),
       new Conv2D(`${n}.conv1`, { filters: bottleneck, kernelSize: 1, ...g, ...(groups ? { block: `${n}.conv2` } : {}) }),
@@ -59,8 +69,6 @@ export class DenseUnit extends Composite<DenseUnitArgs> {
       new ReLU(`${n}.relu2`, {}),
       new Conv2D(`${n}.conv2`, { filters: k, kernelSize: 3, ...g }),
     ];
-    const [h, w, c] = this.buildChain(this.layers, inShape);
-    return [h, w, inShape[2] + c];
   }
 
   override block(): BlockInfo | null {
@@ -74,22 +82,22 @@ export class DenseUnit extends Composite<DenseUnitArgs> {
   outSel(sel: ChannelSel, plan: Plan): ChannelSel {
     const k = this.args.growth;
     if (this.skipped(plan)) return concatSel(sel, { full: k, count: 0, index: null }, k);
-    return concatSel(sel, this.chainSel(this.layers, sel, plan), k);
+    return concatSel(sel, this.chainSel(this.branch, sel, plan), k);
   }
 
   call(x: tf.Tensor, sel: ChannelSel, ctx: RunContext) {
     if (this.skipped(ctx.plan)) return { y: x, sel: this.outSel(sel, ctx.plan) };
-    const { y } = this.runChain(this.layers, x, sel, ctx);
+    const { y } = this.runChain(this.branch, x, sel, ctx);
     return { y: tf.concat([x, y], 3), sel: this.outSel(sel, ctx.plan) };
   }
 
   freeze(sel: ChannelSel, plan: Plan): FrozenOp[] {
     if (this.skipped(plan)) return [];
-    return [{ op: 'concat', branch: this.chainFreeze(this.layers, sel, plan) }];
+    return [{ op: 'concat', branch: this.chainFreeze(this.branch, sel, plan) }];
   }
 
   cost(sel: ChannelSel, plan: Plan): LayerCost[] {
-    return this.skipped(plan) ? [] : this.chainCost(this.layers, sel, plan);
+    return this.skipped(plan) ? [] : this.chainCost(this.branch, sel, plan);
   }
 }
 

@@ -5,7 +5,9 @@ import { InputTooSmallError, type Layer } from '../layers/index.js';
 import type { ModelArgs, ModelDef } from './types.js';
 import { Network } from './network.js';
 import { GatedResidualBlock } from '../route/residual.js';
+import { GatedDenseUnit } from '../route/dense.js';
 import { mechanisms } from '../route/mechanisms.js';
+import { decisionForms } from '../route/unit.js';
 import { withExits } from './exits.js';
 
 export type { ModelArgs, ModelDef } from './types.js';
@@ -135,7 +137,7 @@ models.register('resnet38', {
       for (let i = 0; i < n; i++) {
         const args = { filters: w, strides: s > 0 && i === 0 ? 2 : 1, groups: D, levels: L };
         const name = `s${s}.b${i}`;
-        layers.push(dynamic ? new GatedResidualBlock(name, { ...args, mechanism: dynamic, gateWidth: a.gateWidth as number | undefined }) : new ResidualBlock(name, args));
+        layers.push(dynamic ? new GatedResidualBlock(name, { ...args, ...gatedArgs(a, dynamic) }) : new ResidualBlock(name, args));
       }
     });
     layers.push(new GlobalAvgPool('gap', {}), new Dense('classifier', { units: a.numClasses }));
@@ -143,10 +145,17 @@ models.register('resnet38', {
   },
 });
 
+/** The arguments a gated unit takes from the model's: its mechanism, gate width and decision form. */
+function gatedArgs(a: ModelArgs, mechanism: string) {
+  return { mechanism, gateWidth: a.gateWidth as number | undefined, decisions: a.decisions as string | undefined };
+}
+
 /**
  * DenseNet-BC for small images: a 3x3 stem to 2k channels, three dense blocks of `units` units (each
  * appending k channels, its bottleneck and new channels throttled in `groups` groups), BN-ReLU-1x1-avgpool
  * transitions halving the channels, a final BN-ReLU, GAP and the classifier. 6 * units + 4 weighted layers.
+ * With `args.dynamic` (models registered `dynamic`), every unit is a `GatedDenseUnit`: a gate per 3x3
+ * convolution picks each sample's bottleneck groups.
  */
 function denseNet(a: Parameters<ModelDef['layers']>[0], gated: boolean): Layer[] {
   const k = a.growth as number;
@@ -158,7 +167,9 @@ function denseNet(a: Parameters<ModelDef['layers']>[0], gated: boolean): Layer[]
   const layers: Layer[] = [new Conv2D('stem.conv', { filters: c, kernelSize: 3 })];
   for (let b = 0; b < 3; b++) {
     for (let i = 0; i < units; i++) {
-      layers.push(new DenseUnit(`d${b}.u${i}`, { growth: k, groups: D, gated, stage: b, levels: L }));
+      const name = `d${b}.u${i}`;
+      const dynamic = a.dynamic as string | undefined;
+      layers.push(dynamic ? new GatedDenseUnit(name, { growth: k, groups: D, levels: L, ...gatedArgs(a, dynamic) }) : new DenseUnit(name, { growth: k, groups: D, gated, stage: b, levels: L }));
       c += k;
     }
     if (b < 2) {
@@ -176,6 +187,7 @@ models.register('densenet41', {
   description:
     'DenseNet-BC, 3 blocks of 6 units, k=32: 40 weighted layers (stem, 36 unit convs, 2 transitions, classifier); widthwise-throttled new channels',
   defaults: { ...DENSE_DEFAULTS, units: 6 },
+  dynamic: true,
   layers: (a) => denseNet(a, false),
 });
 
@@ -183,6 +195,7 @@ models.register('densenet53', {
   description:
     'DenseNet-BC, 3 blocks of 8 units, k=32: 52 weighted layers (stem, 48 unit convs, 2 transitions, classifier); widthwise-throttled new channels',
   defaults: { ...DENSE_DEFAULTS, units: 8 },
+  dynamic: true,
   layers: (a) => denseNet(a, false),
 });
 
@@ -212,7 +225,17 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   if (!Number.isInteger(resolved.numClasses) || (resolved.numClasses as number) < 2) {
     throw new DynnError(`numClasses must be an integer >= 2, got ${resolved.numClasses}`);
   }
-  if (resolved.dynamic !== undefined) mechanisms.get(String(resolved.dynamic));
+  if (resolved.dynamic !== undefined) {
+    mechanisms.get(String(resolved.dynamic));
+    if (!def.dynamic) {
+      const able = models.list().filter((m) => models.get(m).dynamic);
+      throw new DynnError(`--dynamic ${resolved.dynamic} needs a model with a gated form; ${name} has none (expected one of ${able.join(', ')})`);
+    }
+  }
+  if (resolved.decisions !== undefined) {
+    if (resolved.dynamic === undefined) throw new DynnError(`decisions (--decisions ${resolved.decisions}) needs a dynamic model (--dynamic NAME)`);
+    decisionForms.get(String(resolved.decisions));
+  }
   if (resolved.gateWidth !== undefined && (!Number.isInteger(resolved.gateWidth) || (resolved.gateWidth as number) < 1)) {
     throw new DynnError(`gateWidth must be a positive integer, got ${resolved.gateWidth}`);
   }
@@ -233,11 +256,6 @@ export function createModel(name: string, args: ModelArgs = {}): Network {
   } catch (err) {
     if (!(err instanceof InputTooSmallError)) throw err;
     throw new DynnError(`model ${name} on ${inputShape.join('x')} inputs: ${err.message}`, { cause: err });
-  }
-  if (resolved.dynamic !== undefined && !model.gated) {
-    model.dispose();
-    const able = models.list().filter((m) => models.get(m).dynamic);
-    throw new DynnError(`--dynamic ${resolved.dynamic} needs a model with gated blocks; ${name} has none (expected one of ${able.join(', ')})`);
   }
   return model;
 }

@@ -184,7 +184,7 @@ export function straightThrough(q: tf.Tensor2D, k: number, width: number): tf.Te
 }
 
 /** 1 + p - stop_gradient(p): ones in value, p's gradient (TF.js has no stop-gradient op). */
-const onesWithGradient = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({
+export const onesWithGradient = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({
   value: tf.onesLike(args[0] as tf.Tensor),
   gradFunc: (dy: tf.Tensor) => dy,
 })) as (p: tf.Tensor) => tf.Tensor;

@@ -4,7 +4,7 @@ import { head } from '../data/imageset.js';
 import { checkUtilization, type GatingMode } from '../gating/gating.js';
 import { createModel } from '../models/zoo.js';
 import { calibrateBatchNorm } from '../train/calibrate.js';
-import type { TrainMeta } from '../train/run.js';
+import { checkDynamicMatch, type TrainMeta } from '../train/run.js';
 import { DynnError } from '../util/errors.js';
 
 export interface CalibrateRunOptions {
@@ -46,6 +46,11 @@ export async function calibrateRun(dir: string, options: CalibrateRunOptions): P
   const meta = ckpt.meta as unknown as TrainMeta;
   const model = createModel(ckpt.config.model, ckpt.config.args);
   try {
+    checkDynamicMatch(dir, ckpt, model);
+    if (model.gated) {
+      // Its gated units' rows are per-route statistics, gathered at the gates' threshold after every epoch.
+      throw new DynnError(`${dir} is a dynamic model (${String(ckpt.config.args.dynamic)} gates): its BatchNorm rows hold statistics per route, which calibrating at fixed widths would overwrite`);
+    }
     model.setWeights(ckpt.weights);
     const dataset = options.dataset ?? meta.dataset;
     if (!dataset) throw new DynnError(`${dir} records no data set; pass one`);

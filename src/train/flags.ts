@@ -16,7 +16,8 @@ const SCALING_FLAGS: [string, string][] = [
 
 /** The training options of dynamic models, whose gates decide per sample (`--dynamic NAME`). */
 const DYNAMIC_FLAGS: [string, string][] = [
-  ['--dynamic <mechanism>', 'gates inside the network decide per sample (acs-gn, or acs-dg with DGConv gates: adaptive channel skipping); see `dynn models`'],
+  ['--dynamic <mechanism>', 'gates inside the network decide per sample (acs-gn, or acs-dg with DGConv gates: adaptive channel skipping; resnet38, densenet41, densenet53); see `dynn models`'],
+  ['--decisions <form>', 'with --dynamic: nested (the first k groups, skipped channels not computed) or channel (one decision per channel, as the ACS paper: run masked, every channel computed; FLOPs count the channels on) [default: nested]'],
   ['--gate-width <n>', 'with --dynamic: channels of each gate’s hidden layers [default: the mechanism’s]'],
   ['--flops-target <r>', 'with --dynamic: mean executed FLOPs over the backbone’s, gates included, in (0, 1] [default: 0.5]'],
   ['--efficiency-weight <a>', 'with --dynamic: weight of (FLOPs ratio - target)^2 in the loss [default: the mechanism’s]'],

@@ -13,6 +13,7 @@ import {
   type CheckpointInfo,
 } from '../checkpoint/checkpoint.js';
 import { createModel, models, type ModelArgs } from '../models/zoo.js';
+import { isGateWeight } from '../route/mechanisms.js';
 import type { Network } from '../models/network.js';
 import { DynnError } from '../util/errors.js';
 import { tail } from '../data/imageset.js';
@@ -35,9 +36,10 @@ const commonArgs = {
 };
 const anyArg = z.union([count, z.string(), z.boolean(), z.array(z.union([count, z.string()]))]);
 
-/** The schema of one model argument, from the type of its default: a size, a name, a flag, or a list of one of them. */
+/** The schema of one model argument, from the type of its default: a size, a ratio, a name, a flag, or a list of one of them. */
 function argSchema(example: unknown): z.ZodType {
-  if (typeof example === 'number') return count;
+  // A fractional default (DenseNet's compression 0.5) is a ratio, not a size.
+  if (typeof example === 'number') return Number.isInteger(example) ? count : z.number().nonnegative();
   if (typeof example === 'string') return z.string();
   if (typeof example === 'boolean') return z.boolean();
   if (Array.isArray(example) && example.length > 0) return z.array(argSchema(example[0]));
@@ -94,6 +96,25 @@ export function buildModel(name: string, args: ModelArgs, what: string): Network
   }
 }
 
+/**
+ * Refuses a checkpoint whose weights and config disagree on whether the model is dynamic (gates inside that
+ * decide per sample), saying so rather than listing every missing or unexpected weight: a dynamic model's
+ * checkpoint cannot load as a static network (its gates and per-route statistics would be dropped), nor a
+ * static one as a dynamic network (it has no gates).
+ */
+export function checkDynamicMatch(dir: string, checkpoint: { config: { model: string; args: Record<string, unknown> }; weights: { name: string }[] }, model: Network): void {
+  const gates = checkpoint.weights.filter((w) => isGateWeight(w.name)).map((w) => w.name);
+  const { model: name, args } = checkpoint.config;
+  if (gates.length && !model.gated) {
+    throw new DynnError(
+      `${dir}: the checkpoint holds the per-sample gates of a dynamic model (${gates[0]}${gates.length > 1 ? ` and ${gates.length - 1} more` : ''}) but its config builds a static ${name} (no dynamic mechanism): a dynamic model's checkpoint cannot load as a static one`,
+    );
+  }
+  if (!gates.length && model.gated) {
+    throw new DynnError(`${dir}: its config builds ${name} with ${String(args.dynamic)} gates, but the checkpoint holds no gate weights: a static model's checkpoint cannot load as a dynamic one`);
+  }
+}
+
 /** Writes a run's checkpoint (weights, optimizer state, metadata) atomically. */
 export async function saveRun(dir: string, model: Network, meta: TrainMeta, optimizer?: Optimizer): Promise<void> {
   await saveCheckpoint(dir, {
@@ -121,6 +142,7 @@ export async function loadRun(dir: string): Promise<LoadedRun> {
   await checkDataFiles(dir);
   const model = buildModel(info.config.model, checkModelArgs(info, file), dir);
   try {
+    checkDynamicMatch(dir, info, model);
     const ckpt = await loadCheckpoint(dir, {
       model: info.config.model,
       weights: model.weights().map((w) => ({ name: w.name, shape: w.variable.shape })),

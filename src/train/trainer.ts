@@ -18,7 +18,7 @@ import { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor
 import { checkOptimizer, Optimizer, type OptimizerName } from './optimizer.js';
 import { checkLrSchedule, checkUSchedule, learningRate, sampleU, type LrSchedule, type USchedule } from './schedule.js';
 import { VERSION } from '../version.js';
-import { buildModel, checkRunDir, loadRun, saveRun, type EpochRecord, type ResumePoint, type TrainMeta } from './run.js';
+import { buildModel, checkDynamicMatch, checkRunDir, loadRun, saveRun, type EpochRecord, type ResumePoint, type TrainMeta } from './run.js';
 import { optionFlag } from './flags.js';
 import type { GateEstimator, Plan } from '../layers/types.js';
 import { flatLayout, type StepSetup, type StepSpec } from './step.js';
@@ -191,8 +191,9 @@ function resumeOptions(options: TrainOptions, run: ResumePoint, dir: string): Tr
   }
   for (const [key, value] of Object.entries(options.modelArgs ?? {})) {
     if (value === undefined || sameOption(key, value, run.args[key])) continue;
-    const flag = key === 'groups' ? '--groups' : `modelArgs.${key}`;
-    conflicts.push(`${flag} ${show(value)} contradicts the run (trained with ${show(run.args[key])})`);
+    const flag = optionFlag(key);
+    // A static run resumed with --dynamic (or the reverse) would need other weights: say which it is.
+    conflicts.push(`${flag.startsWith('--') ? flag : `modelArgs.${key}`} ${show(value)} contradicts the run (${run.args[key] === undefined ? `trained without it${key === 'dynamic' ? ': a static model' : ''}` : `trained with ${show(run.args[key])}`})`);
   }
   if (conflicts.length) {
     throw new DynnError(`cannot resume ${dir}: ${conflicts.join('; ')}; leave ${conflicts.length > 1 ? 'them' : 'it'} out to continue the run as recorded, or start a new run`);
@@ -381,6 +382,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
 
   if (run && o.out) {
     try {
+      checkDynamicMatch(o.out, run.info, model);
       const ckpt = await loadCheckpoint(o.out, {
         model: run.info.config.model,
         weights: model.weights().map((w) => ({ name: w.name, shape: w.variable.shape })),

@@ -1,0 +1,181 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { DynnError } from '../util/errors.js';
+import { Registry } from '../util/registry.js';
+import type { ChannelSel, Layer, LayerCost, Routing, RunContext } from '../layers/index.js';
+import { dispatchTensor } from './tensor.js';
+import { nestedDecision, onesWithGradient, straightThrough } from './gates.js';
+import { gateName, mechanisms } from './mechanisms.js';
+
+/** What every unit gated per sample takes besides its own arguments. */
+export interface GatedArgs {
+  /** Groups G of the inner channels the gate decides on; G must divide them. */
+  groups: number;
+  /** The registered mechanism whose gate decides (see `mechanisms`). */
+  mechanism: string;
+  /** Channels of the gate's hidden layers (default: the mechanism's, from the unit's input channels). */
+  gateWidth?: number;
+  /** The registered decision form (see `decisionForms`; default `nested`). */
+  decisions?: string;
+}
+
+/**
+ * What a unit gated per sample (a residual block, a dense unit) tells the shared routing about itself. The
+ * unit owns its layers; `routeUnit` owns the gate's decisions, the split of the batch, the cost records and
+ * the losses, so a new gated unit is its layers, `runAt` and a cost per inner channel.
+ */
+export interface GatedUnit {
+  readonly name: string;
+  /** Plan key of the inner channels' groups (the widthwise block the gate throttles). */
+  readonly innerKey: string;
+  /** The unit's gate (see `mechanisms`), built on the unit's input. */
+  readonly gate: Layer;
+  /** Groups G of the inner channels, and channels per group. */
+  readonly groups: number;
+  readonly groupWidth: number;
+  /** The registered decision form (see `decisionForms`). */
+  readonly decisions: string;
+  /** MACs one inner channel costs a sample (every convolution it feeds or comes from). */
+  channelMacs(sel: ChannelSel): number;
+  /**
+   * The unit's routed work on the rows of `x`, its inner channels as `inner.plan` says, multiplied by
+   * `factor` ([rows, 1, 1, active inner channels]) when given.
+   */
+  runAt(x: tf.Tensor, sel: ChannelSel, ctx: RunContext, inner: RunContext, factor?: tf.Tensor): tf.Tensor;
+}
+
+/** The gate's own cost: it runs at full width whatever the plan. */
+export function gateCost(gate: Layer, sel: ChannelSel): LayerCost[] {
+  return gate.cost(sel, { u: 1, groups: new Map(), depth: new Map(), level: 0 }).map((c) => ({ ...c, gate: true }));
+}
+
+/** `ctx` with the unit's first `k` inner groups active, at BatchNorm row k (statistics per route). */
+export function innerContext(ctx: RunContext, unit: Pick<GatedUnit, 'innerKey'>, k: number): RunContext {
+  const groups = new Map(ctx.plan.groups).set(unit.innerKey, Int32Array.from({ length: k }, (_, i) => i));
+  return { ...ctx, plan: { ...ctx.plan, groups, level: k } };
+}
+
+/** What a decision form gets: the unit, its logits and what a sample pays for the gate and per channel. */
+export interface Deciding {
+  unit: GatedUnit;
+  /** The rows the unit's routed work runs on (the unit's input, or what it computes from it for every route). */
+  input: tf.Tensor;
+  sel: ChannelSel;
+  ctx: RunContext;
+  routing: Routing;
+  logits: tf.Tensor2D;
+  gateMacs: number;
+  channelMacs: number;
+}
+
+/** How a gate's logits become per-sample decisions, and how they run. */
+export interface DecisionForm {
+  /** One line for the docs and `dynn info`. */
+  description: string;
+  /** Whether the decisions run as a mask over every inner channel (so they save FLOPs on paper only). */
+  masked: boolean;
+  /** Logits the gate gives for G groups of `width` channels. */
+  outputs(groups: number, width: number): number;
+  /** Decides, records decisions and costs, runs the unit; returns the routed work's output in input order. */
+  run(d: Deciding): tf.Tensor;
+}
+
+/** Gate decision forms by name (`--decisions NAME`). */
+export const decisionForms = new Registry<DecisionForm>('decision form');
+
+decisionForms.register('nested', {
+  description: 'nested groups (the first k of G): skipped channels are not computed (sliced convolutions, the batch split by k)',
+  masked: false,
+  outputs: (groups) => groups,
+  run({ unit, input, sel, ctx, routing, logits, gateMacs, channelMacs }) {
+    const G = unit.groups;
+    const width = unit.groupWidth;
+    const groupMacs = width * channelMacs;
+    const { q, counts, surrogate } = nestedDecision(unit.name, logits, routing);
+    routing.decide(unit.name, counts, G);
+    routing.spend(Array.from(counts, (k) => gateMacs + k * groupMacs));
+    routing.expect(tf.add(gateMacs, tf.mul(tf.sum(q, 1), groupMacs)) as tf.Tensor1D);
+    if (routing.mode === 'masked') {
+      // The field's form, for measurement only: every inner channel computed, then multiplied by the mask.
+      const mask = tf.tensor4d(Float32Array.from({ length: counts.length * G * width }, (_, i) => (Math.floor((i % (G * width)) / width) < counts[Math.floor(i / (G * width))] ? 1 : 0)), [counts.length, 1, 1, G * width]);
+      return unit.runAt(input, sel, ctx, innerContext(ctx, unit, G), mask);
+    }
+    const soft = routing.mode === 'soft';
+    return dispatchTensor(input, counts, (k, part, rows) => {
+      const child = { ...ctx, routing: routing.child(rows) };
+      const st = soft && k > 0 ? straightThrough(tf.gather(surrogate, rows) as tf.Tensor2D, k, width) : undefined;
+      return unit.runAt(part, sel, child, innerContext(child, unit, k), st);
+    });
+  },
+});
+
+decisionForms.register('channel', {
+  description:
+    'one decision per inner channel (its own sigmoid against the threshold, as the ACS paper): executed as a mask, every channel computed then multiplied; FLOPs count the channels on, time is the masked one',
+  masked: true,
+  outputs: (groups, width) => groups * width,
+  run({ unit, input, sel, ctx, routing, logits, gateMacs, channelMacs }) {
+    const [n, C] = logits.shape;
+    // Channel c is on when sigmoid(z_c) > r: r the threshold (hard, masked), uniform per sample and channel
+    // (soft, sigmoid estimator) or, with gumbel, z_c + logistic noise > 0 (the same distribution).
+    let surrogate = tf.sigmoid(logits) as tf.Tensor2D;
+    let cut: Float32Array;
+    if (routing.mode === 'soft') {
+      const u = new Float32Array(n * C);
+      for (let c = 0; c < C; c++) routing.random(`${unit.name}#${c}`).forEach((v, i) => (u[i * C + c] = v));
+      if (routing.estimator === 'gumbel') {
+        const noise = u.map((v) => {
+          const w = Math.min(Math.max(v, 1e-6), 1 - 1e-6);
+          return Math.log(w) - Math.log(1 - w);
+        });
+        surrogate = tf.sigmoid(tf.add(logits, tf.tensor2d(noise, [n, C]))) as tf.Tensor2D;
+        cut = new Float32Array(n * C).fill(0.5);
+      } else cut = u;
+    } else cut = new Float32Array(n * C).fill(routing.threshold);
+    const s = surrogate.dataSync();
+    const on = Float32Array.from(s, (v, i) => (v > cut[i] ? 1 : 0));
+    const counts = new Int32Array(n);
+    on.forEach((v, i) => (counts[Math.floor(i / C)] += v));
+    routing.decide(unit.name, counts, C);
+    routing.spend(Array.from(counts, (k) => gateMacs + k * channelMacs));
+    routing.expect(tf.add(gateMacs, tf.mul(tf.sum(tf.sigmoid(logits), 1), channelMacs)) as tf.Tensor1D);
+    let factor: tf.Tensor = tf.tensor2d(on, [n, C]);
+    // Straight through: the mask in value, the surrogate's gradient for every channel (each is computed).
+    if (routing.mode === 'soft') factor = tf.add(factor, tf.sub(onesWithGradient(surrogate), 1));
+    return unit.runAt(input, sel, ctx, innerContext(ctx, unit, unit.groups), tf.reshape(factor, [n, 1, 1, C]));
+  },
+});
+
+/**
+ * A gated unit's routed work on the current batch: its gate reads `x` (the unit's input), the decision form
+ * decides per sample, records what each sample ran (gate included) and runs the unit on `input` (`x` unless
+ * the unit computes something for every route first). Call only with routing in a mode other than `full`.
+ */
+export function routeUnit(unit: GatedUnit, x: tf.Tensor, sel: ChannelSel, ctx: RunContext, input: tf.Tensor = x): tf.Tensor {
+  const routing = ctx.routing;
+  if (!routing || routing.mode === 'full') throw new DynnError(`${unit.name}: routeUnit needs gates that decide`);
+  const logits = unit.gate.call(x, sel, ctx).y as tf.Tensor2D;
+  const gateMacs = gateCost(unit.gate, sel).reduce((a, c) => a + c.macs, 0);
+  return decisionForms.get(unit.decisions).run({ unit, input, sel, ctx, routing, logits, gateMacs, channelMacs: unit.channelMacs(sel) });
+}
+
+/** Builds a unit's gate from its mechanism, on the unit's input shape, with the decision form's outputs. */
+export function buildGate(unit: Pick<GatedUnit, 'name' | 'groups' | 'groupWidth' | 'decisions'>, mechanism: string, gateWidth: number | undefined, inShape: number[], seed: number): Layer {
+  const m = mechanisms.get(mechanism);
+  const outputs = decisionForms.get(unit.decisions).outputs(unit.groups, unit.groupWidth);
+  const gate = m.gate(gateName(unit.name), { outputs, width: gateWidth ?? m.defaultWidth(inShape[2]) });
+  gate.build(inShape, seed);
+  return gate;
+}
+
+/**
+ * A gated unit's costs at a plan: its own (`own`, the layers the gate decides on marked `routed`, the others
+ * as they are) and its gate's, at full width. Per sample, `routeUnit` records what really ran.
+ */
+export function routedCost(unit: GatedUnit, sel: ChannelSel, own: LayerCost[], fixed: Set<string>): LayerCost[] {
+  return [...own.map((c) => (fixed.has(c.name) ? c : { ...c, routed: unit.name })), ...gateCost(unit.gate, sel).map((c) => ({ ...c, routed: unit.name }))];
+}
+
+/** Checks a gated unit's inner channels split into its groups. */
+export function checkGroups(name: string, inner: number, groups: number): void {
+  if (!Number.isInteger(groups) || groups < 1 || inner % groups !== 0) throw new DynnError(`${name}: ${inner} inner channels do not split into ${groups} groups`);
+}
