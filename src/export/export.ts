@@ -95,7 +95,7 @@ function resolveLevels(model: Network, levels: number[] | undefined): OnnxLevel[
 }
 
 /** HWIO (TF.js) to OIHW (ONNX) for a [kh, kw, ci, co] kernel. */
-function hwioToOihw(data: Float32Array, [kh, kw, ci, co]: number[]): Float32Array {
+export function hwioToOihw(data: Float32Array, [kh, kw, ci, co]: number[]): Float32Array {
   const out = new Float32Array(data.length);
   for (let h = 0; h < kh; h++)
     for (let w = 0; w < kw; w++)
@@ -115,7 +115,7 @@ function selBeforeStage(segments: ReturnType<typeof exitSegments>['segments'], k
  * Nested `If`s in `host` that pick one of `conds.length` branches: the last i whose `conds[i]` holds, else
  * branch 0 (`conds[0]` is unused). Results are named `outs` exactly when `exact`, else after them; returns the names.
  */
-function selectBranch(
+export function selectBranch(
   host: GraphBuilder,
   conds: string[],
   branch: (i: number) => GraphMsg,

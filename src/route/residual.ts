@@ -45,7 +45,7 @@ export class GatedResidualBlock extends ResidualBlock<GatedResidualBlockArgs> {
   }
 
   /** The plan of `k` active inner groups (the first k: decisions nest), at BatchNorm row k. */
-  private planOf(plan: Plan, k: number): Plan {
+  planOf(plan: Plan, k: number): Plan {
     return { ...plan, groups: new Map(plan.groups).set(this.innerKey, Int32Array.from({ length: k }, (_, i) => i)), level: k };
   }
 
