@@ -164,7 +164,7 @@ export function selectBranch(
  */
 export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExport {
   if (model.gated) {
-    throw new DynnError(`${model.config.model} with ${String(model.config.args.dynamic)} gates decides per sample inside the network; such models do not export to ONNX yet (that needs export by segments)`);
+    throw new DynnError(`${model.config.model} with ${String(model.config.args.dynamic)} gates decides per sample inside the network; it exports by segments to a folder (exportSegments, \`dynn export RUN --onnx DIR\`), not as one file`);
   }
   const gating = options.gating ?? 'nested';
   checkGatingMode(gating);
