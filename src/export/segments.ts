@@ -34,7 +34,7 @@ const nchw = (s: Shape): number[] => (s.length === 3 ? [s[2], s[0], s[1]] : [...
 const batchDims = (s: Shape): (number | string)[] => ['batch', ...nchw(s)];
 
 /** One ONNX model of the folder, whose initializers are the named weights in ONNX layout. */
-class SegmentGraph {
+export class SegmentGraph {
   readonly names = new NameScope();
   readonly g: GraphBuilder;
   readonly dims = new Map<string, number[]>();
@@ -94,6 +94,34 @@ function lowerBody(block: GatedResidualBlock, x: string, sel: ChannelSel, k: num
 }
 
 /**
+ * The body graph of a gated block: inputs `x` and `k`, an `If` chain over k = 0..G (branch k when
+ * k >= k - 0.5, so a float k needs no exact comparison). With `only`, the graph of that one k instead
+ * (input `x` alone, no `If`): the one-graph-per-k layout `bench/segments.ts` compares it with.
+ */
+export function bodyGraph(model: Network, block: GatedResidualBlock, sel: ChannelSel, full: Plan, only?: number): SegmentGraph {
+  const G = block.args.groups;
+  const gateLayer = block.children().find((l) => l.name === `${block.name}.gate`);
+  const body = new SegmentGraph(`${block.name}_body`, model, block.children().filter((l) => l !== gateLayer));
+  body.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(block.inShape)));
+  const outInfo = (name: string) => floatValueInfo(name, batchDims(block.outShape));
+  if (only !== undefined) {
+    body.g.nodeTo('Identity', [lowerBody(block, SEGMENT_IO.x, sel, only, full, (plan) => body.ctx(plan, `k${only}`))], SEGMENT_IO.y);
+    body.g.output(outInfo(SEGMENT_IO.y));
+    return body;
+  }
+  body.g.input(floatValueInfo(SEGMENT_IO.k, [], `inner groups to run, 0..${G}`));
+  const conds = Array.from({ length: G + 1 }, (_, k) => (k === 0 ? '' : body.g.node('GreaterOrEqual', [SEGMENT_IO.k, body.g.floatConst(`k_${k}`, [], [k - 0.5])], `at_least_${k}`)));
+  const branch = (k: number): GraphMsg => {
+    const g = new GraphBuilder(`groups_${k}`, body.names);
+    g.output(outInfo(lowerBody(block, SEGMENT_IO.x, sel, k, full, (plan) => body.ctx(plan, `k${k}`, g))));
+    return g.build(`${k} of ${G} inner groups`);
+  };
+  selectBranch(body.g, conds, branch, [SEGMENT_IO.y], true, outInfo, 'groups');
+  body.g.output(outInfo(SEGMENT_IO.y));
+  return body;
+}
+
+/**
  * Exports a network with per-sample gated blocks (`--dynamic acs-gn`) by segments: the runs of plain
  * layers between gated blocks (the stem, the head) as one graph each, and per gated block a gate graph
  * (`x` -> `logits`) and a body graph (`x`, `k` -> `y`). The body keeps the block's weights once, at full
@@ -144,19 +172,7 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
       gate.g.nodeTo(scale === 1 ? 'Identity' : 'Mul', scale === 1 ? [z] : [z, gate.g.floatConst('logit_scale', [], [scale])], SEGMENT_IO.logits);
       gate.g.output(floatValueInfo(SEGMENT_IO.logits, ['batch', G]));
 
-      const body = new SegmentGraph(`${block.name}_body`, model, block.children().filter((l) => l !== gateLayer));
-      body.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(block.inShape)));
-      body.g.input(floatValueInfo(SEGMENT_IO.k, [], `inner groups to run, 0..${G}`));
-      const outInfo = (name: string) => floatValueInfo(name, batchDims(block.outShape));
-      // Branch k is taken when k >= k - 0.5 (the last such), so the float k needs no exact comparison.
-      const conds = Array.from({ length: G + 1 }, (_, k) => (k === 0 ? '' : body.g.node('GreaterOrEqual', [SEGMENT_IO.k, body.g.floatConst(`k_${k}`, [], [k - 0.5])], `at_least_${k}`)));
-      const branch = (k: number): GraphMsg => {
-        const g = new GraphBuilder(`groups_${k}`, body.names);
-        g.output(outInfo(lowerBody(block, SEGMENT_IO.x, sel, k, full, (plan) => body.ctx(plan, `k${k}`, g))));
-        return g.build(`${k} of ${G} inner groups`);
-      };
-      selectBranch(body.g, conds, branch, [SEGMENT_IO.y], true, outInfo, 'groups');
-      body.g.output(outInfo(SEGMENT_IO.y));
+      const body = bodyGraph(model, block, sel, full);
       const { gateMacs, groupMacs } = block.unitMacs(sel);
       segments.push({
         kind: 'gated',
