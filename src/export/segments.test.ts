@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync, execFileSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -191,4 +192,18 @@ test('the folder is written atomically and refused when it exists, unless forced
   assert.deepEqual(readdirSync(tmp).filter((f) => f.includes('.tmp')), [], 'no temporary folder left');
   assert.throws(() => exportSegments(model, { threshold: 2 }), /threshold must be in \[0, 1\]/);
   model.dispose();
+});
+
+test('the ONNX checker (python3-onnx, full check) accepts every segment graph', async (t) => {
+  if (spawnSync('/usr/bin/python3', ['-c', 'import onnx'], { stdio: 'ignore' }).status !== 0) {
+    t.skip('python3-onnx is not installed (apt-get install python3-onnx)');
+    return;
+  }
+  const model = dynamicNet(centre);
+  const dir = path.join(tmp, 'checked');
+  await saveSegments(model, dir);
+  model.dispose();
+  const script = 'import onnx,sys\nfor f in sys.argv[1:]: onnx.checker.check_model(onnx.load(f), full_check=True)\nprint("ok")';
+  const files = readdirSync(dir).filter((f) => f.endsWith('.onnx')).map((f) => path.join(dir, f));
+  assert.equal(execFileSync('/usr/bin/python3', ['-c', script, ...files], { encoding: 'utf8' }).trim(), 'ok');
 });

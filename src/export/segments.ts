@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import type { Network } from '../models/network.js';
+import type { NamedArray, Network } from '../models/network.js';
 import type { Layer } from '../layers/layer.js';
 import { fullSel } from '../layers/select.js';
 import type { ChannelSel, Plan, Shape } from '../layers/types.js';
@@ -39,10 +39,11 @@ export class SegmentGraph {
   readonly g: GraphBuilder;
   readonly dims = new Map<string, number[]>();
 
-  constructor(name: string, model: Network, layers: Layer[]) {
+  /** `weights`: the network's (`getWeights()`, read once per export); only those of `layers` are stored. */
+  constructor(name: string, weights: NamedArray[], layers: Layer[]) {
     this.g = new GraphBuilder(name, this.names);
     const own = new Set(layers.flatMap((l) => l.weights().map((w) => w.name)));
-    for (const wt of model.getWeights()) {
+    for (const wt of weights) {
       if (!own.has(wt.name)) continue;
       const oihw = wt.shape.length === 4;
       const shape = oihw ? [wt.shape[3], wt.shape[2], wt.shape[0], wt.shape[1]] : wt.shape;
@@ -98,10 +99,10 @@ function lowerBody(block: GatedResidualBlock, x: string, sel: ChannelSel, k: num
  * k >= k - 0.5, so a float k needs no exact comparison). With `only`, the graph of that one k instead
  * (input `x` alone, no `If`): the one-graph-per-k layout `bench/segments.ts` compares it with.
  */
-export function bodyGraph(model: Network, block: GatedResidualBlock, sel: ChannelSel, full: Plan, only?: number): SegmentGraph {
+export function bodyGraph(weights: NamedArray[], block: GatedResidualBlock, sel: ChannelSel, full: Plan, only?: number): SegmentGraph {
   const G = block.args.groups;
   const gateLayer = block.children().find((l) => l.name === `${block.name}.gate`);
-  const body = new SegmentGraph(`${block.name}_body`, model, block.children().filter((l) => l !== gateLayer));
+  const body = new SegmentGraph(`${block.name}_body`, weights, block.children().filter((l) => l !== gateLayer));
   body.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(block.inShape)));
   const outInfo = (name: string) => floatValueInfo(name, batchDims(block.outShape));
   if (only !== undefined) {
@@ -138,6 +139,7 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
   const classNames = options.classNames ?? Array.from({ length: model.numClasses }, (_, i) => String(i));
   if (classNames.length !== model.numClasses) throw new DynnError(`${classNames.length} class names given for a model with ${model.numClasses} classes`);
   const full = model.plan(1);
+  const weights = model.getWeights();
   const files = new Map<string, Uint8Array>();
   const segments: SegmentEntry[] = [];
   let sel = fullSel(model.inputShape[2]);
@@ -154,7 +156,7 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
       return { file, weightsSha256 };
     };
     if (!(first instanceof GatedResidualBlock)) {
-      const sg = new SegmentGraph(`segment_${tag}`, model, layers);
+      const sg = new SegmentGraph(`segment_${tag}`, weights, layers);
       sg.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(first.inShape)));
       const y = lowerChain(layers, SEGMENT_IO.x, sel, sg.ctx(full, 'p')).y;
       sg.g.nodeTo('Identity', [y], SEGMENT_IO.y);
@@ -165,14 +167,14 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
       const block = first;
       const G = block.args.groups;
       const gateLayer = block.children().find((l) => l.name === `${block.name}.gate`)!;
-      const gate = new SegmentGraph(`${block.name}_gate`, model, [gateLayer]);
+      const gate = new SegmentGraph(`${block.name}_gate`, weights, [gateLayer]);
       gate.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(block.inShape)));
       const z = lowerChain(gateLayer.children(), SEGMENT_IO.x, sel, gate.ctx(full, 'gate')).y;
       const scale = (gateLayer as Layer<{ logitScale?: number }>).args.logitScale ?? 1;
       gate.g.nodeTo(scale === 1 ? 'Identity' : 'Mul', scale === 1 ? [z] : [z, gate.g.floatConst('logit_scale', [], [scale])], SEGMENT_IO.logits);
       gate.g.output(floatValueInfo(SEGMENT_IO.logits, ['batch', G]));
 
-      const body = bodyGraph(model, block, sel, full);
+      const body = bodyGraph(weights, block, sel, full);
       const { gateMacs, groupMacs } = block.unitMacs(sel);
       segments.push({
         kind: 'gated',
