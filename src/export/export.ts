@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import type { Network } from '../models/network.js';
+import type { NamedArray, Network } from '../models/network.js';
 import { planToData, staticPlan } from '../models/network.js';
 import { exitCosts, exitSegments, type ExitHead } from '../models/exits.js';
 import { fullSel } from '../layers/select.js';
@@ -95,13 +95,33 @@ function resolveLevels(model: Network, levels: number[] | undefined): OnnxLevel[
 }
 
 /** HWIO (TF.js) to OIHW (ONNX) for a [kh, kw, ci, co] kernel. */
-export function hwioToOihw(data: Float32Array, [kh, kw, ci, co]: number[]): Float32Array {
+function hwioToOihw(data: Float32Array, [kh, kw, ci, co]: number[]): Float32Array {
   const out = new Float32Array(data.length);
   for (let h = 0; h < kh; h++)
     for (let w = 0; w < kw; w++)
       for (let i = 0; i < ci; i++)
         for (let o = 0; o < co; o++) out[((o * ci + i) * kh + h) * kw + w] = data[((h * kw + w) * ci + i) * co + o];
   return out;
+}
+
+/**
+ * Stores weights as top-level initializers named by their dynn names (convolution kernels in ONNX's OIHW
+ * layout, the rest as TF.js keeps them) and records their ONNX dims in `dims`.
+ */
+export function addWeights(g: GraphBuilder, weights: NamedArray[], dims: Map<string, number[]>): void {
+  for (const wt of weights) {
+    const oihw = wt.shape.length === 4;
+    const shape = oihw ? [wt.shape[3], wt.shape[2], wt.shape[0], wt.shape[1]] : wt.shape;
+    g.floatInit(wt.name, shape, oihw ? hwioToOihw(wt.data, wt.shape) : wt.data, oihw ? 'OIHW (TF.js HWIO transposed)' : undefined);
+    dims.set(wt.name, shape);
+  }
+}
+
+/** The weights digest of a graph (`digest.ts`), as stored in the metadata or the manifest. */
+export function weightsSha256(graph: GraphMsg): string {
+  const hash = createHash('sha256');
+  for (const chunk of weightsDigestChunks(graph)) hash.update(chunk);
+  return hash.digest('hex');
 }
 
 /** The channels entering stage `k` (the segment before exit k) at a plan. */
@@ -205,12 +225,7 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   main.input(floatValueInfo(ONNX_IO.u, [], 'utilization in (0, 1]; clamped to the exported levels'));
   if (staged) main.input(floatValueInfo(ONNX_IO.stage, [], `the stage to run, 0 to ${heads.length} (the exit it ends at), or -1 for the whole network`));
   const dims = new Map<string, number[]>();
-  for (const wt of [...model.getWeights(), ...(ctrl?.network.getWeights() ?? [])]) {
-    const oihw = wt.shape.length === 4;
-    const shape = oihw ? [wt.shape[3], wt.shape[2], wt.shape[0], wt.shape[1]] : wt.shape;
-    main.floatInit(wt.name, shape, oihw ? hwioToOihw(wt.data, wt.shape) : wt.data, oihw ? 'OIHW (TF.js HWIO transposed)' : undefined);
-    dims.set(wt.name, shape);
-  }
+  addWeights(main, [...model.getWeights(), ...(ctrl?.network.getWeights() ?? [])], dims);
 
   const scoresInfo = (name: string) => floatValueInfo(name, ['batch', model.numClasses]);
   const outInfo = (name: string, j: number) => (j === 0 ? scoresInfo(name) : floatValueInfo(name, ['batch', 'out_channels', 'out_height', 'out_width']));
@@ -274,8 +289,6 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   }
 
   const graph = main.build();
-  const hash = createHash('sha256');
-  for (const chunk of weightsDigestChunks(graph)) hash.update(chunk);
   const metadata: OnnxMetadata = {
     format: ONNX_FORMAT,
     dynnVersion: VERSION,
@@ -286,7 +299,7 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
     levels,
     ...(staged ? { exits: { count: segments.length, ...(options.exitPolicy ? { policy: options.exitPolicy } : {}) } } : {}),
     ...(controller ? { controller } : {}),
-    weightsSha256: hash.digest('hex'),
+    weightsSha256: weightsSha256(graph),
   };
   const bytes = encodeModel({
     ir_version: IR_VERSION,

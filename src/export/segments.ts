@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { NamedArray, Network } from '../models/network.js';
@@ -8,10 +8,9 @@ import type { ChannelSel, Plan, Shape } from '../layers/types.js';
 import { GatedResidualBlock } from '../route/residual.js';
 import { DynnError } from '../util/errors.js';
 import { VERSION } from '../version.js';
-import { hwioToOihw, selectBranch } from './export.js';
+import { addWeights, selectBranch, weightsSha256 } from './export.js';
 import { attr, floatValueInfo, GraphBuilder, NameScope } from './graph.js';
-import { lowerChain, type BranchContext } from './lower.js';
-import { weightsDigestChunks } from './digest.js';
+import { lowerChain, lowerResidual, type BranchContext } from './lower.js';
 import { encodeModel, IR_VERSION, OPSET_VERSION, type GraphMsg } from './onnx-proto.js';
 import { MANIFEST_FILE, SEGMENT_IO, SEGMENTS_FORMAT, type SegmentEntry, type SegmentsManifest } from './manifest.js';
 
@@ -43,13 +42,7 @@ export class SegmentGraph {
   constructor(name: string, weights: NamedArray[], layers: Layer[]) {
     this.g = new GraphBuilder(name, this.names);
     const own = new Set(layers.flatMap((l) => l.weights().map((w) => w.name)));
-    for (const wt of weights) {
-      if (!own.has(wt.name)) continue;
-      const oihw = wt.shape.length === 4;
-      const shape = oihw ? [wt.shape[3], wt.shape[2], wt.shape[0], wt.shape[1]] : wt.shape;
-      this.g.floatInit(wt.name, shape, oihw ? hwioToOihw(wt.data, wt.shape) : wt.data, oihw ? 'OIHW (TF.js HWIO transposed)' : undefined);
-      this.dims.set(wt.name, shape);
-    }
+    addWeights(this.g, weights.filter((w) => own.has(w.name)), this.dims);
   }
 
   ctx(plan: Plan, prefix: string, g: GraphBuilder = this.g): BranchContext {
@@ -59,10 +52,8 @@ export class SegmentGraph {
   /** The model's bytes and the weights digest of its initializers. */
   finish(doc: string): { bytes: Uint8Array; weightsSha256: string } {
     const graph = this.g.build();
-    const hash = createHash('sha256');
-    for (const chunk of weightsDigestChunks(graph)) hash.update(chunk);
     const bytes = encodeModel({ ir_version: IR_VERSION, opset_import: [{ domain: '', version: OPSET_VERSION }], producer_name: 'dynn', producer_version: VERSION, doc_string: doc, graph, metadata_props: [{ key: 'dynn.segmentOf', value: SEGMENTS_FORMAT }] });
-    return { bytes, weightsSha256: hash.digest('hex') };
+    return { bytes, weightsSha256: weightsSha256(graph) };
   }
 }
 
@@ -78,25 +69,17 @@ function splitLayers(model: Network): Layer[][] {
 }
 
 /**
- * The body of a gated block at k inner groups, as TF.js's `forwardAt` runs it: the shortcut at the full
- * plan, the main path at the block's plan of k groups (BatchNorm row k), relu(main + shortcut); k = 0 is
+ * The body of a gated block at k inner groups, as TF.js's `forwardAt` runs it in a routed pass: the
+ * shortcut at the full plan, the main path at the block's plan of k groups (BatchNorm row k); k = 0 is
  * relu(shortcut) alone.
  */
 function lowerBody(block: GatedResidualBlock, x: string, sel: ChannelSel, k: number, full: Plan, ctx: (plan: Plan) => BranchContext): string {
-  const n = block.name;
-  const kids = block.children().filter((l) => l.name !== `${n}.gate`);
-  const isShortcut = (l: Layer) => l.name === `${n}.proj` || l.name === `${n}.projbn`;
-  const shortLayers = kids.filter(isShortcut);
-  const c = ctx(full);
-  const short = shortLayers.length ? lowerChain(shortLayers, x, sel, c).y : x;
-  if (k === 0) return c.g.node('Relu', [short], `${c.prefix}/${n}`);
-  const main = lowerChain(kids.filter((l) => !isShortcut(l)), x, sel, ctx(block.planOf(full, k))).y;
-  return c.g.node('Relu', [c.g.node('Add', [main, short], `${c.prefix}/${n}/add`)], `${c.prefix}/${n}`);
+  return lowerResidual(block, x, sel, ctx(full), k === 0 ? null : ctx(block.planOf(full, k))).y;
 }
 
 /**
- * The body graph of a gated block: inputs `x` and `k`, an `If` chain over k = 0..G (branch k when
- * k >= k - 0.5, so a float k needs no exact comparison). With `only`, the graph of that one k instead
+ * The body graph of a gated block: inputs `x` and `k`, an `If` chain over k = 0..G that takes the largest
+ * branch j with k >= j - 0.5 (a float k needs no exact comparison). With `only`, the graph of that one k instead
  * (input `x` alone, no `If`): the one-graph-per-k layout `bench/segments.ts` compares it with.
  */
 export function bodyGraph(weights: NamedArray[], block: GatedResidualBlock, sel: ChannelSel, full: Plan, only?: number): SegmentGraph {
