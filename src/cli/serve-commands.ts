@@ -57,6 +57,7 @@ export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<
   const m = server.metadata;
   const info = { url, model: file, policy: server.policy.name, sloMs: sloMs ?? 25, levels: m.levels.map((l) => l.u), input: [...m.input.shape] };
   if (o.json) io.out(JSON.stringify(info) + '\n');
+  else if (m.routed) io.out(`dynn serve: listening on ${url} (${m.model.model}, dynamic: ${m.routed.gatedBlocks} gated blocks at threshold ${m.routed.threshold}, SLO ${info.sloMs} ms)\n`);
   else io.out(`dynn serve: listening on ${url} (${m.model.model}, levels ${info.levels.join(', ')}, policy ${info.policy}, SLO ${info.sloMs} ms)\n`);
   const sig = await stop;
   log(`${sig}: finishing queued requests and shutting down`);

@@ -11,6 +11,8 @@ import { gatedTestNet } from '../route/fixtures.js';
 import { DynnServer, type PredictResponse } from '../serve/server.js';
 import { OnnxModel, openSession } from './node.js';
 import type { SegmentedSession } from './segments.js';
+import { serveCommand } from '../cli/serve-commands.js';
+import { captureIo } from '../cli/capture.js';
 
 await initEngine('wasm');
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-segrt-'));
@@ -95,4 +97,10 @@ test('dynn serve of the folder: predictions equal the in-thread dispatcher, with
   } finally {
     await server.close();
   }
+});
+
+test('dynn serve DIR starts on the folder and says it is dynamic', async () => {
+  const io = captureIo();
+  await serveCommand(dir, { port: '0', threads: '1' }, io, Promise.resolve('SIGTERM'));
+  assert.match(io.stdout(), /listening on http:\/\/127\.0\.0\.1:\d+ \(test, dynamic: 2 gated blocks at threshold 0\.3, SLO 25 ms\)/);
 });

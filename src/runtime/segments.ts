@@ -2,7 +2,7 @@ import type { InferenceSession, Tensor } from 'onnxruntime-node';
 import { DynnError } from '../util/errors.js';
 import { weightsDigestChunks, type Sha256 } from '../export/digest.js';
 import { MANIFEST_FILE, parseManifest, routedRatios, SEGMENT_IO, type SegmentEntry, type SegmentsManifest } from '../export/manifest.js';
-import type { OnnxMetadata } from '../export/metadata.js';
+import { ONNX_FORMAT, ONNX_IO, type OnnxMetadata } from '../export/metadata.js';
 import { ModelProto } from '../export/onnx-proto.js';
 import { arrayRows, dispatchAsync } from '../route/dispatch.js';
 import { nestedCounts } from '../route/count.js';
@@ -58,6 +58,12 @@ type Loaded = { entry: Extract<SegmentEntry, { kind: 'plain' }>; graph: Inferenc
  * runs once at its k, and the outputs are put back in input order. Node and browser alike (`OrtApi`).
  */
 export class SegmentedSession {
+  /**
+   * The manifest as the single-file models' metadata, so the server and `OnnxModel` treat a segmented model
+   * as a model with one level (u = 1: the gates choose each sample's width, not the caller).
+   */
+  readonly metadata: OnnxMetadata;
+
   private constructor(
     private readonly ort: OrtApi,
     private readonly parts: Loaded[],
@@ -65,7 +71,19 @@ export class SegmentedSession {
     readonly manifest: SegmentsManifest,
     /** Whether every graph's weights digest was checked (false when no hash function is available here). */
     readonly verified: boolean,
-  ) {}
+  ) {
+    const m = manifest;
+    this.metadata = {
+      format: ONNX_FORMAT,
+      dynnVersion: m.dynnVersion,
+      model: m.model,
+      input: { name: ONNX_IO.images, layout: 'NCHW', shape: m.input.shape },
+      numClasses: m.numClasses,
+      classNames: m.classNames,
+      levels: [{ u: 1, level: 0, minU: 1, flops: 2 * m.macs.backbone, macs: m.macs.backbone, params: 0, flopsRatio: 1 }],
+      routed: { threshold: m.threshold, gatedBlocks: m.segments.filter((s) => s.kind === 'gated').length },
+    };
+  }
 
   /**
    * Validates the manifest (text of `manifest.json` in the folder `source`), then each graph it names
@@ -100,24 +118,6 @@ export class SegmentedSession {
       throw err;
     }
     return new SegmentedSession(ort, parts, manifest, sha256 !== null);
-  }
-
-  /**
-   * The manifest as the single-file models' metadata, so the server and `OnnxModel` treat a segmented model
-   * as a model with one level (u = 1: the gates choose each sample's width, not the caller).
-   */
-  get metadata(): OnnxMetadata {
-    const m = this.manifest;
-    return {
-      format: 'dynn-onnx/1',
-      dynnVersion: m.dynnVersion,
-      model: m.model,
-      input: { name: 'images', layout: 'NCHW', shape: m.input.shape },
-      numClasses: m.numClasses,
-      classNames: m.classNames,
-      levels: [{ u: 1, level: 0, minU: 1, flops: 2 * m.macs.backbone, macs: m.macs.backbone, params: 0, flopsRatio: 1 }],
-      routed: { threshold: m.threshold, gatedBlocks: m.segments.filter((s) => s.kind === 'gated').length },
-    };
   }
 
   private async once(s: InferenceSession, feeds: Record<string, Tensor>, fetch: string): Promise<{ data: Float32Array; ms: number }> {
