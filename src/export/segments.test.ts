@@ -178,7 +178,9 @@ test('the dispatched model in ONNX Runtime: the same routes, scores within 1e-4 
 test('the folder is written atomically and refused when it exists, unless forced; the manifest validates', async () => {
   const model = dynamicNet(centre);
   const dir = path.join(tmp, 'written');
+  const before = tf.memory().numTensors;
   const m = await saveSegments(model, dir, { classNames: ['a', 'b', 'c'] });
+  assert.equal(tf.memory().numTensors, before, 'export allocates no lasting tensor');
   const names = readdirSync(dir).sort();
   assert.deepEqual(names, [MANIFEST_FILE, ...m.segments.flatMap((s) => (s.kind === 'plain' ? [s.graph.file] : [s.gate.file, s.body.file]))].sort());
   assert.deepEqual(parseManifest(readFileSync(path.join(dir, MANIFEST_FILE), 'utf8'), 'm'), m);

@@ -1,6 +1,8 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { initEngine } from '../engine/backend.js';
@@ -12,6 +14,7 @@ import { DynnServer, type PredictResponse } from '../serve/server.js';
 import { OnnxModel, openSession } from './node.js';
 import type { SegmentedSession } from './segments.js';
 import { serveCommand } from '../cli/serve-commands.js';
+import { loadWebSegments } from './web.js';
 import { captureIo } from '../cli/capture.js';
 
 await initEngine('wasm');
@@ -103,4 +106,34 @@ test('dynn serve DIR starts on the folder and says it is dynamic', async () => {
   const io = captureIo();
   await serveCommand(dir, { port: '0', threads: '1' }, io, Promise.resolve('SIGTERM'));
   assert.match(io.stdout(), /listening on http:\/\/127\.0\.0\.1:\d+ \(test, dynamic: 2 gated blocks at threshold 0\.3, SLO 25 ms\)/);
+});
+
+test('the web entry loads the folder from its URL and dispatches as onnxruntime-node does', async () => {
+  // The folder's files over HTTP, as a page would fetch them.
+  const http = createServer((req, res) => {
+    const name = /^\/acs\/([\w.-]+)$/.exec(req.url ?? '')?.[1];
+    try {
+      if (!name) throw new Error('not here');
+      res.end(readFileSync(path.join(dir, name)));
+    } catch {
+      res.statusCode = 404;
+      res.end();
+    }
+  });
+  await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
+  const base = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+  try {
+    const node = (await openSession(dir, { threads: 1 })) as SegmentedSession;
+    const web = await loadWebSegments(`${base}/acs`);
+    assert.equal(web.verified, true);
+    const x = images(4);
+    const [a, b] = [await web.runRouted(x), await node.runRouted(x)];
+    assert.deepEqual(a.counts, b.counts);
+    assert.ok(a.scores.every((v, i) => Math.abs(v - b.scores[i]) < 1e-4));
+    await web.release();
+    await node.release();
+    await assert.rejects(loadWebSegments(`${base}/nothing/`), /nothing\/manifest\.json: HTTP 404/);
+  } finally {
+    http.close();
+  }
 });
