@@ -7,6 +7,7 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import ort from 'onnxruntime-node';
 import { initEngine } from '../engine/backend.js';
+import { createModel } from '../models/zoo.js';
 import { fullSel } from '../layers/select.js';
 import type { Layer } from '../layers/layer.js';
 import type { ChannelSel, RunContext } from '../layers/types.js';
@@ -28,8 +29,7 @@ const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-segments-'));
  * that centre each gate's logits on `x` (the gates' pooled features are small and close together), so samples take
  * different routes.
  */
-function dynamicNet(x: tf.Tensor): Network {
-  const model = gatedTestNet('acs-gn');
+function dynamicNet(x: tf.Tensor, model: Network = gatedTestNet('acs-gn')): Network {
   randomizeStatistics(model, 3);
   const ctx: RunContext = { plan: model.plan(1), training: false };
   let y = x;
@@ -169,6 +169,25 @@ test('the dispatched model in ONNX Runtime: the same routes, scores within 1e-4 
     // The manifest's threshold by default; NHWC input is converted.
     const byDefault = await session.runRouted(x.dataSync() as Float32Array, { layout: 'NHWC' });
     assert.ok(maxRelErr(tfRouted(model, x, 0.4).scores, byDefault.scores) < 1e-4);
+  } finally {
+    await session.release();
+    model.dispose();
+  }
+});
+
+test('a small resnet38 with acs-gn gates (registered model, 3 stages): the dispatched export gives TF.js\'s routes and scores', async () => {
+  const model = dynamicNet(centre, createModel('resnet38', { dynamic: 'acs-gn', widths: [8, 8, 16], blocksPerStage: 1, groups: 4, inputShape: [8, 8, 2], numClasses: 3 }));
+  const dir = path.join(tmp, 'resnet38');
+  const m = await saveSegments(model, dir, { threshold: 0.4 });
+  assert.deepEqual(m.segments.map((s) => s.name), ['stem.conv..stem.relu', 's0.b0', 's1.b0', 's2.b0', 'gap..classifier']);
+  const session = (await openSession(dir, { threads: 1 })) as SegmentedSession;
+  try {
+    const ref = tfRouted(model, centre, 0.4);
+    const got = await session.runRouted(toNchw(centre));
+    assert.deepEqual(got.counts.map((c) => [...c]), ['s0.b0', 's1.b0', 's2.b0'].map((b) => [...ref.decisions.get(b)!]));
+    assert.ok(got.counts.some((c) => new Set(c).size >= 2), 'mixed routes');
+    assert.ok(maxRelErr(ref.scores, got.scores) < 1e-4);
+    got.flopsRatios.forEach((r, i) => assert.ok(Math.abs(r - ref.ratios[i]) < 1e-9));
   } finally {
     await session.release();
     model.dispose();
