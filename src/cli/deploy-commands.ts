@@ -144,6 +144,9 @@ export async function profileCommand(file: string, o: Opts, io: Io): Promise<voi
   const batches = intListOption(o.batches, 'batches') ?? [1, 64];
   const reps = numberOption(o.reps, 'reps', { int: true, min: 1 }) ?? 20;
   const warmup = numberOption(o.warmup, 'warmup', { int: true, min: 0 }) ?? 3;
+  if ((await fsp.stat(file).catch(() => null))?.isDirectory()) {
+    throw new DynnError(`${file} is a folder (a dynamic model exported by segments, or not a model): profile measures the levels of one ONNX file; a dynamic model's time depends on the routes its inputs take (dynn sweep RUN times it per threshold)`);
+  }
   const { OnnxModel, defaultThreads, MAX_THREADS } = await import('../runtime/node.js');
   const { checkProfileOptions, profileModel, saveLatencyTable } = await import('../runtime/profile.js');
   const threads = numberOption(o.threads, 'threads', { int: true, min: 1 }) ?? defaultThreads();

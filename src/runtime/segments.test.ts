@@ -16,6 +16,7 @@ import type { SegmentedSession } from './segments.js';
 import { serveCommand } from '../cli/serve-commands.js';
 import { loadWebSegments } from './web.js';
 import { captureIo } from '../cli/capture.js';
+import { runCli } from '../cli/cli.js';
 
 await initEngine('wasm');
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-segrt-'));
@@ -102,10 +103,13 @@ test('dynn serve of the folder: predictions equal the in-thread dispatcher, with
   }
 });
 
-test('dynn serve DIR starts on the folder and says it is dynamic', async () => {
+test('dynn serve DIR starts on the folder and says it is dynamic; dynn profile refuses it', async () => {
   const io = captureIo();
   await serveCommand(dir, { port: '0', threads: '1' }, io, Promise.resolve('SIGTERM'));
   assert.match(io.stdout(), /listening on http:\/\/127\.0\.0\.1:\d+ \(test, dynamic: 2 gated blocks at threshold 0\.3, SLO 25 ms\)/);
+  const profile = captureIo();
+  assert.equal(await runCli(['profile', dir], profile), 1);
+  assert.match(profile.stderr(), /acs is a folder .*profile measures the levels of one ONNX file/);
 });
 
 test('the web entry loads the folder from its URL and dispatches as onnxruntime-node does', async () => {

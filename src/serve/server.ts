@@ -188,7 +188,7 @@ export class DynnServer {
     const routed = (await fsp.stat(o.model).catch(() => null))?.isDirectory() === true;
     const spec = parsePolicy(o.policy ?? (routed ? 'fixed:1' : 'adaptive'));
     if (routed && spec.name !== 'fixed') throw new DynnError(`policy ${spec.name} does not apply to ${o.model}: a dynamic model's gates choose each sample's width inside the network; serve it with the default policy (fixed:1)`);
-    let table = await tableBeside(o.model);
+    let table = routed ? null : await tableBeside(o.model);
     if (!table && policies.get(spec.name).needsTable && o.profile) table = await measureTable(o, threads, maxBatch);
     if (table && table.host.threads !== threads) {
       o.log?.(`note: the latency table was measured with ${table.host.threads} threads, the server runs ${threads}; the server corrects the table online`);
