@@ -115,6 +115,8 @@ test('dynn serve DIR starts on the folder and says it is dynamic; dynn profile r
 test('the web entry loads the folder from its URL and dispatches as onnxruntime-node does', async () => {
   // The folder's files over HTTP, as a page would fetch them.
   const http = createServer((req, res) => {
+    // No keep-alive: a socket the server times out while fetch reuses it fails the fetch on a loaded machine.
+    res.setHeader('connection', 'close');
     const name = /^\/acs\/([\w.-]+)$/.exec(req.url ?? '')?.[1];
     try {
       if (!name) throw new Error('not here');

@@ -56,8 +56,18 @@ function webSession(options: WebLoadOptions): InferenceSession.SessionOptions {
   return { executionProviders: [...providers], graphOptimizationLevel: 'all' };
 }
 
+/** GET with the network's failure as a DynnError naming the URL (fetch says only "fetch failed"). */
+async function get(url: string | URL): Promise<Response> {
+  try {
+    return await fetch(url);
+  } catch (err) {
+    const cause = (err as { cause?: { message?: string } }).cause?.message;
+    throw new DynnError(`${String(url)}: cannot fetch it (${cause ?? (err as Error).message})`);
+  }
+}
+
 async function fetchBytes(url: string): Promise<Uint8Array> {
-  const res = await fetch(url);
+  const res = await get(url);
   if (!res.ok) throw new DynnError(`${url}: HTTP ${res.status}`);
   return new Uint8Array(await res.arrayBuffer());
 }
@@ -70,7 +80,7 @@ async function fetchBytes(url: string): Promise<Uint8Array> {
 export async function loadWebSegments(folder: string | URL, options: WebLoadOptions = {}): Promise<SegmentedSession> {
   const opts = webSession(options);
   const base = String(folder).replace(/\/?$/, '/');
-  const res = await fetch(new URL(MANIFEST_FILE, base));
+  const res = await get(new URL(MANIFEST_FILE, base));
   if (!res.ok) throw new DynnError(`${base}${MANIFEST_FILE}: HTTP ${res.status}`);
   const subtle = (globalThis as { crypto?: { subtle?: unknown } }).crypto?.subtle;
   // File names are checked to be plain names before any fetch, so every URL stays under the folder.
