@@ -61,13 +61,27 @@ async function checkOnnxTarget(file: string, force: boolean): Promise<void> {
 /** `dynn export RUN --onnx FILE [--levels LIST] [--force]`. */
 export async function exportCommand(run: string, o: Opts, io: Io): Promise<void> {
   if (!o.onnx || typeof o.onnx !== 'string') throw new DynnError('export needs --onnx FILE (the ONNX file to write)');
-  await checkOnnxTarget(o.onnx, o.force === true);
+  // A folder is the target of a dynamic run (export by segments), which only the run itself tells apart.
+  const folder = /[\\/]$/.test(o.onnx) || (await fsp.stat(o.onnx).catch(() => null))?.isDirectory() === true;
+  if (!folder) await checkOnnxTarget(o.onnx, o.force === true);
   const levels = uListOption(o.levels, 'levels');
   const { initEngine } = await import('../engine/backend.js');
   const { loadRun } = await import('../train/run.js');
   const { saveOnnx } = await import('../export/export.js');
   await initEngine(choiceOption(o.engine, 'engine', ENGINES));
   const { model, meta } = await loadRun(run);
+  if (model.gated) {
+    try {
+      await exportDynamic(model, meta, o as Opts & { onnx: string }, io);
+    } finally {
+      model.dispose();
+    }
+    return;
+  }
+  if (folder) {
+    model.dispose();
+    await checkOnnxTarget(o.onnx, o.force === true);
+  }
   let policy: import('../control/policy.js').Policy | undefined;
   try {
     if (o.controller !== undefined) {
@@ -94,6 +108,22 @@ export async function exportCommand(run: string, o: Opts, io: Io): Promise<void>
   }
 }
 
+/** `dynn export` of a run with per-sample gates: a folder of segment graphs and their manifest. */
+async function exportDynamic(model: import('../models/network.js').Network, meta: import('../train/meta.js').TrainMeta, o: Opts & { onnx: string }, io: Io): Promise<void> {
+  if (o.levels !== undefined || o.controller !== undefined) {
+    throw new DynnError(`--levels and --controller do not apply to a dynamic run: its gates choose each sample's width inside the network`);
+  }
+  const { saveSegments } = await import('../export/segments.js');
+  const classNames = (await datasetClassNames(meta.dataset, model.numClasses)) ?? undefined;
+  const threshold = typeof meta.options.gateThreshold === 'number' ? meta.options.gateThreshold : 0.5;
+  const manifest = await saveSegments(model, o.onnx, { classNames, threshold, force: o.force === true });
+  if (o.json) io.out(JSON.stringify({ onnx: o.onnx, manifest }, null, 2) + '\n');
+  else {
+    const gated = manifest.segments.filter((s) => s.kind === 'gated').length;
+    io.out(`wrote ${o.onnx}/ (${manifest.model.model} with ${String(model.config.args.dynamic)} gates: ${manifest.segments.length} segments, ${gated} gated blocks each a gate and a body graph, threshold ${threshold}; serve it with \`dynn serve ${o.onnx}\`)\n`);
+  }
+}
+
 function latencyRows(t: LatencyTable): string {
   return table(
     ['u', 'level', 'FLOPs ratio', ...t.batches.flatMap((b) => [`ms @${b}`, `ratio @${b}`])],
@@ -114,6 +144,9 @@ export async function profileCommand(file: string, o: Opts, io: Io): Promise<voi
   const batches = intListOption(o.batches, 'batches') ?? [1, 64];
   const reps = numberOption(o.reps, 'reps', { int: true, min: 1 }) ?? 20;
   const warmup = numberOption(o.warmup, 'warmup', { int: true, min: 0 }) ?? 3;
+  if ((await fsp.stat(file).catch(() => null))?.isDirectory()) {
+    throw new DynnError(`${file} is a folder (a dynamic model exported by segments, or not a model): profile measures the levels of one ONNX file; a dynamic model's time depends on the routes its inputs take (dynn sweep RUN times it per threshold)`);
+  }
   const { OnnxModel, defaultThreads, MAX_THREADS } = await import('../runtime/node.js');
   const { checkProfileOptions, profileModel, saveLatencyTable } = await import('../runtime/profile.js');
   const threads = numberOption(o.threads, 'threads', { int: true, min: 1 }) ?? defaultThreads();
@@ -141,8 +174,8 @@ export async function profileCommand(file: string, o: Opts, io: Io): Promise<voi
 /** The deployment commands: export, profile. */
 export const deployCommands: CommandModule = (cli, io) => {
   cli
-    .command('export <run>', 'write a trained run as one ONNX model with a utilization input u (an If chain over its levels)')
-    .option('--onnx <file>', 'the ONNX file to write (required; written atomically)')
+    .command('export <run>', 'write a trained run as one ONNX model with a utilization input u (an If chain over its levels); a run with per-sample gates as a folder of segment graphs')
+    .option('--onnx <file>', 'the ONNX file to write (required; written atomically); the folder, for a dynamic run')
     .option('--force', 'overwrite the --onnx file if it exists')
     .option('--levels <list>', 'utilizations whose levels to export, e.g. 0.25,0.5,0.75,1 [default: every level]')
     .option('--controller <dir>', 'also export this controller (from `dynn controller train`): the whole adaptive model runs in ONNX Runtime')

@@ -71,13 +71,26 @@ test('dynamic options: clear errors before any training', async () => {
   }
 });
 
-test('info shows a dynamic run’s gated accuracy and FLOPs; export says such models do not export yet', async () => {
+test('info shows a dynamic run’s gated accuracy and FLOPs; export writes it by segments to a folder that dynn serve loads', async () => {
   const io = captureIo();
   assert.equal(await runCli(['info', run], io), 0, io.stderr());
   assert.match(io.stdout(), /│ gated\s+│ FLOPs ratio │/);
+  const out = path.join(tmp, 'acs-onnx');
   const ex = captureIo();
-  assert.equal(await runCli(['export', run, '--onnx', path.join(tmp, 'acs.onnx')], ex), 1);
-  assert.match(ex.stderr(), /resnet38 with acs-gn gates decides per sample inside the network; such models do not export to ONNX yet/);
+  assert.equal(await runCli(['export', run, '--onnx', out, '--json'], ex), 0, ex.stderr());
+  const { manifest } = JSON.parse(ex.stdout());
+  assert.equal(manifest.segments.filter((s: { kind: string }) => s.kind === 'gated').length, 18);
+  assert.equal(manifest.threshold, 0.5, 'the run\'s trained threshold');
+  assert.ok(fs.existsSync(path.join(out, 'manifest.json')));
+  const again = captureIo();
+  assert.equal(await runCli(['export', run, '--onnx', out], again), 1);
+  assert.match(again.stderr(), /acs-onnx exists; pass --force to overwrite it/);
+  const levels = captureIo();
+  assert.equal(await runCli(['export', run, '--onnx', path.join(tmp, 'other'), '--levels', '0.5,1'], levels), 1);
+  assert.match(levels.stderr(), /--levels and --controller do not apply to a dynamic run/);
+  const forced = captureIo();
+  assert.equal(await runCli(['export', run, '--onnx', out, '--force'], forced), 0, forced.stderr());
+  assert.match(forced.stdout(), /18 gated blocks each a gate and a body graph, threshold 0\.5; serve it with `dynn serve/);
 });
 
 test('--init starts a dynamic model from a static backbone’s run: its weights, gates open; a foreign run is refused', async () => {
@@ -194,4 +207,9 @@ test('densenet41 with acs-gn gates trains through the CLI, and its sweep reports
   const info = captureIo();
   assert.equal(await runCli(['info', dense], info), 0, info.stderr());
   assert.match(info.stdout(), /per-sample gates \(acs-gn\): nested decisions: skipped channels are not computed/);
+  const ex = captureIo();
+  const out = path.join(tmp, 'dense-onnx');
+  assert.equal(await runCli(['export', dense, '--onnx', out], ex), 1);
+  assert.match(ex.stderr(), /densenet41: d0\.u0 \(GatedDenseUnit\) has no export by segments yet; only gated residual blocks \(resnet38\) export/);
+  assert.equal(fs.existsSync(out), false);
 });

@@ -27,12 +27,12 @@ export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<
   const maxQueue = numberOption(o.maxQueue, 'max-queue', { int: true, min: 1 });
   const bodyLimit = numberOption(o.bodyLimit, 'body-limit', { int: true, min: 1024 });
   const threads = numberOption(o.threads, 'threads', { int: true, min: 1 });
-  const policy = o.policy === undefined ? 'adaptive' : String(o.policy);
+  const policy = o.policy === undefined ? undefined : String(o.policy);
   const http = httpOptions(o);
   const log = (line: string) => io.err(`dynn serve: ${line}\n`);
   const { DynnServer } = await import('../serve/server.js');
   const { parsePolicy } = await import('../serve/policy.js');
-  parsePolicy(policy);
+  if (policy !== undefined) parsePolicy(policy);
   const server = await DynnServer.create({
     model: file,
     policy,
@@ -57,6 +57,7 @@ export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<
   const m = server.metadata;
   const info = { url, model: file, policy: server.policy.name, sloMs: sloMs ?? 25, levels: m.levels.map((l) => l.u), input: [...m.input.shape] };
   if (o.json) io.out(JSON.stringify(info) + '\n');
+  else if (m.routed) io.out(`dynn serve: listening on ${url} (${m.model.model}, dynamic: ${m.routed.gatedBlocks} gated blocks at threshold ${m.routed.threshold}, SLO ${info.sloMs} ms)\n`);
   else io.out(`dynn serve: listening on ${url} (${m.model.model}, levels ${info.levels.join(', ')}, policy ${info.policy}, SLO ${info.sloMs} ms)\n`);
   const sig = await stop;
   log(`${sig}: finishing queued requests and shutting down`);
@@ -66,11 +67,11 @@ export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<
 /** The serving command. */
 export const serveCommands: CommandModule = (cli, io) => {
   const command = cli
-    .command('serve <model>', 'serve an exported ONNX model over HTTP, throttling u to meet a latency SLO under load')
+    .command('serve <model>', 'serve an exported ONNX model (or a dynamic model\'s folder) over HTTP, throttling u to meet a latency SLO under load')
     .option('--port <n>', 'TCP port; 0 picks a free one [default: 8080]')
     .option('--host <addr>', 'address to listen on [default: 127.0.0.1]')
     .option('--slo-ms <ms>', 'latency objective per request, server side [default: 25]')
-    .option('--policy <p>', 'adaptive (highest level meeting the SLO), fixed:U, or controller (the one exported in the model) [default: adaptive]')
+    .option('--policy <p>', 'adaptive (highest level meeting the SLO), fixed:U, or controller (the one exported in the model) [default: adaptive; fixed:1 for a dynamic model\'s folder]')
     .option('--max-batch <n>', 'most samples per batch run and per request [default: 64]')
     .option('--max-wait-ms <ms>', 'how long a batch may wait to fill while the model is idle [default: 2]')
     .option('--max-queue <n>', 'most samples waiting; more get 503 [default: 32 x max batch]')

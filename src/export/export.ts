@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import type { Network } from '../models/network.js';
+import type { NamedArray, Network } from '../models/network.js';
 import { planToData, staticPlan } from '../models/network.js';
 import { exitCosts, exitSegments, type ExitHead } from '../models/exits.js';
 import { fullSel } from '../layers/select.js';
@@ -104,6 +104,26 @@ function hwioToOihw(data: Float32Array, [kh, kw, ci, co]: number[]): Float32Arra
   return out;
 }
 
+/**
+ * Stores weights as top-level initializers named by their dynn names (convolution kernels in ONNX's OIHW
+ * layout, the rest as TF.js keeps them) and records their ONNX dims in `dims`.
+ */
+export function addWeights(g: GraphBuilder, weights: NamedArray[], dims: Map<string, number[]>): void {
+  for (const wt of weights) {
+    const oihw = wt.shape.length === 4;
+    const shape = oihw ? [wt.shape[3], wt.shape[2], wt.shape[0], wt.shape[1]] : wt.shape;
+    g.floatInit(wt.name, shape, oihw ? hwioToOihw(wt.data, wt.shape) : wt.data, oihw ? 'OIHW (TF.js HWIO transposed)' : undefined);
+    dims.set(wt.name, shape);
+  }
+}
+
+/** The weights digest of a graph (`digest.ts`), as stored in the metadata or the manifest. */
+export function weightsSha256(graph: GraphMsg): string {
+  const hash = createHash('sha256');
+  for (const chunk of weightsDigestChunks(graph)) hash.update(chunk);
+  return hash.digest('hex');
+}
+
 /** The channels entering stage `k` (the segment before exit k) at a plan. */
 function selBeforeStage(segments: ReturnType<typeof exitSegments>['segments'], k: number, first: ChannelSel, plan: Plan): ChannelSel {
   let sel = first;
@@ -115,7 +135,7 @@ function selBeforeStage(segments: ReturnType<typeof exitSegments>['segments'], k
  * Nested `If`s in `host` that pick one of `conds.length` branches: the last i whose `conds[i]` holds, else
  * branch 0 (`conds[0]` is unused). Results are named `outs` exactly when `exact`, else after them; returns the names.
  */
-function selectBranch(
+export function selectBranch(
   host: GraphBuilder,
   conds: string[],
   branch: (i: number) => GraphMsg,
@@ -164,7 +184,7 @@ function selectBranch(
  */
 export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExport {
   if (model.gated) {
-    throw new DynnError(`${model.config.model} with ${String(model.config.args.dynamic)} gates decides per sample inside the network; such models do not export to ONNX yet (that needs export by segments)`);
+    throw new DynnError(`${model.config.model} with ${String(model.config.args.dynamic)} gates decides per sample inside the network; it exports by segments to a folder (exportSegments, \`dynn export RUN --onnx DIR\`), not as one file`);
   }
   const gating = options.gating ?? 'nested';
   checkGatingMode(gating);
@@ -205,12 +225,7 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   main.input(floatValueInfo(ONNX_IO.u, [], 'utilization in (0, 1]; clamped to the exported levels'));
   if (staged) main.input(floatValueInfo(ONNX_IO.stage, [], `the stage to run, 0 to ${heads.length} (the exit it ends at), or -1 for the whole network`));
   const dims = new Map<string, number[]>();
-  for (const wt of [...model.getWeights(), ...(ctrl?.network.getWeights() ?? [])]) {
-    const oihw = wt.shape.length === 4;
-    const shape = oihw ? [wt.shape[3], wt.shape[2], wt.shape[0], wt.shape[1]] : wt.shape;
-    main.floatInit(wt.name, shape, oihw ? hwioToOihw(wt.data, wt.shape) : wt.data, oihw ? 'OIHW (TF.js HWIO transposed)' : undefined);
-    dims.set(wt.name, shape);
-  }
+  addWeights(main, [...model.getWeights(), ...(ctrl?.network.getWeights() ?? [])], dims);
 
   const scoresInfo = (name: string) => floatValueInfo(name, ['batch', model.numClasses]);
   const outInfo = (name: string, j: number) => (j === 0 ? scoresInfo(name) : floatValueInfo(name, ['batch', 'out_channels', 'out_height', 'out_width']));
@@ -274,8 +289,6 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   }
 
   const graph = main.build();
-  const hash = createHash('sha256');
-  for (const chunk of weightsDigestChunks(graph)) hash.update(chunk);
   const metadata: OnnxMetadata = {
     format: ONNX_FORMAT,
     dynnVersion: VERSION,
@@ -286,7 +299,7 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
     levels,
     ...(staged ? { exits: { count: segments.length, ...(options.exitPolicy ? { policy: options.exitPolicy } : {}) } } : {}),
     ...(controller ? { controller } : {}),
-    weightsSha256: hash.digest('hex'),
+    weightsSha256: weightsSha256(graph),
   };
   const bytes = encodeModel({
     ir_version: IR_VERSION,

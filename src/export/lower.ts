@@ -175,15 +175,26 @@ function residual(layer: Layer, main: Lowered, shortcut: string, ctx: BranchCont
   return { y: ctx.g.node('Relu', [sum], `${ctx.prefix}/${layer.name}`), sel: main.sel };
 }
 
+/**
+ * A residual block (a per-sample gated one too: its gate is not on either path): the shortcut lowered in
+ * `ctx`, the main path in `inner` (default `ctx`), relu(main + shortcut); with `inner` null, the main path
+ * runs no channel and only relu(shortcut) is left.
+ */
+export function lowerResidual(layer: Layer, x: string, sel: ChannelSel, ctx: BranchContext, inner: BranchContext | null = ctx): Lowered {
+  const n = layer.name;
+  const isShortcut = (l: Layer) => l.name === `${n}.proj` || l.name === `${n}.projbn`;
+  const kids = layer.children().filter((l) => l.name !== `${n}.gate`);
+  const shortLayers = kids.filter(isShortcut);
+  const shortcut = shortLayers.length ? lowerChain(shortLayers, x, sel, ctx).y : x;
+  if (!inner) return { y: ctx.g.node('Relu', [shortcut], `${ctx.prefix}/${n}`), sel: layer.outSel(sel, ctx.plan) };
+  return residual(layer, lowerChain(kids.filter((l) => !isShortcut(l)), x, sel, inner), shortcut, ctx);
+}
+
 // A skipped block is the identity: it vanishes from the branch.
 lowerings.register('ResidualBlock', (layer, x, sel, ctx) => {
   const a = (layer as Layer<{ gated?: boolean }>).args;
   if (a.gated && ctx.plan.depth.get(layer.name) === false) return { y: x, sel };
-  const isShortcut = (l: Layer) => l.name === `${layer.name}.proj` || l.name === `${layer.name}.projbn`;
-  const main = lowerChain(layer.children().filter((l) => !isShortcut(l)), x, sel, ctx);
-  const shortLayers = layer.children().filter(isShortcut);
-  const shortcut = shortLayers.length ? lowerChain(shortLayers, x, sel, ctx).y : x;
-  return residual(layer, main, shortcut, ctx);
+  return lowerResidual(layer, x, sel, ctx);
 });
 
 // On the main path an exit head is the identity, as in TF.js (its classifier is lowered per stage).

@@ -83,6 +83,11 @@ const metadataSchema = z
     levels: z.array(levelSchema).min(1).max(METADATA_LIMITS.maxLevels),
     /** Early-exit models: the graph runs stage by stage (inputs `images` = the stage input, `u`, `stage`). */
     exits: exitsSchema.optional(),
+    /**
+     * A dynamic model exported by segments (a folder with `manifest.json`, see `manifest.ts`): its gates'
+     * threshold and gated blocks. Never stored in a file's metadata; the runtime derives it from the manifest.
+     */
+    routed: z.object({ threshold: z.number().min(0).max(1), gatedBlocks: z.number().int().min(1) }).optional(),
     /** A per-input controller exported with the network (output `controller_scores`). */
     controller: controllerSchema.optional(),
     /**

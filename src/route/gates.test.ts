@@ -8,6 +8,7 @@ import { createModel } from '../models/zoo.js';
 import { DynnError } from '../util/errors.js';
 import { RoutingState } from './context.js';
 import { DGGateNet, GateNet, nestedDecision, straightThrough } from './gates.js';
+import { nestedCounts } from './count.js';
 import { mechanisms } from './mechanisms.js';
 import { gatedTestNet, testBatch, TEST_GROUPS } from './fixtures.js';
 import { flatLayout, gradientStep } from '../train/step.js';
@@ -163,5 +164,21 @@ test('soft decisions sample the nested distribution with either estimator, repea
     assert.ok(grad > 0, `${estimator}: the first group's factor has a gradient`);
   }
   assert.throws(() => RoutingState.start('soft', 2, { estimator: 'reinforce' as never }), /unknown gate estimator "reinforce"; expected one of sigmoid, gumbel/);
+  logits.dispose();
+});
+
+test('nestedCounts: the prefix of groups whose q_g = prod sigmoid(z_j) passes the cut, per-row cuts, and the same counts as nestedDecision', () => {
+  // z = 0 gives q = 0.5, 0.25, ...: at cut 0.3 one group, at 0.2 two.
+  assert.deepEqual([...nestedCounts([0, 0, 0, 0], 4, 0.3)], [1]);
+  assert.deepEqual([...nestedCounts([0, 0, 0, 0], 4, 0.2)], [2]);
+  // A closed first group closes the rest, even if they are wide open (nesting).
+  assert.deepEqual([...nestedCounts([-9, 9, 9, 9, 9, 9, 9, 9], 4, 0.5)], [0, 4]);
+  assert.deepEqual([...nestedCounts([0, 0, 0, 0], 2, [0.6, 0.4])], [0, 1]);
+  assert.deepEqual([...nestedCounts([50, 50, -50, -50], 2, 0)], [2, 2], 'threshold 0: every group');
+  assert.throws(() => nestedCounts([0, 0, 0], 2, 0.5), /do not split/);
+  const logits = tf.tensor2d(Float32Array.from({ length: 6 * G }, (_, i) => 3 * Math.sin(i * 1.7)), [6, G]);
+  const routing = RoutingState.start('hard', 6, { threshold: 0.3 });
+  const d = tf.tidy(() => nestedDecision('g', logits, routing).counts);
+  assert.deepEqual([...d], [...nestedCounts(logits.dataSync(), G, 0.3)]);
   logits.dispose();
 });

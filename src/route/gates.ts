@@ -3,6 +3,7 @@ import { DynnError } from '../util/errors.js';
 import { Composite, Conv2D, DGConv2D, Dense, GlobalAvgPool, ReLU, SqueezeExcite, fullSel, layerClasses } from '../layers/index.js';
 import type { ChannelSel, Layer, LayerCost, Routing, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
+import { nestedCounts } from './count.js';
 
 export interface GateNetArgs {
   /** Channels of the gate's hidden convolutions. */
@@ -142,8 +143,8 @@ const logCumSigmoid = (z: tf.Tensor2D) => tf.cumsum(tf.neg(tf.softplus(tf.neg(z)
 export function nestedDecision(key: string, logits: tf.Tensor2D, routing: Routing): NestedDecision {
   const [n, G] = logits.shape;
   const q = tf.exp(logCumSigmoid(logits)) as tf.Tensor2D;
-  const counts = new Int32Array(n);
   if (routing.mode === 'soft' && routing.estimator === 'gumbel') {
+    const counts = new Int32Array(n);
     const noise = new Float32Array(n * G);
     for (let g = 0; g < G; g++) {
       const u = routing.random(`${key}#${g}`);
@@ -161,15 +162,9 @@ export function nestedDecision(key: string, logits: tf.Tensor2D, routing: Routin
     }
     return { q, counts, surrogate: tf.exp(logCumSigmoid(perturbed)) as tf.Tensor2D };
   }
-  const qs = q.dataSync();
-  const r = routing.mode === 'soft' ? routing.random(key) : null;
-  for (let i = 0; i < n; i++) {
-    const cut = r ? r[i] : routing.threshold;
-    let k = 0;
-    while (k < G && qs[i * G + k] > cut) k++;
-    counts[i] = k;
-  }
-  return { q, counts, surrogate: q };
+  // The count rule shared with the ONNX Runtime dispatcher (`count.ts`): the same logits give the same route.
+  const cut = routing.mode === 'soft' ? routing.random(key) : routing.threshold;
+  return { q, counts: nestedCounts(logits.dataSync(), G, cut), surrogate: q };
 }
 
 /**

@@ -4,3 +4,4 @@
  */
 export { partition, assemble, dispatch, dispatchAsync, arrayRows, rowsOf, type Partition, type RowOps } from './dispatch.js';
 export { tensorRows, dispatchTensor } from './tensor.js';
+export { nestedCounts } from './count.js';

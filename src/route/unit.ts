@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
-import type { ChannelSel, Layer, LayerCost, Routing, RunContext } from '../layers/index.js';
+import type { ChannelSel, Layer, LayerCost, Plan, Routing, RunContext } from '../layers/index.js';
 import { dispatchTensor } from './tensor.js';
 import { nestedDecision, onesWithGradient, straightThrough } from './gates.js';
 import { gateName, mechanisms } from './mechanisms.js';
@@ -48,10 +48,14 @@ export function gateCost(gate: Layer, sel: ChannelSel): LayerCost[] {
   return gate.cost(sel, { u: 1, groups: new Map(), depth: new Map(), level: 0 }).map((c) => ({ ...c, gate: true }));
 }
 
-/** `ctx` with the unit's first `k` inner groups active, at BatchNorm row k (statistics per route). */
+/** `plan` with the unit's first `k` inner groups active, at BatchNorm row k (statistics per route). */
+export function innerPlan(plan: Plan, unit: Pick<GatedUnit, 'innerKey'>, k: number): Plan {
+  return { ...plan, groups: new Map(plan.groups).set(unit.innerKey, Int32Array.from({ length: k }, (_, i) => i)), level: k };
+}
+
+/** `ctx` at the unit's `innerPlan` of k groups. */
 export function innerContext(ctx: RunContext, unit: Pick<GatedUnit, 'innerKey'>, k: number): RunContext {
-  const groups = new Map(ctx.plan.groups).set(unit.innerKey, Int32Array.from({ length: k }, (_, i) => i));
-  return { ...ctx, plan: { ...ctx.plan, groups, level: k } };
+  return { ...ctx, plan: innerPlan(ctx.plan, unit, k) };
 }
 
 /** What a decision form gets: the unit, its logits and what a sample pays for the gate and per channel. */

@@ -36,6 +36,8 @@ export interface Prediction {
   level: number;
   /** Time inside ONNX Runtime's `run`, in milliseconds (measured in the thread that ran it). */
   ms: number;
+  /** Dynamic models (exported by segments): each sample's executed FLOPs ratio, gates included. */
+  flopsRatios?: Float64Array;
 }
 
 /** The result of an early-exit run (`runExits`): a `Prediction` plus where each sample left. */

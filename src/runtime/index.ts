@@ -38,4 +38,5 @@ export {
   type ProfileOptions,
 } from './profile.js';
 export { verifyModel, type VerifiedModel } from './verify.js';
+export { SegmentedSession, type RoutedPrediction, type RoutedRunOptions } from './segments.js';
 export { readOnnxMetadata, type OnnxMetadata, type OnnxLevel } from '../export/metadata.js';

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { InferenceSession } from 'onnxruntime-node';
 import { DynnError } from '../util/errors.js';
@@ -17,6 +18,8 @@ import {
   type Prediction,
   type RunOptions,
 } from './core.js';
+import { SegmentedSession } from './segments.js';
+import { MANIFEST_FILE } from '../export/manifest.js';
 
 /** Where a model runs in Node. */
 export type NodeDevice = 'cpu' | 'webgpu' | 'cuda' | 'tensorrt' | 'dml' | 'coreml';
@@ -97,10 +100,24 @@ async function nodeSha256(chunks: Uint8Array[]): Promise<string> {
   return h.digest('hex');
 }
 
-/** Opens an in-thread session of a model file (what a worker runs, and `OnnxModel` without a worker). */
-export async function openSession(file: string, options: Omit<LoadOptions, 'worker'> = {}): Promise<ModelSession> {
+/**
+ * Opens an in-thread session of a model file (what a worker runs, and `OnnxModel` without a worker); a
+ * folder is a dynamic model exported by segments (`manifest.json` and its graphs, see `SegmentedSession`).
+ */
+export async function openSession(file: string, options: Omit<LoadOptions, 'worker'> = {}): Promise<ModelSession | SegmentedSession> {
   const ort = await import('onnxruntime-node');
   const opts = sessionOptions(options);
+  if ((await fsp.stat(file).catch(() => null))?.isDirectory()) {
+    const manifest = path.join(file, MANIFEST_FILE);
+    let text: string;
+    try {
+      text = await fsp.readFile(manifest, 'utf8');
+    } catch {
+      throw new DynnError(`${file} is a folder without ${MANIFEST_FILE}: not a dynamic model exported by segments (give an .onnx file, or the folder \`dynn export\` wrote)`);
+    }
+    // The manifest's file names are plain names (checked before any read), so every read stays in the folder.
+    return SegmentedSession.create(ort.default ?? ort, text, (f) => readModelFile(path.join(file, f)), file, opts, nodeSha256);
+  }
   return ModelSession.create(ort.default ?? ort, await readModelFile(file), file, opts, nodeSha256);
 }
 

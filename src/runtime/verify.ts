@@ -15,12 +15,12 @@ export interface VerifiedModel {
   reason?: string;
 }
 
-interface DecodedValueInfo {
+export interface DecodedValueInfo {
   name?: string;
   type?: { tensor_type?: { elem_type?: number; shape?: { dim?: { dim_value?: number; dim_param?: string }[] } } };
 }
 
-interface DecodedGraph extends DigestGraph {
+export interface DecodedGraph extends DigestGraph {
   input?: DecodedValueInfo[];
   output?: DecodedValueInfo[];
 }
@@ -29,7 +29,7 @@ interface DecodedGraph extends DigestGraph {
  * One expected graph value: its dims, where a number must match exactly, 'batch' must not be fixed (dynn
  * models take any batch size), and null may be anything.
  */
-interface Expected {
+export interface Expected {
   name: string;
   dims: (number | 'batch' | null)[];
   /** What the metadata calls the last dim, for the message (e.g. "numClasses 10"). */
@@ -63,9 +63,9 @@ function describe(dims: Expected['dims']): string {
 }
 
 /** Checks one side (inputs or outputs) of the graph against the expected values; throws on the first difference. */
-function checkValues(kind: 'input' | 'output', got: DecodedValueInfo[], expected: Expected[], source: string): void {
+export function checkValues(kind: 'input' | 'output', got: DecodedValueInfo[], expected: Expected[], source: string): void {
   const fail = (msg: string): never => {
-    throw new DynnError(`${source}: ${msg}; the graph does not match its dynn metadata (a foreign or modified graph?)`);
+    throw new DynnError(`${source}: ${msg}; the graph does not match its dynn metadata or manifest (a foreign or modified graph?)`);
   };
   const byName = new Map(got.map((v) => [v.name ?? '', v]));
   const extra = got.find((v) => !expected.some((e) => e.name === v.name));

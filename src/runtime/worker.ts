@@ -3,6 +3,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { openSession, type LoadOptions, type WorkerReply, type WorkerRequest } from './node.js';
 import type { ModelSession } from './core.js';
+import type { SegmentedSession } from './segments.js';
 
 const port = parentPort;
 if (!port) throw new Error('src/runtime/worker.ts must run as a worker thread');
@@ -11,7 +12,7 @@ const { file, options } = workerData as { file: string; options: Omit<LoadOption
 const reply = (m: WorkerReply, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
 const asError = (err: unknown) => ({ name: (err as Error).name ?? 'Error', message: (err as Error).message ?? String(err) });
 
-let session: ModelSession;
+let session: ModelSession | SegmentedSession;
 try {
   session = await openSession(file, options);
   reply({ type: 'ready', metadata: session.metadata, verified: session.verified });

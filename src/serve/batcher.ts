@@ -49,6 +49,8 @@ export interface BatchedResult {
   u: Float64Array;
   /** The network level each sample ran at (the metadata's `levels[].level`). */
   level: Int32Array;
+  /** Dynamic models: each sample's executed FLOPs ratio. */
+  flopsRatio?: Float64Array;
   /** From arrival to the dispatch of its batch, ms. */
   queueMs: number;
   /** ONNX Runtime time of the run(s) holding its samples, ms. */
@@ -221,6 +223,7 @@ export class MicroBatcher {
         res.classes[row[i]] = p.classes[k];
         res.u[row[i]] = p.u;
         res.level[row[i]] = p.level;
+        if (p.flopsRatios) (res.flopsRatio ??= new Float64Array(res.classes.length))[row[i]] = p.flopsRatios[k];
         if (!seen.has(owner[i])) {
           seen.add(owner[i]);
           res.inferenceMs += p.ms;

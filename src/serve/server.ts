@@ -13,7 +13,7 @@ import { createPolicy, parsePolicy, policies, type SampleController, type ServeP
 
 /** Options of `DynnServer.create`; unset fields take the defaults shown (the HTTP safety ones: `HTTP_DEFAULTS`). */
 export interface ServeOptions extends HttpSafetyOptions {
-  /** The ONNX model file written by `dynn export`. */
+  /** The ONNX model file written by `dynn export`, or the folder it writes for a dynamic model. */
   model: string;
   /** `adaptive` (default), `fixed:U` or `controller`. */
   policy?: string;
@@ -70,6 +70,8 @@ export interface PredictResponse {
     level: number;
     /** Class scores (logits). */
     scores: number[];
+    /** Dynamic models: the FLOPs this sample executed (gates included) over the backbone's. */
+    flopsRatio?: number;
   }[];
   /** Server-side times, ms: arrival to batch dispatch, ONNX Runtime's run(s), arrival to response. */
   timings: { queueMs: number; inferenceMs: number; totalMs: number };
@@ -93,6 +95,7 @@ const PREDICT_RESPONSE_SCHEMA = {
           u: { type: 'number' },
           level: { type: 'integer' },
           scores: { type: 'array', items: { type: 'number' } },
+          flopsRatio: { type: 'number' },
         },
       },
     },
@@ -180,8 +183,12 @@ export class DynnServer {
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new DynnError(`max batch must be a positive integer, got ${maxBatch}`);
     if (!(maxWaitMs >= 0 && Number.isFinite(maxWaitMs))) throw new DynnError(`max wait must be a number of ms >= 0, got ${maxWaitMs}`);
     if (!Number.isInteger(maxQueue) || maxQueue < maxBatch) throw new DynnError(`max queue must be an integer >= max batch (${maxBatch}), got ${maxQueue}`);
-    const spec = parsePolicy(o.policy ?? 'adaptive');
-    let table = await tableBeside(o.model);
+    // A folder is a dynamic model exported by segments: its gates choose each sample's width, so it has one
+    // level and runs at it whatever the load.
+    const routed = (await fsp.stat(o.model).catch(() => null))?.isDirectory() === true;
+    const spec = parsePolicy(o.policy ?? (routed ? 'fixed:1' : 'adaptive'));
+    if (routed && spec.name !== 'fixed') throw new DynnError(`policy ${spec.name} does not apply to ${o.model}: a dynamic model's gates choose each sample's width inside the network; serve it with the default policy (fixed:1)`);
+    let table = routed ? null : await tableBeside(o.model);
     if (!table && policies.get(spec.name).needsTable && o.profile) table = await measureTable(o, threads, maxBatch);
     if (table && table.host.threads !== threads) {
       o.log?.(`note: the latency table was measured with ${table.host.threads} threads, the server runs ${threads}; the server corrects the table online`);
@@ -251,7 +258,7 @@ export class DynnServer {
     app.get('/healthz', async (_request, reply) => {
       const body = {
         status: this.closing ? 'shutting_down' : 'ok',
-        model: { name: meta.model.model, input: { layout: 'NCHW', shape: meta.input.shape }, classes: meta.classNames, levels: meta.levels.map((l) => l.u) },
+        model: { name: meta.model.model, input: { layout: 'NCHW', shape: meta.input.shape }, classes: meta.classNames, levels: meta.levels.map((l) => l.u), ...(meta.routed ? { routed: meta.routed } : {}) },
         policy: this.policy.name,
         sloMs,
         maxBatch: spec.maxSamples,
@@ -285,6 +292,7 @@ export class DynnServer {
         u: res.u[i],
         level: res.level[i],
         scores: Array.from(res.scores.subarray(i * c, (i + 1) * c)),
+        ...(res.flopsRatio ? { flopsRatio: res.flopsRatio[i] } : {}),
       })),
       timings: { queueMs: round(res.queueMs), inferenceMs: round(res.inferenceMs), totalMs: round(totalMs) },
       batchSize: res.batchSize,

@@ -1,0 +1,133 @@
+import { z } from 'zod';
+import { DynnError } from '../util/errors.js';
+import { METADATA_LIMITS } from './metadata.js';
+
+/**
+ * The manifest of a dynamic model exported by segments (`dynn export RUN --onnx DIR` on a run with
+ * per-sample gates): which ONNX graphs the folder holds, in what order they run, and what a sample's route
+ * costs. TF-free: the Node and browser runtimes read it.
+ */
+
+/** Value of the manifest's `format`. */
+export const SEGMENTS_FORMAT = 'dynn-segments/1';
+
+/** The manifest's file name inside the folder. */
+export const MANIFEST_FILE = 'manifest.json';
+
+/** Input and output names of the segment graphs. */
+export const SEGMENT_IO = {
+  /** Every graph's input: the segment's input, NCHW float32 [batch, C, H, W] (the images for the first). */
+  x: 'x',
+  /** Body graphs: the number of inner groups to run, a float32 scalar in 0..groups. */
+  k: 'k',
+  /** Plain and body graphs' output: [batch, C, H, W], or [batch, classes] for the last segment. */
+  y: 'y',
+  /** Gate graphs' output: one logit per group, [batch, groups]. */
+  logits: 'logits',
+} as const;
+
+const hex64 = z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 lowercase hex digits');
+
+/** A graph file of the folder: a plain file name (no folder part, so it cannot name a file elsewhere). */
+const graphRef = z.object({
+  file: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*\.onnx$/, 'expected a plain .onnx file name inside the folder (letters, digits, . _ -)'),
+  /** SHA-256 of the graph's initializers (`digest.ts`), checked at load. */
+  weightsSha256: hex64,
+});
+
+const dim = z.number().int().positive().max(METADATA_LIMITS.maxDim);
+/** A per-sample NCHW shape [C, H, W], or [features] after pooling. */
+const sampleShape = z.array(dim).min(1).max(3);
+const nonNegative = z.number().nonnegative();
+
+const plainSegment = z.object({
+  kind: z.literal('plain'),
+  /** The layers it runs, first..last. */
+  name: z.string().min(1),
+  graph: graphRef,
+  input: sampleShape,
+  output: sampleShape,
+});
+
+const gatedSegment = z.object({
+  kind: z.literal('gated'),
+  /** The gated block's name (its decisions' key). */
+  name: z.string().min(1),
+  /** Inner groups G: the body runs k in 0..G of them. */
+  groups: z.number().int().min(1).max(METADATA_LIMITS.maxLevels),
+  /** MACs of the gate, and of one inner group (a sample running k groups spends gateMacs + k * groupMacs). */
+  gateMacs: nonNegative,
+  groupMacs: nonNegative,
+  gate: graphRef,
+  body: graphRef,
+  input: sampleShape,
+  output: sampleShape,
+});
+
+const manifestSchema = z
+  .object({
+    format: z.literal(SEGMENTS_FORMAT),
+    dynnVersion: z.string(),
+    model: z.object({ model: z.string().min(1), args: z.record(z.string(), z.unknown()) }),
+    input: z.object({ layout: z.literal('NCHW'), shape: z.array(dim).length(3) }),
+    numClasses: z.number().int().min(2).max(METADATA_LIMITS.maxClasses),
+    classNames: z.array(z.string()),
+    /** The gates' inference threshold (the run's trained one unless the export chose another). */
+    threshold: z.number().min(0).max(1),
+    /**
+     * MACs per sample that do not depend on its route (`fixed`: stem, shortcuts, head), and of the backbone
+     * with nothing skipped and no gate (`backbone`): a sample's executed FLOPs ratio is
+     * (fixed + its gated blocks' spending) / backbone, as TF.js's `routedMacs` counts it.
+     */
+    macs: z.object({ fixed: nonNegative, backbone: z.number().positive() }),
+    segments: z.array(z.discriminatedUnion('kind', [plainSegment, gatedSegment])).min(1).max(METADATA_LIMITS.maxLevels),
+  })
+  .superRefine((m, ctx) => {
+    const issue = (path: (string | number)[], message: string) => ctx.addIssue({ code: 'custom', path, message });
+    if (m.classNames.length !== m.numClasses) issue(['classNames'], `${m.classNames.length} class names for numClasses ${m.numClasses}`);
+    const files = new Set<string>();
+    m.segments.forEach((s, i) => {
+      const want = i === 0 ? m.input.shape : m.segments[i - 1].output;
+      if (s.input.join() !== want.join()) issue(['segments', i, 'input'], `[${s.input}] does not follow [${want}]`);
+      if (s.kind === 'gated' && (s.input.length !== 3 || s.output.length !== 3)) issue(['segments', i], 'a gated block maps [C, H, W] to [C, H, W]');
+      for (const g of s.kind === 'plain' ? [s.graph] : [s.gate, s.body]) {
+        if (files.has(g.file)) issue(['segments', i], `file ${g.file} is named twice`);
+        files.add(g.file);
+      }
+    });
+    const last = m.segments[m.segments.length - 1].output;
+    if (last.join() !== String(m.numClasses)) issue(['segments', m.segments.length - 1, 'output'], `the last segment gives [${last}], not the [${m.numClasses}] class scores`);
+  });
+
+/** What `manifest.json` of a segmented export says. */
+export type SegmentsManifest = z.infer<typeof manifestSchema>;
+/** One segment of the manifest. */
+export type SegmentEntry = SegmentsManifest['segments'][number];
+
+/** Parses and validates a manifest's text (untrusted), with a DynnError naming `source` and the first bad field. */
+export function parseManifest(text: string, source: string): SegmentsManifest {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new DynnError(`${source}: not valid JSON (${(err as Error).message})`);
+  }
+  const parsed = manifestSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new DynnError(`${source}: invalid segments manifest at ${issue.path.join('.') || '(root)'}: ${issue.message}`);
+  }
+  return parsed.data;
+}
+
+/** The executed FLOPs ratio of each sample from its group counts per gated segment (`counts[j]` for the j-th gated one). */
+export function routedRatios(m: SegmentsManifest, counts: Int32Array[], batch: number): Float64Array {
+  const out = new Float64Array(batch).fill(m.macs.fixed);
+  let j = 0;
+  for (const s of m.segments) {
+    if (s.kind !== 'gated') continue;
+    const c = counts[j++];
+    for (let i = 0; i < batch; i++) out[i] += s.gateMacs + c[i] * s.groupMacs;
+  }
+  return out.map((v) => v / m.macs.backbone);
+}

@@ -1,0 +1,229 @@
+import { randomBytes } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import type { NamedArray, Network } from '../models/network.js';
+import type { Layer } from '../layers/layer.js';
+import { fullSel } from '../layers/select.js';
+import type { ChannelSel, Plan, Shape } from '../layers/types.js';
+import { GatedResidualBlock } from '../route/residual.js';
+import { gateCost, innerPlan } from '../route/unit.js';
+import { DynnError } from '../util/errors.js';
+import { VERSION } from '../version.js';
+import { addWeights, selectBranch, weightsSha256 } from './export.js';
+import { attr, floatValueInfo, GraphBuilder, NameScope } from './graph.js';
+import { lowerChain, lowerResidual, type BranchContext } from './lower.js';
+import { encodeModel, IR_VERSION, OPSET_VERSION, type GraphMsg } from './onnx-proto.js';
+import { MANIFEST_FILE, SEGMENT_IO, SEGMENTS_FORMAT, type SegmentEntry, type SegmentsManifest } from './manifest.js';
+
+/** Options of `exportSegments`. */
+export interface SegmentsOptions {
+  /** Class names stored in the manifest (default "0", "1", ...). */
+  classNames?: string[];
+  /** The gates' inference threshold (default 0.5; `dynn export` passes the run's trained one). */
+  threshold?: number;
+}
+
+/** A segmented export: the manifest and the bytes of each graph file it names. */
+export interface SegmentsExport {
+  manifest: SegmentsManifest;
+  files: Map<string, Uint8Array>;
+}
+
+/** NCHW dims of a per-sample TF.js shape ([H, W, C] or [F]). */
+const nchw = (s: Shape): number[] => (s.length === 3 ? [s[2], s[0], s[1]] : [...s]);
+const batchDims = (s: Shape): (number | string)[] => ['batch', ...nchw(s)];
+
+/** One ONNX model of the folder, whose initializers are the named weights in ONNX layout. */
+export class SegmentGraph {
+  readonly names = new NameScope();
+  readonly g: GraphBuilder;
+  readonly dims = new Map<string, number[]>();
+
+  /** `weights`: the network's (`getWeights()`, read once per export); only those of `layers` are stored. */
+  constructor(name: string, weights: NamedArray[], layers: Layer[]) {
+    this.g = new GraphBuilder(name, this.names);
+    const own = new Set(layers.flatMap((l) => l.weights().map((w) => w.name)));
+    addWeights(this.g, weights.filter((w) => own.has(w.name)), this.dims);
+  }
+
+  ctx(plan: Plan, prefix: string, g: GraphBuilder = this.g): BranchContext {
+    return { g, plan, prefix, dims: this.dims };
+  }
+
+  /** The model's bytes and the weights digest of its initializers. */
+  finish(doc: string): { bytes: Uint8Array; weightsSha256: string } {
+    const graph = this.g.build();
+    const bytes = encodeModel({ ir_version: IR_VERSION, opset_import: [{ domain: '', version: OPSET_VERSION }], producer_name: 'dynn', producer_version: VERSION, doc_string: doc, graph, metadata_props: [{ key: 'dynn.segmentOf', value: SEGMENTS_FORMAT }] });
+    return { bytes, weightsSha256: weightsSha256(graph) };
+  }
+}
+
+/** Splits the network's top-level layers into runs of plain layers and single gated blocks. */
+function splitLayers(model: Network): Layer[][] {
+  const parts: Layer[][] = [];
+  for (const l of model.layers) {
+    const prev = parts[parts.length - 1];
+    if (l instanceof GatedResidualBlock || !prev || prev[0] instanceof GatedResidualBlock) parts.push([l]);
+    else prev.push(l);
+  }
+  return parts;
+}
+
+/**
+ * The body of a gated block at k inner groups, as TF.js's `forwardAt` runs it in a routed pass: the
+ * shortcut at the full plan, the main path at the block's plan of k groups (BatchNorm row k); k = 0 is
+ * relu(shortcut) alone.
+ */
+function lowerBody(block: GatedResidualBlock, x: string, sel: ChannelSel, k: number, full: Plan, ctx: (plan: Plan) => BranchContext): string {
+  return lowerResidual(block, x, sel, ctx(full), k === 0 ? null : ctx(innerPlan(full, block, k))).y;
+}
+
+/**
+ * The body graph of a gated block: inputs `x` and `k`, an `If` chain over k = 0..G that takes the largest
+ * branch j with k >= j - 0.5 (a float k needs no exact comparison). With `only`, the graph of that one k instead
+ * (input `x` alone, no `If`): the one-graph-per-k layout `bench/segments.ts` compares it with.
+ */
+export function bodyGraph(weights: NamedArray[], block: GatedResidualBlock, sel: ChannelSel, full: Plan, only?: number): SegmentGraph {
+  const G = block.args.groups;
+  const gateLayer = block.gate;
+  const body = new SegmentGraph(`${block.name}_body`, weights, block.children().filter((l) => l !== gateLayer));
+  body.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(block.inShape)));
+  const outInfo = (name: string) => floatValueInfo(name, batchDims(block.outShape));
+  if (only !== undefined) {
+    body.g.nodeTo('Identity', [lowerBody(block, SEGMENT_IO.x, sel, only, full, (plan) => body.ctx(plan, `k${only}`))], SEGMENT_IO.y);
+    body.g.output(outInfo(SEGMENT_IO.y));
+    return body;
+  }
+  body.g.input(floatValueInfo(SEGMENT_IO.k, [], `inner groups to run, 0..${G}`));
+  const conds = Array.from({ length: G + 1 }, (_, k) => (k === 0 ? '' : body.g.node('GreaterOrEqual', [SEGMENT_IO.k, body.g.floatConst(`k_${k}`, [], [k - 0.5])], `at_least_${k}`)));
+  const branch = (k: number): GraphMsg => {
+    const g = new GraphBuilder(`groups_${k}`, body.names);
+    g.output(outInfo(lowerBody(block, SEGMENT_IO.x, sel, k, full, (plan) => body.ctx(plan, `k${k}`, g))));
+    return g.build(`${k} of ${G} inner groups`);
+  };
+  selectBranch(body.g, conds, branch, [SEGMENT_IO.y], true, outInfo, 'groups');
+  body.g.output(outInfo(SEGMENT_IO.y));
+  return body;
+}
+
+/**
+ * Exports a network with per-sample gated blocks (`--dynamic acs-gn`) by segments: the runs of plain
+ * layers between gated blocks (the stem, the head) as one graph each, and per gated block a gate graph
+ * (`x` -> `logits`) and a body graph (`x`, `k` -> `y`). The body keeps the block's weights once, at full
+ * size, and an `If` chain over k = 0..G whose branch k slices them with constant bounds (BatchNorm row k):
+ * ONNX Runtime folds the slices at load, so each branch's convolutions run pre-packed at exactly k groups,
+ * and k = 0 is the shortcut alone. The runtime runs the gate, counts groups with the shared rule
+ * (`route/count.ts`), partitions the batch by count and runs each part's body once.
+ */
+export function exportSegments(model: Network, options: SegmentsOptions = {}): SegmentsExport {
+  if (!model.gated) throw new DynnError(`${model.config.model} has no per-sample gates; export it as one ONNX file`);
+  if (model.inputShape.length !== 3) throw new DynnError(`export needs an image model ([H, W, C] input), got [${model.inputShape}]`);
+  // Segments know gated residual blocks with nested decisions; anything else gated would be lowered as a plain layer.
+  const gatedLayers = new Set(model.cost(1).layers.filter((c) => c.gate && c.routed).map((c) => c.routed!));
+  for (const l of model.layers) {
+    if (!gatedLayers.has(l.name)) continue;
+    if (!(l instanceof GatedResidualBlock)) throw new DynnError(`${model.config.model}: ${l.name} (${l.className}) has no export by segments yet; only gated residual blocks (resnet38) export`);
+    if (l.decisions !== 'nested') throw new DynnError(`${l.name} decides per channel (--decisions ${l.decisions}), a masked fidelity mode that does not export; train with nested decisions to deploy`);
+  }
+  const threshold = options.threshold ?? 0.5;
+  if (!(threshold >= 0 && threshold <= 1)) throw new DynnError(`the gate threshold must be in [0, 1], got ${threshold}`);
+  const classNames = options.classNames ?? Array.from({ length: model.numClasses }, (_, i) => String(i));
+  if (classNames.length !== model.numClasses) throw new DynnError(`${classNames.length} class names given for a model with ${model.numClasses} classes`);
+  const full = model.plan(1);
+  const weights = model.getWeights();
+  const files = new Map<string, Uint8Array>();
+  const segments: SegmentEntry[] = [];
+  let sel = fullSel(model.inputShape[2]);
+  splitLayers(model).forEach((layers, i) => {
+    const tag = String(i).padStart(2, '0');
+    const first = layers[0];
+    const last = layers[layers.length - 1];
+    const input = nchw(first.inShape);
+    const output = nchw(last.outShape);
+    const add = (suffix: string, sg: SegmentGraph, doc: string) => {
+      const file = `${tag}-${first.name}${suffix}.onnx`;
+      const { bytes, weightsSha256 } = sg.finish(doc);
+      files.set(file, bytes);
+      return { file, weightsSha256 };
+    };
+    if (!(first instanceof GatedResidualBlock)) {
+      const sg = new SegmentGraph(`segment_${tag}`, weights, layers);
+      sg.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(first.inShape)));
+      const y = lowerChain(layers, SEGMENT_IO.x, sel, sg.ctx(full, 'p')).y;
+      sg.g.nodeTo('Identity', [y], SEGMENT_IO.y);
+      sg.g.output(floatValueInfo(SEGMENT_IO.y, batchDims(last.outShape)));
+      const name = layers.length > 1 ? `${first.name}..${last.name}` : first.name;
+      segments.push({ kind: 'plain', name, graph: add('', sg, `dynn segment ${name}`), input, output });
+    } else {
+      const block = first;
+      const G = block.args.groups;
+      const gateLayer = block.gate;
+      const gate = new SegmentGraph(`${block.name}_gate`, weights, [gateLayer]);
+      gate.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(block.inShape)));
+      const z = lowerChain(gateLayer.children(), SEGMENT_IO.x, sel, gate.ctx(full, 'gate')).y;
+      const scale = (gateLayer as Layer<{ logitScale?: number }>).args.logitScale ?? 1;
+      gate.g.nodeTo(scale === 1 ? 'Identity' : 'Mul', scale === 1 ? [z] : [z, gate.g.floatConst('logit_scale', [], [scale])], SEGMENT_IO.logits);
+      gate.g.output(floatValueInfo(SEGMENT_IO.logits, ['batch', G]));
+
+      const body = bodyGraph(weights, block, sel, full);
+      const gateMacs = gateCost(gateLayer, sel).reduce((a, c) => a + c.macs, 0);
+      const groupMacs = block.groupWidth * block.channelMacs(sel);
+      segments.push({
+        kind: 'gated',
+        name: block.name,
+        groups: G,
+        gateMacs,
+        groupMacs,
+        gate: add('.gate', gate, `dynn gate of ${block.name}: x -> ${G} logits`),
+        body: add('.body', body, `dynn body of ${block.name}: x and k in 0..${G} -> y`),
+        input,
+        output,
+      });
+    }
+    for (const l of layers) sel = l.outSel(sel, full);
+  });
+  const { fixed, backbone } = model.routedMacs(full);
+  const [h, w, c] = model.inputShape;
+  const manifest: SegmentsManifest = {
+    format: SEGMENTS_FORMAT,
+    dynnVersion: VERSION,
+    model: model.config,
+    input: { layout: 'NCHW', shape: [c, h, w] },
+    numClasses: model.numClasses,
+    classNames,
+    threshold,
+    macs: { fixed, backbone },
+    segments,
+  };
+  return { manifest, files };
+}
+
+/**
+ * Writes a segmented export to the folder `dir`, atomically: everything goes to a temporary folder beside
+ * it, which is then renamed into place. An existing `dir` (folder or file) is refused unless `force`, and
+ * then replaced only once the new folder is complete. Returns the manifest.
+ */
+export async function saveSegments(model: Network, dir: string, options: SegmentsOptions & { force?: boolean } = {}): Promise<SegmentsManifest> {
+  const existing = await fsp.stat(dir).catch(() => null);
+  if (existing && !options.force) throw new DynnError(`${dir} exists; pass --force to overwrite it`);
+  const { manifest, files } = exportSegments(model, options);
+  const parent = path.dirname(path.resolve(dir));
+  await fsp.mkdir(parent, { recursive: true });
+  const tmp = `${path.resolve(dir)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  try {
+    await fsp.mkdir(tmp);
+    for (const [file, bytes] of files) await fsp.writeFile(path.join(tmp, file), bytes);
+    await fsp.writeFile(path.join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
+    if (existing) {
+      // Set the old one aside first: a rename cannot replace a non-empty folder.
+      const old = `${tmp}.old`;
+      await fsp.rename(dir, old);
+      await fsp.rename(tmp, dir);
+      await fsp.rm(old, { recursive: true, force: true });
+    } else await fsp.rename(tmp, dir);
+  } catch (err) {
+    await fsp.rm(tmp, { recursive: true, force: true });
+    throw err;
+  }
+  return manifest;
+}

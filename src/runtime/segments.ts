@@ -1,0 +1,191 @@
+import type { InferenceSession, Tensor } from 'onnxruntime-node';
+import { DynnError } from '../util/errors.js';
+import { weightsDigestChunks, type Sha256 } from '../export/digest.js';
+import { MANIFEST_FILE, parseManifest, routedRatios, SEGMENT_IO, type SegmentEntry, type SegmentsManifest } from '../export/manifest.js';
+import { ONNX_FORMAT, ONNX_IO, type OnnxMetadata } from '../export/metadata.js';
+import { ModelProto } from '../export/onnx-proto.js';
+import { arrayRows, dispatchAsync } from '../route/dispatch.js';
+import { nestedCounts } from '../route/count.js';
+import { argmaxRows, toNchw, type OrtApi, type Prediction, type RunOptions } from './core.js';
+import { checkValues, type DecodedGraph, type Expected } from './verify.js';
+
+/** The result of running a batch through a segmented dynamic model. */
+export interface RoutedPrediction extends Prediction {
+  /** Per gated block (manifest order), the inner groups each sample ran. */
+  counts: Int32Array[];
+  /** Each sample's executed FLOPs (gates included) over the backbone's with nothing skipped. */
+  flopsRatios: Float64Array;
+}
+
+/** Options of one routed run. */
+export interface RoutedRunOptions extends RunOptions {
+  /** The gates' threshold (default: the manifest's). */
+  threshold?: number;
+}
+
+/** Reads a file of the folder by its (validated, plain) name. */
+export type ReadSegment = (file: string) => Promise<Uint8Array>;
+
+const sessionsOf = (p: Loaded): InferenceSession[] => ('graph' in p ? [p.graph] : [p.gate, p.body]);
+
+const per = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+
+/** Checks one graph file against what the manifest says of it; returns nothing, throws a DynnError naming the file. */
+async function verifySegment(bytes: Uint8Array, source: string, weightsSha256: string, inputs: Expected[], outputs: Expected[], sha256: Sha256 | null): Promise<void> {
+  let graph: DecodedGraph | null | undefined;
+  try {
+    graph = (ModelProto.toObject(ModelProto.decode(bytes), { longs: Number, arrays: true }) as { graph?: DecodedGraph | null }).graph;
+  } catch (err) {
+    throw new DynnError(`${source}: not a valid ONNX model (${(err as Error).message}); is the file truncated or corrupt?`);
+  }
+  if (!graph) throw new DynnError(`${source}: the model has no graph; is the file truncated or corrupt?`);
+  checkValues('input', graph.input ?? [], inputs, source);
+  checkValues('output', graph.output ?? [], outputs, source);
+  if (!sha256) return;
+  const digest = await sha256(weightsDigestChunks(graph));
+  if (digest !== weightsSha256) {
+    throw new DynnError(`${source}: weights digest mismatch: the file was modified, corrupted or comes from another export (SHA-256 of the weights is ${digest.slice(0, 12)}..., the manifest says ${weightsSha256.slice(0, 12)}...)`);
+  }
+}
+
+/** The graphs of one segment, as ONNX Runtime sessions. */
+type Loaded = { entry: Extract<SegmentEntry, { kind: 'plain' }>; graph: InferenceSession } | { entry: Extract<SegmentEntry, { kind: 'gated' }>; gate: InferenceSession; body: InferenceSession };
+
+/**
+ * A dynamic model exported by segments (`exportSegments`), run in ONNX Runtime: per gated block, the gate
+ * runs on the whole batch, the shared count rule (`route/count.ts`) turns its logits into each sample's
+ * number of inner groups, the batch is partitioned by count with the dispatch primitive, each part's body
+ * runs once at its k, and the outputs are put back in input order. Node and browser alike (`OrtApi`).
+ */
+export class SegmentedSession {
+  /**
+   * The manifest as the single-file models' metadata, so the server and `OnnxModel` treat a segmented model
+   * as a model with one level (u = 1: the gates choose each sample's width, not the caller).
+   */
+  readonly metadata: OnnxMetadata;
+
+  private constructor(
+    private readonly ort: OrtApi,
+    private readonly parts: Loaded[],
+    /** The folder's manifest. */
+    readonly manifest: SegmentsManifest,
+    /** Whether every graph's weights digest was checked (false when no hash function is available here). */
+    readonly verified: boolean,
+  ) {
+    const m = manifest;
+    this.metadata = {
+      format: ONNX_FORMAT,
+      dynnVersion: m.dynnVersion,
+      model: m.model,
+      input: { name: ONNX_IO.images, layout: 'NCHW', shape: m.input.shape },
+      numClasses: m.numClasses,
+      classNames: m.classNames,
+      levels: [{ u: 1, level: 0, minU: 1, flops: 2 * m.macs.backbone, macs: m.macs.backbone, params: 0, flopsRatio: 1 }],
+      routed: { threshold: m.threshold, gatedBlocks: m.segments.filter((s) => s.kind === 'gated').length },
+    };
+  }
+
+  /**
+   * Validates the manifest (text of `manifest.json` in the folder `source`), then each graph it names
+   * (read with `read`): inputs and outputs against the manifest's shapes, weights against the stored
+   * digests with `sha256` (null: not checked). Every problem is a DynnError naming the file.
+   */
+  static async create(ort: OrtApi, manifestText: string, read: ReadSegment, source: string, options: InferenceSession.SessionOptions, sha256: Sha256 | null): Promise<SegmentedSession> {
+    const manifest = parseManifest(manifestText, `${source}/${MANIFEST_FILE}`);
+    const open = async (file: string, weightsSha256: string, inputs: Expected[], outputs: Expected[]): Promise<InferenceSession> => {
+      const where = `${source}/${file}`;
+      const bytes = await read(file);
+      await verifySegment(bytes, where, weightsSha256, inputs, outputs, sha256);
+      try {
+        return await ort.InferenceSession.create(bytes, options);
+      } catch (err) {
+        throw new DynnError(`${where}: ONNX Runtime cannot load it: ${(err as Error).message}`);
+      }
+    };
+    const parts: Loaded[] = [];
+    try {
+      for (const entry of manifest.segments) {
+        const x: Expected = { name: SEGMENT_IO.x, dims: ['batch', ...entry.input] };
+        const y: Expected = { name: SEGMENT_IO.y, dims: ['batch', ...entry.output] };
+        if (entry.kind === 'plain') parts.push({ entry, graph: await open(entry.graph.file, entry.graph.weightsSha256, [x], [y]) });
+        else {
+          const gate = await open(entry.gate.file, entry.gate.weightsSha256, [x], [{ name: SEGMENT_IO.logits, dims: ['batch', entry.groups], width: `${entry.groups} groups` }]);
+          parts.push({ entry, gate, body: await open(entry.body.file, entry.body.weightsSha256, [x, { name: SEGMENT_IO.k, dims: [] }], [y]).catch(async (err) => { await gate.release(); throw err; }) });
+        }
+      }
+    } catch (err) {
+      for (const p of parts) for (const s of sessionsOf(p)) await s.release();
+      throw err;
+    }
+    return new SegmentedSession(ort, parts, manifest, sha256 !== null);
+  }
+
+  private async once(s: InferenceSession, feeds: Record<string, Tensor>, fetch: string): Promise<{ data: Float32Array; ms: number }> {
+    const start = performance.now();
+    const out = await s.run(feeds, [fetch]);
+    return { data: out[fetch].data as Float32Array, ms: performance.now() - start };
+  }
+
+  private tensor(data: Float32Array, dims: readonly number[]): Tensor {
+    return new this.ort.Tensor('float32', data, dims);
+  }
+
+  /** Class scores, each sample's route and its executed FLOPs ratio for a batch (NCHW unless `options.layout`). */
+  async runRouted(images: Float32Array, options: RoutedRunOptions = {}): Promise<RoutedPrediction> {
+    const m = this.manifest;
+    if (!(images instanceof Float32Array)) throw new DynnError('images must be a Float32Array');
+    const n0 = per(m.input.shape);
+    if (images.length === 0 || images.length % n0 !== 0) throw new DynnError(`images hold ${images.length} values, not a whole batch of [${m.input.shape}] samples (${n0} values each)`);
+    const threshold = options.threshold ?? m.threshold;
+    if (!(threshold >= 0 && threshold <= 1)) throw new DynnError(`the gate threshold must be in [0, 1], got ${threshold}`);
+    const batch = images.length / n0;
+    let x = toNchw(this.metadata, images, options);
+    let ms = 0;
+    const counts: Int32Array[] = [];
+    for (const p of this.parts) {
+      const dims = [batch, ...p.entry.input];
+      if ('graph' in p) {
+        const r = await this.once(p.graph, { [SEGMENT_IO.x]: this.tensor(x, dims) }, SEGMENT_IO.y);
+        ms += r.ms;
+        x = r.data;
+        continue;
+      }
+      const { gate, body, entry } = p;
+      const z = await this.once(gate, { [SEGMENT_IO.x]: this.tensor(x, dims) }, SEGMENT_IO.logits);
+      ms += z.ms;
+      const k = nestedCounts(z.data, entry.groups, threshold);
+      counts.push(k);
+      x = await dispatchAsync(
+        x,
+        k,
+        async (route, part, rows) => {
+          const r = await this.once(body, { [SEGMENT_IO.x]: this.tensor(part, [rows.length, ...entry.input]), [SEGMENT_IO.k]: this.tensor(Float32Array.of(route), []) }, SEGMENT_IO.y);
+          ms += r.ms;
+          // ONNX Runtime may reuse its output buffer for the next run.
+          return r.data.slice();
+        },
+        { input: arrayRows(per(entry.input)), output: arrayRows(per(entry.output)) },
+      );
+    }
+    const C = m.numClasses;
+    return { scores: x, classes: argmaxRows(x, C), batch, numClasses: C, u: 1, level: 0, ms, counts, flopsRatios: routedRatios(m, counts, batch) };
+  }
+
+  /** `runRouted`, as the single-file sessions' `run` (u is the gates' to choose: any u in (0, 1] runs the same). */
+  async run(images: Float32Array, _u: number, options: RunOptions = {}): Promise<RoutedPrediction> {
+    return this.runRouted(images, options);
+  }
+
+  async runExits(): Promise<never> {
+    throw new DynnError(`this ${this.manifest.model.model} model has no early exits`);
+  }
+
+  async decide(): Promise<never> {
+    throw new DynnError(`this ${this.manifest.model.model} model's gates decide inside the network; it has no controller`);
+  }
+
+  /** Frees every session. */
+  async release(): Promise<void> {
+    for (const p of this.parts) for (const s of sessionsOf(p)) await s.release();
+  }
+}
