@@ -112,7 +112,7 @@ export function parseDynamicSweep(raw: unknown, file: string, run: DynamicRunRef
   const remake = `\`${commandLine(['dynn', 'sweep', run.dir, '--json'])} > ${file}\``;
   if (raw === null) return { missing: `no threshold sweep beside the run: ${remake} makes one` };
   const obj = typeof raw === 'object' && !Array.isArray(raw) ? (raw as Record<string, unknown>) : null;
-  if (obj && obj.dynamic === undefined && Array.isArray(obj.points) && obj.points.every((p) => typeof p === 'object' && p !== null && 'u' in p)) {
+  if (obj && obj.dynamic === undefined && Array.isArray(obj.points) && obj.points.length > 0 && obj.points.every((p) => typeof p === 'object' && p !== null && 'u' in p)) {
     return { missing: `${file} holds the backbone's sweep over u, not the gates' threshold sweep: ${remake} replaces it` };
   }
   const parsed = sweepSchema.safeParse(raw);
