@@ -256,8 +256,13 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
   const { gateShare } = await import('../eval/routed.js');
   const { readDynamicSweep, blockSkips, classCompute, HISTOGRAM_BINS } = await import('../report/dynamic.js');
   const { RUN_FILES } = await import('../report/sources.js');
+  const { mechanisms } = await import('../route/mechanisms.js');
   const o = meta.options;
   const trainedThreshold = typeof o.gateThreshold === 'number' ? o.gateThreshold : undefined;
+  // Unrecorded training options took the mechanism's defaults.
+  const defaults = mechanisms.has(mechanism) ? mechanisms.get(mechanism).defaults : undefined;
+  const flopsTarget = typeof o.flopsTarget === 'number' ? o.flopsTarget : defaults?.flopsTarget;
+  const efficiencyWeight = typeof o.efficiencyWeight === 'number' ? o.efficiencyWeight : defaults?.efficiencyWeight;
   const share = gateShare(model);
   const file = path.join(run, RUN_FILES.sweep);
   let sweep = null;
@@ -270,9 +275,9 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
     if (!(err instanceof DynnError)) throw err;
     missing = err.message;
   }
-  const json: Record<string, unknown> = { mechanism, flopsTarget: o.flopsTarget ?? null, efficiencyWeight: o.efficiencyWeight ?? null, trainedThreshold: trainedThreshold ?? 0.5, gateShare: share };
+  const json: Record<string, unknown> = { mechanism, flopsTarget: flopsTarget ?? null, efficiencyWeight: efficiencyWeight ?? null, trainedThreshold: trainedThreshold ?? 0.5, gateShare: share };
   let text =
-    `per-sample gates: ${mechanism}; FLOPs target ${typeof o.flopsTarget === 'number' ? o.flopsTarget : '-'}, trained threshold ${trainedThreshold ?? 0.5}; ` +
+    `per-sample gates: ${mechanism}; FLOPs target ${flopsTarget ?? '-'} (efficiency weight ${efficiencyWeight ?? '-'}), trained threshold ${trainedThreshold ?? 0.5}; ` +
     `the gates cost ${(100 * share).toFixed(1)}% of the backbone's FLOPs\n`;
   if (!sweep) {
     json.sweepMissing = missing;

@@ -77,7 +77,7 @@ test('info shows a dynamic run’s gated accuracy and FLOPs; export says such mo
 test('info on a dynamic run: mechanism, target and the gates’ share; with its sweep file, skip rates per block and compute per class', async () => {
   const bare = captureIo();
   assert.equal(await runCli(['info', run], bare), 0, bare.stderr());
-  assert.match(bare.stdout(), /per-sample gates: acs-gn; FLOPs target 0\.5, trained threshold 0\.5; the gates cost \d+\.\d% of the backbone's FLOPs/);
+  assert.match(bare.stdout(), /per-sample gates: acs-gn; FLOPs target 0\.5 \(efficiency weight 4\), trained threshold 0\.5; the gates cost \d+\.\d% of the backbone's FLOPs/);
   assert.match(bare.stdout(), /no threshold sweep beside the run: `dynn sweep \S+acs --json > \S+acs\/sweep\.json` makes one/);
 
   const sweep = captureIo();

@@ -101,7 +101,8 @@ const sweepSchema = z
     });
   });
 
-const WHAT = 'a threshold sweep of a dynamic run (`dynn sweep RUN --json`)';
+/** What a dynamic run's sweep file is, for messages. */
+export const DYNAMIC_SWEEP_WHAT = 'a threshold sweep of a dynamic run (`dynn sweep RUN --json`)';
 
 /**
  * Parses a dynamic run's sweep file: `{ missing }` when `raw` is null (no file) or holds a sweep over u (the
@@ -116,7 +117,7 @@ export function parseDynamicSweep(raw: unknown, file: string, run: DynamicRunRef
     return { missing: `${file} holds the backbone's sweep over u, not the gates' threshold sweep: ${remake} replaces it` };
   }
   const parsed = sweepSchema.safeParse(raw);
-  if (!parsed.success) throw new DynnError(`${file}: not ${WHAT}: ${summarizeIssues(parsed.error.issues)}; remake it with ${remake}`);
+  if (!parsed.success) throw new DynnError(`${file}: not ${DYNAMIC_SWEEP_WHAT}: ${summarizeIssues(parsed.error.issues)}; remake it with ${remake}`);
   const s = parsed.data;
   if (s.model !== run.model || s.dynamic !== run.mechanism) {
     throw new DynnError(`${file}: a threshold sweep of ${s.model} with ${s.dynamic} gates, but the run is ${run.model} with ${run.mechanism} gates; remake it with ${remake}`);
@@ -144,7 +145,7 @@ export function parseDynamicSweep(raw: unknown, file: string, run: DynamicRunRef
 
 /** Reads and parses a dynamic run's sweep file (see `parseDynamicSweep`); an absent file is `{ missing }`. */
 export async function readDynamicSweep(file: string, run: DynamicRunRef): Promise<{ sweep: DynamicSweepData } | { missing: string }> {
-  return parseDynamicSweep(await readJsonFile(file, WHAT), file, run);
+  return parseDynamicSweep(await readJsonFile(file, DYNAMIC_SWEEP_WHAT), file, run);
 }
 
 /** The parsed JSON of `file`, or null when it does not exist; a DynnError naming the file when unreadable. */

@@ -7,7 +7,7 @@ import type { EngineName } from '../engine/backend.js';
 import { DynnError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { commandLine, trainCommandLine } from './commands.js';
-import { readDynamicSweep, readJsonFile } from './dynamic.js';
+import { DYNAMIC_SWEEP_WHAT, parseDynamicSweep, readJsonFile } from './dynamic.js';
 import type { ControllerEvalData, ExitData, GatesEvalData, OnnxLatencyData, RunData, SweepData } from './types.js';
 
 /**
@@ -214,14 +214,15 @@ async function readSweeps(run: RunData, options: GatherOptions): Promise<void> {
   const file = path.join(run.dir, RUN_FILES.sweep);
   const mechanism = run.modelArgs.dynamic;
   try {
+    const raw = await readJsonFile(file, typeof mechanism === 'string' ? DYNAMIC_SWEEP_WHAT : SWEEP_WHAT);
     if (typeof mechanism === 'string') {
       const opts = run.meta.options ?? {};
       const ref = { dir: run.dir, model: run.model, mechanism, trainedThreshold: typeof opts.gateThreshold === 'number' ? opts.gateThreshold : undefined };
-      const r = await readDynamicSweep(file, ref);
+      const r = parseDynamicSweep(raw, file, ref);
       if ('sweep' in r) run.dynamic = r.sweep;
       else run.dynamicMissing = r.missing;
     }
-    run.sweep = await readSweep(run.dir, typeof mechanism === 'string');
+    run.sweep = await parseSweep(raw, run.dir, typeof mechanism === 'string');
   } catch (err) {
     if (!options.lenient || !(err instanceof DynnError)) throw err;
     if (typeof mechanism === 'string') run.dynamicMissing = err.message;
@@ -229,10 +230,12 @@ async function readSweeps(run: RunData, options: GatherOptions): Promise<void> {
   }
 }
 
-async function readSweep(dir: string, dynamicRun: boolean): Promise<SweepData | null> {
+const SWEEP_WHAT = 'a sweep (`dynn sweep RUN --json`)';
+
+/** The sweep over u in the parsed `RUN/sweep.json`: null when absent or when it is a dynamic run's threshold sweep. */
+async function parseSweep(raw: unknown, dir: string, dynamicRun: boolean): Promise<SweepData | null> {
   const file = path.join(dir, RUN_FILES.sweep);
-  const what = 'a sweep (`dynn sweep RUN --json`)';
-  const raw = await readJsonFile(file, what);
+  const what = SWEEP_WHAT;
   const mechanism = typeof raw === 'object' && raw !== null ? (raw as { dynamic?: unknown }).dynamic : undefined;
   if (mechanism !== undefined && dynamicRun) return null;
   if (mechanism !== undefined) throw new DynnError(`${file}: a threshold sweep of a model with gates, but ${dir} has none; expected ${what}`);
