@@ -164,7 +164,7 @@ async function gatedSweepCommand(run: string, o: Opts, io: Io): Promise<void> {
     const s = routedSweep(model, data.test, thresholds, { noLatency: o.latency === false });
     const gates = await gatesInfo(model);
     if (o.json) {
-      const out = { model: model.config.model, dynamic: model.config.args.dynamic, ...gates, dataset, testSamples: data.test.count, classNames: data.classNames, ...s };
+      const out = { model: model.config.model, dynamic: model.config.args.dynamic, ...gates, dataset, testSamples: data.test.count, trainedThreshold: trained, classNames: data.classNames, ...s };
       io.out(JSON.stringify(out, null, 2) + '\n');
       return;
     }
@@ -210,6 +210,7 @@ export async function infoCommand(run: string, o: Opts, io: Io): Promise<void> {
     const full = model.cost(1);
     const costs = us.map((u) => model.cost(u));
     const exits = await exitInfo(model);
+    const dynamic = await dynamicInfo(run, model, meta);
     const info = {
       model: model.config.model,
       args: model.config.args,
@@ -231,6 +232,7 @@ export async function infoCommand(run: string, o: Opts, io: Io): Promise<void> {
       })),
       ...(exits ? { exits: exits.exits } : {}),
       ...(model.gated ? { gates: await gatesInfo(model) } : {}),
+      ...(dynamic ? { dynamic: dynamic.json } : {}),
     };
     if (o.json) {
       io.out(JSON.stringify(info, null, 2) + '\n');
@@ -251,9 +253,77 @@ export async function infoCommand(run: string, o: Opts, io: Io): Promise<void> {
     );
     if (exits) io.out('\n' + exits.text);
     if (meta.history?.length) io.out('\ntraining history\n' + historyTable(meta));
+    if (dynamic) io.out('\n' + dynamic.text);
   } finally {
     model.dispose();
   }
+}
+
+/** Text from a run's files for a terminal: control characters (escape sequences) shown as '?'. */
+const plain = (text: string) => text.replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
+
+/**
+ * What `dynn info` shows of a dynamic run: its mechanism, FLOPs target and the gates' share of the FLOPs,
+ * and from its threshold sweep file, skip rates per block and compute per class at the trained threshold.
+ * A missing or malformed sweep file is stated, with the command that makes it; the rest of the info stands.
+ */
+async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promise<{ json: Record<string, unknown>; text: string } | null> {
+  const mechanism = model.config.args.dynamic;
+  if (typeof mechanism !== 'string') return null;
+  const path = await import('node:path');
+  const { gateShare } = await import('../eval/routed.js');
+  const { readDynamicSweep, blockSkips, classCompute, HISTOGRAM_BINS } = await import('../report/dynamic.js');
+  const { RUN_FILES } = await import('../report/sources.js');
+  const { mechanisms } = await import('../route/mechanisms.js');
+  const o = meta.options;
+  const trainedThreshold = typeof o.gateThreshold === 'number' ? o.gateThreshold : undefined;
+  // Unrecorded training options took the mechanism's defaults.
+  const defaults = mechanisms.has(mechanism) ? mechanisms.get(mechanism).defaults : undefined;
+  const flopsTarget = typeof o.flopsTarget === 'number' ? o.flopsTarget : defaults?.flopsTarget;
+  const efficiencyWeight = typeof o.efficiencyWeight === 'number' ? o.efficiencyWeight : defaults?.efficiencyWeight;
+  const share = gateShare(model);
+  const file = path.join(run, RUN_FILES.sweep);
+  let sweep = null;
+  let missing: string | undefined;
+  try {
+    const r = await readDynamicSweep(file, { dir: run, model: model.config.model, mechanism, trainedThreshold });
+    if ('sweep' in r) sweep = r.sweep;
+    else missing = r.missing;
+  } catch (err) {
+    if (!(err instanceof DynnError)) throw err;
+    missing = err.message;
+  }
+  const json: Record<string, unknown> = { mechanism, flopsTarget: flopsTarget ?? null, efficiencyWeight: efficiencyWeight ?? null, trainedThreshold: trainedThreshold ?? 0.5, gateShare: share };
+  let text =
+    `per-sample gates: ${mechanism}; FLOPs target ${flopsTarget ?? '-'} (efficiency weight ${efficiencyWeight ?? '-'}), trained threshold ${trainedThreshold ?? 0.5}; ` +
+    `the gates cost ${(100 * share).toFixed(1)}% of the backbone's FLOPs\n`;
+  if (!sweep) {
+    json.sweepMissing = missing;
+    return { json, text: text + plain(missing ?? '') + '\n' };
+  }
+  const p = sweep.trained;
+  const skips = blockSkips(p);
+  const classes = classCompute(sweep, p);
+  json.sweep = { file, dataset: sweep.dataset, testSamples: sweep.testSamples, threshold: p.threshold, accuracy: p.accuracy, flopsRatio: p.flopsRatio, flopsMin: p.flopsMin, flopsMax: p.flopsMax, skipRates: p.skipRates, classes };
+  text +=
+    `at threshold ${p.threshold} on ${sweep.testSamples} ${plain(sweep.dataset)} test samples (${plain(file)}): accuracy ${pct(p.accuracy)}, ` +
+    `FLOPs ratio ${p.flopsRatio.toFixed(3)} (least ${p.flopsMin.toFixed(3)}, most ${p.flopsMax.toFixed(3)}); the backbone with no gate ${pct(sweep.full.accuracy)}\n`;
+  text += `samples per FLOPs ratio ${HISTOGRAM_BINS.map((b, i) => `${b}: ${p.histogram[i]}`).join(', ')}\n`;
+  text += '\ngroups skipped per gated block\n' + skipTable(skips);
+  // Most compute first: which classes the gates spend on.
+  const ranked = [...classes].sort((a, b) => (Number.isFinite(b.flopsRatio) ? b.flopsRatio : -1) - (Number.isFinite(a.flopsRatio) ? a.flopsRatio : -1));
+  text += '\ncompute per class (most first)\n' + table(['class', 'FLOPs ratio', 'accuracy'], ranked.map((c) => [plain(c.name), Number.isFinite(c.flopsRatio) ? c.flopsRatio.toFixed(3) : '-', pct(c.accuracy)]));
+  return { json, text };
+}
+
+/** Skip rates as a stage-by-block grid when every name is `stage.block` (resnet38: 3 x 6), else one row each. */
+function skipTable(skips: { block: string; skipped: number }[]): string {
+  const split = skips.map((s) => ({ ...s, at: s.block.lastIndexOf('.') }));
+  if (split.some((s) => s.at <= 0)) return table(['block', 'skipped'], skips.map((s) => [plain(s.block), pct(s.skipped)]));
+  const rows = [...new Set(split.map((s) => s.block.slice(0, s.at)))];
+  const cols = [...new Set(split.map((s) => s.block.slice(s.at + 1)))];
+  const rate = new Map(skips.map((s) => [s.block, s.skipped]));
+  return table(['', ...cols.map(plain)], rows.map((r) => [plain(r), ...cols.map((c) => (rate.has(`${r}.${c}`) ? pct(rate.get(`${r}.${c}`)!) : ''))]));
 }
 
 function historyTable(meta: TrainMeta): string {

@@ -124,6 +124,68 @@ test('--init starts a dynamic model from a static backbone’s run: its weights,
   assert.match(bad.stderr(), /--init .*vgg: that run has no s0\.b0\.conv1\.kernel, .* and \d+ more; start from a run of the same backbone/);
 });
 
+test('info on a dynamic run: mechanism, target and the gates’ share; with its sweep file, skip rates per block and compute per class', async () => {
+  const bare = captureIo();
+  assert.equal(await runCli(['info', run], bare), 0, bare.stderr());
+  assert.match(bare.stdout(), /per-sample gates: acs-gn; FLOPs target 0\.5 \(efficiency weight 4\), trained threshold 0\.5; the gates cost \d+\.\d% of the backbone's FLOPs/);
+  assert.match(bare.stdout(), /no threshold sweep beside the run: `dynn sweep \S+acs --json > \S+acs\/sweep\.json` makes one/);
+
+  const sweep = captureIo();
+  assert.equal(await runCli(['sweep', run, '--test-limit', '32', '--thresholds', '1', '--no-latency', '--json'], sweep), 0, sweep.stderr());
+  const file = path.join(run, 'sweep.json');
+  fs.writeFileSync(file, sweep.stdout());
+  const s = JSON.parse(sweep.stdout());
+  try {
+    const io = captureIo();
+    assert.equal(await runCli(['info', run], io), 0, io.stderr());
+    const out = io.stdout();
+    const trained = s.points[0];
+    assert.equal(trained.threshold, 0.5);
+    assert.ok(out.includes(`at threshold 0.5 on 32 synthetic test samples (${file}): accuracy ${(100 * trained.accuracy).toFixed(2)}%, FLOPs ratio ${trained.flopsRatio.toFixed(3)}`));
+    // One row per stage, one column per block: 3 x 6 for resnet38.
+    const grid = out.slice(out.indexOf('groups skipped per gated block'));
+    assert.match(grid, /│\s+│ b0\s+│ b1\s+│ b2\s+│ b3\s+│ b4\s+│ b5\s+│/);
+    for (const stage of ['s0', 's1', 's2']) {
+      const cells = [0, 1, 2, 3, 4, 5].map((b) => `${(100 * trained.skipRates[`${stage}.b${b}`]).toFixed(2)}%`);
+      assert.match(grid, new RegExp(`│ ${stage} +│ ${cells.map((c) => c.replace('.', '\\.')).join(' +│ ')} +│`), stage);
+    }
+    const classes = out.slice(out.indexOf('compute per class (most first)'));
+    const ratios = Array.from(classes.matchAll(/│ pattern (\d) +│ ([\d.]+) +│/g), (m) => [Number(m[1]), Number(m[2])]);
+    assert.equal(ratios.length, 10);
+    for (let i = 1; i < ratios.length; i++) assert.ok(ratios[i - 1][1] >= ratios[i][1], 'most compute first');
+    for (const [c, r] of ratios) assert.equal(r, Number(trained.classFlops[c].toFixed(3)));
+    const json = captureIo();
+    assert.equal(await runCli(['info', run, '--json'], json), 0);
+    const d = JSON.parse(json.stdout()).dynamic;
+    assert.equal(d.mechanism, 'acs-gn');
+    assert.ok(Math.abs(d.gateShare - trained.gateShare) < 1e-12, 'the gates’ share of the model equals the sweep’s');
+    assert.deepEqual(d.sweep.skipRates, trained.skipRates);
+
+    // A corrupt or foreign sweep file: the info stands, the problem is named, with the command that remakes it.
+    const cases: [string, RegExp][] = [
+      ['{"points": ', /sweep\.json: not valid JSON/],
+      [JSON.stringify({ ...s, points: [{ ...trained, skipRates: { 's0.b0': 2 } }] }), /sweep\.json: not a threshold sweep of a dynamic run .*points\[0\]\.skipRates\.s0\.b0: .*remake it with `dynn sweep/],
+      [JSON.stringify({ ...s, model: 'resnet-d' }), /a threshold sweep of resnet-d with acs-gn gates, but the run is resnet38 with acs-gn gates/],
+    ];
+    for (const [text, pattern] of cases) {
+      fs.writeFileSync(file, text);
+      const bad = captureIo();
+      assert.equal(await runCli(['info', run], bad), 0, bad.stderr());
+      assert.match(bad.stdout(), /training history/);
+      assert.match(bad.stdout(), pattern);
+      assert.doesNotMatch(bad.stdout() + bad.stderr(), /\n\s+at /);
+    }
+    // Text from the file reaches the terminal without its control characters.
+    fs.writeFileSync(file, JSON.stringify({ ...s, classNames: s.classNames.map((n: string, i: number) => (i ? n : 'cat\u001b[2J\u0007')) }));
+    const esc = captureIo();
+    assert.equal(await runCli(['info', run], esc), 0);
+    assert.match(esc.stdout(), /│ cat\?\[2J\? +│/);
+    assert.doesNotMatch(esc.stdout(), /\u001b|\u0007/);
+  } finally {
+    fs.rmSync(file, { force: true });
+  }
+});
+
 test('dynn models lists the per-sample mechanisms and marks the models that take them', async () => {
   const io = captureIo();
   assert.equal(await runCli(['models'], io), 0);
@@ -135,7 +197,7 @@ test('dynn models lists the per-sample mechanisms and marks the models that take
   assert.match(io.stdout(), /densenet41 \(--dynamic\)[\s\S]*densenet53 \(--dynamic\)/);
 });
 
-test('dynn report on a dynamic run with its threshold sweep saved beside it draws the backbone’s u-curve', async () => {
+test('dynn report on a dynamic run with its threshold sweep saved beside it draws the sweep and the backbone’s u-curve', async () => {
   const sweep = captureIo();
   assert.equal(await runCli(['sweep', run, '--test-limit', '32', '--no-latency', '--json'], sweep), 0, sweep.stderr());
   fs.writeFileSync(path.join(run, 'sweep.json'), sweep.stdout());
@@ -143,6 +205,8 @@ test('dynn report on a dynamic run with its threshold sweep saved beside it draw
   const io = captureIo();
   assert.equal(await runCli(['report', run, '--out', out, '--test-limit', '32'], io), 0, io.stderr());
   assert.match(fs.readFileSync(out, 'utf8'), /<svg/);
+  assert.match(io.stdout(), /Accuracy against utilization: 1 chart/, 'the backbone measured at fixed u');
+  assert.match(io.stdout(), /Per-sample compute of dynamic runs: 5 charts/, 'the threshold sweep drawn');
   fs.rmSync(path.join(run, 'sweep.json'));
 });
 

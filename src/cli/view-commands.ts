@@ -69,7 +69,7 @@ export const viewCommands: CommandModule = (cli, io) => {
     .option('--no-sweep', 'never run a sweep: use RUN/sweep.json where present, say "missing" elsewhere')
     .option('--save-sweep', 'save each sweep the report runs as RUN/sweep.json (the next report reads it)')
     .option('--no-latency', 'sweeps the report runs skip the latency measurement')
-    .option('--sections <list>', 'only these sections: training, accuracy-u, accuracy-flops, latency-u, u-distribution, per-class, gates, exits')
+    .option('--sections <list>', 'only these sections: training, accuracy-u, accuracy-flops, latency-u, u-distribution, per-class, dynamic, gates, exits')
     .option('--title <text>', 'page title')
     .option('--engine <name>', 'auto, tensorflow, wasm or cpu')
     .option('--json', 'print what each section drew (or why not) as JSON')

@@ -9,7 +9,7 @@ import { createDashboard, listRuns, readProgress, progressRecorder, startDashboa
 import { readInside } from './runs.js';
 import { demoPage } from './pages.js';
 import { overLimit, request, slowClient } from '../util/http-fixtures.js';
-import { tempDir, trainTinyRun, writeCompanions } from '../report/fixtures.js';
+import { tempDir, trainTinyDynamicRun, trainTinyRun, writeCompanions } from '../report/fixtures.js';
 import { RUN_FILES } from '../report/sources.js';
 import { loadDataset } from '../data/datasets.js';
 import { runCli } from '../cli/cli.js';
@@ -443,4 +443,54 @@ test('dynn dashboard on a port in use or an unknown host says so, without a stac
   err = '';
   assert.equal(await runCli(['dashboard', '--runs', runsDir, '--port', '0', '--allowed-hosts', 'a/b'], io), 1);
   assert.match(err, /allowed host "a\/b" is not a host name/);
+});
+
+test('a dynamic run’s page shows its threshold sweep; a corrupt, foreign or hostile sweep file is a message on the page', async () => {
+  const dynRuns = path.join(tempDir('dynn-dashboard-dynamic-'), 'runs');
+  const good = path.join(dynRuns, 'acs');
+  await trainTinyDynamicRun(good);
+  const sweep = JSON.parse(readFileSync(path.join(good, RUN_FILES.sweep), 'utf8'));
+  const variant = (name: string, text: string) => {
+    cpSync(good, path.join(dynRuns, name), { recursive: true });
+    writeFileSync(path.join(dynRuns, name, RUN_FILES.sweep), text);
+  };
+  variant('not-json', '{"model": "resnet38", "dynamic": "acs-gn", "points": [');
+  variant('bad-field', JSON.stringify({ ...sweep, points: [{ ...sweep.points[0], histogram: 'x' }] }));
+  variant('foreign', JSON.stringify({ ...sweep, dynamic: 'acs-dg' }));
+  variant('hostile', JSON.stringify({ ...sweep, dataset: EVIL, classNames: sweep.classNames.map((n: string, i: number) => (i === 2 ? EVIL : n)) }));
+  const dash = await createDashboard({ runsDir: dynRuns });
+  try {
+    const page = async (name: string) => {
+      const res = await dash.inject(`/runs/${name}/report`);
+      assert.equal(res.statusCode, 200, `${name}: ${res.body.slice(0, 300)}`);
+      assert.doesNotMatch(res.body, /\n\s+at |internal error/, `${name}: no stack`);
+      assert.ok(!res.body.includes('<img src=x'), `${name}: markup from the sweep file`);
+      const m = res.body.match(/<section id="sec-dynamic" data-section="dynamic" data-available="(true|false)">([\s\S]*?)<\/section>/)!;
+      return { available: m[1] === 'true', body: m[2], charts: (m[2].match(/<figure class="chart"/g) ?? []).length };
+    };
+    const ok = await page('acs');
+    assert.ok(ok.available);
+    assert.equal(ok.charts, 5, 'accuracy vs FLOPs, histogram, skip rates, FLOPs and accuracy per class');
+    assert.match(ok.body, /<td>0\.5 \(trained\)<\/td>/);
+    for (const [name, pattern] of [
+      ['not-json', /not-json\/sweep\.json: not valid JSON/],
+      ['bad-field', /bad-field\/sweep\.json: not a threshold sweep of a dynamic run .*points\[0\]\.histogram/],
+      ['foreign', /a threshold sweep of resnet38 with acs-dg gates, but the run is resnet38 with acs-gn gates/],
+    ] as const) {
+      const p = await page(name);
+      assert.equal(p.available, false, name);
+      assert.match(p.body, /<div class="missing-box"><strong>Not available\.<\/strong>/);
+      assert.match(p.body, pattern, name);
+      assert.match(p.body, /remake it with <code>dynn sweep|not valid JSON/);
+      const demo = await dash.inject(`/runs/${name}/demo`);
+      assert.equal(demo.statusCode, 200, `${name}: the demo page does not read the sweep`);
+    }
+    const hostile = await page('hostile');
+    assert.ok(hostile.available);
+    assert.match(hostile.body, /<td>&lt;img src=x onerror=alert\(1\)&gt;<\/td>/, 'a class name shown as typed');
+    assert.match(hostile.body, /on 32 &lt;img src=x onerror=alert\(1\)&gt; test samples/, 'the data set shown as typed');
+    assert.equal((await dash.inject('/')).statusCode, 200);
+  } finally {
+    await dash.close();
+  }
 });

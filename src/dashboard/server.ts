@@ -108,7 +108,8 @@ export async function createDashboard(options: DashboardOptions): Promise<Fastif
     const r = await run(req.params.name, reply, false);
     if (!r) return reply;
     if (r.error || !r.model) return html(reply, errorPage(`${r.name}: report`, r.error ?? 'no checkpoint yet: the report appears after the first epoch'), 404);
-    const data = await gatherRun(r.dir, r.name, { sweep: false });
+    // Lenient: a malformed sweep file is stated in its section; the rest of the run's page stands.
+    const data = await gatherRun(r.dir, r.name, { sweep: false, lenient: true });
     const report = await buildReport([data], { title: `dynn report: ${r.name}`, command: commandLine(['dynn', 'report', r.dir, '--no-sweep', '--out', `${r.dir}/${SAVED_REPORT}`]) });
     return html(reply, report.html);
   });
@@ -136,7 +137,7 @@ export async function createDashboard(options: DashboardOptions): Promise<Fastif
   app.get<{ Params: { name: string } }>('/runs/:name/demo', async (req, reply) => {
     const r = await run(req.params.name, reply, false);
     if (!r) return reply;
-    const controllers = r.model && !r.error ? (await gatherRun(r.dir, r.name, { sweep: false })).controllers.filter((c) => c.samples === 'validation split').map((c) => c.name) : [];
+    const controllers = r.model && !r.error ? (await gatherRun(r.dir, r.name, { sweep: false, lenient: true })).controllers.filter((c) => c.samples === 'validation split').map((c) => c.name) : [];
     return html(reply, demoPage(r, { ortUrl: `/vendor/ort/${ORT_ENTRY}`, wasmPaths: '/vendor/ort/', samples: sampleCount, cascade: CASCADE_DEFAULTS, controllers }));
   });
 

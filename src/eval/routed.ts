@@ -67,7 +67,6 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
     for (const [gate, rate] of Object.entries(routing.skipRates())) skipped.set(gate, (skipped.get(gate) ?? 0) + rate * n);
   }
   const { accuracy, perClassAccuracy, perClassMean } = tally(predictions, data.labels, model.numClasses, sampleRatios);
-  const gateMacs = model.cost(plan).layers.filter((c) => c.gate).reduce((a, c) => a + c.macs, 0);
   return {
     threshold,
     accuracy,
@@ -76,12 +75,18 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
     flopsMin: data.count ? Math.min(...sampleRatios) : NaN,
     flopsMax: data.count ? Math.max(...sampleRatios) : NaN,
     sampleRatios,
-    gateShare: gateMacs / backbone,
+    gateShare: gateShare(model),
     skipRates: Object.fromEntries([...skipped].map(([g, s]) => [g, s / Math.max(1, data.count)])),
     classFlops: perClassMean,
     perClassAccuracy,
     predictions,
   };
+}
+
+/** The gates' own MACs over the backbone's with nothing skipped: what deciding costs each sample. */
+export function gateShare(model: Network): number {
+  const gateMacs = model.cost(1).layers.filter((c) => c.gate).reduce((a, c) => a + c.macs, 0);
+  return gateMacs / model.routedMacs(1).backbone;
 }
 
 /** One inference threshold of a dynamic network in a sweep (`dynn sweep RUN --json`). */
@@ -94,6 +99,8 @@ export interface RoutedPoint {
   gateShare: number;
   skipRates: Record<string, number>;
   classFlops: number[];
+  /** Per class: the accuracy (NaN for a class with no sample). */
+  perClassAccuracy: number[];
   /** Samples per tenth of the FLOPs ratio: [0, 0.1), [0.1, 0.2), ..., [0.9, 1] (above 1 counts in the last). */
   histogram: number[];
   latencyMs: { batch1: number; batch64: number };
@@ -135,6 +142,7 @@ export function routedSweep(model: Network, data: ImageSet, thresholds: number[]
       gateShare: e.gateShare,
       skipRates: e.skipRates,
       classFlops: e.classFlops,
+      perClassAccuracy: e.perClassAccuracy,
       histogram: histogram(e.sampleRatios),
       latencyMs: { batch1: at({ mode: 'hard', threshold: e.threshold, batch: 1 }), batch64: at({ mode: 'hard', threshold: e.threshold, batch: 64 }) },
     })),

@@ -46,6 +46,22 @@ export function lineChart(title: string, data: Row[], x: Channel, y: Channel, se
   } as TopLevelSpec;
 }
 
+/** A horizontal bar per item: `value` against `category`, categories in the given order. */
+export function barChart(title: string, data: Row[], category: { field: string; title: string; sort: string[] }, value: Channel, extraTooltip: Record<string, unknown>[] = []): TopLevelSpec {
+  return {
+    title,
+    width: CHART_SIZE.width,
+    height: Math.max(120, 16 * category.sort.length),
+    data: { values: data },
+    mark: 'bar',
+    encoding: {
+      y: { field: category.field, type: 'nominal', title: category.title, sort: category.sort, axis: { grid: false } },
+      x: quantitative(value),
+      tooltip: [{ field: category.field, type: 'nominal', title: category.title }, { field: value.field, type: 'quantitative', title: value.title, ...(value.as === 'percent' ? { format: '.2%' } : {}) }, ...extraTooltip],
+    },
+  } as TopLevelSpec;
+}
+
 /** Formats a fraction as a percentage with two decimals. */
 export const percent = (x: number): string => (Number.isFinite(x) ? `${(100 * x).toFixed(2)}%` : '-');
 /** Formats a number with `digits` decimals, '-' when unknown. */

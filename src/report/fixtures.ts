@@ -1,5 +1,5 @@
 /**
- * Test support: a tiny trained run, and the files other commands leave beside a run (controller evaluations,
+ * Test support: a tiny trained run, a tiny dynamic run with its threshold sweep, and the files other commands leave beside a run (controller evaluations,
  * gates and controller checkpoints, an exit sweep, an ONNX latency table), written with made-up numbers so every
  * report section has something to draw. Not used by the library itself.
  */
@@ -23,6 +23,21 @@ export async function trainTinyRun(out: string, extra: Partial<TrainOptions> = {
   await initEngine('wasm');
   const r = await train({ model: 'mlp-w', dataset: 'synthetic', trainLimit: 256, testLimit: 200, epochs: 1, workers: 0, out, evalUs: [0.5, 1], ...extra });
   r.model.dispose();
+}
+
+/**
+ * Trains a tiny dynamic resnet38 (acs-gn gates) on 32 synthetic samples for one step into `out`, and saves
+ * its threshold sweep (the trained 0.5, then 0 and 1) beside it with `dynn sweep RUN --json`, as a user would.
+ */
+export async function trainTinyDynamicRun(out: string): Promise<void> {
+  await initEngine('wasm');
+  const r = await train({ model: 'resnet38', modelArgs: { dynamic: 'acs-gn' }, dataset: 'synthetic', trainLimit: 32, testLimit: 32, epochs: 1, batchSize: 32, workers: 0, evalUs: [1], flopsTarget: 0.5, out });
+  r.model.dispose();
+  const { runCli } = await import('../cli/cli.js');
+  const { captureIo } = await import('../cli/capture.js');
+  const io = captureIo();
+  if ((await runCli(['sweep', out, '--test-limit', '32', '--thresholds', '0,1', '--no-latency', '--json'], io)) !== 0) throw new Error(io.stderr());
+  await writeFileAtomic(path.join(out, RUN_FILES.sweep), io.stdout());
 }
 
 const fixed = [0.25, 0.5, 0.75, 1].map((u, i) => ({ u, accuracy: 0.6 + 0.1 * i, flopsRatio: u * u }));

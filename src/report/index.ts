@@ -7,7 +7,8 @@ export { buildReport, writeReport, sectionLine, type BuildOptions, type Report, 
 export { gatherRun, gatherRuns, datasetClassNames, RUN_FILES, type GatherOptions } from './sources.js';
 export { sections, registerSection, runLabel, SECTION_ORDER } from './sections.js';
 export { renderSvg, CHART_CONFIG, CHART_SIZE } from './vega.js';
-export { lineChart, quantitative, percent, fixed, round, type Row, type Channel } from './charts.js';
+export { lineChart, barChart, quantitative, percent, fixed, round, type Row, type Channel } from './charts.js';
 export { escapeHtml, pageHtml, prose, tableHtml, PAGE_CSS } from './html.js';
 export { trainCommandLine, commandLine, shellQuote } from './commands.js';
+export { readDynamicSweep, parseDynamicSweep, blockSkips, classCompute, HISTOGRAM_BINS, type DynamicSweepData, type DynamicPoint, type DynamicRunRef } from './dynamic.js';
 export type * from './types.js';

@@ -4,7 +4,7 @@ import { cpSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { writeReport, type SectionSummary } from './index.js';
-import { tempDir, trainTinyRun, writeCompanions } from './fixtures.js';
+import { tempDir, trainTinyDynamicRun, trainTinyRun, writeCompanions } from './fixtures.js';
 import { ARTIFACTS_DIR, browserSkipReason, launchBrowser, type TestBrowser } from './browser.js';
 
 const skip = browserSkipReason();
@@ -54,7 +54,7 @@ test('the report opens from a file and draws every chart it should, with no cons
     assert.ok(c.width > 100 && c.height > 80, `${c.id} is drawn (${c.width}x${c.height})`);
     assert.ok(c.marks > 20, `${c.id} has marks`);
   }
-  assert.deepEqual(missing, ['u-distribution', 'gates', 'exits']);
+  assert.deepEqual(missing, ['u-distribution', 'dynamic', 'gates', 'exits']);
 });
 
 test('with every data source present, every section draws in the browser', { skip }, async () => {
@@ -65,7 +65,21 @@ test('with every data source present, every section draws in the browser', { ski
   const report = await writeReport([dir], out, { testLimit: 100, latency: false });
   const { charts, missing, errors } = await openReport(out, 'report-all-sections.png');
   assert.deepEqual(errors, []);
-  assert.deepEqual(missing, []);
+  assert.deepEqual(missing, ['dynamic'], 'every section but the one of dynamic runs');
   assert.deepEqual(charts.map((c) => c.id), expectedCharts(report.sections));
   assert.ok(charts.every((c) => c.width > 100 && c.marks > 10));
+});
+
+test('a dynamic run’s report draws its threshold sweep in the browser', { skip }, async () => {
+  const dir = path.join(root, 'acs');
+  await trainTinyDynamicRun(dir);
+  const out = path.join(root, 'dynamic.html');
+  const report = await writeReport([dir], out, { sweep: false });
+  const { charts, missing, errors } = await openReport(out, 'report-dynamic.png');
+  assert.deepEqual(errors, []);
+  assert.ok(!missing.includes('dynamic'));
+  const drawn = charts.filter((c) => c.id.startsWith('dynamic-'));
+  assert.deepEqual(drawn.map((c) => c.id), report.sections.find((s) => s.name === 'dynamic')!.charts);
+  assert.equal(drawn.length, 5);
+  for (const c of drawn) assert.ok(c.width > 100 && c.height > 80 && c.marks > 20, `${c.id} is drawn (${c.width}x${c.height}, ${c.marks} marks)`);
 });

@@ -2,7 +2,8 @@ import type { TopLevelSpec } from 'vega-lite';
 import { Registry } from '../util/registry.js';
 import { paretoFront, type Candidate } from '../control/select.js';
 import { si } from '../util/format.js';
-import { fixed, lineChart, percent, quantitative, round, type Row } from './charts.js';
+import { barChart, fixed, lineChart, percent, quantitative, round, type Row } from './charts.js';
+import { blockSkips, classCompute, HISTOGRAM_BINS, type DynamicSweepData } from './dynamic.js';
 import { CHART_SIZE } from './vega.js';
 import { RUN_FILES } from './sources.js';
 import type { Availability, Chart, ControllerEvalData, ReportSection, RunData, SectionContent, SweepData } from './types.js';
@@ -25,7 +26,10 @@ export function runLabel(run: RunData): string {
 
 const ok: Availability = { ok: true };
 const empty = (): SectionContent => ({ charts: [], tables: [], commands: [], notes: [] });
-const sweepHint = (run: RunData) => `\`dynn report ${run.dir}\` without --no-sweep, or \`dynn sweep ${run.dir} --json > ${run.dir}/${RUN_FILES.sweep}\``;
+const sweepHint = (run: RunData) =>
+  typeof run.modelArgs.dynamic === 'string'
+    ? `\`dynn report ${run.dir}\` without --no-sweep (it measures the backbone at fixed u; \`dynn sweep\` of a dynamic run sweeps its gates' threshold instead)`
+    : `\`dynn report ${run.dir}\` without --no-sweep, or \`dynn sweep ${run.dir} --json > ${run.dir}/${RUN_FILES.sweep}\``;
 
 function withSweep(runs: RunData[]): (RunData & { sweep: SweepData })[] {
   return runs.filter((r): r is RunData & { sweep: SweepData } => r.sweep !== null);
@@ -343,6 +347,78 @@ registerSection({
     }
     if (withSweep(runs).some((r) => !r.sweep.classNames)) content.notes.push('Class names were not recorded with a sweep and its data set could not be opened here: classes are numbered.');
     sweepNotes(runs, content);
+    return content;
+  },
+});
+
+function withDynamic(runs: RunData[]): (RunData & { dynamic: DynamicSweepData })[] {
+  return runs.filter((r): r is RunData & { dynamic: DynamicSweepData } => r.dynamic !== null);
+}
+
+registerSection({
+  name: 'dynamic',
+  title: 'Per-sample compute of dynamic runs',
+  description:
+    'For runs whose gates decide per input (`--dynamic`), from their threshold sweep: accuracy against mean executed FLOPs at each inference threshold beside the backbone at fixed u (FLOPs over the backbone with nothing skipped, gates counted where they run); then, at the trained threshold, how executed FLOPs spread over samples, how often each gated block is skipped, and which classes get more compute.',
+  available: (runs) =>
+    withDynamic(runs).length
+      ? ok
+      : { ok: false, missing: runs.some((r) => r.dynamicMissing) ? runs.filter((r) => r.dynamicMissing).map((r) => `${r.name}: ${r.dynamicMissing}`).join('; ') : 'no run is dynamic (`dynn train --dynamic NAME`)' },
+  render(runs) {
+    const content = empty();
+    for (const r of runs) if (r.dynamicMissing) content.notes.push(`${r.name}: ${r.dynamicMissing}`);
+    const curve: Row[] = [];
+    for (const r of withDynamic(runs)) {
+      const d = r.dynamic;
+      for (const p of d.points) curve.push({ series: `${r.name} · gates`, flopsRatio: round(p.flopsRatio), accuracy: round(p.accuracy), label: `threshold ${p.threshold}${p === d.trained ? ' (trained)' : ''}` });
+      curve.push({ series: `${r.name} · backbone, no gate`, flopsRatio: 1, accuracy: round(d.full.accuracy), label: 'every channel' });
+      // The u-sweep's FLOPs count the gates at every u, but the backbone runs none: taken out here.
+      const share = d.trained.gateShare;
+      for (const p of r.sweep?.points ?? []) curve.push({ series: `${r.name} · backbone at fixed u`, flopsRatio: round(p.flopsRatio * (1 + share) - share), accuracy: round(p.accuracy), label: `u=${fixed(p.u, 3)}` });
+      if (!r.sweep) content.notes.push(`${r.name}: the backbone's u-curve is not drawn (${r.sweepMissing ?? 'no sweep over u'}).`);
+      content.tables.push({
+        caption: `${r.name}: ${d.mechanism} gates on ${d.testSamples} ${d.dataset} test samples (backbone with no gate: ${percent(d.full.accuracy)}, ${fixed(d.full.latencyMs.batch64, 2)} ms @64; masked at the first threshold: ${fixed(d.masked.latencyMs.batch64, 2)} ms @64)`,
+        head: ['threshold', 'accuracy', 'FLOPs ratio', 'least', 'most', 'gates’ share', 'ms @1', 'ms @64'],
+        rows: d.points.map((p) => [`${p.threshold}${p === d.trained ? ' (trained)' : ''}`, percent(p.accuracy), fixed(p.flopsRatio), fixed(p.flopsMin), fixed(p.flopsMax), fixed(p.gateShare), fixed(p.latencyMs.batch1, 2), fixed(p.latencyMs.batch64, 2)]),
+      });
+      content.commands.push(d.command);
+    }
+    const x = quantitative({ field: 'flopsRatio', title: 'mean executed FLOPs / backbone FLOPs' });
+    const y = quantitative({ field: 'accuracy', title: 'test accuracy', as: 'percent' });
+    const spec = {
+      title: 'Accuracy vs executed FLOPs: gates at each threshold, the backbone at fixed u',
+      ...CHART_SIZE,
+      data: { values: curve },
+      mark: { type: 'line', point: true },
+      encoding: {
+        x,
+        y,
+        color: { field: 'series', type: 'nominal', title: 'operating points' },
+        order: { field: 'flopsRatio', type: 'quantitative' },
+        tooltip: [{ field: 'series' }, { field: 'label' }, { field: 'flopsRatio', type: 'quantitative', format: '.3f' }, { field: 'accuracy', type: 'quantitative', format: '.2%' }],
+      },
+    } as TopLevelSpec;
+    content.charts.push({ id: 'dynamic-accuracy-flops', title: 'Accuracy vs executed FLOPs', spec });
+    for (const r of withDynamic(runs)) {
+      const d = r.dynamic;
+      const at = `threshold ${d.trained.threshold}`;
+      const hist: Row[] = d.trained.histogram.map((n, i) => ({ bin: HISTOGRAM_BINS[i], share: round(n / d.testSamples), samples: n }));
+      const skips = blockSkips(d.trained);
+      const classes = classCompute(d, d.trained);
+      content.charts.push(
+        { id: `dynamic-histogram-${r.name}`, title: `${r.name}: FLOPs per sample`, spec: barChart(`${r.name}: executed FLOPs ratio per sample (${at})`, hist, { field: 'bin', title: 'FLOPs ratio', sort: HISTOGRAM_BINS }, { field: 'share', title: 'share of samples', as: 'percent' }, [{ field: 'samples', type: 'quantitative' }]) },
+        { id: `dynamic-skips-${r.name}`, title: `${r.name}: skip rate per block`, spec: barChart(`${r.name}: share of groups skipped per gated block (${at})`, skips.map((s) => ({ block: s.block, skipped: round(s.skipped) })), { field: 'block', title: 'gated block', sort: skips.map((s) => s.block) }, { field: 'skipped', title: 'groups skipped', as: 'percent', domain: [0, 1] }) },
+        { id: `dynamic-class-flops-${r.name}`, title: `${r.name}: FLOPs per class`, spec: barChart(`${r.name}: mean executed FLOPs ratio per class (${at})`, classes.map((c) => ({ class: c.name, flopsRatio: round(c.flopsRatio), accuracy: round(c.accuracy) })), { field: 'class', title: 'class', sort: d.classNames }, { field: 'flopsRatio', title: 'mean FLOPs ratio' }, [{ field: 'accuracy', type: 'quantitative', format: '.2%' }]) },
+      );
+      if (classes.some((c) => Number.isFinite(c.accuracy))) {
+        content.charts.push({ id: `dynamic-class-accuracy-${r.name}`, title: `${r.name}: accuracy per class`, spec: barChart(`${r.name}: accuracy per class (${at})`, classes.map((c) => ({ class: c.name, accuracy: round(c.accuracy) })), { field: 'class', title: 'class', sort: d.classNames }, { field: 'accuracy', title: 'class accuracy', as: 'percent', domain: [0, 1] }) });
+      } else content.notes.push(`${r.name}: its threshold sweep predates per-class accuracy; remake it to draw it: \`${d.command}\`.`);
+      content.tables.push(
+        { caption: `${r.name}: samples per executed FLOPs ratio (${at})`, head: ['FLOPs ratio', 'samples', 'share'], rows: hist.map((h) => [String(h.bin), Number(h.samples), percent(Number(h.share))]) },
+        { caption: `${r.name}: groups skipped per gated block`, head: ['block', ...d.points.map((p) => `threshold ${p.threshold}`)], rows: skips.map((s) => [s.block, ...d.points.map((p) => percent(p.skipRates[s.block] ?? NaN))]) },
+        { caption: `${r.name}: compute and accuracy per class (${at})`, head: ['class', 'mean FLOPs ratio', 'accuracy'], rows: classes.map((c) => [c.name, fixed(c.flopsRatio), percent(c.accuracy)]) },
+      );
+    }
     return content;
   },
 });

@@ -7,6 +7,7 @@ import type { EngineName } from '../engine/backend.js';
 import { DynnError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { commandLine, trainCommandLine } from './commands.js';
+import { DYNAMIC_SWEEP_WHAT, parseDynamicSweep, readJsonFile } from './dynamic.js';
 import type { ControllerEvalData, ExitData, GatesEvalData, OnnxLatencyData, RunData, SweepData } from './types.js';
 
 /**
@@ -14,7 +15,10 @@ import type { ControllerEvalData, ExitData, GatesEvalData, OnnxLatencyData, RunD
  * is missing says so and names the command that makes it.
  */
 export const RUN_FILES = {
-  /** `dynn sweep RUN --json > RUN/sweep.json`, or `dynn report RUN --save-sweep`. */
+  /**
+   * `dynn sweep RUN --json > RUN/sweep.json`, or `dynn report RUN --save-sweep`. For a dynamic run, its gates'
+   * threshold sweep (`dynn sweep` of such a run writes it, with a `dynamic` field).
+   */
   sweep: 'sweep.json',
   /** `dynn sweep RUN --thresholds LIST --json > RUN/exit-sweep.json` (early-exit models). */
   exitSweep: 'exit-sweep.json',
@@ -52,6 +56,11 @@ export interface GatherOptions {
   engine?: EngineName | 'auto';
   /** Progress messages (one line each). */
   onProgress?: (message: string) => void;
+  /**
+   * A malformed `RUN/sweep.json` is stated where its charts would be instead of failing (the dashboard's
+   * run pages); default false: a DynnError naming the file.
+   */
+  lenient?: boolean;
 }
 
 const nullableNumber = z.number().nullable().transform((x) => x ?? NaN);
@@ -135,19 +144,11 @@ const controllerMetaSchema = z.object({
 
 /** Reads and validates an optional JSON file: null when absent, a DynnError naming the file when malformed. */
 async function readJson<T>(file: string, schema: z.ZodType<T>, what: string): Promise<T | null> {
-  let text: string;
-  try {
-    text = await fsp.readFile(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw new DynnError(`${file}: cannot read it: ${(err as Error).message}`);
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    throw new DynnError(`${file}: not valid JSON (${(err as Error).message}); expected ${what}`);
-  }
+  return parseJson(await readJsonFile(file, what), schema, file, what);
+}
+
+function parseJson<T>(raw: unknown, schema: z.ZodType<T>, file: string, what: string): T | null {
+  if (raw === null) return null;
   const parsed = schema.safeParse(raw);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
@@ -187,27 +188,58 @@ export async function gatherRun(dir: string, name: string, options: GatherOption
     schedule: String(opts.schedule ?? 'uniform'),
     gating: String(opts.gating ?? 'nested'),
     trainCommand: trainCommandLine(dir, meta, info.config.args),
-    sweep: await readSweep(dir),
+    sweep: null,
+    dynamic: null,
     controllers: await readControllerEvals(dir),
     gates: [],
     gatesEvals: await readGatesEvals(dir),
     exits: await readExits(dir),
     onnxLatency: await readOnnxLatency(dir),
   };
+  await readSweeps(run, options);
   await addCompanions(run);
-  if (!run.sweep) {
-    if (options.sweep === false) run.sweepMissing = `no ${RUN_FILES.sweep} beside the run`;
+  if (!run.sweep && !run.sweepMissing) {
+    if (options.sweep === false) run.sweepMissing = run.dynamic ? `not measured, and ${RUN_FILES.sweep} holds the gates' threshold sweep` : `no ${RUN_FILES.sweep} beside the run`;
     else run.sweep = await computeSweep(run, options);
   }
   return run;
 }
 
-async function readSweep(dir: string): Promise<SweepData | null> {
+/**
+ * Reads `RUN/sweep.json`: a sweep over u, or a dynamic run's threshold sweep (then the u-curve of its
+ * backbone is measured or missing, as for a run without a sweep file). With `lenient`, a malformed file is
+ * the reason its charts are missing.
+ */
+async function readSweeps(run: RunData, options: GatherOptions): Promise<void> {
+  const file = path.join(run.dir, RUN_FILES.sweep);
+  const mechanism = run.modelArgs.dynamic;
+  try {
+    const raw = await readJsonFile(file, typeof mechanism === 'string' ? DYNAMIC_SWEEP_WHAT : SWEEP_WHAT);
+    if (typeof mechanism === 'string') {
+      const opts = run.meta.options ?? {};
+      const ref = { dir: run.dir, model: run.model, mechanism, trainedThreshold: typeof opts.gateThreshold === 'number' ? opts.gateThreshold : undefined };
+      const r = parseDynamicSweep(raw, file, ref);
+      if ('sweep' in r) run.dynamic = r.sweep;
+      else run.dynamicMissing = r.missing;
+    }
+    run.sweep = await parseSweep(raw, run.dir, typeof mechanism === 'string');
+  } catch (err) {
+    if (!options.lenient || !(err instanceof DynnError)) throw err;
+    if (typeof mechanism === 'string') run.dynamicMissing = err.message;
+    run.sweepMissing = err.message;
+  }
+}
+
+const SWEEP_WHAT = 'a sweep (`dynn sweep RUN --json`)';
+
+/** The sweep over u in the parsed `RUN/sweep.json`: null when absent or when it is a dynamic run's threshold sweep. */
+async function parseSweep(raw: unknown, dir: string, dynamicRun: boolean): Promise<SweepData | null> {
   const file = path.join(dir, RUN_FILES.sweep);
-  // A dynamic run's sweep (over its gates' thresholds) has no chart here yet: the report draws the u-curve
-  // of its backbone instead, as for a run without a sweep file.
-  if (await isDynamicSweep(file)) return null;
-  const s = await readJson(file, sweepSchema, 'a sweep (`dynn sweep RUN --json`)');
+  const what = SWEEP_WHAT;
+  const mechanism = typeof raw === 'object' && raw !== null ? (raw as { dynamic?: unknown }).dynamic : undefined;
+  if (mechanism !== undefined && dynamicRun) return null;
+  if (mechanism !== undefined) throw new DynnError(`${file}: a threshold sweep of a model with gates, but ${dir} has none; expected ${what}`);
+  const s = parseJson(raw, sweepSchema, file, what);
   if (!s) return null;
   return {
     dataset: s.dataset,
@@ -218,16 +250,6 @@ async function readSweep(dir: string): Promise<SweepData | null> {
     command: s.command ?? commandLine(['dynn', 'sweep', dir, '--json']) + ` > ${file}`,
     source: { kind: 'file', path: file },
   };
-}
-
-/** Whether `file` holds a dynamic run's sweep (`dynn sweep` of a run with gates writes a `dynamic` field). */
-async function isDynamicSweep(file: string): Promise<boolean> {
-  try {
-    const raw: unknown = JSON.parse(await fsp.readFile(file, 'utf8'));
-    return typeof raw === 'object' && raw !== null && typeof (raw as { dynamic?: unknown }).dynamic === 'string';
-  } catch {
-    return false;
-  }
 }
 
 async function readControllerEvals(dir: string): Promise<ControllerEvalData[]> {
@@ -376,7 +398,10 @@ async function computeSweep(run: RunData, options: GatherOptions): Promise<Sweep
       command: commandLine([...args, '--json']),
       source: { kind: 'computed' },
     };
-    if (options.saveSweep) {
+    if (options.saveSweep && run.dynamic) {
+      // RUN/sweep.json holds the gates' threshold sweep: the backbone's u-curve is not saved over it.
+      options.onProgress?.(`${run.name}: not saved: ${RUN_FILES.sweep} holds the gates' threshold sweep`);
+    } else if (options.saveSweep) {
       const file = path.join(run.dir, RUN_FILES.sweep);
       const { source: _source, ...saved } = result;
       await writeFileAtomic(file, JSON.stringify({ model: model.config.model, ...saved }, null, 2) + '\n');

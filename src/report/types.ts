@@ -1,6 +1,7 @@
 import type { TopLevelSpec } from 'vega-lite';
 import type { TrainMeta } from '../train/run.js';
 import type { SweepPoint } from '../eval/sweep.js';
+import type { DynamicSweepData } from './dynamic.js';
 
 /** A sweep of one run: accuracy, FLOPs and latency at fixed utilizations. */
 export interface SweepData {
@@ -90,6 +91,10 @@ export interface RunData {
   sweep: SweepData | null;
   /** Why there is no sweep, when there is none. */
   sweepMissing?: string;
+  /** A dynamic run's threshold sweep (`dynn sweep` of a run with gates), when beside it. */
+  dynamic: DynamicSweepData | null;
+  /** Why a dynamic run has no threshold sweep to draw (absent or malformed); unset for other runs. */
+  dynamicMissing?: string;
   controllers: ControllerEvalData[];
   gates: GatesData[];
   gatesEvals: GatesEvalData[];

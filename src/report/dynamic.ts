@@ -1,0 +1,178 @@
+import { promises as fsp } from 'node:fs';
+import { z } from 'zod';
+import { summarizeIssues } from '../checkpoint/checkpoint.js';
+import { DynnError } from '../util/errors.js';
+import { commandLine } from './commands.js';
+
+// A dynamic run's threshold sweep file (`dynn sweep RUN --json > RUN/sweep.json` on a run with gates), read
+// and validated free of TF.js, and the views of it that `dynn info`, the report and the dashboard share.
+
+/** One inference threshold of a dynamic run's sweep file, as read (numbers stored as null read back as NaN). */
+export interface DynamicPoint {
+  threshold: number;
+  accuracy: number;
+  /** Mean executed FLOPs per sample, gates included, over the backbone's with nothing skipped. */
+  flopsRatio: number;
+  flopsMin: number;
+  flopsMax: number;
+  gateShare: number;
+  /** Per gated block, in the network's order: the mean fraction of its groups skipped. */
+  skipRates: Record<string, number>;
+  /** Per class: the mean FLOPs ratio of its samples (NaN for a class with none). */
+  classFlops: number[];
+  /** Per class: the accuracy; absent in files written before it was recorded. */
+  perClassAccuracy?: number[];
+  /** Samples per tenth of the FLOPs ratio (the last bin holds everything from 0.9 up). */
+  histogram: number[];
+  latencyMs: { batch1: number; batch64: number };
+}
+
+/** A dynamic run's threshold sweep, validated against the run it lies beside. */
+export interface DynamicSweepData {
+  /** The file it was read from. */
+  path: string;
+  model: string;
+  mechanism: string;
+  dataset: string;
+  testSamples: number;
+  /** Class names from the file, else numbered. */
+  classNames: string[];
+  /** The points in file order (`dynn sweep` writes the trained threshold first). */
+  points: DynamicPoint[];
+  /** The point at the threshold the run was trained with. */
+  trained: DynamicPoint;
+  /** The backbone with nothing skipped and no gate, run the same way. */
+  full: { accuracy: number; latencyMs: { batch1: number; batch64: number } };
+  /** The trained decisions run the way the field runs them: every channel, then the mask. */
+  masked: { latencyMs: { batch64: number } };
+  /** A command line that remakes the file. */
+  command: string;
+}
+
+/** What the views need to know of the run the file lies beside. */
+export interface DynamicRunRef {
+  dir: string;
+  model: string;
+  mechanism: string;
+  /** The run's training threshold (meta.options.gateThreshold), when recorded. */
+  trainedThreshold?: number;
+}
+
+const fraction = z.number().min(0).max(1);
+const nonnegative = z.number().nonnegative();
+/** JSON has no NaN: a missing latency or an empty class is written as null. */
+const orNaN = <T extends z.ZodNumber>(n: T) => n.nullable().transform((x) => x ?? NaN);
+const name = z.string().min(1).max(200);
+
+const pointSchema = z.object({
+  threshold: fraction,
+  accuracy: fraction,
+  flopsRatio: nonnegative,
+  flopsMin: nonnegative,
+  flopsMax: nonnegative,
+  gateShare: nonnegative,
+  skipRates: z.record(name, fraction),
+  classFlops: z.array(orNaN(nonnegative)).min(1),
+  perClassAccuracy: z.array(orNaN(fraction)).optional(),
+  histogram: z.array(z.number().int().nonnegative()).length(10),
+  latencyMs: z.object({ batch1: orNaN(nonnegative), batch64: orNaN(nonnegative) }),
+});
+
+const sweepSchema = z
+  .object({
+    model: name,
+    dynamic: name,
+    dataset: name,
+    testSamples: z.number().int().positive(),
+    trainedThreshold: fraction.optional(),
+    classNames: z.array(z.string().max(200)).optional(),
+    points: z.array(pointSchema).min(1),
+    full: z.object({ accuracy: fraction, latencyMs: z.object({ batch1: orNaN(nonnegative), batch64: orNaN(nonnegative) }) }),
+    masked: z.object({ latencyMs: z.object({ batch64: orNaN(nonnegative) }) }),
+  })
+  .superRefine((s, ctx) => {
+    const classes = s.classNames?.length ?? s.points[0].classFlops.length;
+    s.points.forEach((p, i) => {
+      const issue = (path: (string | number)[], message: string) => ctx.addIssue({ code: 'custom', path: ['points', i, ...path], message });
+      if (p.classFlops.length !== classes) issue(['classFlops'], `${p.classFlops.length} classes, expected ${classes}`);
+      if (p.perClassAccuracy && p.perClassAccuracy.length !== classes) issue(['perClassAccuracy'], `${p.perClassAccuracy.length} classes, expected ${classes}`);
+      const counted = p.histogram.reduce((a, b) => a + b, 0);
+      if (counted !== s.testSamples) issue(['histogram'], `counts ${counted} samples, the sweep has ${s.testSamples}`);
+    });
+  });
+
+/** What a dynamic run's sweep file is, for messages. */
+export const DYNAMIC_SWEEP_WHAT = 'a threshold sweep of a dynamic run (`dynn sweep RUN --json`)';
+
+/**
+ * Parses a dynamic run's sweep file: `{ missing }` when `raw` is null (no file) or holds a sweep over u (the
+ * backbone's, as `dynn report --save-sweep` writes), else the validated sweep. A malformed file, or one made
+ * for another model or mechanism, is a DynnError naming the file and the field.
+ */
+export function parseDynamicSweep(raw: unknown, file: string, run: DynamicRunRef): { sweep: DynamicSweepData } | { missing: string } {
+  const remake = `\`${commandLine(['dynn', 'sweep', run.dir, '--json'])} > ${file}\``;
+  if (raw === null) return { missing: `no threshold sweep beside the run: ${remake} makes one` };
+  const obj = typeof raw === 'object' && !Array.isArray(raw) ? (raw as Record<string, unknown>) : null;
+  if (obj && obj.dynamic === undefined && Array.isArray(obj.points) && obj.points.length > 0 && obj.points.every((p) => typeof p === 'object' && p !== null && 'u' in p)) {
+    return { missing: `${file} holds the backbone's sweep over u, not the gates' threshold sweep: ${remake} replaces it` };
+  }
+  const parsed = sweepSchema.safeParse(raw);
+  if (!parsed.success) throw new DynnError(`${file}: not ${DYNAMIC_SWEEP_WHAT}: ${summarizeIssues(parsed.error.issues)}; remake it with ${remake}`);
+  const s = parsed.data;
+  if (s.model !== run.model || s.dynamic !== run.mechanism) {
+    throw new DynnError(`${file}: a threshold sweep of ${s.model} with ${s.dynamic} gates, but the run is ${run.model} with ${run.mechanism} gates; remake it with ${remake}`);
+  }
+  const t = s.trainedThreshold ?? run.trainedThreshold ?? 0.5;
+  const trained = s.points.find((p) => p.threshold === t) ?? s.points[0];
+  const classes = s.points[0].classFlops.length;
+  const others = s.points.map((p) => p.threshold).filter((x) => x !== trained.threshold);
+  return {
+    sweep: {
+      path: file,
+      model: s.model,
+      mechanism: s.dynamic,
+      dataset: s.dataset,
+      testSamples: s.testSamples,
+      classNames: s.classNames ?? Array.from({ length: classes }, (_, c) => `class ${c}`),
+      points: s.points,
+      trained,
+      full: s.full,
+      masked: s.masked,
+      command: commandLine(['dynn', 'sweep', run.dir, ...(others.length ? ['--thresholds', others.join(',')] : []), '--json']) + ` > ${file}`,
+    },
+  };
+}
+
+/** Reads and parses a dynamic run's sweep file (see `parseDynamicSweep`); an absent file is `{ missing }`. */
+export async function readDynamicSweep(file: string, run: DynamicRunRef): Promise<{ sweep: DynamicSweepData } | { missing: string }> {
+  return parseDynamicSweep(await readJsonFile(file, DYNAMIC_SWEEP_WHAT), file, run);
+}
+
+/** The parsed JSON of `file`, or null when it does not exist; a DynnError naming the file when unreadable. */
+export async function readJsonFile(file: string, what: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await fsp.readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new DynnError(`${file}: cannot read it: ${(err as Error).message}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new DynnError(`${file}: not valid JSON (${(err as Error).message}); expected ${what}`);
+  }
+}
+
+/** Skip rate per gated block at a point, in the network's order. */
+export function blockSkips(p: DynamicPoint): { block: string; skipped: number }[] {
+  return Object.entries(p.skipRates).map(([block, skipped]) => ({ block, skipped }));
+}
+
+/** Compute and accuracy per class at a point (accuracy NaN when the file does not record it). */
+export function classCompute(s: DynamicSweepData, p: DynamicPoint): { name: string; flopsRatio: number; accuracy: number }[] {
+  return s.classNames.map((name, c) => ({ name, flopsRatio: p.classFlops[c], accuracy: p.perClassAccuracy?.[c] ?? NaN }));
+}
+
+/** The histogram's bins as labels: `0.0-0.1`, ..., `0.9+`. */
+export const HISTOGRAM_BINS = Array.from({ length: 10 }, (_, i) => (i === 9 ? '0.9+' : `${(i / 10).toFixed(1)}-${((i + 1) / 10).toFixed(1)}`));
