@@ -9,8 +9,9 @@
  *   4. a training step of the gated model against PyTorch's masked version of it (bench/acs_peer.py).
  * Usage: npm run bench:acs [-- --train 16384 --test 2000 --epochs 1 --gated-epochs 1
  *          --backbones resnet38,densenet41 --mechanisms acs-gn,acs-dg --targets 0.3,0.5,0.7
- *          --estimators sigmoid,gumbel --no-peer --json]
- * Runs go to .bench/acs/ (replaced on each bench run), results to .bench/acs.json (written atomically).
+ *          --estimators sigmoid,gumbel --lr 2e-4 --gate-scale 5 --results .bench/acs.json --no-peer --json]
+ * (--lr and --gate-scale: step 2's learning rate and gates' logit scale.) Runs go to .bench/acs/ (replaced on
+ * each bench run), results to --results (written atomically).
  */
 import os from 'node:os';
 import path from 'node:path';
@@ -48,6 +49,9 @@ const BACKBONES = list('backbones', 'resnet38,densenet41');
 const MECHANISMS = list('mechanisms', 'acs-gn,acs-dg');
 const TARGETS = list('targets', '0.3,0.5,0.7').map(Number);
 const ESTIMATORS = list('estimators', 'sigmoid');
+const STEP2_LR = num('lr', 2e-4);
+const GATE_SCALE = num('gate-scale', 5);
+const RESULTS = value('results') ?? '.bench/acs.json';
 const US = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1];
 const STEP_BATCH = 128;
 const ROOT = '.bench/acs';
@@ -95,7 +99,7 @@ async function gatedStepMs(model: Network, steps: number): Promise<number> {
 }
 
 async function main() {
-  const results: Record<string, unknown> = { cores: os.availableParallelism(), train: TRAIN, test: TEST, epochs: EPOCHS, gatedEpochs: GATED_EPOCHS, backbones: {} };
+  const results: Record<string, unknown> = { cores: os.availableParallelism(), train: TRAIN, test: TEST, epochs: EPOCHS, gatedEpochs: GATED_EPOCHS, step2: { lr: STEP2_LR, gateScale: GATE_SCALE }, backbones: {} };
   for (const backbone of BACKBONES) {
     log(`${backbone}: step 1, ${EPOCHS} epoch(s) on ${TRAIN} images`);
     log('  static (u = 1)');
@@ -118,7 +122,8 @@ async function main() {
           const r = await train(
             base(`${backbone}/${mechanism}-${estimator}-${target}`, {
               model: backbone,
-              modelArgs: { dynamic: mechanism },
+              modelArgs: { dynamic: mechanism, gateScale: GATE_SCALE },
+              lr: STEP2_LR,
               init: path.join(ROOT, `${backbone}/throttle`),
               epochs: GATED_EPOCHS,
               flopsTarget: target,
@@ -149,7 +154,7 @@ async function main() {
     }
     (results.backbones as Record<string, unknown>)[backbone] = { static: { accuracy: staticAccuracy }, curve, oracle, gated, timing };
   }
-  await writeFileAtomic('.bench/acs.json', JSON.stringify(results, null, 2) + '\n');
+  await writeFileAtomic(RESULTS, JSON.stringify(results, null, 2) + '\n');
   if (json) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
 }
 

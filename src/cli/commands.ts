@@ -48,6 +48,7 @@ export function trainOptionsFrom(o: Opts) {
       dynamic: o.dynamic === undefined ? undefined : String(o.dynamic),
       decisions: o.decisions === undefined ? undefined : String(o.decisions),
       gateWidth: numberOption(o.gateWidth, 'gate-width', { int: true, min: 1 }),
+      gateScale: numberOption(o.gateScale, 'gate-scale', { min: Number.MIN_VALUE }),
     },
     flopsTarget: numberOption(o.flopsTarget, 'flops-target', { min: Number.MIN_VALUE, max: 1 }),
     efficiencyWeight: numberOption(o.efficiencyWeight, 'efficiency-weight', { min: 0 }),

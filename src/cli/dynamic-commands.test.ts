@@ -52,6 +52,8 @@ test('dynamic options: clear errors before any training', async () => {
     [['--model', 'densenet-w', '--dynamic', 'acs-dg'], /--dynamic acs-dg needs a model with a gated form; densenet-w has none \(expected one of densenet41, densenet53, resnet38\)/],
     [['--model', 'densenet41', '--dynamic', 'acs-dg', '--gate-width', '6'], /d0\.u0\.gate: an acs-dg gate's width \(gateWidth\) must be a power of two >= 2, as its DGConv layers need, got 6/],
     [['--model', 'densenet41', '--dynamic', 'acs-gn', '--groups', '5'], /d0\.u0: 128 inner channels do not split into 5 groups/],
+    [['--model', 'resnet38', '--gate-scale', '2'], /gateScale \(--gate-scale\) needs a dynamic model \(--dynamic NAME\)/],
+    [['--model', 'resnet38', '--dynamic', 'acs-gn', '--gate-scale', '0'], /--gate-scale must be a number > 0, got 0/],
     [['--model', 'densenet41', '--decisions', 'channel'], /decisions \(--decisions channel\) needs a dynamic model \(--dynamic NAME\)/],
     [['--model', 'densenet41', '--dynamic', 'acs-gn', '--decisions', 'each'], /unknown decision form "each"; expected one of channel, nested/],
     [['--model', 'resnet38', '--dynamic', 'acs-gn', '--flops-target', '0'], /--flops-target must be a number in \(0, 1\], got 0/],

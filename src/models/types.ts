@@ -16,6 +16,8 @@ export interface ModelArgs {
   dynamic?: string;
   /** Channels of each gate's hidden layers (default: the mechanism's). */
   gateWidth?: number;
+  /** Factor on each gate's logits (default 1): larger makes the gates learn faster than the backbone. */
+  gateScale?: number;
   /** How the gates decide (a registered decision form: `nested`, the default, or `channel`, masked). */
   decisions?: string;
   [key: string]: unknown;

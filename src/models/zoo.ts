@@ -147,7 +147,7 @@ models.register('resnet38', {
 
 /** The arguments a gated unit takes from the model's: its mechanism, gate width and decision form. */
 function gatedArgs(a: ModelArgs, mechanism: string) {
-  return { mechanism, gateWidth: a.gateWidth as number | undefined, decisions: a.decisions as string | undefined };
+  return { mechanism, gateWidth: a.gateWidth as number | undefined, gateScale: a.gateScale as number | undefined, decisions: a.decisions as string | undefined };
 }
 
 /**
@@ -238,6 +238,12 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   }
   if (resolved.gateWidth !== undefined && (!Number.isInteger(resolved.gateWidth) || (resolved.gateWidth as number) < 1)) {
     throw new DynnError(`gateWidth must be a positive integer, got ${resolved.gateWidth}`);
+  }
+  for (const key of ['gateWidth', 'gateScale'] as const) {
+    if (resolved[key] !== undefined && resolved.dynamic === undefined) throw new DynnError(`${key} (--${key === 'gateWidth' ? 'gate-width' : 'gate-scale'}) needs a dynamic model (--dynamic NAME)`);
+  }
+  if (resolved.gateScale !== undefined && !((resolved.gateScale as number) > 0 && Number.isFinite(resolved.gateScale))) {
+    throw new DynnError(`gateScale must be a positive number, got ${resolved.gateScale}`);
   }
   if (!Number.isInteger(resolved.groups) || (resolved.groups as number) < 1) {
     throw new DynnError(`groups must be a positive integer, got ${resolved.groups}`);

@@ -34,7 +34,7 @@ export class GatedDenseUnit extends DenseUnit<GatedDenseUnitArgs> implements Gat
     const out = super.doBuild(inShape);
     this.pre = this.branch.slice(0, 2);
     this.routed = this.branch.slice(2);
-    this.gateLayer = buildGate(this, this.args.mechanism, this.args.gateWidth, inShape, this.seed);
+    this.gateLayer = buildGate(this, this.args, inShape, this.seed);
     this.layers.push(this.gateLayer);
     return out;
   }

@@ -9,6 +9,8 @@ export interface GateArgs {
   outputs: number;
   /** Channels of the gate's hidden layers. */
   width: number;
+  /** Factor on the logits (default 1). */
+  logitScale?: number;
 }
 
 /**
@@ -31,7 +33,7 @@ export const mechanisms = new Registry<Mechanism>('mechanism');
 
 mechanisms.register('acs-gn', {
   description: 'adaptive channel skipping with a gating network per block (1x1, 3x3/2, 3x3, GAP, FC): nested groups of inner channels per sample',
-  gate: (name, a) => new GateNet(name, { width: a.width, outputs: a.outputs }),
+  gate: (name, a) => new GateNet(name, { width: a.width, outputs: a.outputs, logitScale: a.logitScale }),
   // A quarter of the block's width keeps the gate's cost a few percent of the block's (ACS's 32-wide gates cost 0.29 of ResNet38).
   defaultWidth: (channels) => Math.max(4, Math.floor(channels / 4)),
   defaults: { flopsTarget: 0.5, efficiencyWeight: 4 },
@@ -40,7 +42,7 @@ mechanisms.register('acs-gn', {
 mechanisms.register('acs-dg', {
   description:
     'adaptive channel skipping with a DGConv gating network per block (1x1, DGConv 3x3/2, SE, DGConv 3x3, GAP, FC): acs-gn whose gate convolutions learn their grouping',
-  gate: (name, a) => new DGGateNet(name, { width: a.width, outputs: a.outputs }),
+  gate: (name, a) => new DGGateNet(name, { width: a.width, outputs: a.outputs, logitScale: a.logitScale }),
   // acs-gn's quarter of the block's width, at the nearest power of two (DGConv's channel count).
   defaultWidth: (channels) => Math.max(4, 2 ** Math.round(Math.log2(Math.max(1, channels / 4)))),
   defaults: { ...mechanisms.get('acs-gn').defaults },

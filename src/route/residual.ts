@@ -27,7 +27,7 @@ export class GatedResidualBlock extends ResidualBlock<GatedResidualBlockArgs> im
     checkGroups(this.name, filters, groups);
     if (levels !== groups + 1) throw new DynnError(`${this.name}: a gated block keeps ${groups + 1} BatchNorm rows (0..${groups} active groups), got ${levels}`);
     const out = super.doBuild(inShape);
-    this.gateLayer = buildGate(this, this.args.mechanism, this.args.gateWidth, inShape, this.seed);
+    this.gateLayer = buildGate(this, this.args, inShape, this.seed);
     this.layers.push(this.gateLayer);
     return out;
   }

@@ -14,6 +14,8 @@ export interface GatedArgs {
   mechanism: string;
   /** Channels of the gate's hidden layers (default: the mechanism's, from the unit's input channels). */
   gateWidth?: number;
+  /** Factor on the gates' logits (default 1; see `GateNetArgs.logitScale`): how fast the gates learn against the backbone. */
+  gateScale?: number;
   /** The registered decision form (see `decisionForms`; default `nested`). */
   decisions?: string;
 }
@@ -163,10 +165,10 @@ export function routeUnit(unit: GatedUnit, x: tf.Tensor, sel: ChannelSel, ctx: R
 }
 
 /** Builds a unit's gate from its mechanism, on the unit's input shape, with the decision form's outputs. */
-export function buildGate(unit: Pick<GatedUnit, 'name' | 'groups' | 'groupWidth' | 'decisions'>, mechanism: string, gateWidth: number | undefined, inShape: number[], seed: number): Layer {
-  const m = mechanisms.get(mechanism);
+export function buildGate(unit: Pick<GatedUnit, 'name' | 'groups' | 'groupWidth' | 'decisions'>, args: Pick<GatedArgs, 'mechanism' | 'gateWidth' | 'gateScale'>, inShape: number[], seed: number): Layer {
+  const m = mechanisms.get(args.mechanism);
   const outputs = decisionForms.get(unit.decisions).outputs(unit.groups, unit.groupWidth);
-  const gate = m.gate(gateName(unit.name), { outputs, width: gateWidth ?? m.defaultWidth(inShape[2]) });
+  const gate = m.gate(gateName(unit.name), { outputs, width: args.gateWidth ?? m.defaultWidth(inShape[2]), logitScale: args.gateScale });
   gate.build(inShape, seed);
   return gate;
 }

@@ -19,6 +19,7 @@ const DYNAMIC_FLAGS: [string, string][] = [
   ['--dynamic <mechanism>', 'gates inside the network decide per sample (acs-gn, or acs-dg with DGConv gates: adaptive channel skipping; resnet38, densenet41, densenet53); see `dynn models`'],
   ['--decisions <form>', 'with --dynamic: nested (the first k groups, skipped channels not computed) or channel (one decision per channel, as the ACS paper: run masked, every channel computed; FLOPs count the channels on) [default: nested]'],
   ['--gate-width <n>', 'with --dynamic: channels of each gate’s hidden layers [default: the mechanism’s]'],
+  ['--gate-scale <s>', 'with --dynamic: factor on the gates’ logits; larger makes the gates learn faster than the backbone (with a smaller --lr when fine-tuning) [default: 1]'],
   ['--flops-target <r>', 'with --dynamic: mean executed FLOPs over the backbone’s, gates included, in (0, 1] [default: 0.5]'],
   ['--efficiency-weight <a>', 'with --dynamic: weight of (FLOPs ratio - target)^2 in the loss [default: the mechanism’s]'],
   ['--pretrain-epochs <n>', 'with --dynamic: the first N of --epochs train the backbone without skipping (two-step training) [default: 0]'],

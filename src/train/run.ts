@@ -70,7 +70,7 @@ export function checkModelArgs(info: CheckpointInfo, file: string): ModelArgs {
     throw new DynnError(`${file} is invalid: config.args.inputShape: ${input.join('x')} inputs have more values than the network's ${values} weights`);
   }
   for (const [key, value] of Object.entries(parsed.data)) {
-    if (key === 'seed' || key === 'inputShape') continue;
+    if (key === 'seed' || key === 'inputShape' || key === 'gateScale') continue; // not sizes
     const sizes = (Array.isArray(value) ? value : [value]).filter((v): v is number => typeof v === 'number');
     const i = sizes.findIndex((v) => v > largest);
     if (i >= 0) {

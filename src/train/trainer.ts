@@ -515,15 +515,15 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
 
 /** Loads a distillation teacher and checks that it takes the student's inputs and predicts its classes. */
 async function loadTeacher(dir: string, student: Network): Promise<Network> {
-  return loadCompatible(dir, student, `teacher ${dir}`);
+  return loadCompatible(dir, student, `teacher ${dir}`, 'the student');
 }
 
-/** Loads the run in `dir`, refused unless it takes `model`'s inputs and classes. */
-async function loadCompatible(dir: string, model: Network, what: string): Promise<Network> {
+/** Loads the run in `dir` (`what`), refused unless it takes the inputs and classes of `model` (`self`). */
+async function loadCompatible(dir: string, model: Network, what: string, self: string): Promise<Network> {
   const { model: other } = await loadRun(dir);
   if (other.numClasses !== model.numClasses || other.inputShape.join() !== model.inputShape.join()) {
     const shape = (m: Network) => `${m.inputShape.join('x')} inputs, ${m.numClasses} classes`;
-    const message = `${what} takes ${shape(other)}; the model trained here takes ${shape(model)}`;
+    const message = `${what} takes ${shape(other)}; ${self} takes ${shape(model)}`;
     other.dispose();
     throw new DynnError(message);
   }
@@ -532,7 +532,7 @@ async function loadCompatible(dir: string, model: Network, what: string): Promis
 
 /** Starts `model` from the weights of the run in `dir` (`TrainOptions.init`); gates the run lacks keep their open start. */
 async function initFrom(dir: string, model: Network): Promise<void> {
-  const source = await loadCompatible(dir, model, `--init ${dir}`);
+  const source = await loadCompatible(dir, model, `--init ${dir}`, 'this model');
   try {
     const have = new Map(source.getWeights().map((w) => [w.name, w]));
     const missing = model.weights().filter((w) => !have.has(w.name) && !isGateWeight(w.name)).map((w) => w.name);
