@@ -49,8 +49,9 @@ const BACKBONES = list('backbones', 'resnet38,densenet41');
 const MECHANISMS = list('mechanisms', 'acs-gn,acs-dg');
 const TARGETS = list('targets', '0.3,0.5,0.7').map(Number);
 const ESTIMATORS = list('estimators', 'sigmoid');
-const STEP2_LR = num('lr', 2e-4);
-const GATE_SCALE = num('gate-scale', 5);
+// Step 2's learning rate (default: the trainer's) and the gates' logit scale (default 1).
+const STEP2_LR = value('lr') === undefined ? undefined : num('lr', 0);
+const GATE_SCALE = num('gate-scale', 1);
 const RESULTS = value('results') ?? '.bench/acs.json';
 const US = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1];
 const STEP_BATCH = 128;
@@ -147,7 +148,7 @@ async function main() {
             `    ${(100 * e.accuracy).toFixed(2)}% at FLOPs ${e.flopsRatio.toFixed(3)} (${e.flopsMin.toFixed(2)}..${e.flopsMax.toFixed(2)}, gates ${e.gateShare.toFixed(3)}); ` +
               `u-curve at that FLOPs ${(100 * point.throttledAtSameFlops).toFixed(2)}%, static ${(100 * staticAccuracy).toFixed(2)}%`,
           );
-          if (!timing && target === 0.5) timing = await timeGated(r.model, r.dataset.test, mechanism);
+          if (!timing && target === 0.5) timing = await timeGated(r.model, r.dataset.test, backbone, mechanism);
           r.model.dispose();
         }
       }
@@ -159,7 +160,7 @@ async function main() {
 }
 
 /** Wall-clock of one gated model: dynamic, full and masked, the gates' time, and a training step against PyTorch's masked peer. */
-async function timeGated(model: Network, test: ImageSet, mechanism: string) {
+async function timeGated(model: Network, test: ImageSet, backbone: string, mechanism: string) {
   log(`    timing ${mechanism}: batch 1 and 64 (dynamic, full, masked; threshold 0 for the gates' time)`);
   const s = routedSweep(model, test, [0.5, 0]);
   const [p, open] = s.points;
@@ -186,8 +187,8 @@ async function timeGated(model: Network, test: ImageSet, mechanism: string) {
     const dynnMs = await gatedStepMs(model, 5);
     const peer = !PEER
       ? { ok: false as const, reason: 'PyTorch peer not run (--no-peer)' }
-      : mechanism === 'acs-gn'
-        ? await runTorchPeer({ mode: 'acs-train-step', batch: STEP_BATCH, steps: 5, warmup: 2 }) : { ok: false as const, reason: `the PyTorch peer has ${mechanism}'s gates only as acs-gn` };
+      : backbone === 'resnet38' && mechanism === 'acs-gn'
+        ? await runTorchPeer({ mode: 'acs-train-step', batch: STEP_BATCH, steps: 5, warmup: 2 }) : { ok: false as const, reason: `the PyTorch peer is resnet38 with acs-gn gates only, not ${backbone} with ${mechanism}` };
     if (!peer.ok) torch = peer.reason;
     rounds.push({ dynnMs, torchMs: peer.ok ? (peer.result.meanMs as number) : NaN });
     log(`    train step @${STEP_BATCH}: dynn ${dynnMs.toFixed(0)} ms` + (peer.ok ? `, PyTorch masked ${(peer.result.meanMs as number).toFixed(0)} ms` : `; ${torch}`));

@@ -287,7 +287,7 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
   let sweep = null;
   let missing: string | undefined;
   try {
-    const r = await readDynamicSweep(file, { dir: run, model: model.config.model, mechanism, trainedThreshold });
+    const r = await readDynamicSweep(file, { dir: run, model: model.config.model, mechanism, trainedThreshold, dataset: meta.dataset, numClasses: model.numClasses });
     if ('sweep' in r) sweep = r.sweep;
     else missing = r.missing;
   } catch (err) {

@@ -113,6 +113,9 @@ async function exportDynamic(model: import('../models/network.js').Network, meta
   if (o.levels !== undefined || o.controller !== undefined) {
     throw new DynnError(`--levels and --controller do not apply to a dynamic run: its gates choose each sample's width inside the network`);
   }
+  if (/\.onnx$/i.test(o.onnx.replace(/[\\/]+$/, ''))) {
+    throw new DynnError(`${model.config.model} with ${String(model.config.args.dynamic)} gates exports by segments to a folder; --onnx ${o.onnx} names a file: give a folder name, e.g. ${o.onnx.replace(/\.onnx[\\/]*$/i, '')}`);
+  }
   const { saveSegments } = await import('../export/segments.js');
   const classNames = (await datasetClassNames(meta.dataset, model.numClasses)) ?? undefined;
   const threshold = typeof meta.options.gateThreshold === 'number' ? meta.options.gateThreshold : 0.5;

@@ -93,6 +93,13 @@ test('info shows a dynamic run’s gated accuracy and FLOPs; export writes it by
   const forced = captureIo();
   assert.equal(await runCli(['export', run, '--onnx', out, '--force'], forced), 0, forced.stderr());
   assert.match(forced.stdout(), /18 gated blocks each a gate and a body graph, threshold 0\.5; serve it with `dynn serve/);
+  const file = captureIo();
+  assert.equal(await runCli(['export', run, '--onnx', path.join(tmp, 'acs.onnx')], file), 1);
+  assert.match(file.stderr(), /exports by segments to a folder; --onnx .*acs\.onnx names a file: give a folder name, e.g\. .*acs\b/);
+  const itself = captureIo();
+  assert.equal(await runCli(['export', run, '--onnx', run, '--force'], itself), 1, 'the run is not an earlier export: --force does not replace it');
+  assert.match(itself.stderr(), /is not an export by segments/);
+  assert.ok(fs.existsSync(path.join(run, 'checkpoint.json')));
 });
 
 test('--init starts a dynamic model from a static backbone’s run: its weights, gates open; a foreign run is refused', async () => {
@@ -117,6 +124,18 @@ test('--init starts a dynamic model from a static backbone’s run: its weights,
   } finally {
     a.model.dispose();
     b.model.dispose();
+  }
+  // Gates of another logit scale start open rather than copied (their logits would be scaled).
+  const rescaled = path.join(tmp, 'rescaled');
+  const r2 = captureIo();
+  const again = ['train', '--model', 'resnet38', '--dynamic', 'acs-gn', ...data, '--epochs', '1', '--lr', '1e-30', '--init', fine, '--gate-scale', '2', '--out', rescaled];
+  assert.equal(await runCli(again, r2), 0, r2.stderr());
+  const c = await loadRun(rescaled);
+  try {
+    const bias = c.model.getWeights().find((w) => w.name === 's0.b0.gate.fc.bias')!;
+    assert.ok(bias.data.every((v) => Math.abs(v - 2.5) < 1e-3), `open logit 5 at scale 2: bias 2.5, got ${bias.data[0]}`);
+  } finally {
+    c.model.dispose();
   }
   const vgg = path.join(tmp, 'vgg');
   const v = captureIo();

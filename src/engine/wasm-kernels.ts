@@ -540,7 +540,7 @@ function makeSplitV(original: KernelFunc) {
     const sizes = typeof attrs.numOrSizeSplits === 'number' ? new Array<number>(attrs.numOrSizeSplits).fill(n / attrs.numOrSizeSplits) : attrs.numOrSizeSplits.slice();
     const free = sizes.indexOf(-1);
     if (free >= 0) sizes[free] = n - sizes.reduce((a, b) => a + (b === -1 ? 0 : b), 0);
-    if (inner < GATHER_MIN_BLOCK || x.dtype === 'string' || !sizes.every((k) => Number.isInteger(k) && k >= 0) || sizes.reduce((a, b) => a + b, 0) !== n) {
+    if (inner < GATHER_MIN_BLOCK || !['float32', 'int32', 'bool'].includes(x.dtype) || !sizes.every((k) => Number.isInteger(k) && k >= 0) || sizes.reduce((a, b) => a + b, 0) !== n) {
       return original(args as unknown as Parameters<KernelFunc>[0]) as unknown as TensorInfo[];
     }
     const outer = tf.util.sizeFromShape(x.shape.slice(0, axis));

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync, execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -211,6 +211,19 @@ test('the folder is written atomically and refused when it exists, unless forced
   await saveSegments(model, dir, { force: true });
   assert.ok(!readdirSync(dir).includes('mine.txt'), 'forced: replaced by the new export');
   assert.deepEqual(readdirSync(tmp).filter((f) => f.includes('.tmp')), [], 'no temporary folder left');
+  // --force replaces an earlier export or an empty folder, never anything else.
+  const other = path.join(tmp, 'not-an-export');
+  mkdirSync(other);
+  writeFileSync(path.join(other, 'checkpoint.json'), '{}');
+  await assert.rejects(saveSegments(model, other, { force: true }), /not-an-export is not an export by segments \(no manifest\.json of dynn-segments\/1\); --force replaces only an earlier export or an empty folder/);
+  assert.deepEqual(readdirSync(other), ['checkpoint.json'], 'the folder was left alone');
+  const file = path.join(tmp, 'model.onnx');
+  writeFileSync(file, 'x');
+  await assert.rejects(saveSegments(model, file, { force: true }), /model\.onnx is a file; an export by segments is a folder/);
+  const empty = path.join(tmp, 'empty');
+  mkdirSync(empty);
+  await saveSegments(model, empty, { force: true });
+  assert.ok(readdirSync(empty).includes(MANIFEST_FILE));
   assert.throws(() => exportSegments(model, { threshold: 2 }), /threshold must be in \[0, 1\]/);
   model.dispose();
 });

@@ -203,9 +203,27 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
  * it, which is then renamed into place. An existing `dir` (folder or file) is refused unless `force`, and
  * then replaced only once the new folder is complete. Returns the manifest.
  */
+/** `--force` replaces an earlier export by segments or an empty folder, nothing else (a run, a project folder, a file). */
+async function checkReplaceable(dir: string, isFolder: boolean): Promise<void> {
+  if (!isFolder) throw new DynnError(`${dir} is a file; an export by segments is a folder: give a new folder name`);
+  const entries = await fsp.readdir(dir);
+  if (entries.length === 0) return;
+  const text = await fsp.readFile(path.join(dir, MANIFEST_FILE), 'utf8').catch(() => null);
+  let format: unknown = null;
+  try {
+    format = text === null ? null : (JSON.parse(text) as { format?: unknown }).format;
+  } catch {
+    // not JSON: not an export
+  }
+  if (format !== SEGMENTS_FORMAT) {
+    throw new DynnError(`${dir} is not an export by segments (no ${MANIFEST_FILE} of ${SEGMENTS_FORMAT}); --force replaces only an earlier export or an empty folder`);
+  }
+}
+
 export async function saveSegments(model: Network, dir: string, options: SegmentsOptions & { force?: boolean } = {}): Promise<SegmentsManifest> {
   const existing = await fsp.stat(dir).catch(() => null);
   if (existing && !options.force) throw new DynnError(`${dir} exists; pass --force to overwrite it`);
+  if (existing) await checkReplaceable(dir, existing.isDirectory());
   const { manifest, files } = exportSegments(model, options);
   const parent = path.dirname(path.resolve(dir));
   await fsp.mkdir(parent, { recursive: true });
@@ -215,10 +233,15 @@ export async function saveSegments(model: Network, dir: string, options: Segment
     for (const [file, bytes] of files) await fsp.writeFile(path.join(tmp, file), bytes);
     await fsp.writeFile(path.join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
     if (existing) {
-      // Set the old one aside first: a rename cannot replace a non-empty folder.
+      // Set the old one aside first (a rename cannot replace a non-empty folder), and put it back if the new one cannot take its place.
       const old = `${tmp}.old`;
       await fsp.rename(dir, old);
-      await fsp.rename(tmp, dir);
+      try {
+        await fsp.rename(tmp, dir);
+      } catch (err) {
+        await fsp.rename(old, dir);
+        throw err;
+      }
       await fsp.rm(old, { recursive: true, force: true });
     } else await fsp.rename(tmp, dir);
   } catch (err) {

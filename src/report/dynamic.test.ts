@@ -113,6 +113,7 @@ test('a corrupt or foreign threshold sweep fails the report with a message namin
     ['bad-classes', (s) => void s.points[2].classFlops.pop(), /points\[2\]\.classFlops: 9 classes, expected 10/],
     ['no-points', (s) => void (s.points = []), /points: /],
     ['foreign', (s) => void (s.dynamic = 'acs-dg'), /a threshold sweep of resnet38 with acs-dg gates, but the run is resnet38 with acs-gn gates/],
+    ['other data', (s) => void (s.dataset = 'mnist'), /a threshold sweep on mnist \(\d+ classes\), but the run trained on \S+ \(\d+ classes\)/],
     ['array', '[1, 2]', /not a threshold sweep of a dynamic run .*\(root\)/],
   ];
   for (const [name, edit, pattern] of cases) {
@@ -144,10 +145,10 @@ test('a u-sweep beside a dynamic run draws as its backbone; a threshold sweep be
 
 const EVIL = '<img src=x onerror=alert(1)>';
 
-test('text from the sweep file is escaped in the report: class names, block names, data set', async () => {
+test('text from the sweep file is escaped in the report: class names, block names', async () => {
   const dir = withSweep('hostile', (s) => {
     s.classNames[3] = EVIL;
-    s.dataset = `</script>${EVIL}`;
+    s.classNames[4] = `</script>${EVIL}`;
     for (const p of s.points) p.skipRates = Object.fromEntries(Object.entries(p.skipRates).map(([k, v], i) => [i === 0 ? EVIL : k, v]));
   });
   const html = (await buildReport(await gatherRuns([dir], { sweep: false }))).html;

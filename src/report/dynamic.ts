@@ -56,6 +56,9 @@ export interface DynamicRunRef {
   mechanism: string;
   /** The run's training threshold (meta.options.gateThreshold), when recorded. */
   trainedThreshold?: number;
+  /** The data set the run trained on and its class count: a sweep of other data is not this run's. */
+  dataset?: string;
+  numClasses?: number;
 }
 
 const fraction = z.number().min(0).max(1);
@@ -122,9 +125,12 @@ export function parseDynamicSweep(raw: unknown, file: string, run: DynamicRunRef
   if (s.model !== run.model || s.dynamic !== run.mechanism) {
     throw new DynnError(`${file}: a threshold sweep of ${s.model} with ${s.dynamic} gates, but the run is ${run.model} with ${run.mechanism} gates; remake it with ${remake}`);
   }
+  const classes = s.points[0].classFlops.length;
+  if ((run.dataset !== undefined && s.dataset !== run.dataset) || (run.numClasses !== undefined && classes !== run.numClasses)) {
+    throw new DynnError(`${file}: a threshold sweep on ${s.dataset} (${classes} classes), but the run trained on ${run.dataset ?? s.dataset} (${run.numClasses ?? classes} classes); remake it with ${remake}`);
+  }
   const t = s.trainedThreshold ?? run.trainedThreshold ?? 0.5;
   const trained = s.points.find((p) => p.threshold === t) ?? s.points[0];
-  const classes = s.points[0].classFlops.length;
   const others = s.points.map((p) => p.threshold).filter((x) => x !== trained.threshold);
   return {
     sweep: {

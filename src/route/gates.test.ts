@@ -159,9 +159,15 @@ test('soft decisions sample the nested distribution with either estimator, repea
         const d = nestedDecision('b1', l as tf.Tensor2D, RoutingState.start('soft', n, { seed: 3, estimator }));
         return tf.sum(straightThrough(d.surrogate, 1, 2));
       })(logits);
-      return tf.sum(tf.abs(g)).dataSync()[0];
+      return g.arraySync() as number[][];
     });
-    assert.ok(grad > 0, `${estimator}: the first group's factor has a gradient`);
+    // The first group's factor (2 channels wide) has the gradient of its surrogate, sigmoid(z_0) or, with
+    // gumbel, sigmoid(z_0 + noise): 2 s (1 - s), which differs per sample only with the noise.
+    grad.forEach((row, i) => {
+      const s0 = surrogate[i][0];
+      assert.ok(Math.abs(row[0] - 2 * s0 * (1 - s0)) < 1e-5, `${estimator}, sample ${i}: gradient ${row[0]}, expected ${2 * s0 * (1 - s0)}`);
+    });
+    assert.equal(new Set(grad.map((row) => row[0].toFixed(6))).size > 1, estimator === 'gumbel', `${estimator}: per-sample gradients differ only with the noise`);
   }
   assert.throws(() => RoutingState.start('soft', 2, { estimator: 'reinforce' as never }), /unknown gate estimator "reinforce"; expected one of sigmoid, gumbel/);
   logits.dispose();

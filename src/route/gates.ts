@@ -131,6 +131,21 @@ export interface NestedDecision {
 /** log prod_{j <= g} sigmoid(z_j) along the groups; log sigmoid(z) = -softplus(-z) (TF.js's logSigmoid loses its input before the backward pass). */
 const logCumSigmoid = (z: tf.Tensor2D) => tf.cumsum(tf.neg(tf.softplus(tf.neg(z))), 1) as tf.Tensor2D;
 
+/** Uniform numbers in [0, 1) per sample and output of gate `key`, row-major [n, outputs] (`Routing.random` per output). */
+export function perGate(routing: Routing, key: string, n: number, outputs: number): Float32Array {
+  const u = new Float32Array(n * outputs);
+  for (let c = 0; c < outputs; c++) routing.random(`${key}#${c}`).forEach((v, i) => (u[i * outputs + c] = v));
+  return u;
+}
+
+/** Logistic noise log(u) - log(1 - u) of uniforms (clamped off 0 and 1): z + noise > 0 has probability sigmoid(z). */
+export function logisticNoise(u: Float32Array): Float32Array {
+  return u.map((v) => {
+    const w = Math.min(Math.max(v, 1e-6), 1 - 1e-6);
+    return Math.log(w) - Math.log(1 - w);
+  });
+}
+
 /**
  * Nested decisions from a gate's logits: q_g = prod_{j <= g} sigmoid(z_j) is the probability of running
  * groups 1..g, so decisions nest (group g only with every group before it) and a sample's active channels
@@ -145,15 +160,7 @@ export function nestedDecision(key: string, logits: tf.Tensor2D, routing: Routin
   const q = tf.exp(logCumSigmoid(logits)) as tf.Tensor2D;
   if (routing.mode === 'soft' && routing.estimator === 'gumbel') {
     const counts = new Int32Array(n);
-    const noise = new Float32Array(n * G);
-    for (let g = 0; g < G; g++) {
-      const u = routing.random(`${key}#${g}`);
-      for (let i = 0; i < n; i++) {
-        const v = Math.min(Math.max(u[i], 1e-6), 1 - 1e-6);
-        noise[i * G + g] = Math.log(v) - Math.log(1 - v);
-      }
-    }
-    const perturbed = tf.add(logits, tf.tensor2d(noise, [n, G])) as tf.Tensor2D;
+    const perturbed = tf.add(logits, tf.tensor2d(logisticNoise(perGate(routing, key, n, G)), [n, G])) as tf.Tensor2D;
     const zs = perturbed.dataSync();
     for (let i = 0; i < n; i++) {
       let k = 0;

@@ -3,7 +3,7 @@ import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
 import type { ChannelSel, Layer, LayerCost, Plan, Routing, RunContext } from '../layers/index.js';
 import { dispatchTensor } from './tensor.js';
-import { nestedDecision, onesWithGradient, straightThrough } from './gates.js';
+import { logisticNoise, nestedDecision, onesWithGradient, perGate, straightThrough } from './gates.js';
 import { gateName, mechanisms } from './mechanisms.js';
 
 /** What every unit gated per sample takes besides its own arguments. */
@@ -101,7 +101,8 @@ decisionForms.register('nested', {
     routing.spend(Array.from(counts, (k) => gateMacs + k * groupMacs));
     routing.expect(tf.add(gateMacs, tf.mul(tf.sum(q, 1), groupMacs)) as tf.Tensor1D);
     if (routing.mode === 'masked') {
-      // The field's form, for measurement only: every inner channel computed, then multiplied by the mask.
+      // The field's form, for timing only: every inner channel computed, then multiplied by the mask. Every
+      // sample normalizes at BatchNorm row G (full width), so its scores are not the sliced model's.
       const mask = tf.tensor4d(Float32Array.from({ length: counts.length * G * width }, (_, i) => (Math.floor((i % (G * width)) / width) < counts[Math.floor(i / (G * width))] ? 1 : 0)), [counts.length, 1, 1, G * width]);
       return unit.runAt(input, sel, ctx, innerContext(ctx, unit, G), mask);
     }
@@ -126,14 +127,9 @@ decisionForms.register('channel', {
     let surrogate = tf.sigmoid(logits) as tf.Tensor2D;
     let cut: Float32Array;
     if (routing.mode === 'soft') {
-      const u = new Float32Array(n * C);
-      for (let c = 0; c < C; c++) routing.random(`${unit.name}#${c}`).forEach((v, i) => (u[i * C + c] = v));
+      const u = perGate(routing, unit.name, n, C);
       if (routing.estimator === 'gumbel') {
-        const noise = u.map((v) => {
-          const w = Math.min(Math.max(v, 1e-6), 1 - 1e-6);
-          return Math.log(w) - Math.log(1 - w);
-        });
-        surrogate = tf.sigmoid(tf.add(logits, tf.tensor2d(noise, [n, C]))) as tf.Tensor2D;
+        surrogate = tf.sigmoid(tf.add(logits, tf.tensor2d(logisticNoise(u), [n, C]))) as tf.Tensor2D;
         cut = new Float32Array(n * C).fill(0.5);
       } else cut = u;
     } else cut = new Float32Array(n * C).fill(routing.threshold);

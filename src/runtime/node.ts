@@ -115,8 +115,15 @@ export async function openSession(file: string, options: Omit<LoadOptions, 'work
     } catch {
       throw new DynnError(`${file} is a folder without ${MANIFEST_FILE}: not a dynamic model exported by segments (give an .onnx file, or the folder \`dynn export\` wrote)`);
     }
-    // The manifest's file names are plain names (checked before any read), so every read stays in the folder.
-    return SegmentedSession.create(ort.default ?? ort, text, (f) => readModelFile(path.join(file, f)), file, opts, nodeSha256);
+    // The manifest's file names are plain names (checked before any read), and a segment must be a regular
+    // file, not a link: every read stays in the folder (the manifest that names a file also gives its digest).
+    const readSegment = async (f: string) => {
+      const where = path.join(file, f);
+      const st = await fsp.lstat(where).catch(() => null);
+      if (st && !st.isFile()) throw new DynnError(`${where}: a segment must be a regular file in the folder, not a link or a folder`);
+      return readModelFile(where);
+    };
+    return SegmentedSession.create(ort.default ?? ort, text, readSegment, file, opts, nodeSha256);
   }
   return ModelSession.create(ort.default ?? ort, await readModelFile(file), file, opts, nodeSha256);
 }

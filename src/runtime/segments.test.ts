@@ -1,6 +1,6 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
@@ -54,6 +54,11 @@ test('a folder that is not a sound export fails at load with a DynnError naming 
       const f = path.join(d, gate(m, 1));
       writeFileSync(f, readFileSync(f).subarray(0, 300));
     }), /01-b1\.gate\.onnx: not a valid ONNX model .*truncated or corrupt/],
+    ['a segment linked from elsewhere', broken('link', (d, m) => {
+      const f = path.join(d, gate(m, 1));
+      renameSync(f, path.join(tmp, 'elsewhere.onnx'));
+      symlinkSync(path.join(tmp, 'elsewhere.onnx'), f);
+    }), /01-b1\.gate\.onnx: a segment must be a regular file in the folder, not a link or a folder/],
     ['a foreign segment (another block\'s gate)', broken('foreign', (d, m) => copyFileSync(path.join(d, gate(m, 1)), path.join(d, gate(m, 2)))), /02-b2\.gate\.onnx: weights digest mismatch/],
     ['shapes that do not chain', broken('chain', (_d, m) => {
       m.segments[2].input = [9, 4, 4];
@@ -84,6 +89,7 @@ test('dynn serve of the folder: predictions equal the in-thread dispatcher, with
   await inWorker.dispose();
 
   await assert.rejects(DynnServer.create({ model: dir, policy: 'adaptive', threads: 1 }), /policy adaptive does not apply to .*acs: a dynamic model's gates choose/);
+  await assert.rejects(DynnServer.create({ model: dir, policy: 'fixed:0.5', threads: 1 }), /policy fixed:0\.5 does not apply to .*acs: a dynamic model's gates choose/);
   const server = await DynnServer.create({ model: dir, threads: 1, maxBatch: 8, maxWaitMs: 1 });
   try {
     const res = await server.app.inject({ method: 'POST', url: '/v1/predict', payload: { inputs: Array.from(x), shape: [5, 2, 8, 8] } });

@@ -187,7 +187,7 @@ export class DynnServer {
     // level and runs at it whatever the load.
     const routed = (await fsp.stat(o.model).catch(() => null))?.isDirectory() === true;
     const spec = parsePolicy(o.policy ?? (routed ? 'fixed:1' : 'adaptive'));
-    if (routed && spec.name !== 'fixed') throw new DynnError(`policy ${spec.name} does not apply to ${o.model}: a dynamic model's gates choose each sample's width inside the network; serve it with the default policy (fixed:1)`);
+    if (routed && (spec.name !== 'fixed' || (spec.arg !== undefined && spec.arg !== 1))) throw new DynnError(`policy ${o.policy ?? spec.name} does not apply to ${o.model}: a dynamic model's gates choose each sample's width inside the network; serve it with the default policy (fixed:1)`);
     let table = routed ? null : await tableBeside(o.model);
     if (!table && policies.get(spec.name).needsTable && o.profile) table = await measureTable(o, threads, maxBatch);
     if (table && table.host.threads !== threads) {

@@ -541,11 +541,17 @@ async function initFrom(dir: string, model: Network): Promise<void> {
       throw new DynnError(`--init ${dir}: that run has no ${missing.slice(0, 3).join(', ')}${more}; start from a run of the same backbone`);
     }
     const mine = model.getWeights();
+    // Gates come along only whole and alike (same mechanism and logit scale): a gate half copied, or whose
+    // logits another scale multiplies, would not start where that run ended. Otherwise all start open.
+    const args = (m: Network) => [m.config.args.dynamic, m.config.args.gateScale ?? 1, m.config.args.decisions ?? 'nested'].join();
+    const gates = mine.filter((w) => isGateWeight(w.name));
+    const keepGates = args(source) === args(model) && gates.every((w) => have.get(w.name)?.shape.join() === w.shape.join());
+    const from = (w: (typeof mine)[number]) => (isGateWeight(w.name) && !keepGates ? undefined : have.get(w.name));
     for (const w of mine) {
-      const a = have.get(w.name);
+      const a = from(w);
       if (a && a.shape.join() !== w.shape.join()) throw new DynnError(`--init ${dir}: weight ${w.name} has shape [${a.shape}] there, this model needs [${w.shape}]`);
     }
-    model.setWeights(mine.map((w) => have.get(w.name) ?? w));
+    model.setWeights(mine.map((w) => from(w) ?? w));
   } finally {
     source.dispose();
   }
