@@ -9,7 +9,7 @@
  *   4. a training step of the gated model against PyTorch's masked version of it (bench/acs_peer.py).
  * Usage: npm run bench:acs [-- --train 16384 --test 2000 --epochs 1 --gated-epochs 1
  *          --backbones resnet38,densenet41 --mechanisms acs-gn,acs-dg --targets 0.3,0.5,0.7
- *          --estimators sigmoid,gumbel --lr 2e-4 --gate-scale 5 --results .bench/acs.json --no-peer --json]
+ *          --estimators sigmoid,gumbel --lr 2e-4 --gate-scale 5 --batch-size 32 --results .bench/acs.json --no-peer --json]
  * (--lr and --gate-scale: step 2's learning rate and gates' logit scale.) Runs go to .bench/acs/ (replaced on
  * each bench run), results to --results (written atomically).
  */
@@ -54,7 +54,8 @@ const STEP2_LR = value('lr') === undefined ? undefined : num('lr', 0);
 const GATE_SCALE = num('gate-scale', 1);
 const RESULTS = value('results') ?? '.bench/acs.json';
 const US = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1];
-const STEP_BATCH = 128;
+// Training batch (DenseNets on 28x28 need smaller ones: the engine's 4 GB hold about 32 samples of densenet41's step).
+const BATCH = num('batch-size', 128);
 const ROOT = '.bench/acs';
 const log = (s: string) => process.stderr.write(s + '\n');
 
@@ -63,6 +64,7 @@ const base = (out: string, extra: TrainOptions): TrainOptions => ({
   trainLimit: TRAIN,
   testLimit: TEST,
   seed: 0,
+  batchSize: BATCH,
   out: path.join(ROOT, out),
   // The bench's own scratch runs: each bench run replaces them.
   force: true,
@@ -80,10 +82,10 @@ function curveOf(model: Network, test: ImageSet) {
 
 /** Mean ms per training step of a gated model in soft mode, gradient threads as `dynn train` uses them. */
 async function gatedStepMs(model: Network, steps: number): Promise<number> {
-  const data = allocShared(makeSynthetic({ count: STEP_BATCH, seed: 0, height: 28, width: 28, channels: 1 }));
-  const executor = await ThreadExecutor.start(model, data, 'auto', STEP_BATCH);
+  const data = allocShared(makeSynthetic({ count: BATCH, seed: 0, height: 28, width: 28, channels: 1 }));
+  const executor = await ThreadExecutor.start(model, data, 'auto', BATCH);
   const optimizer = new Optimizer('adam', 1e-3);
-  const indices = Int32Array.from({ length: STEP_BATCH }, (_, i) => i);
+  const indices = Int32Array.from({ length: BATCH }, (_, i) => i);
   const times: number[] = [];
   try {
     for (let i = 0; i < steps + 2; i++) {
@@ -188,10 +190,10 @@ async function timeGated(model: Network, test: ImageSet, backbone: string, mecha
     const peer = !PEER
       ? { ok: false as const, reason: 'PyTorch peer not run (--no-peer)' }
       : backbone === 'resnet38' && mechanism === 'acs-gn'
-        ? await runTorchPeer({ mode: 'acs-train-step', batch: STEP_BATCH, steps: 5, warmup: 2 }) : { ok: false as const, reason: `the PyTorch peer is resnet38 with acs-gn gates only, not ${backbone} with ${mechanism}` };
+        ? await runTorchPeer({ mode: 'acs-train-step', batch: BATCH, steps: 5, warmup: 2 }) : { ok: false as const, reason: `the PyTorch peer is resnet38 with acs-gn gates only, not ${backbone} with ${mechanism}` };
     if (!peer.ok) torch = peer.reason;
     rounds.push({ dynnMs, torchMs: peer.ok ? (peer.result.meanMs as number) : NaN });
-    log(`    train step @${STEP_BATCH}: dynn ${dynnMs.toFixed(0)} ms` + (peer.ok ? `, PyTorch masked ${(peer.result.meanMs as number).toFixed(0)} ms` : `; ${torch}`));
+    log(`    train step @${BATCH}: dynn ${dynnMs.toFixed(0)} ms` + (peer.ok ? `, PyTorch masked ${(peer.result.meanMs as number).toFixed(0)} ms` : `; ${torch}`));
   }
   const step = { dynnMs: median(rounds.map((r) => r.dynnMs)), torchMaskedMs: median(rounds.map((r) => r.torchMs)), ratio: median(rounds.map((r) => r.dynnMs / r.torchMs)), torch };
   return { latency, trainStep: step };

@@ -238,7 +238,7 @@ async function gatesEval(run: string, o: Opts, io: Io): Promise<void> {
     const gated = gatedRunner(model, gates, await trainPart(opened));
     const nested = new MixedRunner(model);
     const accuracy = (runner: InstanceType<typeof MixedRunner>, u: number) => {
-      const { predictions } = scoreSet(runner.subnet(u), set);
+      const { predictions } = scoreSet(runner.subnet(u), set, model.batchFor(500));
       let right = 0;
       for (let i = 0; i < set.count; i++) if (predictions[i] === set.labels[i]) right++;
       return right / set.count;

@@ -55,7 +55,7 @@ export function levelTable(runner: MixedRunner, set: ImageSet, us: readonly numb
     let r = byKey.get(k);
     if (!r) {
       options.onLevel?.(u);
-      const s = scoreSet(runner.subnet(u), set, options.batchSize);
+      const s = scoreSet(runner.subnet(u), set, options.batchSize ?? runner.model.batchFor(500));
       const correct = new Uint8Array(set.count);
       for (let i = 0; i < set.count; i++) correct[i] = s.predictions[i] === set.labels[i] ? 1 : 0;
       r = { ...s, correct };

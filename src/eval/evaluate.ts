@@ -27,7 +27,7 @@ export interface EvalOptions {
 
 /** Test accuracy of `model` at utilization u over `data`. */
 export function evaluate(model: Network, data: ImageSet, u: number, options: EvalOptions = {}): EvalResult {
-  const batch = options.batchSize ?? 500;
+  const batch = options.batchSize ?? model.batchFor(500);
   const planOptions: PlanOptions = { gating: options.gating, rng: new Rng(options.seed ?? 0) };
   const per = model.inputShape.reduce((a, b) => a * b, 1);
   const buf = new Float32Array(batch * per);

@@ -48,7 +48,7 @@ export interface RoutedEvalOptions {
  */
 export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEvalOptions = {}): RoutedEval {
   const threshold = options.threshold ?? 0.5;
-  const batch = options.batchSize ?? 256;
+  const batch = options.batchSize ?? model.batchFor(256);
   const per = model.inputShape.reduce((a, b) => a * b, 1);
   const buf = new Float32Array(batch * per);
   const plan = model.plan(1);

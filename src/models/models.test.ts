@@ -215,3 +215,18 @@ test('the frozen subnet (BatchNorm folded, ops fused) equals the sliced forward 
     m.dispose();
   }
 });
+
+test('batchFor: the evaluation batch shrinks to what the activations of a DenseNet allow, and no more', () => {
+  const vgg = createModel('vgg-w', { inputShape: [28, 28, 1] });
+  const dense = createModel('densenet41', { inputShape: [28, 28, 1] });
+  try {
+    assert.equal(vgg.batchFor(500), 500, 'a small network keeps the batch asked for');
+    const b = dense.batchFor(500);
+    assert.ok(b >= 1 && b < 500, `densenet41 on 28x28 holds more than 2 MB a sample (batch ${b})`);
+    assert.ok(dense.batchFor(500, 2 ** 31) >= 2 * b - 1, 'twice the budget, about twice the batch');
+    assert.equal(dense.batchFor(500, 1), 1, 'never below one sample');
+  } finally {
+    vgg.dispose();
+    dense.dispose();
+  }
+});

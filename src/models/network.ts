@@ -217,6 +217,18 @@ export class Network {
     return { fixed: sum(this.cost(at, options).layers.filter((c) => !c.routed)), backbone: sum(this.cost(1).layers.filter((c) => !c.gate)) };
   }
 
+  /**
+   * The largest batch, up to `requested`, whose forward pass keeps under `budget` bytes of activations when
+   * every layer's output is held to the end (as inside one `tf.tidy`): the batch of evaluation and
+   * calibration passes. A DenseNet's concatenations hold far more than a VGG's (densenet41 on 28x28 images
+   * about 8 MB a sample), and the WebAssembly engine has 4 GB in all.
+   */
+  batchFor(requested: number, budget = 2 ** 30): number {
+    const leaves = (ls: Layer[]): Layer[] => ls.flatMap((l) => (l.children().length ? leaves(l.children()) : [l]));
+    const perSample = 4 * leaves(this.layers).reduce((a, l) => a + l.outShape.reduce((p, d) => p * d, 1), 0);
+    return Math.max(1, Math.min(requested, Math.floor(budget / Math.max(1, perSample))));
+  }
+
   /** All weights with their dotted names, trainable and not, in a fixed order. */
   weights(): Weight[] {
     return this.layers.flatMap((l) => l.weights());

@@ -92,7 +92,7 @@ export function calibrateBatchNorm(model: Network, data: ImageSet, options: Cali
   if (layers.size === 0) return 0;
   const us = options.us ?? model.levelUtilizations();
   const samples = Math.min(options.samples ?? 2048, data.count);
-  const batch = options.batchSize ?? 256;
+  const batch = options.batchSize ?? model.batchFor(256);
   const rng = new Rng(options.seed ?? 0);
   const acc = new MomentAccumulator();
   const per = model.inputShape.reduce((a, b) => a * b, 1);

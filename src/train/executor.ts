@@ -81,7 +81,12 @@ export class LocalExecutor implements GradientExecutor {
 
   async step(indices: Int32Array, work: Plan | StepSpec): Promise<StepResult> {
     const n = gatherBatch(this.data, indices, this.images, this.labels);
-    return gradientStep(this.model, this.layout, this.images, this.labels.subarray(0, n), work, this.gradParts[0], this.context);
+    try {
+      return gradientStep(this.model, this.layout, this.images, this.labels.subarray(0, n), work, this.gradParts[0], this.context);
+    } catch (err) {
+      if (err instanceof WebAssembly.RuntimeError) throw new DynnError(`the training step failed in the engine: ${err.message}${heapHint(err.message)}`);
+      throw err;
+    }
   }
 
   async update(optimizer: Optimizer): Promise<void> {
@@ -171,7 +176,7 @@ export class ThreadExecutor implements GradientExecutor {
         this.pending[i] = null;
         if (!p) return;
         if (m.type === 'done' || m.type === 'updated') p.resolve(m.result);
-        else p.reject(new DynnError(`gradient worker ${i} failed: ${m.message}`));
+        else p.reject(new DynnError(`gradient worker ${i} failed: ${m.message}${heapHint(m.message ?? "")}`));
       });
       w.on('error', (e) => {
         const p = this.pending[i];
@@ -299,4 +304,15 @@ export class ThreadExecutor implements GradientExecutor {
   async close(): Promise<void> {
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
+}
+
+/**
+ * What a WebAssembly failure most likely means: a step's activations outgrew the engine's 4 GB heap (the
+ * heap then fails as an abort or an access out of bounds, not as an allocation error). DenseNets keep every
+ * concatenation: densenet41 on 28x28 images holds about 3 GB at a batch of 32 in one thread.
+ */
+function heapHint(message: string): string {
+  return /memory access out of bounds|Aborted\(|out of memory|Cannot enlarge memory/i.test(message)
+    ? '; most likely the WebAssembly engine ran out of its 4 GB of memory: train with a smaller --batch-size (worker threads split a batch between them)'
+    : '';
 }
