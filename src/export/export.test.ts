@@ -17,7 +17,7 @@ import type { FrozenOp } from '../models/subnet.js';
 import { exportOnnx, saveOnnx } from './export.js';
 import { readOnnxMetadata, levelIndexFor } from './metadata.js';
 import { ModelProto } from './onnx-proto.js';
-import { randomizeStatistics } from './fixtures.js';
+import { randomizeStatistics, relErr } from './fixtures.js';
 import { tfPads } from './lower.js';
 import { Policy } from '../control/policy.js';
 
@@ -25,17 +25,6 @@ await initEngine('wasm');
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-export-'));
 
-/** max |a - b| / max(1, max |ref|): the error relative to the scale of the reference scores. */
-function relErr(ref: ArrayLike<number>, got: ArrayLike<number>): number {
-  assert.equal(got.length, ref.length);
-  let diff = 0;
-  let scale = 1;
-  for (let i = 0; i < ref.length; i++) {
-    diff = Math.max(diff, Math.abs(ref[i] - got[i]));
-    scale = Math.max(scale, Math.abs(ref[i]));
-  }
-  return diff / scale;
-}
 
 /** A random NHWC batch (TF.js) and the same values in NCHW (ONNX). */
 function batch(model: Network, n: number, seed: number): { nhwc: tf.Tensor4D; nchw: Float32Array } {

@@ -18,3 +18,15 @@ export function randomizeStatistics(model: Network, seed = 1): void {
     tf.tidy(() => w.variable.assign(tf.tensor(data, w.variable.shape)));
   }
 }
+
+/** Test fixture: max |ref - got| / max(1, max |ref|), the error relative to the scale of the reference scores. */
+export function relErr(ref: ArrayLike<number>, got: ArrayLike<number>): number {
+  if (got.length !== ref.length) throw new Error(`${got.length} values against ${ref.length}`);
+  let diff = 0;
+  let scale = 1;
+  for (let i = 0; i < ref.length; i++) {
+    diff = Math.max(diff, Math.abs(ref[i] - got[i]));
+    scale = Math.max(scale, Math.abs(ref[i]));
+  }
+  return diff / scale;
+}

@@ -16,7 +16,7 @@ import { RoutingState } from '../route/context.js';
 import { gatedTestNet, TEST_GROUPS } from '../route/fixtures.js';
 import { GatedResidualBlock } from '../route/residual.js';
 import { innerContext } from '../route/unit.js';
-import { randomizeStatistics } from './fixtures.js';
+import { randomizeStatistics, relErr } from './fixtures.js';
 import { exportSegments, saveSegments } from './segments.js';
 import { MANIFEST_FILE, parseManifest, SEGMENT_IO } from './manifest.js';
 import { openSession } from '../runtime/node.js';
@@ -61,16 +61,6 @@ function dynamicNet(x: tf.Tensor, model: Network = gatedTestNet('acs-gn')): Netw
 const toNchw = (t: tf.Tensor) => tf.tidy(() => (t.rank === 4 ? tf.transpose(t, [0, 3, 1, 2]) : t).dataSync() as Float32Array);
 const fromNchw = (data: Float32Array, dims: number[]) => tf.tidy(() => (dims.length === 4 ? tf.transpose(tf.tensor(data, dims), [0, 2, 3, 1]) : tf.tensor(data, dims)));
 
-function maxRelErr(ref: ArrayLike<number>, got: ArrayLike<number>): number {
-  assert.equal(got.length, ref.length);
-  let diff = 0;
-  let scale = 1;
-  for (let i = 0; i < ref.length; i++) {
-    diff = Math.max(diff, Math.abs(ref[i] - got[i]));
-    scale = Math.max(scale, Math.abs(ref[i]));
-  }
-  return diff / scale;
-}
 
 async function ortRun(bytes: Uint8Array, feeds: Record<string, ort.Tensor>, fetch: string): Promise<Float32Array> {
   const s = await ort.InferenceSession.create(bytes, { graphOptimizationLevel: 'all', intraOpNumThreads: 1 });
@@ -102,18 +92,18 @@ test('every segment matches TF.js within 1e-4: the plain runs, each gate, and ea
     if (seg.kind === 'plain') {
       y = tf.tidy(() => layers.reduce<{ y: tf.Tensor; sel: ChannelSel }>((a, l) => l.call(a.y, a.sel, ctx), { y: x, sel }).y);
       const got = await ortRun(files.get(seg.graph.file)!, { [SEGMENT_IO.x]: feedX }, SEGMENT_IO.y);
-      assert.ok(maxRelErr(toNchw(y), got) < 1e-4, `${seg.name}`);
+      assert.ok(relErr(toNchw(y), got) < 1e-4, `${seg.name}`);
     } else {
       const block = layers[0] as GatedResidualBlock;
       const gate = block.children().find((l) => l.name === `${block.name}.gate`)!;
       const z = tf.tidy(() => gate.call(x, sel, ctx).y);
       const logits = await ortRun(files.get(seg.gate.file)!, { [SEGMENT_IO.x]: feedX }, SEGMENT_IO.logits);
-      assert.ok(maxRelErr(z.dataSync(), logits) < 1e-4, `${seg.name} gate`);
+      assert.ok(relErr(z.dataSync(), logits) < 1e-4, `${seg.name} gate`);
       z.dispose();
       for (let k = 0; k <= TEST_GROUPS; k++) {
         const ref = tf.tidy(() => toNchw(block.runAt(x, sel, ctx, innerContext(ctx, block, k))));
         const got = await ortRun(files.get(seg.body.file)!, { [SEGMENT_IO.x]: feedX, [SEGMENT_IO.k]: new ort.Tensor('float32', Float32Array.of(k), []) }, SEGMENT_IO.y);
-        assert.ok(maxRelErr(ref, got) < 1e-4, `${seg.name} body at k = ${k}`);
+        assert.ok(relErr(ref, got) < 1e-4, `${seg.name} body at k = ${k}`);
       }
       y = tf.tidy(() => block.runAt(x, sel, ctx, ctx));
     }
@@ -156,7 +146,7 @@ test('the dispatched model in ONNX Runtime: the same routes, scores within 1e-4 
       const ref = tfRouted(model, x, threshold);
       const got = await session.runRouted(nchw, { threshold });
       assert.deepEqual(got.counts.map((c) => [...c]), ['b1', 'b2'].map((b) => [...ref.decisions.get(b)!]), `routes at threshold ${threshold}`);
-      assert.ok(maxRelErr(ref.scores, got.scores) < 1e-4, `scores at threshold ${threshold}`);
+      assert.ok(relErr(ref.scores, got.scores) < 1e-4, `scores at threshold ${threshold}`);
       got.flopsRatios.forEach((r, i) => assert.ok(Math.abs(r - ref.ratios[i]) < 1e-9, `FLOPs ratio of sample ${i}`));
       const routes = new Set(got.counts.flatMap((c) => [...c]));
       if (threshold === 0) assert.deepEqual([...routes], [TEST_GROUPS], 'threshold 0: every sample runs every group');
@@ -168,7 +158,7 @@ test('the dispatched model in ONNX Runtime: the same routes, scores within 1e-4 
     }
     // The manifest's threshold by default; NHWC input is converted.
     const byDefault = await session.runRouted(x.dataSync() as Float32Array, { layout: 'NHWC' });
-    assert.ok(maxRelErr(tfRouted(model, x, 0.4).scores, byDefault.scores) < 1e-4);
+    assert.ok(relErr(tfRouted(model, x, 0.4).scores, byDefault.scores) < 1e-4);
   } finally {
     await session.release();
     model.dispose();
@@ -186,7 +176,7 @@ test('a small resnet38 with acs-gn gates (registered model, 3 stages): the dispa
     const got = await session.runRouted(toNchw(centre));
     assert.deepEqual(got.counts.map((c) => [...c]), ['s0.b0', 's1.b0', 's2.b0'].map((b) => [...ref.decisions.get(b)!]));
     assert.ok(got.counts.some((c) => new Set(c).size >= 2), 'mixed routes');
-    assert.ok(maxRelErr(ref.scores, got.scores) < 1e-4);
+    assert.ok(relErr(ref.scores, got.scores) < 1e-4);
     got.flopsRatios.forEach((r, i) => assert.ok(Math.abs(r - ref.ratios[i]) < 1e-9));
   } finally {
     await session.release();
