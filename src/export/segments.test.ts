@@ -235,6 +235,25 @@ test('a small resnet38 with acs-gn gates (registered model, 3 stages): the dispa
   }
 });
 
+test('a small densenet41 with acs-dg gates (registered model, transitions between gated units): the dispatched export gives TF.js\'s routes and scores', async () => {
+  const model = dynamicNet(centre, createModel('densenet41', { dynamic: 'acs-dg', growth: 4, units: 1, groups: 4, gateWidth: 4, inputShape: [8, 8, 2], numClasses: 3 }));
+  const dir = path.join(tmp, 'densenet41');
+  const m = await saveSegments(model, dir, { threshold: 0.4 });
+  assert.deepEqual(m.segments.map((s) => s.name), ['stem.conv', 'd0.u0', 't0', 'd1.u0', 't1', 'd2.u0', 'final']);
+  const session = (await openSession(dir, { threads: 1 })) as SegmentedSession;
+  try {
+    const ref = tfRouted(model, centre, 0.4);
+    const got = await session.runRouted(toNchw(centre));
+    assert.deepEqual(got.counts.map((c) => [...c]), ['d0.u0', 'd1.u0', 'd2.u0'].map((b) => [...ref.decisions.get(b)!]));
+    assert.ok(got.counts.some((c) => new Set(c).size >= 2), 'mixed routes');
+    assert.ok(maxRelErr(ref.scores, got.scores) < 1e-4);
+    got.flopsRatios.forEach((r, i) => assert.ok(Math.abs(r - ref.ratios[i]) < 1e-9));
+  } finally {
+    await session.release();
+    model.dispose();
+  }
+});
+
 test('the folder is written atomically and refused when it exists, unless forced; the manifest validates', async () => {
   const model = dynamicNet(centre);
   const dir = path.join(tmp, 'written');
