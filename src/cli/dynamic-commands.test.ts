@@ -272,7 +272,7 @@ test('a static run resumed with --dynamic is refused before any training, naming
   assert.match(again.stderr(), /cannot resume .*plain: --dynamic acs-gn contradicts the run \(trained without it: a static model\)/);
 });
 
-test('densenet41 with acs-gn gates trains through the CLI, and its sweep reports every unit’s gate and says how it runs', async () => {
+test('densenet41 with acs-gn gates trains through the CLI, its sweep reports every unit’s gate and says how it runs, and it exports by segments', async () => {
   const dense = path.join(tmp, 'dense');
   const tiny = ['--dataset', 'synthetic', '--train-limit', '8', '--test-limit', '8', '--workers', '0', '--batch-size', '8'];
   const io = captureIo();
@@ -294,7 +294,8 @@ test('densenet41 with acs-gn gates trains through the CLI, and its sweep reports
   assert.match(info.stdout(), /per-sample gates \(acs-gn\): nested decisions: skipped channels are not computed/);
   const ex = captureIo();
   const out = path.join(tmp, 'dense-onnx');
-  assert.equal(await runCli(['export', dense, '--onnx', out], ex), 1);
-  assert.match(ex.stderr(), /densenet41: d0\.u0 \(GatedDenseUnit\) has no export by segments yet; only gated residual blocks \(resnet38\) export/);
-  assert.equal(fs.existsSync(out), false);
+  assert.equal(await runCli(['export', dense, '--onnx', out], ex), 0, ex.stderr());
+  const manifest = JSON.parse(fs.readFileSync(path.join(out, 'manifest.json'), 'utf8')) as { segments: { kind: string; name: string }[] };
+  assert.equal(manifest.segments.filter((s) => s.kind === 'gated').length, 18, 'exported by segments: a gate and a body per dense unit');
+  assert.equal(manifest.segments[1].name, 'd0.u0');
 });

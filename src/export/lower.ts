@@ -1,7 +1,10 @@
+import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
 import type { Layer } from '../layers/layer.js';
 import type { BatchNorm } from '../layers/norm.js';
+import type { DGConv2D } from '../layers/dgconv.js';
+import { fullSel } from '../layers/select.js';
 import type { ChannelSel, Plan, Shape } from '../layers/types.js';
 import { attr, type GraphBuilder } from './graph.js';
 
@@ -118,6 +121,39 @@ lowerings.register('GroupedConv2D', (layer, x, sel, ctx) => {
     pads: attr.ints(tfPads(layer.inShape, a.kernelSize, 1, 'same')),
   });
   return { y, sel: out };
+});
+
+// DGConv: the kernel times its learned relation matrix U, which is fixed after training: U (C_out x C_in,
+// the input's channels) goes in as a constant and ORT folds the product into one masked kernel at load.
+lowerings.register('DGConv2D', (layer, x, sel, ctx) => {
+  const a = (layer as DGConv2D).args;
+  const out = layer.outSel(sel, ctx.plan);
+  requirePrefix(layer, sel);
+  const k = a.kernelSize ?? 3;
+  const s = a.strides ?? 1;
+  const u = tf.tidy(() => tf.slice((layer as DGConv2D).relation(), [0, 0], [out.count, sel.count]).dataSync());
+  const base = `${ctx.prefix}/${layer.name}`;
+  const kernel = ctx.g.node('Mul', [sliced(ctx, `${layer.name}.kernel`, [out.count, sel.count]), ctx.g.floatConst(`${base}/relation`, [out.count, sel.count, 1, 1], Array.from(u))], `${base}/masked`);
+  const y = ctx.g.node('Conv', [x, kernel], base, {
+    kernel_shape: attr.ints([k, k]),
+    strides: attr.ints([s, s]),
+    pads: attr.ints(tfPads(layer.inShape, k, s, a.padding ?? 'same')),
+  });
+  return { y, sel: out };
+});
+
+// Squeeze-and-excitation: GAP -> FC -> ReLU -> FC -> sigmoid, the input scaled per channel; the FCs cut to the
+// input's channels (rows of the reduce, columns of the expand), the hidden layer in full, as in TF.js.
+lowerings.register('SqueezeExcite', (layer, x, sel, ctx) => {
+  requirePrefix(layer, sel);
+  const n = layer.name;
+  const base = `${ctx.prefix}/${n}`;
+  const hidden = fullSel(ctx.dims.get(`${n}.reduce.bias`)![0]);
+  const pooled = ctx.g.node('Flatten', [ctx.g.node('GlobalAveragePool', [x], `${base}/pool`)], `${base}/squeeze`, { axis: attr.int(1) });
+  const h = ctx.g.node('Relu', [ctx.g.node('Gemm', [pooled, picked(ctx, `${n}.reduce.kernel`, [sel, hidden]), `${n}.reduce.bias`], `${base}/reduce`)], `${base}/relu`);
+  const e = ctx.g.node('Gemm', [h, picked(ctx, `${n}.expand.kernel`, [hidden, sel]), picked(ctx, `${n}.expand.bias`, [sel])], `${base}/expand`);
+  const scale = ctx.g.node('Reshape', [ctx.g.node('Sigmoid', [e], `${base}/sigmoid`), ctx.g.int64Const(`${base}/shape`, [0, sel.count, 1, 1])], `${base}/excite`);
+  return { y: ctx.g.node('Mul', [x, scale], base), sel };
 });
 
 lowerings.register('Dense', (layer, x, sel, ctx) => {
@@ -265,7 +301,8 @@ function lowerAnySel(l: Layer, x: string, sel: ChannelSel, ctx: BranchContext): 
   }
 }
 
-function lowerAnyChain(layers: Layer[], x: string, sel: ChannelSel, ctx: BranchContext): Lowered {
+/** Lowers a chain of layers inside a DenseNet part, whatever channels its input holds. */
+export function lowerAnyChain(layers: Layer[], x: string, sel: ChannelSel, ctx: BranchContext): Lowered {
   let cur: Lowered = { y: x, sel };
   for (const l of layers) cur = lowerAnySel(l, cur.y, cur.sel, ctx);
   return cur;

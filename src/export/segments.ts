@@ -5,13 +5,14 @@ import type { NamedArray, Network } from '../models/network.js';
 import type { Layer } from '../layers/layer.js';
 import { fullSel } from '../layers/select.js';
 import type { ChannelSel, Plan, Shape } from '../layers/types.js';
+import { GatedDenseUnit } from '../route/dense.js';
 import { GatedResidualBlock } from '../route/residual.js';
 import { gateCost, innerPlan } from '../route/unit.js';
 import { DynnError } from '../util/errors.js';
 import { VERSION } from '../version.js';
 import { addWeights, selectBranch, weightsSha256 } from './export.js';
 import { attr, floatValueInfo, GraphBuilder, NameScope } from './graph.js';
-import { lowerChain, lowerResidual, type BranchContext } from './lower.js';
+import { lowerAnyChain, lowerChain, lowerResidual, type BranchContext } from './lower.js';
 import { encodeModel, IR_VERSION, OPSET_VERSION, type GraphMsg } from './onnx-proto.js';
 import { MANIFEST_FILE, SEGMENT_IO, SEGMENTS_FORMAT, type SegmentEntry, type SegmentsManifest } from './manifest.js';
 
@@ -58,24 +59,53 @@ export class SegmentGraph {
   }
 }
 
+/** The gated units that export by segments. */
+export type GatedBlock = GatedResidualBlock | GatedDenseUnit;
+const isGatedBlock = (l: Layer): l is GatedBlock => l instanceof GatedResidualBlock || l instanceof GatedDenseUnit;
+
 /** Splits the network's top-level layers into runs of plain layers and single gated blocks. */
 function splitLayers(model: Network): Layer[][] {
   const parts: Layer[][] = [];
   for (const l of model.layers) {
     const prev = parts[parts.length - 1];
-    if (l instanceof GatedResidualBlock || !prev || prev[0] instanceof GatedResidualBlock) parts.push([l]);
+    if (isGatedBlock(l) || !prev || isGatedBlock(prev[0])) parts.push([l]);
     else prev.push(l);
   }
   return parts;
 }
 
+/** A dense unit's children without its gate: BN-ReLU on the input (every route), then the 1x1, BN-ReLU, 3x3 (a route's groups). */
+function denseParts(unit: GatedDenseUnit): { pre: Layer[]; routed: Layer[] } {
+  const kids = unit.children().filter((l) => l !== unit.gate);
+  return { pre: kids.slice(0, 2), routed: kids.slice(2) };
+}
+
 /**
- * The body of a gated block at k inner groups, as TF.js's `forwardAt` runs it in a routed pass: the
- * shortcut at the full plan, the main path at the block's plan of k groups (BatchNorm row k); k = 0 is
- * relu(shortcut) alone.
+ * What every branch of a block's body shares, lowered once before the `If` chain: a dense unit's BN-ReLU on
+ * its input at the full plan (TF.js runs it once on the whole batch); nothing for a residual block.
  */
-function lowerBody(block: GatedResidualBlock, x: string, sel: ChannelSel, k: number, full: Plan, ctx: (plan: Plan) => BranchContext): string {
-  return lowerResidual(block, x, sel, ctx(full), k === 0 ? null : ctx(innerPlan(full, block, k))).y;
+function lowerShared(block: GatedBlock, x: string, sel: ChannelSel, ctx: BranchContext): string {
+  return block instanceof GatedDenseUnit ? lowerAnyChain(denseParts(block).pre, x, sel, ctx).y : x;
+}
+
+/**
+ * The body of a gated block at k inner groups, as TF.js's routed pass runs it. A residual block: the
+ * shortcut at the full plan, the main path at the block's plan of k groups (BatchNorm row k); k = 0 is
+ * relu(shortcut) alone. A dense unit: concat(x, new channels), the new channels the 1x1, BN-ReLU and 3x3 at k
+ * groups over `shared` (its BN-ReLU'd input); k = 0 gives zeros for them, computing nothing.
+ */
+function lowerBody(block: GatedBlock, x: string, shared: string, sel: ChannelSel, k: number, full: Plan, ctx: (plan: Plan) => BranchContext): string {
+  if (block instanceof GatedResidualBlock) return lowerResidual(block, x, sel, ctx(full), k === 0 ? null : ctx(innerPlan(full, block, k))).y;
+  const c = ctx(innerPlan(full, block, k));
+  const base = `${c.prefix}/${block.name}`;
+  const [h, w] = block.outShape;
+  let added: string;
+  if (k === 0) {
+    const batch = c.g.node('Shape', [x], `${base}/batch`, { start: attr.int(0), end: attr.int(1) });
+    const dims = c.g.node('Concat', [batch, c.g.int64Const(`${base}/dims`, [block.args.growth, h, w])], `${base}/zeros_shape`, { axis: attr.int(0) });
+    added = c.g.node('ConstantOfShape', [dims], `${base}/zeros`);
+  } else added = lowerAnyChain(denseParts(block).routed, shared, sel, c).y;
+  return c.g.node('Concat', [x, added], base, { axis: attr.int(1) });
 }
 
 /**
@@ -83,14 +113,15 @@ function lowerBody(block: GatedResidualBlock, x: string, sel: ChannelSel, k: num
  * branch j with k >= j - 0.5 (a float k needs no exact comparison). With `only`, the graph of that one k instead
  * (input `x` alone, no `If`): the one-graph-per-k layout `bench/segments.ts` compares it with.
  */
-export function bodyGraph(weights: NamedArray[], block: GatedResidualBlock, sel: ChannelSel, full: Plan, only?: number): SegmentGraph {
-  const G = block.args.groups;
+export function bodyGraph(weights: NamedArray[], block: GatedBlock, sel: ChannelSel, full: Plan, only?: number): SegmentGraph {
+  const G = block.groups;
   const gateLayer = block.gate;
   const body = new SegmentGraph(`${block.name}_body`, weights, block.children().filter((l) => l !== gateLayer));
   body.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(block.inShape)));
   const outInfo = (name: string) => floatValueInfo(name, batchDims(block.outShape));
+  const shared = lowerShared(block, SEGMENT_IO.x, sel, body.ctx(full, 'shared'));
   if (only !== undefined) {
-    body.g.nodeTo('Identity', [lowerBody(block, SEGMENT_IO.x, sel, only, full, (plan) => body.ctx(plan, `k${only}`))], SEGMENT_IO.y);
+    body.g.nodeTo('Identity', [lowerBody(block, SEGMENT_IO.x, shared, sel, only, full, (plan) => body.ctx(plan, `k${only}`))], SEGMENT_IO.y);
     body.g.output(outInfo(SEGMENT_IO.y));
     return body;
   }
@@ -98,7 +129,7 @@ export function bodyGraph(weights: NamedArray[], block: GatedResidualBlock, sel:
   const conds = Array.from({ length: G + 1 }, (_, k) => (k === 0 ? '' : body.g.node('GreaterOrEqual', [SEGMENT_IO.k, body.g.floatConst(`k_${k}`, [], [k - 0.5])], `at_least_${k}`)));
   const branch = (k: number): GraphMsg => {
     const g = new GraphBuilder(`groups_${k}`, body.names);
-    g.output(outInfo(lowerBody(block, SEGMENT_IO.x, sel, k, full, (plan) => body.ctx(plan, `k${k}`, g))));
+    g.output(outInfo(lowerBody(block, SEGMENT_IO.x, shared, sel, k, full, (plan) => body.ctx(plan, `k${k}`, g))));
     return g.build(`${k} of ${G} inner groups`);
   };
   selectBranch(body.g, conds, branch, [SEGMENT_IO.y], true, outInfo, 'groups');
@@ -107,22 +138,23 @@ export function bodyGraph(weights: NamedArray[], block: GatedResidualBlock, sel:
 }
 
 /**
- * Exports a network with per-sample gated blocks (`--dynamic acs-gn`) by segments: the runs of plain
+ * Exports a network with per-sample gated blocks (`--dynamic acs-gn|acs-dg`: resnet38's residual blocks,
+ * densenet41/53's dense units) by segments: the runs of plain
  * layers between gated blocks (the stem, the head) as one graph each, and per gated block a gate graph
  * (`x` -> `logits`) and a body graph (`x`, `k` -> `y`). The body keeps the block's weights once, at full
  * size, and an `If` chain over k = 0..G whose branch k slices them with constant bounds (BatchNorm row k):
  * ONNX Runtime folds the slices at load, so each branch's convolutions run pre-packed at exactly k groups,
- * and k = 0 is the shortcut alone. The runtime runs the gate, counts groups with the shared rule
+ * and k = 0 is the shortcut alone (a dense unit: its input and zero new channels). The runtime runs the gate, counts groups with the shared rule
  * (`route/count.ts`), partitions the batch by count and runs each part's body once.
  */
 export function exportSegments(model: Network, options: SegmentsOptions = {}): SegmentsExport {
   if (!model.gated) throw new DynnError(`${model.config.model} has no per-sample gates; export it as one ONNX file`);
   if (model.inputShape.length !== 3) throw new DynnError(`export needs an image model ([H, W, C] input), got [${model.inputShape}]`);
-  // Segments know gated residual blocks with nested decisions; anything else gated would be lowered as a plain layer.
+  // Segments know gated residual blocks and dense units with nested decisions; anything else gated would be lowered as a plain layer.
   const gatedLayers = new Set(model.cost(1).layers.filter((c) => c.gate && c.routed).map((c) => c.routed!));
   for (const l of model.layers) {
     if (!gatedLayers.has(l.name)) continue;
-    if (!(l instanceof GatedResidualBlock)) throw new DynnError(`${model.config.model}: ${l.name} (${l.className}) has no export by segments yet; only gated residual blocks (resnet38) export`);
+    if (!isGatedBlock(l)) throw new DynnError(`${model.config.model}: ${l.name} (${l.className}) has no export by segments yet; only gated residual blocks (resnet38) and gated dense units (densenet41/53) export`);
     if (l.decisions !== 'nested') throw new DynnError(`${l.name} decides per channel (--decisions ${l.decisions}), a masked fidelity mode that does not export; train with nested decisions to deploy`);
   }
   const threshold = options.threshold ?? 0.5;
@@ -146,7 +178,7 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
       files.set(file, bytes);
       return { file, weightsSha256 };
     };
-    if (!(first instanceof GatedResidualBlock)) {
+    if (!isGatedBlock(first)) {
       const sg = new SegmentGraph(`segment_${tag}`, weights, layers);
       sg.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(first.inShape)));
       const y = lowerChain(layers, SEGMENT_IO.x, sel, sg.ctx(full, 'p')).y;
@@ -156,7 +188,7 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
       segments.push({ kind: 'plain', name, graph: add('', sg, `dynn segment ${name}`), input, output });
     } else {
       const block = first;
-      const G = block.args.groups;
+      const G = block.groups;
       const gateLayer = block.gate;
       const gate = new SegmentGraph(`${block.name}_gate`, weights, [gateLayer]);
       gate.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(block.inShape)));
