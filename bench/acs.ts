@@ -9,7 +9,7 @@
  *   4. a training step of the gated model against PyTorch's masked version of it (bench/acs_peer.py).
  * Usage: npm run bench:acs [-- --train 16384 --test 2000 --epochs 1 --gated-epochs 1
  *          --backbones resnet38,densenet41 --mechanisms acs-gn,acs-dg --targets 0.3,0.5,0.7
- *          --estimators sigmoid,gumbel --lr 2e-4 --gate-scale 5 --batch-size 32 --results .bench/acs.json --no-peer --json]
+ *          --estimators sigmoid,gumbel --lr 2e-4 --gate-scale 5 --batch-size 32 --calibration 512 --results .bench/acs.json --no-peer --json]
  * (--lr and --gate-scale: step 2's learning rate and gates' logit scale.) Runs go to .bench/acs/ (replaced on
  * each bench run), results to --results (written atomically).
  */
@@ -65,6 +65,7 @@ const base = (out: string, extra: TrainOptions): TrainOptions => ({
   testLimit: TEST,
   seed: 0,
   batchSize: BATCH,
+  calibrationSamples: num('calibration', 2048),
   out: path.join(ROOT, out),
   // The bench's own scratch runs: each bench run replaces them.
   force: true,
