@@ -37,7 +37,11 @@ const value = (name: string) => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 ? args[i + 1] : undefined;
 };
-const num = (name: string, dflt: number) => Number(value(name) ?? dflt);
+const num = (name: string, dflt: number) => {
+  const v = Number(value(name) ?? dflt);
+  if (!(v > 0 && Number.isFinite(v))) throw new Error(`--${name} must be a positive number, got ${value(name)}`);
+  return v;
+};
 const list = (name: string, dflt: string) => (value(name) ?? dflt).split(',').filter(Boolean);
 const json = args.includes('--json');
 const PEER = !args.includes('--no-peer');

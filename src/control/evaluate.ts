@@ -20,7 +20,7 @@ export interface ControlledRun {
  * batch runs grouped by operating point (`MixedRunner.predict`), unless deciding already produced scores.
  */
 export function runController(controller: Controller, runner: MixedRunner, set: ImageSet, options: { batchSize?: number; context?: DecideContext } = {}): ControlledRun {
-  const batch = options.batchSize ?? 256;
+  const batch = options.batchSize ?? runner.model.batchFor(256);
   const per = set.height * set.width * set.channels;
   const buf = new Float32Array(Math.min(batch, set.count) * per);
   const predictions = new Int32Array(set.count);

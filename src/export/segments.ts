@@ -230,11 +230,6 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
   return { manifest, files };
 }
 
-/**
- * Writes a segmented export to the folder `dir`, atomically: everything goes to a temporary folder beside
- * it, which is then renamed into place. An existing `dir` (folder or file) is refused unless `force`, and
- * then replaced only once the new folder is complete. Returns the manifest.
- */
 /** `--force` replaces an earlier export by segments or an empty folder, nothing else (a run, a project folder, a file). */
 async function checkReplaceable(dir: string, isFolder: boolean): Promise<void> {
   if (!isFolder) throw new DynnError(`${dir} is a file; an export by segments is a folder: give a new folder name`);
@@ -252,6 +247,11 @@ async function checkReplaceable(dir: string, isFolder: boolean): Promise<void> {
   }
 }
 
+/**
+ * Writes a segmented export to the folder `dir`, atomically: everything goes to a temporary folder beside
+ * it, which is then renamed into place. An existing `dir` is refused unless `force`, and then only an
+ * earlier export or an empty folder is replaced, once the new folder is complete. Returns the manifest.
+ */
 export async function saveSegments(model: Network, dir: string, options: SegmentsOptions & { force?: boolean } = {}): Promise<SegmentsManifest> {
   const existing = await fsp.stat(dir).catch(() => null);
   if (existing && !options.force) throw new DynnError(`${dir} exists; pass --force to overwrite it`);

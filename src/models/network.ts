@@ -219,13 +219,13 @@ export class Network {
 
   /**
    * The largest batch, up to `requested`, whose forward pass keeps under `budget` bytes of activations when
-   * every layer's output is held to the end (as inside one `tf.tidy`): the batch of evaluation and
-   * calibration passes. A DenseNet's concatenations hold far more than a VGG's (densenet41 on 28x28 images
-   * about 8 MB a sample), and the WebAssembly engine has 4 GB in all.
+   * every layer's output, composites' included, is held to the end (as inside one `tf.tidy`): the batch of
+   * evaluation and calibration passes. A DenseNet's concatenations hold far more than a VGG's (densenet41 on
+   * 28x28 images about 25 MB a sample), and the WebAssembly engine has 4 GB in all.
    */
   batchFor(requested: number, budget = 2 ** 30): number {
-    const leaves = (ls: Layer[]): Layer[] => ls.flatMap((l) => (l.children().length ? leaves(l.children()) : [l]));
-    const perSample = 4 * leaves(this.layers).reduce((a, l) => a + l.outShape.reduce((p, d) => p * d, 1), 0);
+    const all = (ls: Layer[]): Layer[] => ls.flatMap((l) => [l, ...all(l.children())]);
+    const perSample = 4 * all(this.layers).reduce((a, l) => a + l.outShape.reduce((p, d) => p * d, 1), 0);
     return Math.max(1, Math.min(requested, Math.floor(budget / Math.max(1, perSample))));
   }
 

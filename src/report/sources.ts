@@ -217,7 +217,7 @@ async function readSweeps(run: RunData, options: GatherOptions): Promise<void> {
     const raw = await readJsonFile(file, typeof mechanism === 'string' ? DYNAMIC_SWEEP_WHAT : SWEEP_WHAT);
     if (typeof mechanism === 'string') {
       const opts = run.meta.options ?? {};
-      const ref = { dir: run.dir, model: run.model, mechanism, trainedThreshold: typeof opts.gateThreshold === 'number' ? opts.gateThreshold : undefined, dataset: run.meta.dataset };
+      const ref = { dir: run.dir, model: run.model, mechanism, trainedThreshold: typeof opts.gateThreshold === 'number' ? opts.gateThreshold : undefined, dataset: run.meta.dataset, numClasses: typeof run.modelArgs.numClasses === 'number' ? run.modelArgs.numClasses : undefined };
       const r = parseDynamicSweep(raw, file, ref);
       if ('sweep' in r) run.dynamic = r.sweep;
       else run.dynamicMissing = r.missing;
