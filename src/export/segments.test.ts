@@ -205,16 +205,16 @@ for (const [what, net] of [
   });
 }
 
-test('a small resnet38 with acs-gn gates (registered model, 3 stages): the dispatched export gives TF.js\'s routes and scores', async () => {
-  const model = dynamicNet(centre, createModel('resnet38', { dynamic: 'acs-gn', widths: [8, 8, 16], blocksPerStage: 1, groups: 4, inputShape: [8, 8, 2], numClasses: 3 }));
-  const dir = path.join(tmp, 'resnet38');
+/** A registered dynamic model exported and dispatched in ONNX Runtime: the segments named, TF.js's routes, scores and FLOPs ratios. */
+async function registeredParity(model: Network, name: string, segments: string[], gated: string[]): Promise<void> {
+  const dir = path.join(tmp, name);
   const m = await saveSegments(model, dir, { threshold: 0.4 });
-  assert.deepEqual(m.segments.map((s) => s.name), ['stem.conv..stem.relu', 's0.b0', 's1.b0', 's2.b0', 'gap..classifier']);
+  assert.deepEqual(m.segments.map((s) => s.name), segments);
   const session = (await openSession(dir, { threads: 1 })) as SegmentedSession;
   try {
     const ref = tfRouted(model, centre, 0.4);
     const got = await session.runRouted(toNchw(centre));
-    assert.deepEqual(got.counts.map((c) => [...c]), ['s0.b0', 's1.b0', 's2.b0'].map((b) => [...ref.decisions.get(b)!]));
+    assert.deepEqual(got.counts.map((c) => [...c]), gated.map((b) => [...ref.decisions.get(b)!]));
     assert.ok(got.counts.some((c) => new Set(c).size >= 2), 'mixed routes');
     assert.ok(relErr(ref.scores, got.scores) < 1e-4);
     got.flopsRatios.forEach((r, i) => assert.ok(Math.abs(r - ref.ratios[i]) < 1e-9));
@@ -222,25 +222,16 @@ test('a small resnet38 with acs-gn gates (registered model, 3 stages): the dispa
     await session.release();
     model.dispose();
   }
+}
+
+test('a small resnet38 with acs-gn gates (registered model, 3 stages): the dispatched export gives TF.js\'s routes and scores', async () => {
+  const model = dynamicNet(centre, createModel('resnet38', { dynamic: 'acs-gn', widths: [8, 8, 16], blocksPerStage: 1, groups: 4, inputShape: [8, 8, 2], numClasses: 3 }));
+  await registeredParity(model, 'resnet38', ['stem.conv..stem.relu', 's0.b0', 's1.b0', 's2.b0', 'gap..classifier'], ['s0.b0', 's1.b0', 's2.b0']);
 });
 
 test('a small densenet41 with acs-dg gates (registered model, transitions between gated units): the dispatched export gives TF.js\'s routes and scores', async () => {
   const model = dynamicNet(centre, createModel('densenet41', { dynamic: 'acs-dg', growth: 4, units: 1, groups: 4, gateWidth: 4, inputShape: [8, 8, 2], numClasses: 3 }));
-  const dir = path.join(tmp, 'densenet41');
-  const m = await saveSegments(model, dir, { threshold: 0.4 });
-  assert.deepEqual(m.segments.map((s) => s.name), ['stem.conv', 'd0.u0', 't0', 'd1.u0', 't1', 'd2.u0', 'final']);
-  const session = (await openSession(dir, { threads: 1 })) as SegmentedSession;
-  try {
-    const ref = tfRouted(model, centre, 0.4);
-    const got = await session.runRouted(toNchw(centre));
-    assert.deepEqual(got.counts.map((c) => [...c]), ['d0.u0', 'd1.u0', 'd2.u0'].map((b) => [...ref.decisions.get(b)!]));
-    assert.ok(got.counts.some((c) => new Set(c).size >= 2), 'mixed routes');
-    assert.ok(relErr(ref.scores, got.scores) < 1e-4);
-    got.flopsRatios.forEach((r, i) => assert.ok(Math.abs(r - ref.ratios[i]) < 1e-9));
-  } finally {
-    await session.release();
-    model.dispose();
-  }
+  await registeredParity(model, 'densenet41', ['stem.conv', 'd0.u0', 't0', 'd1.u0', 't1', 'd2.u0', 'final'], ['d0.u0', 'd1.u0', 'd2.u0']);
 });
 
 test('the folder is written atomically and refused when it exists, unless forced; the manifest validates', async () => {
