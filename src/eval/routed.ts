@@ -93,11 +93,14 @@ export function gateShare(model: Network): number {
 export interface RoutedPoint {
   threshold: number;
   accuracy: number;
+  /** Mean executed FLOPs per sample, gates included, over the backbone's with nothing skipped. */
   flopsRatio: number;
   flopsMin: number;
   flopsMax: number;
   gateShare: number;
+  /** Per gated block, in the network's order: the mean fraction of its groups skipped. */
   skipRates: Record<string, number>;
+  /** Per class: the mean FLOPs ratio of its samples (NaN for a class with none). */
   classFlops: number[];
   /** Per class: the accuracy (NaN for a class with no sample). */
   perClassAccuracy: number[];

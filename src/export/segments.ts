@@ -7,7 +7,8 @@ import { fullSel } from '../layers/select.js';
 import type { ChannelSel, Plan, Shape } from '../layers/types.js';
 import { GatedDenseUnit } from '../route/dense.js';
 import { GatedResidualBlock } from '../route/residual.js';
-import { gateCost, innerPlan } from '../route/unit.js';
+import { gateMacsOf, innerPlan } from '../route/unit.js';
+import { checkGateThreshold } from '../route/modes.js';
 import { DynnError } from '../util/errors.js';
 import { VERSION } from '../version.js';
 import { addWeights, selectBranch, weightsSha256 } from './export.js';
@@ -158,7 +159,7 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
     if (l.decisions !== 'nested') throw new DynnError(`${l.name} decides per channel (--decisions ${l.decisions}), a masked fidelity mode that does not export; train with nested decisions to deploy`);
   }
   const threshold = options.threshold ?? 0.5;
-  if (!(threshold >= 0 && threshold <= 1)) throw new DynnError(`the gate threshold must be in [0, 1], got ${threshold}`);
+  checkGateThreshold(threshold);
   const classNames = options.classNames ?? Array.from({ length: model.numClasses }, (_, i) => String(i));
   if (classNames.length !== model.numClasses) throw new DynnError(`${classNames.length} class names given for a model with ${model.numClasses} classes`);
   const full = model.plan(1);
@@ -198,7 +199,7 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
       gate.g.output(floatValueInfo(SEGMENT_IO.logits, ['batch', G]));
 
       const body = bodyGraph(weights, block, sel, full);
-      const gateMacs = gateCost(gateLayer, sel).reduce((a, c) => a + c.macs, 0);
+      const gateMacs = gateMacsOf(gateLayer, sel);
       const groupMacs = block.groupWidth * block.channelMacs(sel);
       segments.push({
         kind: 'gated',

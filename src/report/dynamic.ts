@@ -1,4 +1,5 @@
 import { promises as fsp } from 'node:fs';
+import type { RoutedPoint } from '../eval/routed.js';
 import { z } from 'zod';
 import { summarizeIssues } from '../checkpoint/checkpoint.js';
 import { DynnError } from '../util/errors.js';
@@ -7,25 +8,11 @@ import { commandLine } from './commands.js';
 // A dynamic run's threshold sweep file (`dynn sweep RUN --json > RUN/sweep.json` on a run with gates), read
 // and validated free of TF.js, and the views of it that `dynn info`, the report and the dashboard share.
 
-/** One inference threshold of a dynamic run's sweep file, as read (numbers stored as null read back as NaN). */
-export interface DynamicPoint {
-  threshold: number;
-  accuracy: number;
-  /** Mean executed FLOPs per sample, gates included, over the backbone's with nothing skipped. */
-  flopsRatio: number;
-  flopsMin: number;
-  flopsMax: number;
-  gateShare: number;
-  /** Per gated block, in the network's order: the mean fraction of its groups skipped. */
-  skipRates: Record<string, number>;
-  /** Per class: the mean FLOPs ratio of its samples (NaN for a class with none). */
-  classFlops: number[];
-  /** Per class: the accuracy; absent in files written before it was recorded. */
-  perClassAccuracy?: number[];
-  /** Samples per tenth of the FLOPs ratio (the last bin holds everything from 0.9 up). */
-  histogram: number[];
-  latencyMs: { batch1: number; batch64: number };
-}
+/**
+ * One inference threshold of a dynamic run's sweep file, as read: what `routedSweep` writes (numbers stored
+ * as null read back as NaN), the per-class accuracy absent in files written before it was recorded.
+ */
+export type DynamicPoint = Omit<RoutedPoint, 'perClassAccuracy'> & { perClassAccuracy?: number[] };
 
 /** A dynamic run's threshold sweep, validated against the run it lies beside. */
 export interface DynamicSweepData {

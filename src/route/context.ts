@@ -3,7 +3,7 @@ import { DynnError } from '../util/errors.js';
 import { hashUniform } from '../util/rng.js';
 import { seedFor } from '../layers/layer.js';
 import type { GateEstimator, GateMode, Routing } from '../layers/types.js';
-import { GATE_ESTIMATORS, GATE_MODES } from './modes.js';
+import { checkGateEstimator, checkGateThreshold, GATE_MODES } from './modes.js';
 
 /** The efficiency term a training pass adds: `weight * (mean executed FLOPs ratio - target)^2`. */
 export interface EfficiencyTarget {
@@ -63,9 +63,9 @@ export class RoutingState implements Routing {
   static start(mode: GateMode, count: number, options: RoutingOptions = {}): RoutingState {
     if (!GATE_MODES.includes(mode)) throw new DynnError(`unknown gate mode "${mode}"; expected one of ${GATE_MODES.join(', ')}`);
     const threshold = options.threshold ?? 0.5;
-    if (!(threshold >= 0 && threshold <= 1)) throw new DynnError(`the gate threshold must be in [0, 1], got ${threshold}`);
+    checkGateThreshold(threshold);
     const estimator = options.estimator ?? 'sigmoid';
-    if (!GATE_ESTIMATORS.includes(estimator)) throw new DynnError(`unknown gate estimator "${estimator}"; expected one of ${GATE_ESTIMATORS.join(', ')}`);
+    checkGateEstimator(estimator);
     const rows = Int32Array.from({ length: count }, (_, i) => i);
     const records: Records = { seed: options.seed ?? 0, offset: options.offset ?? 0, decisions: new Map(), full: new Map(), executed: new Float64Array(count), expected: [], losses: [] };
     return new RoutingState(mode, rows, threshold, estimator, records);

@@ -50,6 +50,11 @@ export function gateCost(gate: Layer, sel: ChannelSel): LayerCost[] {
   return gate.cost(sel, { u: 1, groups: new Map(), depth: new Map(), level: 0 }).map((c) => ({ ...c, gate: true }));
 }
 
+/** What the gate costs a sample, in MACs (the routed cost records and the export's manifest). */
+export function gateMacsOf(gate: Layer, sel: ChannelSel): number {
+  return gateCost(gate, sel).reduce((a, c) => a + c.macs, 0);
+}
+
 /** `plan` with the unit's first `k` inner groups active, at BatchNorm row k (statistics per route). */
 export function innerPlan(plan: Plan, unit: Pick<GatedUnit, 'innerKey'>, k: number): Plan {
   return { ...plan, groups: new Map(plan.groups).set(unit.innerKey, Int32Array.from({ length: k }, (_, i) => i)), level: k };
@@ -156,7 +161,7 @@ export function routeUnit(unit: GatedUnit, x: tf.Tensor, sel: ChannelSel, ctx: R
   const routing = ctx.routing;
   if (!routing || routing.mode === 'full') throw new DynnError(`${unit.name}: routeUnit needs gates that decide`);
   const logits = unit.gate.call(x, sel, ctx).y as tf.Tensor2D;
-  const gateMacs = gateCost(unit.gate, sel).reduce((a, c) => a + c.macs, 0);
+  const gateMacs = gateMacsOf(unit.gate, sel);
   return decisionForms.get(unit.decisions).run({ unit, input, sel, ctx, routing, logits, gateMacs, channelMacs: unit.channelMacs(sel) });
 }
 

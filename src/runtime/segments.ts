@@ -6,6 +6,7 @@ import { ONNX_FORMAT, ONNX_IO, type OnnxMetadata } from '../export/metadata.js';
 import { ModelProto } from '../export/onnx-proto.js';
 import { arrayRows, dispatchAsync } from '../route/dispatch.js';
 import { nestedCounts } from '../route/count.js';
+import { checkGateThreshold } from '../route/modes.js';
 import { argmaxRows, toNchw, type OrtApi, type Prediction, type RunOptions } from './core.js';
 import { checkValues, type DecodedGraph, type Expected } from './verify.js';
 
@@ -137,7 +138,7 @@ export class SegmentedSession {
     const n0 = per(m.input.shape);
     if (images.length === 0 || images.length % n0 !== 0) throw new DynnError(`images hold ${images.length} values, not a whole batch of [${m.input.shape}] samples (${n0} values each)`);
     const threshold = options.threshold ?? m.threshold;
-    if (!(threshold >= 0 && threshold <= 1)) throw new DynnError(`the gate threshold must be in [0, 1], got ${threshold}`);
+    checkGateThreshold(threshold);
     const batch = images.length / n0;
     let x = toNchw(this.metadata, images, options);
     let ms = 0;

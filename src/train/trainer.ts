@@ -11,7 +11,7 @@ import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { calibrateBatchNorm } from './calibrate.js';
 import { checkEfficiency, isGateWeight, mechanisms } from '../route/mechanisms.js';
-import { GATE_ESTIMATORS } from '../route/modes.js';
+import { checkGateEstimator } from '../route/modes.js';
 import { evaluateRouted } from '../eval/routed.js';
 import { evaluate } from '../eval/evaluate.js';
 import { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor.js';
@@ -283,7 +283,7 @@ function resolveOptions(o: TrainOptions): Resolved {
   if (!Number.isInteger(r.pretrainEpochs) || r.pretrainEpochs < 0) throw new DynnError(`pretrainEpochs must be a non-negative integer, got ${r.pretrainEpochs}`);
   if (!(r.gateThreshold >= 0 && r.gateThreshold <= 1)) throw new DynnError(`gateThreshold must be in [0, 1], got ${r.gateThreshold}`);
   checkEfficiency(r.flopsTarget ?? 0.5, r.efficiencyWeight ?? 0);
-  if (!GATE_ESTIMATORS.includes(r.gateEstimator)) throw new DynnError(`unknown gate estimator "${r.gateEstimator}"; expected one of ${GATE_ESTIMATORS.join(', ')}`);
+  checkGateEstimator(r.gateEstimator);
   if (r.exitWeights && !r.exitWeights.every((w) => w >= 0 && Number.isFinite(w))) {
     throw new DynnError(`exitWeights must be non-negative numbers, got ${JSON.stringify(r.exitWeights)}`);
   }
