@@ -78,6 +78,14 @@ export abstract class Layer<A extends object = object> {
     return [];
   }
 
+  /**
+   * Sub-layers the network's plan reaches (default: all of them). A switch over whole networks returns none:
+   * each route runs its own network at that network's full plan.
+   */
+  plannedChildren(): Layer[] {
+    return this.children();
+  }
+
   /** The throttleable unit this layer is, if any. */
   block(): BlockInfo | null {
     return null;

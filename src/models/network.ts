@@ -50,7 +50,7 @@ export interface CostReport {
 function collectBlocks(layers: Layer[]): BlockInfo[] {
   return layers.flatMap((l) => {
     const b = l.block();
-    return [...(b ? [b] : []), ...collectBlocks(l.children())];
+    return [...(b ? [b] : []), ...collectBlocks(l.plannedChildren())];
   });
 }
 

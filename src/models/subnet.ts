@@ -17,7 +17,9 @@ export type FrozenOp =
   | { op: 'concat'; branch: FrozenOp[] }
   | { op: 'avgpool'; size: number }
   /** Channel attention (squeeze-and-excitation): the input times sigmoid(branch(input)), per sample and channel. */
-  | { op: 'scale'; branch: FrozenOp[] };
+  | { op: 'scale'; branch: FrozenOp[] }
+  /** Bilinear resizing to `height` x `width` (half-pixel centres): adaptive resolution's route. */
+  | { op: 'resize'; height: number; width: number };
 
 /** Every tensor an op list holds. */
 export function opTensors(ops: FrozenOp[]): tf.Tensor[] {
@@ -121,6 +123,9 @@ export function runOps(ops: FrozenOp[], x: tf.Tensor): tf.Tensor {
         break;
       case 'avgpool':
         y = tf.avgPool(y as tf.Tensor4D, o.size, o.size, 'valid');
+        break;
+      case 'resize':
+        y = tf.image.resizeBilinear(y as tf.Tensor4D, [o.height, o.width], false, true);
         break;
       case 'scale': {
         const s = tf.sigmoid(runOps(o.branch, y));

@@ -9,6 +9,7 @@ import { GatedDenseUnit } from '../route/dense.js';
 import { mechanisms } from '../route/mechanisms.js';
 import { decisionForms } from '../route/unit.js';
 import { withExits } from './exits.js';
+import { MultiBranch, parseBranches } from '../route/branches.js';
 
 export type { ModelArgs, ModelDef } from './types.js';
 
@@ -211,6 +212,16 @@ models.register('densenet-dw', {
   layers: (a) => denseNet(a, true),
 });
 
+models.register('multi-branch', {
+  description:
+    'gated multi-branch network: independent branch networks of increasing cost (--branches) and a gate on the input that picks one per sample (--dynamic branch)',
+  defaults: { dynamic: 'branch', branches: 'vgg-w:widths=8,8,16,16:hidden=64,vgg-w' },
+  dynamic: true,
+  layers: (a) => [
+    new MultiBranch('mb', { branches: parseBranches(a.branches), mechanism: String(a.dynamic), gateWidth: a.gateWidth as number | undefined, gateScale: a.gateScale as number | undefined, numClasses: a.numClasses }),
+  ],
+});
+
 const COMMON: ModelArgs = { inputShape: [28, 28, 1], numClasses: 10, groups: 8, batchNorm: true, seed: 0 };
 
 /** The full argument set a model is built with: common defaults, the model's, then the caller's set fields. */
@@ -226,12 +237,17 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
     throw new DynnError(`numClasses must be an integer >= 2, got ${resolved.numClasses}`);
   }
   if (resolved.dynamic !== undefined) {
-    mechanisms.get(String(resolved.dynamic));
-    if (!def.dynamic) {
+    const m = mechanisms.get(String(resolved.dynamic));
+    if (m.model !== undefined && m.model !== name) throw new DynnError(`--dynamic ${resolved.dynamic} needs --model ${m.model}`);
+    const own = mechanisms.list().find((k) => mechanisms.get(k).model === name);
+    if (own !== undefined && own !== resolved.dynamic) throw new DynnError(`${name} takes --dynamic ${own}, not ${resolved.dynamic}`);
+    if (!def.dynamic && !m.wrap) {
       const able = models.list().filter((m) => models.get(m).dynamic);
       throw new DynnError(`--dynamic ${resolved.dynamic} needs a model with a gated form; ${name} has none (expected one of ${able.join(', ')})`);
     }
   }
+  if (resolved.resolutions !== undefined && resolved.dynamic !== 'resolution') throw new DynnError('--resolutions needs --dynamic resolution');
+  if (resolved.branches !== undefined && name !== 'multi-branch') throw new DynnError('--branches needs --model multi-branch');
   if (resolved.decisions !== undefined) {
     if (resolved.dynamic === undefined) throw new DynnError(`decisions (--decisions ${resolved.decisions}) needs a dynamic model (--dynamic NAME)`);
     decisionForms.get(String(resolved.decisions));
@@ -254,7 +270,8 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
 /** Builds a registered model; unknown names fail with the list of known ones. */
 export function createModel(name: string, args: ModelArgs = {}): Network {
   const resolved = resolveModelArgs(name, args);
-  const layers = models.get(name).layers(resolved as Parameters<ModelDef['layers']>[0]);
+  const wrap = resolved.dynamic === undefined ? undefined : mechanisms.get(String(resolved.dynamic)).wrap;
+  const layers = wrap ? wrap(name, resolved) : models.get(name).layers(resolved as Parameters<ModelDef['layers']>[0]);
   const inputShape = resolved.inputShape as number[];
   let model: Network;
   try {

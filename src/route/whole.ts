@@ -1,0 +1,154 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { DynnError } from '../util/errors.js';
+import { Composite, fullSel } from '../layers/index.js';
+import type { BlockInfo, ChannelSel, Layer, LayerCost, Plan, RunContext, Shape } from '../layers/index.js';
+import type { FrozenOp } from '../models/subnet.js';
+import type { Network } from '../models/network.js';
+import { mechanisms } from './mechanisms.js';
+import { gateCost, gateMacsOf } from './unit.js';
+import { nestedDecision, onesWithGradient } from './gates.js';
+import { dispatchTensor } from './tensor.js';
+
+/** What a switch over whole networks takes besides its routes. */
+export interface WholeSwitchArgs {
+  /** The registered mechanism whose gate decides (`branch`, `resolution`). */
+  mechanism: string;
+  /** Channels of the gate's hidden layers (default: the mechanism's). */
+  gateWidth?: number;
+  /** Factor on the gate's logits (default 1). */
+  gateScale?: number;
+  /** Classes of the output. */
+  numClasses: number;
+}
+
+/**
+ * A gate at the input that picks, per sample, one of K whole networks (routes) ordered by cost: the branches
+ * of a gated multi-branch network, or one network at K input resolutions. The gate's K - 1 logits decide as
+ * nested counts (route k = #{g : q_g > cut}, `nestedDecision`), so the threshold sweep gives operating points
+ * as for every other mechanism, and the batch is split by route with the one dispatch: each route runs only
+ * on its rows.
+ *
+ * As a throttleable block of K groups it also runs at a fixed `u` (every sample the route of `u`'s active
+ * groups, less one; u = 1 is the most costly route): that is how the routes train before the gate (`--pretrain-epochs`,
+ * with the sandwich rule: every route in a step, the costliest teaching), how `evaluate` at a `u` and the
+ * cascade controller see them, and what `full` routing runs. Routes plan themselves (`plannedChildren` is
+ * empty): each runs its network at its own full plan.
+ *
+ * With a mechanism that freezes its routes (`Mechanism.frozenRoutes`), the gate trains with the routes
+ * fixed: no gradient reaches them in `soft` mode (the overview's second step, routes frozen).
+ */
+export abstract class WholeSwitch<A extends WholeSwitchArgs> extends Composite<A> {
+  protected gateLayer!: Layer;
+  /** Per route: the costs of what a sample taking it runs, its gate excluded. */
+  protected routeCosts: LayerCost[][] = [];
+
+  /** Routes K (at least 2), ascending in cost. */
+  abstract get routes(): number;
+  /** Builds the routes on the switch's input shape and returns the output shape (checked against numClasses). */
+  protected abstract buildRoutes(inShape: Shape): Shape;
+  /** The gate's input shape from the switch's (the input, or a low-resolution glimpse of it). */
+  protected gateShape(inShape: Shape): Shape {
+    return inShape;
+  }
+  /** The gate's input from the switch's. */
+  protected gateInput(x: tf.Tensor): tf.Tensor {
+    return x;
+  }
+  /** Route k on the rows of `x` (class scores). */
+  protected abstract runRoute(k: number, x: tf.Tensor, ctx: RunContext): tf.Tensor;
+  /** Route k's inference ops. */
+  protected abstract freezeRoute(k: number): FrozenOp[];
+  /** Each route's networks (for `plannedChildren`, weights and BatchNorm walks). */
+  protected abstract routeNets(): Network[];
+
+  protected doBuild(inShape: Shape): Shape {
+    const m = mechanisms.get(this.args.mechanism);
+    const out = this.buildRoutes(inShape);
+    if (out.length !== 1 || out[0] !== this.args.numClasses) throw new DynnError(`${this.name}: its routes give [${out}], not ${this.args.numClasses} class scores`);
+    const gShape = this.gateShape(inShape);
+    this.gateLayer = m.gate(`${this.name}.gate`, { outputs: this.routes - 1, width: this.args.gateWidth ?? m.defaultWidth(gShape[2]), logitScale: this.args.gateScale });
+    this.gateLayer.build(gShape, this.seed);
+    this.layers = [this.gateLayer, ...this.routeNets().flatMap((n) => n.layers)];
+    return out;
+  }
+
+  get gate(): Layer {
+    return this.gateLayer;
+  }
+
+  override block(): BlockInfo {
+    return { kind: 'width', name: this.name, groups: this.routes };
+  }
+
+  /** The routes run whole networks at their own plans: the outer plan reaches only this switch. */
+  override plannedChildren(): Layer[] {
+    return [];
+  }
+
+  /** The route a plan runs for every sample: its active groups of this switch, less one (the costliest when absent). */
+  routeOf(plan: Plan): number {
+    const g = plan.groups.get(this.name);
+    return g ? Math.min(this.routes - 1, Math.max(0, g.length - 1)) : this.routes - 1;
+  }
+
+  /** MACs a sample taking route k runs, its gate excluded. */
+  routeMacs(k: number): number {
+    return this.routeCosts[k].reduce((a, c) => a + c.macs, 0);
+  }
+
+  outSel(): ChannelSel {
+    return fullSel(this.args.numClasses);
+  }
+
+  call(x: tf.Tensor, _sel: ChannelSel, ctx: RunContext) {
+    const routing = ctx.routing;
+    const out = this.outSel();
+    if (!routing || routing.mode === 'full') return { y: this.runRoute(this.routeOf(ctx.plan), x, ctx), sel: out };
+    const K = this.routes;
+    const logits = this.gateLayer.call(this.gateInput(x), fullSel(this.gateLayer.inShape[2]), ctx).y as tf.Tensor2D;
+    const gateMacs = gateMacsOf(this.gateLayer, fullSel(this.gateLayer.inShape[2]));
+    const macs = Array.from({ length: K }, (_, k) => this.routeMacs(k));
+    const { q, counts, surrogate } = nestedDecision(this.name, logits, routing);
+    routing.decide(this.name, counts, K - 1);
+    routing.spend(Array.from(counts, (k) => gateMacs + macs[k]));
+    // E[cost] = c_0 + sum_g q_g (c_g - c_{g-1}): q_g is the probability of a route beyond g - 1.
+    const steps = tf.tensor1d(macs.slice(1).map((c, g) => c - macs[g]));
+    routing.expect(tf.add(gateMacs + macs[0], tf.sum(tf.mul(q, steps), 1)) as tf.Tensor1D);
+    if (routing.mode === 'masked') {
+      // The masked baseline, timing only: every route runs on every sample, then each keeps its route's row.
+      const all = tf.stack(macs.map((_, k) => this.runRoute(k, x, ctx)), 1);
+      return { y: tf.gatherND(all, tf.tensor2d(Array.from(counts, (k, i) => [i, k]), [counts.length, 2], 'int32')), sel: out };
+    }
+    const soft = routing.mode === 'soft';
+    const frozen = soft && mechanisms.get(this.args.mechanism).frozenRoutes === true;
+    const y = dispatchTensor(x, counts, (k, part, rows) => {
+      const child = { ...ctx, routing: routing.child(rows) };
+      let scores = this.runRoute(k, part, child);
+      if (frozen) scores = noGradient(scores);
+      if (!soft) return scores;
+      // Straight through: 1 in value, the gradient of the probability of route k (q_k - q_{k+1}).
+      const s = tf.gather(surrogate, rows) as tf.Tensor2D;
+      const n = rows.length;
+      const upTo = k === 0 ? tf.ones([n, 1]) : tf.slice(s, [0, k - 1], [n, 1]);
+      const p = k === K - 1 ? upTo : tf.sub(upTo, tf.slice(s, [0, k], [n, 1]));
+      return tf.mul(scores, onesWithGradient(p));
+    });
+    return { y, sel: out };
+  }
+
+  freeze(_sel: ChannelSel, plan: Plan): FrozenOp[] {
+    return this.freezeRoute(this.routeOf(plan));
+  }
+
+  /** The plan's route, marked as decided per sample, and the gate's cost (see `routedCost`). */
+  cost(sel: ChannelSel, plan: Plan): LayerCost[] {
+    const gate = gateCost(this.gateLayer, fullSel(this.gateLayer.inShape[2]));
+    return [...this.routeCosts[this.routeOf(plan)], ...gate].map((c) => ({ ...c, routed: this.name }));
+  }
+}
+
+/** The value with no gradient to what produced it (TF.js has no stop-gradient op). */
+export const noGradient = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({
+  value: tf.clone(args[0] as tf.Tensor),
+  gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy),
+})) as (x: tf.Tensor) => tf.Tensor;
