@@ -83,6 +83,8 @@ export interface Routing {
   expect(macs: tf.Tensor1D): void;
   /** Adds an auxiliary loss term (a scalar the training step adds to the task loss). */
   addLoss(name: string, value: tf.Scalar): void;
+  /** The current rows' labels, when the pass knows them (a training step): what supervised gates learn from. */
+  readonly labels?: Int32Array;
 }
 
 /** What a forward pass needs besides the input. */

@@ -26,6 +26,8 @@ export interface RoutingOptions {
   threshold?: number;
   /** Gradient estimator of `soft` decisions (default 'sigmoid'). */
   estimator?: GateEstimator;
+  /** The batch's labels, for gates supervised by the task (a training step). */
+  labels?: ArrayLike<number>;
 }
 
 /** What a pass's gates decided and spent, in the input's sample order. */
@@ -38,6 +40,7 @@ interface Records {
   executed: Float64Array;
   expected: { rows: Int32Array; macs: tf.Tensor1D }[];
   losses: { name: string; value: tf.Scalar }[];
+  labels?: Int32Array;
 }
 
 
@@ -67,7 +70,9 @@ export class RoutingState implements Routing {
     const estimator = options.estimator ?? 'sigmoid';
     checkGateEstimator(estimator);
     const rows = Int32Array.from({ length: count }, (_, i) => i);
-    const records: Records = { seed: options.seed ?? 0, offset: options.offset ?? 0, decisions: new Map(), full: new Map(), executed: new Float64Array(count), expected: [], losses: [] };
+    if (options.labels && options.labels.length !== count) throw new DynnError(`${options.labels.length} labels for a batch of ${count}`);
+    const labels = options.labels ? Int32Array.from(options.labels) : undefined;
+    const records: Records = { seed: options.seed ?? 0, offset: options.offset ?? 0, decisions: new Map(), full: new Map(), executed: new Float64Array(count), expected: [], losses: [], labels };
     return new RoutingState(mode, rows, threshold, estimator, records);
   }
 
@@ -75,6 +80,11 @@ export class RoutingState implements Routing {
     const { seed, offset } = this.records;
     const k = seedFor(key, 0);
     return Float32Array.from(this.rows, (r) => hashUniform(seed, k, offset + r));
+  }
+
+  get labels(): Int32Array | undefined {
+    const all = this.records.labels;
+    return all && Int32Array.from(this.rows, (r) => all[r]);
   }
 
   child(part: Int32Array): RoutingState {

@@ -5,3 +5,5 @@
 export { partition, assemble, dispatch, dispatchAsync, arrayRows, rowsOf, type Partition, type RowOps } from './dispatch.js';
 export { tensorRows, dispatchTensor } from './tensor.js';
 export { nestedCounts } from './count.js';
+export { routeSwitch, routeLoss, routeProbability, smallestRight, type Switch, type SwitchOptions } from './switch.js';
+export { decideRoutes, runRoutes, type RouteRun } from './routes.js';

@@ -2,8 +2,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
 import type { ChannelSel, Layer, LayerCost, Plan, Routing, RunContext } from '../layers/index.js';
-import { dispatchTensor } from './tensor.js';
-import { logisticNoise, nestedDecision, onesWithGradient, perGate, straightThrough } from './gates.js';
+import { logisticNoise, onesWithGradient, perGate, straightThrough } from './gates.js';
+import { decideRoutes, runRoutes } from './routes.js';
 import { gateName, mechanisms } from './mechanisms.js';
 
 /** What every unit gated per sample takes besides its own arguments. */
@@ -101,20 +101,17 @@ decisionForms.register('nested', {
     const G = unit.groups;
     const width = unit.groupWidth;
     const groupMacs = width * channelMacs;
-    const { q, counts, surrogate } = nestedDecision(unit.name, logits, routing);
-    routing.decide(unit.name, counts, G);
-    routing.spend(Array.from(counts, (k) => gateMacs + k * groupMacs));
-    routing.expect(tf.add(gateMacs, tf.mul(tf.sum(q, 1), groupMacs)) as tf.Tensor1D);
+    const costs = Array.from({ length: G + 1 }, (_, k) => gateMacs + k * groupMacs);
+    const decision = decideRoutes(unit.name, logits, routing, costs);
     if (routing.mode === 'masked') {
       // The field's form, for timing only: every inner channel computed, then multiplied by the mask. Every
       // sample normalizes at BatchNorm row G (full width), so its scores are not the sliced model's.
+      const { counts } = decision;
       const mask = tf.tensor4d(Float32Array.from({ length: counts.length * G * width }, (_, i) => (Math.floor((i % (G * width)) / width) < counts[Math.floor(i / (G * width))] ? 1 : 0)), [counts.length, 1, 1, G * width]);
       return unit.runAt(input, sel, ctx, innerContext(ctx, unit, G), mask);
     }
-    const soft = routing.mode === 'soft';
-    return dispatchTensor(input, counts, (k, part, rows) => {
-      const child = { ...ctx, routing: routing.child(rows) };
-      const st = soft && k > 0 ? straightThrough(tf.gather(surrogate, rows) as tf.Tensor2D, k, width) : undefined;
+    return runRoutes(input, decision, ctx, (k, part, child, surrogate) => {
+      const st = surrogate && k > 0 ? straightThrough(surrogate, k, width) : undefined;
       return unit.runAt(part, sel, child, innerContext(child, unit, k), st);
     });
   },

@@ -163,7 +163,7 @@ export function gradientStep(
       const { value, grads: g } = tf.tidy(() =>
         tf.variableGrads(() => {
           // Each plan's gates draw their own numbers; a sample's depend only on the seed and its place in the step.
-          const routing = stepRouting ? RoutingState.start(stepRouting.mode, count, { seed: stepRouting.seed + i * 7919, offset, estimator: stepRouting.estimator }) : undefined;
+          const routing = stepRouting ? RoutingState.start(stepRouting.mode, count, { seed: stepRouting.seed + i * 7919, offset, estimator: stepRouting.estimator, labels }) : undefined;
           const outs = exits > 1 ? forwardExits(model, xs, plan, { training: true }) : [model.forward(xs, plan, { training: true, routing })];
           const final = outs[outs.length - 1];
           if (i === 0) {
