@@ -10,6 +10,7 @@ import type { Network } from '../models/network.js';
 import type { SweepPoint } from '../eval/sweep.js';
 import type { TrainMeta } from '../train/run.js';
 import { exitInfo, scalingTrainOptions } from './scaling-commands.js';
+import { intListOption } from './deploy-commands.js';
 
 const ENGINES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
 const DEFAULT_US = [0.125, 0.25, 0.5, 0.75, 1];
@@ -49,6 +50,8 @@ export function trainOptionsFrom(o: Opts) {
       decisions: o.decisions === undefined ? undefined : String(o.decisions),
       gateWidth: numberOption(o.gateWidth, 'gate-width', { int: true, min: 1 }),
       gateScale: numberOption(o.gateScale, 'gate-scale', { min: Number.MIN_VALUE }),
+      branches: o.branches === undefined ? undefined : String(o.branches),
+      resolutions: intListOption(o.resolutions, 'resolutions'),
     },
     flopsTarget: numberOption(o.flopsTarget, 'flops-target', { min: Number.MIN_VALUE, max: 1 }),
     efficiencyWeight: numberOption(o.efficiencyWeight, 'efficiency-weight', { min: 0 }),

@@ -61,7 +61,8 @@ mechanisms.register('acs-dg', {
 mechanisms.register('branch', {
   description:
     'gated multi-branch network (--model multi-branch --branches ...): an acs-gn gate on the input picks one branch network per sample; branches train first (--pretrain-epochs), the gate after with them frozen',
-  gate: (name, a) => new GateNet(name, { width: a.width, outputs: a.outputs, logitScale: a.logitScale }),
+  // The routes are frozen while it trains, so the gate alone learns: a logit scale of 10 lets it move in an epoch.
+  gate: (name, a) => new GateNet(name, { width: a.width, outputs: a.outputs, logitScale: a.logitScale ?? 10 }),
   // A gate this narrow costs about 5% of vgg-w:widths=8,8,16,16 and under 1% of vgg-w on 28x28 inputs.
   defaultWidth: () => 4,
   defaults: { flopsTarget: 0.5, efficiencyWeight: 4 },
@@ -72,7 +73,7 @@ mechanisms.register('branch', {
 mechanisms.register('resolution', {
   description:
     'adaptive resolution (--resolutions 28,21,14): an acs-gn gate on a glimpse at the smallest resolution picks the resolution each sample runs at; any model that pools globally (resnet-d, resnet38, densenet41)',
-  gate: (name, a) => new GateNet(name, { width: a.width, outputs: a.outputs, logitScale: a.logitScale }),
+  gate: (name, a) => new GateNet(name, { width: a.width, outputs: a.outputs, logitScale: a.logitScale ?? 10 }),
   defaultWidth: () => 4,
   defaults: { flopsTarget: 0.5, efficiencyWeight: 4 },
   frozenRoutes: true,

@@ -5,9 +5,8 @@ import type { BlockInfo, ChannelSel, Layer, LayerCost, Plan, RunContext, Shape }
 import type { FrozenOp } from '../models/subnet.js';
 import type { Network } from '../models/network.js';
 import { mechanisms } from './mechanisms.js';
-import { gateCost, gateMacsOf } from './unit.js';
-import { nestedDecision, onesWithGradient } from './gates.js';
-import { dispatchTensor } from './tensor.js';
+import { gateCost } from './unit.js';
+import { routeSwitch, type Switch } from './switch.js';
 
 /** What a switch over whole networks takes besides its routes. */
 export interface WholeSwitchArgs {
@@ -22,11 +21,11 @@ export interface WholeSwitchArgs {
 }
 
 /**
- * A gate at the input that picks, per sample, one of K whole networks (routes) ordered by cost: the branches
- * of a gated multi-branch network, or one network at K input resolutions. The gate's K - 1 logits decide as
- * nested counts (route k = #{g : q_g > cut}, `nestedDecision`), so the threshold sweep gives operating points
- * as for every other mechanism, and the batch is split by route with the one dispatch: each route runs only
- * on its rows.
+ * A switch (`routeSwitch`) at the input that picks, per sample, one of K whole networks (routes) ordered by
+ * cost: the branches of a gated multi-branch network, or one network at K input resolutions. The gate's K - 1
+ * logits decide as nested counts, so the threshold sweep gives operating points as for every other mechanism,
+ * and the batch is split by route with the one dispatch: each route runs only on its rows. The masked
+ * baseline runs the costliest route on every row.
  *
  * As a throttleable block of K groups it also runs at a fixed `u` (every sample the route of `u`'s active
  * groups, less one; u = 1 is the most costly route): that is how the routes train before the gate (`--pretrain-epochs`,
@@ -37,7 +36,7 @@ export interface WholeSwitchArgs {
  * With a mechanism that freezes its routes (`Mechanism.frozenRoutes`), the gate trains with the routes
  * fixed: no gradient reaches them in `soft` mode (the overview's second step, routes frozen).
  */
-export abstract class WholeSwitch<A extends WholeSwitchArgs> extends Composite<A> {
+export abstract class WholeSwitch<A extends WholeSwitchArgs> extends Composite<A> implements Switch {
   protected gateLayer!: Layer;
   /** Per route: the costs of what a sample taking it runs, its gate excluded. */
   protected routeCosts: LayerCost[][] = [];
@@ -104,35 +103,13 @@ export abstract class WholeSwitch<A extends WholeSwitchArgs> extends Composite<A
     const routing = ctx.routing;
     const out = this.outSel();
     if (!routing || routing.mode === 'full') return { y: this.runRoute(this.routeOf(ctx.plan), x, ctx), sel: out };
-    const K = this.routes;
-    const logits = this.gateLayer.call(this.gateInput(x), fullSel(this.gateLayer.inShape[2]), ctx).y as tf.Tensor2D;
-    const gateMacs = gateMacsOf(this.gateLayer, fullSel(this.gateLayer.inShape[2]));
-    const macs = Array.from({ length: K }, (_, k) => this.routeMacs(k));
-    const { q, counts, surrogate } = nestedDecision(this.name, logits, routing);
-    routing.decide(this.name, counts, K - 1);
-    routing.spend(Array.from(counts, (k) => gateMacs + macs[k]));
-    // E[cost] = c_0 + sum_g q_g (c_g - c_{g-1}): q_g is the probability of a route beyond g - 1.
-    const steps = tf.tensor1d(macs.slice(1).map((c, g) => c - macs[g]));
-    routing.expect(tf.add(gateMacs + macs[0], tf.sum(tf.mul(q, steps), 1)) as tf.Tensor1D);
-    if (routing.mode === 'masked') {
-      // The masked baseline, timing only: every route runs on every sample, then each keeps its route's row.
-      const all = tf.stack(macs.map((_, k) => this.runRoute(k, x, ctx)), 1);
-      return { y: tf.gatherND(all, tf.tensor2d(Array.from(counts, (k, i) => [i, k]), [counts.length, 2], 'int32')), sel: out };
-    }
-    const soft = routing.mode === 'soft';
-    const frozen = soft && mechanisms.get(this.args.mechanism).frozenRoutes === true;
-    const y = dispatchTensor(x, counts, (k, part, rows) => {
-      const child = { ...ctx, routing: routing.child(rows) };
-      let scores = this.runRoute(k, part, child);
-      if (frozen) scores = noGradient(scores);
-      if (!soft) return scores;
-      // Straight through: 1 in value, the gradient of the probability of route k (q_k - q_{k+1}).
-      const s = tf.gather(surrogate, rows) as tf.Tensor2D;
-      const n = rows.length;
-      const upTo = k === 0 ? tf.ones([n, 1]) : tf.slice(s, [0, k - 1], [n, 1]);
-      const p = k === K - 1 ? upTo : tf.sub(upTo, tf.slice(s, [0, k], [n, 1]));
-      return tf.mul(scores, onesWithGradient(p));
-    });
+    const gSel = fullSel(this.gateLayer.inShape[2]);
+    const macs = Array.from({ length: this.routes }, (_, k) => this.routeMacs(k));
+    const frozen = routing.mode === 'soft' && mechanisms.get(this.args.mechanism).frozenRoutes === true;
+    const y = routeSwitch(this, this.gateInput(x), gSel, ctx, macs, (k, part, child) => {
+      const scores = this.runRoute(k, part, child);
+      return frozen ? noGradient(scores) : scores;
+    }, { input: x });
     return { y, sel: out };
   }
 
@@ -141,7 +118,7 @@ export abstract class WholeSwitch<A extends WholeSwitchArgs> extends Composite<A
   }
 
   /** The plan's route, marked as decided per sample, and the gate's cost (see `routedCost`). */
-  cost(sel: ChannelSel, plan: Plan): LayerCost[] {
+  cost(_sel: ChannelSel, plan: Plan): LayerCost[] {
     const gate = gateCost(this.gateLayer, fullSel(this.gateLayer.inShape[2]));
     return [...this.routeCosts[this.routeOf(plan)], ...gate].map((c) => ({ ...c, routed: this.name }));
   }

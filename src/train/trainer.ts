@@ -361,9 +361,13 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     model.dispose();
     throw new DynnError(`${dynamicOptions.join(', ')} ${dynamicOptions.length > 1 ? 'need' : 'needs'} a dynamic model (--dynamic NAME); ${o.model} has no gates`);
   }
-  if (gated && (o.schedule === 'sandwich' || exits > 1)) {
+  if (gated && ((o.schedule === 'sandwich' && o.pretrainEpochs === 0) || exits > 1)) {
     model.dispose();
-    throw new DynnError(`a dynamic model trains at u = 1 with its gates deciding; ${o.schedule === 'sandwich' ? 'the sandwich schedule' : 'early exits'} cannot be combined with it`);
+    throw new DynnError(
+      exits > 1
+        ? 'a dynamic model trains at u = 1 with its gates deciding; early exits cannot be combined with it'
+        : 'a dynamic model trains at u = 1 with its gates deciding; the sandwich schedule trains its backbone before them (--pretrain-epochs N)',
+    );
   }
   const mechanism = gated ? mechanisms.get(String(model.config.args.dynamic)) : null;
   const efficiency = mechanism ? { target: o.flopsTarget ?? mechanism.defaults.flopsTarget, weight: o.efficiencyWeight ?? mechanism.defaults.efficiencyWeight } : undefined;
@@ -376,7 +380,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     }
   }
   const lr = o.lr ?? (o.optimizer === 'adam' ? 1e-3 : 0.05);
-  const optimizer = new Optimizer(o.optimizer, lr);
+  let optimizer = new Optimizer(o.optimizer, lr);
   const history: EpochRecord[] = [];
   let startEpoch = 0;
 
@@ -451,15 +455,24 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         const progress = (epoch * stepsPerEpoch + step) / totalSteps;
         const sandwich = o.schedule === 'sandwich';
         // Step 2 of a dynamic model runs u = 1: its gates choose each sample's operating point. Step 1 trains the
-        // backbone throttleable (u per batch, the schedule's), so every prefix of groups a gate may pick is good.
+        // backbone throttleable (u per batch, the schedule's, or every width of a sandwich step), so every prefix
+        // of groups a gate may pick is good.
         const pretraining = gated && epoch < o.pretrainEpochs;
+        if (mechanism?.frozenRoutes && o.pretrainEpochs > 0 && epoch === o.pretrainEpochs && step === 0) {
+          // The gate trains with the routes frozen: a fresh optimizer, so step 1's momentum moves no route.
+          optimizer.dispose();
+          optimizer = new Optimizer(o.optimizer, lr);
+        }
         const u = sandwich || (gated && !pretraining) ? 1 : sampleU(o.schedule, uRng, progress, o.fullWidth);
         optimizer.setLearningRate(learningRate(o.lrSchedule, lr, progress));
         const indices = order.subarray(step * o.batchSize, Math.min(n, (step + 1) * o.batchSize));
+        const sandwichStep = () => ({ plans: sandwichPlans(model, { n: o.sandwichWidths, rng: uRng, gating: o.gating, gateRng }), inplaceDistill: o.inplaceDistill, inplaceAlpha: o.inplaceAlpha });
         const work: Plan | StepSpec = gated
-          ? { plans: [model.plan(u)], routing: { mode: pretraining ? 'full' : 'soft', seed: streamSeed(o.seed, 4, epoch) + step, efficiency, estimator: o.gateEstimator } }
+          ? pretraining && sandwich
+            ? { ...sandwichStep(), routing: { mode: 'full', seed: streamSeed(o.seed, 4, epoch) + step } }
+            : { plans: [model.plan(u)], routing: { mode: pretraining ? 'full' : 'soft', seed: streamSeed(o.seed, 4, epoch) + step, efficiency, estimator: o.gateEstimator } }
           : sandwich
-            ? { plans: sandwichPlans(model, { n: o.sandwichWidths, rng: uRng, gating: o.gating, gateRng }), inplaceDistill: o.inplaceDistill, inplaceAlpha: o.inplaceAlpha }
+            ? sandwichStep()
             : model.plan(u, { gating: o.gating, rng: gateRng });
         const r = await executor.step(indices, work);
         if (!Number.isFinite(r.loss)) throw new DynnError(`training diverged: loss is ${r.loss} at epoch ${epoch + 1}, step ${step + 1} (try a lower --lr)`);
