@@ -19,7 +19,8 @@ before(async () => {
 const SMALL = 'vgg-w:widths=4,4,8,8:hidden=16,vgg-w:widths=8,8,8,8:hidden=16,vgg-w:widths=8,8,16,16:hidden=32';
 
 function net(branches = SMALL): Network {
-  return createModel('multi-branch', { branches, inputShape: [8, 8, 2], numClasses: 3 });
+  // Gate scale 1: the spread logits below then put samples on every route (the mechanism's default is 10).
+  return createModel('multi-branch', { branches, inputShape: [8, 8, 2], numClasses: 3, gateScale: 1 });
 }
 
 /** Gate logits spread by the input, so samples take different branches. */
