@@ -190,6 +190,11 @@ async function gatedSweepCommand(run: string, o: Opts, io: Io): Promise<void> {
 async function gatesInfo(model: Network): Promise<{ decisions: string; execution: 'sliced' | 'masked'; note: string }> {
   const { decisionForms } = await import('../route/unit.js');
   const decisions = String(model.config.args.decisions ?? 'nested');
+  const { mechanisms } = await import('../route/mechanisms.js');
+  const mechanism = String(model.config.args.dynamic);
+  if (mechanisms.has(mechanism) && mechanisms.get(mechanism).frozenRoutes) {
+    return { decisions, execution: 'sliced', note: `one switch at the input: each sample's ${mechanism} is chosen by the gate and runs only on the samples that took it (the batch split by route)` };
+  }
   const masked = decisionForms.get(decisions).masked;
   const note = masked
     ? `${decisions} decisions, executed masked: every channel is computed, then multiplied by the decisions; FLOPs count only the channels on (as the paper reports), times are the masked ones`
@@ -276,7 +281,7 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
   if (typeof mechanism !== 'string') return null;
   const path = await import('node:path');
   const { gateShare } = await import('../eval/routed.js');
-  const { readDynamicSweep, blockSkips, classCompute, HISTOGRAM_BINS } = await import('../report/dynamic.js');
+  const { readDynamicSweep, blockSkips, classCompute, classRoutes, HISTOGRAM_BINS } = await import('../report/dynamic.js');
   const { RUN_FILES } = await import('../report/sources.js');
   const { mechanisms } = await import('../route/mechanisms.js');
   const o = meta.options;
@@ -317,7 +322,19 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
   // Most compute first: which classes the gates spend on.
   const ranked = [...classes].sort((a, b) => (Number.isFinite(b.flopsRatio) ? b.flopsRatio : -1) - (Number.isFinite(a.flopsRatio) ? a.flopsRatio : -1));
   text += '\ncompute per class (most first)\n' + table(['class', 'FLOPs ratio', 'accuracy'], ranked.map((c) => [plain(c.name), Number.isFinite(c.flopsRatio) ? c.flopsRatio.toFixed(3) : '-', pct(c.accuracy)]));
+  const routes = classRoutes(sweep, p);
+  if (routes.length) json.routes = Object.fromEntries(routes.map((g) => [g.gate, g.classes]));
+  for (const g of routes) {
+    const head = Array.from({ length: g.routes }, (_, k) => routeLabel(model, g.gate, k));
+    text += `\nroute each class took at ${plain(g.gate)} (share of its samples; cheapest first)\n` + table(['class', ...head], g.classes.map((c) => [plain(c.name), ...c.shares.map((v) => pct(v))]));
+  }
   return { json, text };
+}
+
+/** A switch's route k as `info` names it (`vgg-w 8,8,16,16`, `14x14`), else `route k`. */
+function routeLabel(model: Network, gate: string, k: number): string {
+  const sw = model.layers.find((l) => l.name === gate) as { routeLabel?: (k: number) => string } | undefined;
+  return sw?.routeLabel ? sw.routeLabel(k) : `route ${k}`;
 }
 
 /** Skip rates as a stage-by-block grid when every name is `stage.block` (resnet38: 3 x 6), else one row each. */

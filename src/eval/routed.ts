@@ -28,7 +28,12 @@ export interface RoutedEval {
   perClassAccuracy: number[];
   /** Predicted class per sample. */
   predictions: Int32Array;
+  /** Networks with a few decision points (switches: a branch, a resolution, a width): see `RoutedPoint.routes`. */
+  routes?: Record<string, number[][]>;
 }
+
+/** Decision points up to which evaluation records each class's routes (a switch-based network has one). */
+const ROUTE_TABLE_GATES = 4;
 
 /** Evaluation options of a dynamic network. */
 export interface RoutedEvalOptions {
@@ -56,6 +61,8 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
   const predictions = new Int32Array(data.count);
   const sampleRatios = new Float64Array(data.count);
   const skipped = new Map<string, number>();
+  // Per gate: samples of each class on each route, [class][route].
+  const byRoute = new Map<string, number[][]>();
   for (let start = 0; start < data.count; start += batch) {
     const n = Math.min(batch, data.count - start);
     const x = toFloat(data, start, n, buf);
@@ -65,6 +72,17 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
     idx.dispose();
     routing.executedMacs.forEach((m, i) => (sampleRatios[start + i] = (fixed + m) / backbone));
     for (const [gate, rate] of Object.entries(routing.skipRates())) skipped.set(gate, (skipped.get(gate) ?? 0) + rate * n);
+    if (routing.decisions.size <= ROUTE_TABLE_GATES) {
+      for (const [gate, routes] of routing.decisions) {
+        let t = byRoute.get(gate);
+        const K = routing.fullRoutes.get(gate)! + 1;
+        if (!t) byRoute.set(gate, (t = Array.from({ length: model.numClasses }, () => new Array<number>(K).fill(0))));
+        routes.forEach((k, i) => {
+          if (k < 0) return;
+          t![data.labels[start + i]][k]++;
+        });
+      }
+    }
   }
   const { accuracy, perClassAccuracy, perClassMean } = tally(predictions, data.labels, model.numClasses, sampleRatios);
   return {
@@ -80,7 +98,20 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
     classFlops: perClassMean,
     perClassAccuracy,
     predictions,
+    ...(byRoute.size ? { routes: routeShares(byRoute) } : {}),
   };
+}
+
+/** Counts per class and route as each class's shares (NaN for a class with no sample). */
+function routeShares(byRoute: Map<string, number[][]>): Record<string, number[][]> {
+  const out: Record<string, number[][]> = {};
+  for (const [gate, t] of byRoute) {
+    out[gate] = t.map((r) => {
+      const total = r.reduce((a, b) => a + b, 0);
+      return r.map((c) => (total ? c / total : NaN));
+    });
+  }
+  return out;
 }
 
 /** The gates' own MACs over the backbone's with nothing skipped: what deciding costs each sample. */
@@ -107,6 +138,12 @@ export interface RoutedPoint {
   /** Samples per tenth of the FLOPs ratio: [0, 0.1), [0.1, 0.2), ..., [0.9, 1] (above 1 counts in the last). */
   histogram: number[];
   latencyMs: { batch1: number; batch64: number };
+  /**
+   * Networks with at most four gates (a switch: the branch, resolution or width each sample took): per gate,
+   * per class, the share of the class's samples on each route (route k of the gate, cheapest first; NaN for
+   * a class with no sample).
+   */
+  routes?: Record<string, number[][]>;
 }
 
 /** A dynamic network swept over inference thresholds, beside its backbone and the masked baseline. */
@@ -147,6 +184,7 @@ export function routedSweep(model: Network, data: ImageSet, thresholds: number[]
       classFlops: e.classFlops,
       perClassAccuracy: e.perClassAccuracy,
       histogram: histogram(e.sampleRatios),
+      ...(e.routes ? { routes: e.routes } : {}),
       latencyMs: { batch1: at({ mode: 'hard', threshold: e.threshold, batch: 1 }), batch64: at({ mode: 'hard', threshold: e.threshold, batch: 64 }) },
     })),
     full: { accuracy: fullAccuracy, latencyMs: { batch1: at({ batch: 1 }), batch64: at({ batch: 64 }) } },

@@ -66,6 +66,7 @@ const pointSchema = z.object({
   perClassAccuracy: z.array(orNaN(fraction)).optional(),
   histogram: z.array(z.number().int().nonnegative()).length(10),
   latencyMs: z.object({ batch1: orNaN(nonnegative), batch64: orNaN(nonnegative) }),
+  routes: z.record(name, z.array(z.array(orNaN(fraction)).min(1).max(64))).optional(),
 });
 
 const sweepSchema = z
@@ -86,6 +87,10 @@ const sweepSchema = z
       const issue = (path: (string | number)[], message: string) => ctx.addIssue({ code: 'custom', path: ['points', i, ...path], message });
       if (p.classFlops.length !== classes) issue(['classFlops'], `${p.classFlops.length} classes, expected ${classes}`);
       if (p.perClassAccuracy && p.perClassAccuracy.length !== classes) issue(['perClassAccuracy'], `${p.perClassAccuracy.length} classes, expected ${classes}`);
+      for (const [gate, t] of Object.entries(p.routes ?? {})) {
+        if (t.length !== classes) issue(['routes', gate], `${t.length} classes, expected ${classes}`);
+        if (t.some((r) => r.length !== t[0].length)) issue(['routes', gate], 'every class needs a share of each route');
+      }
       const counted = p.histogram.reduce((a, b) => a + b, 0);
       if (counted !== s.testSamples) issue(['histogram'], `counts ${counted} samples, the sweep has ${s.testSamples}`);
     });
@@ -165,6 +170,11 @@ export function blockSkips(p: DynamicPoint): { block: string; skipped: number }[
 /** Compute and accuracy per class at a point (accuracy NaN when the file does not record it). */
 export function classCompute(s: DynamicSweepData, p: DynamicPoint): { name: string; flopsRatio: number; accuracy: number }[] {
   return s.classNames.map((name, c) => ({ name, flopsRatio: p.classFlops[c], accuracy: p.perClassAccuracy?.[c] ?? NaN }));
+}
+
+/** Per switch at a point: each class's share of samples on each route (cheapest first); empty when the file records none. */
+export function classRoutes(s: DynamicSweepData, p: DynamicPoint): { gate: string; routes: number; classes: { name: string; shares: number[] }[] }[] {
+  return Object.entries(p.routes ?? {}).map(([gate, t]) => ({ gate, routes: t[0]?.length ?? 0, classes: s.classNames.map((name, c) => ({ name, shares: t[c] })) }));
 }
 
 /** The histogram's bins as labels: `0.0-0.1`, ..., `0.9+`. */

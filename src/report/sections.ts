@@ -3,7 +3,7 @@ import { Registry } from '../util/registry.js';
 import { paretoFront, type Candidate } from '../control/select.js';
 import { si } from '../util/format.js';
 import { barChart, fixed, lineChart, percent, quantitative, round, type Row } from './charts.js';
-import { blockSkips, classCompute, HISTOGRAM_BINS, type DynamicSweepData } from './dynamic.js';
+import { blockSkips, classCompute, classRoutes, HISTOGRAM_BINS, type DynamicSweepData } from './dynamic.js';
 import { CHART_SIZE } from './vega.js';
 import { RUN_FILES } from './sources.js';
 import type { Availability, Chart, ControllerEvalData, ReportSection, RunData, SectionContent, SweepData } from './types.js';
@@ -418,6 +418,18 @@ registerSection({
         { caption: `${r.name}: groups skipped per gated block`, head: ['block', ...d.points.map((p) => `threshold ${p.threshold}`)], rows: skips.map((s) => [s.block, ...d.points.map((p) => percent(p.skipRates[s.block] ?? NaN))]) },
         { caption: `${r.name}: compute and accuracy per class (${at})`, head: ['class', 'mean FLOPs ratio', 'accuracy'], rows: classes.map((c) => [c.name, fixed(c.flopsRatio), percent(c.accuracy)]) },
       );
+      for (const g of classRoutes(d, d.trained)) {
+        const routes = Array.from({ length: g.routes }, (_, k) => `route ${k}`);
+        const rows: Row[] = g.classes.flatMap((c) => c.shares.map((v, k) => ({ class: c.name, route: routes[k], share: round(v) })));
+        // Stacked: each class's bar split by the route its samples took.
+        const bar = barChart(`${r.name}: share of each class on each route of ${g.gate}, cheapest first (${at})`, rows, { field: 'class', title: 'class', sort: d.classNames }, { field: 'share', title: 'share of the class', as: 'percent', domain: [0, 1] }, [{ field: 'route', type: 'nominal' }]) as { encoding: Record<string, unknown> };
+        content.charts.push({
+          id: `dynamic-routes-${r.name}-${g.gate}`,
+          title: `${r.name}: routes of ${g.gate} per class`,
+          spec: { ...bar, encoding: { ...bar.encoding, color: { field: 'route', type: 'nominal', title: 'route (cheapest first)', sort: routes } } } as TopLevelSpec,
+        });
+        content.tables.push({ caption: `${r.name}: which route each class took at ${g.gate} (${at}; route 0 the cheapest)`, head: ['class', ...routes], rows: g.classes.map((c) => [c.name, ...c.shares.map((v) => percent(v))]) });
+      }
     }
     return content;
   },

@@ -150,6 +150,10 @@ test('evaluation, calibration and the threshold sweep run on a multi-branch netw
   calibrateBatchNorm(model, data, { us: [1], samples: n, threshold: 0.5 });
   const e = evaluateRouted(model, data, { threshold: 0.5 });
   assert.ok(e.flopsRatio > 0 && e.flopsRatio <= 1.1 && e.flopsMin <= e.flopsMax);
+  // Which branch each class's samples took (the views' table): shares of each class, summing to 1.
+  const shares = e.routes!.mb;
+  assert.equal(shares.length, 3);
+  for (const row of shares) assert.ok(Math.abs(row.reduce((a, b) => a + b, 0) - 1) < 1e-9, `${row}`);
   assert.equal(evaluate(model, data, 1).count, n);
   const s = routedSweep(model, data, [0.5, 0.9], { noLatency: true });
   assert.equal(s.points.length, 2);

@@ -125,6 +125,12 @@ export class MultiBranch extends WholeSwitch<MultiBranchArgs> {
     return ops;
   }
 
+  routeLabel(k: number): string {
+    const { model, args } = this.args.branches[k];
+    const set = Object.entries(args).map(([key, v]) => `${key}=${Array.isArray(v) ? v.join(',') : v}`);
+    return [model, ...set].join(':');
+  }
+
   /** Branch k's network (its layers are this switch's). */
   branch(k: number): Network {
     return this.nets[k];

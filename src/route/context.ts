@@ -118,6 +118,11 @@ export class RoutingState implements Routing {
     return this.records.decisions;
   }
 
+  /** Each gate's route at full width (a switch's routes less one). */
+  get fullRoutes(): ReadonlyMap<string, number> {
+    return this.records.full;
+  }
+
   /** Per gate: the mean share of its groups the samples that reached it skipped. */
   skipRates(): Record<string, number> {
     const out: Record<string, number> = {};

@@ -47,6 +47,10 @@ export class ResolutionSwitch extends WholeSwitch<ResolutionSwitchArgs> {
     return this.args.resolutions.length;
   }
 
+  routeLabel(k: number): string {
+    return `${this.sizes[k][0]}x${this.sizes[k][1]}`;
+  }
+
   /** [height, width] of route k. */
   size(k: number): [number, number] {
     return this.sizes[k];

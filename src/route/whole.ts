@@ -34,7 +34,7 @@ export interface WholeSwitchArgs {
  * empty): each runs its network at its own full plan.
  *
  * With a mechanism that freezes its routes (`Mechanism.frozenRoutes`), the gate trains with the routes
- * fixed: no gradient reaches them in `soft` mode (the overview's second step, routes frozen).
+ * fixed: in `soft` mode they run as at inference and no gradient reaches them (the overview's second step).
  */
 export abstract class WholeSwitch<A extends WholeSwitchArgs> extends Composite<A> implements Switch {
   protected gateLayer!: Layer;
@@ -90,6 +90,9 @@ export abstract class WholeSwitch<A extends WholeSwitchArgs> extends Composite<A
     return g ? Math.min(this.routes - 1, Math.max(0, g.length - 1)) : this.routes - 1;
   }
 
+  /** Route k in a few words, for `dynn info` (a branch's model, a resolution). */
+  abstract routeLabel(k: number): string;
+
   /** MACs a sample taking route k runs, its gate excluded. */
   routeMacs(k: number): number {
     return this.routeCosts[k].reduce((a, c) => a + c.macs, 0);
@@ -106,10 +109,9 @@ export abstract class WholeSwitch<A extends WholeSwitchArgs> extends Composite<A
     const gSel = fullSel(this.gateLayer.inShape[2]);
     const macs = Array.from({ length: this.routes }, (_, k) => this.routeMacs(k));
     const frozen = routing.mode === 'soft' && mechanisms.get(this.args.mechanism).frozenRoutes === true;
-    const y = routeSwitch(this, this.gateInput(x), gSel, ctx, macs, (k, part, child) => {
-      const scores = this.runRoute(k, part, child);
-      return frozen ? noGradient(scores) : scores;
-    }, { input: x });
+    // Frozen routes run as at inference (BatchNorm's running statistics, not the batch's), so the gate learns
+    // from the answers they will give.
+    const y = routeSwitch(this, this.gateInput(x), gSel, ctx, macs, (k, part, child) => (frozen ? noGradient(this.runRoute(k, part, { ...child, training: false })) : this.runRoute(k, part, child)), { input: x });
     return { y, sel: out };
   }
 

@@ -495,7 +495,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       const trainSeconds = (performance.now() - t0) / 1000;
       calibrateBatchNorm(model, trainPart, { samples: o.calibrationSamples, gating: o.gating, seed: o.seed });
       // Then each gated block's rows from the samples that take each route (statistics per route).
-      if (gated) calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
+      // Not for frozen routes: the gate learned on their statistics over every sample, which a subset would shift.
+      if (gated && !mechanism?.frozenRoutes) calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
       const test: Record<string, number> = {};
       for (const u of o.evalUs) test[String(u)] = evaluate(model, dataset.test, u, { gating: o.gating, seed: o.seed }).accuracy;
       const routed = gated ? evaluateRouted(model, dataset.test, { threshold: o.gateThreshold }) : null;
