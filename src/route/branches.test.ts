@@ -160,3 +160,34 @@ test('evaluation, calibration and the threshold sweep run on a multi-branch netw
   assert.ok(s.points[1].flopsRatio <= s.points[0].flopsRatio + 1e-9, 'a higher threshold picks cheaper branches');
   model.dispose();
 });
+
+test('training: the sandwich rule trains the branches in the pretraining epochs, then the gate alone (branches unchanged, fresh optimizer)', async () => {
+  const { train } = await import('../train/trainer.js');
+  type Options = Parameters<typeof train>[0];
+  const { loadRun } = await import('../train/run.js');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const fs = await import('node:fs/promises');
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'dynn-mb-'));
+  const common: Options = { model: 'multi-branch', modelArgs: { branches: 'vgg-w:widths=4,4,8,8:hidden=16,vgg-w:widths=8,8,8,8:hidden=16' }, dataset: 'synthetic', trainLimit: 256, testLimit: 64, batchSize: 64, workers: 0, evalUs: [1], calibrationSamples: 64, out: dir };
+  try {
+    await assert.rejects(train({ ...common, schedule: 'sandwich', epochs: 1 }), /the sandwich schedule trains its backbone before them \(--pretrain-epochs N\)/);
+    const first = await train({ ...common, schedule: 'sandwich', sandwichWidths: 1, epochs: 1, pretrainEpochs: 1, lr: 0.05 });
+    const before = new Map(first.model.getWeights().map((w) => [w.name, w.data]));
+    first.model.dispose();
+    // Resumed into its gate epoch: the optimizer starts afresh and only the gate moves.
+    const second = await train({ ...common, schedule: 'sandwich', sandwichWidths: 1, epochs: 2, pretrainEpochs: 1, resume: true });
+    const after = second.model.getWeights();
+    second.model.dispose();
+    for (const w of after) {
+      const same = w.data.every((v, i) => v === before.get(w.name)![i]);
+      if (w.name.includes('.gate.')) continue;
+      assert.ok(same || w.name.includes('running_'), `${w.name} is frozen in the gate epoch`);
+    }
+    assert.ok(after.some((w) => w.name.includes('.gate.') && w.data.some((v, i) => v !== before.get(w.name)![i])), 'the gate learns');
+    const { meta } = await loadRun(dir);
+    assert.ok(meta.history[1].gated !== undefined);
+  } finally {
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+});
