@@ -108,10 +108,11 @@ export abstract class WholeSwitch<A extends WholeSwitchArgs> extends Composite<A
     if (!routing || routing.mode === 'full') return { y: this.runRoute(this.routeOf(ctx.plan), x, ctx), sel: out };
     const gSel = fullSel(this.gateLayer.inShape[2]);
     const macs = Array.from({ length: this.routes }, (_, k) => this.routeMacs(k));
-    const frozen = routing.mode === 'soft' && mechanisms.get(this.args.mechanism).frozenRoutes === true;
+    const m = mechanisms.get(this.args.mechanism);
+    const frozen = routing.mode === 'soft' && m.frozenRoutes === true;
     // Frozen routes run as at inference (BatchNorm's running statistics, not the batch's), so the gate learns
     // from the answers they will give.
-    const y = routeSwitch(this, this.gateInput(x), gSel, ctx, macs, (k, part, child) => (frozen ? noGradient(this.runRoute(k, part, { ...child, training: false })) : this.runRoute(k, part, child)), { input: x });
+    const y = routeSwitch(this, this.gateInput(x), gSel, ctx, macs, (k, part, child) => (frozen ? noGradient(this.runRoute(k, part, { ...child, training: false })) : this.runRoute(k, part, child)), { input: x, supervise: m.gateLoss });
     return { y, sel: out };
   }
 
