@@ -49,7 +49,9 @@ export function trainOptionsFrom(o: Opts) {
       decisions: o.decisions === undefined ? undefined : String(o.decisions),
       gateWidth: numberOption(o.gateWidth, 'gate-width', { int: true, min: 1 }),
       gateScale: numberOption(o.gateScale, 'gate-scale', { min: Number.MIN_VALUE }),
+      widthRoutes: numberOption(o.widthRoutes, 'width-routes', { int: true, min: 2 }),
     },
+    widthTarget: numberOption(o.widthTarget, 'width-target', { min: Number.MIN_VALUE, max: 1 }),
     flopsTarget: numberOption(o.flopsTarget, 'flops-target', { min: Number.MIN_VALUE, max: 1 }),
     efficiencyWeight: numberOption(o.efficiencyWeight, 'efficiency-weight', { min: 0 }),
     pretrainEpochs: numberOption(o.pretrainEpochs, 'pretrain-epochs', { int: true, min: 0 }),
@@ -280,7 +282,7 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
   const trainedThreshold = typeof o.gateThreshold === 'number' ? o.gateThreshold : undefined;
   // Unrecorded training options took the mechanism's defaults.
   const defaults = mechanisms.has(mechanism) ? mechanisms.get(mechanism).defaults : undefined;
-  const flopsTarget = typeof o.flopsTarget === 'number' ? o.flopsTarget : defaults?.flopsTarget;
+  const flopsTarget = typeof o.widthTarget === 'number' ? o.widthTarget : typeof o.flopsTarget === 'number' ? o.flopsTarget : defaults?.flopsTarget;
   const efficiencyWeight = typeof o.efficiencyWeight === 'number' ? o.efficiencyWeight : defaults?.efficiencyWeight;
   const share = gateShare(model);
   const file = path.join(run, RUN_FILES.sweep);

@@ -9,6 +9,7 @@ import { GatedDenseUnit } from '../route/dense.js';
 import { mechanisms } from '../route/mechanisms.js';
 import { decisionForms } from '../route/unit.js';
 import { withExits } from './exits.js';
+import { withWidthSwitch } from '../route/width.js';
 
 export type { ModelArgs, ModelDef } from './types.js';
 
@@ -26,6 +27,7 @@ function convBnRelu(name: string, filters: number, groups: number, levels: numbe
 models.register('vgg-w', {
   description: 'VGG-style CNN, widthwise-throttled: conv32 conv32 pool conv64 conv64 pool dense256 dense(classes)',
   defaults: { widths: [32, 32, 64, 64], hidden: 256 },
+  switchAfter: 'stem.relu',
   layers(a) {
     const [w1, w2, w3, w4] = a.widths as number[];
     const D = a.groups;
@@ -126,6 +128,7 @@ models.register('resnet38', {
     'ResNet-38 (stem, 3 stages of 6 basic blocks, 16/32/64 wide, GAP, classifier: 1 + 36 + 1 weighted layers), widthwise-throttled inner channels of every block',
   defaults: { widths: [16, 32, 64], blocksPerStage: 6 },
   dynamic: true,
+  switchAfter: 'stem.relu',
   layers(a) {
     const widths = a.widths as number[];
     const n = a.blocksPerStage as number;
@@ -144,6 +147,10 @@ models.register('resnet38', {
     return layers;
   },
 });
+
+function widthArgs(a: ModelArgs) {
+  return { mechanism: String(a.dynamic), routes: a.widthRoutes as number | undefined, gateWidth: a.gateWidth as number | undefined, gateScale: a.gateScale as number | undefined };
+}
 
 /** The arguments a gated unit takes from the model's: its mechanism, gate width and decision form. */
 function gatedArgs(a: ModelArgs, mechanism: string) {
@@ -225,8 +232,15 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   if (!Number.isInteger(resolved.numClasses) || (resolved.numClasses as number) < 2) {
     throw new DynnError(`numClasses must be an integer >= 2, got ${resolved.numClasses}`);
   }
-  if (resolved.dynamic !== undefined) {
-    mechanisms.get(String(resolved.dynamic));
+  if (resolved.widthRoutes !== undefined && !mechanisms.get(String(resolved.dynamic ?? 'acs-gn')).widthSwitch) {
+    throw new DynnError(`widthRoutes (--width-routes) needs --dynamic width`);
+  }
+  if (resolved.dynamic !== undefined && mechanisms.get(String(resolved.dynamic)).widthSwitch) {
+    if (!def.switchAfter) {
+      const able = models.list().filter((m) => models.get(m).switchAfter);
+      throw new DynnError(`--dynamic ${resolved.dynamic} chooses a width per sample; ${name} is not throttleable after its first stage (expected one of ${able.join(', ')})`);
+    }
+  } else if (resolved.dynamic !== undefined) {
     if (!def.dynamic) {
       const able = models.list().filter((m) => models.get(m).dynamic);
       throw new DynnError(`--dynamic ${resolved.dynamic} needs a model with a gated form; ${name} has none (expected one of ${able.join(', ')})`);
@@ -254,7 +268,12 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
 /** Builds a registered model; unknown names fail with the list of known ones. */
 export function createModel(name: string, args: ModelArgs = {}): Network {
   const resolved = resolveModelArgs(name, args);
-  const layers = models.get(name).layers(resolved as Parameters<ModelDef['layers']>[0]);
+  const def = models.get(name);
+  const mechanism = resolved.dynamic === undefined ? null : mechanisms.get(String(resolved.dynamic));
+  // A width switch wraps the static model's layers (same weight names) rather than gating its units.
+  const layers = mechanism?.widthSwitch
+    ? withWidthSwitch(def.layers({ ...resolved, dynamic: undefined } as Parameters<ModelDef['layers']>[0]), def.switchAfter!, widthArgs(resolved))
+    : def.layers(resolved as Parameters<ModelDef['layers']>[0]);
   const inputShape = resolved.inputShape as number[];
   let model: Network;
   try {

@@ -26,6 +26,11 @@ export interface Mechanism {
   defaultWidth(channels: number): number;
   /** Training defaults: the mean executed FLOPs ratio to reach and the weight of the efficiency term. */
   defaults: { flopsTarget: number; efficiencyWeight: number };
+  /**
+   * Whether its one gate sits at a width switch after the network's first stage and picks the width of the
+   * rest (DS-Net, `route/width.ts`) instead of one gate per unit. Its gate trains with the supernet frozen.
+   */
+  widthSwitch?: boolean;
 }
 
 /** Per-sample mechanisms by name (`dynn train --dynamic NAME`). */
@@ -46,6 +51,19 @@ mechanisms.register('acs-dg', {
   // acs-gn's quarter of the block's width, at the nearest power of two (DGConv's channel count).
   defaultWidth: (channels) => Math.max(4, 2 ** Math.round(Math.log2(Math.max(1, channels / 4)))),
   defaults: { ...mechanisms.get('acs-gn').defaults },
+});
+
+mechanisms.register('width', {
+  description:
+    'dynamic width (DS-Net): one gate after the first stage picks per sample one of K widths of the rest of the network, whose samples run the sliced sub-network as one batch; the supernet trains first (sandwich rule or u per batch), then the gate with it frozen',
+  // The gate trains alone on a frozen supernet: it starts undecided (logits 0, not open) and its logits at
+  // 10x (see `GateNetArgs.logitScale`), so one short epoch moves it.
+  gate: (name, a) => new GateNet(name, { width: a.width, outputs: a.outputs, logitScale: a.logitScale ?? 10, openLogit: 0 }),
+  defaultWidth: (channels) => Math.max(4, Math.floor(channels / 4)),
+  // DS-Net's gate loss pulls most samples to the narrowest width that is right; the complexity term, at a
+  // larger weight than ACS's, holds the mean near the target.
+  defaults: { flopsTarget: 0.5, efficiencyWeight: 8 },
+  widthSwitch: true,
 });
 
 /** The name of a gated block's gate: its weights are `<block>.gate.*`. */
