@@ -28,6 +28,7 @@ import { writeFileAtomic } from '../src/util/fs.js';
 import { loadRun } from '../src/train/run.js';
 import { loadDataset } from '../src/data/datasets.js';
 import { existsSync } from 'node:fs';
+import { initEngine } from '../src/engine/backend.js';
 
 const args = process.argv.slice(2);
 const value = (name: string) => {
@@ -165,5 +166,6 @@ async function main() {
 }
 
 tf.enableProdMode();
+await initEngine('auto');
 await main();
 process.exit(0);

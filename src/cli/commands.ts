@@ -52,7 +52,9 @@ export function trainOptionsFrom(o: Opts) {
       gateScale: numberOption(o.gateScale, 'gate-scale', { min: Number.MIN_VALUE }),
       branches: o.branches === undefined ? undefined : String(o.branches),
       resolutions: intListOption(o.resolutions, 'resolutions'),
+      widthRoutes: numberOption(o.widthRoutes, 'width-routes', { int: true, min: 2 }),
     },
+    widthTarget: numberOption(o.widthTarget, 'width-target', { min: Number.MIN_VALUE, max: 1 }),
     flopsTarget: numberOption(o.flopsTarget, 'flops-target', { min: Number.MIN_VALUE, max: 1 }),
     efficiencyWeight: numberOption(o.efficiencyWeight, 'efficiency-weight', { min: 0 }),
     pretrainEpochs: numberOption(o.pretrainEpochs, 'pretrain-epochs', { int: true, min: 0 }),
@@ -288,7 +290,7 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
   const trainedThreshold = typeof o.gateThreshold === 'number' ? o.gateThreshold : undefined;
   // Unrecorded training options took the mechanism's defaults.
   const defaults = mechanisms.has(mechanism) ? mechanisms.get(mechanism).defaults : undefined;
-  const flopsTarget = typeof o.flopsTarget === 'number' ? o.flopsTarget : defaults?.flopsTarget;
+  const flopsTarget = typeof o.widthTarget === 'number' ? o.widthTarget : typeof o.flopsTarget === 'number' ? o.flopsTarget : defaults?.flopsTarget;
   const efficiencyWeight = typeof o.efficiencyWeight === 'number' ? o.efficiencyWeight : defaults?.efficiencyWeight;
   const share = gateShare(model);
   const file = path.join(run, RUN_FILES.sweep);

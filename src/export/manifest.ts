@@ -64,6 +64,21 @@ const gatedSegment = z.object({
   output: sampleShape,
 });
 
+const switchSegment = z.object({
+  kind: z.literal('switch'),
+  /** The switch's name (its decisions' key). */
+  name: z.string().min(1),
+  /** MACs of the gate, and of each route (a sample taking route k spends gateMacs + routeMacs[k]). */
+  gateMacs: nonNegative,
+  routeMacs: z.array(nonNegative).min(2).max(METADATA_LIMITS.maxLevels),
+  /** The gate: `x` -> `logits` [batch, routes - 1]. */
+  gate: graphRef,
+  /** One graph per route, ordered by cost: `x` -> `y`, everything from the switch point on. */
+  routes: z.array(graphRef).min(2).max(METADATA_LIMITS.maxLevels),
+  input: sampleShape,
+  output: sampleShape,
+});
+
 const manifestSchema = z
   .object({
     format: z.literal(SEGMENTS_FORMAT),
@@ -80,7 +95,7 @@ const manifestSchema = z
      * (fixed + its gated blocks' spending) / backbone, as TF.js's `routedMacs` counts it.
      */
     macs: z.object({ fixed: nonNegative, backbone: z.number().positive() }),
-    segments: z.array(z.discriminatedUnion('kind', [plainSegment, gatedSegment])).min(1).max(METADATA_LIMITS.maxLevels),
+    segments: z.array(z.discriminatedUnion('kind', [plainSegment, gatedSegment, switchSegment])).min(1).max(METADATA_LIMITS.maxLevels),
   })
   .superRefine((m, ctx) => {
     const issue = (path: (string | number)[], message: string) => ctx.addIssue({ code: 'custom', path, message });
@@ -90,7 +105,8 @@ const manifestSchema = z
       const want = i === 0 ? m.input.shape : m.segments[i - 1].output;
       if (s.input.join() !== want.join()) issue(['segments', i, 'input'], `[${s.input}] does not follow [${want}]`);
       if (s.kind === 'gated' && (s.input.length !== 3 || s.output.length !== 3)) issue(['segments', i], 'a gated block maps [C, H, W] to [C, H, W]');
-      for (const g of s.kind === 'plain' ? [s.graph] : [s.gate, s.body]) {
+      if (s.kind === 'switch' && s.routes.length !== s.routeMacs.length) issue(['segments', i, 'routes'], `${s.routes.length} route graphs for ${s.routeMacs.length} route costs`);
+      for (const g of segmentGraphs(s)) {
         if (files.has(g.file)) issue(['segments', i], `file ${g.file} is named twice`);
         files.add(g.file);
       }
@@ -98,6 +114,11 @@ const manifestSchema = z
     const last = m.segments[m.segments.length - 1].output;
     if (last.join() !== String(m.numClasses)) issue(['segments', m.segments.length - 1, 'output'], `the last segment gives [${last}], not the [${m.numClasses}] class scores`);
   });
+
+/** The graph files a segment names. */
+export function segmentGraphs(s: z.infer<typeof plainSegment> | z.infer<typeof gatedSegment> | z.infer<typeof switchSegment>): z.infer<typeof graphRef>[] {
+  return s.kind === 'plain' ? [s.graph] : s.kind === 'gated' ? [s.gate, s.body] : [s.gate, ...s.routes];
+}
 
 /** What `manifest.json` of a segmented export says. */
 export type SegmentsManifest = z.infer<typeof manifestSchema>;
@@ -120,14 +141,17 @@ export function parseManifest(text: string, source: string): SegmentsManifest {
   return parsed.data;
 }
 
-/** The executed FLOPs ratio of each sample from its group counts per gated segment (`counts[j]` for the j-th gated one). */
+/**
+ * The executed FLOPs ratio of each sample from its decisions per deciding segment (`counts[j]` for the j-th
+ * gated or switch one: inner groups, or the route taken).
+ */
 export function routedRatios(m: SegmentsManifest, counts: Int32Array[], batch: number): Float64Array {
   const out = new Float64Array(batch).fill(m.macs.fixed);
   let j = 0;
   for (const s of m.segments) {
-    if (s.kind !== 'gated') continue;
+    if (s.kind === 'plain') continue;
     const c = counts[j++];
-    for (let i = 0; i < batch; i++) out[i] += s.gateMacs + c[i] * s.groupMacs;
+    for (let i = 0; i < batch; i++) out[i] += s.gateMacs + (s.kind === 'gated' ? c[i] * s.groupMacs : s.routeMacs[c[i]]);
   }
   return out.map((v) => v / m.macs.backbone);
 }

@@ -7,6 +7,7 @@ import { fullSel } from '../layers/select.js';
 import type { ChannelSel, Plan, Shape } from '../layers/types.js';
 import { GatedDenseUnit } from '../route/dense.js';
 import { GatedResidualBlock } from '../route/residual.js';
+import { WidthSwitch } from '../route/width.js';
 import { gateMacsOf, innerPlan } from '../route/unit.js';
 import { checkGateThreshold } from '../route/modes.js';
 import { DynnError } from '../util/errors.js';
@@ -63,13 +64,15 @@ export class SegmentGraph {
 /** The gated units that export by segments. */
 export type GatedBlock = GatedResidualBlock | GatedDenseUnit;
 const isGatedBlock = (l: Layer): l is GatedBlock => l instanceof GatedResidualBlock || l instanceof GatedDenseUnit;
+/** Layers that are a segment of their own: gated units and switches. */
+const isDeciding = (l: Layer): boolean => isGatedBlock(l) || l instanceof WidthSwitch;
 
 /** Splits the network's top-level layers into runs of plain layers and single gated blocks. */
 function splitLayers(model: Network): Layer[][] {
   const parts: Layer[][] = [];
   for (const l of model.layers) {
     const prev = parts[parts.length - 1];
-    if (isGatedBlock(l) || !prev || isGatedBlock(prev[0])) parts.push([l]);
+    if (isDeciding(l) || !prev || isDeciding(prev[0])) parts.push([l]);
     else prev.push(l);
   }
   return parts;
@@ -109,6 +112,17 @@ function lowerBody(block: GatedBlock, x: string, shared: string, sel: ChannelSel
   return c.g.node('Concat', [x, added], base, { axis: attr.int(1) });
 }
 
+/** The graph of a gate reading `sel` of its input at full width: `x` -> `logits` [batch, outputs], its logit scale applied. */
+function gateSegment(weights: NamedArray[], owner: string, gateLayer: Layer, outputs: number, sel: ChannelSel, full: Plan): SegmentGraph {
+  const gate = new SegmentGraph(`${owner}_gate`, weights, [gateLayer]);
+  gate.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(gateLayer.inShape)));
+  const z = lowerChain(gateLayer.children(), SEGMENT_IO.x, sel, gate.ctx(full, 'gate')).y;
+  const scale = (gateLayer as Layer<{ logitScale?: number }>).args.logitScale ?? 1;
+  gate.g.nodeTo(scale === 1 ? 'Identity' : 'Mul', scale === 1 ? [z] : [z, gate.g.floatConst('logit_scale', [], [scale])], SEGMENT_IO.logits);
+  gate.g.output(floatValueInfo(SEGMENT_IO.logits, ['batch', outputs]));
+  return gate;
+}
+
 /**
  * The body graph of a gated block: inputs `x` and `k`, an `If` chain over k = 0..G that takes the largest
  * branch j with k >= j - 0.5 (a float k needs no exact comparison). With `only`, the graph of that one k instead
@@ -146,7 +160,9 @@ export function bodyGraph(weights: NamedArray[], block: GatedBlock, sel: Channel
  * size, and an `If` chain over k = 0..G whose branch k slices them with constant bounds (BatchNorm row k):
  * ONNX Runtime folds the slices at load, so each branch's convolutions run pre-packed at exactly k groups,
  * and k = 0 is the shortcut alone (a dense unit: its input and zero new channels). The runtime runs the gate, counts groups with the shared rule
- * (`route/count.ts`), partitions the batch by count and runs each part's body once.
+ * (`route/count.ts`), partitions the batch by count and runs each part's body once. A width switch
+ * (`--dynamic width`) is a gate graph (`x` -> K - 1 logits) and one graph per route, the rest of the network at
+ * that route's width (`x` -> `y`); the runtime dispatches each route's rows to its graph the same way.
  */
 export function exportSegments(model: Network, options: SegmentsOptions = {}): SegmentsExport {
   if (!model.gated) throw new DynnError(`${model.config.model} has no per-sample gates; export it as one ONNX file`);
@@ -155,7 +171,8 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
   const gatedLayers = new Set(model.cost(1).layers.filter((c) => c.gate && c.routed).map((c) => c.routed!));
   for (const l of model.layers) {
     if (!gatedLayers.has(l.name)) continue;
-    if (!isGatedBlock(l)) throw new DynnError(`${model.config.model}: ${l.name} (${l.className}) has no export by segments yet; only gated residual blocks (resnet38) and gated dense units (densenet41/53) export`);
+    if (l instanceof WidthSwitch) continue;
+    if (!isGatedBlock(l)) throw new DynnError(`${model.config.model}: ${l.name} (${l.className}) has no export by segments yet; only gated residual blocks (resnet38), gated dense units (densenet41/53) and width switches export`);
     if (l.decisions !== 'nested') throw new DynnError(`${l.name} decides per channel (--decisions ${l.decisions}), a masked fidelity mode that does not export; train with nested decisions to deploy`);
   }
   const threshold = options.threshold ?? 0.5;
@@ -179,7 +196,29 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
       files.set(file, bytes);
       return { file, weightsSha256 };
     };
-    if (!isGatedBlock(first)) {
+    if (first instanceof WidthSwitch) {
+      const sw = first;
+      const K = sw.routes;
+      const gate = gateSegment(weights, sw.name, sw.gate, K - 1, sel, full);
+      const routes = Array.from({ length: K }, (_, k) => {
+        const plan = sw.routePlan(full, k);
+        const sg = new SegmentGraph(`${sw.name}_route_${k}`, weights, sw.children().filter((l) => l !== sw.gate));
+        sg.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(sw.inShape)));
+        sg.g.nodeTo('Identity', [lowerChain(sw.tail, SEGMENT_IO.x, sel, sg.ctx(plan, `r${k}`)).y], SEGMENT_IO.y);
+        sg.g.output(floatValueInfo(SEGMENT_IO.y, batchDims(sw.outShape)));
+        return add(`.route${k}`, sg, `dynn route ${k} of ${sw.name}: the rest of the network at ${sw.routeGroups(k)} groups`);
+      });
+      segments.push({
+        kind: 'switch',
+        name: sw.name,
+        gateMacs: gateMacsOf(sw.gate, sel),
+        routeMacs: sw.routeMacs(sel, full),
+        gate: add('.gate', gate, `dynn gate of ${sw.name}: x -> ${K - 1} logits`),
+        routes,
+        input,
+        output,
+      });
+    } else if (!isGatedBlock(first)) {
       const sg = new SegmentGraph(`segment_${tag}`, weights, layers);
       sg.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(first.inShape)));
       const y = lowerChain(layers, SEGMENT_IO.x, sel, sg.ctx(full, 'p')).y;
@@ -191,12 +230,7 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
       const block = first;
       const G = block.groups;
       const gateLayer = block.gate;
-      const gate = new SegmentGraph(`${block.name}_gate`, weights, [gateLayer]);
-      gate.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(block.inShape)));
-      const z = lowerChain(gateLayer.children(), SEGMENT_IO.x, sel, gate.ctx(full, 'gate')).y;
-      const scale = (gateLayer as Layer<{ logitScale?: number }>).args.logitScale ?? 1;
-      gate.g.nodeTo(scale === 1 ? 'Identity' : 'Mul', scale === 1 ? [z] : [z, gate.g.floatConst('logit_scale', [], [scale])], SEGMENT_IO.logits);
-      gate.g.output(floatValueInfo(SEGMENT_IO.logits, ['batch', G]));
+      const gate = gateSegment(weights, block.name, gateLayer, G, sel, full);
 
       const body = bodyGraph(weights, block, sel, full);
       const gateMacs = gateMacsOf(gateLayer, sel);

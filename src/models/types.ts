@@ -20,6 +20,8 @@ export interface ModelArgs {
   gateScale?: number;
   /** How the gates decide (a registered decision form: `nested`, the default, or `channel`, masked). */
   decisions?: string;
+  /** `--dynamic width`: the widths K a sample can take (default 4). */
+  widthRoutes?: number;
   [key: string]: unknown;
 }
 
@@ -30,5 +32,10 @@ export interface ModelDef {
   defaults: ModelArgs;
   /** Whether `args.dynamic` (a registered mechanism) puts gates inside it that decide per sample. */
   dynamic?: boolean;
+  /**
+   * Where a width switch (`--dynamic width`) goes: the last layer of its unthrottled first stage (the stem),
+   * whose output the gate reads; everything after it is throttleable. Absent: no width switch fits it.
+   */
+  switchAfter?: string;
   layers(args: Required<Pick<ModelArgs, 'inputShape' | 'numClasses' | 'groups' | 'batchNorm'>> & ModelArgs): Layer[];
 }

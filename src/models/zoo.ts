@@ -10,6 +10,7 @@ import { mechanisms } from '../route/mechanisms.js';
 import { decisionForms } from '../route/unit.js';
 import { withExits } from './exits.js';
 import { MultiBranch, parseBranches } from '../route/branches.js';
+import { withWidthSwitch } from '../route/width.js';
 
 export type { ModelArgs, ModelDef } from './types.js';
 
@@ -27,6 +28,7 @@ function convBnRelu(name: string, filters: number, groups: number, levels: numbe
 models.register('vgg-w', {
   description: 'VGG-style CNN, widthwise-throttled: conv32 conv32 pool conv64 conv64 pool dense256 dense(classes)',
   defaults: { widths: [32, 32, 64, 64], hidden: 256 },
+  switchAfter: 'stem.relu',
   layers(a) {
     const [w1, w2, w3, w4] = a.widths as number[];
     const D = a.groups;
@@ -127,6 +129,7 @@ models.register('resnet38', {
     'ResNet-38 (stem, 3 stages of 6 basic blocks, 16/32/64 wide, GAP, classifier: 1 + 36 + 1 weighted layers), widthwise-throttled inner channels of every block',
   defaults: { widths: [16, 32, 64], blocksPerStage: 6 },
   dynamic: true,
+  switchAfter: 'stem.relu',
   layers(a) {
     const widths = a.widths as number[];
     const n = a.blocksPerStage as number;
@@ -145,6 +148,10 @@ models.register('resnet38', {
     return layers;
   },
 });
+
+function widthArgs(a: ModelArgs) {
+  return { mechanism: String(a.dynamic), routes: a.widthRoutes as number | undefined, gateWidth: a.gateWidth as number | undefined, gateScale: a.gateScale as number | undefined };
+}
 
 /** The arguments a gated unit takes from the model's: its mechanism, gate width and decision form. */
 function gatedArgs(a: ModelArgs, mechanism: string) {
@@ -236,12 +243,19 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   if (!Number.isInteger(resolved.numClasses) || (resolved.numClasses as number) < 2) {
     throw new DynnError(`numClasses must be an integer >= 2, got ${resolved.numClasses}`);
   }
+  if (resolved.widthRoutes !== undefined && !mechanisms.get(String(resolved.dynamic ?? 'acs-gn')).widthSwitch) {
+    throw new DynnError(`widthRoutes (--width-routes) needs --dynamic width`);
+  }
   if (resolved.dynamic !== undefined) {
     const m = mechanisms.get(String(resolved.dynamic));
     if (m.model !== undefined && m.model !== name) throw new DynnError(`--dynamic ${resolved.dynamic} needs --model ${m.model}`);
     const own = mechanisms.list().find((k) => mechanisms.get(k).model === name);
     if (own !== undefined && own !== resolved.dynamic) throw new DynnError(`${name} takes --dynamic ${own}, not ${resolved.dynamic}`);
-    if (!def.dynamic && !m.wrap) {
+    if (m.widthSwitch && !def.switchAfter) {
+      const able = models.list().filter((k) => models.get(k).switchAfter);
+      throw new DynnError(`--dynamic ${resolved.dynamic} chooses a width per sample; ${name} is not throttleable after its first stage (expected one of ${able.join(', ')})`);
+    }
+    if (!m.widthSwitch && !def.dynamic && !m.wrap) {
       const able = models.list().filter((m) => models.get(m).dynamic);
       throw new DynnError(`--dynamic ${resolved.dynamic} needs a model with a gated form; ${name} has none (expected one of ${able.join(', ')})`);
     }
@@ -270,8 +284,15 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
 /** Builds a registered model; unknown names fail with the list of known ones. */
 export function createModel(name: string, args: ModelArgs = {}): Network {
   const resolved = resolveModelArgs(name, args);
-  const wrap = resolved.dynamic === undefined ? undefined : mechanisms.get(String(resolved.dynamic)).wrap;
-  const layers = wrap ? wrap(name, resolved) : models.get(name).layers(resolved as Parameters<ModelDef['layers']>[0]);
+  const def = models.get(name);
+  const mechanism = resolved.dynamic === undefined ? null : mechanisms.get(String(resolved.dynamic));
+  // A width switch wraps the static model's layers (same weight names) rather than gating its units; a
+  // mechanism that wraps whole models (adaptive resolution) builds the network around the model.
+  const layers = mechanism?.widthSwitch
+    ? withWidthSwitch(def.layers({ ...resolved, dynamic: undefined } as Parameters<ModelDef['layers']>[0]), def.switchAfter!, widthArgs(resolved))
+    : mechanism?.wrap
+      ? mechanism.wrap(name, resolved)
+      : def.layers(resolved as Parameters<ModelDef['layers']>[0]);
   const inputShape = resolved.inputShape as number[];
   let model: Network;
   try {

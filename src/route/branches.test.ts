@@ -124,7 +124,7 @@ test('soft step: the gate learns from the cost term and the task, the branches s
   const labels = Int32Array.from({ length: 8 }, (_, i) => i % 3);
   const grads = new Float32Array(layout.total);
   const before = tf.memory().numTensors;
-  const r = gradientStep(model, layout, images, labels, { plans: [model.plan(1)], routing: { mode: 'soft', seed: 3, efficiency: { target: 0.2, weight: 10 } } }, grads);
+  const r = gradientStep(model, layout, images, labels, { plans: [model.plan(1)], routing: { mode: 'soft', seed: 3, efficiency: { target: 0.2, weight: 10 } }, gatesOnly: true }, grads);
   assert.ok(r.flopsRatio !== undefined && r.flopsRatio > 0.2 && r.flopsRatio <= 1.1, `${r.flopsRatio}`);
   const at = (name: string) => {
     const i = layout.names.indexOf(name);
@@ -171,7 +171,6 @@ test('training: the sandwich rule trains the branches in the pretraining epochs,
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'dynn-mb-'));
   const common: Options = { model: 'multi-branch', modelArgs: { branches: 'vgg-w:widths=4,4,8,8:hidden=16,vgg-w:widths=8,8,8,8:hidden=16' }, dataset: 'synthetic', trainLimit: 256, testLimit: 64, batchSize: 64, workers: 0, evalUs: [1], calibrationSamples: 64, out: dir };
   try {
-    await assert.rejects(train({ ...common, schedule: 'sandwich', epochs: 1 }), /the sandwich schedule trains its backbone before them \(--pretrain-epochs N\)/);
     const first = await train({ ...common, schedule: 'sandwich', sandwichWidths: 1, epochs: 1, pretrainEpochs: 1, lr: 0.05 });
     const before = new Map(first.model.getWeights().map((w) => [w.name, w.data]));
     first.model.dispose();

@@ -41,6 +41,11 @@ export interface Mechanism {
   model?: string;
   /** Builds the whole network around a registered model (adaptive resolution runs any model at K resolutions). */
   wrap?: (model: string, args: Record<string, unknown>) => Layer[];
+  /**
+   * Whether its one gate sits at a width switch after the network's first stage and picks the width of the
+   * rest (DS-Net, `route/width.ts`) instead of one gate per unit. Its gate trains with the supernet frozen.
+   */
+  widthSwitch?: boolean;
 }
 
 /** Per-sample mechanisms by name (`dynn train --dynamic NAME`). */
@@ -102,6 +107,20 @@ mechanisms.register('resolution', {
       }),
     ];
   },
+});
+
+mechanisms.register('width', {
+  description:
+    'dynamic width (DS-Net): one gate after the first stage picks per sample one of K widths of the rest of the network, whose samples run the sliced sub-network as one batch; the supernet trains first (sandwich rule or u per batch), then the gate with it frozen',
+  // The gate trains alone on a frozen supernet: it starts undecided (logits 0, not open) and its logits at
+  // 10x (see `GateNetArgs.logitScale`), so one short epoch moves it.
+  gate: (name, a) => new GateNet(name, { width: a.width, outputs: a.outputs, logitScale: a.logitScale ?? 10, openLogit: 0 }),
+  defaultWidth: (channels) => Math.max(4, Math.floor(channels / 4)),
+  // DS-Net's gate loss pulls most samples to the narrowest width that is right; the complexity term, at a
+  // larger weight than ACS's, holds the mean near the target.
+  defaults: { flopsTarget: 0.5, efficiencyWeight: 8 },
+  widthSwitch: true,
+  frozenRoutes: true,
 });
 
 /** The name of a gated block's gate: its weights are `<block>.gate.*`. */

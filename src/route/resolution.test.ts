@@ -108,7 +108,7 @@ test('soft step: only the gate learns (the network is frozen), every resolution 
     return Array.from(grads.subarray(layout.offsets[i], layout.offsets[i] + layout.sizes[i]));
   };
   const before = tf.memory().numTensors;
-  gradientStep(model, layout, images, labels, { plans: [model.plan(1)], routing: { mode: 'soft', seed: 3, efficiency: { target: 0.2, weight: 10 } } }, grads);
+  gradientStep(model, layout, images, labels, { plans: [model.plan(1)], routing: { mode: 'soft', seed: 3, efficiency: { target: 0.2, weight: 10 } }, gatesOnly: true }, grads);
   assert.ok(at('res.gate.fc.bias').every((v) => v > 0), `above the target the gate is pushed toward smaller resolutions (${at('res.gate.fc.bias')})`);
   assert.ok(at('classifier.kernel').every((v) => v === 0), 'the network is frozen while the gate trains');
   gradientStep(model, layout, images, labels, { plans: model.levelUtilizations().reverse().map((u) => model.plan(u)), inplaceDistill: true, inplaceAlpha: 0.5, routing: { mode: 'full', seed: 1 } }, grads);

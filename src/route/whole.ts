@@ -33,8 +33,8 @@ export interface WholeSwitchArgs {
  * cascade controller see them, and what `full` routing runs. Routes plan themselves (`plannedChildren` is
  * empty): each runs its network at its own full plan.
  *
- * With a mechanism that freezes its routes (`Mechanism.frozenRoutes`), the gate trains with the routes
- * fixed: in `soft` mode they run as at inference and no gradient reaches them (the overview's second step).
+ * Its mechanism freezes the routes while the gate trains (`Mechanism.frozenRoutes`: the trainer's gate epochs
+ * step the gate alone, the routes at inference) and supervises the gate with DS-Net's loss (`gateLoss`).
  */
 export abstract class WholeSwitch<A extends WholeSwitchArgs> extends Composite<A> implements Switch {
   protected gateLayer!: Layer;
@@ -108,11 +108,8 @@ export abstract class WholeSwitch<A extends WholeSwitchArgs> extends Composite<A
     if (!routing || routing.mode === 'full') return { y: this.runRoute(this.routeOf(ctx.plan), x, ctx), sel: out };
     const gSel = fullSel(this.gateLayer.inShape[2]);
     const macs = Array.from({ length: this.routes }, (_, k) => this.routeMacs(k));
-    const m = mechanisms.get(this.args.mechanism);
-    const frozen = routing.mode === 'soft' && m.frozenRoutes === true;
-    // Frozen routes run as at inference (BatchNorm's running statistics, not the batch's), so the gate learns
-    // from the answers they will give.
-    const y = routeSwitch(this, this.gateInput(x), gSel, ctx, macs, (k, part, child) => (frozen ? noGradient(this.runRoute(k, part, { ...child, training: false })) : this.runRoute(k, part, child)), { input: x, supervise: m.gateLoss });
+    const supervise = mechanisms.get(this.args.mechanism).gateLoss;
+    const y = routeSwitch(this, this.gateInput(x), gSel, ctx, macs, (k, part, child) => this.runRoute(k, part, child), { input: x, supervise });
     return { y, sel: out };
   }
 
@@ -126,9 +123,3 @@ export abstract class WholeSwitch<A extends WholeSwitchArgs> extends Composite<A
     return [...this.routeCosts[this.routeOf(plan)], ...gate].map((c) => ({ ...c, routed: this.name }));
   }
 }
-
-/** The value with no gradient to what produced it (TF.js has no stop-gradient op). */
-export const noGradient = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({
-  value: tf.clone(args[0] as tf.Tensor),
-  gradFunc: (dy: tf.Tensor) => tf.zerosLike(dy),
-})) as (x: tf.Tensor) => tf.Tensor;

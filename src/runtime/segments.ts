@@ -12,7 +12,7 @@ import { checkValues, type DecodedGraph, type Expected } from './verify.js';
 
 /** The result of running a batch through a segmented dynamic model. */
 export interface RoutedPrediction extends Prediction {
-  /** Per gated block (manifest order), the inner groups each sample ran. */
+  /** Per deciding segment (manifest order): the inner groups each sample ran (a gated block), or its route (a switch). */
   counts: Int32Array[];
   /** Each sample's executed FLOPs (gates included) over the backbone's with nothing skipped. */
   flopsRatios: Float64Array;
@@ -27,7 +27,7 @@ export interface RoutedRunOptions extends RunOptions {
 /** Reads a file of the folder by its (validated, plain) name. */
 export type ReadSegment = (file: string) => Promise<Uint8Array>;
 
-const sessionsOf = (p: Loaded): InferenceSession[] => ('graph' in p ? [p.graph] : [p.gate, p.body]);
+const sessionsOf = (p: Loaded): InferenceSession[] => ('graph' in p ? [p.graph] : 'body' in p ? [p.gate, p.body] : [p.gate, ...p.routes]);
 
 const per = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 
@@ -50,7 +50,10 @@ async function verifySegment(bytes: Uint8Array, source: string, weightsSha256: s
 }
 
 /** The graphs of one segment, as ONNX Runtime sessions. */
-type Loaded = { entry: Extract<SegmentEntry, { kind: 'plain' }>; graph: InferenceSession } | { entry: Extract<SegmentEntry, { kind: 'gated' }>; gate: InferenceSession; body: InferenceSession };
+type Loaded =
+  | { entry: Extract<SegmentEntry, { kind: 'plain' }>; graph: InferenceSession }
+  | { entry: Extract<SegmentEntry, { kind: 'gated' }>; gate: InferenceSession; body: InferenceSession }
+  | { entry: Extract<SegmentEntry, { kind: 'switch' }>; gate: InferenceSession; routes: InferenceSession[] };
 
 /**
  * A dynamic model exported by segments (`exportSegments`), run in ONNX Runtime: per gated block, the gate
@@ -82,7 +85,7 @@ export class SegmentedSession {
       numClasses: m.numClasses,
       classNames: m.classNames,
       levels: [{ u: 1, level: 0, minU: 1, flops: 2 * m.macs.backbone, macs: m.macs.backbone, params: 0, flopsRatio: 1 }],
-      routed: { threshold: m.threshold, gatedBlocks: m.segments.filter((s) => s.kind === 'gated').length },
+      routed: { threshold: m.threshold, gatedBlocks: m.segments.filter((s) => s.kind !== 'plain').length },
     };
   }
 
@@ -109,7 +112,14 @@ export class SegmentedSession {
         const x: Expected = { name: SEGMENT_IO.x, dims: ['batch', ...entry.input] };
         const y: Expected = { name: SEGMENT_IO.y, dims: ['batch', ...entry.output] };
         if (entry.kind === 'plain') parts.push({ entry, graph: await open(entry.graph.file, entry.graph.weightsSha256, [x], [y]) });
-        else {
+        else if (entry.kind === 'switch') {
+          const K = entry.routes.length;
+          const gate = await open(entry.gate.file, entry.gate.weightsSha256, [x], [{ name: SEGMENT_IO.logits, dims: ['batch', K - 1], width: `${K} routes` }]);
+          const routes: InferenceSession[] = [];
+          parts.push({ entry, gate, routes });
+          // Pushed before the routes open, so a failure releases what did open.
+          for (const r of entry.routes) routes.push(await open(r.file, r.weightsSha256, [x], [y]));
+        } else {
           const gate = await open(entry.gate.file, entry.gate.weightsSha256, [x], [{ name: SEGMENT_IO.logits, dims: ['batch', entry.groups], width: `${entry.groups} groups` }]);
           parts.push({ entry, gate, body: await open(entry.body.file, entry.body.weightsSha256, [x, { name: SEGMENT_IO.k, dims: [] }], [y]).catch(async (err) => { await gate.release(); throw err; }) });
         }
@@ -151,16 +161,18 @@ export class SegmentedSession {
         x = r.data;
         continue;
       }
-      const { gate, body, entry } = p;
+      const { gate, entry } = p;
       const z = await this.once(gate, { [SEGMENT_IO.x]: this.tensor(x, dims) }, SEGMENT_IO.logits);
       ms += z.ms;
-      const k = nestedCounts(z.data, entry.groups, threshold);
+      // A gated block's count is its inner groups (one body graph takes k); a switch's is its route (a graph each).
+      const k = nestedCounts(z.data, entry.kind === 'gated' ? entry.groups : entry.routes.length - 1, threshold);
       counts.push(k);
       x = await dispatchAsync(
         x,
         k,
         async (route, part, rows) => {
-          const r = await this.once(body, { [SEGMENT_IO.x]: this.tensor(part, [rows.length, ...entry.input]), [SEGMENT_IO.k]: this.tensor(Float32Array.of(route), []) }, SEGMENT_IO.y);
+          const feeds = { [SEGMENT_IO.x]: this.tensor(part, [rows.length, ...entry.input]) };
+          const r = 'body' in p ? await this.once(p.body, { ...feeds, [SEGMENT_IO.k]: this.tensor(Float32Array.of(route), []) }, SEGMENT_IO.y) : await this.once(p.routes[route], feeds, SEGMENT_IO.y);
           ms += r.ms;
           // ONNX Runtime may reuse its output buffer for the next run.
           return r.data.slice();

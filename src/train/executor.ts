@@ -114,6 +114,11 @@ export interface WorkerInit {
   exitWeights?: number[];
 }
 
+/** A copy of a network's untrained weights (BatchNorm statistics). */
+function statisticsOf(model: Network): NamedArray[] {
+  return model.weights().filter((w) => !w.trainable).map((w) => ({ name: w.name, shape: w.variable.shape.slice(), data: (w.variable.dataSync() as Float32Array).slice() }));
+}
+
 /** A step as a worker receives it. */
 export interface StepMessage {
   type: 'step';
@@ -125,6 +130,13 @@ export interface StepMessage {
   inplaceAlpha: number;
   /** The gates' routing of the step (see `StepSpec`). */
   routing?: StepRouting;
+  /** Only the gates train (see `StepSpec`). */
+  gatesOnly?: boolean;
+  /**
+   * With `gatesOnly`: the network's untrained weights (BatchNorm statistics), which the frozen network
+   * normalizes with; workers hold only the trained ones in shared memory, and calibration changes these.
+   */
+  statistics?: NamedArray[];
   /** Position of the shard's first sample in the step's batch (gate decisions depend on it). */
   offset: number;
   /** Weight version: the worker reloads the shared weights when it changes. */
@@ -254,10 +266,11 @@ export class ThreadExecutor implements GradientExecutor {
     const plans = spec.plans.map(planToData);
     const inplaceDistill = spec.inplaceDistill ?? false;
     const inplaceAlpha = spec.inplaceAlpha ?? 1;
+    const statistics = spec.gatesOnly ? statisticsOf(this.model) : undefined;
     const results = await Promise.all(
       shards.map((shard, i) => {
         if (shard.length === 0) return Promise.resolve<StepResult>({ loss: 0, correct: 0, count: 0 });
-        const message: StepMessage = { type: 'step', indices: shard, plans, inplaceDistill, inplaceAlpha, routing: spec.routing, offset: i * per, version: this.version };
+        const message: StepMessage = { type: 'step', indices: shard, plans, inplaceDistill, inplaceAlpha, routing: spec.routing, gatesOnly: spec.gatesOnly, statistics, offset: i * per, version: this.version };
         return this.send(i, message) as Promise<StepResult>;
       }),
     );

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import type { Network } from '../models/network.js';
+import type { NamedArray, Network } from '../models/network.js';
 import type { Plan } from '../layers/types.js';
 import type { Subnet } from '../models/subnet.js';
 import { exitCount, forwardExits } from '../models/exits.js';
@@ -7,6 +7,7 @@ import { distillationLoss, softTargetKl, type DistillSettings } from '../scaling
 import { DynnError } from '../util/errors.js';
 import { floatView } from '../engine/backend.js';
 import { RoutingState, type EfficiencyTarget } from '../route/context.js';
+import { isGateWeight } from '../route/mechanisms.js';
 import type { GateEstimator, GateMode } from '../layers/types.js';
 
 /** Loss and accuracy of one gradient computation. */
@@ -57,6 +58,18 @@ export function writeFlat(model: Network, layout: FlatLayout, src: Float32Array)
   });
 }
 
+/** Loads named untrained weights (BatchNorm statistics) into the model, by name. */
+export function loadStatistics(model: Network, arrays: NamedArray[]): void {
+  const byName = new Map(model.weights().map((w) => [w.name, w]));
+  tf.tidy(() => {
+    for (const a of arrays) {
+      const w = byName.get(a.name);
+      if (!w || w.trainable) throw new DynnError(`internal: ${a.name} is not an untrained weight of the model`);
+      w.variable.assign(tf.tensor(a.data, a.shape));
+    }
+  });
+}
+
 /** What one gradient step computes: one or more plans on the same batch, their losses summed. */
 export interface StepSpec {
   /** Plans trained on the batch; with in-place distillation the first one teaches the others. */
@@ -73,6 +86,11 @@ export interface StepSpec {
   inplaceAlpha?: number;
   /** How the gates inside a dynamic network decide in this step (absent: no gate runs). */
   routing?: StepRouting;
+  /**
+   * The backbone frozen (DS-Net's gate training): only gate weights get gradients, and BatchNorm normalizes
+   * with its calibrated statistics, as the frozen network will run.
+   */
+  gatesOnly?: boolean;
 }
 
 /** The routing of a training step, as plain data (worker threads receive it as it is). */
@@ -131,11 +149,11 @@ export function gradientStep(
   context: StepContext = {},
   offset = 0,
 ): StepResult {
-  const { plans, inplaceDistill = false, inplaceAlpha = 1, routing: stepRouting } = toStepSpec(work);
+  const { plans, inplaceDistill = false, inplaceAlpha = 1, routing: stepRouting, gatesOnly = false } = toStepSpec(work);
   if (plans.length === 0) throw new DynnError('a gradient step needs at least one plan');
   const count = labels.length;
   const weights = model.trainableWeights();
-  const variables = weights.map((w) => w.variable);
+  const variables = weights.filter((w) => !gatesOnly || isGateWeight(w.name)).map((w) => w.variable);
   const exits = exitCount(model);
   const exitWeights = context.exitWeights ?? new Array<number>(exits).fill(1);
   if (exitWeights.length !== exits) throw new DynnError(`expected ${exits} exit loss weights, got ${exitWeights.length}`);
@@ -164,7 +182,7 @@ export function gradientStep(
         tf.variableGrads(() => {
           // Each plan's gates draw their own numbers; a sample's depend only on the seed and its place in the step.
           const routing = stepRouting ? RoutingState.start(stepRouting.mode, count, { seed: stepRouting.seed + i * 7919, offset, estimator: stepRouting.estimator, labels }) : undefined;
-          const outs = exits > 1 ? forwardExits(model, xs, plan, { training: true }) : [model.forward(xs, plan, { training: true, routing })];
+          const outs = exits > 1 ? forwardExits(model, xs, plan, { training: true }) : [model.forward(xs, plan, { training: !gatesOnly, routing })];
           const final = outs[outs.length - 1];
           if (i === 0) {
             predicted = tf.keep(tf.argMax(final, 1));

@@ -110,6 +110,11 @@ export interface TrainOptions {
    * included, that the efficiency term pulls toward (default: the mechanism's, 0.5 for ACS).
    */
   flopsTarget?: number;
+  /**
+   * `--dynamic width`: the mean FLOPs ratio, the gate included, that the gate's complexity term pulls toward
+   * (DS-Net's target; default the mechanism's, 0.5). The same quantity as `flopsTarget`, named for the mechanism.
+   */
+  widthTarget?: number;
   /** Dynamic models: weight of the efficiency term `(ratio - target)^2` (default: the mechanism's). */
   efficiencyWeight?: number;
   /**
@@ -150,14 +155,14 @@ export interface TrainResult {
   epochsTrained: number;
 }
 
-type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'init' | 'exitWeights' | 'flopsTarget' | 'efficiencyWeight';
+type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'init' | 'exitWeights' | 'flopsTarget' | 'widthTarget' | 'efficiencyWeight';
 type Resolved = Required<Omit<TrainOptions, Optional | 'onStep' | 'onEpoch' | 'modelArgs' | 'force'>> & Pick<TrainOptions, Optional>;
 
 /** Options that define what a run trains; `--resume` restores them from the run and refuses a contradicting one. */
 const RUN_OPTIONS = [
   'model', 'dataset', 'trainLimit', 'testLimit', 'validationSamples', 'fullWidth', 'batchSize', 'optimizer', 'lr', 'lrSchedule',
   'schedule', 'sandwichWidths', 'inplaceDistill', 'inplaceAlpha', 'teacher', 'init', 'distillAlpha', 'distillT', 'exitWeights', 'gating',
-  'seed', 'evalUs', 'calibrationSamples', 'flopsTarget', 'efficiencyWeight', 'pretrainEpochs', 'gateThreshold', 'gateEstimator',
+  'seed', 'evalUs', 'calibrationSamples', 'flopsTarget', 'widthTarget', 'efficiencyWeight', 'pretrainEpochs', 'gateThreshold', 'gateEstimator',
 ] as const satisfies readonly (keyof TrainOptions)[];
 /** Run options that are recorded only when set: absent from the record means unset, not an older default. */
 const UNSET_WHEN_ABSENT = new Set<string>(['trainLimit', 'testLimit', 'teacher', 'init', 'exitWeights']);
@@ -256,6 +261,7 @@ function resolveOptions(o: TrainOptions): Resolved {
     distillT: o.distillT ?? 4,
     exitWeights: o.exitWeights,
     flopsTarget: o.flopsTarget,
+    widthTarget: o.widthTarget,
     efficiencyWeight: o.efficiencyWeight,
     pretrainEpochs: o.pretrainEpochs ?? 0,
     gateThreshold: o.gateThreshold ?? 0.5,
@@ -283,6 +289,7 @@ function resolveOptions(o: TrainOptions): Resolved {
   if (!Number.isInteger(r.pretrainEpochs) || r.pretrainEpochs < 0) throw new DynnError(`pretrainEpochs must be a non-negative integer, got ${r.pretrainEpochs}`);
   if (!(r.gateThreshold >= 0 && r.gateThreshold <= 1)) throw new DynnError(`gateThreshold must be in [0, 1], got ${r.gateThreshold}`);
   checkEfficiency(r.flopsTarget ?? 0.5, r.efficiencyWeight ?? 0);
+  if (r.widthTarget !== undefined && !(r.widthTarget > 0 && r.widthTarget <= 1)) throw new DynnError(`the width target (--width-target) must be in (0, 1], got ${r.widthTarget}`);
   checkGateEstimator(r.gateEstimator);
   if (r.exitWeights && !r.exitWeights.every((w) => w >= 0 && Number.isFinite(w))) {
     throw new DynnError(`exitWeights must be non-negative numbers, got ${JSON.stringify(r.exitWeights)}`);
@@ -353,6 +360,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   const gated = model.gated;
   const dynamicOptions = [
     ...(o.flopsTarget !== undefined ? ['flopsTarget'] : []),
+    ...(o.widthTarget !== undefined ? ['widthTarget'] : []),
     ...(o.efficiencyWeight !== undefined ? ['efficiencyWeight'] : []),
     ...(o.pretrainEpochs > 0 ? ['pretrainEpochs'] : []),
     ...(o.gateEstimator !== 'sigmoid' ? ['gateEstimator'] : []),
@@ -361,16 +369,20 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     model.dispose();
     throw new DynnError(`${dynamicOptions.join(', ')} ${dynamicOptions.length > 1 ? 'need' : 'needs'} a dynamic model (--dynamic NAME); ${o.model} has no gates`);
   }
-  if (gated && ((o.schedule === 'sandwich' && o.pretrainEpochs === 0) || exits > 1)) {
-    model.dispose();
-    throw new DynnError(
-      exits > 1
-        ? 'a dynamic model trains at u = 1 with its gates deciding; early exits cannot be combined with it'
-        : 'a dynamic model trains at u = 1 with its gates deciding; the sandwich schedule trains its backbone before them (--pretrain-epochs N)',
-    );
-  }
   const mechanism = gated ? mechanisms.get(String(model.config.args.dynamic)) : null;
-  const efficiency = mechanism ? { target: o.flopsTarget ?? mechanism.defaults.flopsTarget, weight: o.efficiencyWeight ?? mechanism.defaults.efficiencyWeight } : undefined;
+  // A switch's routes (DS-Net's supernet, a multi-branch network's branches, the resolutions) train first like
+  // any slimmable network (--pretrain-epochs, any u schedule), then the gate alone, the routes frozen.
+  const frozenRoutes = mechanism?.frozenRoutes === true;
+  const widthSwitch = mechanism?.widthSwitch === true;
+  if (gated && ((o.schedule === 'sandwich' && !frozenRoutes) || exits > 1)) {
+    model.dispose();
+    throw new DynnError(`a dynamic model trains at u = 1 with its gates deciding; ${o.schedule === 'sandwich' ? 'the sandwich schedule' : 'early exits'} cannot be combined with it`);
+  }
+  if (gated && o.widthTarget !== undefined && !widthSwitch) {
+    model.dispose();
+    throw new DynnError(`--width-target needs --dynamic width; --dynamic ${String(model.config.args.dynamic)} takes --flops-target`);
+  }
+  const efficiency = mechanism ? { target: o.widthTarget ?? o.flopsTarget ?? mechanism.defaults.flopsTarget, weight: o.efficiencyWeight ?? mechanism.defaults.efficiencyWeight } : undefined;
   if (o.init && !run) {
     try {
       await initFrom(o.init, model);
@@ -380,7 +392,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     }
   }
   const lr = o.lr ?? (o.optimizer === 'adam' ? 1e-3 : 0.05);
-  let optimizer = new Optimizer(o.optimizer, lr);
+  const optimizer = new Optimizer(o.optimizer, lr);
   const history: EpochRecord[] = [];
   let startEpoch = 0;
 
@@ -458,19 +470,15 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         // backbone throttleable (u per batch, the schedule's, or every width of a sandwich step), so every prefix
         // of groups a gate may pick is good.
         const pretraining = gated && epoch < o.pretrainEpochs;
-        if (mechanism?.frozenRoutes && o.pretrainEpochs > 0 && epoch === o.pretrainEpochs && step === 0) {
-          // The gate trains with the routes frozen: a fresh optimizer, so step 1's momentum moves no route.
-          optimizer.dispose();
-          optimizer = new Optimizer(o.optimizer, lr);
-        }
         const u = sandwich || (gated && !pretraining) ? 1 : sampleU(o.schedule, uRng, progress, o.fullWidth);
         optimizer.setLearningRate(learningRate(o.lrSchedule, lr, progress));
         const indices = order.subarray(step * o.batchSize, Math.min(n, (step + 1) * o.batchSize));
+        const supernet = pretraining && frozenRoutes;
+        // The gate's stage starts from fresh optimizer moments: the frozen weights' zero gradients then move nothing.
+        if (frozenRoutes && !pretraining && epoch === o.pretrainEpochs && step === 0) optimizer.dispose();
         const sandwichStep = () => ({ plans: sandwichPlans(model, { n: o.sandwichWidths, rng: uRng, gating: o.gating, gateRng }), inplaceDistill: o.inplaceDistill, inplaceAlpha: o.inplaceAlpha });
-        const work: Plan | StepSpec = gated
-          ? pretraining && sandwich
-            ? { ...sandwichStep(), routing: { mode: 'full', seed: streamSeed(o.seed, 4, epoch) + step } }
-            : { plans: [model.plan(u)], routing: { mode: pretraining ? 'full' : 'soft', seed: streamSeed(o.seed, 4, epoch) + step, efficiency, estimator: o.gateEstimator } }
+        const work: Plan | StepSpec = gated && !supernet
+          ? { plans: [model.plan(u)], routing: { mode: pretraining ? 'full' : 'soft', seed: streamSeed(o.seed, 4, epoch) + step, efficiency, estimator: o.gateEstimator }, gatesOnly: frozenRoutes }
           : sandwich
             ? sandwichStep()
             : model.plan(u, { gating: o.gating, rng: gateRng });
@@ -496,7 +504,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       calibrateBatchNorm(model, trainPart, { samples: o.calibrationSamples, gating: o.gating, seed: o.seed });
       // Then each gated block's rows from the samples that take each route (statistics per route).
       // Not for frozen routes: the gate learned on their statistics over every sample, which a subset would shift.
-      if (gated && !mechanism?.frozenRoutes) calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
+      if (gated && !frozenRoutes) calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
       const test: Record<string, number> = {};
       for (const u of o.evalUs) test[String(u)] = evaluate(model, dataset.test, u, { gating: o.gating, seed: o.seed }).accuracy;
       const routed = gated ? evaluateRouted(model, dataset.test, { threshold: o.gateThreshold }) : null;

@@ -3,7 +3,7 @@ import { initEngine, type EngineName } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import { planFromData } from '../models/network.js';
 import { gatherBatch } from './batch.js';
-import { flatLayout, gradientStep, stepContext, writeFlat } from './step.js';
+import { flatLayout, gradientStep, loadStatistics, stepContext, writeFlat } from './step.js';
 import { applyUpdate } from './optimizer.js';
 import type { StepMessage, UpdateMessage, WorkerInit } from './executor.js';
 
@@ -38,8 +38,9 @@ try {
         writeFlat(model, layout, weights);
         version = m.version;
       }
+      if (m.statistics) loadStatistics(model, m.statistics);
       const n = gatherBatch(init.data, m.indices, images, labels);
-      const work = { plans: m.plans.map(planFromData), inplaceDistill: m.inplaceDistill, inplaceAlpha: m.inplaceAlpha, routing: m.routing };
+      const work = { plans: m.plans.map(planFromData), inplaceDistill: m.inplaceDistill, inplaceAlpha: m.inplaceAlpha, routing: m.routing, gatesOnly: m.gatesOnly };
       const result = gradientStep(model, layout, images, labels.subarray(0, n), work, grads, context, m.offset);
       port.postMessage({ type: 'done', result });
     } catch (err) {

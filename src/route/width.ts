@@ -1,0 +1,129 @@
+import * as tf from '@tensorflow/tfjs-core';
+import { DynnError } from '../util/errors.js';
+import { activeGroupCount } from '../gating/gating.js';
+import { Composite } from '../layers/index.js';
+import type { BlockInfo, ChannelSel, Layer, LayerCost, Plan, RunContext, Shape } from '../layers/index.js';
+import type { FrozenOp } from '../models/subnet.js';
+import { gateName, mechanisms } from './mechanisms.js';
+import { routeSwitch, type Switch } from './switch.js';
+import { gateCost } from './unit.js';
+
+/** A width switch's settings (the layers after it are its constructor's `tail`). */
+export interface WidthSwitchArgs {
+  /** The registered mechanism whose gate decides (see `mechanisms`). */
+  mechanism: string;
+  /** Routes K: the widths a sample can take, the k-th running ceil(k D / K) of the tail's D groups (default 4). */
+  routes?: number;
+  /** Channels of the gate's hidden layers (default: the mechanism's, from the switch point's channels). */
+  gateWidth?: number;
+  /** Factor on the gate's logits (default 1). */
+  gateScale?: number;
+  /** Weight of DS-Net's gate loss in training (default 1; see `SwitchOptions.supervise`). */
+  gateLoss?: number;
+}
+
+function widthBlocks(layers: Layer[]): (BlockInfo & { kind: 'width' })[] {
+  return layers.flatMap((l) => {
+    const b = l.block();
+    return [...(b?.kind === 'width' ? [b] : []), ...widthBlocks(l.children())];
+  });
+}
+
+/**
+ * Dynamic width (DS-Net's gated embedded network): a gate at the switch point reads the features there and
+ * picks, per sample, one of K widths for the rest of the network (`tail`), a throttleable network whose
+ * plans and sliced weights are the ones a fixed u runs. Each width's samples run the sliced tail as one
+ * smaller batch (`routeSwitch`): no masks. Without routing (or in `full` mode) the tail runs at the
+ * context's plan, so one set of weights is also the fixed-u network (the supernet DS-Net trains first).
+ */
+export class WidthSwitch extends Composite<WidthSwitchArgs> implements Switch {
+  readonly className = 'WidthSwitch';
+  private gateLayer!: Layer;
+  private blocks: (BlockInfo & { kind: 'width' })[] = [];
+  private groups = 0;
+
+  constructor(name: string, args: WidthSwitchArgs, /** The layers after the switch point. */ readonly tail: Layer[]) {
+    super(name, args);
+  }
+
+  protected doBuild(inShape: Shape): Shape {
+    const out = this.buildChain(this.tail, inShape);
+    this.blocks = widthBlocks(this.tail);
+    if (this.blocks.length === 0) throw new DynnError(`${this.name}: nothing after the switch point is throttleable, so there is no width to choose`);
+    this.groups = Math.max(...this.blocks.map((b) => b.groups));
+    const K = this.routes;
+    if (!Number.isInteger(K) || K < 2 || K > this.groups) throw new DynnError(`${this.name}: routes must be an integer in 2..${this.groups} (the tail's groups), got ${K}`);
+    const m = mechanisms.get(this.args.mechanism);
+    this.gateLayer = m.gate(gateName(this.name), { outputs: K - 1, width: this.args.gateWidth ?? m.defaultWidth(inShape[inShape.length - 1]), logitScale: this.args.gateScale });
+    this.gateLayer.build(inShape, this.seed);
+    this.layers = [...this.tail, this.gateLayer];
+    return out;
+  }
+
+  get gate(): Layer {
+    return this.gateLayer;
+  }
+
+  get routes(): number {
+    return this.args.routes ?? 4;
+  }
+
+  /** Active groups of route k (of the tail's D): ceil((k + 1) D / K). */
+  routeGroups(k: number): number {
+    return Math.ceil(((k + 1) * this.groups) / this.routes);
+  }
+
+  /** `plan` with the tail at route k's width: what `Network.plan(u)` gives the tail at that level. */
+  routePlan(plan: Plan, k: number): Plan {
+    const g = this.routeGroups(k);
+    const u = g / this.groups;
+    const groups = new Map(plan.groups);
+    for (const b of this.blocks) groups.set(b.name, Int32Array.from({ length: activeGroupCount(u, b.groups) }, (_, i) => i));
+    return { ...plan, u, groups, level: g };
+  }
+
+  /** MACs a sample costs in the tail at each route (the gate's not included). */
+  routeMacs(sel: ChannelSel, plan: Plan): number[] {
+    return Array.from({ length: this.routes }, (_, k) => this.chainCost(this.tail, sel, this.routePlan(plan, k)).reduce((a, c) => a + c.macs, 0));
+  }
+
+  /** The tail on every row of `x` at `plan`. */
+  runTail(x: tf.Tensor, sel: ChannelSel, ctx: RunContext): tf.Tensor {
+    return this.runChain(this.tail, x, sel, ctx).y;
+  }
+
+  call(x: tf.Tensor, sel: ChannelSel, ctx: RunContext) {
+    const out = this.outSel(sel, ctx.plan);
+    if (!ctx.routing || ctx.routing.mode === 'full') return { y: this.runTail(x, sel, ctx), sel: out };
+    const y = routeSwitch(this, x, sel, ctx, this.routeMacs(sel, ctx.plan), (k, part, c) => this.runTail(part, sel, { ...c, plan: this.routePlan(c.plan, k) }), {
+      supervise: this.args.gateLoss ?? 1,
+    });
+    return { y, sel: out };
+  }
+
+  outSel(sel: ChannelSel, plan: Plan): ChannelSel {
+    return this.chainSel(this.tail, sel, plan);
+  }
+
+  /** The tail at the plan's fixed width (the gate has no frozen form: the fixed-u sub-network). */
+  freeze(sel: ChannelSel, plan: Plan): FrozenOp[] {
+    return this.chainFreeze(this.tail, sel, plan);
+  }
+
+  /** The tail's costs at the plan and the gate's, all marked routed: per sample, the switch records what ran. */
+  cost(sel: ChannelSel, plan: Plan): LayerCost[] {
+    return [...this.chainCost(this.tail, sel, plan), ...gateCost(this.gateLayer, sel)].map((c) => ({ ...c, routed: this.name }));
+  }
+}
+
+/**
+ * A throttleable network's layers with a width switch after layer `after`, the end of its first stage: the
+ * layers up to it (no plan throttles them) run for every sample, the switch's gate reads their output, and
+ * the rest is the switch's tail. Weight names are unchanged, so a throttleable run of the same model
+ * initializes it.
+ */
+export function withWidthSwitch(layers: Layer[], after: string, args: WidthSwitchArgs): Layer[] {
+  const at = layers.findIndex((l) => l.name === after) + 1;
+  if (at <= 0 || at >= layers.length) throw new DynnError(`a width switch goes after layer ${after}, which is not one of the model's top-level layers before its last`);
+  return [...layers.slice(0, at), new WidthSwitch('switch', args, layers.slice(at))];
+}
