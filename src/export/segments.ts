@@ -8,6 +8,7 @@ import type { ChannelSel, Plan, Shape } from '../layers/types.js';
 import { GatedDenseUnit } from '../route/dense.js';
 import { GatedResidualBlock } from '../route/residual.js';
 import { WidthSwitch } from '../route/width.js';
+import { WholeSwitch } from '../route/whole.js';
 import { gateMacsOf, innerPlan } from '../route/unit.js';
 import { checkGateThreshold } from '../route/modes.js';
 import { DynnError } from '../util/errors.js';
@@ -65,7 +66,41 @@ export class SegmentGraph {
 export type GatedBlock = GatedResidualBlock | GatedDenseUnit;
 const isGatedBlock = (l: Layer): l is GatedBlock => l instanceof GatedResidualBlock || l instanceof GatedDenseUnit;
 /** Layers that are a segment of their own: gated units and switches. */
-const isDeciding = (l: Layer): boolean => isGatedBlock(l) || l instanceof WidthSwitch;
+const isDeciding = (l: Layer): boolean => isGatedBlock(l) || isSwitch(l);
+const isSwitch = (l: Layer): l is WidthSwitch | WholeSwitch<never> => l instanceof WidthSwitch || l instanceof WholeSwitch;
+
+/** One route of a switch as a graph lowers it: its layers at a plan, after an optional bilinear resize of `x`. */
+export interface SwitchRoute {
+  layers: Layer[];
+  plan: Plan;
+  /** [height, width] the route's input is resized to first (adaptive resolution). */
+  resize?: [number, number];
+  /** A few words for the graph's doc string. */
+  label: string;
+  /** Frees what was built for this lowering alone. */
+  release?: () => void;
+}
+
+/** A switch as export by segments lowers it: a gate graph (after an optional resize of `x`) and one graph per route. */
+interface SwitchParts {
+  gate: Layer;
+  gateResize?: [number, number];
+  routeMacs: number[];
+  route(k: number): SwitchRoute;
+}
+
+function switchParts(sw: WidthSwitch | WholeSwitch<never>, sel: ChannelSel, full: Plan): SwitchParts {
+  if (sw instanceof WholeSwitch) return { gate: sw.gate, gateResize: sw.gateResize(), routeMacs: Array.from({ length: sw.routes }, (_, k) => sw.routeMacs(k)), route: (k) => sw.exportRoute(k) };
+  return { gate: sw.gate, routeMacs: sw.routeMacs(sel, full), route: (k) => ({ layers: sw.tail, plan: sw.routePlan(full, k), label: `the rest of the network at ${sw.routeGroups(k)} groups` }) };
+}
+
+/** Bilinear resizing of NCHW `x` to [h, w], half-pixel centres (TF.js's `resizeBilinear(x, size, false, true)`). */
+function lowerResize(g: GraphBuilder, x: string, h: number, w: number, base: string): string {
+  const shape = g.node('Shape', [x], `${base}/shape`);
+  const nc = g.node('Slice', [shape, g.int64Const(`${base}/starts`, [0]), g.int64Const(`${base}/ends`, [2]), g.int64Const(`${base}/axes`, [0])], `${base}/nc`);
+  const sizes = g.node('Concat', [nc, g.int64Const(`${base}/hw`, [h, w])], `${base}/sizes`, { axis: attr.int(0) });
+  return g.node('Resize', [x, '', '', sizes], base, { mode: attr.string('linear'), coordinate_transformation_mode: attr.string('half_pixel') });
+}
 
 /** Splits the network's top-level layers into runs of plain layers and single gated blocks. */
 function splitLayers(model: Network): Layer[][] {
@@ -112,11 +147,15 @@ function lowerBody(block: GatedBlock, x: string, shared: string, sel: ChannelSel
   return c.g.node('Concat', [x, added], base, { axis: attr.int(1) });
 }
 
-/** The graph of a gate reading `sel` of its input at full width: `x` -> `logits` [batch, outputs], its logit scale applied. */
-function gateSegment(weights: NamedArray[], owner: string, gateLayer: Layer, outputs: number, sel: ChannelSel, full: Plan): SegmentGraph {
+/**
+ * The graph of a gate reading `sel` of its input at full width: `x` -> `logits` [batch, outputs], its logit
+ * scale applied; with `resize`, `x` (of `inShape`) is resized first (adaptive resolution's glimpse).
+ */
+function gateSegment(weights: NamedArray[], owner: string, gateLayer: Layer, outputs: number, sel: ChannelSel, full: Plan, resize?: { inShape: Shape; size: [number, number] }): SegmentGraph {
   const gate = new SegmentGraph(`${owner}_gate`, weights, [gateLayer]);
-  gate.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(gateLayer.inShape)));
-  const z = lowerChain(gateLayer.children(), SEGMENT_IO.x, sel, gate.ctx(full, 'gate')).y;
+  gate.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(resize ? resize.inShape : gateLayer.inShape)));
+  const x = resize ? lowerResize(gate.g, SEGMENT_IO.x, resize.size[0], resize.size[1], 'gate/glimpse') : SEGMENT_IO.x;
+  const z = lowerChain(gateLayer.children(), x, sel, gate.ctx(full, 'gate')).y;
   const scale = (gateLayer as Layer<{ logitScale?: number }>).args.logitScale ?? 1;
   gate.g.nodeTo(scale === 1 ? 'Identity' : 'Mul', scale === 1 ? [z] : [z, gate.g.floatConst('logit_scale', [], [scale])], SEGMENT_IO.logits);
   gate.g.output(floatValueInfo(SEGMENT_IO.logits, ['batch', outputs]));
@@ -171,7 +210,7 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
   const gatedLayers = new Set(model.cost(1).layers.filter((c) => c.gate && c.routed).map((c) => c.routed!));
   for (const l of model.layers) {
     if (!gatedLayers.has(l.name)) continue;
-    if (l instanceof WidthSwitch) continue;
+    if (isSwitch(l)) continue;
     if (!isGatedBlock(l)) throw new DynnError(`${model.config.model}: ${l.name} (${l.className}) has no export by segments yet; only gated residual blocks (resnet38), gated dense units (densenet41/53) and width switches export`);
     if (l.decisions !== 'nested') throw new DynnError(`${l.name} decides per channel (--decisions ${l.decisions}), a masked fidelity mode that does not export; train with nested decisions to deploy`);
   }
@@ -196,23 +235,29 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
       files.set(file, bytes);
       return { file, weightsSha256 };
     };
-    if (first instanceof WidthSwitch) {
+    if (isSwitch(first)) {
       const sw = first;
       const K = sw.routes;
-      const gate = gateSegment(weights, sw.name, sw.gate, K - 1, sel, full);
+      const parts = switchParts(sw, sel, full);
+      const gate = gateSegment(weights, sw.name, parts.gate, K - 1, fullSel(parts.gate.inShape[2]), full, parts.gateResize && { inShape: sw.inShape, size: parts.gateResize });
       const routes = Array.from({ length: K }, (_, k) => {
-        const plan = sw.routePlan(full, k);
-        const sg = new SegmentGraph(`${sw.name}_route_${k}`, weights, sw.children().filter((l) => l !== sw.gate));
-        sg.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(sw.inShape)));
-        sg.g.nodeTo('Identity', [lowerChain(sw.tail, SEGMENT_IO.x, sel, sg.ctx(plan, `r${k}`)).y], SEGMENT_IO.y);
-        sg.g.output(floatValueInfo(SEGMENT_IO.y, batchDims(sw.outShape)));
-        return add(`.route${k}`, sg, `dynn route ${k} of ${sw.name}: the rest of the network at ${sw.routeGroups(k)} groups`);
+        const r = parts.route(k);
+        try {
+          const sg = new SegmentGraph(`${sw.name}_route_${k}`, weights, r.layers);
+          sg.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(sw.inShape)));
+          const x = r.resize ? lowerResize(sg.g, SEGMENT_IO.x, r.resize[0], r.resize[1], `r${k}/resize`) : SEGMENT_IO.x;
+          sg.g.nodeTo('Identity', [lowerChain(r.layers, x, sel, sg.ctx(r.plan, `r${k}`)).y], SEGMENT_IO.y);
+          sg.g.output(floatValueInfo(SEGMENT_IO.y, batchDims(sw.outShape)));
+          return add(`.route${k}`, sg, `dynn route ${k} of ${sw.name}: ${r.label}`);
+        } finally {
+          r.release?.();
+        }
       });
       segments.push({
         kind: 'switch',
         name: sw.name,
-        gateMacs: gateMacsOf(sw.gate, sel),
-        routeMacs: sw.routeMacs(sel, full),
+        gateMacs: gateMacsOf(parts.gate, fullSel(parts.gate.inShape[2])),
+        routeMacs: parts.routeMacs,
         gate: add('.gate', gate, `dynn gate of ${sw.name}: x -> ${K - 1} logits`),
         routes,
         input,

@@ -3,6 +3,7 @@ import { DynnError } from '../util/errors.js';
 import { InputTooSmallError, fullSel, layerClasses, layerFromConfig } from '../layers/index.js';
 import type { Plan, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
+import type { SwitchRoute } from '../export/segments.js';
 import { Network } from '../models/network.js';
 import { models, resolveModelArgs } from '../models/zoo.js';
 import { WholeSwitch, type WholeSwitchArgs } from './whole.js';
@@ -112,6 +113,10 @@ export class MultiBranch extends WholeSwitch<MultiBranchArgs> {
 
   protected runRoute(k: number, x: tf.Tensor, ctx: RunContext): tf.Tensor {
     return this.nets[k].forward(x, this.plans[k], { training: ctx.training, moments: ctx.moments });
+  }
+
+  exportRoute(k: number): SwitchRoute {
+    return { layers: this.nets[k].layers, plan: this.plans[k], label: `branch ${this.routeLabel(k)}` };
   }
 
   protected freezeRoute(k: number): FrozenOp[] {

@@ -3,6 +3,7 @@ import { DynnError } from '../util/errors.js';
 import { InputTooSmallError, fullSel, layerClasses } from '../layers/index.js';
 import type { Layer, Plan, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
+import type { SwitchRoute } from '../export/segments.js';
 import { Network } from '../models/network.js';
 import { models, resolveModelArgs } from '../models/zoo.js';
 import { WholeSwitch, type WholeSwitchArgs } from './whole.js';
@@ -60,15 +61,7 @@ export class ResolutionSwitch extends WholeSwitch<ResolutionSwitchArgs> {
     const rs = checkResolutions(this.args.resolutions, inShape);
     this.sizes = rs.map((r) => [r, Math.max(1, Math.round((r * inShape[1]) / inShape[0]))]);
     const { backbone } = this.args;
-    const at = (shape: Shape) => {
-      const args = resolveModelArgs(backbone, { ...this.args.backboneArgs, inputShape: shape, numClasses: this.args.numClasses, seed: this.seed });
-      try {
-        return new Network({ model: backbone, args }, shape, models.get(backbone).layers(args as never), this.seed);
-      } catch (err) {
-        if (err instanceof InputTooSmallError) throw new DynnError(`${backbone} cannot run at ${shape[0]}x${shape[1]} (--resolutions): ${err.message}`, { cause: err });
-        throw err;
-      }
-    };
+    const at = (shape: Shape) => this.backboneAt(shape);
     const [th, tw] = this.sizes[this.routes - 1];
     this.net = at([th, tw, inShape[2]]);
     const full = this.net.plan(1);
@@ -90,6 +83,35 @@ export class ResolutionSwitch extends WholeSwitch<ResolutionSwitchArgs> {
       }
     });
     return this.net.outputShape;
+  }
+
+  /** The backbone built for inputs of `shape` (its own weights, the same names): each resolution's layer shapes. */
+  private backboneAt(shape: Shape): Network {
+    const { backbone } = this.args;
+    const args = resolveModelArgs(backbone, { ...this.args.backboneArgs, inputShape: shape, numClasses: this.args.numClasses, seed: this.seed });
+    try {
+      return new Network({ model: backbone, args }, shape, models.get(backbone).layers(args as never), this.seed);
+    } catch (err) {
+      if (err instanceof InputTooSmallError) throw new DynnError(`${backbone} cannot run at ${shape[0]}x${shape[1]} (--resolutions): ${err.message}`, { cause: err });
+      throw err;
+    }
+  }
+
+  /**
+   * The backbone's layers as built for route k's size (a 'same' convolution's padding depends on it), whose
+   * weights export reads by name from this network's; a lower resolution's are a throwaway copy.
+   */
+  exportRoute(k: number): SwitchRoute {
+    const [h, w] = this.sizes[k];
+    const same = h === this.net.inputShape[0] && w === this.net.inputShape[1];
+    const net = same ? this.net : this.backboneAt([h, w, this.inShape[2]]);
+    const resize: [number, number] | undefined = h === this.inShape[0] && w === this.inShape[1] ? undefined : [h, w];
+    return { layers: net.layers, plan: this.plans[k], resize, label: `${this.routeLabel(k)} inputs`, release: same ? undefined : () => net.dispose() };
+  }
+
+  override gateResize(): [number, number] | undefined {
+    const [h, w] = this.sizes[0];
+    return h === this.inShape[0] && w === this.inShape[1] ? undefined : [h, w];
   }
 
   protected override gateShape(inShape: Shape): Shape {

@@ -4,6 +4,7 @@ import { Composite, fullSel } from '../layers/index.js';
 import type { BlockInfo, ChannelSel, Layer, LayerCost, Plan, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
 import type { Network } from '../models/network.js';
+import type { SwitchRoute } from '../export/segments.js';
 import { mechanisms } from './mechanisms.js';
 import { gateCost } from './unit.js';
 import { routeSwitch, type Switch } from './switch.js';
@@ -55,6 +56,12 @@ export abstract class WholeSwitch<A extends WholeSwitchArgs> extends Composite<A
   }
   /** Route k on the rows of `x` (class scores). */
   protected abstract runRoute(k: number, x: tf.Tensor, ctx: RunContext): tf.Tensor;
+  /** Route k as export by segments lowers it (layers at a plan, after an optional resize of the input). */
+  abstract exportRoute(k: number): SwitchRoute;
+  /** The size the gate's input is resized to first, if it reads a glimpse (adaptive resolution). */
+  gateResize(): [number, number] | undefined {
+    return undefined;
+  }
   /** Route k's inference ops. */
   protected abstract freezeRoute(k: number): FrozenOp[];
   /** Each route's networks (for `plannedChildren`, weights and BatchNorm walks). */
