@@ -51,6 +51,7 @@ export function trainOptionsFrom(o: Opts) {
       gateScale: numberOption(o.gateScale, 'gate-scale', { min: Number.MIN_VALUE }),
     },
     flopsTarget: numberOption(o.flopsTarget, 'flops-target', { min: Number.MIN_VALUE, max: 1 }),
+    skipTarget: numberOption(o.skipTarget, 'skip-target', { min: Number.MIN_VALUE, max: 1 }),
     efficiencyWeight: numberOption(o.efficiencyWeight, 'efficiency-weight', { min: 0 }),
     pretrainEpochs: numberOption(o.pretrainEpochs, 'pretrain-epochs', { int: true, min: 0 }),
     gateThreshold: numberOption(o.gateThreshold, 'gate-threshold', { min: 0, max: 1 }),
@@ -279,9 +280,10 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
   const o = meta.options;
   const trainedThreshold = typeof o.gateThreshold === 'number' ? o.gateThreshold : undefined;
   // Unrecorded training options took the mechanism's defaults.
-  const defaults = mechanisms.has(mechanism) ? mechanisms.get(mechanism).defaults : undefined;
-  const flopsTarget = typeof o.flopsTarget === 'number' ? o.flopsTarget : defaults?.flopsTarget;
-  const efficiencyWeight = typeof o.efficiencyWeight === 'number' ? o.efficiencyWeight : defaults?.efficiencyWeight;
+  const entry = mechanisms.has(mechanism) ? mechanisms.get(mechanism) : undefined;
+  const option = entry?.efficiency.option ?? 'flopsTarget';
+  const target = typeof o[option] === 'number' ? (o[option] as number) : entry?.defaults.target;
+  const efficiencyWeight = typeof o.efficiencyWeight === 'number' ? o.efficiencyWeight : entry?.defaults.efficiencyWeight;
   const share = gateShare(model);
   const file = path.join(run, RUN_FILES.sweep);
   let sweep = null;
@@ -294,9 +296,9 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
     if (!(err instanceof DynnError)) throw err;
     missing = err.message;
   }
-  const json: Record<string, unknown> = { mechanism, flopsTarget: flopsTarget ?? null, efficiencyWeight: efficiencyWeight ?? null, trainedThreshold: trainedThreshold ?? 0.5, gateShare: share };
+  const json: Record<string, unknown> = { mechanism, [option]: target ?? null, efficiencyWeight: efficiencyWeight ?? null, trainedThreshold: trainedThreshold ?? 0.5, gateShare: share };
   let text =
-    `per-sample gates: ${mechanism}; FLOPs target ${flopsTarget ?? '-'} (efficiency weight ${efficiencyWeight ?? '-'}), trained threshold ${trainedThreshold ?? 0.5}; ` +
+    `per-sample gates: ${mechanism}; ${option === 'skipTarget' ? 'skip target (blocks executed)' : 'FLOPs target'} ${target ?? '-'} (efficiency weight ${efficiencyWeight ?? '-'}), trained threshold ${trainedThreshold ?? 0.5}; ` +
     `the gates cost ${(100 * share).toFixed(1)}% of the backbone's FLOPs\n`;
   if (!sweep) {
     json.sweepMissing = missing;

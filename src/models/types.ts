@@ -30,5 +30,7 @@ export interface ModelDef {
   defaults: ModelArgs;
   /** Whether `args.dynamic` (a registered mechanism) puts gates inside it that decide per sample. */
   dynamic?: boolean;
+  /** Whether it has residual blocks that keep their shape, which a mechanism that skips blocks can gate (`skip`). */
+  skippable?: boolean;
   layers(args: Required<Pick<ModelArgs, 'inputShape' | 'numClasses' | 'groups' | 'batchNorm'>> & ModelArgs): Layer[];
 }

@@ -105,6 +105,8 @@ decisionForms.register('nested', {
     routing.decide(unit.name, counts, G);
     routing.spend(Array.from(counts, (k) => gateMacs + k * groupMacs));
     routing.expect(tf.add(gateMacs, tf.mul(tf.sum(q, 1), groupMacs)) as tf.Tensor1D);
+    routing.executes(unit.name, counts, G, surrogate);
+    routing.observe(unit.name, logits);
     if (routing.mode === 'masked') {
       // The field's form, for timing only: every inner channel computed, then multiplied by the mask. Every
       // sample normalizes at BatchNorm row G (full width), so its scores are not the sliced model's.

@@ -270,6 +270,7 @@ export class ThreadExecutor implements GradientExecutor {
       correct: results.reduce((a, r) => a + r.correct, 0),
       count: total,
       flopsRatio: routed.length ? routed.reduce((a, r) => a + r.flopsRatio! * r.count, 0) / routed.reduce((a, r) => a + r.count, 0) : undefined,
+      executionRate: routed.length ? routed.reduce((a, r) => a + (r.executionRate ?? NaN) * r.count, 0) / routed.reduce((a, r) => a + r.count, 0) : undefined,
     };
   }
 

@@ -9,10 +9,11 @@ import type { Network } from '../models/network.js';
 import { loadCheckpoint } from '../checkpoint/checkpoint.js';
 import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
-import { calibrateBatchNorm } from './calibrate.js';
+import { calibrateBatchNorm, fitGateRates } from './calibrate.js';
 import { checkEfficiency, isGateWeight, mechanisms } from '../route/mechanisms.js';
 import { checkGateEstimator } from '../route/modes.js';
 import { evaluateRouted } from '../eval/routed.js';
+import { executionRate } from '../route/context.js';
 import { evaluate } from '../eval/evaluate.js';
 import { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor.js';
 import { checkOptimizer, Optimizer, type OptimizerName } from './optimizer.js';
@@ -110,6 +111,12 @@ export interface TrainOptions {
    * included, that the efficiency term pulls toward (default: the mechanism's, 0.5 for ACS).
    */
   flopsTarget?: number;
+  /**
+   * Dynamic models that skip whole blocks (`skip`, `skip-ff`): the mean fraction of gated blocks each
+   * sample executes, per block (ConvNet-AIG's target rate; default the mechanism's, 0.6). It holds with
+   * deterministic gates: after each epoch every gate is fitted to it on training samples.
+   */
+  skipTarget?: number;
   /** Dynamic models: weight of the efficiency term `(ratio - target)^2` (default: the mechanism's). */
   efficiencyWeight?: number;
   /**
@@ -119,7 +126,7 @@ export interface TrainOptions {
   pretrainEpochs?: number;
   /** Dynamic models: the inference threshold of the gates for evaluation and calibration (default 0.5). */
   gateThreshold?: number;
-  /** Dynamic models: how the gates' binary decisions get gradients, `sigmoid` or `gumbel` (default 'sigmoid'). */
+  /** Dynamic models: how the gates' binary decisions get gradients, `sigmoid` or `gumbel` (default: the mechanism's, else 'sigmoid'). */
   gateEstimator?: GateEstimator;
   /** Called after every step. */
   onStep?: (p: StepProgress) => void;
@@ -139,6 +146,8 @@ export interface StepProgress {
   u: number;
   /** Dynamic models: the step's mean executed FLOPs ratio (gates included); absent in step 1 of two-step training. */
   flopsRatio?: number;
+  /** Dynamic models: the step's mean share of each gate's groups executed (for `skip`, of blocks executed). */
+  executionRate?: number;
 }
 
 /** The outcome of `train`: the network (caller disposes it), the data set and the run's metadata. */
@@ -150,14 +159,14 @@ export interface TrainResult {
   epochsTrained: number;
 }
 
-type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'init' | 'exitWeights' | 'flopsTarget' | 'efficiencyWeight';
+type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'init' | 'exitWeights' | 'flopsTarget' | 'skipTarget' | 'efficiencyWeight' | 'gateEstimator';
 type Resolved = Required<Omit<TrainOptions, Optional | 'onStep' | 'onEpoch' | 'modelArgs' | 'force'>> & Pick<TrainOptions, Optional>;
 
 /** Options that define what a run trains; `--resume` restores them from the run and refuses a contradicting one. */
 const RUN_OPTIONS = [
   'model', 'dataset', 'trainLimit', 'testLimit', 'validationSamples', 'fullWidth', 'batchSize', 'optimizer', 'lr', 'lrSchedule',
   'schedule', 'sandwichWidths', 'inplaceDistill', 'inplaceAlpha', 'teacher', 'init', 'distillAlpha', 'distillT', 'exitWeights', 'gating',
-  'seed', 'evalUs', 'calibrationSamples', 'flopsTarget', 'efficiencyWeight', 'pretrainEpochs', 'gateThreshold', 'gateEstimator',
+  'seed', 'evalUs', 'calibrationSamples', 'flopsTarget', 'skipTarget', 'efficiencyWeight', 'pretrainEpochs', 'gateThreshold', 'gateEstimator',
 ] as const satisfies readonly (keyof TrainOptions)[];
 /** Run options that are recorded only when set: absent from the record means unset, not an older default. */
 const UNSET_WHEN_ABSENT = new Set<string>(['trainLimit', 'testLimit', 'teacher', 'init', 'exitWeights']);
@@ -256,10 +265,11 @@ function resolveOptions(o: TrainOptions): Resolved {
     distillT: o.distillT ?? 4,
     exitWeights: o.exitWeights,
     flopsTarget: o.flopsTarget,
+    skipTarget: o.skipTarget,
     efficiencyWeight: o.efficiencyWeight,
     pretrainEpochs: o.pretrainEpochs ?? 0,
     gateThreshold: o.gateThreshold ?? 0.5,
-    gateEstimator: o.gateEstimator ?? 'sigmoid',
+    gateEstimator: o.gateEstimator,
   };
   checkOptimizer(r.optimizer);
   checkLrSchedule(r.lrSchedule);
@@ -283,7 +293,8 @@ function resolveOptions(o: TrainOptions): Resolved {
   if (!Number.isInteger(r.pretrainEpochs) || r.pretrainEpochs < 0) throw new DynnError(`pretrainEpochs must be a non-negative integer, got ${r.pretrainEpochs}`);
   if (!(r.gateThreshold >= 0 && r.gateThreshold <= 1)) throw new DynnError(`gateThreshold must be in [0, 1], got ${r.gateThreshold}`);
   checkEfficiency(r.flopsTarget ?? 0.5, r.efficiencyWeight ?? 0);
-  checkGateEstimator(r.gateEstimator);
+  checkEfficiency(r.skipTarget ?? 0.5, 0, 'the skip target (--skip-target)');
+  if (r.gateEstimator !== undefined) checkGateEstimator(r.gateEstimator);
   if (r.exitWeights && !r.exitWeights.every((w) => w >= 0 && Number.isFinite(w))) {
     throw new DynnError(`exitWeights must be non-negative numbers, got ${JSON.stringify(r.exitWeights)}`);
   }
@@ -353,9 +364,10 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   const gated = model.gated;
   const dynamicOptions = [
     ...(o.flopsTarget !== undefined ? ['flopsTarget'] : []),
+    ...(o.skipTarget !== undefined ? ['skipTarget'] : []),
     ...(o.efficiencyWeight !== undefined ? ['efficiencyWeight'] : []),
     ...(o.pretrainEpochs > 0 ? ['pretrainEpochs'] : []),
-    ...(o.gateEstimator !== 'sigmoid' ? ['gateEstimator'] : []),
+    ...((o.gateEstimator ?? 'sigmoid') !== 'sigmoid' ? ['gateEstimator'] : []),
   ];
   if (!gated && dynamicOptions.length) {
     model.dispose();
@@ -366,7 +378,14 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     throw new DynnError(`a dynamic model trains at u = 1 with its gates deciding; ${o.schedule === 'sandwich' ? 'the sandwich schedule' : 'early exits'} cannot be combined with it`);
   }
   const mechanism = gated ? mechanisms.get(String(model.config.args.dynamic)) : null;
-  const efficiency = mechanism ? { target: o.flopsTarget ?? mechanism.defaults.flopsTarget, weight: o.efficiencyWeight ?? mechanism.defaults.efficiencyWeight } : undefined;
+  // Each mechanism's target has its own option; the other one's would silently do nothing.
+  const other = mechanism && (['flopsTarget', 'skipTarget'] as const).find((k) => k !== mechanism.efficiency.option && o[k] !== undefined);
+  if (mechanism && other) {
+    model.dispose();
+    throw new DynnError(`${optionFlag(other)} does not apply to --dynamic ${String(model.config.args.dynamic)}, whose target is ${mechanism.efficiency.flag} (${mechanism.efficiency.what})`);
+  }
+  const efficiency = mechanism ? { target: o[mechanism.efficiency.option] ?? mechanism.defaults.target, weight: o.efficiencyWeight ?? mechanism.defaults.efficiencyWeight } : undefined;
+  const estimator = o.gateEstimator ?? mechanism?.defaults.estimator ?? 'sigmoid';
   if (o.init && !run) {
     try {
       await initFrom(o.init, model);
@@ -419,7 +438,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     trainSamples: trainPart.count,
     validationSamples: o.validationSamples,
     testSamples: dataset.test.count,
-    options: { ...o, lr, workers: executor?.threads ?? 0, engine },
+    options: { ...o, lr, workers: executor?.threads ?? 0, engine, ...(gated ? { gateEstimator: estimator } : {}) },
     seed: o.seed,
     epoch: history.length,
     history,
@@ -447,6 +466,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       let lossSum = 0;
       let correct = 0;
       let seen = 0;
+      let rateSum = 0;
+      let rated = 0;
       for (let step = 0; step < stepsPerEpoch; step++) {
         const progress = (epoch * stepsPerEpoch + step) / totalSteps;
         const sandwich = o.schedule === 'sandwich';
@@ -457,7 +478,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         optimizer.setLearningRate(learningRate(o.lrSchedule, lr, progress));
         const indices = order.subarray(step * o.batchSize, Math.min(n, (step + 1) * o.batchSize));
         const work: Plan | StepSpec = gated
-          ? { plans: [model.plan(u)], routing: { mode: pretraining ? 'full' : 'soft', seed: streamSeed(o.seed, 4, epoch) + step, efficiency, estimator: o.gateEstimator } }
+          ? { plans: [model.plan(u)], routing: { mode: pretraining ? 'full' : 'soft', seed: streamSeed(o.seed, 4, epoch) + step, efficiency, estimator } }
           : sandwich
             ? { plans: sandwichPlans(model, { n: o.sandwichWidths, rng: uRng, gating: o.gating, gateRng }), inplaceDistill: o.inplaceDistill, inplaceAlpha: o.inplaceAlpha }
             : model.plan(u, { gating: o.gating, rng: gateRng });
@@ -467,6 +488,10 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         lossSum += r.loss * r.count;
         correct += r.correct;
         seen += r.count;
+        if (r.executionRate !== undefined) {
+          rateSum += r.executionRate * r.count;
+          rated += r.count;
+        }
         options.onStep?.({
           epoch,
           epochs: o.epochs,
@@ -477,12 +502,19 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
           samplesPerSec: seen / ((performance.now() - t0) / 1000),
           u,
           flopsRatio: r.flopsRatio,
+          executionRate: r.executionRate,
         });
       }
       const trainSeconds = (performance.now() - t0) / 1000;
       calibrateBatchNorm(model, trainPart, { samples: o.calibrationSamples, gating: o.gating, seed: o.seed });
       // Then each gated block's rows from the samples that take each route (statistics per route).
       if (gated) calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
+      // A rate target must hold with deterministic gates, not only sampled ones: fit the gates to it, then the
+      // per-route statistics again (the routes moved).
+      if (mechanism?.efficiency.fitsGates && efficiency && epoch >= o.pretrainEpochs) {
+        fitGateRates(model, trainPart, { target: efficiency.target, samples: o.calibrationSamples, threshold: o.gateThreshold });
+        calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
+      }
       const test: Record<string, number> = {};
       for (const u of o.evalUs) test[String(u)] = evaluate(model, dataset.test, u, { gating: o.gating, seed: o.seed }).accuracy;
       const routed = gated ? evaluateRouted(model, dataset.test, { threshold: o.gateThreshold }) : null;
@@ -496,7 +528,17 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         lr: optimizer.learningRate,
         testAccuracy: test,
         ...(exits > 1 ? { exitAccuracy: exitAccuracy(model, dataset.test) } : {}),
-        ...(routed ? { gated: { threshold: routed.threshold, accuracy: routed.accuracy, flopsRatio: routed.flopsRatio } } : {}),
+        ...(routed
+          ? {
+              gated: {
+                threshold: routed.threshold,
+                accuracy: routed.accuracy,
+                flopsRatio: routed.flopsRatio,
+                executionRate: executionRate(routed.skipRates),
+                ...(rated ? { trainExecutionRate: rateSum / rated } : {}),
+              },
+            }
+          : {}),
       };
       history.push(record);
       if (o.out) await saveRun(o.out, model, meta(), optimizer);
