@@ -274,7 +274,7 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
   if (typeof mechanism !== 'string') return null;
   const path = await import('node:path');
   const { gateShare } = await import('../eval/routed.js');
-  const { readDynamicSweep, blockSkips, classCompute, HISTOGRAM_BINS } = await import('../report/dynamic.js');
+  const { readDynamicSweep, blockSkips, classCompute, classSkips, HISTOGRAM_BINS } = await import('../report/dynamic.js');
   const { RUN_FILES } = await import('../report/sources.js');
   const { mechanisms } = await import('../route/mechanisms.js');
   const o = meta.options;
@@ -313,6 +313,12 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
     `FLOPs ratio ${p.flopsRatio.toFixed(3)} (least ${p.flopsMin.toFixed(3)}, most ${p.flopsMax.toFixed(3)}); the backbone with no gate ${pct(sweep.full.accuracy)}\n`;
   text += `samples per FLOPs ratio ${HISTOGRAM_BINS.map((b, i) => `${b}: ${p.histogram[i]}`).join(', ')}\n`;
   text += '\ngroups skipped per gated block\n' + skipTable(skips);
+  // Which blocks each class skips (per-class routes), when the sweep records them.
+  const perClass = classSkips(sweep, p);
+  if (perClass) {
+    json.sweep = { ...(json.sweep as object), classSkipRates: p.classSkipRates };
+    text += '\ngroups skipped per class and block\n' + table(['class', ...perClass.blocks.map(plain)], perClass.classes.map((c) => [plain(c.name), ...c.skipped.map((s) => (Number.isFinite(s) ? pct(s) : '-'))]));
+  }
   // Most compute first: which classes the gates spend on.
   const ranked = [...classes].sort((a, b) => (Number.isFinite(b.flopsRatio) ? b.flopsRatio : -1) - (Number.isFinite(a.flopsRatio) ? a.flopsRatio : -1));
   text += '\ncompute per class (most first)\n' + table(['class', 'FLOPs ratio', 'accuracy'], ranked.map((c) => [plain(c.name), Number.isFinite(c.flopsRatio) ? c.flopsRatio.toFixed(3) : '-', pct(c.accuracy)]));

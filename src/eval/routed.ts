@@ -23,6 +23,8 @@ export interface RoutedEval {
   gateShare: number;
   /** Per gated block: the mean fraction of its groups skipped. */
   skipRates: Record<string, number>;
+  /** Per gated block, per class: the mean fraction of its groups the class's samples skipped (NaN for a class with none). */
+  classSkipRates: Record<string, number[]>;
   /** Per class: the mean ratio of its samples (NaN for a class with none), and the accuracy. */
   classFlops: number[];
   perClassAccuracy: number[];
@@ -56,6 +58,8 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
   const predictions = new Int32Array(data.count);
   const sampleRatios = new Float64Array(data.count);
   const skipped = new Map<string, number>();
+  // Per gate and class: summed skip shares and samples that reached the gate.
+  const byClass = new Map<string, { sum: Float64Array; count: Float64Array }>();
   for (let start = 0; start < data.count; start += batch) {
     const n = Math.min(batch, data.count - start);
     const x = toFloat(data, start, n, buf);
@@ -65,6 +69,15 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
     idx.dispose();
     routing.executedMacs.forEach((m, i) => (sampleRatios[start + i] = (fixed + m) / backbone));
     for (const [gate, rate] of Object.entries(routing.skipRates())) skipped.set(gate, (skipped.get(gate) ?? 0) + rate * n);
+    for (const [gate, shares] of routing.skipShares()) {
+      if (!byClass.has(gate)) byClass.set(gate, { sum: new Float64Array(model.numClasses), count: new Float64Array(model.numClasses) });
+      const c = byClass.get(gate)!;
+      shares.forEach((s, i) => {
+        if (Number.isNaN(s)) return;
+        c.sum[data.labels[start + i]] += s;
+        c.count[data.labels[start + i]]++;
+      });
+    }
   }
   const { accuracy, perClassAccuracy, perClassMean } = tally(predictions, data.labels, model.numClasses, sampleRatios);
   return {
@@ -77,6 +90,7 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
     sampleRatios,
     gateShare: gateShare(model),
     skipRates: Object.fromEntries([...skipped].map(([g, s]) => [g, s / Math.max(1, data.count)])),
+    classSkipRates: Object.fromEntries([...byClass].map(([g, c]) => [g, Array.from(c.sum, (s, k) => (c.count[k] ? s / c.count[k] : NaN))])),
     classFlops: perClassMean,
     perClassAccuracy,
     predictions,
@@ -100,6 +114,8 @@ export interface RoutedPoint {
   gateShare: number;
   /** Per gated block, in the network's order: the mean fraction of its groups skipped. */
   skipRates: Record<string, number>;
+  /** Per gated block, per class: the mean fraction of its groups the class's samples skipped (which blocks each class skips). */
+  classSkipRates: Record<string, number[]>;
   /** Per class: the mean FLOPs ratio of its samples (NaN for a class with none). */
   classFlops: number[];
   /** Per class: the accuracy (NaN for a class with no sample). */
@@ -144,6 +160,7 @@ export function routedSweep(model: Network, data: ImageSet, thresholds: number[]
       flopsMax: e.flopsMax,
       gateShare: e.gateShare,
       skipRates: e.skipRates,
+      classSkipRates: e.classSkipRates,
       classFlops: e.classFlops,
       perClassAccuracy: e.perClassAccuracy,
       histogram: histogram(e.sampleRatios),

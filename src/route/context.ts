@@ -163,13 +163,20 @@ export class RoutingState implements Routing {
     return rates.reduce((a, r) => a + r.dataSync()[0], 0) / rates.length;
   }
 
+  /** Per gate: the share of its groups each sample skipped (NaN where a sample never reached it). */
+  skipShares(): Map<string, Float64Array> {
+    return new Map([...this.records.decisions].map(([name, routes]) => {
+      const full = this.records.full.get(name)!;
+      return [name, Float64Array.from(routes, (r) => (r >= 0 ? 1 - r / full : NaN))];
+    }));
+  }
+
   /** Per gate: the mean share of its groups the samples that reached it skipped. */
   skipRates(): Record<string, number> {
     const out: Record<string, number> = {};
-    for (const [name, routes] of this.records.decisions) {
-      const full = this.records.full.get(name)!;
-      const reached = routes.filter((r) => r >= 0);
-      out[name] = reached.reduce((a, r) => a + 1 - r / full, 0) / Math.max(1, reached.length);
+    for (const [name, shares] of this.skipShares()) {
+      const reached = shares.filter((s) => !Number.isNaN(s));
+      out[name] = reached.reduce((a, s) => a + s, 0) / Math.max(1, reached.length);
     }
     return out;
   }

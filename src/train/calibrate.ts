@@ -128,6 +128,16 @@ export interface FitRateOptions {
    */
   rounds?: number;
   tolerance?: number;
+  /**
+   * Called after each refit, before the rates are measured again: the per-route BatchNorm statistics follow
+   * the routes (`calibrateBatchNorm` with the threshold), and they move the gates' inputs in turn.
+   */
+  recalibrate?: () => void;
+  /**
+   * Fit the rate of sampled decisions instead (the mean probability sigmoid(z) over the samples; one pass):
+   * where step 2 starts, so that training's gates execute the target share from the first step.
+   */
+  sampled?: boolean;
 }
 
 /**
@@ -170,6 +180,31 @@ export function fitGateRates(model: Network, data: ImageSet, options: FitRateOpt
   };
   const tolerance = Math.max(options.tolerance ?? 0.01, 0.5 / samples);
   let logits = pass();
+  const shift = (unit: string, delta: number) => {
+    const gate = gates.get(gateName(unit));
+    const bias = biases.get(`${gateName(unit)}.fc.bias`);
+    if (!gate || !bias) throw new DynnError(`${unit}: no gate output bias to fit`);
+    const scale = (gate.args as { logitScale?: number }).logitScale ?? 1;
+    tf.tidy(() => bias.assign(tf.add(bias, delta / scale)));
+  };
+  if (options.sampled) {
+    const sigmoid = (v: number) => 1 / (1 + Math.exp(-v));
+    const rates: Record<string, number> = {};
+    for (const [unit, z] of logits) {
+      const reached = z.filter((v) => !Number.isNaN(v));
+      const mean = (d: number) => reached.reduce((a, v) => a + sigmoid(v + d), 0) / Math.max(1, reached.length);
+      // The mean probability rises with the shift: bisection.
+      let [lo, hi] = [-50, 50];
+      for (let i = 0; i < 60; i++) {
+        const mid = (lo + hi) / 2;
+        if (mean(mid) < options.target) lo = mid;
+        else hi = mid;
+      }
+      shift(unit, (lo + hi) / 2);
+      rates[unit] = mean((lo + hi) / 2);
+    }
+    return rates;
+  }
   for (let round = 0; round < (options.rounds ?? 8); round++) {
     if ([...logits.values()].every((z) => Math.abs(rateOf(z) - options.target) <= tolerance)) break;
     for (const [unit, z] of logits) {
@@ -177,12 +212,9 @@ export function fitGateRates(model: Network, data: ImageSet, options: FitRateOpt
       const m = Math.round(options.target * sorted.length);
       // Between the m-th and the (m+1)-th highest logit: exactly m samples pass.
       const at = m === 0 ? sorted[0] + 1 : m === sorted.length ? sorted[m - 1] - 1 : (sorted[m - 1] + sorted[m]) / 2;
-      const gate = gates.get(gateName(unit));
-      const bias = biases.get(`${gateName(unit)}.fc.bias`);
-      if (!gate || !bias) throw new DynnError(`${unit}: no gate output bias to fit`);
-      const scale = (gate.args as { logitScale?: number }).logitScale ?? 1;
-      tf.tidy(() => bias.assign(tf.add(bias, (cut - at) / scale)));
+      shift(unit, cut - at);
     }
+    options.recalibrate?.();
     logits = pass();
   }
   return Object.fromEntries([...logits].map(([unit, z]) => [unit, rateOf(z)]));

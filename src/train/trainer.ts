@@ -459,6 +459,12 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     const stepsPerEpoch = Math.ceil(n / o.batchSize);
     const totalSteps = stepsPerEpoch * o.epochs;
     for (let epoch = startEpoch; epoch < o.epochs; epoch++) {
+      // Step 2 of a rate target starts with every gate's sampled decisions at the target (gates start open
+      // otherwise, and Adam moves a logit too slowly for a short fine-tuning to reach it).
+      if (mechanism?.efficiency.fitsGates && efficiency && epoch === o.pretrainEpochs) {
+        fitGateRates(model, trainPart, { target: efficiency.target, samples: o.calibrationSamples, threshold: o.gateThreshold, sampled: true });
+        executor.reload();
+      }
       const order = new Rng(streamSeed(o.seed, 1, epoch)).permutation(n);
       const uRng = new Rng(streamSeed(o.seed, 2, epoch));
       const gateRng = new Rng(streamSeed(o.seed, 3, epoch));
@@ -509,11 +515,12 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       calibrateBatchNorm(model, trainPart, { samples: o.calibrationSamples, gating: o.gating, seed: o.seed });
       // Then each gated block's rows from the samples that take each route (statistics per route).
       if (gated) calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
-      // A rate target must hold with deterministic gates, not only sampled ones: fit the gates to it, then the
-      // per-route statistics again (the routes moved).
+      // A rate target must hold with deterministic gates, not only sampled ones: fit the gates to it, the
+      // per-route statistics following the routes.
       if (mechanism?.efficiency.fitsGates && efficiency && epoch >= o.pretrainEpochs) {
-        fitGateRates(model, trainPart, { target: efficiency.target, samples: o.calibrationSamples, threshold: o.gateThreshold });
-        calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
+        const recalibrate = () => calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
+        fitGateRates(model, trainPart, { target: efficiency.target, samples: o.calibrationSamples, threshold: o.gateThreshold, recalibrate });
+        executor.reload();
       }
       const test: Record<string, number> = {};
       for (const u of o.evalUs) test[String(u)] = evaluate(model, dataset.test, u, { gating: o.gating, seed: o.seed }).accuracy;
