@@ -338,8 +338,11 @@ function skipTable(skips: { block: string; skipped: number }[]): string {
 function historyTable(meta: TrainMeta): string {
   const us = Object.keys(meta.history[0].testAccuracy);
   const gated = meta.history.some((h) => h.gated);
+  // Rate targets (layer skipping): the execution rate training's sampled gates reported, and the deterministic one.
+  const rates = meta.history.some((h) => h.gated?.trainExecutionRate !== undefined);
+  const rate = (v: number | undefined) => (v === undefined ? '-' : v.toFixed(3));
   return table(
-    ['epoch', 'loss', 'train acc', 'samples/s', 'ms/step', ...us.map((u) => `test u=${u}`), ...(gated ? ['gated', 'FLOPs ratio'] : [])],
+    ['epoch', 'loss', 'train acc', 'samples/s', 'ms/step', ...us.map((u) => `test u=${u}`), ...(gated ? ['gated', 'FLOPs ratio'] : []), ...(rates ? ['executed (training)', 'executed'] : [])],
     meta.history.map((h) => [
       h.epoch,
       h.loss.toFixed(4),
@@ -348,6 +351,7 @@ function historyTable(meta: TrainMeta): string {
       h.msPerStep.toFixed(0),
       ...us.map((u) => pct(h.testAccuracy[u])),
       ...(gated ? [h.gated ? pct(h.gated.accuracy) : '-', h.gated ? h.gated.flopsRatio.toFixed(3) : '-'] : []),
+      ...(rates ? [rate(h.gated?.trainExecutionRate), rate(h.gated?.executionRate)] : []),
     ]),
   );
 }

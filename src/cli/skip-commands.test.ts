@@ -43,6 +43,7 @@ test('a skip run trains in two steps; its deterministic execution rate is the ta
   const argv = ['train', ...small, '--dynamic', 'skip', ...data, '--epochs', '2', '--pretrain-epochs', '1', '--vanilla', '--skip-target', '0.5', '--out', run, '--json'];
   assert.equal(await runCli(argv, io), 0, io.stderr());
   const { meta } = JSON.parse(io.stdout());
+  assert.match(io.stderr(), /blocks executed \d\.\d{3} \(training \d\.\d{3}\)/);
   assert.equal(meta.options.skipTarget, 0.5);
   assert.equal(meta.options.gateEstimator, 'gumbel', 'skip trains with the Gumbel estimator by default (ConvNet-AIG)');
   const last = meta.history[1].gated;
@@ -61,7 +62,7 @@ test('a skip run trains in two steps; its deterministic execution rate is the ta
   for (const [gate, skipped] of Object.entries(routing.skipRates())) assert.ok(Math.abs(skipped - 0.5) <= 3 / 64, `${gate} skips ${skipped} of the training samples`);
 
   const sweep = captureIo();
-  assert.equal(await runCli(['sweep', run, '--test-limit', '32', '--thresholds', '0,1', '--json'], sweep), 0, sweep.stderr());
+  assert.equal(await runCli(['sweep', run, '--test-limit', '32', '--thresholds', '0,1', '--no-latency', '--json'], sweep), 0, sweep.stderr());
   const s = JSON.parse(sweep.stdout());
   const [trained, open, closed] = s.points;
   assert.equal(s.dynamic, 'skip');
@@ -78,6 +79,7 @@ test('a skip run trains in two steps; its deterministic execution rate is the ta
   assert.equal(await runCli(['info', run], info), 0, info.stderr());
   assert.match(info.stdout(), /per-sample gates: skip; skip target \(blocks executed\) 0\.5/);
   assert.match(info.stdout(), /groups skipped per class and block/);
+  assert.match(info.stdout(), /│ executed \(training\) │ executed │/);
 
   const dir = path.join(tmp, 'skip-onnx');
   const ex = captureIo();

@@ -53,6 +53,15 @@ test('skip mechanisms gate whole blocks that keep their shape; downsampling bloc
       net.dispose();
     }
   }
+  // resnet-d takes channel skipping too: its depth-gated blocks become ACS's gated blocks of G groups.
+  const acs = createModel('resnet-d', { width: 8, inputShape: [8, 8, 1], numClasses: 3, dynamic: 'acs-gn', groups: 4 });
+  assert.deepEqual(acs.layers.filter((l): l is GatedResidualBlock => l instanceof GatedResidualBlock).map((b) => b.groups), [4, 4, 4, 4, 4, 4]);
+  const routing = RoutingState.start('hard', 2);
+  tf.tidy(() => {
+    acs.forward(tf.ones([2, 8, 8, 1]), acs.plan(1), { routing });
+  });
+  assert.equal(routing.decisions.size, 6);
+  acs.dispose();
   assert.throws(() => createModel('vgg-w', { dynamic: 'skip' }), /--dynamic skip skips residual blocks; vgg-w has no blocks to skip \(expected one of resnet-d, resnet38\)/);
   assert.throws(() => createModel('densenet41', { dynamic: 'skip-ff' }), /densenet41 has no blocks to skip/);
   assert.throws(() => createModel('resnet-d', { dynamic: 'skipnet' }), /unknown mechanism "skipnet"; expected one of acs-dg, acs-gn, skip, skip-ff/);
