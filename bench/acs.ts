@@ -1,5 +1,6 @@
 /**
- * Adaptive channel skipping on Fashion-MNIST, measured side by side in one run:
+ * Per-sample gated networks (adaptive channel skipping; layer skipping with `--mechanisms skip,skip-ff`) on
+ * Fashion-MNIST, measured side by side in one run:
  *   1. per backbone, step 1 once: the throttleable backbone (u per batch) and the static one (u = 1);
  *      the throttled u-curve and the oracle (the cheapest u that is right, per sample) from the former;
  *   2. step 2 from the throttleable backbone (`init`), per mechanism and FLOPs target: gated accuracy and
@@ -7,6 +8,10 @@
  *   3. wall-clock at batch 1 and 64 of the dynamic execution, the backbone and the masked execution (the
  *      field's form), against the FLOPs ratio; the gates' own share of FLOPs and of time;
  *   4. a training step of the gated model against PyTorch's masked version of it (bench/acs_peer.py).
+ * Layer skipping (mechanisms that skip whole blocks, targets are execution rates): step 1 is the plain network
+ * (every block, u = 1) trained as the skip model's backbone, so step 2 starts from it with `init`; each
+ * target reports the execution rate training's sampled decisions reported against the deterministic one,
+ * and is timed (the gates' cost included) against the plain network and the masked execution.
  * Usage: npm run bench:acs [-- --train 16384 --test 2000 --epochs 1 --gated-epochs 1
  *          --backbones resnet38,densenet41 --mechanisms acs-gn,acs-dg --targets 0.3,0.5,0.7
  *          --estimators sigmoid,gumbel --lr 2e-4 --gate-scale 5 --batch-size 32 --calibration 512 --results .bench/acs.json --no-peer --json]
@@ -30,6 +35,8 @@ import { allocShared } from '../src/data/imageset.js';
 import { ThreadExecutor } from '../src/train/executor.js';
 import { Optimizer } from '../src/train/optimizer.js';
 import { writeFileAtomic } from '../src/util/fs.js';
+import { mechanisms } from '../src/route/mechanisms.js';
+import { executionRate } from '../src/route/context.js';
 import { runTorchPeer } from './torch.js';
 
 const args = process.argv.slice(2);
@@ -62,6 +69,9 @@ const US = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1];
 const BATCH = num('batch-size', 128);
 const ROOT = '.bench/acs';
 const log = (s: string) => process.stderr.write(s + '\n');
+const skips = (mechanism: string) => mechanisms.get(mechanism).skipsBlocks === true;
+// Layer skipping is timed at this target (ACS at 0.5).
+const TIMED_SKIP = TARGETS.includes(0.6) ? 0.6 : TARGETS[Math.floor(TARGETS.length / 2)];
 
 const base = (out: string, extra: TrainOptions): TrainOptions => ({
   dataset: 'fashion-mnist',
@@ -73,7 +83,11 @@ const base = (out: string, extra: TrainOptions): TrainOptions => ({
   out: path.join(ROOT, out),
   // The bench's own scratch runs: each bench run replaces them.
   force: true,
-  onEpoch: (r) => log(`    epoch ${r.epoch}: loss ${r.loss.toFixed(4)}${r.gated ? `, gated ${(100 * r.gated.accuracy).toFixed(2)}% at FLOPs ${r.gated.flopsRatio.toFixed(3)}` : ''}`),
+  onEpoch: (r) =>
+    log(
+      `    epoch ${r.epoch}: loss ${r.loss.toFixed(4)}${r.gated ? `, gated ${(100 * r.gated.accuracy).toFixed(2)}% at FLOPs ${r.gated.flopsRatio.toFixed(3)}` : ''}` +
+        (r.gated?.trainExecutionRate !== undefined ? `; blocks executed: training ${r.gated.trainExecutionRate.toFixed(3)}, inference ${r.gated.executionRate?.toFixed(3)}` : ''),
+    ),
   ...extra,
 });
 
@@ -109,6 +123,88 @@ async function gatedStepMs(model: Network, steps: number): Promise<number> {
 async function main() {
   const results: Record<string, unknown> = { cores: os.availableParallelism(), train: TRAIN, test: TEST, epochs: EPOCHS, gatedEpochs: GATED_EPOCHS, step2: { lr: STEP2_LR, gateScale: GATE_SCALE }, backbones: {} };
   for (const backbone of BACKBONES) {
+    const acs = MECHANISMS.filter((m) => !skips(m));
+    const layer = MECHANISMS.filter(skips);
+    const entry: Record<string, unknown> = {};
+    if (acs.length) Object.assign(entry, await channelSkipping(backbone, acs));
+    if (layer.length) entry.layerSkipping = await layerSkipping(backbone, layer);
+    (results.backbones as Record<string, unknown>)[backbone] = entry;
+  }
+  await writeFileAtomic(RESULTS, JSON.stringify(results, null, 2) + '\n');
+  if (json) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
+}
+
+/**
+ * Layer skipping on one backbone: step 1 once (the plain network as the skip model's backbone: every block,
+ * u = 1), then per mechanism and target step 2 from it; accuracy, the FLOPs ratio (gates included), the
+ * execution rate training reported against the deterministic one, and the timing at one target.
+ */
+async function layerSkipping(backbone: string, names: string[]) {
+  const stepOne = `${backbone}/skip-plain`;
+  log(`${backbone}: layer skipping, step 1 (the plain network, every block), ${EPOCHS} epoch(s) on ${TRAIN} images`);
+  const plain = await train(base(stepOne, { model: backbone, modelArgs: { dynamic: names[0] }, epochs: EPOCHS, pretrainEpochs: EPOCHS, schedule: 'vanilla', evalUs: [1] }));
+  const stepOneAccuracy = evaluateRouted(plain.model, plain.dataset.test, { mode: 'full' }).accuracy;
+  plain.model.dispose();
+  // The plain network trained as long as step 1 and step 2 together (the same fine-tuning, no gate): the reference.
+  const longer = await train(base(`${backbone}/skip-plain-longer`, { model: backbone, modelArgs: { dynamic: names[0] }, init: path.join(ROOT, stepOne), epochs: GATED_EPOCHS, pretrainEpochs: GATED_EPOCHS, schedule: 'vanilla', lr: STEP2_LR, evalUs: [1] }));
+  const plainAccuracy = evaluateRouted(longer.model, longer.dataset.test, { mode: 'full' }).accuracy;
+  longer.model.dispose();
+  log(`  plain network ${(100 * stepOneAccuracy).toFixed(2)}% after step 1, ${(100 * plainAccuracy).toFixed(2)}% after as many epochs as the gated runs`);
+  const points: Record<string, unknown>[] = [];
+  for (const mechanism of names) {
+    for (const target of TARGETS) {
+      log(`  step 2: ${mechanism}, target ${target} (blocks executed), ${GATED_EPOCHS} epoch(s) from step 1`);
+      const option = mechanisms.get(mechanism).efficiency.option;
+      const r = await train(
+        base(`${backbone}/${mechanism}-${target}`, {
+          model: backbone,
+          modelArgs: { dynamic: mechanism, gateScale: GATE_SCALE },
+          lr: STEP2_LR,
+          init: path.join(ROOT, stepOne),
+          epochs: GATED_EPOCHS,
+          [option]: target,
+          evalUs: [1],
+        }),
+      );
+      const e = evaluateRouted(r.model, r.dataset.test);
+      const last = r.meta.history[r.meta.history.length - 1].gated;
+      const point: Record<string, unknown> = {
+        mechanism,
+        target,
+        accuracy: e.accuracy,
+        againstPlain: e.accuracy - plainAccuracy,
+        executionRate: { training: last?.trainExecutionRate, inference: executionRate(e.skipRates) },
+        flopsRatio: e.flopsRatio,
+        flopsMin: e.flopsMin,
+        flopsMax: e.flopsMax,
+        gateShare: e.gateShare,
+      };
+      log(
+        `    ${(100 * e.accuracy).toFixed(2)}% (plain ${(100 * plainAccuracy).toFixed(2)}%) at FLOPs ${e.flopsRatio.toFixed(3)} (gates ${e.gateShare.toFixed(3)}); ` +
+          `blocks executed: training ${last?.trainExecutionRate?.toFixed(3)}, inference ${executionRate(e.skipRates).toFixed(3)}`,
+      );
+      if (target === TIMED_SKIP) point.latency = timeRouted(r.model, r.dataset.test, mechanism);
+      points.push(point);
+      r.model.dispose();
+    }
+  }
+  return { plain: { accuracy: plainAccuracy, afterStepOne: stepOneAccuracy }, points };
+}
+
+/** Wall-clock of a gated model at its trained threshold against the backbone and the masked execution. */
+function timeRouted(model: Network, test: ImageSet, mechanism: string) {
+  log(`    timing ${mechanism}: batch 1 and 64 (dynamic, full, masked)`);
+  const s = routedSweep(model, test, [0.5]);
+  const [p] = s.points;
+  const timeRatio = { batch1: p.latencyMs.batch1 / s.full.latencyMs.batch1, batch64: p.latencyMs.batch64 / s.full.latencyMs.batch64 };
+  const latency = { flopsRatio: p.flopsRatio, dynamicMs: p.latencyMs, fullMs: s.full.latencyMs, maskedMs: s.masked.latencyMs, timeRatio, maskedRatio: s.masked.latencyMs.batch64 / s.full.latencyMs.batch64, timePerFlops: timeRatio.batch64 / p.flopsRatio };
+  log(`    FLOPs ratio ${p.flopsRatio.toFixed(3)}; time ratio ${timeRatio.batch1.toFixed(3)} @1, ${timeRatio.batch64.toFixed(3)} @64 (time/FLOPs ${latency.timePerFlops.toFixed(2)}x); masked ${latency.maskedRatio.toFixed(3)} @64`);
+  return latency;
+}
+
+/** Adaptive channel skipping on one backbone (steps 1-4 of the header). */
+async function channelSkipping(backbone: string, names: string[]) {
+  {
     log(`${backbone}: step 1, ${EPOCHS} epoch(s) on ${TRAIN} images`);
     log('  static (u = 1)');
     const fixed = await train(base(`${backbone}/static`, { model: backbone, epochs: EPOCHS, schedule: 'vanilla' }));
@@ -123,7 +219,7 @@ async function main() {
 
     const gated: Record<string, unknown>[] = [];
     let timing: Record<string, unknown> | null = null;
-    for (const mechanism of MECHANISMS) {
+    for (const mechanism of names) {
       for (const estimator of ESTIMATORS) {
         for (const target of TARGETS) {
           log(`  step 2: ${mechanism}, ${estimator}, target ${target}, ${GATED_EPOCHS} epoch(s) from the throttleable backbone`);
@@ -160,10 +256,8 @@ async function main() {
         }
       }
     }
-    (results.backbones as Record<string, unknown>)[backbone] = { static: { accuracy: staticAccuracy }, curve, oracle, gated, timing };
+    return { static: { accuracy: staticAccuracy }, curve, oracle, gated, timing };
   }
-  await writeFileAtomic(RESULTS, JSON.stringify(results, null, 2) + '\n');
-  if (json) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
 }
 
 /** Wall-clock of one gated model: dynamic, full and masked, the gates' time, and a training step against PyTorch's masked peer. */

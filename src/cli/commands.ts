@@ -56,6 +56,7 @@ export function trainOptionsFrom(o: Opts) {
     },
     widthTarget: numberOption(o.widthTarget, 'width-target', { min: Number.MIN_VALUE, max: 1 }),
     flopsTarget: numberOption(o.flopsTarget, 'flops-target', { min: Number.MIN_VALUE, max: 1 }),
+    skipTarget: numberOption(o.skipTarget, 'skip-target', { min: Number.MIN_VALUE, max: 1 }),
     efficiencyWeight: numberOption(o.efficiencyWeight, 'efficiency-weight', { min: 0 }),
     pretrainEpochs: numberOption(o.pretrainEpochs, 'pretrain-epochs', { int: true, min: 0 }),
     gateThreshold: numberOption(o.gateThreshold, 'gate-threshold', { min: 0, max: 1 }),
@@ -283,15 +284,16 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
   if (typeof mechanism !== 'string') return null;
   const path = await import('node:path');
   const { gateShare } = await import('../eval/routed.js');
-  const { readDynamicSweep, blockSkips, classCompute, classRoutes, HISTOGRAM_BINS } = await import('../report/dynamic.js');
+  const { readDynamicSweep, blockSkips, classCompute, classRoutes, classSkips, HISTOGRAM_BINS } = await import('../report/dynamic.js');
   const { RUN_FILES } = await import('../report/sources.js');
   const { mechanisms } = await import('../route/mechanisms.js');
   const o = meta.options;
   const trainedThreshold = typeof o.gateThreshold === 'number' ? o.gateThreshold : undefined;
   // Unrecorded training options took the mechanism's defaults.
-  const defaults = mechanisms.has(mechanism) ? mechanisms.get(mechanism).defaults : undefined;
-  const flopsTarget = typeof o.widthTarget === 'number' ? o.widthTarget : typeof o.flopsTarget === 'number' ? o.flopsTarget : defaults?.flopsTarget;
-  const efficiencyWeight = typeof o.efficiencyWeight === 'number' ? o.efficiencyWeight : defaults?.efficiencyWeight;
+  const entry = mechanisms.has(mechanism) ? mechanisms.get(mechanism) : undefined;
+  const option = entry?.efficiency.option ?? 'flopsTarget';
+  const target = typeof o[option] === 'number' ? (o[option] as number) : entry?.defaults.target;
+  const efficiencyWeight = typeof o.efficiencyWeight === 'number' ? o.efficiencyWeight : entry?.defaults.efficiencyWeight;
   const share = gateShare(model);
   const file = path.join(run, RUN_FILES.sweep);
   let sweep = null;
@@ -304,9 +306,9 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
     if (!(err instanceof DynnError)) throw err;
     missing = err.message;
   }
-  const json: Record<string, unknown> = { mechanism, flopsTarget: flopsTarget ?? null, efficiencyWeight: efficiencyWeight ?? null, trainedThreshold: trainedThreshold ?? 0.5, gateShare: share };
+  const json: Record<string, unknown> = { mechanism, [option]: target ?? null, efficiencyWeight: efficiencyWeight ?? null, trainedThreshold: trainedThreshold ?? 0.5, gateShare: share };
   let text =
-    `per-sample gates: ${mechanism}; FLOPs target ${flopsTarget ?? '-'} (efficiency weight ${efficiencyWeight ?? '-'}), trained threshold ${trainedThreshold ?? 0.5}; ` +
+    `per-sample gates: ${mechanism}; ${option === 'skipTarget' ? 'skip target (blocks executed)' : 'FLOPs target'} ${target ?? '-'} (efficiency weight ${efficiencyWeight ?? '-'}), trained threshold ${trainedThreshold ?? 0.5}; ` +
     `the gates cost ${(100 * share).toFixed(1)}% of the backbone's FLOPs\n`;
   if (!sweep) {
     json.sweepMissing = missing;
@@ -321,6 +323,12 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
     `FLOPs ratio ${p.flopsRatio.toFixed(3)} (least ${p.flopsMin.toFixed(3)}, most ${p.flopsMax.toFixed(3)}); the backbone with no gate ${pct(sweep.full.accuracy)}\n`;
   text += `samples per FLOPs ratio ${HISTOGRAM_BINS.map((b, i) => `${b}: ${p.histogram[i]}`).join(', ')}\n`;
   text += '\ngroups skipped per gated block\n' + skipTable(skips);
+  // Which blocks each class skips (per-class routes), when the sweep records them.
+  const perClass = classSkips(sweep, p);
+  if (perClass) {
+    json.sweep = { ...(json.sweep as object), classSkipRates: p.classSkipRates };
+    text += '\ngroups skipped per class and block\n' + table(['class', ...perClass.blocks.map(plain)], perClass.classes.map((c) => [plain(c.name), ...c.skipped.map((s) => (Number.isFinite(s) ? pct(s) : '-'))]));
+  }
   // Most compute first: which classes the gates spend on.
   const ranked = [...classes].sort((a, b) => (Number.isFinite(b.flopsRatio) ? b.flopsRatio : -1) - (Number.isFinite(a.flopsRatio) ? a.flopsRatio : -1));
   text += '\ncompute per class (most first)\n' + table(['class', 'FLOPs ratio', 'accuracy'], ranked.map((c) => [plain(c.name), Number.isFinite(c.flopsRatio) ? c.flopsRatio.toFixed(3) : '-', pct(c.accuracy)]));
@@ -352,8 +360,11 @@ function skipTable(skips: { block: string; skipped: number }[]): string {
 function historyTable(meta: TrainMeta): string {
   const us = Object.keys(meta.history[0].testAccuracy);
   const gated = meta.history.some((h) => h.gated);
+  // Rate targets (layer skipping): the execution rate training's sampled gates reported, and the deterministic one.
+  const rates = meta.history.some((h) => h.gated?.trainExecutionRate !== undefined);
+  const rate = (v: number | undefined) => (v === undefined ? '-' : v.toFixed(3));
   return table(
-    ['epoch', 'loss', 'train acc', 'samples/s', 'ms/step', ...us.map((u) => `test u=${u}`), ...(gated ? ['gated', 'FLOPs ratio'] : [])],
+    ['epoch', 'loss', 'train acc', 'samples/s', 'ms/step', ...us.map((u) => `test u=${u}`), ...(gated ? ['gated', 'FLOPs ratio'] : []), ...(rates ? ['executed (training)', 'executed'] : [])],
     meta.history.map((h) => [
       h.epoch,
       h.loss.toFixed(4),
@@ -362,6 +373,7 @@ function historyTable(meta: TrainMeta): string {
       h.msPerStep.toFixed(0),
       ...us.map((u) => pct(h.testAccuracy[u])),
       ...(gated ? [h.gated ? pct(h.gated.accuracy) : '-', h.gated ? h.gated.flopsRatio.toFixed(3) : '-'] : []),
+      ...(rates ? [rate(h.gated?.trainExecutionRate), rate(h.gated?.executionRate)] : []),
     ]),
   );
 }

@@ -46,10 +46,10 @@ test('a dynamic run trains in two steps, records its gated accuracy and FLOPs, a
 
 test('dynamic options: clear errors before any training', async () => {
   const cases: [string[], RegExp][] = [
-    [['--model', 'resnet38', '--dynamic', 'nope'], /unknown mechanism "nope"; expected one of acs-dg, acs-gn/],
+    [['--model', 'resnet38', '--dynamic', 'nope'], /unknown mechanism "nope"; expected one of acs-dg, acs-gn, skip, skip-ff/],
     [['--model', 'resnet38', '--dynamic', 'acs-dg', '--gate-width', '6'], /s0\.b0\.gate: an acs-dg gate's width \(gateWidth\) must be a power of two >= 2, as its DGConv layers need, got 6/],
-    [['--model', 'vgg-w', '--dynamic', 'acs-gn'], /--dynamic acs-gn needs a model with a gated form; vgg-w has none \(expected one of densenet41, densenet53, resnet38\)/],
-    [['--model', 'densenet-w', '--dynamic', 'acs-dg'], /--dynamic acs-dg needs a model with a gated form; densenet-w has none \(expected one of densenet41, densenet53, resnet38\)/],
+    [['--model', 'vgg-w', '--dynamic', 'acs-gn'], /--dynamic acs-gn needs a model with a gated form; vgg-w has none \(expected one of densenet41, densenet53, resnet-d, resnet38\)/],
+    [['--model', 'densenet-w', '--dynamic', 'acs-dg'], /--dynamic acs-dg needs a model with a gated form; densenet-w has none \(expected one of densenet41, densenet53, resnet-d, resnet38\)/],
     [['--model', 'densenet41', '--dynamic', 'acs-dg', '--gate-width', '6'], /d0\.u0\.gate: an acs-dg gate's width \(gateWidth\) must be a power of two >= 2, as its DGConv layers need, got 6/],
     [['--model', 'densenet41', '--dynamic', 'acs-gn', '--groups', '5'], /d0\.u0: 128 inner channels do not split into 5 groups/],
     [['--model', 'resnet38', '--gate-scale', '2'], /gateScale \(--gate-scale\) needs a dynamic model \(--dynamic NAME\)/],

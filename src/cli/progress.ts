@@ -35,6 +35,7 @@ export function trainingProgress(io: Io) {
       const test = [
         ...Object.entries(r.testAccuracy).map(([u, a]) => `u=${u}: ${(100 * a).toFixed(2)}%`),
         ...(r.gated ? [`gated: ${(100 * r.gated.accuracy).toFixed(2)}% at FLOPs ratio ${r.gated.flopsRatio.toFixed(3)}`] : []),
+        ...(r.gated?.trainExecutionRate !== undefined ? [`blocks executed ${r.gated.executionRate?.toFixed(3)} (training ${r.gated.trainExecutionRate.toFixed(3)})`] : []),
       ].join(', ');
       io.err(
         `epoch ${r.epoch}: loss ${r.loss.toFixed(4)}, train acc ${(100 * r.trainAccuracy).toFixed(2)}%, ` +

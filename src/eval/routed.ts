@@ -23,6 +23,8 @@ export interface RoutedEval {
   gateShare: number;
   /** Per gated block: the mean fraction of its groups skipped. */
   skipRates: Record<string, number>;
+  /** Per gated block, per class: the mean fraction of its groups the class's samples skipped (NaN for a class with none). */
+  classSkipRates: Record<string, number[]>;
   /** Per class: the mean ratio of its samples (NaN for a class with none), and the accuracy. */
   classFlops: number[];
   perClassAccuracy: number[];
@@ -63,6 +65,8 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
   const skipped = new Map<string, number>();
   // Per gate: samples of each class on each route, [class][route].
   const byRoute = new Map<string, number[][]>();
+  // Per gate and class: summed skip shares and samples that reached the gate.
+  const byClass = new Map<string, { sum: Float64Array; count: Float64Array }>();
   for (let start = 0; start < data.count; start += batch) {
     const n = Math.min(batch, data.count - start);
     const x = toFloat(data, start, n, buf);
@@ -83,6 +87,15 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
         });
       }
     }
+    for (const [gate, shares] of routing.skipShares()) {
+      if (!byClass.has(gate)) byClass.set(gate, { sum: new Float64Array(model.numClasses), count: new Float64Array(model.numClasses) });
+      const c = byClass.get(gate)!;
+      shares.forEach((s, i) => {
+        if (Number.isNaN(s)) return;
+        c.sum[data.labels[start + i]] += s;
+        c.count[data.labels[start + i]]++;
+      });
+    }
   }
   const { accuracy, perClassAccuracy, perClassMean } = tally(predictions, data.labels, model.numClasses, sampleRatios);
   return {
@@ -95,6 +108,7 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
     sampleRatios,
     gateShare: gateShare(model),
     skipRates: Object.fromEntries([...skipped].map(([g, s]) => [g, s / Math.max(1, data.count)])),
+    classSkipRates: Object.fromEntries([...byClass].map(([g, c]) => [g, Array.from(c.sum, (s, k) => (c.count[k] ? s / c.count[k] : NaN))])),
     classFlops: perClassMean,
     perClassAccuracy,
     predictions,
@@ -131,6 +145,8 @@ export interface RoutedPoint {
   gateShare: number;
   /** Per gated block, in the network's order: the mean fraction of its groups skipped. */
   skipRates: Record<string, number>;
+  /** Per gated block, per class: the mean fraction of its groups the class's samples skipped (which blocks each class skips). */
+  classSkipRates: Record<string, number[]>;
   /** Per class: the mean FLOPs ratio of its samples (NaN for a class with none). */
   classFlops: number[];
   /** Per class: the accuracy (NaN for a class with no sample). */
@@ -181,6 +197,7 @@ export function routedSweep(model: Network, data: ImageSet, thresholds: number[]
       flopsMax: e.flopsMax,
       gateShare: e.gateShare,
       skipRates: e.skipRates,
+      classSkipRates: e.classSkipRates,
       classFlops: e.classFlops,
       perClassAccuracy: e.perClassAccuracy,
       histogram: histogram(e.sampleRatios),

@@ -87,7 +87,7 @@ function blockAt(block: GatedResidualBlock | GatedDenseUnit, x: tf.Tensor, sel: 
 }
 
 /** Every segment of `model`'s export against TF.js within 1e-4: the plain runs, each gate, each body at every k. */
-async function segmentParity(model: Network, names: string[]): Promise<void> {
+async function segmentParity(model: Network, names: string[], groups = TEST_GROUPS): Promise<void> {
   const { manifest, files } = exportSegments(model, { threshold: 0.4 });
   assert.deepEqual(manifest.segments.map((s) => `${s.kind}:${s.name}`), names);
   const plan = model.plan(1);
@@ -111,7 +111,7 @@ async function segmentParity(model: Network, names: string[]): Promise<void> {
       const logits = await ortRun(files.get(seg.gate.file)!, { [SEGMENT_IO.x]: feedX }, SEGMENT_IO.logits);
       assert.ok(relErr(z.dataSync(), logits) < 1e-4, `${seg.name} gate`);
       z.dispose();
-      for (let k = 0; k <= TEST_GROUPS; k++) {
+      for (let k = 0; k <= groups; k++) {
         const ref = tf.tidy(() => toNchw(blockAt(block, x, sel, ctx, innerContext(ctx, block, k))));
         const got = await ortRun(files.get(seg.body.file)!, { [SEGMENT_IO.x]: feedX, [SEGMENT_IO.k]: new ort.Tensor('float32', Float32Array.of(k), []) }, SEGMENT_IO.y);
         assert.ok(relErr(ref, got) < 1e-4, `${seg.name} body at k = ${k}`);
@@ -227,6 +227,14 @@ async function registeredParity(model: Network, name: string, segments: string[]
 test('a small resnet38 with acs-gn gates (registered model, 3 stages): the dispatched export gives TF.js\'s routes and scores', async () => {
   const model = dynamicNet(centre, createModel('resnet38', { dynamic: 'acs-gn', widths: [8, 8, 16], blocksPerStage: 1, groups: 4, inputShape: [8, 8, 2], numClasses: 3 }));
   await registeredParity(model, 'resnet38', ['stem.conv..stem.relu', 's0.b0', 's1.b0', 's2.b0', 'gap..classifier'], ['s0.b0', 's1.b0', 's2.b0']);
+});
+
+test('layer skipping (skip on resnet-d, skip-ff on resnet38: one group per block, downsampling blocks plain): every segment within 1e-4 of TF.js at k = 0 (the identity) and 1, and the dispatched export gives TF.js\'s routes and scores', async () => {
+  const resnetD = () => createModel('resnet-d', { dynamic: 'skip', width: 4, blocksPerStage: 1, inputShape: [8, 8, 2], numClasses: 3 });
+  await segmentParity(dynamicNet(centre, resnetD()), ['plain:stem.conv..stem.relu', 'gated:s0.b0', 'plain:s1.down', 'gated:s1.b0', 'plain:s2.down', 'gated:s2.b0', 'plain:gap..classifier'], 1);
+  await registeredParity(dynamicNet(centre, resnetD()), 'resnet-d-skip', ['stem.conv..stem.relu', 's0.b0', 's1.down', 's1.b0', 's2.down', 's2.b0', 'gap..classifier'], ['s0.b0', 's1.b0', 's2.b0']);
+  const resnet38 = createModel('resnet38', { dynamic: 'skip-ff', widths: [4, 8, 8], blocksPerStage: 2, gateWidth: 4, inputShape: [8, 8, 2], numClasses: 3 });
+  await registeredParity(dynamicNet(centre, resnet38), 'resnet38-skip-ff', ['stem.conv..stem.relu', 's0.b0', 's0.b1', 's1.b0', 's1.b1', 's2.b0', 's2.b1', 'gap..classifier'], ['s0.b0', 's0.b1', 's1.b1', 's2.b1']);
 });
 
 test('a small densenet41 with acs-dg gates (registered model, transitions between gated units): the dispatched export gives TF.js\'s routes and scores', async () => {

@@ -81,6 +81,13 @@ export interface Routing {
   spend(macs: ArrayLike<number>): void;
   /** Adds expected MACs per current row as a tensor a loss can differentiate ([rows]); `soft` mode only. */
   expect(macs: tf.Tensor1D): void;
+  /**
+   * Records the share of its `groups` each current row executes at gate `name` (`counts`, with the gradient of
+   * `surrogate` [rows, groups]), for a per-gate rate term; `soft` mode only.
+   */
+  executes(name: string, counts: Int32Array, groups: number, surrogate: tf.Tensor2D): void;
+  /** Records gate `name`'s logits [rows, groups] (the first group's, for fitting gates to a rate); `hard` mode only. */
+  observe(name: string, logits: tf.Tensor2D): void;
   /** Adds an auxiliary loss term (a scalar the training step adds to the task loss). */
   addLoss(name: string, value: tf.Scalar): void;
   /** The current rows' labels, when the pass knows them (a training step): what supervised gates learn from. */

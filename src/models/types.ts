@@ -37,5 +37,7 @@ export interface ModelDef {
    * whose output the gate reads; everything after it is throttleable. Absent: no width switch fits it.
    */
   switchAfter?: string;
+  /** Whether it has residual blocks that keep their shape, which a mechanism that skips blocks can gate (`skip`). */
+  skippable?: boolean;
   layers(args: Required<Pick<ModelArgs, 'inputShape' | 'numClasses' | 'groups' | 'batchNorm'>> & ModelArgs): Layer[];
 }

@@ -51,14 +51,21 @@ models.register('vgg-w', {
 models.register('resnet-d', {
   description: 'ResNet with depth-gated residual blocks (skipped blocks are the identity), 3 stages',
   defaults: { width: 16, blocksPerStage: 2 },
+  dynamic: true,
+  skippable: true,
   layers(a) {
     const w = a.width as number;
     const n = a.blocksPerStage as number;
-    const L = 3 * n + 1;
+    const gate = gatedForm(a);
+    // Dynamic: the depth-gated blocks are gated per sample instead (BatchNorm rows per route, not per depth).
+    const L = gate ? gate.groups + 1 : 3 * n + 1;
     const layers: Layer[] = [...convBnRelu('stem', w, 0, L, true)];
     for (let s = 0; s < 3; s++) {
       if (s > 0) layers.push(new ResidualBlock(`s${s}.down`, { filters: w << s, strides: 2, levels: L }));
-      for (let i = 0; i < n; i++) layers.push(new ResidualBlock(`s${s}.b${i}`, { filters: w << s, gated: true, stage: s, levels: L }));
+      for (let i = 0; i < n; i++) {
+        const name = `s${s}.b${i}`;
+        layers.push(gate ? new GatedResidualBlock(name, { filters: w << s, levels: L, ...gate }) : new ResidualBlock(name, { filters: w << s, gated: true, stage: s, levels: L }));
+      }
     }
     layers.push(new GlobalAvgPool('gap', {}), new Dense('classifier', { units: a.numClasses }));
     return layers;
@@ -130,18 +137,24 @@ models.register('resnet38', {
   defaults: { widths: [16, 32, 64], blocksPerStage: 6 },
   dynamic: true,
   switchAfter: 'stem.relu',
+  skippable: true,
   layers(a) {
     const widths = a.widths as number[];
     const n = a.blocksPerStage as number;
+    const gate = gatedForm(a);
+    const skips = mechanisms.has(String(a.dynamic)) && mechanisms.get(String(a.dynamic)).skipsBlocks === true;
     const D = a.groups;
-    const L = D + 1;
+    // Blocks skipped whole: one group, the rest of the network not throttled (two BatchNorm rows everywhere).
+    const L = skips ? 2 : D + 1;
     const layers: Layer[] = [...convBnRelu('stem', widths[0], 0, L, true)];
-    const dynamic = a.dynamic as string | undefined;
     widths.forEach((w, s) => {
       for (let i = 0; i < n; i++) {
-        const args = { filters: w, strides: s > 0 && i === 0 ? 2 : 1, groups: D, levels: L };
+        const strides = s > 0 && i === 0 ? 2 : 1;
+        const args = { filters: w, strides, groups: skips ? 0 : D, levels: L };
         const name = `s${s}.b${i}`;
-        layers.push(dynamic ? new GatedResidualBlock(name, { ...args, ...gatedArgs(a, dynamic) }) : new ResidualBlock(name, args));
+        // Layer skipping gates only the blocks that keep their shape: downsampling blocks always run (ConvNet-AIG).
+        const gated = gate && !(skips && strides !== 1);
+        layers.push(gated ? new GatedResidualBlock(name, { ...args, ...gate }) : new ResidualBlock(name, args));
       }
     });
     layers.push(new GlobalAvgPool('gap', {}), new Dense('classifier', { units: a.numClasses }));
@@ -151,6 +164,16 @@ models.register('resnet38', {
 
 function widthArgs(a: ModelArgs) {
   return { mechanism: String(a.dynamic), routes: a.widthRoutes as number | undefined, gateWidth: a.gateWidth as number | undefined, gateScale: a.gateScale as number | undefined };
+}
+
+/**
+ * The arguments of a model's gated units, or null for a static model: the mechanism, gate width, scale and
+ * decision form, and the groups its gate decides on (one, the whole block, for a mechanism that skips blocks).
+ */
+function gatedForm(a: ModelArgs) {
+  if (a.dynamic === undefined) return null;
+  const mechanism = String(a.dynamic);
+  return { ...gatedArgs(a, mechanism), groups: mechanisms.get(mechanism).skipsBlocks ? 1 : (a.groups as number) };
 }
 
 /** The arguments a gated unit takes from the model's: its mechanism, gate width and decision form. */
@@ -254,6 +277,10 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
     if (m.widthSwitch && !def.switchAfter) {
       const able = models.list().filter((k) => models.get(k).switchAfter);
       throw new DynnError(`--dynamic ${resolved.dynamic} chooses a width per sample; ${name} is not throttleable after its first stage (expected one of ${able.join(', ')})`);
+    }
+    if (m.skipsBlocks && !def.skippable) {
+      const able = models.list().filter((k) => models.get(k).skippable);
+      throw new DynnError(`--dynamic ${resolved.dynamic} skips residual blocks; ${name} has no blocks to skip (expected one of ${able.join(', ')})`);
     }
     if (!m.widthSwitch && !def.dynamic && !m.wrap) {
       const able = models.list().filter((m) => models.get(m).dynamic);

@@ -49,9 +49,9 @@ test('the report of a dynamic run draws its threshold sweep: accuracy vs FLOPs, 
   const report = await buildReport(runs);
   const s = report.sections.find((x) => x.name === 'dynamic')!;
   assert.ok(s.available);
-  assert.deepEqual(s.charts, ['dynamic-accuracy-flops', 'dynamic-histogram-acs', 'dynamic-skips-acs', 'dynamic-class-flops-acs', 'dynamic-class-accuracy-acs']);
+  assert.deepEqual(s.charts, ['dynamic-accuracy-flops', 'dynamic-histogram-acs', 'dynamic-skips-acs', 'dynamic-class-flops-acs', 'dynamic-class-accuracy-acs', 'dynamic-class-skips-acs']);
   const body = section(report.html, 'dynamic');
-  assert.equal((body.match(/<figure class="chart"[\s\S]*?<path[^>]* d="M/g) ?? []).length, 5, 'every chart draws marks');
+  assert.equal((body.match(/<figure class="chart"[\s\S]*?<path[^>]* d="M/g) ?? []).length, 6, 'every chart draws marks');
   // Reference values: the trained threshold evaluated again, independently of the sweep file.
   const { model } = await loadRun(run);
   const data = await loadDataset('synthetic', { testLimit: 32 });
@@ -75,6 +75,12 @@ test('the report of a dynamic run draws its threshold sweep: accuracy vs FLOPs, 
   for (let c = 0; c < 10; c++) {
     const cell = `<td>pattern ${c}</td><td>${Number.isFinite(e.classFlops[c]) ? e.classFlops[c].toFixed(3) : '-'}</td><td>${Number.isFinite(e.perClassAccuracy[c]) ? (100 * e.perClassAccuracy[c]).toFixed(2) + '%' : '-'}</td>`;
     assert.ok(body.includes(cell), `class ${c}: ${cell}`);
+  }
+  // Which blocks each class skips: one row per class, a cell per gated block, as evaluated again.
+  const grid = body.match(/<caption>[^<]*groups skipped per class and block[\s\S]*?<\/table>/)![0];
+  for (let c = 0; c < 10; c++) {
+    const cells = Object.keys(e.skipRates).map((b) => (Number.isFinite(e.classSkipRates[b][c]) ? `${(100 * e.classSkipRates[b][c]).toFixed(2)}%` : '-'));
+    assert.ok(grid.includes(`<tr><td>pattern ${c}</td>${cells.map((x) => `<td>${x}</td>`).join('')}</tr>`), `class ${c}`);
   }
   assert.match(body, /the backbone&#39;s u-curve is not drawn \(not measured, and sweep\.json holds the gates&#39; threshold sweep\)/);
   assert.match(body, /dynn sweep \S+acs --thresholds 0,1 --json &gt; \S+sweep\.json/);
@@ -111,6 +117,8 @@ test('a corrupt or foreign threshold sweep fails the report with a message namin
     ['bad-field', (s) => void (s.points[1].accuracy = 7), /sweep\.json: not a threshold sweep of a dynamic run .*: points\[1\]\.accuracy: .*remake it with `dynn sweep/],
     ['bad-histogram', (s) => void (s.points[0].histogram = [1, 2]), /points\[0\]\.histogram/],
     ['bad-classes', (s) => void s.points[2].classFlops.pop(), /points\[2\]\.classFlops: 9 classes, expected 10/],
+    ['bad-class-skips', (s) => void s.points[0].classSkipRates['s0.b0'].pop(), /points\[0\]\.classSkipRates\.s0\.b0: 9 classes, expected 10/],
+    ['foreign-block', (s) => void (s.points[0].classSkipRates.nowhere = s.points[0].classSkipRates['s0.b0']), /points\[0\]\.classSkipRates\.nowhere: a block with no skip rate/],
     ['no-points', (s) => void (s.points = []), /points: /],
     ['foreign', (s) => void (s.dynamic = 'acs-dg'), /a threshold sweep of resnet38 with acs-dg gates, but the run is resnet38 with acs-gn gates/],
     ['other data', (s) => void (s.dataset = 'mnist'), /a threshold sweep on mnist \(\d+ classes\), but the run trained on \S+ \(\d+ classes\)/],

@@ -12,7 +12,7 @@ import { commandLine } from './commands.js';
  * One inference threshold of a dynamic run's sweep file, as read: what `routedSweep` writes (numbers stored
  * as null read back as NaN), the per-class accuracy absent in files written before it was recorded.
  */
-export type DynamicPoint = Omit<RoutedPoint, 'perClassAccuracy'> & { perClassAccuracy?: number[] };
+export type DynamicPoint = Omit<RoutedPoint, 'perClassAccuracy' | 'classSkipRates'> & { perClassAccuracy?: number[]; classSkipRates?: Record<string, number[]> };
 
 /** A dynamic run's threshold sweep, validated against the run it lies beside. */
 export interface DynamicSweepData {
@@ -64,6 +64,7 @@ const pointSchema = z.object({
   skipRates: z.record(name, fraction),
   classFlops: z.array(orNaN(nonnegative)).min(1),
   perClassAccuracy: z.array(orNaN(fraction)).optional(),
+  classSkipRates: z.record(name, z.array(orNaN(fraction))).optional(),
   histogram: z.array(z.number().int().nonnegative()).length(10),
   latencyMs: z.object({ batch1: orNaN(nonnegative), batch64: orNaN(nonnegative) }),
   routes: z.record(name, z.array(z.array(orNaN(fraction)).min(1).max(64))).optional(),
@@ -90,6 +91,10 @@ const sweepSchema = z
       for (const [gate, t] of Object.entries(p.routes ?? {})) {
         if (t.length !== classes) issue(['routes', gate], `${t.length} classes, expected ${classes}`);
         if (t.some((r) => r.length !== t[0].length)) issue(['routes', gate], 'every class needs a share of each route');
+      }
+      for (const [block, rates] of Object.entries(p.classSkipRates ?? {})) {
+        if (!(block in p.skipRates)) issue(['classSkipRates', block], 'a block with no skip rate');
+        else if (rates.length !== classes) issue(['classSkipRates', block], `${rates.length} classes, expected ${classes}`);
       }
       const counted = p.histogram.reduce((a, b) => a + b, 0);
       if (counted !== s.testSamples) issue(['histogram'], `counts ${counted} samples, the sweep has ${s.testSamples}`);
@@ -165,6 +170,17 @@ export async function readJsonFile(file: string, what: string): Promise<unknown>
 /** Skip rate per gated block at a point, in the network's order. */
 export function blockSkips(p: DynamicPoint): { block: string; skipped: number }[] {
   return Object.entries(p.skipRates).map(([block, skipped]) => ({ block, skipped }));
+}
+
+/**
+ * Which blocks each class skips at a point: per class, the share of each gated block's groups its samples
+ * skipped (for a mechanism that skips whole blocks, how often the class skips the block), or null when the
+ * file predates it.
+ */
+export function classSkips(s: DynamicSweepData, p: DynamicPoint): { blocks: string[]; classes: { name: string; skipped: number[] }[] } | null {
+  if (!p.classSkipRates) return null;
+  const blocks = Object.keys(p.skipRates).filter((b) => p.classSkipRates![b]);
+  return { blocks, classes: s.classNames.map((name, c) => ({ name, skipped: blocks.map((b) => p.classSkipRates![b][c]) })) };
 }
 
 /** Compute and accuracy per class at a point (accuracy NaN when the file does not record it). */

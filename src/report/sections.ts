@@ -3,7 +3,7 @@ import { Registry } from '../util/registry.js';
 import { paretoFront, type Candidate } from '../control/select.js';
 import { si } from '../util/format.js';
 import { barChart, fixed, lineChart, percent, quantitative, round, type Row } from './charts.js';
-import { blockSkips, classCompute, classRoutes, HISTOGRAM_BINS, type DynamicSweepData } from './dynamic.js';
+import { blockSkips, classCompute, classRoutes, classSkips, HISTOGRAM_BINS, type DynamicSweepData } from './dynamic.js';
 import { CHART_SIZE } from './vega.js';
 import { RUN_FILES } from './sources.js';
 import type { Availability, Chart, ControllerEvalData, ReportSection, RunData, SectionContent, SweepData } from './types.js';
@@ -413,6 +413,25 @@ registerSection({
       if (classes.some((c) => Number.isFinite(c.accuracy))) {
         content.charts.push({ id: `dynamic-class-accuracy-${r.name}`, title: `${r.name}: accuracy per class`, spec: barChart(`${r.name}: accuracy per class (${at})`, classes.map((c) => ({ class: c.name, accuracy: round(c.accuracy) })), { field: 'class', title: 'class', sort: d.classNames }, { field: 'accuracy', title: 'class accuracy', as: 'percent', domain: [0, 1] }) });
       } else content.notes.push(`${r.name}: its threshold sweep predates per-class accuracy; remake it to draw it: \`${d.command}\`.`);
+      // Which blocks each class skips: the routes per class, as a class x block grid.
+      const perClass = classSkips(d, d.trained);
+      if (perClass) {
+        const cells: Row[] = perClass.classes.flatMap((c) => perClass.blocks.map((b, j) => ({ class: c.name, block: b, skipped: round(c.skipped[j]) })));
+        const spec = {
+          title: `${r.name}: groups skipped per class and block (${at})`,
+          ...CHART_SIZE,
+          data: { values: cells },
+          mark: 'rect',
+          encoding: {
+            x: { field: 'block', type: 'nominal', title: 'gated block', sort: perClass.blocks },
+            y: { field: 'class', type: 'nominal', title: 'class', sort: d.classNames },
+            color: { field: 'skipped', type: 'quantitative', title: 'skipped', scale: { domain: [0, 1] }, legend: { format: '.0%' } },
+            tooltip: [{ field: 'class' }, { field: 'block' }, { field: 'skipped', type: 'quantitative', format: '.1%' }],
+          },
+        } as TopLevelSpec;
+        content.charts.push({ id: `dynamic-class-skips-${r.name}`, title: `${r.name}: skips per class`, spec });
+        content.tables.push({ caption: `${r.name}: groups skipped per class and block (${at})`, head: ['class', ...perClass.blocks], rows: perClass.classes.map((c) => [c.name, ...c.skipped.map((s) => percent(s))]) });
+      } else content.notes.push(`${r.name}: its threshold sweep predates per-class skip rates; remake it to draw which blocks each class skips: \`${d.command}\`.`);
       content.tables.push(
         { caption: `${r.name}: samples per executed FLOPs ratio (${at})`, head: ['FLOPs ratio', 'samples', 'share'], rows: hist.map((h) => [String(h.bin), Number(h.samples), percent(Number(h.share))]) },
         { caption: `${r.name}: groups skipped per gated block`, head: ['block', ...d.points.map((p) => `threshold ${p.threshold}`)], rows: skips.map((s) => [s.block, ...d.points.map((p) => percent(p.skipRates[s.block] ?? NaN))]) },

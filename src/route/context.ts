@@ -3,6 +3,7 @@ import { DynnError } from '../util/errors.js';
 import { hashUniform } from '../util/rng.js';
 import { seedFor } from '../layers/layer.js';
 import type { GateEstimator, GateMode, Routing } from '../layers/types.js';
+import { onesWithGradient } from './gates.js';
 import { checkGateEstimator, checkGateThreshold, GATE_MODES } from './modes.js';
 
 /** The efficiency term a training pass adds: `weight * (mean executed FLOPs ratio - target)^2`. */
@@ -11,6 +12,12 @@ export interface EfficiencyTarget {
   target: number;
   /** Weight of the squared deviation (it is scale-free: the ratio lies in [0, 1]). */
   weight: number;
+}
+
+/** The mean over gates of the share of its groups a gate executed, from `skipRates` (for gates that skip whole blocks: of blocks executed). */
+export function executionRate(skipRates: Record<string, number>): number {
+  const rates = Object.values(skipRates);
+  return rates.length ? 1 - rates.reduce((a, r) => a + r, 0) / rates.length : NaN;
 }
 
 /** Settings of one forward pass's routing. */
@@ -39,6 +46,10 @@ interface Records {
   full: Map<string, number>;
   executed: Float64Array;
   expected: { rows: Int32Array; macs: tf.Tensor1D }[];
+  /** Per gate (soft mode): each part's executed share of the gate's groups per row, with a gradient. */
+  rates: Map<string, tf.Tensor1D[]>;
+  /** Per gate (hard mode): the logits of its first group, in input order (what `fitGateRates` ranks). */
+  logits: Map<string, Float32Array>;
   losses: { name: string; value: tf.Scalar }[];
   labels?: Int32Array;
 }
@@ -72,7 +83,7 @@ export class RoutingState implements Routing {
     const rows = Int32Array.from({ length: count }, (_, i) => i);
     if (options.labels && options.labels.length !== count) throw new DynnError(`${options.labels.length} labels for a batch of ${count}`);
     const labels = options.labels ? Int32Array.from(options.labels) : undefined;
-    const records: Records = { seed: options.seed ?? 0, offset: options.offset ?? 0, decisions: new Map(), full: new Map(), executed: new Float64Array(count), expected: [], losses: [], labels };
+    const records: Records = { seed: options.seed ?? 0, offset: options.offset ?? 0, decisions: new Map(), full: new Map(), executed: new Float64Array(count), expected: [], rates: new Map(), logits: new Map(), losses: [], labels };
     return new RoutingState(mode, rows, threshold, estimator, records);
   }
 
@@ -109,6 +120,37 @@ export class RoutingState implements Routing {
     this.records.expected.push({ rows: this.rows, macs });
   }
 
+  /**
+   * Records, in `soft` mode, the share of its `groups` each row executes at gate `name`: `counts / groups` in
+   * value with the gradient of the mean of `surrogate` ([rows, groups], straight-through), for a rate term
+   * (`addRateLoss`).
+   */
+  executes(name: string, counts: Int32Array, groups: number, surrogate: tf.Tensor2D): void {
+    if (this.mode !== 'soft') return;
+    const hard = tf.tensor1d(Float32Array.from(counts, (k) => k / groups));
+    const share = tf.add(hard, tf.sub(onesWithGradient(tf.mean(surrogate, 1)), 1)) as tf.Tensor1D;
+    const parts = this.records.rates.get(name);
+    if (parts) parts.push(share);
+    else this.records.rates.set(name, [share]);
+  }
+
+  /** Records, in `hard` mode, the logit of gate `name`'s first group for each row (`logits` [rows, G]). */
+  observe(name: string, logits: tf.Tensor2D): void {
+    if (this.mode !== 'hard') return;
+    const [n, G] = logits.shape;
+    if (n !== this.rows.length) throw new DynnError(`gate ${name}: ${n} rows of logits for ${this.rows.length} rows`);
+    const z = logits.dataSync();
+    const firstLogits = Float32Array.from({ length: n }, (_, i) => z[i * G]);
+    let all = this.records.logits.get(name);
+    if (!all) this.records.logits.set(name, (all = new Float32Array(this.records.executed.length).fill(NaN)));
+    this.rows.forEach((r, j) => (all![r] = firstLogits[j]));
+  }
+
+  /** Per gate (hard mode): its first group's logit per sample (NaN where a sample never reached it). */
+  get gateLogits(): ReadonlyMap<string, Float32Array> {
+    return this.records.logits;
+  }
+
   addLoss(name: string, value: tf.Scalar): void {
     this.records.losses.push({ name, value });
   }
@@ -123,13 +165,33 @@ export class RoutingState implements Routing {
     return this.records.full;
   }
 
+  /**
+   * Adds ConvNet-AIG's target loss: `weight * mean over gates of (r_l - target)^2`, r_l the share of gate l's
+   * groups the batch executed (for a gate that skips whole blocks, its execution rate). Only in `soft` mode
+   * and when some gate recorded its rates. Returns the mean rate over gates (or NaN).
+   */
+  addRateLoss(target: EfficiencyTarget): number {
+    if (this.mode !== 'soft' || this.records.rates.size === 0) return NaN;
+    const rates = [...this.records.rates.values()].map((parts) => tf.mean(parts.length === 1 ? parts[0] : tf.concat(parts)) as tf.Scalar);
+    const deviation = tf.mean(tf.square(tf.sub(tf.stack(rates), target.target))) as tf.Scalar;
+    this.addLoss('efficiency', tf.mul(target.weight, deviation) as tf.Scalar);
+    return rates.reduce((a, r) => a + r.dataSync()[0], 0) / rates.length;
+  }
+
+  /** Per gate: the share of its groups each sample skipped (NaN where a sample never reached it). */
+  skipShares(): Map<string, Float64Array> {
+    return new Map([...this.records.decisions].map(([name, routes]) => {
+      const full = this.records.full.get(name)!;
+      return [name, Float64Array.from(routes, (r) => (r >= 0 ? 1 - r / full : NaN))];
+    }));
+  }
+
   /** Per gate: the mean share of its groups the samples that reached it skipped. */
   skipRates(): Record<string, number> {
     const out: Record<string, number> = {};
-    for (const [name, routes] of this.records.decisions) {
-      const full = this.records.full.get(name)!;
-      const reached = routes.filter((r) => r >= 0);
-      out[name] = reached.reduce((a, r) => a + 1 - r / full, 0) / Math.max(1, reached.length);
+    for (const [name, shares] of this.skipShares()) {
+      const reached = shares.filter((s) => !Number.isNaN(s));
+      out[name] = reached.reduce((a, s) => a + s, 0) / Math.max(1, reached.length);
     }
     return out;
   }

@@ -22,7 +22,7 @@ export function gatedTestNet(mechanism = 'acs-gn', gateWidth = 4, decisions?: st
     new GlobalAvgPool('gap', {}),
     new Dense('classifier', { units: 3 }),
   ];
-  return new Network({ model: 'test', args: {} }, [8, 8, 2], layers, 0);
+  return new Network({ model: 'test', args: { dynamic: mechanism } }, [8, 8, 2], layers, 0);
 }
 
 /** The dense counterpart of `gatedTestNet`: a stem and two gated dense units (growth 4, bottleneck 8), BN-ReLU-GAP-classifier. */
@@ -35,7 +35,7 @@ export function gatedDenseTestNet(mechanism = 'acs-gn', gateWidth = 4, decisions
     new GatedDenseUnit('u2', gate),
     new DenseHead('final', { units: 3, levels: L }),
   ];
-  return new Network({ model: 'test', args: {} }, [8, 8, 2], layers, 0);
+  return new Network({ model: 'test', args: { dynamic: mechanism } }, [8, 8, 2], layers, 0);
 }
 
 /** A deterministic batch of `n` inputs and labels for the test networks, as a training step takes them. */

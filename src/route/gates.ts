@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
-import { Composite, Conv2D, DGConv2D, Dense, GlobalAvgPool, ReLU, SqueezeExcite, fullSel, layerClasses } from '../layers/index.js';
+import { Composite, Conv2D, DGConv2D, Dense, GlobalAvgPool, MaxPool, ReLU, SqueezeExcite, fullSel, layerClasses } from '../layers/index.js';
 import type { ChannelSel, Layer, LayerCost, Routing, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
 import { nestedCounts } from './count.js';
@@ -37,12 +37,18 @@ export abstract class LogitGate extends Composite<GateNetArgs> {
   /** The layers before the pooling, named `<name>.*`; `width` has been checked to be a positive integer. */
   protected abstract features(width: number): Layer[];
 
+  /** Layers between the pooling and the output layer (none by default). */
+  protected pooled(_width: number): Layer[] {
+    return [];
+  }
+
   protected doBuild(inShape: Shape): Shape {
     const { width, outputs, openLogit = 5, logitScale = 1 } = this.args;
     if (!Number.isInteger(width) || width < 1) throw new DynnError(`${this.name}: gate width must be a positive integer, got ${width}`);
     this.layers = [
       ...this.features(width),
       new GlobalAvgPool(`${this.name}.gap`, {}),
+      ...this.pooled(width),
       new Dense(`${this.name}.fc`, { units: outputs, init: 'zeros', biasInit: openLogit / logitScale }),
     ];
     return this.buildChain(this.layers, inShape);
@@ -112,8 +118,46 @@ export class DGGateNet extends LogitGate {
   }
 }
 
+/**
+ * ConvNet-AIG's gate: global average pooling of the block's input, a small dense layer with ReLU, and the
+ * logit (ConvNet-AIG puts a BatchNorm after the first dense layer; its bias stands in for it here, as in
+ * every dynn gate, whose statistics would otherwise follow the routes).
+ */
+export class PooledGate extends LogitGate {
+  readonly className = 'PooledGate';
+
+  protected features(): Layer[] {
+    return [];
+  }
+
+  protected override pooled(width: number): Layer[] {
+    return [new Dense(`${this.name}.hidden`, { units: width }), new ReLU(`${this.name}.relu`, {})];
+  }
+}
+
+/**
+ * SkipNet's feed-forward gate FFGate-I: 2x2 max pooling, a 3x3 convolution, a 3x3 convolution with stride
+ * 2 (ReLU after each), global average pooling and the logit (SkipNet's BatchNorms replaced by biases).
+ */
+export class SkipGate extends LogitGate {
+  readonly className = 'SkipGate';
+
+  protected features(width: number): Layer[] {
+    const n = this.name;
+    return [
+      new MaxPool(`${n}.pool`, {}),
+      new Conv2D(`${n}.conv1`, { filters: width, kernelSize: 3, useBias: true }),
+      new ReLU(`${n}.relu1`, {}),
+      new Conv2D(`${n}.conv2`, { filters: width, kernelSize: 3, strides: 2, useBias: true }),
+      new ReLU(`${n}.relu2`, {}),
+    ];
+  }
+}
+
 layerClasses.register('GateNet', GateNet);
 layerClasses.register('DGGateNet', DGGateNet);
+layerClasses.register('PooledGate', PooledGate);
+layerClasses.register('SkipGate', SkipGate);
 
 /** A gate's decisions for the rows it saw: how many leading groups each sample runs. */
 export interface NestedDecision {

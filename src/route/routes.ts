@@ -19,6 +19,8 @@ export function decideRoutes(name: string, logits: tf.Tensor2D, routing: Routing
   const d = nestedDecision(name, logits, routing);
   routing.decide(name, d.counts, K - 1);
   routing.spend(Array.from(d.counts, (k) => costs[k]));
+  routing.executes(name, d.counts, K - 1, d.surrogate);
+  routing.observe(name, logits);
   if (routing.mode === 'soft') {
     // E[cost] = c_0 + sum_g q_g (c_g - c_{g-1}): q_g is the probability of taking route g or a later one.
     const steps = Float32Array.from({ length: K - 1 }, (_, g) => costs[g + 1] - costs[g]);

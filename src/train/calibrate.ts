@@ -8,6 +8,8 @@ import type { ImageSet } from '../data/types.js';
 import { toFloat } from '../data/imageset.js';
 import { Rng } from '../util/rng.js';
 import { RoutingState } from '../route/context.js';
+import { gateName } from '../route/mechanisms.js';
+import { DynnError } from '../util/errors.js';
 
 /** Every BatchNorm layer of a network, by name. */
 export function batchNorms(model: Network): Map<string, BatchNorm> {
@@ -109,4 +111,124 @@ export function calibrateBatchNorm(model: Network, data: ImageSet, options: Cali
     }
   }
   return acc.commit(layers);
+}
+
+/** Options of `fitGateRates`. */
+export interface FitRateOptions {
+  /** The share of samples each gate should run its first group for (a rate target, in (0, 1]). */
+  target: number;
+  /** Training samples the rates are measured on (default 2048). */
+  samples?: number;
+  batchSize?: number;
+  /** The gates' inference threshold (default 0.5). */
+  threshold?: number;
+  /**
+   * Most fits (default 8): a gate's inputs move when the gates before it are refitted, so the fit repeats
+   * until every gate is within `tolerance` of the target (default 0.01) on the samples.
+   */
+  rounds?: number;
+  tolerance?: number;
+  /**
+   * Called after each refit, before the rates are measured again: the per-route BatchNorm statistics follow
+   * the routes (`calibrateBatchNorm` with the threshold), and they move the gates' inputs in turn.
+   */
+  recalibrate?: () => void;
+  /**
+   * Fit the rate of sampled decisions instead (the mean probability sigmoid(z) over the samples; one pass):
+   * where step 2 starts, so that training's gates execute the target share from the first step.
+   */
+  sampled?: boolean;
+}
+
+/**
+ * Fits every gate of a dynamic network to a rate target with deterministic decisions: on `samples`
+ * training images at `threshold`, each gate's output bias is shifted so that the share `target` of the
+ * samples (those with the highest logits) runs its first group, until all are within tolerance; for a gate of one group (a block skipped
+ * whole) that is its execution rate. Training's decisions are sampled, and a gate whose probabilities sit
+ * near the threshold executes a different share deterministically (0.72 against 0.63 in the public
+ * ConvNet-AIG code): the fit makes the target hold at inference. Returns each gate's rate after the fit.
+ */
+export function fitGateRates(model: Network, data: ImageSet, options: FitRateOptions): Record<string, number> {
+  const threshold = options.threshold ?? 0.5;
+  const samples = Math.min(options.samples ?? 2048, data.count);
+  const batch = options.batchSize ?? model.batchFor(256);
+  const cut = Math.log(threshold) - Math.log1p(-threshold);
+  const per = model.inputShape.reduce((a, b) => a * b, 1);
+  const buf = new Float32Array(batch * per);
+  const plan = model.plan(1);
+  const gates = layersByName(model);
+  const biases = new Map(model.weights().map((w) => [w.name, w.variable]));
+  const pass = () => {
+    const logits = new Map<string, Float32Array>();
+    for (let start = 0; start < samples; start += batch) {
+      const n = Math.min(batch, samples - start);
+      const x = toFloat(data, start, n, buf);
+      const routing = RoutingState.start('hard', n, { threshold });
+      tf.tidy(() => {
+        model.forward(tf.tensor(x, [n, ...model.inputShape]), plan, { routing });
+      });
+      for (const [gate, z] of routing.gateLogits) {
+        if (!logits.has(gate)) logits.set(gate, new Float32Array(samples));
+        logits.get(gate)!.set(z, start);
+      }
+    }
+    return logits;
+  };
+  const rateOf = (z: Float32Array) => {
+    const reached = z.filter((v) => !Number.isNaN(v));
+    return reached.reduce((a, v) => a + (v > cut ? 1 : 0), 0) / Math.max(1, reached.length);
+  };
+  const tolerance = Math.max(options.tolerance ?? 0.01, 0.5 / samples);
+  let logits = pass();
+  const shift = (unit: string, delta: number) => {
+    const gate = gates.get(gateName(unit));
+    const bias = biases.get(`${gateName(unit)}.fc.bias`);
+    if (!gate || !bias) throw new DynnError(`${unit}: no gate output bias to fit`);
+    const scale = (gate.args as { logitScale?: number }).logitScale ?? 1;
+    tf.tidy(() => bias.assign(tf.add(bias, delta / scale)));
+  };
+  if (options.sampled) {
+    const sigmoid = (v: number) => 1 / (1 + Math.exp(-v));
+    const rates: Record<string, number> = {};
+    for (const [unit, z] of logits) {
+      const reached = z.filter((v) => !Number.isNaN(v));
+      const mean = (d: number) => reached.reduce((a, v) => a + sigmoid(v + d), 0) / Math.max(1, reached.length);
+      // The mean probability rises with the shift: bisection.
+      let [lo, hi] = [-50, 50];
+      for (let i = 0; i < 60; i++) {
+        const mid = (lo + hi) / 2;
+        if (mean(mid) < options.target) lo = mid;
+        else hi = mid;
+      }
+      shift(unit, (lo + hi) / 2);
+      rates[unit] = mean((lo + hi) / 2);
+    }
+    return rates;
+  }
+  for (let round = 0; round < (options.rounds ?? 8); round++) {
+    if ([...logits.values()].every((z) => Math.abs(rateOf(z) - options.target) <= tolerance)) break;
+    for (const [unit, z] of logits) {
+      const sorted = Float64Array.from(z.filter((v) => !Number.isNaN(v))).sort().reverse();
+      const m = Math.round(options.target * sorted.length);
+      // Between the m-th and the (m+1)-th highest logit: exactly m samples pass.
+      const at = m === 0 ? sorted[0] + 1 : m === sorted.length ? sorted[m - 1] - 1 : (sorted[m - 1] + sorted[m]) / 2;
+      shift(unit, cut - at);
+    }
+    options.recalibrate?.();
+    logits = pass();
+  }
+  return Object.fromEntries([...logits].map(([unit, z]) => [unit, rateOf(z)]));
+}
+
+/** Every layer of a network by name, nested ones included. */
+function layersByName(model: Network): Map<string, Layer> {
+  const found = new Map<string, Layer>();
+  const walk = (layers: Layer[]) => {
+    for (const l of layers) {
+      found.set(l.name, l);
+      walk(l.children());
+    }
+  };
+  walk(model.layers);
+  return found;
 }

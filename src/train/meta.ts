@@ -21,7 +21,15 @@ export interface EpochRecord {
   /** Early-exit models: test accuracy of each exit on its own at u = 1. */
   exitAccuracy?: number[];
   /** Dynamic models: test accuracy and mean executed FLOPs ratio with the gates deciding at `threshold`. */
-  gated?: { threshold: number; accuracy: number; flopsRatio: number };
+  gated?: {
+    threshold: number;
+    accuracy: number;
+    flopsRatio: number;
+    /** The mean share of each gate's groups executed at `threshold` (for `skip`, of blocks executed). */
+    executionRate?: number;
+    /** The same share under training's sampled decisions, over the epoch's steps. */
+    trainExecutionRate?: number;
+  };
 }
 
 /** What a run's checkpoint records besides the weights. */
@@ -56,7 +64,7 @@ const epochRecordSchema = z.looseObject({
   lr: z.number().nonnegative(),
   testAccuracy: z.record(z.string(), fraction),
   exitAccuracy: z.array(fraction).optional(),
-  gated: z.object({ threshold: fraction, accuracy: fraction, flopsRatio: z.number().nonnegative() }).optional(),
+  gated: z.object({ threshold: fraction, accuracy: fraction, flopsRatio: z.number().nonnegative(), executionRate: fraction.optional(), trainExecutionRate: fraction.optional() }).optional(),
 });
 
 /** The recorded training options; every field optional, as runs of older versions may lack some. */
@@ -88,6 +96,7 @@ const trainOptionsSchema = z.looseObject({
   evalUs: z.array(z.number().gt(0).max(1)),
   calibrationSamples: count,
   flopsTarget: z.number().gt(0).max(1),
+  skipTarget: z.number().gt(0).max(1),
   efficiencyWeight: z.number().nonnegative(),
   pretrainEpochs: count,
   gateThreshold: fraction,

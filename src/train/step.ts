@@ -6,8 +6,8 @@ import { exitCount, forwardExits } from '../models/exits.js';
 import { distillationLoss, softTargetKl, type DistillSettings } from '../scaling/distill.js';
 import { DynnError } from '../util/errors.js';
 import { floatView } from '../engine/backend.js';
-import { RoutingState, type EfficiencyTarget } from '../route/context.js';
-import { isGateWeight } from '../route/mechanisms.js';
+import { RoutingState, executionRate as routedExecutionRate, type EfficiencyTarget } from '../route/context.js';
+import { isGateWeight, mechanisms } from '../route/mechanisms.js';
 import type { GateEstimator, GateMode } from '../layers/types.js';
 
 /** Loss and accuracy of one gradient computation. */
@@ -16,6 +16,8 @@ export interface StepResult {
   loss: number;
   /** A dynamic network's mean executed FLOPs over its backbone's, gates included (of the first plan). */
   flopsRatio?: number;
+  /** A dynamic network's mean share of each gate's groups executed, over gates (of the first plan). */
+  executionRate?: number;
   /** Correct top-1 predictions (of the first plan's last exit). */
   correct: number;
   /** Samples in the batch. */
@@ -167,6 +169,7 @@ export function gradientStep(
   let widest: tf.Tensor2D | null = null;
   let lossValue = 0;
   let flopsRatio: number | undefined;
+  let executionRate: number | undefined;
   try {
     plans.forEach((plan, i) => {
       const hard = (logits: tf.Tensor2D): tf.Scalar =>
@@ -191,8 +194,12 @@ export function gradientStep(
           const task = exits === 1 ? term(final) : (outs.map((o, k) => tf.mul(exitWeights[k], term(o))).reduce((a, b) => tf.add(a, b)) as tf.Scalar);
           if (!routing) return task;
           const { fixed, backbone } = model.routedMacs(plan);
-          if (stepRouting?.efficiency) routing.addEfficiencyLoss(fixed, backbone, stepRouting.efficiency);
-          if (i === 0 && routing.mode !== 'full') flopsRatio = (fixed + mean(routing.executedMacs)) / backbone;
+          // The mechanism's own efficiency term (ACS: FLOPs; skip: a rate per gate), from its registry entry.
+          if (stepRouting?.efficiency) mechanisms.get(String(model.config.args.dynamic)).efficiency.add(routing, { fixed, backbone }, stepRouting.efficiency);
+          if (i === 0 && routing.mode !== 'full') {
+            flopsRatio = (fixed + mean(routing.executedMacs)) / backbone;
+            executionRate = routedExecutionRate(routing.skipRates());
+          }
           return routing.losses.reduce((a, l) => tf.add(a, l.value), task) as tf.Scalar;
         }, variables),
       );
@@ -213,7 +220,7 @@ export function gradientStep(
     const pred = (predicted as unknown as tf.Tensor).dataSync();
     let correct = 0;
     for (let i = 0; i < count; i++) if (pred[i] === labels[i]) correct++;
-    return { loss: lossValue, correct, count, flopsRatio };
+    return { loss: lossValue, correct, count, flopsRatio, executionRate };
   } finally {
     const held: (tf.Tensor | null)[] = [xs, ys, teacherLogits, predicted, widest];
     tf.dispose(held.filter((t): t is tf.Tensor => t !== null));

@@ -9,10 +9,11 @@ import type { Network } from '../models/network.js';
 import { loadCheckpoint } from '../checkpoint/checkpoint.js';
 import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
-import { calibrateBatchNorm } from './calibrate.js';
+import { calibrateBatchNorm, fitGateRates } from './calibrate.js';
 import { checkEfficiency, isGateWeight, mechanisms } from '../route/mechanisms.js';
 import { checkGateEstimator } from '../route/modes.js';
 import { evaluateRouted } from '../eval/routed.js';
+import { executionRate } from '../route/context.js';
 import { evaluate } from '../eval/evaluate.js';
 import { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor.js';
 import { checkOptimizer, Optimizer, type OptimizerName } from './optimizer.js';
@@ -115,6 +116,12 @@ export interface TrainOptions {
    * (DS-Net's target; default the mechanism's, 0.5). The same quantity as `flopsTarget`, named for the mechanism.
    */
   widthTarget?: number;
+  /**
+   * Dynamic models that skip whole blocks (`skip`, `skip-ff`): the mean fraction of gated blocks each
+   * sample executes, per block (ConvNet-AIG's target rate; default the mechanism's, 0.6). It holds with
+   * deterministic gates: after each epoch every gate is fitted to it on training samples.
+   */
+  skipTarget?: number;
   /** Dynamic models: weight of the efficiency term `(ratio - target)^2` (default: the mechanism's). */
   efficiencyWeight?: number;
   /**
@@ -124,7 +131,7 @@ export interface TrainOptions {
   pretrainEpochs?: number;
   /** Dynamic models: the inference threshold of the gates for evaluation and calibration (default 0.5). */
   gateThreshold?: number;
-  /** Dynamic models: how the gates' binary decisions get gradients, `sigmoid` or `gumbel` (default 'sigmoid'). */
+  /** Dynamic models: how the gates' binary decisions get gradients, `sigmoid` or `gumbel` (default: the mechanism's, else 'sigmoid'). */
   gateEstimator?: GateEstimator;
   /** Called after every step. */
   onStep?: (p: StepProgress) => void;
@@ -144,6 +151,8 @@ export interface StepProgress {
   u: number;
   /** Dynamic models: the step's mean executed FLOPs ratio (gates included); absent in step 1 of two-step training. */
   flopsRatio?: number;
+  /** Dynamic models: the step's mean share of each gate's groups executed (for `skip`, of blocks executed). */
+  executionRate?: number;
 }
 
 /** The outcome of `train`: the network (caller disposes it), the data set and the run's metadata. */
@@ -155,14 +164,14 @@ export interface TrainResult {
   epochsTrained: number;
 }
 
-type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'init' | 'exitWeights' | 'flopsTarget' | 'widthTarget' | 'efficiencyWeight';
+type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'init' | 'exitWeights' | 'flopsTarget' | 'widthTarget' | 'skipTarget' | 'efficiencyWeight' | 'gateEstimator';
 type Resolved = Required<Omit<TrainOptions, Optional | 'onStep' | 'onEpoch' | 'modelArgs' | 'force'>> & Pick<TrainOptions, Optional>;
 
 /** Options that define what a run trains; `--resume` restores them from the run and refuses a contradicting one. */
 const RUN_OPTIONS = [
   'model', 'dataset', 'trainLimit', 'testLimit', 'validationSamples', 'fullWidth', 'batchSize', 'optimizer', 'lr', 'lrSchedule',
   'schedule', 'sandwichWidths', 'inplaceDistill', 'inplaceAlpha', 'teacher', 'init', 'distillAlpha', 'distillT', 'exitWeights', 'gating',
-  'seed', 'evalUs', 'calibrationSamples', 'flopsTarget', 'widthTarget', 'efficiencyWeight', 'pretrainEpochs', 'gateThreshold', 'gateEstimator',
+  'seed', 'evalUs', 'calibrationSamples', 'flopsTarget', 'widthTarget', 'skipTarget', 'efficiencyWeight', 'pretrainEpochs', 'gateThreshold', 'gateEstimator',
 ] as const satisfies readonly (keyof TrainOptions)[];
 /** Run options that are recorded only when set: absent from the record means unset, not an older default. */
 const UNSET_WHEN_ABSENT = new Set<string>(['trainLimit', 'testLimit', 'teacher', 'init', 'exitWeights']);
@@ -262,10 +271,11 @@ function resolveOptions(o: TrainOptions): Resolved {
     exitWeights: o.exitWeights,
     flopsTarget: o.flopsTarget,
     widthTarget: o.widthTarget,
+    skipTarget: o.skipTarget,
     efficiencyWeight: o.efficiencyWeight,
     pretrainEpochs: o.pretrainEpochs ?? 0,
     gateThreshold: o.gateThreshold ?? 0.5,
-    gateEstimator: o.gateEstimator ?? 'sigmoid',
+    gateEstimator: o.gateEstimator,
   };
   checkOptimizer(r.optimizer);
   checkLrSchedule(r.lrSchedule);
@@ -289,8 +299,9 @@ function resolveOptions(o: TrainOptions): Resolved {
   if (!Number.isInteger(r.pretrainEpochs) || r.pretrainEpochs < 0) throw new DynnError(`pretrainEpochs must be a non-negative integer, got ${r.pretrainEpochs}`);
   if (!(r.gateThreshold >= 0 && r.gateThreshold <= 1)) throw new DynnError(`gateThreshold must be in [0, 1], got ${r.gateThreshold}`);
   checkEfficiency(r.flopsTarget ?? 0.5, r.efficiencyWeight ?? 0);
-  if (r.widthTarget !== undefined && !(r.widthTarget > 0 && r.widthTarget <= 1)) throw new DynnError(`the width target (--width-target) must be in (0, 1], got ${r.widthTarget}`);
-  checkGateEstimator(r.gateEstimator);
+  checkEfficiency(r.widthTarget ?? 0.5, 0, 'the width target (--width-target)');
+  checkEfficiency(r.skipTarget ?? 0.5, 0, 'the skip target (--skip-target)');
+  if (r.gateEstimator !== undefined) checkGateEstimator(r.gateEstimator);
   if (r.exitWeights && !r.exitWeights.every((w) => w >= 0 && Number.isFinite(w))) {
     throw new DynnError(`exitWeights must be non-negative numbers, got ${JSON.stringify(r.exitWeights)}`);
   }
@@ -361,9 +372,10 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   const dynamicOptions = [
     ...(o.flopsTarget !== undefined ? ['flopsTarget'] : []),
     ...(o.widthTarget !== undefined ? ['widthTarget'] : []),
+    ...(o.skipTarget !== undefined ? ['skipTarget'] : []),
     ...(o.efficiencyWeight !== undefined ? ['efficiencyWeight'] : []),
     ...(o.pretrainEpochs > 0 ? ['pretrainEpochs'] : []),
-    ...(o.gateEstimator !== 'sigmoid' ? ['gateEstimator'] : []),
+    ...((o.gateEstimator ?? 'sigmoid') !== 'sigmoid' ? ['gateEstimator'] : []),
   ];
   if (!gated && dynamicOptions.length) {
     model.dispose();
@@ -373,16 +385,18 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   // A switch's routes (DS-Net's supernet, a multi-branch network's branches, the resolutions) train first like
   // any slimmable network (--pretrain-epochs, any u schedule), then the gate alone, the routes frozen.
   const frozenRoutes = mechanism?.frozenRoutes === true;
-  const widthSwitch = mechanism?.widthSwitch === true;
   if (gated && ((o.schedule === 'sandwich' && !frozenRoutes) || exits > 1)) {
     model.dispose();
     throw new DynnError(`a dynamic model trains at u = 1 with its gates deciding; ${o.schedule === 'sandwich' ? 'the sandwich schedule' : 'early exits'} cannot be combined with it`);
   }
-  if (gated && o.widthTarget !== undefined && !widthSwitch) {
+  // Each mechanism's target has its own option; the other one's would silently do nothing.
+  const other = mechanism && (['flopsTarget', 'widthTarget', 'skipTarget'] as const).find((k) => k !== mechanism.efficiency.option && o[k] !== undefined);
+  if (mechanism && other) {
     model.dispose();
-    throw new DynnError(`--width-target needs --dynamic width; --dynamic ${String(model.config.args.dynamic)} takes --flops-target`);
+    throw new DynnError(`${optionFlag(other)} does not apply to --dynamic ${String(model.config.args.dynamic)}, whose target is ${mechanism.efficiency.flag} (${mechanism.efficiency.what})`);
   }
-  const efficiency = mechanism ? { target: o.widthTarget ?? o.flopsTarget ?? mechanism.defaults.flopsTarget, weight: o.efficiencyWeight ?? mechanism.defaults.efficiencyWeight } : undefined;
+  const efficiency = mechanism ? { target: o[mechanism.efficiency.option] ?? mechanism.defaults.target, weight: o.efficiencyWeight ?? mechanism.defaults.efficiencyWeight } : undefined;
+  const estimator = o.gateEstimator ?? mechanism?.defaults.estimator ?? 'sigmoid';
   if (o.init && !run) {
     try {
       await initFrom(o.init, model);
@@ -435,7 +449,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     trainSamples: trainPart.count,
     validationSamples: o.validationSamples,
     testSamples: dataset.test.count,
-    options: { ...o, lr, workers: executor?.threads ?? 0, engine },
+    options: { ...o, lr, workers: executor?.threads ?? 0, engine, ...(gated ? { gateEstimator: estimator } : {}) },
     seed: o.seed,
     epoch: history.length,
     history,
@@ -456,6 +470,12 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     const stepsPerEpoch = Math.ceil(n / o.batchSize);
     const totalSteps = stepsPerEpoch * o.epochs;
     for (let epoch = startEpoch; epoch < o.epochs; epoch++) {
+      // Step 2 of a rate target starts with every gate's sampled decisions at the target (gates start open
+      // otherwise, and Adam moves a logit too slowly for a short fine-tuning to reach it).
+      if (mechanism?.efficiency.fitsGates && efficiency && epoch === o.pretrainEpochs) {
+        fitGateRates(model, trainPart, { target: efficiency.target, samples: o.calibrationSamples, threshold: o.gateThreshold, sampled: true });
+        executor.reload();
+      }
       const order = new Rng(streamSeed(o.seed, 1, epoch)).permutation(n);
       const uRng = new Rng(streamSeed(o.seed, 2, epoch));
       const gateRng = new Rng(streamSeed(o.seed, 3, epoch));
@@ -463,6 +483,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       let lossSum = 0;
       let correct = 0;
       let seen = 0;
+      let rateSum = 0;
+      let rated = 0;
       for (let step = 0; step < stepsPerEpoch; step++) {
         const progress = (epoch * stepsPerEpoch + step) / totalSteps;
         const sandwich = o.schedule === 'sandwich';
@@ -478,7 +500,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         if (frozenRoutes && !pretraining && epoch === o.pretrainEpochs && step === 0) optimizer.dispose();
         const sandwichStep = () => ({ plans: sandwichPlans(model, { n: o.sandwichWidths, rng: uRng, gating: o.gating, gateRng }), inplaceDistill: o.inplaceDistill, inplaceAlpha: o.inplaceAlpha });
         const work: Plan | StepSpec = gated && !supernet
-          ? { plans: [model.plan(u)], routing: { mode: pretraining ? 'full' : 'soft', seed: streamSeed(o.seed, 4, epoch) + step, efficiency, estimator: o.gateEstimator }, gatesOnly: frozenRoutes }
+          ? { plans: [model.plan(u)], routing: { mode: pretraining ? 'full' : 'soft', seed: streamSeed(o.seed, 4, epoch) + step, efficiency, estimator }, gatesOnly: frozenRoutes }
           : sandwich
             ? sandwichStep()
             : model.plan(u, { gating: o.gating, rng: gateRng });
@@ -488,6 +510,10 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         lossSum += r.loss * r.count;
         correct += r.correct;
         seen += r.count;
+        if (r.executionRate !== undefined) {
+          rateSum += r.executionRate * r.count;
+          rated += r.count;
+        }
         options.onStep?.({
           epoch,
           epochs: o.epochs,
@@ -498,6 +524,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
           samplesPerSec: seen / ((performance.now() - t0) / 1000),
           u,
           flopsRatio: r.flopsRatio,
+          executionRate: r.executionRate,
         });
       }
       const trainSeconds = (performance.now() - t0) / 1000;
@@ -505,6 +532,13 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       // Then each gated block's rows from the samples that take each route (statistics per route).
       // Not for frozen routes: the gate learned on their statistics over every sample, which a subset would shift.
       if (gated && !frozenRoutes) calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
+      // A rate target must hold with deterministic gates, not only sampled ones: fit the gates to it, the
+      // per-route statistics following the routes.
+      if (mechanism?.efficiency.fitsGates && efficiency && epoch >= o.pretrainEpochs) {
+        const recalibrate = () => calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
+        fitGateRates(model, trainPart, { target: efficiency.target, samples: o.calibrationSamples, threshold: o.gateThreshold, recalibrate });
+        executor.reload();
+      }
       const test: Record<string, number> = {};
       for (const u of o.evalUs) test[String(u)] = evaluate(model, dataset.test, u, { gating: o.gating, seed: o.seed }).accuracy;
       const routed = gated ? evaluateRouted(model, dataset.test, { threshold: o.gateThreshold }) : null;
@@ -518,7 +552,17 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         lr: optimizer.learningRate,
         testAccuracy: test,
         ...(exits > 1 ? { exitAccuracy: exitAccuracy(model, dataset.test) } : {}),
-        ...(routed ? { gated: { threshold: routed.threshold, accuracy: routed.accuracy, flopsRatio: routed.flopsRatio } } : {}),
+        ...(routed
+          ? {
+              gated: {
+                threshold: routed.threshold,
+                accuracy: routed.accuracy,
+                flopsRatio: routed.flopsRatio,
+                executionRate: executionRate(routed.skipRates),
+                ...(rated ? { trainExecutionRate: rateSum / rated } : {}),
+              },
+            }
+          : {}),
       };
       history.push(record);
       if (o.out) await saveRun(o.out, model, meta(), optimizer);
