@@ -11,7 +11,7 @@ export { levelTable, fixedCurve, scoreSet, type LevelTable } from './table.js';
 export { FixedController } from './fixed.js';
 export { ResourceController } from './resource.js';
 export { CascadeController, cascadeFromTable, CASCADE_DEFAULTS } from './cascade.js';
-export { OracleController, oracleFromTable, type OracleSummary } from './oracle.js';
+export { OracleController, oracleFromTable, oracleCurve, type OracleSummary } from './oracle.js';
 export { runStages, type StageTest } from './staged.js';
 export { Policy, measurePolicyLatency, type PolicyArgs } from './policy.js';
 export { staticPlan } from '../models/network.js';
@@ -22,6 +22,6 @@ export { loadLatencyTable, parseLatencyTable, latencyOf, latencyAtBatch, type La
 export { measureLatencyTable } from './measure-latency.js';
 export { saveController, loadController, saveGates, loadGates, runRef, networkFingerprint, type RunRef } from './store.js';
 export { runController, evaluateController, reportRun, type ControlledRun, type ControllerReport } from './evaluate.js';
-export { interpolateAccuracy, type CurvePoint } from './curve.js';
+export { interpolateAccuracy, againstCurve, describeGap, type CurvePoint, type CurveGap } from './curve.js';
 export { candidatesFromTable, CASCADE_THRESHOLDS, type CandidateOptions } from './candidates.js';
 export { selectOperatingPoint, paretoFront, costOf, type Candidate, type Objective, type Selection, type CostUnit } from './select.js';
