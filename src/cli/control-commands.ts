@@ -60,12 +60,12 @@ export const controlCommands: CommandModule = (cli: CAC, io: Io) => {
     .option('--epochs <n>', 'passes over the samples [default: 10]')
     .option('--batch-size <n>', 'samples per update [default: 128]')
     .option('--lr <x>', 'learning rate [default: 1e-3]')
-    .option('--epsilon <x>', 'final exploration rate (decays from 1 over the first half) [default: 0.1]')
-    .option('--gamma1 <x>', 'reward: gamma1 of the wrong-answer penalty -(c+gamma1)(u+gamma2) [default: 0.5]')
+    .option('--epsilon <x>', 'bandit feedback: final exploration rate (decays from 1 over the first half) [default: 0.1]')
+    .option('--gamma1 <x>', 'reward: gamma1 of the wrong-answer penalty -(c+gamma1)(u+gamma2) [default: 4; the paper: 0.5]')
     .option('--gamma2 <x>', 'reward: gamma2 [default: 1.5]')
     .option('--cost <name>', 'reward cost: macs (measured MACs ratio) or u [default: macs]')
-    .option('--feedback <name>', 'bandit (one epsilon-greedy action per image, the paper) or full (every action’s reward) [default: bandit]')
-    .option('--objective <name>', 'policy-gradient (-r log pi, the paper) or reward (regress the rewards; act by argmax) [default: policy-gradient; reward with full feedback]')
+    .option('--feedback <name>', 'full (every action’s reward, known from the frozen network) or bandit (one epsilon-greedy action per image, the paper) [default: full; bandit with --objective policy-gradient]')
+    .option('--objective <name>', 'reward (regress each action’s reward; act by argmax) or policy-gradient (-r log pi, the paper; bandit feedback) [default: reward]')
     .option('--train-samples <n>', 'training samples the bandit learns from [default: 20000]')
     .option('--seed <n>', 'seed [default: 0]')
     .option('--no-eval', 'skip the evaluation on the run’s validation split')
@@ -316,7 +316,7 @@ async function controllerTrain(run: string, o: Opts, io: Io): Promise<void> {
     }
     await c.saveController(String(o.out), policy, c.runRef(model, run), {
       actions,
-      options: { ...options, trainSamples: data.count },
+      options: { ...c.resolveBanditOptions(options), trainSamples: data.count },
       history,
       policyMacs: policy.macs,
       fullMacs: runner.fullMacs,

@@ -15,7 +15,7 @@ export { OracleController, oracleFromTable, oracleCurve, type OracleSummary } fr
 export { runStages, type StageTest } from './staged.js';
 export { Policy, measurePolicyLatency, type PolicyArgs } from './policy.js';
 export { staticPlan } from '../models/network.js';
-export { BanditController, trainBandit, reward, policyProbabilities, greedyActions, BANDIT_COSTS, BANDIT_FEEDBACKS, BANDIT_OBJECTIVES, type BanditCost, type BanditFeedback, type BanditObjective, type BanditOptions, type BanditEpoch } from './bandit.js';
+export { BanditController, trainBandit, reward, policyProbabilities, greedyActions, BANDIT_COSTS, BANDIT_FEEDBACKS, BANDIT_OBJECTIVES, BANDIT_DEFAULTS, resolveBanditOptions, type BanditCost, type BanditFeedback, type BanditObjective, type BanditOptions, type BanditEpoch } from './bandit.js';
 export { GateSet, gatedBlocks, planFromGroups, complexity, calibratedSubnet, gatedRunner, type GateArgs, type GatedBlock } from './gates.js';
 export { trainGates, maskedForward, complexityPenalty, GATE_METHODS, GATE_PENALTIES, type GateMethod, type GatePenalty, type GateTrainOptions, type GateStep } from './gate-training.js';
 export { loadLatencyTable, parseLatencyTable, latencyOf, latencyAtBatch, type LatencyTable } from './latency-table.js';
