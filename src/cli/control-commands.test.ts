@@ -48,8 +48,16 @@ test('controller train, eval --json (the issue’s format), select both problems
   assert.deepEqual([saved.meta.options.feedback, saved.meta.options.gamma1], ['full', 4]);
 
   const e = (await ok(['eval', runA, '--controller', ctrl, '--test-limit', '120', '--json'])).json();
-  assert.deepEqual(Object.keys(e).sort(), ['accuracy', 'fixed', 'meanFlopsRatio', 'meanU', 'oracle', 'uHistogram']);
-  assert.deepEqual(Object.keys(e.oracle).sort(), ['accuracy', 'meanFlopsRatio', 'meanU']);
+  assert.deepEqual(Object.keys(e).sort(), ['accuracy', 'againstCurve', 'controller', 'dataset', 'fixed', 'meanFlopsRatio', 'meanU', 'oracle', 'samples', 'split', 'uHistogram', 'verdict']);
+  assert.deepEqual([e.controller, e.dataset, e.split, e.samples], ['bandit', 'synthetic', 'test', 120]);
+  assert.deepEqual(Object.keys(e.oracle).sort(), ['accuracy', 'curve', 'meanFlopsRatio', 'meanU']);
+  // Where it sits against the fixed-u curve at its own FLOPs ratio, computed here from the curve it printed.
+  const pts = [...e.fixed].sort((a: { flopsRatio: number }, b: { flopsRatio: number }) => a.flopsRatio - b.flopsRatio);
+  const j = pts.findIndex((p: { flopsRatio: number }) => p.flopsRatio >= e.meanFlopsRatio);
+  const there = pts[j - 1].accuracy + ((pts[j].accuracy - pts[j - 1].accuracy) * (e.meanFlopsRatio - pts[j - 1].flopsRatio)) / (pts[j].flopsRatio - pts[j - 1].flopsRatio);
+  assert.ok(Math.abs(e.againstCurve.curveAccuracy - there) < 1e-9);
+  assert.equal(e.againstCurve.below, e.accuracy < there - 1e-9);
+  assert.match(e.verdict, e.againstCurve.below ? /^BELOW the fixed-u curve: the bandit controller is [\d.]+ points less accurate/ : /^the bandit controller is [\d.]+ points above the fixed-u curve/);
   assert.equal(Object.values(e.uHistogram as Record<string, number>).reduce((a, b) => a + b, 0), 120);
   assert.deepEqual(e.fixed.map((f: { u: number }) => f.u), [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1]);
   assert.equal(e.fixed[9].flopsRatio, 1);
@@ -79,7 +87,7 @@ test('controller train, eval --json (the issue’s format), select both problems
 
   const human = await ok(['eval', runA, '--controller', 'cascade', '--stages', '0.25,1', '--threshold', '0.8', '--test-limit', '120']);
   assert.match(human.out, /cascade controller, mlp-w on synthetic test \(120 samples\)/);
-  assert.match(human.out, /fixed-u curve at the same FLOPs/);
+  assert.match(human.out, /(BELOW the fixed-u curve: the controller is [\d.]+ points less accurate than the fixed-u curve|the controller is [\d.]+ points above the fixed-u curve) at FLOPs ratio/);
   const fixed = (await ok(['eval', runA, '--controller', 'fixed', '--u', '0.5', '--test-limit', '120', '--json'])).json();
   assert.deepEqual(fixed.uHistogram, { '0.5': 120 });
 

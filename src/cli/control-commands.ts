@@ -60,12 +60,12 @@ export const controlCommands: CommandModule = (cli: CAC, io: Io) => {
     .option('--epochs <n>', 'passes over the samples [default: 10]')
     .option('--batch-size <n>', 'samples per update [default: 128]')
     .option('--lr <x>', 'learning rate [default: 1e-3]')
-    .option('--epsilon <x>', 'final exploration rate (decays from 1 over the first half) [default: 0.1]')
-    .option('--gamma1 <x>', 'reward: gamma1 of the wrong-answer penalty -(c+gamma1)(u+gamma2) [default: 0.5]')
+    .option('--epsilon <x>', 'bandit feedback: final exploration rate (decays from 1 over the first half) [default: 0.1]')
+    .option('--gamma1 <x>', 'reward: gamma1 of the wrong-answer penalty -(c+gamma1)(u+gamma2) [default: 4; the paper: 0.5]')
     .option('--gamma2 <x>', 'reward: gamma2 [default: 1.5]')
     .option('--cost <name>', 'reward cost: macs (measured MACs ratio) or u [default: macs]')
-    .option('--feedback <name>', 'bandit (one epsilon-greedy action per image, the paper) or full (every action’s reward) [default: bandit]')
-    .option('--objective <name>', 'policy-gradient (-r log pi, the paper) or reward (regress the rewards; act by argmax) [default: policy-gradient; reward with full feedback]')
+    .option('--feedback <name>', 'full (every action’s reward, known from the frozen network) or bandit (one epsilon-greedy action per image, the paper) [default: full; bandit with --objective policy-gradient]')
+    .option('--objective <name>', 'reward (regress each action’s reward; act by argmax) or policy-gradient (-r log pi, the paper; bandit feedback) [default: reward]')
     .option('--train-samples <n>', 'training samples the bandit learns from [default: 20000]')
     .option('--seed <n>', 'seed [default: 0]')
     .option('--no-eval', 'skip the evaluation on the run’s validation split')
@@ -308,16 +308,15 @@ async function controllerTrain(run: string, o: Opts, io: Io): Promise<void> {
       onEpoch: (r) =>
         say(io, o, `epoch ${r.epoch}: reward ${r.meanReward.toFixed(3)}, eps ${r.epsilon.toFixed(2)}, greedy: accuracy ${pct(r.accuracy)}, mean u ${r.meanU.toFixed(3)}, FLOPs ratio ${r.meanFlopsRatio.toFixed(3)}\n`),
     });
-    let validation: (ControllerReport & { fixedAtSameFlops: number }) | undefined;
+    let validation: ControllerReport | undefined;
     if (o.eval !== false && (opened.meta.validationSamples ?? 0) > 0) {
       say(io, o, 'evaluating on the validation split\n');
       const val = await evalSplit(opened, 'val');
-      const report = c.evaluateController(new c.BanditController(policy), runner, val, { curve: actions });
-      validation = { ...report, fixedAtSameFlops: c.interpolateAccuracy(report.fixed, report.meanFlopsRatio) };
+      validation = c.evaluateController(new c.BanditController(policy), runner, val, { curve: actions });
     }
     await c.saveController(String(o.out), policy, c.runRef(model, run), {
       actions,
-      options: { ...options, trainSamples: data.count },
+      options: { ...c.resolveBanditOptions(options), trainSamples: data.count },
       history,
       policyMacs: policy.macs,
       fullMacs: runner.fullMacs,
@@ -326,7 +325,7 @@ async function controllerTrain(run: string, o: Opts, io: Io): Promise<void> {
     if (o.json) io.out(JSON.stringify({ out: o.out, actions, history, validation }, null, 2) + '\n');
     else {
       io.out(`saved ${o.out} (bandit controller over ${actions.length} actions; its own cost ${((100 * policy.macs) / runner.fullMacs).toFixed(2)}% of the full network)\n`);
-      if (validation) io.out(reportText(validation, 'validation split'));
+      if (validation) io.out(await reportText(validation, 'validation split'));
     }
   } finally {
     runner.dispose();
@@ -335,10 +334,11 @@ async function controllerTrain(run: string, o: Opts, io: Io): Promise<void> {
   }
 }
 
-function reportText(r: ControllerReport & { fixedAtSameFlops?: number }, what: string): string {
+async function reportText(r: ControllerReport, what: string): Promise<string> {
+  const { describeGap } = await import('../control/index.js');
   const lines = [
     `controller on the ${what}: accuracy ${pct(r.accuracy)}, mean u ${r.meanU.toFixed(3)}, mean FLOPs ratio ${r.meanFlopsRatio.toFixed(3)} (its own cost included)`,
-    ...(r.fixedAtSameFlops !== undefined ? [`fixed-u curve at the same FLOPs: ${pct(r.fixedAtSameFlops)}`] : []),
+    describeGap('the controller', r.againstCurve, r.meanFlopsRatio),
     `oracle: accuracy ${pct(r.oracle.accuracy)}, mean u ${r.oracle.meanU.toFixed(3)}, mean FLOPs ratio ${r.oracle.meanFlopsRatio.toFixed(3)}`,
     `u histogram: ${Object.entries(r.uHistogram).map(([u, n]) => `${u}: ${n}`).join(', ')}`,
   ];
@@ -379,11 +379,13 @@ async function evalCommand(run: string, o: Opts, io: Io): Promise<void> {
     const set = await evalSplit(opened, split);
     const report = c.evaluateController(controller, runner, set, { curve: curve ?? policy?.actions, batchSize, context });
     controller.dispose();
-    if (o.json) io.out(JSON.stringify(report, null, 2) + '\n');
-    else
+    if (o.json) {
+      const verdict = c.describeGap(`the ${controller.name} controller`, report.againstCurve, report.meanFlopsRatio);
+      io.out(JSON.stringify({ controller: controller.name, dataset: opened.dataset, split, samples: set.count, verdict, ...report }, null, 2) + '\n');
+    } else
       io.out(
         `${controller.name} controller, ${model.config.model} on ${opened.dataset} ${split} (${set.count} samples)\n` +
-          reportText({ ...report, fixedAtSameFlops: c.interpolateAccuracy(report.fixed, report.meanFlopsRatio) }, `${split} split`),
+          (await reportText(report, `${split} split`)),
       );
   } finally {
     runner.dispose();

@@ -148,7 +148,7 @@ export async function exitSweepCommand(run: string, o: Opts, io: Io): Promise<vo
         if (!o.json) io.err(`threshold ${thresholdText(p.threshold)}: ${pct(p.accuracy)}, FLOPs ratio ${p.flopsRatio.toFixed(3)}\n`);
       },
     });
-    if (o.json) io.out(JSON.stringify({ model: model.config.model, dataset, ...s }, null, 2) + '\n');
+    if (o.json) io.out(JSON.stringify({ model: model.config.model, dataset, testSamples: data.test.count, ...s }, null, 2) + '\n');
     else io.out(`${model.config.model} on ${dataset} (${data.test.count} test samples), rule ${rule}, u = ${u}\n` + exitSweepTable(s));
   } finally {
     model.dispose();

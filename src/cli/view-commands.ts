@@ -34,6 +34,44 @@ export async function reportCommand(runs: string[], o: Opts, io: Io, argv: strin
   else io.out(report.sections.map((s) => `  ${sectionLine(s)}\n`).join('') + `wrote ${o.out}\n`);
 }
 
+/** `dynn compare RUN... [--json] [--out FILE]`: every run's operating points read from the files beside it. */
+export async function compareCommand(runs: string[], o: Opts, io: Io, argv: string[]): Promise<void> {
+  if (!runs.length) throw new DynnError('compare needs one or more run directories');
+  const { gatherRuns, buildReport } = await import('../report/index.js');
+  const { compareRuns, ratioTableRows, RATIO_TABLE_HEAD } = await import('../report/compare.js');
+  const { table, pct } = await import('./io.js');
+  const ratios = uListOption(o.at, 'at');
+  if (o.out !== undefined && (typeof o.out !== 'string' || !o.out)) throw new DynnError('--out needs a file name (the HTML page to write)');
+  const gathered = await gatherRuns(runs, { sweep: false });
+  const c = compareRuns(gathered, ratios);
+  if (typeof o.out === 'string') {
+    const { commandLine } = await import('../report/commands.js');
+    const { writeFileAtomic } = await import('../util/fs.js');
+    const page = await buildReport(gathered, { sections: ['compare'], title: `dynn compare: ${gathered.map((r) => r.name).join(', ')}`, command: commandLine(['dynn', ...argv]) });
+    await writeFileAtomic(o.out, page.html);
+  }
+  if (o.json) {
+    io.out(JSON.stringify(c, null, 2) + '\n');
+    return;
+  }
+  const lines = [`${c.series.length} series on ${c.dataset}${c.testSamples ? ` (${c.testSamples} test samples)` : ''}; FLOPs over each run's full network`];
+  lines.push(
+    table(
+      ['run', 'mechanism', 'points', 'accuracy range', 'FLOPs ratio range'],
+      c.series.map((s) => {
+        const acc = s.points.map((p) => p.accuracy);
+        const fr = s.points.map((p) => p.flopsRatio);
+        return [s.run, s.mechanism, s.points.length, `${pct(Math.min(...acc))} - ${pct(Math.max(...acc))}`, `${Math.min(...fr).toFixed(3)} - ${Math.max(...fr).toFixed(3)}`];
+      }),
+    ).trimEnd(),
+  );
+  lines.push(`which mechanism wins at ${c.ratios.map((r) => `${Math.round(100 * r)}%`).join(', ')} of the full FLOPs (interpolated):`);
+  lines.push(table(RATIO_TABLE_HEAD, ratioTableRows(c)).trimEnd());
+  lines.push(...c.findings, ...c.notes.map((n) => `note: ${n}`));
+  if (typeof o.out === 'string') lines.push(`wrote ${o.out}`);
+  io.out(lines.join('\n') + '\n');
+}
+
 /** `dynn dashboard --runs DIR [--port N]`: serves until interrupted. */
 export async function dashboardCommand(o: Opts, io: Io): Promise<void> {
   const http = httpOptions(o);
@@ -57,8 +95,16 @@ export async function dashboardCommand(o: Opts, io: Io): Promise<void> {
   });
 }
 
-/** The viewing commands: report, dashboard. */
+/** The viewing commands: report, compare, dashboard. */
 export const viewCommands: CommandModule = (cli, io) => {
+  cli
+    .command('compare [...runs]', 'every run’s operating points on one test set: u curve, per-sample mechanisms, exits, controllers, oracle; which wins at 30/50/70% FLOPs')
+    .option('--at <list>', 'FLOPs ratios of the table [default: 0.3,0.5,0.7]')
+    .option('--out <file>', 'also write the charts as an HTML page')
+    .option('--json', 'machine-readable output on stdout')
+    .example('dynn compare runs/fm-vgg runs/fm-r38-acs runs/fm-exits')
+    .action(async (runs: string[], o: Opts) => compareCommand(runs, o, io, ['compare', ...runs, ...(o.at !== undefined ? ['--at', String(o.at)] : []), ...(typeof o.out === 'string' ? ['--out', o.out] : [])]));
+
   cli
     .command('report [...runs]', 'one self-contained HTML report of runs: accuracy vs u and FLOPs, latency, per-class, controllers, gates, exits, training')
     .option('--out <file>', 'the HTML file to write (required; written atomically)')
@@ -69,7 +115,7 @@ export const viewCommands: CommandModule = (cli, io) => {
     .option('--no-sweep', 'never run a sweep: use RUN/sweep.json where present, say "missing" elsewhere')
     .option('--save-sweep', 'save each sweep the report runs as RUN/sweep.json (the next report reads it)')
     .option('--no-latency', 'sweeps the report runs skip the latency measurement')
-    .option('--sections <list>', 'only these sections: training, accuracy-u, accuracy-flops, latency-u, u-distribution, per-class, dynamic, gates, exits')
+    .option('--sections <list>', 'only these sections: training, accuracy-u, accuracy-flops, latency-u, u-distribution, per-class, dynamic, gates, exits, compare')
     .option('--title <text>', 'page title')
     .option('--engine <name>', 'auto, tensorflow, wasm or cpu')
     .option('--json', 'print what each section drew (or why not) as JSON')

@@ -8,7 +8,9 @@ import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import { makeSynthetic } from '../data/synthetic.js';
 import { Policy } from './policy.js';
-import { BanditController, greedyActions, policyProbabilities, reward, trainBandit } from './bandit.js';
+import { BANDIT_DEFAULTS, BanditController, greedyActions, policyProbabilities, resolveBanditOptions, reward, trainBandit } from './bandit.js';
+import { againstCurve } from './curve.js';
+import { fixedCurve } from './table.js';
 import { MixedRunner } from './runner.js';
 import { evaluateController } from './evaluate.js';
 import { createController } from './registry.js';
@@ -33,11 +35,12 @@ test('reward (DTNN Eq. 14): exp(1-u)(1-u) when right, -(c+gamma1)(u+gamma2) when
 });
 
 /**
- * Classes 0-4 are answered right at every level, classes 5-9 only at u = 1. The best policy is known:
- * u = 0.25 for the first (reward 1.59 against 0.82 and 0), u = 1 for the others (0 against -1.9 and -2.2).
+ * Classes 0-4 (or `easyClasses`) are answered right at every level, the others only at u = 1. The best policy
+ * is known: u = 0.25 for the first (reward 1.59 against 0.82 and 0), u = 1 for the others (0 against -1.9 and
+ * -2.2 at gamma1 0.5; larger gamma1 only widens the gap).
  */
-function handMadeTable(set: ReturnType<typeof makeSynthetic>, us: number[]): LevelTable {
-  const easy = (i: number) => set.labels[i] < 5;
+function handMadeTable(set: ReturnType<typeof makeSynthetic>, us: number[], easyClasses = 5): LevelTable {
+  const easy = (i: number) => set.labels[i] < easyClasses;
   return {
     us,
     count: set.count,
@@ -67,7 +70,7 @@ test('a reward model, from every action\'s reward or from the taken one\'s, lear
     const policy = new Policy({ inputShape: [28, 28, 1], actions: us, seed: 1 });
     const before = tf.memory().numTensors;
     const epochs = feedback === 'full' ? 8 : 12;
-    const history = trainBandit(policy, set, table, { epochs, batchSize: 40, lr: 3e-3, cost: 'u', seed: 3, feedback, objective: 'reward' });
+    const history = trainBandit(policy, set, table, { epochs, batchSize: 40, lr: 3e-3, cost: 'u', seed: 3, feedback, objective: 'reward', gamma1: 0.5 });
     assert.equal(tf.memory().numTensors, before, 'training leaks nothing');
     if (feedback === 'full') assert.ok(history.every((h) => h.epsilon === 0), 'no exploration with full feedback');
     assert.ok(history[epochs - 1].meanReward > history[0].meanReward, `${feedback}: the reward rises`);
@@ -81,13 +84,44 @@ test('a reward model, from every action\'s reward or from the taken one\'s, lear
   policy.dispose();
 });
 
+test('the defaults (a reward model from every action\'s reward, gamma1 4) sit above the fixed-u curve where the cheapest action is right for most inputs', () => {
+  assert.deepEqual(
+    [BANDIT_DEFAULTS.objective, BANDIT_DEFAULTS.feedback, BANDIT_DEFAULTS.gamma1],
+    ['reward', 'full', 4],
+  );
+  // Asking for the paper's loss alone gets the paper's feedback, not an error.
+  assert.equal(resolveBanditOptions({ objective: 'policy-gradient' }).feedback, 'bandit');
+  assert.equal(resolveBanditOptions({ gamma1: undefined }).gamma1, 4);
+  // 80% of inputs are right at the cheapest action, the rest only at u = 1: the case where the paper's loss
+  // settled on the cheapest action for every input and sat below the curve by its own cost.
+  const us = [0.25, 0.5, 1];
+  const set = makeSynthetic({ count: 400, seed: 2 });
+  const policy = new Policy({ inputShape: [28, 28, 1], actions: us, seed: 1 });
+  trainBandit(policy, set, handMadeTable(set, us, 8), { epochs: 8, batchSize: 40, lr: 3e-3 });
+  const test = makeSynthetic({ count: 200, seed: 9 });
+  const table = handMadeTable(test, us, 8);
+  const chosen = greedyActions(policyProbabilities(policy, test), 3);
+  let right = 0;
+  let macs = 0;
+  for (let i = 0; i < test.count; i++) {
+    right += table.correct[chosen[i]][i];
+    // The table's MACs are made up (1, 2, 4): the policy's own cost is not on that scale and is left out here.
+    macs += table.macs[chosen[i]];
+  }
+  const gap = againstCurve(fixedCurve(table), { accuracy: right / test.count, flopsRatio: macs / test.count / table.fullMacs });
+  assert.equal(gap.below, false);
+  assert.ok(gap.gap! > 0.05, `above the curve: ${gap.gap}`);
+  policy.dispose();
+});
+
 test('the bandit learns which inputs need a high u (hand-made answers), and its cost counts its own network', () => {
   const set = makeSynthetic({ count: 400, seed: 2 });
   const us = [0.25, 0.5, 1];
   const table = handMadeTable(set, us);
   const policy = new Policy({ inputShape: [28, 28, 1], actions: us, seed: 1 });
   const before = tf.memory().numTensors;
-  const history = trainBandit(policy, set, table, { epochs: 12, batchSize: 40, lr: 3e-3, cost: 'u', seed: 3 });
+  // The paper's setting (policy gradient from one action's reward, gamma1 0.5) on the table documented above.
+  const history = trainBandit(policy, set, table, { epochs: 12, batchSize: 40, lr: 3e-3, cost: 'u', seed: 3, objective: 'policy-gradient', gamma1: 0.5 });
   assert.equal(tf.memory().numTensors, before, 'training leaks nothing');
   assert.equal(history.length, 12);
   assert.ok(history[11].meanReward > history[0].meanReward, 'the reward rises');

@@ -35,7 +35,7 @@ export type BanditObjective = 'policy-gradient' | 'reward';
 
 export const BANDIT_OBJECTIVES: readonly BanditObjective[] = ['policy-gradient', 'reward'];
 
-/** Options of contextual-bandit training (DTNN Algorithm 1); unset fields take the defaults shown. */
+/** Options of contextual-bandit training (DTNN Algorithm 1); unset fields take `BANDIT_DEFAULTS`. */
 export interface BanditOptions {
   /** Passes over the sample set (default 10). */
   epochs?: number;
@@ -43,9 +43,9 @@ export interface BanditOptions {
   batchSize?: number;
   /** Adam learning rate (default 1e-3). */
   lr?: number;
-  /** Final exploration rate: epsilon decays linearly from 1 to this over the first half of training (default 0.1). */
+  /** Final exploration rate of bandit feedback: epsilon decays linearly from 1 to this over the first half of training (default 0.1). */
   epsilon?: number;
-  /** gamma1 of the wrong-answer penalty -(c + gamma1)(u + gamma2) (default 0.5). */
+  /** gamma1 of the wrong-answer penalty -(c + gamma1)(u + gamma2) (default GAMMA1_DEFAULT; the paper's 0.5). */
   gamma1?: number;
   /** gamma2 of the wrong-answer penalty (default 1.5). */
   gamma2?: number;
@@ -57,14 +57,46 @@ export interface BanditOptions {
    * (pi(a) -> 0 sends it to -infinity), and the policy collapses onto one action for every input.
    */
   importanceWeights?: boolean;
-  /** One sampled action's reward per image (default, the paper's) or every action's. */
+  /** Every action's reward (default) or one sampled action's reward per image (the paper's; the default with objective policy-gradient). */
   feedback?: BanditFeedback;
-  /** The paper's policy gradient (default with bandit feedback) or a reward model (default, and the only choice, with full feedback). */
+  /** A reward model (default) or the paper's policy gradient (bandit feedback only). */
   objective?: BanditObjective;
   /** Seed of sample order and exploration (default 0). */
   seed?: number;
   /** Called after every epoch. */
   onEpoch?: (r: BanditEpoch) => void;
+}
+
+/** The default gamma1 (see `BANDIT_DEFAULTS`). */
+export const GAMMA1_DEFAULT = 4;
+
+/**
+ * What `trainBandit` uses for unset options. The paper's setting (policy gradient, bandit feedback, gamma1
+ * 0.5) learned to send every input to the cheapest action on Fashion-MNIST and sat below the fixed-u curve
+ * by its own cost; a reward model with every action's reward and a wrong answer weighted by gamma1 = 4
+ * escalates the inputs it expects to get wrong and sits above it (README, "Adaptive control";
+ * bench/controller-defaults.ts).
+ */
+export const BANDIT_DEFAULTS = {
+  epochs: 10,
+  batchSize: 128,
+  lr: 1e-3,
+  epsilon: 0.1,
+  gamma1: GAMMA1_DEFAULT,
+  gamma2: 1.5,
+  cost: 'macs' as BanditCost,
+  importanceWeights: true,
+  feedback: 'full' as BanditFeedback,
+  objective: 'reward' as BanditObjective,
+  seed: 0,
+};
+
+/** Every option of `trainBandit` with its default filled in (what a controller checkpoint records). */
+export function resolveBanditOptions(options: BanditOptions = {}): Omit<Required<BanditOptions>, 'onEpoch'> {
+  const set = Object.fromEntries(Object.entries(options).filter(([k, v]) => v !== undefined && k !== 'onEpoch'));
+  // The policy gradient learns from the one action taken: asking for it without a feedback means the paper's.
+  const feedback = options.feedback ?? (options.objective === 'policy-gradient' ? 'bandit' : BANDIT_DEFAULTS.feedback);
+  return { ...BANDIT_DEFAULTS, ...set, feedback };
 }
 
 /** One epoch of bandit training, measured on the greedy actions it took. */
@@ -105,15 +137,7 @@ function argmaxRow(values: Float32Array, row: number, k: number, allowed?: Uint8
  * `feedback: 'full'` learns from every action's reward (see `BanditObjective`, `BanditFeedback`).
  */
 export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, options: BanditOptions = {}): BanditEpoch[] {
-  const epochs = options.epochs ?? 10;
-  const batch = options.batchSize ?? 128;
-  const finalEps = options.epsilon ?? 0.1;
-  const g1 = options.gamma1 ?? 0.5;
-  const g2 = options.gamma2 ?? 1.5;
-  const costKind = options.cost ?? 'macs';
-  const weighted = options.importanceWeights ?? true;
-  const feedback = options.feedback ?? 'bandit';
-  const objective = options.objective ?? (feedback === 'full' ? 'reward' : 'policy-gradient');
+  const { epochs, batchSize: batch, epsilon: finalEps, gamma1: g1, gamma2: g2, cost: costKind, importanceWeights: weighted, feedback, objective, lr, seed } = resolveBanditOptions(options);
   if (!Number.isInteger(epochs) || epochs < 1) throw new DynnError(`epochs must be a positive integer, got ${epochs}`);
   if (!Number.isInteger(batch) || batch < 1) throw new DynnError(`batch size must be a positive integer, got ${batch}`);
   if (!(finalEps >= 0 && finalEps <= 1)) throw new DynnError(`epsilon must be in [0, 1], got ${finalEps}`);
@@ -126,8 +150,8 @@ export function trainBandit(policy: Policy, set: ImageSet, table: LevelTable, op
   const K = policy.actions.length;
   const costs = table.us.map((u, k) => (costKind === 'u' ? u : table.macs[k] / table.fullMacs));
   const ownRatio = policy.macs / table.fullMacs;
-  const rng = new Rng(options.seed ?? 0);
-  const opt = tf.train.adam(options.lr ?? 1e-3);
+  const rng = new Rng(seed);
+  const opt = tf.train.adam(lr);
   const vars = policy.net.trainableWeights().map((w) => w.variable);
   const per = set.height * set.width * set.channels;
   const buf = new Float32Array(batch * per);

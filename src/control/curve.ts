@@ -22,3 +22,32 @@ export function interpolateAccuracy(curve: CurvePoint[], flopsRatio: number): nu
   }
   return pts[pts.length - 1].accuracy;
 }
+
+/** Where an operating point sits against a curve at its own FLOPs ratio. */
+export interface CurveGap {
+  /** The curve's accuracy at the point's FLOPs ratio (interpolated); null when the point is cheaper than all of the curve. */
+  curveAccuracy: number | null;
+  /** The point's accuracy minus the curve's (a fraction, negative below the curve); null with `curveAccuracy`. */
+  gap: number | null;
+  /** True when the curve, or a mix of two of its points, is at least as cheap and more accurate. */
+  below: boolean;
+}
+
+/** Compares an operating point with a curve at the point's FLOPs ratio (see `interpolateAccuracy`). */
+export function againstCurve(curve: CurvePoint[], point: CurvePoint): CurveGap {
+  const at = interpolateAccuracy(curve, point.flopsRatio);
+  if (!Number.isFinite(at)) return { curveAccuracy: null, gap: null, below: false };
+  const gap = point.accuracy - at;
+  // Float noise of the interpolation is not a gap: a point on the curve is not below it.
+  return { curveAccuracy: at, gap, below: gap < -1e-9 };
+}
+
+/** One sentence on a point against the fixed-u curve, e.g. for `dynn eval` (`what` names the point). */
+export function describeGap(what: string, gap: CurveGap, flopsRatio: number, curve = 'the fixed-u curve'): string {
+  const at = `at FLOPs ratio ${flopsRatio.toFixed(3)}`;
+  if (gap.curveAccuracy === null || gap.gap === null) return `${what} is cheaper than every point of ${curve} (${at}): no curve point to compare with`;
+  const points = `${Math.abs(100 * gap.gap).toFixed(2)} points`;
+  const there = `${curve} gives ${(100 * gap.curveAccuracy).toFixed(2)}% there`;
+  if (gap.below) return `BELOW ${curve}: ${what} is ${points} less accurate than ${curve} ${at} (${there}); a fixed u, or a mix of two, does better at the same cost`;
+  return `${what} is ${points} above ${curve} ${at} (${there})`;
+}

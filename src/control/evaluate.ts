@@ -2,7 +2,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { ImageSet } from '../data/types.js';
 import { toFloat } from '../data/imageset.js';
 import { actionSet, uKey } from './actions.js';
-import { oracleFromTable, type OracleSummary } from './oracle.js';
+import { againstCurve, type CurveGap, type CurvePoint } from './curve.js';
+import { oracleCurve, oracleFromTable, type OracleSummary } from './oracle.js';
 import type { MixedRunner } from './runner.js';
 import { fixedCurve, levelTable, type LevelTable } from './table.js';
 import type { Controller, DecideContext } from './types.js';
@@ -53,7 +54,10 @@ export interface ControllerReport {
   uHistogram: Record<string, number>;
   /** The fixed-u curve over the action set. */
   fixed: { u: number; accuracy: number; flopsRatio: number }[];
-  oracle: OracleSummary;
+  /** The controller against the fixed-u curve at its own mean FLOPs ratio: `below` when a fixed u does better. */
+  againstCurve: CurveGap;
+  /** The oracle's ceiling, and its accuracy under a FLOPs budget (`oracleCurve`). */
+  oracle: OracleSummary & { curve: CurvePoint[] };
 }
 
 /** Summarizes a controlled run against the fixed-u curve and the oracle of `table` (same samples). */
@@ -72,13 +76,16 @@ export function reportRun(run: ControlledRun, labels: ArrayLike<number>, fullMac
   }
   const { accuracy, meanU, meanFlopsRatio } = oracleFromTable(table);
   const uHistogram = Object.fromEntries(Object.entries(hist).sort((a, b) => Number(a[0]) - Number(b[0])));
+  const fixed = fixedCurve(table);
+  const point = { accuracy: right / n, flopsRatio: sumMacs / n / fullMacs };
   return {
-    accuracy: right / n,
+    accuracy: point.accuracy,
     meanU: sumU / n,
-    meanFlopsRatio: sumMacs / n / fullMacs,
+    meanFlopsRatio: point.flopsRatio,
     uHistogram,
-    fixed: fixedCurve(table),
-    oracle: { accuracy, meanU, meanFlopsRatio },
+    fixed,
+    againstCurve: againstCurve(fixed, point),
+    oracle: { accuracy, meanU, meanFlopsRatio, curve: oracleCurve(table) },
   };
 }
 

@@ -4,6 +4,7 @@ import { actionSet, checkActions } from './actions.js';
 import type { MixedRunner } from './runner.js';
 import { runStages } from './staged.js';
 import type { LevelTable } from './table.js';
+import type { CurvePoint } from './curve.js';
 import type { Controller, DecideContext, Decision } from './types.js';
 
 /** The oracle's summary: the ceiling every controller is reported against. */
@@ -72,4 +73,26 @@ export function oracleFromTable(table: LevelTable): OracleSummary & { action: In
     meanU: sumU / table.count,
     meanFlopsRatio: sumMacs / table.count / table.fullMacs,
   };
+}
+
+/**
+ * The oracle under a FLOPs budget, from a level table: point j runs every sample whose lowest right action is
+ * at most j at that action and every other sample at the cheapest action. Filling the budget with the samples
+ * that are cheapest to get right is optimal, so this is the ceiling a per-sample choice of u can reach at each
+ * cost (linear between points); the last point is the oracle with its never-right samples at the cheapest action.
+ */
+export function oracleCurve(table: LevelTable): CurvePoint[] {
+  const { action } = oracleFromTable(table);
+  const K = table.us.length;
+  const counts = new Float64Array(K);
+  for (let i = 0; i < table.count; i++) if (action[i] >= 0) counts[action[i]]++;
+  const out: CurvePoint[] = [];
+  let right = 0;
+  let extra = 0;
+  for (let j = 0; j < K; j++) {
+    right += counts[j];
+    extra += counts[j] * (table.macs[j] - table.macs[0]);
+    out.push({ accuracy: right / table.count, flopsRatio: (table.macs[0] + extra / table.count) / table.fullMacs });
+  }
+  return out;
 }

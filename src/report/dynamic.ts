@@ -32,6 +32,8 @@ export interface DynamicSweepData {
   full: { accuracy: number; latencyMs: { batch1: number; batch64: number } };
   /** The trained decisions run the way the field runs them: every channel, then the mask. */
   masked: { latencyMs: { batch64: number } };
+  /** How the decisions ran when it was measured (`masked`: every channel computed), when the file records it. */
+  execution?: 'sliced' | 'masked';
   /** A command line that remakes the file. */
   command: string;
 }
@@ -77,6 +79,7 @@ const sweepSchema = z
     dataset: name,
     testSamples: z.number().int().positive(),
     trainedThreshold: fraction.optional(),
+    execution: z.enum(['sliced', 'masked']).optional(),
     classNames: z.array(z.string().max(200)).optional(),
     points: z.array(pointSchema).min(1),
     full: z.object({ accuracy: fraction, latencyMs: z.object({ batch1: orNaN(nonnegative), batch64: orNaN(nonnegative) }) }),
@@ -141,6 +144,7 @@ export function parseDynamicSweep(raw: unknown, file: string, run: DynamicRunRef
       trained,
       full: s.full,
       masked: s.masked,
+      ...(s.execution ? { execution: s.execution } : {}),
       command: commandLine(['dynn', 'sweep', run.dir, ...(others.length ? ['--thresholds', others.join(',')] : []), '--json']) + ` > ${file}`,
     },
   };

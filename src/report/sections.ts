@@ -6,6 +6,7 @@ import { barChart, fixed, lineChart, percent, quantitative, round, type Row } fr
 import { blockSkips, classCompute, classRoutes, classSkips, HISTOGRAM_BINS, type DynamicSweepData } from './dynamic.js';
 import { CHART_SIZE } from './vega.js';
 import { RUN_FILES } from './sources.js';
+import { compareSection } from './compare.js';
 import type { Availability, Chart, ControllerEvalData, ReportSection, RunData, SectionContent, SweepData } from './types.js';
 
 /** The report's chart sections, in page order; a new data source is one more entry. */
@@ -560,3 +561,5 @@ registerSection({
     return content;
   },
 });
+
+registerSection(compareSection);

@@ -94,11 +94,26 @@ const controllerReportSchema = z.object({
   meanFlopsRatio: z.number(),
   uHistogram: histogram,
   fixed: z.array(z.object({ u: z.number(), accuracy: z.number(), flopsRatio: z.number() })),
-  oracle: z.object({ accuracy: z.number(), meanU: z.number(), meanFlopsRatio: z.number(), uHistogram: histogram.optional() }),
+  oracle: z.object({
+    accuracy: z.number(),
+    meanU: z.number(),
+    meanFlopsRatio: z.number(),
+    uHistogram: histogram.optional(),
+    curve: z.array(z.object({ accuracy: z.number().min(0).max(1), flopsRatio: z.number().nonnegative() })).min(1).optional(),
+  }),
+});
+
+/** What `dynn eval --json` adds around the controller report: which controller, on which samples. */
+const evalFileSchema = controllerReportSchema.extend({
+  controller: z.string().max(200).optional(),
+  dataset: z.string().max(200).optional(),
+  split: z.string().max(20).optional(),
+  samples: z.number().int().positive().optional(),
 });
 
 const exitSweepSchema = z.object({
   dataset: z.string(),
+  testSamples: z.number().int().positive().optional(),
   rule: z.string(),
   u: z.number(),
   exitAccuracy: z.array(z.number()),
@@ -257,9 +272,11 @@ async function readControllerEvals(dir: string): Promise<ControllerEvalData[]> {
   const out: ControllerEvalData[] = [];
   for (const f of files) {
     const file = path.join(dir, f);
-    const r = await readJson(file, controllerReportSchema, 'a controller evaluation (`dynn eval RUN --controller NAME --json`)');
+    const r = await readJson(file, evalFileSchema, 'a controller evaluation (`dynn eval RUN --controller NAME --json`)');
     const name = f.slice(RUN_FILES.evalPrefix.length, -'.json'.length);
-    if (r) out.push({ name, samples: f, ...r, command: commandLine(['dynn', 'eval', dir, '--controller', name, '--json']) + ` > ${file}` });
+    if (!r) continue;
+    const { samples, ...report } = r;
+    out.push({ name, samples: f, file, ...report, ...(samples !== undefined ? { testSamples: samples } : {}), command: commandLine(['dynn', 'eval', dir, '--controller', r.controller ?? name, '--json']) + ` > ${file}` });
   }
   return out;
 }
@@ -341,6 +358,7 @@ async function addCompanions(run: RunData): Promise<void> {
       run.controllers.push({
         name: path.basename(dir),
         samples: 'validation split',
+        split: 'val',
         ...m.data.validation,
         command: commandLine(['dynn', 'controller', 'train', run.dir, '--out', rel]),
       });

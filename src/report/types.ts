@@ -24,14 +24,22 @@ export interface SweepData {
 export interface ControllerEvalData {
   /** A readable name: the eval file's suffix or the controller checkpoint's folder. */
   name: string;
-  /** Which samples: 'validation split', or 'eval file' when the file does not say. */
+  /** Which samples: 'validation split', or the eval file's name. */
   samples: string;
+  /** The eval file it was read from (unset for a controller checkpoint's validation result). */
+  file?: string;
+  /** The registered controller evaluated (`oracle`, `cascade`, `bandit`, ...), when the file records it. */
+  controller?: string;
+  /** Data set, split (`test`, `val`) and sample count, when recorded (`dynn eval --json` writes them). */
+  dataset?: string;
+  split?: string;
+  testSamples?: number;
   accuracy: number;
   meanU: number;
   meanFlopsRatio: number;
   uHistogram: Record<string, number>;
   fixed: { u: number; accuracy: number; flopsRatio: number }[];
-  oracle: { accuracy: number; meanU: number; meanFlopsRatio: number; uHistogram?: Record<string, number> };
+  oracle: { accuracy: number; meanU: number; meanFlopsRatio: number; uHistogram?: Record<string, number>; curve?: { accuracy: number; flopsRatio: number }[] };
   command: string;
 }
 
@@ -57,6 +65,8 @@ export interface GatesEvalData {
 /** An early-exit sweep (`dynn sweep RUN --thresholds ... --json`). */
 export interface ExitData {
   dataset: string;
+  /** Test samples, when the file records it. */
+  testSamples?: number;
   rule: string;
   u: number;
   exitAccuracy: number[];
