@@ -196,7 +196,7 @@ async function gatesInfo(model: Network): Promise<{ decisions: string; execution
   const { mechanisms } = await import('../route/mechanisms.js');
   const mechanism = String(model.config.args.dynamic);
   if (mechanisms.has(mechanism) && mechanisms.get(mechanism).frozenRoutes) {
-    return { decisions, execution: 'sliced', note: `one switch at the input: each sample's ${mechanism} is chosen by the gate and runs only on the samples that took it (the batch split by route)` };
+    return { decisions, execution: 'sliced', note: `one switch: each sample's ${mechanism} is chosen by its gate and runs only on the samples that took it (the batch split by route)` };
   }
   const masked = decisionForms.get(decisions).masked;
   const note = masked

@@ -214,7 +214,7 @@ test('dynn models lists the per-sample mechanisms and marks the models that take
   assert.match(io.stdout(), /per-sample mechanisms \(dynn train --dynamic NAME\)[\s\S]*acs-dg[\s\S]*acs-gn/);
   const json = captureIo();
   assert.equal(await runCli(['models', '--json'], json), 0);
-  assert.deepEqual(JSON.parse(json.stdout()).filter((m: { dynamic: boolean }) => m.dynamic).map((m: { name: string }) => m.name), ['densenet41', 'densenet53', 'resnet38']);
+  assert.deepEqual(JSON.parse(json.stdout()).filter((m: { dynamic: boolean }) => m.dynamic).map((m: { name: string }) => m.name), ['densenet41', 'densenet53', 'multi-branch', 'resnet38']);
   assert.match(io.stdout(), /densenet41 \(--dynamic\)[\s\S]*densenet53 \(--dynamic\)/);
 });
 

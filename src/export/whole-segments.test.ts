@@ -1,6 +1,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -45,6 +46,12 @@ for (const [name, key, make, seed] of nets) {
     const dir = path.join(tmp, name);
     const m = await saveSegments(model, dir, { threshold: 0.5 });
     assert.deepEqual(m.segments.map((s) => s.kind), ['switch']);
+    if (spawnSync('/usr/bin/python3', ['-c', 'import onnx'], { stdio: 'ignore' }).status === 0) {
+      // The ONNX checker (full check) accepts the gate (with its Resize) and every route graph.
+      const files = readdirSync(dir).filter((f) => f.endsWith('.onnx')).map((f) => path.join(dir, f));
+      const script = 'import onnx,sys\nfor f in sys.argv[1:]: onnx.checker.check_model(onnx.load(f), full_check=True)\nprint("ok")';
+      assert.equal(execFileSync('/usr/bin/python3', ['-c', script, ...files], { encoding: 'utf8' }).trim(), 'ok');
+    }
     const session = (await openSession(dir, { threads: 1 })) as SegmentedSession;
     const proto = SegmentedSession.prototype as unknown as { once: (s: unknown, feeds: Record<string, { dims: readonly number[] }>, fetch: string) => Promise<unknown> };
     const once = proto.once;

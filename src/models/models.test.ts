@@ -20,6 +20,7 @@ const SMALL: Record<string, Record<string, unknown>> = {
   densenet53: { growth: 8 },
   'densenet-w': { growth: 8 },
   'densenet-dw': { growth: 8 },
+  'multi-branch': { branches: 'vgg-w:widths=4,4,8,8:hidden=16,vgg-w:widths=8,8,16,16:hidden=32' },
 };
 
 test('every registered model, at u in {0.1, 0.5, 1}, nested and independent: shape, finite, backward, no leak', () => {
@@ -29,6 +30,7 @@ test('every registered model, at u in {0.1, 0.5, 1}, nested and independent: sha
     'densenet41',
     'densenet53',
     'mlp-w',
+    'multi-branch',
     'resnet-d',
     'resnet-exits',
     'resnet38',
@@ -156,7 +158,7 @@ test('vgg-w cost falls with u and resnet-d skips whole blocks', () => {
 });
 
 test('bad model names, arguments and inputs give clear errors', () => {
-  assert.throws(() => createModel('vgg'), /unknown model "vgg"; expected one of densenet-dw, densenet-w, densenet41, densenet53, mlp-w, resnet-d, resnet-exits, resnet38, resnext-w, vgg-exits, vgg-w/);
+  assert.throws(() => createModel('vgg'), /unknown model "vgg"; expected one of densenet-dw, densenet-w, densenet41, densenet53, mlp-w, multi-branch, resnet-d, resnet-exits, resnet38, resnext-w, vgg-exits, vgg-w/);
   assert.throws(() => createModel('vgg-w', { inputShape: [28, 28] }), /inputShape must be \[height, width, channels\]/);
   assert.throws(() => createModel('vgg-w', { groups: 3 }), /do not split into 3 groups/);
   assert.throws(() => createModel('vgg-w', { numClasses: 1 }), /numClasses must be an integer >= 2/);

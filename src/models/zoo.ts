@@ -283,7 +283,8 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
       throw new DynnError(`--dynamic ${resolved.dynamic} skips residual blocks; ${name} has no blocks to skip (expected one of ${able.join(', ')})`);
     }
     if (!m.widthSwitch && !def.dynamic && !m.wrap) {
-      const able = models.list().filter((m) => models.get(m).dynamic);
+      // Models with gated forms, less those built for one mechanism of their own (multi-branch).
+      const able = models.list().filter((k) => models.get(k).dynamic && !mechanisms.list().some((n) => mechanisms.get(n).model === k));
       throw new DynnError(`--dynamic ${resolved.dynamic} needs a model with a gated form; ${name} has none (expected one of ${able.join(', ')})`);
     }
   }

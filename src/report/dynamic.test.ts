@@ -123,6 +123,7 @@ test('a corrupt or foreign threshold sweep fails the report with a message namin
     ['foreign', (s) => void (s.dynamic = 'acs-dg'), /a threshold sweep of resnet38 with acs-dg gates, but the run is resnet38 with acs-gn gates/],
     ['other data', (s) => void (s.dataset = 'mnist'), /a threshold sweep on mnist \(\d+ classes\), but the run trained on \S+ \(\d+ classes\)/],
     ['array', '[1, 2]', /not a threshold sweep of a dynamic run .*\(root\)/],
+    ['bad-routes', (s) => void (s.points[0].routes = { sw: [[1, 0]] }), /points\[0\]\.routes\.sw: 1 classes, expected 10/],
   ];
   for (const [name, edit, pattern] of cases) {
     await assert.rejects(writeReport([withSweep(name, edit)], out, { sweep: false }), pattern, name);
@@ -135,6 +136,19 @@ test('a corrupt or foreign threshold sweep fails the report with a message namin
   assert.equal(s.available, false);
   assert.match(s.missing!, /bad-field: .*sweep\.json: not a threshold sweep .*points\[1\]\.accuracy/);
   assert.ok(report.sections.find((x) => x.name === 'training')!.available);
+});
+
+test('a switch’s routes per class (multi-branch, resolution, width) draw as a stacked chart and a class x route table', async () => {
+  const dir = withSweep('routes', (s) => {
+    for (const p of s.points) p.routes = { sw: s.classNames.map((_: string, c: number) => (c % 2 ? [0.25, 0.75] : [1, 0])) };
+  });
+  const runs = await gatherRuns([dir], { sweep: false });
+  const report = await buildReport(runs);
+  const s = report.sections.find((x) => x.name === 'dynamic')!;
+  assert.ok(s.charts.includes('dynamic-routes-routes-sw'));
+  const body = section(report.html, 'dynamic');
+  assert.match(body, /which route each class took at sw/);
+  assert.match(body, /<td>[^<]*<\/td><td>25\.00%<\/td><td>75\.00%<\/td>/);
 });
 
 test('a u-sweep beside a dynamic run draws as its backbone; a threshold sweep beside a static run is refused', async () => {
