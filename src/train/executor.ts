@@ -40,7 +40,7 @@ export interface GradientExecutor {
   step(indices: Int32Array, work: Plan | StepSpec): Promise<StepResult>;
   /** Applies one update of `optimizer` with the last step's gradient to `weights`, the main model and the threads' copies. */
   update(optimizer: Optimizer): Promise<void>;
-  /** Takes the main model's trainable weights again (changed outside the optimizer: gates fitted to a rate). */
+  /** Takes the main model's trainable weights again, after the trainer changed some between steps (gates fitted to their target). */
   reload(): void;
   close(): Promise<void>;
 }

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { initEngine, type EngineName } from '../engine/backend.js';
 import { loadDataset } from '../data/datasets.js';
-import { allocShared, head } from '../data/imageset.js';
+import { allocShared, head, toFloat } from '../data/imageset.js';
 import type { Dataset } from '../data/types.js';
 import { checkGatingMode, type GatingMode } from '../gating/gating.js';
 import { createModel, resolveModelArgs, type ModelArgs } from '../models/zoo.js';
@@ -14,6 +14,8 @@ import { checkEfficiency, isGateWeight, mechanisms } from '../route/mechanisms.j
 import { checkGateEstimator } from '../route/modes.js';
 import { evaluateRouted } from '../eval/routed.js';
 import { executionRate } from '../route/context.js';
+import { fitSwitchTarget } from '../route/width.js';
+import * as tf from '@tensorflow/tfjs-core';
 import { evaluate } from '../eval/evaluate.js';
 import { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor.js';
 import { checkOptimizer, Optimizer, type OptimizerName } from './optimizer.js';
@@ -532,11 +534,22 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       // Then each gated block's rows from the samples that take each route (statistics per route).
       // Not for frozen routes: the gate learned on their statistics over every sample, which a subset would shift.
       if (gated && !frozenRoutes) calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
-      // A rate target must hold with deterministic gates, not only sampled ones: fit the gates to it, the
-      // per-route statistics following the routes.
-      if (mechanism?.efficiency.fitsGates && efficiency && epoch >= o.pretrainEpochs) {
-        const recalibrate = () => calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
-        fitGateRates(model, trainPart, { target: efficiency.target, samples: o.calibrationSamples, threshold: o.gateThreshold, recalibrate });
+      // A target must hold with deterministic gates, not only sampled ones: a rate target fits each gate to it
+      // (the per-route statistics following the routes); a width switch's logits are shifted so that the
+      // deployed threshold meets it on training samples.
+      if (mechanism && efficiency && epoch >= o.pretrainEpochs && (mechanism.efficiency.fitsGates || mechanism.widthSwitch)) {
+        if (mechanism.efficiency.fitsGates) {
+          const recalibrate = () => calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
+          fitGateRates(model, trainPart, { target: efficiency.target, samples: o.calibrationSamples, threshold: o.gateThreshold, recalibrate });
+        } else {
+          const n = Math.min(trainPart.count, o.calibrationSamples);
+          const images = tf.tensor4d(toFloat(trainPart, 0, n, new Float32Array(n * height * width * channels)), [n, height, width, channels]);
+          try {
+            fitSwitchTarget(model, images, efficiency.target, o.gateThreshold);
+          } finally {
+            images.dispose();
+          }
+        }
         executor.reload();
       }
       const test: Record<string, number> = {};
