@@ -252,10 +252,10 @@ test('dynn models lists the per-sample mechanisms and marks the models that take
   const io = captureIo();
   assert.equal(await runCli(['models'], io), 0);
   assert.match(io.stdout(), /resnet38 \(--dynamic\)/);
-  assert.match(io.stdout(), /per-sample mechanisms \(dynn train --dynamic NAME\)[\s\S]*acs-dg[\s\S]*acs-gn/);
+  assert.match(io.stdout(), /per-sample mechanisms \(dynn train --dynamic NAME\)[\s\S]*acs-dg[\s\S]*acs-gn[\s\S]*skip[\s\S]*skip-ff/);
   const json = captureIo();
   assert.equal(await runCli(['models', '--json'], json), 0);
-  assert.deepEqual(JSON.parse(json.stdout()).filter((m: { dynamic: boolean }) => m.dynamic).map((m: { name: string }) => m.name), ['densenet41', 'densenet53', 'multi-branch', 'resnet38']);
+  assert.deepEqual(JSON.parse(json.stdout()).filter((m: { dynamic: boolean }) => m.dynamic).map((m: { name: string }) => m.name), ['densenet41', 'densenet53', 'multi-branch', 'resnet-d', 'resnet38']);
   assert.match(io.stdout(), /densenet41 \(--dynamic\)[\s\S]*densenet53 \(--dynamic\)/);
 });
 
@@ -268,7 +268,7 @@ test('dynn report on a dynamic run with its threshold sweep saved beside it draw
   assert.equal(await runCli(['report', run, '--out', out, '--test-limit', '32'], io), 0, io.stderr());
   assert.match(fs.readFileSync(out, 'utf8'), /<svg/);
   assert.match(io.stdout(), /Accuracy against utilization: 1 chart/, 'the backbone measured at fixed u');
-  assert.match(io.stdout(), /Per-sample compute of dynamic runs: 5 charts/, 'the threshold sweep drawn');
+  assert.match(io.stdout(), /Per-sample compute of dynamic runs: 6 charts/, 'the threshold sweep drawn');
   fs.rmSync(path.join(run, 'sweep.json'));
 });
 

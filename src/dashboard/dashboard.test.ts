@@ -471,7 +471,8 @@ test('a dynamic run’s page shows its threshold sweep; a corrupt, foreign or ho
     };
     const ok = await page('acs');
     assert.ok(ok.available);
-    assert.equal(ok.charts, 5, 'accuracy vs FLOPs, histogram, skip rates, FLOPs and accuracy per class');
+    assert.equal(ok.charts, 6, 'accuracy vs FLOPs, histogram, skip rates, FLOPs and accuracy per class, skips per class and block');
+    assert.match(ok.body, /groups skipped per class and block/);
     assert.match(ok.body, /<td>0\.5 \(trained\)<\/td>/);
     for (const [name, pattern] of [
       ['not-json', /not-json\/sweep\.json: not valid JSON/],

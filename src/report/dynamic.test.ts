@@ -171,7 +171,11 @@ test('text from the sweep file is escaped in the report: class names, block name
   const dir = withSweep('hostile', (s) => {
     s.classNames[3] = EVIL;
     s.classNames[4] = `</script>${EVIL}`;
-    for (const p of s.points) p.skipRates = Object.fromEntries(Object.entries(p.skipRates).map(([k, v], i) => [i === 0 ? EVIL : k, v]));
+    const rename = <T>(rates: Record<string, T>) => Object.fromEntries(Object.entries(rates).map(([k, v], i) => [i === 0 ? EVIL : k, v]));
+    for (const p of s.points) {
+      p.skipRates = rename(p.skipRates);
+      p.classSkipRates = rename(p.classSkipRates);
+    }
   });
   const html = (await buildReport(await gatherRuns([dir], { sweep: false }))).html;
   assert.ok(!html.includes('<img src=x'), 'markup from the sweep file');

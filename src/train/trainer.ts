@@ -571,8 +571,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
                 threshold: routed.threshold,
                 accuracy: routed.accuracy,
                 flopsRatio: routed.flopsRatio,
-                executionRate: executionRate(routed.skipRates),
-                ...(rated ? { trainExecutionRate: rateSum / rated } : {}),
+                // A rate target's measure, deterministic and as training's sampled gates reported it.
+                ...(mechanism?.efficiency.fitsGates ? { executionRate: executionRate(routed.skipRates), ...(rated ? { trainExecutionRate: rateSum / rated } : {}) } : {}),
               },
             }
           : {}),
