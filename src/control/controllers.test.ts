@@ -109,7 +109,10 @@ test('eval report: fixed curve, oracle, histogram and mean FLOPs of a fixed cont
   const r = evaluateController(createController('fixed', { runner }, { u: 0.5 }), runner, data, { curve: [0.5, 1] });
   runner.dispose();
   assert.equal(tf.memory().numTensors, before, 'subnets are the runner’s; nothing else is left');
-  assert.deepEqual(Object.keys(r).sort(), ['accuracy', 'fixed', 'meanFlopsRatio', 'meanU', 'oracle', 'uHistogram']);
+  assert.deepEqual(Object.keys(r).sort(), ['accuracy', 'againstCurve', 'fixed', 'meanFlopsRatio', 'meanU', 'oracle', 'uHistogram']);
+  // A fixed controller is a point of the curve: on it, not below.
+  assert.equal(r.againstCurve.below, false);
+  assert.ok(Math.abs(r.againstCurve.gap!) < 1e-12);
   assert.deepEqual(r.uHistogram, { '0.5': data.count });
   assert.equal(r.meanU, 0.5);
   assert.ok(Math.abs(r.meanFlopsRatio - model.cost(0.5).macs / model.cost(1).macs) < 1e-12);

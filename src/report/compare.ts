@@ -3,6 +3,7 @@ import type { TopLevelSpec } from 'vega-lite';
 import { fixed, lineChart, quantitative, round, type Row } from './charts.js';
 import { CHART_SIZE } from './vega.js';
 import { againstCurve, interpolateAccuracy, type CurvePoint } from '../control/curve.js';
+import { paretoFront } from '../control/select.js';
 import { DynnError } from '../util/errors.js';
 import { RUN_FILES } from './sources.js';
 import type { ReportSection, RunData, SectionContent } from './types.js';
@@ -30,6 +31,8 @@ export interface ComparePoint {
 /** The operating points of one mechanism of one run. */
 export interface CompareSeries {
   run: string;
+  /** The run's registered model (`vgg-w`, `resnet38`, ...). */
+  model: string;
   /** `u curve`, `exits (entropy)`, the per-sample mechanism (`acs-gn`, ...), `controller NAME`, `oracle`. */
   mechanism: string;
   family: CompareFamily;
@@ -49,14 +52,14 @@ export interface RatioRow {
   run: string;
   mechanism: string;
   family: CompareFamily;
-  /** Interpolated accuracy at the ratio; null below the mechanism's cheapest point. */
+  /** Accuracy within this FLOPs ratio (its Pareto front, interpolated); null below the mechanism's cheapest point. */
   accuracy: number | null;
-  /** Set when the ratio lies above the mechanism's costliest point: its best point, at this FLOPs ratio. */
+  /** Set when the ratio lies above the mechanism's costliest useful point: its most accurate point, at this FLOPs ratio. */
   capped?: number;
-  /** The u curve used as reference (the run's own, else the best of the compared runs at this ratio). */
+  /** The u curve used as reference: the run's own, else one of the same model, else the best of the runs at this ratio. */
   uCurveRun: string | null;
   uCurve: number | null;
-  /** The oracle's ceiling at this ratio (its FLOPs-budget curve), from the same run, else the best of the runs. */
+  /** The oracle's ceiling at this ratio (its FLOPs-budget curve), chosen as the u curve is. */
   oracle: number | null;
   /** accuracy - uCurve (negative: the mechanism loses). */
   vsCurve: number | null;
@@ -90,6 +93,7 @@ function runSeries(run: RunData, notes: string[]): CompareSeries[] {
   if (run.sweep) {
     out.push({
       run: run.name,
+      model: run.model,
       mechanism: 'u curve',
       family: 'u-curve',
       file: run.sweep.source.kind === 'file' ? run.sweep.source.path : rel(RUN_FILES.sweep),
@@ -102,6 +106,7 @@ function runSeries(run: RunData, notes: string[]): CompareSeries[] {
     const d = run.dynamic;
     out.push({
       run: run.name,
+      model: run.model,
       mechanism: d.mechanism,
       family: 'per-sample',
       file: d.path,
@@ -115,6 +120,7 @@ function runSeries(run: RunData, notes: string[]): CompareSeries[] {
     const e = run.exits;
     out.push({
       run: run.name,
+      model: run.model,
       mechanism: `exits (${e.rule})`,
       family: 'exits',
       file: rel(RUN_FILES.exitSweep),
@@ -127,11 +133,15 @@ function runSeries(run: RunData, notes: string[]): CompareSeries[] {
   let oracle: CompareSeries | null = null;
   for (const c of run.controllers) {
     if (c.split !== undefined && c.split !== 'test') {
-      notes.push(`${run.name}: controller ${c.name} left out: evaluated on the ${c.split === 'val' ? 'validation' : c.split} split, not the test set (\`${c.command}\` evaluates it there)`);
+      const evalFile = path.join(run.dir, `${RUN_FILES.evalPrefix}${c.name}.json`);
+      // A checkpoint's validation result is left out quietly once its test-set evaluation is beside the run.
+      if (!run.controllers.some((o) => o.file === evalFile)) {
+        notes.push(`${run.name}: controller ${c.name} left out: evaluated on the ${c.split === 'val' ? 'validation' : c.split} split, not the test set; \`dynn eval ${run.dir} --controller DIR --json > ${evalFile}\` evaluates it there`);
+      }
       continue;
     }
     const file = c.file ?? rel(c.samples);
-    const common = { run: run.name, file, dataset: c.dataset ?? run.meta.dataset, testSamples: c.testSamples ?? null };
+    const common = { run: run.name, model: run.model, file, dataset: c.dataset ?? run.meta.dataset, testSamples: c.testSamples ?? null };
     if (c.dataset === undefined) notes.push(`${run.name}: ${file} does not record its data set and test samples (written before \`dynn eval --json\` did); taken as the run's ${common.dataset} test set`);
     if (c.controller !== 'oracle') out.push({ ...common, mechanism: `controller ${c.name}`, family: 'controller', points: [{ label: c.name, accuracy: c.accuracy, flopsRatio: c.meanFlopsRatio, latencyMs: {} }] });
     // One oracle per run: `dynn eval --controller oracle`'s, else one with its FLOPs-budget curve, else the first.
@@ -157,8 +167,14 @@ function checkSameTestSet(series: CompareSeries[]): { dataset: string; testSampl
   return { dataset: datasets[0], testSamples: counts[0] ?? null };
 }
 
-/** A series' points as a curve (cost ascending, dominated points kept: the interpolation reads the file as measured). */
+/** A series' points as measured. */
 const curveOf = (s: CompareSeries): CurvePoint[] => s.points.map((p) => ({ accuracy: p.accuracy, flopsRatio: p.flopsRatio }));
+
+/**
+ * What a series achieves within a FLOPs budget: its Pareto front (a costlier point that is less accurate is
+ * never the one to run), read linearly between front points (a random mix of the two).
+ */
+const frontOf = (s: CompareSeries): CurvePoint[] => paretoFront(curveOf(s).map((p, i) => ({ name: String(i), kind: s.family, params: {}, ...p })));
 
 /** The oracle's accuracy at a FLOPs ratio: its budget curve when recorded, else its ceiling where it fits. */
 function oracleAt(s: CompareSeries, ratio: number): number | null {
@@ -186,15 +202,20 @@ export function compareRuns(runs: RunData[], ratios: number[] = COMPARE_RATIOS):
   const oracles = series.filter((s) => s.family === 'oracle');
   const curves = series.filter((s) => s.family === 'u-curve' || s.family === 'per-sample' || s.family === 'exits');
   const finite = (x: number) => (Number.isFinite(x) ? x : null);
-  /** The reference u curve at a ratio: the run's own, else the best of the runs. */
-  const uCurveAt = (run: string, ratio: number): { run: string; accuracy: number } | null => {
-    const own = uCurves.find((s) => s.run === run);
-    const cands = (own ? [own] : uCurves).map((s) => ({ run: s.run, accuracy: interpolateAccuracy(curveOf(s), ratio) })).filter((c) => Number.isFinite(c.accuracy));
+  /** The references of a series: its run's own, else those of runs of the same model, else all. */
+  const referencesOf = (of: CompareSeries, pool: CompareSeries[]): CompareSeries[] => {
+    const own = pool.filter((s) => s.run === of.run);
+    if (own.length) return own;
+    const same = pool.filter((s) => s.model === of.model);
+    return same.length ? same : pool;
+  };
+  /** The reference u curve at a ratio: the most accurate of the series' references. */
+  const uCurveAt = (of: CompareSeries, ratio: number): { run: string; accuracy: number } | null => {
+    const cands = referencesOf(of, uCurves).map((s) => ({ run: s.run, accuracy: interpolateAccuracy(frontOf(s), ratio) })).filter((c) => Number.isFinite(c.accuracy));
     return cands.sort((a, b) => b.accuracy - a.accuracy)[0] ?? null;
   };
-  const oracleOf = (run: string, ratio: number): number | null => {
-    const own = oracles.find((s) => s.run === run);
-    const vals = (own ? [own] : oracles).map((s) => oracleAt(s, ratio)).filter((x): x is number => x !== null);
+  const oracleOf = (of: CompareSeries, ratio: number): number | null => {
+    const vals = referencesOf(of, oracles).map((s) => oracleAt(s, ratio)).filter((x): x is number => x !== null);
     return vals.length ? Math.max(...vals) : null;
   };
 
@@ -202,10 +223,10 @@ export function compareRuns(runs: RunData[], ratios: number[] = COMPARE_RATIOS):
   const findings: string[] = [];
   for (const ratio of ratios) {
     const rows: RatioRow[] = curves.map((s) => {
-      const c = curveOf(s);
+      const c = frontOf(s);
       const accuracy = finite(interpolateAccuracy(c, ratio));
       const top = Math.max(...c.map((p) => p.flopsRatio));
-      const ref = uCurveAt(s.run, ratio);
+      const ref = uCurveAt(s, ratio);
       const u = s.family === 'u-curve' ? { run: s.run, accuracy: accuracy ?? NaN } : ref;
       return {
         ratio,
@@ -216,7 +237,7 @@ export function compareRuns(runs: RunData[], ratios: number[] = COMPARE_RATIOS):
         ...(accuracy !== null && ratio > top ? { capped: top } : {}),
         uCurveRun: u?.run ?? null,
         uCurve: u ? finite(u.accuracy) : null,
-        oracle: oracleOf(s.run, ratio),
+        oracle: oracleOf(s, ratio),
         vsCurve: accuracy !== null && u && Number.isFinite(u.accuracy) && s.family !== 'u-curve' ? accuracy - u.accuracy : null,
         wins: false,
       };
@@ -225,7 +246,7 @@ export function compareRuns(runs: RunData[], ratios: number[] = COMPARE_RATIOS):
     const best = reached.sort((a, b) => b.accuracy! - a.accuracy!)[0];
     if (best) {
       best.wins = true;
-      findings.push(`At ${Math.round(100 * ratio)}% of the full FLOPs, ${best.run} ${best.mechanism} is the most accurate: ${pct(best.accuracy!)}${best.capped !== undefined ? ` (its costliest point, at ${best.capped.toFixed(3)})` : ''}.`);
+      findings.push(`At ${Math.round(100 * ratio)}% of the full FLOPs, ${best.run} ${best.mechanism} is the most accurate: ${pct(best.accuracy!)}${best.capped !== undefined ? ` (its best point, at ${best.capped.toFixed(3)})` : ''}.`);
     } else findings.push(`At ${Math.round(100 * ratio)}% of the full FLOPs, no mechanism has a point this cheap.`);
     for (const r of rows) {
       if (r.vsCurve !== null && r.vsCurve < -1e-9) findings.push(`${r.run} ${r.mechanism} LOSES against the u curve${r.uCurveRun !== r.run ? ` of ${r.uCurveRun}` : ''} at ${Math.round(100 * ratio)}%: ${pct(r.accuracy!)} against ${pct(r.uCurve!)} (${pts(r.vsCurve)} points).`);
@@ -262,7 +283,7 @@ export function ratioTableRows(c: Comparison): string[][] {
   return c.table.map((r) => [
     `${Math.round(100 * r.ratio)}%`,
     `${r.wins ? '* ' : ''}${r.run} ${r.mechanism}`,
-    r.accuracy === null ? 'not this cheap' : `${pct(r.accuracy)}${r.capped !== undefined ? ` (best, at ${r.capped.toFixed(3)})` : ''}`,
+    r.accuracy === null ? 'not this cheap' : `${pct(r.accuracy)}${r.capped !== undefined ? ` (its best, at ${r.capped.toFixed(3)})` : ''}`,
     r.uCurve === null ? '-' : `${pct(r.uCurve)}${r.uCurveRun && r.uCurveRun !== r.run ? ` (${r.uCurveRun})` : ''}`,
     r.vsCurve === null ? '-' : `${pts(r.vsCurve)}${r.vsCurve < -1e-9 ? ' LOSES' : ''}`,
     f(r.oracle),

@@ -54,7 +54,7 @@ test('the report opens from a file and draws every chart it should, with no cons
     assert.ok(c.width > 100 && c.height > 80, `${c.id} is drawn (${c.width}x${c.height})`);
     assert.ok(c.marks > 20, `${c.id} has marks`);
   }
-  assert.deepEqual(missing, ['u-distribution', 'dynamic', 'gates', 'exits']);
+  assert.deepEqual(missing, ['u-distribution', 'dynamic', 'gates', 'exits', 'compare']);
 });
 
 test('with every data source present, every section draws in the browser', { skip }, async () => {
