@@ -1,25 +1,24 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { activeGroupCount } from '../gating/gating.js';
-import { Composite } from '../layers/index.js';
+import { Composite, fullSel } from '../layers/index.js';
 import type { BlockInfo, ChannelSel, Layer, LayerCost, Plan, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
 import { gateName, mechanisms } from './mechanisms.js';
 import { routeSwitch, type Switch } from './switch.js';
 import { gateCost, gateMacsOf } from './unit.js';
 import { nestedCounts } from './count.js';
-import { fullSel } from '../layers/index.js';
 import type { Network } from '../models/network.js';
 
 /** A width switch's settings (the layers after it are its constructor's `tail`). */
 export interface WidthSwitchArgs {
   /** The registered mechanism whose gate decides (see `mechanisms`). */
   mechanism: string;
-  /** Routes K: the widths a sample can take, the k-th running ceil(k D / K) of the tail's D groups (default 4). */
+  /** Routes K: the widths a sample can take, route k running ceil((k + 1) D / K) of the tail's D groups (default 4). */
   routes?: number;
   /** Channels of the gate's hidden layers (default: the mechanism's, from the switch point's channels). */
   gateWidth?: number;
-  /** Factor on the gate's logits (default 1). */
+  /** Factor on the gate's logits (default: the mechanism's). */
   gateScale?: number;
   /** Weight of DS-Net's gate loss in training (default 1; see `SwitchOptions.supervise`). */
   gateLoss?: number;
