@@ -80,6 +80,6 @@ test('a dynamic run’s report draws its threshold sweep in the browser', { skip
   assert.ok(!missing.includes('dynamic'));
   const drawn = charts.filter((c) => c.id.startsWith('dynamic-'));
   assert.deepEqual(drawn.map((c) => c.id), report.sections.find((s) => s.name === 'dynamic')!.charts);
-  assert.equal(drawn.length, 5);
+  assert.equal(drawn.length, 6);
   for (const c of drawn) assert.ok(c.width > 100 && c.height > 80 && c.marks > 20, `${c.id} is drawn (${c.width}x${c.height}, ${c.marks} marks)`);
 });
