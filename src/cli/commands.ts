@@ -191,6 +191,12 @@ async function gatedSweepCommand(run: string, o: Opts, io: Io): Promise<void> {
 /** How a dynamic model's gates decide and run, for `info` and `sweep`: channel decisions run masked, and say so. */
 async function gatesInfo(model: Network): Promise<{ decisions: string; execution: 'sliced' | 'masked'; note: string }> {
   const { decisionForms } = await import('../route/unit.js');
+  const { WidthSwitch } = await import('../route/width.js');
+  const sw = model.layers.find((l): l is InstanceType<typeof WidthSwitch> => l instanceof WidthSwitch);
+  if (sw) {
+    const widths = Array.from({ length: sw.routes }, (_, k) => `${sw.routeGroups(k)}`).join(', ');
+    return { decisions: 'nested', execution: 'sliced', note: `a width switch after ${model.layers[model.layers.indexOf(sw) - 1].name}: each sample takes one of ${sw.routes} widths (${widths} of the groups) for the rest of the network, each width's samples run the sliced network as one batch` };
+  }
   const decisions = String(model.config.args.decisions ?? 'nested');
   const { mechanisms } = await import('../route/mechanisms.js');
   const mechanism = String(model.config.args.dynamic);

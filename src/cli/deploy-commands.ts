@@ -123,9 +123,9 @@ async function exportDynamic(model: import('../models/network.js').Network, meta
   if (o.json) io.out(JSON.stringify({ onnx: o.onnx, manifest }, null, 2) + '\n');
   else {
     const gated = manifest.segments.filter((s) => s.kind === 'gated').length;
-    const switches = manifest.segments.flatMap((s) => (s.kind === 'switch' ? [s.routes.length] : []));
-    const parts = [...(gated || !switches.length ? [`${gated} gated blocks each a gate and a body graph`] : []), ...switches.map((k) => `a switch: a gate graph and ${k} route graphs`)];
-    io.out(`wrote ${o.onnx}/ (${manifest.model.model} with ${String(model.config.args.dynamic)} gates: ${manifest.segments.length} segments, ${parts.join(', ')}, threshold ${threshold}; serve it with \`dynn serve ${o.onnx}\`)\n`);
+    const switches = manifest.segments.flatMap((s) => (s.kind === 'switch' ? [`a switch (${s.name}) of a gate and ${s.routes.length} route graphs`] : []));
+    const parts = [...(gated ? [`${gated} gated blocks each a gate and a body graph`] : []), ...switches].join(', ');
+    io.out(`wrote ${o.onnx}/ (${manifest.model.model} with ${String(model.config.args.dynamic)} gates: ${manifest.segments.length} segments, ${parts}, threshold ${threshold}; serve it with \`dynn serve ${o.onnx}\`)\n`);
   }
 }
 

@@ -46,7 +46,7 @@ test('a dynamic run trains in two steps, records its gated accuracy and FLOPs, a
 
 test('dynamic options: clear errors before any training', async () => {
   const cases: [string[], RegExp][] = [
-    [['--model', 'resnet38', '--dynamic', 'nope'], /unknown mechanism "nope"; expected one of acs-dg, acs-gn/],
+    [['--model', 'resnet38', '--dynamic', 'nope'], /unknown mechanism "nope"; expected one of acs-dg, acs-gn, width/],
     [['--model', 'resnet38', '--dynamic', 'acs-dg', '--gate-width', '6'], /s0\.b0\.gate: an acs-dg gate's width \(gateWidth\) must be a power of two >= 2, as its DGConv layers need, got 6/],
     [['--model', 'vgg-w', '--dynamic', 'acs-gn'], /--dynamic acs-gn needs a model with a gated form; vgg-w has none \(expected one of densenet41, densenet53, resnet38\)/],
     [['--model', 'densenet-w', '--dynamic', 'acs-dg'], /--dynamic acs-dg needs a model with a gated form; densenet-w has none \(expected one of densenet41, densenet53, resnet38\)/],
@@ -62,6 +62,13 @@ test('dynamic options: clear errors before any training', async () => {
     [['--model', 'vgg-w', '--gate-estimator', 'gumbel'], /gateEstimator needs a dynamic model \(--dynamic NAME\); vgg-w has no gates/],
     [['--model', 'resnet38', '--dynamic', 'acs-gn', '--gate-estimator', 'reinforce'], /--gate-estimator must be one of sigmoid, gumbel, got "?reinforce"?/],
     [['--model', 'resnet38', '--dynamic', 'acs-gn', '--schedule', 'sandwich'], /a dynamic model trains at u = 1 .* the sandwich schedule cannot be combined/],
+    [['--model', 'vgg-w', '--dynamic', 'width', '--width-target', '0'], /--width-target must be a number in \(0, 1\], got 0/],
+    [['--model', 'vgg-w', '--dynamic', 'width', '--width-target', '1.5'], /--width-target must be a number in \(0, 1\], got 1.5/],
+    [['--model', 'mlp-w', '--dynamic', 'width'], /--dynamic width chooses a width per sample; mlp-w is not throttleable after its first stage \(expected one of resnet38, vgg-w\)/],
+    [['--model', 'resnet-d', '--dynamic', 'width'], /resnet-d is not throttleable after its first stage/],
+    [['--model', 'resnet38', '--dynamic', 'acs-gn', '--width-target', '0.5'], /--width-target needs --dynamic width; --dynamic acs-gn takes --flops-target/],
+    [['--model', 'vgg-w', '--width-target', '0.5'], /widthTarget needs a dynamic model \(--dynamic NAME\); vgg-w has no gates/],
+    [['--model', 'vgg-w', '--dynamic', 'width', '--width-routes', '9'], /switch: routes must be an integer in 2..8 \(the tail's groups\), got 9/],
   ];
   for (const [argv, pattern] of cases) {
     const io = captureIo();
@@ -100,6 +107,40 @@ test('info shows a dynamic run’s gated accuracy and FLOPs; export writes it by
   assert.equal(await runCli(['export', run, '--onnx', run, '--force'], itself), 1, 'the run is not an earlier export: --force does not replace it');
   assert.match(itself.stderr(), /is not an export by segments/);
   assert.ok(fs.existsSync(path.join(run, 'checkpoint.json')));
+});
+
+test('dynamic width: a static throttleable run is the supernet, the gate trains on it frozen; sweep, info, export by segments and serving', async () => {
+  const supernet = path.join(tmp, 'vgg-supernet');
+  const first = captureIo();
+  assert.equal(await runCli(['train', '--model', 'vgg-w', ...data, '--epochs', '1', '--schedule', 'sandwich', '--out', supernet], first), 0, first.stderr());
+  const gated = path.join(tmp, 'vgg-width');
+  const io = captureIo();
+  assert.equal(await runCli(['train', '--model', 'vgg-w', '--dynamic', 'width', ...data, '--epochs', '1', '--width-target', '0.4', '--init', supernet, '--out', gated, '--json'], io), 0, io.stderr());
+  const { meta } = JSON.parse(io.stdout());
+  assert.equal(meta.options.widthTarget, 0.4);
+  // The gate was fitted to the target on training samples; the test set lands near it.
+  assert.ok(Math.abs(meta.history[0].gated.flopsRatio - 0.4) < 0.25, `gated FLOPs ratio ${meta.history[0].gated.flopsRatio}`);
+  const [a, b] = await Promise.all([loadRun(supernet), loadRun(gated)]);
+  try {
+    const source = new Map(a.model.getWeights().map((w) => [w.name, w.data]));
+    for (const w of b.model.getWeights().filter((w) => !w.name.includes('.gate.'))) assert.deepEqual(w.data, source.get(w.name), `${w.name}: the supernet is frozen`);
+  } finally {
+    a.model.dispose();
+    b.model.dispose();
+  }
+  const info = captureIo();
+  assert.equal(await runCli(['info', gated], info), 0, info.stderr());
+  assert.match(info.stdout(), /per-sample gates \(width\): a width switch after stem\.relu: each sample takes one of 4 widths \(2, 4, 6, 8 of the groups\)/);
+  const sweep = captureIo();
+  assert.equal(await runCli(['sweep', gated, '--test-limit', '32', '--thresholds', '0,1', '--json'], sweep), 0, sweep.stderr());
+  const s = JSON.parse(sweep.stdout());
+  assert.equal(s.dynamic, 'width');
+  const [, open, closed] = s.points;
+  assert.ok(open.flopsRatio > closed.flopsRatio && Object.keys(open.skipRates).join() === 'switch');
+  const out = path.join(tmp, 'width-onnx');
+  const ex = captureIo();
+  assert.equal(await runCli(['export', gated, '--onnx', out], ex), 0, ex.stderr());
+  assert.match(ex.stdout(), /2 segments, a switch \(switch\) of a gate and 4 route graphs, threshold 0\.5/);
 });
 
 test('--init starts a dynamic model from a static backbone’s run: its weights, gates open; a foreign run is refused', async () => {

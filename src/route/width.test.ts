@@ -5,7 +5,7 @@ import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import type { Network } from '../models/network.js';
 import { RoutingState } from './context.js';
-import { WidthSwitch } from './width.js';
+import { fitSwitchTarget, WidthSwitch } from './width.js';
 import { flatLayout, gradientStep } from '../train/step.js';
 import { isGateWeight } from './mechanisms.js';
 
@@ -123,4 +123,21 @@ test('a model a width switch does not fit, and width options without --dynamic w
   assert.throws(() => createModel('resnet-d', { dynamic: 'width' }), /resnet-d is not throttleable/);
   assert.throws(() => createModel('vgg-w', { widthRoutes: 3 }), /widthRoutes \(--width-routes\) needs --dynamic width/);
   assert.throws(() => createModel('vgg-w', { dynamic: 'width', groups: 4, widthRoutes: 5 }), /switch: routes must be an integer in 2..4/);
+});
+
+test('fitSwitchTarget shifts the gate so that deterministic decisions meet the FLOPs target on the images it saw', () => {
+  const net = widthNet();
+  spreadGate(net);
+  const x = inputs(32);
+  const { fixed, backbone } = net.routedMacs(1);
+  for (const target of [0.4, 0.8]) {
+    const reached = fitSwitchTarget(net, x, target, 0.5);
+    const routing = RoutingState.start('hard', 32, { threshold: 0.5 });
+    tf.tidy(() => net.forward(x, net.plan(1), { routing }));
+    const ratio = routing.executedMacs.reduce((a, m) => a + (fixed + m) / backbone, 0) / 32;
+    assert.ok(Math.abs(ratio - reached) < 1e-9, `the ratio it reports is the routed one (${ratio} vs ${reached})`);
+    assert.ok(Math.abs(ratio - target) < 0.1, `target ${target}: ${ratio}`);
+  }
+  x.dispose();
+  net.dispose();
 });

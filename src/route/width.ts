@@ -6,7 +6,10 @@ import type { BlockInfo, ChannelSel, Layer, LayerCost, Plan, RunContext, Shape }
 import type { FrozenOp } from '../models/subnet.js';
 import { gateName, mechanisms } from './mechanisms.js';
 import { routeSwitch, type Switch } from './switch.js';
-import { gateCost } from './unit.js';
+import { gateCost, gateMacsOf } from './unit.js';
+import { nestedCounts } from './count.js';
+import { fullSel } from '../layers/index.js';
+import type { Network } from '../models/network.js';
 
 /** A width switch's settings (the layers after it are its constructor's `tail`). */
 export interface WidthSwitchArgs {
@@ -126,4 +129,50 @@ export function withWidthSwitch(layers: Layer[], after: string, args: WidthSwitc
   const at = layers.findIndex((l) => l.name === after) + 1;
   if (at <= 0 || at >= layers.length) throw new DynnError(`a width switch goes after layer ${after}, which is not one of the model's top-level layers before its last`);
   return [...layers.slice(0, at), new WidthSwitch('switch', args, layers.slice(at))];
+}
+
+/** The network's width switch, if it has one. */
+export function widthSwitchOf(model: { layers: Layer[] }): WidthSwitch | undefined {
+  return model.layers.find((l): l is WidthSwitch => l instanceof WidthSwitch);
+}
+
+/**
+ * Shifts a width switch's logits by one common offset (its gate's output bias) so that, with deterministic
+ * decisions at `threshold`, the mean executed FLOPs ratio over `images` comes to `target`: bisection on the
+ * offset, the ratio rising with it. Training's sampled decisions meet the target on average; this makes the
+ * deployed threshold meet it too. The gate runs once; each candidate only recounts routes (`nestedCounts`).
+ * Returns the ratio reached. Call outside `tf.tidy`.
+ */
+export function fitSwitchTarget(model: Network, images: tf.Tensor4D, target: number, threshold: number, steps = 30): number {
+  const sw = widthSwitchOf(model);
+  const bias = sw?.gate.weights().find((w) => w.name.endsWith('.fc.bias'));
+  if (!sw || !bias) throw new DynnError(`${model.config.model} has no width switch whose gate could be fitted`);
+  const plan = model.plan(1);
+  const at = model.layers.indexOf(sw);
+  let sel = fullSel(model.inputShape[2]);
+  const z = tf.tidy(() => {
+    const ctx = { plan, training: false };
+    let y: tf.Tensor = images;
+    for (const l of model.layers.slice(0, at)) ({ y, sel } = l.call(y, sel, ctx));
+    return sw.gate.call(y, sel, ctx).y.dataSync() as Float32Array;
+  });
+  const { fixed, backbone } = model.routedMacs(plan);
+  const costs = sw.routeMacs(sel, plan).map((m) => (fixed + gateMacsOf(sw.gate, sel) + m) / backbone);
+  const G = sw.routes - 1;
+  const ratioAt = (offset: number) => {
+    const counts = nestedCounts(z.map((v) => v + offset), G, threshold);
+    return counts.reduce((a, k) => a + costs[k], 0) / Math.max(1, counts.length);
+  };
+  let [lo, hi] = [-30, 30];
+  let best = { offset: 0, gap: Infinity, ratio: NaN };
+  for (let i = 0; i < steps; i++) {
+    const mid = (lo + hi) / 2;
+    const ratio = ratioAt(mid);
+    if (Math.abs(ratio - target) < best.gap) best = { offset: mid, gap: Math.abs(ratio - target), ratio };
+    if (ratio > target) hi = mid;
+    else lo = mid;
+  }
+  const scale = (sw.gate.args as { logitScale?: number }).logitScale ?? 1;
+  tf.tidy(() => bias.variable.assign(tf.add(bias.variable, best.offset / scale)));
+  return best.ratio;
 }

@@ -40,6 +40,8 @@ export interface GradientExecutor {
   step(indices: Int32Array, work: Plan | StepSpec): Promise<StepResult>;
   /** Applies one update of `optimizer` with the last step's gradient to `weights`, the main model and the threads' copies. */
   update(optimizer: Optimizer): Promise<void>;
+  /** Takes the main model's trainable weights again, after the trainer changed some between steps (a gate's fitted bias). */
+  reload(): void;
   close(): Promise<void>;
 }
 
@@ -92,6 +94,10 @@ export class LocalExecutor implements GradientExecutor {
   async update(optimizer: Optimizer): Promise<void> {
     optimizer.step(this.weights, this.gradParts, this.gradScales);
     writeFlat(this.model, this.layout, this.weights);
+  }
+
+  reload(): void {
+    readFlat(this.model, this.layout, this.weights);
   }
 
   async close(): Promise<void> {
@@ -304,6 +310,11 @@ export class ThreadExecutor implements GradientExecutor {
     }
     // The workers reload the weights at their next step (the version changed); the main model now.
     writeFlat(this.model, this.layout, this.weights);
+    this.version++;
+  }
+
+  reload(): void {
+    readFlat(this.model, this.layout, this.weights);
     this.version++;
   }
 

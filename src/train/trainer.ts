@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { initEngine, type EngineName } from '../engine/backend.js';
 import { loadDataset } from '../data/datasets.js';
-import { allocShared, head } from '../data/imageset.js';
+import { allocShared, head, toFloat } from '../data/imageset.js';
 import type { Dataset } from '../data/types.js';
 import { checkGatingMode, type GatingMode } from '../gating/gating.js';
 import { createModel, resolveModelArgs, type ModelArgs } from '../models/zoo.js';
@@ -13,6 +13,8 @@ import { calibrateBatchNorm } from './calibrate.js';
 import { checkEfficiency, isGateWeight, mechanisms } from '../route/mechanisms.js';
 import { checkGateEstimator } from '../route/modes.js';
 import { evaluateRouted } from '../eval/routed.js';
+import { fitSwitchTarget } from '../route/width.js';
+import * as tf from '@tensorflow/tfjs-core';
 import { evaluate } from '../eval/evaluate.js';
 import { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor.js';
 import { checkOptimizer, Optimizer, type OptimizerName } from './optimizer.js';
@@ -503,8 +505,19 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       const trainSeconds = (performance.now() - t0) / 1000;
       calibrateBatchNorm(model, trainPart, { samples: o.calibrationSamples, gating: o.gating, seed: o.seed });
       // Then each gated block's rows from the samples that take each route (statistics per route).
-      // Not for frozen routes: the gate learned on their statistics over every sample, which a subset would shift.
+      // Not for frozen routes: the gate learned on their statistics over every sample, which a subset would
+      // shift. A width switch's logits are shifted instead so that the deployed threshold meets the target.
       if (gated && !frozenRoutes) calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
+      if (widthSwitch && efficiency && epoch >= o.pretrainEpochs) {
+        const n = Math.min(trainPart.count, o.calibrationSamples);
+        const images = tf.tensor4d(toFloat(trainPart, 0, n, new Float32Array(n * height * width * channels)), [n, height, width, channels]);
+        try {
+          fitSwitchTarget(model, images, efficiency.target, o.gateThreshold);
+        } finally {
+          images.dispose();
+        }
+        executor.reload();
+      }
       const test: Record<string, number> = {};
       for (const u of o.evalUs) test[String(u)] = evaluate(model, dataset.test, u, { gating: o.gating, seed: o.seed }).accuracy;
       const routed = gated ? evaluateRouted(model, dataset.test, { threshold: o.gateThreshold }) : null;
