@@ -66,9 +66,12 @@ test('dynamic options: clear errors before any training', async () => {
     [['--model', 'vgg-w', '--dynamic', 'width', '--width-target', '1.5'], /--width-target must be a number in \(0, 1\], got 1.5/],
     [['--model', 'mlp-w', '--dynamic', 'width'], /--dynamic width chooses a width per sample; mlp-w is not throttleable after its first stage \(expected one of resnet38, vgg-w\)/],
     [['--model', 'resnet-d', '--dynamic', 'width'], /resnet-d is not throttleable after its first stage/],
-    [['--model', 'resnet38', '--dynamic', 'acs-gn', '--width-target', '0.5'], /--width-target needs --dynamic width; --dynamic acs-gn takes --flops-target/],
+    [['--model', 'resnet38', '--dynamic', 'acs-gn', '--width-target', '0.5'], /--width-target does not apply to --dynamic acs-gn, whose target is --flops-target/],
     [['--model', 'vgg-w', '--width-target', '0.5'], /widthTarget needs a dynamic model \(--dynamic NAME\); vgg-w has no gates/],
     [['--model', 'vgg-w', '--dynamic', 'width', '--width-routes', '9'], /switch: routes must be an integer in 2..8 \(the tail's groups\), got 9/],
+    [['--model', 'vgg-w', '--dynamic', 'width'], /--dynamic width trains its gate with the routes frozen: train the routes first \(--pretrain-epochs N\) or start from a run that did \(--init RUN\)/],
+    [['--model', 'resnet-d', '--dynamic', 'skip', '--gate-threshold', '1'], /--dynamic skip fits its gates to the target at the threshold: --gate-threshold must be in \(0, 1\), got 1/],
+    [['--model', 'resnet-d', '--dynamic', 'skip', '--decisions', 'channel'], /--dynamic skip decides whole blocks: it takes --decisions nested only, got channel/],
   ];
   for (const [argv, pattern] of cases) {
     const io = captureIo();

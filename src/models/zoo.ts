@@ -293,6 +293,10 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   if (resolved.decisions !== undefined) {
     if (resolved.dynamic === undefined) throw new DynnError(`decisions (--decisions ${resolved.decisions}) needs a dynamic model (--dynamic NAME)`);
     decisionForms.get(String(resolved.decisions));
+    // A block skipped whole is one group: per-channel decisions would record no execution rate to hold.
+    if (resolved.decisions !== 'nested' && mechanisms.has(String(resolved.dynamic)) && mechanisms.get(String(resolved.dynamic)).skipsBlocks) {
+      throw new DynnError(`--dynamic ${resolved.dynamic} decides whole blocks: it takes --decisions nested only, got ${resolved.decisions}`);
+    }
   }
   if (resolved.gateWidth !== undefined && (!Number.isInteger(resolved.gateWidth) || (resolved.gateWidth as number) < 1)) {
     throw new DynnError(`gateWidth must be a positive integer, got ${resolved.gateWidth}`);

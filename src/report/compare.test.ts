@@ -143,7 +143,15 @@ test('compare refuses runs measured on other data or test sets, a folder that is
   const partial = copyWith(acs, 'partial', RUN_FILES.sweep, (s) => delete s.points[0].flopsRatio);
   const r6 = await cli(['compare', partial]);
   assert.match(r6.err, /partial.sweep\.json: not a threshold sweep of a dynamic run .*points\[0\]\.flopsRatio/);
-  for (const r of [r1, r2, r3, r4, r5, r6]) assert.doesNotMatch(r.err, /\n\s+at /, 'a message, not a stack');
+  // Values that would rank: a negative FLOPs ratio would win every budget; an empty sweep has no point to read.
+  const negative = copyWith(tiny, 'negative', RUN_FILES.exitSweep, (s) => (s.points[0].flopsRatio = -5));
+  const r7 = await cli(['compare', negative]);
+  assert.equal(r7.code, 1);
+  assert.match(r7.err, /exit-sweep\.json: not an early-exit sweep .*points\.0\.flopsRatio: Too small/);
+  const none = copyWith(tiny, 'no-exit-points', RUN_FILES.exitSweep, (s) => (s.points = []));
+  const r8 = await cli(['compare', none]);
+  assert.match(r8.err, /exit-sweep\.json: .*points/);
+  for (const r of [r1, r2, r3, r4, r5, r6, r7, r8]) assert.doesNotMatch(r.err, /\n\s+at /, 'a message, not a stack');
 });
 
 test('dynn compare prints the table and findings (and --json, --out); the report of several runs draws the comparison', async () => {

@@ -88,18 +88,21 @@ const sweepSchema = z.object({
 });
 
 const histogram = z.record(z.string(), z.number().nonnegative());
+// What `dynn compare` ranks: accuracies in [0, 1], FLOPs ratios >= 0 (a negative ratio would win every budget).
+const accuracy = z.number().min(0).max(1);
+const ratio = z.number().nonnegative();
 const controllerReportSchema = z.object({
-  accuracy: z.number(),
+  accuracy,
   meanU: z.number(),
-  meanFlopsRatio: z.number(),
+  meanFlopsRatio: ratio,
   uHistogram: histogram,
-  fixed: z.array(z.object({ u: z.number(), accuracy: z.number(), flopsRatio: z.number() })),
+  fixed: z.array(z.object({ u: z.number(), accuracy, flopsRatio: ratio })),
   oracle: z.object({
-    accuracy: z.number(),
+    accuracy,
     meanU: z.number(),
-    meanFlopsRatio: z.number(),
+    meanFlopsRatio: ratio,
     uHistogram: histogram.optional(),
-    curve: z.array(z.object({ accuracy: z.number().min(0).max(1), flopsRatio: z.number().nonnegative() })).min(1).optional(),
+    curve: z.array(z.object({ accuracy, flopsRatio: ratio })).min(1).optional(),
   }),
 });
 
@@ -116,11 +119,11 @@ const exitSweepSchema = z.object({
   testSamples: z.number().int().positive().optional(),
   rule: z.string(),
   u: z.number(),
-  exitAccuracy: z.array(z.number()),
-  baseline: z.object({ accuracy: z.number(), flops: z.number() }),
-  points: z.array(
-    z.object({ threshold: z.union([z.number(), z.array(z.number())]), accuracy: z.number(), flops: z.number(), flopsRatio: z.number(), exitShares: z.array(z.number()) }),
-  ),
+  exitAccuracy: z.array(accuracy),
+  baseline: z.object({ accuracy, flops: ratio }),
+  points: z
+    .array(z.object({ threshold: z.union([z.number(), z.array(z.number())]), accuracy, flops: ratio, flopsRatio: ratio, exitShares: z.array(z.number()) }))
+    .min(1),
 });
 
 const gatesEvalSchema = z.object({

@@ -184,6 +184,7 @@ mechanisms.register('width', {
   defaults: { target: 0.5, efficiencyWeight: 8 },
   widthSwitch: true,
   frozenRoutes: true,
+  gateLoss: 1,
 });
 
 mechanisms.register('skip', {

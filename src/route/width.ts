@@ -20,8 +20,6 @@ export interface WidthSwitchArgs {
   gateWidth?: number;
   /** Factor on the gate's logits (default: the mechanism's). */
   gateScale?: number;
-  /** Weight of DS-Net's gate loss in training (default 1; see `SwitchOptions.supervise`). */
-  gateLoss?: number;
 }
 
 function widthBlocks(layers: Layer[]): (BlockInfo & { kind: 'width' })[] {
@@ -84,9 +82,19 @@ export class WidthSwitch extends Composite<WidthSwitchArgs> implements Switch {
     return { ...plan, u, groups, level: g };
   }
 
-  /** MACs a sample costs in the tail at each route (the gate's not included). */
+  private readonly macsBySel = new Map<number, number[]>();
+
+  /**
+   * MACs a sample costs in the tail at each route (the gate's not included). A route's plan sets every tail
+   * block, so they depend on the channels coming in only: kept per count, as every routed pass asks.
+   */
   routeMacs(sel: ChannelSel, plan: Plan): number[] {
-    return Array.from({ length: this.routes }, (_, k) => this.chainCost(this.tail, sel, this.routePlan(plan, k)).reduce((a, c) => a + c.macs, 0));
+    let macs = this.macsBySel.get(sel.count);
+    if (!macs) {
+      macs = Array.from({ length: this.routes }, (_, k) => this.chainCost(this.tail, sel, this.routePlan(plan, k)).reduce((a, c) => a + c.macs, 0));
+      this.macsBySel.set(sel.count, macs);
+    }
+    return macs;
   }
 
   /** The tail on every row of `x` at `plan`. */
@@ -98,7 +106,7 @@ export class WidthSwitch extends Composite<WidthSwitchArgs> implements Switch {
     const out = this.outSel(sel, ctx.plan);
     if (!ctx.routing || ctx.routing.mode === 'full') return { y: this.runTail(x, sel, ctx), sel: out };
     const y = routeSwitch(this, x, sel, ctx, this.routeMacs(sel, ctx.plan), (k, part, c) => this.runTail(part, sel, { ...c, plan: this.routePlan(c.plan, k) }), {
-      supervise: this.args.gateLoss ?? 1,
+      supervise: mechanisms.get(this.args.mechanism).gateLoss,
     });
     return { y, sel: out };
   }

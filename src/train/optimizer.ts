@@ -129,8 +129,10 @@ export class Optimizer {
     this.slots = slots[0].length ? slots : [];
   }
 
+  /** Forgets the moments and the step count: the next update starts as the first (Adam's bias correction included). */
   dispose(): void {
     this.slots = [];
+    this.iterations = 0;
   }
 }
 

@@ -391,6 +391,16 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     model.dispose();
     throw new DynnError(`a dynamic model trains at u = 1 with its gates deciding; ${o.schedule === 'sandwich' ? 'the sandwich schedule' : 'early exits'} cannot be combined with it`);
   }
+  // Frozen routes must have been trained: here first (--pretrain-epochs) or in the run --init starts from.
+  if (frozenRoutes && o.pretrainEpochs === 0 && !o.init && !run) {
+    model.dispose();
+    throw new DynnError(`--dynamic ${String(model.config.args.dynamic)} trains its gate with the routes frozen: train the routes first (--pretrain-epochs N) or start from a run that did (--init RUN)`);
+  }
+  // A rate target is fitted with deterministic gates at the threshold, which must leave both decisions possible.
+  if (mechanism?.efficiency.fitsGates && !(o.gateThreshold > 0 && o.gateThreshold < 1)) {
+    model.dispose();
+    throw new DynnError(`--dynamic ${String(model.config.args.dynamic)} fits its gates to the target at the threshold: --gate-threshold must be in (0, 1), got ${o.gateThreshold}`);
+  }
   // Each mechanism's target has its own option; the other one's would silently do nothing.
   const other = mechanism && (['flopsTarget', 'widthTarget', 'skipTarget'] as const).find((k) => k !== mechanism.efficiency.option && o[k] !== undefined);
   if (mechanism && other) {
