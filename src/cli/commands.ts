@@ -199,10 +199,11 @@ async function gatesInfo(model: Network): Promise<{ decisions: string; execution
     return { decisions: 'nested', execution: 'sliced', note: `a width switch after ${model.layers[model.layers.indexOf(sw) - 1].name}: each sample takes one of ${sw.routes} widths (${widths} of the groups) for the rest of the network, each width's samples run the sliced network as one batch` };
   }
   const decisions = String(model.config.args.decisions ?? 'nested');
-  const { mechanisms } = await import('../route/mechanisms.js');
-  const mechanism = String(model.config.args.dynamic);
-  if (mechanisms.has(mechanism) && mechanisms.get(mechanism).frozenRoutes) {
-    return { decisions, execution: 'sliced', note: `one switch: each sample's ${mechanism} is chosen by its gate and runs only on the samples that took it (the batch split by route)` };
+  const { WholeSwitch } = await import('../route/whole.js');
+  const whole = model.layers.find((l): l is InstanceType<typeof WholeSwitch<never>> => l instanceof WholeSwitch);
+  if (whole) {
+    const routes = Array.from({ length: whole.routes }, (_, k) => whole.routeLabel(k)).join('; ');
+    return { decisions, execution: 'sliced', note: `a switch at the input: each sample takes one of ${whole.routes} routes (${routes}), each run only on the samples that took it (the batch split by route)` };
   }
   const masked = decisionForms.get(decisions).masked;
   const note = masked

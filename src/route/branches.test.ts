@@ -47,6 +47,12 @@ test('--branches: model names start branches, key=value sets arguments, a list r
   assert.throws(() => parseBranches('vgg-w:hidden=8,16,vgg-w'), /hidden is one number/);
   assert.throws(() => parseBranches('vgg-w'), /at least 2 branches/);
   assert.throws(() => parseBranches('multi-branch,vgg-w'), /cannot itself be a multi-branch/);
+  // Values a model cannot be built with are refused by name, before any tensor is made.
+  assert.throws(() => parseBranches('vgg-w:widths=-1,8,16,16,vgg-w'), /vgg-w's widths must be a positive integer up to 4096, got \[-1,8,16,16\]/);
+  assert.throws(() => parseBranches('vgg-w:hidden=0.5,vgg-w'), /vgg-w's hidden must be a positive integer up to 4096, got 0.5/);
+  assert.throws(() => parseBranches('vgg-w:hidden=100000000,vgg-w'), /up to 4096, got 100000000/);
+  assert.throws(() => parseBranches('vgg-w:toString=1,vgg-w'), /vgg-w takes no argument "toString"/);
+  assert.throws(() => parseBranches(Array.from({ length: 17 }, () => 'vgg-w').join(',')), /at most 16 branches, got 17/);
 });
 
 test('branches that disagree with the data, out of cost order, or misused options: clear errors before training', () => {

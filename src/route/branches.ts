@@ -16,6 +16,10 @@ export interface BranchSpec {
 
 /** Model arguments a branch may set besides its model's own defaults. */
 const COMMON_KEYS = ['groups', 'inputShape', 'numClasses', 'seed'];
+/** Branches a list may name: every branch is a whole network held in memory and exported as a graph. */
+const MAX_BRANCHES = 16;
+/** The largest integer argument a branch takes (a width, a count): larger ones exhaust memory, not teach. */
+const MAX_INT_ARG = 4096;
 
 /**
  * Reads a branch list (`--branches`): branches separated by commas, each a registered model name with
@@ -51,13 +55,14 @@ export function parseBranches(list: unknown): BranchSpec[] {
         const at = pair.indexOf('=');
         if (at < 1) throw new DynnError(`--branches: "${pair}" after ${head} is not key=value`);
         key = pair.slice(0, at);
-        if (key in specs[specs.length - 1].args) throw new DynnError(`--branches: ${key} is set twice for one branch`);
+        if (Object.hasOwn(specs[specs.length - 1].args, key)) throw new DynnError(`--branches: ${key} is set twice for one branch`);
         put(pair.slice(at + 1));
       }
     }
     specs.forEach(checkSpec);
   }
   if (specs.length < 2) throw new DynnError(`a multi-branch network needs at least 2 branches, got ${specs.length}`);
+  if (specs.length > MAX_BRANCHES) throw new DynnError(`a multi-branch network takes at most ${MAX_BRANCHES} branches, got ${specs.length}`);
   return specs;
 }
 
@@ -68,6 +73,13 @@ function checkSpec(spec: BranchSpec): BranchSpec {
   const keys = [...Object.keys(def.defaults), ...COMMON_KEYS];
   for (const [k, v] of Object.entries(spec.args)) {
     if (!keys.includes(k)) throw new DynnError(`--branches: ${spec.model} takes no argument "${k}"; expected one of ${keys.join(', ')}`);
+    // Integer arguments (widths, counts, groups) are positive integers within bounds; others positive numbers.
+    const dflt = def.defaults[k];
+    const integral = k !== 'seed' && (dflt === undefined || (Array.isArray(dflt) ? dflt : [dflt]).every((d) => Number.isInteger(d)));
+    for (const x of Array.isArray(v) ? v : [v]) {
+      const ok = typeof x === 'number' && (k === 'seed' ? Number.isInteger(x) : integral ? Number.isInteger(x) && x >= 1 && x <= MAX_INT_ARG : x > 0 && Number.isFinite(x));
+      if (!ok) throw new DynnError(`--branches: ${spec.model}'s ${k} must be ${k === 'seed' ? 'an integer' : integral ? `a positive integer up to ${MAX_INT_ARG}` : 'a positive number'}, got ${JSON.stringify(v)}`);
+    }
     const list = Array.isArray(def.defaults[k]) || k === 'inputShape';
     if (list !== Array.isArray(v)) spec.args[k] = list ? [v as number] : (v as number[])[0];
     if (!list && Array.isArray(v) && v.length > 1) throw new DynnError(`--branches: ${spec.model}'s ${k} is one number, got ${v.join(',')}`);
@@ -168,6 +180,7 @@ function buildBranch(spec: BranchSpec, i: number, prefix: string, inShape: Shape
     return net;
   } catch (err) {
     if (err instanceof InputTooSmallError) throw new DynnError(`${what} cannot take ${inShape.join('x')} inputs: ${err.message}`, { cause: err });
-    throw err;
+    if (err instanceof DynnError) throw err;
+    throw new DynnError(`${what} cannot be built with ${JSON.stringify(spec.args)}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
   }
 }
