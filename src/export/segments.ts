@@ -62,24 +62,15 @@ export class SegmentGraph {
   }
 }
 
+export type { SwitchRoute } from '../route/switch.js';
+import type { SwitchRoute } from '../route/switch.js';
+
 /** The gated units that export by segments. */
 export type GatedBlock = GatedResidualBlock | GatedDenseUnit;
 const isGatedBlock = (l: Layer): l is GatedBlock => l instanceof GatedResidualBlock || l instanceof GatedDenseUnit;
 /** Layers that are a segment of their own: gated units and switches. */
 const isDeciding = (l: Layer): boolean => isGatedBlock(l) || isSwitch(l);
 const isSwitch = (l: Layer): l is WidthSwitch | WholeSwitch<never> => l instanceof WidthSwitch || l instanceof WholeSwitch;
-
-/** One route of a switch as a graph lowers it: its layers at a plan, after an optional bilinear resize of `x`. */
-export interface SwitchRoute {
-  layers: Layer[];
-  plan: Plan;
-  /** [height, width] the route's input is resized to first (adaptive resolution). */
-  resize?: [number, number];
-  /** A few words for the graph's doc string. */
-  label: string;
-  /** Frees what was built for this lowering alone. */
-  release?: () => void;
-}
 
 /** A switch as export by segments lowers it: a gate graph (after an optional resize of `x`) and one graph per route. */
 interface SwitchParts {

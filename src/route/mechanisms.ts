@@ -4,7 +4,6 @@ import { Registry } from '../util/registry.js';
 import type { Layer } from '../layers/index.js';
 import type { EfficiencyTarget, RoutingState } from './context.js';
 import { DGGateNet, GateNet, PooledGate, SkipGate } from './gates.js';
-import { ResolutionSwitch } from './resolution.js';
 
 /** What a gate is built from: the block it decides for tells it how many groups and how wide. */
 export interface GateArgs {
@@ -94,11 +93,15 @@ export interface Mechanism {
   gateLoss?: number;
   /**
    * The model this mechanism needs (`multi-branch` for `branch`), when it is not a gate inside any model
-   * registered `dynamic`; or, with `wrap`, none: the mechanism wraps whatever model it is given.
+   * registered `dynamic`; or, with `wrapsModel`, none: the mechanism wraps whatever model it is given.
    */
   model?: string;
-  /** Builds the whole network around a registered model (adaptive resolution runs any model at K resolutions). */
-  wrap?: (model: string, args: Record<string, unknown>) => Layer[];
+  /**
+   * Whether the network is built around the registered model it is given (adaptive resolution runs any model
+   * at K resolutions: `ResolutionSwitch`, which the zoo builds, as a layer that builds models must not be
+   * imported by this registry).
+   */
+  wrapsModel?: boolean;
   /**
    * Whether its one gate sits at a width switch after the network's first stage and picks the width of the
    * rest (DS-Net, `route/width.ts`) instead of one gate per unit. Its gate trains with the supernet frozen.
@@ -154,21 +157,7 @@ mechanisms.register('resolution', {
   defaults: { target: 0.5, efficiencyWeight: 4 },
   frozenRoutes: true,
   gateLoss: 1,
-  wrap(model, a) {
-    if (a.resolutions === undefined) throw new DynnError('--dynamic resolution needs --resolutions, e.g. 28,21,14');
-    const { dynamic, resolutions, gateWidth, gateScale, ...backboneArgs } = a;
-    return [
-      new ResolutionSwitch('res', {
-        backbone: model,
-        backboneArgs,
-        resolutions: resolutions as number[],
-        mechanism: String(dynamic),
-        gateWidth: gateWidth as number | undefined,
-        gateScale: gateScale as number | undefined,
-        numClasses: a.numClasses as number,
-      }),
-    ];
-  },
+  wrapsModel: true,
 });
 
 mechanisms.register('width', {

@@ -3,9 +3,9 @@ import { DynnError } from '../util/errors.js';
 import { InputTooSmallError, fullSel, layerClasses } from '../layers/index.js';
 import type { Layer, Plan, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
-import type { SwitchRoute } from '../export/segments.js';
+import type { SwitchRoute } from './switch.js';
 import { Network } from '../models/network.js';
-import { models, resolveModelArgs } from '../models/zoo.js';
+import { models, resolveModelArgs } from '../models/registry.js';
 import { WholeSwitch, type WholeSwitchArgs } from './whole.js';
 
 /** What an adaptive-resolution switch is built from. */

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
-import type { ChannelSel, Layer, Routing, RunContext } from '../layers/index.js';
+import type { ChannelSel, Layer, Plan, Routing, RunContext } from '../layers/index.js';
 import { onesWithGradient } from './gates.js';
 import { gateMacsOf } from './unit.js';
 import { decideRoutes, runRoutes } from './routes.js';
@@ -44,6 +44,18 @@ export function smallestRight(right: ArrayLike<boolean>[], rows: number): Int32A
     for (let k = 0; k < K; k++) if (right[k][i]) return k;
     return K - 1;
   });
+}
+
+/** One route of a switch as a graph lowers it (export by segments, `src/export/segments.ts`): its layers at a plan, after an optional bilinear resize of `x`. */
+export interface SwitchRoute {
+  layers: Layer[];
+  plan: Plan;
+  /** [height, width] the route's input is resized to first (adaptive resolution). */
+  resize?: [number, number];
+  /** A few words for the graph's doc string. */
+  label: string;
+  /** Frees what was built for this lowering alone. */
+  release?: () => void;
 }
 
 /**

@@ -4,7 +4,7 @@ import { Composite, fullSel } from '../layers/index.js';
 import type { BlockInfo, ChannelSel, Layer, LayerCost, Plan, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
 import type { Network } from '../models/network.js';
-import type { SwitchRoute } from '../export/segments.js';
+import type { SwitchRoute } from './switch.js';
 import { mechanisms } from './mechanisms.js';
 import { gateCost } from './unit.js';
 import { routeSwitch, type Switch } from './switch.js';
