@@ -38,18 +38,10 @@ import { writeFileAtomic } from '../src/util/fs.js';
 import { mechanisms } from '../src/route/mechanisms.js';
 import { executionRate } from '../src/route/context.js';
 import { runTorchPeer } from './torch.js';
+import { benchArgs } from './args.js';
 
 const args = process.argv.slice(2);
-const value = (name: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : undefined;
-};
-const num = (name: string, dflt: number) => {
-  const v = Number(value(name) ?? dflt);
-  if (!(v > 0 && Number.isFinite(v))) throw new Error(`--${name} must be a positive number, got ${value(name)}`);
-  return v;
-};
-const list = (name: string, dflt: string) => (value(name) ?? dflt).split(',').filter(Boolean);
+const { value, num, list } = benchArgs(args);
 const json = args.includes('--json');
 const PEER = !args.includes('--no-peer');
 const TRAIN = num('train', 16384);

@@ -29,17 +29,10 @@ import { loadRun } from '../src/train/run.js';
 import { loadDataset } from '../src/data/datasets.js';
 import { existsSync } from 'node:fs';
 import { initEngine } from '../src/engine/backend.js';
+import { benchArgs } from './args.js';
 
 const args = process.argv.slice(2);
-const value = (name: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : undefined;
-};
-const num = (name: string, dflt: number) => {
-  const v = Number(value(name) ?? dflt);
-  if (!(v > 0 && Number.isFinite(v))) throw new Error(`--${name} must be a positive number, got ${value(name)}`);
-  return v;
-};
+const { value, num } = benchArgs(args);
 const json = args.includes('--json');
 const TRAIN = num('train', 6000);
 const TEST = num('test', 1000);

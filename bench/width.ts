@@ -31,17 +31,10 @@ import { interpolateAccuracy } from '../src/control/curve.js';
 import { evaluateRouted, routedSweep } from '../src/eval/routed.js';
 import { initEngine } from '../src/engine/backend.js';
 import { writeFileAtomic } from '../src/util/fs.js';
+import { benchArgs } from './args.js';
 
 const args = process.argv.slice(2);
-const value = (name: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : undefined;
-};
-const num = (name: string, dflt: number) => {
-  const v = Number(value(name) ?? dflt);
-  if (!(v > 0 && Number.isFinite(v))) throw new Error(`--${name} must be a positive number, got ${value(name)}`);
-  return v;
-};
+const { value, num } = benchArgs(args);
 const json = args.includes('--json');
 const MODEL = value('model') ?? 'vgg-w';
 const TRAIN = num('train', 8000);

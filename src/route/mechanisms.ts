@@ -131,10 +131,11 @@ mechanisms.register('acs-dg', {
   defaults: { ...mechanisms.get('acs-gn').defaults },
 });
 
-mechanisms.register('branch', {
-  description:
-    'gated multi-branch network (--model multi-branch --branches ...): an acs-gn gate on the input picks one branch network per sample; branches train first (--pretrain-epochs), the gate after with them frozen',
-  // The routes are frozen while it trains, so the gate alone learns: a logit scale of 10 lets it move in an epoch.
+/**
+ * What a gate picking whole networks at the input shares (a branch network, the network at a resolution): the
+ * routes are frozen while it trains, so the gate alone learns, its logits at 10x so it moves in an epoch.
+ */
+const wholeNetworkGate: Omit<Mechanism, 'description'> = {
   gate: (name, a) => new GateNet(name, { width: a.width, outputs: a.outputs, logitScale: a.logitScale ?? 10 }),
   // A gate this narrow costs about 5% of vgg-w:widths=8,8,16,16 and under 1% of vgg-w on 28x28 inputs.
   defaultWidth: () => 4,
@@ -143,20 +144,21 @@ mechanisms.register('branch', {
   frozenRoutes: true,
   // The efficiency term alone pushed every sample to the smallest branch (target 0.3) or picked branches no
   // better than chance against the cascade (78.4% at 0.53 against 84.4% at 0.55); the gate then learns which
-  // branch each sample needs.
+  // route each sample needs.
   gateLoss: 1,
+};
+
+mechanisms.register('branch', {
+  description:
+    'gated multi-branch network (--model multi-branch --branches ...): an acs-gn gate on the input picks one branch network per sample; branches train first (--pretrain-epochs), the gate after with them frozen',
+  ...wholeNetworkGate,
   model: 'multi-branch',
 });
 
 mechanisms.register('resolution', {
   description:
     'adaptive resolution (--resolutions 28,21,14): an acs-gn gate on a glimpse at the smallest resolution picks the resolution each sample runs at; any model that pools globally (resnet-d, resnet38, densenet41)',
-  gate: (name, a) => new GateNet(name, { width: a.width, outputs: a.outputs, logitScale: a.logitScale ?? 10 }),
-  defaultWidth: () => 4,
-  efficiency: flopsTerm,
-  defaults: { target: 0.5, efficiencyWeight: 4 },
-  frozenRoutes: true,
-  gateLoss: 1,
+  ...wholeNetworkGate,
   wrapsModel: true,
 });
 
