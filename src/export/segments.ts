@@ -8,7 +8,7 @@ import type { ChannelSel, Plan, Shape } from '../layers/types.js';
 import { GatedDenseUnit } from '../route/dense.js';
 import { GatedResidualBlock } from '../route/residual.js';
 import { WidthSwitch } from '../route/width.js';
-import { WholeSwitch } from '../route/whole.js';
+import { WholeSwitch, type SwitchRoute } from '../route/whole.js';
 import { gateMacsOf, innerPlan } from '../route/unit.js';
 import { checkGateThreshold } from '../route/modes.js';
 import { DynnError } from '../util/errors.js';
@@ -68,18 +68,6 @@ const isGatedBlock = (l: Layer): l is GatedBlock => l instanceof GatedResidualBl
 /** Layers that are a segment of their own: gated units and switches. */
 const isDeciding = (l: Layer): boolean => isGatedBlock(l) || isSwitch(l);
 const isSwitch = (l: Layer): l is WidthSwitch | WholeSwitch<never> => l instanceof WidthSwitch || l instanceof WholeSwitch;
-
-/** One route of a switch as a graph lowers it: its layers at a plan, after an optional bilinear resize of `x`. */
-export interface SwitchRoute {
-  layers: Layer[];
-  plan: Plan;
-  /** [height, width] the route's input is resized to first (adaptive resolution). */
-  resize?: [number, number];
-  /** A few words for the graph's doc string. */
-  label: string;
-  /** Frees what was built for this lowering alone. */
-  release?: () => void;
-}
 
 /** A switch as export by segments lowers it: a gate graph (after an optional resize of `x`) and one graph per route. */
 interface SwitchParts {

@@ -1,5 +1,4 @@
 import { DynnError } from '../util/errors.js';
-import { Registry } from '../util/registry.js';
 import { BatchNorm, Conv2D, Dense, DenseHead, DenseTransition, DenseUnit, Flatten, GlobalAvgPool, MaxPool, ReLU, ResidualBlock, ResNeXtBlock } from '../layers/index.js';
 import { InputTooSmallError, type Layer } from '../layers/index.js';
 import type { ModelArgs, ModelDef } from './types.js';
@@ -7,15 +6,16 @@ import { Network } from './network.js';
 import { GatedResidualBlock } from '../route/residual.js';
 import { GatedDenseUnit } from '../route/dense.js';
 import { mechanisms } from '../route/mechanisms.js';
-import { decisionForms } from '../route/unit.js';
 import { withExits } from './exits.js';
 import { MultiBranch, parseBranches } from '../route/branches.js';
+// Registers the resolution mechanism, which wraps any model (its gate and its ResolutionSwitch).
+import '../route/resolution.js';
+import { models, resolveModelArgs } from './registry.js';
 import { withWidthSwitch } from '../route/width.js';
 
 export type { ModelArgs, ModelDef } from './types.js';
 
-/** Registered models, by name. */
-export const models = new Registry<ModelDef>('model');
+export { models, resolveModelArgs } from './registry.js';
 
 function convBnRelu(name: string, filters: number, groups: number, levels: number, bn: boolean): Layer[] {
   return [
@@ -228,59 +228,6 @@ models.register('multi-branch', {
     new MultiBranch('mb', { branches: parseBranches(a.branches), mechanism: String(a.dynamic), gateWidth: a.gateWidth as number | undefined, gateScale: a.gateScale as number | undefined, numClasses: a.numClasses }),
   ],
 });
-
-const COMMON: ModelArgs = { inputShape: [28, 28, 1], numClasses: 10, groups: 8, batchNorm: true, seed: 0 };
-
-/** The full argument set a model is built with: common defaults, the model's, then the caller's set fields. */
-export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs {
-  const def = models.get(name);
-  const set = Object.fromEntries(Object.entries(args).filter(([, v]) => v !== undefined));
-  const resolved = { ...COMMON, ...def.defaults, ...set };
-  const shape = resolved.inputShape;
-  if (!Array.isArray(shape) || shape.length !== 3 || shape.some((n) => !Number.isInteger(n) || n < 1)) {
-    throw new DynnError(`inputShape must be [height, width, channels] of positive integers, got ${JSON.stringify(shape)}`);
-  }
-  if (!Number.isInteger(resolved.numClasses) || (resolved.numClasses as number) < 2) {
-    throw new DynnError(`numClasses must be an integer >= 2, got ${resolved.numClasses}`);
-  }
-  if (resolved.widthRoutes !== undefined && !mechanisms.get(String(resolved.dynamic ?? 'acs-gn')).widthSwitch) {
-    throw new DynnError(`widthRoutes (--width-routes) needs --dynamic width`);
-  }
-  if (resolved.dynamic !== undefined) {
-    const m = mechanisms.get(String(resolved.dynamic));
-    if (m.model !== undefined && m.model !== name) throw new DynnError(`--dynamic ${resolved.dynamic} needs --model ${m.model}`);
-    const own = mechanisms.list().find((k) => mechanisms.get(k).model === name);
-    if (own !== undefined && own !== resolved.dynamic) throw new DynnError(`${name} takes --dynamic ${own}, not ${resolved.dynamic}`);
-    if (m.widthSwitch && !def.switchAfter) {
-      const able = models.list().filter((k) => models.get(k).switchAfter);
-      throw new DynnError(`--dynamic ${resolved.dynamic} chooses a width per sample; ${name} is not throttleable after its first stage (expected one of ${able.join(', ')})`);
-    }
-    if (!m.widthSwitch && !def.dynamic && !m.wrap) {
-      // Models with gated forms, less those built for one mechanism of their own (multi-branch).
-      const able = models.list().filter((k) => models.get(k).dynamic && !mechanisms.list().some((n) => mechanisms.get(n).model === k));
-      throw new DynnError(`--dynamic ${resolved.dynamic} needs a model with a gated form; ${name} has none (expected one of ${able.join(', ')})`);
-    }
-  }
-  if (resolved.resolutions !== undefined && resolved.dynamic !== 'resolution') throw new DynnError('--resolutions needs --dynamic resolution');
-  if (resolved.branches !== undefined && name !== 'multi-branch') throw new DynnError('--branches needs --model multi-branch');
-  if (resolved.decisions !== undefined) {
-    if (resolved.dynamic === undefined) throw new DynnError(`decisions (--decisions ${resolved.decisions}) needs a dynamic model (--dynamic NAME)`);
-    decisionForms.get(String(resolved.decisions));
-  }
-  if (resolved.gateWidth !== undefined && (!Number.isInteger(resolved.gateWidth) || (resolved.gateWidth as number) < 1)) {
-    throw new DynnError(`gateWidth must be a positive integer, got ${resolved.gateWidth}`);
-  }
-  for (const key of ['gateWidth', 'gateScale'] as const) {
-    if (resolved[key] !== undefined && resolved.dynamic === undefined) throw new DynnError(`${key} (--${key === 'gateWidth' ? 'gate-width' : 'gate-scale'}) needs a dynamic model (--dynamic NAME)`);
-  }
-  if (resolved.gateScale !== undefined && !((resolved.gateScale as number) > 0 && Number.isFinite(resolved.gateScale))) {
-    throw new DynnError(`gateScale must be a positive number, got ${resolved.gateScale}`);
-  }
-  if (!Number.isInteger(resolved.groups) || (resolved.groups as number) < 1) {
-    throw new DynnError(`groups must be a positive integer, got ${resolved.groups}`);
-  }
-  return resolved;
-}
 
 /** Builds a registered model; unknown names fail with the list of known ones. */
 export function createModel(name: string, args: ModelArgs = {}): Network {

@@ -3,10 +3,9 @@ import { DynnError } from '../util/errors.js';
 import { InputTooSmallError, fullSel, layerClasses, layerFromConfig } from '../layers/index.js';
 import type { Plan, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
-import type { SwitchRoute } from '../export/segments.js';
 import { Network } from '../models/network.js';
-import { models, resolveModelArgs } from '../models/zoo.js';
-import { WholeSwitch, type WholeSwitchArgs } from './whole.js';
+import { models, resolveModelArgs } from '../models/registry.js';
+import { WholeSwitch, type SwitchRoute, type WholeSwitchArgs } from './whole.js';
 
 /** One branch of a gated multi-branch network: a registered model and the arguments it differs in. */
 export interface BranchSpec {

@@ -2,7 +2,6 @@ import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
 import type { Layer } from '../layers/index.js';
 import { DGGateNet, GateNet } from './gates.js';
-import { ResolutionSwitch } from './resolution.js';
 
 /** What a gate is built from: the block it decides for tells it how many groups and how wide. */
 export interface GateArgs {
@@ -82,31 +81,6 @@ mechanisms.register('branch', {
   // branch each sample needs.
   gateLoss: 1,
   model: 'multi-branch',
-});
-
-mechanisms.register('resolution', {
-  description:
-    'adaptive resolution (--resolutions 28,21,14): an acs-gn gate on a glimpse at the smallest resolution picks the resolution each sample runs at; any model that pools globally (resnet-d, resnet38, densenet41)',
-  gate: (name, a) => new GateNet(name, { width: a.width, outputs: a.outputs, logitScale: a.logitScale ?? 10 }),
-  defaultWidth: () => 4,
-  defaults: { flopsTarget: 0.5, efficiencyWeight: 4 },
-  frozenRoutes: true,
-  gateLoss: 1,
-  wrap(model, a) {
-    if (a.resolutions === undefined) throw new DynnError('--dynamic resolution needs --resolutions, e.g. 28,21,14');
-    const { dynamic, resolutions, gateWidth, gateScale, ...backboneArgs } = a;
-    return [
-      new ResolutionSwitch('res', {
-        backbone: model,
-        backboneArgs,
-        resolutions: resolutions as number[],
-        mechanism: String(dynamic),
-        gateWidth: gateWidth as number | undefined,
-        gateScale: gateScale as number | undefined,
-        numClasses: a.numClasses as number,
-      }),
-    ];
-  },
 });
 
 mechanisms.register('width', {

@@ -3,10 +3,11 @@ import { DynnError } from '../util/errors.js';
 import { InputTooSmallError, fullSel, layerClasses } from '../layers/index.js';
 import type { Layer, Plan, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
-import type { SwitchRoute } from '../export/segments.js';
 import { Network } from '../models/network.js';
-import { models, resolveModelArgs } from '../models/zoo.js';
-import { WholeSwitch, type WholeSwitchArgs } from './whole.js';
+import { models, resolveModelArgs } from '../models/registry.js';
+import { WholeSwitch, type SwitchRoute, type WholeSwitchArgs } from './whole.js';
+import { mechanisms } from './mechanisms.js';
+import { GateNet } from './gates.js';
 
 /** What an adaptive-resolution switch is built from. */
 export interface ResolutionSwitchArgs extends WholeSwitchArgs {
@@ -152,3 +153,29 @@ export class ResolutionSwitch extends WholeSwitch<ResolutionSwitchArgs> {
 }
 
 layerClasses.register('ResolutionSwitch', ResolutionSwitch);
+
+// Registered here, beside the switch it builds (the mechanism registry does not import the models).
+mechanisms.register('resolution', {
+  description:
+    'adaptive resolution (--resolutions 28,21,14): an acs-gn gate on a glimpse at the smallest resolution picks the resolution each sample runs at; any model that pools globally (resnet-d, resnet38, densenet41)',
+  gate: (name, a) => new GateNet(name, { width: a.width, outputs: a.outputs, logitScale: a.logitScale ?? 10 }),
+  defaultWidth: () => 4,
+  defaults: { flopsTarget: 0.5, efficiencyWeight: 4 },
+  frozenRoutes: true,
+  gateLoss: 1,
+  wrap(model, a) {
+    if (a.resolutions === undefined) throw new DynnError('--dynamic resolution needs --resolutions, e.g. 28,21,14');
+    const { dynamic, resolutions, gateWidth, gateScale, ...backboneArgs } = a;
+    return [
+      new ResolutionSwitch('res', {
+        backbone: model,
+        backboneArgs,
+        resolutions: resolutions as number[],
+        mechanism: String(dynamic),
+        gateWidth: gateWidth as number | undefined,
+        gateScale: gateScale as number | undefined,
+        numClasses: a.numClasses as number,
+      }),
+    ];
+  },
+});

@@ -4,10 +4,21 @@ import { Composite, fullSel } from '../layers/index.js';
 import type { BlockInfo, ChannelSel, Layer, LayerCost, Plan, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
 import type { Network } from '../models/network.js';
-import type { SwitchRoute } from '../export/segments.js';
 import { mechanisms } from './mechanisms.js';
 import { gateCost } from './unit.js';
 import { routeSwitch, type Switch } from './switch.js';
+
+/** One route of a switch as export by segments lowers it: its layers at a plan, after an optional bilinear resize of `x`. */
+export interface SwitchRoute {
+  layers: Layer[];
+  plan: Plan;
+  /** [height, width] the route's input is resized to first (adaptive resolution). */
+  resize?: [number, number];
+  /** A few words for the graph's doc string. */
+  label: string;
+  /** Frees what was built for this lowering alone. */
+  release?: () => void;
+}
 
 /** What a switch over whole networks takes besides its routes. */
 export interface WholeSwitchArgs {
