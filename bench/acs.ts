@@ -24,9 +24,6 @@ import * as tf from '@tensorflow/tfjs-core';
 import { train, type TrainOptions } from '../src/train/trainer.js';
 import type { Network } from '../src/models/network.js';
 import type { ImageSet } from '../src/data/types.js';
-import { MixedRunner } from '../src/control/runner.js';
-import { levelTable, fixedCurve } from '../src/control/table.js';
-import { oracleFromTable } from '../src/control/oracle.js';
 import { interpolateAccuracy } from '../src/control/curve.js';
 import { evaluateRouted, routedSweep } from '../src/eval/routed.js';
 import { median } from '../src/eval/latency.js';
@@ -38,7 +35,7 @@ import { writeFileAtomic } from '../src/util/fs.js';
 import { mechanisms } from '../src/route/mechanisms.js';
 import { executionRate } from '../src/route/context.js';
 import { runTorchPeer } from './torch.js';
-import { benchArgs } from './args.js';
+import { benchArgs, curveOf } from './common.js';
 
 const args = process.argv.slice(2);
 const { value, num, list } = benchArgs(args);
@@ -82,14 +79,6 @@ const base = (out: string, extra: TrainOptions): TrainOptions => ({
     ),
   ...extra,
 });
-
-/** The throttled u-curve of a static backbone and its oracle, on the test set. */
-function curveOf(model: Network, test: ImageSet) {
-  const table = levelTable(new MixedRunner(model), test, US);
-  const curve = fixedCurve(table);
-  const oracle = oracleFromTable(table);
-  return { curve, oracle: { accuracy: oracle.accuracy, flopsRatio: oracle.meanFlopsRatio } };
-}
 
 /** Mean ms per training step of a gated model in soft mode, gradient threads as `dynn train` uses them. */
 async function gatedStepMs(model: Network, steps: number): Promise<number> {
@@ -205,7 +194,7 @@ async function channelSkipping(backbone: string, names: string[]) {
     log('  throttleable (u ~ U(0, 1] per batch)');
     const throttle = await train(base(`${backbone}/throttle`, { model: backbone, epochs: EPOCHS }));
     const test = throttle.dataset.test;
-    const { curve, oracle } = curveOf(throttle.model, test);
+    const { curve, oracle } = curveOf(throttle.model, test, US);
     throttle.model.dispose();
     log(`  static ${(100 * staticAccuracy).toFixed(2)}%; u-curve ${curve.map((p) => `${p.u}: ${(100 * p.accuracy).toFixed(1)}% @${p.flopsRatio.toFixed(2)}`).join(', ')}; oracle ${(100 * oracle.accuracy).toFixed(2)}% @${oracle.flopsRatio.toFixed(3)}`);
 

@@ -29,7 +29,7 @@ import { loadRun } from '../src/train/run.js';
 import { loadDataset } from '../src/data/datasets.js';
 import { existsSync } from 'node:fs';
 import { initEngine } from '../src/engine/backend.js';
-import { benchArgs } from './args.js';
+import { benchArgs } from './common.js';
 
 const args = process.argv.slice(2);
 const { value, num } = benchArgs(args);

@@ -24,14 +24,11 @@ import { median } from '../src/eval/latency.js';
 import { saveSegments } from '../src/export/segments.js';
 import { openSession, sessionOptions } from '../src/runtime/node.js';
 import type { SegmentedSession } from '../src/runtime/segments.js';
-import { MixedRunner } from '../src/control/runner.js';
-import { levelTable, fixedCurve } from '../src/control/table.js';
-import { oracleFromTable } from '../src/control/oracle.js';
 import { interpolateAccuracy } from '../src/control/curve.js';
 import { evaluateRouted, routedSweep } from '../src/eval/routed.js';
 import { initEngine } from '../src/engine/backend.js';
 import { writeFileAtomic } from '../src/util/fs.js';
-import { benchArgs } from './args.js';
+import { benchArgs, curveOf } from './common.js';
 
 const args = process.argv.slice(2);
 const { value, num } = benchArgs(args);
@@ -65,14 +62,6 @@ const base = (out: string, extra: TrainOptions): TrainOptions => ({
   ...extra,
 });
 
-/** The fixed-u curve of the supernet and its oracle (the cheapest u that is right, per sample), on the test set. */
-function curveOf(model: Network, test: ImageSet) {
-  const table = levelTable(new MixedRunner(model), test, US);
-  const curve = fixedCurve(table);
-  const oracle = oracleFromTable(table);
-  return { curve, oracle: { accuracy: oracle.accuracy, flopsRatio: oracle.meanFlopsRatio } };
-}
-
 async function main() {
   let supernet = SUPERNET;
   if (!supernet) {
@@ -84,7 +73,7 @@ async function main() {
   await initEngine('auto');
   const { model: net } = await loadRun(supernet);
   const { test } = await loadDataset('fashion-mnist', { dataDir: DATA_DIR, trainLimit: TRAIN, testLimit: TEST, seed: 0 });
-  const { curve, oracle } = curveOf(net, test);
+  const { curve, oracle } = curveOf(net, test, US);
   net.dispose();
   log(`  fixed-u curve ${curve.map((p) => `${p.u}: ${(100 * p.accuracy).toFixed(1)}% @${p.flopsRatio.toFixed(2)}`).join(', ')}; oracle ${(100 * oracle.accuracy).toFixed(2)}% @${oracle.flopsRatio.toFixed(3)}`);
   const points: Record<string, unknown>[] = [];

@@ -1,3 +1,11 @@
+import type { Network } from '../src/models/network.js';
+import type { ImageSet } from '../src/data/types.js';
+import { MixedRunner } from '../src/control/runner.js';
+import { fixedCurve, levelTable } from '../src/control/table.js';
+import { oracleFromTable } from '../src/control/oracle.js';
+
+// What the bench scripts share.
+
 /**
  * The bench scripts' command line, one reader for all: `--name value` options, read as text, as a positive
  * number or as a comma-separated list.
@@ -14,4 +22,11 @@ export function benchArgs(argv: string[] = process.argv.slice(2)) {
   };
   const list = (name: string, dflt: string): string[] => (value(name) ?? dflt).split(',').filter(Boolean);
   return { value, num, list };
+}
+
+/** A throttleable network's fixed-u curve at `us` and its oracle (the cheapest u that is right, per sample), on `test`. */
+export function curveOf(model: Network, test: ImageSet, us: number[]) {
+  const table = levelTable(new MixedRunner(model), test, us);
+  const oracle = oracleFromTable(table);
+  return { curve: fixedCurve(table), oracle: { accuracy: oracle.accuracy, flopsRatio: oracle.meanFlopsRatio } };
 }
