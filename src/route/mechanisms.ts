@@ -31,11 +31,11 @@ export interface EfficiencyTerm {
    */
   add(routing: RoutingState, macs: { fixed: number; backbone: number }, target: EfficiencyTarget): number;
   /**
-   * Whether the trainer fits each gate's bias after every epoch so that, with deterministic gates on training
-   * samples, the gate executes the target fraction (`fitGateRates`): the target then holds at inference,
-   * not only under training's sampled decisions.
+   * The registered gate fit (`train/fit.ts`) that sets the gates after each gated epoch so that the target
+   * holds with deterministic decisions at the deployed threshold, not only under training's sampled ones;
+   * absent: none (the target holds in expectation).
    */
-  fitsGates: boolean;
+  fit?: string;
 }
 
 /** The ACS term: the batch's mean expected executed FLOPs ratio, gates included, against the target. */
@@ -44,11 +44,10 @@ const flopsTerm: EfficiencyTerm = {
   flag: '--flops-target',
   what: 'the FLOPs target',
   add: (routing, macs, target) => routing.addEfficiencyLoss(macs.fixed, macs.backbone, target),
-  fitsGates: false,
 };
 
 /** DS-Net's complexity term: the ACS term, set by its own option (the mean FLOPs ratio, the gate included). */
-const widthTerm: EfficiencyTerm = { ...flopsTerm, option: 'widthTarget', flag: '--width-target', what: 'the width target (the mean FLOPs ratio, the gate included)' };
+const widthTerm: EfficiencyTerm = { ...flopsTerm, option: 'widthTarget', flag: '--width-target', what: 'the width target (the mean FLOPs ratio, the gate included)', fit: 'switch-target' };
 
 /**
  * ConvNet-AIG's target loss (its Eq. 4): each gate's execution rate over the batch against the target,
@@ -60,7 +59,7 @@ const rateTerm: EfficiencyTerm = {
   flag: '--skip-target',
   what: 'the skip target (the mean fraction of gated blocks executed)',
   add: (routing, _macs, target) => routing.addRateLoss(target),
-  fitsGates: true,
+  fit: 'gate-rates',
 };
 
 /**

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { initEngine, type EngineName } from '../engine/backend.js';
 import { loadDataset } from '../data/datasets.js';
-import { allocShared, head, toFloat } from '../data/imageset.js';
+import { allocShared, head } from '../data/imageset.js';
 import type { Dataset } from '../data/types.js';
 import { checkGatingMode, type GatingMode } from '../gating/gating.js';
 import { createModel, resolveModelArgs, type ModelArgs } from '../models/zoo.js';
@@ -9,13 +9,12 @@ import type { Network } from '../models/network.js';
 import { loadCheckpoint } from '../checkpoint/checkpoint.js';
 import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
-import { calibrateBatchNorm, fitGateRates } from './calibrate.js';
+import { calibrateBatchNorm } from './calibrate.js';
+import { gateFits, type FitContext } from './fit.js';
 import { checkEfficiency, isGateWeight, mechanisms } from '../route/mechanisms.js';
 import { checkGateEstimator } from '../route/modes.js';
 import { evaluateRouted } from '../eval/routed.js';
 import { executionRate } from '../route/context.js';
-import { fitSwitchTarget } from '../route/width.js';
-import * as tf from '@tensorflow/tfjs-core';
 import { evaluate } from '../eval/evaluate.js';
 import { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor.js';
 import { checkOptimizer, Optimizer, type OptimizerName } from './optimizer.js';
@@ -396,8 +395,9 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     model.dispose();
     throw new DynnError(`--dynamic ${String(model.config.args.dynamic)} trains its gate with the routes frozen: train the routes first (--pretrain-epochs N) or start from a run that did (--init RUN)`);
   }
-  // A rate target is fitted with deterministic gates at the threshold, which must leave both decisions possible.
-  if (mechanism?.efficiency.fitsGates && !(o.gateThreshold > 0 && o.gateThreshold < 1)) {
+  // A fitted target is met with deterministic gates at the threshold, which must leave both decisions possible.
+  const fit = mechanism?.efficiency.fit === undefined ? undefined : gateFits.get(mechanism.efficiency.fit);
+  if (fit && !(o.gateThreshold > 0 && o.gateThreshold < 1)) {
     model.dispose();
     throw new DynnError(`--dynamic ${String(model.config.args.dynamic)} fits its gates to the target at the threshold: --gate-threshold must be in (0, 1), got ${o.gateThreshold}`);
   }
@@ -451,6 +451,17 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   }
 
   const trainPart = head(dataset.train, dataset.train.count - o.validationSamples);
+  const fitContext: FitContext | undefined =
+    fit && efficiency
+      ? {
+          model,
+          data: trainPart,
+          target: efficiency.target,
+          samples: o.calibrationSamples,
+          threshold: o.gateThreshold,
+          recalibrate: () => calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold }),
+        }
+      : undefined;
   const train = o.workers === 0 ? trainPart : allocShared(trainPart);
   const threads = o.workers < 0 ? undefined : o.workers;
   let executor: GradientExecutor | null = null;
@@ -482,10 +493,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     const stepsPerEpoch = Math.ceil(n / o.batchSize);
     const totalSteps = stepsPerEpoch * o.epochs;
     for (let epoch = startEpoch; epoch < o.epochs; epoch++) {
-      // Step 2 of a rate target starts with every gate's sampled decisions at the target (gates start open
-      // otherwise, and Adam moves a logit too slowly for a short fine-tuning to reach it).
-      if (mechanism?.efficiency.fitsGates && efficiency && epoch === o.pretrainEpochs) {
-        fitGateRates(model, trainPart, { target: efficiency.target, samples: o.calibrationSamples, threshold: o.gateThreshold, sampled: true });
+      if (fit?.start && fitContext && epoch === o.pretrainEpochs) {
+        fit.start(fitContext);
         executor.reload();
       }
       const order = new Rng(streamSeed(o.seed, 1, epoch)).permutation(n);
@@ -544,22 +553,9 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       // Then each gated block's rows from the samples that take each route (statistics per route).
       // Not for frozen routes: the gate learned on their statistics over every sample, which a subset would shift.
       if (gated && !frozenRoutes) calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
-      // A target must hold with deterministic gates, not only sampled ones: a rate target fits each gate to it
-      // (the per-route statistics following the routes); a width switch's logits are shifted so that the
-      // deployed threshold meets it on training samples.
-      if (mechanism && efficiency && epoch >= o.pretrainEpochs && (mechanism.efficiency.fitsGates || mechanism.widthSwitch)) {
-        if (mechanism.efficiency.fitsGates) {
-          const recalibrate = () => calibrateBatchNorm(model, trainPart, { us: [1], samples: o.calibrationSamples, seed: o.seed, threshold: o.gateThreshold });
-          fitGateRates(model, trainPart, { target: efficiency.target, samples: o.calibrationSamples, threshold: o.gateThreshold, recalibrate });
-        } else {
-          const n = Math.min(trainPart.count, o.calibrationSamples);
-          const images = tf.tensor4d(toFloat(trainPart, 0, n, new Float32Array(n * height * width * channels)), [n, height, width, channels]);
-          try {
-            fitSwitchTarget(model, images, efficiency.target, o.gateThreshold);
-          } finally {
-            images.dispose();
-          }
-        }
+      // The target must hold with deterministic gates, not only sampled ones: the mechanism's gate fit.
+      if (fit && fitContext && epoch >= o.pretrainEpochs) {
+        fit.epoch(fitContext);
         executor.reload();
       }
       const test: Record<string, number> = {};
@@ -582,7 +578,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
                 accuracy: routed.accuracy,
                 flopsRatio: routed.flopsRatio,
                 // A rate target's measure, deterministic and as training's sampled gates reported it.
-                ...(mechanism?.efficiency.fitsGates ? { executionRate: executionRate(routed.skipRates), ...(rated ? { trainExecutionRate: rateSum / rated } : {}) } : {}),
+                ...(mechanism?.efficiency.option === 'skipTarget' ? { executionRate: executionRate(routed.skipRates), ...(rated ? { trainExecutionRate: rateSum / rated } : {}) } : {}),
               },
             }
           : {}),
