@@ -63,10 +63,8 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
   const predictions = new Int32Array(data.count);
   const sampleRatios = new Float64Array(data.count);
   const skipped = new Map<string, number>();
-  // Per gate: samples of each class on each route, [class][route].
+  // Per gate: samples of each class on each route, [class][route] (the route tables and the skips per class).
   const byRoute = new Map<string, number[][]>();
-  // Per gate and class: summed skip shares and samples that reached the gate.
-  const byClass = new Map<string, { sum: Float64Array; count: Float64Array }>();
   for (let start = 0; start < data.count; start += batch) {
     const n = Math.min(batch, data.count - start);
     const x = toFloat(data, start, n, buf);
@@ -76,24 +74,13 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
     idx.dispose();
     routing.executedMacs.forEach((m, i) => (sampleRatios[start + i] = (fixed + m) / backbone));
     for (const [gate, rate] of Object.entries(routing.skipRates())) skipped.set(gate, (skipped.get(gate) ?? 0) + rate * n);
-    if (routing.decisions.size <= ROUTE_TABLE_GATES) {
-      for (const [gate, routes] of routing.decisions) {
-        let t = byRoute.get(gate);
-        const K = routing.fullRoutes.get(gate)! + 1;
-        if (!t) byRoute.set(gate, (t = Array.from({ length: model.numClasses }, () => new Array<number>(K).fill(0))));
-        routes.forEach((k, i) => {
-          if (k < 0) return;
-          t![data.labels[start + i]][k]++;
-        });
-      }
-    }
-    for (const [gate, shares] of routing.skipShares()) {
-      if (!byClass.has(gate)) byClass.set(gate, { sum: new Float64Array(model.numClasses), count: new Float64Array(model.numClasses) });
-      const c = byClass.get(gate)!;
-      shares.forEach((s, i) => {
-        if (Number.isNaN(s)) return;
-        c.sum[data.labels[start + i]] += s;
-        c.count[data.labels[start + i]]++;
+    for (const [gate, routes] of routing.decisions) {
+      let t = byRoute.get(gate);
+      const K = routing.fullRoutes.get(gate)! + 1;
+      if (!t) byRoute.set(gate, (t = Array.from({ length: model.numClasses }, () => new Array<number>(K).fill(0))));
+      routes.forEach((k, i) => {
+        if (k < 0) return;
+        t![data.labels[start + i]][k]++;
       });
     }
   }
@@ -108,12 +95,21 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
     sampleRatios,
     gateShare: gateShare(model),
     skipRates: Object.fromEntries([...skipped].map(([g, s]) => [g, s / Math.max(1, data.count)])),
-    classSkipRates: Object.fromEntries([...byClass].map(([g, c]) => [g, Array.from(c.sum, (s, k) => (c.count[k] ? s / c.count[k] : NaN))])),
+    classSkipRates: Object.fromEntries([...byRoute].map(([g, t]) => [g, classSkipShares(t)])),
     classFlops: perClassMean,
     perClassAccuracy,
     predictions,
-    ...(byRoute.size ? { routes: routeShares(byRoute) } : {}),
+    ...(byRoute.size && byRoute.size <= ROUTE_TABLE_GATES ? { routes: routeShares(byRoute) } : {}),
   };
+}
+
+/** Per class, the mean share of a gate's groups skipped, from its [class][route] counts (route k of K runs k of K - 1). */
+function classSkipShares(t: number[][]): number[] {
+  return t.map((r) => {
+    const G = r.length - 1;
+    const total = r.reduce((a, b) => a + b, 0);
+    return total ? r.reduce((a, c, k) => a + c * (1 - k / G), 0) / total : NaN;
+  });
 }
 
 /** Counts per class and route as each class's shares (NaN for a class with no sample). */
