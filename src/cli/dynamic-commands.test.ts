@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { runCli } from './cli.js';
 import { captureIo } from './capture.js';
+import { assertTrainRefused } from './fixtures.js';
 import { loadRun } from '../train/run.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-dynamic-'));
@@ -73,14 +74,7 @@ test('dynamic options: clear errors before any training', async () => {
     [['--model', 'resnet-d', '--dynamic', 'skip', '--gate-threshold', '1'], /--dynamic skip fits its gates to the target at the threshold: --gate-threshold must be in \(0, 1\), got 1/],
     [['--model', 'resnet-d', '--dynamic', 'skip', '--decisions', 'channel'], /--dynamic skip decides whole blocks: it takes --decisions nested only, got channel/],
   ];
-  for (const [argv, pattern] of cases) {
-    const io = captureIo();
-    const out = path.join(tmp, `bad-${argv.join('-')}`);
-    assert.equal(await runCli(['train', ...argv, ...data, '--out', out], io), 1, `${argv.join(' ')}: ${io.stderr()}`);
-    assert.match(io.stderr(), pattern, argv.join(' '));
-    assert.doesNotMatch(io.stderr(), /\n\s+at /);
-    assert.equal(fs.existsSync(path.join(out, 'checkpoint.json')), false);
-  }
+  await assertTrainRefused(cases, data, tmp);
 });
 
 test('info shows a dynamic run’s gated accuracy and FLOPs; export writes it by segments to a folder that dynn serve loads', async () => {

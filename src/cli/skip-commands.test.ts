@@ -6,6 +6,7 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { runCli } from './cli.js';
 import { captureIo } from './capture.js';
+import { assertTrainRefused } from './fixtures.js';
 import { loadRun } from '../train/run.js';
 import { loadDataset } from '../data/datasets.js';
 import { toFloat } from '../data/imageset.js';
@@ -28,14 +29,7 @@ test('layer skipping: bad targets and models are refused before any training', a
     [['--model', 'resnet38', '--dynamic', 'acs-gn', '--skip-target', '0.5'], /--skip-target does not apply to --dynamic acs-gn, whose target is --flops-target/],
     [[...small, '--skip-target', '0.5'], /skipTarget needs a dynamic model \(--dynamic NAME\); resnet-d has no gates/],
   ];
-  for (const [argv, pattern] of cases) {
-    const io = captureIo();
-    const out = path.join(tmp, `bad-${argv.join('-')}`);
-    assert.equal(await runCli(['train', ...argv, ...data, '--out', out], io), 1, `${argv.join(' ')}: ${io.stderr()}`);
-    assert.match(io.stderr(), pattern, argv.join(' '));
-    assert.doesNotMatch(io.stderr(), /\n\s+at /);
-    assert.equal(fs.existsSync(path.join(out, 'checkpoint.json')), false);
-  }
+  await assertTrainRefused(cases, data, tmp);
 });
 
 test('a skip run trains in two steps; its deterministic execution rate is the target; sweep, info, export and serve', async () => {
