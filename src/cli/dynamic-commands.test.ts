@@ -72,6 +72,7 @@ test('dynamic options: clear errors before any training', async () => {
     [['--model', 'vgg-w', '--dynamic', 'width', '--width-routes', '9'], /switch: routes must be an integer in 2..8 \(the tail's groups\), got 9/],
     [['--model', 'vgg-w', '--dynamic', 'width'], /--dynamic width trains its gate with the routes frozen: train the routes first \(--pretrain-epochs N\) or start from a run that did \(--init RUN\)/],
     [['--model', 'resnet-d', '--dynamic', 'skip', '--gate-threshold', '1'], /--dynamic skip fits its gates to the target at the threshold: --gate-threshold must be in \(0, 1\), got 1/],
+    [['--model', 'vgg-w', '--dynamic', 'width', '--pretrain-epochs', '1', '--gate-threshold', '0'], /--dynamic width fits its gates to the target at the threshold: --gate-threshold must be in \(0, 1\), got 0/],
     [['--model', 'resnet-d', '--dynamic', 'skip', '--decisions', 'channel'], /--dynamic skip decides whole blocks: it takes --decisions nested only, got channel/],
   ];
   await assertTrainRefused(cases, data, tmp);
