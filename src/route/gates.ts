@@ -58,6 +58,16 @@ export abstract class LogitGate extends Composite<GateNetArgs> {
     return fullSel(this.args.outputs);
   }
 
+  /**
+   * Adds `delta` to every logit the gate gives, whatever the input: through the output layer's bias, in
+   * units of the logits (the bias is multiplied by `logitScale`). What fitting a gate to its target moves.
+   */
+  shiftLogits(delta: number): void {
+    const bias = this.weights().find((w) => w.name === `${this.name}.fc.bias`);
+    if (!bias) throw new DynnError(`${this.name}: no output bias to shift`);
+    tf.tidy(() => bias.variable.assign(tf.add(bias.variable, delta / (this.args.logitScale ?? 1))));
+  }
+
   call(x: tf.Tensor, sel: ChannelSel, ctx: RunContext) {
     const { y, sel: out } = this.runChain(this.layers, x, sel, ctx);
     return { y: tf.mul(y, this.args.logitScale ?? 1), sel: out };

@@ -8,6 +8,7 @@ import { gateName, mechanisms } from './mechanisms.js';
 import { routeSwitch, type Switch } from './switch.js';
 import { gateCost, gateMacsOf } from './unit.js';
 import { nestedCounts } from './count.js';
+import { LogitGate } from './gates.js';
 import type { Network } from '../models/network.js';
 
 /** A width switch's settings (the layers after it are its constructor's `tail`). */
@@ -152,8 +153,7 @@ export function widthSwitchOf(model: { layers: Layer[] }): WidthSwitch | undefin
  */
 export function fitSwitchTarget(model: Network, images: tf.Tensor4D, target: number, threshold: number, steps = 30): number {
   const sw = widthSwitchOf(model);
-  const bias = sw?.gate.weights().find((w) => w.name.endsWith('.fc.bias'));
-  if (!sw || !bias) throw new DynnError(`${model.config.model} has no width switch whose gate could be fitted`);
+  if (!sw || !(sw.gate instanceof LogitGate)) throw new DynnError(`${model.config.model} has no width switch whose gate could be fitted`);
   const plan = model.plan(1);
   const at = model.layers.indexOf(sw);
   let sel = fullSel(model.inputShape[2]);
@@ -179,7 +179,6 @@ export function fitSwitchTarget(model: Network, images: tf.Tensor4D, target: num
     if (ratio > target) hi = mid;
     else lo = mid;
   }
-  const scale = (sw.gate.args as { logitScale?: number }).logitScale ?? 1;
-  tf.tidy(() => bias.variable.assign(tf.add(bias.variable, best.offset / scale)));
+  sw.gate.shiftLogits(best.offset);
   return best.ratio;
 }

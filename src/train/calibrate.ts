@@ -9,6 +9,7 @@ import { toFloat } from '../data/imageset.js';
 import { Rng } from '../util/rng.js';
 import { RoutingState } from '../route/context.js';
 import { gateName } from '../route/mechanisms.js';
+import { LogitGate } from '../route/gates.js';
 import { DynnError } from '../util/errors.js';
 
 /** Every BatchNorm layer of a network, by name. */
@@ -157,7 +158,6 @@ export function fitGateRates(model: Network, data: ImageSet, options: FitRateOpt
   const buf = new Float32Array(batch * per);
   const plan = model.plan(1);
   const gates = layersByName(model);
-  const biases = new Map(model.weights().map((w) => [w.name, w.variable]));
   const pass = () => {
     const logits = new Map<string, Float32Array>();
     for (let start = 0; start < samples; start += batch) {
@@ -182,10 +182,8 @@ export function fitGateRates(model: Network, data: ImageSet, options: FitRateOpt
   let logits = pass();
   const shift = (unit: string, delta: number) => {
     const gate = gates.get(gateName(unit));
-    const bias = biases.get(`${gateName(unit)}.fc.bias`);
-    if (!gate || !bias) throw new DynnError(`${unit}: no gate output bias to fit`);
-    const scale = (gate.args as { logitScale?: number }).logitScale ?? 1;
-    tf.tidy(() => bias.assign(tf.add(bias, delta / scale)));
+    if (!(gate instanceof LogitGate)) throw new DynnError(`${unit}: no gate output bias to fit`);
+    gate.shiftLogits(delta);
   };
   if (options.sampled) {
     const sigmoid = (v: number) => 1 / (1 + Math.exp(-v));
