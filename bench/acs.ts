@@ -35,7 +35,7 @@ import { writeFileAtomic } from '../src/util/fs.js';
 import { mechanisms } from '../src/route/mechanisms.js';
 import { executionRate } from '../src/route/context.js';
 import { runTorchPeer } from './torch.js';
-import { benchArgs, curveOf } from './common.js';
+import { benchArgs, curveOf, routedFigures } from './common.js';
 
 const args = process.argv.slice(2);
 const { value, num, list } = benchArgs(args);
@@ -152,13 +152,9 @@ async function layerSkipping(backbone: string, names: string[]) {
       const point: Record<string, unknown> = {
         mechanism,
         target,
-        accuracy: e.accuracy,
+        ...routedFigures(e),
         againstPlain: e.accuracy - plainAccuracy,
         executionRate: { training: last?.trainExecutionRate, inference: executionRate(e.skipRates) },
-        flopsRatio: e.flopsRatio,
-        flopsMin: e.flopsMin,
-        flopsMax: e.flopsMax,
-        gateShare: e.gateShare,
       };
       log(
         `    ${(100 * e.accuracy).toFixed(2)}% (plain ${(100 * plainAccuracy).toFixed(2)}%) at FLOPs ${e.flopsRatio.toFixed(3)} (gates ${e.gateShare.toFixed(3)}); ` +
@@ -220,11 +216,7 @@ async function channelSkipping(backbone: string, names: string[]) {
             mechanism,
             estimator,
             target,
-            accuracy: e.accuracy,
-            flopsRatio: e.flopsRatio,
-            flopsMin: e.flopsMin,
-            flopsMax: e.flopsMax,
-            gateShare: e.gateShare,
+            ...routedFigures(e),
             throttledAtSameFlops: interpolateAccuracy(curve, e.flopsRatio),
           };
           gated.push(point);

@@ -28,7 +28,7 @@ import { interpolateAccuracy } from '../src/control/curve.js';
 import { evaluateRouted, routedSweep } from '../src/eval/routed.js';
 import { initEngine } from '../src/engine/backend.js';
 import { writeFileAtomic } from '../src/util/fs.js';
-import { benchArgs, curveOf } from './common.js';
+import { benchArgs, curveOf, routedFigures } from './common.js';
 
 const args = process.argv.slice(2);
 const { value, num } = benchArgs(args);
@@ -91,11 +91,7 @@ async function main() {
     for (const x of e.sampleRatios) widths.set(Math.round(x * 1000) / 1000, (widths.get(Math.round(x * 1000) / 1000) ?? 0) + 1);
     const point = {
       target,
-      accuracy: e.accuracy,
-      flopsRatio: e.flopsRatio,
-      flopsMin: e.flopsMin,
-      flopsMax: e.flopsMax,
-      gateShare: e.gateShare,
+      ...routedFigures(e),
       fixedUAtSameFlops: interpolateAccuracy(curve, e.flopsRatio),
       routeShares: Object.fromEntries([...widths].sort((a, b) => a[0] - b[0]).map(([ratio, n]) => [ratio.toFixed(3), n / e.count])),
       latencyMs: { routed: p.latencyMs, full: s.full.latencyMs },
