@@ -162,13 +162,20 @@ export function routeUnit(unit: GatedUnit, x: tf.Tensor, sel: ChannelSel, ctx: R
   return decisionForms.get(unit.decisions).run({ unit, input, sel, ctx, routing, logits, gateMacs, channelMacs: unit.channelMacs(sel) });
 }
 
-/** Builds a unit's gate from its mechanism, on the unit's input shape, with the decision form's outputs. */
-export function buildGate(unit: Pick<GatedUnit, 'name' | 'groups' | 'groupWidth' | 'decisions'>, args: Pick<GatedArgs, 'mechanism' | 'gateWidth' | 'gateScale'>, inShape: number[], seed: number): Layer {
+/**
+ * The gate of whatever decides at `owner` (a gated unit, a switch), named `<owner>.gate`: its mechanism's, with
+ * `outputs` logits, built on `inShape`, its width the mechanism's default for the input's channels unless set.
+ */
+export function makeGate(owner: string, outputs: number, args: Pick<GatedArgs, 'mechanism' | 'gateWidth' | 'gateScale'>, inShape: number[], seed: number): Layer {
   const m = mechanisms.get(args.mechanism);
-  const outputs = decisionForms.get(unit.decisions).outputs(unit.groups, unit.groupWidth);
-  const gate = m.gate(gateName(unit.name), { outputs, width: args.gateWidth ?? m.defaultWidth(inShape[2]), logitScale: args.gateScale });
+  const gate = m.gate(gateName(owner), { outputs, width: args.gateWidth ?? m.defaultWidth(inShape[inShape.length - 1]), logitScale: args.gateScale });
   gate.build(inShape, seed);
   return gate;
+}
+
+/** Builds a unit's gate from its mechanism, on the unit's input shape, with the decision form's outputs. */
+export function buildGate(unit: Pick<GatedUnit, 'name' | 'groups' | 'groupWidth' | 'decisions'>, args: Pick<GatedArgs, 'mechanism' | 'gateWidth' | 'gateScale'>, inShape: number[], seed: number): Layer {
+  return makeGate(unit.name, decisionForms.get(unit.decisions).outputs(unit.groups, unit.groupWidth), args, inShape, seed);
 }
 
 /**

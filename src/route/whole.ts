@@ -6,7 +6,7 @@ import type { FrozenOp } from '../models/subnet.js';
 import type { Network } from '../models/network.js';
 import type { SwitchRoute } from './switch.js';
 import { mechanisms } from './mechanisms.js';
-import { gateCost } from './unit.js';
+import { gateCost, makeGate } from './unit.js';
 import { routeSwitch, type Switch } from './switch.js';
 
 /** What a switch over whole networks takes besides its routes. */
@@ -68,12 +68,10 @@ export abstract class WholeSwitch<A extends WholeSwitchArgs> extends Composite<A
   protected abstract routeNets(): Network[];
 
   protected doBuild(inShape: Shape): Shape {
-    const m = mechanisms.get(this.args.mechanism);
     const out = this.buildRoutes(inShape);
     if (out.length !== 1 || out[0] !== this.args.numClasses) throw new DynnError(`${this.name}: its routes give [${out}], not ${this.args.numClasses} class scores`);
     const gShape = this.gateShape(inShape);
-    this.gateLayer = m.gate(`${this.name}.gate`, { outputs: this.routes - 1, width: this.args.gateWidth ?? m.defaultWidth(gShape[2]), logitScale: this.args.gateScale });
-    this.gateLayer.build(gShape, this.seed);
+    this.gateLayer = makeGate(this.name, this.routes - 1, this.args, gShape, this.seed);
     this.layers = [this.gateLayer, ...this.routeNets().flatMap((n) => n.layers)];
     return out;
   }

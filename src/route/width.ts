@@ -4,9 +4,9 @@ import { activeGroupCount } from '../gating/gating.js';
 import { Composite, fullSel } from '../layers/index.js';
 import type { BlockInfo, ChannelSel, Layer, LayerCost, Plan, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
-import { gateName, mechanisms } from './mechanisms.js';
+import { mechanisms } from './mechanisms.js';
 import { routeSwitch, type Switch } from './switch.js';
-import { gateCost, gateMacsOf } from './unit.js';
+import { gateCost, gateMacsOf, makeGate } from './unit.js';
 import { nestedCounts } from './count.js';
 import { LogitGate } from './gates.js';
 import type { Network } from '../models/network.js';
@@ -54,9 +54,7 @@ export class WidthSwitch extends Composite<WidthSwitchArgs> implements Switch {
     this.groups = Math.max(...this.blocks.map((b) => b.groups));
     const K = this.routes;
     if (!Number.isInteger(K) || K < 2 || K > this.groups) throw new DynnError(`${this.name}: routes must be an integer in 2..${this.groups} (the tail's groups), got ${K}`);
-    const m = mechanisms.get(this.args.mechanism);
-    this.gateLayer = m.gate(gateName(this.name), { outputs: K - 1, width: this.args.gateWidth ?? m.defaultWidth(inShape[inShape.length - 1]), logitScale: this.args.gateScale });
-    this.gateLayer.build(inShape, this.seed);
+    this.gateLayer = makeGate(this.name, K - 1, this.args, inShape, this.seed);
     this.layers = [...this.tail, this.gateLayer];
     return out;
   }
