@@ -58,10 +58,30 @@ const TIMED: Record<string, (result: any) => number> = {
   latency: (r) => Object.values(r.latencyMs as Record<string, Record<string, number>>).reduce((a, byBatch) => a + Object.values(byBatch).reduce((b, ms) => b + ms, 0), 0),
 };
 
+type Latencies = Record<string, Record<string, number>>;
+
+/**
+ * Latencies at PyTorch's best per batch size: for each batch, the configuration whose times over every u sum
+ * lowest (a sum over all batches would let batch 64 pick batch 1's configuration too).
+ */
+function bestPerBatch(runs: { config: PeerConfig; latencyMs: Latencies }[]): { latencyMs: Latencies; configByBatch: Record<string, PeerConfig> } {
+  const latencyMs: Latencies = {};
+  const configByBatch: Record<string, PeerConfig> = {};
+  const batches = Object.keys(Object.values(runs[0].latencyMs)[0] ?? {});
+  for (const b of batches) {
+    const total = (l: Latencies) => Object.values(l).reduce((a, byBatch) => a + byBatch[b], 0);
+    const best = runs.reduce((x, y) => (total(y.latencyMs) < total(x.latencyMs) ? y : x));
+    configByBatch[b] = best.config;
+    for (const [u, byBatch] of Object.entries(best.latencyMs)) (latencyMs[u] ??= {})[b] = byBatch[b];
+  }
+  return { latencyMs, configByBatch };
+}
+
 /**
  * Runs bench/torch_peer.py with Debian's Python under the allocator settings above; ok: false (with a
  * reason) when PyTorch is not available. A timing mode with no `threads` option runs once per `PEER_CONFIGS`
- * entry and returns the fastest run's result, with `config` (the winner) and `configs` (each one's figure).
+ * entry and returns the fastest run's result, with `config` (the winner) and `configs` (each one's figure);
+ * latencies come from the best configuration per batch size (`configByBatch`).
  */
 export async function runTorchPeer(options: Record<string, unknown>, run: TorchPeerRunOptions = {}): Promise<TorchPeerOutcome> {
   const rank = TIMED[String(options.mode)];
@@ -70,14 +90,17 @@ export async function runTorchPeer(options: Record<string, unknown>, run: TorchP
   }
   let best: { ok: true; result: any } | undefined;
   const configs: (PeerConfig & { ms: number })[] = [];
+  const latencies: { config: PeerConfig; latencyMs: Latencies }[] = [];
   for (const config of PEER_CONFIGS) {
     const out = await runPeerOnce({ ...options, threads: config.threads }, config, run);
     if (!out.ok) return out;
     const ms = rank(out.result);
     configs.push({ ...config, ms });
+    if (out.result.latencyMs) latencies.push({ config, latencyMs: out.result.latencyMs });
     if (!best || ms < rank(best.result)) best = { ok: true, result: { ...out.result, config } };
   }
   best!.result.configs = configs;
+  if (latencies.length) Object.assign(best!.result, bestPerBatch(latencies));
   return best!;
 }
 
