@@ -17,6 +17,20 @@ const DEFAULT_US = [0.125, 0.25, 0.5, 0.75, 1];
 
 type Opts = Record<string, unknown>;
 
+/** A mixture of experts' model arguments from `dynn train`'s options (E, k and the factors checked when the model is built). */
+function moeModelArgs(o: Opts) {
+  return {
+    experts: numberOption(o.experts, 'experts', { int: true, min: 1 }),
+    topK: numberOption(o.topK, 'top-k', { int: true, min: 1 }),
+    capacityFactor: numberOption(o.capacityFactor, 'capacity-factor', { min: Number.MIN_VALUE }),
+    evalCapacityFactor: numberOption(o.evalCapacityFactor, 'eval-capacity-factor', { min: Number.MIN_VALUE }),
+    overflow: o.overflow === undefined ? undefined : String(o.overflow),
+    importanceWeight: numberOption(o.importanceWeight, 'importance-weight', { min: 0 }),
+    loadWeight: numberOption(o.loadWeight, 'load-weight', { min: 0 }),
+    switchWeight: numberOption(o.switchWeight, 'switch-weight', { min: 0 }),
+  };
+}
+
 /** Options of `dynn train` (and `dynn demo`), as the trainer takes them. */
 export function trainOptionsFrom(o: Opts) {
   if (o.vanilla && o.curriculum) throw new DynnError('--vanilla and --curriculum exclude each other');
@@ -53,6 +67,7 @@ export function trainOptionsFrom(o: Opts) {
       branches: o.branches === undefined ? undefined : String(o.branches),
       resolutions: intListOption(o.resolutions, 'resolutions'),
       widthRoutes: numberOption(o.widthRoutes, 'width-routes', { int: true, min: 2 }),
+      ...moeModelArgs(o),
     },
     widthTarget: numberOption(o.widthTarget, 'width-target', { min: Number.MIN_VALUE, max: 1 }),
     flopsTarget: numberOption(o.flopsTarget, 'flops-target', { min: Number.MIN_VALUE, max: 1 }),

@@ -90,6 +90,13 @@ export interface Routing {
   observe(name: string, logits: tf.Tensor2D): void;
   /** Adds an auxiliary loss term (a scalar the training step adds to the task loss). */
   addLoss(name: string, value: tf.Scalar): void;
+  /**
+   * Records gate `name`'s choice of one of `choices` unordered routes for the current rows (an expert of a
+   * mixture of experts; -1: none ran). Unlike `decide`, a choice skips no share of anything.
+   */
+  choose(name: string, routes: Int32Array, choices: number): void;
+  /** Adds `events` out of `of` to counter `name` (a mixture's assignments that overflowed an expert's capacity). */
+  count(name: string, events: number, of: number): void;
   /** The current rows' labels, when the pass knows them (a training step): what supervised gates learn from. */
   readonly labels?: Int32Array;
 }

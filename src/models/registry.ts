@@ -1,8 +1,9 @@
 import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
-import { mechanisms } from '../route/mechanisms.js';
+import { mechanismModels, mechanisms } from '../route/mechanisms.js';
 import { decisionForms } from '../route/unit.js';
 import type { ModelArgs, ModelDef } from './types.js';
+import { checkMixture } from '../route/experts.js';
 
 // The registry and the argument rules apart from the registrations (./zoo.ts), so that layers which build
 // registered models by name (a multi-branch network's branches, adaptive resolution's backbone) import them
@@ -10,6 +11,9 @@ import type { ModelArgs, ModelDef } from './types.js';
 
 /** Registered models, by name. */
 export const models = new Registry<ModelDef>('model');
+
+/** A mixture of experts' arguments (`MoeArgs`), which only its models take. */
+const MOE_ARGS = ['experts', 'topK', 'capacityFactor', 'evalCapacityFactor', 'overflow', 'importanceWeight', 'loadWeight', 'switchWeight'] as const;
 
 const COMMON: ModelArgs = { inputShape: [28, 28, 1], numClasses: 10, groups: 8, batchNorm: true, seed: 0 };
 
@@ -30,8 +34,9 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   }
   if (resolved.dynamic !== undefined) {
     const m = mechanisms.get(String(resolved.dynamic));
-    if (m.model !== undefined && m.model !== name) throw new DynnError(`--dynamic ${resolved.dynamic} needs --model ${m.model}`);
-    const own = mechanisms.list().find((k) => mechanisms.get(k).model === name);
+    const needs = mechanismModels(m);
+    if (needs.length && !needs.includes(name)) throw new DynnError(`--dynamic ${resolved.dynamic} needs --model ${needs.join(' or ')}`);
+    const own = mechanisms.list().find((k) => mechanismModels(mechanisms.get(k)).includes(name));
     if (own !== undefined && own !== resolved.dynamic) throw new DynnError(`${name} takes --dynamic ${own}, not ${resolved.dynamic}`);
     if (m.widthSwitch && !def.switchAfter) {
       const able = models.list().filter((k) => models.get(k).switchAfter);
@@ -43,7 +48,7 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
     }
     if (!m.widthSwitch && !def.dynamic && !m.wrapsModel) {
       // Models with gated forms, less those built for one mechanism of their own (multi-branch).
-      const able = models.list().filter((k) => models.get(k).dynamic && !mechanisms.list().some((n) => mechanisms.get(n).model === k));
+      const able = models.list().filter((k) => models.get(k).dynamic && !mechanisms.list().some((n) => mechanismModels(mechanisms.get(n)).includes(k)));
       throw new DynnError(`--dynamic ${resolved.dynamic} needs a model with a gated form; ${name} has none (expected one of ${able.join(', ')})`);
     }
   }
@@ -65,6 +70,11 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   }
   if (resolved.gateScale !== undefined && !((resolved.gateScale as number) > 0 && Number.isFinite(resolved.gateScale))) {
     throw new DynnError(`gateScale must be a positive number, got ${resolved.gateScale}`);
+  }
+  const moe = MOE_ARGS.filter((k) => resolved[k] !== undefined);
+  if (moe.length && resolved.dynamic !== 'moe') throw new DynnError(`${moe.join(', ')} ${moe.length > 1 ? 'need' : 'needs'} a mixture of experts (--model ${mechanismModels(mechanisms.get('moe')).join(' or ')})`);
+  if (resolved.dynamic === 'moe') {
+    checkMixture(resolved.experts as number, resolved.topK as number, [resolved.capacityFactor as number, resolved.evalCapacityFactor as number], String(resolved.overflow));
   }
   if (!Number.isInteger(resolved.groups) || (resolved.groups as number) < 1) {
     throw new DynnError(`groups must be a positive integer, got ${resolved.groups}`);

@@ -12,6 +12,7 @@ import { MultiBranch, parseBranches } from '../route/branches.js';
 import { withWidthSwitch } from '../route/width.js';
 import { ResolutionSwitch } from '../route/resolution.js';
 import { models, resolveModelArgs } from './registry.js';
+import { MoeBlock, type MoeArgs } from '../route/moe.js';
 
 export type { ModelArgs, ModelDef } from './types.js';
 
@@ -250,6 +251,73 @@ models.register('multi-branch', {
   layers: (a) => [
     new MultiBranch('mb', { branches: parseBranches(a.branches), mechanism: String(a.dynamic), gateWidth: a.gateWidth as number | undefined, gateScale: a.gateScale as number | undefined, numClasses: a.numClasses }),
   ],
+});
+
+/** A mixture's defaults: 4 experts, top-1, Switch's capacity factors and balance loss. */
+const MOE_DEFAULTS: ModelArgs = { dynamic: 'moe', experts: 4, topK: 1, capacityFactor: 1.25, evalCapacityFactor: 2, overflow: 'residual', importanceWeight: 0, loadWeight: 0, switchWeight: 0.01 };
+
+/** The mixture settings of a model's arguments (see `MoeArgs`). */
+function moeArgs(a: ModelArgs, residual: boolean): MoeArgs {
+  const { experts, topK, capacityFactor, evalCapacityFactor, overflow, importanceWeight, loadWeight, switchWeight } = a as ModelArgs & MoeArgs;
+  return { experts, topK, capacityFactor, evalCapacityFactor, overflow, importanceWeight, loadWeight, switchWeight, residual, mechanism: String(a.dynamic) };
+}
+
+models.register('vgg-moe', {
+  description:
+    'vgg-w whose c4 is a residual sparse mixture of experts (each expert conv64-BN-ReLU; a router on the pooled input, noisy top-k): --experts E --top-k K --capacity-factor C',
+  defaults: { ...models.get('vgg-w').defaults, ...MOE_DEFAULTS },
+  dynamic: true,
+  layers(a) {
+    const [w1, w2, w3, w4] = a.widths as number[];
+    const D = a.groups;
+    const L = D + 1;
+    // c3 is not throttled: the mixture adds its input to the experts' outputs, so it must hold every channel.
+    return [
+      ...convBnRelu('stem', w1, 0, L, a.batchNorm),
+      ...convBnRelu('c2', w2, D, L, a.batchNorm),
+      new MaxPool('pool1', {}),
+      ...convBnRelu('c3', w3, 0, L, a.batchNorm),
+      new MoeBlock('c4', moeArgs(a, w3 === w4), (prefix) => convBnRelu(prefix, w4, 0, L, a.batchNorm)),
+      new MaxPool('pool2', {}),
+      new Flatten('flatten', {}),
+      new Dense('fc1', { units: a.hidden as number, groups: D }),
+      new ReLU('fc1.relu', {}),
+      new Dense('classifier', { units: a.numClasses }),
+    ];
+  },
+});
+
+models.register('resnet-moe', {
+  description:
+    'resnet-d whose last stage\'s residual blocks are sparse mixtures of experts (each expert a block\'s conv-BN-ReLU-conv-BN branch, the shortcut shared): --experts E --top-k K --capacity-factor C',
+  defaults: { ...models.get('resnet-d').defaults, ...MOE_DEFAULTS },
+  dynamic: true,
+  layers(a) {
+    const w = a.width as number;
+    const n = a.blocksPerStage as number;
+    const L = 3 * n + 1;
+    const layers: Layer[] = [...convBnRelu('stem', w, 0, L, true)];
+    for (let s = 0; s < 3; s++) {
+      if (s > 0) layers.push(new ResidualBlock(`s${s}.down`, { filters: w << s, strides: 2, levels: L }));
+      for (let i = 0; i < n; i++) {
+        const name = `s${s}.b${i}`;
+        const f = w << s;
+        if (s < 2) layers.push(new ResidualBlock(name, { filters: f, gated: true, stage: s, levels: L }));
+        else {
+          const branch = (prefix: string) => [
+            new Conv2D(`${prefix}.conv1`, { filters: f, kernelSize: 3, useBias: false }),
+            new BatchNorm(`${prefix}.bn1`, { levels: L }),
+            new ReLU(`${prefix}.relu1`, {}),
+            new Conv2D(`${prefix}.conv2`, { filters: f, kernelSize: 3, useBias: false }),
+            new BatchNorm(`${prefix}.bn2`, { levels: L }),
+          ];
+          layers.push(new MoeBlock(name, moeArgs(a, true), branch), new ReLU(`${name}.relu`, {}));
+        }
+      }
+    }
+    layers.push(new GlobalAvgPool('gap', {}), new Dense('classifier', { units: a.numClasses }));
+    return layers;
+  },
 });
 
 /** Adaptive resolution's network around registered model `model` (see `ResolutionSwitch`). */

@@ -118,3 +118,38 @@ export async function dispatchAsync<T, U>(
   for (const g of p.groups) outputs.push(await run(g.route, rowsOf(ops.input, x, g.rows), g.rows));
   return assemble(ops.output, outputs, p.groups.map((g) => g.rows), n);
 }
+
+/**
+ * `dispatch` where output row p reads input row `sources[p]` (a sample can appear in several output rows: a
+ * mixture of experts sends it to each of its k experts). Each route's rows run once as one batch; the
+ * outputs come back in the order of `sources`.
+ */
+export function dispatchFrom<T, U>(
+  x: T,
+  sources: Int32Array,
+  routes: ArrayLike<number>,
+  run: (route: number, part: T, rows: Int32Array) => U,
+  ops: { input: RowOps<T>; output: RowOps<U> },
+): U {
+  if (routes.length !== sources.length) throw new DynnError(`${routes.length} routes for ${sources.length} rows`);
+  const n = ops.input.count(x);
+  for (const s of sources) if (!(s >= 0 && s < n)) throw new DynnError(`row ${s} is not in a batch of ${n}`);
+  const p = partition(routes);
+  const outputs = p.groups.map((g) => run(g.route, rowsOf(ops.input, x, g.rows.map((r) => sources[r])), g.rows));
+  return assemble(ops.output, outputs, p.groups.map((g) => g.rows), sources.length);
+}
+
+/** `dispatchFrom` for a `run` that answers asynchronously (ONNX Runtime); the parts run one after another. */
+export async function dispatchFromAsync<T, U>(
+  x: T,
+  sources: Int32Array,
+  routes: ArrayLike<number>,
+  run: (route: number, part: T, rows: Int32Array) => Promise<U>,
+  ops: { input: RowOps<T>; output: RowOps<U> },
+): Promise<U> {
+  if (routes.length !== sources.length) throw new DynnError(`${routes.length} routes for ${sources.length} rows`);
+  const p = partition(routes);
+  const outputs: U[] = [];
+  for (const g of p.groups) outputs.push(await run(g.route, rowsOf(ops.input, x, g.rows.map((r) => sources[r])), g.rows));
+  return assemble(ops.output, outputs, p.groups.map((g) => g.rows), sources.length);
+}

@@ -4,6 +4,7 @@ import { Registry } from '../util/registry.js';
 import type { Layer } from '../layers/index.js';
 import type { EfficiencyTarget, RoutingState } from './context.js';
 import { DGGateNet, GateNet, PooledGate, SkipGate } from './gates.js';
+import { MoeRouter } from './router.js';
 
 /** What a gate is built from: the block it decides for tells it how many groups and how wide. */
 export interface GateArgs {
@@ -94,7 +95,7 @@ export interface Mechanism {
    * The model this mechanism needs (`multi-branch` for `branch`), when it is not a gate inside any model
    * registered `dynamic`; or, with `wrapsModel`, none: the mechanism wraps whatever model it is given.
    */
-  model?: string;
+  model?: string | readonly string[];
   /**
    * Whether the network is built around the registered model it is given (adaptive resolution runs any model
    * at K resolutions: `ResolutionSwitch`, which the zoo builds, as a layer that builds models must not be
@@ -200,6 +201,23 @@ mechanisms.register('skip-ff', {
   efficiency: rateTerm,
   defaults: { ...mechanisms.get('skip').defaults },
 });
+
+mechanisms.register('moe', {
+  description:
+    'sparse mixture of experts (--model vgg-moe or resnet-moe, --experts E --top-k K --capacity-factor C): a router on the pooled input sends each sample to its k best of E experts (noisy top-k), each expert runs once on its rows, within its capacity',
+  // The router's outputs are the experts' scores and noise scales (2E); it has no hidden layer.
+  gate: (name, a) => new MoeRouter(name, { outputs: a.outputs }),
+  defaultWidth: () => 0,
+  // A mixture's cost per sample is set by k, not learnt: no FLOPs term by default (its balance losses are the layer's own).
+  efficiency: flopsTerm,
+  defaults: { target: 1, efficiencyWeight: 0 },
+  model: ['vgg-moe', 'resnet-moe'],
+});
+
+/** The models a mechanism is built into (none: it gates any model registered `dynamic`). */
+export function mechanismModels(m: Mechanism): readonly string[] {
+  return m.model === undefined ? [] : typeof m.model === 'string' ? [m.model] : m.model;
+}
 
 /** The name of a gated block's gate: its weights are `<block>.gate.*`. */
 export const gateName = (block: string): string => `${block}.gate`;

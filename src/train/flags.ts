@@ -29,6 +29,14 @@ const DYNAMIC_FLAGS: [string, string][] = [
   ['--gate-estimator <name>', 'with --dynamic: gradients of the binary decisions: sigmoid (the probability as surrogate, as ACS) or gumbel (Gumbel-sigmoid straight-through) [default: the mechanism’s: sigmoid for acs, gumbel for skip]'],
   ['--branches <list>', 'with --model multi-branch: the branch networks, cheapest first, e.g. vgg-w:widths=8,8,16,16:hidden=64,vgg-w (a model name starts a branch, :key=value sets its arguments)'],
   ['--resolutions <list>', 'with --dynamic resolution: input heights the network runs at, each at most the input’s, e.g. 28,21,14'],
+  ['--experts <E>', 'with --model vgg-moe or resnet-moe: experts per mixture-of-experts block [default: 4]'],
+  ['--top-k <k>', 'with a mixture of experts: experts each sample runs, 1..E (noisy top-k in training) [default: 1]'],
+  ['--capacity-factor <c>', 'with a mixture of experts: an expert takes at most ceil(c k n / E) rows of a batch of n in training [default: 1.25]'],
+  ['--eval-capacity-factor <c>', 'with a mixture of experts: the capacity factor at evaluation [default: 2]'],
+  ['--overflow <policy>', 'with a mixture of experts: a row that finds its expert full passes through the residual (residual) or takes its next choice with room (next) [default: residual]'],
+  ['--importance-weight <w>', 'with a mixture of experts: weight of the importance loss, CV(sum of gates)^2 (Shazeer et al.) [default: 0]'],
+  ['--load-weight <w>', 'with a mixture of experts: weight of the load loss, CV(smooth load)^2 (Shazeer et al.) [default: 0]'],
+  ['--switch-weight <w>', 'with a mixture of experts: weight of Switch’s balance loss E sum_i f_i P_i [default: 0.01]'],
   ['--gate-threshold <t>', 'with --dynamic: inference threshold of the gates for evaluation and calibration [default: 0.5]'],
 ];
 
