@@ -8,6 +8,7 @@ import { GATE_ESTIMATORS } from '../route/modes.js';
 import { DynnError } from '../util/errors.js';
 import type { Network } from '../models/network.js';
 import type { SweepPoint } from '../eval/sweep.js';
+import type { ExpertStats } from '../eval/routed.js';
 import type { TrainMeta } from '../train/run.js';
 import { exitInfo, scalingTrainOptions } from './scaling-commands.js';
 import { intListOption } from './deploy-commands.js';
@@ -179,7 +180,10 @@ async function gatedSweepCommand(run: string, o: Opts, io: Io): Promise<void> {
       if (Array.isArray(t) || !(t >= 0 && t <= 1)) throw new DynnError(`--thresholds of a dynamic run are numbers in [0, 1], got ${Array.isArray(t) ? t.join(':') : t}`);
       return t;
     });
-    const thresholds = [...new Set([trained, ...(given ?? [0.2, 0.35, 0.65, 0.8])])];
+    // A mixture's experts do not depend on a threshold: one point, at the trained one.
+    const mixture = model.config.args.dynamic === 'moe';
+    if (mixture && given) throw new DynnError('--thresholds does not apply to a mixture of experts: each sample runs its top-k experts whatever the threshold');
+    const thresholds = mixture ? [trained] : [...new Set([trained, ...(given ?? [0.2, 0.35, 0.65, 0.8])])];
     const dataset = String(o.dataset ?? meta.dataset);
     const data = await loadDataset(dataset, { dataDir: o.dataDir as string | undefined, testLimit: numberOption(o.testLimit, 'test-limit', { int: true, min: 1 }) });
     checkDataFits(model, data.test.height, data.test.width, data.test.channels, dataset);
@@ -198,10 +202,18 @@ async function gatedSweepCommand(run: string, o: Opts, io: Io): Promise<void> {
         s.points.map((p) => [p.threshold, pct(p.accuracy), p.flopsRatio.toFixed(3), p.flopsMin.toFixed(3), p.flopsMax.toFixed(3), ms(p.latencyMs.batch1), ms(p.latencyMs.batch64)]),
       ),
     );
+    for (const p of s.points.slice(0, 1)) io.out(expertLines(p.experts, p.overflowRate));
     io.out(`masked (every channel computed, then the mask) at threshold ${thresholds[0]}: ${ms(s.masked.latencyMs.batch64)} ms @64; the gates cost ${(100 * (s.points[0]?.gateShare ?? 0)).toFixed(1)}% of the backbone's FLOPs\n`);
   } finally {
     model.dispose();
   }
+}
+
+/** A mixture's expert load per block for a person: shares, CV, the most used expert's share and the overflow rate. */
+export function expertLines(experts: Record<string, ExpertStats> | undefined, overflowRate: number | undefined): string {
+  if (!experts) return '';
+  const rows = Object.entries(experts).map(([block, e]) => [block, e.load.map((l) => (100 * l).toFixed(1)).join(' / '), e.cv.toFixed(3), pct(e.maxShare), pct(e.overflowRate)]);
+  return `expert load per block (share of the assignments each expert ran), overflow ${pct(overflowRate ?? 0)} of the assignments:\n` + table(['block', 'load % by expert', 'CV', 'most used', 'overflow'], rows);
 }
 
 /** How a dynamic model's gates decide and run, for `info` and `sweep`: channel decisions run masked, and say so. */
@@ -214,6 +226,11 @@ async function gatesInfo(model: Network): Promise<{ decisions: string; execution
     return { decisions: 'nested', execution: 'sliced', note: `a width switch after ${model.layers[model.layers.indexOf(sw) - 1].name}: each sample takes one of ${sw.routes} widths (${widths} of the groups) for the rest of the network, each width's samples run the sliced network as one batch` };
   }
   const decisions = String(model.config.args.decisions ?? 'nested');
+  if (model.config.args.dynamic === 'moe') {
+    const a = model.config.args;
+    const note = `a mixture of ${a.experts} experts per block, top-${a.topK} (noisy in training), capacity factor ${a.capacityFactor} in training and ${a.evalCapacityFactor} at evaluation, overflow ${a.overflow}: each expert runs once per batch on the rows assigned to it`;
+    return { decisions: 'top-k', execution: 'sliced', note };
+  }
   const { WholeSwitch } = await import('../route/whole.js');
   const whole = model.layers.find((l): l is InstanceType<typeof WholeSwitch<never>> => l instanceof WholeSwitch);
   if (whole) {
@@ -306,7 +323,7 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
   if (typeof mechanism !== 'string') return null;
   const path = await import('node:path');
   const { gateShare } = await import('../eval/routed.js');
-  const { readDynamicSweep, blockSkips, classCompute, classRoutes, classSkips, HISTOGRAM_BINS } = await import('../report/dynamic.js');
+  const { readDynamicSweep, blockSkips, classCompute, classRoutes, classSkips, expertTables, HISTOGRAM_BINS } = await import('../report/dynamic.js');
   const { RUN_FILES } = await import('../report/sources.js');
   const { mechanisms } = await import('../route/mechanisms.js');
   const o = meta.options;
@@ -344,7 +361,7 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
     `at threshold ${p.threshold} on ${sweep.testSamples} ${plain(sweep.dataset)} test samples (${plain(file)}): accuracy ${pct(p.accuracy)}, ` +
     `FLOPs ratio ${p.flopsRatio.toFixed(3)} (least ${p.flopsMin.toFixed(3)}, most ${p.flopsMax.toFixed(3)}); the backbone with no gate ${pct(sweep.full.accuracy)}\n`;
   text += `samples per FLOPs ratio ${HISTOGRAM_BINS.map((b, i) => `${b}: ${p.histogram[i]}`).join(', ')}\n`;
-  text += '\ngroups skipped per gated block\n' + skipTable(skips);
+  if (skips.length) text += '\ngroups skipped per gated block\n' + skipTable(skips);
   // Which blocks each class skips (per-class routes), when the sweep records them.
   const perClass = classSkips(sweep, p);
   if (perClass) {
@@ -354,7 +371,16 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
   // Most compute first: which classes the gates spend on.
   const ranked = [...classes].sort((a, b) => (Number.isFinite(b.flopsRatio) ? b.flopsRatio : -1) - (Number.isFinite(a.flopsRatio) ? a.flopsRatio : -1));
   text += '\ncompute per class (most first)\n' + table(['class', 'FLOPs ratio', 'accuracy'], ranked.map((c) => [plain(c.name), Number.isFinite(c.flopsRatio) ? c.flopsRatio.toFixed(3) : '-', pct(c.accuracy)]));
-  const routes = classRoutes(sweep, p);
+  const mixtures = expertTables(sweep, p);
+  if (mixtures.length) {
+    json.experts = p.experts;
+    json.overflowRate = p.overflowRate;
+    text += '\n' + expertLines(p.experts, p.overflowRate);
+    for (const m of mixtures) {
+      text += `\nexperts each class ran at ${plain(m.block)} (share of its assignments)\n` + table(['class', ...m.load.map((_, e) => `e${e}`)], m.classes.map((c) => [plain(c.name), ...c.shares.map((v) => pct(v))]));
+    }
+  }
+  const routes = mixtures.length ? [] : classRoutes(sweep, p);
   if (routes.length) json.routes = Object.fromEntries(routes.map((g) => [g.gate, g.classes]));
   for (const g of routes) {
     const head = Array.from({ length: g.routes }, (_, k) => routeLabel(model, g.gate, k));

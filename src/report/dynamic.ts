@@ -70,6 +70,10 @@ const pointSchema = z.object({
   histogram: z.array(z.number().int().nonnegative()).length(10),
   latencyMs: z.object({ batch1: orNaN(nonnegative), batch64: orNaN(nonnegative) }),
   routes: z.record(name, z.array(z.array(orNaN(fraction)).min(1).max(64))).optional(),
+  experts: z
+    .record(name, z.object({ load: z.array(fraction).min(1).max(4096), cv: nonnegative, maxShare: fraction, classes: z.array(z.array(orNaN(fraction)).max(4096)), overflowRate: fraction }))
+    .optional(),
+  overflowRate: fraction.optional(),
 });
 
 const sweepSchema = z
@@ -195,6 +199,11 @@ export function classCompute(s: DynamicSweepData, p: DynamicPoint): { name: stri
 /** Per switch at a point: each class's share of samples on each route (cheapest first); empty when the file records none. */
 export function classRoutes(s: DynamicSweepData, p: DynamicPoint): { gate: string; routes: number; classes: { name: string; shares: number[] }[] }[] {
   return Object.entries(p.routes ?? {}).map(([gate, t]) => ({ gate, routes: t[0]?.length ?? 0, classes: s.classNames.map((name, c) => ({ name, shares: t[c] })) }));
+}
+
+/** Per mixture-of-experts block at a point: the expert load and each class's share per expert; empty when the file records none. */
+export function expertTables(s: DynamicSweepData, p: DynamicPoint): { block: string; load: number[]; cv: number; maxShare: number; overflowRate: number; classes: { name: string; shares: number[] }[] }[] {
+  return Object.entries(p.experts ?? {}).map(([block, e]) => ({ block, load: e.load, cv: e.cv, maxShare: e.maxShare, overflowRate: e.overflowRate, classes: s.classNames.map((name, c) => ({ name, shares: e.classes[c] ?? [] })) }));
 }
 
 /** The histogram's bins as labels: `0.0-0.1`, ..., `0.9+`. */

@@ -107,6 +107,11 @@ export interface Mechanism {
    * rest (DS-Net, `route/width.ts`) instead of one gate per unit. Its gate trains with the supernet frozen.
    */
   widthSwitch?: boolean;
+  /**
+   * Whether its networks have no sub-network at a fixed plan (a mixture of experts: each sample runs its own
+   * experts): they are evaluated with their gates deciding only, and export by segments only.
+   */
+  noSubnet?: boolean;
 }
 
 /** Per-sample mechanisms by name (`dynn train --dynamic NAME`). */
@@ -212,6 +217,7 @@ mechanisms.register('moe', {
   efficiency: flopsTerm,
   defaults: { target: 1, efficiencyWeight: 0 },
   model: ['vgg-moe', 'resnet-moe'],
+  noSubnet: true,
 });
 
 /** The models a mechanism is built into (none: it gates any model registered `dynamic`). */

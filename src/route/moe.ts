@@ -25,7 +25,7 @@ export interface MoeArgs {
   importanceWeight?: number;
   /** Weight of Shazeer's load loss, CV(smooth load)^2 from the noisy scores' normal CDF (default 0). */
   loadWeight?: number;
-  /** Weight of Switch's balance loss, E * sum_i f_i P_i (default 0.01, Switch's). */
+  /** Weight of Switch's balance loss, E * sum_i f_i P_i on the clean scores (default 0.01, Switch's). */
   switchWeight?: number;
   /** Noisy top-k in training (default true); without it the scores are the clean ones. */
   noisy?: boolean;
@@ -204,9 +204,11 @@ export class MoeBlock extends Composite<MoeArgs> {
     if (importanceWeight > 0) routing.addLoss('importance', tf.mul(importanceWeight, cvSquared(tf.sum(t.gates, 0) as tf.Tensor1D)) as tf.Scalar);
     if (loadWeight > 0 && t.std) routing.addLoss('load', tf.mul(loadWeight, cvSquared(smoothLoad(t.clean, t.scores, t.std, k))) as tf.Scalar);
     if (switchWeight > 0) {
+      // On the clean scores, which evaluation routes by: measured on the noisy ones, the noise alone looks
+      // balanced while the clean scores can send every sample to one expert (the collapse at evaluation).
       const f = new Float32Array(E);
-      a.chosen.forEach((e) => (f[e] += 1 / (n * k)));
-      const P = tf.mean(tf.softmax(t.scores), 0);
+      assignExperts(t.clean.dataSync(), E, k, n, 'residual').chosen.forEach((e) => (f[e] += 1 / (n * k)));
+      const P = tf.mean(tf.softmax(t.clean), 0);
       routing.addLoss('switch', tf.mul(switchWeight * E, tf.sum(tf.mul(tf.tensor1d(f), P))) as tf.Scalar);
     }
   }

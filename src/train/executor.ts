@@ -290,6 +290,9 @@ export class ThreadExecutor implements GradientExecutor {
       count: total,
       flopsRatio: routed.length ? routed.reduce((a, r) => a + r.flopsRatio! * r.count, 0) / routed.reduce((a, r) => a + r.count, 0) : undefined,
       executionRate: routed.length ? routed.reduce((a, r) => a + (r.executionRate ?? NaN) * r.count, 0) / routed.reduce((a, r) => a + r.count, 0) : undefined,
+      ...(routed.some((r) => r.overflowRate !== undefined)
+        ? { overflowRate: routed.reduce((a, r) => a + (r.overflowRate ?? 0) * r.count, 0) / routed.reduce((a, r) => a + r.count, 0) }
+        : {}),
     };
   }
 

@@ -154,6 +154,8 @@ export interface StepProgress {
   flopsRatio?: number;
   /** Dynamic models: the step's mean share of each gate's groups executed (for `skip`, of blocks executed). */
   executionRate?: number;
+  /** Mixtures of experts: the step's share of assignments that found their expert full. */
+  overflowRate?: number;
 }
 
 /** The outcome of `train`: the network (caller disposes it), the data set and the run's metadata. */
@@ -506,6 +508,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       let seen = 0;
       let rateSum = 0;
       let rated = 0;
+      let overflowSum = 0;
+      let overflowSeen = 0;
       for (let step = 0; step < stepsPerEpoch; step++) {
         const progress = (epoch * stepsPerEpoch + step) / totalSteps;
         const sandwich = o.schedule === 'sandwich';
@@ -531,6 +535,10 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         lossSum += r.loss * r.count;
         correct += r.correct;
         seen += r.count;
+        if (r.overflowRate !== undefined) {
+          overflowSum += r.overflowRate * r.count;
+          overflowSeen += r.count;
+        }
         if (r.executionRate !== undefined) {
           rateSum += r.executionRate * r.count;
           rated += r.count;
@@ -546,6 +554,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
           u,
           flopsRatio: r.flopsRatio,
           executionRate: r.executionRate,
+          ...(r.overflowRate === undefined ? {} : { overflowRate: r.overflowRate }),
         });
       }
       const trainSeconds = (performance.now() - t0) / 1000;
@@ -559,8 +568,10 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         executor.reload();
       }
       const test: Record<string, number> = {};
-      for (const u of o.evalUs) test[String(u)] = evaluate(model, dataset.test, u, { gating: o.gating, seed: o.seed }).accuracy;
+      // A network with no fixed-plan sub-network (a mixture of experts) is measured with its gates deciding, at u = 1.
+      for (const u of mechanism?.noSubnet ? [] : o.evalUs) test[String(u)] = evaluate(model, dataset.test, u, { gating: o.gating, seed: o.seed }).accuracy;
       const routed = gated ? evaluateRouted(model, dataset.test, { threshold: o.gateThreshold }) : null;
+      if (mechanism?.noSubnet && routed) test['1'] = routed.accuracy;
       const record: EpochRecord = {
         epoch: epoch + 1,
         loss: lossSum / seen,
@@ -578,6 +589,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
                 accuracy: routed.accuracy,
                 flopsRatio: routed.flopsRatio,
                 // A rate target's measure, deterministic and as training's sampled gates reported it.
+                // A mixture's balance at evaluation and its overflow there and in training.
+                ...(routed.experts ? { expertCv: Math.max(...Object.values(routed.experts).map((e) => e.cv)), overflowRate: routed.overflowRate, ...(overflowSeen ? { trainOverflowRate: overflowSum / overflowSeen } : {}) } : {}),
                 ...(mechanism?.efficiency.option === 'skipTarget' ? { executionRate: executionRate(routed.skipRates), ...(rated ? { trainExecutionRate: rateSum / rated } : {}) } : {}),
               },
             }
