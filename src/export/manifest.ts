@@ -79,6 +79,29 @@ const switchSegment = z.object({
   output: sampleShape,
 });
 
+const moeSegment = z.object({
+  kind: z.literal('moe'),
+  /** The mixture's name (its decisions' key; with k > 1, slot s is `<name>.k<s>`). */
+  name: z.string().min(1),
+  /** Experts E and the experts each sample runs, k in 1..E. */
+  experts: z.number().int().min(1).max(METADATA_LIMITS.maxLevels),
+  topK: z.number().int().min(1).max(METADATA_LIMITS.maxLevels),
+  /** The capacity factor at evaluation: an expert takes at most ceil(cf k n / E) rows of a batch of n. */
+  capacityFactor: z.number().positive().max(1e6),
+  overflow: z.enum(['residual', 'next']),
+  /** Whether the block adds its input to the experts' combined output. */
+  residual: z.boolean(),
+  /** MACs of the router, and of each expert (a sample spends gateMacs plus its experts'). */
+  gateMacs: nonNegative,
+  expertMacs: z.array(nonNegative).min(1).max(METADATA_LIMITS.maxLevels),
+  /** The router: `x` -> `logits` [batch, 2E] (the experts' scores, then their noise scales, which inference ignores). */
+  gate: graphRef,
+  /** One graph per expert: `x` -> `y`. */
+  expertGraphs: z.array(graphRef).min(1).max(METADATA_LIMITS.maxLevels),
+  input: sampleShape,
+  output: sampleShape,
+});
+
 const manifestSchema = z
   .object({
     format: z.literal(SEGMENTS_FORMAT),
@@ -95,7 +118,7 @@ const manifestSchema = z
      * (fixed + its gated blocks' spending) / backbone, as TF.js's `routedMacs` counts it.
      */
     macs: z.object({ fixed: nonNegative, backbone: z.number().positive() }),
-    segments: z.array(z.discriminatedUnion('kind', [plainSegment, gatedSegment, switchSegment])).min(1).max(METADATA_LIMITS.maxLevels),
+    segments: z.array(z.discriminatedUnion('kind', [plainSegment, gatedSegment, switchSegment, moeSegment])).min(1).max(METADATA_LIMITS.maxLevels),
   })
   .superRefine((m, ctx) => {
     const issue = (path: (string | number)[], message: string) => ctx.addIssue({ code: 'custom', path, message });
@@ -106,6 +129,11 @@ const manifestSchema = z
       if (s.input.join() !== want.join()) issue(['segments', i, 'input'], `[${s.input}] does not follow [${want}]`);
       if (s.kind === 'gated' && (s.input.length !== 3 || s.output.length !== 3)) issue(['segments', i], 'a gated block maps [C, H, W] to [C, H, W]');
       if (s.kind === 'switch' && s.routes.length !== s.routeMacs.length) issue(['segments', i, 'routes'], `${s.routes.length} route graphs for ${s.routeMacs.length} route costs`);
+      if (s.kind === 'moe') {
+        if (s.expertGraphs.length !== s.experts || s.expertMacs.length !== s.experts) issue(['segments', i, 'expertGraphs'], `${s.expertGraphs.length} expert graphs and ${s.expertMacs.length} expert costs for ${s.experts} experts`);
+        if (s.topK > s.experts) issue(['segments', i, 'topK'], `top-k ${s.topK} exceeds the ${s.experts} experts`);
+        if (s.residual && s.input.join() !== s.output.join()) issue(['segments', i, 'residual'], `a residual mixture keeps its shape, [${s.input}] is not [${s.output}]`);
+      }
       for (const g of segmentGraphs(s)) {
         if (files.has(g.file)) issue(['segments', i], `file ${g.file} is named twice`);
         files.add(g.file);
@@ -116,8 +144,8 @@ const manifestSchema = z
   });
 
 /** The graph files a segment names. */
-export function segmentGraphs(s: z.infer<typeof plainSegment> | z.infer<typeof gatedSegment> | z.infer<typeof switchSegment>): z.infer<typeof graphRef>[] {
-  return s.kind === 'plain' ? [s.graph] : s.kind === 'gated' ? [s.gate, s.body] : [s.gate, ...s.routes];
+export function segmentGraphs(s: z.infer<typeof plainSegment> | z.infer<typeof gatedSegment> | z.infer<typeof switchSegment> | z.infer<typeof moeSegment>): z.infer<typeof graphRef>[] {
+  return s.kind === 'plain' ? [s.graph] : s.kind === 'gated' ? [s.gate, s.body] : s.kind === 'moe' ? [s.gate, ...s.expertGraphs] : [s.gate, ...s.routes];
 }
 
 /** What `manifest.json` of a segmented export says. */
@@ -143,13 +171,19 @@ export function parseManifest(text: string, source: string): SegmentsManifest {
 
 /**
  * The executed FLOPs ratio of each sample from its decisions per deciding segment (`counts[j]` for the j-th
- * gated or switch one: inner groups, or the route taken).
+ * gated or switch one: inner groups, or the route taken; a mixture gives k of them, each sample's expert per
+ * slot or -1 where it overflowed).
  */
 export function routedRatios(m: SegmentsManifest, counts: Int32Array[], batch: number): Float64Array {
   const out = new Float64Array(batch).fill(m.macs.fixed);
   let j = 0;
   for (const s of m.segments) {
     if (s.kind === 'plain') continue;
+    if (s.kind === 'moe') {
+      for (let i = 0; i < batch; i++) out[i] += s.gateMacs;
+      for (let slot = 0; slot < s.topK; slot++) counts[j++].forEach((e, i) => e >= 0 && (out[i] += s.expertMacs[e]));
+      continue;
+    }
     const c = counts[j++];
     for (let i = 0; i < batch; i++) out[i] += s.gateMacs + (s.kind === 'gated' ? c[i] * s.groupMacs : s.routeMacs[c[i]]);
   }

@@ -90,3 +90,25 @@ export function coefficientOfVariation(load: ArrayLike<number>): number {
   const variance = xs.reduce((a, x) => a + (x - mean) ** 2, 0) / xs.length;
   return Math.sqrt(variance) / mean;
 }
+
+/**
+ * Each (slot, sample) assignment's gate from the router's scores `h` ([n, E]): a softmax over the experts the
+ * sample keeps (its assignments, dropped ones included), or for k = 1 over all experts (Switch); 0 where the
+ * assignment overflowed and was dropped. What `MoeBlock` computes with TF.js, for the ONNX Runtime dispatcher.
+ */
+export function mixtureWeights(h: ArrayLike<number>, experts: number, topK: number, a: Assignment): Float64Array {
+  const E = experts;
+  const n = h.length / E;
+  const w = new Float64Array(topK * n);
+  for (let i = 0; i < n; i++) {
+    const kept = Array.from({ length: topK }, (_, s) => (a.experts[s * n + i] >= 0 ? a.experts[s * n + i] : a.chosen[s * n + i]));
+    const over = topK === 1 ? Array.from({ length: E }, (_, e) => e) : kept;
+    const max = Math.max(...over.map((e) => h[i * E + e]));
+    const sum = over.reduce((acc, e) => acc + Math.exp(h[i * E + e] - max), 0);
+    for (let s = 0; s < topK; s++) {
+      const e = a.experts[s * n + i];
+      if (e >= 0) w[s * n + i] = Math.exp(h[i * E + e] - max) / sum;
+    }
+  }
+  return w;
+}

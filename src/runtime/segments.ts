@@ -4,7 +4,8 @@ import { weightsDigestChunks, type Sha256 } from '../export/digest.js';
 import { MANIFEST_FILE, parseManifest, routedRatios, SEGMENT_IO, type SegmentEntry, type SegmentsManifest } from '../export/manifest.js';
 import { ONNX_FORMAT, ONNX_IO, type OnnxMetadata } from '../export/metadata.js';
 import { ModelProto } from '../export/onnx-proto.js';
-import { arrayRows, dispatchAsync } from '../route/dispatch.js';
+import { arrayRows, dispatchAsync, dispatchFromAsync } from '../route/dispatch.js';
+import { assignExperts, expertCapacity, mixtureWeights } from '../route/experts.js';
 import { nestedCounts } from '../route/count.js';
 import { checkGateThreshold } from '../route/modes.js';
 import { argmaxRows, toNchw, type OrtApi, type Prediction, type RunOptions } from './core.js';
@@ -27,7 +28,7 @@ export interface RoutedRunOptions extends RunOptions {
 /** Reads a file of the folder by its (validated, plain) name. */
 export type ReadSegment = (file: string) => Promise<Uint8Array>;
 
-const sessionsOf = (p: Loaded): InferenceSession[] => ('graph' in p ? [p.graph] : 'body' in p ? [p.gate, p.body] : [p.gate, ...p.routes]);
+const sessionsOf = (p: Loaded): InferenceSession[] => ('graph' in p ? [p.graph] : 'body' in p ? [p.gate, p.body] : 'experts' in p ? [p.gate, ...p.experts] : [p.gate, ...p.routes]);
 
 const per = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 
@@ -53,7 +54,8 @@ async function verifySegment(bytes: Uint8Array, source: string, weightsSha256: s
 type Loaded =
   | { entry: Extract<SegmentEntry, { kind: 'plain' }>; graph: InferenceSession }
   | { entry: Extract<SegmentEntry, { kind: 'gated' }>; gate: InferenceSession; body: InferenceSession }
-  | { entry: Extract<SegmentEntry, { kind: 'switch' }>; gate: InferenceSession; routes: InferenceSession[] };
+  | { entry: Extract<SegmentEntry, { kind: 'switch' }>; gate: InferenceSession; routes: InferenceSession[] }
+  | { entry: Extract<SegmentEntry, { kind: 'moe' }>; gate: InferenceSession; experts: InferenceSession[] };
 
 /**
  * A dynamic model exported by segments (`exportSegments`), run in ONNX Runtime: per gated block, the gate
@@ -119,6 +121,12 @@ export class SegmentedSession {
           parts.push({ entry, gate, routes });
           // Pushed before the routes open, so a failure releases what did open.
           for (const r of entry.routes) routes.push(await open(r.file, r.weightsSha256, [x], [y]));
+        } else if (entry.kind === 'moe') {
+          const E = entry.experts;
+          const gate = await open(entry.gate.file, entry.gate.weightsSha256, [x], [{ name: SEGMENT_IO.logits, dims: ['batch', 2 * E], width: `${E} experts` }]);
+          const experts: InferenceSession[] = [];
+          parts.push({ entry, gate, experts });
+          for (const r of entry.expertGraphs) experts.push(await open(r.file, r.weightsSha256, [x], [y]));
         } else {
           const gate = await open(entry.gate.file, entry.gate.weightsSha256, [x], [{ name: SEGMENT_IO.logits, dims: ['batch', entry.groups], width: `${entry.groups} groups` }]);
           parts.push({ entry, gate, body: await open(entry.body.file, entry.body.weightsSha256, [x, { name: SEGMENT_IO.k, dims: [] }], [y]).catch(async (err) => { await gate.release(); throw err; }) });
@@ -161,6 +169,12 @@ export class SegmentedSession {
         x = r.data;
         continue;
       }
+      if ('experts' in p) {
+        const r = await this.runMixture(p, x, batch, counts);
+        ms += r.ms;
+        x = r.y;
+        continue;
+      }
       const { gate, entry } = p;
       const z = await this.once(gate, { [SEGMENT_IO.x]: this.tensor(x, dims) }, SEGMENT_IO.logits);
       ms += z.ms;
@@ -182,6 +196,45 @@ export class SegmentedSession {
     }
     const C = m.numClasses;
     return { scores: x, classes: argmaxRows(x, C), batch, numClasses: C, u: 1, level: 0, ms, counts, flopsRatios: routedRatios(m, counts, batch) };
+  }
+
+  /**
+   * A mixture of experts on batch `x`: the router on every row, each sample's experts by the shared assignment
+   * rule (`route/experts.ts`, capacity at the manifest's factor), each expert's graph once on its rows
+   * (`dispatchFromAsync`), the outputs summed with the gates (plus the input, for a residual mixture). Pushes
+   * each slot's experts onto `counts`.
+   */
+  private async runMixture(p: Extract<Loaded, { experts: InferenceSession[] }>, x: Float32Array, batch: number, counts: Int32Array[]): Promise<{ y: Float32Array; ms: number }> {
+    const { entry } = p;
+    const E = entry.experts;
+    const k = entry.topK;
+    const z = await this.once(p.gate, { [SEGMENT_IO.x]: this.tensor(x, [batch, ...entry.input]) }, SEGMENT_IO.logits);
+    let ms = z.ms;
+    // The router's first E outputs are the scores; the noise scales only matter in training.
+    const h = Float32Array.from({ length: batch * E }, (_, j) => z.data[Math.floor(j / E) * 2 * E + (j % E)]);
+    const a = assignExperts(h, E, k, expertCapacity(entry.capacityFactor, k, batch, E), entry.overflow);
+    for (let s = 0; s < k; s++) counts.push(a.experts.slice(s * batch, (s + 1) * batch));
+    const w = mixtureWeights(h, E, k, a);
+    const pairs = [...a.experts.keys()].filter((q) => a.experts[q] >= 0);
+    const sources = Int32Array.from(pairs, (q) => q % batch);
+    const outPer = per(entry.output);
+    const ys = await dispatchFromAsync(
+      x,
+      sources,
+      Int32Array.from(pairs, (q) => a.experts[q]),
+      async (e, part, rows) => {
+        const r = await this.once(p.experts[e], { [SEGMENT_IO.x]: this.tensor(part, [rows.length, ...entry.input]) }, SEGMENT_IO.y);
+        ms += r.ms;
+        return r.data.slice();
+      },
+      { input: arrayRows(per(entry.input)), output: arrayRows(outPer) },
+    );
+    const y = entry.residual ? x.slice() : new Float32Array(batch * outPer);
+    pairs.forEach((q, j) => {
+      const at = sources[j] * outPer;
+      for (let c = 0; c < outPer; c++) y[at + c] += w[q] * ys[j * outPer + c];
+    });
+    return { y, ms };
   }
 
   /** `runRouted`, as the single-file sessions' `run` (u is the gates' to choose: any u in (0, 1] runs the same). */
