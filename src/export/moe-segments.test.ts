@@ -15,6 +15,10 @@ import { SegmentedSession } from '../runtime/segments.js';
 import { MANIFEST_FILE, parseManifest } from './manifest.js';
 import { fullSel } from '../layers/index.js';
 import { MoeBlock } from '../route/moe.js';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { DynnServer, type PredictResponse } from '../serve/server.js';
+import { loadWebSegments } from '../runtime/web.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-moe-seg-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -111,4 +115,47 @@ test('a mixture manifest that does not add up is refused by name', () => {
   assert.throws(() => parseManifest(bad((m) => (moe(m).expertGraphs = (moe(m).expertGraphs as unknown[]).slice(1))), 'x'), /3 expert graphs and 4 expert costs for 4 experts/);
   assert.throws(() => parseManifest(bad((m) => (moe(m).overflow = 'drop')), 'x'), /overflow/);
   assert.throws(() => parseManifest(bad((m) => (moe(m).capacityFactor = 0)), 'x'), /capacityFactor/);
+});
+
+test('dynn serve of a mixture folder and the web entry give the in-thread dispatcher\'s predictions and experts', async () => {
+  const dir = path.join(tmp, 'resnet-moe');
+  const x = Float32Array.from({ length: 5 * 128 }, (_, i) => Math.sin(i * 0.61) * (1 + (i % 7)));
+  const node = (await openSession(dir, { threads: 1 })) as SegmentedSession;
+  const want = await node.runRouted(x);
+  const server = await DynnServer.create({ model: dir, threads: 1, maxBatch: 8, maxWaitMs: 1 });
+  try {
+    const res = await server.app.inject({ method: 'POST', url: '/v1/predict', payload: { inputs: Array.from(x), shape: [5, 2, 8, 8] } });
+    assert.equal(res.statusCode, 200, res.body);
+    const body = res.json() as PredictResponse;
+    assert.deepEqual(body.predictions.map((q) => q.class), [...want.classes]);
+    body.predictions.forEach((q, i) => {
+      assert.ok(Math.abs(q.flopsRatio! - want.flopsRatios[i]) < 1e-9);
+      assert.ok(q.scores.every((s, j) => Math.abs(s - want.scores[i * 3 + j]) < 1e-5));
+    });
+  } finally {
+    await server.close();
+  }
+  // The browser entry shares the dispatcher: the folder over HTTP gives the same experts and scores.
+  const http = createServer((req, res) => {
+    res.setHeader('connection', 'close');
+    const name = /^\/moe\/([\w.-]+)$/.exec(req.url ?? '')?.[1];
+    try {
+      if (!name) throw new Error('not here');
+      res.end(readFileSync(path.join(dir, name)));
+    } catch {
+      res.statusCode = 404;
+      res.end();
+    }
+  });
+  await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
+  try {
+    const web = await loadWebSegments(`http://127.0.0.1:${(http.address() as AddressInfo).port}/moe`);
+    const got = await web.runRouted(x);
+    assert.deepEqual(got.counts, want.counts);
+    assert.ok(got.scores.every((v, i) => Math.abs(v - want.scores[i]) < 1e-4));
+    await web.release();
+  } finally {
+    http.close();
+    await node.release();
+  }
 });
