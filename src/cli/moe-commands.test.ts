@@ -6,6 +6,7 @@ import path from 'node:path';
 import { runCli } from './cli.js';
 import { captureIo } from './capture.js';
 import { assertTrainRefused } from './fixtures.js';
+import { buildReport, gatherRuns } from '../report/index.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-moe-'));
 process.on('exit', () => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -39,6 +40,12 @@ test('a mixture of experts trains from the CLI, logs its balance and overflow, a
   assert.match(info.stdout(), /top-2 \(noisy in training\), capacity factor 1 in training and 2 at evaluation/);
   assert.match(info.stdout(), /expert load per block/);
   assert.match(info.stdout(), /experts each class ran at c4/);
+  // The report (and the dashboard, which serves it) draws the load and the class-by-expert table.
+  const report = await buildReport(await gatherRuns([run], { sweep: false }));
+  const dyn = report.sections.find((x) => x.name === 'dynamic')!;
+  assert.ok(dyn.charts.includes('dynamic-expert-load-moe-c4') && dyn.charts.includes('dynamic-class-experts-moe-c4'), dyn.charts.join());
+  assert.ok(!dyn.charts.some((c) => c.startsWith('dynamic-skips') || c.startsWith('dynamic-routes')), 'experts are not drawn as skips or routes');
+  assert.ok(report.html.includes(`<tr>${e.load.map((l: number) => `<td>${(100 * l).toFixed(2)}%</td>`).join('')}</tr>`), 'the load table holds the sweep\'s shares');
   const bad = captureIo();
   assert.equal(await runCli(['sweep', run, '--thresholds', '0.3', '--json'], bad), 1);
   assert.match(bad.stderr(), /--thresholds does not apply to a mixture of experts/);

@@ -3,7 +3,7 @@ import { Registry } from '../util/registry.js';
 import { paretoFront, type Candidate } from '../control/select.js';
 import { si } from '../util/format.js';
 import { barChart, fixed, lineChart, percent, quantitative, round, type Row } from './charts.js';
-import { blockSkips, classCompute, classRoutes, classSkips, HISTOGRAM_BINS, type DynamicSweepData } from './dynamic.js';
+import { blockSkips, classCompute, classRoutes, classSkips, expertTables, HISTOGRAM_BINS, type DynamicSweepData } from './dynamic.js';
 import { CHART_SIZE } from './vega.js';
 import { RUN_FILES } from './sources.js';
 import { compareSection } from './compare.js';
@@ -408,7 +408,8 @@ registerSection({
       const classes = classCompute(d, d.trained);
       content.charts.push(
         { id: `dynamic-histogram-${r.name}`, title: `${r.name}: FLOPs per sample`, spec: barChart(`${r.name}: executed FLOPs ratio per sample (${at})`, hist, { field: 'bin', title: 'FLOPs ratio', sort: HISTOGRAM_BINS }, { field: 'share', title: 'share of samples', as: 'percent' }, [{ field: 'samples', type: 'quantitative' }]) },
-        { id: `dynamic-skips-${r.name}`, title: `${r.name}: skip rate per block`, spec: barChart(`${r.name}: share of groups skipped per gated block (${at})`, skips.map((s) => ({ block: s.block, skipped: round(s.skipped) })), { field: 'block', title: 'gated block', sort: skips.map((s) => s.block) }, { field: 'skipped', title: 'groups skipped', as: 'percent', domain: [0, 1] }) },
+        // A mixture of experts skips nothing: no skip rates to draw.
+        ...(skips.length ? [{ id: `dynamic-skips-${r.name}`, title: `${r.name}: skip rate per block`, spec: barChart(`${r.name}: share of groups skipped per gated block (${at})`, skips.map((s) => ({ block: s.block, skipped: round(s.skipped) })), { field: 'block', title: 'gated block', sort: skips.map((s) => s.block) }, { field: 'skipped', title: 'groups skipped', as: 'percent', domain: [0, 1] }) }] : []),
         { id: `dynamic-class-flops-${r.name}`, title: `${r.name}: FLOPs per class`, spec: barChart(`${r.name}: mean executed FLOPs ratio per class (${at})`, classes.map((c) => ({ class: c.name, flopsRatio: round(c.flopsRatio), accuracy: round(c.accuracy) })), { field: 'class', title: 'class', sort: d.classNames }, { field: 'flopsRatio', title: 'mean FLOPs ratio' }, [{ field: 'accuracy', type: 'quantitative', format: '.2%' }]) },
       );
       if (classes.some((c) => Number.isFinite(c.accuracy))) {
@@ -416,7 +417,7 @@ registerSection({
       } else content.notes.push(`${r.name}: its threshold sweep predates per-class accuracy; remake it to draw it: \`${d.command}\`.`);
       // Which blocks each class skips: the routes per class, as a class x block grid.
       const perClass = classSkips(d, d.trained);
-      if (perClass) {
+      if (perClass && perClass.blocks.length) {
         const cells: Row[] = perClass.classes.flatMap((c) => perClass.blocks.map((b, j) => ({ class: c.name, block: b, skipped: round(c.skipped[j]) })));
         const spec = {
           title: `${r.name}: groups skipped per class and block (${at})`,
@@ -432,13 +433,41 @@ registerSection({
         } as TopLevelSpec;
         content.charts.push({ id: `dynamic-class-skips-${r.name}`, title: `${r.name}: skips per class`, spec });
         content.tables.push({ caption: `${r.name}: groups skipped per class and block (${at})`, head: ['class', ...perClass.blocks], rows: perClass.classes.map((c) => [c.name, ...c.skipped.map((s) => percent(s))]) });
-      } else content.notes.push(`${r.name}: its threshold sweep predates per-class skip rates; remake it to draw which blocks each class skips: \`${d.command}\`.`);
+      } else if (!perClass) content.notes.push(`${r.name}: its threshold sweep predates per-class skip rates; remake it to draw which blocks each class skips: \`${d.command}\`.`);
       content.tables.push(
         { caption: `${r.name}: samples per executed FLOPs ratio (${at})`, head: ['FLOPs ratio', 'samples', 'share'], rows: hist.map((h) => [String(h.bin), Number(h.samples), percent(Number(h.share))]) },
-        { caption: `${r.name}: groups skipped per gated block`, head: ['block', ...d.points.map((p) => `threshold ${p.threshold}`)], rows: skips.map((s) => [s.block, ...d.points.map((p) => percent(p.skipRates[s.block] ?? NaN))]) },
+        ...(skips.length ? [{ caption: `${r.name}: groups skipped per gated block`, head: ['block', ...d.points.map((p) => `threshold ${p.threshold}`)], rows: skips.map((s) => [s.block, ...d.points.map((p) => percent(p.skipRates[s.block] ?? NaN))]) }] : []),
         { caption: `${r.name}: compute and accuracy per class (${at})`, head: ['class', 'mean FLOPs ratio', 'accuracy'], rows: classes.map((c) => [c.name, fixed(c.flopsRatio), percent(c.accuracy)]) },
       );
-      for (const g of classRoutes(d, d.trained)) {
+      // A mixture's choices are experts, not routes ordered by cost: its own views instead.
+      const mixtures = expertTables(d, d.trained);
+      for (const m of mixtures) {
+        const experts = m.load.map((_, e) => `e${e}`);
+        content.charts.push({
+          id: `dynamic-expert-load-${r.name}-${m.block}`,
+          title: `${r.name}: expert load of ${m.block}`,
+          spec: barChart(`${r.name}: share of the assignments each expert of ${m.block} ran (CV ${fixed(m.cv)}, overflow ${percent(m.overflowRate)})`, m.load.map((l, e) => ({ expert: experts[e], share: round(l) })), { field: 'expert', title: 'expert', sort: experts }, { field: 'share', title: 'share of the assignments', as: 'percent', domain: [0, 1] }),
+        });
+        const cells: Row[] = m.classes.flatMap((c) => c.shares.map((v, e) => ({ class: c.name, expert: experts[e], share: round(v) })));
+        const heat = {
+          title: `${r.name}: experts each class ran at ${m.block}`,
+          ...CHART_SIZE,
+          data: { values: cells },
+          mark: 'rect',
+          encoding: {
+            x: { field: 'expert', type: 'nominal', title: 'expert', sort: experts },
+            y: { field: 'class', type: 'nominal', title: 'class', sort: d.classNames },
+            color: { field: 'share', type: 'quantitative', title: 'share of the class', scale: { domain: [0, 1] }, legend: { format: '.0%' } },
+            tooltip: [{ field: 'class' }, { field: 'expert' }, { field: 'share', type: 'quantitative', format: '.1%' }],
+          },
+        } as TopLevelSpec;
+        content.charts.push({ id: `dynamic-class-experts-${r.name}-${m.block}`, title: `${r.name}: experts per class at ${m.block}`, spec: heat });
+        content.tables.push(
+          { caption: `${r.name}: expert load of ${m.block} (share of the assignments; CV ${fixed(m.cv)}, most used ${percent(m.maxShare)}, overflow ${percent(m.overflowRate)})`, head: experts, rows: [m.load.map((l) => percent(l))] },
+          { caption: `${r.name}: experts each class ran at ${m.block} (share of the class's assignments)`, head: ['class', ...experts], rows: m.classes.map((c) => [c.name, ...c.shares.map((v) => percent(v))]) },
+        );
+      }
+      for (const g of mixtures.length ? [] : classRoutes(d, d.trained)) {
         const routes = Array.from({ length: g.routes }, (_, k) => `route ${k}`);
         const rows: Row[] = g.classes.flatMap((c) => c.shares.map((v, k) => ({ class: c.name, route: routes[k], share: round(v) })));
         // Stacked: each class's bar split by the route its samples took.

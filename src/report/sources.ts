@@ -218,9 +218,18 @@ export async function gatherRun(dir: string, name: string, options: GatherOption
   await addCompanions(run);
   if (!run.sweep && !run.sweepMissing) {
     if (options.sweep === false) run.sweepMissing = run.dynamic ? `not measured, and ${RUN_FILES.sweep} holds the gates' threshold sweep` : `no ${RUN_FILES.sweep} beside the run`;
+    else if (await withoutSubnet(run)) run.sweepMissing = `${run.model} has no network at a fixed u (each sample runs its own experts): its gates' sweep (\`dynn sweep RUN --json\`) is what it has`;
     else run.sweep = await computeSweep(run, options);
   }
   return run;
+}
+
+/** Whether the run's mechanism has no fixed-plan sub-network to sweep over u (a mixture of experts). */
+async function withoutSubnet(run: RunData): Promise<boolean> {
+  const mechanism = run.modelArgs.dynamic;
+  if (typeof mechanism !== 'string') return false;
+  const { mechanisms } = await import('../route/mechanisms.js');
+  return mechanisms.has(mechanism) && mechanisms.get(mechanism).noSubnet === true;
 }
 
 /**
