@@ -30,6 +30,7 @@ test('every registered model, at u in {0.1, 0.5, 1}, nested and independent: sha
     'densenet-w',
     'densenet41',
     'densenet53',
+    'mlp-moe',
     'mlp-w',
     'multi-branch',
     'resnet-d',
@@ -161,7 +162,7 @@ test('vgg-w cost falls with u and resnet-d skips whole blocks', () => {
 });
 
 test('bad model names, arguments and inputs give clear errors', () => {
-  assert.throws(() => createModel('vgg'), /unknown model "vgg"; expected one of densenet-dw, densenet-w, densenet41, densenet53, mlp-w, multi-branch, resnet-d, resnet-exits, resnet-moe, resnet38, resnext-w, vgg-exits, vgg-moe, vgg-w/);
+  assert.throws(() => createModel('vgg'), /unknown model "vgg"; expected one of densenet-dw, densenet-w, densenet41, densenet53, mlp-moe, mlp-w, multi-branch, resnet-d, resnet-exits, resnet-moe, resnet38, resnext-w, vgg-exits, vgg-moe, vgg-w/);
   assert.throws(() => createModel('vgg-w', { inputShape: [28, 28] }), /inputShape must be \[height, width, channels\]/);
   assert.throws(() => createModel('vgg-w', { groups: 3 }), /do not split into 3 groups/);
   assert.throws(() => createModel('vgg-w', { numClasses: 1 }), /numClasses must be an integer >= 2/);

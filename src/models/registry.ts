@@ -12,6 +12,9 @@ import { checkMixture } from '../route/experts.js';
 /** Registered models, by name. */
 export const models = new Registry<ModelDef>('model');
 
+/** `a`, `a or b`, `a, b or c`. */
+const orList = (xs: readonly string[]) => (xs.length < 2 ? xs.join('') : `${xs.slice(0, -1).join(', ')} or ${xs[xs.length - 1]}`);
+
 /** A mixture of experts' arguments (`MoeArgs`), which only its models take. */
 const MOE_ARGS = ['experts', 'topK', 'capacityFactor', 'evalCapacityFactor', 'overflow', 'importanceWeight', 'loadWeight', 'switchWeight'] as const;
 
@@ -35,7 +38,7 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   if (resolved.dynamic !== undefined) {
     const m = mechanisms.get(String(resolved.dynamic));
     const needs = mechanismModels(m);
-    if (needs.length && !needs.includes(name)) throw new DynnError(`--dynamic ${resolved.dynamic} needs --model ${needs.join(' or ')}`);
+    if (needs.length && !needs.includes(name)) throw new DynnError(`--dynamic ${resolved.dynamic} needs --model ${orList(needs)}`);
     const own = mechanisms.list().find((k) => mechanismModels(mechanisms.get(k)).includes(name));
     if (own !== undefined && own !== resolved.dynamic) throw new DynnError(`${name} takes --dynamic ${own}, not ${resolved.dynamic}`);
     if (m.widthSwitch && !def.switchAfter) {
@@ -72,7 +75,7 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
     throw new DynnError(`gateScale must be a positive number, got ${resolved.gateScale}`);
   }
   const moe = MOE_ARGS.filter((k) => resolved[k] !== undefined);
-  if (moe.length && resolved.dynamic !== 'moe') throw new DynnError(`${moe.join(', ')} ${moe.length > 1 ? 'need' : 'needs'} a mixture of experts (--model ${mechanismModels(mechanisms.get('moe')).join(' or ')})`);
+  if (moe.length && resolved.dynamic !== 'moe') throw new DynnError(`${moe.join(', ')} ${moe.length > 1 ? 'need' : 'needs'} a mixture of experts (--model ${orList(mechanismModels(mechanisms.get('moe')))})`);
   if (resolved.dynamic === 'moe') {
     checkMixture(resolved.experts as number, resolved.topK as number, [resolved.capacityFactor as number, resolved.evalCapacityFactor as number], String(resolved.overflow));
   }

@@ -325,6 +325,19 @@ models.register('resnet-moe', {
   },
 });
 
+models.register('mlp-moe', {
+  description:
+    'a mixture-of-experts classifier: the flattened image into E MLP experts (dense hidden, ReLU, dense classes) and a router on the pixels, noisy top-k (the head task of the MoE bench)',
+  defaults: { ...MOE_DEFAULTS, experts: 10, hidden: 64 },
+  ratios: MOE_RATIOS,
+  dynamic: true,
+  layers(a) {
+    const hidden = a.hidden as number;
+    const expert = (prefix: string) => [new Dense(`${prefix}.fc1`, { units: hidden, groups: a.groups }), new ReLU(`${prefix}.relu`, {}), new Dense(`${prefix}.fc2`, { units: a.numClasses })];
+    return [new Flatten('flatten', {}), new MoeBlock('moe', moeArgs(a, false), expert)];
+  },
+});
+
 /** Adaptive resolution's network around registered model `model` (see `ResolutionSwitch`). */
 function resolutionLayers(model: string, a: ModelArgs): Layer[] {
   if (a.resolutions === undefined) throw new DynnError('--dynamic resolution needs --resolutions, e.g. 28,21,14');

@@ -209,14 +209,14 @@ mechanisms.register('skip-ff', {
 
 mechanisms.register('moe', {
   description:
-    'sparse mixture of experts (--model vgg-moe or resnet-moe, --experts E --top-k K --capacity-factor C): a router on the pooled input sends each sample to its k best of E experts (noisy top-k), each expert runs once on its rows, within its capacity',
+    'sparse mixture of experts (--model vgg-moe, resnet-moe or mlp-moe, --experts E --top-k K --capacity-factor C): a router on the pooled input sends each sample to its k best of E experts (noisy top-k), each expert runs once on its rows, within its capacity',
   // The router's outputs are the experts' scores and noise scales (2E); it has no hidden layer.
   gate: (name, a) => new MoeRouter(name, { outputs: a.outputs }),
   defaultWidth: () => 0,
   // A mixture's cost per sample is set by k, not learnt: no FLOPs term by default (its balance losses are the layer's own).
   efficiency: flopsTerm,
   defaults: { target: 1, efficiencyWeight: 0 },
-  model: ['vgg-moe', 'resnet-moe'],
+  model: ['vgg-moe', 'resnet-moe', 'mlp-moe'],
   noSubnet: true,
 });
 

@@ -29,7 +29,7 @@ const DYNAMIC_FLAGS: [string, string][] = [
   ['--gate-estimator <name>', 'with --dynamic: gradients of the binary decisions: sigmoid (the probability as surrogate, as ACS) or gumbel (Gumbel-sigmoid straight-through) [default: the mechanism’s: sigmoid for acs, gumbel for skip]'],
   ['--branches <list>', 'with --model multi-branch: the branch networks, cheapest first, e.g. vgg-w:widths=8,8,16,16:hidden=64,vgg-w (a model name starts a branch, :key=value sets its arguments)'],
   ['--resolutions <list>', 'with --dynamic resolution: input heights the network runs at, each at most the input’s, e.g. 28,21,14'],
-  ['--experts <E>', 'with --model vgg-moe or resnet-moe: experts per mixture-of-experts block [default: 4]'],
+  ['--experts <E>', 'with --model vgg-moe, resnet-moe or mlp-moe: experts per mixture-of-experts block [default: 4; mlp-moe 10]'],
   ['--top-k <k>', 'with a mixture of experts: experts each sample runs, 1..E (noisy top-k in training) [default: 1]'],
   ['--capacity-factor <c>', 'with a mixture of experts: an expert takes at most ceil(c k n / E) rows of a batch of n in training [default: 1.25]'],
   ['--eval-capacity-factor <c>', 'with a mixture of experts: the capacity factor at evaluation [default: 2]'],
