@@ -28,6 +28,10 @@ import type { GateMode } from '../src/layers/types.js';
 import { initEngine } from '../src/engine/backend.js';
 import { writeFileAtomic } from '../src/util/fs.js';
 import { benchArgs } from './common.js';
+import { median } from '../src/eval/latency.js';
+import { saveSegments } from '../src/export/segments.js';
+import { saveOnnx } from '../src/export/export.js';
+import { openSession } from '../src/runtime/node.js';
 
 const args = process.argv.slice(2);
 const { value, num, list } = benchArgs(args);
@@ -134,6 +138,7 @@ async function heads(test: ImageSet) {
     const [eFree, eLoose, eTight] = [free, loose, tight].map((m) => evaluateRouted(m, test));
     const dAcc = evaluate(dense, test, 1).accuracy;
     const t = times([{ model: loose }, { model: dense }], test);
+    const onnx = await onnxTimes(loose, dense, test, `k${k}`);
     const e = eFree.experts!.moe;
     const row = {
       topK: k,
@@ -144,15 +149,45 @@ async function heads(test: ImageSet) {
       flops: { moe: 2 * eFree.flopsRatio * moe.routedMacs(1).backbone, dense: dense.cost(1).flops },
       latencyMs: { moe: t[0], dense: t[1] },
       timeRatio: t[0].batch64 / t[1].batch64,
+      onnx,
     };
     log(
       `  top-${k}: ${pct(eFree.accuracy)} without a limit, ${pct(eLoose.accuracy)} at 2, ${pct(eTight.accuracy)} at 1.25 (lost ${(100 * row.lostToCapacity125).toFixed(2)} points, overflow ${pct(eTight.overflowRate!)}); ` +
-        `dense ${pct(dAcc)}; most used expert ${pct(e.maxShare)} (CV ${e.cv.toFixed(3)}); time over dense ${row.timeRatio.toFixed(2)}x @64 (${t[0].batch64.toFixed(2)} vs ${t[1].batch64.toFixed(2)} ms)`,
+        `dense ${pct(dAcc)}; most used expert ${pct(e.maxShare)} (CV ${e.cv.toFixed(3)}); time over dense ${row.timeRatio.toFixed(2)}x @64 (${t[0].batch64.toFixed(2)} vs ${t[1].batch64.toFixed(2)} ms); ONNX Runtime ${onnx.timeRatio.toFixed(2)}x (${onnx.ms.moe.toFixed(2)} vs ${onnx.ms.dense.toFixed(2)} ms)`,
     );
     out.push(row);
     for (const m of [moe, dense, free, loose, tight]) m.dispose();
   }
   return out;
+}
+
+/**
+ * Median ms at batch 64 in ONNX Runtime (2 threads, no spinning): the mixture exported by segments and run by
+ * its dispatcher (the router, then each expert graph on its rows), against the dense head as one ONNX file.
+ * The two take turns. ONNX Runtime packs each graph's constant weights once at load; TF.js's matmul packs
+ * them on every call, which a mixture pays once per expert.
+ */
+async function onnxTimes(moe: Network, dense: Network, test: ImageSet, tag: string) {
+  const dir = path.join(ROOT, `head-${tag}.onnx`);
+  await saveSegments(moe, dir, { force: true });
+  const file = path.join(ROOT, `head-dense-${tag}.onnx`);
+  await saveOnnx(dense, file);
+  const a = await openSession(dir, { threads: 2, spinning: false });
+  const b = await openSession(file, { threads: 2, spinning: false });
+  const n = 64;
+  const x = toFloat(test, 0, n, new Float32Array(n * test.height * test.width * test.channels));
+  const ms = { moe: [] as number[], dense: [] as number[] };
+  for (let i = 0; i < 43; i++) {
+    for (const [key, s] of [['moe', a], ['dense', b]] as const) {
+      const t0 = performance.now();
+      await s.run(x, 1);
+      if (i >= 3) ms[key].push(performance.now() - t0);
+    }
+  }
+  await a.release();
+  await b.release();
+  const out = { moe: median(ms.moe), dense: median(ms.dense) };
+  return { ms: out, timeRatio: out.moe / out.dense };
 }
 
 async function main() {
