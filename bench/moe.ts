@@ -9,7 +9,9 @@
  *      no capacity limit, at the evaluation factor 2 and at 1.25 (the accuracy the limit costs), and the
  *      head's time over the dense head's at batch 64.
  * Usage: npm run bench:moe [-- --train 6000 --test 1000 --epochs 1 --experts 4 --head-epochs 2 --hidden 64
- *          --top-k 1,2,4 --data-dir DIR --results .bench/moe.json --json]
+ *          --top-k 1,2,4 --data-dir DIR --results .bench/moe.json --no-peer --json]
+ *   3. the same head task with the popular PyTorch layer's behaviour (`bench/moe_peer.py`, Debian's PyTorch at
+ *      /usr/bin/python3; --no-peer skips it).
  * Runs go to .bench/moe/ (replaced on each bench run), results to --results (written atomically).
  */
 import path from 'node:path';
@@ -32,6 +34,7 @@ import { median } from '../src/eval/latency.js';
 import { saveSegments } from '../src/export/segments.js';
 import { saveOnnx } from '../src/export/export.js';
 import { openSession } from '../src/runtime/node.js';
+import { spawnSync } from 'node:child_process';
 
 const args = process.argv.slice(2);
 const { value, num, list } = benchArgs(args);
@@ -46,6 +49,7 @@ const TOP_KS = list('top-k', '1,2,4').map(Number);
 const RESULTS = value('results') ?? '.bench/moe.json';
 const DATA_DIR = value('data-dir');
 const ROOT = '.bench/moe';
+const PEER = !args.includes('--no-peer');
 const log = (s: string) => process.stderr.write(s + '\n');
 
 const base = (out: string, extra: TrainOptions): TrainOptions => ({
@@ -190,10 +194,21 @@ async function onnxTimes(moe: Network, dense: Network, test: ImageSet, tag: stri
   return { ms: out, timeRatio: out.moe / out.dense };
 }
 
+/** The head task with the popular PyTorch layer's behaviour (`bench/moe_peer.py`), or why it did not run. */
+function peer(): unknown {
+  log('3. the same head with the popular PyTorch layer\'s behaviour (bench/moe_peer.py)');
+  const argv = ['bench/moe_peer.py', '--train', String(TRAIN), '--test', String(TEST), '--epochs', String(HEAD_EPOCHS), '--hidden', String(HIDDEN), '--top-k', TOP_KS.join(','), ...(DATA_DIR ? ['--data-dir', DATA_DIR] : [])];
+  const r = spawnSync('/usr/bin/python3', argv, { encoding: 'utf8', maxBuffer: 1 << 24 });
+  if (r.status !== 0) return `not run: ${(r.error?.message ?? r.stderr).trim().split('\n').pop()}`;
+  const out = JSON.parse(r.stdout) as { heads: { topK: number; accuracy: number; accuracyCapacity125: number; denseAccuracy: number; maxShare: number; timeRatio: number }[] };
+  for (const h of out.heads) log(`  top-${h.topK}: ${pct(h.accuracy)}, ${pct(h.accuracyCapacity125)} at capacity 1.25; dense ${pct(h.denseAccuracy)}; most used expert ${pct(h.maxShare)}; time over dense ${h.timeRatio.toFixed(2)}x @64`);
+  return out;
+}
+
 async function main() {
   await initEngine('auto');
   const { test } = await loadDataset('fashion-mnist', { dataDir: DATA_DIR, trainLimit: TRAIN, testLimit: TEST, seed: 0 });
-  const results = { dataset: 'fashion-mnist', train: TRAIN, test: TEST, epochs: EPOCHS, headEpochs: HEAD_EPOCHS, experts: EXPERTS, hidden: HIDDEN, models: await models(test), heads: await heads(test) };
+  const results = { dataset: 'fashion-mnist', train: TRAIN, test: TEST, epochs: EPOCHS, headEpochs: HEAD_EPOCHS, experts: EXPERTS, hidden: HIDDEN, models: await models(test), heads: await heads(test), peer: PEER ? peer() : 'not run (--no-peer)' };
   await writeFileAtomic(RESULTS, JSON.stringify(results, null, 2) + '\n');
   if (json) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
 }
