@@ -346,9 +346,10 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
     missing = err.message;
   }
   const json: Record<string, unknown> = { mechanism, [option]: target ?? null, efficiencyWeight: efficiencyWeight ?? null, trainedThreshold: trainedThreshold ?? 0.5, gateShare: share };
-  let text =
-    `per-sample gates: ${mechanism}; ${option === 'skipTarget' ? 'skip target (blocks executed)' : 'FLOPs target'} ${target ?? '-'} (efficiency weight ${efficiencyWeight ?? '-'}), trained threshold ${trainedThreshold ?? 0.5}; ` +
-    `the gates cost ${(100 * share).toFixed(1)}% of the backbone's FLOPs\n`;
+  const goal = entry?.fixedCost
+    ? 'no FLOPs target (its cost is set by top-k)'
+    : `${option === 'skipTarget' ? 'skip target (blocks executed)' : 'FLOPs target'} ${target ?? '-'} (efficiency weight ${efficiencyWeight ?? '-'}), trained threshold ${trainedThreshold ?? 0.5}`;
+  let text = `per-sample gates: ${mechanism}; ${goal}; the gates cost ${(100 * share).toFixed(1)}% of the backbone's FLOPs\n`;
   if (!sweep) {
     json.sweepMissing = missing;
     return { json, text: text + plain(missing ?? '') + '\n' };

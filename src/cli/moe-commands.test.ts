@@ -60,6 +60,7 @@ test('bad mixtures: clear errors before any training', async () => {
       [['--model', 'resnet-moe', '--overflow', 'drop'], /unknown overflow policy "drop"; expected one of residual, next/],
       [['--model', 'vgg-w', '--top-k', '2'], /topK needs a mixture of experts \(--model vgg-moe, resnet-moe or mlp-moe\)/],
       [['--model', 'resnet38', '--dynamic', 'moe'], /--dynamic moe needs --model vgg-moe, resnet-moe or mlp-moe/],
+      [['--model', 'vgg-moe', '--flops-target', '0.5'], /--flops-target does not apply to --dynamic moe: a mixture runs k experts per sample, so its cost is set by --top-k/],
     ],
     data,
     tmp,

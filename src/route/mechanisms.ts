@@ -112,6 +112,8 @@ export interface Mechanism {
    * experts): they are evaluated with their gates deciding only, and export by segments only.
    */
   noSubnet?: boolean;
+  /** Why its cost per sample is set by its settings, not learnt (a mixture's k): no efficiency target applies. */
+  fixedCost?: string;
 }
 
 /** Per-sample mechanisms by name (`dynn train --dynamic NAME`). */
@@ -213,8 +215,9 @@ mechanisms.register('moe', {
   // The router's outputs are the experts' scores and noise scales (2E); it has no hidden layer.
   gate: (name, a) => new MoeRouter(name, { outputs: a.outputs }),
   defaultWidth: () => 0,
-  // A mixture's cost per sample is set by k, not learnt: no FLOPs term by default (its balance losses are the layer's own).
+  // Its balance losses are the layer's own (`MoeBlock`); the FLOPs term never applies (`fixedCost`).
   efficiency: flopsTerm,
+  fixedCost: 'a mixture runs k experts per sample, so its cost is set by --top-k (and --experts), not by a target',
   defaults: { target: 1, efficiencyWeight: 0 },
   model: ['vgg-moe', 'resnet-moe', 'mlp-moe'],
   noSubnet: true,

@@ -409,7 +409,13 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     model.dispose();
     throw new DynnError(`${optionFlag(other)} does not apply to --dynamic ${String(model.config.args.dynamic)}, whose target is ${mechanism.efficiency.flag} (${mechanism.efficiency.what})`);
   }
-  const efficiency = mechanism ? { target: o[mechanism.efficiency.option] ?? mechanism.defaults.target, weight: o.efficiencyWeight ?? mechanism.defaults.efficiencyWeight } : undefined;
+  // A cost fixed by the mechanism's settings (a mixture's k) has no target to pull toward.
+  const fixedCost = (['flopsTarget', 'widthTarget', 'skipTarget', 'efficiencyWeight'] as const).find((k) => mechanism?.fixedCost && o[k] !== undefined);
+  if (mechanism && fixedCost) {
+    model.dispose();
+    throw new DynnError(`${optionFlag(fixedCost)} does not apply to --dynamic ${String(model.config.args.dynamic)}: ${mechanism.fixedCost}`);
+  }
+  const efficiency = mechanism?.fixedCost ? undefined : mechanism ? { target: o[mechanism.efficiency.option] ?? mechanism.defaults.target, weight: o.efficiencyWeight ?? mechanism.defaults.efficiencyWeight } : undefined;
   const estimator = o.gateEstimator ?? mechanism?.defaults.estimator ?? 'sigmoid';
   if (o.init && !run) {
     try {
