@@ -59,10 +59,11 @@ export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<
     throw err;
   }
   const m = server.metadata;
-  const info = { url, model: file, policy: server.policy.name, sloMs: sloMs ?? 25, levels: m.levels.map((l) => l.u), input: [...m.input.shape] };
+  const sessions = server.sessions ? { max: server.sessions.maxSessions, idleMs: server.sessions.idleMs } : undefined;
+  const info = { url, model: file, policy: server.policy.name, sloMs: sloMs ?? 25, levels: m.levels.map((l) => l.u), input: [...m.input.shape], ...(sessions ? { sessions } : {}) };
   if (o.json) io.out(JSON.stringify(info) + '\n');
   else if (m.routed) io.out(`dynn serve: listening on ${url} (${m.model.model}, dynamic: ${m.routed.gatedBlocks} gated blocks at threshold ${m.routed.threshold}, SLO ${info.sloMs} ms)\n`);
-  else io.out(`dynn serve: listening on ${url} (${m.model.model}, levels ${info.levels.join(', ')}, policy ${info.policy}, SLO ${info.sloMs} ms)\n`);
+  else io.out(`dynn serve: listening on ${url} (${m.model.model}, levels ${info.levels.join(', ')}, policy ${info.policy}, SLO ${info.sloMs} ms${sessions ? `; sessions of its temporal controller: at most ${sessions.max}, expiring after ${sessions.idleMs} ms idle` : ''})\n`);
   const sig = await stop;
   log(`${sig}: finishing queued requests and shutting down`);
   await server.close();
