@@ -7,30 +7,18 @@ import os from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
-import { loadDataset } from '../data/datasets.js';
-import { createModel } from '../models/zoo.js';
 import { saveOnnx } from '../export/export.js';
 import { TEMPORAL_FEATURES } from '../export/metadata.js';
 import { MixedRunner } from '../control/runner.js';
-import { runTemporal, sequencesOf, TemporalController, temporalPolicy } from '../control/temporal.js';
-import { gatherBatch } from '../train/batch.js';
+import { runTemporal, sequencesOf } from '../control/temporal.js';
 import { DynnError } from '../util/errors.js';
 import { OnnxModel } from './node.js';
+import { frameOf, temporalFixture } from './temporal-fixtures.js';
 
 await initEngine('wasm');
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-temporal-'));
-const actions = [0.25, 0.5, 0.75, 1];
-// Three sequences of 100 frames.
-const set = (await loadDataset('fashion-mnist-stream', { trainLimit: 1, testLimit: 300 })).test;
-const model = createModel('mlp-w', { inputShape: [28, 28, 1], numClasses: 10 });
-const policy = temporalPolicy(10, actions, { seed: 5 });
-// Larger weights spread an untrained policy's answers over the actions, so the run mixes operating points.
-policy.net.setWeights(policy.net.getWeights().map((w) => ({ ...w, data: w.data.map((v) => v * 6) })));
-policy.weightsChanged();
-const controller = new TemporalController(policy);
-const file = path.join(tmp, 'stream.onnx');
-const meta = await saveOnnx(model, file, { controller: { network: policy.net, actions, temporal: { start: controller.start } } });
+const { set, model, policy, controller, actions, file, meta } = await temporalFixture(tmp);
 const plain = path.join(tmp, 'plain.onnx');
 await saveOnnx(model, plain);
 
@@ -66,16 +54,12 @@ for (const worker of [false, true]) {
     assert.ok(new Set(ref.u).size >= 2, `the reference run mixes operating points (${[...new Set(ref.u)]})`);
     const m = await OnnxModel.load(file, { worker, threads: 1 });
     try {
-      const per = 28 * 28;
-      const frame = new Float32Array(per);
-      const labels = new Int32Array(1);
       for (const seq of sequencesOf(set)) {
         const s = m.session();
         assert.equal(s.plannedU, 1, 'a stream starts at the top action');
         let planned = 1;
         for (const f of seq) {
-          gatherBatch(set, [f], frame, labels);
-          const step = await s.next(frame, { layout: 'NHWC' });
+          const step = await s.next(frameOf(set, f), { layout: 'NHWC' });
           assert.equal(step.u, planned);
           assert.equal(step.u, ref.u[f], `frame ${f}: u`);
           assert.equal(step.class, ref.predictions[f], `frame ${f}: class`);
