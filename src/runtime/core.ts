@@ -6,7 +6,7 @@ import type { Sha256 } from '../export/digest.js';
 import { verifyModel } from './verify.js';
 import { exitRules, perExitThresholds, settleExit, type ExitRule } from '../scaling/rules.js';
 import { arrayRows, dispatchAsync, rowsOf } from '../route/dispatch.js';
-import { TemporalSession, temporalOf, type PlannedPrediction } from './session.js';
+import { TemporalSession, temporalOf } from './session.js';
 
 /** What dynn needs of an ONNX Runtime package: onnxruntime-node and onnxruntime-web both provide it. */
 export interface OrtApi {
@@ -64,6 +64,12 @@ export interface MixedPrediction {
   meanFlopsRatio: number;
   /** Time inside ONNX Runtime, summed over the level groups (and the controller), ms. */
   ms: number;
+}
+
+/** A batch of frames run at one action (`step`), and each frame's next action as the exported temporal controller plans it. */
+export interface PlannedPrediction extends Prediction {
+  /** The next action index of each frame (argmax of `controller_scores`). */
+  next: Int32Array;
 }
 
 /** A controller's decision for a batch. */
@@ -280,8 +286,8 @@ export class ModelSession {
   }
 
   /** A stream's session on a model exported with a temporal controller (see `TemporalSession`). */
-  session(): TemporalSession {
-    return new TemporalSession(this.metadata, (x, a, o) => this.step(x, a, o));
+  session(): TemporalSession<RunOptions> {
+    return new TemporalSession<RunOptions>(this.metadata, (x, a, o) => this.step(x, a, o));
   }
 
   /** Frees the session. */

@@ -15,11 +15,12 @@ import {
   type ExitOptions,
   type ExitPrediction,
   type MixedPrediction,
+  type PlannedPrediction,
   type Prediction,
   type RunOptions,
 } from './core.js';
 import { SegmentedSession } from './segments.js';
-import { TemporalSession, type PlannedPrediction } from './session.js';
+import { TemporalSession } from './session.js';
 import { MANIFEST_FILE } from '../export/manifest.js';
 
 /** Where a model runs in Node. */
@@ -332,8 +333,8 @@ export class OnnxModel {
    * planned u and plans the next frame's (see `TemporalSession`). Sessions are plain objects: keep as many as
    * there are streams; a model without a temporal controller is a DynnError.
    */
-  session(): TemporalSession {
-    return new TemporalSession(this.metadata, (x, a, o) => this.step(x, a, o));
+  session(): TemporalSession<RunOptions> {
+    return new TemporalSession<RunOptions>(this.metadata, (x, a, o) => this.step(x, a, o));
   }
 
   /** Each sample at its own u, batched per level (see `runMixed` of the core module); results in input order. */

@@ -1,15 +1,22 @@
 import { DynnError } from '../util/errors.js';
 import { levelIndexFor, type OnnxMetadata } from '../export/metadata.js';
-import type { Prediction, RunOptions } from './core.js';
 
-/** A batch of frames run at one action, and each frame's next action as the exported temporal controller plans it. */
-export interface PlannedPrediction extends Prediction {
+/**
+ * What a session needs of a run of frames at one action (`ModelSession.step`'s `PlannedPrediction`; this
+ * module does not import the core one, which builds sessions).
+ */
+export interface StepResult {
+  scores: Float32Array;
+  classes: Int32Array;
+  /** The network level that ran. */
+  level: number;
+  ms: number;
   /** The next action index of each frame (argmax of `controller_scores`). */
   next: Int32Array;
 }
 
-/** Runs frames at an action index and plans the next: `ModelSession.step`, in or out of a worker thread. */
-export type StepFn = (frames: Float32Array, action: number, options: RunOptions) => Promise<PlannedPrediction>;
+/** Runs frames at an action index and plans the next: `ModelSession.step`, in or out of a worker thread; `O` its run options. */
+export type StepFn<O> = (frames: Float32Array, action: number, options: O | undefined) => Promise<StepResult>;
 
 /** What `TemporalSession.next` answers for one frame. */
 export interface SessionStep {
@@ -44,14 +51,14 @@ export function temporalOf(meta: OnnxMetadata): { actions: number[]; start: numb
  * reads the frame's scores), so deciding costs no extra pass. A stream's first frame runs at the start action.
  * Calls on one session run in order, each frame planning the next.
  */
-export class TemporalSession {
+export class TemporalSession<O = object> {
   private action: number;
   private tail: Promise<unknown> = Promise.resolve();
   private readonly temporal: ReturnType<typeof temporalOf>;
 
   constructor(
     private readonly meta: OnnxMetadata,
-    private readonly step: StepFn,
+    private readonly step: StepFn<O>,
   ) {
     this.temporal = temporalOf(meta);
     this.action = this.temporal.start;
@@ -63,13 +70,13 @@ export class TemporalSession {
   }
 
   /** Runs one frame (a Float32Array of one sample, NCHW unless `options.layout` says NHWC) at the planned u. */
-  next(frame: Float32Array, options: RunOptions = {}): Promise<SessionStep> {
+  next(frame: Float32Array, options?: O): Promise<SessionStep> {
     const run = this.tail.then(() => this.advance(frame, options));
     this.tail = run.catch(() => undefined);
     return run;
   }
 
-  private async advance(frame: Float32Array, options: RunOptions): Promise<SessionStep> {
+  private async advance(frame: Float32Array, options: O | undefined): Promise<SessionStep> {
     const per = this.meta.input.shape.reduce((a, b) => a * b, 1);
     if (!(frame instanceof Float32Array) || frame.length !== per) {
       throw new DynnError(`a session takes one frame of [${this.meta.input.shape}] (${per} values) at a time, got ${frame instanceof Float32Array ? `${frame.length} values` : 'no Float32Array'}`);
