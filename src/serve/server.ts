@@ -203,6 +203,9 @@ export class DynnServer {
     const model = await OnnxModel.load(o.model, { worker: true, threads, spinning: o.spinning ?? false });
     try {
       const meta = model.metadata;
+      if (spec.name === 'controller' && meta.controller?.temporal && !o.controller) {
+        throw new DynnError(`policy controller needs a per-input controller; ${o.model}'s is temporal: it plans each stream's next frame, through POST /v1/sessions (serve it with another policy)`);
+      }
       const controller = o.controller ?? (meta.controller && !meta.controller.temporal ? (images: Float32Array) => model.decide(images).then((d) => d.u) : undefined);
       const policy = createPolicy(spec, { levels: meta.levels, table, sloMs, modelPath: o.model, controller });
       const per = meta.input.shape.reduce((a, b) => a * b, 1);

@@ -150,6 +150,10 @@ test('a model without a temporal controller has no sessions: a clear 400', async
   assert.match(r.json().message, /exported without a temporal controller/);
 });
 
+test('the controller policy refuses a temporal controller, naming the sessions instead', async () => {
+  await assert.rejects(DynnServer.create({ model: file, policy: 'controller', threads: 1 }), /policy controller needs a per-input controller; .* is temporal: .* POST \/v1\/sessions/);
+});
+
 test('the store checks its bounds', () => {
   assert.throws(() => new SessionStore(() => null as never, { maxSessions: 0 }), /max sessions must be a positive integer, got 0/);
   assert.throws(() => new SessionStore(() => null as never, { idleMs: 2 ** 31 }), /session idle time must be an integer number of ms/);
