@@ -250,6 +250,10 @@ export class SegmentedSession {
     throw new DynnError(`this ${this.manifest.model.model} model's gates decide inside the network; it has no controller`);
   }
 
+  async step(): Promise<never> {
+    return this.decide();
+  }
+
   /** Frees every session. */
   async release(): Promise<void> {
     for (const p of this.parts) for (const s of sessionsOf(p)) await s.release();

@@ -6,9 +6,10 @@ import { latencyTablePath, profileModel, readLatencyTable, saveLatencyTable, typ
 import { DynnError } from '../util/errors.js';
 import { createHttpApp, ForbiddenHostError, listenHttp, type HttpSafetyOptions } from '../util/http.js';
 import { MicroBatcher, type BatchedResult } from './batcher.js';
-import { HttpError, invalidInput, type ErrorKind } from './errors.js';
+import { HttpError, invalidInput, nonFiniteScores, type ErrorKind } from './errors.js';
 import { parseBinaryRequest, parseJsonRequest, type InputSpec } from './input.js';
 import { ServeMetrics } from './metrics.js';
+import { SessionStore, sessionRoutes, type SessionStoreOptions } from './sessions.js';
 import { createPolicy, parsePolicy, policies, type SampleController, type ServePolicy } from './policy.js';
 
 /** Options of `DynnServer.create`; unset fields take the defaults shown (the HTTP safety ones: `HTTP_DEFAULTS`). */
@@ -45,6 +46,10 @@ export interface ServeOptions extends HttpSafetyOptions {
   controller?: SampleController;
   /** Where startup notes go (default: nowhere). */
   log?: (line: string) => void;
+  /** Models with a temporal controller: the most sessions open at once (default 1024). */
+  maxSessions?: SessionStoreOptions['maxSessions'];
+  /** Models with a temporal controller: a session unused this long expires, ms (default 60000). */
+  sessionIdleMs?: SessionStoreOptions['idleMs'];
 }
 
 declare module 'fastify' {
@@ -79,7 +84,7 @@ export interface PredictResponse {
   batchSize: number;
 }
 
-const ROUTES = 'POST /v1/predict, GET /healthz, GET /metrics';
+const ROUTES = 'POST /v1/predict, POST /v1/sessions, POST /v1/sessions/ID/predict, DELETE /v1/sessions/ID, GET /healthz, GET /metrics';
 
 /** JSON schema of `PredictResponse`: Fastify compiles it into a serializer faster than JSON.stringify. */
 const PREDICT_RESPONSE_SCHEMA = {
@@ -162,6 +167,8 @@ export class DynnServer {
     private readonly batcher: MicroBatcher,
     /** The latency table the policy reads, or null. */
     readonly table: LatencyTable | null,
+    /** Open sessions, for a model exported with a temporal controller; else null. */
+    readonly sessions: SessionStore | null = null,
   ) {}
 
   /** The model's metadata. */
@@ -196,15 +203,19 @@ export class DynnServer {
     const model = await OnnxModel.load(o.model, { worker: true, threads, spinning: o.spinning ?? false });
     try {
       const meta = model.metadata;
-      const controller = o.controller ?? (meta.controller ? (images: Float32Array) => model.decide(images).then((d) => d.u) : undefined);
+      if (spec.name === 'controller' && meta.controller?.temporal && !o.controller) {
+        throw new DynnError(`policy controller needs a per-input controller; ${o.model}'s is temporal: it plans each stream's next frame, through POST /v1/sessions (serve it with another policy)`);
+      }
+      const controller = o.controller ?? (meta.controller && !meta.controller.temporal ? (images: Float32Array) => model.decide(images).then((d) => d.u) : undefined);
       const policy = createPolicy(spec, { levels: meta.levels, table, sloMs, modelPath: o.model, controller });
       const per = meta.input.shape.reduce((a, b) => a * b, 1);
       // A float32 printed as a JSON number takes up to ~22 bytes with its separator: room for a full batch.
       const bodyLimit = o.bodyLimit ?? Math.max(1 << 20, 24 * per * maxBatch + 4096);
       const batcher: MicroBatcher = new MicroBatcher(model, { maxBatch, maxWaitMs, maxQueue, levels: meta.levels, policy, onRun: (r) => metrics.run(r) });
-      const metrics = new ServeMetrics({ levelUs: meta.levels.map((l) => l.u), maxBatch, sloMs }, () => batcher.depth);
+      const sessions = meta.controller?.temporal ? new SessionStore(() => model.session(), { maxSessions: o.maxSessions, idleMs: o.sessionIdleMs }) : null;
+      const metrics = new ServeMetrics({ levelUs: meta.levels.map((l) => l.u), maxBatch, sloMs }, () => batcher.depth, () => sessions?.size ?? 0);
       const app = createHttpApp({ bodyLimit, logger: false, return503OnClosing: true, forceCloseConnections: 'idle' }, o);
-      const server = new DynnServer(app, model, policy, metrics, batcher, table);
+      const server = new DynnServer(app, model, policy, metrics, batcher, table, sessions);
       server.routes({ shape: meta.input.shape, maxSamples: maxBatch }, sloMs, o.log ?? (() => {}));
       return server;
     } catch (err) {
@@ -255,6 +266,8 @@ export class DynnServer {
       return body;
     });
 
+    sessionRoutes({ app, metadata: meta, store: this.sessions, metrics, shape: spec.shape });
+
     app.get('/healthz', async (_request, reply) => {
       const body = {
         status: this.closing ? 'shutting_down' : 'ok',
@@ -263,6 +276,7 @@ export class DynnServer {
         sloMs,
         maxBatch: spec.maxSamples,
         queueDepth: batcher.depth,
+        ...(this.sessions ? { sessions: { open: this.sessions.size, max: this.sessions.maxSessions, idleMs: this.sessions.idleMs } } : {}),
         latency: this.policy.estimator ? { factor: this.policy.estimator.factor, overheadMs: this.policy.estimator.overheadMs, tailMs: this.policy.estimator.tailMs } : null,
       };
       return reply.code(this.closing ? 503 : 200).send(body);
@@ -274,17 +288,8 @@ export class DynnServer {
   private response(res: BatchedResult, totalMs: number): PredictResponse {
     const names = this.metadata.classNames;
     const c = res.numClasses;
-    // JSON has no NaN or Infinity: scores that overflowed are the input's fault (values far outside the
-    // range the model was trained on), so the client hears which sample, not a serializer's 500.
-    const bad = res.scores.findIndex((s) => !Number.isFinite(s));
-    if (bad >= 0) {
-      const sample = Math.floor(bad / c);
-      throw new HttpError(
-        422,
-        'non_finite_output',
-        `the model produced non-finite scores for sample ${sample} (class ${bad % c} is ${res.scores[bad]}): its input values are likely far outside the range the model was trained on`,
-      );
-    }
+    const bad = nonFiniteScores(res.scores, c);
+    if (bad) throw bad;
     return {
       predictions: Array.from(res.classes, (cls, i) => ({
         class: cls,
@@ -316,6 +321,7 @@ export class DynnServer {
       const drained = this.batcher.close();
       await this.app.close();
       await drained;
+      this.sessions?.clear();
       await this.model.dispose();
       this.metrics.registry.clear();
     })();
