@@ -57,6 +57,8 @@ export function trainOptionsFrom(o: Opts) {
     widthTarget: numberOption(o.widthTarget, 'width-target', { min: Number.MIN_VALUE, max: 1 }),
     flopsTarget: numberOption(o.flopsTarget, 'flops-target', { min: Number.MIN_VALUE, max: 1 }),
     skipTarget: numberOption(o.skipTarget, 'skip-target', { min: Number.MIN_VALUE, max: 1 }),
+    // Its open range (0, 1) is checked with the training options.
+    spatialTarget: numberOption(o.spatialTarget, 'spatial-target'),
     efficiencyWeight: numberOption(o.efficiencyWeight, 'efficiency-weight', { min: 0 }),
     pretrainEpochs: numberOption(o.pretrainEpochs, 'pretrain-epochs', { int: true, min: 0 }),
     gateThreshold: numberOption(o.gateThreshold, 'gate-threshold', { min: 0, max: 1 }),
@@ -205,6 +207,10 @@ async function gatesInfo(model: Network): Promise<{ decisions: string; execution
     const routes = Array.from({ length: whole.routes }, (_, k) => whole.routeLabel(k)).join('; ');
     return { decisions, execution: 'sliced', note: `a switch at the input: each sample takes one of ${whole.routes} routes (${routes}), each run only on the samples that took it (the batch split by route)` };
   }
+  const { SpatialResidualBlock } = await import('../route/spatial.js');
+  if (model.layers.some((l) => l instanceof SpatialResidualBlock)) {
+    return { decisions: 'positions', execution: 'sliced', note: 'spatial masks: each gated block computes only the output positions its gate selects (3x3 patches gathered, one matrix product per convolution, results scattered back; the other positions keep the shortcut); a skip rate is the fraction of a block\'s positions not computed' };
+  }
   const masked = decisionForms.get(decisions).masked;
   const note = masked
     ? `${decisions} decisions, executed masked: every channel is computed, then multiplied by the decisions; FLOPs count only the channels on (as the paper reports), times are the masked ones`
@@ -315,7 +321,7 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
   }
   const json: Record<string, unknown> = { mechanism, [option]: target ?? null, efficiencyWeight: efficiencyWeight ?? null, trainedThreshold: trainedThreshold ?? 0.5, gateShare: share };
   let text =
-    `per-sample gates: ${mechanism}; ${option === 'skipTarget' ? 'skip target (blocks executed)' : 'FLOPs target'} ${target ?? '-'} (efficiency weight ${efficiencyWeight ?? '-'}), trained threshold ${trainedThreshold ?? 0.5}; ` +
+    `per-sample gates: ${mechanism}; ${option === 'skipTarget' ? 'skip target (blocks executed)' : option === 'spatialTarget' ? 'spatial target (positions computed per block)' : 'FLOPs target'} ${target ?? '-'} (efficiency weight ${efficiencyWeight ?? '-'}), trained threshold ${trainedThreshold ?? 0.5}; ` +
     `the gates cost ${(100 * share).toFixed(1)}% of the backbone's FLOPs\n`;
   if (!sweep) {
     json.sweepMissing = missing;

@@ -1,0 +1,62 @@
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { runCli } from './cli.js';
+import { captureIo } from './capture.js';
+import { assertTrainRefused } from './fixtures.js';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-spatial-'));
+after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+const run = path.join(tmp, 'spatial');
+const data = ['--dataset', 'synthetic', '--train-limit', '64', '--test-limit', '32', '--workers', '0', '--batch-size', '32'];
+const small = ['--model', 'resnet-d'];
+
+test('spatial sparsity: a target outside (0, 1), other targets and models without blocks are refused before any training', async () => {
+  const cases: [string[], RegExp][] = [
+    [[...small, '--dynamic', 'spatial', '--spatial-target', '0'], /the spatial target \(--spatial-target\) must be in \(0, 1\), got 0/],
+    [[...small, '--dynamic', 'spatial', '--spatial-target', '1'], /the spatial target \(--spatial-target\) must be in \(0, 1\), got 1/],
+    [[...small, '--dynamic', 'spatial', '--spatial-target', '-0.5'], /must be in \(0, 1\), got -0.5/],
+    [[...small, '--dynamic', 'spatial', '--spatial-target', 'half'], /--spatial-target must be a number, got "half"/],
+    [['--model', 'vgg-w', '--dynamic', 'spatial'], /--dynamic spatial gates the positions of residual blocks; vgg-w has no blocks to gate/],
+    [[...small, '--dynamic', 'spatial', '--skip-target', '0.5'], /--skip-target does not apply to --dynamic spatial, whose target is --spatial-target \(the spatial target/],
+    [[...small, '--dynamic', 'skip', '--spatial-target', '0.5'], /--spatial-target does not apply to --dynamic skip, whose target is --skip-target/],
+    [[...small, '--spatial-target', '0.5'], /spatialTarget needs a dynamic model \(--dynamic NAME\); resnet-d has no gates/],
+  ];
+  await assertTrainRefused(cases, data, tmp);
+});
+
+test('a spatial run trains in two steps; its deterministic fraction of positions is the target; sweep and info report positions per block', async () => {
+  const io = captureIo();
+  const argv = ['train', ...small, '--dynamic', 'spatial', ...data, '--epochs', '2', '--pretrain-epochs', '1', '--vanilla', '--spatial-target', '0.4', '--out', run, '--json'];
+  assert.equal(await runCli(argv, io), 0, io.stderr());
+  const { meta } = JSON.parse(io.stdout());
+  assert.equal(meta.options.spatialTarget, 0.4);
+  assert.equal(meta.options.gateEstimator, 'gumbel');
+  const last = meta.history[1].gated;
+  // The gate fit holds on training samples; on 32 test samples the fraction computed stays near it.
+  assert.ok(Math.abs(last.executionRate - 0.4) < 0.15, `positions computed on the test set ${last.executionRate}`);
+  assert.ok(last.flopsRatio < 0.9, `FLOPs ratio ${last.flopsRatio}`);
+
+  const sweep = captureIo();
+  assert.equal(await runCli(['sweep', run, '--test-limit', '32', '--thresholds', '0,1', '--no-latency', '--json'], sweep), 0, sweep.stderr());
+  const s = JSON.parse(sweep.stdout());
+  const [trained, open, closed] = s.points;
+  assert.equal(s.dynamic, 'spatial');
+  assert.equal(s.decisions, 'positions');
+  assert.match(s.note, /computes only the output positions its gate selects/);
+  assert.deepEqual(Object.keys(trained.skipRates), ['s0.b0', 's0.b1', 's1.b0', 's1.b1', 's2.b0', 's2.b1']);
+  assert.ok(Math.abs(open.flopsRatio - (1 + open.gateShare)) < 1e-6, 'threshold 0: every position and gate');
+  assert.ok(Object.values(closed.skipRates).every((r) => r === 1), 'threshold 1: no position computed');
+  assert.ok(closed.flopsRatio < trained.flopsRatio && trained.flopsRatio < open.flopsRatio);
+  fs.writeFileSync(path.join(run, 'sweep.json'), sweep.stdout());
+  const info = captureIo();
+  assert.equal(await runCli(['info', run], info), 0, info.stderr());
+  assert.match(info.stdout(), /per-sample gates: spatial; spatial target \(positions computed per block\) 0\.4/);
+  // Export by segments does not cover spatial blocks yet: a clear refusal, not a stack trace.
+  const ex = captureIo();
+  assert.equal(await runCli(['export', run, '--onnx', path.join(tmp, 'onnx')], ex), 1);
+  assert.match(ex.stderr(), /s0\.b0 \(SpatialResidualBlock\) has no export by segments yet/);
+  assert.doesNotMatch(ex.stderr(), /\n\s+at /);
+});
