@@ -335,12 +335,14 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
     `at threshold ${p.threshold} on ${sweep.testSamples} ${plain(sweep.dataset)} test samples (${plain(file)}): accuracy ${pct(p.accuracy)}, ` +
     `FLOPs ratio ${p.flopsRatio.toFixed(3)} (least ${p.flopsMin.toFixed(3)}, most ${p.flopsMax.toFixed(3)}); the backbone with no gate ${pct(sweep.full.accuracy)}\n`;
   text += `samples per FLOPs ratio ${HISTOGRAM_BINS.map((b, i) => `${b}: ${p.histogram[i]}`).join(', ')}\n`;
-  text += '\ngroups skipped per gated block\n' + skipTable(skips);
+  // A spatial gate's groups are its block's output positions.
+  const unit = option === 'spatialTarget' ? 'positions' : 'groups';
+  text += `\n${unit} skipped per gated block\n` + skipTable(skips);
   // Which blocks each class skips (per-class routes), when the sweep records them.
   const perClass = classSkips(sweep, p);
   if (perClass) {
     json.sweep = { ...(json.sweep as object), classSkipRates: p.classSkipRates };
-    text += '\ngroups skipped per class and block\n' + table(['class', ...perClass.blocks.map(plain)], perClass.classes.map((c) => [plain(c.name), ...c.skipped.map((s) => (Number.isFinite(s) ? pct(s) : '-'))]));
+    text += `\n${unit} skipped per class and block\n` + table(['class', ...perClass.blocks.map(plain)], perClass.classes.map((c) => [plain(c.name), ...c.skipped.map((s) => (Number.isFinite(s) ? pct(s) : '-'))]));
   }
   // Most compute first: which classes the gates spend on.
   const ranked = [...classes].sort((a, b) => (Number.isFinite(b.flopsRatio) ? b.flopsRatio : -1) - (Number.isFinite(a.flopsRatio) ? a.flopsRatio : -1));
