@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
-import { ResidualBlock, fullSel, layerClasses } from '../layers/index.js';
+import { ResidualBlock, fullSel, layerClasses, type BatchNorm } from '../layers/index.js';
 import type { ChannelSel, Layer, LayerCost, Plan, ResidualBlockArgs, RunContext, Shape } from '../layers/index.js';
 import { binaryDecisions, onesWithGradient } from './gates.js';
 import { gateMacsOf, innerContext, makeGate, routedCost, type GatedArgs } from './unit.js';
@@ -144,9 +144,22 @@ export class SpatialResidualBlock extends ResidualBlock<SpatialResidualBlockArgs
       const main = this.runChain(this.back, this.runChain(this.front, x, sel, inner).y, fullSel(f), inner).y;
       return tf.relu(tf.add(x, tf.mul(main, tf.tensor4d(on, [n, h, w, 1]))));
     }
+    const factor = routing.mode === 'soft' ? (tf.reshape(onesWithGradient(surrogate), [n * P]) as tf.Tensor1D) : undefined;
+    return this.computeAt(x, on, inner, need, factor);
+  }
+
+  /**
+   * The block on `x` computing only the positions `on` selects ([n * H * W], 0 or 1), at `inner` (its one
+   * group); `need`, the dilated mask, when the caller has it; `factor` ([n * H * W], soft mode) multiplies
+   * each computed position's residual. Fixed masks (benches) call it directly.
+   */
+  computeAt(x: tf.Tensor, on: ArrayLike<number>, inner: RunContext, need?: Uint8Array, factor?: tf.Tensor1D): tf.Tensor {
+    const [n, h, w, c] = x.shape as [number, number, number, number];
+    const P = h * w;
+    const f = this.args.filters;
     const rows2 = nonzero(on);
     if (rows2.length === 0) return tf.relu(x);
-    const rows1 = nonzero(need);
+    const rows1 = nonzero(need ?? dilate3(on, n, h, w));
     const identity = Int32Array.from({ length: n * P }, (_, p) => p);
     const [conv1, bn1, relu1] = this.front;
     const [conv2, bn2] = this.back;
@@ -157,9 +170,36 @@ export class SpatialResidualBlock extends ResidualBlock<SpatialResidualBlockArgs
     let residual = patchConv(hidden, patchIndex(rows2, h, w, inverseIndex(rows1, n * P), rows1.length), kernelOf(conv2));
     residual = bn2.call(residual, fullSel(f), inner).y as tf.Tensor2D;
     // Straight through: 1 in value, the gate's gradient through each computed position's soft mask.
-    if (routing.mode === 'soft') residual = tf.mul(residual, tf.reshape(tf.gather(tf.reshape(onesWithGradient(surrogate), [n * P]), tf.tensor1d(rows2, 'int32')), [rows2.length, 1]));
+    if (factor) residual = tf.mul(residual, tf.reshape(tf.gather(factor, tf.tensor1d(rows2, 'int32')), [rows2.length, 1]));
     const scattered = tf.reshape(rowsOrZero(residual, inverseIndex(rows2, n * P)), [n, h, w, f]);
     return tf.relu(tf.add(x, scattered));
+  }
+
+  /**
+   * The block's inference weights folded for a sparse graph (the export): the gate as a [C] vector and bias
+   * (logit scale applied), each convolution as a [9 * C_in, F] matrix in patch order (ky, kx, c) with its
+   * BatchNorm (row 1, the one group's) folded into the columns and a bias.
+   */
+  folded(): { gate: { kernel: Float32Array; bias: number }; conv1: { matrix: Float32Array; bias: Float32Array }; conv2: { matrix: Float32Array; bias: Float32Array } } {
+    const weights = new Map(this.weights().map((w) => [w.name, w.variable]));
+    const read = (name: string) => weights.get(name)!.dataSync() as Float32Array;
+    const scale = (this.gateLayer.args as { logitScale?: number }).logitScale ?? 1;
+    const fold = (conv: Layer, bn: Layer) => {
+      const matrix = Float32Array.from(read(`${conv.name}.kernel`));
+      const f = this.args.filters;
+      const eps = (bn.args as { epsilon?: number }).epsilon ?? 1e-5;
+      const { mean, variance } = (bn as BatchNorm).readStats(1);
+      const gamma = read(`${bn.name}.gamma`);
+      const beta = read(`${bn.name}.beta`);
+      const s = Float32Array.from(gamma, (g, j) => g / Math.sqrt(variance[j] + eps));
+      for (let i = 0; i < matrix.length; i++) matrix[i] *= s[i % f];
+      return { matrix, bias: Float32Array.from(beta, (b, j) => b - mean[j] * s[j]) };
+    };
+    return {
+      gate: { kernel: read(`${this.gateLayer.name}.kernel`).map((v) => v * scale), bias: read(`${this.gateLayer.name}.bias`)[0] * scale },
+      conv1: fold(this.front[0], this.front[1]),
+      conv2: fold(this.back[0], this.back[1]),
+    };
   }
 
   override cost(sel: ChannelSel, plan: Plan): LayerCost[] {
