@@ -124,7 +124,8 @@ async function exportDynamic(model: import('../models/network.js').Network, meta
   else {
     const gated = manifest.segments.filter((s) => s.kind === 'gated').length;
     const switches = manifest.segments.flatMap((s) => (s.kind === 'switch' ? [`a switch (${s.name}) of a gate and ${s.routes.length} route graphs`] : []));
-    const parts = [...(gated || !switches.length ? [`${gated} gated blocks each a gate and a body graph`] : []), ...switches].join(', ');
+    const spatial = manifest.segments.filter((s) => s.kind === 'spatial').length;
+    const parts = [...(gated || !(switches.length || spatial) ? [`${gated} gated blocks each a gate and a body graph`] : []), ...(spatial ? [`${spatial} spatially gated blocks each one graph`] : []), ...switches].join(', ');
     io.out(`wrote ${o.onnx}/ (${manifest.model.model} with ${String(model.config.args.dynamic)} gates: ${manifest.segments.length} segments, ${parts}, threshold ${threshold}; serve it with \`dynn serve ${o.onnx}\`)\n`);
   }
 }

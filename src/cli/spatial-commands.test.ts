@@ -6,6 +6,12 @@ import path from 'node:path';
 import { runCli } from './cli.js';
 import { captureIo } from './capture.js';
 import { assertTrainRefused } from './fixtures.js';
+import * as tf from '@tensorflow/tfjs-core';
+import { loadRun } from '../train/run.js';
+import { loadDataset } from '../data/datasets.js';
+import { toFloat } from '../data/imageset.js';
+import { RoutingState } from '../route/context.js';
+import { DynnServer, type PredictResponse } from '../serve/server.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-spatial-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -27,7 +33,7 @@ test('spatial sparsity: a target outside (0, 1), other targets and models withou
   await assertTrainRefused(cases, data, tmp);
 });
 
-test('a spatial run trains in two steps; its deterministic fraction of positions is the target; sweep and info report positions per block', async () => {
+test('a spatial run trains in two steps; its deterministic fraction of positions is the target; sweep and info report positions per block; export and serve', async () => {
   const io = captureIo();
   const argv = ['train', ...small, '--dynamic', 'spatial', ...data, '--epochs', '2', '--pretrain-epochs', '1', '--vanilla', '--spatial-target', '0.4', '--out', run, '--json'];
   assert.equal(await runCli(argv, io), 0, io.stderr());
@@ -54,9 +60,27 @@ test('a spatial run trains in two steps; its deterministic fraction of positions
   const info = captureIo();
   assert.equal(await runCli(['info', run], info), 0, info.stderr());
   assert.match(info.stdout(), /per-sample gates: spatial; spatial target \(positions computed per block\) 0\.4/);
-  // Export by segments does not cover spatial blocks yet: a clear refusal, not a stack trace.
+  // Exported by segments, one graph per spatially gated block, and served with the positions TF.js computes.
+  const dir = path.join(tmp, 'onnx');
   const ex = captureIo();
-  assert.equal(await runCli(['export', run, '--onnx', path.join(tmp, 'onnx')], ex), 1);
-  assert.match(ex.stderr(), /s0\.b0 \(SpatialResidualBlock\) has no export by segments yet/);
-  assert.doesNotMatch(ex.stderr(), /\n\s+at /);
+  assert.equal(await runCli(['export', run, '--onnx', dir], ex), 0, ex.stderr());
+  assert.match(ex.stdout(), /6 spatially gated blocks each one graph, threshold 0\.5/);
+  const { model } = await loadRun(run);
+  const ds = await loadDataset('synthetic', { trainLimit: 64, testLimit: 32, seed: 0 });
+  const n = 8;
+  const images = toFloat(ds.test, 0, n, new Float32Array(n * 784));
+  const ref = RoutingState.start('hard', n);
+  const classes = tf.tidy(() => Array.from(tf.argMax(model.forward(tf.tensor(images, [n, 28, 28, 1]), model.plan(1), { routing: ref }), 1).dataSync()));
+  const { fixed, backbone } = model.routedMacs(1);
+  model.dispose();
+  const server = await DynnServer.create({ model: dir, threads: 1, maxBatch: 8, maxWaitMs: 1 });
+  try {
+    const res = await server.app.inject({ method: 'POST', url: '/v1/predict', payload: { inputs: Array.from(images), shape: [n, 1, 28, 28] } });
+    assert.equal(res.statusCode, 200, res.body);
+    const body = res.json() as PredictResponse;
+    assert.deepEqual(body.predictions.map((q) => q.class), classes);
+    body.predictions.forEach((q, i) => assert.ok(Math.abs(q.flopsRatio! - (fixed + ref.executedMacs[i]) / backbone) < 1e-9));
+  } finally {
+    await server.close();
+  }
 });

@@ -7,6 +7,7 @@ import { createModel } from '../models/zoo.js';
 import { fullSel } from '../layers/index.js';
 import { RoutingState } from '../route/context.js';
 import { innerContext } from '../route/unit.js';
+import { logitCut } from '../route/count.js';
 import { SpatialResidualBlock, dilate3 } from '../route/spatial.js';
 import { SegmentGraph } from './segments.js';
 import { lowerSpatial, SPATIAL_IO } from './spatial.js';
@@ -47,7 +48,7 @@ test('the ONNX graph of a spatial block computes what TF.js computes: same masks
     const x = tf.tidy(() => tf.relu(tf.randomNormal([n, H, W, C], 0, 1, 'float32', n)));
     const routing = RoutingState.start('hard', n, { threshold });
     const want = tf.tidy(() => toNchw(block.call(x, fullSel(C), { plan: m.plan(1), training: false, routing }).y));
-    const out = await s.run({ [SPATIAL_IO.x]: new ort.Tensor('float32', toNchw(x), [n, C, H, W]), [SPATIAL_IO.threshold]: new ort.Tensor('float32', Float32Array.of(threshold), []) });
+    const out = await s.run({ [SPATIAL_IO.x]: new ort.Tensor('float32', toNchw(x), [n, C, H, W]), [SPATIAL_IO.cut]: new ort.Tensor('float32', Float32Array.of(logitCut(threshold)), []) });
     const y = out[SPATIAL_IO.y].data as Float32Array;
     const computed = out[SPATIAL_IO.computed].data as Float32Array;
     assert.deepEqual(out[SPATIAL_IO.computed].dims, [n, 2]);

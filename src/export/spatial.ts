@@ -1,23 +1,13 @@
 import type { SpatialResidualBlock } from '../route/spatial.js';
 import { attr, floatValueInfo, type GraphBuilder } from './graph.js';
+import { SPATIAL_IO } from './spatial-io.js';
 
-/** Inputs and outputs of a spatially gated block's graph. */
-export const SPATIAL_IO = {
-  /** The block's input, NCHW [batch, C, H, W]. */
-  x: 'x',
-  /** The gates' threshold on sigmoid(logit), a float32 scalar. */
-  threshold: 'threshold',
-  /** With a fixed mask instead of the gate (benches): 1 where a position is computed, [batch, 1, H, W]. */
-  mask: 'mask',
-  /** The block's output, NCHW. */
-  y: 'y',
-  /** Per sample, the positions conv1 and conv2 computed, [batch, 2] (float32): what it spent. */
-  computed: 'computed',
-} as const;
+export { SPATIAL_IO };
+
 
 /**
  * Fills `g` with the one graph of a spatially gated block, dynamic in the batch and in the number of positions computed:
- * the gate (a 1x1 convolution as a matrix product on the NHWC rows) against the threshold gives the mask;
+ * the gate (a 1x1 convolution as a matrix product on the NHWC rows) above the threshold's logit gives the mask;
  * `NonZero` gives the selected positions on the zero-padded grid, where a 3x3 patch is the position plus 9
  * constant offsets, so no bounds check is needed. conv1 runs on the mask dilated by a 3x3 `MaxPool`, conv2 on
  * the mask: each a `Gather` of patch rows and one `MatMul` (BatchNorm folded into the matrix). conv1's rows
@@ -40,10 +30,10 @@ export function lowerSpatial(g: GraphBuilder, block: SpatialResidualBlock, optio
     g.input(floatValueInfo(SPATIAL_IO.mask, ['batch', 1, H, W]));
     mask = SPATIAL_IO.mask;
   } else {
-    g.input(floatValueInfo(SPATIAL_IO.threshold, [], 'the gates\' threshold on sigmoid(logit)'));
+    g.input(floatValueInfo(SPATIAL_IO.cut, [], 'the logit the gates\' threshold cuts at'));
     const kernel = g.floatInit(`${b}.gate.folded_kernel`, [C, 1], w.gate.kernel);
     const z = g.node('Add', [g.node('MatMul', [reshape(nhwc, [-1, C], 'rows'), kernel], `${b}/gate/matmul`), g.floatConst(`${b}/gate/bias`, [1], [w.gate.bias])], `${b}/gate/logits`);
-    const on = g.node('Greater', [g.node('Sigmoid', [z], `${b}/gate/p`), SPATIAL_IO.threshold], `${b}/gate/on`);
+    const on = g.node('Greater', [z, SPATIAL_IO.cut], `${b}/gate/on`);
     mask = reshape(g.node('Cast', [on], `${b}/gate/mask_rows`, { to: attr.int(1) }), [-1, 1, H, W], 'mask');
   }
   const need = g.node('MaxPool', [mask], `${b}/need`, { kernel_shape: attr.ints([3, 3]), pads: attr.ints([1, 1, 1, 1]), strides: attr.ints([1, 1]) });

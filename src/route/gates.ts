@@ -3,7 +3,7 @@ import { DynnError } from '../util/errors.js';
 import { Composite, Conv2D, DGConv2D, Dense, GlobalAvgPool, Layer, MaxPool, ReLU, SqueezeExcite, fullSel, layerClasses, take } from '../layers/index.js';
 import type { ChannelSel, LayerCost, Routing, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
-import { nestedCounts } from './count.js';
+import { logitCut, nestedCounts } from './count.js';
 
 export interface GateNetArgs {
   /** Channels of the gate's hidden convolutions. */
@@ -247,7 +247,7 @@ export const onesWithGradient = tf.customGrad((...args: (tf.Tensor | tf.GradSave
 
 /**
  * Independent binary decisions, one per logit ([rows, K]): on when sigmoid(z) > r, r the threshold (`hard`,
- * `masked`), uniform per row and logit (`soft`, estimator `sigmoid`), or, with `gumbel`, when z + logistic
+ * `masked`: compared as z > logitCut(r)), uniform per row and logit (`soft`, estimator `sigmoid`), or, with `gumbel`, when z + logistic
  * noise > 0 (the same distribution). `surrogate` is what the straight-through factor differentiates:
  * sigmoid(z), or sigmoid(z + noise) with `gumbel`. Per-channel decisions and spatial masks both decide so.
  */
@@ -261,7 +261,11 @@ export function binaryDecisions(key: string, logits: tf.Tensor2D, routing: Routi
       surrogate = tf.sigmoid(tf.add(logits, tf.tensor2d(logisticNoise(u), [n, K]))) as tf.Tensor2D;
       cut = new Float32Array(n * K).fill(0.5);
     } else cut = u;
-  } else cut = new Float32Array(n * K).fill(routing.threshold);
+  } else {
+    // Deterministic: logits against the threshold's logit (`logitCut`), as an exported graph decides.
+    const at = logitCut(routing.threshold);
+    return { on: Float32Array.from(logits.dataSync(), (z) => (z > at ? 1 : 0)), surrogate };
+  }
   const s = surrogate.dataSync();
   return { on: Float32Array.from(s, (v, i) => (v > cut[i] ? 1 : 0)), surrogate };
 }
