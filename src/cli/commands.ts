@@ -173,7 +173,9 @@ async function gatedSweepCommand(run: string, o: Opts, io: Io): Promise<void> {
     const s = routedSweep(model, data.test, thresholds, { noLatency: o.latency === false });
     const gates = await gatesInfo(model);
     if (o.json) {
-      const out = { model: model.config.model, dynamic: model.config.args.dynamic, ...gates, dataset, testSamples: data.test.count, trainedThreshold: trained, classNames: data.classNames, ...s };
+      // Spatial gates: the positions each block computed on a few test images, for the report to draw.
+      const masks = (await import('../eval/spatial.js')).spatialMasks(model, data.test, { threshold: trained });
+      const out = { model: model.config.model, dynamic: model.config.args.dynamic, ...gates, dataset, testSamples: data.test.count, trainedThreshold: trained, classNames: data.classNames, ...s, ...(masks ? { masks } : {}) };
       io.out(JSON.stringify(out, null, 2) + '\n');
       return;
     }

@@ -12,6 +12,7 @@ import { loadDataset } from '../data/datasets.js';
 import { toFloat } from '../data/imageset.js';
 import { RoutingState } from '../route/context.js';
 import { DynnServer, type PredictResponse } from '../serve/server.js';
+import { maskCells, parseDynamicSweep, type DynamicSweepData } from '../report/dynamic.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-spatial-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -33,7 +34,7 @@ test('spatial sparsity: a target outside (0, 1), other targets and models withou
   await assertTrainRefused(cases, data, tmp);
 });
 
-test('a spatial run trains in two steps; its deterministic fraction of positions is the target; sweep and info report positions per block; export and serve', async () => {
+test('a spatial run trains in two steps; its deterministic fraction of positions is the target; sweep and info report positions per block, the report draws the masks over test images; export and serve', async () => {
   const io = captureIo();
   const argv = ['train', ...small, '--dynamic', 'spatial', ...data, '--epochs', '2', '--pretrain-epochs', '1', '--vanilla', '--spatial-target', '0.4', '--out', run, '--json'];
   assert.equal(await runCli(argv, io), 0, io.stderr());
@@ -56,6 +57,27 @@ test('a spatial run trains in two steps; its deterministic fraction of positions
   assert.ok(Math.abs(open.flopsRatio - (1 + open.gateShare)) < 1e-6, 'threshold 0: every position and gate');
   assert.ok(Object.values(closed.skipRates).every((r) => r === 1), 'threshold 1: no position computed');
   assert.ok(closed.flopsRatio < trained.flopsRatio && trained.flopsRatio < open.flopsRatio);
+  // The masks of the first test images, drawn by the report over them; class names from the file are escaped.
+  assert.deepEqual(s.masks.blocks.map((b: { name: string }) => b.name), Object.keys(trained.skipRates));
+  assert.equal(s.masks.samples.length, 4);
+  assert.deepEqual(s.masks.samples[0].masks.map((m: number[]) => m.length), [784, 784, 196, 196, 49, 49]);
+  const runRef = { dir: run, model: 'resnet-d', mechanism: 'spatial' };
+  const bad = structuredClone(s);
+  bad.masks.samples[1].masks[2].pop();
+  assert.throws(() => parseDynamicSweep(bad, 'sweep.json', runRef), /sweep\.json: not a threshold sweep of a dynamic run .*masks\.samples\[1\]\.masks\[2\]: 195 positions, s1\.b0 has 14 x 14/);
+  const cells = maskCells((parseDynamicSweep(s, 'sweep.json', runRef) as { sweep: DynamicSweepData }).sweep);
+  assert.equal(cells.length, 4 * (784 * 2 + 196 * 2 + 49 * 2));
+  const computed = cells.filter((c) => c.block === 's0.b0').reduce((a, c) => a + c.computed, 0) / (4 * 784);
+  assert.ok(Math.abs(computed - s.masks.samples.reduce((a: number, m: { masks: number[][] }) => a + m.masks[0].reduce((x, y) => x + y, 0), 0) / (4 * 784)) < 1e-12);
+  s.classNames[s.masks.samples[0].label] = '<b>bold</b>';
+  fs.writeFileSync(path.join(run, 'sweep.json'), JSON.stringify(s));
+  const report = captureIo();
+  const html = path.join(tmp, 'report.html');
+  assert.equal(await runCli(['report', run, '--sections', 'dynamic', '--no-sweep', '--out', html], report), 0, report.stderr());
+  const page = fs.readFileSync(html, 'utf8');
+  assert.match(page, /data-chart="dynamic-spatial-masks-spatial"/);
+  assert.match(page, /positions computed \(orange\) by each gated block over the first 4 test images/);
+  assert.doesNotMatch(page, /<b>bold<\/b>/);
   fs.writeFileSync(path.join(run, 'sweep.json'), sweep.stdout());
   const info = captureIo();
   assert.equal(await runCli(['info', run], info), 0, info.stderr());
