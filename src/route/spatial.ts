@@ -116,7 +116,7 @@ export class SpatialResidualBlock extends ResidualBlock<SpatialResidualBlockArgs
 
   private sparse(x: tf.Tensor, sel: ChannelSel, ctx: RunContext): tf.Tensor {
     const routing = ctx.routing!;
-    const [n, h, w, c] = x.shape as [number, number, number, number];
+    const [n, h, w] = x.shape as [number, number, number, number];
     const P = h * w;
     const f = this.args.filters;
     const inner = innerContext(ctx, this, 1);
