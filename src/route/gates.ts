@@ -246,28 +246,22 @@ export const onesWithGradient = tf.customGrad((...args: (tf.Tensor | tf.GradSave
 })) as (p: tf.Tensor) => tf.Tensor;
 
 /**
- * Independent binary decisions, one per logit ([rows, K]): on when sigmoid(z) > r, r the threshold (`hard`,
- * `masked`: compared as z > logitCut(r)), uniform per row and logit (`soft`, estimator `sigmoid`), or, with `gumbel`, when z + logistic
- * noise > 0 (the same distribution). `surrogate` is what the straight-through factor differentiates:
- * sigmoid(z), or sigmoid(z + noise) with `gumbel`. Per-channel decisions and spatial masks both decide so.
+ * Independent binary decisions, one per logit ([rows, K]). `hard` and `masked`: on when sigmoid(z) > the
+ * threshold, compared as z > logitCut(threshold), as an exported graph decides. `soft`: on when sigmoid(z) > a
+ * uniform number per row and logit (estimator `sigmoid`), or when z + logistic noise > 0 (`gumbel`, the same
+ * distribution). `surrogate` is what the straight-through factor differentiates: sigmoid(z), or sigmoid(z +
+ * noise) with `gumbel`. Per-channel decisions and spatial masks both decide so.
  */
 export function binaryDecisions(key: string, logits: tf.Tensor2D, routing: Routing): { on: Float32Array; surrogate: tf.Tensor2D } {
   const [n, K] = logits.shape;
-  let surrogate = tf.sigmoid(logits) as tf.Tensor2D;
-  let cut: Float32Array;
-  if (routing.mode === 'soft') {
-    const u = perGate(routing, key, n, K);
-    if (routing.estimator === 'gumbel') {
-      surrogate = tf.sigmoid(tf.add(logits, tf.tensor2d(logisticNoise(u), [n, K]))) as tf.Tensor2D;
-      cut = new Float32Array(n * K).fill(0.5);
-    } else cut = u;
-  } else {
-    // Deterministic: logits against the threshold's logit (`logitCut`), as an exported graph decides.
+  if (routing.mode !== 'soft') {
     const at = logitCut(routing.threshold);
-    return { on: Float32Array.from(logits.dataSync(), (z) => (z > at ? 1 : 0)), surrogate };
+    return { on: Float32Array.from(logits.dataSync(), (z) => (z > at ? 1 : 0)), surrogate: tf.sigmoid(logits) as tf.Tensor2D };
   }
-  const s = surrogate.dataSync();
-  return { on: Float32Array.from(s, (v, i) => (v > cut[i] ? 1 : 0)), surrogate };
+  const u = perGate(routing, key, n, K);
+  const gumbel = routing.estimator === 'gumbel';
+  const surrogate = tf.sigmoid(gumbel ? tf.add(logits, tf.tensor2d(logisticNoise(u), [n, K])) : logits) as tf.Tensor2D;
+  return { on: Float32Array.from(surrogate.dataSync(), (v, i) => (v > (gumbel ? 0.5 : u[i]) ? 1 : 0)), surrogate };
 }
 
 export interface SpatialGateArgs {
