@@ -73,6 +73,8 @@ export function trainOptionsFrom(o: Opts) {
     widthTarget: numberOption(o.widthTarget, 'width-target', { min: Number.MIN_VALUE, max: 1 }),
     flopsTarget: numberOption(o.flopsTarget, 'flops-target', { min: Number.MIN_VALUE, max: 1 }),
     skipTarget: numberOption(o.skipTarget, 'skip-target', { min: Number.MIN_VALUE, max: 1 }),
+    // Its open range (0, 1) is checked with the training options.
+    spatialTarget: numberOption(o.spatialTarget, 'spatial-target'),
     efficiencyWeight: numberOption(o.efficiencyWeight, 'efficiency-weight', { min: 0 }),
     pretrainEpochs: numberOption(o.pretrainEpochs, 'pretrain-epochs', { int: true, min: 0 }),
     gateThreshold: numberOption(o.gateThreshold, 'gate-threshold', { min: 0, max: 1 }),
@@ -190,7 +192,9 @@ async function gatedSweepCommand(run: string, o: Opts, io: Io): Promise<void> {
     const s = routedSweep(model, data.test, thresholds, { noLatency: o.latency === false });
     const gates = await gatesInfo(model);
     if (o.json) {
-      const out = { model: model.config.model, dynamic: model.config.args.dynamic, ...gates, dataset, testSamples: data.test.count, trainedThreshold: trained, classNames: data.classNames, ...s };
+      // Spatial gates: the positions each block computed on a few test images, for the report to draw.
+      const masks = (await import('../eval/spatial.js')).spatialMasks(model, data.test, { threshold: trained });
+      const out = { model: model.config.model, dynamic: model.config.args.dynamic, ...gates, dataset, testSamples: data.test.count, trainedThreshold: trained, classNames: data.classNames, ...s, ...(masks ? { masks } : {}) };
       io.out(JSON.stringify(out, null, 2) + '\n');
       return;
     }
@@ -236,6 +240,10 @@ async function gatesInfo(model: Network): Promise<{ decisions: string; execution
   if (whole) {
     const routes = Array.from({ length: whole.routes }, (_, k) => whole.routeLabel(k)).join('; ');
     return { decisions, execution: 'sliced', note: `a switch at the input: each sample takes one of ${whole.routes} routes (${routes}), each run only on the samples that took it (the batch split by route)` };
+  }
+  const { SpatialResidualBlock } = await import('../route/spatial.js');
+  if (model.layers.some((l) => l instanceof SpatialResidualBlock)) {
+    return { decisions: 'positions', execution: 'sliced', note: 'spatial masks: each gated block computes only the output positions its gate selects (3x3 patches gathered, one matrix product per convolution, results scattered back; the other positions keep the shortcut); a skip rate is the fraction of a block\'s positions not computed' };
   }
   const masked = decisionForms.get(decisions).masked;
   const note = masked
@@ -348,7 +356,7 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
   const json: Record<string, unknown> = { mechanism, [option]: target ?? null, efficiencyWeight: efficiencyWeight ?? null, trainedThreshold: trainedThreshold ?? 0.5, gateShare: share };
   const goal = entry?.fixedCost
     ? 'no FLOPs target (its cost is set by top-k)'
-    : `${option === 'skipTarget' ? 'skip target (blocks executed)' : 'FLOPs target'} ${target ?? '-'} (efficiency weight ${efficiencyWeight ?? '-'}), trained threshold ${trainedThreshold ?? 0.5}`;
+    : `${option === 'skipTarget' ? 'skip target (blocks executed)' : option === 'spatialTarget' ? 'spatial target (positions computed per block)' : 'FLOPs target'} ${target ?? '-'} (efficiency weight ${efficiencyWeight ?? '-'}), trained threshold ${trainedThreshold ?? 0.5}`;
   let text = `per-sample gates: ${mechanism}; ${goal}; the gates cost ${(100 * share).toFixed(1)}% of the backbone's FLOPs\n`;
   if (!sweep) {
     json.sweepMissing = missing;
@@ -362,12 +370,14 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
     `at threshold ${p.threshold} on ${sweep.testSamples} ${plain(sweep.dataset)} test samples (${plain(file)}): accuracy ${pct(p.accuracy)}, ` +
     `FLOPs ratio ${p.flopsRatio.toFixed(3)} (least ${p.flopsMin.toFixed(3)}, most ${p.flopsMax.toFixed(3)}); the backbone with no gate ${pct(sweep.full.accuracy)}\n`;
   text += `samples per FLOPs ratio ${HISTOGRAM_BINS.map((b, i) => `${b}: ${p.histogram[i]}`).join(', ')}\n`;
-  if (skips.length) text += '\ngroups skipped per gated block\n' + skipTable(skips);
+  // A spatial gate's groups are its block's output positions.
+  const unit = option === 'spatialTarget' ? 'positions' : 'groups';
+  if (skips.length) text += `\n${unit} skipped per gated block\n` + skipTable(skips);
   // Which blocks each class skips (per-class routes), when the sweep records them.
   const perClass = classSkips(sweep, p);
   if (perClass) {
     json.sweep = { ...(json.sweep as object), classSkipRates: p.classSkipRates };
-    text += '\ngroups skipped per class and block\n' + table(['class', ...perClass.blocks.map(plain)], perClass.classes.map((c) => [plain(c.name), ...c.skipped.map((s) => (Number.isFinite(s) ? pct(s) : '-'))]));
+    text += `\n${unit} skipped per class and block\n` + table(['class', ...perClass.blocks.map(plain)], perClass.classes.map((c) => [plain(c.name), ...c.skipped.map((s) => (Number.isFinite(s) ? pct(s) : '-'))]));
   }
   // Most compute first: which classes the gates spend on.
   const ranked = [...classes].sort((a, b) => (Number.isFinite(b.flopsRatio) ? b.flopsRatio : -1) - (Number.isFinite(a.flopsRatio) ? a.flopsRatio : -1));

@@ -47,7 +47,7 @@ test('a dynamic run trains in two steps, records its gated accuracy and FLOPs, a
 
 test('dynamic options: clear errors before any training', async () => {
   const cases: [string[], RegExp][] = [
-    [['--model', 'resnet38', '--dynamic', 'nope'], /unknown mechanism "nope"; expected one of acs-dg, acs-gn, branch, moe, resolution, skip, skip-ff, width/],
+    [['--model', 'resnet38', '--dynamic', 'nope'], /unknown mechanism "nope"; expected one of acs-dg, acs-gn, branch, moe, resolution, skip, skip-ff, spatial, width/],
     [['--model', 'resnet38', '--dynamic', 'acs-dg', '--gate-width', '6'], /s0\.b0\.gate: an acs-dg gate's width \(gateWidth\) must be a power of two >= 2, as its DGConv layers need, got 6/],
     [['--model', 'vgg-w', '--dynamic', 'acs-gn'], /--dynamic acs-gn needs a model with a gated form; vgg-w has none \(expected one of densenet41, densenet53, resnet-d, resnet38\)/],
     [['--model', 'densenet-w', '--dynamic', 'acs-dg'], /--dynamic acs-dg needs a model with a gated form; densenet-w has none \(expected one of densenet41, densenet53, resnet-d, resnet38\)/],

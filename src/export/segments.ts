@@ -10,6 +10,8 @@ import { GatedResidualBlock } from '../route/residual.js';
 import { WidthSwitch } from '../route/width.js';
 import { WholeSwitch } from '../route/whole.js';
 import { MoeBlock } from '../route/moe.js';
+import { SpatialResidualBlock } from '../route/spatial.js';
+import { lowerSpatial } from './spatial.js';
 import { gateMacsOf, innerPlan } from '../route/unit.js';
 import { checkGateThreshold } from '../route/modes.js';
 import { DynnError } from '../util/errors.js';
@@ -70,7 +72,7 @@ import type { SwitchRoute } from '../route/switch.js';
 export type GatedBlock = GatedResidualBlock | GatedDenseUnit;
 const isGatedBlock = (l: Layer): l is GatedBlock => l instanceof GatedResidualBlock || l instanceof GatedDenseUnit;
 /** Layers that are a segment of their own: gated units and switches. */
-const isDeciding = (l: Layer): boolean => isGatedBlock(l) || isSwitch(l) || l instanceof MoeBlock;
+const isDeciding = (l: Layer): boolean => isGatedBlock(l) || isSwitch(l) || l instanceof MoeBlock || l instanceof SpatialResidualBlock;
 const isSwitch = (l: Layer): l is WidthSwitch | WholeSwitch<never> => l instanceof WidthSwitch || l instanceof WholeSwitch;
 
 /** A switch as export by segments lowers it: a gate graph (after an optional resize of `x`) and one graph per route. */
@@ -202,8 +204,8 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
   const gatedLayers = new Set(model.cost(1).layers.filter((c) => c.gate && c.routed).map((c) => c.routed!));
   for (const l of model.layers) {
     if (!gatedLayers.has(l.name)) continue;
-    if (isSwitch(l) || l instanceof MoeBlock) continue;
-    if (!isGatedBlock(l)) throw new DynnError(`${model.config.model}: ${l.name} (${l.className}) has no export by segments yet; only gated residual blocks (resnet38), gated dense units (densenet41/53) and width switches export`);
+    if (isSwitch(l) || l instanceof MoeBlock || l instanceof SpatialResidualBlock) continue;
+    if (!isGatedBlock(l)) throw new DynnError(`${model.config.model}: ${l.name} (${l.className}) has no export by segments yet; only gated residual blocks (resnet38), gated dense units (densenet41/53), spatially gated blocks, mixtures of experts and width switches export`);
     if (l.decisions !== 'nested') throw new DynnError(`${l.name} decides per channel (--decisions ${l.decisions}), a masked fidelity mode that does not export; train with nested decisions to deploy`);
   }
   const threshold = options.threshold ?? 0.5;
@@ -278,6 +280,22 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
         expertMacs: mb.expertMacs(sel, full),
         gate: add('.gate', gate, `dynn router of ${mb.name}: x -> ${E} scores and ${E} noise scales`),
         expertGraphs,
+        input,
+        output,
+      });
+    } else if (first instanceof SpatialResidualBlock) {
+      const sg = new SegmentGraph(`${first.name}_spatial`, [], []);
+      lowerSpatial(sg.g, first);
+      const per = first.positionMacs(sel);
+      const [h, w] = first.outShape;
+      segments.push({
+        kind: 'spatial',
+        name: first.name,
+        positions: h * w,
+        gateMacs: gateMacsOf(first.gate, sel),
+        conv1Macs: per.conv1,
+        conv2Macs: per.conv2,
+        graph: add('.spatial', sg, `dynn spatially gated block ${first.name}: x and the threshold's logit cut -> y and the positions computed`),
         input,
         output,
       });

@@ -86,8 +86,11 @@ export interface Routing {
    * `surrogate` [rows, groups]), for a per-gate rate term; `soft` mode only.
    */
   executes(name: string, counts: Int32Array, groups: number, surrogate: tf.Tensor2D): void;
-  /** Records gate `name`'s logits [rows, groups] (the first group's, for fitting gates to a rate); `hard` mode only. */
-  observe(name: string, logits: tf.Tensor2D): void;
+  /**
+   * Records gate `name`'s logits [rows, groups] (the first group's, for fitting gates to a rate; with `every`,
+   * each of them: a gate whose every output is one decision of its own, a spatial mask's positions); `hard` mode only.
+   */
+  observe(name: string, logits: tf.Tensor2D, every?: boolean): void;
   /** Adds an auxiliary loss term (a scalar the training step adds to the task loss). */
   addLoss(name: string, value: tf.Scalar): void;
   /**

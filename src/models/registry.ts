@@ -1,6 +1,6 @@
 import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
-import { mechanismModels, mechanisms } from '../route/mechanisms.js';
+import { gatesShapeKeeping, mechanismModels, mechanisms } from '../route/mechanisms.js';
 import { decisionForms } from '../route/unit.js';
 import type { ModelArgs, ModelDef } from './types.js';
 import { checkMixture } from '../route/experts.js';
@@ -45,9 +45,9 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
       const able = models.list().filter((k) => models.get(k).switchAfter);
       throw new DynnError(`--dynamic ${resolved.dynamic} chooses a width per sample; ${name} is not throttleable after its first stage (expected one of ${able.join(', ')})`);
     }
-    if (m.skipsBlocks && !def.skippable) {
+    if (gatesShapeKeeping(m) && !def.skippable) {
       const able = models.list().filter((k) => models.get(k).skippable);
-      throw new DynnError(`--dynamic ${resolved.dynamic} skips residual blocks; ${name} has no blocks to skip (expected one of ${able.join(', ')})`);
+      throw new DynnError(`--dynamic ${resolved.dynamic} ${m.spatial ? 'gates the positions of' : 'skips'} residual blocks; ${name} has no blocks to ${m.spatial ? 'gate' : 'skip'} (expected one of ${able.join(', ')})`);
     }
     if (!m.widthSwitch && !def.dynamic && !m.wrapsModel) {
       // Models with gated forms, less those built for one mechanism of their own (multi-branch).
@@ -61,8 +61,9 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
     if (resolved.dynamic === undefined) throw new DynnError(`decisions (--decisions ${resolved.decisions}) needs a dynamic model (--dynamic NAME)`);
     decisionForms.get(String(resolved.decisions));
     // A block skipped whole is one group: per-channel decisions would record no execution rate to hold.
-    if (resolved.decisions !== 'nested' && mechanisms.has(String(resolved.dynamic)) && mechanisms.get(String(resolved.dynamic)).skipsBlocks) {
-      throw new DynnError(`--dynamic ${resolved.dynamic} decides whole blocks: it takes --decisions nested only, got ${resolved.decisions}`);
+    const m = mechanisms.has(String(resolved.dynamic)) ? mechanisms.get(String(resolved.dynamic)) : undefined;
+    if (resolved.decisions !== 'nested' && m && gatesShapeKeeping(m)) {
+      throw new DynnError(`--dynamic ${resolved.dynamic} decides ${m.spatial ? 'positions' : 'whole blocks'}: it takes --decisions nested only, got ${resolved.decisions}`);
     }
   }
   if (resolved.gateWidth !== undefined && (!Number.isInteger(resolved.gateWidth) || (resolved.gateWidth as number) < 1)) {

@@ -5,7 +5,8 @@ import type { ModelArgs, ModelDef } from './types.js';
 import { Network } from './network.js';
 import { GatedResidualBlock } from '../route/residual.js';
 import { GatedDenseUnit } from '../route/dense.js';
-import { mechanisms } from '../route/mechanisms.js';
+import { gatesShapeKeeping, mechanisms } from '../route/mechanisms.js';
+import { SpatialResidualBlock } from '../route/spatial.js';
 import { decisionForms } from '../route/unit.js';
 import { withExits } from './exits.js';
 import { MultiBranch, parseBranches } from '../route/branches.js';
@@ -65,7 +66,7 @@ models.register('resnet-d', {
       if (s > 0) layers.push(new ResidualBlock(`s${s}.down`, { filters: w << s, strides: 2, levels: L }));
       for (let i = 0; i < n; i++) {
         const name = `s${s}.b${i}`;
-        layers.push(gate ? new GatedResidualBlock(name, { filters: w << s, levels: L, ...gate }) : new ResidualBlock(name, { filters: w << s, gated: true, stage: s, levels: L }));
+        layers.push(gate ? gatedBlock(name, { filters: w << s, levels: L }, gate) : new ResidualBlock(name, { filters: w << s, gated: true, stage: s, levels: L }));
       }
     }
     layers.push(new GlobalAvgPool('gap', {}), new Dense('classifier', { units: a.numClasses }));
@@ -143,7 +144,7 @@ models.register('resnet38', {
     const widths = a.widths as number[];
     const n = a.blocksPerStage as number;
     const gate = gatedForm(a);
-    const skips = mechanisms.has(String(a.dynamic)) && mechanisms.get(String(a.dynamic)).skipsBlocks === true;
+    const skips = mechanisms.has(String(a.dynamic)) && gatesShapeKeeping(mechanisms.get(String(a.dynamic)));
     const D = a.groups;
     // Blocks skipped whole: one group, the rest of the network not throttled (two BatchNorm rows everywhere).
     const L = skips ? 2 : D + 1;
@@ -155,7 +156,7 @@ models.register('resnet38', {
         const name = `s${s}.b${i}`;
         // Layer skipping gates only the blocks that keep their shape: downsampling blocks always run (ConvNet-AIG).
         const gated = gate && !(skips && strides !== 1);
-        layers.push(gated ? new GatedResidualBlock(name, { ...args, ...gate }) : new ResidualBlock(name, args));
+        layers.push(gated ? gatedBlock(name, args, gate) : new ResidualBlock(name, args));
       }
     });
     layers.push(new GlobalAvgPool('gap', {}), new Dense('classifier', { units: a.numClasses }));
@@ -174,7 +175,14 @@ function widthArgs(a: ModelArgs) {
 function gatedForm(a: ModelArgs) {
   if (a.dynamic === undefined) return null;
   const mechanism = String(a.dynamic);
-  return { ...gatedArgs(a, mechanism), groups: mechanisms.get(mechanism).skipsBlocks ? 1 : (a.groups as number) };
+  return { ...gatedArgs(a, mechanism), groups: gatesShapeKeeping(mechanisms.get(mechanism)) ? 1 : (a.groups as number) };
+}
+
+/** A residual block gated per sample by `gate`'s mechanism: its positions (spatial), or its inner groups (a whole block is one group). */
+function gatedBlock(name: string, args: { filters: number; strides?: number; levels: number }, gate: NonNullable<ReturnType<typeof gatedForm>>): Layer {
+  if (!mechanisms.get(gate.mechanism).spatial) return new GatedResidualBlock(name, { ...args, ...gate });
+  const { decisions: _decisions, ...spatial } = gate;
+  return new SpatialResidualBlock(name, { ...args, ...spatial });
 }
 
 /** The arguments a gated unit takes from the model's: its mechanism, gate width and decision form. */

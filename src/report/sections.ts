@@ -3,7 +3,7 @@ import { Registry } from '../util/registry.js';
 import { paretoFront, type Candidate } from '../control/select.js';
 import { si } from '../util/format.js';
 import { barChart, fixed, lineChart, percent, quantitative, round, type Row } from './charts.js';
-import { blockSkips, classCompute, classRoutes, classSkips, expertTables, HISTOGRAM_BINS, type DynamicSweepData } from './dynamic.js';
+import { blockSkips, classCompute, classRoutes, classSkips, expertTables, HISTOGRAM_BINS, maskCells, type DynamicSweepData } from './dynamic.js';
 import { CHART_SIZE } from './vega.js';
 import { RUN_FILES } from './sources.js';
 import { compareSection } from './compare.js';
@@ -434,6 +434,30 @@ registerSection({
         content.charts.push({ id: `dynamic-class-skips-${r.name}`, title: `${r.name}: skips per class`, spec });
         content.tables.push({ caption: `${r.name}: groups skipped per class and block (${at})`, head: ['class', ...perClass.blocks], rows: perClass.classes.map((c) => [c.name, ...c.skipped.map((s) => percent(s))]) });
       } else if (!perClass) content.notes.push(`${r.name}: its threshold sweep predates per-class skip rates; remake it to draw which blocks each class skips: \`${d.command}\`.`);
+      // Spatial gates: each test image with the positions every gated block computed over it (a picture per sample).
+      const cells = maskCells(d);
+      if (cells.length) {
+        const m = d.masks!;
+        const axis = { axis: null, scale: { paddingInner: 0, paddingOuter: 0 } };
+        content.charts.push({
+          id: `dynamic-spatial-masks-${r.name}`,
+          title: `${r.name}: spatial masks`,
+          spec: {
+            title: `${r.name}: positions computed (orange) by each gated block over the first ${m.samples.length} test images (threshold ${m.threshold})`,
+            data: { values: cells },
+            facet: { row: { field: 'sample', type: 'nominal', title: 'test image', sort: [...new Set(cells.map((c) => c.sample))], header: { labelAngle: 0, labelAlign: 'left' } }, column: { field: 'block', type: 'nominal', title: 'gated block', sort: m.blocks.map((b) => b.name) } },
+            spec: {
+              width: 84,
+              height: 84,
+              layer: [
+                { mark: 'rect', encoding: { x: { field: 'x', type: 'ordinal', ...axis }, y: { field: 'y', type: 'ordinal', ...axis }, color: { field: 'intensity', type: 'quantitative', scale: { domain: [0, 255], range: ['#000000', '#ffffff'] }, legend: null } } },
+                { transform: [{ filter: 'datum.computed == 1' }], mark: { type: 'rect', color: '#f58518', opacity: 0.55 }, encoding: { x: { field: 'x', type: 'ordinal', ...axis }, y: { field: 'y', type: 'ordinal', ...axis } } },
+              ],
+            },
+            resolve: { scale: { x: 'independent', y: 'independent' } },
+          } as TopLevelSpec,
+        });
+      }
       content.tables.push(
         { caption: `${r.name}: samples per executed FLOPs ratio (${at})`, head: ['FLOPs ratio', 'samples', 'share'], rows: hist.map((h) => [String(h.bin), Number(h.samples), percent(Number(h.share))]) },
         ...(skips.length ? [{ caption: `${r.name}: groups skipped per gated block`, head: ['block', ...d.points.map((p) => `threshold ${p.threshold}`)], rows: skips.map((s) => [s.block, ...d.points.map((p) => percent(p.skipRates[s.block] ?? NaN))]) }] : []),

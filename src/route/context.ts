@@ -160,19 +160,24 @@ export class RoutingState implements Routing {
     else this.records.rates.set(name, [share]);
   }
 
-  /** Records, in `hard` mode, the logit of gate `name`'s first group for each row (`logits` [rows, G]). */
-  observe(name: string, logits: tf.Tensor2D): void {
+  /**
+   * Records, in `hard` mode, the logit of gate `name`'s first group for each row (`logits` [rows, G]), or with
+   * `every` all G of them (row r's at r * G + g).
+   */
+  observe(name: string, logits: tf.Tensor2D, every = false): void {
     if (this.mode !== 'hard') return;
     const [n, G] = logits.shape;
     if (n !== this.rows.length) throw new DynnError(`gate ${name}: ${n} rows of logits for ${this.rows.length} rows`);
     const z = logits.dataSync();
-    const firstLogits = Float32Array.from({ length: n }, (_, i) => z[i * G]);
+    const per = every ? G : 1;
     let all = this.records.logits.get(name);
-    if (!all) this.records.logits.set(name, (all = new Float32Array(this.records.executed.length).fill(NaN)));
-    this.rows.forEach((r, j) => (all![r] = firstLogits[j]));
+    if (!all) this.records.logits.set(name, (all = new Float32Array(this.records.executed.length * per).fill(NaN)));
+    this.rows.forEach((r, j) => {
+      for (let g = 0; g < per; g++) all![r * per + g] = z[j * G + g];
+    });
   }
 
-  /** Per gate (hard mode): its first group's logit per sample (NaN where a sample never reached it). */
+  /** Per gate (hard mode): its first group's logit per sample, or every logit of a gate observed whole (NaN where a sample never reached it). */
   get gateLogits(): ReadonlyMap<string, Float32Array> {
     return this.records.logits;
   }

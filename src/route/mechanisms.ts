@@ -3,7 +3,7 @@ import type { GateEstimator } from '../layers/types.js';
 import { Registry } from '../util/registry.js';
 import type { Layer } from '../layers/index.js';
 import type { EfficiencyTarget, RoutingState } from './context.js';
-import { DGGateNet, GateNet, PooledGate, SkipGate } from './gates.js';
+import { DGGateNet, GateNet, PooledGate, SkipGate, SpatialGate } from './gates.js';
 import { MoeRouter } from './router.js';
 
 /** What a gate is built from: the block it decides for tells it how many groups and how wide. */
@@ -22,7 +22,7 @@ export interface GateArgs {
  */
 export interface EfficiencyTerm {
   /** The training option (and its CLI flag) that sets the target. */
-  option: 'flopsTarget' | 'widthTarget' | 'skipTarget';
+  option: 'flopsTarget' | 'widthTarget' | 'skipTarget' | 'spatialTarget';
   flag: string;
   /** What the target is, for messages: "the FLOPs target", "the skip target". */
   what: string;
@@ -37,6 +37,8 @@ export interface EfficiencyTerm {
    * absent: none (the target holds in expectation).
    */
   fit?: string;
+  /** Whether the target is each gate's execution rate (1 - its skip rate), which training reports per epoch. */
+  rate?: boolean;
 }
 
 /** The ACS term: the batch's mean expected executed FLOPs ratio, gates included, against the target. */
@@ -61,6 +63,21 @@ const rateTerm: EfficiencyTerm = {
   what: 'the skip target (the mean fraction of gated blocks executed)',
   add: (routing, _macs, target) => routing.addRateLoss(target),
   fit: 'gate-rates',
+  rate: true,
+};
+
+/**
+ * dynconv's sparsity criterion: each gated block's fraction of output positions computed over the batch
+ * against the target, squared, averaged over blocks (ConvNet-AIG's rate term with positions for blocks).
+ */
+const spatialTerm: EfficiencyTerm = {
+  option: 'spatialTarget',
+  flag: '--spatial-target',
+  what: 'the spatial target (the mean fraction of output positions each gated block computes)',
+  add: rateTerm.add,
+  // Each position's logit fitted as a block's is by the skip target: the fraction computed holds at the threshold.
+  fit: 'gate-rates',
+  rate: true,
 };
 
 /**
@@ -80,6 +97,12 @@ export interface Mechanism {
    * always run (ConvNet-AIG, SkipNet).
    */
   skipsBlocks?: boolean;
+  /**
+   * Whether it decides, per sample, which output positions of a residual block that keeps its shape are
+   * computed (dynconv: `route/spatial.ts`); its gate gives one logit per position. Like `skipsBlocks`,
+   * downsampling blocks always run whole.
+   */
+  spatial?: boolean;
   /** Its efficiency term (the target it pulls toward and how). */
   efficiency: EfficiencyTerm;
   /** Training defaults: the efficiency term's target and weight, and the decisions' gradient estimator. */
@@ -227,6 +250,19 @@ mechanisms.register('moe', {
 export function mechanismModels(m: Mechanism): readonly string[] {
   return m.model === undefined ? [] : typeof m.model === 'string' ? [m.model] : m.model;
 }
+mechanisms.register('spatial', {
+  description:
+    'spatially sparse convolution (dynconv): a 1x1 conv gate per residual block that keeps its shape picks, per sample, the output positions to compute (Gumbel straight-through); only those are computed (gathered 3x3 patches, one matrix product per conv), the rest pass through the residual; a target fraction of positions per block',
+  spatial: true,
+  gate: (name, a) => new SpatialGate(name, { logitScale: a.logitScale }),
+  // No hidden layer: one 1x1 convolution to a logit per position.
+  defaultWidth: () => 1,
+  efficiency: spatialTerm,
+  defaults: { target: 0.5, efficiencyWeight: 4, estimator: 'gumbel' },
+});
+
+/** Whether a mechanism gates only the residual blocks that keep their shape (whole, or position by position). */
+export const gatesShapeKeeping = (m: Mechanism): boolean => m.skipsBlocks === true || m.spatial === true;
 
 /** The name of a gated block's gate: its weights are `<block>.gate.*`. */
 export const gateName = (block: string): string => `${block}.gate`;

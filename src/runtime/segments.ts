@@ -4,16 +4,17 @@ import { weightsDigestChunks, type Sha256 } from '../export/digest.js';
 import { MANIFEST_FILE, parseManifest, routedRatios, SEGMENT_IO, type SegmentEntry, type SegmentsManifest } from '../export/manifest.js';
 import { ONNX_FORMAT, ONNX_IO, type OnnxMetadata } from '../export/metadata.js';
 import { ModelProto } from '../export/onnx-proto.js';
+import { SPATIAL_IO } from '../export/spatial-io.js';
 import { arrayRows, dispatchAsync, dispatchFromAsync } from '../route/dispatch.js';
 import { assignExperts, expertCapacity, mixtureWeights } from '../route/experts.js';
-import { nestedCounts } from '../route/count.js';
+import { logitCut, nestedCounts } from '../route/count.js';
 import { checkGateThreshold } from '../route/modes.js';
 import { argmaxRows, toNchw, type OrtApi, type Prediction, type RunOptions } from './core.js';
 import { checkValues, type DecodedGraph, type Expected } from './verify.js';
 
 /** The result of running a batch through a segmented dynamic model. */
 export interface RoutedPrediction extends Prediction {
-  /** Per deciding segment (manifest order): the inner groups each sample ran (a gated block), or its route (a switch). */
+  /** Per deciding segment (manifest order): the inner groups each sample ran (a gated block), its route (a switch), or the positions a spatially gated block computed. */
   counts: Int32Array[];
   /** Each sample's executed FLOPs (gates included) over the backbone's with nothing skipped. */
   flopsRatios: Float64Array;
@@ -52,7 +53,7 @@ async function verifySegment(bytes: Uint8Array, source: string, weightsSha256: s
 
 /** The graphs of one segment, as ONNX Runtime sessions. */
 type Loaded =
-  | { entry: Extract<SegmentEntry, { kind: 'plain' }>; graph: InferenceSession }
+  | { entry: Extract<SegmentEntry, { kind: 'plain' | 'spatial' }>; graph: InferenceSession }
   | { entry: Extract<SegmentEntry, { kind: 'gated' }>; gate: InferenceSession; body: InferenceSession }
   | { entry: Extract<SegmentEntry, { kind: 'switch' }>; gate: InferenceSession; routes: InferenceSession[] }
   | { entry: Extract<SegmentEntry, { kind: 'moe' }>; gate: InferenceSession; experts: InferenceSession[] };
@@ -114,6 +115,10 @@ export class SegmentedSession {
         const x: Expected = { name: SEGMENT_IO.x, dims: ['batch', ...entry.input] };
         const y: Expected = { name: SEGMENT_IO.y, dims: ['batch', ...entry.output] };
         if (entry.kind === 'plain') parts.push({ entry, graph: await open(entry.graph.file, entry.graph.weightsSha256, [x], [y]) });
+        else if (entry.kind === 'spatial') {
+          const computed: Expected = { name: SPATIAL_IO.computed, dims: ['batch', 2] };
+          parts.push({ entry, graph: await open(entry.graph.file, entry.graph.weightsSha256, [x, { name: SPATIAL_IO.cut, dims: [] }], [y, computed]) });
+        }
         else if (entry.kind === 'switch') {
           const K = entry.routes.length;
           const gate = await open(entry.gate.file, entry.gate.weightsSha256, [x], [{ name: SEGMENT_IO.logits, dims: ['batch', K - 1], width: `${K} routes` }]);
@@ -161,8 +166,20 @@ export class SegmentedSession {
     let x = toNchw(this.metadata, images, options);
     let ms = 0;
     const counts: Int32Array[] = [];
+    const computed: Float32Array[] = [];
     for (const p of this.parts) {
       const dims = [batch, ...p.entry.input];
+      if (p.entry.kind === 'spatial' && 'graph' in p) {
+        // One graph computes the positions its gate selects (dynamic in their number) and reports how many.
+        const start = performance.now();
+        const out = await p.graph.run({ [SPATIAL_IO.x]: this.tensor(x, dims), [SPATIAL_IO.cut]: this.tensor(Float32Array.of(logitCut(threshold)), []) }, [SPATIAL_IO.y, SPATIAL_IO.computed]);
+        ms += performance.now() - start;
+        x = (out[SPATIAL_IO.y].data as Float32Array).slice();
+        const c = (out[SPATIAL_IO.computed].data as Float32Array).slice();
+        computed.push(c);
+        counts.push(Int32Array.from({ length: batch }, (_, i) => c[2 * i + 1]));
+        continue;
+      }
       if ('graph' in p) {
         const r = await this.once(p.graph, { [SEGMENT_IO.x]: this.tensor(x, dims) }, SEGMENT_IO.y);
         ms += r.ms;
@@ -195,7 +212,7 @@ export class SegmentedSession {
       );
     }
     const C = m.numClasses;
-    return { scores: x, classes: argmaxRows(x, C), batch, numClasses: C, u: 1, level: 0, ms, counts, flopsRatios: routedRatios(m, counts, batch) };
+    return { scores: x, classes: argmaxRows(x, C), batch, numClasses: C, u: 1, level: 0, ms, counts, flopsRatios: routedRatios(m, counts, batch, computed) };
   }
 
   /**

@@ -16,12 +16,13 @@ const SCALING_FLAGS: [string, string][] = [
 
 /** The training options of dynamic models, whose gates decide per sample (`--dynamic NAME`). */
 const DYNAMIC_FLAGS: [string, string][] = [
-  ['--dynamic <mechanism>', 'gates inside the network decide per sample (acs-gn, or acs-dg with DGConv gates: adaptive channel skipping; resnet38, densenet41, densenet53; skip (ConvNet-AIG) or skip-ff (SkipNet FFGate-I): layer skipping; resnet-d, resnet38; width: a width per sample, DS-Net; vgg-w, resnet38; branch: --model multi-branch; resolution: any model that pools globally); see `dynn models`'],
+  ['--dynamic <mechanism>', 'gates inside the network decide per sample (acs-gn, or acs-dg with DGConv gates: adaptive channel skipping; resnet38, densenet41, densenet53; skip (ConvNet-AIG) or skip-ff (SkipNet FFGate-I): layer skipping; resnet-d, resnet38; spatial: spatially sparse convolution (dynconv), resnet-d, resnet38; width: a width per sample, DS-Net; vgg-w, resnet38; branch: --model multi-branch; resolution: any model that pools globally); see `dynn models`'],
   ['--decisions <form>', 'with --dynamic: nested (the first k groups, skipped channels not computed) or channel (one decision per channel, as the ACS paper: run masked, every channel computed; FLOPs count the channels on) [default: nested]'],
   ['--gate-width <n>', 'with --dynamic: channels of each gate’s hidden layers [default: the mechanism’s]'],
   ['--gate-scale <s>', 'with --dynamic: factor on the gates’ logits; larger makes the gates learn faster than the backbone (with a smaller --lr when fine-tuning) [default: 1]'],
   ['--flops-target <r>', 'with --dynamic: mean executed FLOPs over the backbone’s, gates included, in (0, 1] [default: 0.5]'],
   ['--skip-target <r>', 'with --dynamic skip or skip-ff: mean fraction of the gated blocks each sample executes, per block, in (0, 1]; holds with deterministic gates [default: 0.6]'],
+  ['--spatial-target <r>', 'with --dynamic spatial: mean fraction of output positions each gated block computes, per block, in (0, 1) [default: 0.5]'],
   ['--efficiency-weight <a>', 'with --dynamic: weight of (FLOPs ratio - target)^2 in the loss [default: the mechanism’s]'],
   ['--width-target <r>', 'with --dynamic width: mean FLOPs over the full network’s, the gate included, in (0, 1] (DS-Net’s complexity target) [default: 0.5]'],
   ['--width-routes <K>', 'with --dynamic width: the widths a sample can take (the k-th runs ceil(kD/K) of D groups) [default: 4]'],

@@ -102,6 +102,7 @@ const trainOptionsSchema = z.looseObject({
   calibrationSamples: count,
   flopsTarget: z.number().gt(0).max(1),
   skipTarget: z.number().gt(0).max(1),
+  spatialTarget: z.number().gt(0).lt(1),
   efficiencyWeight: z.number().nonnegative(),
   pretrainEpochs: count,
   gateThreshold: fraction,

@@ -123,6 +123,11 @@ export interface TrainOptions {
    * deterministic gates: after each epoch every gate is fitted to it on training samples.
    */
   skipTarget?: number;
+  /**
+   * `--dynamic spatial`: the mean fraction of output positions each gated block computes, per block, in
+   * (0, 1) (dynconv's sparsity target; default the mechanism's, 0.5).
+   */
+  spatialTarget?: number;
   /** Dynamic models: weight of the efficiency term `(ratio - target)^2` (default: the mechanism's). */
   efficiencyWeight?: number;
   /**
@@ -167,14 +172,14 @@ export interface TrainResult {
   epochsTrained: number;
 }
 
-type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'init' | 'exitWeights' | 'flopsTarget' | 'widthTarget' | 'skipTarget' | 'efficiencyWeight' | 'gateEstimator';
+type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'init' | 'exitWeights' | 'flopsTarget' | 'widthTarget' | 'skipTarget' | 'spatialTarget' | 'efficiencyWeight' | 'gateEstimator';
 type Resolved = Required<Omit<TrainOptions, Optional | 'onStep' | 'onEpoch' | 'modelArgs' | 'force'>> & Pick<TrainOptions, Optional>;
 
 /** Options that define what a run trains; `--resume` restores them from the run and refuses a contradicting one. */
 const RUN_OPTIONS = [
   'model', 'dataset', 'trainLimit', 'testLimit', 'validationSamples', 'fullWidth', 'batchSize', 'optimizer', 'lr', 'lrSchedule',
   'schedule', 'sandwichWidths', 'inplaceDistill', 'inplaceAlpha', 'teacher', 'init', 'distillAlpha', 'distillT', 'exitWeights', 'gating',
-  'seed', 'evalUs', 'calibrationSamples', 'flopsTarget', 'widthTarget', 'skipTarget', 'efficiencyWeight', 'pretrainEpochs', 'gateThreshold', 'gateEstimator',
+  'seed', 'evalUs', 'calibrationSamples', 'flopsTarget', 'widthTarget', 'skipTarget', 'spatialTarget', 'efficiencyWeight', 'pretrainEpochs', 'gateThreshold', 'gateEstimator',
 ] as const satisfies readonly (keyof TrainOptions)[];
 /** Run options that are recorded only when set: absent from the record means unset, not an older default. */
 const UNSET_WHEN_ABSENT = new Set<string>(['trainLimit', 'testLimit', 'teacher', 'init', 'exitWeights']);
@@ -275,6 +280,7 @@ function resolveOptions(o: TrainOptions): Resolved {
     flopsTarget: o.flopsTarget,
     widthTarget: o.widthTarget,
     skipTarget: o.skipTarget,
+    spatialTarget: o.spatialTarget,
     efficiencyWeight: o.efficiencyWeight,
     pretrainEpochs: o.pretrainEpochs ?? 0,
     gateThreshold: o.gateThreshold ?? 0.5,
@@ -304,6 +310,8 @@ function resolveOptions(o: TrainOptions): Resolved {
   checkEfficiency(r.flopsTarget ?? 0.5, r.efficiencyWeight ?? 0);
   checkEfficiency(r.widthTarget ?? 0.5, 0, 'the width target (--width-target)');
   checkEfficiency(r.skipTarget ?? 0.5, 0, 'the skip target (--skip-target)');
+  // At 0 or 1 a block would compute nothing or all: no mask to learn.
+  if (r.spatialTarget !== undefined && !(r.spatialTarget > 0 && r.spatialTarget < 1)) throw new DynnError(`the spatial target (--spatial-target) must be in (0, 1), got ${r.spatialTarget}`);
   if (r.gateEstimator !== undefined) checkGateEstimator(r.gateEstimator);
   if (r.exitWeights && !r.exitWeights.every((w) => w >= 0 && Number.isFinite(w))) {
     throw new DynnError(`exitWeights must be non-negative numbers, got ${JSON.stringify(r.exitWeights)}`);
@@ -376,6 +384,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     ...(o.flopsTarget !== undefined ? ['flopsTarget'] : []),
     ...(o.widthTarget !== undefined ? ['widthTarget'] : []),
     ...(o.skipTarget !== undefined ? ['skipTarget'] : []),
+    ...(o.spatialTarget !== undefined ? ['spatialTarget'] : []),
     ...(o.efficiencyWeight !== undefined ? ['efficiencyWeight'] : []),
     ...(o.pretrainEpochs > 0 ? ['pretrainEpochs'] : []),
     ...((o.gateEstimator ?? 'sigmoid') !== 'sigmoid' ? ['gateEstimator'] : []),
@@ -404,7 +413,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     throw new DynnError(`--dynamic ${String(model.config.args.dynamic)} fits its gates to the target at the threshold: --gate-threshold must be in (0, 1), got ${o.gateThreshold}`);
   }
   // Each mechanism's target has its own option; the other one's would silently do nothing.
-  const other = mechanism && (['flopsTarget', 'widthTarget', 'skipTarget'] as const).find((k) => k !== mechanism.efficiency.option && o[k] !== undefined);
+  const other = mechanism && (['flopsTarget', 'widthTarget', 'skipTarget', 'spatialTarget'] as const).find((k) => k !== mechanism.efficiency.option && o[k] !== undefined);
   if (mechanism && other) {
     model.dispose();
     throw new DynnError(`${optionFlag(other)} does not apply to --dynamic ${String(model.config.args.dynamic)}, whose target is ${mechanism.efficiency.flag} (${mechanism.efficiency.what})`);
@@ -597,7 +606,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
                 // A rate target's measure, deterministic and as training's sampled gates reported it.
                 // A mixture's balance at evaluation and its overflow there and in training.
                 ...(routed.experts ? { expertCv: Math.max(...Object.values(routed.experts).map((e) => e.cv)), overflowRate: routed.overflowRate, ...(overflowSeen ? { trainOverflowRate: overflowSum / overflowSeen } : {}) } : {}),
-                ...(mechanism?.efficiency.option === 'skipTarget' ? { executionRate: executionRate(routed.skipRates), ...(rated ? { trainExecutionRate: rateSum / rated } : {}) } : {}),
+                ...(mechanism?.efficiency.rate ? { executionRate: executionRate(routed.skipRates), ...(rated ? { trainExecutionRate: rateSum / rated } : {}) } : {}),
               },
             }
           : {}),
