@@ -49,3 +49,35 @@ test('dynn split: refuses bad options before training, writes head, tail and met
   assert.equal(await runCli(['split', run, '--at', 'pool2', '--out', out], again), 1);
   assert.match(again.stderr(), /is not empty; pass --force/);
 });
+
+test('dynn serve on a split directory and dynn head over a shaped loopback link', async () => {
+  const out = path.join(tmp, 'split');
+  const { serveCommand } = await import('./serve-commands.js');
+  const sio = captureIo();
+  let stop!: (s: string) => void;
+  const stopped = new Promise<string>((r) => (stop = r));
+  const serving = serveCommand(out, { port: '0', json: true }, sio, stopped);
+  let url = '';
+  for (let i = 0; i < 200 && !url; i++) {
+    await new Promise((r) => setTimeout(r, 25));
+    const line = sio.stdout().trim();
+    if (line) url = JSON.parse(line).url;
+  }
+  try {
+    assert.ok(url, sio.stderr());
+    const h = captureIo();
+    assert.equal(await runCli(['head', out, '--server', url, '--test-limit', '8', '--bandwidth-mbps', '10', '--delay-ms', '1', '--json'], h), 0, h.stderr());
+    const r = JSON.parse(h.stdout());
+    assert.equal(r.samples, 8);
+    assert.ok(r.meanMs >= 1, `the delay is paid: ${r.meanMs}`);
+    const budget = captureIo();
+    assert.equal(await runCli(['head', out, '--server', url, '--test-limit', '8', '--latency-budget-ms', '1000', '--json'], budget), 0, budget.stderr());
+    assert.ok(JSON.parse(budget.stdout()).used.length >= 2, 'the first frames probe the smallest and the largest bottleneck');
+    const bad = captureIo();
+    assert.equal(await runCli(['head', out, '--server', 'not a url'], bad), 1);
+    assert.match(bad.stderr(), /is not a URL/);
+  } finally {
+    stop('SIGTERM');
+    await serving;
+  }
+});

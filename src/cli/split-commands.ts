@@ -48,6 +48,7 @@ export async function splitCommand(run: string, o: Opts, io: Io): Promise<void> 
     };
     say(`training a bottleneck after ${options.at} on ${train.count} samples of ${dataset}\n`);
     const r = splitNetwork(model, train, data.test, { ...options, onEpoch: (e) => say(`epoch ${e.epoch}: feature MSE ${e.mse.toFixed(5)}, task loss ${e.taskLoss.toFixed(4)}\n`) }, data.classNames);
+    r.meta.dataset = dataset;
     try {
       await saveSplit(out, r.head, r.tail, r.meta);
     } finally {
@@ -69,6 +70,62 @@ export async function splitCommand(run: string, o: Opts, io: Io): Promise<void> 
   } finally {
     model.dispose();
   }
+}
+
+/** `dynn head DIR --server URL`: the device side, each frame through head.onnx and over a shaped link to the tail. */
+export async function headCommand(dir: string, o: Opts, io: Io): Promise<void> {
+  if (o.server === undefined || o.server === true) throw new DynnError('head needs --server URL (the tail: dynn serve DIR)');
+  const server = String(o.server);
+  try {
+    new URL(server);
+  } catch {
+    throw new DynnError(`--server ${server} is not a URL (e.g. http://127.0.0.1:8080)`);
+  }
+  const options = {
+    channels: numberOption(o.channels, 'channels', { int: true, min: 1 }),
+    bits: numberOption(o.bits, 'bits', { int: true, min: 1, max: 16 }),
+    bandwidthMbps: numberOption(o.bandwidthMbps, 'bandwidth-mbps', { min: Number.MIN_VALUE }),
+    delayMs: numberOption(o.delayMs, 'delay-ms', { min: 0 }),
+    latencyBudgetMs: numberOption(o.latencyBudgetMs, 'latency-budget-ms', { min: Number.MIN_VALUE }),
+    threads: numberOption(o.threads, 'threads', { int: true, min: 1 }),
+  };
+  const testLimit = numberOption(o.testLimit, 'test-limit', { int: true, min: 1 }) ?? 100;
+  const { loadSplitMeta, runHead } = await import('../split/index.js');
+  const meta = await loadSplitMeta(dir);
+  const dataset = o.dataset === undefined ? meta.dataset : String(o.dataset);
+  if (dataset === undefined) throw new DynnError(`${dir} does not record its data set; pass --dataset NAME`);
+  const { loadDataset } = await import('../data/datasets.js');
+  const data = await loadDataset(dataset, { dataDir: o.dataDir as string | undefined, trainLimit: 1, testLimit });
+  const r = await runHead({ dir, server, images: data.test, ...options });
+  if (o.json) {
+    io.out(JSON.stringify(r, null, 2) + '\n');
+    return;
+  }
+  io.out(
+    `${r.samples} frames of ${dataset} to ${server}: accuracy ${pct(r.accuracy)}, ${r.meanBytes.toFixed(1)} B a request, latency mean ${r.meanMs.toFixed(2)} ms, p50 ${r.p50Ms.toFixed(2)} ms, p95 ${r.p95Ms.toFixed(2)} ms\n` +
+      table(['channels', 'bits', 'frames'], r.used.map((u) => [u.channels, u.bits, u.frames])),
+  );
+}
+
+/** `dynn serve DIR` on a split directory: the tail behind POST /v1/tail until SIGINT or SIGTERM. */
+export async function serveSplit(dir: string, o: Opts, io: Io, stop: Promise<string>, http: object): Promise<void> {
+  const port = numberOption(o.port, 'port', { int: true, min: 0, max: 65535 }) ?? 8080;
+  const host = o.host === undefined ? '127.0.0.1' : String(o.host);
+  const { SplitServer } = await import('../split/server.js');
+  const server = await SplitServer.create({ dir, threads: numberOption(o.threads, 'threads', { int: true, min: 1 }), ...http });
+  let url: string;
+  try {
+    url = await server.listen({ port, host });
+  } catch (err) {
+    await server.close();
+    throw err;
+  }
+  const m = server.tail.meta;
+  if (o.json) io.out(JSON.stringify({ url, split: dir, at: m.at, routes: ['POST /v1/tail', 'GET /v1/split'] }) + '\n');
+  else io.out(`dynn serve: listening on ${url} (the tail of ${m.model.model} after ${m.at}: POST /v1/tail)\n`);
+  const sig = await stop;
+  io.err(`dynn serve: ${sig}: shutting down\n`);
+  await server.close();
 }
 
 /** The split-computing commands. */
@@ -94,4 +151,20 @@ export const splitCommands: CommandModule = (cli, io) => {
     .option('--json', 'machine-readable output on stdout')
     .example('dynn split runs/fm-vgg --at pool1 --out runs/fm-split --json')
     .action(async (run, o) => splitCommand(run, o, io));
+
+  cli
+    .command('head <dir>', 'split computing, device side: run head.onnx on frames of a data set and send the features to a tail server (dynn serve DIR)')
+    .option('--server <url>', 'the tail server (required)')
+    .option('--channels <n>', 'a fixed bottleneck: channels (with --bits) [default: the most accurate trained point]')
+    .option('--bits <n>', 'a fixed bottleneck: bits (with --channels)')
+    .option('--bandwidth-mbps <x>', 'shape the uplink to this rate (a token bucket in the sender)')
+    .option('--delay-ms <ms>', 'one-way delay added to each request (with --bandwidth-mbps)')
+    .option('--latency-budget-ms <ms>', 'NaviSplit: pick each frame\'s bottleneck to meet this end-to-end latency at the best accuracy')
+    .option('--dataset <name>', 'where the frames come from [default: the split\'s]')
+    .option('--data-dir <dir>', 'where the data set files are')
+    .option('--test-limit <n>', 'frames to send: the first N test samples [default: 100]')
+    .option('--threads <n>', 'ONNX Runtime threads [default: 1]')
+    .option('--json', 'machine-readable output on stdout')
+    .example('dynn head runs/fm-split --server http://127.0.0.1:8080 --bandwidth-mbps 1 --delay-ms 5 --json')
+    .action(async (dir, o) => headCommand(dir, o, io));
 };

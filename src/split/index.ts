@@ -8,3 +8,7 @@ export { encodeFrame, decodeFrame, bytesPerSample, FrameError, WIRE_FORMAT, WIRE
 export { saveSplit, loadSplitMeta, checkSplitDir, isSplitDir, SPLIT_FORMAT, SPLIT_FILE, type SplitMeta } from './store.js';
 export { SplitHead, SplitTail } from './runtime.js';
 export { pngBytes, inputBytes } from './input-size.js';
+export { SplitServer, type SplitServerOptions, type TailResponse } from './server.js';
+export { runHead, postFrame, type HeadOptions, type HeadReport } from './head.js';
+export { Shaper, type ShaperOptions } from './shaper.js';
+export { LinkMonitor, choosePoint, predictedMs, type LinkEstimate } from './navisplit.js';

@@ -30,6 +30,8 @@ const metaSchema = z.object({
   format: z.literal(SPLIT_FORMAT),
   dynnVersion: z.string(),
   model: z.object({ model: z.string().min(1), args: z.record(z.string(), z.unknown()) }),
+  /** The data set it was trained and measured on (what `dynn head` reads frames from by default). */
+  dataset: z.string().optional(),
   /** The layer the network is split after. */
   at: z.string().min(1),
   /** The images the head takes: NCHW float32 in [0, 1], per-sample [C, H, W]. */
