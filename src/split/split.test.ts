@@ -116,3 +116,42 @@ test('a bottleneck wider than the split point is refused', () => {
     model.dispose();
   }
 });
+
+test('Jacobi eigen-decomposition: A v = lambda v, eigenvalues descending, orthonormal vectors', async () => {
+  const { symmetricEigen } = await import('./pca.js');
+  const n = 5;
+  const a = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) a[i * n + j] = a[j * n + i] = Math.sin(i * 3 + j * 7) + (i === j ? 3 : 0);
+  const { values, vectors } = symmetricEigen(a, n);
+  for (let k = 0; k < n; k++) {
+    if (k > 0) assert.ok(values[k] <= values[k - 1]);
+    for (let i = 0; i < n; i++) {
+      let av = 0;
+      for (let j = 0; j < n; j++) av += a[i * n + j] * vectors[j * n + k];
+      assert.ok(Math.abs(av - values[k] * vectors[i * n + k]) < 1e-9);
+    }
+    let norm = 0;
+    for (let i = 0; i < n; i++) norm += vectors[i * n + k] ** 2;
+    assert.ok(Math.abs(norm - 1) < 1e-9);
+  }
+});
+
+test('the PCA start: a bottleneck as wide as the features reconstructs them, narrower ones lose less as they widen', async () => {
+  const { pcaInit } = await import('./pca.js');
+  const data = await loadSynthetic({ trainLimit: 64, testLimit: 8 });
+  const model = small();
+  const b = new Bottleneck(8, 8, false);
+  try {
+    const split = new SplitNetwork(model, 'pool1', b);
+    pcaInit(split, data.train, 64);
+    const errs = tf.tidy(() => {
+      const f = split.head(tf.tensor4d(toFloat(data.train, 0, 64), [64, 28, 28, 1]));
+      return [1, 2, 4, 8].map((c) => tf.losses.meanSquaredError(f, b.decode(b.encode(f, c))).dataSync()[0]);
+    });
+    for (let i = 1; i < errs.length; i++) assert.ok(errs[i] <= errs[i - 1] + 1e-9, `MSE by width: ${errs}`);
+    assert.ok(errs[3] < 1e-8, `full width: ${errs[3]}`);
+  } finally {
+    b.dispose();
+    model.dispose();
+  }
+});

@@ -5,6 +5,7 @@ import type { Network } from '../models/network.js';
 import { VERSION } from '../version.js';
 import { Bottleneck, checkBottleneck, headFeatures, findSplitPoint, SplitNetwork, type SplitPoint } from './bottleneck.js';
 import { exportHead, exportTail } from './export.js';
+import { pcaInit } from './pca.js';
 import { inputBytes } from './input-size.js';
 import { SPLIT_FORMAT, wireSpec, type SplitMeta } from './store.js';
 import { accuracyOf, distill, predictSet, type DistillEpoch, type DistillOptions } from './train.js';
@@ -58,6 +59,7 @@ export function splitNetwork(model: Network, train: ImageSet, test: ImageSet, op
   const bottleneck = new Bottleneck(fc, Math.max(...channels), relu, options.seed ?? 0);
   try {
     const split = new SplitNetwork(model, options.at, bottleneck);
+    pcaInit(split, train);
     const log = distill(split, train, { ...options, channels, bits });
     const base = accuracyOf(test, predictSet(test, (x) => model.forward(x, model.plan(1))));
     const points = channels.flatMap((c) =>
@@ -85,7 +87,7 @@ export function splitNetwork(model: Network, train: ImageSet, test: ImageSet, op
       inputBytesPerSample: input.raw,
       inputPngBytesPerSample: input.png,
       wire: wireSpec(),
-      training: { method: 'head distillation (feature MSE + taskWeight x cross-entropy), network frozen', channels, bits, epochs: options.epochs ?? 1, batchSize: options.batchSize ?? 64, lr: options.lr ?? 1e-3, taskWeight: options.taskWeight ?? 0.1, seed: options.seed ?? 0, trainSamples: train.count, testSamples: test.count, log },
+      training: { method: 'PCA start, then head distillation (feature MSE + taskWeight x cross-entropy), network frozen', channels, bits, epochs: options.epochs ?? 1, batchSize: options.batchSize ?? 64, lr: options.lr ?? 1e-3, taskWeight: options.taskWeight ?? 0.1, seed: options.seed ?? 0, trainSamples: train.count, testSamples: test.count, log },
     };
     return { split, head: exportHead(split), tail: exportTail(split), meta, log };
   } catch (err) {
