@@ -102,3 +102,15 @@ test('fashion-mnist-stream: registered, fixed whatever the run seed, labels from
   for (const l of a.test.labels) assert.ok(l < 10);
   assert.ok(STREAM_RANGES.noise[1] <= 0.5);
 });
+
+test('fashion-mnist-distorted: the stream’s distortions on independent frames, no sequences', async () => {
+  const d = await loadDataset('fashion-mnist-distorted', { trainLimit: 2000, testLimit: 100 });
+  assert.equal(d.train.sequence, undefined);
+  assert.equal(d.train.count, 2000);
+  // Every frame a new draw: labels change from one frame to the next about 9 times in 10, not 1 in 20.
+  let changes = 0;
+  for (let i = 1; i < d.train.count; i++) if (d.train.labels[i] !== d.train.labels[i - 1]) changes++;
+  assert.ok(changes / (d.train.count - 1) > 0.8, `label changes ${changes}`);
+  const diff = d.train.difficulty!;
+  assert.ok(Math.abs(diff[1] - diff[0]) + Math.abs(diff[2] - diff[1]) > 0.01);
+});

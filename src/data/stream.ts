@@ -164,3 +164,20 @@ export async function loadFashionMnistStream(opts: LoadOptions = {}): Promise<Da
   const test = makeStream(fm.test, { frames: opts.testLimit ?? STREAM_DEFAULTS.test, seed: STREAM_SEED + 1 });
   return { ...fm, name: 'fashion-mnist-stream', train, test };
 }
+
+/**
+ * `fashion-mnist-distorted`: the stream's frames drawn independently (every frame a new item at a new place in
+ * the walks; 60,000 training and 10,000 test frames): a network trains here on as many items as Fashion-MNIST
+ * has, with the distortions the stream will show it. Not a stream (no sequences).
+ */
+export async function loadFashionMnistDistorted(opts: LoadOptions = {}): Promise<Dataset> {
+  checkLimits(opts);
+  const fm = await loadFashionMnist({ dataDir: opts.dataDir });
+  const independent = (set: ImageSet, frames: number, seed: number): ImageSet => {
+    const { sequence: _, ...frameSet } = makeStream(set, { frames, length: 1, seed });
+    return frameSet;
+  };
+  const train = independent(fm.train, opts.trainLimit ?? STREAM_DEFAULTS.train, STREAM_SEED + 2);
+  const test = independent(fm.test, opts.testLimit ?? STREAM_DEFAULTS.test, STREAM_SEED + 3);
+  return { ...fm, name: 'fashion-mnist-distorted', train, test };
+}
