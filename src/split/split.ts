@@ -87,7 +87,7 @@ export function splitNetwork(model: Network, train: ImageSet, test: ImageSet, op
       inputBytesPerSample: input.raw,
       inputPngBytesPerSample: input.png,
       wire: wireSpec(),
-      training: { method: 'PCA start, then head distillation (feature MSE + taskWeight x cross-entropy), network frozen', channels, bits, epochs: options.epochs ?? 1, batchSize: options.batchSize ?? 64, lr: options.lr ?? 1e-3, taskWeight: options.taskWeight ?? 0.1, seed: options.seed ?? 0, trainSamples: train.count, testSamples: test.count, log },
+      training: { method: 'PCA start, then head distillation (feature MSE + taskWeight x cross-entropy), network frozen', channels, bits, epochs: options.epochs ?? 1, batchSize: options.batchSize ?? 64, lr: options.lr ?? 3e-3, taskWeight: options.taskWeight ?? 1, seed: options.seed ?? 0, trainSamples: train.count, testSamples: test.count, log },
     };
     return { split, head: exportHead(split), tail: exportTail(split), meta, log };
   } catch (err) {

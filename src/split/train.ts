@@ -13,9 +13,13 @@ export interface DistillOptions {
   /** Passes over the training set (default 1). */
   epochs?: number;
   batchSize?: number;
-  /** Adam's learning rate (default 1e-3). */
+  /** Adam's learning rate (default 3e-3: only two 1x1 convolutions learn). */
   lr?: number;
-  /** Weight of the task's cross-entropy beside the feature MSE (default 0.1; 0: pure head distillation). */
+  /**
+   * Weight of the task's cross-entropy beside the feature MSE (default 1; 0: pure head distillation). On
+   * Fashion-MNIST at pool2, 1 (with lr 3e-3) against 0.1 (with 1e-3) gave +0.6 to +15 points, most at the
+   * narrowest bottlenecks, whose features cannot match the teacher's and had better keep what the tail needs.
+   */
   taskWeight?: number;
   seed?: number;
   /** Called after each epoch. */
@@ -36,7 +40,7 @@ export interface DistillEpoch {
  * every wire size (slimmable encoders). The teacher's features are computed per batch, never stored.
  */
 export function distill(split: SplitNetwork, data: ImageSet, options: DistillOptions): DistillEpoch[] {
-  const { channels, bits, epochs = 1, batchSize = 64, lr = 1e-3, taskWeight = 0.1, seed = 0 } = options;
+  const { channels, bits, epochs = 1, batchSize = 64, lr = 3e-3, taskWeight = 1, seed = 0 } = options;
   const rng = new Rng(seed);
   const optimizer = tf.train.adam(lr);
   const vars = split.bottleneck.variables();
