@@ -108,6 +108,10 @@ test('the token bucket: a burst passes, then messages wait at the link rate, plu
   assert.equal(s.take(500, t + 100), 5);
   assert.throws(() => new Shaper({ bandwidthMbps: 0 }), /bandwidth must be a positive/);
   assert.throws(() => new Shaper({ bandwidthMbps: 1, delayMs: -1 }), /delay must be/);
+  // Without a bucket every message pays its serialization time, however long the link was idle.
+  const link = new Shaper({ bandwidthMbps: 1 });
+  assert.equal(link.take(125, t), 1);
+  assert.equal(link.take(125, t + 1000), 1);
 });
 
 test('NaviSplit: the link learned from message times; the most accurate bottleneck within the budget', () => {

@@ -7,7 +7,11 @@ export interface ShaperOptions {
   bandwidthMbps: number;
   /** One-way propagation delay added to every message, ms (default 0). */
   delayMs?: number;
-  /** Bucket size, bytes: what may leave at once after the link was idle (default 1500, one Ethernet frame). */
+  /**
+   * Bucket size, bytes: what may leave at once after the link was idle. Default 0: every message pays its
+   * serialization time (bytes / rate), as on a link of that rate; a bucket lets small messages pass unpaced, as
+   * a rate limiter does, which would hide the difference between a 37-byte and a 784-byte message.
+   */
   burstBytes?: number;
 }
 
@@ -29,7 +33,8 @@ export class Shaper {
     if (!(delay >= 0 && Number.isFinite(delay))) throw new DynnError(`the delay must be a number of ms >= 0, got ${delay}`);
     this.bytesPerMs = (o.bandwidthMbps * 1e6) / 8 / 1000;
     this.delayMs = delay;
-    this.burstBytes = o.burstBytes ?? 1500;
+    this.burstBytes = o.burstBytes ?? 0;
+    if (!(this.burstBytes >= 0 && Number.isFinite(this.burstBytes))) throw new DynnError(`the bucket size must be a number of bytes >= 0, got ${this.burstBytes}`);
     this.tokens = this.burstBytes;
   }
 
