@@ -19,6 +19,8 @@ function shutdownSignal(): Promise<string> {
 
 /** `dynn serve MODEL [--port N] [--host H] [--slo-ms MS] [--policy P] ...`: runs until SIGINT or SIGTERM. */
 export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<string> = shutdownSignal()): Promise<void> {
+  const { isSplitDir } = await import('../split/store.js');
+  if (await isSplitDir(file)) return (await import('./split-commands.js')).serveSplit(file, o, io, stop, httpOptions(o));
   const port = numberOption(o.port, 'port', { int: true, min: 0, max: 65535 }) ?? 8080;
   const host = o.host === undefined ? '127.0.0.1' : String(o.host);
   const sloMs = numberOption(o.sloMs, 'slo-ms', { min: 0.001 });
