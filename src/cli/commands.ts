@@ -232,7 +232,7 @@ async function gatesInfo(model: Network): Promise<{ decisions: string; execution
   const decisions = String(model.config.args.decisions ?? 'nested');
   if (model.config.args.dynamic === 'moe') {
     const a = model.config.args;
-    const note = `a mixture of ${a.experts} experts per block, top-${a.topK} (noisy in training), capacity factor ${a.capacityFactor} in training and ${a.evalCapacityFactor} at evaluation, overflow ${a.overflow}: each expert runs once per batch on the rows assigned to it`;
+    const note = `a mixture of ${a.experts} experts per block, top-${a.topK} (noisy in training), capacity factor ${a.capacityFactor} in training and ${a.evalCapacityFactor === undefined ? 'no limit' : a.evalCapacityFactor} at evaluation, overflow ${a.overflow}: each expert runs once per batch on the rows assigned to it`;
     return { decisions: 'top-k', execution: 'sliced', note };
   }
   const { WholeSwitch } = await import('../route/whole.js');

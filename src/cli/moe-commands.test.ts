@@ -37,7 +37,7 @@ test('a mixture of experts trains from the CLI, logs its balance and overflow, a
 
   const info = captureIo();
   assert.equal(await runCli(['info', run], info), 0, info.stderr());
-  assert.match(info.stdout(), /top-2 \(noisy in training\), capacity factor 1 in training and 2 at evaluation/);
+  assert.match(info.stdout(), /top-2 \(noisy in training\), capacity factor 1 in training and no limit at evaluation/);
   assert.match(info.stdout(), /expert load per block/);
   assert.match(info.stdout(), /experts each class ran at c4/);
   // The report (and the dashboard, which serves it) draws the load and the class-by-expert table.

@@ -86,8 +86,8 @@ const moeSegment = z.object({
   /** Experts E and the experts each sample runs, k in 1..E. */
   experts: z.number().int().min(1).max(METADATA_LIMITS.maxLevels),
   topK: z.number().int().min(1).max(METADATA_LIMITS.maxLevels),
-  /** The capacity factor at evaluation: an expert takes at most ceil(cf k n / E) rows of a batch of n. */
-  capacityFactor: z.number().positive().max(1e6),
+  /** The capacity factor at evaluation: an expert takes at most ceil(cf k n / E) rows of a batch of n; absent: no limit. */
+  capacityFactor: z.number().positive().max(1e6).optional(),
   overflow: z.enum(['residual', 'next']),
   /** Whether the block adds its input to the experts' combined output. */
   residual: z.boolean(),

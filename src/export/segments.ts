@@ -273,7 +273,7 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
         name: mb.name,
         experts: E,
         topK: mb.topK,
-        capacityFactor: mb.args.evalCapacityFactor ?? 2,
+        ...(mb.args.evalCapacityFactor === undefined ? {} : { capacityFactor: mb.args.evalCapacityFactor }),
         overflow: mb.args.overflow ?? 'residual',
         residual: mb.args.residual === true,
         gateMacs: gateMacsOf(mb.gate, sel),

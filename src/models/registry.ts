@@ -78,7 +78,7 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   const moe = MOE_ARGS.filter((k) => resolved[k] !== undefined);
   if (moe.length && resolved.dynamic !== 'moe') throw new DynnError(`${moe.join(', ')} ${moe.length > 1 ? 'need' : 'needs'} a mixture of experts (--model ${orList(mechanismModels(mechanisms.get('moe')))})`);
   if (resolved.dynamic === 'moe') {
-    checkMixture(resolved.experts as number, resolved.topK as number, [resolved.capacityFactor as number, resolved.evalCapacityFactor as number], String(resolved.overflow));
+    checkMixture(resolved.experts as number, resolved.topK as number, [resolved.capacityFactor as number, ...(resolved.evalCapacityFactor === undefined ? [] : [resolved.evalCapacityFactor as number])], String(resolved.overflow));
   }
   if (!Number.isInteger(resolved.groups) || (resolved.groups as number) < 1) {
     throw new DynnError(`groups must be a positive integer, got ${resolved.groups}`);

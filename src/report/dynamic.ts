@@ -74,12 +74,19 @@ const pointSchema = z.object({
   latencyMs: z.object({ batch1: orNaN(nonnegative), batch64: orNaN(nonnegative) }),
   routes: z.record(name, z.array(z.array(orNaN(fraction)).min(1).max(64))).optional(),
   experts: z
-    .record(name, z.object({ load: z.array(fraction).min(1).max(4096), cv: nonnegative, maxShare: fraction, classes: z.array(z.array(orNaN(fraction)).max(4096)), overflowRate: fraction }))
+    .record(
+      name,
+      z
+        .object({ load: z.array(fraction).min(1).max(4096), cv: nonnegative, maxShare: fraction, classes: z.array(z.array(orNaN(fraction)).max(4096)).max(4096), overflowRate: fraction })
+        .refine((e) => e.classes.every((row) => row.length === e.load.length), { message: 'every class row has one share per expert' }),
+    )
     .optional(),
   overflowRate: fraction.optional(),
 });
 
 const side = z.number().int().min(1).max(256);
+/** Cells (pixels and mask positions over every sample) the mask pictures may hold. */
+const MAX_MASK_CELLS = 200_000;
 const masksSchema = z
   .object({
     threshold: fraction,
@@ -99,6 +106,9 @@ const masksSchema = z
       .max(16),
   })
   .superRefine((m, ctx) => {
+    // The pictures draw one cell per pixel and position: bounded so a crafted file cannot exhaust memory.
+    const cells = m.samples.length * (m.height * m.width + m.blocks.reduce((a, b) => a + b.height * b.width, 0));
+    if (cells > MAX_MASK_CELLS) ctx.addIssue({ code: 'custom', path: ['samples'], message: `${cells} image and mask cells, more than the ${MAX_MASK_CELLS} the report draws` });
     m.samples.forEach((s, i) => {
       const issue = (path: (string | number)[], message: string) => ctx.addIssue({ code: 'custom', path: ['samples', i, ...path], message });
       if (s.image.length !== m.height * m.width) issue(['image'], `${s.image.length} pixels, expected ${m.height} x ${m.width}`);

@@ -135,8 +135,8 @@ test('hard routing: each expert runs once per batch on exactly its rows, equal t
 
 test('a batch that all picks one expert runs it once at capacity; the rest overflow to the residual or to their next choice', () => {
   for (const overflow of ['residual', 'next'] as const) {
-    // Expert 0 wins every sample by far; at evaluation, capacity ceil(2 * 8 / 4) = 4 of 8 rows.
-    const net = moeNet({ overflow });
+    // Expert 0 wins every sample by far; at an evaluation factor of 2, capacity ceil(2 * 8 / 4) = 4 of 8 rows.
+    const net = moeNet({ overflow, evalCapacityFactor: 2 });
     spreadRouter(net, [100, 0, 0, 0]);
     const x = input(8);
     const spy = spyExperts(blockOf(net));
@@ -150,8 +150,8 @@ test('a batch that all picks one expert runs it once at capacity; the rest overf
     assert.ok(Array.from(y.dataSync()).every(Number.isFinite));
     y.dispose();
     x.dispose();
-    // Without the capacity limit (a factor of E), every row runs expert 0: the others never run.
-    const loose = moeNet({ evalCapacityFactor: E });
+    // Without an evaluation factor there is no limit (a served batch merges requests): every row runs expert 0.
+    const loose = moeNet({});
     spreadRouter(loose, [100, 0, 0, 0]);
     const spy2 = spyExperts(blockOf(loose));
     const xs = input(8);

@@ -93,8 +93,8 @@ export class MoeBlock extends Composite<MoeArgs> {
   }
 
   protected doBuild(inShape: Shape): Shape {
-    const { experts: E, capacityFactor = 1.25, evalCapacityFactor = 2, overflow = 'residual' } = this.args;
-    checkMixture(E, this.topK, [capacityFactor, evalCapacityFactor], overflow);
+    const { experts: E, capacityFactor = 1.25, evalCapacityFactor, overflow = 'residual' } = this.args;
+    checkMixture(E, this.topK, [capacityFactor, ...(evalCapacityFactor === undefined ? [] : [evalCapacityFactor])], overflow);
     for (const w of ['importanceWeight', 'loadWeight', 'switchWeight'] as const) {
       const v = this.args[w];
       if (v !== undefined && !(v >= 0 && Number.isFinite(v))) throw new DynnError(`${this.name}: ${w} must be a non-negative number, got ${v}`);
@@ -140,8 +140,10 @@ export class MoeBlock extends Composite<MoeArgs> {
     const std = noisy ? (tf.softplus(tf.slice(z, [0, E], [n, E])) as tf.Tensor2D) : undefined;
     const scores = std ? (tf.add(clean, tf.mul(tf.tensor2d(normals(routing!, this.name, n, E), [n, E]), std)) as tf.Tensor2D) : clean;
     const h = scores.dataSync();
-    const cf = training ? (this.args.capacityFactor ?? 1.25) : (this.args.evalCapacityFactor ?? 2);
-    const a = assignExperts(h, E, k, expertCapacity(cf, k, n, E), this.args.overflow ?? 'residual');
+    // No limit at evaluation unless asked: a served batch merges requests, and a limit would let one client's
+    // samples push another's out of their expert (the answer to an image would depend on its neighbours).
+    const cf = training ? (this.args.capacityFactor ?? 1.25) : this.args.evalCapacityFactor;
+    const a = assignExperts(h, E, k, cf === undefined ? n : expertCapacity(cf, k, n, E), this.args.overflow ?? 'residual');
     // The gates: a softmax over the experts each sample keeps (its assignments, dropped ones included, whose
     // weight then goes unused), or for k = 1 over all of them (Switch).
     const keep = new Float32Array(n * E).fill(k === 1 ? 0 : OFF);
