@@ -133,6 +133,30 @@ test('NaviSplit: the link learned from message times; the most accurate bottlene
   assert.equal(choosePoint(points, link, 1).channels, 1);
 });
 
+test('NaviSplit: after 40 frames at one size the choice stays within the budget', () => {
+  const points = [
+    { channels: 1, bits: 2, bytesPerSample: 21, accuracy: 0.6 },
+    { channels: 4, bits: 4, bytesPerSample: 106, accuracy: 0.8 },
+    { channels: 8, bits: 8, bytesPerSample: 400, accuracy: 0.85 },
+  ];
+  const linkMs = (bytes: number) => 2 + bytes / 125;
+  const budget = 3.2;
+  const m = new LinkMonitor();
+  // The head's two probes, then whatever it chooses.
+  m.observe(21 + 16, linkMs(21 + 16));
+  m.observe(400 + 16, linkMs(400 + 16));
+  for (let i = 0; i < 40; i++) {
+    const link = m.estimate();
+    assert.ok(link, `an estimate at frame ${i}`);
+    const p = choosePoint(points, link, budget);
+    assert.equal(p.channels, 4, `frame ${i}`);
+    assert.ok(linkMs(p.bytesPerSample + 16) <= budget);
+    m.observe(p.bytesPerSample + 16, linkMs(p.bytesPerSample + 16));
+  }
+  const steady = m.estimate()!;
+  assert.ok(Math.abs(steady.bytesPerMs - 125) < 1e-6 && Math.abs(steady.overheadMs - 2) < 1e-6);
+});
+
 test('a frame set smaller than asked for still runs, and a mismatched data set is refused', async () => {
   await assert.rejects(runHead({ dir, server: url, images: { ...firstOf(data.test, 1), height: 14, width: 56 } }), /the head takes 28x28x1/);
   await assert.rejects(runHead({ dir, server: url, images: data.test, channels: 2 }), /both --channels and --bits/);
