@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import http from 'node:http';
 import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import { loadSynthetic } from '../data/synthetic.js';
@@ -160,4 +161,37 @@ test('NaviSplit: after 40 frames at one size the choice stays within the budget'
 test('a frame set smaller than asked for still runs, and a mismatched data set is refused', async () => {
   await assert.rejects(runHead({ dir, server: url, images: { ...firstOf(data.test, 1), height: 14, width: 56 } }), /the head takes 28x28x1/);
   await assert.rejects(runHead({ dir, server: url, images: data.test, channels: 2 }), /both --channels and --bits/);
+});
+
+test('the head checks the tail\'s answer: not JSON, JSON without classes, no answer; a path prefix survives', async () => {
+  const h = await SplitHead.load(dir);
+  const frame = encodeFrame(await h.run(nhwcToNchw(toFloat(data.test, 0, 1), [1, 28, 28]), 1, 2, 4));
+  await h.release();
+  const answers: Record<string, ((res: http.ServerResponse) => void) | undefined> = {
+    '/text/v1/tail': (res) => res.end('<html>proxy error</html>'),
+    '/empty/v1/tail': (res) => res.setHeader('content-type', 'application/json').end('{"labels":["a"]}'),
+    '/two/v1/tail': (res) => res.end(JSON.stringify({ classes: [1, 2], labels: ['a', 'b'], scores: [[0], [1]] })),
+    '/ok/v1/tail': (res) => res.end(JSON.stringify({ classes: [3], labels: ['c'], scores: [[0, 1]] })),
+    '/slow/v1/tail': () => {},
+  };
+  const fake = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      const answer = answers[req.url ?? ''];
+      if (answer) answer(res);
+      else res.writeHead(404).end('no');
+    });
+  });
+  await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+  const base = `http://127.0.0.1:${(fake.address() as { port: number }).port}`;
+  try {
+    await assert.rejects(postFrame(`${base}/text`, frame), /tail server at http:\/\/127\.0\.0\.1:\d+\/text\/v1\/tail answered 200 with something that is not JSON/);
+    await assert.rejects(postFrame(`${base}/empty/`, frame), /not with the tail's answer for 1 sample\(s\): classes/);
+    await assert.rejects(postFrame(`${base}/two`, frame), /classes/);
+    assert.deepEqual((await postFrame(`${base}/ok`, frame)).classes, [3]);
+    await assert.rejects(postFrame(`${base}/slow`, frame, { timeoutMs: 50 }), /did not answer within 50 ms/);
+  } finally {
+    fake.closeAllConnections();
+    await new Promise((r) => fake.close(r));
+  }
 });
