@@ -195,3 +195,16 @@ test('the head checks the tail\'s answer: not JSON, JSON without classes, no ans
     await new Promise((r) => fake.close(r));
   }
 });
+
+test('a head.onnx and tail.onnx swapped by hand are refused at load, naming the file and its inputs', async () => {
+  const swapped = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-split-swapped-'));
+  try {
+    for (const f of fs.readdirSync(dir)) fs.copyFileSync(path.join(dir, f), path.join(swapped, f));
+    fs.copyFileSync(path.join(dir, 'head.onnx'), path.join(swapped, 'tail.onnx'));
+    fs.copyFileSync(path.join(dir, 'tail.onnx'), path.join(swapped, 'head.onnx'));
+    await assert.rejects(SplitTail.load(swapped), /tail\.onnx has inputs images, channels, bits; a split's tail\.onnx has codes, min, step/);
+    await assert.rejects(SplitHead.load(swapped), /head\.onnx has inputs codes, min, step; a split's head\.onnx has images, channels, bits/);
+  } finally {
+    fs.rmSync(swapped, { recursive: true, force: true });
+  }
+});
