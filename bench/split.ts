@@ -6,7 +6,7 @@
  * 1, 10 and 100 Mbit/s for split (`dynn head` against the tail server), device-only (the whole network in the
  * head process, nothing sent) and server-only (the image sent raw or as PNG, the whole network on the server).
  *
- * Usage: npm run bench:split -- [--run RUN] [--train 6000] [--test 1000] [--epochs 2] [--split-epochs 1]
+ * Usage: npm run bench:split -- [--run RUN] [--train 6000] [--test 1000] [--epochs 2] [--split-epochs 2]
  *        [--at pool1,pool2] [--frames 40] [--delay-ms 0]. Writes .bench/split.json.
  */
 import path from 'node:path';
@@ -28,7 +28,7 @@ const { value, num, list } = benchArgs();
 const trainLimit = num('train', 6000);
 const testLimit = num('test', 1000);
 const epochs = num('epochs', 2);
-const splitEpochs = num('split-epochs', 1);
+const splitEpochs = num('split-epochs', 2);
 const frames = num('frames', 40);
 const delayMs = Number(value('delay-ms') ?? 0);
 const ats = list('at', 'pool1,pool2');

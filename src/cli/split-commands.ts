@@ -88,6 +88,7 @@ export async function headCommand(dir: string, o: Opts, io: Io): Promise<void> {
     delayMs: numberOption(o.delayMs, 'delay-ms', { min: 0 }),
     latencyBudgetMs: numberOption(o.latencyBudgetMs, 'latency-budget-ms', { min: Number.MIN_VALUE }),
     threads: numberOption(o.threads, 'threads', { int: true, min: 1 }),
+    timeoutMs: numberOption(o.timeoutMs, 'timeout-ms', { min: Number.MIN_VALUE }),
   };
   const testLimit = numberOption(o.testLimit, 'test-limit', { int: true, min: 1 }) ?? 100;
   const { loadSplitMeta, runHead } = await import('../split/index.js');
@@ -164,6 +165,7 @@ export const splitCommands: CommandModule = (cli, io) => {
     .option('--data-dir <dir>', 'where the data set files are')
     .option('--test-limit <n>', 'frames to send: the first N test samples [default: 100]')
     .option('--threads <n>', 'ONNX Runtime threads [default: 1]')
+    .option('--timeout-ms <ms>', 'most time to wait for the tail\'s answer to one frame [default: 10000]')
     .option('--json', 'machine-readable output on stdout')
     .example('dynn head runs/fm-split --server http://127.0.0.1:8080 --bandwidth-mbps 1 --delay-ms 5 --json')
     .action(async (dir, o) => headCommand(dir, o, io));

@@ -1,12 +1,12 @@
 import { promises as fsp } from 'node:fs';
-import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { OnnxMetadata } from '../export/metadata.js';
 import { defaultThreads, OnnxModel } from '../runtime/node.js';
 import { latencyTablePath, profileModel, readLatencyTable, saveLatencyTable, type LatencyTable } from '../runtime/profile.js';
 import { DynnError } from '../util/errors.js';
-import { createHttpApp, ForbiddenHostError, listenHttp, type HttpSafetyOptions } from '../util/http.js';
+import { createHttpApp, listenHttp, type HttpSafetyOptions } from '../util/http.js';
 import { MicroBatcher, type BatchedResult } from './batcher.js';
-import { HttpError, invalidInput, nonFiniteScores, type ErrorKind } from './errors.js';
+import { classify, HttpError, invalidInput, nonFiniteScores } from './errors.js';
 import { parseBinaryRequest, parseJsonRequest, type InputSpec } from './input.js';
 import { ServeMetrics } from './metrics.js';
 import { SessionStore, sessionRoutes, type SessionStoreOptions } from './sessions.js';
@@ -108,32 +108,6 @@ const PREDICT_RESPONSE_SCHEMA = {
     batchSize: { type: 'integer' },
   },
 } as const;
-
-/** Fastify's own errors, by code: status and kind. */
-const FASTIFY_ERRORS: Record<string, [number, ErrorKind]> = {
-  FST_ERR_CTP_BODY_TOO_LARGE: [413, 'payload_too_large'],
-  FST_ERR_CTP_INVALID_MEDIA_TYPE: [415, 'unsupported_media_type'],
-  FST_ERR_CTP_EMPTY_JSON_BODY: [400, 'invalid_json'],
-  FST_ERR_CTP_INVALID_JSON_BODY: [400, 'invalid_json'],
-  FST_ERR_CTP_INVALID_CONTENT_LENGTH: [400, 'invalid_input'],
-};
-
-/** Maps any error to the status, kind and message the client gets. */
-function classify(err: FastifyError | Error): { status: number; kind: ErrorKind; message: string } {
-  if (err instanceof HttpError) return { status: err.statusCode, kind: err.kind, message: err.message };
-  if (err instanceof ForbiddenHostError) return { status: 403, kind: 'forbidden_host', message: err.message };
-  const code = (err as FastifyError).code;
-  const known = code ? FASTIFY_ERRORS[code] : undefined;
-  if (known) {
-    const message = known[1] === 'unsupported_media_type' ? `${err.message}; send application/json or application/octet-stream (float32)` : err.message;
-    return { status: known[0], kind: known[1], message };
-  }
-  const status = (err as FastifyError).statusCode;
-  if (err instanceof SyntaxError && status === 400) return { status, kind: 'invalid_json', message: `the body is not valid JSON: ${err.message}` };
-  if (status !== undefined && status >= 400 && status < 500) return { status, kind: 'invalid_input', message: err.message };
-  if (err instanceof DynnError) return { status: 400, kind: 'invalid_input', message: err.message };
-  return { status: 500, kind: 'internal', message: 'internal error' };
-}
 
 function round(ms: number): number {
   return Math.round(ms * 1000) / 1000;
@@ -242,7 +216,7 @@ export class DynnServer {
     app.removeContentTypeParser('text/plain');
     app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
     const fail = (reply: FastifyReply, err: Error) => {
-      const { status, kind, message } = classify(err);
+      const { status, kind, message } = classify(err, 'application/json or application/octet-stream (float32)');
       metrics.error(kind);
       if (status >= 500 && kind === 'internal') log(`internal error: ${err.stack ?? err.message}`);
       return reply.code(status).type('application/json').send({ error: kind, message });

@@ -5,17 +5,17 @@ import type { SplitFigure } from './store.js';
 export interface LinkEstimate {
   /** Bytes per ms. */
   bytesPerMs: number;
-  /** Fixed cost per message, ms (propagation, HTTP and the tail's compute). */
+  /** Fixed cost per message, ms (the head's compute, propagation, HTTP and the tail's compute). */
   overheadMs: number;
 }
 
 /**
- * Learns the link from each message's size and round-trip time: the fixed part from the smallest messages'
- * times, the rate from the largest's (an exponential moving average of each), as NaviSplit's head does from its
- * own traffic.
+ * Learns the link from each message's size and end-to-end time, as NaviSplit's head does from its own traffic:
+ * a least-squares line ms = overhead + bytes / rate over the last `window` messages.
  */
 export class LinkMonitor {
   private samples: { bytes: number; ms: number }[] = [];
+  private last: LinkEstimate | null = null;
 
   constructor(private readonly window = 32) {}
 
@@ -24,10 +24,14 @@ export class LinkMonitor {
     if (this.samples.length > this.window) this.samples.shift();
   }
 
-  /** A least-squares line ms = overhead + bytes / rate over the window; null until two sizes were seen. */
+  /**
+   * The line over the window; null until two sizes were seen. When the window holds one size only (the steady
+   * state once a point is chosen) the rate cannot be fitted: the last fitted rate is kept and only the fixed part
+   * follows the window's mean.
+   */
   estimate(): LinkEstimate | null {
     const n = this.samples.length;
-    if (n < 2) return null;
+    if (n < 2 && !this.last) return null;
     const mx = this.samples.reduce((a, s) => a + s.bytes, 0) / n;
     const my = this.samples.reduce((a, s) => a + s.ms, 0) / n;
     let sxx = 0;
@@ -36,9 +40,13 @@ export class LinkMonitor {
       sxx += (s.bytes - mx) ** 2;
       sxy += (s.bytes - mx) * (s.ms - my);
     }
-    if (sxx === 0) return null;
+    if (sxx === 0) {
+      if (!this.last) return null;
+      return { bytesPerMs: this.last.bytesPerMs, overheadMs: Math.max(0, my - mx / this.last.bytesPerMs) };
+    }
     const slope = Math.max(sxy / sxx, 1e-9);
-    return { bytesPerMs: 1 / slope, overheadMs: Math.max(0, my - slope * mx) };
+    this.last = { bytesPerMs: 1 / slope, overheadMs: Math.max(0, my - slope * mx) };
+    return this.last;
   }
 }
 

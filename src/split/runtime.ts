@@ -15,18 +15,41 @@ export interface SplitSessionOptions {
   threads?: number;
 }
 
-async function open(ort: Ort, file: string, options: SplitSessionOptions): Promise<InferenceSession> {
+/** The graphs' input and output names, as `export.ts` writes them and `run` feeds and reads them. */
+const GRAPH_IO = {
+  head: { inputs: [SPLIT_IO.images, SPLIT_IO.channels, SPLIT_IO.bits], outputs: [SPLIT_IO.codes, SPLIT_IO.min, SPLIT_IO.step] },
+  tail: { inputs: [SPLIT_IO.codes, SPLIT_IO.min, SPLIT_IO.step], outputs: [SPLIT_IO.scores] },
+};
+
+/** A file swapped or edited by hand would fail at the first frame with ONNX Runtime's message; refuse it at load. */
+function checkNames(file: string, session: InferenceSession, want: { inputs: string[]; outputs: string[] }): void {
+  for (const [kind, got, expected] of [['inputs', session.inputNames, want.inputs], ['outputs', session.outputNames, want.outputs]] as const) {
+    if (got.length !== expected.length || expected.some((n) => !got.includes(n))) {
+      throw new DynnError(`${file} has ${kind} ${got.join(', ') || '(none)'}; a split's ${path.basename(file)} has ${expected.join(', ')}`);
+    }
+  }
+}
+
+async function open(ort: Ort, file: string, options: SplitSessionOptions, io: { inputs: string[]; outputs: string[] }): Promise<InferenceSession> {
   let bytes: Uint8Array;
   try {
     bytes = await fsp.readFile(file);
   } catch (err) {
     throw new DynnError(`cannot read ${file}: ${(err as Error).message}`);
   }
+  let session: InferenceSession;
   try {
-    return await ort.InferenceSession.create(bytes, { intraOpNumThreads: options.threads ?? 1, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
+    session = await ort.InferenceSession.create(bytes, { intraOpNumThreads: options.threads ?? 1, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
   } catch (err) {
     throw new DynnError(`${file} is not a model ONNX Runtime can load: ${(err as Error).message}`);
   }
+  try {
+    checkNames(file, session, io);
+  } catch (err) {
+    await session.release();
+    throw err;
+  }
+  return session;
 }
 
 async function loadOrt(): Promise<Ort> {
@@ -45,7 +68,7 @@ export class SplitHead {
   static async load(dir: string, options: SplitSessionOptions = {}): Promise<SplitHead> {
     const meta = await loadSplitMeta(dir);
     const ort = await loadOrt();
-    return new SplitHead(ort, await open(ort, path.join(dir, HEAD_FILE), options), meta);
+    return new SplitHead(ort, await open(ort, path.join(dir, HEAD_FILE), options, GRAPH_IO.head), meta);
   }
 
   /** Quantized features of `count` images (NCHW float32 in [0, 1]) through a bottleneck of `channels` at `bits`. */
@@ -83,7 +106,7 @@ export class SplitTail {
   static async load(dir: string, options: SplitSessionOptions = {}): Promise<SplitTail> {
     const meta = await loadSplitMeta(dir);
     const ort = await loadOrt();
-    return new SplitTail(ort, await open(ort, path.join(dir, TAIL_FILE), options), meta);
+    return new SplitTail(ort, await open(ort, path.join(dir, TAIL_FILE), options, GRAPH_IO.tail), meta);
   }
 
   /** What a frame must match to be decoded for this tail. */

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import http from 'node:http';
 import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import { loadSynthetic } from '../data/synthetic.js';
@@ -72,6 +73,9 @@ test('bad frames and requests are 4xx with a JSON error, and the server keeps se
     [edit((v) => v.setUint8(5, 0)), 400, /bits must be from 1 to 16/],
     [edit((v) => v.setUint16(8, 6, true)), 400, /features are 6x7; this tail takes 7x7/],
     [edit((v) => v.setFloat32(20, NaN, true)), 400, /step NaN must be finite/],
+    [edit((v) => (v.setFloat32(16, 1e38, true), v.setFloat32(20, 1e38, true))), 400, /overflows float32/],
+    // Every value finite in float32 but near its largest: the tail's sums overflow, a 422 rather than a 500.
+    [edit((v) => (v.setFloat32(16, 3.3e38, true), v.setFloat32(20, 1e30, true))), 422, /non-finite scores for sample 0/],
     [good.subarray(0, good.length - 2), 400, /bytes; got/],
     [new Uint8Array(3), 400, /16-byte header/],
     [good, 415, /application\/octet-stream/, 'application/json'],
@@ -130,7 +134,77 @@ test('NaviSplit: the link learned from message times; the most accurate bottlene
   assert.equal(choosePoint(points, link, 1).channels, 1);
 });
 
+test('NaviSplit: after 40 frames at one size the choice stays within the budget', () => {
+  const points = [
+    { channels: 1, bits: 2, bytesPerSample: 21, accuracy: 0.6 },
+    { channels: 4, bits: 4, bytesPerSample: 106, accuracy: 0.8 },
+    { channels: 8, bits: 8, bytesPerSample: 400, accuracy: 0.85 },
+  ];
+  const linkMs = (bytes: number) => 2 + bytes / 125;
+  const budget = 3.2;
+  const m = new LinkMonitor();
+  // The head's two probes, then whatever it chooses.
+  m.observe(21 + 16, linkMs(21 + 16));
+  m.observe(400 + 16, linkMs(400 + 16));
+  for (let i = 0; i < 40; i++) {
+    const link = m.estimate();
+    assert.ok(link, `an estimate at frame ${i}`);
+    const p = choosePoint(points, link, budget);
+    assert.equal(p.channels, 4, `frame ${i}`);
+    assert.ok(linkMs(p.bytesPerSample + 16) <= budget);
+    m.observe(p.bytesPerSample + 16, linkMs(p.bytesPerSample + 16));
+  }
+  const steady = m.estimate()!;
+  assert.ok(Math.abs(steady.bytesPerMs - 125) < 1e-6 && Math.abs(steady.overheadMs - 2) < 1e-6);
+});
+
 test('a frame set smaller than asked for still runs, and a mismatched data set is refused', async () => {
   await assert.rejects(runHead({ dir, server: url, images: { ...firstOf(data.test, 1), height: 14, width: 56 } }), /the head takes 28x28x1/);
   await assert.rejects(runHead({ dir, server: url, images: data.test, channels: 2 }), /both --channels and --bits/);
+});
+
+test('the head checks the tail\'s answer: not JSON, JSON without classes, no answer; a path prefix survives', async () => {
+  const h = await SplitHead.load(dir);
+  const frame = encodeFrame(await h.run(nhwcToNchw(toFloat(data.test, 0, 1), [1, 28, 28]), 1, 2, 4));
+  await h.release();
+  const answers: Record<string, ((res: http.ServerResponse) => void) | undefined> = {
+    '/text/v1/tail': (res) => res.end('<html>proxy error</html>'),
+    '/empty/v1/tail': (res) => res.setHeader('content-type', 'application/json').end('{"labels":["a"]}'),
+    '/two/v1/tail': (res) => res.end(JSON.stringify({ classes: [1, 2], labels: ['a', 'b'], scores: [[0], [1]] })),
+    '/ok/v1/tail': (res) => res.end(JSON.stringify({ classes: [3], labels: ['c'], scores: [[0, 1]] })),
+    '/slow/v1/tail': () => {},
+  };
+  const fake = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      const answer = answers[req.url ?? ''];
+      if (answer) answer(res);
+      else res.writeHead(404).end('no');
+    });
+  });
+  await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+  const base = `http://127.0.0.1:${(fake.address() as { port: number }).port}`;
+  try {
+    await assert.rejects(postFrame(`${base}/text`, frame), /tail server at http:\/\/127\.0\.0\.1:\d+\/text\/v1\/tail answered 200 with something that is not JSON/);
+    await assert.rejects(postFrame(`${base}/empty/`, frame), /not with the tail's answer for 1 sample\(s\): classes/);
+    await assert.rejects(postFrame(`${base}/two`, frame), /classes/);
+    assert.deepEqual((await postFrame(`${base}/ok`, frame)).classes, [3]);
+    await assert.rejects(postFrame(`${base}/slow`, frame, { timeoutMs: 50 }), /did not answer within 50 ms/);
+  } finally {
+    fake.closeAllConnections();
+    await new Promise((r) => fake.close(r));
+  }
+});
+
+test('a head.onnx and tail.onnx swapped by hand are refused at load, naming the file and its inputs', async () => {
+  const swapped = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-split-swapped-'));
+  try {
+    for (const f of fs.readdirSync(dir)) fs.copyFileSync(path.join(dir, f), path.join(swapped, f));
+    fs.copyFileSync(path.join(dir, 'head.onnx'), path.join(swapped, 'tail.onnx'));
+    fs.copyFileSync(path.join(dir, 'tail.onnx'), path.join(swapped, 'head.onnx'));
+    await assert.rejects(SplitTail.load(swapped), /tail\.onnx has inputs images, channels, bits; a split's tail\.onnx has codes, min, step/);
+    await assert.rejects(SplitHead.load(swapped), /head\.onnx has inputs codes, min, step; a split's head\.onnx has images, channels, bits/);
+  } finally {
+    fs.rmSync(swapped, { recursive: true, force: true });
+  }
 });

@@ -1,5 +1,6 @@
-import type { FastifyError, FastifyInstance } from 'fastify';
-import { createHttpApp, ForbiddenHostError, type HttpSafetyOptions } from '../util/http.js';
+import type { FastifyInstance } from 'fastify';
+import { createHttpApp, type HttpSafetyOptions } from '../util/http.js';
+import { classify, nonFiniteScores } from '../serve/errors.js';
 import { DynnError } from '../util/errors.js';
 import { SplitTail } from './runtime.js';
 import { decodeFrame, FRAME_HEADER_BYTES, MAX_FRAME_SAMPLES, bytesPerSample } from './wire.js';
@@ -19,16 +20,6 @@ export interface TailResponse {
   labels: string[];
   /** Class scores (logits), one row per sample. */
   scores: number[][];
-}
-
-function errorBody(err: Error): { status: number; body: { error: string; message: string } } {
-  if (err instanceof ForbiddenHostError) return { status: 403, body: { error: 'forbidden_host', message: err.message } };
-  const f = err as FastifyError;
-  if (f.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return { status: 415, body: { error: 'unsupported_media_type', message: `${err.message}; send application/octet-stream (a dynn feature frame)` } };
-  if (f.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return { status: 413, body: { error: 'payload_too_large', message: err.message } };
-  if (f.statusCode !== undefined && f.statusCode >= 400 && f.statusCode < 500) return { status: f.statusCode, body: { error: 'invalid_input', message: err.message } };
-  if (err instanceof DynnError) return { status: 400, body: { error: 'invalid_input', message: err.message } };
-  return { status: 500, body: { error: 'internal', message: 'internal error' } };
 }
 
 /**
@@ -52,8 +43,8 @@ export class SplitServer {
     app.removeContentTypeParser('application/json');
     app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
     app.setErrorHandler((err, _req, reply) => {
-      const { status, body } = errorBody(err instanceof Error ? err : new Error(String(err)));
-      return reply.code(status).type('application/json').send(body);
+      const { status, kind, message } = classify(err instanceof Error ? err : new Error(String(err)), 'application/octet-stream (a dynn feature frame)');
+      return reply.code(status).type('application/json').send({ error: kind, message });
     });
     app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: 'not_found', message: `no route ${req.method} ${req.url.split('?')[0]}; routes: POST /v1/tail, GET /v1/split` }));
     const meta = tail.meta;
@@ -64,7 +55,8 @@ export class SplitServer {
       const scores = await tail.run(frame);
       const k = meta.numClasses;
       const rows = Array.from({ length: frame.count }, (_, i) => Array.from(scores.subarray(i * k, (i + 1) * k)));
-      if (rows.some((r) => r.some((v) => !Number.isFinite(v)))) throw new Error('the tail gave non-finite scores');
+      const bad = nonFiniteScores(scores, k);
+      if (bad) throw bad;
       const classes = rows.map((r) => r.indexOf(Math.max(...r)));
       return { classes, labels: classes.map((c) => meta.classNames[c] ?? String(c)), scores: rows };
     });

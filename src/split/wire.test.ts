@@ -43,6 +43,7 @@ test('bad frames are FrameErrors that name the problem', () => {
     [good.subarray(0, good.length - 1), /has \d+ bytes; got/],
     [edit(16, (v) => v.setFloat32(16, NaN, true)), /sample 0: min NaN/],
     [edit(20, (v) => v.setFloat32(20, 0, true)), /step 0 must be finite and the step positive/],
+    [edit(16, (v) => (v.setFloat32(16, 1e38, true), v.setFloat32(20, 1e38, true))), /sample 0: min 9\.9+\d*e\+37 \+ 15 \* step .* overflows float32/],
     [edit(20 + bytesPerSample(2, 3, 5, 4), (v) => v.setFloat32(20 + bytesPerSample(2, 3, 5, 4), Infinity, true)), /sample 1/],
   ];
   for (const [bytes, pattern] of cases) assert.throws(() => decodeFrame(bytes, limits), (e: unknown) => e instanceof FrameError && pattern.test((e as Error).message), String(pattern));

@@ -147,6 +147,9 @@ export function decodeFrame(bytes: Uint8Array, limits: FrameLimits): FeatureFram
     if (!Number.isFinite(min[s]) || !Number.isFinite(step[s]) || step[s] <= 0) {
       throw new FrameError(`sample ${s}: min ${min[s]} and step ${step[s]} must be finite and the step positive`);
     }
+    // The tail dequantizes in float32: the largest value a code can take must be finite there too.
+    const top = Math.fround(min[s] + ((1 << bits) - 1) * step[s]);
+    if (!Number.isFinite(top)) throw new FrameError(`sample ${s}: min ${min[s]} + ${(1 << bits) - 1} * step ${step[s]} overflows float32`);
     unpack(bytes, at + SAMPLE_HEADER_BYTES, bits, codes.subarray(s * values, (s + 1) * values));
   }
   return { bits, channels, height, width, count, codes, min, step };
