@@ -1,4 +1,5 @@
 import type * as tf from '@tensorflow/tfjs-core';
+import type { MixtureSink } from './condconv.js';
 
 /** Per-sample shape without the batch axis: [H, W, C] for images (NHWC), [F] for features. */
 export type Shape = number[];
@@ -103,6 +104,8 @@ export interface RunContext {
   moments?: MomentSink;
   /** Per-sample decisions of the gates inside the network; absent: no gate runs (as `full`). */
   routing?: Routing;
+  /** Receives each conditional layer's mixing weights (routing statistics); absent: not reported. */
+  mixtures?: MixtureSink;
 }
 
 /** A weight with its deterministic dotted name (`c2.conv.kernel`). */
