@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs';
 import { initEngine } from '../engine/backend.js';
-import { CondConv2D, checkCondArgs } from './condconv.js';
+import { CondConv2D, annealTemperatures, checkCondArgs } from './condconv.js';
 import { BatchNorm } from './norm.js';
 import { ReLU } from './basic.js';
 import { layerFromConfig } from './layer.js';
@@ -99,9 +99,9 @@ test('CondConv2D: gradients reach the experts and the router; tensor count stays
     const target = tf.randomNormal([4, 7, 6, 4], 0, 1, 'float32', 6);
     const before = tf.memory().numTensors;
     tf.tidy(() => {
-      const vars = layer.weights().map((w) => w.variable);
-      const { grads } = tf.variableGrads(() => tf.mean(tf.square(tf.sub(layer.call(x, fullSel(3), ctx).y, target))) as tf.Scalar, vars);
-      for (const w of layer.weights()) assert.ok(tf.sum(tf.abs(grads[w.variable.name])).dataSync()[0] > 0, `${routing}: gradient of ${w.name}`);
+      const trainable = layer.weights().filter((w) => w.trainable);
+      const { grads } = tf.variableGrads(() => tf.mean(tf.square(tf.sub(layer.call(x, fullSel(3), ctx).y, target))) as tf.Scalar, trainable.map((w) => w.variable));
+      for (const w of trainable) assert.ok(tf.sum(tf.abs(grads[w.variable.name])).dataSync()[0] > 0, `${routing}: gradient of ${w.name}`);
     });
     assert.equal(tf.memory().numTensors, before);
     tf.dispose([x, target]);
@@ -136,6 +136,14 @@ test('CondConv2D frozen with a folded BatchNorm and ReLU equals the layers run; 
 test('CondConv2D: temperature annealing and bad arguments', () => {
   const layer = new CondConv2D('cc', { filters: 2, kernelSize: 3, experts: 2, routing: 'softmax', temperature: 31, annealEpochs: 10 });
   assert.deepEqual([0, 5, 10, 20].map((e) => layer.temperatureAt(e)), [31, 16, 1, 1]);
+  layer.build([5, 5, 2]);
+  const temp = () => layer.weights().find((w) => w.name === 'cc.temperature')!;
+  assert.equal(temp().trainable, false);
+  assert.deepEqual(Array.from(temp().variable.dataSync()), [31]);
+  assert.equal(annealTemperatures([layer], 0), false);
+  assert.equal(annealTemperatures([layer], 5), true);
+  assert.deepEqual(Array.from(temp().variable.dataSync()), [16]);
+  layer.weights().forEach((w) => w.variable.dispose());
   assert.throws(() => checkCondArgs({ experts: 0 }), /experts \(--experts\) must be a positive integer, got 0/);
   assert.throws(() => checkCondArgs({ experts: 2.5 }), /positive integer, got 2.5/);
   assert.throws(() => checkCondArgs({ routing: 'softmax', temperature: 0 }), /temperature \(--temperature\) must be a positive number, got 0/);

@@ -10,9 +10,9 @@ import type { FrozenOp } from '../models/subnet.js';
  * How routing logits become the experts' mixing weights: `sigmoid`, independent per expert (CondConv, Yang et
  * al. 2019), or `softmax` over the experts at a temperature (dynamic convolution, Chen et al. 2020).
  */
-export const condRoutings = new Registry<(logits: tf.Tensor2D, temperature: number) => tf.Tensor2D>('routing');
+export const condRoutings = new Registry<(logits: tf.Tensor2D, temperature: tf.Tensor | null) => tf.Tensor2D>('routing');
 condRoutings.register('sigmoid', (z) => tf.sigmoid(z));
-condRoutings.register('softmax', (z, t) => tf.softmax(t === 1 ? z : tf.div(z, t)));
+condRoutings.register('softmax', (z, t) => tf.softmax(t ? tf.div(z, t) : z));
 
 export interface CondConv2DArgs {
   /** Output channels. */
@@ -47,7 +47,8 @@ export interface CondConvParams {
   routeKernel: tf.Tensor2D;
   routeBias: tf.Tensor1D;
   routing: string;
-  temperature: number;
+  /** The softmax temperature [1], or null (none: sigmoid routing). */
+  temperature: tf.Tensor1D | null;
   kernelSize: number;
   strides: number;
   padding: 'same' | 'valid';
@@ -107,8 +108,11 @@ export class CondConv2D extends Layer<CondConv2DArgs> {
   private bias: tf.Variable | null = null;
   private routeKernel!: tf.Variable;
   private routeBias!: tf.Variable;
-  /** Softmax temperature in force: starts at `args.temperature`, annealed by `setEpoch`. */
-  private temperatureNow = 1;
+  /**
+   * Softmax routing's temperature in force, a non-trainable weight: annealing changes it between epochs, and
+   * as a weight it reaches the training workers, the checkpoint and the ONNX graph like BatchNorm statistics.
+   */
+  private temp: tf.Variable | null = null;
 
   protected doBuild(inShape: Shape): Shape {
     const { filters, kernelSize: k, experts: e, strides = 1, padding = 'same' } = this.args;
@@ -119,7 +123,7 @@ export class CondConv2D extends Layer<CondConv2DArgs> {
     if (this.args.useBias) this.bias = this.addWeight('bias', tf.zeros([e, filters]));
     this.routeKernel = this.addWeight('route.kernel', this.initKernel('route.kernel', [c, e], c));
     this.routeBias = this.addWeight('route.bias', tf.zeros([e]));
-    this.temperatureNow = this.args.temperature ?? 1;
+    if (this.args.routing === 'softmax') this.temp = this.addWeight('temperature', tf.tensor1d([this.temperatureAt(0)]), false);
     const out = (n: number) => (padding === 'same' ? Math.ceil(n / strides) : Math.floor((n - k) / strides) + 1);
     return [out(h), out(w), filters];
   }
@@ -131,14 +135,13 @@ export class CondConv2D extends Layer<CondConv2DArgs> {
     return span > 0 ? 1 + (t0 - 1) * Math.max(0, 1 - epoch / span) : t0;
   }
 
-  /** Sets the softmax temperature for `epoch` (the trainer calls it at each epoch's start). */
-  setEpoch(epoch: number): void {
-    this.temperatureNow = this.temperatureAt(epoch);
-  }
-
-  /** The softmax temperature in force. */
-  get temperature(): number {
-    return this.temperatureNow;
+  /** Sets the softmax temperature for `epoch`; true when it changed. */
+  setEpoch(epoch: number): boolean {
+    if (!this.temp) return false;
+    const t = this.temperatureAt(epoch);
+    if (this.temp.dataSync()[0] === Math.fround(t)) return false;
+    tf.tidy(() => this.temp!.assign(tf.tensor1d([t])));
+    return true;
   }
 
   outSel(): ChannelSel {
@@ -152,7 +155,7 @@ export class CondConv2D extends Layer<CondConv2DArgs> {
       routeKernel: this.routeKernel as tf.Tensor as tf.Tensor2D,
       routeBias: this.routeBias as tf.Tensor as tf.Tensor1D,
       routing: this.args.routing ?? 'sigmoid',
-      temperature: this.temperatureNow,
+      temperature: this.temp as tf.Tensor as tf.Tensor1D | null,
       kernelSize: this.args.kernelSize,
       strides: this.args.strides ?? 1,
       padding: this.args.padding ?? 'same',
@@ -185,6 +188,7 @@ export class CondConv2D extends Layer<CondConv2DArgs> {
         bias: p.bias ? tf.clone(p.bias) : null,
         routeKernel: tf.clone(p.routeKernel),
         routeBias: tf.clone(p.routeBias),
+        temperature: p.temperature ? tf.clone(p.temperature) : null,
         relu: false,
       },
     ];
@@ -224,6 +228,19 @@ export function checkCondArgs(a: Partial<CondConv2DArgs>, where = 'condconv'): v
   if (a.annealEpochs !== undefined && !(Number.isInteger(a.annealEpochs) && a.annealEpochs >= 0)) {
     throw new DynnError(`${where}: annealEpochs (--anneal-epochs) must be a non-negative integer, got ${a.annealEpochs}`);
   }
+}
+
+/**
+ * Sets the softmax temperature of every conditional convolution among `layers` and their sub-layers for
+ * `epoch` (the trainer calls it at each epoch's start); true when one changed (the workers must reload).
+ */
+export function annealTemperatures(layers: Layer[], epoch: number): boolean {
+  let changed = false;
+  for (const l of layers) {
+    if (l instanceof CondConv2D) changed = l.setEpoch(epoch) || changed;
+    changed = annealTemperatures(l.children(), epoch) || changed;
+  }
+  return changed;
 }
 
 /** A conditional convolution. */

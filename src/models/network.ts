@@ -102,6 +102,8 @@ export class Network {
   levelOf(u: number): number {
     const width = this.blockList.filter((b) => b.kind === 'width') as { groups: number }[];
     if (width.length) return activeGroupCount(u, Math.max(...width.map((b) => b.groups)));
+    // No throttleable unit (dynamic parameters, SE): one level.
+    if (this.blockList.length === 0) return 0;
     return activeGroupCount(u, this.blockList.length, 0);
   }
 

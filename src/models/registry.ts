@@ -2,6 +2,7 @@ import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
 import { mechanisms } from '../route/mechanisms.js';
 import { decisionForms } from '../route/unit.js';
+import { checkCondArgs } from '../layers/condconv.js';
 import type { ModelArgs, ModelDef } from './types.js';
 
 // The registry and the argument rules apart from the registrations (./zoo.ts), so that layers which build
@@ -66,6 +67,13 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   if (resolved.gateScale !== undefined && !((resolved.gateScale as number) > 0 && Number.isFinite(resolved.gateScale))) {
     throw new DynnError(`gateScale must be a positive number, got ${resolved.gateScale}`);
   }
+  for (const key of ['routing', 'temperature', 'annealEpochs'] as const) {
+    if (set[key] !== undefined && !def.condconv) {
+      const able = models.list().filter((k) => models.get(k).condconv);
+      throw new DynnError(`${key} needs a model with conditional convolutions (expected one of ${able.join(', ')}), not ${name}`);
+    }
+  }
+  if (def.condconv) checkCondArgs(resolved, name);
   if (!Number.isInteger(resolved.groups) || (resolved.groups as number) < 1) {
     throw new DynnError(`groups must be a positive integer, got ${resolved.groups}`);
   }

@@ -36,7 +36,7 @@ export function opTensors(ops: FrozenOp[]): tf.Tensor[] {
       case 'groupconv':
         return o.kernels;
       case 'condconv':
-        return [o.kernel, o.routeKernel, o.routeBias, ...(o.bias ? [o.bias] : []), ...(o.shift ? [o.shift] : [])];
+        return [o.kernel, o.routeKernel, o.routeBias, ...([o.bias, o.shift, o.temperature] as (tf.Tensor | null | undefined)[]).filter((t): t is tf.Tensor => t != null)];
       case 'residual':
         return [...opTensors(o.main), ...opTensors(o.shortcut)];
       case 'concat':
