@@ -11,6 +11,7 @@ import { createModel } from '../models/zoo.js';
 import { exportOnnx } from './export.js';
 import { randomizeStatistics, relErr } from './fixtures.js';
 import { loadWebModel } from '../runtime/web.js';
+import { DynnServer } from '../serve/server.js';
 
 await initEngine('wasm');
 
@@ -21,7 +22,7 @@ const CASES: [string, Record<string, unknown>][] = [
 ];
 
 for (const [name, args] of CASES) {
-  test(`${name}: ONNX Runtime (node and web) matches TF.js at batch 1 and 5; the checker accepts the graph`, async () => {
+  test(`${name}: ONNX Runtime (node and web) and dynn serve match TF.js at batch 1 and 5; the checker accepts the graph`, async () => {
     const model = createModel(name, args);
     randomizeStatistics(model, 5);
     // Router weights large enough that the samples mix their kernels differently.
@@ -32,6 +33,7 @@ for (const [name, args] of CASES) {
     const s = await ort.InferenceSession.create(bytes, { graphOptimizationLevel: 'all', intraOpNumThreads: 1 });
     const web = await loadWebModel(bytes);
     const [h, w, c] = model.inputShape;
+    const scored: { n: number; nchw: Float32Array; ref: Float32Array }[] = [];
     for (const n of [1, 5]) {
       const x = tf.randomNormal([n, h, w, c], 0, 1, 'float32', n);
       const nchw = tf.tidy(() => tf.transpose(x, [0, 3, 1, 2]).dataSync() as Float32Array);
@@ -41,13 +43,27 @@ for (const [name, args] of CASES) {
       assert.ok(relErr(ref, got) < 1e-4, `${name} batch ${n}: error ${relErr(ref, got)}`);
       const fromWeb = await web.run(nchw, 1);
       assert.ok(relErr(ref, fromWeb.scores) < 1e-4, `${name} batch ${n} web: error ${relErr(ref, fromWeb.scores)}`);
+      scored.push({ n, nchw, ref });
       x.dispose();
     }
     await s.release();
     await web.release();
+    const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'dynn-condconv-')), `${name}.onnx`);
+    writeFileSync(file, bytes);
+    // dynn serve: the server's scores are TF.js's too.
+    const server = await DynnServer.create({ model: file, policy: 'fixed:1', maxBatch: 8, maxWaitMs: 1, threads: 1 });
+    try {
+      const url = await server.listen({ port: 0 });
+      for (const { n, nchw, ref } of scored) {
+        const res = await fetch(`${url}/v1/predict`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ inputs: Array.from(nchw), shape: [n, c, h, w] }) });
+        assert.equal(res.status, 200);
+        const body = (await res.json()) as { predictions: { scores: number[] }[] };
+        assert.ok(relErr(ref, body.predictions.flatMap((p) => p.scores)) < 1e-4, `${name} served batch ${n}`);
+      }
+    } finally {
+      await server.close();
+    }
     if (spawnSync('/usr/bin/python3', ['-c', 'import onnx'], { stdio: 'ignore' }).status === 0) {
-      const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'dynn-condconv-')), `${name}.onnx`);
-      writeFileSync(file, bytes);
       const ok = execFileSync('/usr/bin/python3', ['-c', 'import onnx,sys; onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True); print("ok")', file], { encoding: 'utf8' });
       assert.equal(ok.trim(), 'ok');
     }
