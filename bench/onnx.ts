@@ -5,7 +5,7 @@
  *   2. latency(u)/latency(1) against FLOPs(u)/FLOPs(1) at batch 64 for u >= 0.25. Target: within 1.2x.
  * ORT is measured twice (before and after the peer) and the lower median is kept, to damp load from other
  * processes on a shared machine.
- * Usage: node dist/bench/onnx.js [--reps 30] [--warmup 5] [--threads N (ORT and PyTorch; default: cores)] [--run RUN_DIR] [--json]. Results also go to
+ * Usage: node dist/bench/onnx.js [--reps 30] [--warmup 5] [--threads N (ORT and PyTorch; default: cores for ORT, PyTorch's fastest configuration)] [--run RUN_DIR] [--json]. Results also go to
  * .bench/onnx.json (atomically).
  */
 import os from 'node:os';
@@ -65,7 +65,8 @@ async function main() {
   const first = await profileModel(ortModel, { batches: BATCHES, reps: REPS, warmup: WARMUP, threads });
   log('ORT pass 1 done; running the PyTorch peer');
   const us = meta.levels.map((l) => peerU(l.level, D));
-  const peer = await runTorchPeer({ mode: 'latency', us, batches: BATCHES, reps: REPS, warmup: WARMUP, threads });
+  // PyTorch at its best: its fastest thread count and wait policy unless --threads fixes both sides' threads.
+  const peer = await runTorchPeer({ mode: 'latency', us, batches: BATCHES, reps: REPS, warmup: WARMUP, ...(opt('threads') ? { threads } : {}) });
   if (!peer.ok) log(`PyTorch peer skipped: ${peer.reason}`);
   const second = await profileModel(ortModel, { batches: BATCHES, reps: REPS, warmup: WARMUP, threads });
   await ortModel.dispose();
@@ -97,7 +98,7 @@ async function main() {
     reps: REPS,
     cores: os.availableParallelism(),
     loadAverage: os.loadavg(),
-    torch: peer.ok ? { version: peer.result.torch, threads: peer.result.threads } : { skipped: peer.reason },
+    torch: peer.ok ? { version: peer.result.torch, threads: peer.result.threads, config: peer.result.config, configs: peer.result.configs } : { skipped: peer.reason },
     levels: rows,
     targets: {
       ortAtMostHalfTorch: rows.every((r) => r.ortOverTorch && r.ortOverTorch['1'] <= 0.5 && r.ortOverTorch['64'] <= 0.5),

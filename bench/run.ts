@@ -17,7 +17,7 @@ import { sampleU } from '../src/train/schedule.js';
 import { measureLatencies, median } from '../src/eval/latency.js';
 import { Rng } from '../src/util/rng.js';
 import { writeFileAtomic } from '../src/util/fs.js';
-import { runTorchPeer } from './torch.js';
+import { runTorchPeer, type PeerConfig } from './torch.js';
 
 const args = process.argv.slice(2);
 const flag = (name: string, dflt: number) => {
@@ -58,7 +58,7 @@ async function main() {
   log(`training step, vgg-w, batch ${BATCH}, u ~ U(0,1] (${STEPS} steps after ${WARMUP} warm-up, ${ROUNDS} rounds), engine ${engine}`);
   // dynn and PyTorch alternate, round by round: this machine's speed drifts by tens of percent over minutes,
   // so each ratio compares runs a few seconds apart, and the median ratio is reported.
-  const rounds: { dynnMs: number; torchMs: number; ratio: number }[] = [];
+  const rounds: { dynnMs: number; torchMs: number; ratio: number; torchConfig?: PeerConfig }[] = [];
   let threadCount = 0;
   let torchReason = 'ok';
   for (let r = 0; r < ROUNDS; r++) {
@@ -69,8 +69,9 @@ async function main() {
     const torchTrain = await runTorchPeer({ mode: 'train-step', batch: BATCH, steps: STEPS, warmup: WARMUP, u: us, seed: 0 });
     const torchMs = torchTrain.ok ? (torchTrain.result.meanMs as number) : NaN;
     if (!torchTrain.ok) torchReason = torchTrain.reason;
-    rounds.push({ dynnMs, torchMs, ratio: dynnMs / torchMs });
-    log(`  round ${r + 1}: dynn ${threadCount} threads ${dynnMs.toFixed(1)} ms/step` + (torchTrain.ok ? `, PyTorch ${torchMs.toFixed(1)} ms/step, ratio ${(dynnMs / torchMs).toFixed(2)}x` : ''));
+    const torchConfig: PeerConfig | undefined = torchTrain.ok ? torchTrain.result.config : undefined;
+    rounds.push({ dynnMs, torchMs, ratio: dynnMs / torchMs, torchConfig });
+    log(`  round ${r + 1}: dynn ${threadCount} threads ${dynnMs.toFixed(1)} ms/step` + (torchConfig ? `, PyTorch at its best (${torchConfig.threads} threads, ${torchConfig.waitPolicy}) ${torchMs.toFixed(1)} ms/step, ratio ${(dynnMs / torchMs).toFixed(2)}x` : ''));
   }
   const parallelMs = median(rounds.map((r) => r.dynnMs));
   const singleMs = await trainStepMs(model, new LocalExecutor(model, data, BATCH), us);
@@ -113,7 +114,7 @@ async function main() {
     dynnToTorchBatch1: p.torchMs ? p.dynnMs.batch1 / p.torchMs.batch1 : NaN,
     dynnToTorchBatchN: p.torchMs ? p.dynnMs[`batch${BATCH}`] / p.torchMs[`batch${BATCH}`] : NaN,
   }));
-  results.latency = { points: rows, torch: torchLat.ok ? 'ok' : torchLat.reason };
+  results.latency = { points: rows, torch: torchLat.ok ? 'ok' : torchLat.reason, ...(torchLat.ok && { torchConfig: torchLat.result.config, torchConfigs: torchLat.result.configs }) };
   for (const r of rows) {
     log(
       `  u=${r.u}: FLOPs ratio ${r.flopsRatio.toFixed(3)}, latency ratio @${BATCH} ${r.dynnLatencyRatio.toFixed(3)} (PyTorch ${r.torchLatencyRatio.toFixed(3)}); ` +

@@ -27,18 +27,69 @@ function stderrTail(stderr: string, lines = 8): string {
   return stderr.trim().split('\n').slice(-lines).join('\n');
 }
 
-/** Runs bench/torch_peer.py with Debian's Python; ok: false (with a reason) when PyTorch is not available. */
-export async function runTorchPeer(
-  options: Record<string, unknown>,
-  { timeoutMs }: TorchPeerRunOptions = {},
-): Promise<TorchPeerOutcome> {
+/**
+ * glibc settings under which PyTorch's CPU allocations stop going back to the OS after every op (freed tensors
+ * were mmap'd and unmapped each step): its steps took 51-65 ms with them against 74-202 ms without in one
+ * session here. They only change where freed memory goes.
+ */
+const PEER_MALLOC_ENV = { MALLOC_MMAP_THRESHOLD_: '33554432', MALLOC_TRIM_THRESHOLD_: '4294967296', MALLOC_TOP_PAD_: '268435456' };
+
+/** One way to run the peer: its thread count and OpenMP's wait policy (PASSIVE sleeps, ACTIVE spins while waiting). */
+export interface PeerConfig {
+  threads: number;
+  waitPolicy: 'PASSIVE' | 'ACTIVE';
+}
+
+/**
+ * The configurations a timing is taken under when the caller fixes no thread count; the fastest is reported
+ * (PyTorch at its best on this machine: spinning wins on an idle machine, sleeping under any other load, and
+ * one thread sometimes beats two on small ops).
+ */
+export const PEER_CONFIGS: PeerConfig[] = [
+  { threads: 1, waitPolicy: 'PASSIVE' },
+  { threads: 2, waitPolicy: 'PASSIVE' },
+  { threads: 2, waitPolicy: 'ACTIVE' },
+];
+
+/** Modes that time something, and the figure a configuration is ranked by (lower is faster). */
+const TIMED: Record<string, (result: any) => number> = {
+  'train-step': (r) => r.meanMs,
+  'acs-train-step': (r) => r.meanMs,
+  latency: (r) => Object.values(r.latencyMs as Record<string, Record<string, number>>).reduce((a, byBatch) => a + Object.values(byBatch).reduce((b, ms) => b + ms, 0), 0),
+};
+
+/**
+ * Runs bench/torch_peer.py with Debian's Python under the allocator settings above; ok: false (with a
+ * reason) when PyTorch is not available. A timing mode with no `threads` option runs once per `PEER_CONFIGS`
+ * entry and returns the fastest run's result, with `config` (the winner) and `configs` (each one's figure).
+ */
+export async function runTorchPeer(options: Record<string, unknown>, run: TorchPeerRunOptions = {}): Promise<TorchPeerOutcome> {
+  const rank = TIMED[String(options.mode)];
+  if (!rank || options.threads !== undefined) {
+    return runPeerOnce(options, { threads: Number(options.threads ?? 2), waitPolicy: 'PASSIVE' }, run);
+  }
+  let best: { ok: true; result: any } | undefined;
+  const configs: (PeerConfig & { ms: number })[] = [];
+  for (const config of PEER_CONFIGS) {
+    const out = await runPeerOnce({ ...options, threads: config.threads }, config, run);
+    if (!out.ok) return out;
+    const ms = rank(out.result);
+    configs.push({ ...config, ms });
+    if (!best || ms < rank(best.result)) best = { ok: true, result: { ...out.result, config } };
+  }
+  best!.result.configs = configs;
+  return best!;
+}
+
+async function runPeerOnce(options: Record<string, unknown>, config: PeerConfig, { timeoutMs }: TorchPeerRunOptions): Promise<TorchPeerOutcome> {
   const python = process.env.DYNN_PYTHON || '/usr/bin/python3';
   const timeout = timeoutMs ?? DEFAULT_TIMEOUT_MS[String(options.mode)] ?? 10 * 60 * 1000;
+  const env = { ...process.env, ...PEER_MALLOC_ENV, OMP_WAIT_POLICY: config.waitPolicy };
   return new Promise((resolve) => {
     execFile(
       python,
       [PEER_SCRIPT, JSON.stringify(options)],
-      { timeout, killSignal: 'SIGKILL', maxBuffer: 16 * 1024 * 1024, encoding: 'utf8' },
+      { timeout, killSignal: 'SIGKILL', maxBuffer: 16 * 1024 * 1024, encoding: 'utf8', env },
       (error, stdout, stderr) => {
         if (error) {
           if (error.code === 'ENOENT') {

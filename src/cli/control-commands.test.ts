@@ -149,3 +149,25 @@ test('gates train (REINFORCE, CONCRETE) and gates eval', async () => {
   await fails(['gates', 'train', run, '--p', '3', '--out', path.join(tmp, 'x')], /--p must be an integer/);
   await fails(['gates', 'eval', run, '--gates', ctrl], /is not a gates checkpoint \(it holds a controller\)/);
 });
+
+test('controller train --temporal on fashion-mnist-stream, eval in the form eval prints; what it refuses', async () => {
+  const run = path.join(tmp, 'stream');
+  const stream = ['--dataset', 'fashion-mnist-stream', '--train-limit', '600', '--test-limit', '200', '--workers', '0', '--epochs', '1', '--batch-size', '50', '--model', 'mlp-w'];
+  await ok(['train', ...stream, '--val-samples', '200', '--out', run]);
+  const temporal = path.join(tmp, 'temporal');
+  const t = (await ok(['controller', 'train', run, '--temporal', '--actions', '0.25,0.5,1', '--epochs', '2', '--out', temporal, '--json'])).json();
+  assert.equal(t.temporal, true);
+  assert.equal(t.history.length, 2);
+  // The validation split is the last 200 training frames: two whole sequences of 100.
+  assert.ok(t.validation.meanFlopsRatio > 0 && t.validation.meanFlopsRatio < 1.01);
+  assert.equal(t.validation.fixed.length, 3);
+  const e = (await ok(['eval', run, '--controller', temporal, '--dataset', 'fashion-mnist-stream', '--test-limit', '200', '--json'])).json();
+  assert.deepEqual([e.controller, e.dataset, e.samples], ['temporal', 'fashion-mnist-stream', 200]);
+  for (const key of ['accuracy', 'meanFlopsRatio', 'fixed', 'oracle', 'againstCurve', 'verdict']) assert.ok(key in e, key);
+  // Its own cost: a few hundred MACs per frame, far under one percent of the network.
+  const ckpt = JSON.parse(fs.readFileSync(path.join(temporal, 'checkpoint.json'), 'utf8'));
+  assert.ok(ckpt.meta.policyMacs / ckpt.meta.fullMacs < 0.01);
+  await fails(['controller', 'train', run, '--temporal', '--dataset', 'fashion-mnist', '--out', path.join(tmp, 'x')], /--temporal needs a stream, frames in sequences: fashion-mnist has none \(use --dataset fashion-mnist-stream\)/);
+  await fails(['controller', 'train', run, '--temporal', '--feedback', 'bandit', '--out', path.join(tmp, 'x')], /--temporal trains a reward model with full feedback/);
+  await fails(['export', run, '--controller', temporal, '--onnx', path.join(tmp, 'x.onnx')], /is a temporal controller .* export takes per-input controllers only/);
+});

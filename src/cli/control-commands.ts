@@ -67,9 +67,11 @@ export const controlCommands: CommandModule = (cli: CAC, io: Io) => {
     .option('--feedback <name>', 'full (every action’s reward, known from the frozen network) or bandit (one epsilon-greedy action per image, the paper) [default: full; bandit with --objective policy-gradient]')
     .option('--objective <name>', 'reward (regress each action’s reward; act by argmax) or policy-gradient (-r log pi, the paper; bandit feedback) [default: reward]')
     .option('--train-samples <n>', 'training samples the bandit learns from [default: 20000]')
+    .option('--temporal', 'a temporal controller: plans frame t+1’s u from what the network computed for frame t (a stream: --dataset fashion-mnist-stream); full feedback, reward model')
     .option('--seed <n>', 'seed [default: 0]')
     .option('--no-eval', 'skip the evaluation on the run’s validation split')
     .example('dynn controller train runs/fm-vgg --dataset fashion-mnist --out runs/fm-ctrl')
+    .example('dynn controller train runs/stream-vgg --temporal --dataset fashion-mnist-stream --out runs/stream-ctrl')
     .action(async (action: string, run: string, o: Opts) => {
       if (action === 'train') return controllerTrain(run, o, io);
       throw new DynnError(`unknown controller action "${action}"; expected train`);
@@ -295,6 +297,12 @@ async function controllerTrain(run: string, o: Opts, io: Io): Promise<void> {
     seed: numberOption(o.seed, 'seed', { int: true }),
   };
   const samples = numberOption(o.trainSamples, 'train-samples', { int: true, min: 1 }) ?? 20000;
+  if (o.temporal) {
+    if (options.feedback === 'bandit' || options.objective === 'policy-gradient' || options.epsilon !== undefined) {
+      throw new DynnError('--temporal trains a reward model with full feedback: --feedback bandit, --objective policy-gradient and --epsilon do not apply');
+    }
+    return temporalTrain(run, o, io, actions, options, samples);
+  }
   const opened = await openRun(run, o);
   const { model } = opened;
   const runner = new c.MixedRunner(model);
@@ -325,6 +333,51 @@ async function controllerTrain(run: string, o: Opts, io: Io): Promise<void> {
     if (o.json) io.out(JSON.stringify({ out: o.out, actions, history, validation }, null, 2) + '\n');
     else {
       io.out(`saved ${o.out} (bandit controller over ${actions.length} actions; its own cost ${((100 * policy.macs) / runner.fullMacs).toFixed(2)}% of the full network)\n`);
+      if (validation) io.out(await reportText(validation, 'validation split'));
+    }
+  } finally {
+    runner.dispose();
+    policy.dispose();
+    model.dispose();
+  }
+}
+
+async function temporalTrain(run: string, o: Opts, io: Io, actions: number[], options: Omit<import('../control/index.js').TemporalOptions, 'onEpoch'>, samples: number): Promise<void> {
+  const c = await import('../control/index.js');
+  const { head } = await import('../data/imageset.js');
+  const opened = await openRun(run, o);
+  const { model } = opened;
+  const runner = new c.MixedRunner(model);
+  const policy = c.temporalPolicy(model.numClasses, actions, { seed: options.seed });
+  try {
+    const data = head(await trainPart(opened), samples);
+    if (!data.sequence) throw new DynnError(`--temporal needs a stream, frames in sequences: ${opened.dataset} has none (use --dataset fashion-mnist-stream)`);
+    say(io, o, `frozen network's answers at ${actions.length} actions on ${data.count} training frames\n`);
+    const table = c.levelTable(runner, data, actions, { probabilities: true, onLevel: (u) => say(io, o, `  u=${u}\n`) });
+    const history = c.trainTemporal(policy, data, table, {
+      ...options,
+      onEpoch: (r) => say(io, o, `epoch ${r.epoch}: loss ${r.loss.toFixed(4)}, reward ${r.meanReward.toFixed(3)}, next frame at the greedy action: accuracy ${pct(r.accuracy)}, FLOPs ratio ${r.meanFlopsRatio.toFixed(3)}\n`),
+    });
+    let validation: ControllerReport | undefined;
+    if (o.eval !== false && (opened.meta.validationSamples ?? 0) > 0) {
+      const val = await evalSplit(opened, 'val');
+      if (val.sequence) {
+        say(io, o, 'evaluating on the validation split\n');
+        validation = c.reportRun(c.runTemporal(new c.TemporalController(policy), runner, val), val.labels, runner.fullMacs, c.levelTable(runner, val, actions));
+      }
+    }
+    await c.saveController(String(o.out), policy, c.runRef(model, run), {
+      actions,
+      temporal: true,
+      options: { ...c.resolveBanditOptions(options), trainSamples: data.count },
+      history,
+      policyMacs: policy.macs,
+      fullMacs: runner.fullMacs,
+      ...(validation ? { validation } : {}),
+    });
+    if (o.json) io.out(JSON.stringify({ out: o.out, actions, temporal: true, history, validation }, null, 2) + '\n');
+    else {
+      io.out(`saved ${o.out} (temporal controller over ${actions.length} actions; its own cost ${((100 * policy.macs) / runner.fullMacs).toFixed(3)}% of the full network per frame)\n`);
       if (validation) io.out(await reportText(validation, 'validation split'));
     }
   } finally {
@@ -375,10 +428,21 @@ async function evalCommand(run: string, o: Opts, io: Io): Promise<void> {
   let policy: import('../control/index.js').Policy | undefined;
   try {
     if (isDir) policy = (await c.loadController(dir, model, run)).policy;
-    const controller = c.createController(isDir ? 'bandit' : dir, { runner }, { ...options, policy });
     const set = await evalSplit(opened, split);
-    const report = c.evaluateController(controller, runner, set, { curve: curve ?? policy?.actions, batchSize, context });
-    controller.dispose();
+    let report: ControllerReport;
+    let controller: { name: string; dispose?: () => void };
+    if (policy && c.isTemporal(policy)) {
+      // Sequences run side by side, frame t planning frame t+1 (`runTemporal`); the curve and oracle as for any controller.
+      const temporal = new c.TemporalController(policy);
+      controller = temporal;
+      const us = [...new Set([...(curve ?? c.actionSet()), ...policy.actions, 1])];
+      report = c.reportRun(c.runTemporal(temporal, runner, set), set.labels, runner.fullMacs, c.levelTable(runner, set, us));
+    } else {
+      const created = c.createController(isDir ? 'bandit' : dir, { runner }, { ...options, policy });
+      controller = created;
+      report = c.evaluateController(created, runner, set, { curve: curve ?? policy?.actions, batchSize, context });
+      created.dispose();
+    }
     if (o.json) {
       const verdict = c.describeGap(`the ${controller.name} controller`, report.againstCurve, report.meanFlopsRatio);
       io.out(JSON.stringify({ controller: controller.name, dataset: opened.dataset, split, samples: set.count, verdict, ...report }, null, 2) + '\n');

@@ -87,6 +87,7 @@ export async function exportCommand(run: string, o: Opts, io: Io): Promise<void>
     if (o.controller !== undefined) {
       const { loadController } = await import('../control/store.js');
       policy = (await loadController(String(o.controller), model, run)).policy;
+      if (policy.args.architecture === 'mlp') throw new DynnError(`${o.controller} is a temporal controller (it reads the previous frame's answer, not the input): export takes per-input controllers only`);
     }
     const classNames = (await datasetClassNames(meta.dataset, model.numClasses)) ?? undefined;
     const gating = (meta.options?.gating as GatingMode | undefined) ?? 'nested';

@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { Network, staticPlan } from '../models/network.js';
 import { opTensors, type Subnet } from '../models/subnet.js';
-import { Conv2D, Dense, Flatten, ReLU } from '../layers/index.js';
+import { Conv2D, Dense, Flatten, ReLU, type Layer } from '../layers/index.js';
+import { Registry } from '../util/registry.js';
 import { DynnError } from '../util/errors.js';
 import { checkActions } from './actions.js';
 import { median } from '../eval/latency.js';
@@ -18,12 +19,42 @@ export interface PolicyArgs {
   hidden?: number;
   /** Seed of the initial weights (default 0). */
   seed?: number;
+  /**
+   * The registered architecture (`policyArchitectures`): `cnn` (default), the DTNN's small CNN on the input;
+   * `mlp`, two dense layers on a feature vector (`inputShape` [D]: the temporal controller's view of the
+   * previous frame).
+   */
+  architecture?: string;
 }
+
+/** The layers of a policy network whose K outputs stand for its actions. */
+export const policyArchitectures = new Registry<(args: PolicyArgs, K: number) => Layer[]>('policy architecture');
+
+policyArchitectures.register('cnn', (args, K) => {
+  const [w1, w2] = args.widths ?? [8, 16];
+  return [
+    new Conv2D('policy.conv1', { filters: w1, kernelSize: 3, strides: 2, useBias: true, init: 'he-normal' }),
+    new ReLU('policy.relu1', {}),
+    new Conv2D('policy.conv2', { filters: w2, kernelSize: 3, strides: 2, useBias: true, init: 'he-normal' }),
+    new ReLU('policy.relu2', {}),
+    new Flatten('policy.flatten', {}),
+    new Dense('policy.fc', { units: args.hidden ?? 32, init: 'he-normal' }),
+    new ReLU('policy.fc.relu', {}),
+    new Dense('policy.logits', { units: K, init: 'he-normal' }),
+  ];
+});
+
+policyArchitectures.register('mlp', (args, K) => [
+  new Dense('policy.fc', { units: args.hidden ?? 32, init: 'he-normal' }),
+  new ReLU('policy.fc.relu', {}),
+  new Dense('policy.logits', { units: K, init: 'he-normal' }),
+]);
 
 
 /**
  * The controller network F_theta(x) (DTNN Eq. 13): a small CNN (two stride-2 3x3 convolutions, a dense
- * layer) whose K outputs are the logits of pi(u_k | x). It is a few hundred times cheaper than the network
+ * layer; or, for the temporal controller, an MLP on the previous frame's features) whose K outputs are the
+ * logits of pi(u_k | x) or, as a reward model, each action's expected reward. It is a few hundred times cheaper than the network
  * it controls, and its MACs are added to every cost the controller reports.
  */
 export class Policy {
@@ -34,23 +65,9 @@ export class Policy {
   constructor(readonly args: PolicyArgs) {
     this.actions = checkActions(args.actions);
     if (this.actions.join() !== args.actions.join()) throw new DynnError('policy actions must be given ascending');
-    const [w1, w2] = args.widths ?? [8, 16];
-    const hidden = args.hidden ?? 32;
-    this.net = new Network(
-      { model: 'controller-cnn', args: { ...args } },
-      args.inputShape,
-      [
-        new Conv2D('policy.conv1', { filters: w1, kernelSize: 3, strides: 2, useBias: true, init: 'he-normal' }),
-        new ReLU('policy.relu1', {}),
-        new Conv2D('policy.conv2', { filters: w2, kernelSize: 3, strides: 2, useBias: true, init: 'he-normal' }),
-        new ReLU('policy.relu2', {}),
-        new Flatten('policy.flatten', {}),
-        new Dense('policy.fc', { units: hidden, init: 'he-normal' }),
-        new ReLU('policy.fc.relu', {}),
-        new Dense('policy.logits', { units: this.actions.length, init: 'he-normal' }),
-      ],
-      args.seed ?? 0,
-    );
+    const architecture = args.architecture ?? 'cnn';
+    const layers = policyArchitectures.get(architecture)(args, this.actions.length);
+    this.net = new Network({ model: `controller-${architecture}`, args: { ...args } }, args.inputShape, layers, args.seed ?? 0);
   }
 
   /** MACs of one decision. */

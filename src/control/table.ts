@@ -24,38 +24,47 @@ export interface LevelTable {
   macs: number[];
   /** MACs of the full network at u = 1. */
   fullMacs: number;
+  /** Per action, when asked for: every sample's class probabilities, row-major [count, classes]. */
+  probabilities?: Float32Array[];
 }
 
-/** Predicted class and top softmax probability of every sample of a set under one subnet. */
-export function scoreSet(sub: Subnet, set: ImageSet, batchSize = 500): { predictions: Int32Array; confidence: Float32Array } {
+/** Predicted class and top softmax probability of every sample of a set under one subnet (and every probability, when asked). */
+export function scoreSet(sub: Subnet, set: ImageSet, batchSize = 500, keep = false): { predictions: Int32Array; confidence: Float32Array; probabilities?: Float32Array } {
   const per = set.height * set.width * set.channels;
   const buf = new Float32Array(Math.min(batchSize, set.count) * per);
   const predictions = new Int32Array(set.count);
   const confidence = new Float32Array(set.count);
+  let probabilities: Float32Array | undefined;
   for (let start = 0; start < set.count; start += batchSize) {
     const n = Math.min(batchSize, set.count - start);
     const x = toFloat(set, start, n, buf);
-    const [idx, top] = tf.tidy(() => {
+    const [idx, top, probs] = tf.tidy(() => {
       const probs = tf.softmax(sub.predict(tf.tensor(x, [n, set.height, set.width, set.channels])));
-      return [tf.argMax(probs, 1), tf.max(probs, 1)];
+      return [tf.argMax(probs, 1), tf.max(probs, 1), probs];
     });
     predictions.set(idx.dataSync() as Int32Array, start);
     confidence.set(top.dataSync() as Float32Array, start);
-    tf.dispose([idx, top]);
+    if (keep) {
+      const C = probs.shape[1]!;
+      probabilities ??= new Float32Array(set.count * C);
+      probabilities.set(probs.dataSync() as Float32Array, start * C);
+    }
+    tf.dispose([idx, top, probs]);
   }
-  return { predictions, confidence };
+  return { predictions, confidence, ...(probabilities && { probabilities }) };
 }
 
 /** Runs every distinct operating point of `us` over `set` once (actions sharing a level share the pass). */
-export function levelTable(runner: MixedRunner, set: ImageSet, us: readonly number[], options: { batchSize?: number; onLevel?: (u: number) => void } = {}): LevelTable {
+/** `probabilities` keeps every sample's class probabilities per action (what the temporal controller trains on). */
+export function levelTable(runner: MixedRunner, set: ImageSet, us: readonly number[], options: { batchSize?: number; onLevel?: (u: number) => void; probabilities?: boolean } = {}): LevelTable {
   const actions = checkActions(us);
-  const byKey = new Map<string, { predictions: Int32Array; confidence: Float32Array; correct: Uint8Array }>();
+  const byKey = new Map<string, { predictions: Int32Array; confidence: Float32Array; correct: Uint8Array; probabilities?: Float32Array }>();
   const rows = actions.map((u) => {
     const k = runner.key(u);
     let r = byKey.get(k);
     if (!r) {
       options.onLevel?.(u);
-      const s = scoreSet(runner.subnet(u), set, options.batchSize ?? runner.model.batchFor(500));
+      const s = scoreSet(runner.subnet(u), set, options.batchSize ?? runner.model.batchFor(500), options.probabilities);
       const correct = new Uint8Array(set.count);
       for (let i = 0; i < set.count; i++) correct[i] = s.predictions[i] === set.labels[i] ? 1 : 0;
       r = { ...s, correct };
@@ -72,6 +81,7 @@ export function levelTable(runner: MixedRunner, set: ImageSet, us: readonly numb
     correct: rows.map((r) => r.correct),
     macs: actions.map((u) => runner.macs(u)),
     fullMacs: runner.fullMacs,
+    ...(options.probabilities && { probabilities: rows.map((r) => r.probabilities!) }),
   };
 }
 

@@ -65,10 +65,10 @@ function nearestMeanAccuracy(ds: Dataset): number {
 }
 
 test('the registry lists every data set and an unknown name lists the known ones', async () => {
-  assert.deepEqual(datasets.list(), ['cifar10', 'fashion-mnist', 'mnist', 'synthetic']);
+  assert.deepEqual(datasets.list(), ['cifar10', 'fashion-mnist', 'fashion-mnist-distorted', 'fashion-mnist-stream', 'mnist', 'synthetic']);
   await rejectsDynn(
     loadDataset('imagenet'),
-    'unknown dataset "imagenet"; expected one of cifar10, fashion-mnist, mnist, synthetic',
+    'unknown dataset "imagenet"; expected one of cifar10, fashion-mnist, fashion-mnist-distorted, fashion-mnist-stream, mnist, synthetic',
   );
 });
 
@@ -117,7 +117,7 @@ test('trainLimit / testLimit keep the first N samples and must be positive integ
   assert.deepEqual(small.test.labels, full.test.labels.subarray(0, 30));
   assert.equal((await loadDataset('mnist', { trainLimit: 1e6 })).train.count, 8000);
   for (const bad of [0, -5, 1.5, Number.NaN, Infinity]) {
-    for (const name of ['mnist', 'synthetic', 'fashion-mnist', 'cifar10']) {
+    for (const name of ['mnist', 'synthetic', 'fashion-mnist', 'fashion-mnist-stream', 'fashion-mnist-distorted', 'cifar10']) {
       await rejectsDynn(loadDataset(name, { trainLimit: bad }), /trainLimit must be a positive integer/);
       await rejectsDynn(loadDataset(name, { testLimit: bad }), /testLimit must be a positive integer/);
     }

@@ -52,15 +52,23 @@ export function allocShared(set: ImageSet): ImageSet {
   return { ...set, images, labels };
 }
 
-/** The first `n` samples of `set` as views (no copy); the whole set when it has no more than `n`. */
+/** A stream's per-frame fields for samples [start, end) (views); none for other sets. */
+function frameFields(set: ImageSet, start: number, end: number): Pick<ImageSet, 'sequence' | 'difficulty'> {
+  return {
+    ...(set.sequence && { sequence: set.sequence.subarray(start, end) }),
+    ...(set.difficulty && { difficulty: set.difficulty.subarray(start, end) }),
+  };
+}
+
 /** The last n samples (a view, no copy): a validation split held out from training. */
 export function tail(set: ImageSet, n: number): ImageSet {
   const start = Math.max(0, set.count - n);
   const per = sampleSize(set);
-  return { ...set, images: set.images.subarray(start * per), labels: set.labels.subarray(start), count: set.count - start };
+  return { ...set, ...frameFields(set, start, set.count), images: set.images.subarray(start * per), labels: set.labels.subarray(start), count: set.count - start };
 }
 
+/** The first `n` samples of `set` as views (no copy); the whole set when it has no more than `n`. */
 export function head(set: ImageSet, n: number): ImageSet {
   if (n >= set.count) return set;
-  return { ...set, images: set.images.subarray(0, n * sampleSize(set)), labels: set.labels.subarray(0, n), count: n };
+  return { ...set, ...frameFields(set, 0, n), images: set.images.subarray(0, n * sampleSize(set)), labels: set.labels.subarray(0, n), count: n };
 }

@@ -6,6 +6,10 @@ export interface ImageSet {
   height: number;
   width: number;
   channels: number;
+  /** For streams (`fashion-mnist-stream`): the sequence of each frame, frames of a sequence in order. */
+  sequence?: Int32Array;
+  /** For streams: how hard each frame was made, in [0, 1] (see `data/stream.ts`). */
+  difficulty?: Float32Array;
 }
 
 /** A named data set with its fixed train/test split. */

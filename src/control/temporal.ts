@@ -1,0 +1,243 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { ImageSet } from '../data/types.js';
+import { gatherBatch } from '../train/batch.js';
+import { DynnError } from '../util/errors.js';
+import { Rng } from '../util/rng.js';
+import { checkActions } from './actions.js';
+import { reward, resolveBanditOptions, type BanditOptions } from './bandit.js';
+import type { ControlledRun } from './evaluate.js';
+import { Policy } from './policy.js';
+import type { MixedRunner } from './runner.js';
+import type { LevelTable } from './table.js';
+
+/*
+ * The temporal controller (NaviSlim's): on a stream, what the network computed for frame t, at the operating
+ * point it ran, chooses frame t+1's. A per-frame controller must look at frame t before it runs: its own
+ * network costs on every frame, and the more it computes to decide, the less is left to save. This one reads
+ * the class probabilities frame t already produced, so deciding costs a few hundred MACs.
+ */
+
+/** What the temporal policy reads of frame t: its probabilities, their top, margin and entropy, and the action it ran at. */
+export function temporalFeatureSize(numClasses: number, actions: number): number {
+  return numClasses + 3 + actions;
+}
+
+/** Writes the features of one frame (its class probabilities `p`, run at action index `a` of K) into `out` at `row`. */
+function writeFeatures(p: ArrayLike<number>, a: number, K: number, out: Float32Array, row: number): void {
+  const C = p.length;
+  const D = temporalFeatureSize(C, K);
+  const o = row * D;
+  let top = 0;
+  let second = 0;
+  let entropy = 0;
+  for (let c = 0; c < C; c++) {
+    const v = p[c];
+    out[o + c] = v;
+    if (v > top) [top, second] = [v, top];
+    else if (v > second) second = v;
+    if (v > 0) entropy -= v * Math.log(v);
+  }
+  out[o + C] = top;
+  out[o + C + 1] = top - second;
+  out[o + C + 2] = C > 1 ? entropy / Math.log(C) : 0;
+  for (let k = 0; k < K; k++) out[o + C + 3 + k] = k === a ? 1 : 0;
+}
+
+/** A temporal policy: an MLP whose K outputs are each action's expected reward for the next frame. */
+export function temporalPolicy(numClasses: number, actions: number[], options: { hidden?: number; seed?: number } = {}): Policy {
+  const acts = checkActions(actions);
+  return new Policy({ inputShape: [temporalFeatureSize(numClasses, acts.length)], actions: acts, architecture: 'mlp', hidden: options.hidden ?? 32, seed: options.seed });
+}
+
+/** Whether a policy plans the next frame (an MLP on frame features) rather than reading the input. */
+export const isTemporal = (policy: Policy): boolean => policy.args.architecture === 'mlp';
+
+/**
+ * Plans frame t+1 from frame t: `next(probabilities, actions)` gives each stream's next action index. The
+ * first frame of a stream runs at `start` (default: the top action; nothing is known of it yet).
+ */
+export class TemporalController {
+  readonly name = 'temporal';
+  readonly actions: readonly number[];
+  /** The action index every stream starts at. */
+  readonly start: number;
+
+  constructor(
+    readonly policy: Policy,
+    start?: number,
+  ) {
+    if (!isTemporal(policy)) throw new DynnError('a temporal controller needs a temporal policy (dynn controller train --temporal)');
+    this.actions = policy.actions;
+    this.start = start === undefined ? this.actions.length - 1 : this.actions.indexOf(start);
+    if (this.start < 0) throw new DynnError(`start action ${start} is not one of the controller's (${this.actions.join(', ')})`);
+  }
+
+  /** MACs of one decision (counted on every frame). */
+  get macs(): number {
+    return this.policy.macs;
+  }
+
+  /** Next action index per stream from this frame's probabilities ([n, C] row-major) and the action indices it ran at. */
+  next(probabilities: Float32Array, ran: ArrayLike<number>): Int32Array {
+    const n = ran.length;
+    const K = this.actions.length;
+    const C = probabilities.length / n;
+    if (!Number.isInteger(C) || temporalFeatureSize(C, K) !== this.policy.args.inputShape[0]) {
+      throw new DynnError(`the temporal controller reads ${this.policy.args.inputShape[0] - 3 - K} class probabilities per frame, got ${probabilities.length} values for ${n} frames`);
+    }
+    const feats = new Float32Array(n * temporalFeatureSize(C, K));
+    for (let i = 0; i < n; i++) writeFeatures(probabilities.subarray(i * C, (i + 1) * C), ran[i], K, feats, i);
+    const p = tf.tidy(() => this.policy.probabilities(tf.tensor2d(feats, [n, temporalFeatureSize(C, K)])));
+    const out = tf.tidy(() => tf.argMax(p, 1));
+    const next = Int32Array.from(out.dataSync());
+    tf.dispose([p, out]);
+    return next;
+  }
+}
+
+/** The frames of each sequence of a stream, in order. */
+export function sequencesOf(set: ImageSet): Int32Array[] {
+  if (!set.sequence) throw new DynnError('a temporal controller needs a stream: frames in sequences (--dataset fashion-mnist-stream)');
+  const bySeq = new Map<number, number[]>();
+  for (let i = 0; i < set.count; i++) {
+    const s = set.sequence[i];
+    const frames = bySeq.get(s);
+    if (frames) frames.push(i);
+    else bySeq.set(s, [i]);
+  }
+  return [...bySeq.values()].map((f) => Int32Array.from(f));
+}
+
+/**
+ * Runs a temporal controller over every sequence of a stream the way a deployment does, all sequences side by
+ * side: frame t of every sequence runs as one batch, grouped by its planned operating point
+ * (`MixedRunner.predict`), and its probabilities plan frame t+1. Each frame's cost is its pass plus one decision.
+ */
+export function runTemporal(controller: TemporalController, runner: MixedRunner, set: ImageSet): ControlledRun {
+  const seqs = sequencesOf(set);
+  const per = set.height * set.width * set.channels;
+  const predictions = new Int32Array(set.count);
+  const u = new Float64Array(set.count);
+  const macs = new Float64Array(set.count);
+  const state = new Int32Array(seqs.length).fill(controller.start);
+  const longest = Math.max(...seqs.map((s) => s.length));
+  const buf = new Float32Array(seqs.length * per);
+  const labels = new Int32Array(seqs.length);
+  for (let t = 0; t < longest; t++) {
+    const live = seqs.map((s, q) => (t < s.length ? q : -1)).filter((q) => q >= 0);
+    const frames = Int32Array.from(live, (q) => seqs[q][t]);
+    const n = frames.length;
+    gatherBatch(set, frames, buf, labels);
+    const us = Float64Array.from(live, (q) => controller.actions[state[q]]);
+    const probs = tf.tidy(() => tf.softmax(runner.predict(tf.tensor(buf.subarray(0, n * per), [n, set.height, set.width, set.channels]), us)));
+    const p = probs.dataSync() as Float32Array;
+    probs.dispose();
+    const C = p.length / n;
+    const next = controller.next(p, Int32Array.from(live, (q) => state[q]));
+    live.forEach((q, j) => {
+      const f = frames[j];
+      let best = 0;
+      for (let c = 1; c < C; c++) if (p[j * C + c] > p[j * C + best]) best = c;
+      predictions[f] = best;
+      u[f] = us[j];
+      macs[f] = runner.macs(us[j]) + controller.macs;
+      state[q] = next[j];
+    });
+  }
+  return { predictions, u, macs };
+}
+
+/** One epoch of temporal training, on its own rows (every frame with a successor, at every action). */
+export interface TemporalEpoch {
+  epoch: number;
+  /** Mean squared error of the predicted rewards. */
+  loss: number;
+  /** Mean reward of the greedy next action. */
+  meanReward: number;
+  /** Accuracy on the next frame at the greedy action, and its mean FLOPs ratio (the decision's cost included). */
+  accuracy: number;
+  meanFlopsRatio: number;
+}
+
+/** The bandit's options that apply (epochs, batch size, learning rate, reward and cost, seed), and a per-epoch callback. */
+export type TemporalOptions = Pick<BanditOptions, 'epochs' | 'batchSize' | 'lr' | 'gamma1' | 'gamma2' | 'cost' | 'seed'> & { onEpoch?: (e: TemporalEpoch) => void };
+
+/**
+ * Trains a temporal policy with the network frozen, as a contextual bandit with full feedback (a reward model,
+ * `BANDIT_DEFAULTS`' reward and costs): a row is a frame t that has a successor, seen as if it had run at each
+ * action in turn (`table.probabilities` holds the frozen network's answer at every action), and its targets
+ * are every action's reward on frame t+1.
+ */
+export function trainTemporal(policy: Policy, set: ImageSet, table: LevelTable, options: TemporalOptions = {}): TemporalEpoch[] {
+  const { onEpoch, ...rest } = options;
+  const { epochs, batchSize: batch, gamma1: g1, gamma2: g2, cost: costKind, lr, seed } = resolveBanditOptions(rest);
+  if (!isTemporal(policy)) throw new DynnError('trainTemporal needs a temporal policy (temporalPolicy)');
+  if (!table.probabilities) throw new DynnError('trainTemporal needs the level table with its probabilities (levelTable(..., { probabilities: true }))');
+  if (table.count !== set.count) throw new DynnError('the level table was computed on another sample set');
+  if (table.us.join() !== policy.actions.join()) throw new DynnError('the level table and the policy have different actions');
+  if (!Number.isInteger(epochs) || epochs < 1) throw new DynnError(`epochs must be a positive integer, got ${epochs}`);
+  if (!Number.isInteger(batch) || batch < 1) throw new DynnError(`batch size must be a positive integer, got ${batch}`);
+  const K = policy.actions.length;
+  const C = table.probabilities[0].length / set.count;
+  const D = temporalFeatureSize(C, K);
+  if (D !== policy.args.inputShape[0]) throw new DynnError(`the policy reads ${policy.args.inputShape[0]} features; frames of ${C} classes give ${D}`);
+  const pairs: number[] = [];
+  for (const frames of sequencesOf(set)) for (let t = 0; t + 1 < frames.length; t++) pairs.push(frames[t]);
+  if (pairs.length === 0) throw new DynnError('the stream has no frame with a successor to learn from');
+  const nextOf = new Int32Array(set.count).fill(-1);
+  for (const frames of sequencesOf(set)) for (let t = 0; t + 1 < frames.length; t++) nextOf[frames[t]] = frames[t + 1];
+  const costs = table.us.map((u, k) => (costKind === 'u' ? u : table.macs[k] / table.fullMacs));
+  const ownRatio = policy.macs / table.fullMacs;
+  // Every action's reward on each frame, once.
+  const rewards = new Float32Array(set.count * K);
+  for (let i = 0; i < set.count; i++) for (let a = 0; a < K; a++) rewards[i * K + a] = reward(table.correct[a][i] === 1, table.confidence[a][i], costs[a], g1, g2);
+  const rows = pairs.length * K;
+  const rng = new Rng(seed);
+  const opt = tf.train.adam(lr);
+  const vars = policy.net.trainableWeights().map((w) => w.variable);
+  const feats = new Float32Array(batch * D);
+  const targets = new Float32Array(batch * K);
+  const history: TemporalEpoch[] = [];
+  try {
+    for (let epoch = 0; epoch < epochs; epoch++) {
+      const order = rng.permutation(rows);
+      let lossSum = 0;
+      let rSum = 0;
+      let right = 0;
+      let macsSum = 0;
+      for (let start = 0; start < rows; start += batch) {
+        const n = Math.min(batch, rows - start);
+        for (let j = 0; j < n; j++) {
+          const r = order[start + j];
+          const frame = pairs[Math.floor(r / K)];
+          const ran = r % K;
+          writeFeatures(table.probabilities[ran].subarray(frame * C, (frame + 1) * C), ran, K, feats, j);
+          targets.set(rewards.subarray(nextOf[frame] * K, (nextOf[frame] + 1) * K), j * K);
+        }
+        const { value, grads } = tf.variableGrads(() => {
+          const out = policy.logits(tf.tensor2d(feats.subarray(0, n * D), [n, D]));
+          const scores = out.dataSync() as Float32Array;
+          for (let j = 0; j < n; j++) {
+            let g = 0;
+            for (let a = 1; a < K; a++) if (scores[j * K + a] > scores[j * K + g]) g = a;
+            const next = nextOf[pairs[Math.floor(order[start + j] / K)]];
+            rSum += rewards[next * K + g];
+            right += table.correct[g][next];
+            macsSum += table.macs[g];
+          }
+          return tf.losses.meanSquaredError(tf.tensor2d(targets.subarray(0, n * K), [n, K]), out) as tf.Scalar;
+        }, vars);
+        lossSum += (value.dataSync()[0] as number) * n;
+        opt.applyGradients(Object.entries(grads).map(([name, tensor]) => ({ name, tensor })));
+        tf.dispose([value, ...Object.values(grads)]);
+      }
+      policy.weightsChanged();
+      const e: TemporalEpoch = { epoch: epoch + 1, loss: lossSum / rows, meanReward: rSum / rows, accuracy: right / rows, meanFlopsRatio: macsSum / rows / table.fullMacs + ownRatio };
+      history.push(e);
+      onEpoch?.(e);
+    }
+  } finally {
+    opt.dispose();
+  }
+  return history;
+}
