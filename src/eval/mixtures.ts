@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { Network } from '../models/network.js';
 import type { ImageSet } from '../data/types.js';
 import { toFloat } from '../data/imageset.js';
-import type { MixtureSink } from '../layers/condconv.js';
+import type { MixtureSink } from '../layers/types.js';
 
 /** How one conditional convolution mixes its experts over a test set. */
 export interface MixtureLayerStats {

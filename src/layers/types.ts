@@ -1,5 +1,4 @@
 import type * as tf from '@tensorflow/tfjs-core';
-import type { MixtureSink } from './condconv.js';
 
 /** Per-sample shape without the batch axis: [H, W, C] for images (NHWC), [F] for features. */
 export type Shape = number[];
@@ -93,6 +92,11 @@ export interface Routing {
   addLoss(name: string, value: tf.Scalar): void;
   /** The current rows' labels, when the pass knows them (a training step): what supervised gates learn from. */
   readonly labels?: Int32Array;
+}
+
+/** Where a forward pass reports each conditional layer's mixing weights [rows, E] (routing statistics). */
+export interface MixtureSink {
+  add(layer: string, weights: tf.Tensor2D): void;
 }
 
 /** What a forward pass needs besides the input. */

@@ -12,8 +12,7 @@ import {
 } from '../gating/gating.js';
 import { fullSel } from '../layers/select.js';
 import type { Layer } from '../layers/layer.js';
-import type { BlockInfo, LayerCost, MomentSink, Plan, Routing, Shape, Weight } from '../layers/types.js';
-import type { MixtureSink } from '../layers/condconv.js';
+import type { BlockInfo, LayerCost, MixtureSink, MomentSink, Plan, Routing, Shape, Weight } from '../layers/types.js';
 import { fuseOps, opTensors, Subnet, type FrozenOp } from './subnet.js';
 
 /** What rebuilds a network: a registered model name and its arguments. */

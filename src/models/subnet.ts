@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import type { Plan } from '../layers/types.js';
-import { condConv, type CondConvParams } from '../layers/condconv.js';
+import { condConv, type CondConvParams } from '../layers/condconv-ops.js';
 
 /** One operation of a frozen sub-network, with its weights already sliced to the plan. */
 export type FrozenOp =
