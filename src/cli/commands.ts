@@ -69,6 +69,9 @@ export function trainOptionsFrom(o: Opts) {
       resolutions: intListOption(o.resolutions, 'resolutions'),
       widthRoutes: numberOption(o.widthRoutes, 'width-routes', { int: true, min: 2 }),
       ...moeModelArgs(o),
+      routing: o.routing === undefined ? undefined : String(o.routing),
+      temperature: numberOption(o.temperature, 'temperature', { min: Number.MIN_VALUE }),
+      annealEpochs: numberOption(o.annealEpochs, 'anneal-epochs', { int: true, min: 0 }),
     },
     widthTarget: numberOption(o.widthTarget, 'width-target', { min: Number.MIN_VALUE, max: 1 }),
     flopsTarget: numberOption(o.flopsTarget, 'flops-target', { min: Number.MIN_VALUE, max: 1 }),
@@ -121,6 +124,18 @@ export async function trainCommand(o: Opts, io: Io): Promise<void> {
   }
 }
 
+/** Per conditional convolution: its routing entropy and the class-by-expert table of mean mixing weights. */
+function mixtureTables(stats: import('../eval/mixtures.js').MixtureStats, classNames: string[]): string {
+  return stats.layers
+    .map((l) => {
+      const head = `\n${l.layer}: mean routing entropy ${l.meanEntropy.toFixed(3)} nats of at most ${l.maxEntropy.toFixed(3)} (log ${l.experts})\n`;
+      const rows = l.perClass.map((w, c) => [classNames[c] ?? String(c), ...w.map((v) => v.toFixed(3))]);
+      rows.push(['all', ...l.meanWeights.map((v) => v.toFixed(3))]);
+      return head + table(['class', ...l.meanWeights.map((_, j) => `kernel ${j}`)], rows);
+    })
+    .join('');
+}
+
 /** The sweep table a person reads. */
 function sweepTable(points: SweepPoint[]): string {
   return table(
@@ -153,11 +168,14 @@ export async function sweepCommand(run: string, o: Opts, io: Io): Promise<void> 
         if (!o.json) io.err(`u=${p.u}: ${pct(p.accuracy)}\n`);
       },
     });
+    // Dynamic parameters (CondConv): how each layer mixes its experts, overall and per class.
+    const { hasMixtures, mixtureStats } = await import('../eval/mixtures.js');
+    const routing = hasMixtures(model) ? mixtureStats(model, data.test) : undefined;
     if (o.json) {
-      const out = { model: model.config.model, dataset, testSamples: data.test.count, gating: gating ?? 'nested', classNames: data.classNames, points };
+      const out = { model: model.config.model, dataset, testSamples: data.test.count, gating: gating ?? 'nested', classNames: data.classNames, points, ...(routing ? { routing } : {}) };
       io.out(JSON.stringify(out, null, 2) + '\n');
     }
-    else io.out(`${model.config.model} on ${dataset} (${data.test.count} test samples)\n` + sweepTable(points));
+    else io.out(`${model.config.model} on ${dataset} (${data.test.count} test samples)\n` + sweepTable(points) + (routing ? mixtureTables(routing, data.classNames) : ''));
   } finally {
     model.dispose();
   }

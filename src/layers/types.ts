@@ -104,6 +104,11 @@ export interface Routing {
   readonly labels?: Int32Array;
 }
 
+/** Where a forward pass reports each conditional layer's mixing weights [rows, E] (routing statistics). */
+export interface MixtureSink {
+  add(layer: string, weights: tf.Tensor2D): void;
+}
+
 /** What a forward pass needs besides the input. */
 export interface RunContext {
   plan: Plan;
@@ -113,6 +118,8 @@ export interface RunContext {
   moments?: MomentSink;
   /** Per-sample decisions of the gates inside the network; absent: no gate runs (as `full`). */
   routing?: Routing;
+  /** Receives each conditional layer's mixing weights (routing statistics); absent: not reported. */
+  mixtures?: MixtureSink;
 }
 
 /** A weight with its deterministic dotted name (`c2.conv.kernel`). */

@@ -2,6 +2,7 @@ import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
 import { gatesShapeKeeping, mechanismModels, mechanisms } from '../route/mechanisms.js';
 import { decisionForms } from '../route/unit.js';
+import { checkCondArgs } from '../layers/condconv.js';
 import type { ModelArgs, ModelDef } from './types.js';
 import { checkMixture } from '../route/experts.js';
 
@@ -75,11 +76,19 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   if (resolved.gateScale !== undefined && !((resolved.gateScale as number) > 0 && Number.isFinite(resolved.gateScale))) {
     throw new DynnError(`gateScale must be a positive number, got ${resolved.gateScale}`);
   }
-  const moe = MOE_ARGS.filter((k) => resolved[k] !== undefined);
+  // `experts` is shared: a mixture's experts, or a conditional convolution's kernels.
+  const moe = MOE_ARGS.filter((k) => resolved[k] !== undefined && !(k === 'experts' && def.condconv));
   if (moe.length && resolved.dynamic !== 'moe') throw new DynnError(`${moe.join(', ')} ${moe.length > 1 ? 'need' : 'needs'} a mixture of experts (--model ${orList(mechanismModels(mechanisms.get('moe')))})`);
   if (resolved.dynamic === 'moe') {
     checkMixture(resolved.experts as number, resolved.topK as number, [resolved.capacityFactor as number, ...(resolved.evalCapacityFactor === undefined ? [] : [resolved.evalCapacityFactor as number])], String(resolved.overflow));
   }
+  for (const key of ['routing', 'temperature', 'annealEpochs'] as const) {
+    if (set[key] !== undefined && !def.condconv) {
+      const able = models.list().filter((k) => models.get(k).condconv);
+      throw new DynnError(`${key} needs a model with conditional convolutions (expected one of ${able.join(', ')}), not ${name}`);
+    }
+  }
+  if (def.condconv) checkCondArgs(resolved, name);
   if (!Number.isInteger(resolved.groups) || (resolved.groups as number) < 1) {
     throw new DynnError(`groups must be a positive integer, got ${resolved.groups}`);
   }

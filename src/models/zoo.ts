@@ -1,5 +1,5 @@
 import { DynnError } from '../util/errors.js';
-import { BatchNorm, Conv2D, Dense, DenseHead, DenseTransition, DenseUnit, Flatten, GlobalAvgPool, MaxPool, ReLU, ResidualBlock, ResNeXtBlock } from '../layers/index.js';
+import { BatchNorm, CondConv2D, Conv2D, Dense, DenseHead, DenseTransition, DenseUnit, Flatten, GlobalAvgPool, MaxPool, ReLU, ResidualBlock, ResNeXtBlock, SqueezeExcite } from '../layers/index.js';
 import { InputTooSmallError, type Layer } from '../layers/index.js';
 import type { ModelArgs, ModelDef } from './types.js';
 import { Network } from './network.js';
@@ -44,6 +44,79 @@ models.register('vgg-w', {
       new MaxPool('pool2', {}),
       new Flatten('flatten', {}),
       new Dense('fc1', { units: a.hidden as number, groups: D }),
+      new ReLU('fc1.relu', {}),
+      new Dense('classifier', { units: a.numClasses }),
+    ];
+  },
+});
+
+/** The expert settings of a model's conditional convolutions (unset ones left to the layer's defaults). */
+function condArgs(a: ModelArgs) {
+  const { experts, routing, temperature, annealEpochs } = a;
+  const set = Object.entries({ routing, temperature, annealEpochs }).filter(([, v]) => v !== undefined);
+  return { experts: experts as number, ...(Object.fromEntries(set) as { routing?: string; temperature?: number; annealEpochs?: number }) };
+}
+
+function condBnRelu(name: string, filters: number, a: ModelArgs): Layer[] {
+  return [new CondConv2D(`${name}.conv`, { filters, kernelSize: 3, ...condArgs(a) }), new BatchNorm(`${name}.bn`, { levels: 1 }), new ReLU(`${name}.relu`, {})];
+}
+
+models.register('vgg-condconv', {
+  description:
+    'vgg-w with conditional convolutions (CondConv / dynamic convolution): after the stem, each 3x3 kernel is a per-sample mixture of --experts kernels (--routing sigmoid|softmax); not throttleable',
+  defaults: { widths: [32, 32, 64, 64], hidden: 256, experts: 4 },
+  condconv: true,
+  layers(a) {
+    const [w1, w2, w3, w4] = a.widths as number[];
+    return [
+      ...convBnRelu('stem', w1, 0, 1, true),
+      ...condBnRelu('c2', w2, a),
+      new MaxPool('pool1', {}),
+      ...condBnRelu('c3', w3, a),
+      ...condBnRelu('c4', w4, a),
+      new MaxPool('pool2', {}),
+      new Flatten('flatten', {}),
+      new Dense('fc1', { units: a.hidden as number }),
+      new ReLU('fc1.relu', {}),
+      new Dense('classifier', { units: a.numClasses }),
+    ];
+  },
+});
+
+models.register('resnet-condconv', {
+  description: 'resnet-d (3 stages, no gating) whose residual blocks run conditional convolutions: per sample, each 3x3 kernel a mixture of --experts kernels',
+  defaults: { width: 16, blocksPerStage: 2, experts: 4 },
+  condconv: true,
+  layers(a) {
+    const w = a.width as number;
+    const n = a.blocksPerStage as number;
+    const cond = condArgs(a);
+    const layers: Layer[] = [...convBnRelu('stem', w, 0, 1, true)];
+    for (let s = 0; s < 3; s++) {
+      if (s > 0) layers.push(new ResidualBlock(`s${s}.down`, { filters: w << s, strides: 2, levels: 1, cond }));
+      for (let i = 0; i < n; i++) layers.push(new ResidualBlock(`s${s}.b${i}`, { filters: w << s, levels: 1, cond }));
+    }
+    layers.push(new GlobalAvgPool('gap', {}), new Dense('classifier', { units: a.numClasses }));
+    return layers;
+  },
+});
+
+models.register('vgg-se', {
+  description:
+    'vgg-w (not throttled) with squeeze-and-excitation after each conv block past the stem: per-sample channel attention, the "dynamic features" counterpart of vgg-condconv',
+  defaults: { widths: [32, 32, 64, 64], hidden: 256, ratio: 4 },
+  layers(a) {
+    const [w1, w2, w3, w4] = a.widths as number[];
+    const seBlock = (name: string, filters: number) => [...convBnRelu(name, filters, 0, 1, true), new SqueezeExcite(`${name}.se`, { ratio: a.ratio as number })];
+    return [
+      ...convBnRelu('stem', w1, 0, 1, true),
+      ...seBlock('c2', w2),
+      new MaxPool('pool1', {}),
+      ...seBlock('c3', w3),
+      ...seBlock('c4', w4),
+      new MaxPool('pool2', {}),
+      new Flatten('flatten', {}),
+      new Dense('fc1', { units: a.hidden as number }),
       new ReLU('fc1.relu', {}),
       new Dense('classifier', { units: a.numClasses }),
     ];

@@ -141,6 +141,35 @@ function controllerChart(run: RunData, c: ControllerEvalData, index: number): Ch
 }
 
 registerSection({
+  name: 'condconv-routing',
+  title: 'Dynamic parameters: how samples mix the kernels',
+  description:
+    'A dynamic layer reweights either its features or its parameters: (x * W) (x) a = x * (W (x) a). Squeeze-and-excitation (vgg-se) is the left side, dynamic features; a conditional convolution (CondConv, dynamic convolution: vgg-condconv, resnet-condconv) the right side, dynamic parameters: each sample convolves with its own mixture of E expert kernels. Per conditional layer: the mean entropy of the mixing weights (normalised to sum 1; log E when every sample mixes the experts equally, 0 when each picks one) and the class-by-kernel table of mean mixing weights (how specialised the kernels become).',
+  available: (runs) =>
+    withSweep(runs).some((r) => r.sweep.routing)
+      ? ok
+      : { ok: false, missing: `no run has conditional convolutions with routing statistics (\`dynn sweep RUN --json > RUN/${RUN_FILES.sweep}\` of a vgg-condconv or resnet-condconv run)` },
+  render(runs) {
+    const content = empty();
+    for (const r of withSweep(runs)) {
+      const routing = r.sweep.routing;
+      if (!routing) continue;
+      const entropy: Row[] = routing.layers.map((l) => ({ layer: `${r.name} · ${l.layer}`, entropy: round(l.meanEntropy / (l.maxEntropy || 1)) }));
+      content.charts.push({ id: `condconv-entropy-${r.name}`, title: `${r.name}: routing entropy`, spec: barChart(`${r.name}: mean routing entropy / log E per layer`, entropy, { field: 'layer', title: 'layer', sort: entropy.map((e) => String(e.layer)) }, { field: 'entropy', title: 'entropy / log E' }) });
+      for (const l of routing.layers) {
+        content.tables.push({
+          caption: `${r.name} · ${l.layer}: mean mixing weight per class and kernel (entropy ${fixed(l.meanEntropy)} of ${fixed(l.maxEntropy)})`,
+          head: ['class', ...l.meanWeights.map((_, j) => `kernel ${j}`)],
+          rows: [...l.perClass.map((w, c) => [r.sweep.classNames?.[c] ?? String(c), ...w.map((v) => fixed(v))]), ['all', ...l.meanWeights.map((v) => fixed(v))]],
+        });
+      }
+      content.commands.push(r.sweep.command);
+    }
+    return content;
+  },
+});
+
+registerSection({
   name: 'accuracy-flops',
   title: 'Accuracy against FLOPs',
   description: 'Accuracy against mean FLOPs per sample: the fixed operating points of every run, early-exit thresholds where a run has exits, and the Pareto front (dashed) of those points; then each controller against its own fixed-u curve and the oracle on the same samples (the paper’s Fig. 8a).',

@@ -41,6 +41,14 @@ const DYNAMIC_FLAGS: [string, string][] = [
   ['--gate-threshold <t>', 'with --dynamic: inference threshold of the gates for evaluation and calibration [default: 0.5]'],
 ];
 
+/** The training options of dynamic-parameter models (`--model vgg-condconv`, `resnet-condconv`). */
+const CONDCONV_FLAGS: [string, string][] = [
+  ['--experts <E>', 'vgg-condconv, resnet-condconv: expert kernels mixed per sample in each conditional convolution [default: 4]'],
+  ['--routing <name>', 'vgg-condconv, resnet-condconv: sigmoid (CondConv) or softmax (dynamic convolution) mixing weights [default: sigmoid]'],
+  ['--temperature <T>', 'with --routing softmax: softmax temperature, > 0 (dynamic convolution starts at 30) [default: 1]'],
+  ['--anneal-epochs <n>', 'with --temperature: epochs over which the temperature falls linearly to 1 [default: 0, fixed]'],
+];
+
 /** Every option of `dynn train` (and `dynn demo`): flag and help text, declared once for the CLI and the report. */
 export const TRAIN_FLAGS: [string, string][] = [
   ['--model <name>', 'registered model (see `dynn models`) [default: vgg-w]'],
@@ -66,6 +74,7 @@ export const TRAIN_FLAGS: [string, string][] = [
   ['--engine <name>', 'auto, tensorflow, wasm or cpu [default: auto]'],
   ...SCALING_FLAGS,
   ...DYNAMIC_FLAGS,
+  ...CONDCONV_FLAGS,
   ['--json', 'machine-readable output on stdout'],
 ];
 

@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { annealTemperatures } from '../layers/condconv.js';
 import { initEngine, type EngineName } from '../engine/backend.js';
 import { loadDataset } from '../data/datasets.js';
 import { allocShared, head } from '../data/imageset.js';
@@ -510,6 +511,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     const stepsPerEpoch = Math.ceil(n / o.batchSize);
     const totalSteps = stepsPerEpoch * o.epochs;
     for (let epoch = startEpoch; epoch < o.epochs; epoch++) {
+      // Dynamic convolution's softmax temperature, annealed per epoch: a weight, so the workers reload it.
+      if (annealTemperatures(model.layers, epoch)) executor.reload();
       if (fit?.start && fitContext && epoch === o.pretrainEpochs) {
         fit.start(fitContext);
         executor.reload();
