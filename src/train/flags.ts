@@ -30,10 +30,10 @@ const DYNAMIC_FLAGS: [string, string][] = [
   ['--gate-estimator <name>', 'with --dynamic: gradients of the binary decisions: sigmoid (the probability as surrogate, as ACS) or gumbel (Gumbel-sigmoid straight-through) [default: the mechanism’s: sigmoid for acs, gumbel for skip]'],
   ['--branches <list>', 'with --model multi-branch: the branch networks, cheapest first, e.g. vgg-w:widths=8,8,16,16:hidden=64,vgg-w (a model name starts a branch, :key=value sets its arguments)'],
   ['--resolutions <list>', 'with --dynamic resolution: input heights the network runs at, each at most the input’s, e.g. 28,21,14'],
-  ['--experts <E>', 'with --model vgg-moe, resnet-moe or mlp-moe: experts per mixture-of-experts block [default: 4; mlp-moe 10]'],
+  ['--experts <E>', 'with --model vgg-moe, resnet-moe or mlp-moe: experts per mixture-of-experts block [default: 4; mlp-moe 10]; with vgg-condconv, resnet-condconv: expert kernels mixed per sample in each conditional convolution [default: 4]'],
   ['--top-k <k>', 'with a mixture of experts: experts each sample runs, 1..E (noisy top-k in training) [default: 1]'],
   ['--capacity-factor <c>', 'with a mixture of experts: an expert takes at most ceil(c k n / E) rows of a batch of n in training [default: 1.25]'],
-  ['--eval-capacity-factor <c>', 'with a mixture of experts: the capacity factor at evaluation [default: 2]'],
+  ['--eval-capacity-factor <c>', 'with a mixture of experts: the capacity factor at evaluation, export and serving [default: none, no limit: a served batch merges requests]'],
   ['--overflow <policy>', 'with a mixture of experts: a row that finds its expert full passes through the residual (residual) or takes its next choice with room (next) [default: residual]'],
   ['--importance-weight <w>', 'with a mixture of experts: weight of the importance loss, CV(sum of gates)^2 (Shazeer et al.) [default: 0]'],
   ['--load-weight <w>', 'with a mixture of experts: weight of the load loss, CV(smooth load)^2 (Shazeer et al.) [default: 0]'],
@@ -43,7 +43,6 @@ const DYNAMIC_FLAGS: [string, string][] = [
 
 /** The training options of dynamic-parameter models (`--model vgg-condconv`, `resnet-condconv`). */
 const CONDCONV_FLAGS: [string, string][] = [
-  ['--experts <E>', 'vgg-condconv, resnet-condconv: expert kernels mixed per sample in each conditional convolution [default: 4]'],
   ['--routing <name>', 'vgg-condconv, resnet-condconv: sigmoid (CondConv) or softmax (dynamic convolution) mixing weights [default: sigmoid]'],
   ['--temperature <T>', 'with --routing softmax: softmax temperature, > 0 (dynamic convolution starts at 30) [default: 1]'],
   ['--anneal-epochs <n>', 'with --temperature: epochs over which the temperature falls linearly to 1 [default: 0, fixed]'],
