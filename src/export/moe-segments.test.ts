@@ -8,15 +8,13 @@ import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import type { Network } from '../models/network.js';
 import { RoutingState } from '../route/context.js';
-import { randomizeStatistics, relErr } from './fixtures.js';
+import { randomizeStatistics, serveFolder, relErr } from './fixtures.js';
 import { saveSegments } from './segments.js';
 import { openSession } from '../runtime/node.js';
 import { SegmentedSession } from '../runtime/segments.js';
 import { MANIFEST_FILE, parseManifest } from './manifest.js';
 import { fullSel } from '../layers/index.js';
 import { MoeBlock } from '../route/moe.js';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { DynnServer, type PredictResponse } from '../serve/server.js';
 import { loadWebSegments } from '../runtime/web.js';
 
@@ -136,20 +134,9 @@ test('dynn serve of a mixture folder and the web entry give the in-thread dispat
     await server.close();
   }
   // The browser entry shares the dispatcher: the folder over HTTP gives the same experts and scores.
-  const http = createServer((req, res) => {
-    res.setHeader('connection', 'close');
-    const name = /^\/moe\/([\w.-]+)$/.exec(req.url ?? '')?.[1];
-    try {
-      if (!name) throw new Error('not here');
-      res.end(readFileSync(path.join(dir, name)));
-    } catch {
-      res.statusCode = 404;
-      res.end();
-    }
-  });
-  await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
+  const http = await serveFolder(dir, 'moe');
   try {
-    const web = await loadWebSegments(`http://127.0.0.1:${(http.address() as AddressInfo).port}/moe`);
+    const web = await loadWebSegments(`${http.base}/moe`);
     const got = await web.runRouted(x);
     assert.deepEqual(got.counts, want.counts);
     assert.ok(got.scores.every((v, i) => Math.abs(v - want.scores[i]) < 1e-4));

@@ -61,26 +61,29 @@ function condBnRelu(name: string, filters: number, a: ModelArgs): Layer[] {
   return [new CondConv2D(`${name}.conv`, { filters, kernelSize: 3, ...condArgs(a) }), new BatchNorm(`${name}.bn`, { levels: 1 }), new ReLU(`${name}.relu`, {})];
 }
 
+/** vgg-w's layout, not throttled, with `block` for each conv block past the stem (vgg-condconv, vgg-se). */
+function staticVgg(a: Parameters<ModelDef['layers']>[0], block: (name: string, filters: number) => Layer[]): Layer[] {
+  const [w1, w2, w3, w4] = a.widths as number[];
+  return [
+    ...convBnRelu('stem', w1, 0, 1, true),
+    ...block('c2', w2),
+    new MaxPool('pool1', {}),
+    ...block('c3', w3),
+    ...block('c4', w4),
+    new MaxPool('pool2', {}),
+    new Flatten('flatten', {}),
+    new Dense('fc1', { units: a.hidden as number }),
+    new ReLU('fc1.relu', {}),
+    new Dense('classifier', { units: a.numClasses }),
+  ];
+}
+
 models.register('vgg-condconv', {
   description:
     'vgg-w with conditional convolutions (CondConv / dynamic convolution): after the stem, each 3x3 kernel is a per-sample mixture of --experts kernels (--routing sigmoid|softmax); not throttleable',
   defaults: { widths: [32, 32, 64, 64], hidden: 256, experts: 4 },
   condconv: true,
-  layers(a) {
-    const [w1, w2, w3, w4] = a.widths as number[];
-    return [
-      ...convBnRelu('stem', w1, 0, 1, true),
-      ...condBnRelu('c2', w2, a),
-      new MaxPool('pool1', {}),
-      ...condBnRelu('c3', w3, a),
-      ...condBnRelu('c4', w4, a),
-      new MaxPool('pool2', {}),
-      new Flatten('flatten', {}),
-      new Dense('fc1', { units: a.hidden as number }),
-      new ReLU('fc1.relu', {}),
-      new Dense('classifier', { units: a.numClasses }),
-    ];
-  },
+  layers: (a) => staticVgg(a, (name, filters) => condBnRelu(name, filters, a)),
 });
 
 models.register('resnet-condconv', {
@@ -105,22 +108,7 @@ models.register('vgg-se', {
   description:
     'vgg-w (not throttled) with squeeze-and-excitation after each conv block past the stem: per-sample channel attention, the "dynamic features" counterpart of vgg-condconv',
   defaults: { widths: [32, 32, 64, 64], hidden: 256, ratio: 4 },
-  layers(a) {
-    const [w1, w2, w3, w4] = a.widths as number[];
-    const seBlock = (name: string, filters: number) => [...convBnRelu(name, filters, 0, 1, true), new SqueezeExcite(`${name}.se`, { ratio: a.ratio as number })];
-    return [
-      ...convBnRelu('stem', w1, 0, 1, true),
-      ...seBlock('c2', w2),
-      new MaxPool('pool1', {}),
-      ...seBlock('c3', w3),
-      ...seBlock('c4', w4),
-      new MaxPool('pool2', {}),
-      new Flatten('flatten', {}),
-      new Dense('fc1', { units: a.hidden as number }),
-      new ReLU('fc1.relu', {}),
-      new Dense('classifier', { units: a.numClasses }),
-    ];
-  },
+  layers: (a) => staticVgg(a, (name, filters) => [...convBnRelu(name, filters, 0, 1, true), new SqueezeExcite(`${name}.se`, { ratio: a.ratio as number })]),
 });
 
 models.register('resnet-d', {

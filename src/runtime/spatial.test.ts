@@ -1,13 +1,11 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
-import { randomizeStatistics } from '../export/fixtures.js';
+import { randomizeStatistics, serveFolder } from '../export/fixtures.js';
 import { saveSegments } from '../export/segments.js';
 import { MANIFEST_FILE, type SegmentsManifest } from '../export/manifest.js';
 import { createModel } from '../models/zoo.js';
@@ -62,21 +60,10 @@ test('a spatial run exports one graph per gated block; ONNX Runtime gives TF.js\
 });
 
 test('onnxruntime-web loads the folder over HTTP and computes what onnxruntime-node does', async () => {
-  const http = createServer((req, res) => {
-    res.setHeader('connection', 'close');
-    const name = /^\/spatial\/([\w.-]+)$/.exec(req.url ?? '')?.[1];
-    try {
-      if (!name) throw new Error('not here');
-      res.end(readFileSync(path.join(dir, name)));
-    } catch {
-      res.statusCode = 404;
-      res.end();
-    }
-  });
-  await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
+  const http = await serveFolder(dir, 'spatial');
   try {
     const node = (await openSession(dir, { threads: 1 })) as SegmentedSession;
-    const web = await loadWebSegments(`http://127.0.0.1:${(http.address() as AddressInfo).port}/spatial`);
+    const web = await loadWebSegments(`${http.base}/spatial`);
     const x = images(5);
     const [a, b] = [await web.runRouted(x), await node.runRouted(x)];
     assert.deepEqual(a.counts, b.counts);

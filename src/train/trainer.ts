@@ -413,17 +413,17 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     model.dispose();
     throw new DynnError(`--dynamic ${String(model.config.args.dynamic)} fits its gates to the target at the threshold: --gate-threshold must be in (0, 1), got ${o.gateThreshold}`);
   }
+  // A cost fixed by the mechanism's settings (a mixture's k) has no target to pull toward.
+  const fixedCost = (['flopsTarget', 'widthTarget', 'skipTarget', 'spatialTarget', 'efficiencyWeight'] as const).find((k) => mechanism?.fixedCost && o[k] !== undefined);
+  if (mechanism && fixedCost) {
+    model.dispose();
+    throw new DynnError(`${optionFlag(fixedCost)} does not apply to --dynamic ${String(model.config.args.dynamic)}: ${mechanism.fixedCost}`);
+  }
   // Each mechanism's target has its own option; the other one's would silently do nothing.
   const other = mechanism && (['flopsTarget', 'widthTarget', 'skipTarget', 'spatialTarget'] as const).find((k) => k !== mechanism.efficiency.option && o[k] !== undefined);
   if (mechanism && other) {
     model.dispose();
     throw new DynnError(`${optionFlag(other)} does not apply to --dynamic ${String(model.config.args.dynamic)}, whose target is ${mechanism.efficiency.flag} (${mechanism.efficiency.what})`);
-  }
-  // A cost fixed by the mechanism's settings (a mixture's k) has no target to pull toward.
-  const fixedCost = (['flopsTarget', 'widthTarget', 'skipTarget', 'efficiencyWeight'] as const).find((k) => mechanism?.fixedCost && o[k] !== undefined);
-  if (mechanism && fixedCost) {
-    model.dispose();
-    throw new DynnError(`${optionFlag(fixedCost)} does not apply to --dynamic ${String(model.config.args.dynamic)}: ${mechanism.fixedCost}`);
   }
   const efficiency = mechanism?.fixedCost ? undefined : mechanism ? { target: o[mechanism.efficiency.option] ?? mechanism.defaults.target, weight: o.efficiencyWeight ?? mechanism.defaults.efficiencyWeight } : undefined;
   const estimator = o.gateEstimator ?? mechanism?.defaults.estimator ?? 'sigmoid';
