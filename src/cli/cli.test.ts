@@ -89,7 +89,7 @@ test('the demo trains and reports every operating point (on a subset here)', asy
 
 test('bad input: clear messages and exit codes, never a stack trace', async () => {
   const cases: [string[], RegExp, number][] = [
-    [['train', '--model', 'vgg', ...base, '--out', path.join(tmp, 'x')], /unknown model "vgg"; expected one of densenet-dw, densenet-w, densenet41, densenet53, mlp-w, multi-branch, resnet-d, resnet-exits, resnet38, resnext-w, vgg-exits, vgg-w/, 1],
+    [['train', '--model', 'vgg', ...base, '--out', path.join(tmp, 'x')], /unknown model "vgg"; expected one of densenet-dw, densenet-w, densenet41, densenet53, mlp-moe, mlp-w, multi-branch, resnet-condconv, resnet-d, resnet-exits, resnet-moe, resnet38, resnext-w, vgg-condconv, vgg-exits, vgg-moe, vgg-se, vgg-w/, 1],
     [['train', ...base], /train needs --out DIR/, 1],
     [['train', ...base, '--epochs', 'two', '--out', path.join(tmp, 'y')], /--epochs must be an integer >= 1, got "two"/, 1],
     [['train', ...base, '--gating', 'random', '--out', path.join(tmp, 'y')], /--gating must be one of nested, independent/, 1],
@@ -153,7 +153,7 @@ test('corrupt or truncated checkpoints fail with a message naming the problem', 
 
 test('the dynn binary runs and exits with the command’s code', () => {
   const out = execFileSync(process.execPath, [main, 'models', '--json'], { encoding: 'utf8' });
-  assert.deepEqual(JSON.parse(out).map((m: { name: string }) => m.name), ['densenet-dw', 'densenet-w', 'densenet41', 'densenet53', 'mlp-w', 'multi-branch', 'resnet-d', 'resnet-exits', 'resnet38', 'resnext-w', 'vgg-exits', 'vgg-w']);
+  assert.deepEqual(JSON.parse(out).map((m: { name: string }) => m.name), ['densenet-dw', 'densenet-w', 'densenet41', 'densenet53', 'mlp-moe', 'mlp-w', 'multi-branch', 'resnet-condconv', 'resnet-d', 'resnet-exits', 'resnet-moe', 'resnet38', 'resnext-w', 'vgg-condconv', 'vgg-exits', 'vgg-moe', 'vgg-se', 'vgg-w']);
   const bad = spawnSync(process.execPath, [main, 'info', path.join(tmp, 'missing')], { encoding: 'utf8' });
   assert.equal(bad.status, 1);
   assert.match(bad.stderr, /^dynn: no checkpoint\.json in/);

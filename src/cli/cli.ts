@@ -9,6 +9,7 @@ import { TRAIN_FLAGS } from '../train/flags.js';
 import type { CommandModule } from './types.js';
 import { viewCommands } from './view-commands.js';
 import { serveCommands } from './serve-commands.js';
+import { splitCommands } from './split-commands.js';
 
 export type { CommandModule } from './types.js';
 
@@ -64,7 +65,7 @@ const coreCommands: CommandModule = (cli, io) => {
 };
 
 /** Every command group, in help order. A new group is one module and one entry here. */
-const COMMAND_MODULES: CommandModule[] = [coreCommands, deployCommands, controlCommands, scalingCommands, viewCommands, serveCommands];
+const COMMAND_MODULES: CommandModule[] = [coreCommands, deployCommands, controlCommands, scalingCommands, viewCommands, serveCommands, splitCommands];
 
 /** Builds the command-line interface; `io` receives all output. */
 export function buildCli(io: Io = processIo): CAC {

@@ -8,6 +8,7 @@ import { GATE_ESTIMATORS } from '../route/modes.js';
 import { DynnError } from '../util/errors.js';
 import type { Network } from '../models/network.js';
 import type { SweepPoint } from '../eval/sweep.js';
+import type { ExpertStats } from '../eval/routed.js';
 import type { TrainMeta } from '../train/run.js';
 import { exitInfo, scalingTrainOptions } from './scaling-commands.js';
 import { intListOption } from './deploy-commands.js';
@@ -16,6 +17,20 @@ const ENGINES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
 const DEFAULT_US = [0.125, 0.25, 0.5, 0.75, 1];
 
 type Opts = Record<string, unknown>;
+
+/** A mixture of experts' model arguments from `dynn train`'s options (E, k and the factors checked when the model is built). */
+function moeModelArgs(o: Opts) {
+  return {
+    experts: numberOption(o.experts, 'experts', { int: true, min: 1 }),
+    topK: numberOption(o.topK, 'top-k', { int: true, min: 1 }),
+    capacityFactor: numberOption(o.capacityFactor, 'capacity-factor', { min: Number.MIN_VALUE }),
+    evalCapacityFactor: numberOption(o.evalCapacityFactor, 'eval-capacity-factor', { min: Number.MIN_VALUE }),
+    overflow: o.overflow === undefined ? undefined : String(o.overflow),
+    importanceWeight: numberOption(o.importanceWeight, 'importance-weight', { min: 0 }),
+    loadWeight: numberOption(o.loadWeight, 'load-weight', { min: 0 }),
+    switchWeight: numberOption(o.switchWeight, 'switch-weight', { min: 0 }),
+  };
+}
 
 /** Options of `dynn train` (and `dynn demo`), as the trainer takes them. */
 export function trainOptionsFrom(o: Opts) {
@@ -53,10 +68,16 @@ export function trainOptionsFrom(o: Opts) {
       branches: o.branches === undefined ? undefined : String(o.branches),
       resolutions: intListOption(o.resolutions, 'resolutions'),
       widthRoutes: numberOption(o.widthRoutes, 'width-routes', { int: true, min: 2 }),
+      ...moeModelArgs(o),
+      routing: o.routing === undefined ? undefined : String(o.routing),
+      temperature: numberOption(o.temperature, 'temperature', { min: Number.MIN_VALUE }),
+      annealEpochs: numberOption(o.annealEpochs, 'anneal-epochs', { int: true, min: 0 }),
     },
     widthTarget: numberOption(o.widthTarget, 'width-target', { min: Number.MIN_VALUE, max: 1 }),
     flopsTarget: numberOption(o.flopsTarget, 'flops-target', { min: Number.MIN_VALUE, max: 1 }),
     skipTarget: numberOption(o.skipTarget, 'skip-target', { min: Number.MIN_VALUE, max: 1 }),
+    // Its open range (0, 1) is checked with the training options.
+    spatialTarget: numberOption(o.spatialTarget, 'spatial-target'),
     efficiencyWeight: numberOption(o.efficiencyWeight, 'efficiency-weight', { min: 0 }),
     pretrainEpochs: numberOption(o.pretrainEpochs, 'pretrain-epochs', { int: true, min: 0 }),
     gateThreshold: numberOption(o.gateThreshold, 'gate-threshold', { min: 0, max: 1 }),
@@ -103,6 +124,18 @@ export async function trainCommand(o: Opts, io: Io): Promise<void> {
   }
 }
 
+/** Per conditional convolution: its routing entropy and the class-by-expert table of mean mixing weights. */
+function mixtureTables(stats: import('../eval/mixtures.js').MixtureStats, classNames: string[]): string {
+  return stats.layers
+    .map((l) => {
+      const head = `\n${l.layer}: mean routing entropy ${l.meanEntropy.toFixed(3)} nats of at most ${l.maxEntropy.toFixed(3)} (log ${l.experts})\n`;
+      const rows = l.perClass.map((w, c) => [classNames[c] ?? String(c), ...w.map((v) => v.toFixed(3))]);
+      rows.push(['all', ...l.meanWeights.map((v) => v.toFixed(3))]);
+      return head + table(['class', ...l.meanWeights.map((_, j) => `kernel ${j}`)], rows);
+    })
+    .join('');
+}
+
 /** The sweep table a person reads. */
 function sweepTable(points: SweepPoint[]): string {
   return table(
@@ -135,11 +168,14 @@ export async function sweepCommand(run: string, o: Opts, io: Io): Promise<void> 
         if (!o.json) io.err(`u=${p.u}: ${pct(p.accuracy)}\n`);
       },
     });
+    // Dynamic parameters (CondConv): how each layer mixes its experts, overall and per class.
+    const { hasMixtures, mixtureStats } = await import('../eval/mixtures.js');
+    const routing = hasMixtures(model) ? mixtureStats(model, data.test) : undefined;
     if (o.json) {
-      const out = { model: model.config.model, dataset, testSamples: data.test.count, gating: gating ?? 'nested', classNames: data.classNames, points };
+      const out = { model: model.config.model, dataset, testSamples: data.test.count, gating: gating ?? 'nested', classNames: data.classNames, points, ...(routing ? { routing } : {}) };
       io.out(JSON.stringify(out, null, 2) + '\n');
     }
-    else io.out(`${model.config.model} on ${dataset} (${data.test.count} test samples)\n` + sweepTable(points));
+    else io.out(`${model.config.model} on ${dataset} (${data.test.count} test samples)\n` + sweepTable(points) + (routing ? mixtureTables(routing, data.classNames) : ''));
   } finally {
     model.dispose();
   }
@@ -164,14 +200,19 @@ async function gatedSweepCommand(run: string, o: Opts, io: Io): Promise<void> {
       if (Array.isArray(t) || !(t >= 0 && t <= 1)) throw new DynnError(`--thresholds of a dynamic run are numbers in [0, 1], got ${Array.isArray(t) ? t.join(':') : t}`);
       return t;
     });
-    const thresholds = [...new Set([trained, ...(given ?? [0.2, 0.35, 0.65, 0.8])])];
+    // A mixture's experts do not depend on a threshold: one point, at the trained one.
+    const mixture = model.config.args.dynamic === 'moe';
+    if (mixture && given) throw new DynnError('--thresholds does not apply to a mixture of experts: each sample runs its top-k experts whatever the threshold');
+    const thresholds = mixture ? [trained] : [...new Set([trained, ...(given ?? [0.2, 0.35, 0.65, 0.8])])];
     const dataset = String(o.dataset ?? meta.dataset);
     const data = await loadDataset(dataset, { dataDir: o.dataDir as string | undefined, testLimit: numberOption(o.testLimit, 'test-limit', { int: true, min: 1 }) });
     checkDataFits(model, data.test.height, data.test.width, data.test.channels, dataset);
     const s = routedSweep(model, data.test, thresholds, { noLatency: o.latency === false });
     const gates = await gatesInfo(model);
     if (o.json) {
-      const out = { model: model.config.model, dynamic: model.config.args.dynamic, ...gates, dataset, testSamples: data.test.count, trainedThreshold: trained, classNames: data.classNames, ...s };
+      // Spatial gates: the positions each block computed on a few test images, for the report to draw.
+      const masks = (await import('../eval/spatial.js')).spatialMasks(model, data.test, { threshold: trained });
+      const out = { model: model.config.model, dynamic: model.config.args.dynamic, ...gates, dataset, testSamples: data.test.count, trainedThreshold: trained, classNames: data.classNames, ...s, ...(masks ? { masks } : {}) };
       io.out(JSON.stringify(out, null, 2) + '\n');
       return;
     }
@@ -183,10 +224,18 @@ async function gatedSweepCommand(run: string, o: Opts, io: Io): Promise<void> {
         s.points.map((p) => [p.threshold, pct(p.accuracy), p.flopsRatio.toFixed(3), p.flopsMin.toFixed(3), p.flopsMax.toFixed(3), ms(p.latencyMs.batch1), ms(p.latencyMs.batch64)]),
       ),
     );
+    for (const p of s.points.slice(0, 1)) io.out(expertLines(p.experts, p.overflowRate));
     io.out(`masked (every channel computed, then the mask) at threshold ${thresholds[0]}: ${ms(s.masked.latencyMs.batch64)} ms @64; the gates cost ${(100 * (s.points[0]?.gateShare ?? 0)).toFixed(1)}% of the backbone's FLOPs\n`);
   } finally {
     model.dispose();
   }
+}
+
+/** A mixture's expert load per block for a person: shares, CV, the most used expert's share and the overflow rate. */
+export function expertLines(experts: Record<string, ExpertStats> | undefined, overflowRate: number | undefined): string {
+  if (!experts) return '';
+  const rows = Object.entries(experts).map(([block, e]) => [block, e.load.map((l) => (100 * l).toFixed(1)).join(' / '), e.cv.toFixed(3), pct(e.maxShare), pct(e.overflowRate)]);
+  return `expert load per block (share of the assignments each expert ran), overflow ${pct(overflowRate ?? 0)} of the assignments:\n` + table(['block', 'load % by expert', 'CV', 'most used', 'overflow'], rows);
 }
 
 /** How a dynamic model's gates decide and run, for `info` and `sweep`: channel decisions run masked, and say so. */
@@ -199,11 +248,20 @@ async function gatesInfo(model: Network): Promise<{ decisions: string; execution
     return { decisions: 'nested', execution: 'sliced', note: `a width switch after ${model.layers[model.layers.indexOf(sw) - 1].name}: each sample takes one of ${sw.routes} widths (${widths} of the groups) for the rest of the network, each width's samples run the sliced network as one batch` };
   }
   const decisions = String(model.config.args.decisions ?? 'nested');
+  if (model.config.args.dynamic === 'moe') {
+    const a = model.config.args;
+    const note = `a mixture of ${a.experts} experts per block, top-${a.topK} (noisy in training), capacity factor ${a.capacityFactor} in training and ${a.evalCapacityFactor === undefined ? 'no limit' : a.evalCapacityFactor} at evaluation, overflow ${a.overflow}: each expert runs once per batch on the rows assigned to it`;
+    return { decisions: 'top-k', execution: 'sliced', note };
+  }
   const { WholeSwitch } = await import('../route/whole.js');
   const whole = model.layers.find((l): l is InstanceType<typeof WholeSwitch<never>> => l instanceof WholeSwitch);
   if (whole) {
     const routes = Array.from({ length: whole.routes }, (_, k) => whole.routeLabel(k)).join('; ');
     return { decisions, execution: 'sliced', note: `a switch at the input: each sample takes one of ${whole.routes} routes (${routes}), each run only on the samples that took it (the batch split by route)` };
+  }
+  const { SpatialResidualBlock } = await import('../route/spatial.js');
+  if (model.layers.some((l) => l instanceof SpatialResidualBlock)) {
+    return { decisions: 'positions', execution: 'sliced', note: 'spatial masks: each gated block computes only the output positions its gate selects (3x3 patches gathered, one matrix product per convolution, results scattered back; the other positions keep the shortcut); a skip rate is the fraction of a block\'s positions not computed' };
   }
   const masked = decisionForms.get(decisions).masked;
   const note = masked
@@ -291,7 +349,7 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
   if (typeof mechanism !== 'string') return null;
   const path = await import('node:path');
   const { gateShare } = await import('../eval/routed.js');
-  const { readDynamicSweep, blockSkips, classCompute, classRoutes, classSkips, HISTOGRAM_BINS } = await import('../report/dynamic.js');
+  const { readDynamicSweep, blockSkips, classCompute, classRoutes, classSkips, expertTables, HISTOGRAM_BINS } = await import('../report/dynamic.js');
   const { RUN_FILES } = await import('../report/sources.js');
   const { mechanisms } = await import('../route/mechanisms.js');
   const o = meta.options;
@@ -314,9 +372,10 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
     missing = err.message;
   }
   const json: Record<string, unknown> = { mechanism, [option]: target ?? null, efficiencyWeight: efficiencyWeight ?? null, trainedThreshold: trainedThreshold ?? 0.5, gateShare: share };
-  let text =
-    `per-sample gates: ${mechanism}; ${option === 'skipTarget' ? 'skip target (blocks executed)' : 'FLOPs target'} ${target ?? '-'} (efficiency weight ${efficiencyWeight ?? '-'}), trained threshold ${trainedThreshold ?? 0.5}; ` +
-    `the gates cost ${(100 * share).toFixed(1)}% of the backbone's FLOPs\n`;
+  const goal = entry?.fixedCost
+    ? 'no FLOPs target (its cost is set by top-k)'
+    : `${option === 'skipTarget' ? 'skip target (blocks executed)' : option === 'spatialTarget' ? 'spatial target (positions computed per block)' : 'FLOPs target'} ${target ?? '-'} (efficiency weight ${efficiencyWeight ?? '-'}), trained threshold ${trainedThreshold ?? 0.5}`;
+  let text = `per-sample gates: ${mechanism}; ${goal}; the gates cost ${(100 * share).toFixed(1)}% of the backbone's FLOPs\n`;
   if (!sweep) {
     json.sweepMissing = missing;
     return { json, text: text + plain(missing ?? '') + '\n' };
@@ -329,17 +388,28 @@ async function dynamicInfo(run: string, model: Network, meta: TrainMeta): Promis
     `at threshold ${p.threshold} on ${sweep.testSamples} ${plain(sweep.dataset)} test samples (${plain(file)}): accuracy ${pct(p.accuracy)}, ` +
     `FLOPs ratio ${p.flopsRatio.toFixed(3)} (least ${p.flopsMin.toFixed(3)}, most ${p.flopsMax.toFixed(3)}); the backbone with no gate ${pct(sweep.full.accuracy)}\n`;
   text += `samples per FLOPs ratio ${HISTOGRAM_BINS.map((b, i) => `${b}: ${p.histogram[i]}`).join(', ')}\n`;
-  text += '\ngroups skipped per gated block\n' + skipTable(skips);
+  // A spatial gate's groups are its block's output positions.
+  const unit = option === 'spatialTarget' ? 'positions' : 'groups';
+  if (skips.length) text += `\n${unit} skipped per gated block\n` + skipTable(skips);
   // Which blocks each class skips (per-class routes), when the sweep records them.
   const perClass = classSkips(sweep, p);
   if (perClass) {
     json.sweep = { ...(json.sweep as object), classSkipRates: p.classSkipRates };
-    text += '\ngroups skipped per class and block\n' + table(['class', ...perClass.blocks.map(plain)], perClass.classes.map((c) => [plain(c.name), ...c.skipped.map((s) => (Number.isFinite(s) ? pct(s) : '-'))]));
+    text += `\n${unit} skipped per class and block\n` + table(['class', ...perClass.blocks.map(plain)], perClass.classes.map((c) => [plain(c.name), ...c.skipped.map((s) => (Number.isFinite(s) ? pct(s) : '-'))]));
   }
   // Most compute first: which classes the gates spend on.
   const ranked = [...classes].sort((a, b) => (Number.isFinite(b.flopsRatio) ? b.flopsRatio : -1) - (Number.isFinite(a.flopsRatio) ? a.flopsRatio : -1));
   text += '\ncompute per class (most first)\n' + table(['class', 'FLOPs ratio', 'accuracy'], ranked.map((c) => [plain(c.name), Number.isFinite(c.flopsRatio) ? c.flopsRatio.toFixed(3) : '-', pct(c.accuracy)]));
-  const routes = classRoutes(sweep, p);
+  const mixtures = expertTables(sweep, p);
+  if (mixtures.length) {
+    json.experts = p.experts;
+    json.overflowRate = p.overflowRate;
+    text += '\n' + expertLines(p.experts, p.overflowRate);
+    for (const m of mixtures) {
+      text += `\nexperts each class ran at ${plain(m.block)} (share of its assignments)\n` + table(['class', ...m.load.map((_, e) => `e${e}`)], m.classes.map((c) => [plain(c.name), ...c.shares.map((v) => pct(v))]));
+    }
+  }
+  const routes = mixtures.length ? [] : classRoutes(sweep, p);
   if (routes.length) json.routes = Object.fromEntries(routes.map((g) => [g.gate, g.classes]));
   for (const g of routes) {
     const head = Array.from({ length: g.routes }, (_, k) => routeLabel(model, g.gate, k));

@@ -169,5 +169,8 @@ test('controller train --temporal on fashion-mnist-stream, eval in the form eval
   assert.ok(ckpt.meta.policyMacs / ckpt.meta.fullMacs < 0.01);
   await fails(['controller', 'train', run, '--temporal', '--dataset', 'fashion-mnist', '--out', path.join(tmp, 'x')], /--temporal needs a stream, frames in sequences: fashion-mnist has none \(use --dataset fashion-mnist-stream\)/);
   await fails(['controller', 'train', run, '--temporal', '--feedback', 'bandit', '--out', path.join(tmp, 'x')], /--temporal trains a reward model with full feedback/);
-  await fails(['export', run, '--controller', temporal, '--onnx', path.join(tmp, 'x.onnx')], /is a temporal controller .* export takes per-input controllers only/);
+  // Exported beside the network: the stream starts at the top action, the graph computes the features.
+  const x = (await ok(['export', run, '--controller', temporal, '--onnx', path.join(tmp, 'stream.onnx'), '--json'])).json();
+  assert.deepEqual(x.metadata.controller.temporal, { start: 2, features: ['probabilities', 'top', 'margin', 'normalizedEntropy', 'actionOneHot'] });
+  assert.deepEqual(x.metadata.controller.actions, [0.25, 0.5, 1]);
 });

@@ -87,20 +87,22 @@ export async function exportCommand(run: string, o: Opts, io: Io): Promise<void>
     if (o.controller !== undefined) {
       const { loadController } = await import('../control/store.js');
       policy = (await loadController(String(o.controller), model, run)).policy;
-      if (policy.args.architecture === 'mlp') throw new DynnError(`${o.controller} is a temporal controller (it reads the previous frame's answer, not the input): export takes per-input controllers only`);
     }
     const classNames = (await datasetClassNames(meta.dataset, model.numClasses)) ?? undefined;
     const gating = (meta.options?.gating as GatingMode | undefined) ?? 'nested';
     // A policy stored by `dynn fit-exits --save` becomes the runtime's default exit policy.
     const stored = (meta as { exitPolicy?: { rule: string; thresholds: number[] } }).exitPolicy;
     const exitPolicy = stored ? { rule: stored.rule, thresholds: stored.thresholds } : undefined;
-    const controller = policy ? { network: policy.net, actions: policy.actions } : undefined;
+    const { isTemporal, TemporalController } = await import('../control/temporal.js');
+    // A temporal controller plans the next frame from this one's scores; a stream starts where TF.js's does.
+    const temporal = policy && isTemporal(policy) ? { start: new TemporalController(policy).start } : undefined;
+    const controller = policy ? { network: policy.net, actions: policy.actions, ...(temporal ? { temporal } : {}) } : undefined;
     const metadata = await saveOnnx(model, o.onnx, { levels, classNames, gating, controller, exitPolicy });
     if (o.json) io.out(JSON.stringify({ onnx: o.onnx, metadata }, null, 2) + '\n');
     else {
       const parts = [`${metadata.levels.length} levels`];
       if (metadata.exits) parts.push(`${metadata.exits.count} exits run stage by stage${metadata.exits.policy ? ` (default policy: ${metadata.exits.policy.rule} ${metadata.exits.policy.thresholds.join(':')})` : ''}`);
-      if (metadata.controller) parts.push(`a controller over u = ${metadata.controller.actions.join(', ')} (FLOPs ratio ${metadata.controller.flopsRatio.toFixed(4)})`);
+      if (metadata.controller) parts.push(`a${metadata.controller.temporal ? ' temporal' : ''} controller over u = ${metadata.controller.actions.join(', ')} (FLOPs ratio ${metadata.controller.flopsRatio.toFixed(4)})`);
       io.out(levelsTable(metadata) + `wrote ${o.onnx} (${metadata.model.model}, ${parts.join(', ')}; input images NCHW [batch, ${metadata.input.shape.join(', ')}] and scalar u)\n`);
     }
   } finally {
@@ -125,7 +127,9 @@ async function exportDynamic(model: import('../models/network.js').Network, meta
   else {
     const gated = manifest.segments.filter((s) => s.kind === 'gated').length;
     const switches = manifest.segments.flatMap((s) => (s.kind === 'switch' ? [`a switch (${s.name}) of a gate and ${s.routes.length} route graphs`] : []));
-    const parts = [...(gated || !switches.length ? [`${gated} gated blocks each a gate and a body graph`] : []), ...switches].join(', ');
+    const mixtures = manifest.segments.flatMap((s) => (s.kind === 'moe' ? [`a mixture (${s.name}) of a router and ${s.experts} expert graphs`] : []));
+    const spatial = manifest.segments.filter((s) => s.kind === 'spatial').length;
+    const parts = [...(gated || !(switches.length + mixtures.length + spatial) ? [`${gated} gated blocks each a gate and a body graph`] : []), ...(spatial ? [`${spatial} spatially gated blocks each one graph`] : []), ...switches, ...mixtures].join(', ');
     io.out(`wrote ${o.onnx}/ (${manifest.model.model} with ${String(model.config.args.dynamic)} gates: ${manifest.segments.length} segments, ${parts}, threshold ${threshold}; serve it with \`dynn serve ${o.onnx}\`)\n`);
   }
 }
@@ -184,7 +188,7 @@ export const deployCommands: CommandModule = (cli, io) => {
     .option('--onnx <file>', 'the ONNX file to write (required; written atomically); the folder, for a dynamic run')
     .option('--force', 'overwrite the --onnx file if it exists')
     .option('--levels <list>', 'utilizations whose levels to export, e.g. 0.25,0.5,0.75,1 [default: every level]')
-    .option('--controller <dir>', 'also export this controller (from `dynn controller train`): the whole adaptive model runs in ONNX Runtime')
+    .option('--controller <dir>', 'also export this controller (from `dynn controller train`, or --temporal: it then plans each next frame from this one): the whole adaptive model runs in ONNX Runtime')
     .option('--engine <name>', 'auto, tensorflow, wasm or cpu (only reads the weights)')
     .option('--json', 'machine-readable output on stdout')
     .example('dynn export runs/fm-vgg --onnx fm-vgg.onnx --levels 0.25,0.5,0.75,1')

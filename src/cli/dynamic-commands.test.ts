@@ -47,7 +47,7 @@ test('a dynamic run trains in two steps, records its gated accuracy and FLOPs, a
 
 test('dynamic options: clear errors before any training', async () => {
   const cases: [string[], RegExp][] = [
-    [['--model', 'resnet38', '--dynamic', 'nope'], /unknown mechanism "nope"; expected one of acs-dg, acs-gn, branch, resolution, skip, skip-ff, width/],
+    [['--model', 'resnet38', '--dynamic', 'nope'], /unknown mechanism "nope"; expected one of acs-dg, acs-gn, branch, moe, resolution, skip, skip-ff, spatial, width/],
     [['--model', 'resnet38', '--dynamic', 'acs-dg', '--gate-width', '6'], /s0\.b0\.gate: an acs-dg gate's width \(gateWidth\) must be a power of two >= 2, as its DGConv layers need, got 6/],
     [['--model', 'vgg-w', '--dynamic', 'acs-gn'], /--dynamic acs-gn needs a model with a gated form; vgg-w has none \(expected one of densenet41, densenet53, resnet-d, resnet38\)/],
     [['--model', 'densenet-w', '--dynamic', 'acs-dg'], /--dynamic acs-dg needs a model with a gated form; densenet-w has none \(expected one of densenet41, densenet53, resnet-d, resnet38\)/],
@@ -253,7 +253,7 @@ test('dynn models lists the per-sample mechanisms and marks the models that take
   assert.match(io.stdout(), /per-sample mechanisms \(dynn train --dynamic NAME\)[\s\S]*acs-dg[\s\S]*acs-gn[\s\S]*skip[\s\S]*skip-ff/);
   const json = captureIo();
   assert.equal(await runCli(['models', '--json'], json), 0);
-  assert.deepEqual(JSON.parse(json.stdout()).filter((m: { dynamic: boolean }) => m.dynamic).map((m: { name: string }) => m.name), ['densenet41', 'densenet53', 'multi-branch', 'resnet-d', 'resnet38']);
+  assert.deepEqual(JSON.parse(json.stdout()).filter((m: { dynamic: boolean }) => m.dynamic).map((m: { name: string }) => m.name), ['densenet41', 'densenet53', 'mlp-moe', 'multi-branch', 'resnet-d', 'resnet-moe', 'resnet38', 'vgg-moe']);
   assert.match(io.stdout(), /densenet41 \(--dynamic\)[\s\S]*densenet53 \(--dynamic\)/);
 });
 

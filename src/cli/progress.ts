@@ -35,6 +35,7 @@ export function trainingProgress(io: Io) {
       const test = [
         ...Object.entries(r.testAccuracy).map(([u, a]) => `u=${u}: ${(100 * a).toFixed(2)}%`),
         ...(r.gated ? [`gated: ${(100 * r.gated.accuracy).toFixed(2)}% at FLOPs ratio ${r.gated.flopsRatio.toFixed(3)}`] : []),
+        ...(r.gated?.expertCv !== undefined ? [`expert load CV ${r.gated.expertCv.toFixed(3)}, overflow ${pctOf(r.gated.overflowRate)} (training ${pctOf(r.gated.trainOverflowRate)})`] : []),
         ...(r.gated?.trainExecutionRate !== undefined ? [`blocks executed ${r.gated.executionRate?.toFixed(3)} (training ${r.gated.trainExecutionRate.toFixed(3)})`] : []),
       ].join(', ');
       io.err(
@@ -46,4 +47,9 @@ export function trainingProgress(io: Io) {
       bar?.stop();
     },
   };
+}
+
+/** A share as a percentage with one decimal, or "-" when absent. */
+function pctOf(x: number | undefined): string {
+  return x === undefined ? '-' : `${(100 * x).toFixed(1)}%`;
 }

@@ -19,6 +19,8 @@ function shutdownSignal(): Promise<string> {
 
 /** `dynn serve MODEL [--port N] [--host H] [--slo-ms MS] [--policy P] ...`: runs until SIGINT or SIGTERM. */
 export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<string> = shutdownSignal()): Promise<void> {
+  const { isSplitDir } = await import('../split/store.js');
+  if (await isSplitDir(file)) return (await import('./split-commands.js')).serveSplit(file, o, io, stop, httpOptions(o));
   const port = numberOption(o.port, 'port', { int: true, min: 0, max: 65535 }) ?? 8080;
   const host = o.host === undefined ? '127.0.0.1' : String(o.host);
   const sloMs = numberOption(o.sloMs, 'slo-ms', { min: 0.001 });
@@ -27,6 +29,8 @@ export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<
   const maxQueue = numberOption(o.maxQueue, 'max-queue', { int: true, min: 1 });
   const bodyLimit = numberOption(o.bodyLimit, 'body-limit', { int: true, min: 1024 });
   const threads = numberOption(o.threads, 'threads', { int: true, min: 1 });
+  const maxSessions = numberOption(o.maxSessions, 'max-sessions', { int: true, min: 1 });
+  const sessionIdleMs = numberOption(o.sessionIdleMs, 'session-idle-ms', { int: true, min: 1, max: 2 ** 31 - 1 });
   const policy = o.policy === undefined ? undefined : String(o.policy);
   const http = httpOptions(o);
   const log = (line: string) => io.err(`dynn serve: ${line}\n`);
@@ -42,6 +46,8 @@ export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<
     maxQueue,
     bodyLimit,
     threads,
+    maxSessions,
+    sessionIdleMs,
     spinning: o.spinning === true,
     profile: o.profile === true,
     log,
@@ -55,10 +61,11 @@ export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<
     throw err;
   }
   const m = server.metadata;
-  const info = { url, model: file, policy: server.policy.name, sloMs: sloMs ?? 25, levels: m.levels.map((l) => l.u), input: [...m.input.shape] };
+  const sessions = server.sessions ? { max: server.sessions.maxSessions, idleMs: server.sessions.idleMs } : undefined;
+  const info = { url, model: file, policy: server.policy.name, sloMs: sloMs ?? 25, levels: m.levels.map((l) => l.u), input: [...m.input.shape], ...(sessions ? { sessions } : {}) };
   if (o.json) io.out(JSON.stringify(info) + '\n');
   else if (m.routed) io.out(`dynn serve: listening on ${url} (${m.model.model}, dynamic: ${m.routed.gatedBlocks} gated blocks at threshold ${m.routed.threshold}, SLO ${info.sloMs} ms)\n`);
-  else io.out(`dynn serve: listening on ${url} (${m.model.model}, levels ${info.levels.join(', ')}, policy ${info.policy}, SLO ${info.sloMs} ms)\n`);
+  else io.out(`dynn serve: listening on ${url} (${m.model.model}, levels ${info.levels.join(', ')}, policy ${info.policy}, SLO ${info.sloMs} ms${sessions ? `; sessions of its temporal controller: at most ${sessions.max}, expiring after ${sessions.idleMs} ms idle` : ''})\n`);
   const sig = await stop;
   log(`${sig}: finishing queued requests and shutting down`);
   await server.close();
@@ -79,6 +86,8 @@ export const serveCommands: CommandModule = (cli, io) => {
     .option('--threads <n>', 'ONNX Runtime intra-op threads [default: the core count]')
     .option('--spinning', 'let idle ONNX Runtime threads spin (faster alone, slower beside the HTTP thread)')
     .option('--profile', 'with no latency table beside the model, measure one at startup (else: refuse to start)')
+    .option('--max-sessions <n>', 'a model with a temporal controller: most sessions open at once; more get 429 [default: 1024]')
+    .option('--session-idle-ms <ms>', 'a model with a temporal controller: a session unused this long expires [default: 60000]')
     .option('--json', 'print the startup line as JSON');
   httpFlags(command)
     .example('dynn serve fm-vgg.onnx --port 8080 --slo-ms 25 --policy adaptive')

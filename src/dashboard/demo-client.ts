@@ -35,6 +35,8 @@ async function runOnce(level) {
     [io.images]: new ort.Tensor('float32', input, [1, c, h, w]),
     [io.u]: new ort.Tensor('float32', Float32Array.of(level.u), []),
   };
+  // A model exported with a temporal controller also takes the action the frame ran at (unused here).
+  if (meta.controller && meta.controller.temporal) feeds[io.action] = new ort.Tensor('float32', Float32Array.of(meta.controller.temporal.start), [1]);
   const out = await session.run(feeds);
   return Array.from(out[io.scores].data);
 }

@@ -201,10 +201,17 @@ describe('wasm training kernels against cpu', () => {
       }
       // Each combination: the product and both gradients, at least.
       assert.ok(ortKernelCalls().matmul - before >= 12, `${ortKernelCalls().matmul - before} calls`);
-      // Batched matrices stay on wasm.
+      // Batched matrices with equal batch dims go there too (per-sample kernels), each transpose combination.
       const unbatched = ortKernelCalls().matmul;
-      await assertSameOnBoth('batched matMul', () => [tf.matMul(randomTensor(32, [2, 4, 3]), randomTensor(33, [2, 3, 5]))]);
-      assert.equal(ortKernelCalls().matmul, unbatched);
+      for (const ta of [false, true]) {
+        for (const tb of [false, true]) {
+          await assertSameOnBoth(`ort batched matMul ${ta} ${tb}`, () => [tf.matMul(randomTensor(32, ta ? [2, 3, 4] : [2, 4, 3]), randomTensor(33, tb ? [2, 5, 3] : [2, 3, 5]), ta, tb)]);
+        }
+      }
+      assert.equal(ortKernelCalls().matmul, unbatched + 4);
+      // Broadcast batch dims stay on wasm.
+      await assertSameOnBoth('broadcast matMul', () => [tf.matMul(randomTensor(32, [2, 4, 3]), randomTensor(33, [1, 3, 5]))]);
+      assert.equal(ortKernelCalls().matmul, unbatched + 4);
     } finally {
       setOrtMinFlops(previous);
     }

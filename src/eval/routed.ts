@@ -6,6 +6,7 @@ import { toFloat } from '../data/imageset.js';
 import { RoutingState } from '../route/context.js';
 import { timeInTurns } from './latency.js';
 import { tally } from './evaluate.js';
+import { coefficientOfVariation } from '../route/experts.js';
 
 /** How a dynamic network did at one inference threshold of its gates. */
 export interface RoutedEval {
@@ -32,6 +33,24 @@ export interface RoutedEval {
   predictions: Int32Array;
   /** Networks with a few decision points (switches: a branch, a resolution, a width): see `RoutedPoint.routes`. */
   routes?: Record<string, number[][]>;
+  /** Mixtures of experts: each block's expert load and class-by-expert table (see `ExpertStats`). */
+  experts?: Record<string, ExpertStats>;
+  /** Mixtures of experts: the share of (sample, slot) assignments that found their expert full. */
+  overflowRate?: number;
+}
+
+/** How one mixture-of-experts block spread the samples over its experts (its k slots together). */
+export interface ExpertStats {
+  /** Each expert's share of the assignments that ran (sums to 1). */
+  load: number[];
+  /** Coefficient of variation of the load (0: perfectly balanced; sqrt(E - 1): one expert takes all). */
+  cv: number;
+  /** The most used expert's share. */
+  maxShare: number;
+  /** Per class, per expert: the share of the class's assignments each expert ran (NaN for a class with none). */
+  classes: number[][];
+  /** The share of the block's assignments that found their expert full. */
+  overflowRate: number;
 }
 
 /** Decision points up to which evaluation records each class's routes (a switch-based network has one). */
@@ -65,6 +84,8 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
   const skipped = new Map<string, number>();
   // Per gate: samples of each class on each route, [class][route] (the route tables and the skips per class).
   const byRoute = new Map<string, number[][]>();
+  const choices = new Set<string>();
+  const overflow = new Map<string, { events: number; of: number }>();
   for (let start = 0; start < data.count; start += batch) {
     const n = Math.min(batch, data.count - start);
     const x = toFloat(data, start, n, buf);
@@ -74,6 +95,11 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
     idx.dispose();
     routing.executedMacs.forEach((m, i) => (sampleRatios[start + i] = (fixed + m) / backbone));
     for (const [gate, rate] of Object.entries(routing.skipRates())) skipped.set(gate, (skipped.get(gate) ?? 0) + rate * n);
+    routing.choiceGates.forEach((g) => choices.add(g));
+    for (const [name, c] of routing.counters) {
+      const o = overflow.get(name) ?? { events: 0, of: 0 };
+      overflow.set(name, { events: o.events + c.events, of: o.of + c.of });
+    }
     for (const [gate, routes] of routing.decisions) {
       let t = byRoute.get(gate);
       const K = routing.fullRoutes.get(gate)! + 1;
@@ -95,12 +121,46 @@ export function evaluateRouted(model: Network, data: ImageSet, options: RoutedEv
     sampleRatios,
     gateShare: gateShare(model),
     skipRates: Object.fromEntries([...skipped].map(([g, s]) => [g, s / Math.max(1, data.count)])),
-    classSkipRates: Object.fromEntries([...byRoute].map(([g, t]) => [g, classSkipShares(t)])),
+    classSkipRates: Object.fromEntries([...byRoute].filter(([g]) => !choices.has(g)).map(([g, t]) => [g, classSkipShares(t)])),
     classFlops: perClassMean,
     perClassAccuracy,
     predictions,
     ...(byRoute.size && byRoute.size <= ROUTE_TABLE_GATES ? { routes: routeShares(byRoute) } : {}),
+    ...(choices.size ? { experts: expertStats(byRoute, choices, overflow), overflowRate: rate([...overflow.values()]) } : {}),
   };
+}
+
+const rate = (cs: { events: number; of: number }[]) => cs.reduce((a, c) => a + c.events, 0) / Math.max(1, cs.reduce((a, c) => a + c.of, 0));
+
+/**
+ * Per mixture block, its choice gates' [class][expert] counts summed over its k slots (a block with k > 1
+ * records slot s as `<block>.k<s>`), as load shares, their CV and the class-by-expert table.
+ */
+function expertStats(byRoute: Map<string, number[][]>, choices: Set<string>, overflow: Map<string, { events: number; of: number }>): Record<string, ExpertStats> {
+  const blocks = new Map<string, number[][]>();
+  for (const gate of choices) {
+    const block = overflow.has(gate) ? gate : gate.replace(/\.k\d+$/, '');
+    const t = byRoute.get(gate)!;
+    const sum = blocks.get(block);
+    blocks.set(block, sum ? sum.map((r, c) => r.map((v, e) => v + t[c][e])) : t.map((r) => [...r]));
+  }
+  const out: Record<string, ExpertStats> = {};
+  for (const [block, t] of blocks) {
+    const counts = t[0].map((_, e) => t.reduce((a, r) => a + r[e], 0));
+    const total = counts.reduce((a, b) => a + b, 0);
+    const load = counts.map((c) => (total ? c / total : 0));
+    out[block] = {
+      load,
+      cv: coefficientOfVariation(counts),
+      maxShare: Math.max(...load),
+      classes: t.map((r) => {
+        const all = r.reduce((a, b) => a + b, 0);
+        return r.map((c) => (all ? c / all : NaN));
+      }),
+      overflowRate: rate(overflow.has(block) ? [overflow.get(block)!] : []),
+    };
+  }
+  return out;
 }
 
 /** Per class, the mean share of a gate's groups skipped, from its [class][route] counts (route k of K runs k of K - 1). */
@@ -156,6 +216,10 @@ export interface RoutedPoint {
    * a class with no sample).
    */
   routes?: Record<string, number[][]>;
+  /** Mixtures of experts: per block, the expert load, its CV and the class-by-expert table. */
+  experts?: Record<string, ExpertStats>;
+  /** Mixtures of experts: the share of assignments that found their expert full. */
+  overflowRate?: number;
 }
 
 /** A dynamic network swept over inference thresholds, beside its backbone and the masked baseline. */
@@ -198,6 +262,7 @@ export function routedSweep(model: Network, data: ImageSet, thresholds: number[]
       perClassAccuracy: e.perClassAccuracy,
       histogram: histogram(e.sampleRatios),
       ...(e.routes ? { routes: e.routes } : {}),
+      ...(e.experts ? { experts: e.experts, overflowRate: e.overflowRate } : {}),
       latencyMs: { batch1: at({ mode: 'hard', threshold: e.threshold, batch: 1 }), batch64: at({ mode: 'hard', threshold: e.threshold, batch: 64 }) },
     })),
     full: { accuracy: fullAccuracy, latencyMs: { batch1: at({ batch: 1 }), batch64: at({ batch: 64 }) } },

@@ -13,7 +13,8 @@ import { VERSION } from '../version.js';
 import { attr, floatValueInfo, GraphBuilder, NameScope } from './graph.js';
 import { lowerChain } from './lower.js';
 import { weightsDigestChunks } from './digest.js';
-import { metadataProps, ONNX_FORMAT, ONNX_IO, type OnnxLevel, type OnnxMetadata } from './metadata.js';
+import { metadataProps, ONNX_FORMAT, ONNX_IO, TEMPORAL_FEATURES, type OnnxLevel, type OnnxMetadata } from './metadata.js';
+import { lowerTemporalFeatures } from './temporal.js';
 import { encodeModel, IR_VERSION, OPSET_VERSION, type GraphMsg, type ValueInfoMsg } from './onnx-proto.js';
 
 /** Options of `exportOnnx`. */
@@ -33,9 +34,11 @@ export interface ExportOptions {
   /**
    * A per-input controller to export with the network, e.g. a bandit policy's network (`policy.net`) and its
    * actions: the graph gets a second output `controller_scores` computed from the images alone, so the whole
-   * adaptive model (decide, then run each sample's level) runs in ONNX Runtime.
+   * adaptive model (decide, then run each sample's level) runs in ONNX Runtime. With `temporal`, it is a
+   * temporal controller instead (an MLP on `TEMPORAL_FEATURES`): `controller_scores` plan the next frame from
+   * this frame's scores and a third input `action`, the index of the action each sample ran at.
    */
-  controller?: { network: Network; actions: number[] };
+  controller?: { network: Network; actions: number[]; temporal?: { start: number } };
   /** Early-exit models: the fitted exit policy to store as the runtime's default (from `dynn fit-exits --save`). */
   exitPolicy?: { rule: string; thresholds: number[] };
 }
@@ -199,7 +202,16 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   const { segments, heads } = exitSegments(model);
   const staged = heads.length > 0;
   const ctrl = options.controller;
-  if (ctrl && ctrl.network.inputShape.join() !== model.inputShape.join()) {
+  const temporal = ctrl?.temporal;
+  const featureSize = model.numClasses + 3 + (ctrl?.actions.length ?? 0);
+  if (temporal && ctrl.network.inputShape.join() !== String(featureSize)) {
+    throw new DynnError(`the temporal controller reads [${ctrl.network.inputShape}] features; this network's ${model.numClasses} classes and ${ctrl.actions.length} actions give [${featureSize}]`);
+  }
+  if (temporal && (!Number.isInteger(temporal.start) || temporal.start < 0 || temporal.start >= ctrl.actions.length)) {
+    throw new DynnError(`the temporal controller's start action ${temporal.start} is not an index of its ${ctrl.actions.length} actions`);
+  }
+  if (temporal && staged) throw new DynnError('a temporal controller is not exported with an early-exit model: it reads the whole network\'s scores');
+  if (ctrl && !temporal && ctrl.network.inputShape.join() !== model.inputShape.join()) {
     throw new DynnError(`the controller reads [${ctrl.network.inputShape}] inputs, the network [${model.inputShape}]`);
   }
   if (ctrl && ctrl.network.numClasses !== ctrl.actions.length) {
@@ -224,6 +236,7 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   );
   main.input(floatValueInfo(ONNX_IO.u, [], 'utilization in (0, 1]; clamped to the exported levels'));
   if (staged) main.input(floatValueInfo(ONNX_IO.stage, [], `the stage to run, 0 to ${heads.length} (the exit it ends at), or -1 for the whole network`));
+  if (temporal) main.input(floatValueInfo(ONNX_IO.action, ['batch'], 'the index of the controller action each sample ran at (float32)'));
   const dims = new Map<string, number[]>();
   addWeights(main, [...model.getWeights(), ...(ctrl?.network.getWeights() ?? [])], dims);
 
@@ -278,11 +291,19 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   if (ctrl) {
     const cnet = ctrl.network;
     const plan = staticPlan();
-    const y = lowerChain(cnet.layers, ONNX_IO.images, fullSel(c), { g: main, plan, prefix: 'controller', dims }).y;
+    const K = ctrl.actions.length;
+    const x = temporal ? lowerTemporalFeatures(main, ONNX_IO.scores, ONNX_IO.action, model.numClasses, K) : ONNX_IO.images;
+    const y = lowerChain(cnet.layers, x, fullSel(temporal ? featureSize : c), { g: main, plan, prefix: 'controller', dims }).y;
     main.nodeTo('Identity', [y], ONNX_IO.controller);
-    main.output(floatValueInfo(ONNX_IO.controller, ['batch', ctrl.actions.length], 'controller action logits'));
+    main.output(floatValueInfo(ONNX_IO.controller, ['batch', K], temporal ? 'temporal controller: each action\'s expected reward for the next frame' : 'controller action logits'));
     const cost = cnet.cost(plan);
-    controller = { actions: [...ctrl.actions], flops: cost.flops, macs: cost.macs, flopsRatio: cost.flops / model.cost(1).flops };
+    controller = {
+      actions: [...ctrl.actions],
+      flops: cost.flops,
+      macs: cost.macs,
+      flopsRatio: cost.flops / model.cost(1).flops,
+      ...(temporal ? { temporal: { start: temporal.start, features: [...TEMPORAL_FEATURES] } } : {}),
+    };
   }
   if (staged) {
     for (const lv of levels) lv.exitFlops = exitCosts(model, model.plan(lv.u)).map((e) => e.cumulativeFlops);

@@ -30,3 +30,29 @@ export function relErr(ref: ArrayLike<number>, got: ArrayLike<number>): number {
   }
   return diff / scale;
 }
+
+/**
+ * Test fixture: serves the files of `dir` over HTTP at `/<prefix>/<name>`, as a page would fetch an exported
+ * folder (404 for anything else); `base` is the server's origin. No keep-alive: a socket the server times out
+ * while fetch reuses it fails the fetch on a loaded machine.
+ */
+export async function serveFolder(dir: string, prefix: string): Promise<{ base: string; close: () => void }> {
+  const { readFileSync } = await import('node:fs');
+  const { createServer } = await import('node:http');
+  const path = await import('node:path');
+  const pattern = new RegExp(`^/${prefix}/([\\w.-]+)$`);
+  const http = createServer((req, res) => {
+    res.setHeader('connection', 'close');
+    const name = pattern.exec(req.url ?? '')?.[1];
+    try {
+      if (!name) throw new Error('not here');
+      res.end(readFileSync(path.join(dir, name)));
+    } catch {
+      res.statusCode = 404;
+      res.end();
+    }
+  });
+  await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
+  const { port } = http.address() as { port: number };
+  return { base: `http://127.0.0.1:${port}`, close: () => http.close() };
+}

@@ -4,6 +4,7 @@ import { Registry } from '../util/registry.js';
 import type { Layer } from '../layers/layer.js';
 import type { BatchNorm } from '../layers/norm.js';
 import type { DGConv2D } from '../layers/dgconv.js';
+import type { CondConv2D } from '../layers/condconv.js';
 import { fullSel } from '../layers/select.js';
 import type { ChannelSel, Plan, Shape } from '../layers/types.js';
 import { attr, type GraphBuilder } from './graph.js';
@@ -154,6 +155,44 @@ lowerings.register('SqueezeExcite', (layer, x, sel, ctx) => {
   const e = ctx.g.node('Gemm', [h, picked(ctx, `${n}.expand.kernel`, [hidden, sel]), picked(ctx, `${n}.expand.bias`, [sel])], `${base}/expand`);
   const scale = ctx.g.node('Reshape', [ctx.g.node('Sigmoid', [e], `${base}/sigmoid`), ctx.g.int64Const(`${base}/shape`, [0, sel.count, 1, 1])], `${base}/excite`);
   return { y: ctx.g.node('Mul', [x, scale], base), sel };
+});
+
+// CondConv as in TF.js, batch-dynamic in one graph: the router on the pooled input, each sample's kernel mixed
+// by one MatMul ([n, E] by [E, Cin*k*k*Cout]), im2col as a grouped Conv with one-hot filters (ONNX Conv's group
+// is static, so the per-sample kernels cannot go into a grouped Conv), and one batched MatMul.
+lowerings.register('CondConv2D', (layer, x, sel, ctx) => {
+  const a = (layer as CondConv2D).args;
+  requirePrefix(layer, sel);
+  const n = layer.name;
+  const base = `${ctx.prefix}/${n}`;
+  const g = ctx.g;
+  const k = a.kernelSize;
+  const s = a.strides ?? 1;
+  const [e, rows, cout] = ctx.dims.get(`${n}.kernel`)!;
+  const c = rows / (k * k);
+  const [oh, ow] = layer.outShape;
+  const pooled = g.node('Flatten', [g.node('GlobalAveragePool', [x], `${base}/pool`)], `${base}/squeeze`, { axis: attr.int(1) });
+  let logits = g.node('Gemm', [pooled, `${n}.route.kernel`, `${n}.route.bias`], `${base}/route`);
+  if ((a.routing ?? 'sigmoid') === 'softmax') logits = g.node('Div', [logits, `${n}.temperature`], `${base}/tempered`);
+  const weights = g.node((a.routing ?? 'sigmoid') === 'softmax' ? 'Softmax' : 'Sigmoid', [logits], `${base}/weights`);
+  const flat = g.node('Reshape', [`${n}.kernel`, g.int64Const(`${base}/experts_shape`, [e, rows * cout])], `${base}/experts`);
+  const mixed = g.node('Reshape', [g.node('MatMul', [weights, flat], `${base}/mix`), g.int64Const(`${base}/mixed_shape`, [-1, rows, cout])], `${base}/mixed`);
+  const mixedT = g.node('Transpose', [mixed], `${base}/mixed_t`, { perm: attr.ints([0, 2, 1]) });
+  const taps = new Float32Array(rows * k * k);
+  for (let ch = 0; ch < c; ch++) for (let t = 0; t < k * k; t++) taps[(ch * k * k + t) * k * k + t] = 1;
+  const patches = g.node('Conv', [x, g.floatConst(`${base}/taps`, [rows, 1, k, k], Array.from(taps))], `${base}/im2col`, {
+    kernel_shape: attr.ints([k, k]),
+    strides: attr.ints([s, s]),
+    pads: attr.ints(tfPads(layer.inShape, k, s, a.padding ?? 'same')),
+    group: attr.int(c),
+  });
+  const cols = g.node('Reshape', [patches, g.int64Const(`${base}/cols_shape`, [0, rows, oh * ow])], `${base}/cols`);
+  let y = g.node('Reshape', [g.node('MatMul', [mixedT, cols], `${base}/conv`), g.int64Const(`${base}/out_shape`, [0, cout, oh, ow])], `${base}/out`);
+  if (hasWeight(layer, 'bias')) {
+    const bias = g.node('Reshape', [g.node('MatMul', [weights, `${n}.bias`], `${base}/mix_bias`), g.int64Const(`${base}/bias_shape`, [0, cout, 1, 1])], `${base}/bias`);
+    y = g.node('Add', [y, bias], `${base}/biased`);
+  }
+  return { y, sel: layer.outSel(sel, ctx.plan) };
 });
 
 lowerings.register('Dense', (layer, x, sel, ctx) => {

@@ -79,6 +79,48 @@ const switchSegment = z.object({
   output: sampleShape,
 });
 
+const moeSegment = z.object({
+  kind: z.literal('moe'),
+  /** The mixture's name (its decisions' key; with k > 1, slot s is `<name>.k<s>`). */
+  name: z.string().min(1),
+  /** Experts E and the experts each sample runs, k in 1..E. */
+  experts: z.number().int().min(1).max(METADATA_LIMITS.maxLevels),
+  topK: z.number().int().min(1).max(METADATA_LIMITS.maxLevels),
+  /** The capacity factor at evaluation: an expert takes at most ceil(cf k n / E) rows of a batch of n; absent: no limit. */
+  capacityFactor: z.number().positive().max(1e6).optional(),
+  overflow: z.enum(['residual', 'next']),
+  /** Whether the block adds its input to the experts' combined output. */
+  residual: z.boolean(),
+  /** MACs of the router, and of each expert (a sample spends gateMacs plus its experts'). */
+  gateMacs: nonNegative,
+  expertMacs: z.array(nonNegative).min(1).max(METADATA_LIMITS.maxLevels),
+  /** The router: `x` -> `logits` [batch, 2E] (the experts' scores, then their noise scales, which inference ignores). */
+  gate: graphRef,
+  /** One graph per expert: `x` -> `y`. */
+  expertGraphs: z.array(graphRef).min(1).max(METADATA_LIMITS.maxLevels),
+  input: sampleShape,
+  output: sampleShape,
+});
+
+const spatialSegment = z.object({
+  kind: z.literal('spatial'),
+  /** The spatially gated block's name (its decisions' key). */
+  name: z.string().min(1),
+  /** Output positions per sample (H * W): a decision each. */
+  positions: z.number().int().positive(),
+  /**
+   * MACs of the gate, and of conv1 and conv2 at one position: a sample spends gateMacs + its conv1
+   * positions * conv1Macs + its conv2 positions * conv2Macs (the graph's `computed` output).
+   */
+  gateMacs: nonNegative,
+  conv1Macs: nonNegative,
+  conv2Macs: nonNegative,
+  /** `x`, `cut` (the threshold's logit) -> `y`, `computed` ([batch, 2]: the positions conv1 and conv2 ran). */
+  graph: graphRef,
+  input: sampleShape,
+  output: sampleShape,
+});
+
 const manifestSchema = z
   .object({
     format: z.literal(SEGMENTS_FORMAT),
@@ -95,7 +137,7 @@ const manifestSchema = z
      * (fixed + its gated blocks' spending) / backbone, as TF.js's `routedMacs` counts it.
      */
     macs: z.object({ fixed: nonNegative, backbone: z.number().positive() }),
-    segments: z.array(z.discriminatedUnion('kind', [plainSegment, gatedSegment, switchSegment])).min(1).max(METADATA_LIMITS.maxLevels),
+    segments: z.array(z.discriminatedUnion('kind', [plainSegment, gatedSegment, switchSegment, moeSegment, spatialSegment])).min(1).max(METADATA_LIMITS.maxLevels),
   })
   .superRefine((m, ctx) => {
     const issue = (path: (string | number)[], message: string) => ctx.addIssue({ code: 'custom', path, message });
@@ -105,7 +147,13 @@ const manifestSchema = z
       const want = i === 0 ? m.input.shape : m.segments[i - 1].output;
       if (s.input.join() !== want.join()) issue(['segments', i, 'input'], `[${s.input}] does not follow [${want}]`);
       if (s.kind === 'gated' && (s.input.length !== 3 || s.output.length !== 3)) issue(['segments', i], 'a gated block maps [C, H, W] to [C, H, W]');
+      if (s.kind === 'spatial' && (s.input.length !== 3 || s.input.join() !== s.output.join() || s.positions !== s.input[1] * s.input[2])) issue(['segments', i], 'a spatially gated block keeps its [C, H, W] shape and has H * W positions');
       if (s.kind === 'switch' && s.routes.length !== s.routeMacs.length) issue(['segments', i, 'routes'], `${s.routes.length} route graphs for ${s.routeMacs.length} route costs`);
+      if (s.kind === 'moe') {
+        if (s.expertGraphs.length !== s.experts || s.expertMacs.length !== s.experts) issue(['segments', i, 'expertGraphs'], `${s.expertGraphs.length} expert graphs and ${s.expertMacs.length} expert costs for ${s.experts} experts`);
+        if (s.topK > s.experts) issue(['segments', i, 'topK'], `top-k ${s.topK} exceeds the ${s.experts} experts`);
+        if (s.residual && s.input.join() !== s.output.join()) issue(['segments', i, 'residual'], `a residual mixture keeps its shape, [${s.input}] is not [${s.output}]`);
+      }
       for (const g of segmentGraphs(s)) {
         if (files.has(g.file)) issue(['segments', i], `file ${g.file} is named twice`);
         files.add(g.file);
@@ -116,8 +164,8 @@ const manifestSchema = z
   });
 
 /** The graph files a segment names. */
-export function segmentGraphs(s: z.infer<typeof plainSegment> | z.infer<typeof gatedSegment> | z.infer<typeof switchSegment>): z.infer<typeof graphRef>[] {
-  return s.kind === 'plain' ? [s.graph] : s.kind === 'gated' ? [s.gate, s.body] : [s.gate, ...s.routes];
+export function segmentGraphs(s: z.infer<typeof plainSegment> | z.infer<typeof gatedSegment> | z.infer<typeof switchSegment> | z.infer<typeof moeSegment> | z.infer<typeof spatialSegment>): z.infer<typeof graphRef>[] {
+  return s.kind === 'plain' || s.kind === 'spatial' ? [s.graph] : s.kind === 'gated' ? [s.gate, s.body] : s.kind === 'moe' ? [s.gate, ...s.expertGraphs] : [s.gate, ...s.routes];
 }
 
 /** What `manifest.json` of a segmented export says. */
@@ -143,15 +191,26 @@ export function parseManifest(text: string, source: string): SegmentsManifest {
 
 /**
  * The executed FLOPs ratio of each sample from its decisions per deciding segment (`counts[j]` for the j-th
- * gated or switch one: inner groups, or the route taken).
+ * gated, switch or spatial one: inner groups, the route taken, or positions computed; a mixture gives k of
+ * them, each sample's expert per slot or -1 where it overflowed) and, per spatial segment, what its graph
+ * reports it computed (`computed[k]` for the k-th: [batch, 2], conv1's and conv2's positions).
  */
-export function routedRatios(m: SegmentsManifest, counts: Int32Array[], batch: number): Float64Array {
+export function routedRatios(m: SegmentsManifest, counts: Int32Array[], batch: number, computed: Float32Array[] = []): Float64Array {
   const out = new Float64Array(batch).fill(m.macs.fixed);
   let j = 0;
+  let k = 0;
   for (const s of m.segments) {
     if (s.kind === 'plain') continue;
+    if (s.kind === 'moe') {
+      for (let i = 0; i < batch; i++) out[i] += s.gateMacs;
+      for (let slot = 0; slot < s.topK; slot++) counts[j++].forEach((e, i) => e >= 0 && (out[i] += s.expertMacs[e]));
+      continue;
+    }
     const c = counts[j++];
-    for (let i = 0; i < batch; i++) out[i] += s.gateMacs + (s.kind === 'gated' ? c[i] * s.groupMacs : s.routeMacs[c[i]]);
+    const spatial = s.kind === 'spatial' ? computed[k++] : null;
+    for (let i = 0; i < batch; i++) {
+      out[i] += s.gateMacs + (s.kind === 'gated' ? c[i] * s.groupMacs : s.kind === 'switch' ? s.routeMacs[c[i]] : spatial![2 * i] * s.conv1Macs + spatial![2 * i + 1] * s.conv2Macs);
+    }
   }
   return out.map((v) => v / m.macs.backbone);
 }

@@ -16,7 +16,16 @@ export const ONNX_IO = {
   features: 'features',
   /** Models exported with a controller: its action logits, [batch, actions]. */
   controller: 'controller_scores',
+  /** Models exported with a temporal controller: the action index each sample ran at, float32 [batch]. */
+  action: 'action',
 } as const;
+
+/**
+ * What a temporal controller reads of the frame that just ran, in order (`control/temporal.ts`): its class
+ * probabilities (softmax of `scores`), their top, the margin top minus second, the entropy over log(classes),
+ * and the one-hot of the action it ran at. The exported graph computes them from `scores` and `action`.
+ */
+export const TEMPORAL_FEATURES = ['probabilities', 'top', 'margin', 'normalizedEntropy', 'actionOneHot'] as const;
 
 /** Bounds on what a model file may claim, so a corrupt or hostile file cannot make the runtime allocate absurdly. */
 export const METADATA_LIMITS = {
@@ -64,6 +73,18 @@ const controllerSchema = z.object({
   macs: nonNegative,
   /** flops / the network's FLOPs at u = 1. */
   flopsRatio: nonNegative,
+  /**
+   * A temporal controller (`controller_scores` plans the next frame from this one's scores and the graph
+   * input `action`), not a per-input one: where a stream starts and what the controller reads.
+   */
+  temporal: z
+    .object({
+      /** The action index a stream's first frame runs at. */
+      start: z.number().int().nonnegative(),
+      /** The feature layout, `TEMPORAL_FEATURES`. */
+      features: z.array(z.string()),
+    })
+    .optional(),
 });
 
 const metadataSchema = z
@@ -115,6 +136,12 @@ const metadataSchema = z
     }
     const actions = m.controller?.actions ?? [];
     if (actions.some((a, i) => i > 0 && a <= actions[i - 1])) issue(['controller', 'actions'], 'actions must be strictly increasing');
+    const temporal = m.controller?.temporal;
+    if (temporal && temporal.start >= actions.length) issue(['controller', 'temporal', 'start'], `start action ${temporal.start} is not one of the ${actions.length} actions`);
+    if (temporal && temporal.features.join() !== TEMPORAL_FEATURES.join()) {
+      issue(['controller', 'temporal', 'features'], `unknown feature layout [${temporal.features.join(', ')}]; this dynn reads [${TEMPORAL_FEATURES.join(', ')}]`);
+    }
+    if (temporal && m.exits) issue(['controller', 'temporal'], 'a temporal controller is not exported with early exits');
   });
 
 /** One exported operating level. */

@@ -9,6 +9,9 @@ import { GatedDenseUnit } from '../route/dense.js';
 import { GatedResidualBlock } from '../route/residual.js';
 import { WidthSwitch } from '../route/width.js';
 import { WholeSwitch } from '../route/whole.js';
+import { MoeBlock } from '../route/moe.js';
+import { SpatialResidualBlock } from '../route/spatial.js';
+import { lowerSpatial } from './spatial.js';
 import { gateMacsOf, innerPlan } from '../route/unit.js';
 import { checkGateThreshold } from '../route/modes.js';
 import { DynnError } from '../util/errors.js';
@@ -69,7 +72,7 @@ import type { SwitchRoute } from '../route/switch.js';
 export type GatedBlock = GatedResidualBlock | GatedDenseUnit;
 const isGatedBlock = (l: Layer): l is GatedBlock => l instanceof GatedResidualBlock || l instanceof GatedDenseUnit;
 /** Layers that are a segment of their own: gated units and switches. */
-const isDeciding = (l: Layer): boolean => isGatedBlock(l) || isSwitch(l);
+const isDeciding = (l: Layer): boolean => isGatedBlock(l) || isSwitch(l) || l instanceof MoeBlock || l instanceof SpatialResidualBlock;
 const isSwitch = (l: Layer): l is WidthSwitch | WholeSwitch<never> => l instanceof WidthSwitch || l instanceof WholeSwitch;
 
 /** A switch as export by segments lowers it: a gate graph (after an optional resize of `x`) and one graph per route. */
@@ -201,8 +204,8 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
   const gatedLayers = new Set(model.cost(1).layers.filter((c) => c.gate && c.routed).map((c) => c.routed!));
   for (const l of model.layers) {
     if (!gatedLayers.has(l.name)) continue;
-    if (isSwitch(l)) continue;
-    if (!isGatedBlock(l)) throw new DynnError(`${model.config.model}: ${l.name} (${l.className}) has no export by segments yet; only gated residual blocks (resnet38), gated dense units (densenet41/53) and width switches export`);
+    if (isSwitch(l) || l instanceof MoeBlock || l instanceof SpatialResidualBlock) continue;
+    if (!isGatedBlock(l)) throw new DynnError(`${model.config.model}: ${l.name} (${l.className}) has no export by segments yet; only gated residual blocks (resnet38), gated dense units (densenet41/53), spatially gated blocks, mixtures of experts and width switches export`);
     if (l.decisions !== 'nested') throw new DynnError(`${l.name} decides per channel (--decisions ${l.decisions}), a masked fidelity mode that does not export; train with nested decisions to deploy`);
   }
   const threshold = options.threshold ?? 0.5;
@@ -251,6 +254,48 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
         routeMacs: parts.routeMacs,
         gate: add('.gate', gate, `dynn gate of ${sw.name}: x -> ${K - 1} logits`),
         routes,
+        input,
+        output,
+      });
+    } else if (first instanceof MoeBlock) {
+      const mb = first;
+      const E = mb.experts;
+      const gate = gateSegment(weights, mb.name, mb.gate, 2 * E, sel, full);
+      const expertGraphs = mb.expertChains.map((chain, e) => {
+        const sg = new SegmentGraph(`${mb.name}_expert_${e}`, weights, chain);
+        sg.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(mb.inShape)));
+        sg.g.nodeTo('Identity', [lowerChain(chain, SEGMENT_IO.x, sel, sg.ctx(full, `e${e}`)).y], SEGMENT_IO.y);
+        sg.g.output(floatValueInfo(SEGMENT_IO.y, batchDims(mb.outShape)));
+        return add(`.expert${e}`, sg, `dynn expert ${e} of ${E} of ${mb.name}: x -> y`);
+      });
+      segments.push({
+        kind: 'moe',
+        name: mb.name,
+        experts: E,
+        topK: mb.topK,
+        ...(mb.args.evalCapacityFactor === undefined ? {} : { capacityFactor: mb.args.evalCapacityFactor }),
+        overflow: mb.args.overflow ?? 'residual',
+        residual: mb.args.residual === true,
+        gateMacs: gateMacsOf(mb.gate, sel),
+        expertMacs: mb.expertMacs(sel, full),
+        gate: add('.gate', gate, `dynn router of ${mb.name}: x -> ${E} scores and ${E} noise scales`),
+        expertGraphs,
+        input,
+        output,
+      });
+    } else if (first instanceof SpatialResidualBlock) {
+      const sg = new SegmentGraph(`${first.name}_spatial`, [], []);
+      lowerSpatial(sg.g, first);
+      const per = first.positionMacs(sel);
+      const [h, w] = first.outShape;
+      segments.push({
+        kind: 'spatial',
+        name: first.name,
+        positions: h * w,
+        gateMacs: gateMacsOf(first.gate, sel),
+        conv1Macs: per.conv1,
+        conv2Macs: per.conv2,
+        graph: add('.spatial', sg, `dynn spatially gated block ${first.name}: x and the threshold's logit cut -> y and the positions computed`),
         input,
         output,
       });

@@ -4,6 +4,7 @@ import { Conv2D, planGroups } from './conv.js';
 import { Layer, layerClasses } from './layer.js';
 import { BatchNorm } from './norm.js';
 import { ReLU } from './basic.js';
+import { CondConv2D, type CondConv2DArgs } from './condconv.js';
 import { groupSel } from './select.js';
 import type { BlockInfo, ChannelSel, LayerCost, Plan, RunContext, Shape } from './types.js';
 import type { FrozenOp } from '../models/subnet.js';
@@ -65,6 +66,8 @@ export interface ResidualBlockArgs {
    * block keyed by `<block>.conv1`. 0 or absent: not throttled.
    */
   groups?: number;
+  /** Conditional convolutions (CondConv) for conv1 and conv2, with these expert settings; absent: static ones. */
+  cond?: Pick<CondConv2DArgs, 'experts' | 'routing' | 'temperature' | 'annealEpochs'>;
 }
 
 /** A basic residual block (conv-BN-ReLU-conv-BN + shortcut, ReLU); gated off, it is the identity and costs nothing. */
@@ -81,12 +84,14 @@ export class ResidualBlock<A extends ResidualBlockArgs = ResidualBlockArgs> exte
     const n = this.name;
     const projected = strides !== 1 || inShape[2] !== filters;
     if (gated && projected) throw new DynnError(`${n}: a gated residual block must keep its shape (stride 1, same channels)`);
+    const cond = this.args.cond;
+    if (cond && groups) throw new DynnError(`${n}: conditional convolutions are not throttleable (groups ${groups})`);
     this.front = [
-      new Conv2D(`${n}.conv1`, { filters, kernelSize: 3, strides, ...(groups ? { groups } : {}) }),
+      cond ? new CondConv2D(`${n}.conv1`, { filters, kernelSize: 3, strides, ...cond }) : new Conv2D(`${n}.conv1`, { filters, kernelSize: 3, strides, ...(groups ? { groups } : {}) }),
       new BatchNorm(`${n}.bn1`, { levels }),
       new ReLU(`${n}.relu1`, {}),
     ];
-    this.back = [new Conv2D(`${n}.conv2`, { filters, kernelSize: 3 }), new BatchNorm(`${n}.bn2`, { levels })];
+    this.back = [cond ? new CondConv2D(`${n}.conv2`, { filters, kernelSize: 3, ...cond }) : new Conv2D(`${n}.conv2`, { filters, kernelSize: 3 }), new BatchNorm(`${n}.bn2`, { levels })];
     this.shortcut = projected
       ? [new Conv2D(`${n}.proj`, { filters, kernelSize: 1, strides }), new BatchNorm(`${n}.projbn`, { levels })]
       : [];

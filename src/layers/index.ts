@@ -26,3 +26,5 @@ export {
 } from './dense.js';
 export { SqueezeExcite, se, type SqueezeExciteArgs } from './se.js';
 export { DGConv2D, dgconv2d, binaryGate, relationMatrix, type DGConv2DArgs, type GateEstimator } from './dgconv.js';
+export { CondConv2D, annealTemperatures, condconv2d, checkCondArgs, type CondConv2DArgs } from './condconv.js';
+export { condConv, condRouteWeights, condRoutings, im2col, type CondConvParams } from './condconv-ops.js';

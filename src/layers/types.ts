@@ -86,12 +86,27 @@ export interface Routing {
    * `surrogate` [rows, groups]), for a per-gate rate term; `soft` mode only.
    */
   executes(name: string, counts: Int32Array, groups: number, surrogate: tf.Tensor2D): void;
-  /** Records gate `name`'s logits [rows, groups] (the first group's, for fitting gates to a rate); `hard` mode only. */
-  observe(name: string, logits: tf.Tensor2D): void;
+  /**
+   * Records gate `name`'s logits [rows, groups] (the first group's, for fitting gates to a rate; with `every`,
+   * each of them: a gate whose every output is one decision of its own, a spatial mask's positions); `hard` mode only.
+   */
+  observe(name: string, logits: tf.Tensor2D, every?: boolean): void;
   /** Adds an auxiliary loss term (a scalar the training step adds to the task loss). */
   addLoss(name: string, value: tf.Scalar): void;
+  /**
+   * Records gate `name`'s choice of one of `choices` unordered routes for the current rows (an expert of a
+   * mixture of experts; -1: none ran). Unlike `decide`, a choice skips no share of anything.
+   */
+  choose(name: string, routes: Int32Array, choices: number): void;
+  /** Adds `events` out of `of` to counter `name` (a mixture's assignments that overflowed an expert's capacity). */
+  count(name: string, events: number, of: number): void;
   /** The current rows' labels, when the pass knows them (a training step): what supervised gates learn from. */
   readonly labels?: Int32Array;
+}
+
+/** Where a forward pass reports each conditional layer's mixing weights [rows, E] (routing statistics). */
+export interface MixtureSink {
+  add(layer: string, weights: tf.Tensor2D): void;
 }
 
 /** What a forward pass needs besides the input. */
@@ -103,6 +118,8 @@ export interface RunContext {
   moments?: MomentSink;
   /** Per-sample decisions of the gates inside the network; absent: no gate runs (as `full`). */
   routing?: Routing;
+  /** Receives each conditional layer's mixing weights (routing statistics); absent: not reported. */
+  mixtures?: MixtureSink;
 }
 
 /** A weight with its deterministic dotted name (`c2.conv.kernel`). */

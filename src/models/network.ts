@@ -12,7 +12,7 @@ import {
 } from '../gating/gating.js';
 import { fullSel } from '../layers/select.js';
 import type { Layer } from '../layers/layer.js';
-import type { BlockInfo, LayerCost, MomentSink, Plan, Routing, Shape, Weight } from '../layers/types.js';
+import type { BlockInfo, LayerCost, MixtureSink, MomentSink, Plan, Routing, Shape, Weight } from '../layers/types.js';
 import { fuseOps, opTensors, Subnet, type FrozenOp } from './subnet.js';
 
 /** What rebuilds a network: a registered model name and its arguments. */
@@ -101,6 +101,8 @@ export class Network {
   levelOf(u: number): number {
     const width = this.blockList.filter((b) => b.kind === 'width') as { groups: number }[];
     if (width.length) return activeGroupCount(u, Math.max(...width.map((b) => b.groups)));
+    // No throttleable unit (dynamic parameters, SE): one level.
+    if (this.blockList.length === 0) return 0;
     return activeGroupCount(u, this.blockList.length, 0);
   }
 
@@ -151,9 +153,9 @@ export class Network {
    * Class scores for a batch at one operating point. Call inside `tf.tidy` (training needs the
    * intermediate tensors for gradients).
    */
-  forward(x: tf.Tensor, plan: Plan, options: { training?: boolean; moments?: MomentSink; routing?: Routing } = {}): tf.Tensor2D {
+  forward(x: tf.Tensor, plan: Plan, options: { training?: boolean; moments?: MomentSink; routing?: Routing; mixtures?: MixtureSink } = {}): tf.Tensor2D {
     this.checkInput(x);
-    const ctx = { plan, training: options.training ?? false, moments: options.moments, routing: options.routing };
+    const ctx = { plan, training: options.training ?? false, moments: options.moments, routing: options.routing, mixtures: options.mixtures };
     let sel = fullSel(this.inputShape[this.inputShape.length - 1]);
     let y = x;
     for (const l of this.layers) ({ y, sel } = l.call(y, sel, ctx));

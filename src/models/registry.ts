@@ -1,8 +1,10 @@
 import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
-import { mechanisms } from '../route/mechanisms.js';
+import { gatesShapeKeeping, mechanismModels, mechanisms } from '../route/mechanisms.js';
 import { decisionForms } from '../route/unit.js';
+import { checkCondArgs } from '../layers/condconv.js';
 import type { ModelArgs, ModelDef } from './types.js';
+import { checkMixture } from '../route/experts.js';
 
 // The registry and the argument rules apart from the registrations (./zoo.ts), so that layers which build
 // registered models by name (a multi-branch network's branches, adaptive resolution's backbone) import them
@@ -10,6 +12,12 @@ import type { ModelArgs, ModelDef } from './types.js';
 
 /** Registered models, by name. */
 export const models = new Registry<ModelDef>('model');
+
+/** `a`, `a or b`, `a, b or c`. */
+const orList = (xs: readonly string[]) => (xs.length < 2 ? xs.join('') : `${xs.slice(0, -1).join(', ')} or ${xs[xs.length - 1]}`);
+
+/** A mixture of experts' arguments (`MoeArgs`), which only its models take. */
+const MOE_ARGS = ['experts', 'topK', 'capacityFactor', 'evalCapacityFactor', 'overflow', 'importanceWeight', 'loadWeight', 'switchWeight'] as const;
 
 const COMMON: ModelArgs = { inputShape: [28, 28, 1], numClasses: 10, groups: 8, batchNorm: true, seed: 0 };
 
@@ -30,20 +38,21 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   }
   if (resolved.dynamic !== undefined) {
     const m = mechanisms.get(String(resolved.dynamic));
-    if (m.model !== undefined && m.model !== name) throw new DynnError(`--dynamic ${resolved.dynamic} needs --model ${m.model}`);
-    const own = mechanisms.list().find((k) => mechanisms.get(k).model === name);
+    const needs = mechanismModels(m);
+    if (needs.length && !needs.includes(name)) throw new DynnError(`--dynamic ${resolved.dynamic} needs --model ${orList(needs)}`);
+    const own = mechanisms.list().find((k) => mechanismModels(mechanisms.get(k)).includes(name));
     if (own !== undefined && own !== resolved.dynamic) throw new DynnError(`${name} takes --dynamic ${own}, not ${resolved.dynamic}`);
     if (m.widthSwitch && !def.switchAfter) {
       const able = models.list().filter((k) => models.get(k).switchAfter);
       throw new DynnError(`--dynamic ${resolved.dynamic} chooses a width per sample; ${name} is not throttleable after its first stage (expected one of ${able.join(', ')})`);
     }
-    if (m.skipsBlocks && !def.skippable) {
+    if (gatesShapeKeeping(m) && !def.skippable) {
       const able = models.list().filter((k) => models.get(k).skippable);
-      throw new DynnError(`--dynamic ${resolved.dynamic} skips residual blocks; ${name} has no blocks to skip (expected one of ${able.join(', ')})`);
+      throw new DynnError(`--dynamic ${resolved.dynamic} ${m.spatial ? 'gates the positions of' : 'skips'} residual blocks; ${name} has no blocks to ${m.spatial ? 'gate' : 'skip'} (expected one of ${able.join(', ')})`);
     }
     if (!m.widthSwitch && !def.dynamic && !m.wrapsModel) {
       // Models with gated forms, less those built for one mechanism of their own (multi-branch).
-      const able = models.list().filter((k) => models.get(k).dynamic && !mechanisms.list().some((n) => mechanisms.get(n).model === k));
+      const able = models.list().filter((k) => models.get(k).dynamic && !mechanisms.list().some((n) => mechanismModels(mechanisms.get(n)).includes(k)));
       throw new DynnError(`--dynamic ${resolved.dynamic} needs a model with a gated form; ${name} has none (expected one of ${able.join(', ')})`);
     }
   }
@@ -53,8 +62,9 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
     if (resolved.dynamic === undefined) throw new DynnError(`decisions (--decisions ${resolved.decisions}) needs a dynamic model (--dynamic NAME)`);
     decisionForms.get(String(resolved.decisions));
     // A block skipped whole is one group: per-channel decisions would record no execution rate to hold.
-    if (resolved.decisions !== 'nested' && mechanisms.has(String(resolved.dynamic)) && mechanisms.get(String(resolved.dynamic)).skipsBlocks) {
-      throw new DynnError(`--dynamic ${resolved.dynamic} decides whole blocks: it takes --decisions nested only, got ${resolved.decisions}`);
+    const m = mechanisms.has(String(resolved.dynamic)) ? mechanisms.get(String(resolved.dynamic)) : undefined;
+    if (resolved.decisions !== 'nested' && m && gatesShapeKeeping(m)) {
+      throw new DynnError(`--dynamic ${resolved.dynamic} decides ${m.spatial ? 'positions' : 'whole blocks'}: it takes --decisions nested only, got ${resolved.decisions}`);
     }
   }
   if (resolved.gateWidth !== undefined && (!Number.isInteger(resolved.gateWidth) || (resolved.gateWidth as number) < 1)) {
@@ -66,6 +76,19 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   if (resolved.gateScale !== undefined && !((resolved.gateScale as number) > 0 && Number.isFinite(resolved.gateScale))) {
     throw new DynnError(`gateScale must be a positive number, got ${resolved.gateScale}`);
   }
+  // `experts` is shared: a mixture's experts, or a conditional convolution's kernels.
+  const moe = MOE_ARGS.filter((k) => resolved[k] !== undefined && !(k === 'experts' && def.condconv));
+  if (moe.length && resolved.dynamic !== 'moe') throw new DynnError(`${moe.join(', ')} ${moe.length > 1 ? 'need' : 'needs'} a mixture of experts (--model ${orList(mechanismModels(mechanisms.get('moe')))})`);
+  if (resolved.dynamic === 'moe') {
+    checkMixture(resolved.experts as number, resolved.topK as number, [resolved.capacityFactor as number, ...(resolved.evalCapacityFactor === undefined ? [] : [resolved.evalCapacityFactor as number])], String(resolved.overflow));
+  }
+  for (const key of ['routing', 'temperature', 'annealEpochs'] as const) {
+    if (set[key] !== undefined && !def.condconv) {
+      const able = models.list().filter((k) => models.get(k).condconv);
+      throw new DynnError(`${key} needs a model with conditional convolutions (expected one of ${able.join(', ')}), not ${name}`);
+    }
+  }
+  if (def.condconv) checkCondArgs(resolved, name);
   if (!Number.isInteger(resolved.groups) || (resolved.groups as number) < 1) {
     throw new DynnError(`groups must be a positive integer, got ${resolved.groups}`);
   }

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import type { Plan } from '../layers/types.js';
+import { condConv, type CondConvParams } from '../layers/condconv-ops.js';
 
 /** One operation of a frozen sub-network, with its weights already sliced to the plan. */
 export type FrozenOp =
@@ -19,7 +20,9 @@ export type FrozenOp =
   /** Channel attention (squeeze-and-excitation): the input times sigmoid(branch(input)), per sample and channel. */
   | { op: 'scale'; branch: FrozenOp[] }
   /** Bilinear resizing to `height` x `width` (half-pixel centres): adaptive resolution's route. */
-  | { op: 'resize'; height: number; width: number };
+  | { op: 'resize'; height: number; width: number }
+  /** A conditional convolution (CondConv): per sample, a kernel mixed from experts by a router on the pooled input. */
+  | ({ op: 'condconv'; name: string; relu: boolean } & CondConvParams);
 
 /** Every tensor an op list holds. */
 export function opTensors(ops: FrozenOp[]): tf.Tensor[] {
@@ -32,6 +35,8 @@ export function opTensors(ops: FrozenOp[]): tf.Tensor[] {
         return [o.scale, o.shift];
       case 'groupconv':
         return o.kernels;
+      case 'condconv':
+        return [o.kernel, o.routeKernel, o.routeBias, ...([o.bias, o.shift, o.temperature] as (tf.Tensor | null | undefined)[]).filter((t): t is tf.Tensor => t != null)];
       case 'residual':
         return [...opTensors(o.main), ...opTensors(o.shortcut)];
       case 'concat':
@@ -61,7 +66,11 @@ export function fuseOps(ops: FrozenOp[]): FrozenOp[] {
       out[out.length - 1] = prev.op === 'conv'
         ? { ...prev, kernel: kernel as tf.Tensor4D, bias: bias as tf.Tensor1D }
         : { ...prev, kernel: kernel as tf.Tensor2D, bias: bias as tf.Tensor1D };
-    } else if (o.op === 'relu' && prev && (prev.op === 'conv' || prev.op === 'dense') && !prev.relu) {
+    } else if (o.op === 'affine' && prev && prev.op === 'condconv' && !prev.relu) {
+      // BatchNorm after a mixture: every expert's output channels scaled; the shift is added after the mixing
+      // (sigmoid weights need not sum to 1, so it cannot go into the experts' biases).
+      out[out.length - 1] = { ...prev, kernel: tf.mul(prev.kernel, o.scale) as tf.Tensor3D, bias: prev.bias ? (tf.mul(prev.bias, o.scale) as tf.Tensor2D) : null, shift: prev.shift ? (tf.add(tf.mul(prev.shift, o.scale), o.shift) as tf.Tensor1D) : o.shift };
+    } else if (o.op === 'relu' && prev && (prev.op === 'conv' || prev.op === 'dense' || prev.op === 'condconv') && !prev.relu) {
       out[out.length - 1] = { ...prev, relu: true };
     } else {
       out.push(o);
@@ -112,6 +121,10 @@ export function runOps(ops: FrozenOp[], x: tf.Tensor): tf.Tensor {
         y = parts.length === 1 ? parts[0] : tf.concat(parts, 3);
         break;
       }
+      case 'condconv':
+        y = condConv(y as tf.Tensor4D, o);
+        if (o.relu) y = tf.relu(y);
+        break;
       case 'residual': {
         const main = runOps(o.main, y);
         const short = o.shortcut.length ? runOps(o.shortcut, y) : y;

@@ -22,6 +22,14 @@ export interface ModelArgs {
   decisions?: string;
   /** `--dynamic width`: the widths K a sample can take (default 4). */
   widthRoutes?: number;
+  /** Dynamic-parameter models: expert kernels E per conditional convolution (default 4). */
+  experts?: number;
+  /** Dynamic-parameter models: `sigmoid` (CondConv) or `softmax` (dynamic convolution) mixing weights. */
+  routing?: string;
+  /** Dynamic-parameter models with softmax routing: the temperature (default 1). */
+  temperature?: number;
+  /** Dynamic-parameter models: epochs over which the temperature anneals to 1 (default 0). */
+  annealEpochs?: number;
   [key: string]: unknown;
 }
 
@@ -37,7 +45,11 @@ export interface ModelDef {
    * whose output the gate reads; everything after it is throttleable. Absent: no width switch fits it.
    */
   switchAfter?: string;
+  /** Whether its convolutions are conditional (CondConv): it takes `experts`, `routing`, `temperature`, `annealEpochs`. */
+  condconv?: boolean;
   /** Whether it has residual blocks that keep their shape, which a mechanism that skips blocks can gate (`skip`). */
   skippable?: boolean;
+  /** Arguments that are ratios or weights though their default is a whole number (a mixture's loss weights, 0 by default). */
+  ratios?: readonly string[];
   layers(args: Required<Pick<ModelArgs, 'inputShape' | 'numClasses' | 'groups' | 'batchNorm'>> & ModelArgs): Layer[];
 }

@@ -1,17 +1,19 @@
 import { DynnError } from '../util/errors.js';
-import { BatchNorm, Conv2D, Dense, DenseHead, DenseTransition, DenseUnit, Flatten, GlobalAvgPool, MaxPool, ReLU, ResidualBlock, ResNeXtBlock } from '../layers/index.js';
+import { BatchNorm, CondConv2D, Conv2D, Dense, DenseHead, DenseTransition, DenseUnit, Flatten, GlobalAvgPool, MaxPool, ReLU, ResidualBlock, ResNeXtBlock, SqueezeExcite } from '../layers/index.js';
 import { InputTooSmallError, type Layer } from '../layers/index.js';
 import type { ModelArgs, ModelDef } from './types.js';
 import { Network } from './network.js';
 import { GatedResidualBlock } from '../route/residual.js';
 import { GatedDenseUnit } from '../route/dense.js';
-import { mechanisms } from '../route/mechanisms.js';
+import { gatesShapeKeeping, mechanisms } from '../route/mechanisms.js';
+import { SpatialResidualBlock } from '../route/spatial.js';
 import { decisionForms } from '../route/unit.js';
 import { withExits } from './exits.js';
 import { MultiBranch, parseBranches } from '../route/branches.js';
 import { withWidthSwitch } from '../route/width.js';
 import { ResolutionSwitch } from '../route/resolution.js';
 import { models, resolveModelArgs } from './registry.js';
+import { MoeBlock, type MoeArgs } from '../route/moe.js';
 
 export type { ModelArgs, ModelDef } from './types.js';
 
@@ -48,6 +50,67 @@ models.register('vgg-w', {
   },
 });
 
+/** The expert settings of a model's conditional convolutions (unset ones left to the layer's defaults). */
+function condArgs(a: ModelArgs) {
+  const { experts, routing, temperature, annealEpochs } = a;
+  const set = Object.entries({ routing, temperature, annealEpochs }).filter(([, v]) => v !== undefined);
+  return { experts: experts as number, ...(Object.fromEntries(set) as { routing?: string; temperature?: number; annealEpochs?: number }) };
+}
+
+function condBnRelu(name: string, filters: number, a: ModelArgs): Layer[] {
+  return [new CondConv2D(`${name}.conv`, { filters, kernelSize: 3, ...condArgs(a) }), new BatchNorm(`${name}.bn`, { levels: 1 }), new ReLU(`${name}.relu`, {})];
+}
+
+/** vgg-w's layout, not throttled, with `block` for each conv block past the stem (vgg-condconv, vgg-se). */
+function staticVgg(a: Parameters<ModelDef['layers']>[0], block: (name: string, filters: number) => Layer[]): Layer[] {
+  const [w1, w2, w3, w4] = a.widths as number[];
+  return [
+    ...convBnRelu('stem', w1, 0, 1, true),
+    ...block('c2', w2),
+    new MaxPool('pool1', {}),
+    ...block('c3', w3),
+    ...block('c4', w4),
+    new MaxPool('pool2', {}),
+    new Flatten('flatten', {}),
+    new Dense('fc1', { units: a.hidden as number }),
+    new ReLU('fc1.relu', {}),
+    new Dense('classifier', { units: a.numClasses }),
+  ];
+}
+
+models.register('vgg-condconv', {
+  description:
+    'vgg-w with conditional convolutions (CondConv / dynamic convolution): after the stem, each 3x3 kernel is a per-sample mixture of --experts kernels (--routing sigmoid|softmax); not throttleable',
+  defaults: { widths: [32, 32, 64, 64], hidden: 256, experts: 4 },
+  condconv: true,
+  layers: (a) => staticVgg(a, (name, filters) => condBnRelu(name, filters, a)),
+});
+
+models.register('resnet-condconv', {
+  description: 'resnet-d (3 stages, no gating) whose residual blocks run conditional convolutions: per sample, each 3x3 kernel a mixture of --experts kernels',
+  defaults: { width: 16, blocksPerStage: 2, experts: 4 },
+  condconv: true,
+  layers(a) {
+    const w = a.width as number;
+    const n = a.blocksPerStage as number;
+    const cond = condArgs(a);
+    const layers: Layer[] = [...convBnRelu('stem', w, 0, 1, true)];
+    for (let s = 0; s < 3; s++) {
+      if (s > 0) layers.push(new ResidualBlock(`s${s}.down`, { filters: w << s, strides: 2, levels: 1, cond }));
+      for (let i = 0; i < n; i++) layers.push(new ResidualBlock(`s${s}.b${i}`, { filters: w << s, levels: 1, cond }));
+    }
+    layers.push(new GlobalAvgPool('gap', {}), new Dense('classifier', { units: a.numClasses }));
+    return layers;
+  },
+});
+
+models.register('vgg-se', {
+  description:
+    'vgg-w (not throttled) with squeeze-and-excitation after each conv block past the stem: per-sample channel attention, the "dynamic features" counterpart of vgg-condconv',
+  defaults: { widths: [32, 32, 64, 64], hidden: 256, ratio: 4 },
+  layers: (a) => staticVgg(a, (name, filters) => [...convBnRelu(name, filters, 0, 1, true), new SqueezeExcite(`${name}.se`, { ratio: a.ratio as number })]),
+});
+
 models.register('resnet-d', {
   description: 'ResNet with depth-gated residual blocks (skipped blocks are the identity), 3 stages',
   defaults: { width: 16, blocksPerStage: 2 },
@@ -64,7 +127,7 @@ models.register('resnet-d', {
       if (s > 0) layers.push(new ResidualBlock(`s${s}.down`, { filters: w << s, strides: 2, levels: L }));
       for (let i = 0; i < n; i++) {
         const name = `s${s}.b${i}`;
-        layers.push(gate ? new GatedResidualBlock(name, { filters: w << s, levels: L, ...gate }) : new ResidualBlock(name, { filters: w << s, gated: true, stage: s, levels: L }));
+        layers.push(gate ? gatedBlock(name, { filters: w << s, levels: L }, gate) : new ResidualBlock(name, { filters: w << s, gated: true, stage: s, levels: L }));
       }
     }
     layers.push(new GlobalAvgPool('gap', {}), new Dense('classifier', { units: a.numClasses }));
@@ -142,7 +205,7 @@ models.register('resnet38', {
     const widths = a.widths as number[];
     const n = a.blocksPerStage as number;
     const gate = gatedForm(a);
-    const skips = mechanisms.has(String(a.dynamic)) && mechanisms.get(String(a.dynamic)).skipsBlocks === true;
+    const skips = mechanisms.has(String(a.dynamic)) && gatesShapeKeeping(mechanisms.get(String(a.dynamic)));
     const D = a.groups;
     // Blocks skipped whole: one group, the rest of the network not throttled (two BatchNorm rows everywhere).
     const L = skips ? 2 : D + 1;
@@ -154,7 +217,7 @@ models.register('resnet38', {
         const name = `s${s}.b${i}`;
         // Layer skipping gates only the blocks that keep their shape: downsampling blocks always run (ConvNet-AIG).
         const gated = gate && !(skips && strides !== 1);
-        layers.push(gated ? new GatedResidualBlock(name, { ...args, ...gate }) : new ResidualBlock(name, args));
+        layers.push(gated ? gatedBlock(name, args, gate) : new ResidualBlock(name, args));
       }
     });
     layers.push(new GlobalAvgPool('gap', {}), new Dense('classifier', { units: a.numClasses }));
@@ -173,7 +236,14 @@ function widthArgs(a: ModelArgs) {
 function gatedForm(a: ModelArgs) {
   if (a.dynamic === undefined) return null;
   const mechanism = String(a.dynamic);
-  return { ...gatedArgs(a, mechanism), groups: mechanisms.get(mechanism).skipsBlocks ? 1 : (a.groups as number) };
+  return { ...gatedArgs(a, mechanism), groups: gatesShapeKeeping(mechanisms.get(mechanism)) ? 1 : (a.groups as number) };
+}
+
+/** A residual block gated per sample by `gate`'s mechanism: its positions (spatial), or its inner groups (a whole block is one group). */
+function gatedBlock(name: string, args: { filters: number; strides?: number; levels: number }, gate: NonNullable<ReturnType<typeof gatedForm>>): Layer {
+  if (!mechanisms.get(gate.mechanism).spatial) return new GatedResidualBlock(name, { ...args, ...gate });
+  const { decisions: _decisions, ...spatial } = gate;
+  return new SpatialResidualBlock(name, { ...args, ...spatial });
 }
 
 /** The arguments a gated unit takes from the model's: its mechanism, gate width and decision form. */
@@ -250,6 +320,91 @@ models.register('multi-branch', {
   layers: (a) => [
     new MultiBranch('mb', { branches: parseBranches(a.branches), mechanism: String(a.dynamic), gateWidth: a.gateWidth as number | undefined, gateScale: a.gateScale as number | undefined, numClasses: a.numClasses }),
   ],
+});
+
+/** A mixture's defaults: 4 experts, top-1, Switch's capacity factors and balance loss. */
+const MOE_DEFAULTS: ModelArgs = { dynamic: 'moe', experts: 4, topK: 1, capacityFactor: 1.25, overflow: 'residual', importanceWeight: 0, loadWeight: 0, switchWeight: 0.01 };
+
+/** A mixture's arguments that are ratios and weights. */
+const MOE_RATIOS = ['capacityFactor', 'evalCapacityFactor', 'importanceWeight', 'loadWeight', 'switchWeight'];
+
+/** The mixture settings of a model's arguments (see `MoeArgs`). */
+function moeArgs(a: ModelArgs, residual: boolean): MoeArgs {
+  const { experts, topK, capacityFactor, evalCapacityFactor, overflow, importanceWeight, loadWeight, switchWeight } = a as ModelArgs & MoeArgs;
+  return { experts, topK, capacityFactor, evalCapacityFactor, overflow, importanceWeight, loadWeight, switchWeight, residual, mechanism: String(a.dynamic) };
+}
+
+models.register('vgg-moe', {
+  description:
+    'vgg-w whose c4 is a residual sparse mixture of experts (each expert conv64-BN-ReLU; a router on the pooled input, noisy top-k): --experts E --top-k K --capacity-factor C',
+  defaults: { ...models.get('vgg-w').defaults, ...MOE_DEFAULTS },
+  ratios: MOE_RATIOS,
+  dynamic: true,
+  layers(a) {
+    const [w1, w2, w3, w4] = a.widths as number[];
+    const D = a.groups;
+    const L = D + 1;
+    // c3 is not throttled: the mixture adds its input to the experts' outputs, so it must hold every channel.
+    return [
+      ...convBnRelu('stem', w1, 0, L, a.batchNorm),
+      ...convBnRelu('c2', w2, D, L, a.batchNorm),
+      new MaxPool('pool1', {}),
+      ...convBnRelu('c3', w3, 0, L, a.batchNorm),
+      new MoeBlock('c4', moeArgs(a, w3 === w4), (prefix) => convBnRelu(prefix, w4, 0, L, a.batchNorm)),
+      new MaxPool('pool2', {}),
+      new Flatten('flatten', {}),
+      new Dense('fc1', { units: a.hidden as number, groups: D }),
+      new ReLU('fc1.relu', {}),
+      new Dense('classifier', { units: a.numClasses }),
+    ];
+  },
+});
+
+models.register('resnet-moe', {
+  description:
+    'resnet-d whose last stage\'s residual blocks are sparse mixtures of experts (each expert a block\'s conv-BN-ReLU-conv-BN branch, the shortcut shared): --experts E --top-k K --capacity-factor C',
+  defaults: { ...models.get('resnet-d').defaults, ...MOE_DEFAULTS },
+  ratios: MOE_RATIOS,
+  dynamic: true,
+  layers(a) {
+    const w = a.width as number;
+    const n = a.blocksPerStage as number;
+    const L = 3 * n + 1;
+    const layers: Layer[] = [...convBnRelu('stem', w, 0, L, true)];
+    for (let s = 0; s < 3; s++) {
+      if (s > 0) layers.push(new ResidualBlock(`s${s}.down`, { filters: w << s, strides: 2, levels: L }));
+      for (let i = 0; i < n; i++) {
+        const name = `s${s}.b${i}`;
+        const f = w << s;
+        if (s < 2) layers.push(new ResidualBlock(name, { filters: f, gated: true, stage: s, levels: L }));
+        else {
+          const branch = (prefix: string) => [
+            new Conv2D(`${prefix}.conv1`, { filters: f, kernelSize: 3, useBias: false }),
+            new BatchNorm(`${prefix}.bn1`, { levels: L }),
+            new ReLU(`${prefix}.relu1`, {}),
+            new Conv2D(`${prefix}.conv2`, { filters: f, kernelSize: 3, useBias: false }),
+            new BatchNorm(`${prefix}.bn2`, { levels: L }),
+          ];
+          layers.push(new MoeBlock(name, moeArgs(a, true), branch), new ReLU(`${name}.relu`, {}));
+        }
+      }
+    }
+    layers.push(new GlobalAvgPool('gap', {}), new Dense('classifier', { units: a.numClasses }));
+    return layers;
+  },
+});
+
+models.register('mlp-moe', {
+  description:
+    'a mixture-of-experts classifier: the flattened image into E MLP experts (dense hidden, ReLU, dense classes) and a router on the pixels, noisy top-k (the head task of the MoE bench)',
+  defaults: { ...MOE_DEFAULTS, experts: 10, hidden: 64 },
+  ratios: MOE_RATIOS,
+  dynamic: true,
+  layers(a) {
+    const hidden = a.hidden as number;
+    const expert = (prefix: string) => [new Dense(`${prefix}.fc1`, { units: hidden, groups: a.groups }), new ReLU(`${prefix}.relu`, {}), new Dense(`${prefix}.fc2`, { units: a.numClasses })];
+    return [new Flatten('flatten', {}), new MoeBlock('moe', moeArgs(a, false), expert)];
+  },
 });
 
 /** Adaptive resolution's network around registered model `model` (see `ResolutionSwitch`). */

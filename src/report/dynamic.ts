@@ -1,5 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import type { RoutedPoint } from '../eval/routed.js';
+import type { SpatialMasks } from '../eval/spatial.js';
 import { z } from 'zod';
 import { summarizeIssues } from '../checkpoint/checkpoint.js';
 import { DynnError } from '../util/errors.js';
@@ -34,6 +35,8 @@ export interface DynamicSweepData {
   masked: { latencyMs: { batch64: number } };
   /** How the decisions ran when it was measured (`masked`: every channel computed), when the file records it. */
   execution?: 'sliced' | 'masked';
+  /** Spatial gates: the positions each block computed on the first test images (`spatialMasks`). */
+  masks?: SpatialMasks;
   /** A command line that remakes the file. */
   command: string;
 }
@@ -70,7 +73,52 @@ const pointSchema = z.object({
   histogram: z.array(z.number().int().nonnegative()).length(10),
   latencyMs: z.object({ batch1: orNaN(nonnegative), batch64: orNaN(nonnegative) }),
   routes: z.record(name, z.array(z.array(orNaN(fraction)).min(1).max(64))).optional(),
+  experts: z
+    .record(
+      name,
+      z
+        .object({ load: z.array(fraction).min(1).max(4096), cv: nonnegative, maxShare: fraction, classes: z.array(z.array(orNaN(fraction)).max(4096)).max(4096), overflowRate: fraction })
+        .refine((e) => e.classes.every((row) => row.length === e.load.length), { message: 'every class row has one share per expert' }),
+    )
+    .optional(),
+  overflowRate: fraction.optional(),
 });
+
+const side = z.number().int().min(1).max(256);
+/** Cells (pixels and mask positions over every sample) the mask pictures may hold. */
+const MAX_MASK_CELLS = 200_000;
+const masksSchema = z
+  .object({
+    threshold: fraction,
+    height: side,
+    width: side,
+    blocks: z.array(z.object({ name, height: side, width: side })).min(1).max(64),
+    samples: z
+      .array(
+        z.object({
+          index: z.number().int().nonnegative(),
+          label: z.number().int().nonnegative(),
+          predicted: z.number().int().nonnegative(),
+          image: z.array(z.number().int().min(0).max(255)),
+          masks: z.array(z.array(z.union([z.literal(0), z.literal(1)]))),
+        }),
+      )
+      .max(16),
+  })
+  .superRefine((m, ctx) => {
+    // The pictures draw one cell per pixel and position: bounded so a crafted file cannot exhaust memory.
+    const cells = m.samples.length * (m.height * m.width + m.blocks.reduce((a, b) => a + b.height * b.width, 0));
+    if (cells > MAX_MASK_CELLS) ctx.addIssue({ code: 'custom', path: ['samples'], message: `${cells} image and mask cells, more than the ${MAX_MASK_CELLS} the report draws` });
+    m.samples.forEach((s, i) => {
+      const issue = (path: (string | number)[], message: string) => ctx.addIssue({ code: 'custom', path: ['samples', i, ...path], message });
+      if (s.image.length !== m.height * m.width) issue(['image'], `${s.image.length} pixels, expected ${m.height} x ${m.width}`);
+      if (s.masks.length !== m.blocks.length) issue(['masks'], `${s.masks.length} masks for ${m.blocks.length} blocks`);
+      s.masks.forEach((k, j) => {
+        const b = m.blocks[j];
+        if (b && k.length !== b.height * b.width) issue(['masks', j], `${k.length} positions, ${b.name} has ${b.height} x ${b.width}`);
+      });
+    });
+  });
 
 const sweepSchema = z
   .object({
@@ -84,6 +132,7 @@ const sweepSchema = z
     points: z.array(pointSchema).min(1),
     full: z.object({ accuracy: fraction, latencyMs: z.object({ batch1: orNaN(nonnegative), batch64: orNaN(nonnegative) }) }),
     masked: z.object({ latencyMs: z.object({ batch64: orNaN(nonnegative) }) }),
+    masks: masksSchema.optional(),
   })
   .superRefine((s, ctx) => {
     const classes = s.classNames?.length ?? s.points[0].classFlops.length;
@@ -145,6 +194,7 @@ export function parseDynamicSweep(raw: unknown, file: string, run: DynamicRunRef
       full: s.full,
       masked: s.masked,
       ...(s.execution ? { execution: s.execution } : {}),
+      ...(s.masks ? { masks: s.masks } : {}),
       command: commandLine(['dynn', 'sweep', run.dir, ...(others.length ? ['--thresholds', others.join(',')] : []), '--json']) + ` > ${file}`,
     },
   };
@@ -197,5 +247,34 @@ export function classRoutes(s: DynamicSweepData, p: DynamicPoint): { gate: strin
   return Object.entries(p.routes ?? {}).map(([gate, t]) => ({ gate, routes: t[0]?.length ?? 0, classes: s.classNames.map((name, c) => ({ name, shares: t[c] })) }));
 }
 
+/** Per mixture-of-experts block at a point: the expert load and each class's share per expert; empty when the file records none. */
+export function expertTables(s: DynamicSweepData, p: DynamicPoint): { block: string; load: number[]; cv: number; maxShare: number; overflowRate: number; classes: { name: string; shares: number[] }[] }[] {
+  return Object.entries(p.experts ?? {}).map(([block, e]) => ({ block, load: e.load, cv: e.cv, maxShare: e.maxShare, overflowRate: e.overflowRate, classes: s.classNames.map((name, c) => ({ name, shares: e.classes[c] ?? [] })) }));
+}
+
 /** The histogram's bins as labels: `0.0-0.1`, ..., `0.9+`. */
 export const HISTOGRAM_BINS = Array.from({ length: 10 }, (_, i) => (i === 9 ? '0.9+' : `${(i / 10).toFixed(1)}-${((i + 1) / 10).toFixed(1)}`));
+
+/**
+ * The rows of the spatial masks drawn over their images: per sample and gated block, each position of the
+ * block's grid with the image's mean intensity over it and whether it was computed.
+ */
+export function maskCells(s: DynamicSweepData): { sample: string; block: string; x: number; y: number; intensity: number; computed: number }[] {
+  const m = s.masks;
+  if (!m) return [];
+  const name = (c: number) => s.classNames[c] ?? `class ${c}`;
+  return m.samples.flatMap((smp) => {
+    const sample = `#${smp.index}: ${name(smp.label)}${smp.predicted === smp.label ? '' : ` (taken for ${name(smp.predicted)})`}`;
+    return m.blocks.flatMap((b, j) =>
+      Array.from({ length: b.height * b.width }, (_, p) => {
+        const [y, x] = [Math.floor(p / b.width), p % b.width];
+        // The image's pixels under this position (the grid divides the image evenly in resnet-d and resnet38).
+        const [y0, y1] = [Math.floor((y * m.height) / b.height), Math.max(Math.floor((y * m.height) / b.height) + 1, Math.floor(((y + 1) * m.height) / b.height))];
+        const [x0, x1] = [Math.floor((x * m.width) / b.width), Math.max(Math.floor((x * m.width) / b.width) + 1, Math.floor(((x + 1) * m.width) / b.width))];
+        let sum = 0;
+        for (let yy = y0; yy < y1; yy++) for (let xx = x0; xx < x1; xx++) sum += smp.image[yy * m.width + xx];
+        return { sample, block: b.name, x, y, intensity: Math.round(sum / ((y1 - y0) * (x1 - x0))), computed: smp.masks[j][p] };
+      }),
+    );
+  });
+}

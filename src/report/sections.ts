@@ -3,7 +3,7 @@ import { Registry } from '../util/registry.js';
 import { paretoFront, type Candidate } from '../control/select.js';
 import { si } from '../util/format.js';
 import { barChart, fixed, lineChart, percent, quantitative, round, type Row } from './charts.js';
-import { blockSkips, classCompute, classRoutes, classSkips, HISTOGRAM_BINS, type DynamicSweepData } from './dynamic.js';
+import { blockSkips, classCompute, classRoutes, classSkips, expertTables, HISTOGRAM_BINS, maskCells, type DynamicSweepData } from './dynamic.js';
 import { CHART_SIZE } from './vega.js';
 import { RUN_FILES } from './sources.js';
 import { compareSection } from './compare.js';
@@ -139,6 +139,35 @@ function controllerChart(run: RunData, c: ControllerEvalData, index: number): Ch
   } as TopLevelSpec;
   return { id: `controller-${index}`, title: `Controller ${c.name}`, spec };
 }
+
+registerSection({
+  name: 'condconv-routing',
+  title: 'Dynamic parameters: how samples mix the kernels',
+  description:
+    'A dynamic layer reweights either its features or its parameters: (x * W) (x) a = x * (W (x) a). Squeeze-and-excitation (vgg-se) is the left side, dynamic features; a conditional convolution (CondConv, dynamic convolution: vgg-condconv, resnet-condconv) the right side, dynamic parameters: each sample convolves with its own mixture of E expert kernels. Per conditional layer: the mean entropy of the mixing weights (normalised to sum 1; log E when every sample mixes the experts equally, 0 when each picks one) and the class-by-kernel table of mean mixing weights (how specialised the kernels become).',
+  available: (runs) =>
+    withSweep(runs).some((r) => r.sweep.routing)
+      ? ok
+      : { ok: false, missing: `no run has conditional convolutions with routing statistics (\`dynn sweep RUN --json > RUN/${RUN_FILES.sweep}\` of a vgg-condconv or resnet-condconv run)` },
+  render(runs) {
+    const content = empty();
+    for (const r of withSweep(runs)) {
+      const routing = r.sweep.routing;
+      if (!routing) continue;
+      const entropy: Row[] = routing.layers.map((l) => ({ layer: `${r.name} · ${l.layer}`, entropy: round(l.meanEntropy / (l.maxEntropy || 1)) }));
+      content.charts.push({ id: `condconv-entropy-${r.name}`, title: `${r.name}: routing entropy`, spec: barChart(`${r.name}: mean routing entropy / log E per layer`, entropy, { field: 'layer', title: 'layer', sort: entropy.map((e) => String(e.layer)) }, { field: 'entropy', title: 'entropy / log E' }) });
+      for (const l of routing.layers) {
+        content.tables.push({
+          caption: `${r.name} · ${l.layer}: mean mixing weight per class and kernel (entropy ${fixed(l.meanEntropy)} of ${fixed(l.maxEntropy)})`,
+          head: ['class', ...l.meanWeights.map((_, j) => `kernel ${j}`)],
+          rows: [...l.perClass.map((w, c) => [r.sweep.classNames?.[c] ?? String(c), ...w.map((v) => fixed(v))]), ['all', ...l.meanWeights.map((v) => fixed(v))]],
+        });
+      }
+      content.commands.push(r.sweep.command);
+    }
+    return content;
+  },
+});
 
 registerSection({
   name: 'accuracy-flops',
@@ -408,7 +437,8 @@ registerSection({
       const classes = classCompute(d, d.trained);
       content.charts.push(
         { id: `dynamic-histogram-${r.name}`, title: `${r.name}: FLOPs per sample`, spec: barChart(`${r.name}: executed FLOPs ratio per sample (${at})`, hist, { field: 'bin', title: 'FLOPs ratio', sort: HISTOGRAM_BINS }, { field: 'share', title: 'share of samples', as: 'percent' }, [{ field: 'samples', type: 'quantitative' }]) },
-        { id: `dynamic-skips-${r.name}`, title: `${r.name}: skip rate per block`, spec: barChart(`${r.name}: share of groups skipped per gated block (${at})`, skips.map((s) => ({ block: s.block, skipped: round(s.skipped) })), { field: 'block', title: 'gated block', sort: skips.map((s) => s.block) }, { field: 'skipped', title: 'groups skipped', as: 'percent', domain: [0, 1] }) },
+        // A mixture of experts skips nothing: no skip rates to draw.
+        ...(skips.length ? [{ id: `dynamic-skips-${r.name}`, title: `${r.name}: skip rate per block`, spec: barChart(`${r.name}: share of groups skipped per gated block (${at})`, skips.map((s) => ({ block: s.block, skipped: round(s.skipped) })), { field: 'block', title: 'gated block', sort: skips.map((s) => s.block) }, { field: 'skipped', title: 'groups skipped', as: 'percent', domain: [0, 1] }) }] : []),
         { id: `dynamic-class-flops-${r.name}`, title: `${r.name}: FLOPs per class`, spec: barChart(`${r.name}: mean executed FLOPs ratio per class (${at})`, classes.map((c) => ({ class: c.name, flopsRatio: round(c.flopsRatio), accuracy: round(c.accuracy) })), { field: 'class', title: 'class', sort: d.classNames }, { field: 'flopsRatio', title: 'mean FLOPs ratio' }, [{ field: 'accuracy', type: 'quantitative', format: '.2%' }]) },
       );
       if (classes.some((c) => Number.isFinite(c.accuracy))) {
@@ -416,7 +446,7 @@ registerSection({
       } else content.notes.push(`${r.name}: its threshold sweep predates per-class accuracy; remake it to draw it: \`${d.command}\`.`);
       // Which blocks each class skips: the routes per class, as a class x block grid.
       const perClass = classSkips(d, d.trained);
-      if (perClass) {
+      if (perClass && perClass.blocks.length) {
         const cells: Row[] = perClass.classes.flatMap((c) => perClass.blocks.map((b, j) => ({ class: c.name, block: b, skipped: round(c.skipped[j]) })));
         const spec = {
           title: `${r.name}: groups skipped per class and block (${at})`,
@@ -432,13 +462,65 @@ registerSection({
         } as TopLevelSpec;
         content.charts.push({ id: `dynamic-class-skips-${r.name}`, title: `${r.name}: skips per class`, spec });
         content.tables.push({ caption: `${r.name}: groups skipped per class and block (${at})`, head: ['class', ...perClass.blocks], rows: perClass.classes.map((c) => [c.name, ...c.skipped.map((s) => percent(s))]) });
-      } else content.notes.push(`${r.name}: its threshold sweep predates per-class skip rates; remake it to draw which blocks each class skips: \`${d.command}\`.`);
+      } else if (!perClass) content.notes.push(`${r.name}: its threshold sweep predates per-class skip rates; remake it to draw which blocks each class skips: \`${d.command}\`.`);
+      // Spatial gates: each test image with the positions every gated block computed over it (a picture per sample).
+      const cells = maskCells(d);
+      if (cells.length) {
+        const m = d.masks!;
+        const axis = { axis: null, scale: { paddingInner: 0, paddingOuter: 0 } };
+        content.charts.push({
+          id: `dynamic-spatial-masks-${r.name}`,
+          title: `${r.name}: spatial masks`,
+          spec: {
+            title: `${r.name}: positions computed (orange) by each gated block over the first ${m.samples.length} test images (threshold ${m.threshold})`,
+            data: { values: cells },
+            facet: { row: { field: 'sample', type: 'nominal', title: 'test image', sort: [...new Set(cells.map((c) => c.sample))], header: { labelAngle: 0, labelAlign: 'left' } }, column: { field: 'block', type: 'nominal', title: 'gated block', sort: m.blocks.map((b) => b.name) } },
+            spec: {
+              width: 84,
+              height: 84,
+              layer: [
+                { mark: 'rect', encoding: { x: { field: 'x', type: 'ordinal', ...axis }, y: { field: 'y', type: 'ordinal', ...axis }, color: { field: 'intensity', type: 'quantitative', scale: { domain: [0, 255], range: ['#000000', '#ffffff'] }, legend: null } } },
+                { transform: [{ filter: 'datum.computed == 1' }], mark: { type: 'rect', color: '#f58518', opacity: 0.55 }, encoding: { x: { field: 'x', type: 'ordinal', ...axis }, y: { field: 'y', type: 'ordinal', ...axis } } },
+              ],
+            },
+            resolve: { scale: { x: 'independent', y: 'independent' } },
+          } as TopLevelSpec,
+        });
+      }
       content.tables.push(
         { caption: `${r.name}: samples per executed FLOPs ratio (${at})`, head: ['FLOPs ratio', 'samples', 'share'], rows: hist.map((h) => [String(h.bin), Number(h.samples), percent(Number(h.share))]) },
-        { caption: `${r.name}: groups skipped per gated block`, head: ['block', ...d.points.map((p) => `threshold ${p.threshold}`)], rows: skips.map((s) => [s.block, ...d.points.map((p) => percent(p.skipRates[s.block] ?? NaN))]) },
+        ...(skips.length ? [{ caption: `${r.name}: groups skipped per gated block`, head: ['block', ...d.points.map((p) => `threshold ${p.threshold}`)], rows: skips.map((s) => [s.block, ...d.points.map((p) => percent(p.skipRates[s.block] ?? NaN))]) }] : []),
         { caption: `${r.name}: compute and accuracy per class (${at})`, head: ['class', 'mean FLOPs ratio', 'accuracy'], rows: classes.map((c) => [c.name, fixed(c.flopsRatio), percent(c.accuracy)]) },
       );
-      for (const g of classRoutes(d, d.trained)) {
+      // A mixture's choices are experts, not routes ordered by cost: its own views instead.
+      const mixtures = expertTables(d, d.trained);
+      for (const m of mixtures) {
+        const experts = m.load.map((_, e) => `e${e}`);
+        content.charts.push({
+          id: `dynamic-expert-load-${r.name}-${m.block}`,
+          title: `${r.name}: expert load of ${m.block}`,
+          spec: barChart(`${r.name}: share of the assignments each expert of ${m.block} ran (CV ${fixed(m.cv)}, overflow ${percent(m.overflowRate)})`, m.load.map((l, e) => ({ expert: experts[e], share: round(l) })), { field: 'expert', title: 'expert', sort: experts }, { field: 'share', title: 'share of the assignments', as: 'percent', domain: [0, 1] }),
+        });
+        const cells: Row[] = m.classes.flatMap((c) => c.shares.map((v, e) => ({ class: c.name, expert: experts[e], share: round(v) })));
+        const heat = {
+          title: `${r.name}: experts each class ran at ${m.block}`,
+          ...CHART_SIZE,
+          data: { values: cells },
+          mark: 'rect',
+          encoding: {
+            x: { field: 'expert', type: 'nominal', title: 'expert', sort: experts },
+            y: { field: 'class', type: 'nominal', title: 'class', sort: d.classNames },
+            color: { field: 'share', type: 'quantitative', title: 'share of the class', scale: { domain: [0, 1] }, legend: { format: '.0%' } },
+            tooltip: [{ field: 'class' }, { field: 'expert' }, { field: 'share', type: 'quantitative', format: '.1%' }],
+          },
+        } as TopLevelSpec;
+        content.charts.push({ id: `dynamic-class-experts-${r.name}-${m.block}`, title: `${r.name}: experts per class at ${m.block}`, spec: heat });
+        content.tables.push(
+          { caption: `${r.name}: expert load of ${m.block} (share of the assignments; CV ${fixed(m.cv)}, most used ${percent(m.maxShare)}, overflow ${percent(m.overflowRate)})`, head: experts, rows: [m.load.map((l) => percent(l))] },
+          { caption: `${r.name}: experts each class ran at ${m.block} (share of the class's assignments)`, head: ['class', ...experts], rows: m.classes.map((c) => [c.name, ...c.shares.map((v) => percent(v))]) },
+        );
+      }
+      for (const g of mixtures.length ? [] : classRoutes(d, d.trained)) {
         const routes = Array.from({ length: g.routes }, (_, k) => `route ${k}`);
         const rows: Row[] = g.classes.flatMap((c) => c.shares.map((v, k) => ({ class: c.name, route: routes[k], share: round(v) })));
         // Stacked: each class's bar split by the route its samples took.

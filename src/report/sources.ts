@@ -85,6 +85,22 @@ const sweepSchema = z.object({
       }),
     )
     .min(1),
+  /** Conditional convolutions' routing statistics (`dynn sweep` of a dynamic-parameter model). */
+  routing: z
+    .object({
+      count: z.number().int().nonnegative(),
+      layers: z.array(
+        z.object({
+          layer: z.string(),
+          experts: z.number().int().positive(),
+          meanEntropy: z.number(),
+          maxEntropy: z.number(),
+          meanWeights: z.array(z.number()),
+          perClass: z.array(z.array(nullableNumber)),
+        }),
+      ),
+    })
+    .optional(),
 });
 
 const histogram = z.record(z.string(), z.number().nonnegative());
@@ -218,9 +234,18 @@ export async function gatherRun(dir: string, name: string, options: GatherOption
   await addCompanions(run);
   if (!run.sweep && !run.sweepMissing) {
     if (options.sweep === false) run.sweepMissing = run.dynamic ? `not measured, and ${RUN_FILES.sweep} holds the gates' threshold sweep` : `no ${RUN_FILES.sweep} beside the run`;
+    else if (await withoutSubnet(run)) run.sweepMissing = `${run.model} has no network at a fixed u (each sample runs its own experts): its gates' sweep (\`dynn sweep RUN --json\`) is what it has`;
     else run.sweep = await computeSweep(run, options);
   }
   return run;
+}
+
+/** Whether the run's mechanism has no fixed-plan sub-network to sweep over u (a mixture of experts). */
+async function withoutSubnet(run: RunData): Promise<boolean> {
+  const mechanism = run.modelArgs.dynamic;
+  if (typeof mechanism !== 'string') return false;
+  const { mechanisms } = await import('../route/mechanisms.js');
+  return mechanisms.has(mechanism) && mechanisms.get(mechanism).noSubnet === true;
 }
 
 /**
@@ -267,6 +292,7 @@ async function parseSweep(raw: unknown, dir: string, dynamicRun: boolean): Promi
     classNames: s.classNames ?? (await datasetClassNames(s.dataset)) ?? undefined,
     command: s.command ?? commandLine(['dynn', 'sweep', dir, '--json']) + ` > ${file}`,
     source: { kind: 'file', path: file },
+    ...(s.routing ? { routing: s.routing } : {}),
   };
 }
 
@@ -419,6 +445,8 @@ async function computeSweep(run: RunData, options: GatherOptions): Promise<Sweep
       command: commandLine([...args, '--json']),
       source: { kind: 'computed' },
     };
+    const { hasMixtures, mixtureStats } = await import('../eval/mixtures.js');
+    if (hasMixtures(model)) result.routing = mixtureStats(model, t);
     if (options.saveSweep && run.dynamic) {
       // RUN/sweep.json holds the gates' threshold sweep: the backbone's u-curve is not saved over it.
       options.onProgress?.(`${run.name}: not saved: ${RUN_FILES.sweep} holds the gates' threshold sweep`);

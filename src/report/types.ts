@@ -2,6 +2,7 @@ import type { TopLevelSpec } from 'vega-lite';
 import type { TrainMeta } from '../train/run.js';
 import type { SweepPoint } from '../eval/sweep.js';
 import type { DynamicSweepData } from './dynamic.js';
+import type { MixtureStats } from '../eval/mixtures.js';
 
 /** A sweep of one run: accuracy, FLOPs and latency at fixed utilizations. */
 export interface SweepData {
@@ -18,6 +19,8 @@ export interface SweepData {
   command: string;
   /** Where it came from: a file beside the run, or measured by this report. */
   source: { kind: 'file'; path: string } | { kind: 'computed'; savedTo?: string };
+  /** Routing statistics of a model with conditional convolutions (dynamic parameters), when measured. */
+  routing?: MixtureStats;
 }
 
 /** The summary `dynn eval --controller ... --json` prints (ControllerReport); only the fields the report draws. */

@@ -52,6 +52,9 @@ interface Records {
   logits: Map<string, Float32Array>;
   losses: { name: string; value: tf.Scalar }[];
   labels?: Int32Array;
+  /** Gates whose decisions are choices among unordered routes (`choose`). */
+  choices: Set<string>;
+  counters: Map<string, { events: number; of: number }>;
 }
 
 
@@ -83,7 +86,7 @@ export class RoutingState implements Routing {
     const rows = Int32Array.from({ length: count }, (_, i) => i);
     if (options.labels && options.labels.length !== count) throw new DynnError(`${options.labels.length} labels for a batch of ${count}`);
     const labels = options.labels ? Int32Array.from(options.labels) : undefined;
-    const records: Records = { seed: options.seed ?? 0, offset: options.offset ?? 0, decisions: new Map(), full: new Map(), executed: new Float64Array(count), expected: [], rates: new Map(), logits: new Map(), losses: [], labels };
+    const records: Records = { seed: options.seed ?? 0, offset: options.offset ?? 0, decisions: new Map(), full: new Map(), executed: new Float64Array(count), expected: [], rates: new Map(), logits: new Map(), losses: [], labels, choices: new Set(), counters: new Map() };
     return new RoutingState(mode, rows, threshold, estimator, records);
   }
 
@@ -110,6 +113,29 @@ export class RoutingState implements Routing {
     this.rows.forEach((r, j) => (all![r] = routes[j]));
   }
 
+  choose(name: string, routes: Int32Array, choices: number): void {
+    this.decide(name, routes, choices - 1);
+    this.records.choices.add(name);
+  }
+
+  count(name: string, events: number, of: number): void {
+    const c = this.records.counters.get(name);
+    if (c) {
+      c.events += events;
+      c.of += of;
+    } else this.records.counters.set(name, { events, of });
+  }
+
+  /** Gates that chose among unordered routes (`choose`): their decisions skip nothing. */
+  get choiceGates(): ReadonlySet<string> {
+    return this.records.choices;
+  }
+
+  /** Counters added with `count`: events and opportunities. */
+  get counters(): ReadonlyMap<string, { events: number; of: number }> {
+    return this.records.counters;
+  }
+
   spend(macs: ArrayLike<number>): void {
     if (macs.length !== this.rows.length) throw new DynnError(`${macs.length} costs for ${this.rows.length} rows`);
     this.rows.forEach((r, j) => (this.records.executed[r] += macs[j]));
@@ -134,19 +160,24 @@ export class RoutingState implements Routing {
     else this.records.rates.set(name, [share]);
   }
 
-  /** Records, in `hard` mode, the logit of gate `name`'s first group for each row (`logits` [rows, G]). */
-  observe(name: string, logits: tf.Tensor2D): void {
+  /**
+   * Records, in `hard` mode, the logit of gate `name`'s first group for each row (`logits` [rows, G]), or with
+   * `every` all G of them (row r's at r * G + g).
+   */
+  observe(name: string, logits: tf.Tensor2D, every = false): void {
     if (this.mode !== 'hard') return;
     const [n, G] = logits.shape;
     if (n !== this.rows.length) throw new DynnError(`gate ${name}: ${n} rows of logits for ${this.rows.length} rows`);
     const z = logits.dataSync();
-    const firstLogits = Float32Array.from({ length: n }, (_, i) => z[i * G]);
+    const per = every ? G : 1;
     let all = this.records.logits.get(name);
-    if (!all) this.records.logits.set(name, (all = new Float32Array(this.records.executed.length).fill(NaN)));
-    this.rows.forEach((r, j) => (all![r] = firstLogits[j]));
+    if (!all) this.records.logits.set(name, (all = new Float32Array(this.records.executed.length * per).fill(NaN)));
+    this.rows.forEach((r, j) => {
+      for (let g = 0; g < per; g++) all![r * per + g] = z[j * G + g];
+    });
   }
 
-  /** Per gate (hard mode): its first group's logit per sample (NaN where a sample never reached it). */
+  /** Per gate (hard mode): its first group's logit per sample, or every logit of a gate observed whole (NaN where a sample never reached it). */
   get gateLogits(): ReadonlyMap<string, Float32Array> {
     return this.records.logits;
   }
@@ -180,7 +211,7 @@ export class RoutingState implements Routing {
 
   /** Per gate: the share of its groups each sample skipped (NaN where a sample never reached it). */
   skipShares(): Map<string, Float64Array> {
-    return new Map([...this.records.decisions].map(([name, routes]) => {
+    return new Map([...this.records.decisions].filter(([name]) => !this.records.choices.has(name)).map(([name, routes]) => {
       const full = this.records.full.get(name)!;
       return [name, Float64Array.from(routes, (r) => (r >= 0 ? 1 - r / full : NaN))];
     }));

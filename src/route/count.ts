@@ -32,3 +32,12 @@ export function nestedCounts(logits: ArrayLike<number>, groups: number, cut: num
   }
   return counts;
 }
+
+/**
+ * The logit a probability threshold cuts at: sigmoid(z) > t exactly when z > logitCut(t) (-Infinity at 0,
+ * Infinity at 1). Independent decisions compare logits with it, in TF.js and in an exported graph alike, so
+ * neither engine's sigmoid (ONNX Runtime's flushes to 0 far below the threshold's range) decides.
+ */
+export function logitCut(threshold: number): number {
+  return threshold <= 0 ? -Infinity : threshold >= 1 ? Infinity : Math.log(threshold) - Math.log1p(-threshold);
+}

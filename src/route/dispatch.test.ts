@@ -2,7 +2,7 @@ import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import fc from 'fast-check';
-import { arrayRows, assemble, dispatch, dispatchAsync, partition, rowsOf } from './dispatch.js';
+import { arrayRows, assemble, dispatch, dispatchAsync, dispatchFrom, dispatchFromAsync, partition, rowsOf } from './dispatch.js';
 import { dispatchTensor, tensorRows } from './tensor.js';
 import { initEngine } from '../engine/backend.js';
 
@@ -97,4 +97,24 @@ test('rowsOf gathers only when the rows are not the whole batch in order', () =>
     assert.equal(rowsOf(tensorRows, x, Int32Array.of(0, 1, 2)), x);
     assert.deepEqual(Array.from(rowsOf(tensorRows, x, Int32Array.of(2, 0)).dataSync()), [3, 1]);
   });
+});
+
+test('dispatchFrom: a sample in several output rows (a mixture\'s k experts), each route once on its rows, outputs in the order of the sources', async () => {
+  const ops = arrayRows(1);
+  const x = Float32Array.from([10, 20, 30]);
+  // Output rows: sample 0 to route 2, sample 1 to route 0, sample 0 again to route 0, sample 2 to route 2.
+  const sources = Int32Array.from([0, 1, 0, 2]);
+  const routes = [2, 0, 0, 2];
+  const seen: [number, number[], number[]][] = [];
+  const run = (route: number, part: Float32Array, rows: Int32Array) => {
+    seen.push([route, Array.from(rows), Array.from(part)]);
+    return part.map((v) => v + route);
+  };
+  const y = dispatchFrom(x, sources, routes, run, { input: ops, output: ops });
+  assert.deepEqual(seen, [[0, [1, 2], [20, 10]], [2, [0, 3], [10, 30]]], 'each route once, with its rows of the sources');
+  assert.deepEqual(Array.from(y), [12, 20, 10, 32]);
+  assert.deepEqual(Array.from(await dispatchFromAsync(x, sources, routes, async (r, p, rows) => run(r, p, rows), { input: ops, output: ops })), [12, 20, 10, 32]);
+  assert.deepEqual(Array.from(dispatchFrom(x, new Int32Array(0), [], run, { input: ops, output: ops })), [], 'no row, no run');
+  assert.throws(() => dispatchFrom(x, Int32Array.from([3]), [0], run, { input: ops, output: ops }), /row 3 is not in a batch of 3/);
+  assert.throws(() => dispatchFrom(x, Int32Array.from([0]), [0, 1], run, { input: ops, output: ops }), /2 routes for 1 rows/);
 });

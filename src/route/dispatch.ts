@@ -87,6 +87,21 @@ export function assemble<T>(ops: RowOps<T>, outputs: T[], rowSets: Int32Array[],
   return position.every((p, i) => p === i) ? joined : ops.gather(joined, position);
 }
 
+/** Output row p reads input row p: the sources of a dispatch where every sample takes one route. */
+function oneRowEach<T>(x: T, routes: ArrayLike<number>, ops: RowOps<T>): Int32Array {
+  const n = ops.count(x);
+  if (routes.length !== n) throw new DynnError(`${routes.length} routes for a batch of ${n}`);
+  return Int32Array.from({ length: n }, (_, i) => i);
+}
+
+/** The routes' partition of the output rows, after checking that `sources` name rows of `x`. */
+function partitionFrom<T>(x: T, sources: Int32Array, routes: ArrayLike<number>, ops: RowOps<T>): Partition {
+  if (routes.length !== sources.length) throw new DynnError(`${routes.length} routes for ${sources.length} rows`);
+  const n = ops.count(x);
+  for (const s of sources) if (!(s >= 0 && s < n)) throw new DynnError(`row ${s} is not in a batch of ${n}`);
+  return partition(routes);
+}
+
 /**
  * Runs each route's samples as one batch and returns the outputs in input order: `run(route, part, rows)`
  * gets the samples `rows` (ascending) of `x`. Routes are run in ascending order.
@@ -97,11 +112,7 @@ export function dispatch<T, U>(
   run: (route: number, part: T, rows: Int32Array) => U,
   ops: { input: RowOps<T>; output: RowOps<U> },
 ): U {
-  const n = ops.input.count(x);
-  if (routes.length !== n) throw new DynnError(`${routes.length} routes for a batch of ${n}`);
-  const p = partition(routes);
-  const outputs = p.groups.map((g) => run(g.route, rowsOf(ops.input, x, g.rows), g.rows));
-  return assemble(ops.output, outputs, p.groups.map((g) => g.rows), n);
+  return dispatchFrom(x, oneRowEach(x, routes, ops.input), routes, run, ops);
 }
 
 /** `dispatch` for a `run` that answers asynchronously (ONNX Runtime); the parts run one after another. */
@@ -111,10 +122,36 @@ export async function dispatchAsync<T, U>(
   run: (route: number, part: T, rows: Int32Array) => Promise<U>,
   ops: { input: RowOps<T>; output: RowOps<U> },
 ): Promise<U> {
-  const n = ops.input.count(x);
-  if (routes.length !== n) throw new DynnError(`${routes.length} routes for a batch of ${n}`);
-  const p = partition(routes);
+  return dispatchFromAsync(x, oneRowEach(x, routes, ops.input), routes, run, ops);
+}
+
+/**
+ * `dispatch` where output row p reads input row `sources[p]` (a sample can appear in several output rows: a
+ * mixture of experts sends it to each of its k experts). Each route's rows run once as one batch; the
+ * outputs come back in the order of `sources`.
+ */
+export function dispatchFrom<T, U>(
+  x: T,
+  sources: Int32Array,
+  routes: ArrayLike<number>,
+  run: (route: number, part: T, rows: Int32Array) => U,
+  ops: { input: RowOps<T>; output: RowOps<U> },
+): U {
+  const p = partitionFrom(x, sources, routes, ops.input);
+  const outputs = p.groups.map((g) => run(g.route, rowsOf(ops.input, x, g.rows.map((r) => sources[r])), g.rows));
+  return assemble(ops.output, outputs, p.groups.map((g) => g.rows), sources.length);
+}
+
+/** `dispatchFrom` for a `run` that answers asynchronously (ONNX Runtime); the parts run one after another. */
+export async function dispatchFromAsync<T, U>(
+  x: T,
+  sources: Int32Array,
+  routes: ArrayLike<number>,
+  run: (route: number, part: T, rows: Int32Array) => Promise<U>,
+  ops: { input: RowOps<T>; output: RowOps<U> },
+): Promise<U> {
+  const p = partitionFrom(x, sources, routes, ops.input);
   const outputs: U[] = [];
-  for (const g of p.groups) outputs.push(await run(g.route, rowsOf(ops.input, x, g.rows), g.rows));
-  return assemble(ops.output, outputs, p.groups.map((g) => g.rows), n);
+  for (const g of p.groups) outputs.push(await run(g.route, rowsOf(ops.input, x, g.rows.map((r) => sources[r])), g.rows));
+  return assemble(ops.output, outputs, p.groups.map((g) => g.rows), sources.length);
 }

@@ -59,7 +59,7 @@ test('the DG gate: one logit per group, open at the start for every sample (all 
   xs.dispose();
   net.dispose();
 
-  assert.deepEqual(mechanisms.list(), ['acs-dg', 'acs-gn', 'branch', 'resolution', 'skip', 'skip-ff', 'width']);
+  assert.deepEqual(mechanisms.list(), ['acs-dg', 'acs-gn', 'branch', 'moe', 'resolution', 'skip', 'skip-ff', 'spatial', 'width']);
   const dg = mechanisms.get('acs-dg');
   assert.deepEqual([8, 16, 32, 48, 64, 200].map((c) => dg.defaultWidth(c)), [4, 4, 8, 16, 16, 64]);
   assert.deepEqual(dg.defaults, mechanisms.get('acs-gn').defaults);

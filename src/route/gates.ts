@@ -1,9 +1,9 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
-import { Composite, Conv2D, DGConv2D, Dense, GlobalAvgPool, MaxPool, ReLU, SqueezeExcite, fullSel, layerClasses } from '../layers/index.js';
-import type { ChannelSel, Layer, LayerCost, Routing, RunContext, Shape } from '../layers/index.js';
+import { Composite, Conv2D, DGConv2D, Dense, GlobalAvgPool, Layer, MaxPool, ReLU, SqueezeExcite, fullSel, layerClasses, take } from '../layers/index.js';
+import type { ChannelSel, LayerCost, Routing, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
-import { nestedCounts } from './count.js';
+import { logitCut, nestedCounts } from './count.js';
 
 export interface GateNetArgs {
   /** Channels of the gate's hidden convolutions. */
@@ -244,3 +244,73 @@ export const onesWithGradient = tf.customGrad((...args: (tf.Tensor | tf.GradSave
   value: tf.onesLike(args[0] as tf.Tensor),
   gradFunc: (dy: tf.Tensor) => dy,
 })) as (p: tf.Tensor) => tf.Tensor;
+
+/**
+ * Independent binary decisions, one per logit ([rows, K]). `hard` and `masked`: on when sigmoid(z) > the
+ * threshold, compared as z > logitCut(threshold), as an exported graph decides. `soft`: on when sigmoid(z) > a
+ * uniform number per row and logit (estimator `sigmoid`), or when z + logistic noise > 0 (`gumbel`, the same
+ * distribution). `surrogate` is what the straight-through factor differentiates: sigmoid(z), or sigmoid(z +
+ * noise) with `gumbel`. Per-channel decisions and spatial masks both decide so.
+ */
+export function binaryDecisions(key: string, logits: tf.Tensor2D, routing: Routing): { on: Float32Array; surrogate: tf.Tensor2D } {
+  const [n, K] = logits.shape;
+  if (routing.mode !== 'soft') {
+    const at = logitCut(routing.threshold);
+    return { on: Float32Array.from(logits.dataSync(), (z) => (z > at ? 1 : 0)), surrogate: tf.sigmoid(logits) as tf.Tensor2D };
+  }
+  const u = perGate(routing, key, n, K);
+  const gumbel = routing.estimator === 'gumbel';
+  const surrogate = tf.sigmoid(gumbel ? tf.add(logits, tf.tensor2d(logisticNoise(u), [n, K])) : logits) as tf.Tensor2D;
+  return { on: Float32Array.from(surrogate.dataSync(), (v, i) => (v > (gumbel ? 0.5 : u[i]) ? 1 : 0)), surrogate };
+}
+
+export interface SpatialGateArgs {
+  /** The logit at the start, at every position (default 2: sigmoid 0.88, most positions computed at first). */
+  openLogit?: number;
+  /** Factor on the logits (default 1; see `GateNetArgs.logitScale`). */
+  logitScale?: number;
+}
+
+/**
+ * dynconv's mask unit reduced to its core: a 1x1 convolution of the block's input to one logit per position
+ * ([rows, H, W, 1]). Its kernel starts at zero and its bias at `openLogit`, so every position starts alike
+ * and the gate learns where computing pays.
+ */
+export class SpatialGate extends Layer<SpatialGateArgs> {
+  readonly className = 'SpatialGate';
+  private kernel!: tf.Variable;
+  private bias!: tf.Variable;
+
+  protected doBuild(inShape: Shape): Shape {
+    if (inShape.length !== 3) throw new DynnError(`${this.name}: a spatial gate needs an [H, W, C] input, got [${inShape}]`);
+    const scale = this.args.logitScale ?? 1;
+    this.kernel = this.addWeight('kernel', this.initKernel('kernel', [1, 1, inShape[2], 1], inShape[2], 'zeros'));
+    this.bias = this.addWeight('bias', tf.fill([1], (this.args.openLogit ?? 2) / scale));
+    return [inShape[0], inShape[1], 1];
+  }
+
+  outSel(): ChannelSel {
+    return fullSel(1);
+  }
+
+  call(x: tf.Tensor, sel: ChannelSel) {
+    const z = tf.add(tf.conv2d(x as tf.Tensor4D, take(this.kernel, 2, sel) as tf.Tensor4D, 1, 'same'), this.bias);
+    return { y: tf.mul(z, this.args.logitScale ?? 1), sel: fullSel(1) };
+  }
+
+  /** Adds `delta` to every logit, whatever the input (as `LogitGate.shiftLogits`). */
+  shiftLogits(delta: number): void {
+    tf.tidy(() => this.bias.assign(tf.add(this.bias, delta / (this.args.logitScale ?? 1))));
+  }
+
+  freeze(): FrozenOp[] {
+    throw new DynnError(`${this.name}: a gate has no frozen form; it runs inside its gated block`);
+  }
+
+  cost(sel: ChannelSel): LayerCost[] {
+    const [h, w] = this.outShape;
+    return [{ name: this.name, kind: this.className, macs: h * w * sel.count, params: sel.count + 1 }];
+  }
+}
+
+layerClasses.register('SpatialGate', SpatialGate);

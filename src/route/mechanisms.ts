@@ -3,7 +3,8 @@ import type { GateEstimator } from '../layers/types.js';
 import { Registry } from '../util/registry.js';
 import type { Layer } from '../layers/index.js';
 import type { EfficiencyTarget, RoutingState } from './context.js';
-import { DGGateNet, GateNet, PooledGate, SkipGate } from './gates.js';
+import { DGGateNet, GateNet, PooledGate, SkipGate, SpatialGate } from './gates.js';
+import { MoeRouter } from './router.js';
 
 /** What a gate is built from: the block it decides for tells it how many groups and how wide. */
 export interface GateArgs {
@@ -21,7 +22,7 @@ export interface GateArgs {
  */
 export interface EfficiencyTerm {
   /** The training option (and its CLI flag) that sets the target. */
-  option: 'flopsTarget' | 'widthTarget' | 'skipTarget';
+  option: 'flopsTarget' | 'widthTarget' | 'skipTarget' | 'spatialTarget';
   flag: string;
   /** What the target is, for messages: "the FLOPs target", "the skip target". */
   what: string;
@@ -36,6 +37,8 @@ export interface EfficiencyTerm {
    * absent: none (the target holds in expectation).
    */
   fit?: string;
+  /** Whether the target is each gate's execution rate (1 - its skip rate), which training reports per epoch. */
+  rate?: boolean;
 }
 
 /** The ACS term: the batch's mean expected executed FLOPs ratio, gates included, against the target. */
@@ -60,6 +63,21 @@ const rateTerm: EfficiencyTerm = {
   what: 'the skip target (the mean fraction of gated blocks executed)',
   add: (routing, _macs, target) => routing.addRateLoss(target),
   fit: 'gate-rates',
+  rate: true,
+};
+
+/**
+ * dynconv's sparsity criterion: each gated block's fraction of output positions computed over the batch
+ * against the target, squared, averaged over blocks (ConvNet-AIG's rate term with positions for blocks).
+ */
+const spatialTerm: EfficiencyTerm = {
+  option: 'spatialTarget',
+  flag: '--spatial-target',
+  what: 'the spatial target (the mean fraction of output positions each gated block computes)',
+  add: rateTerm.add,
+  // Each position's logit fitted as a block's is by the skip target: the fraction computed holds at the threshold.
+  fit: 'gate-rates',
+  rate: true,
 };
 
 /**
@@ -79,6 +97,12 @@ export interface Mechanism {
    * always run (ConvNet-AIG, SkipNet).
    */
   skipsBlocks?: boolean;
+  /**
+   * Whether it decides, per sample, which output positions of a residual block that keeps its shape are
+   * computed (dynconv: `route/spatial.ts`); its gate gives one logit per position. Like `skipsBlocks`,
+   * downsampling blocks always run whole.
+   */
+  spatial?: boolean;
   /** Its efficiency term (the target it pulls toward and how). */
   efficiency: EfficiencyTerm;
   /** Training defaults: the efficiency term's target and weight, and the decisions' gradient estimator. */
@@ -94,7 +118,7 @@ export interface Mechanism {
    * The model this mechanism needs (`multi-branch` for `branch`), when it is not a gate inside any model
    * registered `dynamic`; or, with `wrapsModel`, none: the mechanism wraps whatever model it is given.
    */
-  model?: string;
+  model?: string | readonly string[];
   /**
    * Whether the network is built around the registered model it is given (adaptive resolution runs any model
    * at K resolutions: `ResolutionSwitch`, which the zoo builds, as a layer that builds models must not be
@@ -106,6 +130,13 @@ export interface Mechanism {
    * rest (DS-Net, `route/width.ts`) instead of one gate per unit. Its gate trains with the supernet frozen.
    */
   widthSwitch?: boolean;
+  /**
+   * Whether its networks have no sub-network at a fixed plan (a mixture of experts: each sample runs its own
+   * experts): they are evaluated with their gates deciding only, and export by segments only.
+   */
+  noSubnet?: boolean;
+  /** Why its cost per sample is set by its settings, not learnt (a mixture's k): no efficiency target applies. */
+  fixedCost?: string;
 }
 
 /** Per-sample mechanisms by name (`dynn train --dynamic NAME`). */
@@ -200,6 +231,38 @@ mechanisms.register('skip-ff', {
   efficiency: rateTerm,
   defaults: { ...mechanisms.get('skip').defaults },
 });
+
+mechanisms.register('moe', {
+  description:
+    'sparse mixture of experts (--model vgg-moe, resnet-moe or mlp-moe, --experts E --top-k K --capacity-factor C): a router on the pooled input sends each sample to its k best of E experts (noisy top-k), each expert runs once on its rows, within its capacity',
+  // The router's outputs are the experts' scores and noise scales (2E); it has no hidden layer.
+  gate: (name, a) => new MoeRouter(name, { outputs: a.outputs }),
+  defaultWidth: () => 0,
+  // Its balance losses are the layer's own (`MoeBlock`); the FLOPs term never applies (`fixedCost`).
+  efficiency: flopsTerm,
+  fixedCost: 'a mixture runs k experts per sample, so its cost is set by --top-k (and --experts), not by a target',
+  defaults: { target: 1, efficiencyWeight: 0 },
+  model: ['vgg-moe', 'resnet-moe', 'mlp-moe'],
+  noSubnet: true,
+});
+
+/** The models a mechanism is built into (none: it gates any model registered `dynamic`). */
+export function mechanismModels(m: Mechanism): readonly string[] {
+  return m.model === undefined ? [] : typeof m.model === 'string' ? [m.model] : m.model;
+}
+mechanisms.register('spatial', {
+  description:
+    'spatially sparse convolution (dynconv): a 1x1 conv gate per residual block that keeps its shape picks, per sample, the output positions to compute (Gumbel straight-through); only those are computed (gathered 3x3 patches, one matrix product per conv), the rest pass through the residual; a target fraction of positions per block',
+  spatial: true,
+  gate: (name, a) => new SpatialGate(name, { logitScale: a.logitScale }),
+  // No hidden layer: one 1x1 convolution to a logit per position.
+  defaultWidth: () => 1,
+  efficiency: spatialTerm,
+  defaults: { target: 0.5, efficiencyWeight: 4, estimator: 'gumbel' },
+});
+
+/** Whether a mechanism gates only the residual blocks that keep their shape (whole, or position by position). */
+export const gatesShapeKeeping = (m: Mechanism): boolean => m.skipsBlocks === true || m.spatial === true;
 
 /** The name of a gated block's gate: its weights are `<block>.gate.*`. */
 export const gateName = (block: string): string => `${block}.gate`;

@@ -64,7 +64,7 @@ test('skip mechanisms gate whole blocks that keep their shape; downsampling bloc
   acs.dispose();
   assert.throws(() => createModel('vgg-w', { dynamic: 'skip' }), /--dynamic skip skips residual blocks; vgg-w has no blocks to skip \(expected one of resnet-d, resnet38\)/);
   assert.throws(() => createModel('densenet41', { dynamic: 'skip-ff' }), /densenet41 has no blocks to skip/);
-  assert.throws(() => createModel('resnet-d', { dynamic: 'skipnet' }), /unknown mechanism "skipnet"; expected one of acs-dg, acs-gn, branch, resolution, skip, skip-ff, width/);
+  assert.throws(() => createModel('resnet-d', { dynamic: 'skipnet' }), /unknown mechanism "skipnet"; expected one of acs-dg, acs-gn, branch, moe, resolution, skip, skip-ff, spatial, width/);
 });
 
 test('hard routing: a skipped block is the identity and is not computed; each block processes only the rows that execute it', () => {

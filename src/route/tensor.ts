@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { dispatch, type RowOps } from './dispatch.js';
+import { dispatch, dispatchFrom, type RowOps } from './dispatch.js';
 
 /** Rows of TF.js tensors (axis 0). Call inside `tf.tidy`. */
 export const tensorRows: RowOps<tf.Tensor> = {
@@ -11,4 +11,9 @@ export const tensorRows: RowOps<tf.Tensor> = {
 /** `dispatch` over TF.js tensors in and out. Call inside `tf.tidy`; gradients flow to every part. */
 export function dispatchTensor(x: tf.Tensor, routes: ArrayLike<number>, run: (route: number, part: tf.Tensor, rows: Int32Array) => tf.Tensor): tf.Tensor {
   return dispatch(x, routes, run, { input: tensorRows, output: tensorRows });
+}
+
+/** `dispatchFrom` over TF.js tensors: output row p reads row `sources[p]` of `x`. Call inside `tf.tidy`. */
+export function dispatchTensorFrom(x: tf.Tensor, sources: Int32Array, routes: ArrayLike<number>, run: (route: number, part: tf.Tensor, rows: Int32Array) => tf.Tensor): tf.Tensor {
+  return dispatchFrom(x, sources, routes, run, { input: tensorRows, output: tensorRows });
 }

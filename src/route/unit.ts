@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
 import type { ChannelSel, Layer, LayerCost, Plan, Routing, RunContext } from '../layers/index.js';
-import { logisticNoise, onesWithGradient, perGate, straightThrough } from './gates.js';
+import { binaryDecisions, onesWithGradient, straightThrough } from './gates.js';
 import { decideRoutes, runRoutes } from './routes.js';
 import { gateName, mechanisms } from './mechanisms.js';
 
@@ -124,19 +124,7 @@ decisionForms.register('channel', {
   outputs: (groups, width) => groups * width,
   run({ unit, input, sel, ctx, routing, logits, gateMacs, channelMacs }) {
     const [n, C] = logits.shape;
-    // Channel c is on when sigmoid(z_c) > r: r the threshold (hard, masked), uniform per sample and channel
-    // (soft, sigmoid estimator) or, with gumbel, z_c + logistic noise > 0 (the same distribution).
-    let surrogate = tf.sigmoid(logits) as tf.Tensor2D;
-    let cut: Float32Array;
-    if (routing.mode === 'soft') {
-      const u = perGate(routing, unit.name, n, C);
-      if (routing.estimator === 'gumbel') {
-        surrogate = tf.sigmoid(tf.add(logits, tf.tensor2d(logisticNoise(u), [n, C]))) as tf.Tensor2D;
-        cut = new Float32Array(n * C).fill(0.5);
-      } else cut = u;
-    } else cut = new Float32Array(n * C).fill(routing.threshold);
-    const s = surrogate.dataSync();
-    const on = Float32Array.from(s, (v, i) => (v > cut[i] ? 1 : 0));
+    const { on, surrogate } = binaryDecisions(unit.name, logits, routing);
     const counts = new Int32Array(n);
     on.forEach((v, i) => (counts[Math.floor(i / C)] += v));
     routing.decide(unit.name, counts, C);
@@ -182,7 +170,7 @@ export function buildGate(unit: Pick<GatedUnit, 'name' | 'groups' | 'groupWidth'
  * A gated unit's costs at a plan: its own (`own`, the layers the gate decides on marked `routed`, the others
  * as they are) and its gate's, at full width. Per sample, `routeUnit` records what really ran.
  */
-export function routedCost(unit: GatedUnit, sel: ChannelSel, own: LayerCost[], fixed: Set<string>): LayerCost[] {
+export function routedCost(unit: Pick<GatedUnit, 'name' | 'gate'>, sel: ChannelSel, own: LayerCost[], fixed: Set<string>): LayerCost[] {
   return [...own.map((c) => (fixed.has(c.name) ? c : { ...c, routed: unit.name })), ...gateCost(unit.gate, sel).map((c) => ({ ...c, routed: unit.name }))];
 }
 

@@ -6,6 +6,7 @@ import type { Sha256 } from '../export/digest.js';
 import { verifyModel } from './verify.js';
 import { exitRules, perExitThresholds, settleExit, type ExitRule } from '../scaling/rules.js';
 import { arrayRows, dispatchAsync, rowsOf } from '../route/dispatch.js';
+import { TemporalSession, temporalOf } from './session.js';
 
 /** What dynn needs of an ONNX Runtime package: onnxruntime-node and onnxruntime-web both provide it. */
 export interface OrtApi {
@@ -63,6 +64,12 @@ export interface MixedPrediction {
   meanFlopsRatio: number;
   /** Time inside ONNX Runtime, summed over the level groups (and the controller), ms. */
   ms: number;
+}
+
+/** A batch of frames run at one action (`step`), and each frame's next action as the exported temporal controller plans it. */
+export interface PlannedPrediction extends Prediction {
+  /** The next action index of each frame (argmax of `controller_scores`). */
+  next: Int32Array;
 }
 
 /** A controller's decision for a batch. */
@@ -133,7 +140,7 @@ export function checkImages(meta: OnnxMetadata, images: unknown): number {
  */
 export class ModelSession {
   private constructor(
-    private readonly session: InferenceSession,
+    private readonly inference: InferenceSession,
     private readonly ort: OrtApi,
     /** The model's dynn metadata. */
     readonly metadata: OnnxMetadata,
@@ -172,11 +179,14 @@ export class ModelSession {
    * Runs the graph once. The level's own u is fed, not the caller's: float32 rounding near a threshold
    * cannot pick another branch.
    */
-  private async once(x: Float32Array, dims: readonly number[], level: OnnxLevel, stage: number | null, fetches?: string[]) {
+  private async once(x: Float32Array, dims: readonly number[], level: OnnxLevel, stage: number | null, fetches?: string[], action?: number) {
     const feeds: Record<string, Tensor> = { [ONNX_IO.images]: this.tensor(x, dims), [ONNX_IO.u]: this.tensor(Float32Array.of(level.u), []) };
     if (stage !== null) feeds[ONNX_IO.stage] = this.tensor(Float32Array.of(stage), []);
+    // A temporal controller's input: the action the batch ran at (a plain run: the start action, unused).
+    const temporal = this.metadata.controller?.temporal;
+    if (temporal) feeds[ONNX_IO.action] = this.tensor(new Float32Array(dims[0]).fill(action ?? temporal.start), [dims[0]]);
     const start = performance.now();
-    const out = fetches ? await this.session.run(feeds, fetches) : await this.session.run(feeds);
+    const out = fetches ? await this.inference.run(feeds, fetches) : await this.inference.run(feeds);
     return { out, ms: performance.now() - start };
   }
 
@@ -251,6 +261,7 @@ export class ModelSession {
   async decide(images: Float32Array, options: RunOptions = {}): Promise<Decision> {
     const meta = this.metadata;
     if (!meta.controller) throw new DynnError(`this ${meta.model.model} model was exported without a controller (dynn export ... --controller DIR)`);
+    if (meta.controller.temporal) throw new DynnError(`this ${meta.model.model} model's controller is temporal: it plans the next frame from this one (session().next(frame)), it does not decide from the input`);
     const { nchw, batch } = this.prepare(images, options);
     const { out, ms } = await this.once(nchw, [batch, ...meta.input.shape], meta.levels[0], meta.exits ? 0 : null, [ONNX_IO.controller]);
     const K = meta.controller.actions.length;
@@ -258,9 +269,30 @@ export class ModelSession {
     return { u: Float64Array.from(actions, (a) => meta.controller!.actions[a]), actions, ms };
   }
 
+  /**
+   * Models exported with a temporal controller: runs a batch of frames at action index `action` (the level
+   * of that action's u) and plans each frame's next action, in one graph run.
+   */
+  async step(images: Float32Array, action: number, options: RunOptions = {}): Promise<PlannedPrediction> {
+    const meta = this.metadata;
+    const { actions } = temporalOf(meta);
+    if (!Number.isInteger(action) || action < 0 || action >= actions.length) throw new DynnError(`action ${action} is not an index of the controller's ${actions.length} actions`);
+    const level = levelFor(meta, actions[action]);
+    const { nchw, batch } = this.prepare(images, options);
+    const { out, ms } = await this.once(nchw, [batch, ...meta.input.shape], level, null, [ONNX_IO.scores, ONNX_IO.controller], action);
+    const scores = out[ONNX_IO.scores].data as Float32Array;
+    const next = argmaxRows(out[ONNX_IO.controller].data as Float32Array, actions.length);
+    return { scores, classes: argmaxRows(scores, meta.numClasses), batch, numClasses: meta.numClasses, u: level.u, level: level.level, ms, next };
+  }
+
+  /** A stream's session on a model exported with a temporal controller (see `TemporalSession`). */
+  session(): TemporalSession<RunOptions> {
+    return new TemporalSession<RunOptions>(this.metadata, (x, a, o) => this.step(x, a, o));
+  }
+
   /** Frees the session. */
   async release(): Promise<void> {
-    await this.session.release();
+    await this.inference.release();
   }
 }
 

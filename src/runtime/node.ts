@@ -15,10 +15,12 @@ import {
   type ExitOptions,
   type ExitPrediction,
   type MixedPrediction,
+  type PlannedPrediction,
   type Prediction,
   type RunOptions,
 } from './core.js';
 import { SegmentedSession } from './segments.js';
+import { TemporalSession } from './session.js';
 import { MANIFEST_FILE } from '../export/manifest.js';
 
 /** Where a model runs in Node. */
@@ -133,6 +135,7 @@ export interface SessionCalls {
   run(images: Float32Array, u: number, options: RunOptions): Promise<Prediction>;
   runExits(images: Float32Array, u: number, options: ExitOptions): Promise<ExitPrediction>;
   decide(images: Float32Array, options: RunOptions): Promise<Decision>;
+  step(images: Float32Array, action: number, options: RunOptions): Promise<PlannedPrediction>;
 }
 export type SessionMethod = keyof SessionCalls;
 
@@ -318,6 +321,20 @@ export class OnnxModel {
   /** The exported controller's u per sample (models exported with `--controller`). */
   decide(images: Float32Array, options: RunOptions = {}): Promise<Decision> {
     return this.call('decide', [images, options]);
+  }
+
+  /** Temporal models: a batch of frames at action index `action`, and each one's next action (`ModelSession.step`). */
+  step(images: Float32Array, action: number, options: RunOptions = {}): Promise<PlannedPrediction> {
+    return this.call('step', [images, action, options]);
+  }
+
+  /**
+   * A stream's session on a model exported with a temporal controller: `next(frame)` runs the frame at the
+   * planned u and plans the next frame's (see `TemporalSession`). Sessions are plain objects: keep as many as
+   * there are streams; a model without a temporal controller is a DynnError.
+   */
+  session(): TemporalSession<RunOptions> {
+    return new TemporalSession<RunOptions>(this.metadata, (x, a, o) => this.step(x, a, o));
   }
 
   /** Each sample at its own u, batched per level (see `runMixed` of the core module); results in input order. */

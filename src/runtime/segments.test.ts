@@ -1,12 +1,10 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, cpSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { initEngine } from '../engine/backend.js';
-import { randomizeStatistics } from '../export/fixtures.js';
+import { randomizeStatistics, serveFolder } from '../export/fixtures.js';
 import { saveSegments } from '../export/segments.js';
 import { MANIFEST_FILE, type SegmentsManifest } from '../export/manifest.js';
 import { gatedTestNet } from '../route/fixtures.js';
@@ -120,20 +118,8 @@ test('dynn serve DIR starts on the folder and says it is dynamic; dynn profile r
 
 test('the web entry loads the folder from its URL and dispatches as onnxruntime-node does', async () => {
   // The folder's files over HTTP, as a page would fetch them.
-  const http = createServer((req, res) => {
-    // No keep-alive: a socket the server times out while fetch reuses it fails the fetch on a loaded machine.
-    res.setHeader('connection', 'close');
-    const name = /^\/acs\/([\w.-]+)$/.exec(req.url ?? '')?.[1];
-    try {
-      if (!name) throw new Error('not here');
-      res.end(readFileSync(path.join(dir, name)));
-    } catch {
-      res.statusCode = 404;
-      res.end();
-    }
-  });
-  await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
-  const base = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+  const http = await serveFolder(dir, 'acs');
+  const base = http.base;
   try {
     const node = (await openSession(dir, { threads: 1 })) as SegmentedSession;
     const web = await loadWebSegments(`${base}/acs`);

@@ -4,15 +4,17 @@ import { weightsDigestChunks, type Sha256 } from '../export/digest.js';
 import { MANIFEST_FILE, parseManifest, routedRatios, SEGMENT_IO, type SegmentEntry, type SegmentsManifest } from '../export/manifest.js';
 import { ONNX_FORMAT, ONNX_IO, type OnnxMetadata } from '../export/metadata.js';
 import { ModelProto } from '../export/onnx-proto.js';
-import { arrayRows, dispatchAsync } from '../route/dispatch.js';
-import { nestedCounts } from '../route/count.js';
+import { SPATIAL_IO } from '../export/spatial-io.js';
+import { arrayRows, dispatchAsync, dispatchFromAsync } from '../route/dispatch.js';
+import { assignExperts, expertCapacity, mixtureWeights } from '../route/experts.js';
+import { logitCut, nestedCounts } from '../route/count.js';
 import { checkGateThreshold } from '../route/modes.js';
 import { argmaxRows, toNchw, type OrtApi, type Prediction, type RunOptions } from './core.js';
 import { checkValues, type DecodedGraph, type Expected } from './verify.js';
 
 /** The result of running a batch through a segmented dynamic model. */
 export interface RoutedPrediction extends Prediction {
-  /** Per deciding segment (manifest order): the inner groups each sample ran (a gated block), or its route (a switch). */
+  /** Per deciding segment (manifest order): the inner groups each sample ran (a gated block), its route (a switch), or the positions a spatially gated block computed. */
   counts: Int32Array[];
   /** Each sample's executed FLOPs (gates included) over the backbone's with nothing skipped. */
   flopsRatios: Float64Array;
@@ -27,7 +29,7 @@ export interface RoutedRunOptions extends RunOptions {
 /** Reads a file of the folder by its (validated, plain) name. */
 export type ReadSegment = (file: string) => Promise<Uint8Array>;
 
-const sessionsOf = (p: Loaded): InferenceSession[] => ('graph' in p ? [p.graph] : 'body' in p ? [p.gate, p.body] : [p.gate, ...p.routes]);
+const sessionsOf = (p: Loaded): InferenceSession[] => ('graph' in p ? [p.graph] : 'body' in p ? [p.gate, p.body] : 'experts' in p ? [p.gate, ...p.experts] : [p.gate, ...p.routes]);
 
 const per = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 
@@ -51,9 +53,10 @@ async function verifySegment(bytes: Uint8Array, source: string, weightsSha256: s
 
 /** The graphs of one segment, as ONNX Runtime sessions. */
 type Loaded =
-  | { entry: Extract<SegmentEntry, { kind: 'plain' }>; graph: InferenceSession }
+  | { entry: Extract<SegmentEntry, { kind: 'plain' | 'spatial' }>; graph: InferenceSession }
   | { entry: Extract<SegmentEntry, { kind: 'gated' }>; gate: InferenceSession; body: InferenceSession }
-  | { entry: Extract<SegmentEntry, { kind: 'switch' }>; gate: InferenceSession; routes: InferenceSession[] };
+  | { entry: Extract<SegmentEntry, { kind: 'switch' }>; gate: InferenceSession; routes: InferenceSession[] }
+  | { entry: Extract<SegmentEntry, { kind: 'moe' }>; gate: InferenceSession; experts: InferenceSession[] };
 
 /**
  * A dynamic model exported by segments (`exportSegments`), run in ONNX Runtime: per gated block, the gate
@@ -112,6 +115,10 @@ export class SegmentedSession {
         const x: Expected = { name: SEGMENT_IO.x, dims: ['batch', ...entry.input] };
         const y: Expected = { name: SEGMENT_IO.y, dims: ['batch', ...entry.output] };
         if (entry.kind === 'plain') parts.push({ entry, graph: await open(entry.graph.file, entry.graph.weightsSha256, [x], [y]) });
+        else if (entry.kind === 'spatial') {
+          const computed: Expected = { name: SPATIAL_IO.computed, dims: ['batch', 2] };
+          parts.push({ entry, graph: await open(entry.graph.file, entry.graph.weightsSha256, [x, { name: SPATIAL_IO.cut, dims: [] }], [y, computed]) });
+        }
         else if (entry.kind === 'switch') {
           const K = entry.routes.length;
           const gate = await open(entry.gate.file, entry.gate.weightsSha256, [x], [{ name: SEGMENT_IO.logits, dims: ['batch', K - 1], width: `${K} routes` }]);
@@ -119,6 +126,12 @@ export class SegmentedSession {
           parts.push({ entry, gate, routes });
           // Pushed before the routes open, so a failure releases what did open.
           for (const r of entry.routes) routes.push(await open(r.file, r.weightsSha256, [x], [y]));
+        } else if (entry.kind === 'moe') {
+          const E = entry.experts;
+          const gate = await open(entry.gate.file, entry.gate.weightsSha256, [x], [{ name: SEGMENT_IO.logits, dims: ['batch', 2 * E], width: `${E} experts` }]);
+          const experts: InferenceSession[] = [];
+          parts.push({ entry, gate, experts });
+          for (const r of entry.expertGraphs) experts.push(await open(r.file, r.weightsSha256, [x], [y]));
         } else {
           const gate = await open(entry.gate.file, entry.gate.weightsSha256, [x], [{ name: SEGMENT_IO.logits, dims: ['batch', entry.groups], width: `${entry.groups} groups` }]);
           parts.push({ entry, gate, body: await open(entry.body.file, entry.body.weightsSha256, [x, { name: SEGMENT_IO.k, dims: [] }], [y]).catch(async (err) => { await gate.release(); throw err; }) });
@@ -153,12 +166,30 @@ export class SegmentedSession {
     let x = toNchw(this.metadata, images, options);
     let ms = 0;
     const counts: Int32Array[] = [];
+    const computed: Float32Array[] = [];
     for (const p of this.parts) {
       const dims = [batch, ...p.entry.input];
+      if (p.entry.kind === 'spatial' && 'graph' in p) {
+        // One graph computes the positions its gate selects (dynamic in their number) and reports how many.
+        const start = performance.now();
+        const out = await p.graph.run({ [SPATIAL_IO.x]: this.tensor(x, dims), [SPATIAL_IO.cut]: this.tensor(Float32Array.of(logitCut(threshold)), []) }, [SPATIAL_IO.y, SPATIAL_IO.computed]);
+        ms += performance.now() - start;
+        x = (out[SPATIAL_IO.y].data as Float32Array).slice();
+        const c = (out[SPATIAL_IO.computed].data as Float32Array).slice();
+        computed.push(c);
+        counts.push(Int32Array.from({ length: batch }, (_, i) => c[2 * i + 1]));
+        continue;
+      }
       if ('graph' in p) {
         const r = await this.once(p.graph, { [SEGMENT_IO.x]: this.tensor(x, dims) }, SEGMENT_IO.y);
         ms += r.ms;
         x = r.data;
+        continue;
+      }
+      if ('experts' in p) {
+        const r = await this.runMixture(p, x, batch, counts);
+        ms += r.ms;
+        x = r.y;
         continue;
       }
       const { gate, entry } = p;
@@ -181,7 +212,46 @@ export class SegmentedSession {
       );
     }
     const C = m.numClasses;
-    return { scores: x, classes: argmaxRows(x, C), batch, numClasses: C, u: 1, level: 0, ms, counts, flopsRatios: routedRatios(m, counts, batch) };
+    return { scores: x, classes: argmaxRows(x, C), batch, numClasses: C, u: 1, level: 0, ms, counts, flopsRatios: routedRatios(m, counts, batch, computed) };
+  }
+
+  /**
+   * A mixture of experts on batch `x`: the router on every row, each sample's experts by the shared assignment
+   * rule (`route/experts.ts`, capacity at the manifest's factor), each expert's graph once on its rows
+   * (`dispatchFromAsync`), the outputs summed with the gates (plus the input, for a residual mixture). Pushes
+   * each slot's experts onto `counts`.
+   */
+  private async runMixture(p: Extract<Loaded, { experts: InferenceSession[] }>, x: Float32Array, batch: number, counts: Int32Array[]): Promise<{ y: Float32Array; ms: number }> {
+    const { entry } = p;
+    const E = entry.experts;
+    const k = entry.topK;
+    const z = await this.once(p.gate, { [SEGMENT_IO.x]: this.tensor(x, [batch, ...entry.input]) }, SEGMENT_IO.logits);
+    let ms = z.ms;
+    // The router's first E outputs are the scores; the noise scales only matter in training.
+    const h = Float32Array.from({ length: batch * E }, (_, j) => z.data[Math.floor(j / E) * 2 * E + (j % E)]);
+    const a = assignExperts(h, E, k, entry.capacityFactor === undefined ? batch : expertCapacity(entry.capacityFactor, k, batch, E), entry.overflow);
+    for (let s = 0; s < k; s++) counts.push(a.experts.slice(s * batch, (s + 1) * batch));
+    const w = mixtureWeights(h, E, k, a);
+    const pairs = [...a.experts.keys()].filter((q) => a.experts[q] >= 0);
+    const sources = Int32Array.from(pairs, (q) => q % batch);
+    const outPer = per(entry.output);
+    const ys = await dispatchFromAsync(
+      x,
+      sources,
+      Int32Array.from(pairs, (q) => a.experts[q]),
+      async (e, part, rows) => {
+        const r = await this.once(p.experts[e], { [SEGMENT_IO.x]: this.tensor(part, [rows.length, ...entry.input]) }, SEGMENT_IO.y);
+        ms += r.ms;
+        return r.data.slice();
+      },
+      { input: arrayRows(per(entry.input)), output: arrayRows(outPer) },
+    );
+    const y = entry.residual ? x.slice() : new Float32Array(batch * outPer);
+    pairs.forEach((q, j) => {
+      const at = sources[j] * outPer;
+      for (let c = 0; c < outPer; c++) y[at + c] += w[q] * ys[j * outPer + c];
+    });
+    return { y, ms };
   }
 
   /** `runRouted`, as the single-file sessions' `run` (u is the gates' to choose: any u in (0, 1] runs the same). */
@@ -195,6 +265,10 @@ export class SegmentedSession {
 
   async decide(): Promise<never> {
     throw new DynnError(`this ${this.manifest.model.model} model's gates decide inside the network; it has no controller`);
+  }
+
+  async step(): Promise<never> {
+    return this.decide();
   }
 
   /** Frees every session. */

@@ -54,6 +54,7 @@ function expectedSignature(meta: OnnxMetadata): { inputs: Expected[]; outputs: E
   if (meta.controller) {
     const k = meta.controller.actions.length;
     outputs.push({ name: ONNX_IO.controller, dims: ['batch', k], width: `${k} controller actions` });
+    if (meta.controller.temporal) inputs.push({ name: ONNX_IO.action, dims: ['batch'] });
   }
   return { inputs, outputs };
 }

@@ -18,6 +18,8 @@ import { MANIFEST_FILE } from '../export/manifest.js';
 
 export { ModelSession, nhwcToNchw, argmaxRows, levelFor, type Prediction, type RunOptions, type ImageLayout } from './core.js';
 export { verifyModel, type VerifiedModel } from './verify.js';
+export { TemporalSession, type SessionStep } from './session.js';
+export type { PlannedPrediction } from './core.js';
 export { SegmentedSession, type RoutedPrediction, type RoutedRunOptions } from './segments.js';
 export { readOnnxMetadata, levelIndexFor, type OnnxMetadata, type OnnxLevel } from '../export/metadata.js';
 

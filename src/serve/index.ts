@@ -25,3 +25,4 @@ export {
 export { parseJsonRequest, parseBinaryRequest, jsonBodySchema, querySchema, MAX_BUDGET_MS, type InputSpec, type Layout, type PredictInput } from './input.js';
 export { ServeMetrics, type MetricsOptions } from './metrics.js';
 export { HttpError, type ErrorKind } from './errors.js';
+export { SessionStore, SESSION_DEFAULTS, type SessionStoreOptions, type SessionPredictResponse } from './sessions.js';

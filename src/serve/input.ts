@@ -11,6 +11,8 @@ export interface InputSpec {
   shape: readonly number[];
   /** The most samples one request may hold (the server's max batch). */
   maxSamples: number;
+  /** Why it is the most, for the message (default "the server's max batch"). */
+  maxSamplesWhy?: string;
 }
 
 /** A validated prediction request. */
@@ -88,7 +90,7 @@ function sampleDims(spec: InputSpec, layout: Layout): { dims: number[]; names: s
 
 function checkCount(count: number, spec: InputSpec): void {
   if (count > spec.maxSamples) {
-    throw new HttpError(413, 'payload_too_large', `a request holds at most ${spec.maxSamples} samples (the server's max batch); got ${count}`);
+    throw new HttpError(413, 'payload_too_large', `a request holds at most ${spec.maxSamples} samples (${spec.maxSamplesWhy ?? "the server's max batch"}); got ${count}`);
   }
 }
 

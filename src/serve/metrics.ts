@@ -39,8 +39,10 @@ export class ServeMetrics {
   readonly batchSize: Histogram;
   /** Samples waiting in the queue. */
   readonly queueDepth: Gauge;
+  /** Open sessions (`POST /v1/sessions`). */
+  readonly sessionsOpen: Gauge;
 
-  constructor(o: MetricsOptions, depth: () => number) {
+  constructor(o: MetricsOptions, depth: () => number, sessions: () => number = () => 0) {
     const registers = [this.registry];
     const buckets = [...new Set([...LATENCY_BUCKETS, o.sloMs / 1000])].sort((a, b) => a - b);
     this.requests = new Counter({ name: 'dynn_requests_total', help: 'Prediction requests finished, by outcome', labelNames: ['outcome'], registers });
@@ -53,6 +55,7 @@ export class ServeMetrics {
     for (let b = 1; b < o.maxBatch; b *= 2) sizes.push(b);
     this.batchSize = new Histogram({ name: 'dynn_batch_size', help: 'Samples per batch run', buckets: [...sizes, o.maxBatch], registers });
     this.queueDepth = new Gauge({ name: 'dynn_queue_depth', help: 'Samples waiting in the queue', registers, collect: () => this.queueDepth.set(depth()) });
+    this.sessionsOpen = new Gauge({ name: 'dynn_sessions_open', help: 'Sessions open (temporal controller state held per stream)', registers, collect: () => this.sessionsOpen.set(sessions()) });
     if (o.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: 'dynn_' });
   }
 

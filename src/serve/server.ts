@@ -1,14 +1,15 @@
 import { promises as fsp } from 'node:fs';
-import type { FastifyError, FastifyInstance, FastifyReply } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { OnnxMetadata } from '../export/metadata.js';
 import { defaultThreads, OnnxModel } from '../runtime/node.js';
 import { latencyTablePath, profileModel, readLatencyTable, saveLatencyTable, type LatencyTable } from '../runtime/profile.js';
 import { DynnError } from '../util/errors.js';
-import { createHttpApp, ForbiddenHostError, listenHttp, type HttpSafetyOptions } from '../util/http.js';
+import { createHttpApp, listenHttp, type HttpSafetyOptions } from '../util/http.js';
 import { MicroBatcher, type BatchedResult } from './batcher.js';
-import { HttpError, invalidInput, type ErrorKind } from './errors.js';
+import { classify, HttpError, invalidInput, nonFiniteScores } from './errors.js';
 import { parseBinaryRequest, parseJsonRequest, type InputSpec } from './input.js';
 import { ServeMetrics } from './metrics.js';
+import { SessionStore, sessionRoutes, type SessionStoreOptions } from './sessions.js';
 import { createPolicy, parsePolicy, policies, type SampleController, type ServePolicy } from './policy.js';
 
 /** Options of `DynnServer.create`; unset fields take the defaults shown (the HTTP safety ones: `HTTP_DEFAULTS`). */
@@ -45,6 +46,10 @@ export interface ServeOptions extends HttpSafetyOptions {
   controller?: SampleController;
   /** Where startup notes go (default: nowhere). */
   log?: (line: string) => void;
+  /** Models with a temporal controller: the most sessions open at once (default 1024). */
+  maxSessions?: SessionStoreOptions['maxSessions'];
+  /** Models with a temporal controller: a session unused this long expires, ms (default 60000). */
+  sessionIdleMs?: SessionStoreOptions['idleMs'];
 }
 
 declare module 'fastify' {
@@ -79,7 +84,7 @@ export interface PredictResponse {
   batchSize: number;
 }
 
-const ROUTES = 'POST /v1/predict, GET /healthz, GET /metrics';
+const ROUTES = 'POST /v1/predict, POST /v1/sessions, POST /v1/sessions/ID/predict, DELETE /v1/sessions/ID, GET /healthz, GET /metrics';
 
 /** JSON schema of `PredictResponse`: Fastify compiles it into a serializer faster than JSON.stringify. */
 const PREDICT_RESPONSE_SCHEMA = {
@@ -103,32 +108,6 @@ const PREDICT_RESPONSE_SCHEMA = {
     batchSize: { type: 'integer' },
   },
 } as const;
-
-/** Fastify's own errors, by code: status and kind. */
-const FASTIFY_ERRORS: Record<string, [number, ErrorKind]> = {
-  FST_ERR_CTP_BODY_TOO_LARGE: [413, 'payload_too_large'],
-  FST_ERR_CTP_INVALID_MEDIA_TYPE: [415, 'unsupported_media_type'],
-  FST_ERR_CTP_EMPTY_JSON_BODY: [400, 'invalid_json'],
-  FST_ERR_CTP_INVALID_JSON_BODY: [400, 'invalid_json'],
-  FST_ERR_CTP_INVALID_CONTENT_LENGTH: [400, 'invalid_input'],
-};
-
-/** Maps any error to the status, kind and message the client gets. */
-function classify(err: FastifyError | Error): { status: number; kind: ErrorKind; message: string } {
-  if (err instanceof HttpError) return { status: err.statusCode, kind: err.kind, message: err.message };
-  if (err instanceof ForbiddenHostError) return { status: 403, kind: 'forbidden_host', message: err.message };
-  const code = (err as FastifyError).code;
-  const known = code ? FASTIFY_ERRORS[code] : undefined;
-  if (known) {
-    const message = known[1] === 'unsupported_media_type' ? `${err.message}; send application/json or application/octet-stream (float32)` : err.message;
-    return { status: known[0], kind: known[1], message };
-  }
-  const status = (err as FastifyError).statusCode;
-  if (err instanceof SyntaxError && status === 400) return { status, kind: 'invalid_json', message: `the body is not valid JSON: ${err.message}` };
-  if (status !== undefined && status >= 400 && status < 500) return { status, kind: 'invalid_input', message: err.message };
-  if (err instanceof DynnError) return { status: 400, kind: 'invalid_input', message: err.message };
-  return { status: 500, kind: 'internal', message: 'internal error' };
-}
 
 function round(ms: number): number {
   return Math.round(ms * 1000) / 1000;
@@ -162,6 +141,8 @@ export class DynnServer {
     private readonly batcher: MicroBatcher,
     /** The latency table the policy reads, or null. */
     readonly table: LatencyTable | null,
+    /** Open sessions, for a model exported with a temporal controller; else null. */
+    readonly sessions: SessionStore | null = null,
   ) {}
 
   /** The model's metadata. */
@@ -196,15 +177,19 @@ export class DynnServer {
     const model = await OnnxModel.load(o.model, { worker: true, threads, spinning: o.spinning ?? false });
     try {
       const meta = model.metadata;
-      const controller = o.controller ?? (meta.controller ? (images: Float32Array) => model.decide(images).then((d) => d.u) : undefined);
+      if (spec.name === 'controller' && meta.controller?.temporal && !o.controller) {
+        throw new DynnError(`policy controller needs a per-input controller; ${o.model}'s is temporal: it plans each stream's next frame, through POST /v1/sessions (serve it with another policy)`);
+      }
+      const controller = o.controller ?? (meta.controller && !meta.controller.temporal ? (images: Float32Array) => model.decide(images).then((d) => d.u) : undefined);
       const policy = createPolicy(spec, { levels: meta.levels, table, sloMs, modelPath: o.model, controller });
       const per = meta.input.shape.reduce((a, b) => a * b, 1);
       // A float32 printed as a JSON number takes up to ~22 bytes with its separator: room for a full batch.
       const bodyLimit = o.bodyLimit ?? Math.max(1 << 20, 24 * per * maxBatch + 4096);
       const batcher: MicroBatcher = new MicroBatcher(model, { maxBatch, maxWaitMs, maxQueue, levels: meta.levels, policy, onRun: (r) => metrics.run(r) });
-      const metrics = new ServeMetrics({ levelUs: meta.levels.map((l) => l.u), maxBatch, sloMs }, () => batcher.depth);
+      const sessions = meta.controller?.temporal ? new SessionStore(() => model.session(), { maxSessions: o.maxSessions, idleMs: o.sessionIdleMs }) : null;
+      const metrics = new ServeMetrics({ levelUs: meta.levels.map((l) => l.u), maxBatch, sloMs }, () => batcher.depth, () => sessions?.size ?? 0);
       const app = createHttpApp({ bodyLimit, logger: false, return503OnClosing: true, forceCloseConnections: 'idle' }, o);
-      const server = new DynnServer(app, model, policy, metrics, batcher, table);
+      const server = new DynnServer(app, model, policy, metrics, batcher, table, sessions);
       server.routes({ shape: meta.input.shape, maxSamples: maxBatch }, sloMs, o.log ?? (() => {}));
       return server;
     } catch (err) {
@@ -231,7 +216,7 @@ export class DynnServer {
     app.removeContentTypeParser('text/plain');
     app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
     const fail = (reply: FastifyReply, err: Error) => {
-      const { status, kind, message } = classify(err);
+      const { status, kind, message } = classify(err, 'application/json or application/octet-stream (float32)');
       metrics.error(kind);
       if (status >= 500 && kind === 'internal') log(`internal error: ${err.stack ?? err.message}`);
       return reply.code(status).type('application/json').send({ error: kind, message });
@@ -255,6 +240,8 @@ export class DynnServer {
       return body;
     });
 
+    sessionRoutes({ app, metadata: meta, store: this.sessions, metrics, shape: spec.shape });
+
     app.get('/healthz', async (_request, reply) => {
       const body = {
         status: this.closing ? 'shutting_down' : 'ok',
@@ -263,6 +250,7 @@ export class DynnServer {
         sloMs,
         maxBatch: spec.maxSamples,
         queueDepth: batcher.depth,
+        ...(this.sessions ? { sessions: { open: this.sessions.size, max: this.sessions.maxSessions, idleMs: this.sessions.idleMs } } : {}),
         latency: this.policy.estimator ? { factor: this.policy.estimator.factor, overheadMs: this.policy.estimator.overheadMs, tailMs: this.policy.estimator.tailMs } : null,
       };
       return reply.code(this.closing ? 503 : 200).send(body);
@@ -274,17 +262,8 @@ export class DynnServer {
   private response(res: BatchedResult, totalMs: number): PredictResponse {
     const names = this.metadata.classNames;
     const c = res.numClasses;
-    // JSON has no NaN or Infinity: scores that overflowed are the input's fault (values far outside the
-    // range the model was trained on), so the client hears which sample, not a serializer's 500.
-    const bad = res.scores.findIndex((s) => !Number.isFinite(s));
-    if (bad >= 0) {
-      const sample = Math.floor(bad / c);
-      throw new HttpError(
-        422,
-        'non_finite_output',
-        `the model produced non-finite scores for sample ${sample} (class ${bad % c} is ${res.scores[bad]}): its input values are likely far outside the range the model was trained on`,
-      );
-    }
+    const bad = nonFiniteScores(res.scores, c);
+    if (bad) throw bad;
     return {
       predictions: Array.from(res.classes, (cls, i) => ({
         class: cls,
@@ -316,6 +295,7 @@ export class DynnServer {
       const drained = this.batcher.close();
       await this.app.close();
       await drained;
+      this.sessions?.clear();
       await this.model.dispose();
       this.metrics.registry.clear();
     })();

@@ -9,7 +9,7 @@ import { toFloat } from '../data/imageset.js';
 import { Rng } from '../util/rng.js';
 import { RoutingState } from '../route/context.js';
 import { gateName } from '../route/mechanisms.js';
-import { LogitGate } from '../route/gates.js';
+import { LogitGate, SpatialGate } from '../route/gates.js';
 import { DynnError } from '../util/errors.js';
 
 /** Every BatchNorm layer of a network, by name. */
@@ -167,9 +167,10 @@ export function fitGateRates(model: Network, data: ImageSet, options: FitRateOpt
       tf.tidy(() => {
         model.forward(tf.tensor(x, [n, ...model.inputShape]), plan, { routing });
       });
+      // A gate observed whole (a spatial mask) gives z.length / n decisions per sample, each fitted alike.
       for (const [gate, z] of routing.gateLogits) {
-        if (!logits.has(gate)) logits.set(gate, new Float32Array(samples));
-        logits.get(gate)!.set(z, start);
+        if (!logits.has(gate)) logits.set(gate, new Float32Array((samples * z.length) / n));
+        logits.get(gate)!.set(z, (start * z.length) / n);
       }
     }
     return logits;
@@ -182,7 +183,7 @@ export function fitGateRates(model: Network, data: ImageSet, options: FitRateOpt
   let logits = pass();
   const shift = (unit: string, delta: number) => {
     const gate = gates.get(gateName(unit));
-    if (!(gate instanceof LogitGate)) throw new DynnError(`${unit}: no gate output bias to fit`);
+    if (!(gate instanceof LogitGate || gate instanceof SpatialGate)) throw new DynnError(`${unit}: no gate output bias to fit`);
     gate.shiftLogits(delta);
   };
   if (options.sampled) {

@@ -139,8 +139,9 @@ export interface StepMessage {
   /** Only the gates train (see `StepSpec`). */
   gatesOnly?: boolean;
   /**
-   * With `gatesOnly`: the network's untrained weights (BatchNorm statistics), which the frozen network
-   * normalizes with; workers hold only the trained ones in shared memory, and calibration changes these.
+   * With `gatesOnly`, and on the first step after a reload: the network's untrained weights (BatchNorm
+   * statistics, which the frozen network normalizes with; a softmax temperature, annealed between epochs);
+   * workers hold only the trained ones in shared memory, and calibration or annealing changes these.
    */
   statistics?: NamedArray[];
   /** Position of the shard's first sample in the step's batch (gate decisions depend on it). */
@@ -175,6 +176,8 @@ export class ThreadExecutor implements GradientExecutor {
   readonly gradParts: readonly Float32Array[];
   private scales: number[];
   private version = 0;
+  /** The main model's weights were reloaded: the next step sends the untrained ones too. */
+  private reloaded = false;
   private readonly pending: (Pending | null)[];
 
   private constructor(
@@ -272,7 +275,9 @@ export class ThreadExecutor implements GradientExecutor {
     const plans = spec.plans.map(planToData);
     const inplaceDistill = spec.inplaceDistill ?? false;
     const inplaceAlpha = spec.inplaceAlpha ?? 1;
-    const statistics = spec.gatesOnly ? statisticsOf(this.model) : undefined;
+    // Untrained weights go along when only the gates train, and once after a reload (an annealed temperature).
+    const statistics = spec.gatesOnly || this.reloaded ? statisticsOf(this.model) : undefined;
+    this.reloaded = false;
     const results = await Promise.all(
       shards.map((shard, i) => {
         if (shard.length === 0) return Promise.resolve<StepResult>({ loss: 0, correct: 0, count: 0 });
@@ -290,6 +295,9 @@ export class ThreadExecutor implements GradientExecutor {
       count: total,
       flopsRatio: routed.length ? routed.reduce((a, r) => a + r.flopsRatio! * r.count, 0) / routed.reduce((a, r) => a + r.count, 0) : undefined,
       executionRate: routed.length ? routed.reduce((a, r) => a + (r.executionRate ?? NaN) * r.count, 0) / routed.reduce((a, r) => a + r.count, 0) : undefined,
+      ...(routed.some((r) => r.overflowRate !== undefined)
+        ? { overflowRate: routed.reduce((a, r) => a + (r.overflowRate ?? 0) * r.count, 0) / routed.reduce((a, r) => a + r.count, 0) }
+        : {}),
     };
   }
 
@@ -317,6 +325,7 @@ export class ThreadExecutor implements GradientExecutor {
   reload(): void {
     readFlat(this.model, this.layout, this.weights);
     this.version++;
+    this.reloaded = true;
   }
 
   private send(i: number, message: StepMessage | UpdateMessage): Promise<StepResult | undefined> {

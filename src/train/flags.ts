@@ -16,12 +16,13 @@ const SCALING_FLAGS: [string, string][] = [
 
 /** The training options of dynamic models, whose gates decide per sample (`--dynamic NAME`). */
 const DYNAMIC_FLAGS: [string, string][] = [
-  ['--dynamic <mechanism>', 'gates inside the network decide per sample (acs-gn, or acs-dg with DGConv gates: adaptive channel skipping; resnet38, densenet41, densenet53; skip (ConvNet-AIG) or skip-ff (SkipNet FFGate-I): layer skipping; resnet-d, resnet38; width: a width per sample, DS-Net; vgg-w, resnet38; branch: --model multi-branch; resolution: any model that pools globally); see `dynn models`'],
+  ['--dynamic <mechanism>', 'gates inside the network decide per sample (acs-gn, or acs-dg with DGConv gates: adaptive channel skipping; resnet38, densenet41, densenet53; skip (ConvNet-AIG) or skip-ff (SkipNet FFGate-I): layer skipping; resnet-d, resnet38; spatial: spatially sparse convolution (dynconv), resnet-d, resnet38; width: a width per sample, DS-Net; vgg-w, resnet38; branch: --model multi-branch; resolution: any model that pools globally); see `dynn models`'],
   ['--decisions <form>', 'with --dynamic: nested (the first k groups, skipped channels not computed) or channel (one decision per channel, as the ACS paper: run masked, every channel computed; FLOPs count the channels on) [default: nested]'],
   ['--gate-width <n>', 'with --dynamic: channels of each gate’s hidden layers [default: the mechanism’s]'],
   ['--gate-scale <s>', 'with --dynamic: factor on the gates’ logits; larger makes the gates learn faster than the backbone (with a smaller --lr when fine-tuning) [default: 1]'],
   ['--flops-target <r>', 'with --dynamic: mean executed FLOPs over the backbone’s, gates included, in (0, 1] [default: 0.5]'],
   ['--skip-target <r>', 'with --dynamic skip or skip-ff: mean fraction of the gated blocks each sample executes, per block, in (0, 1]; holds with deterministic gates [default: 0.6]'],
+  ['--spatial-target <r>', 'with --dynamic spatial: mean fraction of output positions each gated block computes, per block, in (0, 1) [default: 0.5]'],
   ['--efficiency-weight <a>', 'with --dynamic: weight of (FLOPs ratio - target)^2 in the loss [default: the mechanism’s]'],
   ['--width-target <r>', 'with --dynamic width: mean FLOPs over the full network’s, the gate included, in (0, 1] (DS-Net’s complexity target) [default: 0.5]'],
   ['--width-routes <K>', 'with --dynamic width: the widths a sample can take (the k-th runs ceil(kD/K) of D groups) [default: 4]'],
@@ -29,7 +30,22 @@ const DYNAMIC_FLAGS: [string, string][] = [
   ['--gate-estimator <name>', 'with --dynamic: gradients of the binary decisions: sigmoid (the probability as surrogate, as ACS) or gumbel (Gumbel-sigmoid straight-through) [default: the mechanism’s: sigmoid for acs, gumbel for skip]'],
   ['--branches <list>', 'with --model multi-branch: the branch networks, cheapest first, e.g. vgg-w:widths=8,8,16,16:hidden=64,vgg-w (a model name starts a branch, :key=value sets its arguments)'],
   ['--resolutions <list>', 'with --dynamic resolution: input heights the network runs at, each at most the input’s, e.g. 28,21,14'],
+  ['--experts <E>', 'with --model vgg-moe, resnet-moe or mlp-moe: experts per mixture-of-experts block [default: 4; mlp-moe 10]; with vgg-condconv, resnet-condconv: expert kernels mixed per sample in each conditional convolution [default: 4]'],
+  ['--top-k <k>', 'with a mixture of experts: experts each sample runs, 1..E (noisy top-k in training) [default: 1]'],
+  ['--capacity-factor <c>', 'with a mixture of experts: an expert takes at most ceil(c k n / E) rows of a batch of n in training [default: 1.25]'],
+  ['--eval-capacity-factor <c>', 'with a mixture of experts: the capacity factor at evaluation, export and serving [default: none, no limit: a served batch merges requests]'],
+  ['--overflow <policy>', 'with a mixture of experts: a row that finds its expert full passes through the residual (residual) or takes its next choice with room (next) [default: residual]'],
+  ['--importance-weight <w>', 'with a mixture of experts: weight of the importance loss, CV(sum of gates)^2 (Shazeer et al.) [default: 0]'],
+  ['--load-weight <w>', 'with a mixture of experts: weight of the load loss, CV(smooth load)^2 (Shazeer et al.) [default: 0]'],
+  ['--switch-weight <w>', 'with a mixture of experts: weight of Switch’s balance loss E sum_i f_i P_i [default: 0.01]'],
   ['--gate-threshold <t>', 'with --dynamic: inference threshold of the gates for evaluation and calibration [default: 0.5]'],
+];
+
+/** The training options of dynamic-parameter models (`--model vgg-condconv`, `resnet-condconv`). */
+const CONDCONV_FLAGS: [string, string][] = [
+  ['--routing <name>', 'vgg-condconv, resnet-condconv: sigmoid (CondConv) or softmax (dynamic convolution) mixing weights [default: sigmoid]'],
+  ['--temperature <T>', 'with --routing softmax: softmax temperature, > 0 (dynamic convolution starts at 30) [default: 1]'],
+  ['--anneal-epochs <n>', 'with --temperature: epochs over which the temperature falls linearly to 1 [default: 0, fixed]'],
 ];
 
 /** Every option of `dynn train` (and `dynn demo`): flag and help text, declared once for the CLI and the report. */
@@ -57,6 +73,7 @@ export const TRAIN_FLAGS: [string, string][] = [
   ['--engine <name>', 'auto, tensorflow, wasm or cpu [default: auto]'],
   ...SCALING_FLAGS,
   ...DYNAMIC_FLAGS,
+  ...CONDCONV_FLAGS,
   ['--json', 'machine-readable output on stdout'],
 ];
 

@@ -29,6 +29,11 @@ export interface EpochRecord {
     executionRate?: number;
     /** The same share under training's sampled decisions, over the epoch's steps. */
     trainExecutionRate?: number;
+    /** Mixtures of experts: the largest coefficient of variation of a block's expert load at evaluation. */
+    expertCv?: number;
+    /** Mixtures of experts: the share of assignments that found their expert full, at evaluation and in training. */
+    overflowRate?: number;
+    trainOverflowRate?: number;
   };
 }
 
@@ -64,7 +69,7 @@ const epochRecordSchema = z.looseObject({
   lr: z.number().nonnegative(),
   testAccuracy: z.record(z.string(), fraction),
   exitAccuracy: z.array(fraction).optional(),
-  gated: z.object({ threshold: fraction, accuracy: fraction, flopsRatio: z.number().nonnegative(), executionRate: fraction.optional(), trainExecutionRate: fraction.optional() }).optional(),
+  gated: z.object({ threshold: fraction, accuracy: fraction, flopsRatio: z.number().nonnegative(), executionRate: fraction.optional(), trainExecutionRate: fraction.optional(), expertCv: z.number().nonnegative().optional(), overflowRate: fraction.optional(), trainOverflowRate: fraction.optional() }).optional(),
 });
 
 /** The recorded training options; every field optional, as runs of older versions may lack some. */
@@ -97,6 +102,7 @@ const trainOptionsSchema = z.looseObject({
   calibrationSamples: count,
   flopsTarget: z.number().gt(0).max(1),
   skipTarget: z.number().gt(0).max(1),
+  spatialTarget: z.number().gt(0).lt(1),
   efficiencyWeight: z.number().nonnegative(),
   pretrainEpochs: count,
   gateThreshold: fraction,

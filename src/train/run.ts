@@ -48,7 +48,8 @@ function argSchema(example: unknown): z.ZodType {
 
 function modelArgsSchema(model: string) {
   const defaults = models.has(model) ? models.get(model).defaults : {};
-  const own = Object.fromEntries(Object.entries(defaults).filter(([k]) => !(k in commonArgs)).map(([k, v]) => [k, argSchema(v)]));
+  const ratios = new Set(models.has(model) ? (models.get(model).ratios ?? []) : []);
+  const own = Object.fromEntries(Object.entries(defaults).filter(([k]) => !(k in commonArgs)).map(([k, v]) => [k, ratios.has(k) ? z.number().nonnegative() : argSchema(v)]));
   return z.object({ ...commonArgs, ...own }).partial().catchall(anyArg);
 }
 

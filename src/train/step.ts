@@ -18,6 +18,8 @@ export interface StepResult {
   flopsRatio?: number;
   /** A dynamic network's mean share of each gate's groups executed, over gates (of the first plan). */
   executionRate?: number;
+  /** A mixture of experts: the share of its (sample, slot) assignments that found their expert full (of the first plan). */
+  overflowRate?: number;
   /** Correct top-1 predictions (of the first plan's last exit). */
   correct: number;
   /** Samples in the batch. */
@@ -170,6 +172,7 @@ export function gradientStep(
   let lossValue = 0;
   let flopsRatio: number | undefined;
   let executionRate: number | undefined;
+  let overflowRate: number | undefined;
   try {
     plans.forEach((plan, i) => {
       const hard = (logits: tf.Tensor2D): tf.Scalar =>
@@ -199,6 +202,8 @@ export function gradientStep(
           if (i === 0 && routing.mode !== 'full') {
             flopsRatio = (fixed + mean(routing.executedMacs)) / backbone;
             executionRate = routedExecutionRate(routing.skipRates());
+            const counted = [...routing.counters.values()];
+            if (counted.length) overflowRate = counted.reduce((a, c) => a + c.events, 0) / Math.max(1, counted.reduce((a, c) => a + c.of, 0));
           }
           return routing.losses.reduce((a, l) => tf.add(a, l.value), task) as tf.Scalar;
         }, variables),
@@ -220,7 +225,7 @@ export function gradientStep(
     const pred = (predicted as unknown as tf.Tensor).dataSync();
     let correct = 0;
     for (let i = 0; i < count; i++) if (pred[i] === labels[i]) correct++;
-    return { loss: lossValue, correct, count, flopsRatio, executionRate };
+    return { loss: lossValue, correct, count, flopsRatio, executionRate, ...(overflowRate === undefined ? {} : { overflowRate }) };
   } finally {
     const held: (tf.Tensor | null)[] = [xs, ys, teacherLogits, predicted, widest];
     tf.dispose(held.filter((t): t is tf.Tensor => t !== null));

@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { annealTemperatures } from '../layers/condconv.js';
 import { initEngine, type EngineName } from '../engine/backend.js';
 import { loadDataset } from '../data/datasets.js';
 import { allocShared, head } from '../data/imageset.js';
@@ -123,6 +124,11 @@ export interface TrainOptions {
    * deterministic gates: after each epoch every gate is fitted to it on training samples.
    */
   skipTarget?: number;
+  /**
+   * `--dynamic spatial`: the mean fraction of output positions each gated block computes, per block, in
+   * (0, 1) (dynconv's sparsity target; default the mechanism's, 0.5).
+   */
+  spatialTarget?: number;
   /** Dynamic models: weight of the efficiency term `(ratio - target)^2` (default: the mechanism's). */
   efficiencyWeight?: number;
   /**
@@ -154,6 +160,8 @@ export interface StepProgress {
   flopsRatio?: number;
   /** Dynamic models: the step's mean share of each gate's groups executed (for `skip`, of blocks executed). */
   executionRate?: number;
+  /** Mixtures of experts: the step's share of assignments that found their expert full. */
+  overflowRate?: number;
 }
 
 /** The outcome of `train`: the network (caller disposes it), the data set and the run's metadata. */
@@ -165,14 +173,14 @@ export interface TrainResult {
   epochsTrained: number;
 }
 
-type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'init' | 'exitWeights' | 'flopsTarget' | 'widthTarget' | 'skipTarget' | 'efficiencyWeight' | 'gateEstimator';
+type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'init' | 'exitWeights' | 'flopsTarget' | 'widthTarget' | 'skipTarget' | 'spatialTarget' | 'efficiencyWeight' | 'gateEstimator';
 type Resolved = Required<Omit<TrainOptions, Optional | 'onStep' | 'onEpoch' | 'modelArgs' | 'force'>> & Pick<TrainOptions, Optional>;
 
 /** Options that define what a run trains; `--resume` restores them from the run and refuses a contradicting one. */
 const RUN_OPTIONS = [
   'model', 'dataset', 'trainLimit', 'testLimit', 'validationSamples', 'fullWidth', 'batchSize', 'optimizer', 'lr', 'lrSchedule',
   'schedule', 'sandwichWidths', 'inplaceDistill', 'inplaceAlpha', 'teacher', 'init', 'distillAlpha', 'distillT', 'exitWeights', 'gating',
-  'seed', 'evalUs', 'calibrationSamples', 'flopsTarget', 'widthTarget', 'skipTarget', 'efficiencyWeight', 'pretrainEpochs', 'gateThreshold', 'gateEstimator',
+  'seed', 'evalUs', 'calibrationSamples', 'flopsTarget', 'widthTarget', 'skipTarget', 'spatialTarget', 'efficiencyWeight', 'pretrainEpochs', 'gateThreshold', 'gateEstimator',
 ] as const satisfies readonly (keyof TrainOptions)[];
 /** Run options that are recorded only when set: absent from the record means unset, not an older default. */
 const UNSET_WHEN_ABSENT = new Set<string>(['trainLimit', 'testLimit', 'teacher', 'init', 'exitWeights']);
@@ -273,6 +281,7 @@ function resolveOptions(o: TrainOptions): Resolved {
     flopsTarget: o.flopsTarget,
     widthTarget: o.widthTarget,
     skipTarget: o.skipTarget,
+    spatialTarget: o.spatialTarget,
     efficiencyWeight: o.efficiencyWeight,
     pretrainEpochs: o.pretrainEpochs ?? 0,
     gateThreshold: o.gateThreshold ?? 0.5,
@@ -302,6 +311,8 @@ function resolveOptions(o: TrainOptions): Resolved {
   checkEfficiency(r.flopsTarget ?? 0.5, r.efficiencyWeight ?? 0);
   checkEfficiency(r.widthTarget ?? 0.5, 0, 'the width target (--width-target)');
   checkEfficiency(r.skipTarget ?? 0.5, 0, 'the skip target (--skip-target)');
+  // At 0 or 1 a block would compute nothing or all: no mask to learn.
+  if (r.spatialTarget !== undefined && !(r.spatialTarget > 0 && r.spatialTarget < 1)) throw new DynnError(`the spatial target (--spatial-target) must be in (0, 1), got ${r.spatialTarget}`);
   if (r.gateEstimator !== undefined) checkGateEstimator(r.gateEstimator);
   if (r.exitWeights && !r.exitWeights.every((w) => w >= 0 && Number.isFinite(w))) {
     throw new DynnError(`exitWeights must be non-negative numbers, got ${JSON.stringify(r.exitWeights)}`);
@@ -374,6 +385,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     ...(o.flopsTarget !== undefined ? ['flopsTarget'] : []),
     ...(o.widthTarget !== undefined ? ['widthTarget'] : []),
     ...(o.skipTarget !== undefined ? ['skipTarget'] : []),
+    ...(o.spatialTarget !== undefined ? ['spatialTarget'] : []),
     ...(o.efficiencyWeight !== undefined ? ['efficiencyWeight'] : []),
     ...(o.pretrainEpochs > 0 ? ['pretrainEpochs'] : []),
     ...((o.gateEstimator ?? 'sigmoid') !== 'sigmoid' ? ['gateEstimator'] : []),
@@ -401,13 +413,19 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     model.dispose();
     throw new DynnError(`--dynamic ${String(model.config.args.dynamic)} fits its gates to the target at the threshold: --gate-threshold must be in (0, 1), got ${o.gateThreshold}`);
   }
+  // A cost fixed by the mechanism's settings (a mixture's k) has no target to pull toward.
+  const fixedCost = (['flopsTarget', 'widthTarget', 'skipTarget', 'spatialTarget', 'efficiencyWeight'] as const).find((k) => mechanism?.fixedCost && o[k] !== undefined);
+  if (mechanism && fixedCost) {
+    model.dispose();
+    throw new DynnError(`${optionFlag(fixedCost)} does not apply to --dynamic ${String(model.config.args.dynamic)}: ${mechanism.fixedCost}`);
+  }
   // Each mechanism's target has its own option; the other one's would silently do nothing.
-  const other = mechanism && (['flopsTarget', 'widthTarget', 'skipTarget'] as const).find((k) => k !== mechanism.efficiency.option && o[k] !== undefined);
+  const other = mechanism && (['flopsTarget', 'widthTarget', 'skipTarget', 'spatialTarget'] as const).find((k) => k !== mechanism.efficiency.option && o[k] !== undefined);
   if (mechanism && other) {
     model.dispose();
     throw new DynnError(`${optionFlag(other)} does not apply to --dynamic ${String(model.config.args.dynamic)}, whose target is ${mechanism.efficiency.flag} (${mechanism.efficiency.what})`);
   }
-  const efficiency = mechanism ? { target: o[mechanism.efficiency.option] ?? mechanism.defaults.target, weight: o.efficiencyWeight ?? mechanism.defaults.efficiencyWeight } : undefined;
+  const efficiency = mechanism?.fixedCost ? undefined : mechanism ? { target: o[mechanism.efficiency.option] ?? mechanism.defaults.target, weight: o.efficiencyWeight ?? mechanism.defaults.efficiencyWeight } : undefined;
   const estimator = o.gateEstimator ?? mechanism?.defaults.estimator ?? 'sigmoid';
   if (o.init && !run) {
     try {
@@ -493,6 +511,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     const stepsPerEpoch = Math.ceil(n / o.batchSize);
     const totalSteps = stepsPerEpoch * o.epochs;
     for (let epoch = startEpoch; epoch < o.epochs; epoch++) {
+      // Dynamic convolution's softmax temperature, annealed per epoch: a weight, so the workers reload it.
+      if (annealTemperatures(model.layers, epoch)) executor.reload();
       if (fit?.start && fitContext && epoch === o.pretrainEpochs) {
         fit.start(fitContext);
         executor.reload();
@@ -506,6 +526,8 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       let seen = 0;
       let rateSum = 0;
       let rated = 0;
+      let overflowSum = 0;
+      let overflowSeen = 0;
       for (let step = 0; step < stepsPerEpoch; step++) {
         const progress = (epoch * stepsPerEpoch + step) / totalSteps;
         const sandwich = o.schedule === 'sandwich';
@@ -531,6 +553,10 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         lossSum += r.loss * r.count;
         correct += r.correct;
         seen += r.count;
+        if (r.overflowRate !== undefined) {
+          overflowSum += r.overflowRate * r.count;
+          overflowSeen += r.count;
+        }
         if (r.executionRate !== undefined) {
           rateSum += r.executionRate * r.count;
           rated += r.count;
@@ -546,6 +572,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
           u,
           flopsRatio: r.flopsRatio,
           executionRate: r.executionRate,
+          ...(r.overflowRate === undefined ? {} : { overflowRate: r.overflowRate }),
         });
       }
       const trainSeconds = (performance.now() - t0) / 1000;
@@ -559,8 +586,10 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
         executor.reload();
       }
       const test: Record<string, number> = {};
-      for (const u of o.evalUs) test[String(u)] = evaluate(model, dataset.test, u, { gating: o.gating, seed: o.seed }).accuracy;
+      // A network with no fixed-plan sub-network (a mixture of experts) is measured with its gates deciding, at u = 1.
+      for (const u of mechanism?.noSubnet ? [] : o.evalUs) test[String(u)] = evaluate(model, dataset.test, u, { gating: o.gating, seed: o.seed }).accuracy;
       const routed = gated ? evaluateRouted(model, dataset.test, { threshold: o.gateThreshold }) : null;
+      if (mechanism?.noSubnet && routed) test['1'] = routed.accuracy;
       const record: EpochRecord = {
         epoch: epoch + 1,
         loss: lossSum / seen,
@@ -578,7 +607,9 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
                 accuracy: routed.accuracy,
                 flopsRatio: routed.flopsRatio,
                 // A rate target's measure, deterministic and as training's sampled gates reported it.
-                ...(mechanism?.efficiency.option === 'skipTarget' ? { executionRate: executionRate(routed.skipRates), ...(rated ? { trainExecutionRate: rateSum / rated } : {}) } : {}),
+                // A mixture's balance at evaluation and its overflow there and in training.
+                ...(routed.experts ? { expertCv: Math.max(...Object.values(routed.experts).map((e) => e.cv)), overflowRate: routed.overflowRate, ...(overflowSeen ? { trainOverflowRate: overflowSum / overflowSeen } : {}) } : {}),
+                ...(mechanism?.efficiency.rate ? { executionRate: executionRate(routed.skipRates), ...(rated ? { trainExecutionRate: rateSum / rated } : {}) } : {}),
               },
             }
           : {}),

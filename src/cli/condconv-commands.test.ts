@@ -1,0 +1,50 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { runCli } from './cli.js';
+import { captureIo } from './capture.js';
+import { assertTrainRefused } from './fixtures.js';
+import { loadRun } from '../train/run.js';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-condconv-'));
+process.on('exit', () => fs.rmSync(tmp, { recursive: true, force: true }));
+const data = ['--dataset', 'synthetic', '--train-limit', '64', '--test-limit', '32', '--workers', '0', '--batch-size', '32'];
+const small = ['--model', 'vgg-condconv'];
+
+test('dynamic-parameter options: clear errors before any training', async () => {
+  await assertTrainRefused(
+    [
+      [[...small, '--experts', '0'], /--experts must be an integer >= 1, got 0/],
+      [[...small, '--experts', '1.5'], /--experts must be an integer >= 1, got 1.5/],
+      [[...small, '--routing', 'top1'], /unknown routing "top1"; expected one of sigmoid, softmax/],
+      [[...small, '--routing', 'softmax', '--temperature', '0'], /--temperature must be a number > 0, got 0/],
+      [[...small, '--temperature', '30'], /a temperature needs --routing softmax/],
+      [['--model', 'vgg-w', '--routing', 'softmax'], /routing needs a model with conditional convolutions \(expected one of resnet-condconv, vgg-condconv\), not vgg-w/],
+    ],
+    data,
+    tmp,
+  );
+});
+
+test('a vgg-condconv run trains with an annealed temperature, and sweep --json reports its routing', async () => {
+  const run = path.join(tmp, 'cc');
+  const io = captureIo();
+  const args = ['train', ...small, '--experts', '3', '--routing', 'softmax', '--temperature', '9', '--anneal-epochs', '2', '--epochs', '2', ...data, '--out', run, '--json'];
+  assert.equal(await runCli(args, io), 0, io.stderr());
+  const { meta } = JSON.parse(io.stdout());
+  assert.equal(meta.history.length, 2);
+  // Epoch 0 at 9, epoch 1 at 9 - 8/2: the temperature the run was saved with.
+  const { model } = await loadRun(run);
+  assert.deepEqual(Array.from(model.getWeights().find((w) => w.name === 'c2.conv.temperature')!.data), [5]);
+  model.dispose();
+  const sweep = captureIo();
+  assert.equal(await runCli(['sweep', run, '--u', '1', '--test-limit', '32', '--no-latency', '--json'], sweep), 0, sweep.stderr());
+  const s = JSON.parse(sweep.stdout());
+  assert.deepEqual(s.routing.layers.map((l: { layer: string }) => l.layer), ['c2.conv', 'c3.conv', 'c4.conv']);
+  assert.equal(s.routing.layers[0].perClass.length, 10);
+  const info = captureIo();
+  assert.equal(await runCli(['info', run], info), 0, info.stderr());
+  assert.match(info.stdout(), /c2\.conv\.route/);
+});

@@ -1,0 +1,148 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { initEngine } from '../engine/backend.js';
+import { createModel } from '../models/zoo.js';
+import type { Network } from '../models/network.js';
+import { RoutingState } from '../route/context.js';
+import { randomizeStatistics, serveFolder, relErr } from './fixtures.js';
+import { saveSegments } from './segments.js';
+import { openSession } from '../runtime/node.js';
+import { SegmentedSession } from '../runtime/segments.js';
+import { MANIFEST_FILE, parseManifest } from './manifest.js';
+import { fullSel } from '../layers/index.js';
+import { MoeBlock } from '../route/moe.js';
+import { DynnServer, type PredictResponse } from '../serve/server.js';
+import { loadWebSegments } from '../runtime/web.js';
+
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-moe-seg-'));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+before(async () => {
+  await initEngine('wasm');
+});
+
+const nets: [string, () => Network][] = [
+  ['vgg-moe', () => createModel('vgg-moe', { inputShape: [8, 8, 2], numClasses: 3, groups: 4, widths: [8, 8, 16, 16], hidden: 16, experts: 4, topK: 1 })],
+  ['resnet-moe', () => createModel('resnet-moe', { inputShape: [8, 8, 2], numClasses: 3, width: 4, blocksPerStage: 2, experts: 3, topK: 2, overflow: 'next', evalCapacityFactor: 1 })],
+];
+
+/**
+ * Spreads every router's scores over its experts for the batch `x`: a large random kernel on the block's
+ * pooled input, centred over the batch through the bias (pooled ReLU features share a large common part).
+ */
+function spreadRouters(model: Network, x: tf.Tensor): void {
+  const ctx = { plan: model.plan(1), training: false };
+  tf.tidy(() => {
+    let y = x;
+    let sel = fullSel(x.shape[3]!);
+    for (const l of model.layers) {
+      if (l instanceof MoeBlock) {
+        const mean = tf.mean(tf.mean(y, [1, 2]), 0);
+        const kernel = tf.randomNormal([mean.shape[0], 2 * l.experts], 0, 20, 'float32', 3);
+        for (const w of model.weights()) {
+          if (w.name === `${l.name}.gate.fc.kernel`) w.variable.assign(kernel);
+          if (w.name === `${l.name}.gate.fc.bias`) w.variable.assign(tf.neg(tf.matMul(tf.reshape(mean, [1, -1]), kernel)).reshape([-1]));
+        }
+      }
+      ({ y, sel } = l.call(y, sel, { ...ctx, routing: RoutingState.start('hard', x.shape[0]) }));
+    }
+  });
+}
+
+const toNchw = (x: tf.Tensor) => tf.tidy(() => tf.transpose(x, [0, 3, 1, 2]).dataSync() as Float32Array);
+
+for (const [name, make] of nets) {
+  test(`${name} exports by segments (a router graph, one graph per expert) and runs in ONNX Runtime with TF.js's experts and scores within 1e-4, each expert once on its rows`, async () => {
+    const model = make();
+    randomizeStatistics(model, 3);
+    const x = tf.tidy(() => tf.mul(tf.randomNormal([16, 8, 8, 2], 0, 1, 'float32', 8), tf.reshape(tf.linspace(0.1, 3, 16), [16, 1, 1, 1])));
+    spreadRouters(model, x);
+    const dir = path.join(tmp, name);
+    const m = await saveSegments(model, dir);
+    const moes = m.segments.filter((s) => s.kind === 'moe');
+    assert.equal(moes.length, name === 'vgg-moe' ? 1 : 2);
+    const routing = RoutingState.start('hard', 16);
+    const ref = tf.tidy(() => model.forward(x, model.plan(1), { routing }).dataSync() as Float32Array);
+    const { fixed, backbone } = model.routedMacs(1);
+    const session = (await openSession(dir, { threads: 1 })) as SegmentedSession;
+    const proto = SegmentedSession.prototype as unknown as { once: (s: unknown, feeds: Record<string, { dims: readonly number[] }>, fetch: string) => Promise<unknown> };
+    const once = proto.once;
+    const expertRows: number[] = [];
+    const experts = new Set((session as unknown as { parts: { experts?: unknown[] }[] }).parts.flatMap((p) => p.experts ?? []));
+    proto.once = function (s, feeds, fetch) {
+      if (experts.has(s)) expertRows.push(feeds.x.dims[0]);
+      return once.call(this, s, feeds, fetch);
+    };
+    try {
+      const got = await session.runRouted(toNchw(x));
+      const slots = moes.flatMap((s) => (s.kind === 'moe' && s.topK > 1 ? Array.from({ length: s.topK }, (_, k) => `${s.name}.k${k}`) : [s.name]));
+      slots.forEach((g, j) => assert.deepEqual([...got.counts[j]], [...routing.decisions.get(g)!], `same experts per sample at ${g}`));
+      assert.ok(relErr(ref, got.scores) < 1e-4, `scores: ${relErr(ref, got.scores)}`);
+      got.flopsRatios.forEach((r, i) => assert.ok(Math.abs(r - (fixed + routing.executedMacs[i]) / backbone) < 1e-9, `FLOPs ratio of sample ${i}`));
+      // Each expert graph ran once per mixture on exactly the rows assigned to it.
+      const perBlock = moes.map((s, b) => {
+        const names = slots.filter((g) => g === s.name || g.startsWith(`${s.name}.k`));
+        const load = new Array<number>(s.kind === 'moe' ? s.experts : 0).fill(0);
+        for (const g of names) routing.decisions.get(g)!.forEach((e) => e >= 0 && load[e]++);
+        return [b, load.filter((l) => l > 0)] as const;
+      });
+      assert.deepEqual(expertRows, perBlock.flatMap(([, l]) => l));
+      assert.ok(perBlock.every(([, l]) => l.length >= 2), 'the routers spread samples over experts');
+    } finally {
+      proto.once = once;
+      await session.release();
+      x.dispose();
+      model.dispose();
+    }
+  });
+}
+
+test('a mixture manifest that does not add up is refused by name', () => {
+  const dir = path.join(tmp, 'vgg-moe');
+  const text = readFileSync(path.join(dir, MANIFEST_FILE), 'utf8');
+  const bad = (edit: (m: Record<string, unknown> & { segments: Record<string, unknown>[] }) => void) => {
+    const m = JSON.parse(text);
+    edit(m);
+    return JSON.stringify(m);
+  };
+  const moe = (m: { segments: Record<string, unknown>[] }) => m.segments.find((s) => s.kind === 'moe')!;
+  assert.throws(() => parseManifest(bad((m) => (moe(m).topK = 9)), 'x'), /topK: top-k 9 exceeds the 4 experts/);
+  assert.throws(() => parseManifest(bad((m) => (moe(m).expertGraphs = (moe(m).expertGraphs as unknown[]).slice(1))), 'x'), /3 expert graphs and 4 expert costs for 4 experts/);
+  assert.throws(() => parseManifest(bad((m) => (moe(m).overflow = 'drop')), 'x'), /overflow/);
+  assert.throws(() => parseManifest(bad((m) => (moe(m).capacityFactor = 0)), 'x'), /capacityFactor/);
+});
+
+test('dynn serve of a mixture folder and the web entry give the in-thread dispatcher\'s predictions and experts', async () => {
+  const dir = path.join(tmp, 'resnet-moe');
+  const x = Float32Array.from({ length: 5 * 128 }, (_, i) => Math.sin(i * 0.61) * (1 + (i % 7)));
+  const node = (await openSession(dir, { threads: 1 })) as SegmentedSession;
+  const want = await node.runRouted(x);
+  const server = await DynnServer.create({ model: dir, threads: 1, maxBatch: 8, maxWaitMs: 1 });
+  try {
+    const res = await server.app.inject({ method: 'POST', url: '/v1/predict', payload: { inputs: Array.from(x), shape: [5, 2, 8, 8] } });
+    assert.equal(res.statusCode, 200, res.body);
+    const body = res.json() as PredictResponse;
+    assert.deepEqual(body.predictions.map((q) => q.class), [...want.classes]);
+    body.predictions.forEach((q, i) => {
+      assert.ok(Math.abs(q.flopsRatio! - want.flopsRatios[i]) < 1e-9);
+      assert.ok(q.scores.every((s, j) => Math.abs(s - want.scores[i * 3 + j]) < 1e-5));
+    });
+  } finally {
+    await server.close();
+  }
+  // The browser entry shares the dispatcher: the folder over HTTP gives the same experts and scores.
+  const http = await serveFolder(dir, 'moe');
+  try {
+    const web = await loadWebSegments(`${http.base}/moe`);
+    const got = await web.runRouted(x);
+    assert.deepEqual(got.counts, want.counts);
+    assert.ok(got.scores.every((v, i) => Math.abs(v - want.scores[i]) < 1e-4));
+    await web.release();
+  } finally {
+    http.close();
+    await node.release();
+  }
+});

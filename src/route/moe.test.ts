@@ -1,0 +1,211 @@
+import { before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as tf from '@tensorflow/tfjs-core';
+import { initEngine } from '../engine/backend.js';
+import { BatchNorm, Conv2D, Dense, GlobalAvgPool, ReLU } from '../layers/index.js';
+import type { Layer } from '../layers/index.js';
+import { Network } from '../models/network.js';
+import { createModel } from '../models/zoo.js';
+import { RoutingState } from './context.js';
+import { MoeBlock, type MoeArgs } from './moe.js';
+import { assignExperts, checkMixture, coefficientOfVariation, expertCapacity } from './experts.js';
+import { DynnError } from '../util/errors.js';
+
+before(async () => {
+  await initEngine('wasm');
+});
+
+const E = 4;
+
+/** A stem and a residual mixture of `E` conv experts on 6x6x2 inputs, 3 classes. */
+function moeNet(args: Partial<MoeArgs> = {}, expert?: (prefix: string, i: number) => Layer[]): Network {
+  const layers = [
+    // A throttleable stem gives the network its plans.
+    new Conv2D('stem.conv', { filters: 8, kernelSize: 3, groups: 2 }),
+    new ReLU('stem.relu', {}),
+    new MoeBlock('moe', { experts: E, residual: true, ...args }, expert ?? ((p) => [new Conv2D(`${p}.conv`, { filters: 8, kernelSize: 3 }), new BatchNorm(`${p}.bn`, { levels: 1 }), new ReLU(`${p}.relu`, {})])),
+    new GlobalAvgPool('gap', {}),
+    new Dense('classifier', { units: 3 }),
+  ];
+  return new Network({ model: 'test', args: { dynamic: 'moe' } }, [6, 6, 2], layers, 0);
+}
+
+const blockOf = (net: Network) => net.layers.find((l): l is MoeBlock => l instanceof MoeBlock)!;
+
+/** Counts, per expert, the calls and rows its first layer ran (a mask-based mixture runs every expert on every row). */
+function spyExperts(block: MoeBlock): { calls: number[]; rows: number[]; restore: () => void } {
+  const calls = new Array<number>(block.experts).fill(0);
+  const rows = new Array<number>(block.experts).fill(0);
+  const firsts = block.expertChains.map((c) => c[0]);
+  firsts.forEach((l, e) => {
+    const call = l.call.bind(l);
+    l.call = (x, sel, ctx) => {
+      calls[e]++;
+      rows[e] += x.shape[0];
+      return call(x, sel, ctx);
+    };
+  });
+  return { calls, rows, restore: () => firsts.forEach((l) => delete (l as Partial<Layer>).call) };
+}
+
+/** Router weights that spread samples over the experts by the input's scale. */
+function spreadRouter(net: Network, bias = [0, 0, 0, 0]): void {
+  for (const w of net.weights()) {
+    if (w.name === 'moe.gate.fc.kernel') w.variable.assign(tf.randomNormal(w.variable.shape, 0, 3, 'float32', 7));
+    if (w.name === 'moe.gate.fc.bias') w.variable.assign(tf.tensor1d([...bias, 0, 0, 0, 0]));
+  }
+}
+
+const input = (n: number) => tf.tidy(() => tf.mul(tf.randomNormal([n, 6, 6, 2], 0, 1, 'float32', 5), tf.reshape(tf.linspace(0.1, 3, n), [n, 1, 1, 1])));
+
+test('assignExperts: top-k by score, first choices served first, capacity per expert, overflow dropped or moved on', () => {
+  // Three samples all prefer expert 0, then 1.
+  const h = [3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0];
+  const free = assignExperts(h, 4, 2, 10, 'residual');
+  assert.deepEqual([...free.experts], [0, 0, 0, 1, 1, 1]);
+  assert.equal(free.overflowed, 0);
+  const dropped = assignExperts(h, 4, 1, 2, 'residual');
+  assert.deepEqual([...dropped.experts], [0, 0, -1], 'the third sample finds expert 0 full and passes through');
+  assert.equal(dropped.overflowed, 1);
+  const moved = assignExperts(h, 4, 1, 2, 'next');
+  assert.deepEqual([...moved.experts], [0, 0, 1], 'it takes its next choice instead');
+  assert.deepEqual([...moved.load], [2, 1, 0, 0]);
+  // With k = 2, a moved slot never takes the expert the sample keeps for its second slot.
+  const two = assignExperts(h, 4, 2, 2, 'next');
+  assert.deepEqual([...two.experts], [0, 0, 2, 1, 1, 3], 'the third sample keeps expert 1 for its second slot, which is full by then');
+  assert.equal(two.overflowed, 2);
+  assert.equal(expertCapacity(1.25, 1, 64, 4), 20);
+  assert.equal(expertCapacity(2, 1, 1, 10), 1, 'a batch of one always runs');
+  assert.equal(coefficientOfVariation([5, 5, 5, 5]), 0);
+  assert.ok(Math.abs(coefficientOfVariation([4, 0, 0, 0]) - Math.sqrt(3)) < 1e-12);
+});
+
+test('bad mixtures are refused by name: k > E, E or the capacity factor not positive, unknown overflow, experts that disagree', () => {
+  assert.throws(() => checkMixture(4, 5), /top-k \(5\) cannot exceed the number of experts \(4\)/);
+  assert.throws(() => checkMixture(0, 1), /the number of experts must be a positive integer, got 0/);
+  assert.throws(() => checkMixture(4, 1, [0]), /the capacity factor must be a positive number, got 0/);
+  assert.throws(() => checkMixture(4, 1, [1], 'drop'), /unknown overflow policy "drop"; expected one of residual, next/);
+  assert.throws(() => createModel('vgg-moe', { topK: 5, experts: 4 }), /top-k \(5\) cannot exceed the number of experts \(4\)/);
+  assert.throws(() => createModel('vgg-moe', { capacityFactor: -1 }), /capacity factor must be a positive number, got -1/);
+  assert.throws(() => createModel('vgg-w', { experts: 4 }), /experts needs a mixture of experts \(--model vgg-moe, resnet-moe or mlp-moe\)/);
+  assert.throws(() => createModel('resnet-d', { dynamic: 'moe' }), /--dynamic moe needs --model vgg-moe, resnet-moe or mlp-moe/);
+  assert.throws(() => createModel('vgg-moe', { dynamic: 'acs-gn' }), /vgg-moe takes --dynamic moe, not acs-gn/);
+  const odd = () => moeNet({}, (p, i) => [new Conv2D(`${p}.conv`, { filters: i === 2 ? 4 : 8, kernelSize: 3 })]);
+  assert.throws(odd, (err) => err instanceof DynnError && /moe: expert 2 gives outputs of \[6,6,4\], expert 0 of \[6,6,8\]/.test(err.message));
+});
+
+test('hard routing: each expert runs once per batch on exactly its rows, equal to the masked baseline; an idle expert does not run', () => {
+  for (const topK of [1, 2]) {
+    const net = moeNet({ topK });
+    spreadRouter(net);
+    const x = input(16);
+    const before = tf.memory().numTensors;
+    const spy = spyExperts(blockOf(net));
+    const routing = RoutingState.start('hard', 16);
+    const y = tf.tidy(() => net.forward(x, net.plan(1), { routing }));
+    spy.restore();
+    const names = topK === 1 ? ['moe'] : ['moe.k0', 'moe.k1'];
+    const chosen = names.map((g) => routing.decisions.get(g)!);
+    const load = new Array<number>(E).fill(0);
+    chosen.forEach((c) => c.forEach((e) => e >= 0 && load[e]++));
+    assert.deepEqual(spy.rows, load, `top-${topK}: the rows each expert ran are the rows assigned to it`);
+    assert.deepEqual(spy.calls, load.map((l) => (l > 0 ? 1 : 0)), 'one call per expert that has rows, none for an idle one');
+    assert.ok(load.filter((l) => l > 0).length > 1, `the router spreads samples (${load})`);
+    assert.ok(routing.choiceGates.has(names[0]) && Object.keys(routing.skipRates()).length === 0, 'choices are not skip rates');
+    // The masked baseline runs every expert on every row and zeroes the gates: the same scores.
+    const spyM = spyExperts(blockOf(net));
+    const masked = RoutingState.start('masked', 16);
+    const ym = tf.tidy(() => net.forward(x, net.plan(1), { routing: masked }));
+    spyM.restore();
+    assert.deepEqual(spyM.rows, new Array(E).fill(16));
+    const [a, b] = [y.dataSync(), ym.dataSync()];
+    a.forEach((v, i) => assert.ok(Math.abs(v - b[i]) < 1e-4, `score ${i}: ${v} vs ${b[i]}`));
+    // Executed MACs: the fixed layers, the router and k experts (fewer where a slot overflowed).
+    const macs = blockOf(net).expertMacs({ full: 8, count: 8, index: null }, net.plan(1))[0];
+    const spent = routing.executedMacs;
+    const min = Math.min(...spent);
+    assert.ok(Math.max(...spent) - min <= topK * macs + 1e-6 && Math.max(...spent) >= min);
+    assert.equal(routing.counters.get('moe')!.of, 16 * topK);
+    tf.dispose([y, ym]);
+    assert.equal(tf.memory().numTensors, before, 'no tensor leaks');
+    x.dispose();
+    net.dispose();
+  }
+});
+
+test('a batch that all picks one expert runs it once at capacity; the rest overflow to the residual or to their next choice', () => {
+  for (const overflow of ['residual', 'next'] as const) {
+    // Expert 0 wins every sample by far; at an evaluation factor of 2, capacity ceil(2 * 8 / 4) = 4 of 8 rows.
+    const net = moeNet({ overflow, evalCapacityFactor: 2 });
+    spreadRouter(net, [100, 0, 0, 0]);
+    const x = input(8);
+    const spy = spyExperts(blockOf(net));
+    const routing = RoutingState.start('hard', 8);
+    const y = tf.tidy(() => net.forward(x, net.plan(1), { routing }));
+    spy.restore();
+    assert.equal(spy.rows[0], 4, 'expert 0 takes its capacity');
+    assert.equal(routing.counters.get('moe')!.events, 4, 'four rows overflowed');
+    if (overflow === 'residual') assert.deepEqual(spy.calls, [1, 0, 0, 0], 'the other experts get nothing and do not run');
+    else assert.equal(spy.rows.reduce((a, b) => a + b, 0), 8, 'every row ran an expert');
+    assert.ok(Array.from(y.dataSync()).every(Number.isFinite));
+    y.dispose();
+    x.dispose();
+    // Without an evaluation factor there is no limit (a served batch merges requests): every row runs expert 0.
+    const loose = moeNet({});
+    spreadRouter(loose, [100, 0, 0, 0]);
+    const spy2 = spyExperts(blockOf(loose));
+    const xs = input(8);
+    tf.tidy(() => loose.forward(xs, loose.plan(1), { routing: RoutingState.start('hard', 8) }));
+    spy2.restore();
+    assert.deepEqual(spy2.rows, [8, 0, 0, 0]);
+    xs.dispose();
+    net.dispose();
+    loose.dispose();
+  }
+});
+
+test('soft routing: noisy top-k gives the router the task gradient (k = 1 too), and each balance loss is added and differentiable', () => {
+  for (const topK of [1, 2]) {
+    const net = moeNet({ topK, importanceWeight: 0.1, loadWeight: 0.1, switchWeight: 0.01 });
+    spreadRouter(net);
+    const x = input(12);
+    const before = tf.memory().numTensors;
+    const vars = net.trainableWeights().map((w) => w.variable);
+    const losses: string[] = [];
+    const { value, grads } = tf.variableGrads(() => {
+      const routing = RoutingState.start('soft', 12, { seed: 3 });
+      const task = tf.mean(tf.square(net.forward(x, net.plan(1), { training: true, routing }))) as tf.Scalar;
+      losses.push(...routing.losses.map((l) => l.name));
+      return routing.losses.reduce((a, l) => tf.add(a, l.value), task) as tf.Scalar;
+    }, vars);
+    assert.deepEqual(losses, ['importance', 'load', 'switch']);
+    const byName = new Map(net.trainableWeights().map((w) => [w.name, grads[w.variable.name]]));
+    const kernel = byName.get('moe.gate.fc.kernel')!.arraySync() as number[][];
+    // Columns 0..E-1 score the experts, E..2E-1 scale their noise: both learn.
+    assert.ok(kernel.some((r) => r.slice(0, E).some((v) => v !== 0)), `top-${topK}: the scores get a gradient`);
+    assert.ok(kernel.some((r) => r.slice(E).some((v) => v !== 0)), `top-${topK}: the noise scales get a gradient`);
+    tf.dispose([value, ...Object.values(grads)]);
+    assert.equal(tf.memory().numTensors, before, 'no tensor leaks');
+    x.dispose();
+    net.dispose();
+  }
+});
+
+test('vgg-moe and resnet-moe build, run in every mode with the right shape, and train a step with finite gradients', () => {
+  for (const name of ['vgg-moe', 'resnet-moe']) {
+    const m = createModel(name, { experts: 3, topK: 2, ...(name === 'vgg-moe' ? { widths: [8, 8, 16, 16], hidden: 16 } : { width: 8, blocksPerStage: 1 }) });
+    assert.ok(m.gated, 'its routers are gates');
+    const x = tf.randomNormal([5, 28, 28, 1], 0, 1, 'float32', 1);
+    const before = tf.memory().numTensors;
+    for (const mode of ['hard', 'masked', 'soft'] as const) {
+      const routing = RoutingState.start(mode, 5);
+      const y = tf.tidy(() => m.forward(x, m.plan(1), { routing, training: mode === 'soft' }));
+      assert.deepEqual(y.shape, [5, 10]);
+      assert.ok(Array.from(y.dataSync()).every(Number.isFinite));
+      y.dispose();
+    }
+    assert.equal(tf.memory().numTensors, before, `${name}: no tensor leaks`);
+    x.dispose();
+    m.dispose();
+  }
+});

@@ -1,0 +1,44 @@
+import type * as tf from '@tensorflow/tfjs-core';
+import { DynnError } from '../util/errors.js';
+import { Composite, Dense, GlobalAvgPool, fullSel, layerClasses } from '../layers/index.js';
+import type { ChannelSel, LayerCost, RunContext, Shape } from '../layers/index.js';
+import type { FrozenOp } from '../models/subnet.js';
+
+export interface RouterArgs {
+  /** Logits: for E experts, 2E (the clean scores, then the noise scales' pre-softplus, Shazeer's Wg and Wnoise). */
+  outputs: number;
+}
+
+/**
+ * A mixture of experts' router: global average pooling of an image input (a flat input is used as it is) and
+ * one dense layer giving every expert's score and noise scale (Shazeer et al. 2017, Eq. 4: x Wg and x Wnoise).
+ * Its kernel starts small and random, so the first batches spread over the experts instead of all tying.
+ */
+export class MoeRouter extends Composite<RouterArgs> {
+  readonly className = 'MoeRouter';
+
+  protected doBuild(inShape: Shape): Shape {
+    const { outputs } = this.args;
+    if (!Number.isInteger(outputs) || outputs < 2 || outputs % 2 !== 0) throw new DynnError(`${this.name}: a router gives 2 logits per expert, got ${outputs}`);
+    this.layers = [...(inShape.length === 3 ? [new GlobalAvgPool(`${this.name}.gap`, {})] : []), new Dense(`${this.name}.fc`, { units: outputs })];
+    return this.buildChain(this.layers, inShape);
+  }
+
+  outSel(): ChannelSel {
+    return fullSel(this.args.outputs);
+  }
+
+  call(x: tf.Tensor, sel: ChannelSel, ctx: RunContext) {
+    return this.runChain(this.layers, x, sel, ctx);
+  }
+
+  freeze(): FrozenOp[] {
+    throw new DynnError(`${this.name}: a router has no frozen form; it runs inside its mixture of experts`);
+  }
+
+  cost(sel: ChannelSel, plan: RunContext['plan']): LayerCost[] {
+    return this.chainCost(this.layers, sel, plan);
+  }
+}
+
+layerClasses.register('MoeRouter', MoeRouter);

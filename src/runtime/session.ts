@@ -1,0 +1,91 @@
+import { DynnError } from '../util/errors.js';
+import { levelIndexFor, type OnnxMetadata } from '../export/metadata.js';
+
+/**
+ * What a session needs of a run of frames at one action (`ModelSession.step`'s `PlannedPrediction`; this
+ * module does not import the core one, which builds sessions).
+ */
+export interface StepResult {
+  scores: Float32Array;
+  classes: Int32Array;
+  /** The network level that ran. */
+  level: number;
+  ms: number;
+  /** The next action index of each frame (argmax of `controller_scores`). */
+  next: Int32Array;
+}
+
+/** Runs frames at an action index and plans the next: `ModelSession.step`, in or out of a worker thread; `O` its run options. */
+export type StepFn<O> = (frames: Float32Array, action: number, options: O | undefined) => Promise<StepResult>;
+
+/** What `TemporalSession.next` answers for one frame. */
+export interface SessionStep {
+  /** The highest-scoring class. */
+  class: number;
+  /** Class scores (logits). */
+  scores: Float32Array;
+  /** The utilization the frame ran at: the controller's action (the first frame: the start action). */
+  u: number;
+  /** The network level that ran. */
+  level: number;
+  /** The utilization planned for the next frame. */
+  nextU: number;
+  /** FLOPs of the frame over the network's at u = 1, the controller's decision included. */
+  flopsRatio: number;
+  /** Time inside ONNX Runtime, ms. */
+  ms: number;
+}
+
+/** The temporal controller's part of a model's metadata; a DynnError for a model exported without one. */
+export function temporalOf(meta: OnnxMetadata): { actions: number[]; start: number; flopsRatio: number } {
+  const c = meta.controller;
+  if (!c?.temporal) {
+    throw new DynnError(`this ${meta.model.model} model was exported without a temporal controller (dynn export RUN --onnx FILE --controller DIR, with a controller from \`dynn controller train --temporal\`)`);
+  }
+  return { actions: c.actions, start: c.temporal.start, flopsRatio: c.flopsRatio };
+}
+
+/**
+ * One stream's state on a model exported with a temporal controller: the action planned for its next frame.
+ * `next(frame)` runs the frame at that action and plans the one after in the same graph run (the controller
+ * reads the frame's scores), so deciding costs no extra pass. A stream's first frame runs at the start action.
+ * Calls on one session run in order, each frame planning the next.
+ */
+export class TemporalSession<O = object> {
+  private action: number;
+  private tail: Promise<unknown> = Promise.resolve();
+  private readonly temporal: ReturnType<typeof temporalOf>;
+
+  constructor(
+    private readonly meta: OnnxMetadata,
+    private readonly step: StepFn<O>,
+  ) {
+    this.temporal = temporalOf(meta);
+    this.action = this.temporal.start;
+  }
+
+  /** The utilization the next frame will run at. */
+  get plannedU(): number {
+    return this.temporal.actions[this.action];
+  }
+
+  /** Runs one frame (a Float32Array of one sample, NCHW unless `options.layout` says NHWC) at the planned u. */
+  next(frame: Float32Array, options?: O): Promise<SessionStep> {
+    const run = this.tail.then(() => this.advance(frame, options));
+    this.tail = run.catch(() => undefined);
+    return run;
+  }
+
+  private async advance(frame: Float32Array, options: O | undefined): Promise<SessionStep> {
+    const per = this.meta.input.shape.reduce((a, b) => a * b, 1);
+    if (!(frame instanceof Float32Array) || frame.length !== per) {
+      throw new DynnError(`a session takes one frame of [${this.meta.input.shape}] (${per} values) at a time, got ${frame instanceof Float32Array ? `${frame.length} values` : 'no Float32Array'}`);
+    }
+    const { actions, flopsRatio } = this.temporal;
+    const ran = this.action;
+    const p = await this.step(frame, ran, options);
+    this.action = p.next[0];
+    const level = this.meta.levels[levelIndexFor(this.meta.levels, actions[ran])];
+    return { class: p.classes[0], scores: p.scores, u: actions[ran], level: p.level, nextU: actions[this.action], flopsRatio: level.flopsRatio + flopsRatio, ms: p.ms };
+  }
+}

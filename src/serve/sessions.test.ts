@@ -1,0 +1,160 @@
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { initEngine } from '../engine/backend.js';
+import { createModel } from '../models/zoo.js';
+import { saveOnnx } from '../export/export.js';
+import { TemporalController, temporalPolicy } from '../control/temporal.js';
+import { OnnxModel } from '../runtime/node.js';
+import { Rng } from '../util/rng.js';
+import { DynnServer } from './server.js';
+import { SessionStore } from './sessions.js';
+
+await initEngine('wasm');
+
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-sessions-'));
+const ACTIONS = [0.25, 0.5, 1];
+const net = createModel('mlp-w', { inputShape: [8, 8, 1], numClasses: 10 });
+const policy = temporalPolicy(10, ACTIONS, { seed: 2 });
+// Larger weights spread the untrained policy's plans over the actions.
+policy.net.setWeights(policy.net.getWeights().map((w) => ({ ...w, data: w.data.map((v) => v * 8) })));
+const file = path.join(tmp, 'temporal.onnx');
+await saveOnnx(net, file, { controller: { network: policy.net, actions: ACTIONS, temporal: { start: new TemporalController(policy).start } } });
+const plain = path.join(tmp, 'plain.onnx');
+await saveOnnx(net, plain);
+net.dispose();
+policy.dispose();
+const PER = 64;
+const rng = new Rng(4);
+const frames = Array.from({ length: 40 }, () => Float32Array.from({ length: PER }, () => rng.next()));
+
+const servers: DynnServer[] = [];
+after(async () => {
+  for (const s of servers) await s.close();
+});
+async function serve(model: string, o: { maxSessions?: number; sessionIdleMs?: number } = {}): Promise<DynnServer> {
+  const s = await DynnServer.create({ model, policy: 'fixed:1', threads: 1, ...o });
+  servers.push(s);
+  return s;
+}
+const post = (s: DynnServer, url: string, payload?: object) => s.app.inject({ method: 'POST', url, ...(payload ? { payload } : {}) });
+const open = async (s: DynnServer): Promise<string> => {
+  const r = await post(s, '/v1/sessions');
+  assert.equal(r.statusCode, 201, r.body);
+  return r.json().id;
+};
+
+test('a served session runs each frame at the u the controller planned from the previous one, as the runtime session does', async () => {
+  const server = await serve(file);
+  const r = await post(server, '/v1/sessions');
+  assert.equal(r.statusCode, 201);
+  const { id, expiresInMs, actions } = r.json();
+  assert.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/, 'a random UUID');
+  assert.deepEqual([expiresInMs, actions], [60000, ACTIONS]);
+  const model = await OnnxModel.load(file, { threads: 1 });
+  const local = model.session();
+  const us: number[] = [];
+  try {
+    let planned = 1;
+    for (const frame of frames) {
+      const a = await post(server, `/v1/sessions/${id}/predict`, { inputs: Array.from(frame) });
+      assert.equal(a.statusCode, 200, a.body);
+      const got = a.json();
+      const want = await local.next(frame);
+      assert.deepEqual([got.u, got.nextU, got.class, got.level], [want.u, want.nextU, want.class, want.level]);
+      assert.equal(got.u, planned);
+      assert.ok(Math.abs(got.flopsRatio - want.flopsRatio) < 1e-12);
+      assert.equal(got.className, String(got.class));
+      planned = got.nextU;
+      us.push(got.u);
+    }
+  } finally {
+    await model.dispose();
+  }
+  assert.ok(new Set(us).size >= 2, `the plans mix operating points (${[...new Set(us)]})`);
+  // A float32 body is one frame too.
+  const bin = await server.app.inject({ method: 'POST', url: `/v1/sessions/${id}/predict`, headers: { 'content-type': 'application/octet-stream' }, payload: Buffer.from(frames[0].buffer) });
+  assert.equal(bin.statusCode, 200, bin.body);
+  assert.match((await server.app.inject({ method: 'GET', url: '/metrics' })).body, /dynn_sessions_open 1/);
+  assert.equal((await server.app.inject({ method: 'GET', url: '/healthz' })).json().sessions.open, 1);
+  const d = await server.app.inject({ method: 'DELETE', url: `/v1/sessions/${id}` });
+  assert.deepEqual([d.statusCode, d.json()], [200, { id, closed: true }]);
+  assert.equal(server.sessions?.size, 0);
+});
+
+test('sessions refuse bad frames, unknown ids and u or budgets with clear 4xx JSON', async () => {
+  const server = await serve(file);
+  const id = await open(server);
+  const url = `/v1/sessions/${id}/predict`;
+  const cases: [object | Buffer, number, string, RegExp, string?][] = [
+    [{ inputs: [1, 2, 3] }, 400, 'invalid_input', /3 values/],
+    [{ inputs: Array.from({ length: 2 * PER }, () => 0.5) }, 413, 'payload_too_large', /at most 1 samples \(one frame per session call\)/],
+    [{ inputs: [...Array.from({ length: PER - 1 }, () => 0.5), null] }, 400, 'invalid_input', /inputs\[63\]/],
+    [{ inputs: Array.from(frames[0]), u: 0.5 }, 400, 'invalid_input', /planned by its temporal controller/],
+    [Buffer.from(Float32Array.from({ length: PER }, (_, i) => (i === 7 ? NaN : 0)).buffer), 400, 'invalid_input', /value 7 of the body is NaN/, 'application/octet-stream'],
+  ];
+  for (const [payload, status, kind, message, type] of cases) {
+    const r = await server.app.inject({ method: 'POST', url, payload, ...(type ? { headers: { 'content-type': type } } : {}) });
+    assert.equal(r.statusCode, status, r.body);
+    assert.equal(r.json().error, kind);
+    assert.match(r.json().message, message);
+  }
+  // The session survives refused frames.
+  assert.equal((await post(server, url, { inputs: Array.from(frames[0]) })).statusCode, 200);
+  for (const [method, u] of [['POST', '/v1/sessions/nope/predict'], ['DELETE', '/v1/sessions/nope']] as const) {
+    const r = await server.app.inject({ method, url: u, ...(method === 'POST' ? { payload: { inputs: Array.from(frames[0]) } } : {}) });
+    assert.equal(r.statusCode, 404);
+    assert.equal(r.json().error, 'unknown_session');
+    assert.match(r.json().message, /no session "nope": unknown, closed, or expired/);
+  }
+  await server.app.inject({ method: 'DELETE', url: `/v1/sessions/${id}` });
+  assert.equal((await post(server, url, { inputs: Array.from(frames[0]) })).statusCode, 404, 'a closed session is gone');
+});
+
+test('the session bound answers 429, and a closed session frees its place', async () => {
+  const server = await serve(file, { maxSessions: 3 });
+  const ids = [await open(server), await open(server), await open(server)];
+  const r = await post(server, '/v1/sessions');
+  assert.equal(r.statusCode, 429);
+  assert.equal(r.json().error, 'too_many_sessions');
+  assert.match(r.json().message, /3 sessions are open, the server's bound \(--max-sessions 3\)/);
+  await server.app.inject({ method: 'DELETE', url: `/v1/sessions/${ids[0]}` });
+  await open(server);
+  assert.equal(server.sessions?.size, 3);
+});
+
+test('sessions opened and abandoned expire after the idle time: the map empties, an expired id is 404', async () => {
+  const server = await serve(file, { sessionIdleMs: 40 });
+  const ids: string[] = [];
+  for (let i = 0; i < 200; i++) ids.push(await open(server));
+  await post(server, `/v1/sessions/${ids[0]}/predict`, { inputs: Array.from(frames[0]) });
+  assert.ok(server.sessions!.size > 0);
+  // Well past the idle time (timers are not exact, only never early).
+  await sleep(400);
+  assert.equal(server.sessions?.size, 0);
+  assert.match((await server.app.inject({ method: 'GET', url: '/metrics' })).body, /dynn_sessions_open 0/);
+  const r = await post(server, `/v1/sessions/${ids[0]}/predict`, { inputs: Array.from(frames[0]) });
+  assert.equal(r.statusCode, 404);
+  assert.match(r.json().message, /expired after 40 ms without use/);
+});
+
+test('a model without a temporal controller has no sessions: a clear 400', async () => {
+  const server = await serve(plain);
+  assert.equal(server.sessions, null);
+  const r = await post(server, '/v1/sessions');
+  assert.equal(r.statusCode, 400);
+  assert.equal(r.json().error, 'no_temporal_controller');
+  assert.match(r.json().message, /exported without a temporal controller/);
+});
+
+test('the controller policy refuses a temporal controller, naming the sessions instead', async () => {
+  await assert.rejects(DynnServer.create({ model: file, policy: 'controller', threads: 1 }), /policy controller needs a per-input controller; .* is temporal: .* POST \/v1\/sessions/);
+});
+
+test('the store checks its bounds', () => {
+  assert.throws(() => new SessionStore(() => null as never, { maxSessions: 0 }), /max sessions must be a positive integer, got 0/);
+  assert.throws(() => new SessionStore(() => null as never, { idleMs: 2 ** 31 }), /session idle time must be an integer number of ms/);
+});
