@@ -64,7 +64,6 @@ export class MoeBlock extends Composite<MoeArgs> {
   private router!: Layer;
   /** Each expert's layers, named `<block>.e<i>.*`. */
   private expertLayers: Layer[][] = [];
-  private expertMacsBySel = new Map<number, number[]>();
 
   constructor(
     name: string,
@@ -109,14 +108,9 @@ export class MoeBlock extends Composite<MoeArgs> {
     return shapes[0];
   }
 
-  /** MACs one sample costs in each expert. */
+  /** MACs one sample costs in each expert at `plan` (not cached: an expert with throttleable layers costs what the plan keeps). */
   expertMacs(sel: ChannelSel, plan: Plan): number[] {
-    let macs = this.expertMacsBySel.get(sel.count);
-    if (!macs) {
-      macs = this.expertLayers.map((layers) => this.chainCost(layers, sel, plan).reduce((a, c) => a + c.macs, 0));
-      this.expertMacsBySel.set(sel.count, macs);
-    }
-    return macs;
+    return this.expertLayers.map((layers) => this.chainCost(layers, sel, plan).reduce((a, c) => a + c.macs, 0));
   }
 
   outSel(sel: ChannelSel, plan: Plan): ChannelSel {
