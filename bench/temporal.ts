@@ -6,7 +6,8 @@
  * controllers train on the same level table of the run's training frames, with the same reward.
  *
  * Usage: node dist/bench/temporal.js --run RUN (a run trained on fashion-mnist-stream) [--train-samples 20000]
- *        [--epochs 10] [--gamma1 2,4,8] [--json]. Writes .bench/temporal.json.
+ *        [--epochs 10] [--gamma1 2,4,8] [--budgets 0.15,0.2] [--betas 0.9] [--pg-epochs 30] [--json].
+ *        Writes .bench/temporal.json.
  */
 import { initEngine } from '../src/engine/backend.js';
 import { loadRun } from '../src/train/run.js';
@@ -20,7 +21,7 @@ import { againstCurve } from '../src/control/curve.js';
 import { Policy } from '../src/control/policy.js';
 import { greedyActions, policyProbabilities, trainBandit } from '../src/control/bandit.js';
 import { cascadeFromTable } from '../src/control/cascade.js';
-import { runTemporal, TemporalController, temporalPolicy, trainTemporal } from '../src/control/temporal.js';
+import { runTemporal, TemporalController, temporalPolicy, trainTemporal, trainTemporalSequences, type SequenceObjective } from '../src/control/temporal.js';
 import { writeFileAtomic } from '../src/util/fs.js';
 
 const args = process.argv.slice(2);
@@ -99,6 +100,19 @@ for (const gamma1 of gammas) {
   trainTemporal(policy, train, trainTable, { epochs, gamma1 });
   const run = runTemporal(new TemporalController(policy), runner, test);
   add(`temporal, gamma1 ${gamma1}`, Int32Array.from(run.u, (u) => actions.indexOf(u)), run.macs, policy.macs * test.count);
+  policy.dispose();
+}
+
+// REINFORCE over whole sequences (NaviSlim's Eq. 2 and Eq. 1), rolled out on the same training table.
+const objectives: SequenceObjective[] = [
+  ...(opt('budgets') ?? '0.15,0.2').split(',').map((b) => ({ kind: 'budget' as const, budget: Number(b) })),
+  ...(opt('betas') ?? '0.9').split(',').map((b) => ({ kind: 'beta' as const, beta: Number(b) })),
+];
+for (const objective of objectives) {
+  const policy = temporalPolicy(model.numClasses, actions);
+  trainTemporalSequences(policy, train, trainTable, { objective, epochs: int('pg-epochs', 30) });
+  const run = runTemporal(new TemporalController(policy), runner, test);
+  add(`temporal, REINFORCE over sequences, ${objective.kind === 'budget' ? `budget ${objective.budget}` : `beta ${objective.beta}`}`, Int32Array.from(run.u, (u) => actions.indexOf(u)), run.macs, policy.macs * test.count);
   policy.dispose();
 }
 

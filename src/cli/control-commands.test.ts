@@ -168,7 +168,17 @@ test('controller train --temporal on fashion-mnist-stream, eval in the form eval
   const ckpt = JSON.parse(fs.readFileSync(path.join(temporal, 'checkpoint.json'), 'utf8'));
   assert.ok(ckpt.meta.policyMacs / ckpt.meta.fullMacs < 0.01);
   await fails(['controller', 'train', run, '--temporal', '--dataset', 'fashion-mnist', '--out', path.join(tmp, 'x')], /--temporal needs a stream, frames in sequences: fashion-mnist has none \(use --dataset fashion-mnist-stream\)/);
-  await fails(['controller', 'train', run, '--temporal', '--feedback', 'bandit', '--out', path.join(tmp, 'x')], /--temporal trains a reward model with full feedback/);
+  await fails(['controller', 'train', run, '--temporal', '--feedback', 'bandit', '--out', path.join(tmp, 'x')], /--feedback bandit and --epsilon do not apply/);
+  await fails(['controller', 'train', run, '--temporal', '--objective', 'policy-gradient', '--out', path.join(tmp, 'x')], /needs exactly one of --budget B .* or --beta B/);
+  await fails(['controller', 'train', run, '--temporal', '--budget', '0.5', '--out', path.join(tmp, 'x')], /--budget and --beta need --objective policy-gradient/);
+  await fails(['controller', 'train', run, '--budget', '0.5', '--out', path.join(tmp, 'x')], /--budget and --beta are objectives of a temporal controller/);
+  // REINFORCE over whole sequences, NaviSlim's budget problem: a controller that evaluates like the other.
+  const pg = path.join(tmp, 'temporal-pg');
+  const h = (await ok(['controller', 'train', run, '--temporal', '--objective', 'policy-gradient', '--budget', '0.5', '--actions', '0.25,0.5,1', '--epochs', '2', '--out', pg, '--json'])).json();
+  assert.equal(h.history.length, 2);
+  assert.ok('meanReturn' in h.history[0]);
+  const pe = (await ok(['eval', run, '--controller', pg, '--dataset', 'fashion-mnist-stream', '--test-limit', '200', '--json'])).json();
+  assert.equal(pe.controller, 'temporal');
   // Exported beside the network: the stream starts at the top action, the graph computes the features.
   const x = (await ok(['export', run, '--controller', temporal, '--onnx', path.join(tmp, 'stream.onnx'), '--json'])).json();
   assert.deepEqual(x.metadata.controller.temporal, { start: 2, features: ['probabilities', 'top', 'margin', 'normalizedEntropy', 'actionOneHot'] });

@@ -67,7 +67,10 @@ export const controlCommands: CommandModule = (cli: CAC, io: Io) => {
     .option('--feedback <name>', 'full (every action’s reward, known from the frozen network) or bandit (one epsilon-greedy action per image, the paper) [default: full; bandit with --objective policy-gradient]')
     .option('--objective <name>', 'reward (regress each action’s reward; act by argmax) or policy-gradient (-r log pi, the paper; bandit feedback) [default: reward]')
     .option('--train-samples <n>', 'training samples the bandit learns from [default: 20000]')
-    .option('--temporal', 'a temporal controller: plans frame t+1’s u from what the network computed for frame t (a stream: --dataset fashion-mnist-stream); full feedback, reward model')
+    .option('--temporal', 'a temporal controller: plans frame t+1’s u from what the network computed for frame t (a stream: --dataset fashion-mnist-stream); a full-feedback reward model, or with --objective policy-gradient REINFORCE over whole sequences')
+    .option('--budget <x>', '--temporal --objective policy-gradient: maximize accuracy within this mean FLOPs ratio (NaviSlim Eq. 2)')
+    .option('--beta <x>', '--temporal --objective policy-gradient: least compute at beta x the full network’s accuracy (NaviSlim Eq. 1)')
+    .option('--lambda <x>', '--temporal --objective policy-gradient: weight of the budget’s or accuracy’s violation [default: 10]')
     .option('--seed <n>', 'seed [default: 0]')
     .option('--no-eval', 'skip the evaluation on the run’s validation split')
     .example('dynn controller train runs/fm-vgg --dataset fashion-mnist --out runs/fm-ctrl')
@@ -297,11 +300,16 @@ async function controllerTrain(run: string, o: Opts, io: Io): Promise<void> {
     seed: numberOption(o.seed, 'seed', { int: true }),
   };
   const samples = numberOption(o.trainSamples, 'train-samples', { int: true, min: 1 }) ?? 20000;
+  const budget = numberOption(o.budget, 'budget', { min: Number.MIN_VALUE, max: 1 });
+  const beta = numberOption(o.beta, 'beta', { min: Number.MIN_VALUE, max: 1 });
+  if (!o.temporal && (budget !== undefined || beta !== undefined)) throw new DynnError('--budget and --beta are objectives of a temporal controller trained over sequences (--temporal --objective policy-gradient)');
   if (o.temporal) {
-    if (options.feedback === 'bandit' || options.objective === 'policy-gradient' || options.epsilon !== undefined) {
-      throw new DynnError('--temporal trains a reward model with full feedback: --feedback bandit, --objective policy-gradient and --epsilon do not apply');
-    }
-    return temporalTrain(run, o, io, actions, options, samples);
+    if (options.feedback === 'bandit' || options.epsilon !== undefined) throw new DynnError('--temporal learns from every action’s reward or from whole sequences: --feedback bandit and --epsilon do not apply');
+    const pg = options.objective === 'policy-gradient';
+    if (pg && (budget === undefined) === (beta === undefined)) throw new DynnError('--temporal --objective policy-gradient needs exactly one of --budget B (accuracy within a FLOPs budget) or --beta B (least compute at B x the full network’s accuracy)');
+    if (!pg && (budget !== undefined || beta !== undefined)) throw new DynnError('--budget and --beta need --objective policy-gradient (the reward model has gamma1 as its knob)');
+    const sequence = pg ? { objective: budget !== undefined ? { kind: 'budget' as const, budget } : { kind: 'beta' as const, beta: beta! }, lambda: numberOption(o.lambda, 'lambda', { min: 0 }) } : undefined;
+    return temporalTrain(run, o, io, actions, options, samples, sequence);
   }
   const opened = await openRun(run, o);
   const { model } = opened;
@@ -342,7 +350,15 @@ async function controllerTrain(run: string, o: Opts, io: Io): Promise<void> {
   }
 }
 
-async function temporalTrain(run: string, o: Opts, io: Io, actions: number[], options: Omit<import('../control/index.js').TemporalOptions, 'onEpoch'>, samples: number): Promise<void> {
+async function temporalTrain(
+  run: string,
+  o: Opts,
+  io: Io,
+  actions: number[],
+  options: Omit<import('../control/index.js').TemporalOptions, 'onEpoch'>,
+  samples: number,
+  sequence?: Pick<import('../control/index.js').SequenceOptions, 'objective' | 'lambda'>,
+): Promise<void> {
   const c = await import('../control/index.js');
   const { head } = await import('../data/imageset.js');
   const opened = await openRun(run, o);
@@ -354,10 +370,19 @@ async function temporalTrain(run: string, o: Opts, io: Io, actions: number[], op
     if (!data.sequence) throw new DynnError(`--temporal needs a stream, frames in sequences: ${opened.dataset} has none (use --dataset fashion-mnist-stream)`);
     say(io, o, `frozen network's answers at ${actions.length} actions on ${data.count} training frames\n`);
     const table = c.levelTable(runner, data, actions, { probabilities: true, onLevel: (u) => say(io, o, `  u=${u}\n`) });
-    const history = c.trainTemporal(policy, data, table, {
-      ...options,
-      onEpoch: (r) => say(io, o, `epoch ${r.epoch}: loss ${r.loss.toFixed(4)}, reward ${r.meanReward.toFixed(3)}, next frame at the greedy action: accuracy ${pct(r.accuracy)}, FLOPs ratio ${r.meanFlopsRatio.toFixed(3)}\n`),
-    });
+    const history = sequence
+      ? c.trainTemporalSequences(policy, data, table, {
+          ...sequence,
+          epochs: options.epochs,
+          batchSize: options.batchSize,
+          lr: options.lr,
+          seed: options.seed,
+          onEpoch: (r) => say(io, o, `epoch ${r.epoch}: return ${r.meanReturn.toFixed(3)}, sampled actions: accuracy ${pct(r.accuracy)}, FLOPs ratio ${r.meanFlopsRatio.toFixed(3)}\n`),
+        })
+      : c.trainTemporal(policy, data, table, {
+          ...options,
+          onEpoch: (r) => say(io, o, `epoch ${r.epoch}: loss ${r.loss.toFixed(4)}, reward ${r.meanReward.toFixed(3)}, next frame at the greedy action: accuracy ${pct(r.accuracy)}, FLOPs ratio ${r.meanFlopsRatio.toFixed(3)}\n`),
+        });
     let validation: ControllerReport | undefined;
     if (o.eval !== false && (opened.meta.validationSamples ?? 0) > 0) {
       const val = await evalSplit(opened, 'val');
@@ -369,7 +394,7 @@ async function temporalTrain(run: string, o: Opts, io: Io, actions: number[], op
     await c.saveController(String(o.out), policy, c.runRef(model, run), {
       actions,
       temporal: true,
-      options: { ...c.resolveBanditOptions(options), trainSamples: data.count },
+      options: { ...c.resolveBanditOptions(options), ...(sequence && { sequence }), trainSamples: data.count },
       history,
       policyMacs: policy.macs,
       fullMacs: runner.fullMacs,

@@ -10,7 +10,7 @@ import { createModel } from '../models/zoo.js';
 import { DynnError } from '../util/errors.js';
 import { levelTable, type LevelTable } from './table.js';
 import { MixedRunner } from './runner.js';
-import { isTemporal, runTemporal, TemporalController, temporalFeatureSize, temporalPolicy, trainTemporal } from './temporal.js';
+import { isTemporal, runTemporal, TemporalController, temporalFeatureSize, temporalPolicy, trainTemporal, trainTemporalSequences } from './temporal.js';
 import { loadController, runRef, saveController } from './store.js';
 
 before(() => initEngine());
@@ -156,4 +156,28 @@ test('a temporal controller saves and loads as one, tied to its network', async 
     policy.dispose();
     model.dispose();
   }
+});
+
+test('REINFORCE over whole sequences learns both of NaviSlim’s problems: accuracy within a budget, least compute at beta x full', () => {
+  const { set, table } = persistentTable();
+  for (const objective of [{ kind: 'budget', budget: 0.7 }, { kind: 'beta', beta: 0.95 }] as const) {
+    const policy = temporalPolicy(2, [0.25, 1], { seed: 1 });
+    const before = tf.memory().numTensors;
+    const history = trainTemporalSequences(policy, set, table, { objective, epochs: 200, batchSize: 5, seed: 2 });
+    assert.equal(tf.memory().numTensors, before, 'training leaves no tensor behind');
+    const last = history.slice(-10);
+    const acc = last.reduce((a, e) => a + e.accuracy, 0) / last.length;
+    const flops = last.reduce((a, e) => a + e.meanFlopsRatio, 0) / last.length;
+    // Cheap on easy stretches, full on hard ones: right nearly always, well under the full cost.
+    assert.ok(acc > 0.9, `${objective.kind}: accuracy ${acc}`);
+    assert.ok(flops < 0.8, `${objective.kind}: FLOPs ratio ${flops}`);
+    const controller = new TemporalController(policy);
+    assert.deepEqual(Array.from(controller.next(Float32Array.from([0.5, 0.5, 1, 0]), [0, 0])), [1, 0], 'escalates after an unsure frame, stays cheap after a sure one');
+    policy.dispose();
+  }
+  const policy = temporalPolicy(2, [0.25, 1]);
+  assert.throws(() => trainTemporalSequences(policy, set, table, { objective: { kind: 'budget', budget: 0 } }), /FLOPs budget must be in \(0, 1\]/);
+  assert.throws(() => trainTemporalSequences(policy, set, table, { objective: { kind: 'beta', beta: 1.5 } }), /beta must be in \(0, 1\]/);
+  assert.throws(() => trainTemporalSequences(policy, { ...set, sequence: undefined }, table, { objective: { kind: 'beta', beta: 0.9 } }), /needs a stream/);
+  policy.dispose();
 });

@@ -241,3 +241,123 @@ export function trainTemporal(policy: Policy, set: ImageSet, table: LevelTable, 
   }
   return history;
 }
+
+/**
+ * What a sequence-level policy gradient maximizes (NaviSlim's two problems), per sequence of frames run at the
+ * sampled actions: `budget`, accuracy within a FLOPs budget (Eq. 2: mean correct - lambda * the mean FLOPs
+ * ratio's excess over the budget); `beta`, least compute at beta x the full network's accuracy (Eq. 1: - mean
+ * FLOPs ratio - lambda * the accuracy's shortfall under beta x full).
+ */
+export type SequenceObjective = { kind: 'budget'; budget: number } | { kind: 'beta'; beta: number };
+
+/** Options of `trainTemporalSequences`: the objective, its penalty weight and the usual training settings. */
+export interface SequenceOptions {
+  objective: SequenceObjective;
+  /** Weight of the constraint's violation (default 10). */
+  lambda?: number;
+  /** Passes over the sequences (default 30). */
+  epochs?: number;
+  /** Sequences per update (default 16). */
+  batchSize?: number;
+  /** Adam learning rate (default 1e-2). */
+  lr?: number;
+  seed?: number;
+  onEpoch?: (e: { epoch: number; meanReturn: number; accuracy: number; meanFlopsRatio: number }) => void;
+}
+
+/**
+ * Trains a temporal policy by REINFORCE over whole sequences, with the network frozen: each sequence is rolled
+ * out on the level table (frame t's probabilities at the action it ran choose frame t+1's action, sampled from
+ * the policy's softmax; the first frame runs at the top action), its return is the objective's, and every
+ * action's log-probability is weighted by the return less the batch's mean (the baseline). The policy's
+ * outputs are then the logits of its actions; it acts by argmax as the reward model does.
+ */
+export function trainTemporalSequences(policy: Policy, set: ImageSet, table: LevelTable, options: SequenceOptions): { epoch: number; meanReturn: number; accuracy: number; meanFlopsRatio: number }[] {
+  const { objective, lambda = 10, epochs = 30, batchSize = 16, lr = 1e-2, seed = 0 } = options;
+  if (!isTemporal(policy)) throw new DynnError('trainTemporalSequences needs a temporal policy (temporalPolicy)');
+  if (!table.probabilities) throw new DynnError('trainTemporalSequences needs the level table with its probabilities (levelTable(..., { probabilities: true }))');
+  if (table.count !== set.count || table.us.join() !== policy.actions.join()) throw new DynnError('the level table was computed on another set or with other actions');
+  if (objective.kind === 'budget' && !(objective.budget > 0 && objective.budget <= 1)) throw new DynnError(`the FLOPs budget must be in (0, 1], got ${objective.budget}`);
+  if (objective.kind === 'beta' && !(objective.beta > 0 && objective.beta <= 1)) throw new DynnError(`beta must be in (0, 1], got ${objective.beta}`);
+  if (!(lambda >= 0 && Number.isFinite(lambda))) throw new DynnError(`lambda must be a non-negative number, got ${lambda}`);
+  if (!Number.isInteger(epochs) || epochs < 1 || !Number.isInteger(batchSize) || batchSize < 1) throw new DynnError('epochs and batch size must be positive integers');
+  const seqs = sequencesOf(set).filter((s) => s.length > 1);
+  if (seqs.length === 0) throw new DynnError('the stream has no sequence of two frames or more to learn from');
+  const K = policy.actions.length;
+  const C = table.probabilities[0].length / set.count;
+  const D = temporalFeatureSize(C, K);
+  const ratio = table.macs.map((m) => m / table.fullMacs);
+  const fullAccuracy = table.correct[K - 1].reduce((a, b) => a + b, 0) / set.count;
+  const rng = new Rng(seed);
+  const opt = tf.train.adam(lr);
+  const vars = policy.net.trainableWeights().map((w) => w.variable);
+  const history: { epoch: number; meanReturn: number; accuracy: number; meanFlopsRatio: number }[] = [];
+  try {
+    for (let epoch = 0; epoch < epochs; epoch++) {
+      const order = rng.permutation(seqs.length);
+      let retSum = 0;
+      let right = 0;
+      let flops = 0;
+      let frames = 0;
+      for (let start = 0; start < seqs.length; start += batchSize) {
+        const batch = Array.from(order.subarray(start, Math.min(seqs.length, start + batchSize)), (q) => seqs[q]);
+        // Roll the batch's sequences out side by side: one forward pass per time step.
+        const feats: number[] = [];
+        const taken: number[] = [];
+        const episodeOf: number[] = [];
+        const action = new Int32Array(batch.length).fill(K - 1);
+        const ok = batch.map((f) => table.correct[K - 1][f[0]]);
+        const cost = batch.map(() => ratio[K - 1]);
+        const longest = Math.max(...batch.map((f) => f.length));
+        for (let t = 0; t + 1 < longest; t++) {
+          const live = batch.map((f, b) => (t + 1 < f.length ? b : -1)).filter((b) => b >= 0);
+          const rows = new Float32Array(live.length * D);
+          live.forEach((b, j) => writeFeatures(table.probabilities![action[b]].subarray(batch[b][t] * C, (batch[b][t] + 1) * C), action[b], K, rows, j));
+          const logits = tf.tidy(() => policy.logits(tf.tensor2d(rows, [live.length, D])).dataSync() as Float32Array);
+          live.forEach((b, j) => {
+            const z = logits.subarray(j * K, (j + 1) * K);
+            const max = Math.max(...z);
+            const p = Array.from(z, (v) => Math.exp(v - max));
+            let r = rng.next() * p.reduce((x, y) => x + y, 0);
+            let a = p.findIndex((v) => (r -= v) < 0);
+            if (a < 0) a = K - 1;
+            feats.push(...rows.subarray(j * D, (j + 1) * D));
+            taken.push(a);
+            episodeOf.push(b);
+            action[b] = a;
+            ok[b] += table.correct[a][batch[b][t + 1]];
+            cost[b] += ratio[a];
+          });
+        }
+        const returns = batch.map((f, b) => {
+          const acc = ok[b] / f.length;
+          const meanCost = cost[b] / f.length;
+          right += ok[b];
+          flops += cost[b];
+          frames += f.length;
+          return objective.kind === 'budget' ? acc - lambda * Math.max(0, meanCost - objective.budget) : -meanCost - lambda * Math.max(0, objective.beta * fullAccuracy - acc);
+        });
+        const baseline = returns.reduce((x, y) => x + y, 0) / returns.length;
+        retSum += returns.reduce((x, y) => x + y, 0);
+        const n = taken.length;
+        const advantage = Float32Array.from(episodeOf, (b) => returns[b] - baseline);
+        const { value, grads } = tf.variableGrads(() => {
+          const logp = tf.logSoftmax(policy.logits(tf.tensor2d(Float32Array.from(feats), [n, D])));
+          const mask = new Float32Array(n * K);
+          taken.forEach((a, i) => (mask[i * K + a] = 1));
+          const chosen = tf.sum(tf.mul(logp, tf.tensor2d(mask, [n, K])), 1);
+          return tf.neg(tf.div(tf.sum(tf.mul(chosen, tf.tensor1d(advantage))), batch.length)) as tf.Scalar;
+        }, vars);
+        opt.applyGradients(Object.entries(grads).map(([name, tensor]) => ({ name, tensor })));
+        tf.dispose([value, ...Object.values(grads)]);
+      }
+      policy.weightsChanged();
+      const e = { epoch: epoch + 1, meanReturn: retSum / seqs.length, accuracy: right / frames, meanFlopsRatio: flops / frames };
+      history.push(e);
+      options.onEpoch?.(e);
+    }
+  } finally {
+    opt.dispose();
+  }
+  return history;
+}
