@@ -170,7 +170,7 @@ test('controller train --temporal on fashion-mnist-stream, eval in the form eval
   await fails(['controller', 'train', run, '--temporal', '--dataset', 'fashion-mnist', '--out', path.join(tmp, 'x')], /--temporal needs a stream, frames in sequences: fashion-mnist has none \(use --dataset fashion-mnist-stream\)/);
   await fails(['controller', 'train', run, '--temporal', '--feedback', 'bandit', '--out', path.join(tmp, 'x')], /--feedback bandit and --epsilon do not apply/);
   await fails(['controller', 'train', run, '--temporal', '--objective', 'policy-gradient', '--out', path.join(tmp, 'x')], /needs exactly one of --budget B .* or --beta B/);
-  await fails(['controller', 'train', run, '--temporal', '--budget', '0.5', '--out', path.join(tmp, 'x')], /--budget and --beta need --objective policy-gradient/);
+  await fails(['controller', 'train', run, '--temporal', '--budget', '0.5', '--out', path.join(tmp, 'x')], /--budget, --beta and --lambda need --objective policy-gradient/);
   await fails(['controller', 'train', run, '--budget', '0.5', '--out', path.join(tmp, 'x')], /--budget and --beta are objectives of a temporal controller/);
   // REINFORCE over whole sequences, NaviSlim's budget problem: a controller that evaluates like the other.
   const pg = path.join(tmp, 'temporal-pg');
@@ -179,6 +179,9 @@ test('controller train --temporal on fashion-mnist-stream, eval in the form eval
   assert.ok('meanReturn' in h.history[0]);
   const pe = (await ok(['eval', run, '--controller', pg, '--dataset', 'fashion-mnist-stream', '--test-limit', '200', '--json'])).json();
   assert.equal(pe.controller, 'temporal');
+  const pgSaved = JSON.parse(fs.readFileSync(path.join(pg, 'checkpoint.json'), 'utf8')).meta.options;
+  assert.deepEqual([pgSaved.sequence?.objective ?? pgSaved.objective, pgSaved.epochs, pgSaved.batchSize, pgSaved.lambda], [{ kind: 'budget', budget: 0.5 }, 2, 16, 10], 'the settings that trained, not the bandit defaults');
+  await fails(['controller', 'train', run, '--temporal', '--objective', 'policy-gradient', '--beta', '0.9', '--gamma1', '2', '--out', path.join(tmp, 'x')], /--gamma1, --gamma2 and --cost shape the reward model/);
   // Exported beside the network: the stream starts at the top action, the graph computes the features.
   const x = (await ok(['export', run, '--controller', temporal, '--onnx', path.join(tmp, 'stream.onnx'), '--json'])).json();
   assert.deepEqual(x.metadata.controller.temporal, { start: 2, features: ['probabilities', 'top', 'margin', 'normalizedEntropy', 'actionOneHot'] });

@@ -307,7 +307,8 @@ async function controllerTrain(run: string, o: Opts, io: Io): Promise<void> {
     if (options.feedback === 'bandit' || options.epsilon !== undefined) throw new DynnError('--temporal learns from every action’s reward or from whole sequences: --feedback bandit and --epsilon do not apply');
     const pg = options.objective === 'policy-gradient';
     if (pg && (budget === undefined) === (beta === undefined)) throw new DynnError('--temporal --objective policy-gradient needs exactly one of --budget B (accuracy within a FLOPs budget) or --beta B (least compute at B x the full network’s accuracy)');
-    if (!pg && (budget !== undefined || beta !== undefined)) throw new DynnError('--budget and --beta need --objective policy-gradient (the reward model has gamma1 as its knob)');
+    if (!pg && (budget !== undefined || beta !== undefined || o.lambda !== undefined)) throw new DynnError('--budget, --beta and --lambda need --objective policy-gradient (the reward model has gamma1 as its knob)');
+    if (pg && (options.gamma1 !== undefined || options.gamma2 !== undefined || options.cost !== undefined)) throw new DynnError('--gamma1, --gamma2 and --cost shape the reward model’s reward; over sequences the objective is --budget or --beta');
     const sequence = pg ? { objective: budget !== undefined ? { kind: 'budget' as const, budget } : { kind: 'beta' as const, beta: beta! }, lambda: numberOption(o.lambda, 'lambda', { min: 0 }) } : undefined;
     return temporalTrain(run, o, io, actions, options, samples, sequence);
   }
@@ -394,7 +395,10 @@ async function temporalTrain(
     await c.saveController(String(o.out), policy, c.runRef(model, run), {
       actions,
       temporal: true,
-      options: { ...c.resolveBanditOptions(options), ...(sequence && { sequence }), trainSamples: data.count },
+      // What really trained: the sequence objective with its own defaults, or the reward model's options.
+      options: sequence
+        ? { ...c.SEQUENCE_DEFAULTS, ...Object.fromEntries(Object.entries({ ...sequence, epochs: options.epochs, batchSize: options.batchSize, lr: options.lr, seed: options.seed }).filter(([, v]) => v !== undefined)), trainSamples: data.count }
+        : { ...c.resolveBanditOptions(options), trainSamples: data.count },
       history,
       policyMacs: policy.macs,
       fullMacs: runner.fullMacs,

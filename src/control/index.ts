@@ -21,7 +21,7 @@ export { trainGates, maskedForward, complexityPenalty, GATE_METHODS, GATE_PENALT
 export { loadLatencyTable, parseLatencyTable, latencyOf, latencyAtBatch, type LatencyTable } from './latency-table.js';
 export { measureLatencyTable } from './measure-latency.js';
 export { saveController, loadController, saveGates, loadGates, runRef, networkFingerprint, type RunRef } from './store.js';
-export { TemporalController, temporalPolicy, trainTemporal, trainTemporalSequences, runTemporal, isTemporal, sequencesOf, temporalFeatureSize, type TemporalEpoch, type TemporalOptions, type SequenceObjective, type SequenceOptions } from './temporal.js';
+export { TemporalController, temporalPolicy, trainTemporal, trainTemporalSequences, SEQUENCE_DEFAULTS, runTemporal, isTemporal, sequencesOf, temporalFeatureSize, type TemporalEpoch, type TemporalOptions, type SequenceObjective, type SequenceOptions } from './temporal.js';
 export { runController, evaluateController, reportRun, type ControlledRun, type ControllerReport } from './evaluate.js';
 export { interpolateAccuracy, againstCurve, describeGap, type CurvePoint, type CurveGap } from './curve.js';
 export { candidatesFromTable, CASCADE_THRESHOLDS, type CandidateOptions } from './candidates.js';

@@ -173,11 +173,18 @@ test('REINFORCE over whole sequences learns both of NaviSlim’s problems: accur
     assert.ok(flops < 0.8, `${objective.kind}: FLOPs ratio ${flops}`);
     const controller = new TemporalController(policy);
     assert.deepEqual(Array.from(controller.next(Float32Array.from([0.5, 0.5, 1, 0]), [0, 0])), [1, 0], 'escalates after an unsure frame, stays cheap after a sure one');
+    assert.deepEqual(Array.from(controller.next(Float32Array.from([0.8, 0.2, 1, 0]), [1, 1])), [1, 0], 'stays up while the full network is unsure, comes back down once it is sure');
+    // The cost it trains on is what runTemporal charges: the pass and the decision.
+    assert.ok(last.every((e) => e.meanFlopsRatio > 0.25 + policy.macs / 1e6 - 1e-12));
     policy.dispose();
   }
   const policy = temporalPolicy(2, [0.25, 1]);
   assert.throws(() => trainTemporalSequences(policy, set, table, { objective: { kind: 'budget', budget: 0 } }), /FLOPs budget must be in \(0, 1\]/);
   assert.throws(() => trainTemporalSequences(policy, set, table, { objective: { kind: 'beta', beta: 1.5 } }), /beta must be in \(0, 1\]/);
   assert.throws(() => trainTemporalSequences(policy, { ...set, sequence: undefined }, table, { objective: { kind: 'beta', beta: 0.9 } }), /needs a stream/);
+  assert.throws(() => trainTemporalSequences(policy, set, table, { objective: { kind: 'beta', beta: 0.9 }, batchSize: 1 }), /at least 2 sequences per update/);
+  const wide = temporalPolicy(3, [0.25, 1]);
+  assert.throws(() => trainTemporalSequences(wide, set, table, { objective: { kind: 'beta', beta: 0.9 } }), /the policy reads 8 features; frames of 2 classes give 7/);
+  wide.dispose();
   policy.dispose();
 });

@@ -265,6 +265,9 @@ export interface SequenceOptions {
   onEpoch?: (e: { epoch: number; meanReturn: number; accuracy: number; meanFlopsRatio: number }) => void;
 }
 
+/** What `trainTemporalSequences` uses for unset options. */
+export const SEQUENCE_DEFAULTS = { lambda: 10, epochs: 30, batchSize: 16, lr: 1e-2, seed: 0 };
+
 /**
  * Trains a temporal policy by REINFORCE over whole sequences, with the network frozen: each sequence is rolled
  * out on the level table (frame t's probabilities at the action it ran choose frame t+1's action, sampled from
@@ -273,20 +276,26 @@ export interface SequenceOptions {
  * outputs are then the logits of its actions; it acts by argmax as the reward model does.
  */
 export function trainTemporalSequences(policy: Policy, set: ImageSet, table: LevelTable, options: SequenceOptions): { epoch: number; meanReturn: number; accuracy: number; meanFlopsRatio: number }[] {
-  const { objective, lambda = 10, epochs = 30, batchSize = 16, lr = 1e-2, seed = 0 } = options;
+  const set_ = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as SequenceOptions;
+  const { objective, lambda, epochs, batchSize, lr, seed } = { ...SEQUENCE_DEFAULTS, ...set_ };
   if (!isTemporal(policy)) throw new DynnError('trainTemporalSequences needs a temporal policy (temporalPolicy)');
   if (!table.probabilities) throw new DynnError('trainTemporalSequences needs the level table with its probabilities (levelTable(..., { probabilities: true }))');
   if (table.count !== set.count || table.us.join() !== policy.actions.join()) throw new DynnError('the level table was computed on another set or with other actions');
   if (objective.kind === 'budget' && !(objective.budget > 0 && objective.budget <= 1)) throw new DynnError(`the FLOPs budget must be in (0, 1], got ${objective.budget}`);
   if (objective.kind === 'beta' && !(objective.beta > 0 && objective.beta <= 1)) throw new DynnError(`beta must be in (0, 1], got ${objective.beta}`);
   if (!(lambda >= 0 && Number.isFinite(lambda))) throw new DynnError(`lambda must be a non-negative number, got ${lambda}`);
-  if (!Number.isInteger(epochs) || epochs < 1 || !Number.isInteger(batchSize) || batchSize < 1) throw new DynnError('epochs and batch size must be positive integers');
+  if (!Number.isInteger(epochs) || epochs < 1) throw new DynnError(`epochs must be a positive integer, got ${epochs}`);
+  // The baseline is the batch's mean return: one sequence alone would have no advantage, so learn nothing.
+  if (!Number.isInteger(batchSize) || batchSize < 2) throw new DynnError(`a policy gradient over sequences needs at least 2 sequences per update (the batch's mean return is the baseline), got ${batchSize}`);
   const seqs = sequencesOf(set).filter((s) => s.length > 1);
   if (seqs.length === 0) throw new DynnError('the stream has no sequence of two frames or more to learn from');
   const K = policy.actions.length;
   const C = table.probabilities[0].length / set.count;
   const D = temporalFeatureSize(C, K);
-  const ratio = table.macs.map((m) => m / table.fullMacs);
+  if (D !== policy.args.inputShape[0]) throw new DynnError(`the policy reads ${policy.args.inputShape[0]} features; frames of ${C} classes give ${D}`);
+  // A frame costs its pass and the decision that planned it, as runTemporal counts it.
+  const own = policy.macs / table.fullMacs;
+  const ratio = table.macs.map((m) => m / table.fullMacs + own);
   const fullAccuracy = table.correct[K - 1].reduce((a, b) => a + b, 0) / set.count;
   const rng = new Rng(seed);
   const opt = tf.train.adam(lr);
@@ -300,7 +309,10 @@ export function trainTemporalSequences(policy: Policy, set: ImageSet, table: Lev
       let flops = 0;
       let frames = 0;
       for (let start = 0; start < seqs.length; start += batchSize) {
-        const batch = Array.from(order.subarray(start, Math.min(seqs.length, start + batchSize)), (q) => seqs[q]);
+        // A last batch of one sequence joins the one before it (alone it would have no advantage).
+        const end = seqs.length - (start + batchSize) === 1 ? seqs.length : Math.min(seqs.length, start + batchSize);
+        const batch = Array.from(order.subarray(start, end), (q) => seqs[q]);
+        if (end === seqs.length && end - start > batchSize) start = seqs.length;
         // Roll the batch's sequences out side by side: one forward pass per time step.
         const feats: number[] = [];
         const taken: number[] = [];
