@@ -13,7 +13,7 @@ import { VERSION } from '../version.js';
 import { attr, floatValueInfo, GraphBuilder, NameScope } from './graph.js';
 import { lowerChain } from './lower.js';
 import { weightsDigestChunks } from './digest.js';
-import { metadataProps, ONNX_FORMAT, ONNX_IO, TEMPORAL_FEATURES, type OnnxLevel, type OnnxMetadata } from './metadata.js';
+import { metadataProps, ONNX_FORMAT, levelIndexFor, ONNX_IO, TEMPORAL_FEATURES, type OnnxLevel, type OnnxMetadata } from './metadata.js';
 import { lowerTemporalFeatures } from './temporal.js';
 import { encodeModel, IR_VERSION, OPSET_VERSION, type GraphMsg, type ValueInfoMsg } from './onnx-proto.js';
 
@@ -209,6 +209,13 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   }
   if (temporal && (!Number.isInteger(temporal.start) || temporal.start < 0 || temporal.start >= ctrl.actions.length)) {
     throw new DynnError(`the temporal controller's start action ${temporal.start} is not an index of its ${ctrl.actions.length} actions`);
+  }
+  // The controller was trained on each action run at the network's level for its u; a graph running an action at
+  // another level (--levels leaving that level out) would feed it frames it never learned from. Every level (the
+  // default) keeps them all.
+  const drift = temporal ? ctrl.actions.find((u) => levels[levelIndexFor(levels, u)].level !== model.levelOf(u)) : undefined;
+  if (drift !== undefined) {
+    throw new DynnError(`the temporal controller's action u = ${drift} runs level ${model.levelOf(drift)}, which the exported levels (u = ${levels.map((l) => l.u).join(', ')}) leave out; export every level (no --levels) or include u = ${drift}`);
   }
   if (temporal && staged) throw new DynnError('a temporal controller is not exported with an early-exit model: it reads the whole network\'s scores');
   if (ctrl && !temporal && ctrl.network.inputShape.join() !== model.inputShape.join()) {

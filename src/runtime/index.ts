@@ -39,6 +39,6 @@ export {
   type ProfileOptions,
 } from './profile.js';
 export { verifyModel, type VerifiedModel } from './verify.js';
-export { TemporalSession, temporalOf, type SessionStep, type StepResult, type StepFn } from './session.js';
+export { TemporalSession, NonFiniteScoresError, temporalOf, type SessionStep, type StepResult, type StepFn } from './session.js';
 export { SegmentedSession, type RoutedPrediction, type RoutedRunOptions } from './segments.js';
 export { readOnnxMetadata, type OnnxMetadata, type OnnxLevel } from '../export/metadata.js';

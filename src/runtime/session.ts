@@ -8,6 +8,8 @@ import { levelIndexFor, type OnnxMetadata } from '../export/metadata.js';
 export interface StepResult {
   scores: Float32Array;
   classes: Int32Array;
+  /** The utilization that ran: the representative u of the action's exported level. */
+  u: number;
   /** The network level that ran. */
   level: number;
   ms: number;
@@ -18,17 +20,24 @@ export interface StepResult {
 /** Runs frames at an action index and plans the next: `ModelSession.step`, in or out of a worker thread; `O` its run options. */
 export type StepFn<O> = (frames: Float32Array, action: number, options: O | undefined) => Promise<StepResult>;
 
+/** A frame whose class scores are not all finite: refused, the session's plan unchanged. */
+export class NonFiniteScoresError extends DynnError {
+  constructor(readonly scores: Float32Array) {
+    super(`the model's scores for this frame are not finite (${scores.find((v) => !Number.isFinite(v))}); the session's plan is unchanged`);
+  }
+}
+
 /** What `TemporalSession.next` answers for one frame. */
 export interface SessionStep {
   /** The highest-scoring class. */
   class: number;
   /** Class scores (logits). */
   scores: Float32Array;
-  /** The utilization the frame ran at: the controller's action (the first frame: the start action). */
+  /** The utilization the frame ran at: the representative u of the exported level of the controller's action (the first frame: the start action's). */
   u: number;
   /** The network level that ran. */
   level: number;
-  /** The utilization planned for the next frame. */
+  /** The utilization the next frame will run at (its planned action's level's u). */
   nextU: number;
   /** FLOPs of the frame over the network's at u = 1, the controller's decision included. */
   flopsRatio: number;
@@ -66,7 +75,11 @@ export class TemporalSession<O = object> {
 
   /** The utilization the next frame will run at. */
   get plannedU(): number {
-    return this.temporal.actions[this.action];
+    return this.levelOf(this.action).u;
+  }
+
+  private levelOf(action: number) {
+    return this.meta.levels[levelIndexFor(this.meta.levels, this.temporal.actions[action])];
   }
 
   /** Runs one frame (a Float32Array of one sample, NCHW unless `options.layout` says NHWC) at the planned u. */
@@ -84,8 +97,11 @@ export class TemporalSession<O = object> {
     const { actions, flopsRatio } = this.temporal;
     const ran = this.action;
     const p = await this.step(frame, ran, options);
-    this.action = p.next[0];
-    const level = this.meta.levels[levelIndexFor(this.meta.levels, actions[ran])];
-    return { class: p.classes[0], scores: p.scores, u: actions[ran], level: p.level, nextU: actions[this.action], flopsRatio: level.flopsRatio + flopsRatio, ms: p.ms };
+    const next = p.next[0];
+    // Non-finite scores make a meaningless plan: refuse the frame and keep the session's plan as it was.
+    if (p.scores.some((v) => !Number.isFinite(v))) throw new NonFiniteScoresError(p.scores);
+    if (!Number.isInteger(next) || next < 0 || next >= actions.length) throw new DynnError(`the controller planned action ${next}, not an index of its ${actions.length} actions`);
+    this.action = next;
+    return { class: p.classes[0], scores: p.scores, u: p.u, level: p.level, nextU: this.levelOf(next).u, flopsRatio: this.levelOf(ran).flopsRatio + flopsRatio, ms: p.ms };
   }
 }

@@ -8,11 +8,12 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
 import { saveOnnx } from '../export/export.js';
-import { TEMPORAL_FEATURES } from '../export/metadata.js';
+import { levelIndexFor, TEMPORAL_FEATURES } from '../export/metadata.js';
 import { MixedRunner } from '../control/runner.js';
 import { runTemporal, sequencesOf } from '../control/temporal.js';
 import { DynnError } from '../util/errors.js';
 import { OnnxModel } from './node.js';
+import { NonFiniteScoresError, TemporalSession } from './session.js';
 import { frameOf, temporalFixture } from './temporal-fixtures.js';
 
 await initEngine('wasm');
@@ -29,6 +30,28 @@ test('export writes the temporal controller in the model graph, with its actions
   assert.ok(meta.controller!.flopsRatio > 0 && meta.controller!.flopsRatio < 0.01);
   await assert.rejects(saveOnnx(model, path.join(tmp, 'x.onnx'), { controller: { network: policy.net, actions: [0.5, 1], temporal: { start: 1 } } }), /reads \[17\] features; this network's 10 classes and 2 actions give \[15\]/);
   await assert.rejects(saveOnnx(model, path.join(tmp, 'x.onnx'), { controller: { network: policy.net, actions, temporal: { start: 4 } } }), DynnError);
+});
+
+test('export refuses levels that would run a temporal action at another level than the controller learned it at', async () => {
+  const controllerOf = { network: policy.net, actions, temporal: { start: 3 } };
+  // Leaving out u = 0.75's level would run that action at u = 0.5's.
+  await assert.rejects(saveOnnx(model, path.join(tmp, 'x.onnx'), { levels: [0.25, 0.5, 1], controller: controllerOf }), /action u = 0\.75 runs level \d+, which the exported levels \(u = 0\.25, 0\.5, 1\) leave out/);
+  // Every action's level kept exports, each action at its own level.
+  const sub = await saveOnnx(model, path.join(tmp, 'sub.onnx'), { levels: actions, controller: controllerOf });
+  for (const u of actions) assert.equal(sub.levels[levelIndexFor(sub.levels, u)].level, model.levelOf(u));
+});
+
+test('a frame with non-finite scores is refused and leaves the session’s plan as it was', async () => {
+  const K = actions.length;
+  let scores = Float32Array.of(1, 2, NaN, 0, 0, 0, 0, 0, 0, 0);
+  const step = async (_x: Float32Array, action: number) => ({ scores, classes: Int32Array.of(1), u: meta.levels[levelIndexFor(meta.levels, actions[action])].u, level: 0, ms: 0, next: Int32Array.of(0) });
+  const s = new TemporalSession(meta, step);
+  assert.equal(s.plannedU, 1);
+  await assert.rejects(s.next(new Float32Array(784)), NonFiniteScoresError);
+  assert.equal(s.plannedU, 1, 'the plan is unchanged');
+  scores = new Float32Array(10);
+  assert.equal((await s.next(new Float32Array(784))).u, 1);
+  assert.equal(s.plannedU, meta.levels[levelIndexFor(meta.levels, actions[0])].u, `the plan moves on a good frame (of ${K} actions)`);
 });
 
 test('the controller’s weights are under the same digest as the network’s: altering one fails the load', async () => {
@@ -61,10 +84,13 @@ for (const worker of [false, true]) {
         for (const f of seq) {
           const step = await s.next(frameOf(set, f), { layout: 'NHWC' });
           assert.equal(step.u, planned);
-          assert.equal(step.u, ref.u[f], `frame ${f}: u`);
-          assert.equal(step.class, ref.predictions[f], `frame ${f}: class`);
-          const lv = m.levelFor(step.u);
+          // The session reports the u that ran: the representative u of the action's exported level, the level
+          // TF.js ran the action at (every level exported).
+          const lv = m.levelFor(ref.u[f]);
+          assert.equal(step.u, lv.u, `frame ${f}: u`);
+          assert.equal(step.level, model.levelOf(ref.u[f]), `frame ${f}: level`);
           assert.equal(step.level, lv.level);
+          assert.equal(step.class, ref.predictions[f], `frame ${f}: class`);
           assert.ok(Math.abs(step.flopsRatio - (lv.flopsRatio + meta.controller!.flopsRatio)) < 1e-12);
           assert.equal(step.scores.length, 10);
           planned = step.nextU;

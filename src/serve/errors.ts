@@ -15,6 +15,7 @@ export type ErrorKind =
   | 'shutting_down'
   | 'unknown_session'
   | 'too_many_sessions'
+  | 'session_busy'
   | 'no_temporal_controller'
   | 'internal';
 

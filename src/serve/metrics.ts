@@ -73,6 +73,12 @@ export class ServeMetrics {
     this.queueWait.observe(queueMs / 1000);
   }
 
+  /** Records an answered session frame: it waits in no queue, so it adds no queue wait. */
+  okSession(totalMs: number): void {
+    this.requests.inc({ outcome: 'ok' });
+    this.latency.observe(totalMs / 1000);
+  }
+
   /** Records a refused or failed request. */
   error(kind: ErrorKind): void {
     this.requests.inc({ outcome: 'error' });

@@ -24,7 +24,7 @@ export interface ServeOptions extends HttpSafetyOptions {
   maxBatch?: number;
   /** How long a batch may wait to fill while the model is idle, ms (default 2). */
   maxWaitMs?: number;
-  /** The most samples waiting; beyond it requests get 503 (default 32 x maxBatch). */
+  /** The most samples waiting; beyond it requests get 503 (default 32 x maxBatch). Session frames in flight have a bound of the same size. */
   maxQueue?: number;
   /** The largest request body in bytes (default: room for maxBatch samples as JSON). */
   bodyLimit?: number;
@@ -186,7 +186,7 @@ export class DynnServer {
       // A float32 printed as a JSON number takes up to ~22 bytes with its separator: room for a full batch.
       const bodyLimit = o.bodyLimit ?? Math.max(1 << 20, 24 * per * maxBatch + 4096);
       const batcher: MicroBatcher = new MicroBatcher(model, { maxBatch, maxWaitMs, maxQueue, levels: meta.levels, policy, onRun: (r) => metrics.run(r) });
-      const sessions = meta.controller?.temporal ? new SessionStore(() => model.session(), { maxSessions: o.maxSessions, idleMs: o.sessionIdleMs }) : null;
+      const sessions = meta.controller?.temporal ? new SessionStore(() => model.session(), { maxSessions: o.maxSessions, idleMs: o.sessionIdleMs, maxInflight: maxQueue }) : null;
       const metrics = new ServeMetrics({ levelUs: meta.levels.map((l) => l.u), maxBatch, sloMs }, () => batcher.depth, () => sessions?.size ?? 0);
       const app = createHttpApp({ bodyLimit, logger: false, return503OnClosing: true, forceCloseConnections: 'idle' }, o);
       const server = new DynnServer(app, model, policy, metrics, batcher, table, sessions);

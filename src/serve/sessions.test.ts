@@ -11,6 +11,7 @@ import { TemporalController, temporalPolicy } from '../control/temporal.js';
 import { OnnxModel } from '../runtime/node.js';
 import { Rng } from '../util/rng.js';
 import { DynnServer } from './server.js';
+import type { HttpError } from './errors.js';
 import { SessionStore } from './sessions.js';
 
 await initEngine('wasm');
@@ -154,7 +155,66 @@ test('the controller policy refuses a temporal controller, naming the sessions i
   await assert.rejects(DynnServer.create({ model: file, policy: 'controller', threads: 1 }), /policy controller needs a per-input controller; .* is temporal: .* POST \/v1\/sessions/);
 });
 
+test('a frame with non-finite scores is a 422 that leaves the session’s plan unchanged', async () => {
+  const server = await serve(file);
+  const id = await open(server);
+  const model = await OnnxModel.load(file, { threads: 1 });
+  const local = model.session();
+  try {
+    for (const frame of frames.slice(0, 6)) {
+      const bad = await post(server, `/v1/sessions/${id}/predict`, { inputs: Array(PER).fill(3e38) });
+      assert.equal(bad.statusCode, 422, bad.body);
+      assert.equal(bad.json().error, 'non_finite_output');
+      // The refused frame planned nothing: the next good frame runs as if it had not been sent.
+      const got = (await post(server, `/v1/sessions/${id}/predict`, { inputs: Array.from(frame) })).json();
+      const want = await local.next(frame);
+      assert.deepEqual([got.u, got.nextU, got.class], [want.u, want.nextU, want.class]);
+    }
+  } finally {
+    await model.dispose();
+  }
+});
+
+test('session frames are bounded: one pending frame per session (409), the server’s --max-queue across sessions (503)', async () => {
+  let release = (): void => undefined;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  const store = new SessionStore(() => ({}) as never, { maxInflight: 2 });
+  const [a, b, c] = [store.add(), store.add(), store.add()];
+  const pending = [store.run(a, () => gate), store.run(b, () => gate)];
+  assert.equal(store.framesInFlight, 2);
+  await assert.rejects(store.run(a, async () => 0), (e: HttpError) => e.statusCode === 409 && e.kind === 'session_busy' && /previous frame is still running/.test(e.message));
+  await assert.rejects(store.run(c, async () => 0), (e: HttpError) => e.statusCode === 503 && e.kind === 'overloaded' && /2 session frames are running, the server's bound \(--max-queue 2\)/.test(e.message));
+  release();
+  await Promise.all(pending);
+  assert.equal(store.framesInFlight, 0);
+  // A failed frame frees its place too.
+  await assert.rejects(store.run(a, async () => Promise.reject(new Error('boom'))), /boom/);
+  assert.deepEqual(await Promise.all([store.run(a, async () => 1), store.run(c, async () => 2)]), [1, 2]);
+  assert.equal(store.framesInFlight, 0);
+  store.clear();
+  // The server bounds session frames by its queue bound.
+  const server = await serve(file);
+  const small = await DynnServer.create({ model: file, policy: 'fixed:1', threads: 1, maxBatch: 4, maxQueue: 8 });
+  servers.push(small);
+  assert.equal(small.sessions?.maxInflight, 8);
+  assert.equal(server.sessions?.maxInflight, 32 * 64);
+});
+
+test('session frames are answered requests but add no queue wait to /metrics', async () => {
+  const server = await serve(file);
+  const id = await open(server);
+  const metric = async (re: RegExp) => Number(re.exec((await server.app.inject({ method: 'GET', url: '/metrics' })).body)?.[1]);
+  for (const frame of frames.slice(0, 5)) assert.equal((await post(server, `/v1/sessions/${id}/predict`, { inputs: Array.from(frame) })).statusCode, 200);
+  assert.equal(await metric(/^dynn_queue_wait_seconds_count (\S+)$/m), 0);
+  assert.equal(await metric(/^dynn_requests_total\{outcome="ok"\} (\S+)$/m), 5);
+  assert.equal(await metric(/^dynn_request_duration_seconds_count (\S+)$/m), 5);
+  // /v1/predict's requests still observe theirs.
+  assert.equal((await post(server, '/v1/predict', { inputs: Array.from(frames[0]) })).statusCode, 200);
+  assert.equal(await metric(/^dynn_queue_wait_seconds_count (\S+)$/m), 1);
+});
+
 test('the store checks its bounds', () => {
+  assert.throws(() => new SessionStore(() => null as never, { maxInflight: 0 }), /max session frames in flight must be a positive integer, got 0/);
   assert.throws(() => new SessionStore(() => null as never, { maxSessions: 0 }), /max sessions must be a positive integer, got 0/);
   assert.throws(() => new SessionStore(() => null as never, { idleMs: 2 ** 31 }), /session idle time must be an integer number of ms/);
 });

@@ -1,14 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { OnnxMetadata } from '../export/metadata.js';
-import type { TemporalSession } from '../runtime/session.js';
+import { NonFiniteScoresError, type TemporalSession } from '../runtime/session.js';
 import { DynnError } from '../util/errors.js';
 import { HttpError, invalidInput, nonFiniteScores } from './errors.js';
 import { parseBinaryRequest, parseJsonRequest, type InputSpec } from './input.js';
 import type { ServeMetrics } from './metrics.js';
 
 /** Defaults of the session bounds (`dynn serve --max-sessions`, `--session-idle-ms`). */
-export const SESSION_DEFAULTS = { maxSessions: 1024, idleMs: 60_000 } as const;
+export const SESSION_DEFAULTS = { maxSessions: 1024, idleMs: 60_000, maxInflight: 2048 } as const;
 
 /** Options of `SessionStore`. */
 export interface SessionStoreOptions {
@@ -16,6 +16,8 @@ export interface SessionStoreOptions {
   maxSessions?: number;
   /** A session unused this long (ms) expires and its state is dropped (default 60000). */
   idleMs?: number;
+  /** The most session frames running or waiting for the model at once, all sessions together; more get 503 (the server passes its --max-queue). */
+  maxInflight?: number;
 }
 
 /**
@@ -26,7 +28,9 @@ export interface SessionStoreOptions {
 export class SessionStore {
   readonly maxSessions: number;
   readonly idleMs: number;
-  private readonly open = new Map<string, { session: TemporalSession; timer: NodeJS.Timeout }>();
+  readonly maxInflight: number;
+  private inflight = 0;
+  private readonly open = new Map<string, { session: TemporalSession; timer: NodeJS.Timeout; busy: boolean }>();
 
   constructor(
     private readonly create: () => TemporalSession,
@@ -34,6 +38,8 @@ export class SessionStore {
   ) {
     this.maxSessions = options.maxSessions ?? SESSION_DEFAULTS.maxSessions;
     this.idleMs = options.idleMs ?? SESSION_DEFAULTS.idleMs;
+    this.maxInflight = options.maxInflight ?? SESSION_DEFAULTS.maxInflight;
+    if (!Number.isInteger(this.maxInflight) || this.maxInflight < 1) throw new DynnError(`max session frames in flight must be a positive integer, got ${this.maxInflight}`);
     if (!Number.isInteger(this.maxSessions) || this.maxSessions < 1) throw new DynnError(`max sessions must be a positive integer, got ${this.maxSessions}`);
     // setTimeout's limit: a longer delay would fire at once.
     if (!Number.isInteger(this.idleMs) || this.idleMs < 1 || this.idleMs > 2 ** 31 - 1) throw new DynnError(`session idle time must be an integer number of ms in [1, ${2 ** 31 - 1}], got ${this.idleMs}`);
@@ -52,16 +58,37 @@ export class SessionStore {
     const id = randomUUID();
     const timer = setTimeout(() => this.open.delete(id), this.idleMs);
     timer.unref();
-    this.open.set(id, { session: this.create(), timer });
+    this.open.set(id, { session: this.create(), timer, busy: false });
     return id;
   }
 
-  /** The session `id`, its idle time restarted; a 404 naming it when it is unknown or expired. */
-  get(id: string): TemporalSession {
+  /** Session frames running or waiting for the model. */
+  get framesInFlight(): number {
+    return this.inflight;
+  }
+
+  /**
+   * Runs `frame` on the session `id` (its idle time restarted): a 404 naming it when it is unknown or expired,
+   * a 409 while its previous frame is still pending (a stream's frames come one after another: a second
+   * concurrent one would queue without bound), a 503 when `maxInflight` frames of all sessions are pending.
+   */
+  async run<T>(id: string, frame: (session: TemporalSession) => Promise<T>): Promise<T> {
     const entry = this.open.get(id);
     if (!entry) throw unknownSession(id, this.idleMs);
+    if (entry.busy) throw new HttpError(409, 'session_busy', `session ${id}'s previous frame is still running; send a session's frames one at a time, each after the previous answer`);
+    if (this.inflight >= this.maxInflight) {
+      throw new HttpError(503, 'overloaded', `${this.inflight} session frames are running, the server's bound (--max-queue ${this.maxInflight}); retry later`);
+    }
     entry.timer.refresh();
-    return entry.session;
+    entry.busy = true;
+    this.inflight++;
+    try {
+      return await frame(entry.session);
+    } finally {
+      entry.busy = false;
+      this.inflight--;
+      entry.timer.refresh();
+    }
   }
 
   /** Closes the session `id`; a 404 when it is unknown or expired. */
@@ -118,7 +145,8 @@ export interface SessionRoutes {
  * `POST /v1/sessions` (`{ id, expiresInMs, actions }`), `POST /v1/sessions/:id/predict` (one frame, as
  * `/v1/predict` takes a sample: JSON or float32) and `DELETE /v1/sessions/:id`. A session's frames run
  * one at a time at the u its temporal controller planned from the previous frame, outside the micro-batcher
- * and its load policy: the plan is the stream's.
+ * and its load policy (the plan is the stream's), bounded apart: one pending frame per session, at most
+ * `maxInflight` across sessions.
  */
 export function sessionRoutes({ app, metadata, store, metrics, shape }: SessionRoutes): void {
   const spec: InputSpec = { shape, maxSamples: 1, maxSamplesWhy: 'one frame per session call' };
@@ -139,14 +167,18 @@ export function sessionRoutes({ app, metadata, store, metrics, shape }: SessionR
   app.post<{ Params: { id: string } }>('/v1/sessions/:id/predict', async (request): Promise<SessionPredictResponse> => {
     const arrival = request.arrival;
     const s = storeOf();
-    const session = s.get(request.params.id);
     const input = Buffer.isBuffer(request.body) ? parseBinaryRequest(request.body, request.query, spec) : parseJsonRequest(request.body, request.query, spec);
     if (input.u !== undefined || input.budgetMs !== undefined) throw invalidInput("a session's u is planned by its temporal controller; u and budgetMs do not apply");
-    const step = await session.next(input.images);
-    const bad = nonFiniteScores(step.scores, metadata.numClasses);
-    if (bad) throw bad;
+    const step = await s.run(request.params.id, async (session) => {
+      try {
+        return await session.next(input.images);
+      } catch (err) {
+        // The session refused the frame and kept its plan; the client hears the 422 /v1/predict gives.
+        throw err instanceof NonFiniteScoresError ? (nonFiniteScores(err.scores, metadata.numClasses) ?? err) : err;
+      }
+    });
     const totalMs = performance.now() - arrival;
-    metrics.ok(totalMs, 0);
+    metrics.okSession(totalMs);
     metrics.inference.observe(step.ms / 1000);
     metrics.utilization.observe(step.u);
     const round = (ms: number) => Math.round(ms * 1000) / 1000;
