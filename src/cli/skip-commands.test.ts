@@ -6,12 +6,11 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { runCli } from './cli.js';
 import { captureIo } from './capture.js';
-import { assertTrainRefused } from './fixtures.js';
+import { assertServedLikeGates, assertTrainRefused } from './fixtures.js';
 import { loadRun } from '../train/run.js';
 import { loadDataset } from '../data/datasets.js';
 import { toFloat } from '../data/imageset.js';
 import { RoutingState } from '../route/context.js';
-import { DynnServer, type PredictResponse } from '../serve/server.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-skip-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -80,20 +79,5 @@ test('a skip run trains in two steps; its deterministic execution rate is the ta
   assert.equal(await runCli(['export', run, '--onnx', dir, '--json'], ex), 0, ex.stderr());
   assert.equal(JSON.parse(ex.stdout()).manifest.segments.filter((g: { kind: string }) => g.kind === 'gated').length, 6);
   // Served: the classes and FLOPs ratios TF.js's deterministic gates give.
-  const n = 8;
-  const images = toFloat(ds.test, 0, n, new Float32Array(n * 784));
-  const ref = RoutingState.start('hard', n);
-  const classes = tf.tidy(() => Array.from(tf.argMax(model.forward(tf.tensor(images, [n, 28, 28, 1]), model.plan(1), { routing: ref }), 1).dataSync()));
-  const { fixed, backbone } = model.routedMacs(1);
-  model.dispose();
-  const server = await DynnServer.create({ model: dir, threads: 1, maxBatch: 8, maxWaitMs: 1 });
-  try {
-    const res = await server.app.inject({ method: 'POST', url: '/v1/predict', payload: { inputs: Array.from(images), shape: [n, 1, 28, 28] } });
-    assert.equal(res.statusCode, 200, res.body);
-    const body = res.json() as PredictResponse;
-    assert.deepEqual(body.predictions.map((q) => q.class), classes);
-    body.predictions.forEach((q, i) => assert.ok(Math.abs(q.flopsRatio! - (fixed + ref.executedMacs[i]) / backbone) < 1e-9));
-  } finally {
-    await server.close();
-  }
+  await assertServedLikeGates(model, dir, ds.test);
 });

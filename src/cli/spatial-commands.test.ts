@@ -5,13 +5,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { runCli } from './cli.js';
 import { captureIo } from './capture.js';
-import { assertTrainRefused } from './fixtures.js';
-import * as tf from '@tensorflow/tfjs-core';
+import { assertServedLikeGates, assertTrainRefused } from './fixtures.js';
 import { loadRun } from '../train/run.js';
 import { loadDataset } from '../data/datasets.js';
-import { toFloat } from '../data/imageset.js';
-import { RoutingState } from '../route/context.js';
-import { DynnServer, type PredictResponse } from '../serve/server.js';
 import { maskCells, parseDynamicSweep, type DynamicSweepData } from '../report/dynamic.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-spatial-'));
@@ -89,20 +85,5 @@ test('a spatial run trains in two steps; its deterministic fraction of positions
   assert.match(ex.stdout(), /6 spatially gated blocks each one graph, threshold 0\.5/);
   const { model } = await loadRun(run);
   const ds = await loadDataset('synthetic', { trainLimit: 64, testLimit: 32, seed: 0 });
-  const n = 8;
-  const images = toFloat(ds.test, 0, n, new Float32Array(n * 784));
-  const ref = RoutingState.start('hard', n);
-  const classes = tf.tidy(() => Array.from(tf.argMax(model.forward(tf.tensor(images, [n, 28, 28, 1]), model.plan(1), { routing: ref }), 1).dataSync()));
-  const { fixed, backbone } = model.routedMacs(1);
-  model.dispose();
-  const server = await DynnServer.create({ model: dir, threads: 1, maxBatch: 8, maxWaitMs: 1 });
-  try {
-    const res = await server.app.inject({ method: 'POST', url: '/v1/predict', payload: { inputs: Array.from(images), shape: [n, 1, 28, 28] } });
-    assert.equal(res.statusCode, 200, res.body);
-    const body = res.json() as PredictResponse;
-    assert.deepEqual(body.predictions.map((q) => q.class), classes);
-    body.predictions.forEach((q, i) => assert.ok(Math.abs(q.flopsRatio! - (fixed + ref.executedMacs[i]) / backbone) < 1e-9));
-  } finally {
-    await server.close();
-  }
+  await assertServedLikeGates(model, dir, ds.test);
 });

@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import type { Network } from '../models/network.js';
 import { Rng } from '../util/rng.js';
@@ -55,4 +56,25 @@ export async function serveFolder(dir: string, prefix: string): Promise<{ base: 
   await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
   const { port } = http.address() as { port: number };
   return { base: `http://127.0.0.1:${port}`, close: () => http.close() };
+}
+
+/**
+ * Test fixture: `/v1/predict` of a served dynamic folder answers batch `x` (NCHW `shape`) with `want`'s classes,
+ * FLOPs ratios and scores (3 classes, within `tol`): what the in-thread dispatcher computed.
+ */
+export async function assertServedLike(
+  app: import('../serve/server.js').DynnServer['app'],
+  x: Float32Array,
+  shape: number[],
+  want: { classes: ArrayLike<number>; flopsRatios: ArrayLike<number>; scores: ArrayLike<number> },
+  tol: number,
+): Promise<void> {
+  const res = await app.inject({ method: 'POST', url: '/v1/predict', payload: { inputs: Array.from(x), shape } });
+  assert.equal(res.statusCode, 200, res.body);
+  const body = res.json() as import('../serve/server.js').PredictResponse;
+  assert.deepEqual(body.predictions.map((q) => q.class), [...Array.from(want.classes)]);
+  body.predictions.forEach((q, i) => {
+    assert.ok(Math.abs(q.flopsRatio! - want.flopsRatios[i]) < 1e-9);
+    assert.ok(q.scores.every((s, j) => Math.abs(s - want.scores[i * 3 + j]) < tol));
+  });
 }

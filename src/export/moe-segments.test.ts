@@ -8,14 +8,14 @@ import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import type { Network } from '../models/network.js';
 import { RoutingState } from '../route/context.js';
-import { randomizeStatistics, serveFolder, relErr } from './fixtures.js';
+import { assertServedLike, randomizeStatistics, serveFolder, relErr } from './fixtures.js';
 import { saveSegments } from './segments.js';
 import { openSession } from '../runtime/node.js';
 import { SegmentedSession } from '../runtime/segments.js';
 import { MANIFEST_FILE, parseManifest } from './manifest.js';
 import { fullSel } from '../layers/index.js';
 import { MoeBlock } from '../route/moe.js';
-import { DynnServer, type PredictResponse } from '../serve/server.js';
+import { DynnServer } from '../serve/server.js';
 import { loadWebSegments } from '../runtime/web.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-moe-seg-'));
@@ -122,14 +122,7 @@ test('dynn serve of a mixture folder and the web entry give the in-thread dispat
   const want = await node.runRouted(x);
   const server = await DynnServer.create({ model: dir, threads: 1, maxBatch: 8, maxWaitMs: 1 });
   try {
-    const res = await server.app.inject({ method: 'POST', url: '/v1/predict', payload: { inputs: Array.from(x), shape: [5, 2, 8, 8] } });
-    assert.equal(res.statusCode, 200, res.body);
-    const body = res.json() as PredictResponse;
-    assert.deepEqual(body.predictions.map((q) => q.class), [...want.classes]);
-    body.predictions.forEach((q, i) => {
-      assert.ok(Math.abs(q.flopsRatio! - want.flopsRatios[i]) < 1e-9);
-      assert.ok(q.scores.every((s, j) => Math.abs(s - want.scores[i * 3 + j]) < 1e-5));
-    });
+    await assertServedLike(server.app, x, [5, 2, 8, 8], want, 1e-5);
   } finally {
     await server.close();
   }

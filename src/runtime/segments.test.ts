@@ -4,11 +4,11 @@ import { copyFileSync, cpSync, mkdtempSync, readFileSync, renameSync, rmSync, sy
 import os from 'node:os';
 import path from 'node:path';
 import { initEngine } from '../engine/backend.js';
-import { randomizeStatistics, serveFolder } from '../export/fixtures.js';
+import { assertServedLike, randomizeStatistics, serveFolder } from '../export/fixtures.js';
 import { saveSegments } from '../export/segments.js';
 import { MANIFEST_FILE, type SegmentsManifest } from '../export/manifest.js';
 import { gatedTestNet } from '../route/fixtures.js';
-import { DynnServer, type PredictResponse } from '../serve/server.js';
+import { DynnServer } from '../serve/server.js';
 import { OnnxModel, openSession } from './node.js';
 import type { SegmentedSession } from './segments.js';
 import { serveCommand } from '../cli/serve-commands.js';
@@ -90,14 +90,7 @@ test('dynn serve of the folder: predictions equal the in-thread dispatcher, with
   await assert.rejects(DynnServer.create({ model: dir, policy: 'fixed:0.5', threads: 1 }), /policy fixed:0\.5 does not apply to .*acs: a dynamic model's gates choose/);
   const server = await DynnServer.create({ model: dir, threads: 1, maxBatch: 8, maxWaitMs: 1 });
   try {
-    const res = await server.app.inject({ method: 'POST', url: '/v1/predict', payload: { inputs: Array.from(x), shape: [5, 2, 8, 8] } });
-    assert.equal(res.statusCode, 200, res.body);
-    const body = res.json() as PredictResponse;
-    assert.deepEqual(body.predictions.map((q) => q.class), [...want.classes]);
-    body.predictions.forEach((q, i) => {
-      assert.ok(Math.abs(q.flopsRatio! - want.flopsRatios[i]) < 1e-9);
-      assert.ok(q.scores.every((s, j) => Math.abs(s - want.scores[i * 3 + j]) < 1e-6));
-    });
+    await assertServedLike(server.app, x, [5, 2, 8, 8], want, 1e-6);
     const health = (await server.app.inject({ method: 'GET', url: '/healthz' })).json() as { model: { routed?: { threshold: number; gatedBlocks: number } } };
     assert.deepEqual(health.model.routed, { threshold: 0.3, gatedBlocks: 2 });
     const bad = await server.app.inject({ method: 'POST', url: '/v1/predict', payload: { inputs: [1, 2, 3] } });
