@@ -181,11 +181,16 @@ export function trainTemporal(policy: Policy, set: ImageSet, table: LevelTable, 
   const C = table.probabilities[0].length / set.count;
   const D = temporalFeatureSize(C, K);
   if (D !== policy.args.inputShape[0]) throw new DynnError(`the policy reads ${policy.args.inputShape[0]} features; frames of ${C} classes give ${D}`);
+  // Every frame that has a successor, and that successor.
   const pairs: number[] = [];
-  for (const frames of sequencesOf(set)) for (let t = 0; t + 1 < frames.length; t++) pairs.push(frames[t]);
-  if (pairs.length === 0) throw new DynnError('the stream has no frame with a successor to learn from');
   const nextOf = new Int32Array(set.count).fill(-1);
-  for (const frames of sequencesOf(set)) for (let t = 0; t + 1 < frames.length; t++) nextOf[frames[t]] = frames[t + 1];
+  for (const frames of sequencesOf(set)) {
+    for (let t = 0; t + 1 < frames.length; t++) {
+      pairs.push(frames[t]);
+      nextOf[frames[t]] = frames[t + 1];
+    }
+  }
+  if (pairs.length === 0) throw new DynnError('the stream has no frame with a successor to learn from');
   const costs = table.us.map((u, k) => (costKind === 'u' ? u : table.macs[k] / table.fullMacs));
   const ownRatio = policy.macs / table.fullMacs;
   // Every action's reward on each frame, once.
