@@ -3,10 +3,10 @@ import { nhwcToNchw } from '../runtime/core.js';
 import { toFloat } from '../data/imageset.js';
 import type { ImageSet } from '../data/types.js';
 import { DynnError } from '../util/errors.js';
-import { SplitHead } from './runtime.js';
+import { SplitHead, splitIndex } from './runtime.js';
 import { Shaper } from './shaper.js';
-import { choosePoint, LinkMonitor } from './navisplit.js';
-import { encodeFrame } from './wire.js';
+import { choosePoint, ComputeCosts, LinkMonitor } from './navisplit.js';
+import { encodeFrame, frameSamples } from './wire.js';
 import type { SplitFigure } from './store.js';
 import type { TailResponse } from './server.js';
 
@@ -18,6 +18,8 @@ export interface HeadOptions {
   server: string;
   /** Frames to send, one request each. */
   images: ImageSet;
+  /** Only this split point's bottlenecks (default: every split point of the folder). */
+  at?: string;
   /** A fixed bottleneck (default: the most accurate trained point, or the budget's choice). */
   channels?: number;
   bits?: number;
@@ -42,8 +44,8 @@ export interface HeadReport {
   p95Ms: number;
   /** Mean bytes per request body. */
   meanBytes: number;
-  /** How many frames each bottleneck sent. */
-  used: { channels: number; bits: number; frames: number }[];
+  /** How many frames each (split point, bottleneck) sent. */
+  used: { at: string; channels: number; bits: number; frames: number }[];
   /** Each frame's predicted class. */
   classes: number[];
 }
@@ -56,6 +58,7 @@ const tailAnswer = (count: number) =>
     classes: z.array(z.number().int().nonnegative()).length(count),
     labels: z.array(z.string()).length(count),
     scores: z.array(z.array(z.number())).length(count),
+    tailMs: z.number().nonnegative().optional(),
   });
 
 /**
@@ -66,7 +69,7 @@ const tailAnswer = (count: number) =>
 export async function postFrame(server: string, body: Uint8Array, o: { timeoutMs?: number } = {}): Promise<TailResponse> {
   const url = new URL('v1/tail', server.endsWith('/') ? server : `${server}/`);
   const timeoutMs = o.timeoutMs ?? DEFAULT_TAIL_TIMEOUT_MS;
-  const count = body.length >= 16 ? new DataView(body.buffer, body.byteOffset, body.byteLength).getUint32(12, true) : 0;
+  const count = frameSamples(body);
   let res: Response;
   let text: string;
   try {
@@ -102,9 +105,11 @@ function quantile(sorted: number[], q: number): number {
 }
 
 /**
- * The device side run for real: each frame through `head.onnx`, encoded in the wire format, paced by the token
- * bucket and posted to the tail server. With a latency budget it learns the link from its own requests and picks
- * each frame's bottleneck as NaviSplit does (the first two frames probe the smallest and the largest).
+ * The device side run for real: each frame through its split point's head graph, encoded in the wire format,
+ * paced by the token bucket and posted to the tail server. With a latency budget it learns the link from its own
+ * requests and picks each frame's (split point, bottleneck) as NaviSplit does: the first two frames probe the
+ * smallest and the largest message; each split point's head time is measured on this device (a warm-up run, then
+ * every frame) and its tail time is what the server reports.
  */
 export async function runHead(o: HeadOptions): Promise<HeadReport> {
   const head = await SplitHead.load(o.dir, { threads: o.threads });
@@ -116,16 +121,37 @@ export async function runHead(o: HeadOptions): Promise<HeadReport> {
     }
     if ((o.channels === undefined) !== (o.bits === undefined)) throw new DynnError('give both --channels and --bits, or neither');
     if (o.channels !== undefined && o.latencyBudgetMs !== undefined) throw new DynnError('a fixed bottleneck (--channels, --bits) and a latency budget exclude each other');
-    const points = meta.points;
+    const at = o.at ?? (o.channels !== undefined && meta.splits.length === 1 ? meta.splits[0].at : undefined);
+    if (o.channels !== undefined && at === undefined) {
+      throw new DynnError(`this split has ${meta.splits.length} split points (${meta.splits.map((s) => s.at).join(', ')}); give --at with --channels and --bits`);
+    }
+    if (at !== undefined) splitIndex(meta, at);
+    const points = meta.points.filter((p) => at === undefined || p.at === at);
     const best = points.reduce((a, p) => (p.accuracy > a.accuracy ? p : a));
-    const fixed: SplitFigure | null = o.channels !== undefined ? { channels: o.channels, bits: o.bits!, bytesPerSample: 0, accuracy: 0 } : o.latencyBudgetMs === undefined ? best : null;
+    const fixed: SplitFigure | null = o.channels !== undefined ? { at: at!, channels: o.channels, bits: o.bits!, bytesPerSample: 0, accuracy: 0 } : o.latencyBudgetMs === undefined ? best : null;
     const bySize = [...points].sort((a, b) => a.bytesPerSample - b.bytesPerSample);
     const shaper = o.bandwidthMbps !== undefined ? new Shaper({ bandwidthMbps: o.bandwidthMbps, delayMs: o.delayMs }) : null;
     if (!shaper && o.delayMs !== undefined) throw new DynnError('--delay-ms shapes the link with --bandwidth-mbps; give both');
+    const pixels = (i: number) => nhwcToNchw(toFloat(o.images, i, 1), [c, h, w]);
     const monitor = new LinkMonitor();
+    const costs = new ComputeCosts();
+    if (!fixed && o.images.count > 0) {
+      for (const [i, s] of meta.splits.entries()) {
+        if (!points.some((p) => p.at === s.at)) continue;
+        // The second run of each head: the first allocates.
+        let ms = 0;
+        for (let k = 0; k < 2; k++) {
+          const t = performance.now();
+          await head.run(pixels(0), 1, s.bottleneck.maxChannels, 8, i);
+          ms = performance.now() - t;
+        }
+        costs.seed(s.at, 'headMs', ms);
+        if (s.measured) costs.seed(s.at, 'tailMs', s.measured.tailMs);
+      }
+    }
     const times: number[] = [];
     const classes: number[] = [];
-    const used = new Map<string, { channels: number; bits: number; frames: number }>();
+    const used = new Map<string, { at: string; channels: number; bits: number; frames: number }>();
     let bytes = 0;
     let right = 0;
     for (let i = 0; i < o.images.count; i++) {
@@ -133,22 +159,25 @@ export async function runHead(o: HeadOptions): Promise<HeadReport> {
       let point = fixed;
       if (!point) {
         const link = monitor.estimate();
-        point = link ? choosePoint(points, link, o.latencyBudgetMs!) : bySize[i % 2 === 0 ? 0 : bySize.length - 1];
+        point = link ? choosePoint(points, link, o.latencyBudgetMs!, (p) => costs.of(p.at)) : bySize[i % 2 === 0 ? 0 : bySize.length - 1];
       }
-      const frame = await head.run(nhwcToNchw(toFloat(o.images, i, 1), [c, h, w]), 1, point.channels, point.bits);
+      const frame = await head.run(pixels(i), 1, point.channels, point.bits, splitIndex(meta, point.at));
       const body = encodeFrame(frame);
+      const t1 = performance.now();
       if (shaper) await shaper.send(body.length);
       const answer = await postFrame(o.server, body, { timeoutMs: o.timeoutMs });
       const t2 = performance.now();
-      // The budget is end to end, so the monitor learns from the whole frame: the head's run and encoding land
-      // in the fixed part of its line (the encoding's share that grows with the bytes, in the rate).
-      monitor.observe(body.length, t2 - t0);
+      // The link's line is fitted on the frame's time less the compute at both ends, which differs by split point.
+      const tailMs = answer.tailMs ?? 0;
+      costs.observe(point.at, 'headMs', t1 - t0);
+      costs.observe(point.at, 'tailMs', tailMs);
+      monitor.observe(body.length, Math.max(0, t2 - t1 - tailMs));
       times.push(t2 - t0);
       bytes += body.length;
       classes.push(answer.classes[0]);
       if (answer.classes[0] === o.images.labels[i]) right++;
-      const key = `${point.channels}x${point.bits}`;
-      const u = used.get(key) ?? { channels: point.channels, bits: point.bits, frames: 0 };
+      const key = `${point.at} ${point.channels}x${point.bits}`;
+      const u = used.get(key) ?? { at: point.at, channels: point.channels, bits: point.bits, frames: 0 };
       u.frames++;
       used.set(key, u);
     }

@@ -1,17 +1,18 @@
 import { DynnError } from '../util/errors.js';
-import type { SplitFigure } from './store.js';
 
 /** What the head knows of its link: an estimate from the messages it sent. */
 export interface LinkEstimate {
   /** Bytes per ms. */
   bytesPerMs: number;
-  /** Fixed cost per message, ms (the head's compute, propagation, HTTP and the tail's compute). */
+  /** Fixed cost per message, ms (propagation, HTTP; the head's and tail's compute when they are not separated). */
   overheadMs: number;
 }
 
 /**
- * Learns the link from each message's size and end-to-end time, as NaviSplit's head does from its own traffic:
- * a least-squares line ms = overhead + bytes / rate over the last `window` messages.
+ * Learns the link from each message's size and time on the link, as NaviSplit's head does from its own traffic:
+ * a least-squares line ms = overhead + bytes / rate over the last `window` messages. (The head observes a
+ * frame's end-to-end time less its own head run and the tail's reported time, so split points of different
+ * compute fit one line.)
  */
 export class LinkMonitor {
   private samples: { bytes: number; ms: number }[] = [];
@@ -50,19 +51,69 @@ export class LinkMonitor {
   }
 }
 
-/** Predicted latency of a point over a link: the fixed part plus its bytes (and the frame header) at the rate. */
-export function predictedMs(point: SplitFigure, link: LinkEstimate, frameHeader = 16): number {
-  return link.overheadMs + (point.bytesPerSample + frameHeader) / link.bytesPerMs;
+/** Bytes of a frame's header (wire.ts's FRAME_HEADER_BYTES; kept here so this file imports nothing of node's). */
+const FRAME_HEADER = 16;
+
+/** An operating point as the picker sees it: its split point, size on the wire and accuracy. */
+export interface OperatingPoint {
+  at?: string;
+  channels: number;
+  bits: number;
+  bytesPerSample: number;
+  accuracy: number;
+}
+
+/** A point's compute besides the link, ms: its split point's head on this device and tail on the server. */
+export interface ComputeMs {
+  headMs: number;
+  tailMs: number;
+}
+
+const NO_COMPUTE: ComputeMs = { headMs: 0, tailMs: 0 };
+
+/**
+ * NaviSplit's latency estimate of one frame at a point: the head on this device, its bytes (and the frame header)
+ * at the link's rate, the link's fixed part (delay, HTTP), and the tail. Without `compute` the link's fixed part is
+ * taken to hold the head and tail too (one split point, whose compute does not change with the bottleneck).
+ */
+export function predictedMs(point: OperatingPoint, link: LinkEstimate, compute: ComputeMs = NO_COMPUTE, frameHeader = FRAME_HEADER): number {
+  return compute.headMs + link.overheadMs + (point.bytesPerSample + frameHeader) / link.bytesPerMs + compute.tailMs;
 }
 
 /**
- * NaviSplit's choice: the most accurate bottleneck whose predicted latency meets the budget; when none does,
- * the fastest (smallest) one. Ties in accuracy go to the smaller message.
+ * NaviSplit's choice: the most accurate point whose predicted latency (`predictedMs`, with each point's compute
+ * from `computeOf`) meets the budget; when none does, the fastest. Ties in accuracy go to the faster point.
  */
-export function choosePoint(points: SplitFigure[], link: LinkEstimate, budgetMs: number): SplitFigure {
+export function choosePoint<P extends OperatingPoint>(points: P[], link: LinkEstimate, budgetMs: number, computeOf: (p: P) => ComputeMs = () => NO_COMPUTE): P {
   if (points.length === 0) throw new DynnError('no bottleneck to choose from');
-  const bySize = [...points].sort((a, b) => a.bytesPerSample - b.bytesPerSample);
-  const fitting = bySize.filter((p) => predictedMs(p, link) <= budgetMs);
-  if (!fitting.length) return bySize[0];
-  return fitting.reduce((best, p) => (p.accuracy > best.accuracy ? p : best));
+  const timed = points.map((p) => ({ p, ms: predictedMs(p, link, computeOf(p)) })).sort((a, b) => a.ms - b.ms || a.p.bytesPerSample - b.p.bytesPerSample);
+  const fitting = timed.filter((t) => t.ms <= budgetMs);
+  if (!fitting.length) return timed[0].p;
+  return fitting.reduce((best, t) => (t.p.accuracy > best.p.accuracy ? t : best)).p;
+}
+
+/**
+ * Each split point's compute as the head sees it: its own head runs timed on this device, the tail's times as the
+ * server reports them, each a running mean (new times weigh `weight`) from a first value `seed` gives.
+ */
+export class ComputeCosts {
+  private readonly ms = new Map<string, number>();
+
+  constructor(private readonly weight = 0.2) {}
+
+  /** A first value, kept until a time is observed. */
+  seed(at: string, kind: keyof ComputeMs, ms: number): void {
+    if (!this.ms.has(`${kind} ${at}`)) this.ms.set(`${kind} ${at}`, ms);
+  }
+
+  observe(at: string, kind: keyof ComputeMs, ms: number): void {
+    const key = `${kind} ${at}`;
+    const old = this.ms.get(key);
+    this.ms.set(key, old === undefined ? ms : old + this.weight * (ms - old));
+  }
+
+  /** The split point's compute (0 for what was never seen). */
+  of(at: string): ComputeMs {
+    return { headMs: this.ms.get(`headMs ${at}`) ?? 0, tailMs: this.ms.get(`tailMs ${at}`) ?? 0 };
+  }
 }

@@ -10,9 +10,10 @@ import { loadSynthetic } from '../data/synthetic.js';
 import { toFloat, head as firstOf } from '../data/imageset.js';
 import { nhwcToNchw } from '../runtime/core.js';
 import { splitNetwork } from './split.js';
-import { saveSplit } from './store.js';
+import { loadSplitMeta, saveSplit } from './store.js';
 import { SplitServer } from './server.js';
-import { SplitHead, SplitTail } from './runtime.js';
+import { measureSplit, SplitHead, SplitTail } from './runtime.js';
+import { predictSet } from './train.js';
 import { runHead, postFrame } from './head.js';
 import { encodeFrame } from './wire.js';
 import { Shaper } from './shaper.js';
@@ -20,45 +21,98 @@ import { choosePoint, LinkMonitor } from './navisplit.js';
 
 await initEngine('wasm');
 
+// One folder of two split points: pool1 (8x14x14 features) is split 0, pool2 (16x7x7) split 1.
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-split-serve-'));
 const data = await loadSynthetic({ trainLimit: 128, testLimit: 24 });
+const inProcess: { at: string; channels: number; bits: number; classes: number[] }[] = [];
 {
   const model = createModel('vgg-w', { widths: [8, 8, 16, 16], hidden: 32, groups: 2 });
-  const r = splitNetwork(model, data.train, data.test, { at: 'pool2', channels: [1, 2, 4], bits: [2, 4], batchSize: 32, pngSamples: 4 });
-  await saveSplit(dir, r.head, r.tail, r.meta);
-  r.split.bottleneck.dispose();
+  const r = splitNetwork(model, data.train, data.test, { at: ['pool1', 'pool2'], channels: [1, 2, 4], bits: [2, 4], batchSize: 32, pngSamples: 4 });
+  await measureSplit(r);
+  await saveSplit(dir, r.splits, r.meta);
+  // The split model in TF.js, in this process: what the two processes over loopback must answer.
+  for (const [i, at] of ['pool1', 'pool2'].entries()) {
+    for (const [channels, bits] of [[1, 2], [4, 4]]) {
+      inProcess.push({ at, channels, bits, classes: Array.from(predictSet(data.test, (x) => r.splits[i].split.predict(x, channels, bits))) });
+    }
+  }
+  r.dispose();
   model.dispose();
 }
 const server = await SplitServer.create({ dir });
 const url = await server.listen();
 after(() => server.close());
 
-test('head and tail over loopback give the classes of the split model run in one process', async () => {
-  const h = await SplitHead.load(dir);
-  const t = await SplitTail.load(dir);
+test('a folder of two split points: head and tail over loopback give the in-process split model\'s classes at each', async () => {
+  const meta = JSON.parse(fs.readFileSync(path.join(dir, 'split.json'), 'utf8'));
+  assert.equal(meta.format, 'dynn-split/2');
+  assert.deepEqual(fs.readdirSync(dir).sort(), ['head.pool1.onnx', 'head.pool2.onnx', 'split.json', 'tail.pool1.onnx', 'tail.pool2.onnx']);
+  assert.deepEqual(meta.points.map((p: { at: string }) => p.at), [...Array(6).fill('pool1'), ...Array(6).fill('pool2')]);
+  for (const s of meta.splits) assert.ok(s.measured.headMs > 0 && s.measured.tailMs > 0 && s.tailFlops > 0, JSON.stringify(s));
+  // pool2's head runs more of the network than pool1's.
+  assert.ok(meta.points[6].headFlops > meta.points[0].headFlops);
+  for (const ref of inProcess) {
+    const r = await runHead({ dir, server: url, images: data.test, at: ref.at, channels: ref.channels, bits: ref.bits });
+    const same = r.classes.filter((c, i) => c === ref.classes[i]).length;
+    // A feature on a rounding boundary may round the other way in float32 ONNX arithmetic; classes agree.
+    assert.ok(same >= data.test.count - 1, `${ref.at} ${ref.channels}x${ref.bits}: ${same}/${data.test.count} classes agree`);
+    assert.equal(r.samples, data.test.count);
+    assert.deepEqual(r.used, [{ at: ref.at, channels: ref.channels, bits: ref.bits, frames: data.test.count }]);
+    const side = ref.at === 'pool1' ? 196 : 49;
+    assert.equal(r.meanBytes, 16 + 8 + Math.ceil((ref.channels * side * ref.bits) / 8));
+  }
+  await assert.rejects(runHead({ dir, server: url, images: data.test, channels: 1, bits: 2 }), /this split has 2 split points \(pool1, pool2\); give --at with --channels and --bits/);
+  await assert.rejects(runHead({ dir, server: url, images: data.test, at: 'c3.conv' }), /unknown split point "c3\.conv"; this split has pool1, pool2/);
+});
+
+test('a version 1 folder (one split point, head.onnx and tail.onnx) still loads, serves v1 and v2 frames and runs its head', async () => {
+  const old = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-split-v1-'));
   try {
-    for (const [channels, bits] of [[1, 2], [4, 4]]) {
-      const r = await runHead({ dir, server: url, images: data.test, channels, bits });
-      const frame = await h.run(nhwcToNchw(toFloat(data.test, 0, data.test.count), [1, 28, 28]), data.test.count, channels, bits);
-      const scores = await t.run(frame);
-      const local = Array.from({ length: data.test.count }, (_, i) => {
-        const row = Array.from(scores.subarray(i * 10, (i + 1) * 10));
-        return row.indexOf(Math.max(...row));
-      });
-      assert.deepEqual(r.classes, local);
-      assert.equal(r.samples, data.test.count);
-      assert.deepEqual(r.used, [{ channels, bits, frames: data.test.count }]);
-      assert.equal(r.meanBytes, 16 + 8 + Math.ceil((channels * 49 * bits) / 8));
+    const m = JSON.parse(fs.readFileSync(path.join(dir, 'split.json'), 'utf8'));
+    const s = m.splits[1];
+    const v1 = {
+      ...m,
+      format: 'dynn-split/1',
+      at: s.at,
+      features: s.features,
+      bottleneck: s.bottleneck,
+      points: m.points.filter((p: { at: string }) => p.at === s.at).map(({ at: _at, headFlops: _f, ...p }: Record<string, unknown>) => p),
+      wire: { ...m.wire, version: 1 },
+    };
+    delete v1.splits;
+    fs.writeFileSync(path.join(old, 'split.json'), JSON.stringify(v1));
+    fs.copyFileSync(path.join(dir, s.head), path.join(old, 'head.onnx'));
+    fs.copyFileSync(path.join(dir, s.tail), path.join(old, 'tail.onnx'));
+    const loaded = await loadSplitMeta(old);
+    assert.deepEqual(loaded.splits.map((x) => [x.at, x.head, x.tail]), [['pool2', 'head.onnx', 'tail.onnx']]);
+    assert.ok(loaded.points.every((p) => p.at === 'pool2'));
+    const oldServer = await SplitServer.create({ dir: old });
+    const oldUrl = await oldServer.listen();
+    try {
+      const r = await runHead({ dir: old, server: oldUrl, images: data.test, channels: 4, bits: 4 });
+      const ref = inProcess.find((x) => x.at === 'pool2' && x.channels === 4)!.classes;
+      assert.ok(r.classes.filter((c, i) => c === ref[i]).length >= data.test.count - 1);
+      assert.deepEqual(r.used, [{ at: 'pool2', channels: 4, bits: 4, frames: data.test.count }]);
+      const h = await SplitHead.load(old);
+      const frame = encodeFrame(await h.run(nhwcToNchw(toFloat(data.test, 0, 1), [1, 28, 28]), 1, 2, 4));
+      await h.release();
+      const v1Frame = frame.slice();
+      const view = new DataView(v1Frame.buffer);
+      view.setUint8(4, 1);
+      view.setUint32(12, 1, true);
+      assert.deepEqual((await postFrame(oldUrl, v1Frame)).classes, (await postFrame(oldUrl, frame)).classes);
+    } finally {
+      await oldServer.close();
     }
   } finally {
-    await h.release();
-    await t.release();
+    fs.rmSync(old, { recursive: true, force: true });
   }
 });
 
 test('bad frames and requests are 4xx with a JSON error, and the server keeps serving', async () => {
   const h = await SplitHead.load(dir);
-  const good = encodeFrame(await h.run(nhwcToNchw(toFloat(data.test, 0, 1), [1, 28, 28]), 1, 2, 4));
+  // A pool2 frame (split 1).
+  const good = encodeFrame(await h.run(nhwcToNchw(toFloat(data.test, 0, 1), [1, 28, 28]), 1, 2, 4, 1));
   await h.release();
   const post = (body: Uint8Array, type = 'application/octet-stream') =>
     fetch(new URL('/v1/tail', url), { method: 'POST', headers: { 'content-type': type }, body: new Blob([body as Uint8Array<ArrayBuffer>]) });
@@ -69,9 +123,13 @@ test('bad frames and requests are 4xx with a JSON error, and the server keeps se
   };
   const cases: [Uint8Array, number, RegExp, string?][] = [
     [edit((v) => v.setUint8(4, 9)), 400, /version 9 is not supported/],
+    [edit((v) => v.setUint16(14, 7, true)), 400, /unknown split point 7; this tail serves 0 \(pool1\), 1 \(pool2\)/],
+    [edit((v) => (v.setUint8(4, 1), v.setUint32(12, 1, true))), 400, /a version 1 frame names no split point; this tail serves 2/],
+    // A pool2 frame sent as pool1's: its 7x7 features are not pool1's 14x14.
+    [edit((v) => v.setUint16(14, 0, true)), 400, /features are 7x7; this tail takes 14x14 at pool1/],
     [edit((v) => v.setUint16(6, 5, true)), 400, /channels must be from 1 to 4, got 5/],
     [edit((v) => v.setUint8(5, 0)), 400, /bits must be from 1 to 16/],
-    [edit((v) => v.setUint16(8, 6, true)), 400, /features are 6x7; this tail takes 7x7/],
+    [edit((v) => v.setUint16(8, 6, true)), 400, /features are 6x7; this tail takes 7x7 at pool2/],
     [edit((v) => v.setFloat32(20, NaN, true)), 400, /step NaN must be finite/],
     [edit((v) => (v.setFloat32(16, 1e38, true), v.setFloat32(20, 1e38, true))), 400, /overflows float32/],
     // Every value finite in float32 but near its largest: the tail's sums overflow, a 422 rather than a 500.
@@ -88,15 +146,17 @@ test('bad frames and requests are 4xx with a JSON error, and the server keeps se
     assert.match(j.message, pattern);
     assert.ok(typeof j.error === 'string');
   }
-  const big = await post(new Uint8Array(1 << 20));
+  const big = await post(new Uint8Array(4 << 20));
   assert.equal(big.status, 413);
   const missing = await fetch(new URL('/v1/nothing', url));
   assert.equal(missing.status, 404);
   const ok = await postFrame(url, good);
   assert.equal(ok.classes.length, 1);
-  const info = (await (await fetch(new URL('/v1/split', url))).json()) as { points: unknown[]; wire: { version: number } };
-  assert.equal(info.points.length, 6);
-  assert.equal(info.wire.version, 1);
+  assert.ok(typeof ok.tailMs === 'number' && ok.tailMs >= 0);
+  const info = (await (await fetch(new URL('/v1/split', url))).json()) as { splits: { id: number; at: string }[]; points: unknown[]; wire: { version: number } };
+  assert.deepEqual(info.splits.map((x) => [x.id, x.at]), [[0, 'pool1'], [1, 'pool2']]);
+  assert.equal(info.points.length, 12);
+  assert.equal(info.wire.version, 2);
   await assert.rejects(postFrame('http://127.0.0.1:9', good), /cannot reach the tail server/);
 });
 
@@ -200,10 +260,15 @@ test('a head.onnx and tail.onnx swapped by hand are refused at load, naming the 
   const swapped = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-split-swapped-'));
   try {
     for (const f of fs.readdirSync(dir)) fs.copyFileSync(path.join(dir, f), path.join(swapped, f));
-    fs.copyFileSync(path.join(dir, 'head.onnx'), path.join(swapped, 'tail.onnx'));
-    fs.copyFileSync(path.join(dir, 'tail.onnx'), path.join(swapped, 'head.onnx'));
-    await assert.rejects(SplitTail.load(swapped), /tail\.onnx has inputs images, channels, bits; a split's tail\.onnx has codes, min, step/);
-    await assert.rejects(SplitHead.load(swapped), /head\.onnx has inputs codes, min, step; a split's head\.onnx has images, channels, bits/);
+    fs.copyFileSync(path.join(dir, 'head.pool2.onnx'), path.join(swapped, 'tail.pool2.onnx'));
+    fs.copyFileSync(path.join(dir, 'tail.pool2.onnx'), path.join(swapped, 'head.pool2.onnx'));
+    await assert.rejects(SplitTail.load(swapped), /tail\.pool2\.onnx has inputs images, channels, bits; a split's tail has codes, min, step/);
+    await assert.rejects(SplitHead.load(swapped), /head\.pool2\.onnx has inputs codes, min, step; a split's head has images, channels, bits/);
+    // split.json is input: a graph named by a path, not a file of the folder, is refused.
+    const m = JSON.parse(fs.readFileSync(path.join(swapped, 'split.json'), 'utf8'));
+    m.splits[0].head = '../head.onnx';
+    fs.writeFileSync(path.join(swapped, 'split.json'), JSON.stringify(m));
+    await assert.rejects(SplitHead.load(swapped), /split\.json is not a valid split: splits\.0\.head: a file name in the split folder/);
   } finally {
     fs.rmSync(swapped, { recursive: true, force: true });
   }

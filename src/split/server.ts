@@ -20,13 +20,18 @@ export interface TailResponse {
   labels: string[];
   /** Class scores (logits), one row per sample. */
   scores: number[][];
+  /**
+   * The tail's compute for the frame, ms: NaviSplit's head adds it to its estimate for the frame's split point.
+   * Always sent by this server; optional for the head, which may talk to an older one.
+   */
+  tailMs?: number;
 }
 
 /**
  * The server side of split computing: `POST /v1/tail` takes a feature frame (application/octet-stream, the wire
- * format of `wire.ts`), validates it (magic, version, bits, channel count, size, finite scales) and answers the
- * classes; anything wrong is a 4xx with a JSON error. `GET /v1/split` gives the split's metadata (its points and
- * wire format), so a head can choose its bottleneck.
+ * format of `wire.ts`), validates it (magic, version, split point, bits, channel count, size, finite scales), runs
+ * the tail of the frame's split point and answers the classes; anything wrong is a 4xx with a JSON error.
+ * `GET /v1/split` gives the split's metadata (its split points, points and wire format), so a head can choose.
  */
 export class SplitServer {
   private constructor(
@@ -36,8 +41,7 @@ export class SplitServer {
 
   static async create(o: SplitServerOptions): Promise<SplitServer> {
     const tail = await SplitTail.load(o.dir, { threads: o.threads });
-    const [, h, w] = tail.meta.features.shape;
-    const bodyLimit = FRAME_HEADER_BYTES + MAX_FRAME_SAMPLES * bytesPerSample(tail.meta.bottleneck.maxChannels, h, w, 16);
+    const bodyLimit = FRAME_HEADER_BYTES + MAX_FRAME_SAMPLES * Math.max(...tail.limits.map((l) => bytesPerSample(l.maxChannels, l.height, l.width, 16)));
     const app = createHttpApp({ bodyLimit, logger: false, forceCloseConnections: 'idle' }, o);
     app.removeContentTypeParser('text/plain');
     app.removeContentTypeParser('application/json');
@@ -48,17 +52,25 @@ export class SplitServer {
     });
     app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: 'not_found', message: `no route ${req.method} ${req.url.split('?')[0]}; routes: POST /v1/tail, GET /v1/split` }));
     const meta = tail.meta;
-    app.get('/v1/split', async () => ({ at: meta.at, features: meta.features, bottleneck: meta.bottleneck, points: meta.points, wire: meta.wire, classNames: meta.classNames }));
+    const limits = tail.limits;
+    app.get('/v1/split', async () => ({
+      splits: meta.splits.map((s, id) => ({ id, at: s.at, features: s.features, bottleneck: s.bottleneck, measured: s.measured })),
+      points: meta.points,
+      wire: meta.wire,
+      classNames: meta.classNames,
+    }));
     app.post('/v1/tail', async (request): Promise<TailResponse> => {
       if (!Buffer.isBuffer(request.body)) throw new DynnError('send the feature frame as application/octet-stream');
-      const frame = decodeFrame(request.body, tail.limits);
+      const frame = decodeFrame(request.body, limits);
+      const t0 = performance.now();
       const scores = await tail.run(frame);
+      const tailMs = performance.now() - t0;
       const k = meta.numClasses;
       const rows = Array.from({ length: frame.count }, (_, i) => Array.from(scores.subarray(i * k, (i + 1) * k)));
       const bad = nonFiniteScores(scores, k);
       if (bad) throw bad;
       const classes = rows.map((r) => r.indexOf(Math.max(...r)));
-      return { classes, labels: classes.map((c) => meta.classNames[c] ?? String(c)), scores: rows };
+      return { classes, labels: classes.map((c) => meta.classNames[c] ?? String(c)), scores: rows, tailMs };
     });
     return new SplitServer(app, tail);
   }

@@ -28,8 +28,13 @@ test('split points are the image-shaped top-level layers; bad points, channels a
     assert.throws(() => planSplit(model, { at: 'pool1', bits: [17] }), /got 17/);
     assert.throws(() => planSplit(model, { at: 'pool1', bits: [2.5] }), /got 2.5/);
     // Default channels above the layer's are dropped.
-    assert.deepEqual(planSplit(model, { at: 'pool2' }).channels, [1, 2, 4, 8]);
-    assert.deepEqual(planSplit(model, { at: 'pool1', channels: [4, 2, 4] }), { point: planSplit(model, { at: 'pool1' }).point, channels: [2, 4], bits: [2, 4, 8] });
+    assert.deepEqual(planSplit(model, { at: 'pool2' })[0].channels, [1, 2, 4, 8]);
+    assert.deepEqual(planSplit(model, { at: 'pool1', channels: [4, 2, 4] }), [{ point: planSplit(model, { at: 'pool1' })[0].point, channels: [2, 4], bits: [2, 4, 8] }]);
+    // Several split points: each checked, a bad one named among them; each keeps its own default channels.
+    assert.deepEqual(planSplit(model, { at: ['stem.relu', 'pool2'] }).map((p) => [p.point.name, p.channels]), [['stem.relu', [1, 2, 4, 8]], ['pool2', [1, 2, 4, 8]]]);
+    assert.throws(() => planSplit(model, { at: ['pool1', 'fc1'] }), /unknown split layer "fc1"; expected one of stem\.conv, .*pool2/);
+    assert.throws(() => planSplit(model, { at: ['pool2', 'pool1'], channels: [16] }), /from 1 to 8 \(the channels of pool1\), got 16/);
+    assert.throws(() => planSplit(model, { at: ['pool1', 'pool1'] }), /split point pool1 is given twice/);
   } finally {
     model.dispose();
   }
@@ -61,25 +66,29 @@ test('a slimmable bottleneck trained by head distillation; the ONNX head and tai
   const model = small();
   const before = tf.memory().numTensors;
   const r = splitNetwork(model, data.train, data.test, { at: 'pool1', channels: [1, 4], bits: [2, 8], epochs: 2, batchSize: 32, pngSamples: 16 });
+  const [{ split, log, head: headBytes, tail: tailBytes }] = r.splits;
   try {
     const { meta } = r;
-    assert.equal(r.log.length, 2);
-    assert.ok(r.log[1].mse < r.log[0].mse, `feature MSE falls: ${r.log.map((e) => e.mse)}`);
-    assert.deepEqual(meta.points.map((p) => [p.channels, p.bits, p.bytesPerSample]), [[1, 2, 8 + 49], [1, 8, 8 + 196], [4, 2, 8 + 196], [4, 8, 8 + 784]]);
-    assert.deepEqual(meta.features.shape, [8, 14, 14]);
-    assert.equal(meta.bottleneck.relu, true);
+    assert.equal(log.length, 2);
+    assert.ok(log[1].mse < log[0].mse, `feature MSE falls: ${log.map((e) => e.mse)}`);
+    assert.deepEqual(meta.points.map((p) => [p.at, p.channels, p.bits, p.bytesPerSample]), [['pool1', 1, 2, 8 + 49], ['pool1', 1, 8, 8 + 196], ['pool1', 4, 2, 8 + 196], ['pool1', 4, 8, 8 + 784]]);
+    assert.deepEqual(meta.splits.map((s) => [s.at, s.features.shape, s.head, s.tail]), [['pool1', [8, 14, 14], 'head.pool1.onnx', 'tail.pool1.onnx']]);
+    assert.equal(meta.splits[0].bottleneck.relu, true);
+    // The head's FLOPs: the network up to pool1 (the model's own cost table) and c encoder outputs of 8 inputs at 14x14.
+    const upTo = model.cost(1).layers.slice(0, model.cost(1).layers.findIndex((l) => l.name.startsWith('c3'))).reduce((a, l) => a + l.macs, 0);
+    assert.deepEqual(meta.points.map((p) => p.headFlops), [1, 1, 4, 4].map((c) => 2 * (upTo + 14 * 14 * 8 * c)));
     assert.equal(meta.inputBytesPerSample, 784);
     assert.ok(meta.inputPngBytesPerSample > 0);
     for (const p of meta.points) assert.ok(p.accuracy >= 0 && p.accuracy <= 1);
 
-    const head = await ort.InferenceSession.create(r.head, { intraOpNumThreads: 1 });
-    const tail = await ort.InferenceSession.create(r.tail, { intraOpNumThreads: 1 });
+    const head = await ort.InferenceSession.create(headBytes, { intraOpNumThreads: 1 });
+    const tail = await ort.InferenceSession.create(tailBytes, { intraOpNumThreads: 1 });
     const n = 32;
     const nhwc = toFloat(data.test, 0, n);
     const nchw = tf.tidy(() => tf.transpose(tf.tensor4d(nhwc, [n, 28, 28, 1]), [0, 3, 1, 2]).dataSync() as Float32Array);
     const sub = { ...data.test, count: n };
     for (const [c, b] of [[1, 2], [4, 8], [3, 5]]) {
-      const ref = predictSet(sub, (x) => r.split.tail(r.split.reconstruct(r.split.head(x), c, b)));
+      const ref = predictSet(sub, (x) => split.tail(split.reconstruct(split.head(x), c, b)));
       const h = await head.run({
         [SPLIT_IO.images]: new ort.Tensor('float32', nchw, [n, 1, 28, 28]),
         [SPLIT_IO.channels]: new ort.Tensor('int64', BigInt64Array.of(BigInt(c)), [1]),
@@ -100,7 +109,7 @@ test('a slimmable bottleneck trained by head distillation; the ONNX head and tai
     await head.release();
     await tail.release();
   } finally {
-    r.split.bottleneck.dispose();
+    r.dispose();
   }
   assert.equal(tf.memory().numTensors, before, 'no tensor leaks from training and evaluation');
   model.dispose();

@@ -1,11 +1,16 @@
 import { DynnError } from '../util/errors.js';
 import { BITS_RANGE } from './quantize.js';
 
-/** Version of the binary feature frame; a frame of another version is refused. */
-export const WIRE_VERSION = 1;
+/**
+ * Version of the binary feature frame the head writes. Version 2 names the frame's split point; version 1 frames
+ * (no split id) are still read, for the folder's split point 0 when it has only one.
+ */
+export const WIRE_VERSION = 2;
+/** Versions a receiver reads. */
+export const WIRE_VERSIONS = [1, 2] as const;
 /** The frame's first four bytes, "DYSF" (dynn split features). */
 export const WIRE_MAGIC = 0x46535944;
-/** Bytes of the frame header. */
+/** Bytes of the frame header (both versions). */
 export const FRAME_HEADER_BYTES = 16;
 /** Bytes of each sample's header: its min and quantization step, float32. */
 export const SAMPLE_HEADER_BYTES = 8;
@@ -19,7 +24,8 @@ export const MAX_FRAME_SAMPLES = 1024;
 export const WIRE_FORMAT = {
   version: WIRE_VERSION,
   byteOrder: 'little-endian',
-  header: 'u32 magic 0x46535944 ("DYSF"), u8 version, u8 bits, u16 channels, u16 height, u16 width, u32 samples (16 bytes)',
+  header: 'u32 magic 0x46535944 ("DYSF"), u8 version (2), u8 bits, u16 channels, u16 height, u16 width, u16 samples, u16 split (the index of the split point in split.json\'s splits) (16 bytes)',
+  headerV1: 'as version 2 with u32 samples in place of u16 samples and u16 split; read as split 0 by a folder with one split point, refused by one with several',
   sample: 'f32 min, f32 step, then channels*height*width codes of `bits` bits each in NCHW order, packed least significant bit first, padded to a whole byte',
   dequantize: 'value = min + code * step',
   quantization: 'per sample, per tensor: min and max over the sample, step = max((max - min) / (2^bits - 1), 1e-12), code = round-half-even((x - min) / step)',
@@ -28,6 +34,8 @@ export const WIRE_FORMAT = {
 
 /** One frame's features: codes of `count` samples, each [channels, height, width] in NCHW order. */
 export interface FeatureFrame {
+  /** The split point's index in the folder's metadata (0 for a folder of one). */
+  split: number;
   bits: number;
   channels: number;
   height: number;
@@ -95,7 +103,8 @@ export function encodeFrame(f: FeatureFrame): Uint8Array {
   view.setUint16(6, f.channels, true);
   view.setUint16(8, f.height, true);
   view.setUint16(10, f.width, true);
-  view.setUint32(12, f.count, true);
+  view.setUint16(12, f.count, true);
+  view.setUint16(14, f.split, true);
   for (let s = 0; s < f.count; s++) {
     const at = FRAME_HEADER_BYTES + s * per;
     view.setFloat32(at, f.min[s], true);
@@ -105,8 +114,17 @@ export function encodeFrame(f: FeatureFrame): Uint8Array {
   return out;
 }
 
-/** What a receiver accepts: the feature map's size and the widest bottleneck. */
+/** The sample count a frame's header gives (by its version; 0 for what is not a frame). */
+export function frameSamples(bytes: Uint8Array): number {
+  if (bytes.length < FRAME_HEADER_BYTES) return 0;
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return view.getUint8(4) === 1 ? view.getUint32(12, true) : view.getUint16(12, true);
+}
+
+/** What a receiver accepts for one split point: the feature map's size and the widest bottleneck. */
 export interface FrameLimits {
+  /** The split point's layer, for messages. */
+  at: string;
   height: number;
   width: number;
   maxChannels: number;
@@ -115,13 +133,24 @@ export interface FrameLimits {
 /** A frame that is not what the receiver accepts: the server answers 400 with its message. */
 export class FrameError extends DynnError {}
 
-/** Decodes and validates a frame against `limits`; every problem is a FrameError that names it. */
-export function decodeFrame(bytes: Uint8Array, limits: FrameLimits): FeatureFrame {
+/**
+ * Decodes and validates a frame against the limits of its split point (`splits[id]`); every problem is a
+ * FrameError that names it.
+ */
+export function decodeFrame(bytes: Uint8Array, splits: readonly FrameLimits[]): FeatureFrame {
   if (bytes.length < FRAME_HEADER_BYTES) throw new FrameError(`a feature frame has a ${FRAME_HEADER_BYTES}-byte header; got ${bytes.length} bytes`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (view.getUint32(0, true) !== WIRE_MAGIC) throw new FrameError('not a dynn feature frame (its first bytes are not "DYSF")');
   const version = view.getUint8(4);
-  if (version !== WIRE_VERSION) throw new FrameError(`feature frame version ${version} is not supported; expected ${WIRE_VERSION}`);
+  if (!(WIRE_VERSIONS as readonly number[]).includes(version)) throw new FrameError(`feature frame version ${version} is not supported; expected ${WIRE_VERSIONS.join(' or ')}`);
+  const served = () => splits.map((l, i) => `${i} (${l.at})`).join(', ');
+  let split = 0;
+  if (version === 1 && splits.length !== 1) {
+    throw new FrameError(`a version 1 frame names no split point; this tail serves ${splits.length}: ${served()}; send version ${WIRE_VERSION}`);
+  }
+  if (version >= 2) split = view.getUint16(14, true);
+  const limits = splits[split];
+  if (!limits) throw new FrameError(`unknown split point ${split}; this tail serves ${served()}`);
   const bits = view.getUint8(5);
   if (bits < BITS_RANGE.min || bits > BITS_RANGE.max) throw new FrameError(`bits must be from ${BITS_RANGE.min} to ${BITS_RANGE.max}, got ${bits}`);
   const channels = view.getUint16(6, true);
@@ -129,9 +158,9 @@ export function decodeFrame(bytes: Uint8Array, limits: FrameLimits): FeatureFram
   const height = view.getUint16(8, true);
   const width = view.getUint16(10, true);
   if (height !== limits.height || width !== limits.width) {
-    throw new FrameError(`features are ${height}x${width}; this tail takes ${limits.height}x${limits.width}`);
+    throw new FrameError(`features are ${height}x${width}; this tail takes ${limits.height}x${limits.width} at ${limits.at}`);
   }
-  const count = view.getUint32(12, true);
+  const count = frameSamples(bytes);
   if (count < 1 || count > MAX_FRAME_SAMPLES) throw new FrameError(`a frame holds 1 to ${MAX_FRAME_SAMPLES} samples, got ${count}`);
   const per = bytesPerSample(channels, height, width, bits);
   const want = FRAME_HEADER_BYTES + count * per;
@@ -152,5 +181,5 @@ export function decodeFrame(bytes: Uint8Array, limits: FrameLimits): FeatureFram
     if (!Number.isFinite(top)) throw new FrameError(`sample ${s}: min ${min[s]} + ${(1 << bits) - 1} * step ${step[s]} overflows float32`);
     unpack(bytes, at + SAMPLE_HEADER_BYTES, bits, codes.subarray(s * values, (s + 1) * values));
   }
-  return { bits, channels, height, width, count, codes, min, step };
+  return { split, bits, channels, height, width, count, codes, min, step };
 }
