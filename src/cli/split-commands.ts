@@ -7,13 +7,15 @@ type Opts = Record<string, unknown>;
 
 const ENGINES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
 
-/** `dynn split RUN --at LAYER [--channels C] [--bits B] --out DIR`: trains a bottleneck and writes the split. */
+/** `dynn split RUN --at LAYER[,LAYER..] [--channels C] [--bits B] --out DIR`: trains a bottleneck at each split point and writes the split. */
 export async function splitCommand(run: string, o: Opts, io: Io): Promise<void> {
   if (o.at === undefined || o.at === true) throw new DynnError('split needs --at LAYER (the layer to split after)');
-  if (o.out === undefined || o.out === true) throw new DynnError('split needs --out DIR (where to write head.onnx, tail.onnx and split.json)');
+  if (o.out === undefined || o.out === true) throw new DynnError('split needs --out DIR (where to write the head and tail graphs and split.json)');
   const out = String(o.out);
+  const ats = String(o.at).split(',').map((a) => a.trim()).filter(Boolean);
+  if (ats.length === 0) throw new DynnError('--at needs a layer, or a comma-separated list of layers');
   const options = {
-    at: String(o.at),
+    at: ats,
     channels: intListOption(o.channels, 'channels'),
     bits: intListOption(o.bits, 'bits'),
     epochs: numberOption(o.epochs, 'epochs', { int: true, min: 1 }),
@@ -26,7 +28,7 @@ export async function splitCommand(run: string, o: Opts, io: Io): Promise<void> 
   const trainLimit = numberOption(o.trainLimit, 'train-limit', { int: true, min: 1 });
   const testLimit = numberOption(o.testLimit, 'test-limit', { int: true, min: 1 });
   const engine = choiceOption(o.engine, 'engine', ENGINES);
-  const { checkSplitDir, planSplit, splitNetwork, saveSplit } = await import('../split/index.js');
+  const { checkSplitDir, planSplit, splitNetwork, saveSplit, measureSplit } = await import('../split/index.js');
   await checkSplitDir(out, o.force === true);
   const { initEngine } = await import('../engine/backend.js');
   const { loadRun } = await import('../train/run.js');
@@ -46,13 +48,14 @@ export async function splitCommand(run: string, o: Opts, io: Io): Promise<void> 
     const say = (text: string) => {
       if (!o.json) io.err(text);
     };
-    say(`training a bottleneck after ${options.at} on ${train.count} samples of ${dataset}\n`);
+    say(`training a bottleneck after ${ats.join(', ')} on ${train.count} samples of ${dataset}\n`);
     const r = splitNetwork(model, train, data.test, { ...options, onEpoch: (e) => say(`epoch ${e.epoch}: feature MSE ${e.mse.toFixed(5)}, task loss ${e.taskLoss.toFixed(4)}\n`) }, data.classNames);
     r.meta.dataset = dataset;
     try {
-      await saveSplit(out, r.head, r.tail, r.meta);
+      await measureSplit(r);
+      await saveSplit(out, r.splits, r.meta);
     } finally {
-      r.split.bottleneck.dispose();
+      r.dispose();
     }
     const m = r.meta;
     if (o.json) {
@@ -60,11 +63,23 @@ export async function splitCommand(run: string, o: Opts, io: Io): Promise<void> 
       io.out(JSON.stringify(result, null, 2) + '\n');
       return;
     }
+    const ms = (x: number | undefined) => (x === undefined ? '-' : x.toFixed(3));
+    const splitOf = new Map(m.splits.map((s) => [s.at, s]));
     io.out(
-      `split ${run} after ${m.at} into ${out} (features ${m.features.shape.join('x')}; input ${m.inputBytesPerSample} B raw, ${m.inputPngBytesPerSample.toFixed(1)} B as PNG; unsplit accuracy ${pct(m.baseAccuracy)})\n` +
+      `split ${run} after ${ats.join(', ')} into ${out} (input ${m.inputBytesPerSample} B raw, ${m.inputPngBytesPerSample.toFixed(1)} B as PNG; unsplit accuracy ${pct(m.baseAccuracy)})\n` +
         table(
-          ['channels', 'bits', 'bytes/sample', 'x PNG', 'accuracy'],
-          m.points.map((p) => [p.channels, p.bits, p.bytesPerSample, (p.bytesPerSample / m.inputPngBytesPerSample).toFixed(3), pct(p.accuracy)]),
+          ['split point', 'features', 'channels', 'bits', 'bytes/sample', 'x PNG', 'accuracy', 'head MFLOPs', 'head ms'],
+          m.points.map((p) => [
+            p.at,
+            splitOf.get(p.at)!.features.shape.join('x'),
+            p.channels,
+            p.bits,
+            p.bytesPerSample,
+            (p.bytesPerSample / m.inputPngBytesPerSample).toFixed(3),
+            pct(p.accuracy),
+            p.headFlops === undefined ? '-' : (p.headFlops / 1e6).toFixed(3),
+            ms(splitOf.get(p.at)!.measured?.headMs),
+          ]),
         ),
     );
   } finally {
@@ -72,7 +87,7 @@ export async function splitCommand(run: string, o: Opts, io: Io): Promise<void> 
   }
 }
 
-/** `dynn head DIR --server URL`: the device side, each frame through head.onnx and over a shaped link to the tail. */
+/** `dynn head DIR --server URL`: the device side, each frame through a head graph and over a shaped link to the tail. */
 export async function headCommand(dir: string, o: Opts, io: Io): Promise<void> {
   if (o.server === undefined || o.server === true) throw new DynnError('head needs --server URL (the tail: dynn serve DIR)');
   const server = String(o.server);
@@ -82,6 +97,7 @@ export async function headCommand(dir: string, o: Opts, io: Io): Promise<void> {
     throw new DynnError(`--server ${server} is not a URL (e.g. http://127.0.0.1:8080)`);
   }
   const options = {
+    at: o.at === undefined || o.at === true ? undefined : String(o.at),
     channels: numberOption(o.channels, 'channels', { int: true, min: 1 }),
     bits: numberOption(o.bits, 'bits', { int: true, min: 1, max: 16 }),
     bandwidthMbps: numberOption(o.bandwidthMbps, 'bandwidth-mbps', { min: Number.MIN_VALUE }),
@@ -104,7 +120,7 @@ export async function headCommand(dir: string, o: Opts, io: Io): Promise<void> {
   }
   io.out(
     `${r.samples} frames of ${dataset} to ${server}: accuracy ${pct(r.accuracy)}, ${r.meanBytes.toFixed(1)} B a request, latency mean ${r.meanMs.toFixed(2)} ms, p50 ${r.p50Ms.toFixed(2)} ms, p95 ${r.p95Ms.toFixed(2)} ms\n` +
-      table(['channels', 'bits', 'frames'], r.used.map((u) => [u.channels, u.bits, u.frames])),
+      table(['split point', 'channels', 'bits', 'frames'], r.used.map((u) => [u.at, u.channels, u.bits, u.frames])),
   );
 }
 
@@ -122,8 +138,9 @@ export async function serveSplit(dir: string, o: Opts, io: Io, stop: Promise<str
     throw err;
   }
   const m = server.tail.meta;
-  if (o.json) io.out(JSON.stringify({ url, split: dir, at: m.at, routes: ['POST /v1/tail', 'GET /v1/split'] }) + '\n');
-  else io.out(`dynn serve: listening on ${url} (the tail of ${m.model.model} after ${m.at}: POST /v1/tail)\n`);
+  const ats = m.splits.map((s) => s.at);
+  if (o.json) io.out(JSON.stringify({ url, split: dir, at: ats, routes: ['POST /v1/tail', 'GET /v1/split'] }) + '\n');
+  else io.out(`dynn serve: listening on ${url} (the tails of ${m.model.model} after ${ats.map((a, i) => `${a} (split ${i})`).join(', ')}: POST /v1/tail)\n`);
   const sig = await stop;
   io.err(`dynn serve: ${sig}: shutting down\n`);
   await server.close();
@@ -132,8 +149,8 @@ export async function serveSplit(dir: string, o: Opts, io: Io, stop: Promise<str
 /** The split-computing commands. */
 export const splitCommands: CommandModule = (cli, io) => {
   cli
-    .command('split <run>', 'split computing: train a slimmable bottleneck after a layer (head distillation, network frozen) and write head.onnx, tail.onnx and the wire format')
-    .option('--at <layer>', 'the layer to split after (required)')
+    .command('split <run>', 'split computing: train a slimmable bottleneck after each of one or more layers (head distillation, network frozen) and write a head and a tail graph per split point and the wire format')
+    .option('--at <layers>', 'the layer, or comma-separated layers, to split after (required)')
     .option('--channels <list>', 'bottleneck channel counts [default: 1,2,4,8 up to the layer\'s]')
     .option('--bits <list>', 'bit widths, 1 to 16 [default: 2,4,8]')
     .option('--out <dir>', 'where to write the split (required)')
@@ -150,17 +167,18 @@ export const splitCommands: CommandModule = (cli, io) => {
     .option('--png-samples <n>', 'test samples whose PNG size is averaged [default: 1000]')
     .option('--engine <name>', 'auto, tensorflow, wasm or cpu')
     .option('--json', 'machine-readable output on stdout')
-    .example('dynn split runs/fm-vgg --at pool1 --out runs/fm-split --json')
+    .example('dynn split runs/fm-vgg --at pool1,pool2 --out runs/fm-split --json')
     .action(async (run, o) => splitCommand(run, o, io));
 
   cli
-    .command('head <dir>', 'split computing, device side: run head.onnx on frames of a data set and send the features to a tail server (dynn serve DIR)')
+    .command('head <dir>', 'split computing, device side: run the head graph on frames of a data set and send the features to a tail server (dynn serve DIR)')
     .option('--server <url>', 'the tail server (required)')
+    .option('--at <layer>', 'only this split point\'s bottlenecks (required with --channels when the split has several)')
     .option('--channels <n>', 'a fixed bottleneck: channels (with --bits) [default: the most accurate trained point]')
     .option('--bits <n>', 'a fixed bottleneck: bits (with --channels)')
     .option('--bandwidth-mbps <x>', 'shape the uplink to this rate (a token bucket in the sender)')
     .option('--delay-ms <ms>', 'one-way delay added to each request (with --bandwidth-mbps)')
-    .option('--latency-budget-ms <ms>', 'NaviSplit: pick each frame\'s bottleneck to meet this end-to-end latency at the best accuracy')
+    .option('--latency-budget-ms <ms>', 'NaviSplit: pick each frame\'s split point and bottleneck to meet this end-to-end latency at the best accuracy')
     .option('--dataset <name>', 'where the frames come from [default: the split\'s]')
     .option('--data-dir <dir>', 'where the data set files are')
     .option('--test-limit <n>', 'frames to send: the first N test samples [default: 100]')
