@@ -49,7 +49,7 @@ export async function splitCommand(run: string, o: Opts, io: Io): Promise<void> 
       if (!o.json) io.err(text);
     };
     say(`training a bottleneck after ${ats.join(', ')} on ${train.count} samples of ${dataset}\n`);
-    const r = splitNetwork(model, train, data.test, { ...options, onEpoch: (e) => say(`epoch ${e.epoch}: feature MSE ${e.mse.toFixed(5)}, task loss ${e.taskLoss.toFixed(4)}\n`) }, data.classNames);
+    const r = splitNetwork(model, train, data.test, { ...options, onEpoch: (e) => say(`${e.at} epoch ${e.epoch}: feature MSE ${e.mse.toFixed(5)}, task loss ${e.taskLoss.toFixed(4)}\n`) }, data.classNames);
     r.meta.dataset = dataset;
     try {
       await measureSplit(r);

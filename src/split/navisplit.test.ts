@@ -48,15 +48,21 @@ test('the compute at both ends counts: a budget the link alone would meet at poo
   assert.throws(() => choosePoint([], link(1), 1), /no bottleneck to choose from/);
 });
 
-test('compute costs: a seed until the first time, then a running mean; nothing seen is 0', () => {
-  const c = new ComputeCosts(0.5);
+test('compute costs: a seed until the first time, then the median of the last times (the lower middle); nothing seen is 0', () => {
+  const c = new ComputeCosts(4);
   assert.deepEqual(c.of('pool1'), { headMs: 0, tailMs: 0 });
   c.seed('pool1', 'headMs', 4);
   c.seed('pool1', 'headMs', 9);
   assert.deepEqual(c.of('pool1'), { headMs: 4, tailMs: 0 });
   c.observe('pool1', 'headMs', 2);
+  c.observe('pool1', 'headMs', 3);
   c.observe('pool1', 'tailMs', 1);
   assert.deepEqual(c.of('pool1'), { headMs: 3, tailMs: 1 });
+  // A run slowed by load moves nothing; the window keeps the last 4 times.
+  c.observe('pool1', 'headMs', 100);
+  assert.equal(c.of('pool1').headMs, 3);
+  for (const ms of [5, 5, 5]) c.observe('pool1', 'headMs', ms);
+  assert.equal(c.of('pool1').headMs, 5);
   assert.deepEqual(c.of('pool2'), { headMs: 0, tailMs: 0 });
 });
 

@@ -94,26 +94,29 @@ export function choosePoint<P extends OperatingPoint>(points: P[], link: LinkEst
 
 /**
  * Each split point's compute as the head sees it: its own head runs timed on this device, the tail's times as the
- * server reports them, each a running mean (new times weigh `weight`) from a first value `seed` gives.
+ * server reports them. Each is the median of the last `window` times, so one run slowed by the machine's load
+ * does not price a split point out of the choice for good (once not chosen, its times are not renewed).
  */
 export class ComputeCosts {
-  private readonly ms = new Map<string, number>();
+  private readonly ms = new Map<string, number[]>();
 
-  constructor(private readonly weight = 0.2) {}
+  constructor(private readonly window = 9) {}
 
-  /** A first value, kept until a time is observed. */
+  /** A first time, used until one is observed. */
   seed(at: string, kind: keyof ComputeMs, ms: number): void {
-    if (!this.ms.has(`${kind} ${at}`)) this.ms.set(`${kind} ${at}`, ms);
+    if (!this.ms.has(`${kind} ${at}`)) this.ms.set(`${kind} ${at}`, [ms]);
   }
 
   observe(at: string, kind: keyof ComputeMs, ms: number): void {
-    const key = `${kind} ${at}`;
-    const old = this.ms.get(key);
-    this.ms.set(key, old === undefined ? ms : old + this.weight * (ms - old));
+    const times = this.ms.get(`${kind} ${at}`) ?? [];
+    times.push(ms);
+    if (times.length > this.window) times.shift();
+    this.ms.set(`${kind} ${at}`, times);
   }
 
   /** The split point's compute (0 for what was never seen). */
   of(at: string): ComputeMs {
-    return { headMs: this.ms.get(`headMs ${at}`) ?? 0, tailMs: this.ms.get(`tailMs ${at}`) ?? 0 };
+    const median = (xs: number[] | undefined) => (xs?.length ? [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)] : 0);
+    return { headMs: median(this.ms.get(`headMs ${at}`)), tailMs: median(this.ms.get(`tailMs ${at}`)) };
   }
 }

@@ -19,7 +19,9 @@ export const DEFAULT_CHANNELS = [1, 2, 4, 8];
 export const DEFAULT_BITS = [2, 4, 8];
 
 /** Options of `splitNetwork`. */
-export interface SplitOptions extends Partial<Omit<DistillOptions, 'channels' | 'bits'>> {
+export interface SplitOptions extends Partial<Omit<DistillOptions, 'channels' | 'bits' | 'onEpoch'>> {
+  /** Called after each epoch of each split point's distillation. */
+  onEpoch?: (e: DistillEpoch & { at: string }) => void;
   /** The layer, or layers, to split after: one bottleneck is trained at each. */
   at: string | string[];
   channels?: number[];
@@ -92,7 +94,7 @@ function trainPoint(model: Network, plan: PlannedSplit, train: ImageSet, test: I
   try {
     const split = new SplitNetwork(model, point.name, bottleneck);
     pcaInit(split, train);
-    const log = distill(split, train, { ...options, channels, bits });
+    const log = distill(split, train, { ...options, channels, bits, onEpoch: (e) => options.onEpoch?.({ ...e, at: point.name }) });
     const headMacs = layersMacs(model, model.layers.slice(0, point.index + 1), model.inputShape[2]);
     const tailMacs = fh * fw * bottleneck.maxChannels * fc + layersMacs(model, model.layers.slice(point.index + 1), fc);
     const points = channels.flatMap((c) =>
