@@ -8,7 +8,7 @@
  * head process, nothing sent) and server-only (the image sent raw or as PNG, the whole network on the server).
  *
  * Usage: npm run bench:split -- [--run RUN] [--train 6000] [--test 1000] [--epochs 2] [--split-epochs 2]
- *        [--at pool1,pool2] [--frames 40] [--delay-ms 0] [--budget-ms 8]. Writes .bench/split.json.
+ *        [--at pool1,pool2] [--frames 40] [--delay-ms 0] [--budget-ms 15]. Writes .bench/split.json.
  */
 import path from 'node:path';
 import { promises as fsp } from 'node:fs';
@@ -32,7 +32,7 @@ const epochs = num('epochs', 2);
 const splitEpochs = num('split-epochs', 2);
 const frames = num('frames', 40);
 const delayMs = Number(value('delay-ms') ?? 0);
-const budgetMs = Number(value('budget-ms') ?? 8);
+const budgetMs = Number(value('budget-ms') ?? 15);
 const ats = list('at', 'pool1,pool2');
 const bandwidths = [1, 10, 100];
 const outDir = '.bench';
