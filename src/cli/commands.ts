@@ -117,8 +117,11 @@ export async function trainCommand(o: Opts, io: Io): Promise<void> {
       return;
     }
     await recorder.close();
-    if (o.json) io.out(JSON.stringify({ out: o.out, epochsTrained: r.epochsTrained, meta: r.meta }, null, 2) + '\n');
-    else io.out(`saved ${o.out} (${r.meta.epoch} epochs, ${r.meta.dataset})\n`);
+    if (o.json) io.out(JSON.stringify({ out: o.out, epochsTrained: r.epochsTrained, meta: r.meta, removedStale: r.removedStale }, null, 2) + '\n');
+    else {
+      io.out(`saved ${o.out} (${r.meta.epoch} epochs, ${r.meta.dataset})\n`);
+      if (r.removedStale.length) io.out(`removed the replaced run's ${r.removedStale.join(', ')} (made from its old weights)\n`);
+    }
   } finally {
     progress.stop();
   }

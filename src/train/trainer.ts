@@ -1,3 +1,4 @@
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { annealTemperatures } from '../layers/condconv.js';
 import { initEngine, type EngineName } from '../engine/backend.js';
@@ -21,7 +22,7 @@ import { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor
 import { checkOptimizer, Optimizer, type OptimizerName } from './optimizer.js';
 import { checkLrSchedule, checkUSchedule, learningRate, sampleU, type LrSchedule, type USchedule } from './schedule.js';
 import { VERSION } from '../version.js';
-import { buildModel, checkDynamicMatch, checkRunDir, loadRun, saveRun, type EpochRecord, type ResumePoint, type TrainMeta } from './run.js';
+import { buildModel, checkDynamicMatch, checkRunDir, loadRun, saveRun, staleRunFiles, type EpochRecord, type ResumePoint, type TrainMeta } from './run.js';
 import { optionFlag } from './flags.js';
 import type { GateEstimator, Plan } from '../layers/types.js';
 import { flatLayout, type StepSetup, type StepSpec } from './step.js';
@@ -171,6 +172,8 @@ export interface TrainResult {
   meta: TrainMeta;
   /** Epochs this call trained: 0 when a resumed run had already reached its epochs (nothing was written). */
   epochsTrained: number;
+  /** Files of the run `force` replaced that described its old weights (sweeps, evaluations, exports), removed. */
+  removedStale: string[];
 }
 
 type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'init' | 'exitWeights' | 'flopsTarget' | 'widthTarget' | 'skipTarget' | 'spatialTarget' | 'efficiencyWeight' | 'gateEstimator';
@@ -337,6 +340,9 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   // Everything that could refuse the run directory is checked before the data loads, let alone an epoch runs.
   const run = options.out ? await checkRunDir(options.out, { resume: options.resume, force: options.force }) : null;
   if (run) options = resumeOptions(options, run, options.out!);
+  // A replaced run's sweeps, evaluations and exports would describe weights that are gone.
+  const stale = options.force && options.out ? await staleRunFiles(options.out) : [];
+  const removedStale: string[] = [];
   const o = resolveOptions(options);
   const done = run ? run.meta.history.length : 0;
   if (run && run.meta.epoch !== done) {
@@ -464,7 +470,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     if (startEpoch === o.epochs) {
       // Already complete: nothing to train, and nothing on disk is rewritten.
       optimizer.dispose();
-      return { model, dataset, meta: run.meta, epochsTrained: 0 };
+      return { model, dataset, meta: run.meta, epochsTrained: 0, removedStale: [] };
     }
   }
 
@@ -616,9 +622,14 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       };
       history.push(record);
       if (o.out) await saveRun(o.out, model, meta(), optimizer);
+      // Only now is the old run gone: an earlier failure leaves it whole, with its files.
+      if (stale.length && !removedStale.length) {
+        await Promise.all(stale.map((f) => fsp.rm(path.join(o.out!, f), { force: true })));
+        removedStale.push(...stale);
+      }
       options.onEpoch?.(record);
     }
-    return { model, dataset, meta: meta(), epochsTrained: o.epochs - startEpoch };
+    return { model, dataset, meta: meta(), epochsTrained: o.epochs - startEpoch, removedStale };
   } catch (err) {
     model.dispose();
     throw err;
