@@ -7,7 +7,7 @@ import { allocShared, head } from '../data/imageset.js';
 import type { Dataset } from '../data/types.js';
 import { checkGatingMode, type GatingMode } from '../gating/gating.js';
 import { createModel, resolveModelArgs, type ModelArgs } from '../models/zoo.js';
-import type { Network } from '../models/network.js';
+import type { NamedArray, Network } from '../models/network.js';
 import { loadCheckpoint } from '../checkpoint/checkpoint.js';
 import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
@@ -673,7 +673,10 @@ async function initFrom(dir: string, model: Network): Promise<void> {
     const args = (m: Network) => [m.config.args.dynamic, m.config.args.gateScale ?? 1, m.config.args.decisions ?? 'nested'].join();
     const gates = mine.filter((w) => isGateWeight(w.name));
     const keepGates = args(source) === args(model) && gates.every((w) => have.get(w.name)?.shape.join() === w.shape.join());
-    const from = (w: (typeof mine)[number]) => (isGateWeight(w.name) && !keepGates ? undefined : have.get(w.name));
+    const from = (w: (typeof mine)[number]) => {
+      const a = isGateWeight(w.name) && !keepGates ? undefined : have.get(w.name);
+      return a && isLevelStats(a, w) && a.shape[0] !== w.shape[0] ? fullWidthRows(a, w.shape[0]) : a;
+    };
     for (const w of mine) {
       const a = from(w);
       if (a && a.shape.join() !== w.shape.join()) throw new DynnError(`--init ${dir}: weight ${w.name} has shape [${a.shape}] there, this model needs [${w.shape}]`);
@@ -682,6 +685,23 @@ async function initFrom(dir: string, model: Network): Promise<void> {
   } finally {
     source.dispose();
   }
+}
+
+/** Whether `a` and `w` are BatchNorm statistics per level ([levels, channels]) of as many channels. */
+function isLevelStats(a: NamedArray, w: NamedArray): boolean {
+  return /\.running_(mean|var)$/.test(w.name) && a.shape.length === 2 && w.shape.length === 2 && a.shape[1] === w.shape[1];
+}
+
+/**
+ * Statistics for `levels` rows from a run with another number of levels (a throttleable backbone under a
+ * spatial or skip network): its full-width row in each. Calibration after the first epoch replaces them.
+ */
+function fullWidthRows(a: NamedArray, levels: number): NamedArray {
+  const c = a.shape[1];
+  const top = a.data.subarray((a.shape[0] - 1) * c, a.shape[0] * c);
+  const data = new Float32Array(levels * c);
+  for (let r = 0; r < levels; r++) data.set(top, r * c);
+  return { name: a.name, shape: [levels, c], data };
 }
 
 /** Test accuracy of each exit of an early-exit model on its own, at u = 1. */
