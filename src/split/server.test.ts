@@ -113,6 +113,9 @@ test('bad frames and requests are 4xx with a JSON error, and the server keeps se
   const h = await SplitHead.load(dir);
   // A pool2 frame (split 1).
   const good = encodeFrame(await h.run(nhwcToNchw(toFloat(data.test, 0, 1), [1, 28, 28]), 1, 2, 4, 1));
+  // 2-bit codes spanning -3.3e38 to 3.3e38, each finite in float32, so the tail's sums overflow (values of one sign
+  // near the float32 limit stayed finite through the PCA-started weights of ml-matrix).
+  const extreme = encodeFrame({ ...(await h.run(nhwcToNchw(toFloat(data.test, 0, 1), [1, 28, 28]), 1, 2, 2, 1)), min: Float32Array.of(-3.3e38), step: Float32Array.of(2.2e38) });
   await h.release();
   const post = (body: Uint8Array, type = 'application/octet-stream') =>
     fetch(new URL('/v1/tail', url), { method: 'POST', headers: { 'content-type': type }, body: new Blob([body as Uint8Array<ArrayBuffer>]) });
@@ -133,7 +136,7 @@ test('bad frames and requests are 4xx with a JSON error, and the server keeps se
     [edit((v) => v.setFloat32(20, NaN, true)), 400, /step NaN must be finite/],
     [edit((v) => (v.setFloat32(16, 1e38, true), v.setFloat32(20, 1e38, true))), 400, /overflows float32/],
     // Every value finite in float32 but near its largest: the tail's sums overflow, a 422 rather than a 500.
-    [edit((v) => (v.setFloat32(16, 3.3e38, true), v.setFloat32(20, 1e30, true))), 422, /non-finite scores for sample 0/],
+    [extreme, 422, /non-finite scores for sample 0/],
     [good.subarray(0, good.length - 2), 400, /bytes; got/],
     [new Uint8Array(3), 400, /16-byte header/],
     [good, 415, /application\/octet-stream/, 'application/json'],
