@@ -3,7 +3,10 @@ import { createHttpApp, type HttpSafetyOptions } from '../util/http.js';
 import { classify, nonFiniteScores } from '../serve/errors.js';
 import { DynnError } from '../util/errors.js';
 import { SplitTail } from './runtime.js';
+import type { TailResponse } from './client.js';
 import { decodeFrame, FRAME_HEADER_BYTES, MAX_FRAME_SAMPLES, bytesPerSample } from './wire.js';
+
+export type { TailResponse } from './client.js';
 
 /** Options of a split's tail server. */
 export interface SplitServerOptions extends HttpSafetyOptions {
@@ -11,15 +14,6 @@ export interface SplitServerOptions extends HttpSafetyOptions {
   dir: string;
   /** ONNX Runtime intra-op threads (default 1). */
   threads?: number;
-}
-
-/** The tail's answer to a frame. */
-export interface TailResponse {
-  /** The predicted class of each sample. */
-  classes: number[];
-  labels: string[];
-  /** Class scores (logits), one row per sample. */
-  scores: number[][];
 }
 
 /**

@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from 'node:timers/promises';
 import { DynnError } from '../util/errors.js';
 
 /** Options of a link shaper. */
@@ -49,6 +48,7 @@ export class Shaper {
   /** Waits as the link would before `bytes` have arrived. */
   async send(bytes: number): Promise<void> {
     const wait = this.take(bytes);
-    if (wait > 0) await sleep(wait);
+    // A plain timer, so the page's head shapes its link with this same bucket.
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
   }
 }
