@@ -13,7 +13,7 @@ export async function tinySplit(dir: string): Promise<Dataset> {
   const data = await loadSynthetic({ trainLimit: 128, testLimit: 24 });
   const model = createModel('vgg-w', { widths: [8, 8, 16, 16], hidden: 32, groups: 2 });
   try {
-    const r = splitNetwork(model, data.train, data.test, { at: 'pool2', channels: [1, 2, 4], bits: [2, 4], batchSize: 32, pngSamples: 4 });
+    const r = splitNetwork(model, data.train, data.test, { at: 'pool2', channels: [1, 2, 4], bits: [2, 4], batchSize: 32, pngSamples: 4 }, data.classNames);
     r.meta.dataset = 'synthetic';
     await saveSplit(dir, r.head, r.tail, r.meta);
     r.split.bottleneck.dispose();
