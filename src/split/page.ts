@@ -55,8 +55,8 @@ export function headPage(meta: SplitMeta, config: HeadPageConfig): string {
   </div>
   <div>
     <p id="summary" class="note">No frame sent yet.</p>
-    <table id="results"><caption>Frames sent (newest first): head = head.onnx and encoding in this page; link = the shaped link's wait; HTTP = the request less the tail's own time</caption>
-    <thead><tr><th>image</th><th>class</th><th>bottleneck</th><th>bytes</th><th>head ms</th><th>link ms</th><th>HTTP ms</th><th>tail ms</th><th>total ms</th></tr></thead><tbody></tbody></table>
+    <table id="results"><caption>Frames sent (newest first): bytes = the request body (a 16-byte frame header and the sample); head = head.onnx and encoding in this page; link = the shaped link's wait; HTTP = the request less the tail's own time</caption>
+    <thead><tr><th>image</th><th>class</th><th>bottleneck</th><th>bytes sent</th><th>head ms</th><th>link ms</th><th>HTTP ms</th><th>tail ms</th><th>total ms</th></tr></thead><tbody></tbody></table>
   </div>
 </div>
 </main>

@@ -12,7 +12,8 @@ import { loadDataset } from '../data/datasets.js';
 import { toFloat } from '../data/imageset.js';
 import type { ImageSet } from '../data/types.js';
 import { nhwcToNchw } from '../runtime/core.js';
-import { browserSkipReason, launchBrowser, type Page, type TestBrowser } from '../report/browser.js';
+import { mkdirSync } from 'node:fs';
+import { ARTIFACTS_DIR, browserSkipReason, launchBrowser, type Page, type TestBrowser } from '../report/browser.js';
 import { tempDir } from '../report/fixtures.js';
 import { tinySplit } from './fixtures.js';
 import { runHead } from './head.js';
@@ -135,6 +136,8 @@ test('the browser head sends every test image through the chosen bottleneck: the
   await page.setInputFiles('#files', { name: 'five.png', mimeType: 'image/png', buffer: png(5) });
   const picked = await afterRun(page, 2);
   assert.deepEqual([picked.rows[16].name, picked.rows[16].label, picked.rows[16].class], ['five.png', null, node.classes[5]]);
+  mkdirSync(ARTIFACTS_DIR, { recursive: true });
+  await page.screenshot({ path: path.join(ARTIFACTS_DIR, 'split-head.png'), fullPage: true });
   await page.setInputFiles('#files', { name: 'junk.png', mimeType: 'image/png', buffer: Buffer.from('not a png') });
   await page.waitForFunction(() => /junk\.png is not an image this browser can decode/.test(document.getElementById('status')?.textContent ?? ''));
   assert.deepEqual(errors, []);
