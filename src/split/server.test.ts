@@ -67,8 +67,9 @@ test('bad frames and requests are 4xx with a JSON error, and the server keeps se
     [edit((v) => v.setUint16(8, 6, true)), 400, /features are 6x7; this tail takes 7x7/],
     [edit((v) => v.setFloat32(20, NaN, true)), 400, /step NaN must be finite/],
     [edit((v) => (v.setFloat32(16, 1e38, true), v.setFloat32(20, 1e38, true))), 400, /overflows float32/],
-    // Every value finite in float32 but near its largest: the tail's sums overflow, a 422 rather than a 500.
-    [edit((v) => (v.setFloat32(16, 3.3e38, true), v.setFloat32(20, 1e30, true))), 422, /non-finite scores for sample 0/],
+    // Every value finite in float32 but the codes spanning -3.3e38 to 3.3e38: the tail's sums overflow whatever the
+    // decoder's signs (one sign alone can be cut by its ReLU), a 422 rather than a 500.
+    [edit((v) => (v.setFloat32(16, -3.3e38, true), v.setFloat32(20, 4.4e37, true))), 422, /non-finite scores for sample 0/],
     [good.subarray(0, good.length - 2), 400, /bytes; got/],
     [new Uint8Array(3), 400, /16-byte header/],
     [good, 415, /application\/octet-stream/, 'application/json'],
