@@ -219,17 +219,19 @@ async function send(list: Item[]): Promise<void> {
   if (state.busy || !list.length) return;
   state.busy = true;
   ($('send-all') as HTMLButtonElement).disabled = true;
+  let current = '';
   try {
     const { picker, shaper } = settings();
     const server = new URL('.', location.href).href;
     for (const [i, item] of list.entries()) {
+      current = ` ${item.name}`;
       status(`sending ${i + 1} of ${list.length}`);
       show(item, await sendFrame({ head, picker, shaper, server }, item.data));
     }
     state.error = null;
     status('ready');
   } catch (err) {
-    status(`the frame was not answered: ${(err as Error).message}`, true);
+    status(`cannot send${current}: ${(err as Error).message}`, true);
   } finally {
     state.runs++;
     state.busy = false;
