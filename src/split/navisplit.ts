@@ -120,3 +120,45 @@ export class ComputeCosts {
     return { headMs: median(this.ms.get(`headMs ${at}`)), tailMs: median(this.ms.get(`tailMs ${at}`)) };
   }
 }
+
+/**
+ * Each frame's (split point, bottleneck) for a head: a fixed one, or NaviSplit's within a latency budget. With a
+ * budget the first frames probe the smallest and the largest message in turn until the monitor has a line, then
+ * each frame takes `choosePoint` over what the monitor learned from the frames before, with each split point's
+ * compute from `costs`. `dynn head` and the browser's head page both pick with this.
+ */
+export class PointPicker<P extends OperatingPoint = OperatingPoint> {
+  readonly monitor = new LinkMonitor();
+  readonly costs = new ComputeCosts();
+  private readonly bySize: P[];
+  private frames = 0;
+
+  constructor(
+    readonly points: P[],
+    private readonly o: { fixed?: P; latencyBudgetMs?: number },
+  ) {
+    if (points.length === 0) throw new DynnError('no bottleneck to choose from');
+    if (!o.fixed && o.latencyBudgetMs === undefined) throw new DynnError('give a fixed bottleneck or a latency budget');
+    this.bySize = [...points].sort((a, b) => a.bytesPerSample - b.bytesPerSample);
+  }
+
+  /** The next frame's point. */
+  next(): P {
+    const i = this.frames++;
+    if (this.o.fixed) return this.o.fixed;
+    const link = this.monitor.estimate();
+    return link ? choosePoint(this.points, link, this.o.latencyBudgetMs!, (p) => this.costs.of(p.at ?? '')) : this.bySize[i % 2 === 0 ? 0 : this.bySize.length - 1];
+  }
+
+  /**
+   * What a frame at `point` cost: its bytes, the head's run and encoding on this device, the tail's reported time
+   * (0 when the server gives none) and the whole frame. The link's line is fitted on the whole less the compute at
+   * both ends, which differs by split point; the compute goes to `costs`.
+   */
+  observe(point: P, bytes: number, ms: { headMs: number; tailMs: number; totalMs: number }): void {
+    const at = point.at ?? '';
+    this.costs.observe(at, 'headMs', ms.headMs);
+    this.costs.observe(at, 'tailMs', ms.tailMs);
+    this.monitor.observe(bytes, Math.max(0, ms.totalMs - ms.headMs - ms.tailMs));
+  }
+}

@@ -1,10 +1,9 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import type { InferenceSession, Tensor } from 'onnxruntime-node';
+import type { InferenceSession } from 'onnxruntime-node';
 import { DynnError } from '../util/errors.js';
-import { SPLIT_IO } from './export.js';
+import { checkGraphNames, GRAPH_IO, HeadSession, SPLIT_IO, TailSession, type SplitOrt } from './core.js';
 import { loadSplitMeta, type SplitMeta } from './store.js';
-import { checkBits } from './quantize.js';
 import type { FeatureFrame, FrameLimits } from './wire.js';
 
 type Ort = typeof import('onnxruntime-node');
@@ -15,22 +14,7 @@ export interface SplitSessionOptions {
   threads?: number;
 }
 
-/** The graphs' input and output names, as `export.ts` writes them and `run` feeds and reads them. */
-const GRAPH_IO = {
-  head: { inputs: [SPLIT_IO.images, SPLIT_IO.channels, SPLIT_IO.bits], outputs: [SPLIT_IO.codes, SPLIT_IO.min, SPLIT_IO.step] },
-  tail: { inputs: [SPLIT_IO.codes, SPLIT_IO.min, SPLIT_IO.step], outputs: [SPLIT_IO.scores] },
-};
-
-/** A file swapped or edited by hand would fail at the first frame with ONNX Runtime's message; refuse it at load. */
-function checkNames(file: string, session: InferenceSession, want: { inputs: string[]; outputs: string[] }, graph: string): void {
-  for (const [kind, got, expected] of [['inputs', session.inputNames, want.inputs], ['outputs', session.outputNames, want.outputs]] as const) {
-    if (got.length !== expected.length || expected.some((n) => !got.includes(n))) {
-      throw new DynnError(`${file} has ${kind} ${got.join(', ') || '(none)'}; a split's ${graph} has ${expected.join(', ')}`);
-    }
-  }
-}
-
-async function open(ort: Ort, file: string, options: SplitSessionOptions, kind: 'head' | 'tail'): Promise<InferenceSession> {
+async function open(ort: Ort, file: string, options: SplitSessionOptions, part: keyof typeof GRAPH_IO): Promise<InferenceSession> {
   let bytes: Uint8Array;
   try {
     bytes = await fsp.readFile(file);
@@ -44,7 +28,7 @@ async function open(ort: Ort, file: string, options: SplitSessionOptions, kind: 
     throw new DynnError(`${file} is not a model ONNX Runtime can load: ${(err as Error).message}`);
   }
   try {
-    checkNames(file, session, GRAPH_IO[kind], kind);
+    checkGraphNames(file, part, session);
   } catch (err) {
     await session.release();
     throw err;
@@ -58,10 +42,10 @@ async function loadOrt(): Promise<Ort> {
 }
 
 /** Opens one graph of every split point of a folder (sessions released if one fails). */
-async function openAll(ort: Ort, dir: string, meta: SplitMeta, kind: 'head' | 'tail', options: SplitSessionOptions): Promise<InferenceSession[]> {
+async function openAll(ort: Ort, dir: string, meta: SplitMeta, part: keyof typeof GRAPH_IO, options: SplitSessionOptions): Promise<InferenceSession[]> {
   const sessions: InferenceSession[] = [];
   try {
-    for (const s of meta.splits) sessions.push(await open(ort, path.join(dir, s[kind]), options, kind));
+    for (const s of meta.splits) sessions.push(await open(ort, path.join(dir, s[part]), options, part));
   } catch (err) {
     await Promise.all(sessions.map((x) => x.release()));
     throw err;
@@ -76,18 +60,19 @@ export function splitIndex(meta: SplitMeta, at: string): number {
   return i;
 }
 
-/** The device side: images to quantized features (a head graph per split point). */
+/** The device side in onnxruntime-node: images to quantized features, a head graph per split point. */
 export class SplitHead {
   private constructor(
-    private readonly ort: Ort,
-    private readonly sessions: InferenceSession[],
+    /** One per split point, in `meta.splits` order. */
+    readonly heads: HeadSession[],
     readonly meta: SplitMeta,
   ) {}
 
   static async load(dir: string, options: SplitSessionOptions = {}): Promise<SplitHead> {
     const meta = await loadSplitMeta(dir);
     const ort = await loadOrt();
-    return new SplitHead(ort, await openAll(ort, dir, meta, 'head', options), meta);
+    const sessions = await openAll(ort, dir, meta, 'head', options);
+    return new SplitHead(sessions.map((s, i) => new HeadSession(ort as unknown as SplitOrt, s, { input: meta.input, bottleneck: meta.splits[i].bottleneck }, i)), meta);
   }
 
   /**
@@ -95,42 +80,28 @@ export class SplitHead {
    * bottleneck of `channels` at `bits`.
    */
   async run(images: Float32Array, count: number, channels: number, bits: number, split = 0): Promise<FeatureFrame> {
-    const [c, h, w] = this.meta.input.shape;
-    const s = this.meta.splits[split];
-    if (!s) throw new DynnError(`split point ${split} is not one of this split's 0 to ${this.meta.splits.length - 1}`);
-    if (images.length !== count * c * h * w) throw new DynnError(`${images.length} values for ${count} images of ${c}x${h}x${w}`);
-    if (!Number.isInteger(channels) || channels < 1 || channels > s.bottleneck.maxChannels) {
-      throw new DynnError(`channels must be from 1 to ${s.bottleneck.maxChannels} at ${s.at}, got ${channels}`);
-    }
-    checkBits(bits);
-    const T = this.ort.Tensor;
-    const out = await this.sessions[split].run({
-      [SPLIT_IO.images]: new T('float32', images, [count, c, h, w]),
-      [SPLIT_IO.channels]: new T('int64', BigInt64Array.of(BigInt(channels)), [1]),
-      [SPLIT_IO.bits]: new T('float32', Float32Array.of(bits), [1]),
-    });
-    const codes = Uint16Array.from(out[SPLIT_IO.codes].data as Int32Array);
-    const [, , fh, fw] = out[SPLIT_IO.codes].dims as number[];
-    return { split, bits, channels, height: fh, width: fw, count, codes, min: Float32Array.from(out[SPLIT_IO.min].data as Float32Array), step: Float32Array.from(out[SPLIT_IO.step].data as Float32Array) };
+    const head = this.heads[split];
+    if (!head) throw new DynnError(`split point ${split} is not one of this split's 0 to ${this.heads.length - 1}`);
+    return head.run(images, count, channels, bits);
   }
 
   async release(): Promise<void> {
-    await Promise.all(this.sessions.map((s) => s.release()));
+    await Promise.all(this.heads.map((h) => h.release()));
   }
 }
 
-/** The server side: quantized features to class scores (a tail graph per split point). */
+/** The server side in onnxruntime-node: quantized features to class scores, a tail graph per split point. */
 export class SplitTail {
   private constructor(
-    private readonly ort: Ort,
-    private readonly sessions: InferenceSession[],
+    private readonly tails: TailSession[],
     readonly meta: SplitMeta,
   ) {}
 
   static async load(dir: string, options: SplitSessionOptions = {}): Promise<SplitTail> {
     const meta = await loadSplitMeta(dir);
     const ort = await loadOrt();
-    return new SplitTail(ort, await openAll(ort, dir, meta, 'tail', options), meta);
+    const sessions = await openAll(ort, dir, meta, 'tail', options);
+    return new SplitTail(sessions.map((s) => new TailSession(ort as unknown as SplitOrt, s)), meta);
   }
 
   /** What a frame must match to be decoded, per split point (its id is the index). */
@@ -140,19 +111,13 @@ export class SplitTail {
 
   /** Class scores, [count, classes] row-major, of a decoded frame (through its split point's tail). */
   async run(f: FeatureFrame): Promise<Float32Array> {
-    const session = this.sessions[f.split];
-    if (!session) throw new DynnError(`split point ${f.split} is not one of this split's 0 to ${this.sessions.length - 1}`);
-    const T = this.ort.Tensor;
-    const out = await session.run({
-      [SPLIT_IO.codes]: new T('int32', Int32Array.from(f.codes), [f.count, f.channels, f.height, f.width]),
-      [SPLIT_IO.min]: new T('float32', f.min, [f.count]),
-      [SPLIT_IO.step]: new T('float32', f.step, [f.count]),
-    });
-    return Float32Array.from((out[SPLIT_IO.scores] as Tensor).data as Float32Array);
+    const tail = this.tails[f.split];
+    if (!tail) throw new DynnError(`split point ${f.split} is not one of this split's 0 to ${this.tails.length - 1}`);
+    return tail.run(f);
   }
 
   async release(): Promise<void> {
-    await Promise.all(this.sessions.map((s) => s.release()));
+    await Promise.all(this.tails.map((t) => t.release()));
   }
 }
 

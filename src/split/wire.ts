@@ -1,5 +1,5 @@
 import { DynnError } from '../util/errors.js';
-import { BITS_RANGE } from './quantize.js';
+import { BITS_RANGE } from './bits.js';
 
 /**
  * Version of the binary feature frame the head writes. Version 2 names the frame's split point; version 1 frames
