@@ -1,7 +1,5 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { choosePoint, ComputeCosts, predictedMs, type ComputeMs } from './navisplit.js';
 
 // Two split points: pool1 sends more bytes and is more accurate; pool2's head runs more of the network.
@@ -64,10 +62,4 @@ test('compute costs: a seed until the first time, then the median of the last ti
   for (const ms of [5, 5, 5]) c.observe('pool1', 'headMs', ms);
   assert.equal(c.of('pool1').headMs, 5);
   assert.deepEqual(c.of('pool2'), { headMs: 0, tailMs: 0 });
-});
-
-test('navisplit.ts imports nothing of node (the browser page uses the same estimator)', () => {
-  const js = fs.readFileSync(fileURLToPath(new URL('./navisplit.js', import.meta.url)), 'utf8');
-  const imports = [...js.matchAll(/^import .* from '([^']+)';/gm)].map((m) => m[1]);
-  assert.deepEqual(imports, ['../util/errors.js']);
 });

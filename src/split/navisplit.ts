@@ -1,4 +1,5 @@
 import { DynnError } from '../util/errors.js';
+import { FRAME_HEADER_BYTES } from './wire.js';
 
 /** What the head knows of its link: an estimate from the messages it sent. */
 export interface LinkEstimate {
@@ -51,8 +52,6 @@ export class LinkMonitor {
   }
 }
 
-/** Bytes of a frame's header (wire.ts's FRAME_HEADER_BYTES; kept here so this file imports nothing of node's). */
-const FRAME_HEADER = 16;
 
 /** An operating point as the picker sees it: its split point, size on the wire and accuracy. */
 export interface OperatingPoint {
@@ -76,7 +75,7 @@ const NO_COMPUTE: ComputeMs = { headMs: 0, tailMs: 0 };
  * at the link's rate, the link's fixed part (delay, HTTP), and the tail. Without `compute` the link's fixed part is
  * taken to hold the head and tail too (one split point, whose compute does not change with the bottleneck).
  */
-export function predictedMs(point: OperatingPoint, link: LinkEstimate, compute: ComputeMs = NO_COMPUTE, frameHeader = FRAME_HEADER): number {
+export function predictedMs(point: OperatingPoint, link: LinkEstimate, compute: ComputeMs = NO_COMPUTE, frameHeader = FRAME_HEADER_BYTES): number {
   return compute.headMs + link.overheadMs + (point.bytesPerSample + frameHeader) / link.bytesPerMs + compute.tailMs;
 }
 
