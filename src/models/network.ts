@@ -265,6 +265,11 @@ export class Network {
 
   /** Frees every weight. */
   dispose(): void {
+    const release = (l: Layer): void => {
+      l.releaseCaches();
+      l.children().forEach(release);
+    };
+    this.layers.forEach(release);
     for (const w of this.weights()) w.variable.dispose();
   }
 }

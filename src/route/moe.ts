@@ -4,7 +4,8 @@ import { Composite, layerClasses } from '../layers/index.js';
 import type { ChannelSel, Layer, LayerCost, Plan, Routing, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
 import { perGate } from './gates.js';
-import { dispatchTensorFrom } from './tensor.js';
+import { dispatchTensorFrom, dispatchTensorPadded } from './tensor.js';
+import { StackedExperts } from './stacked.js';
 import { gateCost, gateMacsOf, makeGate } from './unit.js';
 import { assignExperts, checkMixture, expertCapacity, type Assignment, type OverflowPolicy } from './experts.js';
 
@@ -31,6 +32,8 @@ export interface MoeArgs {
   noisy?: boolean;
   /** The registered mechanism whose router scores the experts (default `moe`). */
   mechanism?: string;
+  /** Run alike experts (dense layers and ReLUs of the same shapes) as one batched call (default true; false: one call per expert, the comparison). */
+  stack?: boolean;
 }
 
 /** A large negative logit: softmax gives the experts a sample does not use exactly 0. */
@@ -64,6 +67,8 @@ export class MoeBlock extends Composite<MoeArgs> {
   private router!: Layer;
   /** Each expert's layers, named `<block>.e<i>.*`. */
   private expertLayers: Layer[][] = [];
+  /** The experts as one batched call, when they stack (see `StackedExperts`). */
+  private stacked: StackedExperts | null = null;
 
   constructor(
     name: string,
@@ -105,6 +110,7 @@ export class MoeBlock extends Composite<MoeArgs> {
     if (this.args.residual && shapes[0].join() !== inShape.join()) throw new DynnError(`${this.name}: a residual mixture's experts must keep its input's shape [${inShape}], they give [${shapes[0]}]`);
     this.router = makeGate(this.name, 2 * E, { mechanism: this.args.mechanism ?? 'moe' }, inShape, this.seed);
     this.layers = [...this.expertLayers.flat(), this.router];
+    this.stacked = this.args.stack === false ? null : StackedExperts.of(this.expertLayers);
     return shapes[0];
   }
 
@@ -156,7 +162,19 @@ export class MoeBlock extends Composite<MoeArgs> {
     return { y, sel: out };
   }
 
-  /** Each expert once, on its rows; outputs weighted by their gates and summed per sample. */
+  /** The experts as one batched call, or null where they run one call each (not alike, or `stack: false`). */
+  get stack(): StackedExperts | null {
+    return this.stacked;
+  }
+
+  override releaseCaches(): void {
+    this.stacked?.release();
+  }
+
+  /**
+   * Each expert once, on its rows (stacked experts: all of them in one batched call, each block padded to the
+   * largest expert's rows); outputs weighted by their gates and summed per sample.
+   */
   private dispatched(x: tf.Tensor, sel: ChannelSel, ctx: RunContext, a: Assignment, weights: tf.Tensor2D, out: ChannelSel): tf.Tensor {
     const n = x.shape[0];
     const E = this.experts;
@@ -164,10 +182,13 @@ export class MoeBlock extends Composite<MoeArgs> {
     if (pairs.length === 0) return tf.zeros([n, ...this.outShape.slice(0, -1), out.count]);
     const sources = Int32Array.from(pairs, (p) => p % n);
     const routes = Int32Array.from(pairs, (p) => a.experts[p]);
-    const ys = dispatchTensorFrom(x, sources, routes, (e, part, rows) => {
-      const child = ctx.routing ? { ...ctx, routing: ctx.routing.child(Int32Array.from(rows, (r) => sources[r])) } : ctx;
-      return this.runExpert(e, part, sel, child);
-    });
+    const stacked = this.stacked?.fits(sel, ctx.plan) ? this.stacked : null;
+    const ys = stacked
+      ? dispatchTensorPadded(x, sources, routes, E, (part, layout) => stacked.run(part, layout.width, ctx.training === true || ctx.routing?.mode === 'soft'))
+      : dispatchTensorFrom(x, sources, routes, (e, part, rows) => {
+          const child = ctx.routing ? { ...ctx, routing: ctx.routing.child(Int32Array.from(rows, (r) => sources[r])) } : ctx;
+          return this.runExpert(e, part, sel, child);
+        });
     const w = tf.gather(tf.reshape(weights, [n * E]), Int32Array.from(pairs, (p, j) => sources[j] * E + routes[j]));
     const weighted = tf.mul(ys, tf.reshape(w, [pairs.length, ...new Array<number>(ys.rank - 1).fill(1)]));
     return tf.unsortedSegmentSum(weighted, tf.tensor1d(sources, 'int32'), n);
