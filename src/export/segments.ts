@@ -96,6 +96,40 @@ function lowerResize(g: GraphBuilder, x: string, h: number, w: number, base: str
   return g.node('Resize', [x, '', '', sizes], base, { mode: attr.string('linear'), coordinate_transformation_mode: attr.string('half_pixel') });
 }
 
+/**
+ * A mixture's alike experts as one graph (`StackedExperts`): per dense layer one batched MatMul on the experts'
+ * kernels stacked [E, in, out] (initializer `<layer of expert 0 without .e0>.stacked.kernel`) plus the biases
+ * [E, 1, out]; ReLUs between. ONNX Runtime packs the stacked weights once at load.
+ */
+function stackedGraph(weights: NamedArray[], mb: MoeBlock): SegmentGraph {
+  const E = mb.experts;
+  const sg = new SegmentGraph(`${mb.name}_experts`, [], []);
+  const byName = new Map(weights.map((w) => [w.name, w]));
+  const chains = mb.expertChains;
+  sg.g.input(floatValueInfo(SEGMENT_IO.x, [E, 'rows', ...nchw(mb.inShape)]));
+  let y: string = SEGMENT_IO.x;
+  chains[0].forEach((layer, i) => {
+    const base = layer.name.replace(`${mb.name}.e0.`, `${mb.name}.stacked.`);
+    const step = mb.stack!.steps[i];
+    if (step.kind === 'relu') {
+      y = sg.g.node('Relu', [y], base);
+      return;
+    }
+    const stackOf = (suffix: string, dims: number[]) => {
+      const parts = chains.map((c) => byName.get(`${c[i].name}.${suffix}`)!.data);
+      const data = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+      parts.reduce((o, p) => (data.set(p, o), o + p.length), 0);
+      return sg.g.floatInit(`${base}.${suffix}`, dims, data);
+    };
+    const [inC, outC] = step.kernels[0].shape;
+    y = sg.g.node('MatMul', [y, stackOf('kernel', [E, inC, outC])], `${base}/matmul`);
+    if (step.biases) y = sg.g.node('Add', [y, stackOf('bias', [E, 1, outC])], `${base}/bias`);
+  });
+  sg.g.nodeTo('Identity', [y], SEGMENT_IO.y);
+  sg.g.output(floatValueInfo(SEGMENT_IO.y, [E, 'rows', ...nchw(mb.outShape)]));
+  return sg;
+}
+
 /** Splits the network's top-level layers into runs of plain layers and single gated blocks. */
 function splitLayers(model: Network): Layer[][] {
   const parts: Layer[][] = [];
@@ -261,7 +295,8 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
       const mb = first;
       const E = mb.experts;
       const gate = gateSegment(weights, mb.name, mb.gate, 2 * E, sel, full);
-      const expertGraphs = mb.expertChains.map((chain, e) => {
+      const stacked = mb.stack?.fits(sel, full) ? add('.experts', stackedGraph(weights, mb), `dynn experts of ${mb.name}, stacked: x [${E}, rows, in] -> y [${E}, rows, out], block e through expert e`) : undefined;
+      const expertGraphs = stacked ? [] : mb.expertChains.map((chain, e) => {
         const sg = new SegmentGraph(`${mb.name}_expert_${e}`, weights, chain);
         sg.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(mb.inShape)));
         sg.g.nodeTo('Identity', [lowerChain(chain, SEGMENT_IO.x, sel, sg.ctx(full, `e${e}`)).y], SEGMENT_IO.y);
@@ -280,6 +315,7 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
         expertMacs: mb.expertMacs(sel, full),
         gate: add('.gate', gate, `dynn router of ${mb.name}: x -> ${E} scores and ${E} noise scales`),
         expertGraphs,
+        ...(stacked ? { stacked } : {}),
         input,
         output,
       });
