@@ -89,6 +89,8 @@ const moeSegment = z.object({
   /** The capacity factor at evaluation: an expert takes at most ceil(cf k n / E) rows of a batch of n; absent: no limit. */
   capacityFactor: z.number().positive().max(1e6).optional(),
   overflow: z.enum(['residual', 'next']),
+  /** Which rows an expert serves first when full (`RoutingPriority`); absent: batch order. */
+  priority: z.enum(['batch', 'score']).optional(),
   /** Whether the block adds its input to the experts' combined output. */
   residual: z.boolean(),
   /** MACs of the router, and of each expert (a sample spends gateMacs plus its experts'). */

@@ -26,7 +26,7 @@ before(async () => {
 
 const nets: [string, () => Network][] = [
   ['vgg-moe', () => createModel('vgg-moe', { inputShape: [8, 8, 2], numClasses: 3, groups: 4, widths: [8, 8, 16, 16], hidden: 16, experts: 4, topK: 1 })],
-  ['resnet-moe', () => createModel('resnet-moe', { inputShape: [8, 8, 2], numClasses: 3, width: 4, blocksPerStage: 2, experts: 3, topK: 2, overflow: 'next', evalCapacityFactor: 1 })],
+  ['resnet-moe', () => createModel('resnet-moe', { inputShape: [8, 8, 2], numClasses: 3, width: 4, blocksPerStage: 2, experts: 3, topK: 2, overflow: 'next', priority: 'score', evalCapacityFactor: 1 })],
 ];
 
 /**

@@ -310,6 +310,7 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
         topK: mb.topK,
         ...(mb.args.evalCapacityFactor === undefined ? {} : { capacityFactor: mb.args.evalCapacityFactor }),
         overflow: mb.args.overflow ?? 'residual',
+        ...(mb.args.priority === 'score' ? { priority: 'score' as const } : {}),
         residual: mb.args.residual === true,
         gateMacs: gateMacsOf(mb.gate, sel),
         expertMacs: mb.expertMacs(sel, full),

@@ -330,8 +330,8 @@ const MOE_RATIOS = ['capacityFactor', 'evalCapacityFactor', 'importanceWeight', 
 
 /** The mixture settings of a model's arguments (see `MoeArgs`). */
 function moeArgs(a: ModelArgs, residual: boolean): MoeArgs {
-  const { experts, topK, capacityFactor, evalCapacityFactor, overflow, importanceWeight, loadWeight, switchWeight, stack } = a as ModelArgs & MoeArgs;
-  return { experts, topK, capacityFactor, evalCapacityFactor, overflow, importanceWeight, loadWeight, switchWeight, stack, residual, mechanism: String(a.dynamic) };
+  const { experts, topK, capacityFactor, evalCapacityFactor, overflow, priority, importanceWeight, loadWeight, switchWeight, stack } = a as ModelArgs & MoeArgs;
+  return { experts, topK, capacityFactor, evalCapacityFactor, overflow, priority, importanceWeight, loadWeight, switchWeight, stack, residual, mechanism: String(a.dynamic) };
 }
 
 models.register('vgg-moe', {

@@ -76,6 +76,14 @@ test('assignExperts: top-k by score, first choices served first, capacity per ex
   const two = assignExperts(h, 4, 2, 2, 'next');
   assert.deepEqual([...two.experts], [0, 0, 2, 1, 1, 3], 'the third sample keeps expert 1 for its second slot, which is full by then');
   assert.equal(two.overflowed, 2);
+  // Batch priority: the surest samples first. Sample 2 prefers expert 0 by the widest margin, sample 0 by the least.
+  const sure = [1, 0.9, 0, 0, 3, 0, 0, 0, 6, 0, 0, 0];
+  const byBatch = assignExperts(sure, 4, 1, 2, 'residual');
+  assert.deepEqual([...byBatch.experts], [0, 0, -1], 'batch order: the last sample overflows');
+  const byScore = assignExperts(sure, 4, 1, 2, 'residual', 'score');
+  assert.deepEqual([...byScore.experts], [-1, 0, 0], 'score order: the least sure sample overflows');
+  assert.deepEqual([...assignExperts(sure, 4, 1, 2, 'next', 'score').experts], [1, 0, 0], 'and takes its next choice');
+  assert.throws(() => checkMixture(4, 1, [1], 'next', 'first'), /unknown routing priority "first"; expected one of batch, score/);
   assert.equal(expertCapacity(1.25, 1, 64, 4), 20);
   assert.equal(expertCapacity(2, 1, 1, 10), 1, 'a batch of one always runs');
   assert.equal(coefficientOfVariation([5, 5, 5, 5]), 0);

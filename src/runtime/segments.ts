@@ -231,7 +231,7 @@ export class SegmentedSession {
     let ms = z.ms;
     // The router's first E outputs are the scores; the noise scales only matter in training.
     const h = Float32Array.from({ length: batch * E }, (_, j) => z.data[Math.floor(j / E) * 2 * E + (j % E)]);
-    const a = assignExperts(h, E, k, entry.capacityFactor === undefined ? batch : expertCapacity(entry.capacityFactor, k, batch, E), entry.overflow);
+    const a = assignExperts(h, E, k, entry.capacityFactor === undefined ? batch : expertCapacity(entry.capacityFactor, k, batch, E), entry.overflow, entry.priority ?? 'batch');
     for (let s = 0; s < k; s++) counts.push(a.experts.slice(s * batch, (s + 1) * batch));
     const w = mixtureWeights(h, E, k, a);
     const pairs = [...a.experts.keys()].filter((q) => a.experts[q] >= 0);

@@ -35,6 +35,7 @@ const DYNAMIC_FLAGS: [string, string][] = [
   ['--capacity-factor <c>', 'with a mixture of experts: an expert takes at most ceil(c k n / E) rows of a batch of n in training [default: 1.25]'],
   ['--eval-capacity-factor <c>', 'with a mixture of experts: the capacity factor at evaluation, export and serving [default: none, no limit: a served batch merges requests]'],
   ['--overflow <policy>', 'with a mixture of experts: a row that finds its expert full passes through the residual (residual) or takes its next choice with room (next) [default: residual]'],
+  ['--priority <order>', 'with a mixture of experts: which rows an expert serves first when it has not room for all, batch order (batch) or the rows the router is surest of (score, V-MoE\'s batch priority routing) [default: batch]'],
   ['--importance-weight <w>', 'with a mixture of experts: weight of the importance loss, CV(sum of gates)^2 (Shazeer et al.) [default: 0]'],
   ['--load-weight <w>', 'with a mixture of experts: weight of the load loss, CV(smooth load)^2 (Shazeer et al.) [default: 0]'],
   ['--switch-weight <w>', 'with a mixture of experts: weight of Switch’s balance loss E sum_i f_i P_i [default: 0.01]'],
