@@ -296,18 +296,21 @@ test('stacked experts: one batched call over every expert, padded only up to the
   assert.equal(tf.memory().numTensors, before0, 'dispose frees the kept stack too');
 });
 
-test('stacked experts: a batch that all picks one expert pads the idle experts up to its load (or its capacity); the same outputs as one call per expert', () => {
-  for (const [cf, overflow, rows] of [[undefined, 'residual', E * 8], [2, 'residual', E * 4], [2, 'next', E * 4]] as const) {
+test('stacked experts: a batch that all picks one expert runs it alone; overflowing to the next choice, the idle experts are padded up to its capacity; the same outputs as one call per expert', () => {
+  for (const [cf, overflow, rows] of [[undefined, 'residual', undefined], [2, 'residual', undefined], [2, 'next', E * 4]] as const) {
     const [stacked, looped] = [mlpNet({ evalCapacityFactor: cf, overflow }), mlpNet({ evalCapacityFactor: cf, overflow, stack: false })];
     spreadRouter(stacked, [100, 0, 0, 0]);
     looped.setWeights(stacked.getWeights());
     const x = input(8);
     const spy = spyStack(blockOf(stacked));
+    const perExpert = spyExperts(blockOf(stacked));
     const routing = RoutingState.start('hard', 8);
     const ya = tf.tidy(() => stacked.forward(x, stacked.plan(1), { routing }));
     const yb = tf.tidy(() => looped.forward(x, looped.plan(1), { routing: RoutingState.start('hard', 8) }));
     spy.restore();
-    assert.deepEqual(spy.rows, [rows], `capacity factor ${cf}, ${overflow}`);
+    perExpert.restore();
+    assert.deepEqual(spy.rows, rows ? [rows] : [], `capacity factor ${cf}, ${overflow}: ${rows ? 'one stacked call' : 'no stacked call'}`);
+    if (!rows) assert.deepEqual(perExpert.rows, [cf ? 4 : 8, 0, 0, 0], 'the busy expert runs alone, on its rows');
     assert.ok(loadOf(routing, 1).filter((l) => l === 0).length >= (overflow === 'next' ? 1 : 3), 'experts that get nothing');
     const [a, b] = [ya.dataSync(), yb.dataSync()];
     a.forEach((v, i) => assert.ok(Math.abs(v - b[i]) < 1e-5, `score ${i}: ${v} vs ${b[i]}`));

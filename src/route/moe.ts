@@ -184,7 +184,8 @@ export class MoeBlock extends Composite<MoeArgs> {
     if (pairs.length === 0) return tf.zeros([n, ...this.outShape.slice(0, -1), out.count]);
     const sources = Int32Array.from(pairs, (p) => p % n);
     const routes = Int32Array.from(pairs, (p) => a.experts[p]);
-    const stacked = this.stacked?.fits(sel, ctx.plan) ? this.stacked : null;
+    // A lone busy expert runs alone: stacking would pad the E - 1 idle ones to its rows (a batch of one).
+    const stacked = this.stacked?.fits(sel, ctx.plan) && routes.some((e) => e !== routes[0]) ? this.stacked : null;
     const ys = stacked
       ? dispatchTensorPadded(x, sources, routes, E, (part, layout) => stacked.run(part, layout.width, ctx.training === true || ctx.routing?.mode === 'soft'))
       : dispatchTensorFrom(x, sources, routes, (e, part, rows) => {
