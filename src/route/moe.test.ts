@@ -289,7 +289,13 @@ test('stacked experts: one batched call over every expert, padded only up to the
     const count = tf.memory().numTensors;
     for (let i = 0; i < 3; i++) tf.dispose(tf.tidy(() => stacked.forward(x, stacked.plan(1), { routing: RoutingState.start('hard', 16) })));
     assert.equal(tf.memory().numTensors, count, 'no tensor leaks');
-    tf.dispose([ya, yb, x]);
+    // A weight assigned after a pass (a training step, a loaded checkpoint) reaches the kept stack.
+    const busy = load.indexOf(Math.max(...load));
+    for (const net of [stacked, looped]) tf.tidy(() => net.weights().forEach((w) => w.name === `moe.e${busy}.fc2.bias` && w.variable.assign(tf.fill(w.variable.shape, 5))));
+    const [za, zb] = [stacked, looped].map((net) => tf.tidy(() => net.forward(x, net.plan(1), { routing: RoutingState.start('hard', 16) })));
+    assert.ok(tf.tidy(() => tf.max(tf.abs(tf.sub(za, ya))).dataSync()[0]) > 0.1, 'the outputs moved');
+    assert.ok(tf.tidy(() => tf.max(tf.abs(tf.sub(za, zb))).dataSync()[0]) < 1e-5, 'as one call per expert does');
+    tf.dispose([za, zb, ya, yb, x]);
     stacked.dispose();
     looped.dispose();
   }
