@@ -264,12 +264,17 @@ export class Network {
   }
 
   /** Frees every weight. */
-  dispose(): void {
+  /** Frees what layers keep beside the weights (a mixture's stacked experts); they rebuild it when next run. */
+  releaseCaches(): void {
     const release = (l: Layer): void => {
       l.releaseCaches();
       l.children().forEach(release);
     };
     this.layers.forEach(release);
+  }
+
+  dispose(): void {
+    this.releaseCaches();
     for (const w of this.weights()) w.variable.dispose();
   }
 }
