@@ -217,6 +217,8 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   if (drift !== undefined) {
     throw new DynnError(`the temporal controller's action u = ${drift} runs level ${model.levelOf(drift)}, which the exported levels (u = ${levels.map((l) => l.u).join(', ')}) leave out; export every level (no --levels) or include u = ${drift}`);
   }
+  // Actions (u, r) would need the input resized per frame in the graph and in the runtime's sessions: not exported yet.
+  if (temporal && ctrl.network.config.args.resolutions) throw new DynnError('this temporal controller also chooses the input resolution (--resolutions); exporting resolution actions to ONNX is not supported yet: train it without --resolutions to deploy it');
   if (temporal && staged) throw new DynnError('a temporal controller is not exported with an early-exit model: it reads the whole network\'s scores');
   if (ctrl && !temporal && ctrl.network.inputShape.join() !== model.inputShape.join()) {
     throw new DynnError(`the controller reads [${ctrl.network.inputShape}] inputs, the network [${model.inputShape}]`);
