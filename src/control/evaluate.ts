@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { ImageSet } from '../data/types.js';
 import { toFloat } from '../data/imageset.js';
 import { actionSet, uKey } from './actions.js';
-import { againstCurve, type CurveGap, type CurvePoint } from './curve.js';
+import { againstCurve, paretoFront, type CurveGap, type CurvePoint } from './curve.js';
 import { oracleCurve, oracleFromTable, type OracleSummary } from './oracle.js';
 import type { MixedRunner } from './runner.js';
 import { fixedCurve, levelTable, type LevelTable } from './table.js';
@@ -85,7 +85,7 @@ export function reportRun(run: ControlledRun, labels: ArrayLike<number>, fullMac
   const byRes: Record<string, number> = {};
   if (run.resolution) for (const r of run.resolution) byRes[r] = (byRes[r] ?? 0) + 1;
   // Fixed (u, r) points are not ordered by cost: compare with the best of them (their Pareto front).
-  const curve = table.resolutions ? fixed.filter((f) => !fixed.some((g) => g.flopsRatio <= f.flopsRatio && g.accuracy > f.accuracy)) : fixed;
+  const curve = table.resolutions ? paretoFront(fixed) : fixed;
   return {
     accuracy: point.accuracy,
     meanU: sumU / n,

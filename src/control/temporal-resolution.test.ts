@@ -67,6 +67,9 @@ test('resolutions the input or the model cannot give: clear errors', () => {
   assert.throws(() => runner.resolution(13), /resolution 13 is larger than the input \(12x12\)/);
   assert.throws(() => runner.resolution(0), /a resolution must be a positive integer, got 0/);
   assert.throws(() => runner.resolution(2), /vgg-w cannot run at 2x2/);
+  const mlp = createModel('mlp-w', { inputShape: [12, 12, 1], numClasses: 4 });
+  assert.throws(() => new MixedRunner(mlp).resolution(6), /mlp-w computes nothing before it flattens its input: resolution 6 would save no compute/);
+  mlp.dispose();
   assert.throws(() => operatingPoints(us, [6, 6]), /6 appears twice/);
   assert.throws(() => temporalPolicy(4, us, { resolutions: [] }), /positive integers/);
   runner.dispose();

@@ -53,6 +53,10 @@ export class AtResolution {
       this.low.dispose();
       throw new DynnError(`${model.config.model} cannot run at resolution ${resolution}: its weights before the classifier depend on the input size`);
     }
+    if (resolution < h && this.macs(model.plan(1)) >= model.cost(1).macs) {
+      this.low.dispose();
+      throw new DynnError(`${model.config.model} computes nothing before it flattens its input: resolution ${resolution} would save no compute (a convolutional model, such as vgg-w or resnet-d, does)`);
+    }
   }
 
   /** The frozen ops of a full-resolution subnet, run at this resolution (the input resized first). */
