@@ -95,7 +95,7 @@ export async function exportCommand(run: string, o: Opts, io: Io): Promise<void>
     const exitPolicy = stored ? { rule: stored.rule, thresholds: stored.thresholds } : undefined;
     const { isTemporal, TemporalController } = await import('../control/temporal.js');
     // A temporal controller plans the next frame from this one's scores; a stream starts where TF.js's does.
-    const temporal = policy && isTemporal(policy) ? { start: new TemporalController(policy).start } : undefined;
+    const temporal = policy && isTemporal(policy) ? { start: new TemporalController(policy).start, ...(policy.resolutions && { resolutions: policy.resolutions }) } : undefined;
     const controller = policy ? { network: policy.net, actions: policy.actions, ...(temporal ? { temporal } : {}) } : undefined;
     const metadata = await saveOnnx(model, o.onnx, { levels, classNames, gating, controller, exitPolicy });
     if (o.json) io.out(JSON.stringify({ onnx: o.onnx, metadata }, null, 2) + '\n');

@@ -46,6 +46,8 @@ test('controller train --temporal --resolutions: actions (u, r), eval reports ev
   await fails(['controller', 'train', run, '--temporal', '--resolutions', '28,2', '--out', path.join(tmp, 'x')], /vgg-w cannot run at 2x2/);
   await fails(['controller', 'train', run, '--temporal', '--resolutions', '28,0', '--out', path.join(tmp, 'x')], /--resolutions: 0 is not a positive integer/);
   await fails(['controller', 'train', run, '--resolutions', '28,14', '--out', path.join(tmp, 'x')], /--resolutions are actions of a temporal controller \(--temporal\)/);
-  await fails(['export', run, '--controller', ctrl, '--onnx', path.join(tmp, 'x.onnx')], /exporting resolution actions to ONNX is not supported yet/);
+  // Exported with the network: the graph resizes each frame to its action's resolution.
+  const x = (await ok(['export', run, '--controller', ctrl, '--onnx', path.join(tmp, 'stream.onnx'), '--json'])).json();
+  assert.deepEqual(x.metadata.controller.temporal.resolutions, [14, 28, 14, 28]);
   assert.ok(!fs.existsSync(path.join(tmp, 'x')), 'nothing written by a refused command');
 });

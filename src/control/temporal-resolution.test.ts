@@ -116,12 +116,12 @@ test('a temporal controller over (u, r): actions are the product, frames run at 
   const rightAtCheapest = table.correct[order[0]].reduce((a, b) => a + b, 0);
   assert.ok(report.oracle.curve[0].flopsRatio === cheapest / table.fullMacs && report.oracle.curve[0].accuracy === rightAtCheapest / stream.count);
 
-  // Saved and loaded with its resolutions; not exported to ONNX yet, and it says so.
+  // Saved and loaded with its resolutions; an export must be given them (runtime/temporal-resolution.test.ts).
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-tempres-'));
   await saveController(path.join(dir, 'ctrl'), policy, runRef(model, 'runs/x'));
   const loaded = (await loadController(path.join(dir, 'ctrl'), model, 'runs/x')).policy;
   assert.deepEqual(loaded.resolutions, rs.concat(rs));
-  assert.throws(() => exportOnnx(model, { controller: { network: loaded.net, actions: loaded.actions, temporal: { start: 5 } } }), /exporting resolution actions to ONNX is not supported yet/);
+  assert.throws(() => exportOnnx(model, { controller: { network: loaded.net, actions: loaded.actions, temporal: { start: 5 } } }), /trained over resolutions \[6,9,12,6,9,12\], the export was given \[none\]/);
   fs.rmSync(dir, { recursive: true });
   loaded.dispose();
   policy.dispose();

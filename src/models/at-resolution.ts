@@ -71,6 +71,17 @@ export class AtResolution {
     return out;
   }
 
+  /**
+   * The layers as they run (what export lowers): `head`, built at this resolution (the same weight names),
+   * up to the flatten (or all); then, for a network that flattens, the map resized `back` to [h, w] and the
+   * trained network's `tail` from its flatten.
+   */
+  parts(): { head: Layer[]; back?: [number, number]; tail: Layer[] } {
+    if (this.flatten < 0) return { head: this.low.layers, tail: [] };
+    const [fh, fw] = this.model.layers[this.flatten].inShape;
+    return { head: this.low.layers.slice(0, this.flatten), back: [fh, fw], tail: this.model.layers.slice(this.flatten) };
+  }
+
   /** MACs of one sample at `plan`: the layers before the flatten at this resolution, the rest as trained. */
   macs(plan: Plan): number {
     let sel = fullSel(this.model.inputShape[2]);

@@ -122,6 +122,9 @@ export interface SessionPredictResponse {
   level: number;
   /** The utilization planned for the session's next frame. */
   nextU: number;
+  /** A controller over (u, r): the input resolution this frame ran at, and the next frame's. */
+  resolution?: number;
+  nextResolution?: number;
   /** FLOPs of this frame over the network's at u = 1, the controller's decision included. */
   flopsRatio: number;
   /** The session's idle time left after this answer, ms. */
@@ -189,6 +192,7 @@ export function sessionRoutes({ app, metadata, store, metrics, shape }: SessionR
       u: step.u,
       level: step.level,
       nextU: step.nextU,
+      ...(step.resolution !== undefined && { resolution: step.resolution, nextResolution: step.nextResolution }),
       flopsRatio: step.flopsRatio,
       expiresInMs: s.idleMs,
       timings: { inferenceMs: round(step.ms), totalMs: round(totalMs) },
