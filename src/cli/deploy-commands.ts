@@ -102,7 +102,9 @@ export async function exportCommand(run: string, o: Opts, io: Io): Promise<void>
     else {
       const parts = [`${metadata.levels.length} levels`];
       if (metadata.exits) parts.push(`${metadata.exits.count} exits run stage by stage${metadata.exits.policy ? ` (default policy: ${metadata.exits.policy.rule} ${metadata.exits.policy.thresholds.join(':')})` : ''}`);
-      if (metadata.controller) parts.push(`a${metadata.controller.temporal ? ' temporal' : ''} controller over u = ${metadata.controller.actions.join(', ')} (FLOPs ratio ${metadata.controller.flopsRatio.toFixed(4)})`);
+      const rs = metadata.controller?.temporal?.resolutions;
+      const over = rs ? `(u, r) = ${metadata.controller!.actions.map((u, k) => `(${u}, ${rs[k]})`).join(', ')}` : `u = ${metadata.controller?.actions.join(', ')}`;
+      if (metadata.controller) parts.push(`a${metadata.controller.temporal ? ' temporal' : ''} controller over ${over} (FLOPs ratio ${metadata.controller.flopsRatio.toFixed(4)})`);
       io.out(levelsTable(metadata) + `wrote ${o.onnx} (${metadata.model.model}, ${parts.join(', ')}; input images NCHW [batch, ${metadata.input.shape.join(', ')}] and scalar u)\n`);
     }
   } finally {

@@ -84,6 +84,11 @@ export class TemporalSession<O = object> {
     return this.levelOf(this.action).u;
   }
 
+  /** The input resolution the next frame will run at, for a controller over (u, r). */
+  get plannedResolution(): number | undefined {
+    return this.temporal.resolutions?.[this.action];
+  }
+
   private levelOf(action: number) {
     return this.meta.levels[levelIndexFor(this.meta.levels, this.temporal.actions[action])];
   }

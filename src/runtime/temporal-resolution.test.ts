@@ -14,6 +14,7 @@ import { metadataProps, parseMetadataProps } from '../export/metadata.js';
 import { MixedRunner } from '../control/runner.js';
 import { runTemporal, sequencesOf, TemporalController, temporalPolicy } from '../control/temporal.js';
 import { OnnxModel } from './node.js';
+import { DynnServer } from '../serve/server.js';
 import { frameOf } from './temporal-fixtures.js';
 
 await initEngine('wasm');
@@ -77,3 +78,28 @@ for (const worker of [false, true]) {
     }
   });
 }
+
+test('dynn serve’s sessions answer each frame’s resolution and the next one’s, as the runtime session does', async () => {
+  const server = await DynnServer.create({ model: file, policy: 'fixed:1', threads: 1 });
+  const m = await OnnxModel.load(file, { threads: 1 });
+  try {
+    const opened = await server.app.inject({ method: 'POST', url: '/v1/sessions' });
+    assert.equal(opened.statusCode, 201, opened.body);
+    const { id } = opened.json();
+    const local = m.session();
+    const seen = new Set<number>();
+    for (const f of sequencesOf(set)[0].slice(0, 30)) {
+      const frame = frameOf(set, f);
+      // The server takes NCHW, as the runtime does by default: one channel, so the same values.
+      const got = (await server.app.inject({ method: 'POST', url: `/v1/sessions/${id}/predict`, payload: { inputs: Array.from(frame) } })).json();
+      const want = await local.next(frame);
+      assert.deepEqual([got.u, got.resolution, got.nextU, got.nextResolution, got.class], [want.u, want.resolution, want.nextU, want.nextResolution, want.class]);
+      assert.ok(Math.abs(got.flopsRatio - want.flopsRatio) < 1e-12);
+      seen.add(got.resolution);
+    }
+    assert.ok(seen.size >= 2, `the plans mix resolutions (${[...seen]})`);
+  } finally {
+    await m.dispose();
+    await server.close();
+  }
+});
