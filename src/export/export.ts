@@ -228,7 +228,6 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   if (resolutions) checkOperatingPoints(ctrl!.actions, resolutions);
   // The network's branch per input resolution: the controller's, and the input's own (a plain run).
   const branchRs = resolutions ? [...new Set([...resolutions, h])].sort((a, b) => a - b) : [h];
-  const atRes = new Map(branchRs.filter((r) => r !== h).map((r) => [r, new AtResolution(model, r)]));
   if (temporal && staged) throw new DynnError('a temporal controller is not exported with an early-exit model: it reads the whole network\'s scores');
   if (ctrl && !temporal && ctrl.network.inputShape.join() !== model.inputShape.join()) {
     throw new DynnError(`the controller reads [${ctrl.network.inputShape}] inputs, the network [${model.inputShape}]`);
@@ -243,6 +242,8 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
     throw new DynnError(`the exit policy has ${options.exitPolicy.thresholds.length} thresholds for ${heads.length} intermediate exits`);
   }
 
+  // Built once every check has passed: they hold the network built at each lower resolution (freed below).
+  const atRes = new Map(branchRs.filter((r) => r !== h).map((r) => [r, new AtResolution(model, r)]));
   const names = new NameScope();
   const main = new GraphBuilder('dynn', names);
   if (staged && segments.some((seg) => seg[0].inShape.length !== 3)) {
