@@ -85,7 +85,8 @@ test('dynn serve’s sessions answer each frame’s resolution and the next one�
   try {
     const opened = await server.app.inject({ method: 'POST', url: '/v1/sessions' });
     assert.equal(opened.statusCode, 201, opened.body);
-    const { id } = opened.json();
+    const { id, actions, resolutions: rs } = opened.json();
+    assert.deepEqual([actions, rs], [policy.actions, policy.resolutions], 'each action’s u and resolution');
     const local = m.session();
     const seen = new Set<number>();
     for (const f of sequencesOf(set)[0].slice(0, 30)) {
