@@ -16,9 +16,12 @@
  * requests, about 2.5 x SLO of waiting.
  * Usage: node dist/bench/load.js --model FILE.onnx [--dataset fashion-mnist] [--slo-ms 25] [--duration 60]
  *   [--capacity-duration 10] [--capacity-connections N] [--factor 2] [--connections N] [--images N per request]
- *   [--rounds 4] [--threads N] [--max-batch 64] [--soak S] [--json]. Results also go to .bench/load.json (or .bench/soak.json).
+ *   [--rounds 4] [--threads N] [--max-batch 64] [--soak S] [--no-pin] [--json]. Results also go to .bench/load.json (or .bench/soak.json).
+ * Pinning (default where `taskset` works on 2+ cores): the servers on core 0 with one ONNX Runtime thread, this
+ * process (autocannon, the client) on core 1, as a deployment runs them; capacity is measured the same way.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import os from 'node:os';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
@@ -53,6 +56,18 @@ const MAX_BATCH = num('max-batch', 64);
 const SOAK = opt('soak') === undefined ? 0 : num('soak', 600);
 const THREADS = opt('threads');
 const json = args.includes('--json');
+
+/** Pins this process (every thread) to core 1 and says whether servers go to core 0; false where it cannot. */
+function pinClient(): boolean {
+  if (args.includes('--no-pin') || os.availableParallelism() < 2) return false;
+  try {
+    execFileSync('taskset', ['-a', '-cp', '1', String(process.pid)], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+const PINNED = pinClient();
 const log = (s: string) => process.stderr.write(s + '\n');
 const f = (x: number | undefined, d = 1) => (x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d));
 
@@ -96,8 +111,8 @@ interface Server {
 async function startServer(policy: string): Promise<Server> {
   const main = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
   const argv = [main, 'serve', MODEL as string, '--port', '0', '--json', '--policy', policy, '--slo-ms', String(SLO), '--max-batch', String(MAX_BATCH)];
-  if (THREADS) argv.push('--threads', THREADS);
-  const child = spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  if (THREADS || PINNED) argv.push('--threads', THREADS ?? '1');
+  const child = PINNED ? spawn('taskset', ['-c', '0', process.execPath, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr?.on('data', (d) => (stderr += d));
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
@@ -353,6 +368,7 @@ async function main(): Promise<void> {
   const meta = readOnnxMetadata(await readModelFile(MODEL as string), MODEL as string);
   const data = await requestBodies(meta.input.shape);
   log(`${data.bodies.length} requests of ${IMAGES} ${DATASET} test image(s); SLO ${SLO} ms; levels ${meta.levels.map((l) => l.u).join(', ')}`);
+  log(PINNED ? 'servers pinned to core 0 (1 ONNX Runtime thread), the load generator to core 1' : 'not pinned: servers and the load generator share the cores');
   const accuracy = await levelAccuracy(data.images, data.labels);
   log(`in-process accuracy per level: ${[...accuracy].map(([u, a]) => `u=${u}: ${f(100 * a, 2)}%`).join(', ')}`);
 
@@ -379,7 +395,7 @@ async function main(): Promise<void> {
     const mbPerMin = 60 * slope(settled);
     log(phaseRow(soak));
     log(`RSS: ${f(samples[0][1])} MB at start, ${f(settled[0][1])} MB at ${f(settled[0][0], 0)} s, ${f(samples[samples.length - 1][1])} MB at the end; slope after ${f(settled[0][0], 0)} s: ${f(mbPerMin, 3)} MB/min`);
-    const results = { model: MODEL, dataset: DATASET, sloMs: SLO, capacity, soak, rssSlopeMbPerMin: mbPerMin };
+    const results = { model: MODEL, dataset: DATASET, sloMs: SLO, pinned: PINNED, capacity, soak, rssSlopeMbPerMin: mbPerMin };
     await writeFileAtomic('.bench/soak.json', JSON.stringify(results, null, 2) + '\n');
     if (json) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
     return;
@@ -406,7 +422,7 @@ async function main(): Promise<void> {
   } finally {
     for (const s of servers) await s.stop();
   }
-  const results = { model: MODEL, dataset: DATASET, sloMs: SLO, levelAccuracy: Object.fromEntries(accuracy), phases };
+  const results = { model: MODEL, dataset: DATASET, sloMs: SLO, pinned: PINNED, levelAccuracy: Object.fromEntries(accuracy), phases };
   await writeFileAtomic('.bench/load.json', JSON.stringify(results, null, 2) + '\n');
   if (json) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
 }

@@ -118,8 +118,11 @@ export async function trainCommand(o: Opts, io: Io): Promise<void> {
       return;
     }
     await recorder.close();
-    if (o.json) io.out(JSON.stringify({ out: o.out, epochsTrained: r.epochsTrained, meta: r.meta }, null, 2) + '\n');
-    else io.out(`saved ${o.out} (${r.meta.epoch} epochs, ${r.meta.dataset})\n`);
+    if (o.json) io.out(JSON.stringify({ out: o.out, epochsTrained: r.epochsTrained, meta: r.meta, removedStale: r.removedStale }, null, 2) + '\n');
+    else {
+      io.out(`saved ${o.out} (${r.meta.epoch} epochs, ${r.meta.dataset})\n`);
+      if (r.removedStale.length) io.out(`removed the replaced run's ${r.removedStale.join(', ')} (made from its old weights)\n`);
+    }
   } finally {
     progress.stop();
   }
@@ -146,7 +149,8 @@ function sweepTable(points: SweepPoint[]): string {
 }
 
 export async function sweepCommand(run: string, o: Opts, io: Io): Promise<void> {
-  const us = uListOption(o.u) ?? DEFAULT_US;
+  const given = uListOption(o.u);
+  const us = given ?? DEFAULT_US;
   const { readCheckpointInfo } = await import('../checkpoint/checkpoint.js');
   if ((await readCheckpointInfo(run)).config.args.dynamic !== undefined) return gatedSweepCommand(run, o, io);
   if (o.thresholds !== undefined) return (await import('./scaling-commands.js')).exitSweepCommand(run, o, io);
@@ -157,11 +161,14 @@ export async function sweepCommand(run: string, o: Opts, io: Io): Promise<void> 
   await initEngine(choiceOption(o.engine, 'engine', ENGINES));
   const { model, meta } = await loadRun(run);
   try {
+    // A network with no throttleable unit (SE, CondConv) runs whole at every u: one point says all.
+    const fixed = model.blocks().length === 0;
+    if (fixed && given?.some((u) => u !== 1)) throw new DynnError(`--u does not apply to ${model.config.model}: it has no throttleable unit, so every u runs the whole network`);
     const dataset = String(o.dataset ?? meta.dataset);
     const data = await loadDataset(dataset, { dataDir: o.dataDir as string | undefined, testLimit: numberOption(o.testLimit, 'test-limit', { int: true, min: 1 }) });
     checkDataFits(model, data.test.height, data.test.width, data.test.channels, dataset);
     const gating = choiceOption(o.gating, 'gating', GATING_MODES);
-    const points = sweep(model, data.test, us, {
+    const points = sweep(model, data.test, fixed ? [1] : us, {
       gating,
       seed: numberOption(o.seed, 'seed', { int: true }),
       noLatency: o.latency === false,

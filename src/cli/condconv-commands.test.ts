@@ -39,9 +39,14 @@ test('a vgg-condconv run trains with an annealed temperature, and sweep --json r
   const { model } = await loadRun(run);
   assert.deepEqual(Array.from(model.getWeights().find((w) => w.name === 'c2.conv.temperature')!.data), [5]);
   model.dispose();
+  // No throttleable unit: the default sweep is one point, and a u below 1 is refused rather than run whole.
   const sweep = captureIo();
-  assert.equal(await runCli(['sweep', run, '--u', '1', '--test-limit', '32', '--no-latency', '--json'], sweep), 0, sweep.stderr());
+  assert.equal(await runCli(['sweep', run, '--test-limit', '32', '--no-latency', '--json'], sweep), 0, sweep.stderr());
   const s = JSON.parse(sweep.stdout());
+  assert.deepEqual(s.points.map((p: { u: number }) => p.u), [1]);
+  const partial = captureIo();
+  assert.equal(await runCli(['sweep', run, '--u', '0.5,1', '--no-latency'], partial), 1);
+  assert.match(partial.stderr(), /--u does not apply to vgg-condconv: it has no throttleable unit/);
   assert.deepEqual(s.routing.layers.map((l: { layer: string }) => l.layer), ['c2.conv', 'c3.conv', 'c4.conv']);
   assert.equal(s.routing.layers[0].perClass.length, 10);
   const info = captureIo();

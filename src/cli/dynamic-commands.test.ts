@@ -176,6 +176,20 @@ test('--init starts a dynamic model from a static backbone’s run: its weights,
   } finally {
     c.model.dispose();
   }
+  // A spatial network keeps fewer BatchNorm rows than the throttleable backbone: each starts from its full-width row.
+  const spatial = path.join(tmp, 'spatial-init');
+  const sp = captureIo();
+  assert.equal(await runCli(['train', '--model', 'resnet38', '--dynamic', 'spatial', ...data, '--epochs', '1', '--lr', '1e-30', '--init', backbone, '--out', spatial], sp), 0, sp.stderr());
+  const [d, e] = await Promise.all([loadRun(backbone), loadRun(spatial)]);
+  try {
+    const kernel = (m: typeof d.model) => m.getWeights().find((w) => w.name === 's0.b0.conv1.kernel')!;
+    assert.deepEqual(kernel(e.model).data, kernel(d.model).data);
+    const rows = (m: typeof d.model) => m.getWeights().find((w) => w.name === 's0.b0.bn1.running_mean')!.shape[0];
+    assert.ok(rows(e.model) < rows(d.model), `the spatial run keeps ${rows(e.model)} rows, the backbone ${rows(d.model)}`);
+  } finally {
+    d.model.dispose();
+    e.model.dispose();
+  }
   const vgg = path.join(tmp, 'vgg');
   const v = captureIo();
   assert.equal(await runCli(['train', '--model', 'vgg-w', ...data, '--epochs', '1', '--out', vgg], v), 0, v.stderr());

@@ -65,6 +65,9 @@ test('CondConv2D equals a per-sample convolution with the mixed kernel (sigmoid,
       assert.deepEqual(y.shape.slice(1), layer.outShape);
       assert.equal(sel.count, args.filters);
       assert.ok(maxDiff(y, reference(layer, x)) < 1e-4, JSON.stringify(args));
+      // Batch 1 takes its own path (one convolution): the same numbers.
+      const x0 = tf.slice(x, [0, 0, 0, 0], [1, 7, 6, 3]) as tf.Tensor4D;
+      assert.ok(maxDiff(layer.call(x0, fullSel(3), ctx).y, reference(layer, x0)) < 1e-4, `batch 1: ${JSON.stringify(args)}`);
     });
     assert.equal(tf.memory().numTensors, before);
     x.dispose();
@@ -72,9 +75,16 @@ test('CondConv2D equals a per-sample convolution with the mixed kernel (sigmoid,
   }
 });
 
-test('CondConv2D runs one im2col and one batched matmul per call, whatever the batch and the experts', async () => {
+test('CondConv2D runs one im2col and one batched matmul per call, whatever the batch and the experts; one convolution at batch 1', async () => {
+  const one = built({ filters: 4, kernelSize: 3, experts: 3 });
+  const x1 = tf.randomNormal([1, 7, 6, 3]);
+  const single = (await tf.profile(() => tf.tidy(() => one.call(x1, fullSel(3), ctx).y))).kernels.map((k) => k.name);
+  assert.equal(single.filter((k) => k.startsWith('Conv2D') || k.startsWith('FusedConv2D')).length, 1, single.join(' '));
+  assert.equal(single.filter((k) => k === 'DepthwiseConv2dNative').length, 0);
+  x1.dispose();
+  one.weights().forEach((w) => w.variable.dispose());
   for (const [n, e] of [
-    [1, 2],
+    [2, 2],
     [6, 8],
   ]) {
     const layer = built({ filters: 4, kernelSize: 3, experts: e });

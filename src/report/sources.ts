@@ -7,32 +7,11 @@ import type { EngineName } from '../engine/backend.js';
 import { DynnError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { commandLine, trainCommandLine } from './commands.js';
+import { RUN_FILES } from '../train/run-files.js';
 import { DYNAMIC_SWEEP_WHAT, parseDynamicSweep, readJsonFile } from './dynamic.js';
 import type { ControllerEvalData, ExitData, GatesEvalData, OnnxLatencyData, RunData, SweepData } from './types.js';
 
-/**
- * Files the report and the dashboard read beside a run (`RUN/<file>`). Each is optional; a chart whose file
- * is missing says so and names the command that makes it.
- */
-export const RUN_FILES = {
-  /**
-   * `dynn sweep RUN --json > RUN/sweep.json`, or `dynn report RUN --save-sweep`. For a dynamic run, its gates'
-   * threshold sweep (`dynn sweep` of such a run writes it, with a `dynamic` field).
-   */
-  sweep: 'sweep.json',
-  /** `dynn sweep RUN --thresholds LIST --json > RUN/exit-sweep.json` (early-exit models). */
-  exitSweep: 'exit-sweep.json',
-  /** `dynn eval RUN --controller NAME --json > RUN/eval-NAME.json`: one file per controller. */
-  evalPrefix: 'eval-',
-  /** `dynn gates eval RUN --gates DIR --json > RUN/gates-eval-NAME.json`: learned gates against nested u. */
-  gatesEvalPrefix: 'gates-eval',
-  /** `dynn export RUN --onnx RUN/model.onnx`: the model the dashboard's demo page runs. */
-  onnx: 'model.onnx',
-  /** `dynn profile RUN/model.onnx`: ONNX Runtime latency per level. */
-  onnxProfile: 'model.onnx.profile.json',
-  /** Live training progress (see src/dashboard/progress.ts). */
-  progress: 'progress.json',
-} as const;
+export { RUN_FILES };
 
 /** The config.model tags of checkpoints that belong to a run rather than being one (src/control/store.ts). */
 const COMPANION_KINDS = { controller: 'dynn-controller', gates: 'dynn-gates' } as const;

@@ -117,7 +117,7 @@ test('a bottleneck wider than the split point is refused', () => {
   }
 });
 
-test('Jacobi eigen-decomposition: A v = lambda v, eigenvalues descending, orthonormal vectors', async () => {
+test('the symmetric eigen-decomposition: A v = lambda v, eigenvalues descending, orthonormal vectors', async () => {
   const { symmetricEigen } = await import('./pca.js');
   const n = 5;
   const a = new Float64Array(n * n);

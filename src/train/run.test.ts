@@ -79,7 +79,15 @@ test('an existing run is neither overwritten nor resumed unless asked; --force r
   await refuses(dir, {}, /already holds a training run \(mlp-w on synthetic, 1 epoch\); use --resume to continue it or --force to replace it/);
   await refuses(dir, { resume: true, force: true }, /pass one of them/);
   const oldWeights = fs.readdirSync(dir).filter((f) => f.startsWith('weights-'));
+  // Files made from the old weights, and one of the user's own.
+  const derived = ['eval-oracle.json', 'model.onnx', 'sweep.json'];
+  for (const f of [...derived, 'notes.txt']) fs.writeFileSync(path.join(dir, f), '{}');
+  await assert.rejects(train({ ...tiny, out: dir, force: true, dataset: 'no-such-data' }), /unknown dataset/);
+  for (const f of derived) assert.ok(fs.existsSync(path.join(dir, f)), `a replacement that failed before its first checkpoint keeps ${f}`);
   const replaced = await trainTo(dir, { force: true, seed: 8 });
+  assert.deepEqual(replaced.removedStale, derived);
+  for (const f of derived) assert.ok(!fs.existsSync(path.join(dir, f)), `${f} of the replaced run is removed`);
+  assert.ok(fs.existsSync(path.join(dir, 'notes.txt')), 'a file no command made stays');
   assert.equal(replaced.meta.seed, 8);
   const loaded = await loadRun(dir);
   assert.equal(loaded.meta.seed, 8);

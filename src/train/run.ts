@@ -16,6 +16,7 @@ import { createModel, models, type ModelArgs } from '../models/zoo.js';
 import { isGateWeight } from '../route/mechanisms.js';
 import type { Network } from '../models/network.js';
 import { DynnError } from '../util/errors.js';
+import { isDerivedRunFile } from './run-files.js';
 import { tail } from '../data/imageset.js';
 import type { ImageSet } from '../data/types.js';
 import type { Optimizer } from './optimizer.js';
@@ -217,6 +218,16 @@ export async function checkRunDir(dir: string, options: { resume?: boolean; forc
     throw new DynnError(`${dir} is not empty and holds no training run (${listNames(others)}); use --force to train into it anyway, or choose another --out`);
   }
   return null;
+}
+
+/**
+ * The files beside the run in `dir` that other commands made from its weights (`isDerivedRunFile`): what
+ * `train --force` removes once the new run's first checkpoint has replaced the old one. Empty when `dir`
+ * holds no run (a directory that is not a run keeps its files).
+ */
+export async function staleRunFiles(dir: string): Promise<string[]> {
+  if (!isCheckpointDir(dir)) return [];
+  return (await fsp.readdir(dir)).filter(isDerivedRunFile).sort();
 }
 
 async function describeRun(dir: string): Promise<string> {

@@ -1,3 +1,4 @@
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { annealTemperatures } from '../layers/condconv.js';
 import { initEngine, type EngineName } from '../engine/backend.js';
@@ -6,7 +7,7 @@ import { allocShared, head } from '../data/imageset.js';
 import type { Dataset } from '../data/types.js';
 import { checkGatingMode, type GatingMode } from '../gating/gating.js';
 import { createModel, resolveModelArgs, type ModelArgs } from '../models/zoo.js';
-import type { Network } from '../models/network.js';
+import type { NamedArray, Network } from '../models/network.js';
 import { loadCheckpoint } from '../checkpoint/checkpoint.js';
 import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
@@ -21,7 +22,7 @@ import { LocalExecutor, ThreadExecutor, type GradientExecutor } from './executor
 import { checkOptimizer, Optimizer, type OptimizerName } from './optimizer.js';
 import { checkLrSchedule, checkUSchedule, learningRate, sampleU, type LrSchedule, type USchedule } from './schedule.js';
 import { VERSION } from '../version.js';
-import { buildModel, checkDynamicMatch, checkRunDir, loadRun, saveRun, type EpochRecord, type ResumePoint, type TrainMeta } from './run.js';
+import { buildModel, checkDynamicMatch, checkRunDir, loadRun, saveRun, staleRunFiles, type EpochRecord, type ResumePoint, type TrainMeta } from './run.js';
 import { optionFlag } from './flags.js';
 import type { GateEstimator, Plan } from '../layers/types.js';
 import { flatLayout, type StepSetup, type StepSpec } from './step.js';
@@ -171,6 +172,8 @@ export interface TrainResult {
   meta: TrainMeta;
   /** Epochs this call trained: 0 when a resumed run had already reached its epochs (nothing was written). */
   epochsTrained: number;
+  /** Files of the run `force` replaced that described its old weights (sweeps, evaluations, exports), removed. */
+  removedStale: string[];
 }
 
 type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'init' | 'exitWeights' | 'flopsTarget' | 'widthTarget' | 'skipTarget' | 'spatialTarget' | 'efficiencyWeight' | 'gateEstimator';
@@ -337,6 +340,9 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   // Everything that could refuse the run directory is checked before the data loads, let alone an epoch runs.
   const run = options.out ? await checkRunDir(options.out, { resume: options.resume, force: options.force }) : null;
   if (run) options = resumeOptions(options, run, options.out!);
+  // A replaced run's sweeps, evaluations and exports would describe weights that are gone.
+  const stale = options.force && options.out ? await staleRunFiles(options.out) : [];
+  const removedStale: string[] = [];
   const o = resolveOptions(options);
   const done = run ? run.meta.history.length : 0;
   if (run && run.meta.epoch !== done) {
@@ -464,7 +470,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
     if (startEpoch === o.epochs) {
       // Already complete: nothing to train, and nothing on disk is rewritten.
       optimizer.dispose();
-      return { model, dataset, meta: run.meta, epochsTrained: 0 };
+      return { model, dataset, meta: run.meta, epochsTrained: 0, removedStale: [] };
     }
   }
 
@@ -616,9 +622,14 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       };
       history.push(record);
       if (o.out) await saveRun(o.out, model, meta(), optimizer);
+      // Only now is the old run gone: an earlier failure leaves it whole, with its files.
+      if (stale.length && !removedStale.length) {
+        await Promise.all(stale.map((f) => fsp.rm(path.join(o.out!, f), { force: true })));
+        removedStale.push(...stale);
+      }
       options.onEpoch?.(record);
     }
-    return { model, dataset, meta: meta(), epochsTrained: o.epochs - startEpoch };
+    return { model, dataset, meta: meta(), epochsTrained: o.epochs - startEpoch, removedStale };
   } catch (err) {
     model.dispose();
     throw err;
@@ -662,7 +673,10 @@ async function initFrom(dir: string, model: Network): Promise<void> {
     const args = (m: Network) => [m.config.args.dynamic, m.config.args.gateScale ?? 1, m.config.args.decisions ?? 'nested'].join();
     const gates = mine.filter((w) => isGateWeight(w.name));
     const keepGates = args(source) === args(model) && gates.every((w) => have.get(w.name)?.shape.join() === w.shape.join());
-    const from = (w: (typeof mine)[number]) => (isGateWeight(w.name) && !keepGates ? undefined : have.get(w.name));
+    const from = (w: (typeof mine)[number]) => {
+      const a = isGateWeight(w.name) && !keepGates ? undefined : have.get(w.name);
+      return a && isLevelStats(a, w) && a.shape[0] !== w.shape[0] ? fullWidthRows(a, w.shape[0]) : a;
+    };
     for (const w of mine) {
       const a = from(w);
       if (a && a.shape.join() !== w.shape.join()) throw new DynnError(`--init ${dir}: weight ${w.name} has shape [${a.shape}] there, this model needs [${w.shape}]`);
@@ -671,6 +685,23 @@ async function initFrom(dir: string, model: Network): Promise<void> {
   } finally {
     source.dispose();
   }
+}
+
+/** Whether `a` and `w` are BatchNorm statistics per level ([levels, channels]) of as many channels. */
+function isLevelStats(a: NamedArray, w: NamedArray): boolean {
+  return /\.running_(mean|var)$/.test(w.name) && a.shape.length === 2 && w.shape.length === 2 && a.shape[1] === w.shape[1];
+}
+
+/**
+ * Statistics for `levels` rows from a run with another number of levels (a throttleable backbone under a
+ * spatial or skip network): its full-width row in each. Calibration after the first epoch replaces them.
+ */
+function fullWidthRows(a: NamedArray, levels: number): NamedArray {
+  const c = a.shape[1];
+  const top = a.data.subarray((a.shape[0] - 1) * c, a.shape[0] * c);
+  const data = new Float32Array(levels * c);
+  for (let r = 0; r < levels; r++) data.set(top, r * c);
+  return { name: a.name, shape: [levels, c], data };
 }
 
 /** Test accuracy of each exit of an early-exit model on its own, at u = 1. */
