@@ -23,12 +23,10 @@ import { policyProbabilities } from '../src/control/bandit.js';
 import { loadController } from '../src/control/store.js';
 import type { Candidate } from '../src/control/select.js';
 import { writeFileAtomic } from '../src/util/fs.js';
+import { benchArgs } from './common.js';
 
 const args = process.argv.slice(2);
-const opt = (name: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : undefined;
-};
+const { value: opt } = benchArgs(args);
 const runDir = opt('run') ?? 'runs/fm-vgg';
 const ctrlDir = opt('controller');
 const log = (s: string) => process.stderr.write(s + '\n');

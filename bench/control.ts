@@ -15,14 +15,12 @@ import { MixedRunner } from '../src/control/runner.js';
 import { actionSet } from '../src/control/actions.js';
 import { Rng } from '../src/util/rng.js';
 import { writeFileAtomic } from '../src/util/fs.js';
+import { benchArgs } from './common.js';
 
 const args = process.argv.slice(2);
-const opt = (name: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : undefined;
-};
-const BATCH = Number(opt('batch') ?? 256);
-const REPS = Number(opt('reps') ?? 20);
+const { value: opt, int } = benchArgs(args);
+const BATCH = int('batch', 256);
+const REPS = int('reps', 20);
 const json = args.includes('--json');
 const log = (s: string) => process.stderr.write(s + '\n');
 

@@ -19,19 +19,10 @@ import { againstCurve } from '../src/control/curve.js';
 import { Policy } from '../src/control/policy.js';
 import { greedyActions, policyProbabilities, trainBandit, type BanditOptions } from '../src/control/bandit.js';
 import { writeFileAtomic } from '../src/util/fs.js';
+import { benchArgs } from './common.js';
 
 const args = process.argv.slice(2);
-const opt = (name: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : undefined;
-};
-const num = (name: string, fallback: number) => {
-  const v = opt(name);
-  if (v === undefined) return fallback;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got ${v}`);
-  return n;
-};
+const { value: opt, int: num } = benchArgs(args);
 const runDir = opt('run') ?? 'runs/fm-vgg';
 const trainSamples = num('train-samples', 20000);
 const epochs = num('epochs', 10);

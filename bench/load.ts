@@ -31,18 +31,10 @@ import { nhwcToNchw } from '../src/runtime/core.js';
 import { readOnnxMetadata } from '../src/export/metadata.js';
 import { OnnxModel, readModelFile } from '../src/runtime/node.js';
 import { writeFileAtomic } from '../src/util/fs.js';
+import { benchArgs } from './args.js';
 
 const args = process.argv.slice(2);
-const opt = (name: string) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : undefined;
-};
-const num = (name: string, dflt: number) => {
-  const v = opt(name);
-  const n = v === undefined ? dflt : Number(v);
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, got ${v}`);
-  return n;
-};
+const { value: opt, num } = benchArgs(args);
 const MODEL = opt('model');
 if (!MODEL) throw new Error('usage: node dist/bench/load.js --model FILE.onnx [--soak S] (see the header of bench/load.ts)');
 const DATASET = opt('dataset') ?? 'fashion-mnist';
