@@ -88,6 +88,7 @@ export const serveCommands: CommandModule = (cli, io) => {
     .option('--profile', 'with no latency table beside the model, measure one at startup (else: refuse to start)')
     .option('--max-sessions <n>', 'a model with a temporal controller: most sessions open at once; more get 429 [default: 1024]')
     .option('--session-idle-ms <ms>', 'a model with a temporal controller: a session unused this long expires [default: 60000]')
+    .option('--data-dir <dir>', 'a split\'s folder: where its data set files are (the head page\'s test images)')
     .option('--json', 'print the startup line as JSON');
   httpFlags(command)
     .example('dynn serve fm-vgg.onnx --port 8080 --slo-ms 25 --policy adaptive')

@@ -113,7 +113,7 @@ export async function serveSplit(dir: string, o: Opts, io: Io, stop: Promise<str
   const port = numberOption(o.port, 'port', { int: true, min: 0, max: 65535 }) ?? 8080;
   const host = o.host === undefined ? '127.0.0.1' : String(o.host);
   const { SplitServer } = await import('../split/server.js');
-  const server = await SplitServer.create({ dir, threads: numberOption(o.threads, 'threads', { int: true, min: 1 }), ...http });
+  const server = await SplitServer.create({ dir, threads: numberOption(o.threads, 'threads', { int: true, min: 1 }), dataDir: o.dataDir === undefined ? undefined : String(o.dataDir), ...http });
   let url: string;
   try {
     url = await server.listen({ port, host });
@@ -122,8 +122,8 @@ export async function serveSplit(dir: string, o: Opts, io: Io, stop: Promise<str
     throw err;
   }
   const m = server.tail.meta;
-  if (o.json) io.out(JSON.stringify({ url, split: dir, at: m.at, routes: ['POST /v1/tail', 'GET /v1/split'] }) + '\n');
-  else io.out(`dynn serve: listening on ${url} (the tail of ${m.model.model} after ${m.at}: POST /v1/tail)\n`);
+  if (o.json) io.out(JSON.stringify({ url, split: dir, at: m.at, routes: ['POST /v1/tail', 'GET /v1/split', 'GET /'] }) + '\n');
+  else io.out(`dynn serve: listening on ${url} (the tail of ${m.model.model} after ${m.at}: POST /v1/tail; the head in a browser: ${url}/)\n`);
   const sig = await stop;
   io.err(`dynn serve: ${sig}: shutting down\n`);
   await server.close();

@@ -1,16 +1,17 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import { createRequire } from 'node:module';
 import path from 'node:path';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { DynnError } from '../util/errors.js';
 import { createHttpApp, listenHttp, type HttpSafetyOptions } from '../util/http.js';
+import { ORT_WEB_ENTRY, ORT_WEB_PATH, ortWebRoute } from '../util/ort-web.js';
 import { buildReport } from '../report/report.js';
 import { gatherRun, RUN_FILES } from '../report/sources.js';
 import { commandLine } from '../report/commands.js';
 import { CASCADE_DEFAULTS } from '../control/cascade.js';
 import { ONNX_IO, type OnnxMetadata } from '../export/metadata.js';
 import { verifyModel } from '../runtime/verify.js';
+import type { SampleImages } from '../data/samples.js';
 import { DEMO_SCRIPT } from './demo-client.js';
 import { liveFragment } from './live.js';
 import { demoPage, errorPage, indexPage, livePage } from './pages.js';
@@ -28,19 +29,9 @@ export interface DashboardOptions extends HttpSafetyOptions {
   pollMs?: number;
 }
 
-/** onnxruntime-web's files the demo page loads: the wasm-only ES module build and its wasm binary. */
-const ORT_FILE = /^ort(\.wasm\.min\.mjs|-wasm-simd-threaded\.(mjs|wasm))$/;
-const ORT_ENTRY = 'ort.wasm.min.mjs';
-const CONTENT_TYPES: Record<string, string> = { '.mjs': 'text/javascript; charset=utf-8', '.wasm': 'application/wasm' };
 const MAX_SAMPLES = 64;
 /** A saved report is a file from the run folder: shown without scripts, in an origin of its own. */
 const SAVED_REPORT_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:";
-
-/** The folder holding onnxruntime-web's browser builds (served locally: the page fetches nothing outside). */
-function ortDistDir(): string {
-  const require = createRequire(import.meta.url);
-  return path.dirname(require.resolve('onnxruntime-web'));
-}
 
 /** SHA-256 of byte chunks (the weights digest of `export/digest.ts`), with node:crypto. */
 async function sha256(chunks: Uint8Array[]): Promise<string> {
@@ -56,7 +47,7 @@ function html(reply: FastifyReply, body: string, code = 200): FastifyReply {
 /** A decoded test set cached per run and data set, so the demo page's images load once. */
 interface SampleCache {
   key: string;
-  body: { width: number; height: number; channels: number; classNames: string[]; labels: number[]; images: string[] };
+  body: SampleImages;
 }
 
 /** Builds the dashboard app (not listening): run list, reports, live training, in-browser demo. */
@@ -65,7 +56,6 @@ export async function createDashboard(options: DashboardOptions): Promise<Fastif
   await listRuns(runsDir);
   const pollMs = options.pollMs ?? 2000;
   const sampleCount = Math.min(MAX_SAMPLES, options.samples ?? 24);
-  const ortDir = ortDistDir();
   const samples = new Map<string, SampleCache>();
   const onnxMeta = new Map<string, { mtime: number; meta: OnnxMetadata; verified: boolean; reason: string | null }>();
   const app = createHttpApp({ logger: false }, options);
@@ -138,7 +128,7 @@ export async function createDashboard(options: DashboardOptions): Promise<Fastif
     const r = await run(req.params.name, reply, false);
     if (!r) return reply;
     const controllers = r.model && !r.error ? (await gatherRun(r.dir, r.name, { sweep: false, lenient: true })).controllers.filter((c) => c.samples === 'validation split').map((c) => c.name) : [];
-    return html(reply, demoPage(r, { ortUrl: `/vendor/ort/${ORT_ENTRY}`, wasmPaths: '/vendor/ort/', samples: sampleCount, cascade: CASCADE_DEFAULTS, controllers }));
+    return html(reply, demoPage(r, { ortUrl: ORT_WEB_ENTRY, wasmPaths: ORT_WEB_PATH, samples: sampleCount, cascade: CASCADE_DEFAULTS, controllers }));
   });
 
   app.get<{ Params: { name: string } }>(`/runs/:name/${RUN_FILES.onnx}`, async (req, reply) => {
@@ -173,17 +163,12 @@ export async function createDashboard(options: DashboardOptions): Promise<Fastif
     const key = `${r.dataset}:${count}`;
     let cached = samples.get(r.name);
     if (!cached || cached.key !== key) {
-      const { loadDataset } = await import('../data/datasets.js');
-      let data;
+      const { sampleImages } = await import('../data/samples.js');
       try {
-        data = await loadDataset(r.dataset, { dataDir: options.dataDir, trainLimit: 1, testLimit: count });
+        cached = { key, body: await sampleImages(r.dataset, { dataDir: options.dataDir, count }) };
       } catch (err) {
         return reply.code(404).send({ error: `cannot open data set ${r.dataset} here: ${(err as Error).message}` });
       }
-      const t = data.test;
-      const per = t.height * t.width * t.channels;
-      const images = Array.from({ length: t.count }, (_, i) => Buffer.from(t.images.subarray(i * per, (i + 1) * per)).toString('base64'));
-      cached = { key, body: { width: t.width, height: t.height, channels: t.channels, classNames: data.classNames, labels: Array.from(t.labels), images } };
       samples.set(r.name, cached);
     }
     return cached.body;
@@ -191,11 +176,7 @@ export async function createDashboard(options: DashboardOptions): Promise<Fastif
 
   app.get('/static/demo.js', async (_req, reply) => reply.type('text/javascript; charset=utf-8').send(DEMO_SCRIPT));
 
-  app.get<{ Params: { file: string } }>('/vendor/ort/:file', async (req, reply) => {
-    const file = req.params.file;
-    if (!ORT_FILE.test(file)) return reply.code(404).type('text/plain').send('not found');
-    return reply.type(CONTENT_TYPES[path.extname(file)]).send(await fsp.readFile(path.join(ortDir, file)));
-  });
+  ortWebRoute(app);
 
   return app;
 }

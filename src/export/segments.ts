@@ -18,6 +18,7 @@ import { DynnError } from '../util/errors.js';
 import { VERSION } from '../version.js';
 import { addWeights, selectBranch, weightsSha256 } from './export.js';
 import { attr, floatValueInfo, GraphBuilder, NameScope } from './graph.js';
+import { lowerResize } from './lower.js';
 import { lowerAnyChain, lowerChain, lowerResidual, type BranchContext } from './lower.js';
 import { encodeModel, IR_VERSION, OPSET_VERSION, type GraphMsg } from './onnx-proto.js';
 import { MANIFEST_FILE, SEGMENT_IO, SEGMENTS_FORMAT, type SegmentEntry, type SegmentsManifest } from './manifest.js';
@@ -86,14 +87,6 @@ interface SwitchParts {
 function switchParts(sw: WidthSwitch | WholeSwitch<never>, sel: ChannelSel, full: Plan): SwitchParts {
   if (sw instanceof WholeSwitch) return { gate: sw.gate, gateResize: sw.gateResize(), routeMacs: Array.from({ length: sw.routes }, (_, k) => sw.routeMacs(k)), route: (k) => sw.exportRoute(k) };
   return { gate: sw.gate, routeMacs: sw.routeMacs(sel, full), route: (k) => ({ layers: sw.tail, plan: sw.routePlan(full, k), label: `the rest of the network at ${sw.routeGroups(k)} groups` }) };
-}
-
-/** Bilinear resizing of NCHW `x` to [h, w], half-pixel centres (TF.js's `resizeBilinear(x, size, false, true)`). */
-function lowerResize(g: GraphBuilder, x: string, h: number, w: number, base: string): string {
-  const shape = g.node('Shape', [x], `${base}/shape`);
-  const nc = g.node('Slice', [shape, g.int64Const(`${base}/starts`, [0]), g.int64Const(`${base}/ends`, [2]), g.int64Const(`${base}/axes`, [0])], `${base}/nc`);
-  const sizes = g.node('Concat', [nc, g.int64Const(`${base}/hw`, [h, w])], `${base}/sizes`, { axis: attr.int(0) });
-  return g.node('Resize', [x, '', '', sizes], base, { mode: attr.string('linear'), coordinate_transformation_mode: attr.string('half_pixel') });
 }
 
 /** Splits the network's top-level layers into runs of plain layers and single gated blocks. */

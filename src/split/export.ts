@@ -6,23 +6,10 @@ import { lowerChain } from '../export/lower.js';
 import { DataType, encodeModel, IR_VERSION, OPSET_VERSION, type ValueInfoMsg } from '../export/onnx-proto.js';
 import { VERSION } from '../version.js';
 import type { SplitNetwork } from './bottleneck.js';
-import { MIN_STEP } from './quantize.js';
+import { MIN_STEP } from './bits.js';
+import { SPLIT_IO } from './core.js';
 
-/** Input and output names of the head and tail graphs. */
-export const SPLIT_IO = {
-  images: 'images',
-  /** Head input, int64 [1]: the bottleneck's channel count (the first c encoder outputs). */
-  channels: 'channels',
-  /** Head input, float32 [1]: the bit width. */
-  bits: 'bits',
-  /** Head output, tail input: int32 [batch, c, H, W] codes. */
-  codes: 'codes',
-  /** Head output, tail input: float32 [batch], each sample's minimum. */
-  min: 'min',
-  /** Head output, tail input: float32 [batch], each sample's quantization step. */
-  step: 'step',
-  scores: 'scores',
-} as const;
+export { SPLIT_IO } from './core.js';
 
 function typedInfo(name: string, elem: number, dims: (number | string)[]): ValueInfoMsg {
   return { name, type: { tensor_type: { elem_type: elem, shape: { dim: dims.map((d) => (typeof d === 'number' ? { dim_value: d } : { dim_param: d })) } } } };

@@ -1,14 +1,12 @@
-import { z } from 'zod';
 import { nhwcToNchw } from '../runtime/core.js';
 import { toFloat } from '../data/imageset.js';
 import type { ImageSet } from '../data/types.js';
 import { DynnError } from '../util/errors.js';
 import { SplitHead } from './runtime.js';
 import { Shaper } from './shaper.js';
-import { choosePoint, LinkMonitor } from './navisplit.js';
-import { encodeFrame } from './wire.js';
+import { PointPicker } from './navisplit.js';
 import type { SplitFigure } from './store.js';
-import type { TailResponse } from './server.js';
+import { sendFrame } from './client.js';
 
 /** Options of `runHead`. */
 export interface HeadOptions {
@@ -48,55 +46,6 @@ export interface HeadReport {
   classes: number[];
 }
 
-/** Default time a head waits for the tail's answer to one frame, ms. */
-export const DEFAULT_TAIL_TIMEOUT_MS = 10_000;
-
-const tailAnswer = (count: number) =>
-  z.object({
-    classes: z.array(z.number().int().nonnegative()).length(count),
-    labels: z.array(z.string()).length(count),
-    scores: z.array(z.array(z.number())).length(count),
-  });
-
-/**
- * Sends one frame to the tail (`v1/tail` under the server's URL, so a path prefix survives) and checks its answer:
- * one class per sample. An unreachable, slow (`timeoutMs`, default 10 s) or refusing server, or an answer that is
- * not the tail's JSON, is a DynnError naming the server.
- */
-export async function postFrame(server: string, body: Uint8Array, o: { timeoutMs?: number } = {}): Promise<TailResponse> {
-  const url = new URL('v1/tail', server.endsWith('/') ? server : `${server}/`);
-  const timeoutMs = o.timeoutMs ?? DEFAULT_TAIL_TIMEOUT_MS;
-  const count = body.length >= 16 ? new DataView(body.buffer, body.byteOffset, body.byteLength).getUint32(12, true) : 0;
-  let res: Response;
-  let text: string;
-  try {
-    res = await fetch(url, {
-      method: 'POST',
-      headers: { 'content-type': 'application/octet-stream' },
-      body: new Blob([body as Uint8Array<ArrayBuffer>]),
-      signal: AbortSignal.timeout(timeoutMs),
-    });
-    text = await res.text();
-  } catch (err) {
-    const e = err as Error;
-    if (e.name === 'TimeoutError') throw new DynnError(`the tail server at ${url} did not answer within ${timeoutMs} ms (--timeout-ms)`);
-    throw new DynnError(`cannot reach the tail server at ${url}: ${e.cause instanceof Error ? e.cause.message : e.message}`);
-  }
-  if (!res.ok) throw new DynnError(`the tail server at ${url} answered ${res.status}: ${text.slice(0, 500)}`);
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    throw new DynnError(`the tail server at ${url} answered ${res.status} with something that is not JSON: ${JSON.stringify(text.slice(0, 200))}`);
-  }
-  const parsed = tailAnswer(count).safeParse(json);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new DynnError(`the tail server at ${url} answered ${res.status} but not with the tail's answer for ${count} sample(s): ${issue.path.join('.') || 'the body'}: ${issue.message}`);
-  }
-  return parsed.data;
-}
-
 function quantile(sorted: number[], q: number): number {
   return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : 0;
 }
@@ -118,33 +67,19 @@ export async function runHead(o: HeadOptions): Promise<HeadReport> {
     if (o.channels !== undefined && o.latencyBudgetMs !== undefined) throw new DynnError('a fixed bottleneck (--channels, --bits) and a latency budget exclude each other');
     const points = meta.points;
     const best = points.reduce((a, p) => (p.accuracy > a.accuracy ? p : a));
-    const fixed: SplitFigure | null = o.channels !== undefined ? { channels: o.channels, bits: o.bits!, bytesPerSample: 0, accuracy: 0 } : o.latencyBudgetMs === undefined ? best : null;
-    const bySize = [...points].sort((a, b) => a.bytesPerSample - b.bytesPerSample);
+    const fixed: SplitFigure | undefined = o.channels !== undefined ? { channels: o.channels, bits: o.bits!, bytesPerSample: 0, accuracy: 0 } : o.latencyBudgetMs === undefined ? best : undefined;
     const shaper = o.bandwidthMbps !== undefined ? new Shaper({ bandwidthMbps: o.bandwidthMbps, delayMs: o.delayMs }) : null;
     if (!shaper && o.delayMs !== undefined) throw new DynnError('--delay-ms shapes the link with --bandwidth-mbps; give both');
-    const monitor = new LinkMonitor();
+    const picker = new PointPicker(points, { fixed, latencyBudgetMs: o.latencyBudgetMs });
     const times: number[] = [];
     const classes: number[] = [];
     const used = new Map<string, { channels: number; bits: number; frames: number }>();
     let bytes = 0;
     let right = 0;
     for (let i = 0; i < o.images.count; i++) {
-      const t0 = performance.now();
-      let point = fixed;
-      if (!point) {
-        const link = monitor.estimate();
-        point = link ? choosePoint(points, link, o.latencyBudgetMs!) : bySize[i % 2 === 0 ? 0 : bySize.length - 1];
-      }
-      const frame = await head.run(nhwcToNchw(toFloat(o.images, i, 1), [c, h, w]), 1, point.channels, point.bits);
-      const body = encodeFrame(frame);
-      if (shaper) await shaper.send(body.length);
-      const answer = await postFrame(o.server, body, { timeoutMs: o.timeoutMs });
-      const t2 = performance.now();
-      // The budget is end to end, so the monitor learns from the whole frame: the head's run and encoding land
-      // in the fixed part of its line (the encoding's share that grows with the bytes, in the rate).
-      monitor.observe(body.length, t2 - t0);
-      times.push(t2 - t0);
-      bytes += body.length;
+      const { point, bytes: sent, answer, totalMs } = await sendFrame({ head, picker, shaper, server: o.server, timeoutMs: o.timeoutMs }, nhwcToNchw(toFloat(o.images, i, 1), [c, h, w]));
+      times.push(totalMs);
+      bytes += sent;
       classes.push(answer.classes[0]);
       if (answer.classes[0] === o.images.labels[i]) right++;
       const key = `${point.channels}x${point.bits}`;

@@ -9,6 +9,7 @@ export { saveSplit, loadSplitMeta, checkSplitDir, isSplitDir, SPLIT_FORMAT, SPLI
 export { SplitHead, SplitTail } from './runtime.js';
 export { pngBytes, inputBytes } from './input-size.js';
 export { SplitServer, type SplitServerOptions, type TailResponse } from './server.js';
-export { runHead, postFrame, type HeadOptions, type HeadReport } from './head.js';
+export { runHead, type HeadOptions, type HeadReport } from './head.js';
+export { postFrame, sendFrame, DEFAULT_TAIL_TIMEOUT_MS, type SentFrame } from './client.js';
 export { Shaper, type ShaperOptions } from './shaper.js';
-export { LinkMonitor, choosePoint, predictedMs, type LinkEstimate } from './navisplit.js';
+export { LinkMonitor, PointPicker, choosePoint, predictedMs, type LinkEstimate } from './navisplit.js';

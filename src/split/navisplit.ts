@@ -66,3 +66,40 @@ export function choosePoint(points: SplitFigure[], link: LinkEstimate, budgetMs:
   if (!fitting.length) return bySize[0];
   return fitting.reduce((best, p) => (p.accuracy > best.accuracy ? p : best));
 }
+
+/**
+ * Each frame's bottleneck for a head: a fixed one, or NaviSplit's within a latency budget. With a budget the first
+ * frames probe the smallest and the largest point in turn until the monitor has a line, then each frame takes
+ * `choosePoint` over what the monitor learned from the frames before. `dynn head` and the browser's head page
+ * both pick with this.
+ */
+export class PointPicker {
+  readonly monitor = new LinkMonitor();
+  private readonly bySize: SplitFigure[];
+  private frames = 0;
+
+  constructor(
+    readonly points: SplitFigure[],
+    private readonly o: { fixed?: SplitFigure; latencyBudgetMs?: number },
+  ) {
+    if (points.length === 0) throw new DynnError('no bottleneck to choose from');
+    if (!o.fixed && o.latencyBudgetMs === undefined) throw new DynnError('give a fixed bottleneck or a latency budget');
+    this.bySize = [...points].sort((a, b) => a.bytesPerSample - b.bytesPerSample);
+  }
+
+  /** The next frame's point. */
+  next(): SplitFigure {
+    const i = this.frames++;
+    if (this.o.fixed) return this.o.fixed;
+    const link = this.monitor.estimate();
+    return link ? choosePoint(this.points, link, this.o.latencyBudgetMs!) : this.bySize[i % 2 === 0 ? 0 : this.bySize.length - 1];
+  }
+
+  /**
+   * What a frame cost end to end. The budget is end to end, so the monitor learns from the whole frame: the head's
+   * run and encoding land in the fixed part of its line (the encoding's share that grows with the bytes, in the rate).
+   */
+  observe(bytes: number, ms: number): void {
+    this.monitor.observe(bytes, ms);
+  }
+}

@@ -5,30 +5,23 @@ import os from 'node:os';
 import path from 'node:path';
 import http from 'node:http';
 import { initEngine } from '../engine/backend.js';
-import { createModel } from '../models/zoo.js';
-import { loadSynthetic } from '../data/synthetic.js';
 import { toFloat, head as firstOf } from '../data/imageset.js';
 import { nhwcToNchw } from '../runtime/core.js';
-import { splitNetwork } from './split.js';
-import { saveSplit } from './store.js';
+import { tinySplit } from './fixtures.js';
 import { SplitServer } from './server.js';
 import { SplitHead, SplitTail } from './runtime.js';
-import { runHead, postFrame } from './head.js';
+import { runHead } from './head.js';
+import { postFrame } from './client.js';
 import { encodeFrame } from './wire.js';
 import { Shaper } from './shaper.js';
 import { choosePoint, LinkMonitor } from './navisplit.js';
+import { BROWSER_MODULES, DIST_SRC } from './web.js';
+import { HEAD_PAGE_CSP } from './page.js';
 
 await initEngine('wasm');
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-split-serve-'));
-const data = await loadSynthetic({ trainLimit: 128, testLimit: 24 });
-{
-  const model = createModel('vgg-w', { widths: [8, 8, 16, 16], hidden: 32, groups: 2 });
-  const r = splitNetwork(model, data.train, data.test, { at: 'pool2', channels: [1, 2, 4], bits: [2, 4], batchSize: 32, pngSamples: 4 });
-  await saveSplit(dir, r.head, r.tail, r.meta);
-  r.split.bottleneck.dispose();
-  model.dispose();
-}
+const data = await tinySplit(dir);
 const server = await SplitServer.create({ dir });
 const url = await server.listen();
 after(() => server.close());
@@ -74,8 +67,9 @@ test('bad frames and requests are 4xx with a JSON error, and the server keeps se
     [edit((v) => v.setUint16(8, 6, true)), 400, /features are 6x7; this tail takes 7x7/],
     [edit((v) => v.setFloat32(20, NaN, true)), 400, /step NaN must be finite/],
     [edit((v) => (v.setFloat32(16, 1e38, true), v.setFloat32(20, 1e38, true))), 400, /overflows float32/],
-    // Every value finite in float32 but near its largest: the tail's sums overflow, a 422 rather than a 500.
-    [edit((v) => (v.setFloat32(16, 3.3e38, true), v.setFloat32(20, 1e30, true))), 422, /non-finite scores for sample 0/],
+    // Every value finite in float32 but the codes spanning -3.3e38 to 3.3e38: the tail's sums overflow whatever the
+    // decoder's signs (one sign alone can be cut by its ReLU), a 422 rather than a 500.
+    [edit((v) => (v.setFloat32(16, -3.3e38, true), v.setFloat32(20, 4.4e37, true))), 422, /non-finite scores for sample 0/],
     [good.subarray(0, good.length - 2), 400, /bytes; got/],
     [new Uint8Array(3), 400, /16-byte header/],
     [good, 415, /application\/octet-stream/, 'application/json'],
@@ -206,5 +200,43 @@ test('a head.onnx and tail.onnx swapped by hand are refused at load, naming the 
     await assert.rejects(SplitHead.load(swapped), /head\.onnx has inputs codes, min, step; a split's head\.onnx has images, channels, bits/);
   } finally {
     fs.rmSync(swapped, { recursive: true, force: true });
+  }
+});
+
+test('the head page: served with its policy, with dynn\'s browser modules, head.onnx and test images, nothing else of dist', async () => {
+  const get = (u: string) => server.app.inject({ method: 'GET', url: u });
+  const page = await get('/');
+  assert.equal(page.statusCode, 200);
+  assert.equal(page.headers['content-security-policy'], HEAD_PAGE_CSP);
+  assert.match(page.body, /<script type="module" src="\/static\/dynn\/split\/head-page\.js"><\/script>/);
+  assert.deepEqual((await get('/head.onnx')).rawPayload, fs.readFileSync(path.join(dir, 'head.onnx')));
+  for (const m of BROWSER_MODULES) assert.equal((await get(`/static/dynn/${m}`)).statusCode, 200, m);
+  for (const u of ['/static/dynn/split/server.js', '/static/dynn/split/wire.js.map', '/static/dynn/split/../../package.json', '/static/dynn/%2e%2e/package.json', '/vendor/ort/ort.node.min.mjs']) {
+    assert.equal((await get(u)).statusCode, 404, u);
+  }
+  assert.equal((await get('/vendor/ort/ort.wasm.min.mjs')).statusCode, 200);
+  const samples = (await get('/v1/split/samples')).json() as { labels: number[]; images: string[]; classNames: string[] };
+  assert.equal(samples.images.length, 16);
+  assert.equal(Buffer.from(samples.images[3], 'base64').length, 28 * 28);
+  assert.ok(samples.labels.length === 16 && samples.labels.every((l) => Number.isInteger(l) && l >= 0 && l < samples.classNames.length));
+  assert.deepEqual(((await get('/v1/split')).json() as { input: unknown }).input, { layout: 'NCHW', shape: [1, 28, 28] });
+  // The tail reports its own time, which the page subtracts from the request's.
+  const h = await SplitHead.load(dir);
+  const frame = encodeFrame(await h.run(nhwcToNchw(toFloat(data.test, 0, 1), [1, 28, 28]), 1, 1, 2));
+  await h.release();
+  const tailMs = (await postFrame(url, frame)).timings?.tailMs;
+  assert.ok(typeof tailMs === 'number' && tailMs >= 0);
+});
+
+test('the head page\'s modules import only each other: no node module, no bare package name', () => {
+  const listed = new Set<string>(BROWSER_MODULES);
+  for (const m of BROWSER_MODULES) {
+    const code = fs.readFileSync(path.join(DIST_SRC, m), 'utf8');
+    const specifiers = [...code.matchAll(/(?:^|\n)\s*(?:import|export)\b[^'"]*?from\s*'([^']+)'|import\(\s*'([^']+)'\s*\)|(?:^|\n)import\s*'([^']+)'/g)].map((x) => x[1] ?? x[2] ?? x[3]);
+    for (const s of specifiers) {
+      assert.ok(s.startsWith('.'), `${m} imports ${s}`);
+      const target = path.posix.normalize(path.posix.join(path.posix.dirname(m), s));
+      assert.ok(listed.has(target), `${m} imports ${target}, which the page is not served`);
+    }
   }
 });

@@ -1,5 +1,5 @@
 import { DynnError } from '../util/errors.js';
-import { BITS_RANGE } from './quantize.js';
+import { BITS_RANGE } from './bits.js';
 
 /** Version of the binary feature frame; a frame of another version is refused. */
 export const WIRE_VERSION = 1;
