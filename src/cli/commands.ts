@@ -62,6 +62,7 @@ export function trainOptionsFrom(o: Opts) {
     init: o.init === undefined ? undefined : String(o.init),
     modelArgs: {
       groups: numberOption(o.groups, 'groups', { int: true, min: 1 }),
+      channelMultiple: numberOption(o.channelMultiple, 'channel-multiple', { int: true, min: 1 }),
       dynamic: o.dynamic === undefined ? undefined : String(o.dynamic),
       decisions: o.decisions === undefined ? undefined : String(o.decisions),
       gateWidth: numberOption(o.gateWidth, 'gate-width', { int: true, min: 1 }),

@@ -131,6 +131,43 @@ export function weightsSha256(graph: GraphMsg): string {
   return hash.digest('hex');
 }
 
+/** When a stage hands its input on instead of its features (`stageStarts`). */
+const RECOMPUTE = { growth: 4, share: 0.05 };
+
+/**
+ * The first segment each stage of an early-exit export computes (stage k ends at segment k). Handing a large
+ * stage output to the next stage costs a fresh buffer in ONNX Runtime and another in onnxruntime-node: for
+ * vgg-exits' stem, 32x the image's values for 1.2% of the FLOPs, fetching its features took 7-45 times the
+ * stage itself here (bench/onnx-exits.ts). So where a segment grows its input at least `RECOMPUTE.growth`x
+ * and the segments recomputed cost at most `RECOMPUTE.share` of the backbone's FLOPs (at u = 1), its stage
+ * hands its own input on and the next stage recomputes the segment.
+ */
+export function stageStarts(model: Network): number[] {
+  const { segments } = exitSegments(model);
+  const costs = exitCosts(model, model.plan(1));
+  const backbone = costs.reduce((a, c) => a + c.segmentFlops, 0);
+  const values = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+  const starts = [0];
+  for (let k = 1; k < segments.length; k++) {
+    const seg = segments[k - 1];
+    const from = starts[k - 1];
+    const redone = costs.slice(from, k).reduce((a, c) => a + c.segmentFlops, 0);
+    const grows = seg.length > 0 && values(seg[seg.length - 1].outShape) >= RECOMPUTE.growth * values(seg[0].inShape);
+    starts.push(grows && redone <= RECOMPUTE.share * backbone ? from : k);
+  }
+  return starts;
+}
+
+/** FLOPs of leaving at each exit at a plan, the segments that later stages recompute (`stageStarts`) included. */
+export function stagedExitFlops(model: Network, plan: Plan, starts: number[]): number[] {
+  const costs = exitCosts(model, plan);
+  let redone = 0;
+  return costs.map((c, k) => {
+    for (let i = starts[k]; i < k; i++) redone += costs[i].segmentFlops;
+    return c.cumulativeFlops + redone;
+  });
+}
+
 /** The channels entering stage `k` (the segment before exit k) at a plan. */
 function selBeforeStage(segments: ReturnType<typeof exitSegments>['segments'], k: number, first: ChannelSel, plan: Plan): ChannelSel {
   let sel = first;
@@ -180,7 +217,9 @@ export function selectBranch(
  * An early-exit model exports per stage, so that a sample which leaves is not computed further: a third
  * input `stage` (float32 scalar, 0-based) picks the backbone segment before exit `stage`, `images` is that
  * stage's input (the images at stage 0, the previous stage's `features` after), and the outputs are the
- * exit's `scores` and the segment's `features` (for the last stage, the scores again). The runtime runs the
+ * exit's `scores` and the segment's `features` (for the last stage, the scores again), or the stage's own
+ * input where the next stage recomputes a cheap segment whose output is large (`stageStarts`; `exitFlops`
+ * counts the recomputation). The runtime runs the
  * stages in turn and passes only the samples still running on. Stage -1 runs the whole network to its last
  * exit in one pass, without the exits.
  *
@@ -205,6 +244,7 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   const [h, w, c] = model.inputShape;
   const { segments, heads } = exitSegments(model);
   const staged = heads.length > 0;
+  const starts = staged ? stageStarts(model) : [];
   const ctrl = options.controller;
   const temporal = ctrl?.temporal;
   const featureSize = model.numClasses + 3 + (ctrl?.actions.length ?? 0);
@@ -283,10 +323,13 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
       const y = lowerChain(model.layers, ONNX_IO.images, fullSel(c), ctx).y;
       return staged ? [y, asFeatures(y)] : [y];
     }
-    const body = lowerChain(segments[stage], ONNX_IO.images, selBeforeStage(segments, stage, fullSel(c), plan), ctx);
+    const from = starts[stage];
+    const body = lowerChain(segments.slice(from, stage + 1).flat(), ONNX_IO.images, selBeforeStage(segments, from, fullSel(c), plan), ctx);
     if (stage === heads.length) return [body.y, asFeatures(body.y)];
     const head: ExitHead = heads[stage];
-    return [lowerChain(head.children(), body.y, body.sel, { ...ctx, prefix: `${prefix}/${head.name}` }).y, body.y];
+    // A next stage that recomputes this one gets this stage's input.
+    const features = starts[stage + 1] <= stage ? g.node('Identity', [ONNX_IO.images], `${prefix}/handed_on`) : body.y;
+    return [lowerChain(head.children(), body.y, body.sel, { ...ctx, prefix: `${prefix}/${head.name}` }).y, features];
   };
   const outs = staged ? [ONNX_IO.scores, ONNX_IO.features] : [ONNX_IO.scores];
   const levelConds = levels.map((lv, i) => (i === 0 ? '' : main.node('GreaterOrEqual', [ONNX_IO.u, main.floatConst(`min_u_${lv.level}`, [], [lv.minU])], `at_least_${lv.level}`)));
@@ -353,7 +396,7 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
     };
   }
   if (staged) {
-    for (const lv of levels) lv.exitFlops = exitCosts(model, model.plan(lv.u)).map((e) => e.cumulativeFlops);
+    for (const lv of levels) lv.exitFlops = stagedExitFlops(model, model.plan(lv.u), starts);
   }
 
   const graph = main.build();

@@ -56,6 +56,14 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
       throw new DynnError(`--dynamic ${resolved.dynamic} needs a model with a gated form; ${name} has none (expected one of ${able.join(', ')})`);
     }
   }
+  if (resolved.channelMultiple !== undefined) {
+    const m = resolved.channelMultiple;
+    if (!Number.isInteger(m) || (m as number) < 1) throw new DynnError(`channelMultiple must be a positive integer, got ${m}`);
+    if (!def.channelMultiple) {
+      throw new DynnError(`channelMultiple (--channel-multiple) needs a model whose widthwise layers round their channels (expected one of ${models.list().filter((k) => models.get(k).channelMultiple).join(', ')}), not ${name}`);
+    }
+    if (resolved.dynamic !== undefined) throw new DynnError(`channelMultiple (--channel-multiple) rounds the levels of a static model; --dynamic ${resolved.dynamic} does not take it`);
+  }
   if (resolved.resolutions !== undefined && resolved.dynamic !== 'resolution') throw new DynnError('--resolutions needs --dynamic resolution');
   if (resolved.branches !== undefined && name !== 'multi-branch') throw new DynnError('--branches needs --model multi-branch');
   if (resolved.decisions !== undefined) {

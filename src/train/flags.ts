@@ -68,6 +68,7 @@ export const TRAIN_FLAGS: [string, string][] = [
   ['--full-width <p>', 'probability that a batch trains the full network instead of a drawn u [default: 0.2]'],
   ['--gating <mode>', 'nested or independent [default: nested]'],
   ['--groups <D>', 'groups per throttleable block [default: 8]'],
+  ['--channel-multiple <m>', 'vgg-w, vgg-exits, mlp-w: round each level’s active channels to a multiple of m (16: whole AVX-512 blocks of ONNX Runtime’s convolution, so every exported level’s time follows its FLOPs); saved with the run [default: 1, exact group counts]'],
   ['--seed <n>', 'seed of weights, data order and sampled u [default: 0]'],
   ['--init <run>', 'start from a trained run’s weights (fine-tuning; a dynamic model’s gates start open when the run has none)'],
   ['--workers <n>', 'gradient worker threads; 0 trains in the main thread [default: one per core]'],
