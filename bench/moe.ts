@@ -35,6 +35,9 @@ import { saveSegments } from '../src/export/segments.js';
 import { saveOnnx } from '../src/export/export.js';
 import { openSession } from '../src/runtime/node.js';
 import { spawnSync } from 'node:child_process';
+import { PEER_MALLOC_ENV } from './torch.js';
+import { MoeBlock, type MoeArgs } from '../src/route/moe.js';
+import { padByRoute } from '../src/route/dispatch.js';
 
 const args = process.argv.slice(2);
 const { value, num, list } = benchArgs(args);
@@ -50,6 +53,8 @@ const RESULTS = value('results') ?? '.bench/moe.json';
 const DATA_DIR = value('data-dir');
 const ROOT = '.bench/moe';
 const PEER = !args.includes('--no-peer');
+const ROUNDS = num('rounds', 3);
+const PARTS = list('parts', 'models,heads');
 const log = (s: string) => process.stderr.write(s + '\n');
 
 const base = (out: string, extra: TrainOptions): TrainOptions => ({
@@ -93,8 +98,8 @@ function times(runs: { model: Network; mode?: GateMode }[], test: ImageSet): { b
 }
 
 /** The mixture rebuilt with evaluation capacity factor `cf` (its weights copied): what the limit costs, measured. */
-function atCapacity(model: Network, cf: number): Network {
-  const m = createModel(model.config.model, { ...model.config.args, evalCapacityFactor: cf });
+function atCapacity(model: Network, cf: number, extra: Partial<MoeArgs> = {}): Network {
+  const m = createModel(model.config.model, { ...model.config.args, evalCapacityFactor: cf, ...extra });
   m.setWeights(model.getWeights());
   return m;
 }
@@ -131,84 +136,159 @@ async function models(test: ImageSet) {
   return out;
 }
 
+/** Predictions and each sample's first-slot expert (-1: it overflowed) of a mixture over `test`, in batches of 64, and the stacked call's padding. */
+function routeAll(model: Network, test: ImageSet): { predicted: Int32Array; expert: Int32Array; padding: number; slots: number } {
+  const n = test.count;
+  const per = test.height * test.width * test.channels;
+  const predicted = new Int32Array(n);
+  const expert = new Int32Array(n);
+  const block = model.layers.find((l): l is MoeBlock => l instanceof MoeBlock)!;
+  let padding = 0;
+  let slots = 0;
+  for (let s = 0; s < n; s += 64) {
+    const b = Math.min(64, n - s);
+    const routing = RoutingState.start('hard', b);
+    const x = tf.tensor(toFloat(test, s, b, new Float32Array(b * per)), [b, test.height, test.width, test.channels]);
+    const y = tf.tidy(() => tf.argMax(model.forward(x, model.plan(1), { routing }), 1));
+    predicted.set(y.dataSync() as Int32Array, s);
+    tf.dispose([x, y]);
+    const names = block.topK === 1 ? ['moe'] : Array.from({ length: block.topK }, (_, k) => `moe.k${k}`);
+    expert.set(routing.decisions.get(names[0])!, s);
+    // E blocks as wide as the most loaded expert: what the stacked call runs on this batch.
+    const routes = names.flatMap((g) => [...routing.decisions.get(g)!].filter((e) => e >= 0));
+    if (routes.length) {
+      const layout = padByRoute(new Int32Array(routes.length), routes, block.experts);
+      padding += layout.padding;
+      slots += layout.routes * layout.width;
+    }
+  }
+  return { predicted, expert, padding, slots };
+}
+
+const spread = (xs: number[]) => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs), rounds: xs });
+const fmt = (x: { median: number; min: number; max: number }) => `${x.median.toFixed(2)}x (${x.min.toFixed(2)}-${x.max.toFixed(2)})`;
+
 async function heads(test: ImageSet) {
   log(`2. the classifier head: 10 MLP experts (hidden ${HIDDEN}) on the pixels, top-k ${TOP_KS.join('/')}, against the dense MLP of the same active FLOPs, ${HEAD_EPOCHS} epoch(s)`);
   const out = [];
+  const acc = (pred: Int32Array, rows: number[]) => rows.filter((i) => pred[i] === test.labels[i]).length / Math.max(1, rows.length);
   for (const k of TOP_KS) {
     const moe = (await train(base(`head-moe-k${k}`, { model: 'mlp-moe', modelArgs: { experts: 10, topK: k, hidden: HIDDEN, switchWeight: 0.1 }, epochs: HEAD_EPOCHS }))).model;
     const dense = (await train(base(`head-dense-k${k}`, { model: 'mlp-w', modelArgs: { hidden: [k * HIDDEN] }, schedule: 'vanilla', epochs: HEAD_EPOCHS }))).model;
     // A factor of E / k lets an expert take the whole batch: no limit.
-    const [free, loose, tight] = [10 / k, 2, 1.25].map((cf) => atCapacity(moe, cf));
-    const [eFree, eLoose, eTight] = [free, loose, tight].map((m) => evaluateRouted(m, test));
+    const settings: [number, Partial<MoeArgs>][] = [[10 / k, {}], [2, {}], [1.25, {}], [1.25, { overflow: 'next' }], [1.25, { priority: 'score' }], [1.25, { priority: 'score', overflow: 'next' }]];
+    const [free, loose, tight, tightNext, tightBpr, tightBprNext] = settings.map(([cf, extra]) => atCapacity(moe, cf, extra));
+    // In batches of 64, the batch the times are taken at (capacity is per batch: a smaller batch overflows more).
+    const [eFree, eLoose, eTight, eNext, eBpr, eBprNext] = [free, loose, tight, tightNext, tightBpr, tightBprNext].map((m) => evaluateRouted(m, test, { batchSize: 64 }));
     const dAcc = evaluate(dense, test, 1).accuracy;
-    const t = times([{ model: loose }, { model: dense }], test);
-    const onnx = await onnxTimes(loose, dense, test, `k${k}`);
-    const e = eFree.experts!.moe;
-    const row = {
-      topK: k,
-      accuracy: { noCapacity: eFree.accuracy, capacity2: eLoose.accuracy, capacity125: eTight.accuracy, dense: dAcc },
-      lostToCapacity125: eFree.accuracy - eTight.accuracy,
-      overflow: { capacity2: eLoose.overflowRate, capacity125: eTight.overflowRate },
-      balance: { maxShare: e.maxShare, cv: e.cv, load: e.load },
-      flops: { moe: 2 * eFree.flopsRatio * moe.routedMacs(1).backbone, dense: dense.cost(1).flops },
-      latencyMs: { moe: t[0], dense: t[1] },
-      timeRatio: t[0].batch64 / t[1].batch64,
-      onnx,
+    // Whose first choice overflows at 1.25 in batch order: how the unlimited head does on them, and where they sit in their batch.
+    const rFree = routeAll(free, test);
+    const rTight = routeAll(tight, test);
+    const over = [...rTight.expert.keys()].filter((i) => rTight.expert[i] < 0);
+    const who = {
+      overflowed: over.length,
+      accuracyWithoutLimit: acc(rFree.predicted, over),
+      accuracyAt125: acc(rTight.predicted, over),
+      meanPlaceInBatch: over.reduce((a, i) => a + (i % 64), 0) / Math.max(1, over.length),
     };
+    const looseLayout = routeAll(loose, test);
+    // Times: the stacked head, the same head with one call per expert, the dense head, taking turns, in rounds.
+    const looped = atCapacity(moe, 2, { stack: false });
+    const rounds = Array.from({ length: ROUNDS }, () => times([{ model: loose }, { model: looped }, { model: dense }], test));
+    const tjs = (n: 'batch1' | 'batch64') => ({ stacked: spread(rounds.map((r) => r[0][n] / r[2][n])), perExpert: spread(rounds.map((r) => r[1][n] / r[2][n])) });
+    const onnx = await onnxTimes(loose, looped, dense, test, `k${k}`);
+    const e = eFree.experts!.moe;
+    const row: Record<string, unknown> = {
+      topK: k,
+      accuracy: { noCapacity: eFree.accuracy, capacity2: eLoose.accuracy, capacity125: eTight.accuracy, capacity125Next: eNext.accuracy, capacity125Bpr: eBpr.accuracy, capacity125BprNext: eBprNext.accuracy, dense: dAcc },
+      lostToCapacity125: { batch: eFree.accuracy - eTight.accuracy, next: eFree.accuracy - eNext.accuracy, bpr: eFree.accuracy - eBpr.accuracy, bprNext: eFree.accuracy - eBprNext.accuracy },
+      overflow: { capacity2: eLoose.overflowRate, capacity125: eTight.overflowRate, capacity125Next: eNext.overflowRate, capacity125Bpr: eBpr.overflowRate, capacity125BprNext: eBprNext.overflowRate },
+      whoOverflows: who,
+      balance: { maxShare: e.maxShare, cv: e.cv, load: e.load },
+      padding: { atCapacity2: looseLayout.padding / Math.max(1, looseLayout.slots), withoutLimit: rFree.padding / Math.max(1, rFree.slots) },
+      flops: { moe: 2 * eFree.flopsRatio * moe.routedMacs(1).backbone, dense: dense.cost(1).flops },
+      latencyMs: rounds,
+      timeRatio: { tfjs: { batch1: tjs('batch1'), batch64: tjs('batch64') }, onnx: onnx.ratios },
+      onnxMs: onnx.ms,
+    };
+    const t = { b1: tjs('batch1'), b64: tjs('batch64') };
     log(
-      `  top-${k}: ${pct(eFree.accuracy)} without a limit, ${pct(eLoose.accuracy)} at 2, ${pct(eTight.accuracy)} at 1.25 (lost ${(100 * row.lostToCapacity125).toFixed(2)} points, overflow ${pct(eTight.overflowRate!)}); ` +
-        `dense ${pct(dAcc)}; most used expert ${pct(e.maxShare)} (CV ${e.cv.toFixed(3)}); time over dense ${row.timeRatio.toFixed(2)}x @64 (${t[0].batch64.toFixed(2)} vs ${t[1].batch64.toFixed(2)} ms); ONNX Runtime ${onnx.timeRatio.toFixed(2)}x (${onnx.ms.moe.toFixed(2)} vs ${onnx.ms.dense.toFixed(2)} ms)`,
+      `  top-${k}: ${pct(eFree.accuracy)} without a limit, ${pct(eLoose.accuracy)} at 2; at 1.25: ${pct(eTight.accuracy)} (overflow ${pct(eTight.overflowRate!)}), next ${pct(eNext.accuracy)}, priority ${pct(eBpr.accuracy)}, priority+next ${pct(eBprNext.accuracy)}; dense ${pct(dAcc)}; most used expert ${pct(e.maxShare)} (CV ${e.cv.toFixed(3)})\n` +
+        `    overflowed at 1.25: ${who.overflowed} samples, ${pct(who.accuracyWithoutLimit)} of them right without a limit, mean place in batch ${who.meanPlaceInBatch.toFixed(1)} of 64; stacked padding ${pct((row.padding as { atCapacity2: number }).atCapacity2)} of the slots at 2 (${pct((row.padding as { withoutLimit: number }).withoutLimit)} without a limit)\n` +
+        `    time over dense, TF.js: stacked ${fmt(t.b1.stacked)} @1, ${fmt(t.b64.stacked)} @64; per expert ${fmt(t.b1.perExpert)} @1, ${fmt(t.b64.perExpert)} @64\n` +
+        `    ONNX Runtime: stacked ${fmt(onnx.ratios.batch1.stacked)} @1, ${fmt(onnx.ratios.batch64.stacked)} @64; per expert ${fmt(onnx.ratios.batch1.perExpert)} @1, ${fmt(onnx.ratios.batch64.perExpert)} @64`,
     );
+    if (k === 1) {
+      // Trained as it is deployed at 1.25: batch priority and overflow to the next choice in training too.
+      const bpr = (await train(base(`head-moe-k${k}-bpr`, { model: 'mlp-moe', modelArgs: { experts: 10, topK: k, hidden: HIDDEN, switchWeight: 0.1, priority: 'score', overflow: 'next' }, epochs: HEAD_EPOCHS }))).model;
+      const variants = [10 / k, 1.25].map((cf) => atCapacity(bpr, cf));
+      const [bFree, bTight] = variants.map((m) => evaluateRouted(m, test, { batchSize: 64 }));
+      row.trainedBprNext = { noCapacity: bFree.accuracy, capacity125: bTight.accuracy, lost: bFree.accuracy - bTight.accuracy, overflow: bTight.overflowRate };
+      log(`    trained with priority and next: ${pct(bFree.accuracy)} without a limit, ${pct(bTight.accuracy)} at 1.25 (overflow ${pct(bTight.overflowRate!)})`);
+      for (const m of [bpr, ...variants]) m.dispose();
+    }
     out.push(row);
-    for (const m of [moe, dense, free, loose, tight]) m.dispose();
+    for (const m of [moe, dense, free, loose, tight, tightNext, tightBpr, tightBprNext, looped]) m.dispose();
   }
   return out;
 }
 
 /**
- * Median ms at batch 64 in ONNX Runtime (2 threads, no spinning): the mixture exported by segments and run by
- * its dispatcher (the router, then each expert graph on its rows), against the dense head as one ONNX file.
- * The two take turns. ONNX Runtime packs each graph's constant weights once at load; TF.js's matmul packs
- * them on every call, which a mixture pays once per expert.
+ * ONNX Runtime (2 threads, no spinning), batch 1 and 64, ROUNDS rounds of turns: the mixture exported by
+ * segments with its experts stacked (the router, then one run of the stacked graph), the same with one graph
+ * per expert, and the dense head as one file. Ratios over the dense head, per round.
  */
-async function onnxTimes(moe: Network, dense: Network, test: ImageSet, tag: string) {
-  const dir = path.join(ROOT, `head-${tag}.onnx`);
-  await saveSegments(moe, dir, { force: true });
+async function onnxTimes(stacked: Network, looped: Network, dense: Network, test: ImageSet, tag: string) {
+  const dirs = [path.join(ROOT, `head-${tag}.onnx`), path.join(ROOT, `head-${tag}-per-expert.onnx`)];
+  await saveSegments(stacked, dirs[0], { force: true });
+  await saveSegments(looped, dirs[1], { force: true });
   const file = path.join(ROOT, `head-dense-${tag}.onnx`);
   await saveOnnx(dense, file);
-  const a = await openSession(dir, { threads: 2, spinning: false });
-  const b = await openSession(file, { threads: 2, spinning: false });
-  const n = 64;
-  const x = toFloat(test, 0, n, new Float32Array(n * test.height * test.width * test.channels));
-  const ms = { moe: [] as number[], dense: [] as number[] };
-  for (let i = 0; i < 43; i++) {
-    for (const [key, s] of [['moe', a], ['dense', b]] as const) {
-      const t0 = performance.now();
-      await s.run(x, 1);
-      if (i >= 3) ms[key].push(performance.now() - t0);
+  const sessions = [await openSession(dirs[0], { threads: 2, spinning: false }), await openSession(dirs[1], { threads: 2, spinning: false }), await openSession(file, { threads: 2, spinning: false })];
+  const ms: Record<'batch1' | 'batch64', number[][]> = { batch1: [], batch64: [] };
+  for (let r = 0; r < ROUNDS; r++) {
+    for (const n of [1, 64]) {
+      const x = toFloat(test, 0, n, new Float32Array(n * test.height * test.width * test.channels));
+      const got = sessions.map((): number[] => []);
+      for (let i = 0; i < 33; i++) {
+        for (const [j, s] of sessions.entries()) {
+          const t0 = performance.now();
+          await s.run(x, 1);
+          if (i >= 3) got[j].push(performance.now() - t0);
+        }
+      }
+      ms[n === 1 ? 'batch1' : 'batch64'].push(got.map(median));
     }
   }
-  await a.release();
-  await b.release();
-  const out = { moe: median(ms.moe), dense: median(ms.dense) };
-  return { ms: out, timeRatio: out.moe / out.dense };
+  for (const s of sessions) await s.release();
+  const ratios = (n: 'batch1' | 'batch64') => ({ stacked: spread(ms[n].map((t) => t[0] / t[2])), perExpert: spread(ms[n].map((t) => t[1] / t[2])) });
+  return { ms, ratios: { batch1: ratios('batch1'), batch64: ratios('batch64') } };
 }
 
-/** The head task with the popular PyTorch layer's behaviour (`bench/moe_peer.py`), or why it did not run. */
+/**
+ * The head task with the popular PyTorch layer's behaviour (`bench/moe_peer.py`), or why it did not run. PyTorch
+ * at its best, as `bench/torch.ts` runs it: glibc's allocator kept from unmapping, OpenMP waiting passively, and
+ * per round the faster of 1 and 2 threads for each of the two heads.
+ */
 function peer(): unknown {
   log('3. the same head with the popular PyTorch layer\'s behaviour (bench/moe_peer.py)');
-  const argv = ['bench/moe_peer.py', '--train', String(TRAIN), '--test', String(TEST), '--epochs', String(HEAD_EPOCHS), '--hidden', String(HIDDEN), '--top-k', TOP_KS.join(','), ...(DATA_DIR ? ['--data-dir', DATA_DIR] : [])];
-  const r = spawnSync('/usr/bin/python3', argv, { encoding: 'utf8', maxBuffer: 1 << 24 });
+  const argv = ['bench/moe_peer.py', '--train', String(TRAIN), '--test', String(TEST), '--epochs', String(HEAD_EPOCHS), '--hidden', String(HIDDEN), '--top-k', TOP_KS.join(','), '--threads', '1,2', '--rounds', String(ROUNDS), ...(DATA_DIR ? ['--data-dir', DATA_DIR] : [])];
+  const env = { ...process.env, ...PEER_MALLOC_ENV, OMP_WAIT_POLICY: 'PASSIVE' };
+  const r = spawnSync('/usr/bin/python3', argv, { encoding: 'utf8', maxBuffer: 1 << 24, env });
   if (r.status !== 0) return `not run: ${(r.error?.message ?? r.stderr).trim().split('\n').pop()}`;
-  const out = JSON.parse(r.stdout) as { heads: { topK: number; accuracy: number; accuracyCapacity125: number; denseAccuracy: number; maxShare: number; timeRatio: number }[] };
-  for (const h of out.heads) log(`  top-${h.topK}: ${pct(h.accuracy)}, ${pct(h.accuracyCapacity125)} at capacity 1.25; dense ${pct(h.denseAccuracy)}; most used expert ${pct(h.maxShare)}; time over dense ${h.timeRatio.toFixed(2)}x @64`);
-  return out;
+  type Times = Record<string, { moe: number; dense: number }[]>;
+  const out = JSON.parse(r.stdout) as { threads: number[]; heads: { topK: number; accuracy: number; accuracyCapacity125: number; denseAccuracy: number; maxShare: number; ms: Times }[] };
+  const ratio = (ms: Times, n: number) =>
+    spread(Array.from({ length: ROUNDS }, (_, i) => Math.min(...out.threads.map((t) => ms[`${t}@${n}`][i].moe)) / Math.min(...out.threads.map((t) => ms[`${t}@${n}`][i].dense))));
+  const heads = out.heads.map((h) => ({ ...h, timeRatio: { batch1: ratio(h.ms, 1), batch64: ratio(h.ms, 64) } }));
+  for (const h of heads) log(`  top-${h.topK}: ${pct(h.accuracy)}, ${pct(h.accuracyCapacity125)} at capacity 1.25; dense ${pct(h.denseAccuracy)}; most used expert ${pct(h.maxShare)}; time over dense ${fmt(h.timeRatio.batch1)} @1, ${fmt(h.timeRatio.batch64)} @64`);
+  return { ...out, heads };
 }
 
 async function main() {
   await initEngine('auto');
   const { test } = await loadDataset('fashion-mnist', { dataDir: DATA_DIR, trainLimit: TRAIN, testLimit: TEST, seed: 0 });
-  const results = { dataset: 'fashion-mnist', train: TRAIN, test: TEST, epochs: EPOCHS, headEpochs: HEAD_EPOCHS, experts: EXPERTS, hidden: HIDDEN, models: await models(test), heads: await heads(test), peer: PEER ? peer() : 'not run (--no-peer)' };
+  const results = { dataset: 'fashion-mnist', train: TRAIN, test: TEST, epochs: EPOCHS, headEpochs: HEAD_EPOCHS, experts: EXPERTS, hidden: HIDDEN, models: PARTS.includes('models') ? await models(test) : 'not run (--parts)', heads: PARTS.includes('heads') ? await heads(test) : 'not run (--parts)', peer: PEER ? peer() : 'not run (--no-peer)' };
   await writeFileAtomic(RESULTS, JSON.stringify(results, null, 2) + '\n');
   if (json) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
 }

@@ -12,10 +12,11 @@ What it does, as davidmrau/mixture-of-experts's `moe.py` does it (learned from r
   - experts: MLPs (dense, ReLU, dense, softmax), dispatched by a Python loop over the experts.
 Reported per k: accuracy, the most used expert's share at evaluation, the accuracy once a capacity factor of
 1.25 is enforced afterwards (overflowing assignments dropped), and the time of the layer against a dense MLP of
-the same active FLOPs (hidden k h) at batch 64.
+the same active FLOPs (hidden k h) at batch 1 and 64: for each thread count of --threads, --rounds rounds of the
+two taking turns (the caller takes the fastest thread count; run it under PASSIVE OpenMP waiting).
 
 Usage: /usr/bin/python3 bench/moe_peer.py [--train 6000] [--test 1000] [--epochs 2] [--hidden 64]
-       [--top-k 1,2,4] [--data-dir /usr/share/datasets/fashion-mnist] [--threads 2]
+       [--top-k 1,2,4] [--data-dir /usr/share/datasets/fashion-mnist] [--threads 1,2] [--rounds 3]
 Prints one JSON object.
 """
 import argparse
@@ -173,12 +174,14 @@ def main():
     ap.add_argument('--hidden', type=int, default=64)
     ap.add_argument('--top-k', default='1,2,4')
     ap.add_argument('--data-dir', default='/usr/share/datasets/fashion-mnist')
-    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--threads', default='2')
+    ap.add_argument('--rounds', type=int, default=3)
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    threads = [int(v) for v in a.threads.split(',')]
+    torch.set_num_threads(max(threads))
     torch.manual_seed(0)
     xs, ys, xt, yt = load_data(a.data_dir, a.train, a.test)
-    out = {'peer': 'popular PyTorch MoE layer (re-implemented)', 'torch': torch.__version__, 'threads': a.threads, 'train': a.train, 'test': a.test, 'epochs': a.epochs, 'hidden': a.hidden, 'heads': []}
+    out = {'peer': 'popular PyTorch MoE layer (re-implemented)', 'torch': torch.__version__, 'threads': threads, 'train': a.train, 'test': a.test, 'epochs': a.epochs, 'hidden': a.hidden, 'heads': []}
     for k in [int(v) for v in a.top_k.split(',')]:
         moe = PopularMoE(784, 10, a.hidden, k)
         train(moe, xs, ys, a.epochs, 64, True)
@@ -189,13 +192,18 @@ def main():
         dense = torch.nn.Sequential(torch.nn.Linear(784, k * a.hidden), torch.nn.ReLU(), torch.nn.Linear(k * a.hidden, 10))
         train(dense, xs, ys, a.epochs, 64, False)
         dacc, _ = evaluate(dense, xt, yt, False)
-        x = xt[:64]
+        times = {}
         with torch.no_grad():
             moe.eval()
             dense.eval()
-            t_moe = timed(lambda: moe(x))
-            t_dense = timed(lambda: dense(x))
-        out['heads'].append({'topK': k, 'accuracy': acc, 'accuracyCapacity125': acc_cap, 'denseAccuracy': dacc, 'maxShare': max(load), 'load': load, 'ms': {'moe': t_moe, 'dense': t_dense}, 'timeRatio': t_moe / t_dense})
+            for th in threads:
+                torch.set_num_threads(th)
+                for n in (1, 64):
+                    x = xt[:n]
+                    # Rounds of the two taking turns, so the machine's drift enters both alike.
+                    times[f'{th}@{n}'] = [{'moe': timed(lambda: moe(x)), 'dense': timed(lambda: dense(x))} for _ in range(a.rounds)]
+            torch.set_num_threads(max(threads))
+        out['heads'].append({'topK': k, 'accuracy': acc, 'accuracyCapacity125': acc_cap, 'denseAccuracy': dacc, 'maxShare': max(load), 'load': load, 'ms': times})
     print(json.dumps(out, indent=2))
 
 

@@ -6,18 +6,20 @@
  * controllers train on the same level table of the run's training frames, with the same reward.
  *
  * Usage: node dist/bench/temporal.js --run RUN (a run trained on fashion-mnist-stream) [--train-samples 20000]
- *        [--epochs 10] [--gamma1 2,4,8] [--budgets 0.15,0.2] [--betas 0.9] [--pg-epochs 30] [--json].
- *        Writes .bench/temporal.json.
+ *        [--epochs 10] [--gamma1 2,4,8] [--budgets 0.15,0.2] [--betas 0.9] [--pg-epochs 30] [--test-samples N]
+ *        [--resolutions 28,21] [--json]. Writes .bench/temporal.json.
+ * With --resolutions, the temporal controllers also train over the operating points (u, r) (every u at every
+ * resolution) and are placed against the same fixed-u curve; every fixed (u, r) and their oracle are reported.
  */
 import { initEngine } from '../src/engine/backend.js';
 import { loadRun } from '../src/train/run.js';
 import { loadDataset } from '../src/data/datasets.js';
 import { head } from '../src/data/imageset.js';
-import { actionSet } from '../src/control/actions.js';
+import { actionSet, operatingPoints } from '../src/control/actions.js';
 import { MixedRunner } from '../src/control/runner.js';
 import { fixedCurve, levelTable, type LevelTable } from '../src/control/table.js';
 import { oracleFromTable } from '../src/control/oracle.js';
-import { againstCurve } from '../src/control/curve.js';
+import { againstCurve, paretoFront } from '../src/control/curve.js';
 import { Policy } from '../src/control/policy.js';
 import { greedyActions, policyProbabilities, trainBandit } from '../src/control/bandit.js';
 import { cascadeFromTable } from '../src/control/cascade.js';
@@ -49,7 +51,8 @@ const data = await loadDataset('fashion-mnist-stream', { trainLimit: meta.option
 const runner = new MixedRunner(model);
 const actions = actionSet();
 const train = head(head(data.train, data.train.count - (meta.validationSamples ?? 0)), trainSamples);
-const test = data.test;
+const test = opt('test-samples') ? head(data.test, int('test-samples', data.test.count)) : data.test;
+const resolutions = opt('resolutions')?.split(',').map(Number);
 log(`${runDir}: ${model.config.model}; levels on ${train.count} training and ${test.count} test frames (${new Set(test.sequence).size} test sequences)`);
 const trainTable = levelTable(runner, train, actions, { probabilities: true, onLevel: (u) => log(`  train u=${u}`) });
 const testTable = levelTable(runner, test, actions, { onLevel: (u) => log(`  test u=${u}`) });
@@ -67,6 +70,8 @@ interface Row {
   gap: number | null;
   below: boolean;
   uHistogram: Record<string, number>;
+  /** Against the Pareto front of every fixed (u, r), for controllers over (u, r). */
+  againstResolutionFront?: { curveAccuracy: number | null; gap: number | null; below: boolean };
 }
 const rows: Row[] = [];
 
@@ -78,12 +83,13 @@ function add(controller: string, action: ArrayLike<number>, macs: ArrayLike<numb
   for (let i = 0; i < table.count; i++) {
     right += table.correct[action[i]][i];
     sum += macs[i];
-    const u = String(actions[action[i]]);
+    const u = table.resolutions ? `${table.us[action[i]]}@${table.resolutions[action[i]]}` : String(table.us[action[i]]);
     hist[u] = (hist[u] ?? 0) + 1;
   }
   const point = { accuracy: right / table.count, flopsRatio: sum / table.count / table.fullMacs };
   const gap = againstCurve(curve, point);
-  rows.push({ controller, ...point, ownRatio: ownMacs / table.count / table.fullMacs, curveAccuracy: gap.curveAccuracy, gap: gap.gap, below: gap.below, uHistogram: hist });
+  const front = table.resolutions ? againstCurve(paretoFront(fixedCurve(table)), point) : undefined;
+  rows.push({ controller, ...point, ownRatio: ownMacs / table.count / table.fullMacs, curveAccuracy: gap.curveAccuracy, gap: gap.gap, below: gap.below, uHistogram: hist, ...(front && { againstResolutionFront: front }) });
   log(`${controller}: ${pct(point.accuracy)}% @ ${point.flopsRatio.toFixed(3)} (own ${(ownMacs / table.count / table.fullMacs).toFixed(4)}); ${gap.below ? 'BELOW' : 'above'} the curve by ${pct(Math.abs(gap.gap ?? NaN))} points`);
 }
 
@@ -116,13 +122,40 @@ for (const objective of objectives) {
   policy.dispose();
 }
 
+// The same temporal controllers over operating points (u, r): each frame also planned at an input resolution.
+let withResolution: { fixed: ReturnType<typeof fixedCurve>; oracle: Omit<ReturnType<typeof oracleFromTable>, 'action'> } | undefined;
+if (resolutions) {
+  const points = operatingPoints(actions, resolutions);
+  const trainRes = levelTable(runner, train, points.actions, { probabilities: true, resolutions: points.resolutions, onLevel: (u, r) => log(`  train u=${u} at ${r}`) });
+  const testRes = levelTable(runner, test, points.actions, { resolutions: points.resolutions, onLevel: (u, r) => log(`  test u=${u} at ${r}`) });
+  const { action: _a, ...oracleRes } = oracleFromTable(testRes);
+  withResolution = { fixed: fixedCurve(testRes), oracle: oracleRes };
+  const indexOf = (run: ReturnType<typeof runTemporal>) => Int32Array.from(run.u, (u, i) => points.actions.findIndex((v, k) => v === u && points.resolutions[k] === run.resolution![i]));
+  for (const gamma1 of gammas) {
+    const policy = temporalPolicy(model.numClasses, actions, { resolutions });
+    trainTemporal(policy, train, trainRes, { epochs, gamma1 });
+    const run = runTemporal(new TemporalController(policy), runner, test);
+    add(`temporal over (u, r), gamma1 ${gamma1}`, indexOf(run), run.macs, policy.macs * test.count, testRes);
+    policy.dispose();
+  }
+  for (const objective of objectives) {
+    const policy = temporalPolicy(model.numClasses, actions, { resolutions });
+    trainTemporalSequences(policy, train, trainRes, { objective, epochs: int('pg-epochs', 30) });
+    const run = runTemporal(new TemporalController(policy), runner, test);
+    add(`temporal over (u, r), REINFORCE over sequences, ${objective.kind === 'budget' ? `budget ${objective.budget}` : `beta ${objective.beta}`}`, indexOf(run), run.macs, policy.macs * test.count, testRes);
+    policy.dispose();
+  }
+  log(`fixed (u, r): ${withResolution.fixed.map((f) => `u=${f.u}@${f.resolution}: ${pct(f.accuracy)}% @ ${f.flopsRatio.toFixed(3)}`).join(', ')}`);
+  log(`oracle over (u, r): ${pct(oracleRes.accuracy)}% @ ${oracleRes.meanFlopsRatio.toFixed(3)}`);
+}
+
 for (const [stages, threshold] of [[[0, 9], 0.8], [[0, 4, 9], 0.8], [[1, 9], 0.9], [[2, 9], 0.9]] as [number[], number][]) {
   const c = cascadeFromTable(testTable, stages, threshold);
   const passes = Float64Array.from(c.macs, (m, i) => m - testTable.macs[c.action[i]]);
   add(`cascade u = ${stages.map((k) => actions[k]).join(', ')} below ${threshold}`, c.action, c.macs, passes.reduce((a, b) => a + b, 0));
 }
 
-const result = { run: runDir, trainFrames: train.count, testFrames: test.count, epochs, fixed: curve, oracle, controllers: rows };
+const result = { run: runDir, trainFrames: train.count, testFrames: test.count, epochs, fixed: curve, oracle, ...(withResolution && { withResolution }), controllers: rows };
 log(`fixed-u curve: ${curve.map((f) => `u=${f.u}: ${pct(f.accuracy)}% @ ${f.flopsRatio.toFixed(3)}`).join(', ')}`);
 log(`oracle: ${pct(oracle.accuracy)}% @ ${oracle.meanFlopsRatio.toFixed(3)}`);
 if (args.includes('--json')) process.stdout.write(JSON.stringify(result, null, 2) + '\n');

@@ -32,7 +32,7 @@ function stderrTail(stderr: string, lines = 8): string {
  * were mmap'd and unmapped each step): its steps took 51-65 ms with them against 74-202 ms without in one
  * session here. They only change where freed memory goes.
  */
-const PEER_MALLOC_ENV = { MALLOC_MMAP_THRESHOLD_: '33554432', MALLOC_TRIM_THRESHOLD_: '4294967296', MALLOC_TOP_PAD_: '268435456' };
+export const PEER_MALLOC_ENV = { MALLOC_MMAP_THRESHOLD_: '33554432', MALLOC_TRIM_THRESHOLD_: '4294967296', MALLOC_TOP_PAD_: '268435456' };
 
 /** One way to run the peer: its thread count and OpenMP's wait policy (PASSIVE sleeps, ACTIVE spins while waiting). */
 export interface PeerConfig {

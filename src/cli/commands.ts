@@ -26,6 +26,7 @@ function moeModelArgs(o: Opts) {
     capacityFactor: numberOption(o.capacityFactor, 'capacity-factor', { min: Number.MIN_VALUE }),
     evalCapacityFactor: numberOption(o.evalCapacityFactor, 'eval-capacity-factor', { min: Number.MIN_VALUE }),
     overflow: o.overflow === undefined ? undefined : String(o.overflow),
+    priority: o.priority === undefined ? undefined : String(o.priority),
     importanceWeight: numberOption(o.importanceWeight, 'importance-weight', { min: 0 }),
     loadWeight: numberOption(o.loadWeight, 'load-weight', { min: 0 }),
     switchWeight: numberOption(o.switchWeight, 'switch-weight', { min: 0 }),
@@ -61,6 +62,7 @@ export function trainOptionsFrom(o: Opts) {
     init: o.init === undefined ? undefined : String(o.init),
     modelArgs: {
       groups: numberOption(o.groups, 'groups', { int: true, min: 1 }),
+      channelMultiple: numberOption(o.channelMultiple, 'channel-multiple', { int: true, min: 1 }),
       dynamic: o.dynamic === undefined ? undefined : String(o.dynamic),
       decisions: o.decisions === undefined ? undefined : String(o.decisions),
       gateWidth: numberOption(o.gateWidth, 'gate-width', { int: true, min: 1 }),

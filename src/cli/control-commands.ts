@@ -1,6 +1,7 @@
 import type { CAC } from 'cac';
 import { choiceOption, numberOption, pct, table, uListOption, type Io } from './io.js';
 import type { CommandModule } from './types.js';
+import { intListOption } from './deploy-commands.js';
 import { DynnError } from '../util/errors.js';
 import type { Network } from '../models/network.js';
 import type { TrainMeta } from '../train/run.js';
@@ -71,6 +72,7 @@ export const controlCommands: CommandModule = (cli: CAC, io: Io) => {
     .option('--budget <x>', '--temporal --objective policy-gradient: maximize accuracy within this mean FLOPs ratio (NaviSlim Eq. 2)')
     .option('--beta <x>', '--temporal --objective policy-gradient: least compute at beta x the full network’s accuracy (NaviSlim Eq. 1)')
     .option('--lambda <x>', '--temporal --objective policy-gradient: weight of the budget’s or accuracy’s violation [default: 10]')
+    .option('--resolutions <list>', '--temporal: input resolutions (heights) the controller also chooses; its actions are every (u, r) of --actions x --resolutions (NaviSlim’s input-layer slimming)')
     .option('--seed <n>', 'seed [default: 0]')
     .option('--no-eval', 'skip the evaluation on the run’s validation split')
     .example('dynn controller train runs/fm-vgg --dataset fashion-mnist --out runs/fm-ctrl')
@@ -302,6 +304,8 @@ async function controllerTrain(run: string, o: Opts, io: Io): Promise<void> {
   const samples = numberOption(o.trainSamples, 'train-samples', { int: true, min: 1 }) ?? 20000;
   const budget = numberOption(o.budget, 'budget', { min: Number.MIN_VALUE, max: 1 });
   const beta = numberOption(o.beta, 'beta', { min: Number.MIN_VALUE, max: 1 });
+  const resolutions = intListOption(o.resolutions, 'resolutions');
+  if (!o.temporal && resolutions) throw new DynnError('--resolutions are actions of a temporal controller (--temporal): it plans the next frame’s input resolution');
   if (!o.temporal && (budget !== undefined || beta !== undefined)) throw new DynnError('--budget and --beta are objectives of a temporal controller trained over sequences (--temporal --objective policy-gradient)');
   if (o.temporal) {
     if (options.feedback === 'bandit' || options.epsilon !== undefined) throw new DynnError('--temporal learns from every action’s reward or from whole sequences: --feedback bandit and --epsilon do not apply');
@@ -310,7 +314,7 @@ async function controllerTrain(run: string, o: Opts, io: Io): Promise<void> {
     if (!pg && (budget !== undefined || beta !== undefined || o.lambda !== undefined)) throw new DynnError('--budget, --beta and --lambda need --objective policy-gradient (the reward model has gamma1 as its knob)');
     if (pg && (options.gamma1 !== undefined || options.gamma2 !== undefined || options.cost !== undefined)) throw new DynnError('--gamma1, --gamma2 and --cost shape the reward model’s reward; over sequences the objective is --budget or --beta');
     const sequence = pg ? { objective: budget !== undefined ? { kind: 'budget' as const, budget } : { kind: 'beta' as const, beta: beta! }, lambda: numberOption(o.lambda, 'lambda', { min: 0 }) } : undefined;
-    return temporalTrain(run, o, io, actions, options, samples, sequence);
+    return temporalTrain(run, o, io, actions, options, samples, sequence, resolutions);
   }
   const opened = await openRun(run, o);
   const { model } = opened;
@@ -359,18 +363,23 @@ async function temporalTrain(
   options: Omit<import('../control/index.js').TemporalOptions, 'onEpoch'>,
   samples: number,
   sequence?: Pick<import('../control/index.js').SequenceOptions, 'objective' | 'lambda'>,
+  resolutions?: number[],
 ): Promise<void> {
   const c = await import('../control/index.js');
   const { head } = await import('../data/imageset.js');
   const opened = await openRun(run, o);
   const { model } = opened;
   const runner = new c.MixedRunner(model);
-  const policy = c.temporalPolicy(model.numClasses, actions, { seed: options.seed });
+  let policy: import('../control/index.js').Policy | undefined;
   try {
+    // Every resolution is checked against the network (in range, runs) before anything trains.
+    for (const r of resolutions ?? []) runner.resolution(r);
+    policy = c.temporalPolicy(model.numClasses, actions, { seed: options.seed, resolutions });
+    const points = { resolutions: policy.resolutions };
     const data = head(await trainPart(opened), samples);
     if (!data.sequence) throw new DynnError(`--temporal needs a stream, frames in sequences: ${opened.dataset} has none (use --dataset fashion-mnist-stream)`);
-    say(io, o, `frozen network's answers at ${actions.length} actions on ${data.count} training frames\n`);
-    const table = c.levelTable(runner, data, actions, { probabilities: true, onLevel: (u) => say(io, o, `  u=${u}\n`) });
+    say(io, o, `frozen network's answers at ${policy.actions.length} actions on ${data.count} training frames\n`);
+    const table = c.levelTable(runner, data, policy.actions, { ...points, probabilities: true, onLevel: (u, r) => say(io, o, `  u=${u}${r ? ` at ${r}x${r}` : ''}\n`) });
     const history = sequence
       ? c.trainTemporalSequences(policy, data, table, {
           ...sequence,
@@ -389,11 +398,12 @@ async function temporalTrain(
       const val = await evalSplit(opened, 'val');
       if (val.sequence) {
         say(io, o, 'evaluating on the validation split\n');
-        validation = c.reportRun(c.runTemporal(new c.TemporalController(policy), runner, val), val.labels, runner.fullMacs, c.levelTable(runner, val, actions));
+        validation = c.reportRun(c.runTemporal(new c.TemporalController(policy), runner, val), val.labels, runner.fullMacs, c.levelTable(runner, val, policy.actions, points));
       }
     }
     await c.saveController(String(o.out), policy, c.runRef(model, run), {
-      actions,
+      actions: policy.actions,
+      ...points,
       temporal: true,
       // What really trained: the sequence objective with its own defaults, or the reward model's options.
       options: sequence
@@ -404,14 +414,14 @@ async function temporalTrain(
       fullMacs: runner.fullMacs,
       ...(validation ? { validation } : {}),
     });
-    if (o.json) io.out(JSON.stringify({ out: o.out, actions, temporal: true, history, validation }, null, 2) + '\n');
+    if (o.json) io.out(JSON.stringify({ out: o.out, actions: policy.actions, ...points, temporal: true, history, validation }, null, 2) + '\n');
     else {
-      io.out(`saved ${o.out} (temporal controller over ${actions.length} actions; its own cost ${((100 * policy.macs) / runner.fullMacs).toFixed(3)}% of the full network per frame)\n`);
+      io.out(`saved ${o.out} (temporal controller over ${policy.actions.length} actions${resolutions ? ` (u, r), r in ${resolutions.join(', ')}` : ''}; its own cost ${((100 * policy.macs) / runner.fullMacs).toFixed(3)}% of the full network per frame)\n`);
       if (validation) io.out(await reportText(validation, 'validation split'));
     }
   } finally {
     runner.dispose();
-    policy.dispose();
+    policy?.dispose();
     model.dispose();
   }
 }
@@ -423,8 +433,10 @@ async function reportText(r: ControllerReport, what: string): Promise<string> {
     describeGap('the controller', r.againstCurve, r.meanFlopsRatio),
     `oracle: accuracy ${pct(r.oracle.accuracy)}, mean u ${r.oracle.meanU.toFixed(3)}, mean FLOPs ratio ${r.oracle.meanFlopsRatio.toFixed(3)}`,
     `u histogram: ${Object.entries(r.uHistogram).map(([u, n]) => `${u}: ${n}`).join(', ')}`,
+    ...(r.resolutionHistogram ? [`resolution histogram: ${Object.entries(r.resolutionHistogram).map(([x, n]) => `${x}: ${n}`).join(', ')}`] : []),
   ];
-  return lines.join('\n') + '\n' + table(['u', 'accuracy', 'FLOPs ratio'], r.fixed.map((f) => [f.u, pct(f.accuracy), f.flopsRatio.toFixed(3)]));
+  const byRes = r.fixed.some((f) => f.resolution !== undefined);
+  return lines.join('\n') + '\n' + table(['u', ...(byRes ? ['resolution'] : []), 'accuracy', 'FLOPs ratio'], r.fixed.map((f) => [f.u, ...(byRes ? [f.resolution ?? ''] : []), pct(f.accuracy), f.flopsRatio.toFixed(3)]));
 }
 
 async function evalCommand(run: string, o: Opts, io: Io): Promise<void> {
@@ -465,7 +477,9 @@ async function evalCommand(run: string, o: Opts, io: Io): Promise<void> {
       const temporal = new c.TemporalController(policy);
       controller = temporal;
       const us = [...new Set([...(curve ?? c.actionSet()), ...policy.actions, 1])];
-      report = c.reportRun(c.runTemporal(temporal, runner, set), set.labels, runner.fullMacs, c.levelTable(runner, set, us));
+      // With resolutions: every fixed (u, r) of those u's and the controller's resolutions.
+      const points: { actions: number[]; resolutions?: number[] } = policy.resolutions ? c.operatingPoints(us, [...new Set(policy.resolutions)]) : { actions: us };
+      report = c.reportRun(c.runTemporal(temporal, runner, set), set.labels, runner.fullMacs, c.levelTable(runner, set, points.actions, { resolutions: points.resolutions }));
     } else {
       const created = c.createController(isDir ? 'bandit' : dir, { runner }, { ...options, policy });
       controller = created;

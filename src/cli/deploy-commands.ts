@@ -95,14 +95,16 @@ export async function exportCommand(run: string, o: Opts, io: Io): Promise<void>
     const exitPolicy = stored ? { rule: stored.rule, thresholds: stored.thresholds } : undefined;
     const { isTemporal, TemporalController } = await import('../control/temporal.js');
     // A temporal controller plans the next frame from this one's scores; a stream starts where TF.js's does.
-    const temporal = policy && isTemporal(policy) ? { start: new TemporalController(policy).start } : undefined;
+    const temporal = policy && isTemporal(policy) ? { start: new TemporalController(policy).start, ...(policy.resolutions && { resolutions: policy.resolutions }) } : undefined;
     const controller = policy ? { network: policy.net, actions: policy.actions, ...(temporal ? { temporal } : {}) } : undefined;
     const metadata = await saveOnnx(model, o.onnx, { levels, classNames, gating, controller, exitPolicy });
     if (o.json) io.out(JSON.stringify({ onnx: o.onnx, metadata }, null, 2) + '\n');
     else {
       const parts = [`${metadata.levels.length} levels`];
       if (metadata.exits) parts.push(`${metadata.exits.count} exits run stage by stage${metadata.exits.policy ? ` (default policy: ${metadata.exits.policy.rule} ${metadata.exits.policy.thresholds.join(':')})` : ''}`);
-      if (metadata.controller) parts.push(`a${metadata.controller.temporal ? ' temporal' : ''} controller over u = ${metadata.controller.actions.join(', ')} (FLOPs ratio ${metadata.controller.flopsRatio.toFixed(4)})`);
+      const rs = metadata.controller?.temporal?.resolutions;
+      const over = rs ? `(u, r) = ${metadata.controller!.actions.map((u, k) => `(${u}, ${rs[k]})`).join(', ')}` : `u = ${metadata.controller?.actions.join(', ')}`;
+      if (metadata.controller) parts.push(`a${metadata.controller.temporal ? ' temporal' : ''} controller over ${over} (FLOPs ratio ${metadata.controller.flopsRatio.toFixed(4)})`);
       io.out(levelsTable(metadata) + `wrote ${o.onnx} (${metadata.model.model}, ${parts.join(', ')}; input images NCHW [batch, ${metadata.input.shape.join(', ')}] and scalar u)\n`);
     }
   } finally {

@@ -58,6 +58,8 @@ test('bad mixtures: clear errors before any training', async () => {
       [['--model', 'vgg-moe', '--experts', '0'], /--experts must be an integer >= 1, got 0/],
       [['--model', 'vgg-moe', '--capacity-factor', '0'], /--capacity-factor must be a number > 0, got 0/],
       [['--model', 'resnet-moe', '--overflow', 'drop'], /unknown overflow policy "drop"; expected one of residual, next/],
+      [['--model', 'mlp-moe', '--priority', 'first'], /unknown routing priority "first"; expected one of batch, score/],
+      [['--model', 'vgg-w', '--priority', 'score'], /priority needs a mixture of experts/],
       [['--model', 'vgg-w', '--top-k', '2'], /topK needs a mixture of experts \(--model vgg-moe, resnet-moe or mlp-moe\)/],
       [['--model', 'resnet38', '--dynamic', 'moe'], /--dynamic moe needs --model vgg-moe, resnet-moe or mlp-moe/],
       [['--model', 'vgg-moe', '--flops-target', '0.5'], /--flops-target does not apply to --dynamic moe: a mixture runs k experts per sample, so its cost is set by --top-k/],

@@ -28,3 +28,26 @@ export function checkActions(us: readonly number[]): number[] {
 export function uKey(u: number): string {
   return String(Number(u.toPrecision(12)));
 }
+
+/**
+ * A temporal controller's operating points (u, r): every action u at every input resolution r (heights), as
+ * parallel arrays sorted by u then r, so the last is the full network at the largest resolution.
+ */
+export function operatingPoints(us: readonly number[], resolutions: readonly number[]): { actions: number[]; resolutions: number[] } {
+  const u = checkActions(us);
+  const rs = [...resolutions].sort((a, b) => a - b);
+  if (rs.length === 0 || rs.some((r) => !Number.isInteger(r) || r < 1)) throw new DynnError(`resolutions must be positive integers, got ${resolutions.join(',')}`);
+  if (rs.some((r, i) => i > 0 && r === rs[i - 1])) throw new DynnError(`resolutions: ${rs.find((r, i) => i > 0 && r === rs[i - 1])} appears twice`);
+  return { actions: u.flatMap((x) => rs.map(() => x)), resolutions: u.flatMap(() => rs) };
+}
+
+/** Validates operating points (u, r) given as parallel arrays: each u a utilization, each r a positive integer, pairs ascending by u then r and distinct. */
+export function checkOperatingPoints(us: readonly number[], resolutions: readonly number[]): void {
+  if (!Array.isArray(resolutions) || resolutions.length !== us.length) throw new DynnError(`${us.length} actions but ${Array.isArray(resolutions) ? resolutions.length : 'no'} resolutions`);
+  for (let i = 0; i < us.length; i++) {
+    const [u, r] = [us[i], resolutions[i]];
+    if (typeof u !== 'number' || !Number.isFinite(u) || u <= 0 || u > 1) throw new DynnError(`action set: ${u} is not a utilization in (0, 1]`);
+    if (!Number.isInteger(r) || r < 1) throw new DynnError(`action set: resolution ${r} is not a positive integer`);
+    if (i > 0 && (u < us[i - 1] || (u === us[i - 1] && r <= resolutions[i - 1]))) throw new DynnError('action set: operating points (u, r) must be distinct and ascending by u, then r');
+  }
+}

@@ -23,6 +23,11 @@ export function interpolateAccuracy(curve: CurvePoint[], flopsRatio: number): nu
   return pts[pts.length - 1].accuracy;
 }
 
+/** The points no other point beats (as cheap or cheaper and more accurate): a curve of points not ordered by cost, such as every fixed (u, r). */
+export function paretoFront<P extends CurvePoint>(points: P[]): P[] {
+  return points.filter((p) => !points.some((q) => q.flopsRatio <= p.flopsRatio && q.accuracy > p.accuracy));
+}
+
 /** Where an operating point sits against a curve at its own FLOPs ratio. */
 export interface CurveGap {
   /** The curve's accuracy at the point's FLOPs ratio (interpolated); null when the point is cheaper than all of the curve. */

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { ImageSet } from '../data/types.js';
 import { toFloat } from '../data/imageset.js';
 import { actionSet, uKey } from './actions.js';
-import { againstCurve, type CurveGap, type CurvePoint } from './curve.js';
+import { againstCurve, paretoFront, type CurveGap, type CurvePoint } from './curve.js';
 import { oracleCurve, oracleFromTable, type OracleSummary } from './oracle.js';
 import type { MixedRunner } from './runner.js';
 import { fixedCurve, levelTable, type LevelTable } from './table.js';
@@ -14,6 +14,8 @@ export interface ControlledRun {
   u: Float64Array;
   /** MACs per sample: the pass at its u plus the controller's overhead. */
   macs: Float64Array;
+  /** Input resolution (height) per sample, when the controller chooses it. */
+  resolution?: Float64Array;
 }
 
 /**
@@ -52,8 +54,10 @@ export interface ControllerReport {
   /** Includes the controller's own cost. */
   meanFlopsRatio: number;
   uHistogram: Record<string, number>;
-  /** The fixed-u curve over the action set. */
-  fixed: { u: number; accuracy: number; flopsRatio: number }[];
+  /** Samples per input resolution, when the controller chooses it. */
+  resolutionHistogram?: Record<string, number>;
+  /** The fixed-u curve over the action set (every fixed (u, r) when the actions have resolutions). */
+  fixed: { u: number; resolution?: number; accuracy: number; flopsRatio: number }[];
   /** The controller against the fixed-u curve at its own mean FLOPs ratio: `below` when a fixed u does better. */
   againstCurve: CurveGap;
   /** The oracle's ceiling, and its accuracy under a FLOPs budget (`oracleCurve`). */
@@ -78,13 +82,18 @@ export function reportRun(run: ControlledRun, labels: ArrayLike<number>, fullMac
   const uHistogram = Object.fromEntries(Object.entries(hist).sort((a, b) => Number(a[0]) - Number(b[0])));
   const fixed = fixedCurve(table);
   const point = { accuracy: right / n, flopsRatio: sumMacs / n / fullMacs };
+  const byRes: Record<string, number> = {};
+  if (run.resolution) for (const r of run.resolution) byRes[r] = (byRes[r] ?? 0) + 1;
+  // Fixed (u, r) points are not ordered by cost: compare with the best of them (their Pareto front).
+  const curve = table.resolutions ? paretoFront(fixed) : fixed;
   return {
     accuracy: point.accuracy,
     meanU: sumU / n,
     meanFlopsRatio: point.flopsRatio,
     uHistogram,
+    ...(run.resolution && { resolutionHistogram: byRes }),
     fixed,
-    againstCurve: againstCurve(fixed, point),
+    againstCurve: againstCurve(curve, point),
     oracle: { accuracy, meanU, meanFlopsRatio, curve: oracleCurve(table) },
   };
 }

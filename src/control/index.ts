@@ -3,7 +3,7 @@
  * interface (fixed, resource, confidence cascade, learned bandit, oracle), per-sample utilization run in
  * batches, learned gate functions g(u), and the choice of operating points on a validation split.
  */
-export { actionSet, checkActions, uKey, DEFAULT_ACTIONS } from './actions.js';
+export { actionSet, checkActions, checkOperatingPoints, operatingPoints, uKey, DEFAULT_ACTIONS } from './actions.js';
 export type { Controller, ControlEnv, ControllerOptions, DecideContext, Decision } from './types.js';
 export { controllers, createController, type ControllerDef } from './registry.js';
 export { MixedRunner, planKey, type RunnerOptions } from './runner.js';

@@ -49,14 +49,21 @@ export class OracleController implements Controller {
   dispose(): void {}
 }
 
-/** The oracle computed from a level table: per-sample action index (-1: never right, runs at u = 1) and summary. */
+/** Action indices from the cheapest to the dearest (ties in table order): operating points (u, r) are not sorted by cost. */
+function byCost(table: LevelTable): number[] {
+  return table.us.map((_, k) => k).sort((a, b) => table.macs[a] - table.macs[b] || a - b);
+}
+
+/** The oracle computed from a level table: per-sample action index (the cheapest right one; -1: never right, runs at u = 1) and summary. */
+
 export function oracleFromTable(table: LevelTable): OracleSummary & { action: Int32Array } {
   const action = new Int32Array(table.count).fill(-1);
   let right = 0;
   let sumU = 0;
   let sumMacs = 0;
+  const order = byCost(table);
   for (let i = 0; i < table.count; i++) {
-    for (let k = 0; k < table.us.length; k++) {
+    for (const k of order) {
       if (table.correct[k][i]) {
         action[i] = k;
         break;
@@ -89,10 +96,12 @@ export function oracleCurve(table: LevelTable): CurvePoint[] {
   const out: CurvePoint[] = [];
   let right = 0;
   let extra = 0;
-  for (let j = 0; j < K; j++) {
+  const order = byCost(table);
+  const base = table.macs[order[0]];
+  for (const j of order) {
     right += counts[j];
-    extra += counts[j] * (table.macs[j] - table.macs[0]);
-    out.push({ accuracy: right / table.count, flopsRatio: (table.macs[0] + extra / table.count) / table.fullMacs });
+    extra += counts[j] * (table.macs[j] - base);
+    out.push({ accuracy: right / table.count, flopsRatio: (base + extra / table.count) / table.fullMacs });
   }
   return out;
 }

@@ -4,7 +4,7 @@ import { opTensors, type Subnet } from '../models/subnet.js';
 import { Conv2D, Dense, Flatten, ReLU, type Layer } from '../layers/index.js';
 import { Registry } from '../util/registry.js';
 import { DynnError } from '../util/errors.js';
-import { checkActions } from './actions.js';
+import { checkActions, checkOperatingPoints } from './actions.js';
 import { median } from '../eval/latency.js';
 
 /** The architecture of a controller network F_theta. */
@@ -13,6 +13,11 @@ export interface PolicyArgs {
   inputShape: number[];
   /** The actions u_k its outputs stand for, ascending. */
   actions: number[];
+  /**
+   * A temporal controller's input resolution (height) of each action, parallel to `actions` (then sorted by u,
+   * then r; a u may repeat); absent, every action runs at the input's resolution.
+   */
+  resolutions?: number[];
   /** Filters of its two stride-2 convolutions (default [8, 16]). */
   widths?: number[];
   /** Hidden units of its dense layer (default 32). */
@@ -60,11 +65,19 @@ policyArchitectures.register('mlp', (args, K) => [
 export class Policy {
   readonly net: Network;
   readonly actions: number[];
+  /** Each action's input resolution, when the actions are operating points (u, r). */
+  readonly resolutions?: number[];
   private frozen: Subnet | null = null;
 
   constructor(readonly args: PolicyArgs) {
-    this.actions = checkActions(args.actions);
-    if (this.actions.join() !== args.actions.join()) throw new DynnError('policy actions must be given ascending');
+    if (args.resolutions) {
+      checkOperatingPoints(args.actions, args.resolutions);
+      this.actions = [...args.actions];
+      this.resolutions = [...args.resolutions];
+    } else {
+      this.actions = checkActions(args.actions);
+      if (this.actions.join() !== args.actions.join()) throw new DynnError('policy actions must be given ascending');
+    }
     const architecture = args.architecture ?? 'cnn';
     const layers = policyArchitectures.get(architecture)(args, this.actions.length);
     this.net = new Network({ model: `controller-${architecture}`, args: { ...args } }, args.inputShape, layers, args.seed ?? 0);

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 import type { Network } from '../models/network.js';
-import { opTensors, type Subnet } from '../models/subnet.js';
+import { opTensors, Subnet } from '../models/subnet.js';
+import { AtResolution } from '../models/at-resolution.js';
 import type { Plan } from '../layers/types.js';
 import { checkUtilization } from '../gating/gating.js';
 import { DynnError } from '../util/errors.js';
@@ -31,6 +32,7 @@ export class MixedRunner {
   private readonly plans = new Map<string, Plan>();
   private readonly subnets = new Map<string, Subnet>();
   private readonly macsByKey = new Map<string, number>();
+  private readonly atResolution = new Map<number, AtResolution>();
   private readonly planFor: (u: number) => Plan;
   private readonly build: (plan: Plan) => Subnet;
   /** MACs of the full network at u = 1 (the denominator of every FLOPs ratio). */
@@ -63,12 +65,25 @@ export class MixedRunner {
     return this.plans.get(this.key(u))!;
   }
 
-  /** The frozen subnet of u's operating point, built on first use; owned by the runner. */
-  subnet(u: number): Subnet {
-    const k = this.key(u);
+  /**
+   * The network at input resolution r (its height; the input's own when undefined or equal), built once.
+   * Throws a DynnError when r is out of range or the network cannot run at it.
+   */
+  resolution(r: number | undefined): AtResolution | undefined {
+    if (r === undefined || r === this.model.inputShape[0]) return undefined;
+    let at = this.atResolution.get(r);
+    if (!at) this.atResolution.set(r, (at = new AtResolution(this.model, r)));
+    return at;
+  }
+
+  /** The frozen subnet of u's operating point (at input resolution r when given), built on first use; owned by the runner. */
+  subnet(u: number, r?: number): Subnet {
+    const at = this.resolution(r);
+    const k = at ? `${this.key(u)}@${at.resolution}` : this.key(u);
     let s = this.subnets.get(k);
     if (!s) {
-      s = this.build(this.plans.get(k)!);
+      s = this.build(this.plans.get(this.key(u))!);
+      if (at) s = new Subnet(s.plan, s.inputShape, at.ops(s.ops));
       // Built on first use, possibly inside a caller's tf.tidy: the cache outlives that scope.
       for (const t of opTensors(s.ops)) tf.keep(t);
       this.subnets.set(k, s);
@@ -76,39 +91,46 @@ export class MixedRunner {
     return s;
   }
 
-  /** MACs of one sample at u. */
-  macs(u: number): number {
-    const k = this.key(u);
+  /** MACs of one sample at u (at input resolution r when given). */
+  macs(u: number, r?: number): number {
+    const at = this.resolution(r);
+    const k = at ? `${this.key(u)}@${at.resolution}` : this.key(u);
     let m = this.macsByKey.get(k);
     if (m === undefined) {
-      m = this.model.cost(this.plans.get(k)!).macs;
+      const plan = this.plans.get(this.key(u))!;
+      m = at ? at.macs(plan) : this.model.cost(plan).macs;
       this.macsByKey.set(k, m);
     }
     return m;
   }
 
-  /** Class scores for a batch whose sample i runs at `us[i]`, in input order; the caller disposes them. */
-  predict(x: tf.Tensor, us: ArrayLike<number>): tf.Tensor2D {
+  /**
+   * Class scores for a batch whose sample i runs at `us[i]` (and input resolution `rs[i]` when given), in input
+   * order; the caller disposes them.
+   */
+  predict(x: tf.Tensor, us: ArrayLike<number>, rs?: ArrayLike<number>): tf.Tensor2D {
     const n = x.shape[0];
-    if (us.length !== n) throw new DynnError(`${us.length} utilizations for a batch of ${n}`);
-    // A route per operating point (utilizations of one level share it), represented by its first u.
+    if (us.length !== n || (rs && rs.length !== n)) throw new DynnError(`${us.length} utilizations${rs ? ` and ${rs.length} resolutions` : ''} for a batch of ${n}`);
+    // A route per operating point (utilizations of one level share it), represented by its first sample.
     const routeOf = new Map<string, number>();
-    const firstU: number[] = [];
+    const first: number[] = [];
     const routes = Int32Array.from({ length: n }, (_, i) => {
-      const k = this.key(us[i]);
+      const k = `${this.key(us[i])}@${rs ? rs[i] : ''}`;
       let r = routeOf.get(k);
       if (r === undefined) {
-        routeOf.set(k, (r = firstU.length));
-        firstU.push(us[i]);
+        routeOf.set(k, (r = first.length));
+        first.push(i);
       }
       return r;
     });
-    return tf.tidy(() => dispatchTensor(x, routes, (r, part) => this.subnet(firstU[r]).predict(part))) as tf.Tensor2D;
+    return tf.tidy(() => dispatchTensor(x, routes, (r, part) => this.subnet(us[first[r]], rs?.[first[r]]).predict(part))) as tf.Tensor2D;
   }
 
   /** Frees every cached subnet. */
   dispose(): void {
     for (const s of this.subnets.values()) s.dispose();
     this.subnets.clear();
+    for (const at of this.atResolution.values()) at.dispose();
+    this.atResolution.clear();
   }
 }

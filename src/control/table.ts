@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import type { ImageSet } from '../data/types.js';
 import { toFloat } from '../data/imageset.js';
 import type { Subnet } from '../models/subnet.js';
-import { checkActions } from './actions.js';
+import { checkActions, checkOperatingPoints } from './actions.js';
 import type { MixedRunner } from './runner.js';
 
 /**
@@ -12,6 +12,8 @@ import type { MixedRunner } from './runner.js';
 export interface LevelTable {
   /** The actions, ascending. */
   us: number[];
+  /** Each action's input resolution (height), when the actions are operating points (u, r) sorted by u then r. */
+  resolutions?: number[];
   count: number;
   labels: Uint8Array;
   /** Per action: predicted class per sample. */
@@ -54,17 +56,22 @@ export function scoreSet(sub: Subnet, set: ImageSet, batchSize = 500, keep = fal
   return { predictions, confidence, ...(probabilities && { probabilities }) };
 }
 
-/** Runs every distinct operating point of `us` over `set` once (actions sharing a level share the pass). */
-/** `probabilities` keeps every sample's class probabilities per action (what the temporal controller trains on). */
-export function levelTable(runner: MixedRunner, set: ImageSet, us: readonly number[], options: { batchSize?: number; onLevel?: (u: number) => void; probabilities?: boolean } = {}): LevelTable {
-  const actions = checkActions(us);
+/**
+ * Runs every distinct operating point of `us` over `set` once (actions sharing a level share the pass).
+ * `probabilities` keeps every sample's class probabilities per action (what the temporal controller trains on);
+ * `resolutions` gives each action's input resolution (operating points (u, r), `operatingPoints`).
+ */
+export function levelTable(runner: MixedRunner, set: ImageSet, us: readonly number[], options: { batchSize?: number; onLevel?: (u: number, resolution?: number) => void; probabilities?: boolean; resolutions?: readonly number[] } = {}): LevelTable {
+  const res = options.resolutions;
+  if (res) checkOperatingPoints(us, res);
+  const actions = res ? [...us] : checkActions(us);
   const byKey = new Map<string, { predictions: Int32Array; confidence: Float32Array; correct: Uint8Array; probabilities?: Float32Array }>();
-  const rows = actions.map((u) => {
-    const k = runner.key(u);
+  const rows = actions.map((u, a) => {
+    const k = `${runner.key(u)}@${res?.[a] ?? ''}`;
     let r = byKey.get(k);
     if (!r) {
-      options.onLevel?.(u);
-      const s = scoreSet(runner.subnet(u), set, options.batchSize ?? runner.model.batchFor(500), options.probabilities);
+      options.onLevel?.(u, res?.[a]);
+      const s = scoreSet(runner.subnet(u, res?.[a]), set, options.batchSize ?? runner.model.batchFor(500), options.probabilities);
       const correct = new Uint8Array(set.count);
       for (let i = 0; i < set.count; i++) correct[i] = s.predictions[i] === set.labels[i] ? 1 : 0;
       r = { ...s, correct };
@@ -74,21 +81,23 @@ export function levelTable(runner: MixedRunner, set: ImageSet, us: readonly numb
   });
   return {
     us: actions,
+    ...(res && { resolutions: [...res] }),
     count: set.count,
     labels: set.labels.subarray(0, set.count),
     predictions: rows.map((r) => r.predictions),
     confidence: rows.map((r) => r.confidence),
     correct: rows.map((r) => r.correct),
-    macs: actions.map((u) => runner.macs(u)),
+    macs: actions.map((u, a) => runner.macs(u, res?.[a])),
     fullMacs: runner.fullMacs,
     ...(options.probabilities && { probabilities: rows.map((r) => r.probabilities!) }),
   };
 }
 
-/** Accuracy and FLOPs ratio of each action run for every sample (the fixed-u curve). */
-export function fixedCurve(table: LevelTable): { u: number; accuracy: number; flopsRatio: number }[] {
+/** Accuracy and FLOPs ratio of each action run for every sample (the fixed-u curve; with its resolution, each fixed (u, r)). */
+export function fixedCurve(table: LevelTable): { u: number; resolution?: number; accuracy: number; flopsRatio: number }[] {
   return table.us.map((u, k) => ({
     u,
+    ...(table.resolutions && { resolution: table.resolutions[k] }),
     accuracy: table.correct[k].reduce((a, b) => a + b, 0) / table.count,
     flopsRatio: table.macs[k] / table.fullMacs,
   }));

@@ -3,7 +3,7 @@ import type { ImageSet } from '../data/types.js';
 import { gatherBatch } from '../train/batch.js';
 import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
-import { checkActions } from './actions.js';
+import { checkActions, operatingPoints } from './actions.js';
 import { reward, resolveBanditOptions, type BanditOptions } from './bandit.js';
 import type { ControlledRun } from './evaluate.js';
 import { Policy } from './policy.js';
@@ -43,10 +43,14 @@ function writeFeatures(p: ArrayLike<number>, a: number, K: number, out: Float32A
   for (let k = 0; k < K; k++) out[o + C + 3 + k] = k === a ? 1 : 0;
 }
 
-/** A temporal policy: an MLP whose K outputs are each action's expected reward for the next frame. */
-export function temporalPolicy(numClasses: number, actions: number[], options: { hidden?: number; seed?: number } = {}): Policy {
-  const acts = checkActions(actions);
-  return new Policy({ inputShape: [temporalFeatureSize(numClasses, acts.length)], actions: acts, architecture: 'mlp', hidden: options.hidden ?? 32, seed: options.seed });
+/**
+ * A temporal policy: an MLP whose K outputs are each action's expected reward for the next frame. With
+ * `resolutions`, its actions are every (u, r) of `actions` x `resolutions` (`operatingPoints`): frame t+1 also
+ * runs at the input resolution r (NaviSlim's input-layer slimming).
+ */
+export function temporalPolicy(numClasses: number, actions: number[], options: { hidden?: number; seed?: number; resolutions?: number[] } = {}): Policy {
+  const points = options.resolutions ? operatingPoints(actions, options.resolutions) : { actions: checkActions(actions) };
+  return new Policy({ inputShape: [temporalFeatureSize(numClasses, points.actions.length)], ...points, architecture: 'mlp', hidden: options.hidden ?? 32, seed: options.seed });
 }
 
 /** Whether a policy plans the next frame (an MLP on frame features) rather than reading the input. */
@@ -59,6 +63,8 @@ export const isTemporal = (policy: Policy): boolean => policy.args.architecture 
 export class TemporalController {
   readonly name = 'temporal';
   readonly actions: readonly number[];
+  /** Each action's input resolution, when the actions are operating points (u, r). */
+  readonly resolutions?: readonly number[];
   /** The action index every stream starts at. */
   readonly start: number;
 
@@ -68,6 +74,7 @@ export class TemporalController {
   ) {
     if (!isTemporal(policy)) throw new DynnError('a temporal controller needs a temporal policy (dynn controller train --temporal)');
     this.actions = policy.actions;
+    this.resolutions = policy.resolutions;
     this.start = start === undefined ? this.actions.length - 1 : this.actions.indexOf(start);
     if (this.start < 0) throw new DynnError(`start action ${start} is not one of the controller's (${this.actions.join(', ')})`);
   }
@@ -95,6 +102,11 @@ export class TemporalController {
   }
 }
 
+/** Whether a level table was computed at a policy's actions (and resolutions). */
+function sameActions(table: LevelTable, policy: Policy): boolean {
+  return table.us.join() === policy.actions.join() && String(table.resolutions ?? '') === String(policy.resolutions ?? '');
+}
+
 /** The frames of each sequence of a stream, in order. */
 export function sequencesOf(set: ImageSet): Int32Array[] {
   if (!set.sequence) throw new DynnError('a temporal controller needs a stream: frames in sequences (--dataset fashion-mnist-stream)');
@@ -111,7 +123,8 @@ export function sequencesOf(set: ImageSet): Int32Array[] {
 /**
  * Runs a temporal controller over every sequence of a stream the way a deployment does, all sequences side by
  * side: frame t of every sequence runs as one batch, grouped by its planned operating point
- * (`MixedRunner.predict`), and its probabilities plan frame t+1. Each frame's cost is its pass plus one decision.
+ * (`MixedRunner.predict`, at its planned resolution too when the actions have one), and its probabilities plan
+ * frame t+1. Each frame's cost is its pass plus one decision.
  */
 export function runTemporal(controller: TemporalController, runner: MixedRunner, set: ImageSet): ControlledRun {
   const seqs = sequencesOf(set);
@@ -119,6 +132,8 @@ export function runTemporal(controller: TemporalController, runner: MixedRunner,
   const predictions = new Int32Array(set.count);
   const u = new Float64Array(set.count);
   const macs = new Float64Array(set.count);
+  const res = controller.resolutions;
+  const resolution = res ? new Float64Array(set.count) : undefined;
   const state = new Int32Array(seqs.length).fill(controller.start);
   const longest = Math.max(...seqs.map((s) => s.length));
   const buf = new Float32Array(seqs.length * per);
@@ -129,7 +144,8 @@ export function runTemporal(controller: TemporalController, runner: MixedRunner,
     const n = frames.length;
     gatherBatch(set, frames, buf, labels);
     const us = Float64Array.from(live, (q) => controller.actions[state[q]]);
-    const probs = tf.tidy(() => tf.softmax(runner.predict(tf.tensor(buf.subarray(0, n * per), [n, set.height, set.width, set.channels]), us)));
+    const rs = res && Float64Array.from(live, (q) => res[state[q]]);
+    const probs = tf.tidy(() => tf.softmax(runner.predict(tf.tensor(buf.subarray(0, n * per), [n, set.height, set.width, set.channels]), us, rs)));
     const p = probs.dataSync() as Float32Array;
     probs.dispose();
     const C = p.length / n;
@@ -140,11 +156,12 @@ export function runTemporal(controller: TemporalController, runner: MixedRunner,
       for (let c = 1; c < C; c++) if (p[j * C + c] > p[j * C + best]) best = c;
       predictions[f] = best;
       u[f] = us[j];
-      macs[f] = runner.macs(us[j]) + controller.macs;
+      macs[f] = runner.macs(us[j], rs?.[j]) + controller.macs;
+      if (resolution) resolution[f] = rs![j];
       state[q] = next[j];
     });
   }
-  return { predictions, u, macs };
+  return { predictions, u, macs, ...(resolution && { resolution }) };
 }
 
 /** One epoch of temporal training, on its own rows (every frame with a successor, at every action). */
@@ -174,7 +191,8 @@ export function trainTemporal(policy: Policy, set: ImageSet, table: LevelTable, 
   if (!isTemporal(policy)) throw new DynnError('trainTemporal needs a temporal policy (temporalPolicy)');
   if (!table.probabilities) throw new DynnError('trainTemporal needs the level table with its probabilities (levelTable(..., { probabilities: true }))');
   if (table.count !== set.count) throw new DynnError('the level table was computed on another sample set');
-  if (table.us.join() !== policy.actions.join()) throw new DynnError('the level table and the policy have different actions');
+  if (!sameActions(table, policy)) throw new DynnError('the level table and the policy have different actions');
+  if (costKind === 'u' && policy.resolutions) throw new DynnError('--cost u does not see the input resolution; actions (u, r) are charged their FLOPs (--cost macs)');
   if (!Number.isInteger(epochs) || epochs < 1) throw new DynnError(`epochs must be a positive integer, got ${epochs}`);
   if (!Number.isInteger(batch) || batch < 1) throw new DynnError(`batch size must be a positive integer, got ${batch}`);
   const K = policy.actions.length;
@@ -285,7 +303,7 @@ export function trainTemporalSequences(policy: Policy, set: ImageSet, table: Lev
   const { objective, lambda, epochs, batchSize, lr, seed } = { ...SEQUENCE_DEFAULTS, ...set_ };
   if (!isTemporal(policy)) throw new DynnError('trainTemporalSequences needs a temporal policy (temporalPolicy)');
   if (!table.probabilities) throw new DynnError('trainTemporalSequences needs the level table with its probabilities (levelTable(..., { probabilities: true }))');
-  if (table.count !== set.count || table.us.join() !== policy.actions.join()) throw new DynnError('the level table was computed on another set or with other actions');
+  if (table.count !== set.count || !sameActions(table, policy)) throw new DynnError('the level table was computed on another set or with other actions');
   if (objective.kind === 'budget' && !(objective.budget > 0 && objective.budget <= 1)) throw new DynnError(`the FLOPs budget must be in (0, 1], got ${objective.budget}`);
   if (objective.kind === 'beta' && !(objective.beta > 0 && objective.beta <= 1)) throw new DynnError(`beta must be in (0, 1], got ${objective.beta}`);
   if (!(lambda >= 0 && Number.isFinite(lambda))) throw new DynnError(`lambda must be a non-negative number, got ${lambda}`);

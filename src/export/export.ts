@@ -11,7 +11,9 @@ import { DynnError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { VERSION } from '../version.js';
 import { attr, floatValueInfo, GraphBuilder, NameScope } from './graph.js';
-import { lowerChain } from './lower.js';
+import { lowerChain, lowerResize } from './lower.js';
+import { AtResolution } from '../models/at-resolution.js';
+import { checkOperatingPoints } from '../control/actions.js';
 import { weightsDigestChunks } from './digest.js';
 import { metadataProps, ONNX_FORMAT, levelIndexFor, ONNX_IO, TEMPORAL_FEATURES, type OnnxLevel, type OnnxMetadata } from './metadata.js';
 import { lowerTemporalFeatures } from './temporal.js';
@@ -36,9 +38,11 @@ export interface ExportOptions {
    * actions: the graph gets a second output `controller_scores` computed from the images alone, so the whole
    * adaptive model (decide, then run each sample's level) runs in ONNX Runtime. With `temporal`, it is a
    * temporal controller instead (an MLP on `TEMPORAL_FEATURES`): `controller_scores` plan the next frame from
-   * this frame's scores and a third input `action`, the index of the action each sample ran at.
+   * this frame's scores and a third input `action`, the index of the action each sample ran at. With
+   * `temporal.resolutions` (each action's input resolution, `dynn controller train --temporal --resolutions`)
+   * a fourth input `resolution` picks the network's branch at that input resolution.
    */
-  controller?: { network: Network; actions: number[]; temporal?: { start: number } };
+  controller?: { network: Network; actions: number[]; temporal?: { start: number; resolutions?: number[] } };
   /** Early-exit models: the fitted exit policy to store as the runtime's default (from `dynn fit-exits --save`). */
   exitPolicy?: { rule: string; thresholds: number[] };
 }
@@ -127,6 +131,43 @@ export function weightsSha256(graph: GraphMsg): string {
   return hash.digest('hex');
 }
 
+/** When a stage hands its input on instead of its features (`stageStarts`). */
+const RECOMPUTE = { growth: 4, share: 0.05 };
+
+/**
+ * The first segment each stage of an early-exit export computes (stage k ends at segment k). Handing a large
+ * stage output to the next stage costs a fresh buffer in ONNX Runtime and another in onnxruntime-node: for
+ * vgg-exits' stem, 32x the image's values for 1.2% of the FLOPs, fetching its features took 7-45 times the
+ * stage itself here (bench/onnx-exits.ts). So where a segment grows its input at least `RECOMPUTE.growth`x
+ * and the segments recomputed cost at most `RECOMPUTE.share` of the backbone's FLOPs (at u = 1), its stage
+ * hands its own input on and the next stage recomputes the segment.
+ */
+export function stageStarts(model: Network): number[] {
+  const { segments } = exitSegments(model);
+  const costs = exitCosts(model, model.plan(1));
+  const backbone = costs.reduce((a, c) => a + c.segmentFlops, 0);
+  const values = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+  const starts = [0];
+  for (let k = 1; k < segments.length; k++) {
+    const seg = segments[k - 1];
+    const from = starts[k - 1];
+    const redone = costs.slice(from, k).reduce((a, c) => a + c.segmentFlops, 0);
+    const grows = seg.length > 0 && values(seg[seg.length - 1].outShape) >= RECOMPUTE.growth * values(seg[0].inShape);
+    starts.push(grows && redone <= RECOMPUTE.share * backbone ? from : k);
+  }
+  return starts;
+}
+
+/** FLOPs of leaving at each exit at a plan, the segments that later stages recompute (`stageStarts`) included. */
+export function stagedExitFlops(model: Network, plan: Plan, starts: number[]): number[] {
+  const costs = exitCosts(model, plan);
+  let redone = 0;
+  return costs.map((c, k) => {
+    for (let i = starts[k]; i < k; i++) redone += costs[i].segmentFlops;
+    return c.cumulativeFlops + redone;
+  });
+}
+
 /** The channels entering stage `k` (the segment before exit k) at a plan. */
 function selBeforeStage(segments: ReturnType<typeof exitSegments>['segments'], k: number, first: ChannelSel, plan: Plan): ChannelSel {
   let sel = first;
@@ -176,7 +217,9 @@ export function selectBranch(
  * An early-exit model exports per stage, so that a sample which leaves is not computed further: a third
  * input `stage` (float32 scalar, 0-based) picks the backbone segment before exit `stage`, `images` is that
  * stage's input (the images at stage 0, the previous stage's `features` after), and the outputs are the
- * exit's `scores` and the segment's `features` (for the last stage, the scores again). The runtime runs the
+ * exit's `scores` and the segment's `features` (for the last stage, the scores again), or the stage's own
+ * input where the next stage recomputes a cheap segment whose output is large (`stageStarts`; `exitFlops`
+ * counts the recomputation). The runtime runs the
  * stages in turn and passes only the samples still running on. Stage -1 runs the whole network to its last
  * exit in one pass, without the exits.
  *
@@ -201,6 +244,7 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   const [h, w, c] = model.inputShape;
   const { segments, heads } = exitSegments(model);
   const staged = heads.length > 0;
+  const starts = staged ? stageStarts(model) : [];
   const ctrl = options.controller;
   const temporal = ctrl?.temporal;
   const featureSize = model.numClasses + 3 + (ctrl?.actions.length ?? 0);
@@ -217,6 +261,13 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   if (drift !== undefined) {
     throw new DynnError(`the temporal controller's action u = ${drift} runs level ${model.levelOf(drift)}, which the exported levels (u = ${levels.map((l) => l.u).join(', ')}) leave out; export every level (no --levels) or include u = ${drift}`);
   }
+  const resolutions = temporal?.resolutions;
+  if (ctrl && String(ctrl.network.config.args.resolutions ?? '') !== String(resolutions ?? '')) {
+    throw new DynnError(`the controller was trained over resolutions [${String(ctrl.network.config.args.resolutions ?? 'none')}], the export was given [${String(resolutions ?? 'none')}]`);
+  }
+  if (resolutions) checkOperatingPoints(ctrl!.actions, resolutions);
+  // The network's branch per input resolution: the controller's, and the input's own (a plain run).
+  const branchRs = resolutions ? [...new Set([...resolutions, h])].sort((a, b) => a - b) : [h];
   if (temporal && staged) throw new DynnError('a temporal controller is not exported with an early-exit model: it reads the whole network\'s scores');
   if (ctrl && !temporal && ctrl.network.inputShape.join() !== model.inputShape.join()) {
     throw new DynnError(`the controller reads [${ctrl.network.inputShape}] inputs, the network [${model.inputShape}]`);
@@ -231,6 +282,8 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
     throw new DynnError(`the exit policy has ${options.exitPolicy.thresholds.length} thresholds for ${heads.length} intermediate exits`);
   }
 
+  // Built once every check has passed: they hold the network built at each lower resolution (freed below).
+  const atRes = new Map(branchRs.filter((r) => r !== h).map((r) => [r, new AtResolution(model, r)]));
   const names = new NameScope();
   const main = new GraphBuilder('dynn', names);
   if (staged && segments.some((seg) => seg[0].inShape.length !== 3)) {
@@ -244,6 +297,7 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   main.input(floatValueInfo(ONNX_IO.u, [], 'utilization in (0, 1]; clamped to the exported levels'));
   if (staged) main.input(floatValueInfo(ONNX_IO.stage, [], `the stage to run, 0 to ${heads.length} (the exit it ends at), or -1 for the whole network`));
   if (temporal) main.input(floatValueInfo(ONNX_IO.action, ['batch'], 'the index of the controller action each sample ran at (float32)'));
+  if (resolutions) main.input(floatValueInfo(ONNX_IO.resolution, [], `the input resolution (height) the batch runs at, one of ${branchRs.join(', ')}; images stay [${c}, ${h}, ${w}]`));
   const dims = new Map<string, number[]>();
   addWeights(main, [...model.getWeights(), ...(ctrl?.network.getWeights() ?? [])], dims);
 
@@ -251,10 +305,17 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   const outInfo = (name: string, j: number) => (j === 0 ? scoresInfo(name) : floatValueInfo(name, ['batch', 'out_channels', 'out_height', 'out_width']));
   // What one (stage, level) computes: [scores] for a plain model, [scores, features] for a stage; stage -1 of
   // an early-exit model is the whole network without its exits, in one branch (what `run` uses).
-  const lowerLevel = (g: GraphBuilder, stage: number, lv: OnnxLevel): string[] => {
+  const lowerLevel = (g: GraphBuilder, stage: number, lv: OnnxLevel, r = h): string[] => {
     const plan = model.plan(lv.u);
-    const prefix = !staged ? `L${lv.level}` : stage < 0 ? `W${lv.level}` : `S${stage}L${lv.level}`;
+    const prefix = !staged ? `${r === h ? '' : `R${r}`}L${lv.level}` : stage < 0 ? `W${lv.level}` : `S${stage}L${lv.level}`;
     const ctx = { g, plan, prefix, dims };
+    const at = atRes.get(r);
+    if (at) {
+      // The network at a lower input resolution (`AtResolution`): its layers as built at that size.
+      const { head, back, tail } = at.parts();
+      const low = lowerChain(head, lowerResize(g, ONNX_IO.images, at.size[0], at.size[1], `${prefix}/resize`), fullSel(c), ctx);
+      return [back ? lowerChain(tail, lowerResize(g, low.y, back[0], back[1], `${prefix}/resize_back`), low.sel, ctx).y : low.y];
+    }
     // The last stage (and the whole network) has no next stage: its features are the scores as
     // [batch, classes, 1, 1], the rank of the others.
     const asFeatures = (y: string) => g.node('Unsqueeze', [y, g.int64Const(`${prefix}/axes`, [2, 3])], `${prefix}/features`);
@@ -262,25 +323,38 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
       const y = lowerChain(model.layers, ONNX_IO.images, fullSel(c), ctx).y;
       return staged ? [y, asFeatures(y)] : [y];
     }
-    const body = lowerChain(segments[stage], ONNX_IO.images, selBeforeStage(segments, stage, fullSel(c), plan), ctx);
+    const from = starts[stage];
+    const body = lowerChain(segments.slice(from, stage + 1).flat(), ONNX_IO.images, selBeforeStage(segments, from, fullSel(c), plan), ctx);
     if (stage === heads.length) return [body.y, asFeatures(body.y)];
     const head: ExitHead = heads[stage];
-    return [lowerChain(head.children(), body.y, body.sel, { ...ctx, prefix: `${prefix}/${head.name}` }).y, body.y];
+    // A next stage that recomputes this one gets this stage's input.
+    const features = starts[stage + 1] <= stage ? g.node('Identity', [ONNX_IO.images], `${prefix}/handed_on`) : body.y;
+    return [lowerChain(head.children(), body.y, body.sel, { ...ctx, prefix: `${prefix}/${head.name}` }).y, features];
   };
   const outs = staged ? [ONNX_IO.scores, ONNX_IO.features] : [ONNX_IO.scores];
   const levelConds = levels.map((lv, i) => (i === 0 ? '' : main.node('GreaterOrEqual', [ONNX_IO.u, main.floatConst(`min_u_${lv.level}`, [], [lv.minU])], `at_least_${lv.level}`)));
   // The level chain of one stage into `host`; its results are named `results` (exactly when `exact`).
-  const levelChain = (host: GraphBuilder, stage: number, results: string[], exact: boolean): string[] => {
+  const levelChain = (host: GraphBuilder, stage: number, results: string[], exact: boolean, r = h): string[] => {
     const branch = (i: number): GraphMsg => {
-      const g = new GraphBuilder(`${staged ? `stage_${stage}_` : ''}level_${levels[i].level}`, names);
-      lowerLevel(g, stage, levels[i]).forEach((y, j) => g.output(outInfo(y, j)));
+      const g = new GraphBuilder(`${staged ? `stage_${stage}_` : ''}${r === h ? '' : `resolution_${r}_`}level_${levels[i].level}`, names);
+      lowerLevel(g, stage, levels[i], r).forEach((y, j) => g.output(outInfo(y, j)));
       return g.build(`u in [${levels[i].minU}, ...): level ${levels[i].level}`);
     };
-    if (levels.length > 1) return selectBranch(host, levelConds, branch, results, exact, outInfo, staged ? `stage_${stage}_levels` : 'levels');
-    return lowerLevel(host, stage, levels[0]).map((y, j) => (exact ? host.nodeTo('Identity', [y], results[j]) : host.node('Identity', [y], results[j])));
+    if (levels.length > 1) return selectBranch(host, levelConds, branch, results, exact, outInfo, staged ? `stage_${stage}_levels` : r === h ? 'levels' : `resolution_${r}_levels`);
+    return lowerLevel(host, stage, levels[0], r).map((y, j) => (exact ? host.nodeTo('Identity', [y], results[j]) : host.node('Identity', [y], results[j])));
   };
 
-  if (!staged) levelChain(main, 0, outs, true);
+  if (!staged && branchRs.length > 1) {
+    // Branch i runs at branchRs[i], taken when resolution is at least halfway from the one below.
+    const resConds = branchRs.map((r, i) => (i === 0 ? '' : main.node('GreaterOrEqual', [ONNX_IO.resolution, main.floatConst(`resolution_${r}_from`, [], [(branchRs[i - 1] + r) / 2])], `at_resolution_${r}`)));
+    const resBranch = (i: number): GraphMsg => {
+      const r = branchRs[i];
+      const g = new GraphBuilder(`resolution_${r}`, names);
+      levelChain(g, 0, outs.map((o) => `resolution_${r}/${o}`), false, r).forEach((y, j) => g.output(outInfo(y, j)));
+      return g.build(`input resolution ${r}`);
+    };
+    selectBranch(main, resConds, resBranch, outs, true, outInfo, 'resolutions');
+  } else if (!staged) levelChain(main, 0, outs, true);
   else {
     // Branch 0 is stage -1 (the whole network); branch k + 1 is stage k, taken when stage >= k - 0.5.
     const stageConds = ['', ...segments.map((_, k) => main.node('GreaterOrEqual', [ONNX_IO.stage, main.floatConst(`stage_${k}`, [], [k - 0.5])], `from_stage_${k}`))];
@@ -309,14 +383,24 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
       flops: cost.flops,
       macs: cost.macs,
       flopsRatio: cost.flops / model.cost(1).flops,
-      ...(temporal ? { temporal: { start: temporal.start, features: [...TEMPORAL_FEATURES] } } : {}),
+      ...(temporal
+        ? {
+            temporal: {
+              start: temporal.start,
+              features: [...TEMPORAL_FEATURES],
+              // Each action's input resolution and the network's FLOPs ratio there (the layers' own count).
+              ...(resolutions && { resolutions: [...resolutions], actionFlopsRatios: ctrl.actions.map((u, k) => (atRes.get(resolutions[k])?.macs(model.plan(u)) ?? model.cost(u).macs) / model.cost(1).macs) }),
+            },
+          }
+        : {}),
     };
   }
   if (staged) {
-    for (const lv of levels) lv.exitFlops = exitCosts(model, model.plan(lv.u)).map((e) => e.cumulativeFlops);
+    for (const lv of levels) lv.exitFlops = stagedExitFlops(model, model.plan(lv.u), starts);
   }
 
   const graph = main.build();
+  for (const at of atRes.values()) at.dispose();
   const metadata: OnnxMetadata = {
     format: ONNX_FORMAT,
     dynnVersion: VERSION,

@@ -9,6 +9,14 @@ import { fullSel } from '../layers/select.js';
 import type { ChannelSel, Plan, Shape } from '../layers/types.js';
 import { attr, type GraphBuilder } from './graph.js';
 
+/** Bilinear resizing of NCHW `x` to [h, w], half-pixel centres (TF.js's `resizeBilinear(x, size, false, true)`). */
+export function lowerResize(g: GraphBuilder, x: string, h: number, w: number, base: string): string {
+  const shape = g.node('Shape', [x], `${base}/shape`);
+  const nc = g.node('Slice', [shape, g.int64Const(`${base}/starts`, [0]), g.int64Const(`${base}/ends`, [2]), g.int64Const(`${base}/axes`, [0])], `${base}/nc`);
+  const sizes = g.node('Concat', [nc, g.int64Const(`${base}/hw`, [h, w])], `${base}/sizes`, { axis: attr.int(0) });
+  return g.node('Resize', [x, '', '', sizes], base, { mode: attr.string('linear'), coordinate_transformation_mode: attr.string('half_pixel') });
+}
+
 /** What lowering a layer into one level's branch needs besides the layer. */
 export interface BranchContext {
   /** The branch graph nodes go into. */

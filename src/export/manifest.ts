@@ -89,6 +89,8 @@ const moeSegment = z.object({
   /** The capacity factor at evaluation: an expert takes at most ceil(cf k n / E) rows of a batch of n; absent: no limit. */
   capacityFactor: z.number().positive().max(1e6).optional(),
   overflow: z.enum(['residual', 'next']),
+  /** Which rows an expert serves first when full (`RoutingPriority`); absent: batch order. */
+  priority: z.enum(['batch', 'score']).optional(),
   /** Whether the block adds its input to the experts' combined output. */
   residual: z.boolean(),
   /** MACs of the router, and of each expert (a sample spends gateMacs plus its experts'). */
@@ -96,8 +98,10 @@ const moeSegment = z.object({
   expertMacs: z.array(nonNegative).min(1).max(METADATA_LIMITS.maxLevels),
   /** The router: `x` -> `logits` [batch, 2E] (the experts' scores, then their noise scales, which inference ignores). */
   gate: graphRef,
-  /** One graph per expert: `x` -> `y`. */
-  expertGraphs: z.array(graphRef).min(1).max(METADATA_LIMITS.maxLevels),
+  /** One graph per expert: `x` -> `y`; empty when the experts are stacked. */
+  expertGraphs: z.array(graphRef).max(METADATA_LIMITS.maxLevels),
+  /** Alike experts as one graph: `x` [E, rows, ...input] -> `y` [E, rows, ...output], block e through expert e (batched MatMul on stacked weights). */
+  stacked: graphRef.optional(),
   input: sampleShape,
   output: sampleShape,
 });
@@ -150,7 +154,8 @@ const manifestSchema = z
       if (s.kind === 'spatial' && (s.input.length !== 3 || s.input.join() !== s.output.join() || s.positions !== s.input[1] * s.input[2])) issue(['segments', i], 'a spatially gated block keeps its [C, H, W] shape and has H * W positions');
       if (s.kind === 'switch' && s.routes.length !== s.routeMacs.length) issue(['segments', i, 'routes'], `${s.routes.length} route graphs for ${s.routeMacs.length} route costs`);
       if (s.kind === 'moe') {
-        if (s.expertGraphs.length !== s.experts || s.expertMacs.length !== s.experts) issue(['segments', i, 'expertGraphs'], `${s.expertGraphs.length} expert graphs and ${s.expertMacs.length} expert costs for ${s.experts} experts`);
+        if (s.stacked ? s.expertGraphs.length !== 0 : s.expertGraphs.length !== s.experts) issue(['segments', i, 'expertGraphs'], s.stacked ? `a stacked mixture has no per-expert graphs, got ${s.expertGraphs.length}` : `${s.expertGraphs.length} expert graphs and ${s.expertMacs.length} expert costs for ${s.experts} experts`);
+        if (s.expertMacs.length !== s.experts) issue(['segments', i, 'expertMacs'], `${s.expertGraphs.length} expert graphs and ${s.expertMacs.length} expert costs for ${s.experts} experts`);
         if (s.topK > s.experts) issue(['segments', i, 'topK'], `top-k ${s.topK} exceeds the ${s.experts} experts`);
         if (s.residual && s.input.join() !== s.output.join()) issue(['segments', i, 'residual'], `a residual mixture keeps its shape, [${s.input}] is not [${s.output}]`);
       }
@@ -165,7 +170,7 @@ const manifestSchema = z
 
 /** The graph files a segment names. */
 export function segmentGraphs(s: z.infer<typeof plainSegment> | z.infer<typeof gatedSegment> | z.infer<typeof switchSegment> | z.infer<typeof moeSegment> | z.infer<typeof spatialSegment>): z.infer<typeof graphRef>[] {
-  return s.kind === 'plain' || s.kind === 'spatial' ? [s.graph] : s.kind === 'gated' ? [s.gate, s.body] : s.kind === 'moe' ? [s.gate, ...s.expertGraphs] : [s.gate, ...s.routes];
+  return s.kind === 'plain' || s.kind === 'spatial' ? [s.graph] : s.kind === 'gated' ? [s.gate, s.body] : s.kind === 'moe' ? [s.gate, ...s.expertGraphs, ...(s.stacked ? [s.stacked] : [])] : [s.gate, ...s.routes];
 }
 
 /** What `manifest.json` of a segmented export says. */

@@ -18,6 +18,8 @@ export const ONNX_IO = {
   controller: 'controller_scores',
   /** Models exported with a temporal controller: the action index each sample ran at, float32 [batch]. */
   action: 'action',
+  /** Temporal controllers over (u, r): the input resolution (height) the batch runs at, float32 scalar. */
+  resolution: 'resolution',
 } as const;
 
 /**
@@ -83,6 +85,10 @@ const controllerSchema = z.object({
       start: z.number().int().nonnegative(),
       /** The feature layout, `TEMPORAL_FEATURES`. */
       features: z.array(z.string()),
+      /** Actions (u, r): each action's input resolution (height), fed as the graph input `resolution`. */
+      resolutions: z.array(z.number().int().positive().max(METADATA_LIMITS.maxDim)).optional(),
+      /** With `resolutions`: the network's FLOPs ratio at each action (u at its resolution). */
+      actionFlopsRatios: z.array(nonNegative).optional(),
     })
     .optional(),
 });
@@ -135,8 +141,15 @@ const metadataSchema = z
       issue(['exits', 'policy', 'thresholds'], `${policy.thresholds.length} thresholds for ${m.exits.count - 1} intermediate exits`);
     }
     const actions = m.controller?.actions ?? [];
-    if (actions.some((a, i) => i > 0 && a <= actions[i - 1])) issue(['controller', 'actions'], 'actions must be strictly increasing');
     const temporal = m.controller?.temporal;
+    const rs = temporal?.resolutions;
+    if (rs) {
+      // Operating points (u, r): a u repeats, once per resolution.
+      if (rs.length !== actions.length) issue(['controller', 'temporal', 'resolutions'], `${rs.length} resolutions for ${actions.length} actions`);
+      else if (actions.some((a, i) => i > 0 && (a < actions[i - 1] || (a === actions[i - 1] && rs[i] <= rs[i - 1])))) issue(['controller', 'actions'], 'actions (u, r) must be strictly increasing by u, then r');
+      if (rs.some((r) => r > m.input.shape[1])) issue(['controller', 'temporal', 'resolutions'], `a resolution above the input's height ${m.input.shape[1]}`);
+      if (temporal.actionFlopsRatios?.length !== actions.length) issue(['controller', 'temporal', 'actionFlopsRatios'], `needs one value per action (${actions.length})`);
+    } else if (actions.some((a, i) => i > 0 && a <= actions[i - 1])) issue(['controller', 'actions'], 'actions must be strictly increasing');
     if (temporal && temporal.start >= actions.length) issue(['controller', 'temporal', 'start'], `start action ${temporal.start} is not one of the ${actions.length} actions`);
     if (temporal && temporal.features.join() !== TEMPORAL_FEATURES.join()) {
       issue(['controller', 'temporal', 'features'], `unknown feature layout [${temporal.features.join(', ')}]; this dynn reads [${TEMPORAL_FEATURES.join(', ')}]`);

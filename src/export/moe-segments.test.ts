@@ -26,7 +26,7 @@ before(async () => {
 
 const nets: [string, () => Network][] = [
   ['vgg-moe', () => createModel('vgg-moe', { inputShape: [8, 8, 2], numClasses: 3, groups: 4, widths: [8, 8, 16, 16], hidden: 16, experts: 4, topK: 1 })],
-  ['resnet-moe', () => createModel('resnet-moe', { inputShape: [8, 8, 2], numClasses: 3, width: 4, blocksPerStage: 2, experts: 3, topK: 2, overflow: 'next', evalCapacityFactor: 1 })],
+  ['resnet-moe', () => createModel('resnet-moe', { inputShape: [8, 8, 2], numClasses: 3, width: 4, blocksPerStage: 2, experts: 3, topK: 2, overflow: 'next', priority: 'score', evalCapacityFactor: 1 })],
 ];
 
 /**
@@ -137,5 +137,49 @@ test('dynn serve of a mixture folder and the web entry give the in-thread dispat
   } finally {
     http.close();
     await node.release();
+  }
+});
+
+test('mlp-moe exports its alike experts as one stacked graph ([E, rows, in] -> [E, rows, out]) that ONNX Runtime runs once per batch on rows padded to the most loaded expert, with TF.js\'s experts and scores', async () => {
+  for (const topK of [1, 2]) {
+    const model = createModel('mlp-moe', { inputShape: [8, 8, 2], numClasses: 3, experts: 4, hidden: 8, topK });
+    tf.tidy(() => {
+      for (const w of model.weights()) if (w.name === 'moe.gate.fc.kernel') w.variable.assign(tf.randomNormal(w.variable.shape, 0, 1, 'float32', 4));
+    });
+    const x = tf.randomNormal([16, 8, 8, 2], 0, 1, 'float32', 8);
+    const dir = path.join(tmp, `mlp-moe-k${topK}`);
+    const m = await saveSegments(model, dir);
+    const seg = m.segments.find((s) => s.kind === 'moe')!;
+    assert.ok(seg.kind === 'moe' && seg.stacked && seg.expertGraphs.length === 0, 'one stacked graph, no per-expert graphs');
+    const text = readFileSync(path.join(dir, MANIFEST_FILE), 'utf8');
+    const edited = JSON.parse(text);
+    edited.segments.find((s: { kind: string }) => s.kind === 'moe').expertGraphs = [seg.kind === 'moe' && seg.stacked];
+    assert.throws(() => parseManifest(JSON.stringify(edited), 'x'), /a stacked mixture has no per-expert graphs, got 1/);
+    const routing = RoutingState.start('hard', 16);
+    const ref = tf.tidy(() => model.forward(x, model.plan(1), { routing }).dataSync() as Float32Array);
+    const session = (await openSession(dir, { threads: 1 })) as SegmentedSession;
+    const stacked = (session as unknown as { parts: { stacked?: unknown }[] }).parts.find((p) => p.stacked)!.stacked;
+    const proto = SegmentedSession.prototype as unknown as { once: (s: unknown, feeds: Record<string, { dims: readonly number[] }>, fetch: string) => Promise<unknown> };
+    const once = proto.once;
+    const calls: (readonly number[])[] = [];
+    proto.once = function (s, feeds, fetch) {
+      if (s === stacked) calls.push(feeds.x.dims);
+      return once.call(this, s, feeds, fetch);
+    };
+    try {
+      const got = await session.runRouted(toNchw(x));
+      const slots = topK === 1 ? ['moe'] : ['moe.k0', 'moe.k1'];
+      slots.forEach((g, j) => assert.deepEqual([...got.counts[j]], [...routing.decisions.get(g)!], `same experts per sample at ${g}`));
+      assert.ok(relErr(ref, got.scores) < 1e-4, `scores: ${relErr(ref, got.scores)}`);
+      const load = new Array<number>(4).fill(0);
+      for (const g of slots) routing.decisions.get(g)!.forEach((e) => e >= 0 && load[e]++);
+      assert.ok(load.filter((l) => l > 0).length >= 2, `the router spreads samples (${load})`);
+      assert.deepEqual(calls, [[4, Math.max(...load), 128]], 'one run, every expert\'s block as wide as the most loaded one');
+    } finally {
+      proto.once = once;
+      await session.release();
+      x.dispose();
+      model.dispose();
+    }
   }
 });

@@ -18,6 +18,7 @@ import { DynnError } from '../util/errors.js';
 import { VERSION } from '../version.js';
 import { addWeights, selectBranch, weightsSha256 } from './export.js';
 import { attr, floatValueInfo, GraphBuilder, NameScope } from './graph.js';
+import { lowerResize } from './lower.js';
 import { lowerAnyChain, lowerChain, lowerResidual, type BranchContext } from './lower.js';
 import { encodeModel, IR_VERSION, OPSET_VERSION, type GraphMsg } from './onnx-proto.js';
 import { MANIFEST_FILE, SEGMENT_IO, SEGMENTS_FORMAT, type SegmentEntry, type SegmentsManifest } from './manifest.js';
@@ -88,12 +89,38 @@ function switchParts(sw: WidthSwitch | WholeSwitch<never>, sel: ChannelSel, full
   return { gate: sw.gate, routeMacs: sw.routeMacs(sel, full), route: (k) => ({ layers: sw.tail, plan: sw.routePlan(full, k), label: `the rest of the network at ${sw.routeGroups(k)} groups` }) };
 }
 
-/** Bilinear resizing of NCHW `x` to [h, w], half-pixel centres (TF.js's `resizeBilinear(x, size, false, true)`). */
-function lowerResize(g: GraphBuilder, x: string, h: number, w: number, base: string): string {
-  const shape = g.node('Shape', [x], `${base}/shape`);
-  const nc = g.node('Slice', [shape, g.int64Const(`${base}/starts`, [0]), g.int64Const(`${base}/ends`, [2]), g.int64Const(`${base}/axes`, [0])], `${base}/nc`);
-  const sizes = g.node('Concat', [nc, g.int64Const(`${base}/hw`, [h, w])], `${base}/sizes`, { axis: attr.int(0) });
-  return g.node('Resize', [x, '', '', sizes], base, { mode: attr.string('linear'), coordinate_transformation_mode: attr.string('half_pixel') });
+/**
+ * A mixture's alike experts as one graph (`StackedExperts`): per dense layer one batched MatMul on the experts'
+ * kernels stacked [E, in, out] (initializer `<layer of expert 0 without .e0>.stacked.kernel`) plus the biases
+ * [E, 1, out]; ReLUs between. ONNX Runtime packs the stacked weights once at load.
+ */
+function stackedGraph(weights: NamedArray[], mb: MoeBlock): SegmentGraph {
+  const E = mb.experts;
+  const sg = new SegmentGraph(`${mb.name}_experts`, [], []);
+  const byName = new Map(weights.map((w) => [w.name, w]));
+  const chains = mb.expertChains;
+  sg.g.input(floatValueInfo(SEGMENT_IO.x, [E, 'rows', ...nchw(mb.inShape)]));
+  let y: string = SEGMENT_IO.x;
+  chains[0].forEach((layer, i) => {
+    const base = layer.name.replace(`${mb.name}.e0.`, `${mb.name}.stacked.`);
+    const step = mb.stack!.steps[i];
+    if (step.kind === 'relu') {
+      y = sg.g.node('Relu', [y], base);
+      return;
+    }
+    const stackOf = (suffix: string, dims: number[]) => {
+      const parts = chains.map((c) => byName.get(`${c[i].name}.${suffix}`)!.data);
+      const data = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+      parts.reduce((o, p) => (data.set(p, o), o + p.length), 0);
+      return sg.g.floatInit(`${base}.${suffix}`, dims, data);
+    };
+    const [inC, outC] = step.kernels[0].shape;
+    y = sg.g.node('MatMul', [y, stackOf('kernel', [E, inC, outC])], `${base}/matmul`);
+    if (step.biases) y = sg.g.node('Add', [y, stackOf('bias', [E, 1, outC])], `${base}/bias`);
+  });
+  sg.g.nodeTo('Identity', [y], SEGMENT_IO.y);
+  sg.g.output(floatValueInfo(SEGMENT_IO.y, [E, 'rows', ...nchw(mb.outShape)]));
+  return sg;
 }
 
 /** Splits the network's top-level layers into runs of plain layers and single gated blocks. */
@@ -261,7 +288,8 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
       const mb = first;
       const E = mb.experts;
       const gate = gateSegment(weights, mb.name, mb.gate, 2 * E, sel, full);
-      const expertGraphs = mb.expertChains.map((chain, e) => {
+      const stacked = mb.stack?.fits(sel, full) ? add('.experts', stackedGraph(weights, mb), `dynn experts of ${mb.name}, stacked: x [${E}, rows, in] -> y [${E}, rows, out], block e through expert e`) : undefined;
+      const expertGraphs = stacked ? [] : mb.expertChains.map((chain, e) => {
         const sg = new SegmentGraph(`${mb.name}_expert_${e}`, weights, chain);
         sg.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(mb.inShape)));
         sg.g.nodeTo('Identity', [lowerChain(chain, SEGMENT_IO.x, sel, sg.ctx(full, `e${e}`)).y], SEGMENT_IO.y);
@@ -275,11 +303,13 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
         topK: mb.topK,
         ...(mb.args.evalCapacityFactor === undefined ? {} : { capacityFactor: mb.args.evalCapacityFactor }),
         overflow: mb.args.overflow ?? 'residual',
+        ...(mb.args.priority === 'score' ? { priority: 'score' as const } : {}),
         residual: mb.args.residual === true,
         gateMacs: gateMacsOf(mb.gate, sel),
         expertMacs: mb.expertMacs(sel, full),
         gate: add('.gate', gate, `dynn router of ${mb.name}: x -> ${E} scores and ${E} noise scales`),
         expertGraphs,
+        ...(stacked ? { stacked } : {}),
         input,
         output,
       });

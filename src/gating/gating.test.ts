@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { activeGroupCount, checkUtilization, depthNestedCounts, selectGroups, utilizationLevels } from './gating.js';
+import { activeGroupCount, checkUtilization, depthNestedCounts, roundChannels, selectGroups, utilizationLevels } from './gating.js';
 import { Rng } from '../util/rng.js';
 
 test('d = min(D, floor(u*(D+1))), at least one group without a skip path', () => {
@@ -86,4 +86,19 @@ test('depthwise-nested gating: total follows d, output stages first, nested in u
   // With few blocks on, the stages nearest the output get them first.
   assert.deepEqual(depthNestedCounts([2, 2, 2], 0.3), [0, 1, 1]);
   assert.deepEqual(depthNestedCounts([2, 2, 2], 1), [2, 2, 2]);
+});
+
+test('roundChannels: the nearest multiple, at least one multiple and 90% of the count, at most the full width', () => {
+  // vgg-w's c2 (32 channels, 8 groups of 4) and c3 (64, 8 groups of 8) at d = 1..8, multiple 16.
+  assert.deepEqual([1, 2, 3, 4, 5, 6, 7, 8].map((d) => roundChannels(4 * d, 16, 32)), [16, 16, 16, 16, 32, 32, 32, 32]);
+  assert.deepEqual([1, 2, 3, 4, 5, 6, 7, 8].map((d) => roundChannels(8 * d, 16, 64)), [16, 16, 32, 32, 48, 48, 64, 64]);
+  assert.deepEqual([4, 12, 20, 28].map((c) => roundChannels(c, 8, 32)), [8, 16, 24, 32]);
+  // Nearest, not up: 17 -> 16; but never more than 10% below: 20 -> 32 with 16, since 16 < 0.9 * 20.
+  assert.equal(roundChannels(17, 16, 64), 16);
+  assert.equal(roundChannels(20, 16, 64), 32);
+  assert.equal(roundChannels(40, 16, 40), 40, 'capped at the full width');
+  for (let c = 1; c <= 64; c++) assert.equal(roundChannels(c, 1, 64), c, 'multiple 1 keeps the count');
+  for (let c = 1; c < 64; c++) assert.ok(roundChannels(c + 1, 16, 64) >= roundChannels(c, 16, 64), 'monotone in the count');
+  assert.throws(() => roundChannels(8, 0, 32), /channel multiple must be a positive integer, got 0/);
+  assert.throws(() => roundChannels(8, 2.5, 32), /channel multiple must be a positive integer, got 2.5/);
 });

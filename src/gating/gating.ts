@@ -33,6 +33,21 @@ export function activeGroupCount(u: number, D: number, minGroups = 1): number {
   return Math.max(minGroups, d);
 }
 
+/**
+ * Active channels of a widthwise layer whose d groups hold `count` channels, rounded to a multiple of
+ * `multiple` so that a level's layer fills whole blocks of the inference kernel (ONNX Runtime's NCHWc
+ * convolution computes 16 channels at a time with AVX-512, 8 with AVX2, padding a partial block): the
+ * nearest multiple, never below `multiple` nor 10% below `count` (MobileNet's and US-Nets' `make_divisible`),
+ * and at most `full`. `multiple` 1 keeps `count`.
+ */
+export function roundChannels(count: number, multiple: number, full: number): number {
+  if (!Number.isInteger(multiple) || multiple < 1) throw new DynnError(`channel multiple must be a positive integer, got ${multiple}`);
+  if (multiple === 1) return count;
+  let c = Math.max(multiple, Math.floor((count + multiple / 2) / multiple) * multiple);
+  if (c < 0.9 * count) c += multiple;
+  return Math.min(full, c);
+}
+
 /** The distinct active-group counts reachable for u in (0, 1], each with a u that reaches it (1 for d = D). */
 export function utilizationLevels(D: number, minGroups = 1): { d: number; u: number }[] {
   const levels: { d: number; u: number }[] = [];

@@ -27,6 +27,8 @@ export interface Conv2DArgs {
   groups?: number;
   /** The plan key of the block this layer belongs to (default: the layer's own name). */
   block?: string;
+  /** With groups: round the active output channels to a multiple of this (`roundChannels`; default 1). */
+  multiple?: number;
   /** Initial kernel values (default 'fan-in-uniform'). */
   init?: KernelInit;
 }
@@ -56,8 +58,8 @@ export class Conv2D extends Layer<Conv2DArgs> {
   }
 
   outSel(_sel: ChannelSel, plan: Plan): ChannelSel {
-    const { filters, groups = 0, block = this.name } = this.args;
-    return groups ? groupSel(planGroups(plan, block), groups, filters) : fullSel(filters);
+    const { filters, groups = 0, block = this.name, multiple = 1 } = this.args;
+    return groups ? groupSel(planGroups(plan, block), groups, filters, multiple) : fullSel(filters);
   }
 
   call(x: tf.Tensor, sel: ChannelSel, ctx: RunContext) {
@@ -99,6 +101,8 @@ export interface DenseArgs {
   useBias?: boolean;
   /** Throttle the output units in this many groups; 0 or absent: not throttled. */
   groups?: number;
+  /** With groups: round the active output units to a multiple of this (`roundChannels`; default 1). */
+  multiple?: number;
   /** Initial kernel values (default 'fan-in-uniform'). */
   init?: KernelInit;
   /** Initial value of every bias (default 0; a gate starts open with a large one). */
@@ -125,8 +129,8 @@ export class Dense extends Layer<DenseArgs> {
   }
 
   outSel(_sel: ChannelSel, plan: Plan): ChannelSel {
-    const { units, groups = 0 } = this.args;
-    return groups ? groupSel(planGroups(plan, this.name), groups, units) : fullSel(units);
+    const { units, groups = 0, multiple = 1 } = this.args;
+    return groups ? groupSel(planGroups(plan, this.name), groups, units, multiple) : fullSel(units);
   }
 
   call(x: tf.Tensor, sel: ChannelSel, ctx: RunContext) {

@@ -86,6 +86,9 @@ export abstract class Layer<A extends object = object> {
     return this.children();
   }
 
+  /** Frees what the layer keeps beside its weights (a cache); the network's `dispose` calls it on every layer. */
+  releaseCaches(): void {}
+
   /** The throttleable unit this layer is, if any. */
   block(): BlockInfo | null {
     return null;

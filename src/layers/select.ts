@@ -1,4 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
+import { DynnError } from '../util/errors.js';
+import { roundChannels } from '../gating/gating.js';
 import type { ChannelSel } from './types.js';
 
 /** All channels of a tensor that no throttled block produced. */
@@ -6,12 +8,16 @@ export function fullSel(channels: number): ChannelSel {
   return { full: channels, count: channels, index: null };
 }
 
-/** The channels of the active groups (each `channels / groups` wide) of a throttled layer. */
-export function groupSel(groups: Int32Array, D: number, channels: number): ChannelSel {
+/**
+ * The channels of the active groups (each `channels / groups` wide) of a throttled layer; with `multiple`
+ * above 1, a prefix rounded by `roundChannels` (nested gating only: rounded counts do not split into groups).
+ */
+export function groupSel(groups: Int32Array, D: number, channels: number, multiple = 1): ChannelSel {
   const size = channels / D;
   let prefix = true;
   for (let i = 0; i < groups.length; i++) if (groups[i] !== i) prefix = false;
-  if (prefix) return { full: channels, count: groups.length * size, index: null };
+  if (prefix) return { full: channels, count: roundChannels(groups.length * size, multiple, channels), index: null };
+  if (multiple > 1) throw new DynnError(`channels rounded to multiples of ${multiple} need nested gating (the first groups active), not independent gating`);
   const index = new Int32Array(groups.length * size);
   groups.forEach((g, i) => {
     for (let j = 0; j < size; j++) index[i * size + j] = g * size + j;

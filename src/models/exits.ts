@@ -163,6 +163,7 @@ export function withExits(base: ModelDef, description: string, defaults: ModelAr
   return {
     description,
     defaults: { ...base.defaults, ...defaults },
+    channelMultiple: base.channelMultiple,
     layers(a) {
       const layers = base.layers(a);
       const after = a.exits as string[];

@@ -189,6 +189,18 @@ export class Network {
     return new Subnet(plan, this.inputShape, ops);
   }
 
+  /** Active output channels (units) of each top-level layer at utilization u (or a plan), by layer name. */
+  channels(at: number | Plan): Map<string, number> {
+    const plan = typeof at === 'number' ? this.plan(at) : at;
+    const out = new Map<string, number>();
+    let sel = fullSel(this.inputShape[this.inputShape.length - 1]);
+    for (const l of this.layers) {
+      sel = l.outSel(sel, plan);
+      out.set(l.name, sel.count);
+    }
+    return out;
+  }
+
   /** MACs, FLOPs and active parameters at utilization u (or a plan), per layer and in total. */
   cost(at: number | Plan, options: PlanOptions = {}): CostReport {
     const plan = typeof at === 'number' ? this.plan(at, options) : at;
@@ -264,7 +276,17 @@ export class Network {
   }
 
   /** Frees every weight. */
+  /** Frees what layers keep beside the weights (a mixture's stacked experts); they rebuild it when next run. */
+  releaseCaches(): void {
+    const release = (l: Layer): void => {
+      l.releaseCaches();
+      l.children().forEach(release);
+    };
+    this.layers.forEach(release);
+  }
+
   dispose(): void {
+    this.releaseCaches();
     for (const w of this.weights()) w.variable.dispose();
   }
 }

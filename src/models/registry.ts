@@ -17,7 +17,7 @@ export const models = new Registry<ModelDef>('model');
 const orList = (xs: readonly string[]) => (xs.length < 2 ? xs.join('') : `${xs.slice(0, -1).join(', ')} or ${xs[xs.length - 1]}`);
 
 /** A mixture of experts' arguments (`MoeArgs`), which only its models take. */
-const MOE_ARGS = ['experts', 'topK', 'capacityFactor', 'evalCapacityFactor', 'overflow', 'importanceWeight', 'loadWeight', 'switchWeight'] as const;
+const MOE_ARGS = ['experts', 'topK', 'capacityFactor', 'evalCapacityFactor', 'overflow', 'priority', 'importanceWeight', 'loadWeight', 'switchWeight'] as const;
 
 const COMMON: ModelArgs = { inputShape: [28, 28, 1], numClasses: 10, groups: 8, batchNorm: true, seed: 0 };
 
@@ -56,6 +56,14 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
       throw new DynnError(`--dynamic ${resolved.dynamic} needs a model with a gated form; ${name} has none (expected one of ${able.join(', ')})`);
     }
   }
+  if (resolved.channelMultiple !== undefined) {
+    const m = resolved.channelMultiple;
+    if (!Number.isInteger(m) || (m as number) < 1) throw new DynnError(`channelMultiple must be a positive integer, got ${m}`);
+    if (!def.channelMultiple) {
+      throw new DynnError(`channelMultiple (--channel-multiple) needs a model whose widthwise layers round their channels (expected one of ${models.list().filter((k) => models.get(k).channelMultiple).join(', ')}), not ${name}`);
+    }
+    if (resolved.dynamic !== undefined) throw new DynnError(`channelMultiple (--channel-multiple) rounds the levels of a static model; --dynamic ${resolved.dynamic} does not take it`);
+  }
   if (resolved.resolutions !== undefined && resolved.dynamic !== 'resolution') throw new DynnError('--resolutions needs --dynamic resolution');
   if (resolved.branches !== undefined && name !== 'multi-branch') throw new DynnError('--branches needs --model multi-branch');
   if (resolved.decisions !== undefined) {
@@ -80,7 +88,7 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   const moe = MOE_ARGS.filter((k) => resolved[k] !== undefined && !(k === 'experts' && def.condconv));
   if (moe.length && resolved.dynamic !== 'moe') throw new DynnError(`${moe.join(', ')} ${moe.length > 1 ? 'need' : 'needs'} a mixture of experts (--model ${orList(mechanismModels(mechanisms.get('moe')))})`);
   if (resolved.dynamic === 'moe') {
-    checkMixture(resolved.experts as number, resolved.topK as number, [resolved.capacityFactor as number, ...(resolved.evalCapacityFactor === undefined ? [] : [resolved.evalCapacityFactor as number])], String(resolved.overflow));
+    checkMixture(resolved.experts as number, resolved.topK as number, [resolved.capacityFactor as number, ...(resolved.evalCapacityFactor === undefined ? [] : [resolved.evalCapacityFactor as number])], String(resolved.overflow), String(resolved.priority ?? 'batch'));
   }
   for (const key of ['routing', 'temperature', 'annealEpochs'] as const) {
     if (set[key] !== undefined && !def.condconv) {

@@ -22,6 +22,12 @@ export interface ModelArgs {
   decisions?: string;
   /** `--dynamic width`: the widths K a sample can take (default 4). */
   widthRoutes?: number;
+  /**
+   * Round each level's active channels of the throttled layers to a multiple of this (`roundChannels`), the
+   * same in training, evaluation, FLOPs and export: 16 fills ONNX Runtime's AVX-512 convolution blocks, so
+   * every level's time follows its FLOPs (default: absent, 1, the group counts exactly).
+   */
+  channelMultiple?: number;
   /** Dynamic-parameter models: expert kernels E per conditional convolution (default 4). */
   experts?: number;
   /** Dynamic-parameter models: `sigmoid` (CondConv) or `softmax` (dynamic convolution) mixing weights. */
@@ -45,6 +51,8 @@ export interface ModelDef {
    * whose output the gate reads; everything after it is throttleable. Absent: no width switch fits it.
    */
   switchAfter?: string;
+  /** Whether its widthwise layers take `channelMultiple`. */
+  channelMultiple?: boolean;
   /** Whether its convolutions are conditional (CondConv): it takes `experts`, `routing`, `temperature`, `annealEpochs`. */
   condconv?: boolean;
   /** Whether it has residual blocks that keep their shape, which a mechanism that skips blocks can gate (`skip`). */

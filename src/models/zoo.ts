@@ -19,9 +19,9 @@ export type { ModelArgs, ModelDef } from './types.js';
 
 export { models, resolveModelArgs } from './registry.js';
 
-function convBnRelu(name: string, filters: number, groups: number, levels: number, bn: boolean): Layer[] {
+function convBnRelu(name: string, filters: number, groups: number, levels: number, bn: boolean, multiple?: number): Layer[] {
   return [
-    new Conv2D(`${name}.conv`, { filters, kernelSize: 3, groups, useBias: !bn }),
+    new Conv2D(`${name}.conv`, { filters, kernelSize: 3, groups, useBias: !bn, ...(multiple ? { multiple } : {}) }),
     ...(bn ? [new BatchNorm(`${name}.bn`, { levels })] : []),
     new ReLU(`${name}.relu`, {}),
   ];
@@ -31,19 +31,21 @@ models.register('vgg-w', {
   description: 'VGG-style CNN, widthwise-throttled: conv32 conv32 pool conv64 conv64 pool dense256 dense(classes)',
   defaults: { widths: [32, 32, 64, 64], hidden: 256 },
   switchAfter: 'stem.relu',
+  channelMultiple: true,
   layers(a) {
     const [w1, w2, w3, w4] = a.widths as number[];
     const D = a.groups;
     const L = D + 1;
+    const m = a.channelMultiple as number | undefined;
     return [
       ...convBnRelu('stem', w1, 0, L, a.batchNorm),
-      ...convBnRelu('c2', w2, D, L, a.batchNorm),
+      ...convBnRelu('c2', w2, D, L, a.batchNorm, m),
       new MaxPool('pool1', {}),
-      ...convBnRelu('c3', w3, D, L, a.batchNorm),
-      ...convBnRelu('c4', w4, D, L, a.batchNorm),
+      ...convBnRelu('c3', w3, D, L, a.batchNorm, m),
+      ...convBnRelu('c4', w4, D, L, a.batchNorm, m),
       new MaxPool('pool2', {}),
       new Flatten('flatten', {}),
-      new Dense('fc1', { units: a.hidden as number, groups: D }),
+      new Dense('fc1', { units: a.hidden as number, groups: D, ...(m ? { multiple: m } : {}) }),
       new ReLU('fc1.relu', {}),
       new Dense('classifier', { units: a.numClasses }),
     ];
@@ -161,12 +163,14 @@ models.register('resnext-w', {
 models.register('mlp-w', {
   description: 'Multi-layer perceptron, widthwise-throttled hidden layers',
   defaults: { hidden: [256, 256] },
+  channelMultiple: true,
   layers(a) {
     const D = a.groups;
+    const m = a.channelMultiple as number | undefined;
     return [
       new Flatten('flatten', {}),
       ...(a.hidden as number[]).flatMap((units, i) => [
-        new Dense(`fc${i + 1}`, { units, groups: D }),
+        new Dense(`fc${i + 1}`, { units, groups: D, ...(m ? { multiple: m } : {}) }),
         new ReLU(`fc${i + 1}.relu`, {}),
       ]),
       new Dense('classifier', { units: a.numClasses }),
@@ -330,8 +334,8 @@ const MOE_RATIOS = ['capacityFactor', 'evalCapacityFactor', 'importanceWeight', 
 
 /** The mixture settings of a model's arguments (see `MoeArgs`). */
 function moeArgs(a: ModelArgs, residual: boolean): MoeArgs {
-  const { experts, topK, capacityFactor, evalCapacityFactor, overflow, importanceWeight, loadWeight, switchWeight } = a as ModelArgs & MoeArgs;
-  return { experts, topK, capacityFactor, evalCapacityFactor, overflow, importanceWeight, loadWeight, switchWeight, residual, mechanism: String(a.dynamic) };
+  const { experts, topK, capacityFactor, evalCapacityFactor, overflow, priority, importanceWeight, loadWeight, switchWeight, stack } = a as ModelArgs & MoeArgs;
+  return { experts, topK, capacityFactor, evalCapacityFactor, overflow, priority, importanceWeight, loadWeight, switchWeight, stack, residual, mechanism: String(a.dynamic) };
 }
 
 models.register('vgg-moe', {

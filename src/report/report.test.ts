@@ -170,6 +170,9 @@ test('the training command line read back by the CLI gives the options the run r
   }
   assert.equal(o.modelArgs.groups, info.config.args.groups);
   assert.equal(parsed.options.out, run);
+  // A run's channel rounding is part of what it trained.
+  const rounded = trainCommandLine(run, meta, { ...info.config.args, channelMultiple: 16 });
+  assert.equal(trainOptionsFrom(cli.parse(['node', 'dynn', ...rounded.split(' ').slice(1)], { run: false }).options).modelArgs.channelMultiple, 16);
 });
 
 test('dynn report writes the page and lists its sections; usage errors are clear', async () => {

@@ -2,7 +2,7 @@ import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import fc from 'fast-check';
-import { arrayRows, assemble, dispatch, dispatchAsync, dispatchFrom, dispatchFromAsync, partition, rowsOf } from './dispatch.js';
+import { arrayRows, assemble, dispatch, dispatchAsync, dispatchFrom, dispatchFromAsync, dispatchPadded, padByRoute, partition, rowsOf } from './dispatch.js';
 import { dispatchTensor, tensorRows } from './tensor.js';
 import { initEngine } from '../engine/backend.js';
 
@@ -117,4 +117,28 @@ test('dispatchFrom: a sample in several output rows (a mixture\'s k experts), ea
   assert.deepEqual(Array.from(dispatchFrom(x, new Int32Array(0), [], run, { input: ops, output: ops })), [], 'no row, no run');
   assert.throws(() => dispatchFrom(x, Int32Array.from([3]), [0], run, { input: ops, output: ops }), /row 3 is not in a batch of 3/);
   assert.throws(() => dispatchFrom(x, Int32Array.from([0]), [0, 1], run, { input: ops, output: ops }), /2 routes for 1 rows/);
+});
+
+test('padByRoute and dispatchPadded: every route in one call, blocks as wide as the largest route, padding counted, outputs in the order of the sources', () => {
+  // Output rows read samples 0, 2, 2, 1, 3 and take routes 1, 0, 1, 1, 0 (sample 2 twice, as a top-2 mixture does).
+  const sources = Int32Array.from([0, 2, 2, 1, 3]);
+  const routes = [1, 0, 1, 1, 0];
+  const layout = padByRoute(sources, routes, 3);
+  assert.equal(layout.width, 3, 'route 1 has the most rows, 3');
+  assert.deepEqual([...layout.slots], [2, 3, 0, 0, 2, 1, 0, 0, 0], 'route 0: samples 2, 3 and one padding slot; route 1: 0, 2, 1; route 2: all padding');
+  assert.equal(layout.padding, 4);
+  assert.deepEqual([...layout.at], [3, 0, 4, 5, 1]);
+  const ops = arrayRows(2);
+  const x = Float32Array.from([0, 0, 1, 1, 2, 2, 3, 3]);
+  let calls = 0;
+  const y = dispatchPadded(x, sources, routes, 3, (part, l) => {
+    calls++;
+    assert.equal(ops.count(part), 3 * l.width);
+    // Block r adds 10 * (r + 1), as stacked weights would.
+    return part.map((v, i) => v + 10 * (Math.floor(i / 2 / l.width) + 1));
+  }, { input: ops, output: ops });
+  assert.equal(calls, 1);
+  assert.deepEqual([...y], [20, 20, 12, 12, 22, 22, 21, 21, 13, 13]);
+  assert.throws(() => padByRoute(sources, [1, 0, 3, 1, 0], 3), /route of row 2 must be an integer in 0..2, got 3/);
+  assert.throws(() => dispatchPadded(x, Int32Array.from([4]), [0], 1, (p) => p, { input: ops, output: ops }), /row 4 is not in a batch of 4/);
 });

@@ -155,3 +155,78 @@ export async function dispatchFromAsync<T, U>(
   for (const g of p.groups) outputs.push(await run(g.route, rowsOf(ops.input, x, g.rows.map((r) => sources[r])), g.rows));
   return assemble(ops.output, outputs, p.groups.map((g) => g.rows), sources.length);
 }
+
+/**
+ * A dispatch laid out for one batched call over all routes (GShard's dispatch, done with gathers): route r's
+ * rows fill block r of `width` slots, `width` being the most rows any route has, and the rest of each block is
+ * padding. Padding is the only work done on rows a route was not given.
+ */
+export interface PaddedLayout {
+  /** Blocks, one per route 0..routes-1 (a route with no row is all padding). */
+  routes: number;
+  /** Slots per block: the largest route's rows. */
+  width: number;
+  /** The input row each of the routes * width slots reads; padding slots read row 0 (their output is unused). */
+  slots: Int32Array;
+  /** The slot of each output row p (the order of `sources`). */
+  at: Int32Array;
+  /** Slots that are padding: routes * width - sources.length. */
+  padding: number;
+}
+
+/** Lays out output rows p (reading input row `sources[p]`, taking route `routes[p]` in 0..R-1) in R blocks of equal width. */
+export function padByRoute(sources: Int32Array, routes: ArrayLike<number>, R: number): PaddedLayout {
+  if (routes.length !== sources.length) throw new DynnError(`${routes.length} routes for ${sources.length} rows`);
+  const load = new Int32Array(R);
+  for (let p = 0; p < routes.length; p++) {
+    const r = routes[p];
+    if (!(Number.isInteger(r) && r >= 0 && r < R)) throw new DynnError(`route of row ${p} must be an integer in 0..${R - 1}, got ${r}`);
+    load[r]++;
+  }
+  const width = Math.max(0, ...load);
+  const slots = new Int32Array(R * width);
+  const at = new Int32Array(sources.length);
+  const next = Int32Array.from({ length: R }, (_, r) => r * width);
+  for (let p = 0; p < routes.length; p++) {
+    at[p] = next[routes[p]]++;
+    slots[at[p]] = sources[p];
+  }
+  return { routes: R, width, slots, at, padding: R * width - sources.length };
+}
+
+/**
+ * `dispatchFrom` as ONE call for every route: the rows are gathered into `padByRoute`'s layout, `run(part,
+ * layout)` computes all blocks at once (stacked experts: a batched product, block r with route r's weights),
+ * and the outputs come back in the order of `sources`.
+ */
+export function dispatchPadded<T, U>(
+  x: T,
+  sources: Int32Array,
+  routes: ArrayLike<number>,
+  R: number,
+  run: (part: T, layout: PaddedLayout) => U,
+  ops: { input: RowOps<T>; output: RowOps<U> },
+): U {
+  const layout = paddedFrom(x, sources, routes, R, ops.input);
+  return ops.output.gather(run(ops.input.gather(x, layout.slots), layout), layout.at);
+}
+
+/** `dispatchPadded` for a `run` that answers asynchronously (ONNX Runtime). */
+export async function dispatchPaddedAsync<T, U>(
+  x: T,
+  sources: Int32Array,
+  routes: ArrayLike<number>,
+  R: number,
+  run: (part: T, layout: PaddedLayout) => Promise<U>,
+  ops: { input: RowOps<T>; output: RowOps<U> },
+): Promise<U> {
+  const layout = paddedFrom(x, sources, routes, R, ops.input);
+  return ops.output.gather(await run(ops.input.gather(x, layout.slots), layout), layout.at);
+}
+
+function paddedFrom<T>(x: T, sources: Int32Array, routes: ArrayLike<number>, R: number, ops: RowOps<T>): PaddedLayout {
+  const n = ops.count(x);
+  for (const s of sources) if (!(s >= 0 && s < n)) throw new DynnError(`row ${s} is not in a batch of ${n}`);
+  if (sources.length === 0) throw new DynnError('a padded dispatch needs at least one row');
+  return padByRoute(sources, routes, R);
+}

@@ -10,13 +10,24 @@ export type OverflowPolicy = 'residual' | 'next';
 /** Every overflow policy (see `OverflowPolicy`). */
 export const OVERFLOW_POLICIES: readonly OverflowPolicy[] = ['residual', 'next'];
 
+/**
+ * Which samples an expert serves first within a slot: batch order (`batch`), or the samples the router is
+ * surest of first, by their largest gate (`score`: V-MoE's batch priority routing), so that what overflows is
+ * what the router was least sure of.
+ */
+export type RoutingPriority = 'batch' | 'score';
+
+/** Every routing priority (see `RoutingPriority`). */
+export const ROUTING_PRIORITIES: readonly RoutingPriority[] = ['batch', 'score'];
+
 /** Refuses a mixture's settings before anything is built: E and k positive integers with k <= E, a positive capacity factor. */
-export function checkMixture(experts: number, topK: number, capacityFactors: number[] = [], overflow: string = 'residual'): void {
+export function checkMixture(experts: number, topK: number, capacityFactors: number[] = [], overflow: string = 'residual', priority: string = 'batch'): void {
   if (!Number.isInteger(experts) || experts < 1) throw new DynnError(`the number of experts must be a positive integer, got ${experts}`);
   if (!Number.isInteger(topK) || topK < 1) throw new DynnError(`top-k must be a positive integer, got ${topK}`);
   if (topK > experts) throw new DynnError(`top-k (${topK}) cannot exceed the number of experts (${experts})`);
   for (const cf of capacityFactors) if (!(cf > 0 && Number.isFinite(cf))) throw new DynnError(`the capacity factor must be a positive number, got ${cf}`);
   if (!OVERFLOW_POLICIES.includes(overflow as OverflowPolicy)) throw new DynnError(`unknown overflow policy "${overflow}"; expected one of ${OVERFLOW_POLICIES.join(', ')}`);
+  if (!ROUTING_PRIORITIES.includes(priority as RoutingPriority)) throw new DynnError(`unknown routing priority "${priority}"; expected one of ${ROUTING_PRIORITIES.join(', ')}`);
 }
 
 /** Rows an expert takes from a batch of `n`: ceil(cf * k * n / E) (Switch, V-MoE), at least 1. */
@@ -39,11 +50,12 @@ export interface Assignment {
 /**
  * Assigns each sample of scores `h` ([n, E] row-major) to its k highest-scoring experts, each expert taking
  * at most `capacity` rows. First choices are served first, then second choices (so capacity never pushes a
- * sample's first choice out for another's second), samples in batch order within a slot. An entry that finds
- * its expert full is dropped (`residual`) or goes to its best-scoring expert it does not use yet that has
- * room (`next`; dropped when none has). Ties go to the lower expert index.
+ * sample's first choice out for another's second), samples within a slot in batch order or, with `priority`
+ * `score`, by their largest gate, the softmax of their best score (V-MoE's BPR; ties in batch order). An entry
+ * that finds its expert full is dropped (`residual`) or goes to its best-scoring expert it does not use yet
+ * that has room (`next`; dropped when none has). Ties go to the lower expert index.
  */
-export function assignExperts(h: ArrayLike<number>, experts: number, topK: number, capacity: number, overflow: OverflowPolicy): Assignment {
+export function assignExperts(h: ArrayLike<number>, experts: number, topK: number, capacity: number, overflow: OverflowPolicy, priority: RoutingPriority = 'batch'): Assignment {
   const E = experts;
   const n = h.length / E;
   if (!Number.isInteger(n)) throw new DynnError(`${h.length} scores do not split into rows of ${E} experts`);
@@ -57,8 +69,19 @@ export function assignExperts(h: ArrayLike<number>, experts: number, topK: numbe
   const assigned = new Int32Array(topK * n).fill(-1);
   const load = new Int32Array(E);
   let overflowed = 0;
+  const served = Int32Array.from({ length: n }, (_, i) => i);
+  if (priority === 'score') {
+    // The largest gate is 1 / sum_e exp(h_e - h_max): ranking by it is ranking by that sum, smallest first.
+    const spread = Float64Array.from({ length: n }, (_, i) => {
+      const top = h[i * E + order[i][0]];
+      let sum = 0;
+      for (let e = 0; e < E; e++) sum += Math.exp(h[i * E + e] - top);
+      return sum;
+    });
+    served.sort((a, b) => spread[a] - spread[b] || a - b);
+  }
   for (let s = 0; s < topK; s++) {
-    for (let i = 0; i < n; i++) {
+    for (const i of served) {
       const want = order[i][s];
       chosen[s * n + i] = want;
       if (load[want] < capacity) {

@@ -2,7 +2,7 @@ import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
-import { BatchNorm, Conv2D, Dense, GlobalAvgPool, ReLU } from '../layers/index.js';
+import { BatchNorm, Conv2D, Dense, Flatten, GlobalAvgPool, ReLU } from '../layers/index.js';
 import type { Layer } from '../layers/index.js';
 import { Network } from '../models/network.js';
 import { createModel } from '../models/zoo.js';
@@ -50,10 +50,12 @@ function spyExperts(block: MoeBlock): { calls: number[]; rows: number[]; restore
 
 /** Router weights that spread samples over the experts by the input's scale. */
 function spreadRouter(net: Network, bias = [0, 0, 0, 0]): void {
-  for (const w of net.weights()) {
-    if (w.name === 'moe.gate.fc.kernel') w.variable.assign(tf.randomNormal(w.variable.shape, 0, 3, 'float32', 7));
-    if (w.name === 'moe.gate.fc.bias') w.variable.assign(tf.tensor1d([...bias, 0, 0, 0, 0]));
-  }
+  tf.tidy(() => {
+    for (const w of net.weights()) {
+      if (w.name === 'moe.gate.fc.kernel') w.variable.assign(tf.randomNormal(w.variable.shape, 0, 3, 'float32', 7));
+      if (w.name === 'moe.gate.fc.bias') w.variable.assign(tf.tensor1d([...bias, 0, 0, 0, 0]));
+    }
+  });
 }
 
 const input = (n: number) => tf.tidy(() => tf.mul(tf.randomNormal([n, 6, 6, 2], 0, 1, 'float32', 5), tf.reshape(tf.linspace(0.1, 3, n), [n, 1, 1, 1])));
@@ -74,6 +76,14 @@ test('assignExperts: top-k by score, first choices served first, capacity per ex
   const two = assignExperts(h, 4, 2, 2, 'next');
   assert.deepEqual([...two.experts], [0, 0, 2, 1, 1, 3], 'the third sample keeps expert 1 for its second slot, which is full by then');
   assert.equal(two.overflowed, 2);
+  // Batch priority: the surest samples first. Sample 2 prefers expert 0 by the widest margin, sample 0 by the least.
+  const sure = [1, 0.9, 0, 0, 3, 0, 0, 0, 6, 0, 0, 0];
+  const byBatch = assignExperts(sure, 4, 1, 2, 'residual');
+  assert.deepEqual([...byBatch.experts], [0, 0, -1], 'batch order: the last sample overflows');
+  const byScore = assignExperts(sure, 4, 1, 2, 'residual', 'score');
+  assert.deepEqual([...byScore.experts], [-1, 0, 0], 'score order: the least sure sample overflows');
+  assert.deepEqual([...assignExperts(sure, 4, 1, 2, 'next', 'score').experts], [1, 0, 0], 'and takes its next choice');
+  assert.throws(() => checkMixture(4, 1, [1], 'next', 'first'), /unknown routing priority "first"; expected one of batch, score/);
   assert.equal(expertCapacity(1.25, 1, 64, 4), 20);
   assert.equal(expertCapacity(2, 1, 1, 10), 1, 'a batch of one always runs');
   assert.equal(coefficientOfVariation([5, 5, 5, 5]), 0);
@@ -207,5 +217,111 @@ test('vgg-moe and resnet-moe build, run in every mode with the right shape, and 
     assert.equal(tf.memory().numTensors, before, `${name}: no tensor leaks`);
     x.dispose();
     m.dispose();
+  }
+});
+
+/** A mixture of `E` MLP experts (dense 8, ReLU, dense 3) on flattened 6x6x2 inputs; `stack: false` runs one call per expert. */
+function mlpNet(args: Partial<MoeArgs> = {}): Network {
+  const expert = (p: string) => [new Dense(`${p}.fc1`, { units: 8, groups: 2 }), new ReLU(`${p}.relu`, {}), new Dense(`${p}.fc2`, { units: 3 })];
+  return new Network({ model: 'test', args: { dynamic: 'moe' } }, [6, 6, 2], [new Flatten('flatten', {}), new MoeBlock('moe', { experts: E, ...args }, expert)], 0);
+}
+
+/** Records the rows of every stacked call (E blocks of the most loaded expert's rows). */
+function spyStack(block: MoeBlock): { rows: number[]; restore: () => void } {
+  const stack = block.stack!;
+  const rows: number[] = [];
+  const run = stack.run.bind(stack);
+  stack.run = (part, C, training) => {
+    rows.push(part.shape[0]);
+    return run(part, C, training);
+  };
+  return { rows, restore: () => delete (stack as Partial<typeof stack>).run };
+}
+
+const loadOf = (routing: RoutingState, topK: number): number[] => {
+  const load = new Array<number>(E).fill(0);
+  for (const g of topK === 1 ? ['moe'] : Array.from({ length: topK }, (_, s) => `moe.k${s}`)) routing.decisions.get(g)!.forEach((e) => e >= 0 && load[e]++);
+  return load;
+};
+
+test('stacked experts: one batched call over every expert, padded only up to the most loaded expert, the same outputs and gradients as one call per expert', () => {
+  const before0 = tf.memory().numTensors;
+  for (const topK of [1, 2]) {
+    const [stacked, looped] = [mlpNet({ topK }), mlpNet({ topK, stack: false })];
+    assert.ok(blockOf(stacked).stack && !blockOf(looped).stack, 'dense experts stack; stack: false keeps one call each');
+    spreadRouter(stacked);
+    looped.setWeights(stacked.getWeights());
+    const x = input(16);
+    const spy = spyStack(blockOf(stacked));
+    const perExpert = spyExperts(blockOf(stacked));
+    const [ra, rb] = [RoutingState.start('hard', 16), RoutingState.start('hard', 16)];
+    const ya = tf.tidy(() => stacked.forward(x, stacked.plan(1), { routing: ra }));
+    const yb = tf.tidy(() => looped.forward(x, looped.plan(1), { routing: rb }));
+    perExpert.restore();
+    const load = loadOf(ra, topK);
+    assert.deepEqual(loadOf(rb, topK), load, 'the same experts per sample');
+    assert.ok(load.filter((l) => l > 0).length > 1, `the router spreads samples (${load})`);
+    assert.deepEqual(spy.rows, [E * Math.max(...load)], `top-${topK}: one call of E x ${Math.max(...load)} rows (${E * Math.max(...load) - 16 * topK} of them padding)`);
+    assert.deepEqual(perExpert.calls, new Array(E).fill(0), 'no expert runs a call of its own');
+    const [a, b] = [ya.dataSync(), yb.dataSync()];
+    a.forEach((v, i) => assert.ok(Math.abs(v - b[i]) < 1e-5, `score ${i}: ${v} vs ${b[i]}`));
+    // Soft routing, the same seed: the same losses and gradients for every weight, the router's included.
+    const grads = [stacked, looped].map((net) => {
+      const vars = net.trainableWeights().map((w) => w.variable);
+      const { value, grads: g } = tf.variableGrads(() => {
+        const routing = RoutingState.start('soft', 16, { seed: 3 });
+        const task = tf.mean(tf.square(net.forward(x, net.plan(1), { training: true, routing }))) as tf.Scalar;
+        return routing.losses.reduce((acc, l) => tf.add(acc, l.value), task) as tf.Scalar;
+      }, vars);
+      const out = new Map(net.trainableWeights().map((w) => [w.name, Array.from(g[w.variable.name].dataSync())]));
+      tf.dispose([value, ...Object.values(g)]);
+      return out;
+    });
+    assert.equal(grads[0].size, grads[1].size);
+    for (const [name, g] of grads[0]) {
+      const h = grads[1].get(name)!;
+      const scale = Math.max(1e-6, ...h.map(Math.abs));
+      assert.ok(g.every((v, i) => Math.abs(v - h[i]) <= 1e-4 * scale), `gradient of ${name}`);
+      if (name.startsWith('moe.e')) assert.ok(h.some((v) => v !== 0) || load[Number(name[5])] === 0, `${name} learns`);
+    }
+    spy.restore();
+    // Inference keeps the stacked weights between calls, and nothing else: the tensor count stays flat.
+    const count = tf.memory().numTensors;
+    for (let i = 0; i < 3; i++) tf.dispose(tf.tidy(() => stacked.forward(x, stacked.plan(1), { routing: RoutingState.start('hard', 16) })));
+    assert.equal(tf.memory().numTensors, count, 'no tensor leaks');
+    // A weight assigned after a pass (a training step, a loaded checkpoint) reaches the kept stack.
+    const busy = load.indexOf(Math.max(...load));
+    for (const net of [stacked, looped]) tf.tidy(() => net.weights().forEach((w) => w.name === `moe.e${busy}.fc2.bias` && w.variable.assign(tf.fill(w.variable.shape, 5))));
+    const [za, zb] = [stacked, looped].map((net) => tf.tidy(() => net.forward(x, net.plan(1), { routing: RoutingState.start('hard', 16) })));
+    assert.ok(tf.tidy(() => tf.max(tf.abs(tf.sub(za, ya))).dataSync()[0]) > 0.1, 'the outputs moved');
+    assert.ok(tf.tidy(() => tf.max(tf.abs(tf.sub(za, zb))).dataSync()[0]) < 1e-5, 'as one call per expert does');
+    tf.dispose([za, zb, ya, yb, x]);
+    stacked.dispose();
+    looped.dispose();
+  }
+  assert.equal(tf.memory().numTensors, before0, 'dispose frees the kept stack too');
+});
+
+test('stacked experts: a batch that all picks one expert runs it alone; overflowing to the next choice, the idle experts are padded up to its capacity; the same outputs as one call per expert', () => {
+  for (const [cf, overflow, rows] of [[undefined, 'residual', undefined], [2, 'residual', undefined], [2, 'next', E * 4]] as const) {
+    const [stacked, looped] = [mlpNet({ evalCapacityFactor: cf, overflow }), mlpNet({ evalCapacityFactor: cf, overflow, stack: false })];
+    spreadRouter(stacked, [100, 0, 0, 0]);
+    looped.setWeights(stacked.getWeights());
+    const x = input(8);
+    const spy = spyStack(blockOf(stacked));
+    const perExpert = spyExperts(blockOf(stacked));
+    const routing = RoutingState.start('hard', 8);
+    const ya = tf.tidy(() => stacked.forward(x, stacked.plan(1), { routing }));
+    const yb = tf.tidy(() => looped.forward(x, looped.plan(1), { routing: RoutingState.start('hard', 8) }));
+    spy.restore();
+    perExpert.restore();
+    assert.deepEqual(spy.rows, rows ? [rows] : [], `capacity factor ${cf}, ${overflow}: ${rows ? 'one stacked call' : 'no stacked call'}`);
+    if (!rows) assert.deepEqual(perExpert.rows, [cf ? 4 : 8, 0, 0, 0], 'the busy expert runs alone, on its rows');
+    assert.ok(loadOf(routing, 1).filter((l) => l === 0).length >= (overflow === 'next' ? 1 : 3), 'experts that get nothing');
+    const [a, b] = [ya.dataSync(), yb.dataSync()];
+    a.forEach((v, i) => assert.ok(Math.abs(v - b[i]) < 1e-5, `score ${i}: ${v} vs ${b[i]}`));
+    tf.dispose([ya, yb, x]);
+    stacked.dispose();
+    looped.dispose();
   }
 });

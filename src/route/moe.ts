@@ -4,9 +4,10 @@ import { Composite, layerClasses } from '../layers/index.js';
 import type { ChannelSel, Layer, LayerCost, Plan, Routing, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
 import { perGate } from './gates.js';
-import { dispatchTensorFrom } from './tensor.js';
+import { dispatchTensorFrom, dispatchTensorPadded } from './tensor.js';
+import { StackedExperts } from './stacked.js';
 import { gateCost, gateMacsOf, makeGate } from './unit.js';
-import { assignExperts, checkMixture, expertCapacity, type Assignment, type OverflowPolicy } from './experts.js';
+import { assignExperts, checkMixture, expertCapacity, type Assignment, type OverflowPolicy, type RoutingPriority } from './experts.js';
 
 export interface MoeArgs {
   /** Experts E. */
@@ -19,6 +20,8 @@ export interface MoeArgs {
   evalCapacityFactor?: number;
   /** What an assignment that finds its expert full does (default `residual`, see `OverflowPolicy`). */
   overflow?: OverflowPolicy;
+  /** Which rows an expert serves first when it has not room for all (default `batch`, see `RoutingPriority`). */
+  priority?: RoutingPriority;
   /** Add the block's input to the experts' combined output (the experts keep its shape; default false). */
   residual?: boolean;
   /** Weight of Shazeer's importance loss, CV(sum of gates)^2 (default 0). */
@@ -31,6 +34,8 @@ export interface MoeArgs {
   noisy?: boolean;
   /** The registered mechanism whose router scores the experts (default `moe`). */
   mechanism?: string;
+  /** Run alike experts (dense layers and ReLUs of the same shapes) as one batched call (default true; false: one call per expert, the comparison). */
+  stack?: boolean;
 }
 
 /** A large negative logit: softmax gives the experts a sample does not use exactly 0. */
@@ -64,6 +69,8 @@ export class MoeBlock extends Composite<MoeArgs> {
   private router!: Layer;
   /** Each expert's layers, named `<block>.e<i>.*`. */
   private expertLayers: Layer[][] = [];
+  /** The experts as one batched call, when they stack (see `StackedExperts`). */
+  private stacked: StackedExperts | null = null;
 
   constructor(
     name: string,
@@ -93,7 +100,7 @@ export class MoeBlock extends Composite<MoeArgs> {
 
   protected doBuild(inShape: Shape): Shape {
     const { experts: E, capacityFactor = 1.25, evalCapacityFactor, overflow = 'residual' } = this.args;
-    checkMixture(E, this.topK, [capacityFactor, ...(evalCapacityFactor === undefined ? [] : [evalCapacityFactor])], overflow);
+    checkMixture(E, this.topK, [capacityFactor, ...(evalCapacityFactor === undefined ? [] : [evalCapacityFactor])], overflow, this.args.priority ?? 'batch');
     for (const w of ['importanceWeight', 'loadWeight', 'switchWeight'] as const) {
       const v = this.args[w];
       if (v !== undefined && !(v >= 0 && Number.isFinite(v))) throw new DynnError(`${this.name}: ${w} must be a non-negative number, got ${v}`);
@@ -105,6 +112,7 @@ export class MoeBlock extends Composite<MoeArgs> {
     if (this.args.residual && shapes[0].join() !== inShape.join()) throw new DynnError(`${this.name}: a residual mixture's experts must keep its input's shape [${inShape}], they give [${shapes[0]}]`);
     this.router = makeGate(this.name, 2 * E, { mechanism: this.args.mechanism ?? 'moe' }, inShape, this.seed);
     this.layers = [...this.expertLayers.flat(), this.router];
+    this.stacked = this.args.stack === false ? null : StackedExperts.of(this.expertLayers);
     return shapes[0];
   }
 
@@ -137,7 +145,7 @@ export class MoeBlock extends Composite<MoeArgs> {
     // No limit at evaluation unless asked: a served batch merges requests, and a limit would let one client's
     // samples push another's out of their expert (the answer to an image would depend on its neighbours).
     const cf = training ? (this.args.capacityFactor ?? 1.25) : this.args.evalCapacityFactor;
-    const a = assignExperts(h, E, k, cf === undefined ? n : expertCapacity(cf, k, n, E), this.args.overflow ?? 'residual');
+    const a = assignExperts(h, E, k, cf === undefined ? n : expertCapacity(cf, k, n, E), this.args.overflow ?? 'residual', this.args.priority ?? 'batch');
     // The gates: a softmax over the experts each sample keeps (its assignments, dropped ones included, whose
     // weight then goes unused), or for k = 1 over all of them (Switch).
     const keep = new Float32Array(n * E).fill(k === 1 ? 0 : OFF);
@@ -156,7 +164,19 @@ export class MoeBlock extends Composite<MoeArgs> {
     return { y, sel: out };
   }
 
-  /** Each expert once, on its rows; outputs weighted by their gates and summed per sample. */
+  /** The experts as one batched call, or null where they run one call each (not alike, or `stack: false`). */
+  get stack(): StackedExperts | null {
+    return this.stacked;
+  }
+
+  override releaseCaches(): void {
+    this.stacked?.release();
+  }
+
+  /**
+   * Each expert once, on its rows (stacked experts: all of them in one batched call, each block padded to the
+   * largest expert's rows); outputs weighted by their gates and summed per sample.
+   */
   private dispatched(x: tf.Tensor, sel: ChannelSel, ctx: RunContext, a: Assignment, weights: tf.Tensor2D, out: ChannelSel): tf.Tensor {
     const n = x.shape[0];
     const E = this.experts;
@@ -164,10 +184,14 @@ export class MoeBlock extends Composite<MoeArgs> {
     if (pairs.length === 0) return tf.zeros([n, ...this.outShape.slice(0, -1), out.count]);
     const sources = Int32Array.from(pairs, (p) => p % n);
     const routes = Int32Array.from(pairs, (p) => a.experts[p]);
-    const ys = dispatchTensorFrom(x, sources, routes, (e, part, rows) => {
-      const child = ctx.routing ? { ...ctx, routing: ctx.routing.child(Int32Array.from(rows, (r) => sources[r])) } : ctx;
-      return this.runExpert(e, part, sel, child);
-    });
+    // A lone busy expert runs alone: stacking would pad the E - 1 idle ones to its rows (a batch of one).
+    const stacked = this.stacked?.fits(sel, ctx.plan) && routes.some((e) => e !== routes[0]) ? this.stacked : null;
+    const ys = stacked
+      ? dispatchTensorPadded(x, sources, routes, E, (part, layout) => stacked.run(part, layout.width, ctx.training === true || ctx.routing?.mode === 'soft'))
+      : dispatchTensorFrom(x, sources, routes, (e, part, rows) => {
+          const child = ctx.routing ? { ...ctx, routing: ctx.routing.child(Int32Array.from(rows, (r) => sources[r])) } : ctx;
+          return this.runExpert(e, part, sel, child);
+        });
     const w = tf.gather(tf.reshape(weights, [n * E]), Int32Array.from(pairs, (p, j) => sources[j] * E + routes[j]));
     const weighted = tf.mul(ys, tf.reshape(w, [pairs.length, ...new Array<number>(ys.rank - 1).fill(1)]));
     return tf.unsortedSegmentSum(weighted, tf.tensor1d(sources, 'int32'), n);

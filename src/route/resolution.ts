@@ -1,11 +1,11 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
-import { InputTooSmallError, fullSel, layerClasses } from '../layers/index.js';
+import { fullSel, layerClasses } from '../layers/index.js';
 import type { Layer, Plan, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
 import type { SwitchRoute } from './switch.js';
-import { Network } from '../models/network.js';
-import { models, resolveModelArgs } from '../models/registry.js';
+import type { Network } from '../models/network.js';
+import { networkAt } from '../models/at-resolution.js';
 import { WholeSwitch, type WholeSwitchArgs } from './whole.js';
 
 /** What an adaptive-resolution switch is built from. */
@@ -87,14 +87,7 @@ export class ResolutionSwitch extends WholeSwitch<ResolutionSwitchArgs> {
 
   /** The backbone built for inputs of `shape` (its own weights, the same names): each resolution's layer shapes. */
   private backboneAt(shape: Shape): Network {
-    const { backbone } = this.args;
-    const args = resolveModelArgs(backbone, { ...this.args.backboneArgs, inputShape: shape, numClasses: this.args.numClasses, seed: this.seed });
-    try {
-      return new Network({ model: backbone, args }, shape, models.get(backbone).layers(args as never), this.seed);
-    } catch (err) {
-      if (err instanceof InputTooSmallError) throw new DynnError(`${backbone} cannot run at ${shape[0]}x${shape[1]} (--resolutions): ${err.message}`, { cause: err });
-      throw err;
-    }
+    return networkAt({ model: this.args.backbone, args: this.args.backboneArgs }, shape, { numClasses: this.args.numClasses, seed: this.seed }, this.seed);
   }
 
   /**

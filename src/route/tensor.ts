@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { dispatch, dispatchFrom, type RowOps } from './dispatch.js';
+import { dispatch, dispatchFrom, dispatchPadded, type PaddedLayout, type RowOps } from './dispatch.js';
 
 /** Rows of TF.js tensors (axis 0). Call inside `tf.tidy`. */
 export const tensorRows: RowOps<tf.Tensor> = {
@@ -16,4 +16,9 @@ export function dispatchTensor(x: tf.Tensor, routes: ArrayLike<number>, run: (ro
 /** `dispatchFrom` over TF.js tensors: output row p reads row `sources[p]` of `x`. Call inside `tf.tidy`. */
 export function dispatchTensorFrom(x: tf.Tensor, sources: Int32Array, routes: ArrayLike<number>, run: (route: number, part: tf.Tensor, rows: Int32Array) => tf.Tensor): tf.Tensor {
   return dispatchFrom(x, sources, routes, run, { input: tensorRows, output: tensorRows });
+}
+
+/** `dispatchPadded` over TF.js tensors: every route's rows in one call, padded to the largest route. Call inside `tf.tidy`. */
+export function dispatchTensorPadded(x: tf.Tensor, sources: Int32Array, routes: ArrayLike<number>, R: number, run: (part: tf.Tensor, layout: PaddedLayout) => tf.Tensor): tf.Tensor {
+  return dispatchPadded(x, sources, routes, R, run, { input: tensorRows, output: tensorRows });
 }

@@ -8,7 +8,8 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
-import { saveOnnx } from '../export/export.js';
+import ort from 'onnxruntime-node';
+import { saveOnnx, stageStarts } from '../export/export.js';
 import { randomizeStatistics } from '../export/fixtures.js';
 import { EarlyExitRunner } from '../scaling/runner.js';
 import { exitRules, exitScores } from '../scaling/rules.js';
@@ -44,13 +45,29 @@ const exitMeta = await saveOnnx(exitNet, exitFile);
 const xExit = tf.randomNormal([N, 12, 12, 1], 0, 1, 'float32', 9) as tf.Tensor4D;
 const xExitNchw = nhwcToNchw(xExit.dataSync() as Float32Array, [1, 12, 12]);
 
+/** FLOPs the export adds for a sample leaving at each exit: stage 1 recomputes the stem (its output is 8x the image's values). */
+const recomputed = (runner: EarlyExitRunner, k: number) => (k > 0 ? runner.costs[0].segmentFlops : 0);
+
 test('an early-exit model exports per stage: metadata has the exits and each level’s cost of leaving at each exit', () => {
   assert.equal(exitMeta.exits?.count, 4);
+  assert.deepEqual(stageStarts(exitNet), [0, 0, 2, 3], 'stage 1 recomputes the stem; the later stages hand on their features');
+  const resnet = createModel('resnet-exits');
+  assert.deepEqual(stageStarts(resnet), [0, 1, 2], 'a first stage of 5% or more of the FLOPs is not recomputed');
+  resnet.dispose();
   for (const lv of exitMeta.levels) {
     const runner = EarlyExitRunner.freeze(exitNet, lv.u);
-    assert.deepEqual(lv.exitFlops, runner.costs.map((c) => c.cumulativeFlops));
+    assert.deepEqual(lv.exitFlops, runner.costs.map((c, k) => c.cumulativeFlops + recomputed(runner, k)));
     runner.dispose();
   }
+});
+
+test('stage 0 hands on its input (the images), not the stem\'s 8x larger features', async () => {
+  const s = await ort.InferenceSession.create(exitFile, { intraOpNumThreads: 1 });
+  const T = (d: Float32Array, dims: number[]) => new ort.Tensor('float32', d, dims);
+  const out = await s.run({ images: T(xExitNchw, [N, 1, 12, 12]), u: T(Float32Array.of(1), []), stage: T(Float32Array.of(0), []) });
+  assert.deepEqual(out.features.dims, [N, 1, 12, 12]);
+  assert.deepEqual(Array.from(out.features.data as Float32Array), Array.from(xExitNchw));
+  await s.release();
 });
 
 for (const worker of [false, true]) {
@@ -67,7 +84,8 @@ for (const worker of [false, true]) {
         assert.deepEqual(Array.from(got.exits), Array.from(ref.exits), `level ${lv.level}: exits`);
         assert.ok(maxDiff(got.scores, ref.logits) < 1e-4, `level ${lv.level}: scores differ by ${maxDiff(got.scores, ref.logits)}`);
         assert.ok(new Set(got.exits).size >= 3, 'samples leave at several exits');
-        assert.ok(Math.abs(got.meanFlops - runner.meanFlops(ref.exits)) < 1e-6 * got.meanFlops);
+        const extra = Array.from(ref.exits).reduce((a, e) => a + recomputed(runner, e), 0) / N;
+        assert.ok(Math.abs(got.meanFlops - runner.meanFlops(ref.exits) - extra) < 1e-6 * got.meanFlops);
         assert.ok(got.flopsRatio < 1);
         // Without termination, `run` is the last exit: the network's own prediction.
         const full = await m.run(xExitNchw, lv.u);

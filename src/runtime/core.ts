@@ -70,6 +70,8 @@ export interface MixedPrediction {
 export interface PlannedPrediction extends Prediction {
   /** The next action index of each frame (argmax of `controller_scores`). */
   next: Int32Array;
+  /** The input resolution the batch ran at, for actions (u, r). */
+  resolution?: number;
 }
 
 /** A controller's decision for a batch. */
@@ -185,6 +187,8 @@ export class ModelSession {
     // A temporal controller's input: the action the batch ran at (a plain run: the start action, unused).
     const temporal = this.metadata.controller?.temporal;
     if (temporal) feeds[ONNX_IO.action] = this.tensor(new Float32Array(dims[0]).fill(action ?? temporal.start), [dims[0]]);
+    // Actions (u, r): the action's input resolution (a plain run: the input's own).
+    if (temporal?.resolutions) feeds[ONNX_IO.resolution] = this.tensor(Float32Array.of(action === undefined ? this.metadata.input.shape[1] : temporal.resolutions[action]), []);
     const start = performance.now();
     const out = fetches ? await this.inference.run(feeds, fetches) : await this.inference.run(feeds);
     return { out, ms: performance.now() - start };
@@ -282,7 +286,8 @@ export class ModelSession {
     const { out, ms } = await this.once(nchw, [batch, ...meta.input.shape], level, null, [ONNX_IO.scores, ONNX_IO.controller], action);
     const scores = out[ONNX_IO.scores].data as Float32Array;
     const next = argmaxRows(out[ONNX_IO.controller].data as Float32Array, actions.length);
-    return { scores, classes: argmaxRows(scores, meta.numClasses), batch, numClasses: meta.numClasses, u: level.u, level: level.level, ms, next };
+    const resolution = meta.controller?.temporal?.resolutions?.[action];
+    return { scores, classes: argmaxRows(scores, meta.numClasses), batch, numClasses: meta.numClasses, u: level.u, level: level.level, ms, next, ...(resolution !== undefined && { resolution }) };
   }
 
   /** A stream's session on a model exported with a temporal controller (see `TemporalSession`). */

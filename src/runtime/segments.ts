@@ -5,7 +5,7 @@ import { MANIFEST_FILE, parseManifest, routedRatios, SEGMENT_IO, type SegmentEnt
 import { ONNX_FORMAT, ONNX_IO, type OnnxMetadata } from '../export/metadata.js';
 import { ModelProto } from '../export/onnx-proto.js';
 import { SPATIAL_IO } from '../export/spatial-io.js';
-import { arrayRows, dispatchAsync, dispatchFromAsync } from '../route/dispatch.js';
+import { arrayRows, dispatchAsync, dispatchFromAsync, dispatchPaddedAsync } from '../route/dispatch.js';
 import { assignExperts, expertCapacity, mixtureWeights } from '../route/experts.js';
 import { logitCut, nestedCounts } from '../route/count.js';
 import { checkGateThreshold } from '../route/modes.js';
@@ -29,7 +29,7 @@ export interface RoutedRunOptions extends RunOptions {
 /** Reads a file of the folder by its (validated, plain) name. */
 export type ReadSegment = (file: string) => Promise<Uint8Array>;
 
-const sessionsOf = (p: Loaded): InferenceSession[] => ('graph' in p ? [p.graph] : 'body' in p ? [p.gate, p.body] : 'experts' in p ? [p.gate, ...p.experts] : [p.gate, ...p.routes]);
+const sessionsOf = (p: Loaded): InferenceSession[] => ('graph' in p ? [p.graph] : 'body' in p ? [p.gate, p.body] : 'experts' in p ? [p.gate, ...p.experts, ...(p.stacked ? [p.stacked] : [])] : [p.gate, ...p.routes]);
 
 const per = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 
@@ -56,7 +56,7 @@ type Loaded =
   | { entry: Extract<SegmentEntry, { kind: 'plain' | 'spatial' }>; graph: InferenceSession }
   | { entry: Extract<SegmentEntry, { kind: 'gated' }>; gate: InferenceSession; body: InferenceSession }
   | { entry: Extract<SegmentEntry, { kind: 'switch' }>; gate: InferenceSession; routes: InferenceSession[] }
-  | { entry: Extract<SegmentEntry, { kind: 'moe' }>; gate: InferenceSession; experts: InferenceSession[] };
+  | { entry: Extract<SegmentEntry, { kind: 'moe' }>; gate: InferenceSession; experts: InferenceSession[]; stacked?: InferenceSession };
 
 /**
  * A dynamic model exported by segments (`exportSegments`), run in ONNX Runtime: per gated block, the gate
@@ -130,8 +130,10 @@ export class SegmentedSession {
           const E = entry.experts;
           const gate = await open(entry.gate.file, entry.gate.weightsSha256, [x], [{ name: SEGMENT_IO.logits, dims: ['batch', 2 * E], width: `${E} experts` }]);
           const experts: InferenceSession[] = [];
-          parts.push({ entry, gate, experts });
+          const part: Extract<Loaded, { experts: InferenceSession[] }> = { entry, gate, experts };
+          parts.push(part);
           for (const r of entry.expertGraphs) experts.push(await open(r.file, r.weightsSha256, [x], [y]));
+          if (entry.stacked) part.stacked = await open(entry.stacked.file, entry.stacked.weightsSha256, [{ name: SEGMENT_IO.x, dims: [E, null, ...entry.input] }], [{ name: SEGMENT_IO.y, dims: [E, null, ...entry.output] }]);
         } else {
           const gate = await open(entry.gate.file, entry.gate.weightsSha256, [x], [{ name: SEGMENT_IO.logits, dims: ['batch', entry.groups], width: `${entry.groups} groups` }]);
           parts.push({ entry, gate, body: await open(entry.body.file, entry.body.weightsSha256, [x, { name: SEGMENT_IO.k, dims: [] }], [y]).catch(async (err) => { await gate.release(); throw err; }) });
@@ -229,23 +231,29 @@ export class SegmentedSession {
     let ms = z.ms;
     // The router's first E outputs are the scores; the noise scales only matter in training.
     const h = Float32Array.from({ length: batch * E }, (_, j) => z.data[Math.floor(j / E) * 2 * E + (j % E)]);
-    const a = assignExperts(h, E, k, entry.capacityFactor === undefined ? batch : expertCapacity(entry.capacityFactor, k, batch, E), entry.overflow);
+    const a = assignExperts(h, E, k, entry.capacityFactor === undefined ? batch : expertCapacity(entry.capacityFactor, k, batch, E), entry.overflow, entry.priority ?? 'batch');
     for (let s = 0; s < k; s++) counts.push(a.experts.slice(s * batch, (s + 1) * batch));
     const w = mixtureWeights(h, E, k, a);
     const pairs = [...a.experts.keys()].filter((q) => a.experts[q] >= 0);
     const sources = Int32Array.from(pairs, (q) => q % batch);
     const outPer = per(entry.output);
-    const ys = await dispatchFromAsync(
-      x,
-      sources,
-      Int32Array.from(pairs, (q) => a.experts[q]),
-      async (e, part, rows) => {
-        const r = await this.once(p.experts[e], { [SEGMENT_IO.x]: this.tensor(part, [rows.length, ...entry.input]) }, SEGMENT_IO.y);
-        ms += r.ms;
-        return r.data.slice();
-      },
-      { input: arrayRows(per(entry.input)), output: arrayRows(outPer) },
-    );
+    const routes = Int32Array.from(pairs, (q) => a.experts[q]);
+    const ops = { input: arrayRows(per(entry.input)), output: arrayRows(outPer) };
+    const { stacked } = p;
+    // Stacked experts: one run over every expert's rows, padded to the most loaded expert's.
+    const ys = pairs.length === 0
+      ? new Float32Array(0)
+      : stacked
+        ? await dispatchPaddedAsync(x, sources, routes, E, async (part, layout) => {
+            const r = await this.once(stacked, { [SEGMENT_IO.x]: this.tensor(part, [E, layout.width, ...entry.input]) }, SEGMENT_IO.y);
+            ms += r.ms;
+            return r.data.slice();
+          }, ops)
+        : await dispatchFromAsync(x, sources, routes, async (e, part, rows) => {
+            const r = await this.once(p.experts[e], { [SEGMENT_IO.x]: this.tensor(part, [rows.length, ...entry.input]) }, SEGMENT_IO.y);
+            ms += r.ms;
+            return r.data.slice();
+          }, ops);
     const y = entry.residual ? x.slice() : new Float32Array(batch * outPer);
     pairs.forEach((q, j) => {
       const at = sources[j] * outPer;

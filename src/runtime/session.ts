@@ -15,6 +15,8 @@ export interface StepResult {
   ms: number;
   /** The next action index of each frame (argmax of `controller_scores`). */
   next: Int32Array;
+  /** The input resolution the frames ran at, for actions (u, r). */
+  resolution?: number;
 }
 
 /** Runs frames at an action index and plans the next: `ModelSession.step`, in or out of a worker thread; `O` its run options. */
@@ -39,6 +41,9 @@ export interface SessionStep {
   level: number;
   /** The utilization the next frame will run at (its planned action's level's u). */
   nextU: number;
+  /** Actions (u, r): the input resolution (height) the frame ran at, and the next frame's. */
+  resolution?: number;
+  nextResolution?: number;
   /** FLOPs of the frame over the network's at u = 1, the controller's decision included. */
   flopsRatio: number;
   /** Time inside ONNX Runtime, ms. */
@@ -46,12 +51,13 @@ export interface SessionStep {
 }
 
 /** The temporal controller's part of a model's metadata; a DynnError for a model exported without one. */
-export function temporalOf(meta: OnnxMetadata): { actions: number[]; start: number; flopsRatio: number } {
+export function temporalOf(meta: OnnxMetadata): { actions: number[]; start: number; flopsRatio: number; resolutions?: number[]; actionFlopsRatios?: number[] } {
   const c = meta.controller;
   if (!c?.temporal) {
     throw new DynnError(`this ${meta.model.model} model was exported without a temporal controller (dynn export RUN --onnx FILE --controller DIR, with a controller from \`dynn controller train --temporal\`)`);
   }
-  return { actions: c.actions, start: c.temporal.start, flopsRatio: c.flopsRatio };
+  const { resolutions, actionFlopsRatios } = c.temporal;
+  return { actions: c.actions, start: c.temporal.start, flopsRatio: c.flopsRatio, ...(resolutions && { resolutions, actionFlopsRatios }) };
 }
 
 /**
@@ -78,6 +84,11 @@ export class TemporalSession<O = object> {
     return this.levelOf(this.action).u;
   }
 
+  /** The input resolution the next frame will run at, for a controller over (u, r). */
+  get plannedResolution(): number | undefined {
+    return this.temporal.resolutions?.[this.action];
+  }
+
   private levelOf(action: number) {
     return this.meta.levels[levelIndexFor(this.meta.levels, this.temporal.actions[action])];
   }
@@ -94,7 +105,7 @@ export class TemporalSession<O = object> {
     if (!(frame instanceof Float32Array) || frame.length !== per) {
       throw new DynnError(`a session takes one frame of [${this.meta.input.shape}] (${per} values) at a time, got ${frame instanceof Float32Array ? `${frame.length} values` : 'no Float32Array'}`);
     }
-    const { actions, flopsRatio } = this.temporal;
+    const { actions, flopsRatio, resolutions, actionFlopsRatios } = this.temporal;
     const ran = this.action;
     const p = await this.step(frame, ran, options);
     const next = p.next[0];
@@ -102,6 +113,8 @@ export class TemporalSession<O = object> {
     if (p.scores.some((v) => !Number.isFinite(v))) throw new NonFiniteScoresError(p.scores);
     if (!Number.isInteger(next) || next < 0 || next >= actions.length) throw new DynnError(`the controller planned action ${next}, not an index of its ${actions.length} actions`);
     this.action = next;
-    return { class: p.classes[0], scores: p.scores, u: p.u, level: p.level, nextU: this.levelOf(next).u, flopsRatio: this.levelOf(ran).flopsRatio + flopsRatio, ms: p.ms };
+    const network = actionFlopsRatios ? actionFlopsRatios[ran] : this.levelOf(ran).flopsRatio;
+    const at = resolutions && { resolution: resolutions[ran], nextResolution: resolutions[next] };
+    return { class: p.classes[0], scores: p.scores, u: p.u, level: p.level, nextU: this.levelOf(next).u, ...at, flopsRatio: network + flopsRatio, ms: p.ms };
   }
 }

@@ -55,6 +55,7 @@ function expectedSignature(meta: OnnxMetadata): { inputs: Expected[]; outputs: E
     const k = meta.controller.actions.length;
     outputs.push({ name: ONNX_IO.controller, dims: ['batch', k], width: `${k} controller actions` });
     if (meta.controller.temporal) inputs.push({ name: ONNX_IO.action, dims: ['batch'] });
+    if (meta.controller.temporal?.resolutions) inputs.push({ name: ONNX_IO.resolution, dims: [] });
   }
   return { inputs, outputs };
 }

@@ -122,6 +122,9 @@ export interface SessionPredictResponse {
   level: number;
   /** The utilization planned for the session's next frame. */
   nextU: number;
+  /** A controller over (u, r): the input resolution this frame ran at, and the next frame's. */
+  resolution?: number;
+  nextResolution?: number;
   /** FLOPs of this frame over the network's at u = 1, the controller's decision included. */
   flopsRatio: number;
   /** The session's idle time left after this answer, ms. */
@@ -142,7 +145,7 @@ export interface SessionRoutes {
 }
 
 /**
- * `POST /v1/sessions` (`{ id, expiresInMs, actions }`), `POST /v1/sessions/:id/predict` (one frame, as
+ * `POST /v1/sessions` (`{ id, expiresInMs, actions }`, and `resolutions` for a controller over (u, r)), `POST /v1/sessions/:id/predict` (one frame, as
  * `/v1/predict` takes a sample: JSON or float32) and `DELETE /v1/sessions/:id`. A session's frames run
  * one at a time at the u its temporal controller planned from the previous frame, outside the micro-batcher
  * and its load policy (the plan is the stream's), bounded apart: one pending frame per session, at most
@@ -157,11 +160,13 @@ export function sessionRoutes({ app, metadata, store, metrics, shape }: SessionR
     return store;
   };
   const actions = metadata.controller?.actions ?? [];
+  // A controller over (u, r): each action's input resolution, beside its u.
+  const resolutions = metadata.controller?.temporal?.resolutions;
 
   app.post('/v1/sessions', async (_request, reply) => {
     const s = storeOf();
     const id = s.add();
-    return reply.code(201).send({ id, expiresInMs: s.idleMs, actions });
+    return reply.code(201).send({ id, expiresInMs: s.idleMs, actions, ...(resolutions && { resolutions }) });
   });
 
   app.post<{ Params: { id: string } }>('/v1/sessions/:id/predict', async (request): Promise<SessionPredictResponse> => {
@@ -189,6 +194,7 @@ export function sessionRoutes({ app, metadata, store, metrics, shape }: SessionR
       u: step.u,
       level: step.level,
       nextU: step.nextU,
+      ...(step.resolution !== undefined && { resolution: step.resolution, nextResolution: step.nextResolution }),
       flopsRatio: step.flopsRatio,
       expiresInMs: s.idleMs,
       timings: { inferenceMs: round(step.ms), totalMs: round(totalMs) },

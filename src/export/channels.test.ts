@@ -1,0 +1,98 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as tf from '@tensorflow/tfjs-core';
+import ort from 'onnxruntime-node';
+import { initEngine } from '../engine/backend.js';
+import { createModel } from '../models/zoo.js';
+import { Rng } from '../util/rng.js';
+import { exportOnnx } from './export.js';
+import { ModelProto } from './onnx-proto.js';
+import { randomizeStatistics, relErr } from './fixtures.js';
+
+await initEngine('wasm');
+
+interface Msg {
+  node: { attribute: { g?: Msg }[] }[];
+  initializer: { name: string; raw_data: Uint8Array }[];
+}
+
+/** Every int64 constant of the model's subgraphs, by name. */
+function int64Consts(bytes: Uint8Array): Map<string, number[]> {
+  const top = ModelProto.toObject(ModelProto.decode(bytes), { longs: Number, defaults: true, arrays: true }).graph as Msg;
+  const out = new Map<string, number[]>();
+  const walk = (g: Msg) => {
+    for (const t of g.initializer) {
+      if (t.raw_data.length % 8 !== 0 || t.raw_data.length === 0) continue;
+      const view = new DataView(t.raw_data.buffer, t.raw_data.byteOffset, t.raw_data.byteLength);
+      out.set(t.name, Array.from({ length: t.raw_data.length / 8 }, (_, i) => Number(view.getBigInt64(i * 8, true))));
+    }
+    for (const n of g.node) for (const a of n.attribute) if (a.g) walk(a.g);
+  };
+  walk(top);
+  return out;
+}
+
+test('channelMultiple 16: TF.js, the cost model and the export run the same rounded channels at every level; ORT matches TF.js', async () => {
+  const model = createModel('vgg-w', { channelMultiple: 16 });
+  randomizeStatistics(model, 3);
+  const before = tf.memory().numTensors;
+  const { bytes, metadata } = exportOnnx(model);
+  assert.equal(tf.memory().numTensors, before, 'export must not leak tensors');
+  const consts = int64Consts(bytes);
+  const full = { 'c2.conv': 32, 'c3.conv': 64, 'c4.conv': 64, fc1: 256 } as Record<string, number>;
+  const seen: string[] = [];
+  for (const lv of metadata.levels) {
+    const ch = model.channels(lv.u);
+    const row = Object.keys(full).map((k) => ch.get(k)!);
+    for (const c of row.slice(0, 3)) assert.equal(c % 16, 0, `level ${lv.level}: ${row} are multiples of 16`);
+    // The export's constant slice of each kernel (absent: the layer runs at full width).
+    for (const [k, want] of Object.entries(full)) {
+      const ends = consts.get(`L${lv.level}/${k}.kernel/ends`);
+      // Conv kernels are OIHW (output first); dense kernels [in, out].
+      const got = ends ? (k === 'fc1' ? ends[1] : ends[0]) : want;
+      assert.equal(got, ch.get(k), `level ${lv.level}: ${k} exports ${got} channels, TF.js runs ${ch.get(k)}`);
+    }
+    // FLOPs count the channels that run: c2's MACs are 28*28*9*32 per output channel.
+    const c2 = model.cost(lv.u).layers.find((l) => l.name === 'c2.conv')!;
+    assert.equal(c2.macs, 28 * 28 * 9 * 32 * ch.get('c2.conv')!);
+    seen.push(row.join());
+  }
+  assert.deepEqual(seen, ['16,16,16,32', '16,16,16,64', '16,32,32,96', '16,32,32,128', '32,48,48,160', '32,48,48,192', '32,64,64,224', '32,64,64,256']);
+
+  const s = await ort.InferenceSession.create(bytes, { graphOptimizationLevel: 'all', intraOpNumThreads: 1 });
+  const x = tf.randomNormal([3, 28, 28, 1], 0, 1, 'float32', 5);
+  const nchw = tf.tidy(() => tf.transpose(x, [0, 3, 1, 2]).dataSync() as Float32Array);
+  for (const lv of metadata.levels) {
+    const ref = tf.tidy(() => model.predict(x, lv.u).dataSync() as Float32Array);
+    const out = await s.run({ images: new ort.Tensor('float32', nchw, [3, 1, 28, 28]), u: new ort.Tensor('float32', Float32Array.of(lv.u), []) });
+    const err = relErr(ref, out.scores.data as Float32Array);
+    assert.ok(err < 1e-4, `level ${lv.level}: error ${err}`);
+  }
+  await s.release();
+  x.dispose();
+  assert.equal(tf.memory().numTensors, before, 'tensors stay flat');
+  model.dispose();
+});
+
+test('channelMultiple: absent keeps exact group counts (runs saved before it load unchanged); rebuilt from the saved config it rounds again', () => {
+  const plain = createModel('vgg-w');
+  assert.equal('channelMultiple' in plain.config.args, false, 'absent from the saved config of a run trained without it');
+  assert.deepEqual([...plain.channels(0.3)].filter(([k]) => k === 'c2.conv' || k === 'fc1'), [['c2.conv', 8], ['fc1', 64]]);
+  const rounded = createModel('vgg-w', { channelMultiple: 16 });
+  assert.equal(rounded.config.args.channelMultiple, 16, 'the rounding is part of the run config');
+  const again = createModel(rounded.config.model, rounded.config.args);
+  assert.deepEqual([...again.channels(0.3)], [...rounded.channels(0.3)]);
+  assert.equal(rounded.channels(0.3).get('c2.conv'), 16);
+  const mlp = createModel('mlp-w', { hidden: [64, 32], groups: 8, channelMultiple: 16 });
+  assert.deepEqual([1 / 9, 0.5, 1].map((u) => mlp.channels(u).get('fc2')), [16, 16, 32]);
+  for (const m of [plain, rounded, again, mlp]) m.dispose();
+});
+
+test('channelMultiple: clear errors for a model without rounded layers, a dynamic model, a bad value and independent gating', () => {
+  assert.throws(() => createModel('resnet-d', { channelMultiple: 16 }), /channelMultiple \(--channel-multiple\) needs a model whose widthwise layers round their channels \(expected one of mlp-w, vgg-exits, vgg-w\), not resnet-d/);
+  assert.throws(() => createModel('vgg-w', { channelMultiple: 16, dynamic: 'width' }), /--dynamic width does not take it/);
+  assert.throws(() => createModel('vgg-w', { channelMultiple: 0 }), /channelMultiple must be a positive integer, got 0/);
+  const model = createModel('vgg-w', { channelMultiple: 8 });
+  assert.throws(() => model.channels(model.plan(0.5, { gating: 'independent', rng: new Rng(1) })), /need nested gating/);
+  model.dispose();
+});
