@@ -96,3 +96,13 @@ test('channelMultiple: clear errors for a model without rounded layers, a dynami
   assert.throws(() => model.channels(model.plan(0.5, { gating: 'independent', rng: new Rng(1) })), /need nested gating/);
   model.dispose();
 });
+
+test('training refuses rounded channels with independent gating before any step, not on the first random draw', async () => {
+  const { train } = await import('../train/trainer.js');
+  let steps = 0;
+  await assert.rejects(
+    train({ model: 'mlp-w', modelArgs: { channelMultiple: 8 }, gating: 'independent', dataset: 'synthetic', epochs: 1, onStep: () => steps++ }),
+    /channels rounded to multiples of 8 need nested gating/,
+  );
+  assert.equal(steps, 0);
+});

@@ -283,7 +283,13 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   }
 
   // Built once every check has passed: they hold the network built at each lower resolution (freed below).
-  const atRes = new Map(branchRs.filter((r) => r !== h).map((r) => [r, new AtResolution(model, r)]));
+  const atRes = new Map<number, AtResolution>();
+  try {
+    for (const r of branchRs) if (r !== h) atRes.set(r, new AtResolution(model, r));
+  } catch (err) {
+    for (const at of atRes.values()) at.dispose();
+    throw err;
+  }
   const names = new NameScope();
   const main = new GraphBuilder('dynn', names);
   if (staged && segments.some((seg) => seg[0].inShape.length !== 3)) {

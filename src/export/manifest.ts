@@ -98,7 +98,7 @@ const moeSegment = z.object({
   expertMacs: z.array(nonNegative).min(1).max(METADATA_LIMITS.maxLevels),
   /** The router: `x` -> `logits` [batch, 2E] (the experts' scores, then their noise scales, which inference ignores). */
   gate: graphRef,
-  /** One graph per expert: `x` -> `y`; empty when the experts are stacked. */
+  /** One graph per expert: `x` -> `y` (with `stacked`, for batches whose padding would not pay: `stackPays`). */
   expertGraphs: z.array(graphRef).max(METADATA_LIMITS.maxLevels),
   /** Alike experts as one graph: `x` [E, rows, ...input] -> `y` [E, rows, ...output], block e through expert e (batched MatMul on stacked weights). */
   stacked: graphRef.optional(),
@@ -154,7 +154,7 @@ const manifestSchema = z
       if (s.kind === 'spatial' && (s.input.length !== 3 || s.input.join() !== s.output.join() || s.positions !== s.input[1] * s.input[2])) issue(['segments', i], 'a spatially gated block keeps its [C, H, W] shape and has H * W positions');
       if (s.kind === 'switch' && s.routes.length !== s.routeMacs.length) issue(['segments', i, 'routes'], `${s.routes.length} route graphs for ${s.routeMacs.length} route costs`);
       if (s.kind === 'moe') {
-        if (s.stacked ? s.expertGraphs.length !== 0 : s.expertGraphs.length !== s.experts) issue(['segments', i, 'expertGraphs'], s.stacked ? `a stacked mixture has no per-expert graphs, got ${s.expertGraphs.length}` : `${s.expertGraphs.length} expert graphs and ${s.expertMacs.length} expert costs for ${s.experts} experts`);
+        if (s.expertGraphs.length !== s.experts) issue(['segments', i, 'expertGraphs'], `${s.expertGraphs.length} expert graphs and ${s.expertMacs.length} expert costs for ${s.experts} experts`);
         if (s.expertMacs.length !== s.experts) issue(['segments', i, 'expertMacs'], `${s.expertGraphs.length} expert graphs and ${s.expertMacs.length} expert costs for ${s.experts} experts`);
         if (s.topK > s.experts) issue(['segments', i, 'topK'], `top-k ${s.topK} exceeds the ${s.experts} experts`);
         if (s.residual && s.input.join() !== s.output.join()) issue(['segments', i, 'residual'], `a residual mixture keeps its shape, [${s.input}] is not [${s.output}]`);

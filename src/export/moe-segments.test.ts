@@ -150,11 +150,11 @@ test('mlp-moe exports its alike experts as one stacked graph ([E, rows, in] -> [
     const dir = path.join(tmp, `mlp-moe-k${topK}`);
     const m = await saveSegments(model, dir);
     const seg = m.segments.find((s) => s.kind === 'moe')!;
-    assert.ok(seg.kind === 'moe' && seg.stacked && seg.expertGraphs.length === 0, 'one stacked graph, no per-expert graphs');
+    assert.ok(seg.kind === 'moe' && seg.stacked && seg.expertGraphs.length === 4, 'one stacked graph, and the per-expert graphs for batches whose padding would not pay');
     const text = readFileSync(path.join(dir, MANIFEST_FILE), 'utf8');
     const edited = JSON.parse(text);
     edited.segments.find((s: { kind: string }) => s.kind === 'moe').expertGraphs = [seg.kind === 'moe' && seg.stacked];
-    assert.throws(() => parseManifest(JSON.stringify(edited), 'x'), /a stacked mixture has no per-expert graphs, got 1/);
+    assert.throws(() => parseManifest(JSON.stringify(edited), 'x'), /1 expert graphs and 4 expert costs for 4 experts/);
     const routing = RoutingState.start('hard', 16);
     const ref = tf.tidy(() => model.forward(x, model.plan(1), { routing }).dataSync() as Float32Array);
     const session = (await openSession(dir, { threads: 1 })) as SegmentedSession;
@@ -174,7 +174,16 @@ test('mlp-moe exports its alike experts as one stacked graph ([E, rows, in] -> [
       const load = new Array<number>(4).fill(0);
       for (const g of slots) routing.decisions.get(g)!.forEach((e) => e >= 0 && load[e]++);
       assert.ok(load.filter((l) => l > 0).length >= 2, `the router spreads samples (${load})`);
+      assert.ok(4 * Math.max(...load) <= 2 * 16 * topK, `padding that pays (${load})`);
       assert.deepEqual(calls, [[4, Math.max(...load), 128]], 'one run, every expert\'s block as wide as the most loaded one');
+      // A batch of one at top-1 runs its expert's own graph: the three idle experts are not computed.
+      calls.length = 0;
+      const x0 = tf.slice(x, [0, 0, 0, 0], [1, 8, 8, 2]);
+      const one = await session.runRouted(toNchw(x0));
+      x0.dispose();
+      // (At top-2 its two experts stack: 4 padded rows for 2, within the rule's bound.)
+      assert.deepEqual(calls, topK === 1 ? [] : [[4, 1, 128]], 'a lone expert runs its own graph');
+      assert.ok(relErr(ref.subarray(0, 3), one.scores) < 1e-4, 'the same scores for sample 0');
     } finally {
       proto.once = once;
       await session.release();

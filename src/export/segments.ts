@@ -289,7 +289,8 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
       const E = mb.experts;
       const gate = gateSegment(weights, mb.name, mb.gate, 2 * E, sel, full);
       const stacked = mb.stack?.fits(sel, full) ? add('.experts', stackedGraph(weights, mb), `dynn experts of ${mb.name}, stacked: x [${E}, rows, in] -> y [${E}, rows, out], block e through expert e`) : undefined;
-      const expertGraphs = stacked ? [] : mb.expertChains.map((chain, e) => {
+      // The per-expert graphs too: batches whose padding would not pay run them (`stackPays`).
+      const expertGraphs = mb.expertChains.map((chain, e) => {
         const sg = new SegmentGraph(`${mb.name}_expert_${e}`, weights, chain);
         sg.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(mb.inShape)));
         sg.g.nodeTo('Identity', [lowerChain(chain, SEGMENT_IO.x, sel, sg.ctx(full, `e${e}`)).y], SEGMENT_IO.y);

@@ -30,6 +30,24 @@ export function checkMixture(experts: number, topK: number, capacityFactors: num
   if (!ROUTING_PRIORITIES.includes(priority as RoutingPriority)) throw new DynnError(`unknown routing priority "${priority}"; expected one of ${ROUTING_PRIORITIES.join(', ')}`);
 }
 
+/**
+ * Whether alike experts run as one padded call (`dispatchPadded`: every expert's block as wide as the busiest
+ * expert's rows) rather than one call per expert with rows: when more than one expert has rows and the padding
+ * at most doubles the rows computed. So a batch of one runs its expert alone and idle experts are not computed
+ * for a few rows. One rule for TF.js and the ONNX Runtime dispatcher.
+ */
+export function stackPays(routes: ArrayLike<number>, experts: number): boolean {
+  const load = new Int32Array(experts);
+  for (let i = 0; i < routes.length; i++) load[routes[i]]++;
+  let busiest = 0;
+  let active = 0;
+  for (const l of load) {
+    busiest = Math.max(busiest, l);
+    if (l > 0) active++;
+  }
+  return active > 1 && experts * busiest <= 2 * routes.length;
+}
+
 /** Rows an expert takes from a batch of `n`: ceil(cf * k * n / E) (Switch, V-MoE), at least 1. */
 export function expertCapacity(capacityFactor: number, topK: number, n: number, experts: number): number {
   return Math.max(1, Math.ceil((capacityFactor * topK * n) / experts));
@@ -62,7 +80,7 @@ export function assignExperts(h: ArrayLike<number>, experts: number, topK: numbe
   const order = Array.from({ length: n }, (_, i) => {
     const idx = Array.from({ length: E }, (_, e) => e);
     const row = (e: number) => h[i * E + e];
-    for (let e = 0; e < E; e++) if (Number.isNaN(row(e))) throw new DynnError(`the router's score of sample ${i} for expert ${e} is not a number`);
+    for (let e = 0; e < E; e++) if (!Number.isFinite(row(e))) throw new DynnError(`the router's score of sample ${i} for expert ${e} is ${row(e)}, not a finite number`);
     return idx.sort((a, b) => row(b) - row(a) || a - b);
   });
   const chosen = new Int32Array(topK * n);

@@ -8,7 +8,7 @@ import { Network } from '../models/network.js';
 import { createModel } from '../models/zoo.js';
 import { RoutingState } from './context.js';
 import { MoeBlock, type MoeArgs } from './moe.js';
-import { assignExperts, checkMixture, coefficientOfVariation, expertCapacity } from './experts.js';
+import { assignExperts, stackPays, checkMixture, coefficientOfVariation, expertCapacity } from './experts.js';
 import { DynnError } from '../util/errors.js';
 
 before(async () => {
@@ -84,6 +84,12 @@ test('assignExperts: top-k by score, first choices served first, capacity per ex
   assert.deepEqual([...byScore.experts], [-1, 0, 0], 'score order: the least sure sample overflows');
   assert.deepEqual([...assignExperts(sure, 4, 1, 2, 'next', 'score').experts], [1, 0, 0], 'and takes its next choice');
   assert.throws(() => checkMixture(4, 1, [1], 'next', 'first'), /unknown routing priority "first"; expected one of batch, score/);
+  // A score that is not finite would make the serving order depend on the engine's sort: refused.
+  assert.throws(() => assignExperts([1, Infinity, 0, 0], 4, 1, 1, 'residual', 'score'), /the router's score of sample 0 for expert 1 is Infinity, not a finite number/);
+  // One padded call where it pays: several experts busy, padding at most doubling the rows; a lone expert runs alone.
+  assert.equal(stackPays([0, 1, 2, 3, 0, 1, 2, 3], 4), true);
+  assert.equal(stackPays([2], 10), false, 'a batch of one');
+  assert.equal(stackPays([0, 0, 0, 0, 0, 1], 4), false, '4 x 5 padded rows for 6');
   assert.equal(expertCapacity(1.25, 1, 64, 4), 20);
   assert.equal(expertCapacity(2, 1, 1, 10), 1, 'a batch of one always runs');
   assert.equal(coefficientOfVariation([5, 5, 5, 5]), 0);

@@ -7,7 +7,7 @@ import { perGate } from './gates.js';
 import { dispatchTensorFrom, dispatchTensorPadded } from './tensor.js';
 import { StackedExperts } from './stacked.js';
 import { gateCost, gateMacsOf, makeGate } from './unit.js';
-import { assignExperts, checkMixture, expertCapacity, type Assignment, type OverflowPolicy, type RoutingPriority } from './experts.js';
+import { stackPays, assignExperts, checkMixture, expertCapacity, type Assignment, type OverflowPolicy, type RoutingPriority } from './experts.js';
 
 export interface MoeArgs {
   /** Experts E. */
@@ -184,8 +184,8 @@ export class MoeBlock extends Composite<MoeArgs> {
     if (pairs.length === 0) return tf.zeros([n, ...this.outShape.slice(0, -1), out.count]);
     const sources = Int32Array.from(pairs, (p) => p % n);
     const routes = Int32Array.from(pairs, (p) => a.experts[p]);
-    // A lone busy expert runs alone: stacking would pad the E - 1 idle ones to its rows (a batch of one).
-    const stacked = this.stacked?.fits(sel, ctx.plan) && routes.some((e) => e !== routes[0]) ? this.stacked : null;
+    // Padding that would more than double the rows (a batch of one, a few rows over many experts) runs per expert.
+    const stacked = this.stacked?.fits(sel, ctx.plan) && stackPays(routes, E) ? this.stacked : null;
     const ys = stacked
       ? dispatchTensorPadded(x, sources, routes, E, (part, layout) => stacked.run(part, layout.width, ctx.training === true || ctx.routing?.mode === 'soft'))
       : dispatchTensorFrom(x, sources, routes, (e, part, rows) => {

@@ -6,7 +6,7 @@ import { ONNX_FORMAT, ONNX_IO, type OnnxMetadata } from '../export/metadata.js';
 import { ModelProto } from '../export/onnx-proto.js';
 import { SPATIAL_IO } from '../export/spatial-io.js';
 import { arrayRows, dispatchAsync, dispatchFromAsync, dispatchPaddedAsync } from '../route/dispatch.js';
-import { assignExperts, expertCapacity, mixtureWeights } from '../route/experts.js';
+import { assignExperts, expertCapacity, mixtureWeights, stackPays } from '../route/experts.js';
 import { logitCut, nestedCounts } from '../route/count.js';
 import { checkGateThreshold } from '../route/modes.js';
 import { argmaxRows, toNchw, type OrtApi, type Prediction, type RunOptions } from './core.js';
@@ -240,10 +240,10 @@ export class SegmentedSession {
     const routes = Int32Array.from(pairs, (q) => a.experts[q]);
     const ops = { input: arrayRows(per(entry.input)), output: arrayRows(outPer) };
     const { stacked } = p;
-    // Stacked experts: one run over every expert's rows, padded to the most loaded expert's.
+    // Stacked experts: one run over every expert's rows, padded to the most loaded expert's, where that pays (as TF.js).
     const ys = pairs.length === 0
       ? new Float32Array(0)
-      : stacked
+      : stacked && stackPays(routes, E)
         ? await dispatchPaddedAsync(x, sources, routes, E, async (part, layout) => {
             const r = await this.once(stacked, { [SEGMENT_IO.x]: this.tensor(part, [E, layout.width, ...entry.input]) }, SEGMENT_IO.y);
             ms += r.ms;

@@ -116,6 +116,8 @@ export async function sendFrame(
   const t2 = performance.now();
   const answer = await postFrame(o.server, body, { timeoutMs: o.timeoutMs });
   const t3 = performance.now();
-  o.picker.observe(point, body.length, { headMs: t1 - t0, tailMs: answer.timings?.tailMs ?? 0, totalMs: t3 - t0 });
+  // The tail's own time, as the server says, within what the request took (a wrong figure cannot price the link at 0).
+  const tailMs = Math.min(Math.max(answer.timings?.tailMs ?? 0, 0), t3 - t2);
+  o.picker.observe(point, body.length, { headMs: t1 - t0, tailMs, totalMs: t3 - t0 });
   return { point, bytes: body.length, answer, headMs: t1 - t0, linkMs: t2 - t1, requestMs: t3 - t2, totalMs: t3 - t0 };
 }

@@ -145,8 +145,10 @@ export async function measureSplit(trained: { splits: { head: Uint8Array; tail: 
   for (const [i, s] of meta.splits.entries()) {
     const opts = { intraOpNumThreads: 1, interOpNumThreads: 1, graphOptimizationLevel: 'all' as const };
     const head = await ort.InferenceSession.create(graphs[i].head, opts);
-    const tail = await ort.InferenceSession.create(graphs[i].tail, opts);
+    let tail: InferenceSession | undefined;
     try {
+      tail = await ort.InferenceSession.create(graphs[i].tail, opts);
+      const tailSession = tail;
       const feeds = {
         [SPLIT_IO.images]: new T('float32', new Float32Array(c * h * w).fill(0.5), [1, c, h, w]),
         [SPLIT_IO.channels]: new T('int64', BigInt64Array.of(BigInt(s.bottleneck.maxChannels)), [1]),
@@ -154,10 +156,10 @@ export async function measureSplit(trained: { splits: { head: Uint8Array; tail: 
       };
       const features = await head.run(feeds);
       const tailFeeds = { [SPLIT_IO.codes]: features[SPLIT_IO.codes], [SPLIT_IO.min]: features[SPLIT_IO.min], [SPLIT_IO.step]: features[SPLIT_IO.step] };
-      s.measured = { headMs: await timed(() => head.run(feeds)), tailMs: await timed(() => tail.run(tailFeeds)) };
+      s.measured = { headMs: await timed(() => head.run(feeds)), tailMs: await timed(() => tailSession.run(tailFeeds)) };
     } finally {
       await head.release();
-      await tail.release();
+      await tail?.release();
     }
   }
 }

@@ -266,6 +266,11 @@ test('a head.onnx and tail.onnx swapped by hand are refused at load, naming the 
     m.splits[0].head = '../head.onnx';
     fs.writeFileSync(path.join(swapped, 'split.json'), JSON.stringify(m));
     await assert.rejects(SplitHead.load(swapped), /split\.json is not a valid split: splits\.0\.head: a file name in the split folder/);
+    // A split point left without an operating point (points deleted by hand) is refused by name.
+    const kept = JSON.parse(fs.readFileSync(path.join(dir, 'split.json'), 'utf8'));
+    kept.points = kept.points.filter((p: { at: string }) => p.at !== 'pool2');
+    fs.writeFileSync(path.join(swapped, 'split.json'), JSON.stringify(kept));
+    await assert.rejects(SplitHead.load(swapped), /split\.json: split point pool2 has no operating point/);
   } finally {
     fs.rmSync(swapped, { recursive: true, force: true });
   }

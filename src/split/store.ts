@@ -175,6 +175,7 @@ export async function loadSplitMeta(dir: string): Promise<SplitMeta> {
     if (!s) throw new DynnError(`${file}: a point names split point "${p.at}"; the folder has ${[...byAt.keys()].join(', ')}`);
     if (p.channels > s.bottleneck.maxChannels) throw new DynnError(`${file}: a point at ${p.at} has more channels than its bottleneck's ${s.bottleneck.maxChannels}`);
   }
+  for (const s of m.splits) if (!m.points.some((p) => p.at === s.at)) throw new DynnError(`${file}: split point ${s.at} has no operating point`);
   if (new Set(m.splits.flatMap((s) => [s.head, s.tail])).size !== 2 * m.splits.length) throw new DynnError(`${file}: two graphs share a file`);
   return m;
 }

@@ -294,6 +294,10 @@ function resolveOptions(o: TrainOptions): Resolved {
   checkLrSchedule(r.lrSchedule);
   checkUSchedule(r.schedule);
   checkGatingMode(r.gating);
+  // Rounded channel counts are prefixes; independent gating draws arbitrary groups (refused here, not mid-epoch).
+  if (r.gating === 'independent' && (o.modelArgs?.channelMultiple ?? 1) > 1) {
+    throw new DynnError(`channels rounded to multiples of ${o.modelArgs!.channelMultiple} need nested gating (the first groups active), not independent gating`);
+  }
   for (const [k, v] of [['epochs', r.epochs], ['batchSize', r.batchSize]] as const) {
     if (!Number.isInteger(v) || v < 1) throw new DynnError(`${k} must be a positive integer, got ${v}`);
   }
