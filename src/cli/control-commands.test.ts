@@ -3,11 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { runCli } from './cli.js';
-import type { Io } from './io.js';
-import { captureIo } from './capture.js';
-
-const capture = captureIo;
+import { fails, ok } from './fixtures.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-control-cli-'));
 const runA = path.join(tmp, 'a');
@@ -15,24 +11,6 @@ const runB = path.join(tmp, 'b');
 const ctrl = path.join(tmp, 'ctrl');
 const data = ['--dataset', 'synthetic', '--train-limit', '400', '--test-limit', '120', '--workers', '0', '--epochs', '1', '--batch-size', '50', '--model', 'mlp-w'];
 
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string; json: () => any }> {
-  const io = capture();
-  const code = await runCli(args, io);
-  return { code, out: io.stdout(), err: io.stderr(), json: () => JSON.parse(io.stdout()) };
-}
-
-async function ok(args: string[]) {
-  const r = await cli(args);
-  assert.equal(r.code, 0, `dynn ${args.join(' ')}: ${r.err}`);
-  return r;
-}
-
-async function fails(args: string[], pattern: RegExp) {
-  const r = await cli(args);
-  assert.equal(r.code, 1, `dynn ${args.join(' ')} should fail: ${r.out}`);
-  assert.match(r.err, pattern);
-  assert.doesNotMatch(r.err, /\n\s+at /, 'a message, not a stack');
-}
 
 test('controller train, eval --json (the issue’s format), select both problems, latency tables', async () => {
   await ok(['train', ...data, '--val-samples', '100', '--out', runA]);

@@ -10,6 +10,29 @@ import type { Network } from '../models/network.js';
 import { RoutingState } from '../route/context.js';
 import { DynnServer, type PredictResponse } from '../serve/server.js';
 
+/** Test helper: `dynn args` in-process: its exit code, what it printed, and its stdout parsed as JSON on demand. */
+export async function cli(args: string[]): Promise<{ code: number; out: string; err: string; json: () => any }> {
+  const io = captureIo();
+  const code = await runCli(args, io);
+  return { code, out: io.stdout(), err: io.stderr(), json: () => JSON.parse(io.stdout()) };
+}
+
+/** Test helper: `dynn args` succeeds (exit code 0, else its stderr in the failure). */
+export async function ok(args: string[]) {
+  const r = await cli(args);
+  assert.equal(r.code, 0, `dynn ${args.join(' ')}: ${r.err}`);
+  return r;
+}
+
+/** Test helper: `dynn args` fails with exit code 1 and a message matching `pattern`, not a stack trace. */
+export async function fails(args: string[], pattern: RegExp) {
+  const r = await cli(args);
+  assert.equal(r.code, 1, `dynn ${args.join(' ')} should fail: ${r.out}`);
+  assert.match(r.err, pattern);
+  assert.doesNotMatch(r.err, /\n\s+at /, 'a message, not a stack');
+  return r;
+}
+
 /**
  * Test helper: each `dynn train` of `cases` (its options, with `extra` after them) fails with exit code 1 and
  * a message matching its pattern, without a stack trace and before writing a checkpoint into `dir`.

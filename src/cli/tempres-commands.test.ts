@@ -3,29 +3,10 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { runCli } from './cli.js';
-import { captureIo } from './capture.js';
+import { fails, ok } from './fixtures.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'dynn-tempres-cli-'));
 
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string; json: () => any }> {
-  const io = captureIo();
-  const code = await runCli(args, io);
-  return { code, out: io.stdout(), err: io.stderr(), json: () => JSON.parse(io.stdout()) };
-}
-
-async function ok(args: string[]) {
-  const r = await cli(args);
-  assert.equal(r.code, 0, `dynn ${args.join(' ')}: ${r.err}`);
-  return r;
-}
-
-async function fails(args: string[], pattern: RegExp) {
-  const r = await cli(args);
-  assert.equal(r.code, 1, `dynn ${args.join(' ')} should fail: ${r.out}`);
-  assert.match(r.err, pattern);
-  assert.doesNotMatch(r.err, /\n\s+at /, 'a message, not a stack');
-}
 
 test('controller train --temporal --resolutions: actions (u, r), eval reports every fixed (u, r); bad resolutions refused before training', async () => {
   const run = path.join(tmp, 'stream');

@@ -33,7 +33,7 @@ interface Item {
 }
 
 /** One frame's row, also kept in `window.dynnSplit` for tests and the console. */
-interface Row {
+export interface Row {
   name: string;
   label: string | null;
   class: number;
@@ -48,7 +48,8 @@ interface Row {
   totalMs: number;
 }
 
-interface PageState {
+/** What the page keeps in `window.dynnSplit`. */
+export interface PageState {
   rows: Row[];
   runs: number;
   busy: boolean;

@@ -19,6 +19,7 @@ import { tinySplit } from './fixtures.js';
 import { runHead } from './head.js';
 import { SplitHead, SplitTail } from './runtime.js';
 import { bytesPerSample } from './wire.js';
+import type { PageState } from './head-page.js';
 
 const skip = browserSkipReason();
 const main = path.join(path.dirname(fileURLToPath(import.meta.url)), '../cli/main.js');
@@ -30,26 +31,6 @@ let dir = '';
 let shown: ImageSet;
 let classNames: string[];
 
-interface Row {
-  name: string;
-  label: string | null;
-  class: number;
-  className: string;
-  channels: number;
-  bits: number;
-  bytes: number;
-  headMs: number;
-  linkMs: number;
-  httpMs: number;
-  tailMs: number | null;
-  totalMs: number;
-}
-interface PageState {
-  rows: Row[];
-  runs: number;
-  busy: boolean;
-  error: string | null;
-}
 
 before(async () => {
   if (skip) return;
