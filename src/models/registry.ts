@@ -88,7 +88,7 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
   const moe = MOE_ARGS.filter((k) => resolved[k] !== undefined && !(k === 'experts' && def.condconv));
   if (moe.length && resolved.dynamic !== 'moe') throw new DynnError(`${moe.join(', ')} ${moe.length > 1 ? 'need' : 'needs'} a mixture of experts (--model ${orList(mechanismModels(mechanisms.get('moe')))})`);
   if (resolved.dynamic === 'moe') {
-    checkMixture(resolved.experts as number, resolved.topK as number, [resolved.capacityFactor as number, ...(resolved.evalCapacityFactor === undefined ? [] : [resolved.evalCapacityFactor as number])], String(resolved.overflow), String(resolved.priority ?? 'batch'));
+    checkMixture(resolved.experts as number, resolved.topK as number, [resolved.capacityFactor as number, ...(resolved.evalCapacityFactor === undefined ? [] : [resolved.evalCapacityFactor as number])], String(resolved.overflow), String(resolved.priority ?? 'score'));
   }
   for (const key of ['routing', 'temperature', 'annealEpochs'] as const) {
     if (set[key] !== undefined && !def.condconv) {

@@ -327,7 +327,7 @@ models.register('multi-branch', {
 });
 
 /** A mixture's defaults: 4 experts, top-1, Switch's capacity factors and balance loss. */
-const MOE_DEFAULTS: ModelArgs = { dynamic: 'moe', experts: 4, topK: 1, capacityFactor: 1.25, overflow: 'residual', importanceWeight: 0, loadWeight: 0, switchWeight: 0.01 };
+const MOE_DEFAULTS: ModelArgs = { dynamic: 'moe', experts: 4, topK: 1, capacityFactor: 1.25, overflow: 'next', priority: 'score', importanceWeight: 0, loadWeight: 0, switchWeight: 0.01 };
 
 /** A mixture's arguments that are ratios and weights. */
 const MOE_RATIOS = ['capacityFactor', 'evalCapacityFactor', 'importanceWeight', 'loadWeight', 'switchWeight'];

@@ -18,9 +18,9 @@ export interface MoeArgs {
   capacityFactor?: number;
   /** Capacity factor at evaluation (default 2). */
   evalCapacityFactor?: number;
-  /** What an assignment that finds its expert full does (default `residual`, see `OverflowPolicy`). */
+  /** What an assignment that finds its expert full does (default `next`, see `OverflowPolicy`). */
   overflow?: OverflowPolicy;
-  /** Which rows an expert serves first when it has not room for all (default `batch`, see `RoutingPriority`). */
+  /** Which rows an expert serves first when it has not room for all (default `score`, see `RoutingPriority`). */
   priority?: RoutingPriority;
   /** Add the block's input to the experts' combined output (the experts keep its shape; default false). */
   residual?: boolean;
@@ -99,8 +99,8 @@ export class MoeBlock extends Composite<MoeArgs> {
   }
 
   protected doBuild(inShape: Shape): Shape {
-    const { experts: E, capacityFactor = 1.25, evalCapacityFactor, overflow = 'residual' } = this.args;
-    checkMixture(E, this.topK, [capacityFactor, ...(evalCapacityFactor === undefined ? [] : [evalCapacityFactor])], overflow, this.args.priority ?? 'batch');
+    const { experts: E, capacityFactor = 1.25, evalCapacityFactor, overflow = 'next' } = this.args;
+    checkMixture(E, this.topK, [capacityFactor, ...(evalCapacityFactor === undefined ? [] : [evalCapacityFactor])], overflow, this.args.priority ?? 'score');
     for (const w of ['importanceWeight', 'loadWeight', 'switchWeight'] as const) {
       const v = this.args[w];
       if (v !== undefined && !(v >= 0 && Number.isFinite(v))) throw new DynnError(`${this.name}: ${w} must be a non-negative number, got ${v}`);
@@ -145,7 +145,7 @@ export class MoeBlock extends Composite<MoeArgs> {
     // No limit at evaluation unless asked: a served batch merges requests, and a limit would let one client's
     // samples push another's out of their expert (the answer to an image would depend on its neighbours).
     const cf = training ? (this.args.capacityFactor ?? 1.25) : this.args.evalCapacityFactor;
-    const a = assignExperts(h, E, k, cf === undefined ? n : expertCapacity(cf, k, n, E), this.args.overflow ?? 'residual', this.args.priority ?? 'batch');
+    const a = assignExperts(h, E, k, cf === undefined ? n : expertCapacity(cf, k, n, E), this.args.overflow ?? 'next', this.args.priority ?? 'score');
     // The gates: a softmax over the experts each sample keeps (its assignments, dropped ones included, whose
     // weight then goes unused), or for k = 1 over all of them (Switch).
     const keep = new Float32Array(n * E).fill(k === 1 ? 0 : OFF);
