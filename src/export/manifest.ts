@@ -154,7 +154,8 @@ const manifestSchema = z
       if (s.kind === 'spatial' && (s.input.length !== 3 || s.input.join() !== s.output.join() || s.positions !== s.input[1] * s.input[2])) issue(['segments', i], 'a spatially gated block keeps its [C, H, W] shape and has H * W positions');
       if (s.kind === 'switch' && s.routes.length !== s.routeMacs.length) issue(['segments', i, 'routes'], `${s.routes.length} route graphs for ${s.routeMacs.length} route costs`);
       if (s.kind === 'moe') {
-        if (s.expertGraphs.length !== s.experts) issue(['segments', i, 'expertGraphs'], `${s.expertGraphs.length} expert graphs and ${s.expertMacs.length} expert costs for ${s.experts} experts`);
+        if (s.stacked && s.expertGraphs.length === 0) issue(['segments', i, 'expertGraphs'], 'a stacked mixture exported without its per-expert graphs (by an earlier dynn); export the run again');
+        else if (s.expertGraphs.length !== s.experts) issue(['segments', i, 'expertGraphs'], `${s.expertGraphs.length} expert graphs and ${s.expertMacs.length} expert costs for ${s.experts} experts`);
         if (s.expertMacs.length !== s.experts) issue(['segments', i, 'expertMacs'], `${s.expertGraphs.length} expert graphs and ${s.expertMacs.length} expert costs for ${s.experts} experts`);
         if (s.topK > s.experts) issue(['segments', i, 'topK'], `top-k ${s.topK} exceeds the ${s.experts} experts`);
         if (s.residual && s.input.join() !== s.output.join()) issue(['segments', i, 'residual'], `a residual mixture keeps its shape, [${s.input}] is not [${s.output}]`);

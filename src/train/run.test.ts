@@ -285,3 +285,19 @@ test('property: any edit of checkpoint.json or corruption of the weights loads a
   fs.writeFileSync(weights, bytes);
   (await loadRun(dir)).model.dispose();
 });
+
+test('a mixture saved before its routing priority was recorded loads in batch order; a new one records score', async () => {
+  const dir = fresh();
+  const r = await trainTo(dir, { model: 'mlp-moe', modelArgs: { experts: 2, hidden: 8 } });
+  assert.equal(r.meta.epoch, 1);
+  const loaded = await loadRun(dir);
+  assert.equal(loaded.model.config.args.priority, 'score');
+  loaded.model.dispose();
+  const file = path.join(dir, 'checkpoint.json');
+  const manifest = JSON.parse(fs.readFileSync(file, 'utf8'));
+  delete manifest.config.args.priority;
+  fs.writeFileSync(file, JSON.stringify(manifest));
+  const old = await loadRun(dir);
+  assert.equal(old.model.config.args.priority, 'batch');
+  old.model.dispose();
+});

@@ -80,7 +80,9 @@ export function checkModelArgs(info: CheckpointInfo, file: string): ModelArgs {
       throw new DynnError(`${file} is invalid: config.args.${where}: ${sizes[i]} is larger than any weight dimension it holds (${largest})`);
     }
   }
-  return parsed.data as ModelArgs;
+  const args = parsed.data as ModelArgs;
+  // A mixture saved before its priority was recorded served rows in batch order (today's default is score).
+  return args.dynamic === 'moe' && args.priority === undefined ? { ...args, priority: 'batch' } : args;
 }
 
 /**
