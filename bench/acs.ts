@@ -35,7 +35,7 @@ import { writeFileAtomic } from '../src/util/fs.js';
 import { mechanisms } from '../src/route/mechanisms.js';
 import { executionRate } from '../src/route/context.js';
 import { runTorchPeer } from './torch.js';
-import { benchArgs, curveOf, routedFigures } from './common.js';
+import { benchArgs, curveOf, routedFigures, scratchRuns } from './common.js';
 
 const args = process.argv.slice(2);
 const { value, num, list } = benchArgs(args);
@@ -62,23 +62,7 @@ const skips = (mechanism: string) => mechanisms.get(mechanism).skipsBlocks === t
 // Layer skipping is timed at this target (ACS at 0.5).
 const TIMED_SKIP = TARGETS.includes(0.6) ? 0.6 : TARGETS[Math.floor(TARGETS.length / 2)];
 
-const base = (out: string, extra: TrainOptions): TrainOptions => ({
-  dataset: 'fashion-mnist',
-  trainLimit: TRAIN,
-  testLimit: TEST,
-  seed: 0,
-  batchSize: BATCH,
-  calibrationSamples: num('calibration', 2048),
-  out: path.join(ROOT, out),
-  // The bench's own scratch runs: each bench run replaces them.
-  force: true,
-  onEpoch: (r) =>
-    log(
-      `    epoch ${r.epoch}: loss ${r.loss.toFixed(4)}${r.gated ? `, gated ${(100 * r.gated.accuracy).toFixed(2)}% at FLOPs ${r.gated.flopsRatio.toFixed(3)}` : ''}` +
-        (r.gated?.trainExecutionRate !== undefined ? `; blocks executed: training ${r.gated.trainExecutionRate.toFixed(3)}, inference ${r.gated.executionRate?.toFixed(3)}` : ''),
-    ),
-  ...extra,
-});
+const base = scratchRuns(ROOT, { trainLimit: TRAIN, testLimit: TEST, batchSize: BATCH, calibrationSamples: num('calibration', 2048) }, log);
 
 /** Mean ms per training step of a gated model in soft mode, gradient threads as `dynn train` uses them. */
 async function gatedStepMs(model: Network, steps: number): Promise<number> {

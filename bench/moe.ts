@@ -29,7 +29,7 @@ import { RoutingState } from '../src/route/context.js';
 import type { GateMode } from '../src/layers/types.js';
 import { initEngine } from '../src/engine/backend.js';
 import { writeFileAtomic } from '../src/util/fs.js';
-import { benchArgs } from './common.js';
+import { benchArgs, scratchRuns } from './common.js';
 import { median } from '../src/eval/latency.js';
 import { saveSegments } from '../src/export/segments.js';
 import { saveOnnx } from '../src/export/export.js';
@@ -57,19 +57,7 @@ const ROUNDS = num('rounds', 3);
 const PARTS = list('parts', 'models,heads');
 const log = (s: string) => process.stderr.write(s + '\n');
 
-const base = (out: string, extra: TrainOptions): TrainOptions => ({
-  dataset: 'fashion-mnist',
-  dataDir: DATA_DIR,
-  trainLimit: TRAIN,
-  testLimit: TEST,
-  seed: 0,
-  out: path.join(ROOT, out),
-  // The bench's own scratch runs: each bench run replaces them.
-  force: true,
-  evalUs: [1],
-  onEpoch: (r) => log(`    epoch ${r.epoch}: loss ${r.loss.toFixed(4)}, test ${(100 * (r.gated?.accuracy ?? r.testAccuracy['1'])).toFixed(2)}%`),
-  ...extra,
-});
+const base = scratchRuns(ROOT, { dataDir: DATA_DIR, trainLimit: TRAIN, testLimit: TEST, evalUs: [1] }, log);
 
 const params = (m: Network) => m.trainableWeights().reduce((a, w) => a + w.variable.size, 0);
 const pct = (x: number) => `${(100 * x).toFixed(2)}%`;

@@ -29,7 +29,7 @@ import { loadRun } from '../src/train/run.js';
 import { loadDataset } from '../src/data/datasets.js';
 import { existsSync } from 'node:fs';
 import { initEngine } from '../src/engine/backend.js';
-import { benchArgs } from './common.js';
+import { benchArgs, scratchRuns } from './common.js';
 
 const args = process.argv.slice(2);
 const { value, num } = benchArgs(args);
@@ -50,18 +50,7 @@ const RESOLUTIONS = [28, 21, 14];
 const log = (s: string) => process.stderr.write(s + '\n');
 const pct = (a: number) => `${(100 * a).toFixed(2)}%`;
 
-const base = (out: string, extra: TrainOptions): TrainOptions => ({
-  dataset: 'fashion-mnist',
-  trainLimit: TRAIN,
-  testLimit: TEST,
-  seed: 0,
-  out: path.join(ROOT, out),
-  // The bench's own scratch runs: each bench run replaces them.
-  force: true,
-  evalUs: [1],
-  onEpoch: (r) => log(`    epoch ${r.epoch}: loss ${r.loss.toFixed(4)}, u=1 ${pct(r.testAccuracy['1'])}${r.gated ? `, gated ${pct(r.gated.accuracy)} at FLOPs ${r.gated.flopsRatio.toFixed(3)}` : ''}`),
-  ...extra,
-});
+const base = scratchRuns(ROOT, { trainLimit: TRAIN, testLimit: TEST, evalUs: [1] }, log);
 
 const params = (m: Network) => m.weights().filter((w) => w.trainable).reduce((a, w) => a + w.variable.size, 0);
 

@@ -28,7 +28,7 @@ import { interpolateAccuracy } from '../src/control/curve.js';
 import { evaluateRouted, routedSweep } from '../src/eval/routed.js';
 import { initEngine } from '../src/engine/backend.js';
 import { writeFileAtomic } from '../src/util/fs.js';
-import { benchArgs, curveOf, routedFigures } from './common.js';
+import { benchArgs, curveOf, routedFigures, scratchRuns } from './common.js';
 
 const args = process.argv.slice(2);
 const { value, num } = benchArgs(args);
@@ -48,19 +48,7 @@ const DATA_DIR = value('data-dir');
 const REUSE = args.includes('--reuse');
 const log = (s: string) => process.stderr.write(s + '\n');
 
-const base = (out: string, extra: TrainOptions): TrainOptions => ({
-  model: MODEL,
-  dataset: 'fashion-mnist',
-  dataDir: DATA_DIR,
-  trainLimit: TRAIN,
-  testLimit: TEST,
-  seed: 0,
-  out: path.join(ROOT, out),
-  // The bench's own scratch runs: each bench run replaces them.
-  force: true,
-  onEpoch: (r) => log(`    epoch ${r.epoch}: loss ${r.loss.toFixed(4)}${r.gated ? `, gated ${(100 * r.gated.accuracy).toFixed(2)}% at FLOPs ${r.gated.flopsRatio.toFixed(3)}` : ''}`),
-  ...extra,
-});
+const base = scratchRuns(ROOT, { model: MODEL, dataDir: DATA_DIR, trainLimit: TRAIN, testLimit: TEST }, log);
 
 async function main() {
   let supernet = SUPERNET;
