@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { OnnxMetadata } from '../export/metadata.js';
-import { NonFiniteScoresError, type TemporalSession } from '../runtime/session.js';
+import { NonFiniteScoresError, type SessionStep, type TemporalSession } from '../runtime/session.js';
 import { DynnError } from '../util/errors.js';
 import { HttpError, invalidInput, nonFiniteScores } from './errors.js';
 import { parseBinaryRequest, parseJsonRequest, type InputSpec } from './input.js';
@@ -111,22 +111,10 @@ function unknownSession(id: string, idleMs: number): HttpError {
   return new HttpError(404, 'unknown_session', `no session "${shown}": unknown, closed, or expired after ${idleMs} ms without use; open one with POST /v1/sessions`);
 }
 
-/** The JSON answer of `POST /v1/sessions/:id/predict`. */
-export interface SessionPredictResponse {
-  class: number;
+/** The JSON answer of `POST /v1/sessions/:id/predict`: the session's step (`SessionStep`), its scores as numbers. */
+export interface SessionPredictResponse extends Omit<SessionStep, 'scores' | 'ms'> {
   className: string;
   scores: number[];
-  /** The utilization this frame ran at (the controller's plan; a session's first frame: the start action). */
-  u: number;
-  /** The network level that ran. */
-  level: number;
-  /** The utilization planned for the session's next frame. */
-  nextU: number;
-  /** A controller over (u, r): the input resolution this frame ran at, and the next frame's. */
-  resolution?: number;
-  nextResolution?: number;
-  /** FLOPs of this frame over the network's at u = 1, the controller's decision included. */
-  flopsRatio: number;
   /** The session's idle time left after this answer, ms. */
   expiresInMs: number;
   /** Server-side times, ms. */
