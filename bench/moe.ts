@@ -29,7 +29,9 @@ import { RoutingState } from '../src/route/context.js';
 import type { GateMode } from '../src/layers/types.js';
 import { initEngine } from '../src/engine/backend.js';
 import { writeFileAtomic } from '../src/util/fs.js';
-import { benchArgs, scratchRuns } from './common.js';
+import { benchArgs, nodeTimes, scratchRuns } from './common.js';
+import { readFileSync } from 'node:fs';
+import { nhwcToNchw } from '../src/runtime/core.js';
 import { median } from '../src/eval/latency.js';
 import { saveSegments } from '../src/export/segments.js';
 import { saveOnnx } from '../src/export/export.js';
@@ -85,8 +87,8 @@ function times(runs: { model: Network; mode?: GateMode }[], test: ImageSet): { b
   return out;
 }
 
-/** The mixture rebuilt with evaluation capacity factor `cf` (its weights copied): what the limit costs, measured. */
-function atCapacity(model: Network, cf: number, extra: Partial<MoeArgs> = {}): Network {
+/** The mixture rebuilt with evaluation capacity factor `cf` (undefined: no limit; its weights copied): what the limit costs, measured. */
+function atCapacity(model: Network, cf: number | undefined, extra: Partial<MoeArgs> = {}): Network {
   const m = createModel(model.config.model, { ...model.config.args, evalCapacityFactor: cf, ...extra });
   m.setWeights(model.getWeights());
   return m;
@@ -156,14 +158,24 @@ function routeAll(model: Network, test: ImageSet): { predicted: Int32Array; expe
 const spread = (xs: number[]) => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs), rounds: xs });
 const fmt = (x: { median: number; min: number; max: number }) => `${x.median.toFixed(2)}x (${x.min.toFixed(2)}-${x.max.toFixed(2)})`;
 
+/**
+ * The dense MLP's hidden width with the head's active MACs per sample at inference: the router's E scores
+ * and k experts (each in -> HIDDEN -> classes), over in + classes per hidden unit; a multiple of 8 (its groups).
+ */
+function sameActiveHidden(k: number, test: ImageSet): number {
+  const inputs = test.height * test.width * test.channels;
+  const classes = 10;
+  return 8 * Math.round((10 * inputs + k * (inputs * HIDDEN + HIDDEN * classes)) / (inputs + classes) / 8);
+}
+
 async function heads(test: ImageSet) {
-  log(`2. the classifier head: 10 MLP experts (hidden ${HIDDEN}) on the pixels, top-k ${TOP_KS.join('/')}, against the dense MLP of the same active FLOPs, ${HEAD_EPOCHS} epoch(s)`);
+  log(`2. the classifier head: 10 MLP experts (hidden ${HIDDEN}) on the pixels, top-k ${TOP_KS.join('/')}, against the dense MLP of the same active FLOPs (the router's scores included: hidden ${TOP_KS.map((k) => sameActiveHidden(k, test)).join('/')}), ${HEAD_EPOCHS} epoch(s)`);
   const out = [];
   const acc = (pred: Int32Array, rows: number[]) => rows.filter((i) => pred[i] === test.labels[i]).length / Math.max(1, rows.length);
   for (const k of TOP_KS) {
     // Trained in batch order into the residual (the first measurement's settings; the defaults are now score and next).
     const moe = (await train(base(`head-moe-k${k}`, { model: 'mlp-moe', modelArgs: { experts: 10, topK: k, hidden: HIDDEN, switchWeight: 0.1, priority: 'batch', overflow: 'residual' }, epochs: HEAD_EPOCHS }))).model;
-    const dense = (await train(base(`head-dense-k${k}`, { model: 'mlp-w', modelArgs: { hidden: [k * HIDDEN] }, schedule: 'vanilla', epochs: HEAD_EPOCHS }))).model;
+    const dense = (await train(base(`head-dense-k${k}`, { model: 'mlp-w', modelArgs: { hidden: [sameActiveHidden(k, test)] }, schedule: 'vanilla', epochs: HEAD_EPOCHS }))).model;
     // A factor of E / k lets an expert take the whole batch: no limit.
     // Each setting explicit: the trained head's own (batch, residual) would otherwise carry into the others.
     const batchOrder: Partial<MoeArgs> = { priority: 'batch', overflow: 'residual' };
@@ -187,7 +199,9 @@ async function heads(test: ImageSet) {
     const looped = atCapacity(moe, 2, { stack: false });
     const rounds = Array.from({ length: ROUNDS }, () => times([{ model: loose }, { model: looped }, { model: dense }], test));
     const tjs = (n: 'batch1' | 'batch64') => ({ stacked: spread(rounds.map((r) => r[0][n] / r[2][n])), perExpert: spread(rounds.map((r) => r[1][n] / r[2][n])) });
-    const onnx = await onnxTimes(loose, looped, dense, test, `k${k}`);
+    // Exported without a limit (what `dynn export` writes by default): the dispatch inside one graph.
+    const unlimited = atCapacity(moe, undefined);
+    const onnx = await onnxTimes(unlimited, loose, looped, dense, test, `k${k}`);
     const e = eFree.experts!.moe;
     const row: Record<string, unknown> = {
       topK: k,
@@ -201,13 +215,14 @@ async function heads(test: ImageSet) {
       latencyMs: rounds,
       timeRatio: { tfjs: { batch1: tjs('batch1'), batch64: tjs('batch64') }, onnx: onnx.ratios },
       onnxMs: onnx.ms,
+      onnxKernelShare: onnx.kernelShare,
     };
     const t = { b1: tjs('batch1'), b64: tjs('batch64') };
     log(
       `  top-${k}: ${pct(eFree.accuracy)} without a limit, ${pct(eLoose.accuracy)} at 2; at 1.25: ${pct(eTight.accuracy)} (overflow ${pct(eTight.overflowRate!)}), next ${pct(eNext.accuracy)}, priority ${pct(eBpr.accuracy)}, priority+next ${pct(eBprNext.accuracy)}; dense ${pct(dAcc)}; most used expert ${pct(e.maxShare)} (CV ${e.cv.toFixed(3)})\n` +
         `    overflowed at 1.25: ${who.overflowed} samples, ${pct(who.accuracyWithoutLimit)} of them right without a limit, mean place in batch ${who.meanPlaceInBatch.toFixed(1)} of 64; stacked padding ${pct((row.padding as { atCapacity2: number }).atCapacity2)} of the slots at 2 (${pct((row.padding as { withoutLimit: number }).withoutLimit)} without a limit)\n` +
         `    time over dense, TF.js: stacked ${fmt(t.b1.stacked)} @1, ${fmt(t.b64.stacked)} @64; per expert ${fmt(t.b1.perExpert)} @1, ${fmt(t.b64.perExpert)} @64\n` +
-        `    ONNX Runtime: stacked ${fmt(onnx.ratios.batch1.stacked)} @1, ${fmt(onnx.ratios.batch64.stacked)} @64; per expert ${fmt(onnx.ratios.batch1.perExpert)} @1, ${fmt(onnx.ratios.batch64.perExpert)} @64`,
+        `    ONNX Runtime: one graph ${fmt(onnx.ratios.batch1.inGraph)} @1, ${fmt(onnx.ratios.batch64.inGraph)} @64 (kernel time: experts ${pct(onnx.kernelShare.experts)}, router ${pct(onnx.kernelShare.router)}, dispatch ${pct(onnx.kernelShare.dispatch)}); runtime dispatch, stacked ${fmt(onnx.ratios.batch1.stacked)} @1, ${fmt(onnx.ratios.batch64.stacked)} @64; per expert ${fmt(onnx.ratios.batch1.perExpert)} @1, ${fmt(onnx.ratios.batch64.perExpert)} @64`,
     );
     if (k === 1) {
       // Trained as it is deployed at 1.25: batch priority and overflow to the next choice in training too.
@@ -219,23 +234,30 @@ async function heads(test: ImageSet) {
       for (const m of [bpr, ...variants]) m.dispose();
     }
     out.push(row);
-    for (const m of [moe, dense, free, loose, tight, tightNext, tightBpr, tightBprNext, looped]) m.dispose();
+    for (const m of [moe, dense, free, loose, tight, tightNext, tightBpr, tightBprNext, looped, unlimited]) m.dispose();
   }
   return out;
 }
 
 /**
- * ONNX Runtime (2 threads, no spinning), batch 1 and 64, ROUNDS rounds of turns: the mixture exported by
- * segments with its experts stacked (the router, then one run of the stacked graph), the same with one graph
- * per expert, and the dense head as one file. Ratios over the dense head, per round.
+ * ONNX Runtime, batch 1 and 64, ROUNDS rounds of turns, each form at 1 and 2 threads (no spinning) and the
+ * faster of the two per round, as the PyTorch peer runs: the mixture as `dynn export` writes it without a
+ * capacity limit (`free`: one graph, the dispatch inside it), with a limit (`stacked`: the router graph, then
+ * the runtime's dispatch to the stacked graph, or to one graph per expert where padding would not pay), the
+ * same with one graph per expert only (`looped`), and the dense head as one file. Ratios over the dense
+ * head, per round; and, from ONNX Runtime's profile of the one-graph form at batch 64, the share of its
+ * kernel time in the experts' nodes, the router's and the dispatch's.
  */
-async function onnxTimes(stacked: Network, looped: Network, dense: Network, test: ImageSet, tag: string) {
-  const dirs = [path.join(ROOT, `head-${tag}.onnx`), path.join(ROOT, `head-${tag}-per-expert.onnx`)];
-  await saveSegments(stacked, dirs[0], { force: true });
-  await saveSegments(looped, dirs[1], { force: true });
-  const file = path.join(ROOT, `head-dense-${tag}.onnx`);
-  await saveOnnx(dense, file);
-  const sessions = [await openSession(dirs[0], { threads: 2, spinning: false }), await openSession(dirs[1], { threads: 2, spinning: false }), await openSession(file, { threads: 2, spinning: false })];
+async function onnxTimes(free: Network, stacked: Network, looped: Network, dense: Network, test: ImageSet, tag: string) {
+  const files = [path.join(ROOT, `head-${tag}-in-graph.onnx`), path.join(ROOT, `head-${tag}-stacked.onnx`), path.join(ROOT, `head-${tag}-per-expert.onnx`)];
+  await saveSegments(free, files[0], { force: true });
+  await saveSegments(stacked, files[1], { force: true });
+  await saveSegments(looped, files[2], { force: true });
+  files.push(path.join(ROOT, `head-dense-${tag}.onnx`));
+  await saveOnnx(dense, files[3]);
+  const THREADS = [1, 2];
+  const sessions = await Promise.all(files.flatMap((f) => THREADS.map((threads) => openSession(f, { threads, spinning: false }))));
+  // ms[batch][round][form]: the faster thread count's median.
   const ms: Record<'batch1' | 'batch64', number[][]> = { batch1: [], batch64: [] };
   for (let r = 0; r < ROUNDS; r++) {
     for (const n of [1, 64]) {
@@ -248,12 +270,25 @@ async function onnxTimes(stacked: Network, looped: Network, dense: Network, test
           if (i >= 3) got[j].push(performance.now() - t0);
         }
       }
-      ms[n === 1 ? 'batch1' : 'batch64'].push(got.map(median));
+      const med = got.map(median);
+      ms[n === 1 ? 'batch1' : 'batch64'].push(files.map((_, f) => Math.min(...THREADS.map((_, t) => med[f * THREADS.length + t]))));
     }
   }
   for (const s of sessions) await s.release();
-  const ratios = (n: 'batch1' | 'batch64') => ({ stacked: spread(ms[n].map((t) => t[0] / t[2])), perExpert: spread(ms[n].map((t) => t[1] / t[2])) });
-  return { ms, ratios: { batch1: ratios('batch1'), batch64: ratios('batch64') } };
+  const ratios = (n: 'batch1' | 'batch64') => ({
+    inGraph: spread(ms[n].map((t) => t[0] / t[3])),
+    stacked: spread(ms[n].map((t) => t[1] / t[3])),
+    perExpert: spread(ms[n].map((t) => t[2] / t[3])),
+  });
+  const segment = JSON.parse(readFileSync(path.join(files[0], 'manifest.json'), 'utf8')).segments[0].graph.file as string;
+  const x64 = nhwcToNchw(toFloat(test, 0, 64, new Float32Array(64 * test.height * test.width * test.channels)), [test.channels, test.height, test.width]);
+  const nodes = await nodeTimes(path.join(files[0], segment), { x: { data: x64, dims: [64, test.channels, test.height, test.width] } }, 50);
+  const total = nodes.reduce((a, t) => a + t.us, 0);
+  const share = (test: (name: string) => boolean) => nodes.filter((t) => test(t.name)).reduce((a, t) => a + t.us, 0) / total;
+  const expert = (m: string) => /\/moe\.e\d+\//.test(m);
+  const router = (m: string) => m.includes('/moe/router');
+  const kernelShare = { experts: share(expert), router: share(router), dispatch: share((m) => m.includes('/moe/') && !router(m) && !expert(m)) };
+  return { ms, ratios: { batch1: ratios('batch1'), batch64: ratios('batch64') }, kernelShare };
 }
 
 /**

@@ -129,7 +129,9 @@ async function exportDynamic(model: import('../models/network.js').Network, meta
   else {
     const gated = manifest.segments.filter((s) => s.kind === 'gated').length;
     const switches = manifest.segments.flatMap((s) => (s.kind === 'switch' ? [`a switch (${s.name}) of a gate and ${s.routes.length} route graphs`] : []));
-    const mixtures = manifest.segments.flatMap((s) => (s.kind === 'moe' ? [`a mixture (${s.name}) of a router and ${s.experts} expert graphs`] : []));
+    const mixtures = manifest.segments.flatMap((s) =>
+      s.kind === 'moe' ? [`a mixture (${s.name}) of a router and ${s.experts} expert graphs`] : s.kind === 'plain' ? (s.mixtures ?? []).map((mx) => `a mixture (${mx.name}) of ${mx.experts} experts dispatched inside its graph`) : [],
+    );
     const spatial = manifest.segments.filter((s) => s.kind === 'spatial').length;
     const parts = [...(gated || !(switches.length + mixtures.length + spatial) ? [`${gated} gated blocks each a gate and a body graph`] : []), ...(spatial ? [`${spatial} spatially gated blocks each one graph`] : []), ...switches, ...mixtures].join(', ');
     io.out(`wrote ${o.onnx}/ (${manifest.model.model} with ${String(model.config.args.dynamic)} gates: ${manifest.segments.length} segments, ${parts}, threshold ${threshold}; serve it with \`dynn serve ${o.onnx}\`)\n`);

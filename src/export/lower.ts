@@ -27,6 +27,11 @@ export interface BranchContext {
   prefix: string;
   /** Full dims of each top-level weight initializer (ONNX layout), by dynn weight name. */
   dims: Map<string, number[]>;
+  /**
+   * Where a mixture of experts lowered into the graph (`export/moe.ts`) puts the name of its [batch, k] float
+   * tensor of each sample's experts; absent where the graph has no such output (one-file exports).
+   */
+  routes?: string[];
 }
 
 /** What a layer becomes in a branch: the output value's name and which channels it holds. */

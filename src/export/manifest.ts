@@ -24,6 +24,8 @@ export const SEGMENT_IO = {
   y: 'y',
   /** Gate graphs' output: one logit per group, [batch, groups]. */
   logits: 'logits',
+  /** Plain graphs with mixtures inside: each sample's experts, [batch, sum of the mixtures' k], float32. */
+  routes: 'routes',
 } as const;
 
 const hex64 = z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 lowercase hex digits');
@@ -40,11 +42,26 @@ const dim = z.number().int().positive().max(METADATA_LIMITS.maxDim);
 const sampleShape = z.array(dim).min(1).max(3);
 const nonNegative = z.number().nonnegative();
 
+/** A mixture of experts that dispatches inside its plain segment's graph (no capacity limit, `export/moe.ts`). */
+const mixtureInfo = z.object({
+  /** The mixture's name (its decisions' key; with k > 1, slot s is `<name>.k<s>`). */
+  name: z.string().min(1),
+  experts: z.number().int().min(1).max(METADATA_LIMITS.maxLevels),
+  topK: z.number().int().min(1).max(METADATA_LIMITS.maxLevels),
+  residual: z.boolean(),
+  /** MACs of the router, and of each expert (a sample spends gateMacs plus its experts'). */
+  gateMacs: nonNegative,
+  expertMacs: z.array(nonNegative).min(1).max(METADATA_LIMITS.maxLevels),
+});
+
 const plainSegment = z.object({
   kind: z.literal('plain'),
   /** The layers it runs, first..last. */
   name: z.string().min(1),
+  /** `x` -> `y`; with mixtures inside, also `routes`: their experts per sample, the mixtures' k columns in order. */
   graph: graphRef,
+  /** The mixtures of experts dispatched inside the graph, in order (absent: none). */
+  mixtures: z.array(mixtureInfo).min(1).max(METADATA_LIMITS.maxLevels).optional(),
   input: sampleShape,
   output: sampleShape,
 });
@@ -153,6 +170,10 @@ const manifestSchema = z
       if (s.kind === 'gated' && (s.input.length !== 3 || s.output.length !== 3)) issue(['segments', i], 'a gated block maps [C, H, W] to [C, H, W]');
       if (s.kind === 'spatial' && (s.input.length !== 3 || s.input.join() !== s.output.join() || s.positions !== s.input[1] * s.input[2])) issue(['segments', i], 'a spatially gated block keeps its [C, H, W] shape and has H * W positions');
       if (s.kind === 'switch' && s.routes.length !== s.routeMacs.length) issue(['segments', i, 'routes'], `${s.routes.length} route graphs for ${s.routeMacs.length} route costs`);
+      (s.kind === 'plain' ? (s.mixtures ?? []) : []).forEach((mx, j) => {
+        if (mx.expertMacs.length !== mx.experts) issue(['segments', i, 'mixtures', j, 'expertMacs'], `${mx.expertMacs.length} expert costs for ${mx.experts} experts`);
+        if (mx.topK > mx.experts) issue(['segments', i, 'mixtures', j, 'topK'], `top-k ${mx.topK} exceeds the ${mx.experts} experts`);
+      });
       if (s.kind === 'moe') {
         if (s.stacked && s.expertGraphs.length === 0) issue(['segments', i, 'expertGraphs'], 'a stacked mixture exported without its per-expert graphs (by an earlier dynn); export the run again');
         else if (s.expertGraphs.length !== s.experts) issue(['segments', i, 'expertGraphs'], `${s.expertGraphs.length} expert graphs and ${s.expertMacs.length} expert costs for ${s.experts} experts`);
@@ -197,19 +218,26 @@ export function parseManifest(text: string, source: string): SegmentsManifest {
 
 /**
  * The executed FLOPs ratio of each sample from its decisions per deciding segment (`counts[j]` for the j-th
- * gated, switch or spatial one: inner groups, the route taken, or positions computed; a mixture gives k of
- * them, each sample's expert per slot or -1 where it overflowed) and, per spatial segment, what its graph
+ * gated, switch or spatial one: inner groups, the route taken, or positions computed; a mixture, a segment
+ * of its own or inside a plain one, gives k of them, each sample's expert per slot or -1 where it
+ * overflowed) and, per spatial segment, what its graph
  * reports it computed (`computed[k]` for the k-th: [batch, 2], conv1's and conv2's positions).
  */
 export function routedRatios(m: SegmentsManifest, counts: Int32Array[], batch: number, computed: Float32Array[] = []): Float64Array {
   const out = new Float64Array(batch).fill(m.macs.fixed);
   let j = 0;
   let k = 0;
+  const mixture = (mx: { topK: number; gateMacs: number; expertMacs: number[] }) => {
+    for (let i = 0; i < batch; i++) out[i] += mx.gateMacs;
+    for (let slot = 0; slot < mx.topK; slot++) counts[j++].forEach((e, i) => e >= 0 && (out[i] += mx.expertMacs[e]));
+  };
   for (const s of m.segments) {
-    if (s.kind === 'plain') continue;
+    if (s.kind === 'plain') {
+      s.mixtures?.forEach(mixture);
+      continue;
+    }
     if (s.kind === 'moe') {
-      for (let i = 0; i < batch; i++) out[i] += s.gateMacs;
-      for (let slot = 0; slot < s.topK; slot++) counts[j++].forEach((e, i) => e >= 0 && (out[i] += s.expertMacs[e]));
+      mixture(s);
       continue;
     }
     const c = counts[j++];

@@ -24,14 +24,15 @@ before(async () => {
   await initEngine('wasm');
 });
 
+/** Mixtures with a capacity limit at evaluation: the runtime dispatches them (`moe` segments). */
 const nets: [string, () => Network][] = [
-  ['vgg-moe', () => createModel('vgg-moe', { inputShape: [8, 8, 2], numClasses: 3, groups: 4, widths: [8, 8, 16, 16], hidden: 16, experts: 4, topK: 1 })],
+  ['vgg-moe', () => createModel('vgg-moe', { inputShape: [8, 8, 2], numClasses: 3, groups: 4, widths: [8, 8, 16, 16], hidden: 16, experts: 4, topK: 1, evalCapacityFactor: 2 })],
   ['resnet-moe', () => createModel('resnet-moe', { inputShape: [8, 8, 2], numClasses: 3, width: 4, blocksPerStage: 2, experts: 3, topK: 2, overflow: 'next', priority: 'score', evalCapacityFactor: 1 })],
 ];
 
 /**
  * Spreads every router's scores over its experts for the batch `x`: a large random kernel on the block's
- * pooled input, centred over the batch through the bias (pooled ReLU features share a large common part).
+ * (pooled) input, centred over the batch through the bias (pooled ReLU features share a large common part).
  */
 function spreadRouters(model: Network, x: tf.Tensor): void {
   const ctx = { plan: model.plan(1), training: false };
@@ -40,7 +41,7 @@ function spreadRouters(model: Network, x: tf.Tensor): void {
     let sel = fullSel(x.shape[3]!);
     for (const l of model.layers) {
       if (l instanceof MoeBlock) {
-        const mean = tf.mean(tf.mean(y, [1, 2]), 0);
+        const mean = tf.mean(y.rank === 4 ? tf.mean(y, [1, 2]) : y, 0);
         const kernel = tf.randomNormal([mean.shape[0], 2 * l.experts], 0, 20, 'float32', 3);
         for (const w of model.weights()) {
           if (w.name === `${l.name}.gate.fc.kernel`) w.variable.assign(kernel);
@@ -55,7 +56,7 @@ function spreadRouters(model: Network, x: tf.Tensor): void {
 const toNchw = (x: tf.Tensor) => tf.tidy(() => tf.transpose(x, [0, 3, 1, 2]).dataSync() as Float32Array);
 
 for (const [name, make] of nets) {
-  test(`${name} exports by segments (a router graph, one graph per expert) and runs in ONNX Runtime with TF.js's experts and scores within 1e-4, each expert once on its rows`, async () => {
+  test(`${name} with a capacity limit exports by segments (a router graph, one graph per expert) and runs in ONNX Runtime with TF.js's experts and scores within 1e-4, each expert once on its rows`, async () => {
     const model = make();
     randomizeStatistics(model, 3);
     const x = tf.tidy(() => tf.mul(tf.randomNormal([16, 8, 8, 2], 0, 1, 'float32', 8), tf.reshape(tf.linspace(0.1, 3, 16), [16, 1, 1, 1])));
@@ -140,9 +141,9 @@ test('dynn serve of a mixture folder and the web entry give the in-thread dispat
   }
 });
 
-test('mlp-moe exports its alike experts as one stacked graph ([E, rows, in] -> [E, rows, out]) that ONNX Runtime runs once per batch on rows padded to the most loaded expert, with TF.js\'s experts and scores', async () => {
+test('mlp-moe with a capacity limit exports its alike experts as one stacked graph ([E, rows, in] -> [E, rows, out]) that ONNX Runtime runs once per batch on rows padded to the most loaded expert, with TF.js\'s experts and scores', async () => {
   for (const topK of [1, 2]) {
-    const model = createModel('mlp-moe', { inputShape: [8, 8, 2], numClasses: 3, experts: 4, hidden: 8, topK });
+    const model = createModel('mlp-moe', { inputShape: [8, 8, 2], numClasses: 3, experts: 4, hidden: 8, topK, evalCapacityFactor: 4 });
     tf.tidy(() => {
       for (const w of model.weights()) if (w.name === 'moe.gate.fc.kernel') w.variable.assign(tf.randomNormal(w.variable.shape, 0, 1, 'float32', 4));
     });
@@ -191,4 +192,134 @@ test('mlp-moe exports its alike experts as one stacked graph ([E, rows, in] -> [
       model.dispose();
     }
   }
+});
+
+/**
+ * Rows that each node of the graph at `file` processed for input `x` ([n, ...dims]), by node name, from ONNX
+ * Runtime's profile (the first input's leading dim of each kernel run).
+ */
+async function rowsPerNode(file: string, x: Float32Array, dims: number[]): Promise<{ name: string; op: string; rows: number }[]> {
+  const ort = await import('onnxruntime-node');
+  const { readdirSync } = await import('node:fs');
+  const prefix = path.join(tmp, `profile-${path.basename(path.dirname(file))}`);
+  const s = await ort.InferenceSession.create(file, { intraOpNumThreads: 1, enableProfiling: true, profileFilePrefix: prefix });
+  await s.run({ x: new ort.Tensor('float32', x, dims) });
+  s.endProfiling();
+  await s.release();
+  const json = readdirSync(tmp).find((f) => path.join(tmp, f).startsWith(prefix))!;
+  type Event = { cat: string; name: string; args?: { op_name?: string; input_type_shape?: Record<string, number[]>[] } };
+  const events = JSON.parse(readFileSync(path.join(tmp, json), 'utf8')) as Event[];
+  rmSync(path.join(tmp, json));
+  return events
+    .filter((e) => e.cat === 'Node' && e.name.endsWith('_kernel_time') && e.args?.input_type_shape?.length)
+    .map((e) => ({ name: e.name, op: e.args!.op_name!, rows: Object.values(e.args!.input_type_shape![0])[0][0] }));
+}
+
+const inGraph: [string, () => Network][] = [
+  ['vgg-moe', () => createModel('vgg-moe', { inputShape: [8, 8, 2], numClasses: 3, groups: 4, widths: [8, 8, 16, 16], hidden: 16, experts: 4, topK: 1 })],
+  ['resnet-moe', () => createModel('resnet-moe', { inputShape: [8, 8, 2], numClasses: 3, width: 4, blocksPerStage: 2, experts: 3, topK: 2 })],
+  ['mlp-moe', () => createModel('mlp-moe', { inputShape: [8, 8, 2], numClasses: 3, experts: 4, hidden: 8, topK: 2 })],
+];
+
+for (const [name, make] of inGraph) {
+  test(`${name} without a capacity limit dispatches inside one graph: TF.js's experts, scores within 1e-4 and FLOPs, each expert's nodes on exactly its rows, node and web alike`, async () => {
+    const model = make();
+    randomizeStatistics(model, 3);
+    const x = tf.tidy(() => tf.mul(tf.randomNormal([16, 8, 8, 2], 0, 1, 'float32', 8), tf.reshape(tf.linspace(0.1, 3, 16), [16, 1, 1, 1])));
+    spreadRouters(model, x);
+    const dir = path.join(tmp, `${name}-in-graph`);
+    const m = await saveSegments(model, dir);
+    assert.ok(m.segments.every((s) => s.kind === 'plain'), 'no runtime-dispatched segment');
+    const mixtures = m.segments.flatMap((s) => (s.kind === 'plain' ? (s.mixtures ?? []) : []));
+    assert.equal(mixtures.length, name === 'resnet-moe' ? 2 : 1);
+    const routing = RoutingState.start('hard', 16);
+    const ref = tf.tidy(() => model.forward(x, model.plan(1), { routing }).dataSync() as Float32Array);
+    const { fixed, backbone } = model.routedMacs(1);
+    const slots = mixtures.flatMap((mx) => (mx.topK > 1 ? Array.from({ length: mx.topK }, (_, k) => `${mx.name}.k${k}`) : [mx.name]));
+    const session = (await openSession(dir, { threads: 1 })) as SegmentedSession;
+    const runs: unknown[] = [];
+    const graphs = (session as unknown as { parts: { graph: { run: (...a: unknown[]) => Promise<unknown> } }[] }).parts.map((p) => p.graph);
+    const run = graphs[0].run;
+    try {
+      for (const g of graphs) g.run = function (...a: unknown[]) { runs.push(g); return run.apply(this, a); };
+      const got = await session.runRouted(toNchw(x));
+      assert.equal(runs.length, m.segments.length, 'one session run per segment');
+      slots.forEach((g, j) => assert.deepEqual([...got.counts[j]], [...routing.decisions.get(g)!], `same experts per sample at ${g}`));
+      assert.ok(relErr(ref, got.scores) < 1e-4, `scores: ${relErr(ref, got.scores)}`);
+      got.flopsRatios.forEach((r, i) => assert.ok(Math.abs(r - (fixed + routing.executedMacs[i]) / backbone) < 1e-9, `FLOPs ratio of sample ${i}`));
+      // The segment holding the first mixture, on its own input: every node of expert e sees exactly e's rows.
+      const at = m.segments.findIndex((s) => s.kind === 'plain' && s.mixtures);
+      const seg = m.segments[at];
+      const input = tf.tidy(() => {
+        let y: tf.Tensor = x;
+        let sel = fullSel(2);
+        for (const l of model.layers) {
+          if (l.name === seg.name.split('..')[0]) break;
+          ({ y, sel } = l.call(y, sel, { plan: model.plan(1), training: false, routing: RoutingState.start('hard', 16) }));
+        }
+        return toNchw(y.rank === 4 ? y : tf.reshape(y, [16, 1, 1, -1]));
+      });
+      const mx = mixtures[0];
+      const load = new Array<number>(mx.experts).fill(0);
+      for (const g of slots.filter((g) => g === mx.name || g.startsWith(`${mx.name}.k`))) routing.decisions.get(g)!.forEach((e) => load[e]++);
+      assert.ok(load.filter((l) => l > 0).length >= 2, `the router spreads samples (${load})`);
+      const nodes = await rowsPerNode(path.join(dir, seg.graph.file), input, [16, ...seg.input]);
+      for (let e = 0; e < mx.experts; e++) {
+        const mine = nodes.filter((n) => n.name.includes(`/${mx.name}.e${e}/`));
+        assert.ok(load[e] === 0 || mine.length > 0, `expert ${e}'s nodes ran`);
+        for (const n of mine) assert.equal(n.rows, load[e], `${n.name} (${n.op}) ran on ${n.rows} rows, expert ${e} has ${load[e]}`);
+      }
+      // The browser entry runs the same graph.
+      const http = await serveFolder(dir, 'g');
+      try {
+        const web = await loadWebSegments(`${http.base}/g`);
+        const w = await web.runRouted(toNchw(x));
+        assert.deepEqual(w.counts, got.counts);
+        assert.ok(relErr(got.scores, w.scores) < 1e-5);
+        await web.release();
+      } finally {
+        http.close();
+      }
+    } finally {
+      for (const g of graphs) g.run = run;
+      await session.release();
+      x.dispose();
+      model.dispose();
+    }
+  });
+}
+
+test('in-graph mixtures: a batch of one (idle experts run on empty parts), a router that ties (every sample to expert 0, as the shared rule breaks ties), and a manifest that does not add up', async () => {
+  const model = createModel('mlp-moe', { inputShape: [8, 8, 2], numClasses: 3, experts: 4, hidden: 8, topK: 1 });
+  tf.tidy(() => {
+    for (const w of model.weights()) if (w.name.startsWith('moe.gate.fc.')) w.variable.assign(tf.zerosLike(w.variable));
+  });
+  const dir = path.join(tmp, 'mlp-moe-ties');
+  await saveSegments(model, dir);
+  const session = (await openSession(dir, { threads: 1 })) as SegmentedSession;
+  const x = tf.randomNormal([5, 8, 8, 2], 0, 1, 'float32', 2);
+  try {
+    for (const n of [5, 1]) {
+      const xs = tf.slice(x, 0, n);
+      const routing = RoutingState.start('hard', n);
+      const ref = tf.tidy(() => model.forward(xs, model.plan(1), { routing }).dataSync() as Float32Array);
+      const got = await session.runRouted(toNchw(xs));
+      xs.dispose();
+      assert.deepEqual([...got.counts[0]], new Array(n).fill(0));
+      assert.deepEqual([...routing.decisions.get('moe')!], new Array(n).fill(0));
+      assert.ok(relErr(ref, got.scores) < 1e-4);
+    }
+  } finally {
+    x.dispose();
+    await session.release();
+    model.dispose();
+  }
+  const text = readFileSync(path.join(dir, MANIFEST_FILE), 'utf8');
+  const bad = (edit: (mx: Record<string, unknown>) => void) => {
+    const m = JSON.parse(text);
+    edit(m.segments[0].mixtures[0]);
+    return JSON.stringify(m);
+  };
+  assert.throws(() => parseManifest(bad((mx) => (mx.topK = 5)), 'x'), /mixtures\.0\.topK: top-k 5 exceeds the 4 experts/);
+  assert.throws(() => parseManifest(bad((mx) => (mx.expertMacs = [1, 2])), 'x'), /2 expert costs for 4 experts/);
 });

@@ -12,6 +12,7 @@ import { WholeSwitch } from '../route/whole.js';
 import { MoeBlock } from '../route/moe.js';
 import { SpatialResidualBlock } from '../route/spatial.js';
 import { lowerSpatial } from './spatial.js';
+import { dispatchesInGraph } from './moe.js';
 import { gateMacsOf, innerPlan } from '../route/unit.js';
 import { checkGateThreshold } from '../route/modes.js';
 import { DynnError } from '../util/errors.js';
@@ -72,9 +73,19 @@ import type { SwitchRoute } from '../route/switch.js';
 /** The gated units that export by segments. */
 export type GatedBlock = GatedResidualBlock | GatedDenseUnit;
 const isGatedBlock = (l: Layer): l is GatedBlock => l instanceof GatedResidualBlock || l instanceof GatedDenseUnit;
-/** Layers that are a segment of their own: gated units and switches. */
-const isDeciding = (l: Layer): boolean => isGatedBlock(l) || isSwitch(l) || l instanceof MoeBlock || l instanceof SpatialResidualBlock;
+/** Layers that are a segment of their own: gated units, switches, spatially gated blocks and mixtures the runtime dispatches (with a capacity limit; the others dispatch inside a plain graph, `export/moe.ts`). */
+const isDeciding = (l: Layer): boolean => isGatedBlock(l) || isSwitch(l) || (l instanceof MoeBlock && !dispatchesInGraph(l)) || l instanceof SpatialResidualBlock;
 const isSwitch = (l: Layer): l is WidthSwitch | WholeSwitch<never> => l instanceof WidthSwitch || l instanceof WholeSwitch;
+
+/** What the manifest says of the mixtures a plain segment dispatches inside its graph, in order; `sel` is the segment's input. */
+function mixturesIn(layers: Layer[], sel: ChannelSel, full: Plan) {
+  const out = [];
+  for (const l of layers) {
+    if (l instanceof MoeBlock) out.push({ name: l.name, experts: l.experts, topK: l.topK, residual: l.args.residual === true, gateMacs: gateMacsOf(l.gate, sel), expertMacs: l.expertMacs(sel, full) });
+    sel = l.outSel(sel, full);
+  }
+  return out;
+}
 
 /** A switch as export by segments lowers it: a gate graph (after an optional resize of `x`) and one graph per route. */
 interface SwitchParts {
@@ -284,7 +295,7 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
         input,
         output,
       });
-    } else if (first instanceof MoeBlock) {
+    } else if (first instanceof MoeBlock && !dispatchesInGraph(first)) {
       const mb = first;
       const E = mb.experts;
       const gate = gateSegment(weights, mb.name, mb.gate, 2 * E, sel, full);
@@ -333,11 +344,18 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
     } else if (!isGatedBlock(first)) {
       const sg = new SegmentGraph(`segment_${tag}`, weights, layers);
       sg.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(first.inShape)));
-      const y = lowerChain(layers, SEGMENT_IO.x, sel, sg.ctx(full, 'p')).y;
+      const routes: string[] = [];
+      const y = lowerChain(layers, SEGMENT_IO.x, sel, { ...sg.ctx(full, 'p'), routes }).y;
       sg.g.nodeTo('Identity', [y], SEGMENT_IO.y);
       sg.g.output(floatValueInfo(SEGMENT_IO.y, batchDims(last.outShape)));
+      // Mixtures dispatched inside the graph: their experts per sample, as one more output.
+      const mixtures = mixturesIn(layers, sel, full);
+      if (routes.length > 0) {
+        sg.g.nodeTo('Concat', routes, SEGMENT_IO.routes, { axis: attr.int(1) });
+        sg.g.output(floatValueInfo(SEGMENT_IO.routes, ['batch', mixtures.reduce((a, mx) => a + mx.topK, 0)]));
+      }
       const name = layers.length > 1 ? `${first.name}..${last.name}` : first.name;
-      segments.push({ kind: 'plain', name, graph: add('', sg, `dynn segment ${name}`), input, output });
+      segments.push({ kind: 'plain', name, graph: add('', sg, `dynn segment ${name}`), ...(mixtures.length ? { mixtures } : {}), input, output });
     } else {
       const block = first;
       const G = block.groups;

@@ -93,7 +93,7 @@ export class MoeBlock extends Composite<MoeArgs> {
     return this.router;
   }
 
-  /** Each expert's layers (what the ONNX export lowers one graph per expert from). */
+  /** Each expert's layers (what the ONNX export lowers, inside the segment's graph or one graph per expert). */
   get expertChains(): readonly Layer[][] {
     return this.expertLayers;
   }
@@ -234,7 +234,7 @@ export class MoeBlock extends Composite<MoeArgs> {
   }
 
   freeze(): FrozenOp[] {
-    throw new DynnError(`${this.name}: a mixture of experts decides per sample; it exports by segments (a router graph and one graph per expert), not as one graph`);
+    throw new DynnError(`${this.name}: a mixture of experts decides per sample; it exports by segments (its dispatch inside a segment's graph, or with a capacity limit a router graph and one graph per expert), not as one file`);
   }
 
   /** The router's cost and every expert's, all marked routed: per sample, the block records what it ran. */

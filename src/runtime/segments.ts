@@ -51,6 +51,27 @@ async function verifySegment(bytes: Uint8Array, source: string, weightsSha256: s
   }
 }
 
+/**
+ * The experts a plain graph's mixtures chose (`routes`: [batch, sum of k], each mixture's k columns in turn),
+ * one Int32Array per slot; a value that is not an expert index of its mixture is refused.
+ */
+function graphRoutes(routes: Float32Array, mixtures: { name: string; experts: number; topK: number }[], batch: number): Int32Array[] {
+  const width = mixtures.reduce((a, mx) => a + mx.topK, 0);
+  if (routes.length !== batch * width) throw new DynnError(`the graph reported ${routes.length} expert choices for ${batch} samples and ${width} slots`);
+  const out: Int32Array[] = [];
+  let col = 0;
+  for (const mx of mixtures) {
+    for (let s = 0; s < mx.topK; s++, col++) {
+      out.push(Int32Array.from({ length: batch }, (_, i) => {
+        const e = routes[i * width + col];
+        if (!(Number.isInteger(e) && e >= 0 && e < mx.experts)) throw new DynnError(`${mx.name}: the graph chose expert ${e} for sample ${i}, not one of its ${mx.experts}`);
+        return e;
+      }));
+    }
+  }
+  return out;
+}
+
 /** The graphs of one segment, as ONNX Runtime sessions. */
 type Loaded =
   | { entry: Extract<SegmentEntry, { kind: 'plain' | 'spatial' }>; graph: InferenceSession }
@@ -88,7 +109,7 @@ export class SegmentedSession {
       numClasses: m.numClasses,
       classNames: m.classNames,
       levels: [{ u: 1, level: 0, minU: 1, flops: 2 * m.macs.backbone, macs: m.macs.backbone, params: 0, flopsRatio: 1 }],
-      routed: { threshold: m.threshold, gatedBlocks: m.segments.filter((s) => s.kind !== 'plain').length },
+      routed: { threshold: m.threshold, gatedBlocks: m.segments.reduce((a, s) => a + (s.kind === 'plain' ? (s.mixtures?.length ?? 0) : 1), 0) },
     };
   }
 
@@ -114,7 +135,11 @@ export class SegmentedSession {
       for (const entry of manifest.segments) {
         const x: Expected = { name: SEGMENT_IO.x, dims: ['batch', ...entry.input] };
         const y: Expected = { name: SEGMENT_IO.y, dims: ['batch', ...entry.output] };
-        if (entry.kind === 'plain') parts.push({ entry, graph: await open(entry.graph.file, entry.graph.weightsSha256, [x], [y]) });
+        if (entry.kind === 'plain') {
+          const slots = (entry.mixtures ?? []).reduce((a, mx) => a + mx.topK, 0);
+          const routes: Expected[] = slots > 0 ? [{ name: SEGMENT_IO.routes, dims: ['batch', slots], width: `${slots} expert slots` }] : [];
+          parts.push({ entry, graph: await open(entry.graph.file, entry.graph.weightsSha256, [x], [y, ...routes]) });
+        }
         else if (entry.kind === 'spatial') {
           const computed: Expected = { name: SPATIAL_IO.computed, dims: ['batch', 2] };
           parts.push({ entry, graph: await open(entry.graph.file, entry.graph.weightsSha256, [x, { name: SPATIAL_IO.cut, dims: [] }], [y, computed]) });
@@ -180,6 +205,15 @@ export class SegmentedSession {
         const c = (out[SPATIAL_IO.computed].data as Float32Array).slice();
         computed.push(c);
         counts.push(Int32Array.from({ length: batch }, (_, i) => c[2 * i + 1]));
+        continue;
+      }
+      if ('graph' in p && p.entry.kind === 'plain' && p.entry.mixtures) {
+        // Mixtures dispatched inside the graph: it also reports each sample's experts.
+        const start = performance.now();
+        const out = await p.graph.run({ [SEGMENT_IO.x]: this.tensor(x, dims) }, [SEGMENT_IO.y, SEGMENT_IO.routes]);
+        ms += performance.now() - start;
+        x = (out[SEGMENT_IO.y].data as Float32Array).slice();
+        counts.push(...graphRoutes(out[SEGMENT_IO.routes].data as Float32Array, p.entry.mixtures, batch));
         continue;
       }
       if ('graph' in p) {
