@@ -30,7 +30,7 @@ import type { GateMode } from '../src/layers/types.js';
 import { initEngine } from '../src/engine/backend.js';
 import { writeFileAtomic } from '../src/util/fs.js';
 import { benchArgs, nodeTimes, scratchRuns } from './common.js';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { nhwcToNchw } from '../src/runtime/core.js';
 import { median } from '../src/eval/latency.js';
 import { saveSegments } from '../src/export/segments.js';
@@ -121,7 +121,25 @@ async function models(test: ImageSet) {
   });
   for (const r of rows) log(`  ${r.name}: ${pct(r.accuracy)}, ${(r.flops / 1e6).toFixed(2)} MFLOPs, ${(r.params / 1e3).toFixed(0)}k params, ${r.latencyMs.batch1.toFixed(2)} ms @1, ${r.latencyMs.batch64.toFixed(2)} ms @64${r.loadCv !== undefined ? `; load ${r.expertLoad!.map((l) => pct(l)).join('/')}, CV ${r.loadCv.toFixed(3)}, overflow ${pct(r.overflowRate!)}` : ''}`);
   log(`  the mixture masked (every expert on every row): ${t[3].batch64.toFixed(2)} ms @64`);
-  const out = { rows, masked: { latencyMs: t[3] }, timeRatio: { batch1: t[0].batch1 / t[1].batch1, batch64: t[0].batch64 / t[1].batch64 } };
+  // ONNX Runtime: the mixture as `dynn export` writes it (no capacity limit: one graph) against vgg-w of the
+  // same active FLOPs, the whole network and the c4 layer alone (its nodes' kernel time: router, dispatch,
+  // experts and the residual add against the dense c4's).
+  const moeFile = path.join(ROOT, 'vgg-moe.onnx');
+  const denseFile = path.join(ROOT, 'vgg-w.onnx');
+  await saveSegments(moe, moeFile, { force: true });
+  await saveOnnx(sameFlops, denseFile);
+  const ort = await ortTurns([moeFile, denseFile], test);
+  // The c4 layer's time: the dense c4's nodes, and for the mixture the same plus whatever the whole graph
+  // takes more (router, dispatch, experts, and the layout changes ONNX Runtime puts around them).
+  const c4 = (m: string) => /\/c4[./]/.test(m);
+  const layerRounds = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    const [mixture, plain] = [await kernelUs(moeFile, test, { c4 }), await kernelUs(denseFile, test, { c4 })];
+    layerRounds.push((plain.picked.c4 + mixture.total - plain.total) / plain.picked.c4);
+  }
+  const onnx = { ms: ort, timeRatio: { batch1: spread(ort.batch1.map((t) => t[0] / t[1])), batch64: spread(ort.batch64.map((t) => t[0] / t[1])) }, c4LayerRatio: spread(layerRounds) };
+  log(`  ONNX Runtime (one graph, no capacity limit) over vgg-w: ${fmt(onnx.timeRatio.batch1)} @1, ${fmt(onnx.timeRatio.batch64)} @64; the c4 layer alone (kernel time at 64) ${fmt(onnx.c4LayerRatio)}`);
+  const out = { rows, masked: { latencyMs: t[3] }, timeRatio: { batch1: t[0].batch1 / t[1].batch1, batch64: t[0].batch64 / t[1].batch64 }, onnx };
   for (const m of Object.values(nets)) m.dispose();
   return out;
 }
@@ -240,13 +258,61 @@ async function heads(test: ImageSet) {
 }
 
 /**
- * ONNX Runtime, batch 1 and 64, ROUNDS rounds of turns, each form at 1 and 2 threads (no spinning) and the
- * faster of the two per round, as the PyTorch peer runs: the mixture as `dynn export` writes it without a
- * capacity limit (`free`: one graph, the dispatch inside it), with a limit (`stacked`: the router graph, then
- * the runtime's dispatch to the stacked graph, or to one graph per expert where padding would not pay), the
- * same with one graph per expert only (`looped`), and the dense head as one file. Ratios over the dense
- * head, per round; and, from ONNX Runtime's profile of the one-graph form at batch 64, the share of its
- * kernel time in the experts' nodes, the router's and the dispatch's.
+ * ONNX Runtime, batch 1 and 64, ROUNDS rounds of turns over `files` (single files or folders by segments),
+ * each at 1 and 2 threads (no spinning) and the faster of the two per round, as the PyTorch peer runs:
+ * ms[batch][round][file].
+ */
+async function ortTurns(files: string[], test: ImageSet): Promise<Record<'batch1' | 'batch64', number[][]>> {
+  const THREADS = [1, 2];
+  const sessions = await Promise.all(files.flatMap((f) => THREADS.map((threads) => openSession(f, { threads, spinning: false }))));
+  const ms: Record<'batch1' | 'batch64', number[][]> = { batch1: [], batch64: [] };
+  try {
+    for (let r = 0; r < ROUNDS; r++) {
+      for (const n of [1, 64]) {
+        const x = toFloat(test, 0, n, new Float32Array(n * test.height * test.width * test.channels));
+        const got = sessions.map((): number[] => []);
+        for (let i = 0; i < 33; i++) {
+          for (const [j, s] of sessions.entries()) {
+            const t0 = performance.now();
+            await s.run(x, 1);
+            if (i >= 3) got[j].push(performance.now() - t0);
+          }
+        }
+        const med = got.map(median);
+        ms[n === 1 ? 'batch1' : 'batch64'].push(files.map((_, f) => Math.min(...THREADS.map((_, t) => med[f * THREADS.length + t]))));
+      }
+    }
+  } finally {
+    for (const s of sessions) await s.release();
+  }
+  return ms;
+}
+
+/**
+ * Kernel time (ONNX Runtime's profile, 1 thread, batch 64) per run of the nodes of `file`'s graph that each
+ * of `picks` selects by name, and of all of them. `file` is a single-file export (inputs `images`, `u` = 1) or a folder's first graph file.
+ */
+async function kernelUs<K extends string>(file: string, test: ImageSet, picks: Record<K, (node: string) => boolean>): Promise<{ picked: Record<K, number>; total: number }> {
+  const folder = existsSync(path.join(file, 'manifest.json'));
+  const graph = folder ? path.join(file, JSON.parse(readFileSync(path.join(file, 'manifest.json'), 'utf8')).segments[0].graph.file as string) : file;
+  const dims = [64, test.channels, test.height, test.width];
+  const x = { data: nhwcToNchw(toFloat(test, 0, 64, new Float32Array(64 * test.height * test.width * test.channels)), dims.slice(1)), dims };
+  const runs = 30;
+  const nodes = await nodeTimes(graph, folder ? { x } : { images: x, u: { data: Float32Array.of(1), dims: [] } }, runs);
+  // An `If` node's time holds its branch's nodes: counted once, in them.
+  const own = nodes.filter((t) => t.op !== 'If');
+  const sum = (ts: typeof own) => ts.reduce((a, t) => a + t.us, 0) / runs;
+  const picked = Object.fromEntries(Object.entries(picks).map(([key, pick]) => [key, sum(own.filter((t) => (pick as (node: string) => boolean)(t.name)))])) as Record<K, number>;
+  return { picked, total: sum(own) };
+}
+
+/**
+ * The head in ONNX Runtime (`ortTurns`): the mixture as `dynn export` writes it without a capacity limit
+ * (`free`: one graph, the dispatch inside it), with a limit (`stacked`: the router graph, then the runtime's
+ * dispatch to the stacked graph, or to one graph per expert where padding would not pay), the same with one
+ * graph per expert only (`looped`), and the dense head as one file. Ratios over the dense head, per round;
+ * and, from the profile of the one-graph form at batch 64, the share of its kernel time in the experts'
+ * nodes, the router's and the dispatch's.
  */
 async function onnxTimes(free: Network, stacked: Network, looped: Network, dense: Network, test: ImageSet, tag: string) {
   const files = [path.join(ROOT, `head-${tag}-in-graph.onnx`), path.join(ROOT, `head-${tag}-stacked.onnx`), path.join(ROOT, `head-${tag}-per-expert.onnx`)];
@@ -255,39 +321,16 @@ async function onnxTimes(free: Network, stacked: Network, looped: Network, dense
   await saveSegments(looped, files[2], { force: true });
   files.push(path.join(ROOT, `head-dense-${tag}.onnx`));
   await saveOnnx(dense, files[3]);
-  const THREADS = [1, 2];
-  const sessions = await Promise.all(files.flatMap((f) => THREADS.map((threads) => openSession(f, { threads, spinning: false }))));
-  // ms[batch][round][form]: the faster thread count's median.
-  const ms: Record<'batch1' | 'batch64', number[][]> = { batch1: [], batch64: [] };
-  for (let r = 0; r < ROUNDS; r++) {
-    for (const n of [1, 64]) {
-      const x = toFloat(test, 0, n, new Float32Array(n * test.height * test.width * test.channels));
-      const got = sessions.map((): number[] => []);
-      for (let i = 0; i < 33; i++) {
-        for (const [j, s] of sessions.entries()) {
-          const t0 = performance.now();
-          await s.run(x, 1);
-          if (i >= 3) got[j].push(performance.now() - t0);
-        }
-      }
-      const med = got.map(median);
-      ms[n === 1 ? 'batch1' : 'batch64'].push(files.map((_, f) => Math.min(...THREADS.map((_, t) => med[f * THREADS.length + t]))));
-    }
-  }
-  for (const s of sessions) await s.release();
+  const ms = await ortTurns(files, test);
   const ratios = (n: 'batch1' | 'batch64') => ({
     inGraph: spread(ms[n].map((t) => t[0] / t[3])),
     stacked: spread(ms[n].map((t) => t[1] / t[3])),
     perExpert: spread(ms[n].map((t) => t[2] / t[3])),
   });
-  const segment = JSON.parse(readFileSync(path.join(files[0], 'manifest.json'), 'utf8')).segments[0].graph.file as string;
-  const x64 = nhwcToNchw(toFloat(test, 0, 64, new Float32Array(64 * test.height * test.width * test.channels)), [test.channels, test.height, test.width]);
-  const nodes = await nodeTimes(path.join(files[0], segment), { x: { data: x64, dims: [64, test.channels, test.height, test.width] } }, 50);
-  const total = nodes.reduce((a, t) => a + t.us, 0);
-  const share = (test: (name: string) => boolean) => nodes.filter((t) => test(t.name)).reduce((a, t) => a + t.us, 0) / total;
   const expert = (m: string) => /\/moe\.e\d+\//.test(m);
   const router = (m: string) => m.includes('/moe/router');
-  const kernelShare = { experts: share(expert), router: share(router), dispatch: share((m) => m.includes('/moe/') && !router(m) && !expert(m)) };
+  const k = await kernelUs(files[0], test, { experts: expert, router, dispatch: (m) => m.includes('/moe/') && !router(m) && !expert(m) });
+  const kernelShare = { experts: k.picked.experts / k.total, router: k.picked.router / k.total, dispatch: k.picked.dispatch / k.total };
   return { ms, ratios: { batch1: ratios('batch1'), batch64: ratios('batch64') }, kernelShare };
 }
 

@@ -7,7 +7,7 @@ import { perGate } from './gates.js';
 import { dispatchTensorFrom, dispatchTensorPadded } from './tensor.js';
 import { StackedExperts } from './stacked.js';
 import { gateCost, gateMacsOf, makeGate } from './unit.js';
-import { stackPays, assignExperts, checkMixture, expertCapacity, type Assignment, type OverflowPolicy, type RoutingPriority } from './experts.js';
+import { stackPays, assignExperts, checkMixture, expertCapacity, mixtureWeights, type Assignment, type OverflowPolicy, type RoutingPriority } from './experts.js';
 
 export interface MoeArgs {
   /** Experts E. */
@@ -146,8 +146,25 @@ export class MoeBlock extends Composite<MoeArgs> {
     // samples push another's out of their expert (the answer to an image would depend on its neighbours).
     const cf = training ? (this.args.capacityFactor ?? 1.25) : this.args.evalCapacityFactor;
     const a = assignExperts(h, E, k, cf === undefined ? n : expertCapacity(cf, k, n, E), this.args.overflow ?? 'next', this.args.priority ?? 'score');
-    // The gates: a softmax over the experts each sample keeps (its assignments, dropped ones included, whose
-    // weight then goes unused), or for k = 1 over all of them (Switch).
+    // Without gradients (evaluation, serving) the gates come from the scores already read back, by the rule
+    // the ONNX Runtime dispatcher uses (`mixtureWeights`); in training, as tensors the router learns through.
+    const masked = routing?.mode === 'masked';
+    const gates = training || masked ? this.gates(scores, a) : null;
+    const weights = gates ? (tf.mul(gates.gates, gates.ran) as tf.Tensor2D) : mixtureWeights(h, E, k, a);
+    let y = masked ? this.masked(x, sel, ctx, weights as tf.Tensor2D) : this.dispatched(x, sel, ctx, a, weights, out);
+    if (this.args.residual) y = tf.add(x, y);
+    if (routing) this.record(routing, a, n, sel, ctx.plan, { clean, scores, std, gates: gates?.gates });
+    return { y, sel: out };
+  }
+
+  /**
+   * The gates as tensors: a softmax over the experts each sample keeps (its assignments, dropped ones
+   * included, whose weight then goes unused), or for k = 1 over all of them (Switch); `ran` is 1 where a
+   * sample ran an expert.
+   */
+  private gates(scores: tf.Tensor2D, a: Assignment): { gates: tf.Tensor2D; ran: tf.Tensor2D } {
+    const [n, E] = scores.shape;
+    const k = this.topK;
     const keep = new Float32Array(n * E).fill(k === 1 ? 0 : OFF);
     const ran = new Float32Array(n * E);
     for (let p = 0; p < k * n; p++) {
@@ -156,12 +173,7 @@ export class MoeBlock extends Composite<MoeArgs> {
       keep[i * E + e] = 0;
       if (a.experts[p] >= 0) ran[i * E + a.experts[p]] = 1;
     }
-    const gates = tf.softmax(tf.add(scores, tf.tensor2d(keep, [n, E]))) as tf.Tensor2D;
-    const weights = tf.mul(gates, tf.tensor2d(ran, [n, E])) as tf.Tensor2D;
-    let y = routing?.mode === 'masked' ? this.masked(x, sel, ctx, weights) : this.dispatched(x, sel, ctx, a, weights, out);
-    if (this.args.residual) y = tf.add(x, y);
-    if (routing) this.record(routing, a, n, sel, ctx.plan, { clean, scores, std, gates });
-    return { y, sel: out };
+    return { gates: tf.softmax(tf.add(scores, tf.tensor2d(keep, [n, E]))) as tf.Tensor2D, ran: tf.tensor2d(ran, [n, E]) };
   }
 
   /** The experts as one batched call, or null where they run one call each (not alike, or `stack: false`). */
@@ -177,7 +189,7 @@ export class MoeBlock extends Composite<MoeArgs> {
    * Each expert once, on its rows (stacked experts: all of them in one batched call, each block padded to the
    * largest expert's rows); outputs weighted by their gates and summed per sample.
    */
-  private dispatched(x: tf.Tensor, sel: ChannelSel, ctx: RunContext, a: Assignment, weights: tf.Tensor2D, out: ChannelSel): tf.Tensor {
+  private dispatched(x: tf.Tensor, sel: ChannelSel, ctx: RunContext, a: Assignment, weights: tf.Tensor2D | Float64Array, out: ChannelSel): tf.Tensor {
     const n = x.shape[0];
     const E = this.experts;
     const pairs = [...a.experts.keys()].filter((p) => a.experts[p] >= 0);
@@ -192,7 +204,8 @@ export class MoeBlock extends Composite<MoeArgs> {
           const child = ctx.routing ? { ...ctx, routing: ctx.routing.child(Int32Array.from(rows, (r) => sources[r])) } : ctx;
           return this.runExpert(e, part, sel, child);
         });
-    const w = tf.gather(tf.reshape(weights, [n * E]), Int32Array.from(pairs, (p, j) => sources[j] * E + routes[j]));
+    // Each (slot, sample) entry's gate: from the [n, E] tensor, or the entries' weights computed without gradients.
+    const w = weights instanceof Float64Array ? tf.tensor1d(Float32Array.from(pairs, (p) => weights[p])) : tf.gather(tf.reshape(weights, [n * E]), Int32Array.from(pairs, (p, j) => sources[j] * E + routes[j]));
     const weighted = tf.mul(ys, tf.reshape(w, [pairs.length, ...new Array<number>(ys.rank - 1).fill(1)]));
     return tf.unsortedSegmentSum(weighted, tf.tensor1d(sources, 'int32'), n);
   }
@@ -208,7 +221,7 @@ export class MoeBlock extends Composite<MoeArgs> {
   }
 
   /** Decisions per slot, executed MACs, the overflow count and, in `soft` mode, the balance losses. */
-  private record(routing: Routing, a: Assignment, n: number, sel: ChannelSel, plan: Plan, t: { clean: tf.Tensor2D; scores: tf.Tensor2D; std?: tf.Tensor2D; gates: tf.Tensor2D }): void {
+  private record(routing: Routing, a: Assignment, n: number, sel: ChannelSel, plan: Plan, t: { clean: tf.Tensor2D; scores: tf.Tensor2D; std?: tf.Tensor2D; gates?: tf.Tensor2D }): void {
     const E = this.experts;
     const k = this.topK;
     for (let s = 0; s < k; s++) routing.choose(k === 1 ? this.name : `${this.name}.k${s}`, a.experts.slice(s * n, (s + 1) * n), E);
@@ -221,7 +234,7 @@ export class MoeBlock extends Composite<MoeArgs> {
     routing.spend(spent);
     if (routing.mode !== 'soft') return;
     const { importanceWeight = 0, loadWeight = 0, switchWeight = 0.01 } = this.args;
-    if (importanceWeight > 0) routing.addLoss('importance', tf.mul(importanceWeight, cvSquared(tf.sum(t.gates, 0) as tf.Tensor1D)) as tf.Scalar);
+    if (importanceWeight > 0 && t.gates) routing.addLoss('importance', tf.mul(importanceWeight, cvSquared(tf.sum(t.gates, 0) as tf.Tensor1D)) as tf.Scalar);
     if (loadWeight > 0 && t.std) routing.addLoss('load', tf.mul(loadWeight, cvSquared(smoothLoad(t.clean, t.scores, t.std, k))) as tf.Scalar);
     if (switchWeight > 0) {
       // On the clean scores, which evaluation routes by: measured on the noisy ones, the noise alone looks
