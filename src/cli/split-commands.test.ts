@@ -60,6 +60,10 @@ test('dynn split: refuses bad options before training, writes head, tail and met
 
 test('dynn serve on a split directory and dynn head over a shaped loopback link', async () => {
   const out = path.join(tmp, 'split');
+  // A served model's batching and policy options do not apply to a tail: refused, not silently ignored.
+  const refused = captureIo();
+  assert.equal(await runCli(['serve', out, '--port', '0', '--policy', 'fixed:1', '--max-batch', '8'], refused), 1);
+  assert.match(refused.stderr(), /is a split folder: its tail serves each frame as it comes, so --policy, --max-batch do not apply/);
   const { serveCommand } = await import('./serve-commands.js');
   const sio = captureIo();
   let stop!: (s: string) => void;

@@ -126,6 +126,13 @@ export async function headCommand(dir: string, o: Opts, io: Io): Promise<void> {
 
 /** `dynn serve DIR` on a split directory: the tail behind POST /v1/tail until SIGINT or SIGTERM. */
 export async function serveSplit(dir: string, o: Opts, io: Io, stop: Promise<string>, http: object): Promise<void> {
+  // The tail answers each frame as it comes (its body bounded by the wire format): a model's batching and
+  // policy options would be silently ignored, so they are refused.
+  const modelOnly = (['sloMs', 'policy', 'maxBatch', 'maxWaitMs', 'maxQueue', 'bodyLimit', 'profile', 'spinning', 'maxSessions', 'sessionIdleMs'] as const).filter((k) => o[k] !== undefined && o[k] !== false);
+  if (modelOnly.length) {
+    const flag = (k: string) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+    throw new DynnError(`${dir} is a split folder: its tail serves each frame as it comes, so ${modelOnly.map(flag).join(', ')} ${modelOnly.length > 1 ? 'do' : 'does'} not apply (they are options of a served model)`);
+  }
   const port = numberOption(o.port, 'port', { int: true, min: 0, max: 65535 }) ?? 8080;
   const host = o.host === undefined ? '127.0.0.1' : String(o.host);
   const { SplitServer } = await import('../split/server.js');

@@ -282,7 +282,8 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
     throw new DynnError(`the exit policy has ${options.exitPolicy.thresholds.length} thresholds for ${heads.length} intermediate exits`);
   }
 
-  // Built once every check has passed: they hold the network built at each lower resolution (freed below).
+  // Built once the checks above have passed: they hold the network built at each lower resolution (freed
+  // when the graph is built or lowering fails).
   const atRes = new Map<number, AtResolution>();
   try {
     for (const r of branchRs) if (r !== h) atRes.set(r, new AtResolution(model, r));
@@ -290,123 +291,127 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
     for (const at of atRes.values()) at.dispose();
     throw err;
   }
-  const names = new NameScope();
-  const main = new GraphBuilder('dynn', names);
-  if (staged && segments.some((seg) => seg[0].inShape.length !== 3)) {
-    throw new DynnError('an early-exit model exports per stage only when every exit follows an image-shaped layer ([H, W, C])');
-  }
-  main.input(
-    staged
-      ? floatValueInfo(ONNX_IO.images, ['batch', 'in_channels', 'in_height', 'in_width'], 'the stage input: images (NCHW float32) at stage 0, the previous stage\'s features after')
-      : floatValueInfo(ONNX_IO.images, ['batch', c, h, w], 'images, NCHW float32'),
-  );
-  main.input(floatValueInfo(ONNX_IO.u, [], 'utilization in (0, 1]; clamped to the exported levels'));
-  if (staged) main.input(floatValueInfo(ONNX_IO.stage, [], `the stage to run, 0 to ${heads.length} (the exit it ends at), or -1 for the whole network`));
-  if (temporal) main.input(floatValueInfo(ONNX_IO.action, ['batch'], 'the index of the controller action each sample ran at (float32)'));
-  if (resolutions) main.input(floatValueInfo(ONNX_IO.resolution, [], `the input resolution (height) the batch runs at, one of ${branchRs.join(', ')}; images stay [${c}, ${h}, ${w}]`));
-  const dims = new Map<string, number[]>();
-  addWeights(main, [...model.getWeights(), ...(ctrl?.network.getWeights() ?? [])], dims);
-
-  const scoresInfo = (name: string) => floatValueInfo(name, ['batch', model.numClasses]);
-  const outInfo = (name: string, j: number) => (j === 0 ? scoresInfo(name) : floatValueInfo(name, ['batch', 'out_channels', 'out_height', 'out_width']));
-  // What one (stage, level) computes: [scores] for a plain model, [scores, features] for a stage; stage -1 of
-  // an early-exit model is the whole network without its exits, in one branch (what `run` uses).
-  const lowerLevel = (g: GraphBuilder, stage: number, lv: OnnxLevel, r = h): string[] => {
-    const plan = model.plan(lv.u);
-    const prefix = !staged ? `${r === h ? '' : `R${r}`}L${lv.level}` : stage < 0 ? `W${lv.level}` : `S${stage}L${lv.level}`;
-    const ctx = { g, plan, prefix, dims };
-    const at = atRes.get(r);
-    if (at) {
-      // The network at a lower input resolution (`AtResolution`): its layers as built at that size.
-      const { head, back, tail } = at.parts();
-      const low = lowerChain(head, lowerResize(g, ONNX_IO.images, at.size[0], at.size[1], `${prefix}/resize`), fullSel(c), ctx);
-      return [back ? lowerChain(tail, lowerResize(g, low.y, back[0], back[1], `${prefix}/resize_back`), low.sel, ctx).y : low.y];
-    }
-    // The last stage (and the whole network) has no next stage: its features are the scores as
-    // [batch, classes, 1, 1], the rank of the others.
-    const asFeatures = (y: string) => g.node('Unsqueeze', [y, g.int64Const(`${prefix}/axes`, [2, 3])], `${prefix}/features`);
-    if (!staged || stage < 0) {
-      const y = lowerChain(model.layers, ONNX_IO.images, fullSel(c), ctx).y;
-      return staged ? [y, asFeatures(y)] : [y];
-    }
-    const from = starts[stage];
-    const body = lowerChain(segments.slice(from, stage + 1).flat(), ONNX_IO.images, selBeforeStage(segments, from, fullSel(c), plan), ctx);
-    if (stage === heads.length) return [body.y, asFeatures(body.y)];
-    const head: ExitHead = heads[stage];
-    // A next stage that recomputes this one gets this stage's input.
-    const features = starts[stage + 1] <= stage ? g.node('Identity', [ONNX_IO.images], `${prefix}/handed_on`) : body.y;
-    return [lowerChain(head.children(), body.y, body.sel, { ...ctx, prefix: `${prefix}/${head.name}` }).y, features];
-  };
-  const outs = staged ? [ONNX_IO.scores, ONNX_IO.features] : [ONNX_IO.scores];
-  const levelConds = levels.map((lv, i) => (i === 0 ? '' : main.node('GreaterOrEqual', [ONNX_IO.u, main.floatConst(`min_u_${lv.level}`, [], [lv.minU])], `at_least_${lv.level}`)));
-  // The level chain of one stage into `host`; its results are named `results` (exactly when `exact`).
-  const levelChain = (host: GraphBuilder, stage: number, results: string[], exact: boolean, r = h): string[] => {
-    const branch = (i: number): GraphMsg => {
-      const g = new GraphBuilder(`${staged ? `stage_${stage}_` : ''}${r === h ? '' : `resolution_${r}_`}level_${levels[i].level}`, names);
-      lowerLevel(g, stage, levels[i], r).forEach((y, j) => g.output(outInfo(y, j)));
-      return g.build(`u in [${levels[i].minU}, ...): level ${levels[i].level}`);
-    };
-    if (levels.length > 1) return selectBranch(host, levelConds, branch, results, exact, outInfo, staged ? `stage_${stage}_levels` : r === h ? 'levels' : `resolution_${r}_levels`);
-    return lowerLevel(host, stage, levels[0], r).map((y, j) => (exact ? host.nodeTo('Identity', [y], results[j]) : host.node('Identity', [y], results[j])));
-  };
-
-  if (!staged && branchRs.length > 1) {
-    // Branch i runs at branchRs[i], taken when resolution is at least halfway from the one below.
-    const resConds = branchRs.map((r, i) => (i === 0 ? '' : main.node('GreaterOrEqual', [ONNX_IO.resolution, main.floatConst(`resolution_${r}_from`, [], [(branchRs[i - 1] + r) / 2])], `at_resolution_${r}`)));
-    const resBranch = (i: number): GraphMsg => {
-      const r = branchRs[i];
-      const g = new GraphBuilder(`resolution_${r}`, names);
-      levelChain(g, 0, outs.map((o) => `resolution_${r}/${o}`), false, r).forEach((y, j) => g.output(outInfo(y, j)));
-      return g.build(`input resolution ${r}`);
-    };
-    selectBranch(main, resConds, resBranch, outs, true, outInfo, 'resolutions');
-  } else if (!staged) levelChain(main, 0, outs, true);
-  else {
-    // Branch 0 is stage -1 (the whole network); branch k + 1 is stage k, taken when stage >= k - 0.5.
-    const stageConds = ['', ...segments.map((_, k) => main.node('GreaterOrEqual', [ONNX_IO.stage, main.floatConst(`stage_${k}`, [], [k - 0.5])], `from_stage_${k}`))];
-    const stageBranch = (i: number): GraphMsg => {
-      const k = i - 1;
-      const g = new GraphBuilder(k < 0 ? 'whole_network' : `stage_${k}`, names);
-      levelChain(g, k, outs.map((o) => `stage_${k}/${o}`), false).forEach((y, j) => g.output(outInfo(y, j)));
-      return g.build(k < 0 ? 'stage -1: the whole network to its last exit' : `stage ${k}: the segment before exit ${k + 1}`);
-    };
-    selectBranch(main, stageConds, stageBranch, outs, true, outInfo, 'stages');
-  }
-  outs.forEach((o, j) => main.output(outInfo(o, j)));
-
   let controller: OnnxMetadata['controller'];
-  if (ctrl) {
-    const cnet = ctrl.network;
-    const plan = staticPlan();
-    const K = ctrl.actions.length;
-    const x = temporal ? lowerTemporalFeatures(main, ONNX_IO.scores, ONNX_IO.action, model.numClasses, K) : ONNX_IO.images;
-    const y = lowerChain(cnet.layers, x, fullSel(temporal ? featureSize : c), { g: main, plan, prefix: 'controller', dims }).y;
-    main.nodeTo('Identity', [y], ONNX_IO.controller);
-    main.output(floatValueInfo(ONNX_IO.controller, ['batch', K], temporal ? 'temporal controller: each action\'s expected reward for the next frame' : 'controller action logits'));
-    const cost = cnet.cost(plan);
-    controller = {
-      actions: [...ctrl.actions],
-      flops: cost.flops,
-      macs: cost.macs,
-      flopsRatio: cost.flops / model.cost(1).flops,
-      ...(temporal
-        ? {
-            temporal: {
-              start: temporal.start,
-              features: [...TEMPORAL_FEATURES],
-              // Each action's input resolution and the network's FLOPs ratio there (the layers' own count).
-              ...(resolutions && { resolutions: [...resolutions], actionFlopsRatios: ctrl.actions.map((u, k) => (atRes.get(resolutions[k])?.macs(model.plan(u)) ?? model.cost(u).macs) / model.cost(1).macs) }),
-            },
-          }
-        : {}),
-    };
-  }
-  if (staged) {
-    for (const lv of levels) lv.exitFlops = stagedExitFlops(model, model.plan(lv.u), starts);
-  }
+  let graph: GraphMsg;
+  try {
+    const names = new NameScope();
+    const main = new GraphBuilder('dynn', names);
+    if (staged && segments.some((seg) => seg[0].inShape.length !== 3)) {
+      throw new DynnError('an early-exit model exports per stage only when every exit follows an image-shaped layer ([H, W, C])');
+    }
+    main.input(
+      staged
+        ? floatValueInfo(ONNX_IO.images, ['batch', 'in_channels', 'in_height', 'in_width'], 'the stage input: images (NCHW float32) at stage 0, the previous stage\'s features after')
+        : floatValueInfo(ONNX_IO.images, ['batch', c, h, w], 'images, NCHW float32'),
+    );
+    main.input(floatValueInfo(ONNX_IO.u, [], 'utilization in (0, 1]; clamped to the exported levels'));
+    if (staged) main.input(floatValueInfo(ONNX_IO.stage, [], `the stage to run, 0 to ${heads.length} (the exit it ends at), or -1 for the whole network`));
+    if (temporal) main.input(floatValueInfo(ONNX_IO.action, ['batch'], 'the index of the controller action each sample ran at (float32)'));
+    if (resolutions) main.input(floatValueInfo(ONNX_IO.resolution, [], `the input resolution (height) the batch runs at, one of ${branchRs.join(', ')}; images stay [${c}, ${h}, ${w}]`));
+    const dims = new Map<string, number[]>();
+    addWeights(main, [...model.getWeights(), ...(ctrl?.network.getWeights() ?? [])], dims);
 
-  const graph = main.build();
-  for (const at of atRes.values()) at.dispose();
+    const scoresInfo = (name: string) => floatValueInfo(name, ['batch', model.numClasses]);
+    const outInfo = (name: string, j: number) => (j === 0 ? scoresInfo(name) : floatValueInfo(name, ['batch', 'out_channels', 'out_height', 'out_width']));
+    // What one (stage, level) computes: [scores] for a plain model, [scores, features] for a stage; stage -1 of
+    // an early-exit model is the whole network without its exits, in one branch (what `run` uses).
+    const lowerLevel = (g: GraphBuilder, stage: number, lv: OnnxLevel, r = h): string[] => {
+      const plan = model.plan(lv.u);
+      const prefix = !staged ? `${r === h ? '' : `R${r}`}L${lv.level}` : stage < 0 ? `W${lv.level}` : `S${stage}L${lv.level}`;
+      const ctx = { g, plan, prefix, dims };
+      const at = atRes.get(r);
+      if (at) {
+        // The network at a lower input resolution (`AtResolution`): its layers as built at that size.
+        const { head, back, tail } = at.parts();
+        const low = lowerChain(head, lowerResize(g, ONNX_IO.images, at.size[0], at.size[1], `${prefix}/resize`), fullSel(c), ctx);
+        return [back ? lowerChain(tail, lowerResize(g, low.y, back[0], back[1], `${prefix}/resize_back`), low.sel, ctx).y : low.y];
+      }
+      // The last stage (and the whole network) has no next stage: its features are the scores as
+      // [batch, classes, 1, 1], the rank of the others.
+      const asFeatures = (y: string) => g.node('Unsqueeze', [y, g.int64Const(`${prefix}/axes`, [2, 3])], `${prefix}/features`);
+      if (!staged || stage < 0) {
+        const y = lowerChain(model.layers, ONNX_IO.images, fullSel(c), ctx).y;
+        return staged ? [y, asFeatures(y)] : [y];
+      }
+      const from = starts[stage];
+      const body = lowerChain(segments.slice(from, stage + 1).flat(), ONNX_IO.images, selBeforeStage(segments, from, fullSel(c), plan), ctx);
+      if (stage === heads.length) return [body.y, asFeatures(body.y)];
+      const head: ExitHead = heads[stage];
+      // A next stage that recomputes this one gets this stage's input.
+      const features = starts[stage + 1] <= stage ? g.node('Identity', [ONNX_IO.images], `${prefix}/handed_on`) : body.y;
+      return [lowerChain(head.children(), body.y, body.sel, { ...ctx, prefix: `${prefix}/${head.name}` }).y, features];
+    };
+    const outs = staged ? [ONNX_IO.scores, ONNX_IO.features] : [ONNX_IO.scores];
+    const levelConds = levels.map((lv, i) => (i === 0 ? '' : main.node('GreaterOrEqual', [ONNX_IO.u, main.floatConst(`min_u_${lv.level}`, [], [lv.minU])], `at_least_${lv.level}`)));
+    // The level chain of one stage into `host`; its results are named `results` (exactly when `exact`).
+    const levelChain = (host: GraphBuilder, stage: number, results: string[], exact: boolean, r = h): string[] => {
+      const branch = (i: number): GraphMsg => {
+        const g = new GraphBuilder(`${staged ? `stage_${stage}_` : ''}${r === h ? '' : `resolution_${r}_`}level_${levels[i].level}`, names);
+        lowerLevel(g, stage, levels[i], r).forEach((y, j) => g.output(outInfo(y, j)));
+        return g.build(`u in [${levels[i].minU}, ...): level ${levels[i].level}`);
+      };
+      if (levels.length > 1) return selectBranch(host, levelConds, branch, results, exact, outInfo, staged ? `stage_${stage}_levels` : r === h ? 'levels' : `resolution_${r}_levels`);
+      return lowerLevel(host, stage, levels[0], r).map((y, j) => (exact ? host.nodeTo('Identity', [y], results[j]) : host.node('Identity', [y], results[j])));
+    };
+
+    if (!staged && branchRs.length > 1) {
+      // Branch i runs at branchRs[i], taken when resolution is at least halfway from the one below.
+      const resConds = branchRs.map((r, i) => (i === 0 ? '' : main.node('GreaterOrEqual', [ONNX_IO.resolution, main.floatConst(`resolution_${r}_from`, [], [(branchRs[i - 1] + r) / 2])], `at_resolution_${r}`)));
+      const resBranch = (i: number): GraphMsg => {
+        const r = branchRs[i];
+        const g = new GraphBuilder(`resolution_${r}`, names);
+        levelChain(g, 0, outs.map((o) => `resolution_${r}/${o}`), false, r).forEach((y, j) => g.output(outInfo(y, j)));
+        return g.build(`input resolution ${r}`);
+      };
+      selectBranch(main, resConds, resBranch, outs, true, outInfo, 'resolutions');
+    } else if (!staged) levelChain(main, 0, outs, true);
+    else {
+      // Branch 0 is stage -1 (the whole network); branch k + 1 is stage k, taken when stage >= k - 0.5.
+      const stageConds = ['', ...segments.map((_, k) => main.node('GreaterOrEqual', [ONNX_IO.stage, main.floatConst(`stage_${k}`, [], [k - 0.5])], `from_stage_${k}`))];
+      const stageBranch = (i: number): GraphMsg => {
+        const k = i - 1;
+        const g = new GraphBuilder(k < 0 ? 'whole_network' : `stage_${k}`, names);
+        levelChain(g, k, outs.map((o) => `stage_${k}/${o}`), false).forEach((y, j) => g.output(outInfo(y, j)));
+        return g.build(k < 0 ? 'stage -1: the whole network to its last exit' : `stage ${k}: the segment before exit ${k + 1}`);
+      };
+      selectBranch(main, stageConds, stageBranch, outs, true, outInfo, 'stages');
+    }
+    outs.forEach((o, j) => main.output(outInfo(o, j)));
+
+    if (ctrl) {
+      const cnet = ctrl.network;
+      const plan = staticPlan();
+      const K = ctrl.actions.length;
+      const x = temporal ? lowerTemporalFeatures(main, ONNX_IO.scores, ONNX_IO.action, model.numClasses, K) : ONNX_IO.images;
+      const y = lowerChain(cnet.layers, x, fullSel(temporal ? featureSize : c), { g: main, plan, prefix: 'controller', dims }).y;
+      main.nodeTo('Identity', [y], ONNX_IO.controller);
+      main.output(floatValueInfo(ONNX_IO.controller, ['batch', K], temporal ? 'temporal controller: each action\'s expected reward for the next frame' : 'controller action logits'));
+      const cost = cnet.cost(plan);
+      controller = {
+        actions: [...ctrl.actions],
+        flops: cost.flops,
+        macs: cost.macs,
+        flopsRatio: cost.flops / model.cost(1).flops,
+        ...(temporal
+          ? {
+              temporal: {
+                start: temporal.start,
+                features: [...TEMPORAL_FEATURES],
+                // Each action's input resolution and the network's FLOPs ratio there (the layers' own count).
+                ...(resolutions && { resolutions: [...resolutions], actionFlopsRatios: ctrl.actions.map((u, k) => (atRes.get(resolutions[k])?.macs(model.plan(u)) ?? model.cost(u).macs) / model.cost(1).macs) }),
+              },
+            }
+          : {}),
+      };
+    }
+    if (staged) {
+      for (const lv of levels) lv.exitFlops = stagedExitFlops(model, model.plan(lv.u), starts);
+    }
+
+    graph = main.build();
+  } finally {
+    for (const at of atRes.values()) at.dispose();
+  }
   const metadata: OnnxMetadata = {
     format: ONNX_FORMAT,
     dynnVersion: VERSION,
