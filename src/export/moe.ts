@@ -13,6 +13,7 @@ import { DynnError } from '../util/errors.js';
 import type { Layer } from '../layers/layer.js';
 import { Dense } from '../layers/conv.js';
 import type { MoeBlock } from '../route/moe.js';
+import { MoeRouter } from '../route/router.js';
 import { attr } from './graph.js';
 import { lowerChain, lowerings, type BranchContext, type Lowered } from './lower.js';
 
@@ -29,13 +30,14 @@ function lowerMixture(layer: Layer, x: string, sel: Lowered['sel'], ctx: BranchC
   const base = `${ctx.prefix}/${mb.name}`;
   const i64 = (name: string, v: number[]) => g.int64Const(`${base}/${name}`, v);
   const scalar = (name: string, v: number) => g.node('Reshape', [i64(`${name}_v`, [v]), i64(`${name}_scalar`, [])], `${base}/${name}`);
-  // The router's scores: its first E logits (the noise scales are for training). Where its last layer is a
-  // dense one, its kernel is cut to those E columns (ONNX Runtime folds the constant slice at load).
+  // The router's scores: its first E logits (the noise scales are for training). A `MoeRouter` computes
+  // them alone (`scores`, what its cost counts): its dense kernel cut to those E columns, a constant slice
+  // ONNX Runtime folds at load.
   const kids = mb.gate.children();
   const last = kids[kids.length - 1];
   const routerCtx = { ...ctx, prefix: `${ctx.prefix}/${mb.name}.router` };
   let z: string;
-  if (last instanceof Dense) {
+  if (mb.gate instanceof MoeRouter && last instanceof Dense) {
     const h = lowerChain(kids.slice(0, -1), x, sel, routerCtx).y;
     const cut = (w: string, axis: number) => g.node('Slice', [w, i64(`${w}_starts`, [0]), i64(`${w}_ends`, [E]), i64(`${w}_axes`, [axis])], `${base}/${w}_scores`);
     const hasBias = last.weights().some((w) => w.name === `${last.name}.bias`);

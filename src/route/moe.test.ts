@@ -8,6 +8,8 @@ import { Network } from '../models/network.js';
 import { createModel } from '../models/zoo.js';
 import { RoutingState } from './context.js';
 import { MoeBlock, type MoeArgs } from './moe.js';
+import { MoeRouter } from './router.js';
+import { fullSel } from '../layers/index.js';
 import { assignExperts, stackPays, checkMixture, coefficientOfVariation, expertCapacity } from './experts.js';
 import { DynnError } from '../util/errors.js';
 
@@ -330,4 +332,26 @@ test('stacked experts: a batch that all picks one expert runs it alone; overflow
     stacked.dispose();
     looped.dispose();
   }
+});
+
+test('at inference the router computes the E scores alone (the first E columns of its dense layer), and its cost counts that half; the pass leaks no tensor', () => {
+  const net = moeNet();
+  const block = blockOf(net);
+  const router = block.gate as MoeRouter;
+  const x = tf.randomNormal([5, 6, 6, 8], 0, 1, 'float32', 3);
+  const sel = fullSel(8);
+  const ctx = { plan: net.plan(1), training: false };
+  const [full, scores] = tf.tidy(() => [router.call(x, sel, ctx).y.arraySync() as number[][], router.scores(x, sel, ctx).arraySync()]);
+  assert.equal(full[0].length, 2 * E);
+  assert.deepEqual(scores.map((r) => r.length), new Array(5).fill(E));
+  scores.forEach((r, i) => r.forEach((v, e) => assert.ok(Math.abs(v - full[i][e]) < 1e-5, `score ${i},${e}`)));
+  const fc = router.children()[router.children().length - 1];
+  const [dense] = fc.cost(sel, net.plan(1));
+  const costs = router.cost(sel, net.plan(1));
+  assert.equal(costs[costs.length - 1].macs, dense.macs / 2);
+  const before = tf.memory().numTensors;
+  tf.dispose(tf.tidy(() => net.forward(tf.randomNormal([4, 6, 6, 2], 0, 1, 'float32', 4), net.plan(1), { routing: RoutingState.start('hard', 4) })));
+  assert.equal(tf.memory().numTensors, before, 'no tensor leaked');
+  tf.dispose(x);
+  net.dispose();
 });

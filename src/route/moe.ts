@@ -6,6 +6,7 @@ import type { FrozenOp } from '../models/subnet.js';
 import { perGate } from './gates.js';
 import { dispatchTensorFrom, dispatchTensorPadded } from './tensor.js';
 import { StackedExperts } from './stacked.js';
+import { MoeRouter } from './router.js';
 import { gateCost, gateMacsOf, makeGate } from './unit.js';
 import { stackPays, assignExperts, checkMixture, expertCapacity, mixtureWeights, type Assignment, type OverflowPolicy, type RoutingPriority } from './experts.js';
 
@@ -135,11 +136,12 @@ export class MoeBlock extends Composite<MoeArgs> {
     const E = this.experts;
     const k = this.topK;
     const n = x.shape[0];
-    const z = this.router.call(x, sel, ctx).y as tf.Tensor2D;
-    const clean = tf.slice(z, [0, 0], [n, E]) as tf.Tensor2D;
     const training = ctx.training || routing?.mode === 'soft';
     const noisy = routing?.mode === 'soft' && this.args.noisy !== false;
-    const std = noisy ? (tf.softplus(tf.slice(z, [0, E], [n, E])) as tf.Tensor2D) : undefined;
+    // The noise scales are computed only where noise is drawn; else the router's E scores alone.
+    const z = noisy || !(this.router instanceof MoeRouter) ? (this.router.call(x, sel, ctx).y as tf.Tensor2D) : null;
+    const clean = z ? (tf.slice(z, [0, 0], [n, E]) as tf.Tensor2D) : (this.router as MoeRouter).scores(x, sel, ctx);
+    const std = noisy ? (tf.softplus(tf.slice(z!, [0, E], [n, E])) as tf.Tensor2D) : undefined;
     const scores = std ? (tf.add(clean, tf.mul(tf.tensor2d(normals(routing!, this.name, n, E), [n, E]), std)) as tf.Tensor2D) : clean;
     const h = scores.dataSync();
     // No limit at evaluation unless asked: a served batch merges requests, and a limit would let one client's

@@ -1,4 +1,4 @@
-import type * as tf from '@tensorflow/tfjs-core';
+import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { Composite, Dense, GlobalAvgPool, fullSel, layerClasses } from '../layers/index.js';
 import type { ChannelSel, LayerCost, RunContext, Shape } from '../layers/index.js';
@@ -32,12 +32,31 @@ export class MoeRouter extends Composite<RouterArgs> {
     return this.runChain(this.layers, x, sel, ctx);
   }
 
+  /**
+   * The experts' scores alone, [n, E]: the dense layer's first E columns (x Wg), without the noise scales,
+   * which only training draws. What inference computes, here and in the exported graph (`export/moe.ts`).
+   */
+  scores(x: tf.Tensor, sel: ChannelSel, ctx: RunContext): tf.Tensor2D {
+    const E = this.args.outputs / 2;
+    const fc = this.layers[this.layers.length - 1];
+    const h = this.runChain(this.layers.slice(0, -1), x, sel, ctx).y as tf.Tensor2D;
+    const w = (suffix: string) => fc.weights().find((v) => v.name === `${fc.name}.${suffix}`)?.variable;
+    const kernel = w('kernel')!;
+    const bias = w('bias');
+    const z = tf.matMul(h, tf.slice(kernel, [0, 0], [kernel.shape[0], E]));
+    return (bias ? tf.add(z, tf.slice(bias, 0, E)) : z) as tf.Tensor2D;
+  }
+
   freeze(): FrozenOp[] {
     throw new DynnError(`${this.name}: a router has no frozen form; it runs inside its mixture of experts`);
   }
 
+  /** At inference (what cost counts): the dense layer's score half only (`scores`). */
   cost(sel: ChannelSel, plan: RunContext['plan']): LayerCost[] {
-    return this.chainCost(this.layers, sel, plan);
+    const costs = this.chainCost(this.layers, sel, plan);
+    const last = costs.length - 1;
+    costs[last] = { ...costs[last], macs: costs[last].macs / 2, params: costs[last].params / 2 };
+    return costs;
   }
 }
 
