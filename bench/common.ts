@@ -48,33 +48,3 @@ export function scratchRuns(root: string, defaults: TrainOptions, log: (line: st
   });
 }
 
-/**
- * Kernel time per node of the ONNX graph at `file` (1 thread), summed over `runs` runs after a warm-up, from
- * ONNX Runtime's profile: where a graph's time goes, by node name.
- */
-export async function nodeTimes(file: string, feeds: Record<string, { data: Float32Array; dims: number[] }>, runs: number): Promise<{ name: string; op: string; us: number }[]> {
-  const ort = await import('onnxruntime-node');
-  const { mkdtempSync, readdirSync, readFileSync, rmSync } = await import('node:fs');
-  const os = await import('node:os');
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'dynn-profile-'));
-  try {
-    const s = await ort.InferenceSession.create(file, { intraOpNumThreads: 1, enableProfiling: true, profileFilePrefix: path.join(dir, 'p') });
-    const tensors = Object.fromEntries(Object.entries(feeds).map(([k, v]) => [k, new ort.Tensor('float32', v.data, v.dims)]));
-    for (let i = 0; i < runs; i++) await s.run(tensors);
-    s.endProfiling();
-    await s.release();
-    type Event = { cat: string; name: string; dur: number; args?: { op_name?: string } };
-    const events = JSON.parse(readFileSync(path.join(dir, readdirSync(dir)[0]), 'utf8')) as Event[];
-    const byNode = new Map<string, { name: string; op: string; us: number }>();
-    for (const e of events) {
-      if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time')) continue;
-      const name = e.name.slice(0, -'_kernel_time'.length);
-      const t = byNode.get(name) ?? { name, op: e.args?.op_name ?? '', us: 0 };
-      t.us += e.dur;
-      byNode.set(name, t);
-    }
-    return [...byNode.values()];
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}

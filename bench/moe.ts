@@ -29,7 +29,8 @@ import { RoutingState } from '../src/route/context.js';
 import type { GateMode } from '../src/layers/types.js';
 import { initEngine } from '../src/engine/backend.js';
 import { writeFileAtomic } from '../src/util/fs.js';
-import { benchArgs, nodeTimes, scratchRuns } from './common.js';
+import { benchArgs, scratchRuns } from './common.js';
+import { profileNodes } from '../src/export/fixtures.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { nhwcToNchw } from '../src/runtime/core.js';
 import { median } from '../src/eval/latency.js';
@@ -50,6 +51,9 @@ const EPOCHS = num('epochs', 1);
 const EXPERTS = num('experts', 4);
 const HEAD_EPOCHS = num('head-epochs', 2);
 const HIDDEN = num('hidden', 64);
+/** The head's experts (the popular layer's example: 10) and Fashion-MNIST's classes. */
+const HEAD_EXPERTS = 10;
+const FASHION_CLASSES = 10;
 const TOP_KS = list('top-k', '1,2,4').map(Number);
 const RESULTS = value('results') ?? '.bench/moe.json';
 const DATA_DIR = value('data-dir');
@@ -182,22 +186,22 @@ const fmt = (x: { median: number; min: number; max: number }) => `${x.median.toF
  */
 function sameActiveHidden(k: number, test: ImageSet): number {
   const inputs = test.height * test.width * test.channels;
-  const classes = 10;
-  return 8 * Math.round((10 * inputs + k * (inputs * HIDDEN + HIDDEN * classes)) / (inputs + classes) / 8);
+  const classes = FASHION_CLASSES;
+  return 8 * Math.round((HEAD_EXPERTS * inputs + k * (inputs * HIDDEN + HIDDEN * classes)) / (inputs + classes) / 8);
 }
 
 async function heads(test: ImageSet) {
-  log(`2. the classifier head: 10 MLP experts (hidden ${HIDDEN}) on the pixels, top-k ${TOP_KS.join('/')}, against the dense MLP of the same active FLOPs (the router's scores included: hidden ${TOP_KS.map((k) => sameActiveHidden(k, test)).join('/')}), ${HEAD_EPOCHS} epoch(s)`);
+  log(`2. the classifier head: ${HEAD_EXPERTS} MLP experts (hidden ${HIDDEN}) on the pixels, top-k ${TOP_KS.join('/')}, against the dense MLP of the same active FLOPs (the router's scores included: hidden ${TOP_KS.map((k) => sameActiveHidden(k, test)).join('/')}), ${HEAD_EPOCHS} epoch(s)`);
   const out = [];
   const acc = (pred: Int32Array, rows: number[]) => rows.filter((i) => pred[i] === test.labels[i]).length / Math.max(1, rows.length);
   for (const k of TOP_KS) {
     // Trained in batch order into the residual (the first measurement's settings; the defaults are now score and next).
-    const moe = (await train(base(`head-moe-k${k}`, { model: 'mlp-moe', modelArgs: { experts: 10, topK: k, hidden: HIDDEN, switchWeight: 0.1, priority: 'batch', overflow: 'residual' }, epochs: HEAD_EPOCHS }))).model;
+    const moe = (await train(base(`head-moe-k${k}`, { model: 'mlp-moe', modelArgs: { experts: HEAD_EXPERTS, topK: k, hidden: HIDDEN, switchWeight: 0.1, priority: 'batch', overflow: 'residual' }, epochs: HEAD_EPOCHS }))).model;
     const dense = (await train(base(`head-dense-k${k}`, { model: 'mlp-w', modelArgs: { hidden: [sameActiveHidden(k, test)] }, schedule: 'vanilla', epochs: HEAD_EPOCHS }))).model;
     // A factor of E / k lets an expert take the whole batch: no limit.
     // Each setting explicit: the trained head's own (batch, residual) would otherwise carry into the others.
     const batchOrder: Partial<MoeArgs> = { priority: 'batch', overflow: 'residual' };
-    const settings: [number, Partial<MoeArgs>][] = [[10 / k, batchOrder], [2, batchOrder], [1.25, batchOrder], [1.25, { priority: 'batch', overflow: 'next' }], [1.25, { priority: 'score', overflow: 'residual' }], [1.25, { priority: 'score', overflow: 'next' }]];
+    const settings: [number, Partial<MoeArgs>][] = [[HEAD_EXPERTS / k, batchOrder], [2, batchOrder], [1.25, batchOrder], [1.25, { priority: 'batch', overflow: 'next' }], [1.25, { priority: 'score', overflow: 'residual' }], [1.25, { priority: 'score', overflow: 'next' }]];
     const [free, loose, tight, tightNext, tightBpr, tightBprNext] = settings.map(([cf, extra]) => atCapacity(moe, cf, extra));
     // In batches of 64, the batch the times are taken at (capacity is per batch: a smaller batch overflows more).
     const [eFree, eLoose, eTight, eNext, eBpr, eBprNext] = [free, loose, tight, tightNext, tightBpr, tightBprNext].map((m) => evaluateRouted(m, test, { batchSize: 64 }));
@@ -244,8 +248,8 @@ async function heads(test: ImageSet) {
     );
     if (k === 1) {
       // Trained as it is deployed at 1.25: batch priority and overflow to the next choice in training too.
-      const bpr = (await train(base(`head-moe-k${k}-bpr`, { model: 'mlp-moe', modelArgs: { experts: 10, topK: k, hidden: HIDDEN, switchWeight: 0.1, priority: 'score', overflow: 'next' }, epochs: HEAD_EPOCHS }))).model;
-      const variants = [10 / k, 1.25].map((cf) => atCapacity(bpr, cf));
+      const bpr = (await train(base(`head-moe-k${k}-bpr`, { model: 'mlp-moe', modelArgs: { experts: HEAD_EXPERTS, topK: k, hidden: HIDDEN, switchWeight: 0.1, priority: 'score', overflow: 'next' }, epochs: HEAD_EPOCHS }))).model;
+      const variants = [HEAD_EXPERTS / k, 1.25].map((cf) => atCapacity(bpr, cf));
       const [bFree, bTight] = variants.map((m) => evaluateRouted(m, test, { batchSize: 64 }));
       row.trainedBprNext = { noCapacity: bFree.accuracy, capacity125: bTight.accuracy, lost: bFree.accuracy - bTight.accuracy, overflow: bTight.overflowRate };
       log(`    trained with priority and next: ${pct(bFree.accuracy)} without a limit, ${pct(bTight.accuracy)} at 1.25 (overflow ${pct(bTight.overflowRate!)})`);
@@ -294,11 +298,14 @@ async function ortTurns(files: string[], test: ImageSet): Promise<Record<'batch1
  */
 async function kernelUs<K extends string>(file: string, test: ImageSet, picks: Record<K, (node: string) => boolean>): Promise<{ picked: Record<K, number>; total: number }> {
   const folder = existsSync(path.join(file, 'manifest.json'));
-  const graph = folder ? path.join(file, JSON.parse(readFileSync(path.join(file, 'manifest.json'), 'utf8')).segments[0].graph.file as string) : file;
+  const segments = folder ? (JSON.parse(readFileSync(path.join(file, 'manifest.json'), 'utf8')).segments as { graph?: { file: string } }[]) : [];
+  // The images feed the folder's graph: a mixture dispatched inside one graph, the whole network.
+  if (folder && (segments.length !== 1 || !segments[0].graph)) throw new Error(`${file}: expected one graph, the manifest lists ${segments.length} segments`);
+  const graph = folder ? path.join(file, segments[0].graph!.file) : file;
   const dims = [64, test.channels, test.height, test.width];
   const x = { data: nhwcToNchw(toFloat(test, 0, 64, new Float32Array(64 * test.height * test.width * test.channels)), dims.slice(1)), dims };
   const runs = 30;
-  const nodes = await nodeTimes(graph, folder ? { x } : { images: x, u: { data: Float32Array.of(1), dims: [] } }, runs);
+  const nodes = await profileNodes(graph, folder ? { x } : { images: x, u: { data: Float32Array.of(1), dims: [] } }, runs);
   // An `If` node's time holds its branch's nodes: counted once, in them.
   const own = nodes.filter((t) => t.op !== 'If');
   const sum = (ts: typeof own) => ts.reduce((a, t) => a + t.us, 0) / runs;

@@ -134,7 +134,7 @@ async function exportDynamic(model: import('../models/network.js').Network, meta
     );
     const spatial = manifest.segments.filter((s) => s.kind === 'spatial').length;
     const parts = [...(gated || !(switches.length + mixtures.length + spatial) ? [`${gated} gated blocks each a gate and a body graph`] : []), ...(spatial ? [`${spatial} spatially gated blocks each one graph`] : []), ...switches, ...mixtures].join(', ');
-    io.out(`wrote ${o.onnx}/ (${manifest.model.model} with ${String(model.config.args.dynamic)} gates: ${manifest.segments.length} segments, ${parts}, threshold ${threshold}; serve it with \`dynn serve ${o.onnx}\`)\n`);
+    io.out(`wrote ${o.onnx}/ (${manifest.model.model} with ${String(model.config.args.dynamic)} gates: ${manifest.segments.length} segment${manifest.segments.length === 1 ? '' : 's'}, ${parts}, threshold ${threshold}; serve it with \`dynn serve ${o.onnx}\`)\n`);
   }
 }
 

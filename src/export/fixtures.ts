@@ -78,3 +78,46 @@ export async function assertServedLike(
     assert.ok(q.scores.every((s, j) => Math.abs(s - want.scores[i * 3 + j]) < tol));
   });
 }
+
+/** One node of an ONNX graph as ONNX Runtime's profile saw it: kernel time summed over the runs, and the rows (leading dim of its first input) of its last run. */
+export interface ProfiledNode {
+  name: string;
+  op: string;
+  us: number;
+  rows: number;
+}
+
+/**
+ * Runs the ONNX graph at `file` `runs` times on `feeds` (float32 data and dims; [] for a scalar) on one thread
+ * with ONNX Runtime's profiler, and returns each node's kernel time and rows: where a graph's time goes
+ * (benches), and how many rows each node processed (tests that count the work a dispatch does).
+ */
+export async function profileNodes(file: string, feeds: Record<string, { data: Float32Array; dims: number[] }>, runs: number): Promise<ProfiledNode[]> {
+  const ort = (await import('onnxruntime-node')).default;
+  const { mkdtempSync, readdirSync, readFileSync, rmSync } = await import('node:fs');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'dynn-profile-'));
+  try {
+    const s = await ort.InferenceSession.create(file, { intraOpNumThreads: 1, enableProfiling: true, profileFilePrefix: path.join(dir, 'p') });
+    const tensors = Object.fromEntries(Object.entries(feeds).map(([k, v]) => [k, new ort.Tensor('float32', v.data, v.dims)]));
+    for (let i = 0; i < runs; i++) await s.run(tensors);
+    s.endProfiling();
+    await s.release();
+    type Event = { cat: string; name: string; dur: number; args?: { op_name?: string; input_type_shape?: Record<string, number[]>[] } };
+    const events = JSON.parse(readFileSync(path.join(dir, readdirSync(dir)[0]), 'utf8')) as Event[];
+    const byNode = new Map<string, ProfiledNode>();
+    for (const e of events) {
+      if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time')) continue;
+      const name = e.name.slice(0, -'_kernel_time'.length);
+      const t = byNode.get(name) ?? { name, op: e.args?.op_name ?? '', us: 0, rows: NaN };
+      t.us += e.dur;
+      const first = e.args?.input_type_shape?.[0];
+      if (first) t.rows = Object.values(first)[0]?.[0] ?? NaN;
+      byNode.set(name, t);
+    }
+    return [...byNode.values()];
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

@@ -28,10 +28,17 @@ export interface BranchContext {
   /** Full dims of each top-level weight initializer (ONNX layout), by dynn weight name. */
   dims: Map<string, number[]>;
   /**
-   * Where a mixture of experts lowered into the graph (`export/moe.ts`) puts the name of its [batch, k] float
-   * tensor of each sample's experts; absent where the graph has no such output (one-file exports).
+   * Where each mixture of experts lowered into the graph (`export/moe.ts`) records itself, in lowering order:
+   * what the manifest says of it and its [batch, k] float tensor of each sample's experts. Absent where the
+   * graph has no such output (one-file exports).
    */
-  routes?: string[];
+  mixtures?: LoweredMixture[];
+}
+
+/** A mixture of experts lowered into a graph: the manifest's entry for it, and its routes tensor. */
+export interface LoweredMixture {
+  info: { name: string; experts: number; topK: number; residual: boolean; gateMacs: number; expertMacs: number[] };
+  routes: string;
 }
 
 /** What a layer becomes in a branch: the output value's name and which channels it holds. */
@@ -61,6 +68,12 @@ export function lowerChain(layers: Layer[], x: string, sel: ChannelSel, ctx: Bra
   return cur;
 }
 
+/** A gate's logits `z` times its `logitScale` (none when 1), as TF.js's gate computes them. */
+export function scaledLogits(g: GraphBuilder, gate: Layer, z: string, base: string): string {
+  const scale = (gate as Layer<{ logitScale?: number }>).args.logitScale ?? 1;
+  return scale === 1 ? z : g.node('Mul', [z, g.floatConst(`${base}/logit_scale`, [], [scale])], `${base}/scaled`);
+}
+
 function requirePrefix(layer: Layer, ...sels: ChannelSel[]): void {
   if (sels.some((s) => s.index !== null)) {
     throw new DynnError(`cannot export layer ${layer.name}: only nested gating exports (a level's active channels must be a prefix)`);
@@ -68,7 +81,7 @@ function requirePrefix(layer: Layer, ...sels: ChannelSel[]): void {
 }
 
 /** The top-level weight `name` cut to its first `ends[i]` entries on its leading axes, with constant bounds. */
-function sliced(ctx: BranchContext, name: string, ends: number[]): string {
+export function sliced(ctx: BranchContext, name: string, ends: number[]): string {
   const full = ctx.dims.get(name);
   if (!full) throw new DynnError(`internal: no initializer for weight ${name}`);
   if (ends.every((e, i) => e === full[i])) return name;

@@ -8,8 +8,11 @@ import { METADATA_LIMITS } from './metadata.js';
  * costs. TF-free: the Node and browser runtimes read it.
  */
 
-/** Value of the manifest's `format`. */
-export const SEGMENTS_FORMAT = 'dynn-segments/1';
+/** Value of the manifest's `format` this dynn writes: /2 adds mixtures dispatched inside plain graphs and routers that give scores only. */
+export const SEGMENTS_FORMAT = 'dynn-segments/2';
+
+/** Every `format` this dynn reads (a /1 folder, written before /2, still loads). */
+export const SEGMENTS_FORMATS = ['dynn-segments/1', SEGMENTS_FORMAT] as const;
 
 /** The manifest's file name inside the folder. */
 export const MANIFEST_FILE = 'manifest.json';
@@ -113,8 +116,10 @@ const moeSegment = z.object({
   /** MACs of the router, and of each expert (a sample spends gateMacs plus its experts'). */
   gateMacs: nonNegative,
   expertMacs: z.array(nonNegative).min(1).max(METADATA_LIMITS.maxLevels),
-  /** The router: `x` -> `logits` [batch, 2E] (the experts' scores, then their noise scales, which inference ignores). */
+  /** The router: `x` -> `logits` [batch, routerOutputs]: the experts' scores (then, from older exports, their noise scales, which inference ignores). */
   gate: graphRef,
+  /** The router graph's outputs: E (the scores alone), or absent for 2E (folders written before dynn-segments/2). */
+  routerOutputs: z.number().int().min(1).max(2 * METADATA_LIMITS.maxLevels).optional(),
   /** One graph per expert: `x` -> `y` (with `stacked`, for batches whose padding would not pay: `stackPays`). */
   expertGraphs: z.array(graphRef).max(METADATA_LIMITS.maxLevels),
   /** Alike experts as one graph: `x` [E, rows, ...input] -> `y` [E, rows, ...output], block e through expert e (batched MatMul on stacked weights). */
@@ -144,7 +149,7 @@ const spatialSegment = z.object({
 
 const manifestSchema = z
   .object({
-    format: z.literal(SEGMENTS_FORMAT),
+    format: z.enum(SEGMENTS_FORMATS),
     dynnVersion: z.string(),
     model: z.object({ model: z.string().min(1), args: z.record(z.string(), z.unknown()) }),
     input: z.object({ layout: z.literal('NCHW'), shape: z.array(dim).length(3) }),
@@ -179,6 +184,7 @@ const manifestSchema = z
         else if (s.expertGraphs.length !== s.experts) issue(['segments', i, 'expertGraphs'], `${s.expertGraphs.length} expert graphs and ${s.expertMacs.length} expert costs for ${s.experts} experts`);
         if (s.expertMacs.length !== s.experts) issue(['segments', i, 'expertMacs'], `${s.expertGraphs.length} expert graphs and ${s.expertMacs.length} expert costs for ${s.experts} experts`);
         if (s.topK > s.experts) issue(['segments', i, 'topK'], `top-k ${s.topK} exceeds the ${s.experts} experts`);
+        if (s.routerOutputs !== undefined && s.routerOutputs !== s.experts) issue(['segments', i, 'routerOutputs'], `a router gives the scores of the ${s.experts} experts, not ${s.routerOutputs}`);
         if (s.residual && s.input.join() !== s.output.join()) issue(['segments', i, 'residual'], `a residual mixture keeps its shape, [${s.input}] is not [${s.output}]`);
       }
       for (const g of segmentGraphs(s)) {

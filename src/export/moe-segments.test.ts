@@ -1,6 +1,6 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
@@ -8,7 +8,7 @@ import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import type { Network } from '../models/network.js';
 import { RoutingState } from '../route/context.js';
-import { assertServedLike, randomizeStatistics, serveFolder, relErr } from './fixtures.js';
+import { assertServedLike, profileNodes, randomizeStatistics, serveFolder, relErr } from './fixtures.js';
 import { saveSegments } from './segments.js';
 import { openSession } from '../runtime/node.js';
 import { SegmentedSession } from '../runtime/segments.js';
@@ -65,6 +65,7 @@ for (const [name, make] of nets) {
     const m = await saveSegments(model, dir);
     const moes = m.segments.filter((s) => s.kind === 'moe');
     assert.equal(moes.length, name === 'vgg-moe' ? 1 : 2);
+    assert.ok(moes.every((s) => s.kind === 'moe' && s.routerOutputs === s.experts), 'the router graphs give the scores alone');
     const routing = RoutingState.start('hard', 16);
     const ref = tf.tidy(() => model.forward(x, model.plan(1), { routing }).dataSync() as Float32Array);
     const { fixed, backbone } = model.routedMacs(1);
@@ -194,27 +195,6 @@ test('mlp-moe with a capacity limit exports its alike experts as one stacked gra
   }
 });
 
-/**
- * Rows that each node of the graph at `file` processed for input `x` ([n, ...dims]), by node name, from ONNX
- * Runtime's profile (the first input's leading dim of each kernel run).
- */
-async function rowsPerNode(file: string, x: Float32Array, dims: number[]): Promise<{ name: string; op: string; rows: number }[]> {
-  const ort = await import('onnxruntime-node');
-  const { readdirSync } = await import('node:fs');
-  const prefix = path.join(tmp, `profile-${path.basename(path.dirname(file))}`);
-  const s = await ort.InferenceSession.create(file, { intraOpNumThreads: 1, enableProfiling: true, profileFilePrefix: prefix });
-  await s.run({ x: new ort.Tensor('float32', x, dims) });
-  s.endProfiling();
-  await s.release();
-  const json = readdirSync(tmp).find((f) => path.join(tmp, f).startsWith(prefix))!;
-  type Event = { cat: string; name: string; args?: { op_name?: string; input_type_shape?: Record<string, number[]>[] } };
-  const events = JSON.parse(readFileSync(path.join(tmp, json), 'utf8')) as Event[];
-  rmSync(path.join(tmp, json));
-  return events
-    .filter((e) => e.cat === 'Node' && e.name.endsWith('_kernel_time') && e.args?.input_type_shape?.length)
-    .map((e) => ({ name: e.name, op: e.args!.op_name!, rows: Object.values(e.args!.input_type_shape![0])[0][0] }));
-}
-
 const inGraph: [string, () => Network][] = [
   ['vgg-moe', () => createModel('vgg-moe', { inputShape: [8, 8, 2], numClasses: 3, groups: 4, widths: [8, 8, 16, 16], hidden: 16, experts: 4, topK: 1 })],
   ['resnet-moe', () => createModel('resnet-moe', { inputShape: [8, 8, 2], numClasses: 3, width: 4, blocksPerStage: 2, experts: 3, topK: 2 })],
@@ -263,7 +243,7 @@ for (const [name, make] of inGraph) {
       const load = new Array<number>(mx.experts).fill(0);
       for (const g of slots.filter((g) => g === mx.name || g.startsWith(`${mx.name}.k`))) routing.decisions.get(g)!.forEach((e) => load[e]++);
       assert.ok(load.filter((l) => l > 0).length >= 2, `the router spreads samples (${load})`);
-      const nodes = await rowsPerNode(path.join(dir, seg.graph.file), input, [16, ...seg.input]);
+      const nodes = await profileNodes(path.join(dir, seg.graph.file), { x: { data: input, dims: [16, ...seg.input] } }, 1);
       for (let e = 0; e < mx.experts; e++) {
         const mine = nodes.filter((n) => n.name.includes(`/${mx.name}.e${e}/`));
         assert.ok(load[e] === 0 || mine.length > 0, `expert ${e}'s nodes ran`);
@@ -289,13 +269,20 @@ for (const [name, make] of inGraph) {
   });
 }
 
-test('in-graph mixtures: a batch of one (idle experts run on empty parts), a router that ties (every sample to expert 0, as the shared rule breaks ties), and a manifest that does not add up', async () => {
-  const model = createModel('mlp-moe', { inputShape: [8, 8, 2], numClasses: 3, experts: 4, hidden: 8, topK: 1 });
+test('in-graph mixtures: a batch of one (idle experts run on empty parts), a router that ties (every sample to expert 0, at k = 2 to 0 and 1, as the shared rule breaks ties), the router\'s scores alone counted, a graph whose experts the manifest does not know, and a manifest that does not add up', async () => {
+  for (const topK of [2, 1]) await tiesAndLies(topK);
+});
+
+async function tiesAndLies(topK: number): Promise<void> {
+  const model = createModel('mlp-moe', { inputShape: [8, 8, 2], numClasses: 3, experts: 4, hidden: 8, topK });
   tf.tidy(() => {
     for (const w of model.weights()) if (w.name.startsWith('moe.gate.fc.')) w.variable.assign(tf.zerosLike(w.variable));
   });
-  const dir = path.join(tmp, 'mlp-moe-ties');
-  await saveSegments(model, dir);
+  const dir = path.join(tmp, `mlp-moe-ties-k${topK}`);
+  const m = await saveSegments(model, dir);
+  assert.equal(m.format, 'dynn-segments/2');
+  // The router's cost is its E scores on the 128 inputs (the noise scales are not computed at inference).
+  assert.equal(m.segments[0].kind === 'plain' && m.segments[0].mixtures?.[0].gateMacs, 128 * 4);
   const session = (await openSession(dir, { threads: 1 })) as SegmentedSession;
   const x = tf.randomNormal([5, 8, 8, 2], 0, 1, 'float32', 2);
   try {
@@ -305,8 +292,10 @@ test('in-graph mixtures: a batch of one (idle experts run on empty parts), a rou
       const ref = tf.tidy(() => model.forward(xs, model.plan(1), { routing }).dataSync() as Float32Array);
       const got = await session.runRouted(toNchw(xs));
       xs.dispose();
-      assert.deepEqual([...got.counts[0]], new Array(n).fill(0));
-      assert.deepEqual([...routing.decisions.get('moe')!], new Array(n).fill(0));
+      for (let s = 0; s < topK; s++) {
+        assert.deepEqual([...got.counts[s]], new Array(n).fill(s));
+        assert.deepEqual([...routing.decisions.get(topK === 1 ? 'moe' : `moe.k${s}`)!], new Array(n).fill(s));
+      }
       assert.ok(relErr(ref, got.scores) < 1e-4);
     }
   } finally {
@@ -322,4 +311,22 @@ test('in-graph mixtures: a batch of one (idle experts run on empty parts), a rou
   };
   assert.throws(() => parseManifest(bad((mx) => (mx.topK = 5)), 'x'), /mixtures\.0\.topK: top-k 5 exceeds the 4 experts/);
   assert.throws(() => parseManifest(bad((mx) => (mx.expertMacs = [1, 2])), 'x'), /2 expert costs for 4 experts/);
-});
+  if (topK !== 1) return;
+  // A manifest that claims fewer experts than the graph routes to: refused when the graph names one it lacks.
+  const spread = createModel('mlp-moe', { inputShape: [8, 8, 2], numClasses: 3, experts: 4, hidden: 8, topK });
+  tf.tidy(() => {
+    for (const w of spread.weights()) if (w.name === 'moe.gate.fc.kernel') w.variable.assign(tf.randomNormal(w.variable.shape, 0, 1, 'float32', 4));
+  });
+  const lies = path.join(tmp, 'mlp-moe-lies');
+  const honest = await saveSegments(spread, lies);
+  spread.dispose();
+  const claimed = JSON.parse(JSON.stringify(honest));
+  Object.assign(claimed.segments[0].mixtures[0], { experts: 1, expertMacs: [1] });
+  writeFileSync(path.join(lies, MANIFEST_FILE), JSON.stringify(claimed));
+  const s2 = (await openSession(lies, { threads: 1 })) as SegmentedSession;
+  try {
+    await assert.rejects(s2.runRouted(Float32Array.from({ length: 8 * 128 }, (_, i) => ((i * 7919) % 13) - 6)), /moe: the graph chose expert [1-3] for sample \d+, not one of its 1/);
+  } finally {
+    await s2.release();
+  }
+}

@@ -15,36 +15,46 @@ import { Dense } from '../layers/conv.js';
 import type { MoeBlock } from '../route/moe.js';
 import { MoeRouter } from '../route/router.js';
 import { attr } from './graph.js';
-import { lowerChain, lowerings, type BranchContext, type Lowered } from './lower.js';
+import { lowerChain, lowerings, scaledLogits, sliced, type BranchContext, type Lowered } from './lower.js';
+import type { ChannelSel } from '../layers/types.js';
+import { gateMacsOf } from '../route/unit.js';
 
 /** Whether a mixture lowers into its graph (no capacity limit at evaluation), else it is a runtime-dispatched segment. */
 export const dispatchesInGraph = (mb: MoeBlock): boolean => mb.args.evalCapacityFactor === undefined;
 
-function lowerMixture(layer: Layer, x: string, sel: Lowered['sel'], ctx: BranchContext): Lowered {
+/**
+ * The experts' scores of mixture `mb`'s router, [n, E], lowered on `x`: a `MoeRouter` computes them alone
+ * (its dense kernel cut to the first E columns, a constant slice ONNX Runtime folds at load; what its cost
+ * counts, as TF.js's `MoeRouter.scores`), another gate computes all its logits and the first E are kept.
+ */
+export function lowerRouterScores(mb: MoeBlock, x: string, sel: ChannelSel, ctx: BranchContext): string {
+  const E = mb.experts;
+  const base = `${ctx.prefix}/${mb.name}`;
+  const kids = mb.gate.children();
+  const last = kids[kids.length - 1];
+  const routerCtx = { ...ctx, prefix: `${ctx.prefix}/${mb.name}.router` };
+  if (mb.gate instanceof MoeRouter && last instanceof Dense) {
+    const h = lowerChain(kids.slice(0, -1), x, sel, routerCtx);
+    const hasBias = last.weights().some((w) => w.name === `${last.name}.bias`);
+    const inputs = [h.y, sliced(routerCtx, `${last.name}.kernel`, [h.sel.count, E]), ...(hasBias ? [sliced(routerCtx, `${last.name}.bias`, [E])] : [])];
+    return ctx.g.node('Gemm', inputs, `${base}/router`);
+  }
+  const z = lowerChain(kids, x, sel, routerCtx).y;
+  const i64 = (name: string, v: number[]) => ctx.g.int64Const(`${base}/${name}`, v);
+  return ctx.g.node('Slice', [scaledLogits(ctx.g, mb.gate, z, `${base}/router`), i64('score_starts', [0]), i64('score_ends', [E]), i64('score_axes', [1])], `${base}/scores`);
+}
+
+function lowerMixture(layer: Layer, x: string, sel: ChannelSel, ctx: BranchContext): Lowered {
   const mb = layer as MoeBlock;
   if (!dispatchesInGraph(mb)) throw new DynnError(`${mb.name}: a mixture with a capacity limit at evaluation dispatches in the runtime (a moe segment), not inside a graph`);
-  if (!ctx.routes) throw new DynnError(`${mb.name}: a mixture of experts decides per sample; it exports by segments (a folder), not as one file`);
+  if (!ctx.mixtures) throw new DynnError(`${mb.name}: a mixture of experts decides per sample; it exports by segments (a folder), not as one file`);
   const g = ctx.g;
   const E = mb.experts;
   const k = mb.topK;
   const base = `${ctx.prefix}/${mb.name}`;
   const i64 = (name: string, v: number[]) => g.int64Const(`${base}/${name}`, v);
   const scalar = (name: string, v: number) => g.node('Reshape', [i64(`${name}_v`, [v]), i64(`${name}_scalar`, [])], `${base}/${name}`);
-  // The router's scores: its first E logits (the noise scales are for training). A `MoeRouter` computes
-  // them alone (`scores`, what its cost counts): its dense kernel cut to those E columns, a constant slice
-  // ONNX Runtime folds at load.
-  const kids = mb.gate.children();
-  const last = kids[kids.length - 1];
-  const routerCtx = { ...ctx, prefix: `${ctx.prefix}/${mb.name}.router` };
-  let z: string;
-  if (mb.gate instanceof MoeRouter && last instanceof Dense) {
-    const h = lowerChain(kids.slice(0, -1), x, sel, routerCtx).y;
-    const cut = (w: string, axis: number) => g.node('Slice', [w, i64(`${w}_starts`, [0]), i64(`${w}_ends`, [E]), i64(`${w}_axes`, [axis])], `${base}/${w}_scores`);
-    const hasBias = last.weights().some((w) => w.name === `${last.name}.bias`);
-    z = g.node('Gemm', [h, cut(`${last.name}.kernel`, 1), ...(hasBias ? [cut(`${last.name}.bias`, 0)] : [])], `${base}/router`);
-  } else z = g.node('Slice', [lowerChain(kids, x, sel, routerCtx).y, i64('score_starts', [0]), i64('score_ends', [E]), i64('score_axes', [1])], `${base}/router`);
-  const scale = (mb.gate as Layer<{ logitScale?: number }>).args.logitScale ?? 1;
-  const scores = scale === 1 ? z : g.node('Mul', [z, g.floatConst(`${base}/logit_scale`, [], [scale])], `${base}/scores`);
+  const scores = lowerRouterScores(mb, x, sel, ctx);
   const [best, chosen] = g.nodeOutputs('TopK', [scores, i64('k', [k])], [`${base}/best`, `${base}/chosen`], { axis: attr.int(1) });
   // Gates as TF.js's: for k = 1 the chosen expert's softmax over all (Switch), else a softmax over the k kept.
   const gates = k === 1 ? g.node('GatherElements', [g.node('Softmax', [scores], `${base}/probs`, { axis: attr.int(1) }), chosen], `${base}/gates`, { axis: attr.int(1) }) : g.node('Softmax', [best], `${base}/gates`, { axis: attr.int(1) });
@@ -77,8 +87,9 @@ function lowerMixture(layer: Layer, x: string, sel: Lowered['sel'], ctx: BranchC
   const outDims = mb.outShape.length === 3 ? [mb.outShape[2], mb.outShape[0], mb.outShape[1]] : [...mb.outShape];
   let y = k === 1 ? back : g.node('ReduceSum', [g.node('Reshape', [back, i64('slots_shape', [k, -1, ...outDims])], `${base}/slots`), i64('slot_axes', [0])], `${base}/combined`, { keepdims: attr.int(0) });
   if (mb.args.residual) y = g.node('Add', [x, y], `${base}/residual`);
-  // Each sample's experts, [n, k], for the runtime's counts and FLOPs.
-  ctx.routes.push(g.node('Cast', [chosen], `${base}/routes`, { to: attr.int(1) }));
+  // Each sample's experts, [n, k], for the runtime's counts and FLOPs, with what the manifest says of it.
+  const info = { name: mb.name, experts: E, topK: k, residual: mb.args.residual === true, gateMacs: gateMacsOf(mb.gate, sel), expertMacs: mb.expertMacs(sel, ctx.plan) };
+  ctx.mixtures.push({ info, routes: g.node('Cast', [chosen], `${base}/routes`, { to: attr.int(1) }) });
   return { y, sel: out };
 }
 

@@ -263,7 +263,7 @@ test('the folder is written atomically and refused when it exists, unless forced
   const other = path.join(tmp, 'not-an-export');
   mkdirSync(other);
   writeFileSync(path.join(other, 'checkpoint.json'), '{}');
-  await assert.rejects(saveSegments(model, other, { force: true }), /not-an-export is not an export by segments \(no manifest\.json of dynn-segments\/1\); --force replaces only an earlier export or an empty folder/);
+  await assert.rejects(saveSegments(model, other, { force: true }), /not-an-export is not an export by segments \(no manifest\.json of dynn-segments\/1 or dynn-segments\/2\); --force replaces only an earlier export or an empty folder/);
   assert.deepEqual(readdirSync(other), ['checkpoint.json'], 'the folder was left alone');
   const file = path.join(tmp, 'model.onnx');
   writeFileSync(file, 'x');

@@ -12,7 +12,7 @@ import { WholeSwitch } from '../route/whole.js';
 import { MoeBlock } from '../route/moe.js';
 import { SpatialResidualBlock } from '../route/spatial.js';
 import { lowerSpatial } from './spatial.js';
-import { dispatchesInGraph } from './moe.js';
+import { dispatchesInGraph, lowerRouterScores } from './moe.js';
 import { gateMacsOf, innerPlan } from '../route/unit.js';
 import { checkGateThreshold } from '../route/modes.js';
 import { DynnError } from '../util/errors.js';
@@ -20,9 +20,9 @@ import { VERSION } from '../version.js';
 import { addWeights, selectBranch, weightsSha256 } from './export.js';
 import { attr, floatValueInfo, GraphBuilder, NameScope } from './graph.js';
 import { lowerResize } from './lower.js';
-import { lowerAnyChain, lowerChain, lowerResidual, type BranchContext } from './lower.js';
+import { lowerAnyChain, lowerChain, lowerResidual, scaledLogits, type BranchContext, type LoweredMixture } from './lower.js';
 import { encodeModel, IR_VERSION, OPSET_VERSION, type GraphMsg } from './onnx-proto.js';
-import { MANIFEST_FILE, SEGMENT_IO, SEGMENTS_FORMAT, type SegmentEntry, type SegmentsManifest } from './manifest.js';
+import { MANIFEST_FILE, SEGMENT_IO, SEGMENTS_FORMAT, SEGMENTS_FORMATS, type SegmentEntry, type SegmentsManifest } from './manifest.js';
 
 /** Options of `exportSegments`. */
 export interface SegmentsOptions {
@@ -76,16 +76,6 @@ const isGatedBlock = (l: Layer): l is GatedBlock => l instanceof GatedResidualBl
 /** Layers that are a segment of their own: gated units, switches, spatially gated blocks and mixtures the runtime dispatches (with a capacity limit; the others dispatch inside a plain graph, `export/moe.ts`). */
 const isDeciding = (l: Layer): boolean => isGatedBlock(l) || isSwitch(l) || (l instanceof MoeBlock && !dispatchesInGraph(l)) || l instanceof SpatialResidualBlock;
 const isSwitch = (l: Layer): l is WidthSwitch | WholeSwitch<never> => l instanceof WidthSwitch || l instanceof WholeSwitch;
-
-/** What the manifest says of the mixtures a plain segment dispatches inside its graph, in order; `sel` is the segment's input. */
-function mixturesIn(layers: Layer[], sel: ChannelSel, full: Plan) {
-  const out = [];
-  for (const l of layers) {
-    if (l instanceof MoeBlock) out.push({ name: l.name, experts: l.experts, topK: l.topK, residual: l.args.residual === true, gateMacs: gateMacsOf(l.gate, sel), expertMacs: l.expertMacs(sel, full) });
-    sel = l.outSel(sel, full);
-  }
-  return out;
-}
 
 /** A switch as export by segments lowers it: a gate graph (after an optional resize of `x`) and one graph per route. */
 interface SwitchParts {
@@ -188,8 +178,7 @@ function gateSegment(weights: NamedArray[], owner: string, gateLayer: Layer, out
   gate.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(resize ? resize.inShape : gateLayer.inShape)));
   const x = resize ? lowerResize(gate.g, SEGMENT_IO.x, resize.size[0], resize.size[1], 'gate/glimpse') : SEGMENT_IO.x;
   const z = lowerChain(gateLayer.children(), x, sel, gate.ctx(full, 'gate')).y;
-  const scale = (gateLayer as Layer<{ logitScale?: number }>).args.logitScale ?? 1;
-  gate.g.nodeTo(scale === 1 ? 'Identity' : 'Mul', scale === 1 ? [z] : [z, gate.g.floatConst('logit_scale', [], [scale])], SEGMENT_IO.logits);
+  gate.g.nodeTo('Identity', [scaledLogits(gate.g, gateLayer, z, 'gate')], SEGMENT_IO.logits);
   gate.g.output(floatValueInfo(SEGMENT_IO.logits, ['batch', outputs]));
   return gate;
 }
@@ -298,7 +287,11 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
     } else if (first instanceof MoeBlock && !dispatchesInGraph(first)) {
       const mb = first;
       const E = mb.experts;
-      const gate = gateSegment(weights, mb.name, mb.gate, 2 * E, sel, full);
+      // The router's E scores alone (what its cost counts; older folders' routers also gave the noise scales).
+      const gate = new SegmentGraph(`${mb.name}_gate`, weights, [mb.gate]);
+      gate.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(mb.inShape)));
+      gate.g.nodeTo('Identity', [lowerRouterScores(mb, SEGMENT_IO.x, sel, gate.ctx(full, 'gate'))], SEGMENT_IO.logits);
+      gate.g.output(floatValueInfo(SEGMENT_IO.logits, ['batch', E]));
       const stacked = mb.stack?.fits(sel, full) ? add('.experts', stackedGraph(weights, mb), `dynn experts of ${mb.name}, stacked: x [${E}, rows, in] -> y [${E}, rows, out], block e through expert e`) : undefined;
       // The per-expert graphs too: batches whose padding would not pay run them (`stackPays`).
       const expertGraphs = mb.expertChains.map((chain, e) => {
@@ -313,13 +306,14 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
         name: mb.name,
         experts: E,
         topK: mb.topK,
-        ...(mb.args.evalCapacityFactor === undefined ? {} : { capacityFactor: mb.args.evalCapacityFactor }),
+        capacityFactor: mb.args.evalCapacityFactor,
         overflow: mb.args.overflow ?? 'next',
         ...((mb.args.priority ?? 'score') === 'score' ? { priority: 'score' as const } : {}),
         residual: mb.args.residual === true,
         gateMacs: gateMacsOf(mb.gate, sel),
         expertMacs: mb.expertMacs(sel, full),
-        gate: add('.gate', gate, `dynn router of ${mb.name}: x -> ${E} scores and ${E} noise scales`),
+        gate: add('.gate', gate, `dynn router of ${mb.name}: x -> ${E} scores`),
+        routerOutputs: E,
         expertGraphs,
         ...(stacked ? { stacked } : {}),
         input,
@@ -344,14 +338,17 @@ export function exportSegments(model: Network, options: SegmentsOptions = {}): S
     } else if (!isGatedBlock(first)) {
       const sg = new SegmentGraph(`segment_${tag}`, weights, layers);
       sg.g.input(floatValueInfo(SEGMENT_IO.x, batchDims(first.inShape)));
-      const routes: string[] = [];
-      const y = lowerChain(layers, SEGMENT_IO.x, sel, { ...sg.ctx(full, 'p'), routes }).y;
+      const lowered: LoweredMixture[] = [];
+      const y = lowerChain(layers, SEGMENT_IO.x, sel, { ...sg.ctx(full, 'p'), mixtures: lowered }).y;
       sg.g.nodeTo('Identity', [y], SEGMENT_IO.y);
       sg.g.output(floatValueInfo(SEGMENT_IO.y, batchDims(last.outShape)));
-      // Mixtures dispatched inside the graph: their experts per sample, as one more output.
-      const mixtures = mixturesIn(layers, sel, full);
-      if (routes.length > 0) {
-        sg.g.nodeTo('Concat', routes, SEGMENT_IO.routes, { axis: attr.int(1) });
+      // Mixtures dispatched inside the graph: their experts per sample, as one more output, in the order the
+      // manifest lists them. Only a segment's own layers: the runtime's counts and FLOPs know no nesting.
+      const nested = lowered.find((m) => !layers.some((l) => l.name === m.info.name));
+      if (nested) throw new DynnError(`${model.config.model}: the mixture ${nested.info.name} sits inside another layer; only a network's own mixtures export`);
+      const mixtures = lowered.map((m) => m.info);
+      if (lowered.length > 0) {
+        sg.g.nodeTo('Concat', lowered.map((m) => m.routes), SEGMENT_IO.routes, { axis: attr.int(1) });
         sg.g.output(floatValueInfo(SEGMENT_IO.routes, ['batch', mixtures.reduce((a, mx) => a + mx.topK, 0)]));
       }
       const name = layers.length > 1 ? `${first.name}..${last.name}` : first.name;
@@ -407,8 +404,8 @@ async function checkReplaceable(dir: string, isFolder: boolean): Promise<void> {
   } catch {
     // not JSON: not an export
   }
-  if (format !== SEGMENTS_FORMAT) {
-    throw new DynnError(`${dir} is not an export by segments (no ${MANIFEST_FILE} of ${SEGMENTS_FORMAT}); --force replaces only an earlier export or an empty folder`);
+  if (!(SEGMENTS_FORMATS as readonly unknown[]).includes(format)) {
+    throw new DynnError(`${dir} is not an export by segments (no ${MANIFEST_FILE} of ${SEGMENTS_FORMATS.join(' or ')}); --force replaces only an earlier export or an empty folder`);
   }
 }
 

@@ -17,7 +17,10 @@ export interface MoeArgs {
   topK?: number;
   /** Capacity factor in training: an expert takes at most ceil(cf * k * n / E) rows of a batch of n (default 1.25). */
   capacityFactor?: number;
-  /** Capacity factor at evaluation (default 2). */
+  /**
+   * Capacity factor at evaluation, export and serving (default: none, no limit). With one, the exported
+   * mixture is dispatched by the runtime (a `moe` segment); without, inside its segment's graph.
+   */
   evalCapacityFactor?: number;
   /** What an assignment that finds its expert full does (default `next`, see `OverflowPolicy`). */
   overflow?: OverflowPolicy;

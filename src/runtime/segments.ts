@@ -153,7 +153,7 @@ export class SegmentedSession {
           for (const r of entry.routes) routes.push(await open(r.file, r.weightsSha256, [x], [y]));
         } else if (entry.kind === 'moe') {
           const E = entry.experts;
-          const gate = await open(entry.gate.file, entry.gate.weightsSha256, [x], [{ name: SEGMENT_IO.logits, dims: ['batch', 2 * E], width: `${E} experts` }]);
+          const gate = await open(entry.gate.file, entry.gate.weightsSha256, [x], [{ name: SEGMENT_IO.logits, dims: ['batch', entry.routerOutputs ?? 2 * E], width: `${E} experts` }]);
           const experts: InferenceSession[] = [];
           const part: Extract<Loaded, { experts: InferenceSession[] }> = { entry, gate, experts };
           parts.push(part);
@@ -263,8 +263,9 @@ export class SegmentedSession {
     const k = entry.topK;
     const z = await this.once(p.gate, { [SEGMENT_IO.x]: this.tensor(x, [batch, ...entry.input]) }, SEGMENT_IO.logits);
     let ms = z.ms;
-    // The router's first E outputs are the scores; the noise scales only matter in training.
-    const h = Float32Array.from({ length: batch * E }, (_, j) => z.data[Math.floor(j / E) * 2 * E + (j % E)]);
+    // The router's first E outputs are the scores (folders written before dynn-segments/2 also hold the noise scales, which only training uses).
+    const width = entry.routerOutputs ?? 2 * E;
+    const h = width === E ? z.data : Float32Array.from({ length: batch * E }, (_, j) => z.data[Math.floor(j / E) * width + (j % E)]);
     const a = assignExperts(h, E, k, entry.capacityFactor === undefined ? batch : expertCapacity(entry.capacityFactor, k, batch, E), entry.overflow, entry.priority ?? 'batch');
     for (let s = 0; s < k; s++) counts.push(a.experts.slice(s * batch, (s + 1) * batch));
     const w = mixtureWeights(h, E, k, a);
