@@ -238,13 +238,14 @@ async function heads(test: ImageSet) {
       timeRatio: { tfjs: { batch1: tjs('batch1'), batch64: tjs('batch64') }, onnx: onnx.ratios },
       onnxMs: onnx.ms,
       onnxKernelShare: onnx.kernelShare,
+      onnxExpertsOverDense: onnx.expertsOverDense,
     };
     const t = { b1: tjs('batch1'), b64: tjs('batch64') };
     log(
       `  top-${k}: ${pct(eFree.accuracy)} without a limit, ${pct(eLoose.accuracy)} at 2; at 1.25: ${pct(eTight.accuracy)} (overflow ${pct(eTight.overflowRate!)}), next ${pct(eNext.accuracy)}, priority ${pct(eBpr.accuracy)}, priority+next ${pct(eBprNext.accuracy)}; dense ${pct(dAcc)}; most used expert ${pct(e.maxShare)} (CV ${e.cv.toFixed(3)})\n` +
         `    overflowed at 1.25: ${who.overflowed} samples, ${pct(who.accuracyWithoutLimit)} of them right without a limit, mean place in batch ${who.meanPlaceInBatch.toFixed(1)} of 64; stacked padding ${pct((row.padding as { atCapacity2: number }).atCapacity2)} of the slots at 2 (${pct((row.padding as { withoutLimit: number }).withoutLimit)} without a limit)\n` +
         `    time over dense, TF.js: stacked ${fmt(t.b1.stacked)} @1, ${fmt(t.b64.stacked)} @64; per expert ${fmt(t.b1.perExpert)} @1, ${fmt(t.b64.perExpert)} @64\n` +
-        `    ONNX Runtime: one graph ${fmt(onnx.ratios.batch1.inGraph)} @1, ${fmt(onnx.ratios.batch64.inGraph)} @64 (kernel time: experts ${pct(onnx.kernelShare.experts)}, router ${pct(onnx.kernelShare.router)}, dispatch ${pct(onnx.kernelShare.dispatch)}); runtime dispatch, stacked ${fmt(onnx.ratios.batch1.stacked)} @1, ${fmt(onnx.ratios.batch64.stacked)} @64; per expert ${fmt(onnx.ratios.batch1.perExpert)} @1, ${fmt(onnx.ratios.batch64.perExpert)} @64`,
+        `    ONNX Runtime: one graph ${fmt(onnx.ratios.batch1.inGraph)} @1, ${fmt(onnx.ratios.batch64.inGraph)} @64 (kernel time: experts ${pct(onnx.kernelShare.experts)}, router ${pct(onnx.kernelShare.router)}, dispatch ${pct(onnx.kernelShare.dispatch)}; the experts' nodes alone ${onnx.expertsOverDense.toFixed(2)}x the dense head's); runtime dispatch, stacked ${fmt(onnx.ratios.batch1.stacked)} @1, ${fmt(onnx.ratios.batch64.stacked)} @64; per expert ${fmt(onnx.ratios.batch1.perExpert)} @1, ${fmt(onnx.ratios.batch64.perExpert)} @64`,
     );
     if (k === 1) {
       // Trained as it is deployed at 1.25: batch priority and overflow to the next choice in training too.
@@ -338,7 +339,11 @@ async function onnxTimes(free: Network, stacked: Network, looped: Network, dense
   const router = (m: string) => m.includes('/moe/router');
   const k = await kernelUs(files[0], test, { experts: expert, router, dispatch: (m) => m.includes('/moe/') && !router(m) && !expert(m) });
   const kernelShare = { experts: k.picked.experts / k.total, router: k.picked.router / k.total, dispatch: k.picked.dispatch / k.total };
-  return { ms, ratios: { batch1: ratios('batch1'), batch64: ratios('batch64') }, kernelShare };
+  // The floor of any exact dispatch in this runtime: the experts' own nodes on their rows, nothing else,
+  // against every node of the dense head.
+  const denseKernel = await kernelUs(files[3], test, {});
+  const expertsOverDense = k.picked.experts / denseKernel.total;
+  return { ms, ratios: { batch1: ratios('batch1'), batch64: ratios('batch64') }, kernelShare, expertsOverDense };
 }
 
 /**

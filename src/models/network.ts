@@ -275,7 +275,6 @@ export class Network {
     }
   }
 
-  /** Frees every weight. */
   /** Frees what layers keep beside the weights (a mixture's stacked experts); they rebuild it when next run. */
   releaseCaches(): void {
     const release = (l: Layer): void => {
@@ -285,6 +284,7 @@ export class Network {
     this.layers.forEach(release);
   }
 
+  /** Frees every weight and every cache. */
   dispose(): void {
     this.releaseCaches();
     for (const w of this.weights()) w.variable.dispose();
