@@ -309,7 +309,7 @@ async function kernelUs<K extends string>(file: string, test: ImageSet, picks: R
   const nodes = await profileNodes(graph, folder ? { x } : { images: x, u: { data: Float32Array.of(1), dims: [] } }, runs);
   // An `If` node's time holds its branch's nodes: counted once, in them.
   const own = nodes.filter((t) => t.op !== 'If');
-  const sum = (ts: typeof own) => ts.reduce((a, t) => a + t.us, 0) / runs;
+  const sum = (ts: typeof own) => ts.reduce((a, t) => a + t.us, 0);
   const picked = Object.fromEntries(Object.entries(picks).map(([key, pick]) => [key, sum(own.filter((t) => (pick as (node: string) => boolean)(t.name)))])) as Record<K, number>;
   return { picked, total: sum(own) };
 }

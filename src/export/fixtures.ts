@@ -79,7 +79,7 @@ export async function assertServedLike(
   });
 }
 
-/** One node of an ONNX graph as ONNX Runtime's profile saw it: kernel time summed over the runs, and the rows (leading dim of its first input) of its last run. */
+/** One node of an ONNX graph as ONNX Runtime's profile saw it: its median kernel time per run (the first run, which packs weights and grows the arena, weighs no more than any other), and the rows (leading dim of its first input) of its last run. */
 export interface ProfiledNode {
   name: string;
   op: string;
@@ -89,7 +89,7 @@ export interface ProfiledNode {
 
 /**
  * Runs the ONNX graph at `file` `runs` times on `feeds` (float32 data and dims; [] for a scalar) on one thread
- * with ONNX Runtime's profiler, and returns each node's kernel time and rows: where a graph's time goes
+ * with ONNX Runtime's profiler, and returns each node's median kernel time per run and its rows: where a graph's time goes
  * (benches), and how many rows each node processed (tests that count the work a dispatch does).
  */
 export async function profileNodes(file: string, feeds: Record<string, { data: Float32Array; dims: number[] }>, runs: number): Promise<ProfiledNode[]> {
@@ -106,17 +106,17 @@ export async function profileNodes(file: string, feeds: Record<string, { data: F
     await s.release();
     type Event = { cat: string; name: string; dur: number; args?: { op_name?: string; input_type_shape?: Record<string, number[]>[] } };
     const events = JSON.parse(readFileSync(path.join(dir, readdirSync(dir)[0]), 'utf8')) as Event[];
-    const byNode = new Map<string, ProfiledNode>();
+    const byNode = new Map<string, ProfiledNode & { durs: number[] }>();
     for (const e of events) {
       if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time')) continue;
       const name = e.name.slice(0, -'_kernel_time'.length);
-      const t = byNode.get(name) ?? { name, op: e.args?.op_name ?? '', us: 0, rows: NaN };
-      t.us += e.dur;
+      const t = byNode.get(name) ?? { name, op: e.args?.op_name ?? '', us: 0, rows: NaN, durs: [] };
+      t.durs.push(e.dur);
       const first = e.args?.input_type_shape?.[0];
       if (first) t.rows = Object.values(first)[0]?.[0] ?? NaN;
       byNode.set(name, t);
     }
-    return [...byNode.values()];
+    return [...byNode.values()].map(({ durs, ...t }) => ({ ...t, us: [...durs].sort((a, b) => a - b)[durs.length >> 1] }));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
