@@ -3,11 +3,14 @@
  *   1. vgg-moe (E experts at c4, top-1) against vgg-w, the dense network with the same active FLOPs per sample,
  *      and vgg-w with c4 widened to about the mixture's parameter count: accuracy, mean FLOPs, parameters, time
  *      at batch 1 and 64 (TF.js, the three and the mixture's masked baseline taking turns), and the mixture's
- *      expert load CV and overflow rate at evaluation;
+ *      expert load CV and overflow rate at evaluation; in ONNX Runtime, the mixture exported without a limit
+ *      (one graph) against vgg-w, the whole network and the c4 layer (by difference of kernel time);
  *   2. the classifier head (mlp-moe: 10 MLP experts on the pixels, top-k 1, 2, 4) against the dense MLP with
- *      the same active FLOPs (hidden k h): balance at evaluation (the most used expert's share), accuracy with
- *      no capacity limit, at the evaluation factor 2 and at 1.25 (the accuracy the limit costs), and the
- *      head's time over the dense head's at batch 64.
+ *      the same active FLOPs (the router's E scores included): balance at evaluation (the most used expert's
+ *      share), accuracy with no capacity limit, at the evaluation factor 2 and at 1.25 (the accuracy the limit
+ *      costs), and the head's time over the dense head's at batch 1 and 64: TF.js (stacked, per expert) and
+ *      ONNX Runtime (one graph; runtime-dispatched, stacked and per expert), with the one graph's kernel time
+ *      split into experts, router and dispatch, and the experts' nodes alone against the dense head.
  * Usage: npm run bench:moe [-- --train 6000 --test 1000 --epochs 1 --experts 4 --head-epochs 2 --hidden 64
  *          --top-k 1,2,4 --data-dir DIR --results .bench/moe.json --no-peer --json]
  *   3. the same head task with the popular PyTorch layer's behaviour (`bench/moe_peer.py`, Debian's PyTorch at
