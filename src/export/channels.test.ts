@@ -119,8 +119,12 @@ test('throttleStem: the stem takes the rounded channels c2 had and c2 keeps its 
   assert.equal(model.config.args.throttleStem, true);
   const again = createModel(model.config.model, model.config.args);
   assert.deepEqual([...again.channels(0.3)], [...model.channels(0.3)]);
-  assert.deepEqual([createModel('vgg-w', { channelMultiple: 16 })].map((m) => [m.channels(0.3).get('stem.conv'), m.channels(0.3).get('c2.conv')]), [[32, 16]]);
-  for (const m of [model, again]) m.dispose();
+  const c2Throttled = createModel('vgg-w', { channelMultiple: 16 });
+  assert.deepEqual([c2Throttled.channels(0.3).get('stem.conv'), c2Throttled.channels(0.3).get('c2.conv')], [32, 16]);
+  // Without the rounding the stem takes c2's exact group counts.
+  const exact = createModel('vgg-w', { throttleStem: true });
+  assert.deepEqual([1 / 9, 0.3, 1].map((u) => [exact.channels(u).get('stem.conv'), exact.channels(u).get('c2.conv')]), [[4, 32], [8, 32], [32, 32]]);
+  for (const m of [model, again, c2Throttled, exact]) m.dispose();
 });
 
 test('channelMultiple: absent keeps exact group counts (runs saved before it load unchanged); rebuilt from the saved config it rounds again', () => {
