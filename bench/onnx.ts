@@ -5,10 +5,11 @@
  *      The peer slices exact group counts: this compares the variant without channel rounding.
  *   2. latency(u)/latency(1) against FLOPs(u)/FLOPs(1) at batch 64 for u >= 0.25. Target: within 1.2x.
  *      Measured for each `--channel-multiple` variant (vgg-w with each level's channels rounded to that
- *      multiple, FLOPs counting the rounded channels); the variant whose worst level is closest is kept.
+ *      multiple, FLOPs counting the rounded channels; `16s`: the same with the stem throttled in place of c2,
+ *      `--throttle-stem`); the variant whose worst level is closest is kept.
  * The variants are measured in interleaved rounds (the peer runs after the first half): each figure is the
  * median over rounds, with the rounds' spread, to damp load from other processes on a shared machine.
- * Usage: node dist/bench/onnx.js [--rounds 5] [--reps 10] [--warmup 3] [--channel-multiple 1,16]
+ * Usage: node dist/bench/onnx.js [--rounds 5] [--reps 10] [--warmup 3] [--channel-multiple 1,16,16s]
  *   [--threads N (ORT and PyTorch; default: cores for ORT, PyTorch's fastest configuration)] [--run RUN_DIR]
  *   [--json]. With --run, the run's own network is the one variant. Results also go to .bench/onnx.json (atomically).
  */
@@ -38,15 +39,27 @@ const BATCHES = [1, 64];
 const log = (s: string) => process.stderr.write(s + '\n');
 const f = (x: number | undefined, d = 2) => (x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d));
 
-/** Active output channels of c2, c3, c4 and fc1 at a utilization. */
+/** Active output channels of the stem, c2, c3, c4 and fc1 at a utilization. */
 function widths(model: Network, u: number): number[] {
   const ch = model.channels(u);
-  return ['c2.conv', 'c3.conv', 'c4.conv', 'fc1'].map((k) => ch.get(k) ?? 0);
+  return ['stem.conv', 'c2.conv', 'c3.conv', 'c4.conv', 'fc1'].map((k) => ch.get(k) ?? 0);
+}
+
+/** A `--channel-multiple` entry: `16` rounds to multiples of 16, `16s` also throttles the stem in place of c2. */
+function parseVariant(spec: string): { multiple: number; throttleStem: boolean } {
+  const m = /^(\d+)(s?)$/.exec(spec.trim());
+  if (!m || Number(m[1]) < 1) throw new Error(`--channel-multiple takes a list like 1,16,16s, got ${spec}`);
+  return { multiple: Number(m[1]), throttleStem: m[2] === 's' };
 }
 
 /** A u inside a level's interval: the torch peer floors u*(D+1) without dynn's epsilon, so avoid the boundary. */
 function peerU(level: number, D: number): number {
   return level >= D ? 1 : (level + 0.5) / (D + 1);
+}
+
+/** A variant's name: its channel multiple, `s` when the stem is throttled in place of c2. */
+function name(v: { multiple: number; throttleStem: boolean }): string {
+  return `${v.multiple}${v.throttleStem ? 's' : ''}`;
 }
 
 function median(xs: number[]): number {
@@ -57,6 +70,7 @@ function median(xs: number[]): number {
 
 interface Variant {
   multiple: number;
+  throttleStem: boolean;
   model: Network;
   ort: OnnxModel;
   tables: LatencyTable[];
@@ -65,21 +79,24 @@ interface Variant {
 async function main() {
   await initEngine('cpu');
   const runDir = opt('run');
-  const multiples = runDir ? [] : (opt('channel-multiple') ?? '1,16').split(',').map(Number);
+  const specs = runDir ? [] : (opt('channel-multiple') ?? '1,16,16s').split(',').map(parseVariant);
   const threads = Number(opt('threads') ?? defaultThreads());
   const variants: Variant[] = [];
-  const networks = runDir ? [(await loadRun(runDir)).model] : multiples.map((m) => createModel('vgg-w', m > 1 ? { channelMultiple: m } : {}));
+  const networks = runDir
+    ? [(await loadRun(runDir)).model]
+    : specs.map((v) => createModel('vgg-w', { ...(v.multiple > 1 ? { channelMultiple: v.multiple } : {}), ...(v.throttleStem ? { throttleStem: true } : {}) }));
   for (const model of networks) {
     if (model.config.model !== 'vgg-w') throw new Error(`the PyTorch peer runs vgg-w only, got ${model.config.model}`);
     if (!runDir) randomizeStatistics(model, 1);
     const multiple = (model.config.args.channelMultiple as number | undefined) ?? 1;
-    const file = path.resolve('.bench', `vgg-w-m${multiple}.onnx`);
+    const throttleStem = model.config.args.throttleStem === true;
+    const file = path.resolve('.bench', `vgg-w-m${multiple}${throttleStem ? 's' : ''}.onnx`);
     await saveOnnx(model, file);
-    variants.push({ multiple, model, ort: await OnnxModel.load(file, { threads }), tables: [] });
+    variants.push({ multiple, throttleStem, model, ort: await OnnxModel.load(file, { threads }), tables: [] });
   }
   const D = variants[0].model.numLevels - 1;
   const levels = variants[0].ort.levels;
-  log(`vgg-w (${runDir ?? 'random weights'}), ${levels.length} levels, channel multiples ${variants.map((v) => v.multiple).join(', ')}, ORT ${threads} threads, ${ROUNDS} rounds of ${REPS} reps after ${WARMUP} warm-up; load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  log(`vgg-w (${runDir ?? 'random weights'}), ${levels.length} levels, channel multiples ${variants.map(name).join(', ')}, ORT ${threads} threads, ${ROUNDS} rounds of ${REPS} reps after ${WARMUP} warm-up; load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
 
   const us = levels.map((l) => peerU(l.level, D));
   let peer: Awaited<ReturnType<typeof runTorchPeer>> | undefined;
@@ -97,7 +114,7 @@ async function main() {
   const measured = variants.map((v) => {
     const top = v.tables.map((t) => t.levels[t.levels.length - 1].latencyMs['64']);
     const rows = v.ort.levels.map((l, i) => {
-      const torch = v.multiple === 1 && peer?.ok ? (peer.result.latencyMs[String(us[i])] as Record<string, number>) : undefined;
+      const torch = v.multiple === 1 && !v.throttleStem && peer?.ok ? (peer.result.latencyMs[String(us[i])] as Record<string, number>) : undefined;
       const ortMs = Object.fromEntries(BATCHES.map((b) => [String(b), median(v.tables.map((t) => t.levels[i].latencyMs[String(b)]))]));
       // Ratios within a round (the same minutes' load), then their median and spread over rounds.
       const ratios = v.tables.map((t, r) => t.levels[i].latencyMs['64'] / top[r]);
@@ -119,10 +136,10 @@ async function main() {
       };
     });
     const worst = Math.max(...rows.filter((r) => r.u >= 0.25).map((r) => r.latencyOverFlops));
-    return { channelMultiple: v.multiple, levels: rows, worstLatencyOverFlops: worst, latencyWithin1_2xFlops: worst <= 1.2 };
+    return { channelMultiple: v.multiple, throttleStem: v.throttleStem, name: name(v), levels: rows, worstLatencyOverFlops: worst, latencyWithin1_2xFlops: worst <= 1.2 };
   });
   const kept = measured.reduce((a, b) => (b.worstLatencyOverFlops < a.worstLatencyOverFlops ? b : a));
-  const exact = measured.find((m) => m.channelMultiple === 1);
+  const exact = measured.find((m) => m.channelMultiple === 1 && !m.throttleStem);
   const results = {
     model: 'vgg-w',
     weights: runDir ?? 'random',
@@ -134,6 +151,7 @@ async function main() {
     torch: peer?.ok ? { version: peer.result.torch, threads: peer.result.threads, config: peer.result.config, configs: peer.result.configs } : { skipped: peer?.ok === false ? peer.reason : 'not run' },
     variants: measured,
     channelMultiple: kept.channelMultiple,
+    throttleStem: kept.throttleStem,
     levels: kept.levels,
     targets: {
       ortAtMostHalfTorch: exact ? exact.levels.every((r) => r.ortOverTorch && r.ortOverTorch['1'] <= 0.5 && r.ortOverTorch['64'] <= 0.5) : null,
@@ -147,14 +165,14 @@ async function main() {
   }
   const out: string[] = [];
   for (const m of measured) {
-    out.push(`channel multiple ${m.channelMultiple}${m === kept ? ' (kept)' : ''}: worst latency/FLOPs ratio (u >= 0.25) ${f(m.worstLatencyOverFlops)}`);
-    out.push('level  u      channels(c2,c3,c4,fc1)  ORT@1  torch@1  x     ORT@64  torch@64  x     FLOPs ratio  lat ratio@64 [rounds]  lat/FLOPs');
+    out.push(`channel multiple ${m.name}${m === kept ? ' (kept)' : ''}: worst latency/FLOPs ratio (u >= 0.25) ${f(m.worstLatencyOverFlops)}`);
+    out.push('level  u      channels(stem,c2,c3,c4,fc1)  ORT@1  torch@1  x     ORT@64  torch@64  x     FLOPs ratio  lat ratio@64 [rounds]  lat/FLOPs');
     for (const r of m.levels) {
       out.push(
         [
           String(r.level).padEnd(6),
           r.u.toFixed(3).padEnd(6),
-          (r.channels.join(',') + (r.aligned16 ? '' : r.aligned8 ? ' +' : ' *')).padEnd(23),
+          (r.channels.join(',') + (r.aligned16 ? '' : r.aligned8 ? ' +' : ' *')).padEnd(28),
           f(r.ortMs['1']).padStart(5),
           f(r.torchMs?.['1']).padStart(8),
           f(r.ortOverTorch?.['1']).padStart(5),
@@ -169,8 +187,9 @@ async function main() {
     }
   }
   out.push('* a channel count not a multiple of 8, + a multiple of 8 but not 16: ORT computes convolutions in NCHWc blocks of 8 (AVX2) or');
-  out.push('  16 (AVX-512) channels, padding the rest, so such levels save less time than FLOPs (--channel-multiple 16 rounds them).');
-  out.push(`targets: ORT <= 0.5x PyTorch at every level (channel multiple 1): ${results.targets.ortAtMostHalfTorch}; latency ratio <= 1.2x FLOPs ratio (u >= 0.25), channel multiple ${kept.channelMultiple}: ${results.targets.latencyWithin1_2xFlops}`);
+  out.push('  16 (AVX-512) channels, padding the rest, so such levels save less time than FLOPs (--channel-multiple 16 rounds them);');
+  out.push('  16s also throttles the stem in place of c2, which keeps two blocks: one block runs about 1.4x slower per FLOP.');
+  out.push(`targets: ORT <= 0.5x PyTorch at every level (channel multiple 1): ${results.targets.ortAtMostHalfTorch}; latency ratio <= 1.2x FLOPs ratio (u >= 0.25), channel multiple ${kept.name}: ${results.targets.latencyWithin1_2xFlops}`);
   process.stdout.write(out.join('\n') + '\n');
 }
 

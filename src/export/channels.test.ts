@@ -4,6 +4,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import ort from 'onnxruntime-node';
 import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
+import type { Network } from '../models/network.js';
 import { Rng } from '../util/rng.js';
 import { exportOnnx } from './export.js';
 import { ModelProto } from './onnx-proto.js';
@@ -59,10 +60,17 @@ test('channelMultiple 16: TF.js, the cost model and the export run the same roun
   }
   assert.deepEqual(seen, ['16,16,16,32', '16,16,16,64', '16,32,32,96', '16,32,32,128', '32,48,48,160', '32,48,48,192', '32,64,64,224', '32,64,64,256']);
 
+  await assertOrtMatches(model, bytes, metadata.levels);
+  assert.equal(tf.memory().numTensors, before, 'tensors stay flat');
+  model.dispose();
+});
+
+/** ONNX Runtime's scores of the exported model match TF.js's within 1e-4 at every level. */
+async function assertOrtMatches(model: Network, bytes: Uint8Array, levels: { level: number; u: number }[]) {
   const s = await ort.InferenceSession.create(bytes, { graphOptimizationLevel: 'all', intraOpNumThreads: 1 });
   const x = tf.randomNormal([3, 28, 28, 1], 0, 1, 'float32', 5);
   const nchw = tf.tidy(() => tf.transpose(x, [0, 3, 1, 2]).dataSync() as Float32Array);
-  for (const lv of metadata.levels) {
+  for (const lv of levels) {
     const ref = tf.tidy(() => model.predict(x, lv.u).dataSync() as Float32Array);
     const out = await s.run({ images: new ort.Tensor('float32', nchw, [3, 1, 28, 28]), u: new ort.Tensor('float32', Float32Array.of(lv.u), []) });
     const err = relErr(ref, out.scores.data as Float32Array);
@@ -70,8 +78,53 @@ test('channelMultiple 16: TF.js, the cost model and the export run the same roun
   }
   await s.release();
   x.dispose();
-  assert.equal(tf.memory().numTensors, before, 'tensors stay flat');
-  model.dispose();
+}
+
+/** The [out, in] channels of a level's exported conv kernel (OIHW): its constant slice, else the full kernel. */
+function kernelChannels(consts: Map<string, number[]>, level: number, layer: string, full: [number, number]): [number, number] {
+  const got = [...full] as [number, number];
+  const ends = consts.get(`L${level}/${layer}.kernel/ends`);
+  const axes = consts.get(`L${level}/${layer}.kernel/axes`);
+  ends?.forEach((e, i) => {
+    if (axes![i] < 2) got[axes![i]] = Math.min(e, full[axes![i]]);
+  });
+  return got;
+}
+
+test('throttleStem: the stem takes the rounded channels c2 had and c2 keeps its full output; TF.js, the cost model and the export agree per level; ORT matches TF.js', async () => {
+  const model = createModel('vgg-w', { channelMultiple: 16, throttleStem: true });
+  randomizeStatistics(model, 3);
+  const before = tf.memory().numTensors;
+  const { bytes, metadata } = exportOnnx(model);
+  const consts = int64Consts(bytes);
+  const seen: string[] = [];
+  for (const lv of metadata.levels) {
+    const ch = model.channels(lv.u);
+    const stem = ch.get('stem.conv')!;
+    assert.equal(ch.get('c2.conv'), 32, `level ${lv.level}: c2 runs its full output`);
+    // What the exported level runs: the stem's output slice, and c2's kernel sliced on its input only.
+    assert.deepEqual(kernelChannels(consts, lv.level, 'stem.conv', [32, 1]), [stem, 1], `level ${lv.level}: stem`);
+    assert.deepEqual(kernelChannels(consts, lv.level, 'c2.conv', [32, 32]), [32, stem], `level ${lv.level}: c2`);
+    assert.deepEqual(kernelChannels(consts, lv.level, 'c3.conv', [64, 32]), [ch.get('c3.conv'), 32], `level ${lv.level}: c3`);
+    // FLOPs count the channels that run.
+    const macs = Object.fromEntries(model.cost(lv.u).layers.map((l) => [l.name, l.macs]));
+    assert.equal(macs['stem.conv'], 28 * 28 * 9 * stem);
+    assert.equal(macs['c2.conv'], 28 * 28 * 9 * stem * 32);
+    seen.push(['stem.conv', 'c2.conv', 'c3.conv', 'c4.conv', 'fc1'].map((k) => ch.get(k)).join());
+  }
+  assert.deepEqual(seen, ['16,32,16,16,32', '16,32,16,16,64', '16,32,32,32,96', '16,32,32,32,128', '32,32,48,48,160', '32,32,48,48,192', '32,32,64,64,224', '32,32,64,64,256']);
+  assert.equal(tf.memory().numTensors, before, 'export must not leak tensors');
+  await assertOrtMatches(model, bytes, metadata.levels);
+  // Saved in the run config: rebuilt from it, the model throttles the stem again; absent, c2 as before.
+  assert.equal(model.config.args.throttleStem, true);
+  const again = createModel(model.config.model, model.config.args);
+  assert.deepEqual([...again.channels(0.3)], [...model.channels(0.3)]);
+  const c2Throttled = createModel('vgg-w', { channelMultiple: 16 });
+  assert.deepEqual([c2Throttled.channels(0.3).get('stem.conv'), c2Throttled.channels(0.3).get('c2.conv')], [32, 16]);
+  // Without the rounding the stem takes c2's exact group counts.
+  const exact = createModel('vgg-w', { throttleStem: true });
+  assert.deepEqual([1 / 9, 0.3, 1].map((u) => [exact.channels(u).get('stem.conv'), exact.channels(u).get('c2.conv')]), [[4, 32], [8, 32], [32, 32]]);
+  for (const m of [model, again, c2Throttled, exact]) m.dispose();
 });
 
 test('channelMultiple: absent keeps exact group counts (runs saved before it load unchanged); rebuilt from the saved config it rounds again', () => {
@@ -88,10 +141,13 @@ test('channelMultiple: absent keeps exact group counts (runs saved before it loa
   for (const m of [plain, rounded, again, mlp]) m.dispose();
 });
 
-test('channelMultiple: clear errors for a model without rounded layers, a dynamic model, a bad value and independent gating', () => {
+test('channelMultiple and throttleStem: clear errors for a model without rounded layers or a throttleable stem, a dynamic model, a bad value and independent gating', () => {
   assert.throws(() => createModel('resnet-d', { channelMultiple: 16 }), /channelMultiple \(--channel-multiple\) needs a model whose widthwise layers round their channels \(expected one of mlp-w, vgg-exits, vgg-w\), not resnet-d/);
   assert.throws(() => createModel('vgg-w', { channelMultiple: 16, dynamic: 'width' }), /--dynamic width does not take it/);
   assert.throws(() => createModel('vgg-w', { channelMultiple: 0 }), /channelMultiple must be a positive integer, got 0/);
+  assert.throws(() => createModel('vgg-exits', { throttleStem: true }), /throttleStem \(--throttle-stem\) needs a model with a throttleable stem \(expected one of vgg-w\), not vgg-exits/);
+  assert.throws(() => createModel('vgg-w', { throttleStem: true, dynamic: 'width' }), /--dynamic width does not take it/);
+  assert.throws(() => createModel('vgg-w', { throttleStem: 'yes' as unknown as boolean }), /throttleStem must be true or false, got yes/);
   const model = createModel('vgg-w', { channelMultiple: 8 });
   assert.throws(() => model.channels(model.plan(0.5, { gating: 'independent', rng: new Rng(1) })), /need nested gating/);
   model.dispose();

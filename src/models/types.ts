@@ -28,6 +28,12 @@ export interface ModelArgs {
    * every level's time follows its FLOPs (default: absent, 1, the group counts exactly).
    */
   channelMultiple?: number;
+  /**
+   * vgg-w: throttle the stem's output channels in place of c2's, so c2 keeps its full output and only its input
+   * shrinks: ONNX Runtime's convolution is about 1.4x slower per FLOP at one block of 16 output channels than at
+   * two, and c2, the costliest layer, ran one block at the cheap levels (default: absent, c2 throttled).
+   */
+  throttleStem?: boolean;
   /** Dynamic-parameter models: expert kernels E per conditional convolution (default 4). */
   experts?: number;
   /** Dynamic-parameter models: `sigmoid` (CondConv) or `softmax` (dynamic convolution) mixing weights. */
@@ -53,6 +59,8 @@ export interface ModelDef {
   switchAfter?: string;
   /** Whether its widthwise layers take `channelMultiple`. */
   channelMultiple?: boolean;
+  /** Whether it takes `throttleStem`. */
+  throttleStem?: boolean;
   /** Whether its convolutions are conditional (CondConv): it takes `experts`, `routing`, `temperature`, `annealEpochs`. */
   condconv?: boolean;
   /** Whether it has residual blocks that keep their shape, which a mechanism that skips blocks can gate (`skip`). */

@@ -32,14 +32,16 @@ models.register('vgg-w', {
   defaults: { widths: [32, 32, 64, 64], hidden: 256 },
   switchAfter: 'stem.relu',
   channelMultiple: true,
+  throttleStem: true,
   layers(a) {
     const [w1, w2, w3, w4] = a.widths as number[];
     const D = a.groups;
     const L = D + 1;
     const m = a.channelMultiple as number | undefined;
+    const stem = a.throttleStem === true;
     return [
-      ...convBnRelu('stem', w1, 0, L, a.batchNorm),
-      ...convBnRelu('c2', w2, D, L, a.batchNorm, m),
+      ...convBnRelu('stem', w1, stem ? D : 0, L, a.batchNorm, m),
+      ...convBnRelu('c2', w2, stem ? 0 : D, L, a.batchNorm, m),
       new MaxPool('pool1', {}),
       ...convBnRelu('c3', w3, D, L, a.batchNorm, m),
       ...convBnRelu('c4', w4, D, L, a.batchNorm, m),

@@ -173,6 +173,10 @@ test('the training command line read back by the CLI gives the options the run r
   // A run's channel rounding is part of what it trained.
   const rounded = trainCommandLine(run, meta, { ...info.config.args, channelMultiple: 16 });
   assert.equal(trainOptionsFrom(cli.parse(['node', 'dynn', ...rounded.split(' ').slice(1)], { run: false }).options).modelArgs.channelMultiple, 16);
+  const stem = trainCommandLine(run, meta, { ...info.config.args, channelMultiple: 16, throttleStem: true });
+  assert.match(stem, / --throttle-stem /);
+  assert.equal(trainOptionsFrom(cli.parse(['node', 'dynn', ...stem.split(' ').slice(1)], { run: false }).options).modelArgs.throttleStem, true);
+  assert.doesNotMatch(line, /--throttle-stem/);
 });
 
 test('dynn report writes the page and lists its sections; usage errors are clear', async () => {
