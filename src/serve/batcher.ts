@@ -6,7 +6,8 @@ import type { Dispatch, PendingView, ServePolicy } from './policy.js';
 
 /** What runs a batch: `OnnxModel` (in a worker thread) in the server, a fake in tests. */
 export interface BatchRunner {
-  run(images: Float32Array, u: number): Promise<Prediction>;
+  /** `lend`: the runner may take the images' buffer and give it back as the result's `images` (see `ModelRunOptions`). */
+  run(images: Float32Array, u: number, options?: { lend?: boolean }): Promise<Prediction & { images?: Float32Array }>;
 }
 
 /** One finished run, for metrics. */
@@ -81,6 +82,8 @@ export class MicroBatcher {
   private timer: NodeJS.Timeout | null = null;
   private closing = false;
   private idle: (() => void) | null = null;
+  /** The last batch's buffer, given back by the runner: the next batch is copied into it, not a new one. */
+  private spare: ArrayBuffer | null = null;
   private readonly now: () => number;
 
   constructor(
@@ -162,6 +165,14 @@ export class MicroBatcher {
     return { n, samples };
   }
 
+  /** Room for `samples` samples of `per` values: over the spare buffer when it is large enough, else a new one of a full batch. */
+  private batchArray(samples: number, per: number): Float32Array {
+    let buffer = this.spare;
+    this.spare = null;
+    if (!buffer || buffer.byteLength < 4 * samples * per) buffer = new ArrayBuffer(4 * per * Math.max(samples, this.o.maxBatch));
+    return new Float32Array(buffer, 0, samples * per);
+  }
+
   private async dispatch(taken: Pending[], samples: number): Promise<void> {
     const start = this.now();
     let behind: Dispatch['behind'] = null;
@@ -194,13 +205,13 @@ export class MicroBatcher {
     for (const lv of order) {
       const idx: number[] = [];
       for (let i = 0; i < samples; i++) if (levels[i] === lv) idx.push(i);
-      const x = new Float32Array(idx.length * per);
+      const x = this.batchArray(idx.length, per);
       idx.forEach((i, k) => x.set(taken[owner[i]].images.subarray(row[i] * per, (row[i] + 1) * per), k * per));
       const u = this.o.levels[lv].u;
       const t0 = this.now();
-      let p: Prediction;
+      let p: Prediction & { images?: Float32Array };
       try {
-        p = await this.runner.run(x, u);
+        p = await this.runner.run(x, u, { lend: true });
       } catch (err) {
         for (const i of idx) {
           if (results[owner[i]]) taken[owner[i]].reject(err as Error);
@@ -208,6 +219,7 @@ export class MicroBatcher {
         }
         continue;
       }
+      if (p.images) this.spare = p.images.buffer as ArrayBuffer;
       this.o.onRun?.({ level: lv, u: p.u, batch: idx.length, runMs: p.ms, wallMs: this.now() - t0 });
       this.o.policy.estimator?.observe(lv, idx.length, p.ms, this.now() - t0);
       const seen = new Set<number>();
