@@ -9,6 +9,8 @@ export {
   defaultThreads,
   NODE_EXECUTION_PROVIDERS,
   type LoadOptions,
+  type ModelRunOptions,
+  type ModelPrediction,
   type NodeDevice,
 } from './node.js';
 export {

@@ -58,6 +58,22 @@ export interface LoadOptions {
   spinning?: boolean;
 }
 
+/** Options of `OnnxModel.run`. */
+export interface ModelRunOptions extends RunOptions {
+  /**
+   * Lend the images' ArrayBuffer to the worker thread instead of copying it there (default false): the
+   * caller's array is empty until the result's `images` gives it back, values unchanged, for reuse. Copying a
+   * batch of 64 28x28 images to the worker and back cost 0.4 ms of CPU.
+   */
+  lend?: boolean;
+}
+
+/** `OnnxModel.run`'s result. */
+export interface ModelPrediction extends Prediction {
+  /** With `lend`: the images, given back. */
+  images?: Float32Array;
+}
+
 /** Most intra-op threads a session may ask for: ONNX Runtime would try to start every one (1e8 hung). */
 export const MAX_THREADS = 1024;
 
@@ -139,8 +155,11 @@ export interface SessionCalls {
 }
 export type SessionMethod = keyof SessionCalls;
 
-/** Messages between `OnnxModel` and its worker (src/runtime/worker.ts). */
-export type WorkerRequest = { type: 'call'; id: number; method: SessionMethod; args: unknown[] } | { type: 'close' };
+/**
+ * Messages between `OnnxModel` and its worker (src/runtime/worker.ts). `lend`: the first argument's buffer
+ * was moved to the worker, which sends it back with the result as `images`.
+ */
+export type WorkerRequest = { type: 'call'; id: number; method: SessionMethod; args: unknown[]; lend?: boolean } | { type: 'close' };
 export type WorkerReply =
   | { type: 'ready'; metadata: OnnxMetadata; verified: boolean }
   | { type: 'result'; id: number; value: unknown }
@@ -155,7 +174,8 @@ function revive(e: { name: string; message: string }): Error {
 }
 
 interface Runner {
-  call<M extends SessionMethod>(method: M, args: Parameters<SessionCalls[M]>): ReturnType<SessionCalls[M]>;
+  /** `lend`: move the first argument's buffer to a worker and back (see `ModelRunOptions.lend`). */
+  call<M extends SessionMethod>(method: M, args: Parameters<SessionCalls[M]>, lend?: boolean): ReturnType<SessionCalls[M]>;
   close(): Promise<void>;
 }
 
@@ -207,13 +227,15 @@ class WorkerRunner implements Runner {
     this.pending.clear();
   }
 
-  call<M extends SessionMethod>(method: M, args: Parameters<SessionCalls[M]>): ReturnType<SessionCalls[M]> {
+  call<M extends SessionMethod>(method: M, args: Parameters<SessionCalls[M]>, lend = false): ReturnType<SessionCalls[M]> {
     if (this.exited) return Promise.reject(this.exited) as ReturnType<SessionCalls[M]>;
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
       try {
-        this.worker.postMessage({ type: 'call', id, method, args } satisfies WorkerRequest);
+        const buffer = lend ? (args[0] as Float32Array).buffer : null;
+        if (buffer instanceof ArrayBuffer) this.worker.postMessage({ type: 'call', id, method, args, lend } satisfies WorkerRequest, [buffer]);
+        else this.worker.postMessage({ type: 'call', id, method, args } satisfies WorkerRequest);
       } catch (err) {
         // e.g. an exit rule given as an object with functions: it cannot cross to the worker.
         this.pending.delete(id);
@@ -294,9 +316,9 @@ export class OnnxModel {
     return levelFor(this.metadata, u);
   }
 
-  private call<M extends SessionMethod>(method: M, args: Parameters<SessionCalls[M]>): ReturnType<SessionCalls[M]> {
+  private call<M extends SessionMethod>(method: M, args: Parameters<SessionCalls[M]>, lend?: boolean): ReturnType<SessionCalls[M]> {
     if (this.disposed) return Promise.reject(new DynnError(`${this.path}: this model was disposed`)) as ReturnType<SessionCalls[M]>;
-    return this.runner.call(method, args);
+    return this.runner.call(method, args, lend);
   }
 
   /**
@@ -305,8 +327,11 @@ export class OnnxModel {
    * graph, and its representative u is fed to the graph. Bad input rejects with a DynnError. An early-exit
    * model runs its whole network in one pass (its last exit); `runExits` terminates early.
    */
-  run(images: Float32Array, u: number, options: RunOptions = {}): Promise<Prediction> {
-    return this.call('run', [images, u, options]);
+  run(images: Float32Array, u: number, options: ModelRunOptions = {}): Promise<ModelPrediction> {
+    const { lend = false, ...rest } = options;
+    if (!lend) return this.call('run', [images, u, rest]);
+    if (this.inWorker) return this.call('run', [images, u, rest], true);
+    return this.call('run', [images, u, rest]).then((p) => ({ ...p, images }));
   }
 
   /**

@@ -61,6 +61,16 @@ test('in-thread and worker sessions return the same scores, equal to TF.js at ev
       return row.indexOf(Math.max(...row));
     }));
   }
+  // lend: the buffer moves to the worker and comes back as the result's images, values unchanged; the caller's
+  // array is empty meanwhile. In-thread nothing moves.
+  const lent = nchw.slice();
+  const running = worker.run(lent, 1, { lend: true });
+  assert.equal(lent.length, 0);
+  const back = await running;
+  assert.deepEqual(back.scores, (await local.run(nchw, 1)).scores);
+  assert.deepEqual(back.images, nchw);
+  const kept = nchw.slice();
+  assert.equal((await local.run(kept, 1, { lend: true })).images, kept);
   // A u between levels runs the level TF.js runs; the reported u is that level's.
   const p = await worker.run(nchw, 0.55);
   assert.equal(p.level, model.levelOf(0.55));

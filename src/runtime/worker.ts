@@ -41,6 +41,11 @@ port.on('message', (m: WorkerRequest) => {
           out[k] = copy;
         } else out[k] = v;
       }
+      // A lent input goes back as it came, uncopied, for the caller to reuse.
+      if (m.lend) {
+        out.images = m.args[0];
+        transfer.push((m.args[0] as Float32Array).buffer as ArrayBuffer);
+      }
       reply({ type: 'result', id: m.id, value: out }, transfer);
     } catch (err) {
       reply({ type: 'error', id: m.id, error: asError(err) });

@@ -6,7 +6,8 @@ import type { Dispatch, PendingView, ServePolicy } from './policy.js';
 
 /** What runs a batch: `OnnxModel` (in a worker thread) in the server, a fake in tests. */
 export interface BatchRunner {
-  run(images: Float32Array, u: number): Promise<Prediction>;
+  /** `lend`: the runner may take the images' buffer and give it back as the result's `images` (see `ModelRunOptions`). */
+  run(images: Float32Array, u: number, options?: { lend?: boolean }): Promise<Prediction & { images?: Float32Array }>;
 }
 
 /** One finished run, for metrics. */
@@ -81,6 +82,8 @@ export class MicroBatcher {
   private timer: NodeJS.Timeout | null = null;
   private closing = false;
   private idle: (() => void) | null = null;
+  /** The last batch's buffer, given back by the runner: the next batch is copied into it, not a new one. */
+  private spare: ArrayBuffer | null = null;
   private readonly now: () => number;
 
   constructor(
@@ -162,6 +165,14 @@ export class MicroBatcher {
     return { n, samples };
   }
 
+  /** Room for `samples` samples of `per` values: over the spare buffer when it is large enough, else a new one of a full batch. */
+  private batchArray(samples: number, per: number): Float32Array {
+    let buffer = this.spare;
+    this.spare = null;
+    if (!buffer || buffer.byteLength < 4 * samples * per) buffer = new ArrayBuffer(4 * per * Math.max(samples, this.o.maxBatch));
+    return new Float32Array(buffer, 0, samples * per);
+  }
+
   private async dispatch(taken: Pending[], samples: number): Promise<void> {
     const start = this.now();
     let behind: Dispatch['behind'] = null;
@@ -175,10 +186,6 @@ export class MicroBatcher {
       return;
     }
     const per = taken[0].images.length / taken[0].count;
-    // owner[i] = request of dispatch sample i, row[i] = its sample index within that request.
-    const owner = new Int32Array(samples);
-    const row = new Int32Array(samples);
-    for (let r = 0, i = 0; r < taken.length; r++) for (let j = 0; j < taken[r].count; j++, i++) (owner[i] = r), (row[i] = j);
     const results: (BatchedResult | null)[] = taken.map((p) => ({
       scores: new Float32Array(0),
       classes: new Int32Array(p.count),
@@ -192,43 +199,63 @@ export class MicroBatcher {
     }));
     const order = [...new Set(levels)];
     for (const lv of order) {
-      const idx: number[] = [];
-      for (let i = 0; i < samples; i++) if (levels[i] === lv) idx.push(i);
-      const x = new Float32Array(idx.length * per);
-      idx.forEach((i, k) => x.set(taken[owner[i]].images.subarray(row[i] * per, (row[i] + 1) * per), k * per));
+      // This level's samples as runs of consecutive rows of one request, (request, first row, rows) each: a
+      // request whose samples all run at one level is one copy in and one out, not one per sample.
+      const runs: number[] = [];
+      let n = 0;
+      for (let r = 0, i = 0; r < taken.length; i += taken[r++].count) {
+        for (let j = 0; j < taken[r].count; ) {
+          if (levels[i + j] !== lv) {
+            j++;
+            continue;
+          }
+          const first = j;
+          while (j < taken[r].count && levels[i + j] === lv) j++;
+          runs.push(r, first, j - first);
+          n += j - first;
+        }
+      }
+      const x = this.batchArray(n, per);
+      for (let q = 0, at = 0; q < runs.length; q += 3) {
+        x.set(taken[runs[q]].images.subarray(runs[q + 1] * per, (runs[q + 1] + runs[q + 2]) * per), at * per);
+        at += runs[q + 2];
+      }
       const u = this.o.levels[lv].u;
       const t0 = this.now();
-      let p: Prediction;
+      let p: Prediction & { images?: Float32Array };
       try {
-        p = await this.runner.run(x, u);
+        p = await this.runner.run(x, u, { lend: true });
       } catch (err) {
-        for (const i of idx) {
-          if (results[owner[i]]) taken[owner[i]].reject(err as Error);
-          results[owner[i]] = null;
+        for (let q = 0; q < runs.length; q += 3) {
+          if (results[runs[q]]) taken[runs[q]].reject(err as Error);
+          results[runs[q]] = null;
         }
         continue;
       }
-      this.o.onRun?.({ level: lv, u: p.u, batch: idx.length, runMs: p.ms, wallMs: this.now() - t0 });
-      this.o.policy.estimator?.observe(lv, idx.length, p.ms, this.now() - t0);
-      const seen = new Set<number>();
-      idx.forEach((i, k) => {
-        const res = results[owner[i]];
-        if (!res) return;
-        const c = p.numClasses;
+      if (p.images) this.spare = p.images.buffer as ArrayBuffer;
+      this.o.onRun?.({ level: lv, u: p.u, batch: n, runMs: p.ms, wallMs: this.now() - t0 });
+      this.o.policy.estimator?.observe(lv, n, p.ms, this.now() - t0);
+      const c = p.numClasses;
+      let counted = -1;
+      for (let q = 0, at = 0; q < runs.length; at += runs[q + 2], q += 3) {
+        const r = runs[q];
+        const first = runs[q + 1];
+        const rows = runs[q + 2];
+        const res = results[r];
+        if (!res) continue;
         if (res.numClasses === 0) {
           res.numClasses = c;
-          res.scores = new Float32Array(taken[owner[i]].count * c);
+          res.scores = new Float32Array(taken[r].count * c);
         }
-        res.scores.set(p.scores.subarray(k * c, (k + 1) * c), row[i] * c);
-        res.classes[row[i]] = p.classes[k];
-        res.u[row[i]] = p.u;
-        res.level[row[i]] = p.level;
-        if (p.flopsRatios) (res.flopsRatio ??= new Float64Array(res.classes.length))[row[i]] = p.flopsRatios[k];
-        if (!seen.has(owner[i])) {
-          seen.add(owner[i]);
-          res.inferenceMs += p.ms;
-        }
-      });
+        res.scores.set(p.scores.subarray(at * c, (at + rows) * c), first * c);
+        res.classes.set(p.classes.subarray(at, at + rows), first);
+        res.u.fill(p.u, first, first + rows);
+        res.level.fill(p.level, first, first + rows);
+        if (p.flopsRatios) (res.flopsRatio ??= new Float64Array(res.classes.length)).set(p.flopsRatios.subarray(at, at + rows), first);
+        // A request's runs at this level are consecutive in `runs`: its run time counts once.
+        if (counted !== r) res.inferenceMs += p.ms;
+        counted = r;
+      }
     }
     const readyAt = this.now();
     results.forEach((res, r) => {

@@ -106,8 +106,13 @@ test('valid flat inputs are read exactly, as float32', () => {
       const r = parseJsonRequest({ inputs: values }, {}, spec);
       assert.equal(r.count, values.length / PER);
       assert.deepEqual(Array.from(r.images), values.map((v) => (Object.is(v, -0) ? -0 : v)));
-      const b = parseBinaryRequest(new Uint8Array(Float32Array.from(values).buffer), {}, spec);
+      const bytes = new Uint8Array(Float32Array.from(values).buffer);
+      const b = parseBinaryRequest(bytes, {}, spec);
       assert.deepEqual(b.images, r.images);
+      // A body that does not start on a 4-byte boundary is copied, not viewed.
+      const unaligned = new Uint8Array(bytes.length + 1).subarray(1);
+      unaligned.set(bytes);
+      assert.deepEqual(parseBinaryRequest(unaligned, {}, spec).images, r.images);
     }),
     RUNS,
   );

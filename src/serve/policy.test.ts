@@ -182,6 +182,29 @@ test('MicroBatcher: collects concurrent requests into one run, groups by level, 
   await assert.rejects(b.submit(sample(1)), /shutting down/);
 });
 
+test('MicroBatcher: a runner that gives the batch buffer back gets it again for the next batch, whatever its size', async () => {
+  const buffers: ArrayBufferLike[] = [];
+  const runner = new FakeRunner(2);
+  const lending: BatchRunner = {
+    run: async (images, u, options) => {
+      buffers.push(images.buffer);
+      const p = await runner.run(images, u);
+      return options?.lend ? { ...p, images } : p;
+    },
+  };
+  const policy = createPolicy(parsePolicy('fixed:1'), env({ table: null }));
+  const b = new MicroBatcher(lending, { maxBatch: 4, maxWaitMs: 1000, maxQueue: 8, levels: LEVELS, policy });
+  const full = await Promise.all([b.submit(sample(1, 2)), b.submit(sample(2, 2))]);
+  const pending = b.submit(sample(3));
+  await b.close(); // dispatches the lone request at once
+  const small = await pending;
+  assert.deepEqual(runner.calls.map((c) => c.batch), [4, 1]);
+  assert.equal(buffers[1], buffers[0]);
+  assert.equal(buffers[0].byteLength, 4 * 2 * 4, 'room for a full batch');
+  assert.deepEqual(Array.from(full[1].scores), [2, 3, 4, 2, 3, 4]);
+  assert.deepEqual(Array.from(small.scores), [3, 4, 5]);
+});
+
 test('MicroBatcher: dispatches after maxWait, refuses a full queue, and a failed run fails only its requests', async () => {
   const runner = new FakeRunner(2);
   const policy = createPolicy(parsePolicy('fixed:1'), env({ table: null }));

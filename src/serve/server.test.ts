@@ -19,7 +19,7 @@ import { Rng } from '../util/rng.js';
 import { serveCommand } from '../cli/serve-commands.js';
 import { Policy } from '../control/policy.js';
 import { greedyActions } from '../control/bandit.js';
-import { DynnServer, type PredictResponse } from './server.js';
+import { DynnServer, predictResponseText, type PredictResponse } from './server.js';
 import { overLimit, request, slowClient } from '../util/http-fixtures.js';
 import { createServer, type AddressInfo } from 'node:net';
 
@@ -100,6 +100,41 @@ async function post(body: unknown, o: { query?: string; type?: string; raw?: boo
   return { status: res.status, json: (await res.json()) as Record<string, unknown> };
 }
 const binary = (x: Float32Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLength);
+
+test('the response text is what JSON.stringify gives for the response object', () => {
+  const rng = new Rng(5);
+  const names = ['T-shirt/top', 'a "quoted" \\ name', 'é'];
+  const round = (ms: number) => Math.round(ms * 1000) / 1000;
+  for (const flops of [false, true]) {
+    const n = 5;
+    const c = 3;
+    const res = {
+      scores: Float32Array.from({ length: n * c }, () => (rng.next() - 0.5) * 10 ** rng.int(12)),
+      classes: Int32Array.from({ length: n }, (_, i) => (i === n - 1 ? 7 : rng.int(c))),
+      numClasses: c,
+      u: Float64Array.from({ length: n }, () => rng.next()),
+      level: Int32Array.from({ length: n }, () => rng.int(9)),
+      ...(flops ? { flopsRatio: Float64Array.from({ length: n }, () => rng.next()) } : {}),
+      queueMs: 1.23456789,
+      inferenceMs: 0,
+      batchSize: 64,
+      readyAt: 0,
+    };
+    const object: PredictResponse = {
+      predictions: Array.from(res.classes, (cls, i) => ({
+        class: cls,
+        className: names[cls] ?? String(cls),
+        u: res.u[i],
+        level: res.level[i],
+        scores: Array.from(res.scores.subarray(i * c, (i + 1) * c)),
+        ...(res.flopsRatio ? { flopsRatio: res.flopsRatio[i] } : {}),
+      })),
+      timings: { queueMs: round(res.queueMs), inferenceMs: round(res.inferenceMs), totalMs: round(9.87654321) },
+      batchSize: res.batchSize,
+    };
+    assert.equal(predictResponseText(res, 9.87654321, names.map((x) => JSON.stringify(x))), JSON.stringify(object));
+  }
+});
 
 test('JSON (nested, flat, NHWC) and binary predictions equal OnnxModel.run', async () => {
   const x = images(3);

@@ -126,18 +126,26 @@ export function createHttpApp(fastifyOptions: FastifyServerOptions, safety: Http
   app.server.maxConnections = maxConnections;
   const anyHost = allowed.includes('*');
   const listed = (name: string) => allowed.some((a) => a === name || (a.startsWith('.') && (name === a.slice(1) || name.endsWith(a))));
-  app.addHook('onRequest', async (request, reply) => {
+  // A client sends the same Host on every request: the few headers that passed are remembered, not parsed again.
+  const passed = new Set<string>();
+  // A callback hook, not an async one: no promise per request.
+  app.addHook('onRequest', (request, reply, done) => {
     reply.header('x-content-type-options', 'nosniff');
-    if (anyHost) return;
     const header = request.headers.host;
+    if (anyHost || (header !== undefined && passed.has(header))) return done();
     const name = header === undefined ? null : hostName(header);
     // DNS rebinding needs a name: a Host that is an address literal cannot be rebound, so it passes, on any
     // bind; a name must be a loopback one or listed, also on a server bound beyond loopback (0.0.0.0).
-    if (name !== null && (isLoopbackHost(name) || isAddressLiteral(name) || listed(name))) return;
+    if (name !== null && (isLoopbackHost(name) || isAddressLiteral(name) || listed(name))) {
+      if (passed.size < 64) passed.add(header as string);
+      return done();
+    }
     const shown = header === undefined ? 'no Host header' : `Host ${JSON.stringify(header)}`;
     const hint = name ? `; to serve it under that name, start the server with --allowed-hosts ${name}` : '';
-    throw new ForbiddenHostError(
-      `${shown} is not allowed: this server answers only to ${['localhost', '127.0.0.1', '[::1]', ...allowed].join(', ')} (a guard against DNS rebinding)${hint}`,
+    done(
+      new ForbiddenHostError(
+        `${shown} is not allowed: this server answers only to ${['localhost', '127.0.0.1', '[::1]', ...allowed].join(', ')} (a guard against DNS rebinding)${hint}`,
+      ),
     );
   });
   return app;
