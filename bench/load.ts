@@ -9,18 +9,20 @@
  *   3. with `--soak S`: instead of 2, S seconds at capacity against the adaptive server, the server's RSS
  *      sampled every 5 s, and the slope of RSS over time after the first minute.
  * The model needs its latency table (`dynn profile MODEL`).
- * autocannon is a closed-loop generator: each of C connections sends its next request when the last one is
- * answered, up to its share of the rate per second, so at most C requests are ever outstanding. Offering rate
- * R with latency L needs C >= R * L; the default C = 1.25 * R * SLO lets a server that sustains R answer
- * within 0.8 x SLO, while one that sustains only R / 2 (fixed u = 1 at 2x capacity) queues up to C
- * requests, about 2.5 x SLO of waiting.
+ * Capacity is measured closed loop (autocannon: C connections, each sending its next request when the last is
+ * answered, as fast as the server answers). Offered load (2x capacity, the soak) is open loop, as independent
+ * clients arrive: requests leave at the times of a seeded Poisson process of the offered rate whatever the
+ * answers, and each latency counts from its request's scheduled time, so a server that falls behind is charged
+ * for the whole wait. (autocannon's rate limit is not that: each connection sends its share of a second's
+ * requests as fast as answered from the start of every second, bursts that a closed loop then caps.)
  * Usage: node dist/bench/load.js --model FILE.onnx [--dataset fashion-mnist] [--slo-ms 25] [--duration 60]
- *   [--capacity-duration 10] [--capacity-connections N] [--factor 2] [--connections N] [--images N per request]
+ *   [--capacity-duration 10] [--capacity-connections N] [--factor 2] [--images N per request]
  *   [--rounds 4] [--threads N] [--max-batch 64] [--soak S] [--no-pin] [--json]. Results also go to .bench/load.json (or .bench/soak.json).
  * Pinning (default where `taskset` works on 2+ cores): the servers on core 0 with one ONNX Runtime thread, this
  * process (autocannon, the client) on core 1, as a deployment runs them; capacity is measured the same way.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import http from 'node:http';
 import os from 'node:os';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -31,6 +33,7 @@ import { nhwcToNchw } from '../src/runtime/core.js';
 import { readOnnxMetadata } from '../src/export/metadata.js';
 import { OnnxModel, readModelFile } from '../src/runtime/node.js';
 import { writeFileAtomic } from '../src/util/fs.js';
+import { Rng } from '../src/util/rng.js';
 import { benchArgs } from './args.js';
 
 const args = process.argv.slice(2);
@@ -102,9 +105,10 @@ interface Server {
 /** Starts `dynn serve` in a child process on a free loopback port. */
 async function startServer(policy: string): Promise<Server> {
   const main = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+  // The bin itself (its shebang's node flags included), as `npx dynn serve` runs it.
   const argv = [main, 'serve', MODEL as string, '--port', '0', '--json', '--policy', policy, '--slo-ms', String(SLO), '--max-batch', String(MAX_BATCH)];
   if (THREADS || PINNED) argv.push('--threads', THREADS ?? '1');
-  const child = PINNED ? spawn('taskset', ['-c', '0', process.execPath, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = PINNED ? spawn('taskset', ['-c', '0', ...argv], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr?.on('data', (d) => (stderr += d));
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
@@ -138,6 +142,7 @@ interface Phase {
   name: string;
   policy: string;
   seconds: number;
+  /** Closed loop: the connections; open loop: the most requests outstanding at once. */
   connections: number;
   offeredRate: number | null;
   /** Requests per second answered with 200. */
@@ -211,31 +216,125 @@ interface Tally {
   /** The server's batch-size and latency histograms over the slices. */
   batch: Hist | null;
   served: Hist | null;
+  /** Open loop: the most requests outstanding at once. */
+  outstanding: number;
 }
 
 function tally(): Tally {
-  return { seconds: 0, answered: 0, failed: 0, latencies: [], right: 0, samples: 0, uCount: new Map(), batch: null, served: null };
+  return { seconds: 0, answered: 0, failed: 0, latencies: [], right: 0, samples: 0, uCount: new Map(), batch: null, served: null, outstanding: 0 };
 }
 
-/** Runs autocannon against a server for a while, adding to `t`; every answer is checked against its label. */
-async function slice(
+/** Checks an answer to request body `i` against the labels, adding to `t`. */
+function check(body: string, i: number, labels: Uint8Array, t: Tally): void {
+  const r = JSON.parse(body) as { predictions: { class: number; u: number }[] };
+  const base = i * IMAGES;
+  r.predictions.forEach((p, k) => {
+    t.right += p.class === labels[base + k] ? 1 : 0;
+    t.samples++;
+    t.uCount.set(p.u, (t.uCount.get(p.u) ?? 0) + 1);
+  });
+}
+
+/** Adds the server's batch and latency histograms over a slice (from `before` to now) to `t`. */
+async function addServerSide(url: string, before: { batch: Hist; latency: Hist }, t: Tally): Promise<void> {
+  const after = await scrape(url);
+  const batch = combine(after.batch, before.batch, -1);
+  const served = combine(after.latency, before.latency, -1);
+  t.batch = t.batch ? combine(t.batch, batch) : batch;
+  t.served = t.served ? combine(t.served, served) : served;
+}
+
+/** Seeds of the open-loop slices: each slice its own arrival times, the same ones for every server. */
+let arrivalSeed = 1;
+
+/**
+ * Offers `rate` requests per second for a while, open loop (see the header): Poisson arrival times from a
+ * seeded generator, each request sent at its time whatever the answers, latency from that time. Requests time
+ * out after 10 s (a failure). Every answer is checked against its label.
+ */
+async function openSlice(
   server: Server,
-  o: { seconds: number; connections: number; rate?: number; onTick?: (t: number) => void },
+  o: { seconds: number; rate: number; onTick?: (t: number) => void },
+  data: { bodies: Buffer[]; labels: Uint8Array },
+  t: Tally,
+  seed: number,
+): Promise<void> {
+  const url = new URL(`${server.url}/v1/predict`);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1024 });
+  const rng = new Rng(seed);
+  const before = await scrape(server.url);
+  let outstanding = 0;
+  let next = 0;
+  let settle: () => void = () => {};
+  const settled = new Promise<void>((r) => (settle = r));
+  let sending = true;
+  const done = () => {
+    outstanding--;
+    if (!sending && outstanding === 0) settle();
+  };
+  const send = (at: number) => {
+    const i = next++ % data.bodies.length;
+    const body = data.bodies[i];
+    outstanding++;
+    t.outstanding = Math.max(t.outstanding, outstanding);
+    const req = http.request(url, { method: 'POST', agent, headers: { 'content-type': 'application/octet-stream', 'content-length': body.length } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        if (res.statusCode === 200) {
+          t.latencies.push(performance.now() - at);
+          t.answered++;
+          check(Buffer.concat(chunks).toString('utf8'), i, data.labels, t);
+        } else t.failed++;
+        done();
+      });
+      res.on('error', () => {
+        t.failed++;
+        done();
+      });
+    });
+    req.setTimeout(10_000, () => req.destroy(new Error('timed out')));
+    req.on('error', () => {
+      t.failed++;
+      done();
+    });
+    req.end(body);
+  };
+  const t0 = performance.now();
+  const end = t0 + o.seconds * 1000;
+  const ticker = o.onTick ? setInterval(() => o.onTick?.((performance.now() - t0) / 1000), 5000) : null;
+  await new Promise<void>((resolve) => {
+    let at = t0;
+    const tick = () => {
+      const now = performance.now();
+      // Every request whose time has come, at its scheduled time (a late timer does not shift the schedule).
+      for (; at <= now && at < end; at += (-Math.log(1 - rng.next()) * 1000) / o.rate) send(at);
+      if (at < end) setTimeout(tick, Math.max(0, at - performance.now() - 0.5));
+      else resolve();
+    };
+    tick();
+  });
+  sending = false;
+  if (outstanding > 0) await settled;
+  if (ticker) clearInterval(ticker);
+  agent.destroy();
+  t.seconds += o.seconds;
+  await addServerSide(server.url, before, t);
+}
+
+/** Runs autocannon against a server for a while (closed loop), adding to `t`; every answer is checked against its label. */
+async function closedSlice(
+  server: Server,
+  o: { seconds: number; connections: number },
   data: { bodies: Buffer[]; labels: Uint8Array },
   t: Tally,
 ): Promise<void> {
   let next = 0;
   const before = await scrape(server.url);
-  const t0 = performance.now();
-  const ticker = o.onTick ? setInterval(() => o.onTick?.((performance.now() - t0) / 1000), 5000) : null;
   const run = autocannon({
     url: server.url,
     connections: o.connections,
     duration: o.seconds,
-    // autocannon's coordinated-omission correction assumes its rate limiter spaces requests evenly, which it
-    // does not (each connection sends its quota as fast as answered, from the start of every second): record
-    // the raw latencies.
-    ...(o.rate ? { overallRate: Math.round(o.rate), ignoreCoordinatedOmission: true } : {}),
     timeout: 10,
     requests: [
       {
@@ -248,14 +347,7 @@ async function slice(
           return { ...req, body: data.bodies[i] };
         },
         onResponse: (status, body, context) => {
-          if (status !== 200) return;
-          const r = JSON.parse(body) as { predictions: { class: number; u: number }[] };
-          const base = (context.i as number) * IMAGES;
-          r.predictions.forEach((p, k) => {
-            t.right += p.class === data.labels[base + k] ? 1 : 0;
-            t.samples++;
-            t.uCount.set(p.u, (t.uCount.get(p.u) ?? 0) + 1);
-          });
+          if (status === 200) check(body, context.i as number, data.labels, t);
         },
       },
     ],
@@ -264,19 +356,14 @@ async function slice(
     if (status === 200) t.latencies.push(ms);
   });
   const result = await run;
-  if (ticker) clearInterval(ticker);
-  const after = await scrape(server.url);
-  const batch = combine(after.batch, before.batch, -1);
-  const served = combine(after.latency, before.latency, -1);
-  t.batch = t.batch ? combine(t.batch, batch) : batch;
-  t.served = t.served ? combine(t.served, served) : served;
+  await addServerSide(server.url, before, t);
   t.seconds += result.duration;
   t.answered += result['2xx'];
   t.failed += result.non2xx + result.errors + result.timeouts;
 }
 
 /** The figures of a tally. */
-function summarize(name: string, policy: string, o: { connections: number; rate?: number }, t: Tally, accuracy: Map<number, number>): Phase {
+function summarize(name: string, policy: string, o: { connections?: number; rate?: number }, t: Tally, accuracy: Map<number, number>): Phase {
   const lat = Float64Array.from(t.latencies).sort();
   const pct = (q: number) => lat[Math.min(lat.length - 1, Math.floor(q * lat.length))];
   const served = t.served as Hist;
@@ -293,7 +380,7 @@ function summarize(name: string, policy: string, o: { connections: number; rate?
     name,
     policy,
     seconds: t.seconds,
-    connections: o.connections,
+    connections: o.connections ?? t.outstanding,
     offeredRate: o.rate ?? null,
     throughput: t.answered / t.seconds,
     latencyMs: { p50: pct(0.5), p90: pct(0.9), p99: pct(0.99), max: lat[lat.length - 1] },
@@ -309,17 +396,17 @@ function summarize(name: string, policy: string, o: { connections: number; rate?
   };
 }
 
-/** Runs one slice of load against a server and summarizes it. */
+/** Runs one slice of closed-loop load against a server and summarizes it. */
 async function runLoad(
   name: string,
   server: Server,
   policy: string,
-  o: { seconds: number; connections: number; rate?: number; onTick?: (t: number) => void },
+  o: { seconds: number; connections: number },
   data: { bodies: Buffer[]; labels: Uint8Array },
   accuracy: Map<number, number>,
 ): Promise<Phase> {
   const t = tally();
-  await slice(server, o, data, t);
+  await closedSlice(server, o, data, t);
   return summarize(name, policy, o, t, accuracy);
 }
 
@@ -373,12 +460,13 @@ async function main(): Promise<void> {
   const cap = capacity.throughput;
 
   if (SOAK > 0) {
-    const connections = Math.round(num('connections', Math.max(8, Math.ceil(1.25 * cap * (SLO / 1000)))));
     const samples: [number, number][] = [];
     const soak = await withServer('adaptive', async (s) => {
       const pid = s.child.pid as number;
       samples.push([0, rss(pid) / 2 ** 20]);
-      const p = await runLoad(`soak ${SOAK} s`, s, 'adaptive', { seconds: SOAK, connections, rate: cap, onTick: (t) => samples.push([t, rss(pid) / 2 ** 20]) }, data, accuracy);
+      const t = tally();
+      await openSlice(s, { seconds: SOAK, rate: cap, onTick: (at) => samples.push([at, rss(pid) / 2 ** 20]) }, data, t, arrivalSeed++);
+      const p = summarize(`soak ${SOAK} s`, 'adaptive', { rate: cap }, t, accuracy);
       samples.push([p.seconds, rss(pid) / 2 ** 20]);
       return p;
     });
@@ -394,21 +482,22 @@ async function main(): Promise<void> {
   }
 
   const rate = FACTOR * cap;
-  const connections = Math.round(num('connections', Math.max(8, Math.ceil(1.25 * rate * (SLO / 1000)))));
-  log(`offering ${f(rate, 0)} req/s (${FACTOR}x capacity) for ${DURATION} s over ${connections} connections`);
+  log(`offering ${f(rate, 0)} req/s (${FACTOR}x capacity, Poisson arrivals, open loop) for ${DURATION} s`);
   const phases: Phase[] = [capacity];
   // Both servers run side by side (an idle one costs nothing) and take turns, so background load on a shared
   // machine falls on both alike.
   const policies = ['adaptive', 'fixed:1'];
   const servers = await Promise.all(policies.map((p) => startServer(p)));
   try {
-    for (const s of servers) await slice(s, { seconds: 3, connections: Math.min(connections, capConnections) }, data, tally());
+    for (const s of servers) await closedSlice(s, { seconds: 3, connections: capConnections }, data, tally());
     const tallies = policies.map(() => tally());
     for (let r = 0; r < ROUNDS; r++) {
-      for (let k = 0; k < policies.length; k++) await slice(servers[k], { seconds: DURATION / ROUNDS, connections, rate }, data, tallies[k]);
+      // Both servers get the same arrival times in a round.
+      const seed = arrivalSeed++;
+      for (let k = 0; k < policies.length; k++) await openSlice(servers[k], { seconds: DURATION / ROUNDS, rate }, data, tallies[k], seed);
     }
     policies.forEach((p, k) => {
-      phases.push(summarize(`${FACTOR}x capacity`, p, { connections, rate }, tallies[k], accuracy));
+      phases.push(summarize(`${FACTOR}x capacity`, p, { rate }, tallies[k], accuracy));
       log(phaseRow(phases[phases.length - 1]));
     });
   } finally {

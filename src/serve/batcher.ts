@@ -4,6 +4,12 @@ import { HttpError } from './errors.js';
 import type { PredictInput } from './input.js';
 import type { Dispatch, PendingView, ServePolicy } from './policy.js';
 
+/**
+ * The busy time over which the rate of arrivals during runs is averaged, ms: a hundred ms hold tens of
+ * requests at the rates where it matters (a noisy rate at lower ones costs little: the level has room to spare).
+ */
+const ARRIVAL_WINDOW_MS = 100;
+
 /** What runs a batch: `OnnxModel` (in a worker thread) in the server, a fake in tests. */
 export interface BatchRunner {
   /** `lend`: the runner may take the images' buffer and give it back as the result's `images` (see `ModelRunOptions`). */
@@ -36,6 +42,11 @@ export interface BatcherOptions {
   policy: ServePolicy;
   /** Called after every run. */
   onRun?: (r: RunRecord) => void;
+  /**
+   * Where the host shares the model's cores: the process's CPU time so far, ms, and the cores a run keeps
+   * busy. The CPU the host spends beside the runs, per sample, goes to the policy's estimator.
+   */
+  sharedCores?: { cpuMs: () => number; runThreads: number };
   /** The clock, ms (default `performance.now`). */
   now?: () => number;
 }
@@ -82,6 +93,16 @@ export class MicroBatcher {
   private timer: NodeJS.Timeout | null = null;
   private closing = false;
   private idle: (() => void) | null = null;
+  /** CPU time and run time (times its threads) at the last host observation, and the samples run since. */
+  private hostMark = { cpuMs: NaN, runCpuMs: 0, samples: 0 };
+  /**
+   * Samples arriving while a batch runs, per ms of running, averaged over about ARRIVAL_WINDOW_MS of running:
+   * what the batch behind a run grows by. Arrivals while idle do not count: a client that waits for its answer
+   * before sending again adds nothing behind the run.
+   */
+  private busyRate = 0;
+  /** While a dispatch runs its batches: the samples arrived since it started; null between dispatches. */
+  private arrivedInRun: number | null = null;
   /** The last batch's buffer, given back by the runner: the next batch is copied into it, not a new one. */
   private spare: ArrayBuffer | null = null;
   private readonly now: () => number;
@@ -91,6 +112,11 @@ export class MicroBatcher {
     private readonly o: BatcherOptions,
   ) {
     this.now = o.now ?? (() => performance.now());
+  }
+
+  /** Samples arriving per ms while batches run, lately (see `busyRate`). */
+  get arrivalsPerMs(): number {
+    return this.busyRate;
   }
 
   /** Samples waiting in the queue. */
@@ -107,6 +133,7 @@ export class MicroBatcher {
     if (this.queued + input.count > this.o.maxQueue) {
       return Promise.reject(new HttpError(503, 'overloaded', `the queue is full (${this.queued} samples waiting, at most ${this.o.maxQueue}); retry later`));
     }
+    if (this.arrivedInRun !== null) this.arrivedInRun += input.count;
     return new Promise((resolve, reject) => {
       this.queue.push({ ...input, arrival, resolve, reject });
       this.queued += input.count;
@@ -153,6 +180,7 @@ export class MicroBatcher {
     this.busy = true;
     void this.dispatch(taken, samples).finally(() => {
       this.busy = false;
+      this.arrivedInRun = null;
       this.pump();
     });
   }
@@ -165,6 +193,20 @@ export class MicroBatcher {
     return { n, samples };
   }
 
+  /** Every 256 samples or more: the host's CPU per sample beside the runs, to the estimator. */
+  private observeHost(runMs: number, samples: number): void {
+    const shared = this.o.sharedCores;
+    const est = this.o.policy.estimator;
+    if (!shared || !est) return;
+    const m = this.hostMark;
+    m.runCpuMs += runMs * shared.runThreads;
+    m.samples += samples;
+    if (m.samples < 256 && Number.isFinite(m.cpuMs)) return;
+    const cpu = shared.cpuMs();
+    if (Number.isFinite(m.cpuMs)) est.observeHost((cpu - m.cpuMs - m.runCpuMs) / m.samples);
+    this.hostMark = { cpuMs: cpu, runCpuMs: 0, samples: 0 };
+  }
+
   /** Room for `samples` samples of `per` values: over the spare buffer when it is large enough, else a new one of a full batch. */
   private batchArray(samples: number, per: number): Float32Array {
     let buffer = this.spare;
@@ -175,12 +217,13 @@ export class MicroBatcher {
 
   private async dispatch(taken: Pending[], samples: number): Promise<void> {
     const start = this.now();
+    this.arrivedInRun = 0;
     let behind: Dispatch['behind'] = null;
     if (this.queue.length > 0) behind = { samples: this.head().samples, waitMs: start - this.queue[0].arrival };
     const views: PendingView[] = taken.map((p) => ({ count: p.count, waitMs: start - p.arrival, u: p.u, budgetMs: p.budgetMs, images: p.images }));
     let levels: Int32Array;
     try {
-      levels = await this.o.policy.choose({ requests: views, samples, behind });
+      levels = await this.o.policy.choose({ requests: views, samples, behind, arrivalsPerMs: this.busyRate });
     } catch (err) {
       for (const p of taken) p.reject(err as Error);
       return;
@@ -235,6 +278,7 @@ export class MicroBatcher {
       if (p.images) this.spare = p.images.buffer as ArrayBuffer;
       this.o.onRun?.({ level: lv, u: p.u, batch: n, runMs: p.ms, wallMs: this.now() - t0 });
       this.o.policy.estimator?.observe(lv, n, p.ms, this.now() - t0);
+      this.observeHost(p.ms, n);
       const c = p.numClasses;
       let counted = -1;
       for (let q = 0, at = 0; q < runs.length; at += runs[q + 2], q += 3) {
@@ -258,6 +302,10 @@ export class MicroBatcher {
       }
     }
     const readyAt = this.now();
+    // The runs are over (answers go out next): a time-weighted average, each dispatch counting by its length.
+    const ran = readyAt - start;
+    if (ran > 0) this.busyRate += Math.min(1, ran / ARRIVAL_WINDOW_MS) * ((this.arrivedInRun ?? 0) / ran - this.busyRate);
+    this.arrivedInRun = null;
     results.forEach((res, r) => {
       if (res) taken[r].resolve({ ...res, readyAt });
     });

@@ -65,6 +65,30 @@ test('adaptiveLevel: a growing queue wait or backlog never raises the level', ()
   assert.ok(backlog < alone, `a backlog behind the batch lowers the level (${backlog} < ${alone})`);
 });
 
+test('adaptiveLevel: the samples arriving during the run join the batch behind it; a level whose next batch cannot meet the budget is not taken', () => {
+  for (const b of [1, 16, 64]) {
+    for (let wait = 0; wait <= 20; wait += 1) {
+      for (const rate of [0, 0.5, 2, 6, 20]) {
+        for (const queued of [0, 16]) {
+          // Brute force: the batch fits, and the next one (the queued samples and the arrivals) waits for this run and fits too.
+          let want = 0;
+          for (let i = 1; i < 4; i++) {
+            const run = ref(i, b);
+            const next = queued + Math.ceil(rate * run);
+            if (wait + run <= 25 && (next === 0 || (queued ? wait / 2 : 0) + run + ref(i, next) <= 25)) want = i;
+          }
+          const behind = queued ? { batch: queued, waitMs: wait / 2 } : null;
+          assert.equal(adaptiveLevel({ latency, levels: 4, batch: b, waitMs: wait, budgetMs: 25, behind, arrivalsPerMs: rate }), want, `batch ${b} wait ${wait} rate ${rate} queued ${queued}`);
+        }
+      }
+    }
+  }
+  // Alone, a batch of 16 at the top level fits (10.7 ms); at 6 samples/ms, 64 arrive meanwhile and need 10.7 + 32
+  // ms; level 2 leaves 48 needing 8 + 18.7; level 1, 32 needing 5.3 + 8.9.
+  assert.equal(adaptiveLevel({ latency, levels: 4, batch: 16, waitMs: 0, budgetMs: 25 }), 3);
+  assert.equal(adaptiveLevel({ latency, levels: 4, batch: 16, waitMs: 0, budgetMs: 25, arrivalsPerMs: 6 }), 1);
+});
+
 test('LatencyEstimator: scales the table up when runs are slower, never below it, and learns the round trip', () => {
   const e = new LatencyEstimator(TABLE.levels.map((l) => l.latencyMs), 0.5);
   assert.equal(e.predict(3, 64), 32);
@@ -80,6 +104,15 @@ test('LatencyEstimator: scales the table up when runs are slower, never below it
   for (let i = 0; i < 20000; i++) e.observeTail(10 * rng.next());
   assert.ok(Math.abs(e.tailMs - 9.5) < 0.5, `tail ${e.tailMs}`);
   assert.ok(Math.abs(e.predict(0, 1) - before - e.tailMs) < 1e-9);
+  // The host's CPU per sample beside the runs (shared cores) adds per sample of the batch; bad figures are ignored.
+  const plain = [e.predict(2, 1), e.predict(2, 64)];
+  for (let i = 0; i < 60; i++) e.observeHost(0.05);
+  e.observeHost(NaN);
+  e.observeHost(-3);
+  for (let i = 0; i < 60; i++) e.observeHost(0.05);
+  assert.ok(Math.abs(e.hostMsPerSample - 0.05) < 1e-6, `host ${e.hostMsPerSample}`);
+  assert.ok(Math.abs(e.predict(2, 1) - plain[0] - 0.05) < 1e-6);
+  assert.ok(Math.abs(e.predict(2, 64) - plain[1] - 64 * 0.05) < 1e-6);
 });
 
 const view = (count: number, waitMs: number, o: { u?: number; budgetMs?: number } = {}) => ({ count, waitMs, images: new Float32Array(count), ...o });
@@ -203,6 +236,42 @@ test('MicroBatcher: a runner that gives the batch buffer back gets it again for 
   assert.equal(buffers[0].byteLength, 4 * 2 * 4, 'room for a full batch');
   assert.deepEqual(Array.from(full[1].scores), [2, 3, 4, 2, 3, 4]);
   assert.deepEqual(Array.from(small.scores), [3, 4, 5]);
+});
+
+test('MicroBatcher: tells the policy how fast samples arrive while batches run (not while idle), and on shared cores the host CPU per sample beside the runs', async () => {
+  let clock = 0;
+  const seen: number[] = [];
+  const adaptive = createPolicy(parsePolicy('adaptive'), env());
+  const policy = { ...adaptive, name: 'spy', estimator: adaptive.estimator, choose: (d: Dispatch) => (seen.push(d.arrivalsPerMs ?? NaN), adaptive.choose(d)) };
+  let cpu = 0;
+  const runner = new FakeRunner(2);
+  const b = new MicroBatcher(runner, { maxBatch: 64, maxWaitMs: 0, maxQueue: 1024, levels: LEVELS, policy, now: () => clock, sharedCores: { cpuMs: () => cpu, runThreads: 1 } });
+  // One client that waits for each answer: 2 samples a ms, none while a run is on.
+  for (let t = 0; t < 5000; t++) {
+    clock = t;
+    cpu += 0.1 * 2 + 0.1; // 0.1 ms per sample beside the runs, and each run's 0.1 ms
+    await b.submit(sample(1, 2));
+  }
+  assert.equal(b.arrivalsPerMs, 0, 'a waiting client adds nothing behind a run');
+  // An average over spans of 256 samples, settled from 0.
+  assert.ok(Math.abs(adaptive.estimator!.hostMsPerSample - 0.1) < 0.005, `host ${adaptive.estimator!.hostMsPerSample}`);
+  // Independent clients: 3 samples arrive during each 10 ms run; after 100 runs the rate is 0.3 per ms.
+  runner.hold = true;
+  let running = b.submit(sample(1));
+  for (let r = 0; r < 100; r++) {
+    const queued = [b.submit(sample(1)), b.submit(sample(1, 2))];
+    clock += 10;
+    runner.release();
+    await running;
+    running = Promise.all(queued).then((x) => x[0]);
+    await new Promise((res) => setImmediate(res)); // the next batch dispatches: the two requests behind the run
+  }
+  assert.ok(Math.abs(b.arrivalsPerMs - 0.3) < 0.01, `rate ${b.arrivalsPerMs}`);
+  assert.ok(Math.abs(seen[seen.length - 1] - b.arrivalsPerMs) < 0.01, 'the policy sees it');
+  runner.hold = false;
+  runner.release();
+  await running;
+  await b.close();
 });
 
 test('MicroBatcher: dispatches after maxWait, refuses a full queue, and a failed run fails only its requests', async () => {

@@ -25,6 +25,8 @@ export interface Dispatch {
   samples: number;
   /** The next batch the queue holds behind this one (it waits for this one to finish), or null. */
   behind: { samples: number; waitMs: number } | null;
+  /** Samples arriving per ms while batches run, lately (0 when none): they queue behind this batch and run after it. */
+  arrivalsPerMs?: number;
 }
 
 /** Predicts the time of one run (ms) at a level index and batch size. */
@@ -47,21 +49,29 @@ export interface AdaptiveArgs {
    * level must let them meet `budgetMs` too, so a backlog lowers the level now instead of growing.
    */
   behind?: { batch: number; waitMs: number } | null;
+  /**
+   * Samples arriving per ms: those arriving while this batch runs join the batch behind it. Without them a
+   * server under steady load picks a level its queue cannot keep up with at the next dispatch.
+   */
+  arrivalsPerMs?: number;
   /** The highest level index allowed (default: the top one). */
   cap?: number;
 }
 
 /**
- * The adaptive choice: the highest level whose predicted run time plus the wait so far meets the budget
- * (and lets the next queued batch meet it too); the cheapest level when none does. Under overload it
- * throttles instead of queueing.
+ * The adaptive choice: the highest level whose predicted run time plus the wait so far meets the budget, and
+ * lets the next batch meet it too (the one queued behind and what arrives during the run, at the same level);
+ * the cheapest level when none does. Under overload it throttles instead of queueing.
  */
 export function adaptiveLevel(a: AdaptiveArgs): number {
   const top = Math.min(a.cap ?? a.levels - 1, a.levels - 1);
+  const queued = a.behind && a.behind.batch > 0 ? a.behind : null;
   for (let i = top; i > 0; i--) {
     const run = a.latency(i, a.batch);
     if (a.waitMs + run > a.budgetMs) continue;
-    if (a.behind && a.behind.batch > 0 && a.behind.waitMs + run + a.latency(i, a.behind.batch) > a.budgetMs) continue;
+    // The next batch: its oldest sample waits for this run (from its own arrival, or from the run's start).
+    const next = (queued?.batch ?? 0) + Math.ceil((a.arrivalsPerMs ?? 0) * run);
+    if (next > 0 && (queued?.waitMs ?? 0) + run + a.latency(i, next) > a.budgetMs) continue;
     return i;
   }
   return 0;
@@ -79,6 +89,7 @@ export class LatencyEstimator {
   private ratio = 1;
   private overhead = 0;
   private tail = 0;
+  private host = 0;
 
   /**
    * @param table measured ms per level index (cheapest first): `latencyMs` keyed by batch size.
@@ -94,9 +105,25 @@ export class LatencyEstimator {
     return latencyAtBatch(this.table[level], batch);
   }
 
-  /** Predicted time from dispatching a batch to its answers being sent: the table's time, scaled, plus overheads. */
+  /**
+   * Predicted time from dispatching a batch to its answers being sent: the table's time, scaled, plus overheads,
+   * plus the host's own work per sample when it shares the model's cores (it takes turns with the run).
+   */
   predict(level: number, batch: number): number {
-    return this.factor * this.tableMs(level, batch) + this.overhead + this.tail;
+    return this.factor * this.tableMs(level, batch) + this.overhead + this.tail + this.host * batch;
+  }
+
+  /** The current estimate of the host's CPU per sample taken from the model's cores, ms. */
+  get hostMsPerSample(): number {
+    return this.host;
+  }
+
+  /**
+   * Records the host's CPU time per sample outside the model's runs (receiving, parsing and answering
+   * requests, GC), over a span of runs, ms: on cores the runs share, it lengthens every cycle.
+   */
+  observeHost(msPerSample: number): void {
+    if (Number.isFinite(msPerSample)) this.host += this.alpha * (Math.max(0, msPerSample) - this.host);
   }
 
   /** The current factor on the table's times (>= 1). */
@@ -196,8 +223,11 @@ class RulePolicy implements ServePolicy {
     private readonly base: (r: PendingView, allowed: Allowed, perSample: Int32Array, offset: number) => void | Promise<void>,
   ) {}
 
-  /** The highest level fitting `budgetMs` for a request that waited `waitMs` (with the backlog, if given). */
-  private fit(d: Dispatch, waitMs: number, budgetMs: number, behind: Dispatch['behind']): number {
+  /**
+   * The highest level fitting `budgetMs` for a request that waited `waitMs`; with `backlog`, the queue behind
+   * the batch and the arrivals during its run must fit the budget too.
+   */
+  private fit(d: Dispatch, waitMs: number, budgetMs: number, backlog: boolean): number {
     const est = this.estimator;
     if (!est) throw new DynnError('a latency budget needs the latency table');
     return adaptiveLevel({
@@ -206,17 +236,18 @@ class RulePolicy implements ServePolicy {
       batch: d.samples,
       waitMs,
       budgetMs,
-      behind: behind ? { batch: behind.samples, waitMs: behind.waitMs } : null,
+      behind: backlog && d.behind ? { batch: d.behind.samples, waitMs: d.behind.waitMs } : null,
+      arrivalsPerMs: backlog ? d.arrivalsPerMs : 0,
     });
   }
 
   async choose(d: Dispatch): Promise<Int32Array> {
     let shared: number | null = null;
     const allowed: Allowed = (r) => {
-      if (r.budgetMs !== undefined) return this.fit(d, r.waitMs, r.budgetMs, null);
+      if (r.budgetMs !== undefined) return this.fit(d, r.waitMs, r.budgetMs, false);
       if (shared === null) {
         const wait = Math.max(...d.requests.filter((q) => q.u === undefined && q.budgetMs === undefined).map((q) => q.waitMs));
-        shared = this.fit(d, wait, this.env.sloMs, d.behind);
+        shared = this.fit(d, wait, this.env.sloMs, true);
       }
       return shared;
     };

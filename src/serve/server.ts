@@ -1,4 +1,5 @@
 import { promises as fsp } from 'node:fs';
+import os from 'node:os';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { OnnxMetadata } from '../export/metadata.js';
 import { defaultThreads, OnnxModel } from '../runtime/node.js';
@@ -85,6 +86,12 @@ export interface PredictResponse {
 }
 
 const ROUTES = 'POST /v1/predict, POST /v1/sessions, POST /v1/sessions/ID/predict, DELETE /v1/sessions/ID, GET /healthz, GET /metrics';
+
+/** The process's CPU time so far (user and system, every thread), ms. */
+function cpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
 
 function round(ms: number): number {
   return Math.round(ms * 1000) / 1000;
@@ -186,7 +193,9 @@ export class DynnServer {
       const per = meta.input.shape.reduce((a, b) => a * b, 1);
       // A float32 printed as a JSON number takes up to ~22 bytes with its separator: room for a full batch.
       const bodyLimit = o.bodyLimit ?? Math.max(1 << 20, 24 * per * maxBatch + 4096);
-      const batcher: MicroBatcher = new MicroBatcher(model, { maxBatch, maxWaitMs, maxQueue, levels: meta.levels, policy, onRun: (r) => metrics.run(r) });
+      // The HTTP thread takes turns with the runs when the model's threads fill the cores this process may use.
+      const sharedCores = threads + 1 > os.availableParallelism() ? { cpuMs, runThreads: threads } : undefined;
+      const batcher: MicroBatcher = new MicroBatcher(model, { maxBatch, maxWaitMs, maxQueue, levels: meta.levels, policy, onRun: (r) => metrics.run(r), sharedCores });
       const sessions = meta.controller?.temporal ? new SessionStore(() => model.session(), { maxSessions: o.maxSessions, idleMs: o.sessionIdleMs, maxInflight: maxQueue }) : null;
       const metrics = new ServeMetrics({ levelUs: meta.levels.map((l) => l.u), maxBatch, sloMs }, () => batcher.depth, () => sessions?.size ?? 0);
       const app = createHttpApp({ bodyLimit, logger: false, return503OnClosing: true, forceCloseConnections: 'idle' }, o);
