@@ -34,6 +34,7 @@ import { readOnnxMetadata } from '../src/export/metadata.js';
 import { OnnxModel, readModelFile } from '../src/runtime/node.js';
 import { writeFileAtomic } from '../src/util/fs.js';
 import { Rng } from '../src/util/rng.js';
+import { SERVE_NODE_OPTIONS } from '../src/serve/server.js';
 import { benchArgs } from './args.js';
 
 const args = process.argv.slice(2);
@@ -105,10 +106,10 @@ interface Server {
 /** Starts `dynn serve` in a child process on a free loopback port. */
 async function startServer(policy: string): Promise<Server> {
   const main = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
-  // The bin itself (its shebang's node flags included), as `npx dynn serve` runs it.
-  const argv = [main, 'serve', MODEL as string, '--port', '0', '--json', '--policy', policy, '--slo-ms', String(SLO), '--max-batch', String(MAX_BATCH)];
+  // With node's flags for a server under load, as README's serving section says to run it.
+  const argv = [SERVE_NODE_OPTIONS, main, 'serve', MODEL as string, '--port', '0', '--json', '--policy', policy, '--slo-ms', String(SLO), '--max-batch', String(MAX_BATCH)];
   if (THREADS || PINNED) argv.push('--threads', THREADS ?? '1');
-  const child = PINNED ? spawn('taskset', ['-c', '0', ...argv], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = PINNED ? spawn('taskset', ['-c', '0', process.execPath, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr?.on('data', (d) => (stderr += d));
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
@@ -260,7 +261,8 @@ async function openSlice(
   seed: number,
 ): Promise<void> {
   const url = new URL(`${server.url}/v1/predict`);
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 1024 });
+  // Below the server's --max-connections (512): further requests wait in the agent, timed from their schedule.
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
   const rng = new Rng(seed);
   const before = await scrape(server.url);
   let outstanding = 0;

@@ -148,6 +148,7 @@ test('channelMultiple and throttleStem: clear errors for a model without rounded
   assert.throws(() => createModel('vgg-exits', { throttleStem: true }), /throttleStem \(--throttle-stem\) needs a model with a throttleable stem \(expected one of vgg-w\), not vgg-exits/);
   assert.throws(() => createModel('vgg-w', { throttleStem: true, dynamic: 'width' }), /--dynamic width does not take it/);
   assert.throws(() => createModel('vgg-w', { throttleStem: 'yes' as unknown as boolean }), /throttleStem must be true or false, got yes/);
+  createModel('vgg-exits', { throttleStem: false }).dispose(); // false asks for nothing: any model takes it
   const model = createModel('vgg-w', { channelMultiple: 8 });
   assert.throws(() => model.channels(model.plan(0.5, { gating: 'independent', rng: new Rng(1) })), /need nested gating/);
   model.dispose();

@@ -64,8 +64,8 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
     }
     if (resolved.dynamic !== undefined) throw new DynnError(`channelMultiple (--channel-multiple) rounds the levels of a static model; --dynamic ${resolved.dynamic} does not take it`);
   }
-  if (resolved.throttleStem !== undefined) {
-    if (typeof resolved.throttleStem !== 'boolean') throw new DynnError(`throttleStem must be true or false, got ${resolved.throttleStem}`);
+  if (resolved.throttleStem !== undefined && typeof resolved.throttleStem !== 'boolean') throw new DynnError(`throttleStem must be true or false, got ${resolved.throttleStem}`);
+  if (resolved.throttleStem === true) {
     if (!def.throttleStem) throw new DynnError(`throttleStem (--throttle-stem) needs a model with a throttleable stem (expected one of ${models.list().filter((k) => models.get(k).throttleStem).join(', ')}), not ${name}`);
     if (resolved.dynamic !== undefined) throw new DynnError(`throttleStem (--throttle-stem) changes the levels of a static model; --dynamic ${resolved.dynamic} does not take it`);
   }

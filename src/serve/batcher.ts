@@ -10,6 +10,9 @@ import type { Dispatch, PendingView, ServePolicy } from './policy.js';
  */
 const ARRIVAL_WINDOW_MS = 100;
 
+/** While no batch runs, the rate measured during runs fades with this time constant, ms: a burst long past does not hold the level down. */
+const IDLE_FADE_MS = 1000;
+
 /** What runs a batch: `OnnxModel` (in a worker thread) in the server, a fake in tests. */
 export interface BatchRunner {
   /** `lend`: the runner may take the images' buffer and give it back as the result's `images` (see `ModelRunOptions`). */
@@ -103,6 +106,8 @@ export class MicroBatcher {
   private busyRate = 0;
   /** While a dispatch runs its batches: the samples arrived since it started; null between dispatches. */
   private arrivedInRun: number | null = null;
+  /** When the last dispatch's runs ended. */
+  private idleSince: number | null = null;
   /** The last batch's buffer, given back by the runner: the next batch is copied into it, not a new one. */
   private spare: ArrayBuffer | null = null;
   private readonly now: () => number;
@@ -217,6 +222,7 @@ export class MicroBatcher {
 
   private async dispatch(taken: Pending[], samples: number): Promise<void> {
     const start = this.now();
+    if (this.idleSince !== null) this.busyRate *= Math.exp(-Math.max(0, start - this.idleSince) / IDLE_FADE_MS);
     this.arrivedInRun = 0;
     let behind: Dispatch['behind'] = null;
     if (this.queue.length > 0) behind = { samples: this.head().samples, waitMs: start - this.queue[0].arrival };
@@ -269,6 +275,7 @@ export class MicroBatcher {
       try {
         p = await this.runner.run(x, u, { lend: true });
       } catch (err) {
+        // A failed run keeps the lent buffer (the worker's error does not carry it): the next batch allocates one.
         for (let q = 0; q < runs.length; q += 3) {
           if (results[runs[q]]) taken[runs[q]].reject(err as Error);
           results[runs[q]] = null;
@@ -306,6 +313,7 @@ export class MicroBatcher {
     const ran = readyAt - start;
     if (ran > 0) this.busyRate += Math.min(1, ran / ARRIVAL_WINDOW_MS) * ((this.arrivedInRun ?? 0) / ran - this.busyRate);
     this.arrivedInRun = null;
+    this.idleSince = readyAt;
     results.forEach((res, r) => {
       if (res) taken[r].resolve({ ...res, readyAt });
     });

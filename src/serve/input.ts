@@ -207,9 +207,10 @@ export function parseJsonRequest(body: unknown, query: unknown, spec: InputSpec)
 }
 
 /**
- * The body's bytes as float32 values: a view of them when they start on a 4-byte boundary (Fastify gives each
- * body a Buffer of its own), a copy otherwise. Copying 50 KB per request and freeing it again cost the
- * server's event loop more than the check of the values.
+ * The body's bytes as float32 values: a view of them when they start on a 4-byte boundary, a copy otherwise.
+ * Copying 50 KB per request and freeing it again cost the server's event loop more than the check of the
+ * values. A small body may be a slice of Node's shared buffer pool: the view is read and copied into batches,
+ * never transferred.
  */
 function float32View(body: Uint8Array): Float32Array {
   if (body.byteOffset % 4 === 0) return new Float32Array(body.buffer, body.byteOffset, body.byteLength / 4);

@@ -245,11 +245,13 @@ test('MicroBatcher: tells the policy how fast samples arrive while batches run (
   const policy = { ...adaptive, name: 'spy', estimator: adaptive.estimator, choose: (d: Dispatch) => (seen.push(d.arrivalsPerMs ?? NaN), adaptive.choose(d)) };
   let cpu = 0;
   const runner = new FakeRunner(2);
-  const b = new MicroBatcher(runner, { maxBatch: 64, maxWaitMs: 0, maxQueue: 1024, levels: LEVELS, policy, now: () => clock, sharedCores: { cpuMs: () => cpu, runThreads: 1 } });
+  // Each run takes 0.5 ms on the test's clock.
+  const timed: BatchRunner = { run: (x, u) => ((clock += 0.5), runner.run(x, u)) };
+  const b = new MicroBatcher(timed, { maxBatch: 64, maxWaitMs: 0, maxQueue: 1024, levels: LEVELS, policy, now: () => clock, sharedCores: { cpuMs: () => cpu, runThreads: 1 } });
   // One client that waits for each answer: 2 samples a ms, none while a run is on.
   for (let t = 0; t < 5000; t++) {
     clock = t;
-    cpu += 0.1 * 2 + 0.1; // 0.1 ms per sample beside the runs, and each run's 0.1 ms
+    cpu += 0.1 * 2 + 0.1; // 0.1 ms per sample beside the runs, and each run's 0.1 ms (FakeRunner's ms)
     await b.submit(sample(1, 2));
   }
   assert.equal(b.arrivalsPerMs, 0, 'a waiting client adds nothing behind a run');
@@ -260,7 +262,7 @@ test('MicroBatcher: tells the policy how fast samples arrive while batches run (
   let running = b.submit(sample(1));
   for (let r = 0; r < 100; r++) {
     const queued = [b.submit(sample(1)), b.submit(sample(1, 2))];
-    clock += 10;
+    clock += 9.5;
     runner.release();
     await running;
     running = Promise.all(queued).then((x) => x[0]);
@@ -271,6 +273,10 @@ test('MicroBatcher: tells the policy how fast samples arrive while batches run (
   runner.hold = false;
   runner.release();
   await running;
+  // Idle for 2 s: the rate fades (by e^-2) before the next dispatch's choice.
+  clock += 2000;
+  await b.submit(sample(1));
+  assert.ok(Math.abs(seen[seen.length - 1] - 0.3 * Math.exp(-2)) < 0.01, `faded ${seen[seen.length - 1]}`);
   await b.close();
 });
 
