@@ -96,8 +96,8 @@ export class MicroBatcher {
   private timer: NodeJS.Timeout | null = null;
   private closing = false;
   private idle: (() => void) | null = null;
-  /** CPU time and run time (times its threads) at the last host observation, and the samples run since. */
-  private hostMark = { cpuMs: NaN, runCpuMs: 0, samples: 0 };
+  /** CPU time, clock and run time (times its threads) at the last host observation, and the samples run since. */
+  private hostMark = { cpuMs: NaN, at: 0, runCpuMs: 0, samples: 0 };
   /**
    * Samples arriving while a batch runs, per ms of running, averaged over about ARRIVAL_WINDOW_MS of running:
    * what the batch behind a run grows by. Arrivals while idle do not count: a client that waits for its answer
@@ -198,7 +198,7 @@ export class MicroBatcher {
     return { n, samples };
   }
 
-  /** Every 256 samples or more: the host's CPU per sample beside the runs, to the estimator. */
+  /** Every 256 samples, or every second with fewer: the host's CPU per sample beside the runs, to the estimator. */
   private observeHost(runMs: number, samples: number): void {
     const shared = this.o.sharedCores;
     const est = this.o.policy.estimator;
@@ -206,10 +206,11 @@ export class MicroBatcher {
     const m = this.hostMark;
     m.runCpuMs += runMs * shared.runThreads;
     m.samples += samples;
-    if (m.samples < 256 && Number.isFinite(m.cpuMs)) return;
+    const now = this.now();
+    if (m.samples < 256 && now - m.at < 1000 && Number.isFinite(m.cpuMs)) return;
     const cpu = shared.cpuMs();
     if (Number.isFinite(m.cpuMs)) est.observeHost((cpu - m.cpuMs - m.runCpuMs) / m.samples);
-    this.hostMark = { cpuMs: cpu, runCpuMs: 0, samples: 0 };
+    this.hostMark = { cpuMs: cpu, at: now, runCpuMs: 0, samples: 0 };
   }
 
   /** Room for `samples` samples of `per` values: over the spare buffer when it is large enough, else a new one of a full batch. */

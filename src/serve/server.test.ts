@@ -109,10 +109,11 @@ test('the response text is what JSON.stringify gives for the response object', (
     const n = 5;
     const c = 3;
     const res = {
-      scores: Float32Array.from({ length: n * c }, () => (rng.next() - 0.5) * 10 ** rng.int(12)),
+      // Tiny, huge and signed-zero values too: the text must be JSON.stringify's for each.
+      scores: Float32Array.from({ length: n * c }, (_, i) => [-0, 1e-30, -3e38][i] ?? (rng.next() - 0.5) * 10 ** rng.int(12)),
       classes: Int32Array.from({ length: n }, (_, i) => (i === n - 1 ? 7 : rng.int(c))),
       numClasses: c,
-      u: Float64Array.from({ length: n }, () => rng.next()),
+      u: Float64Array.from({ length: n }, (_, i) => (i === 0 ? NaN : rng.next())),
       level: Int32Array.from({ length: n }, () => rng.int(9)),
       ...(flops ? { flopsRatio: Float64Array.from({ length: n }, () => rng.next()) } : {}),
       queueMs: 1.23456789,
