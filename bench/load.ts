@@ -107,7 +107,7 @@ interface Server {
 async function startServer(policy: string): Promise<Server> {
   const main = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
   // With node's flags for a server under load, as README's serving section says to run it.
-  const argv = [SERVE_NODE_OPTIONS, main, 'serve', MODEL as string, '--port', '0', '--json', '--policy', policy, '--slo-ms', String(SLO), '--max-batch', String(MAX_BATCH)];
+  const argv = [...SERVE_NODE_OPTIONS.split(' '), main, 'serve', MODEL as string, '--port', '0', '--json', '--policy', policy, '--slo-ms', String(SLO), '--max-batch', String(MAX_BATCH)];
   if (THREADS || PINNED) argv.push('--threads', THREADS ?? '1');
   const child = PINNED ? spawn('taskset', ['-c', '0', process.execPath, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';

@@ -154,7 +154,8 @@ test('corrupt or truncated checkpoints fail with a message naming the problem', 
 test('the dynn binary runs and exits with the command’s code', () => {
   const out = execFileSync(process.execPath, [main, 'models', '--json'], { encoding: 'utf8' });
   assert.deepEqual(JSON.parse(out).map((m: { name: string }) => m.name), ['densenet-dw', 'densenet-w', 'densenet41', 'densenet53', 'mlp-moe', 'mlp-w', 'multi-branch', 'resnet-condconv', 'resnet-d', 'resnet-exits', 'resnet-moe', 'resnet38', 'resnext-w', 'vgg-condconv', 'vgg-exits', 'vgg-moe', 'vgg-se', 'vgg-w']);
-  // Run as the bin is (through its shebang line, as `npx dynn` runs it).
+  // Run as the bin is (through its shebang line, as `npx dynn` runs it); a plain one (`env -S` fails on BusyBox).
+  assert.equal(fs.readFileSync(main, 'utf8').split('\n')[0], '#!/usr/bin/env node');
   assert.equal(JSON.parse(execFileSync(main, ['models', '--json'], { encoding: 'utf8' })).length, 18);
   const bad = spawnSync(process.execPath, [main, 'info', path.join(tmp, 'missing')], { encoding: 'utf8' });
   assert.equal(bad.status, 1);

@@ -101,7 +101,7 @@ export class MicroBatcher {
   /**
    * Samples arriving while a batch runs, per ms of running, averaged over about ARRIVAL_WINDOW_MS of running:
    * what the batch behind a run grows by. Arrivals while idle do not count: a client that waits for its answer
-   * before sending again adds nothing behind the run.
+   * before sending again adds nothing behind the run. As of the last dispatch; it fades while idle.
    */
   private busyRate = 0;
   /** While a dispatch runs its batches: the samples arrived since it started; null between dispatches. */
@@ -119,7 +119,7 @@ export class MicroBatcher {
     this.now = o.now ?? (() => performance.now());
   }
 
-  /** Samples arriving per ms while batches run, lately (see `busyRate`). */
+  /** Samples arriving per ms while batches run, as of the last dispatch (see `busyRate`). */
   get arrivalsPerMs(): number {
     return this.busyRate;
   }
@@ -223,7 +223,12 @@ export class MicroBatcher {
 
   private async dispatch(taken: Pending[], samples: number): Promise<void> {
     const start = this.now();
-    if (this.idleSince !== null) this.busyRate *= Math.exp(-Math.max(0, start - this.idleSince) / IDLE_FADE_MS);
+    if (this.idleSince !== null) {
+      const idle = Math.max(0, start - this.idleSince);
+      this.busyRate *= Math.exp(-idle / IDLE_FADE_MS);
+      // After a long idle spell, the host's CPU span starts afresh: its idle work (timers, GC, /metrics) is no sample's.
+      if (idle > IDLE_FADE_MS) this.hostMark = { cpuMs: NaN, at: start, runCpuMs: 0, samples: 0 };
+    }
     this.arrivedInRun = 0;
     let behind: Dispatch['behind'] = null;
     if (this.queue.length > 0) behind = { samples: this.head().samples, waitMs: start - this.queue[0].arrival };

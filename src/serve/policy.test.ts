@@ -274,9 +274,38 @@ test('MicroBatcher: tells the policy how fast samples arrive while batches run (
   runner.release();
   await running;
   // Idle for 2 s: the rate fades (by e^-2) before the next dispatch's choice.
+  const last = b.arrivalsPerMs;
   clock += 2000;
   await b.submit(sample(1));
-  assert.ok(Math.abs(seen[seen.length - 1] - 0.3 * Math.exp(-2)) < 0.01, `faded ${seen[seen.length - 1]}`);
+  assert.ok(Math.abs(seen[seen.length - 1] - last * Math.exp(-2)) < 1e-9, `faded ${seen[seen.length - 1]}`);
+  await b.close();
+});
+
+test('MicroBatcher: the host CPU span closes after a second of a trickle, and starts afresh after a long idle spell', async () => {
+  let clock = 0;
+  let cpu = 0;
+  const adaptive = createPolicy(parsePolicy('adaptive'), env());
+  const runner = new FakeRunner(2);
+  const timed: BatchRunner = { run: (x, u) => ((clock += 0.5), runner.run(x, u)) };
+  const b = new MicroBatcher(timed, { maxBatch: 64, maxWaitMs: 0, maxQueue: 1024, levels: LEVELS, policy: adaptive, now: () => clock, sharedCores: { cpuMs: () => cpu, runThreads: 1 } });
+  const est = adaptive.estimator!;
+  // One sample every 300 ms, 0.2 ms of host CPU each beside its run's 0.1: a span of 4 samples after a second.
+  for (let i = 0; i < 8; i++) {
+    clock += 300;
+    cpu += 0.3;
+    await b.submit(sample(1));
+  }
+  assert.ok(est.hostMsPerSample > 0.01, `observed within seconds: ${est.hostMsPerSample}`);
+  const settled = est.hostMsPerSample;
+  // A minute idle, with 600 ms of the process's CPU spent on nothing served: not charged to the next samples.
+  clock += 60_000;
+  cpu += 600;
+  for (let i = 0; i < 8; i++) {
+    clock += 300;
+    cpu += 0.3;
+    await b.submit(sample(1));
+  }
+  assert.ok(est.hostMsPerSample <= settled + 0.2, `the idle spell's CPU stays out: ${est.hostMsPerSample}`);
   await b.close();
 });
 
