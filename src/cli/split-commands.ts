@@ -2,6 +2,7 @@ import type { CommandModule } from './types.js';
 import { choiceOption, numberOption, pct, table, type Io } from './io.js';
 import { intListOption } from './deploy-commands.js';
 import { DynnError } from '../util/errors.js';
+import { kebab } from '../train/flags.js';
 
 type Opts = Record<string, unknown>;
 
@@ -130,8 +131,7 @@ export async function serveSplit(dir: string, o: Opts, io: Io, stop: Promise<str
   // policy options would be silently ignored, so they are refused.
   const modelOnly = (['sloMs', 'policy', 'maxBatch', 'maxWaitMs', 'maxQueue', 'bodyLimit', 'profile', 'spinning', 'maxSessions', 'sessionIdleMs'] as const).filter((k) => o[k] !== undefined && o[k] !== false);
   if (modelOnly.length) {
-    const flag = (k: string) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
-    throw new DynnError(`${dir} is a split folder: its tail serves each frame as it comes, so ${modelOnly.map(flag).join(', ')} ${modelOnly.length > 1 ? 'do' : 'does'} not apply (they are options of a served model)`);
+    throw new DynnError(`${dir} is a split folder: its tail serves each frame as it comes, so ${modelOnly.map((k) => `--${kebab(k)}`).join(', ')} ${modelOnly.length > 1 ? 'do' : 'does'} not apply (they are options of a served model)`);
   }
   const port = numberOption(o.port, 'port', { int: true, min: 0, max: 65535 }) ?? 8080;
   const host = o.host === undefined ? '127.0.0.1' : String(o.host);

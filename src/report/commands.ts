@@ -1,5 +1,5 @@
 import type { TrainMeta } from '../train/run.js';
-import { TRAIN_FLAGS, flagSpec } from '../train/flags.js';
+import { TRAIN_FLAGS, flagSpec, kebab } from '../train/flags.js';
 
 /** Quotes one argument for a POSIX shell when it needs it. */
 export function shellQuote(arg: string): string {
@@ -45,8 +45,4 @@ export function trainCommandLine(dir: string, meta: TrainMeta, modelArgs: Record
   }
   args.push('--out', dir);
   return commandLine(args);
-}
-
-function kebab(name: string): string {
-  return name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 }

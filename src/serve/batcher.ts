@@ -13,6 +13,9 @@ const ARRIVAL_WINDOW_MS = 100;
 /** While no batch runs, the rate measured during runs fades with this time constant, ms: a burst long past does not hold the level down. */
 const IDLE_FADE_MS = 1000;
 
+/** A host CPU span starting at process CPU time `cpuMs` (NaN: not read yet) and clock `at`, with nothing run yet. */
+const hostMarkAt = (cpuMs: number, at: number) => ({ cpuMs, at, runCpuMs: 0, samples: 0 });
+
 /** What runs a batch: `OnnxModel` (in a worker thread) in the server, a fake in tests. */
 export interface BatchRunner {
   /** `lend`: the runner may take the images' buffer and give it back as the result's `images` (see `ModelRunOptions`). */
@@ -97,7 +100,7 @@ export class MicroBatcher {
   private closing = false;
   private idle: (() => void) | null = null;
   /** CPU time, clock and run time (times its threads) at the last host observation, and the samples run since. */
-  private hostMark = { cpuMs: NaN, at: 0, runCpuMs: 0, samples: 0 };
+  private hostMark = hostMarkAt(NaN, 0);
   /**
    * Samples arriving while a batch runs, per ms of running, averaged over about ARRIVAL_WINDOW_MS of running:
    * what the batch behind a run grows by. Arrivals while idle do not count: a client that waits for its answer
@@ -210,7 +213,7 @@ export class MicroBatcher {
     if (m.samples < 256 && now - m.at < 1000 && Number.isFinite(m.cpuMs)) return;
     const cpu = shared.cpuMs();
     if (Number.isFinite(m.cpuMs)) est.observeHost((cpu - m.cpuMs - m.runCpuMs) / m.samples);
-    this.hostMark = { cpuMs: cpu, at: now, runCpuMs: 0, samples: 0 };
+    this.hostMark = hostMarkAt(cpu, now);
   }
 
   /** Room for `samples` samples of `per` values: over the spare buffer when it is large enough, else a new one of a full batch. */
@@ -227,7 +230,7 @@ export class MicroBatcher {
       const idle = Math.max(0, start - this.idleSince);
       this.busyRate *= Math.exp(-idle / IDLE_FADE_MS);
       // After a long idle spell, the host's CPU span starts afresh: its idle work (timers, GC, /metrics) is no sample's.
-      if (idle > IDLE_FADE_MS) this.hostMark = { cpuMs: NaN, at: start, runCpuMs: 0, samples: 0 };
+      if (idle > IDLE_FADE_MS) this.hostMark = hostMarkAt(NaN, start);
     }
     this.arrivedInRun = 0;
     let behind: Dispatch['behind'] = null;
