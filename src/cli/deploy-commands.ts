@@ -101,7 +101,8 @@ export async function exportCommand(run: string, o: Opts, io: Io): Promise<void>
     if (o.json) io.out(JSON.stringify({ onnx: o.onnx, metadata }, null, 2) + '\n');
     else {
       const parts = [`${metadata.levels.length} levels`];
-      if (metadata.exits) parts.push(`${metadata.exits.count} exits run stage by stage${metadata.exits.policy ? ` (default policy: ${metadata.exits.policy.rule} ${metadata.exits.policy.thresholds.join(':')})` : ''}`);
+      const ex = metadata.exits;
+      if (ex) parts.push(`${ex.count} exits ${ex.inGraph ? `in one run, the ${ex.inGraph.rule} rule in the graph` : 'run stage by stage'}${ex.policy ? ` (default policy: ${ex.policy.rule} ${ex.policy.thresholds.join(':')})` : ''}`);
       const rs = metadata.controller?.temporal?.resolutions;
       const over = rs ? `(u, r) = ${metadata.controller!.actions.map((u, k) => `(${u}, ${rs[k]})`).join(', ')}` : `u = ${metadata.controller?.actions.join(', ')}`;
       if (metadata.controller) parts.push(`a${metadata.controller.temporal ? ' temporal' : ''} controller over ${over} (FLOPs ratio ${metadata.controller.flopsRatio.toFixed(4)})`);

@@ -69,6 +69,10 @@ test('an early-exit run: train, info, threshold sweep (JSON and table) and budge
   const m = JSON.parse(onnx.stdout()).metadata;
   assert.equal(m.exits.count, 4);
   assert.deepEqual(m.exits.policy, { rule: 'entropy', thresholds: f.fits[1].validation.thresholds });
+  assert.deepEqual(m.exits.inGraph, { rule: 'entropy' }, 'the stored rule goes into the graph');
+  const said = capture();
+  assert.equal(await runCli(['export', exitsRun, '--onnx', path.join(tmp, 'exits-2.onnx')], said), 0, said.stderr());
+  assert.match(said.stdout(), /4 exits in one run, the entropy rule in the graph \(default policy: entropy /);
 });
 
 test('calibrate: the requested widths, stored in the run; sandwich and distillation options reach the trainer', async () => {

@@ -14,7 +14,7 @@ import { Dense } from '../layers/conv.js';
 import { Layer } from '../layers/layer.js';
 import type { ChannelSel, LayerCost, Shape } from '../layers/types.js';
 import type { FrozenOp } from '../models/subnet.js';
-import { exportOnnx, saveOnnx } from './export.js';
+import { exportOnnx, saveOnnx, type ExportOptions } from './export.js';
 import { readOnnxMetadata, levelIndexFor } from './metadata.js';
 import { ModelProto } from './onnx-proto.js';
 import { randomizeStatistics, relErr } from './fixtures.js';
@@ -185,18 +185,21 @@ function pythonOnnx(): boolean {
   return spawnSync('/usr/bin/python3', ['-c', 'import onnx'], { stdio: 'ignore' }).status === 0;
 }
 
-test('the ONNX checker (python3-onnx, full check) accepts every model, early-exit stages and an exported controller', (t) => {
+test('the ONNX checker (python3-onnx, full check) accepts every model, early-exit stages with the exit rule in the graph and an exported controller', (t) => {
   if (!pythonOnnx()) {
     t.skip('python3-onnx is not installed (apt-get install python3-onnx)');
     return;
   }
-  const cases: [string, Record<string, unknown>][] = [...PARITY, ['vgg-exits', { groups: 4 }], ['resnet-exits', { width: 8 }]];
-  for (const [name, args] of cases) {
+  const entropy = { rule: 'entropy', thresholds: [0.5, 0.5, 0.5] };
+  const confidence = { rule: 'confidence', thresholds: [0.9, 0.9] };
+  // Early-exit models stage by stage, and with their rule in the graph as a fitted policy writes it.
+  const cases: [string, Record<string, unknown>, ExportOptions['exitPolicy']?][] = [...PARITY, ['vgg-exits', { groups: 4 }], ['vgg-exits', { groups: 4 }, entropy], ['resnet-exits', { width: 8 }, confidence]];
+  for (const [name, args, exitPolicy] of cases) {
     const model = createModel(name, args);
-    const file = path.join(tmp, `${name}.onnx`);
+    const file = path.join(tmp, `${name}${exitPolicy ? `-${exitPolicy.rule}` : ''}.onnx`);
     // One of them carries a controller, as `export --controller` writes.
     const ctrl = name === 'vgg-w' ? new Policy({ inputShape: model.inputShape, actions: [0.25, 0.5, 1] }) : null;
-    writeFileSync(file, exportOnnx(model, ctrl ? { controller: { network: ctrl.net, actions: ctrl.actions } } : {}).bytes);
+    writeFileSync(file, exportOnnx(model, ctrl ? { controller: { network: ctrl.net, actions: ctrl.actions } } : { exitPolicy }).bytes);
     ctrl?.dispose();
     model.dispose();
     const out = execFileSync('/usr/bin/python3', ['-c', 'import onnx,sys; onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True); print("ok")', file], { encoding: 'utf8' });

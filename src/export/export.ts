@@ -10,14 +10,16 @@ import { checkGatingMode, checkUtilization, type GatingMode } from '../gating/ga
 import { DynnError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { VERSION } from '../version.js';
-import { attr, floatValueInfo, GraphBuilder, NameScope } from './graph.js';
-import { lowerChain, lowerResize } from './lower.js';
+import { attr, floatValueInfo, GraphBuilder, NameScope, valueInfo } from './graph.js';
+import { lowerChain, lowerResize, type BranchContext } from './lower.js';
+import { exitRuleLowerings, lowerExitPolicy } from './exits.js';
+import { exitRules } from '../scaling/rules.js';
 import { AtResolution } from '../models/at-resolution.js';
 import { checkOperatingPoints } from '../control/actions.js';
 import { weightsDigestChunks } from './digest.js';
 import { metadataProps, ONNX_FORMAT, levelIndexFor, ONNX_IO, TEMPORAL_FEATURES, type OnnxLevel, type OnnxMetadata } from './metadata.js';
 import { lowerTemporalFeatures } from './temporal.js';
-import { encodeModel, IR_VERSION, OPSET_VERSION, type GraphMsg, type ValueInfoMsg } from './onnx-proto.js';
+import { DataType, encodeModel, IR_VERSION, OPSET_VERSION, type GraphMsg, type ValueInfoMsg } from './onnx-proto.js';
 
 /** Options of `exportOnnx`. */
 export interface ExportOptions {
@@ -221,7 +223,9 @@ export function selectBranch(
  * input where the next stage recomputes a cheap segment whose output is large (`stageStarts`; `exitFlops`
  * counts the recomputation). The runtime runs the
  * stages in turn and passes only the samples still running on. Stage -1 runs the whole network to its last
- * exit in one pass, without the exits.
+ * exit in one pass, without the exits. With `options.exitPolicy` whose rule lowers (`exitRuleLowerings`),
+ * stage -2 runs the whole policy in one run (`lowerExitPolicy`): an input `exit_thresholds` (float64, one per
+ * intermediate exit, fed at every stage) and an output `exits` (the exit each sample's scores come from).
  *
  * With `options.controller`, a second output `controller_scores` holds the controller's action logits.
  *
@@ -245,6 +249,8 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
   const { segments, heads } = exitSegments(model);
   const staged = heads.length > 0;
   const starts = staged ? stageStarts(model) : [];
+  // A stored policy whose rule lowers goes into the graph as stage -2 (`lowerExitPolicy`).
+  const inGraph = staged && options.exitPolicy && exitRules.has(options.exitPolicy.rule) && exitRuleLowerings.has(options.exitPolicy.rule) ? options.exitPolicy.rule : undefined;
   const ctrl = options.controller;
   const temporal = ctrl?.temporal;
   const featureSize = model.numClasses + 3 + (ctrl?.actions.length ?? 0);
@@ -305,19 +311,31 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
         : floatValueInfo(ONNX_IO.images, ['batch', c, h, w], 'images, NCHW float32'),
     );
     main.input(floatValueInfo(ONNX_IO.u, [], 'utilization in (0, 1]; clamped to the exported levels'));
-    if (staged) main.input(floatValueInfo(ONNX_IO.stage, [], `the stage to run, 0 to ${heads.length} (the exit it ends at), or -1 for the whole network`));
+    if (staged) main.input(floatValueInfo(ONNX_IO.stage, [], `the stage to run, 0 to ${heads.length} (the exit it ends at), -1 for the whole network${inGraph ? ', or -2 for every stage with the exit rule in the graph' : ''}`));
+    if (inGraph) main.input(valueInfo(ONNX_IO.exitThresholds, DataType.DOUBLE, [heads.length], `float64: the ${inGraph} threshold of each intermediate exit at stage -2 (fed at every stage)`));
     if (temporal) main.input(floatValueInfo(ONNX_IO.action, ['batch'], 'the index of the controller action each sample ran at (float32)'));
     if (resolutions) main.input(floatValueInfo(ONNX_IO.resolution, [], `the input resolution (height) the batch runs at, one of ${branchRs.join(', ')}; images stay [${c}, ${h}, ${w}]`));
     const dims = new Map<string, number[]>();
     addWeights(main, [...model.getWeights(), ...(ctrl?.network.getWeights() ?? [])], dims);
 
     const scoresInfo = (name: string) => floatValueInfo(name, ['batch', model.numClasses]);
-    const outInfo = (name: string, j: number) => (j === 0 ? scoresInfo(name) : floatValueInfo(name, ['batch', 'out_channels', 'out_height', 'out_width']));
-    // What one (stage, level) computes: [scores] for a plain model, [scores, features] for a stage; stage -1 of
-    // an early-exit model is the whole network without its exits, in one branch (what `run` uses).
+    const outInfo = (name: string, j: number) => (j === 0 ? scoresInfo(name) : j === 1 ? floatValueInfo(name, ['batch', 'out_channels', 'out_height', 'out_width']) : floatValueInfo(name, ['batch']));
+    // Stage k of an early-exit model from its input: the exit's logits, and what the next stage reads (this
+    // stage's input where the next recomputes it).
+    const lowerStage = (ctx: BranchContext, k: number, input: string): { scores: string; handed: string } => {
+      const from = starts[k];
+      const body = lowerChain(segments.slice(from, k + 1).flat(), input, selBeforeStage(segments, from, fullSel(c), ctx.plan), ctx);
+      if (k === heads.length) return { scores: body.y, handed: body.y };
+      const head: ExitHead = heads[k];
+      const scores = lowerChain(head.children(), body.y, body.sel, { ...ctx, prefix: `${ctx.prefix}/${head.name}` }).y;
+      return { scores, handed: starts[k + 1] <= k ? input : body.y };
+    };
+    // What one (stage, level) computes: [scores] for a plain model, [scores, features] for a stage (and
+    // `exits` with the rule in the graph); stage -1 of an early-exit model is the whole network without its
+    // exits, in one branch (what `run` uses), stage -2 every stage with the exit rule (`runExits`).
     const lowerLevel = (g: GraphBuilder, stage: number, lv: OnnxLevel, r = h): string[] => {
       const plan = model.plan(lv.u);
-      const prefix = !staged ? `${r === h ? '' : `R${r}`}L${lv.level}` : stage < 0 ? `W${lv.level}` : `S${stage}L${lv.level}`;
+      const prefix = !staged ? `${r === h ? '' : `R${r}`}L${lv.level}` : stage === -2 ? `X${lv.level}` : stage < 0 ? `W${lv.level}` : `S${stage}L${lv.level}`;
       const ctx = { g, plan, prefix, dims };
       const at = atRes.get(r);
       if (at) {
@@ -329,19 +347,23 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
       // The last stage (and the whole network) has no next stage: its features are the scores as
       // [batch, classes, 1, 1], the rank of the others.
       const asFeatures = (y: string) => g.node('Unsqueeze', [y, g.int64Const(`${prefix}/axes`, [2, 3])], `${prefix}/features`);
+      // Every sample's scores here come from one exit: `exit` ([batch] float32) where the graph has the rule.
+      const withExits = (outs: string[], exit: number) => (inGraph ? [...outs, g.node('Expand', [g.floatConst(`${prefix}/exit`, [1], [exit]), g.node('Slice', [g.node('Shape', [outs[0]], `${prefix}/scores_shape`), g.int64Const(`${prefix}/n_start`, [0]), g.int64Const(`${prefix}/n_end`, [1])], `${prefix}/n`)], `${prefix}/exits`)] : outs);
+      if (stage === -2) {
+        const opts = { images: ONNX_IO.images, thresholds: ONNX_IO.exitThresholds, count: segments.length, classes: model.numClasses, rule: inGraph!, prefix };
+        const { scores, exits } = lowerExitPolicy(g, opts, (sg, k, input) => lowerStage({ ...ctx, g: sg, prefix: `${prefix}/S${k}` }, k, input));
+        return [scores, asFeatures(scores), exits];
+      }
       if (!staged || stage < 0) {
         const y = lowerChain(model.layers, ONNX_IO.images, fullSel(c), ctx).y;
-        return staged ? [y, asFeatures(y)] : [y];
+        return staged ? withExits([y, asFeatures(y)], heads.length) : [y];
       }
-      const from = starts[stage];
-      const body = lowerChain(segments.slice(from, stage + 1).flat(), ONNX_IO.images, selBeforeStage(segments, from, fullSel(c), plan), ctx);
-      if (stage === heads.length) return [body.y, asFeatures(body.y)];
-      const head: ExitHead = heads[stage];
-      // A next stage that recomputes this one gets this stage's input.
-      const features = starts[stage + 1] <= stage ? g.node('Identity', [ONNX_IO.images], `${prefix}/handed_on`) : body.y;
-      return [lowerChain(head.children(), body.y, body.sel, { ...ctx, prefix: `${prefix}/${head.name}` }).y, features];
+      const s = lowerStage(ctx, stage, ONNX_IO.images);
+      if (stage === heads.length) return withExits([s.scores, asFeatures(s.scores)], stage);
+      // A graph output cannot be the graph's own input: hand it on through an Identity.
+      return withExits([s.scores, s.handed === ONNX_IO.images ? g.node('Identity', [ONNX_IO.images], `${prefix}/handed_on`) : s.handed], stage);
     };
-    const outs = staged ? [ONNX_IO.scores, ONNX_IO.features] : [ONNX_IO.scores];
+    const outs = staged ? [ONNX_IO.scores, ONNX_IO.features, ...(inGraph ? [ONNX_IO.exits] : [])] : [ONNX_IO.scores];
     const levelConds = levels.map((lv, i) => (i === 0 ? '' : main.node('GreaterOrEqual', [ONNX_IO.u, main.floatConst(`min_u_${lv.level}`, [], [lv.minU])], `at_least_${lv.level}`)));
     // The level chain of one stage into `host`; its results are named `results` (exactly when `exact`).
     const levelChain = (host: GraphBuilder, stage: number, results: string[], exact: boolean, r = h): string[] => {
@@ -366,13 +388,16 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
       selectBranch(main, resConds, resBranch, outs, true, outInfo, 'resolutions');
     } else if (!staged) levelChain(main, 0, outs, true);
     else {
-      // Branch 0 is stage -1 (the whole network); branch k + 1 is stage k, taken when stage >= k - 0.5.
-      const stageConds = ['', ...segments.map((_, k) => main.node('GreaterOrEqual', [ONNX_IO.stage, main.floatConst(`stage_${k}`, [], [k - 0.5])], `from_stage_${k}`))];
+      // Branch i is stage i - 1 (i - 2 with the rule in the graph), taken when stage >= k - 0.5; branch 0 is
+      // the lowest stage: -1, the whole network, or -2, every stage with the rule.
+      const low = inGraph ? -2 : -1;
+      const stageConds = Array.from({ length: segments.length - low }, (_, i) => (i === 0 ? '' : main.node('GreaterOrEqual', [ONNX_IO.stage, main.floatConst(`stage_${i + low}`, [], [i + low - 0.5])], `from_stage_${i + low}`)));
       const stageBranch = (i: number): GraphMsg => {
-        const k = i - 1;
-        const g = new GraphBuilder(k < 0 ? 'whole_network' : `stage_${k}`, names);
-        levelChain(g, k, outs.map((o) => `stage_${k}/${o}`), false).forEach((y, j) => g.output(outInfo(y, j)));
-        return g.build(k < 0 ? 'stage -1: the whole network to its last exit' : `stage ${k}: the segment before exit ${k + 1}`);
+        const k = i + low;
+        const name = k === -2 ? 'exit_policy' : k === -1 ? 'whole_network' : `stage_${k}`;
+        const g = new GraphBuilder(name, names);
+        levelChain(g, k, outs.map((o) => `${name}/${o}`), false).forEach((y, j) => g.output(outInfo(y, j)));
+        return g.build(k === -2 ? `stage -2: every stage, the ${inGraph} rule deciding who leaves` : k === -1 ? 'stage -1: the whole network to its last exit' : `stage ${k}: the segment before exit ${k + 1}`);
       };
       selectBranch(main, stageConds, stageBranch, outs, true, outInfo, 'stages');
     }
@@ -420,7 +445,7 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
     numClasses: model.numClasses,
     classNames,
     levels,
-    ...(staged ? { exits: { count: segments.length, ...(options.exitPolicy ? { policy: options.exitPolicy } : {}) } } : {}),
+    ...(staged ? { exits: { count: segments.length, ...(options.exitPolicy ? { policy: options.exitPolicy } : {}), ...(inGraph ? { inGraph: { rule: inGraph } } : {}) } } : {}),
     ...(controller ? { controller } : {}),
     weightsSha256: weightsSha256(graph),
   };

@@ -32,6 +32,24 @@ export function relErr(ref: ArrayLike<number>, got: ArrayLike<number>): number {
   return diff / scale;
 }
 
+/** Test fixture: max |a - b| over two equally long arrays. */
+export function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
+  return d;
+}
+
+/**
+ * Test fixture: a threshold between two neighbouring values near the q-quantile of `xs`: no value sits on
+ * it, so float rounding cannot move one across (exit thresholds that split a batch).
+ */
+export function splitAt(xs: ArrayLike<number>, q: number): number {
+  const s = Float64Array.from(xs).sort();
+  const i = Math.min(s.length - 2, Math.floor(q * s.length));
+  return (s[i] + s[i + 1]) / 2;
+}
+
 /**
  * Test fixture: serves the files of `dir` over HTTP at `/<prefix>/<name>`, as a page would fetch an exported
  * folder (404 for anything else); `base` is the server's origin. No keep-alive: a socket the server times out
@@ -88,11 +106,11 @@ export interface ProfiledNode {
 }
 
 /**
- * Runs the ONNX graph at `file` `runs` times on `feeds` (float32 data and dims; [] for a scalar) on one thread
+ * Runs the ONNX graph at `file` `runs` times on `feeds` (float32 or float64 data and dims; [] for a scalar) on one thread
  * with ONNX Runtime's profiler, and returns each node's median kernel time per run and its rows: where a graph's time goes
  * (benches), and how many rows each node processed (tests that count the work a dispatch does).
  */
-export async function profileNodes(file: string, feeds: Record<string, { data: Float32Array; dims: number[] }>, runs: number): Promise<ProfiledNode[]> {
+export async function profileNodes(file: string, feeds: Record<string, { data: Float32Array | Float64Array; dims: number[] }>, runs: number): Promise<ProfiledNode[]> {
   const ort = (await import('onnxruntime-node')).default;
   const { mkdtempSync, readdirSync, readFileSync, rmSync } = await import('node:fs');
   const os = await import('node:os');
@@ -100,7 +118,7 @@ export async function profileNodes(file: string, feeds: Record<string, { data: F
   const dir = mkdtempSync(path.join(os.tmpdir(), 'dynn-profile-'));
   try {
     const s = await ort.InferenceSession.create(file, { intraOpNumThreads: 1, enableProfiling: true, profileFilePrefix: path.join(dir, 'p') });
-    const tensors = Object.fromEntries(Object.entries(feeds).map(([k, v]) => [k, new ort.Tensor('float32', v.data, v.dims)]));
+    const tensors = Object.fromEntries(Object.entries(feeds).map(([k, v]) => [k, v.data instanceof Float64Array ? new ort.Tensor('float64', v.data, v.dims) : new ort.Tensor('float32', v.data, v.dims)]));
     for (let i = 0; i < runs; i++) await s.run(tensors);
     s.endProfiling();
     await s.release();

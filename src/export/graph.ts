@@ -76,11 +76,16 @@ export class NameScope {
 
 /** A float tensor value's type: element type float, dims numbers or symbolic names; `null` dims leave the rank open. */
 export function floatValueInfo(name: string, dims: (number | string)[] | null, doc?: string): ValueInfoMsg {
+  return valueInfo(name, DataType.FLOAT, dims, doc);
+}
+
+/** A tensor value's type of any element type (`DataType`), as `floatValueInfo`. */
+export function valueInfo(name: string, elemType: number, dims: (number | string)[] | null, doc?: string): ValueInfoMsg {
   return {
     name,
     type: {
       tensor_type: {
-        elem_type: DataType.FLOAT,
+        elem_type: elemType,
         ...(dims ? { shape: { dim: dims.map((d) => (typeof d === 'number' ? { dim_value: d } : { dim_param: d })) } } : {}),
       },
     },

@@ -50,6 +50,8 @@ test('metadata round-trips, and absurd values are refused naming the field', () 
     [{ ...valid, input: { ...valid.input, shape: [4096, 4096, 4096] } }, /at input\.shape: \[4096,4096,4096\] is 68719476736 values per sample; at most 67108864/],
     [{ ...valid, input: { ...valid.input, name: 'pixels' } }, /at input\.name/],
     [{ ...valid, exits: { count: 4, policy: { rule: 'entropy', thresholds: [1] } } }, /at exits\.policy\.thresholds: 1 thresholds for 3 intermediate exits/],
+    [{ ...valid, exits: { ...valid.exits, inGraph: { rule: 'confidence' } } }, /at exits\.inGraph\.rule: the graph's exit rule confidence is not the stored policy's \(entropy\)/],
+    [{ ...valid, exits: { count: 4, inGraph: { rule: 'entropy' } } }, /at exits\.inGraph\.rule: the graph's exit rule entropy is not the stored policy's \(none\)/],
     [{ ...valid, controller: { actions: [1, 0.5], flops: 1, macs: 1, flopsRatio: 0.1 } }, /at controller\.actions: actions must be strictly increasing/],
     [{ ...valid, weightsSha256: 'abc' }, /at weightsSha256: expected 64 lowercase hex digits/],
     [{ ...valid, model: undefined }, /at model: .*expected object/],

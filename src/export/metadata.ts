@@ -14,6 +14,10 @@ export const ONNX_IO = {
   stage: 'stage',
   /** Early-exit models: the stage's backbone output, the next stage's input. */
   features: 'features',
+  /** Early-exit models with their rule in the graph: float64 [exits - 1], one threshold per intermediate exit. */
+  exitThresholds: 'exit_thresholds',
+  /** Early-exit models with their rule in the graph: the exit each sample's scores come from, float32 [batch]. */
+  exits: 'exits',
   /** Models exported with a controller: its action logits, [batch, actions]. */
   controller: 'controller_scores',
   /** Models exported with a temporal controller: the action index each sample ran at, float32 [batch]. */
@@ -65,6 +69,11 @@ const exitsSchema = z.object({
   count: z.number().int().min(2).max(METADATA_LIMITS.maxExits),
   /** The fitted exit policy stored by `dynn fit-exits --save`, the runtime's default. */
   policy: z.object({ rule: z.string().min(1), thresholds: z.array(z.number()) }).optional(),
+  /**
+   * The exit rule lowered into the graph (stage -2 runs every stage in one run, the input `exit_thresholds`
+   * feeds the thresholds); absent where the runtime runs the stages in turn.
+   */
+  inGraph: z.object({ rule: z.string().min(1) }).optional(),
 });
 
 const controllerSchema = z.object({
@@ -140,6 +149,7 @@ const metadataSchema = z
     if (m.exits && policy && policy.thresholds.length !== m.exits.count - 1) {
       issue(['exits', 'policy', 'thresholds'], `${policy.thresholds.length} thresholds for ${m.exits.count - 1} intermediate exits`);
     }
+    if (m.exits?.inGraph && m.exits.inGraph.rule !== policy?.rule) issue(['exits', 'inGraph', 'rule'], `the graph's exit rule ${m.exits.inGraph.rule} is not the stored policy's (${policy?.rule ?? 'none'})`);
     const actions = m.controller?.actions ?? [];
     const temporal = m.controller?.temporal;
     const rs = temporal?.resolutions;

@@ -117,7 +117,7 @@ export const IR_VERSION = 8;
 export const OPSET_VERSION = 17;
 
 /** TensorProto.DataType values dynn uses. */
-export const DataType = { FLOAT: 1, INT32: 6, INT64: 7, BOOL: 9 } as const;
+export const DataType = { FLOAT: 1, INT32: 6, INT64: 7, BOOL: 9, DOUBLE: 11 } as const;
 
 /** AttributeProto.AttributeType values dynn uses. */
 export const AttributeType = { FLOAT: 1, INT: 2, STRING: 3, GRAPH: 5, INTS: 7 } as const;

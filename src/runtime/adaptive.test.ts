@@ -10,7 +10,7 @@ import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import ort from 'onnxruntime-node';
 import { saveOnnx, stageStarts } from '../export/export.js';
-import { randomizeStatistics } from '../export/fixtures.js';
+import { maxDiff, randomizeStatistics, splitAt } from '../export/fixtures.js';
 import { EarlyExitRunner } from '../scaling/runner.js';
 import { exitRules, exitScores } from '../scaling/rules.js';
 import { Policy } from '../control/policy.js';
@@ -23,19 +23,6 @@ await initEngine('wasm');
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-adaptive-'));
 const N = 16;
 
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let d = 0;
-  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
-  return d;
-}
-
-/** A threshold between two neighbouring values near the q-quantile: no sample sits on it, so float32 noise cannot flip one. */
-function splitAt(xs: ArrayLike<number>, q: number): number {
-  const s = Float64Array.from(xs).sort();
-  const i = Math.min(s.length - 2, Math.floor(q * s.length));
-  return (s[i] + s[i + 1]) / 2;
-}
 
 // A small early-exit network with per-level BatchNorm statistics, and a random batch (NHWC for TF.js, NCHW for ORT).
 const exitNet = createModel('vgg-exits', { inputShape: [12, 12, 1], groups: 4, widths: [8, 8, 16, 16], hidden: 32, exitPool: [2, 2, 2], exitHidden: 16 });

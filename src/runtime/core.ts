@@ -11,7 +11,7 @@ import { TemporalSession, temporalOf } from './session.js';
 /** What dynn needs of an ONNX Runtime package: onnxruntime-node and onnxruntime-web both provide it. */
 export interface OrtApi {
   InferenceSession: { create(model: Uint8Array, options?: InferenceSession.SessionOptions): Promise<InferenceSession> };
-  Tensor: new (type: 'float32', data: Float32Array, dims: readonly number[]) => Tensor;
+  Tensor: { new (type: 'float32', data: Float32Array, dims: readonly number[]): Tensor; new (type: 'float64', data: Float64Array, dims: readonly number[]): Tensor };
 }
 
 /** Memory layout of an image batch passed to `run`. */
@@ -48,6 +48,8 @@ export interface ExitPrediction extends Prediction {
   /** Mean FLOPs per sample (segments and exit classifiers each sample passed), and relative to the last exit alone. */
   meanFlops: number;
   flopsRatio: number;
+  /** Whether the graph's own exit rule decided, in one run (else the stages ran in turn from JavaScript). */
+  inGraph: boolean;
 }
 
 /** The result of a run where each sample has its own utilization (`runMixed`, `runAdaptive`). */
@@ -89,6 +91,11 @@ export interface ExitOptions extends RunOptions {
   rule?: string | ExitRule;
   /** One threshold for all intermediate exits or one each (default: the model's stored policy). */
   thresholds?: number | number[];
+  /**
+   * Run the stages in turn from JavaScript even where the graph holds the rule (default false: a model
+   * exported with its policy runs every stage in one session run when the rule asked for is the graph's).
+   */
+  staged?: boolean;
 }
 
 /** Converts a batch of NHWC images to NCHW (a new array). */
@@ -181,9 +188,12 @@ export class ModelSession {
    * Runs the graph once. The level's own u is fed, not the caller's: float32 rounding near a threshold
    * cannot pick another branch.
    */
-  private async once(x: Float32Array, dims: readonly number[], level: OnnxLevel, stage: number | null, fetches?: string[], action?: number) {
+  private async once(x: Float32Array, dims: readonly number[], level: OnnxLevel, stage: number | null, fetches?: string[], action?: number, thresholds?: readonly number[]) {
     const feeds: Record<string, Tensor> = { [ONNX_IO.images]: this.tensor(x, dims), [ONNX_IO.u]: this.tensor(Float32Array.of(level.u), []) };
     if (stage !== null) feeds[ONNX_IO.stage] = this.tensor(Float32Array.of(stage), []);
+    // A graph holding the exit rule takes its thresholds at every stage (read only at stage -2).
+    const exits = this.metadata.exits;
+    if (exits?.inGraph) feeds[ONNX_IO.exitThresholds] = new this.ort.Tensor('float64', Float64Array.from(thresholds ?? exits.policy?.thresholds ?? []), [exits.count - 1]);
     // A temporal controller's input: the action the batch ran at (a plain run: the start action, unused).
     const temporal = this.metadata.controller?.temporal;
     if (temporal) feeds[ONNX_IO.action] = this.tensor(new Float32Array(dims[0]).fill(action ?? temporal.start), [dims[0]]);
@@ -211,7 +221,8 @@ export class ModelSession {
   /**
    * Runs an early-exit model with real early termination at utilization u: after each stage, the samples
    * whose exit scores pass the rule leave, and only the rest run the next stage, as a smaller batch.
-   * Results come back in input order.
+   * Results come back in input order. Where the graph holds the rule asked for (a model exported with its
+   * policy), every stage runs in one session run; else the stages run in turn from here.
    */
   async runExits(images: Float32Array, u: number, options: ExitOptions = {}): Promise<ExitPrediction> {
     const meta = this.metadata;
@@ -224,12 +235,21 @@ export class ModelSession {
     const thresholds = perExitThresholds(given, meta.exits.count - 1);
     const level = levelFor(meta, u);
     const { nchw, batch } = this.prepare(images, options);
-    const res = await this.exitRun(nchw, batch, level, r, thresholds);
+    const inGraph = meta.exits.inGraph !== undefined && !options.staged && exitRules.has(meta.exits.inGraph.rule) && r === exitRules.get(meta.exits.inGraph.rule);
+    const res = inGraph ? await this.graphExitRun(nchw, batch, level, thresholds) : await this.exitRun(nchw, batch, level, r, thresholds);
     const exitFlops = level.exitFlops ?? [];
     let flops = 0;
     for (const e of res.exits) flops += exitFlops[e] ?? 0;
     const meanFlops = flops / batch;
-    return { ...res, batch, numClasses: meta.numClasses, u: level.u, level: level.level, meanFlops, flopsRatio: level.flops > 0 ? meanFlops / level.flops : 1 };
+    return { ...res, batch, numClasses: meta.numClasses, u: level.u, level: level.level, meanFlops, flopsRatio: level.flops > 0 ? meanFlops / level.flops : 1, inGraph };
+  }
+
+  /** Every stage in one run (stage -2): the graph's rule decides, and each sample's exit comes back with its scores. */
+  private async graphExitRun(x: Float32Array, batch: number, level: OnnxLevel, thresholds: number[]) {
+    const C = this.metadata.numClasses;
+    const { out, ms } = await this.once(x, [batch, ...this.metadata.input.shape], level, -2, [ONNX_IO.scores, ONNX_IO.exits], undefined, thresholds);
+    const scores = out[ONNX_IO.scores].data as Float32Array;
+    return { scores, classes: argmaxRows(scores, C), exits: Int32Array.from(out[ONNX_IO.exits].data as Float32Array), ms };
   }
 
   /** Stage by stage; samples that leave are dropped from the next stage's batch. */

@@ -7,7 +7,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import { saveOnnx } from '../export/export.js';
-import { randomizeStatistics } from '../export/fixtures.js';
+import { maxDiff, randomizeStatistics } from '../export/fixtures.js';
 import { encodeModel, IR_VERSION, OPSET_VERSION } from '../export/onnx-proto.js';
 import { OnnxModel, sessionOptions } from './node.js';
 import { nhwcToNchw } from './core.js';
@@ -27,12 +27,6 @@ const nhwcTensor = tf.randomNormal([N, H, W, C], 0, 1, 'float32', 3);
 const nhwc = nhwcTensor.dataSync() as Float32Array;
 const nchw = nhwcToNchw(nhwc, [C, H, W]);
 
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let d = 0;
-  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
-  return d;
-}
 
 test('nhwcToNchw moves channels first', () => {
   const x = Float32Array.from({ length: 2 * 2 * 3 }, (_, i) => i); // [1, 2, 2, 3] NHWC

@@ -146,6 +146,7 @@ test('a foreign or edited graph under copied metadata is refused, naming what di
 test('early-exit and controller exports are verified too: digest, stage input, features and controller outputs', async () => {
   const exitNet = createModel('vgg-exits', { inputShape: [12, 12, 1], groups: 4, widths: [8, 8, 16, 16], hidden: 32, exitPool: [2, 2, 2], exitHidden: 16 });
   const exits = exportOnnx(exitNet);
+  const inGraph = exportOnnx(exitNet, { exitPolicy: { rule: 'entropy', thresholds: [1, 1, 1] } });
   exitNet.dispose();
   const policy = new Policy({ inputShape: model.inputShape, actions: [0.25, 0.5, 1] });
   const ctrl = exportOnnx(model, { controller: { network: policy.net, actions: policy.actions } });
@@ -164,6 +165,11 @@ test('early-exit and controller exports are verified too: digest, stage input, f
     /the graph has input 'stage', which the metadata does not describe/,
   );
   await assert.rejects(verify(edited(exits.bytes, (m) => void (m.graph.output = m.graph.output.filter((o) => o.name !== 'features')))), /output 'features' is missing/);
+  // The exit rule in the graph: its float64 thresholds input and `exits` output are checked too.
+  assert.equal((await verify(inGraph.bytes)).verified, true);
+  await assert.rejects(verify(edited(inGraph.bytes, (_, meta) => ({ ...meta, exits: { ...meta.exits!, inGraph: undefined } }))), /the graph has input 'exit_thresholds', which the metadata does not describe/);
+  await assert.rejects(verify(edited(inGraph.bytes, (m) => void (m.graph.input.find((i) => i.name === 'exit_thresholds')!.type.tensor_type.elem_type = 1))), /input 'exit_thresholds' has element type float32 but dynn models use float64 there/);
+  await assert.rejects(verify(edited(inGraph.bytes, (m) => void (m.graph.output = m.graph.output.filter((o) => o.name !== 'exits')))), /output 'exits' is missing/);
 });
 
 test('a model exported before the digest (no weightsSha256) loads unverified, its inputs and outputs still checked', async () => {

@@ -34,6 +34,8 @@ export interface Expected {
   dims: (number | 'batch' | null)[];
   /** What the metadata calls the last dim, for the message (e.g. "numClasses 10"). */
   width?: string;
+  /** Element type (`DataType`), float32 unless given. */
+  elem?: number;
 }
 
 const ELEMENT_TYPES: Record<number, string> = { 1: 'float32', 2: 'uint8', 3: 'int8', 6: 'int32', 7: 'int64', 9: 'bool', 10: 'float16', 11: 'float64' };
@@ -50,6 +52,10 @@ function expectedSignature(meta: OnnxMetadata): { inputs: Expected[]; outputs: E
   if (meta.exits) {
     inputs.push({ name: ONNX_IO.stage, dims: [] });
     outputs.push({ name: ONNX_IO.features, dims: ['batch', null, null, null] });
+    if (meta.exits.inGraph) {
+      inputs.push({ name: ONNX_IO.exitThresholds, dims: [meta.exits.count - 1], elem: DataType.DOUBLE });
+      outputs.push({ name: ONNX_IO.exits, dims: ['batch'] });
+    }
   }
   if (meta.controller) {
     const k = meta.controller.actions.length;
@@ -78,7 +84,8 @@ export function checkValues(kind: 'input' | 'output', got: DecodedValueInfo[], e
     if (!v) fail(`${kind} '${e.name}' is missing from the graph`);
     const tensor = v!.type?.tensor_type;
     const elem = tensor?.elem_type ?? 0;
-    if (elem !== DataType.FLOAT) fail(`${kind} '${e.name}' has element type ${ELEMENT_TYPES[elem] ?? elem} but dynn models use float32`);
+    const want = e.elem ?? DataType.FLOAT;
+    if (elem !== want) fail(`${kind} '${e.name}' has element type ${ELEMENT_TYPES[elem] ?? elem} but dynn models use ${ELEMENT_TYPES[want]} there`);
     const dims = tensor?.shape?.dim;
     if (!dims) fail(`${kind} '${e.name}' has no shape but metadata says ${describe(e.dims)}`);
     if (dims!.length !== e.dims.length) fail(`${kind} '${e.name}' has rank ${dims!.length} but metadata says ${describe(e.dims)} (rank ${e.dims.length})`);

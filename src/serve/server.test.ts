@@ -10,7 +10,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import { saveOnnx } from '../export/export.js';
-import { randomizeStatistics } from '../export/fixtures.js';
+import { maxDiff, randomizeStatistics } from '../export/fixtures.js';
 import { levelIndexFor } from '../export/metadata.js';
 import { OnnxModel } from '../runtime/node.js';
 import { nhwcToNchw } from '../runtime/core.js';
@@ -75,12 +75,6 @@ function nchwToNhwc(x: Float32Array): Float32Array {
   for (let n = 0; n < x.length / PER; n++)
     for (let c = 0; c < C; c++) for (let y = 0; y < H; y++) for (let v = 0; v < W; v++) out[n * PER + (y * W + v) * C + c] = x[n * PER + (c * H + y) * W + v];
   return out;
-}
-function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let d = 0;
-  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs(a[i] - b[i]));
-  return d;
 }
 
 const reference = await OnnxModel.load(file, { threads: 1 });
