@@ -3,7 +3,8 @@
  * loopback. Real test images (their labels check the served answers), bounded in time:
  *   1. capacity: the fixed u = 1 server's throughput, closed loop, as fast as it answers;
  *   2. overload: `--factor` (2) x that rate for `--duration` (60) s against (a) the adaptive policy and
- *      (b) fixed:1, taking turns in `--rounds` (4) slices so background load falls on both alike: p50/p99
+ *      (b) fixed:1, after `--warmup` (10) s of it each (not counted: a fresh server's first seconds at that
+ *      rate cost it more CPU), taking turns in `--rounds` (4) slices so background load falls on both alike: p50/p99
  *      latency, failed requests, throughput, the u histogram and the served accuracy (against the accuracy
  *      of the same images at each level, measured in-process first);
  *   3. with `--soak S`: instead of 2, S seconds at capacity against the adaptive server, the server's RSS
@@ -17,7 +18,7 @@
  * requests as fast as answered from the start of every second, bursts that a closed loop then caps.)
  * Usage: node dist/bench/load.js --model FILE.onnx [--dataset fashion-mnist] [--slo-ms 25] [--duration 60]
  *   [--capacity-duration 10] [--capacity-connections N] [--factor 2] [--images N per request]
- *   [--rounds 4] [--threads N] [--max-batch 64] [--soak S] [--no-pin] [--json]. Results also go to .bench/load.json (or .bench/soak.json).
+ *   [--rounds 4] [--warmup 10] [--threads N] [--max-batch 64] [--soak S] [--no-pin] [--json]. Results also go to .bench/load.json (or .bench/soak.json).
  * Pinning (default where `taskset` works on 2+ cores): the servers on core 0 with one ONNX Runtime thread, this
  * process (autocannon, the client) on core 1, as a deployment runs them; capacity is measured the same way.
  */
@@ -47,6 +48,7 @@ const DURATION = num('duration', 60);
 const CAP_DURATION = num('capacity-duration', 10);
 const FACTOR = num('factor', 2);
 const ROUNDS = Math.round(num('rounds', 4));
+const WARMUP = num('warmup', 10);
 const IMAGES = num('images', 1);
 const MAX_BATCH = num('max-batch', 64);
 const SOAK = opt('soak') === undefined ? 0 : num('soak', 600);
@@ -491,7 +493,9 @@ async function main(): Promise<void> {
   const policies = ['adaptive', 'fixed:1'];
   const servers = await Promise.all(policies.map((p) => startServer(p)));
   try {
-    for (const s of servers) await closedSlice(s, { seconds: 3, connections: capConnections }, data, tally());
+    // Not counted: a fresh server's first seconds at this rate cost it about a third more CPU (measured per
+    // thread here: the HTTP thread +75%, the model's worker +15%), so each warms up at the offered rate first.
+    for (const s of servers) await openSlice(s, { seconds: WARMUP, rate }, data, tally(), arrivalSeed++);
     const tallies = policies.map(() => tally());
     for (let r = 0; r < ROUNDS; r++) {
       // Both servers get the same arrival times in a round.

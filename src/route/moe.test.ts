@@ -345,6 +345,13 @@ test('at inference the router computes the E scores alone (the first E columns o
   assert.equal(full[0].length, 2 * E);
   assert.deepEqual(scores.map((r) => r.length), new Array(5).fill(E));
   scores.forEach((r, i) => r.forEach((v, e) => assert.ok(Math.abs(v - full[i][e]) < 1e-5, `score ${i},${e}`)));
+  // Behind a throttled layer only the active channels arrive: the scores read their kernel rows alone.
+  const part = { full: 8, count: 4, index: null };
+  const [fullPart, scoresPart] = tf.tidy(() => {
+    const xs = tf.slice(x, [0, 0, 0, 0], [5, 6, 6, 4]);
+    return [router.call(xs, part, ctx).y.arraySync() as number[][], router.scores(xs, part, ctx).arraySync()];
+  });
+  scoresPart.forEach((r, i) => r.forEach((v, e) => assert.ok(Math.abs(v - fullPart[i][e]) < 1e-5, `score ${i},${e} on 4 of 8 channels`)));
   const fc = router.children()[router.children().length - 1];
   const [dense] = fc.cost(sel, net.plan(1));
   const costs = router.cost(sel, net.plan(1));

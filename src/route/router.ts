@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
-import { Composite, Dense, GlobalAvgPool, fullSel, layerClasses } from '../layers/index.js';
+import { Composite, Dense, GlobalAvgPool, fullSel, layerClasses, take } from '../layers/index.js';
 import type { ChannelSel, LayerCost, RunContext, Shape } from '../layers/index.js';
 import type { FrozenOp } from '../models/subnet.js';
 
@@ -39,11 +39,12 @@ export class MoeRouter extends Composite<RouterArgs> {
   scores(x: tf.Tensor, sel: ChannelSel, ctx: RunContext): tf.Tensor2D {
     const E = this.args.outputs / 2;
     const fc = this.layers[this.layers.length - 1];
-    const h = this.runChain(this.layers.slice(0, -1), x, sel, ctx).y as tf.Tensor2D;
+    const { y: h, sel: hSel } = this.runChain(this.layers.slice(0, -1), x, sel, ctx);
     const w = (suffix: string) => fc.weights().find((v) => v.name === `${fc.name}.${suffix}`)?.variable;
     const kernel = w('kernel')!;
     const bias = w('bias');
-    const z = tf.matMul(h, tf.slice(kernel, [0, 0], [kernel.shape[0], E]));
+    // The kernel's rows of the channels that reach it (all of them but behind a throttled layer), as the export slices them.
+    const z = tf.matMul(h as tf.Tensor2D, tf.slice(take(kernel, 0, hSel), [0, 0], [hSel.count, E]) as tf.Tensor2D);
     return (bias ? tf.add(z, tf.slice(bias, 0, E)) : z) as tf.Tensor2D;
   }
 
