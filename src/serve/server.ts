@@ -9,7 +9,8 @@ import { MicroBatcher, type BatchedResult } from './batcher.js';
 import { classify, HttpError, invalidInput, nonFiniteScores } from './errors.js';
 import { parseBinaryRequest, parseJsonRequest, type InputSpec } from './input.js';
 import { ServeMetrics } from './metrics.js';
-import { SessionStore, sessionRoutes, type SessionStoreOptions } from './sessions.js';
+import { FrameBatcher, SessionStore, sessionRoutes, type SessionStoreOptions } from './sessions.js';
+import { TemporalSession } from '../runtime/session.js';
 import { createPolicy, parsePolicy, policies, type SampleController, type ServePolicy } from './policy.js';
 
 /** Options of `DynnServer.create`; unset fields take the defaults shown (the HTTP safety ones: `HTTP_DEFAULTS`). */
@@ -203,7 +204,9 @@ export class DynnServer {
       // The HTTP thread takes turns with the runs when the model's threads fill the cores this process may use.
       const sharedCores = threads + 1 > defaultThreads() ? { cpuMs, runThreads: threads } : undefined;
       const batcher: MicroBatcher = new MicroBatcher(model, { maxBatch, maxWaitMs, maxQueue, levels: meta.levels, policy, onRun: (r) => metrics.run(r), sharedCores });
-      const sessions = meta.controller?.temporal ? new SessionStore(() => model.session(), { maxSessions: o.maxSessions, idleMs: o.sessionIdleMs, maxInflight: maxQueue }) : null;
+      // Every session's frames go through one batcher: concurrent streams share runs, one per planned action.
+      const frames = meta.controller?.temporal ? new FrameBatcher((x, a) => model.step(x, a), meta, maxBatch) : null;
+      const sessions = frames ? new SessionStore(() => new TemporalSession(meta, frames.step), { maxSessions: o.maxSessions, idleMs: o.sessionIdleMs, maxInflight: maxQueue }) : null;
       const metrics = new ServeMetrics({ levelUs: meta.levels.map((l) => l.u), maxBatch, sloMs }, () => batcher.depth, () => sessions?.size ?? 0);
       const app = createHttpApp({ bodyLimit, logger: false, return503OnClosing: true, forceCloseConnections: 'idle' }, o);
       const server = new DynnServer(app, model, policy, metrics, batcher, table, sessions);

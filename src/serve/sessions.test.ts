@@ -12,7 +12,9 @@ import { OnnxModel } from '../runtime/node.js';
 import { Rng } from '../util/rng.js';
 import { DynnServer } from './server.js';
 import type { HttpError } from './errors.js';
-import { SessionStore } from './sessions.js';
+import { FrameBatcher, SessionStore } from './sessions.js';
+import type { OnnxMetadata } from '../export/metadata.js';
+import type { StepFn } from '../runtime/session.js';
 
 await initEngine('wasm');
 
@@ -211,6 +213,61 @@ test('session frames are answered requests but add no queue wait to /metrics', a
   // /v1/predict's requests still observe theirs.
   assert.equal((await post(server, '/v1/predict', { inputs: Array.from(frames[0]) })).statusCode, 200);
   assert.equal(await metric(/^dynn_queue_wait_seconds_count (\S+)$/m), 1);
+});
+
+test('frames of many sessions share runs: the waiting ones run together, one run per planned action, each answered with its own row', async () => {
+  const calls: [number, number][] = [];
+  let release = (): void => undefined;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  const meta = { input: { shape: [1, 1, 2] }, numClasses: 3 } as OnnxMetadata;
+  // A stand-in model: each frame's scores are [its two values, the action], its next action its first value mod 3.
+  const step: StepFn<undefined> = async (x, action) => {
+    const n = x.length / 2;
+    calls.push([action, n]);
+    if (calls.length === 1) await gate;
+    if (action === 9) throw new Error('this run failed');
+    const scores = Float32Array.from({ length: 3 * n }, (_, i) => (i % 3 === 2 ? action : x[2 * Math.floor(i / 3) + (i % 3)]));
+    return { scores, classes: new Int32Array(n), u: (action + 1) / 3, level: action, ms: 1, next: Int32Array.from({ length: n }, (_, i) => x[2 * i] % 3) };
+  };
+  const frames = new FrameBatcher(step, meta, 4);
+  const first = frames.step(Float32Array.of(7, 7), 0, undefined);
+  // Nine frames arrive while the first runs: then batches of at most 4, one run per action in each.
+  const later = Array.from({ length: 9 }, (_, i) => frames.step(Float32Array.of(i, 10 + i), i % 3, undefined));
+  release();
+  const answers = await Promise.all(later);
+  assert.deepEqual(Array.from((await first).scores), [7, 7, 0]);
+  assert.deepEqual(calls, [[0, 1], [0, 2], [1, 1], [2, 1], [0, 1], [1, 2], [2, 1], [2, 1]]);
+  assert.equal(frames.runs, calls.length);
+  answers.forEach((a, i) => {
+    assert.deepEqual(Array.from(a.scores), [i, 10 + i, i % 3], `frame ${i}'s own row`);
+    assert.deepEqual([a.level, a.u, Array.from(a.next), Array.from(a.classes)], [i % 3, ((i % 3) + 1) / 3, [i % 3], [1]]);
+  });
+  // A failed run fails its own batch's frames; the next batch runs.
+  const failed = frames.step(Float32Array.of(1, 1), 9, undefined);
+  await assert.rejects(failed, /this run failed/);
+  assert.deepEqual(Array.from((await frames.step(Float32Array.of(4, 5), 1, undefined)).scores), [4, 5, 1]);
+  assert.throws(() => new FrameBatcher(step, meta, 0), /max batch must be a positive integer, got 0/);
+});
+
+test('concurrent sessions on a server: each stream gets the answers its own runtime session gives', async () => {
+  const server = await serve(file);
+  const model = await OnnxModel.load(file, { threads: 1 });
+  try {
+    const ids = await Promise.all(Array.from({ length: 6 }, () => open(server)));
+    const local = ids.map(() => model.session());
+    for (let t = 0; t < 5; t++) {
+      const got = await Promise.all(ids.map((id, k) => post(server, `/v1/sessions/${id}/predict`, { inputs: Array.from(frames[(7 * k + t) % frames.length]) })));
+      for (let k = 0; k < ids.length; k++) {
+        assert.equal(got[k].statusCode, 200, got[k].body);
+        const want = await local[k].next(frames[(7 * k + t) % frames.length]);
+        const g = got[k].json();
+        assert.deepEqual([g.u, g.nextU, g.class, g.level], [want.u, want.nextU, want.class, want.level], `stream ${k}, frame ${t}`);
+        g.scores.forEach((v: number, j: number) => assert.ok(Math.abs(v - want.scores[j]) < 1e-5, `stream ${k}, frame ${t}, score ${j}`));
+      }
+    }
+  } finally {
+    await model.dispose();
+  }
 });
 
 test('the store checks its bounds', () => {
