@@ -49,6 +49,7 @@ export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<
     maxSessions,
     sessionIdleMs,
     spinning: o.spinning === true,
+    exits: o.exits !== false,
     profile: o.profile === true,
     log,
     ...http,
@@ -65,7 +66,10 @@ export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<
   const info = { url, model: file, policy: server.policy.name, sloMs: sloMs ?? 25, levels: m.levels.map((l) => l.u), input: [...m.input.shape], ...(sessions ? { sessions } : {}) };
   if (o.json) io.out(JSON.stringify(info) + '\n');
   else if (m.routed) io.out(`dynn serve: listening on ${url} (${m.model.model}, dynamic: ${m.routed.gatedBlocks} gated blocks at threshold ${m.routed.threshold}, SLO ${info.sloMs} ms)\n`);
-  else io.out(`dynn serve: listening on ${url} (${m.model.model}, levels ${info.levels.join(', ')}, policy ${info.policy}, SLO ${info.sloMs} ms${sessions ? `; sessions of its temporal controller: at most ${sessions.max}, expiring after ${sessions.idleMs} ms idle` : ''})\n`);
+  else {
+    const exits = m.exits?.inGraph && o.exits !== false ? `; early exits by its ${m.exits.inGraph.rule} rule` : '';
+    io.out(`dynn serve: listening on ${url} (${m.model.model}, levels ${info.levels.join(', ')}, policy ${info.policy}, SLO ${info.sloMs} ms${exits}${sessions ? `; sessions of its temporal controller: at most ${sessions.max}, expiring after ${sessions.idleMs} ms idle` : ''})\n`);
+  }
   const sig = await stop;
   log(`${sig}: finishing queued requests and shutting down`);
   await server.close();
@@ -85,6 +89,7 @@ export const serveCommands: CommandModule = (cli, io) => {
     .option('--body-limit <bytes>', 'largest request body [default: room for a max batch as JSON]')
     .option('--threads <n>', 'ONNX Runtime intra-op threads [default: the core count]')
     .option('--spinning', 'let idle ONNX Runtime threads spin (faster alone, slower beside the HTTP thread)')
+    .option('--no-exits', 'an early-exit model exported with its fitted rule: run every sample to the last exit instead of letting sure ones leave early')
     .option('--profile', 'with no latency table beside the model, measure one at startup (else: refuse to start)')
     .option('--max-sessions <n>', 'a model with a temporal controller: most sessions open at once; more get 429 [default: 1024]')
     .option('--session-idle-ms <ms>', 'a model with a temporal controller: a session unused this long expires [default: 60000]')

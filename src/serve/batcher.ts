@@ -19,7 +19,7 @@ const hostMarkAt = (cpuMs: number, at: number) => ({ cpuMs, at, runCpuMs: 0, sam
 /** What runs a batch: `OnnxModel` (in a worker thread) in the server, a fake in tests. */
 export interface BatchRunner {
   /** `lend`: the runner may take the images' buffer and give it back as the result's `images` (see `ModelRunOptions`). */
-  run(images: Float32Array, u: number, options?: { lend?: boolean }): Promise<Prediction & { images?: Float32Array }>;
+  run(images: Float32Array, u: number, options?: { lend?: boolean }): Promise<Prediction & { images?: Float32Array; exits?: Int32Array }>;
 }
 
 /** One finished run, for metrics. */
@@ -69,6 +69,8 @@ export interface BatchedResult {
   level: Int32Array;
   /** Dynamic models: each sample's executed FLOPs ratio. */
   flopsRatio?: Float64Array;
+  /** Early-exit models run with their rule: the exit (0-based) each sample left at. */
+  exits?: Int32Array;
   /** From arrival to the dispatch of its batch, ms. */
   queueMs: number;
   /** ONNX Runtime time of the run(s) holding its samples, ms. */
@@ -280,7 +282,7 @@ export class MicroBatcher {
       }
       const u = this.o.levels[lv].u;
       const t0 = this.now();
-      let p: Prediction & { images?: Float32Array };
+      let p: Prediction & { images?: Float32Array; exits?: Int32Array };
       try {
         p = await this.runner.run(x, u, { lend: true });
       } catch (err) {
@@ -312,6 +314,7 @@ export class MicroBatcher {
         res.u.fill(p.u, first, first + rows);
         res.level.fill(p.level, first, first + rows);
         if (p.flopsRatios) (res.flopsRatio ??= new Float64Array(res.classes.length)).set(p.flopsRatios.subarray(at, at + rows), first);
+        if (p.exits) (res.exits ??= new Int32Array(res.classes.length)).set(p.exits.subarray(at, at + rows), first);
         // A request's runs at this level are consecutive in `runs`: its run time counts once.
         if (counted !== r) res.inferenceMs += p.ms;
         counted = r;

@@ -5,7 +5,7 @@ import { defaultThreads, OnnxModel } from '../runtime/node.js';
 import { latencyTablePath, profileModel, readLatencyTable, saveLatencyTable, type LatencyTable } from '../runtime/profile.js';
 import { DynnError } from '../util/errors.js';
 import { createHttpApp, listenHttp, type HttpSafetyOptions } from '../util/http.js';
-import { MicroBatcher, type BatchedResult } from './batcher.js';
+import { MicroBatcher, type BatchedResult, type BatchRunner } from './batcher.js';
 import { classify, HttpError, invalidInput, nonFiniteScores } from './errors.js';
 import { parseBinaryRequest, parseJsonRequest, type InputSpec } from './input.js';
 import { ServeMetrics } from './metrics.js';
@@ -36,6 +36,12 @@ export interface ServeOptions extends HttpSafetyOptions {
    * threads take CPU time from it).
    */
   spinning?: boolean;
+  /**
+   * An early-exit model whose graph holds its fitted exit rule (`dynn fit-exits --save`, then export): run
+   * it, so a sample sure at an early exit leaves there and its answer names the exit (default true); false
+   * runs every sample to the last exit.
+   */
+  exits?: boolean;
   /** With no latency table beside the model, measure one now and store it (default false: refuse to start). */
   profile?: boolean;
   /** Timed runs per level and batch size of that measurement (default 10). */
@@ -123,7 +129,8 @@ export function predictResponseText(res: BatchedResult, totalMs: number, names: 
     const cls = res.classes[i];
     s += `${i > 0 ? ',' : ''}{"class":${cls},"className":${names[cls] ?? JSON.stringify(String(cls))},"u":${jsonNumber(res.u[i])},"level":${res.level[i]},"scores":[`;
     for (let j = 0; j < c; j++) s += j > 0 ? `,${res.scores[i * c + j]}` : `${res.scores[i * c + j]}`;
-    s += res.flopsRatio ? `],"flopsRatio":${jsonNumber(res.flopsRatio[i])}}` : ']}';
+    s += res.flopsRatio ? `],"flopsRatio":${jsonNumber(res.flopsRatio[i])}` : ']';
+    s += res.exits ? `,"exit":${res.exits[i]}}` : '}';
   }
   const t = `{"queueMs":${jsonNumber(round(res.queueMs))},"inferenceMs":${jsonNumber(round(res.inferenceMs))},"totalMs":${jsonNumber(round(totalMs))}}`;
   return `${s}],"timings":${t},"batchSize":${res.batchSize}}`;
@@ -203,7 +210,20 @@ export class DynnServer {
       const bodyLimit = o.bodyLimit ?? Math.max(1 << 20, 24 * per * maxBatch + 4096);
       // The HTTP thread takes turns with the runs when the model's threads fill the cores this process may use.
       const sharedCores = threads + 1 > defaultThreads() ? { cpuMs, runThreads: threads } : undefined;
-      const batcher: MicroBatcher = new MicroBatcher(model, { maxBatch, maxWaitMs, maxQueue, levels: meta.levels, policy, onRun: (r) => metrics.run(r), sharedCores });
+      // An early-exit model with its rule in the graph: each batch runs the policy (one run; samples that are
+      // sure leave early), and each sample's FLOPs are those of the exit it left at.
+      const exits = meta.exits?.inGraph && o.exits !== false ? meta.exits : null;
+      const runner: BatchRunner = exits
+        ? {
+            run: async (x, u) => {
+              const p = await model.runExits(x, u);
+              const lv = meta.levels.find((l) => l.level === p.level)!;
+              const full = lv.flops / lv.flopsRatio;
+              return { ...p, flopsRatios: Float64Array.from(p.exits, (e) => (lv.exitFlops?.[e] ?? lv.flops) / full) };
+            },
+          }
+        : model;
+      const batcher: MicroBatcher = new MicroBatcher(runner, { maxBatch, maxWaitMs, maxQueue, levels: meta.levels, policy, onRun: (r) => metrics.run(r), sharedCores });
       // Every session's frames go through one batcher: concurrent streams share runs, one per planned action.
       const frames = meta.controller?.temporal ? new FrameBatcher((x, a) => model.step(x, a), meta, maxBatch) : null;
       const sessions = frames ? new SessionStore(() => new TemporalSession(meta, frames.step), { maxSessions: o.maxSessions, idleMs: o.sessionIdleMs, maxInflight: maxQueue }) : null;

@@ -1,0 +1,75 @@
+// An early-exit model exported with its fitted rule serves with it: each batch runs the policy in one graph
+// run, and every answer names the exit its sample left at and that exit's FLOPs.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs-core';
+import { initEngine } from '../engine/backend.js';
+import { createModel } from '../models/zoo.js';
+import { saveOnnx } from '../export/export.js';
+import { maxDiff, randomizeStatistics, splitAt } from '../export/fixtures.js';
+import { EarlyExitRunner } from '../scaling/runner.js';
+import { exitRules, exitScores } from '../scaling/rules.js';
+import { OnnxModel } from '../runtime/node.js';
+import { nhwcToNchw } from '../runtime/core.js';
+import { DynnServer } from './server.js';
+
+await initEngine('wasm');
+
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-serve-exits-'));
+const N = 16;
+const net = createModel('vgg-exits', { inputShape: [12, 12, 1], groups: 4, widths: [8, 8, 16, 16], hidden: 32, exitPool: [2, 2, 2], exitHidden: 16 });
+randomizeStatistics(net, 4);
+const x = tf.randomNormal([N, 12, 12, 1], 0, 1, 'float32', 9) as tf.Tensor4D;
+const images = nhwcToNchw(x.dataSync() as Float32Array, [1, 12, 12]);
+// Thresholds that let about a third of the samples still running leave at each exit, stored as the policy.
+const runner = EarlyExitRunner.freeze(net, 1);
+const thresholds = runner.allExits(x).slice(0, -1).map((l) => splitAt(exitScores(exitRules.get('entropy'), l, 10), 0.35));
+runner.dispose();
+const file = path.join(tmp, 'exits.onnx');
+const meta = await saveOnnx(net, file, { exitPolicy: { rule: 'entropy', thresholds } });
+tf.dispose(x);
+net.dispose();
+
+const servers: DynnServer[] = [];
+after(async () => {
+  for (const s of servers) await s.close();
+});
+
+const predict = async (s: DynnServer) => {
+  const r = await s.app.inject({ method: 'POST', url: '/v1/predict', headers: { 'content-type': 'application/octet-stream' }, payload: Buffer.from(images.buffer) });
+  assert.equal(r.statusCode, 200, r.body);
+  return r.json().predictions as { class: number; scores: number[]; u: number; exit?: number; flopsRatio?: number }[];
+};
+
+test('an early-exit model serves with its rule: each answer has its exit and that exit\'s FLOPs, as runExits gives; --no-exits runs every sample to the end', async () => {
+  const model = await OnnxModel.load(file, { threads: 1 });
+  try {
+    const want = await model.runExits(images, 1);
+    assert.equal(want.inGraph, true);
+    assert.ok(new Set(want.exits).size >= 2, `samples leave at several exits (${Array.from(want.exits)})`);
+    const server = await DynnServer.create({ model: file, policy: 'fixed:1', threads: 1 });
+    servers.push(server);
+    const got = await predict(server);
+    const top = meta.levels[meta.levels.length - 1];
+    got.forEach((g, i) => {
+      assert.equal(g.exit, want.exits[i], `sample ${i}'s exit`);
+      assert.equal(g.class, want.classes[i]);
+      assert.ok(maxDiff(g.scores, want.scores.subarray(i * 10, (i + 1) * 10)) < 1e-5);
+      assert.ok(Math.abs(g.flopsRatio! - top.exitFlops![g.exit!] / (top.flops / top.flopsRatio)) < 1e-12);
+    });
+    assert.ok(got.some((g) => g.flopsRatio! < 0.5), 'a sample that left early costs a fraction of the network');
+    // Without exits: the whole network, no exit named.
+    const whole = await DynnServer.create({ model: file, policy: 'fixed:1', threads: 1, exits: false });
+    servers.push(whole);
+    const full = await model.run(images, 1);
+    (await predict(whole)).forEach((g, i) => {
+      assert.equal(g.exit, undefined);
+      assert.ok(maxDiff(g.scores, full.scores.subarray(i * 10, (i + 1) * 10)) < 1e-5);
+    });
+  } finally {
+    await model.dispose();
+  }
+});
