@@ -137,7 +137,9 @@ export function createHttpApp(fastifyOptions: FastifyServerOptions, safety: Http
     // DNS rebinding needs a name: a Host that is an address literal cannot be rebound, so it passes, on any
     // bind; a name must be a loopback one or listed, also on a server bound beyond loopback (0.0.0.0).
     if (name !== null && (isLoopbackHost(name) || isAddressLiteral(name) || listed(name))) {
-      if (passed.size < 64) passed.add(header as string);
+      // Bounded: when full it starts over, so headers seen lately keep the fast path.
+      if (passed.size >= 64) passed.clear();
+      passed.add(header as string);
       return done();
     }
     const shown = header === undefined ? 'no Host header' : `Host ${JSON.stringify(header)}`;
