@@ -5,7 +5,8 @@
  * --save`, then `dynn export`), on the first Fashion-MNIST test images. Side by side in interleaved rounds: the
  * whole network in one pass (`run`, stage -1); `runExits` with the rule in the graph (one run, stage -2) and
  * stage by stage from JavaScript (`staged: true`), each with no sample leaving (the backbone's FLOPs plus the
- * exit heads'), about half of the samples still in leaving at each exit, every sample leaving at the first
+ * exit heads'), about half of the samples still in leaving at each exit (thresholds split each exit's
+ * scores of the samples reaching it), every sample leaving at the first
  * exit and, for a trained model, its stored policy; and stage 0 alone fetching its `features` output or only
  * its scores. `time/FLOPs` is the time relative to the whole pass over the FLOPs relative to it.
  * The same runs again in a child process whose glibc keeps freed memory for reuse (the PyTorch peer's
@@ -26,7 +27,8 @@ import { loadDataset } from '../src/data/datasets.js';
 import { toFloat } from '../src/data/imageset.js';
 import { OnnxModel, defaultThreads, readModelFile, sessionOptions } from '../src/runtime/node.js';
 import { nhwcToNchw } from '../src/runtime/core.js';
-import { exitRules, exitScores } from '../src/scaling/rules.js';
+import { exitRules, exitScores, leaves } from '../src/scaling/rules.js';
+import { arrayRows } from '../src/route/dispatch.js';
 import { PEER_MALLOC_ENV } from './torch.js';
 import { benchArgs } from './args.js';
 
@@ -67,14 +69,22 @@ async function measure(file: string): Promise<Measured> {
   const x = await batchFor(meta.input.shape);
   const T = (d: Float32Array, dims: number[]) => new ort.Tensor('float32', d, dims);
   const feeds = { images: T(x, [B, ...meta.input.shape]), u: T(Float32Array.of(1), []), stage: T(Float32Array.of(0), []), exit_thresholds: new ort.Tensor('float64', Float64Array.from(policy.thresholds), [count - 1]) };
-  // Per exit, between two middle scores of the whole batch there (`splitAt`: no sample on it, so float
-  // rounding cannot move one across): about half the samples still in leave at each exit.
+  // Per exit, a threshold splitting the scores of the samples still in there (`splitAt`: no sample on it, so
+  // float rounding cannot move one across): about half of those still in leave at each exit.
   const half: number[] = [];
   for (let k = 0, input: Float32Array = x, dims = [B, ...meta.input.shape]; k < count - 1; k++) {
     const out = await raw.run({ ...feeds, images: T(input, dims), stage: T(Float32Array.of(k), []) }, ['scores', 'features']);
-    half.push(splitAt(exitScores(exitRules.get(rule), out.scores.data as Float32Array, meta.numClasses), 0.5));
-    input = out.features.data as Float32Array;
-    dims = [...out.features.dims];
+    const scores = exitScores(exitRules.get(rule), out.scores.data as Float32Array, meta.numClasses);
+    const t = scores.length > 1 ? splitAt(scores, 0.5) : half[k - 1] ?? 0;
+    half.push(t);
+    const stay = Int32Array.from(scores.keys()).filter((i) => !leaves(exitRules.get(rule), scores[i], t));
+    const features = out.features.data as Float32Array;
+    input = arrayRows(features.length / dims[0]).gather(features, stay);
+    dims = [stay.length, ...out.features.dims.slice(1)];
+    if (stay.length === 0) {
+      while (half.length < count - 1) half.push(t);
+      break;
+    }
   }
   const below = exitRules.get(rule).exitsWhen === 'below';
   const policies: [string, number | number[]][] = [
@@ -91,7 +101,7 @@ async function measure(file: string): Promise<Measured> {
       const c = `${staged ? 'staged' : 'in graph'}, ${name}`;
       run[c] = async () => {
         const p = await model.runExits(x, 1, { rule, thresholds, staged });
-        if (p.inGraph === staged) throw new Error(`runExits ran ${p.inGraph ? 'in the graph' : 'staged'}, not as asked`);
+        if (p.oneRun === staged) throw new Error(`runExits ran ${p.oneRun ? 'in the graph' : 'staged'}, not as asked`);
         flopsRatio[c] = p.flopsRatio;
         shares[c] = Array.from({ length: count }, (_, k) => p.exits.filter((e) => e === k).length / B);
       };

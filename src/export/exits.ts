@@ -1,11 +1,13 @@
 /**
  * An early-exit model's exit policy lowered into its graph: every stage in one session run, the samples
  * that leave at an exit dropped from the next stage's batch by `Compress`, and each sample's scores put
- * back in input order by `ScatterND`. No stage output leaves ONNX Runtime between stages: fetching a
- * stage's features cost more time than its FLOPs saved (bench/onnx-exits.ts).
+ * back in input order by `ScatterND`. No stage output leaves ONNX Runtime between stages: handing stage 2's
+ * 3.2 MB of features to JavaScript cost 9.7 ms at two threads, against 2.4 ms for the stage itself
+ * (bench/onnx-exits.ts), and its worst rounds went with it.
  *
  * The rule's score is computed in float64 from the float32 logits, as `settleExit` computes it in
- * JavaScript, so the graph and the staged runtime decide alike (up to the last bit of `exp` and `log`).
+ * JavaScript, so the graph and the staged runtime decide alike, but for a score exactly on a threshold
+ * (ONNX Runtime's float64 `exp` and `log` may differ from V8's in the last bit).
  */
 import { Registry } from '../util/registry.js';
 import { exitRules } from '../scaling/rules.js';
@@ -29,6 +31,12 @@ exitRuleLowerings.register('entropy', (g, p, prefix) => {
 
 exitRuleLowerings.register('confidence', (g, p, prefix) => g.node('ReduceMax', [p], `${prefix}/confidence`, { axes: attr.ints([1]), keepdims: attr.int(0) }));
 
+/** A float32 [n] value filled with exit index `k`, n the rows of `like`: the exit a run of rows left at. */
+export function exitIndexOf(g: GraphBuilder, like: string, k: number, prefix: string): string {
+  const rows = g.node('Slice', [g.node('Shape', [like], `${prefix}/shape`), g.int64Const(`${prefix}/rows_start`, [0]), g.int64Const(`${prefix}/rows_end`, [1])], `${prefix}/rows`);
+  return g.node('Expand', [g.floatConst(`${prefix}/index`, [1], [k]), rows], `${prefix}/exits`);
+}
+
 /** What one stage computes from its input, in graph `g`: its exit's logits and what it hands the next stage. */
 export type StageLowering = (g: GraphBuilder, k: number, input: string) => { scores: string; handed: string };
 
@@ -51,17 +59,17 @@ export function lowerExitPolicy(
   const n = g.node('Slice', [g.node('Shape', [images], `${prefix}/shape`), g.int64Const(`${prefix}/n_start`, [0]), g.int64Const(`${prefix}/n_end`, [1])], `${prefix}/n`);
   const scalar = (h: GraphBuilder, v: number, name: string) => h.node('Reshape', [h.int64Const(`${prefix}/${name}_v`, [v]), h.int64Const(`${prefix}/${name}_scalar`, [])], `${prefix}/${name}`);
   // One symbolic row count per If (the samples reaching stage k), shared by its three outputs.
-  const outInfo = (names: string[], k: number) => {
+  const branchOutputs = (names: string[], k: number) => {
     const m = `${prefix}_rows_from_${k}`;
     return [valueInfo(names[0], DataType.FLOAT, [m, classes]), valueInfo(names[1], DataType.INT64, [m]), valueInfo(names[2], DataType.FLOAT, [m])];
   };
-  const exitsOf = (h: GraphBuilder, rows: string, k: number) => h.node('Expand', [h.floatConst(`${prefix}/exit${k}_index`, [1], [k]), h.node('Shape', [rows], `${prefix}/exit${k}_count`)], `${prefix}/exit${k}_exits`);
+  const exitsOf = (h: GraphBuilder, rows: string, k: number) => exitIndexOf(h, rows, k, `${prefix}/exit${k}`);
 
   /** Stages k on, in `h`, on input `x` whose rows are `rows` (int64): [scores, rows, exits] of the samples in leaving order. */
   const from = (h: GraphBuilder, k: number, x: string, rows: string): string[] => {
     const s = stage(h, k, x);
     if (k === count - 1) {
-      // Below stage 0, `rows` comes from the enclosing graph, which a branch may not return as it is.
+      // After stage 0, `rows` comes from the enclosing graph, which a branch may not return as it is.
       const own = k > 0 ? h.node('Identity', [rows], `${prefix}/last_rows`) : rows;
       return [s.scores, own, exitsOf(h, own, k)];
     }
@@ -78,14 +86,14 @@ export function lowerExitPolicy(
     // The later stages run only where a sample stays; else they add nothing.
     const rest = new GraphBuilder(`${p}_rest`, h.names);
     const restOut = from(rest, k + 1, nextX, nextRows);
-    outInfo(restOut, k + 1).forEach((v) => rest.output(v));
+    branchOutputs(restOut, k + 1).forEach((v) => rest.output(v));
     const none = new GraphBuilder(`${p}_none_stay`, h.names);
     const empty = [
       none.node('Expand', [none.floatConst(`${p}/no_scores`, [1, 1], [0]), none.int64Const(`${p}/no_scores_shape`, [0, classes])], `${p}/no_scores`),
       none.node('Identity', [nextRows], `${p}/no_rows`),
       none.node('Expand', [none.floatConst(`${p}/no_exit`, [1], [0]), none.int64Const(`${p}/no_exits_shape`, [0])], `${p}/no_exits`),
     ];
-    outInfo(empty, k + 1).forEach((v) => none.output(v));
+    branchOutputs(empty, k + 1).forEach((v) => none.output(v));
     const anyStay = h.node('Greater', [h.node('Shape', [nextRows], `${p}/staying`), h.int64Const(`${p}/zero`, [0])], `${p}/any_stay`);
     const later = h.nodeOutputs('If', [anyStay], ['scores', 'rows', 'exits'].map((o) => `${p}/later_${o}`), {
       then_branch: attr.graph(rest.build(`stages ${k + 1} on`)),

@@ -12,9 +12,9 @@ import { writeFileAtomic } from '../util/fs.js';
 import { VERSION } from '../version.js';
 import { attr, floatValueInfo, GraphBuilder, NameScope, valueInfo } from './graph.js';
 import { lowerChain, lowerResize, type BranchContext } from './lower.js';
-import { exitRuleLowerings, lowerExitPolicy } from './exits.js';
-import { exitRules } from '../scaling/rules.js';
+import { exitIndexOf, exitRuleLowerings, lowerExitPolicy } from './exits.js';
 import { AtResolution } from '../models/at-resolution.js';
+import { exitRules } from '../scaling/rules.js';
 import { checkOperatingPoints } from '../control/actions.js';
 import { weightsDigestChunks } from './digest.js';
 import { metadataProps, ONNX_FORMAT, levelIndexFor, ONNX_IO, TEMPORAL_FEATURES, type OnnxLevel, type OnnxMetadata } from './metadata.js';
@@ -45,7 +45,11 @@ export interface ExportOptions {
    * a fourth input `resolution` picks the network's branch at that input resolution.
    */
   controller?: { network: Network; actions: number[]; temporal?: { start: number; resolutions?: number[] } };
-  /** Early-exit models: the fitted exit policy to store as the runtime's default (from `dynn fit-exits --save`). */
+  /**
+   * Early-exit models: the fitted exit policy (from `dynn fit-exits --save`), stored as the runtime's default.
+   * Where its rule lowers (`exitRuleLowerings`), the graph also holds it: stage -2 runs every stage in one
+   * session run, with an `exit_thresholds` input (float64, fed at every stage) and an `exits` output.
+   */
   exitPolicy?: { rule: string; thresholds: number[] };
 }
 
@@ -348,7 +352,7 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
       // [batch, classes, 1, 1], the rank of the others.
       const asFeatures = (y: string) => g.node('Unsqueeze', [y, g.int64Const(`${prefix}/axes`, [2, 3])], `${prefix}/features`);
       // Every sample's scores here come from one exit: `exit` ([batch] float32) where the graph has the rule.
-      const withExits = (outs: string[], exit: number) => (inGraph ? [...outs, g.node('Expand', [g.floatConst(`${prefix}/exit`, [1], [exit]), g.node('Slice', [g.node('Shape', [outs[0]], `${prefix}/scores_shape`), g.int64Const(`${prefix}/n_start`, [0]), g.int64Const(`${prefix}/n_end`, [1])], `${prefix}/n`)], `${prefix}/exits`)] : outs);
+      const withExits = (outs: string[], exit: number) => (inGraph ? [...outs, exitIndexOf(g, outs[0], exit, `${prefix}/exit`)] : outs);
       if (stage === -2) {
         const opts = { images: ONNX_IO.images, thresholds: ONNX_IO.exitThresholds, count: segments.length, classes: model.numClasses, rule: inGraph!, prefix };
         const { scores, exits } = lowerExitPolicy(g, opts, (sg, k, input) => lowerStage({ ...ctx, g: sg, prefix: `${prefix}/S${k}` }, k, input));
@@ -388,8 +392,8 @@ export function exportOnnx(model: Network, options: ExportOptions = {}): OnnxExp
       selectBranch(main, resConds, resBranch, outs, true, outInfo, 'resolutions');
     } else if (!staged) levelChain(main, 0, outs, true);
     else {
-      // Branch i is stage i - 1 (i - 2 with the rule in the graph), taken when stage >= k - 0.5; branch 0 is
-      // the lowest stage: -1, the whole network, or -2, every stage with the rule.
+      // Branch i is stage k = i + low (low: -1, or -2 with the rule in the graph), taken when stage >= k - 0.5;
+      // branch 0, the lowest stage (-1, the whole network, or -2, every stage with the rule), otherwise.
       const low = inGraph ? -2 : -1;
       const stageConds = Array.from({ length: segments.length - low }, (_, i) => (i === 0 ? '' : main.node('GreaterOrEqual', [ONNX_IO.stage, main.floatConst(`stage_${i + low}`, [], [i + low - 0.5])], `from_stage_${i + low}`)));
       const stageBranch = (i: number): GraphMsg => {

@@ -117,7 +117,10 @@ const metadataSchema = z
     classNames: z.array(z.string()),
     /** Exported levels, cheapest first. */
     levels: z.array(levelSchema).min(1).max(METADATA_LIMITS.maxLevels),
-    /** Early-exit models: the graph runs stage by stage (inputs `images` = the stage input, `u`, `stage`). */
+    /**
+     * Early-exit models: the graph runs stage by stage (inputs `images` = the stage input, `u`, `stage`), and
+     * with `inGraph` also every stage in one run (stage -2; input `exit_thresholds`, output `exits`).
+     */
     exits: exitsSchema.optional(),
     /**
      * A dynamic model exported by segments (a folder with `manifest.json`, see `manifest.ts`): its gates'

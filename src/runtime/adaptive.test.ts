@@ -23,7 +23,6 @@ await initEngine('wasm');
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-adaptive-'));
 const N = 16;
 
-
 // A small early-exit network with per-level BatchNorm statistics, and a random batch (NHWC for TF.js, NCHW for ORT).
 const exitNet = createModel('vgg-exits', { inputShape: [12, 12, 1], groups: 4, widths: [8, 8, 16, 16], hidden: 32, exitPool: [2, 2, 2], exitHidden: 16 });
 randomizeStatistics(exitNet, 4);

@@ -48,8 +48,8 @@ export interface ExitPrediction extends Prediction {
   /** Mean FLOPs per sample (segments and exit classifiers each sample passed), and relative to the last exit alone. */
   meanFlops: number;
   flopsRatio: number;
-  /** Whether the graph's own exit rule decided, in one run (else the stages ran in turn from JavaScript). */
-  inGraph: boolean;
+  /** Whether every stage ran in one session run, the graph's own exit rule deciding (else the stages ran in turn from here). */
+  oneRun: boolean;
 }
 
 /** The result of a run where each sample has its own utilization (`runMixed`, `runAdaptive`). */
@@ -235,21 +235,29 @@ export class ModelSession {
     const thresholds = perExitThresholds(given, meta.exits.count - 1);
     const level = levelFor(meta, u);
     const { nchw, batch } = this.prepare(images, options);
-    const inGraph = meta.exits.inGraph !== undefined && !options.staged && exitRules.has(meta.exits.inGraph.rule) && r === exitRules.get(meta.exits.inGraph.rule);
-    const res = inGraph ? await this.graphExitRun(nchw, batch, level, thresholds) : await this.exitRun(nchw, batch, level, r, thresholds);
+    const oneRun = meta.exits.inGraph !== undefined && !options.staged && exitRules.has(meta.exits.inGraph.rule) && r === exitRules.get(meta.exits.inGraph.rule);
+    const res = oneRun ? await this.graphExitRun(nchw, batch, level, thresholds) : await this.exitRun(nchw, batch, level, r, thresholds);
     const exitFlops = level.exitFlops ?? [];
     let flops = 0;
     for (const e of res.exits) flops += exitFlops[e] ?? 0;
     const meanFlops = flops / batch;
-    return { ...res, batch, numClasses: meta.numClasses, u: level.u, level: level.level, meanFlops, flopsRatio: level.flops > 0 ? meanFlops / level.flops : 1, inGraph };
+    return { ...res, batch, numClasses: meta.numClasses, u: level.u, level: level.level, meanFlops, flopsRatio: level.flops > 0 ? meanFlops / level.flops : 1, oneRun };
   }
 
-  /** Every stage in one run (stage -2): the graph's rule decides, and each sample's exit comes back with its scores. */
+  /**
+   * Every stage in one run (stage -2): the graph's rule decides, and each sample's exit comes back with its
+   * scores. The outputs are checked: the weights digest does not cover the graph's nodes.
+   */
   private async graphExitRun(x: Float32Array, batch: number, level: OnnxLevel, thresholds: number[]) {
-    const C = this.metadata.numClasses;
+    const { numClasses: C, exits: info } = this.metadata;
     const { out, ms } = await this.once(x, [batch, ...this.metadata.input.shape], level, -2, [ONNX_IO.scores, ONNX_IO.exits], undefined, thresholds);
     const scores = out[ONNX_IO.scores].data as Float32Array;
-    return { scores, classes: argmaxRows(scores, C), exits: Int32Array.from(out[ONNX_IO.exits].data as Float32Array), ms };
+    const left = out[ONNX_IO.exits].data as Float32Array;
+    const count = info!.count;
+    if (scores.length !== batch * C || left.length !== batch || left.some((e) => !(Number.isInteger(e) && e >= 0 && e < count))) {
+      throw new DynnError(`the graph's exit policy answered ${scores.length} scores and ${left.length} exits for a batch of ${batch} (expected ${batch * C} scores and exits in 0..${count - 1}); is the file modified?`);
+    }
+    return { scores, classes: argmaxRows(scores, C), exits: Int32Array.from(left), ms };
   }
 
   /** Stage by stage; samples that leave are dropped from the next stage's batch. */

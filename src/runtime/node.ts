@@ -335,9 +335,11 @@ export class OnnxModel {
   }
 
   /**
-   * Early-exit models: runs stage by stage at utilization u; a sample whose exit passes the rule leaves and
-   * is not computed further (the rest continue as a smaller batch). Rule and thresholds default to the
-   * policy stored at export; a rule is given by name when the model runs in a worker.
+   * Early-exit models: runs at utilization u with early termination; a sample whose exit passes the rule
+   * leaves and is not computed further (the rest continue as a smaller batch). Rule and thresholds default to
+   * the policy stored at export; a rule is given by name when the model runs in a worker. Where the graph
+   * holds the rule asked for, every stage runs in one session run (`oneRun`); `{ staged: true }` runs the
+   * stages in turn instead.
    */
   runExits(images: Float32Array, u: number, options: ExitOptions = {}): Promise<ExitPrediction> {
     return this.call('runExits', [images, u, options]);

@@ -27,7 +27,6 @@ const nhwcTensor = tf.randomNormal([N, H, W, C], 0, 1, 'float32', 3);
 const nhwc = nhwcTensor.dataSync() as Float32Array;
 const nchw = nhwcToNchw(nhwc, [C, H, W]);
 
-
 test('nhwcToNchw moves channels first', () => {
   const x = Float32Array.from({ length: 2 * 2 * 3 }, (_, i) => i); // [1, 2, 2, 3] NHWC
   assert.deepEqual(Array.from(nhwcToNchw(x, [3, 2, 2])), [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]);

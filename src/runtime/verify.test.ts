@@ -170,6 +170,27 @@ test('early-exit and controller exports are verified too: digest, stage input, f
   await assert.rejects(verify(edited(inGraph.bytes, (_, meta) => ({ ...meta, exits: { ...meta.exits!, inGraph: undefined } }))), /the graph has input 'exit_thresholds', which the metadata does not describe/);
   await assert.rejects(verify(edited(inGraph.bytes, (m) => void (m.graph.input.find((i) => i.name === 'exit_thresholds')!.type.tensor_type.elem_type = 1))), /input 'exit_thresholds' has element type float32 but dynn models use float64 there/);
   await assert.rejects(verify(edited(inGraph.bytes, (m) => void (m.graph.output = m.graph.output.filter((o) => o.name !== 'exits')))), /output 'exits' is missing/);
+  // The digest does not cover the nodes' constants in branches: a graph answering an exit out of range is
+  // refused when it runs (this one, without a digest, loads unverified).
+  const tampered = edited(inGraph.bytes, (m, meta) => {
+    const visit = (g: Graph) => {
+      for (const t of g.initializer ?? []) if (/^X\d+\/exit0\/index$/.test(t.name)) t.raw_data = new Uint8Array(Float32Array.of(7).buffer);
+      for (const n of g.node ?? []) for (const a of n.attribute ?? []) if (a.g) visit(a.g);
+    };
+    visit(m.graph);
+    const { weightsSha256: _, ...rest } = meta;
+    return rest as OnnxMetadata;
+  });
+  const file = path.join(tmp, 'tampered-exits.onnx');
+  writeFileSync(file, tampered);
+  const m = await OnnxModel.load(file, { threads: 1 });
+  try {
+    const x = Float32Array.from({ length: 4 * 144 }, (_, i) => Math.sin(i));
+    await assert.rejects(m.runExits(x, 1, { thresholds: Infinity }), /the graph's exit policy answered 40 scores and 4 exits for a batch of 4 \(expected 40 scores and exits in 0..3\); is the file modified\?/);
+    assert.equal((await m.runExits(x, 1, { thresholds: Infinity, staged: true })).exits.length, 4, 'stage by stage it still runs');
+  } finally {
+    await m.dispose();
+  }
 });
 
 test('a model exported before the digest (no weightsSha256) loads unverified, its inputs and outputs still checked', async () => {
