@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import type { Network } from '../models/network.js';
+import { createModel } from '../models/zoo.js';
+import { nhwcToNchw } from '../runtime/core.js';
 import { Rng } from '../util/rng.js';
 
 /**
@@ -30,6 +32,17 @@ export function relErr(ref: ArrayLike<number>, got: ArrayLike<number>): number {
     scale = Math.max(scale, Math.abs(ref[i]));
   }
   return diff / scale;
+}
+
+/**
+ * Test fixture: a small `vgg-exits` (12x12x1 images, four exits) with distinct per-level BatchNorm statistics,
+ * and a seeded batch of `n` normal images, as a TF.js tensor (NHWC) and as ONNX Runtime takes it (NCHW).
+ */
+export function smallExitNet(n: number, seed: number): { net: Network; x: tf.Tensor4D; nchw: Float32Array } {
+  const net = createModel('vgg-exits', { inputShape: [12, 12, 1], groups: 4, widths: [8, 8, 16, 16], hidden: 32, exitPool: [2, 2, 2], exitHidden: 16 });
+  randomizeStatistics(net, 4);
+  const x = tf.randomNormal([n, 12, 12, 1], 0, 1, 'float32', seed) as tf.Tensor4D;
+  return { net, x, nchw: nhwcToNchw(x.dataSync() as Float32Array, [1, 12, 12]) };
 }
 
 /** Test fixture: max |a - b| over two equally long arrays. */

@@ -10,7 +10,7 @@ import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import ort from 'onnxruntime-node';
 import { saveOnnx, stageStarts } from '../export/export.js';
-import { maxDiff, randomizeStatistics, splitAt } from '../export/fixtures.js';
+import { maxDiff, randomizeStatistics, smallExitNet, splitAt } from '../export/fixtures.js';
 import { EarlyExitRunner } from '../scaling/runner.js';
 import { exitRules, exitScores } from '../scaling/rules.js';
 import { Policy } from '../control/policy.js';
@@ -24,12 +24,9 @@ const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-adaptive-'));
 const N = 16;
 
 // A small early-exit network with per-level BatchNorm statistics, and a random batch (NHWC for TF.js, NCHW for ORT).
-const exitNet = createModel('vgg-exits', { inputShape: [12, 12, 1], groups: 4, widths: [8, 8, 16, 16], hidden: 32, exitPool: [2, 2, 2], exitHidden: 16 });
-randomizeStatistics(exitNet, 4);
+const { net: exitNet, x: xExit, nchw: xExitNchw } = smallExitNet(N, 9);
 const exitFile = path.join(tmp, 'exits.onnx');
 const exitMeta = await saveOnnx(exitNet, exitFile);
-const xExit = tf.randomNormal([N, 12, 12, 1], 0, 1, 'float32', 9) as tf.Tensor4D;
-const xExitNchw = nhwcToNchw(xExit.dataSync() as Float32Array, [1, 12, 12]);
 
 /** FLOPs the export adds for a sample leaving at each exit: stage 1 recomputes the stem (its output is 8x the image's values). */
 const recomputed = (runner: EarlyExitRunner, k: number) => (k > 0 ? runner.costs[0].segmentFlops : 0);

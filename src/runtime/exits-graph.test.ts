@@ -10,21 +10,17 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import { saveOnnx } from '../export/export.js';
-import { maxDiff, profileNodes, randomizeStatistics, serveFolder, splitAt } from '../export/fixtures.js';
+import { maxDiff, profileNodes, randomizeStatistics, serveFolder, smallExitNet, splitAt } from '../export/fixtures.js';
 import { EarlyExitRunner } from '../scaling/runner.js';
 import { exitRules, exitScores } from '../scaling/rules.js';
 import { OnnxModel } from './node.js';
-import { nhwcToNchw } from './core.js';
 import { loadWebModel } from './web.js';
 
 await initEngine('wasm');
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-exits-graph-'));
 const N = 24;
-const net = createModel('vgg-exits', { inputShape: [12, 12, 1], groups: 4, widths: [8, 8, 16, 16], hidden: 32, exitPool: [2, 2, 2], exitHidden: 16 });
-randomizeStatistics(net, 4);
-const x = tf.randomNormal([N, 12, 12, 1], 0, 1, 'float32', 11) as tf.Tensor4D;
-const xNchw = nhwcToNchw(x.dataSync() as Float32Array, [1, 12, 12]);
+const { net, x, nchw: xNchw } = smallExitNet(N, 11);
 
 /** Thresholds at a quantile of each exit's scores over the whole batch (samples leave at several exits), and TF.js's early-exit run with them. */
 function fitted(rule: 'entropy' | 'confidence', u: number, model = net, images: tf.Tensor4D = x) {

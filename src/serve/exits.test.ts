@@ -7,24 +7,19 @@ import os from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
-import { createModel } from '../models/zoo.js';
 import { saveOnnx } from '../export/export.js';
-import { maxDiff, randomizeStatistics, splitAt } from '../export/fixtures.js';
+import { maxDiff, smallExitNet, splitAt } from '../export/fixtures.js';
 import { EarlyExitRunner } from '../scaling/runner.js';
 import { exitRules, exitScores } from '../scaling/rules.js';
 import { OnnxModel } from '../runtime/node.js';
-import { nhwcToNchw } from '../runtime/core.js';
 import { DynnServer } from './server.js';
 
 await initEngine('wasm');
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'dynn-serve-exits-'));
 const N = 16;
-const net = createModel('vgg-exits', { inputShape: [12, 12, 1], groups: 4, widths: [8, 8, 16, 16], hidden: 32, exitPool: [2, 2, 2], exitHidden: 16 });
-randomizeStatistics(net, 4);
-const x = tf.randomNormal([N, 12, 12, 1], 0, 1, 'float32', 9) as tf.Tensor4D;
-const images = nhwcToNchw(x.dataSync() as Float32Array, [1, 12, 12]);
-// Thresholds that let about a third of the samples still running leave at each exit, stored as the policy.
+const { net, x, nchw: images } = smallExitNet(N, 9);
+// Thresholds at a quantile of each exit's scores over the batch (samples leave at several exits), stored as the policy.
 const runner = EarlyExitRunner.freeze(net, 1);
 const thresholds = runner.allExits(x).slice(0, -1).map((l) => splitAt(exitScores(exitRules.get('entropy'), l, 10), 0.35));
 runner.dispose();
