@@ -37,7 +37,10 @@ export interface Prediction {
   level: number;
   /** Time inside ONNX Runtime's `run`, in milliseconds (measured in the thread that ran it). */
   ms: number;
-  /** Dynamic models (exported by segments): each sample's executed FLOPs ratio, gates included. */
+  /**
+   * Dynamic models (exported by segments) and early exits (`runExits`): each sample's executed FLOPs over the
+   * network's at u = 1, gates or the exit heads it passed included.
+   */
   flopsRatios?: Float64Array;
 }
 
@@ -241,7 +244,10 @@ export class ModelSession {
     let flops = 0;
     for (const e of res.exits) flops += exitFlops[e] ?? 0;
     const meanFlops = flops / batch;
-    return { ...res, batch, numClasses: meta.numClasses, u: level.u, level: level.level, meanFlops, flopsRatio: level.flops > 0 ? meanFlops / level.flops : 1, oneRun };
+    // The network's FLOPs at u = 1, which every level's flopsRatio divides by.
+    const full = level.flopsRatio > 0 ? level.flops / level.flopsRatio : NaN;
+    const flopsRatios = Float64Array.from(res.exits, (e) => (exitFlops[e] ?? 0) / full);
+    return { ...res, batch, numClasses: meta.numClasses, u: level.u, level: level.level, meanFlops, flopsRatio: level.flops > 0 ? meanFlops / level.flops : 1, flopsRatios, oneRun };
   }
 
   /**

@@ -102,6 +102,12 @@ test('the exit rule in the graph from a worker thread and in the browser entry (
     assert.deepEqual(Array.from(a.exits), Array.from(b.exits));
     assert.ok(new Set(a.exits).size >= 2, `samples leave at several exits (${Array.from(a.exits)})`);
     assert.equal((await m.run(xNchw, 1)).batch, N);
+    // A lent batch goes to the worker and comes back for reuse, as with run (the server's batcher lends).
+    const copy = Float32Array.from(xNchw);
+    const lent = await m.runExits(copy, 1, { thresholds, lend: true });
+    assert.equal(copy.length, 0, 'the buffer went to the worker');
+    assert.deepEqual(Array.from(lent.images!), Array.from(xNchw));
+    assert.deepEqual(Array.from(lent.exits), Array.from(a.exits));
     const web = await loadWebModel(`${http.base}/m/worker.onnx`);
     try {
       const w = await web.runExits(xNchw, 1, { thresholds });

@@ -341,8 +341,11 @@ export class OnnxModel {
    * holds the rule asked for, every stage runs in one session run (`oneRun`); `{ staged: true }` runs the
    * stages in turn instead.
    */
-  runExits(images: Float32Array, u: number, options: ExitOptions = {}): Promise<ExitPrediction> {
-    return this.call('runExits', [images, u, options]);
+  runExits(images: Float32Array, u: number, options: ExitOptions & Pick<ModelRunOptions, 'lend'> = {}): Promise<ExitPrediction & Pick<ModelPrediction, 'images'>> {
+    const { lend = false, ...rest } = options;
+    if (!lend) return this.call('runExits', [images, u, rest]);
+    if (this.inWorker) return this.call('runExits', [images, u, rest], true);
+    return this.call('runExits', [images, u, rest]).then((p) => ({ ...p, images }));
   }
 
   /** The exported controller's u per sample (models exported with `--controller`). */

@@ -170,8 +170,8 @@ test('early-exit and controller exports are verified too: digest, stage input, f
   await assert.rejects(verify(edited(inGraph.bytes, (_, meta) => ({ ...meta, exits: { ...meta.exits!, inGraph: undefined } }))), /the graph has input 'exit_thresholds', which the metadata does not describe/);
   await assert.rejects(verify(edited(inGraph.bytes, (m) => void (m.graph.input.find((i) => i.name === 'exit_thresholds')!.type.tensor_type.elem_type = 1))), /input 'exit_thresholds' has element type float32 but dynn models use float64 there/);
   await assert.rejects(verify(edited(inGraph.bytes, (m) => void (m.graph.output = m.graph.output.filter((o) => o.name !== 'exits')))), /output 'exits' is missing/);
-  // The digest does not cover the nodes' constants in branches: a graph answering an exit out of range is
-  // refused when it runs (this one, without a digest, loads unverified).
+  // The digest does not cover the nodes: a graph answering an exit out of range is refused when it runs
+  // (this tampered file, its digest removed, loads unverified).
   const tampered = edited(inGraph.bytes, (m, meta) => {
     const visit = (g: Graph) => {
       for (const t of g.initializer ?? []) if (/^X\d+\/exit0\/index$/.test(t.name)) t.raw_data = new Uint8Array(Float32Array.of(7).buffer);

@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { OnnxMetadata } from '../export/metadata.js';
 import { defaultThreads, OnnxModel } from '../runtime/node.js';
+import { TemporalSession } from '../runtime/session.js';
 import { latencyTablePath, profileModel, readLatencyTable, saveLatencyTable, type LatencyTable } from '../runtime/profile.js';
 import { DynnError } from '../util/errors.js';
 import { createHttpApp, listenHttp, type HttpSafetyOptions } from '../util/http.js';
@@ -9,8 +10,8 @@ import { MicroBatcher, type BatchedResult, type BatchRunner } from './batcher.js
 import { classify, HttpError, invalidInput, nonFiniteScores } from './errors.js';
 import { parseBinaryRequest, parseJsonRequest, type InputSpec } from './input.js';
 import { ServeMetrics } from './metrics.js';
-import { FrameBatcher, SessionStore, sessionRoutes, type SessionStoreOptions } from './sessions.js';
-import { TemporalSession } from '../runtime/session.js';
+import { FrameBatcher } from './frames.js';
+import { SessionStore, sessionRoutes, type SessionStoreOptions } from './sessions.js';
 import { createPolicy, parsePolicy, policies, type SampleController, type ServePolicy } from './policy.js';
 
 /** Options of `DynnServer.create`; unset fields take the defaults shown (the HTTP safety ones: `HTTP_DEFAULTS`). */
@@ -82,8 +83,13 @@ export interface PredictResponse {
     level: number;
     /** Class scores (logits). */
     scores: number[];
-    /** Dynamic models: the FLOPs this sample executed (gates included) over the backbone's. */
+    /**
+     * Dynamic models and early exits: the FLOPs this sample executed (gates, or the exit heads it passed,
+     * included) over the network's at u = 1.
+     */
     flopsRatio?: number;
+    /** Early-exit models served with their rule: the exit (0-based) the sample left at. */
+    exit?: number;
   }[];
   /** Server-side times, ms: arrival to batch dispatch, ONNX Runtime's run(s), arrival to response. */
   timings: { queueMs: number; inferenceMs: number; totalMs: number };
@@ -211,21 +217,11 @@ export class DynnServer {
       // The HTTP thread takes turns with the runs when the model's threads fill the cores this process may use.
       const sharedCores = threads + 1 > defaultThreads() ? { cpuMs, runThreads: threads } : undefined;
       // An early-exit model with its rule in the graph: each batch runs the policy (one run; samples that are
-      // sure leave early), and each sample's FLOPs are those of the exit it left at.
-      const exits = meta.exits?.inGraph && o.exits !== false ? meta.exits : null;
-      const runner: BatchRunner = exits
-        ? {
-            run: async (x, u) => {
-              const p = await model.runExits(x, u);
-              const lv = meta.levels.find((l) => l.level === p.level)!;
-              const full = lv.flops / lv.flopsRatio;
-              return { ...p, flopsRatios: Float64Array.from(p.exits, (e) => (lv.exitFlops?.[e] ?? lv.flops) / full) };
-            },
-          }
-        : model;
+      // sure leave early), each sample with the FLOPs of the exit it left at.
+      const runner: BatchRunner = meta.exits?.inGraph && o.exits !== false ? { run: (x, u, ro) => model.runExits(x, u, { lend: ro?.lend }) } : model;
       const batcher: MicroBatcher = new MicroBatcher(runner, { maxBatch, maxWaitMs, maxQueue, levels: meta.levels, policy, onRun: (r) => metrics.run(r), sharedCores });
       // Every session's frames go through one batcher: concurrent streams share runs, one per planned action.
-      const frames = meta.controller?.temporal ? new FrameBatcher((x, a) => model.step(x, a), meta, maxBatch) : null;
+      const frames = meta.controller?.temporal ? new FrameBatcher((x, a) => model.step(x, a), meta, maxBatch, (r) => metrics.run(r)) : null;
       const sessions = frames ? new SessionStore(() => new TemporalSession(meta, frames.step), { maxSessions: o.maxSessions, idleMs: o.sessionIdleMs, maxInflight: maxQueue }) : null;
       const metrics = new ServeMetrics({ levelUs: meta.levels.map((l) => l.u), maxBatch, sloMs }, () => batcher.depth, () => sessions?.size ?? 0);
       const app = createHttpApp({ bodyLimit, logger: false, return503OnClosing: true, forceCloseConnections: 'idle' }, o);

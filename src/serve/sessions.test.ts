@@ -12,7 +12,8 @@ import { OnnxModel } from '../runtime/node.js';
 import { Rng } from '../util/rng.js';
 import { DynnServer } from './server.js';
 import type { HttpError } from './errors.js';
-import { FrameBatcher, SessionStore } from './sessions.js';
+import { SessionStore } from './sessions.js';
+import { FrameBatcher } from './frames.js';
 import type { OnnxMetadata } from '../export/metadata.js';
 import type { StepFn } from '../runtime/session.js';
 
@@ -220,16 +221,20 @@ test('frames of many sessions share runs: the waiting ones run together, one run
   let release = (): void => undefined;
   const gate = new Promise<void>((resolve) => (release = resolve));
   const meta = { input: { shape: [1, 1, 2] }, numClasses: 3 } as OnnxMetadata;
+  let release2 = (): void => undefined;
+  const gate2 = new Promise<void>((resolve) => (release2 = resolve));
   // A stand-in model: each frame's scores are [its two values, the action], its next action its first value mod 3.
   const step: StepFn<undefined> = async (x, action) => {
     const n = x.length / 2;
     calls.push([action, n]);
     if (calls.length === 1) await gate;
+    if (action === 5) await gate2;
     if (action === 9) throw new Error('this run failed');
     const scores = Float32Array.from({ length: 3 * n }, (_, i) => (i % 3 === 2 ? action : x[2 * Math.floor(i / 3) + (i % 3)]));
     return { scores, classes: new Int32Array(n), u: (action + 1) / 3, level: action, ms: 1, next: Int32Array.from({ length: n }, (_, i) => x[2 * i] % 3) };
   };
-  const frames = new FrameBatcher(step, meta, 4);
+  const records: number[] = [];
+  const frames = new FrameBatcher(step, { ...meta, levels: [0, 1, 2].map((level) => ({ level })) } as unknown as OnnxMetadata, 4, (r) => records.push(r.batch));
   const first = frames.step(Float32Array.of(7, 7), 0, undefined);
   // Nine frames arrive while the first runs: then batches of at most 4, one run per action in each.
   const later = Array.from({ length: 9 }, (_, i) => frames.step(Float32Array.of(i, 10 + i), i % 3, undefined));
@@ -238,14 +243,20 @@ test('frames of many sessions share runs: the waiting ones run together, one run
   assert.deepEqual(Array.from((await first).scores), [7, 7, 0]);
   assert.deepEqual(calls, [[0, 1], [0, 2], [1, 1], [2, 1], [0, 1], [1, 2], [2, 1], [2, 1]]);
   assert.equal(frames.runs, calls.length);
+  assert.deepEqual(records, calls.map((c) => c[1]), 'every run recorded with its frames');
   answers.forEach((a, i) => {
     assert.deepEqual(Array.from(a.scores), [i, 10 + i, i % 3], `frame ${i}'s own row`);
     assert.deepEqual([a.level, a.u, Array.from(a.next), Array.from(a.classes)], [i % 3, ((i % 3) + 1) / 3, [i % 3], [1]]);
   });
-  // A failed run fails its own batch's frames; the next batch runs.
+  // A failed run fails its own frames only: the other action's frames of the batch are answered.
+  const blocker = frames.step(Float32Array.of(0, 0), 5, undefined);
   const failed = frames.step(Float32Array.of(1, 1), 9, undefined);
+  const fine = frames.step(Float32Array.of(4, 5), 1, undefined);
+  release2();
+  await blocker;
   await assert.rejects(failed, /this run failed/);
-  assert.deepEqual(Array.from((await frames.step(Float32Array.of(4, 5), 1, undefined)).scores), [4, 5, 1]);
+  assert.deepEqual(Array.from((await fine).scores), [4, 5, 1]);
+  assert.deepEqual(calls.slice(-3), [[5, 1], [1, 1], [9, 1]], 'the failing frame shared a batch with the fine one');
   assert.throws(() => new FrameBatcher(step, meta, 0), /max batch must be a positive integer, got 0/);
 });
 
@@ -255,6 +266,8 @@ test('concurrent sessions on a server: each stream gets the answers its own runt
   try {
     const ids = await Promise.all(Array.from({ length: 6 }, () => open(server)));
     const local = ids.map(() => model.session());
+    const runs = async () => Number(/^dynn_inference_seconds_count (\S+)$/m.exec((await server.app.inject({ method: 'GET', url: '/metrics' })).body)?.[1]);
+    const before = await runs();
     for (let t = 0; t < 5; t++) {
       const got = await Promise.all(ids.map((id, k) => post(server, `/v1/sessions/${id}/predict`, { inputs: Array.from(frames[(7 * k + t) % frames.length]) })));
       for (let k = 0; k < ids.length; k++) {
@@ -265,6 +278,8 @@ test('concurrent sessions on a server: each stream gets the answers its own runt
         g.scores.forEach((v: number, j: number) => assert.ok(Math.abs(v - want.scores[j]) < 1e-5, `stream ${k}, frame ${t}, score ${j}`));
       }
     }
+    const ran = (await runs()) - before;
+    assert.ok(ran > 0 && ran < 30, `30 frames of 6 concurrent streams took ${ran} runs: the streams share them`);
   } finally {
     await model.dispose();
   }

@@ -1,13 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { OnnxMetadata } from '../export/metadata.js';
-import { NonFiniteScoresError, type SessionStep, type StepFn, type StepResult, type TemporalSession } from '../runtime/session.js';
-import { argmaxRows } from '../runtime/core.js';
-import { arrayRows, dispatchAsync } from '../route/dispatch.js';
+import { NonFiniteScoresError, type SessionStep, type TemporalSession } from '../runtime/session.js';
 import { DynnError } from '../util/errors.js';
 import { HttpError, invalidInput, nonFiniteScores } from './errors.js';
 import { parseBinaryRequest, parseJsonRequest, type InputSpec } from './input.js';
 import type { ServeMetrics } from './metrics.js';
+
+/** A served stream's session: its frames come NCHW, with no run options. */
+type ServedSession = TemporalSession<undefined>;
 
 /** Defaults of the session bounds (`dynn serve --max-sessions`, `--session-idle-ms`). */
 export const SESSION_DEFAULTS = { maxSessions: 1024, idleMs: 60_000, maxInflight: 2048 } as const;
@@ -32,10 +33,10 @@ export class SessionStore {
   readonly idleMs: number;
   readonly maxInflight: number;
   private inflight = 0;
-  private readonly open = new Map<string, { session: TemporalSession; timer: NodeJS.Timeout; busy: boolean }>();
+  private readonly open = new Map<string, { session: ServedSession; timer: NodeJS.Timeout; busy: boolean }>();
 
   constructor(
-    private readonly create: () => TemporalSession,
+    private readonly create: () => ServedSession,
     options: SessionStoreOptions = {},
   ) {
     this.maxSessions = options.maxSessions ?? SESSION_DEFAULTS.maxSessions;
@@ -74,7 +75,7 @@ export class SessionStore {
    * a 409 while its previous frame is still pending (a stream's frames come one after another: a second
    * concurrent one would queue without bound), a 503 when `maxInflight` frames of all sessions are pending.
    */
-  async run<T>(id: string, frame: (session: TemporalSession) => Promise<T>): Promise<T> {
+  async run<T>(id: string, frame: (session: ServedSession) => Promise<T>): Promise<T> {
     const entry = this.open.get(id);
     if (!entry) throw unknownSession(id, this.idleMs);
     if (entry.busy) throw new HttpError(409, 'session_busy', `session ${id}'s previous frame is still running; send a session's frames one at a time, each after the previous answer`);
@@ -113,72 +114,6 @@ function unknownSession(id: string, idleMs: number): HttpError {
   return new HttpError(404, 'unknown_session', `no session "${shown}": unknown, closed, or expired after ${idleMs} ms without use; open one with POST /v1/sessions`);
 }
 
-/**
- * The frames of every open session, batched across sessions: a frame waits while the model runs a batch, and
- * when the model is free every waiting frame (up to `maxBatch`) runs at once, grouped by the action its
- * session planned (`dispatchAsync`: one graph run per action present). N streams then cost one run per
- * distinct action, not N runs of one frame. Sessions built on `step` (`new TemporalSession(meta,
- * frames.step)`) keep their own order and plans; only the runs are shared.
- */
-export class FrameBatcher {
-  private readonly waiting: { frame: Float32Array; action: number; done: (r: StepResult) => void; fail: (err: unknown) => void }[] = [];
-  private running = false;
-  /** Graph runs so far (one per action present in each batch). */
-  runs = 0;
-
-  constructor(
-    private readonly run: StepFn<undefined>,
-    private readonly meta: OnnxMetadata,
-    private readonly maxBatch: number,
-  ) {
-    if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new DynnError(`max batch must be a positive integer, got ${maxBatch}`);
-  }
-
-  /** One session's frame at its planned action, answered from the next batch (a session's `StepFn`). */
-  readonly step: StepFn<unknown> = (frame, action) =>
-    new Promise<StepResult>((done, fail) => {
-      this.waiting.push({ frame, action, done, fail });
-      void this.pump();
-    });
-
-  private async pump(): Promise<void> {
-    if (this.running || this.waiting.length === 0) return;
-    this.running = true;
-    const batch = this.waiting.splice(0, this.maxBatch);
-    try {
-      const per = this.meta.input.shape.reduce((a, b) => a * b, 1);
-      const C = this.meta.numClasses;
-      const rows = arrayRows(per);
-      const ran = new Array<StepResult>(batch.length);
-      const next = new Int32Array(batch.length);
-      const scores = await dispatchAsync(
-        rows.concat(batch.map((b) => b.frame)),
-        batch.map((b) => b.action),
-        async (action, part, at) => {
-          this.runs++;
-          const r = await this.run(part, action, undefined);
-          at.forEach((row, j) => {
-            ran[row] = r;
-            next[row] = r.next[j];
-          });
-          return r.scores;
-        },
-        { input: rows, output: arrayRows(C) },
-      );
-      batch.forEach((b, i) => {
-        const own = scores.slice(i * C, (i + 1) * C);
-        const { u, level, ms, resolution } = ran[i];
-        b.done({ scores: own, classes: argmaxRows(own, C), u, level, ms, next: Int32Array.of(next[i]), ...(resolution !== undefined && { resolution }) });
-      });
-    } catch (err) {
-      for (const b of batch) b.fail(err);
-    } finally {
-      this.running = false;
-      void this.pump();
-    }
-  }
-}
-
 /** The JSON answer of `POST /v1/sessions/:id/predict`: the session's step (`SessionStep`), its scores as numbers. */
 export interface SessionPredictResponse extends Omit<SessionStep, 'scores' | 'ms'> {
   className: string;
@@ -205,7 +140,7 @@ export interface SessionRoutes {
  * `/v1/predict` takes a sample: JSON or float32) and `DELETE /v1/sessions/:id`. A session's frames run
  * one at a time at the u its temporal controller planned from the previous frame, outside the micro-batcher
  * and its load policy (the plan is the stream's), bounded apart: one pending frame per session, at most
- * `maxInflight` across sessions. The server's sessions share their runs (`FrameBatcher`).
+ * `maxInflight` across sessions. The server's sessions share their runs (`FrameBatcher`, which records them).
  */
 export function sessionRoutes({ app, metadata, store, metrics, shape }: SessionRoutes): void {
   const spec: InputSpec = { shape, maxSamples: 1, maxSamplesWhy: 'one frame per session call' };
@@ -240,8 +175,6 @@ export function sessionRoutes({ app, metadata, store, metrics, shape }: SessionR
     });
     const totalMs = performance.now() - arrival;
     metrics.okSession(totalMs);
-    metrics.inference.observe(step.ms / 1000);
-    metrics.utilization.observe(step.u);
     const round = (ms: number) => Math.round(ms * 1000) / 1000;
     return {
       class: step.class,
