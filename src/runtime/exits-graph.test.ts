@@ -10,6 +10,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
 import { createModel } from '../models/zoo.js';
 import { saveOnnx } from '../export/export.js';
+import { exitRuleLowerings } from '../export/exits.js';
 import { maxDiff, profileNodes, randomizeStatistics, serveFolder, smallExitNet, splitAt } from '../export/fixtures.js';
 import { EarlyExitRunner } from '../scaling/runner.js';
 import { exitRules, exitScores } from '../scaling/rules.js';
@@ -23,10 +24,10 @@ const N = 24;
 const { net, x, nchw: xNchw } = smallExitNet(N, 11);
 
 /** Thresholds at a quantile of each exit's scores over the whole batch (samples leave at several exits), and TF.js's early-exit run with them. */
-function fitted(rule: 'entropy' | 'confidence', u: number, model = net, images: tf.Tensor4D = x) {
+function fitted(rule: string, u: number, model = net, images: tf.Tensor4D = x) {
   const runner = EarlyExitRunner.freeze(model, u);
   try {
-    const q = rule === 'entropy' ? 0.35 : 0.65;
+    const q = exitRules.get(rule).exitsWhen === 'below' ? 0.35 : 0.65;
     const thresholds = runner.allExits(images).slice(0, -1).map((l) => splitAt(exitScores(exitRules.get(rule), l, model.numClasses), q));
     return { thresholds, ref: runner.run(images, rule, thresholds) };
   } finally {
@@ -34,7 +35,8 @@ function fitted(rule: 'entropy' | 'confidence', u: number, model = net, images: 
   }
 }
 
-for (const rule of ['entropy', 'confidence'] as const) {
+// Every rule that lowers, so a new one is checked end to end, its side of the threshold included.
+for (const rule of exitRuleLowerings.list()) {
   test(`the ${rule} rule in the graph: one run gives the staged runtime's and TF.js's exits and scores at every level, and each stage runs on the samples still in`, async () => {
     const file = path.join(tmp, `${rule}.onnx`);
     const meta = await saveOnnx(net, file, { exitPolicy: { rule, thresholds: [0.5, 0.5, 0.5] } });
@@ -81,7 +83,7 @@ for (const rule of ['entropy', 'confidence'] as const) {
       const stored = await m.runExits(xNchw.subarray(0, 144), 1);
       assert.equal(stored.oneRun, true);
       assert.equal(stored.exits.length, 1);
-      const other = rule === 'entropy' ? 'confidence' : 'entropy';
+      const other = exitRules.list().find((r) => r !== rule)!;
       assert.equal((await m.runExits(xNchw, 1, { rule: other, thresholds: 0.5 })).oneRun, false);
     } finally {
       await m.dispose();
