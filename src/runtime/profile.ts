@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { DynnError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { Rng } from '../util/rng.js';
+import { exitRules } from '../scaling/rules.js';
 import { readModelFile, type OnnxModel } from './node.js';
 
 /** Value of a latency table's `format` field. */
@@ -101,7 +102,9 @@ function median(xs: number[]): number {
 
 /**
  * Measures the median time of ONNX Runtime's `run` at every exported level and batch size on this machine,
- * with random inputs. Load the model without a worker so worker messaging is not counted.
+ * with random inputs. Load the model without a worker so worker messaging is not counted. An early-exit model
+ * whose graph holds its rule is timed as `dynn serve` runs it, through the rule with no sample leaving: the
+ * most a served batch takes (how many leave depends on the inputs; with `--no-exits`, about 1.2x too much).
  */
 export async function profileModel(model: OnnxModel, options: ProfileOptions): Promise<LatencyTable> {
   const batches = options.batches ?? [1, 64];
@@ -115,13 +118,15 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
   const total = model.levels.length * batches.length;
   let done = 0;
   const levels: LatencyRow[] = [];
+  const rule = model.metadata.exits?.inGraph?.rule;
+  const noneLeave = rule && exitRules.has(rule) ? (exitRules.get(rule).exitsWhen === 'below' ? -Infinity : Infinity) : null;
   for (const lv of model.levels) {
     const latencyMs: Record<string, number> = {};
     for (const b of batches) {
       const x = inputs.get(b) as Float32Array;
       const times: number[] = [];
       for (let i = 0; i < warmup + reps; i++) {
-        const p = await model.run(x, lv.u);
+        const p = noneLeave === null ? await model.run(x, lv.u) : await model.runExits(x, lv.u, { thresholds: noneLeave });
         if (i >= warmup) times.push(p.ms);
       }
       latencyMs[String(b)] = median(times);

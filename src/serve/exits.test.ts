@@ -12,6 +12,7 @@ import { maxDiff, smallExitNet, splitAt } from '../export/fixtures.js';
 import { EarlyExitRunner } from '../scaling/runner.js';
 import { exitRules, exitScores } from '../scaling/rules.js';
 import { OnnxModel } from '../runtime/node.js';
+import { profileModel } from '../runtime/profile.js';
 import { DynnServer } from './server.js';
 
 await initEngine('wasm');
@@ -77,6 +78,24 @@ test('an early-exit model serves with its rule: each answer has its exit and tha
       assert.equal(g.exit, undefined);
       assert.ok(maxDiff(g.scores, full.scores.subarray(i * 10, (i + 1) * 10)) < 1e-5);
     });
+  } finally {
+    await model.dispose();
+  }
+});
+
+test('dynn profile times an early-exit model as the server runs it: through its rule, with no sample leaving', async () => {
+  const model = await OnnxModel.load(file, { threads: 1 });
+  try {
+    const thresholds: unknown[] = [];
+    const runExits = model.runExits.bind(model);
+    model.runExits = (x, u, o) => {
+      thresholds.push(o?.thresholds);
+      return runExits(x, u, o);
+    };
+    const table = await profileModel(model, { batches: [1, 4], reps: 1, warmup: 1, threads: 1 });
+    assert.deepEqual(table.levels.map((l) => l.level), meta.levels.map((l) => l.level));
+    assert.equal(thresholds.length, meta.levels.length * 2 * 2);
+    assert.ok(thresholds.every((t) => t === -Infinity), 'entropy leaves below its threshold: none is below -Infinity');
   } finally {
     await model.dispose();
   }
