@@ -27,7 +27,7 @@ import { loadDataset } from '../src/data/datasets.js';
 import { toFloat } from '../src/data/imageset.js';
 import { OnnxModel, defaultThreads, readModelFile, sessionOptions } from '../src/runtime/node.js';
 import { nhwcToNchw } from '../src/runtime/core.js';
-import { exitRules, exitScores, leaves } from '../src/scaling/rules.js';
+import { exitRules, exitScores, leaves, neverLeaves } from '../src/scaling/rules.js';
 import { arrayRows } from '../src/route/dispatch.js';
 import { PEER_MALLOC_ENV } from './torch.js';
 import { benchArgs } from './args.js';
@@ -86,11 +86,11 @@ async function measure(file: string): Promise<Measured> {
       break;
     }
   }
-  const below = exitRules.get(rule).exitsWhen === 'below';
+  const none = neverLeaves(exitRules.get(rule));
   const policies: [string, number | number[]][] = [
-    ['none leaves', below ? -Infinity : Infinity],
+    ['none leaves', none],
     ['half leave at each exit', half],
-    ['all leave at exit 1', below ? Infinity : -Infinity],
+    ['all leave at exit 1', -none],
     ...(MODEL ? [['stored policy', policy.thresholds] as [string, number[]]] : []),
   ];
   const flopsRatio: Record<string, number> = {};

@@ -11,7 +11,7 @@
  */
 import { Registry } from '../util/registry.js';
 import { exitRules } from '../scaling/rules.js';
-import { attr, GraphBuilder, valueInfo } from './graph.js';
+import { attr, GraphBuilder, rowCount, valueInfo } from './graph.js';
 import { DataType } from './onnx-proto.js';
 
 /** A rule's score of each row of an [n, classes] float64 probability matrix, as [n] float64. */
@@ -33,8 +33,7 @@ exitRuleLowerings.register('confidence', (g, p, prefix) => g.node('ReduceMax', [
 
 /** A float32 [n] value filled with exit index `k`, n the rows of `like`: the exit a run of rows left at. */
 export function exitIndexOf(g: GraphBuilder, like: string, k: number, prefix: string): string {
-  const rows = g.node('Slice', [g.node('Shape', [like], `${prefix}/shape`), g.int64Const(`${prefix}/rows_start`, [0]), g.int64Const(`${prefix}/rows_end`, [1])], `${prefix}/rows`);
-  return g.node('Expand', [g.floatConst(`${prefix}/index`, [1], [k]), rows], `${prefix}/exits`);
+  return g.node('Expand', [g.floatConst(`${prefix}/index`, [1], [k]), rowCount(g, like, `${prefix}/rows`)], `${prefix}/exits`);
 }
 
 /** What one stage computes from its input, in graph `g`: its exit's logits and what it hands the next stage. */
@@ -56,8 +55,7 @@ export function lowerExitPolicy(
   const { images, thresholds, count, classes, rule, prefix } = opts;
   const lower = exitRuleLowerings.get(rule);
   const leavesBelow = exitRules.get(rule).exitsWhen === 'below';
-  const n = g.node('Slice', [g.node('Shape', [images], `${prefix}/shape`), g.int64Const(`${prefix}/n_start`, [0]), g.int64Const(`${prefix}/n_end`, [1])], `${prefix}/n`);
-  const scalar = (h: GraphBuilder, v: number, name: string) => h.node('Reshape', [h.int64Const(`${prefix}/${name}_v`, [v]), h.int64Const(`${prefix}/${name}_scalar`, [])], `${prefix}/${name}`);
+  const n = rowCount(g, images, `${prefix}/n`);
   // One symbolic row count per If (the samples reaching stage k), shared by its three outputs.
   const branchOutputs = (names: string[], k: number) => {
     const m = `${prefix}_rows_from_${k}`;
@@ -75,7 +73,7 @@ export function lowerExitPolicy(
     }
     const p = `${prefix}/exit${k}`;
     const probs = h.node('Softmax', [h.node('Cast', [s.scores], `${p}/logits_f64`, { to: attr.int(DataType.DOUBLE) })], `${p}/probs`, { axis: attr.int(1) });
-    const threshold = h.node('Gather', [thresholds, scalar(h, k, `exit${k}_at`)], `${p}/threshold`, { axis: attr.int(0) });
+    const threshold = h.node('Gather', [thresholds, h.int64Scalar(`${p}/at`, k)], `${p}/threshold`, { axis: attr.int(0) });
     const leave = h.node(leavesBelow ? 'Less' : 'GreaterOrEqual', [lower(h, probs, p), threshold], `${p}/leaves`);
     const stay = h.node('Not', [leave], `${p}/stays`);
     const keep = (t: string, mask: string, name: string) => h.node('Compress', [t, mask], `${p}/${name}`, { axis: attr.int(0) });
@@ -94,7 +92,7 @@ export function lowerExitPolicy(
       none.node('Expand', [none.floatConst(`${p}/no_exit`, [1], [0]), none.int64Const(`${p}/no_exits_shape`, [0])], `${p}/no_exits`),
     ];
     branchOutputs(empty, k + 1).forEach((v) => none.output(v));
-    const anyStay = h.node('Greater', [h.node('Shape', [nextRows], `${p}/staying`), h.int64Const(`${p}/zero`, [0])], `${p}/any_stay`);
+    const anyStay = h.node('Greater', [rowCount(h, nextRows, `${p}/staying`), h.int64Const(`${p}/zero`, [0])], `${p}/any_stay`);
     const later = h.nodeOutputs('If', [anyStay], ['scores', 'rows', 'exits'].map((o) => `${p}/later_${o}`), {
       then_branch: attr.graph(rest.build(`stages ${k + 1} on`)),
       else_branch: attr.graph(none.build('every sample left')),
@@ -102,7 +100,7 @@ export function lowerExitPolicy(
     return left.map((t, j) => h.node('Concat', [t, later[j]], `${p}/with_later_${j}`, { axis: attr.int(0) }));
   };
 
-  const rows = g.node('Range', [scalar(g, 0, 'first_row'), g.node('Reshape', [n, g.int64Const(`${prefix}/n_scalar`, [])], `${prefix}/count`), scalar(g, 1, 'row_step')], `${prefix}/rows`);
+  const rows = g.node('Range', [g.int64Scalar(`${prefix}/first_row`, 0), g.node('Reshape', [n, g.int64Const(`${prefix}/n_scalar`, [])], `${prefix}/count`), g.int64Scalar(`${prefix}/row_step`, 1)], `${prefix}/rows`);
   const [scores, order, exits] = from(g, 0, images, rows);
   const at = g.node('Unsqueeze', [order, g.int64Const(`${prefix}/row_axis`, [1])], `${prefix}/scatter_rows`);
   const zeros = (dims: string, name: string) => g.node('Expand', [g.floatConst(`${prefix}/${name}_zero`, [1], [0]), dims], `${prefix}/${name}_zeros`);

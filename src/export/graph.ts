@@ -93,6 +93,11 @@ export function valueInfo(name: string, elemType: number, dims: (number | string
   };
 }
 
+/** The first dim of `x` (its rows, a batch's samples) as an int64 [1] value: one `Shape` node. */
+export function rowCount(g: GraphBuilder, x: string, base: string): string {
+  return g.node('Shape', [x], base, { start: attr.int(0), end: attr.int(1) });
+}
+
 /** Builds one ONNX graph (the main graph or a subgraph): nodes, initializers, inputs and outputs. */
 export class GraphBuilder {
   private readonly nodes: NodeMsg[] = [];
@@ -154,6 +159,13 @@ export class GraphBuilder {
   int64Const(base: string, values: number[]): string {
     const name = this.names.unique(base);
     this.inits.push({ name, dims: [values.length], data_type: DataType.INT64, raw_data: int64Bytes(values) });
+    return name;
+  }
+
+  /** A constant int64 scalar (a 0-d tensor) under a fresh name (OneHot's depth, Gather's index, Range's bounds). */
+  int64Scalar(base: string, value: number): string {
+    const name = this.names.unique(base);
+    this.inits.push({ name, dims: [], data_type: DataType.INT64, raw_data: int64Bytes([value]) });
     return name;
   }
 

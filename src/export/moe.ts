@@ -14,7 +14,7 @@ import type { Layer } from '../layers/layer.js';
 import { Dense } from '../layers/conv.js';
 import type { MoeBlock } from '../route/moe.js';
 import { MoeRouter } from '../route/router.js';
-import { attr } from './graph.js';
+import { attr, rowCount } from './graph.js';
 import { lowerChain, lowerings, scaledLogits, sliced, type BranchContext, type Lowered } from './lower.js';
 import type { ChannelSel } from '../layers/types.js';
 import { gateMacsOf } from '../route/unit.js';
@@ -53,7 +53,6 @@ function lowerMixture(layer: Layer, x: string, sel: ChannelSel, ctx: BranchConte
   const k = mb.topK;
   const base = `${ctx.prefix}/${mb.name}`;
   const i64 = (name: string, v: number[]) => g.int64Const(`${base}/${name}`, v);
-  const scalar = (name: string, v: number) => g.node('Reshape', [i64(`${name}_v`, [v]), i64(`${name}_scalar`, [])], `${base}/${name}`);
   const scores = lowerRouterScores(mb, x, sel, ctx);
   const [best, chosen] = g.nodeOutputs('TopK', [scores, i64('k', [k])], [`${base}/best`, `${base}/chosen`], { axis: attr.int(1) });
   // Gates as TF.js's: for k = 1 the chosen expert's softmax over all (Switch), else a softmax over the k kept.
@@ -64,11 +63,11 @@ function lowerMixture(layer: Layer, x: string, sel: ChannelSel, ctx: BranchConte
   const weights = flat(gates, 'weights');
   // Entries sorted by expert (ties in any order: the inverse permutation undoes it), each expert's rows
   // contiguous; entry j reads sample j mod n.
-  const n = g.node('Slice', [g.node('Shape', [x], `${base}/x_shape`), i64('n_start', [0]), i64('n_end', [1])], `${base}/n`);
+  const n = rowCount(g, x, `${base}/n`);
   const entries = k === 1 ? n : g.node('Mul', [n, i64('k_v', [k])], `${base}/entries`);
   const sortOn = (t: string, name: string) => g.nodeOutputs('TopK', [t, entries], [`${base}/${name}_values`, `${base}/${name}`], { axis: attr.int(0), largest: attr.int(0), sorted: attr.int(1) })[1];
   const order = sortOn(experts, 'order');
-  const counts = g.node('ReduceSum', [g.node('OneHot', [experts, scalar('depth', E), i64('onehot_values', [0, 1])], `${base}/onehot`, { axis: attr.int(-1) }), i64('count_axes', [0])], `${base}/counts`, { keepdims: attr.int(0) });
+  const counts = g.node('ReduceSum', [g.node('OneHot', [experts, g.int64Scalar(`${base}/depth`, E), i64('onehot_values', [0, 1])], `${base}/onehot`, { axis: attr.int(-1) }), i64('count_axes', [0])], `${base}/counts`, { keepdims: attr.int(0) });
   const sources = k === 1 ? order : g.node('Mod', [order, n], `${base}/sorted_source`);
   const rows = g.node('Gather', [x, sources], `${base}/rows`, { axis: attr.int(0) });
   const parts = g.nodeOutputs('Split', [rows, counts], Array.from({ length: E }, (_, e) => `${base}/part${e}`), { axis: attr.int(0) });

@@ -18,7 +18,7 @@ import { checkGateThreshold } from '../route/modes.js';
 import { DynnError } from '../util/errors.js';
 import { VERSION } from '../version.js';
 import { addWeights, selectBranch, weightsSha256 } from './export.js';
-import { attr, floatValueInfo, GraphBuilder, NameScope } from './graph.js';
+import { attr, floatValueInfo, GraphBuilder, NameScope, rowCount } from './graph.js';
 import { lowerResize } from './lower.js';
 import { lowerAnyChain, lowerChain, lowerResidual, scaledLogits, type BranchContext, type LoweredMixture } from './lower.js';
 import { encodeModel, IR_VERSION, OPSET_VERSION, type GraphMsg } from './onnx-proto.js';
@@ -162,7 +162,7 @@ function lowerBody(block: GatedBlock, x: string, shared: string, sel: ChannelSel
   const [h, w] = block.outShape;
   let added: string;
   if (k === 0) {
-    const batch = c.g.node('Shape', [x], `${base}/batch`, { start: attr.int(0), end: attr.int(1) });
+    const batch = rowCount(c.g, x, `${base}/batch`);
     const dims = c.g.node('Concat', [batch, c.g.int64Const(`${base}/dims`, [block.args.growth, h, w])], `${base}/zeros_shape`, { axis: attr.int(0) });
     added = c.g.node('ConstantOfShape', [dims], `${base}/zeros`);
   } else added = lowerAnyChain(denseParts(block).routed, shared, sel, c).y;

@@ -13,7 +13,7 @@ import { saveOnnx } from '../export/export.js';
 import { exitRuleLowerings } from '../export/exits.js';
 import { maxDiff, profileNodes, randomizeStatistics, serveFolder, smallExitNet, splitAt } from '../export/fixtures.js';
 import { EarlyExitRunner } from '../scaling/runner.js';
-import { exitRules, exitScores } from '../scaling/rules.js';
+import { exitRules, exitScores, neverLeaves } from '../scaling/rules.js';
 import { OnnxModel } from './node.js';
 import { loadWebModel } from './web.js';
 
@@ -41,7 +41,7 @@ for (const rule of exitRuleLowerings.list()) {
     const file = path.join(tmp, `${rule}.onnx`);
     const meta = await saveOnnx(net, file, { exitPolicy: { rule, thresholds: [0.5, 0.5, 0.5] } });
     assert.deepEqual(meta.exits?.inGraph, { rule });
-    const leavesFirst = exitRules.get(rule).exitsWhen === 'below' ? Infinity : -Infinity;
+    const leavesFirst = -neverLeaves(exitRules.get(rule));
     const m = await OnnxModel.load(file, { threads: 1 });
     try {
       for (const lv of meta.levels) {

@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { DynnError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { Rng } from '../util/rng.js';
-import { exitRules } from '../scaling/rules.js';
+import { exitRules, neverLeaves } from '../scaling/rules.js';
 import { readModelFile, type OnnxModel } from './node.js';
 
 /** Value of a latency table's `format` field. */
@@ -119,7 +119,7 @@ export async function profileModel(model: OnnxModel, options: ProfileOptions): P
   let done = 0;
   const levels: LatencyRow[] = [];
   const rule = model.metadata.exits?.inGraph?.rule;
-  const noneLeave = rule && exitRules.has(rule) ? (exitRules.get(rule).exitsWhen === 'below' ? -Infinity : Infinity) : null;
+  const noneLeave = rule && exitRules.has(rule) ? neverLeaves(exitRules.get(rule)) : null;
   for (const lv of model.levels) {
     const latencyMs: Record<string, number> = {};
     for (const b of batches) {

@@ -42,6 +42,11 @@ export function leaves(rule: ExitRule, score: number, threshold: number): boolea
   return rule.exitsWhen === 'below' ? score < threshold : score >= threshold;
 }
 
+/** A threshold at which no sample leaves under `rule` (its negation lets every sample leave at the first exit). */
+export function neverLeaves(rule: ExitRule): number {
+  return rule.exitsWhen === 'below' ? -Infinity : Infinity;
+}
+
 /** The softmax of row `r` of a [rows, classes] logit matrix, in float64 (max-shifted for stability). */
 export function softmaxRow(logits: ArrayLike<number>, classes: number, r: number, out = new Float64Array(classes)): Float64Array {
   let m = -Infinity;

@@ -16,10 +16,13 @@ const IDLE_FADE_MS = 1000;
 /** A host CPU span starting at process CPU time `cpuMs` (NaN: not read yet) and clock `at`, with nothing run yet. */
 const hostMarkAt = (cpuMs: number, at: number) => ({ cpuMs, at, runCpuMs: 0, samples: 0 });
 
+/** A batch's run: the prediction, the lent images given back, and for an early-exit model each sample's exit. */
+export type BatchRun = Prediction & { images?: Float32Array; exits?: Int32Array };
+
 /** What runs a batch: `OnnxModel` (in a worker thread) in the server, a fake in tests. */
 export interface BatchRunner {
   /** `lend`: the runner may take the images' buffer and give it back as the result's `images` (see `ModelRunOptions`). */
-  run(images: Float32Array, u: number, options?: { lend?: boolean }): Promise<Prediction & { images?: Float32Array; exits?: Int32Array }>;
+  run(images: Float32Array, u: number, options?: { lend?: boolean }): Promise<BatchRun>;
 }
 
 /** One finished run, for metrics. */
@@ -282,7 +285,7 @@ export class MicroBatcher {
       }
       const u = this.o.levels[lv].u;
       const t0 = this.now();
-      let p: Prediction & { images?: Float32Array; exits?: Int32Array };
+      let p: BatchRun;
       try {
         p = await this.runner.run(x, u, { lend: true });
       } catch (err) {
