@@ -228,6 +228,8 @@ function edit(target: any, at: (string | number)[], value: unknown): void {
   }
   if (node === null || typeof node !== 'object') return;
   const key = at[at.length - 1]!;
+  // An earlier edit may have put an array where an object was; its `length` is not a field a file can hold.
+  if (Array.isArray(node) && key === 'length') return;
   if (value === undefined) {
     if (Array.isArray(node)) node.splice(Number(key), 1);
     else delete node[key];
