@@ -7,7 +7,7 @@ import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { engineName, initEngine } from './backend.js';
 import { registerWasmTrainingKernels } from './wasm-kernels.js';
-import { ORT_MIN_FLOPS, ortKernelCalls, ortKernelsAvailable, setOrtMinFlops } from './ort-kernels.js';
+import { MAX_BLOCK_PADDING, ORT_MIN_FLOPS, ortKernelCalls, ortKernelsAvailable, ortNchwcBlock, setOrtMinFlops } from './ort-kernels.js';
 
 const TOL = 1e-4;
 
@@ -138,6 +138,63 @@ describe('wasm training kernels against cpu', () => {
     assert.ok(after.conv - before.conv >= convCases.length + 5, `forward calls ${after.conv - before.conv}`);
     assert.ok(after.dx - before.dx >= convCases.length + 5, `input-gradient calls ${after.dx - before.dx}`);
     assert.ok(after.dw - before.dw >= convCases.length + 5, `filter-gradient calls ${after.dw - before.dw}`);
+  });
+
+  test('convolutions in the blocked layout (NCHWc): whole and padded blocks, strides, 1x1, dilation; the plain form where padding costs too much', async (t) => {
+    const block = ortNchwcBlock();
+    // On x64 ONNX Runtime has the blocked kernels: a probe that stops finding them must fail, not skip.
+    if (ortKernelsAvailable() && process.arch === 'x64') assert.ok(block === 8 || block === 16, `NCHWc block ${block}`);
+    if (block === 0) return t.skip('no ONNX Runtime NCHWc kernels here');
+    const up = (c: number) => Math.ceil(c / block) * block;
+    // Fewer input channels than a block go in unblocked (only the outputs are padded); more need groups of 4.
+    const blocked = (ci: number, co: number) => ci % 4 === 0 && (ci < block ? up(co) / co : (up(ci) * up(co)) / (ci * co)) <= MAX_BLOCK_PADDING;
+    const cases: { x: [number, number, number, number]; k: number; co: number; s: number; pad: 'same' | 'valid'; dilation?: number }[] = [
+      { x: [2, 6, 6, block], k: 3, co: block, s: 1, pad: 'same' },
+      { x: [2, 7, 7, 12], k: 3, co: 24, s: 2, pad: 'same' },
+      { x: [2, 8, 8, 8], k: 1, co: 16, s: 1, pad: 'valid' },
+      { x: [2, 9, 9, 16], k: 3, co: 16, s: 1, pad: 'valid', dilation: 2 },
+      { x: [2, 6, 6, 20], k: 3, co: 20, s: 1, pad: 'same' },
+      // Input and output blocks padded, forward and input gradient.
+      { x: [2, 6, 6, 20], k: 3, co: 32, s: 1, pad: 'same' },
+      { x: [2, 6, 6, 32], k: 3, co: 20, s: 1, pad: 'same' },
+      { x: [2, 6, 6, 4], k: 3, co: 4, s: 1, pad: 'same' },
+      { x: [2, 6, 6, 18], k: 3, co: 16, s: 1, pad: 'same' },
+      // Narrow inputs: the forward pass, its input gradient, both, strided; 1 to 3 channels stay plain.
+      { x: [2, 6, 6, 4], k: 3, co: block * 2, s: 1, pad: 'same' },
+      { x: [2, 6, 6, block * 2], k: 3, co: 4, s: 1, pad: 'same' },
+      { x: [2, 7, 7, block - 4], k: 3, co: block - 4, s: 1, pad: 'same' },
+      { x: [2, 9, 9, 4], k: 3, co: block, s: 2, pad: 'valid' },
+      { x: [2, 6, 6, 3], k: 3, co: block, s: 1, pad: 'same' },
+    ];
+    let ran = 0;
+    const previous = setOrtMinFlops(0);
+    try {
+      for (const c of cases) {
+        const ci = c.x[3];
+        const dilated = (c.dilation ?? 1) > 1;
+        // The forward pass (run again inside tf.grads); the input gradient is the stride-1 convolution from co to
+        // ci (strided ones are transposed convolutions; gradients take no dilation).
+        const expected = (dilated ? 1 : 2) * Number(blocked(ci, c.co)) + Number(!dilated && c.s === 1 && blocked(c.co, ci));
+        const before = ortKernelCalls().nchwc;
+        await assertSameOnBoth(`blocked conv k${c.k} s${c.s} d${c.dilation ?? 1} ${c.pad} x ${c.x} -> ${c.co}`, () => {
+          const x = randomTensor(1, c.x) as tf.Tensor4D;
+          const w = randomTensor(2, [c.k, c.k, ci, c.co]) as tf.Tensor4D;
+          const conv = (a: tf.Tensor4D, b: tf.Tensor4D) => tf.conv2d(a, b, c.s, c.pad, 'NHWC', c.dilation ?? 1);
+          if (dilated) return [conv(x, w)];
+          return [conv(x, w), ...tf.grads((a: tf.Tensor, b: tf.Tensor) => weightedSum(conv(a as tf.Tensor4D, b as tf.Tensor4D)))([x, w])];
+        });
+        assert.equal(ortKernelCalls().nchwc - before, expected, `blocked calls for x ${c.x} -> ${c.co}`);
+        ran += expected;
+      }
+    } finally {
+      setOrtMinFlops(previous);
+    }
+    assert.ok(ran >= 8, `the cases exercise the blocked form (${ran} calls)`);
+    // At the default threshold a layer narrower than ORT_MIN_CHANNELS still goes blocked (XNNPACK is slower).
+    const before = ortKernelCalls().nchwc;
+    await assertSameOnBoth('blocked conv at the default threshold, 32 -> 12 channels', () =>
+      [tf.conv2d(randomTensor(8, [16, 28, 28, 32]) as tf.Tensor4D, randomTensor(9, [3, 3, 32, 12]) as tf.Tensor4D, 1, 'same')]);
+    assert.equal(ortKernelCalls().nchwc - before, Number(blocked(32, 12)));
   });
 
   test('fused conv2d with bias and relu: forward and gradients', async () => {
@@ -315,6 +372,43 @@ describe('wasm training kernels against cpu', () => {
     assert.throws(() => tf.gather(x, tf.tensor1d([1, 4], 'int32')), /GatherV2: index 4 is not in \[0, 3\]/);
     assert.ok(tf.memory().numTensors <= before + 1, 'a refused gather leaves no output behind');
     tf.dispose(x);
+  });
+
+  test('slice inside the heap: every rank, prefixes and inner ranges, whole dims, its gradient, int32 and bool, empty', async () => {
+    await assertSameOnBoth('slices of rank 1 to 5', () => [
+      tf.slice(randomTensor(40, [50]), [7], [20]),
+      tf.slice(randomTensor(41, [3136, 16]), [0, 0], [392, 16]),
+      tf.slice(randomTensor(42, [9, 12]), [2, 3], [4, 5]),
+      tf.slice(randomTensor(43, [4, 5, 6]), [1, 0, 2], [2, 5, 3]),
+      tf.slice(randomTensor(44, [3, 3, 8, 16]), [0, 0, 0, 4], [3, 3, 8, 8]),
+      tf.slice(randomTensor(45, [2, 6, 6, 8]), [1, 2, 0, 0], [1, 3, 6, 8]),
+      tf.slice(randomTensor(46, [2, 3, 4, 5, 6]), [1, 1, 1, 1, 1], [1, 2, 2, 3, 4]),
+      tf.slice(randomTensor(47, [4, 4]), [0, 0], [-1, -1]),
+    ]);
+    await assertSameOnBoth('the gradient of a slice of a throttled kernel', () => {
+      const k = randomTensor(48, [3, 3, 16, 32]);
+      return tf.grads((a: tf.Tensor) => weightedSum(tf.slice(a, [0, 0, 0, 0], [3, 3, 8, 12])))([k]);
+    });
+    // wasm's own kernel reads its input out of the heap (readSync copies all of it); this one must not.
+    const backend = wasmBackend();
+    const readSync = backend.readSync;
+    let reads = 0;
+    backend.readSync = (...args: Parameters<typeof readSync>) => (reads++, readSync.apply(backend, args));
+    try {
+      tf.tidy(() => tf.slice(randomTensor(52, [64, 32]), [8, 0], [16, 32]));
+    } finally {
+      backend.readSync = readSync;
+    }
+    assert.equal(reads, 0);
+    await assertSameOnBoth('int32, bool and empty slices', () => {
+      const ints = tf.cast(tf.mul(randomTensor(49, [5, 7]), 100), 'int32');
+      const bools = tf.greater(randomTensor(50, [6, 5]), 0);
+      return [
+        tf.cast(tf.slice(ints, [1, 2], [3, 4]), 'float32'),
+        tf.cast(tf.slice(bools, [2, 0], [3, 5]), 'float32'),
+        tf.slice(randomTensor(51, [4, 3]), [1, 0], [0, 3]),
+      ];
+    });
   });
 
   test('split into whole blocks (the fast path): the gradient of a batch reassembled by concatenation, any axis, a free size, empty parts, int32', async () => {

@@ -22,6 +22,8 @@ import type {
   MaxPoolGradInputs,
   NamedAttrMap,
   NamedTensorInfoMap,
+  SliceAttrs,
+  SliceInputs,
   SplitVAttrs,
   SplitVInputs,
   TensorInfo,
@@ -571,6 +573,44 @@ function makeSplitV(original: KernelFunc) {
 }
 
 /**
+ * Slice by copies inside the wasm heap. wasm's own kernel reads its input through `readSync`, which copies
+ * the whole tensor out of the heap first: slicing a throttled dense layer's 3136x256 kernel to its first 392
+ * rows took 4-10 ms, most of it that copy. Here each contiguous run (the trailing dims the slice keeps
+ * whole, and the part of the dim before them) is one `copyWithin`.
+ */
+function makeSlice(original: KernelFunc) {
+  return (args: { inputs: SliceInputs; backend: BackendWasm; attrs: SliceAttrs }): TensorInfo => {
+    const { inputs, backend, attrs } = args;
+    const x = inputs.x!;
+    if (x.shape.length === 0 || !['float32', 'int32', 'bool'].includes(x.dtype)) return original(args as unknown as Parameters<KernelFunc>[0]) as TensorInfo;
+    const [begin, size] = tf.slice_util.parseSliceParams(x as unknown as tf.TensorInfo, attrs.begin, attrs.size);
+    const out = backend.makeOutput(size, x.dtype);
+    if (size.some((d) => d === 0)) return out;
+    // The innermost contiguous run: trailing dims taken whole, times the size along the first one that is not.
+    const rank = x.shape.length;
+    let d = rank - 1;
+    let run = 1;
+    while (d > 0 && size[d] === x.shape[d]) run *= x.shape[d--];
+    run *= size[d];
+    const strides = tf.util.computeStrides(x.shape);
+    // Views after the output's allocation: a heap growth detaches the ones taken before.
+    const xv = backend.typedArrayFromHeap(x);
+    const ov = backend.typedArrayFromHeap(out);
+    const heap = new (xv.constructor as Float32ArrayConstructor)(xv.buffer);
+    const [xb, ob] = [xv.byteOffset / xv.BYTES_PER_ELEMENT, ov.byteOffset / ov.BYTES_PER_ELEMENT];
+    const runs = tf.util.sizeFromShape(size.slice(0, d));
+    const at = new Array<number>(d).fill(0);
+    for (let r = 0; r < runs; r++) {
+      let src = xb + begin[d] * (strides[d] ?? 1);
+      for (let k = 0; k < d; k++) src += (begin[k] + at[k]) * strides[k];
+      heap.copyWithin(ob + r * run, src, src + run);
+      for (let k = d - 1; k >= 0 && ++at[k] === size[k]; k--) at[k] = 0;
+    }
+    return out;
+  };
+}
+
+/**
  * Conv2D through ONNX Runtime where that is faster, else wasm's own (XNNPACK). Training runs this unfused
  * kernel; inference (FusedConv2D, BatchNorm folded) stays on XNNPACK, whose time follows the FLOPs of a
  * throttled layer more closely (deployment runs the ONNX export in ONNX Runtime anyway).
@@ -642,6 +682,13 @@ const ENTRIES: readonly Entry[] = [
     },
   },
   {
+    name: tf.Slice,
+    factory: (original) => {
+      if (original == null) throw new Error('dynn: the wasm backend has no Slice kernel');
+      return asKernel(makeSlice(original));
+    },
+  },
+  {
     name: tf.SplitV,
     factory: (original) => {
       if (original == null) throw new Error('dynn: the wasm backend has no SplitV kernel');
@@ -673,7 +720,8 @@ function isOurs(config: KernelConfig | undefined): config is DynnKernelConfig {
  * Registers dynn's training kernels for the `wasm` backend: the missing Conv2DBackpropFilter,
  * UnsortedSegmentSum and depthwise gradients, and fast or correct replacements for Conv2D and
  * Conv2DBackpropInput (both through ONNX Runtime where it is faster), BatchMatMul, _FusedMatMul, MaxPoolGrad,
- * Identity and GatherV2 of whole blocks. Idempotent; works before or after the wasm backend is initialised.
+ * Identity, Slice, and GatherV2 and SplitV of whole blocks. Idempotent; works before or after the wasm backend
+ * is initialised.
  */
 export function registerWasmTrainingKernels(): void {
   for (const entry of ENTRIES) {

@@ -110,14 +110,17 @@ export class GraphBuilder {
     readonly names: NameScope,
   ) {}
 
-  /** Adds a node with one output and returns the output's name (derived from `base`). */
-  node(opType: string, inputs: string[], base: string, attrs: Record<string, Attr> = {}): string {
-    return this.add(opType, inputs, [this.names.unique(base)], attrs)[0];
+  /**
+   * Adds a node with one output and returns the output's name (derived from `base`); `domain` names an operator
+   * set other than ONNX's own (the model must import it).
+   */
+  node(opType: string, inputs: string[], base: string, attrs: Record<string, Attr> = {}, domain?: string): string {
+    return this.add(opType, inputs, [this.names.unique(base)], attrs, domain)[0];
   }
 
   /** Adds a node whose one output has exactly the name `output` (a graph output such as `scores`). */
-  nodeTo(opType: string, inputs: string[], output: string, attrs: Record<string, Attr> = {}): string {
-    return this.add(opType, inputs, [this.names.claim(output)], attrs)[0];
+  nodeTo(opType: string, inputs: string[], output: string, attrs: Record<string, Attr> = {}, domain?: string): string {
+    return this.add(opType, inputs, [this.names.claim(output)], attrs, domain)[0];
   }
 
   /** Adds a node with several outputs (an `If` with two results), named from `bases`; returns the names. */
@@ -130,10 +133,11 @@ export class GraphBuilder {
     return this.add(opType, inputs, outputs.map((o) => this.names.claim(o)), attrs);
   }
 
-  private add(opType: string, inputs: string[], outputs: string[], attrs: Record<string, Attr>): string[] {
+  private add(opType: string, inputs: string[], outputs: string[], attrs: Record<string, Attr>, domain?: string): string[] {
     this.nodes.push({
       name: this.names.unique(`${outputs[0]}/${opType}`),
       op_type: opType,
+      ...(domain ? { domain } : {}),
       input: inputs,
       output: outputs,
       attribute: Object.entries(attrs).map(([k, v]) => attributeMsg(k, v)),

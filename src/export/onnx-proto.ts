@@ -144,6 +144,8 @@ export interface AttributeMsg {
 export interface NodeMsg {
   name: string;
   op_type: string;
+  /** The operator set's domain; empty or absent for ONNX's own operators. */
+  domain?: string;
   input: string[];
   output: string[];
   attribute: AttributeMsg[];
