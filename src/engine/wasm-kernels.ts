@@ -496,6 +496,17 @@ function unsortedSegmentSum(args: {
  * moves element by element: about 20x slower on blocks (240 ms to keep 218 of 256 feature maps of
  * 28x28x32), 10x or more on rows (420 ms to gather 225k rows of 16 channels).
  */
+/**
+ * The wasm heap as one typed array of `x`'s dtype, with `x`'s and `out`'s offsets in it, for copies between
+ * them with `copyWithin`. Call after the last allocation: a heap growth detaches views taken before.
+ */
+function sharedHeap(backend: BackendWasm, x: TensorInfo, out: TensorInfo): { heap: Float32Array; xb: number; ob: number } {
+  const xv = backend.typedArrayFromHeap(x);
+  const ov = backend.typedArrayFromHeap(out);
+  const heap = new (xv.constructor as Float32ArrayConstructor)(xv.buffer);
+  return { heap, xb: xv.byteOffset / xv.BYTES_PER_ELEMENT, ob: ov.byteOffset / ov.BYTES_PER_ELEMENT };
+}
+
 function makeGather(original: KernelFunc) {
   return (args: { inputs: GatherV2Inputs; backend: BackendWasm; attrs: GatherV2Attrs }): TensorInfo => {
     const { inputs, backend, attrs } = args;
@@ -513,12 +524,9 @@ function makeGather(original: KernelFunc) {
       if (!(idx[j] >= 0 && idx[j] < n)) throw new Error(`GatherV2: index ${idx[j]} is not in [0, ${n - 1}]`);
     }
     const out = backend.makeOutput([...x.shape.slice(0, axis), ...indices.shape, ...x.shape.slice(axis + 1)], x.dtype);
-    const xv = backend.typedArrayFromHeap(x);
-    const ov = backend.typedArrayFromHeap(out);
-    // Input and output share the wasm heap: copyWithin moves a run of consecutive indices (a 3x3 patch's row
-    // of taps) in one call and allocates nothing, where a subarray per index costs more than its copy.
-    const heap = new (xv.constructor as Float32ArrayConstructor)(xv.buffer);
-    const [xb, ob] = [xv.byteOffset / xv.BYTES_PER_ELEMENT, ov.byteOffset / ov.BYTES_PER_ELEMENT];
+    // copyWithin moves a run of consecutive indices (a 3x3 patch's row of taps) in one call and allocates
+    // nothing, where a subarray per index costs more than its copy.
+    const { heap, xb, ob } = sharedHeap(backend, x, out);
     for (let o = 0; o < outer; o++) {
       for (let j = 0; j < idx.length; ) {
         let run = 1;
@@ -593,11 +601,7 @@ function makeSlice(original: KernelFunc) {
     while (d > 0 && size[d] === x.shape[d]) run *= x.shape[d--];
     run *= size[d];
     const strides = tf.util.computeStrides(x.shape);
-    // Views after the output's allocation: a heap growth detaches the ones taken before.
-    const xv = backend.typedArrayFromHeap(x);
-    const ov = backend.typedArrayFromHeap(out);
-    const heap = new (xv.constructor as Float32ArrayConstructor)(xv.buffer);
-    const [xb, ob] = [xv.byteOffset / xv.BYTES_PER_ELEMENT, ov.byteOffset / ov.BYTES_PER_ELEMENT];
+    const { heap, xb, ob } = sharedHeap(backend, x, out);
     const runs = tf.util.sizeFromShape(size.slice(0, d));
     const at = new Array<number>(d).fill(0);
     for (let r = 0; r < runs; r++) {
