@@ -28,7 +28,7 @@ import { DataType, IR_VERSION, OPSET_VERSION, encodeModel } from '../export/onnx
  */
 export const ORT_MIN_FLOPS = 16e6;
 
-/** Forward convolutions with fewer input or output channels than this stay on XNNPACK, unless they run blocked. */
+/** Forward convolutions with fewer input or output channels than this stay on XNNPACK, unless they run blocked (see MAX_BLOCK_PADDING_OVER_XNNPACK). */
 export const ORT_MIN_CHANNELS = 16;
 
 let minFlops = ORT_MIN_FLOPS;
@@ -110,9 +110,10 @@ const NCHWC = 'com.microsoft.nchwc';
 
 /**
  * A session of one kernel graph. A plain graph keeps an arena: it holds the intermediates between calls, and
- * without it fresh pages cost 2-3x. A blocked one (`nchwc`: it imports the NCHWc operators) has one session per
- * channel count of a throttled layer, each of whose arenas would keep its own copies of the blocked tensors
- * (all of vgg-w's levels: 530 MB more per worker); it allocates per call instead.
+ * without it fresh pages cost 2-3x. A blocked one (`nchwc`: it imports the NCHWc operators) bakes in its
+ * channel counts, so a throttled layer has one per width; each with an arena of its own, vgg-w's levels took
+ * 530 MB more per worker and its two-worker training step 1.18-1.36x longer than without (four alternations:
+ * 162-218 ms against 136-178), its buffers spread over memory where the allocator reuses warm ones.
  */
 function buildSession(ort: OrtModule, body: GraphBody, { nchwc = false }: { nchwc?: boolean } = {}): NativeSession {
   const g = new GraphBuilder('dynn_kernel', new NameScope());
@@ -240,19 +241,27 @@ export function ortNchwcBlock(): number {
 export const MAX_BLOCK_PADDING = 2;
 
 /**
- * The block size when a convolution from `ci` to `co` channels should run blocked, else 0 (the plain Conv).
+ * The same for a forward pass with fewer than ORT_MIN_CHANNELS channels, whose alternative is XNNPACK (slower:
+ * 32 to 4 channels padded to 16, 4x the FLOPs, took 0.63-0.78x its time). Measured with blocks of 16 only;
+ * with blocks of 8 (AVX2, half the vector width) MAX_BLOCK_PADDING holds.
+ */
+export const MAX_BLOCK_PADDING_OVER_XNNPACK = 4;
+
+/**
+ * The block size when a convolution from `ci` to `co` channels should run blocked, else 0 (the plain Conv, or
+ * XNNPACK for a forward pass with few channels: `overXnnpack`, which allows MAX_BLOCK_PADDING_OVER_XNNPACK).
  * Padding to whole blocks must not cost more than the layout saves (one thread, batch 64, block 16, each
  * call interleaved with the plain Conv: 0.61-0.73x its time for 32 and 64 channels; padded within the 2x
  * bound, 24 to 24 and 40 to 40 0.76-0.89x; outside it, 20 to 20 padded to 32 (2.6x) 1.08x). Fewer input
  * channels than a block are read unblocked (MLAS's NCHW-input form: only the outputs are padded). Channels
  * come in fours (ReorderInput needs it; for 1 to 3 input channels MLAS was 7-11x slower than XNNPACK).
  */
-function blockFor(ort: OrtModule, ci: number, co: number): number {
+function blockFor(ort: OrtModule, ci: number, co: number, overXnnpack = false): number {
   const block = blockSize(ort);
   if (block === 0 || ci % 4 !== 0) return 0;
   const up = (c: number) => Math.ceil(c / block) * block;
   const padded = ci < block ? up(co) / co : (up(ci) * up(co)) / (ci * co);
-  return padded <= MAX_BLOCK_PADDING ? block : 0;
+  return padded <= (overXnnpack && block === 16 ? MAX_BLOCK_PADDING_OVER_XNNPACK : MAX_BLOCK_PADDING) ? block : 0;
 }
 
 /**
@@ -294,10 +303,10 @@ function blockedConv(
 export function ortConv2D(backend: BackendWasm, x: TensorInfo, filter: TensorInfo, g: ConvGeometry): TensorInfo | null {
   const ort = loadOrt();
   if (ort == null || flops(g) < minFlops) return null;
-  const block = blockFor(ort, g.inC, g.outC);
   // With few channels XNNPACK's NHWC convolution is as fast as the plain Conv, which needs layout transposes;
   // the blocked form needs none and beats it (32 to 12 channels at 28x28, batch 64: 0.34x XNNPACK's time).
-  if (block === 0 && minFlops > 0 && Math.min(g.inC, g.outC) < ORT_MIN_CHANNELS) return null;
+  const fewChannels = minFlops > 0 && Math.min(g.inC, g.outC) < ORT_MIN_CHANNELS;
+  const block = blockFor(ort, g.inC, g.outC, fewChannels);
   const pads = [g.top, g.left, g.bottom, g.right];
   const convAttrs = {
     pads: attr.ints(pads),
@@ -314,6 +323,7 @@ export function ortConv2D(backend: BackendWasm, x: TensorInfo, filter: TensorInf
     }, { nchwc: true });
     return runToOutput(ort, backend, session, 'conv', { x, f: filter }, [g.batch, g.outH, g.outW, g.outC], { blocked: true });
   }
+  if (fewChannels) return null;
   const key = `conv:${geometryKey}`;
   const session = cached(ort, key, (b) => {
     b.input(floatValueInfo('x', ['n', 'h', 'w', 'ci']));

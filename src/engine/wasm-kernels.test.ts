@@ -7,7 +7,7 @@ import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { engineName, initEngine } from './backend.js';
 import { registerWasmTrainingKernels } from './wasm-kernels.js';
-import { MAX_BLOCK_PADDING, ORT_MIN_FLOPS, ortKernelCalls, ortKernelsAvailable, ortNchwcBlock, setOrtMinFlops } from './ort-kernels.js';
+import { MAX_BLOCK_PADDING, MAX_BLOCK_PADDING_OVER_XNNPACK, ORT_MIN_CHANNELS, ORT_MIN_FLOPS, ortKernelCalls, ortKernelsAvailable, ortNchwcBlock, setOrtMinFlops } from './ort-kernels.js';
 
 const TOL = 1e-4;
 
@@ -147,7 +147,7 @@ describe('wasm training kernels against cpu', () => {
     if (block === 0) return t.skip('no ONNX Runtime NCHWc kernels here');
     const up = (c: number) => Math.ceil(c / block) * block;
     // Fewer input channels than a block go in unblocked (only the outputs are padded); more need groups of 4.
-    const blocked = (ci: number, co: number) => ci % 4 === 0 && (ci < block ? up(co) / co : (up(ci) * up(co)) / (ci * co)) <= MAX_BLOCK_PADDING;
+    const blocked = (ci: number, co: number, max = MAX_BLOCK_PADDING) => ci % 4 === 0 && (ci < block ? up(co) / co : (up(ci) * up(co)) / (ci * co)) <= max;
     const cases: { x: [number, number, number, number]; k: number; co: number; s: number; pad: 'same' | 'valid'; dilation?: number }[] = [
       { x: [2, 6, 6, block], k: 3, co: block, s: 1, pad: 'same' },
       { x: [2, 7, 7, 12], k: 3, co: 24, s: 2, pad: 'same' },
@@ -190,11 +190,22 @@ describe('wasm training kernels against cpu', () => {
       setOrtMinFlops(previous);
     }
     assert.ok(ran >= 8, `the cases exercise the blocked form (${ran} calls)`);
-    // At the default threshold a layer narrower than ORT_MIN_CHANNELS still goes blocked (XNNPACK is slower).
-    const before = ortKernelCalls().nchwc;
-    await assertSameOnBoth('blocked conv at the default threshold, 32 -> 12 channels', () =>
-      [tf.conv2d(randomTensor(8, [16, 28, 28, 32]) as tf.Tensor4D, randomTensor(9, [3, 3, 32, 12]) as tf.Tensor4D, 1, 'same')]);
-    assert.equal(ortKernelCalls().nchwc - before, Number(blocked(32, 12)));
+    // At the default threshold a forward pass with fewer than ORT_MIN_CHANNELS channels runs blocked (with more
+    // padding allowed where blocks are 16) or on XNNPACK, never the plain Conv. Batches that clear ORT_MIN_FLOPS.
+    const overXnnpack = (co: number) => blocked(32, co, block === 16 ? MAX_BLOCK_PADDING_OVER_XNNPACK : MAX_BLOCK_PADDING);
+    for (const [co, batch] of [[12, 16], [4, 16], [2, 32], [1, 64]] as const) {
+      assert.ok(co < ORT_MIN_CHANNELS && 2 * batch * 28 * 28 * 9 * 32 * co >= ORT_MIN_FLOPS);
+      const before = ortKernelCalls();
+      await assertSameOnBoth(`blocked conv at the default threshold, 32 -> ${co} channels`, () =>
+        [tf.conv2d(randomTensor(8, [batch, 28, 28, 32]) as tf.Tensor4D, randomTensor(9, [3, 3, 32, co]) as tf.Tensor4D, 1, 'same')]);
+      const after = ortKernelCalls();
+      assert.equal(after.nchwc - before.nchwc, Number(overXnnpack(co)), `32 -> ${co}: blocked`);
+      assert.equal(after.conv - before.conv, after.nchwc - before.nchwc, `32 -> ${co}: no plain Conv`);
+    }
+    // The cases cover both sides of the allowance: one output count blocked that 2x padding would not allow
+    // (where blocks are 16), one that stays on XNNPACK.
+    if (block === 16) assert.ok([4, 2, 1].some((co) => overXnnpack(co) && !blocked(32, co)));
+    assert.ok([2, 1].some((co) => !overXnnpack(co)));
   });
 
   test('fused conv2d with bias and relu: forward and gradients', async () => {
