@@ -2,7 +2,8 @@
  * dynn benchmarks: ratios measured side by side in one run, never absolute targets in tests.
  *   1. training ms/step of vgg-w at batch 128, u ~ U(0,1] per batch, against PyTorch running the same
  *      network sliced the same way over the same u sequence (skipped with a message without PyTorch);
- *   2. inference latency(u)/latency(1) against FLOPs(u)/FLOPs(1), TF.js and PyTorch.
+ *   2. the same for resnet-d (its depth-gated blocks skipped as its plan says; bench/resnet_peer.py);
+ *   3. inference latency(u)/latency(1) against FLOPs(u)/FLOPs(1), TF.js and PyTorch.
  * Usage: npm run bench [-- --steps 30 --rounds 3 --json]. Results also go to .bench/results.json (written atomically).
  */
 import os from 'node:os';
@@ -53,6 +54,38 @@ async function trainStepMs(model: Network, executor: GradientExecutor, us: numbe
   return times.reduce((a, b) => a + b, 0) / times.length;
 }
 
+interface Round {
+  dynnMs: number;
+  torchMs: number;
+  ratio: number;
+  torchConfig?: PeerConfig;
+}
+
+/**
+ * Training rounds of `model` on 2 worker threads over the u sequence `us`, each followed by the PyTorch peer
+ * (`peer`: its mode and how it learns the same steps) at its best on the same steps. They alternate round by
+ * round: this machine's speed drifts by tens of percent over minutes, so each ratio compares runs a few
+ * seconds apart, and the median ratio is reported.
+ */
+async function againstTorch(model: Network, data: ReturnType<typeof allocShared>, engine: string, us: number[], peer: Record<string, unknown>) {
+  const rounds: Round[] = [];
+  let threadCount = 0;
+  let torchReason = 'ok';
+  for (let r = 0; r < ROUNDS; r++) {
+    const threads = await ThreadExecutor.start(model, data, engine, BATCH);
+    threadCount = threads.threads;
+    const dynnMs = await trainStepMs(model, threads, us);
+    await threads.close();
+    const torchTrain = await runTorchPeer({ batch: BATCH, steps: STEPS, warmup: WARMUP, seed: 0, ...peer });
+    const torchMs = torchTrain.ok ? (torchTrain.result.meanMs as number) : NaN;
+    if (!torchTrain.ok) torchReason = torchTrain.reason;
+    const torchConfig: PeerConfig | undefined = torchTrain.ok ? torchTrain.result.config : undefined;
+    rounds.push({ dynnMs, torchMs, ratio: dynnMs / torchMs, torchConfig });
+    log(`  round ${r + 1}: dynn ${threadCount} threads ${dynnMs.toFixed(1)} ms/step` + (torchConfig ? `, PyTorch at its best (${torchConfig.threads} threads, ${torchConfig.waitPolicy}) ${torchMs.toFixed(1)} ms/step, ratio ${(dynnMs / torchMs).toFixed(2)}x` : ''));
+  }
+  return { rounds, threadCount, torchReason };
+}
+
 async function main() {
   const engine = await initEngine();
   const rng = new Rng(0);
@@ -62,23 +95,7 @@ async function main() {
   const results: Record<string, unknown> = { engine, cores: os.availableParallelism(), steps: STEPS, batch: BATCH };
 
   log(`training step, vgg-w, batch ${BATCH}, u ~ U(0,1] (${STEPS} steps after ${WARMUP} warm-up, ${ROUNDS} rounds), engine ${engine}`);
-  // dynn and PyTorch alternate, round by round: this machine's speed drifts by tens of percent over minutes,
-  // so each ratio compares runs a few seconds apart, and the median ratio is reported.
-  const rounds: { dynnMs: number; torchMs: number; ratio: number; torchConfig?: PeerConfig }[] = [];
-  let threadCount = 0;
-  let torchReason = 'ok';
-  for (let r = 0; r < ROUNDS; r++) {
-    const threads = await ThreadExecutor.start(model, data, engine, BATCH);
-    threadCount = threads.threads;
-    const dynnMs = await trainStepMs(model, threads, us);
-    await threads.close();
-    const torchTrain = await runTorchPeer({ mode: 'train-step', batch: BATCH, steps: STEPS, warmup: WARMUP, u: us, seed: 0 });
-    const torchMs = torchTrain.ok ? (torchTrain.result.meanMs as number) : NaN;
-    if (!torchTrain.ok) torchReason = torchTrain.reason;
-    const torchConfig: PeerConfig | undefined = torchTrain.ok ? torchTrain.result.config : undefined;
-    rounds.push({ dynnMs, torchMs, ratio: dynnMs / torchMs, torchConfig });
-    log(`  round ${r + 1}: dynn ${threadCount} threads ${dynnMs.toFixed(1)} ms/step` + (torchConfig ? `, PyTorch at its best (${torchConfig.threads} threads, ${torchConfig.waitPolicy}) ${torchMs.toFixed(1)} ms/step, ratio ${(dynnMs / torchMs).toFixed(2)}x` : ''));
-  }
+  const { rounds, threadCount, torchReason } = await againstTorch(model, data, engine, us, { mode: 'train-step', u: us });
   const parallelMs = median(rounds.map((r) => r.dynnMs));
   const singleMs = await trainStepMs(model, new LocalExecutor(model, data, BATCH), us);
   // The same workers without the ONNX Runtime convolutions (DYNN_ORT_KERNELS is read when a worker loads them).
@@ -100,6 +117,22 @@ async function main() {
   };
   log(`  dynn ${threadCount} threads: ${parallelMs.toFixed(1)} ms/step (median); 1 thread: ${singleMs.toFixed(1)} ms/step; without the ONNX Runtime convolutions: ${xnnpackMs.toFixed(1)} ms/step`);
   log(torchReason === 'ok' ? `  median ratio dynn/PyTorch ${ratio.toFixed(2)}x` : `  PyTorch skipped: ${torchReason}`);
+
+  // resnet-d on the same u sequence: its depth-gated blocks skipped as its plan says, the peer told which.
+  log(`training step, resnet-d, batch ${BATCH}, the same u sequence (${ROUNDS} rounds)`);
+  const resnet = createModel('resnet-d');
+  const depth = us.map((u) => [...resnet.plan(u).depth.values()]);
+  const r = await againstTorch(resnet, data, engine, us, { mode: 'resnet-train-step', depth });
+  const resnetRatio = median(r.rounds.map((x) => x.ratio));
+  results.trainResnetD = {
+    dynnMsPerStep: median(r.rounds.map((x) => x.dynnMs)),
+    torchMsPerStep: median(r.rounds.map((x) => x.torchMs)),
+    ratioToTorch: resnetRatio,
+    rounds: r.rounds,
+    torch: r.torchReason,
+  };
+  log(r.torchReason === 'ok' ? `  median ratio dynn/PyTorch ${resnetRatio.toFixed(2)}x` : `  PyTorch skipped: ${r.torchReason}`);
+  resnet.dispose();
 
   log(`inference latency per u, batch 1 and ${BATCH}`);
   const full = model.cost(1).flops;

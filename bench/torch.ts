@@ -12,6 +12,7 @@ const DEFAULT_TIMEOUT_MS: Record<string, number> = {
   'train-full': 2 * 60 * 60 * 1000,
   'train-step': 10 * 60 * 1000,
   'acs-train-step': 10 * 60 * 1000,
+  'resnet-train-step': 10 * 60 * 1000,
   latency: 10 * 60 * 1000,
 };
 
@@ -55,6 +56,7 @@ export const PEER_CONFIGS: PeerConfig[] = [
 const TIMED: Record<string, (result: any) => number> = {
   'train-step': (r) => r.meanMs,
   'acs-train-step': (r) => r.meanMs,
+  'resnet-train-step': (r) => r.meanMs,
   latency: (r) => Object.values(r.latencyMs as Record<string, Record<string, number>>).reduce((a, byBatch) => a + Object.values(byBatch).reduce((b, ms) => b + ms, 0), 0),
 };
 

@@ -2,7 +2,8 @@
 
 Runs the same throttleable `vgg-w` network as dynn, sliced the same way (nested groups, sliced weights,
 no masks), so dynn's timings can be reported as ratios against PyTorch measured in the same run; and, in
-mode "acs-train-step", the gated ResNet38 of acs_peer.py, masked as the field writes it.
+mode "acs-train-step", the gated ResNet38 of acs_peer.py, masked as the field writes it; in mode
+"resnet-train-step", resnet-d of resnet_peer.py, running the blocks dynn's plan runs.
 
 Usage: /usr/bin/python3 bench/torch_peer.py '<json options>'
 Prints exactly one JSON object on stdout; logs go to stderr. Exit codes: 0 ok, 2 bad options,
@@ -276,7 +277,19 @@ def acs_train_step(options):
     return acs_peer.train_step(options, opt)
 
 
-MODES = {"train-step": train_step, "latency": latency, "train-full": train_full, "acs-train-step": acs_train_step}
+def resnet_train_step(options):
+    import resnet_peer  # beside this script: resnet-d with its blocks skipped as dynn's plan says
+
+    return resnet_peer.train_step(options, opt, OptionError)
+
+
+MODES = {
+    "train-step": train_step,
+    "latency": latency,
+    "train-full": train_full,
+    "acs-train-step": acs_train_step,
+    "resnet-train-step": resnet_train_step,
+}
 
 
 def main():
