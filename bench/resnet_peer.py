@@ -9,9 +9,6 @@ both sides run the same blocks; a skipped block is not computed at all.
 Imported by torch_peer.py (mode "resnet-train-step").
 """
 
-import statistics
-import time
-
 import torch
 import torch.nn.functional as F
 
@@ -62,7 +59,7 @@ class ResNetD(torch.nn.Module):
         return self.classifier(x.mean((2, 3)))
 
 
-def train_step(options, opt, OptionError):
+def train_step(options, opt, OptionError, timed_train_steps):
     batch = opt(options, "batch", 128, int)
     steps = opt(options, "steps", 30, int)
     warmup = opt(options, "warmup", 5, int, minimum=0)
@@ -75,17 +72,6 @@ def train_step(options, opt, OptionError):
     ):
         raise OptionError(f"option 'depth' must be {warmup + steps} lists of {gated} booleans (the blocks each step runs)")
     torch.manual_seed(options.get("seed", 0))
-    model = ResNetD(1, 10)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 1, 28, 28)
     y = torch.randint(0, 10, (batch,))
-    times = []
-    for step, active in enumerate(depth):
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x, active), y)
-        loss.backward()
-        optimizer.step()
-        if step >= warmup:
-            times.append((time.perf_counter() - start) * 1000)
-    return {"msPerStep": statistics.median(times), "meanMs": statistics.fmean(times), "steps": steps}
+    return timed_train_steps(ResNetD(1, 10), x, y, ((active,) for active in depth), warmup)

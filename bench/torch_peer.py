@@ -146,20 +146,25 @@ def train_step(options):
     torch.manual_seed(seed)
     draw = u_sampler(options.get("u", "uniform"), np.random.default_rng(seed))
     model = VggW(channels, height, width, num_classes)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(batch, channels, height, width)
     y = torch.randint(0, num_classes, (batch,))
+    return timed_train_steps(model, x, y, ((level(draw()),) for _ in range(warmup + steps)), warmup)
+
+
+def timed_train_steps(model, x, y, step_args, warmup):
+    """Adam steps on model(x, *args), one per entry of `step_args` (drawn before its step's clock starts);
+    the milliseconds of the steps after the first `warmup`."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     times = []
-    for step in range(warmup + steps):
-        d = level(draw())
+    for step, args in enumerate(step_args):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x, d), y)
+        loss = F.cross_entropy(model(x, *args), y)
         loss.backward()
         optimizer.step()
         if step >= warmup:
             times.append((time.perf_counter() - start) * 1000)
-    return {"msPerStep": statistics.median(times), "meanMs": statistics.fmean(times), "steps": steps}
+    return {"msPerStep": statistics.median(times), "meanMs": statistics.fmean(times), "steps": len(times)}
 
 
 def latency(options):
@@ -280,7 +285,7 @@ def acs_train_step(options):
 def resnet_train_step(options):
     import resnet_peer  # beside this script: resnet-d with its blocks skipped as dynn's plan says
 
-    return resnet_peer.train_step(options, opt, OptionError)
+    return resnet_peer.train_step(options, opt, OptionError, timed_train_steps)
 
 
 MODES = {
