@@ -14,7 +14,8 @@
  * kernels run as before. `DYNN_ORT_KERNELS=0` turns them off.
  *
  * One session per operation and attribute set, with symbolic shapes (every slicing of a throttled layer
- * reuses it); one intra-op thread, since data-parallel training already runs one worker per core.
+ * reuses it), except the blocked-layout convolutions, which bake in their channel counts (one per width);
+ * one intra-op thread, since data-parallel training already runs one worker per core.
  */
 import { createRequire } from 'node:module';
 import type { TensorInfo } from '@tensorflow/tfjs-core';
