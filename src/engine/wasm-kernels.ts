@@ -491,12 +491,6 @@ function unsortedSegmentSum(args: {
 }
 
 /**
- * Gather along any axis with batchDims 0: one copy inside the heap per run of consecutive indices, whole
- * samples of a batch or a spatially sparse convolution's patch rows of 16 channels alike. wasm's own GatherV2
- * moves element by element: about 20x slower on blocks (240 ms to keep 218 of 256 feature maps of
- * 28x28x32), 10x or more on rows (420 ms to gather 225k rows of 16 channels).
- */
-/**
  * The wasm heap as one typed array of `x`'s dtype, with `x`'s and `out`'s offsets in it, for copies between
  * them with `copyWithin`. Call after the last allocation: a heap growth detaches views taken before.
  */
@@ -507,6 +501,12 @@ function sharedHeap(backend: BackendWasm, x: TensorInfo, out: TensorInfo): { hea
   return { heap, xb: xv.byteOffset / xv.BYTES_PER_ELEMENT, ob: ov.byteOffset / ov.BYTES_PER_ELEMENT };
 }
 
+/**
+ * Gather along any axis with batchDims 0: one copy inside the heap per run of consecutive indices, whole
+ * samples of a batch or a spatially sparse convolution's patch rows of 16 channels alike. wasm's own GatherV2
+ * moves element by element: about 20x slower on blocks (240 ms to keep 218 of 256 feature maps of
+ * 28x28x32), 10x or more on rows (420 ms to gather 225k rows of 16 channels).
+ */
 function makeGather(original: KernelFunc) {
   return (args: { inputs: GatherV2Inputs; backend: BackendWasm; attrs: GatherV2Attrs }): TensorInfo => {
     const { inputs, backend, attrs } = args;
