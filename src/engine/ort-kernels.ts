@@ -238,6 +238,11 @@ export function ortNchwcBlock(): number {
   return ort == null ? 0 : blockSize(ort);
 }
 
+/** `c` channels rounded up to whole blocks. */
+function wholeBlocks(c: number, block: number): number {
+  return Math.ceil(c / block) * block;
+}
+
 /** The most the blocked form may add by padding channels to whole blocks (padded over real FLOPs). */
 export const MAX_BLOCK_PADDING = 2;
 
@@ -260,7 +265,7 @@ export const MAX_BLOCK_PADDING_OVER_XNNPACK = 4;
 function blockFor(ort: OrtModule, ci: number, co: number, overXnnpack = false): number {
   const block = blockSize(ort);
   if (block === 0 || ci % 4 !== 0) return 0;
-  const up = (c: number) => Math.ceil(c / block) * block;
+  const up = (c: number) => wholeBlocks(c, block);
   const padded = ci < block ? up(co) / co : (up(ci) * up(co)) / (ci * co);
   return padded <= (overXnnpack && block === 16 ? MAX_BLOCK_PADDING_OVER_XNNPACK : MAX_BLOCK_PADDING) ? block : 0;
 }
@@ -281,7 +286,7 @@ function blockedConv(
   { kh, kw, ci, co, block, order }: { kh: number; kw: number; ci: number; co: number; block: number; order: 'hwio' | 'hwoi' },
   attrs: Record<string, Attr>,
 ): void {
-  const up = (c: number) => Math.ceil(c / block) * block;
+  const up = (c: number) => wholeBlocks(c, block);
   const narrow = ci < block;
   // The filter's dims 2 and 3 as given, each with whether it is split into blocks (the outputs always are).
   const [d2, d3] = order === 'hwio' ? [{ c: ci, blocked: !narrow }, { c: co, blocked: true }] : [{ c: co, blocked: true }, { c: ci, blocked: !narrow }];
@@ -309,17 +314,18 @@ export function ortConv2D(backend: BackendWasm, x: TensorInfo, filter: TensorInf
   const fewChannels = minFlops > 0 && Math.min(g.inC, g.outC) < ORT_MIN_CHANNELS;
   const block = blockFor(ort, g.inC, g.outC, fewChannels);
   const pads = [g.top, g.left, g.bottom, g.right];
-  const convAttrs = {
+  // Built only with a session (the bodies below run once per key), not on every call.
+  const convAttrs = () => ({
     pads: attr.ints(pads),
     strides: attr.ints([g.strideH, g.strideW]),
     dilations: attr.ints([g.dilationH, g.dilationW]),
-  };
+  });
   const geometryKey = `${g.kh}x${g.kw}:${g.strideH},${g.strideW}:${g.dilationH},${g.dilationW}:${pads}`;
   if (block > 0) {
     const session = cached(ort, `conv-nchwc${block}:${geometryKey}:${g.inC}>${g.outC}`, (b) => {
       b.input(floatValueInfo('x', ['n', 'h', 'w', g.inC]));
       b.input(floatValueInfo('f', [g.kh, g.kw, g.inC, g.outC]));
-      blockedConv(b, 'x', 'f', { kh: g.kh, kw: g.kw, ci: g.inC, co: g.outC, block, order: 'hwio' }, convAttrs);
+      blockedConv(b, 'x', 'f', { kh: g.kh, kw: g.kw, ci: g.inC, co: g.outC, block, order: 'hwio' }, convAttrs());
       b.output(floatValueInfo('y', null));
     }, { nchwc: true });
     return runToOutput(ort, backend, session, 'conv', { x, f: filter }, [g.batch, g.outH, g.outW, g.outC], { blocked: true });
@@ -331,7 +337,7 @@ export function ortConv2D(backend: BackendWasm, x: TensorInfo, filter: TensorInf
     b.input(floatValueInfo('f', [g.kh, g.kw, 'ci', 'co']));
     const xt = b.node('Transpose', ['x'], 'x_nchw', { perm: attr.ints(NHWC_TO_NCHW) });
     const ft = b.node('Transpose', ['f'], 'f_oihw', { perm: attr.ints(HWIO_TO_OIHW) });
-    const c = b.node('Conv', [xt, ft], 'conv', convAttrs);
+    const c = b.node('Conv', [xt, ft], 'conv', convAttrs());
     b.nodeTo('Transpose', [c], 'y', { perm: attr.ints(NCHW_TO_NHWC) });
     b.output(floatValueInfo('y', null));
   });
