@@ -22,6 +22,7 @@ import {
 import { SegmentedSession } from './segments.js';
 import { TemporalSession } from './session.js';
 import { MANIFEST_FILE } from '../export/manifest.js';
+import { raiseMallocThresholds } from '../engine/ort-kernels.js';
 
 /** Where a model runs in Node. */
 export type NodeDevice = 'cpu' | 'webgpu' | 'cuda' | 'tensorrt' | 'dml' | 'coreml';
@@ -124,6 +125,8 @@ async function nodeSha256(chunks: Uint8Array[]): Promise<string> {
  */
 export async function openSession(file: string, options: Omit<LoadOptions, 'worker'> = {}): Promise<ModelSession | SegmentedSession> {
   const ort = await import('onnxruntime-node');
+  // Each run hands its outputs over in fresh buffers (features of a stage, for one): keep freed memory warm.
+  raiseMallocThresholds();
   const opts = sessionOptions(options);
   if ((await fsp.stat(file).catch(() => null))?.isDirectory()) {
     const manifest = path.join(file, MANIFEST_FILE);

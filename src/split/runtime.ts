@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { InferenceSession } from 'onnxruntime-node';
 import { DynnError } from '../util/errors.js';
+import { raiseMallocThresholds } from '../engine/ort-kernels.js';
 import { checkGraphNames, GRAPH_IO, HeadSession, SPLIT_IO, TailSession, type SplitOrt } from './core.js';
 import { loadSplitMeta, type SplitMeta } from './store.js';
 import type { FeatureFrame, FrameLimits } from './wire.js';
@@ -38,6 +39,7 @@ async function open(ort: Ort, file: string, options: SplitSessionOptions, part: 
 
 async function loadOrt(): Promise<Ort> {
   const ort = await import('onnxruntime-node');
+  raiseMallocThresholds();
   return ((ort as unknown as { default?: Ort }).default ?? ort) as Ort;
 }
 
