@@ -543,19 +543,27 @@ const MALLOC_RAISE_BYTES = 30 * 2 ** 20;
 let mallocRaised = false;
 
 /**
- * Frees one 30 MiB block from the mmap region so that glibc raises its malloc thresholds to their ceiling
- * (mallopt(3): freeing an mmapped block lifts the mmap threshold to its size and the trim threshold to twice
- * that), which Node cannot set itself. With the defaults, the kernels' scratch and onnxruntime-node's copy of
- * every output (a fresh ArrayBuffer per run, freed by the garbage collector) kept landing on fresh pages, or
- * on heap that free() had just handed back: a training step of vgg-w took 1,500-6,000 page faults, about
- * 12 us each on this virtual machine (a blocked 32-to-8 convolution ran in 31 ms with them, 4 without).
- * Process-wide and permanent; run once per thread (about 0.1 s: the block's pages are written), a no-op
- * off Linux, where glibc is not the allocator, or where MALLOC_MMAP_THRESHOLD_ fixed the threshold.
+ * Frees one 30 MiB block from the mmap region so that glibc raises its malloc thresholds just under their
+ * 32 MiB ceiling (mallopt(3): freeing an mmapped block lifts the mmap threshold to its size and the trim
+ * threshold to twice that), which Node cannot set itself. By default they start at 128 KiB and follow the
+ * largest mapped block freed so far, so the kernels' scratch and onnxruntime-node's copy of every output (a
+ * fresh ArrayBuffer per run, freed by the garbage collector) kept landing on fresh pages or on heap free()
+ * had just handed back: a training step of vgg-w took 1,500-6,000 page faults, about 12 us each on this
+ * virtual machine (a blocked 32-to-8 convolution ran in 31 ms with them, 4 without). The price: freed blocks
+ * under 30 MiB stay in malloc's arenas (up to 60 MiB free at each arena's top), so resident memory stays
+ * near its peak. Process-wide and permanent, so it runs once per process where it can (a worker started
+ * before it ran does it again: about 0.1 s, and the block stays in that thread's arena for reuse). Skipped
+ * off Linux, under DYNN_ORT_KERNELS=0 (no internal binding), and where MALLOC_* or GLIBC_TUNABLES settings
+ * turned glibc's dynamic thresholds off; without effect where glibc is not the allocator.
  */
 export function raiseMallocThresholds(): void {
   if (mallocRaised) return;
   mallocRaised = true;
-  const ort = process.platform === 'linux' ? loadBinding() : null;
+  const env = process.env;
+  // Worker threads start with a copy of the environment: a pid mark set before they start spares them the run.
+  if (process.platform !== 'linux' || env.DYNN_ORT_KERNELS === '0' || env.DYNN_MALLOC_RAISED === String(process.pid)) return;
+  if (env.GLIBC_TUNABLES !== undefined || Object.keys(env).some((k) => k.startsWith('MALLOC_') && k.endsWith('_'))) return;
+  const ort = loadBinding();
   if (ort == null) return;
   try {
     const s = buildSession(ort, (b) => {
@@ -566,6 +574,7 @@ export function raiseMallocThresholds(): void {
     }, { arena: false });
     s.run({ a: new ort.Tensor('float32', Float32Array.of(1), [1]) }, { y: new ort.Tensor('float32', new Float32Array(1), []) }, {});
     s.dispose();
+    env.DYNN_MALLOC_RAISED = String(process.pid);
   } catch {
     // Only a speed-up: without it everything runs as before.
   }
