@@ -29,6 +29,14 @@ import { DataType, IR_VERSION, OPSET_VERSION, encodeModel } from '../export/onnx
  */
 export const ORT_MIN_FLOPS = 16e6;
 
+/**
+ * Filter gradients go to ONNX Runtime from this fraction of the threshold: they run in training only, in
+ * batches, and wasm's form of them (a convolution over the batch axis between two transposes) costs far more
+ * than a session run: resnet-d's stem (1 to 16 channels at 28x28, batch 64, 14.5 MFLOP) took 7.0 ms there
+ * against 1.1 ms here.
+ */
+export const ORT_FILTER_GRADIENT_SHARE = 1 / 4;
+
 /** Forward convolutions with fewer input or output channels than this stay on XNNPACK, unless they run blocked (see MAX_BLOCK_PADDING_OVER_XNNPACK). */
 export const ORT_MIN_CHANNELS = 16;
 
@@ -415,22 +423,25 @@ export function ortConv2DBackpropInput(backend: BackendWasm, dy: TensorInfo, fil
 }
 
 /**
- * dW [KH,KW,Ci,Co] from x and dy, one GEMM per filter tap: the window of padded x that the tap saw, as a
- * [B*OH*OW, Ci] matrix, times dy as [B*OH*OW, Co]. Nine small GEMMs beat one im2col GEMM here (the 9x copy
- * costs more than it saves) and beat the transposed-convolution form 2-5x. With stride 1 and fewer output
- * than input channels (a throttled layer fed by a wider one), the taps shift dy instead, the smaller of the
- * two: the shifted, zero-padded dy windows side by side ([B*H*W, KH*KW*Co], a small copy), and one GEMM with
+ * dW [KH,KW,Ci,Co] from x and dy, as GEMMs over the windows of padded x that each filter tap saw ([B*OH*OW, Ci]
+ * matrices) and dy ([B*OH*OW, Co]). With as many input as output channels, one GEMM per tap: nine small GEMMs
+ * beat one im2col GEMM there (the 9x copy costs more than it saves) and beat the transposed-convolution form
+ * 2-5x. The taps copy the narrower side instead, side by side, for one GEMM: with fewer input than output
+ * channels the windows of x ([B*OH*OW, KH*KW*Ci], whose product with dy is dW's own layout: a stem of 1
+ * channel ran its nine 1-row GEMMs at about 6 GFLOP/s); with stride 1 and fewer output than input channels (a
+ * throttled layer fed by a wider one) the shifted, zero-padded dy windows ([B*H*W, KH*KW*Co]), multiplied by
  * x as [B*H*W, Ci]. Dilation 1 only.
  */
 export function ortConv2DBackpropFilter(backend: BackendWasm, x: TensorInfo, dy: TensorInfo, g: ConvGeometry): TensorInfo | null {
   const ort = loadOrt();
-  if (ort == null || flops(g) < minFlops || g.dilationH !== 1 || g.dilationW !== 1) return null;
+  if (ort == null || flops(g) < minFlops * ORT_FILTER_GRADIENT_SHARE || g.dilationH !== 1 || g.dilationW !== 1) return null;
   const taps = g.kh * g.kw;
   const shiftDy = g.strideH === 1 && g.strideW === 1 && g.outC < g.inC;
+  const concatX = g.inC < g.outC;
   // dy's padding for the shifted taps (below); a window can overhang dy by at most the filter's reach.
   const dyPads = [0, g.kh - 1 - g.top, g.kw - 1 - g.left, 0, 0, g.inH - g.outH + g.top, g.inW - g.outW + g.left, 0];
   if (shiftDy && dyPads.some((p) => p < 0)) return null;
-  const key = `dw:${g.kh}x${g.kw}:${g.strideH},${g.strideW}:${shiftDy ? 'dy' : 'x'}`;
+  const key = `dw:${g.kh}x${g.kw}:${g.strideH},${g.strideW}:${shiftDy ? 'dy' : concatX ? 'x-cols' : 'x'}`;
   const session = cached(ort, key, (b) => {
     b.input(floatValueInfo('x', ['n', 'h', 'w', 'ci']));
     b.input(floatValueInfo('dy', ['n', 'oh', 'ow', 'co']));
@@ -445,12 +456,17 @@ export function ortConv2DBackpropFilter(backend: BackendWasm, x: TensorInfo, dy:
     const padded = b.node('Pad', [shiftDy ? 'dy' : 'x', 'pads'], 'padded');
     const whole = b.node('Flatten', [shiftDy ? 'x' : 'dy'], 'whole_mat', { axis: attr.int(3) });
     const wins = Array.from({ length: taps }, (_, t) => b.node('Slice', [padded, `start${t}`, `end${t}`, axes, steps], `tap${t}`));
-    if (shiftDy) {
-      // The shifted dy windows side by side ([B*H*W, KH*KW*Co], small), then one GEMM with x: [Ci, KH*KW*Co].
+    if (shiftDy || concatX) {
+      // The narrower side's windows side by side, then one GEMM with the other.
       const cols = b.node('Flatten', [b.node('Concat', wins, 'taps', { axis: attr.int(3) })], 'taps_mat', { axis: attr.int(3) });
-      const prod = b.node('Gemm', [whole, cols], 'dw_ci_tap_co', { transA: attr.int(1) });
-      const split = b.node('Reshape', [prod, b.int64Const('ci_tap_co', [0, taps, -1])], 'dw_split');
-      b.nodeTo('Transpose', [split], 'y', { perm: attr.ints([1, 0, 2]) });
+      if (concatX) {
+        b.nodeTo('Gemm', [cols, whole], 'y', { transA: attr.int(1) });
+      } else {
+        // x^T times the dy windows is [Ci, KH*KW*Co]: taps to the front.
+        const prod = b.node('Gemm', [whole, cols], 'dw_ci_tap_co', { transA: attr.int(1) });
+        const split = b.node('Reshape', [prod, b.int64Const('ci_tap_co', [0, taps, -1])], 'dw_split');
+        b.nodeTo('Transpose', [split], 'y', { perm: attr.ints([1, 0, 2]) });
+      }
     } else {
       const parts = wins.map((win, t) =>
         b.node('Gemm', [b.node('Flatten', [win], `tap${t}_mat`, { axis: attr.int(3) }), whole], `dw${t}`, { transA: attr.int(1) }));

@@ -106,12 +106,15 @@ describe('wasm training kernels against cpu', () => {
     const before = ortKernelCalls();
     const previous = setOrtMinFlops(0);
     try {
-      // Besides convCases: fewer outputs than inputs at stride 1 (the filter gradient shifts dy), any padding.
+      // Besides convCases: fewer outputs than inputs at stride 1 (the filter gradient shifts dy), any padding;
+      // and a stem's one input channel widened, at strides 1 and 2 (the windows of x side by side).
       const narrowing: typeof convCases = [
         { x: [2, 12, 12, 4], k: 5, co: 3, s: 1, pad: 'same' },
         { x: [2, 9, 8, 6], k: 3, co: 2, s: 1, pad: 'valid' },
         { x: [2, 7, 9, 5], k: 3, co: 2, s: 1, pad: [[0, 0], [1, 2], [0, 1], [0, 0]] },
         { x: [2, 6, 7, 5], k: 3, co: 4, s: 1, pad: 2 },
+        { x: [2, 10, 10, 1], k: 3, co: 8, s: 1, pad: 'same' },
+        { x: [2, 11, 9, 1], k: 3, co: 6, s: 2, pad: 'same' },
       ];
       for (const c of [...convCases, ...narrowing]) {
         await assertSameOnBoth(`ort conv k${c.k} s${c.s} pad ${JSON.stringify(c.pad)} x ${c.x}`, () => {
