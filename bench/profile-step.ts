@@ -14,7 +14,7 @@ import { setOrtMinFlops } from '../src/engine/ort-kernels.js';
 const batch = Number(process.argv[2] ?? 64);
 const steps = Number(process.argv[3] ?? 6);
 await initEngine('wasm');
-// ORT_MIN_FLOPS=N sends calls of N FLOPs and more to ONNX Runtime (0: all of them, whatever their channels).
+// ORT_MIN_FLOPS=N sends calls of N FLOPs and more to ONNX Runtime, filter gradients from a quarter of N (0: all of them, whatever their channels).
 if (process.env.ORT_MIN_FLOPS) setOrtMinFlops(Number(process.env.ORT_MIN_FLOPS));
 const times = new Map<string, number>();
 const calls = new Map<string, number>();

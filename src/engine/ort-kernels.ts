@@ -24,14 +24,15 @@ import { GraphBuilder, NameScope, attr, floatValueInfo, type Attr } from '../exp
 import { DataType, IR_VERSION, OPSET_VERSION, encodeModel } from '../export/onnx-proto.js';
 
 /**
- * Below this many FLOPs a call stays on XNNPACK: a session run and the layout transposes cost tens of
- * microseconds, which a batch of one does not win back (inference of vgg-w at batch 1 stays on XNNPACK).
+ * Below this many FLOPs a call stays on wasm (XNNPACK for the forward pass): a session run and the layout
+ * transposes cost tens of microseconds, which a batch of one does not win back (inference of vgg-w at batch 1
+ * stays on XNNPACK). Filter gradients go from a share of it (ORT_FILTER_GRADIENT_SHARE).
  */
 export const ORT_MIN_FLOPS = 16e6;
 
 /**
- * Filter gradients go to ONNX Runtime from this fraction of the threshold: they run in training only, in
- * batches, and wasm's form of them (a convolution over the batch axis between two transposes) costs far more
+ * Filter gradients go to ONNX Runtime from this share of the threshold: they run in training only, in
+ * batches, and wasm's form of them (a convolution over the batch axis, between transposes) costs far more
  * than a session run: resnet-d's stem (1 to 16 channels at 28x28, batch 64, 14.5 MFLOP) took 7.0 ms there
  * against 1.1 ms here.
  */
@@ -45,8 +46,8 @@ let minFlops = ORT_MIN_FLOPS;
 const calls = { conv: 0, dx: 0, dw: 0, matmul: 0, nchwc: 0 };
 
 /**
- * Sets the FLOPs from which calls go to ONNX Runtime (tests use 0 to send every call there, whatever its
- * channel count); returns the previous value.
+ * Sets the FLOPs from which calls go to ONNX Runtime (filter gradients: ORT_FILTER_GRADIENT_SHARE of it; tests
+ * use 0 to send every call there, whatever its channel count); returns the previous value.
  */
 export function setOrtMinFlops(flops: number): number {
   const previous = minFlops;
@@ -423,21 +424,22 @@ export function ortConv2DBackpropInput(backend: BackendWasm, dy: TensorInfo, fil
 }
 
 /**
- * dW [KH,KW,Ci,Co] from x and dy, as GEMMs over the windows of padded x that each filter tap saw ([B*OH*OW, Ci]
- * matrices) and dy ([B*OH*OW, Co]). With as many input as output channels, one GEMM per tap: nine small GEMMs
- * beat one im2col GEMM there (the 9x copy costs more than it saves) and beat the transposed-convolution form
- * 2-5x. The taps copy the narrower side instead, side by side, for one GEMM: with fewer input than output
- * channels the windows of x ([B*OH*OW, KH*KW*Ci], whose product with dy is dW's own layout: a stem of 1
- * channel ran its nine 1-row GEMMs at about 6 GFLOP/s); with stride 1 and fewer output than input channels (a
- * throttled layer fed by a wider one) the shifted, zero-padded dy windows ([B*H*W, KH*KW*Co]), multiplied by
- * x as [B*H*W, Ci]. Dilation 1 only.
+ * dW [KH,KW,Ci,Co] from x and dy, as GEMMs between the windows of padded x that each filter tap saw
+ * ([B*OH*OW, Ci] matrices) and dy ([B*OH*OW, Co]), in one of three forms. Dilation 1 only.
+ * - One GEMM per tap: the default. Nine small GEMMs beat one im2col GEMM (its 9x copy costs more than it
+ *   saves) and the transposed-convolution form 2-5x.
+ * - The windows of x side by side ([B*OH*OW, KH*KW*Ci], no wider than dy; its product with dy is dW's own
+ *   layout), one GEMM: a stem of 1 channel ran its nine 1-row GEMMs at about 6 GFLOP/s.
+ * - Stride 1 and fewer output than input channels (a throttled layer fed by a wider one): the shifted,
+ *   zero-padded dy windows side by side ([B*H*W, KH*KW*Co]), one GEMM with x as [B*H*W, Ci]; where dy's
+ *   padding would be negative, the call stays on wasm.
  */
 export function ortConv2DBackpropFilter(backend: BackendWasm, x: TensorInfo, dy: TensorInfo, g: ConvGeometry): TensorInfo | null {
   const ort = loadOrt();
   if (ort == null || flops(g) < minFlops * ORT_FILTER_GRADIENT_SHARE || g.dilationH !== 1 || g.dilationW !== 1) return null;
   const taps = g.kh * g.kw;
   const shiftDy = g.strideH === 1 && g.strideW === 1 && g.outC < g.inC;
-  const concatX = g.inC < g.outC;
+  const concatX = !shiftDy && g.kh * g.kw * g.inC <= g.outC;
   // dy's padding for the shifted taps (below); a window can overhang dy by at most the filter's reach.
   const dyPads = [0, g.kh - 1 - g.top, g.kw - 1 - g.left, 0, 0, g.inH - g.outH + g.top, g.inW - g.outW + g.left, 0];
   if (shiftDy && dyPads.some((p) => p < 0)) return null;
@@ -472,7 +474,7 @@ export function ortConv2DBackpropFilter(backend: BackendWasm, x: TensorInfo, dy:
         b.node('Gemm', [b.node('Flatten', [win], `tap${t}_mat`, { axis: attr.int(3) }), whole], `dw${t}`, { transA: attr.int(1) }));
       b.nodeTo('Concat', parts, 'y', { axis: attr.int(0) });
     }
-    // Either way y is [KH*KW*Ci, Co] or [KH*KW, Ci, Co]: the memory layout of [KH, KW, Ci, Co].
+    // Every form gives [KH*KW*Ci, Co] or [KH*KW, Ci, Co]: the memory layout of [KH, KW, Ci, Co].
     b.output(floatValueInfo('y', null));
   });
   const ints: Record<string, number[]> = {};
