@@ -63,7 +63,8 @@ export function ortKernelCalls(): Readonly<typeof calls> {
 interface NativeSession {
   loadModel(buffer: ArrayBufferLike, byteOffset: number, byteLength: number, options: object): void;
   run(feeds: Record<string, unknown>, fetches: Record<string, unknown>, options: object): Record<string, unknown>;
-  dispose(): void;
+  /** Optional: the self-check must not depend on it. */
+  dispose?(): void;
 }
 
 interface OrtModule {
@@ -146,6 +147,16 @@ function buildSession(ort: OrtModule, body: GraphBody, { nchwc = false, arena = 
     graph: g.build(),
   });
   return ort.session(bytes, { arena });
+}
+
+/** Builds a one-off graph (a probe, not a kernel), runs it once on `feeds` into `fetches`, and releases it. */
+function runOnce(ort: OrtModule, body: GraphBody, feeds: Record<string, unknown>, fetches: Record<string, unknown>, options: { nchwc?: boolean; arena?: boolean } = {}): void {
+  const s = buildSession(ort, body, options);
+  try {
+    s.run(feeds, fetches, {});
+  } finally {
+    s.dispose?.();
+  }
 }
 
 function int64Input(g: GraphBuilder, name: string, length: number): void {
@@ -235,13 +246,12 @@ function blockSize(ort: OrtModule): number {
   if (nchwcBlock !== undefined) return nchwcBlock;
   nchwcBlock = 0;
   try {
-    const s = buildSession(ort, (b) => {
+    const dims = new BigInt64Array(4);
+    runOnce(ort, (b) => {
       b.input(floatValueInfo('x', [1, 1, 1, 4]));
       b.nodeTo('Shape', [b.node('ReorderInput', ['x'], 'xb', { channels_last: attr.int(1) }, NCHWC)], 'y');
       b.output({ name: 'y', type: { tensor_type: { elem_type: DataType.INT64, shape: { dim: [{ dim_value: 4 }] } } } });
-    }, { nchwc: true });
-    const dims = new BigInt64Array(4);
-    s.run({ x: new ort.Tensor('float32', new Float32Array(4), [1, 1, 1, 4]) }, { y: new ort.Tensor('int64', dims, [4]) }, {});
+    }, { x: new ort.Tensor('float32', new Float32Array(4), [1, 1, 1, 4]) }, { y: new ort.Tensor('int64', dims, [4]) }, { nchwc: true });
     const block = Number(dims[1]);
     if (block >= 4 && block <= 64 && (block & (block - 1)) === 0) nchwcBlock = block;
   } catch {
@@ -439,7 +449,7 @@ export function ortConv2DBackpropFilter(backend: BackendWasm, x: TensorInfo, dy:
   if (ort == null || flops(g) < minFlops * ORT_FILTER_GRADIENT_SHARE || g.dilationH !== 1 || g.dilationW !== 1) return null;
   const taps = g.kh * g.kw;
   const shiftDy = g.strideH === 1 && g.strideW === 1 && g.outC < g.inC;
-  const concatX = !shiftDy && g.kh * g.kw * g.inC <= g.outC;
+  const concatX = !shiftDy && taps * g.inC <= g.outC;
   // dy's padding for the shifted taps (below); a window can overhang dy by at most the filter's reach.
   const dyPads = [0, g.kh - 1 - g.top, g.kw - 1 - g.left, 0, 0, g.inH - g.outH + g.top, g.inW - g.outW + g.left, 0];
   if (shiftDy && dyPads.some((p) => p < 0)) return null;
@@ -584,14 +594,12 @@ export function raiseMallocThresholds(): void {
   const ort = loadBinding();
   if (ort == null) return;
   try {
-    const s = buildSession(ort, (b) => {
+    runOnce(ort, (b) => {
       b.input(floatValueInfo('a', [1]));
       const block = b.node('Expand', ['a', b.int64Const('floats', [MALLOC_RAISE_BYTES / 4])], 'block');
       b.nodeTo('ReduceMax', [block], 'y', { keepdims: attr.int(0) });
       b.output(floatValueInfo('y', []));
-    }, { arena: false });
-    s.run({ a: new ort.Tensor('float32', Float32Array.of(1), [1]) }, { y: new ort.Tensor('float32', new Float32Array(1), []) }, {});
-    s.dispose();
+    }, { a: new ort.Tensor('float32', Float32Array.of(1), [1]) }, { y: new ort.Tensor('float32', new Float32Array(1), []) }, { arena: false });
     env.DYNN_MALLOC_RAISED = String(process.pid);
   } catch {
     // Only a speed-up: without it everything runs as before.
@@ -603,12 +611,11 @@ export function raiseMallocThresholds(): void {
  * the kernels rely on it, and it is the internal part of onnxruntime-node most likely to change.
  */
 function selfCheck(ort: OrtModule): boolean {
-  const s = buildSession(ort, (b) => {
+  const y = new Float32Array(2);
+  runOnce(ort, (b) => {
     b.input(floatValueInfo('a', [2]));
     b.nodeTo('Neg', ['a'], 'y');
     b.output(floatValueInfo('y', [2]));
-  });
-  const y = new Float32Array(2);
-  s.run({ a: new ort.Tensor('float32', Float32Array.from([1, -2]), [2]) }, { y: new ort.Tensor('float32', y, [2]) }, {});
+  }, { a: new ort.Tensor('float32', Float32Array.from([1, -2]), [2]) }, { y: new ort.Tensor('float32', y, [2]) });
   return y[0] === -1 && y[1] === 2;
 }
