@@ -35,7 +35,7 @@ import { readOnnxMetadata } from '../src/export/metadata.js';
 import { OnnxModel, readModelFile } from '../src/runtime/node.js';
 import { writeFileAtomic } from '../src/util/fs.js';
 import { Rng } from '../src/util/rng.js';
-import { SERVE_NODE_OPTIONS } from '../src/serve/server.js';
+import { SERVE_NODE_FLAGS } from '../src/serve/node-flags.js';
 import { benchArgs } from './args.js';
 
 const args = process.argv.slice(2);
@@ -109,7 +109,7 @@ interface Server {
 async function startServer(policy: string): Promise<Server> {
   const main = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
   // With node's flags for a server under load, as README's serving section says to run it.
-  const argv = [...SERVE_NODE_OPTIONS.split(' '), main, 'serve', MODEL as string, '--port', '0', '--json', '--policy', policy, '--slo-ms', String(SLO), '--max-batch', String(MAX_BATCH)];
+  const argv = [...SERVE_NODE_FLAGS.split(' '), main, 'serve', MODEL as string, '--port', '0', '--json', '--policy', policy, '--slo-ms', String(SLO), '--max-batch', String(MAX_BATCH)];
   if (THREADS || PINNED) argv.push('--threads', THREADS ?? '1');
   const child = PINNED ? spawn('taskset', ['-c', '0', process.execPath, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] }) : spawn(process.execPath, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';

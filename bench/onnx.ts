@@ -6,7 +6,7 @@
  *   2. latency(u)/latency(1) against FLOPs(u)/FLOPs(1) at batch 64 for u >= 0.25. Target: within 1.2x.
  *      Measured for each `--channel-multiple` variant (vgg-w with each level's channels rounded to that
  *      multiple, FLOPs counting the rounded channels; `16s`: the same with the stem throttled in place of c2,
- *      `--throttle-stem`); the variant whose worst level is closest is kept.
+ *      `--throttle-stem`; `16b`, with both throttled, `--throttle-both`, on request); the variant whose worst level is closest is kept.
  * The variants are measured in interleaved rounds (the peer runs after the first half): each figure is the
  * median over rounds, with the rounds' spread, to damp load from other processes on a shared machine.
  * Usage: node dist/bench/onnx.js [--rounds 5] [--reps 10] [--warmup 3] [--channel-multiple 1,16,16s]
@@ -45,11 +45,20 @@ function widths(model: Network, u: number): number[] {
   return ['stem.conv', 'c2.conv', 'c3.conv', 'c4.conv', 'fc1'].map((k) => ch.get(k) ?? 0);
 }
 
-/** A `--channel-multiple` entry: `16` rounds to multiples of 16, `16s` also throttles the stem in place of c2. */
-function parseVariant(spec: string): { multiple: number; throttleStem: boolean } {
-  const m = /^(\d+)(s?)$/.exec(spec.trim());
-  if (!m || Number(m[1]) < 1) throw new Error(`--channel-multiple takes a list like 1,16,16s, got ${spec}`);
-  return { multiple: Number(m[1]), throttleStem: m[2] === 's' };
+/** Which of the stem and c2 follow the levels (`vgg-w`'s default throttles c2): the variant's suffix. */
+const THROTTLE_SUFFIX = { c2: '', stem: 's', both: 'b' } as const;
+type Throttle = keyof typeof THROTTLE_SUFFIX;
+
+/** A `--channel-multiple` entry: `16` rounds to multiples of 16, `16s` also throttles the stem in place of c2, `16b` both. */
+function parseVariant(spec: string): { multiple: number; throttle: Throttle } {
+  const m = /^(\d+)([sb]?)$/.exec(spec.trim());
+  if (!m || Number(m[1]) < 1) throw new Error(`--channel-multiple takes a list like 1,16,16s,16b, got ${spec}`);
+  return { multiple: Number(m[1]), throttle: m[2] === 's' ? 'stem' : m[2] === 'b' ? 'both' : 'c2' };
+}
+
+/** A model's throttled first layers, from its config. */
+function throttleOf(args: Record<string, unknown>): Throttle {
+  return args.throttleBoth === true ? 'both' : args.throttleStem === true ? 'stem' : 'c2';
 }
 
 /** A u inside a level's interval: the torch peer floors u*(D+1) without dynn's epsilon, so avoid the boundary. */
@@ -57,9 +66,9 @@ function peerU(level: number, D: number): number {
   return level >= D ? 1 : (level + 0.5) / (D + 1);
 }
 
-/** A variant's name: its channel multiple, `s` when the stem is throttled in place of c2. */
-function name(v: { multiple: number; throttleStem: boolean }): string {
-  return `${v.multiple}${v.throttleStem ? 's' : ''}`;
+/** A variant's name: its channel multiple, `s` when the stem is throttled in place of c2, `b` for both. */
+function name(v: { multiple: number; throttle: Throttle }): string {
+  return `${v.multiple}${THROTTLE_SUFFIX[v.throttle]}`;
 }
 
 function median(xs: number[]): number {
@@ -70,7 +79,7 @@ function median(xs: number[]): number {
 
 interface Variant {
   multiple: number;
-  throttleStem: boolean;
+  throttle: Throttle;
   model: Network;
   ort: OnnxModel;
   tables: LatencyTable[];
@@ -84,15 +93,15 @@ async function main() {
   const variants: Variant[] = [];
   const networks = runDir
     ? [(await loadRun(runDir)).model]
-    : specs.map((v) => createModel('vgg-w', { ...(v.multiple > 1 ? { channelMultiple: v.multiple } : {}), ...(v.throttleStem ? { throttleStem: true } : {}) }));
+    : specs.map((v) => createModel('vgg-w', { ...(v.multiple > 1 ? { channelMultiple: v.multiple } : {}), ...(v.throttle === 'stem' ? { throttleStem: true } : v.throttle === 'both' ? { throttleBoth: true } : {}) }));
   for (const model of networks) {
     if (model.config.model !== 'vgg-w') throw new Error(`the PyTorch peer runs vgg-w only, got ${model.config.model}`);
     if (!runDir) randomizeStatistics(model, 1);
     const multiple = (model.config.args.channelMultiple as number | undefined) ?? 1;
-    const throttleStem = model.config.args.throttleStem === true;
-    const file = path.resolve('.bench', `vgg-w-m${multiple}${throttleStem ? 's' : ''}.onnx`);
+    const throttle = throttleOf(model.config.args);
+    const file = path.resolve('.bench', `vgg-w-m${multiple}${THROTTLE_SUFFIX[throttle]}.onnx`);
     await saveOnnx(model, file);
-    variants.push({ multiple, throttleStem, model, ort: await OnnxModel.load(file, { threads }), tables: [] });
+    variants.push({ multiple, throttle, model, ort: await OnnxModel.load(file, { threads }), tables: [] });
   }
   const D = variants[0].model.numLevels - 1;
   const levels = variants[0].ort.levels;
@@ -114,7 +123,7 @@ async function main() {
   const measured = variants.map((v) => {
     const top = v.tables.map((t) => t.levels[t.levels.length - 1].latencyMs['64']);
     const rows = v.ort.levels.map((l, i) => {
-      const torch = v.multiple === 1 && !v.throttleStem && peer?.ok ? (peer.result.latencyMs[String(us[i])] as Record<string, number>) : undefined;
+      const torch = v.multiple === 1 && v.throttle === 'c2' && peer?.ok ? (peer.result.latencyMs[String(us[i])] as Record<string, number>) : undefined;
       const ortMs = Object.fromEntries(BATCHES.map((b) => [String(b), median(v.tables.map((t) => t.levels[i].latencyMs[String(b)]))]));
       // Ratios within a round (the same minutes' load), then their median and spread over rounds.
       const ratios = v.tables.map((t, r) => t.levels[i].latencyMs['64'] / top[r]);
@@ -136,10 +145,10 @@ async function main() {
       };
     });
     const worst = Math.max(...rows.filter((r) => r.u >= 0.25).map((r) => r.latencyOverFlops));
-    return { channelMultiple: v.multiple, throttleStem: v.throttleStem, name: name(v), levels: rows, worstLatencyOverFlops: worst, latencyWithin1_2xFlops: worst <= 1.2 };
+    return { channelMultiple: v.multiple, throttleStem: v.throttle === 'stem', throttleBoth: v.throttle === 'both', name: name(v), levels: rows, worstLatencyOverFlops: worst, latencyWithin1_2xFlops: worst <= 1.2 };
   });
   const kept = measured.reduce((a, b) => (b.worstLatencyOverFlops < a.worstLatencyOverFlops ? b : a));
-  const exact = measured.find((m) => m.channelMultiple === 1 && !m.throttleStem);
+  const exact = measured.find((m) => m.channelMultiple === 1 && !m.throttleStem && !m.throttleBoth);
   const results = {
     model: 'vgg-w',
     weights: runDir ?? 'random',
@@ -152,6 +161,7 @@ async function main() {
     variants: measured,
     channelMultiple: kept.channelMultiple,
     throttleStem: kept.throttleStem,
+    throttleBoth: kept.throttleBoth,
     levels: kept.levels,
     targets: {
       ortAtMostHalfTorch: exact ? exact.levels.every((r) => r.ortOverTorch && r.ortOverTorch['1'] <= 0.5 && r.ortOverTorch['64'] <= 0.5) : null,

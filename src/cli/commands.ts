@@ -64,6 +64,7 @@ export function trainOptionsFrom(o: Opts) {
       groups: numberOption(o.groups, 'groups', { int: true, min: 1 }),
       channelMultiple: numberOption(o.channelMultiple, 'channel-multiple', { int: true, min: 1 }),
       throttleStem: o.throttleStem ? true : undefined,
+      throttleBoth: o.throttleBoth ? true : undefined,
       dynamic: o.dynamic === undefined ? undefined : String(o.dynamic),
       decisions: o.decisions === undefined ? undefined : String(o.decisions),
       gateWidth: numberOption(o.gateWidth, 'gate-width', { int: true, min: 1 }),

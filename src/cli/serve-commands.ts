@@ -1,6 +1,7 @@
 import type { CommandModule } from './types.js';
 import { numberOption, type Io } from './io.js';
 import { httpFlags, httpOptions } from './http-options.js';
+import { SERVE_NODE_FLAGS } from '../serve/node-flags.js';
 
 type Opts = Record<string, unknown>;
 
@@ -82,7 +83,7 @@ export const serveCommands: CommandModule = (cli, io) => {
     .option('--port <n>', 'TCP port; 0 picks a free one [default: 8080]')
     .option('--host <addr>', 'address to listen on [default: 127.0.0.1]')
     .option('--slo-ms <ms>', 'latency objective per request, server side [default: 25]')
-    .option('--policy <p>', 'adaptive (highest level meeting the SLO), fixed:U, or controller (the one exported in the model) [default: adaptive; fixed:1 for a dynamic model\'s folder]')
+    .option('--policy <p>', 'adaptive (highest level meeting the SLO, planned for a share of it while answers come late), fixed:U, or controller (the one exported in the model) [default: adaptive; fixed:1 for a dynamic model\'s folder]')
     .option('--max-batch <n>', 'most samples per batch run and per request [default: 64]')
     .option('--max-wait-ms <ms>', 'how long a batch may wait to fill while the model is idle [default: 2]')
     .option('--max-queue <n>', 'most samples waiting; more get 503 [default: 32 x max batch]')
@@ -97,6 +98,8 @@ export const serveCommands: CommandModule = (cli, io) => {
     .option('--json', 'print the startup line as JSON');
   httpFlags(command)
     .example('dynn serve fm-vgg.onnx --port 8080 --slo-ms 25 --policy adaptive')
+    // V8 sizes its heap at start: under load the server needs these on node's command line (see SERVE_NODE_FLAGS).
+    .example(`node ${SERVE_NODE_FLAGS} node_modules/.bin/dynn serve fm-vgg.onnx   # hundreds of requests a second: no full GCs beside the runs`)
     .example(`curl -s localhost:8080/v1/predict -H 'content-type: application/json' -d '{"inputs": [...784 numbers...], "budgetMs": 10}'`)
     .action(async (model, o) => serveCommand(model, o, io));
 };

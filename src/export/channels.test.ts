@@ -127,6 +127,36 @@ test('throttleStem: the stem takes the rounded channels c2 had and c2 keeps its 
   for (const m of [model, again, c2Throttled, exact]) m.dispose();
 });
 
+test('throttleBoth: the stem and c2 both take the rounded channels; the export slices both, the cost model counts them, ORT matches TF.js', async () => {
+  const model = createModel('vgg-w', { channelMultiple: 16, throttleBoth: true });
+  randomizeStatistics(model, 5);
+  const { bytes, metadata } = exportOnnx(model);
+  const consts = int64Consts(bytes);
+  const seen: string[] = [];
+  for (const lv of metadata.levels) {
+    const ch = model.channels(lv.u);
+    const [stem, c2] = [ch.get('stem.conv')!, ch.get('c2.conv')!];
+    assert.deepEqual(kernelChannels(consts, lv.level, 'stem.conv', [32, 1]), [stem, 1], `level ${lv.level}: stem`);
+    assert.deepEqual(kernelChannels(consts, lv.level, 'c2.conv', [32, 32]), [c2, stem], `level ${lv.level}: c2 sliced on both axes`);
+    const macs = Object.fromEntries(model.cost(lv.u).layers.map((l) => [l.name, l.macs]));
+    assert.equal(macs['stem.conv'], 28 * 28 * 9 * stem);
+    assert.equal(macs['c2.conv'], 28 * 28 * 9 * stem * c2);
+    seen.push(['stem.conv', 'c2.conv', 'c3.conv'].map((k) => ch.get(k)).join());
+  }
+  assert.deepEqual(seen, ['16,16,16', '16,16,16', '16,16,32', '16,16,32', '32,32,48', '32,32,48', '32,32,64', '32,32,64']);
+  // The widest range: the cheapest level costs less than with the stem or c2 throttled alone.
+  const stemOnly = createModel('vgg-w', { channelMultiple: 16, throttleStem: true });
+  const c2Only = createModel('vgg-w', { channelMultiple: 16 });
+  const cheapest = (m: typeof model) => m.cost(1 / 9).flops / m.cost(1).flops;
+  assert.ok(cheapest(model) < 0.8 * Math.min(cheapest(stemOnly), cheapest(c2Only)), `${cheapest(model)} against ${cheapest(stemOnly)}, ${cheapest(c2Only)}`);
+  await assertOrtMatches(model, bytes, metadata.levels);
+  // Saved in the run config: rebuilt from it, the model throttles both again.
+  const again = createModel(model.config.model, model.config.args);
+  assert.equal(again.config.args.throttleBoth, true);
+  assert.deepEqual([...again.channels(0.3)], [...model.channels(0.3)]);
+  for (const m of [model, stemOnly, c2Only, again]) m.dispose();
+});
+
 test('channelMultiple: absent keeps exact group counts (runs saved before it load unchanged); rebuilt from the saved config it rounds again', () => {
   const plain = createModel('vgg-w');
   assert.equal('channelMultiple' in plain.config.args, false, 'absent from the saved config of a run trained without it');
@@ -149,6 +179,9 @@ test('channelMultiple and throttleStem: clear errors for a model without rounded
   assert.throws(() => createModel('vgg-w', { throttleStem: true, dynamic: 'width' }), /--dynamic width does not take it/);
   assert.throws(() => createModel('vgg-w', { throttleStem: 'yes' as unknown as boolean }), /throttleStem must be true or false, got yes/);
   createModel('vgg-exits', { throttleStem: false }).dispose(); // false asks for nothing: any model takes it
+  assert.throws(() => createModel('resnet-d', { throttleBoth: true }), /throttleBoth \(--throttle-both\) needs a model with a throttleable stem \(expected one of vgg-w\), not resnet-d/);
+  assert.throws(() => createModel('vgg-w', { throttleBoth: 1 as unknown as boolean }), /throttleBoth must be true or false, got 1/);
+  assert.throws(() => createModel('vgg-w', { throttleStem: true, throttleBoth: true }), /give one of throttleStem \(--throttle-stem: the stem in place of c2\) and throttleBoth/);
   const model = createModel('vgg-w', { channelMultiple: 8 });
   assert.throws(() => model.channels(model.plan(0.5, { gating: 'independent', rng: new Rng(1) })), /need nested gating/);
   model.dispose();

@@ -64,11 +64,13 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
     }
     if (resolved.dynamic !== undefined) throw new DynnError(`channelMultiple (--channel-multiple) rounds the levels of a static model; --dynamic ${resolved.dynamic} does not take it`);
   }
-  if (resolved.throttleStem !== undefined && typeof resolved.throttleStem !== 'boolean') throw new DynnError(`throttleStem must be true or false, got ${resolved.throttleStem}`);
-  if (resolved.throttleStem === true) {
-    if (!def.throttleStem) throw new DynnError(`throttleStem (--throttle-stem) needs a model with a throttleable stem (expected one of ${models.list().filter((k) => models.get(k).throttleStem).join(', ')}), not ${name}`);
-    if (resolved.dynamic !== undefined) throw new DynnError(`throttleStem (--throttle-stem) changes the levels of a static model; --dynamic ${resolved.dynamic} does not take it`);
+  for (const [key, flag] of [['throttleStem', '--throttle-stem'], ['throttleBoth', '--throttle-both']] as const) {
+    if (resolved[key] !== undefined && typeof resolved[key] !== 'boolean') throw new DynnError(`${key} must be true or false, got ${resolved[key]}`);
+    if (resolved[key] !== true) continue;
+    if (!def.throttleStem) throw new DynnError(`${key} (${flag}) needs a model with a throttleable stem (expected one of ${models.list().filter((k) => models.get(k).throttleStem).join(', ')}), not ${name}`);
+    if (resolved.dynamic !== undefined) throw new DynnError(`${key} (${flag}) changes the levels of a static model; --dynamic ${resolved.dynamic} does not take it`);
   }
+  if (resolved.throttleStem === true && resolved.throttleBoth === true) throw new DynnError('give one of throttleStem (--throttle-stem: the stem in place of c2) and throttleBoth (--throttle-both: the stem and c2), not both');
   if (resolved.resolutions !== undefined && resolved.dynamic !== 'resolution') throw new DynnError('--resolutions needs --dynamic resolution');
   if (resolved.branches !== undefined && name !== 'multi-branch') throw new DynnError('--branches needs --model multi-branch');
   if (resolved.decisions !== undefined) {

@@ -34,6 +34,12 @@ export interface ModelArgs {
    * two, and c2, the costliest layer, ran one block at the cheap levels (default: absent, c2 throttled).
    */
   throttleStem?: boolean;
+  /**
+   * vgg-w: throttle the stem's output channels and c2's: the widest range of levels (with `channelMultiple` 16
+   * the cheapest at 0.15 of the FLOPs, against 0.27 with throttleStem and 0.25 with c2 alone), for a server that sheds load
+   * at the cost of c2 running one slower block of 16 channels there (default: absent, c2 throttled).
+   */
+  throttleBoth?: boolean;
   /** Dynamic-parameter models: expert kernels E per conditional convolution (default 4). */
   experts?: number;
   /** Dynamic-parameter models: `sigmoid` (CondConv) or `softmax` (dynamic convolution) mixing weights. */
@@ -59,7 +65,7 @@ export interface ModelDef {
   switchAfter?: string;
   /** Whether its widthwise layers take `channelMultiple`. */
   channelMultiple?: boolean;
-  /** Whether it takes `throttleStem`. */
+  /** Whether it takes `throttleStem` and `throttleBoth`. */
   throttleStem?: boolean;
   /** Whether its convolutions are conditional (CondConv): it takes `experts`, `routing`, `temperature`, `annealEpochs`. */
   condconv?: boolean;

@@ -38,10 +38,11 @@ models.register('vgg-w', {
     const D = a.groups;
     const L = D + 1;
     const m = a.channelMultiple as number | undefined;
-    const stem = a.throttleStem === true;
+    const stem = a.throttleStem === true || a.throttleBoth === true;
+    const c2 = a.throttleStem !== true;
     return [
       ...convBnRelu('stem', w1, stem ? D : 0, L, a.batchNorm, m),
-      ...convBnRelu('c2', w2, stem ? 0 : D, L, a.batchNorm, m),
+      ...convBnRelu('c2', w2, c2 ? D : 0, L, a.batchNorm, m),
       new MaxPool('pool1', {}),
       ...convBnRelu('c3', w3, D, L, a.batchNorm, m),
       ...convBnRelu('c4', w4, D, L, a.batchNorm, m),

@@ -27,7 +27,7 @@ const ONLY_WITH: Record<string, (o: Record<string, unknown>) => boolean> = {
  * train command's own option table (so a new training option appears here without a change).
  */
 export function trainCommandLine(dir: string, meta: TrainMeta, modelArgs: Record<string, unknown>): string {
-  const recorded: Record<string, unknown> = { ...meta.options, groups: modelArgs.groups, channelMultiple: modelArgs.channelMultiple, throttleStem: modelArgs.throttleStem };
+  const recorded: Record<string, unknown> = { ...meta.options, groups: modelArgs.groups, channelMultiple: modelArgs.channelMultiple, throttleStem: modelArgs.throttleStem, throttleBoth: modelArgs.throttleBoth };
   const args: (string | number)[] = ['dynn', 'train'];
   for (const opt of TRAIN_FLAGS.map(([flag]) => flagSpec(flag))) {
     if (SKIP.has(opt.name) || (ONLY_WITH[opt.name] && !ONLY_WITH[opt.name](recorded))) continue;

@@ -176,7 +176,10 @@ test('the training command line read back by the CLI gives the options the run r
   const stem = trainCommandLine(run, meta, { ...info.config.args, channelMultiple: 16, throttleStem: true });
   assert.match(stem, / --throttle-stem /);
   assert.equal(trainOptionsFrom(cli.parse(['node', 'dynn', ...stem.split(' ').slice(1)], { run: false }).options).modelArgs.throttleStem, true);
-  assert.doesNotMatch(line, /--throttle-stem/);
+  const both = trainCommandLine(run, meta, { ...info.config.args, channelMultiple: 16, throttleBoth: true });
+  assert.match(both, / --throttle-both /);
+  assert.equal(trainOptionsFrom(cli.parse(['node', 'dynn', ...both.split(' ').slice(1)], { run: false }).options).modelArgs.throttleBoth, true);
+  assert.doesNotMatch(line, /--throttle-stem|--throttle-both/);
 });
 
 test('dynn report writes the page and lists its sections; usage errors are clear', async () => {

@@ -5,7 +5,7 @@ import type { Prediction } from '../runtime/core.js';
 import type { LatencyTable } from '../runtime/profile.js';
 import { Rng } from '../util/rng.js';
 import { MicroBatcher, type BatchRunner } from './batcher.js';
-import { adaptiveLevel, createPolicy, LatencyEstimator, parsePolicy, type Dispatch, type PolicyEnv } from './policy.js';
+import { adaptiveLevel, createPolicy, LATE_SHARE, LatencyEstimator, parsePolicy, type Dispatch, type PolicyEnv } from './policy.js';
 
 // Four levels; level i takes (i+1) ms at batch 1 and 8(i+1) ms at batch 64, linear in between.
 const MIN_U = [0.01, 0.375, 0.625, 0.875];
@@ -113,6 +113,50 @@ test('LatencyEstimator: scales the table up when runs are slower, never below it
   assert.ok(Math.abs(e.hostMsPerSample - 0.05) < 1e-6, `host ${e.hostMsPerSample}`);
   assert.ok(Math.abs(e.predict(2, 1) - plain[0] - 0.05) < 1e-6);
   assert.ok(Math.abs(e.predict(2, 64) - plain[1] - 64 * 0.05) < 1e-6);
+});
+
+test('LatencyEstimator: plans for less of the SLO while answers come late, until LATE_SHARE of them do', () => {
+  const e = new LatencyEstimator(TABLE.levels.map((l) => l.latencyMs));
+  assert.equal(e.planShare, 1);
+  // A server whose answers take 0.5-1.1x the budget it plans for: at the whole SLO 1 in 6 is late. An answer is
+  // late when plan * (0.5 + 0.6 r) > 1, which LATE_SHARE of the draws r do where plan * (0.5 + 0.6 * 0.995) = 1.
+  const rng = new Rng(3);
+  let late = 0;
+  const n = 200_000;
+  for (let i = 0; i < n; i++) {
+    const ms = e.planShare * 25 * (0.5 + 0.6 * rng.next());
+    if (i >= n / 2 && ms > 25) late++;
+    e.observeLatency(ms, 25);
+  }
+  const share = late / (n / 2);
+  assert.ok(share > 0.6 * LATE_SHARE && share < 1.6 * LATE_SHARE, `late share ${share}`);
+  assert.ok(Math.abs(e.planShare - 1 / 1.097) < 0.03, `plan ${e.planShare}`);
+  // Answers on time again: the plan climbs back to the whole SLO and stays there.
+  for (let i = 0; i < 20_000; i++) e.observeLatency(5, 25);
+  assert.equal(e.planShare, 1);
+  // Bad figures are ignored (here, each would count as late); every answer late holds the plan at its floor, not at zero.
+  e.observeLatency(Infinity, 25);
+  e.observeLatency(30, 0);
+  assert.equal(e.planShare, 1);
+  for (let i = 0; i < 1000; i++) e.observeLatency(100, 25);
+  assert.equal(e.planShare, 0.25);
+  // At the floor, bad figures that would count as on time are ignored too.
+  e.observeLatency(NaN, 25);
+  e.observeLatency(5, NaN);
+  assert.equal(e.planShare, 0.25);
+});
+
+test('the adaptive choice plans for the estimator’s share of the SLO; a request’s own budget does not shrink with it', async () => {
+  const adaptive = createPolicy(parsePolicy('adaptive'), env());
+  const d: Dispatch = { requests: [view(24, 3), view(40, 3, { budgetMs: 25 })], samples: 64, behind: null };
+  const whole = Array.from(await adaptive.choose(d));
+  assert.deepEqual([whole[0], whole[24]], [best(64, 3, 25), best(64, 3, 25)]);
+  // Late answers under the SLO (server side) bring the plan to 0.6 of it: the shared level is chosen for 15 ms.
+  while (adaptive.estimator!.planShare > 0.6) adaptive.estimator!.observeLatency(40, 25);
+  const planned = 25 * adaptive.estimator!.planShare;
+  const lowered = Array.from(await adaptive.choose(d));
+  assert.deepEqual([lowered[0], lowered[24]], [best(64, 3, planned), best(64, 3, 25)]);
+  assert.ok(lowered[0] < whole[0], `${lowered[0]} against ${whole[0]}`);
 });
 
 const view = (count: number, waitMs: number, o: { u?: number; budgetMs?: number } = {}) => ({ count, waitMs, images: new Float32Array(count), ...o });

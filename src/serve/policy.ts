@@ -78,18 +78,40 @@ export function adaptiveLevel(a: AdaptiveArgs): number {
 }
 
 /**
+ * The share of answers under the server's SLO that may be late: the adaptive choice plans for a budget below
+ * the SLO that keeps them this rare. 1 in 200 rather than the 1 in 100 of a p99, since a client's time adds a
+ * few ms of network and parsing to the server's.
+ */
+export const LATE_SHARE = 0.005;
+
+/**
+ * The planned share's step: a late answer lowers it by (1 - LATE_SHARE) times this and an on-time one raises it
+ * by LATE_SHARE times this, so it holds where LATE_SHARE of the answers are late. At 2% of the SLO, a burst of
+ * 20 late answers costs 0.4 of it, which about 4,000 answers on time (8 s at 500 requests a second) give back.
+ */
+export const PLAN_STEP = 0.02;
+
+/** The least share of the SLO the policy plans for, however many answers are late. */
+const MIN_PLAN_SHARE = 0.25;
+
+/**
  * Online correction of the latency table, so predictions hold on the machine as it is now: the table was
  * measured on an idle machine with its own thread settings, the server runs beside an HTTP thread and other
  * load. It learns from every run (1) an exponential average of measured / table time, used as a factor of at
  * least 1 (a faster machine keeps the table's conservative times), (2) the worker round trip beyond ONNX
  * Runtime's own time, and from every response (3) the tail from a batch's results to the response being
- * sent (answers of one batch are serialized one after another), as a running 95th percentile.
+ * sent (answers of one batch are serialized one after another), as a running 95th percentile. (4) From every
+ * answer under the server's SLO, the share of the SLO to plan for: the predictions are means, and a server
+ * choosing the highest level they allow answers late whenever a run or a burst of arrivals exceeds them. Late
+ * answers lower the share and on-time ones raise it, so that LATE_SHARE of them are late (stochastic
+ * approximation of that quantile, as for the tail).
  */
 export class LatencyEstimator {
   private ratio = 1;
   private overhead = 0;
   private tail = 0;
   private host = 0;
+  private plan = 1;
 
   /**
    * @param table measured ms per level index (cheapest first): `latencyMs` keyed by batch size.
@@ -148,6 +170,18 @@ export class LatencyEstimator {
     if (Number.isFinite(wallMs - runMs)) this.overhead += this.alpha * (Math.max(0, wallMs - runMs) - this.overhead);
   }
 
+  /** The share of the server's SLO the adaptive choice plans for (in [MIN_PLAN_SHARE, 1]). */
+  get planShare(): number {
+    return this.plan;
+  }
+
+  /** Records one answer under the server's SLO (no own u or budget): its time from arrival to being sent, ms. */
+  observeLatency(ms: number, sloMs: number): void {
+    if (!Number.isFinite(ms) || !(sloMs > 0)) return;
+    const late = ms > sloMs;
+    this.plan = Math.min(1, Math.max(MIN_PLAN_SHARE, this.plan + PLAN_STEP * (late ? -(1 - LATE_SHARE) : LATE_SHARE)));
+  }
+
   /** Records one response's tail: from its batch's results being ready to the response being sent, ms. */
   observeTail(ms: number): void {
     if (!Number.isFinite(ms)) return;
@@ -180,6 +214,8 @@ export interface ServePolicy {
   readonly name: string;
   /** The latency estimator, when the policy has a latency table. */
   readonly estimator: LatencyEstimator | null;
+  /** Whether it picks levels for the server's SLO (adaptive, controller): then its answers teach `estimator.planShare`. */
+  readonly plansForSlo: boolean;
   choose(d: Dispatch): Promise<Int32Array>;
 }
 
@@ -212,14 +248,16 @@ type Allowed = (r: PendingView) => number;
 /**
  * The shared per-request rules: a request's own u runs exactly its level; `base` gives the levels of the
  * others, reading `allowed(r)` where it needs the latency budget. A request with its own budgetMs is allowed
- * what fits that budget from its own wait; the others share the server's SLO and one level, set by the
- * longest wait among them and the backlog behind the batch, so they run as one batch.
+ * what fits that budget from its own wait; the others share the server's SLO (times the estimator's
+ * `planShare` when the policy plans for it) and one level, set by the longest wait among them and the backlog
+ * behind the batch, so they run as one batch.
  */
 class RulePolicy implements ServePolicy {
   constructor(
     readonly name: string,
     private readonly env: PolicyEnv,
     readonly estimator: LatencyEstimator | null,
+    readonly plansForSlo: boolean,
     private readonly base: (r: PendingView, allowed: Allowed, perSample: Int32Array, offset: number) => void | Promise<void>,
   ) {}
 
@@ -247,7 +285,7 @@ class RulePolicy implements ServePolicy {
       if (r.budgetMs !== undefined) return this.fit(d, r.waitMs, r.budgetMs, false);
       if (shared === null) {
         const wait = Math.max(...d.requests.filter((q) => q.u === undefined && q.budgetMs === undefined).map((q) => q.waitMs));
-        shared = this.fit(d, wait, this.env.sloMs, true);
+        shared = this.fit(d, wait, this.env.sloMs * (this.plansForSlo ? (this.estimator?.planShare ?? 1) : 1), true);
       }
       return shared;
     };
@@ -274,11 +312,11 @@ function noArgument(name: string, hint = ''): PolicyDef['parseArg'] {
 export const policies = new Registry<PolicyDef>('policy');
 
 policies.register('adaptive', {
-  description: 'per batch, the highest level whose profiled latency plus the queue wait meets the SLO',
+  description: 'per batch, the highest level whose profiled latency plus the queue wait meets the SLO (planned for a share of it that keeps late answers to 1 in 200)',
   needsTable: true,
   parseArg: noArgument('adaptive'),
   create: (env) =>
-    new RulePolicy('adaptive', env, estimatorFor(env), (r, allowed, out, offset) => {
+    new RulePolicy('adaptive', env, estimatorFor(env), true, (r, allowed, out, offset) => {
       out.fill(allowed(r), offset, offset + r.count);
     }),
 });
@@ -295,7 +333,7 @@ policies.register('fixed', {
   },
   create: (env, u) => {
     const level = levelIndexFor(env.levels, u as number);
-    return new RulePolicy(`fixed:${u}`, env, estimatorFor(env), (r, allowed, out, offset) => {
+    return new RulePolicy(`fixed:${u}`, env, estimatorFor(env), false, (r, allowed, out, offset) => {
       out.fill(r.budgetMs === undefined ? level : Math.min(level, allowed(r)), offset, offset + r.count);
     });
   },
@@ -308,7 +346,7 @@ policies.register('controller', {
   create: (env) => {
     const controller = env.controller;
     if (!controller) throw new DynnError(`policy controller needs a model exported with its controller: dynn export RUN --onnx ${env.modelPath} --controller DIR (from \`dynn controller train\`)`);
-    return new RulePolicy('controller', env, estimatorFor(env), async (r, allowed, out, offset) => {
+    return new RulePolicy('controller', env, estimatorFor(env), true, async (r, allowed, out, offset) => {
       const us = await controller(r.images, r.count);
       const cap = allowed(r);
       for (let i = 0; i < r.count; i++) out[offset + i] = Math.min(cap, levelIndexFor(env.levels, us[i]));

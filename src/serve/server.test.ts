@@ -20,6 +20,7 @@ import { serveCommand } from '../cli/serve-commands.js';
 import { Policy } from '../control/policy.js';
 import { greedyActions } from '../control/bandit.js';
 import { DynnServer, predictResponseText, type PredictResponse } from './server.js';
+import { LATE_SHARE, PLAN_STEP } from './policy.js';
 import { overLimit, request, slowClient } from '../util/http-fixtures.js';
 import { createServer, type AddressInfo } from 'node:net';
 
@@ -361,6 +362,37 @@ test('startup: a missing latency table is a clear error, --profile measures one,
   assert.deepEqual(profiled.table?.batches, [1, 4]);
   assert.match(lines.join('\n'), /no latency table beside .*bare\.onnx; measuring one/);
   await profiled.close();
+});
+
+test('late answers under the SLO lower the share of it the adaptive policy plans for; answers with their own u or budget do not', async () => {
+  // An SLO no answer can meet: each answer under it is late.
+  const s = await DynnServer.create({ model: file, policy: 'adaptive', sloMs: 0.001, maxBatch: 16, maxWaitMs: 1, threads: 1 });
+  const at = await s.listen({ port: 0 });
+  const share = async () => ((await (await fetch(`${at}/healthz`)).json()) as { latency: { planShare: number } }).latency.planShare;
+  /** The share once the answers' hooks have run (they run as each answer finishes sending). */
+  const settled = async (want: number) => {
+    for (let i = 0; i < 100 && Math.abs((await share()) - want) > 1e-9; i++) await new Promise((r) => setTimeout(r, 10));
+    return share();
+  };
+  assert.equal(await share(), 1);
+  for (let i = 0; i < 3; i++) assert.equal((await post({ inputs: Array.from(images(1)) }, { at })).status, 200);
+  const lowered = 1 - 3 * PLAN_STEP * (1 - LATE_SHARE);
+  assert.ok(Math.abs((await settled(lowered)) - lowered) < 1e-9);
+  assert.equal((await post({ inputs: Array.from(images(1)), u: 1 }, { at })).status, 200);
+  assert.equal((await post({ inputs: Array.from(images(1)), budgetMs: 0.001 }, { at })).status, 200);
+  // One more answer under the SLO: the share falls by exactly one step, so the two before it did not count.
+  assert.equal((await post({ inputs: Array.from(images(1)) }, { at })).status, 200);
+  const once = lowered - PLAN_STEP * (1 - LATE_SHARE);
+  assert.ok(Math.abs((await settled(once)) - once) < 1e-9, 'a request’s own u or budget is not the server’s SLO');
+  await s.close();
+  // A fixed level does not plan for the SLO: no share to learn or report.
+  const fixed = await DynnServer.create({ model: file, policy: 'fixed:1', sloMs: 0.001, maxBatch: 16, threads: 1 });
+  const fat = await fixed.listen({ port: 0 });
+  assert.equal((await post({ inputs: Array.from(images(1)) }, { at: fat })).status, 200);
+  const latency = ((await (await fetch(`${fat}/healthz`)).json()) as { latency: Record<string, number> }).latency;
+  assert.equal('planShare' in latency, false);
+  assert.equal(fixed.policy.estimator!.planShare, 1);
+  await fixed.close();
 });
 
 test('graceful shutdown: queued requests are answered, then the server stops', async () => {

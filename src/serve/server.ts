@@ -66,6 +66,8 @@ declare module 'fastify' {
     arrival: number;
     /** When its batch's answers were ready (performance.now()), 0 until then. */
     readyAt: number;
+    /** Whether it was answered under the server's SLO (no own u or budgetMs): its time teaches the policy's plan. */
+    underSlo: boolean;
   }
 }
 
@@ -99,13 +101,6 @@ export interface PredictResponse {
 
 const ROUTES = 'POST /v1/predict, POST /v1/sessions, POST /v1/sessions/ID/predict, DELETE /v1/sessions/ID, GET /healthz, GET /metrics';
 
-/**
- * Node's flags for a server under load (`NODE_OPTIONS`): semi-spaces of 64 MB (a young generation of about
- * 3x that). At the default size a server answering hundreds of requests a second promoted each one's
- * short-lived objects and ran a full GC every 0.2 s (2-16 ms pauses, much of its p99); at 64 MB, 6 instead of
- * 133 full GCs in 45 s (32 MB did not help). V8 sizes them at start, so they cannot be set from here.
- */
-export const SERVE_NODE_OPTIONS = '--max-semi-space-size=64';
 
 /** The process's CPU time so far (user and system, every thread), ms. */
 function cpuMs(): number {
@@ -239,6 +234,7 @@ export class DynnServer {
     const meta = this.metadata;
     app.decorateRequest('arrival', 0);
     app.decorateRequest('readyAt', 0);
+    app.decorateRequest('underSlo', false);
     // Callback hooks, not async ones: no promise per request and hook.
     app.addHook('onRequest', (request, _reply, done) => {
       request.arrival = performance.now();
@@ -250,7 +246,9 @@ export class DynnServer {
       done(null, payload);
     });
     app.addHook('onResponse', (request, _reply, done) => {
-      if (request.readyAt > 0) this.policy.estimator?.observeTail(performance.now() - request.readyAt);
+      const now = performance.now();
+      if (request.readyAt > 0) this.policy.estimator?.observeTail(now - request.readyAt);
+      if (request.underSlo) this.policy.estimator?.observeLatency(now - request.arrival, sloMs);
       done();
     });
     app.removeContentTypeParser('text/plain');
@@ -278,6 +276,9 @@ export class DynnServer {
       // Non-finite scores make it a 422, which the error handler counts, not a success.
       const bad = nonFiniteScores(res.scores, res.numClasses);
       if (bad) throw bad;
+      // Answered under the server's SLO: its time (from arrival, the upload included, as the SLO counts it)
+      // teaches the plan. Refused (503) and failed requests are not answers and do not.
+      request.underSlo = this.policy.plansForSlo && input.u === undefined && input.budgetMs === undefined;
       const body = predictResponseText(res, totalMs, quotedNames);
       metrics.ok(totalMs, res.queueMs);
       return reply.type('application/json; charset=utf-8').send(body);
@@ -294,7 +295,7 @@ export class DynnServer {
         maxBatch: spec.maxSamples,
         queueDepth: batcher.depth,
         ...(this.sessions ? { sessions: { open: this.sessions.size, max: this.sessions.maxSessions, idleMs: this.sessions.idleMs } } : {}),
-        latency: this.policy.estimator ? { factor: this.policy.estimator.factor, overheadMs: this.policy.estimator.overheadMs, tailMs: this.policy.estimator.tailMs } : null,
+        latency: this.policy.estimator ? { factor: this.policy.estimator.factor, overheadMs: this.policy.estimator.overheadMs, tailMs: this.policy.estimator.tailMs, ...(this.policy.plansForSlo ? { planShare: this.policy.estimator.planShare } : {}) } : null,
       };
       return reply.code(this.closing ? 503 : 200).send(body);
     });

@@ -70,6 +70,7 @@ export const TRAIN_FLAGS: [string, string][] = [
   ['--groups <D>', 'groups per throttleable block [default: 8]'],
   ['--channel-multiple <m>', 'vgg-w, vgg-exits, mlp-w: round each level’s active channels to a multiple of m (16: whole AVX-512 blocks of ONNX Runtime’s convolution, so every exported level’s time follows its FLOPs); saved with the run [default: 1, exact group counts]'],
   ['--throttle-stem', 'vgg-w: throttle the stem’s output channels in place of c2’s (c2 keeps its full output, a wide block ONNX Runtime runs at full speed; with --channel-multiple 16 every exported level’s time follows its FLOPs); saved with the run'],
+  ['--throttle-both', 'vgg-w: throttle both the stem’s and c2’s output channels: the widest range of levels (the cheapest at 0.15 of the FLOPs with --channel-multiple 16, against 0.25-0.27 with one of them), for a server that sheds load under overload; saved with the run'],
   ['--seed <n>', 'seed of weights, data order and sampled u [default: 0]'],
   ['--init <run>', 'start from a trained run’s weights (fine-tuning; a dynamic model’s gates start open when the run has none)'],
   ['--workers <n>', 'gradient worker threads; 0 trains in the main thread [default: one per core]'],
