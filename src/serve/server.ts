@@ -101,7 +101,6 @@ export interface PredictResponse {
 
 const ROUTES = 'POST /v1/predict, POST /v1/sessions, POST /v1/sessions/ID/predict, DELETE /v1/sessions/ID, GET /healthz, GET /metrics';
 
-
 /** The process's CPU time so far (user and system, every thread), ms. */
 function cpuMs(): number {
   const u = process.cpuUsage();
