@@ -249,7 +249,7 @@ type Allowed = (r: PendingView) => number;
  * The shared per-request rules: a request's own u runs exactly its level; `base` gives the levels of the
  * others, reading `allowed(r)` where it needs the latency budget. A request with its own budgetMs is allowed
  * what fits that budget from its own wait; the others share the server's SLO (times the estimator's
- * `planShare` when the policy plans for it) and one level, set by the longest wait among them and the backlog
+ * `planShare`, which only a policy that plans for the SLO is taught) and one level, set by the longest wait among them and the backlog
  * behind the batch, so they run as one batch.
  */
 class RulePolicy implements ServePolicy {
@@ -285,7 +285,7 @@ class RulePolicy implements ServePolicy {
       if (r.budgetMs !== undefined) return this.fit(d, r.waitMs, r.budgetMs, false);
       if (shared === null) {
         const wait = Math.max(...d.requests.filter((q) => q.u === undefined && q.budgetMs === undefined).map((q) => q.waitMs));
-        shared = this.fit(d, wait, this.env.sloMs * (this.plansForSlo ? (this.estimator?.planShare ?? 1) : 1), true);
+        shared = this.fit(d, wait, this.env.sloMs * (this.estimator?.planShare ?? 1), true);
       }
       return shared;
     };
