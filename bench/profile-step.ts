@@ -1,7 +1,7 @@
 /**
  * Where a training step's time goes: times every wasm kernel (top-level calls only) over gradient steps of
  * vgg-w at a few u, one thread. Not a test. Usage: [SHAPES=1] [TOP=14] [ORT_MIN_FLOPS=N] [MODEL=name]
- * [DYNAMIC=mechanism: its gates decide in soft mode, once per u] node dist/bench/profile-step.js [batch=64] [steps=6]
+ * [DYNAMIC=mechanism: its gates decide in soft mode, once per u] [GATE_SHIFT=d] node dist/bench/profile-step.js [batch=64] [steps=6]
  */
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../src/engine/backend.js';
@@ -10,6 +10,8 @@ import { makeSynthetic } from '../src/data/synthetic.js';
 import { flatLayout, gradientStep } from '../src/train/step.js';
 import { toFloat } from '../src/data/imageset.js';
 import { setOrtMinFlops } from '../src/engine/ort-kernels.js';
+import { LogitGate } from '../src/route/gates.js';
+import type { Layer } from '../src/layers/layer.js';
 
 const batch = Number(process.argv[2] ?? 64);
 const steps = Number(process.argv[3] ?? 6);
@@ -32,7 +34,7 @@ for (const k of tf.getKernelsForBackend('wasm')) {
         return inner(a);
       } finally {
         depth--;
-        const key = process.env.SHAPES ? `${k.kernelName} ${JSON.stringify(Object.values(a.inputs).map((t) => (t as { shape: number[] }).shape))}` : k.kernelName;
+        const key = process.env.SHAPES ? `${k.kernelName} ${JSON.stringify(Object.values(a.inputs).filter((t) => t != null).map((t) => (t as { shape: number[] }).shape))}` : k.kernelName;
         times.set(key, (times.get(key) ?? 0) + performance.now() - t0);
         calls.set(key, (calls.get(key) ?? 0) + 1);
       }
@@ -41,6 +43,11 @@ for (const k of tf.getKernelsForBackend('wasm')) {
 }
 const dynamic = process.env.DYNAMIC;
 const model = createModel(process.env.MODEL ?? 'vgg-w', dynamic ? { dynamic } : {});
+// GATE_SHIFT=d adds d to every gate logit (gates are built open): decisions that skip, as a trained model's.
+if (process.env.GATE_SHIFT) {
+  const all = (ls: Layer[]): Layer[] => ls.flatMap((l) => [l, ...all(l.children())]);
+  for (const l of all(model.layers)) if (l instanceof LogitGate) l.shiftLogits(Number(process.env.GATE_SHIFT));
+}
 const data = makeSynthetic({ count: batch, seed: 0 });
 const layout = flatLayout(model);
 const images = toFloat(data, 0, batch);

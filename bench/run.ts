@@ -3,13 +3,20 @@
  *   1. training ms/step of vgg-w at batch 128, u ~ U(0,1] per batch, against PyTorch running the same
  *      network sliced the same way over the same u sequence (skipped with a message without PyTorch);
  *   2. the same for resnet-d (its depth-gated blocks skipped as its plan says; bench/resnet_peer.py);
- *   3. inference latency(u)/latency(1) against FLOPs(u)/FLOPs(1), TF.js and PyTorch.
+ *   3. the same for a gated model of adaptive channel skipping (resnet38 with acs-gn gates, soft decisions as
+ *      training takes them) against PyTorch's masked version of it (bench/acs_peer.py), with the gates open
+ *      (every group runs: the same arithmetic on both sides) and shifted to run about half the groups;
+ *   4. inference latency(u)/latency(1) against FLOPs(u)/FLOPs(1), TF.js and PyTorch.
  * Usage: npm run bench [-- --steps 30 --rounds 3 --json]. Results also go to .bench/results.json (written atomically).
  */
 import os from 'node:os';
 import { initEngine } from '../src/engine/backend.js';
 import { createModel } from '../src/models/zoo.js';
 import type { Network } from '../src/models/network.js';
+import type { Plan } from '../src/layers/types.js';
+import type { Layer } from '../src/layers/layer.js';
+import type { StepSpec } from '../src/train/step.js';
+import { LogitGate } from '../src/route/gates.js';
 import { makeSynthetic } from '../src/data/synthetic.js';
 import { allocShared } from '../src/data/imageset.js';
 import { ThreadExecutor, LocalExecutor, type GradientExecutor } from '../src/train/executor.js';
@@ -37,21 +44,39 @@ const LEVEL_US = Array.from({ length: 8 }, (_, i) => (i + 1) / 8);
 const WARMUP = LEVEL_US.length + 5;
 const BATCH = 128;
 const US = [0.125, 0.25, 0.5, 0.75, 1];
+/** The gated model's steps take about ten times vgg-w's: fewer of them. */
+const GATED_STEPS = Math.max(3, Math.round(STEPS / 4));
+const GATED_WARMUP = 3;
+/**
+ * Added to every acs-gn gate logit (open at 5 when built) for the "half" setting: nested decisions then keep
+ * each further group with probability sigmoid(1.9) = 0.87, about half of the inner channels on average.
+ */
+const HALF_SHIFT = -3.1;
 const log = (s: string) => process.stderr.write(s + '\n');
 
-/** Mean ms per optimizer step (gradient + update), over a fixed u sequence. */
-async function trainStepMs(model: Network, executor: GradientExecutor, us: number[]): Promise<number> {
+/** The steps of one timing: what each step runs (the first `warmup` untimed). */
+interface Work {
+  steps: (Plan | StepSpec)[];
+  warmup: number;
+}
+
+/** Mean ms per optimizer step (gradient + update) over `work`, and the mean executed FLOPs ratio of a routed model. */
+async function trainStepMs(executor: GradientExecutor, work: Work): Promise<{ ms: number; flopsRatio?: number }> {
   const optimizer = new Optimizer('adam', 1e-3);
   const indices = Int32Array.from({ length: BATCH }, (_, i) => i);
   const times: number[] = [];
-  for (let i = 0; i < us.length; i++) {
+  const ratios: number[] = [];
+  for (let i = 0; i < work.steps.length; i++) {
     const t0 = performance.now();
-    await executor.step(indices, model.plan(us[i]));
+    const r = await executor.step(indices, work.steps[i]);
     await executor.update(optimizer);
-    if (i >= WARMUP) times.push(performance.now() - t0);
+    if (i < work.warmup) continue;
+    times.push(performance.now() - t0);
+    if (r.flopsRatio !== undefined) ratios.push(r.flopsRatio);
   }
   optimizer.dispose();
-  return times.reduce((a, b) => a + b, 0) / times.length;
+  const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
+  return { ms: mean(times), flopsRatio: ratios.length ? mean(ratios) : undefined };
 }
 
 interface Round {
@@ -59,6 +84,8 @@ interface Round {
   torchMs: number;
   ratio: number;
   torchConfig?: PeerConfig;
+  /** A routed model's executed share of the FLOPs in training's decisions. */
+  flopsRatio?: number;
 }
 
 /**
@@ -67,23 +94,32 @@ interface Round {
  * round: this machine's speed drifts by tens of percent over minutes, so each ratio compares runs a few
  * seconds apart, and the median ratio is reported.
  */
-async function againstTorch(model: Network, data: ReturnType<typeof allocShared>, engine: string, us: number[], peer: Record<string, unknown>) {
+async function againstTorch(model: Network, data: ReturnType<typeof allocShared>, engine: string, work: Work, peer: Record<string, unknown>) {
   const rounds: Round[] = [];
   let threadCount = 0;
   let torchReason = 'ok';
   for (let r = 0; r < ROUNDS; r++) {
     const threads = await ThreadExecutor.start(model, data, engine, BATCH);
     threadCount = threads.threads;
-    const dynnMs = await trainStepMs(model, threads, us);
+    const { ms: dynnMs, flopsRatio } = await trainStepMs(threads, work);
     await threads.close();
-    const torchTrain = await runTorchPeer({ batch: BATCH, steps: STEPS, warmup: WARMUP, seed: 0, ...peer });
+    const torchTrain = await runTorchPeer({ batch: BATCH, steps: work.steps.length - work.warmup, warmup: work.warmup, seed: 0, ...peer });
     const torchMs = torchTrain.ok ? (torchTrain.result.meanMs as number) : NaN;
     if (!torchTrain.ok) torchReason = torchTrain.reason;
     const torchConfig: PeerConfig | undefined = torchTrain.ok ? torchTrain.result.config : undefined;
-    rounds.push({ dynnMs, torchMs, ratio: dynnMs / torchMs, torchConfig });
-    log(`  round ${r + 1}: dynn ${threadCount} threads ${dynnMs.toFixed(1)} ms/step` + (torchConfig ? `, PyTorch at its best (${torchConfig.threads} threads, ${torchConfig.waitPolicy}) ${torchMs.toFixed(1)} ms/step, ratio ${(dynnMs / torchMs).toFixed(2)}x` : ''));
+    rounds.push({ dynnMs, torchMs, ratio: dynnMs / torchMs, torchConfig, ...(flopsRatio !== undefined && { flopsRatio }) });
+    log(
+      `  round ${r + 1}: dynn ${threadCount} threads ${dynnMs.toFixed(1)} ms/step` +
+        (flopsRatio !== undefined ? ` (FLOPs ratio ${flopsRatio.toFixed(3)})` : '') +
+        (torchConfig ? `, PyTorch at its best (${torchConfig.threads} threads, ${torchConfig.waitPolicy}) ${torchMs.toFixed(1)} ms/step, ratio ${(dynnMs / torchMs).toFixed(2)}x` : ''),
+    );
   }
   return { rounds, threadCount, torchReason };
+}
+
+/** Every layer of a network, nested ones included. */
+function allLayers(layers: Layer[]): Layer[] {
+  return layers.flatMap((l) => [l, ...allLayers(l.children())]);
 }
 
 async function main() {
@@ -95,13 +131,14 @@ async function main() {
   const results: Record<string, unknown> = { engine, cores: os.availableParallelism(), steps: STEPS, batch: BATCH };
 
   log(`training step, vgg-w, batch ${BATCH}, u ~ U(0,1] (${STEPS} steps after ${WARMUP} warm-up, ${ROUNDS} rounds), engine ${engine}`);
-  const { rounds, threadCount, torchReason } = await againstTorch(model, data, engine, us, { mode: 'train-step', u: us });
+  const planned = (m: Network): Work => ({ steps: us.map((u) => m.plan(u)), warmup: WARMUP });
+  const { rounds, threadCount, torchReason } = await againstTorch(model, data, engine, planned(model), { mode: 'train-step', u: us });
   const parallelMs = median(rounds.map((r) => r.dynnMs));
-  const singleMs = await trainStepMs(model, new LocalExecutor(model, data, BATCH), us);
+  const singleMs = (await trainStepMs(new LocalExecutor(model, data, BATCH), planned(model))).ms;
   // The same workers without the ONNX Runtime convolutions (DYNN_ORT_KERNELS is read when a worker loads them).
   process.env.DYNN_ORT_KERNELS = '0';
   const xnnpack = await ThreadExecutor.start(model, data, engine, BATCH);
-  const xnnpackMs = await trainStepMs(model, xnnpack, us);
+  const xnnpackMs = (await trainStepMs(xnnpack, planned(model))).ms;
   await xnnpack.close();
   delete process.env.DYNN_ORT_KERNELS;
   const ratio = median(rounds.map((r) => r.ratio));
@@ -122,7 +159,7 @@ async function main() {
   log(`training step, resnet-d, batch ${BATCH}, the same u sequence (${ROUNDS} rounds)`);
   const resnet = createModel('resnet-d');
   const depth = us.map((u) => [...resnet.plan(u).depth.values()]);
-  const r = await againstTorch(resnet, data, engine, us, { mode: 'resnet-train-step', depth });
+  const r = await againstTorch(resnet, data, engine, planned(resnet), { mode: 'resnet-train-step', depth });
   const resnetRatio = median(r.rounds.map((x) => x.ratio));
   results.trainResnetD = {
     dynnMsPerStep: median(r.rounds.map((x) => x.dynnMs)),
@@ -133,6 +170,32 @@ async function main() {
   };
   log(r.torchReason === 'ok' ? `  median ratio dynn/PyTorch ${resnetRatio.toFixed(2)}x` : `  PyTorch skipped: ${r.torchReason}`);
   resnet.dispose();
+
+  // A gated model of adaptive channel skipping, soft decisions at a FLOPs target of 0.5 as training takes them.
+  log(`training step, resnet38 with acs-gn gates, batch ${BATCH}, against PyTorch's masked version (${GATED_STEPS} steps after ${GATED_WARMUP}, ${ROUNDS} rounds)`);
+  const gated = createModel('resnet38', { dynamic: 'acs-gn' });
+  const soft: Work = {
+    steps: Array.from({ length: GATED_WARMUP + GATED_STEPS }, (_, i) => ({ plans: [gated.plan(1)], routing: { mode: 'soft' as const, seed: i, efficiency: { target: 0.5, weight: 4 } } })),
+    warmup: GATED_WARMUP,
+  };
+  const gatedResults: Record<string, unknown> = {};
+  for (const setting of ['open', 'half'] as const) {
+    if (setting === 'half') for (const l of allLayers(gated.layers)) if (l instanceof LogitGate) l.shiftLogits(HALF_SHIFT);
+    log(`  gates ${setting === 'open' ? 'open (every group runs)' : 'shifted to run about half the groups'}`);
+    const g = await againstTorch(gated, data, engine, soft, { mode: 'acs-train-step' });
+    const ratio = median(g.rounds.map((x) => x.ratio));
+    gatedResults[setting] = {
+      dynnMsPerStep: median(g.rounds.map((x) => x.dynnMs)),
+      torchMaskedMsPerStep: median(g.rounds.map((x) => x.torchMs)),
+      flopsRatio: median(g.rounds.map((x) => x.flopsRatio ?? NaN)),
+      ratioToTorch: ratio,
+      rounds: g.rounds,
+      torch: g.torchReason,
+    };
+    log(g.torchReason === 'ok' ? `  median ratio dynn/PyTorch masked ${ratio.toFixed(2)}x` : `  PyTorch skipped: ${g.torchReason}`);
+  }
+  results.trainGatedAcs = gatedResults;
+  gated.dispose();
 
   log(`inference latency per u, batch 1 and ${BATCH}`);
   const full = model.cost(1).flops;

@@ -38,6 +38,23 @@ export const ORT_MIN_FLOPS = 16e6;
  */
 export const ORT_FILTER_GRADIENT_SHARE = 1 / 4;
 
+/**
+ * Input gradients go to ONNX Runtime from this share of the threshold: they run in training only, where a
+ * gated block splits its batch into parts of a few samples each. At batch 64 and 3.6-4.7 MFLOP (a gate's
+ * layers of 4 to 16 channels) ONNX Runtime took 0.35-0.9x wasm's time for 3x3 filters, and for strided ones
+ * wasm's form (dy with zeros inserted, 4x the pixels at stride 2) ran 2-14x slower: a 1x1 stride-2 projection
+ * from 16 to 32 channels at 28x28 took 12.9 against 0.9 ms. A gated resnet38 training at 0.59 of its FLOPs
+ * spent 107 against 176 ms per step in them. See ORT_NARROW_DX_CHANNELS for the exception.
+ */
+export const ORT_INPUT_GRADIENT_SHARE = 1 / 16;
+
+/**
+ * The input gradient of a 1x1 stride-1 filter from fewer output channels than this (a narrow matrix product)
+ * stays on wasm, whatever its size: XNNPACK ran 16 to 4 channels at 28x28, batch 64 in 0.41 ms, ONNX
+ * Runtime's blocked form in 5.0 (32 to 8 at 14x14: 0.26 against 0.84).
+ */
+export const ORT_NARROW_DX_CHANNELS = 16;
+
 /** Forward convolutions with fewer input or output channels than this stay on XNNPACK, unless they run blocked (see MAX_BLOCK_PADDING_OVER_XNNPACK). */
 export const ORT_MIN_CHANNELS = 16;
 
@@ -314,6 +331,7 @@ function blockedConv(
   { kh, kw, ci, co, block, order }: { kh: number; kw: number; ci: number; co: number; block: number; order: 'hwio' | 'hwoi' },
   attrs: Record<string, Attr>,
 ): void {
+  const direct = (c: number) => c === block;
   const up = (c: number) => wholeBlocks(c, block);
   const narrow = ci < block;
   // The filter's dims 2 and 3 as given, each with whether it is split into blocks (the outputs always are).
@@ -328,9 +346,30 @@ function blockedConv(
   const wb = b.node('Reshape', [reordered, b.int64Const('oihw', [up(co), narrow ? ci : up(ci), kh, kw])], 'w_nchwc');
   const xb = narrow
     ? b.node('Transpose', [x], 'x_nchw', { perm: attr.ints(NHWC_TO_NCHW) })
-    : b.node('ReorderInput', [x], 'x_nchwc', { channels_last: attr.int(1) }, NCHWC);
+    : direct(ci)
+      ? x
+      : b.node('ReorderInput', [x], 'x_nchwc', { channels_last: attr.int(1) }, NCHWC);
+  if (direct(co)) {
+    b.nodeTo('Conv', [xb, wb], 'y', attrs, NCHWC);
+    return;
+  }
   const yb = b.node('Conv', [xb, wb], 'conv_nchwc', attrs, NCHWC);
   b.nodeTo('ReorderOutput', [yb], 'y', { channels: attr.int(co), channels_last: attr.int(1) }, NCHWC);
+}
+
+/**
+ * Exactly one block of channels is the same memory in NHWC and in the blocked layout ([N, C/B, H, W, B] with
+ * C = B): such an input goes into the blocked Conv as it is, seen as [N, C, H, W], and such an output comes
+ * out without a reorder (each reorder of a 64x28x28x16 tensor is a pass over 3.2 MB). The graph input's
+ * declared shape (`blockedInput`) and the dims both sides are run under (`blockedDims`) follow the same rule.
+ */
+function blockedInput(c: number, block: number): (string | number)[] {
+  return c === block ? ['n', c, 'h', 'w'] : ['n', 'h', 'w', c];
+}
+
+function blockedDims(shape: number[], block: number): number[] {
+  const [n, h, w, c] = shape;
+  return c === block ? [n, c, h, w] : shape;
 }
 
 /** y = conv(x, filter), NHWC and HWIO as TF.js has them; null when the call should stay on XNNPACK. */
@@ -351,12 +390,13 @@ export function ortConv2D(backend: BackendWasm, x: TensorInfo, filter: TensorInf
   const geometryKey = `${g.kh}x${g.kw}:${g.strideH},${g.strideW}:${g.dilationH},${g.dilationW}:${pads}`;
   if (block > 0) {
     const session = cached(ort, `conv-nchwc${block}:${geometryKey}:${g.inC}>${g.outC}`, (b) => {
-      b.input(floatValueInfo('x', ['n', 'h', 'w', g.inC]));
+      b.input(floatValueInfo('x', blockedInput(g.inC, block)));
       b.input(floatValueInfo('f', [g.kh, g.kw, g.inC, g.outC]));
       blockedConv(b, 'x', 'f', { kh: g.kh, kw: g.kw, ci: g.inC, co: g.outC, block, order: 'hwio' }, convAttrs());
       b.output(floatValueInfo('y', null));
     }, { nchwc: true });
-    return runToOutput(ort, backend, session, 'conv', { x, f: filter }, [g.batch, g.outH, g.outW, g.outC], { blocked: true });
+    const shape = [g.batch, g.outH, g.outW, g.outC];
+    return runToOutput(ort, backend, session, 'conv', { x, f: filter }, shape, { blocked: true, dims: { x: blockedDims(x.shape, block) }, ortDims: blockedDims(shape, block) });
   }
   if (fewChannels) return null;
   const key = `conv:${geometryKey}`;
@@ -385,7 +425,9 @@ function flipTaps(b: GraphBuilder, f: string): string {
  */
 export function ortConv2DBackpropInput(backend: BackendWasm, dy: TensorInfo, filter: TensorInfo, g: ConvGeometry): TensorInfo | null {
   const ort = loadOrt();
-  if (ort == null || flops(g) < minFlops || g.dilationH !== 1 || g.dilationW !== 1) return null;
+  if (ort == null || flops(g) < minFlops * ORT_INPUT_GRADIENT_SHARE || g.dilationH !== 1 || g.dilationW !== 1) return null;
+  const matrixProduct = g.kh === 1 && g.kw === 1 && g.strideH === 1 && g.strideW === 1;
+  if (minFlops > 0 && matrixProduct && g.outC < ORT_NARROW_DX_CHANNELS) return null;
   // ConvTranspose's output size leaves out rows a strided forward pass never read: output_padding adds them.
   const extraH = g.inH - (g.strideH * (g.outH - 1) + g.kh - g.top - g.bottom);
   const extraW = g.inW - (g.strideW * (g.outW - 1) + g.kw - g.left - g.right);
@@ -398,14 +440,15 @@ export function ortConv2DBackpropInput(backend: BackendWasm, dy: TensorInfo, fil
   const block = unitStride ? blockFor(ort, g.outC, g.inC) : 0;
   if (block > 0) {
     const session = cached(ort, `dx-nchwc${block}:${g.kh}x${g.kw}:${pads}:${g.outC}>${g.inC}`, (b) => {
-      b.input(floatValueInfo('dy', ['n', 'oh', 'ow', g.outC]));
+      b.input(floatValueInfo('dy', blockedInput(g.outC, block)));
       b.input(floatValueInfo('f', [g.kh, g.kw, g.inC, g.outC]));
       const flipped = flipTaps(b, 'f');
       // The flipped [KH, KW, Ci, Co] read as [KH, KW, O, I] of the dx convolution.
       blockedConv(b, 'dy', flipped, { kh: g.kh, kw: g.kw, ci: g.outC, co: g.inC, block, order: 'hwoi' }, { pads: attr.ints(pads) });
       b.output(floatValueInfo('y', null));
     }, { nchwc: true });
-    return runToOutput(ort, backend, session, 'dx', { dy, f: filter }, [g.batch, g.inH, g.inW, g.inC], { blocked: true });
+    const shape = [g.batch, g.inH, g.inW, g.inC];
+    return runToOutput(ort, backend, session, 'dx', { dy, f: filter }, shape, { blocked: true, dims: { dy: blockedDims(dy.shape, block) }, ortDims: blockedDims(shape, block) });
   }
   const key = `dx:${g.kh}x${g.kw}:${g.strideH},${g.strideW}:${pads}:${extraH},${extraW}`;
   const session = cached(ort, key, (b) => {

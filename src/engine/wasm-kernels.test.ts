@@ -7,7 +7,7 @@ import { DynnError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { engineName, initEngine } from './backend.js';
 import { registerWasmTrainingKernels } from './wasm-kernels.js';
-import { MAX_BLOCK_PADDING, MAX_BLOCK_PADDING_OVER_XNNPACK, ORT_MIN_CHANNELS, ORT_MIN_FLOPS, ortKernelCalls, ortKernelsAvailable, ortNchwcBlock, setOrtMinFlops } from './ort-kernels.js';
+import { MAX_BLOCK_PADDING, MAX_BLOCK_PADDING_OVER_XNNPACK, ORT_MIN_CHANNELS, ORT_INPUT_GRADIENT_SHARE, ORT_MIN_FLOPS, ORT_NARROW_DX_CHANNELS, ortKernelCalls, ortKernelsAvailable, ortNchwcBlock, setOrtMinFlops } from './ort-kernels.js';
 
 const TOL = 1e-4;
 
@@ -146,6 +146,26 @@ describe('wasm training kernels against cpu', () => {
     assert.ok(after.dw - before.dw >= geometries, `filter-gradient calls ${after.dw - before.dw}`);
   });
 
+  test('input gradients go to ONNX Runtime from a 16th of the threshold, but a narrow 1x1 one stays on wasm', async (t) => {
+    if (!ortKernelsAvailable()) return t.skip('onnxruntime-node binding not loadable');
+    const dxCalls = async (x: number[], k: number, s: number, co: number, aboveShare = true) => {
+      const before = ortKernelCalls().dx;
+      const flops = 2 * x[0] * (x[1] / s) * (x[2] / s) * k * k * x[3] * co;
+      assert.ok(flops < ORT_MIN_FLOPS && flops >= ORT_MIN_FLOPS * ORT_INPUT_GRADIENT_SHARE === aboveShare, `${flops} FLOPs`);
+      await assertSameOnBoth(`${k}x${k} stride ${s} dx, x ${x} -> ${co}`, () => {
+        const w = randomTensor(8, [k, k, x[3], co]) as tf.Tensor4D;
+        return [tf.grad((a: tf.Tensor) => weightedSum(tf.conv2d(a as tf.Tensor4D, w, s, 'same')))(randomTensor(9, x))];
+      });
+      return ortKernelCalls().dx - before;
+    };
+    assert.equal(await dxCalls([8, 28, 28, 16], 1, 2, 32), 1, 'strided 1x1');
+    assert.equal(await dxCalls([8, 14, 14, 8], 3, 1, 8), 1, '3x3');
+    assert.equal(await dxCalls([8, 14, 14, 16], 1, 1, 32), 1, '1x1 into 32 channels');
+    assert.ok(ORT_NARROW_DX_CHANNELS > 8);
+    assert.equal(await dxCalls([8, 28, 28, 32], 1, 1, 8), 0, '1x1 into 8 channels');
+    assert.equal(await dxCalls([2, 7, 7, 8], 3, 1, 8, false), 0, 'below the share');
+  });
+
   test('convolutions in the blocked layout (NCHWc): whole and padded blocks, strides, 1x1, dilation; the plain form where padding costs too much', async (t) => {
     const block = ortNchwcBlock();
     // On x64 ONNX Runtime has the blocked kernels: a probe that stops finding them must fail, not skip.
@@ -155,6 +175,7 @@ describe('wasm training kernels against cpu', () => {
     // Fewer input channels than a block go in unblocked (only the outputs are padded); more need groups of 4.
     const blocked = (ci: number, co: number, max = MAX_BLOCK_PADDING) => ci % 4 === 0 && (ci < block ? up(co) / co : (up(ci) * up(co)) / (ci * co)) <= max;
     const cases: { x: [number, number, number, number]; k: number; co: number; s: number; pad: 'same' | 'valid'; dilation?: number }[] = [
+      // One whole block in and out: no reorder on either side (the same memory as NHWC).
       { x: [2, 6, 6, block], k: 3, co: block, s: 1, pad: 'same' },
       { x: [2, 7, 7, 12], k: 3, co: 24, s: 2, pad: 'same' },
       { x: [2, 8, 8, 8], k: 1, co: 16, s: 1, pad: 'valid' },
@@ -368,6 +389,45 @@ describe('wasm training kernels against cpu', () => {
       const x = randomTensor(19, [7, 3]);
       return [tf.unsortedSegmentSum(x, tf.tensor1d([2, 0, 2, 2, 4, 0, 1], 'int32'), 5)];
     });
+  });
+
+  test('unsortedSegmentSum without repeated ids (the scatter path): runs, gaps, ids out of range, untouched segments zero', async () => {
+    await assertSameOnBoth('unique ids', () => {
+      const x = randomTensor(23, [9, 2, 3]);
+      // Runs 3-4-5 and 0-1, a lone 8, a dropped -1 and 12; segments 2, 6, 7 and 9 get no row.
+      const ids = tf.tensor1d([3, 4, 5, -1, 0, 1, 8, 12, 10], 'int32');
+      return [tf.unsortedSegmentSum(x, ids, 11), tf.unsortedSegmentSum(x, tf.tensor1d([8, 7, 6, 5, 4, 3, 2, 1, 0], 'int32'), 9)];
+    });
+    await assertSameOnBoth('gather gradient of a partition of a batch', () => {
+      const x = randomTensor(24, [10, 3, 3, 4]);
+      const parts = [tf.tensor1d([0, 2, 3, 4, 9], 'int32'), tf.tensor1d([1, 5, 6, 7, 8], 'int32')];
+      return [tf.grad((a: tf.Tensor) => tf.addN(parts.map((p) => weightedSum(tf.gather(a, p, 0)))))(x)];
+    });
+    // The same call on wasm twice (a scatter leaves nothing behind in the heap for the next output).
+    await tf.setBackend('wasm');
+    const x = randomTensor(25, [4, 8]);
+    const first = tf.unsortedSegmentSum(x, tf.tensor1d([5, 6, 7, 1], 'int32'), 8);
+    const again = tf.unsortedSegmentSum(x, tf.tensor1d([0, 2, 3, 4], 'int32'), 8);
+    assert.deepEqual(Array.from(again.dataSync().slice(8, 16)), new Array(8).fill(0), 'segment 1 is zero');
+    assert.deepEqual(Array.from(again.dataSync().slice(0, 8)), Array.from(x.dataSync().slice(0, 8)));
+    tf.dispose([x, first, again]);
+  });
+
+  test('transpose: no copy by the identity permutation, a real one otherwise (size-1 axes moved too)', async () => {
+    await assertSameOnBoth('transposes', () => {
+      const x = randomTensor(26, [3, 1, 4, 2]);
+      return [tf.transpose(x, [0, 1, 2, 3]), tf.transpose(x, [1, 0, 2, 3]), tf.transpose(x, [0, 2, 1, 3]), tf.transpose(x, [3, 2, 1, 0]), tf.transpose(x, [2, 0, 1, 3])];
+    });
+    await tf.setBackend('wasm');
+    const x = randomTensor(27, [3, 1, 4, 2]);
+    const backend = wasmBackend();
+    const same = tf.transpose(x, [0, 1, 2, 3]);
+    const moved = tf.transpose(x, [1, 0, 2, 3]);
+    assert.equal(backend.typedArrayFromHeap(same).byteOffset, backend.typedArrayFromHeap(x).byteOffset, 'shares the data');
+    assert.notEqual(backend.typedArrayFromHeap(moved).byteOffset, backend.typedArrayFromHeap(x).byteOffset, 'a copy');
+    x.dispose();
+    assert.equal(same.dataSync()[5], randomArray(27, 24)[5], 'survives its input');
+    tf.dispose([same, moved]);
   });
 
   test('gather of whole blocks (the fast path): any axis, duplicates, int32 data, empty and 2-D indices', async () => {

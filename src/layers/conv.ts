@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { Layer, layerClasses, type KernelInit } from './layer.js';
 import { fullSel, groupSel, take } from './select.js';
+import { addChannelBias } from './channel.js';
 import type { BlockInfo, ChannelSel, LayerCost, Plan, RunContext, Shape } from './types.js';
 import type { FrozenOp } from '../models/subnet.js';
 
@@ -66,7 +67,7 @@ export class Conv2D extends Layer<Conv2DArgs> {
     const out = this.outSel(sel, ctx.plan);
     const kernel = take(take(this.kernel, 2, sel), 3, out) as tf.Tensor4D;
     let y: tf.Tensor = tf.conv2d(x as tf.Tensor4D, kernel, this.args.strides ?? 1, this.args.padding ?? 'same');
-    if (this.bias) y = tf.add(y, take(this.bias, 0, out));
+    if (this.bias) y = addChannelBias(y, take(this.bias, 0, out) as tf.Tensor1D);
     return { y, sel: out };
   }
 

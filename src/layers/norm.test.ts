@@ -2,6 +2,7 @@ import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
+import { assertClose } from './fixtures.js';
 import { batchNormMoments, batchNormTrain } from './norm.js';
 
 before(async () => {
@@ -15,17 +16,9 @@ function reference(x: tf.Tensor, g: tf.Tensor1D, b: tf.Tensor1D, eps: number) {
   return tf.batchNorm(x, mean, variance, b, g, eps);
 }
 
-function close(a: tf.Tensor, b: tf.Tensor, tol = 1e-4) {
-  const da = a.dataSync();
-  const db = b.dataSync();
-  assert.equal(da.length, db.length);
-  let worst = 0;
-  for (let i = 0; i < da.length; i++) worst = Math.max(worst, Math.abs(da[i] - db[i]) / (1 + Math.abs(db[i])));
-  assert.ok(worst < tol, `max relative error ${worst}`);
-}
-
 test('training BatchNorm: values and gradients (x, gamma, beta) match TF.js autograd, 4-D and 2-D', () => {
-  for (const shape of [[4, 6, 5, 8], [16, 12]]) {
+  // The last two are large enough for the depthwise-convolution form of channelAffine (channel.ts).
+  for (const shape of [[4, 6, 5, 8], [16, 12], [8, 16, 16, 32], [2048, 40]]) {
     tf.tidy(() => {
       const c = shape[shape.length - 1];
       const x = tf.add(tf.mul(tf.randomNormal(shape, 0, 1, 'float32', 1), 3), 1.5);
@@ -34,15 +27,15 @@ test('training BatchNorm: values and gradients (x, gamma, beta) match TF.js auto
       const r = tf.randomNormal(shape, 0, 1, 'float32', 4);
       const loss = (f: typeof reference) => (xi: tf.Tensor, gi: tf.Tensor, bi: tf.Tensor) =>
         tf.sum(tf.mul(f(xi, gi as tf.Tensor1D, bi as tf.Tensor1D, 1e-5), r));
-      close(batchNormTrain(x, g, b, 1e-5), reference(x, g, b, 1e-5));
+      assertClose(batchNormTrain(x, g, b, 1e-5), reference(x, g, b, 1e-5));
       const ours = tf.grads(loss(batchNormTrain))([x, g, b]);
       const theirs = tf.grads(loss(reference))([x, g, b]);
-      ours.forEach((t, i) => close(t, theirs[i], 1e-3));
+      ours.forEach((t, i) => assertClose(t, theirs[i], 1e-3));
       const m = batchNormMoments(x, g, b, 1e-5);
       const axes = shape.slice(0, -1).map((_, i) => i);
       const ref = tf.moments(x, axes);
-      close(m.mean, ref.mean);
-      close(m.variance, ref.variance);
+      assertClose(m.mean, ref.mean);
+      assertClose(m.variance, ref.variance);
     });
   }
 });

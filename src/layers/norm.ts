@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { Layer, layerClasses } from './layer.js';
 import { take } from './select.js';
+import { channelAffine, channelMean } from './channel.js';
 import type { ChannelSel, LayerCost, Plan, RunContext, Shape } from './types.js';
 import type { FrozenOp } from '../models/subnet.js';
 
@@ -59,7 +60,8 @@ export class BatchNorm extends Layer<BatchNormArgs> {
     const r = this.row(ctx.plan.level);
     const mean = take(tf.reshape(tf.slice(this.mean, [r, 0], [1, c]), [c]), 0, sel) as tf.Tensor1D;
     const variance = take(tf.reshape(tf.slice(this.variance, [r, 0], [1, c]), [c]), 0, sel) as tf.Tensor1D;
-    return { y: tf.batchNorm(x, mean, variance, beta, gamma, eps), sel };
+    const scale = tf.mul(gamma, tf.rsqrt(tf.add(variance, eps))) as tf.Tensor1D;
+    return { y: channelAffine(x, scale, tf.sub(beta, tf.mul(mean, scale)) as tf.Tensor1D), sel };
   }
 
   /** Inference at a plan is an affine map per channel: scale = gamma / sqrt(var + eps), shift = beta - mean * scale. */
@@ -102,20 +104,6 @@ export class BatchNorm extends Layer<BatchNormArgs> {
 
 layerClasses.register('BatchNorm', BatchNorm);
 
-/**
- * Per-channel mean over every axis but the last. For NHWC activations it is a global average pool
- * (one SIMD pass on wasm) then a mean over the batch; reducing the leading axes directly makes wasm
- * transpose the whole tensor first, and a ones-row matmul makes it pack the whole tensor.
- */
-function channelMean(t: tf.Tensor): tf.Tensor1D {
-  if (t.rank === 4) {
-    const [, h, w] = t.shape;
-    return tf.reshape(tf.mean(tf.avgPool(t as tf.Tensor4D, [h, w], [h, w], 'valid'), [0, 1, 2]), [t.shape[3] as number]) as tf.Tensor1D;
-  }
-  const c = t.shape[t.rank - 1];
-  return tf.mean(tf.reshape(t, [-1, c]), 0) as tf.Tensor1D;
-}
-
 /** Batch mean and reciprocal standard deviation per channel. */
 function batchStats(x: tf.Tensor, eps: number): { mean: tf.Tensor1D; variance: tf.Tensor1D; rstd: tf.Tensor1D } {
   const mean = channelMean(x);
@@ -136,7 +124,7 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor1D, beta: tf.Tensor
     const a = tf.mul(g, rstd);
     save([xi, mean, rstd, g]);
     return {
-      value: tf.add(tf.mul(xi, a), tf.sub(b, tf.mul(mean, a))),
+      value: channelAffine(xi, a as tf.Tensor1D, tf.sub(b, tf.mul(mean, a)) as tf.Tensor1D),
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
         const [xs, mu, rs, gm] = saved;
         const m = xs.size / gm.size;
@@ -144,10 +132,10 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor1D, beta: tf.Tensor
         const mdy = channelMean(dy);
         const mdyx = tf.mul(rs, tf.sub(channelMean(tf.mul(dy, xs)), tf.mul(mu, mdy)));
         // dx = gamma * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)) = A * dy + B * x + C per channel.
-        const A = tf.mul(gm, rs);
-        const B = tf.neg(tf.mul(A, tf.mul(rs, mdyx)));
-        const C = tf.sub(tf.neg(tf.mul(A, mdy)), tf.mul(B, mu));
-        const dx = tf.add(tf.add(tf.mul(dy, A), tf.mul(xs, B)), C);
+        const A = tf.mul(gm, rs) as tf.Tensor1D;
+        const B = tf.neg(tf.mul(A, tf.mul(rs, mdyx))) as tf.Tensor1D;
+        const C = tf.sub(tf.neg(tf.mul(A, mdy)), tf.mul(B, mu)) as tf.Tensor1D;
+        const dx = tf.add(channelAffine(dy, A), channelAffine(xs, B, C));
         return [dx, tf.mul(mdyx, m), tf.mul(mdy, m)];
       },
     };
@@ -159,6 +147,6 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor1D, beta: tf.Tensor
 export function batchNormMoments(x: tf.Tensor, gamma: tf.Tensor1D, beta: tf.Tensor1D, eps: number) {
   const { mean, variance, rstd } = batchStats(x, eps);
   const a = tf.mul(gamma, rstd);
-  const y = tf.add(tf.mul(x, a), tf.sub(beta, tf.mul(mean, a)));
+  const y = channelAffine(x, a as tf.Tensor1D, tf.sub(beta, tf.mul(mean, a)) as tf.Tensor1D);
   return { y, mean, variance };
 }

@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import type { Plan } from '../layers/types.js';
 import { condConv, type CondConvParams } from '../layers/condconv-ops.js';
+import { channelAffine } from '../layers/channel.js';
 
 /** One operation of a frozen sub-network, with its weights already sliced to the plan. */
 export type FrozenOp =
@@ -100,7 +101,7 @@ export function runOps(ops: FrozenOp[], x: tf.Tensor): tf.Tensor {
         if (o.relu) y = tf.relu(y);
         break;
       case 'affine':
-        y = tf.add(tf.mul(y, o.scale), o.shift);
+        y = channelAffine(y, o.scale, o.shift);
         break;
       case 'relu':
         y = tf.relu(y);

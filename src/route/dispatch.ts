@@ -38,6 +38,12 @@ export interface RowOps<T> {
   gather(x: T, rows: Int32Array): T;
   /** Batches joined along the sample axis. */
   concat(parts: T[]): T;
+  /**
+   * The batches of several disjoint row sets at once (default: a gather each). TF.js tensors permute once and
+   * split, so the gradient is one concatenation and one scatter: a gather per part would give each part's
+   * gradient as a whole batch of zeros around its rows, added up part by part.
+   */
+  parts?(x: T, rowSets: Int32Array[]): T[];
 }
 
 /** Rows of flat float32 batches whose samples are `per` values each (ONNX Runtime's tensors' data). */
@@ -65,6 +71,12 @@ export function arrayRows(per: number): RowOps<Float32Array> {
 /** The part of batch `x` that `rows` names: `x` itself when they are all of it, in order. */
 export function rowsOf<T>(ops: RowOps<T>, x: T, rows: Int32Array): T {
   return rows.length === ops.count(x) && rows.every((r, i) => r === i) ? x : ops.gather(x, rows);
+}
+
+/** The parts of `x` that `rowSets` name (disjoint), through `ops.parts` where the kind of batch has it. */
+export function partsOf<T>(ops: RowOps<T>, x: T, rowSets: Int32Array[]): T[] {
+  if (rowSets.length === 1 || !ops.parts) return rowSets.map((rows) => rowsOf(ops, x, rows));
+  return ops.parts(x, rowSets);
 }
 
 /**
@@ -138,7 +150,8 @@ export function dispatchFrom<T, U>(
   ops: { input: RowOps<T>; output: RowOps<U> },
 ): U {
   const p = partitionFrom(x, sources, routes, ops.input);
-  const outputs = p.groups.map((g) => run(g.route, rowsOf(ops.input, x, g.rows.map((r) => sources[r])), g.rows));
+  const inputs = partsOf(ops.input, x, p.groups.map((g) => g.rows.map((r) => sources[r])));
+  const outputs = p.groups.map((g, k) => run(g.route, inputs[k], g.rows));
   return assemble(ops.output, outputs, p.groups.map((g) => g.rows), sources.length);
 }
 
@@ -151,8 +164,9 @@ export async function dispatchFromAsync<T, U>(
   ops: { input: RowOps<T>; output: RowOps<U> },
 ): Promise<U> {
   const p = partitionFrom(x, sources, routes, ops.input);
+  const inputs = partsOf(ops.input, x, p.groups.map((g) => g.rows.map((r) => sources[r])));
   const outputs: U[] = [];
-  for (const g of p.groups) outputs.push(await run(g.route, rowsOf(ops.input, x, g.rows.map((r) => sources[r])), g.rows));
+  for (const [k, g] of p.groups.entries()) outputs.push(await run(g.route, inputs[k], g.rows));
   return assemble(ops.output, outputs, p.groups.map((g) => g.rows), sources.length);
 }
 

@@ -1,11 +1,20 @@
 import * as tf from '@tensorflow/tfjs-core';
-import { dispatch, dispatchFrom, dispatchPadded, type PaddedLayout, type RowOps } from './dispatch.js';
+import { dispatch, dispatchFrom, dispatchPadded, rowsOf, type PaddedLayout, type RowOps } from './dispatch.js';
 
 /** Rows of TF.js tensors (axis 0). Call inside `tf.tidy`. */
 export const tensorRows: RowOps<tf.Tensor> = {
   count: (x) => x.shape[0],
   gather: (x, rows) => tf.gather(x, rows),
   concat: (parts) => (parts.length === 1 ? parts[0] : tf.concat(parts, 0)),
+  parts: (x, rowSets) => {
+    const order = new Int32Array(rowSets.reduce((a, r) => a + r.length, 0));
+    let at = 0;
+    for (const rows of rowSets) {
+      order.set(rows, at);
+      at += rows.length;
+    }
+    return tf.split(rowsOf(tensorRows, x, order), rowSets.map((r) => r.length), 0);
+  },
 };
 
 /** `dispatch` over TF.js tensors in and out. Call inside `tf.tidy`; gradients flow to every part. */
