@@ -430,6 +430,23 @@ describe('wasm training kernels against cpu', () => {
     tf.dispose([same, moved]);
   });
 
+  test('cast: no copy to the same dtype, a conversion otherwise', async () => {
+    await assertSameOnBoth('casts', () => {
+      const x = randomTensor(28, [2, 3, 4], -3, 3);
+      return [tf.cast(x, 'float32'), tf.cast(tf.cast(x, 'int32'), 'float32'), tf.cast(tf.cast(tf.greater(x, 0), 'float32'), 'float32')];
+    });
+    await tf.setBackend('wasm');
+    const x = randomTensor(29, [5, 4]);
+    const backend = wasmBackend();
+    const same = tf.cast(x, 'float32');
+    const other = tf.cast(x, 'int32');
+    assert.equal(backend.typedArrayFromHeap(same).byteOffset, backend.typedArrayFromHeap(x).byteOffset, 'shares the data');
+    assert.equal(other.dtype, 'int32');
+    x.dispose();
+    assert.equal(same.dataSync()[3], randomArray(29, 20)[3], 'survives its input');
+    tf.dispose([same, other]);
+  });
+
   test('gather of whole blocks (the fast path): any axis, duplicates, int32 data, empty and 2-D indices', async () => {
     await assertSameOnBoth('samples of a batch', () => {
       const x = randomTensor(21, [9, 4, 4, 8]);

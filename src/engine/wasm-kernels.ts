@@ -4,6 +4,8 @@ import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm';
 import type {
   BatchMatMulAttrs,
   BatchMatMulInputs,
+  CastAttrs,
+  CastInputs,
   Conv2DAttrs,
   Conv2DInputs,
   Conv2DBackpropFilterAttrs,
@@ -690,6 +692,17 @@ function makeTranspose(original: KernelFunc) {
   };
 }
 
+/**
+ * Cast to the dtype a tensor already has, without a copy (as `identity`): TF.js's ReLU gradient casts its
+ * float step function to float on every call, and wasm's own kernel copies the whole activation.
+ */
+function makeCast(original: KernelFunc) {
+  return (args: { inputs: CastInputs; backend: BackendWasm; attrs: CastAttrs }): TensorInfo => {
+    if (args.inputs.x!.dtype === args.attrs.dtype) return identity(args);
+    return original(args as unknown as Parameters<KernelFunc>[0]) as TensorInfo;
+  };
+}
+
 /** Builds a kernel function; `original` is the wasm kernel being replaced, if any. */
 type Factory = (original: KernelFunc | undefined) => KernelFunc;
 
@@ -724,6 +737,13 @@ const ENTRIES: readonly Entry[] = [
   { name: tf._FusedMatMul, factory: () => asKernel(fusedMatMul) },
   { name: tf.MaxPoolGrad, factory: () => asKernel(maxPoolGrad) },
   { name: tf.UnsortedSegmentSum, factory: () => asKernel(unsortedSegmentSum) },
+  {
+    name: tf.Cast,
+    factory: (original) => {
+      if (original == null) throw new Error('dynn: the wasm backend has no Cast kernel');
+      return asKernel(makeCast(original));
+    },
+  },
   {
     name: tf.Transpose,
     factory: (original) => {
@@ -777,7 +797,7 @@ function isOurs(config: KernelConfig | undefined): config is DynnKernelConfig {
  * Registers dynn's training kernels for the `wasm` backend: the missing Conv2DBackpropFilter,
  * UnsortedSegmentSum and depthwise gradients, and fast or correct replacements for Conv2D and
  * Conv2DBackpropInput (both through ONNX Runtime where it is faster), BatchMatMul, _FusedMatMul, MaxPoolGrad,
- * Identity, Transpose, Slice, and GatherV2 and SplitV of whole blocks. Idempotent; works before or after the wasm backend
+ * Identity, Cast, Transpose, Slice, and GatherV2 and SplitV of whole blocks. Idempotent; works before or after the wasm backend
  * is initialised.
  */
 export function registerWasmTrainingKernels(): void {

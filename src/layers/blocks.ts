@@ -6,6 +6,7 @@ import { BatchNorm } from './norm.js';
 import { ReLU } from './basic.js';
 import { CondConv2D, type CondConv2DArgs } from './condconv.js';
 import { groupSel } from './select.js';
+import { scaleChannels, type ChannelFactor } from './channel.js';
 import type { BlockInfo, ChannelSel, LayerCost, Plan, RunContext, Shape } from './types.js';
 import type { FrozenOp } from '../models/subnet.js';
 
@@ -126,12 +127,11 @@ export class ResidualBlock<A extends ResidualBlockArgs = ResidualBlockArgs> exte
    * The block on every row of `x`, its main path at `inner` (the context's plan by default), the inner
    * channels scaled by `st` when given. No inner group leaves relu(shortcut(x)).
    */
-  protected forwardAt(x: tf.Tensor, sel: ChannelSel, ctx: RunContext, inner: RunContext = ctx, st?: tf.Tensor): tf.Tensor {
+  protected forwardAt(x: tf.Tensor, sel: ChannelSel, ctx: RunContext, inner: RunContext = ctx, factor?: ChannelFactor): tf.Tensor {
     const short = this.shortcut.length ? this.runChain(this.shortcut, x, sel, ctx).y : x;
     if (inner.plan.groups.get(this.innerKey)?.length === 0) return tf.relu(short);
     const front = this.runChain(this.front, x, sel, inner);
-    const h = st ? tf.mul(front.y, st) : front.y;
-    return tf.relu(tf.add(this.runChain(this.back, h, front.sel, inner).y, short));
+    return tf.relu(tf.add(this.runChain(this.back, scaleChannels(front.y, factor), front.sel, inner).y, short));
   }
 
   call(x: tf.Tensor, sel: ChannelSel, ctx: RunContext) {

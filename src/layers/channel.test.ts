@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../engine/backend.js';
 import { assertClose } from './fixtures.js';
-import { addChannelBias, channelAffine, channelMean } from './channel.js';
+import { addChannelBias, channelAffine, channelMean, scaleChannels } from './channel.js';
+import { onesWithGradient } from '../route/gates.js';
 
 before(async () => {
   await initEngine('wasm');
@@ -69,4 +70,31 @@ test('channelMean: the mean over every axis but the last, 4-D and 2-D', () => {
       assertClose(channelMean(x), tf.mean(x, shape.slice(0, -1).map((_, i) => i)), 1e-5);
     });
   }
+});
+
+test('scaleChannels: a straight-through factor is h in value, with the gradients of h times the factor as a tensor; a tensor factor multiplies', () => {
+  const [rows, k, width, G] = [5, 3, 2, 4];
+  const h = tf.randomNormal([rows, 4, 3, k * width], 0, 1, 'float32', 12);
+  const q = tf.randomUniform([rows, G], 0.1, 0.9, 'float32', 13) as tf.Tensor2D;
+  const r = tf.randomNormal(h.shape, 0, 1, 'float32', 14);
+  const before = tf.memory().numTensors;
+  tf.tidy(() => {
+    // The factor as a tensor: ones with q's gradient for the first k groups, each repeated over its channels.
+    const asTensor = (a: tf.Tensor, p: tf.Tensor) =>
+      tf.mul(a, tf.reshape(tf.tile(tf.reshape(onesWithGradient(tf.slice(p, [0, 0], [rows, k])), [rows, k, 1]), [1, 1, width]), [rows, 1, 1, k * width]));
+    const through = (a: tf.Tensor, p: tf.Tensor) => scaleChannels(a, { q: p as tf.Tensor2D, k, width });
+    assertClose(through(h, q), h, 1e-7);
+    const loss = (f: (a: tf.Tensor, p: tf.Tensor) => tf.Tensor) => (a: tf.Tensor, p: tf.Tensor) => tf.sum(tf.mul(f(a, p), r));
+    const ours = tf.grads(loss(through))([h, q]);
+    const theirs = tf.grads(loss(asTensor))([h, q]);
+    assertClose(ours[0], theirs[0], 1e-6);
+    assertClose(ours[1], theirs[1], 1e-4);
+    assert.ok(tf.max(tf.abs(ours[1])).dataSync()[0] > 0.1, 'q gets a gradient');
+    const mask = tf.tensor4d(Float32Array.from({ length: rows * k * width }, (_, i) => i % 3 === 0 ? 0 : 1), [rows, 1, 1, k * width]);
+    assertClose(scaleChannels(h, mask), tf.mul(h, mask), 1e-7);
+    assert.equal(scaleChannels(h), h);
+    assert.throws(() => scaleChannels(h, { q, k: 2, width }), /2 groups of 2 channels/);
+  });
+  assert.equal(tf.memory().numTensors, before);
+  tf.dispose([h, q, r]);
 });

@@ -54,3 +54,43 @@ export function addChannelBias(x: tf.Tensor, bias: tf.Tensor1D): tf.Tensor {
   });
   return f(x, bias);
 }
+
+/**
+ * The straight-through factor of a nested decision's first `k` groups of `width` channels, for rows whose
+ * probabilities are `q` ([rows, >= k], the decision's surrogate): 1 in value, so the executed computation is
+ * the hard one, with q's gradient (ACS: the gate's probability as the surrogate of its binary decision).
+ */
+export interface StraightThrough {
+  q: tf.Tensor2D;
+  k: number;
+  width: number;
+}
+
+/** What multiplies a gated unit's inner activations: a tensor ([rows, 1, 1, C]: a mask, per-channel factors) or a straight-through factor. */
+export type ChannelFactor = tf.Tensor | StraightThrough;
+
+/**
+ * `h` ([rows, H, W, C]) times `factor`. A straight-through factor is ones in value: `h` itself going forward,
+ * and backward q's gradient, per row and group the sum of dy * h (a same-shape product and an average pool),
+ * where multiplying by the factor as a tensor cost a broadcasting product each way (wasm's is not vectorized:
+ * 1 ms for 8x28x28x6) and a Sum over the leading axes.
+ */
+export function scaleChannels(h: tf.Tensor, factor?: ChannelFactor): tf.Tensor {
+  if (factor == null) return h;
+  if (factor instanceof tf.Tensor) return tf.mul(h, factor);
+  const { q, k, width } = factor;
+  const [rows, height, w, c] = h.shape;
+  if (h.rank !== 4 || c !== k * width) throw new Error(`scaleChannels: ${k} groups of ${width} channels for activations of shape [${h.shape}]`);
+  const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [hi] = args as tf.Tensor[];
+    (args[2] as tf.GradSaveFunc)([hi]);
+    return {
+      value: tf.clone(hi),
+      gradFunc: (dy: tf.Tensor, [hs]: tf.Tensor[]) => {
+        const sums = tf.mul(tf.avgPool(tf.mul(dy, hs) as tf.Tensor4D, [height, w], [height, w], 'valid'), height * w);
+        return [dy, tf.sum(tf.reshape(sums, [rows, k, width]), 2)];
+      },
+    };
+  });
+  return f(h, tf.slice(q, [0, 0], [rows, k]));
+}

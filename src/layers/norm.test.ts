@@ -34,8 +34,21 @@ test('training BatchNorm: values and gradients (x, gamma, beta) match TF.js auto
       const m = batchNormMoments(x, g, b, 1e-5);
       const axes = shape.slice(0, -1).map((_, i) => i);
       const ref = tf.moments(x, axes);
-      assertClose(m.mean, ref.mean);
-      assertClose(m.variance, ref.variance);
+      assertClose(tf.tensor1d(m.mean), ref.mean);
+      assertClose(tf.tensor1d(m.variance), ref.variance);
+      assertClose(m.y, reference(x, g, b, 1e-5));
     });
   }
+});
+
+test('training BatchNorm leaves no tensor behind, forward and backward', () => {
+  const x = tf.randomNormal([6, 5, 5, 4], 0, 1, 'float32', 5);
+  const g = tf.ones([4]) as tf.Tensor1D;
+  const b = tf.zeros([4]) as tf.Tensor1D;
+  const before = tf.memory().numTensors;
+  batchNormTrain(x, g, b, 1e-5).dispose();
+  const gs = tf.grads((xi: tf.Tensor, gi: tf.Tensor, bi: tf.Tensor) => tf.sum(tf.square(batchNormTrain(xi, gi as tf.Tensor1D, bi as tf.Tensor1D, 1e-5))))([x, g, b]);
+  tf.dispose(gs);
+  assert.equal(tf.memory().numTensors, before);
+  tf.dispose([x, g, b]);
 });

@@ -52,7 +52,7 @@ export class BatchNorm extends Layer<BatchNormArgs> {
     if (ctx.moments) {
       const { y, mean, variance } = batchNormMoments(x, gamma, beta, eps);
       const n = x.size / sel.count;
-      ctx.moments.add(this.name, this.row(ctx.plan.level), sel, n, mean.dataSync() as Float32Array, variance.dataSync() as Float32Array);
+      ctx.moments.add(this.name, this.row(ctx.plan.level), sel, n, mean, variance);
       return { y, sel };
     }
     if (ctx.training) return { y: batchNormTrain(x, gamma, beta, eps), sel };
@@ -104,11 +104,21 @@ export class BatchNorm extends Layer<BatchNormArgs> {
 
 layerClasses.register('BatchNorm', BatchNorm);
 
-/** Batch mean and reciprocal standard deviation per channel. */
-function batchStats(x: tf.Tensor, eps: number): { mean: tf.Tensor1D; variance: tf.Tensor1D; rstd: tf.Tensor1D } {
-  const mean = channelMean(x);
-  const variance = tf.relu(tf.sub(channelMean(tf.square(x)), tf.square(mean))) as tf.Tensor1D;
-  return { mean, variance, rstd: tf.rsqrt(tf.add(variance, eps)) as tf.Tensor1D };
+/**
+ * Batch mean, variance and reciprocal standard deviation per channel, as plain arrays: the per-channel
+ * arithmetic of a BatchNorm is a few dozen numbers, and as TF.js ops on [C] vectors it was a dozen kernel
+ * calls per layer each way (about 20 us apiece), which a gated block pays again for every part of its batch.
+ */
+function batchStats(x: tf.Tensor, eps: number): { mean: Float32Array; variance: Float32Array; rstd: Float32Array } {
+  const [m, m2] = tf.tidy(() => [channelMean(x).dataSync() as Float32Array, channelMean(tf.square(x)).dataSync() as Float32Array]);
+  const variance = m.map((v, i) => Math.max(0, m2[i] - v * v));
+  return { mean: m, variance, rstd: variance.map((v) => 1 / Math.sqrt(v + eps)) };
+}
+
+/** y = x * a + b per channel with a = gamma * rstd, b = beta - mean * a, from the batch statistics. */
+function normalize(x: tf.Tensor, gamma: Float32Array, beta: Float32Array, mean: Float32Array, rstd: Float32Array): tf.Tensor {
+  const a = gamma.map((g, i) => g * rstd[i]);
+  return tf.tidy(() => channelAffine(x, tf.tensor1d(a), tf.tensor1d(beta.map((b, i) => b - mean[i] * a[i]))));
 }
 
 /**
@@ -121,22 +131,26 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor1D, beta: tf.Tensor
     const [xi, g, b] = args as tf.Tensor[];
     const save = args[3] as tf.GradSaveFunc;
     const { mean, rstd } = batchStats(xi, eps);
-    const a = tf.mul(g, rstd);
-    save([xi, mean, rstd, g]);
+    const gm = g.dataSync() as Float32Array;
+    save([xi]);
     return {
-      value: channelAffine(xi, a as tf.Tensor1D, tf.sub(b, tf.mul(mean, a)) as tf.Tensor1D),
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [xs, mu, rs, gm] = saved;
-        const m = xs.size / gm.size;
+      value: normalize(xi, gm, b.dataSync() as Float32Array, mean, rstd),
+      gradFunc: (dy: tf.Tensor, [xs]: tf.Tensor[]) => {
+        const C = gm.length;
+        const m = xs.size / C;
         // Per-channel sums as means times M: sum(dy), and sum(dy * xhat) = rstd * (sum(dy * x) - mean * sum(dy)).
-        const mdy = channelMean(dy);
-        const mdyx = tf.mul(rs, tf.sub(channelMean(tf.mul(dy, xs)), tf.mul(mu, mdy)));
-        // dx = gamma * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)) = A * dy + B * x + C per channel.
-        const A = tf.mul(gm, rs) as tf.Tensor1D;
-        const B = tf.neg(tf.mul(A, tf.mul(rs, mdyx))) as tf.Tensor1D;
-        const C = tf.sub(tf.neg(tf.mul(A, mdy)), tf.mul(B, mu)) as tf.Tensor1D;
-        const dx = tf.add(channelAffine(dy, A), channelAffine(xs, B, C));
-        return [dx, tf.mul(mdyx, m), tf.mul(mdy, m)];
+        const [mdy, mdyxRaw] = tf.tidy(() => [channelMean(dy).dataSync(), channelMean(tf.mul(dy, xs)).dataSync()]);
+        // dx = gamma * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)) = A * dy + B * x + K per channel.
+        const mdyx = new Float32Array(C);
+        const [A, B, K] = [new Float32Array(C), new Float32Array(C), new Float32Array(C)];
+        for (let i = 0; i < C; i++) {
+          mdyx[i] = rstd[i] * (mdyxRaw[i] - mean[i] * mdy[i]);
+          A[i] = gm[i] * rstd[i];
+          B[i] = -A[i] * rstd[i] * mdyx[i];
+          K[i] = -A[i] * mdy[i] - B[i] * mean[i];
+        }
+        const dx = tf.add(channelAffine(dy, tf.tensor1d(A)), channelAffine(xs, tf.tensor1d(B), tf.tensor1d(K)));
+        return [dx, tf.tensor1d(mdyx.map((v) => v * m)), tf.tensor1d(Float32Array.from(mdy, (v) => v * m))];
       },
     };
   });
@@ -144,9 +158,7 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor1D, beta: tf.Tensor
 }
 
 /** BatchNorm with batch statistics and no gradient, returning the statistics too (calibration). */
-export function batchNormMoments(x: tf.Tensor, gamma: tf.Tensor1D, beta: tf.Tensor1D, eps: number) {
+export function batchNormMoments(x: tf.Tensor, gamma: tf.Tensor1D, beta: tf.Tensor1D, eps: number): { y: tf.Tensor; mean: Float32Array; variance: Float32Array } {
   const { mean, variance, rstd } = batchStats(x, eps);
-  const a = tf.mul(gamma, rstd);
-  const y = channelAffine(x, a as tf.Tensor1D, tf.sub(beta, tf.mul(mean, a)) as tf.Tensor1D);
-  return { y, mean, variance };
+  return { y: normalize(x, gamma.dataSync() as Float32Array, beta.dataSync() as Float32Array, mean, rstd), mean, variance };
 }

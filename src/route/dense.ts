@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { BatchNorm, Conv2D, DenseUnit, ReLU, layerClasses } from '../layers/index.js';
 import type { ChannelSel, DenseUnitArgs, Layer, LayerCost, Plan, RunContext, Shape } from '../layers/index.js';
+import { scaleChannels, type ChannelFactor } from '../layers/channel.js';
 import { buildGate, checkGroups, routeUnit, routedCost, type GatedArgs, type GatedUnit } from './unit.js';
 
 export interface GatedDenseUnitArgs extends Omit<DenseUnitArgs, 'groups'>, GatedArgs {}
@@ -79,14 +80,14 @@ export class GatedDenseUnit extends DenseUnit<GatedDenseUnitArgs> implements Gat
   }
 
   /** The k new channels of rows `h` (the input after BN-ReLU); zeros with no group active. */
-  runAt(h: tf.Tensor, sel: ChannelSel, _ctx: RunContext, inner: RunContext, factor?: tf.Tensor): tf.Tensor {
+  runAt(h: tf.Tensor, sel: ChannelSel, _ctx: RunContext, inner: RunContext, factor?: ChannelFactor): tf.Tensor {
     if (inner.plan.groups.get(this.innerKey)?.length === 0) {
       const [rows, height, width] = h.shape;
       return tf.zeros([rows, height, width, this.args.growth]);
     }
     const [conv1, bn2, relu2, conv2] = this.routed;
     const front = this.runChain([conv1, bn2, relu2], h, sel, inner);
-    return conv2.call(factor ? tf.mul(front.y, factor) : front.y, front.sel, inner).y;
+    return conv2.call(scaleChannels(front.y, factor), front.sel, inner).y;
   }
 
   override call(x: tf.Tensor, sel: ChannelSel, ctx: RunContext) {

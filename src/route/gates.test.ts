@@ -7,7 +7,8 @@ import { Network } from '../models/network.js';
 import { createModel } from '../models/zoo.js';
 import { DynnError } from '../util/errors.js';
 import { RoutingState } from './context.js';
-import { DGGateNet, GateNet, nestedDecision, straightThrough } from './gates.js';
+import { DGGateNet, GateNet, nestedDecision } from './gates.js';
+import { scaleChannels } from '../layers/channel.js';
 import { nestedCounts } from './count.js';
 import { mechanisms } from './mechanisms.js';
 import { gatedTestNet, testBatch, TEST_GROUPS } from './fixtures.js';
@@ -157,15 +158,15 @@ test('soft decisions sample the nested distribution with either estimator, repea
     const grad = tf.tidy(() => {
       const g = tf.grad((l: tf.Tensor) => {
         const d = nestedDecision('b1', l as tf.Tensor2D, RoutingState.start('soft', n, { seed: 3, estimator }));
-        return tf.sum(straightThrough(d.surrogate, 1, 2));
+        return tf.sum(scaleChannels(tf.ones([n, 3, 3, 2]), { q: d.surrogate, k: 1, width: 2 }));
       })(logits);
       return g.arraySync() as number[][];
     });
-    // The first group's factor (2 channels wide) has the gradient of its surrogate, sigmoid(z_0) or, with
-    // gumbel, sigmoid(z_0 + noise): 2 s (1 - s), which differs per sample only with the noise.
+    // The first group's factor (2 channels of 3x3 ones) has the gradient of its surrogate, sigmoid(z_0) or,
+    // with gumbel, sigmoid(z_0 + noise): 18 s (1 - s), which differs per sample only with the noise.
     grad.forEach((row, i) => {
       const s0 = surrogate[i][0];
-      assert.ok(Math.abs(row[0] - 2 * s0 * (1 - s0)) < 1e-5, `${estimator}, sample ${i}: gradient ${row[0]}, expected ${2 * s0 * (1 - s0)}`);
+      assert.ok(Math.abs(row[0] - 18 * s0 * (1 - s0)) < 1e-4, `${estimator}, sample ${i}: gradient ${row[0]}, expected ${18 * s0 * (1 - s0)}`);
     });
     assert.equal(new Set(grad.map((row) => row[0].toFixed(6))).size > 1, estimator === 'gumbel', `${estimator}: per-sample gradients differ only with the noise`);
   }

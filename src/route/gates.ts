@@ -228,17 +228,6 @@ export function nestedDecision(key: string, logits: tf.Tensor2D, routing: Routin
   return { q, counts: nestedCounts(logits.dataSync(), G, cut), surrogate: q };
 }
 
-/**
- * The straight-through factor of the first `k` groups (each `width` channels) of rows with probabilities
- * `q` (a decision's surrogate): 1 in value, so the executed computation is the hard one, with the gradient
- * of q (ACS: the gate's probability as the surrogate of its binary decision). Shape [rows, 1, 1, k * width].
- */
-export function straightThrough(q: tf.Tensor2D, k: number, width: number): tf.Tensor4D {
-  const rows = q.shape[0];
-  const factor = onesWithGradient(tf.slice(q, [0, 0], [rows, k]));
-  return tf.reshape(tf.tile(tf.reshape(factor, [rows, k, 1]), [1, 1, width]), [rows, 1, 1, k * width]) as tf.Tensor4D;
-}
-
 /** 1 + p - stop_gradient(p): ones in value, p's gradient (TF.js has no stop-gradient op). */
 export const onesWithGradient = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({
   value: tf.onesLike(args[0] as tf.Tensor),

@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { ResidualBlock, layerClasses } from '../layers/index.js';
 import type { ChannelSel, Layer, LayerCost, Plan, ResidualBlockArgs, RunContext, Shape } from '../layers/index.js';
+import type { ChannelFactor } from '../layers/channel.js';
 import { buildGate, checkGroups, routeUnit, routedCost, type GatedArgs, type GatedUnit } from './unit.js';
 
 export interface GatedResidualBlockArgs extends Omit<ResidualBlockArgs, 'groups'>, GatedArgs {}
@@ -54,7 +55,7 @@ export class GatedResidualBlock extends ResidualBlock<GatedResidualBlockArgs> im
     return oh * ow * 9 * (sel.count + this.args.filters);
   }
 
-  runAt(x: tf.Tensor, sel: ChannelSel, ctx: RunContext, inner: RunContext, factor?: tf.Tensor): tf.Tensor {
+  runAt(x: tf.Tensor, sel: ChannelSel, ctx: RunContext, inner: RunContext, factor?: ChannelFactor): tf.Tensor {
     return this.forwardAt(x, sel, ctx, inner, factor);
   }
 

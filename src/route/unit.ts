@@ -2,7 +2,8 @@ import * as tf from '@tensorflow/tfjs-core';
 import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
 import type { ChannelSel, Layer, LayerCost, Plan, Routing, RunContext } from '../layers/index.js';
-import { binaryDecisions, onesWithGradient, straightThrough } from './gates.js';
+import { binaryDecisions, onesWithGradient } from './gates.js';
+import type { ChannelFactor } from '../layers/channel.js';
 import { decideRoutes, runRoutes } from './routes.js';
 import { gateName, mechanisms } from './mechanisms.js';
 
@@ -40,9 +41,9 @@ export interface GatedUnit {
   channelMacs(sel: ChannelSel): number;
   /**
    * The unit's routed work on the rows of `x`, its inner channels as `inner.plan` says, multiplied by
-   * `factor` ([rows, 1, 1, active inner channels]) when given.
+   * `factor` (`scaleChannels`: a mask, per-channel factors, a straight-through factor) when given.
    */
-  runAt(x: tf.Tensor, sel: ChannelSel, ctx: RunContext, inner: RunContext, factor?: tf.Tensor): tf.Tensor;
+  runAt(x: tf.Tensor, sel: ChannelSel, ctx: RunContext, inner: RunContext, factor?: ChannelFactor): tf.Tensor;
 }
 
 /** The gate's own cost: it runs at full width whatever the plan. */
@@ -111,7 +112,7 @@ decisionForms.register('nested', {
       return unit.runAt(input, sel, ctx, innerContext(ctx, unit, G), mask);
     }
     return runRoutes(input, decision, ctx, (k, part, child, surrogate) => {
-      const st = surrogate && k > 0 ? straightThrough(surrogate, k, width) : undefined;
+      const st = surrogate && k > 0 ? { q: surrogate, k, width } : undefined;
       return unit.runAt(part, sel, child, innerContext(child, unit, k), st);
     });
   },
