@@ -6,12 +6,12 @@
 import * as tf from '@tensorflow/tfjs-core';
 import { initEngine } from '../src/engine/backend.js';
 import { createModel } from '../src/models/zoo.js';
+import { allLayers } from '../src/models/network.js';
 import { makeSynthetic } from '../src/data/synthetic.js';
 import { flatLayout, gradientStep } from '../src/train/step.js';
 import { toFloat } from '../src/data/imageset.js';
 import { setOrtMinFlops } from '../src/engine/ort-kernels.js';
 import { LogitGate } from '../src/route/gates.js';
-import type { Layer } from '../src/layers/layer.js';
 
 const batch = Number(process.argv[2] ?? 64);
 const steps = Number(process.argv[3] ?? 6);
@@ -43,10 +43,10 @@ for (const k of tf.getKernelsForBackend('wasm')) {
 }
 const dynamic = process.env.DYNAMIC;
 const model = createModel(process.env.MODEL ?? 'vgg-w', dynamic ? { dynamic } : {});
-// GATE_SHIFT=d adds d to every gate logit (gates are built open): decisions that skip, as a trained model's.
+// GATE_SHIFT=d adds d to every logit of the gates that give logits (LogitGate; they are built open):
+// decisions that skip, as a trained model's.
 if (process.env.GATE_SHIFT) {
-  const all = (ls: Layer[]): Layer[] => ls.flatMap((l) => [l, ...all(l.children())]);
-  for (const l of all(model.layers)) if (l instanceof LogitGate) l.shiftLogits(Number(process.env.GATE_SHIFT));
+  for (const l of allLayers(model.layers)) if (l instanceof LogitGate) l.shiftLogits(Number(process.env.GATE_SHIFT));
 }
 const data = makeSynthetic({ count: batch, seed: 0 });
 const layout = flatLayout(model);

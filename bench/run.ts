@@ -12,9 +12,8 @@
 import os from 'node:os';
 import { initEngine } from '../src/engine/backend.js';
 import { createModel } from '../src/models/zoo.js';
-import type { Network } from '../src/models/network.js';
+import { allLayers, type Network } from '../src/models/network.js';
 import type { Plan } from '../src/layers/types.js';
-import type { Layer } from '../src/layers/layer.js';
 import type { StepSpec } from '../src/train/step.js';
 import { LogitGate } from '../src/route/gates.js';
 import { makeSynthetic } from '../src/data/synthetic.js';
@@ -117,10 +116,6 @@ async function againstTorch(model: Network, data: ReturnType<typeof allocShared>
   return { rounds, threadCount, torchReason };
 }
 
-/** Every layer of a network, nested ones included. */
-function allLayers(layers: Layer[]): Layer[] {
-  return layers.flatMap((l) => [l, ...allLayers(l.children())]);
-}
 
 async function main() {
   const engine = await initEngine();

@@ -396,7 +396,12 @@ describe('wasm training kernels against cpu', () => {
       const x = randomTensor(23, [9, 2, 3]);
       // Runs 3-4-5 and 0-1, a lone 8, a dropped -1 and 12; segments 2, 6, 7 and 9 get no row.
       const ids = tf.tensor1d([3, 4, 5, -1, 0, 1, 8, 12, 10], 'int32');
-      return [tf.unsortedSegmentSum(x, ids, 11), tf.unsortedSegmentSum(x, tf.tensor1d([8, 7, 6, 5, 4, 3, 2, 1, 0], 'int32'), 9)];
+      // And a run that crosses the last segment: 8, 9 kept, 10 and 11 dropped.
+      return [
+        tf.unsortedSegmentSum(x, ids, 11),
+        tf.unsortedSegmentSum(x, tf.tensor1d([8, 7, 6, 5, 4, 3, 2, 1, 0], 'int32'), 9),
+        tf.unsortedSegmentSum(tf.slice(x, [0, 0, 0], [4, 2, 3]), tf.tensor1d([8, 9, 10, 11], 'int32'), 10),
+      ];
     });
     await assertSameOnBoth('gather gradient of a partition of a batch', () => {
       const x = randomTensor(24, [10, 3, 3, 4]);

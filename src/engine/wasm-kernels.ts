@@ -682,8 +682,10 @@ function identity(args: { inputs: { x?: TensorInfo }; backend: BackendWasm }): T
 /**
  * Transpose by the identity permutation without a copy (the result shares the input's data, as `identity`):
  * a gather's gradient transposes by the identity around every segment sum, and wasm's own kernel copies. Only
- * the exact identity: sharing data under a shape with size-1 axes moved corrupted the heap in a gated unit's
- * gradient (wasm's free failed), cause not found.
+ * the exact identity, because data shared under another shape breaks wasm: its matrix-product operators are
+ * cached by the weights' data id, not their shape, so a [w, 1] kernel seen as [1, w] under the same id reused
+ * the forward operator with the wrong shape (wrong values, then a write out of bounds: wasm's free failed in a
+ * gated unit's gradient). A shared data id must keep its shape.
  */
 function makeTranspose(original: KernelFunc) {
   return (args: { inputs: TransposeInputs; backend: BackendWasm; attrs: TransposeAttrs }): TensorInfo => {

@@ -13,6 +13,9 @@ const AS_CONV_MIN = 1 << 16;
  * x * scale + shift per channel (no shift: x * scale). On wasm a large one runs as a 1x1 depthwise convolution
  * with a bias: one XNNPACK pass, 3-6x faster than the broadcasting multiply and add and than `tf.batchNorm`, with
  * the same result. No gradient of its own beyond TF.js's (callers that train wrap it in a custom gradient).
+ * wasm keeps an XNNPACK operator per filter and bias tensor until they are disposed: pass a scale and a shift
+ * that both end with the call (computed for it) or both live on (a frozen subnet's), never a lasting one with
+ * a fresh one, or every call leaves an operator behind.
  */
 export function channelAffine(x: tf.Tensor, scale: tf.Tensor1D, shift?: tf.Tensor1D): tf.Tensor {
   return tf.tidy(() => {
@@ -47,10 +50,9 @@ export function addChannelBias(x: tf.Tensor, bias: tf.Tensor1D): tf.Tensor {
   if (x.rank !== 4 || tf.getBackend() !== 'wasm') return tf.add(x, bias);
   const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [xi, b] = args as tf.Tensor[];
-    return {
-      value: channelAffine(xi, tf.onesLike(b) as tf.Tensor1D, b as tf.Tensor1D),
-      gradFunc: (dy: tf.Tensor) => [dy, tf.mul(channelMean(dy), dy.size / dy.shape[3]!)],
-    };
+    // The layer's bias lives on: a copy of it (no kernel) ends with the call, as the ones do (see channelAffine).
+    const value = xi.size < AS_CONV_MIN ? tf.add(xi, b) : tf.tidy(() => channelAffine(xi, tf.onesLike(b) as tf.Tensor1D, tf.tensor1d(b.dataSync() as Float32Array)));
+    return { value, gradFunc: (dy: tf.Tensor) => [dy, tf.mul(channelMean(dy), dy.size / dy.shape[3]!)] };
   });
   return f(x, bias);
 }
@@ -81,6 +83,7 @@ export function scaleChannels(h: tf.Tensor, factor?: ChannelFactor): tf.Tensor {
   const { q, k, width } = factor;
   const [rows, height, w, c] = h.shape;
   if (h.rank !== 4 || c !== k * width) throw new Error(`scaleChannels: ${k} groups of ${width} channels for activations of shape [${h.shape}]`);
+  if (q.shape[0] !== rows || q.shape[1] < k) throw new Error(`scaleChannels: probabilities of shape [${q.shape}] for ${rows} rows and ${k} groups`);
   const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [hi] = args as tf.Tensor[];
     (args[2] as tf.GradSaveFunc)([hi]);

@@ -41,6 +41,20 @@ test('training BatchNorm: values and gradients (x, gamma, beta) match TF.js auto
   }
 });
 
+test('training BatchNorm of one sample (a part of one row): variance exactly 0, the output beta, no gradient for gamma', () => {
+  tf.tidy(() => {
+    const g = tf.tensor1d([1.5, 2, 0.5]);
+    const b = tf.tensor1d([0.25, -1, 3]);
+    for (const x of [tf.tensor2d([[100, -3.7, 0.1]]), tf.tensor4d([[[[37.3, -2, 1e3]]]])]) {
+      const m = batchNormMoments(x, g, b, 1e-5);
+      assert.deepEqual(Array.from(m.variance), [0, 0, 0]);
+      assertClose(m.y, tf.broadcastTo(b, x.shape), 1e-6);
+      const [, dg] = tf.grads((xi: tf.Tensor, gi: tf.Tensor) => tf.sum(tf.mul(batchNormTrain(xi, gi as tf.Tensor1D, b, 1e-5), tf.randomNormal(x.shape, 0, 1, 'float32', 6))))([x, g]);
+      assert.deepEqual(Array.from(dg.dataSync()), [0, 0, 0]);
+    }
+  });
+});
+
 test('training BatchNorm leaves no tensor behind, forward and backward', () => {
   const x = tf.randomNormal([6, 5, 5, 4], 0, 1, 'float32', 5);
   const g = tf.ones([4]) as tf.Tensor1D;

@@ -56,24 +56,23 @@ export class BatchNorm extends Layer<BatchNormArgs> {
       return { y, sel };
     }
     if (ctx.training) return { y: batchNormTrain(x, gamma, beta, eps), sel };
-    const c = this.inShape[this.inShape.length - 1];
-    const r = this.row(ctx.plan.level);
-    const mean = take(tf.reshape(tf.slice(this.mean, [r, 0], [1, c]), [c]), 0, sel) as tf.Tensor1D;
-    const variance = take(tf.reshape(tf.slice(this.variance, [r, 0], [1, c]), [c]), 0, sel) as tf.Tensor1D;
-    const scale = tf.mul(gamma, tf.rsqrt(tf.add(variance, eps))) as tf.Tensor1D;
-    return { y: channelAffine(x, scale, tf.sub(beta, tf.mul(mean, scale)) as tf.Tensor1D), sel };
+    const { scale, shift } = this.affine(sel, ctx.plan.level);
+    return { y: channelAffine(x, scale, shift), sel };
   }
 
-  /** Inference at a plan is an affine map per channel: scale = gamma / sqrt(var + eps), shift = beta - mean * scale. */
-  freeze(sel: ChannelSel, plan: Plan): FrozenOp[] {
+  /** Inference at a level is an affine map per channel: scale = gamma / sqrt(var + eps), shift = beta - mean * scale. */
+  private affine(sel: ChannelSel, level: number): { scale: tf.Tensor1D; shift: tf.Tensor1D } {
     const eps = this.args.epsilon ?? 1e-5;
     const c = this.inShape[this.inShape.length - 1];
-    const r = this.row(plan.level);
+    const r = this.row(level);
     const mean = take(tf.reshape(tf.slice(this.mean, [r, 0], [1, c]), [c]), 0, sel);
     const variance = take(tf.reshape(tf.slice(this.variance, [r, 0], [1, c]), [c]), 0, sel);
     const scale = tf.mul(take(this.gamma, 0, sel), tf.rsqrt(tf.add(variance, eps))) as tf.Tensor1D;
-    const shift = tf.sub(take(this.beta, 0, sel), tf.mul(mean, scale)) as tf.Tensor1D;
-    return [{ op: 'affine', name: this.name, scale, shift }];
+    return { scale, shift: tf.sub(take(this.beta, 0, sel), tf.mul(mean, scale)) as tf.Tensor1D };
+  }
+
+  freeze(sel: ChannelSel, plan: Plan): FrozenOp[] {
+    return [{ op: 'affine', name: this.name, ...this.affine(sel, plan.level) }];
   }
 
   /** Replaces the statistics of one level for the channels marked in `observed`. */
@@ -111,7 +110,8 @@ layerClasses.register('BatchNorm', BatchNorm);
  */
 function batchStats(x: tf.Tensor, eps: number): { mean: Float32Array; variance: Float32Array; rstd: Float32Array } {
   const [m, m2] = tf.tidy(() => [channelMean(x).dataSync() as Float32Array, channelMean(tf.square(x)).dataSync() as Float32Array]);
-  const variance = m.map((v, i) => Math.max(0, m2[i] - v * v));
+  // Rounded as float32 arithmetic rounds: one sample (or a constant channel) gives exactly 0, as before.
+  const variance = m.map((v, i) => Math.max(0, m2[i] - Math.fround(v * v)));
   return { mean: m, variance, rstd: variance.map((v) => 1 / Math.sqrt(v + eps)) };
 }
 
@@ -144,7 +144,7 @@ export function batchNormTrain(x: tf.Tensor, gamma: tf.Tensor1D, beta: tf.Tensor
         const mdyx = new Float32Array(C);
         const [A, B, K] = [new Float32Array(C), new Float32Array(C), new Float32Array(C)];
         for (let i = 0; i < C; i++) {
-          mdyx[i] = rstd[i] * (mdyxRaw[i] - mean[i] * mdy[i]);
+          mdyx[i] = rstd[i] * Math.fround(mdyxRaw[i] - Math.fround(mean[i] * mdy[i]));
           A[i] = gm[i] * rstd[i];
           B[i] = -A[i] * rstd[i] * mdyx[i];
           K[i] = -A[i] * mdy[i] - B[i] * mean[i];

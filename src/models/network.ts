@@ -54,6 +54,11 @@ function collectBlocks(layers: Layer[]): BlockInfo[] {
   });
 }
 
+/** Every layer of `layers`, composites' children included, each before its children. */
+export function allLayers(layers: Layer[]): Layer[] {
+  return layers.flatMap((l) => [l, ...allLayers(l.children())]);
+}
+
 /**
  * A throttleable network: layers built at full width, run at any operating point by slicing. The plan
  * (which groups and blocks run) travels with each call; the network holds no global operating state.
@@ -238,8 +243,7 @@ export class Network {
    * 28x28 images about 25 MB a sample), and the WebAssembly engine has 4 GB in all.
    */
   batchFor(requested: number, budget = 2 ** 30): number {
-    const all = (ls: Layer[]): Layer[] => ls.flatMap((l) => [l, ...all(l.children())]);
-    const perSample = 4 * all(this.layers).reduce((a, l) => a + l.outShape.reduce((p, d) => p * d, 1), 0);
+    const perSample = 4 * allLayers(this.layers).reduce((a, l) => a + l.outShape.reduce((p, d) => p * d, 1), 0);
     return Math.max(1, Math.min(requested, Math.floor(budget / Math.max(1, perSample))));
   }
 

@@ -91,6 +91,25 @@ test('TF.js: each route runs its own weights on its rows only; gradients reach e
   assert.equal(tf.memory().numTensors, before, 'no tensor leaks');
 });
 
+test('TF.js: the input gradient of a dispatch over several routes is one scatter per reordering, not a zero-filled batch per route', async () => {
+  const x = tf.randomNormal([9, 4], 0, 1, 'float32', 3);
+  const w = tf.randomNormal([4, 4], 0, 1, 'float32', 4);
+  const routes = [2, 0, 1, 1, 2, 0, 0, 2, 1];
+  const loss = (a: tf.Tensor) => tf.sum(tf.square(dispatchTensor(a, routes, (r, part) => tf.mul(tf.matMul(part as tf.Tensor2D, w), r + 1))));
+  let dx: tf.Tensor | undefined;
+  const info = await tf.profile(() => {
+    dx = tf.grad(loss)(x);
+  });
+  const count = (name: string) => info.kernels.filter((k) => k.name === name).length;
+  // The permutation into route order and the one back: a gather each, so two segment sums for three routes.
+  assert.equal(count('GatherV2'), 2);
+  assert.equal(count('UnsortedSegmentSum'), 2);
+  const perSample = tf.tidy(() => tf.concat(routes.map((r, i) => tf.grad((a: tf.Tensor) => tf.sum(tf.square(tf.mul(tf.matMul(a as tf.Tensor2D, w), r + 1))))(tf.slice(x, [i, 0], [1, 4])))));
+  const [got, want] = [dx!.dataSync(), perSample.dataSync()];
+  want.forEach((v, i) => assert.ok(Math.abs(v - got[i]) < 1e-4, `dx[${i}] ${got[i]} against ${v}`));
+  tf.dispose([x, w, dx!, perSample]);
+});
+
 test('rowsOf gathers only when the rows are not the whole batch in order', () => {
   tf.tidy(() => {
     const x = tf.tensor2d([[1], [2], [3]]);

@@ -39,9 +39,10 @@ export interface RowOps<T> {
   /** Batches joined along the sample axis. */
   concat(parts: T[]): T;
   /**
-   * The batches of several disjoint row sets at once (default: a gather each). TF.js tensors permute once and
-   * split, so the gradient is one concatenation and one scatter: a gather per part would give each part's
-   * gradient as a whole batch of zeros around its rows, added up part by part.
+   * The batches of several row sets at once (a row may be in more than one: a mixture of experts' top k).
+   * Absent, each part is gathered when it runs. TF.js tensors permute once and split, so the gradient is one
+   * concatenation and one scatter: a gather per part would give each part's gradient as a whole batch of zeros
+   * around its rows, added up part by part.
    */
   parts?(x: T, rowSets: Int32Array[]): T[];
 }
@@ -73,10 +74,14 @@ export function rowsOf<T>(ops: RowOps<T>, x: T, rows: Int32Array): T {
   return rows.length === ops.count(x) && rows.every((r, i) => r === i) ? x : ops.gather(x, rows);
 }
 
-/** The parts of `x` that `rowSets` name (disjoint), through `ops.parts` where the kind of batch has it. */
-export function partsOf<T>(ops: RowOps<T>, x: T, rowSets: Int32Array[]): T[] {
-  if (rowSets.length === 1 || !ops.parts) return rowSets.map((rows) => rowsOf(ops, x, rows));
-  return ops.parts(x, rowSets);
+/**
+ * The parts of `x` that `rowSets` name, part k as `part(k)`: all at once through `ops.parts` where the kind of
+ * batch has it, else each gathered when asked (ONNX Runtime's batches: no second copy of the whole batch held).
+ */
+export function partsOf<T>(ops: RowOps<T>, x: T, rowSets: Int32Array[]): (k: number) => T {
+  if (rowSets.length === 1 || !ops.parts) return (k) => rowsOf(ops, x, rowSets[k]);
+  const parts = ops.parts(x, rowSets);
+  return (k) => parts[k];
 }
 
 /**
@@ -150,8 +155,8 @@ export function dispatchFrom<T, U>(
   ops: { input: RowOps<T>; output: RowOps<U> },
 ): U {
   const p = partitionFrom(x, sources, routes, ops.input);
-  const inputs = partsOf(ops.input, x, p.groups.map((g) => g.rows.map((r) => sources[r])));
-  const outputs = p.groups.map((g, k) => run(g.route, inputs[k], g.rows));
+  const part = partsOf(ops.input, x, p.groups.map((g) => g.rows.map((r) => sources[r])));
+  const outputs = p.groups.map((g, k) => run(g.route, part(k), g.rows));
   return assemble(ops.output, outputs, p.groups.map((g) => g.rows), sources.length);
 }
 
@@ -164,9 +169,9 @@ export async function dispatchFromAsync<T, U>(
   ops: { input: RowOps<T>; output: RowOps<U> },
 ): Promise<U> {
   const p = partitionFrom(x, sources, routes, ops.input);
-  const inputs = partsOf(ops.input, x, p.groups.map((g) => g.rows.map((r) => sources[r])));
+  const part = partsOf(ops.input, x, p.groups.map((g) => g.rows.map((r) => sources[r])));
   const outputs: U[] = [];
-  for (const [k, g] of p.groups.entries()) outputs.push(await run(g.route, inputs[k], g.rows));
+  for (const [k, g] of p.groups.entries()) outputs.push(await run(g.route, part(k), g.rows));
   return assemble(ops.output, outputs, p.groups.map((g) => g.rows), sources.length);
 }
 

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs-core';
 import { BatchNorm } from '../layers/norm.js';
 import type { Layer } from '../layers/layer.js';
 import type { ChannelSel, MomentSink, Plan } from '../layers/types.js';
-import type { Network } from '../models/network.js';
+import { allLayers, type Network } from '../models/network.js';
 import type { GatingMode } from '../gating/gating.js';
 import type { ImageSet } from '../data/types.js';
 import { toFloat } from '../data/imageset.js';
@@ -221,13 +221,5 @@ export function fitGateRates(model: Network, data: ImageSet, options: FitRateOpt
 
 /** Every layer of a network by name, nested ones included. */
 function layersByName(model: Network): Map<string, Layer> {
-  const found = new Map<string, Layer>();
-  const walk = (layers: Layer[]) => {
-    for (const l of layers) {
-      found.set(l.name, l);
-      walk(l.children());
-    }
-  };
-  walk(model.layers);
-  return found;
+  return new Map(allLayers(model.layers).map((l) => [l.name, l]));
 }
