@@ -110,7 +110,7 @@ layerClasses.register('BatchNorm', BatchNorm);
  */
 function batchStats(x: tf.Tensor, eps: number): { mean: Float32Array; variance: Float32Array; rstd: Float32Array } {
   const [m, m2] = tf.tidy(() => [channelMean(x).dataSync() as Float32Array, channelMean(tf.square(x)).dataSync() as Float32Array]);
-  // Rounded as float32 arithmetic rounds: one sample (or a constant channel) gives exactly 0, as before.
+  // Rounded as float32 arithmetic rounds: one sample gives exactly 0, as before.
   const variance = m.map((v, i) => Math.max(0, m2[i] - Math.fround(v * v)));
   return { mean: m, variance, rstd: variance.map((v) => 1 / Math.sqrt(v + eps)) };
 }
