@@ -116,7 +116,6 @@ async function againstTorch(model: Network, data: ReturnType<typeof allocShared>
   return { rounds, threadCount, torchReason };
 }
 
-
 async function main() {
   const engine = await initEngine();
   const rng = new Rng(0);

@@ -718,62 +718,31 @@ interface Entry {
 // The registry's KernelFunc is untyped ({} backend, loose maps); ours take the typed inputs, attrs and BackendWasm.
 const asKernel = (f: unknown): KernelFunc => f as KernelFunc;
 
-const ENTRIES: readonly Entry[] = [
-  {
-    name: tf.Conv2D,
+/** An entry that wraps wasm's own kernel of `name` (`make` gets it to fall back on); wasm must have one. */
+function wrapping(name: string, make: (original: KernelFunc) => unknown): Entry {
+  return {
+    name,
     factory: (original) => {
-      if (original == null) throw new Error('dynn: the wasm backend has no Conv2D kernel');
-      return asKernel(makeConv2D(original));
+      if (original == null) throw new Error(`dynn: the wasm backend has no ${name} kernel`);
+      return asKernel(make(original));
     },
-  },
+  };
+}
+
+const ENTRIES: readonly Entry[] = [
+  wrapping(tf.Conv2D, makeConv2D),
   { name: tf.Identity, factory: () => asKernel(identity) },
   { name: tf.Conv2DBackpropFilter, factory: () => asKernel(conv2DBackpropFilter) },
   { name: tf.Conv2DBackpropInput, factory: () => asKernel(conv2DBackpropInput) },
-  {
-    name: tf.BatchMatMul,
-    factory: (original) => {
-      if (original == null) throw new Error('dynn: the wasm backend has no BatchMatMul kernel');
-      return asKernel(makeBatchMatMul(original));
-    },
-  },
+  wrapping(tf.BatchMatMul, makeBatchMatMul),
   { name: tf._FusedMatMul, factory: () => asKernel(fusedMatMul) },
   { name: tf.MaxPoolGrad, factory: () => asKernel(maxPoolGrad) },
   { name: tf.UnsortedSegmentSum, factory: () => asKernel(unsortedSegmentSum) },
-  {
-    name: tf.Cast,
-    factory: (original) => {
-      if (original == null) throw new Error('dynn: the wasm backend has no Cast kernel');
-      return asKernel(makeCast(original));
-    },
-  },
-  {
-    name: tf.Transpose,
-    factory: (original) => {
-      if (original == null) throw new Error('dynn: the wasm backend has no Transpose kernel');
-      return asKernel(makeTranspose(original));
-    },
-  },
-  {
-    name: tf.GatherV2,
-    factory: (original) => {
-      if (original == null) throw new Error('dynn: the wasm backend has no GatherV2 kernel');
-      return asKernel(makeGather(original));
-    },
-  },
-  {
-    name: tf.Slice,
-    factory: (original) => {
-      if (original == null) throw new Error('dynn: the wasm backend has no Slice kernel');
-      return asKernel(makeSlice(original));
-    },
-  },
-  {
-    name: tf.SplitV,
-    factory: (original) => {
-      if (original == null) throw new Error('dynn: the wasm backend has no SplitV kernel');
-      return asKernel(makeSplitV(original));
-    },
-  },
+  wrapping(tf.Cast, makeCast),
+  wrapping(tf.Transpose, makeTranspose),
+  wrapping(tf.GatherV2, makeGather),
+  wrapping(tf.Slice, makeSlice),
+  wrapping(tf.SplitV, makeSplitV),
   { name: tf.DepthwiseConv2dNativeBackpropFilter, factory: () => asKernel(depthwiseBackpropFilter), onlyIfMissing: true },
   { name: tf.DepthwiseConv2dNativeBackpropInput, factory: () => asKernel(depthwiseBackpropInput), onlyIfMissing: true },
 ];

@@ -125,7 +125,7 @@ export class ResidualBlock<A extends ResidualBlockArgs = ResidualBlockArgs> exte
 
   /**
    * The block on every row of `x`, its main path at `inner` (the context's plan by default), the inner
-   * channels scaled by `st` when given. No inner group leaves relu(shortcut(x)).
+   * channels multiplied by `factor` when given (`scaleChannels`). No inner group leaves relu(shortcut(x)).
    */
   protected forwardAt(x: tf.Tensor, sel: ChannelSel, ctx: RunContext, inner: RunContext = ctx, factor?: ChannelFactor): tf.Tensor {
     const short = this.shortcut.length ? this.runChain(this.shortcut, x, sel, ctx).y : x;

@@ -14,15 +14,7 @@ import { DynnError } from '../util/errors.js';
 
 /** Every BatchNorm layer of a network, by name. */
 export function batchNorms(model: Network): Map<string, BatchNorm> {
-  const found = new Map<string, BatchNorm>();
-  const walk = (layers: Layer[]) => {
-    for (const l of layers) {
-      if (l instanceof BatchNorm) found.set(l.name, l);
-      walk(l.children());
-    }
-  };
-  walk(model.layers);
-  return found;
+  return new Map(allLayers(model.layers).filter((l): l is BatchNorm => l instanceof BatchNorm).map((l) => [l.name, l]));
 }
 
 /** Accumulates exact population moments per (layer, level, channel) from batch moments. */
