@@ -1,7 +1,11 @@
 #!/usr/bin/env node
 import { installFailureHandlers, runCli } from './cli.js';
+import { relaunchWithServeFlags } from '../serve/node-flags.js';
 
 installFailureHandlers();
-const code = await runCli(process.argv.slice(2));
+const argv = process.argv.slice(2);
+// A server sizes V8's heap for load: node restarts with SERVE_NODE_FLAGS unless it already has them.
+const served = argv[0] === 'serve' && !argv.includes('--help') && !argv.includes('-h') ? await relaunchWithServeFlags() : null;
+const code = served ?? (await runCli(argv));
 // Worker threads and wasm keep the event loop alive; a finished command exits.
 process.exit(code);

@@ -1,11 +1,14 @@
 import type { CommandModule } from './types.js';
 import { numberOption, type Io } from './io.js';
 import { httpFlags, httpOptions } from './http-options.js';
-import { SERVE_NODE_FLAGS } from '../serve/node-flags.js';
+import { SERVE_NODE_FLAGS, parentGone } from '../serve/node-flags.js';
 
 type Opts = Record<string, unknown>;
 
-/** Resolves once the process gets SIGINT or SIGTERM (the handlers are removed after). */
+/**
+ * Resolves once the process gets SIGINT or SIGTERM (the handlers are removed after), or once the `dynn serve`
+ * that restarted it with its node flags is gone.
+ */
 function shutdownSignal(): Promise<string> {
   return new Promise((resolve) => {
     const on = (sig: string) => {
@@ -15,6 +18,7 @@ function shutdownSignal(): Promise<string> {
     };
     process.on('SIGINT', on);
     process.on('SIGTERM', on);
+    void parentGone().then(() => on('the parent process exited'));
   });
 }
 
@@ -98,8 +102,7 @@ export const serveCommands: CommandModule = (cli, io) => {
     .option('--json', 'print the startup line as JSON');
   httpFlags(command)
     .example('dynn serve fm-vgg.onnx --port 8080 --slo-ms 25 --policy adaptive')
-    // V8 sizes its heap at start: under load the server needs these on node's command line (see SERVE_NODE_FLAGS).
-    .example(`node ${SERVE_NODE_FLAGS} node_modules/.bin/dynn serve fm-vgg.onnx   # hundreds of requests a second: no full GCs beside the runs`)
+    .example(`dynn serve fm-vgg.onnx   # runs in a node restarted with ${SERVE_NODE_FLAGS} (V8's heap sized for load) unless given values of its own`)
     .example(`curl -s localhost:8080/v1/predict -H 'content-type: application/json' -d '{"inputs": [...784 numbers...], "budgetMs": 10}'`)
     .action(async (model, o) => serveCommand(model, o, io));
 };

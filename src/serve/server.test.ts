@@ -21,6 +21,7 @@ import { Policy } from '../control/policy.js';
 import { greedyActions } from '../control/bandit.js';
 import { DynnServer, predictResponseText, type PredictResponse } from './server.js';
 import { LATE_SHARE, PLAN_STEP } from './policy.js';
+import { SERVE_NODE_FLAGS } from './node-flags.js';
 import { overLimit, request, slowClient } from '../util/http-fixtures.js';
 import { createServer, type AddressInfo } from 'node:net';
 
@@ -425,9 +426,24 @@ test('dynn serve: starts from the CLI, serves, and shuts down on SIGTERM', async
   await assert.rejects(serveCommand(file, { policy: 'fast' }, io), /unknown policy "fast"/);
   await assert.rejects(serveCommand(file, { policy: 'controller', port: '0' }, io), /policy controller needs a model exported with its controller/);
 
-  // A real process and a real signal.
+  // A real process and a real signal: `dynn serve` restarts node with its flags and hands the signal on.
+  const served = await serveProcess();
+  assert.equal((await post({ inputs: Array.from(images(1)) }, { at: served.url })).status, 200);
+  if (served.server !== undefined) assert.ok(commandLine(served.server).includes(SERVE_NODE_FLAGS), commandLine(served.server));
+  served.child.kill('SIGTERM');
+  assert.equal(await served.exited, 0, served.stderr());
+  assert.match(served.stderr(), /SIGTERM: finishing queued requests and shutting down/);
+  // Node started with values of its own keeps them: no restart.
+  const own = await serveProcess(['--max-semi-space-size=8', '--initial_old_space_size=300']);
+  assert.equal(own.server, undefined);
+  own.child.kill('SIGTERM');
+  assert.equal(await own.exited, 0, own.stderr());
+});
+
+/** `dynn serve` in a process of its own (node's `flags` before the script) and, where it restarted node, the server's pid (Linux). */
+async function serveProcess(flags: string[] = []) {
   const main = fileURLToPath(new URL('../cli/main.js', import.meta.url));
-  const child = spawn(process.execPath, [main, 'serve', file, '--port', '0', '--json', '--threads', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...flags, main, 'serve', file, '--port', '0', '--json', '--threads', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += d));
@@ -439,11 +455,21 @@ test('dynn serve: starts from the CLI, serves, and shuts down on SIGTERM', async
     });
     child.on('exit', () => reject(new Error(`serve exited early: ${stderr}`)));
   });
-  const { url: childUrl } = JSON.parse(stdout) as { url: string };
-  assert.equal((await post({ inputs: Array.from(images(1)) }, { at: childUrl })).status, 200);
-  child.kill('SIGTERM');
-  assert.equal(await exited, 0, stderr);
-  assert.match(stderr, /SIGTERM: finishing queued requests and shutting down/);
+  const children = `/proc/${child.pid}/task/${child.pid}/children`;
+  const server = existsSync(children) ? Number(readFileSync(children, 'utf8').trim()) || undefined : undefined;
+  return { child, exited, url: (JSON.parse(stdout) as { url: string }).url, server, stderr: () => stderr };
+}
+
+const commandLine = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
+
+test('a restarted server shuts down when the dynn serve that started it is killed', { skip: process.platform !== 'linux' && 'reads /proc' }, async () => {
+  const served = await serveProcess();
+  assert.ok(served.server !== undefined, 'dynn serve restarted node');
+  served.child.kill('SIGKILL');
+  await served.exited;
+  const deadline = Date.now() + 20_000;
+  while (existsSync(`/proc/${served.server}`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(!existsSync(`/proc/${served.server}`), 'the server outlived its parent');
 });
 
 test('DNS rebinding: a request naming another host gets 403 forbidden_host; --allowed-hosts admits a name', async () => {
