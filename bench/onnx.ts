@@ -45,20 +45,25 @@ function widths(model: Network, u: number): number[] {
   return ['stem.conv', 'c2.conv', 'c3.conv', 'c4.conv', 'fc1'].map((k) => ch.get(k) ?? 0);
 }
 
-/** Which of the stem and c2 follow the levels (`vgg-w`'s default throttles c2): the variant's suffix. */
-const THROTTLE_SUFFIX = { c2: '', stem: 's', both: 'b' } as const;
-type Throttle = keyof typeof THROTTLE_SUFFIX;
+/** Which of the stem and c2 follow the levels (`vgg-w`'s default throttles c2): each variant's suffix and model arguments. */
+const THROTTLES = {
+  c2: { suffix: '', args: {} },
+  stem: { suffix: 's', args: { throttleStem: true } },
+  both: { suffix: 'b', args: { throttleBoth: true } },
+} as const;
+type Throttle = keyof typeof THROTTLES;
+const THROTTLE_NAMES = Object.keys(THROTTLES) as Throttle[];
 
 /** A `--channel-multiple` entry: `16` rounds to multiples of 16, `16s` also throttles the stem in place of c2, `16b` both. */
 function parseVariant(spec: string): { multiple: number; throttle: Throttle } {
   const m = /^(\d+)([sb]?)$/.exec(spec.trim());
   if (!m || Number(m[1]) < 1) throw new Error(`--channel-multiple takes a list like 1,16,16s,16b, got ${spec}`);
-  return { multiple: Number(m[1]), throttle: m[2] === 's' ? 'stem' : m[2] === 'b' ? 'both' : 'c2' };
+  return { multiple: Number(m[1]), throttle: THROTTLE_NAMES.find((t) => THROTTLES[t].suffix === m[2])! };
 }
 
-/** A model's throttled first layers, from its config. */
+/** A model's throttled first layers, from its config: the variant whose arguments it has (c2's are none). */
 function throttleOf(args: Record<string, unknown>): Throttle {
-  return args.throttleBoth === true ? 'both' : args.throttleStem === true ? 'stem' : 'c2';
+  return THROTTLE_NAMES.find((t) => t !== 'c2' && Object.entries(THROTTLES[t].args).every(([k, v]) => args[k] === v)) ?? 'c2';
 }
 
 /** A u inside a level's interval: the torch peer floors u*(D+1) without dynn's epsilon, so avoid the boundary. */
@@ -68,7 +73,7 @@ function peerU(level: number, D: number): number {
 
 /** A variant's name: its channel multiple, `s` when the stem is throttled in place of c2, `b` for both. */
 function name(v: { multiple: number; throttle: Throttle }): string {
-  return `${v.multiple}${THROTTLE_SUFFIX[v.throttle]}`;
+  return `${v.multiple}${THROTTLES[v.throttle].suffix}`;
 }
 
 function median(xs: number[]): number {
@@ -93,13 +98,13 @@ async function main() {
   const variants: Variant[] = [];
   const networks = runDir
     ? [(await loadRun(runDir)).model]
-    : specs.map((v) => createModel('vgg-w', { ...(v.multiple > 1 ? { channelMultiple: v.multiple } : {}), ...(v.throttle === 'stem' ? { throttleStem: true } : v.throttle === 'both' ? { throttleBoth: true } : {}) }));
+    : specs.map((v) => createModel('vgg-w', { ...(v.multiple > 1 ? { channelMultiple: v.multiple } : {}), ...THROTTLES[v.throttle].args }));
   for (const model of networks) {
     if (model.config.model !== 'vgg-w') throw new Error(`the PyTorch peer runs vgg-w only, got ${model.config.model}`);
     if (!runDir) randomizeStatistics(model, 1);
     const multiple = (model.config.args.channelMultiple as number | undefined) ?? 1;
     const throttle = throttleOf(model.config.args);
-    const file = path.resolve('.bench', `vgg-w-m${multiple}${THROTTLE_SUFFIX[throttle]}.onnx`);
+    const file = path.resolve('.bench', `vgg-w-m${multiple}${THROTTLES[throttle].suffix}.onnx`);
     await saveOnnx(model, file);
     variants.push({ multiple, throttle, model, ort: await OnnxModel.load(file, { threads }), tables: [] });
   }

@@ -12,6 +12,8 @@ import type { ExpertStats } from '../eval/routed.js';
 import type { TrainMeta } from '../train/run.js';
 import { exitInfo, scalingTrainOptions } from './scaling-commands.js';
 import { intListOption } from './deploy-commands.js';
+import { MODEL_ARG_FLAGS, kebab, type ModelArgFlag } from '../train/flags.js';
+import type { ModelArgs } from '../models/types.js';
 
 const ENGINES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
 const DEFAULT_US = [0.125, 0.25, 0.5, 0.75, 1];
@@ -19,18 +21,15 @@ const DEFAULT_US = [0.125, 0.25, 0.5, 0.75, 1];
 type Opts = Record<string, unknown>;
 
 /** A mixture of experts' model arguments from `dynn train`'s options (E, k and the factors checked when the model is built). */
-function moeModelArgs(o: Opts) {
-  return {
-    experts: numberOption(o.experts, 'experts', { int: true, min: 1 }),
-    topK: numberOption(o.topK, 'top-k', { int: true, min: 1 }),
-    capacityFactor: numberOption(o.capacityFactor, 'capacity-factor', { min: Number.MIN_VALUE }),
-    evalCapacityFactor: numberOption(o.evalCapacityFactor, 'eval-capacity-factor', { min: Number.MIN_VALUE }),
-    overflow: o.overflow === undefined ? undefined : String(o.overflow),
-    priority: o.priority === undefined ? undefined : String(o.priority),
-    importanceWeight: numberOption(o.importanceWeight, 'importance-weight', { min: 0 }),
-    loadWeight: numberOption(o.loadWeight, 'load-weight', { min: 0 }),
-    switchWeight: numberOption(o.switchWeight, 'switch-weight', { min: 0 }),
+/** The model arguments of `dynn train`'s flags, read as `MODEL_ARG_FLAGS` says (absent flags are undefined). */
+function modelArgsFrom(o: Opts): ModelArgs {
+  const read = (key: string, how: ModelArgFlag) => {
+    const v = o[key];
+    if (how === 'text') return v === undefined ? undefined : String(v);
+    if (how === 'switch') return v ? true : undefined;
+    return how === 'int-list' ? intListOption(v, kebab(key)) : numberOption(v, kebab(key), how);
   };
+  return Object.fromEntries(Object.entries(MODEL_ARG_FLAGS).map(([key, how]) => [key, read(key, how)]));
 }
 
 /** Options of `dynn train` (and `dynn demo`), as the trainer takes them. */
@@ -60,23 +59,7 @@ export function trainOptionsFrom(o: Opts) {
     workers: numberOption(o.workers, 'workers', { int: true, min: 0 }),
     engine: choiceOption(o.engine, 'engine', ENGINES),
     init: o.init === undefined ? undefined : String(o.init),
-    modelArgs: {
-      groups: numberOption(o.groups, 'groups', { int: true, min: 1 }),
-      channelMultiple: numberOption(o.channelMultiple, 'channel-multiple', { int: true, min: 1 }),
-      throttleStem: o.throttleStem ? true : undefined,
-      throttleBoth: o.throttleBoth ? true : undefined,
-      dynamic: o.dynamic === undefined ? undefined : String(o.dynamic),
-      decisions: o.decisions === undefined ? undefined : String(o.decisions),
-      gateWidth: numberOption(o.gateWidth, 'gate-width', { int: true, min: 1 }),
-      gateScale: numberOption(o.gateScale, 'gate-scale', { min: Number.MIN_VALUE }),
-      branches: o.branches === undefined ? undefined : String(o.branches),
-      resolutions: intListOption(o.resolutions, 'resolutions'),
-      widthRoutes: numberOption(o.widthRoutes, 'width-routes', { int: true, min: 2 }),
-      ...moeModelArgs(o),
-      routing: o.routing === undefined ? undefined : String(o.routing),
-      temperature: numberOption(o.temperature, 'temperature', { min: Number.MIN_VALUE }),
-      annealEpochs: numberOption(o.annealEpochs, 'anneal-epochs', { int: true, min: 0 }),
-    },
+    modelArgs: modelArgsFrom(o),
     widthTarget: numberOption(o.widthTarget, 'width-target', { min: Number.MIN_VALUE, max: 1 }),
     flopsTarget: numberOption(o.flopsTarget, 'flops-target', { min: Number.MIN_VALUE, max: 1 }),
     skipTarget: numberOption(o.skipTarget, 'skip-target', { min: Number.MIN_VALUE, max: 1 }),

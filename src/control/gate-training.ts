@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs-core';
-import type { Network } from '../models/network.js';
+import { allLayers, type Network } from '../models/network.js';
 import { Conv2D, Dense, BatchNorm, ReLU, MaxPool, type Layer } from '../layers/index.js';
 import { fullSel } from '../layers/select.js';
 import type { ImageSet } from '../data/types.js';
@@ -102,19 +102,15 @@ function checkOptions(o: GateTrainOptions) {
 /** The network's top-level widthwise layers, which CONCRETE masks; other architectures fail clearly. */
 function maskableBlocks(model: Network, gates: GateSet): Map<Layer, number> {
   const at = new Map<Layer, number>();
-  const walk = (layers: Layer[], top: boolean) => {
-    for (const l of layers) {
-      const b = l.block();
-      if (b?.kind === 'width') {
-        if (!top || !(l instanceof Conv2D || l instanceof Dense)) {
-          throw new DynnError(`CONCRETE gates need widthwise convolution or dense blocks at the top level; ${l.name} is a ${l.className} (use --method reinforce)`);
-        }
-        at.set(l, gates.blocks.findIndex((g) => g.name === b.name));
-      }
-      walk(l.children(), false);
+  const top = new Set(model.layers);
+  for (const l of allLayers(model.layers)) {
+    const b = l.block();
+    if (b?.kind !== 'width') continue;
+    if (!top.has(l) || !(l instanceof Conv2D || l instanceof Dense)) {
+      throw new DynnError(`CONCRETE gates need widthwise convolution or dense blocks at the top level; ${l.name} is a ${l.className} (use --method reinforce)`);
     }
-  };
-  walk(model.layers, true);
+    at.set(l, gates.blocks.findIndex((g) => g.name === b.name));
+  }
   return at;
 }
 

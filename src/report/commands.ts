@@ -1,5 +1,5 @@
 import type { TrainMeta } from '../train/run.js';
-import { TRAIN_FLAGS, flagSpec, kebab } from '../train/flags.js';
+import { MODEL_ARG_FLAGS, TRAIN_FLAGS, flagSpec, kebab } from '../train/flags.js';
 
 /** Quotes one argument for a POSIX shell when it needs it. */
 export function shellQuote(arg: string): string {
@@ -18,6 +18,7 @@ const SKIP = new Set(['out', 'resume', 'json', 'engine', 'workers', 'dataDir', '
 const ONLY_WITH: Record<string, (o: Record<string, unknown>) => boolean> = {
   sandwichWidths: (o) => o.schedule === 'sandwich',
   inplaceDistill: (o) => o.schedule === 'sandwich',
+  inplaceAlpha: (o) => o.schedule === 'sandwich',
   distillAlpha: (o) => o.teacher !== undefined,
   distillT: (o) => o.teacher !== undefined,
 };
@@ -27,7 +28,8 @@ const ONLY_WITH: Record<string, (o: Record<string, unknown>) => boolean> = {
  * train command's own option table (so a new training option appears here without a change).
  */
 export function trainCommandLine(dir: string, meta: TrainMeta, modelArgs: Record<string, unknown>): string {
-  const recorded: Record<string, unknown> = { ...meta.options, groups: modelArgs.groups, channelMultiple: modelArgs.channelMultiple, throttleStem: modelArgs.throttleStem, throttleBoth: modelArgs.throttleBoth };
+  const recorded: Record<string, unknown> = { ...meta.options };
+  for (const key of Object.keys(MODEL_ARG_FLAGS)) recorded[key] = modelArgs[key];
   const args: (string | number)[] = ['dynn', 'train'];
   for (const opt of TRAIN_FLAGS.map(([flag]) => flagSpec(flag))) {
     if (SKIP.has(opt.name) || (ONLY_WITH[opt.name] && !ONLY_WITH[opt.name](recorded))) continue;

@@ -11,6 +11,9 @@ import { loadDataset } from '../data/datasets.js';
 import { evaluate } from '../eval/evaluate.js';
 import { buildCli, runCli } from '../cli/cli.js';
 import { trainOptionsFrom } from '../cli/commands.js';
+import { resolveModelArgs } from '../models/registry.js';
+import '../models/zoo.js'; // registers the models resolveModelArgs reads
+import type { ModelArgs } from '../models/types.js';
 import { captureIo } from '../cli/capture.js';
 import * as tf from '@tensorflow/tfjs-core';
 
@@ -180,6 +183,30 @@ test('the training command line read back by the CLI gives the options the run r
   assert.match(both, / --throttle-both /);
   assert.equal(trainOptionsFrom(cli.parse(['node', 'dynn', ...both.split(' ').slice(1)], { run: false }).options).modelArgs.throttleBoth, true);
   assert.doesNotMatch(line, /--throttle-stem|--throttle-both/);
+});
+
+test('a run\'s model arguments come back from its command line, for each kind of model the flags make', async () => {
+  const meta = (await readCheckpointInfo(run)).meta as unknown as TrainMeta;
+  const cli = buildCli(captureIo());
+  const cases: [string, ModelArgs][] = [
+    ['vgg-w', { groups: 4, channelMultiple: 16, throttleBoth: true }],
+    ['vgg-w', { dynamic: 'width', widthRoutes: 3, gateWidth: 8 }],
+    ['vgg-w', { dynamic: 'resolution', resolutions: [28, 21, 14] }],
+    ['resnet38', { dynamic: 'acs-gn', gateScale: 2, decisions: 'channel' }],
+    ['resnet-d', { dynamic: 'skip' }],
+    ['resnet-d', { dynamic: 'spatial' }],
+    ['mlp-moe', { experts: 6, topK: 2, switchWeight: 0.1, loadWeight: 0.5, overflow: 'residual', priority: 'batch', evalCapacityFactor: 2 }],
+    ['vgg-moe', {}],
+    ['vgg-condconv', { experts: 3, routing: 'softmax', temperature: 5, annealEpochs: 2 }],
+    ['multi-branch', { branches: 'vgg-w:widths=4,4,8,8:hidden=16,vgg-w' }],
+  ];
+  for (const [model, args] of cases) {
+    const resolved = resolveModelArgs(model, args);
+    const line = trainCommandLine(run, { ...meta, options: { ...meta.options, model } }, resolved);
+    const o = trainOptionsFrom(cli.parse(['node', 'dynn', ...line.split(' ').slice(1)], { run: false }).options);
+    assert.equal(o.model, model);
+    assert.deepEqual(resolveModelArgs(model, o.modelArgs), resolved, line);
+  }
 });
 
 test('dynn report writes the page and lists its sections; usage errors are clear', async () => {

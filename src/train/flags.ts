@@ -81,6 +81,40 @@ export const TRAIN_FLAGS: [string, string][] = [
   ['--json', 'machine-readable output on stdout'],
 ];
 
+/** How a model argument's value is read from its flag: text, a switch (present or not), integers separated by commas, or a number in bounds. */
+export type ModelArgFlag = 'text' | 'switch' | 'int-list' | { int?: boolean; min?: number; max?: number };
+
+/**
+ * The model arguments `dynn train` takes as flags (each flag is its argument's name in kebab case, with its help
+ * in the table above): the CLI reads a run's `modelArgs` through it and the report writes a run's arguments back
+ * as flags through it, so a new model argument gets both from one entry.
+ */
+export const MODEL_ARG_FLAGS: Readonly<Record<string, ModelArgFlag>> = {
+  groups: { int: true, min: 1 },
+  channelMultiple: { int: true, min: 1 },
+  throttleStem: 'switch',
+  throttleBoth: 'switch',
+  dynamic: 'text',
+  decisions: 'text',
+  gateWidth: { int: true, min: 1 },
+  gateScale: { min: Number.MIN_VALUE },
+  branches: 'text',
+  resolutions: 'int-list',
+  widthRoutes: { int: true, min: 2 },
+  experts: { int: true, min: 1 },
+  topK: { int: true, min: 1 },
+  capacityFactor: { min: Number.MIN_VALUE },
+  evalCapacityFactor: { min: Number.MIN_VALUE },
+  overflow: 'text',
+  priority: 'text',
+  importanceWeight: { min: 0 },
+  loadWeight: { min: 0 },
+  switchWeight: { min: 0 },
+  routing: 'text',
+  temperature: { min: Number.MIN_VALUE },
+  annealEpochs: { int: true, min: 0 },
+};
+
 /** What a flag of the table says of itself, in the form the CLI parser (cac) gives its options. */
 export interface FlagSpec {
   /** camelCase name, as the parsed options object holds it (`--no-inplace-distill` is `inplaceDistill`). */
