@@ -127,6 +127,15 @@ export async function readCheckpointInfo(dir: string): Promise<CheckpointInfo> {
   };
 }
 
+/**
+ * The model arguments a checkpoint's network was trained with, where a later version added an argument whose
+ * default differs from what was in force before: a mixture saved before its priority was recorded served rows
+ * in batch order (today's default is score). Loading and the report's reproduce line both read them so.
+ */
+export function trainedModelArgs<A extends Record<string, unknown>>(args: A): A {
+  return args.dynamic === 'moe' && args.priority === undefined ? { ...args, priority: 'batch' } : args;
+}
+
 /** Whether `dir` contains a checkpoint.json (its validity is not checked). */
 export function isCheckpointDir(dir: string): boolean {
   try {

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { runCli } from './cli.js';
+import { commandOf, runCli } from './cli.js';
 import type { Io } from './io.js';
 import { captureIo } from './capture.js';
 
@@ -160,4 +160,16 @@ test('the dynn binary runs and exits with the command’s code', () => {
   const bad = spawnSync(process.execPath, [main, 'info', path.join(tmp, 'missing')], { encoding: 'utf8' });
   assert.equal(bad.status, 1);
   assert.match(bad.stderr, /^dynn: no checkpoint\.json in/);
+});
+
+test('commandOf: the command a line runs as the parser matches it, options before its name included; nothing for help or a bad line', () => {
+  assert.equal(commandOf(['serve', 'm.onnx']), 'serve');
+  assert.equal(commandOf(['--port', '0', 'serve', 'm.onnx']), 'serve');
+  assert.equal(commandOf(['train', '--u', '-1']), 'train');
+  assert.equal(commandOf(['serve', 'm.onnx', '--help']), undefined);
+  assert.equal(commandOf(['-h']), undefined);
+  assert.equal(commandOf(['--version']), undefined);
+  assert.equal(commandOf([]), undefined);
+  assert.equal(commandOf(['nonsense']), undefined);
+  assert.equal(commandOf(['train', '--lr', '']), undefined);
 });

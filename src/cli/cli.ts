@@ -155,6 +155,24 @@ export function installFailureHandlers(io: Io = processIo): void {
 }
 
 /**
+ * The command `argv` (without the node and script entries) runs, as the parser matches it, options before its
+ * name included (`dynn --port 0 serve M`); undefined for help, the version, no command or a line that does not
+ * parse (the run reports those). Nothing is printed or run.
+ */
+export function commandOf(argv: string[]): string | undefined {
+  const own = argv.includes('--') ? argv.slice(0, argv.indexOf('--')) : argv;
+  if (own.some((a) => a === '--help' || a === '-h' || a === '--version' || a === '-v')) return undefined;
+  const quiet: Io = { out: () => {}, err: () => {}, errIsTTY: false };
+  try {
+    const cli = buildCli(quiet);
+    cli.parse(['node', 'dynn', ...normalizeArgv(argv, valueFlags(cli, argv))], { run: false });
+    return cli.matchedCommand?.name;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * Runs the CLI on `argv` (without the node and script entries) and returns the exit code: 0 on success,
  * 1 for an error a user caused (its message, no stack), 2 for a usage error, 70 for a bug.
  */

@@ -1,11 +1,10 @@
 #!/usr/bin/env node
-import { installFailureHandlers, runCli } from './cli.js';
+import { commandOf, installFailureHandlers, runCli } from './cli.js';
 import { relaunchWithServeFlags } from '../serve/node-flags.js';
 
 installFailureHandlers();
 const argv = process.argv.slice(2);
 // A server sizes V8's heap for load: node restarts with SERVE_NODE_FLAGS unless it already has them.
-const served = argv[0] === 'serve' && !argv.includes('--help') && !argv.includes('-h') ? await relaunchWithServeFlags() : null;
-const code = served ?? (await runCli(argv));
+const relaunchCode = commandOf(argv) === 'serve' ? await relaunchWithServeFlags() : null;
 // Worker threads and wasm keep the event loop alive; a finished command exits.
-process.exit(code);
+process.exit(relaunchCode ?? (await runCli(argv)));

@@ -1,19 +1,23 @@
 import type { CommandModule } from './types.js';
 import { numberOption, type Io } from './io.js';
 import { httpFlags, httpOptions } from './http-options.js';
-import { SERVE_NODE_FLAGS, parentGone } from '../serve/node-flags.js';
+import { SERVE_NODE_FLAGS, parentGone, restartedServer } from '../serve/node-flags.js';
 
 type Opts = Record<string, unknown>;
 
 /**
- * Resolves once the process gets SIGINT or SIGTERM (the handlers are removed after), or once the `dynn serve`
- * that restarted it with its node flags is gone.
+ * Resolves once the process gets SIGINT or SIGTERM, or once the `dynn serve` that restarted it with its node
+ * flags is gone. A server started directly then leaves a second signal its default action (it ends at once); a
+ * restarted one keeps ignoring them, since tools that signal every process of a service (systemd, pkill) reach it
+ * twice, directly and through its first process, which ends it at once on a second signal of its own.
  */
 function shutdownSignal(): Promise<string> {
   return new Promise((resolve) => {
     const on = (sig: string) => {
-      process.off('SIGINT', on);
-      process.off('SIGTERM', on);
+      if (!restartedServer) {
+        process.off('SIGINT', on);
+        process.off('SIGTERM', on);
+      }
       resolve(sig);
     };
     process.on('SIGINT', on);

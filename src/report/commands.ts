@@ -38,7 +38,8 @@ export function trainCommandLine(dir: string, meta: TrainMeta, modelArgs: Record
     if (opt.negated) {
       if (value === false) args.push(`--no-${kebab(opt.name)}`);
     } else if (Array.isArray(value)) {
-      args.push(`--${kebab(opt.name)}`, value.join(','));
+      // A list of numbers or words; a value the API gave in another form (branches as objects) has no flag.
+      if (value.every((v) => typeof v === 'string' || typeof v === 'number')) args.push(`--${kebab(opt.name)}`, value.join(','));
     } else if (typeof value === 'string' || typeof value === 'number') {
       args.push(`--${kebab(opt.name)}`, value);
     } else if (value === true) {

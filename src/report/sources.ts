@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { readCheckpointInfo } from '../checkpoint/checkpoint.js';
+import { readCheckpointInfo, trainedModelArgs } from '../checkpoint/checkpoint.js';
 import type { TrainMeta } from '../train/run.js';
 import type { EngineName } from '../engine/backend.js';
 import { DynnError } from '../util/errors.js';
@@ -192,15 +192,16 @@ export async function gatherRun(dir: string, name: string, options: GatherOption
   const meta = info.meta as unknown as TrainMeta;
   if (!Array.isArray(meta.history)) throw new DynnError(`${dir}: its checkpoint has no training history; is it a dynn training run?`);
   const opts = meta.options ?? {};
+  const modelArgs = trainedModelArgs(info.config.args);
   const run: RunData = {
     dir,
     name,
     model: info.config.model,
-    modelArgs: info.config.args,
+    modelArgs,
     meta,
     schedule: String(opts.schedule ?? 'uniform'),
     gating: String(opts.gating ?? 'nested'),
-    trainCommand: trainCommandLine(dir, meta, info.config.args),
+    trainCommand: trainCommandLine(dir, meta, modelArgs),
     sweep: null,
     dynamic: null,
     controllers: await readControllerEvals(dir),

@@ -12,8 +12,13 @@
  */
 export const SERVE_NODE_FLAGS = '--max-semi-space-size=16 --initial-old-space-size=256';
 
-/** Set in the restarted server's environment: it never restarts again. */
+/** Set in the restarted server's environment; read once here and removed, so the server's own children never see it. */
 const RELAUNCHED = 'DYNN_SERVE_RELAUNCHED';
+const relaunched = process.env[RELAUNCHED] !== undefined;
+delete process.env[RELAUNCHED];
+
+/** Whether this process is a server that `dynn serve` restarted (it has an IPC channel to its first process). */
+export const restartedServer = relaunched && typeof process.send === 'function';
 
 /**
  * The flags of {@link SERVE_NODE_FLAGS} that node was started without, by name: a value the user gave (on node's
@@ -26,38 +31,48 @@ export function missingServeFlags(execArgv: readonly string[], nodeOptions = '')
 }
 
 /**
- * For `dynn serve` started without its node flags: runs the same command again in a child node with them,
- * forwards SIGINT, SIGTERM and SIGHUP to it, and resolves with its exit code (128 + the signal's number if a
- * signal ended it). The child has its own process group, so a terminal's Ctrl-C reaches it once, through this
- * process (a second one still ends it at once), and it shuts down when this process dies (its IPC channel
- * closes; see {@link parentGone}). Resolves with null where nothing is missing or this is the restarted child.
+ * For `dynn serve` started without its node flags: runs the same command again in a child node with them and
+ * resolves with its exit code (128 + the signal's number if a signal ended it). The child runs in a session of
+ * its own, so a terminal's Ctrl-C reaches it once, handed on by this process; a second SIGINT or SIGTERM here
+ * ends it at once (SIGKILL). SIGHUP is not handed on: this process dies of it, and the child, like any child
+ * whose first process is gone, shuts down when its IPC channel closes ({@link parentGone}). Resolves with null,
+ * running nothing, where no flag is missing, in a restarted server, under a debugger (`--inspect` attaches to
+ * this process) and on Windows (a console's Ctrl-C reaches both processes there, and a signal handed on ends
+ * the child abruptly).
  */
 export async function relaunchWithServeFlags(): Promise<number | null> {
   const missing = missingServeFlags(process.execArgv, process.env.NODE_OPTIONS);
-  if (missing.length === 0 || process.env[RELAUNCHED] !== undefined) return null;
+  const debugged = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)].some((a) => a.startsWith('--inspect'));
+  if (missing.length === 0 || relaunched || debugged || process.platform === 'win32') return null;
   const { spawn } = await import('node:child_process');
   const { constants } = await import('node:os');
   const child = spawn(process.execPath, [...missing, ...process.execArgv, ...process.argv.slice(1)], {
     stdio: ['inherit', 'inherit', 'inherit', 'ipc'],
-    detached: process.platform !== 'win32', // on Windows it would open a console of its own
     env: { ...process.env, [RELAUNCHED]: '1' },
+    detached: true,
   });
-  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
-  const forward = (sig: NodeJS.Signals) => void child.kill(sig);
-  for (const sig of signals) process.on(sig, forward);
+  let signals = 0;
+  const forward = (sig: NodeJS.Signals) => void child.kill(++signals > 1 ? 'SIGKILL' : sig);
+  process.on('SIGINT', forward);
+  process.on('SIGTERM', forward);
   return new Promise((resolve, reject) => {
     child.once('error', reject);
     child.once('exit', (code, signal) => {
-      for (const sig of signals) process.off(sig, forward);
+      process.off('SIGINT', forward);
+      process.off('SIGTERM', forward);
       resolve(code ?? 128 + (signal ? constants.signals[signal] : 0));
     });
   });
 }
 
-/** Resolves once the process that restarted this server is gone (never, for a server started directly). */
+/**
+ * Resolves once the `dynn serve` that restarted this server is gone, at once if it already is; never for a
+ * server started directly.
+ */
 export function parentGone(): Promise<void> {
   return new Promise((resolve) => {
-    if (process.env[RELAUNCHED] === undefined || !process.connected) return;
+    if (!restartedServer) return;
+    if (!process.connected) return resolve();
     process.once('disconnect', () => resolve());
     // The channel only watches the parent: it must not keep a finished server alive.
     process.channel?.unref();

@@ -462,14 +462,38 @@ async function serveProcess(flags: string[] = []) {
 
 const commandLine = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
 
-test('a restarted server shuts down when the dynn serve that started it is killed', { skip: process.platform !== 'linux' && 'reads /proc' }, async () => {
+/** Waits up to 20 s for process `pid` to end (Linux). */
+async function gone(pid: number): Promise<boolean> {
+  const deadline = Date.now() + 20_000;
+  while (existsSync(`/proc/${pid}`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  return !existsSync(`/proc/${pid}`);
+}
+
+test('a restarted server: a signal to both processes (systemd, pkill) still ends it cleanly; it shuts down when its first process dies, even while starting', { skip: process.platform !== 'linux' && 'reads /proc' }, async () => {
+  const both = await serveProcess();
+  assert.ok(both.server !== undefined, 'dynn serve restarted node');
+  process.kill(both.server, 'SIGTERM');
+  both.child.kill('SIGTERM');
+  assert.equal(await both.exited, 0, both.stderr());
+  assert.equal(both.stderr().match(/finishing queued requests/g)?.length, 1, both.stderr());
+
   const served = await serveProcess();
-  assert.ok(served.server !== undefined, 'dynn serve restarted node');
   served.child.kill('SIGKILL');
   await served.exited;
-  const deadline = Date.now() + 20_000;
-  while (existsSync(`/proc/${served.server}`) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-  assert.ok(!existsSync(`/proc/${served.server}`), 'the server outlived its parent');
+  assert.ok(await gone(served.server!), 'the server outlived its first process');
+
+  // Killed before the server has even loaded its model.
+  const main = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+  const early = spawn(process.execPath, [main, 'serve', file, '--port', '0', '--threads', '1'], { stdio: 'ignore' });
+  const children = `/proc/${early.pid}/task/${early.pid}/children`;
+  let server: number | undefined;
+  for (let i = 0; i < 400 && !server; i++) {
+    server = existsSync(children) ? Number(readFileSync(children, 'utf8').trim()) || undefined : undefined;
+    if (!server) await new Promise((r) => setTimeout(r, 5));
+  }
+  assert.ok(server !== undefined, 'dynn serve restarted node');
+  early.kill('SIGKILL');
+  assert.ok(await gone(server), 'a server whose first process died while it started kept running');
 });
 
 test('DNS rebinding: a request naming another host gets 403 forbidden_host; --allowed-hosts admits a name', async () => {

@@ -10,6 +10,7 @@ import {
   readCheckpointInfo,
   saveCheckpoint,
   summarizeIssues,
+  trainedModelArgs,
   type CheckpointInfo,
 } from '../checkpoint/checkpoint.js';
 import { createModel, models, type ModelArgs } from '../models/zoo.js';
@@ -80,9 +81,7 @@ export function checkModelArgs(info: CheckpointInfo, file: string): ModelArgs {
       throw new DynnError(`${file} is invalid: config.args.${where}: ${sizes[i]} is larger than any weight dimension it holds (${largest})`);
     }
   }
-  const args = parsed.data as ModelArgs;
-  // A mixture saved before its priority was recorded served rows in batch order (today's default is score).
-  return args.dynamic === 'moe' && args.priority === undefined ? { ...args, priority: 'batch' } : args;
+  return trainedModelArgs(parsed.data as ModelArgs);
 }
 
 /**
