@@ -5,7 +5,7 @@ import path from 'node:path';
 import { cpSync } from 'node:fs';
 import { buildReport, gatherRuns, writeReport, sections, SECTION_ORDER, RUN_FILES, trainCommandLine } from './index.js';
 import { tempDir, trainTinyRun, writeCompanions } from './fixtures.js';
-import { readCheckpointInfo } from '../checkpoint/checkpoint.js';
+import { readCheckpointInfo, trainedModelArgs } from '../checkpoint/checkpoint.js';
 import { loadRun, type TrainMeta } from '../train/run.js';
 import { loadDataset } from '../data/datasets.js';
 import { evaluate } from '../eval/evaluate.js';
@@ -207,6 +207,9 @@ test('a run\'s model arguments come back from its command line, for each kind of
     assert.equal(o.model, model);
     assert.deepEqual(resolveModelArgs(model, o.modelArgs), resolved, line);
   }
+  // A mixture saved before its priority was recorded ran in batch order: its line says so (the default is score).
+  const { priority: _, ...legacy } = resolveModelArgs('mlp-moe', {});
+  assert.match(trainCommandLine(run, { ...meta, options: { ...meta.options, model: 'mlp-moe' } }, trainedModelArgs(legacy)), / --priority batch /);
 });
 
 test('dynn report writes the page and lists its sections; usage errors are clear', async () => {
