@@ -15,6 +15,7 @@ export async function reportCommand(runs: string[], o: Opts, io: Io, argv: strin
   const { commandLine } = await import('../report/commands.js');
   const sectionNames = o.sections === undefined ? undefined : String(o.sections).split(',').map((s) => s.trim()).filter(Boolean);
   const report = await writeReport(runs, o.out, {
+    force: o.force === true,
     sweep: o.sweep !== false,
     us: uListOption(o.u),
     dataset: o.dataset as string | undefined,
@@ -37,18 +38,18 @@ export async function reportCommand(runs: string[], o: Opts, io: Io, argv: strin
 /** `dynn compare RUN... [--json] [--out FILE]`: every run's operating points read from the files beside it. */
 export async function compareCommand(runs: string[], o: Opts, io: Io, argv: string[]): Promise<void> {
   if (!runs.length) throw new DynnError('compare needs one or more run directories');
-  const { gatherRuns, buildReport } = await import('../report/index.js');
+  const { gatherRuns, buildReport, checkPageTarget, writePage } = await import('../report/index.js');
   const { compareRuns, ratioTableRows, RATIO_TABLE_HEAD } = await import('../report/compare.js');
   const { table, pct } = await import('./io.js');
   const ratios = uListOption(o.at, 'at');
   if (o.out !== undefined && (typeof o.out !== 'string' || !o.out)) throw new DynnError('--out needs a file name (the HTML page to write)');
+  if (typeof o.out === 'string') await checkPageTarget(o.out, o.force === true);
   const gathered = await gatherRuns(runs, { sweep: false });
   const c = compareRuns(gathered, ratios);
   if (typeof o.out === 'string') {
     const { commandLine } = await import('../report/commands.js');
-    const { writeFileAtomic } = await import('../util/fs.js');
     const page = await buildReport(gathered, { sections: ['compare'], title: `dynn compare: ${gathered.map((r) => r.name).join(', ')}`, command: commandLine(['dynn', ...argv]) });
-    await writeFileAtomic(o.out, page.html);
+    await writePage(o.out, page.html, o.force === true);
   }
   if (o.json) {
     io.out(JSON.stringify(c, null, 2) + '\n');
@@ -101,13 +102,15 @@ export const viewCommands: CommandModule = (cli, io) => {
     .command('compare [...runs]', 'every run’s operating points on one test set: u curve, per-sample mechanisms, exits, controllers, oracle; which wins at 30/50/70% FLOPs')
     .option('--at <list>', 'FLOPs ratios of the table [default: 0.3,0.5,0.7]')
     .option('--out <file>', 'also write the charts as an HTML page')
+    .option('--force', 'replace the --out file even if it is not a page dynn wrote')
     .option('--json', 'machine-readable output on stdout')
     .example('dynn compare runs/fm-vgg runs/fm-r38-acs runs/fm-exits')
     .action(async (runs: string[], o: Opts) => compareCommand(runs, o, io, ['compare', ...runs, ...(o.at !== undefined ? ['--at', String(o.at)] : []), ...(typeof o.out === 'string' ? ['--out', o.out] : [])]));
 
   cli
     .command('report [...runs]', 'one self-contained HTML report of runs: accuracy vs u and FLOPs, latency, per-class, controllers, gates, exits, training')
-    .option('--out <file>', 'the HTML file to write (required; written atomically)')
+    .option('--out <file>', 'the HTML file to write (required; written atomically; an existing file only if it is a page dynn wrote)')
+    .option('--force', 'replace the --out file even if it is not a page dynn wrote')
     .option('--u <list>', 'utilizations of the sweeps the report runs [default: every level of the model]')
     .option('--dataset <name>', 'data set of the sweeps the report runs [default: each run’s]')
     .option('--data-dir <dir>', 'where the data set files are')

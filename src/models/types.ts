@@ -71,7 +71,5 @@ export interface ModelDef {
   condconv?: boolean;
   /** Whether it has residual blocks that keep their shape, which a mechanism that skips blocks can gate (`skip`). */
   skippable?: boolean;
-  /** Arguments that are ratios or weights though their default is a whole number (a mixture's loss weights, 0 by default). */
-  ratios?: readonly string[];
   layers(args: Required<Pick<ModelArgs, 'inputShape' | 'numClasses' | 'groups' | 'batchNorm'>> & ModelArgs): Layer[];
 }

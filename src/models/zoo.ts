@@ -332,9 +332,6 @@ models.register('multi-branch', {
 /** A mixture's defaults: 4 experts, top-1, Switch's capacity factors and balance loss. */
 const MOE_DEFAULTS: ModelArgs = { dynamic: 'moe', experts: 4, topK: 1, capacityFactor: 1.25, overflow: 'next', priority: 'score', importanceWeight: 0, loadWeight: 0, switchWeight: 0.01 };
 
-/** A mixture's arguments that are ratios and weights. */
-const MOE_RATIOS = ['capacityFactor', 'evalCapacityFactor', 'importanceWeight', 'loadWeight', 'switchWeight'];
-
 /** The mixture settings of a model's arguments (see `MoeArgs`). */
 function moeArgs(a: ModelArgs, residual: boolean): MoeArgs {
   const { experts, topK, capacityFactor, evalCapacityFactor, overflow, priority, importanceWeight, loadWeight, switchWeight, stack } = a as ModelArgs & MoeArgs;
@@ -345,7 +342,6 @@ models.register('vgg-moe', {
   description:
     'vgg-w whose c4 is a residual sparse mixture of experts (each expert conv64-BN-ReLU; a router on the pooled input, noisy top-k): --experts E --top-k K --capacity-factor C',
   defaults: { ...models.get('vgg-w').defaults, ...MOE_DEFAULTS },
-  ratios: MOE_RATIOS,
   dynamic: true,
   layers(a) {
     const [w1, w2, w3, w4] = a.widths as number[];
@@ -371,7 +367,6 @@ models.register('resnet-moe', {
   description:
     'resnet-d whose last stage\'s residual blocks are sparse mixtures of experts (each expert a block\'s conv-BN-ReLU-conv-BN branch, the shortcut shared): --experts E --top-k K --capacity-factor C',
   defaults: { ...models.get('resnet-d').defaults, ...MOE_DEFAULTS },
-  ratios: MOE_RATIOS,
   dynamic: true,
   layers(a) {
     const w = a.width as number;
@@ -405,7 +400,6 @@ models.register('mlp-moe', {
   description:
     'a mixture-of-experts classifier: the flattened image into E MLP experts (dense hidden, ReLU, dense classes) and a router on the pixels, noisy top-k (the head task of the MoE bench)',
   defaults: { ...MOE_DEFAULTS, experts: 10, hidden: 64 },
-  ratios: MOE_RATIOS,
   dynamic: true,
   layers(a) {
     const hidden = a.hidden as number;

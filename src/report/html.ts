@@ -49,12 +49,16 @@ pre { background: #fff; border: 1px solid var(--line); border-radius: 6px; paddi
 a { color: var(--accent); }
 `;
 
+/** Marks a page dynn wrote: a later report or comparison may replace such a file without --force. */
+export const GENERATOR_META = '<meta name="generator" content="dynn">';
+
 /** A complete HTML page around a body: inline style only, nothing fetched. */
 export function pageHtml(title: string, body: string, extraHead = ''): string {
   return `<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+${GENERATOR_META}
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${escapeHtml(title)}</title>
 <link rel="icon" href="data:,">

@@ -3,7 +3,7 @@
  * per-class accuracy, controllers, gates, exits, training), drawn from its checkpoint and the files beside it
  * (see `RUN_FILES`). Each chart is a section in a registry with `available(runs)` and `render(runs)`.
  */
-export { buildReport, writeReport, sectionLine, type BuildOptions, type Report, type ReportOptions, type SectionSummary } from './report.js';
+export { buildReport, writeReport, writePage, checkPageTarget, sectionLine, type BuildOptions, type Report, type ReportOptions, type SectionSummary } from './report.js';
 export { gatherRun, gatherRuns, datasetClassNames, RUN_FILES, type GatherOptions } from './sources.js';
 export { sections, registerSection, runLabel, SECTION_ORDER } from './sections.js';
 export { renderSvg, CHART_CONFIG, CHART_SIZE } from './vega.js';

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { cpSync } from 'node:fs';
-import { buildReport, gatherRuns, writeReport, sections, SECTION_ORDER, RUN_FILES, trainCommandLine } from './index.js';
+import { buildReport, gatherRuns, writeReport, sections, SECTION_ORDER, RUN_FILES, trainCommandLine, pageHtml } from './index.js';
 import { tempDir, trainTinyRun, writeCompanions } from './fixtures.js';
 import { readCheckpointInfo, trainedModelArgs } from '../checkpoint/checkpoint.js';
 import { loadRun, type TrainMeta } from '../train/run.js';
@@ -146,7 +146,8 @@ test('saveSweep writes RUN/sweep.json and the next report reads it instead of me
 
 test('bad input fails with a clear error and leaves an existing report untouched', async () => {
   const out = path.join(root, 'keep.html');
-  writeFileSync(out, 'old report');
+  const old = pageHtml('old', 'old report');
+  writeFileSync(out, old);
   await assert.rejects(writeReport([path.join(root, 'nope')], out), /nope/);
   const bad = path.join(root, 'bad');
   cpSync(run, bad, { recursive: true });
@@ -157,7 +158,7 @@ test('bad input fails with a clear error and leaves an existing report untouched
   await assert.rejects(writeReport([path.join(root, 'full', 'tiny', 'ctrl')], out), /controller checkpoint, not a training run/);
   await assert.rejects(buildReport([], { sections: ['bogus'] }), /unknown report section "bogus"; expected one of/);
   await assert.rejects(gatherRuns([]), /no runs given/);
-  assert.equal(readFileSync(out, 'utf8'), 'old report');
+  assert.equal(readFileSync(out, 'utf8'), old);
 });
 
 test('the training command line read back by the CLI gives the options the run recorded', async () => {
@@ -210,6 +211,21 @@ test('a run\'s model arguments come back from its command line, for each kind of
   // A mixture saved before its priority was recorded ran in batch order: its line says so (the default is score).
   const { priority: _, ...legacy } = resolveModelArgs('mlp-moe', {});
   assert.match(trainCommandLine(run, { ...meta, options: { ...meta.options, model: 'mlp-moe' } }, trainedModelArgs(legacy)), / --priority batch /);
+});
+
+test('an existing --out is replaced only when it is a page dynn wrote, or with --force; a folder is named as one', async () => {
+  const out = path.join(root, 'guarded.html');
+  writeFileSync(out, '{"format": "dynn-checkpoint"}');
+  await assert.rejects(writeReport([run], out, { sweep: false }), /guarded\.html exists and is not a page dynn wrote; give another --out, or --force to replace it/);
+  assert.equal(readFileSync(out, 'utf8'), '{"format": "dynn-checkpoint"}');
+  const io = captureIo();
+  assert.equal(await runCli(['compare', run, '--out', out], io), 1);
+  assert.match(io.stderr(), /is not a page dynn wrote/);
+  assert.equal(await runCli(['report', run, '--no-sweep', '--out', out, '--force'], captureIo()), 0);
+  assert.match(readFileSync(out, 'utf8'), /^<!doctype html>/);
+  // Its own page again (compare's pages are built the same way), without --force.
+  await writeReport([run], out, { sweep: false });
+  await assert.rejects(writeReport([run], root, { sweep: false }), /--out .* is a folder; give the HTML file to write/);
 });
 
 test('dynn report writes the page and lists its sections; usage errors are clear', async () => {

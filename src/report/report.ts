@@ -1,7 +1,9 @@
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
 import { VERSION } from '../version.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { DynnError } from '../util/errors.js';
-import { escapeHtml, pageHtml, prose, tableHtml } from './html.js';
+import { GENERATOR_META, escapeHtml, pageHtml, prose, tableHtml } from './html.js';
 import { percent } from './charts.js';
 import { SECTION_ORDER, sections } from './sections.js';
 import { gatherRuns, type GatherOptions } from './sources.js';
@@ -130,13 +132,47 @@ ${parts.join('\n')}
 export type ReportOptions = GatherOptions & BuildOptions;
 
 /** Gathers the runs' data, builds the report and writes it to `out` atomically. */
-export async function writeReport(dirs: string[], out: string, options: ReportOptions = {}): Promise<Report & { runs: RunData[] }> {
+export async function writeReport(dirs: string[], out: string, options: ReportOptions & { force?: boolean } = {}): Promise<Report & { runs: RunData[] }> {
   if (!out) throw new DynnError('the report needs an output file');
   for (const n of options.sections ?? []) sections.get(n);
+  // Before the sweeps: a refused --out should not cost their minutes.
+  await checkPageTarget(out, options.force);
   const runs = await gatherRuns(dirs, options);
   const report = await buildReport(runs, options);
-  await writeFileAtomic(out, report.html);
+  await writePage(out, report.html, options.force);
   return { ...report, runs };
+}
+
+/**
+ * Refuses an --out that is a folder, or an existing file that is not a page dynn wrote unless `force`: an --out
+ * naming a run's checkpoint, its weights or anyone's notes must not replace them.
+ */
+export async function checkPageTarget(out: string, force = false): Promise<void> {
+  let file: import('node:fs').promises.FileHandle;
+  try {
+    file = await fsp.open(out, 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    if ((err as NodeJS.ErrnoException).code === 'EISDIR') throw new DynnError(`--out ${out} is a folder; give the HTML file to write, e.g. ${path.join(out, 'report.html')}`);
+    throw err;
+  }
+  try {
+    if ((await file.stat()).isDirectory()) throw new DynnError(`--out ${out} is a folder; give the HTML file to write, e.g. ${path.join(out, 'report.html')}`);
+    if (force) return;
+    const head = Buffer.alloc(1024);
+    const { bytesRead } = await file.read(head, 0, head.length, 0);
+    if (!head.subarray(0, bytesRead).toString('utf8').includes(GENERATOR_META)) {
+      throw new DynnError(`${out} exists and is not a page dynn wrote; give another --out, or --force to replace it`);
+    }
+  } finally {
+    await file.close();
+  }
+}
+
+/** Writes a page to `out` atomically, after {@link checkPageTarget}. */
+export async function writePage(out: string, html: string, force = false): Promise<void> {
+  await checkPageTarget(out, force);
+  await writeFileAtomic(out, html);
 }
 
 /** Summary line of a built report's sections, e.g. for the CLI. */

@@ -11,7 +11,8 @@ import { datasets } from '../data/datasets.js';
 import { makeSynthetic } from '../data/synthetic.js';
 import { DynnError } from '../util/errors.js';
 import { train, type TrainOptions } from './trainer.js';
-import { loadRun } from './run.js';
+import { checkModelArgs, loadRun } from './run.js';
+import { readCheckpointInfo } from '../checkpoint/checkpoint.js';
 
 before(async () => {
   await initEngine('wasm');
@@ -302,4 +303,22 @@ test('a mixture saved before its routing priority was recorded loads in batch or
   const old = await loadRun(dir);
   assert.equal(old.model.config.args.priority, 'batch');
   old.model.dispose();
+});
+
+test('fractional model arguments the flags take (a capacity factor, a temperature, a gate scale) load back; fractional sizes do not', async () => {
+  const dir = fresh();
+  await trainTo(dir, { model: 'mlp-moe', modelArgs: { experts: 2, hidden: 8, evalCapacityFactor: 1.25, switchWeight: 0.05 } });
+  const loaded = await loadRun(dir);
+  assert.equal(loaded.model.config.args.evalCapacityFactor, 1.25);
+  loaded.model.dispose();
+  const file = path.join(dir, 'checkpoint.json');
+  const manifest = JSON.parse(fs.readFileSync(file, 'utf8'));
+  for (const [key, value] of [['temperature', 2.5], ['gateScale', 1.5], ['annealEpochs', 3]] as const) {
+    fs.writeFileSync(file, JSON.stringify({ ...manifest, config: { ...manifest.config, args: { ...manifest.config.args, [key]: value } } }));
+    assert.equal(checkModelArgs(await readCheckpointInfo(dir), file)[key], value, key);
+  }
+  for (const [key, value] of [['experts', 2.5], ['evalCapacityFactor', -1], ['hidden', 8.5]] as const) {
+    fs.writeFileSync(file, JSON.stringify({ ...manifest, config: { ...manifest.config, args: { ...manifest.config.args, [key]: value } } }));
+    await assert.rejects(loadRun(dir), new RegExp(`config\\.args\\.${key}`), key);
+  }
 });

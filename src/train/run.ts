@@ -18,6 +18,7 @@ import { isGateWeight } from '../route/mechanisms.js';
 import type { Network } from '../models/network.js';
 import { DynnError } from '../util/errors.js';
 import { isDerivedRunFile } from './run-files.js';
+import { MODEL_ARG_FLAGS } from './flags.js';
 import { tail } from '../data/imageset.js';
 import type { ImageSet } from '../data/types.js';
 import type { Optimizer } from './optimizer.js';
@@ -48,11 +49,28 @@ function argSchema(example: unknown): z.ZodType {
   return anyArg;
 }
 
+/**
+ * The numbers `dynn train` takes as model-argument flags, in the bounds the CLI reads them with: a ratio, weight or
+ * temperature (a capacity factor of 1.25, a temperature of 2.5) whether or not the model has a default for it.
+ */
+const flaggedNumbers = Object.fromEntries(
+  Object.entries(MODEL_ARG_FLAGS).flatMap(([key, how]) => {
+    if (typeof how !== 'object') return [];
+    let s = z.number().finite();
+    if (how.int) s = s.int();
+    if (how.min !== undefined) s = s.min(how.min);
+    if (how.max !== undefined) s = s.max(how.max);
+    return [[key, s]];
+  }),
+);
+
+/** Model arguments that are numbers but not sizes: the size check below leaves them alone. */
+const notSizes = new Set(['seed', 'inputShape', 'annealEpochs', ...Object.entries(MODEL_ARG_FLAGS).filter(([, how]) => typeof how === 'object' && !how.int).map(([key]) => key)]);
+
 function modelArgsSchema(model: string) {
   const defaults = models.has(model) ? models.get(model).defaults : {};
-  const ratios = new Set(models.has(model) ? (models.get(model).ratios ?? []) : []);
-  const own = Object.fromEntries(Object.entries(defaults).filter(([k]) => !(k in commonArgs)).map(([k, v]) => [k, ratios.has(k) ? z.number().nonnegative() : argSchema(v)]));
-  return z.object({ ...commonArgs, ...own }).partial().catchall(anyArg);
+  const own = Object.fromEntries(Object.entries(defaults).filter(([k]) => !(k in commonArgs)).map(([k, v]) => [k, argSchema(v)]));
+  return z.object({ ...commonArgs, ...own, ...flaggedNumbers }).partial().catchall(anyArg);
 }
 
 /**
@@ -73,7 +91,7 @@ export function checkModelArgs(info: CheckpointInfo, file: string): ModelArgs {
     throw new DynnError(`${file} is invalid: config.args.inputShape: ${input.join('x')} inputs have more values than the network's ${values} weights`);
   }
   for (const [key, value] of Object.entries(parsed.data)) {
-    if (key === 'seed' || key === 'inputShape' || key === 'gateScale') continue; // not sizes
+    if (notSizes.has(key)) continue;
     const sizes = (Array.isArray(value) ? value : [value]).filter((v): v is number => typeof v === 'number');
     const i = sizes.findIndex((v) => v > largest);
     if (i >= 0) {
