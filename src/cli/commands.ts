@@ -185,17 +185,19 @@ async function gatedSweepCommand(run: string, o: Opts, io: Io): Promise<void> {
   const { loadDataset } = await import('../data/datasets.js');
   const { routedSweep } = await import('../eval/routed.js');
   const { thresholdsOption } = await import('./scaling-commands.js');
-  if (o.u !== undefined) throw new DynnError('--u does not apply to a dynamic run: its gates choose per sample; sweep --thresholds instead');
   await initEngine(choiceOption(o.engine, 'engine', ENGINES));
   const { model, meta } = await loadRun(run);
   try {
+    const mixture = model.config.args.dynamic === 'moe';
+    if (o.u !== undefined) {
+      throw new DynnError(`--u does not apply to a dynamic run: ${mixture ? 'each sample runs its top-k experts; `dynn sweep RUN` gives its one operating point' : 'its gates choose per sample; sweep --thresholds instead'}`);
+    }
     const trained = typeof meta.options.gateThreshold === 'number' ? meta.options.gateThreshold : 0.5;
     const given = thresholdsOption(o.thresholds)?.map((t) => {
       if (Array.isArray(t) || !(t >= 0 && t <= 1)) throw new DynnError(`--thresholds of a dynamic run are numbers in [0, 1], got ${Array.isArray(t) ? t.join(':') : t}`);
       return t;
     });
     // A mixture's experts do not depend on a threshold: one point, at the trained one.
-    const mixture = model.config.args.dynamic === 'moe';
     if (mixture && given) throw new DynnError('--thresholds does not apply to a mixture of experts: each sample runs its top-k experts whatever the threshold');
     const thresholds = mixture ? [trained] : [...new Set([trained, ...(given ?? [0.2, 0.35, 0.65, 0.8])])];
     const dataset = String(o.dataset ?? meta.dataset);

@@ -520,7 +520,7 @@ async function selectCommand(run: string, o: Opts, io: Io): Promise<void> {
   const unit = budgetMs !== undefined ? 'ms' : costUnit;
   if (costUnit === 'ms' && !o.latencyTable) throw new DynnError('--cost-unit ms needs --latency-table FILE');
   const batch = numberOption(o.batch, 'batch', { int: true, min: 1 }) ?? 1;
-  const thresholds = o.thresholds === undefined ? undefined : uListOption(o.thresholds, 'thresholds');
+  const thresholds = o.thresholds === undefined ? undefined : uListOption(o.thresholds, 'thresholds', 'a threshold');
   const c = await import('../control/index.js');
   const latency = o.latencyTable ? await c.loadLatencyTable(String(o.latencyTable)) : undefined;
   const asked = await actionsOption(o.actions);

@@ -53,14 +53,14 @@ export function numberOption(value: unknown, name: string, opts: { int?: boolean
   return n;
 }
 
-/** Parses a comma-separated list of utilizations, each in (0, 1]. */
-export function uListOption(value: unknown, name = 'u'): number[] | undefined {
+/** Parses a comma-separated list of utilizations (or, as `what` says, other fractions), each in (0, 1]. */
+export function uListOption(value: unknown, name = 'u', what = 'a utilization'): number[] | undefined {
   if (value === undefined) return undefined;
   const parts = String(value).split(',').map((s) => s.trim()).filter(Boolean);
   if (parts.length === 0) throw new DynnError(`--${name} needs a comma-separated list of numbers in (0, 1]`);
   return parts.map((p) => {
     const u = Number(p);
-    if (!Number.isFinite(u) || u <= 0 || u > 1) throw new DynnError(`--${name}: ${p} is not a utilization in (0, 1]`);
+    if (!Number.isFinite(u) || u <= 0 || u > 1) throw new DynnError(`--${name}: ${p} is not ${what} in (0, 1]`);
     return u;
   });
 }

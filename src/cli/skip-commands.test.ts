@@ -26,7 +26,7 @@ test('layer skipping: bad targets and models are refused before any training', a
     [['--model', 'densenet41', '--dynamic', 'skip-ff'], /--dynamic skip-ff skips residual blocks; densenet41 has no blocks to skip/],
     [[...small, '--dynamic', 'skip', '--flops-target', '0.5'], /--flops-target does not apply to --dynamic skip, whose target is --skip-target \(the skip target/],
     [['--model', 'resnet38', '--dynamic', 'acs-gn', '--skip-target', '0.5'], /--skip-target does not apply to --dynamic acs-gn, whose target is --flops-target/],
-    [[...small, '--skip-target', '0.5'], /skipTarget needs a dynamic model \(--dynamic NAME\); resnet-d has no gates/],
+    [[...small, '--skip-target', '0.5'], /skipTarget \(--skip-target\) needs a dynamic model \(--dynamic NAME\); resnet-d has no gates/],
   ];
   await assertTrainRefused(cases, data, tmp);
 });

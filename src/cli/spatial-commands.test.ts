@@ -25,7 +25,7 @@ test('spatial sparsity: a target outside (0, 1), other targets and models withou
     [['--model', 'vgg-w', '--dynamic', 'spatial'], /--dynamic spatial gates the positions of residual blocks; vgg-w has no blocks to gate/],
     [[...small, '--dynamic', 'spatial', '--skip-target', '0.5'], /--skip-target does not apply to --dynamic spatial, whose target is --spatial-target \(the spatial target/],
     [[...small, '--dynamic', 'skip', '--spatial-target', '0.5'], /--spatial-target does not apply to --dynamic skip, whose target is --skip-target/],
-    [[...small, '--spatial-target', '0.5'], /spatialTarget needs a dynamic model \(--dynamic NAME\); resnet-d has no gates/],
+    [[...small, '--spatial-target', '0.5'], /spatialTarget \(--spatial-target\) needs a dynamic model \(--dynamic NAME\); resnet-d has no gates/],
   ];
   await assertTrainRefused(cases, data, tmp);
 });

@@ -41,7 +41,7 @@ export async function compareCommand(runs: string[], o: Opts, io: Io, argv: stri
   const { gatherRuns, buildReport, checkPageTarget, writePage } = await import('../report/index.js');
   const { compareRuns, ratioTableRows, RATIO_TABLE_HEAD } = await import('../report/compare.js');
   const { table, pct } = await import('./io.js');
-  const ratios = uListOption(o.at, 'at');
+  const ratios = uListOption(o.at, 'at', 'a FLOPs ratio');
   if (o.out !== undefined && (typeof o.out !== 'string' || !o.out)) throw new DynnError('--out needs a file name (the HTML page to write)');
   if (typeof o.out === 'string') await checkPageTarget(o.out, o.force === true);
   const gathered = await gatherRuns(runs, { sweep: false });

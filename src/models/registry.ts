@@ -21,6 +21,9 @@ const MOE_ARGS = ['experts', 'topK', 'capacityFactor', 'evalCapacityFactor', 'ov
 
 const COMMON: ModelArgs = { inputShape: [28, 28, 1], numClasses: 10, groups: 8, batchNorm: true, seed: 0 };
 
+/** A model argument as the API and the CLI name it: `topK (--top-k)`. */
+const named = (key: string) => `${key} (--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)})`;
+
 /** The full argument set a model is built with: common defaults, the model's, then the caller's set fields. */
 export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs {
   const def = models.get(name);
@@ -86,21 +89,24 @@ export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs 
     throw new DynnError(`gateWidth must be a positive integer, got ${resolved.gateWidth}`);
   }
   for (const key of ['gateWidth', 'gateScale'] as const) {
-    if (resolved[key] !== undefined && resolved.dynamic === undefined) throw new DynnError(`${key} (--${key === 'gateWidth' ? 'gate-width' : 'gate-scale'}) needs a dynamic model (--dynamic NAME)`);
+    if (resolved[key] !== undefined && resolved.dynamic === undefined) throw new DynnError(`${named(key)} needs a dynamic model (--dynamic NAME)`);
   }
   if (resolved.gateScale !== undefined && !((resolved.gateScale as number) > 0 && Number.isFinite(resolved.gateScale))) {
     throw new DynnError(`gateScale must be a positive number, got ${resolved.gateScale}`);
   }
   // `experts` is shared: a mixture's experts, or a conditional convolution's kernels.
   const moe = MOE_ARGS.filter((k) => resolved[k] !== undefined && !(k === 'experts' && def.condconv));
-  if (moe.length && resolved.dynamic !== 'moe') throw new DynnError(`${moe.join(', ')} ${moe.length > 1 ? 'need' : 'needs'} a mixture of experts (--model ${orList(mechanismModels(mechanisms.get('moe')))})`);
+  if (moe.length && resolved.dynamic !== 'moe') {
+    const kernels = moe.includes('experts') ? `; --experts also sets the kernels of --model ${orList(models.list().filter((k) => models.get(k).condconv))}` : '';
+    throw new DynnError(`${moe.map(named).join(', ')} ${moe.length > 1 ? 'need' : 'needs'} a mixture of experts (--model ${orList(mechanismModels(mechanisms.get('moe')))})${kernels}`);
+  }
   if (resolved.dynamic === 'moe') {
     checkMixture(resolved.experts as number, resolved.topK as number, [resolved.capacityFactor as number, ...(resolved.evalCapacityFactor === undefined ? [] : [resolved.evalCapacityFactor as number])], String(resolved.overflow), String(resolved.priority ?? 'score'));
   }
   for (const key of ['routing', 'temperature', 'annealEpochs'] as const) {
     if (set[key] !== undefined && !def.condconv) {
       const able = models.list().filter((k) => models.get(k).condconv);
-      throw new DynnError(`${key} needs a model with conditional convolutions (expected one of ${able.join(', ')}), not ${name}`);
+      throw new DynnError(`${named(key)} needs a model with conditional convolutions (expected one of ${able.join(', ')}), not ${name}`);
     }
   }
   if (def.condconv) checkCondArgs(resolved, name);

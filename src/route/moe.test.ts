@@ -105,7 +105,7 @@ test('bad mixtures are refused by name: k > E, E or the capacity factor not posi
   assert.throws(() => checkMixture(4, 1, [1], 'drop'), /unknown overflow policy "drop"; expected one of residual, next/);
   assert.throws(() => createModel('vgg-moe', { topK: 5, experts: 4 }), /top-k \(5\) cannot exceed the number of experts \(4\)/);
   assert.throws(() => createModel('vgg-moe', { capacityFactor: -1 }), /capacity factor must be a positive number, got -1/);
-  assert.throws(() => createModel('vgg-w', { experts: 4 }), /experts needs a mixture of experts \(--model vgg-moe, resnet-moe or mlp-moe\)/);
+  assert.throws(() => createModel('vgg-w', { experts: 4 }), /experts \(--experts\) needs a mixture of experts \(--model vgg-moe, resnet-moe or mlp-moe\); --experts also sets the kernels of --model resnet-condconv or vgg-condconv/);
   assert.throws(() => createModel('resnet-d', { dynamic: 'moe' }), /--dynamic moe needs --model vgg-moe, resnet-moe or mlp-moe/);
   assert.throws(() => createModel('vgg-moe', { dynamic: 'acs-gn' }), /vgg-moe takes --dynamic moe, not acs-gn/);
   const odd = () => moeNet({}, (p, i) => [new Conv2D(`${p}.conv`, { filters: i === 2 ? 4 : 8, kernelSize: 3 })]);

@@ -402,7 +402,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   ];
   if (!gated && dynamicOptions.length) {
     model.dispose();
-    throw new DynnError(`${dynamicOptions.join(', ')} ${dynamicOptions.length > 1 ? 'need' : 'needs'} a dynamic model (--dynamic NAME); ${o.model} has no gates`);
+    throw new DynnError(`${dynamicOptions.map((k) => `${k} (${optionFlag(k)})`).join(', ')} ${dynamicOptions.length > 1 ? 'need' : 'needs'} a dynamic model (--dynamic NAME); ${o.model} has no gates`);
   }
   const mechanism = gated ? mechanisms.get(String(model.config.args.dynamic)) : null;
   // A switch's routes (DS-Net's supernet, a multi-branch network's branches, the resolutions) train first like
