@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
-import { buildReport, gatherRuns, writeReport, sections, RUN_FILES } from './index.js';
+import { buildReport, gatherRuns, writeReport, sections, RUN_FILES, pageHtml } from './index.js';
 import { tempDir, trainTinyDynamicRun, trainTinyRun } from './fixtures.js';
 import { loadRun } from '../train/run.js';
 import { loadDataset } from '../data/datasets.js';
@@ -83,7 +83,7 @@ test('the report of a dynamic run draws its threshold sweep: accuracy vs FLOPs, 
     assert.ok(grid.includes(`<tr><td>pattern ${c}</td>${cells.map((x) => `<td>${x}</td>`).join('')}</tr>`), `class ${c}`);
   }
   assert.match(body, /the backbone&#39;s u-curve is not drawn \(not measured, and sweep\.json holds the gates&#39; threshold sweep\)/);
-  assert.match(body, /dynn sweep \S+acs --thresholds 0,1 --json &gt; \S+sweep\.json/);
+  assert.match(body, /dynn sweep \S+acs --thresholds 0,1 --test-limit 32 --json &gt; \S+sweep\.json/);
 });
 
 test('with the backbone measured at fixed u, its curve sits beside the gates’ on the same FLOPs axis', async () => {
@@ -111,7 +111,8 @@ test('--save-sweep does not write the backbone’s u-sweep over the threshold sw
 
 test('a corrupt or foreign threshold sweep fails the report with a message naming the file and the field', async () => {
   const out = path.join(root, 'keep.html');
-  writeFileSync(out, 'old report');
+  const old = pageHtml('old', 'old report');
+  writeFileSync(out, old);
   const cases: [string, ((s: Record<string, any>) => void) | string, RegExp][] = [
     ['not-json', '{"model": "resnet38", "dynamic": ', /sweep\.json: not valid JSON .*expected a threshold sweep of a dynamic run/],
     ['bad-field', (s) => void (s.points[1].accuracy = 7), /sweep\.json: not a threshold sweep of a dynamic run .*: points\[1\]\.accuracy: .*remake it with `dynn sweep/],
@@ -128,7 +129,7 @@ test('a corrupt or foreign threshold sweep fails the report with a message namin
   for (const [name, edit, pattern] of cases) {
     await assert.rejects(writeReport([withSweep(name, edit)], out, { sweep: false }), pattern, name);
   }
-  assert.equal(readFileSync(out, 'utf8'), 'old report');
+  assert.equal(readFileSync(out, 'utf8'), old);
   // Leniently (the dashboard), the section says what is wrong and the rest of the report stands.
   const lenient = await gatherRuns([path.join(root, 'bad-field')], { sweep: false, lenient: true });
   const report = await buildReport(lenient);

@@ -195,7 +195,8 @@ export function parseDynamicSweep(raw: unknown, file: string, run: DynamicRunRef
       masked: s.masked,
       ...(s.execution ? { execution: s.execution } : {}),
       ...(s.masks ? { masks: s.masks } : {}),
-      command: commandLine(['dynn', 'sweep', run.dir, ...(others.length ? ['--thresholds', others.join(',')] : []), '--json']) + ` > ${file}`,
+      // Sweeps take the first N test samples: N as the file recorded it remakes the same points.
+      command: commandLine(['dynn', 'sweep', run.dir, ...(others.length ? ['--thresholds', others.join(',')] : []), ...(s.testSamples !== undefined ? ['--test-limit', s.testSamples] : []), '--json']) + ` > ${file}`,
     },
   };
 }

@@ -28,7 +28,9 @@ export function runLabel(run: RunData): string {
 const ok: Availability = { ok: true };
 const empty = (): SectionContent => ({ charts: [], tables: [], commands: [], notes: [] });
 const sweepHint = (run: RunData) =>
-  typeof run.modelArgs.dynamic === 'string'
+  run.noFixedU
+    ? `none for ${run.name}, which has no network at a fixed u`
+    : typeof run.modelArgs.dynamic === 'string'
     ? `\`dynn report ${run.dir}\` without --no-sweep (it measures the backbone at fixed u; \`dynn sweep\` of a dynamic run sweeps its gates' threshold instead)`
     : `\`dynn report ${run.dir}\` without --no-sweep, or \`dynn sweep ${run.dir} --json > ${run.dir}/${RUN_FILES.sweep}\``;
 
@@ -42,7 +44,7 @@ function needSweep(runs: RunData[]): Availability {
 }
 
 function sweepNotes(runs: RunData[], content: SectionContent): void {
-  for (const r of runs) if (!r.sweep) content.notes.push(`${r.name}: no sweep (${r.sweepMissing ?? 'not measured'}); make one with ${sweepHint(r)}.`);
+  for (const r of runs) if (!r.sweep) content.notes.push(`${r.name}: no sweep (${r.sweepMissing ?? 'not measured'})${r.noFixedU ? '' : `; make one with ${sweepHint(r)}`}.`);
   for (const r of withSweep(runs)) {
     const src = r.sweep.source;
     const where = src.kind === 'file' ? `read from ${src.path}` : src.savedTo ? `measured by this report and saved to ${src.savedTo}` : 'measured by this report';
@@ -176,7 +178,7 @@ registerSection({
   available: (runs) =>
     withSweep(runs).length || runs.some((r) => r.controllers.length || r.exits)
       ? ok
-      : { ok: false, missing: `no sweep, controller evaluation or exit sweep: ${runs.map(sweepHint).join('; ')}` },
+      : { ok: false, missing: `no sweep, controller evaluation or exit sweep: ${runs.map(sweepHint).join('; ')}${runs.some((r) => r.dynamic) ? '; a dynamic run\'s accuracy against executed FLOPs is under "Per-sample compute of dynamic runs"' : ''}` },
   render(runs) {
     const content = empty();
     type Pt = { run: string; kind: string; flops: number; accuracy: number; label: string };
@@ -290,7 +292,7 @@ registerSection({
           rows: ort.levels.map((l) => [fixed(l.u), fixed(l.flopsRatio), ...ort.batches.flatMap((b) => [fixed(l.latencyMs[String(b)]), fixed(l.latencyMs[String(b)] / top.latencyMs[String(b)])])]),
         });
         content.commands.push(ort.command);
-      } else content.notes.push(`${r.name}: no ONNX Runtime latency: \`dynn export ${r.dir} --onnx ${r.dir}/${RUN_FILES.onnx}\` then \`dynn profile ${r.dir}/${RUN_FILES.onnx}\`.`);
+      } else if (r.modelArgs.dynamic === undefined) content.notes.push(`${r.name}: no ONNX Runtime latency: \`dynn export ${r.dir} --onnx ${r.dir}/${RUN_FILES.onnx}\` then \`dynn profile ${r.dir}/${RUN_FILES.onnx}\`.`);
       if (data.length) {
         content.charts.push({
           id: `latency-${r.name}`,

@@ -213,8 +213,10 @@ export async function gatherRun(dir: string, name: string, options: GatherOption
   await readSweeps(run, options);
   await addCompanions(run);
   if (!run.sweep && !run.sweepMissing) {
-    if (options.sweep === false) run.sweepMissing = run.dynamic ? `not measured, and ${RUN_FILES.sweep} holds the gates' threshold sweep` : `no ${RUN_FILES.sweep} beside the run`;
-    else if (await withoutSubnet(run)) run.sweepMissing = `${run.model} has no network at a fixed u (each sample runs its own experts): its gates' sweep (\`dynn sweep RUN --json\`) is what it has`;
+    if (await withoutSubnet(run)) {
+      run.noFixedU = true;
+      run.sweepMissing = `${run.model} has no network at a fixed u (each sample runs its own experts): its gates' sweep (\`dynn sweep RUN --json\`) is what it has`;
+    } else if (options.sweep === false) run.sweepMissing = run.dynamic ? `not measured, and ${RUN_FILES.sweep} holds the gates' threshold sweep` : `no ${RUN_FILES.sweep} beside the run`;
     else run.sweep = await computeSweep(run, options);
   }
   return run;
@@ -270,7 +272,8 @@ async function parseSweep(raw: unknown, dir: string, dynamicRun: boolean): Promi
     testSamples: s.testSamples,
     gating: s.gating,
     classNames: s.classNames ?? (await datasetClassNames(s.dataset)) ?? undefined,
-    command: s.command ?? commandLine(['dynn', 'sweep', dir, '--json']) + ` > ${file}`,
+    // Sweeps take the first N test samples: N as the file recorded it remakes the same points.
+    command: s.command ?? commandLine(['dynn', 'sweep', dir, ...(s.testSamples !== undefined ? ['--test-limit', s.testSamples] : []), '--json']) + ` > ${file}`,
     source: { kind: 'file', path: file },
     ...(s.routing ? { routing: s.routing } : {}),
   };
@@ -398,7 +401,10 @@ async function computeSweep(run: RunData, options: GatherOptions): Promise<Sweep
   const { model } = await loadRun(run.dir);
   try {
     const dataset = options.dataset ?? run.meta.dataset;
-    const data = await loadDataset(dataset, { dataDir: options.dataDir, testLimit: options.testLimit });
+    // The run's own test subset unless told otherwise, as its other files were measured on.
+    const own = run.meta.options.testLimit;
+    const testLimit = options.testLimit ?? (options.dataset === undefined && typeof own === 'number' ? own : undefined);
+    const data = await loadDataset(dataset, { dataDir: options.dataDir, testLimit });
     const [h, w, c] = model.inputShape;
     const t = data.test;
     if (t.height !== h || t.width !== w || t.channels !== c) {
@@ -414,7 +420,7 @@ async function computeSweep(run: RunData, options: GatherOptions): Promise<Sweep
       onPoint: (p) => options.onProgress?.(`${run.name}: u=${p.u.toFixed(3)} accuracy ${(100 * p.accuracy).toFixed(2)}%`),
     });
     const args: (string | number)[] = ['dynn', 'sweep', run.dir, '--u', us.join(','), '--dataset', dataset, '--gating', gating];
-    if (options.testLimit !== undefined) args.push('--test-limit', options.testLimit);
+    if (testLimit !== undefined) args.push('--test-limit', testLimit);
     if (options.latency === false) args.push('--no-latency');
     const result: SweepData = {
       dataset,
@@ -422,7 +428,8 @@ async function computeSweep(run: RunData, options: GatherOptions): Promise<Sweep
       testSamples: t.count,
       gating,
       classNames: data.classNames,
-      command: commandLine([...args, '--json']),
+      // `dynn sweep` of a dynamic run sweeps its gates' threshold: its backbone at fixed u only a report measures.
+      command: run.modelArgs.dynamic === undefined ? commandLine([...args, '--json']) : `# ${run.name}: the backbone at fixed u, measured by dynn report (dynn sweep of a dynamic run sweeps its gates' threshold)`,
       source: { kind: 'computed' },
     };
     const { hasMixtures, mixtureStats } = await import('../eval/mixtures.js');

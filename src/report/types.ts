@@ -104,6 +104,8 @@ export interface RunData {
   sweep: SweepData | null;
   /** Why there is no sweep, when there is none. */
   sweepMissing?: string;
+  /** The run has no network at a fixed u (a mixture of experts): no sweep over u can be made. */
+  noFixedU?: boolean;
   /** A dynamic run's threshold sweep (`dynn sweep` of a run with gates), when beside it. */
   dynamic: DynamicSweepData | null;
   /** Why a dynamic run has no threshold sweep to draw (absent or malformed); unset for other runs. */
