@@ -126,6 +126,21 @@ test('gates train (REINFORCE, CONCRETE) and gates eval', async () => {
   await fails(['gates', 'train', run, '--method', 'annealing', '--out', path.join(tmp, 'x')], /--method must be one of reinforce, concrete/);
   await fails(['gates', 'train', run, '--p', '3', '--out', path.join(tmp, 'x')], /--p must be an integer/);
   await fails(['gates', 'eval', run, '--gates', ctrl], /is not a gates checkpoint \(it holds a controller\)/);
+  await fails(['info', gates], /holds learned gates, not a training run; give the run it was made for \(its checkpoint says: \S+\)/);
+  await fails(['sweep', ctrl], /holds a controller, not a training run/);
+  // --out never takes a run, another kind of checkpoint or other files; earlier gates only with --force.
+  const before = fs.readdirSync(run).sort();
+  await fails(['gates', 'train', run, '--steps', '1', '--out', run], /--out \S+ holds a training run \(mlp-w\); save gates in a folder of its own/);
+  await fails(['gates', 'train', run, '--steps', '1', '--out', run, '--force'], /holds a training run/);
+  assert.deepEqual(fs.readdirSync(run).sort(), before);
+  await fails(['controller', 'train', run, '--epochs', '1', '--out', gates], /--out \S+ holds learned gates; save a controller in a folder of its own/);
+  await fails(['gates', 'train', run, '--steps', '1', '--out', gates], /--out \S+ holds learned gates already; give another --out, or --force to replace it/);
+  await ok(['gates', 'train', run, '--steps', '1', '--samples-per-step', '2', '--out', gates, '--force']);
+  const notes = path.join(tmp, 'notes');
+  fs.mkdirSync(notes, { recursive: true });
+  fs.writeFileSync(path.join(notes, 'weights-mine.bin'), 'mine');
+  await fails(['gates', 'train', run, '--steps', '1', '--out', notes, '--force'], /is a folder with other files in it/);
+  assert.equal(fs.readFileSync(path.join(notes, 'weights-mine.bin'), 'utf8'), 'mine');
 });
 
 test('controller train --temporal on fashion-mnist-stream, eval in the form eval prints; what it refuses', async () => {

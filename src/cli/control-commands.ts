@@ -29,7 +29,8 @@ export const controlCommands: CommandModule = (cli: CAC, io: Io) => {
   };
 
   withData(cli.command('gates <action> <run>', 'learned gate functions g(u) of a trained run: `gates train` (DTNN phase 2) or `gates eval`'))
-    .option('--out <dir>', 'train: where to save the gates (required)')
+    .option('--out <dir>', 'train: where to save the gates (required; a new or empty folder, or earlier gates with --force)')
+    .option('--force', 'train: replace the gates saved in --out')
     .option('--method <name>', 'train: reinforce or concrete [default: reinforce]')
     .option('--penalty <name>', 'train: hinge (max(0, c-u)^p) or dist (|c-u|^p) [default: dist]')
     .option('--p <n>', 'train: exponent of the penalty, 1 or 2 [default: 1]')
@@ -56,7 +57,8 @@ export const controlCommands: CommandModule = (cli: CAC, io: Io) => {
     });
 
   withData(cli.command('controller <action> <run>', 'train the context-aware controller of a run as a contextual bandit (`controller train`)'))
-    .option('--out <dir>', 'where to save the controller (required)')
+    .option('--out <dir>', 'where to save the controller (required; a new or empty folder, or an earlier controller with --force)')
+    .option('--force', 'replace the controller saved in --out')
     .option('--actions <list|K>', 'action set: K for u_k = k/K, or a list of utilizations in (0, 1] [default: 10]')
     .option('--epochs <n>', 'passes over the samples [default: 10]')
     .option('--batch-size <n>', 'samples per update [default: 128]')
@@ -184,7 +186,8 @@ function say(io: Io, o: Opts, text: string): void {
 
 async function gatesTrain(run: string, o: Opts, io: Io): Promise<void> {
   if (!o.out) throw new DynnError('gates train needs --out DIR (where to save the gates)');
-  const { GateSet, gatedBlocks, trainGates, saveGates, runRef, complexity, GATE_METHODS, GATE_PENALTIES } = await import('../control/index.js');
+  const { GateSet, gatedBlocks, trainGates, saveGates, runRef, complexity, GATE_METHODS, GATE_PENALTIES, checkCompanionTarget, GATES_KIND } = await import('../control/index.js');
+  await checkCompanionTarget(String(o.out), GATES_KIND, o.force === true);
   const method = choiceOption(o.method ?? 'reinforce', 'method', GATE_METHODS)!;
   const options = {
     method,
@@ -287,6 +290,7 @@ async function gatesEval(run: string, o: Opts, io: Io): Promise<void> {
 async function controllerTrain(run: string, o: Opts, io: Io): Promise<void> {
   if (!o.out) throw new DynnError('controller train needs --out DIR (where to save the controller)');
   const c = await import('../control/index.js');
+  await c.checkCompanionTarget(String(o.out), c.CONTROLLER_KIND, o.force === true);
   const { head } = await import('../data/imageset.js');
   const actions = (await actionsOption(o.actions)) ?? c.actionSet();
   const options = {

@@ -20,7 +20,7 @@ export { GateSet, gatedBlocks, planFromGroups, complexity, calibratedSubnet, gat
 export { trainGates, maskedForward, complexityPenalty, GATE_METHODS, GATE_PENALTIES, type GateMethod, type GatePenalty, type GateTrainOptions, type GateStep } from './gate-training.js';
 export { loadLatencyTable, parseLatencyTable, latencyOf, latencyAtBatch, type LatencyTable } from './latency-table.js';
 export { measureLatencyTable } from './measure-latency.js';
-export { saveController, loadController, saveGates, loadGates, runRef, networkFingerprint, type RunRef } from './store.js';
+export { saveController, loadController, saveGates, loadGates, runRef, networkFingerprint, checkCompanionTarget, CONTROLLER_KIND, GATES_KIND, type RunRef } from './store.js';
 export { TemporalController, temporalPolicy, trainTemporal, trainTemporalSequences, SEQUENCE_DEFAULTS, runTemporal, isTemporal, sequencesOf, temporalFeatureSize, type TemporalEpoch, type TemporalOptions, type SequenceObjective, type SequenceOptions } from './temporal.js';
 export { runController, evaluateController, reportRun, type ControlledRun, type ControllerReport } from './evaluate.js';
 export { interpolateAccuracy, againstCurve, describeGap, type CurvePoint, type CurveGap } from './curve.js';

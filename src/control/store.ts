@@ -37,7 +37,7 @@ export function runRef(model: Network, path: string): RunRef {
 async function readKind(dir: string, kind: string, what: string): Promise<RunRef> {
   const info = await readCheckpointInfo(dir);
   if (info.config.model !== kind) {
-    throw new DynnError(`${dir} is not a ${what} checkpoint (it holds ${info.config.model === GATES_KIND ? 'learned gates' : info.config.model === CONTROLLER_KIND ? 'a controller' : `a "${info.config.model}" network`})`);
+    throw new DynnError(`${dir} is not a ${what} checkpoint (it holds ${holds(info.config.model)})`);
   }
   const ref = info.meta.run as RunRef | undefined;
   if (!ref || typeof ref.fingerprint !== 'string') throw new DynnError(`${dir}: the ${what} checkpoint does not say which network it was made for`);
@@ -54,8 +54,41 @@ function checkRef(dir: string, what: string, ref: RunRef, model: Network, runPat
   }
 }
 
+/** What a checkpoint's config.model tag says it holds, for messages. */
+const holds = (tag: string) => (tag === GATES_KIND ? 'learned gates' : tag === CONTROLLER_KIND ? 'a controller' : `a training run (${tag})`);
+
+/**
+ * Refuses a folder to save a controller or gates checkpoint (`kind`) in, before any training: one that holds
+ * another kind of checkpoint (a training run, the run being read) or other files always, an earlier checkpoint
+ * of the same kind unless `force`. Saving prunes the folder's old weight files, so anything else would be lost.
+ */
+export async function checkCompanionTarget(dir: string, kind: typeof CONTROLLER_KIND | typeof GATES_KIND, force = false): Promise<void> {
+  const { promises: fsp } = await import('node:fs');
+  let entries: string[];
+  try {
+    entries = await fsp.readdir(dir);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return;
+    if (code === 'ENOTDIR') throw new DynnError(`--out ${dir} is a file; give the folder to save in`);
+    throw err;
+  }
+  if (entries.length === 0) return;
+  const what = kind === GATES_KIND ? 'gates' : 'a controller';
+  let tag: string | null = null;
+  try {
+    tag = (await readCheckpointInfo(dir)).config.model;
+  } catch {
+    throw new DynnError(`--out ${dir} is a folder with other files in it (no checkpoint of ${what}); give a new or empty folder`);
+  }
+  if (tag !== kind) throw new DynnError(`--out ${dir} holds ${holds(tag)}; save ${what} in a folder of its own`);
+  if (!force) throw new DynnError(`--out ${dir} holds ${holds(tag)} already; give another --out, or --force to replace it`);
+}
+
 /** Saves a trained controller policy with a reference to its network (atomic). */
 export async function saveController(dir: string, policy: Policy, ref: RunRef, meta: Record<string, unknown> = {}): Promise<void> {
+  // Replacing an earlier controller is the caller's decision (the CLI asks for --force); anything else never.
+  await checkCompanionTarget(dir, CONTROLLER_KIND, true);
   await saveCheckpoint(dir, { config: { model: CONTROLLER_KIND, args: { ...policy.args } }, weights: policy.net.getWeights(), meta: { ...meta, run: ref } });
 }
 
@@ -77,6 +110,7 @@ export async function loadController(dir: string, model: Network, runPath: strin
 
 /** Saves learned gates with a reference to their network (atomic). */
 export async function saveGates(dir: string, gates: GateSet, ref: RunRef, meta: Record<string, unknown> = {}): Promise<void> {
+  await checkCompanionTarget(dir, GATES_KIND, true);
   await saveCheckpoint(dir, { config: { model: GATES_KIND, args: { ...gates.args } }, weights: gates.getWeights(), meta: { ...meta, run: ref } });
 }
 

@@ -147,6 +147,15 @@ export async function saveRun(dir: string, model: Network, meta: TrainMeta, opti
 }
 
 /** A trained network loaded from a run directory, with its metadata. */
+/** The checkpoints dynn saves beside runs (`dynn controller train`, `dynn gates train`), by their config.model tag. */
+const COMPANIONS: Record<string, string> = { 'dynn-controller': 'a controller', 'dynn-gates': 'learned gates' };
+
+/** Refuses a checkpoint that is not a training run (a controller, learned gates) before its metadata is read as one. */
+function checkTrainingRun(info: CheckpointInfo, dir: string): void {
+  const companion = COMPANIONS[info.config.model];
+  if (companion) throw new DynnError(`${dir} holds ${companion}, not a training run; give the run it was made for (its checkpoint says: ${String((info.meta.run as { path?: unknown } | undefined)?.path ?? 'unknown')})`);
+}
+
 export interface LoadedRun {
   model: Network;
   meta: TrainMeta;
@@ -159,6 +168,7 @@ export interface LoadedRun {
 export async function loadRun(dir: string): Promise<LoadedRun> {
   const info = await readCheckpointInfo(dir);
   const file = path.join(dir, MANIFEST_FILE);
+  checkTrainingRun(info, dir);
   const meta = parseTrainMeta(info.meta, file);
   await checkDataFiles(dir);
   const model = buildModel(info.config.model, checkModelArgs(info, file), dir);
@@ -219,6 +229,7 @@ export async function checkRunDir(dir: string, options: { resume?: boolean; forc
     if (resume) {
       const info = await readCheckpointInfo(dir);
       const file = path.join(dir, MANIFEST_FILE);
+      checkTrainingRun(info, dir);
       const meta = parseTrainMeta(info.meta, file);
       await checkDataFiles(dir);
       return { info, meta, args: checkModelArgs(info, file) };
