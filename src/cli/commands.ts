@@ -451,20 +451,27 @@ function historyTable(meta: TrainMeta): string {
   );
 }
 
+/** The demo's epochs unless --epochs says otherwise (as its help in cli.ts says). */
+const DEMO_EPOCHS = 2;
+
 export async function demoCommand(o: Opts, io: Io): Promise<void> {
   const opts = trainOptionsFrom(o);
   const { train } = await import('../train/trainer.js');
   const { sweep } = await import('../eval/sweep.js');
   const us = uListOption(o.u) ?? DEFAULT_US;
-  io.err('dynn demo: training a throttleable vgg-w on the embedded MNIST digits (u ~ U(0,1] per batch)\n');
+  const given = Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)) as typeof opts;
+  const model = given.model ?? 'vgg-w';
+  const dataset = given.dataset ?? 'mnist';
+  const what = dataset === 'mnist' ? 'the embedded MNIST digits' : dataset;
+  io.err(`dynn demo: training a throttleable ${model} on ${what} (u ~ U(0,1] per batch)\n`);
   const progress = trainingProgress(io);
   const t0 = performance.now();
   const r = await train({
-    model: 'vgg-w',
-    dataset: 'mnist',
-    epochs: 2,
-    lr: 2e-3,
-    ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
+    ...given,
+    model,
+    dataset,
+    epochs: given.epochs ?? DEMO_EPOCHS,
+    lr: given.lr ?? 2e-3,
     out: o.out as string | undefined,
     force: Boolean(o.force),
     evalUs: [1],
@@ -475,10 +482,10 @@ export async function demoCommand(o: Opts, io: Io): Promise<void> {
   try {
     io.err(`trained in ${((performance.now() - t0) / 1000).toFixed(1)} s; measuring each operating point\n`);
     const points = sweep(r.model, r.dataset.test, us);
-    if (o.json) io.out(JSON.stringify({ model: 'vgg-w', dataset: 'mnist', points }, null, 2) + '\n');
+    if (o.json) io.out(JSON.stringify({ model, dataset, points }, null, 2) + '\n');
     else
       io.out(
-        `\none network, many operating points (${r.dataset.test.count} test digits; latency measured on this machine):\n` + sweepTable(points),
+        `\none network, many operating points (${r.dataset.test.count} ${dataset} test images; latency measured on this machine):\n` + sweepTable(points),
       );
   } finally {
     r.model.dispose();

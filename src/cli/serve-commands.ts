@@ -6,22 +6,20 @@ import { SERVE_NODE_FLAGS, parentGone, restartedServer } from '../serve/node-fla
 type Opts = Record<string, unknown>;
 
 /**
- * Resolves once the process gets SIGINT or SIGTERM, or once the `dynn serve` that restarted it with its node
+ * Resolves once the process gets SIGINT, SIGTERM or SIGHUP, or once the `dynn serve` that restarted it with its node
  * flags is gone. A server started directly then leaves a second signal its default action (it ends at once); a
  * restarted one keeps ignoring them, since tools that signal every process of a service (systemd, pkill) reach it
  * twice, directly and through its first process, which ends it at once on a second signal of its own.
  */
 function shutdownSignal(): Promise<string> {
   return new Promise((resolve) => {
+    // SIGHUP too: a closed terminal or a service manager's hangup drains the queue like the others.
+    const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
     const on = (sig: string) => {
-      if (!restartedServer) {
-        process.off('SIGINT', on);
-        process.off('SIGTERM', on);
-      }
+      if (!restartedServer) for (const s of signals) process.off(s, on);
       resolve(sig);
     };
-    process.on('SIGINT', on);
-    process.on('SIGTERM', on);
+    for (const s of signals) process.on(s, on);
     void parentGone().then(() => on('the parent process exited'));
   });
 }
@@ -77,7 +75,7 @@ export async function serveCommand(file: string, o: Opts, io: Io, stop: Promise<
   else if (m.routed) io.out(`dynn serve: listening on ${url} (${m.model.model}, dynamic: ${m.routed.gatedBlocks} gated blocks at threshold ${m.routed.threshold}, SLO ${info.sloMs} ms)\n`);
   else {
     const exits = m.exits?.inGraph && o.exits !== false ? `; early exits by its ${m.exits.inGraph.rule} rule` : '';
-    io.out(`dynn serve: listening on ${url} (${m.model.model}, levels ${info.levels.join(', ')}, policy ${info.policy}, SLO ${info.sloMs} ms${exits}${sessions ? `; sessions of its temporal controller: at most ${sessions.max}, expiring after ${sessions.idleMs} ms idle` : ''})\n`);
+    io.out(`dynn serve: listening on ${url} (${m.model.model}, levels ${info.levels.map((u) => Number(u.toFixed(3))).join(', ')}, policy ${info.policy}, SLO ${info.sloMs} ms${exits}${sessions ? `; sessions of its temporal controller: at most ${sessions.max}, expiring after ${sessions.idleMs} ms idle` : ''})\n`);
   }
   const sig = await stop;
   log(`${sig}: finishing queued requests and shutting down`);

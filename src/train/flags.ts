@@ -16,7 +16,7 @@ const SCALING_FLAGS: [string, string][] = [
 
 /** The training options of dynamic models, whose gates decide per sample (`--dynamic NAME`). */
 const DYNAMIC_FLAGS: [string, string][] = [
-  ['--dynamic <mechanism>', 'gates inside the network decide per sample (acs-gn, or acs-dg with DGConv gates: adaptive channel skipping; resnet38, densenet41, densenet53; skip (ConvNet-AIG) or skip-ff (SkipNet FFGate-I): layer skipping; resnet-d, resnet38; spatial: spatially sparse convolution (dynconv), resnet-d, resnet38; width: a width per sample, DS-Net; vgg-w, resnet38; branch: --model multi-branch; resolution: any model that pools globally); see `dynn models`'],
+  ['--dynamic <mechanism>', 'gates inside the network decide per sample (acs-gn, or acs-dg with DGConv gates: adaptive channel skipping; resnet38, resnet-d, densenet41, densenet53; skip (ConvNet-AIG) or skip-ff (SkipNet FFGate-I): layer skipping; resnet-d, resnet38; spatial: spatially sparse convolution (dynconv), resnet-d, resnet38; width: a width per sample, DS-Net; vgg-w, resnet38; branch: --model multi-branch; resolution: any model that pools globally); see `dynn models`'],
   ['--decisions <form>', 'with --dynamic: nested (the first k groups, skipped channels not computed) or channel (one decision per channel, as the ACS paper: run masked, every channel computed; FLOPs count the channels on) [default: nested]'],
   ['--gate-width <n>', 'with --dynamic: channels of each gate’s hidden layers [default: the mechanism’s]'],
   ['--gate-scale <s>', 'with --dynamic: factor on the gates’ logits; larger makes the gates learn faster than the backbone (with a smaller --lr when fine-tuning) [default: 1]'],
