@@ -29,10 +29,14 @@ test('controller train, eval --json (the issue’s format), select both problems
   assert.deepEqual(Object.keys(e).sort(), ['accuracy', 'againstCurve', 'controller', 'dataset', 'fixed', 'meanFlopsRatio', 'meanU', 'oracle', 'samples', 'split', 'uHistogram', 'verdict']);
   assert.deepEqual([e.controller, e.dataset, e.split, e.samples], ['bandit', 'synthetic', 'test', 120]);
   assert.deepEqual(Object.keys(e.oracle).sort(), ['accuracy', 'curve', 'meanFlopsRatio', 'meanU']);
-  // Where it sits against the fixed-u curve at its own FLOPs ratio, computed here from the curve it printed.
-  const pts = [...e.fixed].sort((a: { flopsRatio: number }, b: { flopsRatio: number }) => a.flopsRatio - b.flopsRatio);
-  const j = pts.findIndex((p: { flopsRatio: number }) => p.flopsRatio >= e.meanFlopsRatio);
-  const there = pts[j - 1].accuracy + ((pts[j].accuracy - pts[j - 1].accuracy) * (e.meanFlopsRatio - pts[j - 1].flopsRatio)) / (pts[j].flopsRatio - pts[j - 1].flopsRatio);
+  // Where it sits against the best a fixed u, or a mix of two, does at its own FLOPs ratio, from the curve it printed.
+  const pts = e.fixed as { flopsRatio: number; accuracy: number }[];
+  let there = Math.max(...pts.filter((p) => p.flopsRatio <= e.meanFlopsRatio).map((p) => p.accuracy));
+  for (const p of pts) {
+    for (const q of pts) {
+      if (p.flopsRatio < e.meanFlopsRatio && e.meanFlopsRatio < q.flopsRatio) there = Math.max(there, p.accuracy + ((q.accuracy - p.accuracy) * (e.meanFlopsRatio - p.flopsRatio)) / (q.flopsRatio - p.flopsRatio));
+    }
+  }
   assert.ok(Math.abs(e.againstCurve.curveAccuracy - there) < 1e-9);
   assert.equal(e.againstCurve.below, e.accuracy < there - 1e-9);
   assert.match(e.verdict, e.againstCurve.below ? /^BELOW the fixed-u curve: the bandit controller is [\d.]+ points less accurate/ : /^the bandit controller is [\d.]+ points above the fixed-u curve/);
