@@ -108,6 +108,10 @@ export async function assertServedLike(
     assert.ok(Math.abs(q.flopsRatio! - want.flopsRatios[i]) < 1e-9);
     assert.ok(q.scores.every((s, j) => Math.abs(s - want.scores[i * 3 + j]) < tol));
   });
+  // Its gates choose each sample's compute: a request's u is refused, not silently ignored.
+  const withU = await app.inject({ method: 'POST', url: '/v1/predict', payload: { inputs: Array.from(x), shape, u: 0.5 } });
+  assert.equal(withU.statusCode, 400, withU.body);
+  assert.match(withU.json().message, /u does not apply to \S+: its gates choose each sample's compute inside the network/);
 }
 
 /** One node of an ONNX graph as ONNX Runtime's profile saw it: its median kernel time per run (the first run, which packs weights and grows the arena, weighs no more than any other), and the rows (leading dim of its first input) of its last run. */

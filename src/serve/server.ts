@@ -266,6 +266,8 @@ export class DynnServer {
     const quotedNames = meta.classNames.map((n) => JSON.stringify(n));
     app.post('/v1/predict', async (request, reply) => {
       const input = Buffer.isBuffer(request.body) ? parseBinaryRequest(request.body, request.query, spec) : parseJsonRequest(request.body, request.query, spec);
+      // A dynamic model has one operating point: its gates choose each sample's compute inside the network.
+      if (meta.routed && input.u !== undefined) throw invalidInput(`u does not apply to ${meta.model.model}: its gates choose each sample's compute inside the network`);
       if (input.budgetMs !== undefined && !this.policy.estimator) {
         throw invalidInput(`budgetMs needs the latency table beside the model; run \`dynn profile ${this.model.path}\` and restart the server`);
       }
