@@ -403,7 +403,12 @@ test('graceful shutdown: queued requests are answered, then the server stops', a
   const depth = async () => ((await (await fetch(`${at}/healthz`)).json()) as { queueDepth: number }).queueDepth;
   while ((await depth()) < 6) await new Promise((r) => setTimeout(r, 10));
   const t = performance.now();
-  await s.close();
+  const closed = s.close();
+  // A request that starts now gets the server's own 503 body; /healthz says it is shutting down.
+  const late = await s.app.inject({ method: 'POST', url: '/v1/predict', payload: { inputs: Array.from(images(1)) } });
+  assert.equal(late.statusCode, 503);
+  assert.deepEqual(late.json(), { error: 'shutting_down', message: 'the server is shutting down' });
+  await closed;
   assert.ok(performance.now() - t < 10_000, 'keep-alive connections do not hold the close open');
   const res = await Promise.all(pending);
   assert.deepEqual(res.map((r) => r.status), [200, 200, 200, 200, 200, 200]);

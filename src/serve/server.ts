@@ -218,7 +218,7 @@ export class DynnServer {
       const frames = meta.controller?.temporal ? new FrameBatcher((x, a) => model.step(x, a), meta, maxBatch, (r) => metrics.run(r)) : null;
       const sessions = frames ? new SessionStore(() => new TemporalSession(meta, frames.step), { maxSessions: o.maxSessions, idleMs: o.sessionIdleMs, maxInflight: maxQueue }) : null;
       const metrics = new ServeMetrics({ levelUs: meta.levels.map((l) => l.u), maxBatch, sloMs }, () => batcher.depth, () => sessions?.size ?? 0);
-      const app = createHttpApp({ bodyLimit, logger: false, return503OnClosing: true, forceCloseConnections: 'idle' }, o);
+      const app = createHttpApp({ bodyLimit, logger: false, return503OnClosing: false, forceCloseConnections: 'idle' }, o);
       const server = new DynnServer(app, model, policy, metrics, batcher, table, sessions);
       server.routes({ shape: meta.input.shape, maxSamples: maxBatch }, sloMs, o.log ?? (() => {}));
       return server;
@@ -234,9 +234,21 @@ export class DynnServer {
     app.decorateRequest('arrival', 0);
     app.decorateRequest('readyAt', 0);
     app.decorateRequest('underSlo', false);
+    const fail = (reply: FastifyReply, err: Error) => {
+      const { status, kind, message } = classify(err, 'application/json or application/octet-stream (float32)');
+      metrics.error(kind);
+      if (status >= 500 && kind === 'internal') log(`internal error: ${err.stack ?? err.message}`);
+      return reply.code(status).type('application/json').send({ error: kind, message });
+    };
     // Callback hooks, not async ones: no promise per request and hook.
-    app.addHook('onRequest', (request, _reply, done) => {
+    app.addHook('onRequest', (request, reply, done) => {
       request.arrival = performance.now();
+      // A request that starts once shutting down gets the server's own 503 body (Fastify's would differ in shape);
+      // /healthz answers, to say so.
+      if (this.closing && request.url !== '/healthz') {
+        void fail(reply, new HttpError(503, 'shutting_down', 'the server is shutting down'));
+        return;
+      }
       done();
     });
     // Once shutting down, every answer closes its connection, so keep-alive clients cannot hold the close open.
@@ -252,12 +264,6 @@ export class DynnServer {
     });
     app.removeContentTypeParser('text/plain');
     app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
-    const fail = (reply: FastifyReply, err: Error) => {
-      const { status, kind, message } = classify(err, 'application/json or application/octet-stream (float32)');
-      metrics.error(kind);
-      if (status >= 500 && kind === 'internal') log(`internal error: ${err.stack ?? err.message}`);
-      return reply.code(status).type('application/json').send({ error: kind, message });
-    };
     app.setErrorHandler((err, _request, reply) => fail(reply, err instanceof Error ? err : new Error(String(err))));
     app.setNotFoundHandler((request, reply) =>
       fail(reply, new HttpError(404, 'not_found', `no route ${request.method} ${request.url.split('?')[0]}; routes: ${ROUTES}`)),
