@@ -136,6 +136,12 @@ export function trainedModelArgs<A extends Record<string, unknown>>(args: A): A 
   return args.dynamic === 'moe' && args.priority === undefined ? { ...args, priority: 'batch' } : args;
 }
 
+/** Whether `file` is one of a checkpoint's own files (its manifest, or a weights or optimizer file beside one): never a target to write over. */
+export function isCheckpointFile(file: string): boolean {
+  const name = path.basename(file);
+  return name === MANIFEST_FILE || (/^(weights|optimizer)-[0-9a-f]{16}\.bin$/.test(name) && isCheckpointDir(path.dirname(file)));
+}
+
 /** Whether `dir` contains a checkpoint.json (its validity is not checked). */
 export function isCheckpointDir(dir: string): boolean {
   try {

@@ -112,6 +112,13 @@ test('dynn export refuses a folder as --onnx, and overwrites an existing file on
   assert.equal(await runCli(['export', run, '--onnx', file, '--levels', '0.5,1', '--force', '--json'], forced), 0, forced.stderr());
   assert.deepEqual(JSON.parse(forced.stdout()).metadata.levels.map((l: { u: number }) => l.u), [0.5, 1]);
   assert.deepEqual(fs.readdirSync(dir), ['m.onnx'], 'written atomically: no temporary file left');
+  // A run's own files are never a target, --force or not.
+  const manifest = path.join(run, 'checkpoint.json');
+  const kept = fs.readFileSync(manifest);
+  await fails(['export', run, '--onnx', manifest, '--force'], /checkpoint\.json is a file of the run in \S+; export to another file/);
+  const weights = fs.readdirSync(run).find((f) => f.startsWith('weights-'))!;
+  await fails(['export', run, '--onnx', path.join(run, weights), '--force'], /is a file of the run in/);
+  assert.deepEqual(fs.readFileSync(manifest), kept);
 });
 
 test('dynn profile bounds batch sizes, reps and threads before allocating, and refuses a tampered model', async () => {

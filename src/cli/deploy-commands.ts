@@ -55,6 +55,8 @@ async function checkOnnxTarget(file: string, force: boolean): Promise<void> {
     return;
   }
   if (stat.isDirectory()) throw new DynnError(`--onnx ${file} is a folder; give the file to write, e.g. ${path.join(file, 'model.onnx')}`);
+  const { isCheckpointFile } = await import('../checkpoint/checkpoint.js');
+  if (isCheckpointFile(file)) throw new DynnError(`--onnx ${file} is a file of the run in ${path.dirname(file)}; export to another file (e.g. ${path.join(path.dirname(file), 'model.onnx')})`);
   if (!force) throw new DynnError(`${file} exists; pass --force to overwrite it`);
 }
 
