@@ -100,6 +100,7 @@ test('controller train, eval --json (the issue’s format), select both problems
 
   // Bad input: clear errors, nothing written.
   await fails(['eval', runA, '--controller', 'greedy'], /unknown controller "greedy"; expected a controller checkpoint directory or one of bandit, cascade, fixed, oracle, resource/);
+  await fails(['eval', runA, '--controller', tmp], /is not a controller checkpoint: it has no checkpoint\.json/);
   await fails(['eval', runB, '--controller', ctrl], /this controller was made for another network \(mlp-w from .*a, weights [0-9a-f]{16}\), not .*b/);
   await fails(['select', runB, '--objective', 'min-error', '--budget-flops', '0.4'], /held out no validation split; train it with --val-samples N/);
   await fails(['controller', 'train', runA, '--actions', '0,0.5,1.2', '--out', path.join(tmp, 'bad')], /--actions: 0 is not a utilization in \(0, 1\]/);

@@ -452,6 +452,8 @@ async function evalCommand(run: string, o: Opts, io: Io): Promise<void> {
   const dir = String(name);
   const isDir = isCheckpointDir(dir);
   if (!isDir && !c.controllers.has(dir)) {
+    const { existsSync } = await import('node:fs');
+    if (existsSync(dir)) throw new DynnError(`--controller ${dir} is not a controller checkpoint: it has no checkpoint.json (\`dynn controller train RUN --out DIR\` makes one)`);
     throw new DynnError(`unknown controller "${dir}"; expected a controller checkpoint directory or one of ${c.controllers.list().join(', ')}`);
   }
   const curve = await actionsOption(o.actions);

@@ -24,7 +24,7 @@ test('layer skipping: bad targets and models are refused before any training', a
     [[...small, '--dynamic', 'skip', '--skip-target', '1.2'], /--skip-target must be a number in \(0, 1\], got 1.2/],
     [['--model', 'vgg-w', '--dynamic', 'skip'], /--dynamic skip skips residual blocks; vgg-w has no blocks to skip \(expected one of resnet-d, resnet38\)/],
     [['--model', 'densenet41', '--dynamic', 'skip-ff'], /--dynamic skip-ff skips residual blocks; densenet41 has no blocks to skip/],
-    [[...small, '--dynamic', 'skip', '--flops-target', '0.5'], /--flops-target does not apply to --dynamic skip, whose target is --skip-target \(the skip target/],
+    [[...small, '--dynamic', 'skip', '--flops-target', '0.5'], /--flops-target does not apply to --dynamic skip, whose target is --skip-target: the skip target \(the mean fraction/],
     [['--model', 'resnet38', '--dynamic', 'acs-gn', '--skip-target', '0.5'], /--skip-target does not apply to --dynamic acs-gn, whose target is --flops-target/],
     [[...small, '--skip-target', '0.5'], /skipTarget \(--skip-target\) needs a dynamic model \(--dynamic NAME\); resnet-d has no gates/],
   ];

@@ -23,7 +23,7 @@ test('spatial sparsity: a target outside (0, 1), other targets and models withou
     [[...small, '--dynamic', 'spatial', '--spatial-target', '-0.5'], /must be in \(0, 1\), got -0.5/],
     [[...small, '--dynamic', 'spatial', '--spatial-target', 'half'], /--spatial-target must be a number, got "half"/],
     [['--model', 'vgg-w', '--dynamic', 'spatial'], /--dynamic spatial gates the positions of residual blocks; vgg-w has no blocks to gate/],
-    [[...small, '--dynamic', 'spatial', '--skip-target', '0.5'], /--skip-target does not apply to --dynamic spatial, whose target is --spatial-target \(the spatial target/],
+    [[...small, '--dynamic', 'spatial', '--skip-target', '0.5'], /--skip-target does not apply to --dynamic spatial, whose target is --spatial-target: the spatial target \(the mean fraction/],
     [[...small, '--dynamic', 'skip', '--spatial-target', '0.5'], /--spatial-target does not apply to --dynamic skip, whose target is --skip-target/],
     [[...small, '--spatial-target', '0.5'], /spatialTarget \(--spatial-target\) needs a dynamic model \(--dynamic NAME\); resnet-d has no gates/],
   ];

@@ -436,7 +436,7 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
   const other = mechanism && (['flopsTarget', 'widthTarget', 'skipTarget', 'spatialTarget'] as const).find((k) => k !== mechanism.efficiency.option && o[k] !== undefined);
   if (mechanism && other) {
     model.dispose();
-    throw new DynnError(`${optionFlag(other)} does not apply to --dynamic ${String(model.config.args.dynamic)}, whose target is ${mechanism.efficiency.flag} (${mechanism.efficiency.what})`);
+    throw new DynnError(`${optionFlag(other)} does not apply to --dynamic ${String(model.config.args.dynamic)}, whose target is ${mechanism.efficiency.flag}: ${mechanism.efficiency.what}`);
   }
   const efficiency = mechanism?.fixedCost ? undefined : mechanism ? { target: o[mechanism.efficiency.option] ?? mechanism.defaults.target, weight: o.efficiencyWeight ?? mechanism.defaults.efficiencyWeight } : undefined;
   const estimator = o.gateEstimator ?? mechanism?.defaults.estimator ?? 'sigmoid';
