@@ -274,12 +274,15 @@ function checkDataFits(model: Network, h: number, w: number, c: number, dataset:
 }
 
 export async function infoCommand(run: string, o: Opts, io: Io): Promise<void> {
-  const us = uListOption(o.u) ?? DEFAULT_US;
+  const given = uListOption(o.u);
   const { loadRun } = await import('../train/run.js');
   const { initEngine } = await import('../engine/backend.js');
   await initEngine(choiceOption(o.engine, 'engine', ENGINES));
   const { model, meta } = await loadRun(run);
   try {
+    // A network with one operating point (no throttleable block) has one row to show.
+    const single = model.levelUtilizations().length === 1;
+    const us = given ?? (single ? [1] : DEFAULT_US);
     const full = model.cost(1);
     const costs = us.map((u) => model.cost(u));
     const exits = await exitInfo(model);
@@ -314,7 +317,9 @@ export async function infoCommand(run: string, o: Opts, io: Io): Promise<void> {
     io.out(
       `${info.model}  ${JSON.stringify(info.args)}\n` +
         `trained ${info.epochs} epoch(s) on ${info.dataset}, seed ${info.seed}, dynn ${info.dynnVersion}; ${si(info.parameters)} parameters\n` +
-        `throttleable blocks: ${info.blocks.map((b) => (b.kind === 'width' ? `${b.name} (D=${b.groups})` : `${b.name} (depth, stage ${b.stage})`)).join(', ')}\n` +
+        (single
+          ? 'throttleable blocks: none (one operating point: u does not change its compute)\n'
+          : `throttleable blocks: ${info.blocks.map((b) => (b.kind === 'width' ? `${b.name} (D=${b.groups})` : `${b.name} (depth, stage ${b.stage})`)).join(', ')}\n`) +
         (info.gates ? `per-sample gates (${String(model.config.args.dynamic)}): ${info.gates.note}\n` : '') +
         '\n',
     );

@@ -36,6 +36,12 @@ test('a vgg-condconv run trains with an annealed temperature, and sweep --json r
   assert.equal(await runCli(args, io), 0, io.stderr());
   const { meta } = JSON.parse(io.stdout());
   assert.equal(meta.history.length, 2);
+  // One operating point: measured at u = 1 only, and info shows one row.
+  assert.deepEqual(Object.keys(meta.history[0].testAccuracy), ['1']);
+  const shown = captureIo();
+  assert.equal(await runCli(['info', run], shown), 0, shown.stderr());
+  assert.match(shown.stdout(), /throttleable blocks: none \(one operating point: u does not change its compute\)/);
+  assert.doesNotMatch(shown.stdout(), /u=0\.25/);
   // Epoch 0 at 9, epoch 1 at 9 - 8/2: the temperature the run was saved with.
   const { model } = await loadRun(run);
   assert.deepEqual(Array.from(model.getWeights().find((w) => w.name === 'c2.conv.temperature')!.data), [5]);

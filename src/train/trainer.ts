@@ -600,7 +600,9 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       }
       const test: Record<string, number> = {};
       // A network with no fixed-plan sub-network (a mixture of experts) is measured with its gates deciding, at u = 1.
-      for (const u of mechanism?.noSubnet ? [] : o.evalUs) test[String(u)] = evaluate(model, dataset.test, u, { gating: o.gating, seed: o.seed }).accuracy;
+      // One operating point (no throttleable block: dynamic parameters, SE, skipping or spatial gates): u = 1 only.
+      const evalUs = model.levelUtilizations().length === 1 ? [1] : o.evalUs;
+      for (const u of mechanism?.noSubnet ? [] : evalUs) test[String(u)] = evaluate(model, dataset.test, u, { gating: o.gating, seed: o.seed }).accuracy;
       const routed = gated ? evaluateRouted(model, dataset.test, { threshold: o.gateThreshold }) : null;
       if (mechanism?.noSubnet && routed) test['1'] = routed.accuracy;
       const record: EpochRecord = {
