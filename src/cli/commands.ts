@@ -78,7 +78,11 @@ export async function trainCommand(o: Opts, io: Io): Promise<void> {
   if (!o.out) throw new DynnError('train needs --out DIR (the run directory)');
   const { train } = await import('../train/trainer.js');
   const { progressRecorder } = await import('../dashboard/progress.js');
-  const progress = trainingProgress(io);
+  // A spatial gate's execution rate is of positions, a skipping gate's of blocks.
+  const { mechanisms } = await import('../route/mechanisms.js');
+  const dynamic = String(opts.modelArgs.dynamic);
+  const spatial = mechanisms.has(dynamic) && mechanisms.get(dynamic).spatial === true;
+  const progress = trainingProgress(io, spatial ? 'positions computed' : 'blocks executed');
   // RUN/progress.json lets `dynn dashboard` follow the run step by step.
   const recorder = progressRecorder(String(o.out));
   try {
@@ -185,6 +189,7 @@ async function gatedSweepCommand(run: string, o: Opts, io: Io): Promise<void> {
   const { loadDataset } = await import('../data/datasets.js');
   const { routedSweep } = await import('../eval/routed.js');
   const { thresholdsOption } = await import('./scaling-commands.js');
+  const { mechanisms } = await import('../route/mechanisms.js');
   await initEngine(choiceOption(o.engine, 'engine', ENGINES));
   const { model, meta } = await loadRun(run);
   try {
@@ -221,7 +226,8 @@ async function gatedSweepCommand(run: string, o: Opts, io: Io): Promise<void> {
       ),
     );
     for (const p of s.points.slice(0, 1)) io.out(expertLines(p.experts, p.overflowRate));
-    io.out(`masked (every channel computed, then the mask) at threshold ${thresholds[0]}: ${ms(s.masked.latencyMs.batch64)} ms @64; the gates cost ${(100 * (s.points[0]?.gateShare ?? 0)).toFixed(1)}% of the backbone's FLOPs\n`);
+    const masked = mechanisms.get(String(model.config.args.dynamic)).maskedWork ?? 'every channel computed';
+    io.out(`masked (${masked}, then the mask) at threshold ${thresholds[0]}: ${ms(s.masked.latencyMs.batch64)} ms @64; the gates cost ${(100 * (s.points[0]?.gateShare ?? 0)).toFixed(1)}% of the backbone's FLOPs\n`);
   } finally {
     model.dispose();
   }

@@ -4,7 +4,7 @@ import type { StepProgress } from '../train/trainer.js';
 import type { EpochRecord } from '../train/run.js';
 
 /** Training progress: a bar per epoch on a terminal, one line per epoch otherwise. */
-export function trainingProgress(io: Io) {
+export function trainingProgress(io: Io, executed = 'blocks executed') {
   let bar: cliProgress.SingleBar | null = null;
   return {
     onStep(p: StepProgress) {
@@ -36,7 +36,7 @@ export function trainingProgress(io: Io) {
         ...Object.entries(r.testAccuracy).map(([u, a]) => `u=${u}: ${(100 * a).toFixed(2)}%`),
         ...(r.gated ? [`gated: ${(100 * r.gated.accuracy).toFixed(2)}% at FLOPs ratio ${r.gated.flopsRatio.toFixed(3)}`] : []),
         ...(r.gated?.expertCv !== undefined ? [`expert load CV ${r.gated.expertCv.toFixed(3)}, overflow ${pctOf(r.gated.overflowRate)} (training ${pctOf(r.gated.trainOverflowRate)})`] : []),
-        ...(r.gated?.trainExecutionRate !== undefined ? [`blocks executed ${r.gated.executionRate?.toFixed(3)} (training ${r.gated.trainExecutionRate.toFixed(3)})`] : []),
+        ...(r.gated?.trainExecutionRate !== undefined ? [`${executed} ${r.gated.executionRate?.toFixed(3)} (training ${r.gated.trainExecutionRate.toFixed(3)})`] : []),
       ].join(', ');
       io.err(
         `epoch ${r.epoch}: loss ${r.loss.toFixed(4)}, train acc ${(100 * r.trainAccuracy).toFixed(2)}%, ` +

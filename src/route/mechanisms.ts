@@ -137,6 +137,8 @@ export interface Mechanism {
   noSubnet?: boolean;
   /** Why its cost per sample is set by its settings, not learnt (a mixture's k): no efficiency target applies. */
   fixedCost?: string;
+  /** What its masked baseline computes before the mask (default: every channel), for the sweep's line. */
+  maskedWork?: string;
 }
 
 /** Per-sample mechanisms by name (`dynn train --dynamic NAME`). */
@@ -179,6 +181,7 @@ const wholeNetworkGate: Omit<Mechanism, 'description'> = {
 };
 
 mechanisms.register('branch', {
+  maskedWork: 'every branch run',
   description:
     'gated multi-branch network (--model multi-branch --branches ...): an acs-gn gate on the input picks one branch network per sample; branches train first (--pretrain-epochs), the gate after with them frozen',
   ...wholeNetworkGate,
@@ -209,6 +212,7 @@ mechanisms.register('width', {
 });
 
 mechanisms.register('skip', {
+  maskedWork: 'every block computed',
   description:
     'layer skipping, ConvNet-AIG gates (GAP, FC, ReLU, FC, Gumbel straight-through): per sample, each residual block that keeps its shape runs or is the identity; a target execution rate per block',
   skipsBlocks: true,
@@ -222,6 +226,7 @@ mechanisms.register('skip', {
 });
 
 mechanisms.register('skip-ff', {
+  maskedWork: 'every block computed',
   description:
     'layer skipping, SkipNet feed-forward gates (FFGate-I: max pool, 3x3 conv, 3x3 conv stride 2, GAP, FC): per sample, each residual block that keeps its shape runs or is the identity; a target execution rate per block',
   skipsBlocks: true,
@@ -233,6 +238,7 @@ mechanisms.register('skip-ff', {
 });
 
 mechanisms.register('moe', {
+  maskedWork: 'every expert run on every row',
   description:
     'sparse mixture of experts (--model vgg-moe, resnet-moe or mlp-moe, --experts E --top-k K --capacity-factor C): a router on the pooled input sends each sample to its k best of E experts (noisy top-k), each expert runs once on its rows, within its capacity',
   // The router's outputs are the experts' scores and noise scales (2E); it has no hidden layer.
@@ -251,6 +257,7 @@ export function mechanismModels(m: Mechanism): readonly string[] {
   return m.model === undefined ? [] : typeof m.model === 'string' ? [m.model] : m.model;
 }
 mechanisms.register('spatial', {
+  maskedWork: 'every position computed',
   description:
     'spatially sparse convolution (dynconv): a 1x1 conv gate per residual block that keeps its shape picks, per sample, the output positions to compute (Gumbel straight-through); only those are computed (gathered 3x3 patches, one matrix product per conv), the rest pass through the residual; a target fraction of positions per block',
   spatial: true,
