@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { commandOf, runCli } from './cli.js';
 import type { Io } from './io.js';
@@ -172,4 +172,23 @@ test('commandOf: the command a line runs as the parser matches it, options befor
   assert.equal(commandOf([]), undefined);
   assert.equal(commandOf(['nonsense']), undefined);
   assert.equal(commandOf(['train', '--lr', '']), undefined);
+});
+
+test('Ctrl-C during training: exit 130, the run keeps its last checkpoint, and progress.json says it stopped', async () => {
+  const out = path.join(tmp, 'interrupted');
+  const child = spawn(process.execPath, [main, 'train', '--dataset', 'synthetic', '--train-limit', '512', '--test-limit', '64', '--workers', '0', '--epochs', '200', '--batch-size', '32', '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  // After the first epoch's checkpoint, while the second trains.
+  const checkpoint = path.join(out, 'checkpoint.json');
+  const deadline = Date.now() + 120_000;
+  while (!fs.existsSync(checkpoint) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(fs.existsSync(checkpoint), `no checkpoint: ${stderr}`);
+  child.kill('SIGINT');
+  assert.equal(await exited, 130, stderr);
+  assert.match(stderr, /dynn train: SIGINT: stopping; \S+interrupted keeps its last checkpoint \(`dynn train --out \S+ --resume` continues it\)/);
+  assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'progress.json'), 'utf8')).state, 'stopped');
+  const info = capture();
+  assert.equal(await runCli(['info', out], info), 0, info.stderr());
 });

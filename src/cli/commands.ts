@@ -85,6 +85,18 @@ export async function trainCommand(o: Opts, io: Io): Promise<void> {
   const progress = trainingProgress(io, spatial ? 'positions computed' : 'blocks executed');
   // RUN/progress.json lets `dynn dashboard` follow the run step by step.
   const recorder = progressRecorder(String(o.out));
+  // Ctrl-C (or SIGTERM) between steps: the run keeps its last checkpoint, and progress.json says it stopped
+  // rather than training forever; a second signal ends the process at once.
+  let interrupted = false;
+  const onSignal = (sig: NodeJS.Signals) => {
+    const code = sig === 'SIGTERM' ? 143 : 130;
+    if (interrupted) process.exit(code);
+    interrupted = true;
+    io.err(`\ndynn train: ${sig}: stopping; ${o.out} keeps its last checkpoint (\`dynn train --out ${o.out} --resume\` continues it)\n`);
+    void recorder.stop().finally(() => process.exit(code));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
     const r = await train({
       ...opts,
@@ -110,10 +122,15 @@ export async function trainCommand(o: Opts, io: Io): Promise<void> {
     await recorder.close();
     if (o.json) io.out(JSON.stringify({ out: o.out, epochsTrained: r.epochsTrained, meta: r.meta, removedStale: r.removedStale }, null, 2) + '\n');
     else {
-      io.out(`saved ${o.out} (${r.meta.epoch} epochs, ${r.meta.dataset})\n`);
+      io.out(`saved ${o.out} (${r.meta.epoch} epoch${r.meta.epoch === 1 ? '' : 's'}, ${r.meta.dataset})\n`);
+      // Two-step training may stop after its first step; say so, or the run reads as a trained dynamic network.
+      const pretrain = Number(r.meta.options.pretrainEpochs ?? 0);
+      if (pretrain > 0 && r.meta.epoch <= pretrain) io.out(`its gates have not trained yet: all ${r.meta.epoch} epochs were --pretrain-epochs ${pretrain} (the backbone alone); \`dynn train --out ${o.out} --resume --epochs N\` with N > ${pretrain} trains them\n`);
       if (r.removedStale.length) io.out(`removed the replaced run's ${r.removedStale.join(', ')} (made from its old weights)\n`);
     }
   } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     progress.stop();
   }
 }

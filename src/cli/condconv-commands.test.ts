@@ -21,7 +21,7 @@ test('dynamic-parameter options: clear errors before any training', async () => 
       [[...small, '--routing', 'top1'], /unknown routing "top1"; expected one of sigmoid, softmax/],
       [[...small, '--routing', 'softmax', '--temperature', '0'], /--temperature must be a number > 0, got 0/],
       [[...small, '--temperature', '30'], /a temperature needs --routing softmax/],
-      [[...small, '--anneal-epochs', '2'], /annealEpochs \(--anneal-epochs\) lowers a softmax temperature to 1; give --routing softmax and a --temperature above 1/],
+      [[...small, '--anneal-epochs', '2'], /annealEpochs \(--anneal-epochs\) moves a softmax temperature to 1; give --routing softmax and a --temperature other than 1/],
       [['--model', 'vgg-w', '--routing', 'softmax'], /routing \(--routing\) needs a model with conditional convolutions \(expected one of resnet-condconv, vgg-condconv\), not vgg-w/],
     ],
     data,

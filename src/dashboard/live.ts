@@ -36,7 +36,7 @@ function statusLine(p: Progress | null, epochs: number): string {
   const age = Math.max(0, (Date.now() - Date.parse(p.updatedAt)) / 1000);
   const state = text(p.state);
   if (!s) return `<p class="status" id="live-state" data-state="${state}">${state}: no step yet (updated ${text(age.toFixed(0))} s ago)</p>`;
-  const line = `${p.state === 'done' ? 'done' : 'training'}: epoch ${s.epoch} / ${p.epochs}, step ${s.step} / ${p.stepsPerEpoch}, loss ${s.loss.toFixed(4)}, ${s.samplesPerSec.toFixed(0)} samples/s, u = ${s.u.toFixed(3)}; updated ${age.toFixed(0)} s ago`;
+  const line = `${p.state}: epoch ${s.epoch} / ${p.epochs}, step ${s.step} / ${p.stepsPerEpoch}, loss ${s.loss.toFixed(4)}, ${s.samplesPerSec.toFixed(0)} samples/s, u = ${s.u.toFixed(3)}; updated ${age.toFixed(0)} s ago`;
   return `<p class="status" id="live-state" data-state="${state}">${text(line)}</p>`;
 }
 

@@ -58,7 +58,7 @@ export function indexPage(runsDir: string, runs: RunEntry[]): string {
     .map((r) => {
       const p = escapeHtml(runPath(r.name));
       const epochs = `${r.epochs}${r.plannedEpochs ? ` / ${r.plannedEpochs}` : ''}`;
-      const state = r.error ? `<span class="muted" title="${escapeHtml(r.error)}">unreadable</span>` : r.live === 'training' ? 'training' : r.epochs ? 'trained' : 'starting';
+      const state = r.error ? `<span class="muted" title="${escapeHtml(r.error)}">unreadable</span>` : r.live === 'training' ? 'training' : r.live === 'stopped' ? 'stopped' : r.epochs ? 'trained' : 'starting';
       const links = [
         `<a href="${p}/report">report</a>`,
         ...(r.hasSavedReport ? [`<a href="${p}/report.html">saved report</a>`] : []),

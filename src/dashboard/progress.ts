@@ -29,8 +29,8 @@ const stepSchema = z.object({
 
 const progressSchema = z.object({
   format: z.literal(PROGRESS_FORMAT),
-  /** 'training' while steps arrive, 'done' after the last epoch (or when the recorder is closed). */
-  state: z.enum(['training', 'done']),
+  /** 'training' while steps arrive, 'done' after the last epoch (or when the recorder is closed), 'stopped' when interrupted. */
+  state: z.enum(['training', 'done', 'stopped']),
   startedAt: z.string(),
   updatedAt: z.string(),
   epochs: z.number().int().nonnegative(),
@@ -61,6 +61,8 @@ export interface ProgressRecorder {
   onEpoch: (r: EpochRecord) => void;
   /** Writes the final state ('done') and waits for pending writes. */
   close: () => Promise<void>;
+  /** Training was interrupted: writes 'stopped' and waits, if this recorder has written the file (never before its first step). */
+  stop: () => Promise<void>;
 }
 
 /**
@@ -102,6 +104,12 @@ export function progressRecorder(dir: string, options: RecorderOptions = {}): Pr
       flush();
       await writing;
       if (failure) throw new DynnError(`cannot write ${file}: ${(failure as Error).message}`);
+    },
+    async stop() {
+      if (lastWrite === -Infinity) return;
+      state.state = 'stopped';
+      flush();
+      await writing;
     },
   };
 }

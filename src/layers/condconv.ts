@@ -160,9 +160,9 @@ export function checkCondArgs(a: Partial<CondConv2DArgs>, where = 'condconv'): v
   if (a.annealEpochs !== undefined && !(Number.isInteger(a.annealEpochs) && a.annealEpochs >= 0)) {
     throw new DynnError(`${where}: annealEpochs (--anneal-epochs) must be a non-negative integer, got ${a.annealEpochs}`);
   }
-  // It lowers a softmax temperature to 1: with none above 1 it would do nothing, silently.
-  if ((a.annealEpochs ?? 0) > 0 && !(a.routing === 'softmax' && (a.temperature ?? 1) > 1)) {
-    throw new DynnError(`${where}: annealEpochs (--anneal-epochs) lowers a softmax temperature to 1; give --routing softmax and a --temperature above 1`);
+  // It moves a softmax temperature to 1: with none other than 1 it would do nothing, silently.
+  if ((a.annealEpochs ?? 0) > 0 && !(a.routing === 'softmax' && (a.temperature ?? 1) !== 1)) {
+    throw new DynnError(`${where}: annealEpochs (--anneal-epochs) moves a softmax temperature to 1; give --routing softmax and a --temperature other than 1`);
   }
 }
 

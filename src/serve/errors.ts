@@ -73,7 +73,13 @@ export function classify(err: FastifyError | Error, accepts: string): { status: 
   const code = (err as FastifyError).code;
   const known = code ? FASTIFY_ERRORS[code] : undefined;
   if (known) {
-    const message = known[1] === 'unsupported_media_type' ? `${err.message}; send ${accepts}` : err.message;
+    // Fastify's parser refuses prototype-poisoning keys with the same error as broken JSON: say both.
+    const message =
+      known[1] === 'unsupported_media_type'
+        ? `${err.message}; send ${accepts}`
+        : code === 'FST_ERR_CTP_INVALID_JSON_BODY'
+          ? 'the body is not valid JSON, or it has a "__proto__" or "constructor" key (refused)'
+          : err.message;
     return { status: known[0], kind: known[1], message };
   }
   const status = (err as FastifyError).statusCode;

@@ -205,6 +205,7 @@ const BAD: [string, () => Promise<{ status: number; json: Record<string, unknown
   ['no inputs', () => post({ u: 1 }), 400, 'invalid_input', /inputs must be a non-empty array/],
   ['body not an object', () => post([1, 2, 3]), 400, 'invalid_input', /the JSON body must be an object/],
   ['invalid JSON', () => post('{"inputs": [1, 2', { raw: true }), 400, 'invalid_json', /JSON/],
+  ['a __proto__ key', () => post('{"inputs": [0.1], "__proto__": {"x": 1}}', { raw: true }), 400, 'invalid_json', /or it has a "__proto__" or "constructor" key \(refused\)/],
   ['empty JSON', () => post('', { raw: true }), 400, 'invalid_json', /empty/i],
   ['too many samples', () => post(binary(images(17)), { raw: true, type: 'application/octet-stream' }), 413, 'payload_too_large', /at most 16 samples/],
   ['oversized body', () => post(Buffer.alloc(8 << 20), { raw: true, type: 'application/octet-stream' }), 413, 'payload_too_large', /too large/i],

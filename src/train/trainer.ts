@@ -314,9 +314,6 @@ function resolveOptions(o: TrainOptions): Resolved {
   checkDistill({ alpha: r.distillAlpha, temperature: r.distillT });
   if (!(r.inplaceAlpha >= 0 && r.inplaceAlpha <= 1)) throw new DynnError(`inplaceAlpha must be in [0, 1], got ${r.inplaceAlpha}`);
   if (!Number.isInteger(r.pretrainEpochs) || r.pretrainEpochs < 0) throw new DynnError(`pretrainEpochs must be a non-negative integer, got ${r.pretrainEpochs}`);
-  if (r.pretrainEpochs > 0 && r.pretrainEpochs >= r.epochs) {
-    throw new DynnError(`pretrainEpochs (--pretrain-epochs ${r.pretrainEpochs}) leaves no epoch of --epochs ${r.epochs} for the gates to train in; give fewer`);
-  }
   if (!(r.gateThreshold >= 0 && r.gateThreshold <= 1)) throw new DynnError(`gateThreshold must be in [0, 1], got ${r.gateThreshold}`);
   checkEfficiency(r.flopsTarget ?? 0.5, r.efficiencyWeight ?? 0);
   checkEfficiency(r.widthTarget ?? 0.5, 0, 'the width target (--width-target)');
