@@ -20,7 +20,7 @@ test('train, info and sweep end to end on a small subset', async () => {
   const io = capture();
   const code = await runCli(['train', '--model', 'mlp-w', ...base, '--epochs', '1', '--batch-size', '64', '--out', run], io);
   assert.equal(code, 0, io.stderr());
-  assert.match(io.stdout(), /saved .*run \(1 epochs, synthetic\)/);
+  assert.match(io.stdout(), /saved .*run \(1 epoch, synthetic\)/);
   assert.match(io.stderr(), /epoch 1: loss \d/);
   assert.ok(fs.existsSync(path.join(run, 'checkpoint.json')));
 

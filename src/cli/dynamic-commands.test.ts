@@ -195,7 +195,7 @@ test('--init starts a dynamic model from a static backbone’s run: its weights,
   assert.equal(await runCli(['train', '--model', 'vgg-w', ...data, '--epochs', '1', '--out', vgg], v), 0, v.stderr());
   const bad = captureIo();
   assert.equal(await runCli(['train', '--model', 'resnet38', ...data, '--init', vgg, '--out', path.join(tmp, 'bad-init')], bad), 1);
-  assert.match(bad.stderr(), /--init .*vgg: that run has no s0\.b0\.conv1\.kernel, .* and \d+ more; start from a run of the same backbone/);
+  assert.match(bad.stderr(), /--init .*vgg: that run \(vgg-w\) has no s0\.b0\.conv1\.kernel, .* and \d+ more; start from a run of the same backbone as resnet38/);
 });
 
 test('info on a dynamic run: mechanism, target and the gates’ share; with its sweep file, skip rates per block and compute per class', async () => {

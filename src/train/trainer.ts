@@ -671,7 +671,7 @@ async function initFrom(dir: string, model: Network): Promise<void> {
     const missing = model.weights().filter((w) => !have.has(w.name) && !isGateWeight(w.name)).map((w) => w.name);
     if (missing.length) {
       const more = missing.length > 3 ? ` and ${missing.length - 3} more` : '';
-      throw new DynnError(`--init ${dir}: that run has no ${missing.slice(0, 3).join(', ')}${more}; start from a run of the same backbone`);
+      throw new DynnError(`--init ${dir}: that run (${source.config.model}) has no ${missing.slice(0, 3).join(', ')}${more}; start from a run of the same backbone as ${model.config.model}`);
     }
     const mine = model.getWeights();
     // Gates come along only whole and alike (same mechanism and logit scale): a gate half copied, or whose
