@@ -174,20 +174,24 @@ test('commandOf: the command a line runs as the parser matches it, options befor
   assert.equal(commandOf(['train', '--lr', '']), undefined);
 });
 
-test('Ctrl-C during training: exit 130, the run keeps its last checkpoint, and progress.json says it stopped', async () => {
+test('Ctrl-C during training stops it between steps, even in the main thread: exit 130, the last finished epoch kept, progress.json stopped', async () => {
   const out = path.join(tmp, 'interrupted');
-  const child = spawn(process.execPath, [main, 'train', '--dataset', 'synthetic', '--train-limit', '512', '--test-limit', '64', '--workers', '0', '--epochs', '200', '--batch-size', '32', '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // Epochs of about a second in the main thread (--workers 0: steps never yield on their own).
+  const child = spawn(process.execPath, [main, 'train', '--dataset', 'synthetic', '--train-limit', '4096', '--test-limit', '64', '--workers', '0', '--epochs', '200', '--batch-size', '32', '--out', out], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => (stderr += d));
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  // After the first epoch's checkpoint, while the second trains.
   const checkpoint = path.join(out, 'checkpoint.json');
   const deadline = Date.now() + 120_000;
-  while (!fs.existsSync(checkpoint) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  while (!fs.existsSync(checkpoint) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   assert.ok(fs.existsSync(checkpoint), `no checkpoint: ${stderr}`);
+  const t0 = Date.now();
   child.kill('SIGINT');
   assert.equal(await exited, 130, stderr);
-  assert.match(stderr, /dynn train: SIGINT: stopping; \S+interrupted keeps its last checkpoint \(`dynn train --out \S+ --resume` continues it\)/);
+  assert.ok(Date.now() - t0 < 5000, `took ${Date.now() - t0} ms to stop`);
+  const m = /dynn: train: SIGINT: stopped; \S+interrupted keeps its checkpoint of epoch (\d+) \(`dynn train --out \S+ --resume` continues it\)/.exec(stderr);
+  assert.ok(m, stderr);
+  assert.equal(JSON.parse(fs.readFileSync(checkpoint, 'utf8')).meta.epoch, Number(m[1]), 'the checkpoint is the last epoch finished before the signal');
   assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'progress.json'), 'utf8')).state, 'stopped');
   const info = capture();
   assert.equal(await runCli(['info', out], info), 0, info.stderr());

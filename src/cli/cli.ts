@@ -1,6 +1,6 @@
 import { cac, type CAC, type Command } from 'cac';
 import { VERSION } from '../version.js';
-import { DynnError } from '../util/errors.js';
+import { DynnError, StoppedError } from '../util/errors.js';
 import { processIo, type Io } from './io.js';
 import { controlCommands } from './control-commands.js';
 import { deployCommands } from './deploy-commands.js';
@@ -133,6 +133,10 @@ export function reportFailure(err: unknown, io: Io = processIo): number {
   if (err instanceof UsageError || (err instanceof Error && err.name === 'CACError')) {
     io.err(`dynn: ${err.message}\n(see dynn --help)\n`);
     return 2;
+  }
+  if (err instanceof StoppedError) {
+    io.err(`dynn: ${err.message}\n`);
+    return err.exitCode;
   }
   if (err instanceof DynnError || isSystemError(err)) {
     io.err(`dynn: ${err.message}\n`);

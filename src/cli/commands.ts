@@ -5,7 +5,7 @@ import { OPTIMIZERS } from '../train/optimizer.js';
 import { LR_SCHEDULES } from '../train/schedule.js';
 import { GATING_MODES } from '../gating/gating.js';
 import { GATE_ESTIMATORS } from '../route/modes.js';
-import { DynnError } from '../util/errors.js';
+import { DynnError, StoppedError } from '../util/errors.js';
 import type { Network } from '../models/network.js';
 import type { SweepPoint } from '../eval/sweep.js';
 import type { ExpertStats } from '../eval/routed.js';
@@ -76,7 +76,7 @@ export function trainOptionsFrom(o: Opts) {
 export async function trainCommand(o: Opts, io: Io): Promise<void> {
   const opts = trainOptionsFrom(o);
   if (!o.out) throw new DynnError('train needs --out DIR (the run directory)');
-  const { train } = await import('../train/trainer.js');
+  const { train, TrainingStopped } = await import('../train/trainer.js');
   const { progressRecorder } = await import('../dashboard/progress.js');
   // A spatial gate's execution rate is of positions, a skipping gate's of blocks.
   const { mechanisms } = await import('../route/mechanisms.js');
@@ -85,33 +85,52 @@ export async function trainCommand(o: Opts, io: Io): Promise<void> {
   const progress = trainingProgress(io, spatial ? 'positions computed' : 'blocks executed');
   // RUN/progress.json lets `dynn dashboard` follow the run step by step.
   const recorder = progressRecorder(String(o.out));
-  // Ctrl-C (or SIGTERM) between steps: the run keeps its last checkpoint, and progress.json says it stopped
-  // rather than training forever; a second signal ends the process at once.
-  let interrupted = false;
+  // Ctrl-C (or SIGTERM) stops training between steps (the run keeps its last checkpoint) and progress.json says
+  // it stopped rather than training forever; a second signal ends the process at once.
+  const stop = new AbortController();
+  let signalled: NodeJS.Signals | null = null;
+  let finished = 0;
   const onSignal = (sig: NodeJS.Signals) => {
-    const code = sig === 'SIGTERM' ? 143 : 130;
-    if (interrupted) process.exit(code);
-    interrupted = true;
-    io.err(`\ndynn train: ${sig}: stopping; ${o.out} keeps its last checkpoint (\`dynn train --out ${o.out} --resume\` continues it)\n`);
-    void recorder.stop().finally(() => process.exit(code));
+    if (signalled) process.exit(sig === 'SIGTERM' ? 143 : 130);
+    signalled = sig;
+    stop.abort();
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
-    const r = await train({
-      ...opts,
-      out: String(o.out),
-      resume: Boolean(o.resume),
-      force: Boolean(o.force),
-      onStep: (p) => {
-        progress.onStep(p);
-        recorder.onStep(p);
-      },
-      onEpoch: (e) => {
-        progress.onEpoch(e);
-        recorder.onEpoch(e);
-      },
-    });
+    let r: Awaited<ReturnType<typeof train>>;
+    try {
+      r = await train({
+        ...opts,
+        out: String(o.out),
+        resume: Boolean(o.resume),
+        force: Boolean(o.force),
+        signal: stop.signal,
+        onStep: (p) => {
+          progress.onStep(p);
+          recorder.onStep(p);
+        },
+        onEpoch: (e) => {
+          finished++;
+          progress.onEpoch(e);
+          recorder.onEpoch(e);
+        },
+      });
+    } catch (err) {
+      progress.stop();
+      await recorder.stop();
+      if (!(err instanceof TrainingStopped)) throw err;
+      // What the folder holds now: this command's last epoch, the run it resumed, the run it was to replace, or nothing.
+      const kept = finished > 0
+        ? `keeps its checkpoint of epoch ${err.epoch} (\`dynn train --out ${o.out} --resume\` continues it)`
+        : o.resume
+          ? `is as it was (\`dynn train --out ${o.out} --resume\` continues it)`
+          : o.force
+            ? 'still holds the run it was to replace: no epoch of the new one finished'
+            : 'has no run: no epoch finished';
+      if (o.json) io.out(JSON.stringify({ out: o.out, stopped: signalled, epochsTrained: finished }, null, 2) + '\n');
+      throw new StoppedError(`train: ${signalled}: stopped; ${o.out} ${kept}`, signalled === 'SIGTERM' ? 143 : 130);
+    }
     r.model.dispose();
     if (r.epochsTrained === 0) {
       // A resumed run that had already reached its epochs: its files, progress.json included, stay as they were.

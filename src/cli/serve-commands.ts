@@ -6,15 +6,16 @@ import { SERVE_NODE_FLAGS, parentGone, restartedServer } from '../serve/node-fla
 type Opts = Record<string, unknown>;
 
 /**
- * Resolves once the process gets SIGINT, SIGTERM or SIGHUP, or once the `dynn serve` that restarted it with its node
+ * Resolves once the process gets SIGINT or SIGTERM, or once the `dynn serve` that restarted it with its node
  * flags is gone. A server started directly then leaves a second signal its default action (it ends at once); a
  * restarted one keeps ignoring them, since tools that signal every process of a service (systemd, pkill) reach it
  * twice, directly and through its first process, which ends it at once on a second signal of its own.
  */
 function shutdownSignal(): Promise<string> {
   return new Promise((resolve) => {
-    // SIGHUP too: a closed terminal or a service manager's hangup drains the queue like the others.
-    const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+    // Not SIGHUP: a listener would override `nohup`. A restarted server never gets the terminal's hangup (its
+    // first process does, dies of it, and the server then drains as its parent is gone).
+    const signals = ['SIGINT', 'SIGTERM'] as const;
     const on = (sig: string) => {
       if (!restartedServer) for (const s of signals) process.off(s, on);
       resolve(sig);

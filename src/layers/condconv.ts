@@ -160,7 +160,13 @@ export function checkCondArgs(a: Partial<CondConv2DArgs>, where = 'condconv'): v
   if (a.annealEpochs !== undefined && !(Number.isInteger(a.annealEpochs) && a.annealEpochs >= 0)) {
     throw new DynnError(`${where}: annealEpochs (--anneal-epochs) must be a non-negative integer, got ${a.annealEpochs}`);
   }
-  // It moves a softmax temperature to 1: with none other than 1 it would do nothing, silently.
+}
+
+/**
+ * For a new run only (a checkpoint saved before this check still loads): `annealEpochs` moves a softmax temperature
+ * to 1, so without one other than 1 it would do nothing, silently.
+ */
+export function checkAnnealing(a: Partial<CondConv2DArgs>, where = 'condconv'): void {
   if ((a.annealEpochs ?? 0) > 0 && !(a.routing === 'softmax' && (a.temperature ?? 1) !== 1)) {
     throw new DynnError(`${where}: annealEpochs (--anneal-epochs) moves a softmax temperature to 1; give --routing softmax and a --temperature other than 1`);
   }

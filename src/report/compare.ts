@@ -2,7 +2,7 @@ import path from 'node:path';
 import type { TopLevelSpec } from 'vega-lite';
 import { fixed, lineChart, quantitative, round, type Row } from './charts.js';
 import { CHART_SIZE } from './vega.js';
-import { againstCurve, interpolateAccuracy, type CurvePoint } from '../control/curve.js';
+import { againstCurve, bestMixAccuracy, interpolateAccuracy, type CurvePoint } from '../control/curve.js';
 import { paretoFront } from '../control/select.js';
 import { DynnError } from '../util/errors.js';
 import { RUN_FILES } from './sources.js';
@@ -171,8 +171,8 @@ function checkSameTestSet(series: CompareSeries[]): { dataset: string; testSampl
 const curveOf = (s: CompareSeries): CurvePoint[] => s.points.map((p) => ({ accuracy: p.accuracy, flopsRatio: p.flopsRatio }));
 
 /**
- * What a series achieves within a FLOPs budget: its Pareto front (a costlier point that is less accurate is
- * never the one to run), read linearly between front points (a random mix of the two).
+ * A series' Pareto front (a costlier point that is less accurate is never the one to run); what it achieves
+ * within a FLOPs budget is `bestMixAccuracy` of it: the best point, or mix of two, at that cost or less.
  */
 const frontOf = (s: CompareSeries): CurvePoint[] => paretoFront(curveOf(s).map((p, i) => ({ name: String(i), kind: s.family, params: {}, ...p })));
 
@@ -211,7 +211,7 @@ export function compareRuns(runs: RunData[], ratios: number[] = COMPARE_RATIOS):
   };
   /** The reference u curve at a ratio: the most accurate of the series' references. */
   const uCurveAt = (of: CompareSeries, ratio: number): { run: string; accuracy: number } | null => {
-    const cands = referencesOf(of, uCurves).map((s) => ({ run: s.run, accuracy: interpolateAccuracy(frontOf(s), ratio) })).filter((c) => Number.isFinite(c.accuracy));
+    const cands = referencesOf(of, uCurves).map((s) => ({ run: s.run, accuracy: bestMixAccuracy(frontOf(s), ratio) })).filter((c) => Number.isFinite(c.accuracy));
     return cands.sort((a, b) => b.accuracy - a.accuracy)[0] ?? null;
   };
   const oracleOf = (of: CompareSeries, ratio: number): number | null => {
@@ -224,7 +224,7 @@ export function compareRuns(runs: RunData[], ratios: number[] = COMPARE_RATIOS):
   for (const ratio of ratios) {
     const rows: RatioRow[] = curves.map((s) => {
       const c = frontOf(s);
-      const accuracy = finite(interpolateAccuracy(c, ratio));
+      const accuracy = finite(bestMixAccuracy(c, ratio));
       const top = Math.max(...c.map((p) => p.flopsRatio));
       const ref = uCurveAt(s, ratio);
       const u = s.family === 'u-curve' ? { run: s.run, accuracy: accuracy ?? NaN } : ref;

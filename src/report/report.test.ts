@@ -226,6 +226,10 @@ test('an existing --out is replaced only when it is a page dynn wrote, or with -
   // Its own page again (compare's pages are built the same way), without --force.
   await writeReport([run], out, { sweep: false });
   await assert.rejects(writeReport([run], root, { sweep: false }), /--out .* is a folder; give the HTML file to write/);
+  // A run's own file, even with --force; a page from before the generator tag, by its title.
+  await assert.rejects(writeReport([run], path.join(run, 'checkpoint.json'), { sweep: false, force: true }), /checkpoint\.json is a file of the run in/);
+  writeFileSync(out, '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>dynn report: tiny</title>');
+  await writeReport([run], out, { sweep: false });
 });
 
 test('dynn report writes the page and lists its sections; usage errors are clear', async () => {

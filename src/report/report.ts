@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { VERSION } from '../version.js';
 import { writeFileAtomic } from '../util/fs.js';
+import { isCheckpointFile } from '../checkpoint/checkpoint.js';
 import { DynnError } from '../util/errors.js';
 import { GENERATOR_META, escapeHtml, pageHtml, prose, tableHtml } from './html.js';
 import { percent } from './charts.js';
@@ -144,24 +145,28 @@ export async function writeReport(dirs: string[], out: string, options: ReportOp
 }
 
 /**
- * Refuses an --out that is a folder, or an existing file that is not a page dynn wrote unless `force`: an --out
- * naming a run's checkpoint, its weights or anyone's notes must not replace them.
+ * Refuses an --out that is a folder, not a regular file (a FIFO would block the read), or a run's own file whatever
+ * `force` says; and an existing file that is not a page dynn wrote unless `force`, so anyone's notes are not lost.
  */
 export async function checkPageTarget(out: string, force = false): Promise<void> {
-  let file: import('node:fs').promises.FileHandle;
+  let stat: import('node:fs').Stats;
   try {
-    file = await fsp.open(out, 'r');
+    stat = await fsp.stat(out);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-    if ((err as NodeJS.ErrnoException).code === 'EISDIR') throw new DynnError(`--out ${out} is a folder; give the HTML file to write, e.g. ${path.join(out, 'report.html')}`);
     throw err;
   }
+  if (stat.isDirectory()) throw new DynnError(`--out ${out} is a folder; give the HTML file to write, e.g. ${path.join(out, 'report.html')}`);
+  if (!stat.isFile()) throw new DynnError(`--out ${out} is not a regular file; give the HTML file to write`);
+  if (isCheckpointFile(out)) throw new DynnError(`--out ${out} is a file of the run in ${path.dirname(out)}; give the HTML file to write, e.g. ${path.join(path.dirname(out), 'report.html')}`);
+  if (force) return;
+  const file = await fsp.open(out, 'r');
   try {
-    if ((await file.stat()).isDirectory()) throw new DynnError(`--out ${out} is a folder; give the HTML file to write, e.g. ${path.join(out, 'report.html')}`);
-    if (force) return;
     const head = Buffer.alloc(1024);
     const { bytesRead } = await file.read(head, 0, head.length, 0);
-    if (!head.subarray(0, bytesRead).toString('utf8').includes(GENERATOR_META)) {
+    const text = head.subarray(0, bytesRead).toString('utf8');
+    // Pages from before the generator tag carry dynn's title.
+    if (!text.includes(GENERATOR_META) && !/<title>dynn (report|compare):/.test(text)) {
       throw new DynnError(`${out} exists and is not a page dynn wrote; give another --out, or --force to replace it`);
     }
   } finally {

@@ -403,7 +403,7 @@ async function computeSweep(run: RunData, options: GatherOptions): Promise<Sweep
     const dataset = options.dataset ?? run.meta.dataset;
     // The run's own test subset unless told otherwise, as its other files were measured on.
     const own = run.meta.options.testLimit;
-    const testLimit = options.testLimit ?? (options.dataset === undefined && typeof own === 'number' ? own : undefined);
+    const testLimit = options.testLimit ?? (dataset === run.meta.dataset && typeof own === 'number' ? own : undefined);
     const data = await loadDataset(dataset, { dataDir: options.dataDir, testLimit });
     const [h, w, c] = model.inputShape;
     const t = data.test;

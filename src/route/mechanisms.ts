@@ -181,7 +181,7 @@ const wholeNetworkGate: Omit<Mechanism, 'description'> = {
 };
 
 mechanisms.register('branch', {
-  maskedWork: 'every branch run',
+  maskedWork: 'the largest branch run on every sample',
   description:
     'gated multi-branch network (--model multi-branch --branches ...): an acs-gn gate on the input picks one branch network per sample; branches train first (--pretrain-epochs), the gate after with them frozen',
   ...wholeNetworkGate,
@@ -189,6 +189,7 @@ mechanisms.register('branch', {
 });
 
 mechanisms.register('resolution', {
+  maskedWork: 'every sample at the highest resolution',
   description:
     'adaptive resolution (--resolutions 28,21,14): an acs-gn gate on a glimpse at the smallest resolution picks the resolution each sample runs at; any model that pools globally (resnet-d, resnet38, densenet41)',
   ...wholeNetworkGate,
@@ -196,6 +197,7 @@ mechanisms.register('resolution', {
 });
 
 mechanisms.register('width', {
+  maskedWork: 'the full width on every sample',
   description:
     'dynamic width (DS-Net): one gate after the first stage picks per sample one of K widths of the rest of the network, whose samples run the sliced sub-network as one batch; the supernet trains first (sandwich rule or u per batch), then the gate with it frozen',
   // The gate trains alone on a frozen supernet: it starts undecided (logits 0, not open) and its logits at

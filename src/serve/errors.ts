@@ -78,7 +78,7 @@ export function classify(err: FastifyError | Error, accepts: string): { status: 
       known[1] === 'unsupported_media_type'
         ? `${err.message}; send ${accepts}`
         : code === 'FST_ERR_CTP_INVALID_JSON_BODY'
-          ? 'the body is not valid JSON, or it has a "__proto__" or "constructor" key (refused)'
+          ? 'the body is not valid JSON, or it has a "__proto__" key or a "constructor" key holding "prototype" (refused)'
           : err.message;
     return { status: known[0], kind: known[1], message };
   }

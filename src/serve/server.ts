@@ -245,7 +245,7 @@ export class DynnServer {
       request.arrival = performance.now();
       // A request that starts once shutting down gets the server's own 503 body (Fastify's would differ in shape);
       // /healthz answers, to say so.
-      if (this.closing && request.url !== '/healthz') {
+      if (this.closing && request.url.split('?')[0] !== '/healthz') {
         void fail(reply, new HttpError(503, 'shutting_down', 'the server is shutting down'));
         return;
       }

@@ -37,3 +37,9 @@ test('an annealed softmax temperature reaches the gradient workers after a reloa
     b.dispose();
   }
 });
+
+test('a run saved with --anneal-epochs but no softmax temperature (before that was refused) still builds', () => {
+  const m = createModel('vgg-condconv', { widths: [4, 4, 8, 8], hidden: 8, experts: 2, annealEpochs: 2 });
+  assert.equal(m.config.args.annealEpochs, 2);
+  m.dispose();
+});

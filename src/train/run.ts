@@ -146,16 +146,19 @@ export async function saveRun(dir: string, model: Network, meta: TrainMeta, opti
   });
 }
 
-/** A trained network loaded from a run directory, with its metadata. */
 /** The checkpoints dynn saves beside runs (`dynn controller train`, `dynn gates train`), by their config.model tag. */
-const COMPANIONS: Record<string, string> = { 'dynn-controller': 'a controller', 'dynn-gates': 'learned gates' };
+const COMPANIONS = new Map([
+  ['dynn-controller', 'a controller'],
+  ['dynn-gates', 'learned gates'],
+]);
 
 /** Refuses a checkpoint that is not a training run (a controller, learned gates) before its metadata is read as one. */
 function checkTrainingRun(info: CheckpointInfo, dir: string): void {
-  const companion = COMPANIONS[info.config.model];
+  const companion = COMPANIONS.get(info.config.model);
   if (companion) throw new DynnError(`${dir} holds ${companion}, not a training run; give the run it was made for (its checkpoint says: ${String((info.meta.run as { path?: unknown } | undefined)?.path ?? 'unknown')})`);
 }
 
+/** A trained network loaded from a run directory, with its metadata. */
 export interface LoadedRun {
   model: Network;
   meta: TrainMeta;

@@ -1,12 +1,12 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { annealTemperatures } from '../layers/condconv.js';
+import { annealTemperatures, checkAnnealing } from '../layers/condconv.js';
 import { initEngine, type EngineName } from '../engine/backend.js';
 import { loadDataset } from '../data/datasets.js';
 import { allocShared, head } from '../data/imageset.js';
 import type { Dataset } from '../data/types.js';
 import { checkGatingMode, type GatingMode } from '../gating/gating.js';
-import { createModel, resolveModelArgs, type ModelArgs } from '../models/zoo.js';
+import { createModel, models, resolveModelArgs, type ModelArgs } from '../models/zoo.js';
 import type { NamedArray, Network } from '../models/network.js';
 import { loadCheckpoint } from '../checkpoint/checkpoint.js';
 import { DynnError } from '../util/errors.js';
@@ -31,6 +31,13 @@ import { checkDistill } from '../scaling/distill.js';
 import { sandwichPlans } from '../scaling/sandwich.js';
 import { exitTable } from '../scaling/budget.js';
 import { EarlyExitRunner } from '../scaling/runner.js';
+
+/** `train` stopped by its `signal` between steps: the run keeps the checkpoint of its last finished epoch (`epoch` of them). */
+export class TrainingStopped extends DynnError {
+  constructor(readonly epoch: number) {
+    super(`training stopped during epoch ${epoch + 1}`);
+  }
+}
 
 /** Everything a training run is configured by; unset fields take the defaults shown. */
 export interface TrainOptions {
@@ -105,6 +112,8 @@ export interface TrainOptions {
   resume?: boolean;
   /** Replace the run in `out`, or train into a non-empty directory that holds none (refused otherwise). */
   force?: boolean;
+  /** Stops training between steps once aborted: `train` then rejects with `TrainingStopped`, the run as its last checkpoint left it. */
+  signal?: AbortSignal;
   /** Utilizations evaluated on the test set after every epoch (default 0.25, 0.5, 1). */
   evalUs?: number[];
   /** Training samples per level for BatchNorm calibration (default 2048). */
@@ -177,7 +186,7 @@ export interface TrainResult {
 }
 
 type Optional = 'out' | 'dataDir' | 'trainLimit' | 'testLimit' | 'lr' | 'teacher' | 'init' | 'exitWeights' | 'flopsTarget' | 'widthTarget' | 'skipTarget' | 'spatialTarget' | 'efficiencyWeight' | 'gateEstimator';
-type Resolved = Required<Omit<TrainOptions, Optional | 'onStep' | 'onEpoch' | 'modelArgs' | 'force'>> & Pick<TrainOptions, Optional>;
+type Resolved = Required<Omit<TrainOptions, Optional | 'onStep' | 'onEpoch' | 'modelArgs' | 'force' | 'signal'>> & Pick<TrainOptions, Optional>;
 
 /** Options that define what a run trains; `--resume` restores them from the run and refuses a contradicting one. */
 const RUN_OPTIONS = [
@@ -365,17 +374,9 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
       `cannot resume ${o.out}: ${o.dataset} now gives ${dataset.train.count - o.validationSamples} training samples, the run trained on ${run.meta.trainSamples} (other data files or --data-dir?)`,
     );
   }
-  const model = run
-    ? buildModel(run.info.config.model, run.args, o.out!)
-    : createModel(
-        o.model,
-        resolveModelArgs(o.model, {
-          ...options.modelArgs,
-          inputShape: [height, width, channels],
-          numClasses: dataset.numClasses,
-          seed: options.modelArgs?.seed ?? o.seed,
-        }),
-      );
+  const fresh = run ? null : resolveModelArgs(o.model, { ...options.modelArgs, inputShape: [height, width, channels], numClasses: dataset.numClasses, seed: options.modelArgs?.seed ?? o.seed });
+  if (fresh && models.get(o.model).condconv) checkAnnealing(fresh, o.model);
+  const model = run ? buildModel(run.info.config.model, run.args, o.out!) : createModel(o.model, fresh!);
   if (run && (model.inputShape.join('x') !== `${height}x${width}x${channels}` || model.numClasses !== dataset.numClasses)) {
     const message = `cannot resume ${o.out}: its network takes ${model.inputShape.join('x')} images in ${model.numClasses} classes; ${o.dataset} has ${height}x${width}x${channels} in ${dataset.numClasses}`;
     model.dispose();
@@ -557,6 +558,12 @@ export async function train(options: TrainOptions = {}): Promise<TrainResult> {
           : sandwich
             ? sandwichStep()
             : model.plan(u, { gating: o.gating, rng: gateRng });
+        // A stop asked for (Ctrl-C) is seen between steps; the local executor computes synchronously, so the
+        // loop yields once a step for the signal to arrive at all.
+        if (options.signal) {
+          await new Promise((r) => setImmediate(r));
+          if (options.signal.aborted) throw new TrainingStopped(epoch);
+        }
         const r = await executor.step(indices, work);
         if (!Number.isFinite(r.loss)) throw new DynnError(`training diverged: loss is ${r.loss} at epoch ${epoch + 1}, step ${step + 1} (try a lower --lr)`);
         await executor.update(optimizer);

@@ -8,3 +8,14 @@ export class DynnError extends Error {
     this.name = 'DynnError';
   }
 }
+
+/** A command stopped early, as a user asked (a signal): its message, and the exit code shells expect (128 + the signal's number). */
+export class StoppedError extends DynnError {
+  constructor(
+    message: string,
+    readonly exitCode: number,
+  ) {
+    super(message);
+    this.name = 'StoppedError';
+  }
+}
