@@ -20,7 +20,6 @@ const DEFAULT_US = [0.125, 0.25, 0.5, 0.75, 1];
 
 type Opts = Record<string, unknown>;
 
-/** A mixture of experts' model arguments from `dynn train`'s options (E, k and the factors checked when the model is built). */
 /** The model arguments of `dynn train`'s flags, read as `MODEL_ARG_FLAGS` says (absent flags are undefined). */
 function modelArgsFrom(o: Opts): ModelArgs {
   const read = (key: string, how: ModelArgFlag) => {
