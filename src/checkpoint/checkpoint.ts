@@ -136,6 +136,16 @@ export function trainedModelArgs<A extends Record<string, unknown>>(args: A): A 
   return args.dynamic === 'moe' && args.priority === undefined ? { ...args, priority: 'batch' } : args;
 }
 
+/** The config.model tag of controller checkpoints (`dynn controller train`), saved beside the runs they serve. */
+export const CONTROLLER_KIND = 'dynn-controller';
+/** The config.model tag of learned-gates checkpoints (`dynn gates train`). */
+export const GATES_KIND = 'dynn-gates';
+
+/** What a checkpoint's config.model tag says it holds, for messages: a controller, learned gates, or a training run. */
+export function checkpointHolds(tag: string): string {
+  return tag === GATES_KIND ? 'learned gates' : tag === CONTROLLER_KIND ? 'a controller' : `a training run (${tag})`;
+}
+
 /** Whether `file` is one of a checkpoint's own files (its manifest, or a weights or optimizer file beside one): never a target to write over. */
 export function isCheckpointFile(file: string): boolean {
   const name = path.basename(file);

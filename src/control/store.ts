@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { loadCheckpoint, readCheckpointInfo, saveCheckpoint } from '../checkpoint/checkpoint.js';
+import { CONTROLLER_KIND, GATES_KIND, checkpointHolds, loadCheckpoint, readCheckpointInfo, saveCheckpoint } from '../checkpoint/checkpoint.js';
 import type { Network } from '../models/network.js';
 import { DynnError } from '../util/errors.js';
 import { GateSet, type GateArgs } from './gates.js';
@@ -14,10 +14,7 @@ export interface RunRef {
   fingerprint: string;
 }
 
-/** The config.model tag of controller checkpoints. */
-export const CONTROLLER_KIND = 'dynn-controller';
-/** The config.model tag of learned-gates checkpoints. */
-export const GATES_KIND = 'dynn-gates';
+export { CONTROLLER_KIND, GATES_KIND } from '../checkpoint/checkpoint.js';
 
 /** A fingerprint of a network's weights: equal for the same trained network, different for any other. */
 export function networkFingerprint(model: Network): string {
@@ -37,7 +34,7 @@ export function runRef(model: Network, path: string): RunRef {
 async function readKind(dir: string, kind: string, what: string): Promise<RunRef> {
   const info = await readCheckpointInfo(dir);
   if (info.config.model !== kind) {
-    throw new DynnError(`${dir} is not a ${what} checkpoint (it holds ${holds(info.config.model)})`);
+    throw new DynnError(`${dir} is not a ${what} checkpoint (it holds ${checkpointHolds(info.config.model)})`);
   }
   const ref = info.meta.run as RunRef | undefined;
   if (!ref || typeof ref.fingerprint !== 'string') throw new DynnError(`${dir}: the ${what} checkpoint does not say which network it was made for`);
@@ -53,9 +50,6 @@ function checkRef(dir: string, what: string, ref: RunRef, model: Network, runPat
     );
   }
 }
-
-/** What a checkpoint's config.model tag says it holds, for messages. */
-const holds = (tag: string) => (tag === GATES_KIND ? 'learned gates' : tag === CONTROLLER_KIND ? 'a controller' : `a training run (${tag})`);
 
 /**
  * Refuses a folder to save a controller or gates checkpoint (`kind`) in, before any training: one that holds
@@ -81,8 +75,8 @@ export async function checkCompanionTarget(dir: string, kind: typeof CONTROLLER_
   } catch {
     throw new DynnError(`--out ${dir} is a folder with other files in it (no checkpoint of ${what}); give a new or empty folder`);
   }
-  if (tag !== kind) throw new DynnError(`--out ${dir} holds ${holds(tag)}; save ${what} in a folder of its own`);
-  if (!force) throw new DynnError(`--out ${dir} holds ${holds(tag)} already; give another --out, or --force to replace it`);
+  if (tag !== kind) throw new DynnError(`--out ${dir} holds ${checkpointHolds(tag)}; save ${what} in a folder of its own`);
+  if (!force) throw new DynnError(`--out ${dir} holds ${checkpointHolds(tag)} already; give another --out, or --force to replace it`);
 }
 
 /** Saves a trained controller policy with a reference to its network (atomic). */

@@ -1,6 +1,6 @@
 import { constants, promises as fsp, type Stats } from 'node:fs';
 import path from 'node:path';
-import { MANIFEST_FILE, readCheckpointInfo } from '../checkpoint/checkpoint.js';
+import { CONTROLLER_KIND, GATES_KIND, MANIFEST_FILE, readCheckpointInfo } from '../checkpoint/checkpoint.js';
 import { parseTrainMeta } from '../train/meta.js';
 import { DynnError } from '../util/errors.js';
 import { RUN_FILES } from '../report/sources.js';
@@ -39,7 +39,8 @@ export interface RunEntry {
 export const SAVED_REPORT = 'report.html';
 /** Folder depth searched below the runs folder. */
 const MAX_DEPTH = 2;
-const COMPANIONS = new Set(['dynn-controller', 'dynn-gates']);
+/** Checkpoints beside runs that are not runs themselves (a controller, learned gates). */
+const COMPANIONS = new Set<string>([CONTROLLER_KIND, GATES_KIND]);
 
 async function exists(file: string): Promise<boolean> {
   try {

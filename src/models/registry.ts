@@ -1,5 +1,6 @@
 import { DynnError } from '../util/errors.js';
 import { Registry } from '../util/registry.js';
+import { kebab } from '../util/format.js';
 import { gatesShapeKeeping, mechanismModels, mechanisms } from '../route/mechanisms.js';
 import { decisionForms } from '../route/unit.js';
 import { checkCondArgs } from '../layers/condconv.js';
@@ -22,7 +23,7 @@ const MOE_ARGS = ['experts', 'topK', 'capacityFactor', 'evalCapacityFactor', 'ov
 const COMMON: ModelArgs = { inputShape: [28, 28, 1], numClasses: 10, groups: 8, batchNorm: true, seed: 0 };
 
 /** A model argument as the API and the CLI name it: `topK (--top-k)`. */
-const named = (key: string) => `${key} (--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)})`;
+const named = (key: string) => `${key} (--${kebab(key)})`;
 
 /** The full argument set a model is built with: common defaults, the model's, then the caller's set fields. */
 export function resolveModelArgs(name: string, args: ModelArgs = {}): ModelArgs {

@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { readCheckpointInfo, trainedModelArgs } from '../checkpoint/checkpoint.js';
+import { CONTROLLER_KIND, GATES_KIND, readCheckpointInfo, trainedModelArgs } from '../checkpoint/checkpoint.js';
 import type { TrainMeta } from '../train/run.js';
 import type { EngineName } from '../engine/backend.js';
 import { DynnError } from '../util/errors.js';
@@ -14,7 +14,7 @@ import type { ControllerEvalData, ExitData, GatesEvalData, OnnxLatencyData, RunD
 export { RUN_FILES };
 
 /** The config.model tags of checkpoints that belong to a run rather than being one (src/control/store.ts). */
-const COMPANION_KINDS = { controller: 'dynn-controller', gates: 'dynn-gates' } as const;
+const COMPANION_KINDS = { controller: CONTROLLER_KIND, gates: GATES_KIND } as const;
 
 /** Options of `gatherRuns`. */
 export interface GatherOptions {

@@ -1,6 +1,6 @@
 import type { OnnxLevel } from '../export/metadata.js';
 import type { Prediction } from '../runtime/core.js';
-import { HttpError } from './errors.js';
+import { HttpError, shuttingDown } from './errors.js';
 import type { PredictInput } from './input.js';
 import type { Dispatch, PendingView, ServePolicy } from './policy.js';
 
@@ -142,7 +142,7 @@ export class MicroBatcher {
    * Rejects with a 503 HttpError when the queue is full or the server is shutting down.
    */
   submit(input: PredictInput, arrival = this.now()): Promise<BatchedResult> {
-    if (this.closing) return Promise.reject(new HttpError(503, 'shutting_down', 'the server is shutting down'));
+    if (this.closing) return Promise.reject(shuttingDown());
     if (this.queued + input.count > this.o.maxQueue) {
       return Promise.reject(new HttpError(503, 'overloaded', `the queue is full (${this.queued} samples waiting, at most ${this.o.maxQueue}); retry later`));
     }

@@ -31,6 +31,11 @@ export class HttpError extends DynnError {
   }
 }
 
+/** The 503 for a request that comes while the server shuts down. */
+export function shuttingDown(): HttpError {
+  return new HttpError(503, 'shutting_down', 'the server is shutting down');
+}
+
 /** A 400 for input that does not fit the model or the API. */
 export function invalidInput(message: string): HttpError {
   return new HttpError(400, 'invalid_input', message);

@@ -7,7 +7,7 @@ import { latencyTablePath, profileModel, readLatencyTable, saveLatencyTable, typ
 import { DynnError } from '../util/errors.js';
 import { createHttpApp, listenHttp, type HttpSafetyOptions } from '../util/http.js';
 import { MicroBatcher, type BatchedResult, type BatchRunner } from './batcher.js';
-import { classify, HttpError, invalidInput, nonFiniteScores } from './errors.js';
+import { classify, HttpError, invalidInput, nonFiniteScores, shuttingDown } from './errors.js';
 import { parseBinaryRequest, parseJsonRequest, type InputSpec } from './input.js';
 import { ServeMetrics } from './metrics.js';
 import { FrameBatcher } from './frames.js';
@@ -246,7 +246,7 @@ export class DynnServer {
       // A request that starts once shutting down gets the server's own 503 body (Fastify's would differ in shape);
       // /healthz answers, to say so.
       if (this.closing && request.url.split('?')[0] !== '/healthz') {
-        void fail(reply, new HttpError(503, 'shutting_down', 'the server is shutting down'));
+        void fail(reply, shuttingDown());
         return;
       }
       done();

@@ -131,10 +131,8 @@ export function flagSpec(flag: string): FlagSpec {
   return { name, negated };
 }
 
-/** An option's flag word from its camelCase name (`maxBatch` is `max-batch`): `flagSpec`'s name read back. */
-export function kebab(name: string): string {
-  return name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-}
+/** An option's flag word from its camelCase name (`flagSpec`'s name read back). */
+export { kebab } from '../util/format.js';
 
 /** Trainer option fields whose flag is spelled differently (`--val-samples` sets `validationSamples`). */
 const FIELD_FLAGS: Record<string, string> = { validationSamples: '--val-samples' };

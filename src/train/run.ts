@@ -11,6 +11,9 @@ import {
   saveCheckpoint,
   summarizeIssues,
   trainedModelArgs,
+  CONTROLLER_KIND,
+  GATES_KIND,
+  checkpointHolds,
   type CheckpointInfo,
 } from '../checkpoint/checkpoint.js';
 import { createModel, models, type ModelArgs } from '../models/zoo.js';
@@ -146,16 +149,10 @@ export async function saveRun(dir: string, model: Network, meta: TrainMeta, opti
   });
 }
 
-/** The checkpoints dynn saves beside runs (`dynn controller train`, `dynn gates train`), by their config.model tag. */
-const COMPANIONS = new Map([
-  ['dynn-controller', 'a controller'],
-  ['dynn-gates', 'learned gates'],
-]);
-
 /** Refuses a checkpoint that is not a training run (a controller, learned gates) before its metadata is read as one. */
 function checkTrainingRun(info: CheckpointInfo, dir: string): void {
-  const companion = COMPANIONS.get(info.config.model);
-  if (companion) throw new DynnError(`${dir} holds ${companion}, not a training run; give the run it was made for (its checkpoint says: ${String((info.meta.run as { path?: unknown } | undefined)?.path ?? 'unknown')})`);
+  const tag = info.config.model;
+  if (tag === CONTROLLER_KIND || tag === GATES_KIND) throw new DynnError(`${dir} holds ${checkpointHolds(tag)}, not a training run; give the run it was made for (its checkpoint says: ${String((info.meta.run as { path?: unknown } | undefined)?.path ?? 'unknown')})`);
 }
 
 /** A trained network loaded from a run directory, with its metadata. */

@@ -1,3 +1,8 @@
+/** An option's flag word from its camelCase name (`maxBatch` is `max-batch`). */
+export function kebab(name: string): string {
+  return name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+}
+
 /** Formats a number of FLOPs or parameters with an SI suffix. */
 export function si(n: number): string {
   if (!Number.isFinite(n)) return '-';
